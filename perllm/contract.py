@@ -1,0 +1,147 @@
+"""Contract types shared by the simulator, the operator and the extender.
+
+These are the nouns of PerLLM: what a service asks for (deadline, quality floor,
+expected traffic, allowed tiers, per-tier model variants) and what a server offers
+(tier, hardware, link). The `LLMService` CRD, the extender's decision input and the
+simulator's scenario files are all renderings of these models, so a field means the
+same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Tier(StrEnum):
+    EDGE = "edge"
+    CLOUD = "cloud"
+
+
+class Precision(StrEnum):
+    """Weight formats with calibrated performance (see docs/calibration.md)."""
+
+    FP16 = "fp16"
+    Q8_0 = "q8_0"  # GGUF 8.5 bits per weight (llama.cpp, CPU)
+    Q4_K_M = "q4_k_m"  # GGUF ~4.85 bits per weight (llama.cpp, CPU)
+    INT4_AWQ = "int4_awq"  # GPU weight-only int4
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo in a scenario or a CR must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+class ModelVariant(_Strict):
+    """The weights a tier runs for a service's model."""
+
+    tier: Tier
+    precision: Precision
+    quality: Fraction | None = Field(
+        default=None,
+        description="Quality score in 0..1 (MMLU/100 by default, from the catalogue).",
+    )
+
+
+class Deadline(_Strict):
+    """Processing-time deadline ΔD of one request: `seconds + per_output_token_s × L_out`.
+
+    The second term is the TPOT allowance of DistServe-style SLOs; 0 gives a fixed budget.
+    """
+
+    seconds: Positive
+    per_output_token_s: NonNegative = 0.0
+    percentile: Annotated[float, Field(gt=0.0, le=100.0)] = 95.0
+
+    def budget(self, output_tokens: float) -> float:
+        return self.seconds + self.per_output_token_s * output_tokens
+
+
+class Requirements(_Strict):
+    deadline: Deadline
+    min_quality: Fraction = 0.0
+
+
+class Traffic(_Strict):
+    """Expected traffic of a service: used for prediction before telemetry exists."""
+
+    rate_rps: NonNegative = 0.0
+    prompt_tokens: Positive = 512
+    output_tokens: Positive = 128
+    payload_bytes: NonNegative = Field(
+        default=0.0, description="Attachment bytes on top of the prompt text."
+    )
+
+
+class ServiceSpec(_Strict):
+    """A service with personal requirements: one `LLMService`, or one class in a scenario."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    model: str = Field(description="Model key in the catalogue, e.g. llama2-7b.")
+    variants: list[ModelVariant] = Field(
+        default_factory=lambda: [
+            ModelVariant(tier=Tier.EDGE, precision=Precision.Q4_K_M),
+            ModelVariant(tier=Tier.CLOUD, precision=Precision.FP16),
+        ]
+    )
+    requirements: Requirements
+    traffic: Traffic = Traffic()
+    allowed_tiers: list[Tier] = Field(default_factory=lambda: [Tier.EDGE, Tier.CLOUD])
+
+    @model_validator(mode="after")
+    def _one_variant_per_allowed_tier(self) -> ServiceSpec:
+        tiers = [v.tier for v in self.variants]
+        if len(tiers) != len(set(tiers)):
+            raise ValueError("variants: at most one variant per tier")
+        missing = [t.value for t in self.allowed_tiers if t not in tiers]
+        if missing:
+            raise ValueError(f"variants: no variant for allowed tier(s) {missing}")
+        if not self.allowed_tiers:
+            raise ValueError("allowed_tiers: must name at least one tier")
+        return self
+
+    def variant_for(self, tier: Tier) -> ModelVariant | None:
+        return next((v for v in self.variants if v.tier == tier), None)
+
+
+class Link(_Strict):
+    """The path between a server and its users: nominal bandwidth with multiplicative noise."""
+
+    bandwidth_mbps: Positive
+    noise: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.2, description="Bandwidth is nominal × U(1-noise, 1+noise), redrawn each slot."
+    )
+    rtt_ms: NonNegative = 10.0
+    energy_uj_per_bit: NonNegative = Field(
+        default=0.1, description="Transmission energy per bit on this path (µJ)."
+    )
+
+
+class Server(_Strict):
+    """One node (or a group of identical nodes with `count`)."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    tier: Tier
+    hardware: str = Field(description="Hardware key in the catalogue, e.g. xeon-silver-4214r.")
+    link: Link
+    count: Annotated[int, Field(ge=1)] = 1
+    perf_scale: Positive = Field(
+        default=1.0,
+        description="True speed relative to the catalogue profile (world model only; the "
+        "scheduler does not see it and must learn it).",
+    )
+
+
+class EnergyWeights(_Strict):
+    """ω_tran, ω_infer, ω_idle of the objective."""
+
+    tran: NonNegative = 1.0
+    infer: NonNegative = 1.0
+    idle: NonNegative = 1.0

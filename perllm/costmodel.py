@@ -1,0 +1,218 @@
+"""Cost model: processing time and energy of a request on a server.
+
+    D = D_queue + D_tran + D_infer,   D_infer = prefill + decode
+    E = ω_tran·E_tran + ω_infer·E_infer + ω_idle·E_idle
+
+One implementation serves both the world model (the truth, scalar per request) and the
+CS-UCB predictor (vectorised over requests × servers): every formula below works on
+Python floats and on numpy arrays alike. Coefficients come from `profiles.PerfProfile`
+gathered into a `CostTable` indexed by (service class, server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from perllm.contract import EnergyWeights, Server, ServiceSpec
+from perllm.profiles import Catalogue, perf_profile
+
+F = NDArray[np.float64]
+
+# Wire size of text (CALIBRATION §6.4): ≈4 bytes per token, +20 % JSON/HTTP overhead.
+BYTES_PER_TOKEN = 4.0
+WIRE_OVERHEAD = 1.2
+
+
+def upload_bits(prompt_tokens: F | float, attachment_bytes: F | float) -> F | float:
+    return 8.0 * (prompt_tokens * BYTES_PER_TOKEN * WIRE_OVERHEAD + attachment_bytes)
+
+
+def download_bits(output_tokens: F | float) -> F | float:
+    return 8.0 * output_tokens * BYTES_PER_TOKEN * WIRE_OVERHEAD
+
+
+def cpu_times(l_in: F | float, l_out: F | float, b: F | float, w: F | float, kv: F | float,
+              bw: F | float, pp: F | float, kappa: F | float) -> tuple[F | float, F | float]:
+    """(prefill, decode) seconds on a CPU server running `b` streams (llama.cpp).
+
+    Prefill shares the cores with the other b-1 streams; decode is memory-bound at
+    bw/(W + ctx·kv) per stream until the socket turns compute-bound at κ·pp in total.
+    """
+    ctx = l_in + 0.5 * l_out
+    tg = np.minimum(bw / (w + ctx * kv), kappa * pp / b)
+    return l_in * b / pp, l_out / tg
+
+
+def gpu_times(l_in: F | float, l_out: F | float, b: F | float, kv: F | float, bw: F | float,
+              r_pf: F | float, ttft0: F | float, step0: F | float,
+              flop: F | float) -> tuple[F | float, F | float]:
+    """(prefill, decode) seconds on a GPU server with `b` sequences in the batch (vLLM)."""
+    ctx = l_in + 0.5 * l_out
+    return ttft0 + l_in / r_pf, l_out * (step0 + b * (ctx * kv / bw + flop))
+
+
+def attributed_power_time(prefill: F | float, decode: F | float, b: F | float,
+                          is_gpu: F | bool, p_busy: F | float,
+                          p_prefill: F | float) -> F | float:
+    """Inference energy (J) attributed to one request.
+
+    CPU: the socket's busy power is shared by the b concurrent streams. GPU: prefill runs
+    alone at prefill power; decode steps are shared by the b sequences of the batch.
+    """
+    cpu = p_busy * (prefill + decode) / b
+    gpu = p_prefill * prefill + p_busy * decode / b
+    return np.where(is_gpu, gpu, cpu) if isinstance(is_gpu, np.ndarray) else (gpu if is_gpu else cpu)
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Performance and power coefficients for every (service class, server) pair, [C, M].
+
+    `allowed` folds in the static constraints (tier allowed, a variant exists, the
+    weights fit in memory); `quality` is the quality of the variant a server would run.
+    """
+
+    services: tuple[ServiceSpec, ...]
+    server_names: tuple[str, ...]
+    tiers: tuple[str, ...]
+    pools: tuple[str, ...]  # identical hardware + tier + link profile: arms share experience
+    is_gpu: NDArray[np.bool_]
+    allowed: NDArray[np.bool_]
+    quality: F
+    w: F
+    kv: F
+    bw: F
+    pp: F
+    kappa: F
+    r_pf: F
+    ttft0: F
+    step0: F
+    flop: F
+    max_conc: F
+    kv_budget: F
+    p_busy: F
+    p_prefill: F
+    p_idle: F
+    # per server [M]
+    link_mbps: F
+    link_noise: F
+    rtt_s: F
+    e_bit: F
+    perf_scale: F  # world truth only
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.services)
+
+    @property
+    def n_servers(self) -> int:
+        return len(self.server_names)
+
+
+def build_cost_table(services: Sequence[ServiceSpec], servers: Sequence[tuple[str, Server]],
+                     catalogue: Catalogue) -> CostTable:
+    c, m = len(services), len(servers)
+    z = lambda: np.zeros((c, m))  # noqa: E731
+    arrays = {k: z() for k in ("quality", "w", "kv", "bw", "pp", "kappa", "r_pf", "ttft0",
+                               "step0", "flop", "max_conc", "kv_budget", "p_busy", "p_prefill",
+                               "p_idle")}
+    is_gpu = np.zeros((c, m), bool)
+    allowed = np.zeros((c, m), bool)
+    for j, (_, srv) in enumerate(servers):
+        hw = catalogue.hardware[srv.hardware]
+        for i, svc in enumerate(services):
+            variant = svc.variant_for(srv.tier)
+            model = catalogue.models[svc.model]
+            is_gpu[i, j] = hw.kind == "gpu"
+            arrays["p_idle"][i, j] = hw.power_idle_w
+            if variant is None or srv.tier not in svc.allowed_tiers:
+                arrays["max_conc"][i, j] = 1  # keeps formulas finite; `allowed` rules it out
+                arrays["pp"][i, j] = arrays["r_pf"][i, j] = arrays["bw"][i, j] = 1.0
+                arrays["kappa"][i, j] = 1.0
+                continue
+            prof = perf_profile(model, variant.precision, hw)
+            allowed[i, j] = prof.fits
+            arrays["quality"][i, j] = variant.quality if variant.quality is not None else prof.quality
+            for k, v in (("w", prof.weights_bytes), ("kv", prof.kv_bytes), ("bw", prof.bw),
+                         ("pp", prof.pp or 1.0), ("kappa", prof.kappa or 1.0), ("r_pf", prof.r_pf or 1.0),
+                         ("ttft0", prof.ttft0), ("step0", prof.step0),
+                         ("flop", prof.per_seq_flop_s), ("max_conc", prof.max_conc),
+                         ("kv_budget", prof.kv_budget_bytes), ("p_busy", prof.p_busy),
+                         ("p_prefill", prof.p_prefill)):
+                arrays[k][i, j] = v
+    links = [s.link for _, s in servers]
+    return CostTable(
+        services=tuple(services), server_names=tuple(n for n, _ in servers),
+        tiers=tuple(s.tier.value for _, s in servers),
+        pools=tuple(f"{s.tier.value}/{s.hardware}/{s.link.bandwidth_mbps:g}" for _, s in servers),
+        is_gpu=is_gpu, allowed=allowed,
+        link_mbps=np.array([li.bandwidth_mbps for li in links]),
+        link_noise=np.array([li.noise for li in links]),
+        rtt_s=np.array([li.rtt_ms / 1000 for li in links]),
+        e_bit=np.array([li.energy_uj_per_bit * 1e-6 for li in links]),
+        perf_scale=np.array([s.perf_scale for _, s in servers]),
+        **arrays,
+    )
+
+
+@dataclass
+class Prediction:
+    """Predicted outcome of each request on each server, [N, M]."""
+
+    time: F  # processing time D
+    tran_time: F
+    queue_time: F
+    infer_time: F
+    energy: F  # weighted marginal energy (J): what a placement adds to the objective
+    energy_attributed: F  # E_tran + attributed inference energy (J), unweighted
+
+
+def infer_times(t: CostTable, cls: NDArray[np.intp], l_in: F, l_out: F, b: F) -> tuple[F, F]:
+    """(prefill, decode) of requests of classes `cls` [N] on every server at batch size `b`.
+
+    `b` is [N, M, K] (K load levels); results are [N, M, K].
+    """
+    g = lambda a: a[cls][:, :, None]  # noqa: E731  class rows, level axis
+    li, lo = l_in[:, None, None], l_out[:, None, None]
+    pc, dc = cpu_times(li, lo, b, g(t.w), g(t.kv), g(t.bw), g(t.pp), g(t.kappa))
+    pg, dg = gpu_times(li, lo, b, g(t.kv), g(t.bw), g(t.r_pf), g(t.ttft0), g(t.step0), g(t.flop))
+    gpu = g(t.is_gpu)
+    return np.where(gpu, pg, pc), np.where(gpu, dg, dc)
+
+
+def predict(t: CostTable, weights: EnergyWeights, cls: NDArray[np.intp], l_in: F, l_out: F,
+            attach: F, conc: F, queue_s: F, bw_mbps: F) -> Prediction:
+    """Predict D and E for requests (class, prompt, expected output, attachment) on all servers.
+
+    `conc` [N, M, K] is the batch size a request would join at each of K load levels,
+    `queue_s` [N, M, K] its expected wait before admission, `bw_mbps` [M] the link
+    bandwidth estimate. Results are [N, M, K].
+    """
+    b = np.minimum(conc, t.max_conc[cls][:, :, None])
+    prefill, decode = infer_times(t, cls, l_in, l_out, b)
+    up, down = upload_bits(l_in, attach), download_bits(l_out)
+    bits = (up + down)[:, None, None]
+    tran = bits / (bw_mbps[None, :, None] * 1e6) + t.rtt_s[None, :, None]
+    infer = prefill + decode
+    g = lambda a: a[cls][:, :, None]  # noqa: E731
+    gpu = g(t.is_gpu)
+    e_tran = t.e_bit[None, :, None] * bits
+    e_inf = attributed_power_time(prefill, decode, b, gpu, g(t.p_busy), g(t.p_prefill))
+    # Idle energy is P_idle·(T − busy): a placement lowers it by the busy time it adds.
+    p_idle = g(t.p_idle)
+    e_idle_saved = attributed_power_time(prefill, decode, b, gpu, p_idle, p_idle)
+    marginal = np.maximum(weights.tran * e_tran + weights.infer * e_inf
+                          - weights.idle * e_idle_saved, 0.0)
+    return Prediction(time=tran + queue_s + infer, tran_time=np.broadcast_to(tran, infer.shape),
+                      queue_time=np.broadcast_to(queue_s, infer.shape), infer_time=infer,
+                      energy=marginal, energy_attributed=e_tran + e_inf)
+
+
+def expected_wait(running: F, waiting: F, cap: F, mean_service_s: F) -> F:
+    """Queueing delay of a new arrival at a server with `cap` parallel slots (FIFO)."""
+    ahead = np.maximum(running + waiting + 1 - cap, 0.0)
+    return ahead * mean_service_s / np.maximum(cap, 1.0)

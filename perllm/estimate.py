@@ -1,0 +1,47 @@
+"""The scheduler's view of a round: cost-model predictions from telemetry.
+
+Shared by CS-UCB, the greedy deadline-aware baseline and the extender. Within a round,
+each placement adds load to its server, so predictions are computed for every load
+level a round can reach ([N, M, K]: request, server, requests already added this round)
+in one vectorised pass; the super-arm assignment then only indexes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from perllm.contract import EnergyWeights
+from perllm.costmodel import CostTable, infer_times, predict
+
+F = NDArray[np.float64]
+
+MAX_LEVELS = 16  # within-round load levels modelled exactly; beyond, the last level is reused
+
+
+@dataclass
+class RoundView:
+    """Predicted D and marginal energy per request × server × load level added this round."""
+
+    time: F  # [N, M, K]
+    energy: F  # [N, M, K]
+    levels: int
+
+
+def round_view(t: CostTable, w: EnergyWeights, cls: NDArray[np.intp], l_in: F, l_out: F,
+               attach: F, running: F, waiting: F, bw_mbps: F) -> RoundView:
+    n = len(cls)
+    k = max(1, min(n, MAX_LEVELS))
+    add = np.arange(k, dtype=float)  # requests this round placed on the server before this one
+    occupied = (running + waiting)[None, :, None] + add[None, None, :]  # [1, M, K]
+    cap = t.max_conc[cls][:, :, None]  # [N, M, 1]
+    conc = np.minimum(occupied + 1, cap)  # batch size joined, [N, M, K]
+    # Wait: each request ahead beyond the free slots holds a slot for about one service
+    # time of a request like this one at a full batch, shared by `cap` slots.
+    full_pre, full_dec = infer_times(t, cls, l_in, l_out, cap)
+    ahead = np.maximum(occupied + 1 - cap, 0.0)
+    queue = ahead * (full_pre + full_dec) / np.maximum(cap, 1.0)
+    p = predict(t, w, cls, l_in, l_out, attach, conc, queue, bw_mbps)
+    return RoundView(time=p.time, energy=p.energy, levels=k)

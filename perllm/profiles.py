@@ -1,0 +1,159 @@
+"""The calibration catalogue (models, hardware) and the derived performance profiles.
+
+`catalogue.yaml` holds the sourced numbers; `perf_profile()` turns a (model, precision,
+hardware) triple into the handful of coefficients the cost model needs. The formulas
+are CALIBRATION §1.1 (edge: llama.cpp on a CPU socket; cloud: vLLM on one GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from perllm.contract import Precision
+
+GB = 1e9
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelInfo(_Entry):
+    display: str
+    params_b: Annotated[float, Field(gt=0)]
+    layers: Annotated[int, Field(gt=0)]
+    kv_heads: Annotated[int, Field(gt=0)]
+    head_dim: Annotated[int, Field(gt=0)]
+    context: Annotated[int, Field(gt=0)]
+    weights_gb: dict[Precision, Annotated[float, Field(gt=0)]]
+    mmlu: dict[Precision, Annotated[float, Field(ge=0, le=100)]]
+    source: str = ""
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        # K and V, fp16 cache: 2 × layers × kv_heads × head_dim × 2 bytes (CALIBRATION §2.2)
+        return 2 * self.layers * self.kv_heads * self.head_dim * 2
+
+    def quality(self, precision: Precision) -> float:
+        return self.mmlu[precision] / 100.0
+
+
+class HardwareInfo(_Entry):
+    display: str
+    kind: Literal["cpu", "gpu"]
+    cpu_cores: Annotated[int, Field(gt=0)]
+    memory_gib: Annotated[float, Field(gt=0)]
+    gpus: Annotated[int, Field(ge=0)] = 0
+    gpu_model: str | None = None
+    gpu_memory_gb: Annotated[float, Field(gt=0)] | None = None
+    mem_bw_eff_gbps: Annotated[float, Field(gt=0)]
+    # CPU (llama.cpp)
+    prefill_coeff: Annotated[float, Field(gt=0)] | None = None
+    kappa: Annotated[float, Field(gt=0)] | None = None
+    power_busy_w: Annotated[float, Field(ge=0)] | None = None
+    # GPU (vLLM)
+    peak_tflops: Annotated[float, Field(gt=0)] | None = None
+    prefill_mfu: Annotated[float, Field(gt=0, le=1)] | None = None
+    decode_flops_eff: Annotated[float, Field(gt=0, le=1)] | None = None
+    step_overhead_s: Annotated[float, Field(ge=0)] = 0.001
+    ttft_overhead_s: Annotated[float, Field(ge=0)] = 0.015
+    max_seqs: Annotated[int, Field(gt=0)] = 256
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    runtime_overhead_gb: Annotated[float, Field(ge=0)] = 3.0
+    power_prefill_w: Annotated[float, Field(ge=0)] | None = None
+    power_decode_w: Annotated[float, Field(ge=0)] | None = None
+    power_idle_w: Annotated[float, Field(ge=0)]
+    source: str = ""
+
+    def model_post_init(self, __context: object) -> None:
+        need = (
+            ("prefill_coeff", "kappa", "power_busy_w")
+            if self.kind == "cpu"
+            else ("gpu_memory_gb", "peak_tflops", "prefill_mfu", "decode_flops_eff",
+                  "power_prefill_w", "power_decode_w")
+        )
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"{self.kind} hardware needs {', '.join(missing)}")
+
+
+class Catalogue(_Entry):
+    models: dict[str, ModelInfo]
+    hardware: dict[str, HardwareInfo]
+
+    def merged(self, models: dict[str, ModelInfo], hardware: dict[str, HardwareInfo]) -> Catalogue:
+        return Catalogue(models={**self.models, **models}, hardware={**self.hardware, **hardware})
+
+
+@cache
+def default_catalogue() -> Catalogue:
+    text = resources.files("perllm.data").joinpath("catalogue.yaml").read_text()
+    return Catalogue.model_validate(yaml.safe_load(text))
+
+
+@dataclass(frozen=True, slots=True)
+class PerfProfile:
+    """Coefficients of one model variant on one hardware type.
+
+    CPU: t = L_in·b/pp + L_out/tg(b), tg(b) = min(bw/(W + ctx·kv), κ·pp/b), at most `max_conc`.
+    GPU: TTFT = ttft0 + L_in/r_pf; decode step T(b) = step0 + W/bw + b·(ctx·kv/bw + 2P/f_dec).
+    """
+
+    kind: Literal["cpu", "gpu"]
+    weights_bytes: float
+    kv_bytes: float
+    bw: float  # effective memory bandwidth, bytes/s
+    max_conc: int  # concurrency cap (CPU: useful parallel slots; GPU: max sequences)
+    kv_budget_bytes: float  # GPU KV cache budget; inf for CPU
+    fits: bool  # weights fit in (GPU) memory
+    quality: float
+    p_busy: float  # CPU busy wall power / GPU decode power (W)
+    p_prefill: float  # GPU prefill power (CPU: = p_busy)
+    p_idle: float
+    # CPU
+    pp: float = 0.0
+    kappa: float = 0.0
+    # GPU
+    r_pf: float = 0.0
+    ttft0: float = 0.0
+    step0: float = 0.0  # fixed part of a decode step: overhead + weight read
+    per_seq_flop_s: float = 0.0  # 2P/f_dec
+
+
+def perf_profile(model: ModelInfo, precision: Precision, hw: HardwareInfo) -> PerfProfile:
+    if precision not in model.weights_gb:
+        raise ValueError(f"model {model.display} has no {precision.value} weights in the catalogue")
+    w = model.weights_gb[precision] * GB
+    kv = float(model.kv_bytes_per_token)
+    bw = hw.mem_bw_eff_gbps * GB
+    q = model.quality(precision)
+    if hw.kind == "cpu":
+        assert hw.prefill_coeff and hw.kappa and hw.power_busy_w is not None
+        pp = hw.prefill_coeff / model.params_b
+        tg1 = bw / w
+        # Useful concurrency B* ≈ pp/tg1 (CALIBRATION §3.3): 3 / 5 / 9 for Q4_K_M / Q8_0 / F16.
+        conc = max(1, round(pp / tg1))
+        return PerfProfile(
+            kind="cpu", weights_bytes=w, kv_bytes=kv, bw=bw, max_conc=conc,
+            kv_budget_bytes=float("inf"), fits=w <= hw.memory_gib * 2**30 * 0.9, quality=q,
+            p_busy=hw.power_busy_w, p_prefill=hw.power_busy_w, p_idle=hw.power_idle_w,
+            pp=pp, kappa=hw.kappa,
+        )
+    assert hw.gpu_memory_gb and hw.peak_tflops and hw.prefill_mfu and hw.decode_flops_eff
+    assert hw.power_prefill_w is not None and hw.power_decode_w is not None
+    p = model.params_b * 1e9
+    budget = hw.gpu_memory_utilization * hw.gpu_memory_gb * GB - w - hw.runtime_overhead_gb * GB
+    return PerfProfile(
+        kind="gpu", weights_bytes=w, kv_bytes=kv, bw=bw, max_conc=hw.max_seqs,
+        kv_budget_bytes=max(budget, 0.0), fits=budget > 0, quality=q,
+        p_busy=hw.power_decode_w, p_prefill=hw.power_prefill_w, p_idle=hw.power_idle_w,
+        r_pf=hw.prefill_mfu * hw.peak_tflops * 1e12 / (2 * p),
+        ttft0=hw.ttft_overhead_s, step0=hw.step_overhead_s + w / bw,
+        per_seq_flop_s=2 * p / (hw.decode_flops_eff * hw.peak_tflops * 1e12),
+    )

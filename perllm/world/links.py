@@ -1,0 +1,60 @@
+"""Link bandwidth over time: nominal × U(1−noise, 1+noise) redrawn each slot (the paper's
+±20 %), scaled by scenario windows (collapses) or replaced by a trace."""
+
+from __future__ import annotations
+
+import csv
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from perllm.costmodel import CostTable
+from perllm.scenario import Scenario, ScenarioError, Window
+
+
+def _targets(w: Window, names: tuple[str, ...], tiers: tuple[str, ...]) -> NDArray[np.bool_]:
+    if w.servers is None:
+        return np.ones(len(names), bool)
+    return np.array([any(fnmatch(n, p) or t == p for p in w.servers)
+                     for n, t in zip(names, tiers, strict=True)])
+
+
+def nominal_matrix(sc: Scenario, t: CostTable, n_slots: int) -> NDArray[np.float64]:
+    """Nominal bandwidth [slots, servers] in Mbps, before noise."""
+    nominal = np.tile(t.link_mbps, (n_slots, 1))
+    if sc.bandwidth.trace:
+        nominal = _apply_trace(sc.bandwidth.trace, nominal, t.server_names, sc.slot_s)
+    slot_t = np.arange(n_slots) * sc.slot_s
+    for w in sc.bandwidth.windows:
+        rows = (slot_t >= w.at_s) & (slot_t < w.until_s)
+        nominal[np.ix_(rows, _targets(w, t.server_names, t.tiers))] *= w.factor
+    return nominal
+
+
+def bandwidth_matrix(sc: Scenario, t: CostTable, n_slots: int, seed: int) -> NDArray[np.float64]:
+    rng = np.random.default_rng([seed, 0xB4D])
+    noise = rng.uniform(1 - t.link_noise, 1 + t.link_noise, size=(n_slots, t.n_servers))
+    return nominal_matrix(sc, t, n_slots) * noise
+
+
+def _apply_trace(path: str, nominal: NDArray[np.float64], names: tuple[str, ...],
+                 slot_s: float) -> NDArray[np.float64]:
+    """CSV `time_s,server,mbps`: step function per server from each row's time on."""
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"time_s", "server", "mbps"} <= set(rows[0]):
+        raise ScenarioError(f"bandwidth.trace: {path} needs columns time_s,server,mbps")
+    index = {n: j for j, n in enumerate(names)}
+    out = nominal.copy()
+    for row in sorted(rows, key=lambda x: float(x["time_s"])):
+        matched = [j for n, j in index.items() if fnmatch(n, row["server"])]
+        if not matched:
+            raise ScenarioError(f"bandwidth.trace: unknown server {row['server']!r}")
+        mbps = float(row["mbps"])
+        if mbps <= 0:
+            raise ScenarioError(f"bandwidth.trace: mbps must be > 0 (time {row['time_s']})")
+        first = int(np.ceil(float(row["time_s"]) / slot_s))
+        out[first:, matched] = mbps
+    return out

@@ -1,0 +1,145 @@
+"""One server of the world model: its uplink, its FIFO admission and its energy meter.
+
+A server admits requests in arrival order while it has a free slot (CPU: llama.cpp
+parallel slots; GPU: vLLM sequences, also bounded by the KV-cache budget). A request's
+speed is fixed at admission from the batch it joins (fluid approximation: later arrivals
+do not slow it retroactively). GPU prefills are serialised; decode is shared.
+Pure-Python scalar code on purpose: it runs once per request on the hot path.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from perllm.costmodel import attributed_power_time, cpu_times, gpu_times
+
+
+@dataclass(slots=True)
+class Coeffs:
+    """Scalar coefficients of one (class, server) pair, taken from the `CostTable`."""
+
+    is_gpu: bool
+    w: float
+    kv: float
+    bw: float
+    pp: float
+    kappa: float
+    r_pf: float
+    ttft0: float
+    step0: float
+    flop: float
+    max_conc: int
+    kv_budget: float
+    p_busy: float
+    p_prefill: float
+    p_idle: float
+
+
+@dataclass(slots=True)
+class Outcome:
+    start: float
+    end: float
+    conc: int
+    prefill: float
+    decode: float
+    e_infer: float  # attributed inference energy (J)
+    e_idle_saved: float  # idle energy the placement displaced (J)
+
+
+@dataclass
+class ServerState:
+    p_idle: float
+    p_busy: float
+    p_prefill: float
+    is_gpu: bool
+    link_free: float = 0.0
+    prefill_free: float = 0.0
+    last_start: float = 0.0
+    # min-heap of (end, kv bytes, start) of admitted, unfinished requests
+    active: list[tuple[float, float, float]] = field(default_factory=list)
+    kv_used: float = 0.0
+    busy: float = 0.0
+    busy_until: float = 0.0
+    prefill_total: float = 0.0
+    served: int = 0
+
+    def upload(self, at: float, bits: float, bps: float) -> float:
+        """FIFO transfer on this server's link; returns when the payload has arrived."""
+        start = at if at > self.link_free else self.link_free
+        self.link_free = start + bits / bps
+        return self.link_free
+
+    def admit(self, ready: float, l_in: float, l_out: float, c: Coeffs, speed: float,
+              commit: bool = True) -> Outcome:
+        """Admit a request that is ready at `ready` (s); `speed` scales the profile rates."""
+        t = ready if ready > self.last_start else self.last_start
+        heap = list(self.active) if not commit else self.active
+        kv_used = self.kv_used
+        while heap and heap[0][0] <= t:
+            kv_used -= heapq.heappop(heap)[1]
+        kv_need = (l_in + l_out) * c.kv if c.is_gpu else 0.0
+        while heap and (len(heap) >= c.max_conc or kv_used + kv_need > c.kv_budget):
+            end0, kv0, _ = heapq.heappop(heap)
+            kv_used -= kv0
+            if end0 > t:
+                t = end0
+        b = len(heap) + 1
+        if c.is_gpu:
+            pre, dec = gpu_times(l_in, l_out, b, c.kv, c.bw, c.r_pf, c.ttft0, c.step0, c.flop)
+            pre, dec = pre / speed, dec / speed
+            pstart = t if t > self.prefill_free else self.prefill_free
+            end = pstart + pre + dec
+            pre_wall = pstart + pre - t
+        else:
+            pre, dec = cpu_times(l_in, l_out, b, c.w, c.kv, c.bw, c.pp, c.kappa)
+            pre, dec = pre / speed, dec / speed
+            end = t + pre + dec
+            pre_wall = pre
+        e_inf = float(attributed_power_time(pre, dec, b, c.is_gpu, c.p_busy, c.p_prefill))
+        e_idle = float(attributed_power_time(pre, dec, b, c.is_gpu, c.p_idle, c.p_idle))
+        out = Outcome(t, float(end), b, float(pre_wall), float(dec), e_inf, e_idle)
+        if commit:
+            heapq.heappush(heap, (out.end, kv_need, t))
+            self.kv_used = kv_used + kv_need
+            self.last_start = t
+            if c.is_gpu:
+                self.prefill_free = t + out.prefill
+                self.prefill_total += pre
+            if t >= self.busy_until:
+                self.busy += out.end - t
+            elif out.end > self.busy_until:
+                self.busy += out.end - self.busy_until
+            self.busy_until = max(self.busy_until, out.end)
+            self.served += 1
+        return out
+
+    def observe(self, now: float) -> tuple[int, int, float]:
+        """(running, waiting, kv bytes in use) at `now`: what a model server's metrics show."""
+        running = waiting = 0
+        kv = 0.0
+        for end, k, start in self.active:
+            if end > now:
+                if start > now:
+                    waiting += 1
+                else:
+                    running += 1
+                    kv += k
+        return running, waiting, kv
+
+    def snapshot(self) -> tuple[object, ...]:
+        return (self.link_free, self.prefill_free, self.last_start, list(self.active),
+                self.kv_used, self.busy, self.busy_until, self.prefill_total, self.served)
+
+    def restore(self, snap: tuple[object, ...]) -> None:
+        (self.link_free, self.prefill_free, self.last_start, active, self.kv_used, self.busy,
+         self.busy_until, self.prefill_total, self.served) = snap  # type: ignore[assignment]
+        self.active = list(active)  # type: ignore[call-overload]
+
+    def energy(self, horizon: float) -> tuple[float, float]:
+        """(inference, idle) energy over [0, horizon] in J: exact for the FIFO busy intervals."""
+        if self.is_gpu:
+            infer = self.p_busy * self.busy + (self.p_prefill - self.p_busy) * self.prefill_total
+        else:
+            infer = self.p_busy * self.busy
+        return infer, self.p_idle * max(horizon - self.busy, 0.0)

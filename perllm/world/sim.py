@@ -1,0 +1,220 @@
+"""The discrete-event simulator: a world model of the edge-cloud system driven by a policy.
+
+Time is slotted as in the paper: the requests arriving in one slot form a round (a super
+arm) that the policy assigns jointly; each request then runs from its own arrival time.
+Link bandwidth is redrawn every slot; the policy sees last slot's measurement. Outcomes
+are fed back to the policy when requests complete (delayed feedback, as in a cluster).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from perllm.costmodel import CostTable, build_cost_table, download_bits, upload_bits
+from perllm.policies.base import Batch, Env, Feedback, Observation, Policy
+from perllm.scenario import Scenario
+from perllm.world.links import bandwidth_matrix
+from perllm.world.server import Coeffs, Outcome, ServerState
+from perllm.world.workload import Requests, generate
+
+F = NDArray[np.float64]
+
+
+@dataclass
+class RunResult:
+    """Per-request outcomes and per-server energy of one run."""
+
+    scenario: str
+    policy: str
+    seed: int
+    duration_s: float
+    requests: Requests
+    server: NDArray[np.intp]
+    time: F  # processing time D
+    met: NDArray[np.bool_]  # deadline and quality floor met
+    quality_ok: NDArray[np.bool_]
+    finish: F  # absolute completion time
+    e_tran: F  # per request (J)
+    e_infer_attr: F  # per request, attributed (J)
+    cost: F  # weighted marginal energy per request (J): the per-round objective
+    energy_infer_j: F  # per server, exact (J)
+    energy_idle_j: F  # per server (J)
+    horizon_s: float
+    wall_s: float
+    server_names: tuple[str, ...]
+    tiers: tuple[str, ...]
+    class_names: tuple[str, ...]
+    models: tuple[str, ...]  # model per class
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def energy_breakdown_j(self) -> dict[str, float]:
+        return {"tran": float(self.e_tran.sum()), "infer": float(self.energy_infer_j.sum()),
+                "idle": float(self.energy_idle_j.sum())}
+
+
+def coeff_grid(t: CostTable) -> list[list[Coeffs]]:
+    """Scalar coefficients per (class, server), for the per-request hot path."""
+    return [[Coeffs(bool(t.is_gpu[c, j]), float(t.w[c, j]), float(t.kv[c, j]),
+                    float(t.bw[c, j]), float(t.pp[c, j]), float(t.kappa[c, j]),
+                    float(t.r_pf[c, j]), float(t.ttft0[c, j]), float(t.step0[c, j]),
+                    float(t.flop[c, j]), int(t.max_conc[c, j]), float(t.kv_budget[c, j]),
+                    float(t.p_busy[c, j]), float(t.p_prefill[c, j]), float(t.p_idle[c, j]))
+             for j in range(t.n_servers)] for c in range(t.n_classes)]
+
+
+class World:
+    """The hidden truth of one run: servers, realised bandwidth, output lengths and speeds."""
+
+    def __init__(self, sc: Scenario, seed: int) -> None:
+        self.sc = sc
+        self.seed = seed
+        self.table = build_cost_table(sc.services(), sc.expanded_servers(), sc.catalogue)
+        self.req = generate(sc, seed)
+        self.n_slots = int(np.ceil(sc.duration_s / sc.slot_s))
+        self.bw = bandwidth_matrix(sc, self.table, self.n_slots, seed)  # [S, M] Mbps
+        rng = np.random.default_rng([seed, 0x5EED])
+        self.speed = rng.lognormal(0.0, sc.speed_noise, len(self.req))
+        self.coeffs = coeff_grid(self.table)
+        t = self.table
+        self.servers = [ServerState(p_idle=float(t.p_idle[0, j]), p_busy=_server_power(t, j, "p_busy"),
+                                    p_prefill=_server_power(t, j, "p_prefill"),
+                                    is_gpu=bool(t.is_gpu[0, j])) for j in range(t.n_servers)]
+        self.rtt = t.rtt_s.tolist()
+        self.perf = t.perf_scale.tolist()
+        self.up = np.asarray(upload_bits(self.req.l_in, self.req.attach)).tolist()
+        self.down = np.asarray(download_bits(self.req.l_out)).tolist()
+
+    def execute(self, i: int, j: int, slot: int, commit: bool = True) -> tuple[float, Outcome, float]:
+        """Run request i on server j. Returns (processing time D, outcome, transmission J)."""
+        r, s = self.req, self.servers[j]
+        bps = float(self.bw[slot, j]) * 1e6
+        arr = float(r.arrival[i])
+        if commit:
+            arrived = s.upload(arr, self.up[i], bps)
+        else:
+            arrived = max(arr, s.link_free) + self.up[i] / bps
+        ready = arrived + self.rtt[j] / 2
+        c = self.coeffs[int(r.cls[i])][j]
+        out = s.admit(ready, float(r.l_in[i]), float(r.l_out[i]), c, self.speed[i] * self.perf[j],
+                      commit=commit)
+        d = out.end + self.down[i] / bps + self.rtt[j] / 2 - arr
+        e_tran = float(self.table.e_bit[j]) * (self.up[i] + self.down[i])
+        return d, out, e_tran
+
+
+def _server_power(t: CostTable, j: int, key: str) -> float:
+    col = getattr(t, key)[:, j]
+    allowed = t.allowed[:, j]
+    return float(col[allowed].max()) if allowed.any() else float(col.max())
+
+
+def make_env(world: World, seed: int) -> Env:
+    sc, t = world.sc, world.table
+    return Env(
+        table=t, weights=sc.weights, slot_s=sc.slot_s,
+        expected_out=np.array([s.traffic.output_tokens for s in t.services]),
+        deadline_s=np.array([s.requirements.deadline.seconds for s in t.services]),
+        deadline_per_token=np.array([s.requirements.deadline.per_output_token_s
+                                     for s in t.services]),
+        seed=seed,
+    )
+
+
+def simulate(sc: Scenario, policy: Policy, seed: int,
+             on_slot: Callable[[int, int], None] | None = None) -> RunResult:
+    """Run `policy` on scenario `sc` with `seed`; `on_slot(done, total)` reports progress."""
+    world = World(sc, seed)
+    env = make_env(world, seed)
+    policy.reset(env, world if policy.hindsight else None)
+    t0 = time.perf_counter()
+    r, t = world.req, world.table
+    n, m = len(r), t.n_servers
+    server = np.full(n, -1, np.intp)
+    d = np.full(n, np.inf)
+    finish = np.zeros(n)
+    e_tran, e_inf, cost, pred = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    w = sc.weights
+    bounds = np.searchsorted(r.arrival, np.arange(world.n_slots + 1) * sc.slot_s)
+    pending: list[tuple[float, int]] = []  # (finish time, request) awaiting feedback
+    exp_out = env.expected_out
+    exp_dl = env.deadline_s + env.deadline_per_token * exp_out
+    quality = t.quality
+    for slot in range(world.n_slots):
+        now = slot * sc.slot_s
+        _deliver(policy, pending, now, r, server, d, pred, cost)
+        lo, hi = int(bounds[slot]), int(bounds[slot + 1])
+        if hi > lo:
+            idx = np.arange(lo, hi)
+            cls = r.cls[idx]
+            obs_rows = [s.observe(now) for s in world.servers]
+            obs = Observation(
+                now=now, slot=slot,
+                running=np.array([o[0] for o in obs_rows], float),
+                waiting=np.array([o[1] for o in obs_rows], float),
+                kv_used=np.array([o[2] for o in obs_rows], float),
+                bw_mbps=world.bw[slot - 1] if slot > 0 else t.link_mbps,
+            )
+            batch = Batch(idx=idx, arrival=r.arrival[idx], cls=cls, l_in=r.l_in[idx],
+                          attach=r.attach[idx], min_quality=r.min_quality[idx],
+                          expected_out=exp_out[cls], expected_deadline=exp_dl[cls])
+            choice = policy.assign(batch, obs)
+            if len(choice) != len(idx):
+                raise RuntimeError(f"policy {policy.name} returned {len(choice)} choices "
+                                   f"for {len(idx)} requests")
+            for k in range(len(idx)):
+                i, j = int(idx[k]), int(choice[k])
+                c = int(cls[k])
+                if not t.allowed[c, j]:
+                    raise RuntimeError(f"policy {policy.name} placed class "
+                                       f"{t.services[c].name} on {t.server_names[j]}, which "
+                                       "cannot run it")
+                di, out, et = world.execute(i, j, slot)
+                server[i], d[i], finish[i] = j, di, out.end
+                e_tran[i], e_inf[i] = et, out.e_infer
+                cost[i] = max(w.tran * et + w.infer * out.e_infer - w.idle * out.e_idle_saved, 0.0)
+                # The model's prediction for the realised request on the state it met: the
+                # learning signal is the ratio of observed to this (model error only).
+                pred[i] = _predicted(world, i, j, out)
+                heapq.heappush(pending, (out.end, i))
+        if on_slot is not None:
+            on_slot(slot + 1, world.n_slots)
+    _deliver(policy, pending, np.inf, r, server, d, pred, cost)
+    wall = time.perf_counter() - t0
+    horizon = max(sc.duration_s, float(finish.max()) if n else 0.0)
+    ei, eidle = zip(*(s.energy(horizon) for s in world.servers), strict=True) if m else ((), ())
+    q_ok = quality[r.cls, server] >= r.min_quality - 1e-9
+    return RunResult(
+        scenario=sc.name, policy=policy.name, seed=seed, duration_s=sc.duration_s,
+        requests=r, server=server, time=d, met=(d <= r.deadline) & q_ok, quality_ok=q_ok,
+        finish=finish, e_tran=e_tran, e_infer_attr=e_inf, cost=cost,
+        energy_infer_j=np.array(ei), energy_idle_j=np.array(eidle), horizon_s=horizon,
+        wall_s=wall, server_names=t.server_names, tiers=t.tiers,
+        class_names=tuple(s.name for s in t.services),
+        models=tuple(s.model for s in t.services),
+    )
+
+
+def _predicted(world: World, i: int, j: int, out: Outcome) -> float:
+    """The profile's D for request i as admitted (same concurrency, no noise)."""
+    speed = world.speed[i] * world.perf[j]
+    return float(out.end - out.start) * speed + (out.start - world.req.arrival[i])
+
+
+def _deliver(policy: Policy, pending: list[tuple[float, int]], now: float, r: Requests,
+             server: NDArray[np.intp], d: F, pred: F, cost: F) -> None:
+    done: list[int] = []
+    while pending and pending[0][0] <= now:
+        done.append(heapq.heappop(pending)[1])
+    if not done:
+        return
+    ix = np.array(done, np.intp)
+    policy.feedback(Feedback(idx=ix, cls=r.cls[ix], server=server[ix], time=d[ix],
+                             deadline=r.deadline[ix], predicted_time=pred[ix], energy=cost[ix],
+                             l_in=r.l_in[ix], l_out=r.l_out[ix]))
