@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,22 +23,33 @@ from perllm.contract import EnergyWeights, Server, ServiceSpec
 from perllm.profiles import Catalogue, perf_profile
 
 F = NDArray[np.float64]
+# A float or an array: the formulas below broadcast, so one implementation serves the
+# scalar world model and the vectorised predictor.
+Num = Any
 
 # Wire size of text (CALIBRATION §6.4): ≈4 bytes per token, +20 % JSON/HTTP overhead.
 BYTES_PER_TOKEN = 4.0
 WIRE_OVERHEAD = 1.2
 
 
-def upload_bits(prompt_tokens: F | float, attachment_bytes: F | float) -> F | float:
+def upload_bits(prompt_tokens: Num, attachment_bytes: Num) -> Num:
     return 8.0 * (prompt_tokens * BYTES_PER_TOKEN * WIRE_OVERHEAD + attachment_bytes)
 
 
-def download_bits(output_tokens: F | float) -> F | float:
+def download_bits(output_tokens: Num) -> Num:
     return 8.0 * output_tokens * BYTES_PER_TOKEN * WIRE_OVERHEAD
 
 
-def cpu_times(l_in: F | float, l_out: F | float, b: F | float, w: F | float, kv: F | float,
-              bw: F | float, pp: F | float, kappa: F | float) -> tuple[F | float, F | float]:
+def cpu_times(
+    l_in: Num,
+    l_out: Num,
+    b: Num,
+    w: Num,
+    kv: Num,
+    bw: Num,
+    pp: Num,
+    kappa: Num,
+) -> tuple[Num, Num]:
     """(prefill, decode) seconds on a CPU server running `b` streams (llama.cpp).
 
     Prefill shares the cores with the other b-1 streams; decode is memory-bound at
@@ -47,17 +60,30 @@ def cpu_times(l_in: F | float, l_out: F | float, b: F | float, w: F | float, kv:
     return l_in * b / pp, l_out / tg
 
 
-def gpu_times(l_in: F | float, l_out: F | float, b: F | float, kv: F | float, bw: F | float,
-              r_pf: F | float, ttft0: F | float, step0: F | float,
-              flop: F | float) -> tuple[F | float, F | float]:
+def gpu_times(
+    l_in: Num,
+    l_out: Num,
+    b: Num,
+    kv: Num,
+    bw: Num,
+    r_pf: Num,
+    ttft0: Num,
+    step0: Num,
+    flop: Num,
+) -> tuple[Num, Num]:
     """(prefill, decode) seconds on a GPU server with `b` sequences in the batch (vLLM)."""
     ctx = l_in + 0.5 * l_out
     return ttft0 + l_in / r_pf, l_out * (step0 + b * (ctx * kv / bw + flop))
 
 
-def attributed_power_time(prefill: F | float, decode: F | float, b: F | float,
-                          is_gpu: F | bool, p_busy: F | float,
-                          p_prefill: F | float) -> F | float:
+def attributed_power_time(
+    prefill: Num,
+    decode: Num,
+    b: Num,
+    is_gpu: Num,
+    p_busy: Num,
+    p_prefill: Num,
+) -> Num:
     """Inference energy (J) attributed to one request.
 
     CPU: the socket's busy power is shared by the b concurrent streams. GPU: prefill runs
@@ -65,7 +91,27 @@ def attributed_power_time(prefill: F | float, decode: F | float, b: F | float,
     """
     cpu = p_busy * (prefill + decode) / b
     gpu = p_prefill * prefill + p_busy * decode / b
-    return np.where(is_gpu, gpu, cpu) if isinstance(is_gpu, np.ndarray) else (gpu if is_gpu else cpu)
+    return (
+        np.where(is_gpu, gpu, cpu) if isinstance(is_gpu, np.ndarray) else (gpu if is_gpu else cpu)
+    )
+
+
+COEFFS = (
+    "is_gpu",
+    "w",
+    "kv",
+    "bw",
+    "pp",
+    "kappa",
+    "r_pf",
+    "ttft0",
+    "step0",
+    "flop",
+    "max_conc",
+    "p_busy",
+    "p_prefill",
+    "p_idle",
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +150,11 @@ class CostTable:
     e_bit: F
     perf_scale: F  # world truth only
 
+    @cached_property
+    def stacked(self) -> F:
+        """[C, M, P] coefficients in `COEFFS` order: one gather per round instead of P."""
+        return np.stack([getattr(self, k).astype(float) for k in COEFFS], axis=-1)
+
     @property
     def n_classes(self) -> int:
         return len(self.services)
@@ -113,13 +164,30 @@ class CostTable:
         return len(self.server_names)
 
 
-def build_cost_table(services: Sequence[ServiceSpec], servers: Sequence[tuple[str, Server]],
-                     catalogue: Catalogue) -> CostTable:
+def build_cost_table(
+    services: Sequence[ServiceSpec], servers: Sequence[tuple[str, Server]], catalogue: Catalogue
+) -> CostTable:
     c, m = len(services), len(servers)
-    z = lambda: np.zeros((c, m))  # noqa: E731
-    arrays = {k: z() for k in ("quality", "w", "kv", "bw", "pp", "kappa", "r_pf", "ttft0",
-                               "step0", "flop", "max_conc", "kv_budget", "p_busy", "p_prefill",
-                               "p_idle")}
+    arrays = {
+        k: np.zeros((c, m))
+        for k in (
+            "quality",
+            "w",
+            "kv",
+            "bw",
+            "pp",
+            "kappa",
+            "r_pf",
+            "ttft0",
+            "step0",
+            "flop",
+            "max_conc",
+            "kv_budget",
+            "p_busy",
+            "p_prefill",
+            "p_idle",
+        )
+    }
     is_gpu = np.zeros((c, m), bool)
     allowed = np.zeros((c, m), bool)
     for j, (_, srv) in enumerate(servers):
@@ -136,20 +204,33 @@ def build_cost_table(services: Sequence[ServiceSpec], servers: Sequence[tuple[st
                 continue
             prof = perf_profile(model, variant.precision, hw)
             allowed[i, j] = prof.fits
-            arrays["quality"][i, j] = variant.quality if variant.quality is not None else prof.quality
-            for k, v in (("w", prof.weights_bytes), ("kv", prof.kv_bytes), ("bw", prof.bw),
-                         ("pp", prof.pp or 1.0), ("kappa", prof.kappa or 1.0), ("r_pf", prof.r_pf or 1.0),
-                         ("ttft0", prof.ttft0), ("step0", prof.step0),
-                         ("flop", prof.per_seq_flop_s), ("max_conc", prof.max_conc),
-                         ("kv_budget", prof.kv_budget_bytes), ("p_busy", prof.p_busy),
-                         ("p_prefill", prof.p_prefill)):
+            arrays["quality"][i, j] = (
+                variant.quality if variant.quality is not None else prof.quality
+            )
+            for k, v in (
+                ("w", prof.weights_bytes),
+                ("kv", prof.kv_bytes),
+                ("bw", prof.bw),
+                ("pp", prof.pp or 1.0),
+                ("kappa", prof.kappa or 1.0),
+                ("r_pf", prof.r_pf or 1.0),
+                ("ttft0", prof.ttft0),
+                ("step0", prof.step0),
+                ("flop", prof.per_seq_flop_s),
+                ("max_conc", prof.max_conc),
+                ("kv_budget", prof.kv_budget_bytes),
+                ("p_busy", prof.p_busy),
+                ("p_prefill", prof.p_prefill),
+            ):
                 arrays[k][i, j] = v
     links = [s.link for _, s in servers]
     return CostTable(
-        services=tuple(services), server_names=tuple(n for n, _ in servers),
+        services=tuple(services),
+        server_names=tuple(n for n, _ in servers),
         tiers=tuple(s.tier.value for _, s in servers),
         pools=tuple(f"{s.tier.value}/{s.hardware}/{s.link.bandwidth_mbps:g}" for _, s in servers),
-        is_gpu=is_gpu, allowed=allowed,
+        is_gpu=is_gpu,
+        allowed=allowed,
         link_mbps=np.array([li.bandwidth_mbps for li in links]),
         link_noise=np.array([li.noise for li in links]),
         rtt_s=np.array([li.rtt_ms / 1000 for li in links]),
@@ -171,45 +252,79 @@ class Prediction:
     energy_attributed: F  # E_tran + attributed inference energy (J), unweighted
 
 
-def infer_times(t: CostTable, cls: NDArray[np.intp], l_in: F, l_out: F, b: F) -> tuple[F, F]:
-    """(prefill, decode) of requests of classes `cls` [N] on every server at batch size `b`.
+class Gathered:
+    """The class rows of a round's requests, [N, M, 1] per coefficient (one fancy index)."""
+
+    def __init__(self, t: CostTable, cls: NDArray[np.intp]) -> None:
+        rows = t.stacked[cls]
+        for k, name in enumerate(COEFFS):
+            setattr(self, name, rows[:, :, k, None])
+        self.is_gpu = rows[:, :, 0, None] > 0.5
+
+    is_gpu: NDArray[np.bool_]
+    w: F
+    kv: F
+    bw: F
+    pp: F
+    kappa: F
+    r_pf: F
+    ttft0: F
+    step0: F
+    flop: F
+    max_conc: F
+    p_busy: F
+    p_prefill: F
+    p_idle: F
+
+
+def infer_times(g: Gathered, l_in: F, l_out: F, b: F) -> tuple[F, F]:
+    """(prefill, decode) of a round's requests on every server at batch size `b`.
 
     `b` is [N, M, K] (K load levels); results are [N, M, K].
     """
-    g = lambda a: a[cls][:, :, None]  # noqa: E731  class rows, level axis
     li, lo = l_in[:, None, None], l_out[:, None, None]
-    pc, dc = cpu_times(li, lo, b, g(t.w), g(t.kv), g(t.bw), g(t.pp), g(t.kappa))
-    pg, dg = gpu_times(li, lo, b, g(t.kv), g(t.bw), g(t.r_pf), g(t.ttft0), g(t.step0), g(t.flop))
-    gpu = g(t.is_gpu)
-    return np.where(gpu, pg, pc), np.where(gpu, dg, dc)
+    pc, dc = cpu_times(li, lo, b, g.w, g.kv, g.bw, g.pp, g.kappa)
+    pg, dg = gpu_times(li, lo, b, g.kv, g.bw, g.r_pf, g.ttft0, g.step0, g.flop)
+    return cast(F, np.where(g.is_gpu, pg, pc)), cast(F, np.where(g.is_gpu, dg, dc))
 
 
-def predict(t: CostTable, weights: EnergyWeights, cls: NDArray[np.intp], l_in: F, l_out: F,
-            attach: F, conc: F, queue_s: F, bw_mbps: F) -> Prediction:
-    """Predict D and E for requests (class, prompt, expected output, attachment) on all servers.
+def predict(
+    t: CostTable,
+    g: Gathered,
+    weights: EnergyWeights,
+    l_in: F,
+    l_out: F,
+    attach: F,
+    conc: F,
+    queue_s: F,
+    bw_mbps: F,
+) -> Prediction:
+    """Predict D and E for requests (prompt, expected output, attachment) on all servers.
 
     `conc` [N, M, K] is the batch size a request would join at each of K load levels,
     `queue_s` [N, M, K] its expected wait before admission, `bw_mbps` [M] the link
     bandwidth estimate. Results are [N, M, K].
     """
-    b = np.minimum(conc, t.max_conc[cls][:, :, None])
-    prefill, decode = infer_times(t, cls, l_in, l_out, b)
-    up, down = upload_bits(l_in, attach), download_bits(l_out)
-    bits = (up + down)[:, None, None]
+    b = np.minimum(conc, g.max_conc)
+    prefill, decode = infer_times(g, l_in, l_out, b)
+    bits = (upload_bits(l_in, attach) + download_bits(l_out))[:, None, None]
     tran = bits / (bw_mbps[None, :, None] * 1e6) + t.rtt_s[None, :, None]
     infer = prefill + decode
-    g = lambda a: a[cls][:, :, None]  # noqa: E731
-    gpu = g(t.is_gpu)
     e_tran = t.e_bit[None, :, None] * bits
-    e_inf = attributed_power_time(prefill, decode, b, gpu, g(t.p_busy), g(t.p_prefill))
+    e_inf = attributed_power_time(prefill, decode, b, g.is_gpu, g.p_busy, g.p_prefill)
     # Idle energy is P_idle·(T − busy): a placement lowers it by the busy time it adds.
-    p_idle = g(t.p_idle)
-    e_idle_saved = attributed_power_time(prefill, decode, b, gpu, p_idle, p_idle)
-    marginal = np.maximum(weights.tran * e_tran + weights.infer * e_inf
-                          - weights.idle * e_idle_saved, 0.0)
-    return Prediction(time=tran + queue_s + infer, tran_time=np.broadcast_to(tran, infer.shape),
-                      queue_time=np.broadcast_to(queue_s, infer.shape), infer_time=infer,
-                      energy=marginal, energy_attributed=e_tran + e_inf)
+    e_idle_saved = attributed_power_time(prefill, decode, b, g.is_gpu, g.p_idle, g.p_idle)
+    marginal = np.maximum(
+        weights.tran * e_tran + weights.infer * e_inf - weights.idle * e_idle_saved, 0.0
+    )
+    return Prediction(
+        time=tran + queue_s + infer,
+        tran_time=tran,
+        queue_time=queue_s,
+        infer_time=infer,
+        energy=marginal,
+        energy_attributed=e_tran + e_inf,
+    )
 
 
 def expected_wait(running: F, waiting: F, cap: F, mean_service_s: F) -> F:

@@ -34,7 +34,7 @@ from scipy.special import ndtr
 
 from perllm.contract import EnergyWeights
 from perllm.costmodel import CostTable
-from perllm.estimate import round_view
+from perllm.estimate import energy_scale, round_view
 
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
@@ -96,8 +96,9 @@ class Decision:
 
 
 class CSUCB:
-    def __init__(self, table: CostTable, weights: EnergyWeights,
-                 config: CSUCBConfig | None = None) -> None:
+    def __init__(
+        self, table: CostTable, weights: EnergyWeights, config: CSUCBConfig | None = None
+    ) -> None:
         self.t = table
         self.w = weights
         self.cfg = config or CSUCBConfig()
@@ -112,7 +113,7 @@ class CSUCB:
         self.total = 0
         self.rounds = 0
         self.violations = 0  # rounds' requests with nothing feasible
-        self.energy_scale = self._energy_scale()
+        self.energy_scale = energy_scale(table, weights)
 
     # -- learned statistics -------------------------------------------------------------
     def ratio_posterior(self) -> tuple[F, F]:
@@ -127,21 +128,20 @@ class CSUCB:
     def mean_reward(self) -> F:
         return np.divide(self.sum_reward, self.n, out=np.zeros_like(self.n), where=self.n > 0)
 
-    def _energy_scale(self) -> F:
-        """Per class: the largest marginal energy of a typical request on any allowed server."""
-        t = self.t
-        cls = np.arange(t.n_classes)
-        l_in = np.array([s.traffic.prompt_tokens for s in t.services])
-        l_out = np.array([s.traffic.output_tokens for s in t.services])
-        att = np.array([s.traffic.payload_bytes for s in t.services])
-        m = t.n_servers
-        v = round_view(t, self.w, cls, l_in, l_out, att, np.zeros(m), np.zeros(m), t.link_mbps)
-        e = np.where(t.allowed, v.energy[:, :, 0], 0.0)
-        return np.maximum(e.max(axis=1), 1e-3)
-
     # -- decisions ------------------------------------------------------------------------
-    def decide(self, cls: I, l_in: F, l_out: F, attach: F, min_quality: F, deadline: F,
-               running: F, waiting: F, bw_mbps: F, explain: bool = False) -> Decision:
+    def decide(
+        self,
+        cls: I,
+        l_in: F,
+        l_out: F,
+        attach: F,
+        min_quality: F,
+        deadline: F,
+        running: F,
+        waiting: F,
+        bw_mbps: F,
+        explain: bool = False,
+    ) -> Decision:
         """Assign one round of requests (expected output `l_out`, expected deadline)."""
         t, cfg = self.t, self.cfg
         n, m = len(cls), t.n_servers
@@ -167,6 +167,7 @@ class CSUCB:
         added = np.zeros(m, np.intp)
         ar = np.arange(m)
         choice = np.empty(n, np.intp)
+        lvl_of = np.empty(n, np.intp)  # load level each request saw when placed
         ok = np.empty(n, bool)
         k_max = view.levels - 1
         for k in order:
@@ -184,27 +185,57 @@ class CSUCB:
                 ok[k] = False
                 self.violations += 1
             choice[k] = j
+            lvl_of[k] = lvl[j]
             added[j] += 1
         np.add.at(self.plays, (cls, self.pool_of[choice]), 1)
         self.total += n
-        lvl_of = np.zeros(n, np.intp)  # level each request saw when placed
-        seen = np.zeros(m, np.intp)
-        for k in order:
-            lvl_of[k] = min(seen[choice[k]], k_max)
-            seen[choice[k]] += 1
         rows = np.arange(n)
         expl = None
         if explain:
-            expl = [self._explain(int(k), cls, min_quality, deadline, static, view.time,
-                                  pess, view.energy, mean, bonus, score, choice, ok, lvl_of)
-                    for k in range(n)]
-        return Decision(choice=choice, feasible=ok,
-                        predicted_time=view.time[rows, choice, lvl_of],
-                        predicted_energy=view.energy[rows, choice, lvl_of], explanations=expl)
+            expl = [
+                self._explain(
+                    int(k),
+                    cls,
+                    min_quality,
+                    deadline,
+                    static,
+                    view.time,
+                    pess,
+                    view.energy,
+                    mean,
+                    bonus,
+                    score,
+                    choice,
+                    ok,
+                    lvl_of,
+                )
+                for k in range(n)
+            ]
+        return Decision(
+            choice=choice,
+            feasible=ok,
+            predicted_time=view.time[rows, choice, lvl_of],
+            predicted_energy=view.energy[rows, choice, lvl_of],
+            explanations=expl,
+        )
 
-    def _explain(self, k: int, cls: I, min_quality: F, deadline: F, static: NDArray[np.bool_],
-                 time: F, pess: F, energy: F, mean: F, bonus: F, score: F, choice: I,
-                 ok: NDArray[np.bool_], lvl_of: I) -> Explanation:
+    def _explain(
+        self,
+        k: int,
+        cls: I,
+        min_quality: F,
+        deadline: F,
+        static: NDArray[np.bool_],
+        time: F,
+        pess: F,
+        energy: F,
+        mean: F,
+        bonus: F,
+        score: F,
+        choice: I,
+        ok: NDArray[np.bool_],
+        lvl_of: I,
+    ) -> Explanation:
         t = self.t
         c = int(cls[k])
         lv = int(lvl_of[k])
@@ -212,33 +243,52 @@ class CSUCB:
         for j in range(t.n_servers):
             if not t.allowed[c, j]:
                 svc = t.services[c]
-                reason = (f"tier {t.tiers[j]} not allowed" if t.tiers[j] not in svc.allowed_tiers
-                          else "model variant does not fit in memory")
+                reason = (
+                    f"tier {t.tiers[j]} not allowed"
+                    if t.tiers[j] not in svc.allowed_tiers
+                    else "model variant does not fit in memory"
+                )
             elif not static[k, j]:
                 reason = f"quality {t.quality[c, j]:.3f} < floor {min_quality[k]:.3f}"
             elif pess[k, j, lv] > deadline[k]:
-                reason = (f"deadline {deadline[k]:.2f}s: est. {time[k, j, lv]:.2f}s "
-                          f"(pessimistic {pess[k, j, lv]:.2f}s)")
+                reason = (
+                    f"deadline {deadline[k]:.2f}s: est. {time[k, j, lv]:.2f}s "
+                    f"(pessimistic {pess[k, j, lv]:.2f}s)"
+                )
             else:
                 reason = ""
-            cands.append(Candidate(
-                node=t.server_names[j], tier=t.tiers[j], feasible=reason == "", reason=reason,
-                predicted_time_s=float(time[k, j, lv]), pessimistic_time_s=float(pess[k, j, lv]),
-                predicted_energy_j=float(energy[k, j, lv]), mean=float(mean[k, j, lv]),
-                bonus=float(bonus[k, j]), score=float(score[k, j, lv])))
-        return Explanation(service=t.services[c].name, deadline_s=float(deadline[k]),
-                           min_quality=float(min_quality[k]),
-                           chosen=t.server_names[int(choice[k])], feasible=bool(ok[k]),
-                           round=self.rounds, candidates=cands)
+            cands.append(
+                Candidate(
+                    node=t.server_names[j],
+                    tier=t.tiers[j],
+                    feasible=reason == "",
+                    reason=reason,
+                    predicted_time_s=float(time[k, j, lv]),
+                    pessimistic_time_s=float(pess[k, j, lv]),
+                    predicted_energy_j=float(energy[k, j, lv]),
+                    mean=float(mean[k, j, lv]),
+                    bonus=float(bonus[k, j]),
+                    score=float(score[k, j, lv]),
+                )
+            )
+        return Explanation(
+            service=t.services[c].name,
+            deadline_s=float(deadline[k]),
+            min_quality=float(min_quality[k]),
+            chosen=t.server_names[int(choice[k])],
+            feasible=bool(ok[k]),
+            round=self.rounds,
+            candidates=cands,
+        )
 
     # -- learning -------------------------------------------------------------------------
-    def update(self, cls: I, server: I, time: F, predicted_time: F, energy: F,
-               deadline: F) -> None:
+    def update(self, cls: I, server: I, time: F, predicted_time: F, energy: F, deadline: F) -> None:
         """Observe completed requests: O(1) per observation (running sums)."""
         arm = (cls, self.pool_of[server])
         ratio = time / np.maximum(predicted_time, 1e-9)
-        reward = (-np.minimum(energy / self.energy_scale[cls], 2.0)
-                  - self.cfg.theta * (time > deadline))
+        reward = -np.minimum(energy / self.energy_scale[cls], 2.0) - self.cfg.theta * (
+            time > deadline
+        )
         np.add.at(self.n, arm, 1.0)
         np.add.at(self.sum_ratio, arm, ratio)
         np.add.at(self.sumsq_ratio, arm, ratio**2)
@@ -251,19 +301,31 @@ class CSUCB:
             for p, pool in enumerate(self.pool_names):
                 if self.plays[c, p] or self.n[c, p]:
                     arms[f"{svc.name}|{pool}"] = {
-                        "n": self.n[c, p], "sum_ratio": self.sum_ratio[c, p],
-                        "sumsq_ratio": self.sumsq_ratio[c, p], "sum_reward": self.sum_reward[c, p],
-                        "plays": self.plays[c, p]}
-        return {"version": STATE_VERSION, "total": self.total, "rounds": self.rounds,
-                "violations": self.violations, "config": asdict(self.cfg), "arms": arms}
+                        "n": self.n[c, p],
+                        "sum_ratio": self.sum_ratio[c, p],
+                        "sumsq_ratio": self.sumsq_ratio[c, p],
+                        "sum_reward": self.sum_reward[c, p],
+                        "plays": self.plays[c, p],
+                    }
+        return {
+            "version": STATE_VERSION,
+            "total": self.total,
+            "rounds": self.rounds,
+            "violations": self.violations,
+            "config": asdict(self.cfg),
+            "arms": arms,
+        }
 
     def import_state(self, state: dict[str, Any]) -> int:
         """Restore learned arms by key; returns how many matched this table (others are
         services or pools that no longer exist and are dropped)."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"state version {state.get('version')!r} != {STATE_VERSION}")
-        index = {f"{s.name}|{p}": (c, k) for c, s in enumerate(self.t.services)
-                 for k, p in enumerate(self.pool_names)}
+        index = {
+            f"{s.name}|{p}": (c, k)
+            for c, s in enumerate(self.t.services)
+            for k, p in enumerate(self.pool_names)
+        }
         matched = 0
         for key, a in state.get("arms", {}).items():
             if key in index:

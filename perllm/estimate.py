@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perllm.contract import EnergyWeights
-from perllm.costmodel import CostTable, infer_times, predict
+from perllm.costmodel import CostTable, Gathered, infer_times, predict
 
 F = NDArray[np.float64]
 
@@ -30,18 +30,41 @@ class RoundView:
     levels: int
 
 
-def round_view(t: CostTable, w: EnergyWeights, cls: NDArray[np.intp], l_in: F, l_out: F,
-               attach: F, running: F, waiting: F, bw_mbps: F) -> RoundView:
+def round_view(
+    t: CostTable,
+    w: EnergyWeights,
+    cls: NDArray[np.intp],
+    l_in: F,
+    l_out: F,
+    attach: F,
+    running: F,
+    waiting: F,
+    bw_mbps: F,
+) -> RoundView:
     n = len(cls)
     k = max(1, min(n, MAX_LEVELS))
     add = np.arange(k, dtype=float)  # requests this round placed on the server before this one
     occupied = (running + waiting)[None, :, None] + add[None, None, :]  # [1, M, K]
-    cap = t.max_conc[cls][:, :, None]  # [N, M, 1]
+    g = Gathered(t, cls)
+    cap = g.max_conc  # [N, M, 1]
     conc = np.minimum(occupied + 1, cap)  # batch size joined, [N, M, K]
     # Wait: each request ahead beyond the free slots holds a slot for about one service
     # time of a request like this one at a full batch, shared by `cap` slots.
-    full_pre, full_dec = infer_times(t, cls, l_in, l_out, cap)
+    full_pre, full_dec = infer_times(g, l_in, l_out, cap)
     ahead = np.maximum(occupied + 1 - cap, 0.0)
     queue = ahead * (full_pre + full_dec) / np.maximum(cap, 1.0)
-    p = predict(t, w, cls, l_in, l_out, attach, conc, queue, bw_mbps)
+    p = predict(t, g, w, l_in, l_out, attach, conc, queue, bw_mbps)
     return RoundView(time=p.time, energy=p.energy, levels=k)
+
+
+def energy_scale(t: CostTable, w: EnergyWeights) -> F:
+    """Per class: the largest marginal energy of a typical request on any allowed idle
+    server. Rewards divide energy by it, so they are comparable across classes."""
+    cls = np.arange(t.n_classes)
+    l_in = np.array([s.traffic.prompt_tokens for s in t.services])
+    l_out = np.array([s.traffic.output_tokens for s in t.services])
+    att = np.array([s.traffic.payload_bytes for s in t.services])
+    m = t.n_servers
+    v = round_view(t, w, cls, l_in, l_out, att, np.zeros(m), np.zeros(m), t.link_mbps)
+    e = np.where(t.allowed, v.energy[:, :, 0], 0.0)
+    return np.asarray(np.maximum(e.max(axis=1), 1e-3), dtype=float)

@@ -75,8 +75,14 @@ class HardwareInfo(_Entry):
         need = (
             ("prefill_coeff", "kappa", "power_busy_w")
             if self.kind == "cpu"
-            else ("gpu_memory_gb", "peak_tflops", "prefill_mfu", "decode_flops_eff",
-                  "power_prefill_w", "power_decode_w")
+            else (
+                "gpu_memory_gb",
+                "peak_tflops",
+                "prefill_mfu",
+                "decode_flops_eff",
+                "power_prefill_w",
+                "power_decode_w",
+            )
         )
         missing = [k for k in need if getattr(self, k) is None]
         if missing:
@@ -140,20 +146,38 @@ def perf_profile(model: ModelInfo, precision: Precision, hw: HardwareInfo) -> Pe
         # Useful concurrency B* ≈ pp/tg1 (CALIBRATION §3.3): 3 / 5 / 9 for Q4_K_M / Q8_0 / F16.
         conc = max(1, round(pp / tg1))
         return PerfProfile(
-            kind="cpu", weights_bytes=w, kv_bytes=kv, bw=bw, max_conc=conc,
-            kv_budget_bytes=float("inf"), fits=w <= hw.memory_gib * 2**30 * 0.9, quality=q,
-            p_busy=hw.power_busy_w, p_prefill=hw.power_busy_w, p_idle=hw.power_idle_w,
-            pp=pp, kappa=hw.kappa,
+            kind="cpu",
+            weights_bytes=w,
+            kv_bytes=kv,
+            bw=bw,
+            max_conc=conc,
+            kv_budget_bytes=float("inf"),
+            fits=w <= hw.memory_gib * 2**30 * 0.9,
+            quality=q,
+            p_busy=hw.power_busy_w,
+            p_prefill=hw.power_busy_w,
+            p_idle=hw.power_idle_w,
+            pp=pp,
+            kappa=hw.kappa,
         )
     assert hw.gpu_memory_gb and hw.peak_tflops and hw.prefill_mfu and hw.decode_flops_eff
     assert hw.power_prefill_w is not None and hw.power_decode_w is not None
     p = model.params_b * 1e9
     budget = hw.gpu_memory_utilization * hw.gpu_memory_gb * GB - w - hw.runtime_overhead_gb * GB
     return PerfProfile(
-        kind="gpu", weights_bytes=w, kv_bytes=kv, bw=bw, max_conc=hw.max_seqs,
-        kv_budget_bytes=max(budget, 0.0), fits=budget > 0, quality=q,
-        p_busy=hw.power_decode_w, p_prefill=hw.power_prefill_w, p_idle=hw.power_idle_w,
+        kind="gpu",
+        weights_bytes=w,
+        kv_bytes=kv,
+        bw=bw,
+        max_conc=hw.max_seqs,
+        kv_budget_bytes=max(budget, 0.0),
+        fits=budget > 0,
+        quality=q,
+        p_busy=hw.power_decode_w,
+        p_prefill=hw.power_prefill_w,
+        p_idle=hw.power_idle_w,
         r_pf=hw.prefill_mfu * hw.peak_tflops * 1e12 / (2 * p),
-        ttft0=hw.ttft_overhead_s, step0=hw.step_overhead_s + w / bw,
+        ttft0=hw.ttft_overhead_s,
+        step0=hw.step_overhead_s + w / bw,
         per_seq_flop_s=2 * p / (hw.decode_flops_eff * hw.peak_tflops * 1e12),
     )

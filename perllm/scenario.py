@@ -7,6 +7,7 @@ in docs/scenarios.md; validation errors name the field (`servers[0].link.bandwid
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -42,10 +43,22 @@ class _Strict(BaseModel):
 # multi-modal shape better than a lognormal fit.
 AZURE_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # probabilities, token counts (p0 and p100 from min/max of the trace)
-    "azure-conv-input": ((0, .10, .25, .50, .75, .90, .99, 1), (2, 207, 396, 1020, 1189, 2734, 4142, 14050)),
-    "azure-conv-output": ((0, .10, .25, .50, .75, .90, .99, 1), (1, 54, 85, 129, 395, 424, 601, 1000)),
-    "azure-code-input": ((0, .10, .25, .50, .75, .90, .99, 1), (3, 147, 578, 1469, 2744, 5188, 7436, 7437)),
-    "azure-code-output": ((0, .10, .25, .50, .75, .90, .99, 1), (1, 7, 9, 13, 24, 55, 251, 1899)),
+    "azure-conv-input": (
+        (0, 0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 1),
+        (2, 207, 396, 1020, 1189, 2734, 4142, 14050),
+    ),
+    "azure-conv-output": (
+        (0, 0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 1),
+        (1, 54, 85, 129, 395, 424, 601, 1000),
+    ),
+    "azure-code-input": (
+        (0, 0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 1),
+        (3, 147, 578, 1469, 2744, 5188, 7436, 7437),
+    ),
+    "azure-code-output": (
+        (0, 0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 1),
+        (1, 7, 9, 13, 24, 55, 251, 1899),
+    ),
 }
 
 
@@ -66,24 +79,37 @@ class Dist(_Strict):
     @model_validator(mode="after")
     def _params(self) -> Dist:
         need = {
-            "preset": ("name",), "lognormal": ("mu", "sigma"), "uniform": ("low", "high"),
-            "constant": ("value",), "quantiles": ("probs", "values"),
+            "preset": ("name",),
+            "lognormal": ("mu", "sigma"),
+            "uniform": ("low", "high"),
+            "constant": ("value",),
+            "quantiles": ("probs", "values"),
         }[self.kind]
         missing = [k for k in need if getattr(self, k) is None]
         if missing:
             raise ValueError(f"kind {self.kind} needs {', '.join(missing)}")
         if self.kind == "preset" and self.name not in AZURE_PRESETS:
             raise ValueError(f"name: unknown preset {self.name!r}; known: {sorted(AZURE_PRESETS)}")
-        if self.kind == "uniform" and self.low is not None and self.high is not None \
-                and self.high < self.low:
+        if (
+            self.kind == "uniform"
+            and self.low is not None
+            and self.high is not None
+            and self.high < self.low
+        ):
             raise ValueError("high: must be >= low")
         if self.kind == "quantiles":
             p, v = self.probs or [], self.values or []
-            if len(p) != len(v) or len(p) < 2 or p[0] != 0 or p[-1] != 1 \
-                    or any(b < a for a, b in zip(p, p[1:], strict=False)) \
-                    or any(b < a for a, b in zip(v, v[1:], strict=False)):
-                raise ValueError("probs/values: equal length, probs rising from 0 to 1, "
-                                 "values non-decreasing")
+            if (
+                len(p) != len(v)
+                or len(p) < 2
+                or p[0] != 0
+                or p[-1] != 1
+                or any(b < a for a, b in itertools.pairwise(p))
+                or any(b < a for a, b in itertools.pairwise(v))
+            ):
+                raise ValueError(
+                    "probs/values: equal length, probs rising from 0 to 1, values non-decreasing"
+                )
         return self
 
     def quantile_table(self) -> tuple[Sequence[float], Sequence[float]] | None:
@@ -104,8 +130,9 @@ class Choice(_Strict):
 
     @model_validator(mode="after")
     def _weights(self) -> Choice:
-        if self.weights is not None and (len(self.weights) != len(self.values)
-                                         or sum(self.weights) <= 0):
+        if self.weights is not None and (
+            len(self.weights) != len(self.values) or sum(self.weights) <= 0
+        ):
             raise ValueError("weights: one non-negative weight per value, not all zero")
         return self
 
@@ -206,19 +233,25 @@ class Scenario(_Strict):
         cat = default_catalogue().merged(self.models, self.hardware)
         for i, s in enumerate(self.servers):
             if s.hardware not in cat.hardware:
-                raise ValueError(f"servers[{i}].hardware: unknown hardware {s.hardware!r}; "
-                                 f"known: {sorted(cat.hardware)}")
+                raise ValueError(
+                    f"servers[{i}].hardware: unknown hardware {s.hardware!r}; "
+                    f"known: {sorted(cat.hardware)}"
+                )
         names = [n for n, _ in self.expanded_servers()]
         if len(names) != len(set(names)):
             raise ValueError("servers: server names (after count expansion) must be unique")
         for i, c in enumerate(self.workload.classes):
             if c.model not in cat.models:
-                raise ValueError(f"workload.classes[{i}].model: unknown model {c.model!r}; "
-                                 f"known: {sorted(cat.models)}")
+                raise ValueError(
+                    f"workload.classes[{i}].model: unknown model {c.model!r}; "
+                    f"known: {sorted(cat.models)}"
+                )
             for v in c.variants or []:
                 if v.precision not in cat.models[c.model].weights_gb:
-                    raise ValueError(f"workload.classes[{i}].variants: {c.model} has no "
-                                     f"{v.precision.value} weights")
+                    raise ValueError(
+                        f"workload.classes[{i}].variants: {c.model} has no "
+                        f"{v.precision.value} weights"
+                    )
         return self
 
     def expanded_servers(self) -> list[tuple[str, Server]]:
@@ -237,24 +270,31 @@ class Scenario(_Strict):
         total = sum(c.share for c in self.workload.classes)
         out = []
         for c in self.workload.classes:
-            out.append(ServiceSpec(
-                name=c.name, model=c.model,
-                variants=c.variants or _default_variants(),
-                requirements=Requirements(deadline=c.deadline, min_quality=min(c.min_quality.values)),
-                traffic=Traffic(
-                    rate_rps=rate * c.share / total,
-                    prompt_tokens=max(1.0, _mean(c.input_tokens)),
-                    output_tokens=max(1.0, _mean(c.output_tokens)),
-                    payload_bytes=_mean(c.attachment_bytes) if c.attachment_bytes else 0.0,
-                ),
-                allowed_tiers=c.allowed_tiers,
-            ))
+            out.append(
+                ServiceSpec(
+                    name=c.name,
+                    model=c.model,
+                    variants=c.variants or _default_variants(),
+                    requirements=Requirements(
+                        deadline=c.deadline, min_quality=min(c.min_quality.values)
+                    ),
+                    traffic=Traffic(
+                        rate_rps=rate * c.share / total,
+                        prompt_tokens=max(1.0, _mean(c.input_tokens)),
+                        output_tokens=max(1.0, _mean(c.output_tokens)),
+                        payload_bytes=_mean(c.attachment_bytes) if c.attachment_bytes else 0.0,
+                    ),
+                    allowed_tiers=c.allowed_tiers,
+                )
+            )
         return out
 
 
 def _default_variants() -> list[ModelVariant]:
-    return [ModelVariant(tier=Tier.EDGE, precision=Precision.Q4_K_M),
-            ModelVariant(tier=Tier.CLOUD, precision=Precision.FP16)]
+    return [
+        ModelVariant(tier=Tier.EDGE, precision=Precision.Q4_K_M),
+        ModelVariant(tier=Tier.CLOUD, precision=Precision.FP16),
+    ]
 
 
 def _mean(d: Dist) -> float:
@@ -289,7 +329,9 @@ def _format_errors(err: ValidationError) -> str:
     return "\n  ".join(lines)
 
 
-def parse_scenario(data: object, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
+def parse_scenario(
+    data: object, source: str = "<scenario>", base_dir: Path | None = None
+) -> Scenario:
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: a scenario is a YAML mapping, got {type(data).__name__}")
     try:
@@ -300,13 +342,27 @@ def parse_scenario(data: object, source: str = "<scenario>", base_dir: Path | No
     if base_dir is not None:
         arr = sc.workload.arrivals
         if arr.file and not Path(arr.file).is_absolute():
-            sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={
-                "arrivals": arr.model_copy(update={"file": str(base_dir / arr.file)})})})
+            sc = sc.model_copy(
+                update={
+                    "workload": sc.workload.model_copy(
+                        update={
+                            "arrivals": arr.model_copy(update={"file": str(base_dir / arr.file)})
+                        }
+                    )
+                }
+            )
         if sc.bandwidth.trace and not Path(sc.bandwidth.trace).is_absolute():
-            sc = sc.model_copy(update={"bandwidth": sc.bandwidth.model_copy(
-                update={"trace": str(base_dir / sc.bandwidth.trace)})})
-    for label, path in (("workload.arrivals.file", sc.workload.arrivals.file),
-                        ("bandwidth.trace", sc.bandwidth.trace)):
+            sc = sc.model_copy(
+                update={
+                    "bandwidth": sc.bandwidth.model_copy(
+                        update={"trace": str(base_dir / sc.bandwidth.trace)}
+                    )
+                }
+            )
+    for label, path in (
+        ("workload.arrivals.file", sc.workload.arrivals.file),
+        ("bandwidth.trace", sc.bandwidth.trace),
+    ):
         if path and not Path(path).is_file():
             raise ScenarioError(f"{source}: invalid scenario:\n  {label}: no such file {path}")
     return sc
@@ -320,8 +376,10 @@ def load_scenario(path: str | Path) -> Scenario:
         if builtin.is_file():
             p = builtin
         else:
-            raise ScenarioError(f"{path}: no such file or built-in scenario; built-ins: "
-                                f"{', '.join(builtin_scenarios())}")
+            raise ScenarioError(
+                f"{path}: no such file or built-in scenario; built-ins: "
+                f"{', '.join(builtin_scenarios())}"
+            )
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:

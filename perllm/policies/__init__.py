@@ -22,7 +22,7 @@ def _load() -> None:
         for cls in mod.POLICIES:
             register(cls.name, cls)
     try:  # AGOD needs the bench extra (JAX)
-        from perllm.policies import agod
+        from perllm.policies import agod  # type: ignore[attr-defined, unused-ignore]
     except ImportError:
         return
     for cls in agod.POLICIES:

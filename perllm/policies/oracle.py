@@ -3,8 +3,9 @@
 It sees what no scheduler can: the realised bandwidth of the slot, each request's real
 output length and speed, and the exact state of every server queue. Each round it
 evaluates every request on every server by dry-running the world itself, and assigns the
-round in arrival order (the order the world runs it) minimising (deadline or quality violation, then marginal
-energy), each placement's effect on the queues included before the next is evaluated.
+round in arrival order (the order the world runs it), minimising deadline or quality
+violation first and marginal energy second, each placement's effect on the queues
+included before the next request is evaluated.
 It is myopic like every per-round policy (it does not reserve capacity for later rounds).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from perllm.policies.base import I, Batch, Observation, Policy
+from perllm.policies.base import Batch, I, Observation, Policy
 
 
 class Oracle(Policy):
@@ -22,7 +23,7 @@ class Oracle(Policy):
     def assign(self, batch: Batch, obs: Observation) -> I:
         world = self.world
         assert world is not None, "the oracle needs the world"
-        t, w = self.env.table, self.env.weights
+        _t, w = self.env.table, self.env.weights
         mask = self.fallback(batch, self.quality_ok(batch))
         out = np.empty(len(batch), np.intp)
         # Dry runs must see earlier placements of this round: place on a scratch copy.

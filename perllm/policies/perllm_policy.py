@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from perllm.csucb import CSUCB, CSUCBConfig
-from perllm.policies.base import I, Batch, Env, Feedback, Observation, Policy
+from perllm.policies.base import Batch, Env, Feedback, I, Observation, Policy
 
 if TYPE_CHECKING:
     from perllm.world.sim import World
@@ -22,14 +22,21 @@ class PerLLM(Policy):
         self.bandit = CSUCB(env.table, env.weights, self.config)
 
     def assign(self, batch: Batch, obs: Observation) -> I:
-        d = self.bandit.decide(batch.cls, batch.l_in, batch.expected_out, batch.attach,
-                               batch.min_quality, batch.expected_deadline, obs.running,
-                               obs.waiting, obs.bw_mbps)
+        d = self.bandit.decide(
+            batch.cls,
+            batch.l_in,
+            batch.expected_out,
+            batch.attach,
+            batch.min_quality,
+            batch.expected_deadline,
+            obs.running,
+            obs.waiting,
+            obs.bw_mbps,
+        )
         return d.choice
 
     def feedback(self, fb: Feedback) -> None:
-        self.bandit.update(fb.cls, fb.server, fb.time, fb.predicted_time, fb.energy,
-                           fb.deadline)
+        self.bandit.update(fb.cls, fb.server, fb.time, fb.predicted_time, fb.energy, fb.deadline)
 
 
 POLICIES = [PerLLM]

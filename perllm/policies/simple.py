@@ -10,11 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from perllm.estimate import round_view
-from perllm.policies.base import I, Batch, Observation, Policy
-
-
-def _load(obs: Observation, cap: np.ndarray) -> np.ndarray:
-    return (obs.running + obs.waiting) / np.maximum(cap, 1.0)
+from perllm.policies.base import Batch, I, Observation, Policy
 
 
 class _TierOnly(Policy):
@@ -89,8 +85,17 @@ class GreedyDeadline(Policy):
 
     def assign(self, batch: Batch, obs: Observation) -> I:
         t, e = self.env.table, self.env
-        v = round_view(t, e.weights, batch.cls, batch.l_in, batch.expected_out, batch.attach,
-                       obs.running, obs.waiting, obs.bw_mbps)
+        v = round_view(
+            t,
+            e.weights,
+            batch.cls,
+            batch.l_in,
+            batch.expected_out,
+            batch.attach,
+            obs.running,
+            obs.waiting,
+            obs.bw_mbps,
+        )
         mask = self.fallback(batch, self.quality_ok(batch))
         added = np.zeros(t.n_servers, np.intp)
         ar = np.arange(t.n_servers)
@@ -99,8 +104,11 @@ class GreedyDeadline(Policy):
             lvl = np.minimum(added, v.levels - 1)
             time, energy = v.time[k, ar, lvl], v.energy[k, ar, lvl]
             ok = mask[k] & (time <= batch.expected_deadline[k])
-            j = int(np.argmin(np.where(ok, energy, np.inf)) if ok.any()
-                    else np.argmin(np.where(mask[k], time, np.inf)))
+            j = int(
+                np.argmin(np.where(ok, energy, np.inf))
+                if ok.any()
+                else np.argmin(np.where(mask[k], time, np.inf))
+            )
             out[k] = j
             added[j] += 1
         return out

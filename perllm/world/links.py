@@ -17,8 +17,9 @@ from perllm.scenario import Scenario, ScenarioError, Window
 def _targets(w: Window, names: tuple[str, ...], tiers: tuple[str, ...]) -> NDArray[np.bool_]:
     if w.servers is None:
         return np.ones(len(names), bool)
-    return np.array([any(fnmatch(n, p) or t == p for p in w.servers)
-                     for n, t in zip(names, tiers, strict=True)])
+    return np.array(
+        [any(fnmatch(n, p) or t == p for p in w.servers) for n, t in zip(names, tiers, strict=True)]
+    )
 
 
 def nominal_matrix(sc: Scenario, t: CostTable, n_slots: int) -> NDArray[np.float64]:
@@ -39,8 +40,9 @@ def bandwidth_matrix(sc: Scenario, t: CostTable, n_slots: int, seed: int) -> NDA
     return nominal_matrix(sc, t, n_slots) * noise
 
 
-def _apply_trace(path: str, nominal: NDArray[np.float64], names: tuple[str, ...],
-                 slot_s: float) -> NDArray[np.float64]:
+def _apply_trace(
+    path: str, nominal: NDArray[np.float64], names: tuple[str, ...], slot_s: float
+) -> NDArray[np.float64]:
     """CSV `time_s,server,mbps`: step function per server from each row's time on."""
     with Path(path).open(newline="") as f:
         rows = list(csv.DictReader(f))

@@ -70,8 +70,9 @@ class ServerState:
         self.link_free = start + bits / bps
         return self.link_free
 
-    def admit(self, ready: float, l_in: float, l_out: float, c: Coeffs, speed: float,
-              commit: bool = True) -> Outcome:
+    def admit(
+        self, ready: float, l_in: float, l_out: float, c: Coeffs, speed: float, commit: bool = True
+    ) -> Outcome:
         """Admit a request that is ready at `ready` (s); `speed` scales the profile rates."""
         t = ready if ready > self.last_start else self.last_start
         heap = list(self.active) if not commit else self.active
@@ -105,7 +106,7 @@ class ServerState:
             self.last_start = t
             if c.is_gpu:
                 self.prefill_free = t + out.prefill
-                self.prefill_total += pre
+                self.prefill_total += float(pre)
             if t >= self.busy_until:
                 self.busy += out.end - t
             elif out.end > self.busy_until:
@@ -128,12 +129,30 @@ class ServerState:
         return running, waiting, kv
 
     def snapshot(self) -> tuple[object, ...]:
-        return (self.link_free, self.prefill_free, self.last_start, list(self.active),
-                self.kv_used, self.busy, self.busy_until, self.prefill_total, self.served)
+        return (
+            self.link_free,
+            self.prefill_free,
+            self.last_start,
+            list(self.active),
+            self.kv_used,
+            self.busy,
+            self.busy_until,
+            self.prefill_total,
+            self.served,
+        )
 
     def restore(self, snap: tuple[object, ...]) -> None:
-        (self.link_free, self.prefill_free, self.last_start, active, self.kv_used, self.busy,
-         self.busy_until, self.prefill_total, self.served) = snap  # type: ignore[assignment]
+        (
+            self.link_free,
+            self.prefill_free,
+            self.last_start,
+            active,
+            self.kv_used,
+            self.busy,
+            self.busy_until,
+            self.prefill_total,
+            self.served,
+        ) = snap  # type: ignore[assignment]
         self.active = list(active)  # type: ignore[call-overload]
 
     def energy(self, horizon: float) -> tuple[float, float]:

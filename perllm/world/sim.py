@@ -55,18 +55,38 @@ class RunResult:
 
     @property
     def energy_breakdown_j(self) -> dict[str, float]:
-        return {"tran": float(self.e_tran.sum()), "infer": float(self.energy_infer_j.sum()),
-                "idle": float(self.energy_idle_j.sum())}
+        return {
+            "tran": float(self.e_tran.sum()),
+            "infer": float(self.energy_infer_j.sum()),
+            "idle": float(self.energy_idle_j.sum()),
+        }
 
 
 def coeff_grid(t: CostTable) -> list[list[Coeffs]]:
     """Scalar coefficients per (class, server), for the per-request hot path."""
-    return [[Coeffs(bool(t.is_gpu[c, j]), float(t.w[c, j]), float(t.kv[c, j]),
-                    float(t.bw[c, j]), float(t.pp[c, j]), float(t.kappa[c, j]),
-                    float(t.r_pf[c, j]), float(t.ttft0[c, j]), float(t.step0[c, j]),
-                    float(t.flop[c, j]), int(t.max_conc[c, j]), float(t.kv_budget[c, j]),
-                    float(t.p_busy[c, j]), float(t.p_prefill[c, j]), float(t.p_idle[c, j]))
-             for j in range(t.n_servers)] for c in range(t.n_classes)]
+    return [
+        [
+            Coeffs(
+                bool(t.is_gpu[c, j]),
+                float(t.w[c, j]),
+                float(t.kv[c, j]),
+                float(t.bw[c, j]),
+                float(t.pp[c, j]),
+                float(t.kappa[c, j]),
+                float(t.r_pf[c, j]),
+                float(t.ttft0[c, j]),
+                float(t.step0[c, j]),
+                float(t.flop[c, j]),
+                int(t.max_conc[c, j]),
+                float(t.kv_budget[c, j]),
+                float(t.p_busy[c, j]),
+                float(t.p_prefill[c, j]),
+                float(t.p_idle[c, j]),
+            )
+            for j in range(t.n_servers)
+        ]
+        for c in range(t.n_classes)
+    ]
 
 
 class World:
@@ -83,15 +103,23 @@ class World:
         self.speed = rng.lognormal(0.0, sc.speed_noise, len(self.req))
         self.coeffs = coeff_grid(self.table)
         t = self.table
-        self.servers = [ServerState(p_idle=float(t.p_idle[0, j]), p_busy=_server_power(t, j, "p_busy"),
-                                    p_prefill=_server_power(t, j, "p_prefill"),
-                                    is_gpu=bool(t.is_gpu[0, j])) for j in range(t.n_servers)]
+        self.servers = [
+            ServerState(
+                p_idle=float(t.p_idle[0, j]),
+                p_busy=_server_power(t, j, "p_busy"),
+                p_prefill=_server_power(t, j, "p_prefill"),
+                is_gpu=bool(t.is_gpu[0, j]),
+            )
+            for j in range(t.n_servers)
+        ]
         self.rtt = t.rtt_s.tolist()
         self.perf = t.perf_scale.tolist()
         self.up = np.asarray(upload_bits(self.req.l_in, self.req.attach)).tolist()
         self.down = np.asarray(download_bits(self.req.l_out)).tolist()
 
-    def execute(self, i: int, j: int, slot: int, commit: bool = True) -> tuple[float, Outcome, float]:
+    def execute(
+        self, i: int, j: int, slot: int, commit: bool = True
+    ) -> tuple[float, Outcome, float]:
         """Run request i on server j. Returns (processing time D, outcome, transmission J)."""
         r, s = self.req, self.servers[j]
         bps = float(self.bw[slot, j]) * 1e6
@@ -102,8 +130,14 @@ class World:
             arrived = max(arr, s.link_free) + self.up[i] / bps
         ready = arrived + self.rtt[j] / 2
         c = self.coeffs[int(r.cls[i])][j]
-        out = s.admit(ready, float(r.l_in[i]), float(r.l_out[i]), c, self.speed[i] * self.perf[j],
-                      commit=commit)
+        out = s.admit(
+            ready,
+            float(r.l_in[i]),
+            float(r.l_out[i]),
+            c,
+            self.speed[i] * self.perf[j],
+            commit=commit,
+        )
         d = out.end + self.down[i] / bps + self.rtt[j] / 2 - arr
         e_tran = float(self.table.e_bit[j]) * (self.up[i] + self.down[i])
         return d, out, e_tran
@@ -118,17 +152,21 @@ def _server_power(t: CostTable, j: int, key: str) -> float:
 def make_env(world: World, seed: int) -> Env:
     sc, t = world.sc, world.table
     return Env(
-        table=t, weights=sc.weights, slot_s=sc.slot_s,
+        table=t,
+        weights=sc.weights,
+        slot_s=sc.slot_s,
         expected_out=np.array([s.traffic.output_tokens for s in t.services]),
         deadline_s=np.array([s.requirements.deadline.seconds for s in t.services]),
-        deadline_per_token=np.array([s.requirements.deadline.per_output_token_s
-                                     for s in t.services]),
+        deadline_per_token=np.array(
+            [s.requirements.deadline.per_output_token_s for s in t.services]
+        ),
         seed=seed,
     )
 
 
-def simulate(sc: Scenario, policy: Policy, seed: int,
-             on_slot: Callable[[int, int], None] | None = None) -> RunResult:
+def simulate(
+    sc: Scenario, policy: Policy, seed: int, on_slot: Callable[[int, int], None] | None = None
+) -> RunResult:
     """Run `policy` on scenario `sc` with `seed`; `on_slot(done, total)` reports progress."""
     world = World(sc, seed)
     env = make_env(world, seed)
@@ -155,26 +193,37 @@ def simulate(sc: Scenario, policy: Policy, seed: int,
             cls = r.cls[idx]
             obs_rows = [s.observe(now) for s in world.servers]
             obs = Observation(
-                now=now, slot=slot,
+                now=now,
+                slot=slot,
                 running=np.array([o[0] for o in obs_rows], float),
                 waiting=np.array([o[1] for o in obs_rows], float),
                 kv_used=np.array([o[2] for o in obs_rows], float),
                 bw_mbps=world.bw[slot - 1] if slot > 0 else t.link_mbps,
             )
-            batch = Batch(idx=idx, arrival=r.arrival[idx], cls=cls, l_in=r.l_in[idx],
-                          attach=r.attach[idx], min_quality=r.min_quality[idx],
-                          expected_out=exp_out[cls], expected_deadline=exp_dl[cls])
+            batch = Batch(
+                idx=idx,
+                arrival=r.arrival[idx],
+                cls=cls,
+                l_in=r.l_in[idx],
+                attach=r.attach[idx],
+                min_quality=r.min_quality[idx],
+                expected_out=exp_out[cls],
+                expected_deadline=exp_dl[cls],
+            )
             choice = policy.assign(batch, obs)
             if len(choice) != len(idx):
-                raise RuntimeError(f"policy {policy.name} returned {len(choice)} choices "
-                                   f"for {len(idx)} requests")
+                raise RuntimeError(
+                    f"policy {policy.name} returned {len(choice)} choices for {len(idx)} requests"
+                )
             for k in range(len(idx)):
                 i, j = int(idx[k]), int(choice[k])
                 c = int(cls[k])
                 if not t.allowed[c, j]:
-                    raise RuntimeError(f"policy {policy.name} placed class "
-                                       f"{t.services[c].name} on {t.server_names[j]}, which "
-                                       "cannot run it")
+                    raise RuntimeError(
+                        f"policy {policy.name} placed class "
+                        f"{t.services[c].name} on {t.server_names[j]}, which "
+                        "cannot run it"
+                    )
                 di, out, et = world.execute(i, j, slot)
                 server[i], d[i], finish[i] = j, di, out.end
                 e_tran[i], e_inf[i] = et, out.e_infer
@@ -191,11 +240,25 @@ def simulate(sc: Scenario, policy: Policy, seed: int,
     ei, eidle = zip(*(s.energy(horizon) for s in world.servers), strict=True) if m else ((), ())
     q_ok = quality[r.cls, server] >= r.min_quality - 1e-9
     return RunResult(
-        scenario=sc.name, policy=policy.name, seed=seed, duration_s=sc.duration_s,
-        requests=r, server=server, time=d, met=(d <= r.deadline) & q_ok, quality_ok=q_ok,
-        finish=finish, e_tran=e_tran, e_infer_attr=e_inf, cost=cost,
-        energy_infer_j=np.array(ei), energy_idle_j=np.array(eidle), horizon_s=horizon,
-        wall_s=wall, server_names=t.server_names, tiers=t.tiers,
+        scenario=sc.name,
+        policy=policy.name,
+        seed=seed,
+        duration_s=sc.duration_s,
+        requests=r,
+        server=server,
+        time=d,
+        met=(d <= r.deadline) & q_ok,
+        quality_ok=q_ok,
+        finish=finish,
+        e_tran=e_tran,
+        e_infer_attr=e_inf,
+        cost=cost,
+        energy_infer_j=np.array(ei),
+        energy_idle_j=np.array(eidle),
+        horizon_s=horizon,
+        wall_s=wall,
+        server_names=t.server_names,
+        tiers=t.tiers,
         class_names=tuple(s.name for s in t.services),
         models=tuple(s.model for s in t.services),
     )
@@ -204,17 +267,35 @@ def simulate(sc: Scenario, policy: Policy, seed: int,
 def _predicted(world: World, i: int, j: int, out: Outcome) -> float:
     """The profile's D for request i as admitted (same concurrency, no noise)."""
     speed = world.speed[i] * world.perf[j]
-    return float(out.end - out.start) * speed + (out.start - world.req.arrival[i])
+    return float((out.end - out.start) * speed + (out.start - world.req.arrival[i]))
 
 
-def _deliver(policy: Policy, pending: list[tuple[float, int]], now: float, r: Requests,
-             server: NDArray[np.intp], d: F, pred: F, cost: F) -> None:
+def _deliver(
+    policy: Policy,
+    pending: list[tuple[float, int]],
+    now: float,
+    r: Requests,
+    server: NDArray[np.intp],
+    d: F,
+    pred: F,
+    cost: F,
+) -> None:
     done: list[int] = []
     while pending and pending[0][0] <= now:
         done.append(heapq.heappop(pending)[1])
     if not done:
         return
     ix = np.array(done, np.intp)
-    policy.feedback(Feedback(idx=ix, cls=r.cls[ix], server=server[ix], time=d[ix],
-                             deadline=r.deadline[ix], predicted_time=pred[ix], energy=cost[ix],
-                             l_in=r.l_in[ix], l_out=r.l_out[ix]))
+    policy.feedback(
+        Feedback(
+            idx=ix,
+            cls=r.cls[ix],
+            server=server[ix],
+            time=d[ix],
+            deadline=r.deadline[ix],
+            predicted_time=pred[ix],
+            energy=cost[ix],
+            l_in=r.l_in[ix],
+            l_out=r.l_out[ix],
+        )
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def draw(d: Dist, n: int, rng: np.random.Generator) -> NDArray[np.float64]:
     else:
         assert d.value is not None
         x = np.full(n, d.value)
-    return np.minimum(x, d.max) if d.max else x
+    return np.asarray(np.minimum(x, d.max) if d.max else x, dtype=float)
 
 
 def _arrival_times(sc: Scenario, rng: np.random.Generator) -> NDArray[np.float64]:
@@ -53,7 +54,7 @@ def _arrival_times(sc: Scenario, rng: np.random.Generator) -> NDArray[np.float64
     edges = sorted({0.0, sc.duration_s, *[w.at_s for w in windows], *[w.until_s for w in windows]})
     edges = [e for e in edges if e <= sc.duration_s]
     rates = []
-    for lo, hi in zip(edges, edges[1:], strict=False):
+    for lo, hi in itertools.pairwise(edges):
         f = 1.0
         for w in windows:
             if w.at_s <= lo and hi <= w.until_s:
@@ -69,11 +70,14 @@ def _arrival_times(sc: Scenario, rng: np.random.Generator) -> NDArray[np.float64
         gaps = rng.gamma(k, 1.0 / k, n_draw)
     op = np.cumsum(gaps)
     op = op[op < expected]
-    return np.interp(op, cum, np.asarray(edges, float))
+    return np.asarray(np.interp(op, cum, np.asarray(edges, float)), dtype=float)
 
 
-def _trace(sc: Scenario) -> tuple[NDArray[np.float64], NDArray[np.float64] | None,
-                                  NDArray[np.float64] | None, list[str] | None]:
+def _trace(
+    sc: Scenario,
+) -> tuple[
+    NDArray[np.float64], NDArray[np.float64] | None, NDArray[np.float64] | None, list[str] | None
+]:
     """Read a trace CSV: `time_s[,class][,input_tokens,output_tokens]`, or the Azure format
     `TIMESTAMP,ContextTokens,GeneratedTokens` (timestamps become seconds from the first)."""
     path = sc.workload.arrivals.file
@@ -88,8 +92,12 @@ def _trace(sc: Scenario) -> tuple[NDArray[np.float64], NDArray[np.float64] | Non
 
         ts = [datetime.fromisoformat(r["TIMESTAMP"].strip()[:26]).timestamp() for r in rows]
         t = np.asarray(ts) - min(ts)
-        return (t, np.array([float(r["ContextTokens"]) for r in rows]),
-                np.array([float(r["GeneratedTokens"]) for r in rows]), None)
+        return (
+            t,
+            np.array([float(r["ContextTokens"]) for r in rows]),
+            np.array([float(r["GeneratedTokens"]) for r in rows]),
+            None,
+        )
     if "time_s" not in cols:
         raise ScenarioError(f"workload.arrivals.file: {path} needs a time_s or TIMESTAMP column")
     t = np.array([float(r["time_s"]) for r in rows])
@@ -142,5 +150,12 @@ def generate(sc: Scenario, seed: int) -> Requests:
         w = np.asarray(c.min_quality.weights or [1.0] * len(c.min_quality.values), float)
         qmin[idx] = rng.choice(np.asarray(c.min_quality.values, float), size=m, p=w / w.sum())
         dl[idx] = c.deadline.seconds + c.deadline.per_output_token_s * lout
-    return Requests(arrival=t, cls=cls.astype(np.intp), l_in=l_in, l_out=l_out, attach=attach,
-                    min_quality=qmin, deadline=dl)
+    return Requests(
+        arrival=t,
+        cls=cls.astype(np.intp),
+        l_in=l_in,
+        l_out=l_out,
+        attach=attach,
+        min_quality=qmin,
+        deadline=dl,
+    )

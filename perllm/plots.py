@@ -1,0 +1,105 @@
+"""PNG plots of a `perllm simulate` run (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from numpy.typing import NDArray
+
+F = NDArray[np.float64]
+
+
+def success_per_model(report: dict[str, Any], out: Path) -> Path:
+    """Grouped bars: deadline success rate per scenario (model) and policy."""
+    scs = list(report["scenarios"])
+    pols = sorted({p for s in scs for p in report["scenarios"][s]["policies"]})
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(scs) + 2), 4))
+    width = 0.8 / max(len(pols), 1)
+    x = np.arange(len(scs))
+    for k, p in enumerate(pols):
+        vals = [
+            report["scenarios"][s]["policies"].get(p, {}).get("success_rate", np.nan) * 100
+            for s in scs
+        ]
+        ax.bar(x + k * width - 0.4 + width / 2, vals, width, label=p)
+    ax.set_xticks(x, scs, rotation=15, ha="right")
+    ax.set_ylabel("deadline success rate (%)")
+    ax.set_ylim(0, 105)
+    ax.axhline(97, color="k", lw=0.6, ls="--")
+    ax.legend(fontsize=7, ncol=3)
+    ax.set_title("Processing-time success rate per model")
+    fig.tight_layout()
+    path = out / "success_per_model.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def energy_breakdown(report: dict[str, Any], out: Path) -> Path:
+    """Stacked bars per policy (mean over scenarios): transmission, inference, idle J/service."""
+    pols: dict[str, list[dict[str, float]]] = {}
+    for s in report["scenarios"].values():
+        for p, m in s["policies"].items():
+            pols.setdefault(p, []).append(m["energy_breakdown_j"])
+    names = sorted(pols, key=lambda p: sum(np.mean([b[k] for b in pols[p]]) for k in pols[p][0]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(names) + 2), 4))
+    bottom = np.zeros(len(names))
+    for part in ("tran", "infer", "idle"):
+        vals = np.array([np.mean([b[part] for b in pols[p]]) for p in names])
+        ax.bar(names, vals, bottom=bottom, label=part)
+        bottom += vals
+    ax.set_ylabel("energy per service (J)")
+    ax.set_yscale("log")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend()
+    ax.set_title("Energy per service: transmission + inference + idle")
+    fig.tight_layout()
+    path = out / "energy_breakdown.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def cumulative_regret(curves: dict[str, dict[str, F]], out: Path) -> Path:
+    """Cumulative regret against the hindsight oracle, per scenario (first seed)."""
+    n = len(curves)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.4), squeeze=False)
+    for ax, (sc, pols) in zip(axes[0], curves.items(), strict=True):
+        for p, c in pols.items():
+            ax.plot(np.arange(1, len(c) + 1), c, label=p, lw=1.5 if p == "perllm" else 0.8)
+        ax.set_title(sc, fontsize=9)
+        ax.set_xlabel("services")
+        ax.set_yscale("symlog")
+    axes[0][0].set_ylabel("cumulative regret vs oracle")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    path = out / "regret.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def learning_curve(series: dict[str, dict[str, tuple[F, F, F]]], out: Path) -> Path:
+    """CS-UCB vs the oracle over time: windowed success rate and energy per service."""
+    n = len(series)
+    fig, axes = plt.subplots(2, n, figsize=(4 * n, 5), squeeze=False, sharex="col")
+    for col, (sc, pols) in enumerate(series.items()):
+        for p, (t, succ, energy) in pols.items():
+            axes[0][col].plot(t, succ * 100, label=p)
+            axes[1][col].plot(t, energy, label=p)
+        axes[0][col].set_title(sc, fontsize=9)
+        axes[1][col].set_xlabel("time (s)")
+    axes[0][0].set_ylabel("success (%)")
+    axes[1][0].set_ylabel("marginal J / service")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "learning_curve.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
