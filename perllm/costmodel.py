@@ -200,7 +200,7 @@ def build_cost_table(
             if variant is None or srv.tier not in svc.allowed_tiers:
                 arrays["max_conc"][i, j] = 1  # keeps formulas finite; `allowed` rules it out
                 arrays["pp"][i, j] = arrays["r_pf"][i, j] = arrays["bw"][i, j] = 1.0
-                arrays["kappa"][i, j] = 1.0
+                arrays["kappa"][i, j] = arrays["w"][i, j] = 1.0
                 continue
             prof = perf_profile(model, variant.precision, hw)
             allowed[i, j] = prof.fits
@@ -248,6 +248,7 @@ class Prediction:
     tran_time: F
     queue_time: F
     infer_time: F
+    decode_time: F
     energy: F  # weighted marginal energy (J): what a placement adds to the objective
     energy_attributed: F  # E_tran + attributed inference energy (J), unweighted
 
@@ -322,6 +323,7 @@ def predict(
         tran_time=tran,
         queue_time=queue_s,
         infer_time=infer,
+        decode_time=decode,
         energy=marginal,
         energy_attributed=e_tran + e_inf,
     )

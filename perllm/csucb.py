@@ -34,12 +34,13 @@ from scipy.special import ndtr
 
 from perllm.contract import EnergyWeights
 from perllm.costmodel import CostTable
-from perllm.estimate import energy_scale, round_view
+from perllm.estimate import RoundView, energy_scale, round_view
 
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
 
 STATE_VERSION = 1
+OUT_BINS = 64
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class CSUCBConfig:
     z: float = 1.65  # quantile of the time ratio used for feasibility (95 % one-sided)
     prior_n: float = 3.0  # pseudo-observations of the profile prior
     prior_sd: float = 0.2  # prior sd of the observed/predicted time ratio
+    # Deadlines grow with the output length, which is unknown at decision time: a pair is
+    # feasible only if it meets ΔD across the class's output lengths from this quantile
+    # to its complement (D and ΔD are both affine in L_out, so the two ends suffice).
+    output_quantile: float = 0.05
+    output_prior_sigma: float = 0.9  # lognormal σ of the prior around the declared mean
 
     def __post_init__(self) -> None:
         for k in ("delta", "theta", "z", "prior_sd"):
@@ -56,6 +62,8 @@ class CSUCBConfig:
                 raise ValueError(f"{k}: must be >= 0")
         if self.prior_n <= 0:
             raise ValueError("prior_n: must be > 0")
+        if not 0.0 < self.output_quantile < 0.5:
+            raise ValueError("output_quantile: must be in (0, 0.5)")
 
 
 @dataclass
@@ -87,6 +95,25 @@ class Explanation:
 
 
 @dataclass
+class _ExplainContext:
+    cls: I
+    min_quality: F
+    deadline: F
+    static: NDArray[np.bool_]
+    feas: NDArray[np.bool_]
+    view: RoundView
+    pess: F
+    mean: F
+    bonus: F
+    score: F
+    choice: I
+    ok: NDArray[np.bool_]
+    lvl_of: I
+    q_lo: F
+    q_hi: F
+
+
+@dataclass
 class Decision:
     choice: I  # server index per request
     feasible: NDArray[np.bool_]  # a feasible server existed
@@ -97,10 +124,13 @@ class Decision:
 
 class CSUCB:
     def __init__(
-        self, table: CostTable, weights: EnergyWeights, config: CSUCBConfig | None = None
+        self,
+        table: CostTable,
+        weights: EnergyWeights | None = None,
+        config: CSUCBConfig | None = None,
     ) -> None:
         self.t = table
-        self.w = weights
+        self.w = weights or EnergyWeights()
         self.cfg = config or CSUCBConfig()
         self.pool_names = sorted(set(table.pools))
         self.pool_of = np.array([self.pool_names.index(p) for p in table.pools], np.intp)
@@ -113,7 +143,19 @@ class CSUCB:
         self.total = 0
         self.rounds = 0
         self.violations = 0  # rounds' requests with nothing feasible
-        self.energy_scale = energy_scale(table, weights)
+        self.energy_scale = energy_scale(table, self.w)
+        dls = [s.requirements.deadline for s in table.services]
+        self.deadline_s = np.array([d.seconds for d in dls])
+        self.deadline_per_token = np.array([d.per_output_token_s for d in dls])
+        # Output-length histogram per class (log bins), seeded with a lognormal prior
+        # around the declared mean: O(1) updates, quantiles by cumulative sum.
+        self.out_edges = np.geomspace(1.0, 65536.0, OUT_BINS + 1)
+        centres = np.sqrt(self.out_edges[1:] * self.out_edges[:-1])
+        sig = self.cfg.output_prior_sigma
+        means = np.array([s.traffic.output_tokens for s in table.services])
+        z = (np.log(centres)[None, :] - (np.log(means)[:, None] - sig**2 / 2)) / sig
+        prior = np.exp(-0.5 * z**2)
+        self.out_hist = self.cfg.prior_n * prior / prior.sum(axis=1, keepdims=True)
 
     # -- learned statistics -------------------------------------------------------------
     def ratio_posterior(self) -> tuple[F, F]:
@@ -124,6 +166,15 @@ class CSUCB:
         var = (n0 * (sd0**2 + 1.0) + self.sumsq_ratio) / nn - mu**2
         sd = np.sqrt(np.maximum(var, 1e-6)) * np.sqrt(1.0 + 1.0 / nn)
         return mu, sd
+
+    def output_quantiles(self) -> tuple[F, F]:
+        """Per class: low and high output-length quantiles (tokens)."""
+        cdf = np.cumsum(self.out_hist, axis=1)
+        cdf /= cdf[:, -1:]
+        q = self.cfg.output_quantile
+        lo = np.argmax(cdf >= q, axis=1)
+        hi = np.argmax(cdf >= 1.0 - q, axis=1)
+        return self.out_edges[lo], self.out_edges[hi + 1]
 
     def mean_reward(self) -> F:
         return np.divide(self.sum_reward, self.n, out=np.zeros_like(self.n), where=self.n > 0)
@@ -136,13 +187,12 @@ class CSUCB:
         l_out: F,
         attach: F,
         min_quality: F,
-        deadline: F,
         running: F,
         waiting: F,
         bw_mbps: F,
         explain: bool = False,
     ) -> Decision:
-        """Assign one round of requests (expected output `l_out`, expected deadline)."""
+        """Assign one round of requests (prompt `l_in`, expected output `l_out`)."""
         t, cfg = self.t, self.cfg
         n, m = len(cls), t.n_servers
         self.rounds += 1
@@ -150,10 +200,23 @@ class CSUCB:
         mu, sd = self.ratio_posterior()
         arm = (cls[:, None], self.pool_of[None, :])  # [N, M] arm index
         mu_a, sd_a = mu[arm][:, :, None], sd[arm][:, :, None]
-        pess = view.time * (mu_a + cfg.z * sd_a)
+        f_pess = mu_a + cfg.z * sd_a
+        pess = view.time * f_pess
         static = t.allowed[cls] & (t.quality[cls] >= min_quality[:, None] - 1e-9)  # [N, M]
+        dl_s, dl_tok = self.deadline_s[cls], self.deadline_per_token[cls]
+        deadline = dl_s + dl_tok * l_out  # at the expected output length
         dl = deadline[:, None, None]
-        feas = static[:, :, None] & (pess <= dl)
+        # D ≈ A + B·L_out: check the pessimistic D against ΔD at both output quantiles.
+        per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
+        fixed = view.time - view.decode
+        q_lo, q_hi = self.output_quantiles()
+        meets = np.ones_like(pess, dtype=bool)
+        for q in (q_lo[cls], q_hi[cls]):
+            lq = q[:, None, None]
+            meets &= (
+                f_pess * (fixed + per_tok * lq) <= dl_s[:, None, None] + dl_tok[:, None, None] * lq
+            )
+        feas = static[:, :, None] & meets
         e_hat = view.energy * mu_a / self.energy_scale[cls][:, None, None]
         p_viol = 1.0 - ndtr((dl / np.maximum(view.time, 1e-9) - mu_a) / sd_a)
         mean = -e_hat - cfg.theta * p_viol
@@ -192,25 +255,25 @@ class CSUCB:
         rows = np.arange(n)
         expl = None
         if explain:
-            expl = [
-                self._explain(
-                    int(k),
-                    cls,
-                    min_quality,
-                    deadline,
-                    static,
-                    view.time,
-                    pess,
-                    view.energy,
-                    mean,
-                    bonus,
-                    score,
-                    choice,
-                    ok,
-                    lvl_of,
-                )
-                for k in range(n)
-            ]
+            q_lo, q_hi = self.output_quantiles()
+            ctx = _ExplainContext(
+                cls,
+                min_quality,
+                deadline,
+                static,
+                feas,
+                view,
+                pess,
+                mean,
+                bonus,
+                score,
+                choice,
+                ok,
+                lvl_of,
+                q_lo,
+                q_hi,
+            )
+            expl = [self._explain(k, ctx) for k in range(n)]
         return Decision(
             choice=choice,
             feasible=ok,
@@ -219,23 +282,17 @@ class CSUCB:
             explanations=expl,
         )
 
-    def _explain(
-        self,
-        k: int,
-        cls: I,
-        min_quality: F,
-        deadline: F,
-        static: NDArray[np.bool_],
-        time: F,
-        pess: F,
-        energy: F,
-        mean: F,
-        bonus: F,
-        score: F,
-        choice: I,
-        ok: NDArray[np.bool_],
-        lvl_of: I,
-    ) -> Explanation:
+    def _explain(self, k: int, x: _ExplainContext) -> Explanation:
+        cls, min_quality, deadline, static = x.cls, x.min_quality, x.deadline, x.static
+        time, pess, energy, mean, bonus, score = (
+            x.view.time,
+            x.pess,
+            x.view.energy,
+            x.mean,
+            x.bonus,
+            x.score,
+        )
+        choice, ok, lvl_of = x.choice, x.ok, x.lvl_of
         t = self.t
         c = int(cls[k])
         lv = int(lvl_of[k])
@@ -250,10 +307,11 @@ class CSUCB:
                 )
             elif not static[k, j]:
                 reason = f"quality {t.quality[c, j]:.3f} < floor {min_quality[k]:.3f}"
-            elif pess[k, j, lv] > deadline[k]:
+            elif not x.feas[k, j, lv]:
                 reason = (
                     f"deadline {deadline[k]:.2f}s: est. {time[k, j, lv]:.2f}s "
-                    f"(pessimistic {pess[k, j, lv]:.2f}s)"
+                    f"(pessimistic {pess[k, j, lv]:.2f}s; must hold for "
+                    f"{x.q_lo[c]:.0f}-{x.q_hi[c]:.0f} output tokens)"
                 )
             else:
                 reason = ""
@@ -282,8 +340,10 @@ class CSUCB:
         )
 
     # -- learning -------------------------------------------------------------------------
-    def update(self, cls: I, server: I, time: F, predicted_time: F, energy: F, deadline: F) -> None:
-        """Observe completed requests: O(1) per observation (running sums)."""
+    def update(
+        self, cls: I, server: I, time: F, predicted_time: F, energy: F, deadline: F, l_out: F
+    ) -> None:
+        """Observe completed requests: O(1) per observation (running sums, a histogram bin)."""
         arm = (cls, self.pool_of[server])
         ratio = time / np.maximum(predicted_time, 1e-9)
         reward = -np.minimum(energy / self.energy_scale[cls], 2.0) - self.cfg.theta * (
@@ -293,6 +353,8 @@ class CSUCB:
         np.add.at(self.sum_ratio, arm, ratio)
         np.add.at(self.sumsq_ratio, arm, ratio**2)
         np.add.at(self.sum_reward, arm, reward)
+        b = np.clip(np.searchsorted(self.out_edges, l_out, side="right") - 1, 0, OUT_BINS - 1)
+        np.add.at(self.out_hist, (cls, b), 1.0)
 
     # -- persistence ----------------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
@@ -314,6 +376,10 @@ class CSUCB:
             "violations": self.violations,
             "config": asdict(self.cfg),
             "arms": arms,
+            # Learned output-length histograms per service (prior included).
+            "outputs": {
+                svc.name: self.out_hist[c].tolist() for c, svc in enumerate(self.t.services)
+            },
         }
 
     def import_state(self, state: dict[str, Any]) -> int:
@@ -334,6 +400,10 @@ class CSUCB:
                 self.sumsq_ratio[c, k], self.sum_reward[c, k] = a["sumsq_ratio"], a["sum_reward"]
                 self.plays[c, k] = a["plays"]
                 matched += 1
+        for c, svc in enumerate(self.t.services):
+            hist = state.get("outputs", {}).get(svc.name)
+            if hist is not None and len(hist) == OUT_BINS:
+                self.out_hist[c] = np.asarray(hist, float)
         self.total = int(state.get("total", 0))
         self.rounds = int(state.get("rounds", 0))
         self.violations = int(state.get("violations", 0))

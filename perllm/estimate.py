@@ -26,6 +26,7 @@ class RoundView:
     """Predicted D and marginal energy per request × server × load level added this round."""
 
     time: F  # [N, M, K]
+    decode: F  # [N, M, K] the part of `time` that grows with the output length
     energy: F  # [N, M, K]
     levels: int
 
@@ -54,7 +55,7 @@ def round_view(
     ahead = np.maximum(occupied + 1 - cap, 0.0)
     queue = ahead * (full_pre + full_dec) / np.maximum(cap, 1.0)
     p = predict(t, g, w, l_in, l_out, attach, conc, queue, bw_mbps)
-    return RoundView(time=p.time, energy=p.energy, levels=k)
+    return RoundView(time=p.time, decode=p.decode_time, energy=p.energy, levels=k)
 
 
 def energy_scale(t: CostTable, w: EnergyWeights) -> F:

@@ -13,6 +13,7 @@ from perllm.contract import EnergyWeights
 from perllm.costmodel import CostTable
 
 if TYPE_CHECKING:
+    from perllm.scenario import Scenario
     from perllm.world.sim import World
 
 F = NDArray[np.float64]
@@ -98,15 +99,34 @@ class Policy(ABC):
     def feedback(self, fb: Feedback) -> None:  # noqa: B027 - learning is optional
         """Observe completed requests (learning policies override)."""
 
+    def release_times(self, batch: Batch, obs: Observation) -> F | None:
+        """Earliest admission time (s) per request of the round `assign` just placed.
+
+        Asked by the world right after `assign(batch, obs)`. None (the default): admit on
+        arrival. A hold keeps the request in its server's queue (deferred batching).
+        """
+        return None
+
+    def prepare(self, sc: Scenario, seed: int) -> None:  # noqa: B027 - training is optional
+        """Called once before a run of scenario `sc` with evaluation seed `seed`.
+
+        Policies that train in the simulator do it here, on other seeds only.
+        """
+
     def quality_ok(self, batch: Batch) -> NDArray[np.bool_]:
         """[N, M]: static constraints plus the request's quality floor."""
         t = self.env.table
         return self.allowed[batch.cls] & (t.quality[batch.cls] >= batch.min_quality[:, None] - 1e-9)
 
-    def fallback(self, batch: Batch, mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-        """Rows of `mask` with no option fall back to every statically allowed server."""
-        empty = ~mask.any(axis=1)
-        if empty.any():
+    def fallback(
+        self, batch: Batch, mask: NDArray[np.bool_], wider: NDArray[np.bool_] | None = None
+    ) -> NDArray[np.bool_]:
+        """Rows of `mask` with no option fall back to `wider`, then to every statically
+        allowed server."""
+        for alt in (wider, self.allowed[batch.cls]):
+            empty = ~mask.any(axis=1)
+            if alt is None or not empty.any():
+                continue
             mask = mask.copy()
-            mask[empty] = self.allowed[batch.cls[empty]]
+            mask[empty] = alt[empty]
         return mask

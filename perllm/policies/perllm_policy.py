@@ -28,7 +28,6 @@ class PerLLM(Policy):
             batch.expected_out,
             batch.attach,
             batch.min_quality,
-            batch.expected_deadline,
             obs.running,
             obs.waiting,
             obs.bw_mbps,
@@ -36,7 +35,9 @@ class PerLLM(Policy):
         return d.choice
 
     def feedback(self, fb: Feedback) -> None:
-        self.bandit.update(fb.cls, fb.server, fb.time, fb.predicted_time, fb.energy, fb.deadline)
+        self.bandit.update(
+            fb.cls, fb.server, fb.time, fb.predicted_time, fb.energy, fb.deadline, fb.l_out
+        )
 
 
 POLICIES = [PerLLM]

@@ -20,8 +20,7 @@ class _TierOnly(Policy):
         t = self.env.table
         ok = self.quality_ok(batch)
         on_tier = np.array([tr == self.tier for tr in t.tiers])
-        mask = self.fallback(batch, ok & on_tier[None, :])
-        mask = self.fallback(batch, mask)
+        mask = self.fallback(batch, ok & on_tier[None, :], wider=ok)
         out = np.empty(len(batch), np.intp)
         load = (obs.running + obs.waiting).astype(float)
         for k in range(len(batch)):

@@ -10,7 +10,7 @@ Pure-Python scalar code on purpose: it runs once per request on the hot path.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from perllm.costmodel import attributed_power_time, cpu_times, gpu_times
 
@@ -58,6 +58,9 @@ class ServerState:
     last_start: float = 0.0
     # min-heap of (end, kv bytes, start) of admitted, unfinished requests
     active: list[tuple[float, float, float]] = field(default_factory=list)
+    # (start, end, kv) of every admitted request not known to be finished: what a model
+    # server reports (admission pops finished-by-then entries from `active` early)
+    inflight: list[tuple[float, float, float]] = field(default_factory=list)
     kv_used: float = 0.0
     busy: float = 0.0
     busy_until: float = 0.0
@@ -102,6 +105,7 @@ class ServerState:
         out = Outcome(t, float(end), b, float(pre_wall), float(dec), e_inf, e_idle)
         if commit:
             heapq.heappush(heap, (out.end, kv_need, t))
+            self.inflight.append((t, out.end, kv_need))
             self.kv_used = kv_used + kv_need
             self.last_start = t
             if c.is_gpu:
@@ -117,43 +121,25 @@ class ServerState:
 
     def observe(self, now: float) -> tuple[int, int, float]:
         """(running, waiting, kv bytes in use) at `now`: what a model server's metrics show."""
+        self.inflight = [x for x in self.inflight if x[1] > now]
         running = waiting = 0
         kv = 0.0
-        for end, k, start in self.active:
-            if end > now:
-                if start > now:
-                    waiting += 1
-                else:
-                    running += 1
-                    kv += k
+        for start, _, k in self.inflight:
+            if start > now:
+                waiting += 1
+            else:
+                running += 1
+                kv += k
         return running, waiting, kv
 
-    def snapshot(self) -> tuple[object, ...]:
-        return (
-            self.link_free,
-            self.prefill_free,
-            self.last_start,
-            list(self.active),
-            self.kv_used,
-            self.busy,
-            self.busy_until,
-            self.prefill_total,
-            self.served,
-        )
+    def snapshot(self) -> ServerState:
+        """A copy to roll back dry runs (the hindsight oracle places a round on scratch)."""
+        return replace(self, active=list(self.active), inflight=list(self.inflight))
 
-    def restore(self, snap: tuple[object, ...]) -> None:
-        (
-            self.link_free,
-            self.prefill_free,
-            self.last_start,
-            active,
-            self.kv_used,
-            self.busy,
-            self.busy_until,
-            self.prefill_total,
-            self.served,
-        ) = snap  # type: ignore[assignment]
-        self.active = list(active)  # type: ignore[call-overload]
+    def restore(self, snap: ServerState) -> None:
+        self.__dict__.update(
+            replace(snap, active=list(snap.active), inflight=list(snap.inflight)).__dict__
+        )
 
     def energy(self, horizon: float) -> tuple[float, float]:
         """(inference, idle) energy over [0, horizon] in J: exact for the FIFO busy intervals."""

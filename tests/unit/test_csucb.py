@@ -1,0 +1,282 @@
+"""CS-UCB properties (DESIGN §4.1)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from perllm.contract import (
+    Deadline,
+    EnergyWeights,
+    Link,
+    Requirements,
+    Server,
+    ServiceSpec,
+    Tier,
+    Traffic,
+)
+from perllm.costmodel import CostTable, build_cost_table
+from perllm.csucb import CSUCB, CSUCBConfig
+from perllm.profiles import default_catalogue
+
+W = EnergyWeights()
+
+
+def table(
+    edge_count: int = 3,
+    qa_deadline: float = 1.0,
+    qa_per_token: float = 0.15,
+    cloud_mbps: float = 300.0,
+    allowed: tuple[Tier, ...] = (Tier.EDGE, Tier.CLOUD),
+) -> CostTable:
+    services = [
+        ServiceSpec(
+            name="qa",
+            model="llama2-7b",
+            requirements=Requirements(
+                deadline=Deadline(seconds=qa_deadline, per_output_token_s=qa_per_token)
+            ),
+            traffic=Traffic(prompt_tokens=100, output_tokens=150),
+            allowed_tiers=list(allowed),
+        ),
+        ServiceSpec(
+            name="batch",
+            model="llama2-7b",
+            requirements=Requirements(deadline=Deadline(seconds=600)),
+            traffic=Traffic(prompt_tokens=100, output_tokens=150),
+        ),
+    ]
+    servers = [
+        (
+            "edge",
+            Server(
+                name="edge",
+                tier=Tier.EDGE,
+                hardware="xeon-silver-4214r",
+                count=edge_count,
+                link=Link(bandwidth_mbps=100),
+            ),
+        )
+    ]
+    servers = [(f"edge-{k}", servers[0][1]) for k in range(edge_count)]
+    servers.append(
+        (
+            "cloud",
+            Server(
+                name="cloud",
+                tier=Tier.CLOUD,
+                hardware="a100-80gb-sxm",
+                link=Link(bandwidth_mbps=cloud_mbps, rtt_ms=40, energy_uj_per_bit=1.1),
+            ),
+        )
+    )
+    return build_cost_table(services, servers, default_catalogue())
+
+
+def decide(
+    b: CSUCB,
+    cls: list[int],
+    running: np.ndarray | None = None,
+    waiting: np.ndarray | None = None,
+    quality: float = 0.0,
+    explain: bool = False,
+    l_in: float = 100.0,
+    bw: np.ndarray | None = None,
+):
+    m = b.t.n_servers
+    n = len(cls)
+    return b.decide(
+        np.array(cls, np.intp),
+        np.full(n, l_in),
+        np.full(n, 150.0),
+        np.zeros(n),
+        np.full(n, quality),
+        np.zeros(m) if running is None else running,
+        np.zeros(m) if waiting is None else waiting,
+        b.t.link_mbps if bw is None else bw,
+        explain=explain,
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cls=st.lists(st.integers(0, 1), min_size=1, max_size=12),
+    load=st.lists(st.integers(0, 300), min_size=4, max_size=4),
+    wait=st.lists(st.integers(0, 50), min_size=4, max_size=4),
+    quality=st.sampled_from([0.0, 0.44, 0.45, 0.9]),
+    l_in=st.floats(10, 3000),
+    bw=st.floats(0.5, 400),
+)
+def test_never_infeasible_when_a_feasible_server_exists(cls, load, wait, quality, l_in, bw) -> None:
+    b = CSUCB(table())
+    d = decide(
+        b,
+        cls,
+        np.array(load, float),
+        np.array(wait, float),
+        quality,
+        explain=True,
+        l_in=l_in,
+        bw=np.full(4, bw),
+    )
+    assert d.explanations is not None
+    for k, e in enumerate(d.explanations):
+        feasible = {c.node for c in e.candidates if c.feasible}
+        chosen = b.t.server_names[int(d.choice[k])]
+        assert chosen == e.chosen
+        # Hard static constraints always hold when satisfiable.
+        assert b.t.allowed[cls[k], d.choice[k]]
+        if feasible:
+            assert d.feasible[k] and chosen in feasible
+        else:
+            assert not d.feasible[k]
+        for c in e.candidates:
+            assert c.feasible == (c.reason == "")
+
+
+def test_quality_floor_excludes_4bit_edge() -> None:
+    b = CSUCB(table())
+    d = decide(b, [1] * 6, quality=0.45, explain=True)
+    assert all(b.t.tiers[j] == "cloud" for j in d.choice)
+    assert d.explanations is not None
+    edge = [c for c in d.explanations[0].candidates if c.tier == "edge"]
+    assert all("quality 0.438 < floor 0.450" in c.reason for c in edge)
+
+
+def test_unplayed_arms_first() -> None:
+    b = CSUCB(table())
+    # The batch class is feasible everywhere (600 s deadline). Both pools are unplayed:
+    # the cheaper (cloud) goes first, then the edge, although it costs far more; after
+    # that the cloud wins on its mean and the edge's bonus is not worth its energy.
+    tiers = [b.t.tiers[decide(b, [1]).choice[0]] for _ in range(4)]
+    assert tiers == ["cloud", "edge", "cloud", "cloud"]
+    pools = {b.t.pools[b.t.tiers.index(t)] for t in ("edge", "cloud")}
+    assert len(pools) == 2
+
+
+def test_least_violating_when_nothing_is_feasible() -> None:
+    b = CSUCB(table(qa_deadline=0.01, qa_per_token=0.0))
+    d = decide(b, [0, 0], explain=True)
+    assert not d.feasible.any()
+    assert b.violations == 2
+    assert d.explanations is not None
+    times = {c.node: c.pessimistic_time_s for c in d.explanations[0].candidates}
+    assert d.explanations[0].chosen == min(times, key=times.__getitem__)
+    assert all("deadline" in c.reason for c in d.explanations[0].candidates)
+
+
+def test_tier_not_allowed_is_explained() -> None:
+    b = CSUCB(table(allowed=(Tier.CLOUD,)))
+    d = decide(b, [0], explain=True)
+    assert b.t.tiers[d.choice[0]] == "cloud"
+    assert d.explanations is not None
+    assert any(c.reason == "tier edge not allowed" for c in d.explanations[0].candidates)
+
+
+def _feedback(b: CSUCB, d, ratio: float, rng: np.random.Generator, l_out: float = 150.0) -> None:
+    n = len(d.choice)
+    t = d.predicted_time * ratio * rng.lognormal(0, 0.05, n)
+    b.update(
+        np.zeros(n, np.intp) + 1,
+        d.choice,
+        t,
+        d.predicted_time,
+        d.predicted_energy,
+        np.full(n, 600.0),
+        np.full(n, l_out),
+    )
+
+
+def test_update_is_constant_size_and_learns_the_ratio() -> None:
+    b = CSUCB(table())
+    rng = np.random.default_rng(0)
+    size0 = len(json.dumps(b.export_state()))
+    for _ in range(300):
+        d = decide(b, [1] * 4)
+        _feedback(b, d, 1.3, rng)
+    mu, sd = b.ratio_posterior()
+    cloud_pool = b.pool_of[b.t.tiers.index("cloud")]
+    assert mu[1, cloud_pool] == pytest.approx(1.3, rel=0.03)
+    assert sd[1, cloud_pool] < 0.1
+    # The learned state is a fixed set of running sums: it does not grow with history.
+    state = b.export_state()
+    assert len(json.dumps(state)) < size0 + 600
+    assert b.n.sum() == 1200
+
+
+def test_exploration_of_a_worse_arm_is_logarithmic() -> None:
+    """Sublinear regret on a stationary instance: plays of the costlier pool (edge) grow
+    like log t, so the second half of a run plays it far less than the first half."""
+    b = CSUCB(table(), config=CSUCBConfig(delta=0.3))
+    rng = np.random.default_rng(1)
+    edge_plays = []
+    for _ in range(2000):
+        d = decide(b, [1])
+        _feedback(b, d, 1.0, rng)
+        edge_plays.append(b.t.tiers[d.choice[0]] == "edge")
+    e = np.array(edge_plays)
+    first, second = e[:1000].sum(), e[1000:].sum()
+    assert first >= 1
+    assert second <= max(first / 2, 3)
+    assert e.mean() < 0.05
+
+
+def test_pessimism_shrinks_with_samples() -> None:
+    b = CSUCB(table())
+    _, sd0 = b.ratio_posterior()
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        _feedback(b, decide(b, [1] * 4), 1.0, rng)
+    _, sd1 = b.ratio_posterior()
+    cloud_pool = b.pool_of[b.t.tiers.index("cloud")]
+    assert sd1[1, cloud_pool] < sd0[1, cloud_pool] / 2
+
+
+def test_state_round_trip_gives_identical_decisions() -> None:
+    a = CSUCB(table())
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        _feedback(a, decide(a, [0, 1, 1]), 1.1, rng, l_out=80)
+    state = json.loads(a.dumps())
+    b = CSUCB(table())
+    assert b.import_state(state) == len(state["arms"])
+    np.testing.assert_allclose(b.out_hist, a.out_hist)
+    load = np.array([1.0, 0.0, 2.0, 40.0])
+    da, db = decide(a, [0, 1, 0, 1], load), decide(b, [0, 1, 0, 1], load)
+    assert da.choice.tolist() == db.choice.tolist()
+
+
+def test_import_rejects_other_versions_and_skips_unknown_arms() -> None:
+    b = CSUCB(table())
+    with pytest.raises(ValueError, match="version"):
+        b.import_state({"version": 99})
+    s = b.export_state()
+    s["arms"]["gone|edge/x/1"] = {
+        "n": 1,
+        "sum_ratio": 1,
+        "sumsq_ratio": 1,
+        "sum_reward": 0,
+        "plays": 1,
+    }
+    assert b.import_state(s) == 0
+
+
+def test_output_quantiles_learn_from_feedback() -> None:
+    b = CSUCB(table())
+    lo0, hi0 = b.output_quantiles()
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        _feedback(b, decide(b, [1] * 4), 1.0, rng, l_out=float(rng.integers(400, 500)))
+    lo1, hi1 = b.output_quantiles()
+    assert lo1[1] > lo0[1] and 300 < lo1[1] <= 420 and 450 <= hi1[1] <= 600
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="delta"):
+        CSUCBConfig(delta=-1)
+    with pytest.raises(ValueError, match="output_quantile"):
+        CSUCBConfig(output_quantile=0.7)

@@ -1,0 +1,144 @@
+"""Scenario files: every built-in loads; malformed ones fail naming the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from perllm import policies
+from perllm.scenario import (
+    REFERENCE_SCENARIOS,
+    ScenarioError,
+    builtin_scenarios,
+    load_scenario,
+    parse_scenario,
+)
+from perllm.world.sim import simulate
+
+
+def base() -> dict[str, Any]:
+    return yaml.safe_load(
+        (Path(__file__).parents[2] / "perllm/scenarios/paper-llama2-7b.yaml").read_text()
+    )
+
+
+def test_reference_scenarios_are_built_in() -> None:
+    names = builtin_scenarios()
+    for ref in REFERENCE_SCENARIOS:
+        assert ref in names
+
+
+@pytest.mark.parametrize("name", builtin_scenarios())
+def test_builtin_scenario_loads(name: str) -> None:
+    sc = load_scenario(name)
+    assert sc.expanded_servers()
+    assert sc.services()
+
+
+def test_paper_testbed_shape() -> None:
+    sc = load_scenario("paper-llama2-7b")
+    servers = sc.expanded_servers()
+    edge = [s for _, s in servers if s.tier == "edge"]
+    cloud = [s for _, s in servers if s.tier == "cloud"]
+    assert len(edge) == 5 and len(cloud) == 1
+    assert {s.hardware for s in edge} == {"xeon-silver-4214r"}
+    assert edge[0].link.bandwidth_mbps == 100 and cloud[0].link.bandwidth_mbps == 300
+    assert edge[0].link.noise == cloud[0].link.noise == 0.2
+
+
+def _set(d: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    d = copy.deepcopy(d)
+    cur: Any = d
+    keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+    for k in keys[:-1]:
+        cur = cur[k]
+    if value is DELETE:
+        del cur[keys[-1]]
+    else:
+        cur[keys[-1]] = value
+    return d
+
+
+DELETE = object()
+
+BAD = [
+    ("servers.0.link.bandwidth_mbps", -5, "servers[0].link.bandwidth_mbps"),
+    ("servers.0.hardware", "xeon-9999", "servers[0].hardware"),
+    ("servers.1.tier", "fog", "servers[1].tier"),
+    ("servers.0.count", 0, "servers[0].count"),
+    ("workload.classes.0.model", "gpt-5", "workload.classes[0].model"),
+    ("workload.classes.0.share", -1, "workload.classes[0].share"),
+    ("workload.classes.1.deadline.seconds", 0, "workload.classes[1].deadline.seconds"),
+    ("workload.classes.0.min_quality.values", [], "workload.classes[0].min_quality.values"),
+    ("workload.classes.2.input_tokens.kind", "zipf", "workload.classes[2].input_tokens.kind"),
+    ("workload.classes.3.input_tokens.high", 100, "workload.classes[3].input_tokens"),
+    ("workload.arrivals.rate_rps", DELETE, "workload.arrivals"),
+    ("duration_s", -1, "duration_s"),
+    ("slot_s", 0, "slot_s"),
+    ("servers.0.link.bandwith_mbps", 100, "servers[0].link.bandwith_mbps"),  # typo is caught
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field"), BAD)
+def test_malformed_scenario_names_the_field(path: str, value: Any, field: str) -> None:
+    with pytest.raises(ScenarioError) as e:
+        parse_scenario(_set(base(), path, value), "bad.yaml")
+    assert field in str(e.value)
+    assert "bad.yaml" in str(e.value)
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
+    f = tmp_path / "x.yaml"
+    f.write_text("servers: [unclosed")
+    with pytest.raises(ScenarioError, match="not valid YAML"):
+        load_scenario(f)
+    f.write_text("- a\n- b\n")
+    with pytest.raises(ScenarioError, match="mapping"):
+        load_scenario(f)
+    with pytest.raises(ScenarioError, match="no such file or built-in"):
+        load_scenario(tmp_path / "missing.yaml")
+
+
+def test_trace_driven_arrivals_and_bandwidth(tmp_path: Path) -> None:
+    (tmp_path / "arrivals.csv").write_text(
+        "time_s,class,input_tokens,output_tokens\n"
+        + "".join(f"{0.5 * i},{'qa' if i % 2 else 'chat'},{100 + i},{50 + i}\n" for i in range(40))
+    )
+    (tmp_path / "bw.csv").write_text("time_s,server,mbps\n0,cloud,300\n10,cloud,2\n")
+    d = base()
+    d["duration_s"] = 30
+    d["workload"]["arrivals"] = {"kind": "trace", "file": "arrivals.csv"}
+    d["bandwidth"] = {"trace": "bw.csv"}
+    f = tmp_path / "trace.yaml"
+    f.write_text(yaml.safe_dump(d))
+    sc = load_scenario(f)
+    r = simulate(sc, policies.make("cloud-only"), seed=1)
+    assert len(r.time) == 40
+    assert list(r.requests.l_in[:3]) == [100, 101, 102]
+    assert [r.class_names[c] for c in r.requests.cls[:2]] == ["chat", "qa"]
+    # The trace cuts the cloud link to 2 Mbps from t=10 s: later uploads are slower.
+    from perllm.world.sim import World
+
+    w = World(sc, 1)
+    assert w.bw[5, -1] > 200 and w.bw[15, -1] < 3
+
+
+def test_trace_with_unknown_class_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("time_s,class\n0,nope\n")
+    d = base()
+    d["workload"]["arrivals"] = {"kind": "trace", "file": "a.csv"}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(d))
+    with pytest.raises(ScenarioError, match="unknown class"):
+        simulate(load_scenario(f), policies.make("cloud-only"), seed=1)
+
+
+def test_missing_trace_file_names_the_field(tmp_path: Path) -> None:
+    d = base()
+    d["workload"]["arrivals"] = {"kind": "trace", "file": "nope.csv"}
+    with pytest.raises(ScenarioError, match=r"workload\.arrivals\.file"):
+        parse_scenario(d, "s.yaml", tmp_path)
