@@ -1,0 +1,3 @@
+from perllm.devcluster.cli import app
+
+app(prog_name="python -m perllm.devcluster")

@@ -1,0 +1,77 @@
+"""Where the pinned binaries live: ${XDG_CACHE_HOME:-~/.cache}/perllm/bin/<name>-<version>/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+VERSIONS_FILE = Path(__file__).with_name("versions.env")
+BUILD_COMMAND = "tools/build-binaries.sh  (or: make binaries)"
+
+
+class BinariesMissing(RuntimeError):
+    """A cached binary is absent: building is the build script's job, not the harness's."""
+
+
+def versions() -> dict[str, str]:
+    """KEY=VALUE pairs of versions.env (shared with the build script)."""
+    out: dict[str, str] = {}
+    for line in VERSIONS_FILE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def cache_dir() -> Path:
+    if override := os.environ.get("PERLLM_BIN_CACHE"):
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "perllm" / "bin"
+
+
+@dataclass(frozen=True)
+class Binaries:
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kubectl: Path
+    kwok: Path
+    helm: Path
+    prometheus: Path | None
+
+    @classmethod
+    def locate(cls) -> Binaries:
+        v, c = versions(), cache_dir()
+        k8s = c / f"k8s-{v['K8S_VERSION']}"
+        prom = shutil.which("prometheus")
+        return cls(
+            etcd=c / f"etcd-{v['ETCD_VERSION']}" / "etcd",
+            kube_apiserver=k8s / "kube-apiserver",
+            kube_controller_manager=k8s / "kube-controller-manager",
+            kube_scheduler=k8s / "kube-scheduler",
+            kubectl=k8s / "kubectl",
+            kwok=c / f"kwok-{v['KWOK_VERSION']}" / "kwok",
+            helm=c / f"helm-{v['HELM_VERSION']}" / "helm",
+            prometheus=Path(prom) if prom else None,
+        )
+
+    def require(self, *, prometheus: bool = True, helm: bool = False) -> Binaries:
+        """Raise `BinariesMissing` naming every absent binary and the command that builds it."""
+        needed = [self.etcd, self.kube_apiserver, self.kube_controller_manager,
+                  self.kube_scheduler, self.kubectl, self.kwok]
+        if helm:
+            needed.append(self.helm)
+        missing = [str(p) for p in needed if not os.access(p, os.X_OK)]
+        if prometheus and self.prometheus is None:
+            missing.append("prometheus (not on PATH)")
+        if missing:
+            raise BinariesMissing(
+                "local control plane binaries missing:\n  " + "\n  ".join(missing)
+                + f"\nbuild them with: {BUILD_COMMAND}"
+            )
+        return self

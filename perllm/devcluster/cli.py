@@ -1,0 +1,123 @@
+"""`perllm dev cluster up|down|status|env` (also `python -m perllm.devcluster cluster ...`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from perllm.devcluster.binaries import Binaries, BinariesMissing
+from perllm.devcluster.cluster import (
+    DEFAULT_SCENARIO,
+    Cluster,
+    ClusterConfig,
+    State,
+    default_run_dir,
+)
+from perllm.devcluster.config import Extender
+from perllm.devcluster.process import StartError
+
+app = typer.Typer(help="Development tools.", no_args_is_help=True)
+cluster_app = typer.Typer(help="A local Kubernetes control plane with KWOK nodes.",
+                          no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+RunDir = Annotated[Path, typer.Option(help="Run directory: state, kubeconfig, logs.")]
+
+
+@cluster_app.command()
+def up(
+    run_dir: RunDir = default_run_dir(),  # noqa: B008
+    scenario: Annotated[str, typer.Option(
+        help="Scenario file or built-in name whose servers become KWOK nodes ('' = none).")
+    ] = DEFAULT_SCENARIO,
+    extender_url: Annotated[str, typer.Option(
+        envvar="PERLLM_EXTENDER_URL", help="Extender urlPrefix for perllm-scheduler.")
+    ] = Extender.url,
+    extender_ignorable: Annotated[bool, typer.Option(
+        help="Schedule perllm-scheduler pods even while the extender is down.")] = True,
+    prometheus: Annotated[bool, typer.Option(help="Start Prometheus.")] = True,
+    attach: Annotated[Path | None, typer.Option(
+        help="Existing cluster's kubeconfig (kind, k3s): start only perllm-scheduler, "
+             "KWOK and the nodes there.")] = None,
+) -> None:
+    """Start the cluster (binaries from the cache: tools/build-binaries.sh builds them)."""
+    conf = ClusterConfig(
+        run_dir=run_dir, scenario=scenario or None, prometheus=prometheus,
+        extender=Extender(url=extender_url, ignorable=extender_ignorable),
+        external_kubeconfig=attach,
+    )
+    t0 = time.monotonic()
+    try:
+        state = Cluster(conf).up()
+    except (BinariesMissing, StartError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"cluster ready in {time.monotonic() - t0:.1f}s (run dir {run_dir})")
+    _print_env(state)
+
+
+@cluster_app.command()
+def down(run_dir: RunDir = default_run_dir()) -> None:  # noqa: B008
+    """Stop every process of the cluster by PID; logs stay in the run directory."""
+    state = State.load(run_dir)
+    if state is None:
+        typer.echo(f"no cluster recorded in {run_dir}")
+        return
+    Cluster(ClusterConfig(run_dir=run_dir)).down()
+    typer.echo(f"stopped {len(state.processes)} processes; logs in {run_dir / 'logs'}")
+
+
+@cluster_app.command()
+def status(
+    run_dir: RunDir = default_run_dir(),  # noqa: B008
+    as_json: Annotated[bool, typer.Option("--json", help="Print the state as JSON.")] = False,
+) -> None:
+    """Show the processes, ports and kubeconfig; exit 1 if no complete cluster runs."""
+    state = State.load(run_dir)
+    if state is None:
+        typer.echo(f"no cluster recorded in {run_dir}", err=True)
+        raise typer.Exit(1)
+    alive = {p.name: p.alive() for p in state.procs()}
+    if as_json:
+        typer.echo(json.dumps({**asdict(state), "alive": alive}, indent=2))
+    else:
+        for p in state.procs():
+            typer.echo(f"{p.name:24} pid {p.pid:<8} {'running' if alive[p.name] else 'DEAD'}")
+        typer.echo(f"ports: {state.ports}")
+        _print_env(state)
+    if not all(alive.values()):
+        raise typer.Exit(1)
+
+
+@cluster_app.command()
+def env(run_dir: RunDir = default_run_dir()) -> None:  # noqa: B008
+    """Print shell exports for the running cluster: eval "$(perllm dev cluster env)"."""
+    state = State.load(run_dir)
+    if state is None:
+        typer.echo(f"no cluster recorded in {run_dir}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"export KUBECONFIG={state.kubeconfig}")
+    typer.echo(f"export PATH={Path(state.kubectl).parent}:$PATH")
+
+
+@cluster_app.command()
+def binaries() -> None:
+    """Print where the pinned binaries are expected and whether each is present."""
+    b = Binaries.locate()
+    for name, path in asdict(b).items():
+        ok = path is not None and Path(path).exists()
+        typer.echo(f"{name:24} {'ok     ' if ok else 'MISSING'} {path}")
+
+
+def _print_env(state: State) -> None:
+    typer.echo(f"KUBECONFIG={state.kubeconfig}")
+    typer.echo(f"kubectl:   {state.kubectl}")
+    if "prometheus" in state.ports:
+        typer.echo(f"prometheus: http://127.0.0.1:{state.ports['prometheus']}")
+    typer.echo(f"use it:    export KUBECONFIG={state.kubeconfig}; "
+               f"{state.kubectl} get nodes")

@@ -1,0 +1,172 @@
+"""Files the components read: kubeconfigs, tokens, scheduler configs, KWOK stages, Prometheus."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PERLLM_SCHEDULER = "perllm-scheduler"
+# Users of the token file. The schedulers run as system:kube-scheduler, so RBAC's bootstrap
+# bindings (system:kube-scheduler, system:volume-scheduler) govern them as in a real cluster.
+ADMIN_USER = "admin"
+SCHEDULER_USER = "system:kube-scheduler"
+# An identity with no bindings at all: tests grant it roles to check RBAC is enforced.
+VIEWER_USER = "perllm-e2e-viewer"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    admin: str = field(default_factory=lambda: secrets.token_hex(16))
+    scheduler: str = field(default_factory=lambda: secrets.token_hex(16))
+    viewer: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def csv(self) -> str:
+        # token,user,uid,"group1,group2" (kube-apiserver --token-auth-file)
+        return (f'{self.admin},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
+                f"{self.scheduler},{SCHEDULER_USER},{SCHEDULER_USER}\n"
+                f"{self.viewer},{VIEWER_USER},{VIEWER_USER}\n")
+
+
+def kubeconfig(server: str, token: str, user: str = ADMIN_USER) -> str:
+    # The apiserver self-signs its serving cert on every start: skip verification (loopback only).
+    doc = {
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "clusters": [{"name": "perllm-dev", "cluster": {
+            "server": server, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "perllm-dev", "context": {"cluster": "perllm-dev", "user": user}}],
+        "current-context": "perllm-dev",
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class Extender:
+    """The PerLLM extender as the second scheduler sees it (INTERFACES.md §1.3)."""
+
+    url: str = "http://127.0.0.1:8888/scheduler"
+    ignorable: bool = True  # pods still schedule while no extender is running
+    weight: int = 5
+    http_timeout: str = "2s"
+
+    def as_config(self) -> dict[str, Any]:
+        return {
+            "urlPrefix": self.url, "filterVerb": "filter", "prioritizeVerb": "prioritize",
+            "weight": self.weight, "nodeCacheCapable": True, "httpTimeout": self.http_timeout,
+            "ignorable": self.ignorable,
+        }
+
+
+def scheduler_config(kubeconfig_path: Path, scheduler_name: str,
+                     extender: Extender | None = None) -> str:
+    doc: dict[str, Any] = {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        # In the file, not --kubeconfig beside --config (that one is ignored with --config).
+        "clientConnection": {"kubeconfig": str(kubeconfig_path)},
+        "leaderElection": {"leaderElect": False},
+        "profiles": [{"schedulerName": scheduler_name}],
+    }
+    if extender is not None:
+        doc["extenders"] = [extender.as_config()]
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+# Project-written KWOK stages (upstream's kustomize stages are not copied, §6.6).
+KWOK_STAGES = """\
+kind: Stage
+apiVersion: kwok.x-k8s.io/v1alpha1
+metadata: {name: node-initialize}
+spec:
+  # Capacity and allocatable come with the Node at creation (from the scenario) and are
+  # left alone: a status template patches only the keys it names.
+  resourceRef: {apiGroup: v1, kind: Node}
+  selector:
+    matchExpressions:
+      - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+        operator: NotIn
+        values: ["True"]
+  next:
+    statusTemplate: |
+      {{ $now := Now | Quote }}
+      conditions:
+      {{ range (list "MemoryPressure" "DiskPressure" "PIDPressure" "NetworkUnavailable") }}
+        - {type: {{ . }}, status: "False", reason: KwokFake, message: "fake node",
+           lastHeartbeatTime: {{ $now }}, lastTransitionTime: {{ $now }}}
+      {{ end }}
+        - {type: Ready, status: "True", reason: KubeletReady, message: "fake node (kwok)",
+           lastHeartbeatTime: {{ $now }}, lastTransitionTime: {{ $now }}}
+      addresses:
+        - {type: InternalIP, address: {{ NodeIP | Quote }}}
+        - {type: Hostname, address: {{ NodeName | Quote }}}
+      nodeInfo:
+        architecture: amd64
+        operatingSystem: linux
+        kubeletVersion: {{ printf "kwok-%s" Version | Quote }}
+        kubeProxyVersion: {{ printf "kwok-%s" Version | Quote }}
+        containerRuntimeVersion: {{ printf "kwok-%s" Version | Quote }}
+        kernelVersion: ""
+        osImage: ""
+        machineID: ""
+        systemUUID: ""
+        bootID: ""
+      phase: Running
+---
+kind: Stage
+apiVersion: kwok.x-k8s.io/v1alpha1
+metadata: {name: pod-ready}
+spec:
+  resourceRef: {apiGroup: v1, kind: Pod}
+  selector:
+    matchExpressions:
+      - {key: .metadata.deletionTimestamp, operator: DoesNotExist}
+      - {key: .spec.nodeName, operator: Exists}
+      - {key: .status.podIP, operator: DoesNotExist}
+  next:
+    statusTemplate: |
+      {{ $now := Now | Quote }}
+      phase: Running
+      startTime: {{ $now }}
+      hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+      podIP: {{ PodIP | Quote }}
+      conditions:
+      {{ range (list "PodScheduled" "Initialized" "ContainersReady" "Ready") }}
+        - {type: {{ . }}, status: "True", lastTransitionTime: {{ $now }}}
+      {{ end }}
+      containerStatuses:
+      {{ range .spec.containers }}
+        - name: {{ .name | Quote }}
+          image: {{ .image | Quote }}
+          imageID: ""
+          ready: true
+          started: true
+          restartCount: 0
+          state: {running: {startedAt: {{ $now }}}}
+      {{ end }}
+---
+kind: Stage
+apiVersion: kwok.x-k8s.io/v1alpha1
+metadata: {name: pod-delete}
+spec:
+  # Without a kubelet, deleted bound pods would stay Terminating forever.
+  resourceRef: {apiGroup: v1, kind: Pod}
+  selector:
+    matchExpressions:
+      - {key: .metadata.deletionTimestamp, operator: Exists}
+  next:
+    finalizers: {empty: true}
+    delete: true
+"""
+
+
+def prometheus_config(scrape_configs: list[dict[str, Any]], self_port: int) -> str:
+    """1 s intervals; Prometheus scrapes itself so `up == 1` proves it works."""
+    jobs = [{"job_name": "prometheus",
+             "static_configs": [{"targets": [f"127.0.0.1:{self_port}"]}]}, *scrape_configs]
+    doc = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+           "scrape_configs": jobs}
+    return yaml.safe_dump(doc, sort_keys=False)

@@ -1,0 +1,88 @@
+"""A scenario's servers as KWOK Node objects, so one file describes a simulation and a cluster."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from perllm.scenario import Scenario
+
+DOMAIN = "perllm.io"
+LABEL_TIER = f"{DOMAIN}/tier"
+LABEL_HARDWARE = f"{DOMAIN}/hardware"
+ANN_HARDWARE = f"{DOMAIN}/hardware"  # catalogue key
+ANN_HARDWARE_SPEC = f"{DOMAIN}/hardware-spec"  # the catalogue entry as JSON
+ANN_LINK_BANDWIDTH = f"{DOMAIN}/link-bandwidth-mbps"
+ANN_LINK_NOISE = f"{DOMAIN}/link-noise"
+ANN_LINK_RTT = f"{DOMAIN}/link-rtt-ms"
+ANN_LINK_ENERGY = f"{DOMAIN}/link-energy-uj-per-bit"
+GPU_RESOURCE = "nvidia.com/gpu"
+# KWOK manages exactly the nodes carrying this annotation (--manage-nodes-with-annotation-selector).
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_SELECTOR = f"{KWOK_ANNOTATION}=fake"
+PODS_PER_NODE = 110  # without `pods` in allocatable nothing schedules ("Too many pods")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def node_manifests(scenario: Scenario) -> list[dict[str, Any]]:
+    """One Node per server (with `count` expanded), capacity from the hardware catalogue.
+
+    `perf_scale` is deliberately absent: it is the world's hidden truth, which the scheduler
+    must learn, not read.
+    """
+    hardware = scenario.catalogue.hardware
+    out: list[dict[str, Any]] = []
+    for name, server in scenario.expanded_servers():
+        hw = hardware[server.hardware]
+        capacity = {
+            "cpu": str(hw.cpu_cores),
+            "memory": f"{math.floor(hw.memory_gib * 1024)}Mi",
+            "pods": str(PODS_PER_NODE),
+            "ephemeral-storage": "100Gi",
+        }
+        if hw.gpus > 0:
+            capacity[GPU_RESOURCE] = str(hw.gpus)
+        link = server.link
+        labels = {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "type": "kwok",
+            LABEL_TIER: server.tier.value,
+            LABEL_HARDWARE: server.hardware,
+        }
+        if hw.gpu_model:
+            labels["nvidia.com/gpu.product"] = _label_value(hw.gpu_model)
+        out.append({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": labels,
+                "annotations": {
+                    KWOK_ANNOTATION: "fake",
+                    ANN_HARDWARE: server.hardware,
+                    ANN_HARDWARE_SPEC: json.dumps(hw.model_dump(
+                        mode="json", exclude_none=True, exclude={"source"}), sort_keys=True),
+                    ANN_LINK_BANDWIDTH: _num(link.bandwidth_mbps),
+                    ANN_LINK_NOISE: _num(link.noise),
+                    ANN_LINK_RTT: _num(link.rtt_ms),
+                    ANN_LINK_ENERGY: _num(link.energy_uj_per_bit),
+                },
+            },
+            # No kwok taint: tests schedule onto these nodes like onto real ones.
+            "spec": {},
+            # Status in the create body is kept, as at kubelet registration.
+            "status": {"capacity": capacity, "allocatable": dict(capacity)},
+        })
+    return out
+
+
+def _label_value(s: str) -> str:
+    """A valid label value: alphanumerics, '-', '_', '.', at most 63 characters."""
+    v = "".join(c if c.isalnum() or c in "-_." else "-" for c in s).strip("-_.")
+    return v[:63].rstrip("-_.")

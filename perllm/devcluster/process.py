@@ -1,0 +1,133 @@
+"""Child processes: own process group, log file, readiness polling, stop by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+class StartError(RuntimeError):
+    """A component did not become ready; the message carries its log tail."""
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (the kernel picks it; the race is benign here)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: SIGTERM it when the starting process dies, so
+    # a killed pytest cannot leave a control plane behind.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    log: Path
+    argv0: str
+
+    def alive(self) -> bool:
+        """True while our process (not a recycled PID) runs and is not a zombie."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        state = stat.rsplit(")", 1)[-1].split()[0]
+        return state != "Z" and cmdline.split(b"\0", 1)[0].decode(errors="replace") == self.argv0
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left after `timeout`."""
+        if not self.alive():
+            return
+        _signal_group(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _reap(self.pid)
+            if not self.alive():
+                return
+            time.sleep(0.1)
+        _signal_group(self.pid, signal.SIGKILL)
+        for _ in range(50):
+            _reap(self.pid)
+            if not self.alive():
+                return
+            time.sleep(0.1)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)  # started with start_new_session: pgid == pid
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def _reap(pid: int) -> None:
+    # ChildProcessError: not our child (stopped from another process, e.g. `cluster down`).
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def start(name: str, argv: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
+          die_with_parent: bool = False) -> Proc:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        p = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env, close_fds=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
+        )
+    return Proc(name=name, pid=p.pid, log=log, argv0=str(argv[0]))
+
+
+def http_ok(url: str, *, token: str | None = None, timeout: float = 2.0) -> bool:
+    """GET url (TLS unverified: loopback components use self-signed certs) and return 2xx."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
+            return 200 <= int(r.status) < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_until(proc: Proc, ready: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `ready` until true; fail fast if the process died, with its log tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if not proc.alive():
+            raise StartError(f"{proc.name} exited before {what}; log {proc.log}:\n{proc.tail()}")
+        time.sleep(0.2)
+    raise StartError(f"{proc.name}: no {what} after {timeout:.0f}s; log {proc.log}:\n{proc.tail()}")
