@@ -55,6 +55,9 @@ class CSUCBConfig:
     # to its complement (D and ΔD are both affine in L_out, so the two ends suffice).
     output_quantile: float = 0.05
     output_prior_sigma: float = 0.9  # lognormal σ of the prior around the declared mean
+    # Observations an arm remembers (exponential forgetting): load and links drift, so
+    # old evidence about a pool decays; inf keeps the stationary running means.
+    memory: float = 500.0
 
     def __post_init__(self) -> None:
         for k in ("delta", "theta", "z", "prior_sd"):
@@ -62,6 +65,8 @@ class CSUCBConfig:
                 raise ValueError(f"{k}: must be >= 0")
         if self.prior_n <= 0:
             raise ValueError("prior_n: must be > 0")
+        if self.memory < 1:
+            raise ValueError("memory: must be >= 1")
         if not 0.0 < self.output_quantile < 0.5:
             raise ValueError("output_quantile: must be in (0, 0.5)")
 
@@ -117,8 +122,13 @@ class _ExplainContext:
 class Decision:
     choice: I  # server index per request
     feasible: NDArray[np.bool_]  # a feasible server existed
-    predicted_time: F
+    predicted_time: F  # at the expected output length
     predicted_energy: F
+    # D ≈ fixed + per_token·L_out: lets feedback re-evaluate the decision-time prediction
+    # at the realised output length, so the learned ratio holds the model's queueing and
+    # speed errors but not the output-length lottery.
+    predicted_fixed: F
+    predicted_per_token: F
     explanations: list[Explanation] | None = None
 
 
@@ -235,14 +245,16 @@ class CSUCB:
         k_max = view.levels - 1
         for k in order:
             lvl = np.minimum(added, k_max)
-            row_feas = feas[k, ar, lvl]
+            # Past the modelled load levels a server's prediction would stop growing: it is
+            # no candidate for the rest of the round (else a round piles onto one server).
+            row_feas = feas[k, ar, lvl] & (added <= k_max)
             if row_feas.any():
                 j = int(np.argmax(np.where(row_feas, score[k, ar, lvl], -np.inf)))
                 ok[k] = True
             else:
                 # Least violating: smallest pessimistic overshoot among servers that can run
                 # the request; quality floors count before time.
-                over = pess[k, ar, lvl] / deadline[k]
+                over = pess[k, ar, lvl] / deadline[k] + (added > k_max) * 1e3
                 qgap = np.maximum(min_quality[k] - t.quality[cls[k]], 0.0) * 1e3
                 j = int(np.argmin(np.where(t.allowed[cls[k]], over + qgap, np.inf)))
                 ok[k] = False
@@ -279,6 +291,8 @@ class CSUCB:
             feasible=ok,
             predicted_time=view.time[rows, choice, lvl_of],
             predicted_energy=view.energy[rows, choice, lvl_of],
+            predicted_fixed=fixed[rows, choice, lvl_of],
+            predicted_per_token=per_tok[rows, choice, lvl_of],
             explanations=expl,
         )
 
@@ -349,6 +363,12 @@ class CSUCB:
         reward = -np.minimum(energy / self.energy_scale[cls], 2.0) - self.cfg.theta * (
             time > deadline
         )
+        if np.isfinite(self.cfg.memory):
+            flat = np.ravel_multi_index(arm, self.n.shape)
+            counts = np.bincount(flat, minlength=self.n.size).reshape(self.n.shape)
+            decay = (1.0 - 1.0 / self.cfg.memory) ** counts
+            for a in (self.n, self.sum_ratio, self.sumsq_ratio, self.sum_reward):
+                a *= decay
         np.add.at(self.n, arm, 1.0)
         np.add.at(self.sum_ratio, arm, ratio)
         np.add.at(self.sumsq_ratio, arm, ratio**2)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from perllm.csucb import CSUCB, CSUCBConfig
 from perllm.policies.base import Batch, Env, Feedback, I, Observation, Policy
 
@@ -19,6 +21,7 @@ class PerLLM(Policy):
 
     def reset(self, env: Env, world: World | None = None) -> None:
         super().reset(env, world)
+        self.pending: dict[int, tuple[float, float]] = {}
         self.bandit = CSUCB(env.table, env.weights, self.config)
 
     def assign(self, batch: Batch, obs: Observation) -> I:
@@ -32,12 +35,21 @@ class PerLLM(Policy):
             obs.waiting,
             obs.bw_mbps,
         )
+        for i, a, b in zip(
+            batch.idx.tolist(),
+            d.predicted_fixed.tolist(),
+            d.predicted_per_token.tolist(),
+            strict=True,
+        ):
+            self.pending[i] = (a, b)
         return d.choice
 
     def feedback(self, fb: Feedback) -> None:
-        self.bandit.update(
-            fb.cls, fb.server, fb.time, fb.predicted_time, fb.energy, fb.deadline, fb.l_out
-        )
+        # The decision-time prediction, at the realised output length (as the extender
+        # does with the tokens the model server reports).
+        ab = np.array([self.pending.pop(i) for i in fb.idx.tolist()])
+        predicted = ab[:, 0] + ab[:, 1] * fb.l_out
+        self.bandit.update(fb.cls, fb.server, fb.time, predicted, fb.energy, fb.deadline, fb.l_out)
 
 
 POLICIES = [PerLLM]

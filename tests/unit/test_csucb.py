@@ -191,8 +191,9 @@ def _feedback(b: CSUCB, d, ratio: float, rng: np.random.Generator, l_out: float 
     )
 
 
-def test_update_is_constant_size_and_learns_the_ratio() -> None:
-    b = CSUCB(table())
+@pytest.mark.parametrize("memory", [float("inf"), 500.0])
+def test_update_is_constant_size_and_learns_the_ratio(memory: float) -> None:
+    b = CSUCB(table(), config=CSUCBConfig(memory=memory))
     rng = np.random.default_rng(0)
     size0 = len(json.dumps(b.export_state()))
     for _ in range(300):
@@ -203,9 +204,21 @@ def test_update_is_constant_size_and_learns_the_ratio() -> None:
     assert mu[1, cloud_pool] == pytest.approx(1.3, rel=0.03)
     assert sd[1, cloud_pool] < 0.1
     # The learned state is a fixed set of running sums: it does not grow with history.
-    state = b.export_state()
-    assert len(json.dumps(state)) < size0 + 600
-    assert b.n.sum() == 1200
+    assert len(json.dumps(b.export_state())) < size0 + 600
+    if np.isinf(memory):
+        assert b.n.sum() == 1200
+    else:  # exponential forgetting: an arm remembers about `memory` observations
+        assert 400 < b.n.sum() < 520
+
+
+def test_forgetting_tracks_a_change() -> None:
+    b = CSUCB(table(), config=CSUCBConfig(memory=100))
+    rng = np.random.default_rng(5)
+    for ratio in (1.0, 2.0):
+        for _ in range(150):
+            _feedback(b, decide(b, [1] * 4), ratio, rng)
+    mu, _ = b.ratio_posterior()
+    assert mu[1, b.pool_of[b.t.tiers.index("cloud")]] == pytest.approx(2.0, rel=0.05)
 
 
 def test_exploration_of_a_worse_arm_is_logarithmic() -> None:
@@ -267,7 +280,7 @@ def test_import_rejects_other_versions_and_skips_unknown_arms() -> None:
 
 def test_output_quantiles_learn_from_feedback() -> None:
     b = CSUCB(table())
-    lo0, hi0 = b.output_quantiles()
+    lo0, _ = b.output_quantiles()
     rng = np.random.default_rng(4)
     for _ in range(200):
         _feedback(b, decide(b, [1] * 4), 1.0, rng, l_out=float(rng.integers(400, 500)))
