@@ -4,6 +4,14 @@ Time is slotted as in the paper: the requests arriving in one slot form a round 
 arm) that the policy assigns jointly; each request then runs from its own arrival time.
 Link bandwidth is redrawn every slot; the policy sees last slot's measurement. Outcomes
 are fed back to the policy when requests complete (delayed feedback, as in a cluster).
+
+Two optional policy hooks (defaults in `policies.base.Policy` do nothing):
+- `prepare(sc, seed)` runs once before the run; policies that train in the simulator
+  (AGOD) pre-train there, on seeds other than the evaluation seed.
+- `release_times(batch, obs)`, asked right after `assign`, may return per request the
+  earliest time its server may admit it (a hold at the server's queue, as a serving
+  engine that defers batching does). The upload still starts at arrival and D is still
+  measured from the true arrival, so the hold counts as queueing delay.
 """
 
 from __future__ import annotations
@@ -118,9 +126,12 @@ class World:
         self.down = np.asarray(download_bits(self.req.l_out)).tolist()
 
     def execute(
-        self, i: int, j: int, slot: int, commit: bool = True
+        self, i: int, j: int, slot: int, commit: bool = True, hold: float = 0.0
     ) -> tuple[float, Outcome, float]:
-        """Run request i on server j. Returns (processing time D, outcome, transmission J)."""
+        """Run request i on server j, admitted no earlier than `hold` (s).
+
+        Returns (processing time D, outcome, transmission J).
+        """
         r, s = self.req, self.servers[j]
         bps = float(self.bw[slot, j]) * 1e6
         arr = float(r.arrival[i])
@@ -129,6 +140,8 @@ class World:
         else:
             arrived = max(arr, s.link_free) + self.up[i] / bps
         ready = arrived + self.rtt[j] / 2
+        if hold > ready:
+            ready = hold
         c = self.coeffs[int(r.cls[i])][j]
         out = s.admit(
             ready,
@@ -168,6 +181,7 @@ def simulate(
     sc: Scenario, policy: Policy, seed: int, on_slot: Callable[[int, int], None] | None = None
 ) -> RunResult:
     """Run `policy` on scenario `sc` with `seed`; `on_slot(done, total)` reports progress."""
+    policy.prepare(sc, seed)
     world = World(sc, seed)
     env = make_env(world, seed)
     policy.reset(env, world if policy.hindsight else None)
@@ -215,6 +229,12 @@ def simulate(
                 raise RuntimeError(
                     f"policy {policy.name} returned {len(choice)} choices for {len(idx)} requests"
                 )
+            hold = policy.release_times(batch, obs)
+            if hold is not None and len(hold) != len(idx):
+                raise RuntimeError(
+                    f"policy {policy.name} returned {len(hold)} release times for {len(idx)} "
+                    "requests"
+                )
             for k in range(len(idx)):
                 i, j = int(idx[k]), int(choice[k])
                 c = int(cls[k])
@@ -224,7 +244,8 @@ def simulate(
                         f"{t.services[c].name} on {t.server_names[j]}, which "
                         "cannot run it"
                     )
-                di, out, et = world.execute(i, j, slot)
+                h = 0.0 if hold is None else float(hold[k])
+                di, out, et = world.execute(i, j, slot, hold=h)
                 server[i], d[i], finish[i] = j, di, out.end
                 e_tran[i], e_inf[i] = et, out.e_infer
                 cost[i] = max(w.tran * et + w.infer * out.e_infer - w.idle * out.e_idle_saved, 0.0)
