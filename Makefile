@@ -25,12 +25,9 @@ help:
 	@sed -n '1,6p' Makefile
 
 # A fresh clone gets a virtual environment with the package installed (once).
-$(VENV)/.perllm-installed: pyproject.toml
-	[ -x $(PY) ] || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
-	touch $@
-
-venv: $(VENV)/.perllm-installed
+venv:
+	@$(PY) -c 'import perllm.devcluster' 2>/dev/null || { \
+	  [ -x $(PY) ] || python3 -m venv $(VENV); $(PY) -m pip install -q -e '.[dev]'; }
 
 binaries:  # everything, Helm included
 	tools/build-binaries.sh

@@ -54,15 +54,15 @@ build_etcd() {
   mv "$bin/etcd.tmp" "$bin/etcd"
 }
 
-# go_install NAME VERSION PKG: plain `go install` (no replace directives upstream).
+# go_install NAME VERSION PKG [LDFLAGS]: plain `go install` (no replace directives upstream).
 go_install() {
-  local name=$1 version=$2 pkg=$3 bin="$CACHE/$1-$2" tmp
+  local name=$1 version=$2 pkg=$3 extra=${4:-} bin="$CACHE/$1-$2" tmp
   [ -x "$bin/$name" ] && return
   tmp="$CACHE/.tmp-$name-$version"
   rm -rf "$tmp" && mkdir -p "$tmp"
   log "building $name $version"
   # Outside any module, so `go install pkg@version` uses only the upstream go.mod.
-  (cd "$tmp" && GOFLAGS= GOBIN="$tmp" timed "$name" go install -trimpath -ldflags "-s -w" "$pkg@$version")
+  (cd "$tmp" && GOFLAGS= GOBIN="$tmp" timed "$name" go install -trimpath -ldflags "-s -w $extra" "$pkg@$version")
   mkdir -p "$bin" && mv "$tmp/$name" "$bin/$name" && rm -rf "$tmp"
 }
 
@@ -89,7 +89,9 @@ for c in "${components[@]}"; do
     k8s) build_k8s ;;
     etcd) build_etcd ;;
     kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
-    helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+    # Unstamped, `helm version` says only "v3.19".
+    helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+            "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
     prometheus) install_prometheus ;;
     *) log "unknown component $c"; exit 2 ;;
   esac

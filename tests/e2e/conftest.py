@@ -21,6 +21,7 @@ from perllm.devcluster.cluster import Cluster, ClusterConfig, temporary_run_dir
 from perllm.devcluster.kube import Kube
 
 _CLUSTER: Cluster | None = None  # local cluster whose logs a failing test prints
+_FAILED = False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -73,6 +74,8 @@ def kube() -> Iterator[Kube]:
     finally:
         cluster.down()
         _CLUSTER = None
+        if not _FAILED:  # keep the logs of a failed session
+            shutil.rmtree(cluster.run_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -92,8 +95,10 @@ def namespace(kube: Kube) -> Iterator[str]:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
+    global _FAILED
     outcome = yield
     report = outcome.get_result()
+    _FAILED = _FAILED or report.failed
     if report.failed and _CLUSTER is not None and "e2e" in item.keywords:
         for name, log in _CLUSTER.logs().items():
             try:
