@@ -1,0 +1,84 @@
+"""`perllm simulate` and `perllm scenarios` through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from perllm.cli import app
+
+runner = CliRunner()
+
+
+def test_simulate_writes_json_and_plots(tmp_path: Path) -> None:
+    out, js = tmp_path / "plots", tmp_path / "r.json"
+    res = runner.invoke(
+        app,
+        [
+            "simulate",
+            "paper-llama2-7b",
+            "-p",
+            "perllm",
+            "-p",
+            "oracle",
+            "-p",
+            "cloud-only",
+            "--seeds",
+            "2",
+            "--duration",
+            "120",
+            "--json",
+            str(js),
+            "--out",
+            str(out),
+            "--detail",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "Processing-time success rate" in res.output
+    report = json.loads(js.read_text())
+    pols = report["scenarios"]["paper-llama2-7b"]["policies"]
+    for name in ("perllm", "oracle", "cloud-only"):
+        m = pols[name]
+        for key in (
+            "success_rate",
+            "throughput_rps",
+            "goodput_rps",
+            "energy_j_per_service",
+            "services",
+        ):
+            assert key in m
+        assert set(m["energy_breakdown_j"]) == {"tran", "infer", "idle"}
+        assert abs(sum(m["energy_breakdown_j"].values()) - m["energy_j_per_service"]) < 1e-6
+        assert "success_rate" in m["per_model"]["llama2-7b"]
+        assert m["seeds"] == 2
+    ratios = report["scenarios"]["paper-llama2-7b"]["ratios_vs_perllm"]
+    assert set(ratios) == {"oracle", "cloud-only"}
+    for png in ("success_per_model", "energy_breakdown", "regret", "learning_curve"):
+        assert (out / f"{png}.png").stat().st_size > 1000
+
+
+def test_simulate_rejects_bad_input(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["simulate", "nope-scenario", "--seeds", "1"])
+    assert res.exit_code == 2
+    assert "no such file or built-in scenario" in res.output
+    res = runner.invoke(app, ["simulate", "paper-yi-6b", "-p", "magic", "--seeds", "1"])
+    assert res.exit_code == 2
+    assert "unknown policy magic" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nservers: []\nworkload: {arrivals: {kind: poisson}, classes: []}\n")
+    res = runner.invoke(app, ["simulate", str(bad), "--seeds", "1"])
+    assert res.exit_code == 2
+    assert "servers" in res.output and "workload.arrivals" in res.output
+
+
+def test_scenarios_list_and_validate(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["scenarios", "list"])
+    assert res.exit_code == 0 and "paper-llama2-7b (reference)" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    res = runner.invoke(app, ["scenarios", "validate", "paper-yi-9b", str(bad)])
+    assert res.exit_code == 1
+    assert "ok paper-yi-9b" in res.output and "invalid" in res.output
