@@ -51,6 +51,11 @@ def up(
         extender=Extender(url=extender_url, ignorable=extender_ignorable),
         external_kubeconfig=attach,
     )
+    running = Cluster.find(run_dir)
+    if running is not None and running.state is not None:
+        typer.echo(f"cluster already running from {run_dir} (options ignored)")
+        _print_env(running.state)
+        return
     t0 = time.monotonic()
     try:
         state = Cluster(conf).up()

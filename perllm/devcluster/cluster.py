@@ -23,7 +23,15 @@ import yaml
 from perllm.devcluster import config as cfg
 from perllm.devcluster.binaries import Binaries
 from perllm.devcluster.nodes import KWOK_SELECTOR, node_manifests
-from perllm.devcluster.process import Proc, StartError, free_port, http_ok, start, wait_until
+from perllm.devcluster.process import (
+    Proc,
+    StartError,
+    free_port,
+    free_ports,
+    http_ok,
+    start,
+    wait_until,
+)
 
 DEFAULT_SCENARIO = "paper-llama2-7b"
 STATE_FILE = "state.json"
@@ -171,9 +179,8 @@ class Cluster:
 
     def _start_control_plane(self) -> State:
         rd, b = self.run_dir, self.bin
-        ports = {k: free_port() for k in
-                 ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler",
-                  "perllm_scheduler", "kwok")}
+        ports = free_ports(("etcd", "etcd_peer", "apiserver", "controller_manager",
+                            "scheduler", "perllm_scheduler", "kwok"))
         tokens = cfg.Tokens()
         (rd / "tokens.csv").write_text(tokens.csv())
         (rd / "tokens.csv").chmod(0o600)
@@ -245,7 +252,7 @@ class Cluster:
 
     def _attach(self, external: Path) -> State:
         rd = self.run_dir
-        ports = {"perllm_scheduler": free_port(), "kwok": free_port()}
+        ports = free_ports(("perllm_scheduler", "kwok"))
         kubeconfig = rd / "kubeconfig"
         shutil.copyfile(external, kubeconfig)
         server = _kubeconfig_server(kubeconfig)

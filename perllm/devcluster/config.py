@@ -76,91 +76,9 @@ def scheduler_config(kubeconfig_path: Path, scheduler_name: str,
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-# Project-written KWOK stages (upstream's kustomize stages are not copied, §6.6).
-KWOK_STAGES = """\
-kind: Stage
-apiVersion: kwok.x-k8s.io/v1alpha1
-metadata: {name: node-initialize}
-spec:
-  # Capacity and allocatable come with the Node at creation (from the scenario) and are
-  # left alone: a status template patches only the keys it names.
-  resourceRef: {apiGroup: v1, kind: Node}
-  selector:
-    matchExpressions:
-      - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-        operator: NotIn
-        values: ["True"]
-  next:
-    statusTemplate: |
-      {{ $now := Now | Quote }}
-      conditions:
-      {{ range (list "MemoryPressure" "DiskPressure" "PIDPressure" "NetworkUnavailable") }}
-        - {type: {{ . }}, status: "False", reason: KwokFake, message: "fake node",
-           lastHeartbeatTime: {{ $now }}, lastTransitionTime: {{ $now }}}
-      {{ end }}
-        - {type: Ready, status: "True", reason: KubeletReady, message: "fake node (kwok)",
-           lastHeartbeatTime: {{ $now }}, lastTransitionTime: {{ $now }}}
-      addresses:
-        - {type: InternalIP, address: {{ NodeIP | Quote }}}
-        - {type: Hostname, address: {{ NodeName | Quote }}}
-      nodeInfo:
-        architecture: amd64
-        operatingSystem: linux
-        kubeletVersion: {{ printf "kwok-%s" Version | Quote }}
-        kubeProxyVersion: {{ printf "kwok-%s" Version | Quote }}
-        containerRuntimeVersion: {{ printf "kwok-%s" Version | Quote }}
-        kernelVersion: ""
-        osImage: ""
-        machineID: ""
-        systemUUID: ""
-        bootID: ""
-      phase: Running
----
-kind: Stage
-apiVersion: kwok.x-k8s.io/v1alpha1
-metadata: {name: pod-ready}
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-      - {key: .metadata.deletionTimestamp, operator: DoesNotExist}
-      - {key: .spec.nodeName, operator: Exists}
-      - {key: .status.podIP, operator: DoesNotExist}
-  next:
-    statusTemplate: |
-      {{ $now := Now | Quote }}
-      phase: Running
-      startTime: {{ $now }}
-      hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
-      podIP: {{ PodIP | Quote }}
-      conditions:
-      {{ range (list "PodScheduled" "Initialized" "ContainersReady" "Ready") }}
-        - {type: {{ . }}, status: "True", lastTransitionTime: {{ $now }}}
-      {{ end }}
-      containerStatuses:
-      {{ range .spec.containers }}
-        - name: {{ .name | Quote }}
-          image: {{ .image | Quote }}
-          imageID: ""
-          ready: true
-          started: true
-          restartCount: 0
-          state: {running: {startedAt: {{ $now }}}}
-      {{ end }}
----
-kind: Stage
-apiVersion: kwok.x-k8s.io/v1alpha1
-metadata: {name: pod-delete}
-spec:
-  # Without a kubelet, deleted bound pods would stay Terminating forever.
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-      - {key: .metadata.deletionTimestamp, operator: Exists}
-  next:
-    finalizers: {empty: true}
-    delete: true
-"""
+# Project-written KWOK stages: node-initialize, pod-ready, pod-delete.
+KWOK_STAGES = Path(__file__).with_name("kwok-stages.yaml").read_text()
+
 
 
 def prometheus_config(scrape_configs: list[dict[str, Any]], self_port: int) -> str:

@@ -30,6 +30,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(names: Sequence[str]) -> dict[str, int]:
+    """Distinct free ports: all sockets stay bound until every port is chosen."""
+    socks = []
+    try:
+        for _ in names:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return {n: int(s.getsockname()[1]) for n, s in zip(names, socks, strict=True)}
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: SIGTERM it when the starting process dies, so
     # a killed pytest cannot leave a control plane behind.
