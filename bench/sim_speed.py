@@ -1,0 +1,67 @@
+"""Simulator speed: services scheduled per second of wall time.
+
+CS-UCB on the reference scenario (target ≥ 20,000/s) and on the 1,000-server scenario,
+with cloud-only measured in the same run as a floor (the world model's own cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from perllm import policies
+from perllm.scenario import load_scenario
+from perllm.world.sim import simulate
+
+
+def rate(scenario: str, policy: str, seeds: list[int]) -> dict[str, float]:
+    sc = load_scenario(scenario)
+    rates, services, success = [], 0, []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        r = simulate(sc, policies.make(policy), seed)
+        wall = time.perf_counter() - t0
+        rates.append(len(r.time) / wall)
+        services += len(r.time)
+        success.append(float(r.met.mean()))
+    return {
+        "services_per_s": statistics.median(rates),
+        "services": services,
+        "success_rate": statistics.mean(success),
+        "runs": len(seeds),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--fleet-seeds", type=int, default=1)
+    args = ap.parse_args()
+    rows = []
+    for scenario, seeds in (("paper-llama2-7b", args.seeds), ("large-fleet", args.fleet_seeds)):
+        for policy in ("perllm", "cloud-only"):
+            res = rate(scenario, policy, list(range(1, seeds + 1)))
+            rows.append({"scenario": scenario, "policy": policy, **res})
+            print(
+                f"{scenario:18s} {policy:12s} {res['services_per_s']:>10,.0f} services/s "
+                f"({res['services']} services, success {100 * res['success_rate']:.1f} %)",
+                flush=True,
+            )
+    for scenario in ("paper-llama2-7b", "large-fleet"):
+        a = next(r for r in rows if r["scenario"] == scenario and r["policy"] == "perllm")
+        b = next(r for r in rows if r["scenario"] == scenario and r["policy"] == "cloud-only")
+        print(
+            f"{scenario}: CS-UCB runs at {a['services_per_s'] / b['services_per_s']:.2f}× "
+            "the speed of cloud-only (same run)"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
