@@ -12,7 +12,7 @@ gathered into a `CostTable` indexed by (service class, server).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from typing import Any, cast
 
@@ -154,6 +154,28 @@ class CostTable:
     def stacked(self) -> F:
         """[C, M, P] coefficients in `COEFFS` order: one gather per round instead of P."""
         return np.stack([getattr(self, k).astype(float) for k in COEFFS], axis=-1)
+
+    def subset(self, cols: NDArray[np.intp]) -> CostTable:
+        """The table restricted to servers `cols` (candidate pruning on large fleets)."""
+        per_pair = {
+            f.name: getattr(self, f.name)[:, cols]
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray) and getattr(self, f.name).ndim == 2
+        }
+        per_server = {
+            f.name: getattr(self, f.name)[cols]
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray) and getattr(self, f.name).ndim == 1
+        }
+        idx = cols.tolist()
+        return replace(
+            self,
+            server_names=tuple(self.server_names[j] for j in idx),
+            tiers=tuple(self.tiers[j] for j in idx),
+            pools=tuple(self.pools[j] for j in idx),
+            **per_pair,
+            **per_server,
+        )
 
     @property
     def n_classes(self) -> int:

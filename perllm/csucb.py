@@ -58,6 +58,8 @@ class CSUCBConfig:
     # Observations an arm remembers (exponential forgetting): load and links drift, so
     # old evidence about a pool decays; inf keeps the stationary running means.
     memory: float = 500.0
+    # Above this many servers a round evaluates candidates per pool, not every server.
+    max_candidates: int = 64
 
     def __post_init__(self) -> None:
         for k in ("delta", "theta", "z", "prior_sd"):
@@ -101,6 +103,7 @@ class Explanation:
 
 @dataclass
 class _ExplainContext:
+    t: CostTable
     cls: I
     min_quality: F
     deadline: F
@@ -154,6 +157,10 @@ class CSUCB:
         self.rounds = 0
         self.violations = 0  # rounds' requests with nothing feasible
         self.energy_scale = energy_scale(table, self.w)
+        self._pool_members = [
+            np.flatnonzero(self.pool_of == p) for p in range(len(self.pool_names))
+        ]
+        self._server_cap = np.maximum(table.max_conc.max(axis=0), 1.0)
         dls = [s.requirements.deadline for s in table.services]
         self.deadline_s = np.array([d.seconds for d in dls])
         self.deadline_per_token = np.array([d.per_output_token_s for d in dls])
@@ -190,6 +197,25 @@ class CSUCB:
         return np.divide(self.sum_reward, self.n, out=np.zeros_like(self.n), where=self.n > 0)
 
     # -- decisions ------------------------------------------------------------------------
+    def candidates(self, n_requests: int, running: F, waiting: F, bw_mbps: F) -> I | None:
+        """Servers worth evaluating this round, or None for all (small fleets).
+
+        Servers of one pool with the same load differ only in their link: the one with more
+        bandwidth is at least as fast at the same energy. A round of N requests uses at
+        most N servers, so keeping the N + 1 best-connected servers of every (pool, load)
+        group loses no decision, and an idle 1,000-node pool shrinks to N + 1 candidates.
+        """
+        if self.t.n_servers <= self.cfg.max_candidates:
+            return None
+        load = running + waiting
+        order = np.lexsort((-bw_mbps, load, self.pool_of))
+        group = np.stack([self.pool_of[order], load[order]])
+        new = np.ones(len(order), bool)
+        new[1:] = (group[:, 1:] != group[:, :-1]).any(axis=0)
+        start = np.maximum.accumulate(np.where(new, np.arange(len(order)), 0))
+        rank = np.arange(len(order)) - start
+        return np.sort(order[rank <= n_requests])
+
     def decide(
         self,
         cls: I,
@@ -203,12 +229,18 @@ class CSUCB:
         explain: bool = False,
     ) -> Decision:
         """Assign one round of requests (prompt `l_in`, expected output `l_out`)."""
-        t, cfg = self.t, self.cfg
-        n, m = len(cls), t.n_servers
+        cfg = self.cfg
         self.rounds += 1
+        cols = self.candidates(len(cls), running, waiting, bw_mbps)
+        if cols is None:
+            t, pool_of = self.t, self.pool_of
+        else:  # a large fleet: decide among the candidates only
+            t, pool_of = self.t.subset(cols), self.pool_of[cols]
+            running, waiting, bw_mbps = running[cols], waiting[cols], bw_mbps[cols]
+        n, m = len(cls), t.n_servers
         view = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps)
         mu, sd = self.ratio_posterior()
-        arm = (cls[:, None], self.pool_of[None, :])  # [N, M] arm index
+        arm = (cls[:, None], pool_of[None, :])  # [N, M] arm index
         mu_a, sd_a = mu[arm][:, :, None], sd[arm][:, :, None]
         f_pess = mu_a + cfg.z * sd_a
         pess = view.time * f_pess
@@ -249,7 +281,11 @@ class CSUCB:
             # no candidate for the rest of the round (else a round piles onto one server).
             row_feas = feas[k, ar, lvl] & (added <= k_max)
             if row_feas.any():
-                j = int(np.argmax(np.where(row_feas, score[k, ar, lvl], -np.inf)))
+                row = np.where(row_feas, score[k, ar, lvl], -np.inf)
+                best = row.max()
+                # Equal scores (servers of a pool at the same load): take the fastest.
+                near = row >= best - 1e-9 * max(1.0, abs(best))
+                j = int(np.argmin(np.where(near, view.time[k, ar, lvl], np.inf)))
                 ok[k] = True
             else:
                 # Least violating: smallest pessimistic overshoot among servers that can run
@@ -262,13 +298,14 @@ class CSUCB:
             choice[k] = j
             lvl_of[k] = lvl[j]
             added[j] += 1
-        np.add.at(self.plays, (cls, self.pool_of[choice]), 1)
+        np.add.at(self.plays, (cls, pool_of[choice]), 1)
         self.total += n
         rows = np.arange(n)
         expl = None
         if explain:
             q_lo, q_hi = self.output_quantiles()
             ctx = _ExplainContext(
+                t,
                 cls,
                 min_quality,
                 deadline,
@@ -287,7 +324,7 @@ class CSUCB:
             )
             expl = [self._explain(k, ctx) for k in range(n)]
         return Decision(
-            choice=choice,
+            choice=choice if cols is None else cols[choice],
             feasible=ok,
             predicted_time=view.time[rows, choice, lvl_of],
             predicted_energy=view.energy[rows, choice, lvl_of],
@@ -297,6 +334,7 @@ class CSUCB:
         )
 
     def _explain(self, k: int, x: _ExplainContext) -> Explanation:
+        t = x.t
         cls, min_quality, deadline, static = x.cls, x.min_quality, x.deadline, x.static
         time, pess, energy, mean, bonus, score = (
             x.view.time,
@@ -307,7 +345,6 @@ class CSUCB:
             x.score,
         )
         choice, ok, lvl_of = x.choice, x.ok, x.lvl_of
-        t = self.t
         c = int(cls[k])
         lv = int(lvl_of[k])
         cands = []

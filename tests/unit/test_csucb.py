@@ -293,3 +293,25 @@ def test_config_is_validated() -> None:
         CSUCBConfig(delta=-1)
     with pytest.raises(ValueError, match="output_quantile"):
         CSUCBConfig(output_quantile=0.7)
+
+
+def test_candidate_pruning_on_a_large_fleet_keeps_the_decision() -> None:
+    t = table(edge_count=120)
+    rng = np.random.default_rng(6)
+    pruned = CSUCB(t, config=CSUCBConfig(max_candidates=64))
+    full = CSUCB(t, config=CSUCBConfig(max_candidates=10_000))
+    assert full.candidates(3, np.zeros(121), np.zeros(121), t.link_mbps) is None
+    for _ in range(30):
+        running = rng.integers(0, 4, t.n_servers).astype(float)
+        running[-1] = rng.integers(0, 300)
+        waiting = rng.integers(0, 2, t.n_servers).astype(float)
+        bw = t.link_mbps * rng.uniform(0.8, 1.2, t.n_servers)
+        cols = pruned.candidates(3, running, waiting, bw)
+        assert cols is not None and len(cols) < 40
+        assert t.tiers.index("cloud") in cols.tolist()
+        a = decide(pruned, [0, 1, 1], running, waiting, bw=bw)
+        b = decide(full, [0, 1, 1], running, waiting, bw=bw)
+        assert a.choice.tolist() == b.choice.tolist()
+        np.testing.assert_allclose(a.predicted_time, b.predicted_time)
+        np.testing.assert_allclose(a.predicted_energy, b.predicted_energy)
+        assert a.feasible.tolist() == b.feasible.tolist()
