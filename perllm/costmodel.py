@@ -190,26 +190,7 @@ def build_cost_table(
     services: Sequence[ServiceSpec], servers: Sequence[tuple[str, Server]], catalogue: Catalogue
 ) -> CostTable:
     c, m = len(services), len(servers)
-    arrays = {
-        k: np.zeros((c, m))
-        for k in (
-            "quality",
-            "w",
-            "kv",
-            "bw",
-            "pp",
-            "kappa",
-            "r_pf",
-            "ttft0",
-            "step0",
-            "flop",
-            "max_conc",
-            "kv_budget",
-            "p_busy",
-            "p_prefill",
-            "p_idle",
-        )
-    }
+    arrays = {k: np.zeros((c, m)) for k in (*COEFFS[1:], "quality", "kv_budget")}
     is_gpu = np.zeros((c, m), bool)
     allowed = np.zeros((c, m), bool)
     for j, (_, srv) in enumerate(servers):

@@ -15,6 +15,13 @@ from numpy.typing import NDArray
 F = NDArray[np.float64]
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def success_per_model(report: dict[str, Any], out: Path) -> Path:
     """Grouped bars: deadline success rate per scenario (model) and policy."""
     scs = list(report["scenarios"])
@@ -34,11 +41,7 @@ def success_per_model(report: dict[str, Any], out: Path) -> Path:
     ax.axhline(97, color="k", lw=0.6, ls="--")
     ax.legend(fontsize=7, ncol=3)
     ax.set_title("Processing-time success rate per model")
-    fig.tight_layout()
-    path = out / "success_per_model.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "success_per_model.png")
 
 
 def energy_breakdown(report: dict[str, Any], out: Path) -> Path:
@@ -59,11 +62,7 @@ def energy_breakdown(report: dict[str, Any], out: Path) -> Path:
     ax.tick_params(axis="x", rotation=30)
     ax.legend()
     ax.set_title("Energy per service: transmission + inference + idle")
-    fig.tight_layout()
-    path = out / "energy_breakdown.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "energy_breakdown.png")
 
 
 def cumulative_regret(curves: dict[str, dict[str, F]], out: Path) -> Path:
@@ -78,11 +77,7 @@ def cumulative_regret(curves: dict[str, dict[str, F]], out: Path) -> Path:
         ax.set_yscale("symlog")
     axes[0][0].set_ylabel("cumulative regret vs oracle")
     axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
-    path = out / "regret.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "regret.png")
 
 
 def learning_curve(series: dict[str, dict[str, tuple[F, F, F]]], out: Path) -> Path:
@@ -98,8 +93,4 @@ def learning_curve(series: dict[str, dict[str, tuple[F, F, F]]], out: Path) -> P
     axes[0][0].set_ylabel("success (%)")
     axes[1][0].set_ylabel("marginal J / service")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "learning_curve.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "learning_curve.png")
