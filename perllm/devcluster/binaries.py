@@ -60,10 +60,16 @@ class Binaries:
             prometheus=Path(prom) if prom else None,
         )
 
-    def require(self, *, prometheus: bool = True, helm: bool = False) -> Binaries:
-        """Raise `BinariesMissing` naming every absent binary and the command that builds it."""
-        needed = [self.etcd, self.kube_apiserver, self.kube_controller_manager,
-                  self.kube_scheduler, self.kubectl, self.kwok]
+    def require(self, *, prometheus: bool = True, helm: bool = False,
+                etcd: bool = True) -> Binaries:
+        """Raise `BinariesMissing` naming every absent binary and the command that builds it.
+
+        `etcd=False`: attaching to an existing cluster needs only the k8s binary and KWOK.
+        """
+        needed = [self.kube_apiserver, self.kube_controller_manager, self.kube_scheduler,
+                  self.kubectl, self.kwok]
+        if etcd:
+            needed.insert(0, self.etcd)
         if helm:
             needed.append(self.helm)
         missing = [str(p) for p in needed if not os.access(p, os.X_OK)]

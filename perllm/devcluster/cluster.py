@@ -141,7 +141,9 @@ class Cluster:
         c, rd = self.config, self.run_dir
         if Cluster.find(rd) is not None:
             raise StartError(f"a cluster already runs from {rd}: stop it first (cluster down)")
-        self.bin.require(prometheus=c.prometheus)
+        self.bin.require(prometheus=c.prometheus, etcd=c.external_kubeconfig is None)
+        if State.load(rd) is not None:  # a half-dead cluster: stop its survivors first
+            Cluster(ClusterConfig(run_dir=rd)).down()
         self._fresh_run_dir()
         self.procs = []
         try:
