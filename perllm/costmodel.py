@@ -155,6 +155,17 @@ class CostTable:
         """[C, M, P] coefficients in `COEFFS` order: one gather per round instead of P."""
         return np.stack([getattr(self, k).astype(float) for k in COEFFS], axis=-1)
 
+    @cached_property
+    def full_batch_service_s(self) -> F:
+        """[C, M] service time of each class's typical request on each server at a full
+        batch: how long a request ahead in the queue holds its slot."""
+        cls = np.arange(self.n_classes)
+        l_in = np.array([s.traffic.prompt_tokens for s in self.services])
+        l_out = np.array([s.traffic.output_tokens for s in self.services])
+        g = Gathered(self, cls)
+        pre, dec = infer_times(g, l_in, l_out, g.max_conc)
+        return np.asarray((pre + dec)[:, :, 0], dtype=float)
+
     def subset(self, cols: NDArray[np.intp]) -> CostTable:
         """The table restricted to servers `cols` (candidate pruning on large fleets)."""
         per_pair = {
@@ -315,9 +326,13 @@ def predict(
     tran = bits / (bw_mbps[None, :, None] * 1e6) + t.rtt_s[None, :, None]
     infer = prefill + decode
     e_tran = t.e_bit[None, :, None] * bits
-    e_inf = attributed_power_time(prefill, decode, b, g.is_gpu, g.p_busy, g.p_prefill)
+    # Busy time attributed to the request (as `attributed_power_time`, vectorised once for
+    # both powers): prefill alone on a GPU, shared by the b streams on a CPU; decode shared.
+    busy_pre = np.where(g.is_gpu, prefill, prefill / b)
+    busy_dec = decode / b
+    e_inf = np.where(g.is_gpu, g.p_prefill, g.p_busy) * busy_pre + g.p_busy * busy_dec
     # Idle energy is P_idle·(T − busy): a placement lowers it by the busy time it adds.
-    e_idle_saved = attributed_power_time(prefill, decode, b, g.is_gpu, g.p_idle, g.p_idle)
+    e_idle_saved = g.p_idle * (busy_pre + busy_dec)
     marginal = np.maximum(
         weights.tran * e_tran + weights.infer * e_inf - weights.idle * e_idle_saved, 0.0
     )

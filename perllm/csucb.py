@@ -41,6 +41,7 @@ I = NDArray[np.intp]  # noqa: E741
 
 STATE_VERSION = 1
 OUT_BINS = 64
+QUANTILE_REFRESH = 64
 
 
 @dataclass(frozen=True)
@@ -173,10 +174,19 @@ class CSUCB:
         z = (np.log(centres)[None, :] - (np.log(means)[:, None] - sig**2 / 2)) / sig
         prior = np.exp(-0.5 * z**2)
         self.out_hist = self.cfg.prior_n * prior / prior.sum(axis=1, keepdims=True)
+        # Derived from the learned state; recomputed after the next update.
+        self._posterior: tuple[F, F] | None = None
+        self._quantiles: tuple[F, F] | None = None
+        self._since_quantiles = 0
 
     # -- learned statistics -------------------------------------------------------------
     def ratio_posterior(self) -> tuple[F, F]:
         """Mean and predictive sd of observed/predicted D per arm, with the prior (1, sd0)."""
+        if self._posterior is None:
+            self._posterior = self._ratio_posterior()
+        return self._posterior
+
+    def _ratio_posterior(self) -> tuple[F, F]:
         n0, sd0 = self.cfg.prior_n, self.cfg.prior_sd
         nn = n0 + self.n
         mu = (n0 + self.sum_ratio) / nn
@@ -186,6 +196,13 @@ class CSUCB:
 
     def output_quantiles(self) -> tuple[F, F]:
         """Per class: low and high output-length quantiles (tokens)."""
+        # Quantiles move slowly: refresh them every QUANTILE_REFRESH observations.
+        if self._quantiles is None or self._since_quantiles >= QUANTILE_REFRESH:
+            self._quantiles = self._output_quantiles()
+            self._since_quantiles = 0
+        return self._quantiles
+
+    def _output_quantiles(self) -> tuple[F, F]:
         cdf = np.cumsum(self.out_hist, axis=1)
         cdf /= cdf[:, -1:]
         q = self.cfg.output_quantile
@@ -267,6 +284,10 @@ class CSUCB:
         bonus = np.where(plays > 0, cfg.delta * np.sqrt(log_t / np.maximum(plays, 1.0)), 0.0)
         # Unplayed arms first; among them the cheapest.
         score = np.where((plays == 0)[:, :, None], 1e6 + mean, mean + bonus[:, :, None])
+        # Among equal scores (servers of a pool at the same load) prefer the faster: a rank
+        # term far below any meaningful score gap, resolvable next to the 1e6 offset.
+        speed_rank = np.argsort(np.argsort(view.time, axis=1), axis=1)
+        score = score - 1e-8 * speed_rank
         # Super arm: fewest feasible options, then earliest deadline, go first.
         order = np.lexsort((deadline, feas[:, :, 0].sum(axis=1)))
         added = np.zeros(m, np.intp)
@@ -281,11 +302,7 @@ class CSUCB:
             # no candidate for the rest of the round (else a round piles onto one server).
             row_feas = feas[k, ar, lvl] & (added <= k_max)
             if row_feas.any():
-                row = np.where(row_feas, score[k, ar, lvl], -np.inf)
-                best = row.max()
-                # Equal scores (servers of a pool at the same load): take the fastest.
-                near = row >= best - 1e-9 * max(1.0, abs(best))
-                j = int(np.argmin(np.where(near, view.time[k, ar, lvl], np.inf)))
+                j = int(np.argmax(np.where(row_feas, score[k, ar, lvl], -np.inf)))
                 ok[k] = True
             else:
                 # Least violating: smallest pessimistic overshoot among servers that can run
@@ -395,23 +412,29 @@ class CSUCB:
         self, cls: I, server: I, time: F, predicted_time: F, energy: F, deadline: F, l_out: F
     ) -> None:
         """Observe completed requests: O(1) per observation (running sums, a histogram bin)."""
-        arm = (cls, self.pool_of[server])
+        shape = self.n.shape
+        arm = cls * shape[1] + self.pool_of[server]  # flat arm index
         ratio = time / np.maximum(predicted_time, 1e-9)
         reward = -np.minimum(energy / self.energy_scale[cls], 2.0) - self.cfg.theta * (
             time > deadline
         )
+        size = self.n.size
+        counts = np.bincount(arm, minlength=size).reshape(shape)
         if np.isfinite(self.cfg.memory):
-            flat = np.ravel_multi_index(arm, self.n.shape)
-            counts = np.bincount(flat, minlength=self.n.size).reshape(self.n.shape)
             decay = (1.0 - 1.0 / self.cfg.memory) ** counts
-            for a in (self.n, self.sum_ratio, self.sumsq_ratio, self.sum_reward):
-                a *= decay
-        np.add.at(self.n, arm, 1.0)
-        np.add.at(self.sum_ratio, arm, ratio)
-        np.add.at(self.sumsq_ratio, arm, ratio**2)
-        np.add.at(self.sum_reward, arm, reward)
+            for acc in (self.n, self.sum_ratio, self.sumsq_ratio, self.sum_reward):
+                acc *= decay
+        self.n += counts
+        self.sum_ratio += np.bincount(arm, ratio, size).reshape(shape)
+        self.sumsq_ratio += np.bincount(arm, ratio**2, size).reshape(shape)
+        self.sum_reward += np.bincount(arm, reward, size).reshape(shape)
         b = np.clip(np.searchsorted(self.out_edges, l_out, side="right") - 1, 0, OUT_BINS - 1)
-        np.add.at(self.out_hist, (cls, b), 1.0)
+        ob = self.out_hist.shape[1]
+        self.out_hist += np.bincount(cls * ob + b, minlength=self.out_hist.size).reshape(
+            self.out_hist.shape
+        )
+        self._posterior = None
+        self._since_quantiles += len(cls)
 
     # -- persistence ----------------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
@@ -461,6 +484,7 @@ class CSUCB:
             hist = state.get("outputs", {}).get(svc.name)
             if hist is not None and len(hist) == OUT_BINS:
                 self.out_hist[c] = np.asarray(hist, float)
+        self._posterior = self._quantiles = None
         self.total = int(state.get("total", 0))
         self.rounds = int(state.get("rounds", 0))
         self.violations = int(state.get("violations", 0))

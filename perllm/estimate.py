@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perllm.contract import EnergyWeights
-from perllm.costmodel import CostTable, Gathered, infer_times, predict
+from perllm.costmodel import CostTable, Gathered, predict
 
 F = NDArray[np.float64]
 
@@ -50,10 +50,9 @@ def round_view(
     cap = g.max_conc  # [N, M, 1]
     conc = np.minimum(occupied + 1, cap)  # batch size joined, [N, M, K]
     # Wait: each request ahead beyond the free slots holds a slot for about one service
-    # time of a request like this one at a full batch, shared by `cap` slots.
-    full_pre, full_dec = infer_times(g, l_in, l_out, cap)
+    # time of a typical request at a full batch, shared by `cap` slots.
     ahead = np.maximum(occupied + 1 - cap, 0.0)
-    queue = ahead * (full_pre + full_dec) / np.maximum(cap, 1.0)
+    queue = ahead * (t.full_batch_service_s[cls][:, :, None] / np.maximum(cap, 1.0))
     p = predict(t, g, w, l_in, l_out, attach, conc, queue, bw_mbps)
     return RoundView(time=p.time, decode=p.decode_time, energy=p.energy, levels=k)
 
