@@ -156,15 +156,24 @@ class CostTable:
         return np.stack([getattr(self, k).astype(float) for k in COEFFS], axis=-1)
 
     @cached_property
-    def full_batch_service_s(self) -> F:
-        """[C, M] service time of each class's typical request on each server at a full
-        batch: how long a request ahead in the queue holds its slot."""
+    def typical_service_s(self) -> tuple[F, F]:
+        """([M], [M]) for a server's typical request (traffic-weighted over the classes it
+        can run): its full-batch service time, i.e. how long a request ahead in the queue
+        holds its slot; and its GPU prefill time, i.e. how long it holds the GPU's
+        serialised prefill (0 on CPUs, where prefill shares the cores instead)."""
         cls = np.arange(self.n_classes)
         l_in = np.array([s.traffic.prompt_tokens for s in self.services])
         l_out = np.array([s.traffic.output_tokens for s in self.services])
         g = Gathered(self, cls)
         pre, dec = infer_times(g, l_in, l_out, g.max_conc)
-        return np.asarray((pre + dec)[:, :, 0], dtype=float)
+        svc, gpu_pre = (pre + dec)[:, :, 0], np.where(self.is_gpu, pre[:, :, 0], 0.0)
+        rate = np.array([max(s.traffic.rate_rps, 1e-9) for s in self.services])[:, None]
+        w = np.where(self.allowed, rate, 0.0)
+        norm = np.maximum(w.sum(axis=0), 1e-12)
+        has = w.sum(axis=0) > 0
+        mean_svc = np.where(has, (w * svc).sum(axis=0) / norm, svc.max(axis=0))
+        mean_pre = np.where(has, (w * gpu_pre).sum(axis=0) / norm, gpu_pre.max(axis=0))
+        return np.asarray(mean_svc, dtype=float), np.asarray(mean_pre, dtype=float)
 
     def subset(self, cols: NDArray[np.intp]) -> CostTable:
         """The table restricted to servers `cols` (candidate pruning on large fleets)."""

@@ -49,10 +49,15 @@ def round_view(
     g = Gathered(t, cls)
     cap = g.max_conc  # [N, M, 1]
     conc = np.minimum(occupied + 1, cap)  # batch size joined, [N, M, K]
-    # Wait: each request ahead beyond the free slots holds a slot for about one service
-    # time of a typical request at a full batch, shared by `cap` slots.
+    # Wait: each request ahead beyond the free slots holds a slot for about one full-batch
+    # service time of the server's typical request, shared by `cap` slots; and on a GPU
+    # each waiting request and each one placed earlier this round is prefilled first
+    # (prefills are serialised).
+    svc, gpu_pre = t.typical_service_s
     ahead = np.maximum(occupied + 1 - cap, 0.0)
-    queue = ahead * (t.full_batch_service_s[cls][:, :, None] / np.maximum(cap, 1.0))
+    queue = ahead * (svc[None, :, None] / np.maximum(cap, 1.0)) + (
+        (waiting[None, :, None] + add[None, None, :]) * gpu_pre[None, :, None]
+    )
     p = predict(t, g, w, l_in, l_out, attach, conc, queue, bw_mbps)
     return RoundView(time=p.time, decode=p.decode_time, energy=p.energy, levels=k)
 

@@ -105,7 +105,9 @@ class ServerState:
         out = Outcome(t, float(end), b, float(pre_wall), float(dec), e_inf, e_idle)
         if commit:
             heapq.heappush(heap, (out.end, kv_need, t))
-            self.inflight.append((t, out.end, kv_need))
+            # A model server reports a request as running once its prefill starts; until
+            # then (slot or serialised-prefill wait) it is waiting (vLLM semantics).
+            self.inflight.append((t + out.prefill - pre if c.is_gpu else t, out.end, kv_need))
             self.kv_used = kv_used + kv_need
             self.last_start = t
             if c.is_gpu:

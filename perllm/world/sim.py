@@ -53,7 +53,7 @@ class RunResult:
     cost: F  # weighted marginal energy per request (J): the per-round objective
     energy_infer_j: F  # per server, exact (J)
     energy_idle_j: F  # per server (J)
-    horizon_s: float
+    horizon_s: float  # when the last request completed (or the scenario ended)
     wall_s: float
     server_names: tuple[str, ...]
     tiers: tuple[str, ...]
@@ -258,7 +258,13 @@ def simulate(
     _deliver(policy, pending, np.inf, r, server, d, pred, cost)
     wall = time.perf_counter() - t0
     horizon = max(sc.duration_s, float(finish.max()) if n else 0.0)
-    ei, eidle = zip(*(s.energy(horizon) for s in world.servers), strict=True) if m else ((), ())
+    # Every server is powered for the whole scenario and, past its end, until its own last
+    # request completes (one server's tail is not charged to the others' idle power).
+    ei, eidle = (
+        zip(*(s.energy(max(sc.duration_s, s.busy_until)) for s in world.servers), strict=True)
+        if m
+        else ((), ())
+    )
     q_ok = quality[r.cls, server] >= r.min_quality - 1e-9
     return RunResult(
         scenario=sc.name,
