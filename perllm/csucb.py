@@ -269,12 +269,11 @@ class CSUCB:
         per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
         fixed = view.time - view.decode
         q_lo, q_hi = self.output_quantiles()
-        meets = np.ones_like(pess, dtype=bool)
-        for q in (q_lo[cls], q_hi[cls]):
-            lq = q[:, None, None]
-            meets &= (
-                f_pess * (fixed + per_tok * lq) <= dl_s[:, None, None] + dl_tok[:, None, None] * lq
-            )
+        lq = np.stack((q_lo[cls], q_hi[cls]), axis=-1)[:, None, None, :]  # both ends at once
+        meets = (
+            f_pess[..., None] * (fixed[..., None] + per_tok[..., None] * lq)
+            <= dl_s[:, None, None, None] + dl_tok[:, None, None, None] * lq
+        ).all(axis=-1)
         feas = static[:, :, None] & meets
         e_hat = view.energy * mu_a / self.energy_scale[cls][:, None, None]
         p_viol = 1.0 - ndtr((dl / np.maximum(view.time, 1e-9) - mu_a) / sd_a)
@@ -296,13 +295,17 @@ class CSUCB:
         lvl_of = np.empty(n, np.intp)  # load level each request saw when placed
         ok = np.empty(n, bool)
         k_max = view.levels - 1
+        feasible_score = np.where(feas, score, -np.inf)
+        full = False  # some server has used up the modelled load levels this round
         for k in order:
             lvl = np.minimum(added, k_max)
-            # Past the modelled load levels a server's prediction would stop growing: it is
-            # no candidate for the rest of the round (else a round piles onto one server).
-            row_feas = feas[k, ar, lvl] & (added <= k_max)
-            if row_feas.any():
-                j = int(np.argmax(np.where(row_feas, score[k, ar, lvl], -np.inf)))
+            row = feasible_score[k, ar, lvl]
+            if full:
+                # Past the modelled load levels a server's prediction would stop growing: it
+                # is no candidate for the rest of the round (else a round piles onto it).
+                row[added > k_max] = -np.inf
+            j = int(row.argmax())
+            if row[j] > -np.inf:
                 ok[k] = True
             else:
                 # Least violating: smallest pessimistic overshoot among servers that can run
@@ -315,6 +318,7 @@ class CSUCB:
             choice[k] = j
             lvl_of[k] = lvl[j]
             added[j] += 1
+            full = full or added[j] > k_max
         np.add.at(self.plays, (cls, pool_of[choice]), 1)
         self.total += n
         rows = np.arange(n)
