@@ -250,6 +250,25 @@ def _mount_optional() -> None:
     except ImportError:
         return
     app.add_typer(dev_app, name="dev")
+    _mount_operator()
+
+
+def _mount_operator() -> None:
+    try:
+        from perllm_operator.main import run as run_operator
+    except ImportError:
+        return
+
+    @app.command("operator")
+    def operator_cmd(
+        namespace: list[str] = typer.Option(  # noqa: B008
+            [], "--namespace", "-n", help="Watch only this namespace (repeatable; default all)."),
+        liveness: str | None = typer.Option(
+            None, help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz."),
+        verbose: bool = typer.Option(False, "--verbose"),
+    ) -> None:
+        """Run the LLMService operator (kopf, standalone) against KUBECONFIG or in-cluster."""
+        run_operator(namespace, liveness, verbose)
 
 
 _mount_optional()

@@ -1,0 +1,335 @@
+"""The LLMService operator on a real API server (issue #4, operator part).
+
+The operator runs as a subprocess with a kubeconfig holding only a token of the
+`perllm-operator` ServiceAccount (operator/rbac.yaml), which proves the RBAC suffices.
+Checks: a kserve-backend LLMService becomes an InferenceService the API server accepts
+(project-written test CRD, no KServe controller); a deployment-backend one becomes a
+Deployment + Service whose pods perllm-scheduler binds to KWOK nodes of the right tier;
+editing the deadline patches the child in place; deleting the LLMService garbage-collects
+the children; a SIGKILLed operator converges after restart without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from perllm.crd import CRD_PATH, PLURAL
+from perllm.devcluster.kube import Kube
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).parents[2]
+KSERVE_CRD = Path(__file__).parent / "fixtures" / "kserve-inferenceservice-crd.yaml"
+RBAC = ROOT / "operator" / "rbac.yaml"
+ISVC = "inferenceservices.serving.kserve.io"
+
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 90,
+             every: float = 0.5) -> T:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = fn()
+        except (AssertionError, KeyError, IndexError, json.JSONDecodeError) as e:
+            last, v = e, None
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f" (last error: {last})" if last else ""))
+
+
+def _get(kube: Kube, *args: str) -> Any:
+    r = kube.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+class Operator:
+    """The operator as a subprocess (`python -m perllm_operator`), logs in a file."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig, self.log = kubeconfig, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONWARNINGS="ignore")
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "perllm_operator", "--verbose"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, n: int = 80) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(line for line in lines[-n:] if "InsecureRequestWarning" not in line)
+
+
+def _established(kube: Kube, crd: str, plural: str) -> None:
+    kube.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    wait_for(lambda: kube.kubectl("get", plural, "-A", check=False).returncode == 0,
+             f"discovery of {plural}", timeout=30)
+
+
+def _restricted_kubeconfig(kube: Kube, path: Path) -> Path:
+    token = kube.kubectl("create", "token", "perllm-operator", "-n", "perllm-system",
+                         "--duration=2h").stdout.strip()
+    assert token, "kubectl create token returned nothing"
+    admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
+    ctx_name = admin["current-context"]
+    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == ctx_name)
+    cluster = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "perllm-operator", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "perllm-operator"}}],
+        "current-context": "c",
+    }))
+    return path
+
+
+@pytest.fixture(scope="module")
+def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    kube.kubectl("apply", "-f", str(CRD_PATH))
+    existing = _get(kube, "crd", ISVC)
+    if existing is None or existing["metadata"].get("labels", {}).get(
+            "perllm.io/test-fixture") == "true":
+        kube.kubectl("apply", "-f", str(KSERVE_CRD))
+    _established(kube, f"{PLURAL}.perllm.io", PLURAL)
+    _established(kube, ISVC, "inferenceservices")
+    kube.kubectl("apply", "-f", str(RBAC))
+    tmp = tmp_path_factory.mktemp("operator")
+    kc = _restricted_kubeconfig(kube, tmp / "operator.kubeconfig")
+    restricted = Kube(kc, kube.kubectl_path, None)
+    # The token is the ServiceAccount's, with only the ClusterRole's rights.
+    can = restricted.kubectl("auth", "can-i", "create", "deployments", "-n", "default",
+                             check=False)
+    assert can.stdout.strip() == "yes", can.stdout + can.stderr
+    cannot = restricted.kubectl("auth", "can-i", "delete", "nodes", check=False)
+    assert cannot.stdout.strip() == "no", cannot.stdout + cannot.stderr
+    op = Operator(kc, tmp / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture(autouse=True)
+def _operator_log(operator: Operator) -> Iterator[None]:
+    yield
+    # Captured output: pytest shows it only for a failing test.
+    print(f"--- operator log ({operator.log}) ---\n{operator.tail()}")
+
+
+def _example(name: str, **spec: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = yaml.safe_load((ROOT / "manifests" / f"{name}.yaml").read_text())
+    obj["spec"].update(spec)
+    return obj
+
+
+def _condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    if not obj:
+        return None
+    return next((c for c in (obj.get("status") or {}).get("conditions") or []
+                 if c.get("type") == type_), None)
+
+
+def _placed(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
+    obj = _get(kube, PLURAL, name, "-n", ns)
+    c = _condition(obj, "Placed")
+    return obj if c and c["status"] == "True" else None
+
+
+def test_kserve_backend_creates_inference_service(kube: Kube, operator: Operator,
+                                                  namespace: str) -> None:
+    kube.apply(_example("chat-assistant"), namespace)
+    isvc = wait_for(lambda: _get(kube, "isvc", "chat-assistant", "-n", namespace),
+                    "the InferenceService")
+    meta = isvc["metadata"]
+    assert meta["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert meta["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
+    owner = _get(kube, PLURAL, "chat-assistant", "-n", namespace)
+    (ref,) = meta["ownerReferences"]
+    assert ref["uid"] == owner["metadata"]["uid"] and ref["controller"] is True
+    p = isvc["spec"]["predictor"]
+    assert p["schedulerName"] == "perllm-scheduler"
+    assert p["minReplicas"] == 1
+    assert p["labels"] == {"perllm.io/service": "chat-assistant"}
+    assert p["annotations"]["perllm.io/deadline-s"] == "1"
+    assert p["annotations"]["perllm.io/deadline-per-token-s"] == "0.15"
+    expr = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"][0]
+    assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["edge", "cloud"]}
+    assert p["model"]["modelFormat"]["name"] == "huggingface"
+    assert p["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert p["tolerations"][0]["key"] == "nvidia.com/gpu"
+    obj = wait_for(lambda: _placed(kube, namespace, "chat-assistant"), "status Placed=True")
+    st = obj["status"]
+    assert st["child"] == {"apiVersion": "serving.kserve.io/v1beta1",
+                           "kind": "InferenceService", "name": "chat-assistant"}
+    assert st["observedGeneration"] == obj["metadata"]["generation"]
+    # No KServe controller runs: the InferenceService has no Ready condition.
+    assert _condition(obj, "Ready")["status"] == "Unknown"  # type: ignore[index]
+    assert operator.alive()
+
+
+def _bound_pods(kube: Kube, ns: str, name: str) -> list[dict[str, Any]] | None:
+    pods = _get(kube, "pods", "-n", ns, "-l", f"perllm.io/service={name}")
+    items = (pods or {}).get("items", [])
+    if items and all(p["spec"].get("nodeName") for p in items):
+        return list(items)
+    return None
+
+
+def test_deployment_backend_pods_bound_by_perllm_scheduler(kube: Kube, operator: Operator,
+                                                           namespace: str) -> None:
+    kube.apply(_example("batch-summariser"), namespace)  # cloud only, one GPU
+    dep = wait_for(lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace),
+                   "the Deployment")
+    tpl = dep["spec"]["template"]["spec"]
+    assert tpl["schedulerName"] == "perllm-scheduler"
+    assert tpl["containers"][0]["name"] == "model-server"
+    svc = wait_for(lambda: _get(kube, "service", "batch-summariser-predictor", "-n", namespace),
+                   "the Service")
+    assert svc["spec"]["selector"] == {"perllm.io/service": "batch-summariser"}
+    pods = wait_for(lambda: _bound_pods(kube, namespace, "batch-summariser"), "bound pods",
+                    timeout=120)
+    for pod in pods:
+        assert pod["spec"]["schedulerName"] == "perllm-scheduler"
+        node = _get(kube, "node", pod["spec"]["nodeName"])
+        assert node["metadata"]["labels"]["perllm.io/tier"] == "cloud"
+    # Events of perllm-scheduler name it as the binder.
+    ev = wait_for(lambda: [e for e in _get(kube, "events", "-n", namespace)["items"]
+                           if e.get("reason") == "Scheduled"
+                           and "perllm-scheduler" in json.dumps(e)], "Scheduled event",
+                  timeout=60)
+    assert ev
+    # KWOK marks the pods ready; the operator mirrors that into Ready=True.
+    wait_for(lambda: (_condition(_get(kube, PLURAL, "batch-summariser", "-n", namespace),
+                                 "Ready") or {}).get("status") == "True",
+             "LLMService Ready=True", timeout=120)
+
+
+def test_edit_deadline_patches_child_in_place(kube: Kube, operator: Operator,
+                                              namespace: str) -> None:
+    kube.apply(_example("code-assistant"), namespace)
+    kube.apply(_example("batch-summariser"), namespace)
+    isvc = wait_for(lambda: _get(kube, "isvc", "code-assistant", "-n", namespace), "isvc")
+    dep = wait_for(lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace),
+                   "deployment")
+    for name in ("code-assistant", "batch-summariser"):
+        kube.kubectl("patch", PLURAL, name, "-n", namespace, "--type=merge", "-p",
+                     json.dumps({"spec": {"requirements": {"deadline": {"seconds": 7.5}}}}))
+
+    def isvc_edited() -> Any:
+        o = _get(kube, "isvc", "code-assistant", "-n", namespace)
+        return o if o["spec"]["predictor"]["annotations"]["perllm.io/deadline-s"] == "7.5" \
+            else None
+
+    def dep_edited() -> Any:
+        o = _get(kube, "deployment", "batch-summariser", "-n", namespace)
+        ann = o["spec"]["template"]["metadata"]["annotations"]
+        return o if ann["perllm.io/deadline-s"] == "7.5" else None
+
+    new_isvc = wait_for(isvc_edited, "edited InferenceService")
+    new_dep = wait_for(dep_edited, "edited Deployment")
+    assert new_isvc["metadata"]["uid"] == isvc["metadata"]["uid"]
+    assert new_dep["metadata"]["uid"] == dep["metadata"]["uid"]
+    obj = wait_for(lambda: (lambda o: o if o["status"].get("observedGeneration") == 2
+                            else None)(_get(kube, PLURAL, "code-assistant", "-n", namespace)),
+                   "observedGeneration 2")
+    assert obj["metadata"]["generation"] == 2
+
+
+def test_delete_garbage_collects_children(kube: Kube, operator: Operator,
+                                          namespace: str) -> None:
+    kube.apply(_example("batch-summariser"), namespace)
+    kube.apply(_example("chat-assistant"), namespace)
+    wait_for(lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace), "deploy")
+    wait_for(lambda: _get(kube, "service", "batch-summariser-predictor", "-n", namespace), "svc")
+    wait_for(lambda: _get(kube, "isvc", "chat-assistant", "-n", namespace), "isvc")
+    # No finalizer: deletion does not depend on the operator.
+    for name in ("batch-summariser", "chat-assistant"):
+        obj = _get(kube, PLURAL, name, "-n", namespace)
+        assert not obj["metadata"].get("finalizers")
+        kube.kubectl("delete", PLURAL, name, "-n", namespace, "--wait=true", "--timeout=60s")
+
+    def gone() -> bool:
+        return all(_get(kube, kind, name, "-n", namespace) is None for kind, name in (
+            ("deployment", "batch-summariser"), ("service", "batch-summariser-predictor"),
+            ("isvc", "chat-assistant")))
+
+    wait_for(gone, "garbage collection of the children", timeout=120)
+
+
+def test_sigkill_and_restart_converge_without_duplicates(kube: Kube, operator: Operator,
+                                                         namespace: str) -> None:
+    kube.apply(_example("batch-summariser"), namespace)
+    kube.apply(_example("chat-assistant"), namespace)
+    dep = wait_for(lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace),
+                   "deploy")
+    isvc = wait_for(lambda: _get(kube, "isvc", "chat-assistant", "-n", namespace), "isvc")
+    operator.kill()
+    try:
+        # While the operator is down: edit one service, create another.
+        kube.kubectl("patch", PLURAL, "chat-assistant", "-n", namespace, "--type=merge", "-p",
+                     json.dumps({"spec": {"requirements": {"deadline": {"seconds": 3}}}}))
+        kube.apply(_example("code-assistant"), namespace)
+        time.sleep(1)
+        assert _get(kube, "isvc", "code-assistant", "-n", namespace) is None
+    finally:
+        operator.start()
+
+    def converged() -> bool:
+        o = _get(kube, "isvc", "chat-assistant", "-n", namespace)
+        return (o["spec"]["predictor"]["annotations"]["perllm.io/deadline-s"] == "3"
+                and _get(kube, "isvc", "code-assistant", "-n", namespace) is not None)
+
+    wait_for(converged, "convergence after restart", timeout=120)
+    time.sleep(3)  # let any stray duplicate appear
+    isvcs = _get(kube, "isvc", "-n", namespace)["items"]
+    assert sorted(i["metadata"]["name"] for i in isvcs) == ["chat-assistant", "code-assistant"]
+    deps = _get(kube, "deployments", "-n", namespace)["items"]
+    assert [d["metadata"]["name"] for d in deps] == ["batch-summariser"]
+    assert deps[0]["metadata"]["uid"] == dep["metadata"]["uid"]
+    svcs = _get(kube, "services", "-n", namespace)["items"]
+    assert [s["metadata"]["name"] for s in svcs] == ["batch-summariser-predictor"]
+    same = _get(kube, "isvc", "chat-assistant", "-n", namespace)
+    assert same["metadata"]["uid"] == isvc["metadata"]["uid"]
+    assert operator.alive()

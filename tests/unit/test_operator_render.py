@@ -1,0 +1,118 @@
+"""Rendering of an LLMService into its children (operator/perllm_operator/render.py)."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from perllm_operator import render
+from perllm_operator.main import kopf_args
+
+ROOT = Path(__file__).parents[2]
+
+
+def _load(name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = yaml.safe_load((ROOT / "manifests" / f"{name}.yaml").read_text())
+    obj["metadata"].update(namespace="llm", uid="1234-abcd", generation=1)
+    obj["spec"].setdefault("backend", "kserve")
+    obj["spec"].setdefault("allowedTiers", ["edge", "cloud"])
+    obj["spec"].setdefault("replicas", 1)
+    return obj
+
+
+def test_handlers_import() -> None:
+    mod = importlib.import_module("perllm_operator.handlers")
+    assert callable(mod.reconcile) and callable(mod.configure)
+
+
+def test_inference_service() -> None:
+    obj = _load("chat-assistant")
+    isvc = render.inference_service(obj)
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+    meta = isvc["metadata"]
+    assert meta["name"] == "chat-assistant" and meta["namespace"] == "llm"
+    assert meta["annotations"] == {"serving.kserve.io/deploymentMode": "RawDeployment",
+                                   "serving.kserve.io/autoscalerClass": "external"}
+    assert meta["ownerReferences"] == [{
+        "apiVersion": "perllm.io/v1alpha1", "kind": "LLMService", "name": "chat-assistant",
+        "uid": "1234-abcd", "controller": True, "blockOwnerDeletion": True}]
+    p = isvc["spec"]["predictor"]
+    assert p["schedulerName"] == "perllm-scheduler"
+    assert p["minReplicas"] == 1
+    assert p["labels"] == {"perllm.io/service": "chat-assistant"}
+    assert p["annotations"]["perllm.io/deadline-s"] == "1"
+    assert p["annotations"]["perllm.io/deadline-per-token-s"] == "0.15"
+    assert p["annotations"]["perllm.io/min-quality"] == "0"
+    expr = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"][0]
+    assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["edge", "cloud"]}
+    m = p["model"]
+    assert m["modelFormat"] == {"name": "huggingface"}
+    assert m["storageUri"] == "hf://meta-llama/Meta-Llama-3-8B-Instruct"
+    assert "runtime" not in m
+    # The cloud variant (GPU) when the cloud is allowed, with the GPU toleration.
+    assert m["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert p["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                 "effect": "NoSchedule"}]
+
+
+def test_edge_only_uses_edge_variant_without_gpu_toleration() -> None:
+    obj = _load("chat-assistant")
+    obj["spec"]["allowedTiers"] = ["edge"]
+    obj["spec"]["replicas"] = 3
+    obj["spec"]["model"]["runtime"] = "kserve-huggingfaceserver"
+    p = render.inference_service(obj)["spec"]["predictor"]
+    assert p["model"]["resources"] == {"requests": {"cpu": "12", "memory": "16Gi"},
+                                       "limits": {"cpu": "12", "memory": "16Gi"}}
+    assert "tolerations" not in p
+    assert p["minReplicas"] == 3
+    assert p["model"]["runtime"] == "kserve-huggingfaceserver"
+    expr = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"][0]
+    assert expr["values"] == ["edge"]
+
+
+def test_deployment_backend() -> None:
+    obj = _load("batch-summariser")
+    assert obj["spec"]["backend"] == "deployment"
+    kids = render.children(obj)
+    assert [k["kind"] for k in kids] == ["Deployment", "Service"]
+    dep, svc = kids
+    assert dep["metadata"]["name"] == "batch-summariser"
+    assert svc["metadata"]["name"] == "batch-summariser-predictor"
+    for k in kids:
+        assert k["metadata"]["ownerReferences"][0]["controller"] is True
+        assert k["metadata"]["labels"] == {"perllm.io/service": "batch-summariser"}
+    assert dep["spec"]["selector"]["matchLabels"] == {"perllm.io/service": "batch-summariser"}
+    tpl = dep["spec"]["template"]
+    assert tpl["metadata"]["labels"] == {"perllm.io/service": "batch-summariser"}
+    assert tpl["metadata"]["annotations"]["perllm.io/deadline-s"] == "120"
+    ps = tpl["spec"]
+    assert ps["schedulerName"] == "perllm-scheduler"
+    (c,) = ps["containers"]
+    assert c["name"] == "model-server" and c["image"] == render.DEFAULT_IMAGE
+    assert "01-ai/Yi-6B" in c["args"]
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert ps["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert svc["spec"]["selector"] == {"perllm.io/service": "batch-summariser"}
+    assert svc["spec"]["type"] == "ClusterIP"
+
+
+def test_image_from_environment(monkeypatch: Any) -> None:
+    monkeypatch.setenv(render.IMAGE_ENV, "example.org/server:1")
+    obj = copy.deepcopy(_load("batch-summariser"))
+    assert render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "example.org/server:1")
+
+
+def test_kserve_backend_has_one_child() -> None:
+    assert [k["kind"] for k in render.children(_load("code-assistant"))] == ["InferenceService"]
+
+
+def test_kopf_args() -> None:
+    assert kopf_args() == ["run", "--standalone", "-m", "perllm_operator.handlers",
+                           "--all-namespaces"]
+    assert "--namespace=a" in kopf_args(["a"]) and "--all-namespaces" not in kopf_args(["a"])
