@@ -116,3 +116,38 @@ def test_kopf_args() -> None:
     assert kopf_args() == ["run", "--standalone", "-m", "perllm_operator.handlers",
                            "--all-namespaces"]
     assert "--namespace=a" in kopf_args(["a"]) and "--all-namespaces" not in kopf_args(["a"])
+
+
+def test_kserve_missing_sets_condition_without_crashing(monkeypatch: Any) -> None:
+    import kopf
+    import pytest
+    from perllm_operator import handlers
+
+    warned: list[str] = []
+    monkeypatch.setattr(handlers, "_kserve_installed", lambda: False)
+    monkeypatch.setattr(kopf, "warn", lambda body, *, reason, message: warned.append(reason))
+    obj = _load("chat-assistant")
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError, match="backend: deployment"):
+        handlers.reconcile(body=kopf.Body(obj), spec=kopf.Spec(kopf.Body(obj)),
+                           meta=kopf.Meta(kopf.Body(obj)), status=kopf.Status(kopf.Body(obj)),
+                           patch=patch, logger=None)
+    conds = {c["type"]: c for c in patch["status"]["conditions"]}
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "KServeMissing"
+    assert conds["Placed"]["reason"] == "KServeMissing"
+    assert "spec.backend: deployment" in conds["Ready"]["message"]
+    assert warned == ["KServeMissing"]
+
+
+def test_ready_of() -> None:
+    from perllm_operator.handlers import ready_of
+
+    dep = {"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": 2},
+           "status": {"readyReplicas": 1}}
+    assert ready_of(dep)[0] is False
+    dep["status"] = {"readyReplicas": 2}
+    assert ready_of(dep)[0] is True
+    isvc = {"kind": "InferenceService", "metadata": {"name": "i"}, "status": {}}
+    assert ready_of(isvc)[0] is None
+    isvc["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+    assert ready_of(isvc)[0] is True
