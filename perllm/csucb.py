@@ -117,7 +117,8 @@ class _ExplainContext:
     score: F
     choice: I
     ok: NDArray[np.bool_]
-    lvl_of: I
+    seen: I  # [N, M] each server's load level when the request was placed
+    blocked: NDArray[np.bool_]  # [N, M] server out of modelled levels this round
     q_lo: F
     q_hi: F
 
@@ -293,12 +294,19 @@ class CSUCB:
         ar = np.arange(m)
         choice = np.empty(n, np.intp)
         lvl_of = np.empty(n, np.intp)  # load level each request saw when placed
+        # For explanations: every server's level, and round-capacity exclusions, as seen by
+        # each request when it was placed.
+        seen = np.empty((n, m), np.intp) if explain else None
+        blocked = np.zeros((n, m), bool) if explain else None
         ok = np.empty(n, bool)
         k_max = view.levels - 1
         feasible_score = np.where(feas, score, -np.inf)
         full = False  # some server has used up the modelled load levels this round
         for k in order:
             lvl = np.minimum(added, k_max)
+            if seen is not None and blocked is not None:
+                seen[k] = lvl
+                blocked[k] = added > k_max
             row = feasible_score[k, ar, lvl]
             if full:
                 # Past the modelled load levels a server's prediction would stop growing: it
@@ -324,6 +332,7 @@ class CSUCB:
         rows = np.arange(n)
         expl = None
         if explain:
+            assert seen is not None and blocked is not None
             q_lo, q_hi = self.output_quantiles()
             ctx = _ExplainContext(
                 t,
@@ -339,7 +348,8 @@ class CSUCB:
                 score,
                 choice,
                 ok,
-                lvl_of,
+                seen,
+                blocked,
                 q_lo,
                 q_hi,
             )
@@ -365,11 +375,11 @@ class CSUCB:
             x.bonus,
             x.score,
         )
-        choice, ok, lvl_of = x.choice, x.ok, x.lvl_of
+        choice, ok = x.choice, x.ok
         c = int(cls[k])
-        lv = int(lvl_of[k])
         cands = []
         for j in range(t.n_servers):
+            lv = int(x.seen[k, j])
             if not t.allowed[c, j]:
                 svc = t.services[c]
                 reason = (
@@ -379,6 +389,8 @@ class CSUCB:
                 )
             elif not static[k, j]:
                 reason = f"quality {t.quality[c, j]:.3f} < floor {min_quality[k]:.3f}"
+            elif x.blocked[k, j]:
+                reason = f"no room this round: {lv + 1} requests already placed on it"
             elif not x.feas[k, j, lv]:
                 reason = (
                     f"deadline {deadline[k]:.2f}s: est. {time[k, j, lv]:.2f}s "

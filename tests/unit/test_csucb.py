@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from perllm.contract import (
@@ -103,6 +103,8 @@ def decide(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Found by hypothesis: explanations must judge each server at its own load level.
+@example(cls=[0] * 7, load=[0, 0, 0, 220], wait=[0, 2, 3, 50], quality=0.0, l_in=10.0, bw=1.0)
 @given(
     cls=st.lists(st.integers(0, 1), min_size=1, max_size=12),
     load=st.lists(st.integers(0, 300), min_size=4, max_size=4),
