@@ -354,9 +354,3 @@ def predict(
         energy=marginal,
         energy_attributed=e_tran + e_inf,
     )
-
-
-def expected_wait(running: F, waiting: F, cap: F, mean_service_s: F) -> F:
-    """Queueing delay of a new arrival at a server with `cap` parallel slots (FIFO)."""
-    ahead = np.maximum(running + waiting + 1 - cap, 0.0)
-    return ahead * mean_service_s / np.maximum(cap, 1.0)
