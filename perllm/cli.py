@@ -251,6 +251,15 @@ def _mount_optional() -> None:
         return
     app.add_typer(dev_app, name="dev")
     _mount_operator()
+    _mount_extender()
+
+
+def _mount_extender() -> None:
+    try:
+        from perllm_extender.cli import register
+    except ImportError:
+        return
+    register(app)
 
 
 def _mount_operator() -> None:

@@ -1,0 +1,153 @@
+"""Kubernetes Node objects as `perllm.contract.Server`s.
+
+Nodes carry what `perllm.devcluster.nodes.node_manifests` renders: the tier and hardware
+labels and the link annotations. A node the extender cannot model is reported, with a
+reason, instead of failing the request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from perllm.contract import Link, Server, Tier
+from perllm.profiles import Catalogue
+
+DOMAIN = "perllm.io"
+LABEL_TIER = f"{DOMAIN}/tier"
+LABEL_HARDWARE = f"{DOMAIN}/hardware"
+ANN_HARDWARE = f"{DOMAIN}/hardware"
+ANN_LINK_BANDWIDTH = f"{DOMAIN}/link-bandwidth-mbps"
+ANN_LINK_NOISE = f"{DOMAIN}/link-noise"
+ANN_LINK_RTT = f"{DOMAIN}/link-rtt-ms"
+ANN_LINK_ENERGY = f"{DOMAIN}/link-energy-uj-per-bit"
+
+Obj = dict[str, Any]
+
+
+def _str_map(obj: Obj, key: str) -> dict[str, str]:
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return {}
+    m = meta.get(key)
+    if not isinstance(m, dict):
+        return {}
+    return {k: v for k, v in m.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def node_name(obj: Obj) -> str | None:
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _float(ann: dict[str, str], key: str) -> float | None:
+    v = ann.get(key)
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        raise ValueError(f"annotation {key}={v!r} is not a number") from None
+
+
+def to_server(obj: Obj, catalogue: Catalogue) -> Server | str:
+    """The node as a Server, or the reason it cannot be one."""
+    name = node_name(obj)
+    if name is None:
+        return "node without metadata.name"
+    labels, ann = _str_map(obj, "labels"), _str_map(obj, "annotations")
+    tier = labels.get(LABEL_TIER)
+    if tier not in {t.value for t in Tier}:
+        return f"no valid {LABEL_TIER} label (got {tier!r})"
+    hardware = labels.get(LABEL_HARDWARE) or ann.get(ANN_HARDWARE)
+    if not hardware:
+        return f"no {LABEL_HARDWARE} label or annotation"
+    if hardware not in catalogue.hardware:
+        return f"unknown hardware {hardware!r} (not in the catalogue)"
+    try:
+        bw = _float(ann, ANN_LINK_BANDWIDTH)
+        if bw is None:
+            return f"no {ANN_LINK_BANDWIDTH} annotation"
+        extra = {
+            field: v
+            for field, key in (
+                ("noise", ANN_LINK_NOISE),
+                ("rtt_ms", ANN_LINK_RTT),
+                ("energy_uj_per_bit", ANN_LINK_ENERGY),
+            )
+            if (v := _float(ann, key)) is not None
+        }
+        return Server(
+            name=name, tier=Tier(tier), hardware=hardware,
+            link=Link(bandwidth_mbps=bw, **extra),
+        )
+    except (ValueError, ValidationError) as e:
+        return f"cannot model node: {_short(e)}"
+
+
+def _short(e: Exception) -> str:
+    if isinstance(e, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+    return str(e)
+
+
+class NodeCache:
+    """Node objects by name, for `nodeCacheCapable: true` requests (names only).
+
+    Fed from `Nodes` requests and `upsert()`; a node informer is the next step.
+    """
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, Obj] = {}
+        self._lock = threading.Lock()
+
+    def upsert(self, obj: Obj) -> None:
+        name = node_name(obj)
+        if name is not None:
+            with self._lock:
+                self._nodes[name] = obj
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._nodes.pop(name, None)
+
+    def get(self, name: str) -> Obj | None:
+        with self._lock:
+            return self._nodes.get(name)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
+def api_node_source(kubeconfig: str | None = None) -> Callable[[str], Obj | None] | None:
+    """Node objects read from the API server on a cache miss (KUBECONFIG or in-cluster);
+    None when no cluster configuration is available."""
+    import kubernetes
+
+    try:
+        if kubeconfig:
+            kubernetes.config.load_kube_config(kubeconfig)  # type: ignore[no-untyped-call]
+        else:
+            try:
+                kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    except Exception:
+        return None
+    api = kubernetes.client.CoreV1Api()
+
+    def fetch(name: str) -> Obj | None:
+        try:
+            node = api.read_node(name, _request_timeout=1.0)
+        except Exception:
+            return None
+        out = api.api_client.sanitize_for_serialization(node)
+        return out if isinstance(out, dict) else None
+
+    return fetch

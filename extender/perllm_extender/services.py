@@ -1,0 +1,132 @@
+"""The service a pod belongs to, as a `perllm.contract.ServiceSpec`.
+
+Pods rendered by the operator carry the label `perllm.io/service=<LLMService name>` and
+their requirements as annotations (`operator/perllm_operator/render.py`). The registry holds
+the full specs fed from `LLMService` objects; the pod's annotations override its
+requirements. Without a registered spec the service is built from the annotations alone
+(the model from `perllm.io/model`, else the configured default). Pods without the label
+are not PerLLM's: `resolve()` returns None and the extender passes them through.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pydantic import ValidationError
+
+from perllm.contract import Deadline, Requirements, ServiceSpec
+from perllm.crd import service_spec
+
+DOMAIN = "perllm.io"
+LABEL_SERVICE = f"{DOMAIN}/service"
+ANN_DEADLINE = f"{DOMAIN}/deadline-s"
+ANN_DEADLINE_PER_TOKEN = f"{DOMAIN}/deadline-per-token-s"
+ANN_PERCENTILE = f"{DOMAIN}/deadline-percentile"
+ANN_MIN_QUALITY = f"{DOMAIN}/min-quality"
+ANN_MODEL = f"{DOMAIN}/model"  # optional: the catalogue model key when no LLMService is known
+
+Obj = dict[str, Any]
+
+
+class BadPod(ValueError):
+    """A PerLLM pod whose requirements cannot be read; the message says why."""
+
+
+def _meta_map(pod: Obj, key: str) -> dict[str, str]:
+    meta = pod.get("metadata")
+    m = meta.get(key) if isinstance(meta, dict) else None
+    if not isinstance(m, dict):
+        return {}
+    return {k: v for k, v in m.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def pod_key(pod: Obj) -> str:
+    meta = pod.get("metadata")
+    if not isinstance(meta, dict):
+        return "?"
+    ns, name = meta.get("namespace"), meta.get("name") or meta.get("generateName")
+    return f"{ns if isinstance(ns, str) else 'default'}/{name if isinstance(name, str) else '?'}"
+
+
+def pod_uid(pod: Obj) -> str:
+    meta = pod.get("metadata")
+    uid = meta.get("uid") if isinstance(meta, dict) else None
+    return uid if isinstance(uid, str) and uid else pod_key(pod)
+
+
+def service_label(pod: Obj) -> str | None:
+    return _meta_map(pod, "labels").get(LABEL_SERVICE) or None
+
+
+class ServiceRegistry:
+    """ServiceSpecs by name, fed from `LLMService` objects (an informer is the next step)."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, ServiceSpec] = {}
+        self._lock = threading.Lock()
+
+    def add(self, spec: ServiceSpec) -> None:
+        with self._lock:
+            self._specs[spec.name] = spec
+
+    def add_llmservice(self, obj: Obj) -> ServiceSpec:
+        spec = service_spec(obj)  # raises perllm.crd.InvalidService
+        self.add(spec)
+        return spec
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._specs.pop(name, None)
+
+    def get(self, name: str) -> ServiceSpec | None:
+        with self._lock:
+            return self._specs.get(name)
+
+    def resolve(self, pod: Obj, default_model: str) -> ServiceSpec | None:
+        name = service_label(pod)
+        if name is None:
+            return None
+        ann = _meta_map(pod, "annotations")
+
+        def num(key: str) -> float | None:
+            v = ann.get(key)
+            if v is None:
+                return None
+            try:
+                return float(v)
+            except ValueError:
+                raise BadPod(f"pod {pod_key(pod)}: annotation {key}={v!r} is not a number"
+                             ) from None
+
+        dl_s, dl_tok, pct, q = (num(k) for k in (
+            ANN_DEADLINE, ANN_DEADLINE_PER_TOKEN, ANN_PERCENTILE, ANN_MIN_QUALITY))
+        base = self.get(name)
+        try:
+            if base is None:
+                if dl_s is None:
+                    raise BadPod(f"pod {pod_key(pod)}: service {name!r} is not registered and "
+                                 f"the pod has no {ANN_DEADLINE} annotation")
+                return ServiceSpec(
+                    name=name,
+                    model=ann.get(ANN_MODEL, default_model),
+                    requirements=Requirements(
+                        deadline=Deadline(seconds=dl_s, per_output_token_s=dl_tok or 0.0,
+                                          percentile=pct if pct is not None else 95.0),
+                        min_quality=q or 0.0,
+                    ),
+                )
+            dl = base.requirements.deadline
+            req = Requirements(
+                deadline=Deadline(
+                    seconds=dl.seconds if dl_s is None else dl_s,
+                    per_output_token_s=dl.per_output_token_s if dl_tok is None else dl_tok,
+                    percentile=dl.percentile if pct is None else pct,
+                ),
+                min_quality=base.requirements.min_quality if q is None else q,
+            )
+            return base.model_copy(update={"requirements": req})
+        except ValidationError as e:
+            msg = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+            raise BadPod(f"pod {pod_key(pod)}: service {name!r}: {msg}") from None

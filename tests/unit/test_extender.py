@@ -1,0 +1,331 @@
+"""The kube-scheduler extender (issue #5): wire format, decisions, robustness."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from perllm_extender import ExtenderConfig, create_app
+from perllm_extender import nodes as xnodes
+from perllm_extender import services as xservices
+from perllm_extender.decide import Scheduler
+from perllm_operator import render
+
+from perllm.contract import Deadline, Requirements, ServiceSpec
+from perllm.devcluster import config as devconfig
+from perllm.devcluster import nodes as devnodes
+from perllm.scenario import load_scenario
+
+Obj = dict[str, Any]
+
+NODES: list[Obj] = devnodes.node_manifests(load_scenario("paper-llama2-7b"))
+NAMES = [n["metadata"]["name"] for n in NODES]
+EDGES = [n for n in NAMES if n.startswith("edge")]
+
+
+def spec(name: str, seconds: float, per_token: float = 0.0, min_quality: float = 0.0
+         ) -> ServiceSpec:
+    return ServiceSpec(
+        name=name, model="llama2-7b",
+        requirements=Requirements(
+            deadline=Deadline(seconds=seconds, per_output_token_s=per_token),
+            min_quality=min_quality),
+    )
+
+
+def pod(s: ServiceSpec | None, name: str = "svc-predictor-7d9f", uid: str = "uid-1") -> Obj:
+    meta: Obj = {"name": name, "namespace": "llm", "uid": uid}
+    if s is not None:
+        meta["labels"] = render.labels({"metadata": {"name": s.name}})
+        meta["annotations"] = render.pod_annotations(s)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"schedulerName": "perllm-scheduler",
+                     "containers": [{"name": "model-server", "image": "vllm/vllm-openai"}]},
+            "status": {"phase": "Pending"}}
+
+
+def by_names(p: Obj, names: list[str] | None = None) -> Obj:
+    """nodeCacheCapable: true."""
+    return {"Pod": p, "Nodes": None, "NodeNames": NAMES if names is None else names}
+
+
+def by_objects(p: Obj, nodes: list[Obj] | None = None) -> Obj:
+    """nodeCacheCapable: false."""
+    return {"Pod": p, "Nodes": {"metadata": {}, "items": NODES if nodes is None else nodes},
+            "NodeNames": None}
+
+
+@pytest.fixture
+def client() -> TestClient:
+    app = create_app()
+    sched: Scheduler = app.state.scheduler
+    for n in NODES:
+        sched.nodes.upsert(n)
+    return TestClient(app)
+
+
+TIGHT = spec("code", 0.5, 0.05)
+LOOSE = spec("batch", 600.0)
+PICKY = spec("picky", 600.0, min_quality=0.45)
+
+
+def test_constants_match_the_renderers() -> None:
+    assert xservices.LABEL_SERVICE == render.LABEL_SERVICE
+    assert xservices.ANN_DEADLINE == render.ANN_DEADLINE
+    assert xservices.ANN_DEADLINE_PER_TOKEN == render.ANN_DEADLINE_PER_TOKEN
+    assert xservices.ANN_PERCENTILE == render.ANN_PERCENTILE
+    assert xservices.ANN_MIN_QUALITY == render.ANN_MIN_QUALITY
+    assert xnodes.LABEL_TIER == devnodes.LABEL_TIER
+    assert xnodes.LABEL_HARDWARE == devnodes.LABEL_HARDWARE
+    assert xnodes.ANN_HARDWARE == devnodes.ANN_HARDWARE
+    assert xnodes.ANN_LINK_BANDWIDTH == devnodes.ANN_LINK_BANDWIDTH
+    assert xnodes.ANN_LINK_NOISE == devnodes.ANN_LINK_NOISE
+    assert xnodes.ANN_LINK_RTT == devnodes.ANN_LINK_RTT
+    assert xnodes.ANN_LINK_ENERGY == devnodes.ANN_LINK_ENERGY
+
+
+def test_default_prefix_matches_the_devcluster_url() -> None:
+    url = devconfig.Extender().url
+    assert devconfig.Extender().as_config()["nodeCacheCapable"] is True
+    assert url.endswith(ExtenderConfig().prefix)
+    assert ":8888/" in url
+
+
+def test_filter_node_names_mode_tight_deadline_gets_cloud(client: TestClient) -> None:
+    r = client.post("/scheduler/filter", json=by_names(pod(TIGHT)))
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes",
+                         "Error"}
+    assert body["Nodes"] is None
+    assert body["NodeNames"] == ["cloud"]
+    assert set(body["FailedNodes"]) == set(EDGES)
+    assert all(v.startswith("deadline") for v in body["FailedNodes"].values())
+    assert body["FailedAndUnresolvableNodes"] == {}
+    assert body["Error"] == ""
+    # recorded at filter time: with one feasible node prioritize is never called
+    log = client.get("/decisions").json()
+    assert log[-1]["verb"] == "filter" and log[-1]["chosen"] == "cloud"
+    assert log[-1]["service"] == "code" and log[-1]["pod"] == "llm/svc-predictor-7d9f"
+    assert {c["node"] for c in log[-1]["explanation"]["candidates"]} == set(NAMES)
+
+
+def test_filter_node_objects_mode_replies_with_nodes(client: TestClient) -> None:
+    r = client.post("/scheduler/filter", json=by_objects(pod(TIGHT)))
+    assert r.status_code == 200
+    body = r.json()
+    # kube-scheduler reads only Nodes here: a NodeNames-only reply would filter everything
+    assert body["Nodes"] is not None
+    assert body["Nodes"]["items"] == [n for n in NODES if n["metadata"]["name"] == "cloud"]
+    assert body["NodeNames"] is None
+    assert set(body["FailedNodes"]) == set(EDGES)
+
+
+def test_node_objects_mode_needs_no_cache() -> None:
+    c = TestClient(create_app())
+    body = c.post("/scheduler/filter", json=by_objects(pod(LOOSE))).json()
+    assert [n["metadata"]["name"] for n in body["Nodes"]["items"]] == NAMES
+    # and it fills the cache for later names-only requests
+    body = c.post("/scheduler/filter", json=by_names(pod(LOOSE, uid="u2"))).json()
+    assert body["NodeNames"] == NAMES
+
+
+def test_loose_deadline_prefers_the_lower_energy_node(client: TestClient) -> None:
+    names = client.post("/scheduler/filter", json=by_names(pod(LOOSE))).json()
+    assert names["NodeNames"] == NAMES and names["FailedNodes"] == {}
+    r = client.post("/scheduler/prioritize", json=by_names(pod(LOOSE)))
+    assert r.status_code == 200
+    scores = r.json()
+    assert isinstance(scores, list)
+    assert [s["Host"] for s in scores] == NAMES
+    assert all(set(s) == {"Host", "Score"} for s in scores)
+    assert all(type(s["Score"]) is int and 0 <= s["Score"] <= 10 for s in scores)
+    assert '"Score":10' in r.text.replace(" ", "")  # an integer on the wire, never 10.0
+    expl = client.get("/decisions").json()[-1]["explanation"]
+    cheapest = min(expl["candidates"], key=lambda c: c["predicted_energy_j"])["node"]
+    best = max(scores, key=lambda s: s["Score"])
+    assert best == {"Host": cheapest, "Score": 10}
+    assert all(s["Score"] >= 1 for s in scores)  # every node is feasible
+
+
+def test_filter_and_prioritize_count_one_play(client: TestClient) -> None:
+    p = pod(LOOSE)
+    client.post("/scheduler/filter", json=by_names(p))
+    client.post("/scheduler/prioritize", json=by_names(p))
+    assert len(client.get("/decisions").json()) == 1
+
+
+def test_quality_floor_filters_edge_nodes(client: TestClient) -> None:
+    body = client.post("/scheduler/filter", json=by_names(pod(PICKY))).json()
+    assert body["NodeNames"] == ["cloud"]
+    assert set(body["FailedNodes"]) == set(EDGES)
+    assert all(v.startswith("quality") for v in body["FailedNodes"].values())
+    scores = client.post("/scheduler/prioritize", json=by_names(pod(PICKY))).json()
+    assert {s["Host"]: s["Score"] for s in scores} == {**dict.fromkeys(EDGES, 0), "cloud": 10}
+
+
+def test_nothing_feasible_keeps_the_least_violating_node(client: TestClient) -> None:
+    impossible = spec("impossible", 0.001)
+    body = client.post("/scheduler/filter", json=by_names(pod(impossible), EDGES)).json()
+    assert len(body["NodeNames"]) == 1
+    assert set(body["FailedNodes"]) == set(EDGES) - set(body["NodeNames"])
+    log = client.get("/decisions").json()[-1]
+    assert log["feasible"] is False and log["chosen"] == body["NodeNames"][0]
+    assert "perllm_extender_violations_total 1.0" in client.get("/metrics").text
+
+
+def test_pod_without_perllm_label_passes_through(client: TestClient) -> None:
+    p = pod(None)
+    body = client.post("/scheduler/filter", json=by_names(p, [*NAMES, "not-cached"])).json()
+    assert body["NodeNames"] == [*NAMES, "not-cached"] and body["FailedNodes"] == {}
+    body = client.post("/scheduler/filter", json=by_objects(p)).json()
+    assert body["Nodes"]["items"] == NODES
+    scores = client.post("/scheduler/prioritize", json=by_names(p)).json()
+    assert scores == [{"Host": n, "Score": 0} for n in NAMES]
+    assert client.get("/decisions").json() == []
+
+
+def test_registered_service_and_annotation_overrides(client: TestClient) -> None:
+    sched: Scheduler = client.app.state.scheduler  # type: ignore[attr-defined]
+    obj = {"apiVersion": "perllm.io/v1alpha1", "kind": "LLMService",
+           "metadata": {"name": "chat", "namespace": "llm"},
+           "spec": {"model": {"name": "llama2-7b", "variants": [
+               {"tier": "edge", "precision": "q4_k_m"}, {"tier": "cloud", "precision": "fp16"}]},
+                    "requirements": {"deadline": {"seconds": 600}}}}
+    sched.services.add_llmservice(obj)
+    p = pod(None)
+    p["metadata"]["labels"] = {"perllm.io/service": "chat"}  # no annotations: the CR's spec
+    assert client.post("/scheduler/filter", json=by_names(p)).json()["NodeNames"] == NAMES
+    p = pod(None, uid="u2")
+    p["metadata"]["labels"] = {"perllm.io/service": "chat"}
+    p["metadata"]["annotations"] = {"perllm.io/min-quality": "0.45"}
+    assert client.post("/scheduler/filter", json=by_names(p)).json()["NodeNames"] == ["cloud"]
+
+
+def test_unmodelled_nodes_are_reported_not_fatal(client: TestClient) -> None:
+    odd = json.loads(json.dumps(NODES[0]))
+    odd["metadata"]["name"] = "odd"
+    odd["metadata"]["labels"]["perllm.io/hardware"] = "abacus"
+    odd["metadata"]["annotations"]["perllm.io/hardware"] = "abacus"
+    bare = {"metadata": {"name": "bare"}}
+    body = client.post("/scheduler/filter", json=by_objects(pod(LOOSE), [*NODES, odd, bare]))
+    assert body.status_code == 200
+    failed = body.json()["FailedNodes"]
+    assert "unknown hardware" in failed["odd"] and "tier" in failed["bare"]
+    body = client.post("/scheduler/filter",
+                       json=by_names(pod(LOOSE, uid="u9"), ["cloud", "ghost"])).json()
+    assert body["NodeNames"] == ["cloud"] and "node cache" in body["FailedNodes"]["ghost"]
+
+
+@pytest.mark.parametrize("payload", [
+    {"Pod": {"metadata": {"name": "p", "labels": {"perllm.io/service": "x"},
+                          "annotations": {"perllm.io/deadline-s": "soon"}}},
+     "Nodes": None, "NodeNames": ["cloud"]},
+    {"Pod": {"metadata": {"name": "p", "labels": {"perllm.io/service": "x"}}},
+     "Nodes": None, "NodeNames": ["cloud"]},
+    {"Pod": {"metadata": {"name": "p", "labels": {"perllm.io/service": "x"},
+                          "annotations": {"perllm.io/deadline-s": "1",
+                                          "perllm.io/model": "gpt-17"}}},
+     "Nodes": None, "NodeNames": ["cloud"]},
+])
+def test_bad_perllm_pods_are_400_with_a_reason(client: TestClient, payload: Obj) -> None:
+    for verb in ("filter", "prioritize"):
+        r = client.post(f"/scheduler/{verb}", json=payload)
+        assert r.status_code == 400 and r.json()["Error"]
+
+
+@pytest.mark.parametrize("body", ["{", "[]", "null", '{"Pod": 3}', '{"NodeNames": ["a"]}',
+                                  '{"Pod": {}, "NodeNames": "a"}',
+                                  '{"Pod": {}, "Nodes": {"items": [1]}}'])
+def test_malformed_bodies_are_4xx(client: TestClient, body: str) -> None:
+    for verb in ("filter", "prioritize"):
+        r = client.post(f"/scheduler/{verb}", content=body,
+                        headers={"content-type": "application/json"})
+        assert r.status_code in (400, 422), r.text
+
+
+def test_oversized_body_is_413() -> None:
+    c = TestClient(create_app(ExtenderConfig(max_body_bytes=1000)))
+    big = by_objects(pod(LOOSE))
+    r = c.post("/scheduler/filter", json=big)
+    assert r.status_code == 413
+    # streamed without Content-Length
+    r = c.post("/scheduler/filter", content=iter([b"{" + b" " * 600, b" " * 600 + b"}"]),
+               headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_health_metrics_and_prefix() -> None:
+    c = TestClient(create_app(ExtenderConfig(prefix="/x/")))
+    assert c.get("/healthz").json() == {"status": "ok"}
+    assert c.get("/readyz").status_code == 200
+    for n in NODES:
+        c.app.state.scheduler.nodes.upsert(n)  # type: ignore[attr-defined]
+    assert c.post("/x/filter", json=by_names(pod(TIGHT))).status_code == 200
+    assert c.post("/scheduler/filter", json=by_names(pod(TIGHT))).status_code == 404
+    text = c.get("/metrics").text
+    for name in ("perllm_extender_decision_seconds_bucket", "perllm_extender_feasible_nodes",
+                 'perllm_extender_decisions_total{verb="filter"} 1.0'):
+        assert name in text
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
+                                                              max_size=4),
+    max_leaves=20,
+)
+keys = st.sampled_from(["Pod", "Nodes", "NodeNames", "metadata", "items", "labels",
+                        "annotations", "name", "uid", "perllm.io/service",
+                        "perllm.io/deadline-s", "perllm.io/min-quality", "perllm.io/tier",
+                        "perllm.io/hardware", "perllm.io/link-bandwidth-mbps"]) | st.text(
+                            max_size=6)
+shaped = st.recursive(
+    json_values,
+    lambda kids: st.dictionaries(keys, kids, max_size=5) | st.lists(kids, max_size=3),
+    max_leaves=30,
+)
+near_valid = st.fixed_dictionaries({
+    "Pod": st.fixed_dictionaries({"metadata": st.fixed_dictionaries({
+        "name": shaped, "labels": st.dictionaries(keys, shaped | st.sampled_from(
+            ["code", "batch", "x"]), max_size=3),
+        "annotations": st.dictionaries(keys, shaped | st.sampled_from(
+            ["1", "0.5", "-1", "nan", "1e9", "0.45"]), max_size=4)})}),
+    "Nodes": st.none() | st.fixed_dictionaries({"items": st.lists(
+        st.sampled_from(NODES) | shaped, max_size=3)}),
+    "NodeNames": st.none() | st.lists(st.sampled_from(NAMES) | st.text(max_size=5),
+                                      max_size=4),
+})
+_FUZZ = TestClient(create_app())
+for _n in NODES:
+    _FUZZ.app.state.scheduler.nodes.upsert(_n)  # type: ignore[attr-defined]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=shaped | near_valid, verb=st.sampled_from(["filter", "prioritize"]))
+def test_fuzz_never_5xx(body: Any, verb: str) -> None:
+    r = _FUZZ.post(f"/scheduler/{verb}", content=json.dumps(body),
+                   headers={"content-type": "application/json"})
+    assert r.status_code < 500, r.text
+    if r.status_code == 200 and verb == "prioritize":
+        assert all(isinstance(s["Score"], int) and 0 <= s["Score"] <= 10 for s in r.json())
+
+
+def test_node_source_fills_cache_misses() -> None:
+    calls: list[str] = []
+
+    def source(name: str) -> Obj | None:
+        calls.append(name)
+        return next((n for n in NODES if n["metadata"]["name"] == name), None)
+
+    c = TestClient(create_app(ExtenderConfig(node_source=source)))
+    body = c.post("/scheduler/filter", json=by_names(pod(TIGHT), [*NAMES, "ghost"])).json()
+    assert body["NodeNames"] == ["cloud"] and "ghost" in body["FailedNodes"]
+    c.post("/scheduler/filter", json=by_names(pod(TIGHT, uid="u2"), NAMES))
+    assert calls == [*NAMES, "ghost"]  # cached after the first read
+    c.post("/scheduler/filter", json=by_names(pod(None), ["other"]))
+    assert "other" not in calls  # pass-through pods read nothing
