@@ -14,16 +14,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from perllm.contract import Link, Server, Tier
+from perllm.labels import (  # noqa: F401 - re-exported names
+    ANN_HARDWARE,
+    ANN_LINK_BANDWIDTH,
+    ANN_LINK_ENERGY,
+    ANN_LINK_NOISE,
+    ANN_LINK_RTT,
+    DOMAIN,
+    LABEL_HARDWARE,
+    LABEL_TIER,
+)
 from perllm.profiles import Catalogue
-
-DOMAIN = "perllm.io"
-LABEL_TIER = f"{DOMAIN}/tier"
-LABEL_HARDWARE = f"{DOMAIN}/hardware"
-ANN_HARDWARE = f"{DOMAIN}/hardware"
-ANN_LINK_BANDWIDTH = f"{DOMAIN}/link-bandwidth-mbps"
-ANN_LINK_NOISE = f"{DOMAIN}/link-noise"
-ANN_LINK_RTT = f"{DOMAIN}/link-rtt-ms"
-ANN_LINK_ENERGY = f"{DOMAIN}/link-energy-uj-per-bit"
 
 Obj = dict[str, Any]
 

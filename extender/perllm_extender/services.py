@@ -17,13 +17,15 @@ from pydantic import ValidationError
 
 from perllm.contract import Deadline, Requirements, ServiceSpec
 from perllm.crd import service_spec
+from perllm.labels import (
+    ANN_DEADLINE,
+    ANN_DEADLINE_PER_TOKEN,
+    ANN_MIN_QUALITY,
+    ANN_PERCENTILE,
+    DOMAIN,
+    LABEL_SERVICE,
+)
 
-DOMAIN = "perllm.io"
-LABEL_SERVICE = f"{DOMAIN}/service"
-ANN_DEADLINE = f"{DOMAIN}/deadline-s"
-ANN_DEADLINE_PER_TOKEN = f"{DOMAIN}/deadline-per-token-s"
-ANN_PERCENTILE = f"{DOMAIN}/deadline-percentile"
-ANN_MIN_QUALITY = f"{DOMAIN}/min-quality"
 ANN_MODEL = f"{DOMAIN}/model"  # optional: the catalogue model key when no LLMService is known
 
 Obj = dict[str, Any]

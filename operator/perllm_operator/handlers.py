@@ -17,6 +17,7 @@ import kopf
 import kubernetes as _kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from perllm import labels
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService
 from perllm_operator import render
 
@@ -31,10 +32,10 @@ kubernetes: Any = _kubernetes
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=render.DOMAIN)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=labels.DOMAIN)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=render.DOMAIN, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{render.DOMAIN}/finalizer"
+        prefix=labels.DOMAIN, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{labels.DOMAIN}/finalizer"
     settings.posting.level = 20  # logging.INFO: k8s Events for info and above
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
@@ -246,7 +247,7 @@ def sync_status(ns: str, name: str, uid: str, child: Obj | None = None,
     raise kopf.TemporaryError(f"LLMService {ns}/{name}: status kept conflicting", delay=2)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={render.LABEL_SERVICE: kopf.PRESENT})
+@kopf.on.event("apps", "v1", "deployments", labels={labels.LABEL_SERVICE: kopf.PRESENT})
 def deployment_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:
     """Mirror a child Deployment's readiness into its LLMService's Ready condition."""
     if type == "DELETED":

@@ -18,16 +18,18 @@ from typing import Any
 
 from perllm.contract import ServiceSpec, Tier
 from perllm.crd import GROUP, KIND, VERSION, service_spec
+from perllm.labels import (  # noqa: F401 - re-exported names
+    ANN_DEADLINE,
+    ANN_DEADLINE_PER_TOKEN,
+    ANN_MIN_QUALITY,
+    ANN_PERCENTILE,
+    DOMAIN,
+    GPU_RESOURCE,
+    LABEL_SERVICE,
+    LABEL_TIER,
+    SCHEDULER_NAME,
+)
 
-SCHEDULER_NAME = "perllm-scheduler"
-DOMAIN = "perllm.io"
-LABEL_SERVICE = f"{DOMAIN}/service"
-LABEL_TIER = f"{DOMAIN}/tier"
-ANN_DEADLINE = f"{DOMAIN}/deadline-s"
-ANN_DEADLINE_PER_TOKEN = f"{DOMAIN}/deadline-per-token-s"
-ANN_PERCENTILE = f"{DOMAIN}/deadline-percentile"
-ANN_MIN_QUALITY = f"{DOMAIN}/min-quality"
-GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER = "model-server"
 DEFAULT_IMAGE = "vllm/vllm-openai:latest"
 IMAGE_ENV = "PERLLM_MODEL_SERVER_IMAGE"

@@ -6,18 +6,20 @@ import json
 import math
 from typing import Any
 
+from perllm.labels import (  # noqa: F401 - re-exported names
+    ANN_HARDWARE,
+    ANN_HARDWARE_SPEC,
+    ANN_LINK_BANDWIDTH,
+    ANN_LINK_ENERGY,
+    ANN_LINK_NOISE,
+    ANN_LINK_RTT,
+    DOMAIN,
+    GPU_RESOURCE,
+    LABEL_HARDWARE,
+    LABEL_TIER,
+)
 from perllm.scenario import Scenario
 
-DOMAIN = "perllm.io"
-LABEL_TIER = f"{DOMAIN}/tier"
-LABEL_HARDWARE = f"{DOMAIN}/hardware"
-ANN_HARDWARE = f"{DOMAIN}/hardware"  # catalogue key
-ANN_HARDWARE_SPEC = f"{DOMAIN}/hardware-spec"  # the catalogue entry as JSON
-ANN_LINK_BANDWIDTH = f"{DOMAIN}/link-bandwidth-mbps"
-ANN_LINK_NOISE = f"{DOMAIN}/link-noise"
-ANN_LINK_RTT = f"{DOMAIN}/link-rtt-ms"
-ANN_LINK_ENERGY = f"{DOMAIN}/link-energy-uj-per-bit"
-GPU_RESOURCE = "nvidia.com/gpu"
 # KWOK manages exactly the nodes carrying this annotation (--manage-nodes-with-annotation-selector).
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_SELECTOR = f"{KWOK_ANNOTATION}=fake"

@@ -1,0 +1,28 @@
+"""Label, annotation and resource names PerLLM puts on nodes and pods.
+
+One wire contract shared by the local control plane (which labels fake nodes), the
+operator (which labels and annotates model-server pods) and the extender (which reads
+both), so the three cannot drift apart.
+"""
+
+DOMAIN = "perllm.io"
+
+# Nodes
+LABEL_TIER = f"{DOMAIN}/tier"  # edge | cloud
+LABEL_HARDWARE = f"{DOMAIN}/hardware"
+ANN_HARDWARE = f"{DOMAIN}/hardware"  # catalogue key
+ANN_HARDWARE_SPEC = f"{DOMAIN}/hardware-spec"  # the catalogue entry as JSON
+ANN_LINK_BANDWIDTH = f"{DOMAIN}/link-bandwidth-mbps"
+ANN_LINK_NOISE = f"{DOMAIN}/link-noise"
+ANN_LINK_RTT = f"{DOMAIN}/link-rtt-ms"
+ANN_LINK_ENERGY = f"{DOMAIN}/link-energy-uj-per-bit"
+
+# Model-server pods
+LABEL_SERVICE = f"{DOMAIN}/service"
+ANN_DEADLINE = f"{DOMAIN}/deadline-s"
+ANN_DEADLINE_PER_TOKEN = f"{DOMAIN}/deadline-per-token-s"
+ANN_PERCENTILE = f"{DOMAIN}/deadline-percentile"
+ANN_MIN_QUALITY = f"{DOMAIN}/min-quality"
+
+SCHEDULER_NAME = "perllm-scheduler"
+GPU_RESOURCE = "nvidia.com/gpu"
