@@ -11,6 +11,7 @@ events (pods becoming ready) update the owner's `Ready` condition.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -76,43 +77,41 @@ def _kserve_installed() -> bool:
     return True
 
 
+def _create_or_patch(create: Callable[[], Any], patch: Callable[[], Any]) -> Any:
+    """Create; if the object exists already (409), patch it in place instead."""
+    try:
+        return create()
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        return patch()
+
+
 def _apply(child: Obj) -> Obj:
     """Create the child, or patch it in place when it exists. Returns the live object."""
     kind, ns, name = child["kind"], child["metadata"]["namespace"], child["metadata"]["name"]
+    fm = FIELD_MANAGER
     if kind == "InferenceService":
         co = kubernetes.client.CustomObjectsApi()
         args = (render.KSERVE_GROUP, render.KSERVE_VERSION, ns, render.KSERVE_PLURAL)
-        try:
-            out: Obj = co.create_namespaced_custom_object(*args, child,
-                                                          field_manager=FIELD_MANAGER)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-            out = co.patch_namespaced_custom_object(*args, name, child,
-                                                    field_manager=FIELD_MANAGER)
+        out: Obj = _create_or_patch(
+            lambda: co.create_namespaced_custom_object(*args, child, field_manager=fm),
+            lambda: co.patch_namespaced_custom_object(*args, name, child, field_manager=fm))
         return out
-    api = kubernetes.client.ApiClient()
     if kind == "Deployment":
         apps = kubernetes.client.AppsV1Api()
-        try:
-            dep = apps.create_namespaced_deployment(ns, child, field_manager=FIELD_MANAGER)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-            dep = apps.patch_namespaced_deployment(name, ns, child, field_manager=FIELD_MANAGER)
-        res: Obj = api.sanitize_for_serialization(dep)
-        return res
-    if kind == "Service":
+        live = _create_or_patch(
+            lambda: apps.create_namespaced_deployment(ns, child, field_manager=fm),
+            lambda: apps.patch_namespaced_deployment(name, ns, child, field_manager=fm))
+    elif kind == "Service":
         core = kubernetes.client.CoreV1Api()
-        try:
-            svc = core.create_namespaced_service(ns, child, field_manager=FIELD_MANAGER)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-            svc = core.patch_namespaced_service(name, ns, child, field_manager=FIELD_MANAGER)
-        res = api.sanitize_for_serialization(svc)
-        return res
-    raise ValueError(f"unknown child kind {kind}")
+        live = _create_or_patch(
+            lambda: core.create_namespaced_service(ns, child, field_manager=fm),
+            lambda: core.patch_namespaced_service(name, ns, child, field_manager=fm))
+    else:
+        raise ValueError(f"unknown child kind {kind}")
+    res: Obj = kubernetes.client.ApiClient().sanitize_for_serialization(live)
+    return res
 
 
 def ready_of(child: Obj) -> tuple[bool | None, str, str]:
