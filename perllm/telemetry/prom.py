@@ -1,0 +1,112 @@
+"""Prometheus instant queries with a timeout, a last-good cache and a staleness clock.
+
+Built on prometheus-api-client. A failed query never raises to the caller: it returns
+the last good answer for the same query (marked stale) or None, and the client records
+why, so callers degrade visibly (a condition, a metric) instead of crashing or hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("perllm.telemetry")
+
+
+@dataclass(frozen=True)
+class Sample:
+    labels: dict[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    samples: list[Sample]
+    fresh: bool  # False: served from the last-good cache after a failure
+    at: float  # time.time() of the successful query it came from
+
+    def by(self, label: str) -> dict[str, float]:
+        """value per value of `label` (samples without it are skipped; NaN dropped)."""
+        return {s.labels[label]: s.value for s in self.samples
+                if label in s.labels and math.isfinite(s.value)}
+
+    def scalar(self) -> float | None:
+        vals = [s.value for s in self.samples if math.isfinite(s.value)]
+        return vals[0] if vals else None
+
+
+@dataclass
+class Health:
+    ok: bool = False
+    last_success: float | None = None  # time.time()
+    last_error: str | None = None
+    failures: int = 0
+
+    def staleness_s(self, now: float | None = None) -> float:
+        """Seconds since the last successful query (inf: never)."""
+        if self.last_success is None:
+            return math.inf
+        return max(0.0, (now or time.time()) - self.last_success)
+
+
+@dataclass
+class Prometheus:
+    """`Prometheus(url)`; `url=None` means no Prometheus is configured (every query None)."""
+
+    url: str | None
+    timeout_s: float = 2.0
+    cache_size: int = 512
+    health: Health = field(default_factory=Health)
+    _cache: dict[str, Answer] = field(default_factory=dict, repr=False)
+    _client: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _connect(self) -> Any:
+        if self._client is None:
+            from prometheus_api_client import PrometheusConnect
+
+            # no retries: the caller's loop is the retry, and a scheduler must not wait
+            self._client = PrometheusConnect(url=self.url, disable_ssl=True, retry=None,
+                                             timeout=self.timeout_s)
+        return self._client
+
+    def query(self, promql: str) -> Answer | None:
+        if not self.url:
+            self._fail("no Prometheus URL configured")
+            return None
+        try:
+            raw = self._connect().custom_query(promql)
+        except Exception as e:  # connection refused, timeout, non-200, bad JSON
+            self._fail(f"{type(e).__name__}: {e}")
+            with self._lock:
+                hit = self._cache.get(promql)
+            return Answer(hit.samples, False, hit.at) if hit is not None else None
+        now = time.time()
+        ans = Answer([_sample(r) for r in raw if isinstance(r, dict)], True, now)
+        with self._lock:
+            self._cache[promql] = ans
+            while len(self._cache) > self.cache_size:
+                self._cache.pop(next(iter(self._cache)))
+            self.health.ok, self.health.last_success = True, now
+            self.health.last_error, self.health.failures = None, 0
+        return ans
+
+    def _fail(self, why: str) -> None:
+        with self._lock:
+            first = self.health.ok or self.health.failures == 0
+            self.health.ok, self.health.last_error = False, why
+            self.health.failures += 1
+        if first:  # say it once per outage, not once per query
+            log.warning("Prometheus %s unreachable: %s", self.url, why)
+
+
+def _sample(r: dict[str, Any]) -> Sample:
+    try:
+        v = float(r.get("value", [0, "nan"])[1])
+    except (TypeError, ValueError, IndexError):
+        v = math.nan
+    return Sample({str(k): str(x) for k, x in (r.get("metric") or {}).items()}, v)
