@@ -274,10 +274,37 @@ def _mount_operator() -> None:
             [], "--namespace", "-n", help="Watch only this namespace (repeatable; default all)."),
         liveness: str | None = typer.Option(
             None, help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz."),
+        prometheus: str | None = typer.Option(
+            None, envvar="PERLLM_PROMETHEUS_URL", help="Prometheus URL for status telemetry."),
+        status_interval: float = typer.Option(
+            30.0, "--status-interval", min=1.0, envvar="PERLLM_STATUS_INTERVAL",
+            help="Seconds between status refreshes (and re-placement checks)."),
         verbose: bool = typer.Option(False, "--verbose"),
     ) -> None:
         """Run the LLMService operator (kopf, standalone) against KUBECONFIG or in-cluster."""
-        run_operator(namespace, liveness, verbose)
+        from perllm_operator.config import ConfigError
+
+        try:
+            run_operator(namespace, liveness, verbose, prometheus, status_interval)
+        except ConfigError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+
+
+def _mount_demo() -> None:
+    try:
+        from perllm.demo.cli import register
+    except ImportError:
+        return
+    register(app)
+
+
+def _mount_agent() -> None:
+    from perllm.agent.cli import register
+
+    register(app)
 
 
 _mount_optional()
+_mount_demo()
+_mount_agent()

@@ -5,10 +5,15 @@ autoscaler); `backend: deployment` renders a Deployment + ClusterIP Service. Chi
 the LLMService's name (the Service: `<name>-predictor`, like KServe's) and a controller
 ownerReference to it, so the garbage collector deletes them with it.
 
-Resources: the pod template carries the resources of one variant, the cloud variant when
-the cloud tier is allowed, else the first allowed one. The node affinity admits every
-allowed tier; the PerLLM extender picks the tier at scheduling time, and re-rendering the
-resources for the tier actually chosen is later work (issue #4, second part).
+Per-tier resources (docs/operator.md, "Per-tier variants"): a pod's resources and weights
+cannot change after it is bound, and a GPU request alone would hide every CPU-only node
+from the scheduler, so the pod template is *pinned* to one tier: it carries that tier's
+variant (resources, precision, GPU toleration) and a required node affinity to that tier
+only. A pod therefore always requests the resources of the variant of the tier it lands
+on. The tier is `status.replacement.tier.target` (set by re-placement when evictions
+within a tier did not restore the deadline), else `status.placement.tier` (the extender's
+latest decision), when either names an allowed tier; else the cloud when allowed (the
+safe choice for a deadline), else the only allowed tier.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 from perllm.contract import ServiceSpec, Tier
 from perllm.crd import GROUP, KIND, VERSION, service_spec
-from perllm.labels import (  # noqa: F401 - re-exported names
+from perllm.labels import (
     ANN_DEADLINE,
     ANN_DEADLINE_PER_TOKEN,
     ANN_MIN_QUALITY,
@@ -39,6 +44,9 @@ KSERVE_GROUP = "serving.kserve.io"
 KSERVE_VERSION = "v1beta1"
 KSERVE_PLURAL = "inferenceservices"
 KSERVE_CRD = f"{KSERVE_PLURAL}.{KSERVE_GROUP}"
+# The tier and precision the pod template is rendered for (pods and children carry them).
+ANN_VARIANT_TIER = f"{DOMAIN}/variant-tier"
+ANN_PRECISION = f"{DOMAIN}/precision"
 
 Obj = dict[str, Any]
 
@@ -59,16 +67,30 @@ def owner_reference(obj: Obj) -> Obj:
     }
 
 
-def chosen_variant(obj: Obj) -> Obj:
-    """The variant whose resources the pod template carries: cloud if allowed, else the
-    first variant of an allowed tier."""
+def _allowed_variants(obj: Obj) -> list[Obj]:
     spec = obj.get("spec", {})
     allowed = spec.get("allowedTiers", ["edge", "cloud"])
-    variants = [v for v in spec.get("model", {}).get("variants", []) if v["tier"] in allowed]
-    if not variants:
-        raise ValueError(f"LLMService {obj['metadata']['name']}: no variant of an allowed tier")
-    cloud = [v for v in variants if v["tier"] == Tier.CLOUD.value]
-    return dict((cloud or variants)[0])
+    return [v for v in spec.get("model", {}).get("variants", []) if v["tier"] in allowed]
+
+
+def target_tier(obj: Obj) -> str:
+    """The tier the pod template is pinned to (see the module docstring for the order)."""
+    tiers = [v["tier"] for v in _allowed_variants(obj)]
+    if not tiers:
+        raise ValueError(f"LLMService {obj['metadata']['name']}: spec.model.variants has no "
+                         "variant of a tier in spec.allowedTiers")
+    status = obj.get("status") or {}
+    for cand in (((status.get("replacement") or {}).get("tier") or {}).get("target"),
+                 (status.get("placement") or {}).get("tier")):
+        if cand in tiers:
+            return str(cand)
+    return Tier.CLOUD.value if Tier.CLOUD.value in tiers else tiers[0]
+
+
+def chosen_variant(obj: Obj) -> Obj:
+    """The variant whose resources the pod template carries: the one of `target_tier`."""
+    tier = target_tier(obj)
+    return dict(next(v for v in _allowed_variants(obj) if v["tier"] == tier))
 
 
 def _resources(variant: Obj) -> Obj:
@@ -84,21 +106,25 @@ def labels(obj: Obj) -> dict[str, str]:
     return {LABEL_SERVICE: obj["metadata"]["name"]}
 
 
-def pod_annotations(spec: ServiceSpec) -> dict[str, str]:
+def pod_annotations(spec: ServiceSpec, variant: Obj | None = None) -> dict[str, str]:
     dl = spec.requirements.deadline
-    return {
+    out = {
         ANN_DEADLINE: _num(dl.seconds),
         ANN_DEADLINE_PER_TOKEN: _num(dl.per_output_token_s),
         ANN_PERCENTILE: _num(dl.percentile),
         ANN_MIN_QUALITY: _num(spec.requirements.min_quality),
     }
+    if variant is not None:
+        out[ANN_VARIANT_TIER] = str(variant["tier"])
+        out[ANN_PRECISION] = str(variant["precision"])
+    return out
 
 
-def affinity(spec: ServiceSpec) -> Obj:
+def affinity(tiers: list[str]) -> Obj:
+    """Required node affinity to `tiers` (the pinned tier: one entry)."""
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
         "nodeSelectorTerms": [{"matchExpressions": [{
-            "key": LABEL_TIER, "operator": "In",
-            "values": [t.value for t in spec.allowed_tiers]}]}]}}}
+            "key": LABEL_TIER, "operator": "In", "values": list(tiers)}]}]}}}
 
 
 def tolerations(resources: Obj) -> list[Obj]:
@@ -121,11 +147,13 @@ def inference_service(obj: Obj) -> Obj:
     spec = service_spec(obj)
     name = obj["metadata"]["name"]
     model = obj["spec"]["model"]
-    res = _resources(chosen_variant(obj))
+    variant = chosen_variant(obj)
+    res = _resources(variant)
     meta = _metadata(obj, name)
     meta["annotations"] = {
         "serving.kserve.io/deploymentMode": "RawDeployment",
         "serving.kserve.io/autoscalerClass": "external",
+        ANN_VARIANT_TIER: str(variant["tier"]),
     }
     m: Obj = {
         "modelFormat": {"name": model.get("format", "huggingface")},
@@ -140,8 +168,8 @@ def inference_service(obj: Obj) -> Obj:
         "schedulerName": SCHEDULER_NAME,
         "minReplicas": int(obj["spec"].get("replicas", 1)),
         "labels": labels(obj),
-        "annotations": pod_annotations(spec),
-        "affinity": affinity(spec),
+        "annotations": pod_annotations(spec, variant),
+        "affinity": affinity([str(variant["tier"])]),
         "model": m,
     }
     if tol := tolerations(res):
@@ -163,7 +191,8 @@ def deployment(obj: Obj, image: str | None = None) -> Obj:
     spec = service_spec(obj)
     name = obj["metadata"]["name"]
     model = obj["spec"]["model"]
-    res = _resources(chosen_variant(obj))
+    variant = chosen_variant(obj)
+    res = _resources(variant)
     image = image or os.environ.get(IMAGE_ENV, DEFAULT_IMAGE)
     container: Obj = {
         "name": CONTAINER,
@@ -175,20 +204,23 @@ def deployment(obj: Obj, image: str | None = None) -> Obj:
     }
     pod_spec: Obj = {
         "schedulerName": SCHEDULER_NAME,
-        "affinity": affinity(spec),
+        "affinity": affinity([str(variant["tier"])]),
         "containers": [container],
     }
     if tol := tolerations(res):
         pod_spec["tolerations"] = tol
+    meta = _metadata(obj, name)
+    meta["annotations"] = {ANN_VARIANT_TIER: str(variant["tier"])}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(obj, name),
+        "metadata": meta,
         "spec": {
             "replicas": int(obj["spec"].get("replicas", 1)),
             "selector": {"matchLabels": labels(obj)},
             "template": {
-                "metadata": {"labels": labels(obj), "annotations": pod_annotations(spec)},
+                "metadata": {"labels": labels(obj),
+                             "annotations": pod_annotations(spec, variant)},
                 "spec": pod_spec,
             },
         },
@@ -214,3 +246,9 @@ def children(obj: Obj) -> list[Obj]:
     if obj.get("spec", {}).get("backend", "kserve") == "deployment":
         return [deployment(obj), service(obj)]
     return [inference_service(obj)]
+
+
+def rendered_tier(child: Obj) -> str | None:
+    """The tier a live child's pod template is pinned to (None: rendered before pinning)."""
+    ann = (child.get("metadata") or {}).get("annotations") or {}
+    return ann.get(ANN_VARIANT_TIER)

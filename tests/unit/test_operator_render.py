@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ def test_inference_service() -> None:
     meta = isvc["metadata"]
     assert meta["name"] == "chat-assistant" and meta["namespace"] == "llm"
     assert meta["annotations"] == {"serving.kserve.io/deploymentMode": "RawDeployment",
-                                   "serving.kserve.io/autoscalerClass": "external"}
+                                   "serving.kserve.io/autoscalerClass": "external",
+                                   "perllm.io/variant-tier": "cloud"}
     assert meta["ownerReferences"] == [{
         "apiVersion": "perllm.io/v1alpha1", "kind": "LLMService", "name": "chat-assistant",
         "uid": "1234-abcd", "controller": True, "blockOwnerDeletion": True}]
@@ -48,7 +50,10 @@ def test_inference_service() -> None:
     assert p["annotations"]["perllm.io/min-quality"] == "0"
     expr = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"][0]["matchExpressions"][0]
-    assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["edge", "cloud"]}
+    # Pinned to the cloud tier, whose variant's resources the pod requests.
+    assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["cloud"]}
+    assert p["annotations"]["perllm.io/variant-tier"] == "cloud"
+    assert p["annotations"]["perllm.io/precision"] == "fp16"
     m = p["model"]
     assert m["modelFormat"] == {"name": "huggingface"}
     assert m["storageUri"] == "hf://meta-llama/Meta-Llama-3-8B-Instruct"
@@ -151,3 +156,53 @@ def test_ready_of() -> None:
     assert ready_of(isvc)[0] is None
     isvc["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
     assert ready_of(isvc)[0] is True
+
+
+def _tier_of(child: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    if child["kind"] == "Deployment":
+        ps = child["spec"]["template"]["spec"]
+        res = ps["containers"][0]["resources"]
+    else:
+        ps = child["spec"]["predictor"]
+        res = ps["model"]["resources"]
+    expr = ps["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"][0]
+    return expr["values"], res
+
+
+def test_pod_requests_the_variant_of_the_tier_it_is_pinned_to() -> None:
+    for backend in ("kserve", "deployment"):
+        obj = _load("code-assistant")
+        obj["spec"]["backend"] = backend
+        variants = {v["tier"]: v["resources"] for v in obj["spec"]["model"]["variants"]}
+        # No decision yet: the cloud (allowed), with its GPU and toleration.
+        tiers, res = _tier_of(render.children(obj)[0])
+        assert tiers == ["cloud"] and res == variants["cloud"]
+        # The extender placed it on the edge: edge resources, edge-only affinity, no GPU.
+        obj["status"] = {"placement": {"tier": "edge", "nodes": ["edge-0"]}}
+        child = render.children(obj)[0]
+        tiers, res = _tier_of(child)
+        assert tiers == ["edge"] and res == variants["edge"]
+        assert render.rendered_tier(child) == "edge"
+        assert "nvidia.com/gpu" not in json.dumps(child)
+        # Re-placement moved it back to the cloud: that wins over the older placement.
+        obj["status"]["replacement"] = {"tier": {"target": "cloud"}}
+        tiers, res = _tier_of(render.children(obj)[0])
+        assert tiers == ["cloud"] and res == variants["cloud"]
+
+
+def test_placement_outside_allowed_tiers_is_ignored() -> None:
+    obj = _load("chat-assistant")
+    obj["spec"]["allowedTiers"] = ["edge"]
+    obj["status"] = {"placement": {"tier": "cloud"}, "replacement": {"tier": {"target": "x"}}}
+    assert render.target_tier(obj) == "edge"
+    assert _tier_of(render.inference_service(obj))[0] == ["edge"]
+
+
+def test_no_variant_for_allowed_tier_names_the_fields() -> None:
+    import pytest
+
+    obj = _load("batch-summariser")
+    obj["spec"]["allowedTiers"] = ["edge"]
+    with pytest.raises(ValueError, match="spec.allowedTiers"):
+        render.target_tier(obj)

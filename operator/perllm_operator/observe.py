@@ -1,0 +1,185 @@
+"""What the status timer reads from Prometheus, and the conditions it derives (no API calls).
+
+Queries come from the metric contract (perllm/telemetry/names.py); the pods of a service
+are selected by the live pod names (`namespace`, `pod` labels of the vLLM series), so a
+replaced pod's old series stop counting as soon as it is gone. The deadline used for
+attainment is the service's processing-time deadline for its expected output length
+(`Deadline.budget(traffic.outputTokens)`), counted with the largest vLLM latency bucket at
+or below it, which under-reports attainment, never over-reports it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from perllm.contract import ServiceSpec
+from perllm.telemetry import names
+from perllm.telemetry.prom import Answer, Prometheus
+
+Obj = dict[str, Any]
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def deadline_s(spec: ServiceSpec) -> float:
+    """The processing-time deadline of a request of the expected output length."""
+    return spec.requirements.deadline.budget(spec.traffic.output_tokens)
+
+
+def target(spec: ServiceSpec) -> float:
+    """The attainment the service asks for, as a fraction (percentile 95 -> 0.95)."""
+    return spec.requirements.deadline.percentile / 100.0
+
+
+def pod_regex(pods: Sequence[str], child_name: str) -> str:
+    """Exactly the live pods; before any pod exists, the child's pod-name prefix."""
+    if pods:
+        return "|".join(re.escape(p) for p in sorted(pods))
+    return f"{re.escape(child_name)}-.*"
+
+
+def requests_per_second(namespace: str, regex: str, window: str) -> str:
+    # Not in perllm/telemetry/names.py: the request rate of a service's pods.
+    sel = f'namespace="{namespace}",pod=~"{regex}"'
+    return f"sum(rate({names.VLLM_E2E_LATENCY}_count{{{sel}}}[{window}]))"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One timer tick's view of a service. `attainment` None: no requests in the window
+    (or Prometheus gave nothing); `reachable` False: Prometheus did not answer."""
+
+    at: float
+    reachable: bool
+    attainment: float | None = None
+    p50_s: float | None = None
+    p95_s: float | None = None
+    energy_per_request_j: float | None = None
+    rps: float | None = None
+    pod_latency_s: dict[str, float] | None = None  # mean latency per live pod
+    error: str | None = None
+
+    def status(self, window: str) -> Obj:
+        """`status.observed` (fields without data are left out, never invented)."""
+        out: Obj = {"window": window, "at": rfc3339(self.at)}
+        for key, v in (("attainment", self.attainment), ("latencyP50Seconds", self.p50_s),
+                       ("latencyP95Seconds", self.p95_s),
+                       ("energyPerRequestJ", self.energy_per_request_j),
+                       ("requestsPerSecond", self.rps)):
+            if v is not None and math.isfinite(v):
+                out[key] = round(v, 6)
+        return out
+
+
+def _scalar(ans: Answer | None) -> tuple[float | None, bool]:
+    """(value, fresh): a stale cached answer counts as unreachable."""
+    if ans is None or not ans.fresh:
+        return None, False
+    return ans.scalar(), True
+
+
+def observe(prom: Prometheus, namespace: str, service: str, spec: ServiceSpec,
+            pods: Sequence[str], child_name: str, window: str, now: float) -> Observation:
+    """Query Prometheus for one service. Never raises: an unreachable Prometheus gives an
+    Observation with `reachable=False` and the client's last error."""
+    regex = pod_regex(pods, child_name)
+    q_att = names.service_attainment(namespace, regex, deadline_s(spec), window)
+    results: dict[str, float | None] = {}
+    reachable = True
+    queries = {
+        "p50": names.service_latency_quantile(0.5, namespace, regex, window),
+        "p95": names.service_latency_quantile(0.95, namespace, regex, window),
+        "rps": requests_per_second(namespace, regex, window),
+        "energy": names.service_energy_per_request(namespace, service, window),
+    }
+    if q_att is not None:
+        queries["attainment"] = q_att
+    for key, q in queries.items():
+        v, fresh = _scalar(prom.query(q))
+        reachable = reachable and fresh
+        results[key] = v
+        if not fresh:
+            break  # one failure is enough: do not wait out a timeout per query
+    per_pod: dict[str, float] = {}
+    if reachable:
+        ans = prom.query(names.pod_latency(window))
+        if ans is not None and ans.fresh:
+            live = set(pods)
+            per_pod = {s.labels["pod"]: s.value for s in ans.samples
+                       if s.labels.get("namespace") == namespace and s.labels.get("pod") in live
+                       and math.isfinite(s.value)}
+    att = results.get("attainment")
+    if q_att is None and results.get("p50") is not None:
+        att = 0.0  # the deadline is below vLLM's smallest bucket: no request can count
+    return Observation(
+        at=now, reachable=reachable,
+        attainment=min(1.0, max(0.0, att)) if att is not None else None,
+        p50_s=results.get("p50"), p95_s=results.get("p95"),
+        energy_per_request_j=results.get("energy"), rps=results.get("rps"),
+        pod_latency_s=per_pod or None,
+        error=None if reachable else (prom.health.last_error or "no answer"))
+
+
+# ---- conditions -----------------------------------------------------------------------------
+Cond = tuple[bool | None, str, str]  # (status, reason, message)
+
+
+def deadline_met(obs: Observation | None, spec: ServiceSpec, stale_since: str | None) -> Cond:
+    dl, tgt = deadline_s(spec), target(spec)
+    want = f"target {tgt:.0%} within {dl:g} s"
+    if obs is None or not obs.reachable:
+        since = f" since {stale_since}" if stale_since else ""
+        return None, "TelemetryStale", f"no fresh telemetry{since}; {want}"
+    if obs.attainment is None:
+        return None, "NoTraffic", f"no requests observed in the window; {want}"
+    p95 = f", p95 {obs.p95_s:.3g} s" if obs.p95_s is not None else ""
+    msg = f"attainment {obs.attainment:.1%} vs {want}{p95}"
+    if obs.attainment + 1e-9 >= tgt:
+        return True, "DeadlineMet", msg
+    return False, "DeadlineMissed", msg
+
+
+def telemetry_stale(obs: Observation | None, url: str | None, stale_since: str | None) -> Cond:
+    """`TelemetryStale`: True while Prometheus is unconfigured or unreachable."""
+    if not url:
+        return True, "NoPrometheus", ("no Prometheus configured (--prometheus / "
+                                      "PERLLM_PROMETHEUS_URL); status is not refreshed; "
+                                      "placement continues")
+    if obs is None or not obs.reachable:
+        err = obs.error if obs is not None and obs.error else "no answer"
+        return True, "PrometheusUnreachable", (
+            f"status is stale since {stale_since or 'start'}; placement continues "
+            f"(Prometheus {url}: {err})")
+    if obs.rps is None:
+        return True, "NoData", (
+            f"Prometheus {url} has no {names.VLLM_E2E_LATENCY} series for the service's pods "
+            "(is the model server scraped?); placement continues")
+    return False, "Fresh", f"Prometheus {url} answered at {rfc3339(obs.at)}"
+
+
+def placed(placement: Obj | None, pods: Sequence[Obj]) -> Cond:
+    """`Placed` from the extender's decision record (contract 1), else Unknown."""
+    if placement and placement.get("tier"):
+        nodes = ", ".join(placement.get("nodes") or []) or "?"
+        feasible = placement.get("feasible", True)
+        parts = [f"tier {placement['tier']} on {nodes}"]
+        if placement.get("predictedTimeSeconds") is not None:
+            parts.append(f"predicted {float(placement['predictedTimeSeconds']):.3g} s")
+        if placement.get("predictedEnergyJ") is not None:
+            parts.append(f"{float(placement['predictedEnergyJ']):.3g} J/request")
+        if placement.get("decidedAt"):
+            parts.append(f"decided {placement['decidedAt']}")
+        return True, "Placed" if feasible else "PlacedLeastViolating", "; ".join(parts)
+    bound = sorted({p["spec"]["nodeName"] for p in pods if (p.get("spec") or {}).get("nodeName")})
+    if bound:
+        return None, "NoDecisionPublished", (
+            f"pods bound to {', '.join(bound)} but no PerLLM decision published "
+            "(extender not running or ignored); waiting for the scheduler")
+    return None, "WaitingForScheduler", "waiting for the scheduler"
