@@ -1,0 +1,226 @@
+"""GPU power, energy, utilisation and memory from NVML under dcgm-exporter's names and units.
+
+Read at scrape time (nvidia-ml-py, `import pynvml`), cached for `cache_s`, on one worker
+thread with a deadline so that a wedged driver cannot hang a scrape. Units follow DCGM:
+NVML's mW become W, bytes become MiB (floored, as DCGM reports them), energy stays mJ.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import importlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from perllm.agent.health import SourceHealth
+from perllm.telemetry import names
+
+MIB = 1 << 20
+# dcgm-exporter's GPU label set (rendermetrics gpuMetricsFormat), host label as released
+LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname")
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    labels: tuple[str, ...]  # values for LABELS
+    power_w: float | None = None
+    energy_mj: float | None = None
+    util_pct: float | None = None
+    fb_used_mib: float | None = None
+    fb_free_mib: float | None = None
+
+
+@dataclass
+class _Gpu:
+    handle: Any
+    labels: tuple[str, ...]
+
+
+def _text(v: Any) -> str:
+    """NVML strings are bytes in old bindings, str in current ones."""
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass
+class NvmlSource:
+    """`nvml`: a pynvml-compatible module (tests inject a fake); None imports pynvml."""
+
+    node: str
+    nvml: Any = None
+    cache_s: float = 1.0
+    read_timeout_s: float = 2.0
+    retry_s: float = 60.0  # a driver can come up after the agent (GPU operator installs it)
+    clock: Callable[[], float] = time.monotonic
+    health: SourceHealth = field(default_factory=lambda: SourceHealth("nvml"))
+    _nv: Any = field(default=None, repr=False)
+    _gpus: list[_Gpu] = field(default_factory=list, repr=False)
+    _inited: bool = False
+    _disabled: bool = False
+    _last_init_try: float | None = None
+    _cache: list[GpuReading] = field(default_factory=list, repr=False)
+    _cache_at: float | None = None
+    _pending: cf.Future[list[GpuReading]] | None = field(default=None, repr=False)
+    _pool: cf.ThreadPoolExecutor | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def start(self) -> None:
+        with self._lock:
+            self._try_init()
+
+    def disable(self, reason: str) -> None:
+        """Never touch NVML (metrics absent, source down for `reason`)."""
+        self._disabled = True
+        self.health.down(reason)
+
+    def _try_init(self) -> None:
+        self._last_init_try = self.clock()
+        if self._disabled:
+            return
+        try:
+            nv = self.nvml if self.nvml is not None else importlib.import_module("pynvml")
+        except ImportError as e:
+            self._disabled = True
+            self.health.down(f"nvidia-ml-py is not installed ({e}); GPU metrics absent")
+            return
+        try:
+            nv.nvmlInit()
+        except Exception as e:  # NVMLError subclasses, and OSError from the loader
+            self.health.down(
+                f"nvmlInit failed: {type(e).__name__}: {e} (no NVIDIA driver, or the container "
+                "runs without the NVIDIA runtime / device plugin); GPU metrics absent")
+            return
+        try:
+            gpus = [self._describe(nv, i) for i in range(int(nv.nvmlDeviceGetCount()))]
+        except Exception as e:
+            self.health.down(f"enumerating GPUs failed: {type(e).__name__}: {e}")
+            self._shutdown_quietly(nv)
+            return
+        self._nv, self._gpus, self._inited = nv, gpus, True
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
+        models = sorted({g.labels[4] for g in gpus})
+        self.health.ok(f"{len(gpus)} GPU(s) via NVML: {', '.join(models) or 'none'}")
+
+    def _describe(self, nv: Any, i: int) -> _Gpu:
+        h = nv.nvmlDeviceGetHandleByIndex(i)
+        try:
+            minor = int(nv.nvmlDeviceGetMinorNumber(h))  # /dev/nvidiaN, dcgm's `device`
+        except Exception:
+            minor = i
+        try:
+            bus = _text(nv.nvmlDeviceGetPciInfo(h).busId)
+        except Exception:
+            bus = ""
+        labels = (str(i), _text(nv.nvmlDeviceGetUUID(h)), bus, f"nvidia{minor}",
+                  _text(nv.nvmlDeviceGetName(h)), self.node)
+        return _Gpu(h, labels)
+
+    @staticmethod
+    def _shutdown_quietly(nv: Any) -> None:
+        with contextlib.suppress(Exception):
+            nv.nvmlShutdown()
+
+    def _field(self, gpu: _Gpu, what: str, fn: Callable[[Any], Any]) -> Any:
+        """One NVML query; a GPU lacking it (NotSupported on older parts) omits the sample."""
+        try:
+            return fn(gpu.handle)
+        except Exception as e:
+            self.health.warn_once(f"GPU {gpu.labels[0]} ({gpu.labels[4]}): {what} unavailable: "
+                                  f"{type(e).__name__}: {e}; that series is absent")
+            return None
+
+    def _memory(self, h: Any) -> Any:
+        nv = self._nv
+        v2 = getattr(nv, "nvmlMemory_v2", None)
+        if v2 is not None:
+            try:  # v2 reports reserved memory apart from `used`, like DCGM's FB_USED
+                return nv.nvmlDeviceGetMemoryInfo(h, version=v2)
+            except Exception:
+                pass  # older driver: v1
+        return nv.nvmlDeviceGetMemoryInfo(h)
+
+    def read(self) -> list[GpuReading]:
+        """One NVML pass over all GPUs (on the worker thread)."""
+        nv = self._nv
+        out = []
+        for g in self._gpus:
+            mw = self._field(g, "power", nv.nvmlDeviceGetPowerUsage)
+            mj = self._field(g, "total energy", nv.nvmlDeviceGetTotalEnergyConsumption)
+            util = self._field(g, "utilisation", nv.nvmlDeviceGetUtilizationRates)
+            mem = self._field(g, "memory info", self._memory)
+            out.append(GpuReading(
+                labels=g.labels,
+                power_w=None if mw is None else float(mw) / 1000.0,
+                energy_mj=None if mj is None else float(mj),
+                util_pct=None if util is None else float(util.gpu),
+                fb_used_mib=None if mem is None else float(int(mem.used) // MIB),
+                fb_free_mib=None if mem is None else float(int(mem.free) // MIB),
+            ))
+        return out
+
+    def readings(self) -> list[GpuReading]:
+        """Cached readings no older than `cache_s`; bounded by `read_timeout_s`."""
+        with self._lock:
+            now = self.clock()
+            if not self._inited:
+                if self._last_init_try is None or now - self._last_init_try >= self.retry_s:
+                    self._try_init()
+                if not self._inited:
+                    return []
+            if self._cache_at is not None and now - self._cache_at < self.cache_s:
+                return self._cache
+            assert self._pool is not None
+            if self._pending is None:  # a wedged read stays pending: never stack another
+                self._pending = self._pool.submit(self.read)
+            try:
+                self._cache = self._pending.result(timeout=self.read_timeout_s)
+            except cf.TimeoutError:
+                self.health.down(f"an NVML read took over {self.read_timeout_s:g} s; "
+                                 "GPU metrics absent until it returns")
+                return []
+            except Exception as e:
+                self._pending = None
+                self.health.down(f"NVML read failed: {type(e).__name__}: {e}")
+                return []
+            self._pending = None
+            self._cache_at = now
+            self.health.ok("NVML reads again")
+            return self._cache
+
+    def families(self) -> Iterable[Metric]:
+        rs = self.readings()
+        if not rs:
+            return []
+        fams = {
+            "power_w": GaugeMetricFamily(names.DCGM_POWER_W, "Power draw (in W).", labels=LABELS),
+            "energy_mj": GaugeMetricFamily(
+                names.DCGM_ENERGY_MJ, "Total energy consumption since boot (in mJ).",
+                labels=LABELS),
+            "util_pct": GaugeMetricFamily(names.DCGM_GPU_UTIL, "GPU utilization (in %).",
+                                          labels=LABELS),
+            "fb_used_mib": GaugeMetricFamily(names.DCGM_FB_USED_MIB,
+                                             "Framebuffer memory used (in MiB).", labels=LABELS),
+            "fb_free_mib": GaugeMetricFamily(names.DCGM_FB_FREE_MIB,
+                                             "Framebuffer memory free (in MiB).", labels=LABELS),
+        }
+        for r in rs:
+            for attr, fam in fams.items():
+                v = getattr(r, attr)
+                if v is not None:
+                    fam.add_metric(list(r.labels), v)
+        return [f for f in fams.values() if f.samples]
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+            if self._inited:
+                self._shutdown_quietly(self._nv)
+                self._inited = False

@@ -1,0 +1,140 @@
+"""CPU package energy and power from the Linux powercap RAPL interface.
+
+Each top-level zone `intel-rapl:N` whose `name` is `package-…` (AMD exposes the same tree)
+counts energy in µJ in `energy_uj`, wrapping at `max_energy_range_uj`. The agent samples it
+often enough to see every wrap (the range lasts minutes even at kW), accumulates joules
+since the agent started (a Prometheus counter), and derives watts from the last two samples.
+Sub-zones (core, uncore, dram) and `psys` are not packages and are skipped: never sum zones.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from perllm.agent.health import SourceHealth
+from perllm.telemetry import names
+
+DEFAULT_ROOT = Path("/sys/class/powercap")
+_TOP_ZONE = re.compile(r"intel-rapl:(\d+)$")  # not intel-rapl:N:M (sub-zones), not -mmio
+
+
+@dataclass
+class Zone:
+    path: Path
+    package: str  # `0` for `package-0`, `0-die-1` for `package-0-die-1`
+    max_uj: int
+    last_uj: int | None = None
+    last_t: float | None = None
+    joules: float = 0.0  # since the agent started
+    watts: float | None = None  # over the last sampling interval
+
+
+def energy_delta_uj(prev: int, cur: int, max_uj: int) -> int:
+    """µJ spent between two readings of a counter that wraps to 0 after `max_uj`."""
+    d = cur - prev
+    if d < 0 and max_uj > 0:
+        d += max_uj
+    return max(d, 0)  # a reading past the range (a reset) counts nothing, never negative
+
+
+@dataclass
+class RaplSource:
+    node: str
+    root: Path = DEFAULT_ROOT
+    min_interval_s: float = 1.0  # shorter intervals make the watts noisy
+    clock: Callable[[], float] = time.monotonic
+    health: SourceHealth = field(default_factory=lambda: SourceHealth("rapl"))
+    zones: list[Zone] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @staticmethod
+    def _read_int(p: Path) -> int:
+        return int(p.read_text().strip())
+
+    def start(self) -> None:
+        with self._lock:
+            self.zones = []
+            if not self.root.is_dir():
+                self.health.down(f"{self.root} does not exist (no powercap/RAPL on this host, "
+                                 "or the hostPath is not mounted); CPU power absent")
+                return
+            found: list[Zone] = []
+            for d in sorted(self.root.iterdir(), key=lambda p: p.name):
+                if not _TOP_ZONE.match(d.name):
+                    continue
+                try:
+                    name = (d / "name").read_text().strip()
+                except OSError:
+                    continue
+                if not name.startswith("package-"):
+                    continue  # psys and friends: not a CPU package
+                try:
+                    max_uj = self._read_int(d / "max_energy_range_uj")
+                except (OSError, ValueError):
+                    max_uj = 0  # a wrap then reads as a reset: one interval lost, no spike
+                found.append(Zone(d, name.removeprefix("package-"), max_uj))
+            if not found:
+                self.health.down(f"no RAPL package zones (intel-rapl:N/name = package-N) "
+                                 f"under {self.root}; CPU power absent")
+                return
+            try:
+                for z in found:
+                    self._read_int(z.path / "energy_uj")
+            except PermissionError:
+                self.health.down(
+                    f"{found[0].path / 'energy_uj'} is not readable: root-only since Linux 5.10 "
+                    "(CVE-2020-8694); run the agent as root with the powercap hostPath mounted "
+                    "read-only, or make energy_uj readable on the host; CPU power absent")
+                return
+            except (OSError, ValueError) as e:
+                self.health.down(f"reading {found[0].path / 'energy_uj'} failed: {e}")
+                return
+            self.zones = found
+            self.health.ok(f"{len(found)} RAPL package zone(s) under {self.root}")
+        self.sample(force=True)
+
+    def sample(self, force: bool = False) -> None:
+        """Read every package counter, at most once per `min_interval_s` unless forced."""
+        with self._lock:
+            now = self.clock()
+            for z in self.zones:
+                if not force and z.last_t is not None and now - z.last_t < self.min_interval_s:
+                    continue
+                try:
+                    cur = self._read_int(z.path / "energy_uj")
+                except (OSError, ValueError) as e:
+                    self.health.warn_once(f"reading {z.path / 'energy_uj'} failed: {e}")
+                    continue
+                if z.last_uj is not None and z.last_t is not None:
+                    d_j = energy_delta_uj(z.last_uj, cur, z.max_uj) / 1e6
+                    z.joules += d_j
+                    dt = now - z.last_t
+                    if dt > 0:
+                        z.watts = d_j / dt
+                z.last_uj, z.last_t = cur, now
+
+    def families(self) -> Iterable[Metric]:
+        if not self.zones:
+            return []
+        self.sample()
+        labels = [names.NODE, "package"]
+        joules = CounterMetricFamily(
+            names.CPU_ENERGY_J, "CPU package energy (RAPL) since the agent started, J.",
+            labels=labels)
+        watts = GaugeMetricFamily(
+            names.CPU_POWER_W, "CPU package power (RAPL) over the last sampling interval, W.",
+            labels=labels)
+        with self._lock:
+            for z in self.zones:
+                joules.add_metric([self.node, z.package], z.joules)
+                if z.watts is not None:
+                    watts.add_metric([self.node, z.package], z.watts)
+        return [f for f in (joules, watts) if f.samples]

@@ -1,0 +1,90 @@
+"""The agent's HTTP endpoints: /metrics (Prometheus text), /healthz, /probe (for peers)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from perllm.agent.probe import CHUNK, DEFAULT_BYTES, MAX_BYTES
+
+log = logging.getLogger("perllm.agent")
+
+# Incompressible payload (a VPN or proxy that compresses would otherwise inflate the
+# measured bandwidth), generated once and repeated.
+_PAYLOAD = os.urandom(1 << 20)
+_VIEW = memoryview(_PAYLOAD)
+
+
+class AgentHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True  # a slow peer's download never blocks shutdown
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], render: Callable[[], bytes]) -> None:
+        self.render = render
+        super().__init__(addr, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: AgentHTTPServer
+    server_version = "perllm-agent"
+    timeout = 60  # seconds a client may stall a socket operation
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _reply(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        u = urlsplit(self.path)
+        try:
+            if u.path == "/metrics":
+                self._reply(200, self.server.render(), CONTENT_TYPE_LATEST)
+            elif u.path in ("/healthz", "/readyz"):
+                self._reply(200, b"ok\n")
+            elif u.path == "/probe":
+                self._probe(u.query)
+            else:
+                self._reply(404, b"not found: try /metrics, /healthz or /probe?bytes=N\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away mid-reply
+        except Exception:
+            log.exception("serving %s failed", self.path)
+            self._reply(500, b"internal error\n")
+
+    def _probe(self, query: str) -> None:
+        vals = parse_qs(query).get("bytes", [str(DEFAULT_BYTES)])
+        try:
+            n = int(vals[0])
+            if n < 1:
+                raise ValueError
+        except ValueError:
+            self._reply(400, f"bytes must be an integer in 1..{MAX_BYTES}\n".encode())
+            return
+        n = min(n, MAX_BYTES)  # capped, and the Content-Length says so
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(n))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        left, off = n, 0
+        while left:
+            k = min(CHUNK, left, len(_PAYLOAD) - off)
+            self.wfile.write(_VIEW[off:off + k])
+            left -= k
+            off = (off + k) % len(_PAYLOAD)

@@ -1,0 +1,213 @@
+"""Node agent, GPU source: DCGM names, units and labels from NVML (a fake one, and the real one
+where a driver exists), and absent NVML giving absent metrics, source_up 0, one log line."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from perllm.agent import Agent, AgentConfig
+from perllm.agent.nvml import LABELS, NvmlSource
+from perllm.telemetry import names
+
+MIB = 1 << 20
+NO_RAPL = Path("/nonexistent/powercap")
+
+
+class FakeNVMLError(Exception):
+    pass
+
+
+class FakeNotSupported(FakeNVMLError):
+    pass
+
+
+def fake_nvml(gpus: list[dict[str, Any]], init_error: Exception | None = None,
+              hang: threading.Event | None = None) -> types.SimpleNamespace:
+    """A pynvml-shaped module: handles are indices into `gpus`; a missing key is NotSupported."""
+    calls = {"init": 0, "shutdown": 0}
+
+    def get(key: str) -> Any:
+        def fn(h: int) -> Any:
+            if hang is not None:
+                hang.wait(10)
+            if key not in gpus[h]:
+                raise FakeNotSupported("Not Supported")
+            return gpus[h][key]
+        return fn
+
+    def init() -> None:
+        calls["init"] += 1
+        if init_error is not None:
+            raise init_error
+
+    def shutdown() -> None:
+        calls["shutdown"] += 1
+
+    def memory(h: int, version: Any = None) -> Any:
+        return get("mem")(h)
+
+    return types.SimpleNamespace(
+        NVMLError=FakeNVMLError, calls=calls, nvmlInit=init, nvmlShutdown=shutdown,
+        nvmlDeviceGetCount=lambda: len(gpus), nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=get("name"), nvmlDeviceGetUUID=get("uuid"),
+        nvmlDeviceGetMinorNumber=get("minor"),
+        nvmlDeviceGetPciInfo=lambda h: types.SimpleNamespace(busId=gpus[h]["bus"]),
+        nvmlDeviceGetPowerUsage=get("mw"), nvmlDeviceGetTotalEnergyConsumption=get("mj"),
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=get("util")(h), memory=0),
+        nvmlDeviceGetMemoryInfo=memory, nvmlMemory_v2=object(),
+    )
+
+
+def mem(used_b: int, free_b: int) -> types.SimpleNamespace:
+    return types.SimpleNamespace(used=used_b, free=free_b, total=used_b + free_b)
+
+
+A100 = {"name": b"NVIDIA A100-SXM4-40GB", "uuid": "GPU-aaaa", "minor": 3, "bus": "00000000:07:00.0",
+        "mw": 61_482, "mj": 123_456_789, "util": 37, "mem": mem(5 * MIB + 123, 40_000 * MIB)}
+# A pre-Volta part: no total energy counter
+P4 = {"name": "Tesla P4", "uuid": "GPU-bbbb", "minor": 0, "bus": "00000000:81:00.0",
+      "mw": 25_000, "util": 0, "mem": mem(0, 7_611 * MIB)}
+
+
+def families(text: bytes) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text.decode())}
+
+
+def test_units_and_labels_match_dcgm() -> None:
+    src = NvmlSource("node-a", nvml=fake_nvml([A100, P4]))
+    src.start()
+    assert src.health.up
+    r0, r1 = src.readings()
+    assert r0.power_w == pytest.approx(61.482)  # mW -> W
+    assert r0.energy_mj == 123_456_789  # mJ stays mJ
+    assert r0.util_pct == 37
+    assert (r0.fb_used_mib, r0.fb_free_mib) == (5, 40_000)  # bytes -> MiB, floored like DCGM
+    assert dict(zip(LABELS, r0.labels, strict=True)) == {
+        "gpu": "0", "UUID": "GPU-aaaa", "pci_bus_id": "00000000:07:00.0",
+        "device": "nvidia3", "modelName": "NVIDIA A100-SXM4-40GB", "Hostname": "node-a"}
+    assert r1.energy_mj is None and r1.power_w == 25.0  # NotSupported omits only that field
+
+
+def test_exposition_names_types_and_absent_fields() -> None:
+    agent = Agent(AgentConfig(node="node-a", rapl_root=NO_RAPL),
+                  nvml_module=fake_nvml([A100, P4]))
+    agent.nvml.start()
+    text = agent.render()
+    fams = families(text)
+    power = fams[names.DCGM_POWER_W]
+    assert power.type == "gauge"
+    assert {s.labels["gpu"]: s.value for s in power.samples} == {"0": 61.482, "1": 25.0}
+    assert all(s.labels["Hostname"] == "node-a" for s in power.samples)
+    # dcgm-exporter: `# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter`, bare name
+    assert f"# TYPE {names.DCGM_ENERGY_MJ} counter\n".encode() in text
+    assert f"\n{names.DCGM_ENERGY_MJ}{{".encode() in text
+    assert f"{names.DCGM_ENERGY_MJ}_total".encode() not in text
+    energy = fams[names.DCGM_ENERGY_MJ]
+    assert energy.type == "counter"
+    assert [(s.labels["gpu"], s.value) for s in energy.samples] == [("0", 123_456_789.0)]
+    for n in (names.DCGM_GPU_UTIL, names.DCGM_FB_USED_MIB, names.DCGM_FB_FREE_MIB):
+        assert len(fams[n].samples) == 2
+    up = {s.labels["source"]: s.value for s in fams["perllm_agent_source_up"].samples}
+    assert up == {"nvml": 1.0, "rapl": 0.0, "probe": 0.0}
+
+
+def test_init_error_gives_absent_metrics_source_down_one_log_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    nv = fake_nvml([A100], init_error=FakeNVMLError("Driver Not Loaded"))
+    agent = Agent(AgentConfig(node="n", rapl_root=NO_RAPL),
+                  nvml_module=nv)
+    with caplog.at_level(logging.INFO, logger="perllm.agent"):
+        agent.nvml.start()
+        for _ in range(3):
+            text = agent.render()
+    fams = families(text)
+    assert not any(n.startswith("DCGM_") for n in fams)
+    up = {s.labels["source"]: s.value for s in fams["perllm_agent_source_up"].samples}
+    assert up["nvml"] == 0.0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nvml")]
+    assert len(said) == 1 and "Driver Not Loaded" in said[0]
+
+
+def test_init_retried_after_interval_and_recovers() -> None:
+    now = [0.0]
+    nv = fake_nvml([A100], init_error=FakeNVMLError("Driver Not Loaded"))
+    src = NvmlSource("n", nvml=nv, retry_s=60.0, clock=lambda: now[0])
+    src.start()
+    assert src.readings() == [] and nv.calls["init"] == 1
+    now[0] = 30.0
+    assert src.readings() == [] and nv.calls["init"] == 1  # not before retry_s
+    nv.nvmlInit = lambda: None  # the driver came up
+    now[0] = 61.0
+    assert [r.power_w for r in src.readings()] == [61.482]
+    assert src.health.up
+
+
+def test_import_error_is_absent_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def no_pynvml(name: str, *a: Any) -> Any:
+        if name == "pynvml":
+            raise ImportError("No module named 'pynvml'")
+        return real(name, *a)
+
+    monkeypatch.setattr(importlib, "import_module", no_pynvml)
+    src = NvmlSource("n")
+    src.start()
+    assert not src.health.up and "nvidia-ml-py" in (src.health.reason or "")
+    assert list(src.families()) == []
+
+
+def test_wedged_read_is_bounded_and_cached_reads_are_reused() -> None:
+    hang = threading.Event()
+    nv = fake_nvml([A100])
+    src = NvmlSource("n", nvml=nv, read_timeout_s=0.2, cache_s=3600)
+    src.start()
+    first = src.readings()
+    assert first and src.readings() is first  # served from the cache
+    src.cache_s = 0
+    # every call now blocks until `hang` is set: the scrape gives up, the source is down
+    for k in ("nvmlDeviceGetPowerUsage", "nvmlDeviceGetTotalEnergyConsumption"):
+        orig = getattr(nv, k)
+        setattr(nv, k, lambda h, orig=orig: (hang.wait(10), orig(h))[1])
+    assert src.readings() == []
+    assert not src.health.up
+    hang.set()
+    src.read_timeout_s = 10  # the pending read finishes now; no race with a busy machine
+    assert src.readings() and src.health.up
+    src.stop()
+    assert nv.calls["shutdown"] == 1
+
+
+def test_real_nvml_when_a_driver_is_present() -> None:
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+    except Exception as e:  # no driver / no GPU on this machine
+        pytest.skip(f"no NVML here: {e}")
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        expected_mw = [pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(i))
+                       for i in range(count)]
+    finally:
+        pynvml.nvmlShutdown()
+    if count == 0:
+        pytest.skip("NVML but no GPU")
+    src = NvmlSource("real")
+    src.start()
+    try:
+        rs = src.readings()
+        assert len(rs) == count
+        for r, mw in zip(rs, expected_mw, strict=True):
+            assert r.power_w is not None and r.power_w == pytest.approx(mw / 1000, rel=0.5, abs=30)
+            assert r.fb_free_mib is not None and r.fb_free_mib >= 0
+    finally:
+        src.stop()

@@ -1,0 +1,147 @@
+"""Node agent, CPU source: RAPL package energy and power from a fake powercap tree."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from perllm.agent import Agent, AgentConfig
+from perllm.agent.rapl import RaplSource, energy_delta_uj
+from perllm.telemetry import names
+
+MAX = 262_143_328_850  # a real max_energy_range_uj
+
+
+def zone(root: Path, d: str, name: str, uj: int, max_uj: int = MAX) -> Path:
+    p = root / d
+    p.mkdir(parents=True)
+    (p / "name").write_text(name + "\n")
+    (p / "energy_uj").write_text(f"{uj}\n")
+    (p / "max_energy_range_uj").write_text(f"{max_uj}\n")
+    return p
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "powercap"
+    zone(root, "intel-rapl:0", "package-0", 1_000_000)
+    zone(root, "intel-rapl:0:0", "core", 7)  # sub-zone: never counted
+    zone(root, "intel-rapl:1", "package-1", 5_000_000)
+    zone(root, "intel-rapl:2", "psys", 9)  # platform, not a package
+    zone(root, "intel-rapl-mmio:0", "package-0", 3)  # the MMIO twin of package 0
+    return root
+
+
+def set_uj(root: Path, d: str, uj: int) -> None:
+    (root / d / "energy_uj").write_text(f"{uj}\n")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_packages_joules_and_watts(tree: Path) -> None:
+    clock = Clock()
+    src = RaplSource("edge-1", root=tree, clock=clock)
+    src.start()
+    assert src.health.up
+    assert [z.package for z in src.zones] == ["0", "1"]
+    clock.t += 2.0
+    set_uj(tree, "intel-rapl:0", 1_000_000 + 90_000_000)  # 90 J in 2 s
+    set_uj(tree, "intel-rapl:1", 5_000_000 + 20_000_000)  # 20 J in 2 s
+    src.sample()
+    z0, z1 = src.zones
+    assert z0.joules == pytest.approx(90.0) and z0.watts == pytest.approx(45.0)
+    assert z1.joules == pytest.approx(20.0) and z1.watts == pytest.approx(10.0)
+    clock.t += 0.5  # under min_interval_s: no new sample, values kept
+    set_uj(tree, "intel-rapl:0", 1)
+    src.sample()
+    assert z0.joules == pytest.approx(90.0)
+
+
+def test_wraparound(tree: Path) -> None:
+    clock = Clock()
+    max_uj = 1_000_000_000
+    root = tree.parent / "wrap"
+    zone(root, "intel-rapl:0", "package-0", max_uj - 3_000_000, max_uj=max_uj)
+    src = RaplSource("n", root=root, clock=clock)
+    src.start()
+    clock.t += 1.0
+    set_uj(root, "intel-rapl:0", 2_000_000)  # wrapped: 3 J to the top, 2 J after
+    src.sample()
+    z = src.zones[0]
+    assert z.joules == pytest.approx(5.0) and z.watts == pytest.approx(5.0)
+    assert energy_delta_uj(10, 4, max_uj=0) == 0  # unknown range: a reset counts nothing
+    assert energy_delta_uj(10, 25, max_uj=100) == 15
+
+
+def test_exposition(tree: Path) -> None:
+    agent = Agent(AgentConfig(node="edge-1", rapl_root=tree, nvml=False))
+    agent.rapl.min_interval_s = 0.0
+    agent.rapl.start()
+    set_uj(tree, "intel-rapl:0", 1_000_000 + 4_000_000)
+    text = agent.render().decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    joules = fams[names.CPU_ENERGY_J.removesuffix("_total")]
+    assert joules.type == "counter"
+    assert {s.labels["package"]: s.value for s in joules.samples}["0"] == pytest.approx(4.0)
+    assert all(s.labels["node"] == "edge-1" and s.name == names.CPU_ENERGY_J
+               for s in joules.samples)
+    watts = fams[names.CPU_POWER_W]
+    assert {s.labels["package"] for s in watts.samples} == {"0", "1"}
+    assert all(s.value >= 0 for s in watts.samples)
+    up = {s.labels["source"]: s.value for s in fams["perllm_agent_source_up"].samples}
+    assert up == {"nvml": 0.0, "rapl": 1.0, "probe": 0.0}
+
+
+def test_absent_tree_is_absent_metrics_and_one_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    agent = Agent(AgentConfig(node="n", rapl_root=tmp_path / "nope", nvml=False))
+    with caplog.at_level(logging.WARNING, logger="perllm.agent"):
+        agent.rapl.start()
+        texts = [agent.render().decode() for _ in range(3)]
+    assert "perllm_node_cpu" not in texts[-1]
+    assert 'perllm_agent_source_up{node="n",source="rapl"} 0.0' in texts[-1]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rapl")]
+    assert len(said) == 1 and "does not exist" in said[0]
+
+
+def test_no_package_zone(tmp_path: Path) -> None:
+    zone(tmp_path, "intel-rapl:0", "psys", 1)
+    src = RaplSource("n", root=tmp_path)
+    src.start()
+    assert not src.health.up and "no RAPL package zones" in (src.health.reason or "")
+    assert list(src.families()) == []
+
+
+def test_unreadable_energy_says_why(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = Path.read_text
+
+    def deny(self: Path, *a: object, **k: object) -> str:
+        if self.name == "energy_uj":  # root-only since Linux 5.10
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_text", deny)
+    src = RaplSource("n", root=tree)
+    src.start()
+    assert not src.health.up
+    assert "not readable" in (src.health.reason or "") and "CVE-2020-8694" in (
+        src.health.reason or "")
+    assert list(src.families()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_energy_by_mode(tree: Path) -> None:
+    (tree / "intel-rapl:0" / "energy_uj").chmod(0o000)
+    src = RaplSource("n", root=tree)
+    src.start()
+    assert not src.health.up
