@@ -1,0 +1,312 @@
+"""Status timer and re-placement policy of the operator (no cluster: pure functions, and
+the timer handler with the Kubernetes and Prometheus calls replaced by fakes)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+from perllm_operator import handlers, observe, replace
+from perllm_operator.config import Config, ConfigError
+from perllm_operator.replace import Policy, Point
+
+from perllm.crd import service_spec
+from perllm.telemetry.prom import Answer, Prometheus, Sample
+
+ROOT = Path(__file__).parents[2]
+POLICY = Policy(window_s=60, min_ticks=3, cooldown_s=120, escalate_after=2)
+
+
+def _load(name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = yaml.safe_load((ROOT / "manifests" / f"{name}.yaml").read_text())
+    obj["metadata"].update(namespace="llm", uid="uid-1", generation=1)
+    return obj
+
+
+def _hist(*atts: float | None, step: float = 30.0) -> list[Point]:
+    return [Point(i * step, a) for i, a in enumerate(atts)]
+
+
+# ---- decision logic ----------------------------------------------------------------------
+def test_evicts_after_window_of_consecutive_ticks_below_target() -> None:
+    h = _hist(0.99, 0.5, 0.6, 0.4)  # below since t=30, now t=90: 3 ticks, 60 s
+    v = replace.decide(h, 0.95, POLICY, now=90, last_eviction_at=None)
+    assert v.act and v.reason == "Replace" and v.below_since == 30
+    assert "40.0%" in v.message and "95%" in v.message and "3 ticks" in v.message
+
+
+def test_not_before_the_window_is_full() -> None:
+    v = replace.decide(_hist(0.99, 0.5, 0.6), 0.95, POLICY, now=60, last_eviction_at=None)
+    assert not v.act and v.reason == "BelowTarget"  # 2 ticks, 30 s
+    # enough ticks but too short a span (fast ticks)
+    v = replace.decide(_hist(0.5, 0.5, 0.5, 0.5, step=5), 0.95, POLICY, now=15,
+                       last_eviction_at=None)
+    assert not v.act and v.reason == "BelowTarget"
+
+
+def test_recovery_or_missing_data_breaks_the_run() -> None:
+    v = replace.decide(_hist(0.5, 0.5, 0.97, 0.5), 0.95, POLICY, now=90, last_eviction_at=None)
+    assert not v.act and v.below_since == 90
+    v = replace.decide(_hist(0.5, 0.5, None, 0.5), 0.95, POLICY, now=90, last_eviction_at=None)
+    assert not v.act
+    v = replace.decide(_hist(0.5, 0.5, 0.5, None), 0.95, POLICY, now=90, last_eviction_at=None)
+    assert not v.act and v.reason == "NoEvidence"
+    v = replace.decide(_hist(0.96), 0.95, POLICY, now=0, last_eviction_at=None)
+    assert v.reason == "AttainmentOK"
+    assert replace.decide([], 0.95, POLICY, now=0, last_eviction_at=None).reason == "NoEvidence"
+
+
+def test_cooldown_and_disabled() -> None:
+    h = _hist(0.5, 0.5, 0.5, 0.5)
+    v = replace.decide(h, 0.95, POLICY, now=90, last_eviction_at=0)
+    assert not v.act and v.reason == "CoolingDown" and "30 s left" in v.message
+    assert replace.decide(h, 0.95, POLICY, now=130, last_eviction_at=0).act
+    off = Policy(enabled=False)
+    assert replace.decide(h, 0.95, off, now=90, last_eviction_at=None).reason == "Disabled"
+
+
+def _pod(name: str, node: str | None, created: str = "2026-01-01T00:00:00Z",
+         ready: bool = True, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "creationTimestamp": created}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:10:00Z"
+    return {"metadata": meta, "spec": {"nodeName": node} if node else {},
+            "status": {"conditions": [{"type": "Ready", "status": str(ready)}]}}
+
+
+def test_worst_pod_by_latency_then_placement_then_age() -> None:
+    pods = [_pod("a", "edge-0", "2026-01-01T00:00:02Z"), _pod("b", "edge-1",
+            "2026-01-01T00:00:01Z"), _pod("c", None)]
+    pick = replace.worst_pod(pods, {"a": 3.0, "b": 9.0, "gone": 99.0})
+    assert pick is not None and pick[0]["metadata"]["name"] == "b" and "9" in pick[1]
+    pick = replace.worst_pod(pods, None, ["edge-0"])
+    assert pick is not None and pick[0]["metadata"]["name"] == "a"
+    pick = replace.worst_pod(pods, None)
+    assert pick is not None and pick[0]["metadata"]["name"] == "b"  # oldest
+    assert replace.worst_pod([_pod("c", None)], None) is None
+
+
+def test_in_flight_waits_for_previous_replacement() -> None:
+    assert replace.in_flight([_pod("a", "n")]) is None
+    assert "terminating" in str(replace.in_flight([_pod("a", "n", deleting=True)]))
+    assert "not scheduled" in str(replace.in_flight([_pod("a", None)]))
+    assert "not ready" in str(replace.in_flight([_pod("a", "n", ready=False)]))
+    assert replace.other_tier("cloud", ["edge", "cloud"]) == "edge"
+    assert replace.other_tier("cloud", ["cloud"]) is None
+
+
+# ---- observation and conditions ------------------------------------------------------------
+class FakeProm(Prometheus):
+    """Answers by query substring; `down` makes every query fail like a refused connection."""
+
+    def __init__(self, answers: dict[str, float | list[Sample]], down: bool = False) -> None:
+        super().__init__("http://prom.invalid:9090")
+        self.answers, self.down, self.queries = answers, down, []  # type: list[str]
+
+    def query(self, promql: str) -> Answer | None:
+        self.queries.append(promql)
+        if self.down:
+            self._fail("ConnectionError: refused")
+            return None
+        for key, v in self.answers.items():
+            if key in promql:
+                samples = v if isinstance(v, list) else [Sample({}, v)]
+                return Answer(samples, True, 1000.0)
+        return Answer([], True, 1000.0)
+
+
+def test_deadline_and_pod_regex() -> None:
+    spec = service_spec(_load("chat-assistant"))
+    assert observe.deadline_s(spec) == pytest.approx(1.0 + 0.15 * 211)
+    assert observe.target(spec) == 0.95
+    assert observe.pod_regex(["b-1", "a.x"], "svc") == r"a\.x|b\-1"
+    assert observe.pod_regex([], "svc") == "svc-.*"
+
+
+def test_observe_reads_the_contract_queries() -> None:
+    spec = service_spec(_load("chat-assistant"))
+    prom = FakeProm({
+        "le=": 0.5,  # attainment query (bucket / count)
+        "histogram_quantile(0.5,": 2.0, "histogram_quantile(0.95,": 40.0,
+        "perllm_service_energy_joules_total": 310.0,
+        "sum(rate(vllm:e2e_request_latency_seconds_count": 4.0,
+        "sum by (namespace, pod)": [Sample({"namespace": "llm", "pod": "p-1"}, 3.0),
+                                    Sample({"namespace": "llm", "pod": "other"}, 50.0)],
+    })
+    obs = observe.observe(prom, "llm", "chat-assistant", spec, ["p-1"], "chat-assistant",
+                          "1m", now=1000.0)
+    assert obs.reachable and obs.attainment == 0.5 and obs.p95_s == 40.0
+    assert obs.energy_per_request_j == 310.0 and obs.rps == 4.0
+    assert obs.pod_latency_s == {"p-1": 3.0}  # only live pods of the service
+    assert any('pod=~"p\\-1"' in q and "[1m]" in q for q in prom.queries)
+    st = obs.status("1m")
+    assert st["attainment"] == 0.5 and st["latencyP95Seconds"] == 40.0
+    assert st["window"] == "1m" and st["at"] == "1970-01-01T00:16:40Z"
+    ok, reason, msg = observe.deadline_met(obs, spec, None)
+    assert ok is False and reason == "DeadlineMissed"
+    assert "50.0%" in msg and "95%" in msg and "32.65 s" in msg
+    assert observe.telemetry_stale(obs, prom.url, None)[0] is False
+
+
+def test_unreachable_prometheus_is_stale_not_fatal() -> None:
+    spec = service_spec(_load("chat-assistant"))
+    prom = FakeProm({}, down=True)
+    obs = observe.observe(prom, "llm", "chat-assistant", spec, [], "chat-assistant", "5m", 5.0)
+    assert not obs.reachable and obs.attainment is None
+    assert len(prom.queries) == 1  # gives up after the first failure
+    ok, reason, msg = observe.telemetry_stale(obs, prom.url, "2026-01-01T00:00:00Z")
+    assert ok is True and reason == "PrometheusUnreachable"
+    assert "stale since 2026-01-01T00:00:00Z; placement continues" in msg and "refused" in msg
+    assert observe.deadline_met(obs, spec, None)[:2] == (None, "TelemetryStale")
+    assert observe.telemetry_stale(None, None, None)[1] == "NoPrometheus"
+
+
+def test_no_series_and_no_traffic() -> None:
+    spec = service_spec(_load("chat-assistant"))
+    obs = observe.observe(FakeProm({}), "llm", "s", spec, [], "s", "5m", 5.0)
+    assert obs.reachable and obs.rps is None
+    assert observe.telemetry_stale(obs, "http://p", None)[1] == "NoData"
+    assert observe.deadline_met(obs, spec, None)[:2] == (None, "NoTraffic")
+    assert "attainment" not in obs.status("5m")
+    nan = observe.Observation(at=0, reachable=True, attainment=None, rps=math.nan)
+    assert "requestsPerSecond" not in nan.status("5m")
+
+
+def test_placed_condition_from_extender_record() -> None:
+    ok, reason, msg = observe.placed({"tier": "edge", "nodes": ["edge-1"], "feasible": True,
+                                      "predictedTimeSeconds": 0.8, "predictedEnergyJ": 42.0,
+                                      "decidedAt": "2026-01-01T00:00:00Z"}, [])
+    assert ok is True and reason == "Placed" and "tier edge on edge-1" in msg and "0.8 s" in msg
+    assert observe.placed({"tier": "cloud", "feasible": False}, [])[1] == "PlacedLeastViolating"
+    assert observe.placed(None, []) == (None, "WaitingForScheduler", "waiting for the scheduler")
+    ok, reason, msg = observe.placed(None, [_pod("a", "edge-3")])
+    assert ok is None and reason == "NoDecisionPublished" and "edge-3" in msg
+
+
+def test_config_from_env_names_bad_settings() -> None:
+    c = Config.from_env({})
+    assert c.prometheus_url is None and c.status_interval_s == 30 and c.policy == Policy()
+    c = Config.from_env({"PERLLM_PROMETHEUS_URL": "http://p:9090", "PERLLM_STATUS_INTERVAL": "2",
+                         "PERLLM_REPLACEMENT_WINDOW": "4", "PERLLM_REPLACEMENT": "off"})
+    assert c.prometheus_url == "http://p:9090" and c.status_interval_s == 2
+    assert c.policy.window_s == 4 and not c.policy.enabled
+    with pytest.raises(ConfigError, match="PERLLM_STATUS_INTERVAL"):
+        Config.from_env({"PERLLM_STATUS_INTERVAL": "0.1"})
+    with pytest.raises(ConfigError, match="PERLLM_TELEMETRY_WINDOW"):
+        Config.from_env({"PERLLM_TELEMETRY_WINDOW": "five"})
+    with pytest.raises(ConfigError, match="PERLLM_REPLACEMENT_COOLDOWN"):
+        Config.from_env({"PERLLM_REPLACEMENT_COOLDOWN": "x"})
+
+
+# ---- the timer handler with fakes ------------------------------------------------------------
+class FakeCluster:
+    """What the timer calls on the API: pods, status writes, evictions, events."""
+
+    def __init__(self, obj: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+        self.obj, self.pods = obj, pods
+        self.evicted: list[str] = []
+        self.events: list[tuple[str, str]] = []
+
+    def install(self, mp: pytest.MonkeyPatch) -> None:
+        mp.setattr(handlers, "_pods", lambda ns, name: copy.deepcopy(self.pods))
+        mp.setattr(handlers, "_evict", lambda ns, pod: self.evicted.append(pod))
+        mp.setattr(handlers, "_follow_tier", lambda body, obj, logger: None)
+
+        def sync(ns: str, name: str, uid: str, conditions: Any = None,
+                 fields: Any = None, **_: Any) -> bool:
+            st = self.obj.setdefault("status", {})
+            old = list(st.get("conditions") or [])
+            conds = {c["type"]: c for c in old}
+            for t, c in (conditions or {}).items():
+                conds[t] = handlers.condition(t, *c, old)
+            st["conditions"] = list(conds.values())
+            st.update(fields or {})
+            return True
+
+        mp.setattr(handlers, "sync_status", sync)
+        mp.setattr(kopf, "info", lambda body, *, reason, message: self.events.append(
+            (reason, message)))
+        mp.setattr(kopf, "warn", lambda body, *, reason, message: self.events.append(
+            (reason, message)))
+
+    def tick(self) -> None:
+        b = kopf.Body(copy.deepcopy(self.obj))
+        handlers.status_tick(body=b, spec=kopf.Spec(b), meta=kopf.Meta(b),
+                             status=kopf.Status(b), logger=_Logger())
+
+    def cond(self, t: str) -> dict[str, Any]:
+        return next(c for c in self.obj["status"]["conditions"] if c["type"] == t)
+
+
+class _Logger:
+    def info(self, *a: Any) -> None: ...
+    def warning(self, *a: Any) -> None: ...
+
+
+def test_timer_marks_stale_and_keeps_going_when_prometheus_is_down(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fc = FakeCluster(_load("chat-assistant"), [_pod("chat-assistant-1", "cloud-0")])
+    fc.install(monkeypatch)
+    monkeypatch.setattr(handlers, "CONFIG", Config(prometheus_url="http://prom.invalid"))
+    monkeypatch.setattr(handlers, "PROM", FakeProm({}, down=True))
+    handlers.HISTORY.clear()
+    fc.tick()
+    assert fc.cond("TelemetryStale")["status"] == "True"
+    assert "placement continues" in fc.cond("TelemetryStale")["message"]
+    assert fc.cond("DeadlineMet")["status"] == "Unknown"
+    assert fc.cond("Placed")["reason"] == "NoDecisionPublished"
+    assert "observed" not in fc.obj["status"] and fc.evicted == []
+
+
+def test_timer_evicts_one_pod_after_the_window_then_cools_down(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pods = [_pod("chat-assistant-a", "cloud-0"), _pod("chat-assistant-b", "cloud-1")]
+    fc = FakeCluster(_load("chat-assistant"), pods)
+    fc.install(monkeypatch)
+    fc.obj["status"] = {"placement": {"tier": "cloud", "nodes": ["cloud-0", "cloud-1"]}}
+    policy = Policy(window_s=0, min_ticks=3, cooldown_s=3600, escalate_after=0)
+    monkeypatch.setattr(handlers, "CONFIG", Config(prometheus_url="http://p", policy=policy))
+    monkeypatch.setattr(handlers, "PROM", FakeProm({
+        "sum by (namespace, pod)": [Sample({"namespace": "llm", "pod": "chat-assistant-a"}, 2.0),
+                                    Sample({"namespace": "llm", "pod": "chat-assistant-b"}, 8.0)],
+        "le=": 0.2, "histogram_quantile": 9.0, "_count": 1.0,
+    }))
+    handlers.HISTORY.clear()
+    for _ in range(2):
+        fc.tick()
+    assert fc.evicted == [] and fc.obj["status"]["replacement"]["state"] == "BelowTarget"
+    assert fc.cond("DeadlineMet")["status"] == "False"
+    assert fc.cond("Placed")["status"] == "True"
+    assert fc.obj["status"]["observed"]["attainment"] == 0.2
+    fc.tick()
+    assert fc.evicted == ["chat-assistant-b"]  # the slowest pod
+    reasons = [r for r, _ in fc.events]
+    assert reasons == ["ReplacementTriggered", "Evicted"]
+    assert "20.0%" in fc.events[0][1] and "95%" in fc.events[0][1]
+    assert "cloud-1" in fc.events[1][1]
+    rep = fc.obj["status"]["replacement"]
+    assert rep["lastEvictedPod"] == "chat-assistant-b" and rep["evictions"] == 1
+    for _ in range(4):  # still bad, but within the cooldown: no second eviction
+        fc.tick()
+    assert fc.evicted == ["chat-assistant-b"]
+    assert fc.obj["status"]["replacement"]["state"] == "CoolingDown"
+
+
+def test_timer_escalates_to_the_other_tier(monkeypatch: pytest.MonkeyPatch) -> None:
+    fc = FakeCluster(_load("chat-assistant"), [_pod("chat-assistant-a", "cloud-0")])
+    fc.install(monkeypatch)
+    fc.obj["status"] = {"replacement": {"evictionsSinceRecovery": 2}}
+    policy = Policy(window_s=0, min_ticks=1, cooldown_s=0, escalate_after=2)
+    monkeypatch.setattr(handlers, "CONFIG", Config(prometheus_url="http://p", policy=policy))
+    monkeypatch.setattr(handlers, "PROM", FakeProm({"le=": 0.1, "_count": 1.0}))
+    handlers.HISTORY.clear()
+    fc.tick()
+    assert fc.evicted == []
+    rep = fc.obj["status"]["replacement"]
+    assert rep["state"] == "TierSwitched" and rep["tier"]["target"] == "edge"
+    assert [r for r, _ in fc.events] == ["TierSwitched"]
