@@ -53,9 +53,11 @@ class _Collector:
             except Exception:  # one broken source must not take /metrics down
                 log.exception("collecting %s failed", src.health.source)
             yield from fams
-        up = GaugeMetricFamily(metrics.SOURCE_UP,
-                               "1 when the source produces metrics (nvml, rapl, probe).",
-                               labels=[names.NODE, "source"])
+        up = GaugeMetricFamily(
+            metrics.SOURCE_UP,
+            "1 when the source produces metrics (nvml, rapl, probe).",
+            labels=[names.NODE, "source"],
+        )
         for src in (a.nvml, a.rapl, a.prober):
             up.add_metric([a.cfg.node, src.health.source], 1.0 if src.health.up else 0.0)
         yield up
@@ -70,9 +72,13 @@ class Agent:
         if not cfg.nvml:
             self.nvml.disable("disabled by configuration (--no-nvml)")
         self.rapl = RaplSource(cfg.node, root=cfg.rapl_root)
-        self.prober = Prober(cfg.node, [parse_peer(p) for p in cfg.peers],
-                             interval_s=cfg.probe_interval_s, nbytes=cfg.probe_bytes,
-                             timeout_s=cfg.probe_timeout_s)
+        self.prober = Prober(
+            cfg.node,
+            [parse_peer(p) for p in cfg.peers],
+            interval_s=cfg.probe_interval_s,
+            nbytes=cfg.probe_bytes,
+            timeout_s=cfg.probe_timeout_s,
+        )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         self._stop = threading.Event()
@@ -99,8 +105,12 @@ class Agent:
         self._spawn("rapl", self._rapl_loop)
         if self.prober.peers:
             self._spawn("probe", lambda: self.prober.run(self._stop))
-        log.info("perllm agent for node %s on %s (peers: %s)", self.cfg.node, self.url,
-                 ", ".join(p.name for p in self.prober.peers) or "none")
+        log.info(
+            "perllm agent for node %s on %s (peers: %s)",
+            self.cfg.node,
+            self.url,
+            ", ".join(p.name for p in self.prober.peers) or "none",
+        )
 
     def _spawn(self, name: str, target: Any) -> None:
         t = threading.Thread(target=target, name=f"agent-{name}", daemon=True)

@@ -19,35 +19,51 @@ def register(app: typer.Typer) -> None:
     @app.command("agent")
     def agent_cmd(
         node: str = typer.Option(
-            "", envvar="NODE_NAME",
-            help="Kubernetes node name (the `node`/`Hostname` label; default: the hostname)."),
+            "",
+            envvar="NODE_NAME",
+            help="Kubernetes node name (the `node`/`Hostname` label; default: the hostname).",
+        ),
         host: str = typer.Option("0.0.0.0", help="Listen address."),
         port: int = typer.Option(9401, min=0, max=65535, help="Listen port (0: any free)."),
         peer: list[str] = typer.Option(  # noqa: B008
-            [], "--peer",
-            help="Peer agent to probe, URL or NAME=URL, e.g. http://cloud-1:9401 (repeatable)."),
+            [],
+            "--peer",
+            help="Peer agent to probe, URL or NAME=URL, e.g. http://cloud-1:9401 (repeatable).",
+        ),
         probe_interval: float = typer.Option(
-            300.0, min=0.001, help="Seconds between path probes (each loads the link)."),
+            300.0, min=0.001, help="Seconds between path probes (each loads the link)."
+        ),
         probe_bytes: int = typer.Option(
-            DEFAULT_BYTES, min=1, max=MAX_BYTES, help="Bytes downloaded per probe."),
+            DEFAULT_BYTES, min=1, max=MAX_BYTES, help="Bytes downloaded per probe."
+        ),
         probe_timeout: float = typer.Option(30.0, min=0.001, help="Deadline of one probe, s."),
         rapl_root: Path = typer.Option(  # noqa: B008
-            DEFAULT_ROOT, help="powercap directory holding intel-rapl:N zones."),
+            DEFAULT_ROOT, help="powercap directory holding intel-rapl:N zones."
+        ),
         nvml: bool = typer.Option(True, help="Read GPUs through NVML (--no-nvml: never)."),
         log_level: str = typer.Option("info", help="debug, info, warning or error."),
     ) -> None:
         """Run the node agent: GPU (NVML, DCGM names), CPU package (RAPL) power, path bandwidth."""
         from perllm.agent.agent import Agent, AgentConfig
 
-        logging.basicConfig(level=log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         log = logging.getLogger("perllm.agent")
         if not node:
             node = socket.gethostname()
             log.warning("no --node or NODE_NAME; using the hostname %r as the node name", node)
-        cfg = AgentConfig(node=node, host=host, port=port, peers=list(peer),
-                          probe_interval_s=probe_interval, probe_bytes=probe_bytes,
-                          probe_timeout_s=probe_timeout, rapl_root=rapl_root, nvml=nvml)
+        cfg = AgentConfig(
+            node=node,
+            host=host,
+            port=port,
+            peers=list(peer),
+            probe_interval_s=probe_interval,
+            probe_bytes=probe_bytes,
+            probe_timeout_s=probe_timeout,
+            rapl_root=rapl_root,
+            nvml=nvml,
+        )
         try:
             agent = Agent(cfg)
         except ValueError as e:

@@ -94,7 +94,8 @@ class NvmlSource:
         except Exception as e:  # NVMLError subclasses, and OSError from the loader
             self.health.down(
                 f"nvmlInit failed: {type(e).__name__}: {e} (no NVIDIA driver, or the container "
-                "runs without the NVIDIA runtime / device plugin); GPU metrics absent")
+                "runs without the NVIDIA runtime / device plugin); GPU metrics absent"
+            )
             return
         try:
             gpus = [self._describe(nv, i) for i in range(int(nv.nvmlDeviceGetCount()))]
@@ -117,8 +118,14 @@ class NvmlSource:
             bus = _text(nv.nvmlDeviceGetPciInfo(h).busId)
         except Exception:
             bus = ""
-        labels = (str(i), _text(nv.nvmlDeviceGetUUID(h)), bus, f"nvidia{minor}",
-                  _text(nv.nvmlDeviceGetName(h)), self.node)
+        labels = (
+            str(i),
+            _text(nv.nvmlDeviceGetUUID(h)),
+            bus,
+            f"nvidia{minor}",
+            _text(nv.nvmlDeviceGetName(h)),
+            self.node,
+        )
         return _Gpu(h, labels)
 
     @staticmethod
@@ -131,8 +138,10 @@ class NvmlSource:
         try:
             return fn(gpu.handle)
         except Exception as e:
-            self.health.warn_once(f"GPU {gpu.labels[0]} ({gpu.labels[4]}): {what} unavailable: "
-                                  f"{type(e).__name__}: {e}; that series is absent")
+            self.health.warn_once(
+                f"GPU {gpu.labels[0]} ({gpu.labels[4]}): {what} unavailable: "
+                f"{type(e).__name__}: {e}; that series is absent"
+            )
             return None
 
     def _memory(self, h: Any) -> Any:
@@ -154,14 +163,16 @@ class NvmlSource:
             mj = self._field(g, "total energy", nv.nvmlDeviceGetTotalEnergyConsumption)
             util = self._field(g, "utilisation", nv.nvmlDeviceGetUtilizationRates)
             mem = self._field(g, "memory info", self._memory)
-            out.append(GpuReading(
-                labels=g.labels,
-                power_w=None if mw is None else float(mw) / 1000.0,
-                energy_mj=None if mj is None else float(mj),
-                util_pct=None if util is None else float(util.gpu),
-                fb_used_mib=None if mem is None else float(int(mem.used) // MIB),
-                fb_free_mib=None if mem is None else float(int(mem.free) // MIB),
-            ))
+            out.append(
+                GpuReading(
+                    labels=g.labels,
+                    power_w=None if mw is None else float(mw) / 1000.0,
+                    energy_mj=None if mj is None else float(mj),
+                    util_pct=None if util is None else float(util.gpu),
+                    fb_used_mib=None if mem is None else float(int(mem.used) // MIB),
+                    fb_free_mib=None if mem is None else float(int(mem.free) // MIB),
+                )
+            )
         return out
 
     def readings(self) -> list[GpuReading]:
@@ -181,8 +192,10 @@ class NvmlSource:
             try:
                 self._cache = self._pending.result(timeout=self.read_timeout_s)
             except cf.TimeoutError:
-                self.health.down(f"an NVML read took over {self.read_timeout_s:g} s; "
-                                 "GPU metrics absent until it returns")
+                self.health.down(
+                    f"an NVML read took over {self.read_timeout_s:g} s; "
+                    "GPU metrics absent until it returns"
+                )
                 return []
             except Exception as e:
                 self._pending = None
@@ -200,14 +213,17 @@ class NvmlSource:
         fams = {
             "power_w": GaugeMetricFamily(names.DCGM_POWER_W, "Power draw (in W).", labels=LABELS),
             "energy_mj": GaugeMetricFamily(
-                names.DCGM_ENERGY_MJ, "Total energy consumption since boot (in mJ).",
-                labels=LABELS),
-            "util_pct": GaugeMetricFamily(names.DCGM_GPU_UTIL, "GPU utilization (in %).",
-                                          labels=LABELS),
-            "fb_used_mib": GaugeMetricFamily(names.DCGM_FB_USED_MIB,
-                                             "Framebuffer memory used (in MiB).", labels=LABELS),
-            "fb_free_mib": GaugeMetricFamily(names.DCGM_FB_FREE_MIB,
-                                             "Framebuffer memory free (in MiB).", labels=LABELS),
+                names.DCGM_ENERGY_MJ, "Total energy consumption since boot (in mJ).", labels=LABELS
+            ),
+            "util_pct": GaugeMetricFamily(
+                names.DCGM_GPU_UTIL, "GPU utilization (in %).", labels=LABELS
+            ),
+            "fb_used_mib": GaugeMetricFamily(
+                names.DCGM_FB_USED_MIB, "Framebuffer memory used (in MiB).", labels=LABELS
+            ),
+            "fb_free_mib": GaugeMetricFamily(
+                names.DCGM_FB_FREE_MIB, "Framebuffer memory free (in MiB).", labels=LABELS
+            ),
         }
         for r in rs:
             for attr, fam in fams.items():

@@ -80,8 +80,11 @@ def probe_once(url: str, nbytes: int, timeout_s: float) -> ProbeResult:
     try:
         conn.connect()
         sent = time.monotonic()
-        conn.request("GET", f"{u.path}?{urlencode({'bytes': nbytes})}",
-                     headers={"Accept-Encoding": "identity", "Cache-Control": "no-store"})
+        conn.request(
+            "GET",
+            f"{u.path}?{urlencode({'bytes': nbytes})}",
+            headers={"Accept-Encoding": "identity", "Cache-Control": "no-store"},
+        )
         resp = conn.getresponse()
         head = time.monotonic()
         if resp.status != 200:
@@ -102,8 +105,7 @@ def probe_once(url: str, nbytes: int, timeout_s: float) -> ProbeResult:
         conn.close()
     if got < want or got == 0:
         raise ProbeError(f"short body: {got} of {want} bytes")
-    return ProbeResult(bandwidth_bps=got * 8 / max(end - head, 1e-9), rtt_s=head - sent,
-                       nbytes=got)
+    return ProbeResult(bandwidth_bps=got * 8 / max(end - head, 1e-9), rtt_s=head - sent, nbytes=got)
 
 
 @dataclass
@@ -160,8 +162,13 @@ class Prober:
                     st.last = None
                 first = st.consecutive == 1
             if first or dropped:
-                log.warning("probe %s (%s) failed: %s%s", p.name, p.url, err,
-                            "; its series dropped" if dropped else "")
+                log.warning(
+                    "probe %s (%s) failed: %s%s",
+                    p.name,
+                    p.url,
+                    err,
+                    "; its series dropped" if dropped else "",
+                )
         self._update_health()
 
     def _update_health(self) -> None:
@@ -185,12 +192,17 @@ class Prober:
 
     def families(self) -> Iterable[Metric]:
         labels = [names.NODE, "peer"]
-        bw = GaugeMetricFamily(names.PATH_BANDWIDTH_BPS,
-                               "Measured download throughput from the peer, bit/s.", labels=labels)
-        rtt = GaugeMetricFamily(names.PATH_RTT_S,
-                                "Time to the first response byte from the peer, s.", labels=labels)
-        fails = CounterMetricFamily(metrics.PROBE_FAILURES, "Failed path probes per peer.",
-                                    labels=labels)
+        bw = GaugeMetricFamily(
+            names.PATH_BANDWIDTH_BPS,
+            "Measured download throughput from the peer, bit/s.",
+            labels=labels,
+        )
+        rtt = GaugeMetricFamily(
+            names.PATH_RTT_S, "Time to the first response byte from the peer, s.", labels=labels
+        )
+        fails = CounterMetricFamily(
+            metrics.PROBE_FAILURES, "Failed path probes per peer.", labels=labels
+        )
         with self._lock:
             for name, st in self._state.items():
                 fails.add_metric([self.node, name], st.failures)

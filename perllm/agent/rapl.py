@@ -63,8 +63,10 @@ class RaplSource:
         with self._lock:
             self.zones = []
             if not self.root.is_dir():
-                self.health.down(f"{self.root} does not exist (no powercap/RAPL on this host, "
-                                 "or the hostPath is not mounted); CPU power absent")
+                self.health.down(
+                    f"{self.root} does not exist (no powercap/RAPL on this host, "
+                    "or the hostPath is not mounted); CPU power absent"
+                )
                 return
             found: list[Zone] = []
             for d in sorted(self.root.iterdir(), key=lambda p: p.name):
@@ -82,8 +84,10 @@ class RaplSource:
                     max_uj = 0  # a wrap then reads as a reset: one interval lost, no spike
                 found.append(Zone(d, name.removeprefix("package-"), max_uj))
             if not found:
-                self.health.down(f"no RAPL package zones (intel-rapl:N/name = package-N) "
-                                 f"under {self.root}; CPU power absent")
+                self.health.down(
+                    f"no RAPL package zones (intel-rapl:N/name = package-N) "
+                    f"under {self.root}; CPU power absent"
+                )
                 return
             try:
                 for z in found:
@@ -92,7 +96,8 @@ class RaplSource:
                 self.health.down(
                     f"{found[0].path / 'energy_uj'} is not readable: root-only since Linux 5.10 "
                     "(CVE-2020-8694); run the agent as root with the powercap hostPath mounted "
-                    "read-only, or make energy_uj readable on the host; CPU power absent")
+                    "read-only, or make energy_uj readable on the host; CPU power absent"
+                )
                 return
             except (OSError, ValueError) as e:
                 self.health.down(f"reading {found[0].path / 'energy_uj'} failed: {e}")
@@ -127,11 +132,15 @@ class RaplSource:
         self.sample()
         labels = [names.NODE, "package"]
         joules = CounterMetricFamily(
-            names.CPU_ENERGY_J, "CPU package energy (RAPL) since the agent started, J.",
-            labels=labels)
+            names.CPU_ENERGY_J,
+            "CPU package energy (RAPL) since the agent started, J.",
+            labels=labels,
+        )
         watts = GaugeMetricFamily(
-            names.CPU_POWER_W, "CPU package power (RAPL) over the last sampling interval, W.",
-            labels=labels)
+            names.CPU_POWER_W,
+            "CPU package power (RAPL) over the last sampling interval, W.",
+            labels=labels,
+        )
         with self._lock:
             for z in self.zones:
                 joules.add_metric([self.node, z.package], z.joules)

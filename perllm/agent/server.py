@@ -66,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, b"internal error\n")
 
     def _probe(self, query: str) -> None:
-        vals = parse_qs(query).get("bytes", [str(DEFAULT_BYTES)])
+        vals = parse_qs(query, keep_blank_values=True).get("bytes", [str(DEFAULT_BYTES)])
         try:
             n = int(vals[0])
             if n < 1:
@@ -85,6 +85,6 @@ class _Handler(BaseHTTPRequestHandler):
         left, off = n, 0
         while left:
             k = min(CHUNK, left, len(_PAYLOAD) - off)
-            self.wfile.write(_VIEW[off:off + k])
+            self.wfile.write(_VIEW[off : off + k])
             left -= k
             off = (off + k) % len(_PAYLOAD)

@@ -28,8 +28,11 @@ class FakeNotSupported(FakeNVMLError):
     pass
 
 
-def fake_nvml(gpus: list[dict[str, Any]], init_error: Exception | None = None,
-              hang: threading.Event | None = None) -> types.SimpleNamespace:
+def fake_nvml(
+    gpus: list[dict[str, Any]],
+    init_error: Exception | None = None,
+    hang: threading.Event | None = None,
+) -> types.SimpleNamespace:
     """A pynvml-shaped module: handles are indices into `gpus`; a missing key is NotSupported."""
     calls = {"init": 0, "shutdown": 0}
 
@@ -40,6 +43,7 @@ def fake_nvml(gpus: list[dict[str, Any]], init_error: Exception | None = None,
             if key not in gpus[h]:
                 raise FakeNotSupported("Not Supported")
             return gpus[h][key]
+
         return fn
 
     def init() -> None:
@@ -54,14 +58,21 @@ def fake_nvml(gpus: list[dict[str, Any]], init_error: Exception | None = None,
         return get("mem")(h)
 
     return types.SimpleNamespace(
-        NVMLError=FakeNVMLError, calls=calls, nvmlInit=init, nvmlShutdown=shutdown,
-        nvmlDeviceGetCount=lambda: len(gpus), nvmlDeviceGetHandleByIndex=lambda i: i,
-        nvmlDeviceGetName=get("name"), nvmlDeviceGetUUID=get("uuid"),
+        NVMLError=FakeNVMLError,
+        calls=calls,
+        nvmlInit=init,
+        nvmlShutdown=shutdown,
+        nvmlDeviceGetCount=lambda: len(gpus),
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=get("name"),
+        nvmlDeviceGetUUID=get("uuid"),
         nvmlDeviceGetMinorNumber=get("minor"),
         nvmlDeviceGetPciInfo=lambda h: types.SimpleNamespace(busId=gpus[h]["bus"]),
-        nvmlDeviceGetPowerUsage=get("mw"), nvmlDeviceGetTotalEnergyConsumption=get("mj"),
+        nvmlDeviceGetPowerUsage=get("mw"),
+        nvmlDeviceGetTotalEnergyConsumption=get("mj"),
         nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=get("util")(h), memory=0),
-        nvmlDeviceGetMemoryInfo=memory, nvmlMemory_v2=object(),
+        nvmlDeviceGetMemoryInfo=memory,
+        nvmlMemory_v2=object(),
     )
 
 
@@ -69,11 +80,26 @@ def mem(used_b: int, free_b: int) -> types.SimpleNamespace:
     return types.SimpleNamespace(used=used_b, free=free_b, total=used_b + free_b)
 
 
-A100 = {"name": b"NVIDIA A100-SXM4-40GB", "uuid": "GPU-aaaa", "minor": 3, "bus": "00000000:07:00.0",
-        "mw": 61_482, "mj": 123_456_789, "util": 37, "mem": mem(5 * MIB + 123, 40_000 * MIB)}
+A100 = {
+    "name": b"NVIDIA A100-SXM4-40GB",
+    "uuid": "GPU-aaaa",
+    "minor": 3,
+    "bus": "00000000:07:00.0",
+    "mw": 61_482,
+    "mj": 123_456_789,
+    "util": 37,
+    "mem": mem(5 * MIB + 123, 40_000 * MIB),
+}
 # A pre-Volta part: no total energy counter
-P4 = {"name": "Tesla P4", "uuid": "GPU-bbbb", "minor": 0, "bus": "00000000:81:00.0",
-      "mw": 25_000, "util": 0, "mem": mem(0, 7_611 * MIB)}
+P4 = {
+    "name": "Tesla P4",
+    "uuid": "GPU-bbbb",
+    "minor": 0,
+    "bus": "00000000:81:00.0",
+    "mw": 25_000,
+    "util": 0,
+    "mem": mem(0, 7_611 * MIB),
+}
 
 
 def families(text: bytes) -> dict[str, Any]:
@@ -90,14 +116,18 @@ def test_units_and_labels_match_dcgm() -> None:
     assert r0.util_pct == 37
     assert (r0.fb_used_mib, r0.fb_free_mib) == (5, 40_000)  # bytes -> MiB, floored like DCGM
     assert dict(zip(LABELS, r0.labels, strict=True)) == {
-        "gpu": "0", "UUID": "GPU-aaaa", "pci_bus_id": "00000000:07:00.0",
-        "device": "nvidia3", "modelName": "NVIDIA A100-SXM4-40GB", "Hostname": "node-a"}
+        "gpu": "0",
+        "UUID": "GPU-aaaa",
+        "pci_bus_id": "00000000:07:00.0",
+        "device": "nvidia3",
+        "modelName": "NVIDIA A100-SXM4-40GB",
+        "Hostname": "node-a",
+    }
     assert r1.energy_mj is None and r1.power_w == 25.0  # NotSupported omits only that field
 
 
 def test_exposition_names_types_and_absent_fields() -> None:
-    agent = Agent(AgentConfig(node="node-a", rapl_root=NO_RAPL),
-                  nvml_module=fake_nvml([A100, P4]))
+    agent = Agent(AgentConfig(node="node-a", rapl_root=NO_RAPL), nvml_module=fake_nvml([A100, P4]))
     agent.nvml.start()
     text = agent.render()
     fams = families(text)
@@ -119,10 +149,10 @@ def test_exposition_names_types_and_absent_fields() -> None:
 
 
 def test_init_error_gives_absent_metrics_source_down_one_log_line(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     nv = fake_nvml([A100], init_error=FakeNVMLError("Driver Not Loaded"))
-    agent = Agent(AgentConfig(node="n", rapl_root=NO_RAPL),
-                  nvml_module=nv)
+    agent = Agent(AgentConfig(node="n", rapl_root=NO_RAPL), nvml_module=nv)
     with caplog.at_level(logging.INFO, logger="perllm.agent"):
         agent.nvml.start()
         for _ in range(3):
@@ -195,8 +225,10 @@ def test_real_nvml_when_a_driver_is_present() -> None:
         pytest.skip(f"no NVML here: {e}")
     try:
         count = pynvml.nvmlDeviceGetCount()
-        expected_mw = [pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(i))
-                       for i in range(count)]
+        expected_mw = [
+            pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(i))
+            for i in range(count)
+        ]
     finally:
         pynvml.nvmlShutdown()
     if count == 0:

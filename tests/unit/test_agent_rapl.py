@@ -93,8 +93,9 @@ def test_exposition(tree: Path) -> None:
     joules = fams[names.CPU_ENERGY_J.removesuffix("_total")]
     assert joules.type == "counter"
     assert {s.labels["package"]: s.value for s in joules.samples}["0"] == pytest.approx(4.0)
-    assert all(s.labels["node"] == "edge-1" and s.name == names.CPU_ENERGY_J
-               for s in joules.samples)
+    assert all(
+        s.labels["node"] == "edge-1" and s.name == names.CPU_ENERGY_J for s in joules.samples
+    )
     watts = fams[names.CPU_POWER_W]
     assert {s.labels["package"] for s in watts.samples} == {"0", "1"}
     assert all(s.value >= 0 for s in watts.samples)
@@ -103,7 +104,8 @@ def test_exposition(tree: Path) -> None:
 
 
 def test_absent_tree_is_absent_metrics_and_one_line(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     agent = Agent(AgentConfig(node="n", rapl_root=tmp_path / "nope", nvml=False))
     with caplog.at_level(logging.WARNING, logger="perllm.agent"):
         agent.rapl.start()
@@ -135,7 +137,8 @@ def test_unreadable_energy_says_why(tree: Path, monkeypatch: pytest.MonkeyPatch)
     src.start()
     assert not src.health.up
     assert "not readable" in (src.health.reason or "") and "CVE-2020-8694" in (
-        src.health.reason or "")
+        src.health.reason or ""
+    )
     assert list(src.families()) == []
 
 

@@ -1,0 +1,258 @@
+"""Node agent over HTTP: /metrics parses, /probe between two in-process agents on loopback,
+probe failures drop the series, the CLI starts and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from perllm.agent import Agent, AgentConfig
+from perllm.agent.metrics import PROBE_FAILURES, SOURCE_UP
+from perllm.agent.probe import MAX_BYTES, ProbeError, Prober, parse_peer, probe_once
+from perllm.telemetry import names
+
+NO_RAPL = Path("/nonexistent/powercap")
+
+
+def make_agent(node: str, peers: list[str] | None = None, **kw: Any) -> Agent:
+    cfg = AgentConfig(
+        node=node, host="127.0.0.1", port=0, peers=peers or [], rapl_root=NO_RAPL, nvml=False, **kw
+    )
+    return Agent(cfg)
+
+
+@pytest.fixture
+def cloud() -> Iterator[Agent]:
+    a = make_agent("cloud-1")
+    a.start()
+    yield a
+    a.stop()
+
+
+def get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def scrape(url: str) -> dict[str, Any]:
+    status, headers, body = get(url + "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+def series(fams: dict[str, Any], name: str) -> dict[str, float]:
+    fam = fams.get(name.removesuffix("_total"))
+    return {} if fam is None else {s.labels["peer"]: s.value for s in fam.samples}
+
+
+def dead_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+def test_endpoints(cloud: Agent) -> None:
+    assert get(cloud.url + "/healthz")[0] == 200
+    status, headers, body = get(cloud.url + "/probe?bytes=100000")
+    assert status == 200 and len(body) == 100_000 == int(headers["Content-Length"])
+    assert len(set(body)) > 200  # incompressible, not zeros
+    status, headers, _ = get(cloud.url + f"/probe?bytes={10 * MAX_BYTES}", method="HEAD")
+    assert status == 200 and int(headers["Content-Length"]) == MAX_BYTES  # capped
+    for bad in ("x", "0", "-5", ""):
+        status, _, body = get(cloud.url + f"/probe?bytes={bad}")
+        assert status == 400 and b"bytes must be an integer" in body
+    assert get(cloud.url + "/nope")[0] == 404
+    fams = scrape(cloud.url)  # parses; source_up for all three sources
+    up = {s.labels["source"]: s.value for s in fams[SOURCE_UP].samples}
+    assert up == {"nvml": 0.0, "rapl": 0.0, "probe": 0.0}
+
+
+def test_bandwidth_between_two_agents(cloud: Agent) -> None:
+    edge = make_agent("edge-1", peers=[f"cloud-1={cloud.url}"], probe_bytes=1_000_000)
+    edge.start()
+    try:
+        edge.prober.probe_all()
+        fams = scrape(edge.url)
+    finally:
+        edge.stop()
+    bw, rtt = fams[names.PATH_BANDWIDTH_BPS], fams[names.PATH_RTT_S]
+    assert [s.labels for s in bw.samples] == [{"node": "edge-1", "peer": "cloud-1"}]
+    assert [s.labels for s in rtt.samples] == [{"node": "edge-1", "peer": "cloud-1"}]
+    assert bw.samples[0].value > 0 and math.isfinite(bw.samples[0].value)
+    assert 0 <= rtt.samples[0].value < 10
+    assert series(fams, PROBE_FAILURES) == {"cloud-1": 0.0}
+    up = {s.labels["source"]: s.value for s in fams[SOURCE_UP].samples}
+    assert up["probe"] == 1.0
+
+
+def test_background_loop_probes_without_being_asked(cloud: Agent) -> None:
+    edge = make_agent("edge-1", peers=[cloud.url], probe_interval_s=0.2, probe_bytes=10_000)
+    edge.start()
+    try:
+        deadline = time.monotonic() + 10
+        got: dict[str, float] = {}
+        while not got and time.monotonic() < deadline:
+            got = series(scrape(edge.url), names.PATH_BANDWIDTH_BPS)
+            time.sleep(0.05)
+        host = cloud.url.removeprefix("http://")
+        assert set(got) == {host} and got[host] > 0  # default peer label: host:port
+    finally:
+        t0 = time.monotonic()
+        edge.stop()
+        assert time.monotonic() - t0 < 10
+
+
+def test_three_failures_drop_the_series_and_count() -> None:
+    cloud = make_agent("cloud-1")
+    cloud.start()
+    edge = make_agent("edge-1", peers=[f"c={cloud.url}"], probe_bytes=10_000, probe_timeout_s=2.0)
+    edge.prober.probe_all()
+    assert "c" in series({f.name: f for f in edge.prober.families()}, names.PATH_BANDWIDTH_BPS)
+    cloud.stop()  # the peer goes away
+    for k in (1, 2, 3):
+        edge.prober.probe_all()
+        fams = {f.name: f for f in edge.prober.families()}
+        assert series(fams, PROBE_FAILURES) == {"c": float(k)}
+        kept = "c" in series(fams, names.PATH_BANDWIDTH_BPS)
+        assert kept == (k < 3), k  # last value kept for two failures, dropped at the third
+        assert ("c" in series(fams, names.PATH_RTT_S)) == (k < 3)
+    assert not edge.prober.health.up
+
+
+def test_unresponsive_peer_is_bounded_by_the_timeout() -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)  # accepts (kernel backlog) and never answers
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ProbeError, match=r"timed out|TimeoutError"):
+            probe_once(f"http://127.0.0.1:{srv.getsockname()[1]}/probe", 1000, timeout_s=0.5)
+        assert time.monotonic() - t0 < 5
+    finally:
+        srv.close()
+    with pytest.raises(ProbeError):
+        probe_once(f"http://127.0.0.1:{dead_port()}/probe", 1000, timeout_s=2)
+
+
+def test_peer_parsing_and_validation() -> None:
+    assert parse_peer("http://cloud-1:9401") == parse_peer("http://cloud-1:9401/probe")
+    p = parse_peer("cloud=https://10.0.0.5:9401/agent/")
+    assert p.name == "cloud" and p.url == "https://10.0.0.5:9401/agent/probe"
+    assert parse_peer("http://c:1").name == "c:1"
+    for bad in ("cloud-1:9401", "ftp://x", "n=", "http://h:99999"):
+        with pytest.raises(ValueError, match="--peer"):
+            parse_peer(bad)
+    with pytest.raises(ValueError, match="--probe-bytes"):
+        Prober("n", [], nbytes=MAX_BYTES + 1)
+    with pytest.raises(ValueError, match="duplicate"):
+        Prober("n", [parse_peer("a=http://x:1"), parse_peer("a=http://y:1")])
+    with pytest.raises(ValueError, match="--node"):
+        make_agent("")
+
+
+def test_concurrent_scrapes_while_probing(cloud: Agent) -> None:
+    edge = make_agent("edge-1", peers=[cloud.url], probe_bytes=2_000_000)
+    edge.start()
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        try:
+            for _ in range(20):
+                scrape(edge.url)
+        except BaseException as e:
+            errors.append(e)
+
+    try:
+        ts = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in ts:
+            t.start()
+        edge.prober.probe_all()
+        for t in ts:
+            t.join(30)
+    finally:
+        edge.stop()
+    assert not errors
+
+
+def test_cli_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-c",
+        "from perllm.cli import app; app()",
+        "agent",
+        "--node",
+        "cli-node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-nvml",
+        "--rapl-root",
+        str(tmp_path / "none"),
+    ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        url = None
+        deadline = time.monotonic() + 30
+        lines = []
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+            url = m.group(1) if m else None
+        assert url, "".join(lines)
+        fams = scrape(url)
+        assert {s.labels["node"] for s in fams[SOURCE_UP].samples} == {"cli-node"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        rest = proc.stderr.read()
+        assert "SIGTERM: shutting down" in rest and "stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_cli_rejects_a_bad_peer() -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from perllm.cli import app; app()",
+            "agent",
+            "--node",
+            "n",
+            "--port",
+            "0",
+            "--no-nvml",
+            "--peer",
+            "not-a-url",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "--peer" in r.stderr
