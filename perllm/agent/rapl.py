@@ -59,6 +59,16 @@ class RaplSource:
     def _read_int(p: Path) -> int:
         return int(p.read_text().strip())
 
+    def _zone_dirs(self) -> list[Path]:
+        """Top-level zones: flat in /sys/class/powercap (symlinks), nested one level in
+        /sys/devices/virtual/powercap/intel-rapl (what a pod mounts: the symlinks are relative
+        and container runtimes mask /sys/devices/virtual/powercap inside the pod's /sys)."""
+        for base in (self.root, self.root / "intel-rapl"):
+            dirs = [d for d in base.iterdir() if _TOP_ZONE.match(d.name)] if base.is_dir() else []
+            if dirs:
+                return dirs
+        return []
+
     def start(self) -> None:
         with self._lock:
             self.zones = []
@@ -69,12 +79,12 @@ class RaplSource:
                 )
                 return
             found: list[Zone] = []
-            for d in sorted(self.root.iterdir(), key=lambda p: p.name):
-                if not _TOP_ZONE.match(d.name):
-                    continue
+            dangling = 0
+            for d in sorted(self._zone_dirs(), key=lambda p: p.name):
                 try:
                     name = (d / "name").read_text().strip()
                 except OSError:
+                    dangling += not d.exists()  # a symlink whose target is not mounted
                     continue
                 if not name.startswith("package-"):
                     continue  # psys and friends: not a CPU package
@@ -83,6 +93,13 @@ class RaplSource:
                 except (OSError, ValueError):
                     max_uj = 0  # a wrap then reads as a reset: one interval lost, no spike
                 found.append(Zone(d, name.removeprefix("package-"), max_uj))
+            if not found and dangling:
+                self.health.down(
+                    f"the zones under {self.root} are symlinks to an unmounted target: mount "
+                    "the host's /sys/devices/virtual/powercap and point --rapl-root at it; "
+                    "CPU power absent"
+                )
+                return
             if not found:
                 self.health.down(
                     f"no RAPL package zones (intel-rapl:N/name = package-N) "

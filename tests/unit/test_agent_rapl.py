@@ -116,6 +116,24 @@ def test_absent_tree_is_absent_metrics_and_one_line(
     assert len(said) == 1 and "does not exist" in said[0]
 
 
+def test_devices_layout_and_dangling_class_symlinks(tmp_path: Path) -> None:
+    # what a pod mounts: /sys/devices/virtual/powercap, zones nested under intel-rapl/
+    dev = tmp_path / "devices-powercap"
+    pkg = zone(dev / "intel-rapl", "intel-rapl:0", "package-0", 10)
+    zone(pkg, "intel-rapl:0:0", "core", 1)
+    zone(dev, "intel-rapl-mmio/intel-rapl-mmio:0", "package-0", 1)
+    src = RaplSource("n", root=dev)
+    src.start()
+    assert src.health.up and [z.package for z in src.zones] == ["0"]
+    # /sys/class/powercap mounted alone: relative symlinks into an unmounted tree
+    cls = tmp_path / "class-powercap"
+    cls.mkdir()
+    (cls / "intel-rapl:0").symlink_to("../../devices/virtual/powercap/intel-rapl/intel-rapl:0")
+    src = RaplSource("n", root=cls)
+    src.start()
+    assert not src.health.up and "/sys/devices/virtual/powercap" in (src.health.reason or "")
+
+
 def test_no_package_zone(tmp_path: Path) -> None:
     zone(tmp_path, "intel-rapl:0", "psys", 1)
     src = RaplSource("n", root=tmp_path)
