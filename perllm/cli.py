@@ -305,6 +305,13 @@ def _mount_agent() -> None:
     register(app)
 
 
+def _mount_twin() -> None:
+    from perllm.twin.cli import register
+
+    register(app)
+
+
 _mount_optional()
 _mount_demo()
 _mount_agent()
+_mount_twin()

@@ -1,0 +1,66 @@
+"""`perllm twin --scenario FILE --host --port 9402 --speed X` (contract 4)."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("twin")
+    def twin_cmd(
+        scenario: str = typer.Option(
+            ...,
+            "--scenario",
+            envvar="PERLLM_TWIN_SCENARIO",
+            help="Scenario file or built-in name (its servers must be the cluster's nodes).",
+        ),
+        host: str = typer.Option("127.0.0.1", envvar="PERLLM_TWIN_HOST", help="Listen address."),
+        port: int = typer.Option(9402, envvar="PERLLM_TWIN_PORT", help="Listen port (/metrics)."),
+        speed: float = typer.Option(
+            1.0,
+            envvar="PERLLM_TWIN_SPEED",
+            min=0.01,
+            max=1000.0,
+            help="Simulated seconds per wall second.",
+        ),
+        seed: int = typer.Option(0, help="Seed of arrivals, lengths, noise and bandwidth."),
+        poll_interval: float = typer.Option(
+            1.0, min=0.1, help="Seconds between reads of services, pods and nodes."
+        ),
+        log_interval: float = typer.Option(10.0, min=0.5, help="Seconds between progress lines."),
+        log_level: str = typer.Option("info"),
+    ) -> None:
+        """Serve the world model's metrics for the cluster's (KWOK) nodes and pods."""
+        from perllm.scenario import ScenarioError, load_scenario
+        from perllm.twin.kube import ClusterReader, KubeUnavailable, load_clients
+        from perllm.twin.server import serve
+
+        logging.basicConfig(
+            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        try:
+            sc = load_scenario(scenario)
+        except ScenarioError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        try:
+            core, custom = load_clients()
+        except KubeUnavailable as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        try:
+            serve(
+                sc,
+                ClusterReader(sc, core, custom),
+                host,
+                port,
+                speed,
+                seed=seed,
+                poll_s=poll_interval,
+                log_every_s=log_interval,
+            )
+        except OSError as e:  # port in use, bad address
+            typer.echo(f"error: cannot listen on {host}:{port}: {e}", err=True)
+            raise typer.Exit(2) from None

@@ -1,0 +1,476 @@
+"""The twin's simulation core: the world model driven by the cluster's services and pods.
+
+Time advances in the scenario's slots, as in `perllm.world.sim.simulate`: when the clock
+enters a slot, the requests arriving in it are drawn for every service that has at least
+one bound pod, and placed
+- on the real fleet: each request goes to one of its service's pods (least loaded, ties
+  round-robin) and runs on the `ServerState` of that pod's node;
+- on one fleet copy per counterfactual policy (`perllm.policies`: cloud-only, edge-only,
+  round-robin), fed the very same requests (same arrival, lengths, payload, speed noise
+  and link bandwidth), placed per request by the policy as in the simulator.
+Completions are applied when the clock passes them; energy is metered exactly
+(`fleet.Meter`) and attributed to services (see `_attribute`).
+No Kubernetes here: `kube.py` feeds `set_services` / `set_pods`, `metrics.py` reads it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from perllm import policies
+from perllm.contract import ServiceSpec
+from perllm.costmodel import CostTable, build_cost_table
+from perllm.policies.base import Batch, Env, Observation, Policy
+from perllm.scenario import Dist, Scenario, ServiceClass
+from perllm.telemetry.names import VLLM_LATENCY_BUCKETS
+from perllm.twin.fleet import Executed, Fleet
+from perllm.world.links import nominal_matrix
+from perllm.world.sim import coeff_grid
+from perllm.world.workload import draw
+
+SvcKey = tuple[str, str]  # (namespace, LLMService name)
+PodKey = tuple[str, str]  # (namespace, pod name)
+COUNTERFACTUALS = ("cloud-only", "edge-only", "round-robin")
+# Spread of token counts for a service that no scenario class describes (σ of ln).
+FALLBACK_SIGMA = 0.5
+ACTUAL = ""  # fleet key of the real placement
+
+
+@dataclass
+class Counts:
+    """Per service (or per counterfactual policy and service): counters of completions."""
+
+    requests: int = 0
+    met: int = 0
+    energy_j: float = 0.0  # weighted energy attributed to the service (J)
+
+
+@dataclass
+class PodStats:
+    """What a model server in the pod would export (vLLM names)."""
+
+    service: SvcKey
+    node: int
+    model: str
+    buckets: list[int] = field(default_factory=lambda: [0] * len(VLLM_LATENCY_BUCKETS))
+    latency_sum: float = 0.0
+    count: int = 0
+    success: int = 0
+    prompt_tokens: float = 0.0
+    generation_tokens: float = 0.0
+    # (arrival, running from, end) of requests not finished yet
+    inflight: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def load(self, t: float) -> tuple[int, int]:
+        """(running, waiting) at t."""
+        self.inflight = [x for x in self.inflight if x[2] > t]
+        running = sum(1 for a, r, _ in self.inflight if r <= t)
+        waiting = sum(1 for a, r, _ in self.inflight if a <= t < r)
+        return running, waiting
+
+    def observe(self, latency: float) -> None:
+        for k, b in enumerate(VLLM_LATENCY_BUCKETS):
+            if latency <= b:
+                self.buckets[k] += 1
+        self.latency_sum += latency
+        self.count += 1
+
+
+@dataclass(frozen=True)
+class Request:
+    arrival: float
+    service: SvcKey
+    l_in: float
+    l_out: float
+    attach: float
+    deadline: float
+    speed: float  # the world's per-request speed noise (× the server's perf_scale)
+
+
+@dataclass(order=True)
+class _Done:
+    finish: float
+    seq: int
+    fleet: str = field(compare=False)
+    service: SvcKey = field(compare=False)
+    server: int = field(compare=False)
+    met: bool = field(compare=False)
+    e_tran: float = field(compare=False)
+    e_infer: float = field(compare=False)  # attributed inference energy (J), for sharing
+    pod: PodKey | None = field(compare=False, default=None)
+    latency: float = field(compare=False, default=0.0)
+    l_in: float = field(compare=False, default=0.0)
+    l_out: float = field(compare=False, default=0.0)
+
+
+class Twin:
+    """The world model of `scenario` serving the cluster's services (not thread-safe: the
+    caller holds a lock around every call)."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int = 0,
+        counterfactuals: tuple[str, ...] = COUNTERFACTUALS,
+    ) -> None:
+        self.sc = scenario
+        self.seed = seed
+        cat = scenario.catalogue
+        self.hardware = cat.hardware
+        self.server_list = scenario.expanded_servers()
+        self.node_names = [n for n, _ in self.server_list]
+        self.node_index = {n: j for j, n in enumerate(self.node_names)}
+        self.tiers = [s.tier.value for _, s in self.server_list]
+        self.is_gpu = [self.hardware[s.hardware].kind == "gpu" for _, s in self.server_list]
+        self.fleets: dict[str, Fleet] = {ACTUAL: Fleet(self.server_list, cat.hardware)}
+        self.policies: dict[str, Policy] = {}
+        for p in counterfactuals:
+            self.fleets[p] = Fleet(self.server_list, cat.hardware)
+            self.policies[p] = policies.make(p)
+        self.classes = {c.name: c for c in scenario.workload.classes}
+        self.services: dict[SvcKey, ServiceSpec] = {}
+        self.pods: dict[PodKey, PodStats] = {}
+        self.table: CostTable | None = None
+        self.keys: list[SvcKey] = []
+        self._dirty = True
+        # Link dynamics: nominal (windows, trace) over the scenario's duration, repeated;
+        # noise U(1 ± noise) redrawn every slot.
+        links = build_cost_table([], self.server_list, cat)
+        self.n_period = max(1, math.ceil(scenario.duration_s / scenario.slot_s))
+        self.nominal = nominal_matrix(scenario, links, self.n_period)
+        self.noise = links.link_noise
+        self.rng = np.random.default_rng([seed, 0x7717])
+        self.bw_mbps = links.link_mbps.copy()  # current slot
+        self.prev_bw_mbps = links.link_mbps.copy()  # what a policy sees (one slot old)
+        self.now = 0.0
+        self.next_slot = 0
+        self._seq = itertools.count()
+        self._rr: dict[SvcKey, int] = {}
+        self.pending: list[_Done] = []
+        self.stats: dict[str, dict[SvcKey, Counts]] = {f: {} for f in self.fleets}
+        self.tran_j: dict[str, float] = dict.fromkeys(self.fleets, 0.0)
+        # energy bookkeeping per fleet: last metered value, carry per server, shared pool
+        m = len(self.server_list)
+        self._last_e = {f: [0.0] * m for f in self.fleets}
+        self._carry = {f: [0.0] * m for f in self.fleets}
+        self._pool = dict.fromkeys(self.fleets, 0.0)
+        self._tick: dict[str, list[_Done]] = {f: [] for f in self.fleets}
+        # unweighted physical energy per server of the real fleet (for DCGM/RAPL series)
+        self.node_energy_j = [0.0] * m
+        self.node_power_w = [self.fleets[ACTUAL].meters[j].p_idle for j in range(m)]
+        self.unplaceable = 0
+
+    # -- cluster state ------------------------------------------------------------------
+    def set_services(self, services: dict[SvcKey, ServiceSpec]) -> None:
+        if services != self.services:
+            self.services = dict(services)
+            self._dirty = True
+
+    def set_pods(self, pods: dict[PodKey, tuple[SvcKey, str]]) -> None:
+        """Bound, non-terminating pods: pod -> (service, node name). Unknown nodes are
+        ignored by the caller (they are not in the scenario)."""
+        for key in [k for k in self.pods if k not in pods]:
+            del self.pods[key]
+        for key, (svc, node) in pods.items():
+            j = self.node_index[node]
+            cur = self.pods.get(key)
+            if cur is None or cur.service != svc or cur.node != j:
+                spec = self.services.get(svc)
+                self.pods[key] = PodStats(svc, j, spec.model if spec else "")
+            elif spec := self.services.get(svc):
+                cur.model = spec.model
+
+    def _refresh_table(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        self.keys = sorted(self.services)
+        specs = [self.services[k] for k in self.keys]
+        self.table = build_cost_table(specs, self.server_list, self.sc.catalogue)
+        self.coeffs = coeff_grid(self.table)
+        env = Env(
+            table=self.table,
+            weights=self.sc.weights,
+            slot_s=self.sc.slot_s,
+            expected_out=np.array([s.traffic.output_tokens for s in specs], float),
+            deadline_s=np.array([s.requirements.deadline.seconds for s in specs], float),
+            deadline_per_token=np.array(
+                [s.requirements.deadline.per_output_token_s for s in specs], float
+            ),
+            seed=self.seed,
+        )
+        for p in self.policies.values():
+            p.reset(env)
+        for pod in self.pods.values():
+            spec = self.services.get(pod.service)
+            pod.model = spec.model if spec else pod.model
+
+    # -- time ---------------------------------------------------------------------------
+    def advance(self, to: float) -> None:
+        """Run the world up to simulated time `to` (s)."""
+        if to < self.now:
+            return
+        slot_s = self.sc.slot_s
+        while self.next_slot * slot_s <= to:
+            k = self.next_slot
+            self._settle(k * slot_s)
+            self._enter_slot(k)
+            self.next_slot += 1
+        self._settle(to)
+
+    def _settle(self, t: float) -> None:
+        """Apply completions up to t and meter energy over (now, t]."""
+        if t < self.now:
+            return
+        while self.pending and self.pending[0].finish <= t:
+            self._complete(heapq.heappop(self.pending))
+        dt = t - self.now
+        for f, fleet in self.fleets.items():
+            weighted = fleet.energy(t, self.sc.weights)
+            for j, e in enumerate(weighted):
+                self._carry[f][j] += e - self._last_e[f][j]
+            self._last_e[f] = weighted
+            self._attribute(f, t)
+        for j, m in enumerate(self.fleets[ACTUAL].meters):
+            infer, idle = m.energy(t)
+            e = infer + idle
+            if dt > 0:
+                self.node_power_w[j] = (e - self.node_energy_j[j]) / dt
+            self.node_energy_j[j] = e
+        self.now = t
+
+    def _attribute(self, f: str, t: float) -> None:
+        """Share the fleet's metered energy among services so that the services' totals add
+        up to the fleet's energy (the simulator's transmission + inference + idle).
+
+        A server's energy since its last completions is carried and shared among the
+        requests completing on it, in proportion to their attributed inference energy;
+        when the server has nothing in flight, its carry (idle energy) joins a fleet-wide
+        pool shared equally among all requests completing in the fleet."""
+        done = self._tick[f]
+        fleet = self.fleets[f]
+        stats = self.stats[f]
+        by_server: dict[int, list[_Done]] = {}
+        for d in done:
+            by_server.setdefault(d.server, []).append(d)
+        for j, carry in enumerate(self._carry[f]):
+            group = by_server.get(j)
+            if group:
+                total = sum(d.e_infer for d in group)
+                for d in group:
+                    share = d.e_infer / total if total > 0 else 1.0 / len(group)
+                    stats[d.service].energy_j += carry * share
+                self._carry[f][j] = 0.0
+            elif fleet.states[j].busy_until <= t:
+                self._pool[f] += carry
+                self._carry[f][j] = 0.0
+        if done:
+            share = self._pool[f] / len(done)
+            for d in done:
+                stats[d.service].energy_j += share
+            self._pool[f] = 0.0
+        self._tick[f] = []
+
+    def _complete(self, d: _Done) -> None:
+        c = self.stats[d.fleet].setdefault(d.service, Counts())
+        c.requests += 1
+        c.met += int(d.met)
+        c.energy_j += self.sc.weights.tran * d.e_tran
+        self.tran_j[d.fleet] += d.e_tran
+        if d.server >= 0:
+            self._tick[d.fleet].append(d)
+        if d.pod is not None and (pod := self.pods.get(d.pod)) is not None:
+            pod.observe(d.latency)
+            pod.success += 1
+            pod.prompt_tokens += d.l_in
+            pod.generation_tokens += d.l_out
+
+    # -- a slot's requests --------------------------------------------------------------
+    def _enter_slot(self, k: int) -> None:
+        self._refresh_table()
+        slot_s = self.sc.slot_s
+        t0 = k * slot_s
+        period = k % self.n_period
+        self.prev_bw_mbps = self.bw_mbps
+        u = self.rng.uniform(1 - self.noise, 1 + self.noise)
+        self.bw_mbps = self.nominal[period] * u
+        live = sorted({p.service for p in self.pods.values() if p.service in self.services})
+        reqs = self._arrivals(live, t0, slot_s)
+        if not reqs:
+            return
+        self._place_actual(reqs)
+        for name in self.policies:
+            self._place_counterfactual(name, reqs, t0, k)
+
+    def _rate_factor(self, t: float) -> float:
+        tp = t % self.sc.duration_s
+        f = 1.0
+        for w in self.sc.workload.rate_windows:
+            if w.at_s <= tp < w.until_s:
+                f *= w.factor
+        return f
+
+    def _dists(self, spec: ServiceSpec) -> tuple[Dist, Dist, Dist | None]:
+        cls: ServiceClass | None = self.classes.get(spec.name)
+        if cls is not None and cls.model == spec.model:
+            return cls.input_tokens, cls.output_tokens, cls.attachment_bytes
+        tr = spec.traffic
+        ln = FALLBACK_SIGMA
+
+        def around(mean: float) -> Dist:
+            return Dist(kind="lognormal", mu=math.log(mean) - ln * ln / 2, sigma=ln)
+
+        attach = around(tr.payload_bytes) if tr.payload_bytes > 0 else None
+        return around(tr.prompt_tokens), around(tr.output_tokens), attach
+
+    def _arrivals(self, live: list[SvcKey], t0: float, slot_s: float) -> list[Request]:
+        factor = self._rate_factor(t0)
+        out: list[Request] = []
+        for key in live:
+            spec = self.services[key]
+            n = int(self.rng.poisson(spec.traffic.rate_rps * factor * slot_s))
+            if n == 0:
+                continue
+            times = t0 + np.sort(self.rng.uniform(0.0, slot_s, n))
+            d_in, d_out, d_att = self._dists(spec)
+            lin = np.maximum(np.round(draw(d_in, n, self.rng)), 1)
+            lout = np.maximum(np.round(draw(d_out, n, self.rng)), 1)
+            ctx = self.sc.catalogue.models[spec.model].context
+            lout = np.minimum(lout, ctx // 2)
+            lin = np.minimum(lin, ctx - lout)  # clip to the model context, as the workload
+            att = draw(d_att, n, self.rng) if d_att is not None else np.zeros(n)
+            speed = self.rng.lognormal(0.0, self.sc.speed_noise, n)
+            dl = spec.requirements.deadline
+            for i in range(n):
+                out.append(
+                    Request(
+                        float(times[i]),
+                        key,
+                        float(lin[i]),
+                        float(lout[i]),
+                        float(att[i]),
+                        dl.budget(float(lout[i])),
+                        float(speed[i]),
+                    )
+                )
+        out.sort(key=lambda r: r.arrival)
+        return out
+
+    def _pick_pod(self, svc: SvcKey, t: float) -> PodKey | None:
+        pods = sorted(k for k, p in self.pods.items() if p.service == svc)
+        if not pods:
+            return None
+        start = self._rr.get(svc, 0) % len(pods)
+        order = pods[start:] + pods[:start]
+        best = min(order, key=lambda k: len([x for x in self.pods[k].inflight if x[2] > t]))
+        self._rr[svc] = pods.index(best) + 1
+        return best
+
+    def _run(self, f: str, req: Request, j: int) -> tuple[Executed, bool] | None:
+        """Execute req on server j of fleet f; None when j cannot run the service."""
+        assert self.table is not None
+        c = self.keys.index(req.service)
+        if not self.table.allowed[c, j]:
+            return None
+        spec = self.services[req.service]
+        ex = self.fleets[f].execute(
+            j,
+            req.arrival,
+            req.l_in,
+            req.l_out,
+            req.attach,
+            req.speed,
+            self.coeffs[c][j],
+            float(self.bw_mbps[j]) * 1e6,
+        )
+        q_ok = self.table.quality[c, j] >= spec.requirements.min_quality - 1e-9
+        return ex, bool(ex.time <= req.deadline and q_ok)
+
+    def _push(
+        self, f: str, req: Request, j: int, ex: Executed, met: bool, pod: PodKey | None
+    ) -> None:
+        heapq.heappush(
+            self.pending,
+            _Done(
+                ex.finish,
+                next(self._seq),
+                f,
+                req.service,
+                j,
+                met,
+                ex.e_tran,
+                ex.out.e_infer,
+                pod,
+                ex.time,
+                req.l_in,
+                req.l_out,
+            ),
+        )
+
+    def _place_actual(self, reqs: list[Request]) -> None:
+        for req in reqs:
+            pod = self._pick_pod(req.service, req.arrival)
+            if pod is None:
+                continue
+            j = self.pods[pod].node
+            res = self._run(ACTUAL, req, j)
+            if res is None:
+                # The pod sits on a node that cannot run the service: a failed request.
+                self.unplaceable += 1
+                heapq.heappush(
+                    self.pending,
+                    _Done(req.arrival, next(self._seq), ACTUAL, req.service, -1, False, 0.0, 0.0),
+                )
+                continue
+            ex, met = res
+            self.pods[pod].inflight.append((req.arrival, ex.run_start, ex.out.end))
+            self._push(ACTUAL, req, j, ex, met, pod)
+
+    def _place_counterfactual(self, name: str, reqs: list[Request], t0: float, k: int) -> None:
+        assert self.table is not None
+        fleet, policy = self.fleets[name], self.policies[name]
+        cls = np.array([self.keys.index(r.service) for r in reqs], np.intp)
+        specs = [self.services[r.service] for r in reqs]
+        exp_out = np.array([s.traffic.output_tokens for s in specs], float)
+        batch = Batch(
+            idx=np.arange(len(reqs), dtype=np.intp),
+            arrival=np.array([r.arrival for r in reqs], float),
+            cls=cls,
+            l_in=np.array([r.l_in for r in reqs], float),
+            attach=np.array([r.attach for r in reqs], float),
+            min_quality=np.array([s.requirements.min_quality for s in specs], float),
+            expected_out=exp_out,
+            expected_deadline=np.array(
+                [s.requirements.deadline.budget(o) for s, o in zip(specs, exp_out, strict=True)]
+            ),
+        )
+        rows = [s.observe(t0) for s in fleet.states]
+        obs = Observation(
+            now=t0,
+            slot=k,
+            running=np.array([r[0] for r in rows], float),
+            waiting=np.array([r[1] for r in rows], float),
+            kv_used=np.array([r[2] for r in rows], float),
+            bw_mbps=self.prev_bw_mbps,
+        )
+        choice = policy.assign(batch, obs)
+        for req, j in zip(reqs, choice, strict=True):
+            res = self._run(name, req, int(j))
+            if res is None:  # policies keep to allowed servers; guard anyway
+                heapq.heappush(
+                    self.pending,
+                    _Done(req.arrival, next(self._seq), name, req.service, -1, False, 0.0, 0.0),
+                )
+                continue
+            self._push(name, req, int(j), res[0], res[1], None)
+
+    # -- read-outs ----------------------------------------------------------------------
+    def fleet_energy(self, f: str = ACTUAL) -> float:
+        """Weighted energy of fleet f up to now, transmission of completed requests included
+        (J); equals the sum over services of attributed energy plus what is still carried."""
+        return sum(self._last_e[f]) + self.sc.weights.tran * self.tran_j[f]
