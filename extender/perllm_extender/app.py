@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,9 +15,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from perllm.profiles import Catalogue, default_catalogue
-from perllm_extender.decide import Scheduler
+from perllm_extender.live import Live
 from perllm_extender.metrics import Metrics
-from perllm_extender.routers import health, scheduler
+from perllm_extender.publish import PublishApi
+from perllm_extender.routers import health, live, scheduler
+from perllm_extender.state import StateStore
+from perllm_extender.telemetry import QueryClient
 
 log = logging.getLogger("perllm.extender")
 
@@ -30,6 +34,24 @@ class ExtenderConfig:
     catalogue: Catalogue | None = field(default=None, repr=False)
     # Node objects on a node-cache miss, e.g. `nodes.api_node_source()`; None: cache only
     node_source: Callable[[str], dict[str, Any] | None] | None = field(default=None, repr=False)
+    # -- live side (started in the app's lifespan) -----------------------------------------
+    prometheus_url: str | None = None  # None: no telemetry, decisions on profile priors
+    prometheus: QueryClient | None = field(default=None, repr=False)  # instead of the URL
+    telemetry_interval_s: float = 2.0
+    max_telemetry_age_s: float = 60.0  # older values are ignored (prior used)
+    latency_window: str = "1m"
+    learn_interval_s: float = 15.0
+    learn_window: str = "1m"
+    state_interval_s: float = 60.0
+    state_namespace: str = "perllm-system"
+    state_store: StateStore | None = field(default=None, repr=False)  # default: ConfigMap
+    publish_api: PublishApi | None = field(default=None, repr=False)  # default: kube client
+    publish_interval_s: float = 1.0  # per service
+    # API server: informers, publication, the state ConfigMap. False: none of them unless
+    # injected above (`--no-kube`, unit tests).
+    kube: bool = False
+    api_client: Any = field(default=None, repr=False)  # kubernetes ApiClient (kube=True)
+    informers: bool = True
 
 
 class BodyLimit:
@@ -77,21 +99,33 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        resp = JSONResponse(status_code=413,
-                            content={"Error": f"request body over {self.limit} bytes"})
+        resp = JSONResponse(
+            status_code=413, content={"Error": f"request body over {self.limit} bytes"}
+        )
         await resp(scope, receive, send)
 
 
 def create_app(config: ExtenderConfig | None = None) -> FastAPI:
     cfg = config or ExtenderConfig()
-    app = FastAPI(title="PerLLM scheduler extender", version="0.1.0")
+    metrics = Metrics()
+    components = Live(cfg, cfg.catalogue or default_catalogue(), metrics)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        components.start()
+        try:
+            yield
+        finally:
+            components.stop()
+
+    app = FastAPI(title="PerLLM scheduler extender", version="0.2.0", lifespan=lifespan)
     app.state.config = cfg
-    app.state.scheduler = Scheduler(cfg.catalogue or default_catalogue(),
-                                    default_model=cfg.default_model, log_size=cfg.log_size,
-                                    node_source=cfg.node_source)
-    app.state.metrics = metrics = Metrics()
+    app.state.live = components
+    app.state.scheduler = components.scheduler
+    app.state.metrics = metrics
     app.include_router(scheduler.router, prefix=cfg.prefix.rstrip("/"))
     app.include_router(health.router)
+    app.include_router(live.router)
 
     @app.get("/metrics")
     def metrics_endpoint() -> Response:
@@ -100,15 +134,15 @@ def create_app(config: ExtenderConfig | None = None) -> FastAPI:
     @app.get("/decisions")
     def decisions(request: Request, limit: int = 100) -> list[dict[str, Any]]:
         entries = list(request.app.state.scheduler.log)
-        return entries[-max(0, limit):] if limit > 0 else []
+        return entries[-max(0, limit) :] if limit > 0 else []
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.errors.inc()
-        errs = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))}
-                for e in exc.errors()][:20]
-        return JSONResponse(status_code=422, content={"Error": "invalid request",
-                                                      "detail": errs})
+        errs = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()
+        ][:20]
+        return JSONResponse(status_code=422, content={"Error": "invalid request", "detail": errs})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,18 +1,22 @@
 """CS-UCB decisions for one pod over its candidate nodes.
 
 One `CSUCB` per (service, node set), built from a `CostTable` of [the pod's service] ×
-[candidate nodes] and kept in a bounded LRU. Telemetry defaults stand in until Prometheus
-is wired in: no running or waiting requests, nominal link bandwidth.
+[candidate nodes] and kept in a bounded LRU; the Server models (and so the cache key) hold
+only slow-changing node facts (labels, annotations), never telemetry. What is learned is
+shared per service through `learning.ArmStore`. Each decision reads the latest telemetry
+snapshot (link bandwidth, running/waiting per node) without waiting for Prometheus; what is
+unknown takes the prior (nominal link bandwidth, no load).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,9 +24,14 @@ from perllm.contract import Server, ServiceSpec
 from perllm.costmodel import build_cost_table
 from perllm.csucb import CSUCB, Explanation
 from perllm.profiles import Catalogue
+from perllm_extender.learning import ArmStore, Observation, service_key
 from perllm_extender.models import MAX_PRIORITY
 from perllm_extender.nodes import NodeCache, node_name, to_server
+from perllm_extender.pods import PodIndex
 from perllm_extender.services import BadPod, ServiceRegistry, pod_key, pod_uid
+
+if TYPE_CHECKING:
+    from perllm_extender.telemetry import Telemetry
 
 Obj = dict[str, Any]
 
@@ -41,6 +50,28 @@ class PodDecision:
     feasible: bool = True
     explanation: dict[str, Any] | None = None
     latency_s: float = 0.0
+    # what the router's metrics need
+    reused: bool = False  # the filter's decision, served again to prioritize
+    tier: str | None = None
+    predicted_time_s: float | None = None
+    predicted_energy_j: float | None = None
+    exploration: bool = False  # chosen arm unplayed, or chosen for its bonus
+    regret: float = 0.0  # best feasible mean reward − chosen one (estimate, ≥ 0)
+    violated: str | None = None  # constraint the chosen node violates (nothing feasible)
+
+
+@dataclass(frozen=True)
+class DecisionEvent:
+    """A fresh decision about a PerLLM pod, for the listeners (learning, publication)."""
+
+    pod: Obj
+    key: str
+    uid: str
+    namespace: str
+    skey: str
+    spec: ServiceSpec
+    servers: tuple[Server, ...]
+    decision: PodDecision
 
 
 @dataclass
@@ -49,30 +80,68 @@ class Decided:
     at: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class _Bandit:
+    b: CSUCB
+    skey: str
+    gen: int = -1  # ArmStore generation last synced
+
+
 def priorities(expl: Explanation) -> dict[str, int]:
     """Integer scores 0..10: the chosen node 10, other feasible nodes by UCB rank, 9 down
     to 1; infeasible nodes 0."""
     out = {c.node: 0 for c in expl.candidates}
     out[expl.chosen] = MAX_PRIORITY
-    rest = sorted((c for c in expl.candidates if c.feasible and c.node != expl.chosen),
-                  key=lambda c: -c.score)
+    rest = sorted(
+        (c for c in expl.candidates if c.feasible and c.node != expl.chosen), key=lambda c: -c.score
+    )
     for i, c in enumerate(rest):
         out[c.node] = max(1, round((MAX_PRIORITY - 1) * (1 - i / len(rest))))
     return out
 
 
+def constraint_of(reason: str) -> str:
+    """The constraint named by an exclusion reason (CS-UCB explanation, node model)."""
+    for prefix, name in (
+        ("deadline", "deadline"),
+        ("quality", "quality"),
+        ("tier", "tier"),
+        ("model variant", "memory"),
+        ("no room", "capacity"),
+    ):
+        if reason.startswith(prefix):
+            return name
+    return "unmodelled"
+
+
+def _namespace(pod: Obj) -> str:
+    return pod_key(pod).split("/", 1)[0]
+
+
 class Scheduler:
-    def __init__(self, catalogue: Catalogue, *, default_model: str = "llama2-7b",
-                 log_size: int = 1000, max_bandits: int = 256, reuse_s: float = 30.0,
-                 node_source: Callable[[str], Obj | None] | None = None) -> None:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        *,
+        default_model: str = "llama2-7b",
+        log_size: int = 1000,
+        max_bandits: int = 256,
+        reuse_s: float = 30.0,
+        node_source: Callable[[str], Obj | None] | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.catalogue = catalogue
         # on a node-cache miss (nodeCacheCapable requests carry names only): fetch the Node
         self.node_source = node_source
         self.default_model = default_model
         self.services = ServiceRegistry()
         self.nodes = NodeCache()
+        self.pods = PodIndex()
+        self.arms = ArmStore()
+        self.telemetry = telemetry
+        self.listeners: list[Callable[[DecisionEvent], None]] = []
         self.log: deque[dict[str, Any]] = deque(maxlen=log_size)
-        self._bandits: OrderedDict[tuple[str, tuple[str, ...]], CSUCB] = OrderedDict()
+        self._bandits: OrderedDict[tuple[str, str, tuple[str, ...]], _Bandit] = OrderedDict()
         self._max_bandits = max_bandits
         # filter's decision, reused by the prioritize call of the same scheduling cycle, so
         # one pod counts as one play
@@ -81,8 +150,9 @@ class Scheduler:
         self._lock = threading.Lock()
 
     # -- inputs -------------------------------------------------------------------------
-    def candidates(self, node_objs: list[Obj] | None, names: list[str] | None,
-                   lookup: bool = True) -> tuple[list[str], dict[str, Obj | None]]:
+    def candidates(
+        self, node_objs: list[Obj] | None, names: list[str] | None, lookup: bool = True
+    ) -> tuple[list[str], dict[str, Obj | None]]:
         """Candidate names in request order and their Node objects (None: not cached)."""
         if node_objs is not None:
             objs: dict[str, Obj | None] = {}
@@ -103,53 +173,111 @@ class Scheduler:
                 self.nodes.upsert(obj)
         return obj
 
-    def bandit(self, spec: ServiceSpec, servers: list[Server]) -> CSUCB:
-        key = (spec.model_dump_json(),
-               tuple(s.model_dump_json() for s in servers))
-        b = self._bandits.get(key)
-        if b is None:
+    def _bandit(
+        self, spec: ServiceSpec, servers: list[Server] | tuple[Server, ...], skey: str | None = None
+    ) -> _Bandit:
+        skey = skey or service_key("default", spec)
+        key = (skey, spec.model_dump_json(), tuple(s.model_dump_json() for s in servers))
+        e = self._bandits.get(key)
+        if e is None:
             table = build_cost_table([spec], [(s.name, s) for s in servers], self.catalogue)
-            b = CSUCB(table)
-            self._bandits[key] = b
+            e = _Bandit(CSUCB(table), skey)
+            self._bandits[key] = e
             while len(self._bandits) > self._max_bandits:
                 self._bandits.popitem(last=False)
         else:
             self._bandits.move_to_end(key)
-        return b
+        e.gen = self.arms.pull(skey, e.b, e.gen)
+        return e
+
+    def bandit(self, spec: ServiceSpec, servers: list[Server], skey: str | None = None) -> CSUCB:
+        """The CSUCB of (service, node set), synced with what the service has learned."""
+        return self._bandit(spec, servers, skey).b
 
     # -- the decision ---------------------------------------------------------------------
-    def decide(self, pod: Obj, node_objs: list[Obj] | None, names: list[str] | None,
-               verb: str) -> PodDecision:
+    def decide(
+        self, pod: Obj, node_objs: list[Obj] | None, names: list[str] | None, verb: str
+    ) -> PodDecision:
         t0 = time.perf_counter()
         spec = self.services.resolve(pod, self.default_model)
         order, objs = self.candidates(node_objs, names, lookup=spec is not None)
         key = pod_key(pod)
         if spec is None:
-            return PodDecision(pod=key, service=None, nodes=order, passed=order, failed={},
-                               scores=dict.fromkeys(order, 0))
+            return PodDecision(
+                pod=key,
+                service=None,
+                nodes=order,
+                passed=order,
+                failed={},
+                scores=dict.fromkeys(order, 0),
+            )
         if spec.model not in self.catalogue.models:
-            raise BadPod(f"pod {key}: model {spec.model!r} of service {spec.name!r} is not "
-                         "in the catalogue")
+            raise BadPod(
+                f"pod {key}: model {spec.model!r} of service {spec.name!r} is not in the catalogue"
+            )
+        ns, uid = _namespace(pod), pod_uid(pod)
+        skey = service_key(ns, spec)
         with self._lock:
-            rkey = (pod_uid(pod), tuple(order))
+            rkey = (uid, tuple(order))
             hit = self._recent.get(rkey)
             if hit is not None and time.monotonic() - hit.at < self._reuse_s:
-                return hit.decision
-            d = self._decide(key, spec, order, objs)
+                return dataclasses.replace(hit.decision, reused=True)
+            d, servers = self._decide(key, spec, order, objs, skey)
             d.latency_s = time.perf_counter() - t0
             self._recent[rkey] = Decided(d)
             while len(self._recent) > 4096:
                 self._recent.popitem(last=False)
-            self.log.append({
-                "time": time.time(), "verb": verb, "pod": key, "service": spec.name,
-                "chosen": d.chosen, "feasible": d.feasible, "passed": d.passed,
-                "failed": d.failed, "scores": d.scores, "latency_s": d.latency_s,
-                "explanation": d.explanation,
-            })
-            return d
+            self.log.append(
+                {
+                    "time": time.time(),
+                    "verb": verb,
+                    "pod": key,
+                    "service": spec.name,
+                    "chosen": d.chosen,
+                    "feasible": d.feasible,
+                    "passed": d.passed,
+                    "failed": d.failed,
+                    "scores": d.scores,
+                    "latency_s": d.latency_s,
+                    "explanation": d.explanation,
+                }
+            )
+        if d.chosen is not None:
+            self.pods.assume(key, uid, spec.name, d.chosen)
+            ev = DecisionEvent(pod, key, uid, ns, skey, spec, tuple(servers), d)
+            for listen in self.listeners:
+                listen(ev)  # listeners queue work; they never block a decision
+        return d
 
-    def _decide(self, key: str, spec: ServiceSpec, order: list[str],
-                objs: dict[str, Obj | None]) -> PodDecision:
+    def _inputs(
+        self, servers: list[Server], prior_bw: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """running, waiting, bandwidth per server from the latest snapshot (priors when
+        unknown or stale)."""
+        m = len(servers)
+        tel = self.telemetry
+        if tel is None:
+            return np.zeros(m), np.zeros(m), prior_bw.copy()
+        snap, now = tel.snapshot, time.time()
+        bw = prior_bw.copy()
+        if snap.usable("bandwidth", tel.max_age_s, now) and snap.bandwidth_mbps:
+            got = snap.bandwidth_mbps
+            for j, s in enumerate(servers):
+                v = got.get(s.name)
+                if v is not None:
+                    bw[j] = v
+        running, waiting = np.zeros(m), np.zeros(m)
+        if snap.usable("load", tel.max_age_s, now):
+            nr, nw = snap.node_running, snap.node_waiting
+            if nr or nw:
+                for j, s in enumerate(servers):
+                    running[j] = nr.get(s.name, 0.0)
+                    waiting[j] = nw.get(s.name, 0.0)
+        return running, waiting, bw
+
+    def _decide(
+        self, key: str, spec: ServiceSpec, order: list[str], objs: dict[str, Obj | None], skey: str
+    ) -> tuple[PodDecision, list[Server]]:
         failed: dict[str, str] = {}
         servers: list[Server] = []
         for n in order:
@@ -164,16 +292,32 @@ class Scheduler:
                 servers.append(s)
         scores = dict.fromkeys(order, 0)
         if not servers:
-            return PodDecision(pod=key, service=spec.name, nodes=order, passed=[],
-                               failed=failed, scores=scores, feasible=False)
-        b = self.bandit(spec, servers)
-        t, m = b.t, len(servers)
+            return PodDecision(
+                pod=key,
+                service=spec.name,
+                nodes=order,
+                passed=[],
+                failed=failed,
+                scores=scores,
+                feasible=False,
+            ), servers
+        e = self._bandit(spec, servers, skey)
+        b = e.b
+        t = b.t
         tr = spec.traffic
+        running, waiting, bw = self._inputs(servers, t.link_mbps)
         dec = b.decide(
-            np.zeros(1, np.intp), np.array([tr.prompt_tokens]), np.array([tr.output_tokens]),
-            np.array([tr.payload_bytes]), np.array([spec.requirements.min_quality]),
-            np.zeros(m), np.zeros(m), t.link_mbps.copy(), explain=True,
+            np.zeros(1, np.intp),
+            np.array([tr.prompt_tokens]),
+            np.array([tr.output_tokens]),
+            np.array([tr.payload_bytes]),
+            np.array([spec.requirements.min_quality]),
+            running,
+            waiting,
+            bw,
+            explain=True,
         )
+        e.gen = self.arms.push(skey, b)
         assert dec.explanations is not None
         expl = dec.explanations[0]
         passed_set = {c.node for c in expl.candidates if c.feasible}
@@ -183,8 +327,53 @@ class Scheduler:
             if c.node not in passed_set:
                 failed[c.node] = c.reason or "not chosen: nothing was feasible"
         scores.update(priorities(expl))
-        return PodDecision(
-            pod=key, service=spec.name, nodes=order,
-            passed=[n for n in order if n in passed_set], failed=failed, scores=scores,
-            chosen=expl.chosen, feasible=expl.feasible, explanation=expl.to_dict(),
+        chosen = next(c for c in expl.candidates if c.node == expl.chosen)
+        pool = [c for c in expl.candidates if c.feasible] or expl.candidates
+        best = max(c.mean for c in pool)
+        explored = expl.feasible and (
+            chosen.score >= 1e5 or any(c.mean > chosen.mean + 1e-9 for c in pool)
         )
+        return PodDecision(
+            pod=key,
+            service=spec.name,
+            nodes=order,
+            passed=[n for n in order if n in passed_set],
+            failed=failed,
+            scores=scores,
+            chosen=expl.chosen,
+            feasible=expl.feasible,
+            explanation=expl.to_dict(),
+            tier=chosen.tier,
+            predicted_time_s=chosen.predicted_time_s,
+            predicted_energy_j=chosen.predicted_energy_j,
+            exploration=explored,
+            regret=max(0.0, best - chosen.mean),
+            violated=None if expl.feasible else constraint_of(chosen.reason),
+        ), servers
+
+    # -- learning ---------------------------------------------------------------------------
+    def apply(self, observations: list[Observation]) -> int:
+        """CSUCB.update() for observed placements, grouped by (service, node set)."""
+        groups: dict[tuple[str, str, tuple[str, ...]], list[Observation]] = {}
+        for o in observations:
+            p = o.placement  # ServiceSpec holds lists: group by its JSON, not the object
+            k = (p.skey, p.spec.model_dump_json(), tuple(s.name for s in p.servers))
+            groups.setdefault(k, []).append(o)
+        n = 0
+        with self._lock:
+            for obs in groups.values():
+                p = obs[0].placement
+                e = self._bandit(p.spec, p.servers, p.skey)
+                skey = p.skey
+                e.b.update(
+                    np.zeros(len(obs), np.intp),
+                    np.array([o.server for o in obs], np.intp),
+                    np.array([o.time_s for o in obs]),
+                    np.array([o.predicted_s for o in obs]),
+                    np.array([o.energy_j for o in obs]),
+                    np.array([o.deadline_s for o in obs]),
+                    np.array([o.l_out for o in obs]),
+                )
+                e.gen = self.arms.push(skey, e.b)
+                n += len(obs)
+        return n

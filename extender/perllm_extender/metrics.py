@@ -2,33 +2,95 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
-            "perllm_extender_decision_seconds", "Time to decide one pod (filter/prioritize).",
-            ["verb"], registry=self.registry,
+            "perllm_extender_decision_seconds",
+            "Time to decide one pod (filter/prioritize).",
+            ["verb"],
+            registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
         )
         self.feasible = Histogram(
-            "perllm_extender_feasible_nodes", "Nodes passing the filter per PerLLM pod.",
-            registry=self.registry, buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128),
+            "perllm_extender_feasible_nodes",
+            "Nodes passing the filter per PerLLM pod.",
+            registry=self.registry,
+            buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128),
         )
         self.decisions = Counter(
-            "perllm_extender_decisions", "Decisions for PerLLM pods.", ["verb"],
+            "perllm_extender_decisions",
+            "Decisions for PerLLM pods.",
+            ["verb"],
             registry=self.registry,
         )
         self.violations = Counter(
-            "perllm_extender_violations", "PerLLM pods with no feasible node "
-            "(placed on the least-violating one).", registry=self.registry,
+            "perllm_extender_violations",
+            "PerLLM pods with no feasible node (placed on the least-violating one).",
+            registry=self.registry,
         )
         self.passthrough = Counter(
-            "perllm_extender_passthrough", "Requests for pods without the perllm.io/service "
-            "label.", ["verb"], registry=self.registry,
+            "perllm_extender_passthrough",
+            "Requests for pods without the perllm.io/service label.",
+            ["verb"],
+            registry=self.registry,
         )
         self.errors = Counter(
-            "perllm_extender_bad_requests", "Requests answered 4xx.", registry=self.registry,
+            "perllm_extender_bad_requests",
+            "Requests answered 4xx.",
+            registry=self.registry,
+        )
+        # -- issue #5 item 6 --------------------------------------------------------------
+        self.constraint_violations = Counter(
+            "perllm_extender_constraint_violations",
+            "Decisions placed on a node that "
+            "violates a constraint (nothing was feasible), by the constraint violated.",
+            ["constraint"],
+            registry=self.registry,
+        )
+        self.exclusions = Counter(
+            "perllm_extender_exclusions",
+            "Candidate nodes filtered out, by constraint "
+            "(deadline, quality, tier, memory, capacity, unmodelled).",
+            ["constraint"],
+            registry=self.registry,
+        )
+        self.exploration = Counter(
+            "perllm_extender_exploration",
+            "Decisions whose chosen arm was unplayed or won "
+            "by its UCB bonus over a better-mean feasible node.",
+            registry=self.registry,
+        )
+        self.regret = Counter(
+            "perllm_extender_estimated_regret",
+            "Sum over decisions of (best feasible "
+            "predicted mean reward - chosen one), in CS-UCB reward units (normalised "
+            "energy + theta x P(violation)); an estimate from the model, not observed.",
+            registry=self.registry,
+        )
+        self.staleness = Gauge(
+            "perllm_extender_telemetry_staleness_seconds",
+            "Seconds since the last good "
+            "Prometheus answer (+Inf: never, or no Prometheus configured).",
+            registry=self.registry,
+        )
+        self.publish_failures = Counter(
+            "perllm_extender_publish_failures",
+            "Failed publications of decisions to the LLMService (status patch or Event).",
+            ["what"],
+            registry=self.registry,
+        )
+        self.learning_updates = Counter(
+            "perllm_extender_learning_updates",
+            "Observations fed to CS-UCB updates.",
+            registry=self.registry,
+        )
+        self.state_saves = Counter(
+            "perllm_extender_state_saves",
+            "Saves of the learned state, by result.",
+            ["result"],
+            registry=self.registry,
         )

@@ -83,7 +83,9 @@ def to_server(obj: Obj, catalogue: Catalogue) -> Server | str:
             if (v := _float(ann, key)) is not None
         }
         return Server(
-            name=name, tier=Tier(tier), hardware=hardware,
+            name=name,
+            tier=Tier(tier),
+            hardware=hardware,
             link=Link(bandwidth_mbps=bw, **extra),
         )
     except (ValueError, ValidationError) as e:
@@ -101,7 +103,7 @@ def _short(e: Exception) -> str:
 class NodeCache:
     """Node objects by name, for `nodeCacheCapable: true` requests (names only).
 
-    Fed from `Nodes` requests and `upsert()`; a node informer is the next step.
+    Fed from `Nodes` requests, the node informer and, on a miss, the API lookup.
     """
 
     def __init__(self) -> None:
@@ -118,6 +120,12 @@ class NodeCache:
         with self._lock:
             self._nodes.pop(name, None)
 
+    def replace(self, objs: list[Obj]) -> None:
+        """A full list (the informer's re-list): nodes not in it are gone."""
+        fresh = {n: o for o in objs if (n := node_name(o)) is not None}
+        with self._lock:
+            self._nodes = fresh
+
     def get(self, name: str) -> Obj | None:
         with self._lock:
             return self._nodes.get(name)
@@ -126,9 +134,9 @@ class NodeCache:
         return len(self._nodes)
 
 
-def api_node_source(kubeconfig: str | None = None) -> Callable[[str], Obj | None] | None:
-    """Node objects read from the API server on a cache miss (KUBECONFIG or in-cluster);
-    None when no cluster configuration is available."""
+def kube_api_client(kubeconfig: str | None = None) -> Any | None:
+    """A kubernetes ApiClient from KUBECONFIG / ~/.kube/config or the in-cluster
+    configuration; None when there is none."""
     import kubernetes
 
     try:
@@ -141,7 +149,20 @@ def api_node_source(kubeconfig: str | None = None) -> Callable[[str], Obj | None
                 kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     except Exception:
         return None
-    api = kubernetes.client.CoreV1Api()
+    return kubernetes.client.ApiClient()
+
+
+def api_node_source(
+    kubeconfig: str | None = None, api_client: Any | None = None
+) -> Callable[[str], Obj | None] | None:
+    """Node objects read from the API server on a cache miss (KUBECONFIG or in-cluster);
+    None when no cluster configuration is available."""
+    import kubernetes
+
+    client = api_client if api_client is not None else kube_api_client(kubeconfig)
+    if client is None:
+        return None
+    api = kubernetes.client.CoreV1Api(client)
 
     def fetch(name: str) -> Obj | None:
         try:

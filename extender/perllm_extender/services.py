@@ -62,28 +62,47 @@ def service_label(pod: Obj) -> str | None:
 
 
 class ServiceRegistry:
-    """ServiceSpecs by name, fed from `LLMService` objects (an informer is the next step)."""
+    """ServiceSpecs by (namespace, name), fed from `LLMService` objects (the informer, or
+    `add_llmservice()`); `add(spec)` without a namespace serves every namespace."""
 
     def __init__(self) -> None:
-        self._specs: dict[str, ServiceSpec] = {}
+        self._specs: dict[tuple[str, str], ServiceSpec] = {}
         self._lock = threading.Lock()
 
-    def add(self, spec: ServiceSpec) -> None:
+    def add(self, spec: ServiceSpec, namespace: str | None = None) -> None:
         with self._lock:
-            self._specs[spec.name] = spec
+            self._specs[(namespace or "", spec.name)] = spec
 
     def add_llmservice(self, obj: Obj) -> ServiceSpec:
         spec = service_spec(obj)  # raises perllm.crd.InvalidService
-        self.add(spec)
+        meta = obj.get("metadata")
+        ns = meta.get("namespace") if isinstance(meta, dict) else None
+        self.add(spec, ns if isinstance(ns, str) else None)
         return spec
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, namespace: str | None = None) -> None:
         with self._lock:
-            self._specs.pop(name, None)
+            self._specs.pop((namespace or "", name), None)
 
-    def get(self, name: str) -> ServiceSpec | None:
+    def get(self, name: str, namespace: str | None = None) -> ServiceSpec | None:
         with self._lock:
-            return self._specs.get(name)
+            if namespace is not None and (namespace, name) in self._specs:
+                return self._specs[(namespace, name)]
+            if ("", name) in self._specs:
+                return self._specs[("", name)]
+            if namespace is None:  # any namespace
+                return next((s for (_, n), s in self._specs.items() if n == name), None)
+            return None
+
+    def replace(self, specs: list[tuple[str, ServiceSpec]]) -> None:
+        """A full list from the informer: (namespace, spec) pairs."""
+        with self._lock:
+            self._specs = {k: v for k, v in self._specs.items() if k[0] == ""}
+            for ns, spec in specs:
+                self._specs[(ns, spec.name)] = spec
+
+    def __len__(self) -> int:
+        return len(self._specs)
 
     def resolve(self, pod: Obj, default_model: str) -> ServiceSpec | None:
         name = service_label(pod)
@@ -98,23 +117,30 @@ class ServiceRegistry:
             try:
                 return float(v)
             except ValueError:
-                raise BadPod(f"pod {pod_key(pod)}: annotation {key}={v!r} is not a number"
-                             ) from None
+                raise BadPod(
+                    f"pod {pod_key(pod)}: annotation {key}={v!r} is not a number"
+                ) from None
 
-        dl_s, dl_tok, pct, q = (num(k) for k in (
-            ANN_DEADLINE, ANN_DEADLINE_PER_TOKEN, ANN_PERCENTILE, ANN_MIN_QUALITY))
-        base = self.get(name)
+        dl_s, dl_tok, pct, q = (
+            num(k) for k in (ANN_DEADLINE, ANN_DEADLINE_PER_TOKEN, ANN_PERCENTILE, ANN_MIN_QUALITY)
+        )
+        base = self.get(name, pod_key(pod).split("/", 1)[0])
         try:
             if base is None:
                 if dl_s is None:
-                    raise BadPod(f"pod {pod_key(pod)}: service {name!r} is not registered and "
-                                 f"the pod has no {ANN_DEADLINE} annotation")
+                    raise BadPod(
+                        f"pod {pod_key(pod)}: service {name!r} is not registered and "
+                        f"the pod has no {ANN_DEADLINE} annotation"
+                    )
                 return ServiceSpec(
                     name=name,
                     model=ann.get(ANN_MODEL, default_model),
                     requirements=Requirements(
-                        deadline=Deadline(seconds=dl_s, per_output_token_s=dl_tok or 0.0,
-                                          percentile=pct if pct is not None else 95.0),
+                        deadline=Deadline(
+                            seconds=dl_s,
+                            per_output_token_s=dl_tok or 0.0,
+                            percentile=pct if pct is not None else 95.0,
+                        ),
                         min_quality=q or 0.0,
                     ),
                 )
@@ -130,5 +156,6 @@ class ServiceRegistry:
             return base.model_copy(update={"requirements": req})
         except ValidationError as e:
             msg = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+            )
             raise BadPod(f"pod {pod_key(pod)}: service {name!r}: {msg}") from None

@@ -27,13 +27,16 @@ NAMES = [n["metadata"]["name"] for n in NODES]
 EDGES = [n for n in NAMES if n.startswith("edge")]
 
 
-def spec(name: str, seconds: float, per_token: float = 0.0, min_quality: float = 0.0
-         ) -> ServiceSpec:
+def spec(
+    name: str, seconds: float, per_token: float = 0.0, min_quality: float = 0.0
+) -> ServiceSpec:
     return ServiceSpec(
-        name=name, model="llama2-7b",
+        name=name,
+        model="llama2-7b",
         requirements=Requirements(
             deadline=Deadline(seconds=seconds, per_output_token_s=per_token),
-            min_quality=min_quality),
+            min_quality=min_quality,
+        ),
     )
 
 
@@ -42,10 +45,16 @@ def pod(s: ServiceSpec | None, name: str = "svc-predictor-7d9f", uid: str = "uid
     if s is not None:
         meta["labels"] = render.labels({"metadata": {"name": s.name}})
         meta["annotations"] = render.pod_annotations(s)
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "spec": {"schedulerName": "perllm-scheduler",
-                     "containers": [{"name": "model-server", "image": "vllm/vllm-openai"}]},
-            "status": {"phase": "Pending"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {
+            "schedulerName": "perllm-scheduler",
+            "containers": [{"name": "model-server", "image": "vllm/vllm-openai"}],
+        },
+        "status": {"phase": "Pending"},
+    }
 
 
 def by_names(p: Obj, names: list[str] | None = None) -> Obj:
@@ -55,8 +64,11 @@ def by_names(p: Obj, names: list[str] | None = None) -> Obj:
 
 def by_objects(p: Obj, nodes: list[Obj] | None = None) -> Obj:
     """nodeCacheCapable: false."""
-    return {"Pod": p, "Nodes": {"metadata": {}, "items": NODES if nodes is None else nodes},
-            "NodeNames": None}
+    return {
+        "Pod": p,
+        "Nodes": {"metadata": {}, "items": NODES if nodes is None else nodes},
+        "NodeNames": None,
+    }
 
 
 @pytest.fixture
@@ -99,8 +111,7 @@ def test_filter_node_names_mode_tight_deadline_gets_cloud(client: TestClient) ->
     r = client.post("/scheduler/filter", json=by_names(pod(TIGHT)))
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes",
-                         "Error"}
+    assert set(body) == {"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}
     assert body["Nodes"] is None
     assert body["NodeNames"] == ["cloud"]
     assert set(body["FailedNodes"]) == set(EDGES)
@@ -191,11 +202,21 @@ def test_pod_without_perllm_label_passes_through(client: TestClient) -> None:
 
 def test_registered_service_and_annotation_overrides(client: TestClient) -> None:
     sched: Scheduler = client.app.state.scheduler  # type: ignore[attr-defined]
-    obj = {"apiVersion": "perllm.io/v1alpha1", "kind": "LLMService",
-           "metadata": {"name": "chat", "namespace": "llm"},
-           "spec": {"model": {"name": "llama2-7b", "variants": [
-               {"tier": "edge", "precision": "q4_k_m"}, {"tier": "cloud", "precision": "fp16"}]},
-                    "requirements": {"deadline": {"seconds": 600}}}}
+    obj = {
+        "apiVersion": "perllm.io/v1alpha1",
+        "kind": "LLMService",
+        "metadata": {"name": "chat", "namespace": "llm"},
+        "spec": {
+            "model": {
+                "name": "llama2-7b",
+                "variants": [
+                    {"tier": "edge", "precision": "q4_k_m"},
+                    {"tier": "cloud", "precision": "fp16"},
+                ],
+            },
+            "requirements": {"deadline": {"seconds": 600}},
+        },
+    }
     sched.services.add_llmservice(obj)
     p = pod(None)
     p["metadata"]["labels"] = {"perllm.io/service": "chat"}  # no annotations: the CR's spec
@@ -216,35 +237,67 @@ def test_unmodelled_nodes_are_reported_not_fatal(client: TestClient) -> None:
     assert body.status_code == 200
     failed = body.json()["FailedNodes"]
     assert "unknown hardware" in failed["odd"] and "tier" in failed["bare"]
-    body = client.post("/scheduler/filter",
-                       json=by_names(pod(LOOSE, uid="u9"), ["cloud", "ghost"])).json()
+    body = client.post(
+        "/scheduler/filter", json=by_names(pod(LOOSE, uid="u9"), ["cloud", "ghost"])
+    ).json()
     assert body["NodeNames"] == ["cloud"] and "node cache" in body["FailedNodes"]["ghost"]
 
 
-@pytest.mark.parametrize("payload", [
-    {"Pod": {"metadata": {"name": "p", "labels": {"perllm.io/service": "x"},
-                          "annotations": {"perllm.io/deadline-s": "soon"}}},
-     "Nodes": None, "NodeNames": ["cloud"]},
-    {"Pod": {"metadata": {"name": "p", "labels": {"perllm.io/service": "x"}}},
-     "Nodes": None, "NodeNames": ["cloud"]},
-    {"Pod": {"metadata": {"name": "p", "labels": {"perllm.io/service": "x"},
-                          "annotations": {"perllm.io/deadline-s": "1",
-                                          "perllm.io/model": "gpt-17"}}},
-     "Nodes": None, "NodeNames": ["cloud"]},
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {
+            "Pod": {
+                "metadata": {
+                    "name": "p",
+                    "labels": {"perllm.io/service": "x"},
+                    "annotations": {"perllm.io/deadline-s": "soon"},
+                }
+            },
+            "Nodes": None,
+            "NodeNames": ["cloud"],
+        },
+        {
+            "Pod": {"metadata": {"name": "p", "labels": {"perllm.io/service": "x"}}},
+            "Nodes": None,
+            "NodeNames": ["cloud"],
+        },
+        {
+            "Pod": {
+                "metadata": {
+                    "name": "p",
+                    "labels": {"perllm.io/service": "x"},
+                    "annotations": {"perllm.io/deadline-s": "1", "perllm.io/model": "gpt-17"},
+                }
+            },
+            "Nodes": None,
+            "NodeNames": ["cloud"],
+        },
+    ],
+)
 def test_bad_perllm_pods_are_400_with_a_reason(client: TestClient, payload: Obj) -> None:
     for verb in ("filter", "prioritize"):
         r = client.post(f"/scheduler/{verb}", json=payload)
         assert r.status_code == 400 and r.json()["Error"]
 
 
-@pytest.mark.parametrize("body", ["{", "[]", "null", '{"Pod": 3}', '{"NodeNames": ["a"]}',
-                                  '{"Pod": {}, "NodeNames": "a"}',
-                                  '{"Pod": {}, "Nodes": {"items": [1]}}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{",
+        "[]",
+        "null",
+        '{"Pod": 3}',
+        '{"NodeNames": ["a"]}',
+        '{"Pod": {}, "NodeNames": "a"}',
+        '{"Pod": {}, "Nodes": {"items": [1]}}',
+    ],
+)
 def test_malformed_bodies_are_4xx(client: TestClient, body: str) -> None:
     for verb in ("filter", "prioritize"):
-        r = client.post(f"/scheduler/{verb}", content=body,
-                        headers={"content-type": "application/json"})
+        r = client.post(
+            f"/scheduler/{verb}", content=body, headers={"content-type": "application/json"}
+        )
         assert r.status_code in (400, 422), r.text
 
 
@@ -254,8 +307,11 @@ def test_oversized_body_is_413() -> None:
     r = c.post("/scheduler/filter", json=big)
     assert r.status_code == 413
     # streamed without Content-Length
-    r = c.post("/scheduler/filter", content=iter([b"{" + b" " * 600, b" " * 600 + b"}"]),
-               headers={"content-type": "application/json"})
+    r = c.post(
+        "/scheduler/filter",
+        content=iter([b"{" + b" " * 600, b" " * 600 + b"}"]),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413
 
 
@@ -268,38 +324,69 @@ def test_health_metrics_and_prefix() -> None:
     assert c.post("/x/filter", json=by_names(pod(TIGHT))).status_code == 200
     assert c.post("/scheduler/filter", json=by_names(pod(TIGHT))).status_code == 404
     text = c.get("/metrics").text
-    for name in ("perllm_extender_decision_seconds_bucket", "perllm_extender_feasible_nodes",
-                 'perllm_extender_decisions_total{verb="filter"} 1.0'):
+    for name in (
+        "perllm_extender_decision_seconds_bucket",
+        "perllm_extender_feasible_nodes",
+        'perllm_extender_decisions_total{verb="filter"} 1.0',
+    ):
         assert name in text
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
-                                                              max_size=4),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
     max_leaves=20,
 )
-keys = st.sampled_from(["Pod", "Nodes", "NodeNames", "metadata", "items", "labels",
-                        "annotations", "name", "uid", "perllm.io/service",
-                        "perllm.io/deadline-s", "perllm.io/min-quality", "perllm.io/tier",
-                        "perllm.io/hardware", "perllm.io/link-bandwidth-mbps"]) | st.text(
-                            max_size=6)
+keys = st.sampled_from(
+    [
+        "Pod",
+        "Nodes",
+        "NodeNames",
+        "metadata",
+        "items",
+        "labels",
+        "annotations",
+        "name",
+        "uid",
+        "perllm.io/service",
+        "perllm.io/deadline-s",
+        "perllm.io/min-quality",
+        "perllm.io/tier",
+        "perllm.io/hardware",
+        "perllm.io/link-bandwidth-mbps",
+    ]
+) | st.text(max_size=6)
 shaped = st.recursive(
     json_values,
     lambda kids: st.dictionaries(keys, kids, max_size=5) | st.lists(kids, max_size=3),
     max_leaves=30,
 )
-near_valid = st.fixed_dictionaries({
-    "Pod": st.fixed_dictionaries({"metadata": st.fixed_dictionaries({
-        "name": shaped, "labels": st.dictionaries(keys, shaped | st.sampled_from(
-            ["code", "batch", "x"]), max_size=3),
-        "annotations": st.dictionaries(keys, shaped | st.sampled_from(
-            ["1", "0.5", "-1", "nan", "1e9", "0.45"]), max_size=4)})}),
-    "Nodes": st.none() | st.fixed_dictionaries({"items": st.lists(
-        st.sampled_from(NODES) | shaped, max_size=3)}),
-    "NodeNames": st.none() | st.lists(st.sampled_from(NAMES) | st.text(max_size=5),
-                                      max_size=4),
-})
+near_valid = st.fixed_dictionaries(
+    {
+        "Pod": st.fixed_dictionaries(
+            {
+                "metadata": st.fixed_dictionaries(
+                    {
+                        "name": shaped,
+                        "labels": st.dictionaries(
+                            keys, shaped | st.sampled_from(["code", "batch", "x"]), max_size=3
+                        ),
+                        "annotations": st.dictionaries(
+                            keys,
+                            shaped | st.sampled_from(["1", "0.5", "-1", "nan", "1e9", "0.45"]),
+                            max_size=4,
+                        ),
+                    }
+                )
+            }
+        ),
+        "Nodes": st.none()
+        | st.fixed_dictionaries({"items": st.lists(st.sampled_from(NODES) | shaped, max_size=3)}),
+        "NodeNames": st.none() | st.lists(st.sampled_from(NAMES) | st.text(max_size=5), max_size=4),
+    }
+)
 _FUZZ = TestClient(create_app())
 for _n in NODES:
     _FUZZ.app.state.scheduler.nodes.upsert(_n)  # type: ignore[attr-defined]
@@ -308,8 +395,9 @@ for _n in NODES:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=shaped | near_valid, verb=st.sampled_from(["filter", "prioritize"]))
 def test_fuzz_never_5xx(body: Any, verb: str) -> None:
-    r = _FUZZ.post(f"/scheduler/{verb}", content=json.dumps(body),
-                   headers={"content-type": "application/json"})
+    r = _FUZZ.post(
+        f"/scheduler/{verb}", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
     assert r.status_code < 500, r.text
     if r.status_code == 200 and verb == "prioritize":
         assert all(isinstance(s["Score"], int) and 0 <= s["Score"] <= 10 for s in r.json())

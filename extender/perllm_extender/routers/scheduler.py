@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from perllm_extender.decide import PodDecision, Scheduler
+from perllm_extender.decide import PodDecision, Scheduler, constraint_of
 from perllm_extender.metrics import Metrics
 from perllm_extender.models import ExtenderArgs, ExtenderFilterResult, HostPriority, NodeList
 
@@ -18,8 +18,9 @@ router = APIRouter()
 def _run(request: Request, args: ExtenderArgs, verb: str) -> PodDecision | JSONResponse:
     sched: Scheduler = request.app.state.scheduler
     metrics: Metrics = request.app.state.metrics
-    node_objs = args.Nodes.items if args.Nodes is not None and args.Nodes.items is not None \
-        else None
+    node_objs = (
+        args.Nodes.items if args.Nodes is not None and args.Nodes.items is not None else None
+    )
     if args.Nodes is not None and node_objs is None:
         node_objs = []
     try:
@@ -37,6 +38,14 @@ def _run(request: Request, args: ExtenderArgs, verb: str) -> PodDecision | JSONR
             metrics.feasible.observe(len(d.passed))
             if not d.feasible:
                 metrics.violations.inc()
+        if not d.reused:  # one pod, one play: count what the decision did once
+            for reason in d.failed.values():
+                metrics.exclusions.labels(constraint_of(reason)).inc()
+            if d.violated is not None:
+                metrics.constraint_violations.labels(d.violated).inc()
+            if d.exploration:
+                metrics.exploration.inc()
+            metrics.regret.inc(d.regret)
     return d
 
 
@@ -47,10 +56,12 @@ def filter_nodes(request: Request, args: ExtenderArgs) -> ExtenderFilterResult |
         return d
     if args.Nodes is not None:  # nodeCacheCapable false: only Nodes is read
         keep = set(d.passed)
-        items = [o for o in (args.Nodes.items or [])
-                 if isinstance(o.get("metadata"), dict) and o["metadata"].get("name") in keep]
-        return ExtenderFilterResult(Nodes=NodeList(metadata={}, items=items),
-                                    FailedNodes=d.failed)
+        items = [
+            o
+            for o in (args.Nodes.items or [])
+            if isinstance(o.get("metadata"), dict) and o["metadata"].get("name") in keep
+        ]
+        return ExtenderFilterResult(Nodes=NodeList(metadata={}, items=items), FailedNodes=d.failed)
     return ExtenderFilterResult(NodeNames=d.passed, FailedNodes=d.failed)
 
 

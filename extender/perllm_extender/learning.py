@@ -1,0 +1,281 @@
+"""Learning: observed latency and energy of placed pods become CS-UCB updates.
+
+`ArmStore` holds each service's learned state (CS-UCB `export_state()` format: arms keyed
+`<service>|<pool>`). The extender keeps one CSUCB per (service, candidate node set), since
+kube-scheduler's in-tree filters change the set; each syncs from the store before use and
+writes back after, so everything learned about a pool carries across node sets, bandwidth
+changes and restarts (the store is what `state.py` persists). Key: `namespace/service@model`
+(a new model invalidates the learned time ratios; a new deadline does not).
+
+`Learner` remembers every placed pod (service, node, predicted time and energy at decision,
+deadline) and every `interval_s` turns its observed mean latency, output length and energy
+per request into `CSUCB.update()`. One observation per pod per pass, only when the pod
+served requests in the window; pods that are gone are forgotten.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from perllm.contract import Server, ServiceSpec
+from perllm.csucb import CSUCB
+from perllm.telemetry import names
+from perllm.telemetry.prom import Answer
+
+if TYPE_CHECKING:
+    from perllm_extender.pods import PodIndex
+    from perllm_extender.telemetry import QueryClient, Snapshot
+
+log = logging.getLogger("perllm.extender.learning")
+
+
+def service_key(namespace: str, spec: ServiceSpec) -> str:
+    return f"{namespace}/{spec.name}@{spec.model}"
+
+
+class ArmStore:
+    """Learned state per service key, with a generation counter so a CSUCB re-imports only
+    when another one has learned something since it last synced."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, dict[str, Any]] = {}
+        self._gen: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def pull(self, skey: str, b: CSUCB, seen: int) -> int:
+        with self._lock:
+            gen, st = self._gen.get(skey, 0), self._states.get(skey)
+        if st is not None and gen != seen:
+            b.import_state(st)
+        return gen
+
+    def push(self, skey: str, b: CSUCB) -> int:
+        st = b.export_state()
+        with self._lock:
+            old = self._states.get(skey)
+            if old is not None:  # pools this CSUCB does not have keep what was learned
+                st["arms"] = {**old.get("arms", {}), **st["arms"]}
+                st["outputs"] = {**old.get("outputs", {}), **st["outputs"]}
+            self._states[skey] = st
+            gen = self._gen.get(skey, 0) + 1
+            self._gen[skey] = gen
+            return gen
+
+    def export(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return dict(self._states)
+
+    def load(self, states: dict[str, dict[str, Any]]) -> None:
+        with self._lock:
+            for k, st in states.items():
+                self._states[k] = st
+                self._gen[k] = self._gen.get(k, 0) + 1
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+@dataclass
+class Placement:
+    """A pod the extender placed, with what it predicted for each candidate node."""
+
+    key: str  # namespace/pod
+    uid: str
+    namespace: str
+    skey: str
+    spec: ServiceSpec
+    servers: tuple[Server, ...]
+    node: str  # chosen (the informer's binding wins when it differs)
+    predicted: dict[str, tuple[float, float]]  # node -> (time s, energy J) at decision
+    decided_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    observations: int = 0
+
+
+@dataclass(frozen=True)
+class Observation:
+    placement: Placement
+    server: int  # index in placement.servers
+    time_s: float
+    predicted_s: float
+    energy_j: float
+    deadline_s: float
+    l_out: float
+    energy_source: str  # service | node-power | predicted
+
+
+def _by_pod(ans: Answer | None) -> dict[str, float]:
+    if ans is None:
+        return {}
+    out = {}
+    for s in ans.samples:
+        ns, pod = s.labels.get("namespace"), s.labels.get("pod")
+        if ns and pod and math.isfinite(s.value):
+            out[f"{ns}/{pod}"] = s.value
+    return out
+
+
+def _by_service(ans: Answer | None) -> dict[str, float]:
+    if ans is None:
+        return {}
+    out = {}
+    for s in ans.samples:
+        ns, svc = s.labels.get("namespace"), s.labels.get(names.SERVICE)
+        if ns and svc and math.isfinite(s.value) and s.value > 0:
+            out[f"{ns}/{svc}"] = s.value
+    return out
+
+
+def queries(window: str) -> dict[str, str]:
+    count = f"{names.VLLM_E2E_LATENCY}_count"
+    by_pod = "sum by (namespace, pod)"
+    by_svc = "sum by (namespace, service)"
+    return {
+        "latency": names.pod_latency(window),
+        "rate": f"{by_pod} (rate({count}[{window}]))",
+        "tokens": f"{by_pod} (rate({names.VLLM_GENERATION_TOKENS}[{window}])) / "
+        f"{by_pod} (rate({count}[{window}]))",
+        "energy": f"{by_svc} (increase({names.SERVICE_ENERGY_J}[{window}])) / "
+        f"{by_svc} (increase({names.SERVICE_REQUESTS}[{window}]))",
+    }
+
+
+class Learner:
+    """Tracks placements and feeds observations to `apply(observations)` (the scheduler's
+    update under its lock)."""
+
+    def __init__(
+        self,
+        prom: QueryClient | None,
+        apply: Callable[[list[Observation]], int],
+        *,
+        pods: PodIndex | None = None,
+        snapshot: Callable[[], Snapshot | None] | None = None,
+        is_gpu: Callable[[Server], bool] | None = None,
+        interval_s: float = 15.0,
+        window: str = "1m",
+        forget_after_s: float = 600.0,
+        max_tracked: int = 100_000,
+    ) -> None:
+        self.prom, self.apply, self.pods = prom, apply, pods
+        self.snapshot = snapshot or (lambda: None)
+        self.is_gpu = is_gpu or (lambda _s: True)
+        self.interval_s, self.window = interval_s, window
+        self.forget_after_s, self.max_tracked = forget_after_s, max_tracked
+        self.tracked: dict[str, Placement] = {}
+        self.updates = 0
+        self.passes = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def record(self, p: Placement) -> None:
+        with self._lock:
+            self.tracked[p.key] = p
+            while len(self.tracked) > self.max_tracked:
+                self.tracked.pop(next(iter(self.tracked)))
+
+    def _forget_gone(self, now: float) -> None:
+        with self._lock:
+            for key, p in list(self.tracked.items()):
+                if self.pods is not None and self.pods.informed:
+                    info = self.pods.get(key)
+                    gone = info is None or info.uid != p.uid
+                else:  # no informer: a pod silent for long is taken as gone
+                    gone = now - p.last_seen > self.forget_after_s
+                if gone:
+                    del self.tracked[key]
+
+    def observe(self) -> list[Observation]:
+        """Query once and build the observations of this pass (no update)."""
+        now = time.time()
+        self._forget_gone(now)
+        if self.prom is None:
+            return []
+        q = queries(self.window)
+        answers: dict[str, Answer | None] = {}
+        for k, promql in q.items():
+            try:
+                a = self.prom.query(promql)
+            except Exception as exc:
+                log.warning("learning query %s failed: %s", k, exc)
+                a = None
+            answers[k] = a if a is not None and a.fresh else None  # never re-learn a stale one
+        if answers["latency"] is None:
+            return []
+        lat, rate = _by_pod(answers["latency"]), _by_pod(answers["rate"])
+        tokens, energy = _by_pod(answers["tokens"]), _by_service(answers["energy"])
+        snap = self.snapshot()
+        out: list[Observation] = []
+        with self._lock:
+            placements = list(self.tracked.values())
+        for p in placements:
+            if p.key in lat or p.key in rate:
+                p.last_seen = now
+            t_obs = lat.get(p.key)
+            if t_obs is None or t_obs <= 0 or rate.get(p.key, 1.0) <= 0:
+                continue  # no requests in the window: nothing to learn
+            node = p.node
+            if self.pods is not None:
+                info = self.pods.get(p.key)
+                if info is not None and info.bound and info.uid == p.uid and info.node:
+                    node = info.node
+            idx = next((i for i, s in enumerate(p.servers) if s.name == node), None)
+            if idx is None or node not in p.predicted:
+                continue  # bound outside the decision's candidates: no prediction for it
+            pred_t, pred_e = p.predicted[node]
+            tr = p.spec.traffic
+            l_out = tokens.get(p.key) or float(tr.output_tokens)
+            e, src = energy.get(f"{p.namespace}/{p.spec.name}"), "service"
+            if e is None and snap is not None:
+                power = (snap.gpu_power_w if self.is_gpu(p.servers[idx]) else snap.cpu_power_w).get(
+                    node
+                )
+                if power is not None and power > 0:
+                    # node power shared by the requests in flight on it
+                    conc = max(1.0, snap.node_running.get(node, 0.0))
+                    e, src = power * t_obs / conc, "node-power"
+            if e is None:
+                e, src = pred_e, "predicted"
+            dl = p.spec.requirements.deadline
+            out.append(
+                Observation(
+                    p, idx, t_obs, pred_t, e, dl.seconds + dl.per_output_token_s * l_out, l_out, src
+                )
+            )
+            p.observations += 1
+        return out
+
+    def learn_once(self) -> tuple[int, int]:
+        """One pass: (observations applied, pods tracked)."""
+        obs = self.observe()
+        n = self.apply(obs) if obs else 0
+        self.updates += n
+        self.passes += 1
+        return n, len(self.tracked)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="perllm-learning", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.learn_once()
+            except Exception:
+                log.exception("learning pass failed")

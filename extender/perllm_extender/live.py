@@ -1,0 +1,180 @@
+"""The extender's live side, wired together: telemetry, informers, learning, publication
+and persistence around one `Scheduler`. Built by `create_app`, started and stopped by the
+app's lifespan; every part is optional and degrades to the offline behaviour."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from perllm.contract import Server
+from perllm.profiles import Catalogue
+from perllm_extender.decide import DecisionEvent, Scheduler
+from perllm_extender.informers import Informer, kube_informers
+from perllm_extender.learning import Learner, Observation, Placement
+from perllm_extender.metrics import Metrics
+from perllm_extender.publish import KubePublishApi, Publisher
+from perllm_extender.state import ConfigMapStore, StateKeeper
+from perllm_extender.telemetry import NoRetryPrometheus, QueryClient, Telemetry
+
+if TYPE_CHECKING:
+    from perllm_extender.app import ExtenderConfig
+
+log = logging.getLogger("perllm.extender")
+
+
+class Live:
+    def __init__(self, cfg: ExtenderConfig, catalogue: Catalogue, metrics: Metrics) -> None:
+        self.cfg, self.metrics = cfg, metrics
+        prom: QueryClient | None = cfg.prometheus
+        if prom is None and cfg.prometheus_url:
+            prom = NoRetryPrometheus(cfg.prometheus_url)
+        self.scheduler = sched = Scheduler(
+            catalogue,
+            default_model=cfg.default_model,
+            log_size=cfg.log_size,
+            node_source=cfg.node_source,
+        )
+        self.telemetry = Telemetry(
+            prom,
+            interval_s=cfg.telemetry_interval_s,
+            max_age_s=cfg.max_telemetry_age_s,
+            latency_window=cfg.latency_window,
+            pod_node=sched.pods.node_of,
+        )
+        sched.telemetry = self.telemetry
+        metrics.staleness.set_function(self._staleness)
+
+        def is_gpu(s: Server) -> bool:
+            hw = catalogue.hardware.get(s.hardware)
+            return hw is not None and hw.kind == "gpu"
+
+        def apply(obs: list[Observation]) -> int:
+            n = sched.apply(obs)
+            metrics.learning_updates.inc(n)
+            return n
+
+        self.learner = Learner(
+            prom,
+            apply,
+            pods=sched.pods,
+            snapshot=lambda: self.telemetry.snapshot,
+            is_gpu=is_gpu,
+            interval_s=cfg.learn_interval_s,
+            window=cfg.learn_window,
+        )
+        sched.listeners.append(self._record)
+
+        client = cfg.api_client
+        if cfg.kube and client is None:
+            from perllm_extender.nodes import kube_api_client
+
+            client = kube_api_client()
+            if client is None:
+                log.warning(
+                    "--kube: no cluster configuration (KUBECONFIG or in-cluster): "
+                    "no informers, publication or persisted state"
+                )
+        self.api_client: Any = client
+
+        pub_api = cfg.publish_api
+        if pub_api is None and client is not None:
+            pub_api = KubePublishApi(client)
+        self.publisher: Publisher | None = None
+        if pub_api is not None:
+            self.publisher = Publisher(
+                pub_api,
+                min_interval_s=cfg.publish_interval_s,
+                service_nodes=sched.pods.service_nodes,
+                on_failure=lambda what: metrics.publish_failures.labels(what).inc(),
+            )
+            sched.listeners.append(self.publisher.submit)
+
+        store = cfg.state_store
+        if store is None and client is not None:
+            store = ConfigMapStore(client, cfg.state_namespace)
+        self.keeper: StateKeeper | None = None
+        if store is not None:
+            self.keeper = StateKeeper(
+                store,
+                sched.arms,
+                interval_s=cfg.state_interval_s,
+                on_save=lambda ok: metrics.state_saves.labels("ok" if ok else "error").inc(),
+            )
+
+        self.informers: list[Informer] = []
+        if client is not None and cfg.informers:
+            self.informers = kube_informers(client, sched.nodes, sched.pods, sched.services)
+        self.started = False
+
+    def _staleness(self) -> float:
+        return self.telemetry.staleness_s()
+
+    def _record(self, ev: DecisionEvent) -> None:
+        d = ev.decision
+        if d.chosen is None or not d.explanation:
+            return
+        predicted = {
+            c["node"]: (float(c["predicted_time_s"]), float(c["predicted_energy_j"]))
+            for c in d.explanation.get("candidates", [])
+        }
+        self.learner.record(
+            Placement(
+                ev.key, ev.uid, ev.namespace, ev.skey, ev.spec, ev.servers, d.chosen, predicted
+            )
+        )
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        if self.keeper is not None:
+            self.keeper.restore()  # before the first decision
+            self.keeper.start()
+        for inf in self.informers:
+            inf.start()
+        self.telemetry.start()
+        if self.learner.prom is not None:
+            self.learner.start()
+        if self.publisher is not None:
+            self.publisher.start()
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        self.learner.stop()
+        self.telemetry.stop()
+        for inf in self.informers:
+            inf.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
+        if self.keeper is not None:
+            self.keeper.stop()  # saves once more
+
+    def readiness(self) -> dict[str, Any]:
+        """Always ready once started (decisions continue on priors); says what degrades."""
+        reasons = []
+        why = self.telemetry.degraded()
+        if why:
+            reasons.append(why)
+        for inf in self.informers:
+            if not inf.synced:
+                reasons.append(
+                    f"{inf.name} informer not synced"
+                    + (f": {inf.last_error}" if inf.last_error else "")
+                )
+            elif inf.last_error:
+                reasons.append(f"{inf.name} informer: {inf.last_error}")
+        if self.keeper is not None and self.keeper.last_error:
+            reasons.append(f"learned state: {self.keeper.last_error}")
+        stale = self.telemetry.staleness_s()
+        return {
+            "status": "ready",
+            "telemetry": "degraded" if why else "ok",
+            "staleness_s": None if math.isinf(stale) else round(stale, 3),
+            "degraded": bool(reasons),
+            "reason": "; ".join(reasons) or None,
+            "informers": {i.name: i.synced for i in self.informers},
+        }

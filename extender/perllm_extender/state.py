@@ -1,0 +1,215 @@
+"""Persistence of the learned state (contract 2): ConfigMap `perllm-extender-state`, key
+`state.json`, in the extender's namespace; written every `interval_s` and on shutdown,
+read on start.
+
+`state.json` = `{"version": 1, "savedAt": RFC 3339, "services": {<service key>: <CS-UCB
+export_state()>}}`, service key `namespace/service@model` (see learning.py): arms inside are
+keyed `<service>|<tier>/<hardware>/<nominal Mbit/s>`, i.e. per node pool, so the state
+survives nodes coming and going. Absent state starts fresh; unreadable state starts fresh
+with a warning (and is overwritten at the next save).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from perllm.csucb import STATE_VERSION
+from perllm_extender.learning import ArmStore
+
+log = logging.getLogger("perllm.extender.state")
+
+CONFIGMAP = "perllm-extender-state"
+KEY = "state.json"
+FILE_VERSION = 1
+
+
+class StateStore(Protocol):
+    def load(self) -> str | None:
+        """The stored text, None when there is none; raises when it cannot be read."""
+        ...
+
+    def save(self, text: str) -> None: ...
+
+
+class MemoryStore:
+    """A store in memory (tests, `--no-kube`)."""
+
+    def __init__(self, text: str | None = None) -> None:
+        self.text = text
+        self.saves = 0
+
+    def load(self) -> str | None:
+        return self.text
+
+    def save(self, text: str) -> None:
+        self.text = text
+        self.saves += 1
+
+
+class ConfigMapStore:
+    """The ConfigMap on the kubernetes client: create on first save, replace afterwards."""
+
+    def __init__(
+        self, api_client: Any, namespace: str, name: str = CONFIGMAP, key: str = KEY
+    ) -> None:
+        import kubernetes
+
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.namespace, self.name, self.key = namespace, name, key
+
+    def load(self) -> str | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            cm = self.core.read_namespaced_config_map(self.name, self.namespace, _request_timeout=5)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        data = cm.data or {}
+        text = data.get(self.key)
+        return text if isinstance(text, str) else None
+
+    def save(self, text: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": {"app.kubernetes.io/name": "perllm-extender"},
+            },
+            "data": {self.key: text},
+        }
+        try:
+            self.core.patch_namespaced_config_map(
+                self.name, self.namespace, {"data": {self.key: text}}, _request_timeout=5
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            self.core.create_namespaced_config_map(self.namespace, body, _request_timeout=5)  # type: ignore[arg-type]
+
+
+def dumps(arms: ArmStore) -> str:
+    doc = {
+        "version": FILE_VERSION,
+        "savedAt": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "services": arms.export(),
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def parse(text: str) -> dict[str, dict[str, Any]]:
+    """The per-service states in `text`; ValueError naming what is wrong."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{KEY} is not JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("version") != FILE_VERSION:
+        got = doc.get("version") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{KEY}: version {got!r} != {FILE_VERSION}")
+    services = doc.get("services")
+    if not isinstance(services, dict):
+        raise ValueError(f"{KEY}: 'services' is not an object")
+    out: dict[str, dict[str, Any]] = {}
+    for k, st in services.items():
+        if (
+            isinstance(st, dict)
+            and st.get("version") == STATE_VERSION
+            and isinstance(st.get("arms"), dict)
+        ):
+            out[str(k)] = st
+        else:
+            log.warning("learned state of %s is not a CS-UCB v%d state: dropped", k, STATE_VERSION)
+    return out
+
+
+class StateKeeper:
+    """Restores the ArmStore on start, saves it every `interval_s` and on stop."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        arms: ArmStore,
+        *,
+        interval_s: float = 60.0,
+        on_save: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.store, self.arms, self.interval_s = store, arms, interval_s
+        self.on_save = on_save or (lambda _ok: None)
+        self.restored = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._save_lock = threading.Lock()
+
+    def restore(self) -> int:
+        """Load the stored state into the ArmStore; returns how many services. Never
+        raises: absent or bad state means starting fresh."""
+        try:
+            text = self.store.load()
+        except Exception as e:
+            log.warning("cannot read the learned state (%s): starting fresh", _why(e))
+            self.last_error = _why(e)
+            return 0
+        if text is None:
+            log.info("no learned state stored yet: starting fresh")
+            return 0
+        try:
+            states = parse(text)
+        except ValueError as e:
+            log.warning("learned state unreadable (%s): starting fresh", e)
+            self.last_error = str(e)
+            return 0
+        self.arms.load(states)
+        self.restored = len(states)
+        log.info("restored the learned state of %d services", len(states))
+        return len(states)
+
+    def save(self) -> bool:
+        with self._save_lock:
+            try:
+                self.store.save(dumps(self.arms))
+            except Exception as e:
+                why = _why(e)
+                if why != self.last_error:  # once per distinct error
+                    log.warning("cannot save the learned state: %s", why)
+                self.last_error = why
+                self.on_save(False)
+                return False
+            self.last_error = None
+            self.on_save(True)
+            return True
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="perllm-state", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.save()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.save()
+
+
+def _why(e: Exception) -> str:
+    status = getattr(e, "status", None)
+    if status is not None:
+        return f"HTTP {status} {getattr(e, 'reason', '') or ''}".strip()
+    return f"{type(e).__name__}: {e}"

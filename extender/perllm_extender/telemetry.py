@@ -1,0 +1,279 @@
+"""Live telemetry for decisions: a snapshot refreshed in the background from Prometheus.
+
+Decisions never query Prometheus: they read `Telemetry.snapshot`, an immutable object the
+refresher replaces every `interval_s`. What is unknown (no Prometheus, no series for a
+node, a value older than `max_age_s`) falls back to the profile prior: the node's nominal
+link bandwidth (its annotation) and zero load.
+
+Queries use the shared names in `perllm.telemetry.names`; the per-pod running/waiting and
+per-node CPU power queries are built here (the shared module sums running and waiting).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from perllm.telemetry import names
+from perllm.telemetry.prom import Answer, Prometheus
+
+log = logging.getLogger("perllm.extender.telemetry")
+
+
+class QueryClient(Protocol):
+    """What the extender needs of `perllm.telemetry.prom.Prometheus` (tests pass stubs)."""
+
+    def query(self, promql: str) -> Answer | None: ...
+
+
+class NoRetryPrometheus(Prometheus):
+    """`Prometheus` whose client really does not retry. prometheus-api-client 0.7.2 turns
+    `retry=None` into its default (3 retries, backoff 1 s: ~6 s per query against a dead
+    server), so the shared client's "no retries" does not hold; until it does, the extender
+    builds its connection here."""
+
+    def _connect(self) -> Any:
+        if self._client is None:
+            from prometheus_api_client import PrometheusConnect
+            from urllib3.util.retry import Retry
+
+            self._client = PrometheusConnect(
+                url=self.url,
+                disable_ssl=True,
+                retry=Retry(total=0, raise_on_status=False),
+                timeout=self.timeout_s,
+            )
+        return self._client
+
+
+# The queries of one refresh, by the snapshot field they fill.
+Q_BANDWIDTH = names.bandwidth_by_node()  # bit/s per node
+Q_GPU_POWER = names.gpu_power_by_node()  # W per Hostname / hostname
+Q_CPU_POWER = f"sum by ({names.NODE}) ({names.CPU_POWER_W})"
+Q_RUNNING = f"sum by (namespace, pod) ({names.VLLM_RUNNING})"
+Q_WAITING = f"sum by (namespace, pod) ({names.VLLM_WAITING})"
+
+
+def q_latency(window: str) -> str:
+    return names.pod_latency(window)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Telemetry at one refresh. Values per query carry the time of the query they came
+    from (`at`), so a value served from the client's last-good cache ages visibly."""
+
+    bandwidth_mbps: Mapping[str, float] = field(default_factory=dict)  # by node
+    gpu_power_w: Mapping[str, float] = field(default_factory=dict)  # by node
+    cpu_power_w: Mapping[str, float] = field(default_factory=dict)  # by node
+    running: Mapping[str, float] = field(default_factory=dict)  # by "namespace/pod"
+    waiting: Mapping[str, float] = field(default_factory=dict)
+    latency_s: Mapping[str, float] = field(default_factory=dict)  # mean e2e, by pod
+    node_running: Mapping[str, float] = field(default_factory=dict)  # pods summed per node
+    node_waiting: Mapping[str, float] = field(default_factory=dict)
+    at: Mapping[str, float] = field(default_factory=dict)  # query field -> time.time()
+    refreshed: float = 0.0  # time.time() of the refresh (0: never)
+
+    def usable(self, what: str, max_age_s: float, now: float | None = None) -> bool:
+        t = self.at.get(what)
+        return t is not None and (now or time.time()) - t <= max_age_s
+
+    def to_dict(self, max_age_s: float) -> dict[str, Any]:
+        nodes: dict[str, dict[str, float | None]] = {}
+        for n in {
+            *self.bandwidth_mbps,
+            *self.gpu_power_w,
+            *self.cpu_power_w,
+            *self.node_running,
+            *self.node_waiting,
+        }:
+            nodes[n] = {
+                "bandwidth_mbps": self.bandwidth_mbps.get(n),
+                "gpu_power_w": self.gpu_power_w.get(n),
+                "cpu_power_w": self.cpu_power_w.get(n),
+                "running": self.node_running.get(n, 0.0),
+                "waiting": self.node_waiting.get(n, 0.0),
+            }
+        pods = {
+            p: {
+                "running": self.running.get(p, 0.0),
+                "waiting": self.waiting.get(p, 0.0),
+                "latency_s": self.latency_s.get(p),
+            }
+            for p in {*self.running, *self.waiting, *self.latency_s}
+        }
+        now = time.time()
+        return {
+            "refreshed": self.refreshed or None,
+            "ages_s": {k: round(now - v, 3) for k, v in self.at.items()},
+            "usable": {k: self.usable(k, max_age_s, now) for k in self.at},
+            "nodes": nodes,
+            "pods": pods,
+        }
+
+
+def _by_pod(ans: Answer) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for s in ans.samples:
+        ns, pod = s.labels.get("namespace"), s.labels.get("pod")
+        if ns and pod and math.isfinite(s.value):
+            out[f"{ns}/{pod}"] = s.value
+    return out
+
+
+def _by_host(ans: Answer) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for label in names.DCGM_HOST_LABELS:
+        out.update(ans.by(label))
+    return out
+
+
+class Telemetry:
+    """The background refresher. `pod_node(namespace/pod) -> node | None` places pods on
+    nodes (the pod informer, else the extender's own decisions) to sum their load per node.
+    """
+
+    def __init__(
+        self,
+        prom: QueryClient | None,
+        *,
+        interval_s: float = 2.0,
+        max_age_s: float = 60.0,
+        latency_window: str = "1m",
+        pod_node: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self.prom = prom
+        self.interval_s = interval_s
+        self.max_age_s = max_age_s
+        self.latency_window = latency_window
+        self.pod_node = pod_node or (lambda _p: None)
+        self.snapshot = Snapshot()
+        self.last_success: float | None = None  # time.time() of the last fresh answer
+        self.last_error: str | None = None if prom is not None else "no Prometheus configured"
+        self.refreshes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._refresh_lock = threading.Lock()
+
+    # -- one refresh --------------------------------------------------------------------
+    def refresh(self) -> Snapshot:
+        """Query everything once and publish a new snapshot (callers: the loop, tests,
+        `POST /telemetry/refresh`). Never raises: a failing query keeps what it had."""
+        with self._refresh_lock:
+            old, prom = self.snapshot, self.prom
+            if prom is None:
+                return old
+            at = dict(old.at)
+            errors: list[str] = []
+
+            def ask(what: str, promql: str) -> Answer | None:
+                try:
+                    ans = prom.query(promql)
+                except Exception as e:  # a stub or client bug must not kill the loop
+                    ans = None
+                    errors.append(f"{what}: {type(e).__name__}: {e}")
+                if ans is None:
+                    errors.append(what)
+                    return None
+                at[what] = ans.at
+                if ans.fresh:
+                    self.last_success = max(self.last_success or 0.0, ans.at)
+                else:
+                    errors.append(what)
+                return ans
+
+            bw = ask("bandwidth", Q_BANDWIDTH)
+            gpu = ask("gpu_power", Q_GPU_POWER)
+            cpu = ask("cpu_power", Q_CPU_POWER)
+            run = ask("running", Q_RUNNING)
+            wait = ask("waiting", Q_WAITING)
+            lat = ask("latency", q_latency(self.latency_window))
+            running = _by_pod(run) if run is not None else dict(old.running)
+            waiting = _by_pod(wait) if wait is not None else dict(old.waiting)
+            node_running: dict[str, float] = {}
+            node_waiting: dict[str, float] = {}
+            for per_pod, per_node in ((running, node_running), (waiting, node_waiting)):
+                for p, v in per_pod.items():
+                    n = self.pod_node(p)
+                    if n is not None:
+                        per_node[n] = per_node.get(n, 0.0) + max(v, 0.0)
+            at["load"] = min(at.get("running", 0.0), at.get("waiting", 0.0))
+            snap = Snapshot(
+                bandwidth_mbps={n: v / 1e6 for n, v in bw.by(names.NODE).items() if v > 0}
+                if bw is not None
+                else old.bandwidth_mbps,
+                gpu_power_w=_by_host(gpu) if gpu is not None else old.gpu_power_w,
+                cpu_power_w=cpu.by(names.NODE) if cpu is not None else old.cpu_power_w,
+                running=running,
+                waiting=waiting,
+                latency_s=_by_pod(lat) if lat is not None else old.latency_s,
+                node_running=node_running,
+                node_waiting=node_waiting,
+                at=at,
+                refreshed=time.time(),
+            )
+            self.snapshot = snap  # one reference assignment: readers never see a mix
+            self.refreshes += 1
+            health = getattr(prom, "health", None)
+            why = getattr(health, "last_error", None)
+            self.last_error = (
+                None
+                if not errors
+                else (
+                    f"queries failed ({', '.join(sorted(set(errors)))})"
+                    + (f": {why}" if why else "")
+                )
+            )
+            return snap
+
+    # -- decisions' view -----------------------------------------------------------------
+    def bandwidth(self, node: str, prior: float, snap: Snapshot, now: float) -> float:
+        if snap.usable("bandwidth", self.max_age_s, now):
+            return snap.bandwidth_mbps.get(node, prior)
+        return prior
+
+    def staleness_s(self, now: float | None = None) -> float:
+        """Seconds since the last good Prometheus answer (inf: never)."""
+        if self.last_success is None:
+            return math.inf
+        return max(0.0, (now or time.time()) - self.last_success)
+
+    def degraded(self) -> str | None:
+        """Why decisions run (partly) on priors, or None."""
+        if self.prom is None:
+            return "no Prometheus configured: decisions use profile priors"
+        if self.last_success is None:
+            return f"no telemetry yet: {self.last_error or 'not refreshed'}"
+        if self.staleness_s() > self.max_age_s:
+            return (
+                f"telemetry stale ({self.staleness_s():.0f}s > {self.max_age_s:g}s): "
+                f"{self.last_error or ''}; decisions use profile priors"
+            )
+        return self.last_error
+
+    # -- the loop ------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.prom is None or self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="perllm-telemetry", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception:  # never let the refresher die silently
+                log.exception("telemetry refresh failed")
+            self._stop.wait(self.interval_s)
