@@ -1,0 +1,56 @@
+"""`perllm demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo_cmd(
+        scenario: str = typer.Option(
+            "demo",
+            help="Scenario name or file (its servers become "
+            "KWOK nodes; the twin simulates its world).",
+        ),
+        duration: float = typer.Option(180.0, min=10, help="Wall-clock seconds to watch."),
+        speed: float = typer.Option(10.0, min=0.1, help="Twin: simulated seconds per second."),
+        out: Path = typer.Option(Path("out/demo"), help="Summary JSON, PNG and logs (run/)."),  # noqa: B008
+        live: bool = typer.Option(True, "--live/--no-live", help="Live terminal view."),
+        warmup: float | None = typer.Option(
+            None, min=0, help="Seconds excluded from the totals (default: a quarter of --duration)."
+        ),
+        services: list[Path] = typer.Option(  # noqa: B008
+            [],
+            "--services",
+            help="LLMService manifests (files/folders) instead of the defaults (repeatable).",
+        ),
+    ) -> None:
+        """Run the closed loop locally: control plane, Prometheus, twin, extender, operator,
+        the example LLMServices; a live view; a summary table and PNG at the end."""
+        from perllm.demo.config import DemoConfig
+        from perllm.demo.run import run_demo
+        from perllm.devcluster.binaries import BinariesMissing
+        from perllm.devcluster.process import StartError
+        from perllm.scenario import ScenarioError
+
+        cfg = DemoConfig(
+            scenario=scenario,
+            duration_s=duration,
+            speed=speed,
+            out=out,
+            live=live,
+            warmup_s=warmup,
+            services=services,
+        )
+        try:
+            res = run_demo(cfg)
+        except (BinariesMissing, StartError, ScenarioError, FileNotFoundError, ValueError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+        if res.error:
+            raise typer.Exit(1)
+        if res.interrupted:
+            raise typer.Exit(130)

@@ -1,0 +1,127 @@
+"""The end of a run: numbers (JSON), a summary table and a PNG of attainment and joules
+per request over time, PerLLM against the counterfactual baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from rich.table import Table
+
+from perllm.demo.config import BASELINES
+from perllm.demo.observe import OURS, Sample, window
+from perllm.demo.view import _at_or_before, joules, pct
+
+PLOT_WINDOW_S = 20.0  # each plotted point: the preceding 20 s of wall time
+
+
+def _rates(r: Any) -> dict[str, Any]:
+    return {"requests": r.requests, "attainment": r.attainment, "j_per_request": r.j_per_request}
+
+
+def summarise(samples: list[Sample], warmup: float, meta: dict[str, Any]) -> dict[str, Any]:
+    """Totals after the warm-up per policy (and per service), the latest placements."""
+    if not samples:
+        return {**meta, "policies": {}, "services": {}, "placements": {}}
+    end, start = samples[-1], _at_or_before(samples, warmup)
+    pols = [OURS, *(p for p in BASELINES if p in end.counters)]
+    svcs = sorted(set(end.counters.get(OURS, {})) | set(end.status) | set(end.pods))
+    return {
+        **meta,
+        "window_s": [start.t, end.t],
+        "policies": {p: _rates(window(start, end, p)) for p in pols},
+        "services": {s: {p: _rates(window(start, end, p, s)) for p in pols} for s in svcs},
+        "placements": {s: end.status.get(s, {}).get("placement") for s in svcs},
+        "pods": {s: end.pods.get(s, []) for s in svcs},
+        "observed": {s: end.status.get(s, {}).get("observed") for s in svcs},
+    }
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    w = summary.get("window_s") or [0, 0]
+    t = Table(
+        title=f"demo summary: {summary.get('scenario')}, wall {w[0]:.0f}-{w[1]:.0f} s "
+        "(warm-up excluded)",
+        title_justify="left",
+    )
+    for col in ("policy", "requests", "deadline attainment", "J / request", "vs PerLLM"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    ours = summary["policies"].get(OURS, {}).get("j_per_request")
+    for p, r in summary["policies"].items():
+        ratio = (
+            f"{r['j_per_request'] / ours:.2f}x"
+            if p != OURS and ours and r.get("j_per_request")
+            else "—"
+        )
+        t.add_row(
+            "PerLLM (actual)" if p == OURS else f"{p} (counterfactual)",
+            f"{r['requests']:,.0f}",
+            pct(r["attainment"]),
+            joules(r["j_per_request"]),
+            ratio,
+            style="bold green" if p == OURS else "",
+        )
+    return t
+
+
+def timeline(samples: list[Sample]) -> dict[str, dict[str, list[float | None]]]:
+    """policy -> {t, attainment, j_per_request}, each point over the preceding window."""
+    out: dict[str, dict[str, list[float | None]]] = {}
+    if not samples:
+        return out
+    pols = [OURS, *(p for p in BASELINES if p in samples[-1].counters)]
+    for p in pols:
+        ts: list[float | None] = []
+        att: list[float | None] = []
+        jpr: list[float | None] = []
+        for s in samples:
+            r = window(_at_or_before(samples, s.t - PLOT_WINDOW_S), s, p)
+            ts.append(s.t)
+            att.append(r.attainment)
+            jpr.append(r.j_per_request)
+        out[p] = {"t": ts, "attainment": att, "j_per_request": jpr}
+    return out
+
+
+def plot(samples: list[Sample], warmup: float, path: Path, title: str) -> Path | None:
+    series = timeline(samples)
+    if not series:
+        return None
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    for p, s in series.items():
+        label = "PerLLM (actual)" if p == OURS else p
+        kw: dict[str, Any] = (
+            {"linewidth": 2.4, "color": "black"}
+            if p == OURS
+            else {"linewidth": 1.2, "linestyle": "--"}
+        )
+        ax1.plot(
+            s["t"], [None if a is None else 100 * a for a in s["attainment"]], label=label, **kw
+        )
+        ax2.plot(s["t"], s["j_per_request"], label=label, **kw)
+    for ax in (ax1, ax2):
+        ax.axvspan(0, warmup, color="grey", alpha=0.12, label="warm-up" if ax is ax1 else None)
+        ax.grid(alpha=0.3)
+    ax1.set_ylabel(f"deadline attainment (%)\n(last {PLOT_WINDOW_S:.0f} s)")
+    ax1.set_ylim(0, 105)
+    ax2.set_ylabel(f"joules per request\n(last {PLOT_WINDOW_S:.0f} s)")
+    if any(v for ser in series.values() for v in ser["j_per_request"]):
+        ax2.set_yscale("log")
+    ax2.set_xlabel("wall-clock time since the services were applied (s)")
+    ax1.set_title(title)
+    ax1.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_json(summary: dict[str, Any], samples: list[Sample], path: Path) -> Path:
+    doc = {**summary, "timeline": timeline(samples)}
+    path.write_text(json.dumps(doc, indent=2, default=str))
+    return path

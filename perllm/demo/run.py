@@ -1,0 +1,161 @@
+"""One demo run: start the stack, watch it for --duration, report, stop everything."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from perllm.demo.binaries import ensure_binaries
+from perllm.demo.config import DemoConfig
+from perllm.demo.observe import OURS, Observer, Sample
+from perllm.demo.rbac import CHART
+from perllm.demo.report import plot, summarise, summary_table, write_json
+from perllm.demo.stack import Stack
+from perllm.demo.view import pct, render, totals
+
+
+class DemoError(RuntimeError):
+    """A component died or did not start; the message names it and its log."""
+
+
+@dataclass
+class DemoResult:
+    summary: dict[str, Any]
+    samples: list[Sample] = field(default_factory=list)
+    json_path: Path | None = None
+    plot_path: Path | None = None
+    interrupted: bool = False
+    error: str | None = None
+
+
+def _sigterm(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # one path for Ctrl-C and SIGTERM: stop what we started
+
+
+def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
+    # Tables are wide: keep them readable when piped (rich falls back to 80 columns).
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    old = signal.signal(signal.SIGTERM, _sigterm)
+    config.out.mkdir(parents=True, exist_ok=True)
+    binaries = ensure_binaries(console, helm=CHART.is_dir())
+    stack = Stack(config, console, binaries)
+    samples: list[Sample] = []
+    interrupted, error = False, None
+    try:
+        try:
+            stack.start()
+            samples = _watch(stack, config, console)
+        except KeyboardInterrupt:
+            interrupted = True
+            console.print("[yellow]interrupted: stopping everything the demo started[/yellow]")
+        except DemoError as e:
+            error = str(e)
+            console.print(f"[red]error:[/red] {e}", highlight=False)
+        return _finish(config, stack, samples, console, interrupted, error)
+    finally:
+        stack.stop()
+        signal.signal(signal.SIGTERM, old)
+        console.print(f"stopped; logs in {config.run_dir}")
+
+
+def _header(config: DemoConfig, t: float) -> str:
+    return (
+        f"PerLLM demo · scenario {config.scenario} · {t:4.0f} / {config.duration_s:.0f} s "
+        f"· twin speed x{config.speed:g} (≈ {t * config.speed:,.0f} simulated s) · warm-up "
+        f"{config.warmup:.0f} s · Ctrl-C stops"
+    )
+
+
+def _watch(stack: Stack, config: DemoConfig, console: Console) -> list[Sample]:
+    assert stack.endpoints is not None and stack.cluster is not None
+    obs = Observer(stack.endpoints.prometheus, stack.cluster.kubeconfig, config.namespace)
+    samples: list[Sample] = []
+    reported: set[str] = set()
+    live = Live(console=console, refresh_per_second=2, transient=False) if config.live else None
+    next_line = 0.0
+    if live is not None:
+        live.start()
+    try:
+        while True:
+            s = obs.sample()
+            samples.append(s)
+            for p in stack.dead():
+                if p.name not in reported:
+                    reported.add(p.name)
+                    raise DemoError(f"{p.name} exited; log {p.log}:\n{p.tail(30)}")
+            if live is not None:
+                live.update(
+                    render(
+                        samples,
+                        header=_header(config, s.t),
+                        warmup=config.warmup,
+                        notes=stack.notes,
+                    )
+                )
+            elif s.t >= next_line:
+                next_line = s.t + 10
+                console.print(_progress_line(samples, config), highlight=False)
+            if s.t >= config.duration_s:
+                return samples
+            time.sleep(max(0.0, config.sample_every_s - (time.monotonic() - obs.t0 - s.t)))
+    finally:
+        if live is not None:
+            live.stop()
+
+
+def _progress_line(samples: list[Sample], config: DemoConfig) -> str:
+    s = samples[-1]
+    placed = sum(1 for st in s.status.values() if st.get("placement"))
+    bound = ", ".join(
+        f"{svc}@{'+'.join(n or 'pending' for n in nodes)}" for svc, nodes in sorted(s.pods.items())
+    )
+    parts = [f"t={s.t:4.0f}s decisions {placed}/{len(s.status)} ({bound or 'no pods'})"]
+    for p, (_, rec) in totals(samples, config.warmup).items():
+        name = "perllm" if p == OURS else p
+        parts.append(
+            f"{name} {pct(rec.attainment)} "
+            f"{'—' if rec.j_per_request is None else f'{rec.j_per_request:,.0f}'} J/req"
+        )
+    return " | ".join(parts)
+
+
+def _finish(
+    config: DemoConfig,
+    stack: Stack,
+    samples: list[Sample],
+    console: Console,
+    interrupted: bool,
+    error: str | None,
+) -> DemoResult:
+    meta = {
+        "scenario": config.scenario,
+        "duration_s": config.duration_s,
+        "speed": config.speed,
+        "warmup_s": config.warmup,
+        "namespace": config.namespace,
+        "twin": stack.twin_running,
+        "notes": stack.notes,
+        "interrupted": interrupted,
+        "error": error,
+    }
+    summary = summarise(samples, config.warmup, meta)
+    res = DemoResult(summary, samples, interrupted=interrupted, error=error)
+    if samples:
+        console.print(summary_table(summary))
+        res.json_path = write_json(summary, samples, config.out / "demo.json")
+        res.plot_path = plot(
+            samples,
+            config.warmup,
+            config.out / "demo.png",
+            f"PerLLM demo: {config.scenario} (twin speed x{config.speed:g})",
+        )
+        console.print(f"wrote {res.json_path}" + (f" and {res.plot_path}" if res.plot_path else ""))
+    return res

@@ -1,0 +1,352 @@
+"""Start and stop everything a demo run needs, in the documented order (INTERFACES §6.5):
+
+control plane with the scenario's KWOK nodes and Prometheus (scraping the twin and the
+extender) → CRD and RBAC → the twin → the extender (perllm-scheduler already names it,
+not ignorable: every PerLLM pod waits for a PerLLM decision) → the operator → the
+LLMServices. `Stack.stop()` stops exactly what it started, newest first, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from perllm.crd import CRD_PATH, PLURAL
+from perllm.demo.config import DemoConfig
+from perllm.demo.rbac import Rbac, load_rbac, token_kubeconfig
+from perllm.demo.services import default_sources, load_services
+from perllm.devcluster.binaries import Binaries
+from perllm.devcluster.cluster import Cluster, ClusterConfig
+from perllm.devcluster.config import Extender
+from perllm.devcluster.process import Proc, StartError, free_ports, http_ok, start, wait_until
+from perllm.scenario import load_scenario
+
+# `python -c` rather than the console script: /proc/<pid>/cmdline then starts with the
+# interpreter we pass, which is how Proc.alive() recognises its process.
+PERLLM = [
+    sys.executable,
+    "-c",
+    "import sys; sys.argv[0] = 'perllm'; from perllm.cli import app; app()",
+]
+
+
+def scenario_file(name: str) -> Path:
+    """The scenario's file (the twin takes a file; the cluster takes either)."""
+    p = Path(name)
+    if p.is_file():
+        return p.resolve()
+    sc = load_scenario(name)  # raises ScenarioError naming the scenario
+    builtin = Path(__file__).parents[1] / "scenarios" / f"{name}.yaml"
+    if builtin.is_file():
+        return builtin
+    raise FileNotFoundError(f"scenario {sc.name}: no file found for {name!r}")
+
+
+def supported_flags(command: str, wanted: dict[str, str]) -> tuple[list[str], list[str]]:
+    """`--flag value` pairs `perllm <command>` accepts, and the names of those it lacks (a
+    component that is older than the demo still runs, and the demo says what it dropped).
+    Empty `wanted`, unknown command: ([], ['<command>']) when the command itself is absent."""
+    env = dict(os.environ, COLUMNS="250", TERMINAL_WIDTH="250", NO_COLOR="1")
+    r = subprocess.run(
+        [*PERLLM, command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    if r.returncode != 0:
+        return [], [command]
+    args, dropped = [], []
+    for flag, value in wanted.items():
+        if flag in r.stdout:
+            args += [flag, value]
+        else:
+            dropped.append(flag)
+    return args, dropped
+
+
+@dataclass
+class Endpoints:
+    prometheus: str
+    twin_port: int
+    extender_port: int
+    operator_health_port: int
+
+    @property
+    def extender(self) -> str:
+        return f"http://127.0.0.1:{self.extender_port}"
+
+    @property
+    def twin(self) -> str:
+        return f"http://127.0.0.1:{self.twin_port}"
+
+
+@dataclass
+class Stack:
+    config: DemoConfig
+    console: Console
+    binaries: Binaries
+    cluster: Cluster | None = None
+    procs: list[Proc] = field(default_factory=list)
+    endpoints: Endpoints | None = None
+    services: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # degradations, shown in the view
+    twin_running: bool = False
+
+    # ---- helpers -----------------------------------------------------------------------
+    @property
+    def logs_dir(self) -> Path:
+        return self.config.run_dir / "logs"
+
+    def _say(self, msg: str) -> None:
+        self.console.print(f"[cyan]demo[/cyan] {msg}", highlight=False)
+
+    def _note(self, msg: str) -> None:
+        self.notes.append(msg)
+        self.console.print(f"[yellow]demo[/yellow] {msg}", highlight=False)
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        assert self.cluster is not None
+        r = self.cluster.kubectl(*args, check=False, input=input, timeout=timeout)
+        if check and r.returncode != 0:
+            raise StartError(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
+        return r
+
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        kubeconfig: Path,
+        ready: Callable[[], bool] | None,
+        what: str,
+    ) -> Proc:
+        env = dict(
+            os.environ, KUBECONFIG=str(kubeconfig), PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1"
+        )
+        p = start(name, argv, self.logs_dir / f"{name}.log", env=env, die_with_parent=True)
+        self.procs.append(p)
+        if ready is not None:
+            wait_until(p, ready, self.config.ready_timeout_s, what)
+        return p
+
+    # ---- start -------------------------------------------------------------------------
+    def start(self) -> None:
+        c = self.config
+        scenario = scenario_file(c.scenario)
+        self.services = load_services(c.services or default_sources(c.scenario))
+        ports = free_ports(("twin", "extender", "operator_health"))
+        run_dir = c.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(exist_ok=True)
+        scrape: list[dict[str, Any]] = [
+            {
+                "job_name": "twin",
+                "honor_labels": True,
+                "static_configs": [{"targets": [f"127.0.0.1:{ports['twin']}"]}],
+            },
+            {
+                "job_name": "perllm-extender",
+                "static_configs": [{"targets": [f"127.0.0.1:{ports['extender']}"]}],
+            },
+        ]
+        ext = Extender(url=f"http://127.0.0.1:{ports['extender']}/scheduler", ignorable=False)
+        self._say(f"starting the local control plane with the nodes of {scenario.name} ...")
+        t0 = time.monotonic()
+        self.cluster = Cluster(
+            ClusterConfig(
+                run_dir=run_dir / "cluster",
+                scenario=scenario,
+                extender=ext,
+                prometheus=True,
+                scrape_configs=scrape,
+                die_with_parent=True,
+                ready_timeout_s=c.ready_timeout_s,
+            ),
+            binaries=self.binaries,
+        )
+        self.cluster.up()
+        assert self.cluster.prometheus_url is not None
+        self.endpoints = Endpoints(
+            self.cluster.prometheus_url, ports["twin"], ports["extender"], ports["operator_health"]
+        )
+        nodes = self.kubectl("get", "nodes", "-o", "name").stdout.split()
+        self._say(
+            f"cluster ready in {time.monotonic() - t0:.1f} s: {len(nodes)} KWOK nodes, "
+            f"Prometheus {self.endpoints.prometheus}"
+        )
+        self._install_crd_and_rbac()
+        kc_operator = self._kubeconfig_for("operator")
+        kc_extender = self._kubeconfig_for("extender")
+        self._start_twin(scenario)
+        self._start_extender(kc_extender)
+        self._start_operator(kc_operator)
+        self._apply_services()
+
+    def _install_crd_and_rbac(self) -> None:
+        c = self.config
+        self.kubectl("apply", "-f", str(CRD_PATH))
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            f"crd/{PLURAL}.perllm.io",
+            "--timeout=60s",
+            timeout=90,
+        )
+        for ns in (c.system_namespace, c.namespace):
+            r = self.kubectl("create", "namespace", ns, check=False)
+            if r.returncode != 0 and "AlreadyExists" not in r.stderr:
+                raise StartError(f"namespace {ns}: {r.stderr.strip()}")
+            # No ServiceAccount controller runs locally: create the `default` SA pods name.
+            self.kubectl("create", "serviceaccount", "default", "-n", ns, check=False)
+        self.rbac: Rbac = load_rbac(
+            self.binaries.helm if self.binaries.helm.exists() else None, c.system_namespace
+        )
+        if self.rbac.warning:
+            self._note(f"{self.rbac.warning}; using {self.rbac.source} instead")
+        if self.rbac.docs:
+            docs = [d for d in self.rbac.docs if d["kind"] != "Namespace"]
+            self.kubectl(
+                "apply",
+                "-f",
+                "-",
+                input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}),
+            )
+        self._say(f"CRD and RBAC installed (RBAC from {self.rbac.source})")
+
+    def _kubeconfig_for(self, component: str) -> Path:
+        """Its ServiceAccount's token only; the admin kubeconfig (with a note) if the RBAC
+        has no account for it."""
+        assert self.cluster is not None
+        account = self.rbac.account(component)
+        if account is None:
+            self._note(
+                f"no ServiceAccount for the {component} in {self.rbac.source}: "
+                "it runs with the admin kubeconfig"
+            )
+            return self.cluster.kubeconfig
+        ns, name = account
+        token = self.kubectl(
+            "create", "token", name, "-n", ns or self.config.system_namespace, "--duration=24h"
+        ).stdout.strip()
+        return token_kubeconfig(
+            self.cluster.kubeconfig, token, name, self.config.run_dir / f"{component}.kubeconfig"
+        )
+
+    def _start_twin(self, scenario: Path) -> None:
+        assert self.endpoints is not None and self.cluster is not None
+        e = self.endpoints
+        args, dropped = supported_flags(
+            "twin",
+            {
+                "--scenario": str(scenario),
+                "--port": str(e.twin_port),
+                "--speed": f"{self.config.speed:g}",
+            },
+        )
+        if dropped == ["twin"]:
+            self._note(
+                "no `perllm twin` in this version: no model-server latency, power or "
+                "counterfactual metrics; placements only"
+            )
+            return
+        if dropped:
+            self._note(f"twin lacks {', '.join(dropped)}")
+        self._say(f"starting the twin on :{e.twin_port} (speed x{self.config.speed:g}) ...")
+        self._spawn(
+            "twin",
+            [*PERLLM, "twin", "--host", "127.0.0.1", *args],
+            self.cluster.kubeconfig,
+            lambda: http_ok(f"{e.twin}/metrics"),
+            "/metrics",
+        )
+        self.twin_running = True
+
+    def _start_extender(self, kubeconfig: Path) -> None:
+        assert self.endpoints is not None
+        e, c = self.endpoints, self.config
+        args, dropped = supported_flags(
+            "extender",
+            {
+                "--prometheus": e.prometheus,
+                "--state-namespace": c.system_namespace,
+                "--learn-interval": f"{c.learn_interval_s:g}",
+            },
+        )
+        if dropped == ["extender"]:
+            raise StartError(
+                "no `perllm extender` command: install the package with "
+                "`pip install -e .` from the repository"
+            )
+        if dropped:
+            self._note(f"extender lacks {', '.join(dropped)}: it runs without them")
+        self._say(f"starting the extender on :{e.extender_port} ...")
+        self._spawn(
+            "extender",
+            [*PERLLM, "extender", "--host", "127.0.0.1", "--port", str(e.extender_port), *args],
+            kubeconfig,
+            lambda: http_ok(f"{e.extender}/healthz"),
+            "/healthz",
+        )
+
+    def _start_operator(self, kubeconfig: Path) -> None:
+        assert self.endpoints is not None
+        e, c = self.endpoints, self.config
+        args, dropped = supported_flags(
+            "operator",
+            {"--prometheus": e.prometheus, "--status-interval": f"{c.status_interval_s:g}"},
+        )
+        if dropped == ["operator"]:
+            raise StartError(
+                "no `perllm operator` command: install the package with "
+                "`pip install -e .` from the repository"
+            )
+        if dropped:
+            self._note(f"operator lacks {', '.join(dropped)}: it runs without them")
+        health = f"http://127.0.0.1:{e.operator_health_port}/healthz"
+        self._say("starting the operator ...")
+        self._spawn(
+            "operator",
+            [*PERLLM, "operator", "--namespace", c.namespace, "--liveness", health, *args],
+            kubeconfig,
+            lambda: http_ok(health),
+            "liveness /healthz",
+        )
+
+    def _apply_services(self) -> None:
+        c = self.config
+        self.kubectl(
+            "apply",
+            "-n",
+            c.namespace,
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": self.services}),
+        )
+        names = ", ".join(s["metadata"]["name"] for s in self.services)
+        self._say(f"applied {len(self.services)} LLMServices in {c.namespace}: {names}")
+
+    # ---- while running -----------------------------------------------------------------
+    def dead(self) -> list[Proc]:
+        procs = list(self.procs) + (list(self.cluster.procs) if self.cluster else [])
+        return [p for p in procs if not p.alive()]
+
+    # ---- stop --------------------------------------------------------------------------
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs = []
+        if self.cluster is not None:
+            self.cluster.down()
+            self.cluster = None
