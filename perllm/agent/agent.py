@@ -98,10 +98,10 @@ class Agent:
     def start(self) -> None:
         """Bind, open the sources, start the server and the background loops."""
         self._server = AgentHTTPServer((self.cfg.host, self.cfg.port), self.render)
+        self._spawn("http", self._server.serve_forever)
         if self.cfg.nvml:
             self.nvml.start()
         self.rapl.start()
-        self._spawn("http", self._server.serve_forever)
         self._spawn("rapl", self._rapl_loop)
         if self.prober.peers:
             self._spawn("probe", lambda: self.prober.run(self._stop))
@@ -125,8 +125,9 @@ class Agent:
         """Stop serving and sampling; an in-flight probe is abandoned (daemon thread)."""
         self._stop.set()
         if self._server is not None:
-            self._server.shutdown()
+            self._server.shutdown()  # returns once serve_forever has returned
             self._server.server_close()
+            self._server = None
         for t in self._threads:
             t.join(timeout_s)
         self.nvml.stop()

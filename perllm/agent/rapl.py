@@ -64,9 +64,10 @@ class RaplSource:
         /sys/devices/virtual/powercap/intel-rapl (what a pod mounts: the symlinks are relative
         and container runtimes mask /sys/devices/virtual/powercap inside the pod's /sys)."""
         for base in (self.root, self.root / "intel-rapl"):
-            dirs = [d for d in base.iterdir() if _TOP_ZONE.match(d.name)] if base.is_dir() else []
-            if dirs:
-                return dirs
+            if base.is_dir():
+                dirs = [d for d in base.iterdir() if _TOP_ZONE.match(d.name)]
+                if dirs:
+                    return dirs
         return []
 
     def start(self) -> None:
@@ -80,7 +81,12 @@ class RaplSource:
                 return
             found: list[Zone] = []
             dangling = 0
-            for d in sorted(self._zone_dirs(), key=lambda p: p.name):
+            try:
+                dirs = self._zone_dirs()
+            except OSError as e:
+                self.health.down(f"listing {self.root} failed: {e}; CPU power absent")
+                return
+            for d in sorted(dirs, key=lambda p: p.name):
                 try:
                     name = (d / "name").read_text().strip()
                 except OSError:

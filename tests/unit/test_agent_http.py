@@ -256,3 +256,10 @@ def test_cli_rejects_a_bad_peer() -> None:
         timeout=60,
     )
     assert r.returncode == 2 and "--peer" in r.stderr
+
+
+def test_stop_is_idempotent() -> None:
+    a = make_agent("n")
+    a.start()
+    a.stop()
+    a.stop()  # returns at once, never waits on a server that is gone

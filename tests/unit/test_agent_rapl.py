@@ -166,3 +166,15 @@ def test_unreadable_energy_by_mode(tree: Path) -> None:
     src = RaplSource("n", root=tree)
     src.start()
     assert not src.health.up
+
+
+def test_unlistable_root_is_reported_not_raised(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def deny(self: Path) -> object:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", deny)
+    src = RaplSource("n", root=tree)
+    src.start()
+    assert not src.health.up and "listing" in (src.health.reason or "")
