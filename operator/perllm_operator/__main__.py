@@ -13,13 +13,25 @@ from perllm_operator.main import run
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="perllm_operator")
-    p.add_argument("--namespace", "-n", action="append", default=[],
-                   help="watch only this namespace (repeatable; default: all)")
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: all)",
+    )
     p.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
-    p.add_argument("--prometheus", default=os.environ.get(ENV_PROMETHEUS),
-                   help=f"Prometheus URL [{ENV_PROMETHEUS}]")
-    p.add_argument("--status-interval", type=float, default=None,
-                   help="seconds between status refreshes (default 30)")
+    p.add_argument(
+        "--prometheus",
+        default=os.environ.get(ENV_PROMETHEUS),
+        help=f"Prometheus URL [{ENV_PROMETHEUS}]",
+    )
+    p.add_argument(
+        "--status-interval",
+        type=float,
+        default=None,
+        help="seconds between status refreshes (default 30)",
+    )
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args()
     try:

@@ -35,7 +35,8 @@ PROM = Prometheus(CONFIG.prometheus_url)
 # Observations per LLMService uid, for the re-placement window (in memory: a restart
 # starts a fresh window; the cooldown survives in status.replacement.lastEvictionAt).
 HISTORY: dict[str, collections.deque[replace.Point]] = collections.defaultdict(
-    lambda: collections.deque(maxlen=256))
+    lambda: collections.deque(maxlen=256)
+)
 CONDITION_ORDER = ("Ready", "Placed", "DeadlineMet", "TelemetryStale", "Reconciled")
 
 FIELD_MANAGER = "perllm-operator"
@@ -51,7 +52,8 @@ kubernetes: Any = _kubernetes
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=labels.DOMAIN)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=labels.DOMAIN, key="last-handled-configuration")
+        prefix=labels.DOMAIN, key="last-handled-configuration"
+    )
     settings.persistence.finalizer = f"{labels.DOMAIN}/finalizer"
     settings.posting.level = 20  # logging.INFO: k8s Events for info and above
     settings.watching.server_timeout = 600
@@ -73,14 +75,20 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def condition(type_: str, ok: bool | None, reason: str, message: str,
-              old: list[Obj] | None = None) -> Obj:
+def condition(
+    type_: str, ok: bool | None, reason: str, message: str, old: list[Obj] | None = None
+) -> Obj:
     """A status condition; `lastTransitionTime` moves only when the status changes."""
     status = "Unknown" if ok is None else ("True" if ok else "False")
     prev = next((c for c in old or [] if c.get("type") == type_), None)
     since = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": since or _now()}
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or _now(),
+    }
 
 
 def _kserve_installed() -> bool:
@@ -112,18 +120,21 @@ def _apply(child: Obj) -> Obj:
         args = (render.KSERVE_GROUP, render.KSERVE_VERSION, ns, render.KSERVE_PLURAL)
         out: Obj = _create_or_patch(
             lambda: co.create_namespaced_custom_object(*args, child, field_manager=fm),
-            lambda: co.patch_namespaced_custom_object(*args, name, child, field_manager=fm))
+            lambda: co.patch_namespaced_custom_object(*args, name, child, field_manager=fm),
+        )
         return out
     if kind == "Deployment":
         apps = kubernetes.client.AppsV1Api()
         live = _create_or_patch(
             lambda: apps.create_namespaced_deployment(ns, child, field_manager=fm),
-            lambda: apps.patch_namespaced_deployment(name, ns, child, field_manager=fm))
+            lambda: apps.patch_namespaced_deployment(name, ns, child, field_manager=fm),
+        )
     elif kind == "Service":
         core = kubernetes.client.CoreV1Api()
         live = _create_or_patch(
             lambda: core.create_namespaced_service(ns, child, field_manager=fm),
-            lambda: core.patch_namespaced_service(name, ns, child, field_manager=fm))
+            lambda: core.patch_namespaced_service(name, ns, child, field_manager=fm),
+        )
     else:
         raise ValueError(f"unknown child kind {kind}")
     res: Obj = kubernetes.client.ApiClient().sanitize_for_serialization(live)
@@ -144,17 +155,36 @@ def ready_of(child: Obj) -> tuple[bool | None, str, str]:
     if cond is None:
         return None, "Pending", f"InferenceService {name}: no Ready condition yet"
     ok = cond.get("status") == "True"
-    return ok, "InferenceServiceReady" if ok else "InferenceServiceNotReady", (
-        f"InferenceService {name}: {cond.get('message') or cond.get('reason') or ''}".rstrip(": "))
+    return (
+        ok,
+        "InferenceServiceReady" if ok else "InferenceServiceNotReady",
+        (
+            f"InferenceService {name}: {cond.get('message') or cond.get('reason') or ''}".rstrip(
+                ": "
+            )
+        ),
+    )
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status,
-              patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    obj: Obj = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                "metadata": dict(meta), "spec": dict(spec), "status": dict(status)}
+def reconcile(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    obj: Obj = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(meta),
+        "spec": dict(spec),
+        "status": dict(status),
+    }
     old = list(status.get("conditions") or [])
     backend = spec.get("backend", "kserve")
     try:
@@ -163,17 +193,21 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.St
         patch.status["observedGeneration"] = meta.get("generation")
         patch.status["conditions"] = [
             condition(t, False, "InvalidSpec", str(e), old)
-            for t in ("Ready", "Placed", "Reconciled")]
+            for t in ("Ready", "Placed", "Reconciled")
+        ]
         kopf.warn(body, reason="InvalidSpec", message=str(e))
         raise kopf.PermanentError(str(e)) from None
     try:
         if backend == "kserve" and not _kserve_installed():
-            msg = ("KServe is not installed (no CRD inferenceservices.serving.kserve.io): "
-                   "install KServe or set `spec.backend: deployment`")
+            msg = (
+                "KServe is not installed (no CRD inferenceservices.serving.kserve.io): "
+                "install KServe or set `spec.backend: deployment`"
+            )
             patch.status["observedGeneration"] = meta.get("generation")
             patch.status["conditions"] = [
                 condition(t, False, "KServeMissing", msg, old)
-                for t in ("Ready", "Placed", "Reconciled")]
+                for t in ("Ready", "Placed", "Reconciled")
+            ]
             kopf.warn(body, reason="KServeMissing", message=msg)
             raise kopf.TemporaryError(msg, delay=KSERVE_RETRY_DELAY_S)
         for k in kids:
@@ -181,20 +215,29 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.St
     except ApiException as e:
         msg = f"API error {e.status} {e.reason} while applying children; retrying"
         patch.status["conditions"] = [condition("Reconciled", False, "ApiError", msg, old)] + [
-            c for c in old if c.get("type") != "Reconciled"]
+            c for c in old if c.get("type") != "Reconciled"
+        ]
         raise kopf.TemporaryError(msg, delay=RETRY_DELAY_S) from e
-    child = {"apiVersion": kids[0]["apiVersion"], "kind": kids[0]["kind"],
-             "name": kids[0]["metadata"]["name"]}
+    child = {
+        "apiVersion": kids[0]["apiVersion"],
+        "kind": kids[0]["kind"],
+        "name": kids[0]["metadata"]["name"],
+    }
     names = ", ".join(f"{k['kind']} {k['metadata']['name']}" for k in kids)
     try:
-        sync_status(meta["namespace"], meta["name"], str(meta["uid"]), child,
-                    reconciled=("ChildApplied", f"applied {names} for tier "
-                                f"{render.target_tier(obj)}"),
-                    generation=meta.get("generation"))
+        sync_status(
+            meta["namespace"],
+            meta["name"],
+            str(meta["uid"]),
+            child,
+            reconciled=("ChildApplied", f"applied {names} for tier {render.target_tier(obj)}"),
+            generation=meta.get("generation"),
+        )
     except ApiException as e:
         raise kopf.TemporaryError(f"API error {e.status} writing status", delay=5) from e
-    kopf.info(body, reason="Reconciled",
-              message=f"applied {names} (generation {meta.get('generation')})")
+    kopf.info(
+        body, reason="Reconciled", message=f"applied {names} (generation {meta.get('generation')})"
+    )
     logger.info("applied %s", names)
 
 
@@ -206,7 +249,8 @@ def _read_child(ns: str, child: Obj) -> Obj | None:
             out["kind"] = "Deployment"
             return out
         out = kubernetes.client.CustomObjectsApi().get_namespaced_custom_object(
-            render.KSERVE_GROUP, render.KSERVE_VERSION, ns, render.KSERVE_PLURAL, child["name"])
+            render.KSERVE_GROUP, render.KSERVE_VERSION, ns, render.KSERVE_PLURAL, child["name"]
+        )
         return out
     except ApiException as e:
         if e.status == 404:
@@ -222,10 +266,16 @@ def _pods(ns: str, name: str) -> list[Obj]:
     return out
 
 
-def sync_status(ns: str, name: str, uid: str, child: Obj | None = None,
-                reconciled: tuple[str, str] | None = None, generation: int | None = None,
-                conditions: dict[str, observe.Cond] | None = None,
-                fields: Obj | None = None) -> bool:
+def sync_status(
+    ns: str,
+    name: str,
+    uid: str,
+    child: Obj | None = None,
+    reconciled: tuple[str, str] | None = None,
+    generation: int | None = None,
+    conditions: dict[str, observe.Cond] | None = None,
+    fields: Obj | None = None,
+) -> bool:
     """Write the LLMService's status from a fresh read of its child: read-modify-write with
     the resourceVersion, retried on conflict, so the reconcile handler, the Deployment
     event handler and the status timer never overwrite each other with stale data.
@@ -253,18 +303,19 @@ def sync_status(ns: str, name: str, uid: str, child: Obj | None = None,
             conds[type_] = condition(type_, ok, reason, msg, old)
         if "Placed" not in (conditions or {}):
             pods = _pods(ns, name) if not st.get("placement") else []
-            conds["Placed"] = condition("Placed", *observe.placed(st.get("placement"), pods),
-                                        old)
+            conds["Placed"] = condition("Placed", *observe.placed(st.get("placement"), pods), old)
         if ref:
             live = _read_child(ns, ref)
             if live is None:
-                conds["Ready"] = condition("Ready", False, "ChildMissing",
-                                           f"{ref['kind']} {ref['name']} not found", old)
+                conds["Ready"] = condition(
+                    "Ready", False, "ChildMissing", f"{ref['kind']} {ref['name']} not found", old
+                )
             else:
                 ok, reason, msg = ready_of(live)
                 conds["Ready"] = condition("Ready", ok, reason, msg, old)
         new["conditions"] = [conds[t] for t in CONDITION_ORDER if t in conds] + [
-            c for t, c in conds.items() if t not in CONDITION_ORDER]
+            c for t, c in conds.items() if t not in CONDITION_ORDER
+        ]
         new.update(fields or {})
         if child is not None:
             new["child"] = child
@@ -272,8 +323,7 @@ def sync_status(ns: str, name: str, uid: str, child: Obj | None = None,
             new["observedGeneration"] = generation
         if all(st.get(k) == v for k, v in new.items()):
             return True
-        body = {"metadata": {"resourceVersion": llms["metadata"]["resourceVersion"]},
-                "status": new}
+        body = {"metadata": {"resourceVersion": llms["metadata"]["resourceVersion"]}, "status": new}
         try:
             co.patch_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, name, body)
             return True
@@ -288,8 +338,14 @@ def deployment_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_
     """Mirror a child Deployment's readiness into its LLMService's Ready condition."""
     if type == "DELETED":
         return
-    owner = next((r for r in body.metadata.get("ownerReferences") or []
-                  if r.get("kind") == "LLMService" and r.get("controller")), None)
+    owner = next(
+        (
+            r
+            for r in body.metadata.get("ownerReferences") or []
+            if r.get("kind") == "LLMService" and r.get("controller")
+        ),
+        None,
+    )
     if owner is None:
         return
     ns = str(body.metadata.namespace)
@@ -302,8 +358,11 @@ def deployment_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_
 
 def _evict(ns: str, pod: str) -> None:
     """Evict through the Eviction API (policy/v1), so PodDisruptionBudgets are honoured."""
-    body = {"apiVersion": "policy/v1", "kind": "Eviction",
-            "metadata": {"name": pod, "namespace": ns}}
+    body = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": ns},
+    }
     kubernetes.client.CoreV1Api().create_namespaced_pod_eviction(pod, ns, body)
 
 
@@ -316,10 +375,22 @@ def _parse_ts(ts: str | None) -> float | None:
         return None
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.status_interval_s,
-            initial_delay=min(5.0, CONFIG.status_interval_s), sharp=False)
-def status_tick(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status,
-                logger: kopf.Logger, **_: Any) -> None:
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=CONFIG.status_interval_s,
+    initial_delay=min(5.0, CONFIG.status_interval_s),
+    sharp=False,
+)
+def status_tick(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
     """Refresh status from Prometheus and the extender's record; re-place if needed."""
     ns, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
     if meta.get("deletionTimestamp"):
@@ -336,8 +407,20 @@ def status_tick(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.
     except ApiException as e:
         raise kopf.TemporaryError(f"API error {e.status} listing pods", delay=10) from e
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    obs = observe.observe(PROM, ns, name, sspec, [p["metadata"]["name"] for p in live], name,
-                          CONFIG.telemetry_window, now) if CONFIG.prometheus_url else None
+    obs = (
+        observe.observe(
+            PROM,
+            ns,
+            name,
+            sspec,
+            [p["metadata"]["name"] for p in live],
+            name,
+            CONFIG.telemetry_window,
+            now,
+        )
+        if CONFIG.prometheus_url
+        else None
+    )
     old_obs: Obj = dict(st.get("observed") or {})
     fields: Obj = {}
     stale_since = None
@@ -345,17 +428,16 @@ def status_tick(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.
         fields["observed"] = obs.status(CONFIG.telemetry_window)
     else:
         stale_since = old_obs.get("at") or (
-            observe.rfc3339(PROM.health.last_success) if PROM.health.last_success else None)
+            observe.rfc3339(PROM.health.last_success) if PROM.health.last_success else None
+        )
     conds: dict[str, observe.Cond] = {
         "DeadlineMet": observe.deadline_met(obs, sspec, stale_since),
         "TelemetryStale": observe.telemetry_stale(obs, CONFIG.prometheus_url, stale_since),
         "Placed": observe.placed(st.get("placement"), live),
     }
     hist = HISTORY[uid]
-    hist.append(replace.Point(now, obs.attainment if obs is not None and obs.reachable
-                              else None))
-    fields["replacement"] = _replacement(body, ns, name, sspec, st, live, obs, hist, now,
-                                         logger)
+    hist.append(replace.Point(now, obs.attainment if obs is not None and obs.reachable else None))
+    fields["replacement"] = _replacement(body, ns, name, sspec, st, live, obs, hist, now, logger)
     try:
         sync_status(ns, name, uid, conditions=conds, fields=fields)
     except ApiException as e:
@@ -363,10 +445,18 @@ def status_tick(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.
     _follow_tier(body, obj, logger)
 
 
-def _replacement(body: kopf.Body, ns: str, name: str, sspec: Any, st: Obj,
-                 pods: list[Obj], obs: observe.Observation | None,
-                 hist: collections.deque[replace.Point], now: float,
-                 logger: kopf.Logger) -> Obj:
+def _replacement(
+    body: kopf.Body,
+    ns: str,
+    name: str,
+    sspec: Any,
+    st: Obj,
+    pods: list[Obj],
+    obs: observe.Observation | None,
+    hist: collections.deque[replace.Point],
+    now: float,
+    logger: kopf.Logger,
+) -> Obj:
     """Decide and, if due, evict one pod (or escalate to another tier). Returns the new
     `status.replacement`."""
     rep: Obj = dict(st.get("replacement") or {})
@@ -374,8 +464,9 @@ def _replacement(body: kopf.Body, ns: str, name: str, sspec: Any, st: Obj,
     last = _parse_ts(rep.get("lastEvictionAt"))
     verdict = replace.decide(list(hist), tgt, CONFIG.policy, now, last)
     rep["state"], rep["message"] = verdict.reason, verdict.message
-    rep["belowTargetSince"] = (observe.rfc3339(verdict.below_since)
-                               if verdict.below_since is not None else None)
+    rep["belowTargetSince"] = (
+        observe.rfc3339(verdict.below_since) if verdict.below_since is not None else None
+    )
     if verdict.reason == "AttainmentOK":
         rep["evictionsSinceRecovery"] = 0
     if not verdict.act:
@@ -387,15 +478,19 @@ def _replacement(body: kopf.Body, ns: str, name: str, sspec: Any, st: Obj,
     window = f"{CONFIG.policy.window_s:g} s / {CONFIG.policy.min_ticks} ticks"
     done = int(rep.get("evictionsSinceRecovery") or 0)
     esc = CONFIG.policy.escalate_after
-    tier_now = render.target_tier({"metadata": {"name": name}, "spec": body.get("spec", {}),
-                                   "status": st})
+    tier_now = render.target_tier(
+        {"metadata": {"name": name}, "spec": body.get("spec", {}), "status": st}
+    )
     to = replace.other_tier(tier_now, [t.value for t in sspec.allowed_tiers])
     if esc and done >= esc and to is not None:
         rep["tier"] = {"target": to, "from": tier_now, "at": observe.rfc3339(now)}
-        rep.update(state="TierSwitched", evictionsSinceRecovery=0,
-                   lastEvictionAt=observe.rfc3339(now))
-        msg = (f"{verdict.message}; {done} evictions in tier {tier_now} did not help: "
-               f"moving the service to tier {to}")
+        rep.update(
+            state="TierSwitched", evictionsSinceRecovery=0, lastEvictionAt=observe.rfc3339(now)
+        )
+        msg = (
+            f"{verdict.message}; {done} evictions in tier {tier_now} did not help: "
+            f"moving the service to tier {to}"
+        )
         kopf.warn(body, reason="TierSwitched", message=msg)
         logger.warning("%s", msg)
         hist.clear()
@@ -407,9 +502,11 @@ def _replacement(body: kopf.Body, ns: str, name: str, sspec: Any, st: Obj,
         return rep
     pod, why = choice
     pname, node = pod["metadata"]["name"], pod["spec"]["nodeName"]
-    trig = (f"attainment {obs.attainment if obs and obs.attainment is not None else 0:.1%} "
-            f"vs target {tgt:.0%} over window {window}: evicting pod {pname} on node {node} "
-            f"({why})")
+    trig = (
+        f"attainment {obs.attainment if obs and obs.attainment is not None else 0:.1%} "
+        f"vs target {tgt:.0%} over window {window}: evicting pod {pname} on node {node} "
+        f"({why})"
+    )
     kopf.warn(body, reason="ReplacementTriggered", message=trig)
     try:
         _evict(ns, pname)
@@ -422,16 +519,23 @@ def _replacement(body: kopf.Body, ns: str, name: str, sspec: Any, st: Obj,
         if e.status == 404:
             return rep
         raise kopf.TemporaryError(f"API error {e.status} evicting {pname}", delay=10) from e
-    msg = (f"evicted pod {pname} from node {node}: attainment below {tgt:.0%} for "
-           f"{now - (verdict.below_since or now):.0f} s (window {window}); perllm-scheduler "
-           "places its replacement")
+    msg = (
+        f"evicted pod {pname} from node {node}: attainment below {tgt:.0%} for "
+        f"{now - (verdict.below_since or now):.0f} s (window {window}); perllm-scheduler "
+        "places its replacement"
+    )
     kopf.info(body, reason="Evicted", message=msg)
     logger.info("%s", msg)
     hist.clear()  # the replacement gets a fresh window
-    rep.update(state="Evicted", message=msg, lastEvictionAt=observe.rfc3339(now),
-               lastEvictedPod=pname, lastEvictedNode=node,
-               evictions=int(rep.get("evictions") or 0) + 1,
-               evictionsSinceRecovery=done + 1)
+    rep.update(
+        state="Evicted",
+        message=msg,
+        lastEvictionAt=observe.rfc3339(now),
+        lastEvictedPod=pname,
+        lastEvictedNode=node,
+        evictions=int(rep.get("evictions") or 0) + 1,
+        evictionsSinceRecovery=done + 1,
+    )
     return rep
 
 
@@ -460,6 +564,8 @@ def _follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     except (ApiException, InvalidService, ValueError) as e:
         logger.warning("re-rendering for tier %s failed: %s", want, e)
         return
-    kopf.info(body, reason="TierChanged",
-              message=f"pod template re-rendered for tier {want} (was "
-                      f"{render.rendered_tier(live)})")
+    kopf.info(
+        body,
+        reason="TierChanged",
+        message=f"pod template re-rendered for tier {want} (was {render.rendered_tier(live)})",
+    )

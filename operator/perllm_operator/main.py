@@ -9,8 +9,9 @@ from perllm_operator import HANDLERS_MODULE
 from perllm_operator.config import ENV_PROMETHEUS, ENV_STATUS_INTERVAL, Config
 
 
-def kopf_args(namespaces: Sequence[str] = (), liveness: str | None = None,
-              verbose: bool = False) -> list[str]:
+def kopf_args(
+    namespaces: Sequence[str] = (), liveness: str | None = None, verbose: bool = False
+) -> list[str]:
     args = ["run", "--standalone", "-m", HANDLERS_MODULE]
     args += [f"--namespace={ns}" for ns in namespaces] if namespaces else ["--all-namespaces"]
     if liveness:
@@ -30,12 +31,19 @@ def configure_env(prometheus: str | None = None, status_interval: float | None =
     return Config.from_env()
 
 
-def run(namespaces: Sequence[str] = (), liveness: str | None = None,
-        verbose: bool = False, prometheus: str | None = None,
-        status_interval: float | None = None) -> None:
+def run(
+    namespaces: Sequence[str] = (),
+    liveness: str | None = None,
+    verbose: bool = False,
+    prometheus: str | None = None,
+    status_interval: float | None = None,
+) -> None:
     """Blocks until the operator stops (SIGINT/SIGTERM)."""
     configure_env(prometheus, status_interval)
     import kopf.cli
 
-    kopf.cli.main(args=kopf_args(namespaces, liveness, verbose), prog_name="perllm operator",
-                  standalone_mode=True)
+    kopf.cli.main(
+        args=kopf_args(namespaces, liveness, verbose),
+        prog_name="perllm operator",
+        standalone_mode=True,
+    )

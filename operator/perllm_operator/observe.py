@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +40,15 @@ def target(spec: ServiceSpec) -> float:
 def pod_regex(pods: Sequence[str], child_name: str) -> str:
     """Exactly the live pods; before any pod exists, the child's pod-name prefix."""
     if pods:
-        return "|".join(re.escape(p) for p in sorted(pods))
-    return f"{re.escape(child_name)}-.*"
+        return "|".join(_escape(p) for p in sorted(pods))
+    return f"{_escape(child_name)}-.*"
+
+
+def _escape(name: str) -> str:
+    # Object names hold only [a-z0-9.-]; `.` is the one regex metacharacter. Its escape is
+    # doubled because the regex sits in a PromQL string literal, where `\.` alone would be
+    # an invalid escape sequence (HTTP 400).
+    return name.replace(".", "\\\\.")
 
 
 def requests_per_second(namespace: str, regex: str, window: str) -> str:
@@ -69,10 +75,13 @@ class Observation:
     def status(self, window: str) -> Obj:
         """`status.observed` (fields without data are left out, never invented)."""
         out: Obj = {"window": window, "at": rfc3339(self.at)}
-        for key, v in (("attainment", self.attainment), ("latencyP50Seconds", self.p50_s),
-                       ("latencyP95Seconds", self.p95_s),
-                       ("energyPerRequestJ", self.energy_per_request_j),
-                       ("requestsPerSecond", self.rps)):
+        for key, v in (
+            ("attainment", self.attainment),
+            ("latencyP50Seconds", self.p50_s),
+            ("latencyP95Seconds", self.p95_s),
+            ("energyPerRequestJ", self.energy_per_request_j),
+            ("requestsPerSecond", self.rps),
+        ):
             if v is not None and math.isfinite(v):
                 out[key] = round(v, 6)
         return out
@@ -85,8 +94,16 @@ def _scalar(ans: Answer | None) -> tuple[float | None, bool]:
     return ans.scalar(), True
 
 
-def observe(prom: Prometheus, namespace: str, service: str, spec: ServiceSpec,
-            pods: Sequence[str], child_name: str, window: str, now: float) -> Observation:
+def observe(
+    prom: Prometheus,
+    namespace: str,
+    service: str,
+    spec: ServiceSpec,
+    pods: Sequence[str],
+    child_name: str,
+    window: str,
+    now: float,
+) -> Observation:
     """Query Prometheus for one service. Never raises: an unreachable Prometheus gives an
     Observation with `reachable=False` and the client's last error."""
     regex = pod_regex(pods, child_name)
@@ -112,19 +129,27 @@ def observe(prom: Prometheus, namespace: str, service: str, spec: ServiceSpec,
         ans = prom.query(names.pod_latency(window))
         if ans is not None and ans.fresh:
             live = set(pods)
-            per_pod = {s.labels["pod"]: s.value for s in ans.samples
-                       if s.labels.get("namespace") == namespace and s.labels.get("pod") in live
-                       and math.isfinite(s.value)}
+            per_pod = {
+                s.labels["pod"]: s.value
+                for s in ans.samples
+                if s.labels.get("namespace") == namespace
+                and s.labels.get("pod") in live
+                and math.isfinite(s.value)
+            }
     att = results.get("attainment")
     if q_att is None and results.get("p50") is not None:
         att = 0.0  # the deadline is below vLLM's smallest bucket: no request can count
     return Observation(
-        at=now, reachable=reachable,
+        at=now,
+        reachable=reachable,
         attainment=min(1.0, max(0.0, att)) if att is not None else None,
-        p50_s=results.get("p50"), p95_s=results.get("p95"),
-        energy_per_request_j=results.get("energy"), rps=results.get("rps"),
+        p50_s=results.get("p50"),
+        p95_s=results.get("p95"),
+        energy_per_request_j=results.get("energy"),
+        rps=results.get("rps"),
         pod_latency_s=per_pod or None,
-        error=None if reachable else (prom.health.last_error or "no answer"))
+        error=None if reachable else (prom.health.last_error or "no answer"),
+    )
 
 
 # ---- conditions -----------------------------------------------------------------------------
@@ -149,18 +174,34 @@ def deadline_met(obs: Observation | None, spec: ServiceSpec, stale_since: str | 
 def telemetry_stale(obs: Observation | None, url: str | None, stale_since: str | None) -> Cond:
     """`TelemetryStale`: True while Prometheus is unconfigured or unreachable."""
     if not url:
-        return True, "NoPrometheus", ("no Prometheus configured (--prometheus / "
-                                      "PERLLM_PROMETHEUS_URL); status is not refreshed; "
-                                      "placement continues")
+        return (
+            True,
+            "NoPrometheus",
+            (
+                "no Prometheus configured (--prometheus / "
+                "PERLLM_PROMETHEUS_URL); status is not refreshed; "
+                "placement continues"
+            ),
+        )
     if obs is None or not obs.reachable:
         err = obs.error if obs is not None and obs.error else "no answer"
-        return True, "PrometheusUnreachable", (
-            f"status is stale since {stale_since or 'start'}; placement continues "
-            f"(Prometheus {url}: {err})")
+        return (
+            True,
+            "PrometheusUnreachable",
+            (
+                f"status is stale since {stale_since or 'start'}; placement continues "
+                f"(Prometheus {url}: {err})"
+            ),
+        )
     if obs.rps is None:
-        return True, "NoData", (
-            f"Prometheus {url} has no {names.VLLM_E2E_LATENCY} series for the service's pods "
-            "(is the model server scraped?); placement continues")
+        return (
+            True,
+            "NoData",
+            (
+                f"Prometheus {url} has no {names.VLLM_E2E_LATENCY} series for the service's pods "
+                "(is the model server scraped?); placement continues"
+            ),
+        )
     return False, "Fresh", f"Prometheus {url} answered at {rfc3339(obs.at)}"
 
 
@@ -179,7 +220,12 @@ def placed(placement: Obj | None, pods: Sequence[Obj]) -> Cond:
         return True, "Placed" if feasible else "PlacedLeastViolating", "; ".join(parts)
     bound = sorted({p["spec"]["nodeName"] for p in pods if (p.get("spec") or {}).get("nodeName")})
     if bound:
-        return None, "NoDecisionPublished", (
-            f"pods bound to {', '.join(bound)} but no PerLLM decision published "
-            "(extender not running or ignored); waiting for the scheduler")
+        return (
+            None,
+            "NoDecisionPublished",
+            (
+                f"pods bound to {', '.join(bound)} but no PerLLM decision published "
+                "(extender not running or ignored); waiting for the scheduler"
+            ),
+        )
     return None, "WaitingForScheduler", "waiting for the scheduler"

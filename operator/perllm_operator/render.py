@@ -77,11 +77,15 @@ def target_tier(obj: Obj) -> str:
     """The tier the pod template is pinned to (see the module docstring for the order)."""
     tiers = [v["tier"] for v in _allowed_variants(obj)]
     if not tiers:
-        raise ValueError(f"LLMService {obj['metadata']['name']}: spec.model.variants has no "
-                         "variant of a tier in spec.allowedTiers")
+        raise ValueError(
+            f"LLMService {obj['metadata']['name']}: spec.model.variants has no "
+            "variant of a tier in spec.allowedTiers"
+        )
     status = obj.get("status") or {}
-    for cand in (((status.get("replacement") or {}).get("tier") or {}).get("target"),
-                 (status.get("placement") or {}).get("tier")):
+    for cand in (
+        ((status.get("replacement") or {}).get("tier") or {}).get("target"),
+        (status.get("placement") or {}).get("tier"),
+    ):
         if cand in tiers:
             return str(cand)
     return Tier.CLOUD.value if Tier.CLOUD.value in tiers else tiers[0]
@@ -122,9 +126,19 @@ def pod_annotations(spec: ServiceSpec, variant: Obj | None = None) -> dict[str, 
 
 def affinity(tiers: list[str]) -> Obj:
     """Required node affinity to `tiers` (the pinned tier: one entry)."""
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [{"matchExpressions": [{
-            "key": LABEL_TIER, "operator": "In", "values": list(tiers)}]}]}}}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": LABEL_TIER, "operator": "In", "values": list(tiers)}
+                        ]
+                    }
+                ]
+            }
+        }
+    }
 
 
 def tolerations(resources: Obj) -> list[Obj]:
@@ -197,8 +211,14 @@ def deployment(obj: Obj, image: str | None = None) -> Obj:
     container: Obj = {
         "name": CONTAINER,
         "image": image,
-        "args": ["--model", model.get("storageUri", model["name"]).removeprefix("hf://"),
-                 "--served-model-name", name, "--port", str(PORT)],
+        "args": [
+            "--model",
+            model.get("storageUri", model["name"]).removeprefix("hf://"),
+            "--served-model-name",
+            name,
+            "--port",
+            str(PORT),
+        ],
         "ports": [{"name": "http", "containerPort": PORT}],
         "resources": res,
     }
@@ -219,8 +239,7 @@ def deployment(obj: Obj, image: str | None = None) -> Obj:
             "replicas": int(obj["spec"].get("replicas", 1)),
             "selector": {"matchLabels": labels(obj)},
             "template": {
-                "metadata": {"labels": labels(obj),
-                             "annotations": pod_annotations(spec, variant)},
+                "metadata": {"labels": labels(obj), "annotations": pod_annotations(spec, variant)},
                 "spec": pod_spec,
             },
         },

@@ -52,20 +52,28 @@ def below_run(history: Sequence[Point], target: float) -> list[Point]:
     return run
 
 
-def decide(history: Sequence[Point], target: float, policy: Policy, now: float,
-           last_eviction_at: float | None) -> Verdict:
+def decide(
+    history: Sequence[Point],
+    target: float,
+    policy: Policy,
+    now: float,
+    last_eviction_at: float | None,
+) -> Verdict:
     if not history or history[-1].attainment is None:
         return Verdict(False, "NoEvidence", "no attainment observed on the last tick")
     run = below_run(history, target)
     if not run:
-        return Verdict(False, "AttainmentOK",
-                       f"attainment {history[-1].attainment:.1%} >= target {target:.0%}")
+        return Verdict(
+            False, "AttainmentOK", f"attainment {history[-1].attainment:.1%} >= target {target:.0%}"
+        )
     since = run[-1].at
     span = now - since
     worst = min(p.attainment for p in run if p.attainment is not None)
-    msg = (f"attainment {run[0].attainment:.1%} (worst {worst:.1%}) < target {target:.0%} "
-           f"for {span:.0f} s over {len(run)} ticks (window {policy.window_s:g} s, "
-           f"{policy.min_ticks} ticks)")
+    msg = (
+        f"attainment {run[0].attainment:.1%} (worst {worst:.1%}) < target {target:.0%} "
+        f"for {span:.0f} s over {len(run)} ticks (window {policy.window_s:g} s, "
+        f"{policy.min_ticks} ticks)"
+    )
     if not policy.enabled:
         return Verdict(False, "Disabled", msg + "; re-placement disabled", since)
     if len(run) < policy.min_ticks or span + 1e-6 < policy.window_s:
@@ -90,22 +98,31 @@ def in_flight(pods: Sequence[Obj]) -> str | None:
     return None
 
 
-def worst_pod(pods: Sequence[Obj], pod_latency_s: dict[str, float] | None,
-              placement_nodes: Sequence[str] = ()) -> tuple[Obj, str] | None:
+def worst_pod(
+    pods: Sequence[Obj], pod_latency_s: dict[str, float] | None, placement_nodes: Sequence[str] = ()
+) -> tuple[Obj, str] | None:
     """The pod to evict and why: the highest observed mean latency; without per-pod data,
     the oldest pod on a node of the extender's last decision, else the oldest pod."""
-    bound = [p for p in pods if (p.get("spec") or {}).get("nodeName")
-             and not p["metadata"].get("deletionTimestamp")]
+    bound = [
+        p
+        for p in pods
+        if (p.get("spec") or {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")
+    ]
     if not bound:
         return None
-    lat = {k: v for k, v in (pod_latency_s or {}).items()
-           if k in {p["metadata"]["name"] for p in bound}}
+    lat = {
+        k: v
+        for k, v in (pod_latency_s or {}).items()
+        if k in {p["metadata"]["name"] for p in bound}
+    }
     if lat:
         name = max(lat, key=lambda k: (lat[k], k))
         pod = next(p for p in bound if p["metadata"]["name"] == name)
         return pod, f"highest mean latency {lat[name]:.3g} s"
-    oldest = sorted(bound, key=lambda p: (str(p["metadata"].get("creationTimestamp") or ""),
-                                          p["metadata"]["name"]))
+    oldest = sorted(
+        bound,
+        key=lambda p: (str(p["metadata"].get("creationTimestamp") or ""), p["metadata"]["name"]),
+    )
     on_placed = [p for p in oldest if p["spec"]["nodeName"] in set(placement_nodes)]
     if on_placed:
         return on_placed[0], "oldest pod on a node of the last placement (no per-pod latency)"

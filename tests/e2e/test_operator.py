@@ -6,7 +6,11 @@ Checks: a kserve-backend LLMService becomes an InferenceService the API server a
 (project-written test CRD, no KServe controller); a deployment-backend one becomes a
 Deployment + Service whose pods perllm-scheduler binds to KWOK nodes of the right tier;
 editing the deadline patches the child in place; deleting the LLMService garbage-collects
-the children; a SIGKILLed operator converges after restart without duplicates.
+the children; a SIGKILLed operator converges after restart without duplicates. The status
+timer runs against the harness' Prometheus: a static exporter serves vLLM latency
+histograms for a service's pods, one of them too slow, and the operator evicts exactly
+that pod (Eviction API) and the ReplicaSet replaces it; `kubectl describe` shows the
+conditions and the Events, including a `Placed` Event published as the extender does.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +32,7 @@ import yaml
 
 from perllm.crd import CRD_PATH, PLURAL
 from perllm.devcluster.kube import Kube
+from perllm.telemetry import names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -37,8 +44,7 @@ ISVC = "inferenceservices.serving.kserve.io"
 T = TypeVar("T")
 
 
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 90,
-             every: float = 0.5) -> T:
+def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 90, every: float = 0.5) -> T:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -49,8 +55,10 @@ def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 90,
         if v:
             return v
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                         + (f" (last error: {last})" if last else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}"
+        + (f" (last error: {last})" if last else "")
+    )
 
 
 def _get(kube: Kube, *args: str) -> Any:
@@ -61,16 +69,21 @@ def _get(kube: Kube, *args: str) -> Any:
 class Operator:
     """The operator as a subprocess (`python -m perllm_operator`), logs in a file."""
 
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.kubeconfig, self.log = kubeconfig, log
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONWARNINGS="ignore")
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONWARNINGS="ignore", **self.env)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "perllm_operator", "--verbose"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -101,25 +114,34 @@ class Operator:
 
 def _established(kube: Kube, crd: str, plural: str) -> None:
     kube.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
-    wait_for(lambda: kube.kubectl("get", plural, "-A", check=False).returncode == 0,
-             f"discovery of {plural}", timeout=30)
+    wait_for(
+        lambda: kube.kubectl("get", plural, "-A", check=False).returncode == 0,
+        f"discovery of {plural}",
+        timeout=30,
+    )
 
 
 def _restricted_kubeconfig(kube: Kube, path: Path) -> Path:
-    token = kube.kubectl("create", "token", "perllm-operator", "-n", "perllm-system",
-                         "--duration=2h").stdout.strip()
+    token = kube.kubectl(
+        "create", "token", "perllm-operator", "-n", "perllm-system", "--duration=2h"
+    ).stdout.strip()
     assert token, "kubectl create token returned nothing"
     admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
     ctx_name = admin["current-context"]
     ctx = next(c["context"] for c in admin["contexts"] if c["name"] == ctx_name)
     cluster = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": "perllm-operator", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "perllm-operator"}}],
-        "current-context": "c",
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": cluster}],
+                "users": [{"name": "perllm-operator", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "perllm-operator"}}],
+                "current-context": "c",
+            }
+        )
+    )
     return path
 
 
@@ -127,8 +149,10 @@ def _restricted_kubeconfig(kube: Kube, path: Path) -> Path:
 def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     kube.kubectl("apply", "-f", str(CRD_PATH))
     existing = _get(kube, "crd", ISVC)
-    if existing is None or existing["metadata"].get("labels", {}).get(
-            "perllm.io/test-fixture") == "true":
+    if (
+        existing is None
+        or existing["metadata"].get("labels", {}).get("perllm.io/test-fixture") == "true"
+    ):
         kube.kubectl("apply", "-f", str(KSERVE_CRD))
     _established(kube, f"{PLURAL}.perllm.io", PLURAL)
     _established(kube, ISVC, "inferenceservices")
@@ -137,12 +161,31 @@ def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
     kc = _restricted_kubeconfig(kube, tmp / "operator.kubeconfig")
     restricted = Kube(kc, kube.kubectl_path, None)
     # The token is the ServiceAccount's, with only the ClusterRole's rights.
-    can = restricted.kubectl("auth", "can-i", "create", "deployments", "-n", "default",
-                             check=False)
+    can = restricted.kubectl("auth", "can-i", "create", "deployments", "-n", "default", check=False)
     assert can.stdout.strip() == "yes", can.stdout + can.stderr
     cannot = restricted.kubectl("auth", "can-i", "delete", "nodes", check=False)
     assert cannot.stdout.strip() == "no", cannot.stdout + cannot.stderr
-    op = Operator(kc, tmp / "operator.log")
+    # Re-placement evicts (never deletes) pods.
+    for args, want in (
+        (("create", "pods", "--subresource=eviction"), "yes"),
+        (("list", "pods"), "yes"),
+        (("delete", "pods"), "no"),
+    ):
+        r = restricted.kubectl("auth", "can-i", *args, "-n", "default", check=False)
+        assert r.stdout.strip() == want, (args, r.stdout + r.stderr)
+    prom = kube.local.prometheus_url if kube.local is not None else None
+    # Fast ticks and a short window so that re-placement happens within the test; one
+    # eviction per service per 10 minutes.
+    env = {
+        "PERLLM_STATUS_INTERVAL": "2",
+        "PERLLM_TELEMETRY_WINDOW": "20s",
+        "PERLLM_REPLACEMENT_WINDOW": "6",
+        "PERLLM_REPLACEMENT_TICKS": "3",
+        "PERLLM_REPLACEMENT_COOLDOWN": "600",
+    }
+    if prom:
+        env["PERLLM_PROMETHEUS_URL"] = prom
+    op = Operator(kc, tmp / "operator.log", env)
     op.start()
     try:
         yield op
@@ -166,21 +209,25 @@ def _example(name: str, **spec: Any) -> dict[str, Any]:
 def _condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
     if not obj:
         return None
-    return next((c for c in (obj.get("status") or {}).get("conditions") or []
-                 if c.get("type") == type_), None)
+    return next(
+        (c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == type_),
+        None,
+    )
 
 
-def _placed(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
+def _reconciled(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
     obj = _get(kube, PLURAL, name, "-n", ns)
-    c = _condition(obj, "Placed")
+    c = _condition(obj, "Reconciled")
     return obj if c and c["status"] == "True" else None
 
 
-def test_kserve_backend_creates_inference_service(kube: Kube, operator: Operator,
-                                                  namespace: str) -> None:
+def test_kserve_backend_creates_inference_service(
+    kube: Kube, operator: Operator, namespace: str
+) -> None:
     kube.apply(_example("chat-assistant"), namespace)
-    isvc = wait_for(lambda: _get(kube, "isvc", "chat-assistant", "-n", namespace),
-                    "the InferenceService")
+    isvc = wait_for(
+        lambda: _get(kube, "isvc", "chat-assistant", "-n", namespace), "the InferenceService"
+    )
     meta = isvc["metadata"]
     assert meta["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
     assert meta["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
@@ -194,18 +241,26 @@ def test_kserve_backend_creates_inference_service(kube: Kube, operator: Operator
     assert p["annotations"]["perllm.io/deadline-s"] == "1"
     assert p["annotations"]["perllm.io/deadline-per-token-s"] == "0.15"
     expr = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"][0]["matchExpressions"][0]
-    assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["edge", "cloud"]}
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"][0]
+    # Pinned to the tier whose variant it requests (no decision yet: the cloud).
+    assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["cloud"]}
+    assert p["annotations"]["perllm.io/variant-tier"] == "cloud"
     assert p["model"]["modelFormat"]["name"] == "huggingface"
     assert p["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert p["tolerations"][0]["key"] == "nvidia.com/gpu"
-    obj = wait_for(lambda: _placed(kube, namespace, "chat-assistant"), "status Placed=True")
+    obj = wait_for(lambda: _reconciled(kube, namespace, "chat-assistant"), "status Reconciled=True")
     st = obj["status"]
-    assert st["child"] == {"apiVersion": "serving.kserve.io/v1beta1",
-                           "kind": "InferenceService", "name": "chat-assistant"}
+    assert st["child"] == {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "name": "chat-assistant",
+    }
     assert st["observedGeneration"] == obj["metadata"]["generation"]
     # No KServe controller runs: the InferenceService has no Ready condition.
     assert _condition(obj, "Ready")["status"] == "Unknown"  # type: ignore[index]
+    # No pods, no extender decision: Placed waits for the scheduler.
+    assert _condition(obj, "Placed")["status"] == "Unknown"  # type: ignore[index]
     assert operator.alive()
 
 
@@ -217,50 +272,75 @@ def _bound_pods(kube: Kube, ns: str, name: str) -> list[dict[str, Any]] | None:
     return None
 
 
-def test_deployment_backend_pods_bound_by_perllm_scheduler(kube: Kube, operator: Operator,
-                                                           namespace: str) -> None:
+def test_deployment_backend_pods_bound_by_perllm_scheduler(
+    kube: Kube, operator: Operator, namespace: str
+) -> None:
     kube.apply(_example("batch-summariser"), namespace)  # cloud only, one GPU
-    dep = wait_for(lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace),
-                   "the Deployment")
+    dep = wait_for(
+        lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace), "the Deployment"
+    )
     tpl = dep["spec"]["template"]["spec"]
     assert tpl["schedulerName"] == "perllm-scheduler"
     assert tpl["containers"][0]["name"] == "model-server"
-    svc = wait_for(lambda: _get(kube, "service", "batch-summariser-predictor", "-n", namespace),
-                   "the Service")
+    svc = wait_for(
+        lambda: _get(kube, "service", "batch-summariser-predictor", "-n", namespace), "the Service"
+    )
     assert svc["spec"]["selector"] == {"perllm.io/service": "batch-summariser"}
-    pods = wait_for(lambda: _bound_pods(kube, namespace, "batch-summariser"), "bound pods",
-                    timeout=120)
+    pods = wait_for(
+        lambda: _bound_pods(kube, namespace, "batch-summariser"), "bound pods", timeout=120
+    )
     for pod in pods:
         assert pod["spec"]["schedulerName"] == "perllm-scheduler"
         node = _get(kube, "node", pod["spec"]["nodeName"])
         assert node["metadata"]["labels"]["perllm.io/tier"] == "cloud"
     # Events of perllm-scheduler name it as the binder.
-    ev = wait_for(lambda: [e for e in _get(kube, "events", "-n", namespace)["items"]
-                           if e.get("reason") == "Scheduled"
-                           and "perllm-scheduler" in json.dumps(e)], "Scheduled event",
-                  timeout=60)
+    ev = wait_for(
+        lambda: [
+            e
+            for e in _get(kube, "events", "-n", namespace)["items"]
+            if e.get("reason") == "Scheduled" and "perllm-scheduler" in json.dumps(e)
+        ],
+        "Scheduled event",
+        timeout=60,
+    )
     assert ev
     # KWOK marks the pods ready; the operator mirrors that into Ready=True.
-    wait_for(lambda: (_condition(_get(kube, PLURAL, "batch-summariser", "-n", namespace),
-                                 "Ready") or {}).get("status") == "True",
-             "LLMService Ready=True", timeout=120)
+    wait_for(
+        lambda: (
+            (
+                _condition(_get(kube, PLURAL, "batch-summariser", "-n", namespace), "Ready") or {}
+            ).get("status")
+            == "True"
+        ),
+        "LLMService Ready=True",
+        timeout=120,
+    )
 
 
-def test_edit_deadline_patches_child_in_place(kube: Kube, operator: Operator,
-                                              namespace: str) -> None:
+def test_edit_deadline_patches_child_in_place(
+    kube: Kube, operator: Operator, namespace: str
+) -> None:
     kube.apply(_example("code-assistant"), namespace)
     kube.apply(_example("batch-summariser"), namespace)
     isvc = wait_for(lambda: _get(kube, "isvc", "code-assistant", "-n", namespace), "isvc")
-    dep = wait_for(lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace),
-                   "deployment")
+    dep = wait_for(
+        lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace), "deployment"
+    )
     for name in ("code-assistant", "batch-summariser"):
-        kube.kubectl("patch", PLURAL, name, "-n", namespace, "--type=merge", "-p",
-                     json.dumps({"spec": {"requirements": {"deadline": {"seconds": 7.5}}}}))
+        kube.kubectl(
+            "patch",
+            PLURAL,
+            name,
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"requirements": {"deadline": {"seconds": 7.5}}}}),
+        )
 
     def isvc_edited() -> Any:
         o = _get(kube, "isvc", "code-assistant", "-n", namespace)
-        return o if o["spec"]["predictor"]["annotations"]["perllm.io/deadline-s"] == "7.5" \
-            else None
+        return o if o["spec"]["predictor"]["annotations"]["perllm.io/deadline-s"] == "7.5" else None
 
     def dep_edited() -> Any:
         o = _get(kube, "deployment", "batch-summariser", "-n", namespace)
@@ -271,45 +351,70 @@ def test_edit_deadline_patches_child_in_place(kube: Kube, operator: Operator,
     new_dep = wait_for(dep_edited, "edited Deployment")
     assert new_isvc["metadata"]["uid"] == isvc["metadata"]["uid"]
     assert new_dep["metadata"]["uid"] == dep["metadata"]["uid"]
-    obj = wait_for(lambda: (lambda o: o if o["status"].get("observedGeneration") == 2
-                            else None)(_get(kube, PLURAL, "code-assistant", "-n", namespace)),
-                   "observedGeneration 2")
+    obj = wait_for(
+        lambda: (lambda o: o if o["status"].get("observedGeneration") == 2 else None)(
+            _get(kube, PLURAL, "code-assistant", "-n", namespace)
+        ),
+        "observedGeneration 2",
+    )
     assert obj["metadata"]["generation"] == 2
 
 
-def test_delete_garbage_collects_children(kube: Kube, operator: Operator,
-                                          namespace: str) -> None:
+def test_delete_garbage_collects_children(kube: Kube, operator: Operator, namespace: str) -> None:
     kube.apply(_example("batch-summariser"), namespace)
     kube.apply(_example("chat-assistant"), namespace)
     wait_for(lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace), "deploy")
     wait_for(lambda: _get(kube, "service", "batch-summariser-predictor", "-n", namespace), "svc")
     wait_for(lambda: _get(kube, "isvc", "chat-assistant", "-n", namespace), "isvc")
-    # No finalizer: deletion does not depend on the operator.
+    # The status timer makes kopf put its finalizer on the object; the running operator
+    # removes it on deletion.
     for name in ("batch-summariser", "chat-assistant"):
-        obj = _get(kube, PLURAL, name, "-n", namespace)
-        assert not obj["metadata"].get("finalizers")
+        wait_for(
+            lambda n=name: (
+                "perllm.io/finalizer"
+                in (  # type: ignore[misc]
+                    _get(kube, PLURAL, n, "-n", namespace)["metadata"].get("finalizers") or []
+                )
+            ),
+            f"the finalizer on {name}",
+            timeout=30,
+        )
         kube.kubectl("delete", PLURAL, name, "-n", namespace, "--wait=true", "--timeout=60s")
+        assert _get(kube, PLURAL, name, "-n", namespace) is None
 
     def gone() -> bool:
-        return all(_get(kube, kind, name, "-n", namespace) is None for kind, name in (
-            ("deployment", "batch-summariser"), ("service", "batch-summariser-predictor"),
-            ("isvc", "chat-assistant")))
+        return all(
+            _get(kube, kind, name, "-n", namespace) is None
+            for kind, name in (
+                ("deployment", "batch-summariser"),
+                ("service", "batch-summariser-predictor"),
+                ("isvc", "chat-assistant"),
+            )
+        )
 
     wait_for(gone, "garbage collection of the children", timeout=120)
 
 
-def test_sigkill_and_restart_converge_without_duplicates(kube: Kube, operator: Operator,
-                                                         namespace: str) -> None:
+def test_sigkill_and_restart_converge_without_duplicates(
+    kube: Kube, operator: Operator, namespace: str
+) -> None:
     kube.apply(_example("batch-summariser"), namespace)
     kube.apply(_example("chat-assistant"), namespace)
-    dep = wait_for(lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace),
-                   "deploy")
+    dep = wait_for(lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace), "deploy")
     isvc = wait_for(lambda: _get(kube, "isvc", "chat-assistant", "-n", namespace), "isvc")
     operator.kill()
     try:
         # While the operator is down: edit one service, create another.
-        kube.kubectl("patch", PLURAL, "chat-assistant", "-n", namespace, "--type=merge", "-p",
-                     json.dumps({"spec": {"requirements": {"deadline": {"seconds": 3}}}}))
+        kube.kubectl(
+            "patch",
+            PLURAL,
+            "chat-assistant",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"requirements": {"deadline": {"seconds": 3}}}}),
+        )
         kube.apply(_example("code-assistant"), namespace)
         time.sleep(1)
         assert _get(kube, "isvc", "code-assistant", "-n", namespace) is None
@@ -318,8 +423,10 @@ def test_sigkill_and_restart_converge_without_duplicates(kube: Kube, operator: O
 
     def converged() -> bool:
         o = _get(kube, "isvc", "chat-assistant", "-n", namespace)
-        return (o["spec"]["predictor"]["annotations"]["perllm.io/deadline-s"] == "3"
-                and _get(kube, "isvc", "code-assistant", "-n", namespace) is not None)
+        return (
+            o["spec"]["predictor"]["annotations"]["perllm.io/deadline-s"] == "3"
+            and _get(kube, "isvc", "code-assistant", "-n", namespace) is not None
+        )
 
     wait_for(converged, "convergence after restart", timeout=120)
     time.sleep(3)  # let any stray duplicate appear
@@ -333,3 +440,263 @@ def test_sigkill_and_restart_converge_without_duplicates(kube: Kube, operator: O
     same = _get(kube, "isvc", "chat-assistant", "-n", namespace)
     assert same["metadata"]["uid"] == isvc["metadata"]["uid"]
     assert operator.alive()
+
+
+# ---- status timer, re-placement, describe ---------------------------------------------------
+class LatencyExporter:
+    """A static exporter of vLLM's e2e latency histogram (names.VLLM_E2E_LATENCY) with the
+    `namespace`, `pod`, `model_name` labels: each registered pod serves `rps` requests per
+    second, all taking `latency_s`. Counters grow with wall time, so `rate()` sees them."""
+
+    def __init__(self) -> None:
+        self.pods: dict[tuple[str, str], tuple[float, float]] = {}
+        self.t0 = time.monotonic()
+        exporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = exporter.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def serve(self, namespace: str, pod: str, latency_s: float, rps: float = 5.0) -> None:
+        self.pods[(namespace, pod)] = (latency_s, rps)
+
+    def render(self) -> str:
+        m = names.VLLM_E2E_LATENCY
+        lines = [f"# TYPE {m} histogram"]
+        elapsed = time.monotonic() - self.t0
+        for (ns, pod), (lat, rps) in sorted(self.pods.items()):
+            n = int(rps * elapsed)
+            lab = f'namespace="{ns}",pod="{pod}",model_name="m"'
+            for b in names.VLLM_LATENCY_BUCKETS:
+                lines.append(f'{m}_bucket{{{lab},le="{names.fmt_le(b)}"}} {n if lat <= b else 0}')
+            lines.append(f'{m}_bucket{{{lab},le="+Inf"}} {n}')
+            lines.append(f"{m}_sum{{{lab}}} {n * lat}")
+            lines.append(f"{m}_count{{{lab}}} {n}")
+        return "\n".join(lines) + "\n"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def exporter(kube: Kube) -> Iterator[LatencyExporter]:
+    if kube.local is None or kube.local.prometheus_url is None:
+        pytest.skip("needs the local harness' Prometheus (set_scrape_configs)")
+    ex = LatencyExporter()
+    kube.local.set_scrape_configs(
+        [{"job_name": "vllm-e2e", "static_configs": [{"targets": [f"127.0.0.1:{ex.port}"]}]}]
+    )
+    try:
+        yield ex
+    finally:
+        kube.local.set_scrape_configs([])
+        ex.close()
+
+
+def _edge_service(name: str, replicas: int) -> dict[str, Any]:
+    """A small edge-only service on the deployment backend (pods land on KWOK edge nodes);
+    deadline 2 s for 10 output tokens (2.0 + 0 × 10), 95 % of requests."""
+    return {
+        "apiVersion": "perllm.io/v1alpha1",
+        "kind": "LLMService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {
+                "name": "llama2-7b",
+                "variants": [
+                    {
+                        "tier": "edge",
+                        "precision": "q4_k_m",
+                        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+                    }
+                ],
+            },
+            "requirements": {"deadline": {"seconds": 2.0, "percentile": 95}},
+            "traffic": {"rateRps": 5, "promptTokens": 100, "outputTokens": 10},
+            "allowedTiers": ["edge"],
+            "replicas": replicas,
+            "backend": "deployment",
+        },
+    }
+
+
+def _ready_pods(kube: Kube, ns: str, name: str, n: int) -> list[dict[str, Any]] | None:
+    pods = [
+        p
+        for p in (_bound_pods(kube, ns, name) or [])
+        if not p["metadata"].get("deletionTimestamp")
+        and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p.get("status", {}).get("conditions", [])
+        )
+    ]
+    return pods if len(pods) == n else None
+
+
+def _events(kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
+    items = _get(kube, "events", "-n", ns)["items"]
+    return [
+        e
+        for e in items
+        if e["involvedObject"].get("name") == name
+        and e["involvedObject"].get("kind") == "LLMService"
+    ]
+
+
+def test_slow_pod_is_evicted_and_replaced(
+    kube: Kube, operator: Operator, exporter: LatencyExporter, namespace: str
+) -> None:
+    name = "slow-edge"
+    kube.apply(_edge_service(name, replicas=2), namespace)
+    pods = wait_for(lambda: _ready_pods(kube, namespace, name, 2), "2 ready pods", timeout=120)
+    slow, fast = sorted(p["metadata"]["name"] for p in pods)
+    slow_node = next(p["spec"]["nodeName"] for p in pods if p["metadata"]["name"] == slow)
+    exporter.serve(namespace, slow, latency_s=12.0)  # far past the 2 s deadline
+    exporter.serve(namespace, fast, latency_s=0.5)
+    # Telemetry reaches the status: attainment 50 % (half the requests are slow) < 95 %.
+    obj = wait_for(
+        lambda: (
+            lambda o: (
+                o
+                if (o.get("status", {}).get("observed") or {}).get("attainment") is not None
+                else None
+            )
+        )(_get(kube, PLURAL, name, "-n", namespace)),
+        "status.observed.attainment",
+        timeout=60,
+    )
+    obs = obj["status"]["observed"]
+    assert 0.3 <= obs["attainment"] <= 0.7, obs
+    assert obs["window"] == "20s" and obs["requestsPerSecond"] > 0
+    assert obs["latencyP95Seconds"] > 2.0
+    # Exactly the slow pod is evicted (the fast one stays), and a replacement comes up.
+    wait_for(
+        lambda: _get(kube, "pod", slow, "-n", namespace) is None,
+        "eviction of the slow pod",
+        timeout=90,
+    )
+    now = wait_for(lambda: _ready_pods(kube, namespace, name, 2), "replacement pod", timeout=120)
+    live = sorted(p["metadata"]["name"] for p in now)
+    assert fast in live and slow not in live
+    evs = wait_for(
+        lambda: (
+            lambda e: e if {"ReplacementTriggered", "Evicted"} <= {x["reason"] for x in e} else None
+        )(_events(kube, namespace, name)),
+        "Events",
+        timeout=30,
+    )
+    trig = next(e for e in evs if e["reason"] == "ReplacementTriggered")
+    assert slow in trig["message"] and slow_node in trig["message"] and "95%" in trig["message"]
+    ev = next(e for e in evs if e["reason"] == "Evicted")
+    assert slow in ev["message"] and slow_node in ev["message"]
+    st = _get(kube, PLURAL, name, "-n", namespace)["status"]
+    assert st["replacement"]["lastEvictedPod"] == slow and st["replacement"]["evictions"] == 1
+    assert _condition(_get(kube, PLURAL, name, "-n", namespace), "DeadlineMet") is not None
+    # The evicted pod's series no longer count: the service recovers to 100 %.
+    wait_for(
+        lambda: (
+            (_condition(_get(kube, PLURAL, name, "-n", namespace), "DeadlineMet") or {}).get(
+                "status"
+            )
+            == "True"
+        ),
+        "DeadlineMet=True",
+        timeout=60,
+    )
+    assert operator.alive()
+
+
+def test_describe_shows_conditions_and_events(
+    kube: Kube, operator: Operator, exporter: LatencyExporter, namespace: str
+) -> None:
+    name = "described"
+    kube.apply(_edge_service(name, replicas=1), namespace)
+    (pod,) = wait_for(lambda: _ready_pods(kube, namespace, name, 1), "a ready pod", timeout=120)
+    node = pod["spec"]["nodeName"]
+    exporter.serve(namespace, pod["metadata"]["name"], latency_s=0.5)
+    # Publish a decision exactly as the extender does (contract 1): status.placement and a
+    # `Placed` Event from component perllm-extender.
+    obj = _get(kube, PLURAL, name, "-n", namespace)
+    placement = {
+        "tier": "edge",
+        "nodes": [node],
+        "pod": pod["metadata"]["name"],
+        "chosen": node,
+        "predictedTimeSeconds": 1.2,
+        "predictedEnergyJ": 35.0,
+        "feasible": True,
+        "decidedAt": "2026-01-01T00:00:00Z",
+        "explanation": {"candidates": []},
+    }
+    kube.kubectl(
+        "patch",
+        PLURAL,
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"placement": placement}}),
+    )
+    kube.kubectl(
+        "create",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{name}.placed", "namespace": namespace},
+                "involvedObject": {
+                    "apiVersion": "perllm.io/v1alpha1",
+                    "kind": "LLMService",
+                    "name": name,
+                    "namespace": namespace,
+                    "uid": obj["metadata"]["uid"],
+                },
+                "reason": "Placed",
+                "type": "Normal",
+                "source": {"component": "perllm-extender"},
+                "message": f"node {node} (tier edge): predicted 1.2 s vs deadline 2 s, 35 J",
+                "firstTimestamp": "2026-01-01T00:00:00Z",
+                "lastTimestamp": "2026-01-01T00:00:00Z",
+                "count": 1,
+            }
+        ),
+    )
+
+    def described() -> str | None:
+        out = kube.kubectl("describe", PLURAL, name, "-n", namespace).stdout
+        want = (
+            "DeadlineMet",
+            "TelemetryStale",
+            "Placed",
+            "Ready",
+            "Reconciled",
+            f"tier edge on {node}",
+            "perllm-extender",
+            "Reconciled",
+        )
+        return out if all(w in out for w in want) and "attainment 100.0%" in out else None
+
+    out = wait_for(described, "describe with conditions and Events", timeout=60)
+    assert "Events:" in out and "Placed" in out.split("Events:")[1]
+    cond = _condition(_get(kube, PLURAL, name, "-n", namespace), "Placed")
+    assert cond is not None and cond["status"] == "True" and node in cond["message"]
+    stale = _condition(_get(kube, PLURAL, name, "-n", namespace), "TelemetryStale")
+    assert stale is not None and stale["status"] == "False"

@@ -35,12 +35,21 @@ def test_inference_service() -> None:
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
     meta = isvc["metadata"]
     assert meta["name"] == "chat-assistant" and meta["namespace"] == "llm"
-    assert meta["annotations"] == {"serving.kserve.io/deploymentMode": "RawDeployment",
-                                   "serving.kserve.io/autoscalerClass": "external",
-                                   "perllm.io/variant-tier": "cloud"}
-    assert meta["ownerReferences"] == [{
-        "apiVersion": "perllm.io/v1alpha1", "kind": "LLMService", "name": "chat-assistant",
-        "uid": "1234-abcd", "controller": True, "blockOwnerDeletion": True}]
+    assert meta["annotations"] == {
+        "serving.kserve.io/deploymentMode": "RawDeployment",
+        "serving.kserve.io/autoscalerClass": "external",
+        "perllm.io/variant-tier": "cloud",
+    }
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "perllm.io/v1alpha1",
+            "kind": "LLMService",
+            "name": "chat-assistant",
+            "uid": "1234-abcd",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     p = isvc["spec"]["predictor"]
     assert p["schedulerName"] == "perllm-scheduler"
     assert p["minReplicas"] == 1
@@ -49,7 +58,8 @@ def test_inference_service() -> None:
     assert p["annotations"]["perllm.io/deadline-per-token-s"] == "0.15"
     assert p["annotations"]["perllm.io/min-quality"] == "0"
     expr = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"][0]["matchExpressions"][0]
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"][0]
     # Pinned to the cloud tier, whose variant's resources the pod requests.
     assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["cloud"]}
     assert p["annotations"]["perllm.io/variant-tier"] == "cloud"
@@ -60,8 +70,9 @@ def test_inference_service() -> None:
     assert "runtime" not in m
     # The cloud variant (GPU) when the cloud is allowed, with the GPU toleration.
     assert m["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert p["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                 "effect": "NoSchedule"}]
+    assert p["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
 
 
 def test_edge_only_uses_edge_variant_without_gpu_toleration() -> None:
@@ -70,13 +81,16 @@ def test_edge_only_uses_edge_variant_without_gpu_toleration() -> None:
     obj["spec"]["replicas"] = 3
     obj["spec"]["model"]["runtime"] = "kserve-huggingfaceserver"
     p = render.inference_service(obj)["spec"]["predictor"]
-    assert p["model"]["resources"] == {"requests": {"cpu": "12", "memory": "16Gi"},
-                                       "limits": {"cpu": "12", "memory": "16Gi"}}
+    assert p["model"]["resources"] == {
+        "requests": {"cpu": "12", "memory": "16Gi"},
+        "limits": {"cpu": "12", "memory": "16Gi"},
+    }
     assert "tolerations" not in p
     assert p["minReplicas"] == 3
     assert p["model"]["runtime"] == "kserve-huggingfaceserver"
     expr = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"][0]["matchExpressions"][0]
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"][0]
     assert expr["values"] == ["edge"]
 
 
@@ -110,7 +124,8 @@ def test_image_from_environment(monkeypatch: Any) -> None:
     monkeypatch.setenv(render.IMAGE_ENV, "example.org/server:1")
     obj = copy.deepcopy(_load("batch-summariser"))
     assert render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]["image"] == (
-        "example.org/server:1")
+        "example.org/server:1"
+    )
 
 
 def test_kserve_backend_has_one_child() -> None:
@@ -118,8 +133,13 @@ def test_kserve_backend_has_one_child() -> None:
 
 
 def test_kopf_args() -> None:
-    assert kopf_args() == ["run", "--standalone", "-m", "perllm_operator.handlers",
-                           "--all-namespaces"]
+    assert kopf_args() == [
+        "run",
+        "--standalone",
+        "-m",
+        "perllm_operator.handlers",
+        "--all-namespaces",
+    ]
     assert "--namespace=a" in kopf_args(["a"]) and "--all-namespaces" not in kopf_args(["a"])
 
 
@@ -134,9 +154,14 @@ def test_kserve_missing_sets_condition_without_crashing(monkeypatch: Any) -> Non
     obj = _load("chat-assistant")
     patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError, match="backend: deployment"):
-        handlers.reconcile(body=kopf.Body(obj), spec=kopf.Spec(kopf.Body(obj)),
-                           meta=kopf.Meta(kopf.Body(obj)), status=kopf.Status(kopf.Body(obj)),
-                           patch=patch, logger=None)
+        handlers.reconcile(
+            body=kopf.Body(obj),
+            spec=kopf.Spec(kopf.Body(obj)),
+            meta=kopf.Meta(kopf.Body(obj)),
+            status=kopf.Status(kopf.Body(obj)),
+            patch=patch,
+            logger=None,
+        )
     conds = {c["type"]: c for c in patch["status"]["conditions"]}
     assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "KServeMissing"
     assert conds["Placed"]["reason"] == "KServeMissing"
@@ -147,8 +172,12 @@ def test_kserve_missing_sets_condition_without_crashing(monkeypatch: Any) -> Non
 def test_ready_of() -> None:
     from perllm_operator.handlers import ready_of
 
-    dep = {"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": 2},
-           "status": {"readyReplicas": 1}}
+    dep = {
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"replicas": 2},
+        "status": {"readyReplicas": 1},
+    }
     assert ready_of(dep)[0] is False
     dep["status"] = {"readyReplicas": 2}
     assert ready_of(dep)[0] is True
@@ -166,7 +195,8 @@ def _tier_of(child: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         ps = child["spec"]["predictor"]
         res = ps["model"]["resources"]
     expr = ps["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"][0]["matchExpressions"][0]
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"][0]
     return expr["values"], res
 
 
@@ -204,5 +234,5 @@ def test_no_variant_for_allowed_tier_names_the_fields() -> None:
 
     obj = _load("batch-summariser")
     obj["spec"]["allowedTiers"] = ["edge"]
-    with pytest.raises(ValueError, match="spec.allowedTiers"):
+    with pytest.raises(ValueError, match=r"spec\.allowedTiers"):
         render.target_tier(obj)

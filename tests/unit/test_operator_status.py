@@ -13,7 +13,7 @@ import pytest
 import yaml
 from perllm_operator import handlers, observe, replace
 from perllm_operator.config import Config, ConfigError
-from perllm_operator.replace import Policy, Point
+from perllm_operator.replace import Point, Policy
 
 from perllm.crd import service_spec
 from perllm.telemetry.prom import Answer, Prometheus, Sample
@@ -44,8 +44,9 @@ def test_not_before_the_window_is_full() -> None:
     v = replace.decide(_hist(0.99, 0.5, 0.6), 0.95, POLICY, now=60, last_eviction_at=None)
     assert not v.act and v.reason == "BelowTarget"  # 2 ticks, 30 s
     # enough ticks but too short a span (fast ticks)
-    v = replace.decide(_hist(0.5, 0.5, 0.5, 0.5, step=5), 0.95, POLICY, now=15,
-                       last_eviction_at=None)
+    v = replace.decide(
+        _hist(0.5, 0.5, 0.5, 0.5, step=5), 0.95, POLICY, now=15, last_eviction_at=None
+    )
     assert not v.act and v.reason == "BelowTarget"
 
 
@@ -70,18 +71,29 @@ def test_cooldown_and_disabled() -> None:
     assert replace.decide(h, 0.95, off, now=90, last_eviction_at=None).reason == "Disabled"
 
 
-def _pod(name: str, node: str | None, created: str = "2026-01-01T00:00:00Z",
-         ready: bool = True, deleting: bool = False) -> dict[str, Any]:
+def _pod(
+    name: str,
+    node: str | None,
+    created: str = "2026-01-01T00:00:00Z",
+    ready: bool = True,
+    deleting: bool = False,
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "creationTimestamp": created}
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:10:00Z"
-    return {"metadata": meta, "spec": {"nodeName": node} if node else {},
-            "status": {"conditions": [{"type": "Ready", "status": str(ready)}]}}
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": node} if node else {},
+        "status": {"conditions": [{"type": "Ready", "status": str(ready)}]},
+    }
 
 
 def test_worst_pod_by_latency_then_placement_then_age() -> None:
-    pods = [_pod("a", "edge-0", "2026-01-01T00:00:02Z"), _pod("b", "edge-1",
-            "2026-01-01T00:00:01Z"), _pod("c", None)]
+    pods = [
+        _pod("a", "edge-0", "2026-01-01T00:00:02Z"),
+        _pod("b", "edge-1", "2026-01-01T00:00:01Z"),
+        _pod("c", None),
+    ]
     pick = replace.worst_pod(pods, {"a": 3.0, "b": 9.0, "gone": 99.0})
     assert pick is not None and pick[0]["metadata"]["name"] == "b" and "9" in pick[1]
     pick = replace.worst_pod(pods, None, ["edge-0"])
@@ -124,26 +136,32 @@ def test_deadline_and_pod_regex() -> None:
     spec = service_spec(_load("chat-assistant"))
     assert observe.deadline_s(spec) == pytest.approx(1.0 + 0.15 * 211)
     assert observe.target(spec) == 0.95
-    assert observe.pod_regex(["b-1", "a.x"], "svc") == r"a\.x|b\-1"
+    assert observe.pod_regex(["b-1", "a.x"], "svc") == r"a\\.x|b-1"
     assert observe.pod_regex([], "svc") == "svc-.*"
 
 
 def test_observe_reads_the_contract_queries() -> None:
     spec = service_spec(_load("chat-assistant"))
-    prom = FakeProm({
-        "le=": 0.5,  # attainment query (bucket / count)
-        "histogram_quantile(0.5,": 2.0, "histogram_quantile(0.95,": 40.0,
-        "perllm_service_energy_joules_total": 310.0,
-        "sum(rate(vllm:e2e_request_latency_seconds_count": 4.0,
-        "sum by (namespace, pod)": [Sample({"namespace": "llm", "pod": "p-1"}, 3.0),
-                                    Sample({"namespace": "llm", "pod": "other"}, 50.0)],
-    })
-    obs = observe.observe(prom, "llm", "chat-assistant", spec, ["p-1"], "chat-assistant",
-                          "1m", now=1000.0)
+    prom = FakeProm(
+        {
+            "le=": 0.5,  # attainment query (bucket / count)
+            "histogram_quantile(0.5,": 2.0,
+            "histogram_quantile(0.95,": 40.0,
+            "perllm_service_energy_joules_total": 310.0,
+            "sum(rate(vllm:e2e_request_latency_seconds_count": 4.0,
+            "sum by (namespace, pod)": [
+                Sample({"namespace": "llm", "pod": "p-1"}, 3.0),
+                Sample({"namespace": "llm", "pod": "other"}, 50.0),
+            ],
+        }
+    )
+    obs = observe.observe(
+        prom, "llm", "chat-assistant", spec, ["p-1"], "chat-assistant", "1m", now=1000.0
+    )
     assert obs.reachable and obs.attainment == 0.5 and obs.p95_s == 40.0
     assert obs.energy_per_request_j == 310.0 and obs.rps == 4.0
     assert obs.pod_latency_s == {"p-1": 3.0}  # only live pods of the service
-    assert any('pod=~"p\\-1"' in q and "[1m]" in q for q in prom.queries)
+    assert any('pod=~"p-1"' in q and "[1m]" in q for q in prom.queries)
     st = obs.status("1m")
     assert st["attainment"] == 0.5 and st["latencyP95Seconds"] == 40.0
     assert st["window"] == "1m" and st["at"] == "1970-01-01T00:16:40Z"
@@ -178,9 +196,17 @@ def test_no_series_and_no_traffic() -> None:
 
 
 def test_placed_condition_from_extender_record() -> None:
-    ok, reason, msg = observe.placed({"tier": "edge", "nodes": ["edge-1"], "feasible": True,
-                                      "predictedTimeSeconds": 0.8, "predictedEnergyJ": 42.0,
-                                      "decidedAt": "2026-01-01T00:00:00Z"}, [])
+    ok, reason, msg = observe.placed(
+        {
+            "tier": "edge",
+            "nodes": ["edge-1"],
+            "feasible": True,
+            "predictedTimeSeconds": 0.8,
+            "predictedEnergyJ": 42.0,
+            "decidedAt": "2026-01-01T00:00:00Z",
+        },
+        [],
+    )
     assert ok is True and reason == "Placed" and "tier edge on edge-1" in msg and "0.8 s" in msg
     assert observe.placed({"tier": "cloud", "feasible": False}, [])[1] == "PlacedLeastViolating"
     assert observe.placed(None, []) == (None, "WaitingForScheduler", "waiting for the scheduler")
@@ -191,8 +217,14 @@ def test_placed_condition_from_extender_record() -> None:
 def test_config_from_env_names_bad_settings() -> None:
     c = Config.from_env({})
     assert c.prometheus_url is None and c.status_interval_s == 30 and c.policy == Policy()
-    c = Config.from_env({"PERLLM_PROMETHEUS_URL": "http://p:9090", "PERLLM_STATUS_INTERVAL": "2",
-                         "PERLLM_REPLACEMENT_WINDOW": "4", "PERLLM_REPLACEMENT": "off"})
+    c = Config.from_env(
+        {
+            "PERLLM_PROMETHEUS_URL": "http://p:9090",
+            "PERLLM_STATUS_INTERVAL": "2",
+            "PERLLM_REPLACEMENT_WINDOW": "4",
+            "PERLLM_REPLACEMENT": "off",
+        }
+    )
     assert c.prometheus_url == "http://p:9090" and c.status_interval_s == 2
     assert c.policy.window_s == 4 and not c.policy.enabled
     with pytest.raises(ConfigError, match="PERLLM_STATUS_INTERVAL"):
@@ -217,8 +249,9 @@ class FakeCluster:
         mp.setattr(handlers, "_evict", lambda ns, pod: self.evicted.append(pod))
         mp.setattr(handlers, "_follow_tier", lambda body, obj, logger: None)
 
-        def sync(ns: str, name: str, uid: str, conditions: Any = None,
-                 fields: Any = None, **_: Any) -> bool:
+        def sync(
+            ns: str, name: str, uid: str, conditions: Any = None, fields: Any = None, **_: Any
+        ) -> bool:
             st = self.obj.setdefault("status", {})
             old = list(st.get("conditions") or [])
             conds = {c["type"]: c for c in old}
@@ -229,15 +262,18 @@ class FakeCluster:
             return True
 
         mp.setattr(handlers, "sync_status", sync)
-        mp.setattr(kopf, "info", lambda body, *, reason, message: self.events.append(
-            (reason, message)))
-        mp.setattr(kopf, "warn", lambda body, *, reason, message: self.events.append(
-            (reason, message)))
+        mp.setattr(
+            kopf, "info", lambda body, *, reason, message: self.events.append((reason, message))
+        )
+        mp.setattr(
+            kopf, "warn", lambda body, *, reason, message: self.events.append((reason, message))
+        )
 
     def tick(self) -> None:
         b = kopf.Body(copy.deepcopy(self.obj))
-        handlers.status_tick(body=b, spec=kopf.Spec(b), meta=kopf.Meta(b),
-                             status=kopf.Status(b), logger=_Logger())
+        handlers.status_tick(
+            body=b, spec=kopf.Spec(b), meta=kopf.Meta(b), status=kopf.Status(b), logger=_Logger()
+        )
 
     def cond(self, t: str) -> dict[str, Any]:
         return next(c for c in self.obj["status"]["conditions"] if c["type"] == t)
@@ -249,7 +285,8 @@ class _Logger:
 
 
 def test_timer_marks_stale_and_keeps_going_when_prometheus_is_down(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     fc = FakeCluster(_load("chat-assistant"), [_pod("chat-assistant-1", "cloud-0")])
     fc.install(monkeypatch)
     monkeypatch.setattr(handlers, "CONFIG", Config(prometheus_url="http://prom.invalid"))
@@ -264,18 +301,29 @@ def test_timer_marks_stale_and_keeps_going_when_prometheus_is_down(
 
 
 def test_timer_evicts_one_pod_after_the_window_then_cools_down(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pods = [_pod("chat-assistant-a", "cloud-0"), _pod("chat-assistant-b", "cloud-1")]
     fc = FakeCluster(_load("chat-assistant"), pods)
     fc.install(monkeypatch)
     fc.obj["status"] = {"placement": {"tier": "cloud", "nodes": ["cloud-0", "cloud-1"]}}
     policy = Policy(window_s=0, min_ticks=3, cooldown_s=3600, escalate_after=0)
     monkeypatch.setattr(handlers, "CONFIG", Config(prometheus_url="http://p", policy=policy))
-    monkeypatch.setattr(handlers, "PROM", FakeProm({
-        "sum by (namespace, pod)": [Sample({"namespace": "llm", "pod": "chat-assistant-a"}, 2.0),
-                                    Sample({"namespace": "llm", "pod": "chat-assistant-b"}, 8.0)],
-        "le=": 0.2, "histogram_quantile": 9.0, "_count": 1.0,
-    }))
+    monkeypatch.setattr(
+        handlers,
+        "PROM",
+        FakeProm(
+            {
+                "sum by (namespace, pod)": [
+                    Sample({"namespace": "llm", "pod": "chat-assistant-a"}, 2.0),
+                    Sample({"namespace": "llm", "pod": "chat-assistant-b"}, 8.0),
+                ],
+                "le=": 0.2,
+                "histogram_quantile": 9.0,
+                "_count": 1.0,
+            }
+        ),
+    )
     handlers.HISTORY.clear()
     for _ in range(2):
         fc.tick()
