@@ -58,7 +58,8 @@ class TwinCollector(Collector):
         power = GaugeMetricFamily(
             names.DCGM_POWER_W, "GPU power draw (W), simulated.", labels=dcgm_labels
         )
-        energy = CounterMetricFamily(
+        # DCGM's counter has no `_total`: built as a gauge, TYPE corrected in exposition().
+        energy = GaugeMetricFamily(
             names.DCGM_ENERGY_MJ,
             "GPU energy since start (mJ), simulated.",
             labels=dcgm_labels,
