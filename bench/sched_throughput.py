@@ -1,0 +1,368 @@
+"""Scheduling throughput of the real perllm-scheduler, with and without the PerLLM extender.
+
+One local control plane (`perllm.devcluster`: etcd, kube-apiserver, controller-manager,
+kube-scheduler, KWOK; no Prometheus) with 200 KWOK nodes of the reference testbed's kinds
+(edge Xeon + cloud A100 in the large-fleet mix, 96 % / 4 %, the scenario's links). For each
+case the perllm-scheduler is stopped, 1,000 pods are created (schedulerName
+perllm-scheduler, label perllm.io/service and the requirement annotations the operator
+renders, spread over the reference scenario's five services by share), then the scheduler
+is started, without an extender or pointing at a `perllm extender` subprocess on loopback
+(`nodeCacheCapable: true`, as the devcluster configures it), and a watch records when each
+pod gets its node. Throughput = bound pods per second between the first and the last
+binding (the scheduler's start-up is excluded; it is reported apart). Target (issue #5):
+with / without >= 0.5, measured in the same run.
+
+    .venv/bin/python bench/sched_throughput.py --out out/sched_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import yaml
+from perllm_operator import render
+
+from perllm.contract import ServiceSpec
+from perllm.devcluster import config as dcfg
+from perllm.devcluster.cluster import Cluster, ClusterConfig, temporary_run_dir
+from perllm.devcluster.process import free_port, http_ok, wait_until
+from perllm.labels import LABEL_TIER, SCHEDULER_NAME
+
+sys.path.insert(0, str(Path(__file__).parent))
+from extender_latency import fleet_scenario  # the sibling bench script
+
+Obj = dict[str, Any]
+TARGET_RATIO = 0.5
+
+
+# ---- the perllm-scheduler, stopped and started ----------------------------------------------
+# Cluster.restart_perllm_scheduler() needs an Extender and restarts at once; the bench needs
+# the scheduler down while pods are created, and a run with no extender at all.
+def stop_perllm_scheduler(cluster: Cluster) -> None:
+    for p in [p for p in cluster.procs if p.name == "perllm-scheduler"]:
+        p.stop()
+        cluster.procs.remove(p)
+
+
+def start_perllm_scheduler(cluster: Cluster, extender: dcfg.Extender | None) -> None:
+    assert cluster.state is not None
+    stop_perllm_scheduler(cluster)
+    port = cluster.state.ports["perllm_scheduler"]
+    # the devcluster's own start; unlike restart_perllm_scheduler() it takes no extender
+    p = cluster._start_scheduler(
+        "perllm-scheduler",
+        dcfg.PERLLM_SCHEDULER,
+        extender,
+        cluster.run_dir / "scheduler.kubeconfig",
+        port,
+    )
+    wait_until(p, lambda: http_ok(f"https://127.0.0.1:{port}/healthz"), 120, "/healthz")
+
+
+# ---- the extender ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def extender_process(kubeconfig: Path, log: Path) -> Iterator[str]:
+    """`perllm extender` on a free loopback port, reading Nodes from the cluster; yields
+    the urlPrefix."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("perllm")
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONWARNINGS="ignore")
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                str(exe),
+                "extender",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not http_ok(f"{base}/readyz"):
+            if proc.poll() is not None:
+                raise RuntimeError(f"extender exited ({proc.returncode}); see {log}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"extender not ready after 60 s; see {log}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def extender_decisions(base: str) -> float:
+    """perllm_extender_decisions_total{verb="filter"} from the extender's /metrics."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("perllm_extender_decisions_total") and 'verb="filter"' in line
+    )
+
+
+# ---- pods -----------------------------------------------------------------------------------
+def tier_affinity(spec: ServiceSpec) -> Obj:
+    """Required node affinity to the service's allowed tiers, as the operator renders it."""
+    term = {"key": LABEL_TIER, "operator": "In", "values": [t.value for t in spec.allowed_tiers]}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [term]}]
+            }
+        }
+    }
+
+
+def pod_manifest(spec: ServiceSpec, i: int) -> Obj:
+    """A model-server pod as the operator's Deployment renders it (no resources: KWOK nodes
+    have room for 110 pods each, so capacity never limits the run)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{spec.name}-{i:05d}",
+            "labels": render.labels({"metadata": {"name": spec.name}}),
+            "annotations": render.pod_annotations(spec),
+        },
+        "spec": {
+            "schedulerName": SCHEDULER_NAME,
+            "affinity": tier_affinity(spec),
+            "containers": [{"name": render.CONTAINER, "image": "vllm/vllm-openai"}],
+        },
+    }
+
+
+def service_mix(services: list[ServiceSpec], shares: list[float], n: int) -> list[ServiceSpec]:
+    """n services in proportion to shares, interleaved (largest remainder, deterministic)."""
+    total = sum(shares)
+    out: list[ServiceSpec] = []
+    acc = [0.0] * len(services)
+    for _ in range(n):
+        acc = [a + s / total for a, s in zip(acc, shares, strict=True)]
+        k = max(range(len(acc)), key=lambda j: acc[j])
+        acc[k] -= 1.0
+        out.append(services[k])
+    return out
+
+
+@dataclass
+class Watcher:
+    """Records, per pod, when a watch first saw it bound (spec.nodeName set)."""
+
+    api: Any
+    namespace: str
+    bound: dict[str, tuple[float, str]] = field(default_factory=dict)
+    started: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                listing = self.api.list_namespaced_pod(self.namespace, _preload_content=False)
+                doc = json.loads(listing.data)
+                for o in doc["items"]:
+                    self._see(o)
+                self.started.set()
+                w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+                for ev in w.stream(  # type: ignore[no-untyped-call]
+                    self.api.list_namespaced_pod,
+                    self.namespace,
+                    resource_version=doc["metadata"]["resourceVersion"],
+                    timeout_seconds=30,
+                    deserialize=False,
+                ):
+                    self._see(ev["object"])
+                    if self.stop.is_set():
+                        w.stop()  # type: ignore[no-untyped-call]
+        except BaseException as e:  # reported by the driver
+            self.error = e
+            self.started.set()
+
+    def _see(self, o: Obj) -> None:
+        node = (o.get("spec") or {}).get("nodeName")
+        name = o["metadata"]["name"]
+        if node and name not in self.bound:
+            self.bound[name] = (time.monotonic(), node)
+
+
+def create_pods(api: Any, namespace: str, pods: list[Obj], workers: int = 8) -> float:
+    t0 = time.monotonic()
+
+    def one(p: Obj) -> None:
+        api.create_namespaced_pod(namespace, p, _preload_content=False)
+
+    with ThreadPoolExecutor(workers) as ex:
+        list(ex.map(one, pods))
+    return time.monotonic() - t0
+
+
+def pods_left(api: Any, namespace: str) -> int:
+    r = api.list_namespaced_pod(namespace, _preload_content=False)
+    return len(json.loads(r.data)["items"])
+
+
+def run_case(
+    cluster: Cluster,
+    api: Any,
+    case: str,
+    extender: dcfg.Extender | None,
+    pods: list[Obj],
+    node_tier: dict[str, str],
+    timeout: float,
+) -> Obj:
+    ns = f"bench-{case}-{uuid.uuid4().hex[:6]}"
+    stop_perllm_scheduler(cluster)
+    cluster.kubectl("create", "namespace", ns)
+    create_s = create_pods(api, ns, pods)
+    w = Watcher(api, ns)
+    th = threading.Thread(target=w.run, daemon=True)
+    th.start()
+    w.started.wait(30)
+    t_start = time.monotonic()
+    start_perllm_scheduler(cluster, extender)
+    t_ready = time.monotonic()
+    deadline = t_start + timeout
+    while len(w.bound) < len(pods) and time.monotonic() < deadline and w.error is None:
+        time.sleep(0.1)
+    w.stop.set()
+    if w.error is not None:
+        raise RuntimeError(f"{case}: watch failed: {w.error!r}")
+    times = sorted(t for t, _ in w.bound.values())
+    n = len(times)
+    row: Obj = {
+        "case": case,
+        "pods": len(pods),
+        "bound": n,
+        "create_s": create_s,
+        "scheduler_start_s": t_ready - t_start,
+        "tiers": dict(Counter(node_tier.get(nd, "?") for _, nd in w.bound.values())),
+    }
+    if n >= 2:
+        span = times[-1] - times[0]
+        row.update(
+            span_s=span,
+            pods_per_s=(n - 1) / span if span > 0 else float("inf"),
+            first_bound_after_start_s=times[0] - t_start,
+            pods_per_s_incl_startup=n / (times[-1] - t_start),
+        )
+    if n < len(pods):
+        row["error"] = f"only {n} of {len(pods)} pods bound within {timeout:.0f} s"
+    # Leave nothing behind for the next case (KWOK's pod-delete stage removes them).
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+    end = time.monotonic() + 180
+    while time.monotonic() < end and pods_left(api, ns) > 0:
+        time.sleep(1)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--nodes", type=int, default=200)
+    ap.add_argument("--pods", type=int, default=1000)
+    ap.add_argument("--timeout", type=float, default=600, help="per case, seconds")
+    ap.add_argument("--out", type=Path, help="write the result as JSON here")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")  # the loopback apiserver's self-signed certificate
+
+    run_dir = temporary_run_dir()
+    scenario = fleet_scenario(args.nodes)
+    scen_file = run_dir / "fleet.yaml"
+    scen_file.write_text(
+        yaml.safe_dump(scenario.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    )
+    node_tier = {n: s.tier.value for n, s in scenario.expanded_servers()}
+    services = scenario.services()
+    shares = [c.share for c in scenario.workload.classes]
+    pods = [pod_manifest(s, i) for i, s in enumerate(service_mix(services, shares, args.pods))]
+
+    cluster = Cluster(
+        ClusterConfig(run_dir=run_dir, scenario=scen_file, prometheus=False, die_with_parent=True)
+    )
+    rows: list[Obj] = []
+    t0 = time.monotonic()
+    try:
+        cluster.up()
+        print(
+            f"cluster up with {args.nodes} KWOK nodes in {time.monotonic() - t0:.0f} s ({run_dir})",
+            flush=True,
+        )
+        api = kubernetes.client.CoreV1Api(
+            kubernetes.config.new_client_from_config(str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+        )
+        with extender_process(cluster.kubeconfig, run_dir / "logs" / "extender.log") as base:
+            ext = dcfg.Extender(url=f"{base}/scheduler", ignorable=False)
+            for case, extender in (("without", None), ("with", ext)):
+                before = extender_decisions(base)
+                row = run_case(cluster, api, case, extender, pods, node_tier, args.timeout)
+                row["extender_filter_decisions"] = extender_decisions(base) - before
+                rows.append(row)
+                print(
+                    f"{case:8s} extender: {row.get('pods_per_s', 0):8.1f} pods/s "
+                    f"({row['bound']}/{row['pods']} bound in {row.get('span_s', 0):.1f} s; "
+                    f"{row['extender_filter_decisions']:.0f} extender decisions; "
+                    f"tiers {row['tiers']})",
+                    flush=True,
+                )
+    finally:
+        cluster.down()
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    without, with_ = rows[0].get("pods_per_s"), rows[1].get("pods_per_s")
+    ratio = with_ / without if with_ and without else None
+    if ratio is not None:
+        verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
+        print(f"ratio with/without: {ratio:.2f} ({verdict} the target {TARGET_RATIO})")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            json.dumps(
+                {
+                    "nodes": args.nodes,
+                    "pods": args.pods,
+                    "rows": rows,
+                    "ratio": ratio,
+                    "target_ratio": TARGET_RATIO,
+                    "cpu_count": os.cpu_count(),
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
