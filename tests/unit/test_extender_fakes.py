@@ -29,6 +29,7 @@ def spec(
     name: str,
     seconds: float,
     *,
+    per_token: float = 0.0,
     payload: float = 0.0,
     output: int = 128,
     prompt: int = 512,
@@ -37,7 +38,10 @@ def spec(
     return ServiceSpec(
         name=name,
         model="llama2-7b",
-        requirements=Requirements(deadline=Deadline(seconds=seconds), min_quality=min_quality),
+        requirements=Requirements(
+            deadline=Deadline(seconds=seconds, per_output_token_s=per_token),
+            min_quality=min_quality,
+        ),
         traffic=Traffic(payload_bytes=payload, output_tokens=output, prompt_tokens=prompt),
     )
 
@@ -80,6 +84,7 @@ class StubProm:
 
     def __init__(self) -> None:
         self.rows: dict[str, list[tuple[dict[str, str], float]]] = {}
+        self.exact_rows: dict[str, list[tuple[dict[str, str], float]]] = {}
         self.calls: list[str] = []
         self.down = False
         self.hook: Callable[[str], None] | None = None
@@ -87,12 +92,17 @@ class StubProm:
     def set(self, fragment: str, rows: list[tuple[dict[str, str], float]]) -> None:
         self.rows[fragment] = rows
 
+    def exact(self, promql: str, rows: list[tuple[dict[str, str], float]]) -> None:
+        self.exact_rows[promql] = rows
+
     def query(self, promql: str) -> Answer | None:
         self.calls.append(promql)
         if self.hook is not None:
             self.hook(promql)
         if self.down:
             return None
+        if promql in self.exact_rows:
+            return answer(self.exact_rows[promql])
         for frag, rows in self.rows.items():
             if frag in promql:
                 return answer(rows)

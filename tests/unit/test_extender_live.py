@@ -1,0 +1,348 @@
+"""The extender's live side: publication (contract 1), informers, metrics, CLI flags."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from perllm_extender import ExtenderConfig, create_app
+from perllm_extender.informers import (
+    Informer,
+    node_handlers,
+    pod_handlers,
+    service_handlers,
+)
+from perllm_extender.live import Live
+from perllm_extender.nodes import NodeCache
+from perllm_extender.pods import PodIndex
+from perllm_extender.publish import MAX_CANDIDATES, trimmed
+from perllm_extender.services import ServiceRegistry
+from test_extender_fakes import EDGES, NAMES, NODES, args, pod, spec
+
+Obj = dict[str, Any]
+TIGHT = spec("code", 0.5, per_token=0.05)
+LOOSE = spec("batch", 600.0)
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, str, Obj]] = []
+        self.events: list[tuple[str, Obj]] = []
+        self.fail: Exception | None = None
+        self.lock = threading.Lock()
+
+    def patch_status(self, namespace: str, name: str, body: Obj) -> None:
+        if self.fail is not None:
+            raise self.fail
+        with self.lock:
+            self.patches.append((namespace, name, body))
+
+    def create_event(self, namespace: str, body: Obj) -> None:
+        if self.fail is not None:
+            raise self.fail
+        with self.lock:
+            self.events.append((namespace, body))
+
+
+def client(api: FakeApi, interval: float = 0.0) -> TestClient:
+    app = create_app(ExtenderConfig(publish_api=api, publish_interval_s=interval))
+    live: Live = app.state.live
+    for n in NODES:
+        live.scheduler.nodes.upsert(n)
+    return TestClient(app)
+
+
+def wait_for(cond: Any, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return bool(cond())
+
+
+def test_decision_is_published_to_status_and_as_an_event() -> None:
+    api = FakeApi()
+    with client(api) as c:
+        c.post("/scheduler/filter", json=args(pod(TIGHT, name="code-0", uid="u0")))
+        assert wait_for(lambda: api.patches and api.events)
+    ns, name, body = api.patches[0]
+    assert (ns, name) == ("llm", "code")
+    p = body["status"]["placement"]
+    assert set(p) == {
+        "tier",
+        "nodes",
+        "pod",
+        "chosen",
+        "predictedTimeSeconds",
+        "predictedEnergyJ",
+        "feasible",
+        "decidedAt",
+        "explanation",
+    }
+    assert p["chosen"] == "cloud" and p["tier"] == "cloud" and p["nodes"] == ["cloud"]
+    assert p["pod"] == "code-0" and p["feasible"] is True
+    assert p["decidedAt"].endswith("Z") and "T" in p["decidedAt"]
+    assert len(p["explanation"]["candidates"]) <= MAX_CANDIDATES
+    assert p["explanation"]["candidates"][0]["node"] == "cloud"
+    _, ev = api.events[0]
+    assert ev["reason"] == "Placed" and ev["type"] == "Normal"
+    assert ev["involvedObject"]["kind"] == "LLMService"
+    assert ev["involvedObject"]["name"] == "code"
+    assert ev["involvedObject"]["apiVersion"] == "perllm.io/v1alpha1"
+    assert ev["source"]["component"] == "perllm-extender"
+    assert "cloud" in ev["message"] and "deadline" in ev["message"] and "J" in ev["message"]
+
+
+def test_least_violating_placement_is_a_warning_event() -> None:
+    api = FakeApi()
+    with client(api) as c:
+        c.post("/scheduler/filter", json=args(pod(spec("x", 0.001), uid="u0"), EDGES))
+        assert wait_for(lambda: api.events)
+    assert api.events[0][1]["reason"] == "PlacedLeastViolating"
+    assert api.events[0][1]["type"] == "Warning"
+    assert api.patches[0][2]["status"]["placement"]["feasible"] is False
+
+
+def test_publication_is_coalesced_per_service_and_lists_every_placed_pod() -> None:
+    api = FakeApi()
+    with client(api, interval=3600.0) as c:  # one write per service per hour
+        for i in range(5):
+            c.post("/scheduler/filter", json=args(pod(LOOSE, name=f"b{i}", uid=f"u{i}")))
+        assert wait_for(lambda: len(api.patches) == 1)
+        time.sleep(0.1)
+        assert len(api.patches) == 1  # the rest waits, coalesced
+    # shutdown flushes the latest
+    assert len(api.patches) == 2 and len(api.events) == 2
+    last = api.patches[-1][2]["status"]["placement"]
+    assert last["pod"] == "b4" and len(last["nodes"]) == 5
+    assert last["nodes"] == sorted(last["nodes"])
+    assert "coalesced" in api.events[-1][1]["message"]
+
+
+def test_publication_failures_never_reach_decisions_and_are_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api = FakeApi()
+    api.fail = ConnectionError("apiserver down")
+    with caplog.at_level(logging.WARNING, "perllm.extender.publish"), client(api) as c:
+        live: Live = c.app.state.live  # type: ignore[attr-defined]
+        pub = live.publisher
+        assert pub is not None
+        for i in range(3):
+            r = c.post("/scheduler/filter", json=args(pod(LOOSE, name=f"b{i}", uid=f"u{i}")))
+            assert r.status_code == 200
+            want = 2 * (i + 1)
+            assert wait_for(lambda want=want: pub.failures >= want)
+        text = c.get("/metrics").text
+    assert 'perllm_extender_publish_failures_total{what="status"} 3.0' in text
+    msgs = [r.message for r in caplog.records if "failed" in r.message]
+    assert len(msgs) == 2  # once for status, once for the event
+
+
+def test_trimmed_explanation_keeps_the_chosen_and_the_best() -> None:
+    cands = [
+        {"node": f"n{i}", "feasible": i % 2 == 0, "score": float(i), "predicted_time_s": float(i)}
+        for i in range(20)
+    ]
+    out = trimmed({"chosen": "n3", "candidates": cands})
+    nodes = [c["node"] for c in out["candidates"]]
+    assert nodes[0] == "n3" and len(nodes) == MAX_CANDIDATES
+    assert nodes[1:4] == ["n18", "n16", "n14"] and out["candidates_total"] == 20
+
+
+# -- informers on synthetic events --------------------------------------------------------
+def test_node_informer_events() -> None:
+    cache = NodeCache()
+    on_event, on_list = node_handlers(cache)
+    on_list(NODES[:2])
+    assert len(cache) == 2
+    on_event("ADDED", NODES[2])
+    changed = {**NODES[0], "metadata": {**NODES[0]["metadata"], "labels": {"x": "y"}}}
+    on_event("MODIFIED", changed)
+    assert cache.get(NAMES[0]) == changed
+    on_event("DELETED", NODES[1])
+    assert cache.get(NAMES[1]) is None and len(cache) == 2
+    on_list([NODES[3]])  # a re-list replaces everything
+    assert len(cache) == 1 and cache.get(NAMES[3]) is not None
+
+
+def test_pod_informer_tracks_bindings_and_removals() -> None:
+    pods = PodIndex()
+    on_event, on_list = pod_handlers(pods)
+    on_list([pod(LOOSE, name="a", uid="ua")])
+    assert pods.informed and pods.node_of("llm/a") is None
+    pods.assume("llm/a", "ua", "batch", "edge-1")  # the extender's decision
+    on_event("MODIFIED", pod(LOOSE, name="a", uid="ua"))  # still pending: keep the guess
+    assert pods.node_of("llm/a") == "edge-1"
+    on_event("MODIFIED", pod(LOOSE, name="a", uid="ua", node="edge-2"))  # bound elsewhere
+    assert pods.node_of("llm/a") == "edge-2"
+    pods.assume("llm/a", "ua", "batch", "edge-3")  # a binding is not overridden
+    assert pods.node_of("llm/a") == "edge-2"
+    on_event("ADDED", pod(LOOSE, name="b", uid="ub", node="cloud"))
+    assert pods.service_nodes("llm", "batch") == ["cloud", "edge-2"]
+    done = pod(LOOSE, name="b", uid="ub", node="cloud")
+    done["status"]["phase"] = "Succeeded"
+    on_event("MODIFIED", done)
+    on_event("DELETED", pod(LOOSE, name="a", uid="ua"))
+    assert len(pods) == 0
+
+
+LLMSVC = {
+    "apiVersion": "perllm.io/v1alpha1",
+    "kind": "LLMService",
+    "metadata": {"name": "chat", "namespace": "llm", "resourceVersion": "7"},
+    "spec": {
+        "model": {
+            "name": "llama2-7b",
+            "variants": [
+                {"tier": "edge", "precision": "q4_k_m"},
+                {"tier": "cloud", "precision": "fp16"},
+            ],
+        },
+        "requirements": {"deadline": {"seconds": 600}},
+    },
+}
+
+
+def test_llmservice_informer_events(caplog: pytest.LogCaptureFixture) -> None:
+    reg = ServiceRegistry()
+    on_event, on_list = service_handlers(reg)
+    on_list([LLMSVC])
+    assert reg.get("chat", "llm") is not None and reg.get("chat", "other") is None
+    bad = {**LLMSVC, "spec": {**LLMSVC["spec"], "requirements": {"deadline": {"seconds": -1}}}}
+    with caplog.at_level(logging.WARNING):
+        on_event("MODIFIED", bad)
+        on_event("MODIFIED", bad)
+    assert reg.get("chat", "llm") is None  # an invalid edit withdraws the old spec
+    assert len([r for r in caplog.records if "ignoring" in r.message]) == 1
+    on_event("MODIFIED", LLMSVC)
+    on_event("DELETED", LLMSVC)
+    assert reg.get("chat", "llm") is None
+
+
+def test_informer_handles_bookmarks_410_and_resource_versions() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def on_event(kind: str, obj: Obj) -> None:
+        seen.append((kind, obj["metadata"]["name"]))
+
+    inf = Informer("t", lambda **_: None, on_event, lambda _objs: None)
+    assert inf.handle(
+        {"type": "ADDED", "raw_object": {"metadata": {"name": "a", "resourceVersion": "5"}}}
+    )
+    assert inf.handle({"type": "BOOKMARK", "raw_object": {"metadata": {"resourceVersion": "9"}}})
+    assert inf.resource_version == "9" and seen == [("ADDED", "a")]
+    assert inf.handle({"type": "ERROR", "raw_object": {"code": 410}}) is False
+    with pytest.raises(RuntimeError):
+        inf.handle({"type": "ERROR", "raw_object": {"code": 500, "reason": "x"}})
+
+
+def test_informer_list_retries_with_backoff_and_stops() -> None:
+    calls: list[float] = []
+
+    def broken_list(**_: Any) -> Any:
+        calls.append(time.monotonic())
+        raise ConnectionError("refused")
+
+    inf = Informer("t", broken_list, lambda k, o: None, lambda objs: None, backoff_max_s=0.2)
+    inf.start()
+    assert wait_for(lambda: len(calls) >= 3)
+    inf.stop()
+    n = len(calls)
+    time.sleep(0.3)
+    assert len(calls) == n and not inf.synced and "refused" in (inf.last_error or "")
+
+    class Resp:
+        data = b'{"metadata": {"resourceVersion": "42"}, "items": [{"metadata": {"name": "x"}}]}'
+
+    got: list[list[Obj]] = []
+    ok = Informer("t", lambda **_: Resp(), lambda k, o: None, got.append)
+    ok.list_once()
+    assert ok.synced and ok.resource_version == "42" and got == [[{"metadata": {"name": "x"}}]]
+
+
+def test_registered_services_are_per_namespace() -> None:
+    c = TestClient(create_app())
+    live: Live = c.app.state.live  # type: ignore[attr-defined]
+    for n in NODES:
+        live.scheduler.nodes.upsert(n)
+    live.scheduler.services.add_llmservice(LLMSVC)
+    p = pod(LOOSE, name="x", uid="ux", ns="other")
+    p["metadata"]["labels"] = {"perllm.io/service": "chat"}
+    p["metadata"]["annotations"] = {}
+    r = c.post("/scheduler/filter", json=args(p))
+    assert r.status_code == 400 and "not registered" in r.json()["Error"]
+    p["metadata"]["namespace"] = "llm"
+    assert c.post("/scheduler/filter", json=args(p)).status_code == 200
+
+
+# -- metrics ------------------------------------------------------------------------------
+def test_decision_metrics() -> None:
+    c = TestClient(create_app())
+    for n in NODES:
+        c.app.state.scheduler.nodes.upsert(n)  # type: ignore[attr-defined]
+    for i in range(4):
+        p = pod(LOOSE, name=f"l{i}", uid=f"l{i}")
+        c.post("/scheduler/filter", json=args(p))
+        c.post("/scheduler/prioritize", json=args(p))
+    c.post("/scheduler/filter", json=args(pod(TIGHT, uid="t")))
+    c.post("/scheduler/filter", json=args(pod(spec("x", 0.001), uid="x"), EDGES))
+    text = c.get("/metrics").text
+
+    def value(prefix: str) -> float:
+        line = next(ln for ln in text.splitlines() if ln.startswith(prefix))
+        return float(line.rsplit(" ", 1)[1])
+
+    # unplayed pools are explored first: the first loose pods explore
+    assert value("perllm_extender_exploration_total") >= 1
+    assert value("perllm_extender_estimated_regret_total") >= 0
+    assert value('perllm_extender_constraint_violations_total{constraint="deadline"}') == 1
+    assert value('perllm_extender_exclusions_total{constraint="deadline"}') == len(EDGES) + 4
+    assert value("perllm_extender_feasible_nodes_count") == 6
+
+
+def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    import uvicorn
+    from perllm_extender.cli import register
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    register(app)
+
+    @app.command("noop")
+    def noop() -> None:  # a second command keeps `extender` a sub-command
+        pass
+
+    got: dict[str, Any] = {}
+
+    def fake_run(fapp: Any, **kw: Any) -> None:
+        got["cfg"] = fapp.state.config
+        got.update(kw)
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setenv("PERLLM_PROMETHEUS_URL", "http://prom:9090")
+    monkeypatch.setenv("PERLLM_STATE_NAMESPACE", "ns-x")
+    r = CliRunner().invoke(
+        app, ["extender", "--no-kube", "--learn-interval", "3", "--port", "9999"]
+    )
+    assert r.exit_code == 0, r.output
+    cfg = got["cfg"]
+    assert cfg.prometheus_url == "http://prom:9090" and cfg.state_namespace == "ns-x"
+    assert cfg.learn_interval_s == 3.0 and cfg.kube is False and cfg.api_client is None
+    assert got["port"] == 9999
+    help_text = CliRunner().invoke(app, ["extender", "--help"]).output
+    for flag in (
+        "--prometheus",
+        "--state-namespace",
+        "--learn-interval",
+        "--no-kube",
+        "--log-level",
+        "--prefix",
+    ):
+        assert flag in help_text

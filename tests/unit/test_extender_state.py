@@ -1,0 +1,158 @@
+"""Persistence of the extender's learned state (contract 2): round trip, bad state, ConfigMap."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from perllm_extender import ExtenderConfig, create_app
+from perllm_extender.learning import ArmStore, service_key
+from perllm_extender.live import Live
+from perllm_extender.nodes import to_server
+from perllm_extender.state import CONFIGMAP, KEY, ConfigMapStore, MemoryStore, StateKeeper, dumps
+from test_extender_fakes import NAMES, NODES, StubProm, args, pod, spec
+
+from perllm.csucb import CSUCB
+from perllm.profiles import default_catalogue
+
+LOOSE = spec("batch", 600.0)
+CAT = default_catalogue()
+
+
+def make(store: MemoryStore) -> TestClient:
+    app = create_app(ExtenderConfig(state_store=store, prometheus=StubProm()))
+    live: Live = app.state.live
+    for n in NODES:
+        live.scheduler.nodes.upsert(n)
+    live.scheduler.services.add(LOOSE)
+    return TestClient(app)
+
+
+def bandit(c: TestClient, names: list[str] = NAMES) -> CSUCB:
+    live: Live = c.app.state.live  # type: ignore[attr-defined]
+    servers = [to_server(n, CAT) for n in NODES if n["metadata"]["name"] in names]
+    return live.scheduler.bandit(LOOSE, servers, service_key("llm", LOOSE))  # type: ignore[arg-type]
+
+
+def test_round_trip_through_the_store_across_a_restart() -> None:
+    store = MemoryStore()
+    with make(store) as c:
+        for i in range(5):
+            c.post("/scheduler/filter", json=args(pod(LOOSE, name=f"p{i}", uid=f"u{i}")))
+        b = bandit(c)
+        before = b.export_state()
+        assert before["total"] == 5
+    assert store.saves >= 1  # saved on shutdown
+    doc = json.loads(store.text or "")
+    assert doc["version"] == 1 and set(doc["services"]) == {"llm/batch@llama2-7b"}
+    with make(store) as c2:
+        after = bandit(c2).export_state()
+        # a different candidate set of the same service starts from the same arms
+        sub = bandit(c2, [NAMES[0], "cloud"]).export_state()
+    assert after["arms"] == before["arms"] and after["total"] == before["total"]
+    assert after["outputs"] == before["outputs"]
+    assert set(sub["arms"]) <= set(before["arms"]) and sub["total"] == 5
+
+
+def test_save_endpoint_and_metric() -> None:
+    store = MemoryStore()
+    c = make(store)
+    c.post("/scheduler/filter", json=args(pod(LOOSE)))
+    r = c.post("/state/save").json()
+    assert r["saved"] is True and r["services"] == 1
+    assert 'perllm_extender_state_saves_total{result="ok"} 1.0' in c.get("/metrics").text
+    assert TestClient(create_app()).post("/state/save").status_code == 409
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[]",
+        json.dumps({"version": 99, "services": {}}),
+        json.dumps({"version": 1, "services": []}),
+    ],
+)
+def test_corrupted_state_starts_fresh_with_a_warning(
+    text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    arms = ArmStore()
+    keeper = StateKeeper(MemoryStore(text), arms)
+    with caplog.at_level(logging.WARNING, "perllm.extender.state"):
+        assert keeper.restore() == 0
+    assert len(arms) == 0
+    assert any("starting fresh" in r.message for r in caplog.records)
+    assert keeper.last_error
+
+
+def test_absent_state_starts_fresh_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    keeper = StateKeeper(MemoryStore(None), ArmStore())
+    with caplog.at_level(logging.WARNING):
+        assert keeper.restore() == 0
+    assert not caplog.records and keeper.last_error is None
+
+
+def test_a_bad_service_entry_is_dropped_the_rest_restored(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore()
+    with make(store) as c:
+        c.post("/scheduler/filter", json=args(pod(LOOSE)))
+    doc = json.loads(store.text or "")
+    doc["services"]["llm/broken@x"] = {"version": 0}
+    store.text = json.dumps(doc)
+    arms = ArmStore()
+    with caplog.at_level(logging.WARNING):
+        assert StateKeeper(store, arms).restore() == 1
+    assert "llm/broken@x" in caplog.text
+
+
+def test_store_failures_are_survived() -> None:
+    class Broken:
+        def load(self) -> str | None:
+            raise ConnectionError("apiserver down")
+
+        def save(self, text: str) -> None:
+            raise ConnectionError("apiserver down")
+
+    keeper = StateKeeper(Broken(), ArmStore())
+    assert keeper.restore() == 0
+    assert keeper.save() is False and "apiserver down" in (keeper.last_error or "")
+
+
+class FakeCore:
+    """The three CoreV1Api calls ConfigMapStore uses, on a dict."""
+
+    def __init__(self) -> None:
+        self.cms: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def read_namespaced_config_map(self, name: str, ns: str, **_: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        if (ns, name) not in self.cms:
+            raise ApiException(status=404, reason="Not Found")
+        return type("CM", (), {"data": self.cms[(ns, name)]["data"]})()
+
+    def patch_namespaced_config_map(self, name: str, ns: str, body: Any, **_: Any) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        if (ns, name) not in self.cms:
+            raise ApiException(status=404, reason="Not Found")
+        self.cms[(ns, name)]["data"].update(body["data"])
+
+    def create_namespaced_config_map(self, ns: str, body: Any, **_: Any) -> None:
+        self.cms[(ns, body["metadata"]["name"])] = body
+
+
+def test_configmap_store_creates_then_patches() -> None:
+    store = ConfigMapStore(None, "perllm-system")
+    core = FakeCore()
+    store.core = core  # type: ignore[assignment]
+    assert store.load() is None
+    arms = ArmStore()
+    store.save(dumps(arms))
+    cm = core.cms[("perllm-system", CONFIGMAP)]
+    assert KEY in cm["data"] and json.loads(cm["data"][KEY])["services"] == {}
+    store.save('{"version": 1, "services": {}, "x": 1}')
+    assert json.loads(store.load() or "")["x"] == 1
