@@ -569,3 +569,15 @@ def _follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
         reason="TierChanged",
         message=f"pod template re-rendered for tier {want} (was {render.rendered_tier(live)})",
     )
+
+
+@kopf.on.probe(id="telemetry")
+def telemetry_probe(**_: Any) -> Obj:
+    """Reported on the --liveness endpoint; never fails the probe (telemetry is optional)."""
+    h = PROM.health
+    return {
+        "prometheus": CONFIG.prometheus_url,
+        "ok": h.ok,
+        "lastError": h.last_error,
+        "stalenessSeconds": None if h.last_success is None else round(h.staleness_s(), 1),
+    }
