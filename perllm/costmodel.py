@@ -56,7 +56,10 @@ def cpu_times(
     bw/(W + ctx·kv) per stream until the socket turns compute-bound at κ·pp in total.
     """
     ctx = l_in + 0.5 * l_out
-    tg = np.minimum(bw / (w + ctx * kv), kappa * pp / b)
+    mem, compute = bw / (w + ctx * kv), kappa * pp / b
+    # Builtin min on floats (the world model's per-request path): same value, no numpy call.
+    scalar = not isinstance(mem, np.ndarray) and not isinstance(compute, np.ndarray)
+    tg = min(mem, compute) if scalar else np.minimum(mem, compute)
     return l_in * b / pp, l_out / tg
 
 
@@ -89,11 +92,13 @@ def attributed_power_time(
     CPU: the socket's busy power is shared by the b concurrent streams. GPU: prefill runs
     alone at prefill power; decode steps are shared by the b sequences of the batch.
     """
+    if not isinstance(is_gpu, np.ndarray):  # one request: only its own branch
+        if is_gpu:
+            return p_prefill * prefill + p_busy * decode / b
+        return p_busy * (prefill + decode) / b
     cpu = p_busy * (prefill + decode) / b
     gpu = p_prefill * prefill + p_busy * decode / b
-    return (
-        np.where(is_gpu, gpu, cpu) if isinstance(is_gpu, np.ndarray) else (gpu if is_gpu else cpu)
-    )
+    return np.where(is_gpu, gpu, cpu)
 
 
 COEFFS = (
@@ -110,6 +115,26 @@ COEFFS = (
     "max_conc",
     "p_busy",
     "p_prefill",
+    "p_idle",
+)
+
+
+# Columns of `CostTable.round_coeffs`.
+ROUND = (
+    "is_gpu",
+    "max_conc",
+    "svc_per_slot",  # typical full-batch service time / slots: a queued request's hold
+    "w",
+    "kv",
+    "bw",
+    "pp",
+    "kappa_pp",
+    "r_pf",
+    "ttft0",
+    "step0",
+    "flop",
+    "p_busy",
+    "p_first",  # power while a request's prefill runs: prefill power on GPUs, busy on CPUs
     "p_idle",
 )
 
@@ -154,6 +179,31 @@ class CostTable:
     def stacked(self) -> F:
         """[C, M, P] coefficients in `COEFFS` order: one gather per round instead of P."""
         return np.stack([getattr(self, k).astype(float) for k in COEFFS], axis=-1)
+
+    @cached_property
+    def round_coeffs(self) -> F:
+        """[C, M, P] the coefficients a round's prediction reads, in `ROUND` order, with the
+        class-and-server constants of its formulas folded in (same operations, same floats):
+        one gather per round. See `estimate.round_view`."""
+        svc, _ = self.typical_service_s
+        cols = {
+            "is_gpu": self.is_gpu.astype(float),
+            "max_conc": self.max_conc,
+            "svc_per_slot": svc[None, :] / np.maximum(self.max_conc, 1.0),
+            "w": self.w,
+            "kv": self.kv,
+            "bw": self.bw,
+            "pp": self.pp,
+            "kappa_pp": self.kappa * self.pp,
+            "r_pf": self.r_pf,
+            "ttft0": self.ttft0,
+            "step0": self.step0,
+            "flop": self.flop,
+            "p_busy": self.p_busy,
+            "p_first": np.where(self.is_gpu, self.p_prefill, self.p_busy),
+            "p_idle": self.p_idle,
+        }
+        return np.stack([np.asarray(cols[k], dtype=float) for k in ROUND], axis=-1)
 
     @cached_property
     def typical_service_s(self) -> tuple[F, F]:

@@ -23,6 +23,7 @@ Rewards r = −ê − θ·1[D > ΔD] arrive when requests complete; updates are 
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,7 @@ I = NDArray[np.intp]  # noqa: E741
 STATE_VERSION = 1
 OUT_BINS = 64
 QUANTILE_REFRESH = 64
+SMALL_UPDATE = 32  # observations per update handled on Python floats
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,18 @@ class CSUCB:
             np.flatnonzero(self.pool_of == p) for p in range(len(self.pool_names))
         ]
         self._server_cap = np.maximum(table.max_conc.max(axis=0), 1.0)
+        # Flat arm index per (class, server): one gather per round finds every pair's arm.
+        self._arm_cj = np.arange(table.n_classes)[:, None] * len(self.pool_names) + self.pool_of
+        # Python-side copies for the small-round paths (`_update_small`).
+        self._pool_list: list[int] = self.pool_of.tolist()
+        self._edges_list: list[float] = []
+        self._scale_list: list[float] = []
+        # (1 − 1/memory)^k by numpy's own power (Python's pow differs in the last bit).
+        self._decay_pow: F | None = (
+            np.power(1.0 - 1.0 / self.cfg.memory, np.arange(4096, dtype=np.intp))
+            if np.isfinite(self.cfg.memory)
+            else None
+        )
         dls = [s.requirements.deadline for s in table.services]
         self.deadline_s = np.array([d.seconds for d in dls])
         self.deadline_per_token = np.array([d.per_output_token_s for d in dls])
@@ -175,9 +189,13 @@ class CSUCB:
         z = (np.log(centres)[None, :] - (np.log(means)[:, None] - sig**2 / 2)) / sig
         prior = np.exp(-0.5 * z**2)
         self.out_hist = self.cfg.prior_n * prior / prior.sum(axis=1, keepdims=True)
+        self._edges_list = self.out_edges.tolist()
+        self._scale_list = self.energy_scale.tolist()
         # Derived from the learned state; recomputed after the next update.
         self._posterior: tuple[F, F] | None = None
+        self._per_arm: tuple[F, F, F] | None = None  # flat mu, sd, pessimistic factor
         self._quantiles: tuple[F, F] | None = None
+        self._lq: F | None = None  # [C, 2] both output quantiles
         self._since_quantiles = 0
 
     # -- learned statistics -------------------------------------------------------------
@@ -186,6 +204,14 @@ class CSUCB:
         if self._posterior is None:
             self._posterior = self._ratio_posterior()
         return self._posterior
+
+    def _arm_stats(self) -> tuple[F, F, F]:
+        """Flat per arm: posterior mean and sd of the time ratio, and the pessimistic
+        factor mean + z·sd that feasibility multiplies predictions by."""
+        if self._per_arm is None or self._posterior is None:
+            mu, sd = self.ratio_posterior()
+            self._per_arm = (mu.ravel(), sd.ravel(), (mu + self.cfg.z * sd).ravel())
+        return self._per_arm
 
     def _ratio_posterior(self) -> tuple[F, F]:
         n0, sd0 = self.cfg.prior_n, self.cfg.prior_sd
@@ -200,6 +226,7 @@ class CSUCB:
         # Quantiles move slowly: refresh them every QUANTILE_REFRESH observations.
         if self._quantiles is None or self._since_quantiles >= QUANTILE_REFRESH:
             self._quantiles = self._output_quantiles()
+            self._lq = np.stack(self._quantiles, axis=-1)
             self._since_quantiles = 0
         return self._quantiles
 
@@ -251,56 +278,177 @@ class CSUCB:
         self.rounds += 1
         cols = self.candidates(len(cls), running, waiting, bw_mbps)
         if cols is None:
-            t, pool_of = self.t, self.pool_of
+            t, arm_of = self.t, self._arm_cj
         else:  # a large fleet: decide among the candidates only
-            t, pool_of = self.t.subset(cols), self.pool_of[cols]
+            t, arm_of = self.t.subset(cols), self._arm_cj[:, cols]
             running, waiting, bw_mbps = running[cols], waiting[cols], bw_mbps[cols]
         n, m = len(cls), t.n_servers
         view = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps)
-        mu, sd = self.ratio_posterior()
-        arm = (cls[:, None], pool_of[None, :])  # [N, M] arm index
-        mu_a, sd_a = mu[arm][:, :, None], sd[arm][:, :, None]
-        f_pess = mu_a + cfg.z * sd_a
+        # Rounds are small (a few requests): numpy's per-call cost, not the arithmetic,
+        # dominates, so per-arm quantities are computed once per arm and gathered.
+        mu_arm, sd_arm, f_arm = self._arm_stats()
+        arm = arm_of[cls]  # [N, M] flat arm index
+        mu_a, sd_a = mu_arm[arm][:, :, None], sd_arm[arm][:, :, None]
+        f_pess = f_arm[arm][:, :, None]  # mu_a + z·sd_a
         pess = view.time * f_pess
         static = t.allowed[cls] & (t.quality[cls] >= min_quality[:, None] - 1e-9)  # [N, M]
         dl_s, dl_tok = self.deadline_s[cls], self.deadline_per_token[cls]
         deadline = dl_s + dl_tok * l_out  # at the expected output length
-        dl = deadline[:, None, None]
         # D ≈ A + B·L_out: check the pessimistic D against ΔD at both output quantiles.
         per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
         fixed = view.time - view.decode
         q_lo, q_hi = self.output_quantiles()
-        lq = np.stack((q_lo[cls], q_hi[cls]), axis=-1)[:, None, None, :]  # both ends at once
-        meets = (
-            f_pess[..., None] * (fixed[..., None] + per_tok[..., None] * lq)
-            <= dl_s[:, None, None, None] + dl_tok[:, None, None, None] * lq
-        ).all(axis=-1)
-        feas = static[:, :, None] & meets
+        assert self._lq is not None
+        lq = self._lq[cls]  # [N, 2] both ends at once
+        lq4 = lq[:, None, None, :]
+        ends = (f_pess[..., None] * (fixed[..., None] + per_tok[..., None] * lq4)) <= (
+            dl_s[:, None] + dl_tok[:, None] * lq
+        )[:, None, None, :]
+        feas = static[:, :, None] & ends[..., 0] & ends[..., 1]
         e_hat = view.energy * mu_a / self.energy_scale[cls][:, None, None]
-        p_viol = 1.0 - ndtr((dl / np.maximum(view.time, 1e-9) - mu_a) / sd_a)
+        p_viol = 1.0 - ndtr((deadline[:, None, None] / np.maximum(view.time, 1e-9) - mu_a) / sd_a)
         mean = -e_hat - cfg.theta * p_viol
-        plays = self.plays[arm]
+        plays_arm = self.plays.ravel()
         log_t = math.log(self.total + 2.0)
-        bonus = np.where(plays > 0, cfg.delta * np.sqrt(log_t / np.maximum(plays, 1.0)), 0.0)
-        # Unplayed arms first; among them the cheapest.
-        score = np.where((plays == 0)[:, :, None], 1e6 + mean, mean + bonus[:, :, None])
+        bonus_arm = np.where(
+            plays_arm > 0, cfg.delta * np.sqrt(log_t / np.maximum(plays_arm, 1.0)), 0.0
+        )
+        # Unplayed arms first (1e6 lifts them above any played arm); among them the cheapest.
+        lift = np.where(plays_arm == 0, 1e6, bonus_arm)[arm]
+        score = mean + lift[:, :, None]
         # Among equal scores (servers of a pool at the same load) prefer the faster: a rank
         # term far below any meaningful score gap, resolvable next to the 1e6 offset.
         speed_rank = np.argsort(np.argsort(view.time, axis=1), axis=1)
         score = score - 1e-8 * speed_rank
         # Super arm: fewest feasible options, then earliest deadline, go first.
         order = np.lexsort((deadline, feas[:, :, 0].sum(axis=1)))
+        k_max = view.levels - 1
+        feasible_score = np.where(feas, score, -np.inf)
+        ok = np.empty(n, bool)
+        seen: I | None = None
+        blocked: NDArray[np.bool_] | None = None
+        if not explain and not np.isnan(score).any():
+            choice, lvl_of = self._assign_small(
+                t, cls, min_quality, deadline, pess, feasible_score, order, k_max, ok
+            )
+        else:
+            # For explanations: every server's level, and round-capacity exclusions, as seen
+            # by each request when it was placed.
+            choice, lvl_of, seen, blocked = self._assign_full(
+                t, cls, min_quality, deadline, pess, feasible_score, order, k_max, ok, explain
+            )
+        pf = self.plays.reshape(-1)
+        for a in arm[np.arange(n), choice].tolist():
+            pf[a] += 1
+        self.total += n
+        flat = (np.arange(n) * m + choice) * view.levels + lvl_of  # (request, choice, level)
+        expl = None
+        if explain:
+            assert seen is not None and blocked is not None
+            q_lo, q_hi = self.output_quantiles()
+            ctx = _ExplainContext(
+                t,
+                cls,
+                min_quality,
+                deadline,
+                static,
+                feas,
+                view,
+                pess,
+                mean,
+                bonus_arm[arm],
+                score,
+                choice,
+                ok,
+                seen,
+                blocked,
+                q_lo,
+                q_hi,
+            )
+            expl = [self._explain(k, ctx) for k in range(n)]
+        return Decision(
+            choice=choice if cols is None else cols[choice],
+            feasible=ok,
+            predicted_time=view.time.ravel()[flat],
+            predicted_energy=view.energy.ravel()[flat],
+            predicted_fixed=fixed.ravel()[flat],
+            predicted_per_token=per_tok.ravel()[flat],
+            explanations=expl,
+        )
+
+    def _assign_small(
+        self,
+        t: CostTable,
+        cls: I,
+        min_quality: F,
+        deadline: F,
+        pess: F,
+        feasible_score: F,
+        order: I,
+        k_max: int,
+        ok: NDArray[np.bool_],
+    ) -> tuple[I, I]:
+        """`_assign_full` on Python lists, for a round's few requests: the same choices
+        (first best feasible server, else the least violating) without numpy's per-call
+        cost. Scores must hold no NaN (comparisons would differ from numpy's argmax)."""
+        n, m = feasible_score.shape[:2]
+        fs = feasible_score.tolist()
+        added = [0] * m
+        choice = np.empty(n, np.intp)
+        lvl_of = np.empty(n, np.intp)
+        for k in order.tolist():
+            row = fs[k]
+            best, j = -math.inf, -1
+            for jj in range(m):
+                a = added[jj]
+                # Past the modelled load levels a server is no candidate for the rest of
+                # the round (else a round piles onto it).
+                if a <= k_max:
+                    v = row[jj][a]
+                    if v > best:
+                        best, j = v, jj
+            ok[k] = j >= 0
+            if j < 0:
+                # Least violating: smallest pessimistic overshoot among servers that can
+                # run the request; quality floors count before time.
+                c = int(cls[k])
+                p_row, q_row, a_row = pess[k].tolist(), t.quality[c].tolist(), t.allowed[c]
+                dl, mq = float(deadline[k]), float(min_quality[k])
+                least, j = math.inf, 0
+                for jj in range(m):
+                    if not a_row[jj]:
+                        continue
+                    a = added[jj]
+                    over = p_row[jj][min(a, k_max)] / dl + (1e3 if a > k_max else 0.0)
+                    v = over + max(mq - q_row[jj], 0.0) * 1e3
+                    if v < least:
+                        least, j = v, jj
+                self.violations += 1
+            choice[k], lvl_of[k] = j, min(added[j], k_max)
+            added[j] += 1
+        return choice, lvl_of
+
+    def _assign_full(
+        self,
+        t: CostTable,
+        cls: I,
+        min_quality: F,
+        deadline: F,
+        pess: F,
+        feasible_score: F,
+        order: I,
+        k_max: int,
+        ok: NDArray[np.bool_],
+        explain: bool,
+    ) -> tuple[I, I, I | None, NDArray[np.bool_] | None]:
+        """The super-arm assignment in numpy, recording what explanations need."""
+        n, m = feasible_score.shape[:2]
         added = np.zeros(m, np.intp)
         ar = np.arange(m)
         choice = np.empty(n, np.intp)
         lvl_of = np.empty(n, np.intp)  # load level each request saw when placed
-        # For explanations: every server's level, and round-capacity exclusions, as seen by
-        # each request when it was placed.
         seen = np.empty((n, m), np.intp) if explain else None
         blocked = np.zeros((n, m), bool) if explain else None
-        ok = np.empty(n, bool)
-        k_max = view.levels - 1
-        feasible_score = np.where(feas, score, -np.inf)
         full = False  # some server has used up the modelled load levels this round
         for k in order:
             lvl = np.minimum(added, k_max)
@@ -327,42 +475,7 @@ class CSUCB:
             lvl_of[k] = lvl[j]
             added[j] += 1
             full = full or added[j] > k_max
-        np.add.at(self.plays, (cls, pool_of[choice]), 1)
-        self.total += n
-        rows = np.arange(n)
-        expl = None
-        if explain:
-            assert seen is not None and blocked is not None
-            q_lo, q_hi = self.output_quantiles()
-            ctx = _ExplainContext(
-                t,
-                cls,
-                min_quality,
-                deadline,
-                static,
-                feas,
-                view,
-                pess,
-                mean,
-                bonus,
-                score,
-                choice,
-                ok,
-                seen,
-                blocked,
-                q_lo,
-                q_hi,
-            )
-            expl = [self._explain(k, ctx) for k in range(n)]
-        return Decision(
-            choice=choice if cols is None else cols[choice],
-            feasible=ok,
-            predicted_time=view.time[rows, choice, lvl_of],
-            predicted_energy=view.energy[rows, choice, lvl_of],
-            predicted_fixed=fixed[rows, choice, lvl_of],
-            predicted_per_token=per_tok[rows, choice, lvl_of],
-            explanations=expl,
-        )
+        return choice, lvl_of, seen, blocked
 
     def _explain(self, k: int, x: _ExplainContext) -> Explanation:
         t = x.t
@@ -428,6 +541,10 @@ class CSUCB:
         self, cls: I, server: I, time: F, predicted_time: F, energy: F, deadline: F, l_out: F
     ) -> None:
         """Observe completed requests: O(1) per observation (running sums, a histogram bin)."""
+        if len(cls) <= SMALL_UPDATE and self._update_small(
+            cls, server, time, predicted_time, energy, deadline, l_out
+        ):
+            return
         shape = self.n.shape
         arm = cls * shape[1] + self.pool_of[server]  # flat arm index
         ratio = time / np.maximum(predicted_time, 1e-9)
@@ -449,8 +566,62 @@ class CSUCB:
         self.out_hist += np.bincount(cls * ob + b, minlength=self.out_hist.size).reshape(
             self.out_hist.shape
         )
-        self._posterior = None
+        self._posterior = self._per_arm = None
         self._since_quantiles += len(cls)
+
+    def _update_small(
+        self, cls: I, server: I, time: F, predicted_time: F, energy: F, deadline: F, l_out: F
+    ) -> bool:
+        """`update` for a few observations on Python floats, touching only the arms and bins
+        observed: the same sums in the same order (bincount's), so the same floats. False
+        (nothing changed) where that would not hold: a non-finite output length, or more
+        observations of one arm than the decay table covers."""
+        n_pools = self.n.shape[1]
+        pool, scale, edges = self._pool_list, self._scale_list, self._edges_list
+        theta = self.cfg.theta
+        arms: dict[int, list[float]] = {}  # arm -> [count, Σ ratio, Σ ratio², Σ reward]
+        bins: dict[int, int] = {}
+        ob = self.out_hist.shape[1]
+        for c, j, d, p, e, dl, lo in zip(
+            cls.tolist(),
+            server.tolist(),
+            time.tolist(),
+            predicted_time.tolist(),
+            energy.tolist(),
+            deadline.tolist(),
+            l_out.tolist(),
+            strict=True,
+        ):
+            if not math.isfinite(lo):
+                return False
+            ratio = d / max(p, 1e-9)
+            reward = -min(e / scale[c], 2.0) - theta * (d > dl)
+            acc = arms.setdefault(c * n_pools + pool[j], [0, 0.0, 0.0, 0.0])
+            acc[0] += 1
+            acc[1] += ratio
+            acc[2] += ratio * ratio
+            acc[3] += reward
+            b = min(max(bisect.bisect_right(edges, lo) - 1, 0), OUT_BINS - 1)
+            bins[c * ob + b] = bins.get(c * ob + b, 0) + 1
+        decay = self._decay_pow
+        if decay is not None and max(int(a[0]) for a in arms.values()) >= len(decay):
+            return False
+        n, sr = self.n.reshape(-1), self.sum_ratio.reshape(-1)
+        ss, rw = self.sumsq_ratio.reshape(-1), self.sum_reward.reshape(-1)
+        for a, (count, s_ratio, s_sq, s_rew) in arms.items():
+            if decay is not None:
+                f = decay[int(count)]
+                n[a], sr[a], ss[a], rw[a] = n[a] * f, sr[a] * f, ss[a] * f, rw[a] * f
+            n[a] += count
+            sr[a] += s_ratio
+            ss[a] += s_sq
+            rw[a] += s_rew
+        hist = self.out_hist.reshape(-1)
+        for k, count in bins.items():
+            hist[k] += count
+        self._posterior = self._per_arm = None
+        self._since_quantiles += len(cls)
+        return True
 
     # -- persistence ----------------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
@@ -500,7 +671,7 @@ class CSUCB:
             hist = state.get("outputs", {}).get(svc.name)
             if hist is not None and len(hist) == OUT_BINS:
                 self.out_hist[c] = np.asarray(hist, float)
-        self._posterior = self._quantiles = None
+        self._posterior = self._quantiles = self._per_arm = None
         self.total = int(state.get("total", 0))
         self.rounds = int(state.get("rounds", 0))
         self.violations = int(state.get("violations", 0))

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perllm.contract import EnergyWeights
-from perllm.costmodel import CostTable, Gathered, predict
+from perllm.costmodel import ROUND, CostTable, download_bits, upload_bits
 
 F = NDArray[np.float64]
 
@@ -42,24 +42,56 @@ def round_view(
     waiting: F,
     bw_mbps: F,
 ) -> RoundView:
+    # The cost model's formulas (costmodel.predict) written out for the [N, M, K] round:
+    # class-and-server constants come folded from `CostTable.round_coeffs` (one gather),
+    # and parts that do not depend on the load level stay [N, M, 1]. Rounds are small, so
+    # the count of numpy operations, not their size, is the cost: every operation and its
+    # order match `predict`, so the floats are the same.
     n = len(cls)
     k = max(1, min(n, MAX_LEVELS))
-    add = np.arange(k, dtype=float)  # requests this round placed on the server before this one
-    occupied = (running + waiting)[None, :, None] + add[None, None, :]  # [1, M, K]
-    g = Gathered(t, cls)
-    cap = g.max_conc  # [N, M, 1]
-    conc = np.minimum(occupied + 1, cap)  # batch size joined, [N, M, K]
+    add = _LEVELS[k]  # requests this round placed on the server before this one
+    occupied = (running + waiting)[:, None] + add  # [M, K]
+    occ1 = occupied + 1
+    rc = t.round_coeffs[cls]  # [N, M, P]
+    is_gpu = rc[:, :, _GPU, None] > 0.5
+    cap = rc[:, :, _CAP, None]  # [N, M, 1]
+    b = np.minimum(occ1, cap)  # batch size joined, [N, M, K]
     # Wait: each request ahead beyond the free slots holds a slot for about one full-batch
     # service time of the server's typical request, shared by `cap` slots; and on a GPU
     # each waiting request and each one placed earlier this round is prefilled first
     # (prefills are serialised).
-    svc, gpu_pre = t.typical_service_s
-    ahead = np.maximum(occupied + 1 - cap, 0.0)
-    queue = ahead * (svc[None, :, None] / np.maximum(cap, 1.0)) + (
-        (waiting[None, :, None] + add[None, None, :]) * gpu_pre[None, :, None]
+    _, gpu_pre = t.typical_service_s
+    queue = np.maximum(occ1 - cap, 0.0) * rc[:, :, _SVC, None] + (
+        (waiting[:, None] + add) * gpu_pre[:, None]
     )
-    p = predict(t, g, w, l_in, l_out, attach, conc, queue, bw_mbps)
-    return RoundView(time=p.time, decode=p.decode_time, energy=p.energy, levels=k)
+    ctx = l_in + 0.5 * l_out
+    li, lo = l_in[:, None, None], l_out[:, None, None]
+    ctx_kv = ctx[:, None, None] * rc[:, :, _KV, None]
+    bw = rc[:, :, _BW, None]
+    # CPU (costmodel.cpu_times) and GPU (costmodel.gpu_times) prefill and decode.
+    tg = np.minimum(bw / (rc[:, :, _W, None] + ctx_kv), rc[:, :, _KPP, None] / b)
+    pre_cpu = li * b / rc[:, :, _PP, None]
+    pre_gpu = rc[:, :, _TTFT0, None] + li / rc[:, :, _RPF, None]
+    dec_gpu = lo * (rc[:, :, _STEP0, None] + b * (ctx_kv / bw + rc[:, :, _FLOP, None]))
+    prefill = np.where(is_gpu, pre_gpu, pre_cpu)
+    decode = np.where(is_gpu, dec_gpu, lo / tg)
+    bits = (upload_bits(l_in, attach) + download_bits(l_out))[:, None, None]
+    tran = bits / (bw_mbps * 1e6)[:, None] + t.rtt_s[:, None]
+    e_tran = t.e_bit[:, None] * bits
+    busy_pre = np.where(is_gpu, prefill, prefill / b)
+    busy_dec = decode / b
+    p_busy = rc[:, :, _PBUSY, None]
+    e_inf = rc[:, :, _PFIRST, None] * busy_pre + p_busy * busy_dec
+    e_idle_saved = rc[:, :, _PIDLE, None] * (busy_pre + busy_dec)
+    energy = np.maximum(w.tran * e_tran + w.infer * e_inf - w.idle * e_idle_saved, 0.0)
+    time = tran + queue + (prefill + decode)
+    return RoundView(time=time, decode=decode, energy=energy, levels=k)
+
+
+_LEVELS = [np.arange(k, dtype=float) for k in range(MAX_LEVELS + 1)]
+_GPU, _CAP, _SVC, _W, _KV, _BW, _PP, _KPP, _RPF, _TTFT0, _STEP0, _FLOP = range(12)
+_PBUSY, _PFIRST, _PIDLE = range(12, 15)
+assert len(ROUND) == 15 and ROUND[_PIDLE] == "p_idle" and ROUND[_KPP] == "kappa_pp"
 
 
 def energy_scale(t: CostTable, w: EnergyWeights) -> F:

@@ -124,6 +124,14 @@ class World:
         self.perf = t.perf_scale.tolist()
         self.up = np.asarray(upload_bits(self.req.l_in, self.req.attach)).tolist()
         self.down = np.asarray(download_bits(self.req.l_out)).tolist()
+        # Python floats for the per-request path (numpy scalars cost a call each).
+        self._arrival: list[float] = self.req.arrival.tolist()
+        self._cls: list[int] = self.req.cls.tolist()
+        self._l_in: list[float] = self.req.l_in.tolist()
+        self._l_out: list[float] = self.req.l_out.tolist()
+        self._speed: list[float] = self.speed.tolist()
+        self._bw: list[list[float]] = self.bw.tolist()
+        self._e_bit: list[float] = t.e_bit.tolist()
 
     def execute(
         self, i: int, j: int, slot: int, commit: bool = True, hold: float = 0.0
@@ -132,9 +140,9 @@ class World:
 
         Returns (processing time D, outcome, transmission J).
         """
-        r, s = self.req, self.servers[j]
-        bps = float(self.bw[slot, j]) * 1e6
-        arr = float(r.arrival[i])
+        s = self.servers[j]
+        bps = self._bw[slot][j] * 1e6
+        arr = self._arrival[i]
         if commit:
             arrived = s.upload(arr, self.up[i], bps)
         else:
@@ -142,17 +150,12 @@ class World:
         ready = arrived + self.rtt[j] / 2
         if hold > ready:
             ready = hold
-        c = self.coeffs[int(r.cls[i])][j]
+        c = self.coeffs[self._cls[i]][j]
         out = s.admit(
-            ready,
-            float(r.l_in[i]),
-            float(r.l_out[i]),
-            c,
-            self.speed[i] * self.perf[j],
-            commit=commit,
+            ready, self._l_in[i], self._l_out[i], c, self._speed[i] * self.perf[j], commit=commit
         )
         d = out.end + self.down[i] / bps + self.rtt[j] / 2 - arr
-        e_tran = float(self.table.e_bit[j]) * (self.up[i] + self.down[i])
+        e_tran = self._e_bit[j] * (self.up[i] + self.down[i])
         return d, out, e_tran
 
 
@@ -198,29 +201,32 @@ def simulate(
     exp_out = env.expected_out
     exp_dl = env.deadline_s + env.deadline_per_token * exp_out
     quality = t.quality
+    allowed = t.allowed.tolist()
     for slot in range(world.n_slots):
         now = slot * sc.slot_s
         _deliver(policy, pending, now, r, server, d, pred, cost)
         lo, hi = int(bounds[slot]), int(bounds[slot + 1])
         if hi > lo:
             idx = np.arange(lo, hi)
-            cls = r.cls[idx]
-            obs_rows = [s.observe(now) for s in world.servers]
+            cls = r.cls[lo:hi].copy()
+            running, waiting, kv_used = np.array(
+                [s.observe(now) for s in world.servers], float
+            ).T.copy()
             obs = Observation(
                 now=now,
                 slot=slot,
-                running=np.array([o[0] for o in obs_rows], float),
-                waiting=np.array([o[1] for o in obs_rows], float),
-                kv_used=np.array([o[2] for o in obs_rows], float),
+                running=running,
+                waiting=waiting,
+                kv_used=kv_used,
                 bw_mbps=world.bw[slot - 1] if slot > 0 else t.link_mbps,
             )
             batch = Batch(
                 idx=idx,
-                arrival=r.arrival[idx],
+                arrival=r.arrival[lo:hi].copy(),
                 cls=cls,
-                l_in=r.l_in[idx],
-                attach=r.attach[idx],
-                min_quality=r.min_quality[idx],
+                l_in=r.l_in[lo:hi].copy(),
+                attach=r.attach[lo:hi].copy(),
+                min_quality=r.min_quality[lo:hi].copy(),
                 expected_out=exp_out[cls],
                 expected_deadline=exp_dl[cls],
             )
@@ -235,24 +241,35 @@ def simulate(
                     f"policy {policy.name} returned {len(hold)} release times for {len(idx)} "
                     "requests"
                 )
-            for k in range(len(idx)):
-                i, j = int(idx[k]), int(choice[k])
-                c = int(cls[k])
-                if not t.allowed[c, j]:
+            holds = [0.0] * len(idx) if hold is None else np.asarray(hold, float).tolist()
+            rows: list[tuple[float, float, float, float, float, float]] = []
+            choices = np.asarray(choice).tolist()
+            for i, j, c, h in zip(range(lo, hi), choices, cls.tolist(), holds, strict=True):
+                if not allowed[c][j]:
                     raise RuntimeError(
                         f"policy {policy.name} placed class "
                         f"{t.services[c].name} on {t.server_names[j]}, which "
                         "cannot run it"
                     )
-                h = 0.0 if hold is None else float(hold[k])
                 di, out, et = world.execute(i, j, slot, hold=h)
-                server[i], d[i], finish[i] = j, di, out.end
-                e_tran[i], e_inf[i] = et, out.e_infer
-                cost[i] = max(w.tran * et + w.infer * out.e_infer - w.idle * out.e_idle_saved, 0.0)
+                e = out.e_infer
                 # The model's prediction for the realised request on the state it met: the
                 # learning signal is the ratio of observed to this (model error only).
-                pred[i] = _predicted(world, i, j, out)
+                rows.append(
+                    (
+                        di,
+                        out.end,
+                        et,
+                        e,
+                        max(w.tran * et + w.infer * e - w.idle * out.e_idle_saved, 0.0),
+                        _predicted(world, i, j, out),
+                    )
+                )
                 heapq.heappush(pending, (out.end, i))
+            server[lo:hi] = choice
+            d[lo:hi], finish[lo:hi], e_tran[lo:hi], e_inf[lo:hi], cost[lo:hi], pred[lo:hi] = (
+                np.array(rows).T
+            )
         if on_slot is not None:
             on_slot(slot + 1, world.n_slots)
     _deliver(policy, pending, np.inf, r, server, d, pred, cost)
@@ -293,8 +310,8 @@ def simulate(
 
 def _predicted(world: World, i: int, j: int, out: Outcome) -> float:
     """The profile's D for request i as admitted (same concurrency, no noise)."""
-    speed = world.speed[i] * world.perf[j]
-    return float((out.end - out.start) * speed + (out.start - world.req.arrival[i]))
+    speed = world._speed[i] * world.perf[j]
+    return (out.end - out.start) * speed + (out.start - world._arrival[i])
 
 
 def _deliver(
