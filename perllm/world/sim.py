@@ -121,7 +121,7 @@ class World:
             for j in range(t.n_servers)
         ]
         self.rtt = t.rtt_s.tolist()
-        self.perf = t.perf_scale.tolist()
+        self.perf: list[float] = t.perf_scale.tolist()
         self.up = np.asarray(upload_bits(self.req.l_in, self.req.attach)).tolist()
         self.down = np.asarray(download_bits(self.req.l_out)).tolist()
         # Python floats for the per-request path (numpy scalars cost a call each).
