@@ -38,6 +38,12 @@ def load_clients() -> tuple[Any, Any]:
             raise KubeUnavailable(
                 f"no usable kubeconfig ({first}) and not running in a cluster; set KUBECONFIG"
             ) from None
+    if not client.Configuration.get_default_copy().verify_ssl:
+        # A local control plane without a CA in its kubeconfig: say so once, not per request.
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        log.warning("the kubeconfig disables TLS verification of the API server")
     return client.CoreV1Api(), client.CustomObjectsApi()
 
 
