@@ -164,6 +164,7 @@ class Twin:
         self.node_energy_j = [0.0] * m
         self.node_power_w = [self.fleets[ACTUAL].meters[j].p_idle for j in range(m)]
         self.unplaceable = 0
+        self.arrivals: dict[SvcKey, int] = {}  # requests drawn (every fleet gets each one)
 
     # -- cluster state ------------------------------------------------------------------
     def set_services(self, services: dict[SvcKey, ServiceSpec]) -> None:
@@ -303,6 +304,8 @@ class Twin:
         reqs = self._arrivals(live, t0, slot_s)
         if not reqs:
             return
+        for r in reqs:
+            self.arrivals[r.service] = self.arrivals.get(r.service, 0) + 1
         self._place_actual(reqs)
         for name in self.policies:
             self._place_counterfactual(name, reqs, t0, k)

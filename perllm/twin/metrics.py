@@ -26,6 +26,9 @@ from perllm.twin.engine import ACTUAL, Twin
 PEER = "users"  # the scenario's link joins a server to its users
 SIM_TIME = "perllm_twin_simulated_seconds"  # gauge: the twin's simulated clock
 UNPLACEABLE = "perllm_twin_unplaceable_requests_total"  # pods on nodes that cannot serve
+# requests drawn per service; every fleet gets each one, so arrivals − completions is a
+# fleet's backlog (an overloaded counterfactual shows it here, not yet in its energy)
+ARRIVALS = "perllm_twin_arrivals_total"  # labels namespace, service
 
 
 def _uuid(node: str) -> str:
@@ -176,7 +179,14 @@ class TwinCollector(Collector):
             "Requests routed to a pod whose node cannot run the service.",
         )
         unpl.add_metric([], tw.unplaceable)
-        out += [sim, unpl]
+        arr = CounterMetricFamily(
+            ARRIVALS.removesuffix("_total"),
+            "Requests drawn for the service (the same requests go to every fleet).",
+            labels=svc_labels,
+        )
+        for (ns, name), n in sorted(tw.arrivals.items()):
+            arr.add_metric([ns, name], n)
+        out += [sim, unpl, arr]
         return out
 
 

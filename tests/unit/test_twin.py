@@ -312,6 +312,12 @@ def test_exposition_names_labels_and_units_parse() -> None:
         if s.name == f"{names.VLLM_E2E_LATENCY}_count"
     }
     assert req["chat"] == count["chat-0"] > 50
+    arrivals = {
+        s.labels["service"]: s.value
+        for s in fams["perllm_twin_arrivals"].samples
+        if s.name == "perllm_twin_arrivals_total"
+    }
+    assert arrivals["chat"] >= req["chat"]
     assert names.SERVICE_ENERGY_J in text and names.SERVICE_DEADLINE_MET in text
     cf = fams[names.COUNTERFACTUAL_ENERGY_J.removesuffix("_total")]
     assert {s.labels["policy"] for s in cf.samples} == {"cloud-only", "edge-only", "round-robin"}
