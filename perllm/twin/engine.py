@@ -98,7 +98,7 @@ class _Done:
     seq: int
     fleet: str = field(compare=False)
     service: SvcKey = field(compare=False)
-    server: int = field(compare=False)
+    server: int = field(compare=False)  # -1: could not run; -2: deadline-expiry marker
     met: bool = field(compare=False)
     e_tran: float = field(compare=False)
     e_infer: float = field(compare=False)  # attributed inference energy (J), for sharing
@@ -106,6 +106,10 @@ class _Done:
     latency: float = field(compare=False, default=0.0)
     l_in: float = field(compare=False, default=0.0)
     l_out: float = field(compare=False, default=0.0)
+    # A request is counted (requests, deadline met) once its outcome is known: when it
+    # completes, or when its deadline passes first; its energy and the model server's
+    # metrics are booked when it completes. `counted` marks the second event of a late one.
+    counted: bool = field(compare=False, default=False)
 
 
 class Twin:
@@ -279,8 +283,12 @@ class Twin:
 
     def _complete(self, d: _Done) -> None:
         c = self.stats[d.fleet].setdefault(d.service, Counts())
-        c.requests += 1
-        c.met += int(d.met)
+        if d.server == -2:  # the deadline passed before completion: a miss, known now
+            c.requests += 1
+            return
+        if not d.counted:
+            c.requests += 1
+            c.met += int(d.met)
         c.energy_j += self.sc.weights.tran * d.e_tran
         self.tran_j[d.fleet] += d.e_tran
         if d.server >= 0:
@@ -397,6 +405,14 @@ class Twin:
     def _push(
         self, f: str, req: Request, j: int, ex: Executed, met: bool, pod: PodKey | None
     ) -> None:
+        late = ex.finish > req.arrival + req.deadline
+        if late:
+            heapq.heappush(
+                self.pending,
+                _Done(
+                    req.arrival + req.deadline, next(self._seq), f, req.service, -2, False, 0.0, 0.0
+                ),
+            )
         heapq.heappush(
             self.pending,
             _Done(
@@ -412,6 +428,7 @@ class Twin:
                 ex.time,
                 req.l_in,
                 req.l_out,
+                late,
             ),
         )
 

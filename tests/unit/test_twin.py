@@ -445,3 +445,14 @@ def test_cli_rejects_a_bad_scenario_with_the_loaders_message(tmp_path: Any) -> N
     res = runner.invoke(app, ["twin", "--scenario", str(bad)])
     assert res.exit_code == 2
     assert "servers" in res.output
+
+
+def test_a_late_request_counts_as_missed_when_its_deadline_passes() -> None:
+    # One Xeon socket cannot keep up with chat: its queue grows without bound.
+    tw = demo_twin({"chat-0": ("chat", "edge-cpu")})
+    tw.advance(600.0)
+    c = tw.stats[ACTUAL][(NS, "chat")]
+    pod = tw.pods[(NS, "chat-0")]
+    assert pod.success < 0.2 * c.requests  # few have completed ...
+    assert c.requests > 0.8 * tw.arrivals[(NS, "chat")]  # ... but nearly all are judged
+    assert c.met < 0.2 * c.requests
