@@ -145,7 +145,7 @@ class Scheduler:
         self._max_bandits = max_bandits
         # filter's decision, reused by the prioritize call of the same scheduling cycle, so
         # one pod counts as one play
-        self._recent: OrderedDict[tuple[str, tuple[str, ...]], Decided] = OrderedDict()
+        self._recent: OrderedDict[str, Decided] = OrderedDict()  # by pod uid
         self._reuse_s = reuse_s
         self._lock = threading.Lock()
 
@@ -218,13 +218,22 @@ class Scheduler:
         ns, uid = _namespace(pod), pod_uid(pod)
         skey = service_key(ns, spec)
         with self._lock:
-            rkey = (uid, tuple(order))
-            hit = self._recent.get(rkey)
+            hit = self._recent.get(uid)
             if hit is not None and time.monotonic() - hit.at < self._reuse_s:
-                return dataclasses.replace(hit.decision, reused=True)
+                prev = hit.decision
+                # the same request again, or prioritize over the nodes that passed filter
+                # (kube-scheduler sends only those): one pod, one play
+                if order == prev.nodes or (verb == "prioritize" and set(order) <= set(prev.nodes)):
+                    return dataclasses.replace(
+                        prev,
+                        reused=True,
+                        nodes=order,
+                        passed=[n for n in prev.passed if n in set(order)],
+                    )
             d, servers = self._decide(key, spec, order, objs, skey)
             d.latency_s = time.perf_counter() - t0
-            self._recent[rkey] = Decided(d)
+            self._recent[uid] = Decided(d)
+            self._recent.move_to_end(uid)
             while len(self._recent) > 4096:
                 self._recent.popitem(last=False)
             self.log.append(

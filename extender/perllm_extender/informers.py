@@ -176,6 +176,8 @@ class Informer:
                 self.last_error = None
                 backoff = 0.5
             except ApiException as e:
+                if self._stop.is_set():
+                    return
                 if e.status == 410:  # too old: list again from now
                     relist = True
                     continue
@@ -184,6 +186,8 @@ class Informer:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.backoff_max_s)
             except Exception as e:
+                if self._stop.is_set():  # the connection closed under us: we are stopping
+                    return
                 self._failed(f"{type(e).__name__}: {e}")
                 relist = True
                 self._stop.wait(backoff)

@@ -7,6 +7,7 @@ reason, instead of failing the request.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -149,7 +150,16 @@ def kube_api_client(kubeconfig: str | None = None) -> Any | None:
                 kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     except Exception:
         return None
-    return kubernetes.client.ApiClient()
+    client = kubernetes.client.ApiClient()
+    if not client.configuration.verify_ssl:
+        import urllib3
+
+        # say it once here instead of a warning on every request of every informer
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        logging.getLogger("perllm.extender").warning(
+            "the kubeconfig turns TLS verification off (insecure-skip-tls-verify)"
+        )
+    return client
 
 
 def api_node_source(

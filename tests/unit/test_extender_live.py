@@ -346,3 +346,24 @@ def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "--prefix",
     ):
         assert flag in help_text
+
+
+def test_prioritize_over_the_filtered_nodes_reuses_the_filter_decision() -> None:
+    """kube-scheduler sends prioritize only the nodes that passed filter: still one play,
+    one published decision, and scores for exactly the nodes asked."""
+    api = FakeApi()
+    with client(api) as c:
+        live: Live = c.app.state.live  # type: ignore[attr-defined]
+        p = pod(LOOSE, name="v", uid="uv")
+        passed = c.post("/scheduler/filter", json=args(p)).json()
+        subset = passed["NodeNames"][:3]
+        scores = c.post("/scheduler/prioritize", json=args(p, subset)).json()
+        assert [s["Host"] for s in scores] == subset
+        assert len(c.get("/decisions").json()) == 1
+        chosen = live.scheduler.log[-1]["chosen"]
+        if chosen in subset:
+            assert {s["Host"]: s["Score"] for s in scores}[chosen] == 10
+        # a new filter over another node set is a new decision (a retry elsewhere)
+        c.post("/scheduler/filter", json=args(p, subset))
+        assert len(c.get("/decisions").json()) == 2
+        assert wait_for(lambda: len(api.events) >= 1)
