@@ -60,6 +60,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 660
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # A tick runs in a thread and cannot be cancelled: on deletion, look again every second
+    # (kopf's default is 60 s) so the finalizer goes as soon as the tick ends.
+    settings.background.cancellation_polling = 1.0
+    settings.background.instant_exit_timeout = 0.5
     load_config()
 
 
