@@ -37,6 +37,12 @@ PERLLM = [
     "-c",
     "import sys; sys.argv[0] = 'perllm'; from perllm.cli import app; app()",
 ]
+# Operator settings for a time-compressed run (docs/operator.md, "Re-placement").
+OPERATOR_DEMO_ENV = {
+    "PERLLM_TELEMETRY_WINDOW": "60s",
+    "PERLLM_REPLACEMENT_WINDOW": "10",
+    "PERLLM_REPLACEMENT_COOLDOWN": "20",
+}
 
 
 def scenario_file(name: str) -> Path:
@@ -131,10 +137,12 @@ class Stack:
         kubeconfig: Path,
         ready: Callable[[], bool] | None,
         what: str,
+        extra_env: dict[str, str] | None = None,
     ) -> Proc:
         env = dict(
             os.environ, KUBECONFIG=str(kubeconfig), PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1"
         )
+        env.update(extra_env or {})
         p = start(name, argv, self.logs_dir / f"{name}.log", env=env, die_with_parent=True)
         self.procs.append(p)
         if ready is not None:
@@ -322,6 +330,9 @@ class Stack:
             kubeconfig,
             lambda: http_ok(health),
             "liveness /healthz",
+            # The demo compresses time: rates over a minute and re-placement after ~10 s
+            # below target, so a bad placement is corrected within the run (docs/operator.md).
+            extra_env=OPERATOR_DEMO_ENV,
         )
 
     def _apply_services(self) -> None:
