@@ -378,7 +378,10 @@ class Twin:
             return None
         start = self._rr.get(svc, 0) % len(pods)
         order = pods[start:] + pods[:start]
-        best = min(order, key=lambda k: len([x for x in self.pods[k].inflight if x[2] > t]))
+        for k in pods:  # forget requests finished by now (keeps the lists short)
+            p = self.pods[k]
+            p.inflight = [x for x in p.inflight if x[2] > self.now]
+        best = min(order, key=lambda k: sum(1 for x in self.pods[k].inflight if x[2] > t))
         self._rr[svc] = pods.index(best) + 1
         return best
 
