@@ -360,6 +360,12 @@ def deployment_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_
     logger.debug("LLMService %s/%s: status synced", ns, owner["name"])
 
 
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget(meta: kopf.Meta, **_: Any) -> None:
+    """Drop the service's observation history (optional: adds no finalizer of its own)."""
+    HISTORY.pop(str(meta.get("uid")), None)
+
+
 def _evict(ns: str, pod: str) -> None:
     """Evict through the Eviction API (policy/v1), so PodDisruptionBudgets are honoured."""
     body = {

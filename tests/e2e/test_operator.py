@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -700,3 +701,41 @@ def test_describe_shows_conditions_and_events(
     assert cond is not None and cond["status"] == "True" and node in cond["message"]
     stale = _condition(_get(kube, PLURAL, name, "-n", namespace), "TelemetryStale")
     assert stale is not None and stale["status"] == "False"
+
+
+def test_prometheus_unreachable_marks_status_stale_and_placement_continues(
+    kube: Kube, operator: Operator, namespace: str, tmp_path: Path
+) -> None:
+    # The same operator identity, but pointed at a Prometheus that refuses connections.
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{dead.getsockname()[1]}"
+    dead.close()  # nothing listens there now
+    alt = Operator(
+        operator.kubeconfig,
+        tmp_path / "operator-no-prom.log",
+        dict(operator.env, PERLLM_PROMETHEUS_URL=url),
+    )
+    operator.stop()
+    try:
+        alt.start()
+        name = "no-telemetry"
+        kube.apply(_edge_service(name, replicas=1), namespace)
+        # Placement continues: the pod is bound by perllm-scheduler and becomes ready.
+        wait_for(lambda: _ready_pods(kube, namespace, name, 1), "a ready pod", timeout=120)
+
+        def stale() -> dict[str, Any] | None:
+            c = _condition(_get(kube, PLURAL, name, "-n", namespace), "TelemetryStale")
+            return c if c and c["status"] == "True" else None
+
+        cond = wait_for(stale, "TelemetryStale=True", timeout=60)
+        assert cond["reason"] == "PrometheusUnreachable", cond
+        assert "placement continues" in cond["message"] and url in cond["message"]
+        met = _condition(_get(kube, PLURAL, name, "-n", namespace), "DeadlineMet")
+        assert met is not None and met["status"] == "Unknown" and met["reason"] == "TelemetryStale"
+        ready = _condition(_get(kube, PLURAL, name, "-n", namespace), "Ready")
+        assert ready is not None and ready["status"] == "True"
+        assert alt.alive()
+    finally:
+        alt.stop()
+        operator.start()

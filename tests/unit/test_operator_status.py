@@ -358,3 +358,39 @@ def test_timer_escalates_to_the_other_tier(monkeypatch: pytest.MonkeyPatch) -> N
     rep = fc.obj["status"]["replacement"]
     assert rep["state"] == "TierSwitched" and rep["tier"]["target"] == "edge"
     assert [r for r, _ in fc.events] == ["TierSwitched"]
+
+
+def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = _load("code-assistant")
+    obj["spec"]["backend"] = "kserve"
+    obj["status"] = {
+        "child": {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "name": "code-assistant",
+        },
+        "replacement": {"tier": {"target": "edge", "from": "cloud"}},
+    }
+    live = {"metadata": {"annotations": {"perllm.io/variant-tier": "cloud"}}}
+    applied: list[dict[str, Any]] = []
+    events: list[str] = []
+
+    class CO:
+        def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
+            return copy.deepcopy(obj)
+
+    monkeypatch.setattr(handlers.kubernetes.client, "CustomObjectsApi", CO)
+    monkeypatch.setattr(handlers, "_read_child", lambda ns, ref: live)
+    monkeypatch.setattr(handlers, "_apply", lambda child: applied.append(child) or child)
+    monkeypatch.setattr(kopf, "info", lambda body, *, reason, message: events.append(message))
+    handlers._follow_tier(kopf.Body(obj), obj, _Logger())
+    (child,) = applied
+    p = child["spec"]["predictor"]
+    assert p["annotations"]["perllm.io/variant-tier"] == "edge"
+    assert "nvidia.com/gpu" not in str(p["model"]["resources"])
+    assert events == ["pod template re-rendered for tier edge (was cloud)"]
+    # Already on the target tier: nothing is applied.
+    applied.clear()
+    live["metadata"]["annotations"]["perllm.io/variant-tier"] = "edge"
+    handlers._follow_tier(kopf.Body(obj), obj, _Logger())
+    assert applied == []
