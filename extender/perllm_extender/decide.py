@@ -26,7 +26,7 @@ from perllm.csucb import CSUCB, Explanation
 from perllm.profiles import Catalogue
 from perllm_extender.learning import ArmStore, Observation, service_key
 from perllm_extender.models import MAX_PRIORITY
-from perllm_extender.nodes import NodeCache, node_name, to_server
+from perllm_extender.nodes import NodeCache, node_name
 from perllm_extender.pods import PodIndex
 from perllm_extender.services import BadPod, ServiceRegistry, pod_key, pod_uid
 
@@ -78,6 +78,14 @@ class DecisionEvent:
 class Decided:
     decision: PodDecision
     at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    gen: int  # NodeCache.gen it was computed at
+    servers: tuple[Server, ...]
+    keys: tuple[str, ...]  # each server's JSON (the bandit cache key)
+    failed: dict[str, str]  # unmodelled / unknown nodes
 
 
 @dataclass
@@ -137,7 +145,8 @@ class Scheduler:
         self.services = ServiceRegistry()
         self.nodes = NodeCache()
         self.pods = PodIndex()
-        self.arms = ArmStore()
+        self._lock = threading.RLock()  # decisions, updates, state exports
+        self.arms = ArmStore(self._lock)
         self.telemetry = telemetry
         self.listeners: list[Callable[[DecisionEvent], None]] = []
         self.log: deque[dict[str, Any]] = deque(maxlen=log_size)
@@ -147,7 +156,7 @@ class Scheduler:
         # one pod counts as one play
         self._recent: OrderedDict[str, Decided] = OrderedDict()  # by pod uid
         self._reuse_s = reuse_s
-        self._lock = threading.Lock()
+        self._sets: OrderedDict[tuple[str, ...], _Prepared] = OrderedDict()
 
     # -- inputs -------------------------------------------------------------------------
     def candidates(
@@ -174,10 +183,16 @@ class Scheduler:
         return obj
 
     def _bandit(
-        self, spec: ServiceSpec, servers: list[Server] | tuple[Server, ...], skey: str | None = None
+        self,
+        spec: ServiceSpec,
+        servers: list[Server] | tuple[Server, ...],
+        skey: str | None = None,
+        server_keys: tuple[str, ...] | None = None,
     ) -> _Bandit:
         skey = skey or service_key("default", spec)
-        key = (skey, spec.model_dump_json(), tuple(s.model_dump_json() for s in servers))
+        if server_keys is None:
+            server_keys = tuple(s.model_dump_json() for s in servers)
+        key = (skey, spec.model_dump_json(), server_keys)
         e = self._bandits.get(key)
         if e is None:
             table = build_cost_table([spec], [(s.name, s) for s in servers], self.catalogue)
@@ -200,9 +215,9 @@ class Scheduler:
     ) -> PodDecision:
         t0 = time.perf_counter()
         spec = self.services.resolve(pod, self.default_model)
-        order, objs = self.candidates(node_objs, names, lookup=spec is not None)
         key = pod_key(pod)
         if spec is None:
+            order, _ = self.candidates(node_objs, names, lookup=False)
             return PodDecision(
                 pod=key,
                 service=None,
@@ -217,6 +232,7 @@ class Scheduler:
             )
         ns, uid = _namespace(pod), pod_uid(pod)
         skey = service_key(ns, spec)
+        order, prep = self._prepare(node_objs, names)
         with self._lock:
             hit = self._recent.get(uid)
             if hit is not None and time.monotonic() - hit.at < self._reuse_s:
@@ -230,7 +246,7 @@ class Scheduler:
                         nodes=order,
                         passed=[n for n in prev.passed if n in set(order)],
                     )
-            d, servers = self._decide(key, spec, order, objs, skey)
+            d, servers = self._decide(key, spec, order, prep, skey)
             d.latency_s = time.perf_counter() - t0
             self._recent[uid] = Decided(d)
             self._recent.move_to_end(uid)
@@ -268,37 +284,62 @@ class Scheduler:
         if tel is None:
             return np.zeros(m), np.zeros(m), prior_bw.copy()
         snap, now = tel.snapshot, time.time()
+        names = [s.name for s in servers]
         bw = prior_bw.copy()
         if snap.usable("bandwidth", tel.max_age_s, now) and snap.bandwidth_mbps:
             got = snap.bandwidth_mbps
-            for j, s in enumerate(servers):
-                v = got.get(s.name)
-                if v is not None:
-                    bw[j] = v
+            bw = np.array([got.get(n, p) for n, p in zip(names, prior_bw.tolist(), strict=True)])
         running, waiting = np.zeros(m), np.zeros(m)
         if snap.usable("load", tel.max_age_s, now):
             nr, nw = snap.node_running, snap.node_waiting
-            if nr or nw:
-                for j, s in enumerate(servers):
-                    running[j] = nr.get(s.name, 0.0)
-                    waiting[j] = nw.get(s.name, 0.0)
+            if nr:
+                running = np.array([nr.get(n, 0.0) for n in names])
+            if nw:
+                waiting = np.array([nw.get(n, 0.0) for n in names])
         return running, waiting, bw
 
-    def _decide(
-        self, key: str, spec: ServiceSpec, order: list[str], objs: dict[str, Obj | None], skey: str
-    ) -> tuple[PodDecision, list[Server]]:
+    def _prepare(
+        self, node_objs: list[Obj] | None, names: list[str] | None
+    ) -> tuple[list[str], _Prepared]:
+        """Candidate names in order and their models. A names-only request for a node set
+        seen before, with no node changed since (`NodeCache.gen`), reuses the models: no
+        per-node work on the hot path of a large fleet."""
+        order_t = tuple(dict.fromkeys(names or [])) if node_objs is None else None
+        gen = self.nodes.gen
+        if order_t is not None:
+            hit = self._sets.get(order_t)
+            if hit is not None and hit.gen == gen:
+                self._sets.move_to_end(order_t)
+                return list(order_t), hit
+        order, objs = self.candidates(node_objs, names)
         failed: dict[str, str] = {}
         servers: list[Server] = []
+        keys: list[str] = []
+        unknown = False
         for n in order:
             o = objs[n]
             if o is None:
                 failed[n] = "node unknown to the PerLLM extender (not in its node cache)"
+                unknown = True
                 continue
-            s = to_server(o, self.catalogue)
-            if isinstance(s, str):
-                failed[n] = s
+            srv, k = self.nodes.model(n, o, self.catalogue)
+            if isinstance(srv, str):
+                failed[n] = srv
             else:
-                servers.append(s)
+                servers.append(srv)
+                keys.append(k)
+        prep = _Prepared(gen, tuple(servers), tuple(keys), failed)
+        if order_t is not None and not unknown:  # unknown nodes: look them up next time
+            self._sets[order_t] = prep
+            while len(self._sets) > 64:
+                self._sets.popitem(last=False)
+        return order, prep
+
+    def _decide(
+        self, key: str, spec: ServiceSpec, order: list[str], prep: _Prepared, skey: str
+    ) -> tuple[PodDecision, list[Server]]:
+        failed = dict(prep.failed)
+        servers, keys = list(prep.servers), prep.keys
         scores = dict.fromkeys(order, 0)
         if not servers:
             return PodDecision(
@@ -310,7 +351,7 @@ class Scheduler:
                 scores=scores,
                 feasible=False,
             ), servers
-        e = self._bandit(spec, servers, skey)
+        e = self._bandit(spec, servers, skey, keys)
         b = e.b
         t = b.t
         tr = spec.traffic

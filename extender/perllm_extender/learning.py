@@ -41,44 +41,69 @@ def service_key(namespace: str, spec: ServiceSpec) -> str:
 
 class ArmStore:
     """Learned state per service key, with a generation counter so a CSUCB re-imports only
-    when another one has learned something since it last synced."""
+    when another one has learned something since it last synced.
 
-    def __init__(self) -> None:
+    Exporting a CSUCB costs more than a small decision, so `push` only records which CSUCB
+    holds the service's freshest state; it is exported when another CSUCB of the service
+    needs it, or for persistence (`export`). Share the scheduler's (reentrant) lock so an
+    export never reads a CSUCB in the middle of a decision.
+    """
+
+    def __init__(self, lock: threading.RLock | None = None) -> None:
         self._states: dict[str, dict[str, Any]] = {}
         self._gen: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._owner: dict[str, CSUCB] = {}  # the CSUCB ahead of _states[skey]
+        self._lock = lock or threading.RLock()
+
+    def _materialize(self, skey: str) -> None:
+        b = self._owner.pop(skey, None)
+        if b is None:
+            return
+        st = b.export_state()
+        old = self._states.get(skey)
+        if old is not None:  # pools this CSUCB does not have keep what was learned
+            st["arms"] = {**old.get("arms", {}), **st["arms"]}
+            st["outputs"] = {**old.get("outputs", {}), **st["outputs"]}
+        self._states[skey] = st
 
     def pull(self, skey: str, b: CSUCB, seen: int) -> int:
+        """Bring `b` up to the service's state; returns the generation it now has."""
         with self._lock:
-            gen, st = self._gen.get(skey, 0), self._states.get(skey)
-        if st is not None and gen != seen:
-            b.import_state(st)
-        return gen
+            gen = self._gen.get(skey, 0)
+            if gen == seen or self._owner.get(skey) is b:
+                return gen
+            self._materialize(skey)
+            st = self._states.get(skey)
+            if st is not None:
+                b.import_state(st)
+            return gen
 
     def push(self, skey: str, b: CSUCB) -> int:
-        st = b.export_state()
+        """`b` (synced by `pull` before it changed) now holds the service's state."""
         with self._lock:
-            old = self._states.get(skey)
-            if old is not None:  # pools this CSUCB does not have keep what was learned
-                st["arms"] = {**old.get("arms", {}), **st["arms"]}
-                st["outputs"] = {**old.get("outputs", {}), **st["outputs"]}
-            self._states[skey] = st
+            if self._owner.get(skey) not in (None, b):
+                self._materialize(skey)
+            self._owner[skey] = b
             gen = self._gen.get(skey, 0) + 1
             self._gen[skey] = gen
             return gen
 
     def export(self) -> dict[str, dict[str, Any]]:
         with self._lock:
+            for k in list(self._owner):
+                self._materialize(k)
             return dict(self._states)
 
     def load(self, states: dict[str, dict[str, Any]]) -> None:
         with self._lock:
             for k, st in states.items():
+                self._owner.pop(k, None)
                 self._states[k] = st
                 self._gen[k] = self._gen.get(k, 0) + 1
 
     def __len__(self) -> int:
-        return len(self._states)
+        with self._lock:
+            return len(self._states.keys() | self._owner.keys())
 
 
 @dataclass

@@ -367,3 +367,25 @@ def test_prioritize_over_the_filtered_nodes_reuses_the_filter_decision() -> None
         c.post("/scheduler/filter", json=args(p, subset))
         assert len(c.get("/decisions").json()) == 2
         assert wait_for(lambda: len(api.events) >= 1)
+
+
+def test_node_changes_reach_cached_node_sets() -> None:
+    """Models of a node set are reused until a node's labels or annotations change; status
+    churn (heartbeats) keeps them."""
+    import copy
+
+    c = TestClient(create_app())
+    live: Live = c.app.state.live  # type: ignore[attr-defined]
+    for n in NODES:
+        live.scheduler.nodes.upsert(n)
+    assert c.post("/scheduler/filter", json=args(pod(LOOSE, uid="a"))).json()["FailedNodes"] == {}
+    gen = live.scheduler.nodes.gen
+    beat = copy.deepcopy(NODES[-1])
+    beat["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+    live.scheduler.nodes.upsert(beat)
+    assert live.scheduler.nodes.gen == gen
+    odd = copy.deepcopy(NODES[-1])
+    odd["metadata"]["labels"]["perllm.io/tier"] = "moon"
+    live.scheduler.nodes.upsert(odd)
+    failed = c.post("/scheduler/filter", json=args(pod(LOOSE, uid="b"))).json()["FailedNodes"]
+    assert "tier" in failed["cloud"]
