@@ -108,6 +108,28 @@ def priorities(expl: Explanation) -> dict[str, int]:
     return out
 
 
+EXPLAIN_LIMIT = 32  # candidates kept in a decision's explanation (log, learning)
+
+
+def explanation_dict(expl: Explanation, limit: int = EXPLAIN_LIMIT) -> dict[str, Any]:
+    """`expl.to_dict()` with at most `limit` candidates (request order when all fit; else
+    the chosen, the feasible ones by score, the rest by predicted time), so a 5,000-node
+    decision does not keep 5,000 dicts in the log; `candidates_total` says how many."""
+    cands = expl.candidates
+    if len(cands) > limit:
+        cands = sorted(
+            cands,
+            key=lambda c: (
+                c.node != expl.chosen,
+                not c.feasible,
+                -c.score if c.feasible else c.predicted_time_s,
+            ),
+        )[:limit]
+    out = dataclasses.replace(expl, candidates=cands).to_dict()
+    out["candidates_total"] = len(expl.candidates)
+    return out
+
+
 def constraint_of(reason: str) -> str:
     """The constraint named by an exclusion reason (CS-UCB explanation, node model)."""
     for prefix, name in (
@@ -392,7 +414,7 @@ class Scheduler:
             scores=scores,
             chosen=expl.chosen,
             feasible=expl.feasible,
-            explanation=expl.to_dict(),
+            explanation=explanation_dict(expl),
             tier=chosen.tier,
             predicted_time_s=chosen.predicted_time_s,
             predicted_energy_j=chosen.predicted_energy_j,

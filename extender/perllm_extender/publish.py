@@ -53,7 +53,11 @@ def trimmed(expl: dict[str, Any] | None, limit: int = MAX_CANDIDATES) -> dict[st
             -c.get("score", 0.0) if c.get("feasible") else c.get("predicted_time_s", 0.0),
         )
     )
-    return {**expl, "candidates": cands[:limit], "candidates_total": len(cands)}
+    return {
+        **expl,
+        "candidates": cands[:limit],
+        "candidates_total": expl.get("candidates_total", len(cands)),
+    }
 
 
 def placement(ev: DecisionEvent, nodes: list[str], now: float | None = None) -> Obj:

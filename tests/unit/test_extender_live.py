@@ -389,3 +389,25 @@ def test_node_changes_reach_cached_node_sets() -> None:
     live.scheduler.nodes.upsert(odd)
     failed = c.post("/scheduler/filter", json=args(pod(LOOSE, uid="b"))).json()["FailedNodes"]
     assert "tier" in failed["cloud"]
+
+
+def test_large_fleet_explanations_are_trimmed() -> None:
+    import copy
+
+    from perllm_extender.decide import EXPLAIN_LIMIT
+
+    nodes = []
+    for i in range(EXPLAIN_LIMIT + 8):
+        n = copy.deepcopy(NODES[i % len(NODES)])
+        n["metadata"]["name"] = f"n{i}"
+        nodes.append(n)
+    c = TestClient(create_app())
+    for n in nodes:
+        c.app.state.scheduler.nodes.upsert(n)  # type: ignore[attr-defined]
+    names = [n["metadata"]["name"] for n in nodes]
+    body = c.post("/scheduler/filter", json=args(pod(LOOSE), names)).json()
+    assert len(body["NodeNames"]) + len(body["FailedNodes"]) == len(names)
+    expl = c.get("/decisions").json()[-1]["explanation"]
+    assert len(expl["candidates"]) == EXPLAIN_LIMIT
+    assert expl["candidates_total"] == len(names)
+    assert expl["candidates"][0]["node"] == expl["chosen"]
