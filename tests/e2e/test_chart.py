@@ -1,0 +1,466 @@
+"""The Helm chart against a real API server (issue #6, chart checks).
+
+- Every object `helm template` renders for each profile passes a server-side dry-run.
+- `helm install` succeeds (agent and twin on, so every template is exercised; KWOK runs the
+  pods, so the Deployments and the DaemonSet roll out), and `helm uninstall` removes every
+  object it made (the CRD stays, as Helm documents).
+- The chart's RBAC suffices, proven with the ServiceAccounts' own tokens (TokenRequest):
+  the real operator process turns an LLMService into a Deployment; the extender's token
+  does every API call the extender makes (list/watch nodes, pods, LLMServices; patch
+  `status.placement`; create the Placed Event; create/read/update its state ConfigMap) and
+  nothing beyond; the real kube-scheduler runs with the chart's configuration under its
+  token, takes its own Lease and binds a pod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from perllm.crd import PLURAL
+from perllm.devcluster.binaries import Binaries
+from perllm.devcluster.kube import Kube
+from perllm.devcluster.process import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).parents[2]
+CHART = ROOT / "charts" / "perllm"
+PROFILES = ["default", *sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))]
+KUBE_VERSION = "1.34.10"
+# Release names contain "perllm", so objects are named <release>-<component>.
+RELEASE = f"perllm-e2e-{uuid.uuid4().hex[:6]}"
+
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 90, every: float = 0.5) -> T:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = fn()
+        except (AssertionError, KeyError, IndexError, json.JSONDecodeError) as e:
+            last, v = e, None
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}"
+        + (f" (last error: {last})" if last else "")
+    )
+
+
+@pytest.fixture(scope="module")
+def helm_bin() -> str:
+    helm = Binaries.locate().helm
+    if not os.access(helm, os.X_OK):
+        pytest.skip(f"no Helm at {helm}: tools/build-binaries.sh helm")
+    return str(helm)
+
+
+def helm(
+    kube: Kube, helm_bin: str, *args: str, check: bool = True, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [helm_bin, f"--kubeconfig={kube.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
+    return r
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_rendered_objects_pass_server_dry_run(
+    kube: Kube, helm_bin: str, namespace: str, profile: str
+) -> None:
+    values = [] if profile == "default" else ["-f", str(CHART / "ci" / profile)]
+    rendered = helm(
+        kube,
+        helm_bin,
+        "template",
+        RELEASE,
+        str(CHART),
+        "-n",
+        namespace,
+        "--include-crds",
+        "--kube-version",
+        KUBE_VERSION,
+        *values,
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    assert len(docs) >= 20
+    r = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
+    assert r.returncode == 0, r.stderr
+    accepted = [line for line in r.stdout.splitlines() if "(server dry run)" in line]
+    assert len(accepted) == len(docs), r.stdout
+
+
+@dataclass
+class Release:
+    name: str
+    namespace: str
+
+
+def _kubectl_json(kube: Kube, *args: str) -> Any:
+    r = kube.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def release(kube: Kube, helm_bin: str) -> Iterator[Release]:
+    ns = f"{RELEASE}-system"
+    rel = Release(RELEASE, ns)
+    # No --wait: the local controller-manager runs no daemonset-controller, so the agent's
+    # DaemonSet never reports a rollout there; the test waits for the Deployments itself.
+    helm(
+        kube,
+        helm_bin,
+        "install",
+        rel.name,
+        str(CHART),
+        "-n",
+        ns,
+        "--create-namespace",
+        "--set",
+        "agent.enabled=true,twin.enabled=true",
+        timeout=120,
+    )
+    try:
+        yield rel
+    finally:
+        helm(kube, helm_bin, "uninstall", rel.name, "-n", ns, "--wait", check=False)
+        kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_install_rolls_out(kube: Kube, helm_bin: str, release: Release) -> None:
+    status = json.loads(
+        helm(kube, helm_bin, "status", release.name, "-n", release.namespace, "-o", "json").stdout
+    )
+    assert status["info"]["status"] == "deployed"
+    for comp in ("operator", "extender", "scheduler", "twin"):
+        # KWOK runs the pods on its fake nodes and marks them ready.
+        kube.kubectl(
+            "rollout",
+            "status",
+            f"deployment/{release.name}-{comp}",
+            "-n",
+            release.namespace,
+            "--timeout=120s",
+            timeout=130,
+        )
+    # Created and accepted; rolled out only where a daemonset-controller runs.
+    ds = _kubectl_json(kube, "daemonset", f"{release.name}-agent", "-n", release.namespace)
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == f"{release.name}-agent"
+    crd = _kubectl_json(kube, "crd", f"{PLURAL}.perllm.io")
+    assert crd is not None
+
+
+def _token_kubeconfig(kube: Kube, release: Release, component: str, path: Path) -> Kube:
+    sa = f"{release.name}-{component}"
+    token = kube.kubectl(
+        "create", "token", sa, "-n", release.namespace, "--duration=1h"
+    ).stdout.strip()
+    assert token, "kubectl create token returned nothing"
+    admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
+    ctx_name = admin["current-context"]
+    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == ctx_name)
+    cluster = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": cluster}],
+                "users": [{"name": sa, "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": sa}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return Kube(path, kube.kubectl_path, None)
+
+
+def _can(k: Kube, *args: str) -> bool:
+    r = k.kubectl("auth", "can-i", *args, check=False)
+    return r.stdout.strip() == "yes"
+
+
+def _llmservice(name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = yaml.safe_load((ROOT / "manifests" / f"{name}.yaml").read_text())
+    return obj
+
+
+def test_operator_runs_under_the_charts_service_account(
+    kube: Kube, release: Release, namespace: str, tmp_path: Path
+) -> None:
+    k = _token_kubeconfig(kube, release, "operator", tmp_path / "operator.kubeconfig")
+    assert _can(k, "list", "llmservices.perllm.io", "-A")
+    assert not _can(k, "delete", "nodes")
+    assert not _can(k, "get", "secrets", "-n", namespace)
+    log = tmp_path / "operator.log"
+    env = dict(os.environ, KUBECONFIG=str(k.kubeconfig), PYTHONWARNINGS="ignore")
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "perllm_operator", "--verbose"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        kube.apply(_llmservice("batch-summariser"), namespace)
+        dep = wait_for(
+            lambda: _kubectl_json(kube, "deployment", "batch-summariser", "-n", namespace),
+            "the operator's Deployment child",
+        )
+        assert dep["metadata"]["ownerReferences"][0]["kind"] == "LLMService"
+        wait_for(
+            lambda: _kubectl_json(kube, "service", "batch-summariser-predictor", "-n", namespace),
+            "the operator's Service child",
+        )
+        assert proc.poll() is None, "the operator exited"
+        text = log.read_text(errors="replace")
+        denied = re.findall(r'"[A-Z]+ (\S+) HTTP/1\.1" 403', text)
+        assert not denied and "Forbidden" not in text, denied or text[-3000:]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        print(f"--- operator log ---\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def test_extender_token_does_what_the_extender_does(
+    kube: Kube, release: Release, namespace: str, tmp_path: Path
+) -> None:
+    k = _token_kubeconfig(kube, release, "extender", tmp_path / "extender.kubeconfig")
+    # Informers: list + watch of nodes, pods of every namespace, LLMServices.
+    for res in ("nodes", "pods", f"{PLURAL}.perllm.io"):
+        assert k.kubectl("get", res, "-A", "--request-timeout=10s", check=False).returncode == 0, (
+            res
+        )
+        assert _can(k, "watch", res, "-A"), res
+    kube.apply(_llmservice("chat-assistant"), namespace)
+    svc = _kubectl_json(kube, PLURAL, "chat-assistant", "-n", namespace)
+    # Contract 1 (a): merge-patch status.placement.
+    placement = {
+        "tier": "edge",
+        "nodes": ["n1"],
+        "pod": "p",
+        "chosen": "n1",
+        "predictedTimeSeconds": 0.5,
+        "predictedEnergyJ": 12.0,
+        "feasible": True,
+        "decidedAt": "2026-01-01T00:00:00Z",
+        "explanation": {},
+    }
+    k.kubectl(
+        "patch",
+        PLURAL,
+        "chat-assistant",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"placement": placement}}),
+    )
+    got = _kubectl_json(kube, PLURAL, "chat-assistant", "-n", namespace)
+    assert got["status"]["placement"]["chosen"] == "n1"
+    # ... but never the spec.
+    r = k.kubectl(
+        "patch",
+        PLURAL,
+        "chat-assistant",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"metadata":{"labels":{"x":"y"}}}',
+        check=False,
+    )
+    assert r.returncode != 0 and "forbidden" in r.stderr.lower()
+    # Contract 1 (b): a core/v1 Event on the LLMService.
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"chat-assistant.{uuid.uuid4().hex[:8]}", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": "perllm.io/v1alpha1",
+            "kind": "LLMService",
+            "name": "chat-assistant",
+            "namespace": namespace,
+            "uid": svc["metadata"]["uid"],
+        },
+        "reason": "Placed",
+        "message": "n1 (edge): 0.5 s vs 1 s deadline, 12 J",
+        "type": "Normal",
+        "source": {"component": "perllm-extender"},
+    }
+    k.kubectl("create", "-f", "-", input=json.dumps(event))
+    # Contract 2: the learned-state ConfigMap (create, read, merge-patch) in the release
+    # namespace, nowhere else.
+    ns = release.namespace
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "perllm-extender-state", "namespace": ns},
+        "data": {"state.json": "{}"},
+    }
+    k.kubectl("create", "-f", "-", input=json.dumps(cm))
+    assert _kubectl_json(k, "configmap", "perllm-extender-state", "-n", ns)["data"] == {
+        "state.json": "{}"
+    }
+    k.kubectl(
+        "patch",
+        "configmap",
+        "perllm-extender-state",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"data":{"state.json":"{\\"v\\":1}"}}',
+    )
+    assert _kubectl_json(kube, "configmap", "perllm-extender-state", "-n", ns)["data"] == {
+        "state.json": '{"v":1}'
+    }
+    assert not _can(k, "get", "configmaps/other", "-n", ns)
+    assert not _can(k, "create", "configmaps", "-n", namespace)
+    assert not _can(k, "delete", "configmaps/perllm-extender-state", "-n", ns)
+    assert not _can(k, "create", "pods/binding", "-n", namespace)
+    kube.kubectl("delete", "configmap", "perllm-extender-state", "-n", ns)
+
+
+def test_kube_scheduler_runs_with_the_charts_config_and_token(
+    kube: Kube, release: Release, namespace: str, tmp_path: Path
+) -> None:
+    """The stock kube-scheduler, the chart's ConfigMap and the chart's ServiceAccount: it
+    authenticates its endpoint (kube-system RoleBinding), holds its own Lease and binds."""
+    binary = Binaries.locate().kube_scheduler
+    k = _token_kubeconfig(kube, release, "scheduler", tmp_path / "scheduler.kubeconfig")
+    cm = _kubectl_json(kube, "configmap", f"{release.name}-scheduler", "-n", release.namespace)
+    cfg = yaml.safe_load(cm["data"]["config.yaml"])
+    assert cfg["leaderElection"]["resourceName"] == "perllm-scheduler"
+    # Out of cluster: the token's kubeconfig instead of in-cluster config, and a profile name
+    # of its own so that the local control plane's perllm-scheduler does not race it.
+    cfg["clientConnection"] = {"kubeconfig": str(k.kubeconfig)}
+    name = f"chart-e2e-{uuid.uuid4().hex[:6]}"
+    cfg["profiles"] = [{"schedulerName": name}]
+    cfg["extenders"][0]["ignorable"] = True  # no extender listens at the in-cluster URL
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "scheduler.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                f"--config={tmp_path / 'config.yaml'}",
+                f"--authentication-kubeconfig={k.kubeconfig}",
+                f"--authorization-kubeconfig={k.kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--v=2",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        lease = wait_for(
+            lambda: (
+                (_kubectl_json(kube, "lease", "perllm-scheduler", "-n", release.namespace) or {})
+                .get("spec", {})
+                .get("holderIdentity")
+            ),
+            "the scheduler's Lease",
+            timeout=60,
+        )
+        assert lease
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "bound-by-chart-scheduler", "namespace": namespace},
+            "spec": {
+                "schedulerName": name,
+                "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}],
+            },
+        }
+        kube.kubectl("create", "-f", "-", input=json.dumps(pod))
+        node = wait_for(
+            lambda: _kubectl_json(kube, "pod", "bound-by-chart-scheduler", "-n", namespace)[
+                "spec"
+            ].get("nodeName"),
+            "the pod bound",
+            timeout=60,
+        )
+        assert node
+        assert proc.poll() is None, "kube-scheduler exited"
+        text = log.read_text(errors="replace")
+        assert "is forbidden" not in text, text[-4000:]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        print(f"--- kube-scheduler log ---\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def test_uninstall_removes_what_install_made(kube: Kube, helm_bin: str, release: Release) -> None:
+    sel = f"app.kubernetes.io/instance={release.name}"
+    before = kube.kubectl(
+        "get", "clusterroles,clusterrolebindings", "-l", sel, "-o", "name"
+    ).stdout.split()
+    assert len(before) >= 6
+    helm(
+        kube,
+        helm_bin,
+        "uninstall",
+        release.name,
+        "-n",
+        release.namespace,
+        "--wait",
+        "--timeout",
+        "120s",
+    )
+
+    def gone() -> bool:
+        left = kube.kubectl(
+            "get",
+            "all,configmaps,serviceaccounts,roles,rolebindings,poddisruptionbudgets",
+            "-n",
+            release.namespace,
+            "-l",
+            sel,
+            "-o",
+            "name",
+        ).stdout.split()
+        left += kube.kubectl(
+            "get", "clusterroles,clusterrolebindings", "-l", sel, "-o", "name"
+        ).stdout.split()
+        left += kube.kubectl(
+            "get", "rolebindings", "-n", "kube-system", "-l", sel, "-o", "name"
+        ).stdout.split()
+        assert not left, left
+        return True
+
+    wait_for(gone, "every object of the release deleted", timeout=90)
+    # Helm never deletes crds/.
+    assert _kubectl_json(kube, "crd", f"{PLURAL}.perllm.io") is not None
