@@ -355,6 +355,7 @@ def main() -> None:
         print(profile(args.profile, args.profile_mode, 30))
         return
     args.log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     rows = run(tuple(args.sizes), args.paths, args.scale, args.log)
     http1k = [r for r in rows if r.get("path") == "http" and r["nodes"] == 1000 and "p99_ms" in r]
     for r in http1k:
@@ -367,7 +368,12 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
             json.dumps(
-                {"target_p99_ms": 1e3 * TARGET_P99_S, "rows": rows, "cpu_count": os.cpu_count()},
+                {
+                    "target_p99_ms": 1e3 * TARGET_P99_S,
+                    "rows": rows,
+                    "cpu_count": os.cpu_count(),
+                    "load_avg_1m_at_end": os.getloadavg()[0],
+                },
                 indent=2,
             )
         )
