@@ -163,6 +163,8 @@ class Twin:
         self._last_e = {f: [0.0] * m for f in self.fleets}
         self._carry = {f: [0.0] * m for f in self.fleets}
         self._pool = dict.fromkeys(self.fleets, 0.0)
+        self.unattributed_j = dict.fromkeys(self.fleets, 0.0)
+        self._busy = dict.fromkeys(self.fleets, 0)  # requests in flight per fleet
         self._tick: dict[str, list[_Done]] = {f: [] for f in self.fleets}
         # unweighted physical energy per server of the real fleet (for DCGM/RAPL series)
         self.node_energy_j = [0.0] * m
@@ -235,11 +237,18 @@ class Twin:
         while self.pending and self.pending[0].finish <= t:
             self._complete(heapq.heappop(self.pending))
         dt = t - self.now
+        # With no live service and nothing in flight, the fleet only idles for nobody: that
+        # energy is set aside (`unattributed_j`) instead of landing on the first requests.
+        nobody = not any(p.service in self.services for p in self.pods.values())
         for f, fleet in self.fleets.items():
             weighted = fleet.energy(t, self.sc.weights)
             for j, e in enumerate(weighted):
                 self._carry[f][j] += e - self._last_e[f][j]
             self._last_e[f] = weighted
+            if nobody and not self._busy[f]:
+                self.unattributed_j[f] += sum(self._carry[f]) + self._pool[f]
+                self._carry[f] = [0.0] * len(self._carry[f])
+                self._pool[f] = 0.0
             self._attribute(f, t)
         for j, m in enumerate(self.fleets[ACTUAL].meters):
             infer, idle = m.energy(t)
@@ -290,6 +299,8 @@ class Twin:
             c.requests += 1
             c.met += int(d.met)
         c.energy_j += self.sc.weights.tran * d.e_tran
+        if d.server >= 0:
+            self._busy[d.fleet] -= 1
         self.tran_j[d.fleet] += d.e_tran
         if d.server >= 0:
             self._tick[d.fleet].append(d)
@@ -408,6 +419,7 @@ class Twin:
     def _push(
         self, f: str, req: Request, j: int, ex: Executed, met: bool, pod: PodKey | None
     ) -> None:
+        self._busy[f] += 1
         late = ex.finish > req.arrival + req.deadline
         if late:
             heapq.heappush(

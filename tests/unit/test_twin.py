@@ -210,7 +210,7 @@ def test_counterfactuals_get_the_same_requests_and_exact_energy() -> None:
     # Attribution loses nothing: services' energy + what is still carried = fleet energy.
     for f in tw.fleets:
         attributed = tw.stats[f][(NS, "chat")].energy_j
-        held = tw._pool[f] + sum(tw._carry[f])
+        held = tw._pool[f] + sum(tw._carry[f]) + tw.unattributed_j[f]
         assert attributed + held == pytest.approx(tw.fleet_energy(f), rel=1e-9), f
         assert attributed > 0.9 * tw.fleet_energy(f), f
 
@@ -244,6 +244,13 @@ def test_pod_add_and_remove_move_load() -> None:
     served = {f: sum(s.served for s in tw.fleets[f].states) for f in tw.fleets}
     tw.advance(400.0)
     assert served == {f: sum(s.served for s in tw.fleets[f].states) for f in tw.fleets}
+    # ... and the idle energy of the pause is set aside, not charged to later requests
+    # (fleets still working off a backlog, like round-robin's Xeon, keep attributing it).
+    idle = [ACTUAL, "cloud-only"]
+    energy = {f: tw.stats[f][(NS, "chat")].energy_j for f in idle}
+    assert all(tw.unattributed_j[f] > 0 for f in idle)
+    tw.advance(500.0)
+    assert energy == {f: tw.stats[f][(NS, "chat")].energy_j for f in idle}
 
 
 def test_pod_on_a_node_that_cannot_run_the_service_fails_its_requests() -> None:
