@@ -216,6 +216,8 @@ class Learner:
                     gone = now - p.last_seen > self.forget_after_s
                 if gone:
                     del self.tracked[key]
+                    if self.pods is not None and not self.pods.informed:
+                        self.pods.remove(key)  # the index holds only our guesses: bound it
 
     def observe(self) -> list[Observation]:
         """Query once and build the observations of this pass (no update)."""
