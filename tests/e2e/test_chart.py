@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kubernetes
 import pytest
 import yaml
 
@@ -260,6 +261,10 @@ def test_extender_token_does_what_the_extender_does(
         assert _can(k, "watch", res, "-A"), res
     kube.apply(_llmservice("chat-assistant"), namespace)
     svc = _kubectl_json(kube, PLURAL, "chat-assistant", "-n", namespace)
+    # The calls the extender makes, as it makes them (kubernetes client, no prior GET).
+    api = kubernetes.config.new_client_from_config(config_file=str(k.kubeconfig))  # type: ignore[no-untyped-call]
+    custom = kubernetes.client.CustomObjectsApi(api)
+    core = kubernetes.client.CoreV1Api(api)
     # Contract 1 (a): merge-patch status.placement.
     placement = {
         "tier": "edge",
@@ -272,16 +277,14 @@ def test_extender_token_does_what_the_extender_does(
         "decidedAt": "2026-01-01T00:00:00Z",
         "explanation": {},
     }
-    k.kubectl(
-        "patch",
+    custom.patch_namespaced_custom_object_status(
+        "perllm.io",
+        "v1alpha1",
+        namespace,
         PLURAL,
         "chat-assistant",
-        "-n",
-        namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": {"placement": placement}}),
+        {"status": {"placement": placement}},
+        _content_type="application/merge-patch+json",
     )
     got = _kubectl_json(kube, PLURAL, "chat-assistant", "-n", namespace)
     assert got["status"]["placement"]["chosen"] == "n1"
@@ -315,7 +318,7 @@ def test_extender_token_does_what_the_extender_does(
         "type": "Normal",
         "source": {"component": "perllm-extender"},
     }
-    k.kubectl("create", "-f", "-", input=json.dumps(event))
+    core.create_namespaced_event(namespace, event)  # type: ignore[arg-type]
     # Contract 2: the learned-state ConfigMap (create, read, merge-patch) in the release
     # namespace, nowhere else.
     ns = release.namespace
@@ -325,27 +328,23 @@ def test_extender_token_does_what_the_extender_does(
         "metadata": {"name": "perllm-extender-state", "namespace": ns},
         "data": {"state.json": "{}"},
     }
-    k.kubectl("create", "-f", "-", input=json.dumps(cm))
-    assert _kubectl_json(k, "configmap", "perllm-extender-state", "-n", ns)["data"] == {
-        "state.json": "{}"
-    }
-    k.kubectl(
-        "patch",
-        "configmap",
-        "perllm-extender-state",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        '{"data":{"state.json":"{\\"v\\":1}"}}',
+    core.create_namespaced_config_map(ns, cm)  # type: ignore[arg-type]
+    assert core.read_namespaced_config_map("perllm-extender-state", ns).data == {"state.json": "{}"}
+    core.patch_namespaced_config_map(
+        "perllm-extender-state", ns, {"data": {"state.json": '{"v":1}'}}
     )
     assert _kubectl_json(kube, "configmap", "perllm-extender-state", "-n", ns)["data"] == {
         "state.json": '{"v":1}'
     }
+    events = _kubectl_json(kube, "events", "-n", namespace)["items"]
+    assert any(
+        e["reason"] == "Placed" and e["involvedObject"]["name"] == "chat-assistant" for e in events
+    )
     assert not _can(k, "get", "configmaps/other", "-n", ns)
     assert not _can(k, "create", "configmaps", "-n", namespace)
     assert not _can(k, "delete", "configmaps/perllm-extender-state", "-n", ns)
     assert not _can(k, "create", "pods/binding", "-n", namespace)
+    assert not _can(k, "update", "llmservices.perllm.io", "-n", namespace)
     kube.kubectl("delete", "configmap", "perllm-extender-state", "-n", ns)
 
 
