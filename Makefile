@@ -54,3 +54,14 @@ test: test-unit test-e2e
 
 ci:
 	.ci/run
+
+# The README's first command (docs/demo.md): a virtual environment (created once), the
+# package installed into it, then the closed loop with a live view. The first run builds
+# the local Kubernetes binaries (cached, ~10-15 min on 2 cores). DEMO_ARGS, e.g.
+# DEMO_ARGS='--duration 60 --speed 20' or DEMO_ARGS=--no-live.
+.PHONY: demo
+demo:
+	@[ -x $(PY) ] || { echo "creating $(VENV) (once)"; python3 -m venv $(VENV); }
+	@echo "installing PerLLM into $(VENV) (pip; quick when already installed)"
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	$(VENV)/bin/perllm demo $(DEMO_ARGS)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from perllm.demo.config import REPO_ROOT
+from perllm.devcluster.binaries import versions
 
 CHART = REPO_ROOT / "charts" / "perllm"
 RBAC_FILES = {
@@ -56,7 +57,17 @@ def load_rbac(helm: Path | None, namespace: str) -> Rbac:
     warning = None
     if CHART.is_dir() and helm is not None and helm.exists():
         r = subprocess.run(
-            [str(helm), "template", "perllm", str(CHART), "--namespace", namespace],
+            # the pinned Kubernetes version: helm's offline default (v1.20) fails kubeVersion
+            [
+                str(helm),
+                "template",
+                "perllm",
+                str(CHART),
+                "--namespace",
+                namespace,
+                "--kube-version",
+                versions()["K8S_VERSION"],
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -72,7 +83,8 @@ def load_rbac(helm: Path | None, namespace: str) -> Rbac:
                 d.setdefault("metadata", {}).setdefault("namespace", namespace)
         if docs:
             return Rbac(f"chart {CHART.relative_to(REPO_ROOT)}", docs)
-        why = r.stderr.strip().splitlines()[-1:] if r.returncode else ["no RBAC objects"]
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error")]
+        why = (errors or r.stderr.strip().splitlines()[-1:]) if r.returncode else ["no RBAC"]
         warning = f"helm template {CHART.relative_to(REPO_ROOT)}: {' '.join(why)}"
     docs, used = [], []
     for path in RBAC_FILES.values():
