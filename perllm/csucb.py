@@ -34,8 +34,8 @@ from numpy.typing import NDArray
 from scipy.special import ndtr
 
 from perllm.contract import EnergyWeights
-from perllm.costmodel import CostTable
-from perllm.estimate import RoundView, energy_scale, round_view
+from perllm.costmodel import ROUND, CostTable, download_bits, upload_bits
+from perllm.estimate import MAX_LEVELS, RoundView, energy_scale, round_view
 
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
@@ -44,6 +44,7 @@ STATE_VERSION = 1
 OUT_BINS = 64
 QUANTILE_REFRESH = 64
 SMALL_UPDATE = 32  # observations per update handled on Python floats
+SMALL_ROUND = 8  # requests per round decided on Python floats (small fleets)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,42 @@ class Decision:
     explanations: list[Explanation] | None = None
 
 
+@dataclass(slots=True)
+class _Coef:
+    """One (class, server) pair's `CostTable.round_coeffs` as Python floats."""
+
+    is_gpu: bool
+    max_conc: float
+    svc_per_slot: float
+    w: float
+    kv: float
+    bw: float
+    pp: float
+    kappa_pp: float
+    r_pf: float
+    ttft0: float
+    step0: float
+    flop: float
+    p_busy: float
+    p_first: float
+    p_idle: float
+
+
+@dataclass
+class _SmallTables:
+    """The table as Python lists for `_decide_small`: [class][server] and per server."""
+
+    coef: list[list[_Coef]]
+    allowed: list[list[bool]]
+    quality: list[list[float]]
+    arm: list[list[int]]
+    rtt: list[float]
+    e_bit: list[float]
+    gpu_pre: list[float]
+    dl_s: list[float]
+    dl_tok: list[float]
+
+
 class CSUCB:
     def __init__(
         self,
@@ -196,6 +233,10 @@ class CSUCB:
         self._per_arm: tuple[F, F, F] | None = None  # flat mu, sd, pessimistic factor
         self._quantiles: tuple[F, F] | None = None
         self._lq: F | None = None  # [C, 2] both output quantiles
+        # Python-side copies for the small-round path (`_decide_small`).
+        self._small: _SmallTables | None = None
+        self._per_arm_list: tuple[list[float], list[float], list[float]] | None = None
+        self._lq_list: list[list[float]] = []
         self._since_quantiles = 0
 
     # -- learned statistics -------------------------------------------------------------
@@ -227,6 +268,7 @@ class CSUCB:
         if self._quantiles is None or self._since_quantiles >= QUANTILE_REFRESH:
             self._quantiles = self._output_quantiles()
             self._lq = np.stack(self._quantiles, axis=-1)
+            self._lq_list = self._lq.tolist()
             self._since_quantiles = 0
         return self._quantiles
 
@@ -277,6 +319,12 @@ class CSUCB:
         cfg = self.cfg
         self.rounds += 1
         cols = self.candidates(len(cls), running, waiting, bw_mbps)
+        if cols is None and not explain and 0 < len(cls) <= SMALL_ROUND:
+            small = self._decide_small(
+                cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps
+            )
+            if small is not None:
+                return small
         if cols is None:
             t, arm_of = self.t, self._arm_cj
         else:  # a large fleet: decide among the candidates only
@@ -375,6 +423,253 @@ class CSUCB:
             predicted_per_token=per_tok.ravel()[flat],
             explanations=expl,
         )
+
+    def _decide_small(
+        self,
+        cls: I,
+        l_in: F,
+        l_out: F,
+        attach: F,
+        min_quality: F,
+        running: F,
+        waiting: F,
+        bw_mbps: F,
+    ) -> Decision | None:
+        """`decide` for a round of a few requests on a small fleet, on Python floats.
+
+        Most rounds hold 1-4 requests, and the vectorised path then pays numpy's per-call
+        cost about a hundred times for a few dozen numbers. Here every formula of
+        `estimate.round_view` and `decide` is evaluated with the same operations in the same
+        order (so the same floats), and only where the assignment looks: each request's row
+        of servers at the load levels present when it is placed. The normal CDF and ties in
+        the speed rank go through the same numpy/scipy calls as the vectorised path. Returns
+        None, having changed nothing, where that equivalence is not guaranteed (a NaN).
+        """
+        cfg, tab = self.cfg, self._small_tables()
+        n, m = len(cls), self.t.n_servers
+        k_max = max(1, min(n, MAX_LEVELS)) - 1
+        mu_l, sd_l, f_l = self._arm_lists()
+        log_t = math.log(self.total + 2.0)
+        delta, theta = cfg.delta, cfg.theta
+        lift = [
+            1e6 if p == 0 else (delta * math.sqrt(log_t / max(p, 1.0)) if p > 0 else 0.0)
+            for p in self.plays.ravel().tolist()
+        ]
+        lq = self._lq_list
+        wt, wi, wid = self.w.tran, self.w.infer, self.w.idle
+        occ = [r + w for r, w in zip(running.tolist(), waiting.tolist(), strict=True)]
+        wait = waiting.tolist()
+        bwbps = [b * 1e6 for b in bw_mbps.tolist()]
+        rtt, e_bit, gpu_pre, scale = tab.rtt, tab.e_bit, tab.gpu_pre, self._scale_list
+        cl, mq_l = cls.tolist(), min_quality.tolist()
+        # Per request: the level-independent part of every server's prediction.
+        req = []
+        for c, li, lo, att, mq in zip(
+            cl, l_in.tolist(), l_out.tolist(), attach.tolist(), mq_l, strict=True
+        ):
+            ctx = li + 0.5 * lo
+            bits = upload_bits(li, att) + download_bits(lo)
+            q_lo, q_hi = lq[c]
+            dl_s, dl_tok = tab.dl_s[c], tab.dl_tok[c]
+            per_server = []
+            for j, (co, ok_j, q_j, arm) in enumerate(
+                zip(tab.coef[c], tab.allowed[c], tab.quality[c], tab.arm[c], strict=True)
+            ):
+                ctx_kv = ctx * co.kv
+                if co.is_gpu:
+                    part = co.ttft0 + li / co.r_pf, ctx_kv / co.bw + co.flop
+                else:
+                    part = co.bw / (co.w + ctx_kv), 0.0
+                per_server.append(
+                    (
+                        co,
+                        ok_j and q_j >= mq - 1e-9,  # static constraints
+                        part,
+                        bits / bwbps[j] + rtt[j],  # transmission time
+                        e_bit[j] * bits,
+                        arm,
+                    )
+                )
+            req.append(
+                (
+                    li,
+                    lo,
+                    max(lo, 1.0),
+                    dl_s + dl_tok * lo,  # ΔD at the expected output length
+                    q_lo,
+                    q_hi,
+                    dl_s + dl_tok * q_lo,
+                    dl_s + dl_tok * q_hi,
+                    scale[c],
+                    per_server,
+                )
+            )
+        # Entries (request, server, level) -> [time, decode, fixed, per-token, feasible,
+        # energy, score without the speed rank (−inf where infeasible)], made on demand.
+        ent: dict[tuple[int, int, int], list[Any]] = {}
+
+        def make(keys: list[tuple[int, int, int]]) -> bool:
+            """Fill `ent` for `keys`; one normal-CDF call for all. False on a NaN."""
+            feasible = []
+            args = []
+            for key in keys:
+                k, j, a = key
+                li, lo, lo1, dl, q_lo, q_hi, rhs_lo, rhs_hi, sc, per_server = req[k]
+                co, static, part, tran, e_tran, arm = per_server[j]
+                occ1 = (occ[j] + a) + 1
+                cap = co.max_conc
+                b = occ1 if occ1 <= cap else cap
+                queue = max(occ1 - cap, 0.0) * co.svc_per_slot + (wait[j] + a) * gpu_pre[j]
+                if co.is_gpu:
+                    pre, dec = part[0], lo * (co.step0 + b * part[1])
+                    busy_pre = pre
+                else:
+                    comp = co.kappa_pp / b
+                    pre, dec = li * b / co.pp, lo / (part[0] if part[0] <= comp else comp)
+                    busy_pre = pre / b
+                busy_dec = dec / b
+                e_inf = co.p_first * busy_pre + co.p_busy * busy_dec
+                e_idle = co.p_idle * (busy_pre + busy_dec)
+                energy = max(wt * e_tran + wi * e_inf - wid * e_idle, 0.0)
+                time = tran + queue + (pre + dec)
+                if time != time:
+                    return False
+                fixed, per_tok, f = time - dec, dec / lo1, f_l[arm]
+                feas = (
+                    static
+                    and f * (fixed + per_tok * q_lo) <= rhs_lo
+                    and f * (fixed + per_tok * q_hi) <= rhs_hi
+                )
+                e = [time, dec, fixed, per_tok, feas, energy, -math.inf]
+                ent[key] = e
+                if feas:
+                    feasible.append((e, arm, energy * mu_l[arm] / sc))
+                    args.append((dl / max(time, 1e-9) - mu_l[arm]) / sd_l[arm])
+            if args:
+                p_viol = (1.0 - ndtr(np.array(args))).tolist()
+                for (e, arm, e_hat), pv in zip(feasible, p_viol, strict=True):
+                    raw = -e_hat - theta * pv + lift[arm]
+                    if raw != raw:
+                        return False
+                    e[6] = raw
+            return True
+
+        def speed_rank(k: int, a: int) -> list[int]:
+            """Each server's position in the argsort of request k's times at level a.
+            Without ties any sort agrees; with ties, numpy's own (unstable) argsort."""
+            missing = [(k, j, a) for j in range(m) if (k, j, a) not in ent]
+            if missing and not make(missing):
+                raise FloatingPointError
+            times = [ent[k, j, a][0] for j in range(m)]
+            if len(set(times)) == m:
+                by_speed = sorted(range(m), key=times.__getitem__)
+            else:
+                by_speed = np.argsort(np.array(times)).tolist()
+            rank = [0] * m
+            for pos, j in enumerate(by_speed):
+                rank[j] = pos
+            return rank
+
+        if not make([(k, j, 0) for k in range(n) for j in range(m)]):
+            return None
+        # Super arm: fewest feasible options, then earliest deadline, go first (lexsort).
+        nfeas = [sum(ent[k, j, 0][4] for j in range(m)) for k in range(n)]
+        order = sorted(range(n), key=lambda k: (nfeas[k], req[k][3]))
+        added = [0] * m
+        choice, lvl_of, ok = [0] * n, [0] * n, [False] * n
+        violations = 0
+        # The speed rank moves scores by at most 1e-8·(m − 1): a larger lead (with room for
+        # rounding) decides without it; closer calls rank exactly as the vectorised path.
+        for k in order:
+            todo = [(k, j, a) for j, a in enumerate(added) if a <= k_max and (k, j, a) not in ent]
+            if todo and not make(todo):
+                return None
+            best = second = -math.inf
+            j = -1
+            for jj, a in enumerate(added):
+                if a <= k_max:
+                    v = ent[k, jj, a][6]
+                    if v > best:
+                        best, second, j = v, best, jj
+                    elif v > second:
+                        second = v
+            if j >= 0 and best - second <= 2e-8 * m + 1e-14 * (abs(best) + abs(second)):
+                try:
+                    ranks = {a: speed_rank(k, a) for a in set(added) if a <= k_max}
+                except FloatingPointError:
+                    return None
+                best, j = -math.inf, -1
+                for jj, a in enumerate(added):
+                    if a <= k_max:
+                        e = ent[k, jj, a]
+                        if e[4]:
+                            v = e[6] - 1e-8 * ranks[a][jj]
+                            if v > best:
+                                best, j = v, jj
+            if j < 0:
+                # Least violating: smallest pessimistic overshoot among servers that can
+                # run the request; quality floors count before time.
+                c, dl, mq = cl[k], req[k][3], mq_l[k]
+                todo = [(k, jj, min(a, k_max)) for jj, a in enumerate(added)]
+                if not make([key for key in todo if key not in ent]):
+                    return None
+                least, j = math.inf, 0
+                for jj, a in enumerate(added):
+                    if not tab.allowed[c][jj]:
+                        continue
+                    pess = ent[k, jj, min(a, k_max)][0] * f_l[tab.arm[c][jj]]
+                    over = pess / dl + (1e3 if a > k_max else 0.0)
+                    v = over + max(mq - tab.quality[c][jj], 0.0) * 1e3
+                    if v < least:
+                        least, j = v, jj
+                violations += 1
+            else:
+                ok[k] = True
+            choice[k], lvl_of[k] = j, min(added[j], k_max)
+            added[j] += 1
+        self.violations += violations
+        pf = self.plays.reshape(-1)
+        for k in range(n):
+            pf[tab.arm[cl[k]][choice[k]]] += 1
+        self.total += n
+        picked = [ent[k, choice[k], lvl_of[k]] for k in range(n)]
+        return Decision(
+            choice=np.array(choice, np.intp),
+            feasible=np.array(ok, bool),
+            predicted_time=np.array([e[0] for e in picked]),
+            predicted_energy=np.array([e[5] for e in picked]),
+            predicted_fixed=np.array([e[2] for e in picked]),
+            predicted_per_token=np.array([e[3] for e in picked]),
+        )
+
+    def _small_tables(self) -> _SmallTables:
+        if self._small is None:
+            t = self.t
+            rc = t.round_coeffs
+            assert ROUND[0] == "is_gpu"
+            coef = [
+                [_Coef(bool(rc[c, j, 0] > 0.5), *rc[c, j, 1:].tolist()) for j in range(t.n_servers)]
+                for c in range(t.n_classes)
+            ]
+            self._small = _SmallTables(
+                coef=coef,
+                allowed=t.allowed.tolist(),
+                quality=t.quality.tolist(),
+                arm=self._arm_cj.tolist(),
+                rtt=t.rtt_s.tolist(),
+                e_bit=t.e_bit.tolist(),
+                gpu_pre=t.typical_service_s[1].tolist(),
+                dl_s=self.deadline_s.tolist(),
+                dl_tok=self.deadline_per_token.tolist(),
+            )
+        return self._small
+
+    def _arm_lists(self) -> tuple[list[float], list[float], list[float]]:
+        if self._per_arm_list is None or self._per_arm is None:
+            mu, sd, f = self._arm_stats()
+            self._per_arm_list = (mu.tolist(), sd.tolist(), f.tolist())
+        self.output_quantiles()  # refresh `_lq_list` when due
+        return self._per_arm_list
 
     def _assign_small(
         self,

@@ -317,3 +317,97 @@ def test_candidate_pruning_on_a_large_fleet_keeps_the_decision() -> None:
         np.testing.assert_allclose(a.predicted_time, b.predicted_time)
         np.testing.assert_allclose(a.predicted_energy, b.predicted_energy)
         assert a.feasible.tolist() == b.feasible.tolist()
+
+
+def _twin_bandits(seed: int) -> tuple[CSUCB, CSUCB, np.random.Generator]:
+    """Two identical bandits with some learned state (played and unplayed arms)."""
+    rng = np.random.default_rng(seed)
+    a, b = CSUCB(table(edge_count=3)), CSUCB(table(edge_count=3))
+    for bandit in (a, b):
+        r = np.random.default_rng(seed)
+        n = 40
+        bandit.update(
+            r.integers(0, 2, n),
+            r.integers(0, 3, n),  # edge servers only: the cloud arms stay unplayed
+            r.uniform(0.5, 20, n),
+            r.uniform(0.5, 20, n),
+            r.uniform(0, 500, n),
+            r.uniform(1, 30, n),
+            r.uniform(1, 800, n),
+        )
+    return a, b, rng
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(seed: int) -> None:
+    # `decide` takes a Python-float path for rounds of a few requests; with explain=True it
+    # always runs the vectorised one. Decisions, predictions and learned state must agree
+    # bit for bit, ties in the speed rank (equal links) and violations included.
+    fast, ref, rng = _twin_bandits(seed)
+    m = fast.t.n_servers
+    for _ in range(60):
+        n = int(rng.integers(1, 12))
+        cls = rng.integers(0, 2, n)
+        args = (
+            cls,
+            np.round(rng.uniform(10, 3000, n)),
+            np.full(n, 150.0),
+            rng.choice([0.0, 50_000.0], n),
+            rng.choice([0.0, 0.45, 0.9], n),
+            rng.integers(0, 12, m).astype(float),
+            rng.integers(0, 3, m).astype(float),
+            fast.t.link_mbps if rng.random() < 0.3 else fast.t.link_mbps * rng.uniform(0.05, 1, m),
+        )
+        d1, d2 = fast.decide(*args), ref.decide(*args, explain=True)
+        for f in ("choice", "feasible", "predicted_time", "predicted_energy"):
+            np.testing.assert_array_equal(getattr(d1, f), getattr(d2, f), err_msg=f)
+        for f in ("predicted_fixed", "predicted_per_token"):
+            np.testing.assert_array_equal(getattr(d1, f), getattr(d2, f), err_msg=f)
+        # Feedback of various sizes exercises both update paths on both bandits.
+        k = int(rng.integers(1, 40))
+        obs = (
+            rng.integers(0, 2, k),
+            rng.integers(0, m, k),
+            rng.uniform(0.5, 20, k),
+            rng.uniform(0.5, 20, k),
+            rng.uniform(0, 500, k),
+            rng.uniform(1, 30, k),
+            np.round(rng.uniform(1, 800, k)),
+        )
+        fast.update(*obs)
+        ref.update(*obs)
+    assert fast.dumps() == ref.dumps()
+    assert (fast.violations, fast.total) == (ref.violations, ref.total)
+    assert fast.violations > 0  # the least-violating branch was exercised
+    np.testing.assert_array_equal(fast.out_hist, ref.out_hist)
+
+
+@pytest.mark.parametrize("memory", [500.0, float("inf")])
+def test_small_update_fast_path_keeps_the_same_sums(
+    memory: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small feedback batches update on Python floats; the sums must be numpy's, bit for bit.
+    import perllm.csucb as csucb_module
+
+    cfg = CSUCBConfig(memory=memory)
+    fast, ref = CSUCB(table(), config=cfg), CSUCB(table(), config=cfg)
+    rng = np.random.default_rng(3)
+    m = fast.t.n_servers
+    for _ in range(200):
+        k = int(rng.integers(1, 12))
+        obs = (
+            rng.integers(0, 2, k),
+            rng.integers(0, m, k),
+            rng.uniform(0.1, 20, k),
+            rng.uniform(0.0, 20, k),
+            rng.choice([0.0, 100.0, 1e5], k) * rng.random(k),
+            rng.uniform(1, 30, k),
+            rng.choice([0.5, 1.0, 7.0, 65536.0, 1e6], k) * rng.random(k),
+        )
+        fast.update(*obs)
+        with monkeypatch.context() as mp:
+            mp.setattr(csucb_module, "SMALL_UPDATE", 0)
+            ref.update(*obs)
+    for f in ("n", "sum_ratio", "sumsq_ratio", "sum_reward", "out_hist"):
+        np.testing.assert_array_equal(getattr(fast, f), getattr(ref, f), err_msg=f)
+    assert fast.dumps() == ref.dumps()
