@@ -220,6 +220,10 @@ class Extender:
 
 def _sa_kubeconfig(kube: Kube, path: Path) -> Path:
     """A kubeconfig with a token of the ServiceAccount in extender/rbac.yaml."""
+    docs = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
+    for ns in sorted({d["metadata"]["namespace"] for d in docs if "namespace" in d["metadata"]}):
+        r = kube.kubectl("create", "namespace", ns, check=False)
+        assert r.returncode == 0 or "AlreadyExists" in r.stderr, r.stderr
     kube.kubectl("apply", "-f", str(RBAC))
     sa = next(
         d for d in yaml.safe_load_all(RBAC.read_text()) if d and d.get("kind") == "ServiceAccount"
@@ -242,6 +246,15 @@ def _sa_kubeconfig(kube: Kube, path: Path) -> Path:
             }
         )
     )
+    restricted = Kube(path, kube.kubectl_path, None)
+    checks = (
+        (("patch", "llmservices.perllm.io", "--subresource=status"), "yes"),
+        (("delete", "nodes"), "no"),
+        (("create", "pods", "--subresource=binding"), "no"),
+    )
+    for args, want in checks:
+        r = restricted.kubectl("auth", "can-i", *args, "-A", check=False)
+        assert r.stdout.strip() == want, f"{name} can-i {args}: {r.stdout}{r.stderr}"
     return path
 
 
