@@ -45,6 +45,8 @@ KUBE_VERSION = "1.34.10"
 RELEASE = f"perllm-e2e-{uuid.uuid4().hex[:6]}"
 
 T = TypeVar("T")
+# The `perllm` console script of this environment.
+PERLLM = str(Path(sys.executable).with_name("perllm"))
 
 
 def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 90, every: float = 0.5) -> T:
@@ -249,6 +251,7 @@ def test_operator_runs_under_the_charts_service_account(
         print(f"--- operator log ---\n{log.read_text(errors='replace')[-4000:]}")
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_extender_token_does_what_the_extender_does(
     kube: Kube, release: Release, namespace: str, tmp_path: Path
 ) -> None:
@@ -346,6 +349,69 @@ def test_extender_token_does_what_the_extender_does(
     assert not _can(k, "create", "pods/binding", "-n", namespace)
     assert not _can(k, "update", "llmservices.perllm.io", "-n", namespace)
     kube.kubectl("delete", "configmap", "perllm-extender-state", "-n", ns)
+
+
+def test_extender_process_runs_under_the_charts_service_account(
+    kube: Kube, release: Release, tmp_path: Path
+) -> None:
+    """The real extender with the chart's token: informers start, and on shutdown it saves
+    its learned state to the ConfigMap of contract 2, without a single denied call."""
+    helptext = subprocess.run(
+        [PERLLM, "extender", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    ).stdout
+    if "--state-namespace" not in helptext:
+        pytest.skip("this extender has no --state-namespace yet (contract 4)")
+    k = _token_kubeconfig(kube, release, "extender", tmp_path / "extender.kubeconfig")
+    port = free_port()
+    log = tmp_path / "extender.log"
+    env = dict(os.environ, KUBECONFIG=str(k.kubeconfig), PYTHONWARNINGS="ignore")
+    env.pop("PERLLM_PROMETHEUS_URL", None)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                PERLLM,
+                "extender",
+                f"--port={port}",
+                f"--state-namespace={release.namespace}",
+                "--kube",
+                "--log-level=info",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(
+            lambda: "Application startup complete" in log.read_text(errors="replace"),
+            "the extender to start",
+            timeout=60,
+        )
+        time.sleep(2)  # informers list and watch
+        proc.terminate()
+        proc.wait(timeout=30)
+        cm = wait_for(
+            lambda: _kubectl_json(
+                kube, "configmap", "perllm-extender-state", "-n", release.namespace
+            ),
+            "the saved state",
+            timeout=10,
+        )
+        assert "state.json" in cm["data"]
+        text = log.read_text(errors="replace")
+        assert not re.search(r"\b403\b|[Ff]orbidden", text), text[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        kube.kubectl(
+            "delete", "configmap", "perllm-extender-state", "-n", release.namespace, check=False
+        )
+        print(f"--- extender log ---\n{log.read_text(errors='replace')[-4000:]}")
 
 
 def test_kube_scheduler_runs_with_the_charts_config_and_token(
