@@ -179,12 +179,15 @@ class Twin:
             self._dirty = True
 
     def set_pods(self, pods: dict[PodKey, tuple[SvcKey, str]]) -> None:
-        """Bound, non-terminating pods: pod -> (service, node name). Unknown nodes are
-        ignored by the caller (they are not in the scenario)."""
+        """Bound, non-terminating pods: pod -> (service, node name); pods on nodes that are
+        not scenario servers are ignored."""
         for key in [k for k in self.pods if k not in pods]:
             del self.pods[key]
         for key, (svc, node) in pods.items():
-            j = self.node_index[node]
+            j = self.node_index.get(node, -1)
+            if j < 0:  # not a scenario server: nothing simulates it
+                self.pods.pop(key, None)
+                continue
             cur = self.pods.get(key)
             if cur is None or cur.service != svc or cur.node != j:
                 spec = self.services.get(svc)
