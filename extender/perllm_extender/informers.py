@@ -82,6 +82,8 @@ def service_handlers(services: ServiceRegistry) -> tuple[Handler, Lister]:
             except InvalidService as e:
                 log.warning("ignoring LLMService %s/%s: %s", *ident(o), e)
         services.replace(specs)
+        for o in objs:
+            services.note_uid(o)
 
     return on_event, on_list
 

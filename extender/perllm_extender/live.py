@@ -87,6 +87,7 @@ class Live:
                 pub_api,
                 min_interval_s=cfg.publish_interval_s,
                 service_nodes=sched.pods.service_nodes,
+                service_uid=sched.services.uid,
                 on_failure=lambda what: metrics.publish_failures.labels(what).inc(),
             )
             sched.listeners.append(self.publisher.submit)

@@ -67,6 +67,7 @@ class ServiceRegistry:
 
     def __init__(self) -> None:
         self._specs: dict[tuple[str, str], ServiceSpec] = {}
+        self._uids: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
     def add(self, spec: ServiceSpec, namespace: str | None = None) -> None:
@@ -78,11 +79,26 @@ class ServiceRegistry:
         meta = obj.get("metadata")
         ns = meta.get("namespace") if isinstance(meta, dict) else None
         self.add(spec, ns if isinstance(ns, str) else None)
+        self.note_uid(obj)
         return spec
+
+    def note_uid(self, obj: Obj) -> None:
+        """Remember the LLMService's uid (Events must carry it for `kubectl describe`)."""
+        meta = obj.get("metadata")
+        if isinstance(meta, dict):
+            ns, name, uid = meta.get("namespace"), meta.get("name"), meta.get("uid")
+            if isinstance(ns, str) and isinstance(name, str) and isinstance(uid, str) and uid:
+                with self._lock:
+                    self._uids[(ns, name)] = uid
+
+    def uid(self, namespace: str, name: str) -> str | None:
+        with self._lock:
+            return self._uids.get((namespace, name))
 
     def remove(self, name: str, namespace: str | None = None) -> None:
         with self._lock:
             self._specs.pop((namespace or "", name), None)
+            self._uids.pop((namespace or "", name), None)
 
     def get(self, name: str, namespace: str | None = None) -> ServiceSpec | None:
         with self._lock:
@@ -98,6 +114,7 @@ class ServiceRegistry:
         """A full list from the informer: (namespace, spec) pairs."""
         with self._lock:
             self._specs = {k: v for k, v in self._specs.items() if k[0] == ""}
+            self._uids = {}
             for ns, spec in specs:
                 self._specs[(ns, spec.name)] = spec
 

@@ -95,6 +95,7 @@ def test_decision_is_published_to_status_and_as_an_event() -> None:
     assert ev["involvedObject"]["name"] == "code"
     assert ev["involvedObject"]["apiVersion"] == "perllm.io/v1alpha1"
     assert ev["source"]["component"] == "perllm-extender"
+    assert "uid" not in ev["involvedObject"]  # not registered: no uid known
     assert "cloud" in ev["message"] and "deadline" in ev["message"] and "J" in ev["message"]
 
 
@@ -212,8 +213,9 @@ LLMSVC = {
 def test_llmservice_informer_events(caplog: pytest.LogCaptureFixture) -> None:
     reg = ServiceRegistry()
     on_event, on_list = service_handlers(reg)
-    on_list([LLMSVC])
+    on_list([{**LLMSVC, "metadata": {**LLMSVC["metadata"], "uid": "u-chat"}}])
     assert reg.get("chat", "llm") is not None and reg.get("chat", "other") is None
+    assert reg.uid("llm", "chat") == "u-chat"
     bad = {**LLMSVC, "spec": {**LLMSVC["spec"], "requirements": {"deadline": {"seconds": -1}}}}
     with caplog.at_level(logging.WARNING):
         on_event("MODIFIED", bad)
@@ -411,3 +413,18 @@ def test_large_fleet_explanations_are_trimmed() -> None:
     assert len(expl["candidates"]) == EXPLAIN_LIMIT
     assert expl["candidates_total"] == len(names)
     assert expl["candidates"][0]["node"] == expl["chosen"]
+
+
+def test_events_carry_the_llmservice_uid() -> None:
+    api = FakeApi()
+    with client(api) as c:
+        live: Live = c.app.state.live  # type: ignore[attr-defined]
+        live.scheduler.services.add_llmservice(
+            {**LLMSVC, "metadata": {**LLMSVC["metadata"], "uid": "u-chat"}}
+        )
+        p = pod(LOOSE, name="chat-0", uid="c0")
+        p["metadata"]["labels"] = {"perllm.io/service": "chat"}
+        p["metadata"]["annotations"] = {}
+        assert c.post("/scheduler/filter", json=args(p)).status_code == 200
+        assert wait_for(lambda: api.events)
+    assert api.events[0][1]["involvedObject"]["uid"] == "u-chat"
