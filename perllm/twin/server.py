@@ -91,9 +91,10 @@ def serve(
     registry = registry_for(tw, lock)
     http = make_http_server(host, port, registry, lambda: reader is None or reader.healthy)
     threading.Thread(target=http.serve_forever, name="twin-http", daemon=True).start()
+    previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
     log.info(
         "twin of %s (%d nodes) on http://%s:%d/metrics, speed ×%g",
         scenario.name,
@@ -127,7 +128,10 @@ def serve(
                 log.info("%s", line)
                 last_log = now
     finally:
+        stop.set()  # ends the cluster reader too
         http.shutdown()
         http.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         log.info("twin stopped at simulated t=%.0fs", tw.now)
     return tw
