@@ -91,7 +91,7 @@ def serve(
     registry = registry_for(tw, lock)
     http = make_http_server(host, port, registry, lambda: reader is None or reader.healthy)
     threading.Thread(target=http.serve_forever, name="twin-http", daemon=True).start()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
