@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from perllm.contract import Server
 from perllm.profiles import Catalogue
+from perllm.telemetry.prom import Prometheus
 from perllm_extender.decide import DecisionEvent, Scheduler
 from perllm_extender.informers import Informer, kube_informers
 from perllm_extender.learning import Learner, Observation, Placement
 from perllm_extender.metrics import Metrics
 from perllm_extender.publish import KubePublishApi, Publisher
 from perllm_extender.state import ConfigMapStore, StateKeeper
-from perllm_extender.telemetry import NoRetryPrometheus, QueryClient, Telemetry
+from perllm_extender.telemetry import QueryClient, Telemetry
 
 if TYPE_CHECKING:
     from perllm_extender.app import ExtenderConfig
@@ -29,7 +30,7 @@ class Live:
         self.cfg, self.metrics = cfg, metrics
         prom: QueryClient | None = cfg.prometheus
         if prom is None and cfg.prometheus_url:
-            prom = NoRetryPrometheus(cfg.prometheus_url)
+            prom = Prometheus(cfg.prometheus_url)
         self.scheduler = sched = Scheduler(
             catalogue,
             default_model=cfg.default_model,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from perllm.telemetry import names
-from perllm.telemetry.prom import Answer, Prometheus
+from perllm.telemetry.prom import Answer
 
 log = logging.getLogger("perllm.extender.telemetry")
 
@@ -29,26 +29,6 @@ class QueryClient(Protocol):
     """What the extender needs of `perllm.telemetry.prom.Prometheus` (tests pass stubs)."""
 
     def query(self, promql: str) -> Answer | None: ...
-
-
-class NoRetryPrometheus(Prometheus):
-    """`Prometheus` whose client really does not retry. prometheus-api-client 0.7.2 turns
-    `retry=None` into its default (3 retries, backoff 1 s: ~6 s per query against a dead
-    server), so the shared client's "no retries" does not hold; until it does, the extender
-    builds its connection here."""
-
-    def _connect(self) -> Any:
-        if self._client is None:
-            from prometheus_api_client import PrometheusConnect
-            from urllib3.util.retry import Retry
-
-            self._client = PrometheusConnect(
-                url=self.url,
-                disable_ssl=True,
-                retry=Retry(total=0, raise_on_status=False),
-                timeout=self.timeout_s,
-            )
-        return self._client
 
 
 # The queries of one refresh, by the snapshot field they fill.

@@ -68,9 +68,12 @@ class Prometheus:
     def _connect(self) -> Any:
         if self._client is None:
             from prometheus_api_client import PrometheusConnect
+            from urllib3.util.retry import Retry
 
-            # no retries: the caller's loop is the retry, and a scheduler must not wait
-            self._client = PrometheusConnect(url=self.url, disable_ssl=True, retry=None,
+            # No retries: the caller's loop is the retry, and a scheduler must not wait.
+            # (retry=None would mean the library's default: 3 retries with backoff, ~6 s.)
+            self._client = PrometheusConnect(url=self.url, disable_ssl=True,
+                                             retry=Retry(total=0, raise_on_status=False),
                                              timeout=self.timeout_s)
         return self._client
 
