@@ -372,6 +372,9 @@ BAD_VALUES = [
     ("prometheus.url=prom:9090", "at '/prometheus/url'"),
     ("extender.port=70000", "at '/extender/port': maximum"),
     ("global.tolerations[0].operator=Maybe", "at '/global/tolerations/0/operator'"),
+    ("operator.statusInterval=0", "at '/operator/statusInterval': minimum"),
+    ("agent.probeBytes=100000000", "at '/agent/probeBytes': maximum"),
+    ("twin.speed=0", "at '/twin/speed': minimum"),
 ]
 
 
@@ -480,3 +483,36 @@ def test_dashboard_configmap_carries_the_json() -> None:
     assert "perllm-dashboard" not in {
         d["metadata"]["name"] for d in render("--set", "monitoring.dashboard.enabled=false")
     }
+
+
+def test_container_args_parse_with_the_perllm_cli() -> None:
+    """Every flag and env var the chart passes is one the `perllm` sub-command declares, with
+    a valid value (click parses without running the command)."""
+    import typer
+
+    from perllm.cli import app
+
+    commands: dict[str, Any] = getattr(typer.main.get_command(app), "commands", {})
+    docs = render(
+        "--set",
+        "agent.enabled=true,twin.enabled=true,operator.verbose=true,operator.statusInterval=30,"
+        "operator.namespaces[0]=team-a,extender.learnInterval=15,agent.probeInterval=60,"
+        "agent.probeBytes=1000000,agent.peers[0]=http://cloud:9401,twin.speed=10,"
+        "prometheus.url=http://prom:9090",
+    )
+    seen = set()
+    for name, spec in pod_specs(docs):
+        c = spec["containers"][0]
+        if not c["image"].startswith("ghcr.io/perllm/perllm:"):
+            continue  # the stock kube-scheduler
+        sub, *rest = c["args"]
+        cmd = commands.get(sub)
+        if cmd is None:
+            pytest.fail(f"{name}: `perllm {sub}` is not a command of this tree")
+        ctx = cmd.make_context(sub, list(rest))  # raises on an unknown flag or a bad value
+        assert ctx.params, name
+        envvars = {p.envvar for p in cmd.params if isinstance(p.envvar, str)}
+        for e in c.get("env", []):
+            assert e["name"] in envvars, f"{name}: {e['name']} is read by no option of {sub}"
+        seen.add(sub)
+    assert seen == {"operator", "extender", "agent", "twin"}
