@@ -234,7 +234,7 @@ def reconcile(
             meta["name"],
             str(meta["uid"]),
             child,
-            reconciled=("ChildApplied", f"applied {names} for tier {render.target_tier(obj)}"),
+            reconciled=("ChildApplied", f"applied {names} (tier {render.pin(obj)})"),
             generation=meta.get("generation"),
         )
     except ApiException as e:
@@ -491,7 +491,8 @@ def _replacement(
     tier_now = render.target_tier(
         {"metadata": {"name": name}, "spec": body.get("spec", {}), "status": st}
     )
-    to = replace.other_tier(tier_now, [t.value for t in sspec.allowed_tiers])
+    # open template (no tier decided yet): nothing to escalate from
+    to = replace.other_tier(tier_now, [t.value for t in sspec.allowed_tiers]) if tier_now else None
     if esc and done >= esc and to is not None:
         rep["tier"] = {"target": to, "from": tier_now, "at": observe.rfc3339(now)}
         rep.update(
@@ -550,8 +551,9 @@ def _replacement(
 
 
 def _follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
-    """Re-render the children when the tier they are pinned to is no longer the target
-    (a tier switch by re-placement, or allowedTiers edited)."""
+    """Re-render the children when their pin is no longer the target: the extender's
+    first decision pins an open template, re-placement switches tier, or allowedTiers
+    was edited."""
     ns, name, uid = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["uid"]
     co = kubernetes.client.CustomObjectsApi()
     try:
@@ -562,11 +564,11 @@ def _follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
         return
     st = dict(fresh.get("status") or {})
     try:
-        want = render.target_tier(fresh)
+        want = render.pin(fresh)
         live = _read_child(ns, st["child"])
     except (ValueError, ApiException):
         return
-    if live is None or render.rendered_tier(live) in (None, want):
+    if live is None or render.rendered_tier(live) == want:
         return
     try:
         for k in render.children(fresh):

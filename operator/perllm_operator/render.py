@@ -6,14 +6,17 @@ the LLMService's name (the Service: `<name>-predictor`, like KServe's) and a con
 ownerReference to it, so the garbage collector deletes them with it.
 
 Per-tier resources (docs/operator.md, "Per-tier variants"): a pod's resources and weights
-cannot change after it is bound, and a GPU request alone would hide every CPU-only node
-from the scheduler, so the pod template is *pinned* to one tier: it carries that tier's
-variant (resources, precision, GPU toleration) and a required node affinity to that tier
-only. A pod therefore always requests the resources of the variant of the tier it lands
-on. The tier is `status.replacement.tier.target` (set by re-placement when evictions
-within a tier did not restore the deadline), else `status.placement.tier` (the extender's
-latest decision), when either names an allowed tier; else the cloud when allowed (the
-safe choice for a deadline), else the only allowed tier.
+cannot change after it is bound, so once PerLLM has decided a tier the pod template is
+*pinned* to it: that tier's variant (resources, precision, GPU toleration) and a required
+node affinity to that tier only, so a pod always requests the resources of the variant of
+the tier it runs on. The decision is `status.replacement.tier.target` (re-placement moved
+the service because evictions within a tier did not restore the deadline), else
+`status.placement.tier` (the extender's latest decision), when either names an allowed
+tier; a service with one allowed tier is pinned to it. Before any decision the template
+is *open*: affinity to every allowed tier, the variant every tier can host (one without a
+GPU request when there is one), and the GPU toleration when any allowed variant needs it,
+so that the extender chooses among the nodes of all tiers; the status timer then pins the
+template to the tier it chose (a rollout onto that tier's variant).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ KSERVE_PLURAL = "inferenceservices"
 KSERVE_CRD = f"{KSERVE_PLURAL}.{KSERVE_GROUP}"
 # The tier and precision the pod template is rendered for (pods and children carry them).
 ANN_VARIANT_TIER = f"{DOMAIN}/variant-tier"
+ANN_PINNED_TIER = f"{DOMAIN}/pinned-tier"  # on the child: the pinned tier, or OPEN
+OPEN = "open"
 ANN_PRECISION = f"{DOMAIN}/precision"
 
 Obj = dict[str, Any]
@@ -73,8 +78,8 @@ def _allowed_variants(obj: Obj) -> list[Obj]:
     return [v for v in spec.get("model", {}).get("variants", []) if v["tier"] in allowed]
 
 
-def target_tier(obj: Obj) -> str:
-    """The tier the pod template is pinned to (see the module docstring for the order)."""
+def target_tier(obj: Obj) -> str | None:
+    """The tier the pod template is pinned to; None: open (no decision yet)."""
     tiers = [v["tier"] for v in _allowed_variants(obj)]
     if not tiers:
         raise ValueError(
@@ -88,13 +93,34 @@ def target_tier(obj: Obj) -> str:
     ):
         if cand in tiers:
             return str(cand)
-    return Tier.CLOUD.value if Tier.CLOUD.value in tiers else tiers[0]
+    return tiers[0] if len(tiers) == 1 else None
+
+
+def pin(obj: Obj) -> str:
+    """`target_tier` as written on the child (`OPEN` while undecided)."""
+    return target_tier(obj) or OPEN
 
 
 def chosen_variant(obj: Obj) -> Obj:
-    """The variant whose resources the pod template carries: the one of `target_tier`."""
+    """The variant whose resources the pod template carries: the pinned tier's; while
+    open, one every allowed tier can host (no GPU request if possible, else the cloud's)."""
+    variants = _allowed_variants(obj)
     tier = target_tier(obj)
-    return dict(next(v for v in _allowed_variants(obj) if v["tier"] == tier))
+    if tier is not None:
+        return dict(next(v for v in variants if v["tier"] == tier))
+    no_gpu = [v for v in variants if not _needs_gpu(_resources(v))]
+    cloud = [v for v in variants if v["tier"] == Tier.CLOUD.value]
+    return dict((no_gpu or cloud or variants)[0])
+
+
+def tiers_of(obj: Obj) -> list[str]:
+    """The tiers the node affinity admits: the pinned one, else every allowed tier."""
+    tier = target_tier(obj)
+    return [tier] if tier is not None else [str(v["tier"]) for v in _allowed_variants(obj)]
+
+
+def _any_gpu(obj: Obj) -> bool:
+    return any(_needs_gpu(_resources(v)) for v in _allowed_variants(obj))
 
 
 def _resources(variant: Obj) -> Obj:
@@ -141,8 +167,10 @@ def affinity(tiers: list[str]) -> Obj:
     }
 
 
-def tolerations(resources: Obj) -> list[Obj]:
-    if not _needs_gpu(resources):
+def tolerations(resources: Obj, open_gpu: bool = False) -> list[Obj]:
+    """The GPU toleration when the pod requests a GPU, or (`open_gpu`) when the open
+    template must be able to land on a tier whose variant needs one."""
+    if not (_needs_gpu(resources) or open_gpu):
         return []
     return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
 
@@ -168,6 +196,7 @@ def inference_service(obj: Obj) -> Obj:
         "serving.kserve.io/deploymentMode": "RawDeployment",
         "serving.kserve.io/autoscalerClass": "external",
         ANN_VARIANT_TIER: str(variant["tier"]),
+        ANN_PINNED_TIER: pin(obj),
     }
     m: Obj = {
         "modelFormat": {"name": model.get("format", "huggingface")},
@@ -183,10 +212,10 @@ def inference_service(obj: Obj) -> Obj:
         "minReplicas": int(obj["spec"].get("replicas", 1)),
         "labels": labels(obj),
         "annotations": pod_annotations(spec, variant),
-        "affinity": affinity([str(variant["tier"])]),
+        "affinity": affinity(tiers_of(obj)),
         "model": m,
     }
-    if tol := tolerations(res):
+    if tol := tolerations(res, open_gpu=target_tier(obj) is None and _any_gpu(obj)):
         predictor["tolerations"] = tol
     return {
         "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
@@ -224,13 +253,13 @@ def deployment(obj: Obj, image: str | None = None) -> Obj:
     }
     pod_spec: Obj = {
         "schedulerName": SCHEDULER_NAME,
-        "affinity": affinity([str(variant["tier"])]),
+        "affinity": affinity(tiers_of(obj)),
         "containers": [container],
     }
-    if tol := tolerations(res):
+    if tol := tolerations(res, open_gpu=target_tier(obj) is None and _any_gpu(obj)):
         pod_spec["tolerations"] = tol
     meta = _metadata(obj, name)
-    meta["annotations"] = {ANN_VARIANT_TIER: str(variant["tier"])}
+    meta["annotations"] = {ANN_VARIANT_TIER: str(variant["tier"]), ANN_PINNED_TIER: pin(obj)}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -268,6 +297,7 @@ def children(obj: Obj) -> list[Obj]:
 
 
 def rendered_tier(child: Obj) -> str | None:
-    """The tier a live child's pod template is pinned to (None: rendered before pinning)."""
+    """The pin a live child was rendered with (a tier or `OPEN`; None: rendered by an
+    operator that did not pin)."""
     ann = (child.get("metadata") or {}).get("annotations") or {}
-    return ann.get(ANN_VARIANT_TIER)
+    return ann.get(ANN_PINNED_TIER)

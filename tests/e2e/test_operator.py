@@ -244,11 +244,13 @@ def test_kserve_backend_creates_inference_service(
     expr = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ][0]["matchExpressions"][0]
-    # Pinned to the tier whose variant it requests (no decision yet: the cloud).
-    assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["cloud"]}
-    assert p["annotations"]["perllm.io/variant-tier"] == "cloud"
+    # No tier decided yet: open to both tiers, with the variant both can host (CPU-only
+    # edge weights) and the GPU toleration so that the cloud node stays a candidate.
+    assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["edge", "cloud"]}
+    assert meta["annotations"]["perllm.io/pinned-tier"] == "open"
+    assert p["annotations"]["perllm.io/variant-tier"] == "edge"
     assert p["model"]["modelFormat"]["name"] == "huggingface"
-    assert p["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in json.dumps(p["model"]["resources"])
     assert p["tolerations"][0]["key"] == "nvidia.com/gpu"
     obj = wait_for(lambda: _reconciled(kube, namespace, "chat-assistant"), "status Reconciled=True")
     st = obj["status"]
@@ -262,6 +264,42 @@ def test_kserve_backend_creates_inference_service(
     assert _condition(obj, "Ready")["status"] == "Unknown"  # type: ignore[index]
     # No pods, no extender decision: Placed waits for the scheduler.
     assert _condition(obj, "Placed")["status"] == "Unknown"  # type: ignore[index]
+    # The extender decides the cloud (contract 1): the child is re-rendered in place,
+    # pinned to the cloud with the cloud variant's GPU request.
+    kube.kubectl(
+        "patch",
+        PLURAL,
+        "chat-assistant",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(
+            {"status": {"placement": {"tier": "cloud", "nodes": ["cloud"], "feasible": True}}}
+        ),
+    )
+
+    def pinned() -> dict[str, Any] | None:
+        o = _get(kube, "isvc", "chat-assistant", "-n", namespace)
+        return o if o["metadata"]["annotations"].get("perllm.io/pinned-tier") == "cloud" else None
+
+    isvc2 = wait_for(pinned, "the InferenceService pinned to the cloud", timeout=60)
+    assert isvc2["metadata"]["uid"] == isvc["metadata"]["uid"]
+    p2 = isvc2["spec"]["predictor"]
+    assert p2["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert p2["annotations"]["perllm.io/precision"] == "fp16"
+    expr2 = p2["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"][0]
+    assert expr2["values"] == ["cloud"]
+    wait_for(
+        lambda: [
+            e for e in _events(kube, namespace, "chat-assistant") if e["reason"] == "TierChanged"
+        ],
+        "TierChanged Event",
+        timeout=30,
+    )
     assert operator.alive()
 
 

@@ -38,7 +38,8 @@ def test_inference_service() -> None:
     assert meta["annotations"] == {
         "serving.kserve.io/deploymentMode": "RawDeployment",
         "serving.kserve.io/autoscalerClass": "external",
-        "perllm.io/variant-tier": "cloud",
+        "perllm.io/variant-tier": "edge",
+        "perllm.io/pinned-tier": "open",
     }
     assert meta["ownerReferences"] == [
         {
@@ -60,19 +61,25 @@ def test_inference_service() -> None:
     expr = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ][0]["matchExpressions"][0]
-    # Pinned to the cloud tier, whose variant's resources the pod requests.
-    assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["cloud"]}
-    assert p["annotations"]["perllm.io/variant-tier"] == "cloud"
-    assert p["annotations"]["perllm.io/precision"] == "fp16"
+    # No tier decided yet: open to every allowed tier, with the variant both can host
+    # (the CPU-only edge one) and the GPU toleration so that the cloud node is a candidate.
+    assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["edge", "cloud"]}
+    assert p["annotations"]["perllm.io/variant-tier"] == "edge"
+    assert p["annotations"]["perllm.io/precision"] == "q4_k_m"
     m = p["model"]
     assert m["modelFormat"] == {"name": "huggingface"}
     assert m["storageUri"] == "hf://meta-llama/Meta-Llama-3-8B-Instruct"
     assert "runtime" not in m
-    # The cloud variant (GPU) when the cloud is allowed, with the GPU toleration.
-    assert m["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in json.dumps(m["resources"])
     assert p["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
+    # The extender placed a pod in the cloud: pinned there, with the GPU variant.
+    obj["status"] = {"placement": {"tier": "cloud", "nodes": ["cloud"]}}
+    p = render.inference_service(obj)["spec"]["predictor"]
+    assert p["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert p["annotations"]["perllm.io/precision"] == "fp16"
+    assert p["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
 def test_edge_only_uses_edge_variant_without_gpu_toleration() -> None:
@@ -205,16 +212,18 @@ def test_pod_requests_the_variant_of_the_tier_it_is_pinned_to() -> None:
         obj = _load("code-assistant")
         obj["spec"]["backend"] = backend
         variants = {v["tier"]: v["resources"] for v in obj["spec"]["model"]["variants"]}
-        # No decision yet: the cloud (allowed), with its GPU and toleration.
-        tiers, res = _tier_of(render.children(obj)[0])
-        assert tiers == ["cloud"] and res == variants["cloud"]
+        # No decision yet: open to both tiers with the variant both can host.
+        child = render.children(obj)[0]
+        tiers, res = _tier_of(child)
+        assert tiers == ["edge", "cloud"] and res == variants["edge"]
+        assert render.rendered_tier(child) == render.OPEN
         # The extender placed it on the edge: edge resources, edge-only affinity, no GPU.
         obj["status"] = {"placement": {"tier": "edge", "nodes": ["edge-0"]}}
         child = render.children(obj)[0]
         tiers, res = _tier_of(child)
         assert tiers == ["edge"] and res == variants["edge"]
         assert render.rendered_tier(child) == "edge"
-        assert "nvidia.com/gpu" not in json.dumps(child)
+        assert "nvidia.com/gpu" not in json.dumps(child)  # not even the toleration
         # Re-placement moved it back to the cloud: that wins over the older placement.
         obj["status"]["replacement"] = {"tier": {"target": "cloud"}}
         tiers, res = _tier_of(render.children(obj)[0])
@@ -236,3 +245,14 @@ def test_no_variant_for_allowed_tier_names_the_fields() -> None:
     obj["spec"]["allowedTiers"] = ["edge"]
     with pytest.raises(ValueError, match=r"spec\.allowedTiers"):
         render.target_tier(obj)
+
+
+def test_open_template_without_a_cpu_variant_uses_the_cloud_one() -> None:
+    obj = _load("code-assistant")
+    for v in obj["spec"]["model"]["variants"]:
+        v["resources"]["requests"]["nvidia.com/gpu"] = "1"
+    assert render.target_tier(obj) is None
+    assert render.chosen_variant(obj)["tier"] == "cloud"
+    # a single allowed tier is pinned from the start
+    obj["spec"]["allowedTiers"] = ["edge"]
+    assert render.target_tier(obj) == "edge" and render.pin(obj) == "edge"

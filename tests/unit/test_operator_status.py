@@ -348,7 +348,10 @@ def test_timer_evicts_one_pod_after_the_window_then_cools_down(
 def test_timer_escalates_to_the_other_tier(monkeypatch: pytest.MonkeyPatch) -> None:
     fc = FakeCluster(_load("chat-assistant"), [_pod("chat-assistant-a", "cloud-0")])
     fc.install(monkeypatch)
-    fc.obj["status"] = {"replacement": {"evictionsSinceRecovery": 2}}
+    fc.obj["status"] = {
+        "replacement": {"evictionsSinceRecovery": 2},
+        "placement": {"tier": "cloud", "nodes": ["cloud-0"]},
+    }
     policy = Policy(window_s=0, min_ticks=1, cooldown_s=0, escalate_after=2)
     monkeypatch.setattr(handlers, "CONFIG", Config(prometheus_url="http://p", policy=policy))
     monkeypatch.setattr(handlers, "PROM", FakeProm({"le=": 0.1, "_count": 1.0}))
@@ -371,7 +374,7 @@ def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         },
         "replacement": {"tier": {"target": "edge", "from": "cloud"}},
     }
-    live = {"metadata": {"annotations": {"perllm.io/variant-tier": "cloud"}}}
+    live = {"metadata": {"annotations": {"perllm.io/pinned-tier": "cloud"}}}
     applied: list[dict[str, Any]] = []
     events: list[str] = []
 
@@ -391,6 +394,34 @@ def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert events == ["pod template re-rendered for tier edge (was cloud)"]
     # Already on the target tier: nothing is applied.
     applied.clear()
-    live["metadata"]["annotations"]["perllm.io/variant-tier"] = "edge"
+    live["metadata"]["annotations"]["perllm.io/pinned-tier"] = "edge"
     handlers._follow_tier(kopf.Body(obj), obj, _Logger())
     assert applied == []
+
+
+def test_first_decision_pins_an_open_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = _load("chat-assistant")
+    obj["spec"]["backend"] = "deployment"
+    obj["status"] = {
+        "child": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat-assistant"},
+        "placement": {"tier": "edge", "nodes": ["edge-2"]},
+    }
+    live = {"metadata": {"annotations": {"perllm.io/pinned-tier": "open"}}}
+    applied: list[dict[str, Any]] = []
+
+    class CO:
+        def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
+            return copy.deepcopy(obj)
+
+    monkeypatch.setattr(handlers.kubernetes.client, "CustomObjectsApi", CO)
+    monkeypatch.setattr(handlers, "_read_child", lambda ns, ref: live)
+    monkeypatch.setattr(handlers, "_apply", lambda child: applied.append(child) or child)
+    monkeypatch.setattr(kopf, "info", lambda body, *, reason, message: None)
+    handlers._follow_tier(kopf.Body(obj), obj, _Logger())
+    dep, _svc = applied
+    tpl = dep["spec"]["template"]["spec"]
+    expr = tpl["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"][0]
+    assert expr["values"] == ["edge"] and "tolerations" not in tpl
+    assert dep["metadata"]["annotations"]["perllm.io/pinned-tier"] == "edge"
