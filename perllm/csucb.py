@@ -506,10 +506,19 @@ class CSUCB:
             )
         # Entries (request, server, level) -> [time, decode, fixed, per-token, feasible,
         # energy, score without the speed rank (−inf where infeasible)], made on demand.
-        ent: dict[tuple[int, int, int], list[Any]] = {}
+        # Rows (request, load level) of entries per server: [time, decode, fixed,
+        # per-token, feasible, energy, score without the speed rank (−inf if infeasible)],
+        # made on demand.
+        rows: dict[tuple[int, int], list[Any]] = {}
+
+        def row(k: int, a: int) -> list[Any]:
+            r = rows.get((k, a))
+            if r is None:
+                r = rows[k, a] = [None] * m
+            return r
 
         def make(keys: list[tuple[int, int, int]]) -> bool:
-            """Fill `ent` for `keys`; one normal-CDF call for all. False on a NaN."""
+            """Fill the entries `keys`; one normal-CDF call for all. False on a NaN."""
             feasible = []
             args = []
             for key in keys:
@@ -541,7 +550,7 @@ class CSUCB:
                     and f * (fixed + per_tok * q_hi) <= rhs_hi
                 )
                 e = [time, dec, fixed, per_tok, feas, energy, -math.inf]
-                ent[key] = e
+                row(k, a)[j] = e
                 if feas:
                     feasible.append((e, arm, energy * mu_l[arm] / sc))
                     args.append((dl / max(time, 1e-9) - mu_l[arm]) / sd_l[arm])
@@ -554,13 +563,29 @@ class CSUCB:
                     e[6] = raw
             return True
 
-        def speed_rank(k: int, a: int) -> list[int]:
+        def time_only(k: int, j: int, a: int) -> float:
+            """D of request k on server j at level a (as in `make`, without the rest)."""
+            li, lo = req[k][0], req[k][1]
+            co, _, part, tran, _, _ = req[k][9][j]
+            occ1 = (occ[j] + a) + 1
+            cap = co.max_conc
+            b = occ1 if occ1 <= cap else cap
+            queue = max(occ1 - cap, 0.0) * co.svc_per_slot + (wait[j] + a) * gpu_pre[j]
+            if co.is_gpu:
+                pre, dec = part[0], lo * (co.step0 + b * part[1])
+            else:
+                comp = co.kappa_pp / b
+                pre, dec = li * b / co.pp, lo / (part[0] if part[0] <= comp else comp)
+            time: float = tran + queue + (pre + dec)
+            return time
+
+        def speed_rank(k: int, a: int) -> list[int] | None:
             """Each server's position in the argsort of request k's times at level a.
             Without ties any sort agrees; with ties, numpy's own (unstable) argsort."""
-            missing = [(k, j, a) for j in range(m) if (k, j, a) not in ent]
-            if missing and not make(missing):
-                raise FloatingPointError
-            times = [ent[k, j, a][0] for j in range(m)]
+            r = row(k, a)
+            times = [time_only(k, j, a) if r[j] is None else r[j][0] for j in range(m)]
+            if any(x != x for x in times):
+                return None
             if len(set(times)) == m:
                 by_speed = sorted(range(m), key=times.__getitem__)
             else:
@@ -573,7 +598,7 @@ class CSUCB:
         if not make([(k, j, 0) for k in range(n) for j in range(m)]):
             return None
         # Super arm: fewest feasible options, then earliest deadline, go first (lexsort).
-        nfeas = [sum(ent[k, j, 0][4] for j in range(m)) for k in range(n)]
+        nfeas = [sum(e[4] for e in rows[k, 0]) for k in range(n)]
         order = sorted(range(n), key=lambda k: (nfeas[k], req[k][3]))
         added = [0] * m
         choice, lvl_of, ok = [0] * n, [0] * n, [False] * n
@@ -581,27 +606,30 @@ class CSUCB:
         # The speed rank moves scores by at most 1e-8·(m − 1): a larger lead (with room for
         # rounding) decides without it; closer calls rank exactly as the vectorised path.
         for k in order:
-            todo = [(k, j, a) for j, a in enumerate(added) if a <= k_max and (k, j, a) not in ent]
+            todo = [(k, j, a) for j, a in enumerate(added) if a <= k_max and row(k, a)[j] is None]
             if todo and not make(todo):
                 return None
             best = second = -math.inf
             j = -1
             for jj, a in enumerate(added):
                 if a <= k_max:
-                    v = ent[k, jj, a][6]
+                    v = rows[k, a][jj][6]
                     if v > best:
                         best, second, j = v, best, jj
                     elif v > second:
                         second = v
             if j >= 0 and best - second <= 2e-8 * m + 1e-14 * (abs(best) + abs(second)):
-                try:
-                    ranks = {a: speed_rank(k, a) for a in set(added) if a <= k_max}
-                except FloatingPointError:
-                    return None
+                ranks = {}
+                for a in set(added):
+                    if a <= k_max:
+                        r = speed_rank(k, a)
+                        if r is None:
+                            return None
+                        ranks[a] = r
                 best, j = -math.inf, -1
                 for jj, a in enumerate(added):
                     if a <= k_max:
-                        e = ent[k, jj, a]
+                        e = rows[k, a][jj]
                         if e[4]:
                             v = e[6] - 1e-8 * ranks[a][jj]
                             if v > best:
@@ -611,13 +639,13 @@ class CSUCB:
                 # run the request; quality floors count before time.
                 c, dl, mq = cl[k], req[k][3], mq_l[k]
                 todo = [(k, jj, min(a, k_max)) for jj, a in enumerate(added)]
-                if not make([key for key in todo if key not in ent]):
+                if not make([(k, jj, a) for k, jj, a in todo if row(k, a)[jj] is None]):
                     return None
                 least, j = math.inf, 0
                 for jj, a in enumerate(added):
                     if not tab.allowed[c][jj]:
                         continue
-                    pess = ent[k, jj, min(a, k_max)][0] * f_l[tab.arm[c][jj]]
+                    pess = rows[k, min(a, k_max)][jj][0] * f_l[tab.arm[c][jj]]
                     over = pess / dl + (1e3 if a > k_max else 0.0)
                     v = over + max(mq - tab.quality[c][jj], 0.0) * 1e3
                     if v < least:
@@ -632,7 +660,7 @@ class CSUCB:
         for k in range(n):
             pf[tab.arm[cl[k]][choice[k]]] += 1
         self.total += n
-        picked = [ent[k, choice[k], lvl_of[k]] for k in range(n)]
+        picked = [rows[k, lvl_of[k]][choice[k]] for k in range(n)]
         return Decision(
             choice=np.array(choice, np.intp),
             feasible=np.array(ok, bool),
@@ -665,7 +693,7 @@ class CSUCB:
         return self._small
 
     def _arm_lists(self) -> tuple[list[float], list[float], list[float]]:
-        if self._per_arm_list is None or self._per_arm is None:
+        if self._per_arm_list is None:  # kept current by `_update_small`
             mu, sd, f = self._arm_stats()
             self._per_arm_list = (mu.tolist(), sd.tolist(), f.tolist())
         self.output_quantiles()  # refresh `_lq_list` when due
@@ -861,7 +889,7 @@ class CSUCB:
         self.out_hist += np.bincount(cls * ob + b, minlength=self.out_hist.size).reshape(
             self.out_hist.shape
         )
-        self._posterior = self._per_arm = None
+        self._posterior = self._per_arm = self._per_arm_list = None
         self._since_quantiles += len(cls)
 
     def _update_small(
@@ -915,6 +943,16 @@ class CSUCB:
         for k, count in bins.items():
             hist[k] += count
         self._posterior = self._per_arm = None
+        if self._per_arm_list is not None:  # refresh the observed arms only
+            mu_l, sd_l, f_l = self._per_arm_list
+            n0, sd0, z = self.cfg.prior_n, self.cfg.prior_sd, self.cfg.z
+            for a in arms:
+                # `_ratio_posterior` for one arm, operation for operation.
+                nn = n0 + float(n[a])
+                mu = (n0 + float(sr[a])) / nn
+                var = (n0 * (sd0**2 + 1.0) + float(ss[a])) / nn - mu * mu
+                sd = math.sqrt(max(var, 1e-6)) * math.sqrt(1.0 + 1.0 / nn)
+                mu_l[a], sd_l[a], f_l[a] = mu, sd, mu + z * sd
         self._since_quantiles += len(cls)
         return True
 
@@ -966,7 +1004,7 @@ class CSUCB:
             hist = state.get("outputs", {}).get(svc.name)
             if hist is not None and len(hist) == OUT_BINS:
                 self.out_hist[c] = np.asarray(hist, float)
-        self._posterior = self._quantiles = self._per_arm = None
+        self._posterior = self._quantiles = self._per_arm = self._per_arm_list = None
         self.total = int(state.get("total", 0))
         self.rounds = int(state.get("rounds", 0))
         self.violations = int(state.get("violations", 0))

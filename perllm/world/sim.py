@@ -191,10 +191,13 @@ def simulate(
     t0 = time.perf_counter()
     r, t = world.req, world.table
     n, m = len(r), t.n_servers
-    server = np.full(n, -1, np.intp)
-    d = np.full(n, np.inf)
-    finish = np.zeros(n)
-    e_tran, e_inf, cost, pred = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    # What feedback reports per request, one row each (`LEDGER` columns): a completed
+    # slot's feedback is one gather. Server, D, prediction and cost are views into it.
+    ledger = np.zeros((n, len(LEDGER)))
+    ledger[:, 0], ledger[:, 1], ledger[:, 2] = r.cls, -1, np.inf
+    ledger[:, 3], ledger[:, 6], ledger[:, 7] = r.deadline, r.l_in, r.l_out
+    server, d, pred, cost = ledger[:, 1], ledger[:, 2], ledger[:, 4], ledger[:, 5]
+    finish, e_tran, e_inf = np.zeros(n), np.zeros(n), np.zeros(n)
     w = sc.weights
     bounds = np.searchsorted(r.arrival, np.arange(world.n_slots + 1) * sc.slot_s)
     pending: list[tuple[float, int]] = []  # (finish time, request) awaiting feedback
@@ -204,7 +207,7 @@ def simulate(
     allowed = t.allowed.tolist()
     for slot in range(world.n_slots):
         now = slot * sc.slot_s
-        _deliver(policy, pending, now, r, server, d, pred, cost)
+        _deliver(policy, pending, now, ledger)
         lo, hi = int(bounds[slot]), int(bounds[slot + 1])
         if hi > lo:
             idx = np.arange(lo, hi)
@@ -272,7 +275,7 @@ def simulate(
             )
         if on_slot is not None:
             on_slot(slot + 1, world.n_slots)
-    _deliver(policy, pending, np.inf, r, server, d, pred, cost)
+    _deliver(policy, pending, np.inf, ledger)
     wall = time.perf_counter() - t0
     horizon = max(sc.duration_s, float(finish.max()) if n else 0.0)
     # Every server is powered for the whole scenario and, past its end, until its own last
@@ -282,6 +285,8 @@ def simulate(
         if m
         else ((), ())
     )
+    server = server.astype(np.intp)
+    d, cost = d.copy(), cost.copy()
     q_ok = quality[r.cls, server] >= r.min_quality - 1e-9
     return RunResult(
         scenario=sc.name,
@@ -314,32 +319,27 @@ def _predicted(world: World, i: int, j: int, out: Outcome) -> float:
     return (out.end - out.start) * speed + (out.start - world._arrival[i])
 
 
-def _deliver(
-    policy: Policy,
-    pending: list[tuple[float, int]],
-    now: float,
-    r: Requests,
-    server: NDArray[np.intp],
-    d: F,
-    pred: F,
-    cost: F,
-) -> None:
+LEDGER = ("cls", "server", "time", "deadline", "predicted_time", "energy", "l_in", "l_out")
+
+
+def _deliver(policy: Policy, pending: list[tuple[float, int]], now: float, ledger: F) -> None:
     done: list[int] = []
     while pending and pending[0][0] <= now:
         done.append(heapq.heappop(pending)[1])
     if not done:
         return
     ix = np.array(done, np.intp)
+    cls, server, observed, deadline, predicted, energy, l_in, l_out = ledger[ix].T.copy()
     policy.feedback(
         Feedback(
             idx=ix,
-            cls=r.cls[ix],
-            server=server[ix],
-            time=d[ix],
-            deadline=r.deadline[ix],
-            predicted_time=pred[ix],
-            energy=cost[ix],
-            l_in=r.l_in[ix],
-            l_out=r.l_out[ix],
+            cls=cls.astype(np.intp),
+            server=server.astype(np.intp),
+            time=observed,
+            deadline=deadline,
+            predicted_time=predicted,
+            energy=energy,
+            l_in=l_in,
+            l_out=l_out,
         )
     )
