@@ -285,16 +285,16 @@ def simulate(
         if m
         else ((), ())
     )
-    server = server.astype(np.intp)
+    placed = server.astype(np.intp)
     d, cost = d.copy(), cost.copy()
-    q_ok = quality[r.cls, server] >= r.min_quality - 1e-9
+    q_ok = quality[r.cls, placed] >= r.min_quality - 1e-9
     return RunResult(
         scenario=sc.name,
         policy=policy.name,
         seed=seed,
         duration_s=sc.duration_s,
         requests=r,
-        server=server,
+        server=placed,
         time=d,
         met=(d <= r.deadline) & q_ok,
         quality_ok=q_ok,
