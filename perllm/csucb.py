@@ -521,14 +521,21 @@ class CSUCB:
             """Fill the entries `keys`; one normal-CDF call for all. False on a NaN."""
             feasible = []
             args = []
-            for key in keys:
-                k, j, a = key
+            rk: list[Any] = []
+            ka: tuple[int, int] | None = None
+            for k, j, a in keys:
+                if (k, a) != ka:
+                    ka, rk = (k, a), row(k, a)
                 li, lo, lo1, dl, q_lo, q_hi, rhs_lo, rhs_hi, sc, per_server = req[k]
                 co, static, part, tran, e_tran, arm = per_server[j]
                 occ1 = (occ[j] + a) + 1
                 cap = co.max_conc
                 b = occ1 if occ1 <= cap else cap
-                queue = max(occ1 - cap, 0.0) * co.svc_per_slot + (wait[j] + a) * gpu_pre[j]
+                # max(x, 0.0) written out (numpy's and builtin max's value; no call)
+                ahead = occ1 - cap
+                queue = (0.0 if ahead < 0.0 else ahead) * co.svc_per_slot + (wait[j] + a) * gpu_pre[
+                    j
+                ]
                 if co.is_gpu:
                     pre, dec = part[0], lo * (co.step0 + b * part[1])
                     busy_pre = pre
@@ -539,7 +546,9 @@ class CSUCB:
                 busy_dec = dec / b
                 e_inf = co.p_first * busy_pre + co.p_busy * busy_dec
                 e_idle = co.p_idle * (busy_pre + busy_dec)
-                energy = max(wt * e_tran + wi * e_inf - wid * e_idle, 0.0)
+                energy = wt * e_tran + wi * e_inf - wid * e_idle
+                if energy < 0.0:
+                    energy = 0.0
                 time = tran + queue + (pre + dec)
                 if time != time:
                     return False
@@ -550,10 +559,10 @@ class CSUCB:
                     and f * (fixed + per_tok * q_hi) <= rhs_hi
                 )
                 e = [time, dec, fixed, per_tok, feas, energy, -math.inf]
-                row(k, a)[j] = e
+                rk[j] = e
                 if feas:
                     feasible.append((e, arm, energy * mu_l[arm] / sc))
-                    args.append((dl / max(time, 1e-9) - mu_l[arm]) / sd_l[arm])
+                    args.append((dl / (1e-9 if time < 1e-9 else time) - mu_l[arm]) / sd_l[arm])
             if args:
                 p_viol = (1.0 - ndtr(np.array(args))).tolist()
                 for (e, arm, e_hat), pv in zip(feasible, p_viol, strict=True):
@@ -570,7 +579,8 @@ class CSUCB:
             occ1 = (occ[j] + a) + 1
             cap = co.max_conc
             b = occ1 if occ1 <= cap else cap
-            queue = max(occ1 - cap, 0.0) * co.svc_per_slot + (wait[j] + a) * gpu_pre[j]
+            ahead = occ1 - cap
+            queue = (0.0 if ahead < 0.0 else ahead) * co.svc_per_slot + (wait[j] + a) * gpu_pre[j]
             if co.is_gpu:
                 pre, dec = part[0], lo * (co.step0 + b * part[1])
             else:
@@ -584,7 +594,7 @@ class CSUCB:
             Without ties any sort agrees; with ties, numpy's own (unstable) argsort."""
             r = row(k, a)
             times = [time_only(k, j, a) if r[j] is None else r[j][0] for j in range(m)]
-            if any(x != x for x in times):
+            if any(map(math.isnan, times)):
                 return None
             if len(set(times)) == m:
                 by_speed = sorted(range(m), key=times.__getitem__)
@@ -606,30 +616,30 @@ class CSUCB:
         # The speed rank moves scores by at most 1e-8·(m − 1): a larger lead (with room for
         # rounding) decides without it; closer calls rank exactly as the vectorised path.
         for k in order:
-            todo = [(k, j, a) for j, a in enumerate(added) if a <= k_max and row(k, a)[j] is None]
+            present = {a: row(k, a) for a in set(added) if a <= k_max}
+            todo = [(k, j, a) for j, a in enumerate(added) if a <= k_max and present[a][j] is None]
             if todo and not make(todo):
                 return None
             best = second = -math.inf
             j = -1
             for jj, a in enumerate(added):
                 if a <= k_max:
-                    v = rows[k, a][jj][6]
+                    v = present[a][jj][6]
                     if v > best:
                         best, second, j = v, best, jj
                     elif v > second:
                         second = v
             if j >= 0 and best - second <= 2e-8 * m + 1e-14 * (abs(best) + abs(second)):
                 ranks = {}
-                for a in set(added):
-                    if a <= k_max:
-                        r = speed_rank(k, a)
-                        if r is None:
-                            return None
-                        ranks[a] = r
+                for a in present:
+                    r = speed_rank(k, a)
+                    if r is None:
+                        return None
+                    ranks[a] = r
                 best, j = -math.inf, -1
                 for jj, a in enumerate(added):
                     if a <= k_max:
-                        e = rows[k, a][jj]
+                        e = present[a][jj]
                         if e[4]:
                             v = e[6] - 1e-8 * ranks[a][jj]
                             if v > best:
