@@ -45,7 +45,9 @@ class Rates:
     def of(cls, d: Counters) -> Rates:
         if d.requests <= 0:
             return cls(max(d.requests, 0.0), None, None)
-        return cls(d.requests, d.met / d.requests, d.energy_j / d.requests)
+        # met and requests are two scrapes' values: a short window can read met ahead of
+        # requests by a completion or two, so the fraction is capped at 1
+        return cls(d.requests, min(1.0, d.met / d.requests), d.energy_j / d.requests)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,8 @@ def scenario_file(name: str) -> Path:
     raise FileNotFoundError(f"scenario {sc.name}: no file found for {name!r}")
 
 
-def supported_flags(command: str, wanted: dict[str, str]) -> tuple[list[str], list[str]]:
-    """`--flag value` pairs `perllm <command>` accepts, and the names of those it lacks (a
-    component that is older than the demo still runs, and the demo says what it dropped).
-    Empty `wanted`, unknown command: ([], ['<command>']) when the command itself is absent."""
+def help_text(command: str) -> str | None:
+    """`perllm <command> --help` (None: no such command in this installation)."""
     env = dict(os.environ, COLUMNS="250", TERMINAL_WIDTH="250", NO_COLOR="1")
     r = subprocess.run(
         [*PERLLM, command, "--help"],
@@ -70,11 +69,21 @@ def supported_flags(command: str, wanted: dict[str, str]) -> tuple[list[str], li
         env=env,
         check=False,
     )
-    if r.returncode != 0:
+    return r.stdout if r.returncode == 0 else None
+
+
+def supported_flags(
+    command: str, wanted: dict[str, str], help: str | None = None
+) -> tuple[list[str], list[str]]:
+    """`--flag value` pairs `perllm <command>` accepts, and the names of those it lacks (a
+    component that is older than the demo still runs, and the demo says what it dropped);
+    ([], ['<command>']) when the command itself is absent."""
+    text = help_text(command) if help is None else help
+    if not text:
         return [], [command]
     args, dropped = [], []
     for flag, value in wanted.items():
-        if flag in r.stdout:
+        if flag in text:
             args += [flag, value]
         else:
             dropped.append(flag)
@@ -108,6 +117,7 @@ class Stack:
     services: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # degradations, shown in the view
     twin_running: bool = False
+    helps: dict[str, str] = field(default_factory=dict)  # command -> its --help text
 
     # ---- helpers -----------------------------------------------------------------------
     @property
@@ -184,7 +194,12 @@ class Stack:
             ),
             binaries=self.binaries,
         )
-        self.cluster.up()
+        # Ask each component which flags it has while the cluster starts (each is a
+        # Python start-up of a few seconds on 2 cores).
+        with ThreadPoolExecutor(3) as pool:
+            helps = {c: pool.submit(help_text, c) for c in ("twin", "extender", "operator")}
+            self.cluster.up()
+            self.helps = {c: f.result() or "" for c, f in helps.items()}
         assert self.cluster.prometheus_url is not None
         self.endpoints = Endpoints(
             self.cluster.prometheus_url, ports["twin"], ports["extender"], ports["operator_health"]
@@ -262,6 +277,7 @@ class Stack:
                 "--port": str(e.twin_port),
                 "--speed": f"{self.config.speed:g}",
             },
+            self.helps.get("twin"),
         )
         if dropped == ["twin"]:
             self._note(
@@ -291,6 +307,7 @@ class Stack:
                 "--state-namespace": c.system_namespace,
                 "--learn-interval": f"{c.learn_interval_s:g}",
             },
+            self.helps.get("extender"),
         )
         if dropped == ["extender"]:
             raise StartError(
@@ -314,6 +331,7 @@ class Stack:
         args, dropped = supported_flags(
             "operator",
             {"--prometheus": e.prometheus, "--status-interval": f"{c.status_interval_s:g}"},
+            self.helps.get("operator"),
         )
         if dropped == ["operator"]:
             raise StartError(
