@@ -629,7 +629,10 @@ class CSUCB:
                         best, second, j = v, best, jj
                     elif v > second:
                         second = v
-            if j >= 0 and best - second <= 2e-8 * m + 1e-14 * (abs(best) + abs(second)):
+            gap = 2e-8 * m + 4e-14 * abs(best)  # the rank's reach, with room for rounding
+            if j >= 0 and best - second <= gap:
+                j = self._equal_score_winner(present, added, best, gap, k_max)
+            if j == -2:  # a close call: rank exactly
                 ranks = {}
                 for a in present:
                     r = speed_rank(k, a)
@@ -679,6 +682,33 @@ class CSUCB:
             predicted_fixed=np.array([e[2] for e in picked]),
             predicted_per_token=np.array([e[3] for e in picked]),
         )
+
+    @staticmethod
+    def _equal_score_winner(
+        present: dict[int, list[Any]], added: list[int], best: float, gap: float, k_max: int
+    ) -> int:
+        """The common close call: every server within `gap` of the best score has exactly
+        the best score and sits at the same load level (servers of one pool, say). The
+        speed rank then orders them as their predicted times do, so with distinct times
+        the fastest wins, as with the full rank; its index, or -2 where the full rank must
+        decide (the rank's 1e-8 steps stay far above rounding for |score| < 4e6)."""
+        if abs(best) >= 4e6:
+            return -2
+        tied: list[int] = []
+        level = -1
+        for jj, a in enumerate(added):
+            if a <= k_max:
+                v = present[a][jj][6]
+                if v >= best - gap:
+                    if v != best or (level >= 0 and a != level):
+                        return -2
+                    level = a
+                    tied.append(jj)
+        row = present[level]
+        times = [row[jj][0] for jj in tied]
+        if len(set(times)) != len(times):
+            return -2
+        return tied[times.index(min(times))]
 
     def _small_tables(self) -> _SmallTables:
         if self._small is None:
