@@ -123,10 +123,12 @@ class ServerState:
 
     def observe(self, now: float) -> tuple[int, int, float]:
         """(running, waiting, kv bytes in use) at `now`: what a model server's metrics show."""
-        self.inflight = [x for x in self.inflight if x[1] > now]
+        if not self.inflight:  # an idle server (the common case at the edge)
+            return 0, 0, 0.0
+        inflight = self.inflight = [x for x in self.inflight if x[1] > now]
         running = waiting = 0
         kv = 0.0
-        for start, _, k in self.inflight:
+        for start, _, k in inflight:
             if start > now:
                 waiting += 1
             else:
