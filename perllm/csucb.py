@@ -564,7 +564,12 @@ class CSUCB:
                     feasible.append((e, arm, energy * mu_l[arm] / sc))
                     args.append((dl / (1e-9 if time < 1e-9 else time) - mu_l[arm]) / sd_l[arm])
             if args:
-                p_viol = (1.0 - ndtr(np.array(args))).tolist()
+                # One value: the ufunc on a scalar (same loop, same value, less wrapping).
+                p_viol = (
+                    [float(1.0 - ndtr(args[0]))]
+                    if len(args) == 1
+                    else (1.0 - ndtr(np.array(args))).tolist()
+                )
                 for (e, arm, e_hat), pv in zip(feasible, p_viol, strict=True):
                     raw = -e_hat - theta * pv + lift[arm]
                     if raw != raw:
@@ -674,13 +679,21 @@ class CSUCB:
             pf[tab.arm[cl[k]][choice[k]]] += 1
         self.total += n
         picked = [rows[k, lvl_of[k]][choice[k]] for k in range(n)]
+        time, energy, fixed, per_tok = np.array(
+            [
+                [e[0] for e in picked],
+                [e[5] for e in picked],
+                [e[2] for e in picked],
+                [e[3] for e in picked],
+            ]
+        )
         return Decision(
             choice=np.array(choice, np.intp),
             feasible=np.array(ok, bool),
-            predicted_time=np.array([e[0] for e in picked]),
-            predicted_energy=np.array([e[5] for e in picked]),
-            predicted_fixed=np.array([e[2] for e in picked]),
-            predicted_per_token=np.array([e[3] for e in picked]),
+            predicted_time=time,
+            predicted_energy=energy,
+            predicted_fixed=fixed,
+            predicted_per_token=per_tok,
         )
 
     @staticmethod
