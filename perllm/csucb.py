@@ -517,8 +517,18 @@ class CSUCB:
                 r = rows[k, a] = [None] * m
             return r
 
+        def energy_of(co: _Coef, e_tran: float, busy_pre: float, dec: float, b: float) -> float:
+            """The weighted marginal energy (as `round_view`)."""
+            busy_dec = dec / b
+            e_inf = co.p_first * busy_pre + co.p_busy * busy_dec
+            e_idle = co.p_idle * (busy_pre + busy_dec)
+            energy: float = wt * e_tran + wi * e_inf - wid * e_idle
+            return 0.0 if energy < 0.0 else energy
+
         def make(keys: list[tuple[int, int, int]]) -> bool:
-            """Fill the entries `keys`; one normal-CDF call for all. False on a NaN."""
+            """Fill the entries `keys`; one normal-CDF call for all. False on a NaN. The
+            parts only a chosen server needs (energy, fixed and per-token time) wait for
+            `complete` on servers that are not feasible."""
             feasible = []
             args = []
             rk: list[Any] = []
@@ -543,26 +553,24 @@ class CSUCB:
                     comp = co.kappa_pp / b
                     pre, dec = li * b / co.pp, lo / (part[0] if part[0] <= comp else comp)
                     busy_pre = pre / b
-                busy_dec = dec / b
-                e_inf = co.p_first * busy_pre + co.p_busy * busy_dec
-                e_idle = co.p_idle * (busy_pre + busy_dec)
-                energy = wt * e_tran + wi * e_inf - wid * e_idle
-                if energy < 0.0:
-                    energy = 0.0
                 time = tran + queue + (pre + dec)
                 if time != time:
                     return False
+                if not static:
+                    rk[j] = [time, dec, None, None, False, None, -math.inf, busy_pre, b]
+                    continue
                 fixed, per_tok, f = time - dec, dec / lo1, f_l[arm]
-                feas = (
-                    static
-                    and f * (fixed + per_tok * q_lo) <= rhs_lo
+                if (
+                    f * (fixed + per_tok * q_lo) <= rhs_lo
                     and f * (fixed + per_tok * q_hi) <= rhs_hi
-                )
-                e = [time, dec, fixed, per_tok, feas, energy, -math.inf]
-                rk[j] = e
-                if feas:
+                ):
+                    energy = energy_of(co, e_tran, busy_pre, dec, b)
+                    e = [time, dec, fixed, per_tok, True, energy, -math.inf, busy_pre, b]
                     feasible.append((e, arm, energy * mu_l[arm] / sc))
                     args.append((dl / (1e-9 if time < 1e-9 else time) - mu_l[arm]) / sd_l[arm])
+                else:
+                    e = [time, dec, fixed, per_tok, False, None, -math.inf, busy_pre, b]
+                rk[j] = e
             if args:
                 # One value: the ufunc on a scalar (same loop, same value, less wrapping).
                 p_viol = (
@@ -679,6 +687,11 @@ class CSUCB:
             pf[tab.arm[cl[k]][choice[k]]] += 1
         self.total += n
         picked = [rows[k, lvl_of[k]][choice[k]] for k in range(n)]
+        for k, e in enumerate(picked):
+            if e[5] is None:  # complete a server chosen without being feasible
+                co, _, _, _, e_tran, _ = req[k][9][choice[k]]
+                e[2], e[3] = e[0] - e[1], e[1] / req[k][2]
+                e[5] = energy_of(co, e_tran, e[7], e[1], e[8])
         time, energy, fixed, per_tok = np.array(
             [
                 [e[0] for e in picked],
