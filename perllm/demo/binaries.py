@@ -7,6 +7,7 @@ import time
 from collections import deque
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from perllm.demo.config import REPO_ROOT
@@ -28,7 +29,7 @@ def ensure_binaries(console: Console, *, helm: bool) -> Binaries:
         f"modules and installing Prometheus. This happens once (cached in {cache_dir()}) and "
         "takes about 10-15 minutes on 2 cores."
     )
-    console.print(f"[dim]{missing}[/dim]", highlight=False)
+    console.print(f"[dim]{escape(missing)}[/dim]", highlight=False)
     if not BUILD_SCRIPT.is_file():
         raise BinariesMissing(f"{missing}\n(no {BUILD_SCRIPT}: run the demo from a clone)")
     tail: deque[str] = deque(maxlen=1)
@@ -53,8 +54,8 @@ def ensure_binaries(console: Console, *, helm: bool) -> Binaries:
             line = line.rstrip()
             if line:
                 tail.append(line)
-                progress.console.print(f"[dim]{line}[/dim]", highlight=False)
-                progress.update(task, description=f"building: {line[:90]}")
+                progress.console.print(f"[dim]{escape(line)}[/dim]", highlight=False)
+                progress.update(task, description=f"building: {escape(line[:90])}")
         rc = proc.wait()
     if rc != 0:
         raise BinariesMissing(f"{BUILD_SCRIPT} failed (exit {rc}): {''.join(tail)}")
