@@ -45,7 +45,7 @@ from perllm_operator import render
 from perllm.contract import ServiceSpec
 from perllm.devcluster import config as dcfg
 from perllm.devcluster.cluster import Cluster, ClusterConfig, temporary_run_dir
-from perllm.devcluster.process import free_port, http_ok, wait_until
+from perllm.devcluster.process import free_port, http_ok
 from perllm.labels import LABEL_TIER, SCHEDULER_NAME
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -53,53 +53,6 @@ from extender_latency import fleet_scenario  # the sibling bench script
 
 Obj = dict[str, Any]
 TARGET_RATIO = 0.5
-
-
-# ---- the perllm-scheduler, stopped and started ----------------------------------------------
-# Cluster.restart_perllm_scheduler() needs an Extender and restarts at once; the bench needs
-# the scheduler down while pods are created, and a run with no extender at all.
-def stop_perllm_scheduler(cluster: Cluster) -> None:
-    for p in [p for p in cluster.procs if p.name == "perllm-scheduler"]:
-        p.stop()
-        cluster.procs.remove(p)
-
-
-def start_perllm_scheduler(cluster: Cluster, extender: dcfg.Extender | None) -> None:
-    assert cluster.state is not None
-    stop_perllm_scheduler(cluster)
-    port = cluster.state.ports["perllm_scheduler"]
-    # the devcluster's own start; unlike restart_perllm_scheduler() it takes no extender
-    p = cluster._start_scheduler(
-        "perllm-scheduler",
-        dcfg.PERLLM_SCHEDULER,
-        extender,
-        cluster.run_dir / "scheduler.kubeconfig",
-        port,
-    )
-    wait_until(p, lambda: http_ok(f"https://127.0.0.1:{port}/healthz"), 120, "/healthz")
-
-
-@contextlib.contextmanager
-def client_qps(qps: float) -> Iterator[None]:
-    """Schedulers started inside get this API client rate limit (0: kube-scheduler's
-    default, qps 50 / burst 100), set in the configuration the devcluster writes."""
-    if not qps:
-        yield
-        return
-    orig = dcfg.scheduler_config
-
-    def patched(
-        kubeconfig_path: Path, scheduler_name: str, extender: dcfg.Extender | None = None
-    ) -> str:
-        doc = yaml.safe_load(orig(kubeconfig_path, scheduler_name, extender))
-        doc["clientConnection"].update(qps=qps, burst=int(2 * qps))
-        return str(yaml.safe_dump(doc, sort_keys=False))
-
-    dcfg.scheduler_config = patched
-    try:
-        yield
-    finally:
-        dcfg.scheduler_config = orig
 
 
 # ---- the extender ---------------------------------------------------------------------------
@@ -266,9 +219,10 @@ def run_case(
     pods: list[Obj],
     node_tier: dict[str, str],
     timeout: float,
+    qps: float,
 ) -> Obj:
     ns = f"bench-{case}-{uuid.uuid4().hex[:6]}"
-    stop_perllm_scheduler(cluster)
+    cluster.stop_perllm_scheduler()
     cluster.kubectl("create", "namespace", ns)
     create_s = create_pods(api, ns, pods)
     w = Watcher(api, ns)
@@ -276,7 +230,7 @@ def run_case(
     th.start()
     w.started.wait(30)
     t_start = time.monotonic()
-    start_perllm_scheduler(cluster, extender)
+    cluster.start_perllm_scheduler(extender, client_qps=qps or None)
     t_ready = time.monotonic()
     deadline = t_start + timeout
     while len(w.bound) < len(pods) and time.monotonic() < deadline and w.error is None:
@@ -362,8 +316,7 @@ def main() -> None:
             for qps in args.qps:
                 for case, extender in (("without", None), ("with", ext)):
                     before = extender_decisions(base)
-                    with client_qps(qps):
-                        row = run_case(cluster, api, case, extender, pods, node_tier, args.timeout)
+                    row = run_case(cluster, api, case, extender, pods, node_tier, args.timeout, qps)
                     row["client_qps"] = qps or "default (50)"
                     row["extender_filter_decisions"] = extender_decisions(base) - before
                     rows.append(row)

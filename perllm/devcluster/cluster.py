@@ -275,9 +275,9 @@ class Cluster:
         return self.state
 
     def _start_scheduler(self, name: str, scheduler_name: str, extender: cfg.Extender | None,
-                         kubeconfig: Path, port: int) -> Proc:
+                         kubeconfig: Path, port: int, client_qps: float | None = None) -> Proc:
         conf = self.run_dir / f"{name}.yaml"
-        _write(conf, cfg.scheduler_config(kubeconfig, scheduler_name, extender))
+        _write(conf, cfg.scheduler_config(kubeconfig, scheduler_name, extender, client_qps))
         return self._spawn(name, [
             self.bin.kube_scheduler, f"--config={conf}", "--bind-address=127.0.0.1",
             f"--secure-port={port}", f"--cert-dir={self.run_dir / 'pki' / name}", "-v=2",
@@ -328,21 +328,31 @@ class Cluster:
             if r.status != 200:
                 raise RuntimeError(f"prometheus reload: HTTP {r.status}")
 
-    def restart_perllm_scheduler(self, extender: cfg.Extender) -> None:
-        """Point the second scheduler at another extender (URL, ignorable) and restart it."""
+    def stop_perllm_scheduler(self) -> None:
+        """Stop the second scheduler (pods for it stay Pending until it starts again)."""
+        for p in [p for p in self.procs if p.name == "perllm-scheduler"]:
+            p.stop()
+            self.procs.remove(p)
+
+    def start_perllm_scheduler(self, extender: cfg.Extender | None,
+                               client_qps: float | None = None) -> None:
+        """(Re)start the second scheduler with another extender (URL, ignorable), or with
+        none (`extender=None`: the scheduler alone), and optionally another API rate limit."""
         assert self.state is not None
-        old = next(p for p in self.procs if p.name == "perllm-scheduler")
-        old.stop()
-        self.procs.remove(old)
+        self.stop_perllm_scheduler()
         port = self.state.ports["perllm_scheduler"]
         kubeconfig = (Path(self.state.kubeconfig) if self.state.external
                       else self.run_dir / "scheduler.kubeconfig")
         p = self._start_scheduler("perllm-scheduler", cfg.PERLLM_SCHEDULER, extender,
-                                  kubeconfig, port)
-        self.state.extender = asdict(extender)
+                                  kubeconfig, port, client_qps)
+        self.state.extender = asdict(extender) if extender is not None else {}
         self.state.save(self.run_dir)
         wait_until(p, lambda: http_ok(f"https://127.0.0.1:{port}/healthz"),
                    self.config.ready_timeout_s, "/healthz")
+
+    def restart_perllm_scheduler(self, extender: cfg.Extender) -> None:
+        """Point the second scheduler at another extender (URL, ignorable) and restart it."""
+        self.start_perllm_scheduler(extender)
 
     def kubectl(self, *args: str, check: bool = True, timeout: float = 60,
                 input: str | None = None) -> subprocess.CompletedProcess[str]:
