@@ -182,9 +182,9 @@ class CostTable:
 
     @cached_property
     def round_coeffs(self) -> F:
-        """[C, M, P] the coefficients a round's prediction reads, in `ROUND` order, with the
+        """[P, C, M] the coefficients a round's prediction reads, in `ROUND` order, with the
         class-and-server constants of its formulas folded in (same operations, same floats):
-        one gather per round. See `estimate.round_view`."""
+        one gather per round, each coefficient contiguous. See `estimate.round_view`."""
         svc, _ = self.typical_service_s
         cols = {
             "is_gpu": self.is_gpu.astype(float),
@@ -203,7 +203,7 @@ class CostTable:
             "p_first": np.where(self.is_gpu, self.p_prefill, self.p_busy),
             "p_idle": self.p_idle,
         }
-        return np.stack([np.asarray(cols[k], dtype=float) for k in ROUND], axis=-1)
+        return np.stack([np.asarray(cols[k], dtype=float) for k in ROUND])
 
     @cached_property
     def typical_service_s(self) -> tuple[F, F]:

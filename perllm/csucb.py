@@ -375,7 +375,8 @@ class CSUCB:
         ok = np.empty(n, bool)
         seen: I | None = None
         blocked: NDArray[np.bool_] | None = None
-        if not explain and not np.isnan(score).any():
+        # Python lists beat numpy's per-call cost only while the round's array is small.
+        if not explain and feasible_score.size <= 4096 and not np.isnan(score).any():
             choice, lvl_of = self._assign_small(
                 t, cls, min_quality, deadline, pess, feasible_score, order, k_max, ok
             )
@@ -742,7 +743,7 @@ class CSUCB:
             rc = t.round_coeffs
             assert ROUND[0] == "is_gpu"
             coef = [
-                [_Coef(bool(rc[c, j, 0] > 0.5), *rc[c, j, 1:].tolist()) for j in range(t.n_servers)]
+                [_Coef(bool(rc[0, c, j] > 0.5), *rc[1:, c, j].tolist()) for j in range(t.n_servers)]
                 for c in range(t.n_classes)
             ]
             self._small = _SmallTables(

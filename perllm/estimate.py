@@ -52,27 +52,25 @@ def round_view(
     add = _LEVELS[k]  # requests this round placed on the server before this one
     occupied = (running + waiting)[:, None] + add  # [M, K]
     occ1 = occupied + 1
-    rc = t.round_coeffs[cls]  # [N, M, P]
-    is_gpu = rc[:, :, _GPU, None] > 0.5
-    cap = rc[:, :, _CAP, None]  # [N, M, 1]
+    rc = t.round_coeffs[:, cls, :, None]  # [P, N, M, 1]
+    is_gpu = rc[_GPU] > 0.5
+    cap = rc[_CAP]  # [N, M, 1]
     b = np.minimum(occ1, cap)  # batch size joined, [N, M, K]
     # Wait: each request ahead beyond the free slots holds a slot for about one full-batch
     # service time of the server's typical request, shared by `cap` slots; and on a GPU
     # each waiting request and each one placed earlier this round is prefilled first
     # (prefills are serialised).
     _, gpu_pre = t.typical_service_s
-    queue = np.maximum(occ1 - cap, 0.0) * rc[:, :, _SVC, None] + (
-        (waiting[:, None] + add) * gpu_pre[:, None]
-    )
+    queue = np.maximum(occ1 - cap, 0.0) * rc[_SVC] + ((waiting[:, None] + add) * gpu_pre[:, None])
     ctx = l_in + 0.5 * l_out
     li, lo = l_in[:, None, None], l_out[:, None, None]
-    ctx_kv = ctx[:, None, None] * rc[:, :, _KV, None]
-    bw = rc[:, :, _BW, None]
+    ctx_kv = ctx[:, None, None] * rc[_KV]
+    bw = rc[_BW]
     # CPU (costmodel.cpu_times) and GPU (costmodel.gpu_times) prefill and decode.
-    tg = np.minimum(bw / (rc[:, :, _W, None] + ctx_kv), rc[:, :, _KPP, None] / b)
-    pre_cpu = li * b / rc[:, :, _PP, None]
-    pre_gpu = rc[:, :, _TTFT0, None] + li / rc[:, :, _RPF, None]
-    dec_gpu = lo * (rc[:, :, _STEP0, None] + b * (ctx_kv / bw + rc[:, :, _FLOP, None]))
+    tg = np.minimum(bw / (rc[_W] + ctx_kv), rc[_KPP] / b)
+    pre_cpu = li * b / rc[_PP]
+    pre_gpu = rc[_TTFT0] + li / rc[_RPF]
+    dec_gpu = lo * (rc[_STEP0] + b * (ctx_kv / bw + rc[_FLOP]))
     prefill = np.where(is_gpu, pre_gpu, pre_cpu)
     decode = np.where(is_gpu, dec_gpu, lo / tg)
     bits = (upload_bits(l_in, attach) + download_bits(l_out))[:, None, None]
@@ -80,9 +78,9 @@ def round_view(
     e_tran = t.e_bit[:, None] * bits
     busy_pre = np.where(is_gpu, prefill, prefill / b)
     busy_dec = decode / b
-    p_busy = rc[:, :, _PBUSY, None]
-    e_inf = rc[:, :, _PFIRST, None] * busy_pre + p_busy * busy_dec
-    e_idle_saved = rc[:, :, _PIDLE, None] * (busy_pre + busy_dec)
+    p_busy = rc[_PBUSY]
+    e_inf = rc[_PFIRST] * busy_pre + p_busy * busy_dec
+    e_idle_saved = rc[_PIDLE] * (busy_pre + busy_dec)
     energy = np.maximum(w.tran * e_tran + w.infer * e_inf - w.idle * e_idle_saved, 0.0)
     time = tran + queue + (prefill + decode)
     return RoundView(time=time, decode=decode, energy=energy, levels=k)
