@@ -313,7 +313,7 @@ def test_agent_daemonset_reads_powercap_and_its_node_name() -> None:
     docs = render("--set", "agent.enabled=true,agent.peers[0]=http://cloud-agent:9401")
     spec = find(docs, "DaemonSet", "perllm-agent")["spec"]["template"]["spec"]
     (vol,) = [v for v in spec["volumes"] if "hostPath" in v]
-    assert vol["hostPath"]["path"] == "/sys/class/powercap"
+    assert vol["hostPath"]["path"] == "/sys/devices/virtual/powercap"
     c = spec["containers"][0]
     (mount,) = [m for m in c["volumeMounts"] if m["name"] == vol["name"]]
     assert mount["readOnly"] is True
