@@ -31,6 +31,9 @@ VLLM_WAITING = "vllm:num_requests_waiting"
 VLLM_SUCCESS = "vllm:request_success_total"
 VLLM_GENERATION_TOKENS = "vllm:generation_tokens_total"
 VLLM_PROMPT_TOKENS = "vllm:prompt_tokens_total"
+# KServe's Python model server (sklearn, xgboost, custom predictors; kserve/metrics.py):
+# latency histograms per step with label model_name. Used when a pod has no vLLM series.
+KSERVE_PREDICT_LATENCY = "request_predict_seconds"
 # vLLM's own e2e latency buckets (vllm/v1/metrics/loggers.py), which the twin reuses
 VLLM_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
                         40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
@@ -70,10 +73,16 @@ def bandwidth_by_node() -> str:
     return f"min by (node) ({PATH_BANDWIDTH_BPS})"
 
 
+def _mean_by_pod(histogram: str, window: str) -> str:
+    return (f"sum by (namespace, pod) (rate({histogram}_sum[{window}])) / "
+            f"sum by (namespace, pod) (rate({histogram}_count[{window}]))")
+
+
 def pod_latency(window: str = "5m") -> str:
-    """Mean e2e request latency per (namespace, pod) over `window`, seconds."""
-    return (f"sum by (namespace, pod) (rate({VLLM_E2E_LATENCY}_sum[{window}])) / "
-            f"sum by (namespace, pod) (rate({VLLM_E2E_LATENCY}_count[{window}]))")
+    """Mean request latency per (namespace, pod) over `window`, seconds: vLLM's end-to-end
+    latency, else (pods without vLLM series) KServe's predict latency."""
+    return (f"({_mean_by_pod(VLLM_E2E_LATENCY, window)}) or "
+            f"({_mean_by_pod(KSERVE_PREDICT_LATENCY, window)})")
 
 
 def pod_load() -> str:

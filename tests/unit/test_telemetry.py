@@ -1,0 +1,107 @@
+"""The shared Prometheus client (perllm/telemetry/prom.py) against a real HTTP server that
+answers like Prometheus' /api/v1/query, and the PromQL helpers of the metric contract."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from perllm.telemetry import names
+from perllm.telemetry.prom import Prometheus
+
+
+class FakePrometheus:
+    """Answers every query with `result`; `status` other than 200 fails it."""
+
+    def __init__(self) -> None:
+        self.result: list[dict[str, Any]] = []
+        self.status = 200
+        self.queries: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                q = parse_qs(urlparse(self.path).query).get("query", [""])[0]
+                fake.queries.append(q)
+                body = json.dumps({"status": "success" if fake.status == 200 else "error",
+                                   "data": {"resultType": "vector", "result": fake.result}})
+                self.send_response(fake.status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakePrometheus]:
+    f = FakePrometheus()
+    yield f
+    f.server.shutdown()
+    f.server.server_close()
+
+
+def test_answers_parse_values_and_labels(fake: FakePrometheus) -> None:
+    fake.result = [
+        {"metric": {"node": "edge-1"}, "value": [1.0, "100000000"]},
+        {"metric": {"node": "edge-2"}, "value": [1.0, "NaN"]},
+        {"metric": {}, "value": [1.0, "oops"]},
+    ]
+    p = Prometheus(fake.url, timeout_s=2)
+    ans = p.query(names.bandwidth_by_node())
+    assert ans is not None and ans.fresh
+    assert ans.by("node") == {"edge-1": 1e8}  # NaN dropped, label-less skipped
+    assert math.isnan(ans.samples[2].value)
+    assert fake.queries == [names.bandwidth_by_node()]
+    assert p.health.ok and p.health.staleness_s() < 5
+
+
+def test_failure_serves_last_good_marked_stale(fake: FakePrometheus) -> None:
+    fake.result = [{"metric": {"pod": "a"}, "value": [1.0, "2.5"]}]
+    p = Prometheus(fake.url, timeout_s=2)
+    first = p.query("q")
+    assert first is not None and first.scalar() == 2.5
+    fake.status = 503
+    again = p.query("q")
+    assert again is not None and not again.fresh and again.at == first.at
+    assert again.scalar() == 2.5
+    assert not p.health.ok and p.health.failures == 1 and "503" in (p.health.last_error or "")
+    assert p.query("never-asked-before") is None
+    fake.status = 200
+    assert (back := p.query("q")) is not None and back.fresh and p.health.ok
+
+
+def test_unreachable_or_unconfigured_returns_none_without_raising() -> None:
+    p = Prometheus("http://127.0.0.1:9", timeout_s=0.5)  # discard port: refused
+    assert p.query("up") is None
+    assert not p.health.ok and p.health.staleness_s() == math.inf
+    q = Prometheus(None)
+    assert q.query("up") is None and q.health.last_error == "no Prometheus URL configured"
+
+
+def test_deadline_bucket_never_over_reports() -> None:
+    assert names.deadline_bucket(0.2) is None
+    assert names.deadline_bucket(1.0) == 1.0
+    assert names.deadline_bucket(2.4) == 2.0
+    assert names.fmt_le(2.0) == "2.0"
+    q = names.service_attainment("ns", "chat-.*", 2.4, "1m")
+    assert q is not None and 'le="2.0"' in q and 'pod=~"chat-.*"' in q
+    assert names.service_attainment("ns", "x", 0.1) is None
+
+
+def test_pod_latency_falls_back_to_kserve_predict_latency() -> None:
+    q = names.pod_latency("2m")
+    assert f"{names.VLLM_E2E_LATENCY}_sum[2m]" in q
+    assert f"{names.KSERVE_PREDICT_LATENCY}_count[2m]" in q and ") or (" in q
