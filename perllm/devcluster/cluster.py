@@ -37,9 +37,11 @@ DEFAULT_SCENARIO = "paper-llama2-7b"
 STATE_FILE = "state.json"
 KWOK_CIDR = "10.0.0.0/16"  # disjoint from the service range below; default /24 holds ~254 pods
 SERVICE_CIDR = "10.96.0.0/16"
-# What Deployments, ReplicaSets, deletion and namespaces need, plus the aggregation that
-# fills the built-in admin/edit/view ClusterRoles (without it `view` grants nothing).
-CONTROLLERS = ("deployment-controller,replicaset-controller,garbage-collector-controller,"
+# What Deployments, ReplicaSets, DaemonSets (the chart's node agent), PodDisruptionBudgets,
+# deletion and namespaces need, plus the aggregation that fills the built-in
+# admin/edit/view ClusterRoles (without it `view` grants nothing).
+CONTROLLERS = ("deployment-controller,replicaset-controller,daemonset-controller,"
+               "disruption-controller,garbage-collector-controller,"
                "namespace-controller,clusterrole-aggregation-controller")
 
 

@@ -129,8 +129,6 @@ def _kubectl_json(kube: Kube, *args: str) -> Any:
 def release(kube: Kube, helm_bin: str) -> Iterator[Release]:
     ns = f"{RELEASE}-system"
     rel = Release(RELEASE, ns)
-    # No --wait: the local controller-manager runs no daemonset-controller, so the agent's
-    # DaemonSet never reports a rollout there; the test waits for the Deployments itself.
     helm(
         kube,
         helm_bin,
@@ -142,7 +140,9 @@ def release(kube: Kube, helm_bin: str) -> Iterator[Release]:
         "--create-namespace",
         "--set",
         "agent.enabled=true,twin.enabled=true",
-        timeout=120,
+        "--wait",  # every Deployment and the agent's DaemonSet rolled out on KWOK nodes
+        "--timeout=3m",
+        timeout=200,
     )
     try:
         yield rel
@@ -167,9 +167,13 @@ def test_install_rolls_out(kube: Kube, helm_bin: str, release: Release) -> None:
             "--timeout=120s",
             timeout=130,
         )
-    # Created and accepted; rolled out only where a daemonset-controller runs.
     ds = _kubectl_json(kube, "daemonset", f"{release.name}-agent", "-n", release.namespace)
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == f"{release.name}-agent"
+    st = ds["status"]
+    assert st["desiredNumberScheduled"] >= 1, st  # one agent per schedulable node
+    assert st["numberReady"] == st["desiredNumberScheduled"], st
+    pdbs = _kubectl_json(kube, "pdb", "-n", release.namespace)["items"]
+    assert pdbs and all("disruptionsAllowed" in p.get("status", {}) for p in pdbs), pdbs
     crd = _kubectl_json(kube, "crd", f"{PLURAL}.perllm.io")
     assert crd is not None
 
