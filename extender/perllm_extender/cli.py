@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import typer
@@ -72,4 +73,11 @@ def register(app: typer.Typer) -> None:
             kube=client is not None,
             api_client=client,
         )
-        uvicorn.run(create_app(cfg), host=host, port=port, log_level=log_level)
+        app = create_app(cfg)
+        # Everything imported and built so far lives as long as the process: keep it out of
+        # the cyclic GC's full collections. Each Nodes request allocates ~10^4 containers
+        # (1,000 decoded Nodes), which triggers full collections; over the whole heap they
+        # took ~60 ms each (the objects-mode p99 at 1,000 nodes), over what is left ~4 ms.
+        gc.collect()
+        gc.freeze()
+        uvicorn.run(app, host=host, port=port, log_level=log_level)

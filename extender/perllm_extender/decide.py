@@ -333,18 +333,27 @@ class Scheduler:
             if hit is not None and hit.gen == gen:
                 self._sets.move_to_end(order_t)
                 return list(order_t), hit
-        order, objs = self.candidates(node_objs, names)
         failed: dict[str, str] = {}
         servers: list[Server] = []
         keys: list[str] = []
         unknown = False
-        for n in order:
-            o = objs[n]
-            if o is None:
-                failed[n] = "node unknown to the PerLLM extender (not in its node cache)"
-                unknown = True
+        if node_objs is not None:  # full Nodes: cached and modelled in one pass
+            models = self.nodes.ingest(node_objs, self.catalogue)
+            order = list(models)
+        else:
+            order, objs = self.candidates(None, names)
+            models = {}
+            for n in order:
+                o = objs[n]
+                if o is None:
+                    failed[n] = "node unknown to the PerLLM extender (not in its node cache)"
+                    unknown = True
+                else:
+                    models[n] = self.nodes.model(n, o, self.catalogue)
+        for n in order:  # request order (unknown nodes already failed)
+            if (m := models.get(n)) is None:
                 continue
-            srv, k = self.nodes.model(n, o, self.catalogue)
+            srv, k = m
             if isinstance(srv, str):
                 failed[n] = srv
             else:

@@ -140,6 +140,53 @@ class NodeCache:
                 self._models = {k: v for k, v in self._models.items() if k in self._nodes}
         return srv, key
 
+    def ingest(self, objs: list[Obj], catalogue: Catalogue) -> dict[str, tuple[Server | str, str]]:
+        """The Nodes of a `nodeCacheCapable: false` request, cached and modelled in one pass
+        under one lock: `{name: (Server or reason, its JSON)}` in request order (first
+        occurrence of a name wins). Every request carries 1,000s of freshly decoded Node
+        dicts, so an unchanged node must cost little: the same `metadata.resourceVersion` as
+        the cached object (the API server's own change marker) settles it with one string
+        compare; without one, labels and annotations are compared once."""
+        out: dict[str, tuple[Server | str, str]] = {}
+        with self._lock:
+            nodes, models = self._nodes, self._models
+            for o in objs:
+                meta = o.get("metadata")
+                if not isinstance(meta, dict):
+                    continue
+                name = meta.get("name")
+                if not isinstance(name, str) or not name or name in out:
+                    continue
+                labels, ann = meta.get("labels"), meta.get("annotations")
+                old = nodes.get(name)
+                old_meta = old.get("metadata") if old is not None else None
+                same, old_facts = False, (None, None)
+                if isinstance(old_meta, dict):
+                    old_facts = (old_meta.get("labels"), old_meta.get("annotations"))
+                    rv = meta.get("resourceVersion")
+                    same = (
+                        isinstance(rv, str) and rv != "" and rv == old_meta.get("resourceVersion")
+                    ) or old_facts == (labels, ann)
+                nodes[name] = o
+                if not same:
+                    self.gen += 1  # status churn (heartbeats) does not count
+                hit = models.get(name)
+                # reuse: the model was made from the old object's very dicts (same facts), or
+                # from equal ones
+                if hit is not None and (
+                    (same and hit[0] is old_facts[0] and hit[1] is old_facts[1])
+                    or (hit[0] == labels and hit[1] == ann)
+                ):
+                    srv, key = hit[2], hit[3]
+                else:
+                    srv = to_server(o, catalogue)
+                    key = srv.model_dump_json() if isinstance(srv, Server) else ""
+                models[name] = (labels, ann, srv, key)
+                out[name] = (srv, key)
+            if len(models) > 4 * max(len(nodes), 1024):  # drop departed nodes
+                self._models = {k: v for k, v in models.items() if k in nodes}
+        return out
+
     def upsert(self, obj: Obj) -> None:
         name = node_name(obj)
         if name is not None:

@@ -417,3 +417,49 @@ def test_node_source_fills_cache_misses() -> None:
     assert calls == [*NAMES, "ghost"]  # cached after the first read
     c.post("/scheduler/filter", json=by_names(pod(None), ["other"]))
     assert "other" not in calls  # pass-through pods read nothing
+
+
+def test_objects_mode_remodels_only_changed_nodes() -> None:
+    """Each Nodes request brings freshly decoded Node dicts: a node keeps its model while its
+    resourceVersion (or, without one, its labels and annotations) is unchanged, status churn
+    included; a changed annotation is modelled anew and reaches the decision."""
+    import copy
+
+    c = TestClient(create_app())
+    sched: Scheduler = c.app.state.scheduler  # type: ignore[attr-defined]
+
+    def request(nodes: list[Obj], uid: str) -> Obj:
+        r = c.post("/scheduler/filter", json=by_objects(pod(LOOSE, uid=uid), nodes))
+        assert r.status_code == 200, r.text
+        body: Obj = r.json()
+        return body
+
+    def fresh(rv: str | None) -> list[Obj]:
+        out = copy.deepcopy(NODES)
+        for n in out:
+            if rv is not None:
+                n["metadata"]["resourceVersion"] = rv
+        return out
+
+    for rv in (None, "7"):
+        request(fresh(rv), f"{rv}-a")
+        gen, models = sched.nodes.gen, dict(sched.nodes._models)
+        beat = fresh(rv)
+        for n in beat:
+            n["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+        assert [n["metadata"]["name"] for n in request(beat, f"{rv}-b")["Nodes"]["items"]] == NAMES
+        assert sched.nodes.gen == gen
+        assert all(sched.nodes._models[k][2] is models[k][2] for k in NAMES)
+        assert sched.nodes.get("cloud") is not None
+        assert sched.nodes.get("cloud")["status"] == beat[-1]["status"]  # type: ignore[index]
+
+    slow = fresh("8")
+    cloud = next(n for n in slow if n["metadata"]["name"] == "cloud")
+    cloud["metadata"]["annotations"]["perllm.io/link-bandwidth-mbps"] = "nan"
+    body = request(slow, "slow")
+    assert sched.nodes.gen > gen
+    assert "cannot model node" in body["FailedNodes"]["cloud"]
+    assert "cloud" not in [n["metadata"]["name"] for n in body["Nodes"]["items"]]
+    # the node cache serves the changed node to names-only requests too
+    names = c.post("/scheduler/filter", json=by_names(pod(LOOSE, uid="names")))
+    assert "cannot model node" in names.json()["FailedNodes"]["cloud"]

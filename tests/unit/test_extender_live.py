@@ -309,6 +309,8 @@ def test_decision_metrics() -> None:
 
 
 def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
     import typer
     import uvicorn
     from perllm_extender.cli import register
@@ -328,6 +330,8 @@ def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
         got.update(kw)
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
+    # the server freezes its startup heap out of the cyclic GC; not this test process's
+    monkeypatch.setattr(gc, "freeze", lambda: got.setdefault("gc_frozen", True))
     monkeypatch.setenv("PERLLM_PROMETHEUS_URL", "http://prom:9090")
     monkeypatch.setenv("PERLLM_STATE_NAMESPACE", "ns-x")
     r = CliRunner().invoke(
@@ -337,7 +341,7 @@ def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = got["cfg"]
     assert cfg.prometheus_url == "http://prom:9090" and cfg.state_namespace == "ns-x"
     assert cfg.learn_interval_s == 3.0 and cfg.kube is False and cfg.api_client is None
-    assert got["port"] == 9999
+    assert got["port"] == 9999 and got["gc_frozen"]
     help_text = CliRunner().invoke(app, ["extender", "--help"]).output
     for flag in (
         "--prometheus",

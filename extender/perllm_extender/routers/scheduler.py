@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 
 from perllm_extender.decide import PodDecision, Scheduler, constraint_of
 from perllm_extender.metrics import Metrics
-from perllm_extender.models import ExtenderArgs, ExtenderFilterResult, HostPriority, NodeList
+from perllm_extender.models import ExtenderArgs, ExtenderFilterResult, HostPriority
+from perllm_extender.wire import parse_args, reply, request_body_openapi
 
 log = logging.getLogger("perllm.extender")
 router = APIRouter()
@@ -49,11 +51,23 @@ def _run(request: Request, args: ExtenderArgs, verb: str) -> PodDecision | JSONR
     return d
 
 
-@router.post("/filter", response_model=ExtenderFilterResult)
-def filter_nodes(request: Request, args: ExtenderArgs) -> ExtenderFilterResult | JSONResponse:
+async def _body(request: Request) -> bytes:
+    return await request.body()
+
+
+# The body is read raw and decoded in `wire` (one fast parse, no per-Node validation, no
+# reply re-validation); the models still document the endpoints.
+Body = Annotated[bytes, Depends(_body)]
+_OPENAPI = request_body_openapi()
+
+
+@router.post("/filter", response_model=ExtenderFilterResult, openapi_extra=_OPENAPI)
+def filter_nodes(request: Request, body: Body) -> Response:
+    args = parse_args(body)
     d = _run(request, args, "filter")
     if isinstance(d, JSONResponse):
         return d
+    nodes: dict[str, Any] | None = None
     if args.Nodes is not None:  # nodeCacheCapable false: only Nodes is read
         keep = set(d.passed)
         items = [
@@ -61,13 +75,22 @@ def filter_nodes(request: Request, args: ExtenderArgs) -> ExtenderFilterResult |
             for o in (args.Nodes.items or [])
             if isinstance(o.get("metadata"), dict) and o["metadata"].get("name") in keep
         ]
-        return ExtenderFilterResult(Nodes=NodeList(metadata={}, items=items), FailedNodes=d.failed)
-    return ExtenderFilterResult(NodeNames=d.passed, FailedNodes=d.failed)
+        nodes = {"metadata": {}, "items": items}
+    # ExtenderFilterResult's fields, in its order
+    return reply(
+        {
+            "Nodes": nodes,
+            "NodeNames": None if nodes is not None else d.passed,
+            "FailedNodes": d.failed,
+            "FailedAndUnresolvableNodes": {},
+            "Error": "",
+        }
+    )
 
 
-@router.post("/prioritize", response_model=list[HostPriority])
-def prioritize(request: Request, args: ExtenderArgs) -> list[HostPriority] | JSONResponse:
-    d = _run(request, args, "prioritize")
+@router.post("/prioritize", response_model=list[HostPriority], openapi_extra=_OPENAPI)
+def prioritize(request: Request, body: Body) -> Response:
+    d = _run(request, parse_args(body), "prioritize")
     if isinstance(d, JSONResponse):
         return d
-    return [HostPriority(Host=n, Score=d.scores.get(n, 0)) for n in d.nodes]
+    return reply([{"Host": n, "Score": d.scores.get(n, 0)} for n in d.nodes])
