@@ -338,27 +338,28 @@ class Scheduler:
         keys: list[str] = []
         unknown = False
         if node_objs is not None:  # full Nodes: cached and modelled in one pass
-            models = self.nodes.ingest(node_objs, self.catalogue)
+            models, mkeys = self.nodes.ingest(node_objs, self.catalogue)
             order = list(models)
+            for n, srv in models.items():
+                if isinstance(srv, str):
+                    failed[n] = srv
+                else:
+                    servers.append(srv)
+                    keys.append(mkeys[n])
         else:
             order, objs = self.candidates(None, names)
-            models = {}
             for n in order:
                 o = objs[n]
                 if o is None:
                     failed[n] = "node unknown to the PerLLM extender (not in its node cache)"
                     unknown = True
+                    continue
+                srv, k = self.nodes.model(n, o, self.catalogue)
+                if isinstance(srv, str):
+                    failed[n] = srv
                 else:
-                    models[n] = self.nodes.model(n, o, self.catalogue)
-        for n in order:  # request order (unknown nodes already failed)
-            if (m := models.get(n)) is None:
-                continue
-            srv, k = m
-            if isinstance(srv, str):
-                failed[n] = srv
-            else:
-                servers.append(srv)
-                keys.append(k)
+                    servers.append(srv)
+                    keys.append(k)
         prep = _Prepared(gen, tuple(servers), tuple(keys), failed)
         if order_t is not None and not unknown:  # unknown nodes: look them up next time
             self._sets[order_t] = prep

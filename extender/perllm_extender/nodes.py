@@ -101,6 +101,11 @@ def _short(e: Exception) -> str:
     return str(e)
 
 
+def _rv(meta: Obj) -> str | None:
+    rv = meta.get("resourceVersion")
+    return rv if isinstance(rv, str) and rv else None
+
+
 def _facts(obj: Obj) -> tuple[Any, Any]:
     """What a node's model depends on."""
     meta = obj.get("metadata")
@@ -119,9 +124,10 @@ class NodeCache:
         self._nodes: dict[str, Obj] = {}
         self._lock = threading.Lock()
         self.gen = 0  # bumped when a node's modelled facts (labels, annotations) change
-        # name -> (labels, annotations, Server or reason, the Server's JSON): modelling a
-        # node costs ~40 us (pydantic), ~40 ms per 1,000-node request if done every time
-        self._models: dict[str, tuple[Any, Any, Server | str, str]] = {}
+        # name -> (labels, annotations, Server or reason, the Server's JSON, resourceVersion
+        # or None): modelling a node costs ~40 us (pydantic), ~40 ms per 1,000-node request
+        # if done every time
+        self._models: dict[str, tuple[Any, Any, Server | str, str, str | None]] = {}
 
     def model(self, name: str, obj: Obj, catalogue: Catalogue) -> tuple[Server | str, str]:
         """`to_server(obj)` and its JSON (the bandit cache key), recomputed only when the
@@ -135,19 +141,31 @@ class NodeCache:
         srv = to_server(obj, catalogue)
         key = srv.model_dump_json() if isinstance(srv, Server) else ""
         with self._lock:
-            self._models[name] = (labels, ann, srv, key)
+            self._models[name] = (
+                labels,
+                ann,
+                srv,
+                key,
+                _rv(meta) if isinstance(meta, dict) else None,
+            )
             if len(self._models) > 4 * max(len(self._nodes), 1024):  # drop departed nodes
                 self._models = {k: v for k, v in self._models.items() if k in self._nodes}
         return srv, key
 
-    def ingest(self, objs: list[Obj], catalogue: Catalogue) -> dict[str, tuple[Server | str, str]]:
+    def ingest(
+        self, objs: list[Obj], catalogue: Catalogue
+    ) -> tuple[dict[str, Server | str], dict[str, str]]:
         """The Nodes of a `nodeCacheCapable: false` request, cached and modelled in one pass
-        under one lock: `{name: (Server or reason, its JSON)}` in request order (first
-        occurrence of a name wins). Every request carries 1,000s of freshly decoded Node
-        dicts, so an unchanged node must cost little: the same `metadata.resourceVersion` as
-        the cached object (the API server's own change marker) settles it with one string
-        compare; without one, labels and annotations are compared once."""
-        out: dict[str, tuple[Server | str, str]] = {}
+        under one lock: `{name: Server or reason}` in request order (first occurrence of a
+        name wins) and `{name: the Server's JSON}` (two flat dicts, no tuple per node).
+
+        Every request carries 1,000s of freshly decoded Node dicts, so an unchanged node
+        must cost little: the same `metadata.resourceVersion` as when it was modelled (the
+        API server's change marker) settles it with one string compare; without one, labels
+        and annotations are compared. An unchanged node's model entry is not rewritten (no
+        per-request garbage in the long-lived heap for the cyclic GC to chase)."""
+        out: dict[str, Server | str] = {}
+        keys: dict[str, str] = {}
         with self._lock:
             nodes, models = self._nodes, self._models
             for o in objs:
@@ -157,35 +175,30 @@ class NodeCache:
                 name = meta.get("name")
                 if not isinstance(name, str) or not name or name in out:
                     continue
-                labels, ann = meta.get("labels"), meta.get("annotations")
-                old = nodes.get(name)
-                old_meta = old.get("metadata") if old is not None else None
-                same, old_facts = False, (None, None)
-                if isinstance(old_meta, dict):
-                    old_facts = (old_meta.get("labels"), old_meta.get("annotations"))
-                    rv = meta.get("resourceVersion")
-                    same = (
-                        isinstance(rv, str) and rv != "" and rv == old_meta.get("resourceVersion")
-                    ) or old_facts == (labels, ann)
-                nodes[name] = o
-                if not same:
-                    self.gen += 1  # status churn (heartbeats) does not count
+                rv = _rv(meta)
                 hit = models.get(name)
-                # reuse: the model was made from the old object's very dicts (same facts), or
-                # from equal ones
-                if hit is not None and (
-                    (same and hit[0] is old_facts[0] and hit[1] is old_facts[1])
-                    or (hit[0] == labels and hit[1] == ann)
-                ):
+                if hit is not None and rv is not None and rv == hit[4]:
                     srv, key = hit[2], hit[3]
+                    changed = False
                 else:
-                    srv = to_server(o, catalogue)
-                    key = srv.model_dump_json() if isinstance(srv, Server) else ""
-                models[name] = (labels, ann, srv, key)
-                out[name] = (srv, key)
+                    labels, ann = meta.get("labels"), meta.get("annotations")
+                    if hit is not None and hit[0] == labels and hit[1] == ann:
+                        srv, key = hit[2], hit[3]
+                        changed = False
+                    else:
+                        srv = to_server(o, catalogue)
+                        key = srv.model_dump_json() if isinstance(srv, Server) else ""
+                        changed = True
+                    if changed or rv is not None:  # a status-only change: remember its rv
+                        models[name] = (labels, ann, srv, key, rv)
+                if nodes.get(name) is None or changed:
+                    self.gen += 1  # status churn (heartbeats) does not count
+                nodes[name] = o
+                out[name] = srv
+                keys[name] = key
             if len(models) > 4 * max(len(nodes), 1024):  # drop departed nodes
                 self._models = {k: v for k, v in models.items() if k in nodes}
-        return out
+        return out, keys
 
     def upsert(self, obj: Obj) -> None:
         name = node_name(obj)
