@@ -143,6 +143,10 @@ class Informer:
         from kubernetes import watch
 
         w = watch.Watch()  # type: ignore[no-untyped-call]
+        # Events as plain dicts: without a return type the client skips building its model
+        # objects (~1 ms per Pod), which on a busy cluster competed with decisions for the
+        # GIL. (`deserialize=False` would too, but breaks the client's own ERROR handling.)
+        setattr(w, "get_return_type", lambda func: None)  # noqa: B010
         self._watch = w
         try:
             for ev in w.stream(  # type: ignore[no-untyped-call]

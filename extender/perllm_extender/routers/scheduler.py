@@ -61,8 +61,12 @@ Body = Annotated[bytes, Depends(_body)]
 _OPENAPI = request_body_openapi()
 
 
+# The handlers are `async` although a decision is CPU work: kube-scheduler calls one at a
+# time, and running it on the event loop saves the threadpool hop (~0.25 ms of a ~1.7 ms
+# call at 200 nodes, measured), which the scheduling cycle pays twice per pod. Background
+# work (telemetry, informers, publication, learning) runs in its own threads.
 @router.post("/filter", response_model=ExtenderFilterResult, openapi_extra=_OPENAPI)
-def filter_nodes(request: Request, body: Body) -> Response:
+async def filter_nodes(request: Request, body: Body) -> Response:
     args = parse_args(body)
     d = _run(request, args, "filter")
     if isinstance(d, JSONResponse):
@@ -89,7 +93,7 @@ def filter_nodes(request: Request, body: Body) -> Response:
 
 
 @router.post("/prioritize", response_model=list[HostPriority], openapi_extra=_OPENAPI)
-def prioritize(request: Request, body: Body) -> Response:
+async def prioritize(request: Request, body: Body) -> Response:
     d = _run(request, parse_args(body), "prioritize")
     if isinstance(d, JSONResponse):
         return d
