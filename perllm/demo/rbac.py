@@ -92,25 +92,3 @@ def load_rbac(helm: Path | None, namespace: str) -> Rbac:
             docs += [d for d in _yaml_docs(path.read_text()) if d["kind"] in RBAC_KINDS]
             used.append(str(path.relative_to(REPO_ROOT)))
     return Rbac(" + ".join(used) or "nothing", docs, warning)
-
-
-def token_kubeconfig(admin_kubeconfig: Path, token: str, user: str, path: Path) -> Path:
-    """A kubeconfig for the admin's cluster that authenticates with `token` only."""
-    admin = yaml.safe_load(admin_kubeconfig.read_text())
-    ctx_name = admin["current-context"]
-    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == ctx_name)
-    cluster = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": cluster}],
-                "users": [{"name": user, "user": {"token": token}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": user}}],
-                "current-context": "c",
-            }
-        )
-    )
-    path.chmod(0o600)
-    return path

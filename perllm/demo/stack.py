@@ -23,11 +23,12 @@ from rich.console import Console
 
 from perllm.crd import CRD_PATH, PLURAL
 from perllm.demo.config import DemoConfig
-from perllm.demo.rbac import Rbac, load_rbac, token_kubeconfig
+from perllm.demo.rbac import Rbac, load_rbac
 from perllm.demo.services import default_sources, load_services
 from perllm.devcluster.binaries import Binaries
 from perllm.devcluster.cluster import Cluster, ClusterConfig
 from perllm.devcluster.config import Extender
+from perllm.devcluster.kube import token_kubeconfig
 from perllm.devcluster.process import Proc, StartError, free_ports, http_ok, start, wait_until
 from perllm.scenario import load_scenario
 

@@ -21,10 +21,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import kubernetes
 import pytest
@@ -32,7 +32,7 @@ import yaml
 
 from perllm.crd import PLURAL
 from perllm.devcluster.binaries import Binaries
-from perllm.devcluster.kube import Kube
+from perllm.devcluster.kube import Kube, wait_for
 from perllm.devcluster.process import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -44,26 +44,8 @@ KUBE_VERSION = "1.34.10"
 # Release names contain "perllm", so objects are named <release>-<component>.
 RELEASE = f"perllm-e2e-{uuid.uuid4().hex[:6]}"
 
-T = TypeVar("T")
 # The `perllm` console script of this environment.
 PERLLM = str(Path(sys.executable).with_name("perllm"))
-
-
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 90, every: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            v = fn()
-        except (AssertionError, KeyError, IndexError, json.JSONDecodeError) as e:
-            last, v = e, None
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}"
-        + (f" (last error: {last})" if last else "")
-    )
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +102,6 @@ class Release:
     namespace: str
 
 
-def _kubectl_json(kube: Kube, *args: str) -> Any:
-    r = kube.kubectl("get", *args, "-o", "json", check=False)
-    return json.loads(r.stdout) if r.returncode == 0 else None
-
-
 @pytest.fixture(scope="module")
 def release(kube: Kube, helm_bin: str) -> Iterator[Release]:
     ns = f"{RELEASE}-system"
@@ -167,39 +144,19 @@ def test_install_rolls_out(kube: Kube, helm_bin: str, release: Release) -> None:
             "--timeout=120s",
             timeout=130,
         )
-    ds = _kubectl_json(kube, "daemonset", f"{release.name}-agent", "-n", release.namespace)
+    ds = kube.get_or_none("daemonset", f"{release.name}-agent", "-n", release.namespace)
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == f"{release.name}-agent"
     st = ds["status"]
     assert st["desiredNumberScheduled"] >= 1, st  # one agent per schedulable node
     assert st["numberReady"] == st["desiredNumberScheduled"], st
-    pdbs = _kubectl_json(kube, "pdb", "-n", release.namespace)["items"]
+    pdbs = kube.get_or_none("pdb", "-n", release.namespace)["items"]
     assert pdbs and all("disruptionsAllowed" in p.get("status", {}) for p in pdbs), pdbs
-    crd = _kubectl_json(kube, "crd", f"{PLURAL}.perllm.io")
+    crd = kube.get_or_none("crd", f"{PLURAL}.perllm.io")
     assert crd is not None
 
 
 def _token_kubeconfig(kube: Kube, release: Release, component: str, path: Path) -> Kube:
-    sa = f"{release.name}-{component}"
-    token = kube.kubectl(
-        "create", "token", sa, "-n", release.namespace, "--duration=1h"
-    ).stdout.strip()
-    assert token, "kubectl create token returned nothing"
-    admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
-    ctx_name = admin["current-context"]
-    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == ctx_name)
-    cluster = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": cluster}],
-                "users": [{"name": sa, "user": {"token": token}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": sa}}],
-                "current-context": "c",
-            }
-        )
-    )
+    kube.service_account_kubeconfig(f"{release.name}-{component}", release.namespace, path, "1h")
     return Kube(path, kube.kubectl_path, None)
 
 
@@ -233,12 +190,12 @@ def test_operator_runs_under_the_charts_service_account(
     try:
         kube.apply(_llmservice("batch-summariser"), namespace)
         dep = wait_for(
-            lambda: _kubectl_json(kube, "deployment", "batch-summariser", "-n", namespace),
+            lambda: kube.get_or_none("deployment", "batch-summariser", "-n", namespace),
             "the operator's Deployment child",
         )
         assert dep["metadata"]["ownerReferences"][0]["kind"] == "LLMService"
         wait_for(
-            lambda: _kubectl_json(kube, "service", "batch-summariser-predictor", "-n", namespace),
+            lambda: kube.get_or_none("service", "batch-summariser-predictor", "-n", namespace),
             "the operator's Service child",
         )
         assert proc.poll() is None, "the operator exited"
@@ -267,7 +224,7 @@ def test_extender_token_does_what_the_extender_does(
         )
         assert _can(k, "watch", res, "-A"), res
     kube.apply(_llmservice("chat-assistant"), namespace)
-    svc = _kubectl_json(kube, PLURAL, "chat-assistant", "-n", namespace)
+    svc = kube.get_or_none(PLURAL, "chat-assistant", "-n", namespace)
     # The calls the extender makes, as it makes them (kubernetes client, no prior GET).
     api = kubernetes.config.new_client_from_config(config_file=str(k.kubeconfig))  # type: ignore[no-untyped-call]
     custom = kubernetes.client.CustomObjectsApi(api)
@@ -293,7 +250,7 @@ def test_extender_token_does_what_the_extender_does(
         {"status": {"placement": placement}},
         _content_type="application/merge-patch+json",
     )
-    got = _kubectl_json(kube, PLURAL, "chat-assistant", "-n", namespace)
+    got = kube.get_or_none(PLURAL, "chat-assistant", "-n", namespace)
     assert got["status"]["placement"]["chosen"] == "n1"
     # ... but never the spec.
     r = k.kubectl(
@@ -340,10 +297,10 @@ def test_extender_token_does_what_the_extender_does(
     core.patch_namespaced_config_map(
         "perllm-extender-state", ns, {"data": {"state.json": '{"v":1}'}}
     )
-    assert _kubectl_json(kube, "configmap", "perllm-extender-state", "-n", ns)["data"] == {
+    assert kube.get_or_none("configmap", "perllm-extender-state", "-n", ns)["data"] == {
         "state.json": '{"v":1}'
     }
-    events = _kubectl_json(kube, "events", "-n", namespace)["items"]
+    events = kube.get_or_none("events", "-n", namespace)["items"]
     assert any(
         e["reason"] == "Placed" and e["involvedObject"]["name"] == "chat-assistant" for e in events
     )
@@ -399,9 +356,7 @@ def test_extender_process_runs_under_the_charts_service_account(
         proc.terminate()
         proc.wait(timeout=30)
         cm = wait_for(
-            lambda: _kubectl_json(
-                kube, "configmap", "perllm-extender-state", "-n", release.namespace
-            ),
+            lambda: kube.get_or_none("configmap", "perllm-extender-state", "-n", release.namespace),
             "the saved state",
             timeout=10,
         )
@@ -425,7 +380,7 @@ def test_kube_scheduler_runs_with_the_charts_config_and_token(
     authenticates its endpoint (kube-system RoleBinding), holds its own Lease and binds."""
     binary = Binaries.locate().kube_scheduler
     k = _token_kubeconfig(kube, release, "scheduler", tmp_path / "scheduler.kubeconfig")
-    cm = _kubectl_json(kube, "configmap", f"{release.name}-scheduler", "-n", release.namespace)
+    cm = kube.get_or_none("configmap", f"{release.name}-scheduler", "-n", release.namespace)
     cfg = yaml.safe_load(cm["data"]["config.yaml"])
     assert cfg["leaderElection"]["resourceName"] == "perllm-scheduler"
     # Out of cluster: the token's kubeconfig instead of in-cluster config, and a profile name
@@ -453,7 +408,7 @@ def test_kube_scheduler_runs_with_the_charts_config_and_token(
     try:
         lease = wait_for(
             lambda: (
-                (_kubectl_json(kube, "lease", "perllm-scheduler", "-n", release.namespace) or {})
+                (kube.get_or_none("lease", "perllm-scheduler", "-n", release.namespace) or {})
                 .get("spec", {})
                 .get("holderIdentity")
             ),
@@ -472,7 +427,7 @@ def test_kube_scheduler_runs_with_the_charts_config_and_token(
         }
         kube.kubectl("create", "-f", "-", input=json.dumps(pod))
         node = wait_for(
-            lambda: _kubectl_json(kube, "pod", "bound-by-chart-scheduler", "-n", namespace)[
+            lambda: kube.get_or_none("pod", "bound-by-chart-scheduler", "-n", namespace)[
                 "spec"
             ].get("nodeName"),
             "the pod bound",
@@ -532,4 +487,4 @@ def test_uninstall_removes_what_install_made(kube: Kube, helm_bin: str, release:
 
     wait_for(gone, "every object of the release deleted", timeout=90)
     # Helm never deletes crds/.
-    assert _kubectl_json(kube, "crd", f"{PLURAL}.perllm.io") is not None
+    assert kube.get_or_none("crd", f"{PLURAL}.perllm.io") is not None

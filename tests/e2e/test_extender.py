@@ -51,6 +51,7 @@ from perllm.csucb import CSUCB
 from perllm.devcluster import config as dcfg
 from perllm.devcluster.cluster import Cluster
 from perllm.devcluster.kube import Kube
+from perllm.devcluster.kube import wait_for as kube_wait_for
 from perllm.devcluster.process import free_port
 from perllm.labels import ANN_LINK_BANDWIDTH, LABEL_TIER, SCHEDULER_NAME
 from perllm.profiles import default_catalogue
@@ -66,19 +67,12 @@ T = TypeVar("T")
 
 
 def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 60, every: float = 0.3) -> T:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            v = fn()
-        except (AssertionError, KeyError, IndexError, ValueError, OSError) as e:
-            last, v = e, None
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}"
-        + (f" (last error: {last!r})" if last else "")
+    return kube_wait_for(
+        fn,
+        what,
+        timeout,
+        every,
+        retry_on=(AssertionError, KeyError, IndexError, ValueError, OSError),
     )
 
 
@@ -229,23 +223,7 @@ def _sa_kubeconfig(kube: Kube, path: Path) -> Path:
         d for d in yaml.safe_load_all(RBAC.read_text()) if d and d.get("kind") == "ServiceAccount"
     )
     name, ns = sa["metadata"]["name"], sa["metadata"].get("namespace", "default")
-    token = kube.kubectl("create", "token", name, "-n", ns, "--duration=2h").stdout.strip()
-    assert token, "kubectl create token returned nothing"
-    admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
-    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == admin["current-context"])
-    cluster = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": cluster}],
-                "users": [{"name": name, "user": {"token": token}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": name}}],
-                "current-context": "c",
-            }
-        )
-    )
+    kube.service_account_kubeconfig(name, ns, path)
     restricted = Kube(path, kube.kubectl_path, None)
     checks = (
         (("patch", "llmservices.perllm.io", "--subresource=status"), "yes"),

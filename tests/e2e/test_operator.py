@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from perllm.crd import CRD_PATH, PLURAL
-from perllm.devcluster.kube import Kube
+from perllm.devcluster.kube import Kube, wait_for
 from perllm.telemetry import names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -43,28 +43,6 @@ RBAC = ROOT / "operator" / "rbac.yaml"
 ISVC = "inferenceservices.serving.kserve.io"
 
 T = TypeVar("T")
-
-
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 90, every: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            v = fn()
-        except (AssertionError, KeyError, IndexError, json.JSONDecodeError) as e:
-            last, v = e, None
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}"
-        + (f" (last error: {last})" if last else "")
-    )
-
-
-def _get(kube: Kube, *args: str) -> Any:
-    r = kube.kubectl("get", *args, "-o", "json", check=False)
-    return json.loads(r.stdout) if r.returncode == 0 else None
 
 
 class Operator:
@@ -123,33 +101,13 @@ def _established(kube: Kube, crd: str, plural: str) -> None:
 
 
 def _restricted_kubeconfig(kube: Kube, path: Path) -> Path:
-    token = kube.kubectl(
-        "create", "token", "perllm-operator", "-n", "perllm-system", "--duration=2h"
-    ).stdout.strip()
-    assert token, "kubectl create token returned nothing"
-    admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
-    ctx_name = admin["current-context"]
-    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == ctx_name)
-    cluster = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": cluster}],
-                "users": [{"name": "perllm-operator", "user": {"token": token}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "perllm-operator"}}],
-                "current-context": "c",
-            }
-        )
-    )
-    return path
+    return kube.service_account_kubeconfig("perllm-operator", "perllm-system", path)
 
 
 @pytest.fixture(scope="module")
 def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     kube.kubectl("apply", "-f", str(CRD_PATH))
-    existing = _get(kube, "crd", ISVC)
+    existing = kube.get_or_none("crd", ISVC)
     if (
         existing is None
         or existing["metadata"].get("labels", {}).get("perllm.io/test-fixture") == "true"
@@ -217,7 +175,7 @@ def _condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
 
 
 def _reconciled(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
-    obj = _get(kube, PLURAL, name, "-n", ns)
+    obj = kube.get_or_none(PLURAL, name, "-n", ns)
     c = _condition(obj, "Reconciled")
     return obj if c and c["status"] == "True" else None
 
@@ -227,12 +185,12 @@ def test_kserve_backend_creates_inference_service(
 ) -> None:
     kube.apply(_example("chat-assistant"), namespace)
     isvc = wait_for(
-        lambda: _get(kube, "isvc", "chat-assistant", "-n", namespace), "the InferenceService"
+        lambda: kube.get_or_none("isvc", "chat-assistant", "-n", namespace), "the InferenceService"
     )
     meta = isvc["metadata"]
     assert meta["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
     assert meta["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
-    owner = _get(kube, PLURAL, "chat-assistant", "-n", namespace)
+    owner = kube.get_or_none(PLURAL, "chat-assistant", "-n", namespace)
     (ref,) = meta["ownerReferences"]
     assert ref["uid"] == owner["metadata"]["uid"] and ref["controller"] is True
     p = isvc["spec"]["predictor"]
@@ -281,7 +239,7 @@ def test_kserve_backend_creates_inference_service(
     )
 
     def pinned() -> dict[str, Any] | None:
-        o = _get(kube, "isvc", "chat-assistant", "-n", namespace)
+        o = kube.get_or_none("isvc", "chat-assistant", "-n", namespace)
         return o if o["metadata"]["annotations"].get("perllm.io/pinned-tier") == "cloud" else None
 
     isvc2 = wait_for(pinned, "the InferenceService pinned to the cloud", timeout=60)
@@ -304,7 +262,7 @@ def test_kserve_backend_creates_inference_service(
 
 
 def _bound_pods(kube: Kube, ns: str, name: str) -> list[dict[str, Any]] | None:
-    pods = _get(kube, "pods", "-n", ns, "-l", f"perllm.io/service={name}")
+    pods = kube.get_or_none("pods", "-n", ns, "-l", f"perllm.io/service={name}")
     items = (pods or {}).get("items", [])
     if items and all(p["spec"].get("nodeName") for p in items):
         return list(items)
@@ -316,13 +274,15 @@ def test_deployment_backend_pods_bound_by_perllm_scheduler(
 ) -> None:
     kube.apply(_example("batch-summariser"), namespace)  # cloud only, one GPU
     dep = wait_for(
-        lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace), "the Deployment"
+        lambda: kube.get_or_none("deployment", "batch-summariser", "-n", namespace),
+        "the Deployment",
     )
     tpl = dep["spec"]["template"]["spec"]
     assert tpl["schedulerName"] == "perllm-scheduler"
     assert tpl["containers"][0]["name"] == "model-server"
     svc = wait_for(
-        lambda: _get(kube, "service", "batch-summariser-predictor", "-n", namespace), "the Service"
+        lambda: kube.get_or_none("service", "batch-summariser-predictor", "-n", namespace),
+        "the Service",
     )
     assert svc["spec"]["selector"] == {"perllm.io/service": "batch-summariser"}
     pods = wait_for(
@@ -330,13 +290,13 @@ def test_deployment_backend_pods_bound_by_perllm_scheduler(
     )
     for pod in pods:
         assert pod["spec"]["schedulerName"] == "perllm-scheduler"
-        node = _get(kube, "node", pod["spec"]["nodeName"])
+        node = kube.get_or_none("node", pod["spec"]["nodeName"])
         assert node["metadata"]["labels"]["perllm.io/tier"] == "cloud"
     # Events of perllm-scheduler name it as the binder.
     ev = wait_for(
         lambda: [
             e
-            for e in _get(kube, "events", "-n", namespace)["items"]
+            for e in kube.get_or_none("events", "-n", namespace)["items"]
             if e.get("reason") == "Scheduled" and "perllm-scheduler" in json.dumps(e)
         ],
         "Scheduled event",
@@ -347,7 +307,8 @@ def test_deployment_backend_pods_bound_by_perllm_scheduler(
     wait_for(
         lambda: (
             (
-                _condition(_get(kube, PLURAL, "batch-summariser", "-n", namespace), "Ready") or {}
+                _condition(kube.get_or_none(PLURAL, "batch-summariser", "-n", namespace), "Ready")
+                or {}
             ).get("status")
             == "True"
         ),
@@ -361,9 +322,9 @@ def test_edit_deadline_patches_child_in_place(
 ) -> None:
     kube.apply(_example("code-assistant"), namespace)
     kube.apply(_example("batch-summariser"), namespace)
-    isvc = wait_for(lambda: _get(kube, "isvc", "code-assistant", "-n", namespace), "isvc")
+    isvc = wait_for(lambda: kube.get_or_none("isvc", "code-assistant", "-n", namespace), "isvc")
     dep = wait_for(
-        lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace), "deployment"
+        lambda: kube.get_or_none("deployment", "batch-summariser", "-n", namespace), "deployment"
     )
     for name in ("code-assistant", "batch-summariser"):
         kube.kubectl(
@@ -378,11 +339,11 @@ def test_edit_deadline_patches_child_in_place(
         )
 
     def isvc_edited() -> Any:
-        o = _get(kube, "isvc", "code-assistant", "-n", namespace)
+        o = kube.get_or_none("isvc", "code-assistant", "-n", namespace)
         return o if o["spec"]["predictor"]["annotations"]["perllm.io/deadline-s"] == "7.5" else None
 
     def dep_edited() -> Any:
-        o = _get(kube, "deployment", "batch-summariser", "-n", namespace)
+        o = kube.get_or_none("deployment", "batch-summariser", "-n", namespace)
         ann = o["spec"]["template"]["metadata"]["annotations"]
         return o if ann["perllm.io/deadline-s"] == "7.5" else None
 
@@ -392,7 +353,7 @@ def test_edit_deadline_patches_child_in_place(
     assert new_dep["metadata"]["uid"] == dep["metadata"]["uid"]
     obj = wait_for(
         lambda: (lambda o: o if o["status"].get("observedGeneration") == 2 else None)(
-            _get(kube, PLURAL, "code-assistant", "-n", namespace)
+            kube.get_or_none(PLURAL, "code-assistant", "-n", namespace)
         ),
         "observedGeneration 2",
     )
@@ -402,9 +363,11 @@ def test_edit_deadline_patches_child_in_place(
 def test_delete_garbage_collects_children(kube: Kube, operator: Operator, namespace: str) -> None:
     kube.apply(_example("batch-summariser"), namespace)
     kube.apply(_example("chat-assistant"), namespace)
-    wait_for(lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace), "deploy")
-    wait_for(lambda: _get(kube, "service", "batch-summariser-predictor", "-n", namespace), "svc")
-    wait_for(lambda: _get(kube, "isvc", "chat-assistant", "-n", namespace), "isvc")
+    wait_for(lambda: kube.get_or_none("deployment", "batch-summariser", "-n", namespace), "deploy")
+    wait_for(
+        lambda: kube.get_or_none("service", "batch-summariser-predictor", "-n", namespace), "svc"
+    )
+    wait_for(lambda: kube.get_or_none("isvc", "chat-assistant", "-n", namespace), "isvc")
     # The status timer makes kopf put its finalizer on the object; the running operator
     # removes it on deletion.
     for name in ("batch-summariser", "chat-assistant"):
@@ -412,18 +375,18 @@ def test_delete_garbage_collects_children(kube: Kube, operator: Operator, namesp
             lambda n=name: (
                 "perllm.io/finalizer"
                 in (  # type: ignore[misc]
-                    _get(kube, PLURAL, n, "-n", namespace)["metadata"].get("finalizers") or []
+                    kube.get_or_none(PLURAL, n, "-n", namespace)["metadata"].get("finalizers") or []
                 )
             ),
             f"the finalizer on {name}",
             timeout=30,
         )
         kube.kubectl("delete", PLURAL, name, "-n", namespace, "--wait=true", "--timeout=60s")
-        assert _get(kube, PLURAL, name, "-n", namespace) is None
+        assert kube.get_or_none(PLURAL, name, "-n", namespace) is None
 
     def gone() -> bool:
         return all(
-            _get(kube, kind, name, "-n", namespace) is None
+            kube.get_or_none(kind, name, "-n", namespace) is None
             for kind, name in (
                 ("deployment", "batch-summariser"),
                 ("service", "batch-summariser-predictor"),
@@ -439,8 +402,10 @@ def test_sigkill_and_restart_converge_without_duplicates(
 ) -> None:
     kube.apply(_example("batch-summariser"), namespace)
     kube.apply(_example("chat-assistant"), namespace)
-    dep = wait_for(lambda: _get(kube, "deployment", "batch-summariser", "-n", namespace), "deploy")
-    isvc = wait_for(lambda: _get(kube, "isvc", "chat-assistant", "-n", namespace), "isvc")
+    dep = wait_for(
+        lambda: kube.get_or_none("deployment", "batch-summariser", "-n", namespace), "deploy"
+    )
+    isvc = wait_for(lambda: kube.get_or_none("isvc", "chat-assistant", "-n", namespace), "isvc")
     operator.kill()
     try:
         # While the operator is down: edit one service, create another.
@@ -456,27 +421,27 @@ def test_sigkill_and_restart_converge_without_duplicates(
         )
         kube.apply(_example("code-assistant"), namespace)
         time.sleep(1)
-        assert _get(kube, "isvc", "code-assistant", "-n", namespace) is None
+        assert kube.get_or_none("isvc", "code-assistant", "-n", namespace) is None
     finally:
         operator.start()
 
     def converged() -> bool:
-        o = _get(kube, "isvc", "chat-assistant", "-n", namespace)
+        o = kube.get_or_none("isvc", "chat-assistant", "-n", namespace)
         return (
             o["spec"]["predictor"]["annotations"]["perllm.io/deadline-s"] == "3"
-            and _get(kube, "isvc", "code-assistant", "-n", namespace) is not None
+            and kube.get_or_none("isvc", "code-assistant", "-n", namespace) is not None
         )
 
     wait_for(converged, "convergence after restart", timeout=120)
     time.sleep(3)  # let any stray duplicate appear
-    isvcs = _get(kube, "isvc", "-n", namespace)["items"]
+    isvcs = kube.get_or_none("isvc", "-n", namespace)["items"]
     assert sorted(i["metadata"]["name"] for i in isvcs) == ["chat-assistant", "code-assistant"]
-    deps = _get(kube, "deployments", "-n", namespace)["items"]
+    deps = kube.get_or_none("deployments", "-n", namespace)["items"]
     assert [d["metadata"]["name"] for d in deps] == ["batch-summariser"]
     assert deps[0]["metadata"]["uid"] == dep["metadata"]["uid"]
-    svcs = _get(kube, "services", "-n", namespace)["items"]
+    svcs = kube.get_or_none("services", "-n", namespace)["items"]
     assert [s["metadata"]["name"] for s in svcs] == ["batch-summariser-predictor"]
-    same = _get(kube, "isvc", "chat-assistant", "-n", namespace)
+    same = kube.get_or_none("isvc", "chat-assistant", "-n", namespace)
     assert same["metadata"]["uid"] == isvc["metadata"]["uid"]
     assert operator.alive()
 
@@ -587,7 +552,7 @@ def _ready_pods(kube: Kube, ns: str, name: str, n: int) -> list[dict[str, Any]] 
 
 
 def _events(kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
-    items = _get(kube, "events", "-n", ns)["items"]
+    items = kube.get_or_none("events", "-n", ns)["items"]
     return [
         e
         for e in items
@@ -614,7 +579,7 @@ def test_slow_pod_is_evicted_and_replaced(
                 if (o.get("status", {}).get("observed") or {}).get("attainment") is not None
                 else None
             )
-        )(_get(kube, PLURAL, name, "-n", namespace)),
+        )(kube.get_or_none(PLURAL, name, "-n", namespace)),
         "status.observed.attainment",
         timeout=60,
     )
@@ -624,7 +589,7 @@ def test_slow_pod_is_evicted_and_replaced(
     assert obs["latencyP95Seconds"] > 2.0
     # Exactly the slow pod is evicted (the fast one stays), and a replacement comes up.
     wait_for(
-        lambda: _get(kube, "pod", slow, "-n", namespace) is None,
+        lambda: kube.get_or_none("pod", slow, "-n", namespace) is None,
         "eviction of the slow pod",
         timeout=90,
     )
@@ -642,13 +607,13 @@ def test_slow_pod_is_evicted_and_replaced(
     assert slow in trig["message"] and slow_node in trig["message"] and "95%" in trig["message"]
     ev = next(e for e in evs if e["reason"] == "Evicted")
     assert slow in ev["message"] and slow_node in ev["message"]
-    st = _get(kube, PLURAL, name, "-n", namespace)["status"]
+    st = kube.get_or_none(PLURAL, name, "-n", namespace)["status"]
     assert st["replacement"]["lastEvictedPod"] == slow and st["replacement"]["evictions"] == 1
-    assert _condition(_get(kube, PLURAL, name, "-n", namespace), "DeadlineMet") is not None
+    assert _condition(kube.get_or_none(PLURAL, name, "-n", namespace), "DeadlineMet") is not None
     # The evicted pod's series no longer count: the service recovers to 100 %.
     wait_for(
         lambda: (
-            (_condition(_get(kube, PLURAL, name, "-n", namespace), "DeadlineMet") or {}).get(
+            (_condition(kube.get_or_none(PLURAL, name, "-n", namespace), "DeadlineMet") or {}).get(
                 "status"
             )
             == "True"
@@ -669,7 +634,7 @@ def test_describe_shows_conditions_and_events(
     exporter.serve(namespace, pod["metadata"]["name"], latency_s=0.5)
     # Publish a decision exactly as the extender does (contract 1): status.placement and a
     # `Placed` Event from component perllm-extender.
-    obj = _get(kube, PLURAL, name, "-n", namespace)
+    obj = kube.get_or_none(PLURAL, name, "-n", namespace)
     placement = {
         "tier": "edge",
         "nodes": [node],
@@ -735,9 +700,9 @@ def test_describe_shows_conditions_and_events(
 
     out = wait_for(described, "describe with conditions and Events", timeout=60)
     assert "Events:" in out and "Placed" in out.split("Events:")[1]
-    cond = _condition(_get(kube, PLURAL, name, "-n", namespace), "Placed")
+    cond = _condition(kube.get_or_none(PLURAL, name, "-n", namespace), "Placed")
     assert cond is not None and cond["status"] == "True" and node in cond["message"]
-    stale = _condition(_get(kube, PLURAL, name, "-n", namespace), "TelemetryStale")
+    stale = _condition(kube.get_or_none(PLURAL, name, "-n", namespace), "TelemetryStale")
     assert stale is not None and stale["status"] == "False"
 
 
@@ -763,15 +728,15 @@ def test_prometheus_unreachable_marks_status_stale_and_placement_continues(
         wait_for(lambda: _ready_pods(kube, namespace, name, 1), "a ready pod", timeout=120)
 
         def stale() -> dict[str, Any] | None:
-            c = _condition(_get(kube, PLURAL, name, "-n", namespace), "TelemetryStale")
+            c = _condition(kube.get_or_none(PLURAL, name, "-n", namespace), "TelemetryStale")
             return c if c and c["status"] == "True" else None
 
         cond = wait_for(stale, "TelemetryStale=True", timeout=60)
         assert cond["reason"] == "PrometheusUnreachable", cond
         assert "placement continues" in cond["message"] and url in cond["message"]
-        met = _condition(_get(kube, PLURAL, name, "-n", namespace), "DeadlineMet")
+        met = _condition(kube.get_or_none(PLURAL, name, "-n", namespace), "DeadlineMet")
         assert met is not None and met["status"] == "Unknown" and met["reason"] == "TelemetryStale"
-        ready = _condition(_get(kube, PLURAL, name, "-n", namespace), "Ready")
+        ready = _condition(kube.get_or_none(PLURAL, name, "-n", namespace), "Ready")
         assert ready is not None and ready["status"] == "True"
         assert alt.alive()
     finally:
