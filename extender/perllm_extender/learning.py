@@ -27,6 +27,7 @@ from perllm.contract import Server, ServiceSpec
 from perllm.csucb import CSUCB
 from perllm.telemetry import names
 from perllm.telemetry.prom import Answer
+from perllm_extender.periodic import Periodic
 
 if TYPE_CHECKING:
     from perllm_extender.pods import PodIndex
@@ -197,8 +198,7 @@ class Learner:
         self.updates = 0
         self.passes = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("perllm-learning", self.learn_once, lambda: self.interval_s)
 
     def record(self, p: Placement) -> None:
         with self._lock:
@@ -288,21 +288,7 @@ class Learner:
         return n, len(self.tracked)
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="perllm-learning", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.learn_once()
-            except Exception:
-                log.exception("learning pass failed")
+        self._loop.stop(timeout)

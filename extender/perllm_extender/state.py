@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from perllm.csucb import STATE_VERSION
 from perllm_extender.learning import ArmStore
+from perllm_extender.periodic import Periodic
 
 log = logging.getLogger("perllm.extender.state")
 
@@ -147,8 +148,7 @@ class StateKeeper:
         self.on_save = on_save or (lambda _ok: None)
         self.restored = 0
         self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("perllm-state", self.save, lambda: self.interval_s)
         self._save_lock = threading.Lock()
 
     def restore(self) -> int:
@@ -190,22 +190,11 @@ class StateKeeper:
             return True
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="perllm-state", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)
         self.save()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.save()
 
 
 def _why(e: Exception) -> str:

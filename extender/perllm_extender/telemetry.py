@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from perllm.telemetry import names
 from perllm.telemetry.prom import Answer
+from perllm_extender.periodic import Periodic
 
 log = logging.getLogger("perllm.extender.telemetry")
 
@@ -136,8 +137,9 @@ class Telemetry:
         self.last_success: float | None = None  # time.time() of the last fresh answer
         self.last_error: str | None = None if prom is not None else "no Prometheus configured"
         self.refreshes = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic(
+            "perllm-telemetry", self.refresh, lambda: self.interval_s, immediate=True
+        )
         self._refresh_lock = threading.Lock()
 
     # -- one refresh --------------------------------------------------------------------
@@ -238,22 +240,8 @@ class Telemetry:
 
     # -- the loop ------------------------------------------------------------------------
     def start(self) -> None:
-        if self.prom is None or self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="perllm-telemetry", daemon=True)
-        self._thread.start()
+        if self.prom is not None:
+            self._loop.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except Exception:  # never let the refresher die silently
-                log.exception("telemetry refresh failed")
-            self._stop.wait(self.interval_s)
+        self._loop.stop(timeout)
