@@ -30,7 +30,8 @@ from perllm.profiles import Catalogue
 Obj = dict[str, Any]
 
 
-def _str_map(obj: Obj, key: str) -> dict[str, str]:
+def meta_map(obj: Obj, key: str) -> dict[str, str]:
+    """metadata.<key> (labels, annotations) with only its string entries; {} when absent."""
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
         return {}
@@ -46,7 +47,8 @@ def node_name(obj: Obj) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
-def _float(ann: dict[str, str], key: str) -> float | None:
+def ann_float(ann: dict[str, str], key: str) -> float | None:
+    """A numeric annotation; None when absent, ValueError naming it when not a number."""
     v = ann.get(key)
     if v is None:
         return None
@@ -61,7 +63,7 @@ def to_server(obj: Obj, catalogue: Catalogue) -> Server | str:
     name = node_name(obj)
     if name is None:
         return "node without metadata.name"
-    labels, ann = _str_map(obj, "labels"), _str_map(obj, "annotations")
+    labels, ann = meta_map(obj, "labels"), meta_map(obj, "annotations")
     tier = labels.get(LABEL_TIER)
     if tier not in {t.value for t in Tier}:
         return f"no valid {LABEL_TIER} label (got {tier!r})"
@@ -71,7 +73,7 @@ def to_server(obj: Obj, catalogue: Catalogue) -> Server | str:
     if hardware not in catalogue.hardware:
         return f"unknown hardware {hardware!r} (not in the catalogue)"
     try:
-        bw = _float(ann, ANN_LINK_BANDWIDTH)
+        bw = ann_float(ann, ANN_LINK_BANDWIDTH)
         if bw is None:
             return f"no {ANN_LINK_BANDWIDTH} annotation"
         extra = {
@@ -81,7 +83,7 @@ def to_server(obj: Obj, catalogue: Catalogue) -> Server | str:
                 ("rtt_ms", ANN_LINK_RTT),
                 ("energy_uj_per_bit", ANN_LINK_ENERGY),
             )
-            if (v := _float(ann, key)) is not None
+            if (v := ann_float(ann, key)) is not None
         }
         return Server(
             name=name,

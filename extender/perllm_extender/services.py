@@ -25,6 +25,7 @@ from perllm.labels import (
     DOMAIN,
     LABEL_SERVICE,
 )
+from perllm_extender.nodes import ann_float, meta_map
 
 ANN_MODEL = f"{DOMAIN}/model"  # optional: the catalogue model key when no LLMService is known
 
@@ -33,14 +34,6 @@ Obj = dict[str, Any]
 
 class BadPod(ValueError):
     """A PerLLM pod whose requirements cannot be read; the message says why."""
-
-
-def _meta_map(pod: Obj, key: str) -> dict[str, str]:
-    meta = pod.get("metadata")
-    m = meta.get(key) if isinstance(meta, dict) else None
-    if not isinstance(m, dict):
-        return {}
-    return {k: v for k, v in m.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def pod_key(pod: Obj) -> str:
@@ -58,7 +51,7 @@ def pod_uid(pod: Obj) -> str:
 
 
 def service_label(pod: Obj) -> str | None:
-    return _meta_map(pod, "labels").get(LABEL_SERVICE) or None
+    return meta_map(pod, "labels").get(LABEL_SERVICE) or None
 
 
 class ServiceRegistry:
@@ -125,18 +118,13 @@ class ServiceRegistry:
         name = service_label(pod)
         if name is None:
             return None
-        ann = _meta_map(pod, "annotations")
+        ann = meta_map(pod, "annotations")
 
         def num(key: str) -> float | None:
-            v = ann.get(key)
-            if v is None:
-                return None
             try:
-                return float(v)
-            except ValueError:
-                raise BadPod(
-                    f"pod {pod_key(pod)}: annotation {key}={v!r} is not a number"
-                ) from None
+                return ann_float(ann, key)
+            except ValueError as e:
+                raise BadPod(f"pod {pod_key(pod)}: {e}") from None
 
         dl_s, dl_tok, pct, q = (
             num(k) for k in (ANN_DEADLINE, ANN_DEADLINE_PER_TOKEN, ANN_PERCENTILE, ANN_MIN_QUALITY)
