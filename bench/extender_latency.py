@@ -211,18 +211,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def extender_process(log: Path) -> Iterator[str]:
-    """`perllm extender --no-kube` on a free loopback port; yields its base URL."""
+def extender_process(log: Path, kubeconfig: Path | None = None) -> Iterator[str]:
+    """`perllm extender` on a free loopback port; yields its base URL. With a `kubeconfig`
+    it reads Nodes from that cluster, without one it runs `--no-kube`."""
     port = free_port()
     exe = Path(sys.executable).with_name("perllm")
-    argv = [str(exe), "extender", "--no-kube", "--port", str(port), "--log-level", "warning"]
+    argv = [str(exe), "extender", "--port", str(port), "--log-level", "warning"]
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    if kubeconfig is None:
+        argv.append("--no-kube")
+    else:
+        env.update(KUBECONFIG=str(kubeconfig), PYTHONWARNINGS="ignore")
     with log.open("ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
-        )
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -20,11 +20,9 @@ with / without >= 0.5, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -32,7 +30,6 @@ import urllib.request
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,59 +42,16 @@ from perllm_operator import render
 from perllm.contract import ServiceSpec
 from perllm.devcluster import config as dcfg
 from perllm.devcluster.cluster import Cluster, ClusterConfig, temporary_run_dir
-from perllm.devcluster.process import free_port, http_ok
 from perllm.labels import LABEL_TIER, SCHEDULER_NAME
 
 sys.path.insert(0, str(Path(__file__).parent))
-from extender_latency import fleet_scenario  # the sibling bench script
+from extender_latency import extender_process, fleet_scenario  # the sibling bench script
 
 Obj = dict[str, Any]
 TARGET_RATIO = 0.5
 
 
 # ---- the extender ---------------------------------------------------------------------------
-@contextlib.contextmanager
-def extender_process(kubeconfig: Path, log: Path) -> Iterator[str]:
-    """`perllm extender` on a free loopback port, reading Nodes from the cluster; yields
-    the urlPrefix."""
-    port = free_port()
-    exe = Path(sys.executable).with_name("perllm")
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONWARNINGS="ignore")
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [
-                str(exe),
-                "extender",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not http_ok(f"{base}/readyz"):
-            if proc.poll() is not None:
-                raise RuntimeError(f"extender exited ({proc.returncode}); see {log}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"extender not ready after 60 s; see {log}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def extender_decisions(base: str) -> float:
     """perllm_extender_decisions_total{verb="filter"} from the extender's /metrics."""
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
@@ -311,7 +265,7 @@ def main() -> None:
         api = kubernetes.client.CoreV1Api(
             kubernetes.config.new_client_from_config(str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
         )
-        with extender_process(cluster.kubeconfig, run_dir / "logs" / "extender.log") as base:
+        with extender_process(run_dir / "logs" / "extender.log", cluster.kubeconfig) as base:
             ext = dcfg.Extender(url=f"{base}/scheduler", ignorable=False)
             for qps in args.qps:
                 for case, extender in (("without", None), ("with", ext)):
