@@ -34,7 +34,6 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +49,7 @@ from perllm.crd import CRD_PATH, PLURAL, service_spec
 from perllm.csucb import CSUCB
 from perllm.devcluster import config as dcfg
 from perllm.devcluster.cluster import Cluster
+from perllm.devcluster.exporter import TextExporter
 from perllm.devcluster.kube import Kube
 from perllm.devcluster.kube import wait_for as kube_wait_for
 from perllm.devcluster.process import free_port
@@ -77,30 +77,13 @@ def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 60, every: 
 
 
 # ---- the exporter Prometheus scrapes --------------------------------------------------------
-class Exporter:
+class Exporter(TextExporter):
     """Text exposition of per-node path bandwidth on loopback; `set()` changes it."""
 
     def __init__(self) -> None:
         self.bps: dict[str, float] = {}
         self._lock = threading.Lock()
-        exporter = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = exporter.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
 
     def set(self, values: dict[str, float]) -> None:
         with self._lock:
@@ -114,10 +97,6 @@ class Exporter:
                 for n, v in sorted(self.bps.items())
             ]
         return "\n".join(lines) + "\n"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def prom_query(url: str, promql: str) -> list[Obj]:
@@ -406,9 +385,7 @@ def exporter(cluster: Cluster, nominal: dict[str, float]) -> Iterator[Exporter]:
     ex.set({n: 1e6 * v for n, v in nominal.items()})
     url = cluster.prometheus_url
     assert url is not None
-    cluster.set_scrape_configs(
-        [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{ex.port}"]}]}]
-    )
+    cluster.set_scrape_configs([ex.scrape_config(JOB)])
     try:
         wait_for(
             lambda: len(prom_query(url, f'{PATH_BANDWIDTH_BPS}{{job="{JOB}"}}')) == len(nominal),

@@ -21,10 +21,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +30,7 @@ import pytest
 import yaml
 
 from perllm.crd import CRD_PATH, PLURAL
+from perllm.devcluster.exporter import TextExporter
 from perllm.devcluster.kube import Kube, wait_for
 from perllm.telemetry import names
 
@@ -447,7 +446,7 @@ def test_sigkill_and_restart_converge_without_duplicates(
 
 
 # ---- status timer, re-placement, describe ---------------------------------------------------
-class LatencyExporter:
+class LatencyExporter(TextExporter):
     """A static exporter of vLLM's e2e latency histogram (names.VLLM_E2E_LATENCY) with the
     `namespace`, `pod`, `model_name` labels: each registered pod serves `rps` requests per
     second, all taking `latency_s`. Counters grow with wall time, so `rate()` sees them."""
@@ -455,24 +454,7 @@ class LatencyExporter:
     def __init__(self) -> None:
         self.pods: dict[tuple[str, str], tuple[float, float]] = {}
         self.t0 = time.monotonic()
-        exporter = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = exporter.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
 
     def serve(self, namespace: str, pod: str, latency_s: float, rps: float = 5.0) -> None:
         self.pods[(namespace, pod)] = (latency_s, rps)
@@ -491,19 +473,13 @@ class LatencyExporter:
             lines.append(f"{m}_count{{{lab}}} {n}")
         return "\n".join(lines) + "\n"
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture(scope="module")
 def exporter(kube: Kube) -> Iterator[LatencyExporter]:
     if kube.local is None or kube.local.prometheus_url is None:
         pytest.skip("needs the local harness' Prometheus (set_scrape_configs)")
     ex = LatencyExporter()
-    kube.local.set_scrape_configs(
-        [{"job_name": "vllm-e2e", "static_configs": [{"targets": [f"127.0.0.1:{ex.port}"]}]}]
-    )
+    kube.local.set_scrape_configs([ex.scrape_config("vllm-e2e")])
     try:
         yield ex
     finally:
