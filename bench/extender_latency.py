@@ -30,7 +30,6 @@ import io
 import json
 import os
 import pstats
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from perllm_operator import render
 
 from perllm.contract import Deadline, Requirements, ServiceSpec
 from perllm.devcluster.nodes import node_manifests
+from perllm.devcluster.process import free_port, terminate
 from perllm.scenario import Scenario, load_scenario
 
 Obj = dict[str, Any]
@@ -204,12 +204,6 @@ def _check(r: httpx.Response) -> None:
         raise RuntimeError(f"extender error: {body['Error']}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def extender_process(log: Path, kubeconfig: Path | None = None) -> Iterator[str]:
     """`perllm extender` on a free loopback port; yields its base URL. With a `kubeconfig`
@@ -238,12 +232,7 @@ def extender_process(log: Path, kubeconfig: Path | None = None) -> Iterator[str]
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, timeout=10)
 
 
 def bench_http(url: str, nodes: list[Obj], mode: str, iters: int) -> tuple[float, list[float]]:

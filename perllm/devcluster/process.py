@@ -93,6 +93,19 @@ class Proc:
             time.sleep(0.1)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM a child started with `subprocess.Popen` and reap it; SIGKILL it if it is
+    still there after `timeout` (for single processes; `Proc.stop` handles groups)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)  # started with start_new_session: pgid == pid

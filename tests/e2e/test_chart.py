@@ -33,7 +33,7 @@ import yaml
 from perllm.crd import PLURAL
 from perllm.devcluster.binaries import Binaries
 from perllm.devcluster.kube import Kube, wait_for
-from perllm.devcluster.process import free_port
+from perllm.devcluster.process import free_port, terminate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -203,12 +203,7 @@ def test_operator_runs_under_the_charts_service_account(
         denied = re.findall(r'"[A-Z]+ (\S+) HTTP/1\.1" 403', text)
         assert not denied and "Forbidden" not in text, denied or text[-3000:]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, timeout=20)
         print(f"--- operator log ---\n{log.read_text(errors='replace')[-4000:]}")
 
 
@@ -438,12 +433,7 @@ def test_kube_scheduler_runs_with_the_charts_config_and_token(
         text = log.read_text(errors="replace")
         assert "is forbidden" not in text, text[-4000:]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, timeout=20)
         print(f"--- kube-scheduler log ---\n{log.read_text(errors='replace')[-4000:]}")
 
 

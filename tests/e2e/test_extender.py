@@ -52,7 +52,7 @@ from perllm.devcluster.cluster import Cluster
 from perllm.devcluster.exporter import TextExporter
 from perllm.devcluster.kube import Kube
 from perllm.devcluster.kube import wait_for as kube_wait_for
-from perllm.devcluster.process import free_port
+from perllm.devcluster.process import free_port, terminate
 from perllm.labels import ANN_LINK_BANDWIDTH, LABEL_TIER, SCHEDULER_NAME
 from perllm.profiles import default_catalogue
 from perllm.telemetry.names import PATH_BANDWIDTH_BPS
@@ -160,12 +160,7 @@ class Extender:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+            terminate(self.proc, timeout=20)
         self.proc = None
 
     def tail(self, n: int = 60) -> str:

@@ -32,6 +32,7 @@ import yaml
 from perllm.crd import CRD_PATH, PLURAL
 from perllm.devcluster.exporter import TextExporter
 from perllm.devcluster.kube import Kube, wait_for
+from perllm.devcluster.process import terminate
 from perllm.telemetry import names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -71,12 +72,7 @@ class Operator:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+            terminate(self.proc, timeout=20)
         self.proc = None
 
     def alive(self) -> bool:
