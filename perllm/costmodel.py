@@ -238,7 +238,7 @@ class CostTable:
             if isinstance(getattr(self, f.name), np.ndarray) and getattr(self, f.name).ndim == 1
         }
         idx = cols.tolist()
-        return replace(
+        sub = replace(
             self,
             server_names=tuple(self.server_names[j] for j in idx),
             tiers=tuple(self.tiers[j] for j in idx),
@@ -246,6 +246,13 @@ class CostTable:
             **per_pair,
             **per_server,
         )
+        # The derived tables are per server column, so the subset's are the parent's
+        # columns (the same floats): sliced from the parent, computed once, instead of
+        # recomputed for every pruned round (the extender prunes on every decision).
+        svc, pre = self.typical_service_s
+        sub.__dict__["typical_service_s"] = (svc[cols], pre[cols])
+        sub.__dict__["round_coeffs"] = self.round_coeffs[:, :, cols]
+        return sub
 
     @property
     def n_classes(self) -> int:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from perllm.contract import Precision
 from perllm.costmodel import (
     attributed_power_time,
+    build_cost_table,
     cpu_times,
     download_bits,
     gpu_times,
     upload_bits,
 )
 from perllm.profiles import default_catalogue, perf_profile
+from perllm.scenario import load_scenario
 
 CAT = default_catalogue()
 EDGE = CAT.hardware["xeon-silver-4214r"]
@@ -148,3 +152,19 @@ def test_every_catalogue_entry_cites_a_source() -> None:
         assert m.source, name
     for name, h in CAT.hardware.items():
         assert h.source, name
+
+
+def test_subset_derived_tables_are_the_parents_columns() -> None:
+    """`subset` slices the parent's per-server derived tables instead of recomputing them;
+    recomputed on the subset they are the same floats."""
+    sc = load_scenario("large-fleet")
+    t = build_cost_table(sc.services(), sc.expanded_servers(), sc.catalogue)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        size = int(rng.integers(1, 200))
+        cols = np.sort(rng.choice(t.n_servers, size=size, replace=False)).astype(np.intp)
+        sub = t.subset(cols)
+        fresh = replace(sub)  # a new instance: its cached properties are computed anew
+        assert np.array_equal(sub.round_coeffs, fresh.round_coeffs)
+        for a, b in zip(sub.typical_service_s, fresh.typical_service_s, strict=True):
+            assert np.array_equal(a, b)
