@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,38 +58,6 @@ def scenario_file(name: str) -> Path:
     raise FileNotFoundError(f"scenario {sc.name}: no file found for {name!r}")
 
 
-def help_text(command: str) -> str | None:
-    """`perllm <command> --help` (None: no such command in this installation)."""
-    env = dict(os.environ, COLUMNS="250", TERMINAL_WIDTH="250", NO_COLOR="1")
-    r = subprocess.run(
-        [*PERLLM, command, "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-    return r.stdout if r.returncode == 0 else None
-
-
-def supported_flags(
-    command: str, wanted: dict[str, str], help: str | None = None
-) -> tuple[list[str], list[str]]:
-    """`--flag value` pairs `perllm <command>` accepts, and the names of those it lacks (a
-    component that is older than the demo still runs, and the demo says what it dropped);
-    ([], ['<command>']) when the command itself is absent."""
-    text = help_text(command) if help is None else help
-    if not text:
-        return [], [command]
-    args, dropped = [], []
-    for flag, value in wanted.items():
-        if flag in text:
-            args += [flag, value]
-        else:
-            dropped.append(flag)
-    return args, dropped
-
-
 @dataclass
 class Endpoints:
     prometheus: str
@@ -118,7 +85,6 @@ class Stack:
     services: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # degradations, shown in the view
     twin_running: bool = False
-    helps: dict[str, str] = field(default_factory=dict)  # command -> its --help text
 
     # ---- helpers -----------------------------------------------------------------------
     @property
@@ -195,12 +161,7 @@ class Stack:
             ),
             binaries=self.binaries,
         )
-        # Ask each component which flags it has while the cluster starts (each is a
-        # Python start-up of a few seconds on 2 cores).
-        with ThreadPoolExecutor(3) as pool:
-            helps = {c: pool.submit(help_text, c) for c in ("twin", "extender", "operator")}
-            self.cluster.up()
-            self.helps = {c: f.result() or "" for c, f in helps.items()}
+        self.cluster.up()
         assert self.cluster.prometheus_url is not None
         self.endpoints = Endpoints(
             self.cluster.prometheus_url, ports["twin"], ports["extender"], ports["operator_health"]
@@ -271,23 +232,8 @@ class Stack:
     def _start_twin(self, scenario: Path) -> None:
         assert self.endpoints is not None and self.cluster is not None
         e = self.endpoints
-        args, dropped = supported_flags(
-            "twin",
-            {
-                "--scenario": str(scenario),
-                "--port": str(e.twin_port),
-                "--speed": f"{self.config.speed:g}",
-            },
-            self.helps.get("twin"),
-        )
-        if dropped == ["twin"]:
-            self._note(
-                "no `perllm twin` in this version: no model-server latency, power or "
-                "counterfactual metrics; placements only"
-            )
-            return
-        if dropped:
-            self._note(f"twin lacks {', '.join(dropped)}")
+        args = ["--scenario", str(scenario), "--port", str(e.twin_port)]
+        args += ["--speed", f"{self.config.speed:g}"]
         self._say(f"starting the twin on :{e.twin_port} (speed x{self.config.speed:g}) ...")
         self._spawn(
             "twin",
@@ -301,22 +247,8 @@ class Stack:
     def _start_extender(self, kubeconfig: Path) -> None:
         assert self.endpoints is not None
         e, c = self.endpoints, self.config
-        args, dropped = supported_flags(
-            "extender",
-            {
-                "--prometheus": e.prometheus,
-                "--state-namespace": c.system_namespace,
-                "--learn-interval": f"{c.learn_interval_s:g}",
-            },
-            self.helps.get("extender"),
-        )
-        if dropped == ["extender"]:
-            raise StartError(
-                "no `perllm extender` command: install the package with "
-                "`pip install -e .` from the repository"
-            )
-        if dropped:
-            self._note(f"extender lacks {', '.join(dropped)}: it runs without them")
+        args = ["--prometheus", e.prometheus, "--state-namespace", c.system_namespace]
+        args += ["--learn-interval", f"{c.learn_interval_s:g}"]
         self._say(f"starting the extender on :{e.extender_port} ...")
         self._spawn(
             "extender",
@@ -329,18 +261,7 @@ class Stack:
     def _start_operator(self, kubeconfig: Path) -> None:
         assert self.endpoints is not None
         e, c = self.endpoints, self.config
-        args, dropped = supported_flags(
-            "operator",
-            {"--prometheus": e.prometheus, "--status-interval": f"{c.status_interval_s:g}"},
-            self.helps.get("operator"),
-        )
-        if dropped == ["operator"]:
-            raise StartError(
-                "no `perllm operator` command: install the package with "
-                "`pip install -e .` from the repository"
-            )
-        if dropped:
-            self._note(f"operator lacks {', '.join(dropped)}: it runs without them")
+        args = ["--prometheus", e.prometheus, "--status-interval", f"{c.status_interval_s:g}"]
         health = f"http://127.0.0.1:{e.operator_health_port}/healthz"
         self._say("starting the operator ...")
         self._spawn(
