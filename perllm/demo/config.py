@@ -31,6 +31,7 @@ class DemoConfig:
     # Manifests to apply instead of the default ones (files or folders of YAML).
     services: list[Path] = field(default_factory=list)
     sample_every_s: float = 1.0
+    settle_timeout_s: float = 20.0  # at the end: wait this long for placements to settle
     ready_timeout_s: float = 120.0
 
     @property

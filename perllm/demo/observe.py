@@ -71,6 +71,17 @@ class Sample:
         return out
 
 
+def placements_hold(s: Sample) -> bool:
+    """Every LLMService has a published placement and all its pods are bound to nodes that
+    placement names (not pending, not mid-re-placement)."""
+    for svc, st in s.status.items():
+        nodes = set((st.get("placement") or {}).get("nodes") or [])
+        bound = s.pods.get(svc, [])
+        if not nodes or not bound or not set(bound) <= nodes:
+            return False
+    return True
+
+
 def window(a: Sample, b: Sample, policy: str, service: str | None = None) -> Rates:
     """Figures of `policy` between samples a (earlier) and b."""
     sel = None if service is None else [service]
@@ -163,6 +174,23 @@ class Observer:
             return {}
         self.status_error = None
         return {o["metadata"]["name"]: dict(o.get("status") or {}) for o in lst.get("items", [])}
+
+    def settle(self, timeout_s: float, every_s: float = 0.5) -> tuple[Sample, bool]:
+        """The services' status and pods once `placements_hold` (a re-placement started
+        just before the end has had its replacement bound and its decision published), or
+        the last read after `timeout_s`; with whether it held."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            s = Sample(
+                t=time.monotonic() - self.t0,
+                status=self._statuses(),
+                pods=self._pods(),
+                tiers=dict(self.tiers),
+                api_error=self.status_error,
+            )
+            if placements_hold(s) or time.monotonic() >= deadline:
+                return s, placements_hold(s)
+            time.sleep(every_s)
 
     def sample(self) -> Sample:
         counters = self._counters()

@@ -24,21 +24,25 @@ def _rates(r: Any) -> dict[str, Any]:
     return {"requests": r.requests, "attainment": r.attainment, "j_per_request": r.j_per_request}
 
 
-def summarise(samples: list[Sample], warmup: float, meta: dict[str, Any]) -> dict[str, Any]:
-    """Totals after the warm-up per policy (and per service), the latest placements."""
+def summarise(
+    samples: list[Sample], warmup: float, meta: dict[str, Any], final: Sample | None = None
+) -> dict[str, Any]:
+    """Totals after the warm-up per policy (and per service); the placements, pods and
+    observed status of `final` (a read after the run, once settled), else the last sample."""
     if not samples:
         return {**meta, "policies": {}, "services": {}, "placements": {}}
     end, start = samples[-1], _at_or_before(samples, warmup)
+    last = final or end
     pols = [OURS, *(p for p in BASELINES if p in end.counters)]
-    svcs = sorted(set(end.counters.get(OURS, {})) | set(end.status) | set(end.pods))
+    svcs = sorted(set(end.counters.get(OURS, {})) | set(last.status) | set(last.pods))
     return {
         **meta,
         "window_s": [start.t, end.t],
         "policies": {p: _rates(window(start, end, p)) for p in pols},
         "services": {s: {p: _rates(window(start, end, p, s)) for p in pols} for s in svcs},
-        "placements": {s: end.status.get(s, {}).get("placement") for s in svcs},
-        "pods": {s: end.pods.get(s, []) for s in svcs},
-        "observed": {s: end.status.get(s, {}).get("observed") for s in svcs},
+        "placements": {s: last.status.get(s, {}).get("placement") for s in svcs},
+        "pods": {s: last.pods.get(s, []) for s in svcs},
+        "observed": {s: last.status.get(s, {}).get("observed") for s in svcs},
     }
 
 

@@ -48,18 +48,19 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
     binaries = ensure_binaries(console, helm=CHART.is_dir())
     stack = Stack(config, console, binaries)
     samples: list[Sample] = []
+    final: Final | None = None
     interrupted, error = False, None
     try:
         try:
             stack.start()
-            samples = _watch(stack, config, console)
+            samples, final = _watch(stack, config, console)
         except KeyboardInterrupt:
             interrupted = True
             console.print("[yellow]interrupted: stopping everything the demo started[/yellow]")
         except DemoError as e:
             error = str(e)
             console.print(f"[red]error:[/red] {e}", highlight=False)
-        return _finish(config, stack, samples, console, interrupted, error)
+        return _finish(config, stack, samples, final, console, interrupted, error)
     finally:
         stack.stop()
         signal.signal(signal.SIGTERM, old)
@@ -74,7 +75,11 @@ def _header(config: DemoConfig, t: float) -> str:
     )
 
 
-def _watch(stack: Stack, config: DemoConfig, console: Console) -> list[Sample]:
+# the placements reported at the end: the services' status and pods once they agree
+Final = tuple[Sample, bool]
+
+
+def _watch(stack: Stack, config: DemoConfig, console: Console) -> tuple[list[Sample], Final]:
     assert stack.endpoints is not None and stack.cluster is not None
     obs = Observer(stack.endpoints.prometheus, stack.cluster.kubeconfig, config.namespace)
     samples: list[Sample] = []
@@ -104,7 +109,9 @@ def _watch(stack: Stack, config: DemoConfig, console: Console) -> list[Sample]:
                 next_line = s.t + 10
                 console.print(_progress_line(samples, config), highlight=False)
             if s.t >= config.duration_s:
-                return samples
+                # a re-placement begun in the last second would show a pending pod or one
+                # whose decision is not yet published: report the placements once settled
+                return samples, obs.settle(config.settle_timeout_s)
             time.sleep(max(0.0, config.sample_every_s - (time.monotonic() - obs.t0 - s.t)))
     finally:
         if live is not None:
@@ -131,6 +138,7 @@ def _finish(
     config: DemoConfig,
     stack: Stack,
     samples: list[Sample],
+    final: Final | None,
     console: Console,
     interrupted: bool,
     error: str | None,
@@ -146,7 +154,9 @@ def _finish(
         "interrupted": interrupted,
         "error": error,
     }
-    summary = summarise(samples, config.warmup, meta)
+    if final is not None:
+        meta["placements_settled"] = final[1]
+    summary = summarise(samples, config.warmup, meta, final=None if final is None else final[0])
     res = DemoResult(summary, samples, interrupted=interrupted, error=error)
     if samples:
         console.print(summary_table(summary))

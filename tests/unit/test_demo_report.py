@@ -1,0 +1,51 @@
+"""The demo's end-of-run report: windows of cumulative counters, and placements reported
+only once the services' status and pods agree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perllm.demo.observe import OURS, Counters, Sample, placements_hold
+from perllm.demo.report import summarise
+
+
+def _status(nodes: list[str]) -> dict[str, Any]:
+    return {"placement": {"tier": "edge", "chosen": nodes[0], "nodes": nodes}}
+
+
+def test_placements_hold_when_pods_are_bound_where_published() -> None:
+    s = Sample(t=0, status={"chat": _status(["e1", "e2"])}, pods={"chat": ["e1", "e2"]})
+    assert placements_hold(s)
+
+
+def test_a_pending_replacement_does_not_hold() -> None:
+    s = Sample(t=0, status={"chat": _status(["e1"])}, pods={"chat": [""]})
+    assert not placements_hold(s)
+
+
+def test_a_pod_on_an_unpublished_node_does_not_hold() -> None:
+    s = Sample(t=0, status={"chat": _status(["e1"])}, pods={"chat": ["c1"]})
+    assert not placements_hold(s)
+
+
+def test_a_service_without_placement_or_pods_does_not_hold() -> None:
+    assert not placements_hold(Sample(t=0, status={"chat": {}}, pods={"chat": ["e1"]}))
+    assert not placements_hold(Sample(t=0, status={"chat": _status(["e1"])}, pods={}))
+
+
+def test_summary_counts_the_window_and_reports_the_settled_placements() -> None:
+    def at(t: float, n: float) -> Sample:
+        c = {OURS: {"chat": Counters(requests=n, met=n * 0.9, energy_j=n * 10.0)}}
+        return Sample(t=t, counters=c, status={"chat": _status(["e1"])}, pods={"chat": [""]})
+
+    samples = [at(0, 0), at(10, 100), at(20, 300)]
+    final = Sample(t=21, status={"chat": _status(["c1"])}, pods={"chat": ["c1"]})
+    out = summarise(samples, warmup=10, meta={}, final=final)
+    ours = out["policies"][OURS]
+    assert ours["requests"] == 200  # 300 - 100: the warm-up is excluded
+    assert abs(ours["attainment"] - 0.9) < 1e-12
+    assert abs(ours["j_per_request"] - 10.0) < 1e-12
+    assert out["placements"]["chat"]["nodes"] == ["c1"]
+    assert out["pods"]["chat"] == ["c1"]
+    # without a settled read, the last sample's
+    assert summarise(samples, warmup=10, meta={})["pods"]["chat"] == [""]
