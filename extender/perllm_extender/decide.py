@@ -323,19 +323,23 @@ class Scheduler:
     def _prepare(
         self, node_objs: list[Obj] | None, names: list[str] | None
     ) -> tuple[list[str], _Prepared]:
-        """Candidate names in order and their models. A names-only request for a node set
-        seen before, with no node changed since (`NodeCache.gen`), reuses the models: no
-        per-node work on the hot path of a large fleet."""
-        order_t = tuple(dict.fromkeys(names or [])) if node_objs is None else None
+        """Candidate names in request order and their models, in name order. kube-scheduler
+        lists the nodes that passed its filters in the order its parallel filter workers
+        finished, which differs from one pod to the next: models (and so the bandit cache
+        key) follow the names' sorted order, so the same node set is the same bandit
+        whatever the order. A names-only request for a set seen before, with no node
+        changed since (`NodeCache.gen`), reuses the models: no per-node work on the hot
+        path of a large fleet."""
+        order = list(dict.fromkeys(names or [])) if node_objs is None else None
+        canon = tuple(sorted(order)) if order is not None else None
         gen = self.nodes.gen
-        if order_t is not None:
-            hit = self._sets.get(order_t)
+        if canon is not None and order is not None:
+            hit = self._sets.get(canon)
             if hit is not None and hit.gen == gen:
-                self._sets.move_to_end(order_t)
-                return list(order_t), hit
+                self._sets.move_to_end(canon)
+                return order, hit
         failed: dict[str, str] = {}
-        servers: list[Server] = []
-        keys: list[str] = []
+        modelled: list[tuple[str, Server, str]] = []
         unknown = False
         if node_objs is not None:  # full Nodes: cached and modelled in one pass
             models, mkeys = self.nodes.ingest(node_objs, self.catalogue)
@@ -344,8 +348,7 @@ class Scheduler:
                 if isinstance(srv, str):
                     failed[n] = srv
                 else:
-                    servers.append(srv)
-                    keys.append(mkeys[n])
+                    modelled.append((n, srv, mkeys[n]))
         else:
             order, objs = self.candidates(None, names)
             for n in order:
@@ -358,11 +361,11 @@ class Scheduler:
                 if isinstance(srv, str):
                     failed[n] = srv
                 else:
-                    servers.append(srv)
-                    keys.append(k)
-        prep = _Prepared(gen, tuple(servers), tuple(keys), failed)
-        if order_t is not None and not unknown:  # unknown nodes: look them up next time
-            self._sets[order_t] = prep
+                    modelled.append((n, srv, k))
+        modelled.sort(key=lambda m: m[0])
+        prep = _Prepared(gen, tuple(m[1] for m in modelled), tuple(m[2] for m in modelled), failed)
+        if canon is not None and not unknown:  # unknown nodes: look them up next time
+            self._sets[canon] = prep
             while len(self._sets) > 64:
                 self._sets.popitem(last=False)
         return order, prep

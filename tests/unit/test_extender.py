@@ -463,3 +463,38 @@ def test_objects_mode_remodels_only_changed_nodes() -> None:
     # the node cache serves the changed node to names-only requests too
     names = c.post("/scheduler/filter", json=by_names(pod(LOOSE, uid="names")))
     assert "cannot model node" in names.json()["FailedNodes"]["cloud"]
+
+
+@pytest.mark.parametrize("mode", ["names", "objects"])
+def test_node_order_reuses_the_same_bandit(mode: str) -> None:
+    """kube-scheduler lists filtered nodes in the order its parallel workers finished: the
+    same node set in another order reuses the cached models and bandit (no cost table is
+    rebuilt: ~2.5 ms of a ~0.4 ms decision at 200 nodes), the learning goes on, and the
+    reply keeps the request's order."""
+    c = TestClient(create_app())
+    sched: Scheduler = c.app.state.scheduler  # type: ignore[attr-defined]
+    for n in NODES:
+        sched.nodes.upsert(n)
+    rounds, replies = [], []
+    for i, nodes in enumerate((NODES, NODES[::-1], [*NODES[1:], NODES[0]])):
+        names = [n["metadata"]["name"] for n in nodes]
+        body = (
+            by_names(pod(LOOSE, uid=f"u{i}"), names)
+            if mode == "names"
+            else by_objects(pod(LOOSE, uid=f"u{i}"), nodes)
+        )
+        r = c.post("/scheduler/filter", json=body)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        kept = (
+            got["NodeNames"]
+            if mode == "names"
+            else [n["metadata"]["name"] for n in got["Nodes"]["items"]]
+        )
+        replies.append((names, kept))
+        rounds.append(c.get("/decisions").json()[-1]["explanation"]["round"])
+    assert rounds == [rounds[0], rounds[0] + 1, rounds[0] + 2], rounds
+    assert len(sched._bandits) == 1
+    assert len(sched._sets) == (1 if mode == "names" else 0)
+    for names, kept in replies:
+        assert kept == [n for n in names if n in set(kept)]  # request order
