@@ -277,9 +277,11 @@ class Cluster:
         return self.state
 
     def _start_scheduler(self, name: str, scheduler_name: str, extender: cfg.Extender | None,
-                         kubeconfig: Path, port: int, client_qps: float | None = None) -> Proc:
+                         kubeconfig: Path, port: int, client_qps: float | None = None,
+                         percentage_of_nodes_to_score: int | None = None) -> Proc:
         conf = self.run_dir / f"{name}.yaml"
-        _write(conf, cfg.scheduler_config(kubeconfig, scheduler_name, extender, client_qps))
+        _write(conf, cfg.scheduler_config(kubeconfig, scheduler_name, extender, client_qps,
+                                          percentage_of_nodes_to_score))
         return self._spawn(name, [
             self.bin.kube_scheduler, f"--config={conf}", "--bind-address=127.0.0.1",
             f"--secure-port={port}", f"--cert-dir={self.run_dir / 'pki' / name}", "-v=2",
@@ -337,16 +339,18 @@ class Cluster:
             self.procs.remove(p)
 
     def start_perllm_scheduler(self, extender: cfg.Extender | None,
-                               client_qps: float | None = None) -> None:
+                               client_qps: float | None = None,
+                               percentage_of_nodes_to_score: int | None = None) -> None:
         """(Re)start the second scheduler with another extender (URL, ignorable), or with
-        none (`extender=None`: the scheduler alone), and optionally another API rate limit."""
+        none (`extender=None`: the scheduler alone), and optionally another API rate limit
+        or node search percentage (`config.scheduler_config`)."""
         assert self.state is not None
         self.stop_perllm_scheduler()
         port = self.state.ports["perllm_scheduler"]
         kubeconfig = (Path(self.state.kubeconfig) if self.state.external
                       else self.run_dir / "scheduler.kubeconfig")
         p = self._start_scheduler("perllm-scheduler", cfg.PERLLM_SCHEDULER, extender,
-                                  kubeconfig, port, client_qps)
+                                  kubeconfig, port, client_qps, percentage_of_nodes_to_score)
         self.state.extender = asdict(extender) if extender is not None else {}
         self.state.save(self.run_dir)
         wait_until(p, lambda: http_ok(f"https://127.0.0.1:{port}/healthz"),

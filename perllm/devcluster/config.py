@@ -61,17 +61,32 @@ class Extender:
         }
 
 
+# The perllm-scheduler profile looks at every feasible node: kube-scheduler's default stops
+# its search after max(100, ~50 %) feasible nodes, from a rotating start, so at 200+ nodes
+# the extender would choose among an arbitrary part of the fleet (and a different node set
+# for each pod, defeating its per-set caches). The chart sets the same (docs/helm.md).
+PERLLM_PERCENTAGE_OF_NODES_TO_SCORE = 100
+
+
 def scheduler_config(kubeconfig_path: Path, scheduler_name: str,
-                     extender: Extender | None = None, client_qps: float | None = None) -> str:
+                     extender: Extender | None = None, client_qps: float | None = None,
+                     percentage_of_nodes_to_score: int | None = None) -> str:
     """`client_qps`: the scheduler's API rate limit (burst twice that); None keeps
-    kube-scheduler's default (qps 50, burst 100), which caps binding near 55 pods/s."""
+    kube-scheduler's default (qps 50, burst 100), which caps binding near 55 pods/s.
+    `percentage_of_nodes_to_score`: None is PerLLM's 100 for the perllm-scheduler profile
+    and kube-scheduler's adaptive default for any other; 0 is always the adaptive default."""
+    if percentage_of_nodes_to_score is None and scheduler_name == PERLLM_SCHEDULER:
+        percentage_of_nodes_to_score = PERLLM_PERCENTAGE_OF_NODES_TO_SCORE
+    profile: dict[str, Any] = {"schedulerName": scheduler_name}
+    if percentage_of_nodes_to_score:
+        profile["percentageOfNodesToScore"] = percentage_of_nodes_to_score
     doc: dict[str, Any] = {
         "apiVersion": "kubescheduler.config.k8s.io/v1",
         "kind": "KubeSchedulerConfiguration",
         # In the file, not --kubeconfig beside --config (that one is ignored with --config).
         "clientConnection": {"kubeconfig": str(kubeconfig_path)},
         "leaderElection": {"leaderElect": False},
-        "profiles": [{"schedulerName": scheduler_name}],
+        "profiles": [profile],
     }
     if client_qps:
         doc["clientConnection"].update(qps=client_qps, burst=int(2 * client_qps))

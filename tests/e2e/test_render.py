@@ -42,7 +42,10 @@ def test_perllm_scheduler_config_matches_the_extender_contract() -> None:
     ext = cfg.Extender(url="http://127.0.0.1:9999/x", ignorable=False)
     doc = yaml.safe_load(cfg.scheduler_config(Path("/k"), cfg.PERLLM_SCHEDULER, ext))
     assert doc["apiVersion"] == "kubescheduler.config.k8s.io/v1"
-    assert doc["profiles"] == [{"schedulerName": "perllm-scheduler"}]
+    # every feasible node reaches the extender (no early stop of kube-scheduler's search)
+    assert doc["profiles"] == [
+        {"schedulerName": "perllm-scheduler", "percentageOfNodesToScore": 100}
+    ]
     assert doc["leaderElection"] == {"leaderElect": False}
     (e,) = doc["extenders"]
     assert e["urlPrefix"] == "http://127.0.0.1:9999/x" and e["ignorable"] is False
@@ -51,6 +54,7 @@ def test_perllm_scheduler_config_matches_the_extender_contract() -> None:
     assert "bindVerb" not in e and "managedResources" not in e
     default = yaml.safe_load(cfg.scheduler_config(Path("/k"), "default-scheduler"))
     assert "extenders" not in default
+    assert default["profiles"] == [{"schedulerName": "default-scheduler"}]
 
 
 def test_kwok_stages_cover_node_init_pod_ready_and_pod_delete() -> None:
@@ -67,7 +71,9 @@ def test_versions_agree_with_the_wrapper_modules() -> None:
     assert f"k8s.io/kubernetes {v['K8S_VERSION']}" in k8s_mod
     minor = v["K8S_VERSION"].replace("v1.", "v0.", 1)
     assert f"k8s.io/kubectl => k8s.io/kubectl {minor}" in k8s_mod
-    assert f"go.etcd.io/etcd/server/v3 {v['ETCD_VERSION']}" in (
-        REPO / "tools/etcdbin/go.mod").read_text()
+    assert (
+        f"go.etcd.io/etcd/server/v3 {v['ETCD_VERSION']}"
+        in (REPO / "tools/etcdbin/go.mod").read_text()
+    )
     b = Binaries.locate()
     assert b.kubectl == cache_dir() / f"k8s-{v['K8S_VERSION']}" / "kubectl"

@@ -247,7 +247,12 @@ def scheduler_config(docs: list[Doc]) -> Doc:
 def test_scheduler_config_names_the_extender_service() -> None:
     docs = render("--set", "extender.weight=7,extender.port=9000", namespace="perllm-x")
     cfg = scheduler_config(docs)
-    assert cfg["profiles"] == [{"schedulerName": "perllm-scheduler"}]
+    # every feasible node reaches the extender; 0 restores kube-scheduler's adaptive default
+    assert cfg["profiles"] == [
+        {"schedulerName": "perllm-scheduler", "percentageOfNodesToScore": 100}
+    ]
+    adaptive = scheduler_config(render("--set", "scheduler.percentageOfNodesToScore=0"))
+    assert adaptive["profiles"] == [{"schedulerName": "perllm-scheduler"}]
     (ext,) = cfg["extenders"]
     svc = find(docs, "Service", "perllm-extender")
     assert ext["urlPrefix"] == "http://perllm-extender.perllm-x.svc:9000/scheduler"
