@@ -179,6 +179,19 @@ def test_tier_not_allowed_is_explained() -> None:
     assert any(c.reason == "tier edge not allowed" for c in d.explanations[0].candidates)
 
 
+def test_explanation_to_dict_is_asdict() -> None:
+    import dataclasses
+
+    b = CSUCB(table())
+    d = decide(b, [0, 1], explain=True)
+    assert d.explanations is not None
+    for e in d.explanations:
+        got = e.to_dict()
+        assert got == dataclasses.asdict(e)
+        assert list(got) == list(dataclasses.asdict(e))  # same key order
+        json.dumps(got)  # plain JSON values
+
+
 def _feedback(b: CSUCB, d, ratio: float, rng: np.random.Generator, l_out: float = 150.0) -> None:
     n = len(d.choice)
     t = d.predicted_time * ratio * rng.lognormal(0, 0.05, n)
