@@ -73,7 +73,10 @@ class Sample:
 
 def placements_hold(s: Sample) -> bool:
     """Every LLMService has a published placement and all its pods are bound to nodes that
-    placement names (not pending, not mid-re-placement)."""
+    placement names (not pending, not mid-re-placement). A failed or empty read never
+    holds."""
+    if s.api_error is not None or not s.status:
+        return False
     for svc, st in s.status.items():
         nodes = set((st.get("placement") or {}).get("nodes") or [])
         bound = s.pods.get(svc, [])

@@ -28,6 +28,13 @@ def test_a_pod_on_an_unpublished_node_does_not_hold() -> None:
     assert not placements_hold(s)
 
 
+def test_a_failed_or_empty_read_does_not_hold() -> None:
+    assert not placements_hold(Sample(t=0))
+    ok = Sample(t=0, status={"chat": _status(["e1"])}, pods={"chat": ["e1"]})
+    ok.api_error = "ReadTimeoutError: ..."
+    assert not placements_hold(ok)
+
+
 def test_a_service_without_placement_or_pods_does_not_hold() -> None:
     assert not placements_hold(Sample(t=0, status={"chat": {}}, pods={"chat": ["e1"]}))
     assert not placements_hold(Sample(t=0, status={"chat": _status(["e1"])}, pods={}))
