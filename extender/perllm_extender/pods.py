@@ -24,6 +24,9 @@ class PodInfo:
     service: str
     node: str | None
     bound: bool  # node from the API server (spec.nodeName), not assumed from a decision
+    # deletionTimestamp set: still on its node (load) but no longer one of the service's
+    # placed pods (a replaced pod's old copy must not linger in status.placement.nodes)
+    terminating: bool = False
 
 
 class PodIndex:
@@ -43,6 +46,8 @@ class PodIndex:
             return
         spec = obj.get("spec")
         node = spec.get("nodeName") if isinstance(spec, dict) else None
+        meta = obj.get("metadata")
+        terminating = isinstance(meta, dict) and meta.get("deletionTimestamp") is not None
         with self._lock:
             old = self._pods.get(key)
             if not node and old is not None and old.uid == pod_uid(obj):
@@ -50,7 +55,12 @@ class PodIndex:
             else:
                 bound = bool(node)
             self._pods[key] = PodInfo(
-                key, pod_uid(obj), svc, node if isinstance(node, str) and node else None, bound
+                key,
+                pod_uid(obj),
+                svc,
+                node if isinstance(node, str) and node else None,
+                bound,
+                terminating,
             )
 
     def replace(self, objs: list[Obj]) -> None:
@@ -84,13 +94,16 @@ class PodIndex:
         return p.node if p is not None else None
 
     def service_nodes(self, namespace: str, service: str) -> list[str]:
-        """Sorted nodes of a service's placed pods."""
+        """Sorted nodes of a service's placed pods (not those being deleted)."""
         prefix = f"{namespace}/"
         with self._lock:
             return sorted(
                 p.node
                 for p in self._pods.values()
-                if p.service == service and p.node and p.key.startswith(prefix)
+                if p.service == service
+                and p.node
+                and not p.terminating
+                and p.key.startswith(prefix)
             )
 
     def __len__(self) -> int:

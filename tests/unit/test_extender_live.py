@@ -186,6 +186,11 @@ def test_pod_informer_tracks_bindings_and_removals() -> None:
     assert pods.node_of("llm/a") == "edge-2"
     on_event("ADDED", pod(LOOSE, name="b", uid="ub", node="cloud"))
     assert pods.service_nodes("llm", "batch") == ["cloud", "edge-2"]
+    going = pod(LOOSE, name="b", uid="ub", node="cloud")
+    going["metadata"]["deletionTimestamp"] = "2026-11-24T00:00:00Z"  # replaced, terminating
+    on_event("MODIFIED", going)
+    assert pods.service_nodes("llm", "batch") == ["edge-2"]
+    assert pods.node_of("llm/b") == "cloud"  # its load still counts until it is gone
     done = pod(LOOSE, name="b", uid="ub", node="cloud")
     done["status"]["phase"] = "Succeeded"
     on_event("MODIFIED", done)
