@@ -92,6 +92,7 @@ class Live:
                 on_failure=lambda what: metrics.publish_failures.labels(what).inc(),
             )
             sched.listeners.append(self.publisher.submit)
+            sched.pods.on_change = self.publisher.nodes_changed
 
         store = cfg.state_store
         if store is None and client is not None:

@@ -9,6 +9,7 @@ are gone.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +30,29 @@ class PodInfo:
     terminating: bool = False
 
 
+def _placed(p: PodInfo | None) -> tuple[str, str | None] | None:
+    """What a pod contributes to its service's placed nodes."""
+    if p is None or p.terminating:
+        return None
+    return (p.service, p.node)
+
+
 class PodIndex:
     def __init__(self) -> None:
         self._pods: dict[str, PodInfo] = {}
         self._lock = threading.Lock()
         self.informed = False  # True once an informer has listed pods: absence means gone
+        # (namespace, service) whose placed nodes the API server changed: a pod gone, being
+        # deleted or bound elsewhere than assumed (called outside the lock)
+        self.on_change: Callable[[str, str], None] | None = None
+
+    def _changed(self, key: str, before: PodInfo | None, after: PodInfo | None) -> None:
+        if self.on_change is None or _placed(before) == _placed(after):
+            return
+        ns = key.split("/", 1)[0]
+        for p in {before, after}:
+            if p is not None:
+                self.on_change(ns, p.service)
 
     def upsert(self, obj: Obj) -> None:
         """A pod from the API server; finished pods are removed."""
@@ -54,7 +73,7 @@ class PodIndex:
                 node, bound = old.node, old.bound  # keep an assumed node until bound
             else:
                 bound = bool(node)
-            self._pods[key] = PodInfo(
+            new = self._pods[key] = PodInfo(
                 key,
                 pod_uid(obj),
                 svc,
@@ -62,13 +81,15 @@ class PodIndex:
                 bound,
                 terminating,
             )
+        self._changed(key, old, new)
 
     def replace(self, objs: list[Obj]) -> None:
         """A full list (informer re-list): pods not in it are gone."""
         keep = {pod_key(o) for o in objs}
         with self._lock:
-            for k in [k for k in self._pods if k not in keep]:
-                del self._pods[k]
+            gone = [self._pods.pop(k) for k in [k for k in self._pods if k not in keep]]
+        for p in gone:
+            self._changed(p.key, p, None)
         for o in objs:
             self.upsert(o)
         self.informed = True
@@ -83,7 +104,8 @@ class PodIndex:
 
     def remove(self, key: str) -> None:
         with self._lock:
-            self._pods.pop(key, None)
+            old = self._pods.pop(key, None)
+        self._changed(key, old, None)
 
     def get(self, key: str) -> PodInfo | None:
         with self._lock:

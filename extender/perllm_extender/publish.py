@@ -115,9 +115,10 @@ def event_body(ns: str, service: str, uid: str | None, p: Obj, coalesced: int, n
 
 @dataclass
 class _Pending:
-    placement: Obj
+    placement: Obj  # a decision's placement, or only {"nodes": [...]} (`decision` False)
     uid: str | None
     coalesced: int = 0
+    decision: bool = True  # False: a status patch of placement.nodes alone, no Event
 
 
 class Publisher:
@@ -139,6 +140,7 @@ class Publisher:
         self.failures = 0
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._last: dict[tuple[str, str], float] = {}
+        self._nodes: dict[tuple[str, str], list[str]] = {}  # last queued placement.nodes
         self._logged: set[tuple[str, str, str]] = set()
         self._cv = threading.Condition()
         self._stop = False
@@ -155,8 +157,35 @@ class Publisher:
         with self._cv:
             old = self._pending.get(k)
             self._pending[k] = _Pending(
-                p, self.service_uid(*k), 0 if old is None else old.coalesced + 1
+                p,
+                self.service_uid(*k),
+                0 if old is None or not old.decision else old.coalesced + 1,
             )
+            self._nodes[k] = nodes
+            self._cv.notify()
+
+    def nodes_changed(self, namespace: str, service: str) -> None:
+        """A pod of the service went, is being deleted or was bound elsewhere: bring
+        `status.placement.nodes` up to date without waiting for the next decision (a
+        status patch of that field alone, no Event). Only for services this extender has
+        published a decision for, and whose LLMService still exists."""
+        k = (namespace, service)
+        with self._cv:
+            if k not in self._nodes:
+                return
+        uid = self.service_uid(*k)
+        if uid is None:  # the LLMService is gone (or unknown): nothing to update
+            return
+        nodes = sorted(self.service_nodes(*k))
+        with self._cv:
+            if self._nodes.get(k) == nodes:
+                return
+            self._nodes[k] = nodes
+            pend = self._pending.get(k)
+            if pend is not None:  # a decision not yet written: it carries the fresh nodes
+                pend.placement = {**pend.placement, "nodes": nodes}
+            else:
+                self._pending[k] = _Pending({"nodes": nodes}, uid, decision=False)
             self._cv.notify()
 
     def flush(self, force: bool = True) -> int:
@@ -187,6 +216,8 @@ class Publisher:
             )
 
         calls: tuple[tuple[str, Callable[[], None]], ...] = (("status", status), ("event", event))
+        if not pend.decision:
+            calls = calls[:1]
         for what, call in calls:
             try:
                 call()

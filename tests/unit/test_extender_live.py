@@ -125,6 +125,41 @@ def test_publication_is_coalesced_per_service_and_lists_every_placed_pod() -> No
     assert "coalesced" in api.events[-1][1]["message"]
 
 
+def test_status_nodes_follow_pods_that_go_without_a_new_decision() -> None:
+    """A replaced pod's old copy leaves status.placement.nodes when it starts terminating
+    (a status patch of nodes alone, no Event); nothing is written for a service whose
+    LLMService is gone."""
+    api = FakeApi()
+    with client(api) as c:
+        live: Live = c.app.state.live  # type: ignore[attr-defined]
+        svc = {
+            **LLMSVC,
+            "metadata": {"name": "batch", "namespace": "llm", "uid": "svc-uid"},
+        }
+        live.scheduler.services.add_llmservice(svc)
+        pods = live.scheduler.pods
+        for i in range(2):
+            c.post("/scheduler/filter", json=args(pod(LOOSE, name=f"b{i}", uid=f"u{i}")))
+            assert wait_for(lambda i=i: len(api.patches) == i + 1)
+        placed = api.patches[-1][2]["status"]["placement"]["nodes"]
+        assert len(placed) == 2
+        node0 = pods.node_of("llm/b0")
+        assert node0 is not None
+        pods.upsert(pod(LOOSE, name="b0", uid="u0", node=node0))  # bound where assumed
+        time.sleep(0.1)
+        assert len(api.patches) == 2  # nothing changed
+        going = pod(LOOSE, name="b0", uid="u0", node=node0)
+        going["metadata"]["deletionTimestamp"] = "2026-11-24T00:00:00Z"
+        pods.upsert(going)
+        assert wait_for(lambda: len(api.patches) == 3)
+        assert api.patches[-1][2] == {"status": {"placement": {"nodes": [pods.node_of("llm/b1")]}}}
+        pods.remove("llm/b0")  # gone for good: the nodes were already right
+        live.scheduler.services.remove("batch", "llm")  # the LLMService is deleted
+        pods.remove("llm/b1")
+        time.sleep(0.1)
+    assert len(api.patches) == 3 and len(api.events) == 2  # no Event for a nodes update
+
+
 def test_publication_failures_never_reach_decisions_and_are_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
