@@ -7,11 +7,12 @@ in front of the harness' real Prometheus with it; subclasses say what `render()`
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-class TextExporter:
+class TextExporter(ABC):
     def __init__(self) -> None:
         exporter = self
 
@@ -32,9 +33,9 @@ class TextExporter:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    @abstractmethod
     def render(self) -> str:
         """The exposition text (version 0.0.4) served on every scrape."""
-        raise NotImplementedError
 
     def scrape_config(self, job: str) -> dict[str, Any]:
         """A Prometheus scrape job for this exporter (`Cluster.set_scrape_configs`)."""
