@@ -77,6 +77,18 @@ def fleet_scenario(n: int, cloud_share: float = 0.04, base: str = "paper-llama2-
     )
 
 
+def load_line() -> str:
+    """The machine's state at the start of a timing run (the numbers depend on it)."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+
+
+def write_report(path: Path, doc: Obj) -> None:
+    """`doc` as indented JSON at `path`, with the CPU count and the load at the end."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"cpu_count": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0]}
+    path.write_text(json.dumps({**doc, **machine}, indent=2))
+
+
 def fleet_nodes(n: int) -> list[Obj]:
     return node_manifests(fleet_scenario(n))
 
@@ -345,7 +357,7 @@ def main() -> None:
         print(profile(args.profile, args.profile_mode, 30))
         return
     args.log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    print(load_line(), flush=True)
     rows = run(tuple(args.sizes), args.paths, args.scale, args.log)
     http1k = [r for r in rows if r.get("path") == "http" and r["nodes"] == 1000 and "p99_ms" in r]
     for r in http1k:
@@ -355,18 +367,7 @@ def main() -> None:
             f"{1e3 * TARGET_P99_S:.0f} ms target"
         )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(
-                {
-                    "target_p99_ms": 1e3 * TARGET_P99_S,
-                    "rows": rows,
-                    "cpu_count": os.cpu_count(),
-                    "load_avg_1m_at_end": os.getloadavg()[0],
-                },
-                indent=2,
-            )
-        )
+        write_report(args.out, {"target_p99_ms": 1e3 * TARGET_P99_S, "rows": rows})
 
 
 if __name__ == "__main__":

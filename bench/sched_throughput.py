@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import threading
@@ -50,7 +49,12 @@ from perllm.devcluster.cluster import Cluster, ClusterConfig, temporary_run_dir
 from perllm.labels import LABEL_TIER, SCHEDULER_NAME
 
 sys.path.insert(0, str(Path(__file__).parent))
-from extender_latency import extender_process, fleet_scenario  # the sibling bench script
+from extender_latency import (  # the sibling bench script
+    extender_process,
+    fleet_scenario,
+    load_line,
+    write_report,
+)
 
 Obj = dict[str, Any]
 TARGET_RATIO = 0.5
@@ -256,7 +260,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")  # the loopback apiserver's self-signed certificate
 
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    print(load_line(), flush=True)
     run_dir = temporary_run_dir()
     scenario = fleet_scenario(args.nodes)
     scen_file = run_dir / "fleet.yaml"
@@ -323,21 +327,16 @@ def main() -> None:
                     f"({verdict} the target {TARGET_RATIO})"
                 )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(
-                {
-                    "nodes": args.nodes,
-                    "pods": args.pods,
-                    "rows": rows,
-                    "ratios": ratios,
-                    "ratios_vs_adaptive_search": ratios_adaptive,
-                    "target_ratio": TARGET_RATIO,
-                    "cpu_count": os.cpu_count(),
-                    "load_avg_1m_at_end": os.getloadavg()[0],
-                },
-                indent=2,
-            )
+        write_report(
+            args.out,
+            {
+                "nodes": args.nodes,
+                "pods": args.pods,
+                "rows": rows,
+                "ratios": ratios,
+                "ratios_vs_adaptive_search": ratios_adaptive,
+                "target_ratio": TARGET_RATIO,
+            },
         )
 
 
