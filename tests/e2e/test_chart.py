@@ -312,15 +312,6 @@ def test_extender_process_runs_under_the_charts_service_account(
 ) -> None:
     """The real extender with the chart's token: informers start, and on shutdown it saves
     its learned state to the ConfigMap of contract 2, without a single denied call."""
-    helptext = subprocess.run(
-        [PERLLM, "extender", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    ).stdout
-    if "--state-namespace" not in helptext:
-        pytest.skip("this extender has no --state-namespace yet (contract 4)")
     k = _token_kubeconfig(kube, release, "extender", tmp_path / "extender.kubeconfig")
     port = free_port()
     log = tmp_path / "extender.log"
