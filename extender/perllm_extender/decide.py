@@ -330,10 +330,11 @@ class Scheduler:
         whatever the order. A names-only request for a set seen before, with no node
         changed since (`NodeCache.gen`), reuses the models: no per-node work on the hot
         path of a large fleet."""
-        order = list(dict.fromkeys(names or [])) if node_objs is None else None
-        canon = tuple(sorted(order)) if order is not None else None
         gen = self.nodes.gen
-        if canon is not None and order is not None:
+        canon: tuple[str, ...] | None = None  # the names-only request's set, sorted
+        if node_objs is None:
+            order = list(dict.fromkeys(names or []))
+            canon = tuple(sorted(order))
             hit = self._sets.get(canon)
             if hit is not None and hit.gen == gen:
                 self._sets.move_to_end(canon)
