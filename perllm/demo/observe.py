@@ -184,22 +184,17 @@ class Observer:
         the last read after `timeout_s`; with whether it held."""
         deadline = time.monotonic() + timeout_s
         while True:
-            s = Sample(
-                t=time.monotonic() - self.t0,
-                status=self._statuses(),
-                pods=self._pods(),
-                tiers=dict(self.tiers),
-                api_error=self.status_error,
-            )
+            s = self.sample(counters=False)
             if placements_hold(s) or time.monotonic() >= deadline:
                 return s, placements_hold(s)
             time.sleep(every_s)
 
-    def sample(self) -> Sample:
-        counters = self._counters()
+    def sample(self, counters: bool = True) -> Sample:
+        """One read of everything watched; without `counters`, the API server's part only."""
+        got = self._counters() if counters else {}
         return Sample(
             t=time.monotonic() - self.t0,
-            counters=counters,
+            counters=got,
             status=self._statuses(),
             pods=self._pods(),
             tiers=dict(self.tiers),
