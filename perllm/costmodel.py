@@ -101,6 +101,33 @@ def attributed_power_time(
     return np.where(is_gpu, gpu, cpu)
 
 
+def busy_times(prefill: Num, decode: Num, b: Num, is_gpu: Num) -> tuple[Num, Num]:
+    """(prefill, decode) busy seconds attributed to one request among `b` concurrent ones:
+    a GPU prefill runs alone, a CPU prefill shares the cores; decode is shared."""
+    if not isinstance(is_gpu, np.ndarray):
+        return (prefill if is_gpu else prefill / b), decode / b
+    return np.where(is_gpu, prefill, prefill / b), decode / b
+
+
+def inference_energy(busy_pre: Num, busy_dec: Num, p_first: Num, p_busy: Num) -> Num:
+    """Inference J attributed to a request: its busy prefill time at `p_first` (prefill
+    power on GPUs, busy power on CPUs) plus its share of decode at busy power."""
+    return p_first * busy_pre + p_busy * busy_dec
+
+
+def idle_energy_saved(busy_pre: Num, busy_dec: Num, p_idle: Num) -> Num:
+    """Idle energy is P_idle·(T − busy): a placement lowers it by the busy time it adds."""
+    return p_idle * (busy_pre + busy_dec)
+
+
+def marginal_energy(w: EnergyWeights, e_tran: Num, e_inf: Num, e_idle_saved: Num) -> Num:
+    """Weighted energy (J) a placement adds to the objective, never below 0."""
+    e = w.tran * e_tran + w.infer * e_inf - w.idle * e_idle_saved
+    if isinstance(e, np.ndarray):
+        return np.maximum(e, 0.0)
+    return 0.0 if e < 0.0 else e
+
+
 COEFFS = (
     "is_gpu",
     "w",

@@ -34,6 +34,16 @@ class Answer:
         return {s.labels[label]: s.value for s in self.samples
                 if label in s.labels and math.isfinite(s.value)}
 
+    def by_pair(self, outer: str = "namespace", inner: str = "pod") -> dict[str, float]:
+        """value per "<outer>/<inner>" (e.g. "namespace/pod"); samples missing either label
+        or with a non-finite value are skipped."""
+        out: dict[str, float] = {}
+        for s in self.samples:
+            a, b = s.labels.get(outer), s.labels.get(inner)
+            if a and b and math.isfinite(s.value):
+                out[f"{a}/{b}"] = s.value
+        return out
+
     def scalar(self) -> float | None:
         vals = [s.value for s in self.samples if math.isfinite(s.value)]
         return vals[0] if vals else None
