@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from golden_runs import GOLDEN, RUNS, digest, key
 
 
