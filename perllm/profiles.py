@@ -2,7 +2,7 @@
 
 `catalogue.yaml` holds the sourced numbers; `perf_profile()` turns a (model, precision,
 hardware) triple into the handful of coefficients the cost model needs. The formulas
-are CALIBRATION §1.1 (edge: llama.cpp on a CPU socket; cloud: vLLM on one GPU).
+are calibration study §1.1 (edge: llama.cpp on a CPU socket; cloud: vLLM on one GPU).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class ModelInfo(_Entry):
 
     @property
     def kv_bytes_per_token(self) -> int:
-        # K and V, fp16 cache: 2 × layers × kv_heads × head_dim × 2 bytes (CALIBRATION §2.2)
+        # K and V, fp16 cache: 2 × layers × kv_heads × head_dim × 2 bytes (calibration study §2.2)
         return 2 * self.layers * self.kv_heads * self.head_dim * 2
 
     def quality(self, precision: Precision) -> float:
@@ -143,7 +143,7 @@ def perf_profile(model: ModelInfo, precision: Precision, hw: HardwareInfo) -> Pe
         assert hw.prefill_coeff and hw.kappa and hw.power_busy_w is not None
         pp = hw.prefill_coeff / model.params_b
         tg1 = bw / w
-        # Useful concurrency B* ≈ pp/tg1 (CALIBRATION §3.3): 3 / 5 / 9 for Q4_K_M / Q8_0 / F16.
+        # Useful concurrency B* ≈ pp/tg1 (calibration study §3.3): 3 / 5 / 9 for Q4_K_M / Q8_0 / F16.
         conc = max(1, round(pp / tg1))
         return PerfProfile(
             kind="cpu",

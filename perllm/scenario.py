@@ -39,7 +39,7 @@ class _Strict(BaseModel):
 
 
 # Token-length distributions. Presets are quantile tables computed from the public Azure
-# LLM inference trace 2023 (CALIBRATION §6.1); resampling their inverse CDF keeps the
+# LLM inference trace 2023 (calibration study §6.1); resampling their inverse CDF keeps the
 # multi-modal shape better than a lognormal fit.
 AZURE_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # probabilities, token counts (p0 and p100 from min/max of the trace)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the local control plane's binaries into a version-keyed cache outside the repo,
-# skipping every one that is already there (INTERFACES.md §6.3), and install Prometheus
+# skipping every one that is already there (docs/development.md), and install Prometheus
 # from Debian if missing. Usage: tools/build-binaries.sh [k8s] [etcd] [kwok] [helm] [prometheus]
 # (default: all). Prints one line per component with the seconds it took.
 set -euo pipefail

@@ -1,6 +1,6 @@
 """Measured path bandwidth and latency to peer agents (a bounded periodic download).
 
-NIC speed is not path bandwidth (INTERFACES.md §3.3): the edge<->cloud path crosses links
+NIC speed is not path bandwidth: the edge<->cloud path crosses links
 the host cannot see. So every `interval_s` the agent downloads `nbytes` from each peer
 agent's /probe endpoint, one peer at a time (parallel transfers would share the uplink
 and under-report each other), and exports

@@ -1,4 +1,4 @@
-"""Start and stop everything a demo run needs, in the documented order (INTERFACES §6.5):
+"""Start and stop everything a demo run needs, in the documented order (docs/demo.md):
 
 control plane with the scenario's KWOK nodes and Prometheus (scraping the twin and the
 extender) → CRD and RBAC → the twin → the extender (perllm-scheduler already names it,

@@ -311,7 +311,7 @@ def test_extender_process_runs_under_the_charts_service_account(
     kube: Kube, release: Release, tmp_path: Path
 ) -> None:
     """The real extender with the chart's token: informers start, and on shutdown it saves
-    its learned state to the ConfigMap of contract 2, without a single denied call."""
+    its learned state to its state ConfigMap, without a single denied call."""
     k = _token_kubeconfig(kube, release, "extender", tmp_path / "extender.kubeconfig")
     port = free_port()
     log = tmp_path / "extender.log"

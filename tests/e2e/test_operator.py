@@ -217,7 +217,7 @@ def test_kserve_backend_creates_inference_service(
     assert _condition(obj, "Ready")["status"] == "Unknown"  # type: ignore[index]
     # No pods, no extender decision: Placed waits for the scheduler.
     assert _condition(obj, "Placed")["status"] == "Unknown"  # type: ignore[index]
-    # The extender decides the cloud (contract 1): the child is re-rendered in place,
+    # The extender decides the cloud (status.placement): the child is re-rendered in place,
     # pinned to the cloud with the cloud variant's GPU request.
     kube.kubectl(
         "patch",
@@ -604,7 +604,7 @@ def test_describe_shows_conditions_and_events(
     (pod,) = wait_for(lambda: _ready_pods(kube, namespace, name, 1), "a ready pod", timeout=120)
     node = pod["spec"]["nodeName"]
     exporter.serve(namespace, pod["metadata"]["name"], latency_s=0.5)
-    # Publish a decision exactly as the extender does (contract 1): status.placement and a
+    # Publish a decision exactly as the extender does: status.placement and a
     # `Placed` Event from component perllm-extender.
     obj = kube.get_or_none(PLURAL, name, "-n", namespace)
     placement = {

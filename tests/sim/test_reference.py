@@ -1,4 +1,4 @@
-"""Acceptance of issue 2 on the paper's reference scenarios (3 seeds, full length)."""
+"""Acceptance on the paper's reference scenarios (3 seeds, full length)."""
 
 from __future__ import annotations
 

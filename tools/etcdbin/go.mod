@@ -1,6 +1,6 @@
 // Wrapper module: etcd's server/go.mod replaces its siblings with local paths, so
 // `go install go.etcd.io/etcd/server/v3@...` fails (etcd-io/etcd#18501); a main of our own
-// calling etcdmain builds like upstream's server/main.go (INTERFACES.md §6.3).
+// calling etcdmain builds like upstream's server/main.go.
 module perllm.io/tools/etcdbin
 
 go 1.24.0

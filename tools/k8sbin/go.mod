@@ -1,6 +1,6 @@
 // Wrapper module: k8s.io/kubernetes is not `go install`-able (its go.mod replaces every
 // staging module with a local path), so we require it as a library and pin every staging
-// module to its published tag (INTERFACES.md §6.2). Bump all versions together.
+// module to its published tag. Bump all versions together.
 module perllm.io/tools/k8sbin
 
 go 1.24.0
