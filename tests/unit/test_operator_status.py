@@ -430,3 +430,16 @@ def test_first_decision_pins_an_open_template(monkeypatch: pytest.MonkeyPatch) -
     ][0]["matchExpressions"][0]
     assert expr["values"] == ["edge"] and "tolerations" not in tpl
     assert dep["metadata"]["annotations"]["perllm.io/pinned-tier"] == "edge"
+
+
+def test_flags_win_over_the_environment_and_fail_before_kopf_starts() -> None:
+    from perllm_operator.main import run
+
+    env = {"PERLLM_PROMETHEUS_URL": "http://env:9090", "PERLLM_STATUS_INTERVAL": "9"}
+    c = Config.load(env, "http://flag:9090", 3)
+    assert c.prometheus_url == "http://flag:9090" and c.status_interval_s == 3
+    assert Config.load(env) == Config.from_env(env)
+    with pytest.raises(ConfigError, match="PERLLM_STATUS_INTERVAL"):
+        Config.load({}, None, 0.5)
+    with pytest.raises(ConfigError, match="PERLLM_TELEMETRY_WINDOW"):
+        run(env={"PERLLM_TELEMETRY_WINDOW": "five"})
