@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from perllm_operator.config import ENV_PROMETHEUS, ConfigError
@@ -23,7 +22,7 @@ def main() -> None:
     p.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
     p.add_argument(
         "--prometheus",
-        default=os.environ.get(ENV_PROMETHEUS),
+        default=None,
         help=f"Prometheus URL [{ENV_PROMETHEUS}]",
     )
     p.add_argument(

@@ -1,13 +1,13 @@
-"""Operator settings. `perllm operator` flags are passed to the handlers module through
-environment variables, because kopf imports that module itself (and the timer's interval
-is fixed when it is imported)."""
+"""Operator settings: the documented environment variables, overridden by the command-line
+flags, validated before kopf starts. The entry point reads them once and hands the
+`Config` to `registry.build`; nothing reads the environment at import."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from perllm_operator.replace import Policy
+from perllm_operator.policy import Policy
 
 ENV_PROMETHEUS = "PERLLM_PROMETHEUS_URL"
 ENV_STATUS_INTERVAL = "PERLLM_STATUS_INTERVAL"
@@ -23,7 +23,7 @@ class ConfigError(ValueError):
     """A setting with a bad value; the message names the variable."""
 
 
-def _float(env: dict[str, str], key: str, default: float, minimum: float = 0.0) -> float:
+def _float(env: Mapping[str, str], key: str, default: float, minimum: float = 0.0) -> float:
     raw = env.get(key)
     if raw in (None, ""):
         return default
@@ -44,8 +44,7 @@ class Config:
     policy: Policy = field(default_factory=Policy)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Config:
-        e = dict(os.environ) if env is None else env
+    def from_env(cls, e: Mapping[str, str]) -> Config:
         window = e.get(ENV_TELEMETRY_WINDOW) or "5m"
         if not window[:-1].isdigit() or window[-1] not in "smh":
             raise ConfigError(f"{ENV_TELEMETRY_WINDOW}={window!r}: use e.g. 30s, 5m, 1h")
@@ -64,3 +63,19 @@ class Config:
                 escalate_after=int(_float(e, ENV_REPLACE_ESCALATE, 2.0)),
             ),
         )
+
+    @classmethod
+    def load(
+        cls,
+        env: Mapping[str, str],
+        prometheus: str | None = None,
+        status_interval: float | None = None,
+    ) -> Config:
+        """The flags win over the environment. They are merged in as the variables they stand
+        for, so a bad value is reported by the same name whichever way it came."""
+        merged = dict(env)
+        if prometheus:
+            merged[ENV_PROMETHEUS] = prometheus
+        if status_interval is not None:
+            merged[ENV_STATUS_INTERVAL] = f"{status_interval:g}"
+        return cls.from_env(merged)

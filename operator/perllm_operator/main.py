@@ -1,34 +1,26 @@
-"""Run the operator in-process (kopf's CLI, standalone: no peering objects)."""
+"""Run the operator in-process: standalone kopf (no peering objects) on a registry and
+memo built from the settings."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from perllm_operator import HANDLERS_MODULE
-from perllm_operator.config import ENV_PROMETHEUS, ENV_STATUS_INTERVAL, Config
+import kopf
 
-
-def kopf_args(
-    namespaces: Sequence[str] = (), liveness: str | None = None, verbose: bool = False
-) -> list[str]:
-    args = ["run", "--standalone", "-m", HANDLERS_MODULE]
-    args += [f"--namespace={ns}" for ns in namespaces] if namespaces else ["--all-namespaces"]
-    if liveness:
-        args.append(f"--liveness={liveness}")
-    if verbose:
-        args.append("--verbose")
-    return args
+from perllm_operator.config import Config
+from perllm_operator.registry import build
 
 
-def configure_env(prometheus: str | None = None, status_interval: float | None = None) -> Config:
-    """Hand the flags to the handlers module (kopf imports it) through the environment;
-    validate every setting before kopf starts, so a bad value fails fast, naming it."""
-    if prometheus:
-        os.environ[ENV_PROMETHEUS] = prometheus
-    if status_interval is not None:
-        os.environ[ENV_STATUS_INTERVAL] = f"{status_interval:g}"
-    return Config.from_env()
+def run_options(namespaces: Sequence[str] = (), liveness: str | None = None) -> dict[str, Any]:
+    """`kopf.run` keywords besides the registry and memo: no namespace means all."""
+    return {
+        "standalone": True,
+        "clusterwide": not namespaces,
+        "namespaces": tuple(namespaces),
+        "liveness_endpoint": liveness,
+    }
 
 
 def run(
@@ -37,13 +29,12 @@ def run(
     verbose: bool = False,
     prometheus: str | None = None,
     status_interval: float | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> None:
-    """Blocks until the operator stops (SIGINT/SIGTERM)."""
-    configure_env(prometheus, status_interval)
-    import kopf.cli
-
-    kopf.cli.main(
-        args=kopf_args(namespaces, liveness, verbose),
-        prog_name="perllm operator",
-        standalone_mode=True,
-    )
+    """Blocks until the operator stops (SIGINT/SIGTERM). Every setting is validated before
+    kopf starts, so a bad value fails fast, naming it; `env` defaults to the process's."""
+    config = Config.load(os.environ if env is None else env, prometheus, status_interval)
+    op = build(config)
+    # As kopf's CLI does: INFO (DEBUG with --verbose), messages prefixed with their object.
+    kopf.configure(verbose=verbose, log_prefix=True)
+    kopf.run(registry=op.registry, memo=op.memo, **run_options(namespaces, liveness))

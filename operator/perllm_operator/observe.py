@@ -1,16 +1,13 @@
 """What the status timer reads from Prometheus, and the conditions it derives (no API calls).
 
-Queries come from the metric contract (perllm/telemetry/names.py); the pods of a service
-are selected by the live pod names (`namespace`, `pod` labels of the vLLM series), so a
-replaced pod's old series stop counting as soon as it is gone. The deadline used for
-attainment is the service's processing-time deadline for its expected output length
+The queries are perllm/telemetry/status_queries.py. The deadline used for attainment is the
+service's processing-time deadline for its expected output length
 (`Deadline.budget(traffic.outputTokens)`), counted with the largest vLLM latency bucket at
 or below it, which under-reports attainment, never over-reports it.
 """
 
 from __future__ import annotations
 
-import datetime
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,13 +15,11 @@ from typing import Any
 
 from perllm.contract import ServiceSpec
 from perllm.telemetry import names
+from perllm.telemetry import status_queries as q
 from perllm.telemetry.prom import Answer, Prometheus
+from perllm.timefmt import rfc3339
 
 Obj = dict[str, Any]
-
-
-def rfc3339(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def deadline_s(spec: ServiceSpec) -> float:
@@ -35,26 +30,6 @@ def deadline_s(spec: ServiceSpec) -> float:
 def target(spec: ServiceSpec) -> float:
     """The attainment the service asks for, as a fraction (percentile 95 -> 0.95)."""
     return spec.requirements.deadline.percentile / 100.0
-
-
-def pod_regex(pods: Sequence[str], child_name: str) -> str:
-    """Exactly the live pods; before any pod exists, the child's pod-name prefix."""
-    if pods:
-        return "|".join(_escape(p) for p in sorted(pods))
-    return f"{_escape(child_name)}-.*"
-
-
-def _escape(name: str) -> str:
-    # Object names hold only [a-z0-9.-]; `.` is the one regex metacharacter. Its escape is
-    # doubled because the regex sits in a PromQL string literal, where `\.` alone would be
-    # an invalid escape sequence (HTTP 400).
-    return name.replace(".", "\\\\.")
-
-
-def requests_per_second(namespace: str, regex: str, window: str) -> str:
-    # Not in perllm/telemetry/names.py: the request rate of a service's pods.
-    sel = f'namespace="{namespace}",pod=~"{regex}"'
-    return f"sum(rate({names.VLLM_E2E_LATENCY}_count{{{sel}}}[{window}]))"
 
 
 @dataclass(frozen=True)
@@ -106,36 +81,30 @@ def observe(
 ) -> Observation:
     """Query Prometheus for one service. Never raises: an unreachable Prometheus gives an
     Observation with `reachable=False` and the client's last error."""
-    regex = pod_regex(pods, child_name)
-    q_att = names.service_attainment(namespace, regex, deadline_s(spec), window)
+    regex = q.pod_regex(pods, child_name)
+    q_att = q.service_attainment(namespace, regex, deadline_s(spec), window)
     results: dict[str, float | None] = {}
     reachable = True
     queries = {
-        "p50": names.service_latency_quantile(0.5, namespace, regex, window),
-        "p95": names.service_latency_quantile(0.95, namespace, regex, window),
-        "rps": requests_per_second(namespace, regex, window),
-        "energy": names.service_energy_per_request(namespace, service, window),
+        "p50": q.service_latency_quantile(0.5, namespace, regex, window),
+        "p95": q.service_latency_quantile(0.95, namespace, regex, window),
+        "rps": q.requests_per_second(namespace, regex, window),
+        "energy": q.service_energy_per_request(namespace, service, window),
     }
     if q_att is not None:
         queries["attainment"] = q_att
-    for key, q in queries.items():
-        v, fresh = _scalar(prom.query(q))
+    for key, promql in queries.items():
+        v, fresh = _scalar(prom.query(promql))
         reachable = reachable and fresh
         results[key] = v
         if not fresh:
             break  # one failure is enough: do not wait out a timeout per query
     per_pod: dict[str, float] = {}
     if reachable:
-        ans = prom.query(names.pod_latency(window))
+        ans = prom.query(q.pod_latency(window))
         if ans is not None and ans.fresh:
-            live = set(pods)
-            per_pod = {
-                s.labels["pod"]: s.value
-                for s in ans.samples
-                if s.labels.get("namespace") == namespace
-                and s.labels.get("pod") in live
-                and math.isfinite(s.value)
-            }
+            by_pod = ans.by_pair("namespace", "pod")
+            per_pod = {p: by_pod[f"{namespace}/{p}"] for p in pods if f"{namespace}/{p}" in by_pod}
     att = results.get("attainment")
     if q_att is None and results.get("p50") is not None:
         att = 0.0  # the deadline is below vLLM's smallest bucket: no request can count
@@ -206,7 +175,7 @@ def telemetry_stale(obs: Observation | None, url: str | None, stale_since: str |
 
 
 def placed(placement: Obj | None, pods: Sequence[Obj]) -> Cond:
-    """`Placed` from the extender's decision record (contract 1), else Unknown."""
+    """`Placed` from the extender's decision record (`status.placement`), else Unknown."""
     if placement and placement.get("tier"):
         nodes = ", ".join(placement.get("nodes") or []) or "?"
         feasible = placement.get("feasible", True)

@@ -185,7 +185,7 @@ def _metadata(obj: Obj, name: str) -> Obj:
 
 
 def inference_service(obj: Obj) -> Obj:
-    """The KServe InferenceService of an LLMService (INTERFACES.md §2.5)."""
+    """The KServe InferenceService of an LLMService."""
     spec = service_spec(obj)
     name = obj["metadata"]["name"]
     model = obj["spec"]["model"]

@@ -101,27 +101,3 @@ def deadline_bucket(deadline_s: float) -> float | None:
 def fmt_le(bound: float) -> str:
     """Prometheus' text form of a bucket bound (`1.0`, `0.3`, `7680.0`)."""
     return repr(float(bound))
-
-
-def service_attainment(namespace: str, pod_regex: str, deadline_s: float,
-                       window: str = "5m") -> str | None:
-    """Fraction of a service's requests finished within the deadline over `window`."""
-    le = deadline_bucket(deadline_s)
-    if le is None:
-        return None
-    sel = f'namespace="{namespace}",pod=~"{pod_regex}"'
-    return (f'sum(rate({VLLM_E2E_LATENCY}_bucket{{{sel},le="{fmt_le(le)}"}}[{window}])) / '
-            f"sum(rate({VLLM_E2E_LATENCY}_count{{{sel}}}[{window}]))")
-
-
-def service_latency_quantile(q: float, namespace: str, pod_regex: str,
-                             window: str = "5m") -> str:
-    sel = f'namespace="{namespace}",pod=~"{pod_regex}"'
-    return (f"histogram_quantile({q}, sum by (le) "
-            f"(rate({VLLM_E2E_LATENCY}_bucket{{{sel}}}[{window}])))")
-
-
-def service_energy_per_request(namespace: str, service: str, window: str = "5m") -> str:
-    sel = f'namespace="{namespace}",service="{service}"'
-    return (f"increase({SERVICE_ENERGY_J}{{{sel}}}[{window}]) / "
-            f"increase({SERVICE_REQUESTS}{{{sel}}}[{window}])")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 from perllm_operator import render
-from perllm_operator.main import kopf_args
+from perllm_operator.main import run_options
 
 ROOT = Path(__file__).parents[2]
 
@@ -25,8 +24,9 @@ def _load(name: str) -> dict[str, Any]:
 
 
 def test_handlers_import() -> None:
-    mod = importlib.import_module("perllm_operator.handlers")
-    assert callable(mod.reconcile) and callable(mod.configure)
+    from perllm_operator import reconcile, registry
+
+    assert callable(reconcile.reconcile) and callable(registry.configure)
 
 
 def test_inference_service() -> None:
@@ -139,29 +139,30 @@ def test_kserve_backend_has_one_child() -> None:
     assert [k["kind"] for k in render.children(_load("code-assistant"))] == ["InferenceService"]
 
 
-def test_kopf_args() -> None:
-    assert kopf_args() == [
-        "run",
-        "--standalone",
-        "-m",
-        "perllm_operator.handlers",
-        "--all-namespaces",
-    ]
-    assert "--namespace=a" in kopf_args(["a"]) and "--all-namespaces" not in kopf_args(["a"])
+def test_run_options() -> None:
+    assert run_options() == {
+        "standalone": True,
+        "clusterwide": True,
+        "namespaces": (),
+        "liveness_endpoint": None,
+    }
+    opts = run_options(["a"], "http://0.0.0.0:8080/healthz")
+    assert opts["namespaces"] == ("a",) and opts["clusterwide"] is False
+    assert opts["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
 
 
 def test_kserve_missing_sets_condition_without_crashing(monkeypatch: Any) -> None:
     import kopf
     import pytest
-    from perllm_operator import handlers
+    from perllm_operator import kube, reconcile
 
     warned: list[str] = []
-    monkeypatch.setattr(handlers, "_kserve_installed", lambda: False)
+    monkeypatch.setattr(kube, "kserve_installed", lambda: False)
     monkeypatch.setattr(kopf, "warn", lambda body, *, reason, message: warned.append(reason))
     obj = _load("chat-assistant")
     patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError, match="backend: deployment"):
-        handlers.reconcile(
+        reconcile.reconcile(
             body=kopf.Body(obj),
             spec=kopf.Spec(kopf.Body(obj)),
             meta=kopf.Meta(kopf.Body(obj)),
@@ -177,7 +178,7 @@ def test_kserve_missing_sets_condition_without_crashing(monkeypatch: Any) -> Non
 
 
 def test_ready_of() -> None:
-    from perllm_operator.handlers import ready_of
+    from perllm_operator.conditions import ready_of
 
     dep = {
         "kind": "Deployment",

@@ -11,11 +11,14 @@ from typing import Any
 import kopf
 import pytest
 import yaml
-from perllm_operator import handlers, observe, replace
+from perllm_operator import kube, observe, policy, reconcile, status
+from perllm_operator.conditions import condition
 from perllm_operator.config import Config, ConfigError
-from perllm_operator.replace import Point, Policy
+from perllm_operator.policy import Point, Policy
+from perllm_operator.state import State, memo_of
 
 from perllm.crd import service_spec
+from perllm.telemetry import status_queries
 from perllm.telemetry.prom import Answer, Prometheus, Sample
 
 ROOT = Path(__file__).parents[2]
@@ -35,40 +38,40 @@ def _hist(*atts: float | None, step: float = 30.0) -> list[Point]:
 # ---- decision logic ----------------------------------------------------------------------
 def test_evicts_after_window_of_consecutive_ticks_below_target() -> None:
     h = _hist(0.99, 0.5, 0.6, 0.4)  # below since t=30, now t=90: 3 ticks, 60 s
-    v = replace.decide(h, 0.95, POLICY, now=90, last_eviction_at=None)
+    v = policy.decide(h, 0.95, POLICY, now=90, last_eviction_at=None)
     assert v.act and v.reason == "Replace" and v.below_since == 30
     assert "40.0%" in v.message and "95%" in v.message and "3 ticks" in v.message
 
 
 def test_not_before_the_window_is_full() -> None:
-    v = replace.decide(_hist(0.99, 0.5, 0.6), 0.95, POLICY, now=60, last_eviction_at=None)
+    v = policy.decide(_hist(0.99, 0.5, 0.6), 0.95, POLICY, now=60, last_eviction_at=None)
     assert not v.act and v.reason == "BelowTarget"  # 2 ticks, 30 s
     # enough ticks but too short a span (fast ticks)
-    v = replace.decide(
+    v = policy.decide(
         _hist(0.5, 0.5, 0.5, 0.5, step=5), 0.95, POLICY, now=15, last_eviction_at=None
     )
     assert not v.act and v.reason == "BelowTarget"
 
 
 def test_recovery_or_missing_data_breaks_the_run() -> None:
-    v = replace.decide(_hist(0.5, 0.5, 0.97, 0.5), 0.95, POLICY, now=90, last_eviction_at=None)
+    v = policy.decide(_hist(0.5, 0.5, 0.97, 0.5), 0.95, POLICY, now=90, last_eviction_at=None)
     assert not v.act and v.below_since == 90
-    v = replace.decide(_hist(0.5, 0.5, None, 0.5), 0.95, POLICY, now=90, last_eviction_at=None)
+    v = policy.decide(_hist(0.5, 0.5, None, 0.5), 0.95, POLICY, now=90, last_eviction_at=None)
     assert not v.act
-    v = replace.decide(_hist(0.5, 0.5, 0.5, None), 0.95, POLICY, now=90, last_eviction_at=None)
+    v = policy.decide(_hist(0.5, 0.5, 0.5, None), 0.95, POLICY, now=90, last_eviction_at=None)
     assert not v.act and v.reason == "NoEvidence"
-    v = replace.decide(_hist(0.96), 0.95, POLICY, now=0, last_eviction_at=None)
+    v = policy.decide(_hist(0.96), 0.95, POLICY, now=0, last_eviction_at=None)
     assert v.reason == "AttainmentOK"
-    assert replace.decide([], 0.95, POLICY, now=0, last_eviction_at=None).reason == "NoEvidence"
+    assert policy.decide([], 0.95, POLICY, now=0, last_eviction_at=None).reason == "NoEvidence"
 
 
 def test_cooldown_and_disabled() -> None:
     h = _hist(0.5, 0.5, 0.5, 0.5)
-    v = replace.decide(h, 0.95, POLICY, now=90, last_eviction_at=0)
+    v = policy.decide(h, 0.95, POLICY, now=90, last_eviction_at=0)
     assert not v.act and v.reason == "CoolingDown" and "30 s left" in v.message
-    assert replace.decide(h, 0.95, POLICY, now=130, last_eviction_at=0).act
+    assert policy.decide(h, 0.95, POLICY, now=130, last_eviction_at=0).act
     off = Policy(enabled=False)
-    assert replace.decide(h, 0.95, off, now=90, last_eviction_at=None).reason == "Disabled"
+    assert policy.decide(h, 0.95, off, now=90, last_eviction_at=None).reason == "Disabled"
 
 
 def _pod(
@@ -94,22 +97,22 @@ def test_worst_pod_by_latency_then_placement_then_age() -> None:
         _pod("b", "edge-1", "2026-01-01T00:00:01Z"),
         _pod("c", None),
     ]
-    pick = replace.worst_pod(pods, {"a": 3.0, "b": 9.0, "gone": 99.0})
+    pick = policy.worst_pod(pods, {"a": 3.0, "b": 9.0, "gone": 99.0})
     assert pick is not None and pick[0]["metadata"]["name"] == "b" and "9" in pick[1]
-    pick = replace.worst_pod(pods, None, ["edge-0"])
+    pick = policy.worst_pod(pods, None, ["edge-0"])
     assert pick is not None and pick[0]["metadata"]["name"] == "a"
-    pick = replace.worst_pod(pods, None)
+    pick = policy.worst_pod(pods, None)
     assert pick is not None and pick[0]["metadata"]["name"] == "b"  # oldest
-    assert replace.worst_pod([_pod("c", None)], None) is None
+    assert policy.worst_pod([_pod("c", None)], None) is None
 
 
 def test_in_flight_waits_for_previous_replacement() -> None:
-    assert replace.in_flight([_pod("a", "n")]) is None
-    assert "terminating" in str(replace.in_flight([_pod("a", "n", deleting=True)]))
-    assert "not scheduled" in str(replace.in_flight([_pod("a", None)]))
-    assert "not ready" in str(replace.in_flight([_pod("a", "n", ready=False)]))
-    assert replace.other_tier("cloud", ["edge", "cloud"]) == "edge"
-    assert replace.other_tier("cloud", ["cloud"]) is None
+    assert policy.in_flight([_pod("a", "n")]) is None
+    assert "terminating" in str(policy.in_flight([_pod("a", "n", deleting=True)]))
+    assert "not scheduled" in str(policy.in_flight([_pod("a", None)]))
+    assert "not ready" in str(policy.in_flight([_pod("a", "n", ready=False)]))
+    assert policy.other_tier("cloud", ["edge", "cloud"]) == "edge"
+    assert policy.other_tier("cloud", ["cloud"]) is None
 
 
 # ---- observation and conditions ------------------------------------------------------------
@@ -136,8 +139,14 @@ def test_deadline_and_pod_regex() -> None:
     spec = service_spec(_load("chat-assistant"))
     assert observe.deadline_s(spec) == pytest.approx(1.0 + 0.15 * 211)
     assert observe.target(spec) == 0.95
-    assert observe.pod_regex(["b-1", "a.x"], "svc") == r"a\\.x|b-1"
-    assert observe.pod_regex([], "svc") == "svc-.*"
+    assert status_queries.pod_regex(["b-1", "a.x"], "svc") == r"a\\.x|b-1"
+    assert status_queries.pod_regex([], "svc") == "svc-.*"
+
+
+def test_service_attainment_counts_under_the_deadline_bucket() -> None:
+    q = status_queries.service_attainment("ns", "chat-.*", 2.4, "1m")
+    assert q is not None and 'le="2.0"' in q and 'pod=~"chat-.*"' in q
+    assert status_queries.service_attainment("ns", "x", 0.1) is None
 
 
 def test_observe_reads_the_contract_queries() -> None:
@@ -245,9 +254,9 @@ class FakeCluster:
         self.events: list[tuple[str, str]] = []
 
     def install(self, mp: pytest.MonkeyPatch) -> None:
-        mp.setattr(handlers, "_pods", lambda ns, name: copy.deepcopy(self.pods))
-        mp.setattr(handlers, "_evict", lambda ns, pod: self.evicted.append(pod))
-        mp.setattr(handlers, "_follow_tier", lambda body, obj, logger: None)
+        mp.setattr(kube, "pods", lambda ns, name: copy.deepcopy(self.pods))
+        mp.setattr(kube, "evict", lambda ns, pod: self.evicted.append(pod))
+        mp.setattr(reconcile, "follow_tier", lambda body, obj, logger: None)
 
         def sync(
             ns: str, name: str, uid: str, conditions: Any = None, fields: Any = None, **_: Any
@@ -256,12 +265,12 @@ class FakeCluster:
             old = list(st.get("conditions") or [])
             conds = {c["type"]: c for c in old}
             for t, c in (conditions or {}).items():
-                conds[t] = handlers.condition(t, *c, old)
+                conds[t] = condition(t, *c, old)
             st["conditions"] = list(conds.values())
             st.update(fields or {})
             return True
 
-        mp.setattr(handlers, "sync_status", sync)
+        mp.setattr(status, "sync_status", sync)
         mp.setattr(
             kopf, "info", lambda body, *, reason, message: self.events.append((reason, message))
         )
@@ -269,10 +278,15 @@ class FakeCluster:
             kopf, "warn", lambda body, *, reason, message: self.events.append((reason, message))
         )
 
-    def tick(self) -> None:
+    def tick(self, state: State) -> None:
         b = kopf.Body(copy.deepcopy(self.obj))
-        handlers.status_tick(
-            body=b, spec=kopf.Spec(b), meta=kopf.Meta(b), status=kopf.Status(b), logger=_Logger()
+        status.status_tick(
+            body=b,
+            spec=kopf.Spec(b),
+            meta=kopf.Meta(b),
+            status=kopf.Status(b),
+            logger=_Logger(),
+            memo=memo_of(state),
         )
 
     def cond(self, t: str) -> dict[str, Any]:
@@ -289,10 +303,8 @@ def test_timer_marks_stale_and_keeps_going_when_prometheus_is_down(
 ) -> None:
     fc = FakeCluster(_load("chat-assistant"), [_pod("chat-assistant-1", "cloud-0")])
     fc.install(monkeypatch)
-    monkeypatch.setattr(handlers, "CONFIG", Config(prometheus_url="http://prom.invalid"))
-    monkeypatch.setattr(handlers, "PROM", FakeProm({}, down=True))
-    handlers.HISTORY.clear()
-    fc.tick()
+    state = State(Config(prometheus_url="http://prom.invalid"), FakeProm({}, down=True))
+    fc.tick(state)
     assert fc.cond("TelemetryStale")["status"] == "True"
     assert "placement continues" in fc.cond("TelemetryStale")["message"]
     assert fc.cond("DeadlineMet")["status"] == "Unknown"
@@ -307,31 +319,26 @@ def test_timer_evicts_one_pod_after_the_window_then_cools_down(
     fc = FakeCluster(_load("chat-assistant"), pods)
     fc.install(monkeypatch)
     fc.obj["status"] = {"placement": {"tier": "cloud", "nodes": ["cloud-0", "cloud-1"]}}
-    policy = Policy(window_s=0, min_ticks=3, cooldown_s=3600, escalate_after=0)
-    monkeypatch.setattr(handlers, "CONFIG", Config(prometheus_url="http://p", policy=policy))
-    monkeypatch.setattr(
-        handlers,
-        "PROM",
-        FakeProm(
-            {
-                "sum by (namespace, pod)": [
-                    Sample({"namespace": "llm", "pod": "chat-assistant-a"}, 2.0),
-                    Sample({"namespace": "llm", "pod": "chat-assistant-b"}, 8.0),
-                ],
-                "le=": 0.2,
-                "histogram_quantile": 9.0,
-                "_count": 1.0,
-            }
-        ),
+    pol = Policy(window_s=0, min_ticks=3, cooldown_s=3600, escalate_after=0)
+    prom = FakeProm(
+        {
+            "sum by (namespace, pod)": [
+                Sample({"namespace": "llm", "pod": "chat-assistant-a"}, 2.0),
+                Sample({"namespace": "llm", "pod": "chat-assistant-b"}, 8.0),
+            ],
+            "le=": 0.2,
+            "histogram_quantile": 9.0,
+            "_count": 1.0,
+        }
     )
-    handlers.HISTORY.clear()
+    state = State(Config(prometheus_url="http://p", policy=pol), prom)
     for _ in range(2):
-        fc.tick()
+        fc.tick(state)
     assert fc.evicted == [] and fc.obj["status"]["replacement"]["state"] == "BelowTarget"
     assert fc.cond("DeadlineMet")["status"] == "False"
     assert fc.cond("Placed")["status"] == "True"
     assert fc.obj["status"]["observed"]["attainment"] == 0.2
-    fc.tick()
+    fc.tick(state)
     assert fc.evicted == ["chat-assistant-b"]  # the slowest pod
     reasons = [r for r, _ in fc.events]
     assert reasons == ["ReplacementTriggered", "Evicted"]
@@ -340,7 +347,7 @@ def test_timer_evicts_one_pod_after_the_window_then_cools_down(
     rep = fc.obj["status"]["replacement"]
     assert rep["lastEvictedPod"] == "chat-assistant-b" and rep["evictions"] == 1
     for _ in range(4):  # still bad, but within the cooldown: no second eviction
-        fc.tick()
+        fc.tick(state)
     assert fc.evicted == ["chat-assistant-b"]
     assert fc.obj["status"]["replacement"]["state"] == "CoolingDown"
 
@@ -352,11 +359,9 @@ def test_timer_escalates_to_the_other_tier(monkeypatch: pytest.MonkeyPatch) -> N
         "replacement": {"evictionsSinceRecovery": 2},
         "placement": {"tier": "cloud", "nodes": ["cloud-0"]},
     }
-    policy = Policy(window_s=0, min_ticks=1, cooldown_s=0, escalate_after=2)
-    monkeypatch.setattr(handlers, "CONFIG", Config(prometheus_url="http://p", policy=policy))
-    monkeypatch.setattr(handlers, "PROM", FakeProm({"le=": 0.1, "_count": 1.0}))
-    handlers.HISTORY.clear()
-    fc.tick()
+    pol = Policy(window_s=0, min_ticks=1, cooldown_s=0, escalate_after=2)
+    prom = FakeProm({"le=": 0.1, "_count": 1.0})
+    fc.tick(State(Config(prometheus_url="http://p", policy=pol), prom))
     assert fc.evicted == []
     rep = fc.obj["status"]["replacement"]
     assert rep["state"] == "TierSwitched" and rep["tier"]["target"] == "edge"
@@ -382,11 +387,11 @@ def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
             return copy.deepcopy(obj)
 
-    monkeypatch.setattr(handlers.kubernetes.client, "CustomObjectsApi", CO)
-    monkeypatch.setattr(handlers, "_read_child", lambda ns, ref: live)
-    monkeypatch.setattr(handlers, "_apply", lambda child: applied.append(child) or child)
+    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
+    monkeypatch.setattr(kube, "read_child", lambda ns, ref: live)
+    monkeypatch.setattr(kube, "apply", lambda child: applied.append(child) or child)
     monkeypatch.setattr(kopf, "info", lambda body, *, reason, message: events.append(message))
-    handlers._follow_tier(kopf.Body(obj), obj, _Logger())
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     (child,) = applied
     p = child["spec"]["predictor"]
     assert p["annotations"]["perllm.io/variant-tier"] == "edge"
@@ -395,7 +400,7 @@ def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     # Already on the target tier: nothing is applied.
     applied.clear()
     live["metadata"]["annotations"]["perllm.io/pinned-tier"] = "edge"
-    handlers._follow_tier(kopf.Body(obj), obj, _Logger())
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     assert applied == []
 
 
@@ -413,11 +418,11 @@ def test_first_decision_pins_an_open_template(monkeypatch: pytest.MonkeyPatch) -
         def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
             return copy.deepcopy(obj)
 
-    monkeypatch.setattr(handlers.kubernetes.client, "CustomObjectsApi", CO)
-    monkeypatch.setattr(handlers, "_read_child", lambda ns, ref: live)
-    monkeypatch.setattr(handlers, "_apply", lambda child: applied.append(child) or child)
+    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
+    monkeypatch.setattr(kube, "read_child", lambda ns, ref: live)
+    monkeypatch.setattr(kube, "apply", lambda child: applied.append(child) or child)
     monkeypatch.setattr(kopf, "info", lambda body, *, reason, message: None)
-    handlers._follow_tier(kopf.Body(obj), obj, _Logger())
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     dep, _svc = applied
     tpl = dep["spec"]["template"]["spec"]
     expr = tpl["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
@@ -425,3 +430,16 @@ def test_first_decision_pins_an_open_template(monkeypatch: pytest.MonkeyPatch) -
     ][0]["matchExpressions"][0]
     assert expr["values"] == ["edge"] and "tolerations" not in tpl
     assert dep["metadata"]["annotations"]["perllm.io/pinned-tier"] == "edge"
+
+
+def test_flags_win_over_the_environment_and_fail_before_kopf_starts() -> None:
+    from perllm_operator.main import run
+
+    env = {"PERLLM_PROMETHEUS_URL": "http://env:9090", "PERLLM_STATUS_INTERVAL": "9"}
+    c = Config.load(env, "http://flag:9090", 3)
+    assert c.prometheus_url == "http://flag:9090" and c.status_interval_s == 3
+    assert Config.load(env) == Config.from_env(env)
+    with pytest.raises(ConfigError, match="PERLLM_STATUS_INTERVAL"):
+        Config.load({}, None, 0.5)
+    with pytest.raises(ConfigError, match="PERLLM_TELEMETRY_WINDOW"):
+        run(env={"PERLLM_TELEMETRY_WINDOW": "five"})

@@ -96,9 +96,6 @@ def test_deadline_bucket_never_over_reports() -> None:
     assert names.deadline_bucket(1.0) == 1.0
     assert names.deadline_bucket(2.4) == 2.0
     assert names.fmt_le(2.0) == "2.0"
-    q = names.service_attainment("ns", "chat-.*", 2.4, "1m")
-    assert q is not None and 'le="2.0"' in q and 'pod=~"chat-.*"' in q
-    assert names.service_attainment("ns", "x", 0.1) is None
 
 
 def test_pod_latency_falls_back_to_kserve_predict_latency() -> None:

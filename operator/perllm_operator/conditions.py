@@ -1,0 +1,132 @@
+"""The LLMService's status conditions and the one status write all handlers go through."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from perllm.crd import GROUP, PLURAL, VERSION
+from perllm.timefmt import rfc3339
+from perllm_operator import kube, observe
+
+CONDITION_ORDER = ("Ready", "Placed", "DeadlineMet", "TelemetryStale", "Reconciled")
+
+Obj = dict[str, Any]
+
+
+def condition(
+    type_: str, ok: bool | None, reason: str, message: str, old: list[Obj] | None = None
+) -> Obj:
+    """A status condition; `lastTransitionTime` moves only when the status changes."""
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    prev = next((c for c in old or [] if c.get("type") == type_), None)
+    since = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or rfc3339(time.time()),
+    }
+
+
+def ready_of(child: Obj) -> observe.Cond:
+    """(ready, reason, message) of a live child (Deployment or InferenceService)."""
+    kind, name = child.get("kind"), child["metadata"]["name"]
+    status = child.get("status") or {}
+    if kind == "Deployment":
+        want = (child.get("spec") or {}).get("replicas", 1)
+        have = status.get("readyReplicas") or 0
+        if have >= want:
+            return True, "ReplicasReady", f"Deployment {name}: {have}/{want} replicas ready"
+        return False, "ReplicasNotReady", f"Deployment {name}: {have}/{want} replicas ready"
+    cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if cond is None:
+        return None, "Pending", f"InferenceService {name}: no Ready condition yet"
+    ok = cond.get("status") == "True"
+    detail = cond.get("message") or cond.get("reason") or ""
+    return (
+        ok,
+        "InferenceServiceReady" if ok else "InferenceServiceNotReady",
+        f"InferenceService {name}: {detail}".rstrip(": "),
+    )
+
+
+def _merged(
+    ns: str,
+    name: str,
+    st: Obj,
+    ref: Obj | None,
+    reconciled: tuple[str, str] | None,
+    conditions: dict[str, observe.Cond],
+) -> list[Obj]:
+    """The new condition list: the given ones, `Placed` from `status.placement` unless
+    given, `Ready` from the live child, the rest kept."""
+    old = list(st.get("conditions") or [])
+    conds = {c.get("type"): c for c in old}
+    if reconciled is not None:
+        conds["Reconciled"] = condition("Reconciled", True, *reconciled, old)
+    for type_, (ok, reason, msg) in conditions.items():
+        conds[type_] = condition(type_, ok, reason, msg, old)
+    if "Placed" not in conditions:
+        pods = kube.pods(ns, name) if not st.get("placement") else []
+        conds["Placed"] = condition("Placed", *observe.placed(st.get("placement"), pods), old)
+    if ref:
+        live = kube.read_child(ns, ref)
+        if live is None:
+            missing = f"{ref['kind']} {ref['name']} not found"
+            conds["Ready"] = condition("Ready", False, "ChildMissing", missing, old)
+        else:
+            conds["Ready"] = condition("Ready", *ready_of(live), old)
+    return [conds[t] for t in CONDITION_ORDER if t in conds] + [
+        c for t, c in conds.items() if t not in CONDITION_ORDER
+    ]
+
+
+def sync_status(
+    ns: str,
+    name: str,
+    uid: str,
+    child: Obj | None = None,
+    reconciled: tuple[str, str] | None = None,
+    generation: int | None = None,
+    conditions: dict[str, observe.Cond] | None = None,
+    fields: Obj | None = None,
+) -> bool:
+    """Write the LLMService's status from a fresh read of its child: read-modify-write with
+    the resourceVersion, retried on conflict, so the reconcile handler, the Deployment
+    event handler and the status timer never overwrite each other with stale data.
+    `conditions`/`fields` are extra conditions and status fields to set. `Placed` is
+    recomputed from `status.placement` (the extender's) on every write. False: no such
+    owner."""
+    co = kube.kubernetes.client.CustomObjectsApi()
+    for _attempt in range(8):
+        try:
+            llms: Obj = co.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        if llms["metadata"].get("uid") != uid:
+            return False
+        st = llms.get("status") or {}
+        ref = child or st.get("child")
+        new: Obj = {"conditions": _merged(ns, name, st, ref, reconciled, conditions or {})}
+        new.update(fields or {})
+        if child is not None:
+            new["child"] = child
+        if generation is not None:
+            new["observedGeneration"] = generation
+        if all(st.get(k) == v for k, v in new.items()):
+            return True
+        body = {"metadata": {"resourceVersion": llms["metadata"]["resourceVersion"]}, "status": new}
+        try:
+            co.patch_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, name, body)
+            return True
+        except ApiException as e:
+            if e.status != 409:
+                raise
+    raise kopf.TemporaryError(f"LLMService {ns}/{name}: status kept conflicting", delay=2)

@@ -1,0 +1,108 @@
+"""Keeping an LLMService's status current between reconciles: the status timer
+(`status_tick`: telemetry from Prometheus, the extender's decision record, re-placement),
+child Deployment events (readiness), and the liveness probe's telemetry report."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from perllm.crd import InvalidService, service_spec
+from perllm.timefmt import rfc3339
+from perllm_operator import kube, observe, policy, reconcile, replacement
+from perllm_operator.conditions import sync_status
+from perllm_operator.state import state_of
+
+Obj = dict[str, Any]
+
+
+def status_tick(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Refresh status from Prometheus and the extender's record; re-place if needed."""
+    ns, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
+    if meta.get("deletionTimestamp"):
+        return
+    state = state_of(memo)
+    cfg, prom = state.config, state.prom
+    st: Obj = dict(status)
+    obj: Obj = {"metadata": dict(meta), "spec": dict(spec), "status": st}
+    try:
+        sspec = service_spec(obj)
+    except InvalidService:
+        return  # reconcile reports InvalidSpec
+    now = time.time()
+    try:
+        pods = kube.pods(ns, name)
+    except ApiException as e:
+        raise kopf.TemporaryError(f"API error {e.status} listing pods", delay=10) from e
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    obs = None
+    if cfg.prometheus_url:
+        names = [p["metadata"]["name"] for p in live]
+        obs = observe.observe(prom, ns, name, sspec, names, name, cfg.telemetry_window, now)
+    fields: Obj = {}
+    stale_since = None
+    if obs is not None and obs.reachable:
+        fields["observed"] = obs.status(cfg.telemetry_window)
+    else:
+        last_ok = prom.health.last_success
+        old_at = (st.get("observed") or {}).get("at")
+        stale_since = old_at or (rfc3339(last_ok) if last_ok else None)
+    conds: dict[str, observe.Cond] = {
+        "DeadlineMet": observe.deadline_met(obs, sspec, stale_since),
+        "TelemetryStale": observe.telemetry_stale(obs, cfg.prometheus_url, stale_since),
+        "Placed": observe.placed(st.get("placement"), live),
+    }
+    hist = state.history[uid]
+    hist.append(policy.Point(now, obs.attainment if obs is not None and obs.reachable else None))
+    tick = replacement.Tick(body, ns, name, sspec, st, live, obs, hist, now, logger)
+    fields["replacement"] = replacement.replacement(tick, cfg.policy)
+    try:
+        sync_status(ns, name, uid, conditions=conds, fields=fields)
+    except ApiException as e:
+        raise kopf.TemporaryError(f"API error {e.status} writing status", delay=10) from e
+    reconcile.follow_tier(body, obj, logger)
+
+
+def deployment_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:
+    """Mirror a child Deployment's readiness into its LLMService's Ready condition."""
+    if type == "DELETED":
+        return
+    owner = next(
+        (
+            r
+            for r in body.metadata.get("ownerReferences") or []
+            if r.get("kind") == "LLMService" and r.get("controller")
+        ),
+        None,
+    )
+    if owner is None:
+        return
+    ns = str(body.metadata.namespace)
+    try:
+        sync_status(ns, owner["name"], owner.get("uid", ""))
+    except ApiException as e:
+        raise kopf.TemporaryError(f"API error {e.status} updating status", delay=5) from e
+    logger.debug("LLMService %s/%s: status synced", ns, owner["name"])
+
+
+def telemetry_probe(memo: kopf.Memo, **_: Any) -> Obj:
+    """Reported on the --liveness endpoint; never fails the probe (telemetry is optional)."""
+    state = state_of(memo)
+    h = state.prom.health
+    return {
+        "prometheus": state.config.prometheus_url,
+        "ok": h.ok,
+        "lastError": h.last_error,
+        "stalenessSeconds": None if h.last_success is None else round(h.staleness_s(), 1),
+    }
