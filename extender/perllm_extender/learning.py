@@ -16,7 +16,6 @@ served requests in the window; pods that are gone are forgotten.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from perllm.contract import Server, ServiceSpec
 from perllm.csucb import CSUCB
-from perllm.telemetry import names
+from perllm.telemetry import names, queries
 from perllm.telemetry.prom import Answer
 from perllm_extender.periodic import Periodic
 
@@ -136,40 +135,9 @@ class Observation:
     energy_source: str  # service | node-power | predicted
 
 
-def _by_pod(ans: Answer | None) -> dict[str, float]:
-    if ans is None:
-        return {}
-    out = {}
-    for s in ans.samples:
-        ns, pod = s.labels.get("namespace"), s.labels.get("pod")
-        if ns and pod and math.isfinite(s.value):
-            out[f"{ns}/{pod}"] = s.value
-    return out
-
-
-def _by_service(ans: Answer | None) -> dict[str, float]:
-    if ans is None:
-        return {}
-    out = {}
-    for s in ans.samples:
-        ns, svc = s.labels.get("namespace"), s.labels.get(names.SERVICE)
-        if ns and svc and math.isfinite(s.value) and s.value > 0:
-            out[f"{ns}/{svc}"] = s.value
-    return out
-
-
-def queries(window: str) -> dict[str, str]:
-    count = f"{names.VLLM_E2E_LATENCY}_count"
-    by_pod = "sum by (namespace, pod)"
-    by_svc = "sum by (namespace, service)"
-    return {
-        "latency": names.pod_latency(window),
-        "rate": f"{by_pod} (rate({count}[{window}]))",
-        "tokens": f"{by_pod} (rate({names.VLLM_GENERATION_TOKENS}[{window}])) / "
-        f"{by_pod} (rate({count}[{window}]))",
-        "energy": f"{by_svc} (increase({names.SERVICE_ENERGY_J}[{window}])) / "
-        f"{by_svc} (increase({names.SERVICE_REQUESTS}[{window}]))",
-    }
+def _per(ans: Answer | None, inner: str = names.POD) -> dict[str, float]:
+    """value per "namespace/<inner>" of an answer (none: empty)."""
+    return ans.by_pair(names.NAMESPACE, inner) if ans is not None else {}
 
 
 class Learner:
@@ -225,7 +193,7 @@ class Learner:
         self._forget_gone(now)
         if self.prom is None:
             return []
-        q = queries(self.window)
+        q = queries.learning(self.window)
         answers: dict[str, Answer | None] = {}
         for k, promql in q.items():
             try:
@@ -236,8 +204,8 @@ class Learner:
             answers[k] = a if a is not None and a.fresh else None  # never re-learn a stale one
         if answers["latency"] is None:
             return []
-        lat, rate = _by_pod(answers["latency"]), _by_pod(answers["rate"])
-        tokens, energy = _by_pod(answers["tokens"]), _by_service(answers["energy"])
+        lat, rate, tokens = (_per(answers[k]) for k in ("latency", "rate", "tokens"))
+        energy = {k: v for k, v in _per(answers["energy"], names.SERVICE).items() if v > 0}
         snap = self.snapshot()
         out: list[Observation] = []
         with self._lock:

@@ -5,8 +5,7 @@ refresher replaces every `interval_s`. What is unknown (no Prometheus, no series
 node, a value older than `max_age_s`) falls back to the profile prior: the node's nominal
 link bandwidth (its annotation) and zero load.
 
-Queries use the shared names in `perllm.telemetry.names`; the per-pod running/waiting and
-per-node CPU power queries are built here (the shared module sums running and waiting).
+The queries of a refresh are `perllm.telemetry.queries.snapshot()`.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from perllm.telemetry import names
+from perllm.telemetry import names, queries
 from perllm.telemetry.prom import Answer
 from perllm_extender.periodic import Periodic
 
@@ -30,18 +29,6 @@ class QueryClient(Protocol):
     """What the extender needs of `perllm.telemetry.prom.Prometheus` (tests pass stubs)."""
 
     def query(self, promql: str) -> Answer | None: ...
-
-
-# The queries of one refresh, by the snapshot field they fill.
-Q_BANDWIDTH = names.bandwidth_by_node()  # bit/s per node
-Q_GPU_POWER = names.gpu_power_by_node()  # W per Hostname / hostname
-Q_CPU_POWER = f"sum by ({names.NODE}) ({names.CPU_POWER_W})"
-Q_RUNNING = f"sum by (namespace, pod) ({names.VLLM_RUNNING})"
-Q_WAITING = f"sum by (namespace, pod) ({names.VLLM_WAITING})"
-
-
-def q_latency(window: str) -> str:
-    return names.pod_latency(window)
 
 
 @dataclass(frozen=True)
@@ -96,22 +83,6 @@ class Snapshot:
             "nodes": nodes,
             "pods": pods,
         }
-
-
-def _by_pod(ans: Answer) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for s in ans.samples:
-        ns, pod = s.labels.get("namespace"), s.labels.get("pod")
-        if ns and pod and math.isfinite(s.value):
-            out[f"{ns}/{pod}"] = s.value
-    return out
-
-
-def _by_host(ans: Answer) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for label in names.DCGM_HOST_LABELS:
-        out.update(ans.by(label))
-    return out
 
 
 class Telemetry:
@@ -169,14 +140,15 @@ class Telemetry:
                     errors.append(what)
                 return ans
 
-            bw = ask("bandwidth", Q_BANDWIDTH)
-            gpu = ask("gpu_power", Q_GPU_POWER)
-            cpu = ask("cpu_power", Q_CPU_POWER)
-            run = ask("running", Q_RUNNING)
-            wait = ask("waiting", Q_WAITING)
-            lat = ask("latency", q_latency(self.latency_window))
-            running = _by_pod(run) if run is not None else dict(old.running)
-            waiting = _by_pod(wait) if wait is not None else dict(old.waiting)
+            q = queries.snapshot(self.latency_window)
+            bw = ask("bandwidth", q["bandwidth"])
+            gpu = ask("gpu_power", q["gpu_power"])
+            cpu = ask("cpu_power", q["cpu_power"])
+            run = ask("running", q["running"])
+            wait = ask("waiting", q["waiting"])
+            lat = ask("latency", q["latency"])
+            running = run.by_pair() if run is not None else dict(old.running)
+            waiting = wait.by_pair() if wait is not None else dict(old.waiting)
             node_running: dict[str, float] = {}
             node_waiting: dict[str, float] = {}
             for per_pod, per_node in ((running, node_running), (waiting, node_waiting)):
@@ -189,11 +161,13 @@ class Telemetry:
                 bandwidth_mbps={n: v / 1e6 for n, v in bw.by(names.NODE).items() if v > 0}
                 if bw is not None
                 else old.bandwidth_mbps,
-                gpu_power_w=_by_host(gpu) if gpu is not None else old.gpu_power_w,
+                gpu_power_w=gpu.by_any(names.DCGM_HOST_LABELS)
+                if gpu is not None
+                else old.gpu_power_w,
                 cpu_power_w=cpu.by(names.NODE) if cpu is not None else old.cpu_power_w,
                 running=running,
                 waiting=waiting,
-                latency_s=_by_pod(lat) if lat is not None else old.latency_s,
+                latency_s=lat.by_pair() if lat is not None else old.latency_s,
                 node_running=node_running,
                 node_waiting=node_waiting,
                 at=at,
