@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 from perllm.contract import Server
 from perllm.profiles import Catalogue
 from perllm.telemetry.prom import Prometheus
-from perllm_extender.decide import DecisionEvent, Scheduler
+from perllm_extender.decide import Scheduler
+from perllm_extender.decision import DecisionEvent
 from perllm_extender.informers import Informer, kube_informers
-from perllm_extender.learning import Learner, Observation, Placement
+from perllm_extender.learning import LatencyObservation, Learner, Placement
 from perllm_extender.metrics import Metrics
 from perllm_extender.publish import KubePublishApi, Publisher
 from perllm_extender.state import ConfigMapStore, StateKeeper
@@ -51,7 +52,7 @@ class Live:
             hw = catalogue.hardware.get(s.hardware)
             return hw is not None and hw.kind == "gpu"
 
-        def apply(obs: list[Observation]) -> int:
+        def apply(obs: list[LatencyObservation]) -> int:
             n = sched.apply(obs)
             metrics.learning_updates.inc(n)
             return n

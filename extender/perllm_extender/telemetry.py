@@ -14,10 +14,13 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
+from perllm.contract import Server
 from perllm.telemetry import names, queries
 from perllm.telemetry.prom import Answer
 from perllm_extender.periodic import Periodic
@@ -188,10 +191,26 @@ class Telemetry:
             return snap
 
     # -- decisions' view -----------------------------------------------------------------
-    def bandwidth(self, node: str, prior: float, snap: Snapshot, now: float) -> float:
-        if snap.usable("bandwidth", self.max_age_s, now):
-            return snap.bandwidth_mbps.get(node, prior)
-        return prior
+    def inputs(
+        self, servers: Sequence[Server], prior_bw: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """running, waiting, bandwidth per server from the latest snapshot (priors when
+        unknown or stale)."""
+        m = len(servers)
+        snap, now = self.snapshot, time.time()
+        names_ = [s.name for s in servers]
+        bw = prior_bw.copy()
+        if snap.usable("bandwidth", self.max_age_s, now) and snap.bandwidth_mbps:
+            got = snap.bandwidth_mbps
+            bw = np.array([got.get(n, p) for n, p in zip(names_, prior_bw.tolist(), strict=True)])
+        running, waiting = np.zeros(m), np.zeros(m)
+        if snap.usable("load", self.max_age_s, now):
+            nr, nw = snap.node_running, snap.node_waiting
+            if nr:
+                running = np.array([nr.get(n, 0.0) for n in names_])
+            if nw:
+                waiting = np.array([nw.get(n, 0.0) for n in names_])
+        return running, waiting, bw
 
     def staleness_s(self, now: float | None = None) -> float:
         """Seconds since the last good Prometheus answer (inf: never)."""

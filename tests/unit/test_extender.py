@@ -494,7 +494,7 @@ def test_node_order_reuses_the_same_bandit(mode: str) -> None:
         replies.append((names, kept))
         rounds.append(c.get("/decisions").json()[-1]["explanation"]["round"])
     assert rounds == [rounds[0], rounds[0] + 1, rounds[0] + 2], rounds
-    assert len(sched._bandits) == 1
-    assert len(sched._sets) == (1 if mode == "names" else 0)
+    assert len(sched.bandits) == 1
+    assert len(sched.sets) == (1 if mode == "names" else 0)
     for names, kept in replies:
         assert kept == [n for n in names if n in set(kept)]  # request order

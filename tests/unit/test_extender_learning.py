@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from perllm_extender import ExtenderConfig, create_app
+from perllm_extender.bandits import service_key
 from perllm_extender.decide import Scheduler
-from perllm_extender.learning import service_key
 from perllm_extender.live import Live
 from test_extender_fakes import EDGES, NAMES, NODES, StubProm, args, pod, spec
 

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from perllm_extender.decide import PodDecision, Scheduler, constraint_of
+from perllm_extender.decide import Scheduler
+from perllm_extender.decision import PodDecision, constraint_of
 from perllm_extender.metrics import Metrics
 from perllm_extender.models import ExtenderArgs, ExtenderFilterResult, HostPriority
 from perllm_extender.wire import parse_args, reply, request_body_openapi
