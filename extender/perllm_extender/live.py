@@ -21,7 +21,7 @@ from perllm_extender.state import ConfigMapStore, StateKeeper
 from perllm_extender.telemetry import QueryClient, Telemetry
 
 if TYPE_CHECKING:
-    from perllm_extender.app import ExtenderConfig
+    from perllm_extender.config import ExtenderConfig
 
 log = logging.getLogger("perllm.extender")
 
