@@ -43,7 +43,7 @@ class Metrics:
             "Requests answered 4xx.",
             registry=self.registry,
         )
-        # -- issue #5 item 6 --------------------------------------------------------------
+        # -- what decisions cost and risk -------------------------------------------------
         self.constraint_violations = Counter(
             "perllm_extender_constraint_violations",
             "Decisions placed on a node that "

@@ -1,4 +1,4 @@
-"""Persistence of the learned state (contract 2): ConfigMap `perllm-extender-state`, key
+"""Persistence of the learned state: ConfigMap `perllm-extender-state`, key
 `state.json`, in the extender's namespace; written every `interval_s` and on shutdown,
 read on start.
 

@@ -1,4 +1,4 @@
-"""The extender's live side: publication (contract 1), informers, metrics, CLI flags."""
+"""The extender's live side: publication, informers, metrics, CLI flags."""
 
 from __future__ import annotations
 

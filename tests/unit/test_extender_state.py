@@ -1,4 +1,4 @@
-"""Persistence of the extender's learned state (contract 2): round trip, bad state, ConfigMap."""
+"""Persistence of the extender's learned state: round trip, bad state, ConfigMap."""
 
 from __future__ import annotations
 
