@@ -8,6 +8,7 @@ import logging
 import typer
 
 
+# Over 60 lines: typer takes the flags as the command's parameters, one option each.
 def register(app: typer.Typer) -> None:
     @app.command("extender")
     def extender_cmd(

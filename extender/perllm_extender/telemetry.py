@@ -126,8 +126,8 @@ class Telemetry:
                 return old
             at = dict(old.at)
             errors: list[str] = []
-
-            def ask(what: str, promql: str) -> Answer | None:
+            got: dict[str, Answer] = {}
+            for what, promql in queries.snapshot(self.latency_window).items():
                 try:
                     ans = prom.query(promql)
                 except Exception as e:  # a stub or client bug must not kill the loop
@@ -135,51 +135,16 @@ class Telemetry:
                     errors.append(f"{what}: {type(e).__name__}: {e}")
                 if ans is None:
                     errors.append(what)
-                    return None
-                at[what] = ans.at
+                    continue
+                got[what], at[what] = ans, ans.at
                 if ans.fresh:
                     self.last_success = max(self.last_success or 0.0, ans.at)
                 else:
                     errors.append(what)
-                return ans
-
-            q = queries.snapshot(self.latency_window)
-            bw = ask("bandwidth", q["bandwidth"])
-            gpu = ask("gpu_power", q["gpu_power"])
-            cpu = ask("cpu_power", q["cpu_power"])
-            run = ask("running", q["running"])
-            wait = ask("waiting", q["waiting"])
-            lat = ask("latency", q["latency"])
-            running = run.by_pair() if run is not None else dict(old.running)
-            waiting = wait.by_pair() if wait is not None else dict(old.waiting)
-            node_running: dict[str, float] = {}
-            node_waiting: dict[str, float] = {}
-            for per_pod, per_node in ((running, node_running), (waiting, node_waiting)):
-                for p, v in per_pod.items():
-                    n = self.pod_node(p)
-                    if n is not None:
-                        per_node[n] = per_node.get(n, 0.0) + max(v, 0.0)
-            at["load"] = min(at.get("running", 0.0), at.get("waiting", 0.0))
-            snap = Snapshot(
-                bandwidth_mbps={n: v / 1e6 for n, v in bw.by(names.NODE).items() if v > 0}
-                if bw is not None
-                else old.bandwidth_mbps,
-                gpu_power_w=gpu.by_any(names.DCGM_HOST_LABELS)
-                if gpu is not None
-                else old.gpu_power_w,
-                cpu_power_w=cpu.by(names.NODE) if cpu is not None else old.cpu_power_w,
-                running=running,
-                waiting=waiting,
-                latency_s=lat.by_pair() if lat is not None else old.latency_s,
-                node_running=node_running,
-                node_waiting=node_waiting,
-                at=at,
-                refreshed=time.time(),
-            )
+            snap = self._snapshot(old, got, at)
             self.snapshot = snap  # one reference assignment: readers never see a mix
             self.refreshes += 1
-            health = getattr(prom, "health", None)
-            why = getattr(health, "last_error", None)
+            why = getattr(getattr(prom, "health", None), "last_error", None)
             self.last_error = (
                 None
                 if not errors
@@ -190,7 +155,35 @@ class Telemetry:
             )
             return snap
 
-    # -- decisions' view -----------------------------------------------------------------
+    def _snapshot(self, old: Snapshot, got: dict[str, Answer], at: dict[str, float]) -> Snapshot:
+        """The new snapshot from this refresh's answers; a field without one keeps `old`'s."""
+        run, wait = got.get("running"), got.get("waiting")
+        running = run.by_pair() if run is not None else dict(old.running)
+        waiting = wait.by_pair() if wait is not None else dict(old.waiting)
+        node_running: dict[str, float] = {}
+        node_waiting: dict[str, float] = {}
+        for per_pod, per_node in ((running, node_running), (waiting, node_waiting)):
+            for p, v in per_pod.items():
+                n = self.pod_node(p)
+                if n is not None:
+                    per_node[n] = per_node.get(n, 0.0) + max(v, 0.0)
+        at["load"] = min(at.get("running", 0.0), at.get("waiting", 0.0))
+        bw, gpu, cpu, lat = (got.get(k) for k in ("bandwidth", "gpu_power", "cpu_power", "latency"))
+        return Snapshot(
+            bandwidth_mbps={n: v / 1e6 for n, v in bw.by(names.NODE).items() if v > 0}
+            if bw is not None
+            else old.bandwidth_mbps,
+            gpu_power_w=gpu.by_any(names.DCGM_HOST_LABELS) if gpu is not None else old.gpu_power_w,
+            cpu_power_w=cpu.by(names.NODE) if cpu is not None else old.cpu_power_w,
+            running=running,
+            waiting=waiting,
+            latency_s=lat.by_pair() if lat is not None else old.latency_s,
+            node_running=node_running,
+            node_waiting=node_waiting,
+            at=at,
+            refreshed=time.time(),
+        )
+
     def inputs(
         self, servers: Sequence[Server], prior_bw: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
