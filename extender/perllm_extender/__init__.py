@@ -1,5 +1,6 @@
-"""PerLLM kube-scheduler extender: CS-UCB over a pod's candidate nodes (issue #5)."""
+"""PerLLM kube-scheduler extender: CS-UCB over a pod's candidate nodes."""
 
-from perllm_extender.app import ExtenderConfig, create_app
+from perllm_extender.app import create_app
+from perllm_extender.config import ExtenderConfig
 
 __all__ = ["ExtenderConfig", "create_app"]

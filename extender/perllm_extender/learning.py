@@ -1,31 +1,23 @@
 """Learning: observed latency and energy of placed pods become CS-UCB updates.
 
-`ArmStore` holds each service's learned state (CS-UCB `export_state()` format: arms keyed
-`<service>|<pool>`). The extender keeps one CSUCB per (service, candidate node set), since
-kube-scheduler's in-tree filters change the set; each syncs from the store before use and
-writes back after, so everything learned about a pool carries across node sets, bandwidth
-changes and restarts (the store is what `state.py` persists). Key: `namespace/service@model`
-(a new model invalidates the learned time ratios; a new deadline does not).
-
 `Learner` remembers every placed pod (service, node, predicted time and energy at decision,
 deadline) and every `interval_s` turns its observed mean latency, output length and energy
-per request into `CSUCB.update()`. One observation per pod per pass, only when the pod
-served requests in the window; pods that are gone are forgotten.
+per request into `LatencyObservation`s for `apply` (the scheduler's `CSUCB.update()`). One
+observation per pod per pass, only when the pod served requests in the window; pods that
+are gone are forgotten.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from perllm.contract import Server, ServiceSpec
-from perllm.csucb import CSUCB
-from perllm.telemetry import names
+from perllm.telemetry import names, queries
 from perllm.telemetry.prom import Answer
 from perllm_extender.periodic import Periodic
 
@@ -34,77 +26,6 @@ if TYPE_CHECKING:
     from perllm_extender.telemetry import QueryClient, Snapshot
 
 log = logging.getLogger("perllm.extender.learning")
-
-
-def service_key(namespace: str, spec: ServiceSpec) -> str:
-    return f"{namespace}/{spec.name}@{spec.model}"
-
-
-class ArmStore:
-    """Learned state per service key, with a generation counter so a CSUCB re-imports only
-    when another one has learned something since it last synced.
-
-    Exporting a CSUCB costs more than a small decision, so `push` only records which CSUCB
-    holds the service's freshest state; it is exported when another CSUCB of the service
-    needs it, or for persistence (`export`). Share the scheduler's (reentrant) lock so an
-    export never reads a CSUCB in the middle of a decision.
-    """
-
-    def __init__(self, lock: threading.RLock | None = None) -> None:
-        self._states: dict[str, dict[str, Any]] = {}
-        self._gen: dict[str, int] = {}
-        self._owner: dict[str, CSUCB] = {}  # the CSUCB ahead of _states[skey]
-        self._lock = lock or threading.RLock()
-
-    def _materialize(self, skey: str) -> None:
-        b = self._owner.pop(skey, None)
-        if b is None:
-            return
-        st = b.export_state()
-        old = self._states.get(skey)
-        if old is not None:  # pools this CSUCB does not have keep what was learned
-            st["arms"] = {**old.get("arms", {}), **st["arms"]}
-            st["outputs"] = {**old.get("outputs", {}), **st["outputs"]}
-        self._states[skey] = st
-
-    def pull(self, skey: str, b: CSUCB, seen: int) -> int:
-        """Bring `b` up to the service's state; returns the generation it now has."""
-        with self._lock:
-            gen = self._gen.get(skey, 0)
-            if gen == seen or self._owner.get(skey) is b:
-                return gen
-            self._materialize(skey)
-            st = self._states.get(skey)
-            if st is not None:
-                b.import_state(st)
-            return gen
-
-    def push(self, skey: str, b: CSUCB) -> int:
-        """`b` (synced by `pull` before it changed) now holds the service's state."""
-        with self._lock:
-            if self._owner.get(skey) not in (None, b):
-                self._materialize(skey)
-            self._owner[skey] = b
-            gen = self._gen.get(skey, 0) + 1
-            self._gen[skey] = gen
-            return gen
-
-    def export(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            for k in list(self._owner):
-                self._materialize(k)
-            return dict(self._states)
-
-    def load(self, states: dict[str, dict[str, Any]]) -> None:
-        with self._lock:
-            for k, st in states.items():
-                self._owner.pop(k, None)
-                self._states[k] = st
-                self._gen[k] = self._gen.get(k, 0) + 1
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._states.keys() | self._owner.keys())
 
 
 @dataclass
@@ -125,7 +46,9 @@ class Placement:
 
 
 @dataclass(frozen=True)
-class Observation:
+class LatencyObservation:
+    """What one pod did in a learning window, against what was predicted for it."""
+
     placement: Placement
     server: int  # index in placement.servers
     time_s: float
@@ -136,40 +59,9 @@ class Observation:
     energy_source: str  # service | node-power | predicted
 
 
-def _by_pod(ans: Answer | None) -> dict[str, float]:
-    if ans is None:
-        return {}
-    out = {}
-    for s in ans.samples:
-        ns, pod = s.labels.get("namespace"), s.labels.get("pod")
-        if ns and pod and math.isfinite(s.value):
-            out[f"{ns}/{pod}"] = s.value
-    return out
-
-
-def _by_service(ans: Answer | None) -> dict[str, float]:
-    if ans is None:
-        return {}
-    out = {}
-    for s in ans.samples:
-        ns, svc = s.labels.get("namespace"), s.labels.get(names.SERVICE)
-        if ns and svc and math.isfinite(s.value) and s.value > 0:
-            out[f"{ns}/{svc}"] = s.value
-    return out
-
-
-def queries(window: str) -> dict[str, str]:
-    count = f"{names.VLLM_E2E_LATENCY}_count"
-    by_pod = "sum by (namespace, pod)"
-    by_svc = "sum by (namespace, service)"
-    return {
-        "latency": names.pod_latency(window),
-        "rate": f"{by_pod} (rate({count}[{window}]))",
-        "tokens": f"{by_pod} (rate({names.VLLM_GENERATION_TOKENS}[{window}])) / "
-        f"{by_pod} (rate({count}[{window}]))",
-        "energy": f"{by_svc} (increase({names.SERVICE_ENERGY_J}[{window}])) / "
-        f"{by_svc} (increase({names.SERVICE_REQUESTS}[{window}]))",
-    }
+def _per(ans: Answer | None, inner: str = names.POD) -> dict[str, float]:
+    """value per "namespace/<inner>" of an answer (none: empty)."""
+    return ans.by_pair(names.NAMESPACE, inner) if ans is not None else {}
 
 
 class Learner:
@@ -179,7 +71,7 @@ class Learner:
     def __init__(
         self,
         prom: QueryClient | None,
-        apply: Callable[[list[Observation]], int],
+        apply: Callable[[list[LatencyObservation]], int],
         *,
         pods: PodIndex | None = None,
         snapshot: Callable[[], Snapshot | None] | None = None,
@@ -219,13 +111,13 @@ class Learner:
                     if self.pods is not None and not self.pods.informed:
                         self.pods.remove(key)  # the index holds only our guesses: bound it
 
-    def observe(self) -> list[Observation]:
+    def observe(self) -> list[LatencyObservation]:
         """Query once and build the observations of this pass (no update)."""
         now = time.time()
         self._forget_gone(now)
         if self.prom is None:
             return []
-        q = queries(self.window)
+        q = queries.learning(self.window)
         answers: dict[str, Answer | None] = {}
         for k, promql in q.items():
             try:
@@ -236,10 +128,10 @@ class Learner:
             answers[k] = a if a is not None and a.fresh else None  # never re-learn a stale one
         if answers["latency"] is None:
             return []
-        lat, rate = _by_pod(answers["latency"]), _by_pod(answers["rate"])
-        tokens, energy = _by_pod(answers["tokens"]), _by_service(answers["energy"])
+        lat, rate, tokens = (_per(answers[k]) for k in ("latency", "rate", "tokens"))
+        energy = {k: v for k, v in _per(answers["energy"], names.SERVICE).items() if v > 0}
         snap = self.snapshot()
-        out: list[Observation] = []
+        out: list[LatencyObservation] = []
         with self._lock:
             placements = list(self.tracked.values())
         for p in placements:
@@ -272,7 +164,7 @@ class Learner:
                 e, src = pred_e, "predicted"
             dl = p.spec.requirements.deadline
             out.append(
-                Observation(
+                LatencyObservation(
                     p, idx, t_obs, pred_t, e, dl.seconds + dl.per_output_token_s * l_out, l_out, src
                 )
             )

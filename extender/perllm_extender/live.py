@@ -11,16 +11,17 @@ from typing import TYPE_CHECKING, Any
 from perllm.contract import Server
 from perllm.profiles import Catalogue
 from perllm.telemetry.prom import Prometheus
-from perllm_extender.decide import DecisionEvent, Scheduler
+from perllm_extender.decide import Scheduler
+from perllm_extender.decision import DecisionEvent
 from perllm_extender.informers import Informer, kube_informers
-from perllm_extender.learning import Learner, Observation, Placement
+from perllm_extender.learning import LatencyObservation, Learner, Placement
 from perllm_extender.metrics import Metrics
 from perllm_extender.publish import KubePublishApi, Publisher
 from perllm_extender.state import ConfigMapStore, StateKeeper
 from perllm_extender.telemetry import QueryClient, Telemetry
 
 if TYPE_CHECKING:
-    from perllm_extender.app import ExtenderConfig
+    from perllm_extender.config import ExtenderConfig
 
 log = logging.getLogger("perllm.extender")
 
@@ -47,24 +48,7 @@ class Live:
         sched.telemetry = self.telemetry
         metrics.staleness.set_function(self._staleness)
 
-        def is_gpu(s: Server) -> bool:
-            hw = catalogue.hardware.get(s.hardware)
-            return hw is not None and hw.kind == "gpu"
-
-        def apply(obs: list[Observation]) -> int:
-            n = sched.apply(obs)
-            metrics.learning_updates.inc(n)
-            return n
-
-        self.learner = Learner(
-            prom,
-            apply,
-            pods=sched.pods,
-            snapshot=lambda: self.telemetry.snapshot,
-            is_gpu=is_gpu,
-            interval_s=cfg.learn_interval_s,
-            window=cfg.learn_window,
-        )
+        self.learner = self._learner(prom, catalogue)
         sched.listeners.append(self._record)
 
         client = cfg.api_client
@@ -79,20 +63,7 @@ class Live:
                 )
         self.api_client: Any = client
 
-        pub_api = cfg.publish_api
-        if pub_api is None and client is not None:
-            pub_api = KubePublishApi(client)
-        self.publisher: Publisher | None = None
-        if pub_api is not None:
-            self.publisher = Publisher(
-                pub_api,
-                min_interval_s=cfg.publish_interval_s,
-                service_nodes=sched.pods.service_nodes,
-                service_uid=sched.services.uid,
-                on_failure=lambda what: metrics.publish_failures.labels(what).inc(),
-            )
-            sched.listeners.append(self.publisher.submit)
-            sched.pods.on_change = self.publisher.nodes_changed
+        self.publisher = self._publisher(client)
 
         store = cfg.state_store
         if store is None and client is not None:
@@ -110,6 +81,46 @@ class Live:
         if client is not None and cfg.informers:
             self.informers = kube_informers(client, sched.nodes, sched.pods, sched.services)
         self.started = False
+
+    def _learner(self, prom: QueryClient | None, catalogue: Catalogue) -> Learner:
+        sched, cfg, metrics = self.scheduler, self.cfg, self.metrics
+
+        def is_gpu(s: Server) -> bool:
+            hw = catalogue.hardware.get(s.hardware)
+            return hw is not None and hw.kind == "gpu"
+
+        def apply(obs: list[LatencyObservation]) -> int:
+            n = sched.apply(obs)
+            metrics.learning_updates.inc(n)
+            return n
+
+        return Learner(
+            prom,
+            apply,
+            pods=sched.pods,
+            snapshot=lambda: self.telemetry.snapshot,
+            is_gpu=is_gpu,
+            interval_s=cfg.learn_interval_s,
+            window=cfg.learn_window,
+        )
+
+    def _publisher(self, client: Any) -> Publisher | None:
+        cfg, sched, metrics = self.cfg, self.scheduler, self.metrics
+        api = cfg.publish_api
+        if api is None and client is not None:
+            api = KubePublishApi(client)
+        if api is None:
+            return None
+        pub = Publisher(
+            api,
+            min_interval_s=cfg.publish_interval_s,
+            service_nodes=sched.pods.service_nodes,
+            service_uid=sched.services.uid,
+            on_failure=lambda what: metrics.publish_failures.labels(what).inc(),
+        )
+        sched.listeners.append(pub.submit)
+        sched.pods.on_change = pub.nodes_changed
+        return pub
 
     def _staleness(self) -> float:
         return self.telemetry.staleness_s()

@@ -1,4 +1,4 @@
-"""Wire format of the kube-scheduler extender (INTERFACES.md §1.1).
+"""Wire format of the kube-scheduler extender (k8s.io/kube-scheduler/extender/v1 types).
 
 The Go structs have no json tags, so keys are PascalCase exactly; the embedded Pod and
 Node objects are ordinary camelCase Kubernetes JSON, kept as loosely typed dicts.

@@ -1,4 +1,4 @@
-"""Publication of decisions to the LLMService (contract 1 in docs/extender.md).
+"""Publication of decisions to the LLMService (docs/extender.md, "Publication").
 
 For each decision about a pod of an LLMService: a merge patch of the status subresource's
 `status.placement`, and a core/v1 Event on the LLMService (reason `Placed`, or
@@ -11,7 +11,6 @@ shows the latest, the Event counts the others). API errors are counted and logge
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -20,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from perllm.crd import GROUP, KIND, PLURAL, VERSION
-from perllm_extender.decide import DecisionEvent
+from perllm.timefmt import rfc3339
+from perllm_extender.decision import DecisionEvent, trimmed
 
 log = logging.getLogger("perllm.extender.publish")
 
 COMPONENT = "perllm-extender"
-MAX_CANDIDATES = 8
+MAX_CANDIDATES = 8  # in a published explanation
 Obj = dict[str, Any]
 
 
@@ -33,31 +33,6 @@ class PublishApi(Protocol):
     def patch_status(self, namespace: str, name: str, body: Obj) -> None: ...
 
     def create_event(self, namespace: str, body: Obj) -> None: ...
-
-
-def rfc3339(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def trimmed(expl: dict[str, Any] | None, limit: int = MAX_CANDIDATES) -> dict[str, Any]:
-    """The explanation with at most `limit` candidates: the chosen, then feasible ones by
-    score, then the rest by predicted time."""
-    if not expl:
-        return {}
-    cands = list(expl.get("candidates", []))
-    chosen = expl.get("chosen")
-    cands.sort(
-        key=lambda c: (
-            c.get("node") != chosen,
-            not c.get("feasible"),
-            -c.get("score", 0.0) if c.get("feasible") else c.get("predicted_time_s", 0.0),
-        )
-    )
-    return {
-        **expl,
-        "candidates": cands[:limit],
-        "candidates_total": expl.get("candidates_total", len(cands)),
-    }
 
 
 def placement(ev: DecisionEvent, nodes: list[str], now: float | None = None) -> Obj:
@@ -71,7 +46,7 @@ def placement(ev: DecisionEvent, nodes: list[str], now: float | None = None) -> 
         "predictedEnergyJ": d.predicted_energy_j,
         "feasible": d.feasible,
         "decidedAt": rfc3339(now or time.time()),
-        "explanation": trimmed(d.explanation),
+        "explanation": trimmed(d.explanation, MAX_CANDIDATES),
     }
 
 

@@ -1,9 +1,9 @@
-"""Persistence of the learned state (contract 2): ConfigMap `perllm-extender-state`, key
+"""Persistence of the learned state: ConfigMap `perllm-extender-state`, key
 `state.json`, in the extender's namespace; written every `interval_s` and on shutdown,
 read on start.
 
 `state.json` = `{"version": 1, "savedAt": RFC 3339, "services": {<service key>: <CS-UCB
-export_state()>}}`, service key `namespace/service@model` (see learning.py): arms inside are
+export_state()>}}`, service key `namespace/service@model` (see bandits.py): arms inside are
 keyed `<service>|<tier>/<hardware>/<nominal Mbit/s>`, i.e. per node pool, so the state
 survives nodes coming and going. Absent state starts fresh; unreadable state starts fresh
 with a warning (and is overwritten at the next save).
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from perllm.csucb import STATE_VERSION
-from perllm_extender.learning import ArmStore
+from perllm_extender.bandits import ArmStore
 from perllm_extender.periodic import Periodic
 
 log = logging.getLogger("perllm.extender.state")

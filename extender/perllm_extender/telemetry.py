@@ -5,8 +5,7 @@ refresher replaces every `interval_s`. What is unknown (no Prometheus, no series
 node, a value older than `max_age_s`) falls back to the profile prior: the node's nominal
 link bandwidth (its annotation) and zero load.
 
-Queries use the shared names in `perllm.telemetry.names`; the per-pod running/waiting and
-per-node CPU power queries are built here (the shared module sums running and waiting).
+The queries of a refresh are `perllm.telemetry.queries.snapshot()`.
 """
 
 from __future__ import annotations
@@ -15,11 +14,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from perllm.telemetry import names
+import numpy as np
+
+from perllm.contract import Server
+from perllm.telemetry import names, queries
 from perllm.telemetry.prom import Answer
 from perllm_extender.periodic import Periodic
 
@@ -30,18 +32,6 @@ class QueryClient(Protocol):
     """What the extender needs of `perllm.telemetry.prom.Prometheus` (tests pass stubs)."""
 
     def query(self, promql: str) -> Answer | None: ...
-
-
-# The queries of one refresh, by the snapshot field they fill.
-Q_BANDWIDTH = names.bandwidth_by_node()  # bit/s per node
-Q_GPU_POWER = names.gpu_power_by_node()  # W per Hostname / hostname
-Q_CPU_POWER = f"sum by ({names.NODE}) ({names.CPU_POWER_W})"
-Q_RUNNING = f"sum by (namespace, pod) ({names.VLLM_RUNNING})"
-Q_WAITING = f"sum by (namespace, pod) ({names.VLLM_WAITING})"
-
-
-def q_latency(window: str) -> str:
-    return names.pod_latency(window)
 
 
 @dataclass(frozen=True)
@@ -98,22 +88,6 @@ class Snapshot:
         }
 
 
-def _by_pod(ans: Answer) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for s in ans.samples:
-        ns, pod = s.labels.get("namespace"), s.labels.get("pod")
-        if ns and pod and math.isfinite(s.value):
-            out[f"{ns}/{pod}"] = s.value
-    return out
-
-
-def _by_host(ans: Answer) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for label in names.DCGM_HOST_LABELS:
-        out.update(ans.by(label))
-    return out
-
-
 class Telemetry:
     """The background refresher. `pod_node(namespace/pod) -> node | None` places pods on
     nodes (the pod informer, else the extender's own decisions) to sum their load per node.
@@ -152,8 +126,8 @@ class Telemetry:
                 return old
             at = dict(old.at)
             errors: list[str] = []
-
-            def ask(what: str, promql: str) -> Answer | None:
+            got: dict[str, Answer] = {}
+            for what, promql in queries.snapshot(self.latency_window).items():
                 try:
                     ans = prom.query(promql)
                 except Exception as e:  # a stub or client bug must not kill the loop
@@ -161,48 +135,16 @@ class Telemetry:
                     errors.append(f"{what}: {type(e).__name__}: {e}")
                 if ans is None:
                     errors.append(what)
-                    return None
-                at[what] = ans.at
+                    continue
+                got[what], at[what] = ans, ans.at
                 if ans.fresh:
                     self.last_success = max(self.last_success or 0.0, ans.at)
                 else:
                     errors.append(what)
-                return ans
-
-            bw = ask("bandwidth", Q_BANDWIDTH)
-            gpu = ask("gpu_power", Q_GPU_POWER)
-            cpu = ask("cpu_power", Q_CPU_POWER)
-            run = ask("running", Q_RUNNING)
-            wait = ask("waiting", Q_WAITING)
-            lat = ask("latency", q_latency(self.latency_window))
-            running = _by_pod(run) if run is not None else dict(old.running)
-            waiting = _by_pod(wait) if wait is not None else dict(old.waiting)
-            node_running: dict[str, float] = {}
-            node_waiting: dict[str, float] = {}
-            for per_pod, per_node in ((running, node_running), (waiting, node_waiting)):
-                for p, v in per_pod.items():
-                    n = self.pod_node(p)
-                    if n is not None:
-                        per_node[n] = per_node.get(n, 0.0) + max(v, 0.0)
-            at["load"] = min(at.get("running", 0.0), at.get("waiting", 0.0))
-            snap = Snapshot(
-                bandwidth_mbps={n: v / 1e6 for n, v in bw.by(names.NODE).items() if v > 0}
-                if bw is not None
-                else old.bandwidth_mbps,
-                gpu_power_w=_by_host(gpu) if gpu is not None else old.gpu_power_w,
-                cpu_power_w=cpu.by(names.NODE) if cpu is not None else old.cpu_power_w,
-                running=running,
-                waiting=waiting,
-                latency_s=_by_pod(lat) if lat is not None else old.latency_s,
-                node_running=node_running,
-                node_waiting=node_waiting,
-                at=at,
-                refreshed=time.time(),
-            )
+            snap = self._snapshot(old, got, at)
             self.snapshot = snap  # one reference assignment: readers never see a mix
             self.refreshes += 1
-            health = getattr(prom, "health", None)
-            why = getattr(health, "last_error", None)
+            why = getattr(getattr(prom, "health", None), "last_error", None)
             self.last_error = (
                 None
                 if not errors
@@ -213,11 +155,55 @@ class Telemetry:
             )
             return snap
 
-    # -- decisions' view -----------------------------------------------------------------
-    def bandwidth(self, node: str, prior: float, snap: Snapshot, now: float) -> float:
-        if snap.usable("bandwidth", self.max_age_s, now):
-            return snap.bandwidth_mbps.get(node, prior)
-        return prior
+    def _snapshot(self, old: Snapshot, got: dict[str, Answer], at: dict[str, float]) -> Snapshot:
+        """The new snapshot from this refresh's answers; a field without one keeps `old`'s."""
+        run, wait = got.get("running"), got.get("waiting")
+        running = run.by_pair() if run is not None else dict(old.running)
+        waiting = wait.by_pair() if wait is not None else dict(old.waiting)
+        node_running: dict[str, float] = {}
+        node_waiting: dict[str, float] = {}
+        for per_pod, per_node in ((running, node_running), (waiting, node_waiting)):
+            for p, v in per_pod.items():
+                n = self.pod_node(p)
+                if n is not None:
+                    per_node[n] = per_node.get(n, 0.0) + max(v, 0.0)
+        at["load"] = min(at.get("running", 0.0), at.get("waiting", 0.0))
+        bw, gpu, cpu, lat = (got.get(k) for k in ("bandwidth", "gpu_power", "cpu_power", "latency"))
+        return Snapshot(
+            bandwidth_mbps={n: v / 1e6 for n, v in bw.by(names.NODE).items() if v > 0}
+            if bw is not None
+            else old.bandwidth_mbps,
+            gpu_power_w=gpu.by_any(names.DCGM_HOST_LABELS) if gpu is not None else old.gpu_power_w,
+            cpu_power_w=cpu.by(names.NODE) if cpu is not None else old.cpu_power_w,
+            running=running,
+            waiting=waiting,
+            latency_s=lat.by_pair() if lat is not None else old.latency_s,
+            node_running=node_running,
+            node_waiting=node_waiting,
+            at=at,
+            refreshed=time.time(),
+        )
+
+    def inputs(
+        self, servers: Sequence[Server], prior_bw: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """running, waiting, bandwidth per server from the latest snapshot (priors when
+        unknown or stale)."""
+        m = len(servers)
+        snap, now = self.snapshot, time.time()
+        names_ = [s.name for s in servers]
+        bw = prior_bw.copy()
+        if snap.usable("bandwidth", self.max_age_s, now) and snap.bandwidth_mbps:
+            got = snap.bandwidth_mbps
+            bw = np.array([got.get(n, p) for n, p in zip(names_, prior_bw.tolist(), strict=True)])
+        running, waiting = np.zeros(m), np.zeros(m)
+        if snap.usable("load", self.max_age_s, now):
+            nr, nw = snap.node_running, snap.node_waiting
+            if nr:
+                running = np.array([nr.get(n, 0.0) for n in names_])
+            if nw:
+                waiting = np.array([nw.get(n, 0.0) for n in names_])
+        return running, waiting, bw
 
     def staleness_s(self, now: float | None = None) -> float:
         """Seconds since the last good Prometheus answer (inf: never)."""

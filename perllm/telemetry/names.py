@@ -1,6 +1,6 @@
 """Metric names, labels and units PerLLM reads and writes, and the PromQL built on them.
 
-External names follow their exporters exactly (INTERFACES.md §3): DCGM exporter (W, mJ,
+External names follow their exporters exactly: DCGM exporter (W, mJ,
 host label `Hostname` in releases, `hostname` on main: match both), vLLM (`vllm:*`,
 counters with `_total`). PerLLM's own series use the `perllm_` prefix, base units and a
 `node` label holding the Kubernetes node name.

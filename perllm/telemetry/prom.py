@@ -31,8 +31,19 @@ class Answer:
 
     def by(self, label: str) -> dict[str, float]:
         """value per value of `label` (samples without it are skipped; NaN dropped)."""
-        return {s.labels[label]: s.value for s in self.samples
-                if label in s.labels and math.isfinite(s.value)}
+        return {
+            s.labels[label]: s.value
+            for s in self.samples
+            if label in s.labels and math.isfinite(s.value)
+        }
+
+    def by_any(self, labels: tuple[str, ...] | list[str]) -> dict[str, float]:
+        """value per value of whichever of `labels` a sample carries (exporters that spell
+        one label two ways, e.g. DCGM's `Hostname`/`hostname`); a later label wins a tie."""
+        out: dict[str, float] = {}
+        for label in labels:
+            out.update(self.by(label))
+        return out
 
     def by_pair(self, outer: str = "namespace", inner: str = "pod") -> dict[str, float]:
         """value per "<outer>/<inner>" (e.g. "namespace/pod"); samples missing either label
@@ -82,9 +93,12 @@ class Prometheus:
 
             # No retries: the caller's loop is the retry, and a scheduler must not wait.
             # (retry=None would mean the library's default: 3 retries with backoff, ~6 s.)
-            self._client = PrometheusConnect(url=self.url, disable_ssl=True,
-                                             retry=Retry(total=0, raise_on_status=False),
-                                             timeout=self.timeout_s)
+            self._client = PrometheusConnect(
+                url=self.url,
+                disable_ssl=True,
+                retry=Retry(total=0, raise_on_status=False),
+                timeout=self.timeout_s,
+            )
         return self._client
 
     def query(self, promql: str) -> Answer | None:

@@ -1,4 +1,4 @@
-"""The kube-scheduler extender (issue #5): wire format, decisions, robustness."""
+"""The kube-scheduler extender: wire format, decisions, robustness."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from perllm_extender import nodes as xnodes
 from perllm_extender import services as xservices
 from perllm_extender.decide import Scheduler
 from perllm_operator import render
+from pydantic import ValidationError
+from test_extender_fakes import StubProm
 
 from perllm.contract import Deadline, Requirements, ServiceSpec
 from perllm.devcluster import config as devconfig
@@ -494,7 +496,16 @@ def test_node_order_reuses_the_same_bandit(mode: str) -> None:
         replies.append((names, kept))
         rounds.append(c.get("/decisions").json()[-1]["explanation"]["round"])
     assert rounds == [rounds[0], rounds[0] + 1, rounds[0] + 2], rounds
-    assert len(sched._bandits) == 1
-    assert len(sched._sets) == (1 if mode == "names" else 0)
+    assert len(sched.bandits) == 1
+    assert len(sched.sets) == (1 if mode == "names" else 0)
     for names, kept in replies:
         assert kept == [n for n in names if n in set(kept)]  # request order
+
+
+def test_config_is_typed_and_rejects_what_it_does_not_know() -> None:
+    with pytest.raises(ValidationError, match="telemetry_interval"):
+        ExtenderConfig(telemetry_interval=1.0)  # type: ignore[call-arg]  # the flag's name
+    with pytest.raises(ValidationError, match="greater than 0"):
+        ExtenderConfig(learn_interval_s=0)
+    prom = StubProm()  # a structural QueryClient, taken as it is
+    assert ExtenderConfig(prometheus=prom, learn_interval_s="3").prometheus is prom  # type: ignore[arg-type]

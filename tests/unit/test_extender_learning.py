@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from perllm_extender import ExtenderConfig, create_app
+from perllm_extender.bandits import service_key
 from perllm_extender.decide import Scheduler
-from perllm_extender.learning import queries, service_key
 from perllm_extender.live import Live
 from test_extender_fakes import EDGES, NAMES, NODES, StubProm, args, pod, spec
 
 from perllm.csucb import CSUCB
-from perllm.telemetry import names
+from perllm.telemetry import names, queries
 
 LOOSE = spec("batch", 600.0)
 
@@ -35,7 +35,7 @@ def bandit_for(sched: Scheduler, names_: list[str]) -> CSUCB:
     return sched.bandit(LOOSE, servers, service_key("llm", LOOSE))  # type: ignore[arg-type]
 
 
-Q = queries("1m")
+Q = queries.learning("1m")
 
 
 def observed(

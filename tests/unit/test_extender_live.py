@@ -1,4 +1,4 @@
-"""The extender's live side: publication (contract 1), informers, metrics, CLI flags."""
+"""The extender's live side: publication, informers, metrics, CLI flags."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from perllm_extender import ExtenderConfig, create_app
+from perllm_extender.decision import trimmed
 from perllm_extender.informers import (
     Informer,
     node_handlers,
@@ -19,7 +20,7 @@ from perllm_extender.informers import (
 from perllm_extender.live import Live
 from perllm_extender.nodes import NodeCache
 from perllm_extender.pods import PodIndex
-from perllm_extender.publish import MAX_CANDIDATES, trimmed
+from perllm_extender.publish import MAX_CANDIDATES
 from perllm_extender.services import ServiceRegistry
 from test_extender_fakes import EDGES, NAMES, NODES, args, pod, spec
 
@@ -185,7 +186,7 @@ def test_trimmed_explanation_keeps_the_chosen_and_the_best() -> None:
         {"node": f"n{i}", "feasible": i % 2 == 0, "score": float(i), "predicted_time_s": float(i)}
         for i in range(20)
     ]
-    out = trimmed({"chosen": "n3", "candidates": cands})
+    out = trimmed({"chosen": "n3", "candidates": cands}, MAX_CANDIDATES)
     nodes = [c["node"] for c in out["candidates"]]
     assert nodes[0] == "n3" and len(nodes) == MAX_CANDIDATES
     assert nodes[1:4] == ["n18", "n16", "n14"] and out["candidates_total"] == 20
@@ -440,7 +441,7 @@ def test_node_changes_reach_cached_node_sets() -> None:
 def test_large_fleet_explanations_are_trimmed() -> None:
     import copy
 
-    from perllm_extender.decide import EXPLAIN_LIMIT
+    from perllm_extender.decision import EXPLAIN_LIMIT
 
     nodes = []
     for i in range(EXPLAIN_LIMIT + 8):

@@ -1,4 +1,4 @@
-"""Persistence of the extender's learned state (contract 2): round trip, bad state, ConfigMap."""
+"""Persistence of the extender's learned state: round trip, bad state, ConfigMap."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from perllm_extender import ExtenderConfig, create_app
-from perllm_extender.learning import ArmStore, service_key
+from perllm_extender.bandits import ArmStore, service_key
 from perllm_extender.live import Live
 from perllm_extender.nodes import to_server
 from perllm_extender.state import CONFIGMAP, KEY, ConfigMapStore, MemoryStore, StateKeeper, dumps

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from perllm_extender import ExtenderConfig, create_app
 from perllm_extender.decide import Scheduler
-from perllm_extender.telemetry import Q_BANDWIDTH, Snapshot, Telemetry
+from perllm_extender.telemetry import Snapshot, Telemetry
 from test_extender_fakes import (
     NAMES,
     NODES,
@@ -159,7 +159,7 @@ def test_decisions_never_wait_for_prometheus() -> None:
 
 def test_real_client_against_a_local_prometheus() -> None:
     def results(q: str) -> list[dict[str, object]]:
-        if q == Q_BANDWIDTH:
+        if q == names.bandwidth_by_node():
             return [vector({"node": "cloud"}, 2e6)]
         return []
 
@@ -172,7 +172,7 @@ def test_real_client_against_a_local_prometheus() -> None:
         snap = c.post("/telemetry/refresh").json()
         assert snap["nodes"]["cloud"]["bandwidth_mbps"] == 2.0
         assert snap["degraded"] is None and snap["staleness_s"] is not None
-        assert Q_BANDWIDTH in seen
+        assert names.bandwidth_by_node() in seen
         ready = c.get("/readyz").json()
         assert ready["status"] == "ready" and ready["telemetry"] == "ok"
         d = c.post("/scheduler/filter", json=args(pod(TIGHT_VISION, uid="r"))).json()

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from perllm.telemetry import names
-from perllm.telemetry.prom import Prometheus
+from perllm.telemetry import names, queries
+from perllm.telemetry.prom import Answer, Prometheus, Sample
 
 
 class FakePrometheus:
@@ -30,8 +30,12 @@ class FakePrometheus:
             def do_GET(self) -> None:
                 q = parse_qs(urlparse(self.path).query).get("query", [""])[0]
                 fake.queries.append(q)
-                body = json.dumps({"status": "success" if fake.status == 200 else "error",
-                                   "data": {"resultType": "vector", "result": fake.result}})
+                body = json.dumps(
+                    {
+                        "status": "success" if fake.status == 200 else "error",
+                        "data": {"resultType": "vector", "result": fake.result},
+                    }
+                )
                 self.send_response(fake.status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -102,3 +106,32 @@ def test_pod_latency_falls_back_to_kserve_predict_latency() -> None:
     q = names.pod_latency("2m")
     assert f"{names.VLLM_E2E_LATENCY}_sum[2m]" in q
     assert f"{names.KSERVE_PREDICT_LATENCY}_count[2m]" in q and ") or (" in q
+
+
+def test_answer_keys_by_pair_and_by_either_spelling_of_a_label() -> None:
+    ans = Answer(
+        [
+            Sample({"namespace": "llm", "pod": "a", "Hostname": "gpu-1"}, 2.0),
+            Sample({"namespace": "llm", "hostname": "gpu-2"}, 3.0),
+            Sample({"namespace": "llm", "pod": "b"}, math.nan),
+        ],
+        True,
+        0.0,
+    )
+    assert ans.by_pair("namespace", "pod") == {"llm/a": 2.0}  # NaN and half-labelled dropped
+    assert ans.by_any(names.DCGM_HOST_LABELS) == {"gpu-1": 2.0, "gpu-2": 3.0}
+
+
+def test_extender_queries_are_built_from_the_shared_names() -> None:
+    snap = queries.snapshot("2m")
+    assert set(snap) == {"bandwidth", "gpu_power", "cpu_power", "running", "waiting", "latency"}
+    assert snap["bandwidth"] == names.bandwidth_by_node()
+    assert snap["latency"] == names.pod_latency("2m")
+    assert snap["running"] == f"sum by (namespace, pod) ({names.VLLM_RUNNING})"
+    assert snap["cpu_power"] == f"sum by (node) ({names.CPU_POWER_W})"
+    learn = queries.learning("1m")
+    assert learn["latency"] == names.pod_latency("1m")
+    assert learn["rate"] == f"sum by (namespace, pod) (rate({names.VLLM_E2E_LATENCY}_count[1m]))"
+    assert learn["tokens"].endswith(f"/ {learn['rate']}")  # tokens per finished request
+    assert f"increase({names.SERVICE_ENERGY_J}[1m])" in learn["energy"]
+    assert "sum by (namespace, service)" in learn["energy"]

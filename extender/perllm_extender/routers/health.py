@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+
+from perllm_extender.dependencies import LiveDep
 
 router = APIRouter()
 
@@ -15,11 +17,7 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(request: Request) -> dict[str, Any]:
+def readyz(live: LiveDep) -> dict[str, Any]:
     """200 while serving: without telemetry the extender decides on profile priors, so it
     stays ready and reports why it is degraded instead."""
-    live = getattr(request.app.state, "live", None)
-    if live is None:
-        return {"status": "ready"}
-    out: dict[str, Any] = live.readiness()
-    return out
+    return live.readiness()

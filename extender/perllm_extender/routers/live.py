@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from perllm_extender.dependencies import LiveDep
 from perllm_extender.live import Live
 
 router = APIRouter()
-
-
-def _live(request: Request) -> Live:
-    live: Live = request.app.state.live
-    return live
 
 
 def _snapshot(live: Live) -> dict[str, Any]:
@@ -30,27 +26,24 @@ def _snapshot(live: Live) -> dict[str, Any]:
 
 
 @router.get("/telemetry")
-def telemetry(request: Request) -> dict[str, Any]:
-    return _snapshot(_live(request))
+def telemetry(live: LiveDep) -> dict[str, Any]:
+    return _snapshot(live)
 
 
 @router.post("/telemetry/refresh")
-def telemetry_refresh(request: Request) -> dict[str, Any]:
-    live = _live(request)
+def telemetry_refresh(live: LiveDep) -> dict[str, Any]:
     live.telemetry.refresh()
     return _snapshot(live)
 
 
 @router.post("/learn")
-def learn(request: Request) -> dict[str, int]:
-    live = _live(request)
+def learn(live: LiveDep) -> dict[str, int]:
     updated, tracked = live.learner.learn_once()
     return {"updated": updated, "tracked": tracked}
 
 
 @router.post("/state/save", response_model=None)
-def state_save(request: Request) -> dict[str, Any] | JSONResponse:
-    live = _live(request)
+def state_save(live: LiveDep) -> dict[str, Any] | JSONResponse:
     if live.keeper is None:
         return JSONResponse(
             status_code=409,

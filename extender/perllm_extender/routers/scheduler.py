@@ -1,14 +1,17 @@
-"""`POST {prefix}/filter` and `POST {prefix}/prioritize` (INTERFACES.md §1)."""
+"""`POST {prefix}/filter` and `POST {prefix}/prioritize`: kube-scheduler's extender calls
+(wire format: extender/README.md)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from perllm_extender.decide import PodDecision, Scheduler, constraint_of
+from perllm_extender.decide import Scheduler
+from perllm_extender.decision import PodDecision, constraint_of
+from perllm_extender.dependencies import BodyDep, MetricsDep, SchedulerDep
 from perllm_extender.metrics import Metrics
 from perllm_extender.models import ExtenderArgs, ExtenderFilterResult, HostPriority
 from perllm_extender.wire import parse_args, reply, request_body_openapi
@@ -17,9 +20,9 @@ log = logging.getLogger("perllm.extender")
 router = APIRouter()
 
 
-def _run(request: Request, args: ExtenderArgs, verb: str) -> PodDecision | JSONResponse:
-    sched: Scheduler = request.app.state.scheduler
-    metrics: Metrics = request.app.state.metrics
+def _run(
+    sched: Scheduler, metrics: Metrics, args: ExtenderArgs, verb: str
+) -> PodDecision | JSONResponse:
     node_objs = (
         args.Nodes.items if args.Nodes is not None and args.Nodes.items is not None else None
     )
@@ -51,13 +54,6 @@ def _run(request: Request, args: ExtenderArgs, verb: str) -> PodDecision | JSONR
     return d
 
 
-async def _body(request: Request) -> bytes:
-    return await request.body()
-
-
-# The body is read raw and decoded in `wire` (one fast parse, no per-Node validation, no
-# reply re-validation); the models still document the endpoints.
-Body = Annotated[bytes, Depends(_body)]
 _OPENAPI = request_body_openapi()
 
 
@@ -66,9 +62,9 @@ _OPENAPI = request_body_openapi()
 # call at 200 nodes, measured), which the scheduling cycle pays twice per pod. Background
 # work (telemetry, informers, publication, learning) runs in its own threads.
 @router.post("/filter", response_model=ExtenderFilterResult, openapi_extra=_OPENAPI)
-async def filter_nodes(request: Request, body: Body) -> Response:
+async def filter_nodes(sched: SchedulerDep, metrics: MetricsDep, body: BodyDep) -> Response:
     args = parse_args(body)
-    d = _run(request, args, "filter")
+    d = _run(sched, metrics, args, "filter")
     if isinstance(d, JSONResponse):
         return d
     nodes: dict[str, Any] | None = None
@@ -93,8 +89,8 @@ async def filter_nodes(request: Request, body: Body) -> Response:
 
 
 @router.post("/prioritize", response_model=list[HostPriority], openapi_extra=_OPENAPI)
-async def prioritize(request: Request, body: Body) -> Response:
-    d = _run(request, parse_args(body), "prioritize")
+async def prioritize(sched: SchedulerDep, metrics: MetricsDep, body: BodyDep) -> Response:
+    d = _run(sched, metrics, parse_args(body), "prioritize")
     if isinstance(d, JSONResponse):
         return d
     return reply([{"Host": n, "Score": d.scores.get(n, 0)} for n in d.nodes])

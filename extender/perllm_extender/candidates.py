@@ -1,0 +1,116 @@
+"""The candidate nodes of a request: their names in request order, their Node objects and
+their `Server` models, with the models of a node set cached for names-only requests."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from perllm.contract import Server
+from perllm.profiles import Catalogue
+from perllm_extender.nodes import NodeCache, node_name
+
+Obj = dict[str, Any]
+UNKNOWN = "node unknown to the PerLLM extender (not in its node cache)"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The modelled candidates of one request, in name order."""
+
+    gen: int  # NodeCache.gen it was computed at
+    servers: tuple[Server, ...]
+    keys: tuple[str, ...]  # each server's JSON (the bandit cache key)
+    failed: dict[str, str]  # unmodelled / unknown nodes
+
+
+class CandidateSets:
+    def __init__(
+        self,
+        nodes: NodeCache,
+        catalogue: Catalogue,
+        node_source: Callable[[str], Obj | None] | None = None,
+        max_sets: int = 64,
+    ) -> None:
+        self.nodes, self.catalogue = nodes, catalogue
+        # on a node-cache miss (nodeCacheCapable requests carry names only): fetch the Node
+        self.node_source = node_source
+        self._sets: OrderedDict[tuple[str, ...], Prepared] = OrderedDict()
+        self._max_sets = max_sets
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def candidates(
+        self, node_objs: list[Obj] | None, names: list[str] | None, lookup: bool = True
+    ) -> tuple[list[str], dict[str, Obj | None]]:
+        """Candidate names in request order and their Node objects (None: not cached)."""
+        if node_objs is not None:
+            objs: dict[str, Obj | None] = {}
+            for o in node_objs:
+                n = node_name(o)
+                if n is not None and n not in objs:
+                    objs[n] = o
+                    self.nodes.upsert(o)
+            return list(objs), objs
+        order = list(dict.fromkeys(names or []))
+        return order, {n: self._lookup(n) if lookup else None for n in order}
+
+    def _lookup(self, name: str) -> Obj | None:
+        obj = self.nodes.get(name)
+        if obj is None and self.node_source is not None:
+            obj = self.node_source(name)
+            if obj is not None:
+                self.nodes.upsert(obj)
+        return obj
+
+    def prepare(
+        self, node_objs: list[Obj] | None, names: list[str] | None
+    ) -> tuple[list[str], Prepared]:
+        """Candidate names in request order and their models, in name order. kube-scheduler
+        lists the nodes that passed its filters in the order its parallel filter workers
+        finished, which differs from one pod to the next: models (and so the bandit cache
+        key) follow the names' sorted order, so the same node set is the same bandit
+        whatever the order. A names-only request for a set seen before, with no node
+        changed since (`NodeCache.gen`), reuses the models: no per-node work on the hot
+        path of a large fleet."""
+        gen = self.nodes.gen
+        if node_objs is not None:  # full Nodes: cached and modelled in one pass
+            got, got_keys = self.nodes.ingest(node_objs, self.catalogue)
+            return list(got), _prepared(gen, got, got_keys)
+        order = list(dict.fromkeys(names or []))
+        canon = tuple(sorted(order))
+        hit = self._sets.get(canon)
+        if hit is not None and hit.gen == gen:
+            self._sets.move_to_end(canon)
+            return order, hit
+        _, objs = self.candidates(None, order)
+        models: dict[str, Server | str] = {}  # a reason for the nodes that fail
+        keys: dict[str, str] = {}
+        for n in order:
+            o = objs[n]
+            if o is None:
+                models[n] = UNKNOWN
+            else:
+                models[n], keys[n] = self.nodes.model(n, o, self.catalogue)
+        prep = _prepared(gen, models, keys)
+        if UNKNOWN not in prep.failed.values():  # unknown nodes: look them up next time
+            self._sets[canon] = prep
+            while len(self._sets) > self._max_sets:
+                self._sets.popitem(last=False)
+        return order, prep
+
+
+def _prepared(gen: int, models: dict[str, Server | str], keys: dict[str, str]) -> Prepared:
+    """Modelled nodes sorted by name; the others fail with their reason (request order)."""
+    failed: dict[str, str] = {}
+    ok: list[tuple[str, Server, str]] = []
+    for n, srv in models.items():
+        if isinstance(srv, str):
+            failed[n] = srv
+        else:
+            ok.append((n, srv, keys[n]))
+    ok.sort(key=lambda m: m[0])
+    return Prepared(gen, tuple(m[1] for m in ok), tuple(m[2] for m in ok), failed)

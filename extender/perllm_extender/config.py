@@ -1,0 +1,48 @@
+"""`ExtenderConfig`: the extender's typed settings (the CLI flags, and what tests inject
+instead of a cluster)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+
+from perllm.profiles import Catalogue
+from perllm_extender.publish import PublishApi
+from perllm_extender.state import StateStore
+from perllm_extender.telemetry import QueryClient
+
+Obj = dict[str, Any]
+Interval = Annotated[float, Field(gt=0)]
+
+
+class ExtenderConfig(BaseModel):
+    # Injected collaborators are protocols (structural): pydantic checks nothing about them.
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    prefix: str = "/scheduler"  # kube-scheduler's urlPrefix path (perllm/devcluster/config.py)
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    default_model: str = "llama2-7b"
+    log_size: int = Field(1000, ge=0)
+    catalogue: Catalogue | None = Field(None, repr=False)
+    # Node objects on a node-cache miss, e.g. `nodes.api_node_source()`; None: cache only
+    node_source: SkipValidation[Callable[[str], Obj | None] | None] = Field(None, repr=False)
+    # -- live side (started in the app's lifespan) -----------------------------------------
+    prometheus_url: str | None = None  # None: no telemetry, decisions on profile priors
+    prometheus: SkipValidation[QueryClient | None] = Field(None, repr=False)  # not the URL
+    telemetry_interval_s: Interval = 2.0
+    max_telemetry_age_s: Interval = 60.0  # older values are ignored (prior used)
+    latency_window: str = "1m"
+    learn_interval_s: Interval = 15.0
+    learn_window: str = "1m"
+    state_interval_s: Interval = 60.0
+    state_namespace: str = "perllm-system"
+    state_store: SkipValidation[StateStore | None] = Field(None, repr=False)  # None: ConfigMap
+    publish_api: SkipValidation[PublishApi | None] = Field(None, repr=False)  # None: kube
+    publish_interval_s: float = Field(1.0, ge=0)  # per service
+    # API server: informers, publication, the state ConfigMap. False: none of them unless
+    # injected above (`--no-kube`, unit tests).
+    kube: bool = False
+    api_client: Any = Field(None, repr=False)  # kubernetes ApiClient (kube=True)
+    informers: bool = True
