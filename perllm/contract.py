@@ -34,6 +34,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Upper bounds of a service's numbers, the same as the LLMService CRD's `maximum`s
+# (tests/unit/test_crd.py checks that they agree). They keep a spec from outside admission
+# (a scenario, a test) as sane as an admitted one: e.g. a million requests per second
+# would make the twin draw and simulate every one of them.
+MAX_DEADLINE_S = 86_400.0  # a day: batch jobs included
+MAX_PER_OUTPUT_TOKEN_S = 60.0
+MAX_RATE_RPS = 1_000.0  # per service; a fleet of model servers, not one
+MAX_PROMPT_TOKENS = 2**20  # the longest context windows served today
+MAX_OUTPUT_TOKENS = 2**17
+MAX_PAYLOAD_BYTES = 2**30  # 1 GiB of attachments per request
+MAX_MODEL_NAME = 253
+
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
@@ -56,8 +68,8 @@ class Deadline(_Strict):
     The second term is the TPOT allowance of DistServe-style SLOs; 0 gives a fixed budget.
     """
 
-    seconds: Positive
-    per_output_token_s: NonNegative = 0.0
+    seconds: Annotated[float, Field(gt=0.0, le=MAX_DEADLINE_S)]
+    per_output_token_s: Annotated[float, Field(ge=0.0, le=MAX_PER_OUTPUT_TOKEN_S)] = 0.0
     percentile: Annotated[float, Field(gt=0.0, le=100.0)] = 95.0
 
     def budget(self, output_tokens: float) -> float:
@@ -72,10 +84,10 @@ class Requirements(_Strict):
 class Traffic(_Strict):
     """Expected traffic of a service: used for prediction before telemetry exists."""
 
-    rate_rps: NonNegative = 0.0
-    prompt_tokens: Positive = 512
-    output_tokens: Positive = 128
-    payload_bytes: NonNegative = Field(
+    rate_rps: Annotated[float, Field(ge=0.0, le=MAX_RATE_RPS)] = 0.0
+    prompt_tokens: Annotated[float, Field(gt=0.0, le=MAX_PROMPT_TOKENS)] = 512
+    output_tokens: Annotated[float, Field(gt=0.0, le=MAX_OUTPUT_TOKENS)] = 128
+    payload_bytes: Annotated[float, Field(ge=0.0, le=MAX_PAYLOAD_BYTES)] = Field(
         default=0.0, description="Attachment bytes on top of the prompt text."
     )
 
@@ -84,7 +96,11 @@ class ServiceSpec(_Strict):
     """A service with personal requirements: one `LLMService`, or one class in a scenario."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
-    model: str = Field(description="Model key in the catalogue, e.g. llama2-7b.")
+    model: str = Field(
+        min_length=1,
+        max_length=MAX_MODEL_NAME,
+        description="Model key in the catalogue, e.g. llama2-7b.",
+    )
     variants: list[ModelVariant] = Field(
         default_factory=lambda: [
             ModelVariant(tier=Tier.EDGE, precision=Precision.Q4_K_M),

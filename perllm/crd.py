@@ -7,6 +7,8 @@ same thing in a cluster as in the simulator.
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,147 @@ class InvalidService(ValueError):
     """An LLMService that does not map onto the contract; the message names the field."""
 
 
+# Limits of the Kubernetes-only fields, the same as the CRD's (tests/unit/test_crd.py checks
+# that they agree); the contract's own numbers are bounded in perllm.contract.
+CHILD_SUFFIX = "-predictor"  # the Service of both backends, the Deployment of KServe's
+MAX_NAME = 63 - len(CHILD_SUFFIX)  # a Service name is a DNS-1035 label of <= 63 characters
+MAX_FORMAT = 63
+MAX_RUNTIME = 253
+MAX_STORAGE_URI = 2048
+MAX_REPLICAS = 1000
+MAX_RESOURCES = 16  # keys per requests/limits map
+MAX_QUANTITY = 64  # characters of a quantity string
+
+_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_RUNTIME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_STORAGE_URI = re.compile(r"(hf|s3|gs|pvc|https?)://.+", re.DOTALL)
+_RESOURCE_NAME = re.compile(
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+_STANDARD_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+# Kubernetes' quantity grammar (k8s.io/apimachinery/pkg/api/resource): a signed decimal
+# number and a binary-SI, decimal-SI or exponent suffix.
+_QUANTITY = re.compile(
+    r"(?P<num>[+-]?(\d+(\.\d*)?|\.\d+))"
+    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+|)"
+)
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+
+
+def parse_quantity(value: object) -> Decimal:
+    """The value of a Kubernetes quantity (an int, or a string such as 500m, 16Gi, 1e3);
+    ValueError if it is none."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"must be an integer or a quantity string, not {value!r}")
+    if isinstance(value, int):
+        return Decimal(value)
+    if len(value) > MAX_QUANTITY:
+        raise ValueError(f"at most {MAX_QUANTITY} characters")
+    m = _QUANTITY.fullmatch(value)
+    if m is None:
+        raise ValueError(f"must be a Kubernetes quantity such as 500m, 4 or 16Gi, not {value!r}")
+    try:
+        num, suffix = Decimal(m["num"]), m["suffix"]
+        if suffix in _BINARY:
+            return num * _BINARY[suffix]
+        exp = _DECIMAL[suffix] if suffix in _DECIMAL else int(suffix[1:])
+        return num.scaleb(exp)
+    except (InvalidOperation, ValueError, OverflowError):
+        raise ValueError(f"not a representable quantity: {value!r}") from None
+
+
+def _check_resources(field: str, res: Any) -> None:
+    if not isinstance(res, dict):
+        raise InvalidService(f"{field}: must be an object")
+    lists: dict[str, dict[str, Decimal]] = {}
+    for kind in ("requests", "limits"):
+        if kind not in res:
+            continue
+        items = res[kind]
+        if not isinstance(items, dict):
+            raise InvalidService(f"{field}.{kind}: must be an object")
+        if len(items) > MAX_RESOURCES:
+            raise InvalidService(f"{field}.{kind}: at most {MAX_RESOURCES} resources")
+        values: dict[str, Decimal] = {}
+        for key, val in items.items():
+            if not (
+                isinstance(key, str)
+                and len(key) <= 253
+                and _RESOURCE_NAME.fullmatch(key)
+                and ("/" in key or key in _STANDARD_RESOURCES or key.startswith("hugepages-"))
+            ):
+                raise InvalidService(
+                    f"{field}.{kind}: {key!r} is not a resource name (cpu, memory, "
+                    "ephemeral-storage, hugepages-<size> or a qualified name such as "
+                    "nvidia.com/gpu)"
+                )
+            try:
+                q = parse_quantity(val)
+            except ValueError as e:
+                raise InvalidService(f"{field}.{kind}[{key}]: {e}") from None
+            if q < 0:
+                raise InvalidService(f"{field}.{kind}[{key}]: must not be negative, not {val}")
+            values[key] = q
+        lists[kind] = values
+    if not lists:
+        raise InvalidService(f"{field}: a variant needs requests or limits")
+    req, lim = lists.get("requests", {}), lists.get("limits", {})
+    for key in req.keys() & lim.keys():
+        if req[key] > lim[key]:
+            raise InvalidService(f"{field}.requests[{key}]: must not exceed limits[{key}]")
+        extended = "/" in key and not key.startswith("kubernetes.io/")
+        if extended and req[key] != lim[key]:
+            raise InvalidService(
+                f"{field}.requests[{key}]: an extended resource must request exactly its limit"
+            )
+
+
+def _check_string(field: str, value: Any, max_len: int, pattern: re.Pattern[str]) -> None:
+    if not isinstance(value, str):
+        raise InvalidService(f"{field}: must be a string")
+    if len(value) > max_len:
+        raise InvalidService(f"{field}: at most {max_len} characters, not {len(value)}")
+    if not pattern.fullmatch(value):
+        raise InvalidService(f"{field}: must match {pattern.pattern}")
+
+
+def check_kubernetes_fields(obj: dict[str, Any]) -> None:
+    """The CRD's checks of the fields that only Kubernetes reads (the name of the children,
+    model format/runtime/storageUri, replicas, resources), for an object that may not have
+    passed admission; InvalidService names the field."""
+    meta, spec = obj.get("metadata", {}), obj.get("spec", {})
+    name = meta.get("name", "")
+    if not isinstance(name, str) or len(name) > MAX_NAME:
+        raise InvalidService(
+            f"metadata.name: at most {MAX_NAME} characters (the child Service "
+            f"<name>{CHILD_SUFFIX} must be a DNS-1035 label of at most 63)"
+        )
+    if not _DNS1035.fullmatch(name):
+        raise InvalidService(
+            "metadata.name: must be a DNS-1035 label (lower-case letters, digits and '-', "
+            f"starting with a letter) as the child Service <name>{CHILD_SUFFIX} needs"
+        )
+    model = spec.get("model", {})
+    if "format" in model:
+        _check_string("spec.model.format", model["format"], MAX_FORMAT, re.compile(r".+"))
+    if "runtime" in model:
+        _check_string("spec.model.runtime", model["runtime"], MAX_RUNTIME, _RUNTIME)
+    if "storageUri" in model:
+        _check_string("spec.model.storageUri", model["storageUri"], MAX_STORAGE_URI, _STORAGE_URI)
+    replicas = spec.get("replicas", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise InvalidService("spec.replicas: must be an integer")
+    if not 0 <= replicas <= MAX_REPLICAS:
+        raise InvalidService(f"spec.replicas: must be in 0..{MAX_REPLICAS}, not {replicas}")
+    variants = model.get("variants", [])
+    if isinstance(variants, list):
+        for i, v in enumerate(variants):
+            if isinstance(v, dict) and "resources" in v:
+                _check_resources(f"spec.model.variants[{i}].resources", v["resources"])
+
+
 def service_spec(obj: dict[str, Any]) -> ServiceSpec:
     """The contract of an `LLMService` object (as the API server returns it, defaults
     applied; missing optional fields take the CRD's defaults)."""
@@ -41,6 +184,10 @@ def service_spec(obj: dict[str, Any]) -> ServiceSpec:
     req = spec.get("requirements", {})
     dl = req.get("deadline", {})
     tr = spec.get("traffic", {})
+    try:
+        check_kubernetes_fields(obj)
+    except InvalidService as e:
+        raise InvalidService(f"LLMService {meta.get('name', '?')}: {e}") from None
     try:
         return ServiceSpec(
             name=meta.get("name", ""),

@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from perllm.contract import Precision, Tier
-from perllm.crd import CRD_PATH, GROUP, KIND, PLURAL, VERSION, InvalidService, service_spec
+from perllm.contract import (
+    MAX_DEADLINE_S,
+    MAX_MODEL_NAME,
+    MAX_OUTPUT_TOKENS,
+    MAX_PAYLOAD_BYTES,
+    MAX_PER_OUTPUT_TOKEN_S,
+    MAX_PROMPT_TOKENS,
+    MAX_RATE_RPS,
+    Precision,
+    Tier,
+)
+from perllm.crd import (
+    CRD_PATH,
+    GROUP,
+    KIND,
+    MAX_FORMAT,
+    MAX_NAME,
+    MAX_QUANTITY,
+    MAX_REPLICAS,
+    MAX_RESOURCES,
+    MAX_RUNTIME,
+    MAX_STORAGE_URI,
+    PLURAL,
+    VERSION,
+    InvalidService,
+    parse_quantity,
+    service_spec,
+)
 from perllm.profiles import default_catalogue
 
 MANIFESTS = sorted((Path(__file__).parents[2] / "manifests").glob("*.yaml"))
@@ -67,3 +96,235 @@ def test_a_service_that_breaks_the_contract_names_the_problem() -> None:
     obj["spec"]["model"]["variants"][0]["tier"] = "cloud"
     with pytest.raises(InvalidService, match="no variant for allowed tier"):
         service_spec(obj)
+
+
+# ---- the CRD bounds every spec field (admitted-but-broken specs are rejected) ----------------
+
+
+def _spec_schema() -> dict[str, Any]:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    root: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return root
+
+
+def _walk(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for key, sub in node.get("properties", {}).items():
+        yield from _walk(sub, f"{path}.{key}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}[*]")
+
+
+SPEC_NODES = list(_walk(_spec_schema()["properties"]["spec"], "spec"))
+
+
+def _ids(nodes: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return [p for p, _ in nodes]
+
+
+STRINGS = [(p, n) for p, n in SPEC_NODES if n.get("type") == "string"]
+NUMBERS = [(p, n) for p, n in SPEC_NODES if n.get("type") in ("number", "integer")]
+ARRAYS = [(p, n) for p, n in SPEC_NODES if n.get("type") == "array"]
+MAPS = [(p, n) for p, n in SPEC_NODES if "additionalProperties" in n]
+INT_OR_STRING = [(p, n) for p, n in SPEC_NODES if n.get("x-kubernetes-int-or-string")]
+
+
+def test_the_walk_sees_every_kind_of_field() -> None:
+    assert len(STRINGS) >= 8 and len(NUMBERS) >= 10 and len(ARRAYS) == 2
+    assert _ids(MAPS) == [
+        "spec.model.variants[].resources.requests",
+        "spec.model.variants[].resources.limits",
+    ]
+    assert len(INT_OR_STRING) == 2
+
+
+def test_no_spec_field_is_free_form() -> None:
+    """Nothing under spec escapes the schema (no preserved unknown fields, no untyped node)."""
+    for path, node in SPEC_NODES:
+        assert not node.get("x-kubernetes-preserve-unknown-fields"), path
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), path
+
+
+@pytest.mark.parametrize(("path", "node"), STRINGS, ids=_ids(STRINGS))
+def test_every_string_has_a_max_length(path: str, node: dict[str, Any]) -> None:
+    assert 0 < node.get("maxLength", 0) <= 2048, f"{path}: needs maxLength (at most 2048)"
+
+
+@pytest.mark.parametrize(("path", "node"), NUMBERS, ids=_ids(NUMBERS))
+def test_every_number_has_a_range(path: str, node: dict[str, Any]) -> None:
+    assert "minimum" in node, f"{path}: needs minimum"
+    assert "maximum" in node, f"{path}: needs maximum"
+
+
+@pytest.mark.parametrize(("path", "node"), ARRAYS, ids=_ids(ARRAYS))
+def test_every_array_has_max_items(path: str, node: dict[str, Any]) -> None:
+    assert 0 < node.get("maxItems", 0) <= 16, path
+
+
+@pytest.mark.parametrize(("path", "node"), MAPS, ids=_ids(MAPS))
+def test_every_map_is_bounded_and_its_keys_checked(path: str, node: dict[str, Any]) -> None:
+    assert node.get("maxProperties") == MAX_RESOURCES, path
+    rules = " ".join(r["rule"] for r in node.get("x-kubernetes-validations", []))
+    assert "self.all(k, k.size() <= 253 && k.matches(" in rules, path
+
+
+@pytest.mark.parametrize(("path", "node"), INT_OR_STRING, ids=_ids(INT_OR_STRING))
+def test_every_quantity_is_checked_by_cel(path: str, node: dict[str, Any]) -> None:
+    assert node.get("maxLength") == MAX_QUANTITY, path
+    rules = " ".join(r["rule"] for r in node.get("x-kubernetes-validations", []))
+    assert "isQuantity(" in rules and "isLessThan(quantity('0'))" in rules, path
+
+
+def test_every_rule_names_its_field() -> None:
+    """A CEL rule's error is reported at the node it sits on (or at its fieldPath); one on an
+    object must name the field in its message or fieldPath."""
+    root = _spec_schema()
+    nodes = [("", root), *SPEC_NODES]
+    for path, node in nodes:
+        for r in node.get("x-kubernetes-validations", []):
+            assert "message" in r or "messageExpression" in r, (path, r["rule"])
+            if node.get("type") == "object" and "additionalProperties" not in node:
+                assert "fieldPath" in r, (path, r["rule"])
+
+
+def test_the_name_rule_leaves_room_for_the_children() -> None:
+    rules = [r["rule"] for r in _spec_schema()["x-kubernetes-validations"]]
+    assert f"self.metadata.name.size() <= {MAX_NAME}" in rules
+    assert MAX_NAME + len("-predictor") == 63
+
+
+def _at(*path: str) -> dict[str, Any]:
+    node = _spec_schema()["properties"]["spec"]
+    for p in path:
+        node = node["items"] if p == "[]" else node["properties"][p]
+    return node
+
+
+def test_crd_maxima_are_the_contract_and_crd_module_maxima() -> None:
+    assert _at("traffic", "rateRps")["maximum"] == MAX_RATE_RPS
+    assert _at("traffic", "promptTokens")["maximum"] == MAX_PROMPT_TOKENS
+    assert _at("traffic", "outputTokens")["maximum"] == MAX_OUTPUT_TOKENS
+    assert _at("traffic", "payloadBytes")["maximum"] == MAX_PAYLOAD_BYTES
+    assert _at("requirements", "deadline", "seconds")["maximum"] == MAX_DEADLINE_S
+    assert _at("requirements", "deadline", "perOutputTokenSeconds")["maximum"] == (
+        MAX_PER_OUTPUT_TOKEN_S
+    )
+    assert _at("replicas")["maximum"] == MAX_REPLICAS
+    assert _at("model", "name")["maxLength"] == MAX_MODEL_NAME
+    assert _at("model", "format")["maxLength"] == MAX_FORMAT
+    assert _at("model", "runtime")["maxLength"] == MAX_RUNTIME
+    assert _at("model", "storageUri")["maxLength"] == MAX_STORAGE_URI
+
+
+def test_the_chart_ships_the_same_crd() -> None:
+    chart = CRD_PATH.parents[1] / "charts" / "perllm" / "crds" / CRD_PATH.name
+    assert chart.read_text() == CRD_PATH.read_text()
+
+
+# ---- the same limits for objects that did not pass admission ----------------------------------
+
+
+def _chat() -> dict[str, Any]:
+    return yaml.safe_load((Path(__file__).parents[2] / "manifests/chat-assistant.yaml").read_text())
+
+
+R0 = ("spec", "model", "variants", 0, "resources")
+
+
+def _set(obj: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    for p in path[:-1]:
+        obj = obj[p]
+    obj[path[-1]] = value
+
+
+OUTSIDE = [
+    (("metadata", "name"), "n" * 54, "metadata.name: at most 53"),
+    (("metadata", "name"), "7b-chat", "metadata.name: must be a DNS-1035 label"),
+    (("spec", "traffic", "rateRps"), 1e6, "rate_rps"),
+    (("spec", "traffic", "promptTokens"), 2**21, "prompt_tokens"),
+    (("spec", "traffic", "outputTokens"), 10**6, "output_tokens"),
+    (("spec", "traffic", "payloadBytes"), 2**31, "payload_bytes"),
+    (("spec", "requirements", "deadline", "seconds"), 86401, "seconds"),
+    (("spec", "requirements", "deadline", "perOutputTokenSeconds"), 61, "per_output_token_s"),
+    (("spec", "model", "name"), "m" * 254, "model"),
+    (("spec", "model", "format"), "f" * 64, "spec.model.format: at most 63"),
+    (("spec", "model", "runtime"), "r" * 300_000, "spec.model.runtime: at most 253"),
+    (("spec", "model", "runtime"), "My Runtime", "spec.model.runtime: must match"),
+    (("spec", "model", "storageUri"), "hf://" + "u" * 300_000, "spec.model.storageUri: at most"),
+    (("spec", "model", "storageUri"), "ftp://x", "spec.model.storageUri: must match"),
+    (("spec", "replicas"), 1001, "spec.replicas: must be in 0..1000"),
+    (("spec", "replicas"), 1.5, "spec.replicas: must be an integer"),
+    ((*R0, "requests", "cpu"), "banana", r"resources.requests\[cpu\]: must be a Kubernetes"),
+    ((*R0, "requests", "cpu"), -4, r"resources.requests\[cpu\]: must not be negative"),
+    ((*R0, "limits", "memory"), "-16Gi", r"resources.limits\[memory\]: must not be negative"),
+    ((*R0, "requests", "cpu"), "1" * 65, r"resources.requests\[cpu\]: at most 64"),
+    ((*R0, "requests", "cpu"), "24", r"variants\[0\].resources.requests\[cpu\]: must not exceed"),
+    ((*R0, "requests", "memory"), "17Gi", r"requests\[memory\]: must not exceed"),
+    ((*R0, "requests", "../../etc"), "1", "'../../etc' is not a resource name"),
+    ((*R0, "limits", "gpu"), "1", "'gpu' is not a resource name"),
+    ((*R0, "requests"), {f"example.com/r{i}": "1" for i in range(17)}, "at most 16 resources"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "match"), OUTSIDE, ids=lambda x: str(x)[:40])
+def test_an_object_outside_admission_is_checked_too(
+    path: tuple[Any, ...], value: Any, match: str
+) -> None:
+    obj = _chat()
+    _set(obj, path, value)
+    with pytest.raises(InvalidService, match=match):
+        service_spec(obj)
+
+
+def test_extended_resources_request_their_limit() -> None:
+    obj = _chat()
+    obj["spec"]["model"]["variants"][1]["resources"]["limits"]["nvidia.com/gpu"] = 2
+    with pytest.raises(InvalidService, match=r"requests\[nvidia.com/gpu\]: an extended"):
+        service_spec(obj)
+
+
+def test_a_spec_at_the_limits_maps_onto_the_contract() -> None:
+    obj = _chat()
+    obj["metadata"]["name"] = "n" * MAX_NAME
+    obj["spec"]["traffic"] = {
+        "rateRps": 1000,
+        "promptTokens": 2**20,
+        "outputTokens": 2**17,
+        "payloadBytes": 2**30,
+    }
+    obj["spec"]["replicas"] = MAX_REPLICAS
+    obj["spec"]["requirements"]["deadline"] = {"seconds": 86400, "perOutputTokenSeconds": 60}
+    obj["spec"]["model"].update(runtime="kserve-vllm.v1", storageUri="s3://" + "u" * 2043)
+    obj["spec"]["model"]["variants"][0]["resources"] = {
+        "requests": {"cpu": 4, "memory": "15.5Gi", "hugepages-2Mi": "1Gi", "example.com/f": 1},
+        "limits": {"cpu": "4000m", "memory": "16Gi", "example.com/f": "1", "ephemeral-storage": 0},
+    }
+    spec = service_spec(obj)
+    assert spec.traffic.rate_rps == 1000 and spec.requirements.deadline.seconds == 86400
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("500m", "0.5"),
+        ("16Gi", str(16 * 2**30)),
+        ("1e3", "1000"),
+        ("1E-3", "0.001"),
+        (".5", "0.5"),
+        ("1.", "1"),
+        ("+2k", "2000"),
+        ("-4", "-4"),
+        (12, "12"),
+        ("0", "0"),
+    ],
+)
+def test_parse_quantity(text: str | int, value: str) -> None:
+    assert parse_quantity(text) == Decimal(value)
+
+
+@pytest.mark.parametrize("text", ["banana", "500 m", "", "1Ki2", "1e", "1mi", "0x10", 1.5, True])
+def test_parse_quantity_rejects(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_quantity(text)
