@@ -46,7 +46,7 @@ def kubeconfig(server: str, token: str, user: str = ADMIN_USER) -> str:
 
 @dataclass(frozen=True)
 class Extender:
-    """The PerLLM extender as the second scheduler sees it (its KubeSchedulerConfiguration entry)."""
+    """The PerLLM extender as the second scheduler sees it (its scheduler-config entry)."""
 
     url: str = "http://127.0.0.1:8888/scheduler"
     ignorable: bool = True  # pods still schedule while no extender is running
