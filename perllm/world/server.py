@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field, replace
 
-from perllm.costmodel import attributed_power_time, cpu_times, gpu_times
+from perllm.costmodel import attributed_power_time, cpu_times, gpu_times, server_energy
 
 
 @dataclass(slots=True)
@@ -100,8 +100,8 @@ class ServerState:
             pre, dec = pre / speed, dec / speed
             end = t + pre + dec
             pre_wall = pre
-        e_inf = float(attributed_power_time(pre, dec, b, c.is_gpu, c.p_busy, c.p_prefill))
-        e_idle = float(attributed_power_time(pre, dec, b, c.is_gpu, c.p_idle, c.p_idle))
+        e_inf = attributed_power_time(pre, dec, b, c.is_gpu, c.p_busy, c.p_prefill)
+        e_idle = attributed_power_time(pre, dec, b, c.is_gpu, c.p_idle, c.p_idle)
         out = Outcome(t, float(end), b, float(pre_wall), float(dec), e_inf, e_idle)
         if commit:
             heapq.heappush(heap, (out.end, kv_need, t))
@@ -147,8 +147,12 @@ class ServerState:
 
     def energy(self, horizon: float) -> tuple[float, float]:
         """(inference, idle) energy over [0, horizon] in J: exact for the FIFO busy intervals."""
-        if self.is_gpu:
-            infer = self.p_busy * self.busy + (self.p_prefill - self.p_busy) * self.prefill_total
-        else:
-            infer = self.p_busy * self.busy
-        return infer, self.p_idle * max(horizon - self.busy, 0.0)
+        return server_energy(
+            horizon,
+            self.busy,
+            self.prefill_total,
+            self.is_gpu,
+            self.p_idle,
+            self.p_busy,
+            self.p_prefill,
+        )

@@ -143,7 +143,7 @@ def generate(sc: Scenario, seed: int) -> Requests:
         lin, lout = np.maximum(np.round(lin), 1), np.maximum(np.round(lout), 1)
         ctx = cat.models[c.model].context
         lout = np.minimum(lout, ctx // 2)
-        lin = np.minimum(lin, ctx - lout)  # clip to the model context (CALIBRATION §1.3)
+        lin = np.minimum(lin, ctx - lout)  # clip to the model context
         l_in[idx], l_out[idx] = lin, lout
         if c.attachment_bytes is not None:
             attach[idx] = draw(c.attachment_bytes, m, rng)
