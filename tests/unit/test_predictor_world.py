@@ -10,7 +10,7 @@ design, and therefore agree on to rounding only:
 - energy: the world's attributed energy divides by the batch size last
   (`attributed_power_time`), the predictor's first (`busy_times`); both keep their order
   so that their fixed-seed outcomes stay bit for bit (`test_golden.py`).
-The parts computed by the same calls (decode time, transmission energy) are equal exactly.
+The decode time, computed by the same calls, is equal exactly.
 """
 
 from __future__ import annotations
