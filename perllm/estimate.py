@@ -9,12 +9,28 @@ in one vectorised pass; the super-arm assignment then only indexes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
 
 from perllm.contract import EnergyWeights
-from perllm.costmodel import ROUND, CostTable, download_bits, upload_bits
+from perllm.costmodel import (
+    ROUND,
+    CostTable,
+    busy_times,
+    context,
+    cpu_decode,
+    cpu_prefill,
+    download_bits,
+    gpu_decode,
+    gpu_prefill,
+    idle_energy_saved,
+    inference_energy,
+    marginal_energy,
+    transmission_energy,
+    upload_bits,
+)
 
 F = NDArray[np.float64]
 
@@ -42,11 +58,11 @@ def round_view(
     waiting: F,
     bw_mbps: F,
 ) -> RoundView:
-    # The cost model's formulas (costmodel.predict) written out for the [N, M, K] round:
-    # class-and-server constants come folded from `CostTable.round_coeffs` (one gather),
-    # and parts that do not depend on the load level stay [N, M, 1]. Rounds are small, so
-    # the count of numpy operations, not their size, is the cost: every operation and its
-    # order match `predict`, so the floats are the same.
+    # The cost model's formulas on the [N, M, K] round: class-and-server constants come
+    # folded from `CostTable.round_coeffs` (one gather), and parts that do not depend on
+    # the load level stay [N, M, 1]. Rounds are small, so the count of numpy operations,
+    # not their size, is the cost: the prefill and decode parts are called directly so
+    # that the CPU and GPU branches share the context term.
     n = len(cls)
     k = max(1, min(n, MAX_LEVELS))
     add = _LEVELS[k]  # requests this round placed on the server before this one
@@ -62,26 +78,21 @@ def round_view(
     # (prefills are serialised).
     _, gpu_pre = t.typical_service_s
     queue = np.maximum(occ1 - cap, 0.0) * rc[_SVC] + ((waiting[:, None] + add) * gpu_pre[:, None])
-    ctx = l_in + 0.5 * l_out
     li, lo = l_in[:, None, None], l_out[:, None, None]
-    ctx_kv = ctx[:, None, None] * rc[_KV]
+    ctx_kv = context(l_in, l_out)[:, None, None] * rc[_KV]
     bw = rc[_BW]
-    # CPU (costmodel.cpu_times) and GPU (costmodel.gpu_times) prefill and decode.
-    tg = np.minimum(bw / (rc[_W] + ctx_kv), rc[_KPP] / b)
-    pre_cpu = li * b / rc[_PP]
-    pre_gpu = rc[_TTFT0] + li / rc[_RPF]
-    dec_gpu = lo * (rc[_STEP0] + b * (ctx_kv / bw + rc[_FLOP]))
-    prefill = np.where(is_gpu, pre_gpu, pre_cpu)
-    decode = np.where(is_gpu, dec_gpu, lo / tg)
+    pre_gpu, pre_cpu = gpu_prefill(li, rc[_RPF], rc[_TTFT0]), cpu_prefill(li, b, rc[_PP])
+    dec_gpu = gpu_decode(lo, ctx_kv, b, bw, rc[_STEP0], rc[_FLOP])
+    dec_cpu = cpu_decode(lo, ctx_kv, b, rc[_W], bw, rc[_KPP])
+    prefill = cast(F, np.where(is_gpu, pre_gpu, pre_cpu))
+    decode = cast(F, np.where(is_gpu, dec_gpu, dec_cpu))
     bits = (upload_bits(l_in, attach) + download_bits(l_out))[:, None, None]
     tran = bits / (bw_mbps * 1e6)[:, None] + t.rtt_s[:, None]
-    e_tran = t.e_bit[:, None] * bits
-    busy_pre = np.where(is_gpu, prefill, prefill / b)
-    busy_dec = decode / b
-    p_busy = rc[_PBUSY]
-    e_inf = rc[_PFIRST] * busy_pre + p_busy * busy_dec
-    e_idle_saved = rc[_PIDLE] * (busy_pre + busy_dec)
-    energy = np.maximum(w.tran * e_tran + w.infer * e_inf - w.idle * e_idle_saved, 0.0)
+    e_tran = transmission_energy(t.e_bit[:, None], bits)
+    busy_pre, busy_dec = busy_times(prefill, decode, b, is_gpu)
+    e_inf = inference_energy(busy_pre, busy_dec, rc[_PFIRST], rc[_PBUSY])
+    e_idle_saved = idle_energy_saved(busy_pre, busy_dec, rc[_PIDLE])
+    energy = marginal_energy(w, e_tran, e_inf, e_idle_saved)
     time = tran + queue + (prefill + decode)
     return RoundView(time=time, decode=decode, energy=energy, levels=k)
 

@@ -1,4 +1,4 @@
-"""`perllm twin --scenario FILE --host --port 9402 --speed X` (contract 4)."""
+"""`perllm twin --scenario FILE --host --port 9402 --speed X`."""
 
 from __future__ import annotations
 

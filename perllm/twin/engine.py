@@ -9,7 +9,8 @@ one bound pod, and placed
   round-robin), fed the very same requests (same arrival, lengths, payload, speed noise
   and link bandwidth), placed per request by the policy as in the simulator.
 Completions are applied when the clock passes them; energy is metered exactly
-(`fleet.Meter`) and attributed to services (see `_attribute`).
+(`fleet.Meter`) and attributed to services (see `_attribute`). A slot's requests are
+drawn in `arrivals.py`.
 No Kubernetes here: `kube.py` feeds `set_services` / `set_pods`, `metrics.py` reads it.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,90 +26,15 @@ from perllm import policies
 from perllm.contract import ServiceSpec
 from perllm.costmodel import CostTable, build_cost_table
 from perllm.policies.base import Batch, Env, Observation, Policy
-from perllm.scenario import Dist, Scenario, ServiceClass
-from perllm.telemetry.names import VLLM_LATENCY_BUCKETS
+from perllm.scenario import Scenario
+from perllm.twin.arrivals import slot_requests
 from perllm.twin.fleet import Executed, Fleet
+from perllm.twin.records import Counts, Done, PodKey, PodStats, Request, SvcKey
 from perllm.world.links import nominal_matrix
 from perllm.world.sim import coeff_grid
-from perllm.world.workload import draw
 
-SvcKey = tuple[str, str]  # (namespace, LLMService name)
-PodKey = tuple[str, str]  # (namespace, pod name)
 COUNTERFACTUALS = ("cloud-only", "edge-only", "round-robin")
-# Spread of token counts for a service that no scenario class describes (σ of ln).
-FALLBACK_SIGMA = 0.5
 ACTUAL = ""  # fleet key of the real placement
-
-
-@dataclass
-class Counts:
-    """Per service (or per counterfactual policy and service): counters of completions."""
-
-    requests: int = 0
-    met: int = 0
-    energy_j: float = 0.0  # weighted energy attributed to the service (J)
-
-
-@dataclass
-class PodStats:
-    """What a model server in the pod would export (vLLM names)."""
-
-    service: SvcKey
-    node: int
-    model: str
-    buckets: list[int] = field(default_factory=lambda: [0] * len(VLLM_LATENCY_BUCKETS))
-    latency_sum: float = 0.0
-    count: int = 0
-    success: int = 0
-    prompt_tokens: float = 0.0
-    generation_tokens: float = 0.0
-    # (arrival, running from, end) of requests not finished yet
-    inflight: list[tuple[float, float, float]] = field(default_factory=list)
-
-    def load(self, t: float) -> tuple[int, int]:
-        """(running, waiting) at t."""
-        self.inflight = [x for x in self.inflight if x[2] > t]
-        running = sum(1 for a, r, _ in self.inflight if r <= t)
-        waiting = sum(1 for a, r, _ in self.inflight if a <= t < r)
-        return running, waiting
-
-    def observe(self, latency: float) -> None:
-        for k, b in enumerate(VLLM_LATENCY_BUCKETS):
-            if latency <= b:
-                self.buckets[k] += 1
-        self.latency_sum += latency
-        self.count += 1
-
-
-@dataclass(frozen=True)
-class Request:
-    arrival: float
-    service: SvcKey
-    l_in: float
-    l_out: float
-    attach: float
-    deadline: float
-    speed: float  # the world's per-request speed noise (× the server's perf_scale)
-
-
-@dataclass(order=True)
-class _Done:
-    finish: float
-    seq: int
-    fleet: str = field(compare=False)
-    service: SvcKey = field(compare=False)
-    server: int = field(compare=False)  # -1: could not run; -2: deadline-expiry marker
-    met: bool = field(compare=False)
-    e_tran: float = field(compare=False)
-    e_infer: float = field(compare=False)  # attributed inference energy (J), for sharing
-    pod: PodKey | None = field(compare=False, default=None)
-    latency: float = field(compare=False, default=0.0)
-    l_in: float = field(compare=False, default=0.0)
-    l_out: float = field(compare=False, default=0.0)
-    # A request is counted (requests, deadline met) once its outcome is known: when it
-    # completes, or when its deadline passes first; its energy and the model server's
-    # metrics are booked when it completes. `counted` marks the second event of a late one.
-    counted: bool = field(compare=False, default=False)
 
 
 class Twin:
@@ -136,7 +61,6 @@ class Twin:
         for p in counterfactuals:
             self.fleets[p] = Fleet(self.server_list, cat.hardware)
             self.policies[p] = policies.make(p)
-        self.classes = {c.name: c for c in scenario.workload.classes}
         self.services: dict[SvcKey, ServiceSpec] = {}
         self.pods: dict[PodKey, PodStats] = {}
         self.table: CostTable | None = None
@@ -155,7 +79,7 @@ class Twin:
         self.next_slot = 0
         self._seq = itertools.count()
         self._rr: dict[SvcKey, int] = {}
-        self.pending: list[_Done] = []
+        self.pending: list[Done] = []
         self.stats: dict[str, dict[SvcKey, Counts]] = {f: {} for f in self.fleets}
         self.tran_j: dict[str, float] = dict.fromkeys(self.fleets, 0.0)
         # energy bookkeeping per fleet: last metered value, carry per server, shared pool
@@ -165,7 +89,7 @@ class Twin:
         self._pool = dict.fromkeys(self.fleets, 0.0)
         self.unattributed_j = dict.fromkeys(self.fleets, 0.0)
         self._busy = dict.fromkeys(self.fleets, 0)  # requests in flight per fleet
-        self._tick: dict[str, list[_Done]] = {f: [] for f in self.fleets}
+        self._tick: dict[str, list[Done]] = {f: [] for f in self.fleets}
         # unweighted physical energy per server of the real fleet (for DCGM/RAPL series)
         self.node_energy_j = [0.0] * m
         self.node_power_w = [self.fleets[ACTUAL].meters[j].p_idle for j in range(m)]
@@ -272,7 +196,7 @@ class Twin:
         done = self._tick[f]
         fleet = self.fleets[f]
         stats = self.stats[f]
-        by_server: dict[int, list[_Done]] = {}
+        by_server: dict[int, list[Done]] = {}
         for d in done:
             by_server.setdefault(d.server, []).append(d)
         for j, carry in enumerate(self._carry[f]):
@@ -293,7 +217,7 @@ class Twin:
             self._pool[f] = 0.0
         self._tick[f] = []
 
-    def _complete(self, d: _Done) -> None:
+    def _complete(self, d: Done) -> None:
         c = self.stats[d.fleet].setdefault(d.service, Counts())
         if d.server == -2:  # the deadline passed before completion: a miss, known now
             c.requests += 1
@@ -332,59 +256,10 @@ class Twin:
         for name in self.policies:
             self._place_counterfactual(name, reqs, t0, k)
 
-    def _rate_factor(self, t: float) -> float:
-        tp = t % self.sc.duration_s
-        f = 1.0
-        for w in self.sc.workload.rate_windows:
-            if w.at_s <= tp < w.until_s:
-                f *= w.factor
-        return f
-
-    def _dists(self, spec: ServiceSpec) -> tuple[Dist, Dist, Dist | None]:
-        cls: ServiceClass | None = self.classes.get(spec.name)
-        if cls is not None and cls.model == spec.model:
-            return cls.input_tokens, cls.output_tokens, cls.attachment_bytes
-        tr = spec.traffic
-        ln = FALLBACK_SIGMA
-
-        def around(mean: float) -> Dist:
-            return Dist(kind="lognormal", mu=math.log(mean) - ln * ln / 2, sigma=ln)
-
-        attach = around(tr.payload_bytes) if tr.payload_bytes > 0 else None
-        return around(tr.prompt_tokens), around(tr.output_tokens), attach
-
     def _arrivals(self, live: list[SvcKey], t0: float, slot_s: float) -> list[Request]:
-        factor = self._rate_factor(t0)
-        out: list[Request] = []
-        for key in live:
-            spec = self.services[key]
-            n = int(self.rng.poisson(spec.traffic.rate_rps * factor * slot_s))
-            if n == 0:
-                continue
-            times = t0 + np.sort(self.rng.uniform(0.0, slot_s, n))
-            d_in, d_out, d_att = self._dists(spec)
-            lin = np.maximum(np.round(draw(d_in, n, self.rng)), 1)
-            lout = np.maximum(np.round(draw(d_out, n, self.rng)), 1)
-            ctx = self.sc.catalogue.models[spec.model].context
-            lout = np.minimum(lout, ctx // 2)
-            lin = np.minimum(lin, ctx - lout)  # clip to the model context, as the workload
-            att = draw(d_att, n, self.rng) if d_att is not None else np.zeros(n)
-            speed = self.rng.lognormal(0.0, self.sc.speed_noise, n)
-            dl = spec.requirements.deadline
-            for i in range(n):
-                out.append(
-                    Request(
-                        float(times[i]),
-                        key,
-                        float(lin[i]),
-                        float(lout[i]),
-                        float(att[i]),
-                        dl.budget(float(lout[i])),
-                        float(speed[i]),
-                    )
-                )
-        out.sort(key=lambda r: r.arrival)
-        return out
+        """The slot's requests (a seam: tests substitute deterministic arrivals)."""
+        assert slot_s == self.sc.slot_s
+        return slot_requests(self.sc, self.services, live, t0, self.rng)
 
     def _pick_pod(self, svc: SvcKey, t: float) -> PodKey | None:
         pods = sorted(k for k, p in self.pods.items() if p.service == svc)
@@ -427,13 +302,13 @@ class Twin:
         if late:
             heapq.heappush(
                 self.pending,
-                _Done(
+                Done(
                     req.arrival + req.deadline, next(self._seq), f, req.service, -2, False, 0.0, 0.0
                 ),
             )
         heapq.heappush(
             self.pending,
-            _Done(
+            Done(
                 ex.finish,
                 next(self._seq),
                 f,
@@ -462,7 +337,7 @@ class Twin:
                 self.unplaceable += 1
                 heapq.heappush(
                     self.pending,
-                    _Done(req.arrival, next(self._seq), ACTUAL, req.service, -1, False, 0.0, 0.0),
+                    Done(req.arrival, next(self._seq), ACTUAL, req.service, -1, False, 0.0, 0.0),
                 )
                 continue
             ex, met = res
@@ -502,7 +377,7 @@ class Twin:
             if res is None:  # policies keep to allowed servers; guard anyway
                 heapq.heappush(
                     self.pending,
-                    _Done(req.arrival, next(self._seq), name, req.service, -1, False, 0.0, 0.0),
+                    Done(req.arrival, next(self._seq), name, req.service, -1, False, 0.0, 0.0),
                 )
                 continue
             self._push(name, req, int(j), res[0], res[1], None)

@@ -1,9 +1,9 @@
 """One copy of the world's servers: the simulator's `ServerState`s plus exact energy meters.
 
 The twin keeps several fleets (the real placement and one per counterfactual policy), all
-fed the same requests. Timing and energy come from `perllm.world.server.ServerState` and
-`perllm.costmodel`, exactly as `perllm.world.sim.World.execute` uses them; this module only
-adds meters that can be read at any time (the simulator reads energy once, at the end).
+fed the same requests. Requests run through `perllm.world.server.execute`, as in the
+simulator; this module only adds meters that can be read at any time (the simulator reads
+energy once, at the end).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from perllm.contract import EnergyWeights, Server
-from perllm.costmodel import download_bits, upload_bits
+from perllm.costmodel import download_bits, server_energy, upload_bits
 from perllm.profiles import HardwareInfo
-from perllm.world.server import Coeffs, Outcome, ServerState
+from perllm.world.server import Coeffs, Outcome, ServerState, execute
 
 
 class IntervalSum:
@@ -53,8 +53,8 @@ class IntervalSum:
 
 @dataclass
 class Meter:
-    """Exact cumulative energy of one server, the formula of `ServerState.energy`:
-    P_idle·t + (P_busy − P_idle)·busy(t) + (P_prefill − P_busy)·prefill(t) (GPU only)."""
+    """Exact cumulative energy of one server, readable at any time: `server_energy` of the
+    busy and prefill time metered so far (the simulator's `ServerState.energy`)."""
 
     p_idle: float
     p_busy: float
@@ -67,11 +67,10 @@ class Meter:
 
     def energy(self, t: float) -> tuple[float, float]:
         """(inference, idle) J over [0, t]."""
-        b = self.busy.measure(t)
-        infer = self.p_busy * b
-        if self.is_gpu:
-            infer += (self.p_prefill - self.p_busy) * self.prefill.measure(t)
-        return infer, self.p_idle * max(t - b, 0.0)
+        pre = self.prefill.measure(t) if self.is_gpu else 0.0
+        return server_energy(
+            t, self.busy.measure(t), pre, self.is_gpu, self.p_idle, self.p_busy, self.p_prefill
+        )
 
 
 def server_powers(hw: HardwareInfo) -> tuple[float, float, float]:
@@ -118,15 +117,15 @@ class Fleet:
         coeffs: Coeffs,
         bps: float,
     ) -> Executed:
-        """Run one request on server j: `World.execute` step for step (upload FIFO on the
-        link, half the RTT each way, admission, download), plus the meters."""
-        s, link = self.states[j], self.servers[j].link
-        up, down = float(upload_bits(l_in, attach)), float(download_bits(l_out))
-        rtt = link.rtt_ms / 1000
-        ready = s.upload(arrival, up, bps) + rtt / 2
+        """Run one request on server j as the simulator does (`perllm.world.server.execute`),
+        plus the meters."""
+        s, srv = self.states[j], self.servers[j]
+        bits = float(upload_bits(l_in, attach)), float(download_bits(l_out))
+        link = (bps, srv.link.rtt_ms / 1000, srv.link.energy_uj_per_bit * 1e-6)
         pre0 = s.prefill_total
-        out = s.admit(ready, l_in, l_out, coeffs, speed * self.servers[j].perf_scale)
-        d = out.end + down / bps + rtt / 2 - arrival
+        d, out, e_tran = execute(
+            s, coeffs, arrival, l_in, l_out, bits, link, speed * srv.perf_scale
+        )
         meter = self.meters[j]
         meter.busy.add(out.start, out.end)
         pre = s.prefill_total - pre0
@@ -135,8 +134,7 @@ class Fleet:
             # Serialised prefill: it ended at prefill_free and lasted `pre`.
             meter.prefill.add(s.prefill_free - pre, s.prefill_free)
             run_start = s.prefill_free - pre
-        e_tran = link.energy_uj_per_bit * 1e-6 * (up + down)
-        return Executed(float(d), arrival + float(d), out, e_tran, run_start)
+        return Executed(d, arrival + d, out, e_tran, run_start)
 
     def energy(self, t: float, w: EnergyWeights) -> list[float]:
         """Weighted inference + idle energy per server over [0, t] (J)."""

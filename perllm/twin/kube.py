@@ -16,7 +16,7 @@ from perllm.costmodel import build_cost_table
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService, service_spec
 from perllm.labels import LABEL_SERVICE
 from perllm.scenario import Scenario
-from perllm.twin.engine import PodKey, SvcKey
+from perllm.twin.records import PodKey, SvcKey
 
 log = logging.getLogger("perllm.twin")
 

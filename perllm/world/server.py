@@ -12,7 +12,13 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field, replace
 
-from perllm.costmodel import attributed_power_time, cpu_times, gpu_times
+from perllm.costmodel import (
+    attributed_power_time,
+    cpu_times,
+    gpu_times,
+    server_energy,
+    transmission_energy,
+)
 
 
 @dataclass(slots=True)
@@ -67,11 +73,13 @@ class ServerState:
     prefill_total: float = 0.0
     served: int = 0
 
-    def upload(self, at: float, bits: float, bps: float) -> float:
+    def upload(self, at: float, bits: float, bps: float, commit: bool = True) -> float:
         """FIFO transfer on this server's link; returns when the payload has arrived."""
         start = at if at > self.link_free else self.link_free
-        self.link_free = start + bits / bps
-        return self.link_free
+        arrived = start + bits / bps
+        if commit:
+            self.link_free = arrived
+        return arrived
 
     def admit(
         self, ready: float, l_in: float, l_out: float, c: Coeffs, speed: float, commit: bool = True
@@ -100,8 +108,8 @@ class ServerState:
             pre, dec = pre / speed, dec / speed
             end = t + pre + dec
             pre_wall = pre
-        e_inf = float(attributed_power_time(pre, dec, b, c.is_gpu, c.p_busy, c.p_prefill))
-        e_idle = float(attributed_power_time(pre, dec, b, c.is_gpu, c.p_idle, c.p_idle))
+        e_inf = attributed_power_time(pre, dec, b, c.is_gpu, c.p_busy, c.p_prefill)
+        e_idle = attributed_power_time(pre, dec, b, c.is_gpu, c.p_idle, c.p_idle)
         out = Outcome(t, float(end), b, float(pre_wall), float(dec), e_inf, e_idle)
         if commit:
             heapq.heappush(heap, (out.end, kv_need, t))
@@ -147,8 +155,41 @@ class ServerState:
 
     def energy(self, horizon: float) -> tuple[float, float]:
         """(inference, idle) energy over [0, horizon] in J: exact for the FIFO busy intervals."""
-        if self.is_gpu:
-            infer = self.p_busy * self.busy + (self.p_prefill - self.p_busy) * self.prefill_total
-        else:
-            infer = self.p_busy * self.busy
-        return infer, self.p_idle * max(horizon - self.busy, 0.0)
+        return server_energy(
+            horizon,
+            self.busy,
+            self.prefill_total,
+            self.is_gpu,
+            self.p_idle,
+            self.p_busy,
+            self.p_prefill,
+        )
+
+
+def execute(
+    s: ServerState,
+    c: Coeffs,
+    arrival: float,
+    l_in: float,
+    l_out: float,
+    bits: tuple[float, float],
+    link: tuple[float, float, float],
+    speed: float,
+    hold: float = 0.0,
+    commit: bool = True,
+) -> tuple[float, Outcome, float]:
+    """Run one request on server `s`: upload FIFO on its link, half the RTT to the server,
+    admission no earlier than `hold` (s), the answer's download and the other half RTT.
+
+    `bits` is (upload, download), `link` (bit/s, RTT s, J per bit), `speed` the factor on
+    the profile rates. Returns (processing time D from `arrival`, outcome, transmission J).
+    The simulator and the twin both run requests through here.
+    """
+    up, down = bits
+    bps, rtt, e_bit = link
+    ready = s.upload(arrival, up, bps, commit) + rtt / 2
+    if hold > ready:
+        ready = hold
+    out = s.admit(ready, l_in, l_out, c, speed, commit=commit)
+    d = out.end + down / bps + rtt / 2 - arrival
+    return d, out, transmission_energy(e_bit, up + down)

@@ -24,11 +24,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from perllm.costmodel import CostTable, build_cost_table, download_bits, upload_bits
+from perllm.costmodel import (
+    CostTable,
+    build_cost_table,
+    download_bits,
+    marginal_energy,
+    upload_bits,
+)
 from perllm.policies.base import Batch, Env, Feedback, Observation, Policy
 from perllm.scenario import Scenario
 from perllm.world.links import bandwidth_matrix
-from perllm.world.server import Coeffs, Outcome, ServerState
+from perllm.world.server import Coeffs, Outcome, ServerState, execute
 from perllm.world.workload import Requests, generate
 
 F = NDArray[np.float64]
@@ -140,23 +146,19 @@ class World:
 
         Returns (processing time D, outcome, transmission J).
         """
-        s = self.servers[j]
         bps = self._bw[slot][j] * 1e6
-        arr = self._arrival[i]
-        if commit:
-            arrived = s.upload(arr, self.up[i], bps)
-        else:
-            arrived = max(arr, s.link_free) + self.up[i] / bps
-        ready = arrived + self.rtt[j] / 2
-        if hold > ready:
-            ready = hold
-        c = self.coeffs[self._cls[i]][j]
-        out = s.admit(
-            ready, self._l_in[i], self._l_out[i], c, self._speed[i] * self.perf[j], commit=commit
+        return execute(
+            self.servers[j],
+            self.coeffs[self._cls[i]][j],
+            self._arrival[i],
+            self._l_in[i],
+            self._l_out[i],
+            (self.up[i], self.down[i]),
+            (bps, self.rtt[j], self._e_bit[j]),
+            self._speed[i] * self.perf[j],
+            hold,
+            commit,
         )
-        d = out.end + self.down[i] / bps + self.rtt[j] / 2 - arr
-        e_tran = self._e_bit[j] * (self.up[i] + self.down[i])
-        return d, out, e_tran
 
 
 def _server_power(t: CostTable, j: int, key: str) -> float:
@@ -264,7 +266,7 @@ def simulate(
                         out.end,
                         et,
                         e,
-                        max(w.tran * et + w.infer * e - w.idle * out.e_idle_saved, 0.0),
+                        marginal_energy(w, et, e, out.e_idle_saved),
                         _predicted(world, i, j, out),
                     )
                 )

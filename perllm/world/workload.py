@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from perllm.scenario import Dist, Scenario, ScenarioError
+from perllm.scenario import Dist, Scenario, ScenarioError, Window
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,25 @@ def draw(d: Dist, n: int, rng: np.random.Generator) -> NDArray[np.float64]:
     return np.asarray(np.minimum(x, d.max) if d.max else x, dtype=float)
 
 
+def rate_factor(windows: Sequence[Window], t: float) -> float:
+    """The arrival-rate multiplier at time t: the product of the windows covering it."""
+    f = 1.0
+    for w in windows:
+        if w.at_s <= t < w.until_s:
+            f *= w.factor
+    return f
+
+
+def whole_tokens(
+    l_in: NDArray[np.float64], l_out: NDArray[np.float64], context: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Drawn token counts as whole tokens, at least 1, clipped to the model's context
+    (the output to half of it, the prompt to the rest)."""
+    lin, lout = np.maximum(np.round(l_in), 1), np.maximum(np.round(l_out), 1)
+    lout = np.minimum(lout, context // 2)
+    return np.minimum(lin, context - lout), lout
+
+
 def _arrival_times(sc: Scenario, rng: np.random.Generator) -> NDArray[np.float64]:
     a = sc.workload.arrivals
     assert a.rate_rps is not None
@@ -54,12 +74,9 @@ def _arrival_times(sc: Scenario, rng: np.random.Generator) -> NDArray[np.float64
     edges = sorted({0.0, sc.duration_s, *[w.at_s for w in windows], *[w.until_s for w in windows]})
     edges = [e for e in edges if e <= sc.duration_s]
     rates = []
-    for lo, hi in itertools.pairwise(edges):
-        f = 1.0
-        for w in windows:
-            if w.at_s <= lo and hi <= w.until_s:
-                f *= w.factor
-        rates.append(a.rate_rps * f)
+    for lo, _ in itertools.pairwise(edges):
+        # Window bounds are edges: a window covers the whole interval iff it covers `lo`.
+        rates.append(a.rate_rps * rate_factor(windows, lo))
     cum = np.concatenate([[0.0], np.cumsum(np.diff(edges) * np.array(rates))])
     expected = cum[-1]
     n_draw = int(expected * 1.2 + 10 * np.sqrt(expected) + 50)
@@ -140,10 +157,7 @@ def generate(sc: Scenario, seed: int) -> Requests:
         m = len(idx)
         lin = draw(c.input_tokens, m, rng) if trace_in is None else trace_in[idx]
         lout = draw(c.output_tokens, m, rng) if trace_out is None else trace_out[idx]
-        lin, lout = np.maximum(np.round(lin), 1), np.maximum(np.round(lout), 1)
-        ctx = cat.models[c.model].context
-        lout = np.minimum(lout, ctx // 2)
-        lin = np.minimum(lin, ctx - lout)  # clip to the model context (CALIBRATION §1.3)
+        lin, lout = whole_tokens(lin, lout, cat.models[c.model].context)
         l_in[idx], l_out[idx] = lin, lout
         if c.attachment_bytes is not None:
             attach[idx] = draw(c.attachment_bytes, m, rng)

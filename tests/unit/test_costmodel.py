@@ -1,4 +1,4 @@
-"""The cost model reproduces the calibration tables (CALIBRATION §1.1, §3.4, §4.3-4.4)."""
+"""The cost model reproduces the calibration tables (docs/calibration.md)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from perllm.contract import Precision
+from perllm.contract import EnergyWeights, Precision
 from perllm.costmodel import (
     attributed_power_time,
     build_cost_table,
+    busy_times,
     cpu_times,
     download_bits,
     gpu_times,
+    idle_energy_saved,
+    inference_energy,
+    marginal_energy,
+    server_energy,
     upload_bits,
 )
 from perllm.profiles import default_catalogue, perf_profile
@@ -50,7 +55,7 @@ def test_edge_prefill_and_single_stream_decode(model: str, pp: float, tg_q4: flo
 
 def test_edge_context_slows_decode_llama2() -> None:
     p = edge("llama2-7b")
-    # ctx = L_in + L_out/2 = 1024 tokens → 11.9 t/s (CALIBRATION §3.4)
+    # ctx = L_in + L_out/2 = 1024 tokens → 11.9 t/s (docs/calibration.md)
     _, dec = cpu_times(1024.0, 0.002, 1, p.weights_bytes, p.kv_bytes, p.bw, p.pp, p.kappa)
     assert 0.002 / dec == pytest.approx(11.9, rel=0.02)
 
@@ -74,7 +79,7 @@ def test_edge_aggregate_decode_saturates_at_kappa_pp() -> None:
 
 
 def test_short_qa_on_edge_matches_calibration_check() -> None:
-    """100 in / 150 out on edge LLaMA2-7B Q4_K_M: 2.6 s + 11 s ≈ 14 s (CALIBRATION §1.4)."""
+    """100 in / 150 out on edge LLaMA2-7B Q4_K_M: 2.6 s + 11 s ≈ 14 s (docs/calibration.md)."""
     p = edge("llama2-7b")
     pre, dec = cpu_times(100.0, 150.0, 1, p.weights_bytes, p.kv_bytes, p.bw, p.pp, p.kappa)
     assert pre == pytest.approx(2.6, abs=0.1)
@@ -114,7 +119,7 @@ def test_cloud_ttft_at_1k_tokens() -> None:
 )
 def test_kv_budget_matches_calibration(model: str, kv_tokens: float) -> None:
     p = cloud(model)
-    # CALIBRATION §4.3 uses 80 GiB; the catalogue's 85.9 GB is the same memory
+    # docs/calibration.md uses 80 GiB; the catalogue's 85.9 GB is the same memory
     assert p.kv_budget_bytes / p.kv_bytes == pytest.approx(kv_tokens, rel=0.04)
 
 
@@ -130,15 +135,43 @@ def test_energy_attribution() -> None:
     assert attributed_power_time(0.1, 2.0, 4, True, 250.0, 400.0) == pytest.approx(
         400 * 0.1 + 250 * 2.0 / 4
     )
-    arr = attributed_power_time(
-        np.array([0.1, 2.0]),
-        np.array([2.0, 10.0]),
-        np.array([4, 3]),
-        np.array([True, False]),
-        np.array([250.0, 170.0]),
-        np.array([400.0, 170.0]),
+
+
+@pytest.mark.parametrize("is_gpu", [False, True])
+def test_world_attribution_is_the_predictors_formula(is_gpu: bool) -> None:
+    """The world's attributed energies equal the predictor's (`busy_times` then
+    `inference_energy` / `idle_energy_saved`, scalar and vectorised) up to rounding."""
+    rng = np.random.default_rng(3)
+    pre, dec = rng.uniform(0.01, 5.0, 50), rng.uniform(0.1, 60.0, 50)
+    b = rng.integers(1, 9, 50).astype(float)
+    p_idle, p_busy, p_pre = 60.0, 250.0, 400.0 if is_gpu else 250.0
+    bp, bd = busy_times(pre, dec, b, np.full(50, is_gpu))
+    e_inf, e_idle = inference_energy(bp, bd, p_pre, p_busy), idle_energy_saved(bp, bd, p_idle)
+    for k in range(50):
+        args = (float(pre[k]), float(dec[k]), float(b[k]), is_gpu)
+        sp, sd = busy_times(*args)
+        assert (sp, sd) == (bp[k], bd[k])
+        world_inf = attributed_power_time(*args, p_busy, p_pre)
+        assert world_inf == pytest.approx(e_inf[k], rel=1e-12)
+        assert world_inf == pytest.approx(inference_energy(sp, sd, p_pre, p_busy), rel=1e-12)
+        world_idle = attributed_power_time(*args, p_idle, p_idle)
+        assert world_idle == pytest.approx(e_idle[k], rel=1e-12)
+
+
+def test_server_energy() -> None:
+    # GPU: busy seconds at busy power, the prefill part at prefill power; idle the rest.
+    assert server_energy(100.0, 30.0, 5.0, True, 60.0, 250.0, 400.0) == pytest.approx(
+        (250 * 30 + 150 * 5, 60 * 70)
     )
-    assert arr == pytest.approx([400 * 0.1 + 250 * 0.5, 170 * 4])
+    assert server_energy(100.0, 30.0, 5.0, False, 60.0, 170.0, 170.0) == (170 * 30, 60 * 70)
+    assert server_energy(10.0, 30.0, 0.0, False, 60.0, 170.0, 170.0)[1] == 0.0
+
+
+def test_marginal_energy_never_negative() -> None:
+    w = EnergyWeights(tran=1.0, infer=1.0, idle=1.0)
+    assert marginal_energy(w, 1.0, 2.0, 5.0) == 0.0
+    assert marginal_energy(w, 1.0, 5.0, 2.0) == 4.0
+    assert list(marginal_energy(w, np.array([1.0, 1.0]), np.array([2.0, 5.0]), 2.0)) == [1.0, 4.0]
 
 
 def test_wire_bits() -> None:

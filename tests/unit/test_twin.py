@@ -17,10 +17,11 @@ from perllm.cli import app
 from perllm.costmodel import download_bits, gpu_times, upload_bits
 from perllm.scenario import Scenario, load_scenario, parse_scenario
 from perllm.telemetry import names
-from perllm.twin.engine import ACTUAL, Request, SvcKey, Twin
+from perllm.twin.engine import ACTUAL, Twin
 from perllm.twin.fleet import Fleet, IntervalSum
 from perllm.twin.kube import ClusterReader
 from perllm.twin.metrics import registry_for
+from perllm.twin.records import Request, SvcKey
 from perllm.twin.server import exposition, make_http_server
 from perllm.world.sim import World
 

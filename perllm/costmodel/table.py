@@ -1,12 +1,7 @@
-"""Cost model: processing time and energy of a request on a server.
+"""The cost model's coefficients: performance and power per (service class, server).
 
-    D = D_queue + D_tran + D_infer,   D_infer = prefill + decode
-    E = ω_tran·E_tran + ω_infer·E_infer + ω_idle·E_idle
-
-One implementation serves both the world model (the truth, scalar per request) and the
-CS-UCB predictor (vectorised over requests × servers): every formula below works on
-Python floats and on numpy arrays alike. Coefficients come from `profiles.PerfProfile`
-gathered into a `CostTable` indexed by (service class, server).
+Coefficients come from `profiles.PerfProfile`, gathered into a `CostTable` indexed by
+(service class, server); the formulas that read them are in `formulas`.
 """
 
 from __future__ import annotations
@@ -14,119 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
 
-from perllm.contract import EnergyWeights, Server, ServiceSpec
+from perllm.contract import Server, ServiceSpec
+from perllm.costmodel.formulas import cpu_times, gpu_times
 from perllm.profiles import Catalogue, perf_profile
 
 F = NDArray[np.float64]
-# A float or an array: the formulas below broadcast, so one implementation serves the
-# scalar world model and the vectorised predictor.
-Num = Any
-
-# Wire size of text (CALIBRATION §6.4): ≈4 bytes per token, +20 % JSON/HTTP overhead.
-BYTES_PER_TOKEN = 4.0
-WIRE_OVERHEAD = 1.2
-
-
-def upload_bits(prompt_tokens: Num, attachment_bytes: Num) -> Num:
-    return 8.0 * (prompt_tokens * BYTES_PER_TOKEN * WIRE_OVERHEAD + attachment_bytes)
-
-
-def download_bits(output_tokens: Num) -> Num:
-    return 8.0 * output_tokens * BYTES_PER_TOKEN * WIRE_OVERHEAD
-
-
-def cpu_times(
-    l_in: Num,
-    l_out: Num,
-    b: Num,
-    w: Num,
-    kv: Num,
-    bw: Num,
-    pp: Num,
-    kappa: Num,
-) -> tuple[Num, Num]:
-    """(prefill, decode) seconds on a CPU server running `b` streams (llama.cpp).
-
-    Prefill shares the cores with the other b-1 streams; decode is memory-bound at
-    bw/(W + ctx·kv) per stream until the socket turns compute-bound at κ·pp in total.
-    """
-    ctx = l_in + 0.5 * l_out
-    mem, compute = bw / (w + ctx * kv), kappa * pp / b
-    # Builtin min on floats (the world model's per-request path): same value, no numpy call.
-    scalar = not isinstance(mem, np.ndarray) and not isinstance(compute, np.ndarray)
-    tg = min(mem, compute) if scalar else np.minimum(mem, compute)
-    return l_in * b / pp, l_out / tg
-
-
-def gpu_times(
-    l_in: Num,
-    l_out: Num,
-    b: Num,
-    kv: Num,
-    bw: Num,
-    r_pf: Num,
-    ttft0: Num,
-    step0: Num,
-    flop: Num,
-) -> tuple[Num, Num]:
-    """(prefill, decode) seconds on a GPU server with `b` sequences in the batch (vLLM)."""
-    ctx = l_in + 0.5 * l_out
-    return ttft0 + l_in / r_pf, l_out * (step0 + b * (ctx * kv / bw + flop))
-
-
-def attributed_power_time(
-    prefill: Num,
-    decode: Num,
-    b: Num,
-    is_gpu: Num,
-    p_busy: Num,
-    p_prefill: Num,
-) -> Num:
-    """Inference energy (J) attributed to one request.
-
-    CPU: the socket's busy power is shared by the b concurrent streams. GPU: prefill runs
-    alone at prefill power; decode steps are shared by the b sequences of the batch.
-    """
-    if not isinstance(is_gpu, np.ndarray):  # one request: only its own branch
-        if is_gpu:
-            return p_prefill * prefill + p_busy * decode / b
-        return p_busy * (prefill + decode) / b
-    cpu = p_busy * (prefill + decode) / b
-    gpu = p_prefill * prefill + p_busy * decode / b
-    return np.where(is_gpu, gpu, cpu)
-
-
-def busy_times(prefill: Num, decode: Num, b: Num, is_gpu: Num) -> tuple[Num, Num]:
-    """(prefill, decode) busy seconds attributed to one request among `b` concurrent ones:
-    a GPU prefill runs alone, a CPU prefill shares the cores; decode is shared."""
-    if not isinstance(is_gpu, np.ndarray):
-        return (prefill if is_gpu else prefill / b), decode / b
-    return np.where(is_gpu, prefill, prefill / b), decode / b
-
-
-def inference_energy(busy_pre: Num, busy_dec: Num, p_first: Num, p_busy: Num) -> Num:
-    """Inference J attributed to a request: its busy prefill time at `p_first` (prefill
-    power on GPUs, busy power on CPUs) plus its share of decode at busy power."""
-    return p_first * busy_pre + p_busy * busy_dec
-
-
-def idle_energy_saved(busy_pre: Num, busy_dec: Num, p_idle: Num) -> Num:
-    """Idle energy is P_idle·(T − busy): a placement lowers it by the busy time it adds."""
-    return p_idle * (busy_pre + busy_dec)
-
-
-def marginal_energy(w: EnergyWeights, e_tran: Num, e_inf: Num, e_idle_saved: Num) -> Num:
-    """Weighted energy (J) a placement adds to the objective, never below 0."""
-    e = w.tran * e_tran + w.infer * e_inf - w.idle * e_idle_saved
-    if isinstance(e, np.ndarray):
-        return np.maximum(e, 0.0)
-    return 0.0 if e < 0.0 else e
-
 
 COEFFS = (
     "is_gpu",
@@ -347,19 +239,6 @@ def build_cost_table(
     )
 
 
-@dataclass
-class Prediction:
-    """Predicted outcome of each request on each server, [N, M]."""
-
-    time: F  # processing time D
-    tran_time: F
-    queue_time: F
-    infer_time: F
-    decode_time: F
-    energy: F  # weighted marginal energy (J): what a placement adds to the objective
-    energy_attributed: F  # E_tran + attributed inference energy (J), unweighted
-
-
 class Gathered:
     """The class rows of a round's requests, [N, M, 1] per coefficient (one fancy index)."""
 
@@ -394,47 +273,3 @@ def infer_times(g: Gathered, l_in: F, l_out: F, b: F) -> tuple[F, F]:
     pc, dc = cpu_times(li, lo, b, g.w, g.kv, g.bw, g.pp, g.kappa)
     pg, dg = gpu_times(li, lo, b, g.kv, g.bw, g.r_pf, g.ttft0, g.step0, g.flop)
     return cast(F, np.where(g.is_gpu, pg, pc)), cast(F, np.where(g.is_gpu, dg, dc))
-
-
-def predict(
-    t: CostTable,
-    g: Gathered,
-    weights: EnergyWeights,
-    l_in: F,
-    l_out: F,
-    attach: F,
-    conc: F,
-    queue_s: F,
-    bw_mbps: F,
-) -> Prediction:
-    """Predict D and E for requests (prompt, expected output, attachment) on all servers.
-
-    `conc` [N, M, K] is the batch size a request would join at each of K load levels,
-    `queue_s` [N, M, K] its expected wait before admission, `bw_mbps` [M] the link
-    bandwidth estimate. Results are [N, M, K].
-    """
-    b = np.minimum(conc, g.max_conc)
-    prefill, decode = infer_times(g, l_in, l_out, b)
-    bits = (upload_bits(l_in, attach) + download_bits(l_out))[:, None, None]
-    tran = bits / (bw_mbps[None, :, None] * 1e6) + t.rtt_s[None, :, None]
-    infer = prefill + decode
-    e_tran = t.e_bit[None, :, None] * bits
-    # Busy time attributed to the request (as `attributed_power_time`, vectorised once for
-    # both powers): prefill alone on a GPU, shared by the b streams on a CPU; decode shared.
-    busy_pre = np.where(g.is_gpu, prefill, prefill / b)
-    busy_dec = decode / b
-    e_inf = np.where(g.is_gpu, g.p_prefill, g.p_busy) * busy_pre + g.p_busy * busy_dec
-    # Idle energy is P_idle·(T − busy): a placement lowers it by the busy time it adds.
-    e_idle_saved = g.p_idle * (busy_pre + busy_dec)
-    marginal = np.maximum(
-        weights.tran * e_tran + weights.infer * e_inf - weights.idle * e_idle_saved, 0.0
-    )
-    return Prediction(
-        time=tran + queue_s + infer,
-        tran_time=tran,
-        queue_time=queue_s,
-        infer_time=infer,
-        decode_time=decode,
-        energy=marginal,
-        energy_attributed=e_tran + e_inf,
-    )
