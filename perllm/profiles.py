@@ -143,7 +143,8 @@ def perf_profile(model: ModelInfo, precision: Precision, hw: HardwareInfo) -> Pe
         assert hw.prefill_coeff and hw.kappa and hw.power_busy_w is not None
         pp = hw.prefill_coeff / model.params_b
         tg1 = bw / w
-        # Useful concurrency B* ≈ pp/tg1 (calibration study §3.3): 3 / 5 / 9 for Q4_K_M / Q8_0 / F16.
+        # Useful concurrency B* ≈ pp/tg1 (calibration study §3.3): 3 / 5 / 9 for
+        # Q4_K_M / Q8_0 / F16.
         conc = max(1, round(pp / tg1))
         return PerfProfile(
             kind="cpu",
