@@ -112,20 +112,6 @@ def inference_energy(busy_pre: Num, busy_dec: Num, p_first: Num, p_busy: Num) ->
     return p_first * busy_pre + p_busy * busy_dec
 
 
-def attributed_power_time(
-    prefill: float, decode: float, b: float, is_gpu: bool, p_busy: float, p_prefill: float
-) -> float:
-    """J at powers (`p_busy`, `p_prefill`) over the busy time of one request, as the world
-    model attributes it: `inference_energy` of `busy_times` (or, at idle power both,
-    `idle_energy_saved`) with the division by b taken last. The same quantity to a few
-    ulps; the world keeps this order so that its fixed-seed outcomes stay bit for bit
-    (tests/unit/test_golden.py), the predictor keeps the other so that its decisions do.
-    """
-    if is_gpu:
-        return p_prefill * prefill + p_busy * decode / b
-    return p_busy * (prefill + decode) / b
-
-
 def idle_energy_saved(busy_pre: Num, busy_dec: Num, p_idle: Num) -> Num:
     """Idle energy is P_idle·(T − busy): a placement lowers it by the busy time it adds."""
     return p_idle * (busy_pre + busy_dec)

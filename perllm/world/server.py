@@ -13,9 +13,11 @@ import heapq
 from dataclasses import dataclass, field, replace
 
 from perllm.costmodel import (
-    attributed_power_time,
+    busy_times,
     cpu_times,
     gpu_times,
+    idle_energy_saved,
+    inference_energy,
     server_energy,
     transmission_energy,
 )
@@ -108,8 +110,11 @@ class ServerState:
             pre, dec = pre / speed, dec / speed
             end = t + pre + dec
             pre_wall = pre
-        e_inf = attributed_power_time(pre, dec, b, c.is_gpu, c.p_busy, c.p_prefill)
-        e_idle = attributed_power_time(pre, dec, b, c.is_gpu, c.p_idle, c.p_idle)
+        busy_pre, busy_dec = busy_times(pre, dec, b, c.is_gpu)
+        e_inf = inference_energy(
+            busy_pre, busy_dec, c.p_prefill if c.is_gpu else c.p_busy, c.p_busy
+        )
+        e_idle = idle_energy_saved(busy_pre, busy_dec, c.p_idle)
         out = Outcome(t, float(end), b, float(pre_wall), float(dec), e_inf, e_idle)
         if commit:
             heapq.heappush(heap, (out.end, kv_need, t))

@@ -4,13 +4,11 @@ CS-UCB predicts with `estimate.round_view`; the world model runs requests with
 `World.execute`. Both read the formulas of `perllm.costmodel`, so for a request alone on
 an idle server at nominal bandwidth, with no speed noise, they must give the same
 processing time and marginal energy. What the two compute in a different order, by
-design, and therefore agree on to rounding only:
-- time: the world splits the RTT in halves around the FIFO upload, the admission and the
-  download (it has absolute times); the predictor adds the transfer and the RTT at once;
-- energy: the world's attributed energy divides by the batch size last
-  (`attributed_power_time`), the predictor's first (`busy_times`); both keep their order
-  so that their fixed-seed outcomes stay bit for bit (`test_golden.py`).
-The decode time, computed by the same calls, is equal exactly.
+design, and therefore agree on to rounding only: the time, because the world splits the
+RTT in halves around the FIFO upload, the admission and the download (it has absolute
+times) while the predictor adds the transfer and the RTT at once; and the energy, which
+inherits the transmission term's rounding. The decode time, computed by the same calls, is
+equal exactly.
 """
 
 from __future__ import annotations
