@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from perllm_operator.policy import Policy
+from perllm_operator.policy import ReplacementPolicy
 
 ENV_PROMETHEUS = "PERLLM_PROMETHEUS_URL"
 ENV_STATUS_INTERVAL = "PERLLM_STATUS_INTERVAL"
@@ -41,7 +41,7 @@ class Config:
     prometheus_url: str | None = None
     status_interval_s: float = 30.0
     telemetry_window: str = "5m"  # PromQL range of the rate() queries
-    policy: Policy = field(default_factory=Policy)
+    policy: ReplacementPolicy = field(default_factory=ReplacementPolicy)
 
     @classmethod
     def from_env(cls, e: Mapping[str, str]) -> Config:
@@ -55,7 +55,7 @@ class Config:
             prometheus_url=e.get(ENV_PROMETHEUS) or None,
             status_interval_s=_float(e, ENV_STATUS_INTERVAL, 30.0, minimum=1.0),
             telemetry_window=window,
-            policy=Policy(
+            policy=ReplacementPolicy(
                 enabled=onoff in ("on", "true", "1"),
                 window_s=_float(e, ENV_REPLACE_WINDOW, 60.0),
                 min_ticks=int(_float(e, ENV_REPLACE_TICKS, 3.0, minimum=1.0)),

@@ -33,7 +33,7 @@ def target(spec: ServiceSpec) -> float:
 
 
 @dataclass(frozen=True)
-class Observation:
+class ServiceReading:
     """One timer tick's view of a service. `attainment` None: no requests in the window
     (or Prometheus gave nothing); `reachable` False: Prometheus did not answer."""
 
@@ -78,9 +78,9 @@ def observe(
     child_name: str,
     window: str,
     now: float,
-) -> Observation:
+) -> ServiceReading:
     """Query Prometheus for one service. Never raises: an unreachable Prometheus gives an
-    Observation with `reachable=False` and the client's last error."""
+    ServiceReading with `reachable=False` and the client's last error."""
     regex = q.pod_regex(pods, child_name)
     q_att = q.service_attainment(namespace, regex, deadline_s(spec), window)
     results: dict[str, float | None] = {}
@@ -108,7 +108,7 @@ def observe(
     att = results.get("attainment")
     if q_att is None and results.get("p50") is not None:
         att = 0.0  # the deadline is below vLLM's smallest bucket: no request can count
-    return Observation(
+    return ServiceReading(
         at=now,
         reachable=reachable,
         attainment=min(1.0, max(0.0, att)) if att is not None else None,
@@ -125,7 +125,7 @@ def observe(
 Cond = tuple[bool | None, str, str]  # (status, reason, message)
 
 
-def deadline_met(obs: Observation | None, spec: ServiceSpec, stale_since: str | None) -> Cond:
+def deadline_met(obs: ServiceReading | None, spec: ServiceSpec, stale_since: str | None) -> Cond:
     dl, tgt = deadline_s(spec), target(spec)
     want = f"target {tgt:.0%} within {dl:g} s"
     if obs is None or not obs.reachable:
@@ -140,7 +140,7 @@ def deadline_met(obs: Observation | None, spec: ServiceSpec, stale_since: str | 
     return False, "DeadlineMissed", msg
 
 
-def telemetry_stale(obs: Observation | None, url: str | None, stale_since: str | None) -> Cond:
+def telemetry_stale(obs: ServiceReading | None, url: str | None, stale_since: str | None) -> Cond:
     """`TelemetryStale`: True while Prometheus is unconfigured or unreachable."""
     if not url:
         return (

@@ -20,7 +20,7 @@ Obj = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class Policy:
+class ReplacementPolicy:
     enabled: bool = True
     window_s: float = 60.0  # with 30 s ticks: 3 consecutive ticks below target
     min_ticks: int = 3
@@ -55,7 +55,7 @@ def below_run(history: Sequence[Point], target: float) -> list[Point]:
 def decide(
     history: Sequence[Point],
     target: float,
-    policy: Policy,
+    policy: ReplacementPolicy,
     now: float,
     last_eviction_at: float | None,
 ) -> Verdict:

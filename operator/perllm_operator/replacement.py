@@ -29,7 +29,7 @@ class Tick:
     sspec: ServiceSpec
     status: Obj  # as read at the start of the tick
     pods: list[Obj]  # live ones: not terminating
-    obs: observe.Observation | None
+    obs: observe.ServiceReading | None
     history: collections.deque[policy.Point]
     now: float
     logger: kopf.Logger
@@ -54,7 +54,7 @@ def _parse_ts(ts: str | None) -> float | None:
         return None
 
 
-def replacement(t: Tick, pol: policy.Policy) -> Obj:
+def replacement(t: Tick, pol: policy.ReplacementPolicy) -> Obj:
     """Decide and, if due, evict one pod (or escalate to another tier)."""
     rep: Obj = dict(t.status.get("replacement") or {})
     tgt = observe.target(t.sspec)

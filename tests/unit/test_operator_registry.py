@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 from perllm_operator import registry, status
 from perllm_operator.config import Config
-from perllm_operator.policy import Point, Policy
+from perllm_operator.policy import Point, ReplacementPolicy
 from perllm_operator.state import state_of
 
 ROOT = Path(__file__).parents[2]
@@ -36,7 +36,9 @@ def test_registry_holds_every_handler_under_its_id() -> None:
 
 def test_two_operators_share_no_state() -> None:
     a = registry.build(Config(prometheus_url="http://a:9090", status_interval_s=2))
-    b = registry.build(Config(prometheus_url=None, status_interval_s=45, policy=Policy(False)))
+    b = registry.build(
+        Config(prometheus_url=None, status_interval_s=45, policy=ReplacementPolicy(False))
+    )
     assert a.registry is not b.registry
     assert _handlers(a.registry)["status_tick"].interval == 2
     assert _handlers(b.registry)["status_tick"].interval == 45

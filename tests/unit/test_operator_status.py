@@ -14,7 +14,7 @@ import yaml
 from perllm_operator import kube, observe, policy, reconcile, status
 from perllm_operator.conditions import condition
 from perllm_operator.config import Config, ConfigError
-from perllm_operator.policy import Point, Policy
+from perllm_operator.policy import Point, ReplacementPolicy
 from perllm_operator.state import State, memo_of
 
 from perllm.crd import service_spec
@@ -22,7 +22,7 @@ from perllm.telemetry import status_queries
 from perllm.telemetry.prom import Answer, Prometheus, Sample
 
 ROOT = Path(__file__).parents[2]
-POLICY = Policy(window_s=60, min_ticks=3, cooldown_s=120, escalate_after=2)
+POLICY = ReplacementPolicy(window_s=60, min_ticks=3, cooldown_s=120, escalate_after=2)
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def test_cooldown_and_disabled() -> None:
     v = policy.decide(h, 0.95, POLICY, now=90, last_eviction_at=0)
     assert not v.act and v.reason == "CoolingDown" and "30 s left" in v.message
     assert policy.decide(h, 0.95, POLICY, now=130, last_eviction_at=0).act
-    off = Policy(enabled=False)
+    off = ReplacementPolicy(enabled=False)
     assert policy.decide(h, 0.95, off, now=90, last_eviction_at=None).reason == "Disabled"
 
 
@@ -200,7 +200,7 @@ def test_no_series_and_no_traffic() -> None:
     assert observe.telemetry_stale(obs, "http://p", None)[1] == "NoData"
     assert observe.deadline_met(obs, spec, None)[:2] == (None, "NoTraffic")
     assert "attainment" not in obs.status("5m")
-    nan = observe.Observation(at=0, reachable=True, attainment=None, rps=math.nan)
+    nan = observe.ServiceReading(at=0, reachable=True, attainment=None, rps=math.nan)
     assert "requestsPerSecond" not in nan.status("5m")
 
 
@@ -225,7 +225,9 @@ def test_placed_condition_from_extender_record() -> None:
 
 def test_config_from_env_names_bad_settings() -> None:
     c = Config.from_env({})
-    assert c.prometheus_url is None and c.status_interval_s == 30 and c.policy == Policy()
+    assert (
+        c.prometheus_url is None and c.status_interval_s == 30 and c.policy == ReplacementPolicy()
+    )
     c = Config.from_env(
         {
             "PERLLM_PROMETHEUS_URL": "http://p:9090",
@@ -319,7 +321,7 @@ def test_timer_evicts_one_pod_after_the_window_then_cools_down(
     fc = FakeCluster(_load("chat-assistant"), pods)
     fc.install(monkeypatch)
     fc.obj["status"] = {"placement": {"tier": "cloud", "nodes": ["cloud-0", "cloud-1"]}}
-    pol = Policy(window_s=0, min_ticks=3, cooldown_s=3600, escalate_after=0)
+    pol = ReplacementPolicy(window_s=0, min_ticks=3, cooldown_s=3600, escalate_after=0)
     prom = FakeProm(
         {
             "sum by (namespace, pod)": [
@@ -359,7 +361,7 @@ def test_timer_escalates_to_the_other_tier(monkeypatch: pytest.MonkeyPatch) -> N
         "replacement": {"evictionsSinceRecovery": 2},
         "placement": {"tier": "cloud", "nodes": ["cloud-0"]},
     }
-    pol = Policy(window_s=0, min_ticks=1, cooldown_s=0, escalate_after=2)
+    pol = ReplacementPolicy(window_s=0, min_ticks=1, cooldown_s=0, escalate_after=2)
     prom = FakeProm({"le=": 0.1, "_count": 1.0})
     fc.tick(State(Config(prometheus_url="http://p", policy=pol), prom))
     assert fc.evicted == []
