@@ -47,8 +47,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     kube.load_config()
 
 
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Credentials from the kubeconfig or the pod's ServiceAccount, as the kubernetes client
+    finds them (a plain `OperatorRegistry` has none of kopf's implicit login handlers)."""
+    return kopf.login_via_client(**kwargs)
+
+
 def build_registry(config: Config) -> kopf.OperatorRegistry:
     reg = kopf.OperatorRegistry()
+    kopf.on.login(registry=reg)(login)
     kopf.on.startup(registry=reg)(configure)
     for on in (kopf.on.resume, kopf.on.create, kopf.on.update):
         on(GROUP, VERSION, PLURAL, registry=reg)(reconcile.reconcile)

@@ -27,7 +27,15 @@ def _handlers(reg: kopf.OperatorRegistry) -> dict[str, Any]:
 
 def test_registry_holds_every_handler_under_its_id() -> None:
     hs = _handlers(registry.build_registry(Config(status_interval_s=7)))
-    want = {"configure", "reconcile", "deployment_event", "forget", "status_tick", "telemetry"}
+    want = {
+        "login",
+        "configure",
+        "reconcile",
+        "deployment_event",
+        "forget",
+        "status_tick",
+        "telemetry",
+    }
     assert want <= set(hs)
     tick = hs["status_tick"]
     assert tick.interval == 7 and tick.sharp is False and tick.initial_delay == 5.0
