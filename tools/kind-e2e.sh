@@ -143,6 +143,13 @@ step_profiles() {
     smoke "$rel"
     "$HELM" --kube-context "kind-$KIND_CLUSTER" uninstall "$rel" -n "$NAMESPACE" --wait
   done < <(profiles)
+  # Give the nodes back as kind made them: the e2e tier brings its own (KWOK) PerLLM nodes.
+  local n
+  for n in $(kubectl_ get nodes -o name); do
+    kubectl_ label "$n" perllm.io/tier- perllm.io/hardware-
+    kubectl_ label --overwrite "$n" node-role.kubernetes.io/control-plane=
+    kubectl_ annotate "$n" perllm.io/link-bandwidth-mbps-
+  done
 }
 
 step_e2e() {
