@@ -450,7 +450,7 @@ def test_team_users_get_llmservices_through_edit_and_view(
     wait_for(lambda: can("perllm-e2e-editors", "create", res), "edit to aggregate", timeout=60)
     for verb in ("create", "update", "patch", "delete", "list"):
         assert can("perllm-e2e-editors", verb, res), verb
-    assert not can("perllm-e2e-editors", "patch", f"{res}/status")
+    assert not can("perllm-e2e-editors", "patch", res, "--subresource=status")
     wait_for(lambda: can("perllm-e2e-viewers", "list", res), "view to aggregate", timeout=60)
     assert can("perllm-e2e-viewers", "get", res) and can("perllm-e2e-viewers", "watch", res)
     assert not can("perllm-e2e-viewers", "create", res)
