@@ -54,16 +54,50 @@ build_etcd() {
   mv "$bin/etcd.tmp" "$bin/etcd"
 }
 
-# go_install NAME VERSION PKG [LDFLAGS]: plain `go install` (no replace directives upstream).
+# go_install NAME VERSION PKG [LDFLAGS] [RECIPE]: plain `go install` (no replace directives
+# upstream). LDFLAGS may be a function name (called in the build directory, printing the
+# flags). RECIPE names the build recipe: a binary cached without the same RECIPE in its
+# .recipe marker is rebuilt (the cache directory stays keyed by version only, which is where
+# perllm.devcluster.binaries looks).
 go_install() {
-  local name=$1 version=$2 pkg=$3 extra=${4:-} bin="$CACHE/$1-$2" tmp
-  [ -x "$bin/$name" ] && return
+  local name=$1 version=$2 pkg=$3 extra=${4:-} recipe=${5:-} bin="$CACHE/$1-$2" tmp
+  if [ -x "$bin/$name" ] && [ "$(cat "$bin/.recipe" 2>/dev/null)" = "$recipe" ]; then
+    return
+  fi
   tmp="$CACHE/.tmp-$name-$version"
   rm -rf "$tmp" && mkdir -p "$tmp"
-  log "building $name $version"
+  log "building $name $version${recipe:+ ($recipe)}"
+  if [ -n "$extra" ] && declare -F "$extra" >/dev/null; then
+    extra=$(cd "$tmp" && GOFLAGS= "$extra")
+  fi
   # Outside any module, so `go install pkg@version` uses only the upstream go.mod.
   (cd "$tmp" && GOFLAGS= GOBIN="$tmp" timed "$name" go install -trimpath -ldflags "-s -w $extra" "$pkg@$version")
-  mkdir -p "$bin" && mv "$tmp/$name" "$bin/$name" && rm -rf "$tmp"
+  mkdir -p "$bin" && mv "$tmp/$name" "$bin/$name.new" && mv "$bin/$name.new" "$bin/$name"
+  if [ -n "$recipe" ]; then echo "$recipe" >"$bin/.recipe"; else rm -f "$bin/.recipe"; fi
+  rm -rf "$tmp"
+}
+
+# What Helm's own Makefile stamps into a release build: the version, a clean tree, and the
+# Kubernetes version that `helm template`/`helm lint` assume without a cluster or
+# --kube-version (1.<minor of its k8s.io/client-go>; unstamped it is v1.20.0, which a chart
+# with `kubeVersion: >=1.29.0-0` refuses).
+HELM_RECIPE="release-ldflags-1"
+helm_ldflags() {
+  local gomod cg major minor
+  gomod=$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": *"\(.*\)".*/\1/p')
+  cg=$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$gomod")     # e.g. v0.34.2
+  [ -n "$cg" ] || { log "cannot read k8s.io/client-go from Helm's go.mod ($gomod)"; exit 1; }
+  major=$(( $(echo "${cg#v}" | cut -d. -f1) + 1 ))
+  minor=$(echo "$cg" | cut -d. -f2)
+  local p=helm.sh/helm/v3
+  printf '%s ' \
+    "-X $p/internal/version.version=$HELM_VERSION" \
+    "-X $p/internal/version.metadata=" \
+    "-X $p/internal/version.gitTreeState=clean" \
+    "-X $p/pkg/chartutil.k8sVersionMajor=$major" \
+    "-X $p/pkg/chartutil.k8sVersionMinor=$minor" \
+    "-X $p/pkg/lint/rules.k8sVersionMajor=$major" \
+    "-X $p/pkg/lint/rules.k8sVersionMinor=$minor"
 }
 
 install_prometheus() {
@@ -89,9 +123,9 @@ for c in "${components[@]}"; do
     k8s) build_k8s ;;
     etcd) build_etcd ;;
     kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
-    # Unstamped, `helm version` says only "v3.19".
-    helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
-            "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+    # Stamped like a release build (helm_ldflags); unstamped, `helm version` says only
+    # "v3.19" and `helm template` assumes Kubernetes v1.20.0.
+    helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm_ldflags "$HELM_RECIPE" ;;
     prometheus) install_prometheus ;;
     *) log "unknown component $c"; exit 2 ;;
   esac

@@ -428,6 +428,34 @@ def test_kube_scheduler_runs_with_the_charts_config_and_token(
         print(f"--- kube-scheduler log ---\n{log.read_text(errors='replace')[-4000:]}")
 
 
+def test_team_users_get_llmservices_through_edit_and_view(
+    kube: Kube, release: Release, namespace: str
+) -> None:
+    """The aggregated ClusterRoles: the controller-manager folds them into the built-in
+    roles, so a RoleBinding to `edit` creates LLMServices and one to `view` only reads them."""
+    for role, group in (("edit", "perllm-e2e-editors"), ("view", "perllm-e2e-viewers")):
+        kube.kubectl(
+            "create", "rolebinding", f"chart-e2e-{role}", "-n", namespace,
+            f"--clusterrole={role}", f"--group={group}",
+        )  # fmt: skip
+
+    def can(group: str, *args: str) -> bool:
+        r = kube.kubectl(
+            "auth", "can-i", *args, "-n", namespace, "--as=alice", f"--as-group={group}",
+            check=False,
+        )  # fmt: skip
+        return r.stdout.strip() == "yes"
+
+    res = f"{PLURAL}.perllm.io"
+    wait_for(lambda: can("perllm-e2e-editors", "create", res), "edit to aggregate", timeout=60)
+    for verb in ("create", "update", "patch", "delete", "list"):
+        assert can("perllm-e2e-editors", verb, res), verb
+    assert not can("perllm-e2e-editors", "patch", res, "--subresource=status")
+    wait_for(lambda: can("perllm-e2e-viewers", "list", res), "view to aggregate", timeout=60)
+    assert can("perllm-e2e-viewers", "get", res) and can("perllm-e2e-viewers", "watch", res)
+    assert not can("perllm-e2e-viewers", "create", res)
+
+
 def test_uninstall_removes_what_install_made(kube: Kube, helm_bin: str, release: Release) -> None:
     sel = f"app.kubernetes.io/instance={release.name}"
     before = kube.kubectl(

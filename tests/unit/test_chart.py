@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from perllm.devcluster.binaries import Binaries
+from perllm.labels import LABEL_SERVICE
 from perllm.telemetry import names
 
 ROOT = Path(__file__).parents[2]
@@ -150,8 +151,17 @@ def test_profiles_differ_as_documented() -> None:
         "value": "edge",
         "effect": "NoSchedule",
     } in agent["tolerations"]
-    assert "DaemonSet" not in kinds(cloud)  # the DCGM exporter covers GPU power there
+    # Cloud: the agent is the probe target and RAPL source; the DCGM exporter covers GPUs.
+    cloud_agent = find(cloud, "DaemonSet", "perllm-agent")["spec"]["template"]
+    assert "--no-nvml" in cloud_agent["spec"]["containers"][0]["args"]
+    assert "--no-nvml" not in agent["containers"][0]["args"]
     assert "ServiceMonitor" in kinds(cloud) and "ServiceMonitor" not in kinds(edge)
+    # The agent is scraped on both: a PodMonitor in the cloud, annotations at the edge.
+    assert find(cloud, "PodMonitor", "perllm-agent")
+    assert "prometheus.io/scrape" not in cloud_agent["metadata"].get("annotations", {})
+    edge_agent = find(edge, "DaemonSet", "perllm-agent")["spec"]["template"]["metadata"]
+    assert edge_agent["annotations"]["prometheus.io/scrape"] == "true"
+    assert edge_agent["annotations"]["prometheus.io/port"] == "9401"
     assert find(cloud, "Deployment", "perllm-scheduler")["spec"]["replicas"] == 2
     e_cfg, c_cfg = scheduler_config(edge), scheduler_config(cloud)
     assert e_cfg["extenders"][0]["ignorable"] is True
@@ -336,11 +346,117 @@ def test_twin_is_optional() -> None:
     assert find(docs, "Service", "perllm-twin")["spec"]["ports"][0]["port"] == 9402
 
 
-def test_monitors_only_with_the_prometheus_operator_api() -> None:
+def test_monitors_only_with_the_prometheus_operator_api_or_forced() -> None:
     on = ("--set", "monitoring.serviceMonitor.enabled=true,agent.enabled=true")
     assert not {"ServiceMonitor", "PodMonitor"} & kinds(render(*on))
     assert {"ServiceMonitor", "PodMonitor"} <= kinds(render(*on, monitoring=True))
     assert not {"ServiceMonitor", "PodMonitor"} & kinds(render(monitoring=True))  # switch off
+    # GitOps (`helm template | kubectl apply`): no cluster, so no capability; forced on.
+    forced = render(*on, "--set", "monitoring.serviceMonitor.force=true")
+    assert {"ServiceMonitor", "PodMonitor"} <= kinds(forced)
+    assert not {"ServiceMonitor", "PodMonitor"} & kinds(
+        render("--set", "monitoring.serviceMonitor.force=true")  # force alone renders nothing
+    )
+
+
+def test_model_server_pod_monitor_selects_the_operators_pods() -> None:
+    on = ("--set", "monitoring.serviceMonitor.enabled=true")
+    pm = find(render(*on, monitoring=True), "PodMonitor", "perllm-model-servers")
+    assert pm["spec"]["selector"] == {
+        "matchExpressions": [{"key": LABEL_SERVICE, "operator": "Exists"}]
+    }
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    ports = {e["port"] for e in pm["spec"]["podMetricsEndpoints"]}
+    assert ports == {"http", "http1"}
+    relabel = pm["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    source = "__meta_kubernetes_pod_label_" + re.sub(r"[^A-Za-z0-9_]", "_", LABEL_SERVICE)
+    assert {"sourceLabels": [source], "targetLabel": "perllm_service"} in relabel
+    some = render(
+        *on, "--set", "monitoring.modelServers.namespaces={team-a,team-b}", monitoring=True
+    )
+    pm = find(some, "PodMonitor", "perllm-model-servers")
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+    off = render(*on, "--set", "monitoring.modelServers.enabled=false", monitoring=True)
+    assert not any(d["metadata"]["name"] == "perllm-model-servers" for d in off)
+
+
+def test_scrape_annotations_on_agent_extender_twin() -> None:
+    docs = render("--set", "agent.enabled=true,twin.enabled=true,extender.podAnnotations.a=b")
+    for comp, port in (("agent", "9401"), ("extender", "8888"), ("twin", "9402")):
+        kind = "DaemonSet" if comp == "agent" else "Deployment"
+        ann = find(docs, kind, f"perllm-{comp}")["spec"]["template"]["metadata"]["annotations"]
+        assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == port, comp
+        assert ann["prometheus.io/path"] == "/metrics"
+    ext = find(docs, "Deployment", "perllm-extender")["spec"]["template"]["metadata"]
+    assert ext["annotations"]["a"] == "b"
+    off = render("--set", "monitoring.scrapeAnnotations=false")
+    ext = find(off, "Deployment", "perllm-extender")["spec"]["template"]["metadata"]
+    assert "annotations" not in ext
+
+
+@pytest.mark.parametrize(
+    ("kube_version", "tag"),
+    [
+        (None, "v1.34.13"),  # Helm's own default: the stamped build says 1.34
+        ("1.31.4", "v1.31.13"),
+        ("v1.31.4+k3s1", "v1.31.13"),
+        ("v1.33.1-eks-1234", "v1.33.13"),
+        ("v1.29.2", "v1.29.15"),
+        ("1.40.2", "v1.40.2"),  # no pin for the minor: the cluster's own version
+    ],
+)
+def test_scheduler_image_follows_the_clusters_minor(kube_version: str | None, tag: str) -> None:
+    args = ["template", "perllm", str(CHART)]
+    if kube_version:
+        args += ["--kube-version", kube_version]
+    docs = [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+    image = find(docs, "Deployment", "perllm-scheduler")["spec"]["template"]["spec"]["containers"][
+        0
+    ]["image"]
+    assert image == f"registry.k8s.io/kube-scheduler:{tag}"
+    pinned = render("--set", "scheduler.image.tag=v1.30.1")
+    image = find(pinned, "Deployment", "perllm-scheduler")["spec"]["template"]["spec"][
+        "containers"
+    ][0]["image"]
+    assert image == "registry.k8s.io/kube-scheduler:v1.30.1"
+
+
+def test_pinned_patches_cover_every_supported_minor() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    pins = values["scheduler"]["image"]["tagByMinor"]
+    floor = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    low = int(re.search(r">=\s*1\.(\d+)", floor).group(1))  # type: ignore[union-attr]
+    minors = sorted(int(k.split(".")[1]) for k in pins)
+    assert minors[0] == low and minors == list(range(low, minors[-1] + 1)), minors
+    for k, v in pins.items():
+        assert v.startswith(f"v{k}."), (k, v)
+
+
+@pytest.mark.parametrize("profile", PROFILE_IDS)
+def test_helm_template_needs_no_kube_version(profile: str) -> None:
+    """The Helm tools/build-binaries.sh builds is stamped like a release (Kubernetes 1.34 as
+    its default), so the chart's kubeVersion floor passes without --kube-version."""
+    r = helm("template", "perllm", str(CHART), *_values_args(profile))
+    assert "kind: Deployment" in r.stdout
+    lint = helm("lint", "--strict", str(CHART), *_values_args(profile))
+    assert "0 chart(s) failed" in lint.stdout
+
+
+def test_users_get_llmservices_through_the_default_roles() -> None:
+    docs = render()
+    view = find(docs, "ClusterRole", "perllm-llmservices-view")
+    edit = find(docs, "ClusterRole", "perllm-llmservices-edit")
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    vg, eg = _grants(view["rules"]), _grants(edit["rules"])
+    assert ("perllm.io", "llmservices", "*", "list") in vg
+    assert not any(v in ("create", "patch", "update", "delete") for *_, v in vg)
+    for verb in ("create", "update", "patch", "delete"):
+        assert ("perllm.io", "llmservices", "*", verb) in eg
+    assert not any(res == "llmservices/status" for _, res, _, _ in eg)  # status: controllers'
+    off = render("--set", "rbac.aggregateToDefaultRoles=false")
+    assert not any("llmservices-" in d["metadata"]["name"] for d in off)
 
 
 def test_prometheus_url_reaches_operator_and_extender() -> None:
@@ -356,7 +472,10 @@ BAD_VALUES = [
     ("extender.weight=1.5", "at '/extender/weight'"),
     ("extender.ignorable=maybe", "at '/extender/ignorable': got string, want boolean"),
     ("image.repository=", "at '/image/repository': minLength"),
-    ("scheduler.image.tag=", "at '/scheduler/image/tag': minLength"),
+    ("scheduler.image.tagByMinor.1\\.31=latest", "at '/scheduler/image/tagByMinor/1.31'"),
+    ("agent.peers[0]=cloud:9401", "at '/agent/peers/0'"),
+    ("monitoring.serviceMonitor.force=yes", "at '/monitoring/serviceMonitor/force'"),
+    ("monitoring.modelServers.ports[0]=Http", "at '/monitoring/modelServers/ports/0'"),
     ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
     ("extender.logLevel=loud", "at '/extender/logLevel'"),
     ("extender.wieght=3", "additional properties 'wieght' not allowed"),
@@ -442,7 +561,10 @@ PROMQL_WORDS = {
     "hostname",
     "increase",
     "and",
+    "model_name",
 }
+# Series only `perllm twin` serves: allowed only in panels marked "Twin only".
+TWIN_ONLY = ("perllm_service_", "perllm_counterfactual_")
 
 
 def test_dashboard_names_only_exported_metrics() -> None:
@@ -472,9 +594,40 @@ def test_dashboard_names_only_exported_metrics() -> None:
         "perllm_extender_decision_seconds_bucket",
     ):
         assert metric in text, metric
-    assert "edge-only" in text and "cloud-only" in text
+    # The counterfactuals (cloud-only, edge-only, ...) are the twin's `policy` label.
+    assert any("by (policy)" in e for e in _exprs(dash))
     assert any("by (tier)" in e for e in _exprs(dash))
     assert any("by (namespace, service)" in e for e in _exprs(dash))
+
+
+def test_dashboard_headline_panels_chart_real_cluster_series() -> None:
+    """A real cluster has DCGM, vLLM, agent and extender series; the twin's per-service and
+    counterfactual series appear only in panels marked "Twin only", after the headline."""
+    panels = [p for p in _dashboard()["panels"] if p["type"] != "row"]
+    twin = [p for p in panels if p["title"].startswith("Twin only")]
+    head = [p for p in panels if p not in twin]
+    assert twin and head
+    for p in twin:
+        assert "twin" in p.get("description", "").lower(), p["title"]
+        assert any(t in e for e in (x["expr"] for x in p["targets"]) for t in TWIN_ONLY)
+    head_exprs = [t["expr"] for p in head for t in p["targets"]]
+    for e in head_exprs:
+        assert not any(t in e for t in TWIN_ONLY), e
+    text = " ".join(head_exprs)
+    for metric in (
+        names.DCGM_POWER_W,
+        f"{names.VLLM_E2E_LATENCY}_bucket",
+        names.VLLM_RUNNING,
+        names.CPU_POWER_W,
+        names.PATH_BANDWIDTH_BPS,
+        "perllm_extender_decision_seconds_bucket",
+        "perllm_extender_decisions_total",
+    ):
+        assert metric in text, metric
+    # Headline first: every twin panel sits below every headline panel.
+    assert min(p["gridPos"]["y"] for p in twin) >= max(p["gridPos"]["y"] for p in head) + 1
+    var = next(v for v in _dashboard()["templating"]["list"] if v["name"] == "namespace")
+    assert not any(t in var["query"]["query"] for t in TWIN_ONLY)
 
 
 def test_dashboard_configmap_carries_the_json() -> None:

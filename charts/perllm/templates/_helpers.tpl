@@ -41,8 +41,49 @@ app.kubernetes.io/part-of: perllm
 {{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) -}}
 {{- end -}}
 
+{{/* The Kubernetes minor the chart is rendered for, "1.31" (k3s "v1.31.4+k3s1", EKS
+"v1.31.4-eks-1234" and GKE "v1.31.4-gke.100" parse too). */}}
+{{- define "perllm.kubeMinor" -}}
+{{- $v := semver .Capabilities.KubeVersion.Version -}}
+{{- printf "%d.%d" $v.Major $v.Minor -}}
+{{- end -}}
+
+{{/* kube-scheduler's tag: scheduler.image.tag when set; else the patch pinned for the
+cluster's minor in scheduler.image.tagByMinor; else the cluster's own vMAJOR.MINOR.PATCH
+(registry.k8s.io publishes every upstream patch; build metadata such as +k3s1 dropped). */}}
+{{- define "perllm.schedulerTag" -}}
+{{- $s := .Values.scheduler.image -}}
+{{- if $s.tag -}}
+{{- $s.tag -}}
+{{- else -}}
+{{- $minor := include "perllm.kubeMinor" . -}}
+{{- $v := semver .Capabilities.KubeVersion.Version -}}
+{{- index ($s.tagByMinor | default dict) $minor | default (printf "v%d.%d.%d" $v.Major $v.Minor $v.Patch) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "perllm.schedulerImage" -}}
-{{- printf "%s:%s" .Values.scheduler.image.repository .Values.scheduler.image.tag -}}
+{{- printf "%s:%s" .Values.scheduler.image.repository (include "perllm.schedulerTag" .) -}}
+{{- end -}}
+
+{{/* Render Prometheus Operator monitors: asked for, and either the cluster serves
+monitoring.coreos.com/v1 or monitoring.serviceMonitor.force says to render them anyway
+(`helm template | kubectl apply`, GitOps: the capability check sees no cluster). */}}
+{{- define "perllm.monitors" -}}
+{{- $m := .Values.monitoring.serviceMonitor -}}
+{{- if and $m.enabled (or $m.force (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1")) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* prometheus.io/* pod annotations (annotation-driven Prometheus, e.g. the community
+chart's kubernetes-pods job): "perllm.scrapeAnnotations" (dict "root" $ "port" 9401) */}}
+{{- define "perllm.scrapeAnnotations" -}}
+{{- if .root.Values.monitoring.scrapeAnnotations -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end -}}
 {{- end -}}
 
 {{/* Pod and container security: non-root, read-only root FS, no capabilities, seccomp. */}}
