@@ -101,7 +101,8 @@ def priorities(expl: Explanation) -> dict[str, int]:
     out = {c.node: 0 for c in expl.candidates}
     out[expl.chosen] = MAX_PRIORITY
     rest = sorted(
-        (c for c in expl.candidates if c.feasible and c.node != expl.chosen), key=lambda c: -c.score
+        (c for c in expl.candidates if c.feasible and c.node != expl.chosen),
+        key=lambda c: -(c.score or 0.0),
     )
     for i, c in enumerate(rest):
         out[c.node] = max(1, round((MAX_PRIORITY - 1) * (1 - i / len(rest))))
@@ -122,7 +123,7 @@ def explanation_dict(expl: Explanation, limit: int = EXPLAIN_LIMIT) -> dict[str,
             key=lambda c: (
                 c.node != expl.chosen,
                 not c.feasible,
-                -c.score if c.feasible else c.predicted_time_s,
+                -(c.score or 0.0) if c.feasible else c.predicted_time_s,
             ),
         )[:limit]
     out = dataclasses.replace(expl, candidates=cands).to_dict()
@@ -417,7 +418,7 @@ class Scheduler:
         pool = [c for c in expl.candidates if c.feasible] or expl.candidates
         best = max(c.mean for c in pool)
         explored = expl.feasible and (
-            chosen.score >= 1e5 or any(c.mean > chosen.mean + 1e-9 for c in pool)
+            chosen.unplayed or any(c.mean > chosen.mean + 1e-9 for c in pool)
         )
         return PodDecision(
             pod=key,

@@ -1,4 +1,5 @@
-"""CS-UCB properties (DESIGN §4.1)."""
+"""CS-UCB properties: constraints, exploration, learning, persistence, the fast paths,
+and statistics shared between bandits over different node sets."""
 
 from __future__ import annotations
 
@@ -272,7 +273,7 @@ def test_state_round_trip_gives_identical_decisions() -> None:
     state = json.loads(a.dumps())
     b = CSUCB(table())
     assert b.import_state(state) == len(state["arms"])
-    np.testing.assert_allclose(b.out_hist, a.out_hist)
+    np.testing.assert_allclose(b.stats.out_hist, a.stats.out_hist)
     load = np.array([1.0, 0.0, 2.0, 40.0])
     da, db = decide(a, [0, 1, 0, 1], load), decide(b, [0, 1, 0, 1], load)
     assert da.choice.tolist() == db.choice.tolist()
@@ -398,7 +399,7 @@ def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(seed: int)
     assert fast.dumps() == ref.dumps()
     assert (fast.violations, fast.total) == (ref.violations, ref.total)
     assert fast.violations > 0  # the least-violating branch was exercised
-    np.testing.assert_array_equal(fast.out_hist, ref.out_hist)
+    np.testing.assert_array_equal(fast.stats.out_hist, ref.stats.out_hist)
 
 
 @pytest.mark.parametrize("memory", [500.0, float("inf")])
@@ -406,7 +407,7 @@ def test_small_update_fast_path_keeps_the_same_sums(
     memory: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small feedback batches update on Python floats; the sums must be numpy's, bit for bit.
-    import perllm.csucb as csucb_module
+    import perllm.csucb.config as csucb_config
 
     cfg = CSUCBConfig(memory=memory)
     fast, ref = CSUCB(table(), config=cfg), CSUCB(table(), config=cfg)
@@ -425,8 +426,8 @@ def test_small_update_fast_path_keeps_the_same_sums(
         )
         fast.update(*obs)
         with monkeypatch.context() as mp:
-            mp.setattr(csucb_module, "SMALL_UPDATE", 0)
+            mp.setattr(csucb_config, "SMALL_UPDATE", 0)
             ref.update(*obs)
     for f in ("n", "sum_ratio", "sumsq_ratio", "sum_reward", "out_hist"):
-        np.testing.assert_array_equal(getattr(fast, f), getattr(ref, f), err_msg=f)
+        np.testing.assert_array_equal(getattr(fast.stats, f), getattr(ref.stats, f), err_msg=f)
     assert fast.dumps() == ref.dumps()
