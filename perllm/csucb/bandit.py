@@ -18,9 +18,10 @@ from perllm.csucb.config import SMALL_ROUND, CSUCBConfig
 from perllm.csucb.decision import Decision
 from perllm.csucb.explain import ExplainContext
 from perllm.csucb.explain import explain as explain_request
-from perllm.csucb.fast import FastRound, FastTables
+from perllm.csucb.fast import FastRound
 from perllm.csucb.index import exploration, log_t
 from perllm.csucb.stats import ArmStats
+from perllm.csucb.tables import FastTables
 from perllm.estimate import RoundView, energy_scale, round_view
 
 F = NDArray[np.float64]
