@@ -78,6 +78,9 @@ class Entry:
     score: float = -math.inf  # without the speed rank; −inf where infeasible
 
 
+_UNMADE = Entry(math.nan, math.nan, math.nan, math.nan)  # a row's entry not made yet
+
+
 class FastRound:
     """One round. `run` assigns; `decision` reads the chosen entries."""
 
@@ -135,19 +138,17 @@ class FastRound:
                 )
             )
         # Rows (request, load level) of entries per server, made on demand.
-        self.rows: dict[tuple[int, int], list[Entry | None]] = {}
+        self.rows: dict[tuple[int, int], list[Entry]] = {}
 
-    def row(self, k: int, a: int) -> list[Entry | None]:
+    def row(self, k: int, a: int) -> list[Entry]:
         r = self.rows.get((k, a))
         if r is None:
-            r = self.rows[k, a] = [None] * self.m
+            r = self.rows[k, a] = [_UNMADE] * self.m
         return r
 
     def entry(self, k: int, j: int, a: int) -> Entry:
         """A made entry (`make` ran for it)."""
-        e = self.rows[k, a][j]
-        assert e is not None
-        return e
+        return self.rows[k, a][j]
 
     def predict(self, k: int, j: int, a: int) -> Entry:
         """D of request k on server j at level a, as `round_view` computes it."""
@@ -183,7 +184,7 @@ class FastRound:
         False on a NaN. Energy waits for `complete` on servers that are not feasible."""
         feasible: list[tuple[Entry, int, float]] = []
         args = []
-        rk: list[Entry | None] = []
+        rk: list[Entry] = []
         ka: tuple[int, int] | None = None
         f_l, mu_l, sd_l = self.f, self.mu, self.sd
         for k, j, a in keys:
@@ -227,7 +228,7 @@ class FastRound:
         """Each server's position in the argsort of request k's times at level a.
         Without ties any sort agrees; with ties, numpy's own (unstable) argsort."""
         r, m = self.row(k, a), self.m
-        times = [self.predict(k, j, a).time if e is None else e.time for j, e in enumerate(r)]
+        times = [self.predict(k, j, a).time if e is _UNMADE else e.time for j, e in enumerate(r)]
         if any(map(math.isnan, times)):
             return None
         if len(set(times)) == m:
@@ -243,14 +244,14 @@ class FastRound:
         """Request k's best feasible server (-1: none), as the vectorised argmax over the
         scores with the speed rank; None on a NaN."""
         present = {a: self.row(k, a) for a in set(added) if a <= k_max}
-        todo = [(k, j, a) for j, a in enumerate(added) if a <= k_max and present[a][j] is None]
+        todo = [(k, j, a) for j, a in enumerate(added) if a <= k_max and present[a][j] is _UNMADE]
         if todo and not self.make(todo):
             return None
         best = second = -math.inf
         j = -1
         for jj, a in enumerate(added):
             if a <= k_max:
-                v = self.entry(k, jj, a).score
+                v = present[a][jj].score
                 if v > best:
                     best, second, j = v, best, jj
                 elif v > second:
@@ -272,7 +273,7 @@ class FastRound:
         best, j = -math.inf, -1
         for jj, a in enumerate(added):
             if a <= k_max:
-                e = self.entry(k, jj, a)
+                e = present[a][jj]
                 if e.feasible:
                     v = e.score - 1e-8 * ranks[a][jj]
                     if v > best:
@@ -282,7 +283,7 @@ class FastRound:
     def least(self, k: int, added: list[int], k_max: int) -> int | None:
         """`assign.least_violating` for request k; None on a NaN."""
         lv = [min(a, k_max) for a in added]
-        if not self.make([(k, j, a) for j, a in enumerate(lv) if self.row(k, a)[j] is None]):
+        if not self.make([(k, j, a) for j, a in enumerate(lv) if self.row(k, a)[j] is _UNMADE]):
             return None
         c, tab = self.cls[k], self.tab
         pess = [self.entry(k, j, a).time * self.f[tab.arm[c][j]] for j, a in enumerate(lv)]
@@ -344,7 +345,7 @@ class FastRound:
 
 
 def _equal_score_winner(
-    present: dict[int, list[Entry | None]], added: list[int], best: float, gap: float, k_max: int
+    present: dict[int, list[Entry]], added: list[int], best: float, gap: float, k_max: int
 ) -> int:
     """The common close call: every server within `gap` of the best score has exactly
     the best score and sits at the same load level (servers of one pool, say). The
@@ -358,7 +359,6 @@ def _equal_score_winner(
     for jj, a in enumerate(added):
         if a <= k_max:
             e = present[a][jj]
-            assert e is not None
             if e.score >= best - gap:
                 if e.score != best or (level >= 0 and a != level):
                     return -2
@@ -366,9 +366,7 @@ def _equal_score_winner(
                 tied.append(jj)
     times = []
     for jj in tied:
-        e = present[level][jj]
-        assert e is not None
-        times.append(e.time)
+        times.append(present[level][jj].time)
     if len(set(times)) != len(times):
         return -2
     return tied[times.index(min(times))]
