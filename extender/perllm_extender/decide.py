@@ -206,7 +206,7 @@ class Scheduler:
         pool = [c for c in expl.candidates if c.feasible] or expl.candidates
         best = max(c.mean for c in pool)
         explored = expl.feasible and (
-            chosen.score >= 1e5 or any(c.mean > chosen.mean + 1e-9 for c in pool)
+            chosen.unplayed or any(c.mean > chosen.mean + 1e-9 for c in pool)
         )
         return PodDecision(
             pod=key,

@@ -64,7 +64,8 @@ def priorities(expl: Explanation) -> dict[str, int]:
     out = {c.node: 0 for c in expl.candidates}
     out[expl.chosen] = MAX_PRIORITY
     rest = sorted(
-        (c for c in expl.candidates if c.feasible and c.node != expl.chosen), key=lambda c: -c.score
+        (c for c in expl.candidates if c.feasible and c.node != expl.chosen),
+        key=lambda c: -(c.score or 0.0),  # feasible candidates always carry a score
     )
     for i, c in enumerate(rest):
         out[c.node] = max(1, round((MAX_PRIORITY - 1) * (1 - i / len(rest))))

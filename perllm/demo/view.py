@@ -174,8 +174,9 @@ def explanation_panel(s: Sample) -> Panel:
             _num(c.get("predicted_time_s")),
             _num(c.get("predicted_energy_j")),
             _num(c.get("mean")),
-            _num(c.get("bonus")),
-            _num(c.get("score")),
+            # An unplayed arm's score carries the lift that puts it first: say so instead.
+            "unplayed" if c.get("unplayed") else _num(c.get("bonus")),
+            _num(c.get("score")) if c.get("feasible") else "—",
         )
     return Panel(Group(head, t), title="latest decision (status.placement.explanation)")
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from perllm.csucb import CSUCB, CSUCBConfig
+from perllm.csucb import CSUCB, CSUCBConfig, realised_prediction
 from perllm.policies.base import Batch, Env, Feedback, I, Observation, Policy
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class PerLLM(Policy):
         # The decision-time prediction, at the realised output length (as the extender
         # does with the tokens the model server reports).
         ab = np.array([self.pending.pop(i) for i in fb.idx.tolist()])
-        predicted = ab[:, 0] + ab[:, 1] * fb.l_out
+        predicted = realised_prediction(ab[:, 0], ab[:, 1], fb.l_out)
         self.bandit.update(fb.cls, fb.server, fb.time, predicted, fb.energy, fb.deadline, fb.l_out)
 
 

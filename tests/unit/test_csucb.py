@@ -1,4 +1,5 @@
-"""CS-UCB properties (DESIGN §4.1)."""
+"""CS-UCB properties: constraints, exploration, learning, persistence, the fast paths,
+and statistics shared between bandits over different node sets."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ from perllm.contract import (
     Traffic,
 )
 from perllm.costmodel import CostTable, build_cost_table
-from perllm.csucb import CSUCB, CSUCBConfig
+from perllm.csucb import (
+    CSUCB,
+    UNPLAYED_LIFT,
+    ArmStats,
+    Constraint,
+    CSUCBConfig,
+    realised_prediction,
+)
 from perllm.profiles import default_catalogue
 
 W = EnergyWeights()
@@ -272,7 +280,7 @@ def test_state_round_trip_gives_identical_decisions() -> None:
     state = json.loads(a.dumps())
     b = CSUCB(table())
     assert b.import_state(state) == len(state["arms"])
-    np.testing.assert_allclose(b.out_hist, a.out_hist)
+    np.testing.assert_allclose(b.stats.out_hist, a.stats.out_hist)
     load = np.array([1.0, 0.0, 2.0, 40.0])
     da, db = decide(a, [0, 1, 0, 1], load), decide(b, [0, 1, 0, 1], load)
     assert da.choice.tolist() == db.choice.tolist()
@@ -398,7 +406,7 @@ def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(seed: int)
     assert fast.dumps() == ref.dumps()
     assert (fast.violations, fast.total) == (ref.violations, ref.total)
     assert fast.violations > 0  # the least-violating branch was exercised
-    np.testing.assert_array_equal(fast.out_hist, ref.out_hist)
+    np.testing.assert_array_equal(fast.stats.out_hist, ref.stats.out_hist)
 
 
 @pytest.mark.parametrize("memory", [500.0, float("inf")])
@@ -406,7 +414,7 @@ def test_small_update_fast_path_keeps_the_same_sums(
     memory: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small feedback batches update on Python floats; the sums must be numpy's, bit for bit.
-    import perllm.csucb as csucb_module
+    import perllm.csucb.config as csucb_config
 
     cfg = CSUCBConfig(memory=memory)
     fast, ref = CSUCB(table(), config=cfg), CSUCB(table(), config=cfg)
@@ -425,8 +433,153 @@ def test_small_update_fast_path_keeps_the_same_sums(
         )
         fast.update(*obs)
         with monkeypatch.context() as mp:
-            mp.setattr(csucb_module, "SMALL_UPDATE", 0)
+            mp.setattr(csucb_config, "SMALL_UPDATE", 0)
             ref.update(*obs)
     for f in ("n", "sum_ratio", "sumsq_ratio", "sum_reward", "out_hist"):
-        np.testing.assert_array_equal(getattr(fast, f), getattr(ref, f), err_msg=f)
+        np.testing.assert_array_equal(getattr(fast.stats, f), getattr(ref.stats, f), err_msg=f)
     assert fast.dumps() == ref.dumps()
+
+
+# -- explanations: the constraint that excluded a candidate, unplayed arms ----------------
+def test_constraint_names_why_a_candidate_is_infeasible() -> None:
+    b = CSUCB(table(allowed=(Tier.CLOUD,)))
+    d = decide(b, [0, 1], quality=0.45, explain=True)
+    assert d.explanations is not None
+    qa, batch = (e.candidates for e in d.explanations)
+    assert {c.constraint for c in qa if c.tier == "edge"} == {Constraint.TIER}
+    assert {c.constraint for c in batch if c.tier == "edge"} == {Constraint.QUALITY}
+    tight = CSUCB(table(qa_deadline=0.01, qa_per_token=0.0))
+    d = decide(tight, [0], explain=True)
+    assert d.explanations is not None
+    assert {c.constraint for c in d.explanations[0].candidates} == {Constraint.DEADLINE}
+    for e in d.explanations:
+        for c in e.candidates:
+            # Infeasible: a constraint and no score; feasible: a score and no constraint.
+            assert (c.constraint is None) == c.feasible == (c.score is not None)
+
+
+def test_constraint_capacity_when_a_round_fills_a_server() -> None:
+    # One allowed server, more requests than the modelled load levels: the last ones find
+    # it out of room, and the explanation says so.
+    b = CSUCB(table(edge_count=1, allowed=(Tier.EDGE,)))
+    d = decide(b, [0] * 18, explain=True)
+    assert d.explanations is not None
+    edge = [next(c for c in e.candidates if c.tier == "edge") for e in d.explanations]
+    assert Constraint.CAPACITY in {c.constraint for c in edge}
+    assert all(c.reason.startswith("no room") for c in edge if c.constraint == "capacity")
+
+
+def test_unplayed_flag_and_the_dict_published_in_status() -> None:
+    b = CSUCB(table())
+    d = decide(b, [1], explain=True)
+    assert d.explanations is not None
+    first = d.explanations[0].candidates
+    assert all(c.unplayed for c in first)  # nothing played yet
+    assert all(c.score is not None and c.score >= UNPLAYED_LIFT / 2 for c in first)
+    chosen_tier = next(c.tier for c in first if c.node == d.explanations[0].chosen)
+    d = decide(b, [1], explain=True)
+    assert d.explanations is not None
+    again = d.explanations[0].candidates
+    assert {c.tier for c in again if not c.unplayed} == {chosen_tier}
+    assert all(c.score is not None and c.score < 1e3 for c in again if not c.unplayed)
+    got = d.explanations[0].to_dict()
+    keys = {
+        "node", "tier", "feasible", "reason", "predicted_time_s", "pessimistic_time_s",
+        "predicted_energy_j", "mean", "bonus", "score", "constraint", "unplayed",
+    }  # fmt: skip
+    assert all(set(c) == keys for c in got["candidates"])
+    tight = CSUCB(table(qa_deadline=0.01, qa_per_token=0.0))
+    d = decide(tight, [0], explain=True)
+    assert d.explanations is not None
+    out = json.loads(json.dumps(d.explanations[0].to_dict()))
+    assert {c["constraint"] for c in out["candidates"]} == {"deadline"}
+    assert all(c["score"] is None for c in out["candidates"])
+    assert all(type(c["constraint"]) is str for c in d.explanations[0].to_dict()["candidates"])
+
+
+# -- statistics shared between bandits over different node sets ------------------------------
+def _subset(t: CostTable, names: list[str]) -> CostTable:
+    return t.subset(np.array([t.server_names.index(n) for n in names], np.intp))
+
+
+def test_shared_stats_between_node_sets_with_a_common_pool() -> None:
+    t = table()
+    stats = ArmStats()
+    edge_only = CSUCB(_subset(t, ["edge-0", "edge-1"]), stats=stats)
+    both = CSUCB(_subset(t, ["edge-2", "cloud"]), stats=stats)
+    assert sorted(stats.pool_names) == sorted(set(t.pools))  # the edge pool once
+    assert edge_only.pool_names is both.pool_names
+    # Learning through one bandit is what the other decides with.
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        _feedback(edge_only, decide(edge_only, [1, 1]), 1.6, rng)
+    edge = stats.pool_index(t.pools[0])
+    mu, _ = both.ratio_posterior()
+    assert mu[stats.class_index("batch"), edge] == pytest.approx(1.6, rel=0.05)
+    assert both.total == edge_only.total == 60 and stats.plays.sum() == 60
+    d = decide(both, [1], explain=True)
+    assert d.explanations is not None
+    by_tier = {c.tier: c for c in d.explanations[0].candidates}
+    assert not by_tier["edge"].unplayed and by_tier["cloud"].unplayed
+    # A bandit built alone from the same history decides the same.
+    alone = CSUCB(_subset(t, ["edge-2", "cloud"]))
+    alone.import_state(stats.export_state())
+    load = np.array([3.0, 1.0])
+    assert decide(alone, [0, 1], load).choice.tolist() == decide(both, [0, 1], load).choice.tolist()
+
+
+def test_stats_grow_a_pool_another_bandit_has_not_seen() -> None:
+    t = table()
+    stats = ArmStats()
+    edge = CSUCB(_subset(t, ["edge-0", "edge-1"]), stats=stats)
+    rng = np.random.default_rng(8)
+    for _ in range(10):
+        _feedback(edge, decide(edge, [1]), 1.2, rng)  # small rounds: the fast path's caches
+    before = stats.export_state()
+    layout = stats.layout
+    cloud = CSUCB(_subset(t, ["cloud"]), stats=stats)  # a node set with a new pool
+    assert stats.layout > layout and len(stats.pool_names) == 2
+    assert stats.export_state()["arms"] == before["arms"]  # nothing learned was lost
+    # The first bandit remaps to the grown arrays: its decisions and learning still land
+    # on its own arms, and the new pool's arm learns through the second bandit.
+    for _ in range(10):
+        _feedback(edge, decide(edge, [1]), 1.2, rng)
+        _feedback(cloud, decide(cloud, [1]), 0.9, rng)
+    e, c = stats.pool_index(t.pools[0]), stats.pool_index(t.pools[-1])
+    batch = stats.class_index("batch")
+    assert stats.plays[batch, e] == 20 and stats.plays[batch, c] == 10
+    mu, _ = stats.ratio_posterior()
+    assert mu[batch, e] == pytest.approx(1.2, rel=0.05)
+    assert mu[batch, c] == pytest.approx(0.9, rel=0.1)
+
+
+def test_import_adds_pools_of_known_services() -> None:
+    a = CSUCB(table())
+    _feedback(a, decide(a, [1] * 4), 1.0, np.random.default_rng(9))
+    edge_only = CSUCB(_subset(table(), ["edge-0"]))
+    assert edge_only.import_state(a.export_state()) == len(a.export_state()["arms"])
+    assert edge_only.stats.export_state()["arms"] == a.export_state()["arms"]
+
+
+def test_shared_stats_refuse_another_config() -> None:
+    stats = ArmStats(CSUCBConfig(delta=0.5))
+    assert CSUCB(table(), stats=stats).cfg.delta == 0.5
+    with pytest.raises(ValueError, match="config"):
+        CSUCB(table(), config=CSUCBConfig(delta=0.1), stats=stats)
+
+
+# -- the prediction feedback compares against ----------------------------------------------
+def test_realised_prediction_on_floats_and_arrays() -> None:
+    assert realised_prediction(0.5, 0.02, 100.0) == pytest.approx(2.5)
+    fixed, per_tok, l_out = np.array([0.5, 1.0]), np.array([0.02, 0.01]), np.array([100.0, 7.0])
+    np.testing.assert_array_equal(
+        realised_prediction(fixed, per_tok, l_out), fixed + per_tok * l_out
+    )
+    # A decision's own prediction is the one at the expected output length.
+    b = CSUCB(table())
+    d = decide(b, [0, 1, 1])
+    np.testing.assert_allclose(
+        realised_prediction(d.predicted_fixed, d.predicted_per_token, np.full(3, 150.0)),
+        d.predicted_time,
+        rtol=1e-12,
+    )

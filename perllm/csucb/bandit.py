@@ -1,0 +1,319 @@
+"""The CS-UCB bandit over one `CostTable`: decides rounds, learns from completions into
+an `ArmStats` that several bandits (node sets) may share."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import ndtr
+
+from perllm.contract import EnergyWeights
+from perllm.costmodel import CostTable
+from perllm.csucb import config as _config
+from perllm.csucb.assign import assign_arrays, assign_lists
+from perllm.csucb.config import SMALL_ROUND, CSUCBConfig
+from perllm.csucb.decision import Decision
+from perllm.csucb.explain import ExplainContext
+from perllm.csucb.explain import explain as explain_request
+from perllm.csucb.fast import FastRound
+from perllm.csucb.index import exploration, log_t
+from perllm.csucb.stats import ArmStats
+from perllm.csucb.tables import FastTables
+from perllm.estimate import RoundView, energy_scale, round_view
+
+F = NDArray[np.float64]
+I = NDArray[np.intp]  # noqa: E741
+
+
+class CSUCB:
+    def __init__(
+        self,
+        table: CostTable,
+        weights: EnergyWeights | None = None,
+        config: CSUCBConfig | None = None,
+        stats: ArmStats | None = None,
+    ) -> None:
+        """Without `stats` the bandit learns alone; with them it learns into and decides
+        from them (their config, which `config` must then equal or omit)."""
+        if stats is not None and config is not None and config != stats.cfg:
+            raise ValueError("config: differs from the shared statistics' config")
+        self.t = table
+        self.w = weights or EnergyWeights()
+        self.stats = stats or ArmStats(config)
+        self.cfg = self.stats.cfg
+        self.stats.add_classes(
+            [s.name for s in table.services], [s.traffic.output_tokens for s in table.services]
+        )
+        self.stats.add_pools(table.pools)
+        self.energy_scale = energy_scale(table, self.w)
+        self._server_cap = np.maximum(table.max_conc.max(axis=0), 1.0)
+        dls = [s.requirements.deadline for s in table.services]
+        self.deadline_s = np.array([d.seconds for d in dls])
+        self.deadline_per_token = np.array([d.per_output_token_s for d in dls])
+        self._scale_list: list[float] = self.energy_scale.tolist()
+        self._layout = -1
+        self._remap()
+
+    def _remap(self) -> None:
+        """Map the table's classes and servers to the statistics' arms (again when another
+        bandit sharing them added classes or pools: flat arm indices moved)."""
+        st, t = self.stats, self.t
+        self._layout = st.layout
+        self.class_of = np.array([st.class_index(s.name) for s in t.services], np.intp)
+        self.pool_of = np.array([st.pool_index(p) for p in t.pools], np.intp)
+        self._class_list: list[int] = self.class_of.tolist()
+        self._pool_list: list[int] = self.pool_of.tolist()
+        # Flat arm index per (class, server): one gather per round finds every pair's arm.
+        self._arm_cj = self.class_of[:, None] * st.n_pools + self.pool_of
+        self._arm_list: list[list[int]] = self._arm_cj.tolist()
+        self._fast: FastTables | None = None  # built on first use
+
+    def _current(self) -> ArmStats:
+        if self._layout != self.stats.layout:
+            self._remap()
+        return self.stats
+
+    # -- the shared statistics, as this bandit's table sees them --------------------------
+    @property
+    def pool_names(self) -> list[str]:
+        return self.stats.pool_names
+
+    @property
+    def n(self) -> F:
+        return self.stats.n
+
+    @property
+    def plays(self) -> F:
+        return self.stats.plays
+
+    @property
+    def total(self) -> int:
+        return self.stats.total
+
+    @property
+    def rounds(self) -> int:
+        return self.stats.rounds
+
+    @property
+    def violations(self) -> int:
+        return self.stats.violations
+
+    def ratio_posterior(self) -> tuple[F, F]:
+        """Mean and predictive sd of observed/predicted D per arm [class, pool] of the
+        statistics, with the prior (1, sd0)."""
+        return self.stats.ratio_posterior()
+
+    def output_quantiles(self) -> tuple[F, F]:
+        """Per class of the table: low and high output-length quantiles (tokens)."""
+        lo, hi = self.stats.output_quantiles()
+        return lo[self.class_of], hi[self.class_of]
+
+    def mean_reward(self) -> F:
+        return self.stats.mean_reward()
+
+    # -- decisions ------------------------------------------------------------------------
+    def candidates(self, n_requests: int, running: F, waiting: F, bw_mbps: F) -> I | None:
+        """Servers worth evaluating this round, or None for all (small fleets).
+
+        Servers of one pool with the same load differ only in their link: the one with more
+        bandwidth is at least as fast at the same energy. A round of N requests uses at
+        most N servers, so keeping the N + 1 best-connected servers of every (pool, load)
+        group loses no decision, and an idle 1,000-node pool shrinks to N + 1 candidates.
+        """
+        if self.t.n_servers <= self.cfg.max_candidates:
+            return None
+        self._current()
+        load = running + waiting
+        order = np.lexsort((-bw_mbps, load, self.pool_of))
+        group = np.stack([self.pool_of[order], load[order]])
+        new = np.ones(len(order), bool)
+        new[1:] = (group[:, 1:] != group[:, :-1]).any(axis=0)
+        start = np.maximum.accumulate(np.where(new, np.arange(len(order)), 0))
+        rank = np.arange(len(order)) - start
+        return np.sort(order[rank <= n_requests])
+
+    def decide(
+        self,
+        cls: I,
+        l_in: F,
+        l_out: F,
+        attach: F,
+        min_quality: F,
+        running: F,
+        waiting: F,
+        bw_mbps: F,
+        explain: bool = False,
+    ) -> Decision:
+        """Assign one round of requests (prompt `l_in`, expected output `l_out`)."""
+        self._current().rounds += 1
+        cols = self.candidates(len(cls), running, waiting, bw_mbps)
+        args = (cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps)
+        if cols is None and not explain and 0 < len(cls) <= SMALL_ROUND:
+            fast = self._decide_fast(args)
+            if fast is not None:
+                return fast
+        return self._decide_arrays(args, cols, explain)
+
+    def _decide_fast(self, args: tuple[I, F, F, F, F, F, F, F]) -> Decision | None:
+        st = self.stats
+        if self._fast is None:
+            self._fast = FastTables.of(
+                self.t, self._arm_cj, self.deadline_s, self.deadline_per_token, self.energy_scale
+            )
+        posterior = st.arm_posterior_lists()
+        lq = st.quantile_pair_lists()
+        _, lift = exploration(st.plays.ravel().tolist(), log_t(st.total), self.cfg.delta)
+        r = FastRound(
+            self._fast,
+            self.w,
+            posterior,
+            [lq[c] for c in self._class_list],
+            lift,
+            self.cfg.theta,
+            args,
+        )
+        out = r.run()
+        if out is None:
+            return None
+        choice, lvl_of, ok, violations = out
+        arm = self._fast.arm
+        st.record_round(
+            [arm[c][j] for c, j in zip(r.cls, choice, strict=True)], len(choice), violations
+        )
+        return r.decision(choice, lvl_of, ok)
+
+    def _judge(
+        self, t: CostTable, arm: I, view: RoundView, args: tuple[I, F, F, F, F, F, F, F]
+    ) -> tuple[F, NDArray[np.bool_], NDArray[np.bool_], F, F, F, F]:
+        """Constraints and UCB scores of every (request, server, level) of a round:
+        static, feasible, pessimistic D, ΔD per request, R̂, score, the arms' bonus."""
+        cls, _, l_out, _, min_quality = args[:5]
+        st, cfg = self.stats, self.cfg
+        # Rounds are small (a few requests): numpy's per-call cost, not the arithmetic,
+        # dominates, so per-arm quantities are computed once per arm and gathered.
+        mu_arm, sd_arm, f_arm = st.arm_posterior()
+        mu_a, sd_a = mu_arm[arm][:, :, None], sd_arm[arm][:, :, None]
+        f_pess = f_arm[arm][:, :, None]  # mu_a + z·sd_a
+        pess = view.time * f_pess
+        static = t.allowed[cls] & (t.quality[cls] >= min_quality[:, None] - 1e-9)  # [N, M]
+        dl_s, dl_tok = self.deadline_s[cls], self.deadline_per_token[cls]
+        deadline = dl_s + dl_tok * l_out  # at the expected output length
+        # D ≈ A + B·L_out: check the pessimistic D against ΔD at both output quantiles.
+        per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
+        fixed = view.time - view.decode
+        lq = st.quantile_pairs()[self.class_of[cls]]  # [N, 2] both ends at once
+        lq4 = lq[:, None, None, :]
+        ends = (f_pess[..., None] * (fixed[..., None] + per_tok[..., None] * lq4)) <= (
+            dl_s[:, None] + dl_tok[:, None] * lq
+        )[:, None, None, :]
+        feas = static[:, :, None] & ends[..., 0] & ends[..., 1]
+        e_hat = view.energy * mu_a / self.energy_scale[cls][:, None, None]
+        p_viol = 1.0 - ndtr((deadline[:, None, None] / np.maximum(view.time, 1e-9) - mu_a) / sd_a)
+        mean = -e_hat - cfg.theta * p_viol
+        bonus, lift = exploration(st.plays.ravel().tolist(), log_t(st.total), cfg.delta)
+        score = mean + np.array(lift)[arm][:, :, None]
+        # Among equal scores (servers of a pool at the same load) prefer the faster: a rank
+        # term far below any meaningful score gap, resolvable next to the unplayed lift.
+        speed_rank = np.argsort(np.argsort(view.time, axis=1), axis=1)
+        score = score - 1e-8 * speed_rank
+        return pess, static, feas, deadline, mean, score, np.array(bonus)
+
+    def _decide_arrays(
+        self, args: tuple[I, F, F, F, F, F, F, F], cols: I | None, explain: bool
+    ) -> Decision:
+        cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps = args
+        st = self.stats
+        if cols is None:
+            t, arm_of = self.t, self._arm_cj
+        else:  # a large fleet: decide among the candidates only
+            t, arm_of = self.t.subset(cols), self._arm_cj[:, cols]
+            running, waiting, bw_mbps = running[cols], waiting[cols], bw_mbps[cols]
+        n, m = len(cls), t.n_servers
+        view = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps)
+        arm = arm_of[cls]  # [N, M] flat arm index
+        pess, static, feas, deadline, mean, score, bonus = self._judge(t, arm, view, args)
+        # Super arm: fewest feasible options, then earliest deadline, go first.
+        order = np.lexsort((deadline, feas[:, :, 0].sum(axis=1)))
+        k_max = view.levels - 1
+        feasible_score = np.where(feas, score, -np.inf)
+        ok = np.empty(n, bool)
+        assigned = (t, cls, min_quality, deadline, pess, feasible_score, order, k_max, ok)
+        # Python lists beat numpy's per-call cost only while the round's array is small.
+        if not explain and feasible_score.size <= 4096 and not np.isnan(score).any():
+            choice, lvl_of, violations = assign_lists(*assigned)
+        else:
+            choice, lvl_of, seen, blocked, violations = assign_arrays(*assigned)
+        unplayed = (st.plays.ravel() == 0)[arm]  # before this round's plays
+        st.record_round(arm[np.arange(n), choice].tolist(), n, violations)
+        expl = None
+        if explain:
+            q_lo, q_hi = self.output_quantiles()
+            x = ExplainContext(
+                t, cls, min_quality, deadline, static, feas, view, pess, mean, bonus[arm],
+                unplayed, score, choice, ok, seen, blocked, q_lo, q_hi,
+            )  # fmt: skip
+            expl = [explain_request(k, x, st.rounds) for k in range(n)]
+        flat = (np.arange(n) * m + choice) * view.levels + lvl_of  # (request, choice, level)
+        fixed = view.time - view.decode
+        per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
+        return Decision(
+            choice=choice if cols is None else cols[choice],
+            feasible=ok,
+            predicted_time=view.time.ravel()[flat],
+            predicted_energy=view.energy.ravel()[flat],
+            predicted_fixed=fixed.ravel()[flat],
+            predicted_per_token=per_tok.ravel()[flat],
+            explanations=expl,
+        )
+
+    # -- learning -------------------------------------------------------------------------
+    def update(
+        self, cls: I, server: I, time: F, predicted_time: F, energy: F, deadline: F, l_out: F
+    ) -> None:
+        """Observe completed requests: O(1) per observation (running sums, a histogram bin)."""
+        st = self._current()
+        if len(cls) <= _config.SMALL_UPDATE and self._update_small(
+            cls, server, time, predicted_time, energy, deadline, l_out
+        ):
+            return
+        ratio = time / np.maximum(predicted_time, 1e-9)
+        reward = -np.minimum(energy / self.energy_scale[cls], 2.0) - self.cfg.theta * (
+            time > deadline
+        )
+        st.observe(self._arm_cj[cls, server], self.class_of[cls], ratio, reward, l_out)
+
+    def _update_small(
+        self, cls: I, server: I, time: F, predicted_time: F, energy: F, deadline: F, l_out: F
+    ) -> bool:
+        """`update` on Python floats (`ArmStats.observe_small`); False: nothing changed."""
+        scale, theta, arm, cl = self._scale_list, self.cfg.theta, self._arm_list, self._class_list
+        arms, classes, ratios, rewards = [], [], [], []
+        for c, j, d, p, e, dl in zip(
+            cls.tolist(),
+            server.tolist(),
+            time.tolist(),
+            predicted_time.tolist(),
+            energy.tolist(),
+            deadline.tolist(),
+            strict=True,
+        ):
+            arms.append(arm[c][j])
+            classes.append(cl[c])
+            ratios.append(d / max(p, 1e-9))
+            rewards.append(-min(e / scale[c], 2.0) - theta * (d > dl))
+        return self.stats.observe_small(arms, classes, ratios, rewards, l_out.tolist())
+
+    # -- persistence (the shared statistics) ----------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        return self.stats.export_state()
+
+    def import_state(self, state: dict[str, Any]) -> int:
+        """Restore learned arms by `<service>|<pool>` key; returns how many matched a known
+        service (arms of services that no longer exist are dropped)."""
+        return self.stats.import_state(state)
+
+    def dumps(self) -> str:
+        return json.dumps(self.export_state(), sort_keys=True)

@@ -1,0 +1,41 @@
+"""CS-UCB's parameters and the constants its fast paths and persisted state depend on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STATE_VERSION = 1
+OUT_BINS = 64  # log-spaced output-length bins per class, 1..65,536 tokens
+QUANTILE_REFRESH = 64  # observations between refreshes of the output quantiles
+SMALL_UPDATE = 32  # observations per update handled on Python floats
+SMALL_ROUND = 16  # requests per round decided on Python floats (small fleets; measured)
+
+
+@dataclass(frozen=True)
+class CSUCBConfig:
+    delta: float = 0.3  # exploration weight δ of the UCB bonus
+    theta: float = 2.0  # violation penalty θ (in units of normalised energy)
+    z: float = 1.65  # quantile of the time ratio used for feasibility (95 % one-sided)
+    prior_n: float = 3.0  # pseudo-observations of the profile prior
+    prior_sd: float = 0.2  # prior sd of the observed/predicted time ratio
+    # Deadlines grow with the output length, which is unknown at decision time: a pair is
+    # feasible only if it meets ΔD across the class's output lengths from this quantile
+    # to its complement (D and ΔD are both affine in L_out, so the two ends suffice).
+    output_quantile: float = 0.05
+    output_prior_sigma: float = 0.9  # lognormal σ of the prior around the declared mean
+    # Observations an arm remembers (exponential forgetting): load and links drift, so
+    # old evidence about a pool decays; inf keeps the stationary running means.
+    memory: float = 500.0
+    # Above this many servers a round evaluates candidates per pool, not every server.
+    max_candidates: int = 64
+
+    def __post_init__(self) -> None:
+        for k in ("delta", "theta", "z", "prior_sd"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k}: must be >= 0")
+        if self.prior_n <= 0:
+            raise ValueError("prior_n: must be > 0")
+        if self.memory < 1:
+            raise ValueError("memory: must be >= 1")
+        if not 0.0 < self.output_quantile < 0.5:
+            raise ValueError("output_quantile: must be in (0, 0.5)")

@@ -1,0 +1,372 @@
+"""`CSUCB.decide` for a round of a few requests on a small fleet, on Python floats.
+
+Most rounds hold 1-4 requests, and the vectorised path then pays numpy's per-call cost
+about a hundred times for a few dozen numbers. Here every formula of
+`estimate.round_view` and of the score is evaluated with the same operations in the same
+order (so the same floats), and only where the assignment looks: each request's servers
+at the load levels present when it is placed. The normal CDF and ties in the speed rank
+go through the same numpy/scipy calls as the vectorised path. `FastRound.run` returns
+None, having changed nothing, where that equivalence is not guaranteed (a NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import ndtr
+
+from perllm.contract import EnergyWeights
+from perllm.costmodel import (
+    busy_times,
+    download_bits,
+    idle_energy_saved,
+    inference_energy,
+    marginal_energy,
+    upload_bits,
+)
+from perllm.csucb.assign import least_violating
+from perllm.csucb.decision import Decision
+from perllm.csucb.tables import Coef, FastTables
+from perllm.estimate import MAX_LEVELS
+
+F = NDArray[np.float64]
+I = NDArray[np.intp]  # noqa: E741
+
+
+@dataclass(slots=True)
+class Pair:
+    """A request on a server: what does not depend on the server's load level."""
+
+    coef: Coef
+    static: bool  # tier, memory and quality floor hold
+    part0: float  # GPU: prefill time; CPU: memory-bound decode rate
+    part1: float  # GPU: per-token growth of a decode step; CPU: unused
+    tran: float  # transmission time
+    e_tran: float  # transmission energy
+    arm: int
+
+
+@dataclass(slots=True)
+class Request:
+    l_in: float
+    l_out: float
+    l_out1: float  # max(l_out, 1): per-token time divides by it
+    deadline: float  # ΔD at the expected output length
+    q_lo: float  # output-length quantiles and ΔD at each
+    q_hi: float
+    rhs_lo: float
+    rhs_hi: float
+    scale: float  # the class's energy scale
+    pairs: list[Pair]
+
+
+@dataclass(slots=True)
+class Entry:
+    """A request on a server at a load level."""
+
+    time: float
+    decode: float
+    prefill: float
+    b: float  # concurrent requests sharing the server
+    feasible: bool = False
+    fixed: float = 0.0  # D ≈ fixed + per_token·L_out (set where the server may be chosen)
+    per_token: float = 0.0
+    energy: float | None = None  # only for feasible or chosen servers
+    score: float = -math.inf  # without the speed rank; −inf where infeasible
+
+
+_UNMADE = Entry(math.nan, math.nan, math.nan, math.nan)  # a row's entry not made yet
+
+
+class FastRound:
+    """One round. `run` assigns; `decision` reads the chosen entries."""
+
+    def __init__(
+        self,
+        tab: FastTables,
+        w: EnergyWeights,
+        posterior: tuple[list[float], list[float], list[float]],
+        lq: list[list[float]],
+        lift: list[float],
+        theta: float,
+        args: tuple[I, F, F, F, F, F, F, F],
+    ) -> None:
+        cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps = args
+        self.tab, self.w, self.theta, self.lift = tab, w, theta, lift
+        self.mu, self.sd, self.f = posterior
+        self.m = len(tab.rtt)
+        self.occ = [r + q for r, q in zip(running.tolist(), waiting.tolist(), strict=True)]
+        self.wait = waiting.tolist()
+        self.cls, self.min_quality = cls.tolist(), min_quality.tolist()
+        bwbps = [b * 1e6 for b in bw_mbps.tolist()]
+        self.req: list[Request] = []
+        for c, li, lo, att, mq in zip(
+            self.cls, l_in.tolist(), l_out.tolist(), attach.tolist(), self.min_quality, strict=True
+        ):
+            ctx = li + 0.5 * lo
+            bits = upload_bits(li, att) + download_bits(lo)
+            pairs = []
+            for j, (co, ok_j, q_j, arm) in enumerate(
+                zip(tab.coef[c], tab.allowed[c], tab.quality[c], tab.arm[c], strict=True)
+            ):
+                ctx_kv = ctx * co.kv
+                if co.is_gpu:
+                    part = co.ttft0 + li / co.r_pf, ctx_kv / co.bw + co.flop
+                else:
+                    part = co.bw / (co.w + ctx_kv), 0.0
+                tran = bits / bwbps[j] + tab.rtt[j]
+                pairs.append(
+                    Pair(co, ok_j and q_j >= mq - 1e-9, *part, tran, tab.e_bit[j] * bits, arm)
+                )
+            q_lo, q_hi = lq[c]
+            dl_s, dl_tok = tab.dl_s[c], tab.dl_tok[c]
+            self.req.append(
+                Request(
+                    li,
+                    lo,
+                    max(lo, 1.0),
+                    dl_s + dl_tok * lo,
+                    q_lo,
+                    q_hi,
+                    dl_s + dl_tok * q_lo,
+                    dl_s + dl_tok * q_hi,
+                    tab.scale[c],
+                    pairs,
+                )
+            )
+        # Rows (request, load level) of entries per server, made on demand.
+        self.rows: dict[tuple[int, int], list[Entry]] = {}
+
+    def row(self, k: int, a: int) -> list[Entry]:
+        r = self.rows.get((k, a))
+        if r is None:
+            r = self.rows[k, a] = [_UNMADE] * self.m
+        return r
+
+    def entry(self, k: int, j: int, a: int) -> Entry:
+        """A made entry (`make` ran for it)."""
+        return self.rows[k, a][j]
+
+    def predict(self, k: int, j: int, a: int) -> Entry:
+        """D of request k on server j at level a, as `round_view` computes it."""
+        req = self.req[k]
+        p = req.pairs[j]
+        co = p.coef
+        occ1 = (self.occ[j] + a) + 1
+        cap = co.max_conc
+        b = occ1 if occ1 <= cap else cap
+        # max(x, 0.0) written out (numpy's and builtin max's value; no call)
+        ahead = occ1 - cap
+        queue = (0.0 if ahead < 0.0 else ahead) * co.svc_per_slot + (
+            self.wait[j] + a
+        ) * self.tab.gpu_pre[j]
+        if co.is_gpu:
+            pre, dec = p.part0, req.l_out * (co.step0 + b * p.part1)
+        else:
+            comp = co.kappa_pp / b
+            pre, dec = req.l_in * b / co.pp, req.l_out / (p.part0 if p.part0 <= comp else comp)
+        return Entry(p.tran + queue + (pre + dec), dec, pre, b)
+
+    def energy(self, p: Pair, e: Entry) -> float:
+        """The weighted marginal energy of a placement (the cost model's formulas)."""
+        co = p.coef
+        busy_pre, busy_dec = busy_times(e.prefill, e.decode, e.b, co.is_gpu)
+        e_inf = inference_energy(busy_pre, busy_dec, co.p_first, co.p_busy)
+        e_idle = idle_energy_saved(busy_pre, busy_dec, co.p_idle)
+        energy: float = marginal_energy(self.w, p.e_tran, e_inf, e_idle)
+        return energy
+
+    def make(self, keys: list[tuple[int, int, int]]) -> bool:
+        """Fill the entries `keys` (request, server, level); one normal-CDF call for all.
+        False on a NaN. Energy waits for `complete` on servers that are not feasible."""
+        feasible: list[tuple[Entry, int, float]] = []
+        args = []
+        rk: list[Entry] = []
+        ka: tuple[int, int] | None = None
+        f_l, mu_l, sd_l = self.f, self.mu, self.sd
+        for k, j, a in keys:
+            if (k, a) != ka:
+                ka, rk = (k, a), self.row(k, a)
+            req = self.req[k]
+            p = req.pairs[j]
+            e = rk[j] = self.predict(k, j, a)
+            time = e.time
+            if time != time:
+                return False
+            if not p.static:
+                continue
+            e.fixed, e.per_token, f = time - e.decode, e.decode / req.l_out1, f_l[p.arm]
+            if (
+                f * (e.fixed + e.per_token * req.q_lo) <= req.rhs_lo
+                and f * (e.fixed + e.per_token * req.q_hi) <= req.rhs_hi
+            ):
+                e.feasible = True
+                energy = e.energy = self.energy(p, e)
+                feasible.append((e, p.arm, energy * mu_l[p.arm] / req.scale))
+                args.append(
+                    (req.deadline / (1e-9 if time < 1e-9 else time) - mu_l[p.arm]) / sd_l[p.arm]
+                )
+        if args:
+            # One value: the ufunc on a scalar (same loop, same value, less wrapping).
+            p_viol = (
+                [float(1.0 - ndtr(args[0]))]
+                if len(args) == 1
+                else (1.0 - ndtr(np.array(args))).tolist()
+            )
+            theta, lift = self.theta, self.lift
+            for (e, arm, e_hat), pv in zip(feasible, p_viol, strict=True):
+                raw = -e_hat - theta * pv + lift[arm]
+                if raw != raw:
+                    return False
+                e.score = raw
+        return True
+
+    def speed_rank(self, k: int, a: int) -> list[int] | None:
+        """Each server's position in the argsort of request k's times at level a.
+        Without ties any sort agrees; with ties, numpy's own (unstable) argsort."""
+        r, m = self.row(k, a), self.m
+        times = [self.predict(k, j, a).time if e is _UNMADE else e.time for j, e in enumerate(r)]
+        if any(map(math.isnan, times)):
+            return None
+        if len(set(times)) == m:
+            by_speed = sorted(range(m), key=times.__getitem__)
+        else:
+            by_speed = np.argsort(np.array(times)).tolist()
+        rank = [0] * m
+        for pos, j in enumerate(by_speed):
+            rank[j] = pos
+        return rank
+
+    def pick(self, k: int, added: list[int], k_max: int) -> int | None:
+        """Request k's best feasible server (-1: none), as the vectorised argmax over the
+        scores with the speed rank; None on a NaN."""
+        present = {a: self.row(k, a) for a in set(added) if a <= k_max}
+        todo = [(k, j, a) for j, a in enumerate(added) if a <= k_max and present[a][j] is _UNMADE]
+        if todo and not self.make(todo):
+            return None
+        best = second = -math.inf
+        j = -1
+        for jj, a in enumerate(added):
+            if a <= k_max:
+                v = present[a][jj].score
+                if v > best:
+                    best, second, j = v, best, jj
+                elif v > second:
+                    second = v
+        # The speed rank moves scores by at most 1e-8·(m − 1): a larger lead (with room for
+        # rounding) decides without it; closer calls rank exactly as the vectorised path.
+        gap = 2e-8 * self.m + 4e-14 * abs(best)
+        if j < 0 or best - second > gap:
+            return j
+        j = _equal_score_winner(present, added, best, gap, k_max)
+        if j != -2:
+            return j
+        ranks = {}
+        for a in present:
+            r = self.speed_rank(k, a)
+            if r is None:
+                return None
+            ranks[a] = r
+        best, j = -math.inf, -1
+        for jj, a in enumerate(added):
+            if a <= k_max:
+                e = present[a][jj]
+                if e.feasible:
+                    v = e.score - 1e-8 * ranks[a][jj]
+                    if v > best:
+                        best, j = v, jj
+        return j
+
+    def least(self, k: int, added: list[int], k_max: int) -> int | None:
+        """`assign.least_violating` for request k; None on a NaN."""
+        lv = [min(a, k_max) for a in added]
+        if not self.make([(k, j, a) for j, a in enumerate(lv) if self.row(k, a)[j] is _UNMADE]):
+            return None
+        c, tab = self.cls[k], self.tab
+        pess = [self.entry(k, j, a).time * self.f[tab.arm[c][j]] for j, a in enumerate(lv)]
+        blocked = [a > k_max for a in added]
+        return least_violating(
+            pess, blocked, self.req[k].deadline, tab.quality[c], tab.allowed[c], self.min_quality[k]
+        )
+
+    def run(self) -> tuple[list[int], list[int], list[bool], int] | None:
+        """Each request's server and load level, whether it was feasible, the violations;
+        None on a NaN."""
+        n, m = len(self.req), self.m
+        k_max = max(1, min(n, MAX_LEVELS)) - 1
+        if not self.make([(k, j, 0) for k in range(n) for j in range(m)]):
+            return None
+        # Super arm: fewest feasible options, then earliest deadline, go first (lexsort).
+        nfeas = [sum(e is not None and e.feasible for e in self.rows[k, 0]) for k in range(n)]
+        order = sorted(range(n), key=lambda k: (nfeas[k], self.req[k].deadline))
+        added = [0] * m
+        choice, lvl_of, ok = [0] * n, [0] * n, [False] * n
+        violations = 0
+        for k in order:
+            j = self.pick(k, added, k_max)
+            if j is not None and j < 0:
+                j = self.least(k, added, k_max)
+                violations += 1
+            elif j is not None:
+                ok[k] = True
+            if j is None:
+                return None
+            choice[k], lvl_of[k] = j, min(added[j], k_max)
+            added[j] += 1
+        return choice, lvl_of, ok, violations
+
+    def decision(self, choice: list[int], lvl_of: list[int], ok: list[bool]) -> Decision:
+        picked = [self.entry(k, j, a) for k, (j, a) in enumerate(zip(choice, lvl_of, strict=True))]
+        energy = []
+        for k, e in enumerate(picked):
+            if e.energy is None:  # complete a server chosen without being feasible
+                e.fixed, e.per_token = e.time - e.decode, e.decode / self.req[k].l_out1
+                e.energy = self.energy(self.req[k].pairs[choice[k]], e)
+            energy.append(e.energy)
+        time, en, fixed, per_tok = np.array(
+            [
+                [e.time for e in picked],
+                energy,
+                [e.fixed for e in picked],
+                [e.per_token for e in picked],
+            ]
+        )
+        return Decision(
+            choice=np.array(choice, np.intp),
+            feasible=np.array(ok, bool),
+            predicted_time=time,
+            predicted_energy=en,
+            predicted_fixed=fixed,
+            predicted_per_token=per_tok,
+        )
+
+
+def _equal_score_winner(
+    present: dict[int, list[Entry]], added: list[int], best: float, gap: float, k_max: int
+) -> int:
+    """The common close call: every server within `gap` of the best score has exactly
+    the best score and sits at the same load level (servers of one pool, say). The
+    speed rank then orders them as their predicted times do, so with distinct times
+    the fastest wins, as with the full rank; its index, or -2 where the full rank must
+    decide (the rank's 1e-8 steps stay far above rounding for |score| < 4e6)."""
+    if abs(best) >= 4e6:
+        return -2
+    tied: list[int] = []
+    level = -1
+    for jj, a in enumerate(added):
+        if a <= k_max:
+            e = present[a][jj]
+            if e.score >= best - gap:
+                if e.score != best or (level >= 0 and a != level):
+                    return -2
+                level = a
+                tied.append(jj)
+    times = []
+    for jj in tied:
+        times.append(present[level][jj].time)
+    if len(set(times)) != len(times):
+        return -2
+    return tied[times.index(min(times))]
