@@ -190,129 +190,149 @@ def simulate(
     world = World(sc, seed)
     env = make_env(world, seed)
     policy.reset(env, world if policy.hindsight else None)
-    t0 = time.perf_counter()
-    r, t = world.req, world.table
-    n, m = len(r), t.n_servers
-    # What feedback reports per request, one row each (`LEDGER` columns): a completed
-    # slot's feedback is one gather. Server, D, prediction and cost are views into it.
-    ledger = np.zeros((n, len(LEDGER)))
-    ledger[:, 0], ledger[:, 1], ledger[:, 2] = r.cls, -1, np.inf
-    ledger[:, 3], ledger[:, 6], ledger[:, 7] = r.deadline, r.l_in, r.l_out
-    server, d, pred, cost = ledger[:, 1], ledger[:, 2], ledger[:, 4], ledger[:, 5]
-    finish, e_tran, e_inf = np.zeros(n), np.zeros(n), np.zeros(n)
-    w = sc.weights
+    run = _Run(world, env, policy)
+    r = world.req
     bounds = np.searchsorted(r.arrival, np.arange(world.n_slots + 1) * sc.slot_s)
-    pending: list[tuple[float, int]] = []  # (finish time, request) awaiting feedback
-    exp_out = env.expected_out
-    exp_dl = env.deadline_s + env.deadline_per_token * exp_out
-    quality = t.quality
-    allowed = t.allowed.tolist()
     for slot in range(world.n_slots):
         now = slot * sc.slot_s
-        _deliver(policy, pending, now, ledger)
+        _deliver(policy, run.pending, now, run.ledger)
         lo, hi = int(bounds[slot]), int(bounds[slot + 1])
         if hi > lo:
-            idx = np.arange(lo, hi)
-            cls = r.cls[lo:hi].copy()
-            running, waiting, kv_used = np.array(
-                [s.observe(now) for s in world.servers], float
-            ).T.copy()
-            obs = Observation(
-                now=now,
-                slot=slot,
-                running=running,
-                waiting=waiting,
-                kv_used=kv_used,
-                bw_mbps=world.bw[slot - 1] if slot > 0 else t.link_mbps,
-            )
-            batch = Batch(
-                idx=idx,
-                arrival=r.arrival[lo:hi].copy(),
-                cls=cls,
-                l_in=r.l_in[lo:hi].copy(),
-                attach=r.attach[lo:hi].copy(),
-                min_quality=r.min_quality[lo:hi].copy(),
-                expected_out=exp_out[cls],
-                expected_deadline=exp_dl[cls],
-            )
-            choice = policy.assign(batch, obs)
-            if len(choice) != len(idx):
-                raise RuntimeError(
-                    f"policy {policy.name} returned {len(choice)} choices for {len(idx)} requests"
-                )
-            hold = policy.release_times(batch, obs)
-            if hold is not None and len(hold) != len(idx):
-                raise RuntimeError(
-                    f"policy {policy.name} returned {len(hold)} release times for {len(idx)} "
-                    "requests"
-                )
-            holds = [0.0] * len(idx) if hold is None else np.asarray(hold, float).tolist()
-            rows: list[tuple[float, float, float, float, float, float]] = []
-            choices = np.asarray(choice).tolist()
-            for i, j, c, h in zip(range(lo, hi), choices, cls.tolist(), holds, strict=True):
-                if not allowed[c][j]:
-                    raise RuntimeError(
-                        f"policy {policy.name} placed class "
-                        f"{t.services[c].name} on {t.server_names[j]}, which "
-                        "cannot run it"
-                    )
-                di, out, et = world.execute(i, j, slot, hold=h)
-                e = out.e_infer
-                # The model's prediction for the realised request on the state it met: the
-                # learning signal is the ratio of observed to this (model error only).
-                rows.append(
-                    (
-                        di,
-                        out.end,
-                        et,
-                        e,
-                        marginal_energy(w, et, e, out.e_idle_saved),
-                        _predicted(world, i, j, out),
-                    )
-                )
-                heapq.heappush(pending, (out.end, i))
-            server[lo:hi] = choice
-            d[lo:hi], finish[lo:hi], e_tran[lo:hi], e_inf[lo:hi], cost[lo:hi], pred[lo:hi] = (
-                np.array(rows).T
-            )
+            run.round(slot, now, lo, hi)
         if on_slot is not None:
             on_slot(slot + 1, world.n_slots)
-    _deliver(policy, pending, np.inf, ledger)
-    wall = time.perf_counter() - t0
-    horizon = max(sc.duration_s, float(finish.max()) if n else 0.0)
-    # Every server is powered for the whole scenario and, past its end, until its own last
-    # request completes (one server's tail is not charged to the others' idle power).
-    ei, eidle = (
-        zip(*(s.energy(max(sc.duration_s, s.busy_until)) for s in world.servers), strict=True)
-        if m
-        else ((), ())
-    )
-    placed = server.astype(np.intp)
-    d, cost = d.copy(), cost.copy()
-    q_ok = quality[r.cls, placed] >= r.min_quality - 1e-9
-    return RunResult(
-        scenario=sc.name,
-        policy=policy.name,
-        seed=seed,
-        duration_s=sc.duration_s,
-        requests=r,
-        server=placed,
-        time=d,
-        met=(d <= r.deadline) & q_ok,
-        quality_ok=q_ok,
-        finish=finish,
-        e_tran=e_tran,
-        e_infer_attr=e_inf,
-        cost=cost,
-        energy_infer_j=np.array(ei),
-        energy_idle_j=np.array(eidle),
-        horizon_s=horizon,
-        wall_s=wall,
-        server_names=t.server_names,
-        tiers=t.tiers,
-        class_names=tuple(s.name for s in t.services),
-        models=tuple(s.model for s in t.services),
-    )
+    _deliver(policy, run.pending, np.inf, run.ledger)
+    return run.result(time.perf_counter() - run.t0)
+
+
+class _Run:
+    """The bookkeeping of one `simulate` run: per-request outcomes and pending feedback."""
+
+    def __init__(self, world: World, env: Env, policy: Policy) -> None:
+        self.world, self.env, self.policy = world, env, policy
+        self.t0 = time.perf_counter()
+        r, n = world.req, len(world.req)
+        # What feedback reports per request, one row each (`LEDGER` columns): a completed
+        # slot's feedback is one gather. Server, D, prediction and cost are views into it.
+        ledger = self.ledger = np.zeros((n, len(LEDGER)))
+        ledger[:, 0], ledger[:, 1], ledger[:, 2] = r.cls, -1, np.inf
+        ledger[:, 3], ledger[:, 6], ledger[:, 7] = r.deadline, r.l_in, r.l_out
+        self.server, self.d = ledger[:, 1], ledger[:, 2]
+        self.pred, self.cost = ledger[:, 4], ledger[:, 5]
+        self.finish, self.e_tran, self.e_inf = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.pending: list[tuple[float, int]] = []  # (finish time, request) awaiting feedback
+        self.exp_dl = env.deadline_s + env.deadline_per_token * env.expected_out
+        self.allowed = world.table.allowed.tolist()
+
+    def round(self, slot: int, now: float, lo: int, hi: int) -> None:
+        """The requests arriving in `slot` ([lo, hi)): observe, ask the policy, run them."""
+        world, policy, r, t = self.world, self.policy, self.world.req, self.world.table
+        idx = np.arange(lo, hi)
+        cls = r.cls[lo:hi].copy()
+        running, waiting, kv_used = np.array(
+            [s.observe(now) for s in world.servers], float
+        ).T.copy()
+        obs = Observation(
+            now=now,
+            slot=slot,
+            running=running,
+            waiting=waiting,
+            kv_used=kv_used,
+            bw_mbps=world.bw[slot - 1] if slot > 0 else t.link_mbps,
+        )
+        batch = Batch(
+            idx=idx,
+            arrival=r.arrival[lo:hi].copy(),
+            cls=cls,
+            l_in=r.l_in[lo:hi].copy(),
+            attach=r.attach[lo:hi].copy(),
+            min_quality=r.min_quality[lo:hi].copy(),
+            expected_out=self.env.expected_out[cls],
+            expected_deadline=self.exp_dl[cls],
+        )
+        choice = policy.assign(batch, obs)
+        if len(choice) != len(idx):
+            raise RuntimeError(
+                f"policy {policy.name} returned {len(choice)} choices for {len(idx)} requests"
+            )
+        hold = policy.release_times(batch, obs)
+        if hold is not None and len(hold) != len(idx):
+            raise RuntimeError(
+                f"policy {policy.name} returned {len(hold)} release times for {len(idx)} requests"
+            )
+        holds = [0.0] * len(idx) if hold is None else np.asarray(hold, float).tolist()
+        rows = [
+            self._execute(i, j, c, slot, h)
+            for i, j, c, h in zip(
+                range(lo, hi), np.asarray(choice).tolist(), cls.tolist(), holds, strict=True
+            )
+        ]
+        self.server[lo:hi] = choice
+        (
+            self.d[lo:hi],
+            self.finish[lo:hi],
+            self.e_tran[lo:hi],
+            self.e_inf[lo:hi],
+            self.cost[lo:hi],
+            self.pred[lo:hi],
+        ) = np.array(rows).T
+
+    def _execute(
+        self, i: int, j: int, c: int, slot: int, hold: float
+    ) -> tuple[float, float, float, float, float, float]:
+        """Run request i on server j: (D, finish, E_tran, E_infer, cost, prediction)."""
+        world = self.world
+        if not self.allowed[c][j]:
+            t = world.table
+            raise RuntimeError(
+                f"policy {self.policy.name} placed class {t.services[c].name} on "
+                f"{t.server_names[j]}, which cannot run it"
+            )
+        di, out, et = world.execute(i, j, slot, hold=hold)
+        e = out.e_infer
+        heapq.heappush(self.pending, (out.end, i))
+        # The model's prediction for the realised request on the state it met: the
+        # learning signal is the ratio of observed to this (model error only).
+        cost = marginal_energy(world.sc.weights, et, e, out.e_idle_saved)
+        return di, out.end, et, e, cost, _predicted(world, i, j, out)
+
+    def result(self, wall: float) -> RunResult:
+        world, sc, r, t = self.world, self.world.sc, self.world.req, self.world.table
+        n = len(r)
+        horizon = max(sc.duration_s, float(self.finish.max()) if n else 0.0)
+        # Every server is powered for the whole scenario and, past its end, until its own
+        # last request completes (one server's tail is not charged to the others' idle power).
+        ei, eidle = (
+            zip(*(s.energy(max(sc.duration_s, s.busy_until)) for s in world.servers), strict=True)
+            if t.n_servers
+            else ((), ())
+        )
+        placed = self.server.astype(np.intp)
+        d = self.d.copy()
+        q_ok = t.quality[r.cls, placed] >= r.min_quality - 1e-9
+        return RunResult(
+            scenario=sc.name,
+            policy=self.policy.name,
+            seed=world.seed,
+            duration_s=sc.duration_s,
+            requests=r,
+            server=placed,
+            time=d,
+            met=(d <= r.deadline) & q_ok,
+            quality_ok=q_ok,
+            finish=self.finish,
+            e_tran=self.e_tran,
+            e_infer_attr=self.e_inf,
+            cost=self.cost.copy(),
+            energy_infer_j=np.array(ei),
+            energy_idle_j=np.array(eidle),
+            horizon_s=horizon,
+            wall_s=wall,
+            server_names=t.server_names,
+            tiers=t.tiers,
+            class_names=tuple(s.name for s in t.services),
+            models=tuple(s.model for s in t.services),
+        )
 
 
 def _predicted(world: World, i: int, j: int, out: Outcome) -> float:
