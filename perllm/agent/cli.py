@@ -15,6 +15,7 @@ from perllm.agent.probe import DEFAULT_BYTES, MAX_BYTES
 from perllm.agent.rapl import DEFAULT_ROOT
 
 
+# The command is one typer declaration per flag: long by nature, not by logic.
 def register(app: typer.Typer) -> None:
     @app.command("agent")
     def agent_cmd(

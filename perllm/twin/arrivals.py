@@ -44,15 +44,22 @@ def slot_requests(
     live: list[SvcKey],
     t0: float,
     rng: np.random.Generator,
+    cap: int | None = None,
+    dropped: dict[SvcKey, int] | None = None,
 ) -> list[Request]:
     """The requests arriving in the slot from `t0`, for the services `live`, by arrival;
-    the scenario's rate schedule repeats every `duration_s`."""
+    the scenario's rate schedule repeats every `duration_s`. At most `cap` per service:
+    the rest is counted in `dropped` and never drawn (an absurd rate costs nothing)."""
     slot_s = sc.slot_s
     factor = rate_factor(sc.workload.rate_windows, t0 % sc.duration_s)
     out: list[Request] = []
     for key in live:
         spec = services[key]
         n = int(rng.poisson(spec.traffic.rate_rps * factor * slot_s))
+        if cap is not None and n > cap:
+            if dropped is not None:
+                dropped[key] = dropped.get(key, 0) + n - cap
+            n = cap
         if n == 0:
             continue
         times = t0 + np.sort(rng.uniform(0.0, slot_s, n))

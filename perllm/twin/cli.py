@@ -6,7 +6,10 @@ import logging
 
 import typer
 
+from perllm.twin.records import MAX_REQUESTS_PER_SLOT
 
+
+# The command is one typer declaration per flag: long by nature, not by logic.
 def register(app: typer.Typer) -> None:
     @app.command("twin")
     def twin_cmd(
@@ -30,6 +33,12 @@ def register(app: typer.Typer) -> None:
             1.0, min=0.1, help="Seconds between reads of services, pods and nodes."
         ),
         log_interval: float = typer.Option(10.0, min=0.5, help="Seconds between progress lines."),
+        max_requests_per_slot: int = typer.Option(
+            MAX_REQUESTS_PER_SLOT,
+            min=1,
+            help="Requests simulated per service and slot at most (the rest is counted as "
+            "dropped), so an absurd declared rate cannot stall the twin.",
+        ),
         log_level: str = typer.Option("info"),
     ) -> None:
         """Serve the world model's metrics for the cluster's (KWOK) nodes and pods."""
@@ -60,6 +69,7 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 poll_s=poll_interval,
                 log_every_s=log_interval,
+                max_requests_per_slot=max_requests_per_slot,
             )
         except OSError as e:  # port in use, bad address
             typer.echo(f"error: cannot listen on {host}:{port}: {e}", err=True)

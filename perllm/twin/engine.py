@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import time
 
 import numpy as np
 
@@ -29,7 +30,15 @@ from perllm.policies.base import Batch, Env, Observation, Policy
 from perllm.scenario import Scenario
 from perllm.twin.arrivals import slot_requests
 from perllm.twin.fleet import Executed, Fleet
-from perllm.twin.records import Counts, Done, PodKey, PodStats, Request, SvcKey
+from perllm.twin.records import (
+    MAX_REQUESTS_PER_SLOT,
+    Counts,
+    Done,
+    PodKey,
+    PodStats,
+    Request,
+    SvcKey,
+)
 from perllm.world.links import nominal_matrix
 from perllm.world.sim import coeff_grid
 
@@ -46,8 +55,14 @@ class Twin:
         scenario: Scenario,
         seed: int = 0,
         counterfactuals: tuple[str, ...] = COUNTERFACTUALS,
+        max_requests_per_slot: int = MAX_REQUESTS_PER_SLOT,
     ) -> None:
+        if max_requests_per_slot < 1:
+            raise ValueError("max_requests_per_slot: must be >= 1")
         self.sc = scenario
+        self.max_requests_per_slot = max_requests_per_slot
+        self.dropped: dict[SvcKey, int] = {}  # requests over the cap, never simulated
+        self.behind_s = 0.0  # the server's clock target minus `now` (set by the server)
         self.seed = seed
         cat = scenario.catalogue
         self.hardware = cat.hardware
@@ -145,17 +160,23 @@ class Twin:
             pod.model = spec.model if spec else pod.model
 
     # -- time ---------------------------------------------------------------------------
-    def advance(self, to: float) -> None:
-        """Run the world up to simulated time `to` (s)."""
+    def advance(self, to: float, budget_s: float | None = None) -> bool:
+        """Run the world up to simulated time `to` (s); with `budget_s`, enter no further
+        slot once that much wall time is spent (a caller holding a lock then lets /metrics
+        in before going on). True when it got to `to`."""
         if to < self.now:
-            return
+            return True
         slot_s = self.sc.slot_s
+        deadline = None if budget_s is None else time.monotonic() + budget_s
         while self.next_slot * slot_s <= to:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
             k = self.next_slot
             self._settle(k * slot_s)
             self._enter_slot(k)
             self.next_slot += 1
         self._settle(to)
+        return True
 
     def _settle(self, t: float) -> None:
         """Apply completions up to t and meter energy over (now, t]."""
@@ -259,7 +280,9 @@ class Twin:
     def _arrivals(self, live: list[SvcKey], t0: float, slot_s: float) -> list[Request]:
         """The slot's requests (a seam: tests substitute deterministic arrivals)."""
         assert slot_s == self.sc.slot_s
-        return slot_requests(self.sc, self.services, live, t0, self.rng)
+        return slot_requests(
+            self.sc, self.services, live, t0, self.rng, self.max_requests_per_slot, self.dropped
+        )
 
     def _pick_pod(self, svc: SvcKey, t: float) -> PodKey | None:
         pods = sorted(k for k, p in self.pods.items() if p.service == svc)

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from perllm.telemetry import names
 from perllm.twin.engine import ACTUAL, Twin
+from perllm.twin.records import Counts
 
 PEER = "users"  # the scenario's link joins a server to its users
 SIM_TIME = "perllm_twin_simulated_seconds"  # gauge: the twin's simulated clock
@@ -29,6 +30,9 @@ UNPLACEABLE = "perllm_twin_unplaceable_requests_total"  # pods on nodes that can
 # requests drawn per service; every fleet gets each one, so arrivals − completions is a
 # fleet's backlog (an overloaded counterfactual shows it here, not yet in its energy)
 ARRIVALS = "perllm_twin_arrivals_total"  # labels namespace, service
+# requests over the twin's per-slot cap (never drawn, never simulated); labels as ARRIVALS
+DROPPED = "perllm_twin_dropped_requests_total"
+BEHIND = "perllm_twin_behind_seconds"  # gauge: wall-clock target minus simulated time
 
 
 def _uuid(node: str) -> str:
@@ -46,9 +50,21 @@ class TwinCollector(Collector):
             yield from self._families()
 
     def _families(self) -> list[Metric]:
+        return [
+            *self._nodes(),
+            *self._pods(),
+            *_counts(_fleet_counts(self.twin, ACTUAL), _SERVICE_COUNTS, []),
+            *_counts(
+                [((p, *k), c) for p in self.twin.policies for k, c in _fleet_counts(self.twin, p)],
+                _COUNTERFACTUAL_COUNTS,
+                [names.POLICY],
+            ),
+            *self._clock(),
+        ]
+
+    def _nodes(self) -> list[Metric]:
+        """Path bandwidth and RTT per node; DCGM series for GPU nodes, RAPL-style for CPUs."""
         tw = self.twin
-        now = tw.now
-        out: list[Metric] = []
         bw = GaugeMetricFamily(
             names.PATH_BANDWIDTH_BPS,
             "Path bandwidth between the node and its users (bit/s), scenario dynamics.",
@@ -88,8 +104,10 @@ class TwinCollector(Collector):
             else:
                 cpu_w.add_metric([node, "0"], tw.node_power_w[j])
                 cpu_j.add_metric([node, "0"], tw.node_energy_j[j])
-        out += [bw, rtt, power, energy, cpu_w, cpu_j]
+        return [bw, rtt, power, energy, cpu_w, cpu_j]
 
+    def _pods(self) -> list[Metric]:
+        """What each model-server pod's vLLM would export."""
         pod_labels = [names.NAMESPACE, names.POD, names.MODEL_NAME]
         running = GaugeMetricFamily(names.VLLM_RUNNING, "Requests running.", labels=pod_labels)
         waiting = GaugeMetricFamily(names.VLLM_WAITING, "Requests waiting.", labels=pod_labels)
@@ -98,82 +116,32 @@ class TwinCollector(Collector):
             "End-to-end request latency (s): the processing time D of the world model.",
             labels=pod_labels,
         )
-        success = CounterMetricFamily(
-            names.VLLM_SUCCESS.removesuffix("_total"),
-            "Finished requests.",
-            labels=pod_labels,
+        success, prompt, gen = (
+            CounterMetricFamily(name.removesuffix("_total"), doc, labels=pod_labels)
+            for name, doc in (
+                (names.VLLM_SUCCESS, "Finished requests."),
+                (names.VLLM_PROMPT_TOKENS, "Prompt tokens processed."),
+                (names.VLLM_GENERATION_TOKENS, "Tokens generated."),
+            )
         )
-        prompt = CounterMetricFamily(
-            names.VLLM_PROMPT_TOKENS.removesuffix("_total"),
-            "Prompt tokens processed.",
-            labels=pod_labels,
-        )
-        gen = CounterMetricFamily(
-            names.VLLM_GENERATION_TOKENS.removesuffix("_total"),
-            "Tokens generated.",
-            labels=pod_labels,
-        )
-        for (ns, pod), st in sorted(tw.pods.items()):
+        bounds = [names.fmt_le(b) for b in names.VLLM_LATENCY_BUCKETS]
+        for (ns, pod), st in sorted(self.twin.pods.items()):
             lv = [ns, pod, st.model]
-            r, w = st.load(now)
+            r, w = st.load(self.twin.now)
             running.add_metric(lv, r)
             waiting.add_metric(lv, w)
-            bounds = [names.fmt_le(b) for b in names.VLLM_LATENCY_BUCKETS]
             buckets = list(zip(bounds, [float(x) for x in st.buckets], strict=True))
             buckets.append(("+Inf", float(st.count)))
             hist.add_metric(lv, buckets, st.latency_sum)
             success.add_metric(lv, st.success)
             prompt.add_metric(lv, st.prompt_tokens)
             gen.add_metric(lv, st.generation_tokens)
-        out += [running, waiting, hist, success, prompt, gen]
+        return [running, waiting, hist, success, prompt, gen]
 
-        svc_labels = [names.NAMESPACE, names.SERVICE]
-        s_energy = CounterMetricFamily(
-            names.SERVICE_ENERGY_J.removesuffix("_total"),
-            "Energy attributed to the service's requests (J, scenario weights).",
-            labels=svc_labels,
-        )
-        s_req = CounterMetricFamily(
-            names.SERVICE_REQUESTS.removesuffix("_total"),
-            "Completed requests of the service.",
-            labels=svc_labels,
-        )
-        s_met = CounterMetricFamily(
-            names.SERVICE_DEADLINE_MET.removesuffix("_total"),
-            "Completed requests that met their deadline and quality floor.",
-            labels=svc_labels,
-        )
-        for (ns, name), c in sorted(tw.stats[ACTUAL].items()):
-            s_energy.add_metric([ns, name], c.energy_j)
-            s_req.add_metric([ns, name], c.requests)
-            s_met.add_metric([ns, name], c.met)
-        out += [s_energy, s_req, s_met]
-
-        cf_labels = [names.POLICY, names.NAMESPACE, names.SERVICE]
-        c_energy = CounterMetricFamily(
-            names.COUNTERFACTUAL_ENERGY_J.removesuffix("_total"),
-            "Energy the policy would have spent on the same requests (J).",
-            labels=cf_labels,
-        )
-        c_req = CounterMetricFamily(
-            names.COUNTERFACTUAL_REQUESTS.removesuffix("_total"),
-            "Requests the policy completed.",
-            labels=cf_labels,
-        )
-        c_met = CounterMetricFamily(
-            names.COUNTERFACTUAL_DEADLINE_MET.removesuffix("_total"),
-            "Requests the policy completed within deadline and quality floor.",
-            labels=cf_labels,
-        )
-        for policy in tw.policies:
-            for (ns, name), c in sorted(tw.stats[policy].items()):
-                c_energy.add_metric([policy, ns, name], c.energy_j)
-                c_req.add_metric([policy, ns, name], c.requests)
-                c_met.add_metric([policy, ns, name], c.met)
-        out += [c_energy, c_req, c_met]
-
+    def _clock(self) -> list[Metric]:
+        tw = self.twin
         sim = GaugeMetricFamily(SIM_TIME, "Simulated time of the twin (s).")
-        sim.add_metric([], now)
+        sim.add_metric([], tw.now)
         unpl = CounterMetricFamily(
             UNPLACEABLE.removesuffix("_total"),
             "Requests routed to a pod whose node cannot run the service.",
@@ -182,12 +150,56 @@ class TwinCollector(Collector):
         arr = CounterMetricFamily(
             ARRIVALS.removesuffix("_total"),
             "Requests drawn for the service (the same requests go to every fleet).",
-            labels=svc_labels,
+            labels=[names.NAMESPACE, names.SERVICE],
         )
         for (ns, name), n in sorted(tw.arrivals.items()):
             arr.add_metric([ns, name], n)
-        out += [sim, unpl, arr]
-        return out
+        drop = CounterMetricFamily(
+            DROPPED.removesuffix("_total"),
+            f"Requests over the cap of {tw.max_requests_per_slot} per service and slot: "
+            "not simulated.",
+            labels=[names.NAMESPACE, names.SERVICE],
+        )
+        for (ns, name), n in sorted(tw.dropped.items()):
+            drop.add_metric([ns, name], n)
+        behind = GaugeMetricFamily(BEHIND, "Simulated seconds the twin is behind its clock.")
+        behind.add_metric([], tw.behind_s)
+        return [sim, unpl, arr, drop, behind]
+
+
+# (metric, help) of the energy, requests and deadline-met counters: per service for the
+# real placement, per (policy, service) for each counterfactual fleet.
+_SERVICE_COUNTS = (
+    (names.SERVICE_ENERGY_J, "Energy attributed to the service's requests (J, scenario weights)."),
+    (names.SERVICE_REQUESTS, "Completed requests of the service."),
+    (names.SERVICE_DEADLINE_MET, "Completed requests that met their deadline and quality floor."),
+)
+_COUNTERFACTUAL_COUNTS = (
+    (names.COUNTERFACTUAL_ENERGY_J, "Energy the policy would have spent on the same requests (J)."),
+    (names.COUNTERFACTUAL_REQUESTS, "Requests the policy completed."),
+    (
+        names.COUNTERFACTUAL_DEADLINE_MET,
+        "Requests the policy completed within deadline and quality floor.",
+    ),
+)
+
+
+Row = tuple[tuple[str, ...], Counts]
+
+
+def _fleet_counts(tw: Twin, fleet: str) -> list[Row]:
+    """A fleet's counts per (namespace, service), sorted."""
+    return sorted(tw.stats[fleet].items())
+
+
+def _counts(rows: list[Row], specs: tuple[tuple[str, str], ...], lead: list[str]) -> list[Metric]:
+    """Energy, requests and deadline-met counters, one sample per row key."""
+    labels = [*lead, names.NAMESPACE, names.SERVICE]
+    fams = [CounterMetricFamily(n.removesuffix("_total"), doc, labels=labels) for n, doc in specs]
+    for key, c in rows:
+        for fam, value in zip(fams, (c.energy_j, c.requests, c.met), strict=True):
+            fam.add_metric(list(key), value)
+    return list(fams)
 
 
 def registry_for(twin: Twin, lock: threading.Lock) -> CollectorRegistry:

@@ -8,6 +8,9 @@ from perllm.telemetry.names import VLLM_LATENCY_BUCKETS
 
 SvcKey = tuple[str, str]  # (namespace, LLMService name)
 PodKey = tuple[str, str]  # (namespace, pod name)
+# Requests drawn per service and slot at most: every request runs on every fleet, so an
+# absurd declared rate would otherwise stall the twin (and its /metrics) for minutes.
+MAX_REQUESTS_PER_SLOT = 1000
 
 
 @dataclass

@@ -18,6 +18,7 @@ from perllm.telemetry import names
 from perllm.twin.engine import ACTUAL, Twin
 from perllm.twin.kube import ClusterReader
 from perllm.twin.metrics import registry_for
+from perllm.twin.records import MAX_REQUESTS_PER_SLOT
 
 log = logging.getLogger("perllm.twin")
 TICK_S = 0.2  # wall seconds between clock advances
@@ -73,6 +74,11 @@ def summary(tw: Twin) -> str:
     return " | ".join(parts)
 
 
+# Wall seconds of simulation per clock tick at most: the lock is released between ticks,
+# so /metrics and signals are served even when the work is heavy and the twin falls behind.
+TICK_BUDGET_S = 0.1
+
+
 def serve(
     scenario: Scenario,
     reader: ClusterReader | None,
@@ -83,18 +89,17 @@ def serve(
     poll_s: float = 1.0,
     log_every_s: float = 10.0,
     stop: threading.Event | None = None,
+    max_requests_per_slot: int = MAX_REQUESTS_PER_SLOT,
 ) -> Twin:
     """Run until `stop` is set or SIGINT/SIGTERM; returns the twin (for tests)."""
-    tw = Twin(scenario, seed=seed)
+    tw = Twin(scenario, seed=seed, max_requests_per_slot=max_requests_per_slot)
     lock = threading.Lock()
     stop = stop or threading.Event()
-    registry = registry_for(tw, lock)
-    http = make_http_server(host, port, registry, lambda: reader is None or reader.healthy)
+    http = make_http_server(
+        host, port, registry_for(tw, lock), lambda: reader is None or reader.healthy
+    )
     threading.Thread(target=http.serve_forever, name="twin-http", daemon=True).start()
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    previous = _on_signals(stop)
     log.info(
         "twin of %s (%d nodes) on http://%s:%d/metrics, speed ×%g",
         scenario.name,
@@ -103,30 +108,12 @@ def serve(
         http.server_address[1],
         speed,
     )
-
-    def poll() -> None:
-        while not stop.is_set():
-            assert reader is not None
-            view = reader.read()
-            if view is not None:
-                with lock:
-                    tw.set_services(view.services)
-                    tw.set_pods(view.pods)
-            stop.wait(poll_s)
-
     if reader is not None:
-        threading.Thread(target=poll, name="twin-kube", daemon=True).start()
-    t0 = time.monotonic()
-    last_log = t0
+        threading.Thread(
+            target=_poll, args=(tw, reader, lock, stop, poll_s), name="twin-kube", daemon=True
+        ).start()
     try:
-        while not stop.wait(TICK_S):
-            now = time.monotonic()
-            with lock:
-                tw.advance((now - t0) * speed)
-                line = summary(tw) if now - last_log >= log_every_s else None
-            if line:
-                log.info("%s", line)
-                last_log = now
+        _run_clock(tw, lock, stop, speed, log_every_s)
     finally:
         stop.set()  # ends the cluster reader too
         http.shutdown()
@@ -135,3 +122,54 @@ def serve(
             signal.signal(sig, handler)
         log.info("twin stopped at simulated t=%.0fs", tw.now)
     return tw
+
+
+def _on_signals(stop: threading.Event) -> dict[signal.Signals, Any]:
+    """SIGINT/SIGTERM set `stop` (main thread only); returns the handlers to restore."""
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    return previous
+
+
+def _poll(
+    tw: Twin, reader: ClusterReader, lock: threading.Lock, stop: threading.Event, poll_s: float
+) -> None:
+    while not stop.is_set():
+        view = reader.read()
+        if view is not None:
+            with lock:
+                tw.set_services(view.services)
+                tw.set_pods(view.pods)
+        stop.wait(poll_s)
+
+
+def _run_clock(
+    tw: Twin, lock: threading.Lock, stop: threading.Event, speed: float, log_every_s: float
+) -> None:
+    """Advance the simulated clock with the wall clock × `speed`, in bounded ticks."""
+    t0 = time.monotonic()
+    last_log = t0
+    dropped_seen = 0
+    while not stop.wait(TICK_S):
+        now = time.monotonic()
+        target = (now - t0) * speed
+        with lock:
+            tw.advance(target, budget_s=TICK_BUDGET_S)
+            tw.behind_s = max(0.0, target - tw.now)
+            line = summary(tw) if now - last_log >= log_every_s else None
+            dropped = sum(tw.dropped.values())
+        if line:
+            log.info("%s", line)
+            if dropped > dropped_seen:
+                log.warning(
+                    "%d requests over the cap of %d per service and slot were not simulated "
+                    "(perllm_twin_dropped_requests_total); is a declared rateRps absurd?",
+                    dropped - dropped_seen,
+                    tw.max_requests_per_slot,
+                )
+                dropped_seen = dropped
+            if tw.behind_s > 10 * TICK_S * speed:
+                log.warning("the twin is %.0f simulated seconds behind its clock", tw.behind_s)
+            last_log = now

@@ -4,6 +4,7 @@ counterfactuals on the same requests, and pods moving load."""
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from types import SimpleNamespace
 from typing import Any
@@ -15,11 +16,12 @@ from typer.testing import CliRunner
 
 from perllm.cli import app
 from perllm.costmodel import download_bits, gpu_times, upload_bits
+from perllm.devcluster.process import free_port
 from perllm.scenario import Scenario, load_scenario, parse_scenario
 from perllm.telemetry import names
 from perllm.twin.engine import ACTUAL, Twin
 from perllm.twin.fleet import Fleet, IntervalSum
-from perllm.twin.kube import ClusterReader
+from perllm.twin.kube import ClusterReader, ClusterView
 from perllm.twin.metrics import registry_for
 from perllm.twin.records import Request, SvcKey
 from perllm.twin.server import exposition, make_http_server
@@ -474,3 +476,64 @@ def test_serve_runs_the_scaled_clock_and_stops_cleanly() -> None:
     tw = serve(load_scenario("demo"), None, "127.0.0.1", 0, speed=50.0, stop=stop)
     assert stop.is_set()
     assert tw.now > 0.0  # the simulated clock ran (its rate is not asserted: timing)
+
+
+class _AbsurdReader:
+    """A cluster whose one service declares a rate no model server could see (built past
+    the contract's validation, as a stale or hand-made object would be)."""
+
+    healthy = True
+
+    def __init__(self) -> None:
+        sc = load_scenario("demo")
+        spec = sc.services()[0]
+        absurd = spec.model_copy(
+            update={"traffic": spec.traffic.model_copy(update={"rate_rps": 1e6})}
+        )
+        self.view = ClusterView(
+            services={(NS, spec.name): absurd},
+            pods={(NS, "p-0"): ((NS, spec.name), "edge-cpu")},
+        )
+
+    def read(self) -> ClusterView:
+        return self.view
+
+
+def test_an_absurd_rate_is_capped_and_metrics_keep_answering() -> None:
+    from perllm.twin import server
+
+    stop = threading.Event()
+    port = free_port()
+    done: list[Twin] = []
+    th = threading.Thread(
+        target=lambda: done.append(
+            server.serve(
+                load_scenario("demo"),
+                _AbsurdReader(),
+                "127.0.0.1",
+                port,
+                speed=20.0,
+                stop=stop,
+                poll_s=0.1,
+                max_requests_per_slot=200,
+            )
+        )
+    )
+    th.start()
+    try:
+        bodies = []
+        for _ in range(5):
+            time.sleep(0.3)
+            # A functional deadline (the scheduler-facing contract), not a speed benchmark:
+            # the lock is released between bounded ticks, so a scrape never waits on them.
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                bodies.append(r.read().decode())
+    finally:
+        stop.set()
+        th.join(30)
+    assert not th.is_alive()
+    tw = done[0]
+    assert sum(tw.dropped.values()) > 0  # the cap held: most of the absurd rate dropped
+    svc = next(iter(_AbsurdReader().view.services))
+    assert tw.arrivals[svc] <= 200 * tw.next_slot  # never more than the cap per slot
+    assert "perllm_twin_dropped_requests_total" in bodies[-1]
