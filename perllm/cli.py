@@ -43,7 +43,7 @@ DEFAULT_POLICY_ORDER = [
     "round-robin",
     "least-loaded",
     "greedy-deadline",
-    "oracle",
+    "clairvoyant-greedy",
 ]
 
 
@@ -157,7 +157,7 @@ def _print_report(report: dict[str, Any], order: list[str], detail: bool) -> Non
         "edge %",
         "thr. ratio",
         "energy ratio",
-        "regret vs oracle",
+        "regret vs clairvoyant greedy",
     ):
         t2.add_column(c, justify="right" if c != "policy" else "left")
     for p in order:
@@ -175,7 +175,7 @@ def _print_report(report: dict[str, Any], order: list[str], detail: bool) -> Non
         rat = [r for r in rat if r]
         thr = sum(r["throughput_ratio"] or 0 for r in rat) / len(rat) if rat else None
         en = sum(r["energy_ratio"] or 0 for r in rat) / len(rat) if rat else None
-        reg = [s.get("regret_vs_oracle", {}).get(p) for s in scs.values()]
+        reg = [s.get("regret_vs_clairvoyant_greedy", {}).get(p) for s in scs.values()]
         reg = [r for r in reg if r is not None]
         t2.add_row(
             p,

@@ -122,7 +122,7 @@ def build_report(
                 if p != REFERENCE_POLICY
             }
         if regret and sc in regret:
-            entry["regret_vs_oracle"] = regret[sc]
+            entry["regret_vs_clairvoyant_greedy"] = regret[sc]
         scenarios[sc] = entry
     return {"scenarios": scenarios}
 
