@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perllm import policies
+from perllm.bound import BoundResult, compute_bound
 from perllm.costmodel import build_cost_table
 from perllm.csucb import CSUCBConfig
 from perllm.estimate import energy_scale
@@ -31,6 +32,11 @@ class Experiment:
     regret_curves: dict[str, dict[str, F]] = field(default_factory=dict)
     learning: dict[str, dict[str, tuple[F, F, F]]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    bounds: dict[tuple[str, int], BoundResult] = field(default_factory=dict)
+    regret_totals: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def report_regret(self) -> dict[str, dict[str, float]]:
+        return self.regret_totals
 
 
 def run_experiment(
@@ -38,7 +44,11 @@ def run_experiment(
     policy_names: Sequence[str],
     seeds: Sequence[int],
     progress: Progress | None = None,
+    bound: bool = False,
+    bound_progress: Callable[[str], None] | None = None,
 ) -> Experiment:
+    """Every policy on every scenario and seed; with `bound`, also the hindsight bound of
+    each (scenario, seed) and every run's distance to it (docs/bound.md)."""
     runs: list[RunResult] = []
     for sc in scenarios:
         for seed in seeds:
@@ -47,9 +57,23 @@ def run_experiment(
                 cb = (lambda d, t, lab=label: progress(lab, d, t)) if progress else None
                 runs.append(simulate(sc, policies.make(name), seed, on_slot=cb))
     regret, regret_summary = _regret(scenarios, runs)
-    report = build_report(runs, regret_summary)
+    bounds = (
+        {
+            (sc.name, s): compute_bound(sc, s, progress=bound_progress)
+            for sc in scenarios
+            for s in seeds
+        }
+        if bound
+        else {}
+    )
+    report = build_report(runs, regret_summary, bounds)
     return Experiment(
-        runs=runs, report=report, regret_curves=regret, learning=_learning(scenarios, runs)
+        runs=runs,
+        report=report,
+        regret_curves=regret,
+        learning=_learning(scenarios, runs),
+        bounds=bounds,
+        regret_totals=regret_summary,
     )
 
 
