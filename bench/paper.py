@@ -19,7 +19,11 @@ def main() -> None:
     args = ap.parse_args()
     names = [p for p in DEFAULT_POLICY_ORDER if p in policies.available()]
     exp = run_experiment(
-        [load_scenario(s) for s in REFERENCE_SCENARIOS], names, list(range(1, args.seeds + 1))
+        [load_scenario(s) for s in REFERENCE_SCENARIOS],
+        names,
+        list(range(1, args.seeds + 1)),
+        bound=True,  # the hindsight bound and every policy's distance to it (docs/bound.md)
+        bound_progress=print,
     )
     _print_report(exp.report, names, detail=True)
     args.out.mkdir(parents=True, exist_ok=True)

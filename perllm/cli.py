@@ -43,7 +43,7 @@ DEFAULT_POLICY_ORDER = [
     "round-robin",
     "least-loaded",
     "greedy-deadline",
-    "oracle",
+    "clairvoyant-greedy",
 ]
 
 
@@ -81,6 +81,13 @@ def simulate(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write PNG plots to this directory.")] = None,
     detail: Annotated[bool, typer.Option(help="Also print per-class tables.")] = False,
+    bound: Annotated[
+        bool,
+        typer.Option(
+            help="Also solve the hindsight bound (an LP per scenario and seed, docs/bound.md) "
+            "and print each policy's distance to it."
+        ),
+    ] = True,
 ) -> None:
     """Run the paper's experiment: policies × scenarios × seeds on the world model."""
     from perllm.experiment import run_experiment, write_plots
@@ -120,6 +127,13 @@ def simulate(
                 prog.advance(task)
 
         exp = run_experiment(scs, wanted, list(range(1, seeds + 1)), progress=tick)
+    if bound:
+        from perllm.bound import bounds_for
+        from perllm.report import build_report
+
+        err.print("solving the hindsight bound (docs/bound.md)")
+        exp.bounds = bounds_for(scs, range(1, seeds + 1), progress=lambda m: err.print(f"  {m}"))
+        exp.report = build_report(exp.runs, exp.report_regret(), exp.bounds)
     _print_report(exp.report, wanted, detail)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +171,7 @@ def _print_report(report: dict[str, Any], order: list[str], detail: bool) -> Non
         "edge %",
         "thr. ratio",
         "energy ratio",
-        "regret vs oracle",
+        "regret vs clairvoyant greedy",
     ):
         t2.add_column(c, justify="right" if c != "policy" else "left")
     for p in order:
@@ -175,7 +189,7 @@ def _print_report(report: dict[str, Any], order: list[str], detail: bool) -> Non
         rat = [r for r in rat if r]
         thr = sum(r["throughput_ratio"] or 0 for r in rat) / len(rat) if rat else None
         en = sum(r["energy_ratio"] or 0 for r in rat) / len(rat) if rat else None
-        reg = [s.get("regret_vs_oracle", {}).get(p) for s in scs.values()]
+        reg = [s.get("regret_vs_clairvoyant_greedy", {}).get(p) for s in scs.values()]
         reg = [r for r in reg if r is not None]
         t2.add_row(
             p,
@@ -191,6 +205,8 @@ def _print_report(report: dict[str, Any], order: list[str], detail: bool) -> Non
             "—" if not reg else f"{sum(reg) / len(reg):.1f}",
         )
     console.print(t2)
+    if any("bound" in s for s in scs.values()):
+        _print_bound(scs, order)
     if detail:
         for s, entry in scs.items():
             t3 = Table(title=f"{s}: success rate (%) per service class")
@@ -203,6 +219,35 @@ def _print_report(report: dict[str, Any], order: list[str], detail: bool) -> Non
                     pc = entry["policies"][p]["per_class"]
                     t3.add_row(p, *[_pct(pc[c]["success_rate"]) for c in classes])
             console.print(t3)
+
+
+def _print_bound(scs: dict[str, Any], order: list[str]) -> None:
+    t = Table(
+        title="Distance to the hindsight bound (docs/bound.md): success gap in points "
+        "(bound − policy) / energy ratio (policy J ÷ the least J at the policy's success)"
+    )
+    t.add_column("policy")
+    for s in scs:
+        t.add_column(s, justify="right")
+    bounded = {s: e for s, e in scs.items() if "bound" in e}
+    t.add_row(
+        "[bold]bound[/bold] (success ≤, J/service ≥)",
+        *[
+            f"{_pct(e['bound']['success_rate_ub'])} %, {e['bound']['energy_lb_j_per_service']:.1f}"
+            if s in bounded
+            else "—"
+            for s, e in scs.items()
+        ],
+    )
+    for p in order:
+        cells = []
+        for e in scs.values():
+            d = e.get("vs_bound", {}).get(p)
+            cells.append(
+                "—" if d is None else f"{d['success_gap_points']:.2f} / {d['energy_ratio']:.2f}×"
+            )
+        t.add_row(p, *cells)
+    console.print(t)
 
 
 @scenarios_app.command("list")
@@ -271,14 +316,21 @@ def _mount_operator() -> None:
     @app.command("operator")
     def operator_cmd(
         namespace: list[str] = typer.Option(  # noqa: B008
-            [], "--namespace", "-n", help="Watch only this namespace (repeatable; default all)."),
+            [], "--namespace", "-n", help="Watch only this namespace (repeatable; default all)."
+        ),
         liveness: str | None = typer.Option(
-            None, help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz."),
+            None, help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz."
+        ),
         prometheus: str | None = typer.Option(
-            None, envvar="PERLLM_PROMETHEUS_URL", help="Prometheus URL for status telemetry."),
+            None, envvar="PERLLM_PROMETHEUS_URL", help="Prometheus URL for status telemetry."
+        ),
         status_interval: float = typer.Option(
-            30.0, "--status-interval", min=1.0, envvar="PERLLM_STATUS_INTERVAL",
-            help="Seconds between status refreshes (and re-placement checks)."),
+            30.0,
+            "--status-interval",
+            min=1.0,
+            envvar="PERLLM_STATUS_INTERVAL",
+            help="Seconds between status refreshes (and re-placement checks).",
+        ),
         verbose: bool = typer.Option(False, "--verbose"),
     ) -> None:
         """Run the LLMService operator (kopf, standalone) against KUBECONFIG or in-cluster."""

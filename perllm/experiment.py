@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perllm import policies
+from perllm.bound import BoundResult, compute_bound
 from perllm.costmodel import build_cost_table
 from perllm.csucb import CSUCBConfig
 from perllm.estimate import energy_scale
@@ -20,6 +21,8 @@ from perllm.world.sim import RunResult, simulate
 
 F = NDArray[np.float64]
 Progress = Callable[[str, int, int], None]  # (label, done slots, total slots)
+# The per-round clairvoyant policy regret is measured against (not an optimum: docs/bound.md).
+BASELINE = "clairvoyant-greedy"
 
 
 @dataclass
@@ -29,6 +32,11 @@ class Experiment:
     regret_curves: dict[str, dict[str, F]] = field(default_factory=dict)
     learning: dict[str, dict[str, tuple[F, F, F]]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    bounds: dict[tuple[str, int], BoundResult] = field(default_factory=dict)
+    regret_totals: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def report_regret(self) -> dict[str, dict[str, float]]:
+        return self.regret_totals
 
 
 def run_experiment(
@@ -36,7 +44,11 @@ def run_experiment(
     policy_names: Sequence[str],
     seeds: Sequence[int],
     progress: Progress | None = None,
+    bound: bool = False,
+    bound_progress: Callable[[str], None] | None = None,
 ) -> Experiment:
+    """Every policy on every scenario and seed; with `bound`, also the hindsight bound of
+    each (scenario, seed) and every run's distance to it (docs/bound.md)."""
     runs: list[RunResult] = []
     for sc in scenarios:
         for seed in seeds:
@@ -45,16 +57,30 @@ def run_experiment(
                 cb = (lambda d, t, lab=label: progress(lab, d, t)) if progress else None
                 runs.append(simulate(sc, policies.make(name), seed, on_slot=cb))
     regret, regret_summary = _regret(scenarios, runs)
-    report = build_report(runs, regret_summary)
+    bounds = (
+        {
+            (sc.name, s): compute_bound(sc, s, progress=bound_progress)
+            for sc in scenarios
+            for s in seeds
+        }
+        if bound
+        else {}
+    )
+    report = build_report(runs, regret_summary, bounds)
     return Experiment(
-        runs=runs, report=report, regret_curves=regret, learning=_learning(scenarios, runs)
+        runs=runs,
+        report=report,
+        regret_curves=regret,
+        learning=_learning(scenarios, runs),
+        bounds=bounds,
+        regret_totals=regret_summary,
     )
 
 
 def _regret(
     scenarios: Sequence[Scenario], runs: list[RunResult]
 ) -> tuple[dict[str, dict[str, F]], dict[str, dict[str, float]]]:
-    """Cumulative regret of each policy against the oracle on the same workload
+    """Cumulative regret of each policy against clairvoyant greedy on the same workload
     (reward as CS-UCB defines it), first seed for the curves, mean over seeds for totals."""
     theta = CSUCBConfig().theta
     curves: dict[str, dict[str, F]] = {}
@@ -63,14 +89,14 @@ def _regret(
         t = build_cost_table(sc.services(), sc.expanded_servers(), sc.catalogue)
         scale = energy_scale(t, sc.weights)
         mine = [r for r in runs if r.scenario == sc.name]
-        oracles = {r.seed: r for r in mine if r.policy == "oracle"}
-        if not oracles:
+        greedy = {r.seed: r for r in mine if r.policy == BASELINE}
+        if not greedy:
             continue
-        first = min(oracles)
+        first = min(greedy)
         for r in mine:
-            if r.policy == "oracle" or r.seed not in oracles:
+            if r.policy == BASELINE or r.seed not in greedy:
                 continue
-            diff = reward_series(oracles[r.seed], scale, theta) - reward_series(r, scale, theta)
+            diff = reward_series(greedy[r.seed], scale, theta) - reward_series(r, scale, theta)
             cum = np.cumsum(diff)
             totals.setdefault(sc.name, {}).setdefault(r.policy, []).append(float(cum[-1]))
             if r.seed == first:
@@ -92,7 +118,7 @@ def _learning(
             if (
                 r.scenario != sc.name
                 or r.seed != min(seeds)
-                or r.policy not in ("perllm", "oracle")
+                or r.policy not in ("perllm", BASELINE)
             ):
                 continue
             w = np.floor(r.requests.arrival / window_s).astype(int)

@@ -67,7 +67,7 @@ def energy_breakdown(report: dict[str, Any], out: Path) -> Path:
 
 
 def cumulative_regret(curves: dict[str, dict[str, F]], out: Path) -> Path:
-    """Cumulative regret against the hindsight oracle, per scenario (first seed)."""
+    """Cumulative regret against clairvoyant greedy, per scenario (first seed)."""
     n = len(curves)
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.4), squeeze=False)
     for ax, (sc, pols) in zip(axes[0], curves.items(), strict=True):
@@ -76,13 +76,13 @@ def cumulative_regret(curves: dict[str, dict[str, F]], out: Path) -> Path:
         ax.set_title(sc, fontsize=9)
         ax.set_xlabel("services")
         ax.set_yscale("symlog")
-    axes[0][0].set_ylabel("cumulative regret vs oracle")
+    axes[0][0].set_ylabel("cumulative regret vs clairvoyant greedy")
     axes[0][-1].legend(fontsize=6)
     return _save(fig, out / "regret.png")
 
 
 def learning_curve(series: dict[str, dict[str, tuple[F, F, F]]], out: Path) -> Path:
-    """CS-UCB vs the oracle over time: windowed success rate and energy per service."""
+    """CS-UCB vs clairvoyant greedy over time: windowed success rate and energy per service."""
     n = len(series)
     fig, axes = plt.subplots(2, n, figsize=(4 * n, 5), squeeze=False, sharex="col")
     for col, (sc, pols) in enumerate(series.items()):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from perllm.world.sim import RunResult
+
+if TYPE_CHECKING:
+    from perllm.bound import BoundResult
 
 REFERENCE_POLICY = "perllm"
 
@@ -100,10 +103,15 @@ def _mean_metrics(ms: list[Metrics]) -> dict[str, Any]:
 
 
 def build_report(
-    runs: list[RunResult], regret: dict[str, dict[str, float]] | None = None
+    runs: list[RunResult],
+    regret: dict[str, dict[str, float]] | None = None,
+    bounds: dict[tuple[str, int], BoundResult] | None = None,
 ) -> dict[str, Any]:
     """JSON report: per scenario and policy the seed-mean metrics, plus ratios against
-    CS-UCB (throughput: other/ours inverted as ours/other; energy: ours/other)."""
+    CS-UCB (throughput: other/ours inverted as ours/other; energy: ours/other) and, with
+    `bounds` (per scenario and seed), the hindsight bound and each policy's distance to it
+    (`vs_bound`: success gap in points, energy ratio to the bound's least energy at the
+    policy's own success; means over seeds)."""
     grouped: dict[str, dict[str, list[Metrics]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         grouped[r.scenario][r.policy].append(run_metrics(r))
@@ -122,9 +130,39 @@ def build_report(
                 if p != REFERENCE_POLICY
             }
         if regret and sc in regret:
-            entry["regret_vs_oracle"] = regret[sc]
+            entry["regret_vs_clairvoyant_greedy"] = regret[sc]
+        if bounds:
+            _add_bound(entry, [r for r in runs if r.scenario == sc], bounds)
         scenarios[sc] = entry
     return {"scenarios": scenarios}
+
+
+def _add_bound(
+    entry: dict[str, Any], runs: list[RunResult], bounds: dict[tuple[str, int], BoundResult]
+) -> None:
+    mine = [b for (sc, _), b in bounds.items() if runs and sc == runs[0].scenario]
+    if not mine:
+        return
+    per_seed = [b.to_dict() for b in sorted(mine, key=lambda b: b.seed)]
+    entry["bound"] = {
+        k: float(np.mean([d[k] for d in per_seed]))
+        for k in (
+            "success_rate_ub",
+            "energy_lb_j_per_service",
+            "energy_lb_floor_j_per_service",
+            "build_s",
+            "solve_s",
+        )
+    } | {"per_seed": per_seed}
+    dist: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for r in runs:
+        b = bounds.get((r.scenario, r.seed))
+        if b is not None:
+            total = sum(r.energy_breakdown_j.values())
+            dist[r.policy].append(b.distance(int(r.met.sum()), total))
+    entry["vs_bound"] = {
+        p: {k: float(np.mean([d[k] for d in ds])) for k in ds[0]} for p, ds in dist.items()
+    }
 
 
 def _ratio(a: float, b: float) -> float | None:

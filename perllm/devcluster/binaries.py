@@ -60,14 +60,20 @@ class Binaries:
             prometheus=Path(prom) if prom else None,
         )
 
-    def require(self, *, prometheus: bool = True, helm: bool = False,
-                etcd: bool = True) -> Binaries:
+    def require(
+        self, *, prometheus: bool = True, helm: bool = False, etcd: bool = True
+    ) -> Binaries:
         """Raise `BinariesMissing` naming every absent binary and the command that builds it.
 
         `etcd=False`: attaching to an existing cluster needs only the k8s binary and KWOK.
         """
-        needed = [self.kube_apiserver, self.kube_controller_manager, self.kube_scheduler,
-                  self.kubectl, self.kwok]
+        needed = [
+            self.kube_apiserver,
+            self.kube_controller_manager,
+            self.kube_scheduler,
+            self.kubectl,
+            self.kwok,
+        ]
         if etcd:
             needed.insert(0, self.etcd)
         if helm:
@@ -77,7 +83,8 @@ class Binaries:
             missing.append("prometheus (not on PATH)")
         if missing:
             raise BinariesMissing(
-                "local control plane binaries missing:\n  " + "\n  ".join(missing)
+                "local control plane binaries missing:\n  "
+                + "\n  ".join(missing)
                 + f"\nbuild them with: {BUILD_COMMAND}"
             )
         return self

@@ -22,8 +22,9 @@ from perllm.devcluster.config import Extender
 from perllm.devcluster.process import StartError
 
 app = typer.Typer(help="Development tools.", no_args_is_help=True)
-cluster_app = typer.Typer(help="A local Kubernetes control plane with KWOK nodes.",
-                          no_args_is_help=True)
+cluster_app = typer.Typer(
+    help="A local Kubernetes control plane with KWOK nodes.", no_args_is_help=True
+)
 app.add_typer(cluster_app, name="cluster")
 
 RunDir = Annotated[Path, typer.Option(help="Run directory: state, kubeconfig, logs.")]
@@ -32,22 +33,33 @@ RunDir = Annotated[Path, typer.Option(help="Run directory: state, kubeconfig, lo
 @cluster_app.command()
 def up(
     run_dir: RunDir = default_run_dir(),  # noqa: B008
-    scenario: Annotated[str, typer.Option(
-        help="Scenario file or built-in name whose servers become KWOK nodes ('' = none).")
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="Scenario file or built-in name whose servers become KWOK nodes ('' = none)."
+        ),
     ] = DEFAULT_SCENARIO,
-    extender_url: Annotated[str, typer.Option(
-        envvar="PERLLM_EXTENDER_URL", help="Extender urlPrefix for perllm-scheduler.")
+    extender_url: Annotated[
+        str,
+        typer.Option(envvar="PERLLM_EXTENDER_URL", help="Extender urlPrefix for perllm-scheduler."),
     ] = Extender.url,
-    extender_ignorable: Annotated[bool, typer.Option(
-        help="Schedule perllm-scheduler pods even while the extender is down.")] = True,
+    extender_ignorable: Annotated[
+        bool, typer.Option(help="Schedule perllm-scheduler pods even while the extender is down.")
+    ] = True,
     prometheus: Annotated[bool, typer.Option(help="Start Prometheus.")] = True,
-    attach: Annotated[Path | None, typer.Option(
-        help="Existing cluster's kubeconfig (kind, k3s): start only perllm-scheduler, "
-             "KWOK and the nodes there.")] = None,
+    attach: Annotated[
+        Path | None,
+        typer.Option(
+            help="Existing cluster's kubeconfig (kind, k3s): start only perllm-scheduler, "
+            "KWOK and the nodes there."
+        ),
+    ] = None,
 ) -> None:
     """Start the cluster (binaries from the cache: tools/build-binaries.sh builds them)."""
     conf = ClusterConfig(
-        run_dir=run_dir, scenario=scenario or None, prometheus=prometheus,
+        run_dir=run_dir,
+        scenario=scenario or None,
+        prometheus=prometheus,
         extender=Extender(url=extender_url, ignorable=extender_ignorable),
         external_kubeconfig=attach,
     )
@@ -124,5 +136,4 @@ def _print_env(state: State) -> None:
     typer.echo(f"kubectl:   {state.kubectl}")
     if "prometheus" in state.ports:
         typer.echo(f"prometheus: http://127.0.0.1:{state.ports['prometheus']}")
-    typer.echo(f"use it:    export KUBECONFIG={state.kubeconfig}; "
-               f"{state.kubectl} get nodes")
+    typer.echo(f"use it:    export KUBECONFIG={state.kubeconfig}; {state.kubectl} get nodes")

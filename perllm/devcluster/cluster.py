@@ -40,9 +40,11 @@ SERVICE_CIDR = "10.96.0.0/16"
 # What Deployments, ReplicaSets, DaemonSets (the chart's node agent), PodDisruptionBudgets,
 # deletion and namespaces need, plus the aggregation that fills the built-in
 # admin/edit/view ClusterRoles (without it `view` grants nothing).
-CONTROLLERS = ("deployment-controller,replicaset-controller,daemonset-controller,"
-               "disruption-controller,garbage-collector-controller,"
-               "namespace-controller,clusterrole-aggregation-controller")
+CONTROLLERS = (
+    "deployment-controller,replicaset-controller,daemonset-controller,"
+    "disruption-controller,garbage-collector-controller,"
+    "namespace-controller,clusterrole-aggregation-controller"
+)
 
 
 def default_run_dir() -> Path:
@@ -79,8 +81,10 @@ class State:
     started_at: float = field(default_factory=time.time)
 
     def procs(self) -> list[Proc]:
-        return [Proc(name=p["name"], pid=p["pid"], log=Path(p["log"]), argv0=p["argv0"])
-                for p in self.processes]
+        return [
+            Proc(name=p["name"], pid=p["pid"], log=Path(p["log"]), argv0=p["argv0"])
+            for p in self.processes
+        ]
 
     def save(self, run_dir: Path) -> None:
         tmp = run_dir / f".{STATE_FILE}.tmp"
@@ -173,8 +177,12 @@ class Cluster:
         (rd / STATE_FILE).unlink(missing_ok=True)
 
     def _spawn(self, name: str, argv: Sequence[str | Path]) -> Proc:
-        p = start(name, [str(a) for a in argv], self.run_dir / "logs" / f"{name}.log",
-                  die_with_parent=self.config.die_with_parent)
+        p = start(
+            name,
+            [str(a) for a in argv],
+            self.run_dir / "logs" / f"{name}.log",
+            die_with_parent=self.config.die_with_parent,
+        )
         self.procs.append(p)
         if self.state is not None:
             self.state.processes = [asdict(x) for x in self.procs]
@@ -183,8 +191,17 @@ class Cluster:
 
     def _start_control_plane(self) -> State:
         rd, b = self.run_dir, self.bin
-        ports = free_ports(("etcd", "etcd_peer", "apiserver", "controller_manager",
-                            "scheduler", "perllm_scheduler", "kwok"))
+        ports = free_ports(
+            (
+                "etcd",
+                "etcd_peer",
+                "apiserver",
+                "controller_manager",
+                "scheduler",
+                "perllm_scheduler",
+                "kwok",
+            )
+        )
         tokens = cfg.Tokens()
         (rd / "tokens.csv").write_text(tokens.csv())
         (rd / "tokens.csv").chmod(0o600)
@@ -194,64 +211,109 @@ class Cluster:
         server = f"https://127.0.0.1:{ports['apiserver']}"
         kubeconfig = rd / "kubeconfig"
         _write(kubeconfig, cfg.kubeconfig(server, tokens.admin))
-        _write(rd / "scheduler.kubeconfig",
-               cfg.kubeconfig(server, tokens.scheduler, cfg.SCHEDULER_USER))
+        _write(
+            rd / "scheduler.kubeconfig",
+            cfg.kubeconfig(server, tokens.scheduler, cfg.SCHEDULER_USER),
+        )
         _write(rd / "viewer.kubeconfig", cfg.kubeconfig(server, tokens.viewer, cfg.VIEWER_USER))
-        self.state = State(run_dir=str(rd), kubeconfig=str(kubeconfig), kubectl=str(b.kubectl),
-                           api_server=server, external=False, processes=[], ports=ports,
-                           viewer_kubeconfig=str(rd / "viewer.kubeconfig"),
-                           extender=asdict(self.config.extender))
+        self.state = State(
+            run_dir=str(rd),
+            kubeconfig=str(kubeconfig),
+            kubectl=str(b.kubectl),
+            api_server=server,
+            external=False,
+            processes=[],
+            ports=ports,
+            viewer_kubeconfig=str(rd / "viewer.kubeconfig"),
+            extender=asdict(self.config.extender),
+        )
         self.state.save(rd)
         t = self.config.ready_timeout_s
 
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
-        etcd = self._spawn("etcd", [
-            b.etcd, "--name=perllm-dev", f"--data-dir={rd / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{ports['etcd_peer']}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd_peer']}",
-            f"--initial-cluster=perllm-dev=http://127.0.0.1:{ports['etcd_peer']}",
-            "--unsafe-no-fsync=true", "--log-level=warn", "--listen-metrics-urls=",
-        ])
+        etcd = self._spawn(
+            "etcd",
+            [
+                b.etcd,
+                "--name=perllm-dev",
+                f"--data-dir={rd / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{ports['etcd_peer']}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd_peer']}",
+                f"--initial-cluster=perllm-dev=http://127.0.0.1:{ports['etcd_peer']}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+                "--listen-metrics-urls=",
+            ],
+        )
         wait_until(etcd, lambda: http_ok(f"{etcd_url}/health"), t, "etcd /health")
 
-        api = self._spawn("kube-apiserver", [
-            b.kube_apiserver, f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
-            f"--secure-port={ports['apiserver']}",
-            # Required: with no default route the apiserver finds no address and exits.
-            "--advertise-address=127.0.0.1",
-            f"--cert-dir={rd / 'pki'}", f"--token-auth-file={rd / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={sa_key}",
-            f"--service-account-signing-key-file={sa_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # No service-account controller runs, so nothing creates `default` SAs; and no
-            # node-lifecycle controller lifts the not-ready taint TaintNodesByCondition puts
-            # on every new node (KWOK sends no heartbeats here).
-            "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
-            "--allow-privileged=true", "--endpoint-reconciler-type=none",
-            "--profiling=false", "-v=1",
-        ])
+        api = self._spawn(
+            "kube-apiserver",
+            [
+                b.kube_apiserver,
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['apiserver']}",
+                # Required: with no default route the apiserver finds no address and exits.
+                "--advertise-address=127.0.0.1",
+                f"--cert-dir={rd / 'pki'}",
+                f"--token-auth-file={rd / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={sa_key}",
+                f"--service-account-signing-key-file={sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # No service-account controller runs, so nothing creates `default` SAs; and no
+                # node-lifecycle controller lifts the not-ready taint TaintNodesByCondition puts
+                # on every new node (KWOK sends no heartbeats here).
+                "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+                "--allow-privileged=true",
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "-v=1",
+            ],
+        )
         wait_until(api, lambda: http_ok(f"{server}/readyz"), t, "apiserver /readyz")
 
-        kcm = self._spawn("kube-controller-manager", [
-            b.kube_controller_manager, f"--kubeconfig={kubeconfig}", "--leader-elect=false",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['controller_manager']}",
-            f"--controllers={CONTROLLERS}", "--profiling=false", "-v=1",
-        ])
-        sched = self._start_scheduler("kube-scheduler", "default-scheduler", None,
-                                      rd / "scheduler.kubeconfig", ports["scheduler"])
-        psched = self._start_scheduler("perllm-scheduler", cfg.PERLLM_SCHEDULER,
-                                       self.config.extender, rd / "scheduler.kubeconfig",
-                                       ports["perllm_scheduler"])
+        kcm = self._spawn(
+            "kube-controller-manager",
+            [
+                b.kube_controller_manager,
+                f"--kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['controller_manager']}",
+                f"--controllers={CONTROLLERS}",
+                "--profiling=false",
+                "-v=1",
+            ],
+        )
+        sched = self._start_scheduler(
+            "kube-scheduler",
+            "default-scheduler",
+            None,
+            rd / "scheduler.kubeconfig",
+            ports["scheduler"],
+        )
+        psched = self._start_scheduler(
+            "perllm-scheduler",
+            cfg.PERLLM_SCHEDULER,
+            self.config.extender,
+            rd / "scheduler.kubeconfig",
+            ports["perllm_scheduler"],
+        )
         kwok = self._start_kwok(kubeconfig, ports["kwok"], lease_seconds=0)
-        for proc, port in ((kcm, ports["controller_manager"]), (sched, ports["scheduler"]),
-                           (psched, ports["perllm_scheduler"])):
-            wait_until(proc, partial(http_ok, f"https://127.0.0.1:{port}/healthz"), t,
-                       "/healthz")
-        wait_until(kwok, lambda: http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"), t,
-                   "/healthz")
+        for proc, port in (
+            (kcm, ports["controller_manager"]),
+            (sched, ports["scheduler"]),
+            (psched, ports["perllm_scheduler"]),
+        ):
+            wait_until(proc, partial(http_ok, f"https://127.0.0.1:{port}/healthz"), t, "/healthz")
+        wait_until(
+            kwok, lambda: http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"), t, "/healthz"
+        )
         return self.state
 
     def _attach(self, external: Path) -> State:
@@ -260,43 +322,83 @@ class Cluster:
         kubeconfig = rd / "kubeconfig"
         shutil.copyfile(external, kubeconfig)
         server = _kubeconfig_server(kubeconfig)
-        self.state = State(run_dir=str(rd), kubeconfig=str(kubeconfig),
-                           kubectl=str(self.bin.kubectl), api_server=server, external=True,
-                           processes=[], ports=ports, extender=asdict(self.config.extender))
+        self.state = State(
+            run_dir=str(rd),
+            kubeconfig=str(kubeconfig),
+            kubectl=str(self.bin.kubectl),
+            api_server=server,
+            external=True,
+            processes=[],
+            ports=ports,
+            extender=asdict(self.config.extender),
+        )
         self.state.save(rd)
         t = self.config.ready_timeout_s
-        psched = self._start_scheduler("perllm-scheduler", cfg.PERLLM_SCHEDULER,
-                                       self.config.extender, kubeconfig,
-                                       ports["perllm_scheduler"])
+        psched = self._start_scheduler(
+            "perllm-scheduler",
+            cfg.PERLLM_SCHEDULER,
+            self.config.extender,
+            kubeconfig,
+            ports["perllm_scheduler"],
+        )
         # A real cluster's node-lifecycle controller marks lease-less nodes NotReady.
         kwok = self._start_kwok(kubeconfig, ports["kwok"], lease_seconds=40)
-        wait_until(psched, lambda: http_ok(
-            f"https://127.0.0.1:{ports['perllm_scheduler']}/healthz"), t, "/healthz")
-        wait_until(kwok, lambda: http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"), t,
-                   "/healthz")
+        wait_until(
+            psched,
+            lambda: http_ok(f"https://127.0.0.1:{ports['perllm_scheduler']}/healthz"),
+            t,
+            "/healthz",
+        )
+        wait_until(
+            kwok, lambda: http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"), t, "/healthz"
+        )
         return self.state
 
-    def _start_scheduler(self, name: str, scheduler_name: str, extender: cfg.Extender | None,
-                         kubeconfig: Path, port: int, client_qps: float | None = None,
-                         percentage_of_nodes_to_score: int | None = None) -> Proc:
+    def _start_scheduler(
+        self,
+        name: str,
+        scheduler_name: str,
+        extender: cfg.Extender | None,
+        kubeconfig: Path,
+        port: int,
+        client_qps: float | None = None,
+        percentage_of_nodes_to_score: int | None = None,
+    ) -> Proc:
         conf = self.run_dir / f"{name}.yaml"
-        _write(conf, cfg.scheduler_config(kubeconfig, scheduler_name, extender, client_qps,
-                                          percentage_of_nodes_to_score))
-        return self._spawn(name, [
-            self.bin.kube_scheduler, f"--config={conf}", "--bind-address=127.0.0.1",
-            f"--secure-port={port}", f"--cert-dir={self.run_dir / 'pki' / name}", "-v=2",
-        ])
+        _write(
+            conf,
+            cfg.scheduler_config(
+                kubeconfig, scheduler_name, extender, client_qps, percentage_of_nodes_to_score
+            ),
+        )
+        return self._spawn(
+            name,
+            [
+                self.bin.kube_scheduler,
+                f"--config={conf}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.run_dir / 'pki' / name}",
+                "-v=2",
+            ],
+        )
 
     def _start_kwok(self, kubeconfig: Path, port: int, lease_seconds: int) -> Proc:
         stages = self.run_dir / "kwok-stages.yaml"
         _write(stages, cfg.KWOK_STAGES)
-        return self._spawn("kwok", [
-            self.bin.kwok, f"--kubeconfig={kubeconfig}", f"--config={stages}",
-            f"--manage-nodes-with-annotation-selector={KWOK_SELECTOR}",
-            f"--cidr={KWOK_CIDR}", "--node-ip=127.0.0.1",
-            f"--node-lease-duration-seconds={lease_seconds}",
-            f"--server-address=127.0.0.1:{port}",
-        ])
+        return self._spawn(
+            "kwok",
+            [
+                self.bin.kwok,
+                f"--kubeconfig={kubeconfig}",
+                f"--config={stages}",
+                f"--manage-nodes-with-annotation-selector={KWOK_SELECTOR}",
+                f"--cidr={KWOK_CIDR}",
+                "--node-ip=127.0.0.1",
+                f"--node-lease-duration-seconds={lease_seconds}",
+                f"--server-address=127.0.0.1:{port}",
+            ],
+        )
 
     def _start_prometheus(self, scrape_configs: list[dict[str, Any]] | None = None) -> None:
         assert self.state is not None and self.bin.prometheus is not None
@@ -304,14 +406,24 @@ class Cluster:
         self.state.ports["prometheus"] = port
         conf = self.run_dir / "prometheus.yml"
         _write(conf, cfg.prometheus_config(scrape_configs or self.config.scrape_configs, port))
-        p = self._spawn("prometheus", [
-            self.bin.prometheus, f"--config.file={conf}",
-            f"--storage.tsdb.path={self.run_dir / 'prometheus'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
-            "--storage.tsdb.retention.time=2h", "--log.level=warn",
-        ])
-        wait_until(p, lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"),
-                   self.config.ready_timeout_s, "/-/ready")
+        p = self._spawn(
+            "prometheus",
+            [
+                self.bin.prometheus,
+                f"--config.file={conf}",
+                f"--storage.tsdb.path={self.run_dir / 'prometheus'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-lifecycle",
+                "--storage.tsdb.retention.time=2h",
+                "--log.level=warn",
+            ],
+        )
+        wait_until(
+            p,
+            lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"),
+            self.config.ready_timeout_s,
+            "/-/ready",
+        )
 
     # ---- operations on a running cluster ---------------------------------------------------
     @property
@@ -327,8 +439,9 @@ class Cluster:
         _write(self.run_dir / "prometheus.yml", cfg.prometheus_config(scrape_configs, port))
         import urllib.request
 
-        with urllib.request.urlopen(urllib.request.Request(f"{url}/-/reload", method="POST"),
-                                    timeout=10) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{url}/-/reload", method="POST"), timeout=10
+        ) as r:
             if r.status != 200:
                 raise RuntimeError(f"prometheus reload: HTTP {r.status}")
 
@@ -338,34 +451,57 @@ class Cluster:
             p.stop()
             self.procs.remove(p)
 
-    def start_perllm_scheduler(self, extender: cfg.Extender | None,
-                               client_qps: float | None = None,
-                               percentage_of_nodes_to_score: int | None = None) -> None:
+    def start_perllm_scheduler(
+        self,
+        extender: cfg.Extender | None,
+        client_qps: float | None = None,
+        percentage_of_nodes_to_score: int | None = None,
+    ) -> None:
         """(Re)start the second scheduler with another extender (URL, ignorable), or with
         none (`extender=None`: the scheduler alone), and optionally another API rate limit
         or node search percentage (`config.scheduler_config`)."""
         assert self.state is not None
         self.stop_perllm_scheduler()
         port = self.state.ports["perllm_scheduler"]
-        kubeconfig = (Path(self.state.kubeconfig) if self.state.external
-                      else self.run_dir / "scheduler.kubeconfig")
-        p = self._start_scheduler("perllm-scheduler", cfg.PERLLM_SCHEDULER, extender,
-                                  kubeconfig, port, client_qps, percentage_of_nodes_to_score)
+        kubeconfig = (
+            Path(self.state.kubeconfig)
+            if self.state.external
+            else self.run_dir / "scheduler.kubeconfig"
+        )
+        p = self._start_scheduler(
+            "perllm-scheduler",
+            cfg.PERLLM_SCHEDULER,
+            extender,
+            kubeconfig,
+            port,
+            client_qps,
+            percentage_of_nodes_to_score,
+        )
         self.state.extender = asdict(extender) if extender is not None else {}
         self.state.save(self.run_dir)
-        wait_until(p, lambda: http_ok(f"https://127.0.0.1:{port}/healthz"),
-                   self.config.ready_timeout_s, "/healthz")
+        wait_until(
+            p,
+            lambda: http_ok(f"https://127.0.0.1:{port}/healthz"),
+            self.config.ready_timeout_s,
+            "/healthz",
+        )
 
     def restart_perllm_scheduler(self, extender: cfg.Extender) -> None:
         """Point the second scheduler at another extender (URL, ignorable) and restart it."""
         self.start_perllm_scheduler(extender)
 
-    def kubectl(self, *args: str, check: bool = True, timeout: float = 60,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         assert self.state is not None
         return subprocess.run(
             [self.state.kubectl, f"--kubeconfig={self.state.kubeconfig}", *args],
-            check=check, capture_output=True, text=True, timeout=timeout, input=input)
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
 
     def apply_nodes(self, scenario: str | Path) -> list[str]:
         """Create the scenario's servers as KWOK nodes and wait until they are Ready."""
@@ -379,12 +515,19 @@ class Cluster:
             raise StartError(f"creating nodes failed: {r.stderr}")
         names = [n["metadata"]["name"] for n in nodes]
         t = self.config.ready_timeout_s
-        r = self.kubectl("wait", "--for=condition=Ready", f"--timeout={t:.0f}s",
-                         *(f"node/{n}" for n in names), check=False, timeout=t + 10)
+        r = self.kubectl(
+            "wait",
+            "--for=condition=Ready",
+            f"--timeout={t:.0f}s",
+            *(f"node/{n}" for n in names),
+            check=False,
+            timeout=t + 10,
+        )
         if r.returncode != 0:
             kwok = next((p for p in self.procs if p.name == "kwok"), None)
-            raise StartError(f"nodes not Ready: {r.stderr}\n"
-                             + (f"kwok log:\n{kwok.tail()}" if kwok else ""))
+            raise StartError(
+                f"nodes not Ready: {r.stderr}\n" + (f"kwok log:\n{kwok.tail()}" if kwok else "")
+            )
         return names
 
     # ---- stop ------------------------------------------------------------------------------
@@ -405,9 +548,20 @@ class Cluster:
     def _delete_fake_nodes(self, state: State) -> None:
         # On a borrowed cluster, leave no fake nodes behind (KWOK must still run to finish
         # the pods on them).
-        subprocess.run([state.kubectl, f"--kubeconfig={state.kubeconfig}", "delete", "nodes",
-                        "-l", "type=kwok", "--wait=false"], capture_output=True, timeout=60,
-                       check=False)
+        subprocess.run(
+            [
+                state.kubectl,
+                f"--kubeconfig={state.kubeconfig}",
+                "delete",
+                "nodes",
+                "-l",
+                "type=kwok",
+                "--wait=false",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
 
 def _write(path: Path, text: str) -> None:
@@ -418,16 +572,16 @@ def _kubeconfig_server(path: Path) -> str:
     doc = yaml.safe_load(path.read_text())
     current = doc.get("current-context")
     ctx = next(c["context"] for c in doc["contexts"] if c["name"] == current)
-    return str(next(c["cluster"]["server"] for c in doc["clusters"]
-                    if c["name"] == ctx["cluster"]))
+    return str(next(c["cluster"]["server"] for c in doc["clusters"] if c["name"] == ctx["cluster"]))
 
 
 def _rsa_key(path: Path) -> None:
     """The service-account signing key (one RSA key serves both SA flags)."""
     if shutil.which("openssl") is None:
         raise StartError("openssl is needed to create the service-account key")
-    subprocess.run(["openssl", "genrsa", "-out", str(path), "2048"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["openssl", "genrsa", "-out", str(path), "2048"], check=True, capture_output=True
+    )
     path.chmod(0o600)
 
 

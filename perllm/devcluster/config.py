@@ -26,17 +26,22 @@ class Tokens:
 
     def csv(self) -> str:
         # token,user,uid,"group1,group2" (kube-apiserver --token-auth-file)
-        return (f'{self.admin},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
-                f"{self.scheduler},{SCHEDULER_USER},{SCHEDULER_USER}\n"
-                f"{self.viewer},{VIEWER_USER},{VIEWER_USER}\n")
+        return (
+            f'{self.admin},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
+            f"{self.scheduler},{SCHEDULER_USER},{SCHEDULER_USER}\n"
+            f"{self.viewer},{VIEWER_USER},{VIEWER_USER}\n"
+        )
 
 
 def kubeconfig(server: str, token: str, user: str = ADMIN_USER) -> str:
     # The apiserver self-signs its serving cert on every start: skip verification (loopback only).
     doc = {
-        "apiVersion": "v1", "kind": "Config", "preferences": {},
-        "clusters": [{"name": "perllm-dev", "cluster": {
-            "server": server, "insecure-skip-tls-verify": True}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [
+            {"name": "perllm-dev", "cluster": {"server": server, "insecure-skip-tls-verify": True}}
+        ],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "perllm-dev", "context": {"cluster": "perllm-dev", "user": user}}],
         "current-context": "perllm-dev",
@@ -55,8 +60,12 @@ class Extender:
 
     def as_config(self) -> dict[str, Any]:
         return {
-            "urlPrefix": self.url, "filterVerb": "filter", "prioritizeVerb": "prioritize",
-            "weight": self.weight, "nodeCacheCapable": True, "httpTimeout": self.http_timeout,
+            "urlPrefix": self.url,
+            "filterVerb": "filter",
+            "prioritizeVerb": "prioritize",
+            "weight": self.weight,
+            "nodeCacheCapable": True,
+            "httpTimeout": self.http_timeout,
             "ignorable": self.ignorable,
         }
 
@@ -68,9 +77,13 @@ class Extender:
 PERLLM_PERCENTAGE_OF_NODES_TO_SCORE = 100
 
 
-def scheduler_config(kubeconfig_path: Path, scheduler_name: str,
-                     extender: Extender | None = None, client_qps: float | None = None,
-                     percentage_of_nodes_to_score: int | None = None) -> str:
+def scheduler_config(
+    kubeconfig_path: Path,
+    scheduler_name: str,
+    extender: Extender | None = None,
+    client_qps: float | None = None,
+    percentage_of_nodes_to_score: int | None = None,
+) -> str:
     """`client_qps`: the scheduler's API rate limit (burst twice that); None keeps
     kube-scheduler's default (qps 50, burst 100), which caps binding near 55 pods/s.
     `percentage_of_nodes_to_score`: None is PerLLM's 100 for the perllm-scheduler profile
@@ -99,11 +112,11 @@ def scheduler_config(kubeconfig_path: Path, scheduler_name: str,
 KWOK_STAGES = Path(__file__).with_name("kwok-stages.yaml").read_text()
 
 
-
 def prometheus_config(scrape_configs: list[dict[str, Any]], self_port: int) -> str:
     """1 s intervals; Prometheus scrapes itself so `up == 1` proves it works."""
-    jobs = [{"job_name": "prometheus",
-             "static_configs": [{"targets": [f"127.0.0.1:{self_port}"]}]}, *scrape_configs]
-    doc = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-           "scrape_configs": jobs}
+    jobs = [
+        {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{self_port}"]}]},
+        *scrape_configs,
+    ]
+    doc = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": jobs}
     return yaml.safe_dump(doc, sort_keys=False)

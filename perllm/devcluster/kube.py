@@ -15,12 +15,16 @@ import yaml
 from perllm.devcluster.cluster import Cluster
 
 T = TypeVar("T")
-RETRY_ON: tuple[type[Exception], ...] = (AssertionError, KeyError, IndexError,
-                                         json.JSONDecodeError)
+RETRY_ON: tuple[type[Exception], ...] = (AssertionError, KeyError, IndexError, json.JSONDecodeError)
 
 
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 90, every: float = 0.5,
-             retry_on: tuple[type[Exception], ...] = RETRY_ON) -> T:
+def wait_for(
+    fn: Callable[[], T | None],
+    what: str,
+    timeout: float = 90,
+    every: float = 0.5,
+    retry_on: tuple[type[Exception], ...] = RETRY_ON,
+) -> T:
     """Poll `fn` until it returns something truthy; `retry_on` errors count as "not yet"
     and the last one is named when time runs out."""
     deadline = time.monotonic() + timeout
@@ -33,8 +37,10 @@ def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 90, every: 
         if v:
             return v
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                         + (f" (last error: {last!r})" if last else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}"
+        + (f" (last error: {last!r})" if last else "")
+    )
 
 
 def token_kubeconfig(admin_kubeconfig: Path, token: str, user: str, path: Path) -> Path:
@@ -43,14 +49,18 @@ def token_kubeconfig(admin_kubeconfig: Path, token: str, user: str, path: Path) 
     ctx_name = admin["current-context"]
     ctx = next(c["context"] for c in admin["contexts"] if c["name"] == ctx_name)
     cluster = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": user}}],
-        "current-context": "c",
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": cluster}],
+                "users": [{"name": user, "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": user}}],
+                "current-context": "c",
+            }
+        )
+    )
     path.chmod(0o600)
     return path
 
@@ -61,13 +71,20 @@ class Kube:
     kubectl_path: str
     local: Cluster | None  # None: an external cluster we know only through KUBECONFIG
 
-    def kubectl(self, *args: str, check: bool = True, timeout: float = 60,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([self.kubectl_path, f"--kubeconfig={self.kubeconfig}", *args],
-                           capture_output=True, text=True, timeout=timeout, input=input)
+    def kubectl(
+        self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            [self.kubectl_path, f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
         if check and r.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({r.returncode}):\n"
-                                 f"{r.stdout}{r.stderr}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}"
+            )
         return r
 
     def get(self, *args: str) -> Any:
@@ -78,15 +95,23 @@ class Kube:
         r = self.kubectl("get", *args, "-o", "json", check=False)
         return json.loads(r.stdout) if r.returncode == 0 else None
 
-    def service_account_kubeconfig(self, name: str, namespace: str, path: Path,
-                                   duration: str = "2h") -> Path:
+    def service_account_kubeconfig(
+        self, name: str, namespace: str, path: Path, duration: str = "2h"
+    ) -> Path:
         """A kubeconfig holding only a fresh token of ServiceAccount `namespace/name`."""
-        token = self.kubectl("create", "token", name, "-n", namespace,
-                             f"--duration={duration}").stdout.strip()
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
         assert token, "kubectl create token returned nothing"
         return token_kubeconfig(Path(self.kubeconfig), token, name, path)
 
     def apply(self, manifest: dict[str, Any] | list[dict[str, Any]], namespace: str) -> None:
         docs = manifest if isinstance(manifest, list) else [manifest]
-        self.kubectl("apply", "-n", namespace, "-f", "-",
-                     input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+        self.kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}),
+        )

@@ -59,28 +59,32 @@ def node_manifests(scenario: Scenario) -> list[dict[str, Any]]:
         }
         if hw.gpu_model:
             labels["nvidia.com/gpu.product"] = _label_value(hw.gpu_model)
-        out.append({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "labels": labels,
-                "annotations": {
-                    KWOK_ANNOTATION: "fake",
-                    ANN_HARDWARE: server.hardware,
-                    ANN_HARDWARE_SPEC: json.dumps(hw.model_dump(
-                        mode="json", exclude_none=True, exclude={"source"}), sort_keys=True),
-                    ANN_LINK_BANDWIDTH: _num(link.bandwidth_mbps),
-                    ANN_LINK_NOISE: _num(link.noise),
-                    ANN_LINK_RTT: _num(link.rtt_ms),
-                    ANN_LINK_ENERGY: _num(link.energy_uj_per_bit),
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": labels,
+                    "annotations": {
+                        KWOK_ANNOTATION: "fake",
+                        ANN_HARDWARE: server.hardware,
+                        ANN_HARDWARE_SPEC: json.dumps(
+                            hw.model_dump(mode="json", exclude_none=True, exclude={"source"}),
+                            sort_keys=True,
+                        ),
+                        ANN_LINK_BANDWIDTH: _num(link.bandwidth_mbps),
+                        ANN_LINK_NOISE: _num(link.noise),
+                        ANN_LINK_RTT: _num(link.rtt_ms),
+                        ANN_LINK_ENERGY: _num(link.energy_uj_per_bit),
+                    },
                 },
-            },
-            # No kwok taint: tests schedule onto these nodes like onto real ones.
-            "spec": {},
-            # Status in the create body is kept, as at kubelet registration.
-            "status": {"capacity": capacity, "allocatable": dict(capacity)},
-        })
+                # No kwok taint: tests schedule onto these nodes like onto real ones.
+                "spec": {},
+                # Status in the create body is kept, as at kubelet registration.
+                "status": {"capacity": capacity, "allocatable": dict(capacity)},
+            }
+        )
     return out
 
 

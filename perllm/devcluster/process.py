@@ -121,13 +121,24 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def start(name: str, argv: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
-          die_with_parent: bool = False) -> Proc:
+def start(
+    name: str,
+    argv: Sequence[str],
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    die_with_parent: bool = False,
+) -> Proc:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         p = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env, close_fds=True,
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            close_fds=True,
             preexec_fn=_die_with_parent if die_with_parent else None,
         )
     return Proc(name=name, pid=p.pid, log=log, argv0=str(argv[0]))

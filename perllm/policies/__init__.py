@@ -16,9 +16,9 @@ def register(name: str, factory: Callable[[], Policy]) -> None:
 def _load() -> None:
     if _FACTORIES:
         return
-    from perllm.policies import fineinfer, oracle, perllm_policy, rewardless, simple
+    from perllm.policies import clairvoyant, fineinfer, perllm_policy, rewardless, simple
 
-    for mod in (perllm_policy, simple, oracle, fineinfer, rewardless):
+    for mod in (perllm_policy, simple, clairvoyant, fineinfer, rewardless):
         for cls in mod.POLICIES:
             register(cls.name, cls)
     try:  # AGOD needs the bench extra (JAX)

@@ -92,12 +92,15 @@ class TrainState(NamedTuple):
 
 # -- networks (pure functions on parameter dicts) -------------------------------------------
 
+
 def _linear(key: jax.Array, fan_in: int, fan_out: int) -> dict[str, jax.Array]:
     """PyTorch nn.Linear initialisation: U(±1/sqrt(fan_in)) for weights and biases."""
     kw, kb = jax.random.split(key)
     bound = 1.0 / math.sqrt(fan_in)
-    return {"w": jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound),
-            "b": jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound)}
+    return {
+        "w": jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound),
+        "b": jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound),
+    }
 
 
 def _dense(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
@@ -111,9 +114,13 @@ def _mish(x: jax.Array) -> jax.Array:
 def init_actor(key: jax.Array, s_dim: int, a_dim: int, hidden: int, t_dim: int) -> Params:
     """ε-network of the AGOD code (diffusion/model.py::MLP)."""
     k = jax.random.split(key, 5)
-    return {"t1": _linear(k[0], t_dim, 2 * t_dim), "t2": _linear(k[1], 2 * t_dim, t_dim),
-            "l1": _linear(k[2], a_dim + t_dim + s_dim, hidden),
-            "l2": _linear(k[3], hidden, hidden), "l3": _linear(k[4], hidden, a_dim)}
+    return {
+        "t1": _linear(k[0], t_dim, 2 * t_dim),
+        "t2": _linear(k[1], 2 * t_dim, t_dim),
+        "l1": _linear(k[2], a_dim + t_dim + s_dim, hidden),
+        "l2": _linear(k[3], hidden, hidden),
+        "l3": _linear(k[4], hidden, a_dim),
+    }
 
 
 def init_critic(key: jax.Array, s_dim: int, a_dim: int, hidden: int) -> Params:
@@ -121,8 +128,11 @@ def init_critic(key: jax.Array, s_dim: int, a_dim: int, hidden: int) -> Params:
     out: dict[str, Params] = {}
     for name, kk in zip(("q1", "q2"), jax.random.split(key), strict=True):
         k = jax.random.split(kk, 3)
-        out[name] = {"l1": _linear(k[0], s_dim, hidden), "l2": _linear(k[1], hidden, hidden),
-                     "l3": _linear(k[2], hidden, a_dim)}
+        out[name] = {
+            "l1": _linear(k[0], s_dim, hidden),
+            "l2": _linear(k[1], hidden, hidden),
+            "l3": _linear(k[2], hidden, a_dim),
+        }
     return out
 
 
@@ -166,19 +176,22 @@ def vp_schedule(steps: int, b_min: float, b_max: float) -> Schedule:
     ac = np.cumprod(alpha)
     ac_prev = np.concatenate([[1.0], ac[:-1]])
     post_var = beta * (1.0 - ac_prev) / (1.0 - ac)
-    return Schedule(sqrt_recip=_floats(np.sqrt(1.0 / ac)),
-                    sqrt_recipm1=_floats(np.sqrt(1.0 / ac - 1)),
-                    coef1=_floats(beta * np.sqrt(ac_prev) / (1.0 - ac)),
-                    coef2=_floats((1.0 - ac_prev) * np.sqrt(alpha) / (1.0 - ac)),
-                    sigma=_floats(np.exp(0.5 * np.log(np.maximum(post_var, 1e-20)))))
+    return Schedule(
+        sqrt_recip=_floats(np.sqrt(1.0 / ac)),
+        sqrt_recipm1=_floats(np.sqrt(1.0 / ac - 1)),
+        coef1=_floats(beta * np.sqrt(ac_prev) / (1.0 - ac)),
+        coef2=_floats((1.0 - ac_prev) * np.sqrt(alpha) / (1.0 - ac)),
+        sigma=_floats(np.exp(0.5 * np.log(np.maximum(post_var, 1e-20)))),
+    )
 
 
 def _floats(a: F) -> tuple[float, ...]:
     return tuple(float(v) for v in a)
 
 
-def sample_logits(actor: Params, s: jax.Array, key: jax.Array, sch: Schedule,
-                  t_dim: int) -> jax.Array:
+def sample_logits(
+    actor: Params, s: jax.Array, key: jax.Array, sch: Schedule, t_dim: int
+) -> jax.Array:
     """x_0 of the reverse chain (p_sample_loop); differentiable in the actor parameters."""
     a_dim = actor["l3"]["b"].shape[0]
     keys = jax.random.split(key, len(sch.coef1) + 1)
@@ -192,8 +205,9 @@ def sample_logits(actor: Params, s: jax.Array, key: jax.Array, sch: Schedule,
     return x
 
 
-def policy_dist(actor: Params, s: jax.Array, mask: jax.Array, key: jax.Array, sch: Schedule,
-                t_dim: int) -> tuple[jax.Array, jax.Array]:
+def policy_dist(
+    actor: Params, s: jax.Array, mask: jax.Array, key: jax.Array, sch: Schedule, t_dim: int
+) -> tuple[jax.Array, jax.Array]:
     """(probabilities, log-probabilities) of softmax(x_0) over the unmasked actions."""
     x0 = jnp.where(mask, sample_logits(actor, s, key, sch, t_dim), -1e9)
     logp = jax.nn.log_softmax(x0, axis=-1)
@@ -201,6 +215,7 @@ def policy_dist(actor: Params, s: jax.Array, mask: jax.Array, key: jax.Array, sc
 
 
 # -- jitted act / update, built once per process and configuration ---------------------------
+
 
 class Fns(NamedTuple):
     act: Any
@@ -218,11 +233,14 @@ def _adam_l2(lr: float, wd: float) -> optax.GradientTransformation:
 @functools.lru_cache(maxsize=8)
 def build(cfg: AGODConfig) -> Fns:
     sch = vp_schedule(cfg.steps, cfg.beta_min, cfg.beta_max)
-    opt_a, opt_c = _adam_l2(cfg.actor_lr, cfg.weight_decay), _adam_l2(cfg.critic_lr,
-                                                                      cfg.weight_decay)
+    opt_a, opt_c = (
+        _adam_l2(cfg.actor_lr, cfg.weight_decay),
+        _adam_l2(cfg.critic_lr, cfg.weight_decay),
+    )
 
-    def act(actor: Params, s: jax.Array, mask: jax.Array, key: jax.Array,
-            step: jax.Array) -> jax.Array:
+    def act(
+        actor: Params, s: jax.Array, mask: jax.Array, key: jax.Array, step: jax.Array
+    ) -> jax.Array:
         return policy_dist(actor, s, mask, jax.random.fold_in(key, step), sch, cfg.t_dim)[0]
 
     def critic_loss(critic: Params, s: jax.Array, a: jax.Array, y: jax.Array) -> jax.Array:
@@ -231,16 +249,25 @@ def build(cfg: AGODConfig) -> Fns:
         q2 = _q(critic["q2"], s)[rows, a]
         return jnp.mean((q1 - y) ** 2) + jnp.mean((q2 - y) ** 2)
 
-    def actor_loss(actor: Params, critic: Params, s: jax.Array, mask: jax.Array,
-                   key: jax.Array) -> jax.Array:
+    def actor_loss(
+        actor: Params, critic: Params, s: jax.Array, mask: jax.Array, key: jax.Array
+    ) -> jax.Array:
         p, logp = policy_dist(actor, s, mask, key, sch, cfg.t_dim)
         entropy = -jnp.sum(jnp.where(mask, p * logp, 0.0), axis=-1)
         q = jax.lax.stop_gradient(jnp.where(mask, q_min(critic, s), 0.0))
         return -jnp.mean(cfg.alpha * entropy + jnp.sum(p * q, axis=-1))
 
-    def update(st: TrainState, s: jax.Array, a: jax.Array, r: jax.Array, s2: jax.Array,
-               m: jax.Array, m2: jax.Array, key: jax.Array,
-               step: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
+    def update(
+        st: TrainState,
+        s: jax.Array,
+        a: jax.Array,
+        r: jax.Array,
+        s2: jax.Array,
+        m: jax.Array,
+        m2: jax.Array,
+        key: jax.Array,
+        step: jax.Array,
+    ) -> tuple[TrainState, jax.Array, jax.Array]:
         k1, k2 = jax.random.split(jax.random.fold_in(key, step))
         p2, _ = policy_dist(st.target_actor, s2, m2, k1, sch, cfg.t_dim)
         v2 = jnp.sum(p2 * jnp.where(m2, q_min(st.target_critic, s2), 0.0), axis=-1)
@@ -251,15 +278,32 @@ def build(cfg: AGODConfig) -> Fns:
         la, ga = jax.value_and_grad(actor_loss)(st.actor, critic, s, m, k2)
         ua, opt_a_state = opt_a.update(ga, st.opt_actor, st.actor)
         actor = optax.apply_updates(st.actor, ua)
+
         def soft(target: Params, online: Params) -> Params:
-            return jax.tree_util.tree_map(lambda x, o: (1.0 - cfg.tau) * x + cfg.tau * o,
-                                          target, online)
+            return jax.tree_util.tree_map(
+                lambda x, o: (1.0 - cfg.tau) * x + cfg.tau * o, target, online
+            )
 
-        return (TrainState(actor, critic, soft(st.target_actor, actor),
-                           soft(st.target_critic, critic), opt_a_state, opt_c_state), lc, la)
+        return (
+            TrainState(
+                actor,
+                critic,
+                soft(st.target_actor, actor),
+                soft(st.target_critic, critic),
+                opt_a_state,
+                opt_c_state,
+            ),
+            lc,
+            la,
+        )
 
-    return Fns(act=jax.jit(act), update=jax.jit(update), critic_loss=jax.jit(critic_loss),
-               opt_actor=opt_a, opt_critic=opt_c)
+    return Fns(
+        act=jax.jit(act),
+        update=jax.jit(update),
+        critic_loss=jax.jit(critic_loss),
+        opt_actor=opt_a,
+        opt_critic=opt_c,
+    )
 
 
 def init_state(cfg: AGODConfig, s_dim: int, a_dim: int, seed: int) -> TrainState:
@@ -267,11 +311,13 @@ def init_state(cfg: AGODConfig, s_dim: int, a_dim: int, seed: int) -> TrainState
     ka, kc = jax.random.split(jax.random.PRNGKey(seed))
     actor = init_actor(ka, s_dim, a_dim, cfg.hidden, cfg.t_dim)
     critic = init_critic(kc, s_dim, a_dim, cfg.hidden)
-    return TrainState(actor, critic, actor, critic, fns.opt_actor.init(actor),
-                      fns.opt_critic.init(critic))
+    return TrainState(
+        actor, critic, actor, critic, fns.opt_actor.init(actor), fns.opt_critic.init(critic)
+    )
 
 
 # -- replay buffer of decisions ---------------------------------------------------------------
+
 
 class Replay:
     """Decisions in order; s' of row d is the state of row d+1 (the next decision).
@@ -321,11 +367,13 @@ class Replay:
 
 # -- the policy ---------------------------------------------------------------------------------
 
+
 class AGOD(Policy):
     name = "agod"
 
-    def __init__(self, config: AGODConfig | None = None,
-                 pretrain_episodes: int | None = None) -> None:
+    def __init__(
+        self, config: AGODConfig | None = None, pretrain_episodes: int | None = None
+    ) -> None:
         cfg = config or AGODConfig()
         env_n = os.environ.get(ENV_PRETRAIN)
         if pretrain_episodes is not None:
@@ -384,13 +432,21 @@ class AGOD(Policy):
         wait = (obs.waiting + added) / cap
         req = np.zeros(self.c + 5)
         req[c] = 1.0
-        req[self.c:] = (math.log1p(batch.l_in[k]) / _L_MAX,
-                        math.log1p(batch.expected_out[k]) / _L_MAX,
-                        batch.expected_deadline[k] / (1.0 + batch.expected_deadline[k]),
-                        batch.min_quality[k], math.log1p(batch.attach[k]) / _ATTACH_MAX)
-        return np.concatenate([np.minimum(obs.running / cap, 1.0), wait / (1.0 + wait),
-                               np.minimum(obs.bw_mbps / self.bw_ref, 1.0), req]
-                              ).astype(np.float32)
+        req[self.c :] = (
+            math.log1p(batch.l_in[k]) / _L_MAX,
+            math.log1p(batch.expected_out[k]) / _L_MAX,
+            batch.expected_deadline[k] / (1.0 + batch.expected_deadline[k]),
+            batch.min_quality[k],
+            math.log1p(batch.attach[k]) / _ATTACH_MAX,
+        )
+        return np.concatenate(
+            [
+                np.minimum(obs.running / cap, 1.0),
+                wait / (1.0 + wait),
+                np.minimum(obs.bw_mbps / self.bw_ref, 1.0),
+                req,
+            ]
+        ).astype(np.float32)
 
     def assign(self, batch: Batch, obs: Observation) -> I:
         assert self.train is not None and self.replay is not None
@@ -400,8 +456,9 @@ class AGOD(Policy):
         out = np.empty(len(batch), np.intp)
         for k in range(len(batch)):  # sequential: each decision sees the ones before it
             s = self.state(batch, k, obs, added)
-            probs = np.asarray(self.fns.act(self.train.actor, s[None], mask[k][None],
-                                            self.key, self.step))[0]
+            probs = np.asarray(
+                self.fns.act(self.train.actor, s[None], mask[k][None], self.key, self.step)
+            )[0]
             self.step += 1
             j = self._choose(probs, mask[k])
             out[k] = j
@@ -431,8 +488,9 @@ class AGOD(Policy):
             return
         for _ in range(self.cfg.updates_per_round):
             s, a, r, s2, m, m2 = self.replay.sample(self.cfg.batch, self.rng)
-            self.train, lc, la = self.fns.update(self.train, s, a, r, s2, m, m2, self.key,
-                                                 1_000_000_000 + self.updates)
+            self.train, lc, la = self.fns.update(
+                self.train, s, a, r, s2, m, m2, self.key, 1_000_000_000 + self.updates
+            )
             self.updates += 1
         self.last_losses = (float(lc), float(la))
 

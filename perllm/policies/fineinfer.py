@@ -40,8 +40,9 @@ def resolve_site(names: tuple[str, ...], tiers: tuple[str, ...], site: str) -> i
         return names.index(site)
     if site in tiers:
         return tiers.index(site)
-    raise ValueError(f"fineinfer site {site!r}: no server or tier of that name "
-                     f"(servers: {', '.join(names)})")
+    raise ValueError(
+        f"fineinfer site {site!r}: no server or tier of that name (servers: {', '.join(names)})"
+    )
 
 
 class FineInfer(Policy):
@@ -84,8 +85,9 @@ class FineInfer(Policy):
             return self.release
         return 0.0  # running: join the continuous batch at the next token boundary
 
-    def _least_loaded(self, batch: Batch, obs: Observation, mask: np.ndarray,
-                      rows: np.ndarray) -> I:
+    def _least_loaded(
+        self, batch: Batch, obs: Observation, mask: np.ndarray, rows: np.ndarray
+    ) -> I:
         t = self.env.table
         load = (obs.running + obs.waiting).astype(float)
         load[self.site] = np.inf  # these requests cannot use the site

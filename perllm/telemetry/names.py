@@ -35,8 +35,29 @@ VLLM_PROMPT_TOKENS = "vllm:prompt_tokens_total"
 # latency histograms per step with label model_name. Used when a pod has no vLLM series.
 KSERVE_PREDICT_LATENCY = "request_predict_seconds"
 # vLLM's own e2e latency buckets (vllm/v1/metrics/loggers.py), which the twin reuses
-VLLM_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
-                        40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+VLLM_LATENCY_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
 
 # -- energy attributed to a service's requests (twin; an agent with pod attribution) ----
 SERVICE_ENERGY_J = "perllm_service_energy_joules_total"  # counter; labels namespace, service
@@ -64,8 +85,7 @@ def host_selector(node: str) -> str:
 
 def gpu_power_by_node() -> str:
     """W per node (sum over GPUs), keyed by `Hostname` or `hostname`."""
-    return (f"sum by (Hostname) ({DCGM_POWER_W}) "
-            f"or sum by (hostname) ({DCGM_POWER_W})")
+    return f"sum by (Hostname) ({DCGM_POWER_W}) or sum by (hostname) ({DCGM_POWER_W})"
 
 
 def bandwidth_by_node() -> str:
@@ -74,21 +94,24 @@ def bandwidth_by_node() -> str:
 
 
 def _mean_by_pod(histogram: str, window: str) -> str:
-    return (f"sum by (namespace, pod) (rate({histogram}_sum[{window}])) / "
-            f"sum by (namespace, pod) (rate({histogram}_count[{window}]))")
+    return (
+        f"sum by (namespace, pod) (rate({histogram}_sum[{window}])) / "
+        f"sum by (namespace, pod) (rate({histogram}_count[{window}]))"
+    )
 
 
 def pod_latency(window: str = "5m") -> str:
     """Mean request latency per (namespace, pod) over `window`, seconds: vLLM's end-to-end
     latency, else (pods without vLLM series) KServe's predict latency."""
-    return (f"({_mean_by_pod(VLLM_E2E_LATENCY, window)}) or "
-            f"({_mean_by_pod(KSERVE_PREDICT_LATENCY, window)})")
+    return (
+        f"({_mean_by_pod(VLLM_E2E_LATENCY, window)}) or "
+        f"({_mean_by_pod(KSERVE_PREDICT_LATENCY, window)})"
+    )
 
 
 def pod_load() -> str:
     """Running + waiting requests per (namespace, pod)."""
-    return (f"sum by (namespace, pod) ({VLLM_RUNNING}) + "
-            f"sum by (namespace, pod) ({VLLM_WAITING})")
+    return f"sum by (namespace, pod) ({VLLM_RUNNING}) + sum by (namespace, pod) ({VLLM_WAITING})"
 
 
 def deadline_bucket(deadline_s: float) -> float | None:

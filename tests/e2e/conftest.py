@@ -59,8 +59,7 @@ def kube() -> Iterator[Kube]:
     running = Cluster.find()
     if running is not None:
         _CLUSTER = running
-        yield Kube(running.kubeconfig, str(running.state.kubectl if running.state else ""),
-                   running)
+        yield Kube(running.kubeconfig, str(running.state.kubectl if running.state else ""), running)
         return
     try:
         Binaries.locate().require()

@@ -43,8 +43,10 @@ def eventually(fn: Callable[[], T | None], timeout: float = 60, what: str = "") 
 
 
 def _ready(node: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in node.get("status", {}).get("conditions", []))
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in node.get("status", {}).get("conditions", [])
+    )
 
 
 def test_scenario_nodes_are_ready_with_tier_capacity_and_annotations(kube: Kube) -> None:
@@ -75,16 +77,32 @@ def test_rbac_is_enforced(kube: Kube, namespace: str) -> None:
     assert _can_i(kube, "create", "deployments", "-n", namespace) == "yes"
     as_viewer = (f"--as={VIEWER_USER}",)
     assert _can_i(kube, "list", "pods", "-n", namespace, *as_viewer) == "no"
-    kube.kubectl("create", "rolebinding", "viewer", "-n", namespace, "--clusterrole=view",
-                 f"--user={VIEWER_USER}")
-    eventually(lambda: _can_i(kube, "list", "pods", "-n", namespace, *as_viewer) == "yes",
-               30, "the RoleBinding to take effect")
+    kube.kubectl(
+        "create",
+        "rolebinding",
+        "viewer",
+        "-n",
+        namespace,
+        "--clusterrole=view",
+        f"--user={VIEWER_USER}",
+    )
+    eventually(
+        lambda: _can_i(kube, "list", "pods", "-n", namespace, *as_viewer) == "yes",
+        30,
+        "the RoleBinding to take effect",
+    )
     assert _can_i(kube, "delete", "pods", "-n", namespace, *as_viewer) == "no"
     assert _can_i(kube, "list", "pods", "-n", "kube-system", *as_viewer) == "no"
     if kube.local is not None and kube.local.state and kube.local.state.viewer_kubeconfig:
         # Same through real token authentication, not only impersonation.
-        r = kube.kubectl(f"--kubeconfig={kube.local.state.viewer_kubeconfig}", "get", "pods",
-                         "-n", "kube-system", check=False)
+        r = kube.kubectl(
+            f"--kubeconfig={kube.local.state.viewer_kubeconfig}",
+            "get",
+            "pods",
+            "-n",
+            "kube-system",
+            check=False,
+        )
         assert r.returncode != 0 and "Forbidden" in r.stderr, r.stderr
 
 
@@ -93,8 +111,9 @@ def _pods(kube: Kube, namespace: str, selector: str) -> list[dict[str, Any]]:
 
 
 def _scheduled_by(kube: Kube, namespace: str, pod: str) -> str | None:
-    events = kube.get("events", "-n", namespace,
-                      "--field-selector", f"involvedObject.name={pod},reason=Scheduled")
+    events = kube.get(
+        "events", "-n", namespace, "--field-selector", f"involvedObject.name={pod},reason=Scheduled"
+    )
     for e in events["items"]:
         return str(e.get("reportingComponent") or e.get("source", {}).get("component"))
     return None
@@ -104,23 +123,42 @@ def _kwok_nodes(kube: Kube) -> set[str]:
     return {n["metadata"]["name"] for n in kube.get("nodes", "-l", "type=kwok")["items"]}
 
 
-def test_deployment_runs_on_kwok_nodes_and_its_pods_go_with_it(kube: Kube,
-                                                               namespace: str) -> None:
+def test_deployment_runs_on_kwok_nodes_and_its_pods_go_with_it(kube: Kube, namespace: str) -> None:
     labels = {"app": "web"}
-    kube.apply({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-        "spec": {"replicas": 3, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
-            "spec": {"nodeSelector": {"type": "kwok"},
-                     "containers": [{"name": "web", "image": PAUSE,
-                                     "resources": {"requests": {"cpu": "100m"}}}]}}},
-    }, namespace)
+    kube.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "nodeSelector": {"type": "kwok"},
+                        "containers": [
+                            {
+                                "name": "web",
+                                "image": PAUSE,
+                                "resources": {"requests": {"cpu": "100m"}},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        namespace,
+    )
     fake = _kwok_nodes(kube)
 
     def running() -> list[dict[str, Any]] | None:
         pods = _pods(kube, namespace, "app=web")
-        ok = [p for p in pods if p["status"].get("phase") == "Running"
-              and p["spec"].get("nodeName") in fake]
+        ok = [
+            p
+            for p in pods
+            if p["status"].get("phase") == "Running" and p["spec"].get("nodeName") in fake
+        ]
         return ok if len(ok) == 3 and len(pods) == 3 else None
 
     pods = eventually(running, 90, "3 Running pods on KWOK nodes")
@@ -128,25 +166,52 @@ def test_deployment_runs_on_kwok_nodes_and_its_pods_go_with_it(kube: Kube,
         assert p["spec"]["schedulerName"] == "default-scheduler"
         assert p["status"]["podIP"]
         name = p["metadata"]["name"]
-        assert eventually(partial(_scheduled_by, kube, namespace, name), 30,
-                          "Scheduled event") == "default-scheduler"
-    out = kube.kubectl("get", "deployment", "web", "-n", namespace, "-o",
-                       "jsonpath={.status.readyReplicas}").stdout
-    assert eventually(lambda: kube.kubectl("get", "deployment", "web", "-n", namespace, "-o",
-                                           "jsonpath={.status.readyReplicas}").stdout == "3",
-                      60, f"readyReplicas=3 (was {out!r})")
+        assert (
+            eventually(partial(_scheduled_by, kube, namespace, name), 30, "Scheduled event")
+            == "default-scheduler"
+        )
+    out = kube.kubectl(
+        "get", "deployment", "web", "-n", namespace, "-o", "jsonpath={.status.readyReplicas}"
+    ).stdout
+    assert eventually(
+        lambda: (
+            kube.kubectl(
+                "get",
+                "deployment",
+                "web",
+                "-n",
+                namespace,
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ).stdout
+            == "3"
+        ),
+        60,
+        f"readyReplicas=3 (was {out!r})",
+    )
 
     kube.kubectl("delete", "deployment", "web", "-n", namespace, "--wait=false")
-    eventually(lambda: _pods(kube, namespace, "app=web") == [], 90,
-               "the Deployment's pods to be deleted (garbage collection + kwok pod-delete)")
+    eventually(
+        lambda: _pods(kube, namespace, "app=web") == [],
+        90,
+        "the Deployment's pods to be deleted (garbage collection + kwok pod-delete)",
+    )
 
 
 def test_second_scheduler_schedules_its_pods(kube: Kube, namespace: str) -> None:
-    kube.apply({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "llm", "labels": {"app": "llm"}},
-        "spec": {"schedulerName": PERLLM_SCHEDULER, "nodeSelector": {"type": "kwok"},
-                 "containers": [{"name": "llm", "image": PAUSE}]},
-    }, namespace)
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "llm", "labels": {"app": "llm"}},
+            "spec": {
+                "schedulerName": PERLLM_SCHEDULER,
+                "nodeSelector": {"type": "kwok"},
+                "containers": [{"name": "llm", "image": PAUSE}],
+            },
+        },
+        namespace,
+    )
 
     def bound() -> dict[str, Any] | None:
         pods = _pods(kube, namespace, "app=llm")
@@ -154,19 +219,31 @@ def test_second_scheduler_schedules_its_pods(kube: Kube, namespace: str) -> None
 
     pod = eventually(bound, 60, "perllm-scheduler to bind the pod")
     assert pod["spec"]["nodeName"] in _kwok_nodes(kube)
-    assert eventually(lambda: _scheduled_by(kube, namespace, "llm"), 30,
-                      "Scheduled event") == PERLLM_SCHEDULER
-    eventually(lambda: _pods(kube, namespace, "app=llm")[0]["status"].get("phase") == "Running",
-               60, "pod Running")
+    assert (
+        eventually(lambda: _scheduled_by(kube, namespace, "llm"), 30, "Scheduled event")
+        == PERLLM_SCHEDULER
+    )
+    eventually(
+        lambda: _pods(kube, namespace, "app=llm")[0]["status"].get("phase") == "Running",
+        60,
+        "pod Running",
+    )
 
 
 def test_pod_for_an_absent_scheduler_stays_pending(kube: Kube, namespace: str) -> None:
     """Control: scheduling above really came from the named schedulers."""
-    kube.apply({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orphan"},
-        "spec": {"schedulerName": "no-such-scheduler",
-                 "containers": [{"name": "c", "image": PAUSE}]},
-    }, namespace)
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "orphan"},
+            "spec": {
+                "schedulerName": "no-such-scheduler",
+                "containers": [{"name": "c", "image": PAUSE}],
+            },
+        },
+        namespace,
+    )
     time.sleep(3)
     pod = kube.get("pod", "orphan", "-n", namespace)
     assert not pod["spec"].get("nodeName")
@@ -194,16 +271,24 @@ def test_prometheus_scrapes_and_reloads(kube: Kube) -> None:
         pytest.skip("cluster started without Prometheus")
 
     def query(q: str) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(f"{url}/api/v1/query?query={urllib.parse.quote(q)}",
-                                    timeout=5) as r:
+        with urllib.request.urlopen(
+            f"{url}/api/v1/query?query={urllib.parse.quote(q)}", timeout=5
+        ) as r:
             return list(json.load(r)["data"]["result"])
 
-    eventually(lambda: [s for s in query('up{job="prometheus"}') if s["value"][1] == "1"],
-               60, "Prometheus scraping itself")
+    eventually(
+        lambda: [s for s in query('up{job="prometheus"}') if s["value"][1] == "1"],
+        60,
+        "Prometheus scraping itself",
+    )
     port = url.rsplit(":", 1)[1]
     # Tests add their own jobs (the digital twin's exporter, the extender): here, itself again.
-    cluster.set_scrape_configs([{"job_name": "extra",
-                                 "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}])
-    eventually(lambda: [s for s in query('up{job="extra"}') if s["value"][1] == "1"],
-               60, "the added scrape job")
+    cluster.set_scrape_configs(
+        [{"job_name": "extra", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]
+    )
+    eventually(
+        lambda: [s for s in query('up{job="extra"}') if s["value"][1] == "1"],
+        60,
+        "the added scrape job",
+    )
     cluster.set_scrape_configs([])

@@ -37,8 +37,9 @@ def _processes_mentioning(text: str) -> list[str]:
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def test_make_cluster_up_is_cached_fast_and_down_leaves_no_process(tmp_path: Path) -> None:
@@ -56,8 +57,12 @@ def test_make_cluster_up_is_cached_fast_and_down_leaves_no_process(tmp_path: Pat
         down = ["make", "--no-print-directory", "cluster-down", f"RUN_DIR={run_dir}"]
     else:  # the same commands the Makefile runs
         dev = [str(REPO / ".venv/bin/python"), "-m", "perllm.devcluster", "cluster"]
-        up = ["bash", "-c", f"tools/build-binaries.sh k8s etcd kwok prometheus && "
-              f"{' '.join(dev)} up --run-dir {run_dir}"]
+        up = [
+            "bash",
+            "-c",
+            f"tools/build-binaries.sh k8s etcd kwok prometheus && "
+            f"{' '.join(dev)} up --run-dir {run_dir}",
+        ]
         down = [*dev, "down", "--run-dir", str(run_dir)]
 
     t0 = time.monotonic()
@@ -70,14 +75,24 @@ def test_make_cluster_up_is_cached_fast_and_down_leaves_no_process(tmp_path: Pat
         assert took < 60, f"warm cluster-up took {took:.0f}s:\n{out}"
         m = re.search(r"^KUBECONFIG=(\S+)$", out, re.M)
         assert m and Path(m.group(1)) == run_dir / "kubeconfig", out
-        nodes = subprocess.run([str(b.kubectl), f"--kubeconfig={m.group(1)}", "get", "nodes",
-                                "-o", "name"], capture_output=True, text=True, check=True)
+        nodes = subprocess.run(
+            [str(b.kubectl), f"--kubeconfig={m.group(1)}", "get", "nodes", "-o", "name"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert "node/edge-1" in nodes.stdout.split()
         state = State.load(run_dir)
         assert state is not None and all(p.alive() for p in state.procs())
         assert {p.name for p in state.procs()} == {
-            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-            "perllm-scheduler", "kwok", "prometheus"}
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "perllm-scheduler",
+            "kwok",
+            "prometheus",
+        }
     finally:
         r = _run(down, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

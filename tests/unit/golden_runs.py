@@ -27,7 +27,7 @@ RUNS = [
     ("bandwidth-collapse", "perllm", 1, 600.0),
     ("large-fleet", "perllm", 1, 20.0),
     ("paper-llama2-7b", "greedy-deadline", 1, 300.0),
-    ("paper-llama2-7b", "oracle", 1, 300.0),
+    ("paper-llama2-7b", "clairvoyant-greedy", 1, 300.0),
     ("paper-llama2-7b", "fineinfer", 1, 300.0),
     ("paper-llama2-7b", "cloud-only", 1, 300.0),
     ("demo", "perllm", 1, 300.0),

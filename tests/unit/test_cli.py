@@ -22,7 +22,7 @@ def test_simulate_writes_json_and_plots(tmp_path: Path) -> None:
             "-p",
             "perllm",
             "-p",
-            "oracle",
+            "clairvoyant-greedy",
             "-p",
             "cloud-only",
             "--seeds",
@@ -40,7 +40,7 @@ def test_simulate_writes_json_and_plots(tmp_path: Path) -> None:
     assert "Processing-time success rate" in res.output
     report = json.loads(js.read_text())
     pols = report["scenarios"]["paper-llama2-7b"]["policies"]
-    for name in ("perllm", "oracle", "cloud-only"):
+    for name in ("perllm", "clairvoyant-greedy", "cloud-only"):
         m = pols[name]
         for key in (
             "success_rate",
@@ -55,7 +55,14 @@ def test_simulate_writes_json_and_plots(tmp_path: Path) -> None:
         assert "success_rate" in m["per_model"]["llama2-7b"]
         assert m["seeds"] == 2
     ratios = report["scenarios"]["paper-llama2-7b"]["ratios_vs_perllm"]
-    assert set(ratios) == {"oracle", "cloud-only"}
+    assert set(ratios) == {"clairvoyant-greedy", "cloud-only"}
+    # The hindsight bound (on by default): never beaten, with each policy's distance to it.
+    assert "Distance to the hindsight bound" in res.output
+    entry = report["scenarios"]["paper-llama2-7b"]
+    assert entry["bound"]["per_seed"][0]["seed"] == 1 and len(entry["bound"]["per_seed"]) == 2
+    for name in ("perllm", "clairvoyant-greedy", "cloud-only"):
+        d = entry["vs_bound"][name]
+        assert d["success_gap_points"] >= 0 and d["energy_ratio"] >= 1
     for png in ("success_per_model", "energy_breakdown", "regret", "learning_curve"):
         assert (out / f"{png}.png").stat().st_size > 1000
 

@@ -34,7 +34,7 @@ def test_same_seed_same_run() -> None:
         "least-loaded",
         "greedy-deadline",
         "perllm",
-        "oracle",
+        "clairvoyant-greedy",
     ],
 )
 def test_policies_respect_static_constraints(name: str) -> None:

@@ -1,4 +1,8 @@
-"""Hindsight oracle: the per-round limit with full knowledge.
+"""Clairvoyant greedy: a per-round greedy policy with full knowledge of the round.
+
+Formerly called the "hindsight oracle". It is not an optimum: it is myopic across rounds
+(it never holds capacity back for later requests), and under overload CS-UCB beats it.
+The real hindsight bound over the whole run is `perllm.bound` (docs/bound.md).
 
 It sees what no scheduler can: the realised bandwidth of the slot, each request's real
 output length and speed, and the exact state of every server queue. Each round it
@@ -16,13 +20,13 @@ import numpy as np
 from perllm.policies.base import Batch, I, Observation, Policy
 
 
-class Oracle(Policy):
-    name = "oracle"
+class ClairvoyantGreedy(Policy):
+    name = "clairvoyant-greedy"
     hindsight = True
 
     def assign(self, batch: Batch, obs: Observation) -> I:
         world = self.world
-        assert world is not None, "the oracle needs the world"
+        assert world is not None, "clairvoyant greedy needs the world"
         _t, w = self.env.table, self.env.weights
         mask = self.fallback(batch, self.quality_ok(batch))
         out = np.empty(len(batch), np.intp)
@@ -45,4 +49,4 @@ class Oracle(Policy):
         return out
 
 
-POLICIES = [Oracle]
+POLICIES = [ClairvoyantGreedy]

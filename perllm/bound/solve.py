@@ -1,0 +1,215 @@
+"""The two linear programs of the hindsight bound, solved with HiGHS (scipy).
+
+1. max Σ y  (met requests) subject to the demand-bound rows: an upper bound on the
+   number of requests any policy can serve within deadline and quality floor.
+2. min energy subject to Σ y ≥ a target, every request placed (Σ_j x_ij = 1), y ≤ x,
+   and per-server busy time bounded below by its work: a lower bound on the energy of
+   any run that meets at least `target` requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from scipy.optimize import linprog
+
+from perllm.bound.model import DemandRows, Pairs
+
+F = NDArray[np.float64]
+Progress = Callable[[str], None]
+
+# LP answers are exact only to the solver's tolerances: the success bound is raised and
+# the energy bound lowered by this relative margin (and 1e-6 absolute) to stay valid.
+SAFETY = 1e-6
+
+
+class BoundError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class EnergySolution:
+    target_met: float
+    energy_j: float  # total J over the run (lower bound)
+    tran_j: float
+    server_j: F  # per server, inference + idle (lower bound)
+    solve_s: float
+
+
+class HindsightBound:
+    """Both LPs on one world; the energy LP is re-solved per success target."""
+
+    def __init__(self, pairs: Pairs, rows: DemandRows, progress: Progress | None = None) -> None:
+        self.p, self.rows = pairs, rows
+        self._say = progress or (lambda _msg: None)
+        self.fi, self.fj = np.nonzero(pairs.feasible)
+        self.ai, self.aj = np.nonzero(pairs.allowed)
+        if not np.all(np.bincount(self.ai, minlength=pairs.n) > 0):
+            raise BoundError("a request has no server that can run it")
+        self._energy: dict[float, EnergySolution] = {}
+        self.success_solve_s = 0.0
+        self.method = "highs-ipm"  # the energy LP: interior point is ~4x faster here
+        self.met_lp = 0.0  # the success LP's optimum as solved (targets stay below it)
+
+    # -- 1: the most requests that can be met ------------------------------------------
+    def max_met(self) -> float:
+        p, ny = self.p, len(self.fi)
+        if ny == 0:
+            return 0.0
+        one = sp.csr_matrix((np.ones(ny), (self.fi, np.arange(ny))), shape=(p.n, ny))
+        a = sp.vstack([one, self.rows.a], format="csr")
+        b = np.concatenate([np.ones(p.n), self.rows.rhs])
+        self._say(f"success LP: {ny:,} variables, {a.shape[0]:,} rows, {a.nnz:,} non-zeros")
+        t0 = time.perf_counter()
+        res = linprog(-np.ones(ny), A_ub=a, b_ub=b, bounds=(0, 1), method="highs")
+        self.success_solve_s = time.perf_counter() - t0
+        if res.status != 0:
+            raise BoundError(f"success LP failed: {res.message}")
+        self.met_lp = float(-res.fun)
+        return min(float(p.n), self.met_lp * (1 + SAFETY) + 1e-6)
+
+    # -- 2: the least energy at a given number of met requests ---------------------------
+    def min_energy(self, target_met: float) -> EnergySolution:
+        target_met = min(float(target_met), self.met_lp * (1 - SAFETY))
+        key = round(target_met, 6)
+        if key in self._energy:
+            return self._energy[key]
+        p = self.p
+        # With no target, y = 0 is optimal: leave out y and the capacity rows.
+        fi, fj = (self.fi, self.fj) if target_met > 0 else (self.fi[:0], self.fj[:0])
+        ny, nx, m = len(fi), len(self.ai), p.m
+        # variables: y (feasible pairs) | x (allowed pairs) | beta (M) | e (M)
+        oy, ox, ob, oe = 0, ny, ny + nx, ny + nx + m
+        nv = oe + m
+        blocks: list[sp.csr_matrix] = []
+        rhs: list[F] = []
+        eq = sp.csr_matrix((np.ones(nx), (self.ai, ox + np.arange(nx))), shape=(p.n, nv))
+        # y_ij <= x_ij: the x column of each feasible pair
+        xcol = np.full((p.n, m), -1, np.int64)
+        xcol[self.ai, self.aj] = np.arange(nx)
+        yx = sp.csr_matrix(
+            (
+                np.concatenate([np.ones(ny), -np.ones(ny)]),
+                (
+                    np.tile(np.arange(ny), 2),
+                    np.concatenate([oy + np.arange(ny), ox + xcol[fi, fj]]),
+                ),
+            ),
+            shape=(ny, nv),
+        )
+        blocks.append(yx)
+        rhs.append(np.zeros(ny))
+        if self.rows.n_intervals and ny:
+            cap = sp.hstack(
+                [self.rows.a, sp.csr_matrix((self.rows.n_intervals, nv - ny))], format="csr"
+            )
+            blocks.append(cap)
+            rhs.append(self.rows.rhs)
+        # Σ y >= target
+        blocks.append(
+            sp.csr_matrix((-np.ones(ny), (np.zeros(ny), oy + np.arange(ny))), shape=(1, nv))
+        )
+        rhs.append(np.array([-float(target_met)]))
+        blocks.append(self._busy_rows(nv, ox, ob))
+        rhs.append(np.zeros(blocks[-1].shape[0]))
+        e_rows, e_rhs = self._energy_rows(nv, ox, ob, oe)
+        blocks.append(e_rows)
+        rhs.append(e_rhs)
+        a_ub = sp.vstack(blocks, format="csr")
+        c = np.zeros(nv)
+        c[ox : ox + nx] = p.e_tran[self.ai, self.aj]
+        c[oe:] = 1.0
+        bounds = np.zeros((nv, 2))
+        bounds[:, 1] = np.inf
+        bounds[: ox + nx, 1] = 1.0
+        self._say(
+            f"energy LP (≥ {target_met:,.0f} met): {nv:,} variables, {a_ub.shape[0]:,} rows, "
+            f"{a_ub.nnz:,} non-zeros"
+        )
+        t0 = time.perf_counter()
+        res = linprog(
+            c,
+            A_ub=a_ub,
+            b_ub=np.concatenate(rhs),
+            A_eq=eq,
+            b_eq=np.ones(p.n),
+            bounds=bounds,
+            method=self.method,
+        )
+        dt = time.perf_counter() - t0
+        if res.status != 0:
+            raise BoundError(f"energy LP failed: {res.message}")
+        v = res.x
+        tran = float(c[ox : ox + nx] @ v[ox : ox + nx])
+        total = float(res.fun)
+        total = total * (1 - SAFETY) - 1e-6
+        sol = EnergySolution(float(target_met), total, tran, v[oe:].copy(), dt)
+        self._energy[key] = sol
+        return sol
+
+    def _busy_rows(self, nv: int, ox: int, ob: int) -> sp.csr_matrix:
+        """beta_j >= (work of the requests placed on j) / (server j's progress-rate cap),
+        one row per resource: Σ_i w_ij x_ij − cap_j·beta_j <= 0."""
+        p = self.p
+        ai, aj = self.ai, self.aj
+        gpu = p.is_gpu[aj]
+        res = [
+            (p.prefill_s[ai, aj], np.ones(p.m), gpu),
+            (p.decode_s[ai, aj], p.gpu_decode_rate, gpu),
+            (p.prefill_s[ai, aj] + p.decode_s[ai, aj], p.cpu_stream_rate, ~gpu),
+            (p.compute_s[ai, aj], p.cpu_compute_rate, ~gpu),
+        ]
+        rows, cols, vals = [], [], []
+        for r, (w, cap, applies) in enumerate(res):
+            sel = applies & (w > 0)
+            rows.append(r * p.m + aj[sel])
+            cols.append(ox + np.flatnonzero(sel))
+            vals.append(w[sel])
+            servers = np.unique(aj[sel])
+            rows.append(r * p.m + servers)
+            cols.append(ob + servers)
+            vals.append(-cap[servers])
+        return sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(len(res) * p.m, nv),
+        )
+
+    def _energy_rows(self, nv: int, ox: int, ob: int, oe: int) -> tuple[sp.csr_matrix, F]:
+        """e_j >= server j's inference + idle energy at busy time >= beta_j.
+
+        The world charges P_busy·busy + (P_prefill − P_busy)·prefill + P_idle·(H − busy)
+        with the horizon H >= max(duration, busy) and the GPU prefill total exact."""
+        p = self.p
+        ai, aj = self.ai, self.aj
+        rows: list[NDArray[np.int64]] = []
+        cols: list[NDArray[np.int64]] = []
+        vals: list[F] = []
+        rhs: list[float] = []
+        for j in range(p.m):
+            mine = np.flatnonzero(aj == j)
+            pre = (p.p_prefill[j] - p.p_busy[j]) * p.prefill_s[ai[mine], j] if p.is_gpu[j] else None
+            pieces: list[tuple[float, float]] = [(p.p_busy[j], 0.0)]  # (slope on beta, const)
+            if p.p_busy[j] >= p.p_idle[j]:
+                pieces.append((p.p_busy[j] - p.p_idle[j], p.p_idle[j] * p.duration_s))
+            else:  # busy <= H: the energy is at least P_busy·H >= P_busy·duration
+                pieces.append((0.0, p.p_busy[j] * p.duration_s))
+            for slope, const in pieces:
+                r = len(rhs)
+                if pre is not None:
+                    rows.append(np.full(len(mine), r))
+                    cols.append(ox + mine)
+                    vals.append(pre)
+                rows.append(np.array([r, r]))
+                cols.append(np.array([ob + j, oe + j]))
+                vals.append(np.array([slope, -1.0]))
+                rhs.append(-const)
+        a = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(len(rhs), nv),
+        )
+        return a, np.array(rhs)

@@ -1,0 +1,114 @@
+"""The hindsight bound (perllm/bound/): exact on hand-made cases, and never beaten by any
+policy (success at most the bound's, energy at least the bound's at the policy's success)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from perllm import policies
+from perllm.bound import HindsightBound, Pairs, build_pairs, compute_bound, demand_rows
+from perllm.scenario import Scenario, load_scenario
+from perllm.world.sim import World, simulate
+
+
+def _gpu_pairs(n: int, arrival: list[float], deadline: list[float], prefill: float) -> Pairs:
+    """One GPU server, requests that need only a serialised prefill (no link, no decode)."""
+    z = np.zeros((n, 1))
+    return Pairs(
+        n=n,
+        m=1,
+        duration_s=10.0,
+        arrival=np.array(arrival),
+        deadline=np.array(deadline),
+        allowed=np.ones((n, 1), bool),
+        feasible=np.ones((n, 1), bool),
+        time_alone=z + prefill,
+        e_tran=z + 2.0,
+        upload_s=z,
+        prefill_s=z + prefill,
+        decode_s=z,
+        compute_s=z,
+        is_gpu=np.array([True]),
+        p_idle=np.array([100.0]),
+        p_busy=np.array([300.0]),
+        p_prefill=np.array([400.0]),
+        gpu_decode_rate=np.array([8.0]),
+        cpu_stream_rate=np.zeros(1),
+        cpu_compute_rate=np.zeros(1),
+    )
+
+
+def test_exact_on_serialised_prefills() -> None:
+    # Three requests at t=0 with 1 s deadlines, each needing 0.5 s of serialised prefill:
+    # exactly two can be met. Energy: 3 × 2 J transmission, prefill 1.5 s at 400 W and
+    # idle 8.5 s at 100 W: 606 J, what the world charges for the three run back to back.
+    p = _gpu_pairs(3, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], 0.5)
+    hb = HindsightBound(p, demand_rows(p, 1.0))
+    assert hb.max_met() == pytest.approx(2.0, abs=1e-5)
+    assert hb.min_energy(2.0).energy_j == pytest.approx(6.0 + 400 * 1.5 + 100 * 8.5, rel=1e-5)
+    assert hb.min_energy(0.0).energy_j == pytest.approx(6.0 + 400 * 1.5 + 100 * 8.5, rel=1e-5)
+
+
+def test_exact_when_windows_do_not_overlap() -> None:
+    # Windows [0, 1], [2, 3], [4, 5]: the server is free for each, all three can be met.
+    p = _gpu_pairs(3, [0.0, 2.0, 4.0], [1.0, 1.0, 1.0], 0.9)
+    hb = HindsightBound(p, demand_rows(p, 1.0))
+    assert hb.max_met() == pytest.approx(3.0, abs=1e-5)
+
+
+def test_isolated_time_is_the_worlds() -> None:
+    sc = load_scenario("paper-llama2-7b").model_copy(update={"duration_s": 30.0})
+    world = World(sc, 5)
+    p = build_pairs(world)
+    rng = np.random.default_rng(0)
+    slots = np.minimum((world.req.arrival // sc.slot_s).astype(int), world.n_slots - 1)
+    for i in rng.choice(p.n, 20, replace=False):
+        for j in np.flatnonzero(p.allowed[i]):
+            d, _, et = world.execute(int(i), int(j), int(slots[i]), commit=False)
+            assert p.time_alone[i, j] == pytest.approx(d, rel=1e-9)
+            assert p.e_tran[i, j] == pytest.approx(et, rel=1e-12)
+
+
+def _overloaded(duration: float) -> Scenario:
+    sc = load_scenario("paper-llama3-8b")
+    arrivals = sc.workload.arrivals.model_copy(update={"rate_rps": 9.0})
+    wl = sc.workload.model_copy(update={"arrivals": arrivals})
+    return sc.model_copy(update={"duration_s": duration, "workload": wl, "name": "overload"})
+
+
+SCENARIOS = {
+    "paper-llama2-7b": lambda: load_scenario("paper-llama2-7b").model_copy(
+        update={"duration_s": 240.0}
+    ),
+    "bandwidth-collapse": lambda: load_scenario("bandwidth-collapse").model_copy(
+        update={"duration_s": 240.0}
+    ),
+    "overload": lambda: _overloaded(150.0),
+}
+POLICIES = ["perllm", "clairvoyant-greedy", "cloud-only", "greedy-deadline", "least-loaded"]
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_no_policy_beats_the_bound(name: str) -> None:
+    sc = SCENARIOS[name]()
+    t0 = time.perf_counter()
+    b = compute_bound(sc, 1)
+    print(f"{name}: bound solved in {time.perf_counter() - t0:.2f} s")  # reported, not asserted
+    n = b.n_requests
+    for p in [*POLICIES, "edge-only"]:
+        r = simulate(sc, policies.make(p), 1)
+        assert len(r.met) == n
+        met = int(r.met.sum())
+        energy = sum(r.energy_breakdown_j.values())
+        assert met <= b.met_ub, (p, met, b.met_ub)
+        assert energy >= b.energy_lb_at(met), (p, energy, b.energy_lb_at(met))
+        d = b.distance(met, energy)
+        assert d["success_gap_points"] >= 0 and d["energy_ratio"] >= 1
+        print(
+            f"  {p}: {100 * met / n:.2f} % vs ≤ {100 * b.success_ub:.2f} %, "
+            f"ratio {d['energy_ratio']:.3f}"
+        )
+    assert b.energy_lb_floor_j <= b.energy_lb_j + 1e-6
