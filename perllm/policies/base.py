@@ -1,4 +1,4 @@
-"""The one interface every placement policy implements (CS-UCB, baselines, oracle)."""
+"""The one interface every placement policy implements (CS-UCB, baselines, clairvoyant greedy)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class Policy(ABC):
     """A placement policy: assigns each request of a round to a server index."""
 
     name: ClassVar[str]
-    #: Needs the world's hidden state (only the hindsight oracle).
+    #: Needs the world's hidden state (only the clairvoyant greedy policy).
     hindsight: ClassVar[bool] = False
 
     def reset(self, env: Env, world: World | None = None) -> None:
