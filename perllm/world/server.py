@@ -150,7 +150,7 @@ class ServerState:
         return running, waiting, kv
 
     def snapshot(self) -> ServerState:
-        """A copy to roll back dry runs (the clairvoyant greedy policy places a round on scratch)."""
+        """A copy to roll back dry runs (clairvoyant greedy places a round on scratch)."""
         return replace(self, active=list(self.active), inflight=list(self.inflight))
 
     def restore(self, snap: ServerState) -> None:
