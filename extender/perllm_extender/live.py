@@ -126,18 +126,9 @@ class Live:
         return self.telemetry.staleness_s()
 
     def _record(self, ev: DecisionEvent) -> None:
-        d = ev.decision
-        if d.chosen is None or not d.explanation:
-            return
-        predicted = {
-            c["node"]: (float(c["predicted_time_s"]), float(c["predicted_energy_j"]))
-            for c in d.explanation.get("candidates", [])
-        }
-        self.learner.record(
-            Placement(
-                ev.key, ev.uid, ev.namespace, ev.skey, ev.spec, ev.servers, d.chosen, predicted
-            )
-        )
+        p = Placement.of(ev)
+        if p is not None:
+            self.learner.record(p)
 
     def start(self) -> None:
         if self.started:
