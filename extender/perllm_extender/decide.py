@@ -21,7 +21,7 @@ import numpy as np
 from perllm.contract import Server, ServiceSpec
 from perllm.csucb import CSUCB
 from perllm.profiles import Catalogue
-from perllm_extender.bandits import ArmStore, BanditCache, service_key, split_key
+from perllm_extender.bandits import GRACE_S, ArmStore, BanditCache, service_key, split_key
 from perllm_extender.candidates import CandidateSets, Prepared
 from perllm_extender.decision import (
     DecisionEvent,
@@ -58,7 +58,12 @@ class Scheduler:
         reuse_s: float = 30.0,
         node_source: Callable[[str], Obj | None] | None = None,
         telemetry: Telemetry | None = None,
+        state_grace_s: float = GRACE_S,
+        lookup_budget_s: float = 0.5,
     ) -> None:
+        """`state_grace_s`: how long a deleted LLMService's learned state is kept after its
+        last use; `lookup_budget_s`: the most a names-only request waits for API reads of
+        nodes the cache does not know (below kube-scheduler's extender httpTimeout)."""
         self.catalogue = catalogue
         self.default_model = default_model
         self.services = ServiceRegistry()
@@ -68,6 +73,9 @@ class Scheduler:
         self._lock = threading.RLock()  # decisions, updates, state exports
         self.bandits = BanditCache(catalogue, self._lock, max_bandits)
         self.bandits.arms.live = self.service_live  # deleted services' state expires
+        self.bandits.arms.grace_s = state_grace_s
+        if self.sets.lookup is not None:
+            self.sets.lookup.budget_s = lookup_budget_s
         self.telemetry = telemetry
         self.listeners: list[Callable[[DecisionEvent], None]] = []
         self.log: deque[dict[str, Any]] = deque(maxlen=log_size)
@@ -92,6 +100,11 @@ class Scheduler:
     ) -> tuple[list[str], dict[str, Obj | None]]:
         """Candidate names in request order and their Node objects (None: not cached)."""
         return self.sets.candidates(node_objs, names, lookup)
+
+    def needs_lookup(self, names: list[str] | None) -> bool:
+        """A names-only request names nodes to read from the API first: decide it off the
+        event loop (it may wait up to the lookup budget)."""
+        return self.sets.needs_lookup(names)
 
     def bandit(self, spec: ServiceSpec, servers: list[Server], skey: str | None = None) -> CSUCB:
         """The CSUCB of (service, node set), learning into the service's statistics."""

@@ -75,7 +75,9 @@ class Live:
                 sched.arms,
                 interval_s=cfg.state_interval_s,
                 on_save=lambda ok: metrics.state_saves.labels("ok" if ok else "error").inc(),
+                on_size=self._state_size,
             )
+        metrics.learned_services.set_function(lambda: len(sched.arms))
 
         self.informers: list[Informer] = []
         if client is not None and cfg.informers:
@@ -121,6 +123,10 @@ class Live:
         sched.listeners.append(pub.submit)
         sched.pods.on_change = pub.nodes_changed
         return pub
+
+    def _state_size(self, size: int, left_out: int) -> None:
+        self.metrics.state_bytes.set(size)
+        self.metrics.state_left_out.set(left_out)
 
     def _staleness(self) -> float:
         return self.telemetry.staleness_s()
@@ -174,6 +180,8 @@ class Live:
                 reasons.append(f"{inf.name} informer: {inf.last_error}")
         if self.keeper is not None and self.keeper.last_error:
             reasons.append(f"learned state: {self.keeper.last_error}")
+        if self.keeper is not None and self.keeper.size_warning:
+            reasons.append(self.keeper.size_warning)
         stale = self.telemetry.staleness_s()
         return {
             "status": "ready",

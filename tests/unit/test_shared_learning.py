@@ -58,14 +58,13 @@ class Simulator:
     def feedback(self, i: int, node: str, t: float, energy: float, l_out: float) -> None:
         dl = SVC.requirements.deadline
         one = np.ones(1)
-        self.policy.feedback(
-            Feedback(
-                np.array([i], np.intp), np.zeros(1, np.intp),
-                np.array([self.table.server_names.index(node)], np.intp), one * t,
-                one * (dl.seconds + dl.per_output_token_s * l_out), one * np.nan, one * energy,
-                one * SVC.traffic.prompt_tokens, one * l_out,
-            )  # fmt: skip
-        )
+        fb = Feedback(
+            np.array([i], np.intp), np.zeros(1, np.intp),
+            np.array([self.table.server_names.index(node)], np.intp), one * t,
+            one * (dl.seconds + dl.per_output_token_s * l_out), one * np.nan, one * energy,
+            one * SVC.traffic.prompt_tokens, one * l_out,
+        )  # fmt: skip
+        self.policy.feedback(fb)
 
 
 class Extender:
