@@ -101,6 +101,11 @@ class Scheduler:
         """Candidate names in request order and their Node objects (None: not cached)."""
         return self.sets.candidates(node_objs, names, lookup)
 
+    def close(self) -> None:
+        """Drop queued node lookups (at shutdown: exit does not wait for them)."""
+        if self.sets.lookup is not None:
+            self.sets.lookup.close()
+
     def needs_lookup(self, names: list[str] | None) -> bool:
         """A names-only request names nodes to read from the API first: decide it off the
         event loop (it may wait up to the lookup budget)."""

@@ -163,6 +163,7 @@ class Live:
             self.publisher.stop()
         if self.keeper is not None:
             self.keeper.stop()  # saves once more
+        self.scheduler.close()
 
     def readiness(self) -> dict[str, Any]:
         """Always ready once started (decisions continue on priors); says what degrades."""

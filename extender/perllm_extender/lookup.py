@@ -50,12 +50,16 @@ class NodeLookup:
         self.budget_s, self.negative_ttl_s = budget_s, negative_ttl_s
         self.max_negative, self.max_pending = max_negative, max_pending
         self.clock = clock
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="perllm-node-lookup")
+        self.workers = workers
+        self._pool = self._new_pool()
         self._pending: dict[str, Future[Obj | None]] = {}
         self._missing: OrderedDict[str, float] = OrderedDict()  # name -> when found missing
         self._lock = threading.Lock()
         self.reads = 0  # source calls made
         self.results: dict[str, int] = {}  # found | missing | timeout | busy | negative-cache
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.workers, thread_name_prefix="perllm-node-lookup")
 
     def _count(self, what: str, n: int = 1) -> None:
         if n:
@@ -126,4 +130,8 @@ class NodeLookup:
         return out
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Cancel the queued reads (a fresh pool serves any later request)."""
+        with self._lock:
+            pool, self._pool = self._pool, self._new_pool()
+            self._pending.clear()
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -245,3 +245,17 @@ def test_5000_unknown_names_answer_within_the_budget_and_healthz_stays_up() -> N
     assert took < 0.5 + 1.0, took
     assert max(health) < 0.2, health
     assert src.calls < 5000  # not every read was made before the answer
+
+
+def test_close_cancels_queued_lookups_and_lookups_still_work_after() -> None:
+    src = SlowSource(0.01)
+    sched = Scheduler(CAT, node_source=src, lookup_budget_s=0.0)
+    lk = sched.sets.lookup
+    assert lk is not None
+    got = lk.resolve([f"g{i}" for i in range(400)])
+    assert set(got.values()) == {TIMED_OUT}
+    sched.close()
+    time.sleep(0.1)
+    assert src.calls < 100  # the queued reads were cancelled
+    lk.budget_s = 1.0
+    assert lk.resolve(["late"]) == {"late": MISSING}
