@@ -10,10 +10,11 @@ from typing import Any
 
 from perllm.contract import Server
 from perllm.profiles import Catalogue
+from perllm_extender.lookup import BUSY, MISSING, TIMED_OUT, UNKNOWN, NodeLookup
 from perllm_extender.nodes import NodeCache, node_name
 
 Obj = dict[str, Any]
-UNKNOWN = "node unknown to the PerLLM extender (not in its node cache)"
+_UNRESOLVED = frozenset({UNKNOWN, MISSING, TIMED_OUT, BUSY})  # a set with these is not cached
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,10 @@ class CandidateSets:
         max_sets: int = 64,
     ) -> None:
         self.nodes, self.catalogue = nodes, catalogue
-        # on a node-cache miss (nodeCacheCapable requests carry names only): fetch the Node
+        # on a node-cache miss (nodeCacheCapable requests carry names only): fetch the Node,
+        # in a thread pool within a per-request budget (lookup.py)
         self.node_source = node_source
+        self.lookup = None if node_source is None else NodeLookup(node_source, nodes.upsert)
         self._sets: OrderedDict[tuple[str, ...], Prepared] = OrderedDict()
         self._max_sets = max_sets
 
@@ -56,15 +59,25 @@ class CandidateSets:
                     self.nodes.upsert(o)
             return list(objs), objs
         order = list(dict.fromkeys(names or []))
-        return order, {n: self._lookup(n) if lookup else None for n in order}
+        got = self._objects(order, lookup)
+        return order, {n: o if isinstance(o, dict) else None for n, o in got.items()}
 
-    def _lookup(self, name: str) -> Obj | None:
-        obj = self.nodes.get(name)
-        if obj is None and self.node_source is not None:
-            obj = self.node_source(name)
-            if obj is not None:
-                self.nodes.upsert(obj)
-        return obj
+    def _objects(self, order: list[str], lookup: bool = True) -> dict[str, Obj | str]:
+        """Node object per name, or why there is none (lookups only with `lookup`)."""
+        out: dict[str, Obj | str] = {n: o or UNKNOWN for n, o in self.nodes.get_many(order)}
+        if lookup and self.lookup is not None:
+            miss = [n for n, o in out.items() if isinstance(o, str)]
+            if miss:
+                out.update(self.lookup.resolve(miss))
+        return out
+
+    def needs_lookup(self, names: list[str] | None) -> bool:
+        """A names-only request naming nodes to read from the source (a read in flight, or
+        one not made yet): its decision may wait up to the lookup budget."""
+        if self.lookup is None or not names:
+            return False
+        lk = self.lookup
+        return any(not lk.known_missing(n) for n in self.nodes.missing(names))
 
     def prepare(
         self, node_objs: list[Obj] | None, names: list[str] | None
@@ -86,17 +99,17 @@ class CandidateSets:
         if hit is not None and hit.gen == gen:
             self._sets.move_to_end(canon)
             return order, hit
-        _, objs = self.candidates(None, order)
+        objs = self._objects(order)
         models: dict[str, Server | str] = {}  # a reason for the nodes that fail
         keys: dict[str, str] = {}
         for n in order:
             o = objs[n]
-            if o is None:
-                models[n] = UNKNOWN
+            if isinstance(o, str):
+                models[n] = o
             else:
                 models[n], keys[n] = self.nodes.model(n, o, self.catalogue)
         prep = _prepared(gen, models, keys)
-        if UNKNOWN not in prep.failed.values():  # unknown nodes: look them up next time
+        if _UNRESOLVED.isdisjoint(prep.failed.values()):  # unknown nodes: look up next time
             self._sets[canon] = prep
             while len(self._sets) > self._max_sets:
                 self._sets.popitem(last=False)

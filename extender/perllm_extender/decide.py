@@ -21,7 +21,7 @@ import numpy as np
 from perllm.contract import Server, ServiceSpec
 from perllm.csucb import CSUCB
 from perllm.profiles import Catalogue
-from perllm_extender.bandits import ArmStore, BanditCache, service_key
+from perllm_extender.bandits import GRACE_S, ArmStore, BanditCache, service_key, split_key
 from perllm_extender.candidates import CandidateSets, Prepared
 from perllm_extender.decision import (
     DecisionEvent,
@@ -58,7 +58,12 @@ class Scheduler:
         reuse_s: float = 30.0,
         node_source: Callable[[str], Obj | None] | None = None,
         telemetry: Telemetry | None = None,
+        state_grace_s: float = GRACE_S,
+        lookup_budget_s: float = 0.5,
     ) -> None:
+        """`state_grace_s`: how long a deleted LLMService's learned state is kept after its
+        last use; `lookup_budget_s`: the most a names-only request waits for API reads of
+        nodes the cache does not know (below kube-scheduler's extender httpTimeout)."""
         self.catalogue = catalogue
         self.default_model = default_model
         self.services = ServiceRegistry()
@@ -67,6 +72,10 @@ class Scheduler:
         self.sets = CandidateSets(self.nodes, catalogue, node_source)
         self._lock = threading.RLock()  # decisions, updates, state exports
         self.bandits = BanditCache(catalogue, self._lock, max_bandits)
+        self.bandits.arms.live = self.service_live  # deleted services' state expires
+        self.bandits.arms.grace_s = state_grace_s
+        if self.sets.lookup is not None:
+            self.sets.lookup.budget_s = lookup_budget_s
         self.telemetry = telemetry
         self.listeners: list[Callable[[DecisionEvent], None]] = []
         self.log: deque[dict[str, Any]] = deque(maxlen=log_size)
@@ -80,14 +89,30 @@ class Scheduler:
         """What every service has learned (persisted by `state.StateKeeper`)."""
         return self.bandits.arms
 
+    def service_live(self, skey: str) -> bool:
+        """An LLMService of this service key is registered (same model)."""
+        ns, name, model = split_key(skey)
+        spec = self.services.get(name, ns)
+        return spec is not None and spec.model == model
+
     def candidates(
         self, node_objs: list[Obj] | None, names: list[str] | None, lookup: bool = True
     ) -> tuple[list[str], dict[str, Obj | None]]:
         """Candidate names in request order and their Node objects (None: not cached)."""
         return self.sets.candidates(node_objs, names, lookup)
 
+    def close(self) -> None:
+        """Drop queued node lookups (at shutdown: exit does not wait for them)."""
+        if self.sets.lookup is not None:
+            self.sets.lookup.close()
+
+    def needs_lookup(self, names: list[str] | None) -> bool:
+        """A names-only request names nodes to read from the API first: decide it off the
+        event loop (it may wait up to the lookup budget)."""
+        return self.sets.needs_lookup(names)
+
     def bandit(self, spec: ServiceSpec, servers: list[Server], skey: str | None = None) -> CSUCB:
-        """The CSUCB of (service, node set), synced with what the service has learned."""
+        """The CSUCB of (service, node set), learning into the service's statistics."""
         return self.bandits.get(spec, servers, skey)
 
     def apply(self, observations: Sequence[LatencyObservation]) -> int:
@@ -176,23 +201,23 @@ class Scheduler:
         if not servers:
             return PodDecision(key, spec.name, order, [], failed, scores, feasible=False)
         tr = spec.traffic
-        with self.bandits.use(spec, servers, skey, prep.keys) as b:
-            if self.telemetry is None:
-                m = len(servers)
-                running, waiting, bw = np.zeros(m), np.zeros(m), b.t.link_mbps.copy()
-            else:
-                running, waiting, bw = self.telemetry.inputs(servers, b.t.link_mbps)
-            dec = b.decide(
-                np.zeros(1, np.intp),
-                np.array([tr.prompt_tokens]),
-                np.array([tr.output_tokens]),
-                np.array([tr.payload_bytes]),
-                np.array([spec.requirements.min_quality]),
-                running,
-                waiting,
-                bw,
-                explain=True,
-            )
+        b = self.bandits.get(spec, servers, skey, prep.keys)  # called under self._lock
+        if self.telemetry is None:
+            m = len(servers)
+            running, waiting, bw = np.zeros(m), np.zeros(m), b.t.link_mbps.copy()
+        else:
+            running, waiting, bw = self.telemetry.inputs(servers, b.t.link_mbps)
+        dec = b.decide(
+            np.zeros(1, np.intp),
+            np.array([tr.prompt_tokens]),
+            np.array([tr.output_tokens]),
+            np.array([tr.payload_bytes]),
+            np.array([spec.requirements.min_quality]),
+            running,
+            waiting,
+            bw,
+            explain=True,
+        )
         assert dec.explanations is not None
         expl = dec.explanations[0]
         passed_set = {c.node for c in expl.candidates if c.feasible}

@@ -1,10 +1,13 @@
 """Learning: observed latency and energy of placed pods become CS-UCB updates.
 
-`Learner` remembers every placed pod (service, node, predicted time and energy at decision,
-deadline) and every `interval_s` turns its observed mean latency, output length and energy
-per request into `LatencyObservation`s for `apply` (the scheduler's `CSUCB.update()`). One
-observation per pod per pass, only when the pod served requests in the window; pods that
-are gone are forgotten.
+`Learner` remembers every placed pod (service, node, the decision-time prediction per
+candidate node, deadline) and every `interval_s` turns its observed mean latency, output
+length and energy per request into `LatencyObservation`s for `apply` (the scheduler's
+`CSUCB.update()`). The observed time is compared with the decision-time prediction
+re-evaluated at the observed output length (`realised_prediction`), as the simulator's
+policy does. One observation per pod per pass, only when the pod served requests in the
+window; pods that are gone are forgotten. At most `max_tracked` pods are tracked (each
+with at most `decision.EXPLAIN_LIMIT` candidate predictions), the oldest dropped first.
 """
 
 from __future__ import annotations
@@ -14,18 +17,47 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from perllm.contract import Server, ServiceSpec
+from perllm.csucb import realised_prediction
 from perllm.telemetry import names, queries
 from perllm.telemetry.prom import Answer
 from perllm_extender.periodic import Periodic
 
 if TYPE_CHECKING:
+    from perllm_extender.decision import DecisionEvent
     from perllm_extender.pods import PodIndex
     from perllm_extender.telemetry import QueryClient, Snapshot
 
 log = logging.getLogger("perllm.extender.learning")
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """A candidate's decision-time prediction: time = fixed_s + per_token_s · L_out."""
+
+    time_s: float  # at the expected output length
+    energy_j: float
+    fixed_s: float
+    per_token_s: float
+
+    def at(self, l_out: float) -> float:
+        """The predicted time at the realised output length."""
+        return float(realised_prediction(self.fixed_s, self.per_token_s, l_out))
+
+
+def predictions(explanation: dict[str, Any]) -> dict[str, Predicted]:
+    """Per candidate node of an `Explanation.to_dict()`: its prediction."""
+    return {
+        c["node"]: Predicted(
+            float(c["predicted_time_s"]),
+            float(c["predicted_energy_j"]),
+            float(c["predicted_fixed_s"]),
+            float(c["predicted_per_token_s"]),
+        )
+        for c in explanation.get("candidates", [])
+    }
 
 
 @dataclass
@@ -39,10 +71,21 @@ class Placement:
     spec: ServiceSpec
     servers: tuple[Server, ...]
     node: str  # chosen (the informer's binding wins when it differs)
-    predicted: dict[str, tuple[float, float]]  # node -> (time s, energy J) at decision
+    predicted: dict[str, Predicted]  # per candidate node, at decision
     decided_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
     observations: int = 0
+
+    @classmethod
+    def of(cls, ev: DecisionEvent) -> Placement | None:
+        """The placement a decision made; None when it placed nothing."""
+        d = ev.decision
+        if d.chosen is None or not d.explanation:
+            return None
+        return cls(
+            ev.key, ev.uid, ev.namespace, ev.skey, ev.spec, ev.servers, d.chosen,
+            predictions(d.explanation),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -148,9 +191,10 @@ class Learner:
             idx = next((i for i, s in enumerate(p.servers) if s.name == node), None)
             if idx is None or node not in p.predicted:
                 continue  # bound outside the decision's candidates: no prediction for it
-            pred_t, pred_e = p.predicted[node]
-            tr = p.spec.traffic
-            l_out = tokens.get(p.key) or float(tr.output_tokens)
+            pred = p.predicted[node]
+            pred_e = pred.energy_j
+            l_out = tokens.get(p.key) or float(p.spec.traffic.output_tokens)
+            pred_t = pred.at(l_out)  # the decision's prediction at the realised length
             e, src = energy.get(f"{p.namespace}/{p.spec.name}"), "service"
             if e is None and snap is not None:
                 power = (snap.gpu_power_w if self.is_gpu(p.servers[idx]) else snap.cpu_power_w).get(

@@ -75,7 +75,9 @@ class Live:
                 sched.arms,
                 interval_s=cfg.state_interval_s,
                 on_save=lambda ok: metrics.state_saves.labels("ok" if ok else "error").inc(),
+                on_size=self._state_size,
             )
+        metrics.learned_services.set_function(lambda: len(sched.arms))
 
         self.informers: list[Informer] = []
         if client is not None and cfg.informers:
@@ -122,22 +124,17 @@ class Live:
         sched.pods.on_change = pub.nodes_changed
         return pub
 
+    def _state_size(self, size: int, left_out: int) -> None:
+        self.metrics.state_bytes.set(size)
+        self.metrics.state_left_out.set(left_out)
+
     def _staleness(self) -> float:
         return self.telemetry.staleness_s()
 
     def _record(self, ev: DecisionEvent) -> None:
-        d = ev.decision
-        if d.chosen is None or not d.explanation:
-            return
-        predicted = {
-            c["node"]: (float(c["predicted_time_s"]), float(c["predicted_energy_j"]))
-            for c in d.explanation.get("candidates", [])
-        }
-        self.learner.record(
-            Placement(
-                ev.key, ev.uid, ev.namespace, ev.skey, ev.spec, ev.servers, d.chosen, predicted
-            )
-        )
+        p = Placement.of(ev)
+        if p is not None:
+            self.learner.record(p)
 
     def start(self) -> None:
         if self.started:
@@ -166,6 +163,7 @@ class Live:
             self.publisher.stop()
         if self.keeper is not None:
             self.keeper.stop()  # saves once more
+        self.scheduler.close()
 
     def readiness(self) -> dict[str, Any]:
         """Always ready once started (decisions continue on priors); says what degrades."""
@@ -183,6 +181,8 @@ class Live:
                 reasons.append(f"{inf.name} informer: {inf.last_error}")
         if self.keeper is not None and self.keeper.last_error:
             reasons.append(f"learned state: {self.keeper.last_error}")
+        if self.keeper is not None and self.keeper.size_warning:
+            reasons.append(self.keeper.size_warning)
         stale = self.telemetry.staleness_s()
         return {
             "status": "ready",

@@ -95,3 +95,19 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.state_bytes = Gauge(
+            "perllm_extender_state_bytes",
+            "Size of the last saved learned state (a ConfigMap holds at most 1 MiB; the "
+            "extender keeps it within its budget, 900 KiB by default).",
+            registry=self.registry,
+        )
+        self.state_left_out = Gauge(
+            "perllm_extender_state_services_left_out",
+            "Services left out of the last save to stay within the state budget.",
+            registry=self.registry,
+        )
+        self.learned_services = Gauge(
+            "perllm_extender_learned_services",
+            "Services with learned state in memory (deleted ones expire after a grace period).",
+            registry=self.registry,
+        )

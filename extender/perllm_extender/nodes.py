@@ -7,6 +7,7 @@ reason, instead of failing the request.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -119,10 +120,12 @@ def _facts(obj: Obj) -> tuple[Any, Any]:
 class NodeCache:
     """Node objects by name, for `nodeCacheCapable: true` requests (names only).
 
-    Fed from `Nodes` requests, the node informer and, on a miss, the API lookup.
+    Fed from `Nodes` requests, the node informer and, on a miss, the API lookup. Holds at
+    most `max_nodes` (requests may name anything): the longest cached go first.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_nodes: int = 100_000) -> None:
+        self.max_nodes = max_nodes
         self._nodes: dict[str, Obj] = {}
         self._lock = threading.Lock()
         self.gen = 0  # bumped when a node's modelled facts (labels, annotations) change
@@ -198,9 +201,19 @@ class NodeCache:
                 nodes[name] = o
                 out[name] = srv
                 keys[name] = key
+            self._bound()
             if len(models) > 4 * max(len(nodes), 1024):  # drop departed nodes
                 self._models = {k: v for k, v in models.items() if k in nodes}
         return out, keys
+
+    def _bound(self) -> None:
+        """Under the lock: at most `max_nodes` nodes."""
+        extra = len(self._nodes) - self.max_nodes
+        if extra > 0:
+            for name in list(itertools.islice(self._nodes, extra)):
+                del self._nodes[name]
+                self._models.pop(name, None)
+            self.gen += 1
 
     def upsert(self, obj: Obj) -> None:
         name = node_name(obj)
@@ -210,6 +223,8 @@ class NodeCache:
                 self._nodes[name] = obj
                 if old is None or _facts(old) != _facts(obj):
                     self.gen += 1  # status churn (heartbeats) does not count
+                if old is None:
+                    self._bound()
 
     def remove(self, name: str) -> None:
         with self._lock:
@@ -222,10 +237,23 @@ class NodeCache:
         with self._lock:
             self._nodes = fresh
             self.gen += 1
+            self._bound()
 
     def get(self, name: str) -> Obj | None:
         with self._lock:
             return self._nodes.get(name)
+
+    def get_many(self, names: list[str]) -> list[tuple[str, Obj | None]]:
+        """`(name, get(name))` for each name, under one lock."""
+        with self._lock:
+            nodes = self._nodes
+            return [(n, nodes.get(n)) for n in names]
+
+    def missing(self, names: list[str]) -> list[str]:
+        """The names not cached, under one lock."""
+        with self._lock:
+            nodes = self._nodes
+            return [n for n in names if n not in nodes]
 
     def __len__(self) -> int:
         return len(self._nodes)

@@ -2,11 +2,17 @@
 `state.json`, in the extender's namespace; written every `interval_s` and on shutdown,
 read on start.
 
-`state.json` = `{"version": 1, "savedAt": RFC 3339, "services": {<service key>: <CS-UCB
-export_state()>}}`, service key `namespace/service@model` (see bandits.py): arms inside are
-keyed `<service>|<tier>/<hardware>/<nominal Mbit/s>`, i.e. per node pool, so the state
-survives nodes coming and going. Absent state starts fresh; unreadable state starts fresh
-with a warning (and is overwritten at the next save).
+`state.json` = `{"version": 1, "savedAt": RFC 3339, "services": {<service key>: <the
+service's ArmStats.export_state()>}}`, service key `namespace/service@model` (see
+bandits.py): arms inside are keyed `<service>|<tier>/<hardware>/<nominal Mbit/s>`, i.e. per
+node pool, so the state survives nodes coming and going. Absent state starts fresh;
+unreadable state starts fresh with a warning (and is overwritten at the next save).
+
+Size: a ConfigMap holds at most 1 MiB. Each save first forgets services deleted longer
+than the grace period (`ArmStore.expire`); past `warn_bytes` it warns (log line once per
+crossing, `size_warning` in /readyz, the size metric); past `budget_bytes` it leaves the
+least worth keeping services out of the saved document (expired first, then the least
+recently used) instead of failing the save.
 """
 
 from __future__ import annotations
@@ -99,13 +105,33 @@ class ConfigMapStore:
             self.core.create_namespaced_config_map(self.namespace, body, _request_timeout=5)  # type: ignore[arg-type]
 
 
-def dumps(arms: ArmStore) -> str:
-    doc = {
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def dumps(arms: ArmStore, budget: int | None = None) -> tuple[str, list[str]]:
+    """The state document, and the services left out to keep it within `budget` bytes:
+    services come in `ArmStore.keys()` order (live, then most recently used), so the
+    least worth keeping (expired, oldest) are the ones left out."""
+    head = {
         "version": FILE_VERSION,
         "savedAt": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "services": arms.export(),
+        "services": {},
     }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    size = len(_compact(head).encode())
+    kept: dict[str, str] = {}
+    dropped: list[str] = []
+    for k, st in arms.export().items():
+        part = _compact(st)
+        grow = len(_compact(k).encode()) + 1 + len(part.encode()) + (1 if kept else 0)
+        if budget is not None and size + grow > budget:
+            dropped.append(k)
+            continue
+        kept[k] = part
+        size += grow
+    services = ",".join(f"{_compact(k)}:{kept[k]}" for k in sorted(kept))
+    text = _compact(head).replace('"services":{}', '"services":{' + services + "}", 1)
+    return text, dropped
 
 
 def parse(text: str) -> dict[str, dict[str, Any]]:
@@ -133,8 +159,13 @@ def parse(text: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+BUDGET_BYTES = 900 * 1024  # of the ConfigMap's 1 MiB (metadata and the key take a little)
+WARN_BYTES = 768 * 1024
+
+
 class StateKeeper:
-    """Restores the ArmStore on start, saves it every `interval_s` and on stop."""
+    """Restores the ArmStore on start, saves it every `interval_s` and on stop, within
+    `budget_bytes`."""
 
     def __init__(
         self,
@@ -143,11 +174,19 @@ class StateKeeper:
         *,
         interval_s: float = 60.0,
         on_save: Callable[[bool], None] | None = None,
+        budget_bytes: int = BUDGET_BYTES,
+        warn_bytes: int = WARN_BYTES,
+        on_size: Callable[[int, int], None] | None = None,
     ) -> None:
         self.store, self.arms, self.interval_s = store, arms, interval_s
         self.on_save = on_save or (lambda _ok: None)
+        self.budget_bytes, self.warn_bytes = budget_bytes, warn_bytes
+        self.on_size = on_size or (lambda _bytes, _dropped: None)  # (bytes, services left out)
         self.restored = 0
         self.last_error: str | None = None
+        self.size_bytes = 0  # of the last document saved
+        self.left_out = 0  # services left out of it (budget)
+        self.size_warning: str | None = None
         self._loop = Periodic("perllm-state", self.save, lambda: self.interval_s)
         self._save_lock = threading.Lock()
 
@@ -174,10 +213,32 @@ class StateKeeper:
         log.info("restored the learned state of %d services", len(states))
         return len(states)
 
+    def _sized(self) -> str:
+        """The document to save, within the budget; sets the size signals."""
+        self.arms.expire()
+        text, dropped = dumps(self.arms, self.budget_bytes)
+        size = len(text.encode())
+        warn = None
+        if dropped:
+            warn = (
+                f"learned state over its {self.budget_bytes} B budget: {len(dropped)} "
+                f"services left out of the save (expired and least recently used first)"
+            )
+        elif size > self.warn_bytes:
+            warn = (
+                f"learned state is {size} B, near its {self.budget_bytes} B budget "
+                f"(ConfigMap limit 1 MiB): {len(self.arms)} services"
+            )
+        if warn is not None and (self.size_warning is None or len(dropped) != self.left_out):
+            log.warning("%s", warn)  # once per crossing, and when what is left out changes
+        self.size_warning, self.size_bytes, self.left_out = warn, size, len(dropped)
+        self.on_size(size, len(dropped))
+        return text
+
     def save(self) -> bool:
         with self._save_lock:
             try:
-                self.store.save(dumps(self.arms))
+                self.store.save(self._sized())
             except Exception as e:
                 why = _why(e)
                 if why != self.last_error:  # once per distinct error

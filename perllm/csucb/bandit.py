@@ -248,17 +248,17 @@ class CSUCB:
             choice, lvl_of, seen, blocked, violations = assign_arrays(*assigned)
         unplayed = (st.plays.ravel() == 0)[arm]  # before this round's plays
         st.record_round(arm[np.arange(n), choice].tolist(), n, violations)
+        fixed = view.time - view.decode
+        per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
         expl = None
         if explain:
             q_lo, q_hi = self.output_quantiles()
             x = ExplainContext(
                 t, cls, min_quality, deadline, static, feas, view, pess, mean, bonus[arm],
-                unplayed, score, choice, ok, seen, blocked, q_lo, q_hi,
+                unplayed, score, choice, ok, seen, blocked, q_lo, q_hi, fixed, per_tok,
             )  # fmt: skip
             expl = [explain_request(k, x, st.rounds) for k in range(n)]
         flat = (np.arange(n) * m + choice) * view.levels + lvl_of  # (request, choice, level)
-        fixed = view.time - view.decode
-        per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
         return Decision(
             choice=choice if cols is None else cols[choice],
             feasible=ok,

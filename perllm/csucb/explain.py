@@ -42,6 +42,10 @@ class Candidate:
     score: float | None  # the UCB index; None when infeasible (it could not be chosen on it)
     constraint: Constraint | None = None  # why it was excluded (None when feasible)
     unplayed: bool = False  # its arm was never played: explored before any played arm
+    # predicted_time_s ≈ fixed + per_token · L_out (as `Decision.predicted_fixed` and
+    # `predicted_per_token`): feedback re-evaluates it at the realised output length
+    predicted_fixed_s: float = 0.0
+    predicted_per_token_s: float = 0.0
 
 
 @dataclass
@@ -91,6 +95,8 @@ class ExplainContext:
     blocked: NDArray[np.bool_]  # [N, M] server out of modelled levels this round
     q_lo: F
     q_hi: F
+    fixed: F  # [N, M, levels] the prediction's part independent of the output length
+    per_tok: F  # [N, M, levels] its part per output token
 
 
 def _exclusion(k: int, j: int, lv: int, x: ExplainContext) -> tuple[Constraint | None, str]:
@@ -133,6 +139,8 @@ def explain(k: int, x: ExplainContext, round_no: int) -> Explanation:
                 score=None if constraint is not None else float(x.score[k, j, lv]),
                 constraint=constraint,
                 unplayed=bool(x.unplayed[k, j]),
+                predicted_fixed_s=float(x.fixed[k, j, lv]),
+                predicted_per_token_s=float(x.per_tok[k, j, lv]),
             )
         )
     return Explanation(

@@ -486,8 +486,15 @@ def test_unplayed_flag_and_the_dict_published_in_status() -> None:
     keys = {
         "node", "tier", "feasible", "reason", "predicted_time_s", "pessimistic_time_s",
         "predicted_energy_j", "mean", "bonus", "score", "constraint", "unplayed",
+        "predicted_fixed_s", "predicted_per_token_s",
     }  # fmt: skip
     assert all(set(c) == keys for c in got["candidates"])
+    # the prediction's parts: fixed + per_token · L_out at the expected length is the time
+    for c in (c for c in again if c.feasible):
+        assert c.predicted_per_token_s > 0
+        assert c.predicted_fixed_s + c.predicted_per_token_s * 150 == pytest.approx(
+            c.predicted_time_s, rel=1e-12
+        )
     tight = CSUCB(table(qa_deadline=0.01, qa_per_token=0.0))
     d = decide(tight, [0], explain=True)
     assert d.explanations is not None

@@ -63,12 +63,17 @@ def test_learning_updates_the_arm_of_the_placed_pool() -> None:
     chosen = live.scheduler.log[-1]["chosen"]
     assert chosen in body["NodeNames"]
     expl = live.scheduler.log[-1]["explanation"]
-    pred = next(x["predicted_time_s"] for x in expl["candidates"] if x["node"] == chosen)
+    cand = next(x for x in expl["candidates"] if x["node"] == chosen)
+    pred = cand["predicted_time_s"]  # at the expected 128 output tokens
+    assert cand["predicted_fixed_s"] + 128 * cand["predicted_per_token_s"] == pytest.approx(pred)
     observed(prom, {"a": 3.0 * pred}, energy=42.0, tokens=100.0)
     obs = live.learner.observe()
     assert len(obs) == 1
     o = obs[0]
-    assert o.time_s == pytest.approx(3.0 * pred) and o.predicted_s == pytest.approx(pred)
+    # compared with the decision's prediction at the 100 tokens the pod really produced
+    at_100 = cand["predicted_fixed_s"] + 100 * cand["predicted_per_token_s"]
+    assert o.time_s == pytest.approx(3.0 * pred) and o.predicted_s == pytest.approx(at_100)
+    assert o.predicted_s < pred
     assert o.energy_j == 42.0 and o.energy_source == "service" and o.l_out == 100.0
     assert o.deadline_s == 600.0
     r = c.post("/learn").json()

@@ -151,7 +151,7 @@ def test_configmap_store_creates_then_patches() -> None:
     store.core = core  # type: ignore[assignment]
     assert store.load() is None
     arms = ArmStore()
-    store.save(dumps(arms))
+    store.save(dumps(arms)[0])
     cm = core.cms[("perllm-system", CONFIGMAP)]
     assert KEY in cm["data"] and json.loads(cm["data"][KEY])["services"] == {}
     store.save('{"version": 1, "services": {}, "x": 1}')

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -54,6 +55,16 @@ def _run(
     return d
 
 
+async def _decide(
+    sched: Scheduler, metrics: Metrics, args: ExtenderArgs, verb: str
+) -> PodDecision | JSONResponse:
+    """`_run`, in a worker thread when the request names nodes to read from the API first
+    (bounded by the lookup budget): /healthz and other requests keep being served."""
+    if args.Nodes is None and sched.needs_lookup(args.NodeNames):
+        return await asyncio.to_thread(_run, sched, metrics, args, verb)
+    return _run(sched, metrics, args, verb)
+
+
 _OPENAPI = request_body_openapi()
 
 
@@ -64,7 +75,7 @@ _OPENAPI = request_body_openapi()
 @router.post("/filter", response_model=ExtenderFilterResult, openapi_extra=_OPENAPI)
 async def filter_nodes(sched: SchedulerDep, metrics: MetricsDep, body: BodyDep) -> Response:
     args = parse_args(body)
-    d = _run(sched, metrics, args, "filter")
+    d = await _decide(sched, metrics, args, "filter")
     if isinstance(d, JSONResponse):
         return d
     nodes: dict[str, Any] | None = None
@@ -90,7 +101,7 @@ async def filter_nodes(sched: SchedulerDep, metrics: MetricsDep, body: BodyDep) 
 
 @router.post("/prioritize", response_model=list[HostPriority], openapi_extra=_OPENAPI)
 async def prioritize(sched: SchedulerDep, metrics: MetricsDep, body: BodyDep) -> Response:
-    d = _run(sched, metrics, parse_args(body), "prioritize")
+    d = await _decide(sched, metrics, parse_args(body), "prioritize")
     if isinstance(d, JSONResponse):
         return d
     return reply([{"Host": n, "Score": d.scores.get(n, 0)} for n in d.nodes])
