@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
 
 from perllm.policies.base import Batch, Env, F, I, Observation, Policy
 
@@ -72,7 +73,7 @@ class FineInfer(Policy):
     def assign(self, batch: Batch, obs: Observation) -> I:
         t = self.env.table
         mask = self.fallback(batch, self.quality_ok(batch))
-        at_site = (mask & self.on_site[None, :]).any(axis=1)
+        at_site: NDArray[np.bool_] = np.any(mask & self.on_site[None, :], axis=1)
         out = np.empty(len(batch), np.intp)
         load = (obs.running + obs.waiting).astype(float)
         # Site requests in arrival order, each to the least-loaded site server that can
