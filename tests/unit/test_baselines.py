@@ -48,6 +48,7 @@ def test_numpy_baselines_place_on_allowed_servers(name: str) -> None:
 
 # -- FineInfer ----------------------------------------------------------------------------------
 
+
 class Recording(FineInfer):
     """FineInfer that records, per round, whether it saw the site idle with no group pending."""
 
@@ -56,20 +57,22 @@ class Recording(FineInfer):
         self.rounds: list[tuple[bool, np.ndarray, np.ndarray]] = []
 
     def assign(self, batch: Batch, obs: Observation) -> np.ndarray:
-        j = self.site
-        opens = (obs.now >= self.release and obs.running[j] == 0 and obs.waiting[j] == 0)
+        j = int(self.sites[0])  # the paper testbed's one cloud server
+        opens = obs.now >= self.release[j] and obs.running[j] == 0 and obs.waiting[j] == 0
         out = super().assign(batch, obs)
         self.rounds.append((bool(opens), batch.idx.copy(), batch.arrival.copy()))
         return out
 
 
-def run_recorded(sc: Scenario, monkeypatch: pytest.MonkeyPatch,
-                 seed: int = 1) -> tuple[RunResult, Recording, dict[int, float]]:
+def run_recorded(
+    sc: Scenario, monkeypatch: pytest.MonkeyPatch, seed: int = 1
+) -> tuple[RunResult, Recording, dict[int, float]]:
     start: dict[int, float] = {}
     execute = World.execute
 
-    def spy(self: World, i: int, j: int, slot: int, commit: bool = True,
-            hold: float = 0.0) -> tuple[float, Outcome, float]:
+    def spy(
+        self: World, i: int, j: int, slot: int, commit: bool = True, hold: float = 0.0
+    ) -> tuple[float, Outcome, float]:
         d, out, et = execute(self, i, j, slot, commit, hold)
         if commit:
             start[i] = out.start
@@ -94,8 +97,7 @@ def test_fineinfer_defers_on_an_idle_site(monkeypatch: pytest.MonkeyPatch) -> No
     assert (r.time[opened[0][0]] >= 1.0 - (opened[0][1] - opened[0][1].min())).all()
 
 
-def test_fineinfer_joins_a_running_batch_without_deferral(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fineinfer_joins_a_running_batch_without_deferral(monkeypatch: pytest.MonkeyPatch) -> None:
     sc = short(120.0)  # busy: the cloud is rarely idle
     r, pol, start = run_recorded(sc, monkeypatch)
     cloud = r.server_names.index("cloud")
@@ -119,7 +121,54 @@ def test_fineinfer_site_and_fallback() -> None:
         simulate(sc, FineInfer(site="mars"), seed=1)
 
 
+def gpus(n: int = 3, rate: float = 12.0, duration: float = 120.0) -> Scenario:
+    """The paper testbed with `n` cloud A100s and the load scaled to match."""
+    data = load_scenario("paper-llama2-7b").model_dump(mode="json")
+    data["duration_s"] = duration
+    data["servers"][1]["count"] = n
+    data["workload"]["arrivals"]["rate_rps"] = rate
+    return parse_scenario(data)
+
+
+def test_fineinfer_spreads_over_every_gpu_of_its_tier() -> None:
+    sc = gpus(3)
+    r = simulate(sc, FineInfer(), seed=1)
+    check_valid(r, sc)
+    cloud = [j for j, t in enumerate(r.tiers) if t == "cloud"]
+    assert len(cloud) == 3
+    counts = np.bincount(r.server, minlength=len(r.tiers))
+    assert (counts[cloud] > 0.2 * len(r.server)).all()  # least loaded first: even spread
+    assert counts[cloud].sum() == len(r.server)
+    assert r.met.mean() > 0.95  # one GPU alone collapses at 12 req/s
+    one = simulate(sc, FineInfer(site="cloud-2"), seed=1)  # a server name: that engine only
+    assert (one.server == r.server_names.index("cloud-2")).all()
+    assert one.met.mean() < 0.5
+
+
+def test_fineinfer_defers_per_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a light load every idle GPU opens its own deferred group."""
+    sc = gpus(3, rate=0.5, duration=300.0)
+    start: dict[int, float] = {}
+    execute = World.execute
+
+    def spy(
+        self: World, i: int, j: int, slot: int, commit: bool = True, hold: float = 0.0
+    ) -> tuple[float, Outcome, float]:
+        d, out, et = execute(self, i, j, slot, commit, hold)
+        if commit:
+            start[i] = out.start
+        return d, out, et
+
+    monkeypatch.setattr(World, "execute", spy)
+    r = simulate(sc, FineInfer(), seed=1)
+    cloud = [j for j, t in enumerate(r.tiers) if t == "cloud"]
+    held = np.array([start[i] - r.requests.arrival[i] >= 1.0 - 1e-9 for i in range(len(r.server))])
+    for j in cloud:  # every GPU defers some of its requests by the delay bound
+        assert held[r.server == j].sum() >= 5
+
+
 # -- RewardlessGuidance ---------------------------------------------------------------------------
+
 
 def test_guidance_is_tc_times_inverse_latency_plus_accuracy() -> None:
     lat = np.log(np.array([[0.5, 4.0, 2.0]], np.float32))  # one member, three actions
@@ -130,8 +179,7 @@ def test_guidance_is_tc_times_inverse_latency_plus_accuracy() -> None:
 def test_cem_returns_the_best_joint_plan() -> None:
     rng = np.random.default_rng(0)
     # Two tasks, three servers, two load levels: server 2 is best alone but bad when shared.
-    score = np.array([[[0.1, 0.1], [0.5, 0.5], [2.0, 0.0]],
-                      [[0.1, 0.1], [0.5, 0.5], [2.0, 0.0]]])
+    score = np.array([[[0.1, 0.1], [0.5, 0.5], [2.0, 0.0]], [[0.1, 0.1], [0.5, 0.5], [2.0, 0.0]]])
     support = np.ones((2, 3), bool)
     plan = cem(score, support, RGConfig(), rng)
     assert sorted(plan.tolist()) == [1, 2]
@@ -139,8 +187,9 @@ def test_cem_returns_the_best_joint_plan() -> None:
     assert 2 not in cem(score, support, RGConfig(), rng).tolist()
 
 
-def stub_policy(monkeypatch: pytest.MonkeyPatch, latency: np.ndarray,
-                **cfg: Any) -> tuple[RewardlessGuidance, Batch, Observation]:
+def stub_policy(
+    monkeypatch: pytest.MonkeyPatch, latency: np.ndarray, **cfg: Any
+) -> tuple[RewardlessGuidance, Batch, Observation]:
     sc = short()
     world = World(sc, 1)
     pol = RewardlessGuidance(RGConfig(expl_scale=0.0, **cfg))
@@ -155,11 +204,19 @@ def stub_policy(monkeypatch: pytest.MonkeyPatch, latency: np.ndarray,
     monkeypatch.setattr(pol.model, "predict", predict)
     pol.fitted = True
     z = np.zeros(m)
-    batch = Batch(idx=np.array([0]), arrival=np.array([0.1]), cls=np.array([0]),
-                  l_in=np.array([100.0]), attach=np.array([0.0]), min_quality=np.array([0.0]),
-                  expected_out=np.array([100.0]), expected_deadline=np.array([3.0]))
-    obs = Observation(now=0.0, slot=0, running=z, waiting=z, kv_used=z,
-                      bw_mbps=world.table.link_mbps)
+    batch = Batch(
+        idx=np.array([0]),
+        arrival=np.array([0.1]),
+        cls=np.array([0]),
+        l_in=np.array([100.0]),
+        attach=np.array([0.0]),
+        min_quality=np.array([0.0]),
+        expected_out=np.array([100.0]),
+        expected_deadline=np.array([3.0]),
+    )
+    obs = Observation(
+        now=0.0, slot=0, running=z, waiting=z, kv_used=z, bw_mbps=world.table.link_mbps
+    )
     return pol, batch, obs
 
 
@@ -204,6 +261,7 @@ def test_ensemble_fit_reduces_loss_with_censoring() -> None:
 
 S_DIM = 3 * 6 + 5 + 5  # AGOD's state on the reference testbed: 6 servers, 5 classes
 
+
 def test_agod_policy_is_a_distribution_over_unmasked_actions() -> None:
     jax = pytest.importorskip("jax")
     from perllm.policies.agod import AGODConfig, build, init_state
@@ -214,8 +272,9 @@ def test_agod_policy_is_a_distribution_over_unmasked_actions() -> None:
     s = rng.random((40, 1, S_DIM)).astype(np.float32)
     mask = rng.random((40, 1, 6)) < 0.5
     mask[:, :, 0] = True
-    p = np.stack([np.asarray(fns.act(st.actor, s[k], mask[k], jax.random.PRNGKey(0), k))
-                  for k in range(40)])
+    p = np.stack(
+        [np.asarray(fns.act(st.actor, s[k], mask[k], jax.random.PRNGKey(0), k)) for k in range(40)]
+    )
     assert (p >= 0).all()
     assert np.allclose(p.sum(axis=-1), 1.0, atol=1e-5)
     assert (p[~mask] == 0).all()
@@ -262,8 +321,9 @@ def test_agod_pretraining_uses_other_seeds(monkeypatch: pytest.MonkeyPatch) -> N
     from perllm.policies import agod
 
     seeds: list[int] = []
-    monkeypatch.setattr("perllm.world.sim.simulate",
-                        lambda sc, pol, seed, on_slot=None: seeds.append(seed))
+    monkeypatch.setattr(
+        "perllm.world.sim.simulate", lambda sc, pol, seed, on_slot=None: seeds.append(seed)
+    )
     pol = agod.AGOD(pretrain_episodes=2)
     pol.prepare(short(), 7)
     assert seeds == [7 + agod.TRAIN_SEED_OFFSET, 8 + agod.TRAIN_SEED_OFFSET]
