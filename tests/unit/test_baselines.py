@@ -329,3 +329,46 @@ def test_agod_pretraining_uses_other_seeds(monkeypatch: pytest.MonkeyPatch) -> N
     assert seeds == [7 + agod.TRAIN_SEED_OFFSET, 8 + agod.TRAIN_SEED_OFFSET]
     monkeypatch.setenv(agod.ENV_PRETRAIN, "0")
     assert agod.AGOD().cfg.pretrain_episodes == 0
+
+
+def test_rewardless_scores_large_rounds_in_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round too large to score at once (a big fleet) is scored request group by group,
+    with the same rollout noise: the scores do not depend on the grouping."""
+    from perllm.policies import rewardless
+
+    sc = gpus(3)
+    world = World(sc, 1)
+    pol = RewardlessGuidance()
+    pol.reset(make_env(world, 1))
+    n, m = 7, world.table.n_servers
+    rng = np.random.default_rng(3)
+    batch = Batch(
+        idx=np.arange(n),
+        arrival=np.sort(rng.uniform(0, 1, n)),
+        cls=rng.integers(0, 5, n),
+        l_in=rng.uniform(10, 2000, n),
+        attach=np.zeros(n),
+        min_quality=np.zeros(n),
+        expected_out=rng.uniform(10, 300, n),
+        expected_deadline=rng.uniform(1, 10, n),
+    )
+    z = np.zeros(m)
+    obs = Observation(
+        now=1.0, slot=1, running=z + 2, waiting=z, kv_used=z, bw_mbps=world.table.link_mbps
+    )
+    support = pol.quality_ok(batch)
+    levels = n
+    one = pol._chunks(n, levels)
+    assert len(one) == 1
+    monkeypatch.setattr(rewardless, "SCORE_ROWS", 2 * m * levels)
+    groups = pol._chunks(n, levels)
+    assert [g.stop - g.start for g in groups] == [2, 2, 2, 1]
+    pol.rng = np.random.default_rng(5)
+    a = pol.score_round(batch, obs, levels, support, one)
+    pol.rng = np.random.default_rng(5)
+    b = pol.score_round(batch, obs, levels, support, groups)
+    assert a.shape == (n, m, levels)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # and a whole run with groups places as it must
+    sc_short = gpus(3, duration=30.0)
+    check_valid(simulate(sc_short, RewardlessGuidance(), seed=2), sc_short)
