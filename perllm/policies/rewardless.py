@@ -120,8 +120,10 @@ class Ensemble:
         """Per member, mean and variance of the target for rows `x` [P, d]: [B, P] each."""
         xn = ((x - self.x_mu) / self.x_sd)[None]
         mu, logvar, *_ = self._forward(xn)
-        return ((mu * self.y_sd + self.y_mu).astype(np.float32),
-                (np.exp(logvar) * self.y_sd**2).astype(np.float32))
+        return (
+            (mu * self.y_sd + self.y_mu).astype(np.float32),
+            (np.exp(logvar) * self.y_sd**2).astype(np.float32),
+        )
 
     def loss(self, x: F32, y: F32, cens: NDArray[np.bool_]) -> float:
         """The training loss on raw rows, summed over members (see `_loss`)."""
@@ -176,8 +178,7 @@ class Ensemble:
             p -= (lr_t * m / (np.sqrt(v) + cfg.adam_eps)).astype(np.float32)
 
 
-def _loss(mu: F32, logvar: F32, y: F32,
-          cens: NDArray[np.bool_]) -> tuple[F32, F32, F32]:
+def _loss(mu: F32, logvar: F32, y: F32, cens: NDArray[np.bool_]) -> tuple[F32, F32, F32]:
     """Per-sample loss and its gradients in (mean, log-variance).
 
     Observed: Tschantz's (μ − y)²/σ² + log σ² (twice the Gaussian NLL up to a constant).
@@ -201,8 +202,13 @@ def info_gain(var: F32, samples: F32) -> F32:
     k = 3
     dist = np.abs(samples.T[:, :, None] - samples.T[:, None, :])  # [P, B, B], self incl.
     rho = np.maximum(np.partition(dist, k - 1, axis=-1)[..., k - 1], 1e-15)
-    h_mix = (math.log(b - 1) - float(digamma(k)) + math.log(2.0)  # unit ball volume, d = 1
-             + np.log(rho).sum(axis=-1) / b + 0.5)
+    h_mix = (
+        math.log(b - 1)
+        - float(digamma(k))
+        + math.log(2.0)  # unit ball volume, d = 1
+        + np.log(rho).sum(axis=-1) / b
+        + 0.5
+    )
     h_avg = np.mean(0.5 * np.log(2 * math.pi * math.e * np.maximum(var, 1e-8)), axis=0)
     return np.asarray(h_mix - h_avg, np.float32)
 
@@ -230,7 +236,7 @@ def cem(score: F, support: NDArray[np.bool_], cfg: RGConfig, rng: np.random.Gene
         a = _sample(q, cfg.candidates, rng)  # [J, N]
         lvl = np.zeros_like(a)
         for k in range(1, n):  # earlier tasks of the candidate on the same server
-            lvl[:, k] = (a[:, :k] == a[:, k:k + 1]).sum(axis=1)
+            lvl[:, k] = (a[:, :k] == a[:, k : k + 1]).sum(axis=1)
         ret = flat[base + a * k_lv + np.minimum(lvl, k_lv - 1)].sum(axis=1)
         best = a[np.argpartition(-ret, top - 1)[:top]]
         counts = np.bincount((best + np.arange(n) * m).ravel(), minlength=n * m)
@@ -315,10 +321,11 @@ class RewardlessGuidance(Policy):
         x[..., m + 1] = np.log1p(np.maximum(occ - 1.0, 0.0))  # queue beyond the slots
         x[..., m + 2] = (obs.bw_mbps / self.env.table.link_mbps)[None, :, None]
         x[..., m + 3] = kv_frac[:, :, None]
-        task = np.stack([np.log1p(batch.l_in), np.log1p(batch.expected_out),
-                         np.log1p(batch.attach)], axis=1)
-        x[..., m + 4:m + 7] = task[:, None, None, :]
-        x[..., m + 7:] = np.eye(c)[batch.cls][:, None, None, :]
+        task = np.stack(
+            [np.log1p(batch.l_in), np.log1p(batch.expected_out), np.log1p(batch.attach)], axis=1
+        )
+        x[..., m + 4 : m + 7] = task[:, None, None, :]
+        x[..., m + 7 :] = np.eye(c)[batch.cls][:, None, None, :]
         return x
 
     def assign(self, batch: Batch, obs: Observation) -> I:
@@ -372,9 +379,7 @@ class RewardlessGuidance(Policy):
             out[rows] = self.score(x, _rows(batch, rows), support[rows], zc)
         return out
 
-    def score(
-        self, x: F32, batch: Batch, support: NDArray[np.bool_], z: F32 | None = None
-    ) -> F:
+    def score(self, x: F32, batch: Batch, support: NDArray[np.bool_], z: F32 | None = None) -> F:
         """r1 + r2 per [N, M, K] from one ensemble rollout (noise `z` [B, P], drawn here
         when not given)."""
         shape = x.shape[:-1]
