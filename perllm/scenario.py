@@ -8,7 +8,9 @@ in docs/scenarios.md; validation errors name the field (`servers[0].link.bandwid
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -137,38 +139,6 @@ class Choice(_Strict):
         return self
 
 
-class ServiceClass(_Strict):
-    """A kind of service in the workload mix; becomes one `ServiceSpec` (one LLMService)."""
-
-    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
-    share: Annotated[float, Field(gt=0)] = 1.0
-    model: str
-    variants: list[ModelVariant] | None = None
-    allowed_tiers: list[Tier] = Field(default_factory=lambda: [Tier.EDGE, Tier.CLOUD])
-    input_tokens: Dist
-    output_tokens: Dist
-    attachment_bytes: Dist | None = None
-    deadline: Deadline
-    min_quality: Choice = Choice(values=[0.0])
-
-
-class Arrivals(_Strict):
-    """Arrival process: `poisson`, `gamma` (bursty, coefficient of variation `cv`) or `trace`."""
-
-    kind: Literal["poisson", "gamma", "trace"] = "poisson"
-    rate_rps: Annotated[float, Field(gt=0)] | None = None
-    cv: Annotated[float, Field(gt=0)] = 2.0
-    file: str | None = Field(default=None, description="CSV trace (kind: trace).")
-
-    @model_validator(mode="after")
-    def _need(self) -> Arrivals:
-        if self.kind in ("poisson", "gamma") and self.rate_rps is None:
-            raise ValueError(f"rate_rps: required for kind {self.kind}")
-        if self.kind == "trace" and not self.file:
-            raise ValueError("file: required for kind trace")
-        return self
-
-
 class Window(_Strict):
     """A time window [at_s, until_s) that scales something by `factor`."""
 
@@ -186,6 +156,83 @@ class Window(_Strict):
         return self
 
 
+ArrivalKind = Literal["poisson", "gamma", "trace"]
+
+
+class ClassArrivals(_Strict):
+    """A class's own arrival process; every field left out comes from `workload.arrivals`
+    (kind, cv), the class's share of `workload.arrivals.rate_rps`, or `workload.rate_windows`."""
+
+    kind: ArrivalKind | None = None
+    rate_rps: Annotated[float, Field(gt=0)] | None = None
+    cv: Annotated[float, Field(gt=0)] | None = None
+    file: str | None = Field(default=None, description="CSV of arrival seconds (kind: trace).")
+    rate_windows: list[Window] | None = Field(
+        default=None, description="Rate multipliers over time; None = workload.rate_windows."
+    )
+
+    @model_validator(mode="after")
+    def _fields(self) -> ClassArrivals:
+        if self.file is not None and self.kind != "trace":
+            raise ValueError("kind: a trace file needs kind: trace")
+        if self.kind == "trace":
+            if not self.file:
+                raise ValueError("file: required for kind trace")
+            for k in ("rate_rps", "cv", "rate_windows"):
+                if getattr(self, k) is not None:
+                    raise ValueError(f"{k}: not used by kind trace (the file gives the times)")
+        if self.kind == "poisson" and self.cv is not None:
+            raise ValueError("cv: only for kind gamma")
+        return self
+
+
+@dataclass(frozen=True)
+class Process:
+    """One class's resolved arrival process (`Workload.process`)."""
+
+    kind: ArrivalKind
+    rate_rps: float  # 0 for a trace
+    cv: float
+    file: str | None
+    windows: tuple[Window, ...]
+
+
+class ServiceClass(_Strict):
+    """A kind of service in the workload mix; becomes one `ServiceSpec` (one LLMService)."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    share: Annotated[float, Field(gt=0)] = 1.0
+    model: str
+    variants: list[ModelVariant] | None = None
+    allowed_tiers: list[Tier] = Field(default_factory=lambda: [Tier.EDGE, Tier.CLOUD])
+    input_tokens: Dist
+    output_tokens: Dist
+    attachment_bytes: Dist | None = None
+    deadline: Deadline
+    min_quality: Choice = Choice(values=[0.0])
+    arrivals: ClassArrivals | None = Field(
+        default=None,
+        description="Own arrival process; None = a share of the scenario-wide process.",
+    )
+
+
+class Arrivals(_Strict):
+    """Arrival process: `poisson`, `gamma` (bursty, coefficient of variation `cv`) or `trace`."""
+
+    kind: ArrivalKind = "poisson"
+    rate_rps: Annotated[float, Field(gt=0)] | None = None
+    cv: Annotated[float, Field(gt=0)] = 2.0
+    file: str | None = Field(default=None, description="CSV trace (kind: trace).")
+
+    @model_validator(mode="after")
+    def _need(self) -> Arrivals:
+        if self.kind in ("poisson", "gamma") and self.rate_rps is None:
+            raise ValueError(f"rate_rps: required for kind {self.kind}")
+        if self.kind == "trace" and not self.file:
+            raise ValueError("file: required for kind trace")
+        return self
+
+
 class Workload(_Strict):
     arrivals: Arrivals
     rate_windows: list[Window] = Field(default_factory=list, description="Flash crowds.")
@@ -196,7 +243,51 @@ class Workload(_Strict):
         names = [c.name for c in self.classes]
         if len(names) != len(set(names)):
             raise ValueError("classes: class names must be unique")
+        a = self.arrivals
+        for i, c in enumerate(self.classes):
+            own = c.arrivals
+            if own is None:
+                continue
+            kind = own.kind or a.kind
+            if kind == "trace" and not own.file:
+                raise ValueError(
+                    f"classes[{i}].arrivals.file: required: the class inherits kind trace, "
+                    "and a class replays its own file (or set kind: poisson / gamma)"
+                )
+            if kind != "trace" and own.rate_rps is None and a.rate_rps is None:
+                raise ValueError(
+                    f"classes[{i}].arrivals.rate_rps: required: workload.arrivals has no "
+                    "rate_rps to take the class's share of"
+                )
         return self
+
+    def process(self, k: int) -> Process | None:
+        """The own arrival process of class k, resolved against the scenario-wide settings;
+        None when the class is a share of the scenario-wide process."""
+        own = self.classes[k].arrivals
+        if own is None:
+            return None
+        a = self.arrivals
+        kind = own.kind or a.kind
+        if kind == "trace":
+            return Process("trace", 0.0, a.cv, own.file, ())
+        return Process(
+            kind,
+            own.rate_rps if own.rate_rps is not None else self.share_rate(k),
+            own.cv if own.cv is not None else a.cv,
+            None,
+            tuple(self.rate_windows if own.rate_windows is None else own.rate_windows),
+        )
+
+    def share_rate(self, k: int) -> float:
+        """Class k's share of the scenario-wide rate: rate_rps × share / Σ shares."""
+        total = sum(c.share for c in self.classes)
+        return (self.arrivals.rate_rps or 0.0) * self.classes[k].share / total
+
+    def windows(self, k: int) -> tuple[Window, ...]:
+        """The rate windows that apply to class k."""
+        p = self.process(k)
+        return tuple(self.rate_windows) if p is None else p.windows
 
 
 class Bandwidth(_Strict):
@@ -254,6 +345,19 @@ class Scenario(_Strict):
                     )
         return self
 
+    def declared_rate(self, k: int) -> float:
+        """The mean arrival rate a user would declare for class k (rate windows aside)."""
+        p = self.workload.process(k)
+        if p is None:
+            return self.workload.share_rate(k)
+        if p.kind == "trace":
+            assert p.file is not None
+            try:
+                return _trace_rate(p.file, self.workload.classes[k].name, self.duration_s)
+            except (OSError, ValueError):
+                return 0.0
+        return p.rate_rps
+
     def expanded_servers(self) -> list[tuple[str, Server]]:
         """(node name, server) with `count` expanded: name-1 … name-N."""
         out: list[tuple[str, Server]] = []
@@ -266,10 +370,8 @@ class Scenario(_Strict):
 
     def services(self) -> list[ServiceSpec]:
         """Each workload class as the `ServiceSpec` a user would declare for it."""
-        rate = self.workload.arrivals.rate_rps or 0.0
-        total = sum(c.share for c in self.workload.classes)
         out = []
-        for c in self.workload.classes:
+        for k, c in enumerate(self.workload.classes):
             out.append(
                 ServiceSpec(
                     name=c.name,
@@ -279,7 +381,7 @@ class Scenario(_Strict):
                         deadline=c.deadline, min_quality=min(c.min_quality.values)
                     ),
                     traffic=Traffic(
-                        rate_rps=rate * c.share / total,
+                        rate_rps=self.declared_rate(k),
                         prompt_tokens=max(1.0, _mean(c.input_tokens)),
                         output_tokens=max(1.0, _mean(c.output_tokens)),
                         payload_bytes=_mean(c.attachment_bytes) if c.attachment_bytes else 0.0,
@@ -288,6 +390,14 @@ class Scenario(_Strict):
                 )
             )
         return out
+
+
+def _trace_rate(path: str, cls: str, duration_s: float) -> float:
+    """Mean rate of a class's trace over [0, duration_s) (declared traffic only)."""
+    from perllm.world.workload import read_times
+
+    t = read_times(path, cls)
+    return float(((t >= 0) & (t < duration_s)).sum()) / duration_s
 
 
 def _default_variants() -> list[ModelVariant]:
@@ -318,6 +428,9 @@ def _mean(d: Dist) -> float:
     return min(m, d.max) if d.max else m
 
 
+_SUBFIELD = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -325,6 +438,12 @@ def _format_errors(err: ValidationError) -> str:
         for part in e["loc"]:
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
         msg = e["msg"].removeprefix("Value error, ")
+        # A model-level check names the field below its model: join it to the location
+        # (`workload` + `classes[2].arrivals.file: …` -> `workload.classes[2].arrivals.file: …`).
+        sub = _SUBFIELD.match(msg)
+        if sub:
+            loc = f"{loc}.{sub.group(1)}" if loc else sub.group(1)
+            msg = msg[sub.end() :]
         lines.append(f"{loc or '(top level)'}: {msg}")
     return "\n  ".join(lines)
 
@@ -351,6 +470,17 @@ def parse_scenario(
                     )
                 }
             )
+        classes = list(sc.workload.classes)
+        for i, c in enumerate(classes):
+            f = c.arrivals.file if c.arrivals else None
+            if c.arrivals and f and not Path(f).is_absolute():
+                classes[i] = c.model_copy(
+                    update={"arrivals": c.arrivals.model_copy(update={"file": str(base_dir / f)})}
+                )
+        if classes != list(sc.workload.classes):
+            sc = sc.model_copy(
+                update={"workload": sc.workload.model_copy(update={"classes": classes})}
+            )
         if sc.bandwidth.trace and not Path(sc.bandwidth.trace).is_absolute():
             sc = sc.model_copy(
                 update={
@@ -359,10 +489,16 @@ def parse_scenario(
                     )
                 }
             )
-    for label, path in (
+    files = [
         ("workload.arrivals.file", sc.workload.arrivals.file),
         ("bandwidth.trace", sc.bandwidth.trace),
-    ):
+    ]
+    files += [
+        (f"workload.classes[{i}].arrivals.file", c.arrivals.file)
+        for i, c in enumerate(sc.workload.classes)
+        if c.arrivals is not None
+    ]
+    for label, path in files:
         if path and not Path(path).is_file():
             raise ScenarioError(f"{source}: invalid scenario:\n  {label}: no such file {path}")
     return sc

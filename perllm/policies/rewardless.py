@@ -253,6 +253,28 @@ def _sample(q: F, j: int, rng: np.random.Generator) -> NDArray[np.intp]:
     return np.asarray((u[:, :, None] >= cdf[None]).sum(axis=-1), np.intp)
 
 
+# Model rows and input floats scored at once (the ensemble's activations and the k-NN
+# distances grow with the rows, the inputs with rows × d); larger rounds go in groups.
+SCORE_ROWS = 1 << 17
+FEATURE_FLOATS = 1 << 26
+
+
+def _rows(batch: Batch, rows: slice) -> Batch:
+    """The requests `rows` of a round."""
+    if rows == slice(None):
+        return batch
+    return Batch(
+        idx=batch.idx[rows],
+        arrival=batch.arrival[rows],
+        cls=batch.cls[rows],
+        l_in=batch.l_in[rows],
+        attach=batch.attach[rows],
+        min_quality=batch.min_quality[rows],
+        expected_out=batch.expected_out[rows],
+        expected_deadline=batch.expected_deadline[rows],
+    )
+
+
 class RewardlessGuidance(Policy):
     name = "rewardless-guidance"
 
@@ -281,8 +303,12 @@ class RewardlessGuidance(Policy):
         else:
             self.accuracy = t.quality
 
-    def features(self, batch: Batch, obs: Observation, levels: int) -> F32:
-        """Model inputs [N, M, K, d] for every request × server × within-round load level."""
+    def features(
+        self, batch: Batch, obs: Observation, levels: int, rows: slice = slice(None)
+    ) -> F32:
+        """Model inputs [N, M, K, d] for every request (of `rows`) × server × within-round
+        load level."""
+        batch = _rows(batch, rows)
         n, m, c = len(batch), self.m, self.c
         cap = self.cap[batch.cls][:, :, None]  # [N, M, 1]
         add = np.arange(levels, dtype=float)[None, None, :]
@@ -307,25 +333,59 @@ class RewardlessGuidance(Policy):
         n = len(batch)
         support = self.fallback(batch, self.quality_ok(batch))
         levels = max(1, min(n, MAX_LEVELS))
-        x = self.features(batch, obs, levels)
+        chunks = self._chunks(n, levels)
         if self.fitted:
-            score = self.score(x, batch, support)
+            score = self.score_round(batch, obs, levels, support, chunks)
             choice = cem(score, support, self.cfg, self.rng)
         else:  # seed phase: uniform over the allowed servers
             choice = _sample(support / support.sum(axis=1, keepdims=True), 1, self.rng)[0]
         seen = np.zeros(self.m, np.intp)
-        for k in range(n):  # remember the input each request was decided on
-            j, i, arr = int(choice[k]), int(batch.idx[k]), float(batch.arrival[k])
-            self.pending[i] = (x[k, j, min(seen[j], levels - 1)], arr)
-            heapq.heappush(self.expiry, (arr + float(batch.expected_deadline[k]), i))
-            seen[j] += 1
+        for rows in chunks:  # remember the input each request was decided on
+            x = self.features(batch, obs, levels, rows)
+            for k in range(rows.start, rows.stop):
+                j, i, arr = int(choice[k]), int(batch.idx[k]), float(batch.arrival[k])
+                self.pending[i] = (x[k - rows.start, j, min(seen[j], levels - 1)].copy(), arr)
+                heapq.heappush(self.expiry, (arr + float(batch.expected_deadline[k]), i))
+                seen[j] += 1
         return choice
 
-    def score(self, x: F32, batch: Batch, support: NDArray[np.bool_]) -> F:
-        """r1 + r2 per [N, M, K] from one ensemble rollout."""
+    def _chunks(self, n: int, levels: int) -> list[slice]:
+        """Requests in groups whose model inputs [n_g, M, K, d] stay within `SCORE_ROWS`
+        rows and `FEATURE_FLOATS` floats (one group unless the fleet is large: a
+        1,000-server fleet's inputs for a round would take ~10 GB at once)."""
+        per = self.m * levels  # model rows per request
+        step = max(1, min(SCORE_ROWS // per, FEATURE_FLOATS // (per * self.d)))
+        return [slice(a, min(a + step, n)) for a in range(0, n, step)]
+
+    def score_round(
+        self,
+        batch: Batch,
+        obs: Observation,
+        levels: int,
+        support: NDArray[np.bool_],
+        chunks: list[slice],
+    ) -> F:
+        """r1 + r2 per [N, M, K] from one ensemble rollout, group by group (`_chunks`);
+        the rollout's noise is drawn for the whole round at once, so the groups change
+        nothing but the memory used."""
+        if len(chunks) == 1:
+            return self.score(self.features(batch, obs, levels), batch, support)
+        n, per = len(batch), self.m * levels
+        z = self.rng.standard_normal((self.cfg.ensemble, n * per)).astype(np.float32)
+        out = np.empty((n, self.m, levels))
+        for rows in chunks:
+            x = self.features(batch, obs, levels, rows)
+            zc = z[:, rows.start * per : rows.stop * per]
+            out[rows] = self.score(x, _rows(batch, rows), support[rows], zc)
+        return out
+
+    def score(self, x: F32, batch: Batch, support: NDArray[np.bool_], z: F32 | None = None) -> F:
+        """r1 + r2 per [N, M, K] from one ensemble rollout (noise `z` [B, P], drawn here
+        when not given)."""
         shape = x.shape[:-1]
         mean, var = self.model.predict(x.reshape(-1, self.d))
-        z = self.rng.standard_normal(mean.shape).astype(np.float32)
+        if z is None:
+            z = self.rng.standard_normal(mean.shape).astype(np.float32)
         samples = (mean + np.sqrt(var) * z).astype(np.float32)  # [B, P] sampled log latency
         r1 = info_gain(var, samples).reshape(shape)
         acc = np.where(support, self.accuracy[batch.cls], 0.0)[:, :, None]

@@ -3,8 +3,10 @@
 The world model's workload (`perllm.world.workload`) draws a whole run's requests for
 the scenario's classes up front; the twin draws slot by slot, per service, because the
 services come and go with the cluster. Token and payload distributions, the flash-crowd
-rate schedule and the clipping to the model's context are the world's; a service that no
-scenario class describes gets lognormal distributions around its declared means.
+rate schedule (a class's own `rate_windows`, else the scenario's) and the clipping to the
+model's context are the world's; a service that no scenario class describes gets
+lognormal distributions around its declared means. Arrivals within a slot are Poisson at
+the service's declared rate: a class's gamma burstiness or trace is not replayed here.
 """
 
 from __future__ import annotations
@@ -51,10 +53,15 @@ def slot_requests(
     the scenario's rate schedule repeats every `duration_s`. At most `cap` per service:
     the rest is counted in `dropped` and never drawn (an absurd rate costs nothing)."""
     slot_s = sc.slot_s
-    factor = rate_factor(sc.workload.rate_windows, t0 % sc.duration_s)
+    t_in = t0 % sc.duration_s
+    index = {c.name: k for k, c in enumerate(sc.workload.classes)}
     out: list[Request] = []
     for key in live:
         spec = services[key]
+        # The rate windows of the service's scenario class (its own, or the scenario's).
+        k = index.get(spec.name)
+        windows = sc.workload.rate_windows if k is None else sc.workload.windows(k)
+        factor = rate_factor(windows, t_in)
         n = int(rng.poisson(spec.traffic.rate_rps * factor * slot_s))
         if cap is not None and n > cap:
             if dropped is not None:

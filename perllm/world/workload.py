@@ -66,88 +66,249 @@ def whole_tokens(
     return np.minimum(lin, context - lout), lout
 
 
-def _arrival_times(sc: Scenario, rng: np.random.Generator) -> NDArray[np.float64]:
-    a = sc.workload.arrivals
-    assert a.rate_rps is not None
-    # Draw in "operational time" at rate 1, then warp by the rate schedule (flash crowds).
-    windows = sc.workload.rate_windows
-    edges = sorted({0.0, sc.duration_s, *[w.at_s for w in windows], *[w.until_s for w in windows]})
-    edges = [e for e in edges if e <= sc.duration_s]
+def arrival_times(
+    kind: str,
+    rate_rps: float,
+    cv: float,
+    windows: Sequence[Window],
+    duration_s: float,
+    rng: np.random.Generator,
+) -> NDArray[np.float64]:
+    """Arrival times in [0, duration_s) of a renewal process at `rate_rps` whose rate is
+    scaled by `windows`: exponential gaps (`poisson`) or gamma gaps with coefficient of
+    variation `cv` (`gamma`). Gaps are drawn in "operational time" at rate 1, then the
+    time axis is warped by the rate schedule (flash crowds)."""
+    edges = sorted({0.0, duration_s, *[w.at_s for w in windows], *[w.until_s for w in windows]})
+    edges = [e for e in edges if e <= duration_s]
     rates = []
     for lo, _ in itertools.pairwise(edges):
         # Window bounds are edges: a window covers the whole interval iff it covers `lo`.
-        rates.append(a.rate_rps * rate_factor(windows, lo))
+        rates.append(rate_rps * rate_factor(windows, lo))
     cum = np.concatenate([[0.0], np.cumsum(np.diff(edges) * np.array(rates))])
     expected = cum[-1]
     n_draw = int(expected * 1.2 + 10 * np.sqrt(expected) + 50)
-    if a.kind == "poisson":
-        gaps = rng.exponential(1.0, n_draw)
-    else:  # gamma with shape 1/cv²: mean 1, coefficient of variation cv
-        k = 1.0 / a.cv**2
-        gaps = rng.gamma(k, 1.0 / k, n_draw)
-    op = np.cumsum(gaps)
+    op = np.cumsum(_gaps(kind, cv, n_draw, rng))
+    while op[-1] < expected:  # not enough gaps (a very bursty draw): draw on
+        op = np.concatenate([op, op[-1] + np.cumsum(_gaps(kind, cv, n_draw, rng))])
     op = op[op < expected]
     return np.asarray(np.interp(op, cum, np.asarray(edges, float)), dtype=float)
 
 
-def _trace(
-    sc: Scenario,
-) -> tuple[
+def _gaps(kind: str, cv: float, n: int, rng: np.random.Generator) -> NDArray[np.float64]:
+    """n inter-arrival gaps of mean 1: exponential, or gamma with shape 1/cv² (CV cv)."""
+    if kind == "poisson":
+        return rng.exponential(1.0, n)
+    k = 1.0 / cv**2
+    return rng.gamma(k, 1.0 / k, n)
+
+
+def _arrival_times(sc: Scenario, rng: np.random.Generator) -> NDArray[np.float64]:
+    """The scenario-wide process at its full rate (every class takes a share)."""
+    a = sc.workload.arrivals
+    assert a.rate_rps is not None
+    return arrival_times(a.kind, a.rate_rps, a.cv, sc.workload.rate_windows, sc.duration_s, rng)
+
+
+Columns = tuple[
     NDArray[np.float64], NDArray[np.float64] | None, NDArray[np.float64] | None, list[str] | None
-]:
-    """Read a trace CSV: `time_s[,class][,input_tokens,output_tokens]`, or the Azure format
-    `TIMESTAMP,ContextTokens,GeneratedTokens` (timestamps become seconds from the first)."""
+]
+
+
+def _read_rows(path: str, label: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a CSV; a file whose first row is all numbers has no header and
+    one column of arrival seconds (`time_s`)."""
+    with Path(path).open(newline="") as f:
+        rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    if not rows:
+        raise ScenarioError(f"{label}: {path} has no rows")
+    try:
+        [float(c) for c in rows[0]]
+    except ValueError:
+        header = [c.strip() for c in rows[0]]
+        rows = rows[1:]
+    else:
+        if len(rows[0]) != 1:
+            raise ScenarioError(
+                f"{label}: {path}: a file without a header has one column (arrival seconds)"
+            )
+        header = ["time_s"]
+    if not rows:
+        raise ScenarioError(f"{label}: {path} has no rows")
+    return header, rows
+
+
+def _columns(path: str, label: str) -> Columns:
+    """A trace CSV: `time_s[,class][,input_tokens,output_tokens]` (or one headerless
+    column of seconds), or the Azure format `TIMESTAMP,ContextTokens,GeneratedTokens`
+    (timestamps become seconds from the first)."""
+    header, raw = _read_rows(path, label)
+    rows = [dict(zip(header, r, strict=False)) for r in raw]
+    cols = set(header)
+    try:
+        if "TIMESTAMP" in cols:
+            from datetime import datetime
+
+            ts = [datetime.fromisoformat(r["TIMESTAMP"].strip()[:26]).timestamp() for r in rows]
+            t = np.asarray(ts) - min(ts)
+            return (
+                t,
+                np.array([float(r["ContextTokens"]) for r in rows]),
+                np.array([float(r["GeneratedTokens"]) for r in rows]),
+                None,
+            )
+        if "time_s" not in cols:
+            raise ScenarioError(f"{label}: {path} needs a time_s or TIMESTAMP column")
+        t = np.array([float(r["time_s"]) for r in rows])
+        li = np.array([float(r["input_tokens"]) for r in rows]) if "input_tokens" in cols else None
+        lo = (
+            np.array([float(r["output_tokens"]) for r in rows]) if "output_tokens" in cols else None
+        )
+    except (KeyError, ValueError) as e:
+        raise ScenarioError(f"{label}: {path}: malformed row ({e})") from None
+    classes = [r["class"].strip() for r in rows] if "class" in cols else None
+    return t, li, lo, classes
+
+
+def _trace(sc: Scenario) -> Columns:
     path = sc.workload.arrivals.file
     assert path is not None
-    with Path(path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise ScenarioError(f"workload.arrivals.file: {path} has no rows")
-    cols = set(rows[0])
-    if "TIMESTAMP" in cols:
-        from datetime import datetime
+    return _columns(path, "workload.arrivals.file")
 
-        ts = [datetime.fromisoformat(r["TIMESTAMP"].strip()[:26]).timestamp() for r in rows]
-        t = np.asarray(ts) - min(ts)
-        return (
-            t,
-            np.array([float(r["ContextTokens"]) for r in rows]),
-            np.array([float(r["GeneratedTokens"]) for r in rows]),
-            None,
+
+def read_times(path: str, cls: str | None = None) -> NDArray[np.float64]:
+    """Arrival seconds of a trace file in file order; only the rows of class `cls` when
+    the file has a `class` column."""
+    t, _, _, names = _columns(path, "arrivals.file")
+    if names is not None and cls is not None:
+        t = t[np.array([n == cls for n in names], bool)]
+    return t
+
+
+def _class_trace(sc: Scenario, k: int, path: str) -> Columns:
+    """Class k's own trace: its rows (every row without a `class` column), by time,
+    in [0, duration_s)."""
+    name = sc.workload.classes[k].name
+    t, li, lo, names = _columns(path, f"workload.classes[{k}].arrivals.file")
+    rows = np.arange(len(t))
+    if names is not None:
+        rows = np.flatnonzero(np.array([n == name for n in names], bool))
+    rows = rows[np.argsort(t[rows], kind="stable")]
+    rows = rows[(t[rows] >= 0) & (t[rows] < sc.duration_s)]
+    return (
+        t[rows],
+        li[rows] if li is not None else None,
+        lo[rows] if lo is not None else None,
+        None,
+    )
+
+
+def _nan_if_none(a: NDArray[np.float64] | None, n: int) -> NDArray[np.float64]:
+    return np.full(n, np.nan) if a is None else np.asarray(a, float)
+
+
+Arrivals = tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.float64], NDArray[np.float64]]
+
+
+def _shared_trace(sc: Scenario, shared: list[int], rng: np.random.Generator) -> Arrivals:
+    """The scenario-wide trace, for the classes `shared` that set no arrivals of their
+    own. Rows whose `class` names a class with its own arrivals are skipped; without a
+    `class` column, classes are drawn among `shared` by share."""
+    classes = sc.workload.classes
+    t, tin, tout, names = _trace(sc)
+    order = np.argsort(t, kind="stable")
+    keep = t[order] < sc.duration_s
+    rows = order[keep]
+    if names is not None:
+        index = {c.name: i for i, c in enumerate(classes)}
+        unknown = sorted({n for n in names if n not in index})
+        if unknown:
+            raise ScenarioError(f"workload.arrivals.file: unknown class(es) {unknown}")
+        cls = np.array([index[n] for n in names], np.intp)[rows]
+        mine = np.isin(cls, shared)
+        rows, cls = rows[mine], cls[mine]
+    else:
+        share = np.array([classes[k].share for k in shared], float)
+        pick = rng.choice(len(shared), size=len(rows), p=share / share.sum())
+        cls = np.asarray(shared, np.intp)[pick]
+    return (
+        t[rows],
+        cls,
+        _nan_if_none(tin[rows] if tin is not None else None, len(rows)),
+        _nan_if_none(tout[rows] if tout is not None else None, len(rows)),
+    )
+
+
+def _mixed_arrivals(sc: Scenario, seed: int, rng: np.random.Generator) -> Arrivals:
+    """Arrivals when some classes set their own process: the scenario-wide process for
+    the other classes (at their share of the rate, split among them by share), and one
+    independent process per class that sets its own (its own random stream), merged by
+    time. Token columns are NaN where no trace gives them."""
+    wl = sc.workload
+    procs = [wl.process(k) for k in range(len(wl.classes))]
+    shared = [k for k, p in enumerate(procs) if p is None]
+    parts: list[Arrivals] = []
+    if shared and wl.arrivals.kind == "trace":
+        parts.append(_shared_trace(sc, shared, rng))
+    elif shared:
+        a = wl.arrivals
+        assert a.rate_rps is not None
+        total = sum(c.share for c in wl.classes)
+        share = np.array([wl.classes[k].share for k in shared], float)
+        rate = a.rate_rps * float(share.sum()) / total
+        t = arrival_times(a.kind, rate, a.cv, wl.rate_windows, sc.duration_s, rng)
+        pick = rng.choice(len(shared), size=len(t), p=share / share.sum())
+        nan = np.full(len(t), np.nan)
+        parts.append((t, np.asarray(shared, np.intp)[pick], nan, nan))
+    for k, p in enumerate(procs):
+        if p is None:
+            continue
+        if p.kind == "trace":
+            assert p.file is not None
+            t, tin, tout, _ = _class_trace(sc, k, p.file)
+        else:
+            own = np.random.default_rng([seed, 0xC0FFEE, 0xC1A55, k])
+            t = arrival_times(p.kind, p.rate_rps, p.cv, p.windows, sc.duration_s, own)
+            tin = tout = None
+        parts.append(
+            (t, np.full(len(t), k, np.intp), _nan_if_none(tin, len(t)), _nan_if_none(tout, len(t)))
         )
-    if "time_s" not in cols:
-        raise ScenarioError(f"workload.arrivals.file: {path} needs a time_s or TIMESTAMP column")
-    t = np.array([float(r["time_s"]) for r in rows])
-    li = np.array([float(r["input_tokens"]) for r in rows]) if "input_tokens" in cols else None
-    lo = np.array([float(r["output_tokens"]) for r in rows]) if "output_tokens" in cols else None
-    classes = [r["class"] for r in rows] if "class" in cols else None
-    return t, li, lo, classes
+    t = np.concatenate([q[0] for q in parts])
+    order = np.argsort(t, kind="stable")
+    return (
+        t[order],
+        np.concatenate([q[1] for q in parts])[order],
+        np.concatenate([q[2] for q in parts])[order],
+        np.concatenate([q[3] for q in parts])[order],
+    )
+
+
+def _given(
+    col: NDArray[np.float64], idx: NDArray[np.intp], d: Dist, rng: np.random.Generator
+) -> NDArray[np.float64]:
+    """Token counts of the requests `idx`: the trace's, drawn from `d` where the trace
+    gives none (NaN)."""
+    x = col[idx]
+    miss = np.isnan(x)
+    if miss.all():
+        return draw(d, len(idx), rng)
+    if miss.any():
+        x = x.copy()
+        x[miss] = draw(d, int(miss.sum()), rng)
+    return x
 
 
 def generate(sc: Scenario, seed: int) -> Requests:
     rng = np.random.default_rng([seed, 0xC0FFEE])
     classes = sc.workload.classes
     shares = np.array([c.share for c in classes], float)
-    trace_in = trace_out = None
-    if sc.workload.arrivals.kind == "trace":
-        t, trace_in, trace_out, names = _trace(sc)
-        order = np.argsort(t, kind="stable")
-        t = t[order]
-        keep = t < sc.duration_s
-        t = t[keep]
-        if names is not None:
-            index = {c.name: i for i, c in enumerate(classes)}
-            unknown = sorted({n for n in names if n not in index})
-            if unknown:
-                raise ScenarioError(f"workload.arrivals.file: unknown class(es) {unknown}")
-            cls = np.array([index[n] for n in names])[order][keep]
-        else:
-            cls = rng.choice(len(classes), size=len(t), p=shares / shares.sum())
-        trace_in = trace_in[order][keep] if trace_in is not None else None
-        trace_out = trace_out[order][keep] if trace_out is not None else None
+    if any(c.arrivals is not None for c in classes):
+        t, cls, tin, tout = _mixed_arrivals(sc, seed, rng)
+    elif sc.workload.arrivals.kind == "trace":
+        t, cls, tin, tout = _shared_trace(sc, list(range(len(classes))), rng)
     else:
         t = _arrival_times(sc, rng)
         cls = rng.choice(len(classes), size=len(t), p=shares / shares.sum())
+        tin = tout = np.full(len(t), np.nan)
     n = len(t)
     l_in, l_out = np.empty(n), np.empty(n)
     attach, qmin, dl = np.zeros(n), np.zeros(n), np.empty(n)
@@ -155,8 +316,8 @@ def generate(sc: Scenario, seed: int) -> Requests:
     for k, c in enumerate(classes):
         idx = np.flatnonzero(cls == k)
         m = len(idx)
-        lin = draw(c.input_tokens, m, rng) if trace_in is None else trace_in[idx]
-        lout = draw(c.output_tokens, m, rng) if trace_out is None else trace_out[idx]
+        lin = _given(tin, idx, c.input_tokens, rng)
+        lout = _given(tout, idx, c.output_tokens, rng)
         lin, lout = whole_tokens(lin, lout, cat.models[c.model].context)
         l_in[idx], l_out[idx] = lin, lout
         if c.attachment_bytes is not None:

@@ -57,8 +57,8 @@ class Recording(FineInfer):
         self.rounds: list[tuple[bool, np.ndarray, np.ndarray]] = []
 
     def assign(self, batch: Batch, obs: Observation) -> np.ndarray:
-        j = self.site
-        opens = obs.now >= self.release and obs.running[j] == 0 and obs.waiting[j] == 0
+        j = int(self.sites[0])  # the paper testbed's one cloud server
+        opens = obs.now >= self.release[j] and obs.running[j] == 0 and obs.waiting[j] == 0
         out = super().assign(batch, obs)
         self.rounds.append((bool(opens), batch.idx.copy(), batch.arrival.copy()))
         return out
@@ -119,6 +119,52 @@ def test_fineinfer_site_and_fallback() -> None:
     assert (r.server[floor] != edge2).all()  # quality floor the site misses: fallback
     with pytest.raises(ValueError):
         simulate(sc, FineInfer(site="mars"), seed=1)
+
+
+def gpus(n: int = 3, rate: float = 12.0, duration: float = 120.0) -> Scenario:
+    """The paper testbed with `n` cloud A100s and the load scaled to match."""
+    data = load_scenario("paper-llama2-7b").model_dump(mode="json")
+    data["duration_s"] = duration
+    data["servers"][1]["count"] = n
+    data["workload"]["arrivals"]["rate_rps"] = rate
+    return parse_scenario(data)
+
+
+def test_fineinfer_spreads_over_every_gpu_of_its_tier() -> None:
+    sc = gpus(3)
+    r = simulate(sc, FineInfer(), seed=1)
+    check_valid(r, sc)
+    cloud = [j for j, t in enumerate(r.tiers) if t == "cloud"]
+    assert len(cloud) == 3
+    counts = np.bincount(r.server, minlength=len(r.tiers))
+    assert (counts[cloud] > 0.2 * len(r.server)).all()  # least loaded first: even spread
+    assert counts[cloud].sum() == len(r.server)
+    assert r.met.mean() > 0.95  # one GPU alone collapses at 12 req/s
+    one = simulate(sc, FineInfer(site="cloud-2"), seed=1)  # a server name: that engine only
+    assert (one.server == r.server_names.index("cloud-2")).all()
+    assert one.met.mean() < 0.5
+
+
+def test_fineinfer_defers_per_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a light load every idle GPU opens its own deferred group."""
+    sc = gpus(3, rate=0.5, duration=300.0)
+    start: dict[int, float] = {}
+    execute = World.execute
+
+    def spy(
+        self: World, i: int, j: int, slot: int, commit: bool = True, hold: float = 0.0
+    ) -> tuple[float, Outcome, float]:
+        d, out, et = execute(self, i, j, slot, commit, hold)
+        if commit:
+            start[i] = out.start
+        return d, out, et
+
+    monkeypatch.setattr(World, "execute", spy)
+    r = simulate(sc, FineInfer(), seed=1)
+    cloud = [j for j, t in enumerate(r.tiers) if t == "cloud"]
+    held = np.array([start[i] - r.requests.arrival[i] >= 1.0 - 1e-9 for i in range(len(r.server))])
+    for j in cloud:  # every GPU defers some of its requests by the delay bound
+        assert held[r.server == j].sum() >= 5
 
 
 # -- RewardlessGuidance ---------------------------------------------------------------------------
@@ -283,3 +329,46 @@ def test_agod_pretraining_uses_other_seeds(monkeypatch: pytest.MonkeyPatch) -> N
     assert seeds == [7 + agod.TRAIN_SEED_OFFSET, 8 + agod.TRAIN_SEED_OFFSET]
     monkeypatch.setenv(agod.ENV_PRETRAIN, "0")
     assert agod.AGOD().cfg.pretrain_episodes == 0
+
+
+def test_rewardless_scores_large_rounds_in_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round too large to score at once (a big fleet) is scored request group by group,
+    with the same rollout noise: the scores do not depend on the grouping."""
+    from perllm.policies import rewardless
+
+    sc = gpus(3)
+    world = World(sc, 1)
+    pol = RewardlessGuidance()
+    pol.reset(make_env(world, 1))
+    n, m = 7, world.table.n_servers
+    rng = np.random.default_rng(3)
+    batch = Batch(
+        idx=np.arange(n),
+        arrival=np.sort(rng.uniform(0, 1, n)),
+        cls=rng.integers(0, 5, n),
+        l_in=rng.uniform(10, 2000, n),
+        attach=np.zeros(n),
+        min_quality=np.zeros(n),
+        expected_out=rng.uniform(10, 300, n),
+        expected_deadline=rng.uniform(1, 10, n),
+    )
+    z = np.zeros(m)
+    obs = Observation(
+        now=1.0, slot=1, running=z + 2, waiting=z, kv_used=z, bw_mbps=world.table.link_mbps
+    )
+    support = pol.quality_ok(batch)
+    levels = n
+    one = pol._chunks(n, levels)
+    assert len(one) == 1
+    monkeypatch.setattr(rewardless, "SCORE_ROWS", 2 * m * levels)
+    groups = pol._chunks(n, levels)
+    assert [g.stop - g.start for g in groups] == [2, 2, 2, 1]
+    pol.rng = np.random.default_rng(5)
+    a = pol.score_round(batch, obs, levels, support, one)
+    pol.rng = np.random.default_rng(5)
+    b = pol.score_round(batch, obs, levels, support, groups)
+    assert a.shape == (n, m, levels)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # and a whole run with groups places as it must
+    sc_short = gpus(3, duration=30.0)
+    check_valid(simulate(sc_short, RewardlessGuidance(), seed=2), sc_short)
