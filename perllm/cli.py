@@ -271,14 +271,21 @@ def _mount_operator() -> None:
     @app.command("operator")
     def operator_cmd(
         namespace: list[str] = typer.Option(  # noqa: B008
-            [], "--namespace", "-n", help="Watch only this namespace (repeatable; default all)."),
+            [], "--namespace", "-n", help="Watch only this namespace (repeatable; default all)."
+        ),
         liveness: str | None = typer.Option(
-            None, help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz."),
+            None, help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz."
+        ),
         prometheus: str | None = typer.Option(
-            None, envvar="PERLLM_PROMETHEUS_URL", help="Prometheus URL for status telemetry."),
+            None, envvar="PERLLM_PROMETHEUS_URL", help="Prometheus URL for status telemetry."
+        ),
         status_interval: float = typer.Option(
-            30.0, "--status-interval", min=1.0, envvar="PERLLM_STATUS_INTERVAL",
-            help="Seconds between status refreshes (and re-placement checks)."),
+            30.0,
+            "--status-interval",
+            min=1.0,
+            envvar="PERLLM_STATUS_INTERVAL",
+            help="Seconds between status refreshes (and re-placement checks).",
+        ),
         verbose: bool = typer.Option(False, "--verbose"),
     ) -> None:
         """Run the LLMService operator (kopf, standalone) against KUBECONFIG or in-cluster."""

@@ -276,8 +276,14 @@ def register(app: typer.Typer) -> None:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()) as pr:
             task = pr.add_task("requests", total=len(planned))
             report = asyncio.run(
-                replay(target, planned, max_duration, concurrency, timeout,
-                       on_done=lambda o: pr.advance(task))  # fmt: skip
+                replay(
+                    target,
+                    planned,
+                    max_duration,
+                    concurrency,
+                    timeout,
+                    on_done=lambda o: pr.advance(task),
+                )
             )
         print_report(report)
         if json_out:

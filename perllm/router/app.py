@@ -147,7 +147,9 @@ class Router:
             req = parse(raw, chat)
             if req.model not in self.models:
                 raise BadRequest(
-                    404, "model_not_found", f"model {req.model!r} not served here: {sorted(self.models)}"
+                    404,
+                    "model_not_found",
+                    f"model {req.model!r} not served here: {sorted(self.models)}",
                 )
             tight = deadline_header(_str(headers.get(DEADLINE_HEADER)))
         except BadRequest as e:
@@ -299,7 +301,9 @@ class Router:
                 (b"content-type", resp.headers.get("content-type", "application/json").encode()),
                 (DECISION_HEADER, self._decision_header(ticket)),
             ]
-            await send({"type": "http.response.start", "status": resp.status_code, "headers": out_headers})
+            await send(
+                {"type": "http.response.start", "status": resp.status_code, "headers": out_headers}
+            )
             started = True
             try:
                 async for chunk in resp.aiter_raw():
@@ -363,7 +367,9 @@ def _str(v: bytes | None) -> str | None:
 
 
 async def _reply(send: Send, status: int, body: bytes, ctype: bytes = JSON) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]}
+    )
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

@@ -32,9 +32,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
         try:
-            uvicorn.run(
-                router, host=host, port=port, access_log=False, log_level=log_level.lower()
-            )
+            uvicorn.run(router, host=host, port=port, access_log=False, log_level=log_level.lower())
         except OSError as e:
             typer.echo(f"error: cannot listen on {host}:{port}: {e}", err=True)
             raise typer.Exit(2) from None

@@ -3,13 +3,21 @@ what the router learns from a response body as it passes through (output tokens)
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from typing import Any
 
 import httpx
 
 from perllm.costmodel import BYTES_PER_TOKEN
 from perllm.router.config import Backend, Limits
+
+# httpcore asks sniffio for the async library on every request; without sniffio (not a
+# dependency) each ask is a failed import that scans sys.path (~0.7 ms, several per
+# request). A None entry makes that import fail at once.
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 FORWARDED = ("authorization", "accept", "user-agent", "openai-organization", "x-request-id")
 

@@ -96,7 +96,9 @@ def deadline_header(value: str | None) -> float | None:
     try:
         d = float(value)
     except ValueError:
-        raise BadRequest(400, "invalid_request_error", "x-perllm-deadline-s: not a number") from None
+        raise BadRequest(
+            400, "invalid_request_error", "x-perllm-deadline-s: not a number"
+        ) from None
     if not d > 0 or d != d or d == float("inf"):
         raise BadRequest(400, "invalid_request_error", "x-perllm-deadline-s: must be > 0")
     return d

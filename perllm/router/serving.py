@@ -14,7 +14,12 @@ import uvicorn
 @contextlib.asynccontextmanager
 async def serving(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     cfg = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
         timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(cfg)

@@ -80,23 +80,45 @@ class StubBackend:
                     await asyncio.sleep(self.token_delay_s)
             text = "tok " * n
             choice = {"index": 0, "finish_reason": "stop"}
-            choice |= {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
-            out: dict[str, Any] = {"id": "x", "object": "chat.completion", "model": req.get("model"),
-                                   "backend": self.name, "choices": [choice]}  # fmt: skip
+            choice |= (
+                {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+            )
+            out: dict[str, Any] = {
+                "id": "x",
+                "object": "chat.completion",
+                "model": req.get("model"),
+                "backend": self.name,
+                "choices": [choice],
+            }
             if self.usage:
                 out["usage"] = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
             data = json.dumps(out).encode()
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
             await send({"type": "http.response.body", "body": data})
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         for _ in range(n):
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
             delta = {"delta": {"content": "tok "}} if chat else {"text": "tok "}
             ev = {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, **delta}]}
-            await send({"type": "http.response.body",
-                        "body": b"data: " + json.dumps(ev).encode() + b"\n\n", "more_body": True})  # fmt: skip
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + json.dumps(ev).encode() + b"\n\n",
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})

@@ -173,7 +173,10 @@ class TwinOpenAI:
         spec, node = hit
         route = "/".join(parts[4:])
         if route == "models":
-            data = [{"id": m, "object": "model", "owned_by": "perllm-twin"} for m in (spec.model, spec.name)]
+            data = [
+                {"id": m, "object": "model", "owned_by": "perllm-twin"}
+                for m in (spec.model, spec.name)
+            ]
             await _reply(send, 200, {"object": "list", "data": data})
             return
         if route not in ("chat/completions", "completions") or scope["method"] != "POST":
@@ -187,7 +190,9 @@ class TwinOpenAI:
                 return
             body += m.get("body", b"")
             more = bool(m.get("more_body"))
-        answer = asyncio.ensure_future(self._answer(spec, node, body, route == "chat/completions", send))
+        answer = asyncio.ensure_future(
+            self._answer(spec, node, body, route == "chat/completions", send)
+        )
         gone = asyncio.ensure_future(_disconnect(receive))
         try:
             await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -197,7 +202,9 @@ class TwinOpenAI:
             answer.cancel()
             gone.cancel()
 
-    async def _answer(self, spec: ServiceSpec, node: str, body: bytes, chat: bool, send: Send) -> None:
+    async def _answer(
+        self, spec: ServiceSpec, node: str, body: bytes, chat: bool, send: Send
+    ) -> None:
         try:
             req = parse(body, chat)
             tl = self.timeline(spec, node, req.prompt_tokens, req.attach_bytes, req.max_tokens)
@@ -219,7 +226,9 @@ class TwinOpenAI:
             await until(tl.done)
             text = "tok " * tl.tokens
             choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
-            choice |= {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+            choice |= (
+                {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+            )
             out = {"id": "twin", "object": "chat.completion" if chat else "text_completion",
                    "model": model, "choices": [choice], "usage": usage}  # fmt: skip
             await _reply(send, 200, out, headers)

@@ -15,12 +15,22 @@ from perllm.router.config import RouterConfig, RouterConfigError, load_config, p
 from perllm.router.serving import serving
 from perllm.router.stub import StubBackend
 
-BACKENDS = [
-    {"name": "edge-gpu", "url": "http://edge:8000", "tier": "edge", "hardware": "nvidia-l4",
-     "link": {"bandwidth_mbps": 100, "rtt_ms": 5}},
-    {"name": "cloud", "url": "http://cloud:8000", "tier": "cloud", "hardware": "a100-80gb-sxm",
-     "link": {"bandwidth_mbps": 300, "rtt_ms": 40}},
-]  # fmt: skip
+BACKENDS: list[dict[str, Any]] = [
+    {
+        "name": "edge-gpu",
+        "url": "http://edge:8000",
+        "tier": "edge",
+        "hardware": "nvidia-l4",
+        "link": {"bandwidth_mbps": 100, "rtt_ms": 5},
+    },
+    {
+        "name": "cloud",
+        "url": "http://cloud:8000",
+        "tier": "cloud",
+        "hardware": "a100-80gb-sxm",
+        "link": {"bandwidth_mbps": 300, "rtt_ms": 40},
+    },
+]
 CHAT = {"model": "llama3-8b", "messages": [{"role": "user", "content": "hello " * 50}]}
 
 
@@ -49,7 +59,7 @@ def decision(resp: httpx.Response) -> dict[str, str]:
 
 
 def run(coro: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 30))  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(coro, 30))
 
 
 def test_routes_with_a_decision_header_and_learns() -> None:
@@ -70,7 +80,9 @@ def test_routes_with_a_decision_header_and_learns() -> None:
         assert r.decider.bandit.stats.n.sum() == pytest.approx(12, rel=0.05)
         assert r.inflight == [0, 0]
         text = (await c.get("/metrics")).text
-        assert 'perllm_router_decisions_total{backend="edge-gpu",feasible="true",tier="edge"}' in text
+        assert (
+            'perllm_router_decisions_total{backend="edge-gpu",feasible="true",tier="edge"}' in text
+        )
         assert "perllm_router_exploration_total" in text
         assert "perllm_router_attainment_ratio 1.0" in text
         models = (await c.get("/v1/models")).json()
@@ -82,7 +94,10 @@ def test_routes_with_a_decision_header_and_learns() -> None:
 
 def test_streaming_passes_chunks_and_counts_tokens() -> None:
     async def go() -> None:
-        stubs = {"edge-gpu": StubBackend("e", tokens=7, usage=False), "cloud": StubBackend("c", tokens=7)}
+        stubs = {
+            "edge-gpu": StubBackend("e", tokens=7, usage=False),
+            "cloud": StubBackend("c", tokens=7),
+        }
         r, _, c = router(stubs)
         seen: list[float] = []
         orig = r.decider.learn
@@ -96,7 +111,9 @@ def test_streaming_passes_chunks_and_counts_tokens() -> None:
             assert resp.headers["content-type"] == "text/event-stream"
             body = b"".join([x async for x in resp.aiter_raw()])
         assert body.count(b"data:") == 8 and body.endswith(b"data: [DONE]\n\n")
-        resp = await c.post("/v1/completions", json={"model": "chat", "prompt": "hi", "stream": True})
+        resp = await c.post(
+            "/v1/completions", json={"model": "chat", "prompt": "hi", "stream": True}
+        )
         assert resp.status_code == 200 and b"[DONE]" in resp.content
         assert seen == [7.0, 7.0]
         await r.aclose()
@@ -110,7 +127,7 @@ def test_usage_of_a_json_answer_is_the_output_length() -> None:
         r, _, c = router(stubs)
         seen: list[float] = []
         orig = r.decider.learn
-        r.decider.learn = lambda t, d, lo, dl, e=None: (seen.extend(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value]
+        r.decider.learn = lambda t, d, lo, dl, e=None: (seen.extend(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
         for _ in range(2):
             assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
         assert seen == [5.0, 5.0]
@@ -151,19 +168,24 @@ def test_sheds_with_503_when_no_backend_can_meet_the_deadline() -> None:
     async def go() -> None:
         r, stubs, c = router(shed=True)
         # The service's own deadline is met; the header tightens it below any prediction.
-        resp = await c.post("/v1/chat/completions", json=CHAT, headers={"x-perllm-deadline-s": "0.001"})
+        resp = await c.post(
+            "/v1/chat/completions", json=CHAT, headers={"x-perllm-deadline-s": "0.001"}
+        )
         assert resp.status_code == 503
         err = resp.json()["error"]
         assert err["type"] == "deadline_unmeetable" and "0.001" in err["message"]
         # A header cannot loosen the deadline: a huge prompt is infeasible everywhere.
         huge = {"model": "chat", "messages": [{"role": "user", "content": "x" * 2_000_000}]}
-        resp = await c.post("/v1/chat/completions", json=huge, headers={"x-perllm-deadline-s": "1e6"})
+        resp = await c.post(
+            "/v1/chat/completions", json=huge, headers={"x-perllm-deadline-s": "1e6"}
+        )
         assert resp.status_code == 503, resp.text
         assert "no backend can meet the deadline" in resp.json()["error"]["message"]
         assert sum(s.requests for s in stubs.values()) == 0
-        assert 'perllm_router_shed_requests_total{reason="deadline_unmeetable"} 2.0' in (
-            await c.get("/metrics")
-        ).text
+        assert (
+            'perllm_router_shed_requests_total{reason="deadline_unmeetable"} 2.0'
+            in (await c.get("/metrics")).text
+        )
         await r.aclose()
 
     run(go())
@@ -172,7 +194,9 @@ def test_sheds_with_503_when_no_backend_can_meet_the_deadline() -> None:
 def test_without_shedding_the_least_violating_backend_serves() -> None:
     async def go() -> None:
         r, _, c = router()
-        resp = await c.post("/v1/chat/completions", json=CHAT, headers={"x-perllm-deadline-s": "1e-9"})
+        resp = await c.post(
+            "/v1/chat/completions", json=CHAT, headers={"x-perllm-deadline-s": "1e-9"}
+        )
         assert resp.status_code == 200
         assert "perllm_router_attainment_ratio 0.0" in (await c.get("/metrics")).text
         await r.aclose()
@@ -222,8 +246,16 @@ def test_queue_full_and_queue_timeout_are_503() -> None:
 
 async def _queue(stubs: dict[str, StubBackend], urls: dict[str, str]) -> None:
     if True:
-        r, _, c = router(stubs, urls, limits={"max_concurrency": 1, "max_queue": 1,
-                                              "queue_timeout_s": 0.2, "read_timeout_s": 1})  # fmt: skip
+        r, _, c = router(
+            stubs,
+            urls,
+            limits={
+                "max_concurrency": 1,
+                "max_queue": 1,
+                "queue_timeout_s": 0.2,
+                "read_timeout_s": 1,
+            },
+        )
         first = asyncio.create_task(c.post("/v1/chat/completions", json=CHAT))
         await asyncio.sleep(0.05)
         second = asyncio.create_task(c.post("/v1/chat/completions", json=CHAT))
@@ -258,8 +290,12 @@ async def _call(
         if chunks >= disconnect_after_chunks:
             gone.set()
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
-             "headers": [(b"content-type", b"application/json")]}  # fmt: skip
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [(b"content-type", b"application/json")],
+    }
     call: Callable[..., Awaitable[None]] = app
     await call(scope, receive, send)
     return sent, calls
@@ -267,8 +303,10 @@ async def _call(
 
 def test_client_disconnect_mid_stream_cancels_the_upstream() -> None:
     async def go() -> None:
-        stubs = {"edge-gpu": StubBackend("e", tokens=1000, token_delay_s=0.01),
-                 "cloud": StubBackend("c", tokens=1000, token_delay_s=0.01)}  # fmt: skip
+        stubs = {
+            "edge-gpu": StubBackend("e", tokens=1000, token_delay_s=0.01),
+            "cloud": StubBackend("c", tokens=1000, token_delay_s=0.01),
+        }
         async with serving(stubs["edge-gpu"]) as e, serving(stubs["cloud"]) as cl:
             r, _, _ = router(stubs, {"edge-gpu": e, "cloud": cl})
             body = json.dumps({**CHAT, "stream": True}).encode()

@@ -43,9 +43,16 @@ def test_timeline_is_the_world_models_outcome() -> None:
     hw = sc.catalogue.hardware[servers[0][1].hardware]
     st = ServerState(*server_powers(hw), is_gpu=True)
     link = servers[0][1].link
-    d, out, _ = execute(st, c, 0.0, 150.0, 40.0, (float(upload_bits(150.0, 0.0)),
-                        float(download_bits(40.0))), (link.bandwidth_mbps * 1e6,
-                        link.rtt_ms / 1000, link.energy_uj_per_bit * 1e-6), 1.0)  # fmt: skip
+    d, _out, _ = execute(
+        st,
+        c,
+        0.0,
+        150.0,
+        40.0,
+        (float(upload_bits(150.0, 0.0)), float(download_bits(40.0))),
+        (link.bandwidth_mbps * 1e6, link.rtt_ms / 1000, link.energy_uj_per_bit * 1e-6),
+        1.0,
+    )
     assert tl.tokens == 40 and tl.prompt_tokens == 150
     assert tl.done == pytest.approx(d)
     assert 0 < tl.first < tl.last <= tl.done
@@ -61,19 +68,24 @@ def test_pods_answer_openai_requests_streamed_at_the_decode_rate() -> None:
         pods = static_pods(sc)
         assert ("default", "chat-cloud") in pods and ("default", "assistant-edge-cpu") not in pods
         c = httpx.AsyncClient(transport=httpx.ASGITransport(app=tw), base_url="http://twin")
-        r = await c.post("/pods/default/chat-edge-gpu-1/v1/chat/completions",
-                         json={**CHAT, "max_tokens": 12})  # fmt: skip
+        r = await c.post(
+            "/pods/default/chat-edge-gpu-1/v1/chat/completions", json={**CHAT, "max_tokens": 12}
+        )
         assert r.status_code == 200 and r.headers["x-perllm-twin-node"] == "edge-gpu-1"
         assert r.json()["usage"]["completion_tokens"] <= 12
         t0 = time.perf_counter()
-        r = await c.post("/pods/default/chat-cloud/v1/chat/completions",
-                         json={**CHAT, "max_tokens": 30, "stream": True})  # fmt: skip
+        r = await c.post(
+            "/pods/default/chat-cloud/v1/chat/completions",
+            json={**CHAT, "max_tokens": 30, "stream": True},
+        )
         wall = time.perf_counter() - t0
         events = r.content.count(b"data:") - 1
         assert events >= 2 and r.content.endswith(b"data: [DONE]\n\n")
         assert wall < 5.0
         assert (await c.get("/pods/default/nope/v1/models")).status_code == 404
-        assert (await c.get("/pods/default/chat-cloud/v1/models")).json()["data"][0]["id"] == "llama3-8b"
+        assert (await c.get("/pods/default/chat-cloud/v1/models")).json()["data"][0][
+            "id"
+        ] == "llama3-8b"
         bad = await c.post("/pods/default/chat-cloud/v1/chat/completions", content=b"{")
         assert bad.status_code == 400
 
@@ -86,15 +98,22 @@ def test_router_over_the_twin_on_loopback_learns_and_streams() -> None:
         tw = TwinOpenAI.standalone(sc, speed=50.0)
         async with serving(tw) as url:
             backends = [
-                {"name": n, "url": f"{url}/pods/default/chat-{n}", "tier": s.tier.value,
-                 "hardware": s.hardware, "link": s.link.model_dump()}
+                {
+                    "name": n,
+                    "url": f"{url}/pods/default/chat-{n}",
+                    "tier": s.tier.value,
+                    "hardware": s.hardware,
+                    "link": s.link.model_dump(),
+                }
                 for n, s in sc.expanded_servers()
-            ]  # fmt: skip
+            ]
             cfg = parse_config({"scenario": "demo", "service_class": "chat", "backends": backends})
             r = Router(cfg)
             async with serving(r) as rurl, httpx.AsyncClient(base_url=rurl, timeout=20) as c:
-                tasks = [c.post("/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 20})
-                         for _ in range(16)]  # fmt: skip
+                tasks = [
+                    c.post("/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 20})
+                    for _ in range(16)
+                ]
                 resps = await asyncio.gather(*tasks)
                 assert all(x.status_code == 200 for x in resps)
                 used = {x.headers["x-perllm-decision"].split(";")[0] for x in resps}
