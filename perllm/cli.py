@@ -358,7 +358,20 @@ def _mount_agent() -> None:
 
 
 def _mount_twin() -> None:
-    from perllm.twin.cli import register
+    from perllm.twin.cli import register, register_openai
+
+    register(app)
+    register_openai(app)
+
+
+def _mount_router() -> None:
+    from perllm.router.cli import register
+
+    register(app)
+
+
+def _mount_load() -> None:
+    from perllm.load import register
 
     register(app)
 
@@ -367,3 +380,5 @@ _mount_optional()
 _mount_demo()
 _mount_agent()
 _mount_twin()
+_mount_router()
+_mount_load()

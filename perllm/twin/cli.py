@@ -39,6 +39,11 @@ def register(app: typer.Typer) -> None:
             help="Requests simulated per service and slot at most (the rest is counted as "
             "dropped), so an absurd declared rate cannot stall the twin.",
         ),
+        openai_port: int | None = typer.Option(
+            None,
+            envvar="PERLLM_TWIN_OPENAI_PORT",
+            help="Also serve each pod as an OpenAI endpoint (/pods/<ns>/<pod>/v1/...) here.",
+        ),
         log_level: str = typer.Option("info"),
     ) -> None:
         """Serve the world model's metrics for the cluster's (KWOK) nodes and pods."""
@@ -70,7 +75,35 @@ def register(app: typer.Typer) -> None:
                 poll_s=poll_interval,
                 log_every_s=log_interval,
                 max_requests_per_slot=max_requests_per_slot,
+                openai_port=openai_port,
             )
         except OSError as e:  # port in use, bad address
             typer.echo(f"error: cannot listen on {host}:{port}: {e}", err=True)
             raise typer.Exit(2) from None
+
+
+def register_openai(app: typer.Typer) -> None:
+    @app.command("twin-openai")
+    def twin_openai_cmd(
+        scenario: str = typer.Option(..., "--scenario", help="Scenario file or built-in name."),
+        host: str = typer.Option("127.0.0.1", help="Listen address."),
+        port: int = typer.Option(9403, help="Listen port."),
+        speed: float = typer.Option(1.0, min=0.01, max=1000.0, help="Simulated s per wall s."),
+        seed: int = typer.Option(0, help="Seed of output lengths and speed noise."),
+    ) -> None:
+        """Without a cluster: pod <class>-<node> in namespace default for every (class, node)
+        of the scenario that can run, as OpenAI endpoints timed by the world model."""
+        import uvicorn
+
+        from perllm.scenario import ScenarioError, load_scenario
+        from perllm.twin.openai import TwinOpenAI, static_pods
+
+        try:
+            sc = load_scenario(scenario)
+        except ScenarioError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        for ns, pod in static_pods(sc):
+            typer.echo(f"http://{host}:{port}/pods/{ns}/{pod}/v1")
+        uvicorn.run(TwinOpenAI.standalone(sc, speed, seed), host=host, port=port,
+                    access_log=False, log_level="warning")  # fmt: skip

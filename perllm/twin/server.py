@@ -90,6 +90,7 @@ def serve(
     log_every_s: float = 10.0,
     stop: threading.Event | None = None,
     max_requests_per_slot: int = MAX_REQUESTS_PER_SLOT,
+    openai_port: int | None = None,
 ) -> Twin:
     """Run until `stop` is set or SIGINT/SIGTERM; returns the twin (for tests)."""
     tw = Twin(scenario, seed=seed, max_requests_per_slot=max_requests_per_slot)
@@ -108,6 +109,11 @@ def serve(
         http.server_address[1],
         speed,
     )
+    if openai_port is not None:  # the pods as OpenAI endpoints (perllm/twin/openai.py)
+        from perllm.twin.openai import TwinOpenAI, serve_in_thread, twin_resolver
+
+        serve_in_thread(TwinOpenAI(scenario, twin_resolver(tw), speed, seed), host, openai_port)
+        log.info("pods' OpenAI endpoints on http://%s:%d/pods/<ns>/<pod>/v1", host, openai_port)
     if reader is not None:
         threading.Thread(
             target=_poll, args=(tw, reader, lock, stop, poll_s), name="twin-kube", daemon=True

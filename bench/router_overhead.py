@@ -1,0 +1,220 @@
+"""The router's added latency and its throughput, against a direct connection.
+
+A trivial OpenAI-compatible stub backend (`perllm.router.stub`, 16 streamed tokens, no
+delay) runs in one process, `perllm router` (both tiers' backends pointing at the stub)
+in another, and a lean HTTP/1.1 keep-alive client here. Per concurrency (1, 16, 64
+streams) it measures the full-response latency of the same requests direct and through
+the router, interleaved in rounds; the added latency is the router's percentile minus the
+direct one. Throughput: closed loop at 64 streams for a few seconds each way, the ratio
+in the same run. Targets (issue): p99 added ≤ 2 ms, throughput ratio ≥ 0.8 on 2 cores.
+
+    .venv/bin/python bench/router_overhead.py --out out/router_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY = json.dumps(
+    {
+        "model": "chat",
+        "stream": True,
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hello " * 64}],
+    }
+).encode()
+
+
+def spawn(code: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+
+
+STUB = """
+import uvicorn
+from perllm.router.stub import StubBackend
+uvicorn.run(StubBackend(tokens=16), host="127.0.0.1", port={port}, log_level="warning",
+            access_log=False, lifespan="off")
+"""
+ROUTER = """
+import uvicorn
+from perllm.router.app import Router
+from perllm.router.config import load_config
+uvicorn.run(Router(load_config({cfg!r})), host="127.0.0.1", port={port}, log_level="warning",
+            access_log=False)
+"""
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection: POST, read the whole (chunked) response."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.r: asyncio.StreamReader | None = None
+        self.w: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str) -> float:
+        if self.w is None:
+            self.r, self.w = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.r is not None
+        t0 = time.perf_counter()
+        self.w.write(
+            f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(BODY)}\r\n\r\n".encode()
+            + BODY
+        )
+        head = await self.r.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.decode(errors="replace"))
+        lower = head.lower()
+        if b"transfer-encoding: chunked" in lower:
+            while True:
+                size = int((await self.r.readuntil(b"\r\n")).strip(), 16)
+                await self.r.readexactly(size + 2)
+                if size == 0:
+                    break
+        else:
+            n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+            await self.r.readexactly(n)
+        return time.perf_counter() - t0
+
+
+async def wait_port(port: int, limit_s: float = 20.0) -> None:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit_s:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open")
+
+
+async def latencies(port: int, conc: int, n: int) -> list[float]:
+    conns = [Conn(port) for _ in range(conc)]
+    out: list[float] = []
+    per = max(1, n // conc)
+
+    async def worker(c: Conn) -> None:
+        for _ in range(per):
+            out.append(await c.post("/v1/chat/completions"))
+
+    await asyncio.gather(*(worker(c) for c in conns))
+    return out
+
+
+async def throughput(port: int, conc: int, seconds: float) -> float:
+    conns = [Conn(port) for _ in range(conc)]
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def worker(c: Conn) -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            await c.post("/v1/chat/completions")
+            done += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    return done / (time.perf_counter() - t0)
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    stub_port, router_port = args.port, args.port + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "router.yaml"
+        url = f"http://127.0.0.1:{stub_port}"
+        cfg.write_text(json.dumps({
+            "scenario": "demo", "service_class": "chat", "limits": {"max_concurrency": 512},
+            "backends": [
+                {"name": "edge-gpu", "url": url, "tier": "edge", "hardware": "nvidia-l4",
+                 "link": {"bandwidth_mbps": 100, "rtt_ms": 5}},
+                {"name": "cloud", "url": url, "tier": "cloud", "hardware": "a100-80gb-sxm",
+                 "link": {"bandwidth_mbps": 300, "rtt_ms": 40}},
+            ]}))  # fmt: skip
+        procs = [spawn(STUB.format(port=stub_port)),
+                 spawn(ROUTER.format(cfg=str(cfg), port=router_port))]  # fmt: skip
+        try:
+            await wait_port(stub_port)
+            await wait_port(router_port)
+            await latencies(router_port, 16, 320)  # warm-up (and CS-UCB's exploration)
+            await latencies(stub_port, 16, 320)
+            rows = []
+            for conc in (1, 16, 64):
+                direct: list[float] = []
+                routed: list[float] = []
+                for _ in range(args.rounds):  # interleaved: both see the same machine
+                    direct += await latencies(stub_port, conc, args.requests)
+                    routed += await latencies(router_port, conc, args.requests)
+                d, r = np.array(direct) * 1e3, np.array(routed) * 1e3
+                rows.append({
+                    "streams": conc, "n": len(r),
+                    "direct_p50_ms": float(np.percentile(d, 50)),
+                    "direct_p99_ms": float(np.percentile(d, 99)),
+                    "router_p50_ms": float(np.percentile(r, 50)),
+                    "router_p99_ms": float(np.percentile(r, 99)),
+                    "added_p50_ms": float(np.percentile(r, 50) - np.percentile(d, 50)),
+                    "added_p99_ms": float(np.percentile(r, 99) - np.percentile(d, 99)),
+                })  # fmt: skip
+            tput_direct = await throughput(stub_port, 64, args.seconds)
+            tput_router = await throughput(router_port, 64, args.seconds)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(10)
+    return {
+        "cpus": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "latency": rows,
+        "throughput_direct_rps": tput_direct,
+        "throughput_router_rps": tput_router,
+        "throughput_ratio": tput_router / tput_direct,
+        "targets": {"added_p99_ms": 2.0, "throughput_ratio": 0.8},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=18431)
+    ap.add_argument("--requests", type=int, default=640, help="per concurrency and round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5.0, help="throughput run per side")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    res = asyncio.run(run(args))
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="perllm router overhead (16 streamed tokens, stub backend, loopback)")
+    for col in ("streams", "direct p50", "router p50", "added p50", "direct p99", "router p99",
+                "added p99"):  # fmt: skip
+        t.add_column(col, justify="right")
+    for r in res["latency"]:  # type: ignore[attr-defined]
+        t.add_row(str(r["streams"]), *(f"{r[k]:.2f} ms" for k in (
+            "direct_p50_ms", "router_p50_ms", "added_p50_ms", "direct_p99_ms", "router_p99_ms",
+            "added_p99_ms")))  # fmt: skip
+    c = Console()
+    c.print(t)
+    c.print(f"throughput at 64 streams: direct {res['throughput_direct_rps']:.0f} req/s, router "
+            f"{res['throughput_router_rps']:.0f} req/s, ratio {res['throughput_ratio']:.2f} "
+            f"(target ≥ 0.8); {res['cpus']} CPUs, load {res['load_avg_1m']:.1f}")  # fmt: skip
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""`perllm load SCENARIO --target URL`: replay a scenario's workload against any
+OpenAI-compatible endpoint (the router, a model server, the twin's pods).
+
+Requests come from `perllm.world.workload.generate` (arrival times, class, prompt and
+output tokens, attachment bytes): a chat body whose text is the prompt's ~4 bytes a token,
+an image data URL of the attachment's size, `max_tokens` = the drawn output length. The
+report: deadline attainment (D ≤ seconds + per_output_token_s × output tokens, with the
+class's deadline), latency and time-to-first-token percentiles, and the share of
+requests per backend and tier from the router's `x-perllm-decision` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import typer
+
+from perllm.costmodel import BYTES_PER_TOKEN
+from perllm.scenario import Scenario
+from perllm.world.workload import generate
+
+WORDS = "the quick brown fox jumps over a lazy dog "
+
+
+@dataclass(frozen=True)
+class Planned:
+    at: float  # wall seconds after start
+    cls: str
+    model: str
+    body: dict[str, Any]
+    deadline_s: float  # fixed part of the class's deadline
+    per_token_s: float
+
+
+@dataclass
+class Outcome:
+    cls: str
+    status: int  # 0: transport error
+    latency_s: float
+    ttft_s: float | None
+    tokens: float
+    met: bool
+    backend: str = ""
+    tier: str = ""
+    error: str = ""
+
+
+@dataclass
+class Report:
+    target: str
+    sent: int
+    ok: int
+    attainment: float
+    latency_s: dict[str, float]
+    ttft_s: dict[str, float]
+    wall_s: float
+    throughput_rps: float
+    statuses: dict[str, int] = field(default_factory=dict)
+    backends: dict[str, float] = field(default_factory=dict)
+    tiers: dict[str, float] = field(default_factory=dict)
+    classes: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def body_for(model: str, l_in: float, attach: float, l_out: float, stream: bool) -> dict[str, Any]:
+    n = int(l_in * BYTES_PER_TOKEN)
+    text = (WORDS * (n // len(WORDS) + 1))[:n]
+    content: Any = text
+    if attach > 0:
+        raw = int(attach * 3 / 4)  # the data URL's base64 is `attach` bytes
+        url = "data:image/jpeg;base64," + base64.b64encode(b"\0" * raw).decode()
+        content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": int(l_out),
+        "stream": stream,
+    }
+
+
+def plan(
+    sc: Scenario,
+    seed: int = 0,
+    speed: float = 1.0,
+    max_requests: int = 200,
+    classes: list[str] | None = None,
+    model: str | None = None,
+    stream: bool = True,
+) -> list[Planned]:
+    """The first `max_requests` requests of the scenario's workload (of `classes`), arrival
+    times divided by `speed`. The model sent is `model`, else the class's name."""
+    req = generate(sc, seed)
+    specs = sc.workload.classes
+    out: list[Planned] = []
+    for i in range(len(req)):
+        c = specs[int(req.cls[i])]
+        if classes and c.name not in classes:
+            continue
+        m = model or c.name
+        body = body_for(m, float(req.l_in[i]), float(req.attach[i]), float(req.l_out[i]), stream)
+        out.append(Planned(float(req.arrival[i]) / speed, c.name, m, body,
+                           c.deadline.seconds, c.deadline.per_output_token_s))  # fmt: skip
+        if len(out) >= max_requests:
+            break
+    return out
+
+
+def _decision(h: str | None) -> dict[str, str]:
+    if not h:
+        return {}
+    return dict(p.strip().split("=", 1) for p in h.split(";") if "=" in p)
+
+
+async def _one(client: httpx.AsyncClient, url: str, p: Planned) -> Outcome:
+    t0 = time.perf_counter()
+    first: float | None = None
+    events = 0
+    usage: float | None = None
+    try:
+        async with client.stream("POST", url, json=p.body) as resp:
+            buf = bytearray()
+            async for chunk in resp.aiter_raw():
+                if first is None:
+                    first = time.perf_counter() - t0
+                buf += chunk
+            d = time.perf_counter() - t0
+            dec = _decision(resp.headers.get("x-perllm-decision"))
+            text = bytes(buf)
+            if p.body.get("stream"):
+                events = text.count(b"data:") - text.count(b"data: [DONE]")
+                for line in text.split(b"\n"):
+                    if b'"usage"' in line and line.startswith(b"data:"):
+                        u = json.loads(line[5:]).get("usage") or {}
+                        usage = u.get("completion_tokens", usage)
+            elif resp.status_code == 200:
+                usage = (json.loads(text).get("usage") or {}).get("completion_tokens")
+    except (httpx.HTTPError, ValueError) as e:
+        return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=repr(e))
+    tokens = float(usage if usage is not None else max(events, 1))
+    ok = resp.status_code == 200
+    met = ok and d <= p.deadline_s + p.per_token_s * tokens
+    return Outcome(p.cls, resp.status_code, d, first, tokens, met,
+                   dec.get("backend", ""), dec.get("tier", ""))  # fmt: skip
+
+
+def _pct(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {}
+    a = np.asarray(xs)
+    return {f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 99)} | {"mean": float(a.mean())}
+
+
+async def replay(
+    target: str,
+    planned: list[Planned],
+    max_duration_s: float = 60.0,
+    concurrency: int = 256,
+    timeout_s: float = 120.0,
+    path: str = "/v1/chat/completions",
+    on_done: Any = None,
+) -> Report:
+    """Send `planned` at their times (bounded: `concurrency` in flight, `max_duration_s`
+    of sending; requests still running at the end get `timeout_s`)."""
+    url = target.rstrip("/") + path
+    sem = asyncio.Semaphore(concurrency)
+    results: list[Outcome] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+
+        async def fire(p: Planned) -> None:
+            async with sem:
+                o = await _one(client, url, p)
+            results.append(o)
+            if on_done is not None:
+                on_done(o)
+
+        tasks = []
+        for p in planned:
+            wait = p.at - (time.perf_counter() - t0)
+            if p.at > max_duration_s:
+                break
+            if wait > 0:
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.create_task(fire(p)))
+        await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    return summarise(target, results, wall)
+
+
+def summarise(target: str, results: list[Outcome], wall: float) -> Report:
+    ok = [o for o in results if o.status == 200]
+    n_ok = max(len(ok), 1)
+    backends = Counter(o.backend or "-" for o in ok)
+    tiers = Counter(o.tier or "-" for o in ok)
+    return Report(
+        target=target,
+        sent=len(results),
+        ok=len(ok),
+        attainment=sum(o.met for o in results) / max(len(results), 1),
+        latency_s=_pct([o.latency_s for o in ok]),
+        ttft_s=_pct([o.ttft_s for o in ok if o.ttft_s is not None]),
+        wall_s=wall,
+        throughput_rps=len(results) / max(wall, 1e-9),
+        statuses={str(k): v for k, v in sorted(Counter(o.status for o in results).items())},
+        backends={k: v / n_ok for k, v in sorted(backends.items())},
+        tiers={k: v / n_ok for k, v in sorted(tiers.items())},
+        classes=dict(sorted(Counter(o.cls for o in results).items())),
+    )
+
+
+def print_report(r: Report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    t = Table(title=f"perllm load → {r.target}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("requests sent / 200 OK", f"{r.sent} / {r.ok}")
+    t.add_row("statuses", ", ".join(f"{k}: {v}" for k, v in r.statuses.items()))
+    t.add_row("deadline attainment", f"{r.attainment:.1%}")
+    for name, d in (("latency", r.latency_s), ("time to first token", r.ttft_s)):
+        if d:
+            t.add_row(name, " ".join(f"{k} {v:.3f}s" for k, v in d.items()))
+    t.add_row("throughput", f"{r.throughput_rps:.1f} req/s over {r.wall_s:.1f}s")
+    for k, v in r.tiers.items():
+        t.add_row(f"tier {k}", f"{v:.1%}")
+    for k, v in r.backends.items():
+        t.add_row(f"backend {k}", f"{v:.1%}")
+    c.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("load")
+    def load_cmd(
+        scenario: str = typer.Argument(..., help="Scenario file or built-in name."),
+        target: str = typer.Option(..., "--target", help="Base URL, e.g. http://127.0.0.1:8080."),
+        seed: int = typer.Option(0),
+        speed: float = typer.Option(1.0, min=0.01, max=1000.0, help="Time compression."),
+        max_requests: int = typer.Option(200, min=1, max=100_000),
+        max_duration: float = typer.Option(60.0, min=0.1, max=3600.0, help="Seconds of sending."),
+        concurrency: int = typer.Option(256, min=1, max=10_000),
+        service_class: list[str] = typer.Option(  # noqa: B008
+            [], "--class", help="Only these classes (repeatable)."
+        ),
+        model: str | None = typer.Option(None, help="Model name to send (default: class name)."),
+        stream: bool = typer.Option(True, "--stream/--no-stream"),
+        timeout: float = typer.Option(120.0, min=0.1, help="Per-request timeout (s)."),
+        json_out: str | None = typer.Option(None, "--json", help="Write the report here."),
+    ) -> None:
+        """Replay a scenario's workload against an OpenAI-compatible endpoint; report."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        from perllm.scenario import ScenarioError, load_scenario
+
+        try:
+            sc = load_scenario(scenario)
+        except ScenarioError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        planned = plan(sc, seed, speed, max_requests, service_class or None, model, stream)
+        if not planned:
+            typer.echo("error: no requests (check --class)", err=True)
+            raise typer.Exit(2)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()) as pr:
+            task = pr.add_task("requests", total=len(planned))
+            report = asyncio.run(
+                replay(
+                    target,
+                    planned,
+                    max_duration,
+                    concurrency,
+                    timeout,
+                    on_done=lambda o: pr.advance(task),
+                )
+            )
+        print_report(report)
+        if json_out:
+            with open(json_out, "w") as f:
+                f.write(report.to_json())

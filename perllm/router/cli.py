@@ -1,0 +1,38 @@
+"""`perllm router --config FILE --host --port`."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("router")
+    def router_cmd(
+        config: str = typer.Option(
+            ..., "--config", envvar="PERLLM_ROUTER_CONFIG", help="Router YAML (docs/router.md)."
+        ),
+        host: str = typer.Option("127.0.0.1", envvar="PERLLM_ROUTER_HOST", help="Listen address."),
+        port: int = typer.Option(8080, envvar="PERLLM_ROUTER_PORT", help="Listen port."),
+        log_level: str = typer.Option("info"),
+    ) -> None:
+        """OpenAI-compatible endpoint that places every request with CS-UCB (edge or cloud)."""
+        import uvicorn
+
+        from perllm.router.app import Router
+        from perllm.router.config import RouterConfigError, load_config
+
+        logging.basicConfig(
+            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        try:
+            router = Router(load_config(config))
+        except RouterConfigError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        try:
+            uvicorn.run(router, host=host, port=port, access_log=False, log_level=log_level.lower())
+        except OSError as e:
+            typer.echo(f"error: cannot listen on {host}:{port}: {e}", err=True)
+            raise typer.Exit(2) from None

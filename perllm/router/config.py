@@ -1,0 +1,157 @@
+"""The router's configuration: the service it fronts, its backends and its limits.
+
+A YAML file (`perllm router --config FILE`):
+
+    service:            # an LLMService spec (perllm.contract.ServiceSpec), or:
+    scenario: demo      # a scenario file or built-in name and one of its classes
+    service_class: chat
+    backends:
+      - {name: edge-gpu-1, url: "http://10.0.0.5:8000", tier: edge, hardware: nvidia-l4,
+         link: {bandwidth_mbps: 100, rtt_ms: 5}}
+    shed: true          # 503 when no backend can meet the deadline
+
+Backends are a static list for now (the Kubernetes discovery of a service's replicas per
+tier comes later). A backend's `hardware` is a key of the catalogue (the scenario's when a
+scenario is named); `bandwidth_mbps` is its measured link bandwidth (default: the link's
+nominal bandwidth).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from perllm.contract import EnergyWeights, Link, Server, ServiceSpec, Tier
+from perllm.csucb import CSUCBConfig
+from perllm.profiles import Catalogue, default_catalogue
+
+
+class RouterConfigError(ValueError):
+    """A configuration the router cannot run with (file and field in the message)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backend(_Strict):
+    """One replica of the service: an OpenAI-compatible model server."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    url: Annotated[str, Field(min_length=1, pattern=r"^https?://")]
+    tier: Tier
+    hardware: str = Field(description="Hardware key in the catalogue, e.g. nvidia-l4.")
+    link: Link
+    bandwidth_mbps: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="Measured link bandwidth (default: the link's nominal)."
+    )
+    model: str | None = Field(
+        default=None, description="Model name the backend serves (rewritten into the body)."
+    )
+
+    def server(self) -> Server:
+        return Server(name=self.name, tier=self.tier, hardware=self.hardware, link=self.link)
+
+    @property
+    def measured_mbps(self) -> float:
+        return self.bandwidth_mbps or self.link.bandwidth_mbps
+
+
+class Limits(_Strict):
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 2**20
+    max_concurrency: Annotated[int, Field(ge=1)] = 256  # requests proxied at once
+    max_queue: Annotated[int, Field(ge=0)] = 1024  # requests waiting for a slot
+    queue_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    read_timeout_s: Annotated[float, Field(gt=0)] = 60.0  # between two upstream chunks
+
+
+class RouterConfig(_Strict):
+    service: ServiceSpec | None = None
+    scenario: str | None = None
+    service_class: str | None = None
+    backends: list[Backend] = Field(min_length=1)
+    shed: bool = Field(
+        default=False,
+        description="Answer 503 when no backend can meet the deadline (else: least violating).",
+    )
+    models: list[str] = Field(
+        default_factory=list, description="Model names accepted (default: model and name)."
+    )
+    weights: EnergyWeights = EnergyWeights()
+    csucb: dict[str, float] = Field(default_factory=dict, description="CSUCBConfig fields.")
+    limits: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _one_service(self) -> RouterConfig:
+        if (self.service is None) == (self.scenario is None):
+            raise ValueError("give either service or scenario (+ service_class)")
+        if self.scenario is not None and not self.service_class:
+            raise ValueError("service_class: required with scenario")
+        names = [b.name for b in self.backends]
+        if len(names) != len(set(names)):
+            raise ValueError("backends: names must be unique")
+        return self
+
+    def resolve(self) -> tuple[ServiceSpec, Catalogue]:
+        """The service and the catalogue its backends' hardware keys refer to."""
+        if self.service is not None:
+            cat = default_catalogue()
+            spec = self.service
+        else:
+            from perllm.scenario import ScenarioError, load_scenario
+
+            assert self.scenario is not None
+            try:
+                sc = load_scenario(self.scenario)
+            except ScenarioError as e:
+                raise RouterConfigError(f"scenario: {e}") from None
+            cat = sc.catalogue
+            found = [s for s in sc.services() if s.name == self.service_class]
+            if not found:
+                known = [c.name for c in sc.workload.classes]
+                raise RouterConfigError(
+                    f"service_class: {self.service_class!r} not in {self.scenario} ({known})"
+                )
+            spec = found[0]
+        if spec.model not in cat.models:
+            raise RouterConfigError(f"service.model: unknown model {spec.model!r}")
+        for b in self.backends:
+            if b.hardware not in cat.hardware:
+                raise RouterConfigError(
+                    f"backends[{b.name}].hardware: unknown hardware {b.hardware!r}; "
+                    f"known: {sorted(cat.hardware)}"
+                )
+        return spec, cat
+
+    def model_names(self, spec: ServiceSpec) -> set[str]:
+        return set(self.models) if self.models else {spec.model, spec.name}
+
+    def csucb_config(self) -> CSUCBConfig:
+        try:
+            return CSUCBConfig(**self.csucb)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as e:
+            raise RouterConfigError(f"csucb: {e}") from None
+
+
+def parse_config(data: Any, source: str = "<config>") -> RouterConfig:
+    from pydantic import ValidationError
+
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise RouterConfigError(f"{source}: {loc}: {first['msg']}") from None
+
+
+def load_config(path: str | Path) -> RouterConfig:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise RouterConfigError(f"{p}: {e}") from None
+    return parse_config(data, str(p))

@@ -1,0 +1,92 @@
+"""The router's Prometheus metrics (one registry per router, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class RouterMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "perllm_router_decisions_total",
+            "Requests placed by CS-UCB, per backend, tier and whether a feasible one existed.",
+            ["backend", "tier", "feasible"],
+            registry=r,
+        )
+        self.explored = Counter(
+            "perllm_router_exploration_total",
+            "Decisions that played a never-played (service, pool) arm.",
+            ["backend", "tier"],
+            registry=r,
+        )
+        self.judged = Counter(
+            "perllm_router_requests_judged_total",
+            "Completed requests, per backend and whether they met their deadline.",
+            ["backend", "tier", "met"],
+            registry=r,
+        )
+        self.attainment = Gauge(
+            "perllm_router_attainment_ratio",
+            "Share of completed requests that met their deadline, since start.",
+            registry=r,
+        )
+        self.shed = Counter(
+            "perllm_router_shed_requests_total",
+            "Requests answered 503 by the router, per reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "perllm_router_upstream_errors_total",
+            "Upstream failures per backend and kind (connect, timeout, status, disconnect).",
+            ["backend", "kind"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "perllm_router_rejected_requests_total",
+            "Requests answered 4xx, per status.",
+            ["status"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "perllm_router_inflight_requests",
+            "Requests in flight per backend (the load CS-UCB sees).",
+            ["backend"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "perllm_router_request_seconds",
+            "End-to-end time of completed requests, per backend.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "perllm_router_time_to_first_token_seconds",
+            "Time to the first upstream body chunk, per backend.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decide_s = Histogram(
+            "perllm_router_decision_seconds",
+            "Time of one CS-UCB decision.",
+            buckets=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+            registry=r,
+        )
+        self._met = self._total = 0
+
+    def judge(self, backend: str, tier: str, met: bool) -> None:
+        self.judged.labels(backend, tier, "true" if met else "false").inc()
+        self._total += 1
+        self._met += met
+        self.attainment.set(self._met / self._total)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,104 @@
+"""What the router reads from an OpenAI request: its model, whether it streams, and the
+sizes the cost model needs (prompt tokens at ~4 bytes a token, as `perllm.costmodel`
+assumes, and the bytes of the body beyond the text, e.g. image data URLs)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from perllm.costmodel import BYTES_PER_TOKEN
+
+
+class BadRequest(ValueError):
+    """A request the router answers with a 4xx: (status, OpenAI error type, message)."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+@dataclass(frozen=True)
+class Parsed:
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    prompt_tokens: float  # estimate, >= 1
+    attach_bytes: float
+    max_tokens: float | None
+
+
+def _text_and_attach(content: Any) -> tuple[int, int]:
+    """(text bytes, attachment bytes) of one message's content (string or parts)."""
+    if isinstance(content, str):
+        return len(content.encode()), 0
+    if not isinstance(content, list):
+        return 0, 0
+    text = attach = 0
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            text += len(part["text"].encode())
+            continue
+        for key in ("image_url", "input_audio", "file", "video_url"):
+            v = part.get(key)
+            if isinstance(v, dict):
+                v = v.get("url") or v.get("data") or v.get("file_data")
+            if isinstance(v, str):
+                attach += len(v)
+    return text, attach
+
+
+def sizes(body: dict[str, Any]) -> tuple[float, float]:
+    """(prompt tokens, attachment bytes) of a chat or completions body."""
+    text = attach = 0
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for m in messages:
+            if isinstance(m, dict):
+                t, a = _text_and_attach(m.get("content"))
+                text, attach = text + t, attach + a
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        text += len(prompt.encode())
+    elif isinstance(prompt, list):
+        text += sum(len(p.encode()) if isinstance(p, str) else 4 for p in prompt)
+    return max(1.0, text / BYTES_PER_TOKEN), float(attach)
+
+
+def parse(raw: bytes, chat: bool) -> Parsed:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(400, "invalid_request_error", f"body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(400, "invalid_request_error", "body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest(400, "invalid_request_error", "model: required string")
+    if chat and not isinstance(body.get("messages"), list):
+        raise BadRequest(400, "invalid_request_error", "messages: required list")
+    if not chat and not isinstance(body.get("prompt"), str | list):
+        raise BadRequest(400, "invalid_request_error", "prompt: required string or list")
+    mt = body.get("max_completion_tokens", body.get("max_tokens"))
+    if mt is not None and (not isinstance(mt, int | float) or isinstance(mt, bool) or mt < 1):
+        raise BadRequest(400, "invalid_request_error", "max_tokens: must be a positive number")
+    l_in, attach = sizes(body)
+    return Parsed(body, model, bool(body.get("stream")), l_in, attach, mt)
+
+
+def deadline_header(value: str | None) -> float | None:
+    """`x-perllm-deadline-s`: a positive number of seconds, or None."""
+    if value is None:
+        return None
+    try:
+        d = float(value)
+    except ValueError:
+        raise BadRequest(
+            400, "invalid_request_error", "x-perllm-deadline-s: not a number"
+        ) from None
+    if not d > 0 or d != d or d == float("inf"):
+        raise BadRequest(400, "invalid_request_error", "x-perllm-deadline-s: must be > 0")
+    return d

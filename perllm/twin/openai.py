@@ -1,0 +1,295 @@
+"""The twin's model servers as OpenAI-compatible endpoints, timed by the world model.
+
+`/pods/<namespace>/<pod>/v1/chat/completions` (and `/v1/completions`, `/v1/models`)
+answers as the pod's model server would: the request runs through
+`perllm.world.server.execute` on the pod's node (its `ServerState`: FIFO upload on the
+node's link, admission into the node's slots with the (service, node) coefficients of
+the cost model, prefill, decode, download), and the answer is timed by the outcome in
+(scaled) real time: the first token when the prefill ends, then the other tokens evenly
+over the decode, the end after the download; `speed` simulated seconds pass per wall
+second. So `perllm router` can be tested end to end over real HTTP without GPUs.
+
+Prompt tokens and attachment bytes are estimated from the body as the router does
+(~4 bytes a token); the output length is the service's output distribution (its scenario
+class's, else lognormal around the declared mean) capped by `max_tokens`. These requests
+run on their own `ServerState`s: the twin's synthetic traffic and its metrics are not
+changed by them (and they do not see that traffic's load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from perllm.contract import ServiceSpec
+from perllm.costmodel import build_cost_table, download_bits, upload_bits
+from perllm.router.request import BadRequest, parse
+from perllm.scenario import Scenario
+from perllm.twin.arrivals import service_dists
+from perllm.twin.fleet import server_powers
+from perllm.world.server import ServerState, execute
+from perllm.world.sim import coeff_grid
+from perllm.world.workload import draw, whole_tokens
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+# (namespace, pod) -> (the service it serves, its node), or None: unknown pod.
+Resolver = Callable[[str, str], "tuple[ServiceSpec, str] | None"]
+MAX_WAIT_S = 600.0  # one answer never sleeps longer than this (wall)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Simulated seconds from arrival: first token, last token, answer complete."""
+
+    first: float
+    last: float
+    done: float
+    tokens: int
+    prompt_tokens: int
+
+
+def static_pods(sc: Scenario, namespace: str = "default") -> dict[tuple[str, str], tuple[str, str]]:
+    """One pod per (class, node) the node can run: `<namespace>/<class>-<node>`."""
+    services = sc.services()
+    servers = sc.expanded_servers()
+    t = build_cost_table(services, servers, sc.catalogue)
+    return {
+        (namespace, f"{s.name}-{node}"): (s.name, node)
+        for c, s in enumerate(services)
+        for j, (node, _) in enumerate(servers)
+        if t.allowed[c, j]
+    }
+
+
+class TwinOpenAI:
+    def __init__(
+        self,
+        sc: Scenario,
+        resolve: Resolver,
+        speed: float = 1.0,
+        seed: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not speed > 0:
+            raise ValueError("speed: must be > 0")
+        self.sc, self.resolve, self.speed, self.clock = sc, resolve, speed, clock
+        self.t0 = clock()
+        self.servers = sc.expanded_servers()
+        self.node_index = {n: j for j, (n, _) in enumerate(self.servers)}
+        hw = sc.catalogue.hardware
+        self.states = []
+        for _, s in self.servers:
+            p_idle, p_busy, p_prefill = server_powers(hw[s.hardware])
+            self.states.append(ServerState(p_idle, p_busy, p_prefill, hw[s.hardware].kind == "gpu"))
+        self.rng = np.random.default_rng([seed, 0x0A1])
+        self._tables: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.served = 0
+
+    @classmethod
+    def standalone(cls, sc: Scenario, speed: float = 1.0, seed: int = 0) -> TwinOpenAI:
+        pods = static_pods(sc)
+        specs = {s.name: s for s in sc.services()}
+
+        def resolve(ns: str, pod: str) -> tuple[ServiceSpec, str] | None:
+            hit = pods.get((ns, pod))
+            return None if hit is None else (specs[hit[0]], hit[1])
+
+        return cls(sc, resolve, speed, seed)
+
+    def now(self) -> float:
+        """Simulated seconds since start."""
+        return (self.clock() - self.t0) * self.speed
+
+    def _coeffs(self, spec: ServiceSpec, j: int) -> tuple[Any, bool, float]:
+        key = spec.model_dump_json()
+        got = self._tables.get(key)
+        if got is None:
+            t = build_cost_table([spec], self.servers, self.sc.catalogue)
+            got = self._tables[key] = (t, coeff_grid(t)[0])
+        t, grid = got
+        return grid[j], bool(t.allowed[0, j]), float(t.perf_scale[j])
+
+    def timeline(
+        self, spec: ServiceSpec, node: str, l_in: float, attach: float, max_tokens: float | None
+    ) -> Timeline:
+        """Run one request arriving now on `node` through the world model."""
+        j = self.node_index[node]
+        c, allowed, perf = self._coeffs(spec, j)
+        if not allowed:
+            raise BadRequest(503, "unplaceable", f"node {node} cannot run {spec.name}")
+        _, d_out, _ = service_dists(self.sc, spec)
+        context = self.sc.catalogue.models[spec.model].context
+        with self._lock:
+            lout_draw = draw(d_out, 1, self.rng)
+            if max_tokens is not None:
+                lout_draw = np.minimum(lout_draw, max_tokens)
+            li, lo = whole_tokens(np.array([l_in]), lout_draw, context)
+            l_in_t, l_out = float(li[0]), float(lo[0])
+            noise = float(self.rng.lognormal(0.0, self.sc.speed_noise))
+            link = self.servers[j][1].link
+            bps = link.bandwidth_mbps * 1e6
+            a = self.now()
+            bits = (float(upload_bits(l_in_t, attach)), float(download_bits(l_out)))
+            d, out, _ = execute(
+                self.states[j], c, a, l_in_t, l_out, bits,
+                (bps, link.rtt_ms / 1000, link.energy_uj_per_bit * 1e-6), noise * perf,
+            )  # fmt: skip
+            self.served += 1
+        half = link.rtt_ms / 2000
+        first = out.start + out.prefill - a + half
+        last = out.end - a + half
+        return Timeline(first, max(first, last), max(d, last), int(l_out), int(l_in_t))
+
+    # -- ASGI -----------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                while (await receive())["type"] != "lifespan.shutdown":
+                    await send({"type": "lifespan.startup.complete"})
+                await send({"type": "lifespan.shutdown.complete"})
+            return
+        parts = scope["path"].strip("/").split("/")
+        if parts == ["healthz"]:
+            await _reply(send, 200, {"status": "ok"})
+            return
+        if len(parts) < 5 or parts[0] != "pods" or parts[3] != "v1":
+            await _reply(send, 404, _err("not_found", "use /pods/<namespace>/<pod>/v1/..."))
+            return
+        hit = self.resolve(parts[1], parts[2])
+        if hit is None:
+            await _reply(send, 404, _err("not_found", f"no pod {parts[1]}/{parts[2]}"))
+            return
+        spec, node = hit
+        route = "/".join(parts[4:])
+        if route == "models":
+            data = [
+                {"id": m, "object": "model", "owned_by": "perllm-twin"}
+                for m in (spec.model, spec.name)
+            ]
+            await _reply(send, 200, {"object": "list", "data": data})
+            return
+        if route not in ("chat/completions", "completions") or scope["method"] != "POST":
+            await _reply(send, 404, _err("not_found", f"no route {route}"))
+            return
+        body = b""
+        more = True
+        while more:
+            m = await receive()
+            if m["type"] == "http.disconnect":
+                return
+            body += m.get("body", b"")
+            more = bool(m.get("more_body"))
+        answer = asyncio.ensure_future(
+            self._answer(spec, node, body, route == "chat/completions", send)
+        )
+        gone = asyncio.ensure_future(_disconnect(receive))
+        try:
+            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if answer.done():
+                answer.result()
+        finally:
+            answer.cancel()
+            gone.cancel()
+
+    async def _answer(
+        self, spec: ServiceSpec, node: str, body: bytes, chat: bool, send: Send
+    ) -> None:
+        try:
+            req = parse(body, chat)
+            tl = self.timeline(spec, node, req.prompt_tokens, req.attach_bytes, req.max_tokens)
+        except BadRequest as e:
+            await _reply(send, e.status, _err(e.kind, e.message))
+            return
+        start = self.clock()
+        model = req.model
+
+        async def until(sim_s: float) -> None:
+            wait = start + min(sim_s / self.speed, MAX_WAIT_S) - self.clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+        usage = {"prompt_tokens": tl.prompt_tokens, "completion_tokens": tl.tokens,
+                 "total_tokens": tl.prompt_tokens + tl.tokens}  # fmt: skip
+        headers = [(b"x-perllm-twin-node", node.encode())]
+        if not req.stream:
+            await until(tl.done)
+            text = "tok " * tl.tokens
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+            choice |= (
+                {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+            )
+            out = {"id": "twin", "object": "chat.completion" if chat else "text_completion",
+                   "model": model, "choices": [choice], "usage": usage}  # fmt: skip
+            await _reply(send, 200, out, headers)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), *headers]})  # fmt: skip
+        step = (tl.last - tl.first) / max(tl.tokens - 1, 1)
+        for k in range(tl.tokens):
+            await until(tl.first + k * step)
+            delta = {"delta": {"content": "tok "}} if chat else {"text": "tok "}
+            ev = {"id": "twin", "object": "chat.completion.chunk", "model": model,
+                  "choices": [{"index": 0, **delta}]}  # fmt: skip
+            await send({"type": "http.response.body", "body": _sse(ev), "more_body": True})
+        await until(tl.done)
+        final = {"id": "twin", "object": "chat.completion.chunk", "model": model, "choices": [
+            {"index": 0, "delta": {}, "finish_reason": "length"}], "usage": usage}  # fmt: skip
+        await send({"type": "http.response.body", "body": _sse(final) + b"data: [DONE]\n\n"})
+
+
+def _sse(ev: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(ev).encode() + b"\n\n"
+
+
+def _err(kind: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message}}
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _reply(
+    send: Send, status: int, obj: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    hs = [(b"content-type", b"application/json"), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": hs})
+    await send({"type": "http.response.body", "body": json.dumps(obj).encode()})
+
+
+def twin_resolver(tw: Any) -> Resolver:
+    """The pods of a running `perllm.twin.engine.Twin` (bound, not terminating), read
+    without its lock (single dict lookups)."""
+
+    def resolve(ns: str, pod: str) -> tuple[ServiceSpec, str] | None:
+        ps = tw.pods.get((ns, pod))
+        if ps is None:
+            return None
+        spec = tw.services.get(ps.service)
+        return None if spec is None else (spec, tw.node_names[ps.node])
+
+    return resolve
+
+
+def serve_in_thread(app: Any, host: str, port: int) -> threading.Thread:
+    """uvicorn on a daemon thread (the twin's clock owns the main thread)."""
+    import uvicorn
+
+    cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                         lifespan="off")  # fmt: skip
+    server = uvicorn.Server(cfg)
+    th = threading.Thread(target=server.run, name="twin-openai", daemon=True)
+    th.start()
+    return th

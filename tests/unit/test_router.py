@@ -1,0 +1,336 @@
+"""`perllm router` against stub backends (httpx.AsyncClient over the ASGI apps)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from perllm.router.app import Router
+from perllm.router.config import RouterConfig, RouterConfigError, load_config, parse_config
+from perllm.router.serving import serving
+from perllm.router.stub import StubBackend
+
+BACKENDS: list[dict[str, Any]] = [
+    {
+        "name": "edge-gpu",
+        "url": "http://edge:8000",
+        "tier": "edge",
+        "hardware": "nvidia-l4",
+        "link": {"bandwidth_mbps": 100, "rtt_ms": 5},
+    },
+    {
+        "name": "cloud",
+        "url": "http://cloud:8000",
+        "tier": "cloud",
+        "hardware": "a100-80gb-sxm",
+        "link": {"bandwidth_mbps": 300, "rtt_ms": 40},
+    },
+]
+CHAT = {"model": "llama3-8b", "messages": [{"role": "user", "content": "hello " * 50}]}
+
+
+def config(**kw: Any) -> RouterConfig:
+    return parse_config({"scenario": "demo", "service_class": "chat", "backends": BACKENDS} | kw)
+
+
+def router(
+    stubs: dict[str, StubBackend] | None = None, urls: dict[str, str] | None = None, **kw: Any
+) -> tuple[Router, dict[str, StubBackend], httpx.AsyncClient]:
+    """A router over in-process stubs (httpx's ASGI transport buffers whole responses and
+    applies no timeouts) or, with `urls`, over stubs served on loopback."""
+    stubs = stubs or {"edge-gpu": StubBackend("edge-gpu"), "cloud": StubBackend("cloud")}
+    if urls is not None:
+        backends = [{**b, "url": urls[b["name"]]} for b in BACKENDS]
+        r = Router(config(backends=backends, **kw))
+    else:
+        r = Router(config(**kw), {k: httpx.ASGITransport(app=v) for k, v in stubs.items()})
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://router")
+    return r, stubs, client
+
+
+def decision(resp: httpx.Response) -> dict[str, str]:
+    h = resp.headers["x-perllm-decision"]
+    return dict(p.strip().split("=", 1) for p in h.split(";"))
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_routes_with_a_decision_header_and_learns() -> None:
+    async def go() -> None:
+        r, stubs, c = router()
+        backends = []
+        for _ in range(12):
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 200, resp.text
+            d = decision(resp)
+            assert d["tier"] in ("edge", "cloud") and d["predicted"].endswith("s")
+            assert d["feasible"] in ("true", "false")
+            assert resp.json()["backend"] == d["backend"]
+            backends.append(d["backend"])
+        assert sum(s.requests for s in stubs.values()) == 12
+        # Both arms were explored first (unplayed arms go first), and it learned every one.
+        assert set(backends) == {"edge-gpu", "cloud"}
+        assert r.decider.bandit.stats.n.sum() == pytest.approx(12, rel=0.05)
+        assert r.inflight == [0, 0]
+        text = (await c.get("/metrics")).text
+        assert (
+            'perllm_router_decisions_total{backend="edge-gpu",feasible="true",tier="edge"}' in text
+        )
+        assert "perllm_router_exploration_total" in text
+        assert "perllm_router_attainment_ratio 1.0" in text
+        models = (await c.get("/v1/models")).json()
+        assert {m["id"] for m in models["data"]} == {"llama3-8b", "chat"}
+        await r.aclose()
+
+    run(go())
+
+
+def test_streaming_passes_chunks_and_counts_tokens() -> None:
+    async def go() -> None:
+        stubs = {
+            "edge-gpu": StubBackend("e", tokens=7, usage=False),
+            "cloud": StubBackend("c", tokens=7),
+        }
+        r, _, c = router(stubs)
+        seen: list[float] = []
+        orig = r.decider.learn
+
+        def spy(tickets: Any, time: Any, l_out: Any, deadline: Any, energy: Any = None) -> None:
+            seen.extend(l_out)
+            orig(tickets, time, l_out, deadline, energy)
+
+        r.decider.learn = spy  # type: ignore[method-assign]
+        async with c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+            assert resp.headers["content-type"] == "text/event-stream"
+            body = b"".join([x async for x in resp.aiter_raw()])
+        assert body.count(b"data:") == 8 and body.endswith(b"data: [DONE]\n\n")
+        resp = await c.post(
+            "/v1/completions", json={"model": "chat", "prompt": "hi", "stream": True}
+        )
+        assert resp.status_code == 200 and b"[DONE]" in resp.content
+        assert seen == [7.0, 7.0]
+        await r.aclose()
+
+    run(go())
+
+
+def test_usage_of_a_json_answer_is_the_output_length() -> None:
+    async def go() -> None:
+        stubs = {"edge-gpu": StubBackend("e", tokens=5), "cloud": StubBackend("c", tokens=5)}
+        r, _, c = router(stubs)
+        seen: list[float] = []
+        orig = r.decider.learn
+        r.decider.learn = lambda t, d, lo, dl, e=None: (seen.extend(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
+        for _ in range(2):
+            assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        assert seen == [5.0, 5.0]
+        await r.aclose()
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "kind"),
+    [
+        (b"{not json", {}, 400, "invalid_request_error"),
+        (b"[1, 2]", {}, 400, "invalid_request_error"),
+        (json.dumps({"model": "llama3-8b"}).encode(), {}, 400, "invalid_request_error"),
+        (json.dumps({**CHAT, "model": "gpt-9"}).encode(), {}, 404, "model_not_found"),
+        (json.dumps({**CHAT, "max_tokens": -1}).encode(), {}, 400, "invalid_request_error"),
+        (json.dumps(CHAT).encode(), {"x-perllm-deadline-s": "soon"}, 400, "invalid_request_error"),
+        (json.dumps({**CHAT, "pad": "x" * 5000}).encode(), {}, 413, "invalid_request_error"),
+    ],
+)
+def test_malformed_requests_get_a_clear_4xx(
+    body: bytes, headers: dict[str, str], status: int, kind: str
+) -> None:
+    async def go() -> None:
+        r, stubs, c = router(limits={"max_body_bytes": 4096})
+        resp = await c.post("/v1/chat/completions", content=body, headers=headers)
+        assert resp.status_code == status
+        assert resp.json()["error"]["type"] == kind
+        assert sum(s.requests for s in stubs.values()) == 0
+        assert (await c.get("/v1/chat/completions")).status_code == 405
+        assert (await c.get("/nope")).status_code == 404
+        await r.aclose()
+
+    run(go())
+
+
+def test_sheds_with_503_when_no_backend_can_meet_the_deadline() -> None:
+    async def go() -> None:
+        r, stubs, c = router(shed=True)
+        # The service's own deadline is met; the header tightens it below any prediction.
+        resp = await c.post(
+            "/v1/chat/completions", json=CHAT, headers={"x-perllm-deadline-s": "0.001"}
+        )
+        assert resp.status_code == 503
+        err = resp.json()["error"]
+        assert err["type"] == "deadline_unmeetable" and "0.001" in err["message"]
+        # A header cannot loosen the deadline: a huge prompt is infeasible everywhere.
+        huge = {"model": "chat", "messages": [{"role": "user", "content": "x" * 2_000_000}]}
+        resp = await c.post(
+            "/v1/chat/completions", json=huge, headers={"x-perllm-deadline-s": "1e6"}
+        )
+        assert resp.status_code == 503, resp.text
+        assert "no backend can meet the deadline" in resp.json()["error"]["message"]
+        assert sum(s.requests for s in stubs.values()) == 0
+        assert (
+            'perllm_router_shed_requests_total{reason="deadline_unmeetable"} 2.0'
+            in (await c.get("/metrics")).text
+        )
+        await r.aclose()
+
+    run(go())
+
+
+def test_without_shedding_the_least_violating_backend_serves() -> None:
+    async def go() -> None:
+        r, _, c = router()
+        resp = await c.post(
+            "/v1/chat/completions", json=CHAT, headers={"x-perllm-deadline-s": "1e-9"}
+        )
+        assert resp.status_code == 200
+        assert "perllm_router_attainment_ratio 0.0" in (await c.get("/metrics")).text
+        await r.aclose()
+
+    run(go())
+
+
+def test_a_hanging_backend_times_out_and_frees_its_slot() -> None:
+    async def go() -> None:
+        stubs = {"edge-gpu": StubBackend("e", hang=True), "cloud": StubBackend("c", hang=True)}
+        async with serving(stubs["edge-gpu"]) as e, serving(stubs["cloud"]) as cl:
+            r, _, c = router(stubs, {"edge-gpu": e, "cloud": cl}, limits={"read_timeout_s": 0.2})
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 504 and resp.json()["error"]["type"] == "upstream_timeout"
+            assert r.inflight == [0, 0]
+            assert r.decider.bandit.stats.n.sum() > 0  # the timeout was learned as a miss
+            await r.aclose()
+            await asyncio.sleep(0.05)
+            assert sum(s.active for s in stubs.values()) == 0  # the upstream was cancelled
+
+    run(go())
+
+
+def test_an_unreachable_backend_is_a_502() -> None:
+    async def go() -> None:
+        def refuse(request: httpx.Request) -> httpx.Response:
+            raise httpx.ConnectError("refused", request=request)
+
+        r = Router(config(), {n: httpx.MockTransport(refuse) for n in ("edge-gpu", "cloud")})
+        c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://router")
+        resp = await c.post("/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 502 and resp.json()["error"]["type"] == "upstream_unavailable"
+        assert r.inflight == [0, 0]
+        await r.aclose()
+
+    run(go())
+
+
+def test_queue_full_and_queue_timeout_are_503() -> None:
+    async def go() -> None:
+        stubs = {"edge-gpu": StubBackend("e", hang=True), "cloud": StubBackend("c", hang=True)}
+        async with serving(stubs["edge-gpu"]) as e, serving(stubs["cloud"]) as cl:
+            await _queue(stubs, {"edge-gpu": e, "cloud": cl})
+
+    run(go())
+
+
+async def _queue(stubs: dict[str, StubBackend], urls: dict[str, str]) -> None:
+    if True:
+        r, _, c = router(
+            stubs,
+            urls,
+            limits={
+                "max_concurrency": 1,
+                "max_queue": 1,
+                "queue_timeout_s": 0.2,
+                "read_timeout_s": 1,
+            },
+        )
+        first = asyncio.create_task(c.post("/v1/chat/completions", json=CHAT))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(c.post("/v1/chat/completions", json=CHAT))
+        await asyncio.sleep(0.05)
+        third = await c.post("/v1/chat/completions", json=CHAT)
+        assert third.status_code == 503 and third.json()["error"]["type"] == "queue_full"
+        assert (await second).status_code == 503
+        assert (await second).json()["error"]["type"] == "queue_timeout"
+        assert (await first).status_code == 504
+        await r.aclose()
+
+
+async def _call(
+    app: Router, body: bytes, disconnect_after_chunks: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Drive the ASGI app directly; the client goes away after N body chunks."""
+    sent: list[dict[str, Any]] = []
+    gone = asyncio.Event()
+    calls = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(m: dict[str, Any]) -> None:
+        sent.append(m)
+        chunks = sum(1 for x in sent if x["type"] == "http.response.body")
+        if chunks >= disconnect_after_chunks:
+            gone.set()
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    call: Callable[..., Awaitable[None]] = app
+    await call(scope, receive, send)
+    return sent, calls
+
+
+def test_client_disconnect_mid_stream_cancels_the_upstream() -> None:
+    async def go() -> None:
+        stubs = {
+            "edge-gpu": StubBackend("e", tokens=1000, token_delay_s=0.01),
+            "cloud": StubBackend("c", tokens=1000, token_delay_s=0.01),
+        }
+        async with serving(stubs["edge-gpu"]) as e, serving(stubs["cloud"]) as cl:
+            r, _, _ = router(stubs, {"edge-gpu": e, "cloud": cl})
+            body = json.dumps({**CHAT, "stream": True}).encode()
+            sent, _ = await _call(r, body, disconnect_after_chunks=3)
+            assert sent[0]["status"] == 200
+            assert len(sent) < 50  # stopped long before 1000 tokens
+            await asyncio.sleep(0.1)
+            assert sum(s.active for s in stubs.values()) == 0
+            assert sum(s.cancelled for s in stubs.values()) == 1
+            assert r.inflight == [0, 0]
+            assert "client_disconnect" in r.metrics.exposition().decode()
+            await r.aclose()
+
+    run(go())
+
+
+def test_config_errors_are_clear(tmp_path: Any) -> None:
+    with pytest.raises(RouterConfigError, match="backends"):
+        parse_config({"scenario": "demo", "service_class": "chat", "backends": []})
+    with pytest.raises(RouterConfigError, match="service_class"):
+        Router(parse_config({"scenario": "demo", "service_class": "nope", "backends": BACKENDS}))
+    bad = [{**BACKENDS[0], "hardware": "abacus"}]
+    with pytest.raises(RouterConfigError, match="abacus"):
+        Router(parse_config({"scenario": "demo", "service_class": "chat", "backends": bad}))
+    p = tmp_path / "r.yaml"
+    p.write_text(json.dumps({"scenario": "demo", "service_class": "chat", "backends": BACKENDS}))
+    assert load_config(p).backends[1].name == "cloud"
