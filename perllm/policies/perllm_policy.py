@@ -35,14 +35,16 @@ class PerLLM(Policy):
             obs.waiting,
             obs.bw_mbps,
         )
-        for i, a, b in zip(
+        for i, a, b, shed in zip(
             batch.idx.tolist(),
             d.predicted_fixed.tolist(),
             d.predicted_per_token.tolist(),
+            d.shed.tolist(),
             strict=True,
         ):
-            self.pending[i] = (a, b)
-        return d.choice
+            if not shed:  # a shed request never runs: no feedback comes
+                self.pending[i] = (a, b)
+        return d.choice  # SHED (-1) where shed
 
     def feedback(self, fb: Feedback) -> None:
         # The decision-time prediction, at the realised output length (as the extender
