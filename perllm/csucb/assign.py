@@ -57,13 +57,25 @@ class Grid:
         return grew
 
 
+def hopeless(pess: float, expect: float, deadline: float) -> bool:
+    """Late even in expectation: the pessimistic time scaled back to the arm's mean ratio
+    (`expect` = μ_ρ / (μ_ρ + z·σ_ρ)) misses ΔD, so lateness is more likely than not."""
+    return pess * expect > deadline
+
+
 def assign_lists(
-    g: Grid, static: NDArray[np.bool_], deadline: F, order: I, ok: NDArray[np.bool_], shed_all: bool
+    g: Grid,
+    static: NDArray[np.bool_],
+    deadline: F,
+    order: I,
+    ok: NDArray[np.bool_],
+    expect: F | None,
 ) -> tuple[I, I, NDArray[np.bool_], int]:
     """`assign_arrays` on Python lists, for a round's few requests: the same choices
     without numpy's per-call cost. Scores must hold no NaN (comparisons would differ from
-    numpy's argmax). Returns each request's server (`SHED`: none) and load level, the
-    shed mask and the requests with nothing feasible."""
+    numpy's argmax). `expect` [N, M] (μ/(μ + zσ) per pair) when hopeless requests are
+    shed. Returns each request's server (`SHED`: none) and load level, the shed mask and
+    the requests with nothing feasible."""
     n, m = g.feasible_score.shape[:2]
     fs = g.feasible_score.tolist()
     added = [0] * m
@@ -84,12 +96,11 @@ def assign_lists(
         if j < 0:
             infeasible += 1
             p_row = g.pess[k]
-            j = least_late(
-                [float(p_row[jj, a]) for jj, a in enumerate(added)],
-                float(deadline[k]),
-                static[k].tolist(),
-            )
-            if shed_all or j == SHED:
+            pess = [float(p_row[jj, a]) for jj, a in enumerate(added)]
+            j = least_late(pess, float(deadline[k]), static[k].tolist())
+            if j == SHED or (
+                expect is not None and hopeless(pess[j], float(expect[k, j]), float(deadline[k]))
+            ):
                 choice[k], shed[k] = SHED, True
                 continue
         choice[k], lvl_of[k] = j, added[j]
@@ -98,7 +109,12 @@ def assign_lists(
 
 
 def assign_arrays(
-    g: Grid, static: NDArray[np.bool_], deadline: F, order: I, ok: NDArray[np.bool_], shed_all: bool
+    g: Grid,
+    static: NDArray[np.bool_],
+    deadline: F,
+    order: I,
+    ok: NDArray[np.bool_],
+    expect: F | None,
 ) -> tuple[I, I, I, NDArray[np.bool_], int]:
     """The assignment in numpy, recording what explanations need: every server's load
     level as each request saw it when it was placed."""
@@ -120,8 +136,11 @@ def assign_arrays(
         else:
             ok[k] = False
             infeasible += 1
-            j = least_late(g.pess[k, ar, added].tolist(), float(deadline[k]), static[k].tolist())
-            if shed_all or j == SHED:
+            pess = g.pess[k, ar, added].tolist()
+            j = least_late(pess, float(deadline[k]), static[k].tolist())
+            if j == SHED or (
+                expect is not None and hopeless(pess[j], float(expect[k, j]), float(deadline[k]))
+            ):
                 choice[k], shed[k] = SHED, True
                 continue
         choice[k] = j

@@ -252,13 +252,16 @@ class CSUCB:
 
         g = Grid(pess, np.where(feas, score, -np.inf), grow)
         ok = np.empty(n, bool)
-        shed_all = self.cfg.on_infeasible == "shed"
+        expect = None
+        if self.cfg.on_infeasible == "shed":
+            mu_arm, _, f_arm = st.arm_posterior()
+            expect = (mu_arm / f_arm)[arm]
         # Python lists beat numpy's per-call cost only while the round's array is small.
         if not explain and g.feasible_score.size <= 4096 and not np.isnan(score).any():
-            choice, lvl_of, shed, infeasible = assign_lists(g, static, deadline, order, ok, shed_all)
+            choice, lvl_of, shed, infeasible = assign_lists(g, static, deadline, order, ok, expect)
         else:
             choice, lvl_of, seen, shed, infeasible = assign_arrays(
-                g, static, deadline, order, ok, shed_all
+                g, static, deadline, order, ok, expect
             )
         view, placed = lv.view, ~shed
         unplayed = (st.plays.ravel() == 0)[arm]  # before this round's plays

@@ -33,8 +33,9 @@ class CSUCBConfig:
     max_candidates: int = 64
     # A request no server can serve in time (pessimistically): "least-late" places it on
     # the server with the smallest pessimistic overshoot among those meeting its tiers
-    # and quality floor; "shed" rejects it. Either way the tiers and the quality floor
-    # are never traded: a request that no server may run at all is shed.
+    # and quality floor; "shed" does the same unless it is late there even in
+    # expectation (μ_ρ·D > ΔD: more likely late than not), and then rejects it. Either way
+    # tiers and quality floor are never traded: a request no server may run is shed.
     on_infeasible: OnInfeasible = "least-late"
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ from perllm.costmodel import (
     marginal_energy,
     upload_bits,
 )
-from perllm.csucb.assign import SHED, least_late
+from perllm.csucb.assign import SHED, hopeless, least_late
 from perllm.csucb.decision import Decision
 from perllm.csucb.tables import Coef, FastTables
 
@@ -279,18 +279,23 @@ class FastRound:
                     best, j = v, jj
         return j
 
-    def least(self, k: int, added: list[int]) -> int | None:
+    def least(self, k: int, added: list[int], shed: bool) -> int | None:
         """`assign.least_late` for request k (`SHED`: no server meets its hard
-        constraints); None on a NaN."""
+        constraints, or with `shed` it is hopeless there); None on a NaN."""
         if not self.make([(k, j, a) for j, a in enumerate(added) if self.row(k, a)[j] is _UNMADE]):
             return None
         c, tab = self.cls[k], self.tab
         pess = [self.entry(k, j, a).time * self.f[tab.arm[c][j]] for j, a in enumerate(added)]
         hard_ok = [p.static for p in self.req[k].pairs]
-        return least_late(pess, self.req[k].deadline, hard_ok)
+        j = least_late(pess, self.req[k].deadline, hard_ok)
+        if shed and j != SHED:
+            arm = tab.arm[c][j]
+            if hopeless(pess[j], self.mu[arm] / self.f[arm], self.req[k].deadline):
+                return SHED
+        return j
 
     def run(
-        self, shed_all: bool = False
+        self, shed_hopeless: bool = False
     ) -> tuple[list[int], list[int], list[bool], list[bool], int] | None:
         """Each request's server (`SHED`: none) and load level, whether it was feasible,
         whether it was shed, the requests with nothing feasible; None on a NaN. A round
@@ -307,9 +312,9 @@ class FastRound:
         for k in order:
             j = self.pick(k, added)
             if j is not None and j < 0:
-                j = self.least(k, added)
+                j = self.least(k, added, shed_hopeless)
                 infeasible += 1
-                if j is not None and (shed_all or j == SHED):
+                if j == SHED:
                     choice[k], shed[k] = SHED, True
                     continue
             elif j is not None:

@@ -17,7 +17,10 @@ class PerLLM(Policy):
     name = "perllm"
 
     def __init__(self, config: CSUCBConfig | None = None) -> None:
-        self.config = config
+        # A request router may reject: by default CS-UCB sheds a request that is late
+        # even in expectation wherever it may run (the extender, which must place a pod,
+        # keeps CSUCBConfig's default, least-late).
+        self.config = config or CSUCBConfig(on_infeasible="shed")
 
     def reset(self, env: Env, world: World | None = None) -> None:
         super().reset(env, world)
