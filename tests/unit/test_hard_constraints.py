@@ -53,8 +53,9 @@ def test_full_cloud_waits_under_least_late_and_sheds_under_shed(explain: bool) -
             assert d.explanations is not None
             for e in d.explanations:
                 assert e.shed == (rule == "shed") and not e.feasible
-                assert e.fallback.startswith("shed: no server meets the deadline" if e.shed
-                                             else "least-late:")
+                assert e.fallback.startswith(
+                    "shed: no server meets the deadline" if e.shed else "least-late:"
+                )
 
 
 def test_a_floor_no_server_meets_is_shed_under_either_rule() -> None:
