@@ -34,7 +34,10 @@ from perllm.costmodel import (
 
 F = NDArray[np.float64]
 
-MAX_LEVELS = 16  # within-round load levels modelled exactly; beyond, the last level is reused
+# Within-round load levels computed up front (a round of n requests: min(n, MAX_LEVELS)).
+# It is no cap: a server that takes more requests in one round gets further levels,
+# computed on demand (`first_level`), so every placement is predicted at its real load.
+MAX_LEVELS = 16
 
 
 @dataclass
@@ -57,15 +60,20 @@ def round_view(
     running: F,
     waiting: F,
     bw_mbps: F,
+    first_level: int = 0,
+    n_levels: int | None = None,
 ) -> RoundView:
     # The cost model's formulas on the [N, M, K] round: class-and-server constants come
     # folded from `CostTable.round_coeffs` (one gather), and parts that do not depend on
     # the load level stay [N, M, 1]. Rounds are small, so the count of numpy operations,
     # not their size, is the cost: the prefill and decode parts are called directly so
     # that the CPU and GPU branches share the context term.
-    n = len(cls)
-    k = max(1, min(n, MAX_LEVELS))
-    add = _LEVELS[k]  # requests this round placed on the server before this one
+    # Levels first_level .. first_level + k - 1 (default: 0 .. min(n, MAX_LEVELS) - 1).
+    k = max(1, min(len(cls), MAX_LEVELS)) if n_levels is None else n_levels
+    if first_level == 0 and k <= MAX_LEVELS:
+        add = _LEVELS[k]  # requests this round placed on the server before this one
+    else:
+        add = np.arange(first_level, first_level + k, dtype=float)
     occupied = (running + waiting)[:, None] + add  # [M, K]
     occ1 = occupied + 1
     rc = t.round_coeffs[:, cls, :, None]  # [P, N, M, 1]

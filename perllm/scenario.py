@@ -299,6 +299,16 @@ class Bandwidth(_Strict):
     )
 
 
+class Admission(_Strict):
+    """What a server's gateway does with a request that can no longer start in time
+    (docs/scenarios.md, `admission`): `none` queues it however late; `reject-late`
+    drops it once its deadline has passed in the queue (it could not start before it);
+    `timeout` drops it after `timeout_s` in the queue, whatever its deadline."""
+
+    mode: Literal["none", "reject-late", "timeout"] = "reject-late"
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+
 class Scenario(_Strict):
     name: str
     description: str = ""
@@ -313,6 +323,7 @@ class Scenario(_Strict):
     servers: list[Server] = Field(min_length=1)
     bandwidth: Bandwidth = Bandwidth()
     workload: Workload
+    admission: Admission = Admission()
 
     # Resolved views (set by `load_scenario`): the catalogue with the scenario's additions.
     @property

@@ -1,144 +1,149 @@
 """The super-arm assignment: a round's requests in a given order, each to its best
-feasible server at the load that server has by then, else to the least violating one."""
+feasible server at the load that server has by then; with none feasible, the documented
+rule (`CSUCBConfig.on_infeasible`): the least-late server that meets the request's hard
+constraints (tiers, memory, quality floor), or shedding the request."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from perllm.costmodel import CostTable
-
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
 
-# Added per unit of violation that outranks time: a server past the round's modelled load
-# levels, a quality floor missed (per unit of quality).
-_OUTRANK = 1e3
+SHED = -1  # the choice of a shed request: no server
 
 
-def least_violating(
-    pess: Sequence[float],
-    blocked: Sequence[bool],
-    deadline: float,
-    quality: Sequence[float],
-    allowed: Sequence[bool],
-    min_quality: float,
-) -> int:
-    """With nothing feasible: the server with the smallest pessimistic overshoot of the
-    deadline among those that can run the request at all, quality floors counting before
-    time. numpy's argmin over the same values: the first minimum, or the first NaN."""
-    least, j = math.inf, 0
-    for jj, ok in enumerate(allowed):
+def least_late(pess: Sequence[float], deadline: float, hard_ok: Sequence[bool]) -> int:
+    """With nothing feasible: the server with the smallest pessimistic overshoot
+    `pess/ΔD` among those meeting the request's hard constraints (tier, memory, quality
+    floor), which are never traded for time; `SHED` when no server meets them. numpy's
+    argmin over the same values: the first minimum, or the first NaN."""
+    least, j = math.inf, SHED
+    for jj, ok in enumerate(hard_ok):
         if not ok:
             continue
-        over = pess[jj] / deadline + (_OUTRANK if blocked[jj] else 0.0)
-        v = over + max(min_quality - quality[jj], 0.0) * _OUTRANK
+        v = pess[jj] / deadline
         if v != v:
             return jj
-        if v < least:
+        if v < least or j == SHED:
             least, j = v, jj
     return j
 
 
+@dataclass
+class Grid:
+    """A round's [request, server, level] arrays, grown by `grow` (more load levels) when
+    a server takes more requests than the levels computed so far: no level cap."""
+
+    pess: F
+    feasible_score: F
+    grow: Callable[[], tuple[F, F]]  # the arrays with twice the levels
+
+    @property
+    def levels(self) -> int:
+        return int(self.pess.shape[2])
+
+    def ensure(self, level: int) -> bool:
+        """Grow until `level` is computed; True if the arrays changed."""
+        grew = False
+        while level >= self.levels:
+            self.pess, self.feasible_score = self.grow()
+            grew = True
+        return grew
+
+
+def hopeless(pess: float, expect: float, deadline: float) -> bool:
+    """Late even in expectation: the pessimistic time scaled back to the arm's mean ratio
+    (`expect` = μ_ρ / (μ_ρ + z·σ_ρ)) misses ΔD, so lateness is more likely than not."""
+    return pess * expect > deadline
+
+
 def assign_lists(
-    t: CostTable,
-    cls: I,
-    min_quality: F,
+    g: Grid,
+    static: NDArray[np.bool_],
     deadline: F,
-    pess: F,
-    feasible_score: F,
     order: I,
-    k_max: int,
     ok: NDArray[np.bool_],
-) -> tuple[I, I, int]:
+    expect: F | None,
+) -> tuple[I, I, NDArray[np.bool_], int]:
     """`assign_arrays` on Python lists, for a round's few requests: the same choices
     without numpy's per-call cost. Scores must hold no NaN (comparisons would differ from
-    numpy's argmax). Returns each request's server and load level, and the violations."""
-    n, m = feasible_score.shape[:2]
-    fs = feasible_score.tolist()
+    numpy's argmax). `expect` [N, M] (μ/(μ + zσ) per pair) when hopeless requests are
+    shed. Returns each request's server (`SHED`: none) and load level, the shed mask and
+    the requests with nothing feasible."""
+    n, m = g.feasible_score.shape[:2]
+    fs = g.feasible_score.tolist()
     added = [0] * m
     choice = np.empty(n, np.intp)
-    lvl_of = np.empty(n, np.intp)
-    violations = 0
+    lvl_of = np.zeros(n, np.intp)
+    shed = np.zeros(n, bool)
+    infeasible = 0
     for k in order.tolist():
+        if g.ensure(max(added)):
+            fs = g.feasible_score.tolist()
         row = fs[k]
         best, j = -math.inf, -1
         for jj in range(m):
-            a = added[jj]
-            # Past the modelled load levels a server is no candidate for the rest of
-            # the round (else a round piles onto it).
-            if a <= k_max:
-                v = row[jj][a]
-                if v > best:
-                    best, j = v, jj
+            v = row[jj][added[jj]]
+            if v > best:
+                best, j = v, jj
         ok[k] = j >= 0
         if j < 0:
-            c, p_row = int(cls[k]), pess[k].tolist()
-            j = least_violating(
-                [p_row[jj][min(a, k_max)] for jj, a in enumerate(added)],
-                [a > k_max for a in added],
-                float(deadline[k]),
-                t.quality[c].tolist(),
-                t.allowed[c].tolist(),
-                float(min_quality[k]),
-            )
-            violations += 1
-        choice[k], lvl_of[k] = j, min(added[j], k_max)
+            infeasible += 1
+            p_row = g.pess[k]
+            pess = [float(p_row[jj, a]) for jj, a in enumerate(added)]
+            j = least_late(pess, float(deadline[k]), static[k].tolist())
+            if j == SHED or (
+                expect is not None and hopeless(pess[j], float(expect[k, j]), float(deadline[k]))
+            ):
+                choice[k], shed[k] = SHED, True
+                continue
+        choice[k], lvl_of[k] = j, added[j]
         added[j] += 1
-    return choice, lvl_of, violations
+    return choice, lvl_of, shed, infeasible
 
 
 def assign_arrays(
-    t: CostTable,
-    cls: I,
-    min_quality: F,
+    g: Grid,
+    static: NDArray[np.bool_],
     deadline: F,
-    pess: F,
-    feasible_score: F,
     order: I,
-    k_max: int,
     ok: NDArray[np.bool_],
+    expect: F | None,
 ) -> tuple[I, I, I, NDArray[np.bool_], int]:
     """The assignment in numpy, recording what explanations need: every server's load
-    level and round-capacity exclusion as each request saw them when it was placed."""
-    n, m = feasible_score.shape[:2]
+    level as each request saw it when it was placed."""
+    n, m = g.feasible_score.shape[:2]
     added = np.zeros(m, np.intp)
     ar = np.arange(m)
     choice = np.empty(n, np.intp)
-    lvl_of = np.empty(n, np.intp)  # load level each request saw when placed
+    lvl_of = np.zeros(n, np.intp)  # load level each request saw when placed
     seen = np.empty((n, m), np.intp)
-    blocked = np.zeros((n, m), bool)
-    violations = 0
-    full = False  # some server has used up the modelled load levels this round
+    shed = np.zeros(n, bool)
+    infeasible = 0
     for k in order:
-        lvl = np.minimum(added, k_max)
-        seen[k] = lvl
-        blocked[k] = added > k_max
-        row = feasible_score[k, ar, lvl]
-        if full:
-            # Past the modelled load levels a server's prediction would stop growing: it
-            # is no candidate for the rest of the round (else a round piles onto it).
-            row[blocked[k]] = -np.inf
+        g.ensure(int(added.max()))
+        seen[k] = added
+        row = g.feasible_score[k, ar, added]
         j = int(row.argmax())
         if row[j] > -np.inf:
             ok[k] = True
         else:
-            c = int(cls[k])
-            j = least_violating(
-                pess[k, ar, lvl].tolist(),
-                blocked[k].tolist(),
-                float(deadline[k]),
-                t.quality[c].tolist(),
-                t.allowed[c].tolist(),
-                float(min_quality[k]),
-            )
             ok[k] = False
-            violations += 1
+            infeasible += 1
+            pess = g.pess[k, ar, added].tolist()
+            j = least_late(pess, float(deadline[k]), static[k].tolist())
+            if j == SHED or (
+                expect is not None and hopeless(pess[j], float(expect[k, j]), float(deadline[k]))
+            ):
+                choice[k], shed[k] = SHED, True
+                continue
         choice[k] = j
-        lvl_of[k] = lvl[j]
+        lvl_of[k] = added[j]
         added[j] += 1
-        full = full or added[j] > k_max
-    return choice, lvl_of, seen, blocked, violations
+    return choice, lvl_of, seen, shed, infeasible

@@ -13,7 +13,7 @@ from scipy.special import ndtr
 from perllm.contract import EnergyWeights
 from perllm.costmodel import CostTable
 from perllm.csucb import config as _config
-from perllm.csucb.assign import assign_arrays, assign_lists
+from perllm.csucb.assign import SHED, Grid, assign_arrays, assign_lists
 from perllm.csucb.config import SMALL_ROUND, CSUCBConfig
 from perllm.csucb.decision import Decision
 from perllm.csucb.explain import ExplainContext
@@ -175,15 +175,17 @@ class CSUCB:
             self.cfg.theta,
             args,
         )
-        out = r.run()
+        out = r.run(self.cfg.on_infeasible == "shed")
         if out is None:
             return None
-        choice, lvl_of, ok, violations = out
+        choice, lvl_of, ok, shed, infeasible = out
         arm = self._fast.arm
         st.record_round(
-            [arm[c][j] for c, j in zip(r.cls, choice, strict=True)], len(choice), violations
+            [arm[c][j] for c, j, s in zip(r.cls, choice, shed, strict=True) if not s],
+            len(choice),
+            infeasible,
         )
-        return r.decision(choice, lvl_of, ok)
+        return r.decision(choice, lvl_of, ok, shed)
 
     def _judge(
         self, t: CostTable, arm: I, view: RoundView, args: tuple[I, F, F, F, F, F, F, F]
@@ -237,35 +239,58 @@ class CSUCB:
         pess, static, feas, deadline, mean, score, bonus = self._judge(t, arm, view, args)
         # Super arm: fewest feasible options, then earliest deadline, go first.
         order = np.lexsort((deadline, feas[:, :, 0].sum(axis=1)))
-        k_max = view.levels - 1
-        feasible_score = np.where(feas, score, -np.inf)
+        lv = _Levels(view, pess, feas, mean, score)
+
+        def grow() -> tuple[F, F]:
+            # A server took as many requests as the levels computed: the next ones, at
+            # their real load (no cap), for every server (levels double).
+            k = lv.view.levels
+            v = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps, k, k)
+            p2, _, f2, _, mean2, s2, _ = self._judge(t, arm, v, args)
+            lv.extend(v, p2, f2, mean2, s2)
+            return lv.pess, np.where(lv.feas, lv.score, -np.inf)
+
+        g = Grid(pess, np.where(feas, score, -np.inf), grow)
         ok = np.empty(n, bool)
-        assigned = (t, cls, min_quality, deadline, pess, feasible_score, order, k_max, ok)
+        expect = None
+        if self.cfg.on_infeasible == "shed":
+            mu_arm, _, f_arm = st.arm_posterior()
+            expect = (mu_arm / f_arm)[arm]
         # Python lists beat numpy's per-call cost only while the round's array is small.
-        if not explain and feasible_score.size <= 4096 and not np.isnan(score).any():
-            choice, lvl_of, violations = assign_lists(*assigned)
+        if not explain and g.feasible_score.size <= 4096 and not np.isnan(score).any():
+            choice, lvl_of, shed, infeasible = assign_lists(g, static, deadline, order, ok, expect)
         else:
-            choice, lvl_of, seen, blocked, violations = assign_arrays(*assigned)
+            choice, lvl_of, seen, shed, infeasible = assign_arrays(
+                g, static, deadline, order, ok, expect
+            )
+        view, placed = lv.view, ~shed
         unplayed = (st.plays.ravel() == 0)[arm]  # before this round's plays
-        st.record_round(arm[np.arange(n), choice].tolist(), n, violations)
+        st.record_round(arm[np.arange(n), choice][placed].tolist(), n, infeasible)
         fixed = view.time - view.decode
         per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
         expl = None
         if explain:
             q_lo, q_hi = self.output_quantiles()
             x = ExplainContext(
-                t, cls, min_quality, deadline, static, feas, view, pess, mean, bonus[arm],
-                unplayed, score, choice, ok, seen, blocked, q_lo, q_hi, fixed, per_tok,
+                t, cls, min_quality, deadline, static, lv.feas, view, lv.pess, lv.mean,
+                bonus[arm], unplayed, lv.score, choice, ok, seen, shed, q_lo, q_hi, fixed,
+                per_tok,
             )  # fmt: skip
             expl = [explain_request(k, x, st.rounds) for k in range(n)]
-        flat = (np.arange(n) * m + choice) * view.levels + lvl_of  # (request, choice, level)
+        at = np.where(placed, choice, 0)
+        flat = (np.arange(n) * m + at) * view.levels + lvl_of  # (request, choice, level)
+
+        def picked(a: F) -> F:
+            return np.where(placed, a.ravel()[flat], np.nan)
+
         return Decision(
-            choice=choice if cols is None else cols[choice],
+            choice=choice if cols is None else np.where(placed, cols[at], SHED),
             feasible=ok,
-            predicted_time=view.time.ravel()[flat],
-            predicted_energy=view.energy.ravel()[flat],
-            predicted_fixed=fixed.ravel()[flat],
-            predicted_per_token=per_tok.ravel()[flat],
+            predicted_time=picked(view.time),
+            predicted_energy=picked(view.energy),
+            predicted_fixed=picked(fixed),
+            predicted_per_token=picked(per_tok),
+            shed=shed,
             explanations=expl,
         )
 
@@ -317,3 +342,23 @@ class CSUCB:
 
     def dumps(self) -> str:
         return json.dumps(self.export_state(), sort_keys=True)
+
+
+class _Levels:
+    """A round's arrays over the load levels computed so far (grown on demand)."""
+
+    def __init__(self, view: RoundView, pess: F, feas: NDArray[np.bool_], mean: F, score: F):
+        self.view, self.pess, self.feas, self.mean, self.score = view, pess, feas, mean, score
+
+    def extend(self, v: RoundView, pess: F, feas: NDArray[np.bool_], mean: F, score: F) -> None:
+        w = self.view
+        self.view = RoundView(
+            time=np.concatenate([w.time, v.time], axis=2),
+            decode=np.concatenate([w.decode, v.decode], axis=2),
+            energy=np.concatenate([w.energy, v.energy], axis=2),
+            levels=w.levels + v.levels,
+        )
+        self.pess = np.concatenate([self.pess, pess], axis=2)
+        self.feas = np.concatenate([self.feas, feas], axis=2)
+        self.mean = np.concatenate([self.mean, mean], axis=2)
+        self.score = np.concatenate([self.score, score], axis=2)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+OnInfeasible = Literal["least-late", "shed"]
 
 STATE_VERSION = 1
 OUT_BINS = 64  # log-spaced output-length bins per class, 1..65,536 tokens
@@ -28,6 +31,12 @@ class CSUCBConfig:
     memory: float = 500.0
     # Above this many servers a round evaluates candidates per pool, not every server.
     max_candidates: int = 64
+    # A request no server can serve in time (pessimistically): "least-late" places it on
+    # the server with the smallest pessimistic overshoot among those meeting its tiers
+    # and quality floor; "shed" does the same unless it is late there even in
+    # expectation (μ_ρ·D > ΔD: more likely late than not), and then rejects it. Either way
+    # tiers and quality floor are never traded: a request no server may run is shed.
+    on_infeasible: OnInfeasible = "least-late"
 
     def __post_init__(self) -> None:
         for k in ("delta", "theta", "z", "prior_sd"):
@@ -39,3 +48,5 @@ class CSUCBConfig:
             raise ValueError("memory: must be >= 1")
         if not 0.0 < self.output_quantile < 0.5:
             raise ValueError("output_quantile: must be in (0, 0.5)")
+        if self.on_infeasible not in ("least-late", "shed"):
+            raise ValueError("on_infeasible: must be 'least-late' or 'shed'")

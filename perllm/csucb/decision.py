@@ -17,7 +17,7 @@ Num = TypeVar("Num", float, F)
 
 @dataclass
 class Decision:
-    choice: I  # server index per request
+    choice: I  # server index per request; `assign.SHED` (-1) where shed
     feasible: NDArray[np.bool_]  # a feasible server existed
     predicted_time: F  # at the expected output length
     predicted_energy: F
@@ -25,6 +25,9 @@ class Decision:
     # at the realised output length (`realised_prediction`).
     predicted_fixed: F
     predicted_per_token: F
+    # Rejected, not placed: nothing was feasible and `on_infeasible` is "shed", or no
+    # server meets the request's tiers and quality floor. Predictions are NaN there.
+    shed: NDArray[np.bool_]
     explanations: list[Explanation] | None = None
 
 

@@ -24,7 +24,7 @@ class Constraint(StrEnum):
     TIER = "tier"  # the service may not run on the server's tier
     MEMORY = "memory"  # no variant of the model fits the server
     QUALITY = "quality"  # the variant's quality is below the request's floor
-    CAPACITY = "capacity"  # the round already placed as many requests as it models
+    CAPACITY = "capacity"  # unused since rounds have no level cap (kept for readers)
     DEADLINE = "deadline"  # the pessimistic time misses the deadline
 
 
@@ -53,9 +53,11 @@ class Explanation:
     service: str
     deadline_s: float
     min_quality: float
-    chosen: str
-    feasible: bool  # False: nothing was feasible, least-violating choice
+    chosen: str  # "" where shed
+    feasible: bool  # False: nothing was feasible (least-late choice, or shed)
     round: int
+    shed: bool = False  # rejected: see `fallback`
+    fallback: str = ""  # with nothing feasible: the rule applied, and why
     candidates: list[Candidate] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,7 +94,7 @@ class ExplainContext:
     choice: I
     ok: NDArray[np.bool_]
     seen: I  # [N, M] each server's load level when the request was placed
-    blocked: NDArray[np.bool_]  # [N, M] server out of modelled levels this round
+    shed: NDArray[np.bool_]  # [N] rejected (`CSUCBConfig.on_infeasible`)
     q_lo: F
     q_hi: F
     fixed: F  # [N, M, levels] the prediction's part independent of the output length
@@ -107,8 +109,6 @@ def _exclusion(k: int, j: int, lv: int, x: ExplainContext) -> tuple[Constraint |
         return Constraint.MEMORY, "model variant does not fit in memory"
     if not x.static[k, j]:
         return Constraint.QUALITY, f"quality {t.quality[c, j]:.3f} < floor {x.min_quality[k]:.3f}"
-    if x.blocked[k, j]:
-        return Constraint.CAPACITY, f"no room this round: {lv + 1} requests already placed on it"
     if not x.feas[k, j, lv]:
         return Constraint.DEADLINE, (
             f"deadline {x.deadline[k]:.2f}s: est. {x.view.time[k, j, lv]:.2f}s "
@@ -143,12 +143,30 @@ def explain(k: int, x: ExplainContext, round_no: int) -> Explanation:
                 predicted_per_token_s=float(x.per_tok[k, j, lv]),
             )
         )
+    shed, j = bool(x.shed[k]), int(x.choice[k])
     return Explanation(
         service=t.services[c].name,
         deadline_s=float(x.deadline[k]),
         min_quality=float(x.min_quality[k]),
-        chosen=t.server_names[int(x.choice[k])],
+        chosen="" if shed else t.server_names[j],
         feasible=bool(x.ok[k]),
         round=round_no,
         candidates=cands,
+        shed=shed,
+        fallback=_fallback(cands, shed, bool(x.ok[k]), "" if shed else t.server_names[j]),
+    )
+
+
+def _fallback(cands: list[Candidate], shed: bool, feasible: bool, chosen: str) -> str:
+    """Why a request with nothing feasible went where it went (or nowhere)."""
+    if feasible:
+        return ""
+    hard = [c for c in cands if c.constraint is Constraint.DEADLINE]
+    if not hard:
+        return "shed: no server meets the tiers, memory and quality floor (hard constraints)"
+    if shed:
+        return "shed: no server meets the deadline (on_infeasible: shed)"
+    return (
+        f"least-late: no server meets the deadline; {chosen} has the smallest pessimistic "
+        "overshoot among the servers meeting the tiers and quality floor"
     )

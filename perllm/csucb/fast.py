@@ -27,10 +27,9 @@ from perllm.costmodel import (
     marginal_energy,
     upload_bits,
 )
-from perllm.csucb.assign import least_violating
+from perllm.csucb.assign import SHED, hopeless, least_late
 from perllm.csucb.decision import Decision
 from perllm.csucb.tables import Coef, FastTables
-from perllm.estimate import MAX_LEVELS
 
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
@@ -79,6 +78,8 @@ class Entry:
 
 
 _UNMADE = Entry(math.nan, math.nan, math.nan, math.nan)  # a row's entry not made yet
+# What a shed request's decision reports: no server, no prediction.
+_SHED_ENTRY = Entry(math.nan, math.nan, math.nan, math.nan, False, math.nan, math.nan, math.nan)
 
 
 class FastRound:
@@ -240,28 +241,27 @@ class FastRound:
             rank[j] = pos
         return rank
 
-    def pick(self, k: int, added: list[int], k_max: int) -> int | None:
+    def pick(self, k: int, added: list[int]) -> int | None:
         """Request k's best feasible server (-1: none), as the vectorised argmax over the
         scores with the speed rank; None on a NaN."""
-        present = {a: self.row(k, a) for a in set(added) if a <= k_max}
-        todo = [(k, j, a) for j, a in enumerate(added) if a <= k_max and present[a][j] is _UNMADE]
+        present = {a: self.row(k, a) for a in set(added)}
+        todo = [(k, j, a) for j, a in enumerate(added) if present[a][j] is _UNMADE]
         if todo and not self.make(todo):
             return None
         best = second = -math.inf
         j = -1
         for jj, a in enumerate(added):
-            if a <= k_max:
-                v = present[a][jj].score
-                if v > best:
-                    best, second, j = v, best, jj
-                elif v > second:
-                    second = v
+            v = present[a][jj].score
+            if v > best:
+                best, second, j = v, best, jj
+            elif v > second:
+                second = v
         # The speed rank moves scores by at most 1e-8·(m − 1): a larger lead (with room for
         # rounding) decides without it; closer calls rank exactly as the vectorised path.
         gap = 2e-8 * self.m + 4e-14 * abs(best)
         if j < 0 or best - second > gap:
             return j
-        j = _equal_score_winner(present, added, best, gap, k_max)
+        j = _equal_score_winner(present, added, best, gap)
         if j != -2:
             return j
         ranks = {}
@@ -272,57 +272,69 @@ class FastRound:
             ranks[a] = r
         best, j = -math.inf, -1
         for jj, a in enumerate(added):
-            if a <= k_max:
-                e = present[a][jj]
-                if e.feasible:
-                    v = e.score - 1e-8 * ranks[a][jj]
-                    if v > best:
-                        best, j = v, jj
+            e = present[a][jj]
+            if e.feasible:
+                v = e.score - 1e-8 * ranks[a][jj]
+                if v > best:
+                    best, j = v, jj
         return j
 
-    def least(self, k: int, added: list[int], k_max: int) -> int | None:
-        """`assign.least_violating` for request k; None on a NaN."""
-        lv = [min(a, k_max) for a in added]
-        if not self.make([(k, j, a) for j, a in enumerate(lv) if self.row(k, a)[j] is _UNMADE]):
+    def least(self, k: int, added: list[int], shed: bool) -> int | None:
+        """`assign.least_late` for request k (`SHED`: no server meets its hard
+        constraints, or with `shed` it is hopeless there); None on a NaN."""
+        if not self.make([(k, j, a) for j, a in enumerate(added) if self.row(k, a)[j] is _UNMADE]):
             return None
         c, tab = self.cls[k], self.tab
-        pess = [self.entry(k, j, a).time * self.f[tab.arm[c][j]] for j, a in enumerate(lv)]
-        blocked = [a > k_max for a in added]
-        return least_violating(
-            pess, blocked, self.req[k].deadline, tab.quality[c], tab.allowed[c], self.min_quality[k]
-        )
+        pess = [self.entry(k, j, a).time * self.f[tab.arm[c][j]] for j, a in enumerate(added)]
+        hard_ok = [p.static for p in self.req[k].pairs]
+        j = least_late(pess, self.req[k].deadline, hard_ok)
+        if shed and j != SHED:
+            arm = tab.arm[c][j]
+            if hopeless(pess[j], self.mu[arm] / self.f[arm], self.req[k].deadline):
+                return SHED
+        return j
 
-    def run(self) -> tuple[list[int], list[int], list[bool], int] | None:
-        """Each request's server and load level, whether it was feasible, the violations;
-        None on a NaN."""
+    def run(
+        self, shed_hopeless: bool = False
+    ) -> tuple[list[int], list[int], list[bool], list[bool], int] | None:
+        """Each request's server (`SHED`: none) and load level, whether it was feasible,
+        whether it was shed, the requests with nothing feasible; None on a NaN. A round
+        holds at most `SMALL_ROUND` requests, so every level is computed exactly."""
         n, m = len(self.req), self.m
-        k_max = max(1, min(n, MAX_LEVELS)) - 1
         if not self.make([(k, j, 0) for k in range(n) for j in range(m)]):
             return None
         # Super arm: fewest feasible options, then earliest deadline, go first (lexsort).
         nfeas = [sum(e is not None and e.feasible for e in self.rows[k, 0]) for k in range(n)]
         order = sorted(range(n), key=lambda k: (nfeas[k], self.req[k].deadline))
         added = [0] * m
-        choice, lvl_of, ok = [0] * n, [0] * n, [False] * n
-        violations = 0
+        choice, lvl_of, ok, shed = [0] * n, [0] * n, [False] * n, [False] * n
+        infeasible = 0
         for k in order:
-            j = self.pick(k, added, k_max)
+            j = self.pick(k, added)
             if j is not None and j < 0:
-                j = self.least(k, added, k_max)
-                violations += 1
+                j = self.least(k, added, shed_hopeless)
+                infeasible += 1
+                if j == SHED:
+                    choice[k], shed[k] = SHED, True
+                    continue
             elif j is not None:
                 ok[k] = True
             if j is None:
                 return None
-            choice[k], lvl_of[k] = j, min(added[j], k_max)
+            choice[k], lvl_of[k] = j, added[j]
             added[j] += 1
-        return choice, lvl_of, ok, violations
+        return choice, lvl_of, ok, shed, infeasible
 
-    def decision(self, choice: list[int], lvl_of: list[int], ok: list[bool]) -> Decision:
-        picked = [self.entry(k, j, a) for k, (j, a) in enumerate(zip(choice, lvl_of, strict=True))]
+    def decision(
+        self, choice: list[int], lvl_of: list[int], ok: list[bool], shed: list[bool]
+    ) -> Decision:
+        picked = [
+            _SHED_ENTRY if s else self.entry(k, j, a)
+            for k, (j, a, s) in enumerate(zip(choice, lvl_of, shed, strict=True))
+        ]
         energy = []
         for k, e in enumerate(picked):
-            if e.energy is None:  # complete a server chosen without being feasible
+            if e.energy is None and not shed[k]:  # complete a server chosen without being feasible
                 e.fixed, e.per_token = e.time - e.decode, e.decode / self.req[k].l_out1
                 e.energy = self.energy(self.req[k].pairs[choice[k]], e)
             energy.append(e.energy)
@@ -341,11 +353,12 @@ class FastRound:
             predicted_energy=en,
             predicted_fixed=fixed,
             predicted_per_token=per_tok,
+            shed=np.array(shed, bool),
         )
 
 
 def _equal_score_winner(
-    present: dict[int, list[Entry]], added: list[int], best: float, gap: float, k_max: int
+    present: dict[int, list[Entry]], added: list[int], best: float, gap: float
 ) -> int:
     """The common close call: every server within `gap` of the best score has exactly
     the best score and sits at the same load level (servers of one pool, say). The
@@ -357,13 +370,12 @@ def _equal_score_winner(
     tied: list[int] = []
     level = -1
     for jj, a in enumerate(added):
-        if a <= k_max:
-            e = present[a][jj]
-            if e.score >= best - gap:
-                if e.score != best or (level >= 0 and a != level):
-                    return -2
-                level = a
-                tied.append(jj)
+        e = present[a][jj]
+        if e.score >= best - gap:
+            if e.score != best or (level >= 0 and a != level):
+                return -2
+            level = a
+            tied.append(jj)
     times = []
     for jj in tied:
         times.append(present[level][jj].time)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
 
+SHED = -1  # the choice that rejects a request: it is never run, and fails
+
 
 @dataclass(frozen=True)
 class Env:
@@ -94,7 +96,8 @@ class Policy(ABC):
 
     @abstractmethod
     def assign(self, batch: Batch, obs: Observation) -> I:
-        """Server index for each request of `batch`."""
+        """Server index for each request of `batch`; `SHED` (-1) rejects the request
+        (never run, a failure reported apart from late ones, no feedback)."""
 
     def feedback(self, fb: Feedback) -> None:  # noqa: B027 - learning is optional
         """Observe completed requests (learning policies override)."""

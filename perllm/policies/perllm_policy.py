@@ -17,7 +17,10 @@ class PerLLM(Policy):
     name = "perllm"
 
     def __init__(self, config: CSUCBConfig | None = None) -> None:
-        self.config = config
+        # A request router may reject: by default CS-UCB sheds a request that is late
+        # even in expectation wherever it may run (the extender, which must place a pod,
+        # keeps CSUCBConfig's default, least-late).
+        self.config = config or CSUCBConfig(on_infeasible="shed")
 
     def reset(self, env: Env, world: World | None = None) -> None:
         super().reset(env, world)
@@ -35,14 +38,16 @@ class PerLLM(Policy):
             obs.waiting,
             obs.bw_mbps,
         )
-        for i, a, b in zip(
+        for i, a, b, shed in zip(
             batch.idx.tolist(),
             d.predicted_fixed.tolist(),
             d.predicted_per_token.tolist(),
+            d.shed.tolist(),
             strict=True,
         ):
-            self.pending[i] = (a, b)
-        return d.choice
+            if not shed:  # a shed request never runs: no feedback comes
+                self.pending[i] = (a, b)
+        return d.choice  # SHED (-1) where shed
 
     def feedback(self, fb: Feedback) -> None:
         # The decision-time prediction, at the realised output length (as the extender

@@ -10,6 +10,7 @@ Pure-Python scalar code on purpose: it runs once per request on the hot path.
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field, replace
 
 from perllm.costmodel import (
@@ -53,6 +54,9 @@ class Outcome:
     decode: float
     e_infer: float  # attributed inference energy (J)
     e_idle_saved: float  # idle energy the placement displaced (J)
+    # Not admitted: it could not start by its latest start (admission control); start and
+    # end are when it was dropped, and it holds no slot.
+    dropped: bool = False
 
 
 @dataclass
@@ -84,20 +88,38 @@ class ServerState:
         return arrived
 
     def admit(
-        self, ready: float, l_in: float, l_out: float, c: Coeffs, speed: float, commit: bool = True
+        self,
+        ready: float,
+        l_in: float,
+        l_out: float,
+        c: Coeffs,
+        speed: float,
+        commit: bool = True,
+        latest_start: float = math.inf,
     ) -> Outcome:
-        """Admit a request that is ready at `ready` (s); `speed` scales the profile rates."""
+        """Admit a request that is ready at `ready` (s); `speed` scales the profile rates.
+        One that could only start after `latest_start` is dropped at that moment (or on
+        arrival, if later): it never runs and leaves the queue as it found it."""
         t = ready if ready > self.last_start else self.last_start
         heap = list(self.active) if not commit else self.active
         kv_used = self.kv_used
+        popped: list[tuple[float, float, float]] = []  # restored if the request is dropped
         while heap and heap[0][0] <= t:
-            kv_used -= heapq.heappop(heap)[1]
+            popped.append(heapq.heappop(heap))
+            kv_used -= popped[-1][1]
         kv_need = (l_in + l_out) * c.kv if c.is_gpu else 0.0
         while heap and (len(heap) >= c.max_conc or kv_used + kv_need > c.kv_budget):
-            end0, kv0, _ = heapq.heappop(heap)
+            popped.append(heapq.heappop(heap))
+            end0, kv0, _ = popped[-1]
             kv_used -= kv0
             if end0 > t:
                 t = end0
+        if t > latest_start:
+            if commit:
+                for x in popped:
+                    heapq.heappush(heap, x)
+            at = ready if ready > latest_start else latest_start
+            return Outcome(at, at, 0, 0.0, 0.0, 0.0, 0.0, dropped=True)
         b = len(heap) + 1
         if c.is_gpu:
             pre, dec = gpu_times(l_in, l_out, b, c.kv, c.bw, c.r_pf, c.ttft0, c.step0, c.flop)
@@ -182,19 +204,24 @@ def execute(
     speed: float,
     hold: float = 0.0,
     commit: bool = True,
+    latest_start: float = math.inf,
 ) -> tuple[float, Outcome, float]:
     """Run one request on server `s`: upload FIFO on its link, half the RTT to the server,
     admission no earlier than `hold` (s), the answer's download and the other half RTT.
 
     `bits` is (upload, download), `link` (bit/s, RTT s, J per bit), `speed` the factor on
     the profile rates. Returns (processing time D from `arrival`, outcome, transmission J).
-    The simulator and the twin both run requests through here.
+    The simulator and the twin both run requests through here. A request that cannot
+    start by `latest_start` is dropped (`Outcome.dropped`): D is when the client hears of
+    it, and only the upload was transmitted.
     """
     up, down = bits
     bps, rtt, e_bit = link
     ready = s.upload(arrival, up, bps, commit) + rtt / 2
     if hold > ready:
         ready = hold
-    out = s.admit(ready, l_in, l_out, c, speed, commit=commit)
+    out = s.admit(ready, l_in, l_out, c, speed, commit=commit, latest_start=latest_start)
+    if out.dropped:
+        return out.end + rtt / 2 - arrival, out, transmission_energy(e_bit, up)
     d = out.end + down / bps + rtt / 2 - arrival
     return d, out, transmission_energy(e_bit, up + down)

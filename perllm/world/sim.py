@@ -12,11 +12,18 @@ Two optional policy hooks (defaults in `policies.base.Policy` do nothing):
   earliest time its server may admit it (a hold at the server's queue, as a serving
   engine that defers batching does). The upload still starts at arrival and D is still
   measured from the true arrival, so the hold counts as queueing delay.
+
+A policy may shed a request (choice -1, `policies.base.SHED`): it is never executed and
+fails. The scenario's `admission` drops a request its server could only start too late
+(`reject-late`: after its deadline; `timeout`: after `timeout_s` in the queue): it never
+runs, frees its place in the queue and fails. Both are reported apart from late ones
+(`RunResult.shed`, `RunResult.rejected`) and give the policy no feedback.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +72,12 @@ class RunResult:
     tiers: tuple[str, ...]
     class_names: tuple[str, ...]
     models: tuple[str, ...]  # model per class
+    # Failures that never ran, apart from late ones (`met` is False for both): shed by the
+    # policy (server -1, D 0, no energy), or dropped by the world's admission control
+    # (`admission` mode; D is when the client heard of it; only the upload was spent).
+    shed: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    rejected: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    admission: str = "none"
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -138,11 +151,22 @@ class World:
         self._speed: list[float] = self.speed.tolist()
         self._bw: list[list[float]] = self.bw.tolist()
         self._e_bit: list[float] = t.e_bit.tolist()
+        # Admission control: the latest start of each request (inf: none).
+        adm, r = sc.admission, self.req
+        self.latest: list[float] = (
+            (r.arrival + r.deadline).tolist()
+            if adm.mode == "reject-late"
+            else (r.arrival + adm.timeout_s).tolist()
+            if adm.mode == "timeout"
+            else [math.inf] * len(r)
+        )
 
     def execute(
         self, i: int, j: int, slot: int, commit: bool = True, hold: float = 0.0
     ) -> tuple[float, Outcome, float]:
-        """Run request i on server j, admitted no earlier than `hold` (s).
+        """Run request i on server j, admitted no earlier than `hold` (s); dropped
+        (`Outcome.dropped`) if the scenario's admission control refuses to start it as late
+        as it could start.
 
         Returns (processing time D, outcome, transmission J).
         """
@@ -158,6 +182,7 @@ class World:
             self._speed[i] * self.perf[j],
             hold,
             commit,
+            self.latest[i],
         )
 
 
@@ -223,6 +248,7 @@ class _Run:
         self.pending: list[tuple[float, int]] = []  # (finish time, request) awaiting feedback
         self.exp_dl = env.deadline_s + env.deadline_per_token * env.expected_out
         self.allowed = world.table.allowed.tolist()
+        self.shed, self.rejected = np.zeros(n, bool), np.zeros(n, bool)
 
     def round(self, slot: int, now: float, lo: int, hi: int) -> None:
         """The requests arriving in `slot` ([lo, hi)): observe, ask the policy, run them."""
@@ -268,6 +294,7 @@ class _Run:
             )
         ]
         self.server[lo:hi] = choice
+        self.shed[lo:hi] = np.asarray(choice) < 0
         (
             self.d[lo:hi],
             self.finish[lo:hi],
@@ -280,8 +307,11 @@ class _Run:
     def _execute(
         self, i: int, j: int, c: int, slot: int, hold: float
     ) -> tuple[float, float, float, float, float, float]:
-        """Run request i on server j: (D, finish, E_tran, E_infer, cost, prediction)."""
+        """Run request i on server j: (D, finish, E_tran, E_infer, cost, prediction).
+        j < 0: shed by the policy, never run (D 0, no energy)."""
         world = self.world
+        if j < 0:
+            return 0.0, world._arrival[i], 0.0, 0.0, 0.0, 0.0
         if not self.allowed[c][j]:
             t = world.table
             raise RuntimeError(
@@ -289,6 +319,9 @@ class _Run:
                 f"{t.server_names[j]}, which cannot run it"
             )
         di, out, et = world.execute(i, j, slot, hold=hold)
+        if out.dropped:
+            self.rejected[i] = True
+            return di, out.end, et, 0.0, marginal_energy(world.sc.weights, et, 0.0, 0.0), 0.0
         e = out.e_infer
         heapq.heappush(self.pending, (out.end, i))
         # The model's prediction for the realised request on the state it met: the
@@ -309,7 +342,8 @@ class _Run:
         )
         placed = self.server.astype(np.intp)
         d = self.d.copy()
-        q_ok = t.quality[r.cls, placed] >= r.min_quality - 1e-9
+        ran = ~self.shed
+        q_ok = ~ran | (t.quality[r.cls, np.where(ran, placed, 0)] >= r.min_quality - 1e-9)
         return RunResult(
             scenario=sc.name,
             policy=self.policy.name,
@@ -318,7 +352,7 @@ class _Run:
             requests=r,
             server=placed,
             time=d,
-            met=(d <= r.deadline) & q_ok,
+            met=(d <= r.deadline) & q_ok & ran & ~self.rejected,
             quality_ok=q_ok,
             finish=self.finish,
             e_tran=self.e_tran,
@@ -332,6 +366,9 @@ class _Run:
             tiers=t.tiers,
             class_names=tuple(s.name for s in t.services),
             models=tuple(s.model for s in t.services),
+            shed=self.shed.copy(),
+            rejected=self.rejected.copy(),
+            admission=sc.admission.mode,
         )
 
 

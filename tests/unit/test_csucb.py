@@ -136,10 +136,15 @@ def test_never_infeasible_when_a_feasible_server_exists(cls, load, wait, quality
     assert d.explanations is not None
     for k, e in enumerate(d.explanations):
         feasible = {c.node for c in e.candidates if c.feasible}
+        hard = b.t.allowed[cls[k]] & (b.t.quality[cls[k]] >= quality - 1e-9)
+        if d.shed[k]:  # least-late (the default) sheds only what no server may run
+            assert e.shed and e.chosen == "" and d.choice[k] == -1 and not hard.any()
+            assert not d.feasible[k] and e.fallback.startswith("shed: no server meets the tiers")
+            continue
         chosen = b.t.server_names[int(d.choice[k])]
         assert chosen == e.chosen
-        # Hard static constraints always hold when satisfiable.
-        assert b.t.allowed[cls[k], d.choice[k]]
+        # Hard constraints (tier, memory, quality floor) always hold.
+        assert hard[d.choice[k]]
         if feasible:
             assert d.feasible[k] and chosen in feasible
         else:
@@ -458,15 +463,17 @@ def test_constraint_names_why_a_candidate_is_infeasible() -> None:
             assert (c.constraint is None) == c.feasible == (c.score is not None)
 
 
-def test_constraint_capacity_when_a_round_fills_a_server() -> None:
-    # One allowed server, more requests than the modelled load levels: the last ones find
-    # it out of room, and the explanation says so.
-    b = CSUCB(table(edge_count=1, allowed=(Tier.EDGE,)))
-    d = decide(b, [0] * 18, explain=True)
-    assert d.explanations is not None
+def test_no_level_cap_a_round_beyond_the_precomputed_levels() -> None:
+    # One allowed server, more requests than the levels computed up front: it takes them
+    # all, each predicted at its real load (times keep growing), never a capacity cut.
+    b = CSUCB(table(edge_count=1, qa_deadline=86400, allowed=(Tier.EDGE,)))
+    d = decide(b, [0] * 40, explain=True)
+    assert d.explanations is not None and not d.shed.any()
+    assert (d.choice == 0).all()
+    assert len(set(d.predicted_time.tolist())) == 40
     edge = [next(c for c in e.candidates if c.tier == "edge") for e in d.explanations]
-    assert Constraint.CAPACITY in {c.constraint for c in edge}
-    assert all(c.reason.startswith("no room") for c in edge if c.constraint == "capacity")
+    assert Constraint.CAPACITY not in {c.constraint for c in edge}
+    assert sorted(c.predicted_time_s for c in edge) == sorted(d.predicted_time.tolist())
 
 
 def test_unplayed_flag_and_the_dict_published_in_status() -> None:

@@ -48,7 +48,10 @@ def families(tw: Twin) -> dict[str, Any]:
 @pytest.mark.parametrize("scenario", ["demo", "paper-llama3-8b"])
 def test_fleet_matches_world_execute_request_by_request(scenario: str) -> None:
     sc = load_scenario(scenario)
-    sc = parse_scenario({**sc.model_dump(mode="json"), "duration_s": 120.0})
+    # The twin has no admission control: compare with a world that admits everything.
+    sc = parse_scenario(
+        {**sc.model_dump(mode="json"), "duration_s": 120.0, "admission": {"mode": "none"}}
+    )
     world = World(sc, seed=5)
     fleet = Fleet(sc.expanded_servers(), sc.catalogue.hardware)
     r, m = world.req, world.table.n_servers

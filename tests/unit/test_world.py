@@ -40,9 +40,10 @@ def test_same_seed_same_run() -> None:
 def test_policies_respect_static_constraints(name: str) -> None:
     sc = short()
     r = simulate(sc, policies.make(name), seed=1)
-    assert (r.server >= 0).all()
+    ran = ~r.shed  # shed requests (server -1) never run
+    assert (r.server[ran] >= 0).all() and (r.server[r.shed] == -1).all()
     t = World(sc, 1).table
-    assert t.allowed[r.requests.cls, r.server].all()
+    assert t.allowed[r.requests.cls[ran], r.server[ran]].all()
     # Quality floors hold whenever some allowed server satisfies them (all do: cloud fp16).
     assert r.quality_ok.all()
 
