@@ -220,6 +220,16 @@ class Scheduler:
         )
         assert dec.explanations is not None
         expl = dec.explanations[0]
+        if expl.shed:
+            # No node meets the service's tiers, memory and quality floor: those are hard, so
+            # every node fails with its reason and the pod stays Pending (never placed below
+            # its floor).
+            for c in expl.candidates:
+                failed[c.node] = c.reason or expl.fallback
+            return PodDecision(
+                key, spec.name, order, [], failed, scores, feasible=False,
+                explanation=explanation_dict(expl), violated="hard-constraints",
+            )  # fmt: skip
         passed_set = {c.node for c in expl.candidates if c.feasible}
         if not expl.feasible:
             passed_set = {expl.chosen}  # least violating: the pod can still schedule

@@ -191,6 +191,18 @@ def test_nothing_feasible_keeps_the_least_violating_node(client: TestClient) -> 
     assert "perllm_extender_violations_total 1.0" in client.get("/metrics").text
 
 
+def test_a_floor_no_candidate_meets_fails_every_node(client: TestClient) -> None:
+    """The quality floor is hard: with only edge nodes and a floor only the cloud meets, no
+    node passes (the pod stays Pending) and each failure names the floor."""
+    body = client.post("/scheduler/filter", json=by_names(pod(PICKY), EDGES)).json()
+    assert body["NodeNames"] == []
+    assert set(body["FailedNodes"]) == set(EDGES)
+    assert all(v.startswith("quality") for v in body["FailedNodes"].values())
+    log = client.get("/decisions").json()[-1]
+    assert log["feasible"] is False and log["chosen"] is None
+    assert log["explanation"]["shed"] is True
+
+
 def test_pod_without_perllm_label_passes_through(client: TestClient) -> None:
     p = pod(None)
     body = client.post("/scheduler/filter", json=by_names(p, [*NAMES, "not-cached"])).json()
