@@ -27,8 +27,13 @@ class Metrics:
     services: int
     per_model: dict[str, dict[str, float]]
     per_class: dict[str, dict[str, float]]
-    edge_share: float
+    edge_share: float  # of the requests that were placed (shed ones are on no server)
     wall_s: float
+    # Failures by kind, as shares of all requests: shed by the policy, rejected by the
+    # world's admission control, and run but late (or below the quality floor).
+    shed_rate: float = 0.0
+    rejected_rate: float = 0.0
+    late_rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +47,9 @@ class Metrics:
             "per_class": self.per_class,
             "edge_share": self.edge_share,
             "wall_s": self.wall_s,
+            "shed_rate": self.shed_rate,
+            "rejected_rate": self.rejected_rate,
+            "late_rate": self.late_rate,
         }
 
 
@@ -52,6 +60,9 @@ def run_metrics(r: RunResult) -> Metrics:
     per_model: dict[str, dict[str, float]] = {}
     per_class: dict[str, dict[str, float]] = {}
     cls = r.requests.cls
+    shed = r.shed if len(r.shed) == n else np.zeros(n, bool)
+    rejected = r.rejected if len(r.rejected) == n else np.zeros(n, bool)
+    ran = ~(shed | rejected)
     for model in sorted(set(r.models)):
         mask = np.isin(cls, [c for c, mm in enumerate(r.models) if mm == model])
         per_model[model] = {
@@ -60,12 +71,14 @@ def run_metrics(r: RunResult) -> Metrics:
         }
     for c, name in enumerate(r.class_names):
         mask = cls == c
+        timed = mask & ran  # shed and rejected requests have no processing time
         per_class[name] = {
             "success_rate": float(r.met[mask].mean()) if mask.any() else 0.0,
             "services": int(mask.sum()),
-            "p95_time_s": float(np.percentile(r.time[mask], 95)) if mask.any() else 0.0,
+            "p95_time_s": float(np.percentile(r.time[timed], 95)) if timed.any() else 0.0,
         }
-    edge = np.array([t == "edge" for t in r.tiers])[r.server] if n else np.zeros(0, bool)
+    placed = r.server >= 0
+    edge = np.array([t == "edge" for t in r.tiers])[r.server[placed]]
     return Metrics(
         success_rate=float(r.met.mean()) if n else 0.0,
         throughput_rps=float(in_time.sum() / r.duration_s),
@@ -75,8 +88,11 @@ def run_metrics(r: RunResult) -> Metrics:
         services=n,
         per_model=per_model,
         per_class=per_class,
-        edge_share=float(edge.mean()) if n else 0.0,
+        edge_share=float(edge.mean()) if edge.size else 0.0,
         wall_s=r.wall_s,
+        shed_rate=float(shed.mean()) if n else 0.0,
+        rejected_rate=float(rejected.mean()) if n else 0.0,
+        late_rate=float((ran & ~r.met).mean()) if n else 0.0,
     )
 
 

@@ -1,0 +1,37 @@
+"""A run's failures are reported by kind: shed, rejected by admission, late."""
+
+from __future__ import annotations
+
+import pytest
+
+from perllm import policies
+from perllm.report import run_metrics
+from perllm.scenario import load_scenario
+from perllm.world.sim import simulate
+
+
+@pytest.fixture(scope="module")
+def overloaded() -> tuple[object, object]:
+    sc = load_scenario("paper-llama2-7b")
+    arr = sc.workload.arrivals.model_copy(update={"rate_rps": 10.0})
+    sc = sc.model_copy(
+        update={"duration_s": 120.0, "workload": sc.workload.model_copy(update={"arrivals": arr})}
+    )
+    r = simulate(sc, policies.make("perllm"), 1)
+    return r, run_metrics(r)
+
+
+def test_failure_kinds_and_successes_partition_the_requests(overloaded: tuple) -> None:
+    r, m = overloaded
+    assert r.shed.any() or r.rejected.any()  # overload: something never ran
+    total = m.success_rate + m.shed_rate + m.rejected_rate + m.late_rate
+    assert total == pytest.approx(1.0)
+    assert m.shed_rate == pytest.approx(float(r.shed.mean()))
+    assert m.rejected_rate == pytest.approx(float(r.rejected.mean()))
+
+
+def test_edge_share_counts_placed_requests_only(overloaded: tuple) -> None:
+    r, m = overloaded
+    placed = r.server >= 0
+    edge = sum(r.tiers[j] == "edge" for j in r.server[placed])
+    assert m.edge_share == pytest.approx(edge / placed.sum())
