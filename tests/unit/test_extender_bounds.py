@@ -255,7 +255,10 @@ def test_close_cancels_queued_lookups_and_lookups_still_work_after() -> None:
     got = lk.resolve([f"g{i}" for i in range(400)])
     assert set(got.values()) == {TIMED_OUT}
     sched.close()
-    time.sleep(0.1)
-    assert src.calls < 100  # the queued reads were cancelled
+    at_close = src.calls
+    time.sleep(0.2)
+    # Only the reads already running (one per worker) finish; the queued ones were cancelled.
+    assert src.calls <= at_close + lk.workers
+    assert src.calls < 400
     lk.budget_s = 1.0
     assert lk.resolve(["late"]) == {"late": MISSING}
