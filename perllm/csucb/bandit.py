@@ -20,7 +20,6 @@ from perllm.csucb.explain import ExplainContext
 from perllm.csucb.explain import explain as explain_request
 from perllm.csucb.fast import FastRound
 from perllm.csucb.index import exploration, log_t
-from perllm.csucb.pools import prune_candidates
 from perllm.csucb.stats import ArmStats
 from perllm.csucb.tables import FastTables
 from perllm.estimate import RoundView, energy_scale, round_view
@@ -127,7 +126,14 @@ class CSUCB:
         if self.t.n_servers <= self.cfg.max_candidates:
             return None
         self._current()
-        return prune_candidates(n_requests, self.pool_of, running + waiting, bw_mbps)
+        load = running + waiting
+        order = np.lexsort((-bw_mbps, load, self.pool_of))
+        group = np.stack([self.pool_of[order], load[order]])
+        new = np.ones(len(order), bool)
+        new[1:] = (group[:, 1:] != group[:, :-1]).any(axis=0)
+        start = np.maximum.accumulate(np.where(new, np.arange(len(order)), 0))
+        rank = np.arange(len(order)) - start
+        return np.sort(order[rank <= n_requests])
 
     def decide(
         self,
