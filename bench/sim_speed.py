@@ -6,12 +6,19 @@ is a whole `simulate` call (world construction, every round's decision, the worl
 and the learning feedback) divided into the services it scheduled. Each seed runs
 `--repeat` times; the table shows the median and the best rate over all runs, since a
 shared machine only ever slows a run down.
+
+`--profile N` prints, per scenario and policy, the N functions with the most cumulative
+time over the runs (cProfile: the rates it prints are slowed down by the profiler);
+`--duration S` shortens the scenarios to S seconds of simulated time.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import statistics
 import time
 from pathlib import Path
@@ -23,13 +30,29 @@ from perllm.world.sim import simulate
 SCENARIOS = ("paper-llama2-7b", "large-fleet")
 
 
-def rate(scenario: str, policy: str, seeds: list[int], repeat: int = 1) -> dict[str, float]:
+def rate(
+    scenario: str,
+    policy: str,
+    seeds: list[int],
+    repeat: int = 1,
+    duration_s: float | None = None,
+    profile: cProfile.Profile | None = None,
+) -> dict[str, float]:
     sc = load_scenario(scenario)
+    if duration_s is not None:
+        sc = sc.model_copy(update={"duration_s": duration_s})
     rates, services, success = [], 0, []
     for seed in seeds:
         for _ in range(repeat):
+            # Made outside the clock: the first `make` imports every policy module (AGOD
+            # imports JAX, seconds), which is no part of a simulation.
+            pol = policies.make(policy)
             t0 = time.perf_counter()
-            r = simulate(sc, policies.make(policy), seed)
+            if profile is not None:
+                profile.enable()
+            r = simulate(sc, pol, seed)
+            if profile is not None:
+                profile.disable()
             wall = time.perf_counter() - t0
             rates.append(len(r.time) / wall)
         services += len(r.time)
@@ -50,13 +73,18 @@ def main() -> None:
     ap.add_argument("--fleet-seeds", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=1, help="runs per seed")
     ap.add_argument("--scenario", action="append", choices=SCENARIOS, help="default: both")
+    ap.add_argument("--duration", type=float, help="simulated seconds (default: the scenario's)")
+    ap.add_argument("--profile", type=int, metavar="N", help="print the N costliest functions")
     args = ap.parse_args()
     scenarios = args.scenario or list(SCENARIOS)
     rows = []
     for scenario in scenarios:
         seeds = args.seeds if scenario == "paper-llama2-7b" else args.fleet_seeds
         for policy in ("perllm", "cloud-only"):
-            res = rate(scenario, policy, list(range(1, seeds + 1)), args.repeat)
+            prof = cProfile.Profile() if args.profile else None
+            res = rate(
+                scenario, policy, list(range(1, seeds + 1)), args.repeat, args.duration, prof
+            )
             rows.append({"scenario": scenario, "policy": policy, **res})
             print(
                 f"{scenario:18s} {policy:12s} {res['services_per_s']:>10,.0f} services/s median "
@@ -64,6 +92,10 @@ def main() -> None:
                 f"{res['services']} services, success {100 * res['success_rate']:.1f} %)",
                 flush=True,
             )
+            if prof is not None:
+                out = io.StringIO()
+                pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(args.profile)
+                print(out.getvalue(), flush=True)
     for scenario in scenarios:
         a = next(r for r in rows if r["scenario"] == scenario and r["policy"] == "perllm")
         b = next(r for r in rows if r["scenario"] == scenario and r["policy"] == "cloud-only")

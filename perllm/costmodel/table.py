@@ -7,7 +7,7 @@ Coefficients come from `profiles.PerfProfile`, gathered into a `CostTable` index
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import cast
 
@@ -146,32 +146,46 @@ class CostTable:
 
     def subset(self, cols: NDArray[np.intp]) -> CostTable:
         """The table restricted to servers `cols` (candidate pruning on large fleets)."""
-        per_pair = {
-            f.name: getattr(self, f.name)[:, cols]
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), np.ndarray) and getattr(self, f.name).ndim == 2
-        }
-        per_server = {
-            f.name: getattr(self, f.name)[cols]
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), np.ndarray) and getattr(self, f.name).ndim == 1
-        }
+        cols = np.asarray(cols, dtype=np.intp)
+        per_pair, per_server = self._array_fields
         idx = cols.tolist()
-        sub = replace(
-            self,
+        # Every field as `dataclasses.replace` would set it, without its per-call field
+        # introspection and __init__ (this runs on every pruned round).
+        state = dict(self.__dict__)
+        for name in ("stacked", "round_coeffs", "typical_service_s", "_array_fields"):
+            state.pop(name, None)
+        state.update(
             server_names=tuple(self.server_names[j] for j in idx),
             tiers=tuple(self.tiers[j] for j in idx),
             pools=tuple(self.pools[j] for j in idx),
-            **per_pair,
-            **per_server,
         )
+        for name in per_pair:
+            state[name] = np.take(getattr(self, name), cols, axis=1)
+        for name in per_server:
+            state[name] = np.take(getattr(self, name), cols)
         # The derived tables are per server column, so the subset's are the parent's
         # columns (the same floats): sliced from the parent, computed once, instead of
         # recomputed for every pruned round (the extender prunes on every decision).
         svc, pre = self.typical_service_s
-        sub.__dict__["typical_service_s"] = (svc[cols], pre[cols])
-        sub.__dict__["round_coeffs"] = self.round_coeffs[:, :, cols]
+        state["typical_service_s"] = (np.take(svc, cols), np.take(pre, cols))
+        state["round_coeffs"] = np.take(self.round_coeffs, cols, axis=2)
+        state["_array_fields"] = (per_pair, per_server)
+        sub = object.__new__(CostTable)
+        sub.__dict__.update(state)
         return sub
+
+    @cached_property
+    def _array_fields(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Names of the per-(class, server) and the per-server array fields."""
+        arrays = [
+            (f.name, getattr(self, f.name))
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+        ]
+        return (
+            tuple(k for k, a in arrays if a.ndim == 2),
+            tuple(k for k, a in arrays if a.ndim == 1),
+        )
 
     @property
     def n_classes(self) -> int:
