@@ -99,6 +99,11 @@ def register(app: typer.Typer) -> None:
             help="Serve /telemetry, /telemetry/refresh, /learn, /state/save, /decisions "
             "(to authenticated clients).",
         ),
+        verify_pods: bool = typer.Option(
+            True,
+            help="Act only on pods the API server knows as sent (uid, service label, "
+            "schedulerName, unbound); --no-verify-pods: benchmarks with synthetic pods only.",
+        ),
         metrics_port: int = typer.Option(
             0,
             min=0,
@@ -118,6 +123,8 @@ def register(app: typer.Typer) -> None:
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         tls = _tls(tls_cert, tls_key, tls_client_ca, insecure_http)
+        if not verify_pods:
+            log.warning("--no-verify-pods: acting on any pod a request describes (benchmarks)")
         client = kube_api_client() if kube else None
         if kube and client is None:
             typer.echo(
@@ -139,6 +146,7 @@ def register(app: typer.Typer) -> None:
             api_client=client,
             debug_routes=debug_routes,
             client_auth=tls is not None,
+            verify_pods=None if verify_pods else False,
         )
         app = create_app(cfg)
         # Everything imported and built so far lives as long as the process: keep it out of
