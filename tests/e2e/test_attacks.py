@@ -12,6 +12,7 @@ forged requests are sent *with* a valid client certificate: the strongest caller
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import os
@@ -244,7 +245,7 @@ def _mutate(rng: random.Random, body: Obj) -> bytes:
             path.append(k)
             node = node[k]
         if not path:
-            doc = rng.choice(junk)
+            doc = copy.deepcopy(rng.choice(junk))
             break
         parent = doc
         for k in path[:-1]:
@@ -252,7 +253,7 @@ def _mutate(rng: random.Random, body: Obj) -> bytes:
         if isinstance(parent, dict) and rng.random() < 0.2:
             parent.pop(path[-1], None)
         else:
-            parent[path[-1]] = rng.choice(junk)
+            parent[path[-1]] = copy.deepcopy(rng.choice(junk))  # never shared
     raw = json.dumps(doc).encode()
     return raw[: rng.randrange(len(raw))] if rng.random() < 0.05 else raw
 
