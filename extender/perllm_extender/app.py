@@ -1,5 +1,6 @@
 """`create_app(config)`: the extender's FastAPI application, assembled from the routers
-around one `Live` (the scheduler and its background workers)."""
+around one `Live` (the scheduler and its background workers); `probe_app(app)`: the
+plain-HTTP side application of `--metrics-port` (/healthz, /readyz, /metrics only)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from perllm.profiles import default_catalogue
 from perllm_extender.config import ExtenderConfig
 from perllm_extender.live import Live
 from perllm_extender.metrics import Metrics
-from perllm_extender.middleware import BodyLimit
+from perllm_extender.middleware import BodyLimit, Unexpected
 from perllm_extender.routers import health, live, observe, scheduler
+from perllm_extender.security import PodVerifier, api_pod_source
 
 log = logging.getLogger("perllm.extender")
 
@@ -40,10 +42,12 @@ def create_app(config: ExtenderConfig | None = None) -> FastAPI:
     app.state.live = components
     app.state.scheduler = components.scheduler
     app.state.metrics = metrics
+    app.state.verifier = _verifier(cfg, components, metrics)
     app.include_router(scheduler.router, prefix=cfg.prefix.rstrip("/"))
     app.include_router(health.router)
-    app.include_router(live.router)
     app.include_router(observe.router)
+    if cfg.debug_routes:
+        app.include_router(live.router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -53,11 +57,31 @@ def create_app(config: ExtenderConfig | None = None) -> FastAPI:
         ][:20]
         return JSONResponse(status_code=422, content={"Error": "invalid request", "detail": errs})
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        metrics.errors.inc()
-        log.exception("%s %s: unexpected error", request.method, request.url.path)
-        return JSONResponse(status_code=400, content={"Error": f"{type(exc).__name__}: {exc}"})
-
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+    app.add_middleware(Unexpected, on_error=metrics.errors.inc)  # outermost: 500, logged
     return app
+
+
+def _verifier(cfg: ExtenderConfig, live: Live, metrics: Metrics) -> PodVerifier | None:
+    """On when a pod informer runs (or `verify_pods`): only then is there a truth to check
+    requests against; without one (`--no-kube`, development) every pod is taken as sent."""
+    on = cfg.verify_pods if cfg.verify_pods is not None else bool(live.informers)
+    if not on:
+        return None
+    source = cfg.pod_source
+    if source is None and live.api_client is not None:
+        source = api_pod_source(live.api_client)
+    return PodVerifier(live.scheduler.pods, metrics.registry, source)
+
+
+def probe_app(main: FastAPI) -> FastAPI:
+    """/healthz, /readyz and /metrics of `main`'s extender, for a plain-HTTP port that
+    kubelet probes and Prometheus reach without a client certificate. Nothing else: no
+    decisions, no debug routes. Its lifespan is `main`'s (run it with lifespan off)."""
+    side = FastAPI(title="PerLLM scheduler extender (probes)", openapi_url=None)
+    side.state.config = main.state.config
+    side.state.live = main.state.live
+    side.state.metrics = main.state.metrics
+    side.include_router(health.router)
+    side.include_router(observe.router)
+    return side

@@ -4,8 +4,41 @@ from __future__ import annotations
 
 import gc
 import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from perllm_extender.serve import Tls
+
+log = logging.getLogger("perllm.extender")
+
+
+def _tls(cert: str | None, key: str | None, ca: str | None, insecure: bool) -> Tls | None:
+    """HTTPS with client authentication, or (only with --insecure-http) plain HTTP."""
+    from perllm_extender.serve import Tls
+
+    given = [p for p in (cert, key, ca) if p is not None]
+    if insecure:
+        if given:
+            raise typer.BadParameter(
+                "--insecure-http contradicts --tls-cert/--tls-key/--tls-client-ca"
+            )
+        log.warning(
+            "--insecure-http: serving plain HTTP WITHOUT client authentication; anyone who "
+            "reaches the port can make the extender decide and publish (development only)"
+        )
+        return None
+    if cert is None or key is None or ca is None:
+        raise typer.BadParameter(
+            "--tls-cert, --tls-key and --tls-client-ca are required (or --insecure-http for "
+            "development)"
+        )
+    tls = Tls(Path(cert), Path(key), Path(ca))
+    if missing := tls.missing():
+        raise typer.BadParameter(f"TLS files not found: {', '.join(missing)}")
+    return tls
 
 
 # Over 60 lines: typer takes the flags as the command's parameters, one option each.
@@ -43,18 +76,55 @@ def register(app: typer.Typer) -> None:
             "lookups on a cache miss, decision publication, the state ConfigMap. "
             "--no-kube: none of these.",
         ),
+        tls_cert: str | None = typer.Option(
+            None, help="Serving certificate (PEM): serve HTTPS.", envvar="PERLLM_EXTENDER_TLS_CERT"
+        ),
+        tls_key: str | None = typer.Option(
+            None, help="Its private key (PEM).", envvar="PERLLM_EXTENDER_TLS_KEY"
+        ),
+        tls_client_ca: str | None = typer.Option(
+            None,
+            help="CA (PEM) that signs the clients' certificates: only clients presenting one "
+            "are served (kube-scheduler's tlsConfig).",
+            envvar="PERLLM_EXTENDER_TLS_CLIENT_CA",
+        ),
+        insecure_http: bool = typer.Option(
+            False,
+            "--insecure-http",
+            help="Development only: serve plain HTTP without client authentication.",
+        ),
+        debug_routes: bool = typer.Option(
+            False,
+            "--debug-routes",
+            help="Serve /telemetry, /telemetry/refresh, /learn, /state/save, /decisions "
+            "(to authenticated clients).",
+        ),
+        verify_pods: bool = typer.Option(
+            True,
+            help="Act only on pods the API server knows as sent (uid, service label, "
+            "schedulerName, unbound); --no-verify-pods: benchmarks with synthetic pods only.",
+        ),
+        metrics_port: int = typer.Option(
+            0,
+            min=0,
+            max=65535,
+            help="Plain-HTTP port for /healthz, /readyz and /metrics only (kubelet probes, "
+            "Prometheus); 0: none.",
+        ),
         log_level: str = typer.Option("info"),
     ) -> None:
         """Run the PerLLM kube-scheduler extender (FastAPI, uvicorn)."""
-        import uvicorn
-
         from perllm_extender.app import create_app
         from perllm_extender.config import ExtenderConfig
         from perllm_extender.nodes import api_node_source, kube_api_client
+        from perllm_extender.serve import serve
 
         logging.basicConfig(
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        tls = _tls(tls_cert, tls_key, tls_client_ca, insecure_http)
+        if not verify_pods:
+            log.warning("--no-verify-pods: acting on any pod a request describes (benchmarks)")
         client = kube_api_client() if kube else None
         if kube and client is None:
             typer.echo(
@@ -74,6 +144,9 @@ def register(app: typer.Typer) -> None:
             state_namespace=state_namespace,
             kube=client is not None,
             api_client=client,
+            debug_routes=debug_routes,
+            client_auth=tls is not None,
+            verify_pods=None if verify_pods else False,
         )
         app = create_app(cfg)
         # Everything imported and built so far lives as long as the process: keep it out of
@@ -82,4 +155,4 @@ def register(app: typer.Typer) -> None:
         # took ~60 ms each (the objects-mode p99 at 1,000 nodes), over what is left ~4 ms.
         gc.collect()
         gc.freeze()
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        serve(app, host, port, tls, metrics_port, log_level)

@@ -46,3 +46,17 @@ class ExtenderConfig(BaseModel):
     kube: bool = False
     api_client: Any = Field(None, repr=False)  # kubernetes ApiClient (kube=True)
     informers: bool = True
+    # -- security (docs/extender.md, "Security") -------------------------------------------
+    # /telemetry, /telemetry/refresh, /learn, /state/save, /decisions. `perllm extender`
+    # serves them only with --debug-routes; in process (TestClient) they are on.
+    debug_routes: bool = True
+    # True: the listener is TLS with a client CA (`perllm extender --tls-*`), so an https
+    # request carries a verified client certificate; filter, prioritize and the debug routes
+    # then refuse anything that did not come over it (a plain-HTTP side port, a proxy).
+    client_auth: bool = False
+    # Decide only for pods the pod informer (or, on a miss, the API) knows with the request's
+    # uid, service label and schedulerName, not yet bound. None: when a pod informer runs.
+    verify_pods: bool | None = None
+    # (namespace, name) -> the Pod from the API server or None, asked on an informer miss;
+    # None with `kube`: a list with a field selector (the informer's `list` permission)
+    pod_source: SkipValidation[Callable[[str, str], Obj | None] | None] = Field(None, repr=False)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 
 from perllm_extender.decide import Scheduler
 from perllm_extender.live import Live
 from perllm_extender.metrics import Metrics
+from perllm_extender.security import PodVerifier
 
 
 async def get_live(request: Request) -> Live:
@@ -28,6 +29,19 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+async def get_verifier(request: Request) -> PodVerifier | None:
+    verifier: PodVerifier | None = request.app.state.verifier
+    return verifier
+
+
+async def authenticated(request: Request) -> None:
+    """With client authentication configured, only requests over the TLS listener (whose
+    handshake required a certificate signed by the client CA) get through: the scheme is the
+    transport's (uvicorn runs without proxy headers), never a header's."""
+    if request.app.state.config.client_auth and request.url.scheme != "https":
+        raise HTTPException(403, "a TLS client certificate is required")
+
+
 async def get_body(request: Request) -> bytes:
     return await request.body()
 
@@ -35,6 +49,8 @@ async def get_body(request: Request) -> bytes:
 LiveDep = Annotated[Live, Depends(get_live)]
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+VerifierDep = Annotated[PodVerifier | None, Depends(get_verifier)]
+Authenticated = Depends(authenticated)
 # The body is read raw and decoded in `wire` (one fast parse, no per-Node validation, no
 # reply re-validation); the models still document the endpoints.
 BodyDep = Annotated[bytes, Depends(get_body)]

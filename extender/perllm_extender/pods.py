@@ -8,6 +8,7 @@ are gone.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ class PodInfo:
     # deletionTimestamp set: still on its node (load) but no longer one of the service's
     # placed pods (a replaced pod's old copy must not linger in status.placement.nodes)
     terminating: bool = False
+    # what the API server says (None: only assumed from a decision): the pod's
+    # spec.schedulerName, which `security.PodVerifier` compares with the request's
+    scheduler: str | None = None
+    from_api: bool = False
 
 
 def _placed(p: PodInfo | None) -> tuple[str, str | None] | None:
@@ -65,6 +70,7 @@ class PodIndex:
             return
         spec = obj.get("spec")
         node = spec.get("nodeName") if isinstance(spec, dict) else None
+        sched = spec.get("schedulerName") if isinstance(spec, dict) else None
         meta = obj.get("metadata")
         terminating = isinstance(meta, dict) and meta.get("deletionTimestamp") is not None
         with self._lock:
@@ -80,6 +86,8 @@ class PodIndex:
                 node if isinstance(node, str) and node else None,
                 bound,
                 terminating,
+                sched if isinstance(sched, str) else None,
+                True,
             )
         self._changed(key, old, new)
 
@@ -98,7 +106,9 @@ class PodIndex:
         """The extender chose `node` for the pod; a binding the API reported wins."""
         with self._lock:
             old = self._pods.get(key)
-            if old is not None and old.bound and old.uid == uid:
+            if old is not None and old.uid == uid:
+                if not old.bound:  # keep what the API server said about the pod
+                    self._pods[key] = dataclasses.replace(old, service=service, node=node)
                 return
             self._pods[key] = PodInfo(key, uid, service, node, False)
 

@@ -197,20 +197,23 @@ class Publisher:
             try:
                 call()
             except Exception as e:
-                self.failures += 1
-                self.on_failure(what)
-                why = _why(e)
-                if (ns, svc, f"{what}:{why}") not in self._logged:
-                    self._logged.add((ns, svc, f"{what}:{why}"))
-                    log.warning(
-                        "publishing %s of LLMService %s/%s failed (logged once): %s",
-                        what,
-                        ns,
-                        svc,
-                        why,
-                    )
+                self._failed(ns, svc, what, e)
+                # The Event only after the status patch succeeded: that proves an LLMService
+                # of this name exists in this namespace (no Event about services that do not
+                # exist, nor in namespaces without one)
+                break
             else:
                 self.published += 1
+
+    def _failed(self, ns: str, svc: str, what: str, e: Exception) -> None:
+        self.failures += 1
+        self.on_failure(what)
+        why = _why(e)
+        if (ns, svc, f"{what}:{why}") not in self._logged:
+            self._logged.add((ns, svc, f"{what}:{why}"))
+            log.warning(
+                "publishing %s of LLMService %s/%s failed (logged once): %s", what, ns, svc, why
+            )
 
     # -- worker ----------------------------------------------------------------------------
     def start(self) -> None:

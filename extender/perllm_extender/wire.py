@@ -25,6 +25,48 @@ from perllm_extender.models import ExtenderArgs
 Obj = dict[str, Any]
 
 
+def _invalid(loc: tuple[str | int, ...], msg: str, kind: str = "value_error") -> Exception:
+    return RequestValidationError([{"type": kind, "loc": ("body", *loc), "msg": msg}])
+
+
+_META_STR = ("name", "generateName", "namespace", "uid")
+
+
+def _check_meta(meta: Any, loc: tuple[str | int, ...]) -> None:
+    """The metadata fields the extender reads have their Kubernetes types: strings, and
+    string maps for labels and annotations (an object-valued name once reached a set
+    lookup and raised)."""
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise _invalid(loc, "metadata must be an object")
+    for k in _META_STR:
+        if k in meta and meta[k] is not None and not isinstance(meta[k], str):
+            raise _invalid((*loc, k), f"metadata.{k} must be a string")
+    for k in ("labels", "annotations"):
+        m = meta.get(k)
+        if m is not None and not (
+            isinstance(m, dict) and all(isinstance(v, str) for v in m.values())
+        ):
+            raise _invalid((*loc, k), f"metadata.{k} must map strings to strings")
+
+
+def _check(args: ExtenderArgs) -> None:
+    _check_meta(args.Pod.get("metadata"), ("Pod", "metadata"))
+    spec = args.Pod.get("spec")
+    if spec is not None and not isinstance(spec, dict):
+        raise _invalid(("Pod", "spec"), "spec must be an object")
+    if isinstance(spec, dict) and not isinstance(spec.get("schedulerName", ""), str | None):
+        raise _invalid(("Pod", "spec", "schedulerName"), "schedulerName must be a string")
+    # Nodes: only the name, which is hashed (labels and annotations are read through
+    # `nodes.meta_map`, which skips what is not a string); a full check costs ~1 ms at 1,000
+    items = args.Nodes.items if args.Nodes is not None else None
+    for i, o in enumerate(items or ()):
+        meta = o.get("metadata")
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+            raise _invalid(("Nodes", "items", i, "metadata", "name"), "a Node needs a name")
+
+
 def parse_args(body: bytes) -> ExtenderArgs:
     """The request body as `ExtenderArgs`, or `RequestValidationError` (422)."""
     try:
@@ -42,11 +84,13 @@ def parse_args(body: bytes) -> ExtenderArgs:
             ]
         ) from None
     try:
-        return ExtenderArgs.model_validate(data)
+        args = ExtenderArgs.model_validate(data)
     except ValidationError as e:
         raise RequestValidationError(
             [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
         ) from None
+    _check(args)
+    return args
 
 
 def reply(content: Any) -> Response:

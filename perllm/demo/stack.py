@@ -64,10 +64,13 @@ class Endpoints:
     twin_port: int
     extender_port: int
     operator_health_port: int
+    extender_metrics_port: int = 0  # plain HTTP: /healthz, /readyz, /metrics
 
     @property
     def extender(self) -> str:
-        return f"http://127.0.0.1:{self.extender_port}"
+        """The extender's probe and metrics side (its main port is HTTPS with client
+        certificates, for perllm-scheduler only)."""
+        return f"http://127.0.0.1:{self.extender_metrics_port}"
 
     @property
     def twin(self) -> str:
@@ -131,7 +134,7 @@ class Stack:
         c = self.config
         scenario = scenario_file(c.scenario)
         self.services = load_services(c.services or default_sources(c.scenario))
-        ports = free_ports(("twin", "extender", "operator_health"))
+        ports = free_ports(("twin", "extender", "extender_metrics", "operator_health"))
         run_dir = c.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
@@ -143,10 +146,11 @@ class Stack:
             },
             {
                 "job_name": "perllm-extender",
-                "static_configs": [{"targets": [f"127.0.0.1:{ports['extender']}"]}],
+                "static_configs": [{"targets": [f"127.0.0.1:{ports['extender_metrics']}"]}],
             },
         ]
-        ext = Extender(url=f"http://127.0.0.1:{ports['extender']}/scheduler", ignorable=False)
+        # https: the cluster makes the CA, the extender's and perllm-scheduler's certificates
+        ext = Extender(url=f"https://127.0.0.1:{ports['extender']}/scheduler", ignorable=False)
         self._say(f"starting the local control plane with the nodes of {scenario.name} ...")
         t0 = time.monotonic()
         self.cluster = Cluster(
@@ -164,7 +168,11 @@ class Stack:
         self.cluster.up()
         assert self.cluster.prometheus_url is not None
         self.endpoints = Endpoints(
-            self.cluster.prometheus_url, ports["twin"], ports["extender"], ports["operator_health"]
+            self.cluster.prometheus_url,
+            ports["twin"],
+            ports["extender"],
+            ports["operator_health"],
+            ports["extender_metrics"],
         )
         nodes = self.kubectl("get", "nodes", "-o", "name").stdout.split()
         self._say(
@@ -249,6 +257,9 @@ class Stack:
         e, c = self.endpoints, self.config
         args = ["--prometheus", e.prometheus, "--state-namespace", c.system_namespace]
         args += ["--learn-interval", f"{c.learn_interval_s:g}"]
+        assert self.cluster is not None
+        args += [*self.cluster.extender_tls().extender_args(), "--metrics-port"]
+        args += [str(e.extender_metrics_port)]
         self._say(f"starting the extender on :{e.extender_port} ...")
         self._spawn(
             "extender",

@@ -6,20 +6,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from perllm.devcluster import certs
 from perllm.devcluster import config as cfg
 from perllm.devcluster.binaries import Binaries
 from perllm.devcluster.nodes import KWOK_SELECTOR, node_manifests
@@ -32,9 +31,10 @@ from perllm.devcluster.process import (
     start,
     wait_until,
 )
+from perllm.devcluster.state import STATE_FILE
+from perllm.devcluster.state import State as State  # re-exported (cli, tests)
 
 DEFAULT_SCENARIO = "paper-llama2-7b"
-STATE_FILE = "state.json"
 KWOK_CIDR = "10.0.0.0/16"  # disjoint from the service range below; default /24 holds ~254 pods
 SERVICE_CIDR = "10.96.0.0/16"
 # What Deployments, ReplicaSets, DaemonSets (the chart's node agent), PodDisruptionBudgets,
@@ -65,38 +65,6 @@ class ClusterConfig:
     # SIGTERM every component when the starting process dies (pytest-owned clusters).
     die_with_parent: bool = False
     ready_timeout_s: float = 120.0
-
-
-@dataclass
-class State:
-    run_dir: str
-    kubeconfig: str
-    kubectl: str
-    api_server: str
-    external: bool
-    processes: list[dict[str, Any]]
-    ports: dict[str, int]
-    viewer_kubeconfig: str | None = None
-    extender: dict[str, Any] = field(default_factory=dict)
-    started_at: float = field(default_factory=time.time)
-
-    def procs(self) -> list[Proc]:
-        return [
-            Proc(name=p["name"], pid=p["pid"], log=Path(p["log"]), argv0=p["argv0"])
-            for p in self.processes
-        ]
-
-    def save(self, run_dir: Path) -> None:
-        tmp = run_dir / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2, default=str))
-        tmp.replace(run_dir / STATE_FILE)
-
-    @classmethod
-    def load(cls, run_dir: Path) -> State | None:
-        try:
-            return cls(**json.loads((run_dir / STATE_FILE).read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
 
 
 class Cluster:
@@ -207,7 +175,7 @@ class Cluster:
         (rd / "tokens.csv").chmod(0o600)
         (rd / "pki").mkdir()
         sa_key = rd / "pki" / "sa.key"
-        _rsa_key(sa_key)
+        certs.rsa_key(sa_key)
         server = f"https://127.0.0.1:{ports['apiserver']}"
         kubeconfig = rd / "kubeconfig"
         _write(kubeconfig, cfg.kubeconfig(server, tokens.admin))
@@ -321,7 +289,7 @@ class Cluster:
         ports = free_ports(("perllm_scheduler", "kwok"))
         kubeconfig = rd / "kubeconfig"
         shutil.copyfile(external, kubeconfig)
-        server = _kubeconfig_server(kubeconfig)
+        server = cfg.kubeconfig_server(kubeconfig)
         self.state = State(
             run_dir=str(rd),
             kubeconfig=str(kubeconfig),
@@ -365,6 +333,8 @@ class Cluster:
         percentage_of_nodes_to_score: int | None = None,
     ) -> Proc:
         conf = self.run_dir / f"{name}.yaml"
+        if extender is not None and extender.https and not extender.tls_dir:
+            extender = replace(extender, tls_dir=str(self.extender_tls().ca.parent))
         _write(
             conf,
             cfg.scheduler_config(
@@ -382,6 +352,13 @@ class Cluster:
                 "-v=2",
             ],
         )
+
+    def extender_tls(self) -> certs.TlsFiles:
+        """The extender's CA, server and client certificates (made on first use, kept for the
+        cluster's life under pki/extender-tls): run `perllm extender` with
+        `*files.extender_args()` to serve what an `https://` Extender URL calls."""
+        files = certs.TlsFiles.under(self.run_dir / "pki" / "extender-tls")
+        return files if files.exist() else certs.generate(files.ca.parent)
 
     def _start_kwok(self, kubeconfig: Path, port: int, lease_seconds: int) -> Proc:
         stages = self.run_dir / "kwok-stages.yaml"
@@ -566,23 +543,6 @@ class Cluster:
 
 def _write(path: Path, text: str) -> None:
     path.write_text(text)
-
-
-def _kubeconfig_server(path: Path) -> str:
-    doc = yaml.safe_load(path.read_text())
-    current = doc.get("current-context")
-    ctx = next(c["context"] for c in doc["contexts"] if c["name"] == current)
-    return str(next(c["cluster"]["server"] for c in doc["clusters"] if c["name"] == ctx["cluster"]))
-
-
-def _rsa_key(path: Path) -> None:
-    """The service-account signing key (one RSA key serves both SA flags)."""
-    if shutil.which("openssl") is None:
-        raise StartError("openssl is needed to create the service-account key")
-    subprocess.run(
-        ["openssl", "genrsa", "-out", str(path), "2048"], check=True, capture_output=True
-    )
-    path.chmod(0o600)
 
 
 def temporary_run_dir() -> Path:

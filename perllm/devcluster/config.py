@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from perllm.devcluster.certs import TlsFiles
+
 PERLLM_SCHEDULER = "perllm-scheduler"
 # Users of the token file. The schedulers run as system:kube-scheduler, so RBAC's bootstrap
 # bindings (system:kube-scheduler, system:volume-scheduler) govern them as in a real cluster.
@@ -49,17 +51,35 @@ def kubeconfig(server: str, token: str, user: str = ADMIN_USER) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+def kubeconfig_server(path: Path) -> str:
+    """The API server URL of a kubeconfig's current context."""
+    doc = yaml.safe_load(path.read_text())
+    current = doc.get("current-context")
+    ctx = next(c["context"] for c in doc["contexts"] if c["name"] == current)
+    return str(next(c["cluster"]["server"] for c in doc["clusters"] if c["name"] == ctx["cluster"]))
+
+
 @dataclass(frozen=True)
 class Extender:
-    """The PerLLM extender as the second scheduler sees it (its scheduler-config entry)."""
+    """The PerLLM extender as the second scheduler sees it (its scheduler-config entry).
 
-    url: str = "http://127.0.0.1:8888/scheduler"
+    An `https://` URL is called over TLS with client authentication: the server is verified
+    against `tls_dir`'s CA and kube-scheduler presents its client certificate
+    (`certs.TlsFiles.under(tls_dir)`; the Cluster fills `tls_dir` with fresh certificates when
+    it is empty). An `http://` URL is plain HTTP (an extender run with `--insecure-http`)."""
+
+    url: str = "https://127.0.0.1:8888/scheduler"
     ignorable: bool = True  # pods still schedule while no extender is running
     weight: int = 5
     http_timeout: str = "2s"
+    tls_dir: str = ""
+
+    @property
+    def https(self) -> bool:
+        return self.url.startswith("https://")
 
     def as_config(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "urlPrefix": self.url,
             "filterVerb": "filter",
             "prioritizeVerb": "prioritize",
@@ -68,6 +88,17 @@ class Extender:
             "httpTimeout": self.http_timeout,
             "ignorable": self.ignorable,
         }
+        if self.https:
+            if not self.tls_dir:  # kube-scheduler would skip verification without a CA
+                raise ValueError(f"extender {self.url}: https needs tls_dir (its certificates)")
+            f = TlsFiles.under(Path(self.tls_dir))
+            doc["enableHTTPS"] = True
+            doc["tlsConfig"] = {
+                "caFile": str(f.ca),
+                "certFile": str(f.client_cert),
+                "keyFile": str(f.client_key),
+            }
+        return doc
 
 
 # The perllm-scheduler profile looks at every feasible node: kube-scheduler's default stops

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -326,6 +327,7 @@ def test_extender_process_runs_under_the_charts_service_account(
                 f"--state-namespace={release.namespace}",
                 "--kube",
                 "--log-level=info",
+                "--insecure-http",
             ],
             cwd=ROOT,
             env=env,
@@ -375,6 +377,15 @@ def test_kube_scheduler_runs_with_the_charts_config_and_token(
     name = f"chart-e2e-{uuid.uuid4().hex[:6]}"
     cfg["profiles"] = [{"schedulerName": name}]
     cfg["extenders"][0]["ignorable"] = True  # no extender listens at the in-cluster URL
+    # kube-scheduler loads its extender TLS files at start: the chart's client Secret, as
+    # the pod mounts it
+    secret = kube.get_or_none(
+        "secret", f"{release.name}-extender-client-tls", "-n", release.namespace
+    )
+    tls = cfg["extenders"][0]["tlsConfig"]
+    for key, file in (("caFile", "ca.crt"), ("certFile", "tls.crt"), ("keyFile", "tls.key")):
+        (tmp_path / file).write_bytes(base64.b64decode(secret["data"][file]))
+        tls[key] = str(tmp_path / file)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     log = tmp_path / "scheduler.log"
     with log.open("ab") as out:

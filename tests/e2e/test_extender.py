@@ -449,6 +449,10 @@ def extender(
             state_ns,
             "--log-level",
             "info",
+            # plain HTTP and the debug routes this module reads (/decisions, /telemetry);
+            # TLS and the attacks: tests/e2e/test_attacks.py
+            "--insecure-http",
+            "--debug-routes",
         ],
     )
     ext.start()

@@ -250,6 +250,20 @@ def scheduler_config(docs: list[Doc]) -> Doc:
     return cfg
 
 
+def local_tls(docs: list[Doc], cfg: Doc, folder: Path) -> Doc:
+    """kube-scheduler reads its extender TLS files at start: write the chart's client Secret
+    (what the pod mounts) to `folder` and point the config there."""
+    import base64
+
+    data = find(docs, "Secret", "perllm-extender-client-tls")["data"]
+    for ext in cfg.get("extenders", []):
+        for key, file in (("caFile", "ca.crt"), ("certFile", "tls.crt"), ("keyFile", "tls.key")):
+            if key in ext.get("tlsConfig", {}):
+                (folder / file).write_bytes(base64.b64decode(data[file]))
+                ext["tlsConfig"][key] = str(folder / file)
+    return cfg
+
+
 def test_scheduler_config_names_the_extender_service() -> None:
     docs = render("--set", "extender.weight=7,extender.port=9000", namespace="perllm-x")
     cfg = scheduler_config(docs)
@@ -261,7 +275,7 @@ def test_scheduler_config_names_the_extender_service() -> None:
     assert adaptive["profiles"] == [{"schedulerName": "perllm-scheduler"}]
     (ext,) = cfg["extenders"]
     svc = find(docs, "Service", "perllm-extender")
-    assert ext["urlPrefix"] == "http://perllm-extender.perllm-x.svc:9000/scheduler"
+    assert ext["urlPrefix"] == "https://perllm-extender.perllm-x.svc:9000/scheduler"
     assert svc["spec"]["ports"][0]["port"] == 9000
     assert (ext["weight"], ext["filterVerb"], ext["prioritizeVerb"]) == (7, "filter", "prioritize")
     assert ext["nodeCacheCapable"] is True and "managedResources" not in ext
@@ -302,7 +316,8 @@ def test_kube_scheduler_accepts_the_config(profile: str, tmp_path: Path) -> None
     if not os.access(binary, os.X_OK):
         pytest.skip(f"no kube-scheduler at {binary}: tools/build-binaries.sh k8s")
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump(scheduler_config(render(profile=profile))))
+    docs = render(profile=profile)
+    cfg.write_text(yaml.safe_dump(local_tls(docs, scheduler_config(docs), tmp_path)))
     r = subprocess.run(
         [
             str(binary),
@@ -382,7 +397,7 @@ def test_model_server_pod_monitor_selects_the_operators_pods() -> None:
 
 def test_scrape_annotations_on_agent_extender_twin() -> None:
     docs = render("--set", "agent.enabled=true,twin.enabled=true,extender.podAnnotations.a=b")
-    for comp, port in (("agent", "9401"), ("extender", "8888"), ("twin", "9402")):
+    for comp, port in (("agent", "9401"), ("extender", "8889"), ("twin", "9402")):
         kind = "DaemonSet" if comp == "agent" else "Deployment"
         ann = find(docs, kind, f"perllm-{comp}")["spec"]["template"]["metadata"]["annotations"]
         assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == port, comp

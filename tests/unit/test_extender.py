@@ -104,9 +104,21 @@ def test_constants_match_the_renderers() -> None:
 
 def test_default_prefix_matches_the_devcluster_url() -> None:
     url = devconfig.Extender().url
-    assert devconfig.Extender().as_config()["nodeCacheCapable"] is True
+    conf = devconfig.Extender(tls_dir="/pki").as_config()
+    assert conf["nodeCacheCapable"] is True
     assert url.endswith(ExtenderConfig().prefix)
     assert ":8888/" in url
+    # https by default: the server verified against the CA, the scheduler's client pair
+    assert url.startswith("https://") and conf["enableHTTPS"] is True
+    assert conf["tlsConfig"] == {
+        "caFile": "/pki/ca.crt",
+        "certFile": "/pki/client.crt",
+        "keyFile": "/pki/client.key",
+    }
+    with pytest.raises(ValueError, match="tls_dir"):  # never https without verification
+        devconfig.Extender().as_config()
+    plain = devconfig.Extender(url="http://127.0.0.1:8888/scheduler").as_config()
+    assert "enableHTTPS" not in plain and "tlsConfig" not in plain
 
 
 def test_filter_node_names_mode_tight_deadline_gets_cloud(client: TestClient) -> None:

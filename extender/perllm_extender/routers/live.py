@@ -1,5 +1,7 @@
-"""Endpoints of the live side: the telemetry snapshot, forced refresh, a learning pass and
-a state save (for operators and tests; see docs/extender.md)."""
+"""Debug routes: the telemetry snapshot, forced refresh, a learning pass, a state save and
+the recent decisions (for operators and tests; see docs/extender.md). Included only with
+`debug_routes` (`perllm extender --debug-routes`), and then only for authenticated clients
+(a TLS client certificate when `client_auth`)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from perllm_extender.dependencies import LiveDep
+from perllm_extender.dependencies import Authenticated, LiveDep, SchedulerDep
 from perllm_extender.live import Live
 
-router = APIRouter()
+router = APIRouter(dependencies=[Authenticated])
 
 
 def _snapshot(live: Live) -> dict[str, Any]:
@@ -51,3 +53,9 @@ def state_save(live: LiveDep) -> dict[str, Any] | JSONResponse:
         )
     ok = live.keeper.save()
     return {"saved": ok, "services": len(live.scheduler.arms), "error": live.keeper.last_error}
+
+
+@router.get("/decisions")
+def decisions(sched: SchedulerDep, limit: int = 100) -> list[dict[str, Any]]:
+    entries = list(sched.log)
+    return entries[-max(0, limit) :] if limit > 0 else []

@@ -1,0 +1,89 @@
+"""Serving the extender: the main listener (HTTPS with client-certificate authentication,
+or plain HTTP with `--insecure-http`) and the optional plain-HTTP probe port for kubelet
+and Prometheus (`app.probe_app`: /healthz, /readyz, /metrics only)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from perllm_extender.app import probe_app
+
+
+@dataclass(frozen=True)
+class Tls:
+    cert: Path  # the extender's serving certificate (PEM)
+    key: Path
+    client_ca: Path  # clients must present a certificate signed by this CA
+
+    def missing(self) -> list[str]:
+        return [str(p) for p in (self.cert, self.key, self.client_ca) if not p.is_file()]
+
+
+class _SideServer(uvicorn.Server):
+    """The probe port's server: the main server owns the signals and stops this one."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def main_config(
+    app: FastAPI, host: str, port: int, tls: Tls | None, log_level: str
+) -> uvicorn.Config:
+    """The main listener. `proxy_headers=False`: the request scheme is the transport's, so an
+    `X-Forwarded-Proto: https` header cannot pass for a verified client certificate."""
+    kw: dict[str, object] = {}
+    if tls is not None:
+        kw = {
+            "ssl_certfile": str(tls.cert),
+            "ssl_keyfile": str(tls.key),
+            "ssl_ca_certs": str(tls.client_ca),
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        }
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        proxy_headers=False,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def serve(
+    app: FastAPI, host: str, port: int, tls: Tls | None, metrics_port: int, log_level: str
+) -> None:
+    main = uvicorn.Server(main_config(app, host, port, tls, log_level))
+    if not metrics_port:
+        main.run()
+        return
+    side = _SideServer(
+        uvicorn.Config(
+            probe_app(app),
+            host=host,
+            port=metrics_port,
+            log_level=log_level,
+            lifespan="off",
+            proxy_headers=False,
+        )
+    )
+
+    async def both() -> None:
+        task = asyncio.create_task(side.serve())
+        try:
+            await main.serve()
+        finally:
+            side.should_exit = True
+            await task
+
+    # the loop uvicorn would pick (uvloop with uvicorn[standard]), as `Server.run` does
+    with asyncio.Runner(loop_factory=main.config.get_loop_factory()) as runner:
+        runner.run(both())
