@@ -93,7 +93,6 @@ def simulate(
     ] = True,
 ) -> None:
     """Run the paper's experiment: policies × scenarios × seeds on the world model."""
-    # Long by nature: one typer declaration per flag above; the work is in the helpers.
     from perllm.experiment import write_plots
 
     scs = [_load(n, duration) for n in scenario or list(REFERENCE_SCENARIOS)]
