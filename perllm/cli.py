@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from perllm import policies
+from perllm.cli_report import print_report
 from perllm.scenario import (
     REFERENCE_SCENARIOS,
     Scenario,
@@ -21,6 +21,9 @@ from perllm.scenario import (
     load_scenario,
     parse_scenario,
 )
+
+if TYPE_CHECKING:
+    from perllm.experiment import Experiment
 
 app = typer.Typer(
     help="PerLLM: personalized edge-cloud inference scheduling (CS-UCB).",
@@ -90,10 +93,26 @@ def simulate(
     ] = True,
 ) -> None:
     """Run the paper's experiment: policies × scenarios × seeds on the world model."""
-    from perllm.experiment import run_experiment, write_plots
+    from perllm.experiment import write_plots
 
-    names = scenario or list(REFERENCE_SCENARIOS)
-    scs = [_load(n, duration) for n in names]
+    scs = [_load(n, duration) for n in scenario or list(REFERENCE_SCENARIOS)]
+    wanted = _wanted_policies(policy)
+    exp = _run_with_progress(scs, wanted, seeds)
+    if bound:
+        _add_bounds(exp, scs, seeds)
+    _print_report(exp.report, wanted, detail)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(exp.report, indent=2, sort_keys=True))
+        console.print(f"JSON report: {json_out}")
+    if out:
+        for p in write_plots(exp, out):
+            console.print(f"plot: {p}")
+
+
+def _wanted_policies(policy: list[str] | None) -> list[str]:
+    """The policies asked for (default: all available, in the paper's order); exits on an
+    unknown name."""
     avail = policies.available()
     wanted = policy or [p for p in DEFAULT_POLICY_ORDER if p in avail]
     unknown = [p for p in wanted if p not in avail]
@@ -107,6 +126,13 @@ def simulate(
             "[yellow]note:[/yellow] AGOD needs the bench extra "
             "(pip install -e '.[bench]'); running without it"
         )
+    return wanted
+
+
+def _run_with_progress(scs: list[Scenario], wanted: list[str], seeds: int) -> Experiment:
+    """Every (scenario, policy, seed) run, with a progress bar on stderr."""
+    from perllm.experiment import run_experiment
+
     total = len(scs) * len(wanted) * seeds
     with Progress(
         TextColumn("{task.description}"),
@@ -126,128 +152,22 @@ def simulate(
             if done == slots:
                 prog.advance(task)
 
-        exp = run_experiment(scs, wanted, list(range(1, seeds + 1)), progress=tick)
-    if bound:
-        from perllm.bound import bounds_for
-        from perllm.report import build_report
-
-        err.print("solving the hindsight bound (docs/bound.md)")
-        exp.bounds = bounds_for(scs, range(1, seeds + 1), progress=lambda m: err.print(f"  {m}"))
-        exp.report = build_report(exp.runs, exp.report_regret(), exp.bounds)
-    _print_report(exp.report, wanted, detail)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(exp.report, indent=2, sort_keys=True))
-        console.print(f"JSON report: {json_out}")
-    if out:
-        for p in write_plots(exp, out):
-            console.print(f"plot: {p}")
+        return run_experiment(scs, wanted, list(range(1, seeds + 1)), progress=tick)
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
+def _add_bounds(exp: Experiment, scs: list[Scenario], seeds: int) -> None:
+    """Solve the hindsight bound per scenario and seed and rebuild the report with it."""
+    from perllm.bound import bounds_for
+    from perllm.report import build_report
+
+    err.print("solving the hindsight bound (docs/bound.md)")
+    exp.bounds = bounds_for(scs, range(1, seeds + 1), progress=lambda m: err.print(f"  {m}"))
+    exp.report = build_report(exp.runs, exp.report_regret(), exp.bounds)
 
 
 def _print_report(report: dict[str, Any], order: list[str], detail: bool) -> None:
-    scs = report["scenarios"]
-    t = Table(title="Processing-time success rate (%) per model (scenario), mean over seeds")
-    t.add_column("policy")
-    for s in scs:
-        t.add_column(s, justify="right")
-    for p in order:
-        t.add_row(p, *[_pct(scs[s]["policies"].get(p, {}).get("success_rate")) for s in scs])
-    console.print(t)
-    t2 = Table(
-        title="Throughput, goodput and energy (mean over scenarios); ratios: PerLLM / policy"
-    )
-    for c in (
-        "policy",
-        "throughput rps",
-        "goodput rps",
-        "J/service",
-        "tran",
-        "infer",
-        "idle",
-        "edge %",
-        "thr. ratio",
-        "energy ratio",
-        "regret vs clairvoyant greedy",
-    ):
-        t2.add_column(c, justify="right" if c != "policy" else "left")
-    for p in order:
-        ms = [s["policies"][p] for s in scs.values() if p in s["policies"]]
-        if not ms:
-            continue
-
-        def mean(k: str, ms: list[dict[str, Any]] = ms) -> float:
-            return float(sum(m[k] for m in ms) / len(ms))
-
-        def br(k: str, ms: list[dict[str, Any]] = ms) -> float:
-            return float(sum(m["energy_breakdown_j"][k] for m in ms) / len(ms))
-
-        rat = [s.get("ratios_vs_perllm", {}).get(p) for s in scs.values()]
-        rat = [r for r in rat if r]
-        thr = sum(r["throughput_ratio"] or 0 for r in rat) / len(rat) if rat else None
-        en = sum(r["energy_ratio"] or 0 for r in rat) / len(rat) if rat else None
-        reg = [s.get("regret_vs_clairvoyant_greedy", {}).get(p) for s in scs.values()]
-        reg = [r for r in reg if r is not None]
-        t2.add_row(
-            p,
-            f"{mean('throughput_rps'):.2f}",
-            f"{mean('goodput_rps'):.2f}",
-            f"{mean('energy_j_per_service'):.1f}",
-            f"{br('tran'):.2f}",
-            f"{br('infer'):.1f}",
-            f"{br('idle'):.1f}",
-            _pct(mean("edge_share")),
-            "—" if thr is None else f"{thr:.2f}×",
-            "—" if en is None else f"{en:.2f}×",
-            "—" if not reg else f"{sum(reg) / len(reg):.1f}",
-        )
-    console.print(t2)
-    if any("bound" in s for s in scs.values()):
-        _print_bound(scs, order)
-    if detail:
-        for s, entry in scs.items():
-            t3 = Table(title=f"{s}: success rate (%) per service class")
-            classes = list(next(iter(entry["policies"].values()))["per_class"])
-            t3.add_column("policy")
-            for c in classes:
-                t3.add_column(c, justify="right")
-            for p in order:
-                if p in entry["policies"]:
-                    pc = entry["policies"][p]["per_class"]
-                    t3.add_row(p, *[_pct(pc[c]["success_rate"]) for c in classes])
-            console.print(t3)
-
-
-def _print_bound(scs: dict[str, Any], order: list[str]) -> None:
-    t = Table(
-        title="Distance to the hindsight bound (docs/bound.md): success gap in points "
-        "(bound − policy) / energy ratio (policy J ÷ the least J at the policy's success)"
-    )
-    t.add_column("policy")
-    for s in scs:
-        t.add_column(s, justify="right")
-    bounded = {s: e for s, e in scs.items() if "bound" in e}
-    t.add_row(
-        "[bold]bound[/bold] (success ≤, J/service ≥)",
-        *[
-            f"{_pct(e['bound']['success_rate_ub'])} %, {e['bound']['energy_lb_j_per_service']:.1f}"
-            if s in bounded
-            else "—"
-            for s, e in scs.items()
-        ],
-    )
-    for p in order:
-        cells = []
-        for e in scs.values():
-            d = e.get("vs_bound", {}).get(p)
-            cells.append(
-                "—" if d is None else f"{d['success_gap_points']:.2f} / {d['energy_ratio']:.2f}×"
-            )
-        t.add_row(p, *cells)
-    console.print(t)
+    """The report's tables on the command's console (`cli_report`)."""
+    print_report(console, report, order, detail)
 
 
 @scenarios_app.command("list")

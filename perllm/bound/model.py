@@ -7,7 +7,7 @@ or an upper bound on what a server can deliver; docs/bound.md proves each one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -179,20 +179,61 @@ def demand_rows(p: Pairs, grid_s: float, max_levels: int = 16) -> DemandRows:
     ke = np.ceil((p.arrival[ii] + p.deadline[ii]) / grid_s).astype(np.int64)
     ke = np.maximum(ke, kb + 1)
     horizon = int(ke.max()) if len(ke) else 1
+    entries = _interval_entries(kb, ke, jj, _resources(p, ii, jj), p.m, horizon, grid_s, max_levels)
+    if not entries.keys:
+        return DemandRows(sp.csr_matrix((0, len(ii))), np.zeros(0), 0)
+    key = np.concatenate(entries.keys)
+    uniq, row = np.unique(key, return_inverse=True)
+    rhs = np.zeros(len(uniq))
+    rhs[row] = np.concatenate(entries.caps)  # the same for every entry of a row
+    a = sp.csr_matrix(
+        (np.concatenate(entries.vals), (row, np.concatenate(entries.cols))),
+        shape=(len(uniq), len(ii)),
+    )
+    return DemandRows(a, rhs, len(uniq))
+
+
+# (coefficient per pair, capacity per second of server j, applies to pair)
+Resource = tuple[F, F, B]
+
+
+def _resources(p: Pairs, ii: NDArray[np.intp], jj: NDArray[np.intp]) -> list[Resource]:
+    """What a met pair (ii, jj) needs of each of its server's resources."""
     gpu = p.is_gpu[jj]
-    # Resources: (coefficient per pair, capacity per second of server j, applies to pair)
-    resources = [
+    return [
         (p.upload_s[ii, jj], np.ones(p.m), np.ones(len(ii), bool)),
         (p.prefill_s[ii, jj], np.ones(p.m), gpu),
         (p.decode_s[ii, jj], p.gpu_decode_rate, gpu),
         (p.prefill_s[ii, jj] + p.decode_s[ii, jj], p.cpu_stream_rate, ~gpu),
         (p.compute_s[ii, jj], p.cpu_compute_rate, ~gpu),
     ]
-    cols: list[NDArray[np.int64]] = []
-    vals: list[F] = []
-    keys: list[NDArray[np.int64]] = []
-    caps: list[F] = []
-    col = np.arange(len(ii))
+
+
+@dataclass
+class _Entries:
+    """Matrix entries of the demand-bound rows, keyed by (level, resource, server,
+    interval); `caps` is the row's capacity, repeated per entry."""
+
+    cols: list[NDArray[np.int64]] = field(default_factory=list)
+    vals: list[F] = field(default_factory=list)
+    keys: list[NDArray[np.int64]] = field(default_factory=list)
+    caps: list[F] = field(default_factory=list)
+
+
+def _interval_entries(
+    kb: NDArray[np.int64],
+    ke: NDArray[np.int64],
+    jj: NDArray[np.intp],
+    resources: list[Resource],
+    m: int,
+    horizon: int,
+    grid_s: float,
+    max_levels: int,
+) -> _Entries:
+    """Entries for every pair whose bucket window [kb, ke) lies inside an interval of the
+    dyadic family, level by level until an interval spans the horizon."""
+    out = _Entries()
+    col = np.arange(len(jj))
     level = 0
     while level < max_levels:
         length = 1 << level
@@ -208,21 +249,12 @@ def demand_rows(p: Pairs, grid_s: float, max_levels: int = 16) -> DemandRows:
                 sel = ok & applies & (coef > 0)
                 if not sel.any():
                     continue
-                key = ((level * len(resources) + r_id) * p.m + jj[sel]) * (horizon + 2) + q[sel]
-                keys.append(key)
-                cols.append(col[sel])
-                vals.append(coef[sel])
-                caps.append(cap[jj[sel]] * length * grid_s)
+                key = ((level * len(resources) + r_id) * m + jj[sel]) * (horizon + 2) + q[sel]
+                out.keys.append(key)
+                out.cols.append(col[sel])
+                out.vals.append(coef[sel])
+                out.caps.append(cap[jj[sel]] * length * grid_s)
         if length >= horizon:
             break
         level += 1
-    if not keys:
-        return DemandRows(sp.csr_matrix((0, len(ii))), np.zeros(0), 0)
-    key = np.concatenate(keys)
-    uniq, row = np.unique(key, return_inverse=True)
-    rhs = np.zeros(len(uniq))
-    rhs[row] = np.concatenate(caps)  # the same for every entry of a row
-    a = sp.csr_matrix(
-        (np.concatenate(vals), (row, np.concatenate(cols))), shape=(len(uniq), len(ii))
-    )
-    return DemandRows(a, rhs, len(uniq))
+    return out

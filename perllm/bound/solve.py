@@ -79,16 +79,36 @@ class HindsightBound:
         key = round(target_met, 6)
         if key in self._energy:
             return self._energy[key]
-        p = self.p
         # With no target, y = 0 is optimal: leave out y and the capacity rows.
         fi, fj = (self.fi, self.fj) if target_met > 0 else (self.fi[:0], self.fj[:0])
-        ny, nx, m = len(fi), len(self.ai), p.m
+        ny, nx, m = len(fi), len(self.ai), self.p.m
         # variables: y (feasible pairs) | x (allowed pairs) | beta (M) | e (M)
         oy, ox, ob, oe = 0, ny, ny + nx, ny + nx + m
         nv = oe + m
+        blocks, rhs = self._met_rows(fi, fj, target_met, nv, oy, ox)
+        blocks.append(self._busy_rows(nv, ox, ob))
+        rhs.append(np.zeros(blocks[-1].shape[0]))
+        e_rows, e_rhs = self._energy_rows(nv, ox, ob, oe)
+        blocks.append(e_rows)
+        rhs.append(e_rhs)
+        sol = self._solve_energy(target_met, blocks, rhs, nv, ox, oe)
+        self._energy[key] = sol
+        return sol
+
+    def _met_rows(
+        self,
+        fi: NDArray[np.intp],
+        fj: NDArray[np.intp],
+        target_met: float,
+        nv: int,
+        oy: int,
+        ox: int,
+    ) -> tuple[list[sp.csr_matrix], list[F]]:
+        """The rows on the met-variables y: y_ij <= x_ij, the demand-bound capacity rows
+        and Σ y >= target."""
+        p, ny, nx, m = self.p, len(fi), len(self.ai), self.p.m
         blocks: list[sp.csr_matrix] = []
         rhs: list[F] = []
-        eq = sp.csr_matrix((np.ones(nx), (self.ai, ox + np.arange(nx))), shape=(p.n, nv))
         # y_ij <= x_ij: the x column of each feasible pair
         xcol = np.full((p.n, m), -1, np.int64)
         xcol[self.ai, self.aj] = np.arange(nx)
@@ -115,11 +135,21 @@ class HindsightBound:
             sp.csr_matrix((-np.ones(ny), (np.zeros(ny), oy + np.arange(ny))), shape=(1, nv))
         )
         rhs.append(np.array([-float(target_met)]))
-        blocks.append(self._busy_rows(nv, ox, ob))
-        rhs.append(np.zeros(blocks[-1].shape[0]))
-        e_rows, e_rhs = self._energy_rows(nv, ox, ob, oe)
-        blocks.append(e_rows)
-        rhs.append(e_rhs)
+        return blocks, rhs
+
+    def _solve_energy(
+        self,
+        target_met: float,
+        blocks: list[sp.csr_matrix],
+        rhs: list[F],
+        nv: int,
+        ox: int,
+        oe: int,
+    ) -> EnergySolution:
+        """min transmission + per-server energy subject to `blocks` and every request
+        placed once; the optimum lowered by `SAFETY`."""
+        p, nx = self.p, len(self.ai)
+        eq = sp.csr_matrix((np.ones(nx), (self.ai, ox + np.arange(nx))), shape=(p.n, nv))
         a_ub = sp.vstack(blocks, format="csr")
         c = np.zeros(nv)
         c[ox : ox + nx] = p.e_tran[self.ai, self.aj]
@@ -148,9 +178,7 @@ class HindsightBound:
         tran = float(c[ox : ox + nx] @ v[ox : ox + nx])
         total = float(res.fun)
         total = total * (1 - SAFETY) - 1e-6
-        sol = EnergySolution(float(target_met), total, tran, v[oe:].copy(), dt)
-        self._energy[key] = sol
-        return sol
+        return EnergySolution(float(target_met), total, tran, v[oe:].copy(), dt)
 
     def _busy_rows(self, nv: int, ox: int, ob: int) -> sp.csr_matrix:
         """beta_j >= (work of the requests placed on j) / (server j's progress-rate cap),

@@ -7,9 +7,10 @@ one bound pod, and placed
   round-robin) and runs on the `ServerState` of that pod's node;
 - on one fleet copy per counterfactual policy (`perllm.policies`: cloud-only, edge-only,
   round-robin), fed the very same requests (same arrival, lengths, payload, speed noise
-  and link bandwidth), placed per request by the policy as in the simulator.
+  and link bandwidth), placed per request by the policy as in the simulator
+  (`counterfactual.py`).
 Completions are applied when the clock passes them; energy is metered exactly
-(`fleet.Meter`) and attributed to services (see `_attribute`). A slot's requests are
+(`fleet.Meter`) and attributed to services (`energy.py`). A slot's requests are
 drawn in `arrivals.py`.
 No Kubernetes here: `kube.py` feeds `set_services` / `set_pods`, `metrics.py` reads it.
 """
@@ -26,9 +27,11 @@ import numpy as np
 from perllm import policies
 from perllm.contract import ServiceSpec
 from perllm.costmodel import CostTable, build_cost_table
-from perllm.policies.base import Batch, Env, Observation, Policy
+from perllm.policies.base import Env, Policy
 from perllm.scenario import Scenario
 from perllm.twin.arrivals import slot_requests
+from perllm.twin.counterfactual import fleet_observation, round_batch
+from perllm.twin.energy import attribute
 from perllm.twin.fleet import Executed, Fleet
 from perllm.twin.records import (
     MAX_REQUESTS_PER_SLOT,
@@ -207,35 +210,10 @@ class Twin:
         self.now = t
 
     def _attribute(self, f: str, t: float) -> None:
-        """Share the fleet's metered energy among services so that the services' totals add
-        up to the fleet's energy (the simulator's transmission + inference + idle).
-
-        A server's energy since its last completions is carried and shared among the
-        requests completing on it, in proportion to their attributed inference energy;
-        when the server has nothing in flight, its carry (idle energy) joins a fleet-wide
-        pool shared equally among all requests completing in the fleet."""
-        done = self._tick[f]
-        fleet = self.fleets[f]
-        stats = self.stats[f]
-        by_server: dict[int, list[Done]] = {}
-        for d in done:
-            by_server.setdefault(d.server, []).append(d)
-        for j, carry in enumerate(self._carry[f]):
-            group = by_server.get(j)
-            if group:
-                total = sum(d.e_infer for d in group)
-                for d in group:
-                    share = d.e_infer / total if total > 0 else 1.0 / len(group)
-                    stats[d.service].energy_j += carry * share
-                self._carry[f][j] = 0.0
-            elif fleet.states[j].busy_until <= t:
-                self._pool[f] += carry
-                self._carry[f][j] = 0.0
-        if done:
-            share = self._pool[f] / len(done)
-            for d in done:
-                stats[d.service].energy_j += share
-            self._pool[f] = 0.0
+        """Share the fleet's metered energy among services (`energy.attribute`)."""
+        self._pool[f] = attribute(
+            self._tick[f], self._carry[f], self._pool[f], self.fleets[f], self.stats[f], t
+        )
         self._tick[f] = []
 
     def _complete(self, d: Done) -> None:
@@ -370,30 +348,8 @@ class Twin:
     def _place_counterfactual(self, name: str, reqs: list[Request], t0: float, k: int) -> None:
         assert self.table is not None
         fleet, policy = self.fleets[name], self.policies[name]
-        cls = np.array([self.keys.index(r.service) for r in reqs], np.intp)
-        specs = [self.services[r.service] for r in reqs]
-        exp_out = np.array([s.traffic.output_tokens for s in specs], float)
-        batch = Batch(
-            idx=np.arange(len(reqs), dtype=np.intp),
-            arrival=np.array([r.arrival for r in reqs], float),
-            cls=cls,
-            l_in=np.array([r.l_in for r in reqs], float),
-            attach=np.array([r.attach for r in reqs], float),
-            min_quality=np.array([s.requirements.min_quality for s in specs], float),
-            expected_out=exp_out,
-            expected_deadline=np.array(
-                [s.requirements.deadline.budget(o) for s, o in zip(specs, exp_out, strict=True)]
-            ),
-        )
-        rows = [s.observe(t0) for s in fleet.states]
-        obs = Observation(
-            now=t0,
-            slot=k,
-            running=np.array([r[0] for r in rows], float),
-            waiting=np.array([r[1] for r in rows], float),
-            kv_used=np.array([r[2] for r in rows], float),
-            bw_mbps=self.prev_bw_mbps,
-        )
+        batch = round_batch(reqs, self.keys, self.services)
+        obs = fleet_observation(fleet, t0, k, self.prev_bw_mbps)
         choice = policy.assign(batch, obs)
         for req, j in zip(reqs, choice, strict=True):
             res = self._run(name, req, int(j))

@@ -1,0 +1,131 @@
+"""The experiment report as rich tables (`perllm simulate`, bench/paper.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+TOTALS_COLUMNS = (
+    "policy",
+    "throughput rps",
+    "goodput rps",
+    "J/service",
+    "tran",
+    "infer",
+    "idle",
+    "edge %",
+    "thr. ratio",
+    "energy ratio",
+    "regret vs clairvoyant greedy",
+)
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def print_report(console: Console, report: dict[str, Any], order: list[str], detail: bool) -> None:
+    """Success rates per scenario, the totals, the distance to the hindsight bound (when
+    solved) and, with `detail`, per-class success rates."""
+    scs = report["scenarios"]
+    console.print(success_table(scs, order))
+    console.print(totals_table(scs, order))
+    if any("bound" in s for s in scs.values()):
+        console.print(bound_table(scs, order))
+    if detail:
+        for s, entry in scs.items():
+            console.print(class_table(s, entry, order))
+
+
+def success_table(scs: dict[str, Any], order: list[str]) -> Table:
+    t = Table(title="Processing-time success rate (%) per model (scenario), mean over seeds")
+    t.add_column("policy")
+    for s in scs:
+        t.add_column(s, justify="right")
+    for p in order:
+        t.add_row(p, *[pct(scs[s]["policies"].get(p, {}).get("success_rate")) for s in scs])
+    return t
+
+
+def totals_table(scs: dict[str, Any], order: list[str]) -> Table:
+    t = Table(title="Throughput, goodput and energy (mean over scenarios); ratios: PerLLM / policy")
+    for c in TOTALS_COLUMNS:
+        t.add_column(c, justify="right" if c != "policy" else "left")
+    for p in order:
+        ms = [s["policies"][p] for s in scs.values() if p in s["policies"]]
+        if ms:
+            t.add_row(p, *_totals_cells(scs, p, ms))
+    return t
+
+
+def _totals_cells(scs: dict[str, Any], p: str, ms: list[dict[str, Any]]) -> list[str]:
+    """Policy p's totals row (after its name): means over the scenarios it ran in."""
+
+    def mean(k: str) -> float:
+        return float(sum(m[k] for m in ms) / len(ms))
+
+    def br(k: str) -> float:
+        return float(sum(m["energy_breakdown_j"][k] for m in ms) / len(ms))
+
+    rat = [s.get("ratios_vs_perllm", {}).get(p) for s in scs.values()]
+    rat = [r for r in rat if r]
+    thr = sum(r["throughput_ratio"] or 0 for r in rat) / len(rat) if rat else None
+    en = sum(r["energy_ratio"] or 0 for r in rat) / len(rat) if rat else None
+    reg = [s.get("regret_vs_clairvoyant_greedy", {}).get(p) for s in scs.values()]
+    reg = [r for r in reg if r is not None]
+    return [
+        f"{mean('throughput_rps'):.2f}",
+        f"{mean('goodput_rps'):.2f}",
+        f"{mean('energy_j_per_service'):.1f}",
+        f"{br('tran'):.2f}",
+        f"{br('infer'):.1f}",
+        f"{br('idle'):.1f}",
+        pct(mean("edge_share")),
+        "—" if thr is None else f"{thr:.2f}×",
+        "—" if en is None else f"{en:.2f}×",
+        "—" if not reg else f"{sum(reg) / len(reg):.1f}",
+    ]
+
+
+def bound_table(scs: dict[str, Any], order: list[str]) -> Table:
+    t = Table(
+        title="Distance to the hindsight bound (docs/bound.md): success gap in points "
+        "(bound − policy) / energy ratio (policy J ÷ the least J at the policy's success)"
+    )
+    t.add_column("policy")
+    for s in scs:
+        t.add_column(s, justify="right")
+    bounded = {s: e for s, e in scs.items() if "bound" in e}
+    t.add_row(
+        "[bold]bound[/bold] (success ≤, J/service ≥)",
+        *[
+            f"{pct(e['bound']['success_rate_ub'])} %, {e['bound']['energy_lb_j_per_service']:.1f}"
+            if s in bounded
+            else "—"
+            for s, e in scs.items()
+        ],
+    )
+    for p in order:
+        cells = []
+        for e in scs.values():
+            d = e.get("vs_bound", {}).get(p)
+            cells.append(
+                "—" if d is None else f"{d['success_gap_points']:.2f} / {d['energy_ratio']:.2f}×"
+            )
+        t.add_row(p, *cells)
+    return t
+
+
+def class_table(s: str, entry: dict[str, Any], order: list[str]) -> Table:
+    t = Table(title=f"{s}: success rate (%) per service class")
+    classes = list(next(iter(entry["policies"].values()))["per_class"])
+    t.add_column("policy")
+    for c in classes:
+        t.add_column(c, justify="right")
+    for p in order:
+        if p in entry["policies"]:
+            pc = entry["policies"][p]["per_class"]
+            t.add_row(p, *[pct(pc[c]["success_rate"]) for c in classes])
+    return t
