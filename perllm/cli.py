@@ -367,3 +367,4 @@ _mount_optional()
 _mount_demo()
 _mount_agent()
 _mount_twin()
+__import__("perllm.sweep.cli", fromlist=["register"]).register(app)  # perllm sweep
