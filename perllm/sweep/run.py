@@ -88,6 +88,7 @@ class SweepResult:
                     "policy": p,
                     "seeds": len(runs),
                     "duration_s": pt.scenario.duration_s,
+                    "requests": float(np.mean([d["requests"] for d in runs])),
                 }
                 keys = [m.key for m in METRICS if m.key not in BOUND_METRICS]
                 for k in keys:
@@ -123,7 +124,7 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         sw = self.sweep
-        return _finite(
+        data: dict[str, Any] = _finite(
             {
                 "sweep": sw.name,
                 "scenario": sw.base,
@@ -142,6 +143,7 @@ class SweepResult:
                 "wall_s": self.wall_s,
             }
         )
+        return data
 
 
 def _mean(xs: Iterable[float | None]) -> float | None:
@@ -282,7 +284,7 @@ def run_sweep(
 
 
 def csv_columns() -> list[str]:
-    cols = ["sweep", "scenario", "axis", "value", "policy", "seeds", "duration_s"]
+    cols = ["sweep", "scenario", "axis", "value", "policy", "seeds", "duration_s", "requests"]
     for m in METRICS:
         if m.key in BOUND_METRICS:
             continue
