@@ -296,9 +296,16 @@ def _mount_load() -> None:
     register(app)
 
 
+def _mount_sweep() -> None:
+    from perllm.sweep.cli import register
+
+    register(app)
+
+
 _mount_optional()
 _mount_demo()
 _mount_agent()
 _mount_twin()
 _mount_router()
 _mount_load()
+_mount_sweep()

@@ -95,3 +95,63 @@ def learning_curve(series: dict[str, dict[str, tuple[F, F, F]]], out: Path) -> P
     axes[1][0].set_ylabel("marginal J / service")
     axes[0][-1].legend(fontsize=7)
     return _save(fig, out / "learning_curve.png")
+
+
+def sweep_curves(data: dict[str, Any], path: Path) -> Path:
+    """One sweep (`perllm sweep`): one panel per metric, one line per policy (seed mean,
+    with ±1 std bars when there are several seeds) against the swept value; the hindsight
+    bound as a dashed black line on the success and energy panels."""
+    metrics = data["metrics"]
+    rows = data["rows"]
+    ncol = 4
+    nrow = -(-len(metrics) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+    log_x = data["axis"] == "cloud_mbps"
+    bpts = sorted(data.get("bound_points", []), key=lambda b: b["value"])
+    for k, m in enumerate(metrics):
+        ax = axes[k // ncol][k % ncol]
+        for p in data["policies"]:
+            mine = sorted((r for r in rows if r["policy"] == p), key=lambda r: r["value"])
+            xs = [r["value"] for r in mine]
+            ys = np.array(
+                [np.nan if r.get(m["key"]) is None else r[m["key"]] * m["scale"] for r in mine]
+            )
+            err = np.array([(r.get(f"{m['key']}_std") or 0.0) * m["scale"] for r in mine])
+            if len(data["seeds"]) > 1 and err.any():
+                ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, lw=1.2, capsize=2, label=p)
+            else:
+                ax.plot(xs, ys, marker="o", ms=3, lw=1.2, label=p)
+        bkey = {
+            "success_rate": ("success_rate_ub", 100.0),
+            "energy_j_per_service": ("energy_lb_j_per_service", 1.0),
+        }.get(m["key"])
+        if bkey and bpts:
+            ax.plot(
+                [b["value"] for b in bpts],
+                [np.nan if b[bkey[0]] is None else b[bkey[0]] * bkey[1] for b in bpts],
+                "k--",
+                lw=1.2,
+                label="hindsight bound",
+            )
+        if m["key"] == "energy_ratio":
+            ax.axhline(1.0, color="k", ls="--", lw=1.0)
+        if m["key"] == "success_gap_points":
+            ax.axhline(0.0, color="k", ls="--", lw=1.0)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_title(m["label"], fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if k // ncol == nrow - 1 or k + ncol >= len(metrics):
+            ax.set_xlabel(data["axis_label"], fontsize=8)
+    for k in range(len(metrics), nrow * ncol):
+        axes[k // ncol][k % ncol].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=8, ncol=1, frameon=False)
+    seeds = len(data["seeds"])
+    fig.suptitle(
+        f"{data['scenario']}: sweep over {data['axis_label']} "
+        f"({data['duration_s']:g} s, {seeds} seed{'s' if seeds != 1 else ''})",
+        fontsize=11,
+    )
+    return _save(fig, path)

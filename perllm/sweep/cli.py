@@ -1,0 +1,211 @@
+"""`perllm sweep`: policies against load and cloud bandwidth, with the hindsight bound."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+DEFAULT_SCENARIOS = ["paper-llama2-7b", "edge-gpu"]
+DEFAULT_POLICIES = [
+    "perllm",
+    "fineinfer",
+    "cloud-only",
+    "edge-only",
+    "greedy-deadline",
+    "clairvoyant-greedy",
+]
+# The issue's defaults (bench/sweep.py): load in req/s and cloud link in Mbps.
+DEFAULT_LOADS = "4,5,6,8,12,16,24"
+DEFAULT_CLOUD_MBPS = "300,100,30,10,3"
+
+err = Console(stderr=True)
+
+
+def parse_values(option: str, text: str | None) -> list[float]:
+    """`"4,5,6"` -> [4.0, 5.0, 6.0]; a clear error for anything else."""
+    from perllm.sweep.transforms import SweepError
+
+    if text is None:
+        return []
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or any(p == "" for p in parts):
+        raise SweepError(f"{option}: expected comma-separated numbers such as 4,8,16, got {text!r}")
+    out = []
+    for p in parts:
+        try:
+            v = float(p)
+        except ValueError:
+            raise SweepError(f"{option}: {p!r} is not a number") from None
+        if not (v > 0 and v != float("inf")):
+            raise SweepError(f"{option}: every value must be a finite number > 0, got {p}")
+        out.append(v)
+    if len(set(out)) != len(out):
+        raise SweepError(f"{option}: a value is repeated in {text!r}")
+    return out
+
+
+def _fmt(x: Any, scale: float = 1.0, digits: int = 1) -> str:
+    return "—" if x is None else f"{x * scale:.{digits}f}"
+
+
+def print_table(console: Console, data: dict[str, Any]) -> None:
+    t = Table(
+        title=f"{data['sweep']} ({data['duration_s']:g} s, {len(data['seeds'])} seed(s))",
+        title_justify="left",
+    )
+    cols = [
+        ("value", "right"),
+        ("policy", "left"),
+        ("success %", "right"),
+        ("bound %", "right"),
+        ("gap pts", "right"),
+        ("goodput", "right"),
+        ("J/svc", "right"),
+        ("bound J", "right"),
+        ("E ratio", "right"),
+        ("edge %", "right"),
+        ("q-viol %", "right"),
+        ("late %", "right"),
+        ("shed %", "right"),
+        ("rej %", "right"),
+    ]
+    for name, j in cols:
+        t.add_column(name, justify=j)  # type: ignore[arg-type]
+    for r in data["rows"]:
+        t.add_row(
+            f"{r['value']:g}",
+            r["policy"],
+            _fmt(r["success_rate"], 100),
+            _fmt(r["bound_success_rate"], 100),
+            _fmt(r["success_gap_points"]),
+            _fmt(r["goodput_rps"], 1, 2),
+            _fmt(r["energy_j_per_service"]),
+            _fmt(r["bound_energy_lb_j_per_service"]),
+            _fmt(r["energy_ratio"], 1, 2),
+            _fmt(r["edge_share"], 100),
+            _fmt(r["quality_violation_rate"], 100),
+            _fmt(r["late_rate"], 100),
+            _fmt(r["shed_rate"], 100),
+            _fmt(r["rejected_rate"], 100),
+        )
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sweep")
+    def sweep_cmd(
+        scenarios: Annotated[
+            list[str] | None,
+            typer.Argument(
+                help="Base scenarios (names or files; default: paper-llama2-7b edge-gpu)."
+            ),
+        ] = None,
+        load: Annotated[
+            str | None,
+            typer.Option("--load", help="Total arrival rates to sweep, req/s, e.g. 4,8,16."),
+        ] = None,
+        load_x: Annotated[
+            str | None,
+            typer.Option("--load-x", help="Arrival-rate multipliers to sweep, e.g. 1,1.5,2."),
+        ] = None,
+        cloud_mbps: Annotated[
+            str | None,
+            typer.Option(
+                "--cloud-mbps", help="Cloud link bandwidths to sweep, Mbps, e.g. 300,30,3."
+            ),
+        ] = None,
+        policy: Annotated[
+            list[str] | None,
+            typer.Option("--policy", "-p", help="Policies (repeat; default: a set of six)."),
+        ] = None,
+        seeds: Annotated[int, typer.Option(help="Number of seeds (1..N).")] = 1,
+        duration: Annotated[
+            float | None, typer.Option(help="Override each scenario's duration (s).")
+        ] = None,
+        processes: Annotated[int, typer.Option(help="Worker processes (1: this one).")] = 1,
+        bound: Annotated[
+            bool, typer.Option("--bound/--no-bound", help="Hindsight bound at every point.")
+        ] = True,
+        out: Annotated[Path, typer.Option(help="Folder for the JSON, CSV and PNG files.")] = Path(
+            "out/sweep"
+        ),
+    ) -> None:
+        """Success, goodput, energy, edge share, quality violations, late/shed/rejected and the
+        distance to the hindsight bound, against load and/or cloud bandwidth, for every
+        policy; one JSON, CSV and PNG per (scenario, axis) (docs/sweep.md)."""
+        from perllm.scenario import ScenarioError, load_scenario
+        from perllm.sweep.run import Sweep, check_policies, run_sweep, total_jobs, write_outputs
+        from perllm.sweep.transforms import SweepError, set_duration
+
+        try:
+            if seeds < 1:
+                raise SweepError(f"--seeds: must be ≥ 1, got {seeds}")
+            if processes < 1:
+                raise SweepError(f"--processes: must be ≥ 1, got {processes}")
+            if load is not None and load_x is not None:
+                raise SweepError("--load and --load-x: choose one (absolute req/s or multipliers)")
+            axes: list[tuple[str, list[float]]] = []
+            if load is not None:
+                axes.append(("load_rps", parse_values("--load", load)))
+            if load_x is not None:
+                axes.append(("load_x", parse_values("--load-x", load_x)))
+            if cloud_mbps is not None:
+                axes.append(("cloud_mbps", parse_values("--cloud-mbps", cloud_mbps)))
+            if not axes:
+                raise SweepError(
+                    "nothing to sweep: give --load (req/s), --load-x (multipliers) "
+                    "and/or --cloud-mbps (Mbps)"
+                )
+            pols = policy or DEFAULT_POLICIES
+            check_policies(pols)
+            sweeps = []
+            for name in scenarios or DEFAULT_SCENARIOS:
+                sc = load_scenario(name)
+                if duration is not None:
+                    sc = set_duration(sc, duration)
+                for axis, values in axes:
+                    sweeps.append(Sweep.build(sc, axis, values))  # type: ignore[arg-type]
+        except (SweepError, ScenarioError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+
+        console = Console(width=None if sys.stdout.isatty() else 160)
+        seed_list = list(range(1, seeds + 1))
+        total = total_jobs(sweeps, len(pols), seeds, bound)
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=not sys.stderr.isatty(),
+        ) as prog:
+            task = prog.add_task(
+                f"{sum(len(s.points) for s in sweeps)} points × {len(pols)} policies × "
+                f"{seeds} seeds{' + bounds' if bound else ''}",
+                total=total,
+            )
+
+            def done(label: str) -> None:
+                prog.update(task, advance=1, description=label)
+
+            results = run_sweep(sweeps, pols, seed_list, processes, bound, done)
+        for res in results:
+            paths = write_outputs(res, out)
+            print_table(console, res.to_dict())
+            console.print("wrote " + ", ".join(str(p) for p in paths))
+        console.print(f"{total} jobs in {results[0].wall_s:.1f} s with {processes} process(es)")

@@ -1,0 +1,315 @@
+"""Run a sweep: points × policies × seeds simulations, and the hindsight bound of every
+(point, seed), in this process or in a pool of processes; write JSON, CSV and a PNG."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from perllm import policies
+from perllm.scenario import Scenario
+from perllm.sweep.metrics import BOUND_METRICS, METRICS, run_row
+from perllm.sweep.transforms import SweepError, scale_load, set_cloud_bandwidth, set_load
+
+Axis = Literal["load_rps", "load_x", "cloud_mbps"]
+AXIS_LABEL: dict[str, str] = {
+    "load_rps": "arrival rate (req/s)",
+    "load_x": "arrival-rate multiplier (× the scenario's)",
+    "cloud_mbps": "cloud link (Mbps, nominal)",
+}
+AXIS_SHORT: dict[str, str] = {"load_rps": "load", "load_x": "load", "cloud_mbps": "cloud-bw"}
+OnDone = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    value: float
+    scenario: Scenario
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One curve family: a base scenario transformed along one axis."""
+
+    name: str
+    base: str
+    axis: Axis
+    points: tuple[SweepPoint, ...]
+
+    @classmethod
+    def build(cls, sc: Scenario, axis: Axis, values: Sequence[float]) -> Sweep:
+        if not values:
+            raise SweepError(f"{AXIS_SHORT[axis]} sweep of {sc.name}: no values")
+        if len(set(values)) != len(values):
+            raise SweepError(f"{AXIS_SHORT[axis]} sweep of {sc.name}: repeated values")
+        tf: Callable[[Scenario, float], Scenario] = {
+            "load_rps": set_load,
+            "load_x": scale_load,
+            "cloud_mbps": set_cloud_bandwidth,
+        }[axis]
+        pts = tuple(SweepPoint(float(v), tf(sc, float(v))) for v in values)
+        return cls(f"{sc.name}-{AXIS_SHORT[axis]}", sc.name, axis, pts)
+
+
+@dataclass
+class SweepResult:
+    sweep: Sweep
+    policies: list[str]
+    seeds: list[int]
+    bound: bool
+    per_seed: list[dict[str, Any]] = field(default_factory=list)  # one per run
+    bound_per_seed: list[dict[str, Any]] = field(default_factory=list)  # one per point, seed
+    wall_s: float = 0.0
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per (point, policy): seed means (and `_std`) of every metric and the bound's."""
+        out = []
+        for pt in self.sweep.points:
+            b = [d for d in self.bound_per_seed if d["value"] == pt.value]
+            for p in self.policies:
+                runs = [d for d in self.per_seed if d["value"] == pt.value and d["policy"] == p]
+                if not runs:
+                    continue
+                row: dict[str, Any] = {
+                    "sweep": self.sweep.name,
+                    "scenario": self.sweep.base,
+                    "axis": self.sweep.axis,
+                    "value": pt.value,
+                    "policy": p,
+                    "seeds": len(runs),
+                    "duration_s": pt.scenario.duration_s,
+                    "requests": float(np.mean([d["requests"] for d in runs])),
+                }
+                keys = [m.key for m in METRICS if m.key not in BOUND_METRICS]
+                for k in keys:
+                    vals = [d[k] for d in runs]
+                    row[k] = float(np.mean(vals))
+                    row[f"{k}_std"] = float(np.std(vals))
+                row["bound_success_rate"] = _mean([d["success_rate_ub"] for d in b])
+                row["bound_energy_j_per_service"] = _mean([d["energy_lb_j_per_service"] for d in b])
+                dist = [d["distances"][p] for d in b if p in d["distances"]]
+                for k in BOUND_METRICS:
+                    row[k] = _mean([x[k] for x in dist])
+                out.append(row)
+        return out
+
+    def bound_points(self) -> list[dict[str, Any]]:
+        out = []
+        for pt in self.sweep.points:
+            b = [d for d in self.bound_per_seed if d["value"] == pt.value]
+            if b:
+                out.append(
+                    {
+                        "value": pt.value,
+                        "success_rate_ub": _mean([d["success_rate_ub"] for d in b]),
+                        "energy_lb_j_per_service": _mean([d["energy_lb_j_per_service"] for d in b]),
+                        "energy_lb_floor_j_per_service": _mean(
+                            [d["energy_lb_floor_j_per_service"] for d in b]
+                        ),
+                        "solve_s": float(sum(d["build_s"] + d["solve_s"] for d in b)),
+                        "seeds": len(b),
+                    }
+                )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        sw = self.sweep
+        data: dict[str, Any] = _finite(
+            {
+                "sweep": sw.name,
+                "scenario": sw.base,
+                "axis": sw.axis,
+                "axis_label": AXIS_LABEL[sw.axis],
+                "values": [p.value for p in sw.points],
+                "policies": self.policies,
+                "seeds": self.seeds,
+                "duration_s": sw.points[0].scenario.duration_s if sw.points else None,
+                "bound": self.bound,
+                "metrics": [{"key": m.key, "label": m.label, "scale": m.scale} for m in METRICS],
+                "rows": self.rows(),
+                "bound_points": self.bound_points(),
+                "per_seed": self.per_seed,
+                "bound_per_seed": self.bound_per_seed,
+                "wall_s": self.wall_s,
+            }
+        )
+        return data
+
+
+def _mean(xs: Iterable[float | None]) -> float | None:
+    v = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.mean(v)) if v else None
+
+
+def _finite(x: Any) -> Any:
+    """JSON without Infinity / NaN (None instead)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+# Jobs run in worker processes: module-level functions with picklable arguments.
+def _run_job(sc: Scenario, policy: str, seed: int) -> dict[str, float]:
+    from perllm.world.sim import simulate
+
+    return run_row(simulate(sc, policies.make(policy), seed))
+
+
+def _bound_job(sc: Scenario, seed: int, runs: list[tuple[str, float, float]]) -> dict[str, Any]:
+    from perllm.bound import compute_bound
+
+    b = compute_bound(sc, seed)
+    dist = {}
+    for p, met, energy_j in runs:
+        d = b.distance(int(met), energy_j)
+        dist[p] = {
+            "success_gap_points": d["success_gap_points"],
+            "energy_ratio": d["energy_ratio"],
+            "bound_energy_lb_j_per_service": d["energy_lb_j_per_service"],
+        }
+    return {
+        "success_rate_ub": b.success_ub,
+        "energy_lb_j_per_service": b.energy_lb_j_per_service,
+        "energy_lb_floor_j_per_service": b.energy_lb_floor_j / max(b.n_requests, 1),
+        "build_s": b.build_s,
+        "solve_s": b.solve_s,
+        "distances": dist,
+    }
+
+
+class _Inline(Executor):
+    """An executor that runs each job when it is submitted (processes = 1)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        f: Future[Any] = Future()
+        f.set_result(fn(*args, **kwargs))  # an error propagates at once
+        return f
+
+
+def total_jobs(sweeps: Sequence[Sweep], n_policies: int, n_seeds: int, bound: bool) -> int:
+    pts = sum(len(s.points) for s in sweeps)
+    return pts * n_seeds * (n_policies + (1 if bound else 0))
+
+
+def check_policies(names: Sequence[str]) -> None:
+    known = set(policies.available())
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise SweepError(
+            f"unknown policy {', '.join(map(repr, bad))}; known: {', '.join(sorted(known))}"
+        )
+    if len(set(names)) != len(names):
+        raise SweepError("policies: a policy is named twice")
+
+
+def run_sweep(
+    sweeps: Sequence[Sweep],
+    policy_names: Sequence[str],
+    seeds: Sequence[int],
+    processes: int = 1,
+    bound: bool = True,
+    on_done: OnDone | None = None,
+) -> list[SweepResult]:
+    """Every policy at every point of every sweep with every seed, and (with `bound`) the
+    hindsight bound of each (point, seed) with each run's distance to it."""
+    if not policy_names:
+        raise SweepError("policies: none chosen")
+    check_policies(policy_names)
+    if not seeds:
+        raise SweepError("seeds: none chosen")
+    if processes < 1:
+        raise SweepError(f"processes: must be ≥ 1, got {processes}")
+    say = on_done or (lambda _label: None)
+    results = [SweepResult(sw, list(policy_names), list(seeds), bound) for sw in sweeps]
+    t0 = time.perf_counter()
+    ex: Executor = (
+        _Inline()
+        if processes == 1
+        else ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    )
+    pending: dict[Future[Any], tuple[Any, ...]] = {}
+    waiting: dict[tuple[int, int, int], int] = {}  # (sweep, point, seed) -> runs left
+    with ex:
+        for si, sw in enumerate(sweeps):
+            for pi, pt in enumerate(sw.points):
+                for seed in seeds:
+                    waiting[(si, pi, seed)] = len(policy_names)
+                    for p in policy_names:
+                        fut = ex.submit(_run_job, pt.scenario, p, seed)
+                        pending[fut] = ("run", si, pi, seed, p)
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in done:
+                kind, si, pi, seed, *rest = pending.pop(fut)
+                sw, res = sweeps[si], results[si]
+                pt = sw.points[pi]
+                label = f"{sw.name} {pt.value:g} · {rest[0] if rest else 'bound'} · seed {seed}"
+                if kind == "run":
+                    row = fut.result()
+                    res.per_seed.append({"value": pt.value, "policy": rest[0], "seed": seed, **row})
+                    waiting[(si, pi, seed)] -= 1
+                    if bound and waiting[(si, pi, seed)] == 0:
+                        runs = [
+                            (d["policy"], d["met"], d["energy_j"])
+                            for d in res.per_seed
+                            if d["value"] == pt.value and d["seed"] == seed
+                        ]
+                        bf = ex.submit(_bound_job, pt.scenario, seed, runs)
+                        pending[bf] = ("bound", si, pi, seed)
+                else:
+                    res.bound_per_seed.append({"value": pt.value, "seed": seed, **fut.result()})
+                say(label)
+    wall = time.perf_counter() - t0
+    for res in results:
+        res.wall_s = wall
+        order = {p: k for k, p in enumerate(policy_names)}
+        vals = {p.value: k for k, p in enumerate(res.sweep.points)}
+        res.per_seed.sort(key=lambda d: (vals[d["value"]], order[d["policy"]], d["seed"]))
+        res.bound_per_seed.sort(key=lambda d: (vals[d["value"]], d["seed"]))
+    return results
+
+
+def csv_columns() -> list[str]:
+    cols = ["sweep", "scenario", "axis", "value", "policy", "seeds", "duration_s", "requests"]
+    for m in METRICS:
+        if m.key in BOUND_METRICS:
+            continue
+        cols += [m.key, f"{m.key}_std"]
+    return [
+        *cols,
+        "bound_success_rate",
+        "bound_energy_j_per_service",
+        *BOUND_METRICS,
+    ]
+
+
+def write_outputs(res: SweepResult, out: Path) -> list[Path]:
+    """`<out>/<sweep>.json`, `.csv` (one row per point and policy) and `.png`."""
+    from perllm import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = res.to_dict()
+    jp = out / f"{res.sweep.name}.json"
+    jp.write_text(json.dumps(data, indent=1) + "\n")
+    cp = out / f"{res.sweep.name}.csv"
+    with cp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=csv_columns(), extrasaction="ignore")
+        w.writeheader()
+        for row in data["rows"]:
+            w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    pp = plots.sweep_curves(data, out / f"{res.sweep.name}.png")
+    return [jp, cp, pp]

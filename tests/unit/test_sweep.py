@@ -1,0 +1,177 @@
+"""`perllm sweep`: scenario transforms, metrics, outputs and CLI errors (tiny sweeps)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from perllm import policies
+from perllm.cli import app
+from perllm.contract import Tier
+from perllm.scenario import load_scenario
+from perllm.sweep import (
+    METRICS,
+    Sweep,
+    SweepError,
+    base_rate,
+    run_row,
+    run_sweep,
+    scale_load,
+    set_cloud_bandwidth,
+    set_load,
+)
+from perllm.sweep.run import csv_columns
+from perllm.sweep.transforms import set_duration
+from perllm.world.sim import World, simulate
+
+runner = CliRunner()
+
+
+def test_set_load_sets_the_total_rate() -> None:
+    sc = load_scenario("paper-llama2-7b")
+    assert base_rate(sc) == pytest.approx(4.0)
+    hi = set_load(sc, 12.0)
+    assert hi.workload.arrivals.rate_rps == pytest.approx(12.0)
+    assert base_rate(hi) == pytest.approx(12.0)
+    assert sc.workload.arrivals.rate_rps == 4.0  # the base is untouched
+    # Only the rate moves: mix, servers and duration are the base's.
+    assert [c.share for c in hi.workload.classes] == [c.share for c in sc.workload.classes]
+    assert hi.servers == sc.servers and hi.duration_s == sc.duration_s
+    a = len(World(set_duration(sc, 120), 1).req)
+    b = len(World(set_duration(hi, 120), 1).req)
+    assert 2.5 < b / a < 3.5
+
+
+def test_scale_load_scales_class_rates_too() -> None:
+    sc = load_scenario("bursty-mix")
+    own = sc.workload.classes[1]
+    assert own.arrivals is not None
+    fixed = own.model_copy(update={"arrivals": own.arrivals.model_copy(update={"rate_rps": 1.0})})
+    classes = [sc.workload.classes[0], fixed]
+    sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={"classes": classes})})
+    before = base_rate(sc)
+    x2 = scale_load(sc, 2.0)
+    assert base_rate(x2) == pytest.approx(2 * before)
+    new_own = x2.workload.classes[1].arrivals
+    assert new_own is not None and new_own.rate_rps == pytest.approx(2.0)
+    assert new_own.kind == "gamma"
+    assert base_rate(set_load(sc, 10.0)) == pytest.approx(10.0)
+
+
+def test_set_cloud_bandwidth_sets_only_cloud_links() -> None:
+    sc = load_scenario("edge-gpu")
+    low = set_cloud_bandwidth(sc, 3.0)
+    for old, new in zip(sc.servers, low.servers, strict=True):
+        if new.tier == Tier.CLOUD:
+            assert new.link.bandwidth_mbps == 3.0
+            assert new.link.noise == old.link.noise and new.link.rtt_ms == old.link.rtt_ms
+        else:
+            assert new == old
+    assert next(s for s in sc.servers if s.tier == Tier.CLOUD).link.bandwidth_mbps == 300
+    assert low.workload == sc.workload
+
+
+def test_transforms_reject_bad_values() -> None:
+    sc = load_scenario("paper-llama2-7b")
+    for f, v in ((set_load, 0.0), (scale_load, -1.0), (set_cloud_bandwidth, float("nan"))):
+        with pytest.raises(SweepError, match="> 0"):
+            f(sc, v)
+    with pytest.raises(SweepError, match="repeated"):
+        Sweep.build(sc, "load_rps", [4.0, 4.0])
+
+
+def test_edge_gpu_testbed_is_the_paper_mix_on_l4s() -> None:
+    eg, paper = load_scenario("edge-gpu"), load_scenario("paper-llama2-7b")
+    assert eg.workload == paper.workload
+    edge = [s for s in eg.servers if s.tier == Tier.EDGE]
+    assert [s.hardware for s in edge] == ["nvidia-l4"] and edge[0].count == 5
+    assert [s.hardware for s in eg.servers if s.tier == Tier.CLOUD] == ["a100-80gb-sxm"]
+
+
+def test_run_row_reads_shed_and_rejected_when_present() -> None:
+    sc = set_duration(load_scenario("paper-llama2-7b"), 30)
+    r = simulate(sc, policies.make("edge-only"), 1)
+    row = run_row(r)
+    assert row["shed_rate"] == 0.0 and row["rejected_rate"] == 0.0  # absent: none
+    edge = np.array([t == "edge" for t in r.tiers])[r.server]
+    assert row["edge_share"] == pytest.approx(edge.mean())
+    n = len(r.time)
+    shed, rejected = np.zeros(n, bool), np.zeros(n, bool)
+    shed[:4], rejected[4:6] = True, True
+    r.server[:4] = -1  # a shed request has no server
+    r.met[:6] = False
+    r.shed, r.rejected = shed, rejected  # type: ignore[attr-defined]
+    row = run_row(r)
+    assert row["shed_rate"] == pytest.approx(4 / n)
+    assert row["rejected_rate"] == pytest.approx(2 / n)
+    assert row["edge_share"] == pytest.approx(edge[6:].mean())  # of the requests that ran
+    assert row["success_rate"] == pytest.approx(r.met.mean())
+
+
+def test_tiny_sweep_writes_json_csv_png_with_every_metric(tmp_path: Path) -> None:
+    args = ["sweep", "paper-llama2-7b", "--load", "4,6", "--cloud-mbps", "300,3"]
+    args += ["-p", "perllm", "-p", "cloud-only", "--duration", "60", "--out", str(tmp_path)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    for name in ("paper-llama2-7b-load", "paper-llama2-7b-cloud-bw"):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert data["axis"] in ("load_rps", "cloud_mbps") and data["bound"] is True
+        assert len(data["rows"]) == 4  # 2 points × 2 policies
+        for row in data["rows"]:
+            for m in METRICS:
+                assert row[m.key] is not None, (name, m.key)
+            assert row["bound_success_rate"] is not None
+            assert row["success_gap_points"] >= -1e-6 and row["energy_ratio"] >= 1 - 1e-6
+        assert [b["value"] for b in data["bound_points"]] == data["values"]
+        with (tmp_path / f"{name}.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert rows and list(rows[0]) == csv_columns()
+        for col in ("success_gap_points", "energy_ratio", "bound_success_rate", "shed_rate"):
+            assert all(r[col] != "" for r in rows), col
+        png = (tmp_path / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    load = json.loads((tmp_path / "paper-llama2-7b-load.json").read_text())
+    r4 = next(r for r in load["rows"] if r["value"] == 4 and r["policy"] == "cloud-only")
+    r6 = next(r for r in load["rows"] if r["value"] == 6 and r["policy"] == "cloud-only")
+    assert r6["requests"] > r4["requests"]
+
+
+def test_no_bound_keeps_the_columns_empty_and_processes_match(tmp_path: Path) -> None:
+    sc = set_duration(load_scenario("edge-gpu"), 30)
+    sw = [Sweep.build(sc, "cloud_mbps", [100.0])]
+    one = run_sweep(sw, ["cloud-only", "edge-only"], [1], processes=1, bound=False)[0]
+    two = run_sweep(sw, ["cloud-only", "edge-only"], [1], processes=2, bound=False)[0]
+    rows = one.rows()
+    assert [r["policy"] for r in rows] == ["cloud-only", "edge-only"]
+    for r in rows:
+        assert r["energy_ratio"] is None and r["bound_success_rate"] is None
+    strip = [{k: v for k, v in r.items() if not k.startswith("wall_s")} for r in rows]
+    assert strip == [{k: v for k, v in r.items() if not k.startswith("wall_s")} for r in two.rows()]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "nothing to sweep"),
+        (["--load", "4,abc"], "--load: 'abc' is not a number"),
+        (["--load", "0,4"], "--load: every value must be a finite number > 0"),
+        (["--cloud-mbps", "300,,3"], "--cloud-mbps: expected comma-separated numbers"),
+        (["--load", "4,4"], "--load: a value is repeated"),
+        (["--load", "4", "--load-x", "2"], "choose one"),
+        (["--load", "4", "-p", "magic"], "unknown policy 'magic'"),
+        (["--load", "4", "--seeds", "0"], "--seeds: must be ≥ 1"),
+        (["--load", "4", "--processes", "0"], "--processes: must be ≥ 1"),
+        (["--load", "4", "--duration", "-5"], "duration (s): must be a finite number > 0"),
+        (["nope-scenario", "--load", "4"], "no such file or built-in scenario"),
+    ],
+)
+def test_cli_rejects_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+    res = runner.invoke(app, ["sweep", *args, "--out", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split()), res.output
+    assert not list(tmp_path.iterdir())
