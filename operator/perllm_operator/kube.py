@@ -74,7 +74,16 @@ def _ssa(child: Obj) -> Obj:
     kind, ns, name = child["kind"], child["metadata"]["namespace"], child["metadata"]["name"]
     patch, serialise, lead = _api(kind)
     args = (*lead, ns, render.KSERVE_PLURAL, name) if lead else (name, ns)
-    live = patch(*args, child, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
+    # Strict: a rendered field the API's schema does not know is refused (422 naming it),
+    # never silently pruned.
+    live = patch(
+        *args,
+        child,
+        field_manager=FIELD_MANAGER,
+        force=True,
+        field_validation="Strict",
+        _content_type=APPLY,
+    )
     out: Obj = serialise(live)
     return out
 

@@ -46,6 +46,7 @@ class FakeApplyServer:
         self.calls.append({"args": args[:-1], **kw})
         assert kw["_content_type"] == "application/apply-patch+yaml"
         assert kw["field_manager"] == "perllm-operator" and kw["force"] is True
+        assert kw["field_validation"] == "Strict"
         obj = json.loads(json.dumps(body))
         obj["metadata"]["managedFields"] = [{"manager": "perllm-operator", "operation": "Apply"}]
         self.live[(body["kind"], body["metadata"]["name"])] = obj
