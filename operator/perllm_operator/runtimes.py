@@ -124,9 +124,12 @@ def _hf_parts(uri: str, field: str) -> tuple[str, str | None]:
 def server_args(res: Resolved, variant: Obj, model_name: str, served: str) -> list[str]:
     """The Deployment backend's container arguments (it has no storage initializer, so it
     fetches hf:// (and, for llama.cpp, http(s)://) weights itself)."""
-    uri, field = res.storage_uri or "", f"{res.field}.storageUri"
+    # Without a storageUri the model name is the Hugging Face repository (as for vLLM).
+    uri, field = res.storage_uri or f"hf://{model_name}", f"{res.field}.storageUri"
     if res.server is LLAMACPP:
         args = ["--host", "0.0.0.0", "--port", str(PORT), "--metrics", "--alias", served]
+        if res.storage_uri is None:
+            return [*args, "--hf-repo", model_name]
         if uri.startswith("hf://"):
             repo, file = _hf_parts(uri, field)
             return args + ["--hf-repo", repo] + (["--hf-file", file] if file else [])
@@ -134,14 +137,14 @@ def server_args(res: Resolved, variant: Obj, model_name: str, served: str) -> li
             return [*args, "--model-url", uri]
         raise InvalidService(
             f"{field}: the deployment backend's llama.cpp server fetches hf:// or http(s):// "
-            f"GGUF weights, not {uri or 'none (set storageUri)'}; use backend kserve for others"
+            f"GGUF weights, not {uri}; use backend kserve (storage initializer) for others"
         )
-    if uri and not uri.startswith("hf://"):
+    if not uri.startswith("hf://"):
         raise InvalidService(
             f"{field}: the deployment backend's vLLM fetches hf:// weights, not {uri}; "
             "use backend kserve (storage initializer) for s3/gs/pvc/http"
         )
-    repo = _hf_parts(uri, field)[0] if uri else model_name
+    repo = uri.removeprefix("hf://") if res.storage_uri is None else _hf_parts(uri, field)[0]
     args = ["--model", repo, "--served-model-name", served, "--port", str(PORT)]
     if variant.get("precision") == Precision.INT4_AWQ.value:
         args += ["--quantization", "awq"]

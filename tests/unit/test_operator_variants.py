@@ -116,6 +116,18 @@ def test_the_deployment_backend_refuses_weights_it_cannot_fetch() -> None:
     assert render.children(obj)[0]["spec"]["predictor"]["model"]["storageUri"].startswith("s3")
 
 
+def test_without_a_storage_uri_the_model_name_is_the_repository() -> None:
+    obj, variant = _pinned("chat-assistant", "edge", "deployment")
+    del variant["storageUri"]
+    obj["spec"]["model"]["name"] = "org/model-GGUF"
+    c = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][-2:] == ["--hf-repo", "org/model-GGUF"]
+    obj, variant = _pinned("batch-summariser", "cloud", "deployment")
+    del variant["storageUri"]
+    c = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][:2] == ["--model", "yi-6b"]
+
+
 def test_hf_gguf_file_for_llama_cpp() -> None:
     obj, variant = _pinned("chat-assistant", "edge", "deployment")
     variant["storageUri"] = "hf://org/repo-GGUF/model-Q4_K_M.gguf"
