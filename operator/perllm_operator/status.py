@@ -75,7 +75,7 @@ def _tick(
     try:
         pods = kube.pods(ns, name)
     except ApiException as e:
-        raise kopf.TemporaryError(f"API error {e.status} listing pods", delay=10) from e
+        raise kopf.TemporaryError(failures.api_failure(e, "listing pods")[1], delay=10) from e
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     obs = None
     if cfg.prometheus_url:
@@ -102,7 +102,7 @@ def _tick(
     try:
         sync_status(ns, name, uid, conditions=conds, fields=fields)
     except ApiException as e:
-        raise kopf.TemporaryError(f"API error {e.status} writing status", delay=10) from e
+        raise kopf.TemporaryError(failures.api_failure(e, "writing status")[1], delay=10) from e
     reconcile.follow_tier(body, obj, logger)
 
 
@@ -124,7 +124,8 @@ def deployment_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_
     try:
         sync_status(ns, owner["name"], owner.get("uid", ""))
     except ApiException as e:
-        raise kopf.TemporaryError(f"API error {e.status} updating status", delay=5) from e
+        msg = failures.api_failure(e, "updating status")[1]
+        raise kopf.TemporaryError(msg, delay=5) from e
     logger.debug("LLMService %s/%s: status synced", ns, owner["name"])
 
 
