@@ -854,8 +854,17 @@ def test_prometheus_unreachable_marks_status_stale_and_placement_continues(
         assert "placement continues" in cond["message"] and url in cond["message"]
         met = _condition(kube.get_or_none(PLURAL, name, "-n", namespace), "DeadlineMet")
         assert met is not None and met["status"] == "Unknown" and met["reason"] == "TelemetryStale"
-        ready = _condition(kube.get_or_none(PLURAL, name, "-n", namespace), "Ready")
-        assert ready is not None and ready["status"] == "True"
+        # The first tick may write before the reconcile records its child: wait for Ready.
+        wait_for(
+            lambda: (
+                (_condition(kube.get_or_none(PLURAL, name, "-n", namespace), "Ready") or {}).get(
+                    "status"
+                )
+                == "True"
+            ),
+            "Ready=True",
+            timeout=60,
+        )
         assert alt.alive()
     finally:
         alt.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,51 @@ def test_chart_serving_runtimes_use_the_pinned_images() -> None:
             assert f'"{name}"' in text or f"name: {name}\n" in text
             assert f'default "{image}"' in text
         assert f"- name: {rt.format}" in text
+
+
+@cache
+def _kserve_schema() -> dict[str, Any] | None:
+    """KServe's v1beta1 schema from tools/kserve-crd.sh's cache, if it was fetched."""
+    import os
+
+    cache = os.environ.get("PERLLM_BIN_CACHE") or str(Path.home() / ".cache/perllm/bin")
+    files = sorted(Path(cache).glob("kserve-*/serving.kserve.io_inferenceservices.yaml"))
+    if not files:
+        return None
+    crd = yaml.safe_load(files[-1].read_text())
+    (v,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
+    schema: dict[str, Any] = v["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def _unknown_paths(obj: Any, schema: dict[str, Any], path: str) -> list[str]:
+    if schema.get("x-kubernetes-preserve-unknown-fields") or not isinstance(obj, dict | list):
+        return []
+    if isinstance(obj, list):
+        items = schema.get("items") or {}
+        return [p for i, x in enumerate(obj) for p in _unknown_paths(x, items, f"{path}[{i}]")]
+    props, extra = schema.get("properties"), schema.get("additionalProperties")
+    out = []
+    for k, v in obj.items():
+        if props and k in props:
+            out += _unknown_paths(v, props[k], f"{path}.{k}")
+        elif isinstance(extra, dict):
+            out += _unknown_paths(v, extra, f"{path}.{k}")
+        elif props is not None or extra is False:
+            out.append(f"{path}.{k}")
+    return out
+
+
+@pytest.mark.parametrize(("name", "tier", "backend"), [c for c in _cases() if c[2] == "kserve"])
+def test_rendered_inference_services_fit_kserves_schema(name: str, tier: str, backend: str) -> None:
+    """Every rendered field exists in KServe's real schema (tools/kserve-crd.sh; the e2e
+    tests check the same against the API server with a strict dry run)."""
+    schema = _kserve_schema()
+    if schema is None:
+        pytest.skip("KServe's CRD is not cached: run tools/kserve-crd.sh")
+    obj, _ = _pinned(name, tier, backend)
+    obj["spec"]["model"]["tokenSecretRef"] = {"name": "hf"}
+    isvc = render.inference_service(obj)
+    assert _unknown_paths(isvc, schema, "") == []
+    isvc["spec"]["predictor"]["model"]["storageURI"] = "hf://typo"
+    assert _unknown_paths(isvc, schema, "") == [".spec.predictor.model.storageURI"]
