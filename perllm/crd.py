@@ -42,6 +42,9 @@ MAX_NAME = 63 - len(CHILD_SUFFIX)  # a Service name is a DNS-1035 label of <= 63
 MAX_FORMAT = 63
 MAX_RUNTIME = 253
 MAX_STORAGE_URI = 2048
+MAX_IMAGE = 512
+MAX_SECRET_NAME = 253
+MAX_SECRET_KEY = 253
 MAX_REPLICAS = 1000
 MAX_RESOURCES = 16  # keys per requests/limits map
 MAX_QUANTITY = 64  # characters of a quantity string
@@ -49,6 +52,9 @@ MAX_QUANTITY = 64  # characters of a quantity string
 _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _RUNTIME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _STORAGE_URI = re.compile(r"(hf|s3|gs|pvc|https?)://.+", re.DOTALL)
+_IMAGE = re.compile(r"[a-zA-Z0-9][-a-zA-Z0-9._/:@]*")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+_ANY = re.compile(r".+", re.DOTALL)
 _RESOURCE_NAME = re.compile(
     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -141,6 +147,21 @@ def _check_string(field: str, value: Any, max_len: int, pattern: re.Pattern[str]
         raise InvalidService(f"{field}: must match {pattern.pattern}")
 
 
+_WEIGHTS = (
+    ("format", MAX_FORMAT, _ANY),
+    ("runtime", MAX_RUNTIME, _RUNTIME),
+    ("storageUri", MAX_STORAGE_URI, _STORAGE_URI),
+    ("image", MAX_IMAGE, _IMAGE),
+)
+
+
+def _check_weights(field: str, node: dict[str, Any]) -> None:
+    """format, runtime, storageUri (and a variant's image) of the model or a variant."""
+    for key, max_len, pattern in _WEIGHTS:
+        if key in node and (key != "image" or field != "spec.model"):
+            _check_string(f"{field}.{key}", node[key], max_len, pattern)
+
+
 def check_kubernetes_fields(obj: dict[str, Any]) -> None:
     """The CRD's checks of the fields that only Kubernetes reads (the name of the children,
     model format/runtime/storageUri, replicas, resources), for an object that may not have
@@ -158,12 +179,14 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
             f"starting with a letter) as the child Service <name>{CHILD_SUFFIX} needs"
         )
     model = spec.get("model", {})
-    if "format" in model:
-        _check_string("spec.model.format", model["format"], MAX_FORMAT, re.compile(r".+"))
-    if "runtime" in model:
-        _check_string("spec.model.runtime", model["runtime"], MAX_RUNTIME, _RUNTIME)
-    if "storageUri" in model:
-        _check_string("spec.model.storageUri", model["storageUri"], MAX_STORAGE_URI, _STORAGE_URI)
+    _check_weights("spec.model", model)
+    ref = model.get("tokenSecretRef")
+    if ref is not None:
+        if not isinstance(ref, dict) or "name" not in ref:
+            raise InvalidService("spec.model.tokenSecretRef: needs a name")
+        _check_string("spec.model.tokenSecretRef.name", ref["name"], MAX_SECRET_NAME, _RUNTIME)
+        if "key" in ref:
+            _check_string("spec.model.tokenSecretRef.key", ref["key"], MAX_SECRET_KEY, _SECRET_KEY)
     replicas = spec.get("replicas", 1)
     if isinstance(replicas, bool) or not isinstance(replicas, int):
         raise InvalidService("spec.replicas: must be an integer")
@@ -172,6 +195,8 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
     variants = model.get("variants", [])
     if isinstance(variants, list):
         for i, v in enumerate(variants):
+            if isinstance(v, dict):
+                _check_weights(f"spec.model.variants[{i}]", v)
             if isinstance(v, dict) and "resources" in v:
                 _check_resources(f"spec.model.variants[{i}].resources", v["resources"])
 

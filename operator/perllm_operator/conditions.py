@@ -12,7 +12,15 @@ from perllm.crd import GROUP, PLURAL, VERSION
 from perllm.timefmt import rfc3339
 from perllm_operator import kube, observe
 
-CONDITION_ORDER = ("Ready", "Placed", "DeadlineMet", "TelemetryStale", "Reconciled")
+CONDITION_ORDER = (
+    "Ready",
+    "Placed",
+    "DeadlineMet",
+    "TelemetryStale",
+    "Reconciled",
+    "ModelKnown",
+    "Degraded",
+)
 
 Obj = dict[str, Any]
 
@@ -73,7 +81,9 @@ def _merged(
         conds[type_] = condition(type_, ok, reason, msg, old)
     if "Placed" not in conditions:
         pods = kube.pods(ns, name) if not st.get("placement") else []
-        conds["Placed"] = condition("Placed", *observe.placed(st.get("placement"), pods), old)
+        known = (conds.get("ModelKnown") or {}).get("status") != "False"
+        placed = observe.placed(st.get("placement"), pods, known)
+        conds["Placed"] = condition("Placed", *placed, old)
     if ref:
         live = kube.read_child(ns, ref)
         if live is None:

@@ -37,44 +37,82 @@ def kserve_installed() -> bool:
     return True
 
 
-def _create_or_patch(create: Callable[[], Any], patch: Callable[[], Any]) -> Any:
-    """Create; if the object exists already (409), patch it in place instead."""
-    try:
-        return create()
-    except ApiException as e:
-        if e.status != 409:
-            raise
-        return patch()
+APPLY = "application/apply-patch+yaml"
 
 
 def apply(child: Obj) -> Obj:
-    """Create the child, or patch it in place when it exists. Returns the live object."""
-    kind, ns, name = child["kind"], child["metadata"]["namespace"], child["metadata"]["name"]
-    fm = FIELD_MANAGER
+    """Server-side apply of the child with field manager `perllm-operator` (force: the
+    operator owns every field it renders), so the live object holds exactly the rendered
+    fields: one the renderer no longer produces (a GPU request, a toleration after a tier
+    switch) is removed, which a merge patch never does. Creates the child when missing.
+    Returns the live object."""
+    live = _ssa(child)
+    if _update_owned(live):
+        # Made by an operator that created and merge-patched: those fields belong to an
+        # "Update" entry of the same manager and would survive every apply. Drop that
+        # entry (its fields stay, owned by the apply entry) and apply again.
+        _drop_update_ownership(child, live)
+        live = _ssa(child)
+    return live
+
+
+def _api(kind: str) -> tuple[Callable[..., Any], Callable[..., Any], tuple[Any, ...]]:
+    """(patch, serialise, leading args) for a child kind."""
     if kind == "InferenceService":
         co = kubernetes.client.CustomObjectsApi()
-        args = (render.KSERVE_GROUP, render.KSERVE_VERSION, ns, render.KSERVE_PLURAL)
-        out: Obj = _create_or_patch(
-            lambda: co.create_namespaced_custom_object(*args, child, field_manager=fm),
-            lambda: co.patch_namespaced_custom_object(*args, name, child, field_manager=fm),
-        )
-        return out
+        args = (render.KSERVE_GROUP, render.KSERVE_VERSION)
+        return co.patch_namespaced_custom_object, lambda o: o, args
+    san = kubernetes.client.ApiClient().sanitize_for_serialization
     if kind == "Deployment":
-        apps = kubernetes.client.AppsV1Api()
-        live = _create_or_patch(
-            lambda: apps.create_namespaced_deployment(ns, child, field_manager=fm),
-            lambda: apps.patch_namespaced_deployment(name, ns, child, field_manager=fm),
-        )
-    elif kind == "Service":
-        core = kubernetes.client.CoreV1Api()
-        live = _create_or_patch(
-            lambda: core.create_namespaced_service(ns, child, field_manager=fm),
-            lambda: core.patch_namespaced_service(name, ns, child, field_manager=fm),
-        )
-    else:
-        raise ValueError(f"unknown child kind {kind}")
-    res: Obj = kubernetes.client.ApiClient().sanitize_for_serialization(live)
-    return res
+        return kubernetes.client.AppsV1Api().patch_namespaced_deployment, san, ()
+    if kind == "Service":
+        return kubernetes.client.CoreV1Api().patch_namespaced_service, san, ()
+    raise ValueError(f"unknown child kind {kind}")
+
+
+def _ssa(child: Obj) -> Obj:
+    kind, ns, name = child["kind"], child["metadata"]["namespace"], child["metadata"]["name"]
+    patch, serialise, lead = _api(kind)
+    args = (*lead, ns, render.KSERVE_PLURAL, name) if lead else (name, ns)
+    # Strict: a rendered field the API's schema does not know is refused (422 naming it),
+    # never silently pruned.
+    live = patch(
+        *args,
+        child,
+        field_manager=FIELD_MANAGER,
+        force=True,
+        field_validation="Strict",
+        _content_type=APPLY,
+    )
+    out: Obj = serialise(live)
+    return out
+
+
+def _update_owned(live: Obj) -> bool:
+    return any(
+        m.get("manager") == FIELD_MANAGER and m.get("operation") == "Update"
+        for m in (live.get("metadata") or {}).get("managedFields") or []
+    )
+
+
+def _drop_update_ownership(child: Obj, live: Obj) -> None:
+    keep = [
+        m
+        for m in live["metadata"]["managedFields"]
+        if not (m.get("manager") == FIELD_MANAGER and m.get("operation") == "Update")
+    ]
+    kind, ns, name = child["kind"], child["metadata"]["namespace"], child["metadata"]["name"]
+    patch, _, lead = _api(kind)
+    args = (*lead, ns, render.KSERVE_PLURAL, name) if lead else (name, ns)
+    body = [
+        {
+            "op": "test",
+            "path": "/metadata/resourceVersion",
+            "value": live["metadata"]["resourceVersion"],
+        },
+        {"op": "replace", "path": "/metadata/managedFields", "value": keep},
+    ]
+    patch(*args, body, _content_type="application/json-patch+json")
 
 
 def read_child(ns: str, child: Obj) -> Obj | None:

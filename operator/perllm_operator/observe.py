@@ -174,8 +174,9 @@ def telemetry_stale(obs: ServiceReading | None, url: str | None, stale_since: st
     return False, "Fresh", f"Prometheus {url} answered at {rfc3339(obs.at)}"
 
 
-def placed(placement: Obj | None, pods: Sequence[Obj]) -> Cond:
-    """`Placed` from the extender's decision record (`status.placement`), else Unknown."""
+def placed(placement: Obj | None, pods: Sequence[Obj], model_known: bool = True) -> Cond:
+    """`Placed` from the extender's decision record (`status.placement`), else Unknown (or
+    False when the model is outside the catalogue: the extender refuses its pods)."""
     if placement and placement.get("tier"):
         nodes = ", ".join(placement.get("nodes") or []) or "?"
         feasible = placement.get("feasible", True)
@@ -187,6 +188,12 @@ def placed(placement: Obj | None, pods: Sequence[Obj]) -> Cond:
         if placement.get("decidedAt"):
             parts.append(f"decided {placement['decidedAt']}")
         return True, "Placed" if feasible else "PlacedLeastViolating", "; ".join(parts)
+    if not model_known:
+        return (
+            False,
+            "ModelNotInCatalogue",
+            "the extender refuses pods of a model outside its catalogue (see ModelKnown)",
+        )
     bound = sorted({p["spec"]["nodeName"] for p in pods if (p.get("spec") or {}).get("nodeName")})
     if bound:
         return (

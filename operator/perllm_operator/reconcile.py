@@ -12,7 +12,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService
-from perllm_operator import kube, render
+from perllm_operator import failures, kube, render
 from perllm_operator.conditions import condition, sync_status
 from perllm_operator.state import state_of
 
@@ -44,9 +44,12 @@ def reconcile(
     status: kopf.Status,
     patch: kopf.Patch,
     logger: kopf.Logger,
+    retry: int = 0,
     **_: Any,
 ) -> None:
-    """create / resume / update: apply the children, then write the status."""
+    """create / resume / update: apply the children, then write the status. Every failure
+    is a condition and an Event naming the field, then a retry with a growing delay (a spec
+    the renderer refuses waits for the next edit)."""
     obj: Obj = {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
@@ -59,20 +62,53 @@ def reconcile(
         kids = render.children(obj)
     except (InvalidService, ValueError) as e:
         _refuse(body, meta, patch, old, "InvalidSpec", str(e))
-        raise kopf.PermanentError(str(e)) from None
+        raise kopf.PermanentError(failures.bounded(str(e))) from None
     try:
         if spec.get("backend", "kserve") == "kserve" and not kube.kserve_installed():
             _refuse(body, meta, patch, old, "KServeMissing", KSERVE_MISSING)
             raise kopf.TemporaryError(KSERVE_MISSING, delay=KSERVE_RETRY_DELAY_S)
-        for k in kids:
+        apply_children(kids)
+        _applied(body, meta, obj, kids, logger)
+    except (kopf.TemporaryError, kopf.PermanentError):
+        raise
+    except Failed as f:
+        _not_reconciled(body, patch, old, f.reason, f.message)
+        raise kopf.TemporaryError(f.message, delay=failures.backoff(retry)) from None
+    except ApiException as e:  # reading the KServe CRD
+        reason, msg = failures.api_failure(e, f"CRD {render.KSERVE_CRD}")
+        _not_reconciled(body, patch, old, reason, msg)
+        raise kopf.TemporaryError(msg, delay=failures.backoff(retry)) from None
+    except Exception as e:  # reported as a condition, never a crash loop
+        reason, msg = failures.internal_failure(e, "reconcile")
+        logger.exception("reconcile failed")
+        _not_reconciled(body, patch, old, reason, msg)
+        raise kopf.TemporaryError(msg, delay=failures.backoff(retry)) from None
+
+
+class Failed(Exception):
+    """Applying a child was refused; reason and message name the child and the field."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+def apply_children(kids: list[Obj]) -> None:
+    """Server-side apply of each child; a refusal becomes `Failed` naming the field."""
+    for k in kids:
+        try:
             kube.apply(k)
-    except ApiException as e:
-        msg = f"API error {e.status} {e.reason} while applying children; retrying"
-        patch.status["conditions"] = [condition("Reconciled", False, "ApiError", msg, old)] + [
-            c for c in old if c.get("type") != "Reconciled"
-        ]
-        raise kopf.TemporaryError(msg, delay=RETRY_DELAY_S) from e
-    _applied(body, meta, obj, kids, logger)
+        except ApiException as e:
+            raise Failed(*failures.api_failure(e, f"{k['kind']} {k['metadata']['name']}")) from e
+
+
+def _not_reconciled(
+    body: kopf.Body, patch: kopf.Patch, old: list[Obj], reason: str, msg: str
+) -> None:
+    patch.status["conditions"] = [condition("Reconciled", False, reason, msg, old)] + [
+        c for c in old if c.get("type") != "Reconciled"
+    ]
+    kopf.warn(body, reason=reason, message=msg)
 
 
 def _applied(
@@ -85,6 +121,7 @@ def _applied(
         "name": kids[0]["metadata"]["name"],
     }
     names = ", ".join(f"{k['kind']} {k['metadata']['name']}" for k in kids)
+    known = failures.model_known(str(obj["spec"]["model"]["name"]))
     try:
         sync_status(
             meta["namespace"],
@@ -93,9 +130,12 @@ def _applied(
             child,
             reconciled=("ChildApplied", f"applied {names} (tier {render.pin(obj)})"),
             generation=meta.get("generation"),
+            conditions={"ModelKnown": known},
         )
     except ApiException as e:
-        raise kopf.TemporaryError(f"API error {e.status} writing status", delay=5) from e
+        raise Failed(*failures.api_failure(e, f"status of LLMService {meta['name']}")) from e
+    if not known[0]:
+        kopf.warn(body, reason=known[1], message=known[2])
     kopf.info(
         body, reason="Reconciled", message=f"applied {names} (generation {meta.get('generation')})"
     )
@@ -105,7 +145,8 @@ def _applied(
 def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     """Re-render the children when their pin is no longer the target: the extender's
     first decision pins an open template, re-placement switches tier, or allowedTiers
-    was edited."""
+    was edited. A refusal is the `Reconciled` condition and an Event; the next tick
+    tries again."""
     ns, name, uid = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["uid"]
     co = kube.kubernetes.client.CustomObjectsApi()
     try:
@@ -123,11 +164,16 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     if live is None or render.rendered_tier(live) == want:
         return
     try:
-        for k in render.children(fresh):
-            kube.apply(k)
-    except (ApiException, InvalidService, ValueError) as e:
-        logger.warning("re-rendering for tier %s failed: %s", want, e)
+        apply_children(render.children(fresh))
+    except (Failed, InvalidService, ValueError) as e:
+        reason = e.reason if isinstance(e, Failed) else "InvalidSpec"
+        msg = failures.bounded(f"re-rendering for tier {want}: {e}")
+        logger.warning("%s", msg)
+        kopf.warn(body, reason=reason, message=msg)
+        sync_status(ns, name, str(uid), conditions={"Reconciled": (False, reason, msg)})
         return
+    applied = f"re-rendered for tier {want}"
+    sync_status(ns, name, str(uid), reconciled=("ChildApplied", applied))
     kopf.info(
         body,
         reason="TierChanged",

@@ -20,6 +20,7 @@ from perllm.crd import GROUP, PLURAL, VERSION
 from perllm_operator import kube, reconcile, status
 from perllm_operator.config import Config
 from perllm_operator.state import State, memo_of
+from perllm_operator.storage import HashDiffBaseStorage
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,8 @@ class Operator:
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Startup: kopf's settings, then the Kubernetes client's credentials."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=labels.DOMAIN)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=labels.DOMAIN, key="last-handled-configuration"
-    )
+    # Only a hash of the last handled spec (storage.py): bounded, never blocks deletion.
+    settings.persistence.diffbase_storage = HashDiffBaseStorage()
     settings.persistence.finalizer = f"{labels.DOMAIN}/finalizer"
     settings.posting.level = 20  # logging.INFO: k8s Events for info and above
     settings.watching.server_timeout = 600

@@ -21,7 +21,6 @@ template to the tier it chose (a rollout onto that tier's variant).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from perllm.contract import ServiceSpec, Tier
@@ -37,11 +36,10 @@ from perllm.labels import (
     LABEL_TIER,
     SCHEDULER_NAME,
 )
+from perllm_operator import runtimes
 
 CONTAINER = "model-server"
-DEFAULT_IMAGE = "vllm/vllm-openai:latest"
-IMAGE_ENV = "PERLLM_MODEL_SERVER_IMAGE"
-PORT = 8080
+PORT = runtimes.PORT
 
 KSERVE_GROUP = "serving.kserve.io"
 KSERVE_VERSION = "v1beta1"
@@ -111,6 +109,13 @@ def chosen_variant(obj: Obj) -> Obj:
     no_gpu = [v for v in variants if not _needs_gpu(_resources(v))]
     cloud = [v for v in variants if v["tier"] == Tier.CLOUD.value]
     return dict((no_gpu or cloud or variants)[0])
+
+
+def resolved(obj: Obj, variant: Obj) -> runtimes.Resolved:
+    """The runtime, format, image and weights of `variant` (one of `obj`'s)."""
+    model = obj["spec"]["model"]
+    index = next(i for i, v in enumerate(model["variants"]) if v["tier"] == variant["tier"])
+    return runtimes.resolve(model, variant, index)
 
 
 def tiers_of(obj: Obj) -> list[str]:
@@ -198,15 +203,12 @@ def inference_service(obj: Obj) -> Obj:
         ANN_VARIANT_TIER: str(variant["tier"]),
         ANN_PINNED_TIER: pin(obj),
     }
-    m: Obj = {
-        "modelFormat": {"name": model.get("format", "huggingface")},
-        "args": [f"--model_name={name}"],
-        "resources": res,
-    }
-    if model.get("runtime"):
-        m["runtime"] = model["runtime"]
-    if model.get("storageUri"):
-        m["storageUri"] = model["storageUri"]
+    run = resolved(obj, variant)
+    m: Obj = {"modelFormat": {"name": run.format}, "runtime": run.runtime, "resources": res}
+    if run.storage_uri:
+        m["storageUri"] = run.storage_uri
+    if env := runtimes.token_env(model):
+        m["env"] = env
     predictor: Obj = {
         "schedulerName": SCHEDULER_NAME,
         "minReplicas": int(obj["spec"].get("replicas", 1)),
@@ -229,28 +231,24 @@ def service_name(obj: Obj) -> str:
     return f"{obj['metadata']['name']}-predictor"
 
 
-def deployment(obj: Obj, image: str | None = None) -> Obj:
-    """The Deployment of `backend: deployment` (same scheduling fields as the ISVC)."""
+def deployment(obj: Obj) -> Obj:
+    """The Deployment of `backend: deployment` (same scheduling fields as the ISVC), running
+    the variant's own server image and weights."""
     spec = service_spec(obj)
     name = obj["metadata"]["name"]
     model = obj["spec"]["model"]
     variant = chosen_variant(obj)
     res = _resources(variant)
-    image = image or os.environ.get(IMAGE_ENV, DEFAULT_IMAGE)
+    run = resolved(obj, variant)
     container: Obj = {
         "name": CONTAINER,
-        "image": image,
-        "args": [
-            "--model",
-            model.get("storageUri", model["name"]).removeprefix("hf://"),
-            "--served-model-name",
-            name,
-            "--port",
-            str(PORT),
-        ],
+        "image": run.image,
+        "args": runtimes.server_args(run, variant, model["name"], name),
         "ports": [{"name": "http", "containerPort": PORT}],
         "resources": res,
     }
+    if env := runtimes.token_env(model):
+        container["env"] = env
     pod_spec: Obj = {
         "schedulerName": SCHEDULER_NAME,
         "affinity": affinity(tiers_of(obj)),

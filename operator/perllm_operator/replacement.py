@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from perllm.contract import ServiceSpec
 from perllm.timefmt import rfc3339
-from perllm_operator import kube, observe, policy, render
+from perllm_operator import failures, kube, observe, policy, render
 
 Obj = dict[str, Any]
 
@@ -122,7 +122,8 @@ def _evict_worst(t: Tick, rep: Obj, due: _Due) -> Obj:
             return rep
         if e.status == 404:
             return rep
-        raise kopf.TemporaryError(f"API error {e.status} evicting {pname}", delay=10) from e
+        msg = failures.api_failure(e, f"evicting pod {pname}")[1]
+        raise kopf.TemporaryError(msg, delay=10) from e
     below = t.now - (due.verdict.below_since or t.now)
     msg = (
         f"evicted pod {pname} from node {node}: attainment below {due.target:.0%} for "

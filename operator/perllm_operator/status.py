@@ -12,7 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import InvalidService, service_spec
 from perllm.timefmt import rfc3339
-from perllm_operator import kube, observe, policy, reconcile, replacement
+from perllm_operator import failures, kube, observe, policy, reconcile, replacement
 from perllm_operator.conditions import sync_status
 from perllm_operator.state import state_of
 
@@ -26,9 +26,40 @@ def status_tick(
     status: kopf.Status,
     logger: kopf.Logger,
     memo: kopf.Memo,
+    retry: int = 0,
     **_: Any,
 ) -> None:
-    """Refresh status from Prometheus and the extender's record; re-place if needed."""
+    """Refresh status from Prometheus and the extender's record; re-place if needed. An
+    unexpected exception is condition `Degraded` (True, InternalError) and an Event, then
+    a retry with a growing delay, never only a log line."""
+    try:
+        _tick(body, spec, meta, status, logger, memo)
+    except kopf.TemporaryError:
+        raise
+    except Exception as e:  # reported as a condition, never a crash loop
+        reason, msg = failures.internal_failure(e, "status timer")
+        logger.exception("status tick failed")
+        kopf.warn(body, reason=reason, message=msg)
+        try:
+            sync_status(
+                str(meta["namespace"]),
+                str(meta["name"]),
+                str(meta["uid"]),
+                conditions={"Degraded": (True, reason, msg)},
+            )
+        except Exception:  # the Event above already says it
+            logger.exception("could not write the Degraded condition")
+        raise kopf.TemporaryError(msg, delay=failures.backoff(retry, base=5.0)) from None
+
+
+def _tick(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+) -> None:
     ns, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
     if meta.get("deletionTimestamp"):
         return
@@ -44,7 +75,7 @@ def status_tick(
     try:
         pods = kube.pods(ns, name)
     except ApiException as e:
-        raise kopf.TemporaryError(f"API error {e.status} listing pods", delay=10) from e
+        raise kopf.TemporaryError(failures.api_failure(e, "listing pods")[1], delay=10) from e
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     obs = None
     if cfg.prometheus_url:
@@ -61,7 +92,8 @@ def status_tick(
     conds: dict[str, observe.Cond] = {
         "DeadlineMet": observe.deadline_met(obs, sspec, stale_since),
         "TelemetryStale": observe.telemetry_stale(obs, cfg.prometheus_url, stale_since),
-        "Placed": observe.placed(st.get("placement"), live),
+        "Placed": observe.placed(st.get("placement"), live, failures.model_known(sspec.model)[0]),
+        "Degraded": (False, "NoErrors", "the status timer ran without errors"),
     }
     hist = state.history[uid]
     hist.append(policy.Point(now, obs.attainment if obs is not None and obs.reachable else None))
@@ -70,7 +102,7 @@ def status_tick(
     try:
         sync_status(ns, name, uid, conditions=conds, fields=fields)
     except ApiException as e:
-        raise kopf.TemporaryError(f"API error {e.status} writing status", delay=10) from e
+        raise kopf.TemporaryError(failures.api_failure(e, "writing status")[1], delay=10) from e
     reconcile.follow_tier(body, obj, logger)
 
 
@@ -92,7 +124,8 @@ def deployment_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_
     try:
         sync_status(ns, owner["name"], owner.get("uid", ""))
     except ApiException as e:
-        raise kopf.TemporaryError(f"API error {e.status} updating status", delay=5) from e
+        msg = failures.api_failure(e, "updating status")[1]
+        raise kopf.TemporaryError(msg, delay=5) from e
     logger.debug("LLMService %s/%s: status synced", ns, owner["name"])
 
 

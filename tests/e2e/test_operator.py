@@ -38,7 +38,7 @@ from perllm.telemetry import names
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).parents[2]
-KSERVE_CRD = Path(__file__).parent / "fixtures" / "kserve-inferenceservice-crd.yaml"
+KSERVE_CRD_SCRIPT = ROOT / "tools" / "kserve-crd.sh"
 RBAC = ROOT / "operator" / "rbac.yaml"
 ISVC = "inferenceservices.serving.kserve.io"
 
@@ -95,6 +95,28 @@ def _established(kube: Kube, crd: str, plural: str) -> None:
     )
 
 
+def _install_kserve_crd(kube: Kube) -> None:
+    """KServe's real InferenceService CRD of the pinned release (tools/kserve-crd.sh caches
+    it outside the repo), labelled as a test fixture so that a real install is never
+    replaced. Server-side apply: the CRD is too large for kubectl's last-applied annotation."""
+    r = subprocess.run(
+        [str(KSERVE_CRD_SCRIPT)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    crd = yaml.safe_load(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    crd["metadata"].setdefault("labels", {})["perllm.io/test-fixture"] = "true"
+    crd.pop("status", None)
+    kube.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(crd), timeout=120
+    )
+
+    def established() -> bool:
+        conds = ((kube.get_or_none("crd", ISVC) or {}).get("status") or {}).get("conditions")
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds or [])
+
+    wait_for(established, "KServe's CRD established", timeout=60)
+
+
 def _restricted_kubeconfig(kube: Kube, path: Path) -> Path:
     return kube.service_account_kubeconfig("perllm-operator", "perllm-system", path)
 
@@ -107,7 +129,7 @@ def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
         existing is None
         or existing["metadata"].get("labels", {}).get("perllm.io/test-fixture") == "true"
     ):
-        kube.kubectl("apply", "-f", str(KSERVE_CRD))
+        _install_kserve_crd(kube)
     _established(kube, f"{PLURAL}.perllm.io", PLURAL)
     _established(kube, ISVC, "inferenceservices")
     kube.kubectl("apply", "-f", str(RBAC))
@@ -202,7 +224,10 @@ def test_kserve_backend_creates_inference_service(
     assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["edge", "cloud"]}
     assert meta["annotations"]["perllm.io/pinned-tier"] == "open"
     assert p["annotations"]["perllm.io/variant-tier"] == "edge"
-    assert p["model"]["modelFormat"]["name"] == "huggingface"
+    # the open template runs the edge variant: GGUF weights on llama.cpp
+    assert p["model"]["modelFormat"]["name"] == "gguf"
+    assert p["model"]["runtime"] == "perllm-llamacpp"
+    assert p["model"]["storageUri"].endswith("Q4_K_M.gguf")
     assert "nvidia.com/gpu" not in json.dumps(p["model"]["resources"])
     assert p["tolerations"][0]["key"] == "nvidia.com/gpu"
     obj = wait_for(lambda: _reconciled(kube, namespace, "chat-assistant"), "status Reconciled=True")
@@ -439,6 +464,127 @@ def test_sigkill_and_restart_converge_without_duplicates(
     same = kube.get_or_none("isvc", "chat-assistant", "-n", namespace)
     assert same["metadata"]["uid"] == isvc["metadata"]["uid"]
     assert operator.alive()
+
+
+# ---- tier switches, what the API server refuses, the catalogue -------------------------------
+def _pod_template(kube: Kube, ns: str, name: str, backend: str) -> tuple[dict[str, Any], str]:
+    """(pod-level spec with `containers`, pinned tier) of the live child."""
+    if backend == "deployment":
+        o = kube.get_or_none("deployment", name, "-n", ns)
+        return o["spec"]["template"]["spec"], o["metadata"]["annotations"]["perllm.io/pinned-tier"]
+    o = kube.get_or_none("isvc", name, "-n", ns)
+    p = dict(o["spec"]["predictor"])
+    p["containers"] = [p.pop("model")]
+    return p, o["metadata"]["annotations"]["perllm.io/pinned-tier"]
+
+
+def _place(kube: Kube, ns: str, name: str, tier: str) -> None:
+    """Publish a decision as the extender does (status.placement)."""
+    body = {"status": {"placement": {"tier": tier, "nodes": [f"{tier}-1"], "feasible": True}}}
+    kube.kubectl(
+        "patch", PLURAL, name, "-n", ns, "--subresource=status", "--type=merge",
+        "-p", json.dumps(body),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["kserve", "deployment"])
+def test_a_tier_switch_leaves_no_trace_of_the_other_tier(
+    kube: Kube, operator: Operator, namespace: str, backend: str
+) -> None:
+    """cloud -> edge -> cloud: server-side apply removes the GPU request and toleration on
+    the edge and puts them back on the cloud, in place (same child uid)."""
+    kind = "deployment" if backend == "deployment" else "isvc"
+    kube.apply(_example("chat-assistant", backend=backend), namespace)
+    first = wait_for(lambda: kube.get_or_none(kind, "chat-assistant", "-n", namespace), "child")
+    for tier in ("cloud", "edge", "cloud"):
+        _place(kube, namespace, "chat-assistant", tier)
+        wait_for(
+            lambda t=tier: _pod_template(kube, namespace, "chat-assistant", backend)[1] == t,
+            f"the child pinned to {tier}",
+            timeout=60,
+        )
+        ps, _ = _pod_template(kube, namespace, "chat-assistant", backend)
+        (c,) = ps["containers"]
+        if tier == "edge":
+            assert "nvidia.com/gpu" not in json.dumps(ps), ps
+            assert "tolerations" not in ps, ps
+        else:
+            assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+            assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
+            assert ps["tolerations"] == [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ]
+        if backend == "deployment":
+            want = "llama.cpp:server-b" if tier == "edge" else "vllm/vllm-openai:v"
+            assert want in c["image"], c["image"]
+        else:
+            assert c["runtime"] == ("perllm-llamacpp" if tier == "edge" else "perllm-vllm")
+            assert c["modelFormat"]["name"] == ("gguf" if tier == "edge" else "huggingface")
+    live = kube.get_or_none(kind, "chat-assistant", "-n", namespace, "--show-managed-fields")
+    assert live["metadata"]["uid"] == first["metadata"]["uid"]
+    managers = {m["manager"]: m["operation"] for m in live["metadata"]["managedFields"]}
+    assert managers.get("perllm-operator") == "Apply"
+    assert operator.alive()
+
+
+def test_a_typo_in_a_rendered_field_fails_server_side_dry_run(
+    kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """KServe's real schema: a rendered InferenceService passes a strict server-side dry
+    run; one with a misspelt field is refused, and the operator's message names it."""
+    from kubernetes.client.exceptions import ApiException
+    from perllm_operator import failures, render
+    from perllm_operator import kube as op_kube
+
+    obj = _example("chat-assistant")
+    obj["metadata"].update(namespace=namespace, uid="00000000-0000-0000-0000-000000000001")
+    obj["status"] = {"placement": {"tier": "cloud"}}
+    good = render.inference_service(obj)
+    args = ("apply", "--server-side", "--dry-run=server", "--validate=strict", "-f", "-")
+    r = kube.kubectl(*args, input=json.dumps(good), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    bad = json.loads(json.dumps(good))
+    bad["spec"]["predictor"]["model"]["storageURI"] = bad["spec"]["predictor"]["model"].pop(
+        "storageUri"
+    )
+    r = kube.kubectl(*args, input=json.dumps(bad), check=False)
+    assert r.returncode != 0 and "storageURI" in r.stderr, r.stdout + r.stderr
+    # The operator's own apply (Strict) is refused the same way, naming the field.
+    op_kube.kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig))
+    with pytest.raises(ApiException) as info:
+        op_kube.apply(bad)
+    reason, msg = failures.api_failure(info.value, "InferenceService chat-assistant")
+    assert reason.startswith("Apply") and "storageURI" in msg, msg
+    assert kube.get_or_none("isvc", "chat-assistant", "-n", namespace) is None
+
+
+def test_a_model_outside_the_catalogue_is_its_own_condition(
+    kube: Kube, operator: Operator, namespace: str
+) -> None:
+    obj = _example("chat-assistant")
+    obj["spec"]["model"]["name"] = "my-finetune"
+    kube.apply(obj, namespace)
+    o = wait_for(
+        lambda: (lambda x: x if _condition(x, "ModelKnown") else None)(
+            kube.get_or_none(PLURAL, "chat-assistant", "-n", namespace)
+        ),
+        "condition ModelKnown",
+        timeout=60,
+    )
+    c = _condition(o, "ModelKnown")
+    assert c["status"] == "False" and c["reason"] == "ModelNotInCatalogue", c  # type: ignore[index]
+    assert "spec.model.name 'my-finetune'" in c["message"]  # type: ignore[index]
+    placed = _condition(o, "Placed")
+    assert placed and placed["reason"] == "ModelNotInCatalogue", placed
+    wait_for(
+        lambda: [
+            e
+            for e in _events(kube, namespace, "chat-assistant")
+            if e["reason"] == "ModelNotInCatalogue"
+        ],
+        "ModelNotInCatalogue Event",
+        timeout=30,
+    )
 
 
 # ---- status timer, re-placement, describe ---------------------------------------------------
@@ -708,8 +854,17 @@ def test_prometheus_unreachable_marks_status_stale_and_placement_continues(
         assert "placement continues" in cond["message"] and url in cond["message"]
         met = _condition(kube.get_or_none(PLURAL, name, "-n", namespace), "DeadlineMet")
         assert met is not None and met["status"] == "Unknown" and met["reason"] == "TelemetryStale"
-        ready = _condition(kube.get_or_none(PLURAL, name, "-n", namespace), "Ready")
-        assert ready is not None and ready["status"] == "True"
+        # The first tick may write before the reconcile records its child: wait for Ready.
+        wait_for(
+            lambda: (
+                (_condition(kube.get_or_none(PLURAL, name, "-n", namespace), "Ready") or {}).get(
+                    "status"
+                )
+                == "True"
+            ),
+            "Ready=True",
+            timeout=60,
+        )
         assert alt.alive()
     finally:
         alt.stop()

@@ -26,11 +26,14 @@ from perllm.crd import (
     GROUP,
     KIND,
     MAX_FORMAT,
+    MAX_IMAGE,
     MAX_NAME,
     MAX_QUANTITY,
     MAX_REPLICAS,
     MAX_RESOURCES,
     MAX_RUNTIME,
+    MAX_SECRET_KEY,
+    MAX_SECRET_NAME,
     MAX_STORAGE_URI,
     PLURAL,
     VERSION,
@@ -216,6 +219,20 @@ def test_crd_maxima_are_the_contract_and_crd_module_maxima() -> None:
     assert _at("model", "format")["maxLength"] == MAX_FORMAT
     assert _at("model", "runtime")["maxLength"] == MAX_RUNTIME
     assert _at("model", "storageUri")["maxLength"] == MAX_STORAGE_URI
+    v = ("model", "variants", "[]")
+    assert _at(*v, "storageUri")["maxLength"] == MAX_STORAGE_URI
+    assert _at(*v, "format")["maxLength"] == MAX_FORMAT
+    assert _at(*v, "runtime")["maxLength"] == MAX_RUNTIME
+    assert _at(*v, "image")["maxLength"] == MAX_IMAGE
+    assert _at("model", "tokenSecretRef", "name")["maxLength"] == MAX_SECRET_NAME
+    assert _at("model", "tokenSecretRef", "key")["maxLength"] == MAX_SECRET_KEY
+
+
+def test_a_variant_has_its_own_weights_and_server() -> None:
+    item = _at("model", "variants", "[]")["properties"]
+    assert {"storageUri", "format", "runtime", "image"} <= set(item)
+    # no model-wide default format: it would give a GGUF variant the safetensors format
+    assert "default" not in _at("model", "format")
 
 
 def test_the_chart_ships_the_same_crd() -> None:
@@ -254,6 +271,14 @@ OUTSIDE = [
     (("spec", "model", "runtime"), "My Runtime", "spec.model.runtime: must match"),
     (("spec", "model", "storageUri"), "hf://" + "u" * 300_000, "spec.model.storageUri: at most"),
     (("spec", "model", "storageUri"), "ftp://x", "spec.model.storageUri: must match"),
+    ((*R0[:-1], "storageUri"), "ftp://x", r"variants\[0\].storageUri: must match"),
+    ((*R0[:-1], "runtime"), "My Runtime", r"variants\[0\].runtime: must match"),
+    ((*R0[:-1], "format"), "f" * 64, r"variants\[0\].format: at most 63"),
+    ((*R0[:-1], "image"), "i" * 513, r"variants\[0\].image: at most 512"),
+    ((*R0[:-1], "image"), "bad image", r"variants\[0\].image: must match"),
+    (("spec", "model", "tokenSecretRef"), {"key": "k"}, "tokenSecretRef: needs a name"),
+    (("spec", "model", "tokenSecretRef"), {"name": "Bad_Name"}, "tokenSecretRef.name: must"),
+    (("spec", "model", "tokenSecretRef"), {"name": "s", "key": "a/b"}, "tokenSecretRef.key"),
     (("spec", "replicas"), 1001, "spec.replicas: must be in 0..1000"),
     (("spec", "replicas"), 1.5, "spec.replicas: must be an integer"),
     ((*R0, "requests", "cpu"), "banana", r"resources.requests\[cpu\]: must be a Kubernetes"),

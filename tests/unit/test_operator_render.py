@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from perllm_operator import render
+from perllm_operator import render, runtimes
 from perllm_operator.main import run_options
 
 ROOT = Path(__file__).parents[2]
@@ -67,9 +67,13 @@ def test_inference_service() -> None:
     assert p["annotations"]["perllm.io/variant-tier"] == "edge"
     assert p["annotations"]["perllm.io/precision"] == "q4_k_m"
     m = p["model"]
-    assert m["modelFormat"] == {"name": "huggingface"}
-    assert m["storageUri"] == "hf://meta-llama/Meta-Llama-3-8B-Instruct"
-    assert "runtime" not in m
+    # The open template runs the edge variant: its GGUF weights on llama.cpp.
+    assert m["modelFormat"] == {"name": "gguf"}
+    assert m["runtime"] == "perllm-llamacpp"
+    assert m["storageUri"].endswith("Meta-Llama-3-8B-Instruct-Q4_K_M.gguf")
+    assert m["env"] == [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+    ]
     assert "nvidia.com/gpu" not in json.dumps(m["resources"])
     assert p["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -79,6 +83,9 @@ def test_inference_service() -> None:
     p = render.inference_service(obj)["spec"]["predictor"]
     assert p["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert p["annotations"]["perllm.io/precision"] == "fp16"
+    assert p["model"]["modelFormat"] == {"name": "huggingface"}
+    assert p["model"]["runtime"] == "perllm-vllm"
+    assert p["model"]["storageUri"] == "hf://meta-llama/Meta-Llama-3-8B-Instruct"
     assert p["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
@@ -119,20 +126,27 @@ def test_deployment_backend() -> None:
     ps = tpl["spec"]
     assert ps["schedulerName"] == "perllm-scheduler"
     (c,) = ps["containers"]
-    assert c["name"] == "model-server" and c["image"] == render.DEFAULT_IMAGE
-    assert "01-ai/Yi-6B" in c["args"]
+    assert c["name"] == "model-server" and c["image"] == runtimes.VLLM.gpu_image
+    assert c["args"][:2] == ["--model", "01-ai/Yi-6B"]
+    assert "env" not in c  # no tokenSecretRef: no HF_TOKEN
     assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
     assert ps["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert svc["spec"]["selector"] == {"perllm.io/service": "batch-summariser"}
     assert svc["spec"]["type"] == "ClusterIP"
 
 
-def test_image_from_environment(monkeypatch: Any) -> None:
-    monkeypatch.setenv(render.IMAGE_ENV, "example.org/server:1")
+def test_a_variant_names_its_own_image_runtime_format_and_weights() -> None:
     obj = copy.deepcopy(_load("batch-summariser"))
-    assert render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]["image"] == (
-        "example.org/server:1"
-    )
+    v = obj["spec"]["model"]["variants"][0]
+    v.update(image="example.org/server:1", runtime="my-runtime", format="safetensors")
+    v["storageUri"] = "hf://org/repo"
+    c = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "example.org/server:1"
+    assert c["args"][:2] == ["--model", "org/repo"]
+    obj["spec"]["backend"] = "kserve"
+    m = render.inference_service(obj)["spec"]["predictor"]["model"]
+    assert m["runtime"] == "my-runtime" and m["modelFormat"] == {"name": "safetensors"}
+    assert m["storageUri"] == "hf://org/repo"
 
 
 def test_kserve_backend_has_one_child() -> None:

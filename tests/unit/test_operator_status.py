@@ -392,6 +392,7 @@ def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
     monkeypatch.setattr(kube, "read_child", lambda ns, ref: live)
     monkeypatch.setattr(kube, "apply", lambda child: applied.append(child) or child)
+    monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: True)
     monkeypatch.setattr(kopf, "info", lambda body, *, reason, message: events.append(message))
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     (child,) = applied
@@ -423,6 +424,7 @@ def test_first_decision_pins_an_open_template(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
     monkeypatch.setattr(kube, "read_child", lambda ns, ref: live)
     monkeypatch.setattr(kube, "apply", lambda child: applied.append(child) or child)
+    monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: True)
     monkeypatch.setattr(kopf, "info", lambda body, *, reason, message: None)
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     dep, _svc = applied

@@ -1,0 +1,195 @@
+"""Each variant runs what it says: its runtime, weights format, image and weights, for every
+example manifest, tier and backend (operator/perllm_operator/runtimes.py, render.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from perllm_operator import render, runtimes
+
+from perllm.crd import InvalidService
+
+ROOT = Path(__file__).parents[2]
+MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
+GPU = "nvidia.com/gpu"
+CUDA_IMAGES = {runtimes.VLLM.image, runtimes.VLLM.gpu_image, runtimes.LLAMACPP.gpu_image}
+
+
+def _cases() -> list[tuple[str, str, str]]:
+    out = []
+    for path in MANIFESTS:
+        obj = yaml.safe_load(path.read_text())
+        tiers = obj["spec"].get("allowedTiers", ["edge", "cloud"])
+        for tier in tiers:
+            for backend in ("kserve", "deployment"):
+                out.append((path.stem, tier, backend))
+    return out
+
+
+def _pinned(name: str, tier: str, backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    obj: dict[str, Any] = yaml.safe_load((ROOT / "manifests" / f"{name}.yaml").read_text())
+    obj["metadata"].update(namespace="llm", uid="u", generation=1)
+    obj["spec"]["backend"] = backend
+    obj["status"] = {"placement": {"tier": tier}}
+    variant = next(v for v in obj["spec"]["model"]["variants"] if v["tier"] == tier)
+    return obj, variant
+
+
+@pytest.mark.parametrize(("name", "tier", "backend"), _cases())
+def test_every_example_runs_the_weights_and_server_of_its_variant(
+    name: str, tier: str, backend: str
+) -> None:
+    obj, variant = _pinned(name, tier, backend)
+    child = render.children(obj)[0]
+    gpu = GPU in json.dumps(variant["resources"])
+    want = runtimes.VLLM if gpu else runtimes.LLAMACPP
+    want_name = want.gpu_name if gpu else want.name
+    assert variant.get("storageUri"), f"{name}: variant {tier} needs its own storageUri"
+    if backend == "kserve":
+        p = child["spec"]["predictor"]
+        m = p["model"]
+        assert m["runtime"] == want_name
+        assert m["modelFormat"] == {"name": want.format}
+        assert m["storageUri"] == variant["storageUri"]
+        resources, tolerations = m["resources"], p.get("tolerations", [])
+        annotations = p["annotations"]
+    else:
+        ps = child["spec"]["template"]["spec"]
+        (c,) = ps["containers"]
+        assert c["image"] == (want.gpu_image if gpu else want.image)
+        # the server fetches this variant's weights
+        uri = variant["storageUri"]
+        ref = uri if uri.startswith("https://") else uri.removeprefix("hf://")
+        assert ref in c["args"]
+        resources, tolerations = c["resources"], ps.get("tolerations", [])
+        annotations = child["spec"]["template"]["metadata"]["annotations"]
+        if not gpu:
+            assert c["image"] not in CUDA_IMAGES
+    assert annotations["perllm.io/precision"] == variant["precision"]
+    if tier == "edge" and not gpu:
+        assert GPU not in json.dumps(resources)
+        assert not tolerations
+    if variant["precision"] in ("q4_k_m", "q8_0"):
+        assert want is runtimes.LLAMACPP
+        assert variant["storageUri"].endswith(".gguf")
+
+
+def test_gated_weights_get_the_token_by_reference_only() -> None:
+    obj, _ = _pinned("chat-assistant", "cloud", "deployment")
+    obj["spec"]["model"]["tokenSecretRef"] = {"name": "hf", "key": "tok"}
+    text = json.dumps(render.children(obj))
+    c = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]
+    assert c["env"] == [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "tok"}}}
+    ]
+    assert 'value"' not in json.dumps(c["env"])  # never a literal value
+    assert text.count("HF_TOKEN") == 1
+    obj["spec"]["model"]["tokenSecretRef"] = {"name": "hf"}
+    env = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env[0]["valueFrom"]["secretKeyRef"]["key"] == "token"
+
+
+def test_int4_awq_needs_a_gpu_and_runs_vllm_with_awq() -> None:
+    obj, variant = _pinned("batch-summariser", "cloud", "deployment")
+    variant["precision"] = "int4_awq"
+    c = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][-2:] == ["--quantization", "awq"]
+    cpu = copy.deepcopy(obj)
+    cpu["spec"]["model"]["variants"][0]["resources"] = {"requests": {"cpu": "4"}}
+    with pytest.raises(InvalidService, match=r"variants\[0\].precision: int4_awq"):
+        render.children(cpu)
+
+
+def test_the_deployment_backend_refuses_weights_it_cannot_fetch() -> None:
+    obj, variant = _pinned("chat-assistant", "edge", "deployment")
+    variant["storageUri"] = "s3://bucket/model.gguf"
+    with pytest.raises(
+        InvalidService, match=r"spec.model.variants\[0\].storageUri: the deployment"
+    ):
+        render.children(obj)
+    obj["spec"]["backend"] = "kserve"  # KServe's storage initializer fetches s3
+    assert render.children(obj)[0]["spec"]["predictor"]["model"]["storageUri"].startswith("s3")
+
+
+def test_without_a_storage_uri_the_model_name_is_the_repository() -> None:
+    obj, variant = _pinned("chat-assistant", "edge", "deployment")
+    del variant["storageUri"]
+    obj["spec"]["model"]["name"] = "org/model-GGUF"
+    c = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][-2:] == ["--hf-repo", "org/model-GGUF"]
+    obj, variant = _pinned("batch-summariser", "cloud", "deployment")
+    del variant["storageUri"]
+    c = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][:2] == ["--model", "yi-6b"]
+
+
+def test_hf_gguf_file_for_llama_cpp() -> None:
+    obj, variant = _pinned("chat-assistant", "edge", "deployment")
+    variant["storageUri"] = "hf://org/repo-GGUF/model-Q4_K_M.gguf"
+    c = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]
+    i = c["args"].index("--hf-repo")
+    assert c["args"][i : i + 4] == ["--hf-repo", "org/repo-GGUF", "--hf-file", "model-Q4_K_M.gguf"]
+    assert "--metrics" in c["args"] and c["image"] == runtimes.LLAMACPP.image
+
+
+def test_chart_serving_runtimes_use_the_pinned_images() -> None:
+    text = (ROOT / "charts/perllm/templates/servingruntimes.yaml").read_text()
+    for rt in (runtimes.LLAMACPP, runtimes.VLLM):
+        for name, image in ((rt.name, rt.image), (rt.gpu_name, rt.gpu_image)):
+            assert f'"{name}"' in text or f"name: {name}\n" in text
+            assert f'default "{image}"' in text
+        assert f"- name: {rt.format}" in text
+
+
+@cache
+def _kserve_schema() -> dict[str, Any] | None:
+    """KServe's v1beta1 schema from tools/kserve-crd.sh's cache, if it was fetched."""
+    import os
+
+    cache = os.environ.get("PERLLM_BIN_CACHE") or str(Path.home() / ".cache/perllm/bin")
+    files = sorted(Path(cache).glob("kserve-*/serving.kserve.io_inferenceservices.yaml"))
+    if not files:
+        return None
+    crd = yaml.safe_load(files[-1].read_text())
+    (v,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
+    schema: dict[str, Any] = v["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def _unknown_paths(obj: Any, schema: dict[str, Any], path: str) -> list[str]:
+    if schema.get("x-kubernetes-preserve-unknown-fields") or not isinstance(obj, dict | list):
+        return []
+    if isinstance(obj, list):
+        items = schema.get("items") or {}
+        return [p for i, x in enumerate(obj) for p in _unknown_paths(x, items, f"{path}[{i}]")]
+    props, extra = schema.get("properties"), schema.get("additionalProperties")
+    out = []
+    for k, v in obj.items():
+        if props and k in props:
+            out += _unknown_paths(v, props[k], f"{path}.{k}")
+        elif isinstance(extra, dict):
+            out += _unknown_paths(v, extra, f"{path}.{k}")
+        elif props is not None or extra is False:
+            out.append(f"{path}.{k}")
+    return out
+
+
+@pytest.mark.parametrize(("name", "tier", "backend"), [c for c in _cases() if c[2] == "kserve"])
+def test_rendered_inference_services_fit_kserves_schema(name: str, tier: str, backend: str) -> None:
+    """Every rendered field exists in KServe's real schema (tools/kserve-crd.sh; the e2e
+    tests check the same against the API server with a strict dry run)."""
+    schema = _kserve_schema()
+    if schema is None:
+        pytest.skip("KServe's CRD is not cached: run tools/kserve-crd.sh")
+    obj, _ = _pinned(name, tier, backend)
+    obj["spec"]["model"]["tokenSecretRef"] = {"name": "hf"}
+    isvc = render.inference_service(obj)
+    assert _unknown_paths(isvc, schema, "") == []
+    isvc["spec"]["predictor"]["model"]["storageURI"] = "hf://typo"
+    assert _unknown_paths(isvc, schema, "") == [".spec.predictor.model.storageURI"]
