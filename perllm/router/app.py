@@ -109,6 +109,16 @@ class Router:
         initial = list(backends) if backends is not None else list(config.backends)
         if initial:
             self.set_backends(initial)
+        self.discovery = None
+        if config.discovery is not None:
+            from perllm.router.discovery import Discovery
+
+            d = config.discovery
+            ns, name = d.service.split("/", 1)
+            self.discovery = Discovery(
+                self, ns, name, d.url_template, d.port, d.interval_s, d.timeout_s,
+                d.kubeconfig, d.prometheus,
+            )  # fmt: skip
 
     # -- membership ------------------------------------------------------------------------
     @property
@@ -196,7 +206,15 @@ class Router:
         if m is not None and backend in m.names:
             m.bw[m.names.index(backend)] = mbps
 
+    async def start(self) -> None:
+        """Start discovery (the ASGI lifespan's startup; tests call it themselves)."""
+        if self.discovery is not None:
+            await self.discovery.refresh()  # the first membership before serving
+            self.discovery.start()
+
     async def aclose(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.stop()
         for p in self._pools.values():
             p.close()
 
@@ -232,6 +250,7 @@ class Router:
         while True:
             m = await receive()
             if m["type"] == "lifespan.startup":
+                await self.start()
                 await send({"type": "lifespan.startup.complete"})
             elif m["type"] == "lifespan.shutdown":
                 await self.aclose()
