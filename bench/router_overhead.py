@@ -7,8 +7,11 @@ streams) it measures the full-response latency of the same requests direct and t
 the router, interleaved in rounds; the added latency is the router's percentile minus the
 direct one. Throughput: closed loop at 64 streams for a few seconds each way, the ratio
 in the same run. Targets (issue): p99 added ≤ 2 ms, throughput ratio ≥ 0.8 on 2 cores.
+`--baseline DIR` runs a second router from another checkout (e.g. the previous commit's
+worktree) beside this one, interleaved in the same rounds: before/after in one run.
 
     .venv/bin/python bench/router_overhead.py --out out/router_overhead.json
+    .venv/bin/python bench/router_overhead.py --baseline /path/to/old/checkout
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ BODY = json.dumps(
 ).encode()
 
 
-def spawn(code: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+def spawn(code: str, root: Path = ROOT) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": f"{root}:{os.environ.get('PYTHONPATH', '')}"}
+    # cwd: `-c` puts it first on sys.path, so it decides which checkout's perllm runs
+    return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=root, stderr=subprocess.PIPE)
 
 
 STUB = """
@@ -48,11 +52,15 @@ uvicorn.run(StubBackend(tokens=16), host="127.0.0.1", port={port}, log_level="wa
             access_log=False, lifespan="off")
 """
 ROUTER = """
-import uvicorn
 from perllm.router.app import Router
 from perllm.router.config import load_config
-uvicorn.run(Router(load_config({cfg!r})), host="127.0.0.1", port={port}, log_level="warning",
-            access_log=False)
+router = Router(load_config({cfg!r}))
+try:
+    from perllm.router.serving import run  # what `perllm router` runs
+    run(router, "127.0.0.1", {port})
+except ImportError:  # a --baseline checkout from before it existed
+    import uvicorn
+    uvicorn.run(router, host="127.0.0.1", port={port}, log_level="warning", access_log=False)
 """
 
 
@@ -115,6 +123,12 @@ async def latencies(port: int, conc: int, n: int) -> list[float]:
     return out
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def throughput(port: int, conc: int, seconds: float) -> float:
     conns = [Conn(port) for _ in range(conc)]
     done = 0
@@ -132,7 +146,10 @@ async def throughput(port: int, conc: int, seconds: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    stub_port, router_port = args.port, args.port + 1
+    stub_port = args.port
+    routers: dict[str, tuple[int, Path]] = {"router": (args.port + 1, ROOT)}
+    if args.baseline is not None:
+        routers["baseline"] = (args.port + 2, args.baseline.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "router.yaml"
         url = f"http://127.0.0.1:{stub_port}"
@@ -144,46 +161,73 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 {"name": "cloud", "url": url, "tier": "cloud", "hardware": "a100-80gb-sxm",
                  "link": {"bandwidth_mbps": 300, "rtt_ms": 40}},
             ]}))  # fmt: skip
-        procs = [spawn(STUB.format(port=stub_port)),
-                 spawn(ROUTER.format(cfg=str(cfg), port=router_port))]  # fmt: skip
+        procs = [spawn(STUB.format(port=stub_port))] + [
+            spawn(ROUTER.format(cfg=str(cfg), port=port), root) for port, root in routers.values()
+        ]
+        ports = {"direct": stub_port} | {k: p for k, (p, _) in routers.items()}
+        pids = {"direct": procs[0].pid} | {k: procs[i + 1].pid for i, k in enumerate(routers)}
         try:
-            await wait_port(stub_port)
-            await wait_port(router_port)
-            await latencies(router_port, 16, 320)  # warm-up (and CS-UCB's exploration)
-            await latencies(stub_port, 16, 320)
+            for p in ports.values():
+                await wait_port(p)
+            for p in ports.values():  # warm-up (and CS-UCB's exploration)
+                await latencies(p, 16, 320)
             rows = []
             for conc in (1, 16, 64):
-                direct: list[float] = []
-                routed: list[float] = []
-                for _ in range(args.rounds):  # interleaved: both see the same machine
-                    direct += await latencies(stub_port, conc, args.requests)
-                    routed += await latencies(router_port, conc, args.requests)
-                d, r = np.array(direct) * 1e3, np.array(routed) * 1e3
-                rows.append({
-                    "streams": conc, "n": len(r),
-                    "direct_p50_ms": float(np.percentile(d, 50)),
-                    "direct_p99_ms": float(np.percentile(d, 99)),
-                    "router_p50_ms": float(np.percentile(r, 50)),
-                    "router_p99_ms": float(np.percentile(r, 99)),
-                    "added_p50_ms": float(np.percentile(r, 50) - np.percentile(d, 50)),
-                    "added_p99_ms": float(np.percentile(r, 99) - np.percentile(d, 99)),
-                })  # fmt: skip
-            tput_direct = await throughput(stub_port, 64, args.seconds)
-            tput_router = await throughput(router_port, 64, args.seconds)
+                lat: dict[str, list[float]] = {k: [] for k in ports}
+                for _ in range(args.rounds):  # interleaved: all see the same machine
+                    for k, p in ports.items():
+                        lat[k] += await latencies(p, conc, args.requests)
+                d = np.array(lat["direct"]) * 1e3
+                row: dict[str, float] = {"streams": conc, "n": len(d)}
+                row["direct_p50_ms"] = float(np.percentile(d, 50))
+                row["direct_p99_ms"] = float(np.percentile(d, 99))
+                for k in routers:
+                    r = np.array(lat[k]) * 1e3
+                    pre = "router" if k == "router" else k
+                    row[f"{pre}_p50_ms"] = float(np.percentile(r, 50))
+                    row[f"{pre}_p99_ms"] = float(np.percentile(r, 99))
+                    add = "added" if k == "router" else f"{k}_added"
+                    row[f"{add}_p50_ms"] = row[f"{pre}_p50_ms"] - row["direct_p50_ms"]
+                    row[f"{add}_p99_ms"] = row[f"{pre}_p99_ms"] - row["direct_p99_ms"]
+                rows.append(row)
+            tput: dict[str, list[float]] = {k: [] for k in ports}
+            cpu: dict[str, list[float]] = {k: [] for k in ports}  # ms per request
+            for _ in range(args.rounds):
+                for k, p in ports.items():
+                    c0, s0 = cpu_s(pids[k]), cpu_s(procs[0].pid)
+                    rps = await throughput(p, 64, args.seconds)
+                    tput[k].append(rps)
+                    n = rps * args.seconds
+                    if k != "direct":  # the process's own CPU, not the stub's
+                        cpu[k].append((cpu_s(pids[k]) - c0) / n * 1e3)
+                    else:
+                        cpu[k].append((cpu_s(procs[0].pid) - s0) / n * 1e3)
+        except Exception:
+            for proc in procs:
+                proc.terminate()
+                sys.stderr.write(proc.communicate(timeout=10)[1].decode(errors="replace")[-3000:])
+            raise
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(10)
-    return {
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(10)
+    direct = float(np.median(tput["direct"]))
+    out: dict[str, object] = {
         "cpus": os.cpu_count(),
         "load_avg_1m": os.getloadavg()[0],
         "latency": rows,
-        "throughput_direct_rps": tput_direct,
-        "throughput_router_rps": tput_router,
-        "throughput_ratio": tput_router / tput_direct,
+        "throughput_direct_rps": direct,
+        "throughput_router_rps": float(np.median(tput["router"])),
+        "throughput_ratio": float(np.median(tput["router"])) / direct,
         "targets": {"added_p99_ms": 2.0, "throughput_ratio": 0.8},
+        # CPU ms per request at 64 streams: the stub's (direct) and each router process's
+        "cpu_ms_per_request": {k: float(np.median(v)) for k, v in cpu.items()},
     }
+    if "baseline" in routers:
+        out["throughput_baseline_rps"] = float(np.median(tput["baseline"]))
+        out["throughput_baseline_ratio"] = float(np.median(tput["baseline"])) / direct
+    return out
 
 
 def main() -> None:
@@ -193,6 +237,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0, help="throughput run per side")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--baseline", type=Path, help="another checkout: its router side by side")
     args = ap.parse_args()
     res = asyncio.run(run(args))
     from rich.console import Console
@@ -208,9 +253,20 @@ def main() -> None:
             "added_p99_ms")))  # fmt: skip
     c = Console()
     c.print(t)
+    if args.baseline is not None:
+        for r in res["latency"]:  # type: ignore[attr-defined]
+            p50, p99 = r["baseline_added_p50_ms"], r["baseline_added_p99_ms"]
+            c.print(f"baseline at {r['streams']} streams: added p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        c.print(f"baseline throughput {res['throughput_baseline_rps']:.0f} req/s, ratio "
+                f"{res['throughput_baseline_ratio']:.2f}")  # fmt: skip
     c.print(f"throughput at 64 streams: direct {res['throughput_direct_rps']:.0f} req/s, router "
             f"{res['throughput_router_rps']:.0f} req/s, ratio {res['throughput_ratio']:.2f} "
             f"(target ≥ 0.8); {res['cpus']} CPUs, load {res['load_avg_1m']:.1f}")  # fmt: skip
+    cpu: dict[str, float] = res["cpu_ms_per_request"]  # type: ignore[assignment]
+    c.print(
+        "CPU ms per request (stub as direct; each router process): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items())
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=2))

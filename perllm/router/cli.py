@@ -18,10 +18,9 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info"),
     ) -> None:
         """OpenAI-compatible endpoint that places every request with CS-UCB (edge or cloud)."""
-        import uvicorn
-
         from perllm.router.app import Router
         from perllm.router.config import RouterConfigError, load_config
+        from perllm.router.serving import run
 
         logging.basicConfig(
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -32,7 +31,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
         try:
-            uvicorn.run(router, host=host, port=port, access_log=False, log_level=log_level.lower())
+            run(router, host, port, log_level.lower())
         except OSError as e:
             typer.echo(f"error: cannot listen on {host}:{port}: {e}", err=True)
             raise typer.Exit(2) from None

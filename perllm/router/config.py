@@ -10,10 +10,10 @@ A YAML file (`perllm router --config FILE`):
          link: {bandwidth_mbps: 100, rtt_ms: 5}}
     shed: true          # 503 when no backend can meet the deadline
 
-Backends are a static list for now (the Kubernetes discovery of a service's replicas per
-tier comes later). A backend's `hardware` is a key of the catalogue (the scenario's when a
-scenario is named); `bandwidth_mbps` is its measured link bandwidth (default: the link's
-nominal bandwidth).
+Backends are a static list or, with `discovery: {service: namespace/name}`, the ready pods
+of an LLMService (`perllm.router.discovery`). A backend's `hardware` is a key of the
+catalogue (the scenario's when a scenario is named); `bandwidth_mbps` is its measured link
+bandwidth (default: the link's nominal bandwidth).
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class Backend(_Strict):
     model: str | None = Field(
         default=None, description="Model name the backend serves (rewritten into the body)."
     )
+    node: str | None = Field(
+        default=None, description="Node it runs on (discovery: its measured bandwidth)."
+    )
 
     def server(self) -> Server:
         return Server(name=self.name, tier=self.tier, hardware=self.hardware, link=self.link)
@@ -69,11 +72,31 @@ class Limits(_Strict):
     read_timeout_s: Annotated[float, Field(gt=0)] = 60.0  # between two upstream chunks
 
 
+class Discovery(_Strict):
+    """Backends from the cluster: the ready pods of one LLMService (docs/router.md)."""
+
+    service: Annotated[str, Field(pattern=r"^[a-z0-9-]+/[a-z0-9.-]+$")] = Field(
+        description="namespace/name of the LLMService."
+    )
+    url_template: str = Field(
+        default="http://{ip}:{port}",
+        description="A pod's URL: {ip} {port} {namespace} {pod} {node}.",
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000  # without a containerPort
+    interval_s: Annotated[float, Field(gt=0)] = 5.0
+    timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    kubeconfig: str | None = None  # default: in-cluster, else ~/.kube/config
+    prometheus: str | None = Field(
+        default=None, description="Prometheus URL: measured bandwidth per node."
+    )
+
+
 class RouterConfig(_Strict):
     service: ServiceSpec | None = None
     scenario: str | None = None
     service_class: str | None = None
-    backends: list[Backend] = Field(min_length=1)
+    backends: list[Backend] = Field(default_factory=list)
+    discovery: Discovery | None = None
     shed: bool = Field(
         default=False,
         description="Answer 503 when no backend can meet the deadline (else: least violating).",
@@ -91,6 +114,8 @@ class RouterConfig(_Strict):
             raise ValueError("give either service or scenario (+ service_class)")
         if self.scenario is not None and not self.service_class:
             raise ValueError("service_class: required with scenario")
+        if not self.backends and self.discovery is None:
+            raise ValueError("backends: give a static list or discovery")
         names = [b.name for b in self.backends]
         if len(names) != len(set(names)):
             raise ValueError("backends: names must be unique")

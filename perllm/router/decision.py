@@ -64,9 +64,12 @@ class Decider:
         catalogue: Catalogue,
         weights: EnergyWeights | None = None,
         config: CSUCBConfig | None = None,
+        stats: ArmStats | None = None,
     ) -> Decider:
+        """`stats`: learn into (and decide from) statistics shared with other deciders,
+        e.g. the router's previous membership of backends."""
         table = build_cost_table(services, [(s.name, s) for s in servers], catalogue)
-        return cls(table, weights, config)
+        return cls(table, weights, config, stats)
 
     def load(self, cls: int, inflight: Sequence[float]) -> tuple[F, F]:
         """(running, waiting) per server from the requests in flight there: up to the

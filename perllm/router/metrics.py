@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -81,12 +83,49 @@ class RouterMetrics:
             registry=r,
         )
         self._met = self._total = 0
+        self._backends: dict[tuple[str, str], BackendMetrics] = {}
 
     def judge(self, backend: str, tier: str, met: bool) -> None:
         self.judged.labels(backend, tier, "true" if met else "false").inc()
+        self.count(met)
+
+    def count(self, met: bool) -> None:
         self._total += 1
         self._met += met
         self.attainment.set(self._met / self._total)
 
+    def backend(self, name: str, tier: str) -> BackendMetrics:
+        """The labelled series of one backend, bound once (the hot path skips `labels`)."""
+        key = (name, tier)
+        if key not in self._backends:
+            self._backends[key] = BackendMetrics(self, name, tier)
+        return self._backends[key]
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BackendMetrics:
+    """One backend's children of the router's metrics, looked up once."""
+
+    def __init__(self, m: RouterMetrics, name: str, tier: str) -> None:
+        self._m, self._name = m, name
+        self.feasible = m.decisions.labels(name, tier, "true")
+        self.infeasible = m.decisions.labels(name, tier, "false")
+        self.explored = m.explored.labels(name, tier)
+        self.met = m.judged.labels(name, tier, "true")
+        self.missed = m.judged.labels(name, tier, "false")
+        self.inflight = m.inflight.labels(name)
+        self.inflight.set(0)
+        self.latency = m.latency.labels(name)
+        self.ttft = m.ttft.labels(name)
+        self._errors: dict[str, Any] = {}
+
+    def judge(self, met: bool) -> None:
+        (self.met if met else self.missed).inc()
+        self._m.count(met)
+
+    def error(self, kind: str) -> Any:
+        if kind not in self._errors:
+            self._errors[kind] = self._m.errors.labels(self._name, kind)
+        return self._errors[kind]

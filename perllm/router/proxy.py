@@ -1,40 +1,16 @@
-"""Upstream calls: one pooled `httpx.AsyncClient` per backend, streamed responses, and
-what the router learns from a response body as it passes through (output tokens)."""
+"""What the router learns from a response body as it passes through: output tokens.
+(The upstream calls themselves: `perllm.router.upstream`.)"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from typing import Any
-
-import httpx
 
 from perllm.costmodel import BYTES_PER_TOKEN
-from perllm.router.config import Backend, Limits
 
-# httpcore asks sniffio for the async library on every request; without sniffio (not a
-# dependency) each ask is a failed import that scans sys.path (~0.7 ms, several per
-# request). A None entry makes that import fail at once.
-if importlib.util.find_spec("sniffio") is None:
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
-
-FORWARDED = ("authorization", "accept", "user-agent", "openai-organization", "x-request-id")
-
-
-def make_client(b: Backend, limits: Limits, transport: httpx.AsyncBaseTransport | None) -> Any:
-    timeout = httpx.Timeout(
-        connect=limits.connect_timeout_s,
-        read=limits.read_timeout_s,
-        write=limits.read_timeout_s,
-        pool=limits.queue_timeout_s,
-    )
-    pool = httpx.Limits(
-        max_connections=limits.max_concurrency, max_keepalive_connections=limits.max_concurrency
-    )
-    return httpx.AsyncClient(
-        base_url=b.url.rstrip("/"), timeout=timeout, limits=pool, transport=transport
-    )
+# Request headers passed on to the backend (lower case, as ASGI gives them).
+FORWARDED = frozenset(
+    {b"authorization", b"accept", b"user-agent", b"openai-organization", b"x-request-id"}
+)
 
 
 class TokenCounter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -40,3 +41,20 @@ async def serving(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIter
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
+
+
+def run(app: Any, host: str, port: int, log_level: str = "warning") -> None:
+    """Serve the router (blocking): uvicorn with uvloop and httptools, no access log. The
+    startup heap (catalogue, cost tables, pydantic models) is moved out of the cyclic GC
+    first, so that the collections the per-request garbage triggers stay short."""
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        access_log=False,
+        log_level=log_level,
+        loop="uvloop",
+        http="httptools",
+    )

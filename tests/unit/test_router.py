@@ -1,8 +1,11 @@
-"""`perllm router` against stub backends (httpx.AsyncClient over the ASGI apps)."""
+"""`perllm router` against stub backends served on loopback (the router's own upstream
+client is what is tested), driven by httpx.AsyncClient over the router's ASGI app."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,17 +41,19 @@ def config(**kw: Any) -> RouterConfig:
     return parse_config({"scenario": "demo", "service_class": "chat", "backends": BACKENDS} | kw)
 
 
-def router(
+_STACK: contextvars.ContextVar[contextlib.AsyncExitStack] = contextvars.ContextVar("stack")
+
+
+async def router(
     stubs: dict[str, StubBackend] | None = None, urls: dict[str, str] | None = None, **kw: Any
 ) -> tuple[Router, dict[str, StubBackend], httpx.AsyncClient]:
-    """A router over in-process stubs (httpx's ASGI transport buffers whole responses and
-    applies no timeouts) or, with `urls`, over stubs served on loopback."""
+    """A router over stubs served on loopback for this test (or at `urls`)."""
     stubs = stubs or {"edge-gpu": StubBackend("edge-gpu"), "cloud": StubBackend("cloud")}
-    if urls is not None:
-        backends = [{**b, "url": urls[b["name"]]} for b in BACKENDS]
-        r = Router(config(backends=backends, **kw))
-    else:
-        r = Router(config(**kw), {k: httpx.ASGITransport(app=v) for k, v in stubs.items()})
+    if urls is None:
+        st = _STACK.get()
+        urls = {n: await st.enter_async_context(serving(s)) for n, s in stubs.items()}
+    backends = [{**b, "url": urls[b["name"]]} for b in BACKENDS]
+    r = Router(config(backends=backends, **kw))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://router")
     return r, stubs, client
 
@@ -59,12 +64,17 @@ def decision(resp: httpx.Response) -> dict[str, str]:
 
 
 def run(coro: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 30))
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as st:
+            _STACK.set(st)
+            await asyncio.wait_for(coro, 30)
+
+    asyncio.run(main())
 
 
 def test_routes_with_a_decision_header_and_learns() -> None:
     async def go() -> None:
-        r, stubs, c = router()
+        r, stubs, c = await router()
         backends = []
         for _ in range(12):
             resp = await c.post("/v1/chat/completions", json=CHAT)
@@ -98,7 +108,7 @@ def test_streaming_passes_chunks_and_counts_tokens() -> None:
             "edge-gpu": StubBackend("e", tokens=7, usage=False),
             "cloud": StubBackend("c", tokens=7),
         }
-        r, _, c = router(stubs)
+        r, _, c = await router(stubs)
         seen: list[float] = []
         orig = r.decider.learn
 
@@ -124,7 +134,7 @@ def test_streaming_passes_chunks_and_counts_tokens() -> None:
 def test_usage_of_a_json_answer_is_the_output_length() -> None:
     async def go() -> None:
         stubs = {"edge-gpu": StubBackend("e", tokens=5), "cloud": StubBackend("c", tokens=5)}
-        r, _, c = router(stubs)
+        r, _, c = await router(stubs)
         seen: list[float] = []
         orig = r.decider.learn
         r.decider.learn = lambda t, d, lo, dl, e=None: (seen.extend(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
@@ -152,7 +162,7 @@ def test_malformed_requests_get_a_clear_4xx(
     body: bytes, headers: dict[str, str], status: int, kind: str
 ) -> None:
     async def go() -> None:
-        r, stubs, c = router(limits={"max_body_bytes": 4096})
+        r, stubs, c = await router(limits={"max_body_bytes": 4096})
         resp = await c.post("/v1/chat/completions", content=body, headers=headers)
         assert resp.status_code == status
         assert resp.json()["error"]["type"] == kind
@@ -166,7 +176,7 @@ def test_malformed_requests_get_a_clear_4xx(
 
 def test_sheds_with_503_when_no_backend_can_meet_the_deadline() -> None:
     async def go() -> None:
-        r, stubs, c = router(shed=True)
+        r, stubs, c = await router(shed=True)
         # The service's own deadline is met; the header tightens it below any prediction.
         resp = await c.post(
             "/v1/chat/completions", json=CHAT, headers={"x-perllm-deadline-s": "0.001"}
@@ -193,7 +203,7 @@ def test_sheds_with_503_when_no_backend_can_meet_the_deadline() -> None:
 
 def test_without_shedding_the_least_violating_backend_serves() -> None:
     async def go() -> None:
-        r, _, c = router()
+        r, _, c = await router()
         resp = await c.post(
             "/v1/chat/completions", json=CHAT, headers={"x-perllm-deadline-s": "1e-9"}
         )
@@ -208,7 +218,9 @@ def test_a_hanging_backend_times_out_and_frees_its_slot() -> None:
     async def go() -> None:
         stubs = {"edge-gpu": StubBackend("e", hang=True), "cloud": StubBackend("c", hang=True)}
         async with serving(stubs["edge-gpu"]) as e, serving(stubs["cloud"]) as cl:
-            r, _, c = router(stubs, {"edge-gpu": e, "cloud": cl}, limits={"read_timeout_s": 0.2})
+            r, _, c = await router(
+                stubs, {"edge-gpu": e, "cloud": cl}, limits={"read_timeout_s": 0.2}
+            )
             resp = await c.post("/v1/chat/completions", json=CHAT)
             assert resp.status_code == 504 and resp.json()["error"]["type"] == "upstream_timeout"
             assert r.inflight == [0, 0]
@@ -222,10 +234,8 @@ def test_a_hanging_backend_times_out_and_frees_its_slot() -> None:
 
 def test_an_unreachable_backend_is_a_502() -> None:
     async def go() -> None:
-        def refuse(request: httpx.Request) -> httpx.Response:
-            raise httpx.ConnectError("refused", request=request)
-
-        r = Router(config(), {n: httpx.MockTransport(refuse) for n in ("edge-gpu", "cloud")})
+        dead = [{**b, "url": "http://127.0.0.1:9"} for b in BACKENDS]  # nothing listens
+        r = Router(config(backends=dead))
         c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://router")
         resp = await c.post("/v1/chat/completions", json=CHAT)
         assert resp.status_code == 502 and resp.json()["error"]["type"] == "upstream_unavailable"
@@ -246,7 +256,7 @@ def test_queue_full_and_queue_timeout_are_503() -> None:
 
 async def _queue(stubs: dict[str, StubBackend], urls: dict[str, str]) -> None:
     if True:
-        r, _, c = router(
+        r, _, c = await router(
             stubs,
             urls,
             limits={
@@ -308,7 +318,7 @@ def test_client_disconnect_mid_stream_cancels_the_upstream() -> None:
             "cloud": StubBackend("c", tokens=1000, token_delay_s=0.01),
         }
         async with serving(stubs["edge-gpu"]) as e, serving(stubs["cloud"]) as cl:
-            r, _, _ = router(stubs, {"edge-gpu": e, "cloud": cl})
+            r, _, _ = await router(stubs, {"edge-gpu": e, "cloud": cl})
             body = json.dumps({**CHAT, "stream": True}).encode()
             sent, _ = await _call(r, body, disconnect_after_chunks=3)
             assert sent[0]["status"] == 200
@@ -334,3 +344,43 @@ def test_config_errors_are_clear(tmp_path: Any) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(json.dumps({"scenario": "demo", "service_class": "chat", "backends": BACKENDS}))
     assert load_config(p).backends[1].name == "cloud"
+
+
+def test_upstream_pool_keeps_connections_alive_and_reconnects() -> None:
+    from perllm.router.upstream import Pool, UpstreamError
+
+    async def go() -> None:
+        async with serving(StubBackend("s", tokens=3)) as url:
+            pool = Pool(url, 1.0, 2.0)
+            connects = 0
+            orig = pool._connect
+
+            async def counting() -> Any:
+                nonlocal connects
+                connects += 1
+                return await orig()
+
+            pool._connect = counting  # type: ignore[method-assign]
+            body = json.dumps({**CHAT, "stream": True}).encode()
+            for _ in range(5):
+                resp = await pool.post("/v1/chat/completions", body, [(b"x-a", b"1")])
+                data = b""
+                while (chunk := resp.take()) != b"":
+                    if chunk is None:
+                        await resp.wait()
+                    else:
+                        data += chunk
+                resp.release()
+                assert resp.status == 200 and data.count(b"data:") == 4
+            assert connects == 1 and len(pool.idle) == 1
+            pool.idle[0].close()  # gone while idle: a fresh connection, no error
+            resp = await pool.post("/v1/chat/completions", body)
+            assert resp.status == 200 and connects == 2
+            resp.release()  # not read to the end: closed, not pooled
+            assert not pool.idle
+            pool.close()
+        with pytest.raises(UpstreamError) as e:
+            await Pool(url, 1.0, 1.0).post("/v1/chat/completions", body)
+        assert e.value.kind == "connect"
+
+    run(go())

@@ -1,0 +1,216 @@
+"""Backends from the cluster: the ready pods of one `LLMService` and their nodes.
+
+Every `interval_s` (a periodic list, not a watch: one request for the service's pods, one
+per node they run on, each with a timeout, in a worker thread off the event loop):
+
+- pods labelled `perllm.io/service=<name>` in the namespace that are Running and Ready,
+  not terminating, bound to a node and with an IP;
+- each pod's node modelled as a contract `Server` by the extender's own
+  `perllm_extender.nodes.to_server` (tier and hardware labels, link annotations); a node
+  that cannot be modelled leaves its pods out (logged once per reason);
+- the URL from `url_template` (`{ip}`, `{port}`, `{namespace}`, `{pod}`, `{node}`), the
+  port being the container port named `http`, else the first one, else `port`.
+
+The router's membership is replaced only when it changed (`Router.set_backends`; CS-UCB's
+learned statistics carry over). With a Prometheus URL, the measured bandwidth per node
+(the extender's snapshot query, `perllm.telemetry.queries.snapshot`) is applied to the
+backends on that node (`Router.set_bandwidth`). A failed list keeps the last membership.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from perllm.labels import LABEL_SERVICE
+from perllm.profiles import Catalogue
+from perllm.router.config import Backend
+
+if TYPE_CHECKING:
+    from perllm.router.app import Router
+
+log = logging.getLogger("perllm.router.discovery")
+
+Obj = dict[str, Any]
+
+
+def _ready(pod: Obj) -> bool:
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp") or status.get("phase") != "Running":
+        return False
+    if not status.get("podIP") or not (pod.get("spec") or {}).get("nodeName"):
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+def _port(pod: Obj, default: int) -> int:
+    ports = [
+        p
+        for c in (pod.get("spec") or {}).get("containers") or []
+        for p in c.get("ports") or []
+        if isinstance(p.get("containerPort"), int)
+    ]
+    named = [p for p in ports if p.get("name") == "http"]
+    return int((named or ports or [{"containerPort": default}])[0]["containerPort"])
+
+
+def backends_from(
+    pods: list[Obj],
+    nodes: dict[str, Obj],
+    catalogue: Catalogue,
+    url_template: str = "http://{ip}:{port}",
+    default_port: int = 8000,
+    skipped: dict[str, str] | None = None,
+) -> list[Backend]:
+    """The ready pods as backends (pure: the cluster objects as JSON dicts). `skipped`
+    collects pod → why it was left out."""
+    from perllm_extender.nodes import to_server
+
+    out: list[Backend] = []
+    why = skipped if skipped is not None else {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        name, ns = meta.get("name", "?"), meta.get("namespace", "default")
+        if not _ready(pod):
+            why[name] = "not ready"
+            continue
+        node = pod["spec"]["nodeName"]
+        if node not in nodes:
+            why[name] = f"node {node} not found"
+            continue
+        server = to_server(nodes[node], catalogue)
+        if isinstance(server, str):
+            why[name] = f"node {node}: {server}"
+            continue
+        url = url_template.format(
+            ip=pod["status"]["podIP"], port=_port(pod, default_port), namespace=ns, pod=name,
+            node=node,
+        )  # fmt: skip
+        out.append(
+            Backend(
+                name=name,
+                url=url,
+                tier=server.tier,
+                hardware=server.hardware,
+                link=server.link,
+                node=node,
+            )
+        )
+    return out
+
+
+@dataclass
+class Discovery:
+    """Keeps a router's backends to the ready pods of `namespace/service`."""
+
+    router: Router
+    namespace: str
+    service: str
+    url_template: str = "http://{ip}:{port}"
+    default_port: int = 8000
+    interval_s: float = 5.0
+    timeout_s: float = 5.0
+    kubeconfig: str | None = None
+    prometheus: str | None = None
+    rounds: int = 0
+    errors: int = 0
+    _api: Any = field(default=None, repr=False)
+    _prom: Any = field(default=None, repr=False)
+    _said: set[str] = field(default_factory=set, repr=False)
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def _core(self) -> Any:
+        if self._api is None:
+            from kubernetes import client, config
+
+            if self.kubeconfig:
+                api_client = config.new_client_from_config(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
+            else:
+                try:
+                    config.load_incluster_config()  # type: ignore[no-untyped-call]
+                except config.ConfigException:
+                    config.load_kube_config()  # type: ignore[no-untyped-call]
+                api_client = client.ApiClient()
+            self._api = client.CoreV1Api(api_client)
+        return self._api
+
+    def list_once(self) -> list[Backend]:
+        """One list of the pods and their nodes (blocking: run it in a thread)."""
+        api = self._core()
+        raw = api.list_namespaced_pod(
+            self.namespace,
+            label_selector=f"{LABEL_SERVICE}={self.service}",
+            _request_timeout=self.timeout_s,
+            _preload_content=False,
+        )
+        pods = json.loads(raw.data)["items"]
+        nodes: dict[str, Obj] = {}
+        for n in {p.get("spec", {}).get("nodeName") for p in pods if _ready(p)}:
+            if n:
+                r = api.read_node(n, _request_timeout=self.timeout_s, _preload_content=False)
+                nodes[n] = json.loads(r.data)
+        skipped: dict[str, str] = {}
+        out = backends_from(
+            pods, nodes, self.router.catalogue, self.url_template, self.default_port, skipped
+        )
+        for pod, why in skipped.items():
+            if why != "not ready" and f"{pod}: {why}" not in self._said:
+                self._said.add(f"{pod}: {why}")
+                log.warning("pod %s/%s left out: %s", self.namespace, pod, why)
+        return out
+
+    def bandwidth_once(self) -> dict[str, float]:
+        """Measured Mbit/s per node from Prometheus (blocking), {} without it."""
+        if not self.prometheus:
+            return {}
+        from perllm.telemetry import names, queries
+        from perllm.telemetry.prom import Prometheus
+
+        if self._prom is None:
+            self._prom = Prometheus(self.prometheus, timeout_s=self.timeout_s)
+        ans = self._prom.query(queries.snapshot("1m")["bandwidth"])
+        if ans is None:
+            return {}
+        return {n: v / 1e6 for n, v in ans.by(names.NODE).items() if v > 0}
+
+    async def refresh(self) -> None:
+        try:
+            backends = await asyncio.to_thread(self.list_once)
+        except Exception as e:  # API down, timeout, RBAC: keep what we have
+            self.errors += 1
+            log.warning("discovery of %s/%s failed: %s", self.namespace, self.service, e)
+            return
+        self.rounds += 1
+        if self.router.set_backends(backends):
+            log.info("%s/%s: %d ready backends", self.namespace, self.service, len(backends))
+        try:
+            bw = await asyncio.to_thread(self.bandwidth_once)
+        except Exception as e:
+            log.warning("bandwidth from Prometheus failed: %s", e)
+            return
+        for b in backends:
+            if b.node in bw:
+                self.router.set_bandwidth(b.name, bw[b.node])
+
+    async def run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

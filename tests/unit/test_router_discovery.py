@@ -1,0 +1,116 @@
+"""`perllm router`'s discovery: ready pods of an LLMService and their nodes as backends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from perllm.labels import (
+    ANN_LINK_BANDWIDTH,
+    ANN_LINK_RTT,
+    LABEL_HARDWARE,
+    LABEL_SERVICE,
+    LABEL_TIER,
+)
+from perllm.router.app import Router
+from perllm.router.config import parse_config
+from perllm.router.discovery import backends_from
+
+
+def node(name: str, tier: str, hw: str, bw: float = 100) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {LABEL_TIER: tier, LABEL_HARDWARE: hw},
+            "annotations": {ANN_LINK_BANDWIDTH: str(bw), ANN_LINK_RTT: "5"},
+        }
+    }
+
+
+def pod(name: str, node: str, ip: str = "10.0.0.1", ready: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "labels": {LABEL_SERVICE: "chat"}},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"ports": [{"name": "http", "containerPort": 8080}]}],
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+NODES = {
+    "edge-1": node("edge-1", "edge", "nvidia-l4"),
+    "cloud-1": node("cloud-1", "cloud", "a100-80gb-sxm", 300),
+    "odd": {"metadata": {"name": "odd", "labels": {LABEL_TIER: "edge"}}},
+}
+
+
+def router() -> Router:
+    return Router(
+        parse_config(
+            {"scenario": "demo", "service_class": "chat", "discovery": {"service": "ns/chat"}}
+        )
+    )
+
+
+def test_ready_pods_on_modelled_nodes_are_backends() -> None:
+    r = router()
+    skipped: dict[str, str] = {}
+    pods = [pod("a", "edge-1"), pod("b", "cloud-1", "10.0.0.2"), pod("c", "edge-1", ready=False),
+            pod("d", "odd"), pod("e", "gone")]  # fmt: skip
+    got = backends_from(pods, NODES, r.catalogue, skipped=skipped)
+    assert [(b.name, b.tier.value, b.hardware, b.url, b.node) for b in got] == [
+        ("a", "edge", "nvidia-l4", "http://10.0.0.1:8080", "edge-1"),
+        ("b", "cloud", "a100-80gb-sxm", "http://10.0.0.2:8080", "cloud-1"),
+    ]
+    assert got[1].link.bandwidth_mbps == 300
+    assert skipped["c"] == "not ready" and "hardware" in skipped["d"] and "gone" in skipped["e"]
+    twin = backends_from(pods[:1], NODES, r.catalogue, "http://127.0.0.1:9/pods/{namespace}/{pod}")
+    assert twin[0].url == "http://127.0.0.1:9/pods/ns/a"
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.pods = [pod("a", "edge-1")]
+        self.fail = False
+
+    def list_namespaced_pod(self, ns: str, label_selector: str, **kw: Any) -> Any:
+        assert ns == "ns" and label_selector == f"{LABEL_SERVICE}=chat"
+        assert kw["_request_timeout"] > 0
+        if self.fail:
+            raise OSError("API down")
+        return SimpleNamespace(data=json.dumps({"items": self.pods}).encode())
+
+    def read_node(self, name: str, **kw: Any) -> Any:
+        return SimpleNamespace(data=json.dumps(NODES[name]).encode())
+
+
+def test_membership_follows_the_cluster_and_keeps_what_was_learned() -> None:
+    async def go() -> None:
+        r = router()
+        assert r.backends == [] and r.discovery is not None
+        api = FakeApi()
+        r.discovery._api = api
+        await r.discovery.refresh()
+        assert [b.name for b in r.backends] == ["a"]
+        stats = r.decider.bandit.stats
+        api.pods = [pod("a", "edge-1"), pod("b", "cloud-1", "10.0.0.2")]
+        await r.discovery.refresh()
+        assert [b.name for b in r.backends] == ["a", "b"]
+        assert r.decider.bandit.stats is stats  # learning carries over
+        api.fail = True
+        await r.discovery.refresh()  # a failed list keeps the membership
+        assert [b.name for b in r.backends] == ["a", "b"] and r.discovery.errors == 1
+        api.fail, api.pods = False, []
+        await r.discovery.refresh()
+        assert r.backends == []
+        r.set_bandwidth("a", 42.0)
+        await r.aclose()
+
+    asyncio.run(go())
