@@ -182,6 +182,29 @@ def test_operator_rbac_equals_operator_rbac_yaml() -> None:
     ]
 
 
+def test_operator_watching_named_namespaces_gets_roles_there_only() -> None:
+    cluster_wide = find(render(), "ClusterRole", "perllm-operator")["rules"]
+    docs = render("--set", "operator.namespaces={team-a,team-b}")
+    roles = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "perllm-operator"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    bindings = [
+        d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "perllm-operator"
+    ]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert all(b["roleRef"]["kind"] == "Role" for b in bindings)
+    narrow = find(docs, "ClusterRole", "perllm-operator")["rules"]
+    # Together the Roles and the narrowed ClusterRole grant what the cluster-wide one does,
+    # and the ClusterRole keeps only cluster-scoped resources.
+    assert _grants(roles[0]["rules"]) | _grants(narrow) == _grants(cluster_wide)
+    assert {res for _, res, _, _ in _grants(narrow)} == {"customresourcedefinitions", "namespaces"}
+
+
+def test_operator_rules_grant_no_verb_it_never_uses() -> None:
+    grants = _grants(find(render(), "ClusterRole", "perllm-operator")["rules"])
+    assert not {g for g in grants if g[3] in ("delete", "deletecollection")}
+    assert not {g for g in grants if g[3] == "update" and g[1] != "llmservices/finalizers"}
+
+
 def _grants(rules: list[Doc]) -> set[tuple[str, str, str, str]]:
     """Rules as the set of (group, resource, name or *, verb) they allow: layout-free."""
     return {

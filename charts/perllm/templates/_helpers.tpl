@@ -132,3 +132,55 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* The operator's rules on namespaced resources (operator/rbac.yaml holds the same). */}}
+{{- define "perllm.operatorNamespacedRules" -}}
+  # The LLMService objects: watched, annotated by kopf (progress, diff base), status written;
+  # finalizers/update lets children's owner references block the owner's deletion on
+  # clusters that enforce it (OwnerReferencesPermissionEnforcement).
+  - apiGroups: [perllm.io]
+    resources: [llmservices]
+    verbs: [get, list, watch, patch]
+  - apiGroups: [perllm.io]
+    resources: [llmservices/status]
+    verbs: [get, patch]
+  - apiGroups: [perllm.io]
+    resources: [llmservices/finalizers]
+    verbs: [update]
+  # Children, applied server-side (patch; create when missing) and read back; Deployments
+  # are watched for readiness. Nothing is updated with PUT or deleted: the garbage
+  # collector deletes children through their owner reference.
+  - apiGroups: [serving.kserve.io]
+    resources: [inferenceservices]
+    verbs: [get, create, patch]
+  - apiGroups: [apps]
+    resources: [deployments]
+    verbs: [get, list, watch, create, patch]
+  - apiGroups: [""]
+    resources: [services]
+    verbs: [create, patch]
+  # The status timer reads a service's pods (label perllm.io/service) and re-places one
+  # through the Eviction API, which honours PodDisruptionBudgets (never a plain delete).
+  - apiGroups: [""]
+    resources: [pods]
+    verbs: [get, list]
+  - apiGroups: [""]
+    resources: [pods/eviction]
+    verbs: [create]
+  # kopf posts Events about what it did.
+  - apiGroups: ["", events.k8s.io]
+    resources: [events]
+    verbs: [create, patch]
+{{- end }}
+
+{{/* The operator's rules on cluster-scoped resources. */}}
+{{- define "perllm.operatorClusterRules" -}}
+  # kopf scans the cluster's resources; the operator detects whether KServe is installed.
+  - apiGroups: [apiextensions.k8s.io]
+    resources: [customresourcedefinitions]
+    verbs: [get, list, watch]
+  # kopf watches namespaces when run with namespace patterns.
+  - apiGroups: [""]
+    resources: [namespaces]
+    verbs: [list, watch]
+{{- end }}
