@@ -31,6 +31,12 @@ VLLM_WAITING = "vllm:num_requests_waiting"
 VLLM_SUCCESS = "vllm:request_success_total"
 VLLM_GENERATION_TOKENS = "vllm:generation_tokens_total"
 VLLM_PROMPT_TOKENS = "vllm:prompt_tokens_total"
+# llama.cpp's server (`llama-server --metrics`, the edge runtime; tools/server/README.md,
+# "GET /metrics"): load gauges and token counters, but no per-request latency histogram
+# and no request counter, so a llama.cpp pod's latency is learned from what the router
+# measures per request (docs/router.md), not from Prometheus.
+LLAMACPP_RUNNING = "llamacpp:requests_processing"  # gauge: requests in a slot
+LLAMACPP_WAITING = "llamacpp:requests_deferred"  # gauge: requests waiting for a slot
 # KServe's Python model server (sklearn, xgboost, custom predictors; kserve/metrics.py):
 # latency histograms per step with label model_name. Used when a pod has no vLLM series.
 KSERVE_PREDICT_LATENCY = "request_predict_seconds"

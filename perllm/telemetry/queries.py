@@ -17,13 +17,13 @@ def cpu_power_by_node() -> str:
 
 
 def pod_running() -> str:
-    """Requests running per (namespace, pod)."""
-    return f"{_BY_POD} ({names.VLLM_RUNNING})"
+    """Requests running per (namespace, pod): vLLM's gauge, else llama.cpp's."""
+    return f"({_BY_POD} ({names.VLLM_RUNNING})) or ({_BY_POD} ({names.LLAMACPP_RUNNING}))"
 
 
 def pod_waiting() -> str:
-    """Requests waiting per (namespace, pod)."""
-    return f"{_BY_POD} ({names.VLLM_WAITING})"
+    """Requests waiting per (namespace, pod): vLLM's gauge, else llama.cpp's."""
+    return f"({_BY_POD} ({names.VLLM_WAITING})) or ({_BY_POD} ({names.LLAMACPP_WAITING}))"
 
 
 def pod_request_rate(window: str) -> str:

@@ -127,7 +127,8 @@ def test_extender_queries_are_built_from_the_shared_names() -> None:
     assert set(snap) == {"bandwidth", "gpu_power", "cpu_power", "running", "waiting", "latency"}
     assert snap["bandwidth"] == names.bandwidth_by_node()
     assert snap["latency"] == names.pod_latency("2m")
-    assert snap["running"] == f"sum by (namespace, pod) ({names.VLLM_RUNNING})"
+    assert snap["running"] == queries.pod_running()
+    assert f"sum by (namespace, pod) ({names.VLLM_RUNNING})" in snap["running"]
     assert snap["cpu_power"] == f"sum by (node) ({names.CPU_POWER_W})"
     learn = queries.learning("1m")
     assert learn["latency"] == names.pod_latency("1m")
@@ -135,3 +136,13 @@ def test_extender_queries_are_built_from_the_shared_names() -> None:
     assert learn["tokens"].endswith(f"/ {learn['rate']}")  # tokens per finished request
     assert f"increase({names.SERVICE_ENERGY_J}[1m])" in learn["energy"]
     assert "sum by (namespace, service)" in learn["energy"]
+
+
+def test_load_queries_read_vllm_and_llamacpp_gauges() -> None:
+    """Edge pods run llama.cpp: their slots' load counts like vLLM's running/waiting."""
+    assert names.VLLM_RUNNING in queries.pod_running()
+    assert names.LLAMACPP_RUNNING in queries.pod_running()
+    assert names.VLLM_WAITING in queries.pod_waiting()
+    assert names.LLAMACPP_WAITING in queries.pod_waiting()
+    for q in (queries.pod_running(), queries.pod_waiting()):
+        assert q.count("sum by (namespace, pod)") == 2 and " or " in q
