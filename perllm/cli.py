@@ -199,9 +199,9 @@ def scenarios_validate(files: Annotated[list[str], typer.Argument(help="Scenario
 @scenarios_app.command("show")
 def scenarios_show(name: str) -> None:
     """Print a built-in scenario's YAML."""
-    from perllm.scenario import _builtin_dir
+    from perllm.scenario import builtin_dir
 
-    path = Path(name) if Path(name).exists() else _builtin_dir() / f"{name}.yaml"
+    path = Path(name) if Path(name).exists() else builtin_dir() / f"{name}.yaml"
     if not path.is_file():
         err.print(f"[red]error:[/red] no scenario {name!r}")
         raise typer.Exit(2)

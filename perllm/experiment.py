@@ -17,7 +17,8 @@ from perllm.csucb import CSUCBConfig
 from perllm.estimate import energy_scale
 from perllm.report import build_report, reward_series
 from perllm.scenario import Scenario
-from perllm.world.sim import RunResult, simulate
+from perllm.world.result import RunResult
+from perllm.world.sim import simulate
 
 F = NDArray[np.float64]
 Progress = Callable[[str, int, int], None]  # (label, done slots, total slots)

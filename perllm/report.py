@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from perllm.world.sim import RunResult
+from perllm.world.result import RunResult
 
 if TYPE_CHECKING:
     from perllm.bound import BoundResult

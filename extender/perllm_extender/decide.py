@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from perllm.contract import Server, ServiceSpec
-from perllm.csucb import CSUCB
+from perllm.csucb import CSUCB, Explanation
 from perllm.profiles import Catalogue
 from perllm_extender.bandits import GRACE_S, ArmStore, BanditCache, service_key, split_key
 from perllm_extender.candidates import CandidateSets, Prepared
@@ -196,11 +196,26 @@ class Scheduler:
         self, key: str, spec: ServiceSpec, order: list[str], prep: Prepared, skey: str
     ) -> PodDecision:
         failed = dict(prep.failed)
-        servers = prep.servers
         scores = dict.fromkeys(order, 0)
-        if not servers:
+        if not prep.servers:
             return PodDecision(key, spec.name, order, [], failed, scores, feasible=False)
-        tr = spec.traffic
+        expl = self._explain(spec, prep, skey)
+        if expl.shed:
+            # No node meets the service's tiers, memory and quality floor: those are hard, so
+            # every node fails with its reason and the pod stays Pending (never placed below
+            # its floor).
+            for c in expl.candidates:
+                failed[c.node] = c.reason or expl.fallback
+            return PodDecision(
+                key, spec.name, order, [], failed, scores, feasible=False,
+                explanation=explanation_dict(expl), violated="hard-constraints",
+            )  # fmt: skip
+        return _placed(key, spec, order, failed, scores, expl)
+
+    def _explain(self, spec: ServiceSpec, prep: Prepared, skey: str) -> Explanation:
+        """CS-UCB's explained decision for one request of `spec` with the service's declared
+        traffic, on the latest telemetry (the prior where there is none)."""
+        servers, tr = prep.servers, spec.traffic
         b = self.bandits.get(spec, servers, skey, prep.keys)  # called under self._lock
         if self.telemetry is None:
             m = len(servers)
@@ -219,44 +234,44 @@ class Scheduler:
             explain=True,
         )
         assert dec.explanations is not None
-        expl = dec.explanations[0]
-        if expl.shed:
-            # No node meets the service's tiers, memory and quality floor: those are hard, so
-            # every node fails with its reason and the pod stays Pending (never placed below
-            # its floor).
-            for c in expl.candidates:
-                failed[c.node] = c.reason or expl.fallback
-            return PodDecision(
-                key, spec.name, order, [], failed, scores, feasible=False,
-                explanation=explanation_dict(expl), violated="hard-constraints",
-            )  # fmt: skip
-        passed_set = {c.node for c in expl.candidates if c.feasible}
-        if not expl.feasible:
-            passed_set = {expl.chosen}  # least violating: the pod can still schedule
-        for c in expl.candidates:
-            if c.node not in passed_set:
-                failed[c.node] = c.reason or "not chosen: nothing was feasible"
-        scores.update(priorities(expl))
-        chosen = next(c for c in expl.candidates if c.node == expl.chosen)
-        pool = [c for c in expl.candidates if c.feasible] or expl.candidates
-        best = max(c.mean for c in pool)
-        explored = expl.feasible and (
-            chosen.unplayed or any(c.mean > chosen.mean + 1e-9 for c in pool)
-        )
-        return PodDecision(
-            pod=key,
-            service=spec.name,
-            nodes=order,
-            passed=[n for n in order if n in passed_set],
-            failed=failed,
-            scores=scores,
-            chosen=expl.chosen,
-            feasible=expl.feasible,
-            explanation=explanation_dict(expl),
-            tier=chosen.tier,
-            predicted_time_s=chosen.predicted_time_s,
-            predicted_energy_j=chosen.predicted_energy_j,
-            exploration=explored,
-            regret=max(0.0, best - chosen.mean),
-            violated=None if expl.feasible else constraint_of(chosen.reason),
-        )
+        return dec.explanations[0]
+
+
+def _placed(
+    key: str,
+    spec: ServiceSpec,
+    order: list[str],
+    failed: dict[str, str],
+    scores: dict[str, int],
+    expl: Explanation,
+) -> PodDecision:
+    """The decision for a pod CS-UCB placed: the feasible nodes pass (only the least
+    violating one when none is feasible), the others fail with their reason."""
+    passed_set = {c.node for c in expl.candidates if c.feasible}
+    if not expl.feasible:
+        passed_set = {expl.chosen}  # least violating: the pod can still schedule
+    for c in expl.candidates:
+        if c.node not in passed_set:
+            failed[c.node] = c.reason or "not chosen: nothing was feasible"
+    scores.update(priorities(expl))
+    chosen = next(c for c in expl.candidates if c.node == expl.chosen)
+    pool = [c for c in expl.candidates if c.feasible] or expl.candidates
+    best = max(c.mean for c in pool)
+    explored = expl.feasible and (chosen.unplayed or any(c.mean > chosen.mean + 1e-9 for c in pool))
+    return PodDecision(
+        pod=key,
+        service=spec.name,
+        nodes=order,
+        passed=[n for n in order if n in passed_set],
+        failed=failed,
+        scores=scores,
+        chosen=expl.chosen,
+        feasible=expl.feasible,
+        explanation=explanation_dict(expl),
+        tier=chosen.tier,
+        predicted_time_s=chosen.predicted_time_s,
+        predicted_energy_j=chosen.predicted_energy_j,
+        exploration=explored,
+        regret=max(0.0, best - chosen.mean),
+        violated=None if expl.feasible else constraint_of(chosen.reason),
+    )

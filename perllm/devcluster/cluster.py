@@ -6,76 +6,30 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from perllm.devcluster import certs
+from perllm.devcluster import argv, certs
 from perllm.devcluster import config as cfg
-from perllm.devcluster.binaries import Binaries
-from perllm.devcluster.nodes import KWOK_SELECTOR, node_manifests
-from perllm.devcluster.process import (
-    Proc,
-    StartError,
-    free_port,
-    free_ports,
-    http_ok,
-    start,
-    wait_until,
-)
+from perllm.devcluster.launch import DEFAULT_SCENARIO as DEFAULT_SCENARIO  # re-exported
+from perllm.devcluster.launch import ClusterConfig as ClusterConfig  # re-exported
+from perllm.devcluster.launch import Launcher, write_file
+from perllm.devcluster.launch import default_run_dir as default_run_dir  # re-exported
+from perllm.devcluster.nodes import node_manifests
+from perllm.devcluster.process import StartError, free_ports, http_ok, wait_until
 from perllm.devcluster.state import STATE_FILE
 from perllm.devcluster.state import State as State  # re-exported (cli, tests)
 
-DEFAULT_SCENARIO = "paper-llama2-7b"
-KWOK_CIDR = "10.0.0.0/16"  # disjoint from the service range below; default /24 holds ~254 pods
-SERVICE_CIDR = "10.96.0.0/16"
-# What Deployments, ReplicaSets, DaemonSets (the chart's node agent), PodDisruptionBudgets,
-# deletion and namespaces need, plus the aggregation that fills the built-in
-# admin/edit/view ClusterRoles (without it `view` grants nothing).
-CONTROLLERS = (
-    "deployment-controller,replicaset-controller,daemonset-controller,"
-    "disruption-controller,garbage-collector-controller,"
-    "namespace-controller,clusterrole-aggregation-controller"
-)
 
-
-def default_run_dir() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache")
-    return Path(base) / "perllm" / "cluster"
-
-
-@dataclass
-class ClusterConfig:
-    run_dir: Path = field(default_factory=default_run_dir)
-    scenario: str | Path | None = DEFAULT_SCENARIO  # None: no fake nodes
-    extender: cfg.Extender = field(default_factory=cfg.Extender)
-    prometheus: bool = True
-    scrape_configs: list[dict[str, Any]] = field(default_factory=list)
-    # Attach mode: an existing cluster (kind, k3s) gets only the perllm-scheduler, KWOK and
-    # the fake nodes; etcd, the apiserver, controllers and the default scheduler are its own.
-    external_kubeconfig: Path | None = None
-    # SIGTERM every component when the starting process dies (pytest-owned clusters).
-    die_with_parent: bool = False
-    ready_timeout_s: float = 120.0
-
-
-class Cluster:
+class Cluster(Launcher):
     """One local control plane. Use `up()`/`down()`, or as a context manager."""
-
-    def __init__(self, config: ClusterConfig | None = None, binaries: Binaries | None = None):
-        self.config = config or ClusterConfig()
-        self.run_dir = self.config.run_dir
-        self._bin = binaries
-        self.procs: list[Proc] = []
-        self.state: State | None = None
 
     # ---- discovery -------------------------------------------------------------------------
     @classmethod
@@ -88,12 +42,6 @@ class Cluster:
         c = cls(ClusterConfig(run_dir=rd))
         c.state, c.procs = state, state.procs()
         return c
-
-    @property
-    def bin(self) -> Binaries:
-        if self._bin is None:
-            self._bin = Binaries.locate()
-        return self._bin
 
     @property
     def kubeconfig(self) -> Path:
@@ -144,119 +92,28 @@ class Cluster:
         (rd / "logs").mkdir()
         (rd / STATE_FILE).unlink(missing_ok=True)
 
-    def _spawn(self, name: str, argv: Sequence[str | Path]) -> Proc:
-        p = start(
-            name,
-            [str(a) for a in argv],
-            self.run_dir / "logs" / f"{name}.log",
-            die_with_parent=self.config.die_with_parent,
-        )
-        self.procs.append(p)
-        if self.state is not None:
-            self.state.processes = [asdict(x) for x in self.procs]
-            self.state.save(self.run_dir)
-        return p
-
     def _start_control_plane(self) -> State:
         rd, b = self.run_dir, self.bin
-        ports = free_ports(
-            (
-                "etcd",
-                "etcd_peer",
-                "apiserver",
-                "controller_manager",
-                "scheduler",
-                "perllm_scheduler",
-                "kwok",
-            )
-        )
-        tokens = cfg.Tokens()
-        (rd / "tokens.csv").write_text(tokens.csv())
-        (rd / "tokens.csv").chmod(0o600)
-        (rd / "pki").mkdir()
-        sa_key = rd / "pki" / "sa.key"
-        certs.rsa_key(sa_key)
-        server = f"https://127.0.0.1:{ports['apiserver']}"
-        kubeconfig = rd / "kubeconfig"
-        _write(kubeconfig, cfg.kubeconfig(server, tokens.admin))
-        _write(
-            rd / "scheduler.kubeconfig",
-            cfg.kubeconfig(server, tokens.scheduler, cfg.SCHEDULER_USER),
-        )
-        _write(rd / "viewer.kubeconfig", cfg.kubeconfig(server, tokens.viewer, cfg.VIEWER_USER))
-        self.state = State(
-            run_dir=str(rd),
-            kubeconfig=str(kubeconfig),
-            kubectl=str(b.kubectl),
-            api_server=server,
-            external=False,
-            processes=[],
-            ports=ports,
-            viewer_kubeconfig=str(rd / "viewer.kubeconfig"),
-            extender=asdict(self.config.extender),
-        )
-        self.state.save(rd)
+        self.state = self._control_plane_state()
+        ports, server, kubeconfig = self.state.ports, self.state.api_server, rd / "kubeconfig"
         t = self.config.ready_timeout_s
 
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         etcd = self._spawn(
-            "etcd",
-            [
-                b.etcd,
-                "--name=perllm-dev",
-                f"--data-dir={rd / 'etcd'}",
-                f"--listen-client-urls={etcd_url}",
-                f"--advertise-client-urls={etcd_url}",
-                f"--listen-peer-urls=http://127.0.0.1:{ports['etcd_peer']}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd_peer']}",
-                f"--initial-cluster=perllm-dev=http://127.0.0.1:{ports['etcd_peer']}",
-                "--unsafe-no-fsync=true",
-                "--log-level=warn",
-                "--listen-metrics-urls=",
-            ],
+            "etcd", argv.etcd(b.etcd, rd / "etcd", ports["etcd"], ports["etcd_peer"])
         )
         wait_until(etcd, lambda: http_ok(f"{etcd_url}/health"), t, "etcd /health")
-
         api = self._spawn(
             "kube-apiserver",
-            [
-                b.kube_apiserver,
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={ports['apiserver']}",
-                # Required: with no default route the apiserver finds no address and exits.
-                "--advertise-address=127.0.0.1",
-                f"--cert-dir={rd / 'pki'}",
-                f"--token-auth-file={rd / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={sa_key}",
-                f"--service-account-signing-key-file={sa_key}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                # No service-account controller runs, so nothing creates `default` SAs; and no
-                # node-lifecycle controller lifts the not-ready taint TaintNodesByCondition puts
-                # on every new node (KWOK sends no heartbeats here).
-                "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
-                "--allow-privileged=true",
-                "--endpoint-reconciler-type=none",
-                "--profiling=false",
-                "-v=1",
-            ],
+            argv.apiserver(b.kube_apiserver, etcd_url, ports["apiserver"], rd, rd / "pki/sa.key"),
         )
         wait_until(api, lambda: http_ok(f"{server}/readyz"), t, "apiserver /readyz")
 
         kcm = self._spawn(
             "kube-controller-manager",
-            [
-                b.kube_controller_manager,
-                f"--kubeconfig={kubeconfig}",
-                "--leader-elect=false",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={ports['controller_manager']}",
-                f"--controllers={CONTROLLERS}",
-                "--profiling=false",
-                "-v=1",
-            ],
+            argv.controller_manager(
+                b.kube_controller_manager, kubeconfig, ports["controller_manager"]
+            ),
         )
         sched = self._start_scheduler(
             "kube-scheduler",
@@ -283,6 +140,48 @@ class Cluster:
             kwok, lambda: http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"), t, "/healthz"
         )
         return self.state
+
+    def _control_plane_state(self) -> State:
+        """Ports, tokens, the service-account key and the kubeconfigs of a new control
+        plane, recorded (and saved) as its `State`."""
+        rd = self.run_dir
+        ports = free_ports(
+            (
+                "etcd",
+                "etcd_peer",
+                "apiserver",
+                "controller_manager",
+                "scheduler",
+                "perllm_scheduler",
+                "kwok",
+            )
+        )
+        tokens = cfg.Tokens()
+        (rd / "tokens.csv").write_text(tokens.csv())
+        (rd / "tokens.csv").chmod(0o600)
+        (rd / "pki").mkdir()
+        certs.rsa_key(rd / "pki" / "sa.key")
+        server = f"https://127.0.0.1:{ports['apiserver']}"
+        kubeconfig = rd / "kubeconfig"
+        write_file(kubeconfig, cfg.kubeconfig(server, tokens.admin))
+        write_file(
+            rd / "scheduler.kubeconfig",
+            cfg.kubeconfig(server, tokens.scheduler, cfg.SCHEDULER_USER),
+        )
+        write_file(rd / "viewer.kubeconfig", cfg.kubeconfig(server, tokens.viewer, cfg.VIEWER_USER))
+        state = State(
+            run_dir=str(rd),
+            kubeconfig=str(kubeconfig),
+            kubectl=str(self.bin.kubectl),
+            api_server=server,
+            external=False,
+            processes=[],
+            ports=ports,
+            viewer_kubeconfig=str(rd / "viewer.kubeconfig"),
+            extender=asdict(self.config.extender),
+        )
+        state.save(rd)
+        return state
 
     def _attach(self, external: Path) -> State:
         rd = self.run_dir
@@ -322,86 +221,6 @@ class Cluster:
         )
         return self.state
 
-    def _start_scheduler(
-        self,
-        name: str,
-        scheduler_name: str,
-        extender: cfg.Extender | None,
-        kubeconfig: Path,
-        port: int,
-        client_qps: float | None = None,
-        percentage_of_nodes_to_score: int | None = None,
-    ) -> Proc:
-        conf = self.run_dir / f"{name}.yaml"
-        if extender is not None and extender.https and not extender.tls_dir:
-            extender = replace(extender, tls_dir=str(self.extender_tls().ca.parent))
-        _write(
-            conf,
-            cfg.scheduler_config(
-                kubeconfig, scheduler_name, extender, client_qps, percentage_of_nodes_to_score
-            ),
-        )
-        return self._spawn(
-            name,
-            [
-                self.bin.kube_scheduler,
-                f"--config={conf}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={port}",
-                f"--cert-dir={self.run_dir / 'pki' / name}",
-                "-v=2",
-            ],
-        )
-
-    def extender_tls(self) -> certs.TlsFiles:
-        """The extender's CA, server and client certificates (made on first use, kept for the
-        cluster's life under pki/extender-tls): run `perllm extender` with
-        `*files.extender_args()` to serve what an `https://` Extender URL calls."""
-        files = certs.TlsFiles.under(self.run_dir / "pki" / "extender-tls")
-        return files if files.exist() else certs.generate(files.ca.parent)
-
-    def _start_kwok(self, kubeconfig: Path, port: int, lease_seconds: int) -> Proc:
-        stages = self.run_dir / "kwok-stages.yaml"
-        _write(stages, cfg.KWOK_STAGES)
-        return self._spawn(
-            "kwok",
-            [
-                self.bin.kwok,
-                f"--kubeconfig={kubeconfig}",
-                f"--config={stages}",
-                f"--manage-nodes-with-annotation-selector={KWOK_SELECTOR}",
-                f"--cidr={KWOK_CIDR}",
-                "--node-ip=127.0.0.1",
-                f"--node-lease-duration-seconds={lease_seconds}",
-                f"--server-address=127.0.0.1:{port}",
-            ],
-        )
-
-    def _start_prometheus(self, scrape_configs: list[dict[str, Any]] | None = None) -> None:
-        assert self.state is not None and self.bin.prometheus is not None
-        port = free_port()
-        self.state.ports["prometheus"] = port
-        conf = self.run_dir / "prometheus.yml"
-        _write(conf, cfg.prometheus_config(scrape_configs or self.config.scrape_configs, port))
-        p = self._spawn(
-            "prometheus",
-            [
-                self.bin.prometheus,
-                f"--config.file={conf}",
-                f"--storage.tsdb.path={self.run_dir / 'prometheus'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--web.enable-lifecycle",
-                "--storage.tsdb.retention.time=2h",
-                "--log.level=warn",
-            ],
-        )
-        wait_until(
-            p,
-            lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"),
-            self.config.ready_timeout_s,
-            "/-/ready",
-        )
-
     # ---- operations on a running cluster ---------------------------------------------------
     @property
     def prometheus_url(self) -> str | None:
@@ -413,7 +232,7 @@ class Cluster:
         url = self.prometheus_url
         assert url is not None, "prometheus is not running"
         port = int(url.rsplit(":", 1)[1])
-        _write(self.run_dir / "prometheus.yml", cfg.prometheus_config(scrape_configs, port))
+        write_file(self.run_dir / "prometheus.yml", cfg.prometheus_config(scrape_configs, port))
         import urllib.request
 
         with urllib.request.urlopen(
@@ -539,10 +358,6 @@ class Cluster:
             timeout=60,
             check=False,
         )
-
-
-def _write(path: Path, text: str) -> None:
-    path.write_text(text)
 
 
 def temporary_run_dir() -> Path:

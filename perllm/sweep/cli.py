@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from perllm.sweep.run import Sweep, SweepResult
 
 DEFAULT_SCENARIOS = ["paper-llama2-7b", "edge-gpu"]
 DEFAULT_POLICIES = [
@@ -104,6 +107,8 @@ def print_table(console: Console, data: dict[str, Any]) -> None:
     console.print(t)
 
 
+# The command is one typer declaration per flag: long by nature, not by logic (that is in
+# `build_sweeps`, `run_with_progress` and `report`).
 def register(app: typer.Typer) -> None:
     @app.command("sweep")
     def sweep_cmd(
@@ -146,66 +151,106 @@ def register(app: typer.Typer) -> None:
         """Success, goodput, energy, edge share, quality violations, late/shed/rejected and the
         distance to the hindsight bound, against load and/or cloud bandwidth, for every
         policy; one JSON, CSV and PNG per (scenario, axis) (docs/sweep.md)."""
-        from perllm.scenario import ScenarioError, load_scenario
-        from perllm.sweep.run import Sweep, check_policies, run_sweep, total_jobs, write_outputs
-        from perllm.sweep.transforms import SweepError, set_duration
+        from perllm.scenario import ScenarioError
+        from perllm.sweep.transforms import SweepError
 
         try:
             if seeds < 1:
                 raise SweepError(f"--seeds: must be ≥ 1, got {seeds}")
             if processes < 1:
                 raise SweepError(f"--processes: must be ≥ 1, got {processes}")
-            if load is not None and load_x is not None:
-                raise SweepError("--load and --load-x: choose one (absolute req/s or multipliers)")
-            axes: list[tuple[str, list[float]]] = []
-            if load is not None:
-                axes.append(("load_rps", parse_values("--load", load)))
-            if load_x is not None:
-                axes.append(("load_x", parse_values("--load-x", load_x)))
-            if cloud_mbps is not None:
-                axes.append(("cloud_mbps", parse_values("--cloud-mbps", cloud_mbps)))
-            if not axes:
-                raise SweepError(
-                    "nothing to sweep: give --load (req/s), --load-x (multipliers) "
-                    "and/or --cloud-mbps (Mbps)"
-                )
+            axes = sweep_axes(load, load_x, cloud_mbps)
             pols = policy or DEFAULT_POLICIES
-            check_policies(pols)
-            sweeps = []
-            for name in scenarios or DEFAULT_SCENARIOS:
-                sc = load_scenario(name)
-                if duration is not None:
-                    sc = set_duration(sc, duration)
-                for axis, values in axes:
-                    sweeps.append(Sweep.build(sc, axis, values))  # type: ignore[arg-type]
+            sweeps = build_sweeps(scenarios or DEFAULT_SCENARIOS, axes, pols, duration)
         except (SweepError, ScenarioError) as e:
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from None
+        results, total = run_with_progress(sweeps, pols, seeds, processes, bound)
+        report(results, out, total, processes)
 
-        console = Console(width=None if sys.stdout.isatty() else 160)
-        seed_list = list(range(1, seeds + 1))
-        total = total_jobs(sweeps, len(pols), seeds, bound)
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=not sys.stderr.isatty(),
-        ) as prog:
-            task = prog.add_task(
-                f"{sum(len(s.points) for s in sweeps)} points × {len(pols)} policies × "
-                f"{seeds} seeds{' + bounds' if bound else ''}",
-                total=total,
-            )
 
-            def done(label: str) -> None:
-                prog.update(task, advance=1, description=label)
+def sweep_axes(
+    load: str | None, load_x: str | None, cloud_mbps: str | None
+) -> list[tuple[str, list[float]]]:
+    """The axes the flags ask for, each with its values (`SweepError` if none or both loads)."""
+    from perllm.sweep.transforms import SweepError
 
-            results = run_sweep(sweeps, pols, seed_list, processes, bound, done)
-        for res in results:
-            paths = write_outputs(res, out)
-            print_table(console, res.to_dict())
-            console.print("wrote " + ", ".join(str(p) for p in paths))
-        console.print(f"{total} jobs in {results[0].wall_s:.1f} s with {processes} process(es)")
+    if load is not None and load_x is not None:
+        raise SweepError("--load and --load-x: choose one (absolute req/s or multipliers)")
+    axes: list[tuple[str, list[float]]] = []
+    if load is not None:
+        axes.append(("load_rps", parse_values("--load", load)))
+    if load_x is not None:
+        axes.append(("load_x", parse_values("--load-x", load_x)))
+    if cloud_mbps is not None:
+        axes.append(("cloud_mbps", parse_values("--cloud-mbps", cloud_mbps)))
+    if not axes:
+        raise SweepError(
+            "nothing to sweep: give --load (req/s), --load-x (multipliers) "
+            "and/or --cloud-mbps (Mbps)"
+        )
+    return axes
+
+
+def build_sweeps(
+    scenarios: list[str],
+    axes: list[tuple[str, list[float]]],
+    pols: list[str],
+    duration: float | None,
+) -> list[Sweep]:
+    """One sweep per (scenario, axis), after checking the policies."""
+    from perllm.scenario import load_scenario
+    from perllm.sweep.run import Sweep, check_policies
+    from perllm.sweep.transforms import set_duration
+
+    check_policies(pols)
+    sweeps = []
+    for name in scenarios:
+        sc = load_scenario(name)
+        if duration is not None:
+            sc = set_duration(sc, duration)
+        for axis, values in axes:
+            sweeps.append(Sweep.build(sc, axis, values))  # type: ignore[arg-type]
+    return sweeps
+
+
+def run_with_progress(
+    sweeps: list[Sweep], pols: list[str], seeds: int, processes: int, bound: bool
+) -> tuple[list[SweepResult], int]:
+    """Run the sweeps with a progress bar on stderr; (results, number of jobs)."""
+    from perllm.sweep.run import run_sweep, total_jobs
+
+    seed_list = list(range(1, seeds + 1))
+    total = total_jobs(sweeps, len(pols), seeds, bound)
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=not sys.stderr.isatty(),
+    ) as prog:
+        task = prog.add_task(
+            f"{sum(len(s.points) for s in sweeps)} points × {len(pols)} policies × "
+            f"{seeds} seeds{' + bounds' if bound else ''}",
+            total=total,
+        )
+
+        def done(label: str) -> None:
+            prog.update(task, advance=1, description=label)
+
+        results = run_sweep(sweeps, pols, seed_list, processes, bound, done)
+    return results, total
+
+
+def report(results: list[SweepResult], out: Path, total: int, processes: int) -> None:
+    """Write each sweep's files and print its table."""
+    from perllm.sweep.run import write_outputs
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    for res in results:
+        paths = write_outputs(res, out)
+        print_table(console, res.to_dict())
+        console.print("wrote " + ", ".join(str(p) for p in paths))
+    console.print(f"{total} jobs in {results[0].wall_s:.1f} s with {processes} process(es)")

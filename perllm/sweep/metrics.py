@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from perllm.world.sim import RunResult
+from perllm.world.result import RunResult
 
 
 @dataclass(frozen=True)

@@ -241,38 +241,12 @@ def run_sweep(
         if processes == 1
         else ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
     )
-    pending: dict[Future[Any], tuple[Any, ...]] = {}
-    waiting: dict[tuple[int, int, int], int] = {}  # (sweep, point, seed) -> runs left
     with ex:
-        for si, sw in enumerate(sweeps):
-            for pi, pt in enumerate(sw.points):
-                for seed in seeds:
-                    waiting[(si, pi, seed)] = len(policy_names)
-                    for p in policy_names:
-                        fut = ex.submit(_run_job, pt.scenario, p, seed)
-                        pending[fut] = ("run", si, pi, seed, p)
-        while pending:
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        jobs = _Jobs(ex, sweeps, results, policy_names, seeds, bound)
+        while jobs.pending:
+            done, _ = wait(list(jobs.pending), return_when=FIRST_COMPLETED)
             for fut in done:
-                kind, si, pi, seed, *rest = pending.pop(fut)
-                sw, res = sweeps[si], results[si]
-                pt = sw.points[pi]
-                label = f"{sw.name} {pt.value:g} · {rest[0] if rest else 'bound'} · seed {seed}"
-                if kind == "run":
-                    row = fut.result()
-                    res.per_seed.append({"value": pt.value, "policy": rest[0], "seed": seed, **row})
-                    waiting[(si, pi, seed)] -= 1
-                    if bound and waiting[(si, pi, seed)] == 0:
-                        runs = [
-                            (d["policy"], d["met"], d["energy_j"])
-                            for d in res.per_seed
-                            if d["value"] == pt.value and d["seed"] == seed
-                        ]
-                        bf = ex.submit(_bound_job, pt.scenario, seed, runs)
-                        pending[bf] = ("bound", si, pi, seed)
-                else:
-                    res.bound_per_seed.append({"value": pt.value, "seed": seed, **fut.result()})
-                say(label)
+                say(jobs.collect(fut))
     wall = time.perf_counter() - t0
     for res in results:
         res.wall_s = wall
@@ -281,6 +255,53 @@ def run_sweep(
         res.per_seed.sort(key=lambda d: (vals[d["value"]], order[d["policy"]], d["seed"]))
         res.bound_per_seed.sort(key=lambda d: (vals[d["value"]], d["seed"]))
     return results
+
+
+class _Jobs:
+    """The jobs of `run_sweep` in flight: every run submitted at once, and the bound of a
+    (point, seed) submitted when its last run is in."""
+
+    def __init__(
+        self,
+        ex: Executor,
+        sweeps: Sequence[Sweep],
+        results: list[SweepResult],
+        policy_names: Sequence[str],
+        seeds: Sequence[int],
+        bound: bool,
+    ) -> None:
+        self.ex, self.sweeps, self.results, self.bound = ex, sweeps, results, bound
+        self.pending: dict[Future[Any], tuple[Any, ...]] = {}
+        self.waiting: dict[tuple[int, int, int], int] = {}  # (sweep, point, seed) -> runs left
+        for si, sw in enumerate(sweeps):
+            for pi, pt in enumerate(sw.points):
+                for seed in seeds:
+                    self.waiting[(si, pi, seed)] = len(policy_names)
+                    for p in policy_names:
+                        fut = ex.submit(_run_job, pt.scenario, p, seed)
+                        self.pending[fut] = ("run", si, pi, seed, p)
+
+    def collect(self, fut: Future[Any]) -> str:
+        """Record a finished job (submitting a bound it completes); returns its label."""
+        kind, si, pi, seed, *rest = self.pending.pop(fut)
+        sw, res = self.sweeps[si], self.results[si]
+        pt = sw.points[pi]
+        label = f"{sw.name} {pt.value:g} · {rest[0] if rest else 'bound'} · seed {seed}"
+        if kind == "run":
+            row = fut.result()
+            res.per_seed.append({"value": pt.value, "policy": rest[0], "seed": seed, **row})
+            self.waiting[(si, pi, seed)] -= 1
+            if self.bound and self.waiting[(si, pi, seed)] == 0:
+                runs = [
+                    (d["policy"], d["met"], d["energy_j"])
+                    for d in res.per_seed
+                    if d["value"] == pt.value and d["seed"] == seed
+                ]
+                bf = self.ex.submit(_bound_job, pt.scenario, seed, runs)
+                self.pending[bf] = ("bound", si, pi, seed)
+        else:
+            res.bound_per_seed.append({"value": pt.value, "seed": seed, **fut.result()})
+        return label
 
 
 def csv_columns() -> list[str]:

@@ -100,27 +100,44 @@ class ServerState:
         """Admit a request that is ready at `ready` (s); `speed` scales the profile rates.
         One that could only start after `latest_start` is dropped at that moment (or on
         arrival, if later): it never runs and leaves the queue as it found it."""
-        t = ready if ready > self.last_start else self.last_start
         heap = list(self.active) if not commit else self.active
-        kv_used = self.kv_used
-        popped: list[tuple[float, float, float]] = []  # restored if the request is dropped
-        while heap and heap[0][0] <= t:
-            popped.append(heapq.heappop(heap))
-            kv_used -= popped[-1][1]
         kv_need = (l_in + l_out) * c.kv if c.is_gpu else 0.0
-        while heap and (len(heap) >= c.max_conc or kv_used + kv_need > c.kv_budget):
-            popped.append(heapq.heappop(heap))
-            end0, kv0, _ = popped[-1]
-            kv_used -= kv0
-            if end0 > t:
-                t = end0
+        t, kv_used, popped = self._slot(heap, ready, kv_need, c)
         if t > latest_start:
             if commit:
                 for x in popped:
                     heapq.heappush(heap, x)
             at = ready if ready > latest_start else latest_start
             return Outcome(at, at, 0, 0.0, 0.0, 0.0, 0.0, dropped=True)
-        b = len(heap) + 1
+        out, pre = self._run(t, len(heap) + 1, l_in, l_out, c, speed)
+        if commit:
+            self._commit(heap, t, out, pre, kv_used + kv_need, kv_need, c.is_gpu)
+        return out
+
+    def _slot(
+        self, heap: list[tuple[float, float, float]], ready: float, kv_need: float, c: Coeffs
+    ) -> tuple[float, float, list[tuple[float, float, float]]]:
+        """When a request ready at `ready` gets a slot: not before the last start (FIFO),
+        once the requests ended by then have left `heap` and as many more as concurrency and
+        the KV budget need. Returns (start, KV in use without it, the entries popped)."""
+        t = ready if ready > self.last_start else self.last_start
+        kv_used = self.kv_used
+        popped: list[tuple[float, float, float]] = []  # restored if the request is dropped
+        while heap and heap[0][0] <= t:
+            popped.append(heapq.heappop(heap))
+            kv_used -= popped[-1][1]
+        while heap and (len(heap) >= c.max_conc or kv_used + kv_need > c.kv_budget):
+            popped.append(heapq.heappop(heap))
+            end0, kv0, _ = popped[-1]
+            kv_used -= kv0
+            if end0 > t:
+                t = end0
+        return t, kv_used, popped
+
+    def _run(
+        self, t: float, b: int, l_in: float, l_out: float, c: Coeffs, speed: float
+    ) -> tuple[Outcome, float]:
+        """The request started at `t` in a batch of `b`: its outcome and its prefill time."""
         if c.is_gpu:
             pre, dec = gpu_times(l_in, l_out, b, c.kv, c.bw, c.r_pf, c.ttft0, c.step0, c.flop)
             pre, dec = pre / speed, dec / speed
@@ -137,24 +154,34 @@ class ServerState:
             busy_pre, busy_dec, c.p_prefill if c.is_gpu else c.p_busy, c.p_busy
         )
         e_idle = idle_energy_saved(busy_pre, busy_dec, c.p_idle)
-        out = Outcome(t, float(end), b, float(pre_wall), float(dec), e_inf, e_idle)
-        if commit:
-            heapq.heappush(heap, (out.end, kv_need, t))
-            # A model server reports a request as running once its prefill starts; until
-            # then (slot or serialised-prefill wait) it is waiting (vLLM semantics).
-            self.inflight.append((t + out.prefill - pre if c.is_gpu else t, out.end, kv_need))
-            self.kv_used = kv_used + kv_need
-            self.last_start = t
-            if c.is_gpu:
-                self.prefill_free = t + out.prefill
-                self.prefill_total += float(pre)
-            if t >= self.busy_until:
-                self.busy += out.end - t
-            elif out.end > self.busy_until:
-                self.busy += out.end - self.busy_until
-            self.busy_until = max(self.busy_until, out.end)
-            self.served += 1
-        return out
+        return Outcome(t, float(end), b, float(pre_wall), float(dec), e_inf, e_idle), pre
+
+    def _commit(
+        self,
+        heap: list[tuple[float, float, float]],
+        t: float,
+        out: Outcome,
+        pre: float,
+        kv_used: float,
+        kv_need: float,
+        is_gpu: bool,
+    ) -> None:
+        """Book the admitted request: slot, KV, serialised prefill, busy time."""
+        heapq.heappush(heap, (out.end, kv_need, t))
+        # A model server reports a request as running once its prefill starts; until
+        # then (slot or serialised-prefill wait) it is waiting (vLLM semantics).
+        self.inflight.append((t + out.prefill - pre if is_gpu else t, out.end, kv_need))
+        self.kv_used = kv_used
+        self.last_start = t
+        if is_gpu:
+            self.prefill_free = t + out.prefill
+            self.prefill_total += float(pre)
+        if t >= self.busy_until:
+            self.busy += out.end - t
+        elif out.end > self.busy_until:
+            self.busy += out.end - self.busy_until
+        self.busy_until = max(self.busy_until, out.end)
+        self.served += 1
 
     def observe(self, now: float) -> tuple[int, int, float]:
         """(running, waiting, kv bytes in use) at `now`: what a model server's metrics show."""

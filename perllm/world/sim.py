@@ -26,7 +26,6 @@ import heapq
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,52 +40,11 @@ from perllm.costmodel import (
 from perllm.policies.base import Batch, Env, Feedback, Observation, Policy
 from perllm.scenario import Scenario
 from perllm.world.links import bandwidth_matrix
+from perllm.world.result import RunResult
 from perllm.world.server import Coeffs, Outcome, ServerState, execute
-from perllm.world.workload import Requests, generate
+from perllm.world.workload import generate
 
 F = NDArray[np.float64]
-
-
-@dataclass
-class RunResult:
-    """Per-request outcomes and per-server energy of one run."""
-
-    scenario: str
-    policy: str
-    seed: int
-    duration_s: float
-    requests: Requests
-    server: NDArray[np.intp]
-    time: F  # processing time D
-    met: NDArray[np.bool_]  # deadline and quality floor met
-    quality_ok: NDArray[np.bool_]
-    finish: F  # absolute completion time
-    e_tran: F  # per request (J)
-    e_infer_attr: F  # per request, attributed (J)
-    cost: F  # weighted marginal energy per request (J): the per-round objective
-    energy_infer_j: F  # per server, exact (J)
-    energy_idle_j: F  # per server (J)
-    horizon_s: float  # when the last request completed (or the scenario ended)
-    wall_s: float
-    server_names: tuple[str, ...]
-    tiers: tuple[str, ...]
-    class_names: tuple[str, ...]
-    models: tuple[str, ...]  # model per class
-    # Failures that never ran, apart from late ones (`met` is False for both): shed by the
-    # policy (server -1, D 0, no energy), or dropped by the world's admission control
-    # (`admission` mode; D is when the client heard of it; only the upload was spent).
-    shed: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
-    rejected: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
-    admission: str = "none"
-    extra: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def energy_breakdown_j(self) -> dict[str, float]:
-        return {
-            "tran": float(self.e_tran.sum()),
-            "infer": float(self.energy_infer_j.sum()),
-            "idle": float(self.energy_idle_j.sum()),
-        }
 
 
 def coeff_grid(t: CostTable) -> list[list[Coeffs]]:

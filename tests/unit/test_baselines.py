@@ -20,8 +20,9 @@ from perllm.policies.rewardless import (
     info_gain,
 )
 from perllm.scenario import Scenario, load_scenario, parse_scenario
+from perllm.world.result import RunResult
 from perllm.world.server import Outcome
-from perllm.world.sim import RunResult, World, make_env, simulate
+from perllm.world.sim import World, make_env, simulate
 
 
 def short(duration: float = 120.0, rate: float | None = None) -> Scenario:

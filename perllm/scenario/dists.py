@@ -1,0 +1,131 @@
+"""Distributions of a scenario: token lengths, attachment sizes (`Dist`), quality floors
+(`Choice`), and the Azure-trace presets; `dist_mean` is what a service declares."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from perllm.scenario.base import Strict
+
+# Token-length distributions. Presets are quantile tables computed from the public Azure
+# LLM inference trace 2023 (calibration study §6.1); resampling their inverse CDF keeps the
+# multi-modal shape better than a lognormal fit.
+AZURE_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    # probabilities, token counts (p0 and p100 from min/max of the trace)
+    "azure-conv-input": (
+        (0, 0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 1),
+        (2, 207, 396, 1020, 1189, 2734, 4142, 14050),
+    ),
+    "azure-conv-output": (
+        (0, 0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 1),
+        (1, 54, 85, 129, 395, 424, 601, 1000),
+    ),
+    "azure-code-input": (
+        (0, 0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 1),
+        (3, 147, 578, 1469, 2744, 5188, 7436, 7437),
+    ),
+    "azure-code-output": (
+        (0, 0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 1),
+        (1, 7, 9, 13, 24, 55, 251, 1899),
+    ),
+}
+
+
+class Dist(Strict):
+    """A positive distribution: `preset`, `lognormal`, `uniform`, `constant` or `quantiles`."""
+
+    kind: Literal["preset", "lognormal", "uniform", "constant", "quantiles"]
+    name: str | None = Field(default=None, description="Preset name (kind: preset).")
+    mu: float | None = None
+    sigma: Annotated[float, Field(ge=0)] | None = None
+    low: Annotated[float, Field(ge=0)] | None = None
+    high: Annotated[float, Field(ge=0)] | None = None
+    value: Annotated[float, Field(ge=0)] | None = None
+    probs: list[float] | None = None
+    values: list[float] | None = None
+    max: Annotated[float, Field(gt=0)] | None = Field(default=None, description="Clip draws here.")
+
+    @model_validator(mode="after")
+    def _params(self) -> Dist:
+        need = {
+            "preset": ("name",),
+            "lognormal": ("mu", "sigma"),
+            "uniform": ("low", "high"),
+            "constant": ("value",),
+            "quantiles": ("probs", "values"),
+        }[self.kind]
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"kind {self.kind} needs {', '.join(missing)}")
+        if self.kind == "preset" and self.name not in AZURE_PRESETS:
+            raise ValueError(f"name: unknown preset {self.name!r}; known: {sorted(AZURE_PRESETS)}")
+        if (
+            self.kind == "uniform"
+            and self.low is not None
+            and self.high is not None
+            and self.high < self.low
+        ):
+            raise ValueError("high: must be >= low")
+        if self.kind == "quantiles":
+            p, v = self.probs or [], self.values or []
+            if (
+                len(p) != len(v)
+                or len(p) < 2
+                or p[0] != 0
+                or p[-1] != 1
+                or any(b < a for a, b in itertools.pairwise(p))
+                or any(b < a for a, b in itertools.pairwise(v))
+            ):
+                raise ValueError(
+                    "probs/values: equal length, probs rising from 0 to 1, values non-decreasing"
+                )
+        return self
+
+    def quantile_table(self) -> tuple[Sequence[float], Sequence[float]] | None:
+        if self.kind == "preset":
+            assert self.name is not None
+            return AZURE_PRESETS[self.name]
+        if self.kind == "quantiles":
+            assert self.probs is not None and self.values is not None
+            return self.probs, self.values
+        return None
+
+
+class Choice(Strict):
+    """A discrete distribution over values (e.g. quality floors)."""
+
+    values: list[float] = Field(min_length=1)
+    weights: list[Annotated[float, Field(ge=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _weights(self) -> Choice:
+        if self.weights is not None and (
+            len(self.weights) != len(self.values) or sum(self.weights) <= 0
+        ):
+            raise ValueError("weights: one non-negative weight per value, not all zero")
+        return self
+
+
+def dist_mean(d: Dist) -> float:
+    """Mean of a distribution (what a service would declare as its expected traffic)."""
+    import numpy as np
+
+    if d.kind == "constant":
+        assert d.value is not None
+        return d.value
+    if d.kind == "uniform":
+        assert d.low is not None and d.high is not None
+        return (d.low + d.high) / 2
+    if d.kind == "lognormal":
+        assert d.mu is not None and d.sigma is not None
+        m = float(np.exp(d.mu + d.sigma**2 / 2))
+        return min(m, d.max) if d.max else m
+    table = d.quantile_table()
+    assert table is not None
+    p, v = np.asarray(table[0], float), np.asarray(table[1], float)
+    m = float(np.sum(np.diff(p) * (v[1:] + v[:-1]) / 2))  # piecewise-linear inverse CDF
+    return min(m, d.max) if d.max else m

@@ -1,0 +1,125 @@
+"""Loading a scenario: YAML files and built-ins, validation errors that name the field,
+trace paths resolved against the scenario file."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from perllm.scenario.base import ScenarioError
+from perllm.scenario.model import Scenario
+
+_SUBFIELD = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ""
+        for part in e["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        msg = e["msg"].removeprefix("Value error, ")
+        # A model-level check names the field below its model: join it to the location
+        # (`workload` + `classes[2].arrivals.file: …` -> `workload.classes[2].arrivals.file: …`).
+        sub = _SUBFIELD.match(msg)
+        if sub:
+            loc = f"{loc}.{sub.group(1)}" if loc else sub.group(1)
+            msg = msg[sub.end() :]
+        lines.append(f"{loc or '(top level)'}: {msg}")
+    return "\n  ".join(lines)
+
+
+def parse_scenario(
+    data: object, source: str = "<scenario>", base_dir: Path | None = None
+) -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: a scenario is a YAML mapping, got {type(data).__name__}")
+    try:
+        sc = Scenario.model_validate(data)
+    except ValidationError as e:
+        raise ScenarioError(f"{source}: invalid scenario:\n  {_format_errors(e)}") from None
+    if base_dir is not None:
+        sc = _relative_to(sc, base_dir)
+    _check_files(sc, source)
+    return sc
+
+
+def _relative_to(sc: Scenario, base_dir: Path) -> Scenario:
+    """Trace paths are relative to the scenario file: resolve them against `base_dir`."""
+    arr = sc.workload.arrivals
+    if arr.file and not Path(arr.file).is_absolute():
+        sc = sc.model_copy(
+            update={
+                "workload": sc.workload.model_copy(
+                    update={"arrivals": arr.model_copy(update={"file": str(base_dir / arr.file)})}
+                )
+            }
+        )
+    classes = list(sc.workload.classes)
+    for i, c in enumerate(classes):
+        f = c.arrivals.file if c.arrivals else None
+        if c.arrivals and f and not Path(f).is_absolute():
+            classes[i] = c.model_copy(
+                update={"arrivals": c.arrivals.model_copy(update={"file": str(base_dir / f)})}
+            )
+    if classes != list(sc.workload.classes):
+        sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={"classes": classes})})
+    if sc.bandwidth.trace and not Path(sc.bandwidth.trace).is_absolute():
+        sc = sc.model_copy(
+            update={
+                "bandwidth": sc.bandwidth.model_copy(
+                    update={"trace": str(base_dir / sc.bandwidth.trace)}
+                )
+            }
+        )
+    return sc
+
+
+def _check_files(sc: Scenario, source: str) -> None:
+    """Every trace file the scenario names exists."""
+    files = [
+        ("workload.arrivals.file", sc.workload.arrivals.file),
+        ("bandwidth.trace", sc.bandwidth.trace),
+    ]
+    files += [
+        (f"workload.classes[{i}].arrivals.file", c.arrivals.file)
+        for i, c in enumerate(sc.workload.classes)
+        if c.arrivals is not None
+    ]
+    for label, path in files:
+        if path and not Path(path).is_file():
+            raise ScenarioError(f"{source}: invalid scenario:\n  {label}: no such file {path}")
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load a scenario file, or a built-in scenario by name (see `builtin_scenarios`)."""
+    p = Path(path)
+    if not p.exists():
+        builtin = builtin_dir() / f"{path}.yaml"
+        if builtin.is_file():
+            p = builtin
+        else:
+            raise ScenarioError(
+                f"{path}: no such file or built-in scenario; built-ins: "
+                f"{', '.join(builtin_scenarios())}"
+            )
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ScenarioError(f"{p}: not valid YAML: {e}") from None
+    return parse_scenario(data, str(p), p.parent)
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("perllm").joinpath("scenarios")))
+
+
+def builtin_scenarios() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+
+
+REFERENCE_SCENARIOS = ("paper-yi-6b", "paper-llama2-7b", "paper-llama3-8b", "paper-yi-9b")

@@ -1,0 +1,151 @@
+"""The scenario itself: servers, links, workload and admission, and the services a user
+would declare for it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from perllm.contract import (
+    EnergyWeights,
+    ModelVariant,
+    Precision,
+    Requirements,
+    Server,
+    ServiceSpec,
+    Tier,
+    Traffic,
+)
+from perllm.profiles import Catalogue, HardwareInfo, ModelInfo, default_catalogue
+from perllm.scenario.base import Strict
+from perllm.scenario.dists import dist_mean
+from perllm.scenario.workload import Window, Workload
+
+
+class Bandwidth(Strict):
+    """Link dynamics on top of each link's nominal × U(1±noise) per slot."""
+
+    windows: list[Window] = Field(default_factory=list, description="Collapses or boosts.")
+    trace: str | None = Field(
+        default=None, description="CSV with columns time_s,server,mbps: replaces nominal."
+    )
+
+
+class Admission(Strict):
+    """What a server's gateway does with a request that can no longer start in time
+    (docs/scenarios.md, `admission`): `none` queues it however late; `reject-late`
+    drops it once its deadline has passed in the queue (it could not start before it);
+    `timeout` drops it after `timeout_s` in the queue, whatever its deadline."""
+
+    mode: Literal["none", "reject-late", "timeout"] = "reject-late"
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class Scenario(Strict):
+    name: str
+    description: str = ""
+    duration_s: Annotated[float, Field(gt=0)] = 1800.0
+    slot_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    weights: EnergyWeights = EnergyWeights()
+    speed_noise: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.08, description="σ of the lognormal per-request speed noise of the world."
+    )
+    models: dict[str, ModelInfo] = Field(default_factory=dict)
+    hardware: dict[str, HardwareInfo] = Field(default_factory=dict)
+    servers: list[Server] = Field(min_length=1)
+    bandwidth: Bandwidth = Bandwidth()
+    workload: Workload
+    admission: Admission = Admission()
+
+    # Resolved views (set by `load_scenario`): the catalogue with the scenario's additions.
+    @property
+    def catalogue(self) -> Catalogue:
+        return default_catalogue().merged(self.models, self.hardware)
+
+    @model_validator(mode="after")
+    def _references(self) -> Scenario:
+        cat = default_catalogue().merged(self.models, self.hardware)
+        for i, s in enumerate(self.servers):
+            if s.hardware not in cat.hardware:
+                raise ValueError(
+                    f"servers[{i}].hardware: unknown hardware {s.hardware!r}; "
+                    f"known: {sorted(cat.hardware)}"
+                )
+        names = [n for n, _ in self.expanded_servers()]
+        if len(names) != len(set(names)):
+            raise ValueError("servers: server names (after count expansion) must be unique")
+        for i, c in enumerate(self.workload.classes):
+            if c.model not in cat.models:
+                raise ValueError(
+                    f"workload.classes[{i}].model: unknown model {c.model!r}; "
+                    f"known: {sorted(cat.models)}"
+                )
+            for v in c.variants or []:
+                if v.precision not in cat.models[c.model].weights_gb:
+                    raise ValueError(
+                        f"workload.classes[{i}].variants: {c.model} has no "
+                        f"{v.precision.value} weights"
+                    )
+        return self
+
+    def declared_rate(self, k: int) -> float:
+        """The mean arrival rate a user would declare for class k (rate windows aside)."""
+        p = self.workload.process(k)
+        if p is None:
+            return self.workload.share_rate(k)
+        if p.kind == "trace":
+            assert p.file is not None
+            try:
+                return _trace_rate(p.file, self.workload.classes[k].name, self.duration_s)
+            except (OSError, ValueError):
+                return 0.0
+        return p.rate_rps
+
+    def expanded_servers(self) -> list[tuple[str, Server]]:
+        """(node name, server) with `count` expanded: name-1 … name-N."""
+        out: list[tuple[str, Server]] = []
+        for s in self.servers:
+            if s.count == 1:
+                out.append((s.name, s))
+            else:
+                out.extend((f"{s.name}-{k + 1}", s) for k in range(s.count))
+        return out
+
+    def services(self) -> list[ServiceSpec]:
+        """Each workload class as the `ServiceSpec` a user would declare for it."""
+        out = []
+        for k, c in enumerate(self.workload.classes):
+            out.append(
+                ServiceSpec(
+                    name=c.name,
+                    model=c.model,
+                    variants=c.variants or _default_variants(),
+                    requirements=Requirements(
+                        deadline=c.deadline, min_quality=min(c.min_quality.values)
+                    ),
+                    traffic=Traffic(
+                        rate_rps=self.declared_rate(k),
+                        prompt_tokens=max(1.0, dist_mean(c.input_tokens)),
+                        output_tokens=max(1.0, dist_mean(c.output_tokens)),
+                        payload_bytes=dist_mean(c.attachment_bytes) if c.attachment_bytes else 0.0,
+                    ),
+                    allowed_tiers=c.allowed_tiers,
+                )
+            )
+        return out
+
+
+def _trace_rate(path: str, cls: str, duration_s: float) -> float:
+    """Mean rate of a class's trace over [0, duration_s) (declared traffic only)."""
+    from perllm.world.workload import read_times
+
+    t = read_times(path, cls)
+    return float(((t >= 0) & (t < duration_s)).sum()) / duration_s
+
+
+def _default_variants() -> list[ModelVariant]:
+    return [
+        ModelVariant(tier=Tier.EDGE, precision=Precision.Q4_K_M),
+        ModelVariant(tier=Tier.CLOUD, precision=Precision.FP16),
+    ]
