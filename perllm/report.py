@@ -27,13 +27,15 @@ class Metrics:
     services: int
     per_model: dict[str, dict[str, float]]
     per_class: dict[str, dict[str, float]]
-    edge_share: float  # of the requests that were placed (shed ones are on no server)
+    edge_share: float  # of the requests that ran (shed and rejected ones never did)
     wall_s: float
     # Failures by kind, as shares of all requests: shed by the policy, rejected by the
-    # world's admission control, and run but late (or below the quality floor).
+    # world's admission control, run but finished after the deadline, run on a variant
+    # below the request's quality floor (a request can be both late and below its floor).
     shed_rate: float = 0.0
     rejected_rate: float = 0.0
     late_rate: float = 0.0
+    quality_violation_rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,7 @@ class Metrics:
             "shed_rate": self.shed_rate,
             "rejected_rate": self.rejected_rate,
             "late_rate": self.late_rate,
+            "quality_violation_rate": self.quality_violation_rate,
         }
 
 
@@ -60,8 +63,7 @@ def run_metrics(r: RunResult) -> Metrics:
     per_model: dict[str, dict[str, float]] = {}
     per_class: dict[str, dict[str, float]] = {}
     cls = r.requests.cls
-    shed = r.shed if len(r.shed) == n else np.zeros(n, bool)
-    rejected = r.rejected if len(r.rejected) == n else np.zeros(n, bool)
+    shed, rejected = r.shed, r.rejected
     ran = ~(shed | rejected)
     for model in sorted(set(r.models)):
         mask = np.isin(cls, [c for c, mm in enumerate(r.models) if mm == model])
@@ -77,8 +79,7 @@ def run_metrics(r: RunResult) -> Metrics:
             "services": int(mask.sum()),
             "p95_time_s": float(np.percentile(r.time[timed], 95)) if timed.any() else 0.0,
         }
-    placed = r.server >= 0
-    edge = np.array([t == "edge" for t in r.tiers])[r.server[placed]]
+    edge = np.array([t == "edge" for t in r.tiers], bool)[r.server[ran]]
     return Metrics(
         success_rate=float(r.met.mean()) if n else 0.0,
         throughput_rps=float(in_time.sum() / r.duration_s),
@@ -92,7 +93,8 @@ def run_metrics(r: RunResult) -> Metrics:
         wall_s=r.wall_s,
         shed_rate=float(shed.mean()) if n else 0.0,
         rejected_rate=float(rejected.mean()) if n else 0.0,
-        late_rate=float((ran & ~r.met).mean()) if n else 0.0,
+        late_rate=float((ran & (r.time > r.requests.deadline)).mean()) if n else 0.0,
+        quality_violation_rate=float((ran & ~r.quality_ok).mean()) if n else 0.0,
     )
 
 
