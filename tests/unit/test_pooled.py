@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from perllm.csucb import CSUCB, CSUCBConfig
+from perllm.csucb.config import OnInfeasible
 from perllm.csucb.groups import group_round, rep_weights
 from tests.unit.test_csucb import table
 
 
 def _pair(seed: int, shed: bool) -> tuple[CSUCB, CSUCB]:
-    kw = {"qa_deadline": 1.0 + 4.0 * (seed % 3)}
-    t = table(edge_count=90, **kw)
-    rule = "shed" if shed else "least-late"
+    t = table(edge_count=90, qa_deadline=1.0 + 4.0 * (seed % 3))
+    rule: OnInfeasible = "shed" if shed else "least-late"
     pooled = CSUCB(t, config=CSUCBConfig(max_candidates=64, on_infeasible=rule))
     full = CSUCB(t, config=CSUCBConfig(max_candidates=10_000, on_infeasible=rule))
     for b in (pooled, full):
