@@ -48,6 +48,9 @@ class RoundView:
     decode: F  # [N, M, K] the part of `time` that grows with the output length
     energy: F  # [N, M, K]
     levels: int
+    # [N, M, K] `time` less the transmission: the part that does not depend on the
+    # server's bandwidth (time = transmission + core, in that order)
+    core: F
 
 
 def round_view(
@@ -89,11 +92,20 @@ def round_view(
     li, lo = l_in[:, None, None], l_out[:, None, None]
     ctx_kv = context(l_in, l_out)[:, None, None] * rc[_KV]
     bw = rc[_BW]
-    pre_gpu, pre_cpu = gpu_prefill(li, rc[_RPF], rc[_TTFT0]), cpu_prefill(li, b, rc[_PP])
-    dec_gpu = gpu_decode(lo, ctx_kv, b, bw, rc[_STEP0], rc[_FLOP])
-    dec_cpu = cpu_decode(lo, ctx_kv, b, rc[_W], bw, rc[_KPP])
-    prefill = cast(F, np.where(is_gpu, pre_gpu, pre_cpu))
-    decode = cast(F, np.where(is_gpu, dec_gpu, dec_cpu))
+    # One kind of server only (a large fleet's groups are evaluated by kind): one branch.
+    kinds = is_gpu.any(), not is_gpu.all()
+    if kinds[0] and kinds[1]:
+        pre_gpu, pre_cpu = gpu_prefill(li, rc[_RPF], rc[_TTFT0]), cpu_prefill(li, b, rc[_PP])
+        dec_gpu = gpu_decode(lo, ctx_kv, b, bw, rc[_STEP0], rc[_FLOP])
+        dec_cpu = cpu_decode(lo, ctx_kv, b, rc[_W], bw, rc[_KPP])
+        prefill = cast(F, np.where(is_gpu, pre_gpu, pre_cpu))
+        decode = cast(F, np.where(is_gpu, dec_gpu, dec_cpu))
+    elif kinds[0]:
+        prefill = np.broadcast_to(gpu_prefill(li, rc[_RPF], rc[_TTFT0]), b.shape)
+        decode = gpu_decode(lo, ctx_kv, b, bw, rc[_STEP0], rc[_FLOP])
+    else:
+        prefill = cpu_prefill(li, b, rc[_PP])
+        decode = cpu_decode(lo, ctx_kv, b, rc[_W], bw, rc[_KPP])
     bits = (upload_bits(l_in, attach) + download_bits(l_out))[:, None, None]
     tran = bits / (bw_mbps * 1e6)[:, None] + t.rtt_s[:, None]
     e_tran = transmission_energy(t.e_bit[:, None], bits)
@@ -101,8 +113,8 @@ def round_view(
     e_inf = inference_energy(busy_pre, busy_dec, rc[_PFIRST], rc[_PBUSY])
     e_idle_saved = idle_energy_saved(busy_pre, busy_dec, rc[_PIDLE])
     energy = marginal_energy(w, e_tran, e_inf, e_idle_saved)
-    time = tran + queue + (prefill + decode)
-    return RoundView(time=time, decode=decode, energy=energy, levels=k)
+    core = queue + (prefill + decode)
+    return RoundView(time=tran + core, decode=decode, energy=energy, levels=k, core=core)
 
 
 _LEVELS = [np.arange(k, dtype=float) for k in range(MAX_LEVELS + 1)]

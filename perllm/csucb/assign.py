@@ -35,6 +35,17 @@ def least_late(pess: Sequence[float], deadline: float, hard_ok: Sequence[bool]) 
     return j
 
 
+def better(v: float, time: float, bw: float, best: float, b_time: float, b_bw: float) -> bool:
+    """The choice rule on one candidate against the best so far, visited in server order:
+    the higher score; among equal scores the shorter predicted time, then the
+    better-connected server, then (by visiting order) the lower index. Every term is the
+    candidate's own, so removing another candidate never changes how two compare (and
+    within a group of servers differing only in bandwidth the best-connected wins)."""
+    return v > best or (
+        v == best and v != -math.inf and (time < b_time or (time == b_time and bw > b_bw))
+    )
+
+
 @dataclass
 class Grid:
     """A round's [request, server, level] arrays, grown by `grow` (more load levels) when
@@ -42,7 +53,9 @@ class Grid:
 
     pess: F
     feasible_score: F
-    grow: Callable[[], tuple[F, F]]  # the arrays with twice the levels
+    time: F  # predicted time: the tie-break after the score
+    bw: list[float]  # per server: the tie-break after the time
+    grow: Callable[[], tuple[F, F, F]]  # the arrays with twice the levels
 
     @property
     def levels(self) -> int:
@@ -52,7 +65,7 @@ class Grid:
         """Grow until `level` is computed; True if the arrays changed."""
         grew = False
         while level >= self.levels:
-            self.pess, self.feasible_score = self.grow()
+            self.pess, self.feasible_score, self.time = self.grow()
             grew = True
         return grew
 
@@ -77,7 +90,7 @@ def assign_lists(
     shed. Returns each request's server (`SHED`: none) and load level, the shed mask and
     the requests with nothing feasible."""
     n, m = g.feasible_score.shape[:2]
-    fs = g.feasible_score.tolist()
+    fs, tm, bw = g.feasible_score.tolist(), g.time.tolist(), g.bw
     added = [0] * m
     choice = np.empty(n, np.intp)
     lvl_of = np.zeros(n, np.intp)
@@ -85,13 +98,14 @@ def assign_lists(
     infeasible = 0
     for k in order.tolist():
         if g.ensure(max(added)):
-            fs = g.feasible_score.tolist()
-        row = fs[k]
-        best, j = -math.inf, -1
+            fs, tm = g.feasible_score.tolist(), g.time.tolist()
+        row, t_row = fs[k], tm[k]
+        best, b_time, b_bw, j = -math.inf, math.inf, -math.inf, -1
         for jj in range(m):
-            v = row[jj][added[jj]]
-            if v > best:
-                best, j = v, jj
+            a = added[jj]
+            v = row[jj][a]
+            if v >= best and better(v, t_row[jj][a], bw[jj], best, b_time, b_bw):
+                best, b_time, b_bw, j = v, t_row[jj][a], bw[jj], jj
         ok[k] = j >= 0
         if j < 0:
             infeasible += 1
@@ -132,6 +146,13 @@ def assign_arrays(
         row = g.feasible_score[k, ar, added]
         j = int(row.argmax())
         if row[j] > -np.inf:
+            tied = np.flatnonzero(row == row[j])
+            if len(tied) > 1:  # the tie-break (`better`): time, then bandwidth, then index
+                t_row = g.time[k, tied, added[tied]].tolist()
+                j = min(
+                    zip(t_row, tied.tolist(), strict=True),
+                    key=lambda p: (p[0], -g.bw[p[1]], p[1]),
+                )[1]
             ok[k] = True
         else:
             ok[k] = False

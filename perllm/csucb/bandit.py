@@ -19,7 +19,9 @@ from perllm.csucb.decision import Decision
 from perllm.csucb.explain import ExplainContext
 from perllm.csucb.explain import explain as explain_request
 from perllm.csucb.fast import FastRound
+from perllm.csucb.groups import group_round, rep_weights, server_kinds
 from perllm.csucb.index import exploration, log_t
+from perllm.csucb.pooled import decide_pooled
 from perllm.csucb.stats import ArmStats
 from perllm.csucb.tables import FastTables
 from perllm.estimate import RoundView, energy_scale, round_view
@@ -70,6 +72,8 @@ class CSUCB:
         self._arm_cj = self.class_of[:, None] * st.n_pools + self.pool_of
         self._arm_list: list[list[int]] = self._arm_cj.tolist()
         self._fast: FastTables | None = None  # built on first use
+        self._kind = server_kinds(t, self.pool_of)
+        self._kind_list: list[int] = self._kind.tolist()
 
     def _current(self) -> ArmStats:
         if self._layout != self.stats.layout:
@@ -118,22 +122,19 @@ class CSUCB:
     def candidates(self, n_requests: int, running: F, waiting: F, bw_mbps: F) -> I | None:
         """Servers worth evaluating this round, or None for all (small fleets).
 
-        Servers of one pool with the same load differ only in their link: the one with more
-        bandwidth is at least as fast at the same energy. A round of N requests uses at
-        most N servers, so keeping the N + 1 best-connected servers of every (pool, load)
-        group loses no decision, and an idle 1,000-node pool shrinks to N + 1 candidates.
+        Servers of one kind with the same running and waiting requests (a group,
+        `groups`) differ only in their link, and the better-connected one wins against
+        the others (`assign.better`). A round of N requests uses at most N servers of a
+        group, its first N in that order, so keeping the N + 1 best-connected servers of
+        every group loses no decision, and an idle 1,000-node pool shrinks to N + 1
+        candidates. (`decide` evaluates large fleets per group; explanations list these.)
         """
         if self.t.n_servers <= self.cfg.max_candidates:
             return None
         self._current()
-        load = running + waiting
-        order = np.lexsort((-bw_mbps, load, self.pool_of))
-        group = np.stack([self.pool_of[order], load[order]])
-        new = np.ones(len(order), bool)
-        new[1:] = (group[:, 1:] != group[:, :-1]).any(axis=0)
-        start = np.maximum.accumulate(np.where(new, np.arange(len(order)), 0))
-        rank = np.arange(len(order)) - start
-        return np.sort(order[rank <= n_requests])
+        gr = group_round(self._kind, running, waiting, bw_mbps)
+        pos = np.arange(len(gr.order)) - np.repeat(gr.start[:-1], gr.sizes)
+        return np.sort(gr.order[pos <= n_requests])
 
     def decide(
         self,
@@ -149,8 +150,13 @@ class CSUCB:
     ) -> Decision:
         """Assign one round of requests (prompt `l_in`, expected output `l_out`)."""
         self._current().rounds += 1
-        cols = self.candidates(len(cls), running, waiting, bw_mbps)
         args = (cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps)
+        large = self.t.n_servers > self.cfg.max_candidates
+        if large and not explain and len(cls) > 0:
+            pooled = decide_pooled(self, args)  # per group of servers, not per server
+            if pooled is not None:
+                return pooled
+        cols = self.candidates(len(cls), running, waiting, bw_mbps)
         if cols is None and not explain and 0 < len(cls) <= SMALL_ROUND:
             fast = self._decide_fast(args)
             if fast is not None:
@@ -174,6 +180,7 @@ class CSUCB:
             lift,
             self.cfg.theta,
             args,
+            rep_weights(self._kind_list, args[5].tolist(), args[6].tolist(), args[7].tolist()),
         )
         out = r.run(self.cfg.on_infeasible == "shed")
         if out is None:
@@ -216,11 +223,8 @@ class CSUCB:
         p_viol = 1.0 - ndtr((deadline[:, None, None] / np.maximum(view.time, 1e-9) - mu_a) / sd_a)
         mean = -e_hat - cfg.theta * p_viol
         bonus, lift = exploration(st.plays.ravel().tolist(), log_t(st.total), cfg.delta)
+        # Ties (equal scores) are broken in the assignment (`assign.better`).
         score = mean + np.array(lift)[arm][:, :, None]
-        # Among equal scores (servers of a pool at the same load) prefer the faster: a rank
-        # term far below any meaningful score gap, resolvable next to the unplayed lift.
-        speed_rank = np.argsort(np.argsort(view.time, axis=1), axis=1)
-        score = score - 1e-8 * speed_rank
         return pess, static, feas, deadline, mean, score, np.array(bonus)
 
     def _decide_arrays(
@@ -228,29 +232,34 @@ class CSUCB:
     ) -> Decision:
         cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps = args
         st = self.stats
+        gr = group_round(self._kind, running, waiting, bw_mbps)
+        weight = np.zeros(self.t.n_servers)
+        weight[gr.reps] = gr.sizes  # options: servers of groups with a feasible representative
         if cols is None:
             t, arm_of = self.t, self._arm_cj
         else:  # a large fleet: decide among the candidates only
             t, arm_of = self.t.subset(cols), self._arm_cj[:, cols]
             running, waiting, bw_mbps = running[cols], waiting[cols], bw_mbps[cols]
+            weight = weight[cols]
         n, m = len(cls), t.n_servers
         view = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps)
         arm = arm_of[cls]  # [N, M] flat arm index
         pess, static, feas, deadline, mean, score, bonus = self._judge(t, arm, view, args)
         # Super arm: fewest feasible options, then earliest deadline, go first.
-        order = np.lexsort((deadline, feas[:, :, 0].sum(axis=1)))
+        # (options: the servers of the groups whose best-connected server is feasible)
+        order = np.lexsort((deadline, feas[:, :, 0] @ weight))
         lv = _Levels(view, pess, feas, mean, score)
 
-        def grow() -> tuple[F, F]:
+        def grow() -> tuple[F, F, F]:
             # A server took as many requests as the levels computed: the next ones, at
             # their real load (no cap), for every server (levels double).
             k = lv.view.levels
             v = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps, k, k)
             p2, _, f2, _, mean2, s2, _ = self._judge(t, arm, v, args)
             lv.extend(v, p2, f2, mean2, s2)
-            return lv.pess, np.where(lv.feas, lv.score, -np.inf)
+            return lv.pess, np.where(lv.feas, lv.score, -np.inf), lv.view.time
 
-        g = Grid(pess, np.where(feas, score, -np.inf), grow)
+        g = Grid(pess, np.where(feas, score, -np.inf), view.time, bw_mbps.tolist(), grow)
         ok = np.empty(n, bool)
         expect = None
         if self.cfg.on_infeasible == "shed":
@@ -357,6 +366,7 @@ class _Levels:
             decode=np.concatenate([w.decode, v.decode], axis=2),
             energy=np.concatenate([w.energy, v.energy], axis=2),
             levels=w.levels + v.levels,
+            core=np.concatenate([w.core, v.core], axis=2),
         )
         self.pess = np.concatenate([self.pess, pess], axis=2)
         self.feas = np.concatenate([self.feas, feas], axis=2)

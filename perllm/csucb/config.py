@@ -29,7 +29,8 @@ class CSUCBConfig:
     # Observations an arm remembers (exponential forgetting): load and links drift, so
     # old evidence about a pool decays; inf keeps the stationary running means.
     memory: float = 500.0
-    # Above this many servers a round evaluates candidates per pool, not every server.
+    # Above this many servers a round is decided per group of servers (`pooled`): servers
+    # of one kind at the same load, which differ only in bandwidth.
     max_candidates: int = 64
     # A request no server can serve in time (pessimistically): "least-late" places it on
     # the server with the smallest pessimistic overshoot among those meeting its tiers

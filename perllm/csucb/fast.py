@@ -4,8 +4,8 @@ Most rounds hold 1-4 requests, and the vectorised path then pays numpy's per-cal
 about a hundred times for a few dozen numbers. Here every formula of
 `estimate.round_view` and of the score is evaluated with the same operations in the same
 order (so the same floats), and only where the assignment looks: each request's servers
-at the load levels present when it is placed. The normal CDF and ties in the speed rank
-go through the same numpy/scipy calls as the vectorised path. `FastRound.run` returns
+at the load levels present when it is placed. The normal CDF goes through the same scipy
+ufunc as the vectorised path. `FastRound.run` returns
 None, having changed nothing, where that equivalence is not guaranteed (a NaN).
 """
 
@@ -74,7 +74,7 @@ class Entry:
     fixed: float = 0.0  # D ≈ fixed + per_token·L_out (set where the server may be chosen)
     per_token: float = 0.0
     energy: float | None = None  # only for feasible or chosen servers
-    score: float = -math.inf  # without the speed rank; −inf where infeasible
+    score: float = -math.inf  # −inf where infeasible
 
 
 _UNMADE = Entry(math.nan, math.nan, math.nan, math.nan)  # a row's entry not made yet
@@ -94,6 +94,7 @@ class FastRound:
         lift: list[float],
         theta: float,
         args: tuple[I, F, F, F, F, F, F, F],
+        weights: list[int],
     ) -> None:
         cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps = args
         self.tab, self.w, self.theta, self.lift = tab, w, theta, lift
@@ -101,8 +102,9 @@ class FastRound:
         self.m = len(tab.rtt)
         self.occ = [r + q for r, q in zip(running.tolist(), waiting.tolist(), strict=True)]
         self.wait = waiting.tolist()
+        self.bw, self.weights = bw_mbps.tolist(), weights
         self.cls, self.min_quality = cls.tolist(), min_quality.tolist()
-        bwbps = [b * 1e6 for b in bw_mbps.tolist()]
+        bwbps = [b * 1e6 for b in self.bw]
         self.req: list[Request] = []
         for c, li, lo, att, mq in zip(
             self.cls, l_in.tolist(), l_out.tolist(), attach.tolist(), self.min_quality, strict=True
@@ -169,7 +171,7 @@ class FastRound:
         else:
             comp = co.kappa_pp / b
             pre, dec = req.l_in * b / co.pp, req.l_out / (p.part0 if p.part0 <= comp else comp)
-        return Entry(p.tran + queue + (pre + dec), dec, pre, b)
+        return Entry(p.tran + (queue + (pre + dec)), dec, pre, b)
 
     def energy(self, p: Pair, e: Entry) -> float:
         """The weighted marginal energy of a placement (the cost model's formulas)."""
@@ -225,58 +227,23 @@ class FastRound:
                 e.score = raw
         return True
 
-    def speed_rank(self, k: int, a: int) -> list[int] | None:
-        """Each server's position in the argsort of request k's times at level a.
-        Without ties any sort agrees; with ties, numpy's own (unstable) argsort."""
-        r, m = self.row(k, a), self.m
-        times = [self.predict(k, j, a).time if e is _UNMADE else e.time for j, e in enumerate(r)]
-        if any(map(math.isnan, times)):
-            return None
-        if len(set(times)) == m:
-            by_speed = sorted(range(m), key=times.__getitem__)
-        else:
-            by_speed = np.argsort(np.array(times)).tolist()
-        rank = [0] * m
-        for pos, j in enumerate(by_speed):
-            rank[j] = pos
-        return rank
-
     def pick(self, k: int, added: list[int]) -> int | None:
-        """Request k's best feasible server (-1: none), as the vectorised argmax over the
-        scores with the speed rank; None on a NaN."""
+        """Request k's best feasible server (-1: none), as the vectorised path's argmax
+        with its tie-break (`assign.better`); None on a NaN."""
         present = {a: self.row(k, a) for a in set(added)}
         todo = [(k, j, a) for j, a in enumerate(added) if present[a][j] is _UNMADE]
         if todo and not self.make(todo):
             return None
-        best = second = -math.inf
+        best, bt, bb = -math.inf, math.inf, -math.inf
         j = -1
-        for jj, a in enumerate(added):
-            v = present[a][jj].score
-            if v > best:
-                best, second, j = v, best, jj
-            elif v > second:
-                second = v
-        # The speed rank moves scores by at most 1e-8·(m − 1): a larger lead (with room for
-        # rounding) decides without it; closer calls rank exactly as the vectorised path.
-        gap = 2e-8 * self.m + 4e-14 * abs(best)
-        if j < 0 or best - second > gap:
-            return j
-        j = _equal_score_winner(present, added, best, gap)
-        if j != -2:
-            return j
-        ranks = {}
-        for a in present:
-            r = self.speed_rank(k, a)
-            if r is None:
-                return None
-            ranks[a] = r
-        best, j = -math.inf, -1
+        bw = self.bw
         for jj, a in enumerate(added):
             e = present[a][jj]
-            if e.feasible:
-                v = e.score - 1e-8 * ranks[a][jj]
-                if v > best:
-                    best, j = v, jj
+            v = e.score
+            if v > best or (
+                v == best and v != -math.inf and (e.time < bt or (e.time == bt and bw[jj] > bb))
+            ):
+                best, bt, bb, j = v, e.time, bw[jj], jj
         return j
 
     def least(self, k: int, added: list[int], shed: bool) -> int | None:
@@ -304,7 +271,9 @@ class FastRound:
         if not self.make([(k, j, 0) for k in range(n) for j in range(m)]):
             return None
         # Super arm: fewest feasible options, then earliest deadline, go first (lexsort).
-        nfeas = [sum(e is not None and e.feasible for e in self.rows[k, 0]) for k in range(n)]
+        # (options: the servers of groups whose representative is feasible, `groups`)
+        r0 = [self.rows[k, 0] for k in range(n)]
+        nfeas = [sum(w for e, w in zip(r, self.weights, strict=True) if e.feasible) for r in r0]
         order = sorted(range(n), key=lambda k: (nfeas[k], self.req[k].deadline))
         added = [0] * m
         choice, lvl_of, ok, shed = [0] * n, [0] * n, [False] * n, [False] * n
@@ -355,30 +324,3 @@ class FastRound:
             predicted_per_token=per_tok,
             shed=np.array(shed, bool),
         )
-
-
-def _equal_score_winner(
-    present: dict[int, list[Entry]], added: list[int], best: float, gap: float
-) -> int:
-    """The common close call: every server within `gap` of the best score has exactly
-    the best score and sits at the same load level (servers of one pool, say). The
-    speed rank then orders them as their predicted times do, so with distinct times
-    the fastest wins, as with the full rank; its index, or -2 where the full rank must
-    decide (the rank's 1e-8 steps stay far above rounding for |score| < 4e6)."""
-    if abs(best) >= 4e6:
-        return -2
-    tied: list[int] = []
-    level = -1
-    for jj, a in enumerate(added):
-        e = present[a][jj]
-        if e.score >= best - gap:
-            if e.score != best or (level >= 0 and a != level):
-                return -2
-            level = a
-            tied.append(jj)
-    times = []
-    for jj in tied:
-        times.append(present[level][jj].time)
-    if len(set(times)) != len(times):
-        return -2
-    return tied[times.index(min(times))]

@@ -1,0 +1,89 @@
+"""Large fleets are decided per group of servers (`csucb/pooled.py`); the decision must be
+the per-server rule's, bit for bit: same choices, predictions, shedding and learned state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perllm.csucb import CSUCB, CSUCBConfig
+from perllm.csucb.config import OnInfeasible
+from perllm.csucb.groups import group_round, rep_weights
+from tests.unit.test_csucb import table
+
+
+def _pair(seed: int, shed: bool) -> tuple[CSUCB, CSUCB]:
+    t = table(edge_count=90, qa_deadline=1.0 + 4.0 * (seed % 3))
+    rule: OnInfeasible = "shed" if shed else "least-late"
+    pooled = CSUCB(t, config=CSUCBConfig(max_candidates=64, on_infeasible=rule))
+    full = CSUCB(t, config=CSUCBConfig(max_candidates=10_000, on_infeasible=rule))
+    for b in (pooled, full):
+        r = np.random.default_rng(seed)
+        n = 60
+        b.update(
+            r.integers(0, 2, n),
+            r.choice([0, 90], n),  # every arm played (an unplayed one would take all)
+            r.uniform(0.5, 20, n),
+            r.uniform(0.5, 20, n),
+            r.uniform(0, 500, n),
+            r.uniform(1, 30, n),
+            r.uniform(1, 800, n),
+        )
+    return pooled, full
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pooled_path_decides_exactly_as_per_server(seed: int) -> None:
+    pooled, full = _pair(seed, shed=seed % 2 == 1)
+    rng = np.random.default_rng(100 + seed)
+    m = pooled.t.n_servers
+    for i in range(16):
+        n = int(rng.integers(1, 60))
+        # mostly idle fleets half the time: large groups, requests beyond their first server
+        busy = rng.random(m) < (0.2 if i % 4 < 2 else 1.0)
+        running = rng.integers(0, 3, m).astype(float) * busy
+        running[-1] = rng.integers(0, 300)
+        waiting = rng.integers(0, 2, m).astype(float) * busy
+        # equal links (ties within a group) half the time, noisy links otherwise
+        if rng.random() < 0.5:
+            bw = pooled.t.link_mbps * rng.choice([0.5, 1.0], m)
+        else:
+            bw = pooled.t.link_mbps * rng.uniform(0.05, 1.2, m)
+        args = (
+            rng.integers(0, 2, n).astype(np.intp),
+            rng.uniform(10, 3000, n),
+            rng.uniform(20, 600, n),
+            rng.uniform(0, 2e6, n) * (rng.random(n) < 0.3),
+            rng.choice([0.0, 0.45], n),
+            running,
+            waiting,
+            bw,
+        )
+        # odd rounds: explanations (per candidate server) choose as the pooled path does
+        a, b = pooled.decide(*args, explain=i % 2 == 1), full.decide(*args)
+        assert a.choice.tolist() == b.choice.tolist()
+        assert a.shed.tolist() == b.shed.tolist()
+        assert a.feasible.tolist() == b.feasible.tolist()
+        for x, y in (
+            (a.predicted_time, b.predicted_time),
+            (a.predicted_energy, b.predicted_energy),
+            (a.predicted_fixed, b.predicted_fixed),
+            (a.predicted_per_token, b.predicted_per_token),
+        ):
+            np.testing.assert_array_equal(x, y)
+    sa, sb = pooled.export_state(), full.export_state()
+    sa.pop("config"), sb.pop("config")  # max_candidates differs
+    assert sa == sb
+
+
+def test_groups_order_best_connected_first() -> None:
+    kind = np.array([0, 0, 1, 0, 0])
+    running = np.array([0.0, 0.0, 0.0, 1.0, 0.0])
+    waiting = np.zeros(5)
+    bw = np.array([10.0, 20.0, 5.0, 50.0, 20.0])
+    g = group_round(kind, running, waiting, bw)
+    assert g.reps.tolist() == [1, 3, 2]  # ties in bandwidth: the lower index first
+    assert g.sizes.tolist() == [3, 1, 1]
+    assert g.group.tolist() == [0, 0, 2, 1, 0]
+    w = rep_weights(kind.tolist(), running.tolist(), waiting.tolist(), bw.tolist())
+    assert w == [0, 3, 1, 1, 0]
