@@ -90,16 +90,27 @@ async def _refused(verifier: PodVerifier | None, args: ExtenderArgs, verb: str) 
     return JSONResponse(status_code=403, content={"Error": f"refused: {why}"})
 
 
+async def _answer(
+    sched: Scheduler, metrics: Metrics, verifier: PodVerifier | None, body: bytes, verb: str
+) -> tuple[ExtenderArgs, PodDecision] | Response:
+    """The request's arguments and the decision on its pod, or the response refusing it."""
+    args = parse_args(body)
+    if (no := await _refused(verifier, args, verb)) is not None:
+        return no
+    d = await _decide(sched, metrics, args, verb)
+    if isinstance(d, JSONResponse):
+        return d
+    return args, d
+
+
 @router.post("/filter", response_model=ExtenderFilterResult, openapi_extra=_OPENAPI)
 async def filter_nodes(
     sched: SchedulerDep, metrics: MetricsDep, verifier: VerifierDep, body: BodyDep
 ) -> Response:
-    args = parse_args(body)
-    if (no := await _refused(verifier, args, "filter")) is not None:
-        return no
-    d = await _decide(sched, metrics, args, "filter")
-    if isinstance(d, JSONResponse):
-        return d
+    answer = await _answer(sched, metrics, verifier, body, "filter")
+    if isinstance(answer, Response):
+        return answer
+    args, d = answer
     nodes: dict[str, Any] | None = None
     if args.Nodes is not None:  # nodeCacheCapable false: only Nodes is read
         keep = set(d.passed)
@@ -125,10 +136,8 @@ async def filter_nodes(
 async def prioritize(
     sched: SchedulerDep, metrics: MetricsDep, verifier: VerifierDep, body: BodyDep
 ) -> Response:
-    args = parse_args(body)
-    if (no := await _refused(verifier, args, "prioritize")) is not None:
-        return no
-    d = await _decide(sched, metrics, args, "prioritize")
-    if isinstance(d, JSONResponse):
-        return d
+    answer = await _answer(sched, metrics, verifier, body, "prioritize")
+    if isinstance(answer, Response):
+        return answer
+    _, d = answer
     return reply([{"Host": n, "Score": d.scores.get(n, 0)} for n in d.nodes])
