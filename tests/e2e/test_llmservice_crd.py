@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,20 @@ def _set(path: str, value: str) -> tuple[str, str]:
     error must name: that same path."""
     keys = "".join(f"[{k!r}]" for k in path.split("."))
     return f"spec{keys} = {value}", f"spec.{path}"
+
+
+def _dry_run(crd: Kube, namespace: str, edit: str) -> subprocess.CompletedProcess[str]:
+    """Server-side dry run of applying the edited copy of manifests/chat-assistant.yaml."""
+    return crd.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "--dry-run=server",
+        "-f",
+        "-",
+        check=False,
+        input=json.dumps(_edit(edit)),
+    )
 
 
 V0 = "spec['model']['variants'][0]"
@@ -220,16 +235,7 @@ BAD = [
 def test_invalid_spec_is_rejected_naming_the_field(
     crd: Kube, namespace: str, case: str, edit: str, field: str
 ) -> None:
-    r = crd.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "--dry-run=server",
-        "-f",
-        "-",
-        check=False,
-        input=json.dumps(_edit(edit)),
-    )
+    r = _dry_run(crd, namespace, edit)
     assert r.returncode != 0, f"{case}: accepted"
     # The apiserver writes `<field path>: <reason>`; a prefix of a longer path does not count.
     assert f"{field}: " in r.stderr, f"{case}: {r.stderr}"
@@ -259,14 +265,5 @@ AT_THE_LIMITS = [
 
 @pytest.mark.parametrize("edit", AT_THE_LIMITS)
 def test_a_spec_at_the_limits_is_admitted(crd: Kube, namespace: str, edit: str) -> None:
-    r = crd.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "--dry-run=server",
-        "-f",
-        "-",
-        check=False,
-        input=json.dumps(_edit(edit)),
-    )
+    r = _dry_run(crd, namespace, edit)
     assert r.returncode == 0, f"{edit}: {r.stderr}"
