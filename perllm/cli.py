@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -216,15 +217,7 @@ def _mount_optional() -> None:
         return
     app.add_typer(dev_app, name="dev")
     _mount_operator()
-    _mount_extender()
-
-
-def _mount_extender() -> None:
-    try:
-        from perllm_extender.cli import register
-    except ImportError:
-        return
-    register(app)
+    _register("perllm_extender.cli", optional=True)
 
 
 def _mount_operator() -> None:
@@ -263,20 +256,6 @@ def _mount_operator() -> None:
             raise typer.Exit(2) from None
 
 
-def _mount_demo() -> None:
-    try:
-        from perllm.demo.cli import register
-    except ImportError:
-        return
-    register(app)
-
-
-def _mount_agent() -> None:
-    from perllm.agent.cli import register
-
-    register(app)
-
-
 def _mount_twin() -> None:
     from perllm.twin.cli import register, register_openai
 
@@ -284,28 +263,21 @@ def _mount_twin() -> None:
     register_openai(app)
 
 
-def _mount_router() -> None:
-    from perllm.router.cli import register
-
-    register(app)
-
-
-def _mount_load() -> None:
-    from perllm.load import register
-
-    register(app)
-
-
-def _mount_sweep() -> None:
-    from perllm.sweep.cli import register
-
-    register(app)
+def _register(module: str, optional: bool = False) -> None:
+    """Add the commands of `module.register(app)`; an optional component may be missing."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        if optional:
+            return
+        raise
+    mod.register(app)
 
 
 _mount_optional()
-_mount_demo()
-_mount_agent()
+_register("perllm.demo.cli", optional=True)
+_register("perllm.agent.cli")
 _mount_twin()
-_mount_router()
-_mount_load()
-_mount_sweep()
+_register("perllm.router.cli")
+_register("perllm.load")
+_register("perllm.sweep.cli")

@@ -21,6 +21,7 @@ template to the tier it chose (a rollout onto that tier's variant).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from perllm.contract import ServiceSpec, Tier
@@ -189,13 +190,39 @@ def _metadata(obj: Obj, name: str) -> Obj:
     }
 
 
-def inference_service(obj: Obj) -> Obj:
-    """The KServe InferenceService of an LLMService."""
+@dataclass(frozen=True)
+class _ChildInputs:
+    """What every child kind renders from: the service, the variant its pods run, that
+    variant's resources and runtime, and the tolerations the pod template needs."""
+
+    spec: ServiceSpec
+    name: str
+    model: Obj
+    variant: Obj
+    res: Obj
+    run: runtimes.Resolved
+    tolerations: list[Obj]
+
+
+def _child_inputs(obj: Obj) -> _ChildInputs:
     spec = service_spec(obj)
-    name = obj["metadata"]["name"]
-    model = obj["spec"]["model"]
     variant = chosen_variant(obj)
     res = _resources(variant)
+    return _ChildInputs(
+        spec=spec,
+        name=obj["metadata"]["name"],
+        model=obj["spec"]["model"],
+        variant=variant,
+        res=res,
+        run=resolved(obj, variant),
+        tolerations=tolerations(res, open_gpu=target_tier(obj) is None and _any_gpu(obj)),
+    )
+
+
+def inference_service(obj: Obj) -> Obj:
+    """The KServe InferenceService of an LLMService."""
+    c = _child_inputs(obj)
+    spec, name, model, variant, res, run = c.spec, c.name, c.model, c.variant, c.res, c.run
     meta = _metadata(obj, name)
     meta["annotations"] = {
         "serving.kserve.io/deploymentMode": "RawDeployment",
@@ -203,7 +230,6 @@ def inference_service(obj: Obj) -> Obj:
         ANN_VARIANT_TIER: str(variant["tier"]),
         ANN_PINNED_TIER: pin(obj),
     }
-    run = resolved(obj, variant)
     m: Obj = {"modelFormat": {"name": run.format}, "runtime": run.runtime, "resources": res}
     if run.storage_uri:
         m["storageUri"] = run.storage_uri
@@ -217,8 +243,8 @@ def inference_service(obj: Obj) -> Obj:
         "affinity": affinity(tiers_of(obj)),
         "model": m,
     }
-    if tol := tolerations(res, open_gpu=target_tier(obj) is None and _any_gpu(obj)):
-        predictor["tolerations"] = tol
+    if c.tolerations:
+        predictor["tolerations"] = c.tolerations
     return {
         "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
         "kind": "InferenceService",
@@ -234,12 +260,8 @@ def service_name(obj: Obj) -> str:
 def deployment(obj: Obj) -> Obj:
     """The Deployment of `backend: deployment` (same scheduling fields as the ISVC), running
     the variant's own server image and weights."""
-    spec = service_spec(obj)
-    name = obj["metadata"]["name"]
-    model = obj["spec"]["model"]
-    variant = chosen_variant(obj)
-    res = _resources(variant)
-    run = resolved(obj, variant)
+    c = _child_inputs(obj)
+    spec, name, model, variant, res, run = c.spec, c.name, c.model, c.variant, c.res, c.run
     container: Obj = {
         "name": CONTAINER,
         "image": run.image,
@@ -254,8 +276,8 @@ def deployment(obj: Obj) -> Obj:
         "affinity": affinity(tiers_of(obj)),
         "containers": [container],
     }
-    if tol := tolerations(res, open_gpu=target_tier(obj) is None and _any_gpu(obj)):
-        pod_spec["tolerations"] = tol
+    if c.tolerations:
+        pod_spec["tolerations"] = c.tolerations
     meta = _metadata(obj, name)
     meta["annotations"] = {ANN_VARIANT_TIER: str(variant["tier"]), ANN_PINNED_TIER: pin(obj)}
     return {

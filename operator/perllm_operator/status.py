@@ -33,7 +33,7 @@ def status_tick(
     unexpected exception is condition `Degraded` (True, InternalError) and an Event, then
     a retry with a growing delay, never only a log line."""
     try:
-        _tick(body, spec, meta, status, logger, memo)
+        _tick(body, logger, memo)
     except kopf.TemporaryError:
         raise
     except Exception as e:  # reported as a condition, never a crash loop
@@ -52,14 +52,8 @@ def status_tick(
         raise kopf.TemporaryError(msg, delay=failures.backoff(retry, base=5.0)) from None
 
 
-def _tick(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    logger: kopf.Logger,
-    memo: kopf.Memo,
-) -> None:
+def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
+    meta, spec, status = body.meta, body.spec, body.status  # what kopf passes status_tick
     ns, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
     if meta.get("deletionTimestamp"):
         return

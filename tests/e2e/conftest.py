@@ -20,6 +20,8 @@ from perllm.devcluster.binaries import Binaries, BinariesMissing
 from perllm.devcluster.cluster import Cluster, ClusterConfig, temporary_run_dir
 from perllm.devcluster.kube import Kube
 
+from .operator_harness import Operator, start_operator
+
 _CLUSTER: Cluster | None = None  # local cluster whose logs a failing test prints
 _FAILED = False
 
@@ -88,6 +90,19 @@ def namespace(kube: Kube) -> Iterator[str]:
     assert r.returncode == 0 or "AlreadyExists" in r.stderr, r.stderr
     yield name
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator for one test module (test_operator_*.py), restricted to its RBAC."""
+    yield from start_operator(kube, tmp_path_factory)
+
+
+@pytest.fixture
+def operator_log(operator: Operator) -> Iterator[None]:
+    yield
+    # Captured output: pytest shows it only for a failing test.
+    print(f"--- operator log ({operator.log}) ---\n{operator.tail()}")
 
 
 @pytest.hookimpl(hookwrapper=True)

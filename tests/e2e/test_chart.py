@@ -36,6 +36,8 @@ from perllm.devcluster.binaries import Binaries
 from perllm.devcluster.kube import Kube, wait_for
 from perllm.devcluster.process import free_port, terminate
 
+from .operator_harness import merge_patch
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).parents[2]
@@ -249,16 +251,8 @@ def test_extender_token_does_what_the_extender_does(
     got = kube.get_or_none(PLURAL, "chat-assistant", "-n", namespace)
     assert got["status"]["placement"]["chosen"] == "n1"
     # ... but never the spec.
-    r = k.kubectl(
-        "patch",
-        PLURAL,
-        "chat-assistant",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"metadata":{"labels":{"x":"y"}}}',
-        check=False,
+    r = merge_patch(
+        k, namespace, "chat-assistant", {"metadata": {"labels": {"x": "y"}}}, check=False
     )
     assert r.returncode != 0 and "forbidden" in r.stderr.lower()
     # Contract 1 (b): a core/v1 Event on the LLMService.

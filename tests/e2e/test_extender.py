@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -52,10 +50,13 @@ from perllm.devcluster.cluster import Cluster
 from perllm.devcluster.exporter import TextExporter
 from perllm.devcluster.kube import Kube
 from perllm.devcluster.kube import wait_for as kube_wait_for
-from perllm.devcluster.process import free_port, terminate
+from perllm.devcluster.process import free_port
 from perllm.labels import ANN_LINK_BANDWIDTH, LABEL_TIER, SCHEDULER_NAME
 from perllm.profiles import default_catalogue
 from perllm.telemetry.names import PATH_BANDWIDTH_BPS
+
+from . import manifests
+from .processes import LoggedProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -109,12 +110,14 @@ def prom_query(url: str, promql: str) -> list[Obj]:
 
 
 # ---- the extender process -------------------------------------------------------------------
-class Extender:
+class Extender(LoggedProcess):
+    tail_lines = 60
+
     def __init__(self, kubeconfig: Path, log: Path, args: list[str]) -> None:
-        self.kubeconfig, self.log, self.args = kubeconfig, log, args
+        super().__init__(log)
+        self.kubeconfig, self.args = kubeconfig, args
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:  # kube-scheduler's urlPrefix
@@ -123,14 +126,10 @@ class Extender:
     def start(self) -> None:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONWARNINGS="ignore")
         exe = Path(sys.executable).with_name("perllm")
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(exe), "extender", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.spawn(
+            [str(exe), "extender", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
+            env,
+        )
         wait_for(self._ready, f"the extender's /readyz (log {self.log})", timeout=60)
 
     def _ready(self) -> bool:
@@ -151,24 +150,6 @@ class Extender:
         req = urllib.request.Request(f"{self.base}{path}", data=b"", method="POST")
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            terminate(self.proc, timeout=20)
-        self.proc = None
-
-    def tail(self, n: int = 60) -> str:
-        try:
-            lines = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(line for line in lines[-n:] if "InsecureRequestWarning" not in line)
 
     def decision(self, pod_key: str) -> Obj:
         """The extender's logged decision for a pod (namespace/name)."""
@@ -220,33 +201,24 @@ def llmservice(
     output: int = 128,
     payload: float = 0.0,
 ) -> Obj:
-    return {
-        "apiVersion": "perllm.io/v1alpha1",
-        "kind": "LLMService",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {
-                "name": "llama2-7b",
-                "variants": [
-                    {
-                        "tier": "edge",
-                        "precision": "q4_k_m",
-                        "resources": {"requests": {"cpu": "8", "memory": "8Gi"}},
-                    },
-                    {
-                        "tier": "cloud",
-                        "precision": "fp16",
-                        "resources": {"limits": {"nvidia.com/gpu": "1"}},
-                    },
-                ],
+    return manifests.llmservice(
+        name,
+        [
+            {
+                "tier": "edge",
+                "precision": "q4_k_m",
+                "resources": {"requests": {"cpu": "8", "memory": "8Gi"}},
             },
-            "requirements": {
-                "deadline": {"seconds": deadline_s, "perOutputTokenSeconds": per_token_s}
+            {
+                "tier": "cloud",
+                "precision": "fp16",
+                "resources": {"limits": {"nvidia.com/gpu": "1"}},
             },
-            "traffic": {"promptTokens": prompt, "outputTokens": output, "payloadBytes": payload},
-            "backend": "deployment",
-        },
-    }
+        ],
+        requirements={"deadline": {"seconds": deadline_s, "perOutputTokenSeconds": per_token_s}},
+        traffic={"promptTokens": prompt, "outputTokens": output, "payloadBytes": payload},
+        backend="deployment",
+    )
 
 
 # A chat service with a tight deadline (1 s + 0.15 s/token), a loose batch service, and a

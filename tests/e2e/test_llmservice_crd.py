@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,27 @@ def _edit(fn_src: str) -> dict[str, Any]:
     return obj
 
 
+def _set(path: str, value: str) -> tuple[str, str]:
+    """The edit setting `spec.<path>` to the Python expression `value`, and the field the
+    error must name: that same path."""
+    keys = "".join(f"[{k!r}]" for k in path.split("."))
+    return f"spec{keys} = {value}", f"spec.{path}"
+
+
+def _dry_run(crd: Kube, namespace: str, edit: str) -> subprocess.CompletedProcess[str]:
+    """Server-side dry run of applying the edited copy of manifests/chat-assistant.yaml."""
+    return crd.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "--dry-run=server",
+        "-f",
+        "-",
+        check=False,
+        input=json.dumps(_edit(edit)),
+    )
+
+
 V0 = "spec['model']['variants'][0]"
 V1 = "spec['model']['variants'][1]"
 R0 = V0 + "['resources']"
@@ -76,109 +98,53 @@ R1 = V1 + "['resources']"
 # (case, edit of a copy of manifests/chat-assistant.yaml, the field the error must name)
 BAD = [
     # requirements
-    (
-        "negative deadline",
-        "spec['requirements']['deadline']['seconds'] = -1",
-        "spec.requirements.deadline.seconds",
-    ),
-    (
-        "zero deadline",
-        "spec['requirements']['deadline']['seconds'] = 0",
-        "spec.requirements.deadline.seconds",
-    ),
-    (
-        "deadline above a day",
-        "spec['requirements']['deadline']['seconds'] = 86401",
-        "spec.requirements.deadline.seconds",
-    ),
+    ("negative deadline", *_set("requirements.deadline.seconds", "-1")),
+    ("zero deadline", *_set("requirements.deadline.seconds", "0")),
+    ("deadline above a day", *_set("requirements.deadline.seconds", "86401")),
     ("no deadline", "del spec['requirements']['deadline']", "spec.requirements.deadline"),
-    (
-        "negative per-token allowance",
-        "spec['requirements']['deadline']['perOutputTokenSeconds'] = -1",
-        "spec.requirements.deadline.perOutputTokenSeconds",
-    ),
-    (
-        "per-token allowance above 60 s",
-        "spec['requirements']['deadline']['perOutputTokenSeconds'] = 61",
-        "spec.requirements.deadline.perOutputTokenSeconds",
-    ),
-    (
-        "zero percentile",
-        "spec['requirements']['deadline']['percentile'] = 0",
-        "spec.requirements.deadline.percentile",
-    ),
-    (
-        "percentile above 100",
-        "spec['requirements']['deadline']['percentile'] = 101",
-        "spec.requirements.deadline.percentile",
-    ),
-    (
-        "quality floor above 1",
-        "spec['requirements']['minQuality'] = 1.5",
-        "spec.requirements.minQuality",
-    ),
-    (
-        "quality floor below 0",
-        "spec['requirements']['minQuality'] = -0.1",
-        "spec.requirements.minQuality",
-    ),
+    ("negative per-token allowance", *_set("requirements.deadline.perOutputTokenSeconds", "-1")),
+    ("per-token allowance above 60 s", *_set("requirements.deadline.perOutputTokenSeconds", "61")),
+    ("zero percentile", *_set("requirements.deadline.percentile", "0")),
+    ("percentile above 100", *_set("requirements.deadline.percentile", "101")),
+    ("quality floor above 1", *_set("requirements.minQuality", "1.5")),
+    ("quality floor below 0", *_set("requirements.minQuality", "-0.1")),
     # traffic
-    ("rate of a million rps", "spec['traffic']['rateRps'] = 1000000", "spec.traffic.rateRps"),
-    ("negative rate", "spec['traffic']['rateRps'] = -1", "spec.traffic.rateRps"),
-    ("rate not a number", "spec['traffic']['rateRps'] = 'fast'", "spec.traffic.rateRps"),
-    ("zero prompt tokens", "spec['traffic']['promptTokens'] = 0", "spec.traffic.promptTokens"),
-    (
-        "prompt above 2^20 tokens",
-        "spec['traffic']['promptTokens'] = 2**20 + 1",
-        "spec.traffic.promptTokens",
-    ),
-    ("zero output tokens", "spec['traffic']['outputTokens'] = 0", "spec.traffic.outputTokens"),
-    (
-        "output above 2^17 tokens",
-        "spec['traffic']['outputTokens'] = 10**6",
-        "spec.traffic.outputTokens",
-    ),
-    ("negative payload", "spec['traffic']['payloadBytes'] = -1", "spec.traffic.payloadBytes"),
-    ("payload above 1 GiB", "spec['traffic']['payloadBytes'] = 2**31", "spec.traffic.payloadBytes"),
+    ("rate of a million rps", *_set("traffic.rateRps", "1000000")),
+    ("negative rate", *_set("traffic.rateRps", "-1")),
+    ("rate not a number", *_set("traffic.rateRps", "'fast'")),
+    ("zero prompt tokens", *_set("traffic.promptTokens", "0")),
+    ("prompt above 2^20 tokens", *_set("traffic.promptTokens", "2**20 + 1")),
+    ("zero output tokens", *_set("traffic.outputTokens", "0")),
+    ("output above 2^17 tokens", *_set("traffic.outputTokens", "10**6")),
+    ("negative payload", *_set("traffic.payloadBytes", "-1")),
+    ("payload above 1 GiB", *_set("traffic.payloadBytes", "2**31")),
     # replicas, backend, tiers
-    ("negative replicas", "spec['replicas'] = -1", "spec.replicas"),
-    ("too many replicas", "spec['replicas'] = 1001", "spec.replicas"),
-    ("fractional replicas", "spec['replicas'] = 1.5", "spec.replicas"),
-    ("unknown backend", "spec['backend'] = 'ray'", "spec.backend"),
+    ("negative replicas", *_set("replicas", "-1")),
+    ("too many replicas", *_set("replicas", "1001")),
+    ("fractional replicas", *_set("replicas", "1.5")),
+    ("unknown backend", *_set("backend", "'ray'")),
     ("unknown allowed tier", "spec['allowedTiers'] = ['edge', 'moon']", "spec.allowedTiers[1]"),
-    ("no allowed tier", "spec['allowedTiers'] = []", "spec.allowedTiers"),
+    ("no allowed tier", *_set("allowedTiers", "[]")),
     ("allowed tier twice", "spec['allowedTiers'] = ['edge', 'edge']", "spec.allowedTiers[1]"),
     # model
     ("no model", "del spec['model']", "spec.model"),
-    ("empty model name", "spec['model']['name'] = ''", "spec.model.name"),
-    ("model name of 254 characters", "spec['model']['name'] = 'm' * 254", "spec.model.name"),
-    ("empty format", "spec['model']['format'] = ''", "spec.model.format"),
-    ("format of 64 characters", "spec['model']['format'] = 'f' * 64", "spec.model.format"),
-    ("300 KB runtime", "spec['model']['runtime'] = 'r' * 300_000", "spec.model.runtime"),
-    ("runtime not an object name", "spec['model']['runtime'] = 'My Runtime'", "spec.model.runtime"),
-    ("bad storage URI", "spec['model']['storageUri'] = 'ftp://x'", "spec.model.storageUri"),
-    (
-        "300 KB storage URI",
-        "spec['model']['storageUri'] = 'hf://' + 'u' * 300_000",
-        "spec.model.storageUri",
-    ),
-    (
-        "storage URI above 2048 characters",
-        "spec['model']['storageUri'] = 'hf://' + 'u' * 2044",
-        "spec.model.storageUri",
-    ),
+    ("empty model name", *_set("model.name", "''")),
+    ("model name of 254 characters", *_set("model.name", "'m' * 254")),
+    ("empty format", *_set("model.format", "''")),
+    ("format of 64 characters", *_set("model.format", "'f' * 64")),
+    ("300 KB runtime", *_set("model.runtime", "'r' * 300_000")),
+    ("runtime not an object name", *_set("model.runtime", "'My Runtime'")),
+    ("bad storage URI", *_set("model.storageUri", "'ftp://x'")),
+    ("300 KB storage URI", *_set("model.storageUri", "'hf://' + 'u' * 300_000")),
+    ("storage URI above 2048 characters", *_set("model.storageUri", "'hf://' + 'u' * 2044")),
     # variants
-    ("no variants", "spec['model']['variants'] = []", "spec.model.variants"),
+    ("no variants", *_set("model.variants", "[]")),
     (
         "three variants",
         "spec['model']['variants'].append(copy.deepcopy(spec['model']['variants'][0]))",
         "spec.model.variants",
     ),
-    (
-        "allowed tier without a variant",
-        "spec['model']['variants'] = spec['model']['variants'][1:]",
-        "spec.model.variants",
-    ),
+    ("allowed tier without a variant", *_set("model.variants", "spec['model']['variants'][1:]")),
     ("two variants for one tier", V0 + "['tier'] = 'cloud'", "spec.model.variants"),
     ("unknown tier", V0 + "['tier'] = 'fog'", "spec.model.variants[0].tier"),
     ("unknown precision", V0 + "['precision'] = 'fp4'", "spec.model.variants[0].precision"),
@@ -269,16 +235,7 @@ BAD = [
 def test_invalid_spec_is_rejected_naming_the_field(
     crd: Kube, namespace: str, case: str, edit: str, field: str
 ) -> None:
-    r = crd.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "--dry-run=server",
-        "-f",
-        "-",
-        check=False,
-        input=json.dumps(_edit(edit)),
-    )
+    r = _dry_run(crd, namespace, edit)
     assert r.returncode != 0, f"{case}: accepted"
     # The apiserver writes `<field path>: <reason>`; a prefix of a longer path does not count.
     assert f"{field}: " in r.stderr, f"{case}: {r.stderr}"
@@ -308,14 +265,5 @@ AT_THE_LIMITS = [
 
 @pytest.mark.parametrize("edit", AT_THE_LIMITS)
 def test_a_spec_at_the_limits_is_admitted(crd: Kube, namespace: str, edit: str) -> None:
-    r = crd.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "--dry-run=server",
-        "-f",
-        "-",
-        check=False,
-        input=json.dumps(_edit(edit)),
-    )
+    r = _dry_run(crd, namespace, edit)
     assert r.returncode == 0, f"{edit}: {r.stderr}"

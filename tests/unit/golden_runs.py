@@ -34,21 +34,17 @@ RUNS = [
 ]
 
 
+# The RunResult arrays whose bytes are pinned, by attribute name.
+DIGESTED = ("server", "time", "met", "cost", "e_infer_attr", "energy_infer_j", "energy_idle_j")
+
+
 def digest(scenario: str, policy: str, seed: int, duration_s: float) -> dict[str, str]:
     sc = load_scenario(scenario).model_copy(update={"duration_s": duration_s})
     r = simulate(sc, policies.make(policy), seed)
-    out = {}
-    for name, arr in (
-        ("server", r.server),
-        ("time", r.time),
-        ("met", r.met),
-        ("cost", r.cost),
-        ("e_infer_attr", r.e_infer_attr),
-        ("energy_infer_j", r.energy_infer_j),
-        ("energy_idle_j", r.energy_idle_j),
-    ):
-        out[name] = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]
-    return out
+    return {
+        name: hashlib.sha256(np.ascontiguousarray(getattr(r, name)).tobytes()).hexdigest()[:16]
+        for name in DIGESTED
+    }
 
 
 def key(run: tuple[str, str, int, float]) -> str:

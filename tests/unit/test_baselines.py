@@ -65,9 +65,8 @@ class Recording(FineInfer):
         return out
 
 
-def run_recorded(
-    sc: Scenario, monkeypatch: pytest.MonkeyPatch, seed: int = 1
-) -> tuple[RunResult, Recording, dict[int, float]]:
+def record_starts(monkeypatch: pytest.MonkeyPatch) -> dict[int, float]:
+    """Spy on World.execute: the start time of every committed request, filled as it runs."""
     start: dict[int, float] = {}
     execute = World.execute
 
@@ -80,6 +79,13 @@ def run_recorded(
         return d, out, et
 
     monkeypatch.setattr(World, "execute", spy)
+    return start
+
+
+def run_recorded(
+    sc: Scenario, monkeypatch: pytest.MonkeyPatch, seed: int = 1
+) -> tuple[RunResult, Recording, dict[int, float]]:
+    start = record_starts(monkeypatch)
     pol = Recording()
     return simulate(sc, pol, seed=seed), pol, start
 
@@ -149,18 +155,7 @@ def test_fineinfer_spreads_over_every_gpu_of_its_tier() -> None:
 def test_fineinfer_defers_per_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """At a light load every idle GPU opens its own deferred group."""
     sc = gpus(3, rate=0.5, duration=300.0)
-    start: dict[int, float] = {}
-    execute = World.execute
-
-    def spy(
-        self: World, i: int, j: int, slot: int, commit: bool = True, hold: float = 0.0
-    ) -> tuple[float, Outcome, float]:
-        d, out, et = execute(self, i, j, slot, commit, hold)
-        if commit:
-            start[i] = out.start
-        return d, out, et
-
-    monkeypatch.setattr(World, "execute", spy)
+    start = record_starts(monkeypatch)
     r = simulate(sc, FineInfer(), seed=1)
     cloud = [j for j, t in enumerate(r.tiers) if t == "cloud"]
     held = np.array([start[i] - r.requests.arrival[i] >= 1.0 - 1e-9 for i in range(len(r.server))])

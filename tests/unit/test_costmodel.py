@@ -36,16 +36,19 @@ def cloud(model: str):
     return perf_profile(CAT.models[model], Precision.FP16, A100)
 
 
-@pytest.mark.parametrize(
-    ("model", "pp", "tg_q4"),
-    [
-        ("yi-6b", 42, 15.0),
-        ("llama2-7b", 38, 13.5),
-        ("llama3-8b", 32, 11.2),
-        ("yi-9b", 29, 10.3),
-    ],
-)
-def test_edge_prefill_and_single_stream_decode(model: str, pp: float, tg_q4: float) -> None:
+# Per model, docs/calibration.md: edge (Q4_K_M) prefill and single-stream decode, t/s;
+# cloud (A100, FP16) prefill rate and single-stream decode, t/s.
+CALIBRATION = {
+    "yi-6b": {"pp": 42, "tg_q4": 15.0, "r_pf": 14_200, "tg1": 99},
+    "llama2-7b": {"pp": 38, "tg_q4": 13.5, "r_pf": 12_700, "tg1": 90},
+    "llama3-8b": {"pp": 32, "tg_q4": 11.2, "r_pf": 10_700, "tg1": 76},
+    "yi-9b": {"pp": 29, "tg_q4": 10.3, "r_pf": 9_700, "tg1": 70},
+}
+
+
+@pytest.mark.parametrize("model", CALIBRATION)
+def test_edge_prefill_and_single_stream_decode(model: str) -> None:
+    pp, tg_q4 = CALIBRATION[model]["pp"], CALIBRATION[model]["tg_q4"]
     p = edge(model)
     assert p.pp == pytest.approx(pp, rel=0.03)
     _, dec = cpu_times(0.0, 100.0, 1, p.weights_bytes, p.kv_bytes, p.bw, p.pp, p.kappa)
@@ -85,16 +88,9 @@ def test_short_qa_on_edge_matches_calibration_check() -> None:
     assert pre + dec == pytest.approx(14.0, rel=0.05)
 
 
-@pytest.mark.parametrize(
-    ("model", "r_pf", "tg1"),
-    [
-        ("yi-6b", 14_200, 99),
-        ("llama2-7b", 12_700, 90),
-        ("llama3-8b", 10_700, 76),
-        ("yi-9b", 9_700, 70),
-    ],
-)
-def test_cloud_prefill_rate_and_decode(model: str, r_pf: float, tg1: float) -> None:
+@pytest.mark.parametrize("model", CALIBRATION)
+def test_cloud_prefill_rate_and_decode(model: str) -> None:
+    r_pf, tg1 = CALIBRATION[model]["r_pf"], CALIBRATION[model]["tg1"]
     p = cloud(model)
     assert p.r_pf == pytest.approx(r_pf, rel=0.02)
     _, dec = gpu_times(0.0, 100.0, 1, p.kv_bytes, p.bw, p.r_pf, p.ttft0, p.step0, p.per_seq_flop_s)

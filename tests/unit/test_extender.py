@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -15,31 +16,12 @@ from perllm_extender import services as xservices
 from perllm_extender.decide import Scheduler
 from perllm_operator import render
 from pydantic import ValidationError
-from test_extender_fakes import StubProm
+from test_extender_fakes import EDGES, NAMES, NODES, Obj, StubProm, llmservice, spec
+from test_extender_fakes import args as by_names  # nodeCacheCapable: true
 
-from perllm.contract import Deadline, Requirements, ServiceSpec
+from perllm.contract import ServiceSpec
 from perllm.devcluster import config as devconfig
 from perllm.devcluster import nodes as devnodes
-from perllm.scenario import load_scenario
-
-Obj = dict[str, Any]
-
-NODES: list[Obj] = devnodes.node_manifests(load_scenario("paper-llama2-7b"))
-NAMES = [n["metadata"]["name"] for n in NODES]
-EDGES = [n for n in NAMES if n.startswith("edge")]
-
-
-def spec(
-    name: str, seconds: float, per_token: float = 0.0, min_quality: float = 0.0
-) -> ServiceSpec:
-    return ServiceSpec(
-        name=name,
-        model="llama2-7b",
-        requirements=Requirements(
-            deadline=Deadline(seconds=seconds, per_output_token_s=per_token),
-            min_quality=min_quality,
-        ),
-    )
 
 
 def pod(s: ServiceSpec | None, name: str = "svc-predictor-7d9f", uid: str = "uid-1") -> Obj:
@@ -57,11 +39,6 @@ def pod(s: ServiceSpec | None, name: str = "svc-predictor-7d9f", uid: str = "uid
         },
         "status": {"phase": "Pending"},
     }
-
-
-def by_names(p: Obj, names: list[str] | None = None) -> Obj:
-    """nodeCacheCapable: true."""
-    return {"Pod": p, "Nodes": None, "NodeNames": NAMES if names is None else names}
 
 
 def by_objects(p: Obj, nodes: list[Obj] | None = None) -> Obj:
@@ -82,24 +59,42 @@ def client() -> TestClient:
     return TestClient(app)
 
 
-TIGHT = spec("code", 0.5, 0.05)
+TIGHT = spec("code", 0.5, per_token=0.05)
 LOOSE = spec("batch", 600.0)
 PICKY = spec("picky", 600.0, min_quality=0.45)
 
 
-def test_constants_match_the_renderers() -> None:
-    assert xservices.LABEL_SERVICE == render.LABEL_SERVICE
-    assert xservices.ANN_DEADLINE == render.ANN_DEADLINE
-    assert xservices.ANN_DEADLINE_PER_TOKEN == render.ANN_DEADLINE_PER_TOKEN
-    assert xservices.ANN_PERCENTILE == render.ANN_PERCENTILE
-    assert xservices.ANN_MIN_QUALITY == render.ANN_MIN_QUALITY
-    assert xnodes.LABEL_TIER == devnodes.LABEL_TIER
-    assert xnodes.LABEL_HARDWARE == devnodes.LABEL_HARDWARE
-    assert xnodes.ANN_HARDWARE == devnodes.ANN_HARDWARE
-    assert xnodes.ANN_LINK_BANDWIDTH == devnodes.ANN_LINK_BANDWIDTH
-    assert xnodes.ANN_LINK_NOISE == devnodes.ANN_LINK_NOISE
-    assert xnodes.ANN_LINK_RTT == devnodes.ANN_LINK_RTT
-    assert xnodes.ANN_LINK_ENERGY == devnodes.ANN_LINK_ENERGY
+# The extender keeps its own copies of the label and annotation names the operator's renderer
+# and the dev cluster's node manifests write: each must match its source.
+_SHARED_NAMES = [
+    *(
+        (xservices, render, name)
+        for name in (
+            "LABEL_SERVICE",
+            "ANN_DEADLINE",
+            "ANN_DEADLINE_PER_TOKEN",
+            "ANN_PERCENTILE",
+            "ANN_MIN_QUALITY",
+        )
+    ),
+    *(
+        (xnodes, devnodes, name)
+        for name in (
+            "LABEL_TIER",
+            "LABEL_HARDWARE",
+            "ANN_HARDWARE",
+            "ANN_LINK_BANDWIDTH",
+            "ANN_LINK_NOISE",
+            "ANN_LINK_RTT",
+            "ANN_LINK_ENERGY",
+        )
+    ),
+]
+
+
+@pytest.mark.parametrize(("ours", "source", "name"), _SHARED_NAMES)
+def test_constants_match_the_renderers(ours: ModuleType, source: ModuleType, name: str) -> None:
+    assert getattr(ours, name) == getattr(source, name)
 
 
 def test_default_prefix_matches_the_devcluster_url() -> None:
@@ -228,21 +223,7 @@ def test_pod_without_perllm_label_passes_through(client: TestClient) -> None:
 
 def test_registered_service_and_annotation_overrides(client: TestClient) -> None:
     sched: Scheduler = client.app.state.scheduler  # type: ignore[attr-defined]
-    obj = {
-        "apiVersion": "perllm.io/v1alpha1",
-        "kind": "LLMService",
-        "metadata": {"name": "chat", "namespace": "llm"},
-        "spec": {
-            "model": {
-                "name": "llama2-7b",
-                "variants": [
-                    {"tier": "edge", "precision": "q4_k_m"},
-                    {"tier": "cloud", "precision": "fp16"},
-                ],
-            },
-            "requirements": {"deadline": {"seconds": 600}},
-        },
-    }
+    obj = llmservice()
     sched.services.add_llmservice(obj)
     p = pod(None)
     p["metadata"]["labels"] = {"perllm.io/service": "chat"}  # no annotations: the CR's spec

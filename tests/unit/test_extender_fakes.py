@@ -46,6 +46,26 @@ def spec(
     )
 
 
+def llmservice(**metadata: str) -> Obj:
+    """The LLMService `chat` in namespace `llm` (edge and cloud variants, a 600 s deadline);
+    `metadata` adds to its metadata."""
+    return {
+        "apiVersion": "perllm.io/v1alpha1",
+        "kind": "LLMService",
+        "metadata": {"name": "chat", "namespace": "llm", **metadata},
+        "spec": {
+            "model": {
+                "name": "llama2-7b",
+                "variants": [
+                    {"tier": "edge", "precision": "q4_k_m"},
+                    {"tier": "cloud", "precision": "fp16"},
+                ],
+            },
+            "requirements": {"deadline": {"seconds": 600}},
+        },
+    }
+
+
 def pod(
     s: ServiceSpec, name: str = "p-0", uid: str = "uid-0", ns: str = "llm", node: str | None = None
 ) -> Obj:

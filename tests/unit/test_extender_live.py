@@ -23,7 +23,7 @@ from perllm_extender.nodes import NodeCache
 from perllm_extender.pods import PodIndex
 from perllm_extender.publish import MAX_CANDIDATES
 from perllm_extender.services import ServiceRegistry
-from test_extender_fakes import EDGES, NAMES, NODES, args, pod, spec
+from test_extender_fakes import EDGES, NAMES, NODES, args, llmservice, pod, spec
 
 Obj = dict[str, Any]
 TIGHT = spec("code", 0.5, per_token=0.05)
@@ -237,21 +237,7 @@ def test_pod_informer_tracks_bindings_and_removals() -> None:
     assert len(pods) == 0
 
 
-LLMSVC = {
-    "apiVersion": "perllm.io/v1alpha1",
-    "kind": "LLMService",
-    "metadata": {"name": "chat", "namespace": "llm", "resourceVersion": "7"},
-    "spec": {
-        "model": {
-            "name": "llama2-7b",
-            "variants": [
-                {"tier": "edge", "precision": "q4_k_m"},
-                {"tier": "cloud", "precision": "fp16"},
-            ],
-        },
-        "requirements": {"deadline": {"seconds": 600}},
-    },
-}
+LLMSVC = llmservice(resourceVersion="7")
 
 
 def test_llmservice_informer_events(caplog: pytest.LogCaptureFixture) -> None:

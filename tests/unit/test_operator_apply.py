@@ -129,8 +129,9 @@ STATUS_422 = {
 }
 
 
-def _reconcile(obj: dict[str, Any], retry: int) -> kopf.Patch:
-    patch = kopf.Patch()
+def _reconcile(obj: dict[str, Any], retry: int = 0, patch: kopf.Patch | None = None) -> kopf.Patch:
+    """One reconcile call as kopf makes it; pass `patch` to read it after a raise."""
+    patch = kopf.Patch() if patch is None else patch
     body = kopf.Body(obj)
     reconcile.reconcile(
         body=body,
@@ -185,18 +186,9 @@ def test_the_refusal_is_the_reconciled_condition(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(kube, "kserve_installed", lambda: True)
     monkeypatch.setattr(kopf, "warn", lambda body, *, reason, message: None)
     monkeypatch.setattr(kube, "apply", lambda c: (_ for _ in ()).throw(_api_error(422, STATUS_422)))
-    obj = _load("chat-assistant", "kserve")
     patch = kopf.Patch()
-    body = kopf.Body(obj)
     with pytest.raises(kopf.TemporaryError):
-        reconcile.reconcile(
-            body=body,
-            spec=kopf.Spec(body),
-            meta=kopf.Meta(body),
-            status=kopf.Status(body),
-            patch=patch,
-            logger=_Logger(),
-        )
+        _reconcile(_load("chat-assistant", "kserve"), patch=patch)
     (cond,) = patch.status["conditions"]
     assert cond["type"] == "Reconciled" and cond["status"] == "False"
     assert cond["reason"] == "ApplyInvalid"
@@ -210,19 +202,9 @@ def test_an_unexpected_exception_is_a_condition_not_a_crash(
     monkeypatch.setattr(kube, "kserve_installed", lambda: True)
     monkeypatch.setattr(kopf, "warn", lambda body, *, reason, message: events.append(reason))
     monkeypatch.setattr(kube, "apply", lambda c: {}["boom"])
-    obj = _load("chat-assistant", "kserve")
-    body = kopf.Body(obj)
     patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError) as info:
-        reconcile.reconcile(
-            body=body,
-            spec=kopf.Spec(body),
-            meta=kopf.Meta(body),
-            status=kopf.Status(body),
-            patch=patch,
-            logger=_Logger(),
-            retry=1,
-        )
+        _reconcile(_load("chat-assistant", "kserve"), retry=1, patch=patch)
     assert info.value.delay == 30.0
     (cond,) = patch.status["conditions"]
     assert cond["reason"] == "InternalError" and "KeyError" in cond["message"]

@@ -11,6 +11,8 @@ import yaml
 from perllm_operator import render, runtimes
 from perllm_operator.main import run_options
 
+from tests.rendered import assert_open_chat_assistant_predictor
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -52,22 +54,10 @@ def test_inference_service() -> None:
         }
     ]
     p = isvc["spec"]["predictor"]
-    assert p["schedulerName"] == "perllm-scheduler"
-    assert p["minReplicas"] == 1
-    assert p["labels"] == {"perllm.io/service": "chat-assistant"}
-    assert p["annotations"]["perllm.io/deadline-s"] == "1"
-    assert p["annotations"]["perllm.io/deadline-per-token-s"] == "0.15"
+    assert_open_chat_assistant_predictor(p)  # shared with the e2e test; more below
     assert p["annotations"]["perllm.io/min-quality"] == "0"
-    expr = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"
-    ][0]["matchExpressions"][0]
-    # No tier decided yet: open to every allowed tier, with the variant both can host
-    # (the CPU-only edge one) and the GPU toleration so that the cloud node is a candidate.
-    assert expr == {"key": "perllm.io/tier", "operator": "In", "values": ["edge", "cloud"]}
-    assert p["annotations"]["perllm.io/variant-tier"] == "edge"
     assert p["annotations"]["perllm.io/precision"] == "q4_k_m"
     m = p["model"]
-    # The open template runs the edge variant: its GGUF weights on llama.cpp.
     assert m["modelFormat"] == {"name": "gguf"}
     assert m["runtime"] == "perllm-llamacpp"
     assert m["storageUri"].endswith("Meta-Llama-3-8B-Instruct-Q4_K_M.gguf")

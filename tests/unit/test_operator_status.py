@@ -370,18 +370,11 @@ def test_timer_escalates_to_the_other_tier(monkeypatch: pytest.MonkeyPatch) -> N
     assert [r for r, _ in fc.events] == ["TierSwitched"]
 
 
-def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    obj = _load("code-assistant")
-    obj["spec"]["backend"] = "kserve"
-    obj["status"] = {
-        "child": {
-            "apiVersion": "serving.kserve.io/v1beta1",
-            "kind": "InferenceService",
-            "name": "code-assistant",
-        },
-        "replacement": {"tier": {"target": "edge", "from": "cloud"}},
-    }
-    live = {"metadata": {"annotations": {"perllm.io/pinned-tier": "cloud"}}}
+def _fake_tier_follow(
+    monkeypatch: pytest.MonkeyPatch, obj: dict[str, Any], live: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """reconcile.follow_tier's API calls faked: the LLMService reads back as `obj`, its child
+    as `live`. Returns the children applied and the Events' messages, filled as it runs."""
     applied: list[dict[str, Any]] = []
     events: list[str] = []
 
@@ -394,6 +387,22 @@ def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kube, "apply", lambda child: applied.append(child) or child)
     monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: True)
     monkeypatch.setattr(kopf, "info", lambda body, *, reason, message: events.append(message))
+    return applied, events
+
+
+def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = _load("code-assistant")
+    obj["spec"]["backend"] = "kserve"
+    obj["status"] = {
+        "child": {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "name": "code-assistant",
+        },
+        "replacement": {"tier": {"target": "edge", "from": "cloud"}},
+    }
+    live = {"metadata": {"annotations": {"perllm.io/pinned-tier": "cloud"}}}
+    applied, events = _fake_tier_follow(monkeypatch, obj, live)
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     (child,) = applied
     p = child["spec"]["predictor"]
@@ -415,17 +424,7 @@ def test_first_decision_pins_an_open_template(monkeypatch: pytest.MonkeyPatch) -
         "placement": {"tier": "edge", "nodes": ["edge-2"]},
     }
     live = {"metadata": {"annotations": {"perllm.io/pinned-tier": "open"}}}
-    applied: list[dict[str, Any]] = []
-
-    class CO:
-        def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
-            return copy.deepcopy(obj)
-
-    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
-    monkeypatch.setattr(kube, "read_child", lambda ns, ref: live)
-    monkeypatch.setattr(kube, "apply", lambda child: applied.append(child) or child)
-    monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: True)
-    monkeypatch.setattr(kopf, "info", lambda body, *, reason, message: None)
+    applied, _events = _fake_tier_follow(monkeypatch, obj, live)
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     dep, _svc = applied
     tpl = dep["spec"]["template"]["spec"]

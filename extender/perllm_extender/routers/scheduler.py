@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -90,16 +91,26 @@ async def _refused(verifier: PodVerifier | None, args: ExtenderArgs, verb: str) 
     return JSONResponse(status_code=403, content={"Error": f"refused: {why}"})
 
 
-@router.post("/filter", response_model=ExtenderFilterResult, openapi_extra=_OPENAPI)
-async def filter_nodes(
-    sched: SchedulerDep, metrics: MetricsDep, verifier: VerifierDep, body: BodyDep
+async def _answer(
+    sched: Scheduler,
+    metrics: Metrics,
+    verifier: PodVerifier | None,
+    body: bytes,
+    verb: str,
+    respond: Callable[[ExtenderArgs, PodDecision], Response],
 ) -> Response:
+    """Parse, verify the pod, decide; `respond` turns the decision into the verb's reply
+    (a refusal or a bad request is answered here)."""
     args = parse_args(body)
-    if (no := await _refused(verifier, args, "filter")) is not None:
+    if (no := await _refused(verifier, args, verb)) is not None:
         return no
-    d = await _decide(sched, metrics, args, "filter")
+    d = await _decide(sched, metrics, args, verb)
     if isinstance(d, JSONResponse):
         return d
+    return respond(args, d)
+
+
+def _filter_reply(args: ExtenderArgs, d: PodDecision) -> Response:
     nodes: dict[str, Any] | None = None
     if args.Nodes is not None:  # nodeCacheCapable false: only Nodes is read
         keep = set(d.passed)
@@ -121,14 +132,19 @@ async def filter_nodes(
     )
 
 
+def _prioritize_reply(_args: ExtenderArgs, d: PodDecision) -> Response:
+    return reply([{"Host": n, "Score": d.scores.get(n, 0)} for n in d.nodes])
+
+
+@router.post("/filter", response_model=ExtenderFilterResult, openapi_extra=_OPENAPI)
+async def filter_nodes(
+    sched: SchedulerDep, metrics: MetricsDep, verifier: VerifierDep, body: BodyDep
+) -> Response:
+    return await _answer(sched, metrics, verifier, body, "filter", _filter_reply)
+
+
 @router.post("/prioritize", response_model=list[HostPriority], openapi_extra=_OPENAPI)
 async def prioritize(
     sched: SchedulerDep, metrics: MetricsDep, verifier: VerifierDep, body: BodyDep
 ) -> Response:
-    args = parse_args(body)
-    if (no := await _refused(verifier, args, "prioritize")) is not None:
-        return no
-    d = await _decide(sched, metrics, args, "prioritize")
-    if isinstance(d, JSONResponse):
-        return d
-    return reply([{"Host": n, "Score": d.scores.get(n, 0)} for n in d.nodes])
+    return await _answer(sched, metrics, verifier, body, "prioritize", _prioritize_reply)
