@@ -1,0 +1,54 @@
+"""What the router learns from a proxied request when it ends: CS-UCB's update with the
+observed end-to-end time and output tokens against the deadline, and the per-backend
+outcome metrics (met/missed, latency, time to first token, upstream errors)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from perllm.router.decision import Ticket
+from perllm.router.members import Members
+from perllm.router.proxy import TokenCounter
+
+
+@dataclass
+class Flight:
+    """One proxied request: what learning needs when it ends."""
+
+    members: Members
+    ticket: Ticket
+    start: float
+    deadline_s: float | None  # the header's tightening, if any
+    counter: TokenCounter
+    first: float | None = None
+
+
+class Feedback:
+    """Learning from outcomes, against the service's deadline `seconds + per_token·L_out`."""
+
+    def __init__(self, deadline_s: float, per_output_token_s: float) -> None:
+        self._dl_s, self._dl_tok = deadline_s, per_output_token_s
+
+    def budget(self, l_out: float) -> float:
+        return self._dl_s + self._dl_tok * l_out
+
+    def completed(self, f: Flight) -> None:
+        now = time.perf_counter()
+        self._learn(f, now - f.start, f.counter.tokens())
+        bm = f.members.metrics[f.ticket.server]
+        bm.latency.observe(now - f.start)
+        if f.first is not None:
+            bm.ttft.observe(f.first - f.start)
+
+    def failed(self, f: Flight, kind: str) -> None:
+        """A backend that timed out or broke off: its elapsed time is a real outcome."""
+        f.members.metrics[f.ticket.server].error(kind).inc()
+        self._learn(f, time.perf_counter() - f.start, f.counter.tokens())
+
+    def _learn(self, f: Flight, d: float, l_out: float) -> None:
+        deadline = self.budget(l_out)
+        if f.deadline_s is not None:
+            deadline = min(deadline, f.deadline_s)
+        f.members.decider.learn([f.ticket], [d], [l_out], [deadline])
+        f.members.metrics[f.ticket.server].judge(d <= deadline)

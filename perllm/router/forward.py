@@ -1,0 +1,149 @@
+"""The proxy path: a placed request forwarded to its backend and the response streamed
+back as it arrives (bytes untouched, one send per read), counting output tokens on the
+way; its outcome goes to `Feedback`. A client that disconnects cancels the request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from perllm.router.asgi import Message, Receive, Scope, Send, Shed
+from perllm.router.config import Backend
+from perllm.router.decision import Ticket
+from perllm.router.feedback import Feedback, Flight
+from perllm.router.members import Members
+from perllm.router.metrics import BackendMetrics
+from perllm.router.proxy import FORWARDED, TokenCounter
+from perllm.router.request import Parsed
+from perllm.router.upstream import Pool, Response, UpstreamError
+
+DECISION_HEADER = b"x-perllm-decision"
+_CTYPE_JSON = (b"content-type", b"application/json")
+
+
+class Forwarder:
+    def __init__(self, inflight: dict[str, int], feedback: Feedback) -> None:
+        self._inflight = inflight  # the router's requests in flight per backend name
+        self._feedback = feedback
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        req: Parsed,
+        raw: bytes,
+        members: Members,
+        ticket: Ticket,
+        tight: float | None,
+        t0: float,
+    ) -> None:
+        j = ticket.server
+        b, bm = members.backends[j], members.metrics[j]
+        flight = Flight(members, ticket, t0, tight, TokenCounter(req.stream))
+        self._inflight[b.name] += 1
+        bm.inflight.inc()
+        watch = _Disconnect(receive)
+        resp = None
+        try:
+            resp = await self._open(members.pools[j], scope, req, raw, b, flight)
+            await send(_response_start(resp, b, ticket))
+            await self._relay(send, resp, flight, bm)
+        except asyncio.CancelledError:
+            if not watch.client_gone():
+                raise
+            bm.error("client_disconnect").inc()
+        finally:
+            watch.close()
+            self._inflight[b.name] -= 1
+            bm.inflight.dec()
+            if resp is not None:
+                resp.release()
+
+    async def _open(
+        self, pool: Pool, scope: Scope, req: Parsed, raw: bytes, b: Backend, flight: Flight
+    ) -> Response:
+        """The upstream request sent and its response head read; failures are `Shed`."""
+        if b.model is not None and b.model != req.model:
+            raw = json.dumps({**req.body, "model": b.model}).encode()
+        fwd = [(k, v) for k, v in scope["headers"] if k in FORWARDED]
+        fwd.append(_CTYPE_JSON)
+        try:
+            return await pool.post(scope["path"], raw, fwd)
+        except UpstreamError as e:
+            if e.kind == "timeout":
+                self._feedback.failed(flight, "timeout")
+                raise Shed(504, "upstream_timeout", f"backend {b.name} timed out") from None
+            flight.members.metrics[flight.ticket.server].error("connect").inc()
+            raise Shed(502, "upstream_unavailable", f"backend {b.name}: {e}") from None
+
+    async def _relay(self, send: Send, resp: Response, flight: Flight, bm: BackendMetrics) -> None:
+        """The body, streamed as it arrives; then what the outcome teaches."""
+        counter = flight.counter
+        last = False
+        try:
+            while True:
+                chunk = resp.take()  # everything buffered: one send per read
+                if chunk is None:
+                    await resp.wait()
+                    continue
+                if not chunk:
+                    break
+                if flight.first is None:
+                    flight.first = time.perf_counter()
+                counter.feed(chunk)
+                last = resp.complete  # the end with the last bytes: one write less
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                if last:
+                    break
+        except UpstreamError as e:
+            self._feedback.failed(flight, e.kind)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if not last:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if resp.status < 400:
+            self._feedback.completed(flight)
+        else:
+            bm.error("status").inc()
+
+
+class _Disconnect:
+    """Watches the client while its request is proxied: a disconnect cancels the task."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._task = asyncio.current_task()
+        self._done = self._gone = False
+        self._watcher = asyncio.create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            m = await receive()
+            if m["type"] == "http.disconnect":
+                if not self._done and self._task is not None:
+                    self._gone = True
+                    self._task.cancel()
+                return
+
+    def client_gone(self) -> bool:
+        """Whether the cancellation being handled is the disconnect's (then it is undone)."""
+        if self._gone and self._task is not None:
+            self._task.uncancel()
+        return self._gone
+
+    def close(self) -> None:
+        self._done = True
+        self._watcher.cancel()
+
+
+def _response_start(resp: Response, b: Backend, t: Ticket) -> Message:
+    decision = (
+        f"backend={b.name}; tier={b.tier.value}; predicted={t.predicted_time:.3f}s; "
+        f"feasible={'true' if t.feasible else 'false'}"
+    ).encode()
+    return {
+        "type": "http.response.start",
+        "status": resp.status,
+        "headers": [(b"content-type", resp.content_type), (DECISION_HEADER, decision)],
+    }

@@ -1,0 +1,56 @@
+"""A completion request read off ASGI and validated before it waits for a slot: the body
+within its size limit, the JSON (`perllm.router.request.parse`), a model this router
+serves, and the `x-perllm-deadline-s` header. Anything wrong is a `BadRequest` (4xx)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from perllm.router.asgi import Receive
+from perllm.router.request import BadRequest, Parsed, deadline_header, parse
+
+DEADLINE_HEADER = b"x-perllm-deadline-s"
+
+Headers = list[tuple[bytes, bytes]]
+
+
+async def read_request(
+    headers: Headers, receive: Receive, chat: bool, models: Collection[str], limit: int
+) -> tuple[bytes, Parsed, float | None]:
+    """(raw body, parsed body, the deadline header's tightening or None)."""
+    raw = await read_body(headers, receive, limit)
+    req = parse(raw, chat)
+    if req.model not in models:
+        raise BadRequest(
+            404, "model_not_found", f"model {req.model!r} not served here: {sorted(models)}"
+        )
+    tight = None
+    for k, v in headers:
+        if k == DEADLINE_HEADER:
+            tight = deadline_header(v.decode("latin-1"))
+    return raw, req, tight
+
+
+async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:
+    for k, v in headers:
+        if k == b"content-length" and v.isdigit() and int(v) > limit:
+            raise BadRequest(413, "invalid_request_error", f"body over {limit} bytes")
+    m = await receive()
+    b = m.get("body", b"")
+    if not m.get("more_body") and m["type"] == "http.request":
+        if len(b) > limit:
+            raise BadRequest(413, "invalid_request_error", f"body over {limit} bytes")
+        return b  # type: ignore[no-any-return]
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if m["type"] == "http.disconnect":
+            raise BadRequest(400, "invalid_request_error", "client disconnected")
+        b = m.get("body", b"")
+        size += len(b)
+        if size > limit:
+            raise BadRequest(413, "invalid_request_error", f"body over {limit} bytes")
+        chunks.append(b)
+        if not m.get("more_body"):
+            return b"".join(chunks)
+        m = await receive()
