@@ -527,9 +527,9 @@ def test_an_absurd_rate_is_capped_and_metrics_keep_answering() -> None:
         bodies = []
         for _ in range(5):
             time.sleep(0.3)
-            # A functional deadline (the scheduler-facing contract), not a speed benchmark:
-            # the lock is released between bounded ticks, so a scrape never waits on them.
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            # Prometheus's contract, not a speed benchmark: a scrape is answered within 1 s
+            # because the clock releases the lock between ticks of at most 0.1 s of work.
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
                 bodies.append(r.read().decode())
     finally:
         stop.set()
