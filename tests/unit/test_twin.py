@@ -524,12 +524,21 @@ def test_an_absurd_rate_is_capped_and_metrics_keep_answering() -> None:
     )
     th.start()
     try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        for _ in range(300):  # until it listens and the absurd service draws requests
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if "perllm_twin_dropped_requests_total{" in r.read().decode():
+                        break
+            except OSError:
+                pass
+            time.sleep(0.1)
         bodies = []
         for _ in range(5):
             time.sleep(0.3)
             # Prometheus's contract, not a speed benchmark: a scrape is answered within 1 s
             # because the clock releases the lock between ticks of at most 0.1 s of work.
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+            with urllib.request.urlopen(url, timeout=1) as r:
                 bodies.append(r.read().decode())
     finally:
         stop.set()
