@@ -113,8 +113,8 @@ def _prefill_decode(rc: F, is_gpu: NDArray[np.bool_], l_in: F, l_out: F, b: F) -
         pre_gpu, pre_cpu = gpu_prefill(li, rc[_RPF], rc[_TTFT0]), cpu_prefill(li, b, rc[_PP])
         dec_gpu = gpu_decode(lo, ctx_kv, b, bw, rc[_STEP0], rc[_FLOP])
         dec_cpu = cpu_decode(lo, ctx_kv, b, rc[_W], bw, rc[_KPP])
-        prefill, decode = np.where(is_gpu, pre_gpu, pre_cpu), np.where(is_gpu, dec_gpu, dec_cpu)
-        return cast(F, prefill), cast(F, decode)
+        pre, dec = np.where(is_gpu, pre_gpu, pre_cpu), np.where(is_gpu, dec_gpu, dec_cpu)
+        return cast(F, pre), cast(F, dec)
     if kinds[0]:
         prefill = np.broadcast_to(gpu_prefill(li, rc[_RPF], rc[_TTFT0]), b.shape)
         return prefill, gpu_decode(lo, ctx_kv, b, bw, rc[_STEP0], rc[_FLOP])
