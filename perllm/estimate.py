@@ -69,8 +69,7 @@ def round_view(
     # The cost model's formulas on the [N, M, K] round: class-and-server constants come
     # folded from `CostTable.round_coeffs` (one gather), and parts that do not depend on
     # the load level stay [N, M, 1]. Rounds are small, so the count of numpy operations,
-    # not their size, is the cost: the prefill and decode parts are called directly so
-    # that the CPU and GPU branches share the context term.
+    # not their size, is the cost (`_prefill_decode`).
     # Levels first_level .. first_level + k - 1 (default: 0 .. min(n, MAX_LEVELS) - 1).
     k = max(1, min(len(cls), MAX_LEVELS)) if n_levels is None else n_levels
     if first_level == 0 and k <= MAX_LEVELS:
@@ -89,23 +88,7 @@ def round_view(
     # (prefills are serialised).
     _, gpu_pre = t.typical_service_s
     queue = np.maximum(occ1 - cap, 0.0) * rc[_SVC] + ((waiting[:, None] + add) * gpu_pre[:, None])
-    li, lo = l_in[:, None, None], l_out[:, None, None]
-    ctx_kv = context(l_in, l_out)[:, None, None] * rc[_KV]
-    bw = rc[_BW]
-    # One kind of server only (a large fleet's groups are evaluated by kind): one branch.
-    kinds = is_gpu.any(), not is_gpu.all()
-    if kinds[0] and kinds[1]:
-        pre_gpu, pre_cpu = gpu_prefill(li, rc[_RPF], rc[_TTFT0]), cpu_prefill(li, b, rc[_PP])
-        dec_gpu = gpu_decode(lo, ctx_kv, b, bw, rc[_STEP0], rc[_FLOP])
-        dec_cpu = cpu_decode(lo, ctx_kv, b, rc[_W], bw, rc[_KPP])
-        prefill = cast(F, np.where(is_gpu, pre_gpu, pre_cpu))
-        decode = cast(F, np.where(is_gpu, dec_gpu, dec_cpu))
-    elif kinds[0]:
-        prefill = np.broadcast_to(gpu_prefill(li, rc[_RPF], rc[_TTFT0]), b.shape)
-        decode = gpu_decode(lo, ctx_kv, b, bw, rc[_STEP0], rc[_FLOP])
-    else:
-        prefill = cpu_prefill(li, b, rc[_PP])
-        decode = cpu_decode(lo, ctx_kv, b, rc[_W], bw, rc[_KPP])
+    prefill, decode = _prefill_decode(rc, is_gpu, l_in, l_out, b)
     bits = (upload_bits(l_in, attach) + download_bits(l_out))[:, None, None]
     tran = bits / (bw_mbps * 1e6)[:, None] + t.rtt_s[:, None]
     e_tran = transmission_energy(t.e_bit[:, None], bits)
@@ -115,6 +98,27 @@ def round_view(
     energy = marginal_energy(w, e_tran, e_inf, e_idle_saved)
     core = queue + (prefill + decode)
     return RoundView(time=tran + core, decode=decode, energy=energy, levels=k, core=core)
+
+
+def _prefill_decode(rc: F, is_gpu: NDArray[np.bool_], l_in: F, l_out: F, b: F) -> tuple[F, F]:
+    """`round_view`'s inference times [N, M, K] (`rc`: its gathered `round_coeffs`); the
+    prefill and decode parts are called directly so that the CPU and GPU branches share
+    the context term."""
+    li, lo = l_in[:, None, None], l_out[:, None, None]
+    ctx_kv = context(l_in, l_out)[:, None, None] * rc[_KV]
+    bw = rc[_BW]
+    # One kind of server only (a large fleet's groups are evaluated by kind): one branch.
+    kinds = is_gpu.any(), not is_gpu.all()
+    if kinds[0] and kinds[1]:
+        pre_gpu, pre_cpu = gpu_prefill(li, rc[_RPF], rc[_TTFT0]), cpu_prefill(li, b, rc[_PP])
+        dec_gpu = gpu_decode(lo, ctx_kv, b, bw, rc[_STEP0], rc[_FLOP])
+        dec_cpu = cpu_decode(lo, ctx_kv, b, rc[_W], bw, rc[_KPP])
+        pre, dec = np.where(is_gpu, pre_gpu, pre_cpu), np.where(is_gpu, dec_gpu, dec_cpu)
+        return cast(F, pre), cast(F, dec)
+    if kinds[0]:
+        prefill = np.broadcast_to(gpu_prefill(li, rc[_RPF], rc[_TTFT0]), b.shape)
+        return prefill, gpu_decode(lo, ctx_kv, b, bw, rc[_STEP0], rc[_FLOP])
+    return cpu_prefill(li, b, rc[_PP]), cpu_decode(lo, ctx_kv, b, rc[_W], bw, rc[_KPP])
 
 
 _LEVELS = [np.arange(k, dtype=float) for k in range(MAX_LEVELS + 1)]

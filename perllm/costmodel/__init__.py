@@ -28,9 +28,7 @@ from perllm.costmodel.table import (
     COEFFS,
     ROUND,
     CostTable,
-    Gathered,
     build_cost_table,
-    infer_times,
 )
 
 __all__ = [
@@ -39,7 +37,6 @@ __all__ = [
     "ROUND",
     "WIRE_OVERHEAD",
     "CostTable",
-    "Gathered",
     "Num",
     "build_cost_table",
     "busy_times",
@@ -52,7 +49,6 @@ __all__ = [
     "gpu_prefill",
     "gpu_times",
     "idle_energy_saved",
-    "infer_times",
     "inference_energy",
     "marginal_energy",
     "server_energy",

@@ -68,14 +68,7 @@ def gpu_decode(l_out: Num, ctx_kv: Num, b: Num, bw: Num, step0: Num, flop: Num) 
 
 
 def cpu_times(
-    l_in: Num,
-    l_out: Num,
-    b: Num,
-    w: Num,
-    kv: Num,
-    bw: Num,
-    pp: Num,
-    kappa: Num,
+    l_in: Num, l_out: Num, b: Num, w: Num, kv: Num, bw: Num, pp: Num, kappa: Num
 ) -> tuple[Num, Num]:
     """(prefill, decode) seconds on a CPU server running `b` streams."""
     ctx_kv = context(l_in, l_out) * kv
@@ -83,15 +76,7 @@ def cpu_times(
 
 
 def gpu_times(
-    l_in: Num,
-    l_out: Num,
-    b: Num,
-    kv: Num,
-    bw: Num,
-    r_pf: Num,
-    ttft0: Num,
-    step0: Num,
-    flop: Num,
+    l_in: Num, l_out: Num, b: Num, kv: Num, bw: Num, r_pf: Num, ttft0: Num, step0: Num, flop: Num
 ) -> tuple[Num, Num]:
     """(prefill, decode) seconds on a GPU server with `b` sequences in the batch."""
     ctx_kv = context(l_in, l_out) * kv

@@ -130,12 +130,10 @@ class CostTable:
         can run): its full-batch service time, i.e. how long a request ahead in the queue
         holds its slot; and its GPU prefill time, i.e. how long it holds the GPU's
         serialised prefill (0 on CPUs, where prefill shares the cores instead)."""
-        cls = np.arange(self.n_classes)
         l_in = np.array([s.traffic.prompt_tokens for s in self.services])
         l_out = np.array([s.traffic.output_tokens for s in self.services])
-        g = Gathered(self, cls)
-        pre, dec = infer_times(g, l_in, l_out, g.max_conc)
-        svc, gpu_pre = (pre + dec)[:, :, 0], np.where(self.is_gpu, pre[:, :, 0], 0.0)
+        pre, dec = _times(self, l_in[:, None], l_out[:, None], self.max_conc)
+        svc, gpu_pre = pre + dec, np.where(self.is_gpu, pre, 0.0)
         rate = np.array([max(s.traffic.rate_rps, 1e-9) for s in self.services])[:, None]
         w = np.where(self.allowed, rate, 0.0)
         norm = np.maximum(w.sum(axis=0), 1e-12)
@@ -220,21 +218,21 @@ def build_cost_table(
             arrays["quality"][i, j] = (
                 variant.quality if variant.quality is not None else prof.quality
             )
-            for k, v in (
-                ("w", prof.weights_bytes),
-                ("kv", prof.kv_bytes),
-                ("bw", prof.bw),
-                ("pp", prof.pp or 1.0),
-                ("kappa", prof.kappa or 1.0),
-                ("r_pf", prof.r_pf or 1.0),
-                ("ttft0", prof.ttft0),
-                ("step0", prof.step0),
-                ("flop", prof.per_seq_flop_s),
-                ("max_conc", prof.max_conc),
-                ("kv_budget", prof.kv_budget_bytes),
-                ("p_busy", prof.p_busy),
-                ("p_prefill", prof.p_prefill),
-            ):
+            for k, v in dict(
+                w=prof.weights_bytes,
+                kv=prof.kv_bytes,
+                bw=prof.bw,
+                pp=prof.pp or 1.0,
+                kappa=prof.kappa or 1.0,
+                r_pf=prof.r_pf or 1.0,
+                ttft0=prof.ttft0,
+                step0=prof.step0,
+                flop=prof.per_seq_flop_s,
+                max_conc=prof.max_conc,
+                kv_budget=prof.kv_budget_bytes,
+                p_busy=prof.p_busy,
+                p_prefill=prof.p_prefill,
+            ).items():
                 arrays[k][i, j] = v
     links = [s.link for _, s in servers]
     return CostTable(
@@ -253,37 +251,8 @@ def build_cost_table(
     )
 
 
-class Gathered:
-    """The class rows of a round's requests, [N, M, 1] per coefficient (one fancy index)."""
-
-    def __init__(self, t: CostTable, cls: NDArray[np.intp]) -> None:
-        rows = t.stacked[cls]
-        for k, name in enumerate(COEFFS):
-            setattr(self, name, rows[:, :, k, None])
-        self.is_gpu = rows[:, :, 0, None] > 0.5
-
-    is_gpu: NDArray[np.bool_]
-    w: F
-    kv: F
-    bw: F
-    pp: F
-    kappa: F
-    r_pf: F
-    ttft0: F
-    step0: F
-    flop: F
-    max_conc: F
-    p_busy: F
-    p_prefill: F
-    p_idle: F
-
-
-def infer_times(g: Gathered, l_in: F, l_out: F, b: F) -> tuple[F, F]:
-    """(prefill, decode) of a round's requests on every server at batch size `b`.
-
-    `b` is [N, M, K] (K load levels); results are [N, M, K].
-    """
-    li, lo = l_in[:, None, None], l_out[:, None, None]
-    pc, dc = cpu_times(li, lo, b, g.w, g.kv, g.bw, g.pp, g.kappa)
-    pg, dg = gpu_times(li, lo, b, g.kv, g.bw, g.r_pf, g.ttft0, g.step0, g.flop)
-    return cast(F, np.where(g.is_gpu, pg, pc)), cast(F, np.where(g.is_gpu, dg, dc))
+def _times(t: CostTable, l_in: F, l_out: F, b: F) -> tuple[F, F]:
+    """(prefill, decode) [C, M] of each class's requests on every server at batch size `b`."""
+    pc, dc = cpu_times(l_in, l_out, b, t.w, t.kv, t.bw, t.pp, t.kappa)
+    pg, dg = gpu_times(l_in, l_out, b, t.kv, t.bw, t.r_pf, t.ttft0, t.step0, t.flop)
+    return cast(F, np.where(t.is_gpu, pg, pc)), cast(F, np.where(t.is_gpu, dg, dc))

@@ -230,18 +230,10 @@ class CSUCB:
     def _decide_arrays(
         self, args: tuple[I, F, F, F, F, F, F, F], cols: I | None, explain: bool
     ) -> Decision:
-        cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps = args
+        cls, l_in, l_out, attach, min_quality = args[:5]
         st = self.stats
-        gr = group_round(self._kind, running, waiting, bw_mbps)
-        weight = np.zeros(self.t.n_servers)
-        weight[gr.reps] = gr.sizes  # options: servers of groups with a feasible representative
-        if cols is None:
-            t, arm_of = self.t, self._arm_cj
-        else:  # a large fleet: decide among the candidates only
-            t, arm_of = self.t.subset(cols), self._arm_cj[:, cols]
-            running, waiting, bw_mbps = running[cols], waiting[cols], bw_mbps[cols]
-            weight = weight[cols]
-        n, m = len(cls), t.n_servers
+        t, arm_of, running, waiting, bw_mbps, weight = self._servers(args, cols)
+        n = len(cls)
         view = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps)
         arm = arm_of[cls]  # [N, M] flat arm index
         pess, static, feas, deadline, mean, score, bonus = self._judge(t, arm, view, args)
@@ -261,17 +253,9 @@ class CSUCB:
 
         g = Grid(pess, np.where(feas, score, -np.inf), view.time, bw_mbps.tolist(), grow)
         ok = np.empty(n, bool)
-        expect = None
-        if self.cfg.on_infeasible == "shed":
-            mu_arm, _, f_arm = st.arm_posterior()
-            expect = (mu_arm / f_arm)[arm]
-        # Python lists beat numpy's per-call cost only while the round's array is small.
-        if not explain and g.feasible_score.size <= 4096 and not np.isnan(score).any():
-            choice, lvl_of, shed, infeasible = assign_lists(g, static, deadline, order, ok, expect)
-        else:
-            choice, lvl_of, seen, shed, infeasible = assign_arrays(
-                g, static, deadline, order, ok, expect
-            )
+        lists = not explain and not np.isnan(score).any()  # else arrays (NaN-safe, `seen`)
+        out = self._assign(g, static, deadline, order, ok, arm, lists)
+        choice, lvl_of, seen, shed, infeasible = out
         view, placed = lv.view, ~shed
         unplayed = (st.plays.ravel() == 0)[arm]  # before this round's plays
         st.record_round(arm[np.arange(n), choice][placed].tolist(), n, infeasible)
@@ -279,6 +263,7 @@ class CSUCB:
         per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
         expl = None
         if explain:
+            assert seen is not None
             q_lo, q_hi = self.output_quantiles()
             x = ExplainContext(
                 t, cls, min_quality, deadline, static, lv.feas, view, lv.pess, lv.mean,
@@ -287,21 +272,54 @@ class CSUCB:
             )  # fmt: skip
             expl = [explain_request(k, x, st.rounds) for k in range(n)]
         at = np.where(placed, choice, 0)
-        flat = (np.arange(n) * m + at) * view.levels + lvl_of  # (request, choice, level)
-
-        def picked(a: F) -> F:
-            return np.where(placed, a.ravel()[flat], np.nan)
-
+        flat = (np.arange(n) * t.n_servers + at) * view.levels + lvl_of  # (request, choice, level)
         return Decision(
             choice=choice if cols is None else np.where(placed, cols[at], SHED),
             feasible=ok,
-            predicted_time=picked(view.time),
-            predicted_energy=picked(view.energy),
-            predicted_fixed=picked(fixed),
-            predicted_per_token=picked(per_tok),
+            predicted_time=_picked(view.time, flat, placed),
+            predicted_energy=_picked(view.energy, flat, placed),
+            predicted_fixed=_picked(fixed, flat, placed),
+            predicted_per_token=_picked(per_tok, flat, placed),
             shed=shed,
             explanations=expl,
         )
+
+    def _assign(
+        self,
+        g: Grid,
+        static: NDArray[np.bool_],
+        deadline: F,
+        order: I,
+        ok: NDArray[np.bool_],
+        arm: I,
+        lists: bool,
+    ) -> tuple[I, I, I | None, NDArray[np.bool_], int]:
+        """`assign_lists` or `assign_arrays` (which also returns what each request saw, for
+        explanations), with the expectations that shedding reads."""
+        expect = None
+        if self.cfg.on_infeasible == "shed":
+            mu_arm, _, f_arm = self.stats.arm_posterior()
+            expect = (mu_arm / f_arm)[arm]
+        # Python lists beat numpy's per-call cost only while the round's array is small.
+        if lists and g.feasible_score.size <= 4096:
+            choice, lvl_of, shed, infeasible = assign_lists(g, static, deadline, order, ok, expect)
+            return choice, lvl_of, None, shed, infeasible
+        return assign_arrays(g, static, deadline, order, ok, expect)
+
+    def _servers(
+        self, args: tuple[I, F, F, F, F, F, F, F], cols: I | None
+    ) -> tuple[CostTable, I, F, F, F, F]:
+        """The round's servers (all, or the candidates `cols` on a large fleet): their
+        table, arms [class, server], running, waiting, bandwidth and option weight (a
+        group's size on its representative: the servers of groups with a feasible one)."""
+        running, waiting, bw_mbps = args[5:]
+        gr = group_round(self._kind, running, waiting, bw_mbps)
+        weight = np.zeros(self.t.n_servers)
+        weight[gr.reps] = gr.sizes
+        if cols is None:
+            return self.t, self._arm_cj, running, waiting, bw_mbps, weight
+        t, arm_of = self.t.subset(cols), self._arm_cj[:, cols]
+        return t, arm_of, running[cols], waiting[cols], bw_mbps[cols], weight[cols]
 
     # -- learning -------------------------------------------------------------------------
     def update(
@@ -372,3 +390,8 @@ class _Levels:
         self.feas = np.concatenate([self.feas, feas], axis=2)
         self.mean = np.concatenate([self.mean, mean], axis=2)
         self.score = np.concatenate([self.score, score], axis=2)
+
+
+def _picked(a: F, flat: I, placed: NDArray[np.bool_]) -> F:
+    """[N, M, K] `a` at each placed request's (server, level) `flat`; NaN where shed."""
+    return np.where(placed, a.ravel()[flat], np.nan)

@@ -27,7 +27,7 @@ from scipy.special import ndtr
 from perllm.costmodel import download_bits, upload_bits
 from perllm.csucb.assign import SHED, better, hopeless
 from perllm.csucb.decision import Decision
-from perllm.csucb.groups import group_round
+from perllm.csucb.groups import Groups, group_round
 from perllm.csucb.index import exploration, log_t
 from perllm.estimate import RoundView, round_view
 
@@ -116,61 +116,92 @@ class _Scores:
 def decide_pooled(b: CSUCB, args: tuple[I, F, F, F, F, F, F, F]) -> Decision | None:
     """The round's decision, or None (nothing changed) where a NaN or an unusable
     bandwidth would make the per-group bound unsound: the caller decides per server."""
-    cls, l_in, l_out, attach, _, running, waiting, bw_mbps = args
+    running, waiting, bw_mbps = args[5:]
     if not np.isfinite(bw_mbps).all() or (bw_mbps <= 0).any():
         return None
-    st, cfg = b.stats, b.cfg
     gr = group_round(b._kind, running, waiting, bw_mbps)
-    reps, sizes = gr.reps, gr.sizes
-    sc = _Scores(b, args, reps)
-    n, n_groups = len(cls), len(reps)
+    sc = _Scores(b, args, gr.reps)
+    n = len(args[0])
     # Batching servers (GPUs) take many requests each: their first levels up front.
-    wide = [g for g, c in enumerate(b._server_cap[reps].tolist()) if c > WIDE_LEVELS]
+    wide = [g for g, c in enumerate(b._server_cap[gr.reps].tolist()) if c > WIDE_LEVELS]
     if not sc.ok or (wide and n > FIRST_LEVELS and not sc.grow(wide, min(n, WIDE_LEVELS))):
         return None
-    data = sc.data
-    order = np.lexsort((sc.deadline, sc.feas0 @ sizes)).tolist()
-    # Per request and server: what the exact score of a non-representative needs.
-    mu_arm, sd_arm, f_arm = (a.ravel().tolist() for a in st.arm_posterior())
-    _, lift = _lift(b)
-    arm_l: list[list[int]] = sc.arm.tolist()
-    static_l: list[list[bool]] = sc.static.tolist()
-    bits = (upload_bits(l_in, attach) + download_bits(l_out)).tolist()
-    lq = st.quantile_pairs()[b.class_of[cls]].tolist()
-    dl_s, dl_tok = b.deadline_s[cls].tolist(), b.deadline_per_token[cls].tolist()
-    deadline = sc.deadline.tolist()
-    l_out1 = np.maximum(l_out, 1.0).tolist()
-    scale = b.energy_scale[cls].tolist()
-    bw, rtt = bw_mbps.tolist(), b.t.rtt_s.tolist()
-    members: list[int] = gr.order.tolist()
-    first: list[int] = gr.start[:-1].tolist()
-    theta, shed_rule = cfg.theta, cfg.on_infeasible == "shed"
-    # Per group: [level, servers at it], levels descending (non-increasing along the order).
-    at: list[list[list[int]]] = [[[0, s]] for s in sizes.tolist()]
+    r = _Round(b, args, sc, gr, wide)
+    return r.decision() if r.run() else None
 
-    def group_options(g: int) -> list[tuple[int, int, int, int]]:
-        """Group g's options (group, level, server, column): its first server at each
-        level present."""
-        out, pos, cg = [], first[g], sc.col[g]
-        for a, cnt in at[g]:
+
+Option = tuple[int, int, int, int]  # (group, level, server, column of `_Scores.data`)
+
+
+class _Round:
+    """A pooled round's placements: the options still open (per group, its first server
+    at each level present), scored from the representatives' columns, exactly where a
+    non-representative could win."""
+
+    def __init__(
+        self,
+        b: CSUCB,
+        args: tuple[I, F, F, F, F, F, F, F],
+        sc: _Scores,
+        gr: Groups,
+        wide: list[int],
+    ) -> None:
+        cls, l_in, l_out, attach = args[:4]
+        st = b.stats
+        self.b, self.sc, self.wide, self.cls, self.l_out = b, sc, wide, cls, l_out
+        n = self.n = len(cls)
+        self.order: list[int] = np.lexsort((sc.deadline, sc.feas0 @ gr.sizes)).tolist()
+        # Per request and server: what the exact score of a non-representative needs.
+        mu_arm, sd_arm, f_arm = (a.ravel().tolist() for a in st.arm_posterior())
+        self.mu_arm, self.f_arm = mu_arm, f_arm
+        self.arm_l: list[list[int]] = sc.arm.tolist()
+        self.static_l: list[list[bool]] = sc.static.tolist()
+        self.deadline: list[float] = sc.deadline.tolist()
+        self.bw: list[float] = args[7].tolist()
+        self.members: list[int] = gr.order.tolist()
+        self.first: list[int] = gr.start[:-1].tolist()
+        self._exact_in = (
+            (upload_bits(l_in, attach) + download_bits(l_out)).tolist(),
+            b.t.rtt_s.tolist(),
+            np.maximum(l_out, 1.0).tolist(),
+            st.quantile_pairs()[b.class_of[cls]].tolist(),
+            b.deadline_s[cls].tolist(),
+            b.deadline_per_token[cls].tolist(),
+            b.energy_scale[cls].tolist(),
+            sd_arm,
+            b.cfg.theta,
+            _lift(b)[1],
+        )
+        self.shed_rule = b.cfg.on_infeasible == "shed"
+        # Per group: [level, servers at it], levels descending (non-increasing along the order).
+        self.at: list[list[list[int]]] = [[[0, s]] for s in gr.sizes.tolist()]
+        self.per_group = [self.group_options(g) for g in range(len(gr.reps))]
+        self.choice, self.lvl_of, self.col_of = [0] * n, [0] * n, [0] * n
+        self.ok, self.shed = [False] * n, [False] * n
+        self.times = [math.nan] * n
+        self.infeasible = 0
+
+    def group_options(self, g: int) -> list[Option]:
+        """Group g's options: its first server at each level present."""
+        out, pos, cg, members = [], self.first[g], self.sc.col[g], self.members
+        for a, cnt in self.at[g]:
             out.append((g, a, members[pos], cg[a]))
             pos += cnt
         return out
 
-    per_group = [group_options(g) for g in range(n_groups)]
-
-    def options() -> tuple[list[tuple[int, int, int, int]], I]:
-        out = list(chain.from_iterable(per_group))
+    def options(self) -> tuple[list[Option], I]:
+        out = list(chain.from_iterable(self.per_group))
         return out, np.fromiter((o[3] for o in out), np.intp, len(out))
 
-    def exact(k: int, g: int, s: int, c: int) -> tuple[float, float, float]:
+    def exact(self, k: int, g: int, s: int, c: int) -> tuple[float, float, float]:
         """Server s of group g (column c: its level) for request k: time, score (−inf
         where infeasible), pessimistic time; the vectorised path's operations."""
-        core, dec, en = data[_CORE:, k, c].tolist()
-        time = (bits[k] / (bw[s] * 1e6) + rtt[s]) + core
-        arm = arm_l[k][g]
-        f = f_arm[arm]
-        if not static_l[k][g]:
+        bits, rtt, l_out1, lq, dl_s, dl_tok, scale, sd_arm, theta, lift = self._exact_in
+        core, dec, en = self.sc.data[_CORE:, k, c].tolist()
+        time = (bits[k] / (self.bw[s] * 1e6) + rtt[s]) + core
+        arm = self.arm_l[k][g]
+        f = self.f_arm[arm]
+        if not self.static_l[k][g]:
             return time, -math.inf, time * f
         fixed, per_tok = time - dec, dec / l_out1[k]
         q_lo, q_hi = lq[k]
@@ -179,19 +210,40 @@ def decide_pooled(b: CSUCB, args: tuple[I, F, F, F, F, F, F, F]) -> Decision | N
             and f * (fixed + per_tok * q_hi) <= dl_s[k] + dl_tok[k] * q_hi
         ):
             return time, -math.inf, time * f
-        mu = mu_arm[arm]
+        mu = self.mu_arm[arm]
         e_hat = en * mu / scale[k]
-        x = (deadline[k] / (time if time > 1e-9 else 1e-9) - mu) / sd_arm[arm]
+        x = (self.deadline[k] / (time if time > 1e-9 else 1e-9) - mu) / sd_arm[arm]
         return time, -e_hat - theta * float(1.0 - ndtr(x)) + lift[arm], time * f
 
-    choice, lvl_of, col_of = [0] * n, [0] * n, [0] * n
-    ok, shed = [False] * n, [False] * n
-    times = [math.nan] * n
-    infeasible = 0
-    opts, cols = options()
-    for i, k in enumerate(order):
-        u_row, t_row = data[:2, k, cols].tolist()
-        stk = static_l[k]
+    def run(self) -> bool:
+        """Place every request in order; False on a NaN (nothing recorded)."""
+        n, order = self.n, self.order
+        opts, cols = self.options()
+        for i, k in enumerate(order):
+            bs, bo, b_time = self.best(k, opts, cols)
+            if bs >= 0:
+                self.ok[k] = True
+            else:  # nothing feasible
+                self.infeasible += 1
+                bs, bo, b_time = self.least_late(k, opts)
+                if bs < 0:
+                    self.choice[k], self.shed[k] = SHED, True
+                    continue
+            bg, ba, _, bc = opts[bo]
+            self.choice[k], self.lvl_of[k], self.col_of[k], self.times[k] = bs, ba, bc, b_time
+            _take(self.at[bg], ba)
+            if i + 1 < n:
+                if not self.reopen(bg, ba, order[i + 1 :]):
+                    return False
+                opts, cols = self.options()
+        return True
+
+    def best(self, k: int, opts: list[Option], cols: I) -> tuple[int, int, float]:
+        """Request k's best feasible option (`assign.better`): server, option, time; server
+        -1 where none is feasible. A representative's bound is exact; another server's
+        score is computed only where the bound could still win."""
+        u_row, t_row = self.sc.data[:2, k, cols].tolist()
+        members, first, bw = self.members, self.first, self.bw
         best, b_time, b_bw = -math.inf, math.inf, -math.inf
         bs = bo = -1
         for o, (g, _, s, c) in enumerate(opts):
@@ -200,60 +252,67 @@ def decide_pooled(b: CSUCB, args: tuple[I, F, F, F, F, F, F, F]) -> Decision | N
                 if s == members[first[g]]:
                     v, tt = u, t_row[o]
                 else:
-                    tt, v, _ = exact(k, g, s, c)
+                    tt, v, _ = self.exact(k, g, s, c)
                 if better(v, tt, bw[s], best, b_time, b_bw) or (
                     v == best and tt == b_time and bw[s] == b_bw and s < bs
                 ):
                     best, b_time, b_bw, bs, bo = v, tt, bw[s], s, o
-        if bs >= 0:
-            ok[k] = True
-        else:  # nothing feasible: `assign.least_late` over every group's options
-            infeasible += 1
-            least, lp = math.inf, math.nan
-            for o, (g, _, s, c) in enumerate(opts):
-                if not stk[g]:
-                    continue
-                tt, _, p = exact(k, g, s, c)
-                v = p / deadline[k]
-                if bs < 0 or v < least or (v == least and s < bs):
-                    least, lp, b_time, bs, bo = v, p, tt, s, o
-            arm = arm_l[k][opts[bo][0]] if bs >= 0 else -1
-            if bs < 0 or (shed_rule and hopeless(lp, mu_arm[arm] / f_arm[arm], deadline[k])):
-                choice[k], shed[k] = SHED, True
+        return bs, bo, b_time
+
+    def least_late(self, k: int, opts: list[Option]) -> tuple[int, int, float]:
+        """`assign.least_late` over every group's options: server, option, time; server -1
+        where the request is shed (none allowed, or hopeless under the shed rule)."""
+        stk, dl = self.static_l[k], self.deadline[k]
+        least, lp, b_time = math.inf, math.nan, math.inf
+        bs = bo = -1
+        for o, (g, _, s, c) in enumerate(opts):
+            if not stk[g]:
                 continue
-        bg, ba, _, bc = opts[bo]
-        choice[k], lvl_of[k], col_of[k], times[k] = bs, ba, bc, b_time
-        _take(at[bg], ba)
-        if i + 1 < n:
-            if ba + 1 >= sc.levels(bg):
-                # with it, the other batching groups at as many levels (they fill alike)
-                lv = sc.levels(bg)
-                gs = [bg, *(g for g in wide if g != bg and sc.levels(g) == lv)]
-                if not sc.grow(gs, GROWTH * lv, order[i + 1 :]):
-                    return None
-                data = sc.data
-                for g in gs:
-                    per_group[g] = group_options(g)
-            per_group[bg] = group_options(bg)
-            opts, cols = options()
-    placed = [k for k in range(n) if not shed[k]]
-    arm_cj = b._arm_list
-    cl = cls.tolist()
-    st.record_round([arm_cj[cl[k]][choice[k]] for k in placed], n, infeasible)
-    energy, decode = [math.nan] * n, [math.nan] * n
-    for k in placed:
-        decode[k], energy[k] = data[_DEC:, k, col_of[k]].tolist()
-    time = np.array(times)
-    dec = np.array(decode)
-    return Decision(
-        choice=np.array(choice, np.intp),
-        feasible=np.array(ok, bool),
-        predicted_time=time,
-        predicted_energy=np.array(energy),
-        predicted_fixed=time - dec,
-        predicted_per_token=dec / np.maximum(l_out, 1.0),
-        shed=np.array(shed, bool),
-    )
+            tt, _, p = self.exact(k, g, s, c)
+            v = p / dl
+            if bs < 0 or v < least or (v == least and s < bs):
+                least, lp, b_time, bs, bo = v, p, tt, s, o
+        if bs >= 0 and self.shed_rule:
+            arm = self.arm_l[k][opts[bo][0]]
+            if hopeless(lp, self.mu_arm[arm] / self.f_arm[arm], dl):
+                return -1, -1, b_time
+        return bs, bo, b_time
+
+    def reopen(self, bg: int, ba: int, rest: list[int]) -> bool:
+        """Group bg's options after a placement at level ba; its next levels (and those of
+        the other batching groups at as many levels: they fill alike) computed for the
+        requests `rest` where it reached the last one computed. False on a NaN."""
+        sc = self.sc
+        if ba + 1 >= sc.levels(bg):
+            lv = sc.levels(bg)
+            gs = [bg, *(g for g in self.wide if g != bg and sc.levels(g) == lv)]
+            if not sc.grow(gs, GROWTH * lv, rest):
+                return False
+            for g in gs:
+                self.per_group[g] = self.group_options(g)
+        self.per_group[bg] = self.group_options(bg)
+        return True
+
+    def decision(self) -> Decision:
+        """Record the round's plays; its `Decision`."""
+        b, n, data = self.b, self.n, self.sc.data
+        placed = [k for k in range(n) if not self.shed[k]]
+        arm_cj, cl, choice = b._arm_list, self.cls.tolist(), self.choice
+        b.stats.record_round([arm_cj[cl[k]][choice[k]] for k in placed], n, self.infeasible)
+        energy, decode = [math.nan] * n, [math.nan] * n
+        for k in placed:
+            decode[k], energy[k] = data[_DEC:, k, self.col_of[k]].tolist()
+        time = np.array(self.times)
+        dec = np.array(decode)
+        return Decision(
+            choice=np.array(choice, np.intp),
+            feasible=np.array(self.ok, bool),
+            predicted_time=time,
+            predicted_energy=np.array(energy),
+            predicted_fixed=time - dec,
+            predicted_per_token=dec / np.maximum(self.l_out, 1.0),
+            shed=np.array(self.shed, bool),
+        )
 
 
 def _lift(b: CSUCB) -> tuple[list[float], list[float]]:
