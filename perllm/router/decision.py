@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perllm.contract import EnergyWeights, Server, ServiceSpec
-from perllm.costmodel import CostTable, build_cost_table
+from perllm.costmodel import build_cost_table
 from perllm.csucb import CSUCB, ArmStats, CSUCBConfig, realised_prediction
 from perllm.profiles import Catalogue
 
@@ -42,16 +42,11 @@ class Ticket:
 
 
 class Decider:
-    def __init__(
-        self,
-        table: CostTable,
-        weights: EnergyWeights | None = None,
-        config: CSUCBConfig | None = None,
-        stats: ArmStats | None = None,
-    ) -> None:
-        self.table = table
-        self.bandit = CSUCB(table, weights, config, stats)
-        st = self.bandit.stats
+    def __init__(self, bandit: CSUCB) -> None:
+        """Per-request decisions with `bandit` (the simulator's CS-UCB, unchanged)."""
+        table = self.table = bandit.t
+        self.bandit = bandit
+        st = bandit.stats
         self._cls_row = [st.class_index(s.name) for s in table.services]
         self._pool_col = [st.pool_index(p) for p in table.pools]
         self._slots = np.maximum(table.max_conc, 1.0)  # [C, M]
@@ -69,7 +64,7 @@ class Decider:
         """`stats`: learn into (and decide from) statistics shared with other deciders,
         e.g. the router's previous membership of backends."""
         table = build_cost_table(services, [(s.name, s) for s in servers], catalogue)
-        return cls(table, weights, config, stats)
+        return cls(CSUCB(table, weights, config, stats))
 
     def load(self, cls: int, inflight: Sequence[float]) -> tuple[F, F]:
         """(running, waiting) per server from the requests in flight there: up to the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from perllm.csucb import CSUCB
 from perllm.policies.base import Batch, Env, Feedback, I, Observation
 from perllm.policies.perllm_policy import PerLLM
 from perllm.router.decision import Decider, Ticket
@@ -19,7 +20,7 @@ class Twinned(PerLLM):
 
     def reset(self, env: Env, world: World | None = None) -> None:
         super().reset(env, world)
-        self.router = Decider(env.table, env.weights, self.config)
+        self.router = Decider(CSUCB(env.table, env.weights, self.config))
         self.tickets: dict[int, Ticket] = {}
         self.rounds = self.requests = 0
         self.mismatch: list[tuple[int, int, int]] = []
@@ -69,7 +70,7 @@ def test_router_decider_decides_like_the_simulator_policy() -> None:
 
 def test_load_splits_inflight_at_the_backend_slots() -> None:
     sc = load_scenario("demo")
-    d = Decider(World(sc, 0).table)
+    d = Decider(CSUCB(World(sc, 0).table))
     slots = d.table.max_conc[0]
     running, waiting = d.load(0, (slots + 3).tolist())
     assert np.array_equal(running, slots) and np.array_equal(waiting, np.full(len(slots), 3.0))
