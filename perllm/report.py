@@ -82,7 +82,9 @@ def run_metrics(r: RunResult) -> Metrics:
     edge = np.array([t == "edge" for t in r.tiers], bool)[r.server[ran]]
     return Metrics(
         success_rate=float(r.met.mean()) if n else 0.0,
-        throughput_rps=float(in_time.sum() / r.duration_s),
+        # Served requests only: a rejected request has a finish time (when the client
+        # heard of the rejection) but was never processed.
+        throughput_rps=float((in_time & ran).sum() / r.duration_s),
         goodput_rps=float((in_time & r.met).sum() / r.duration_s),
         energy_j_per_service=float(sum(eb.values())),
         energy_breakdown_j=eb,

@@ -38,3 +38,10 @@ def test_edge_share_counts_requests_that_ran_only(overloaded: tuple) -> None:
     ran = ~(r.shed | r.rejected)
     edge = sum(r.tiers[j] == "edge" for j in r.server[ran])
     assert m.edge_share == pytest.approx(edge / ran.sum())
+
+
+def test_throughput_counts_served_requests_only(overloaded: tuple) -> None:
+    r, m = overloaded
+    ran = ~(r.shed | r.rejected)
+    assert m.throughput_rps == pytest.approx(((r.finish <= r.duration_s) & ran).sum() / 120.0)
+    assert m.goodput_rps <= m.throughput_rps
