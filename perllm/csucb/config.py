@@ -35,7 +35,7 @@ class CSUCBConfig:
     # A request no server can serve in time (pessimistically): "least-late" places it on
     # the server with the smallest pessimistic overshoot among those meeting its tiers
     # and quality floor; "shed" does the same unless it is late there even in
-    # expectation (μ_ρ·D > ΔD: more likely late than not), and then rejects it. Either way
+    # expectation, by more than `assign.SHED_SLACK` of ΔD, and then rejects it. Either way
     # tiers and quality floor are never traded: a request no server may run is shed.
     on_infeasible: OnInfeasible = "least-late"
 
