@@ -84,6 +84,15 @@ def hopeless(pess: float, expect: float, deadline: float) -> bool:
     return pess * expect > deadline * (1.0 + SHED_SLACK)
 
 
+def fallback(pess: list[float], deadline: float, hard_ok: list[bool], expect: F | None) -> int:
+    """With nothing feasible: `least_late`, or `SHED` where no server meets the hard
+    constraints or (`expect` [M] given: the shed rule) the request is hopeless there."""
+    j = least_late(pess, deadline, hard_ok)
+    if j != SHED and expect is not None and hopeless(pess[j], float(expect[j]), deadline):
+        return SHED
+    return j
+
+
 def assign_lists(
     g: Grid,
     static: NDArray[np.bool_],
@@ -119,10 +128,9 @@ def assign_lists(
             infeasible += 1
             p_row = g.pess[k]
             pess = [float(p_row[jj, a]) for jj, a in enumerate(added)]
-            j = least_late(pess, float(deadline[k]), static[k].tolist())
-            if j == SHED or (
-                expect is not None and hopeless(pess[j], float(expect[k, j]), float(deadline[k]))
-            ):
+            ex = None if expect is None else expect[k]
+            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex)
+            if j == SHED:
                 choice[k], shed[k] = SHED, True
                 continue
         choice[k], lvl_of[k] = j, added[j]
@@ -166,10 +174,9 @@ def assign_arrays(
             ok[k] = False
             infeasible += 1
             pess = g.pess[k, ar, added].tolist()
-            j = least_late(pess, float(deadline[k]), static[k].tolist())
-            if j == SHED or (
-                expect is not None and hopeless(pess[j], float(expect[k, j]), float(deadline[k]))
-            ):
+            ex = None if expect is None else expect[k]
+            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex)
+            if j == SHED:
                 choice[k], shed[k] = SHED, True
                 continue
         choice[k] = j
