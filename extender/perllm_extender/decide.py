@@ -24,6 +24,7 @@ from perllm.profiles import Catalogue
 from perllm_extender.bandits import GRACE_S, ArmStore, BanditCache, service_key, split_key
 from perllm_extender.candidates import CandidateSets, Prepared
 from perllm_extender.decision import (
+    NOT_CHOSEN,
     DecisionEvent,
     PodDecision,
     constraint_of,
@@ -245,13 +246,16 @@ def _placed(
     scores: dict[str, int],
     expl: Explanation,
 ) -> PodDecision:
-    """The decision for a pod CS-UCB placed: the feasible nodes pass (only the least
-    violating one when none is feasible), the others fail with their reason."""
-    passed_set = {c.node for c in expl.candidates if c.feasible}
-    if not expl.feasible:
-        passed_set = {expl.chosen}  # least violating: the pod can still schedule
+    """The decision for a pod CS-UCB placed: only the chosen node passes (the least
+    violating one when none is feasible), so the pod runs where the decision says: with
+    several nodes passing, kube-scheduler adds its in-tree scores (resource fit, topology
+    spread) to ours and can bind elsewhere. The others fail with their reason."""
     for c in expl.candidates:
-        if c.node not in passed_set:
+        if c.node == expl.chosen:
+            continue
+        if c.feasible:
+            failed[c.node] = f"{NOT_CHOSEN}: CS-UCB placed the pod on {expl.chosen}"
+        else:
             failed[c.node] = c.reason or "not chosen: nothing was feasible"
     scores.update(priorities(expl))
     chosen = next(c for c in expl.candidates if c.node == expl.chosen)
@@ -262,7 +266,7 @@ def _placed(
         pod=key,
         service=spec.name,
         nodes=order,
-        passed=[n for n in order if n in passed_set],
+        passed=[n for n in order if n == expl.chosen],
         failed=failed,
         scores=scores,
         chosen=expl.chosen,
@@ -274,4 +278,5 @@ def _placed(
         exploration=explored,
         regret=max(0.0, best - chosen.mean),
         violated=None if expl.feasible else constraint_of(chosen.reason),
+        n_feasible=len(pool) if expl.feasible else 0,
     )

@@ -18,6 +18,8 @@ Obj = dict[str, Any]
 C = TypeVar("C")
 
 EXPLAIN_LIMIT = 32  # candidates kept in a decision's explanation (log, learning)
+# a FailedNodes reason for a feasible node the pod is not placed on (not an exclusion)
+NOT_CHOSEN = "feasible, not chosen"
 
 
 @dataclass
@@ -42,6 +44,7 @@ class PodDecision:
     exploration: bool = False  # chosen arm unplayed, or chosen for its bonus
     regret: float = 0.0  # best feasible mean reward − chosen one (estimate, ≥ 0)
     violated: str | None = None  # constraint the chosen node violates (nothing feasible)
+    n_feasible: int = 0  # candidates meeting every constraint (only the chosen one passes)
 
 
 @dataclass(frozen=True)

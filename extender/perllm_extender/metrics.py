@@ -18,7 +18,7 @@ class Metrics:
         )
         self.feasible = Histogram(
             "perllm_extender_feasible_nodes",
-            "Nodes passing the filter per PerLLM pod.",
+            "Feasible candidate nodes per PerLLM pod (only the chosen one passes the filter).",
             registry=self.registry,
             buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128),
         )

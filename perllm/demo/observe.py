@@ -73,14 +73,17 @@ class Sample:
 
 def placements_hold(s: Sample) -> bool:
     """Every LLMService has a published placement and all its pods are bound to nodes that
-    placement names (not pending, not mid-re-placement). A failed or empty read never
-    holds."""
+    placement names, the latest decision's node among them (not pending, not
+    mid-re-placement). A failed or empty read never holds."""
     if s.api_error is not None or not s.status:
         return False
     for svc, st in s.status.items():
-        nodes = set((st.get("placement") or {}).get("nodes") or [])
+        placement = st.get("placement") or {}
+        nodes = set(placement.get("nodes") or [])
         bound = s.pods.get(svc, [])
         if not nodes or not bound or not set(bound) <= nodes:
+            return False
+        if placement.get("chosen") not in nodes:  # its pod went; the next decision is due
             return False
     return True
 

@@ -28,6 +28,12 @@ def test_a_pod_on_an_unpublished_node_does_not_hold() -> None:
     assert not placements_hold(s)
 
 
+def test_a_latest_decision_whose_pod_went_does_not_hold() -> None:
+    """The pod of the latest decision was evicted: its replacement's decision is due."""
+    st = {"placement": {"tier": "edge", "chosen": "e2", "nodes": ["e1"]}}
+    assert not placements_hold(Sample(t=0, status={"chat": st}, pods={"chat": ["e1"]}))
+
+
 def test_a_failed_or_empty_read_does_not_hold() -> None:
     assert not placements_hold(Sample(t=0))
     ok = Sample(t=0, status={"chat": _status(["e1"])}, pods={"chat": ["e1"]})

@@ -148,15 +148,25 @@ def test_filter_node_objects_mode_replies_with_nodes(client: TestClient) -> None
 def test_node_objects_mode_needs_no_cache() -> None:
     c = TestClient(create_app())
     body = c.post("/scheduler/filter", json=by_objects(pod(LOOSE))).json()
-    assert [n["metadata"]["name"] for n in body["Nodes"]["items"]] == NAMES
+    chosen = c.get("/decisions").json()[-1]["chosen"]
+    assert [n["metadata"]["name"] for n in body["Nodes"]["items"]] == [chosen]
     # and it fills the cache for later names-only requests
     body = c.post("/scheduler/filter", json=by_names(pod(LOOSE, uid="u2"))).json()
-    assert body["NodeNames"] == NAMES
+    assert body["NodeNames"] == [c.get("/decisions").json()[-1]["chosen"]]
+    assert set(body["FailedNodes"]) == set(NAMES) - set(body["NodeNames"])
 
 
 def test_loose_deadline_prefers_the_lower_energy_node(client: TestClient) -> None:
     names = client.post("/scheduler/filter", json=by_names(pod(LOOSE))).json()
-    assert names["NodeNames"] == NAMES and names["FailedNodes"] == {}
+    # only the chosen node passes (so kube-scheduler binds where CS-UCB decided); every
+    # other node is feasible here and says so
+    chosen = client.get("/decisions").json()[-1]["chosen"]
+    assert names["NodeNames"] == [chosen]
+    assert set(names["FailedNodes"]) == set(NAMES) - {chosen}
+    assert all(
+        v == f"feasible, not chosen: CS-UCB placed the pod on {chosen}"
+        for v in names["FailedNodes"].values()
+    )
     r = client.post("/scheduler/prioritize", json=by_names(pod(LOOSE)))
     assert r.status_code == 200
     scores = r.json()
@@ -227,7 +237,8 @@ def test_registered_service_and_annotation_overrides(client: TestClient) -> None
     sched.services.add_llmservice(obj)
     p = pod(None)
     p["metadata"]["labels"] = {"perllm.io/service": "chat"}  # no annotations: the CR's spec
-    assert client.post("/scheduler/filter", json=by_names(p)).json()["NodeNames"] == NAMES
+    failed = client.post("/scheduler/filter", json=by_names(p)).json()["FailedNodes"]
+    assert all(v.startswith("feasible, not chosen") for v in failed.values())
     p = pod(None, uid="u2")
     p["metadata"]["labels"] = {"perllm.io/service": "chat"}
     p["metadata"]["annotations"] = {"perllm.io/min-quality": "0.45"}
@@ -455,7 +466,9 @@ def test_objects_mode_remodels_only_changed_nodes() -> None:
         beat = fresh(rv)
         for n in beat:
             n["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
-        assert [n["metadata"]["name"] for n in request(beat, f"{rv}-b")["Nodes"]["items"]] == NAMES
+        body = request(beat, f"{rv}-b")
+        passed = [n["metadata"]["name"] for n in body["Nodes"]["items"]]
+        assert passed == [sched.log[-1]["chosen"]] and len(body["FailedNodes"]) == len(NAMES) - 1
         assert sched.nodes.gen == gen
         assert all(sched.nodes._models[k][2] is models[k][2] for k in NAMES)
         assert sched.nodes.get("cloud") is not None

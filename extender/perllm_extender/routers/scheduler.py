@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from perllm_extender.decide import Scheduler
-from perllm_extender.decision import PodDecision, constraint_of
+from perllm_extender.decision import NOT_CHOSEN, PodDecision, constraint_of
 from perllm_extender.dependencies import (
     Authenticated,
     BodyDep,
@@ -51,12 +51,13 @@ def _run(
         metrics.decisions.labels(verb).inc()
         metrics.latency.labels(verb).observe(d.latency_s)
         if verb == "filter":
-            metrics.feasible.observe(len(d.passed))
+            metrics.feasible.observe(d.n_feasible)
             if not d.feasible:
                 metrics.violations.inc()
         if not d.reused:  # one pod, one play: count what the decision did once
             for reason in d.failed.values():
-                metrics.exclusions.labels(constraint_of(reason)).inc()
+                if not reason.startswith(NOT_CHOSEN):
+                    metrics.exclusions.labels(constraint_of(reason)).inc()
             if d.violated is not None:
                 metrics.constraint_violations.labels(d.violated).inc()
             if d.exploration:
