@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from perllm.router.asgi import Receive, Scope, Send, Shed, error, reply
+from perllm.router.asgi import Receive, Refused, Scope, Send, Shed, error, reply
 from perllm.router.config import Backend, RouterConfig
 from perllm.router.decision import Decider, Ticket
 from perllm.router.feedback import Feedback
 from perllm.router.forward import Forwarder
+from perllm.router.health import Ejections
 from perllm.router.intake import read_request
 from perllm.router.members import Members, decider_key
 from perllm.router.metrics import RouterMetrics
@@ -50,6 +51,9 @@ class Router:
         self._pools: dict[tuple[str, str], Pool] = {}
         self._members: Members | None = None
         self._stats: Any = None  # CS-UCB's ArmStats, shared across memberships
+        self._eject = Ejections(self.limits.eject_s, self.limits.eject_max_s)
+        # The membership without its ejected backends, per ejected set (same statistics).
+        self._without: dict[frozenset[str], tuple[Members, list[int]]] = {}
         self._slots = asyncio.Semaphore(self.limits.max_concurrency)
         self._queued = 0
         dl = self.spec.requirements.deadline
@@ -112,20 +116,16 @@ class Router:
             for j, b in enumerate(backends):
                 m.bw[j] = self._bw_override.get(b.name, b.measured_mbps)
             return False
+        self._without.clear()
+        self._eject.forget(names)
+        for b in m.backends if m is not None else []:
+            self.metrics.ejected.labels(b.name).set(0)
         if not backends:
             self._members = None
             log.warning("no backends: requests are answered 503 until some are ready")
             return m is not None
         self.catalogue_check(backends)
-        decider = Decider.for_servers(
-            [self.spec],
-            [b.server() for b in backends],
-            self.catalogue,
-            self.config.weights,
-            None if self._stats is not None else self.config.csucb_config(),
-            self._stats,
-        )
-        self._stats = decider.bandit.stats
+        decider = self._decider_for(backends)
         pools = []
         for b in backends:
             key = (b.name, b.url)
@@ -150,6 +150,51 @@ class Router:
             self._inflight.setdefault(n, 0)
         log.info("backends: %s", ", ".join(f"{b.name}={b.url}" for b in backends))
         return True
+
+    def _decider_for(self, backends: Sequence[Backend]) -> Decider:
+        """A decider over `backends`, learning into the router's one set of statistics."""
+        decider = Decider.for_servers(
+            [self.spec],
+            [b.server() for b in backends],
+            self.catalogue,
+            self.config.weights,
+            None if self._stats is not None else self.config.csucb_config(),
+            self._stats,
+        )
+        self._stats = decider.bandit.stats
+        return decider
+
+    def _live(self, m: Members) -> Members | None:
+        """`m` without its ejected backends (None: all are); the subset shares the pools,
+        metrics and statistics, and reads the current bandwidths."""
+        out = self._eject.out(m.names)
+        if not out:
+            return m
+        if len(out) == len(m.names):
+            return None
+        if out not in self._without:
+            keep = [j for j, n in enumerate(m.names) if n not in out]
+            sub = Members(
+                [m.backends[j] for j in keep],
+                [m.names[j] for j in keep],
+                self._decider_for([m.backends[j] for j in keep]),
+                [m.pools[j] for j in keep],
+                m.bw[keep],
+                [m.metrics[j] for j in keep],
+            )
+            self._without[out] = (sub, keep)
+        sub, keep = self._without[out]
+        sub.bw[:] = m.bw[keep]
+        return sub
+
+    def _refused(self, e: Refused) -> None:
+        cooldown = self._eject.refused(e.backend)
+        self.metrics.ejected.labels(e.backend).set(1)
+        log.warning("%s; left out of decisions for %.3gs", e.message, cooldown)
+
+    def down(self) -> list[str]:
+        """Backends left out of decisions now (refused connections)."""
+        return sorted(self._eject.out(self._members.names)) if self._members else []
 
     def catalogue_check(self, backends: Sequence[Backend]) -> None:
         from perllm.router.config import RouterConfigError
@@ -201,8 +246,13 @@ class Router:
         elif path == "/healthz":
             await reply(send, 200, b'{"status":"ok"}')
         elif path == "/readyz":
+            down = self.down()
             if self._members is None:
                 await error(send, 503, "not_ready", "no backends")
+            elif len(down) == len(self._members.names):
+                await error(send, 503, "not_ready", f"every backend refuses connections: {down}")
+            elif down:
+                await reply(send, 200, json.dumps({"status": "degraded", "down": down}).encode())
             else:
                 await reply(send, 200, b'{"status":"ok"}')
         else:
@@ -235,15 +285,48 @@ class Router:
             await self._shed(send, e)
             return
         try:
-            members = self._members
-            if members is None:
-                raise Shed(503, "no_backends", "no ready backend for this service")
-            ticket = self._decide(members, req, tight)
-            await self._proxy(scope, receive, send, req, raw, members, ticket, tight, t0)
+            await self._place(scope, receive, send, req, raw, tight, t0)
         except Shed as e:
             await self._shed(send, e)
         finally:
             self._slots.release()
+
+    async def _place(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        req: Parsed,
+        raw: bytes,
+        tight: float | None,
+        t0: float,
+    ) -> None:
+        """Decide and proxy; a backend that refuses the connection is ejected and the
+        request decided again among the others (nothing was sent), up to `retries` times."""
+        for attempt in range(self.limits.retries + 1):
+            members = self._members
+            if members is None:
+                raise Shed(503, "no_backends", "no ready backend for this service")
+            live = self._live(members)
+            if live is None:
+                raise Shed(
+                    503,
+                    "backends_down",
+                    f"every backend refuses connections: {', '.join(members.names)}",
+                )
+            ticket = self._decide(live, req, tight)
+            name = live.names[ticket.server]
+            try:
+                await self._proxy(scope, receive, send, req, raw, live, ticket, tight, t0)
+            except Refused as e:
+                self._refused(e)
+                if attempt == self.limits.retries:
+                    raise
+                self.metrics.retries.inc()
+                continue
+            if self._eject.answered(name):
+                self.metrics.ejected.labels(name).set(0)
+            return
 
     async def _shed(self, send: Send, e: Shed) -> None:
         self.metrics.shed.labels(e.reason).inc()

@@ -24,6 +24,14 @@ class Shed(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+class Refused(Shed):
+    """The backend could not be connected to: nothing was sent, the request may go elsewhere."""
+
+    def __init__(self, backend: str, message: str) -> None:
+        super().__init__(502, "upstream_unavailable", message)
+        self.backend = backend
+
+
 async def reply(send: Send, status: int, body: bytes, ctype: bytes = JSON) -> None:
     await send(
         {"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]}

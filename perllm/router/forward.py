@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 
-from perllm.router.asgi import Message, Receive, Scope, Send, Shed
+from perllm.router.asgi import Message, Receive, Refused, Scope, Send, Shed
 from perllm.router.config import Backend
 from perllm.router.decision import Ticket
 from perllm.router.feedback import Feedback, Flight
@@ -76,6 +76,8 @@ class Forwarder:
                 self._feedback.failed(flight, "timeout")
                 raise Shed(504, "upstream_timeout", f"backend {b.name} timed out") from None
             flight.members.metrics[flight.ticket.server].error("connect").inc()
+            if not e.sent:
+                raise Refused(b.name, f"backend {b.name}: {e}") from None
             raise Shed(502, "upstream_unavailable", f"backend {b.name}: {e}") from None
 
     async def _relay(self, send: Send, resp: Response, flight: Flight, bm: BackendMetrics) -> None:

@@ -52,6 +52,17 @@ class RouterMetrics:
             ["backend", "kind"],
             registry=r,
         )
+        self.ejected = Gauge(
+            "perllm_router_backend_ejected",
+            "1 from a refused connection until the backend answers a request again.",
+            ["backend"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "perllm_router_retries_total",
+            "Requests decided again after their backend refused the connection.",
+            registry=r,
+        )
         self.rejected = Counter(
             "perllm_router_rejected_requests_total",
             "Requests answered 4xx, per status.",

@@ -23,11 +23,13 @@ _HIGH_WATER = 1 << 18  # buffered body bytes before the socket is paused
 
 
 class UpstreamError(Exception):
-    """`kind`: connect (nothing sent or answered), timeout, or disconnect (cut mid-way)."""
+    """`kind`: connect (nothing sent or answered), timeout, or disconnect (cut mid-way).
+    `sent`: whether any of the request may have reached the backend (False: the connection
+    itself failed, so the request can go elsewhere)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, sent: bool = True) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.kind, self.sent = kind, sent
 
 
 class _Conn(asyncio.Protocol):
@@ -231,10 +233,10 @@ class Pool:
                 )
         except TimeoutError:
             raise UpstreamError(
-                "connect", f"connect timed out ({self.connect_timeout:g}s)"
+                "connect", f"connect timed out ({self.connect_timeout:g}s)", sent=False
             ) from None
         except OSError as e:
-            raise UpstreamError("connect", f"cannot connect: {e}") from None
+            raise UpstreamError("connect", f"cannot connect: {e}", sent=False) from None
         return proto
 
     async def post(

@@ -15,6 +15,7 @@ import pytest
 
 from perllm.router.app import Router
 from perllm.router.config import RouterConfig, RouterConfigError, load_config, parse_config
+from perllm.router.health import Ejections
 from perllm.router.serving import serving
 from perllm.router.stub import StubBackend
 
@@ -232,17 +233,54 @@ def test_a_hanging_backend_times_out_and_frees_its_slot() -> None:
     run(go())
 
 
-def test_an_unreachable_backend_is_a_502() -> None:
+def test_an_unreachable_backend_is_a_502_without_retries() -> None:
     async def go() -> None:
         dead = [{**b, "url": "http://127.0.0.1:9"} for b in BACKENDS]  # nothing listens
-        r = Router(config(backends=dead))
+        r = Router(config(backends=dead, limits={"retries": 0}))
         c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://router")
         resp = await c.post("/v1/chat/completions", json=CHAT)
         assert resp.status_code == 502 and resp.json()["error"]["type"] == "upstream_unavailable"
         assert r.inflight == [0, 0]
+        assert len(r.down()) == 1  # the one tried is ejected
         await r.aclose()
 
     run(go())
+
+
+def test_a_refused_request_is_decided_again_among_the_others() -> None:
+    """Nothing was sent to a backend that refused the connection: the request goes to the
+    next decision without the ejected one, and the client sees the other's answer."""
+
+    async def go() -> None:
+        edge = await _STACK.get().enter_async_context(serving(StubBackend("edge-gpu")))
+        # The cloud (which CS-UCB prefers for this service) refuses connections.
+        r, _, c = await router(urls={"edge-gpu": edge, "cloud": "http://127.0.0.1:9"})
+        for _ in range(3):
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["x-perllm-decision"].startswith("backend=edge-gpu")
+        assert r.down() == ["cloud"]
+        assert r.inflight == [0, 0]
+        m = (await c.get("/metrics")).text
+        assert 'perllm_router_backend_ejected{backend="cloud"} 1.0' in m
+        assert "perllm_router_retries_total 1.0" in m
+        assert (await c.get("/readyz")).json() == {"status": "degraded", "down": ["cloud"]}
+
+    run(go())
+
+
+def test_ejections_double_per_refusal_up_to_the_cap_and_clear_on_an_answer() -> None:
+    now = [100.0]
+    ej = Ejections(1.0, 5.0, clock=lambda: now[0])
+    assert [ej.refused("a") for _ in range(4)] == [1.0, 2.0, 4.0, 5.0]
+    assert ej.out(["a", "b"]) == {"a"}
+    now[0] += 5.01
+    assert ej.out(["a", "b"]) == set()  # the ejection ended: decided on again (the probe)
+    assert ej.refused("a") == 5.0  # the probe refused too: still at the cap
+    assert ej.answered("a") and not ej.answered("a")
+    assert ej.out(["a"]) == set() and ej.refused("a") == 1.0  # a fresh streak
+    ej.forget([])
+    assert ej.out(["a"]) == set()
 
 
 def test_queue_full_and_queue_timeout_are_503() -> None:
