@@ -2,7 +2,7 @@
 # Build the local control plane's binaries into a version-keyed cache outside the repo,
 # skipping every one that is already there (docs/development.md), and install Prometheus
 # from Debian if missing. Usage: tools/build-binaries.sh [k8s] [etcd] [kwok] [helm] [prometheus]
-# (default: all). Prints one line per component with the seconds it took.
+# [llamacpp] (default: all). Prints one line per component with the seconds it took.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -116,8 +116,63 @@ install_prometheus() {
   [ -z "$guard" ] || $sudo rm -f /usr/sbin/policy-rc.d
 }
 
+# apt_install CMD PKG...: install PKGs from Debian unless CMD is already on PATH.
+apt_install() {
+  local cmd=$1; shift
+  command -v "$cmd" >/dev/null && return
+  command -v apt-get >/dev/null || { log "$cmd missing and no apt-get: install $*"; exit 1; }
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  log "installing $* from Debian"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# llama.cpp's llama-server (real-model tests, docs/router.md): its C++ sources come from the
+# llama-cpp-python sdist on PyPI (which vendors llama.cpp), checked against the pinned
+# sha256; CPU only, no web UI, no network features. Cold: ~15-25 min on 2 cores.
+build_llamacpp() {
+  local bin="$CACHE/llama-server-$LLAMACPP_VERSION" tmp src
+  [ -x "$bin/llama-server" ] && return
+  apt_install cmake cmake
+  apt_install g++ g++
+  tmp="$CACHE/.tmp-llamacpp-$LLAMACPP_VERSION"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  log "fetching llama-cpp-python $LLAMACPP_VERSION sdist from PyPI"
+  # PEP 691 simple index (what pip reads); the file's sha256 must equal the pinned one.
+  python3 - "$LLAMACPP_VERSION" "$LLAMACPP_SDIST_SHA256" "$tmp/sdist.tar.gz" <<'PY'
+import hashlib, json, sys, urllib.request
+version, sha, out = sys.argv[1:]
+req = urllib.request.Request(
+    "https://pypi.org/simple/llama-cpp-python/",
+    headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+)
+index = json.load(urllib.request.urlopen(req, timeout=60))
+name = f"llama_cpp_python-{version}.tar.gz"
+url = next((f["url"] for f in index["files"] if f["filename"] == name), None)
+if url is None:
+    sys.exit(f"{name} is not on PyPI's simple index")
+data = urllib.request.urlopen(url, timeout=900).read()
+got = hashlib.sha256(data).hexdigest()
+if got != sha:
+    sys.exit(f"{name}: sha256 {got}, expected {sha}")
+open(out, "wb").write(data)
+PY
+  tar -xzf "$tmp/sdist.tar.gz" -C "$tmp"
+  src="$tmp/llama_cpp_python-$LLAMACPP_VERSION/vendor/llama.cpp"
+  log "building llama-server (llama-cpp-python $LLAMACPP_VERSION; cold: ~15-25 min on 2 cores)"
+  timed llamacpp-configure cmake -S "$src" -B "$tmp/build" -DCMAKE_BUILD_TYPE=Release \
+    -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_CURL=OFF >"$tmp/configure.log" 2>&1 || { tail -30 "$tmp/configure.log" >&2; exit 1; }
+  timed llama-server cmake --build "$tmp/build" --target llama-server -j "$(nproc)" \
+    >"$tmp/build.log" 2>&1 || { tail -30 "$tmp/build.log" >&2; exit 1; }
+  mkdir -p "$bin" && cp "$tmp/build/bin/llama-server" "$bin/llama-server.new"
+  mv "$bin/llama-server.new" "$bin/llama-server"
+  rm -rf "$tmp"
+}
+
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(k8s etcd kwok helm prometheus)
+[ ${#components[@]} -gt 0 ] || components=(k8s etcd kwok helm prometheus llamacpp)
 for c in "${components[@]}"; do
   case "$c" in
     k8s) build_k8s ;;
@@ -127,6 +182,7 @@ for c in "${components[@]}"; do
     # "v3.19" and `helm template` assumes Kubernetes v1.20.0.
     helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm_ldflags "$HELM_RECIPE" ;;
     prometheus) install_prometheus ;;
+    llamacpp) build_llamacpp ;;
     *) log "unknown component $c"; exit 2 ;;
   esac
 done

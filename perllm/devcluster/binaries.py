@@ -88,3 +88,9 @@ class Binaries:
                 + f"\nbuild them with: {BUILD_COMMAND}"
             )
         return self
+
+
+def llama_server_path() -> Path:
+    """The pinned llama.cpp server (`tools/build-binaries.sh llamacpp`): built from the
+    llama.cpp sources vendored in the llama-cpp-python sdist of version LLAMACPP_VERSION."""
+    return cache_dir() / f"llama-server-{versions()['LLAMACPP_VERSION']}" / "llama-server"
