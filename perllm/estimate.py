@@ -63,7 +63,7 @@ def round_view(
     running: F,
     waiting: F,
     bw_mbps: F,
-    first_level: int = 0,
+    first_level: int | F = 0,
     n_levels: int | None = None,
 ) -> RoundView:
     # The cost model's formulas on the [N, M, K] round: class-and-server constants come
@@ -72,13 +72,37 @@ def round_view(
     # not their size, is the cost (`_prefill_decode`).
     # Levels first_level .. first_level + k - 1 (default: 0 .. min(n, MAX_LEVELS) - 1).
     k = max(1, min(len(cls), MAX_LEVELS)) if n_levels is None else n_levels
-    if first_level == 0 and k <= MAX_LEVELS:
+    _, gpu_pre = t.typical_service_s
+    rc = t.round_coeffs[:, cls, :, None]  # [P, N, M, 1]
+    return view_of(rc, gpu_pre, t.rtt_s, t.e_bit, w, l_in, l_out, attach, running, waiting,
+                   bw_mbps, first_level, k)  # fmt: skip
+
+
+def view_of(
+    rc: F,
+    gpu_pre: F,
+    rtt_s: F,
+    e_bit: F,
+    w: EnergyWeights,
+    l_in: F,
+    l_out: F,
+    attach: F,
+    running: F,
+    waiting: F,
+    bw_mbps: F,
+    first_level: int | F,
+    k: int,
+) -> RoundView:
+    """`round_view` on the round's gathered coefficients `rc` [P, N, M, 1] and the servers'
+    constants; `first_level` per server [M] (a float array) or common to all."""
+    if isinstance(first_level, np.ndarray):  # [M, K]: integers, so the sums are exact
+        add = first_level[:, None] + (_LEVELS[k] if k <= MAX_LEVELS else np.arange(k, dtype=float))
+    elif first_level == 0 and k <= MAX_LEVELS:
         add = _LEVELS[k]  # requests this round placed on the server before this one
     else:
         add = np.arange(first_level, first_level + k, dtype=float)
     occupied = (running + waiting)[:, None] + add  # [M, K]
     occ1 = occupied + 1
-    rc = t.round_coeffs[:, cls, :, None]  # [P, N, M, 1]
     is_gpu = rc[_GPU] > 0.5
     cap = rc[_CAP]  # [N, M, 1]
     b = np.minimum(occ1, cap)  # batch size joined, [N, M, K]
@@ -86,12 +110,11 @@ def round_view(
     # service time of the server's typical request, shared by `cap` slots; and on a GPU
     # each waiting request and each one placed earlier this round is prefilled first
     # (prefills are serialised).
-    _, gpu_pre = t.typical_service_s
     queue = np.maximum(occ1 - cap, 0.0) * rc[_SVC] + ((waiting[:, None] + add) * gpu_pre[:, None])
     prefill, decode = _prefill_decode(rc, is_gpu, l_in, l_out, b)
     bits = (upload_bits(l_in, attach) + download_bits(l_out))[:, None, None]
-    tran = bits / (bw_mbps * 1e6)[:, None] + t.rtt_s[:, None]
-    e_tran = transmission_energy(t.e_bit[:, None], bits)
+    tran = bits / (bw_mbps * 1e6)[:, None] + rtt_s[:, None]
+    e_tran = transmission_energy(e_bit[:, None], bits)
     busy_pre, busy_dec = busy_times(prefill, decode, b, is_gpu)
     e_inf = inference_energy(busy_pre, busy_dec, rc[_PFIRST], rc[_PBUSY])
     e_idle_saved = idle_energy_saved(busy_pre, busy_dec, rc[_PIDLE])

@@ -213,12 +213,15 @@ class CSUCB:
         # D ≈ A + B·L_out: check the pessimistic D against ΔD at both output quantiles.
         per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
         fixed = view.time - view.decode
-        lq = st.quantile_pairs()[self.class_of[cls]]  # [N, 2] both ends at once
-        lq4 = lq[:, None, None, :]
-        ends = (f_pess[..., None] * (fixed[..., None] + per_tok[..., None] * lq4)) <= (
-            dl_s[:, None] + dl_tok[:, None] * lq
-        )[:, None, None, :]
-        feas = static[:, :, None] & ends[..., 0] & ends[..., 1]
+        lq = st.quantile_pairs()[self.class_of[cls]]  # [N, 2] both ends
+        rhs = (dl_s[:, None] + dl_tok[:, None] * lq)[:, None, None, :]
+        lq3 = lq[:, None, None, :]
+        # One end at a time: a trailing axis of 2 is slow to broadcast.
+        feas = (
+            static[:, :, None]
+            & ((f_pess * (fixed + per_tok * lq3[..., 0])) <= rhs[..., 0])
+            & ((f_pess * (fixed + per_tok * lq3[..., 1])) <= rhs[..., 1])
+        )
         e_hat = view.energy * mu_a / self.energy_scale[cls][:, None, None]
         p_viol = 1.0 - ndtr((deadline[:, None, None] / np.maximum(view.time, 1e-9) - mu_a) / sd_a)
         mean = -e_hat - cfg.theta * p_viol

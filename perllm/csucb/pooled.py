@@ -17,19 +17,25 @@ cost that grows with the groups, not the servers.
 from __future__ import annotations
 
 import math
-from itertools import chain
+from itertools import chain, compress
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.special import ndtr
 
-from perllm.costmodel import download_bits, upload_bits
+from perllm.costmodel import (
+    context,
+    download_bits,
+    gpu_prefill,
+    transmission_energy,
+    upload_bits,
+)
 from perllm.csucb.assign import SHED, better, hopeless
 from perllm.csucb.decision import Decision
 from perllm.csucb.groups import Groups, group_round
 from perllm.csucb.index import exploration, log_t
-from perllm.estimate import RoundView, round_view
+from perllm.estimate import _LEVELS, round_view, view_of
 
 if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
@@ -37,80 +43,170 @@ if TYPE_CHECKING:
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
 
-# Load levels computed up front per group, more on demand (times GROWTH): no level cap.
+# Load levels computed up front per group for every request (the first two: the request
+# order reads level 0, and a group of several servers offers level 1 after one placement).
 FIRST_LEVELS = 2
-WIDE_LEVELS = 8  # for groups of servers that batch more requests than this
-GROWTH = 2
+# Further levels are computed for a window of the next WINDOW requests (in the round's
+# order) only: a group at level a is read at that level only by the requests placed
+# while it stays there, so a level computed for every request left is mostly unread.
+WINDOW = 32
+HEADROOM = 4  # at a window's start: levels ahead for a group placed on in the last one
 _FS, _TIME, _CORE, _DEC, _EN = range(5)
+_GPU, _CAP, _SVC, _KV, _BW, _RPF, _TTFT0, _STEP0, _FLOP = 0, 1, 2, 4, 5, 8, 9, 10, 11
+_PBUSY, _PFIRST, _PIDLE = 12, 13, 14
 
 
 class _Scores:
-    """The representatives' arrays [quantity, request, column], a column per (group,
-    level) computed so far (`col[g][a]`); a group's levels grow on demand."""
+    """The representatives' arrays [quantity, position, column]: a row per request in the
+    round's order (position), a column per (group, level) computed so far (`col[g][a]`),
+    holding the rows before `valid[c]` (levels grow on demand, a window at a time)."""
 
     def __init__(self, b: CSUCB, args: tuple[I, F, F, F, F, F, F, F], reps: I) -> None:
-        cls, _, _, _, _, running, waiting, bw = args
+        cls, l_in, l_out, attach, _, running, waiting, bw = args
         self.b, self.args, self.n = b, args, len(cls)
-        self.t = b.t.subset(reps)
+        t = b.t.subset(reps)
         self.arm = b._arm_cj[:, reps][cls]
         self.run, self.wait, self.bw = running[reps], waiting[reps], bw[reps]
-        self.col: list[list[int]] = [[] for _ in reps]
-        self.data = np.empty((5, self.n, 0))
-        self.used = 0  # columns of `data` filled (it is allocated ahead, doubling)
+        self.rc, self.gpu_pre = t.round_coeffs, t.typical_service_s[1]
+        self.rtt, self.e_bit = t.rtt_s, t.e_bit
         k = min(self.n, FIRST_LEVELS)
-        groups = np.arange(len(reps))
-        v, static, feas, deadline, score = self._score(groups, 0, k)
+        g = len(reps)
+        v = round_view(t, b.w, cls, l_in, l_out, attach, self.run, self.wait, self.bw, 0, k)
+        _, static, feas, deadline, _, score, _ = b._judge(t, self.arm, v, args)
         self.static, self.deadline, self.feas0 = static, deadline, feas[:, :, 0]
-        self.ok = self._add(groups.tolist(), v, feas, score)
-
-    def _score(
-        self, groups: I, first: int, k: int, rows: I | None = None
-    ) -> tuple[RoundView, NDArray[np.bool_], NDArray[np.bool_], F, F]:
-        args = self.args
-        if rows is not None:
-            c, li, lo, att, mq = (a[rows] for a in self.args[:5])
-            args = (c, li, lo, att, mq, *self.args[5:])  # type: ignore[assignment]
-        cls, l_in, l_out, attach = args[:4]
-        t = self.t if len(groups) == len(self.col) else self.t.subset(groups)
-        run, wait, bw = self.run[groups], self.wait[groups], self.bw[groups]
-        arm = self.arm[:, groups] if rows is None else self.arm[rows][:, groups]
-        v = round_view(t, self.b.w, cls, l_in, l_out, attach, run, wait, bw, first, k)
-        _, static, feas, deadline, _, score, _ = self.b._judge(t, arm, v, args)
-        return v, static, feas, deadline, score
-
-    def _add(
-        self, gs: list[int], v: RoundView, feas: NDArray[np.bool_], score: F, rows: I | None = None
-    ) -> bool:
-        if np.isnan(score).any() or np.isnan(v.time).any():
-            return False
-        c0, k = self.used, v.levels
-        self.used += len(gs) * k
-        if self.used > self.data.shape[2]:
-            data = np.empty((5, self.n, 2 * self.used))
-            data[:, :, :c0] = self.data[:, :, :c0]
-            self.data = data
+        self.ok = not (np.isnan(score).any() or np.isnan(v.time).any())
+        self.data = np.empty((5, self.n, 4 * g * k))
         parts = (np.where(feas, score, -np.inf), v.time, v.core, v.decode, v.energy)
-        if rows is None:
-            new = self.data[:, :, c0 : self.used].reshape(5, self.n, len(gs), k)
-            for q, part in enumerate(parts):
-                new[q] = part
-        else:  # only the requests still to be placed: the others never read these columns
-            for q, part in enumerate(parts):
-                self.data[q, rows, c0 : self.used] = part.reshape(len(rows), -1)
-        for i, g in enumerate(gs):
-            self.col[g].extend(range(c0 + i * k, c0 + (i + 1) * k))
-        return True
+        for q, part in enumerate(parts):
+            self.data[q, :, : g * k] = part.reshape(self.n, g * k)
+        self.used = g * k
+        self.col: list[list[int]] = [list(range(j * k, (j + 1) * k)) for j in range(g)]
+        self.valid: list[int] = [self.n] * (g * k)
+
+    def permute(self, order: I) -> None:
+        """Rows in the round's order from now on; the per-row inputs of `compute`."""
+        b, st = self.b, self.b.stats
+        self.data = self.data[:, order]
+        a = self.args
+        cls, l_in, l_out, attach = a[0][order], a[1][order], a[2][order], a[3][order]
+        self.cls, self.l_in, self.l_out, self.attach = cls, l_in, l_out, attach
+        self.static, self.arm = self.static[order], self.arm[order]
+        self.static_t = np.ascontiguousarray(self.static.T)
+        self.deadline = self.deadline[order]
+        mu_arm, sd_arm, f_arm = st.arm_posterior()
+        self.mu_a, self.sd_a, self.f_a = mu_arm[self.arm], sd_arm[self.arm], f_arm[self.arm]
+        self.lift_a = np.array(_lift(b)[1])[self.arm]
+        self.scale = b.energy_scale[cls]
+        self.l_out1 = np.maximum(l_out, 1.0)
+        dl_s, dl_tok = b.deadline_s[cls], b.deadline_per_token[cls]
+        lq = st.quantile_pairs()[b.class_of[cls]]
+        self.lq, self.rhs = lq, dl_s[:, None] + dl_tok[:, None] * lq
+        # Groups of GPU servers (for every class): their levels by `_gpu_levels`, from what
+        # does not depend on the load level, per (row, group), computed once here.
+        gpu = (self.rc[_GPU] > 0.5).all(axis=0)
+        self.gpu: list[bool] = gpu.tolist()
+        self.pairs: F | None = None
+        if gpu.any():
+            rc = self.rc[:, cls]  # [P, N, G]
+            bits = (upload_bits(l_in, attach) + download_bits(l_out))[:, None]
+            pre = gpu_prefill(l_in[:, None], rc[_RPF], rc[_TTFT0])
+            pairs = (
+                rc[_CAP], rc[_SVC], pre,
+                context(l_in, l_out)[:, None] * rc[_KV] / rc[_BW] + rc[_FLOP],
+                bits / (self.bw * 1e6) + self.rtt, b.w.tran * transmission_energy(self.e_bit, bits),
+                rc[_PFIRST] * pre, rc[_STEP0], rc[_PBUSY], rc[_PIDLE], self.mu_a, self.sd_a,
+                self.f_a, self.lift_a,
+            )  # fmt: skip
+            self.pairs = np.ascontiguousarray(np.stack(pairs).transpose(0, 2, 1))  # [Q, G, N]
+            self.occ = self.run + self.wait
 
     def levels(self, g: int) -> int:
         return len(self.col[g])
 
-    def grow(self, gs: list[int], to: int, rest: list[int] | None = None) -> bool:
-        """Compute levels up to `to` of groups `gs` (all with the same count so far), for
-        requests `rest` (default: all); False on a NaN."""
-        first = self.levels(gs[0])
-        rows = None if rest is None else np.array(rest, np.intp)
-        v, _, feas, _, score = self._score(np.array(gs, np.intp), first, to - first, rows)
-        return self._add(gs, v, feas, score, rows)
+    def valid_to(self, g: int, a: int) -> int:
+        """Rows before which group g's level a is computed (0: not computed)."""
+        cg = self.col[g]
+        return self.valid[cg[a]] if a < len(cg) else 0
+
+    def _gpu_levels(self, gi: I, first: F, k: int, r: slice) -> tuple[F, F, F, F]:
+        """`round_view`'s time, core, decode and energy for groups of GPU servers, laid out
+        [level, group, row] (rows innermost: numpy's inner loops run long): its operations
+        in its order, on the per-pair terms computed in `permute`."""
+        assert self.pairs is not None
+        cap, svc, pre, a, tran, wt, epre, step0, p_busy, p_idle = self.pairs[:10, gi, r]
+        levels = _LEVELS[k] if k < len(_LEVELS) else np.arange(k, dtype=float)
+        add = first + levels[:, None]  # [K, G']
+        occ1 = ((self.occ[gi] + add) + 1)[..., None]
+        b = np.minimum(occ1, cap)
+        queue = (
+            np.maximum(occ1 - cap, 0.0) * svc
+            + (((self.wait[gi] + add) * self.gpu_pre[gi])[..., None])
+        )
+        dec = self.l_out[r] * (step0 + b * a)
+        busy_dec = dec / b
+        w = self.b.w
+        energy = np.maximum(
+            wt + w.infer * (epre + p_busy * busy_dec) - w.idle * (p_idle * (pre + busy_dec)), 0.0
+        )
+        core = queue + (pre + dec)
+        return tran + core, core, dec, energy
+
+    def compute(self, gs: list[int], firsts: list[int], k: int, lo: int, hi: int) -> bool:
+        """Levels firsts[i] .. firsts[i] + k - 1 of groups gs[i] for the rows lo .. hi - 1:
+        `round_view` and `CSUCB._judge`'s operations, cell by cell. False on a NaN."""
+        gi = np.array(gs, np.intp)
+        r = slice(lo, hi)
+        first = np.array(firsts, float)
+        if self.pairs is not None and all(self.gpu[g] for g in gs):
+            time, core, dec, energy = self._gpu_levels(gi, first, k, r)
+            mu, sd, f, lift = self.pairs[10:, gi, r]
+        else:
+            rc = self.rc[:, self.cls[r, None], gi][..., None]  # [P, R, G', 1]
+            v = view_of(
+                rc, self.gpu_pre[gi], self.rtt[gi], self.e_bit[gi], self.b.w, self.l_in[r],
+                self.l_out[r], self.attach[r], self.run[gi], self.wait[gi], self.bw[gi], first, k,
+            )  # fmt: skip
+            time, core, dec, energy = (
+                x.transpose(2, 1, 0) for x in (v.time, v.core, v.decode, v.energy)
+            )
+            mu, sd, f, lift = (x[r][:, gi].T for x in (self.mu_a, self.sd_a, self.f_a, self.lift_a))
+        # [K, G', R] from here; `CSUCB._judge`'s operations.
+        per_tok = dec / self.l_out1[r]
+        fixed = time - dec
+        q_lo, q_hi = self.lq[r, 0], self.lq[r, 1]
+        rhs_lo, rhs_hi = self.rhs[r, 0], self.rhs[r, 1]
+        feas = (
+            self.static_t[gi, r]
+            & ((f * (fixed + per_tok * q_lo)) <= rhs_lo)
+            & ((f * (fixed + per_tok * q_hi)) <= rhs_hi)
+        )
+        e_hat = energy * mu / self.scale[r]
+        x = (self.deadline[r] / np.maximum(time, 1e-9) - mu) / sd
+        mean = -e_hat - self.b.cfg.theta * (1.0 - ndtr(x))
+        score = mean + lift
+        if np.isnan(score).any() or np.isnan(time).any():
+            return False
+        cols: list[int] = []
+        for g, a in zip(gs, firsts, strict=True):
+            cg = self.col[g]
+            while len(cg) < a + k:
+                cg.append(self.used)
+                self.valid.append(0)
+                self.used += 1
+            cols.extend(cg[a : a + k])
+        if self.used > self.data.shape[2]:
+            data = np.empty((5, self.n, 2 * self.used))
+            data[:, :, : self.data.shape[2]] = self.data
+            self.data = data
+        at = np.array(cols, np.intp)
+        parts = (np.where(feas, score, -np.inf), time, core, dec, energy)
+        for q, part in enumerate(parts):  # columns group by group, each level by level
+            self.data[q][r, at] = part.transpose(2, 1, 0).reshape(hi - lo, -1)
+        valid = self.valid
+        for c in cols:
+            if valid[c] < hi:
+                valid[c] = hi
+        return True
 
 
 def decide_pooled(b: CSUCB, args: tuple[I, F, F, F, F, F, F, F]) -> Decision | None:
@@ -121,36 +217,33 @@ def decide_pooled(b: CSUCB, args: tuple[I, F, F, F, F, F, F, F]) -> Decision | N
         return None
     gr = group_round(b._kind, running, waiting, bw_mbps)
     sc = _Scores(b, args, gr.reps)
-    n = len(args[0])
-    # Batching servers (GPUs) take many requests each: their first levels up front.
-    wide = [g for g, c in enumerate(b._server_cap[gr.reps].tolist()) if c > WIDE_LEVELS]
-    if not sc.ok or (wide and n > FIRST_LEVELS and not sc.grow(wide, min(n, WIDE_LEVELS))):
+    if not sc.ok:
         return None
-    r = _Round(b, args, sc, gr, wide)
+    r = _Round(b, args, sc, gr)
     return r.decision() if r.run() else None
 
 
-Option = tuple[int, int, int, int]  # (group, level, server, column of `_Scores.data`)
+# (group, level, server, column of `_Scores.data`, whether the server is the group's
+# representative: its bound is its exact score)
+Option = tuple[int, int, int, int, bool]
 
 
 class _Round:
     """A pooled round's placements: the options still open (per group, its first server
     at each level present), scored from the representatives' columns, exactly where a
-    non-representative could win."""
+    non-representative could win. Rows and per-request inputs are by position in the
+    round's order."""
 
     def __init__(
-        self,
-        b: CSUCB,
-        args: tuple[I, F, F, F, F, F, F, F],
-        sc: _Scores,
-        gr: Groups,
-        wide: list[int],
+        self, b: CSUCB, args: tuple[I, F, F, F, F, F, F, F], sc: _Scores, gr: Groups
     ) -> None:
-        cls, l_in, l_out, attach = args[:4]
+        cls, l_out = args[0], args[2]
         st = b.stats
-        self.b, self.sc, self.wide, self.cls, self.l_out = b, sc, wide, cls, l_out
+        self.b, self.sc, self.cls, self.l_out = b, sc, cls, l_out
         n = self.n = len(cls)
-        self.order: list[int] = np.lexsort((sc.deadline, sc.feas0 @ gr.sizes)).tolist()
+        order = np.lexsort((sc.deadline, sc.feas0 @ gr.sizes))
+        self.order: list[int] = order.tolist()
+        sc.permute(order)
         # Per request and server: what the exact score of a non-representative needs.
         mu_arm, sd_arm, f_arm = (a.ravel().tolist() for a in st.arm_posterior())
         self.mu_arm, self.f_arm = mu_arm, f_arm
@@ -161,22 +254,27 @@ class _Round:
         self.members: list[int] = gr.order.tolist()
         self.first: list[int] = gr.start[:-1].tolist()
         self._exact_in = (
-            (upload_bits(l_in, attach) + download_bits(l_out)).tolist(),
+            (upload_bits(sc.l_in, sc.attach) + download_bits(sc.l_out)).tolist(),
             b.t.rtt_s.tolist(),
-            np.maximum(l_out, 1.0).tolist(),
-            st.quantile_pairs()[b.class_of[cls]].tolist(),
-            b.deadline_s[cls].tolist(),
-            b.deadline_per_token[cls].tolist(),
-            b.energy_scale[cls].tolist(),
+            sc.l_out1.tolist(),
+            sc.lq.tolist(),
+            b.deadline_s[sc.cls].tolist(),
+            b.deadline_per_token[sc.cls].tolist(),
+            sc.scale.tolist(),
             sd_arm,
             b.cfg.theta,
             _lift(b)[1],
         )
         self.shed_rule = b.cfg.on_infeasible == "shed"
         # Per group: [level, servers at it], levels descending (non-increasing along the order).
+        n_groups = len(gr.reps)
         self.at: list[list[list[int]]] = [[[0, s]] for s in gr.sizes.tolist()]
-        self.per_group = [self.group_options(g) for g in range(len(gr.reps))]
+        self.placed_in_window = [0] * n_groups
+        self.end = min(WINDOW, n)  # the window's end (rows); the first levels hold every row
+        self.per_group = [self.group_options(g) for g in range(n_groups)]
+        self._flatten()
         self.choice, self.lvl_of, self.col_of = [0] * n, [0] * n, [0] * n
+        self.pos_of = [0] * n
         self.ok, self.shed = [False] * n, [False] * n
         self.times = [math.nan] * n
         self.infeasible = 0
@@ -185,112 +283,156 @@ class _Round:
         """Group g's options: its first server at each level present."""
         out, pos, cg, members = [], self.first[g], self.sc.col[g], self.members
         for a, cnt in self.at[g]:
-            out.append((g, a, members[pos], cg[a]))
+            out.append((g, a, members[pos], cg[a], pos == self.first[g]))
             pos += cnt
         return out
 
-    def options(self) -> tuple[list[Option], I]:
-        out = list(chain.from_iterable(self.per_group))
-        return out, np.fromiter((o[3] for o in out), np.intp, len(out))
+    def _flatten(self) -> None:
+        self.opts: list[Option] = list(chain.from_iterable(self.per_group))
+        self.cols = np.fromiter((o[3] for o in self.opts), np.intp, len(self.opts))
+        self.rep_flags = [o[4] for o in self.opts]
+        self.offset = [0] * len(self.per_group)
+        o = 0
+        for g, opts in enumerate(self.per_group):
+            self.offset[g] = o
+            o += len(opts)
 
-    def exact(self, k: int, g: int, s: int, c: int) -> tuple[float, float, float]:
-        """Server s of group g (column c: its level) for request k: time, score (−inf
-        where infeasible), pessimistic time; the vectorised path's operations."""
+    def _refresh(self, g: int) -> None:
+        new = self.group_options(g)
+        old = self.per_group[g]
+        self.per_group[g] = new
+        if len(new) != len(old):
+            self._flatten()
+            return
+        o = self.offset[g]
+        self.opts[o : o + len(new)] = new
+        for i, opt in enumerate(new):
+            self.cols[o + i] = opt[3]
+
+    def exact(self, p: int, g: int, s: int, c: int) -> tuple[float, float, float]:
+        """Server s of group g (column c: its level) for the request at position p: time,
+        score (−inf where infeasible), pessimistic time; the vectorised path's operations."""
         bits, rtt, l_out1, lq, dl_s, dl_tok, scale, sd_arm, theta, lift = self._exact_in
-        core, dec, en = self.sc.data[_CORE:, k, c].tolist()
-        time = (bits[k] / (self.bw[s] * 1e6) + rtt[s]) + core
-        arm = self.arm_l[k][g]
+        core, dec, en = self.sc.data[_CORE:, p, c].tolist()
+        time = (bits[p] / (self.bw[s] * 1e6) + rtt[s]) + core
+        arm = self.arm_l[p][g]
         f = self.f_arm[arm]
-        if not self.static_l[k][g]:
+        if not self.static_l[p][g]:
             return time, -math.inf, time * f
-        fixed, per_tok = time - dec, dec / l_out1[k]
-        q_lo, q_hi = lq[k]
+        fixed, per_tok = time - dec, dec / l_out1[p]
+        q_lo, q_hi = lq[p]
         if not (
-            f * (fixed + per_tok * q_lo) <= dl_s[k] + dl_tok[k] * q_lo
-            and f * (fixed + per_tok * q_hi) <= dl_s[k] + dl_tok[k] * q_hi
+            f * (fixed + per_tok * q_lo) <= dl_s[p] + dl_tok[p] * q_lo
+            and f * (fixed + per_tok * q_hi) <= dl_s[p] + dl_tok[p] * q_hi
         ):
             return time, -math.inf, time * f
         mu = self.mu_arm[arm]
-        e_hat = en * mu / scale[k]
-        x = (self.deadline[k] / (time if time > 1e-9 else 1e-9) - mu) / sd_arm[arm]
+        e_hat = en * mu / scale[p]
+        x = (self.deadline[p] / (time if time > 1e-9 else 1e-9) - mu) / sd_arm[arm]
         return time, -e_hat - theta * float(1.0 - ndtr(x)) + lift[arm], time * f
 
     def run(self) -> bool:
         """Place every request in order; False on a NaN (nothing recorded)."""
         n, order = self.n, self.order
-        opts, cols = self.options()
-        for i, k in enumerate(order):
-            bs, bo, b_time = self.best(k, opts, cols)
+        for p in range(n):
+            if p == self.end and not self.window(p):
+                return False
+            k = order[p]
+            opts = self.opts
+            bs, bo, b_time = self.best(p, opts)
             if bs >= 0:
                 self.ok[k] = True
             else:  # nothing feasible
                 self.infeasible += 1
-                bs, bo, b_time = self.least_late(k, opts)
+                bs, bo, b_time = self.least_late(p, opts)
                 if bs < 0:
                     self.choice[k], self.shed[k] = SHED, True
                     continue
-            bg, ba, _, bc = opts[bo]
+            bg, ba, _, bc, _ = opts[bo]
             self.choice[k], self.lvl_of[k], self.col_of[k], self.times[k] = bs, ba, bc, b_time
+            self.pos_of[k] = p
             _take(self.at[bg], ba)
-            if i + 1 < n:
-                if not self.reopen(bg, ba, order[i + 1 :]):
-                    return False
-                opts, cols = self.options()
+            self.placed_in_window[bg] += 1
+            if p + 1 < n and not self.reopen(bg, ba, p + 1):
+                return False
         return True
 
-    def best(self, k: int, opts: list[Option], cols: I) -> tuple[int, int, float]:
-        """Request k's best feasible option (`assign.better`): server, option, time; server
+    def best(self, p: int, opts: list[Option]) -> tuple[int, int, float]:
+        """Request p's best feasible option (`assign.better`): server, option, time; server
         -1 where none is feasible. A representative's bound is exact; another server's
-        score is computed only where the bound could still win."""
-        u_row, t_row = self.sc.data[:2, k, cols].tolist()
-        members, first, bw = self.members, self.first, self.bw
+        score is computed only where the bound could still win: at least the best
+        representative's (the rule is a total order, so the options left out lose)."""
+        u_row, t_row = self.sc.data[:2, p, self.cols].tolist()
+        bound = max(compress(u_row, self.rep_flags), default=-math.inf)
+        bw = self.bw
         best, b_time, b_bw = -math.inf, math.inf, -math.inf
         bs = bo = -1
-        for o, (g, _, s, c) in enumerate(opts):
-            u = u_row[o]
-            if u >= best and u != -math.inf:
-                if s == members[first[g]]:
+        for o, u in enumerate(u_row):
+            if u >= bound and u >= best and u != -math.inf:
+                g, _, s, c, rep = opts[o]
+                if rep:
                     v, tt = u, t_row[o]
                 else:
-                    tt, v, _ = self.exact(k, g, s, c)
+                    tt, v, _ = self.exact(p, g, s, c)
                 if better(v, tt, bw[s], best, b_time, b_bw) or (
                     v == best and tt == b_time and bw[s] == b_bw and s < bs
                 ):
                     best, b_time, b_bw, bs, bo = v, tt, bw[s], s, o
         return bs, bo, b_time
 
-    def least_late(self, k: int, opts: list[Option]) -> tuple[int, int, float]:
+    def least_late(self, p: int, opts: list[Option]) -> tuple[int, int, float]:
         """`assign.least_late` over every group's options: server, option, time; server -1
         where the request is shed (none allowed, or hopeless under the shed rule)."""
-        stk, dl = self.static_l[k], self.deadline[k]
+        stk, dl = self.static_l[p], self.deadline[p]
         least, lp, b_time = math.inf, math.nan, math.inf
         bs = bo = -1
-        for o, (g, _, s, c) in enumerate(opts):
+        for o, (g, _, s, c, _) in enumerate(opts):
             if not stk[g]:
                 continue
-            tt, _, p = self.exact(k, g, s, c)
-            v = p / dl
+            tt, _, pess = self.exact(p, g, s, c)
+            v = pess / dl
             if bs < 0 or v < least or (v == least and s < bs):
-                least, lp, b_time, bs, bo = v, p, tt, s, o
+                least, lp, b_time, bs, bo = v, pess, tt, s, o
         if bs >= 0 and self.shed_rule:
-            arm = self.arm_l[k][opts[bo][0]]
+            arm = self.arm_l[p][opts[bo][0]]
             if hopeless(lp, self.mu_arm[arm] / self.f_arm[arm], dl):
                 return -1, -1, b_time
         return bs, bo, b_time
 
-    def reopen(self, bg: int, ba: int, rest: list[int]) -> bool:
-        """Group bg's options after a placement at level ba; its next levels (and those of
-        the other batching groups at as many levels: they fill alike) computed for the
-        requests `rest` where it reached the last one computed. False on a NaN."""
+    def reopen(self, g: int, a: int, p: int) -> bool:
+        """Group g's options after a placement at level a, for the rows from p on: level
+        a + 1 computed for the rest of the window where it is not (as many levels as the
+        window has rows left: no more are reachable in it). False on a NaN."""
         sc = self.sc
-        if ba + 1 >= sc.levels(bg):
-            lv = sc.levels(bg)
-            gs = [bg, *(g for g in self.wide if g != bg and sc.levels(g) == lv)]
-            if not sc.grow(gs, GROWTH * lv, rest):
+        if sc.valid_to(g, a + 1) <= p:
+            if p >= self.end:
+                return True  # the next window (`window`) computes it and the options
+            if not sc.compute([g], [a + 1], self.end - p, p, self.end):
                 return False
-            for g in gs:
-                self.per_group[g] = self.group_options(g)
-        self.per_group[bg] = self.group_options(bg)
+        self._refresh(g)
+        return True
+
+    def window(self, p: int) -> bool:
+        """The next window of rows from p: every group's levels present (and, for a group
+        placed on in the last window, HEADROOM levels above) computed for its rows, in
+        one evaluation. False on a NaN."""
+        sc, end = self.sc, min(p + WINDOW, self.n)
+        gs, firsts, ks = [], [], []
+        for g, levels in enumerate(self.at):
+            top = levels[0][0] + min(self.placed_in_window[g], HEADROOM)
+            need = [a for a, _ in levels if sc.valid_to(g, a) < end]
+            need += [a for a in range(levels[0][0] + 1, top + 1) if sc.valid_to(g, a) < end]
+            if need:
+                lo = min(need)
+                gs.append(g)
+                firsts.append(lo)
+                ks.append(max(need) - lo + 1)
+        self.end = end
+        self.placed_in_window = [0] * len(self.at)
+        if gs and not sc.compute(gs, firsts, max(ks), p, end):
+            return False
+        self.per_group = [self.group_options(g) for g in range(len(self.at))]
+        self._flatten()
         return True
 
     def decision(self) -> Decision:
@@ -301,7 +443,7 @@ class _Round:
         b.stats.record_round([arm_cj[cl[k]][choice[k]] for k in placed], n, self.infeasible)
         energy, decode = [math.nan] * n, [math.nan] * n
         for k in placed:
-            decode[k], energy[k] = data[_DEC:, k, self.col_of[k]].tolist()
+            decode[k], energy[k] = data[_DEC:, self.pos_of[k], self.col_of[k]].tolist()
         time = np.array(self.times)
         dec = np.array(decode)
         return Decision(
