@@ -14,6 +14,7 @@ the snapshot it was decided in; CS-UCB's learned statistics are shared by all sn
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -32,6 +33,7 @@ from perllm.router.intake import read_request
 from perllm.router.members import Members, decider_key
 from perllm.router.metrics import RouterMetrics
 from perllm.router.request import BadRequest, Parsed
+from perllm.router.secrets import SecretError, SecretFile
 from perllm.router.upstream import Pool
 
 log = logging.getLogger("perllm.router")
@@ -52,6 +54,10 @@ class Router:
         self._members: Members | None = None
         self._stats: Any = None  # CS-UCB's ArmStats, shared across memberships
         self._eject = Ejections(self.limits.eject_s, self.limits.eject_max_s)
+        self._secrets: dict[str, SecretFile] = {}
+        self._auth = self._secret(config.auth.token_file) if config.auth else None
+        # Static backends (remote tiers) stay members beside the discovered pods.
+        self.static = list(config.backends) if config.discovery is not None else []
         # The membership without its ejected backends, per ejected set (same statistics).
         self._without: dict[frozenset[str], tuple[Members, list[int]]] = {}
         self._slots = asyncio.Semaphore(self.limits.max_concurrency)
@@ -145,11 +151,22 @@ class Router:
             pools,
             np.array([self._bw_override.get(b.name, b.measured_mbps) for b in backends], float),
             [self.metrics.backend(b.name, b.tier.value) for b in backends],
+            [self._secret(b.token_file) if b.token_file else None for b in backends],
         )
         for n in names:
             self._inflight.setdefault(n, 0)
         log.info("backends: %s", ", ".join(f"{b.name}={b.url}" for b in backends))
         return True
+
+    def _secret(self, path: str) -> SecretFile:
+        from perllm.router.config import RouterConfigError
+
+        if path not in self._secrets:
+            try:
+                self._secrets[path] = SecretFile(path)
+            except SecretError as e:
+                raise RouterConfigError(f"token_file: {e}") from None
+        return self._secrets[path]
 
     def _decider_for(self, backends: Sequence[Backend]) -> Decider:
         """A decider over `backends`, learning into the router's one set of statistics."""
@@ -181,6 +198,7 @@ class Router:
                 [m.pools[j] for j in keep],
                 m.bw[keep],
                 [m.metrics[j] for j in keep],
+                [m.tokens[j] for j in keep],
             )
             self._without[out] = (sub, keep)
         sub, keep = self._without[out]
@@ -271,6 +289,10 @@ class Router:
 
     async def _completion(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> None:
         t0 = time.perf_counter()
+        if self._auth is not None and not self._authorized(scope["headers"]):
+            self.metrics.rejected.labels("401").inc()
+            await error(send, 401, "authentication_error", "missing or wrong bearer token")
+            return
         try:
             raw, req, tight = await read_request(
                 scope["headers"], receive, chat, self.models, self.limits.max_body_bytes
@@ -327,6 +349,11 @@ class Router:
             if self._eject.answered(name):
                 self.metrics.ejected.labels(name).set(0)
             return
+
+    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        assert self._auth is not None
+        got = next((v for k, v in headers if k == b"authorization"), b"")
+        return hmac.compare_digest(got, self._auth.bearer())
 
     async def _shed(self, send: Send, e: Shed) -> None:
         self.metrics.shed.labels(e.reason).inc()

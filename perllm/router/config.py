@@ -54,6 +54,11 @@ class Backend(_Strict):
     node: str | None = Field(
         default=None, description="Node it runs on (discovery: its measured bandwidth)."
     )
+    token_file: str | None = Field(
+        default=None,
+        description="File with the bearer token sent to this backend (a mounted Secret key, "
+        "e.g. another cluster's router); replaces the client's authorization header.",
+    )
 
     def server(self) -> Server:
         return Server(name=self.name, tier=self.tier, hardware=self.hardware, link=self.link)
@@ -97,6 +102,13 @@ class Discovery(_Strict):
     )
 
 
+class Auth(_Strict):
+    token_file: str = Field(
+        min_length=1,
+        description="File with the bearer token clients must send (a mounted Secret key).",
+    )
+
+
 class RouterConfig(_Strict):
     service: ServiceSpec | None = None
     scenario: str | None = None
@@ -113,11 +125,19 @@ class RouterConfig(_Strict):
     weights: EnergyWeights = EnergyWeights()
     csucb: dict[str, float] = Field(default_factory=dict, description="CSUCBConfig fields.")
     limits: Limits = Limits()
+    auth: Auth | None = Field(
+        default=None, description="Require a bearer token on /v1/* (else: no client auth)."
+    )
 
     @model_validator(mode="after")
     def _one_service(self) -> RouterConfig:
-        if (self.service is None) == (self.scenario is None):
-            raise ValueError("give either service or scenario (+ service_class)")
+        if self.service is not None and self.scenario is not None:
+            raise ValueError("give either service or scenario (+ service_class), not both")
+        if self.service is None and self.scenario is None and self.discovery is None:
+            raise ValueError(
+                "give service, scenario (+ service_class), or discovery (the LLMService's "
+                "spec is then read from the cluster)"
+            )
         if self.scenario is not None and not self.service_class:
             raise ValueError("service_class: required with scenario")
         if not self.backends and self.discovery is None:
@@ -132,6 +152,11 @@ class RouterConfig(_Strict):
         if self.service is not None:
             cat = default_catalogue()
             spec = self.service
+        elif self.scenario is None:
+            raise RouterConfigError(
+                "service: not given (read it from the cluster: perllm.router.discovery."
+                "with_service)"
+            )
         else:
             from perllm.scenario import ScenarioError, load_scenario
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from perllm.labels import LABEL_SERVICE
 from perllm.profiles import Catalogue
-from perllm.router.config import Backend
+from perllm.router.config import Backend, RouterConfig
 
 if TYPE_CHECKING:
     from perllm.router.app import Router
@@ -106,6 +106,47 @@ def backends_from(
     return out
 
 
+def api_client(kubeconfig: str | None) -> Any:
+    """A Kubernetes client: `kubeconfig`, else in-cluster, else ~/.kube/config."""
+    from kubernetes import client, config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+def with_service(cfg: RouterConfig) -> RouterConfig:
+    """`cfg` with its service's spec: given, a scenario's, or (discovery alone) read from
+    the LLMService it names. Errors are `RouterConfigError`s naming the object."""
+    from perllm.crd import GROUP, PLURAL, VERSION, InvalidService, service_spec
+    from perllm.router.config import RouterConfigError
+
+    if cfg.service is not None or cfg.scenario is not None or cfg.discovery is None:
+        return cfg
+    d = cfg.discovery
+    ns, name = d.service.split("/", 1)
+    try:
+        from kubernetes import client
+
+        api = client.CustomObjectsApi(api_client(d.kubeconfig))
+        obj: Any = api.get_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name, _request_timeout=d.timeout_s
+        )
+        spec = service_spec(obj)
+    except InvalidService as e:
+        raise RouterConfigError(f"discovery.service {d.service}: {e}") from None
+    except Exception as e:  # not found, RBAC, API down: say which and why
+        reason = getattr(e, "reason", None) or e
+        raise RouterConfigError(
+            f"discovery.service: cannot read LLMService {d.service}: {reason}"
+        ) from None
+    return cfg.model_copy(update={"service": spec})
+
+
 @dataclass
 class Discovery:
     """Keeps a router's backends to the ready pods of `namespace/service`."""
@@ -128,17 +169,9 @@ class Discovery:
 
     def _core(self) -> Any:
         if self._api is None:
-            from kubernetes import client, config
+            from kubernetes import client
 
-            if self.kubeconfig:
-                api_client = config.new_client_from_config(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
-            else:
-                try:
-                    config.load_incluster_config()  # type: ignore[no-untyped-call]
-                except config.ConfigException:
-                    config.load_kube_config()  # type: ignore[no-untyped-call]
-                api_client = client.ApiClient()
-            self._api = client.CoreV1Api(api_client)
+            self._api = client.CoreV1Api(api_client(self.kubeconfig))
         return self._api
 
     def list_once(self) -> list[Backend]:
@@ -188,6 +221,12 @@ class Discovery:
             log.warning("discovery of %s/%s failed: %s", self.namespace, self.service, e)
             return
         self.rounds += 1
+        static = {b.name for b in self.router.static}
+        for b in [b for b in backends if b.name in static]:
+            if f"clash {b.name}" not in self._said:
+                self._said.add(f"clash {b.name}")
+                log.warning("pod %s left out: a static backend has its name", b.name)
+        backends = [b for b in backends if b.name not in static] + self.router.static
         if self.router.set_backends(backends):
             log.info("%s/%s: %d ready backends", self.namespace, self.service, len(backends))
         try:

@@ -67,7 +67,12 @@ class Forwarder:
         """The upstream request sent and its response head read; failures are `Shed`."""
         if b.model is not None and b.model != req.model:
             raw = json.dumps({**req.body, "model": b.model}).encode()
-        fwd = [(k, v) for k, v in scope["headers"] if k in FORWARDED]
+        token = flight.members.tokens[flight.ticket.server]
+        if token is None:
+            fwd = [(k, v) for k, v in scope["headers"] if k in FORWARDED]
+        else:  # a remote tier: its own credential, never the client's
+            fwd = [(k, v) for k, v in scope["headers"] if k in FORWARDED and k != b"authorization"]
+            fwd.append((b"authorization", token.bearer()))
         fwd.append(_CTYPE_JSON)
         try:
             return await pool.post(scope["path"], raw, fwd)

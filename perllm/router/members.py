@@ -12,6 +12,7 @@ import numpy as np
 from perllm.router.config import Backend
 from perllm.router.decision import Decider
 from perllm.router.metrics import BackendMetrics
+from perllm.router.secrets import SecretFile
 from perllm.router.upstream import Pool
 
 
@@ -25,8 +26,9 @@ class Members:
     pools: list[Pool]
     bw: np.ndarray[Any, np.dtype[np.float64]]
     metrics: list[BackendMetrics]
+    tokens: list[SecretFile | None]  # credentials sent to each backend (remote tiers)
 
 
 def decider_key(b: Backend) -> tuple[Any, ...]:
     """What makes a new decider necessary (bandwidth alone does not)."""
-    return (b.name, b.url, b.tier, b.hardware, b.link, b.model)
+    return (b.name, b.url, b.tier, b.hardware, b.link, b.model, b.token_file)

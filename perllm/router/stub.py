@@ -29,6 +29,7 @@ class StubBackend:
         self.name, self.tokens, self.token_delay_s = name, tokens, token_delay_s
         self.hang, self.usage = hang, usage
         self.requests = 0
+        self.last_headers: dict[bytes, bytes] = {}  # of the last request (auth tests)
         self.active = 0  # requests being answered now (a leak shows here)
         self.cancelled = 0
 
@@ -50,6 +51,7 @@ class StubBackend:
             body += m.get("body", b"")
             more = bool(m.get("more_body"))
         self.requests += 1
+        self.last_headers = dict(scope.get("headers") or [])
         self.active += 1
         # Like a model server, stop generating when the client (the router) goes away.
         answer = asyncio.ensure_future(self._answer(scope, body, send))

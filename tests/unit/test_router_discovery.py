@@ -7,6 +7,8 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from perllm.labels import (
     ANN_LINK_BANDWIDTH,
     ANN_LINK_RTT,
@@ -15,8 +17,9 @@ from perllm.labels import (
     LABEL_TIER,
 )
 from perllm.router.app import Router
-from perllm.router.config import parse_config
+from perllm.router.config import RouterConfigError, parse_config
 from perllm.router.discovery import backends_from
+from perllm.scenario import load_scenario
 
 
 def node(name: str, tier: str, hw: str, bw: float = 100) -> dict[str, Any]:
@@ -114,3 +117,51 @@ def test_membership_follows_the_cluster_and_keeps_what_was_learned() -> None:
         await r.aclose()
 
     asyncio.run(go())
+
+
+def test_static_remote_backends_stay_beside_the_discovered_pods() -> None:
+    """A remote tier (another cluster's router) is a static backend: every refresh keeps
+    it in the membership with the ready pods; a pod with its name is left out."""
+
+    async def go() -> None:
+        remote = {
+            "name": "cloud-cluster",
+            "url": "https://router.cloud.example",
+            "tier": "cloud",
+            "hardware": "a100-80gb-sxm",
+            "link": {"bandwidth_mbps": 50, "rtt_ms": 40},
+        }
+        r = Router(
+            parse_config(
+                {
+                    "scenario": "demo",
+                    "service_class": "chat",
+                    "discovery": {"service": "ns/chat"},
+                    "backends": [remote],
+                }
+            )
+        )
+        assert r.discovery is not None
+        api = FakeApi()
+        r.discovery._api = api
+        await r.discovery.refresh()
+        assert [b.name for b in r.backends] == ["a", "cloud-cluster"]
+        api.pods = [pod("cloud-cluster", "edge-1")]  # a clash: the static one wins
+        await r.discovery.refresh()
+        assert [(b.name, b.url) for b in r.backends] == [
+            ("cloud-cluster", "https://router.cloud.example")
+        ]
+        await r.aclose()
+
+    asyncio.run(go())
+
+
+def test_discovery_alone_reads_the_service_from_the_cluster() -> None:
+    cfg = parse_config({"discovery": {"service": "ns/chat"}})
+    assert cfg.service is None and cfg.scenario is None
+    with pytest.raises(RouterConfigError, match="service: not given"):
+        cfg.resolve()
+    spec = load_scenario("demo").services()[0].model_dump(mode="json")
+    both = {"scenario": "demo", "service_class": "chat", "service": spec}
+    with pytest.raises(RouterConfigError, match="not both"):
+        parse_config({**both, "discovery": {"service": "ns/chat"}})

@@ -1,0 +1,45 @@
+"""Credentials the router reads from files (a mounted Secret key): the bearer token its
+clients must present (`auth.token_file`) and the ones it presents to remote backends
+(`backends[].token_file`, e.g. another cluster's router). A file is re-read when it
+changes (the kubelet updates mounted Secrets in place), at most every `every_s`; the
+value is never logged."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+class SecretError(RuntimeError):
+    """The file cannot be read or is empty (the message names the file, not the value)."""
+
+
+class SecretFile:
+    def __init__(self, path: str, every_s: float = 10.0) -> None:
+        self.path, self._every = path, every_s
+        self._value = b""
+        self._mtime = -1.0
+        self._checked = 0.0
+        self.value()  # fail at start, not on the first request
+
+    def value(self) -> bytes:
+        """The current value; the last good one while the file is briefly unreadable."""
+        now = time.monotonic()
+        if self._value and now - self._checked < self._every:
+            return self._value
+        self._checked = now
+        try:
+            mtime = os.stat(self.path).st_mtime
+            if mtime != self._mtime:
+                with open(self.path, "rb") as f:
+                    v = f.read().strip()
+                if not v:
+                    raise SecretError(f"{self.path}: empty")
+                self._value, self._mtime = v, mtime
+        except OSError as e:
+            if not self._value:
+                raise SecretError(f"{self.path}: {e.strerror or e}") from None
+        return self._value
+
+    def bearer(self) -> bytes:
+        return b"Bearer " + self.value()

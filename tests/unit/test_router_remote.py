@@ -1,0 +1,126 @@
+"""A remote tier behind the router (another cluster's router): the router's own client
+auth (`auth.token_file`) and the credential it sends to a remote backend
+(`backends[].token_file`), both read from files such as mounted Secret keys."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from perllm.router.app import Router
+from perllm.router.config import RouterConfigError, parse_config
+from perllm.router.secrets import SecretError, SecretFile
+from perllm.router.serving import serving
+from perllm.router.stub import StubBackend
+
+CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hello " * 50}]}
+LINKS = {
+    "edge": ("nvidia-l4", {"bandwidth_mbps": 100, "rtt_ms": 5}),
+    "cloud": ("a100-80gb-sxm", {"bandwidth_mbps": 300, "rtt_ms": 30}),
+}
+
+
+def backend(name: str, url: str, tier: str, **kw: Any) -> dict[str, Any]:
+    hw, link = LINKS[tier]
+    return {"name": name, "url": url, "tier": tier, "hardware": hw, "link": link, **kw}
+
+
+def secret(tmp_path: Path, name: str, value: str) -> str:
+    p = tmp_path / name
+    p.write_text(value + "\n")  # a trailing newline, as `kubectl create secret` files have
+    return str(p)
+
+
+def test_clients_must_present_the_routers_bearer_token(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with contextlib.AsyncExitStack() as st:
+            edge = await st.enter_async_context(serving(StubBackend("edge")))
+            cfg = {
+                "scenario": "demo",
+                "service_class": "chat",
+                "backends": [backend("edge", edge, "edge")],
+                "auth": {"token_file": secret(tmp_path, "token", "s3cret")},
+            }
+            r = Router(parse_config(cfg))
+            c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://r")
+            for h in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
+                resp = await c.post("/v1/chat/completions", json=CHAT, headers=h)
+                assert resp.status_code == 401, resp.text
+                assert resp.json()["error"]["type"] == "authentication_error"
+                assert "s3cret" not in resp.text
+            ok = await c.post(
+                "/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer s3cret"}
+            )
+            assert ok.status_code == 200, ok.text
+            assert (await c.get("/healthz")).status_code == 200  # probes need no token
+            assert (
+                'perllm_router_rejected_requests_total{status="401"} 3.0'
+                in (await c.get("/metrics")).text
+            )
+            await r.aclose()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_a_remote_backend_gets_its_own_token_never_the_clients(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with contextlib.AsyncExitStack() as st:
+            stubs = {"edge": StubBackend("edge"), "remote": StubBackend("remote")}
+            urls = {n: await st.enter_async_context(serving(s)) for n, s in stubs.items()}
+            token = secret(tmp_path, "remote-token", "cloud-side")
+            cfg = {
+                "scenario": "demo",
+                "service_class": "chat",
+                "backends": [
+                    backend("edge", urls["edge"], "edge"),
+                    backend("remote", urls["remote"], "cloud", token_file=token),
+                ],
+            }
+            r = Router(parse_config(cfg))
+            c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://r")
+            mine = {"authorization": "Bearer the-clients-own"}
+            for _ in range(12):
+                resp = await c.post("/v1/chat/completions", json=CHAT, headers=mine)
+                assert resp.status_code == 200
+            # CS-UCB sends this service's requests to the (remote) cloud tier first.
+            assert stubs["remote"].requests > 0
+            assert stubs["remote"].last_headers[b"authorization"] == b"Bearer cloud-side"
+            if stubs["edge"].requests:
+                assert stubs["edge"].last_headers[b"authorization"] == b"Bearer the-clients-own"
+            await r.aclose()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_a_missing_token_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope")
+    cfg = {
+        "scenario": "demo",
+        "service_class": "chat",
+        "backends": [backend("edge", "http://127.0.0.1:9", "edge")],
+        "auth": {"token_file": missing},
+    }
+    with pytest.raises(RouterConfigError, match="nope"):
+        Router(parse_config(cfg))
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(SecretError, match="empty"):
+        SecretFile(str(tmp_path / "empty"))
+
+
+def test_a_rotated_secret_is_picked_up_and_a_vanished_one_keeps_its_value(
+    tmp_path: Path,
+) -> None:
+    path = secret(tmp_path, "t", "one")
+    s = SecretFile(path, every_s=0.0)
+    assert s.bearer() == b"Bearer one"
+    Path(path).write_text("two")
+    os.utime(path, (1, 1))  # a new mtime, as the kubelet's atomic swap gives
+    assert s.value() == b"two"
+    os.remove(path)
+    assert s.value() == b"two"  # the last good value while the file is briefly gone
