@@ -21,6 +21,8 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,6 +95,9 @@ def test_rendered_objects_pass_server_dry_run(
     ).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     assert len(docs) >= 20
+    # The profiles' routers front a service in team-a (their Role lives there).
+    for ns in {d["metadata"].get("namespace") for d in docs} - {namespace, None}:
+        kube.kubectl("create", "namespace", ns, check=False)
     r = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
     assert r.returncode == 0, r.stderr
     accepted = [line for line in r.stdout.splitlines() if "(server dry run)" in line]
@@ -119,7 +124,7 @@ def release(kube: Kube, helm_bin: str) -> Iterator[Release]:
         ns,
         "--create-namespace",
         "--set",
-        "agent.enabled=true,twin.enabled=true",
+        "agent.enabled=true,twin.enabled=true,router.enabled=true,router.services[0].name=chat",
         "--wait",  # every Deployment and the agent's DaemonSet rolled out on KWOK nodes
         "--timeout=3m",
         timeout=200,
@@ -136,7 +141,7 @@ def test_install_rolls_out(kube: Kube, helm_bin: str, release: Release) -> None:
         helm(kube, helm_bin, "status", release.name, "-n", release.namespace, "-o", "json").stdout
     )
     assert status["info"]["status"] == "deployed"
-    for comp in ("operator", "extender", "scheduler", "twin"):
+    for comp in ("operator", "extender", "scheduler", "twin", "router-chat"):
         # KWOK runs the pods on its fake nodes and marks them ready.
         kube.kubectl(
             "rollout",
@@ -353,6 +358,75 @@ def test_extender_process_runs_under_the_charts_service_account(
             "delete", "configmap", "perllm-extender-state", "-n", release.namespace, check=False
         )
         print(f"--- extender log ---\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def test_router_process_runs_under_the_charts_service_account(
+    kube: Kube, release: Release, tmp_path: Path
+) -> None:
+    """The real `perllm router` with the chart's config and its service account's token:
+    it reads the LLMService's spec, lists its pods and their nodes, and goes ready when a
+    model-server pod is; no call is denied, and it can read nothing else."""
+    ns = release.namespace
+    k = _token_kubeconfig(kube, release, "router-chat", tmp_path / "router.kubeconfig")
+    assert _can(k, "list", "pods", "-n", ns) and _can(k, "get", "nodes")
+    assert _can(k, "get", "llmservices.perllm.io/chat", "-n", ns)
+    assert not _can(k, "get", "llmservices.perllm.io/other", "-n", ns)
+    assert not _can(k, "list", "pods", "-n", "default")
+    assert not _can(k, "get", "secrets", "-n", ns)
+    chat = _llmservice("chat-assistant")
+    chat["metadata"] = {"name": "chat", "namespace": ns}
+    kube.apply([chat], ns)
+    cm = kube.get_or_none("configmap", f"{release.name}-router-chat", "-n", ns)
+    cfg = yaml.safe_load(cm["data"]["router.yaml"])
+    cfg["discovery"]["interval_s"] = 1
+    (tmp_path / "router.yaml").write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    log = tmp_path / "router.log"
+    env = dict(os.environ, KUBECONFIG=str(k.kubeconfig), PYTHONWARNINGS="ignore")
+    node = next(
+        n["metadata"]["name"]
+        for n in kube.get("nodes")["items"]
+        if n["metadata"].get("labels", {}).get("perllm.io/tier") == "edge"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "chat-model", "labels": {"perllm.io/service": "chat"}},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [
+                {"name": "server", "image": "llama",
+                 "ports": [{"name": "http", "containerPort": 8080}]}
+            ],
+        },
+    }  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [PERLLM, "router", f"--config={tmp_path / 'router.yaml'}", f"--port={port}"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+
+        def readyz() -> Any:
+            try:
+                return urllib.request.urlopen(f"{url}/readyz", timeout=2).status
+            except urllib.error.HTTPError as e:
+                return e.code
+            except OSError:
+                return None
+
+        assert wait_for(lambda: readyz() == 503, "the router to answer", timeout=60)
+        kube.apply([pod], ns)
+        assert wait_for(lambda: readyz() == 200, "the router to discover the pod", timeout=60)
+        text = log.read_text(errors="replace")
+        assert not re.search(r"\b403\b|[Ff]orbidden", text), text[-4000:]
+    finally:
+        terminate(proc)
+        kube.kubectl("delete", "pod", "chat-model", "-n", ns, "--wait=false", check=False)
+        kube.kubectl("delete", PLURAL, "chat", "-n", ns, "--wait=false", check=False)
+        print(f"--- router log ---\n{log.read_text(errors='replace')[-4000:]}")
 
 
 def test_kube_scheduler_runs_with_the_charts_config_and_token(

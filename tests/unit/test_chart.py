@@ -690,7 +690,7 @@ def test_container_args_parse_with_the_perllm_cli() -> None:
         "agent.enabled=true,twin.enabled=true,operator.verbose=true,operator.statusInterval=30,"
         "operator.namespaces[0]=team-a,extender.learnInterval=15,agent.probeInterval=60,"
         "agent.probeBytes=1000000,agent.peers[0]=http://cloud:9401,twin.speed=10,"
-        "prometheus.url=http://prom:9090",
+        "prometheus.url=http://prom:9090,router.enabled=true,router.services[0].name=chat",
     )
     seen = set()
     for name, spec in pod_specs(docs):
@@ -707,4 +707,55 @@ def test_container_args_parse_with_the_perllm_cli() -> None:
         for e in c.get("env", []):
             assert e["name"] in envvars, f"{name}: {e['name']} is read by no option of {sub}"
         seen.add(sub)
-    assert seen == {"operator", "extender", "agent", "twin"}
+    assert seen == {"operator", "extender", "agent", "twin", "router"}
+
+
+def test_router_per_service_config_secrets_and_least_privilege() -> None:
+    """The edge profile's router: its config is one `perllm router` accepts, every token
+    file it names is a mounted Secret key, and it may read only its service's pods and
+    spec (in that namespace) and nodes."""
+    from perllm.router.config import parse_config
+
+    docs = render(profile="edge-k3s-values.yaml")
+    name = "perllm-router-chat"
+    cfg = parse_config(yaml.safe_load(find(docs, "ConfigMap", name)["data"]["router.yaml"]))
+    assert cfg.discovery is not None and cfg.discovery.service == "team-a/chat"
+    assert cfg.service is None and cfg.shed is True  # the spec is read from the LLMService
+    (remote,) = cfg.backends
+    assert remote.tier.value == "cloud" and remote.token_file
+    dep = find(docs, "Deployment", name)
+    spec = dep["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mount, file = remote.token_file.rsplit("/", 1)
+    secret = volumes[mounts[mount]]["secret"]
+    assert secret["secretName"] == "perllm-cloud-router"
+    assert secret["items"] == [{"key": "token", "path": file}]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert "perllm.io/service" not in labels  # not a model server to discovery or monitors
+    assert spec["serviceAccountName"] == name
+    assert spec["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    role = find(docs, "Role", name)
+    assert role["metadata"]["namespace"] == "team-a"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {
+            "apiGroups": ["perllm.io"],
+            "resources": ["llmservices"],
+            "resourceNames": ["chat"],
+            "verbs": ["get"],
+        },
+    ]
+    assert find(docs, "ClusterRole", "perllm-router")["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}
+    ]
+    crb = find(docs, "ClusterRoleBinding", "perllm-router")
+    assert crb["subjects"] == [
+        {"kind": "ServiceAccount", "name": name, "namespace": "perllm-system"}
+    ]
+    svc = find(docs, "Service", name)
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    # The cloud side asks its clients (the edge router) for the token.
+    cloud = render(profile="cloud-values.yaml")
+    ccfg = parse_config(yaml.safe_load(find(cloud, "ConfigMap", name)["data"]["router.yaml"]))
+    assert ccfg.auth is not None and ccfg.backends == []
