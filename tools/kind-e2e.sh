@@ -130,6 +130,8 @@ step_profiles() {
   while read -r p; do
     case "$p" in edge*) tier=edge ;; *) tier=cloud ;; esac
     label_nodes "$tier"
+    # The profiles' routers front `chat` in team-a: their Role lives there.
+    kubectl_ create namespace team-a --dry-run=client -o yaml | kubectl_ apply -f -
     mapfile -t v < <(values_args "$p")
     log "helm install ($p) with $IMAGE_REPO:$IMAGE_TAG"
     if ! "$HELM" --kube-context "kind-$KIND_CLUSTER" install "$rel" "$CHART" -n "$NAMESPACE" \

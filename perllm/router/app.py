@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from perllm.contract import ServiceSpec
+from perllm.profiles import Catalogue, default_catalogue
 from perllm.router.asgi import Receive, Refused, Scope, Send, Shed, error, reply
 from perllm.router.config import Backend, RouterConfig
 from perllm.router.decision import Decider, Ticket
@@ -44,8 +46,6 @@ ROUTES = {"/v1/chat/completions": True, "/v1/completions": False}
 class Router:
     def __init__(self, config: RouterConfig, backends: Sequence[Backend] | None = None) -> None:
         self.config = config
-        self.spec, self.catalogue = config.resolve()
-        self.models = config.model_names(self.spec)
         self.limits = config.limits
         self.metrics = RouterMetrics()
         self._inflight: dict[str, int] = {}
@@ -62,22 +62,18 @@ class Router:
         self._without: dict[frozenset[str], tuple[Members, list[int]]] = {}
         self._slots = asyncio.Semaphore(self.limits.max_concurrency)
         self._queued = 0
-        dl = self.spec.requirements.deadline
-        self._feedback = Feedback(dl.seconds, dl.per_output_token_s)
+        self._feedback = Feedback(0.0, 0.0)
         self._proxy = Forwarder(self._inflight, self._feedback)
-        self._expected_out = self.spec.traffic.output_tokens
-        self._min_quality = self.spec.requirements.min_quality
-        self._models_body = json.dumps(
-            {
-                "object": "list",
-                "data": [
-                    {"id": m, "object": "model", "created": 0, "owned_by": "perllm"}
-                    for m in sorted(self.models)
-                ],
-            }
-        ).encode()
+        # The service: from the config, or (discovery alone) read from its LLMService by
+        # discovery before anything is served (`set_spec`); until then requests get 503.
+        self.spec: ServiceSpec | None = None
+        self.catalogue: Catalogue = default_catalogue()
+        self.models: set[str] = set()
+        self.waiting_for = ""  # why there is no spec yet
+        if config.service is not None or config.scenario is not None:
+            self.set_spec(*config.resolve())
         initial = list(backends) if backends is not None else list(config.backends)
-        if initial:
+        if initial and self.spec is not None:
             self.set_backends(initial)
         self.discovery = None
         if config.discovery is not None:
@@ -87,8 +83,36 @@ class Router:
             ns, name = d.service.split("/", 1)
             self.discovery = Discovery(
                 self, ns, name, d.url_template, d.port, d.interval_s, d.timeout_s,
-                d.kubeconfig, d.prometheus,
+                d.kubeconfig, d.prometheus, follow_spec=self.spec is None,
             )  # fmt: skip
+
+    def set_spec(self, spec: ServiceSpec, catalogue: Catalogue) -> bool:
+        """The service this router fronts (its LLMService changed: a new decider over the
+        same backends, learning into the same statistics). Returns whether it changed."""
+        if spec == self.spec and catalogue is self.catalogue:
+            return False
+        first = self.spec is None
+        self.spec, self.catalogue = spec, catalogue
+        self.models = self.config.model_names(spec)
+        dl = spec.requirements.deadline
+        self._feedback.set(dl.seconds, dl.per_output_token_s)
+        self._expected_out = spec.traffic.output_tokens
+        self._min_quality = spec.requirements.min_quality
+        self._models_body = json.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "perllm"}
+                    for m in sorted(self.models)
+                ],
+            }
+        ).encode()
+        if self._members is not None:
+            backends, self._members = self._members.backends, None
+            self.set_backends(backends)
+        if not first:
+            log.info("service %s changed: decisions follow its new spec", spec.name)
+        return True
 
     # -- membership ------------------------------------------------------------------------
     @property
@@ -170,6 +194,7 @@ class Router:
 
     def _decider_for(self, backends: Sequence[Backend]) -> Decider:
         """A decider over `backends`, learning into the router's one set of statistics."""
+        assert self.spec is not None, "no service spec yet"
         decider = Decider.for_servers(
             [self.spec],
             [b.server() for b in backends],
@@ -265,7 +290,9 @@ class Router:
             await reply(send, 200, b'{"status":"ok"}')
         elif path == "/readyz":
             down = self.down()
-            if self._members is None:
+            if self.spec is None:
+                await error(send, 503, "not_ready", self.waiting_for or "no service spec yet")
+            elif self._members is None:
                 await error(send, 503, "not_ready", "no backends")
             elif len(down) == len(self._members.names):
                 await error(send, 503, "not_ready", f"every backend refuses connections: {down}")
@@ -289,6 +316,9 @@ class Router:
 
     async def _completion(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> None:
         t0 = time.perf_counter()
+        if self.spec is None:
+            await error(send, 503, "not_ready", self.waiting_for or "no service spec yet")
+            return
         if self._auth is not None and not self._authorized(scope["headers"]):
             self.metrics.rejected.labels("401").inc()
             await error(send, 401, "authentication_error", "missing or wrong bearer token")

@@ -20,14 +20,13 @@ def register(app: typer.Typer) -> None:
         """OpenAI-compatible endpoint that places every request with CS-UCB (edge or cloud)."""
         from perllm.router.app import Router
         from perllm.router.config import RouterConfigError, load_config
-        from perllm.router.discovery import with_service
         from perllm.router.serving import run
 
         logging.basicConfig(
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         try:
-            router = Router(with_service(load_config(config)))
+            router = Router(load_config(config))
         except RouterConfigError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

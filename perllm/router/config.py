@@ -154,8 +154,8 @@ class RouterConfig(_Strict):
             spec = self.service
         elif self.scenario is None:
             raise RouterConfigError(
-                "service: not given (read it from the cluster: perllm.router.discovery."
-                "with_service)"
+                "service: not given (with discovery alone the router reads it from the "
+                "LLMService: perllm.router.discovery)"
             )
         else:
             from perllm.scenario import ScenarioError, load_scenario

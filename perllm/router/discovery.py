@@ -26,9 +26,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from perllm.contract import ServiceSpec
 from perllm.labels import LABEL_SERVICE
 from perllm.profiles import Catalogue
-from perllm.router.config import Backend, RouterConfig
+from perllm.router.config import Backend
 
 if TYPE_CHECKING:
     from perllm.router.app import Router
@@ -119,34 +120,6 @@ def api_client(kubeconfig: str | None) -> Any:
     return client.ApiClient()
 
 
-def with_service(cfg: RouterConfig) -> RouterConfig:
-    """`cfg` with its service's spec: given, a scenario's, or (discovery alone) read from
-    the LLMService it names. Errors are `RouterConfigError`s naming the object."""
-    from perllm.crd import GROUP, PLURAL, VERSION, InvalidService, service_spec
-    from perllm.router.config import RouterConfigError
-
-    if cfg.service is not None or cfg.scenario is not None or cfg.discovery is None:
-        return cfg
-    d = cfg.discovery
-    ns, name = d.service.split("/", 1)
-    try:
-        from kubernetes import client
-
-        api = client.CustomObjectsApi(api_client(d.kubeconfig))
-        obj: Any = api.get_namespaced_custom_object(
-            GROUP, VERSION, ns, PLURAL, name, _request_timeout=d.timeout_s
-        )
-        spec = service_spec(obj)
-    except InvalidService as e:
-        raise RouterConfigError(f"discovery.service {d.service}: {e}") from None
-    except Exception as e:  # not found, RBAC, API down: say which and why
-        reason = getattr(e, "reason", None) or e
-        raise RouterConfigError(
-            f"discovery.service: cannot read LLMService {d.service}: {reason}"
-        ) from None
-    return cfg.model_copy(update={"service": spec})
-
-
 @dataclass
 class Discovery:
     """Keeps a router's backends to the ready pods of `namespace/service`."""
@@ -160,9 +133,11 @@ class Discovery:
     timeout_s: float = 5.0
     kubeconfig: str | None = None
     prometheus: str | None = None
+    follow_spec: bool = False  # read the service's spec from its LLMService every round
     rounds: int = 0
     errors: int = 0
     _api: Any = field(default=None, repr=False)
+    _custom: Any = field(default=None, repr=False)
     _prom: Any = field(default=None, repr=False)
     _said: set[str] = field(default_factory=set, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -173,6 +148,43 @@ class Discovery:
 
             self._api = client.CoreV1Api(api_client(self.kubeconfig))
         return self._api
+
+    def spec_once(self) -> ServiceSpec:
+        """The LLMService's spec (blocking: run it in a thread)."""
+        from perllm.crd import GROUP, PLURAL, VERSION, service_spec
+
+        if self._custom is None:
+            from kubernetes import client
+
+            self._custom = client.CustomObjectsApi(api_client(self.kubeconfig))
+        obj: Any = self._custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.service, _request_timeout=self.timeout_s
+        )
+        return service_spec(obj)
+
+    async def _follow_spec(self) -> bool:
+        """Read the spec into the router; False when there is none to route with yet."""
+        from perllm.crd import InvalidService
+
+        what = f"LLMService {self.namespace}/{self.service}"
+        try:
+            spec = await asyncio.to_thread(self.spec_once)
+        except InvalidService as e:
+            why = f"{what} is invalid: {e}"
+        except Exception as e:  # not found, RBAC, API down: say which
+            why = f"cannot read {what}: {getattr(e, 'reason', None) or e}"
+        else:
+            self.router.set_spec(spec, self.router.catalogue)
+            self.router.waiting_for = ""
+            return True
+        self.errors += 1
+        if why not in self._said:
+            self._said.add(why)
+            log.warning("%s%s", why, "" if self.router.spec else "; waiting for it")
+        if self.router.spec is None:
+            self.router.waiting_for = f"waiting for the service's spec: {why}"
+            return False
+        return True  # keep routing with the last spec read
 
     def list_once(self) -> list[Backend]:
         """One list of the pods and their nodes (blocking: run it in a thread)."""
@@ -214,6 +226,8 @@ class Discovery:
         return {n: v / 1e6 for n, v in ans.by(names.NODE).items() if v > 0}
 
     async def refresh(self) -> None:
+        if self.follow_spec and not await self._follow_spec():
+            return
         try:
             backends = await asyncio.to_thread(self.list_once)
         except Exception as e:  # API down, timeout, RBAC: keep what we have

@@ -30,6 +30,10 @@ class Feedback:
     def __init__(self, deadline_s: float, per_output_token_s: float) -> None:
         self._dl_s, self._dl_tok = deadline_s, per_output_token_s
 
+    def set(self, deadline_s: float, per_output_token_s: float) -> None:
+        """The service's deadline changed (its LLMService was edited)."""
+        self._dl_s, self._dl_tok = deadline_s, per_output_token_s
+
     def budget(self, l_out: float) -> float:
         return self._dl_s + self._dl_tok * l_out
 

@@ -734,7 +734,7 @@ def test_router_per_service_config_secrets_and_least_privilege() -> None:
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert "perllm.io/service" not in labels  # not a model server to discovery or monitors
     assert spec["serviceAccountName"] == name
-    assert spec["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert spec["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/healthz"
     role = find(docs, "Role", name)
     assert role["metadata"]["namespace"] == "team-a"
     assert role["rules"] == [

@@ -7,6 +7,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from perllm.labels import (
@@ -165,3 +166,55 @@ def test_discovery_alone_reads_the_service_from_the_cluster() -> None:
     both = {"scenario": "demo", "service_class": "chat", "service": spec}
     with pytest.raises(RouterConfigError, match="not both"):
         parse_config({**both, "discovery": {"service": "ns/chat"}})
+
+
+class FakeCustom:
+    """The LLMService as the API returns it (or a 404)."""
+
+    def __init__(self) -> None:
+        self.obj: dict[str, Any] | None = None
+
+    def get_namespaced_custom_object(self, *args: Any, **kw: Any) -> Any:
+        assert args == ("perllm.io", "v1alpha1", "ns", "llmservices", "chat"), args
+        if self.obj is None:
+            raise OSError("(404) Reason: Not Found")
+        return self.obj
+
+
+def test_discovery_alone_waits_for_the_llmservice_and_follows_its_edits() -> None:
+    from perllm.demo.services import default_sources, load_services
+
+    chat = next(
+        s for s in load_services(default_sources("demo")) if s["metadata"]["name"] == "chat"
+    )
+    chat = {**chat, "metadata": {"name": "chat", "namespace": "ns"}}
+
+    async def go() -> None:
+        r = Router(parse_config({"discovery": {"service": "ns/chat"}}))
+        assert r.spec is None and r.discovery is not None and r.discovery.follow_spec
+        api, custom = FakeApi(), FakeCustom()
+        r.discovery._api, r.discovery._custom = api, custom
+        c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://r")
+        await r.discovery.refresh()
+        assert r.backends == []  # no spec: no decisions, and it says why
+        ready = await c.get("/readyz")
+        assert ready.status_code == 503 and "LLMService ns/chat" in ready.text
+        resp = await c.post("/v1/chat/completions", json={"model": "chat", "messages": []})
+        assert resp.status_code == 503 and "Not Found" in resp.text
+        custom.obj = chat
+        await r.discovery.refresh()
+        assert r.spec is not None and r.spec.name == "chat"
+        assert [b.name for b in r.backends] == ["a"]
+        stats, deadline = r.decider.bandit.stats, r.spec.requirements.deadline.seconds
+        edited = json.loads(json.dumps(chat))
+        edited["spec"]["requirements"]["deadline"]["seconds"] = deadline * 2
+        custom.obj = edited
+        await r.discovery.refresh()
+        assert r.spec.requirements.deadline.seconds == deadline * 2
+        assert r.decider.bandit.stats is stats  # what was learned carries over
+        custom.obj = None  # gone or unreadable: keep routing with the last spec
+        await r.discovery.refresh()
+        assert r.spec.requirements.deadline.seconds == deadline * 2 and r.backends
+        await r.aclose()
+
+    asyncio.run(go())
