@@ -99,7 +99,7 @@ class LatencyObservation:
     energy_j: float
     deadline_s: float
     l_out: float
-    energy_source: str  # service | node-power | predicted
+    energy_source: str  # service | pod-cpu | node-power | predicted
 
 
 def _per(ans: Answer | None, inner: str = names.POD) -> dict[str, float]:
@@ -173,6 +173,7 @@ class Learner:
             return []
         lat, rate, tokens = (_per(answers[k]) for k in ("latency", "rate", "tokens"))
         energy = {k: v for k, v in _per(answers["energy"], names.SERVICE).items() if v > 0}
+        pod_energy = {k: v for k, v in _per(answers["pod_energy"]).items() if v > 0}
         snap = self.snapshot()
         out: list[LatencyObservation] = []
         with self._lock:
@@ -196,6 +197,10 @@ class Learner:
             l_out = tokens.get(p.key) or float(p.spec.traffic.output_tokens)
             pred_t = pred.at(l_out)  # the decision's prediction at the realised length
             e, src = energy.get(f"{p.namespace}/{p.spec.name}"), "service"
+            if e is None and not self.is_gpu(p.servers[idx]):
+                # a CPU server: the package energy Kepler attributes to this pod is its
+                # inference energy (on a GPU server it is only the host's share)
+                e, src = pod_energy.get(p.key), "pod-cpu"
             if e is None and snap is not None:
                 power = (snap.gpu_power_w if self.is_gpu(p.servers[idx]) else snap.cpu_power_w).get(
                     node

@@ -16,9 +16,19 @@ DCGM_FB_USED_MIB = "DCGM_FI_DEV_FB_USED"  # gauge, MiB
 DCGM_FB_FREE_MIB = "DCGM_FI_DEV_FB_FREE"  # gauge, MiB
 DCGM_HOST_LABELS = ("Hostname", "hostname")
 
-# -- CPU package power (RAPL via the PerLLM agent; Kepler users map theirs) -------------
+# -- CPU package power (RAPL via the PerLLM agent; else Kepler's, below) ----------------
 CPU_POWER_W = "perllm_node_cpu_package_watts"  # gauge, W; labels node, package
 CPU_ENERGY_J = "perllm_node_cpu_package_joules_total"  # counter, J; labels node, package
+
+# -- Kepler >= 0.10 (its metrics reference, "Kepler Metrics": RAPL energy of nodes, and
+# attributed to pods by CPU time); zones package/core/uncore/dram, constant label
+# node_name. Read where the agent's are absent (queries.cpu_power_by_node) and as a CPU
+# pod's energy per request (queries.pod_cpu_energy_per_request). Kepler 0.7's
+# kepler_container_* names are not read.
+KEPLER_NODE_CPU_W = "kepler_node_cpu_watts"  # gauge, W; labels zone, path, node_name
+KEPLER_POD_CPU_J = "kepler_pod_cpu_joules_total"  # counter, J; pod_name, pod_namespace, zone
+KEPLER_ZONE = "package"  # cores + uncore: what the agent's package reading covers
+KEPLER_NODE_LABEL = "node_name"
 
 # -- measured edge<->cloud path bandwidth (agent probe, or the twin) ---------------------
 PATH_BANDWIDTH_BPS = "perllm_path_bandwidth_bits_per_second"  # gauge; labels node, peer

@@ -11,9 +11,30 @@ _BY_POD = f"sum by ({names.NAMESPACE}, {names.POD})"
 _BY_SERVICE = f"sum by ({names.NAMESPACE}, {names.SERVICE})"
 
 
+def _relabel(expr: str, to: str, frm: str) -> str:
+    return f'label_replace({expr}, "{to}", "$1", "{frm}", "(.+)")'
+
+
 def cpu_power_by_node() -> str:
-    """CPU package power in W per node (sum over packages)."""
-    return f"sum by ({names.NODE}) ({names.CPU_POWER_W})"
+    """CPU package power in W per node (sum over packages): the agent's RAPL reading,
+    else Kepler's package zone (its `node_name` as `node`)."""
+    kepler = _relabel(
+        f'{names.KEPLER_NODE_CPU_W}{{zone="{names.KEPLER_ZONE}"}}', names.NODE,
+        names.KEPLER_NODE_LABEL,
+    )  # fmt: skip
+    return f"(sum by ({names.NODE}) ({names.CPU_POWER_W})) or (sum by ({names.NODE}) ({kepler}))"
+
+
+def pod_cpu_energy_per_request(window: str) -> str:
+    """J of CPU package energy per finished request per (namespace, pod) over `window`:
+    Kepler's energy attributed to the pod (series of terminated pods left out) over its
+    requests (vLLM's count)."""
+    energy = (
+        f"increase({names.KEPLER_POD_CPU_J}"
+        f'{{zone="{names.KEPLER_ZONE}",state!="terminated"}}[{window}])'
+    )
+    energy = _relabel(_relabel(energy, names.NAMESPACE, "pod_namespace"), names.POD, "pod_name")
+    return f"{_BY_POD} ({energy}) / {_BY_POD} (increase({names.VLLM_E2E_LATENCY}_count[{window}]))"
 
 
 def pod_running() -> str:
@@ -61,10 +82,11 @@ def snapshot(latency_window: str) -> dict[str, str]:
 
 def learning(window: str) -> dict[str, str]:
     """One learning pass: per-pod latency, request rate and output tokens, per-service
-    energy per request."""
+    energy per request, and per-pod CPU energy per request (Kepler)."""
     return {
         "latency": names.pod_latency(window),
         "rate": pod_request_rate(window),
         "tokens": pod_output_tokens(window),
         "energy": service_energy_per_request_all(window),
+        "pod_energy": pod_cpu_energy_per_request(window),
     }

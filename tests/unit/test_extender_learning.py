@@ -177,3 +177,25 @@ def test_repeated_slow_observations_move_placements() -> None:
     body = c.post("/scheduler/filter", json=args(pod(svc, name="z", uid="uz"), EDGES)).json()
     assert len(body["FailedNodes"]) == len(EDGES) - 1  # nothing feasible: least violating
     assert all(v.startswith("deadline") for v in body["FailedNodes"].values())
+
+
+def test_a_cpu_pods_energy_comes_from_kepler_before_node_power() -> None:
+    """Kepler's package energy attributed to the pod, per request, is a CPU server's
+    energy of an outcome (ahead of the node-power estimate); a GPU server ignores it."""
+    prom = StubProm()
+    c, live = app_with(prom)
+    # "a" may run on the (Xeon) edge nodes only; "b" anywhere (CS-UCB puts it in the cloud)
+    c.post("/scheduler/filter", json=args(pod(LOOSE, name="a", uid="ua"), EDGES))
+    edge = live.scheduler.log[-1]["chosen"]
+    c.post("/scheduler/filter", json=args(pod(LOOSE, name="b", uid="ub")))
+    gpu = live.scheduler.log[-1]["chosen"]
+    assert edge in EDGES and gpu == "cloud"
+    observed(prom, {"a": 2.0, "b": 2.0})
+    pods = [({"namespace": "llm", "pod": p}, 37.0) for p in ("a", "b")]
+    prom.exact(Q["pod_energy"], pods)
+    prom.set(names.CPU_POWER_W, [({"node": edge}, 100.0)])
+    live.telemetry.refresh()
+    got = {o.placement.key: o for o in live.learner.observe()}
+    assert got["llm/a"].energy_source == "pod-cpu"
+    assert got["llm/a"].energy_j == pytest.approx(37.0)
+    assert got["llm/b"].energy_source == "predicted"  # a GPU's energy is not its host CPU's

@@ -129,13 +129,16 @@ def test_extender_queries_are_built_from_the_shared_names() -> None:
     assert snap["latency"] == names.pod_latency("2m")
     assert snap["running"] == queries.pod_running()
     assert f"sum by (namespace, pod) ({names.VLLM_RUNNING})" in snap["running"]
-    assert snap["cpu_power"] == f"sum by (node) ({names.CPU_POWER_W})"
+    assert snap["cpu_power"].startswith(f"(sum by (node) ({names.CPU_POWER_W})) or ")
+    assert f'{names.KEPLER_NODE_CPU_W}{{zone="package"}}' in snap["cpu_power"]
     learn = queries.learning("1m")
     assert learn["latency"] == names.pod_latency("1m")
     assert learn["rate"] == f"sum by (namespace, pod) (rate({names.VLLM_E2E_LATENCY}_count[1m]))"
     assert learn["tokens"].endswith(f"/ {learn['rate']}")  # tokens per finished request
     assert f"increase({names.SERVICE_ENERGY_J}[1m])" in learn["energy"]
     assert "sum by (namespace, service)" in learn["energy"]
+    assert learn["pod_energy"] == queries.pod_cpu_energy_per_request("1m")
+    assert names.KEPLER_POD_CPU_J in learn["pod_energy"]
 
 
 def test_load_queries_read_vllm_and_llamacpp_gauges() -> None:
