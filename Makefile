@@ -48,7 +48,7 @@ test-unit: venv
 	$(PY) -m pytest -q -m 'not e2e'
 
 test-e2e: venv cluster-binaries
-	tools/build-binaries.sh llamacpp  # the real model server of test_llamacpp.py
+	tools/build-binaries.sh llamacpp promsd  # test_llamacpp.py, test_chart_scrape.py
 	$(PY) -m pytest -q tests/e2e
 
 test: test-unit test-e2e

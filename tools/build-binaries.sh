@@ -2,7 +2,7 @@
 # Build the local control plane's binaries into a version-keyed cache outside the repo,
 # skipping every one that is already there (docs/development.md), and install Prometheus
 # from Debian if missing. Usage: tools/build-binaries.sh [k8s] [etcd] [kwok] [helm] [prometheus]
-# [llamacpp] (default: all). Prints one line per component with the seconds it took.
+# [llamacpp] [promsd] (default: all). Prints one line per component with the seconds it took.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -174,7 +174,7 @@ PY
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(k8s etcd kwok helm prometheus llamacpp)
+[ ${#components[@]} -gt 0 ] || components=(k8s etcd kwok helm prometheus llamacpp promsd)
 for c in "${components[@]}"; do
   case "$c" in
     k8s) build_k8s ;;
@@ -185,6 +185,8 @@ for c in "${components[@]}"; do
     helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm_ldflags "$HELM_RECIPE" ;;
     prometheus) install_prometheus ;;
     llamacpp) build_llamacpp ;;
+    # Debian's Prometheus lacks Kubernetes service discovery (tests/e2e/test_chart_scrape.py).
+    promsd) go_install prometheus "$PROMETHEUS_SD_VERSION" github.com/prometheus/prometheus/cmd/prometheus ;;
     *) log "unknown component $c"; exit 2 ;;
   esac
 done

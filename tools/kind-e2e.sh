@@ -2,7 +2,7 @@
 # The chart on kind, step by step: what .github/workflows/e2e-kind.yaml runs, for a user with
 # a container engine (docker, or podman via KIND_EXPERIMENTAL_PROVIDER=podman).
 #
-# Usage: tools/kind-e2e.sh [--no-engine] [--components "k8s etcd kwok helm prometheus llamacpp"] [STEP...]
+# Usage: tools/kind-e2e.sh [--no-engine] [--components "k8s etcd kwok helm prometheus llamacpp promsd"] [STEP...]
 #
 # Steps (default: all, in this order):
 #   binaries   tools/build-binaries.sh COMPONENTS (default: everything the e2e tier needs)
@@ -35,7 +35,7 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 RUN_DIR="${RUN_DIR:-${RUNNER_TEMP:-/tmp}/perllm-kind}"
 HELM="${HELM:-$CACHE/helm-$HELM_VERSION/helm}"
 KUBECTL="${KUBECTL:-$CACHE/k8s-$K8S_VERSION/kubectl}"
-COMPONENTS="k8s etcd kwok helm prometheus llamacpp"
+COMPONENTS="k8s etcd kwok helm prometheus llamacpp promsd"
 NO_ENGINE=""
 ALL_STEPS=(binaries lint template image cluster load profiles e2e)
 NO_ENGINE_STEPS=(binaries lint template)

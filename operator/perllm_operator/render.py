@@ -156,6 +156,17 @@ def pod_annotations(spec: ServiceSpec, variant: Obj | None = None) -> dict[str, 
     return out
 
 
+def scrape_annotations(run: runtimes.Resolved) -> dict[str, str]:
+    """prometheus.io/* on a model-server pod: an annotation-driven Prometheus (the community
+    chart's kubernetes-pods job) scrapes the server's own /metrics with no extra job; the
+    chart's PodMonitor covers the Prometheus Operator."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(run.server.metrics_port),
+        "prometheus.io/path": "/metrics",
+    }
+
+
 def affinity(tiers: list[str]) -> Obj:
     """Required node affinity to `tiers` (the pinned tier: one entry)."""
     return {
@@ -239,7 +250,7 @@ def inference_service(obj: Obj) -> Obj:
         "schedulerName": SCHEDULER_NAME,
         "minReplicas": int(obj["spec"].get("replicas", 1)),
         "labels": labels(obj),
-        "annotations": pod_annotations(spec, variant),
+        "annotations": {**pod_annotations(spec, variant), **scrape_annotations(run)},
         "affinity": affinity(tiers_of(obj)),
         "model": m,
     }
@@ -288,7 +299,10 @@ def deployment(obj: Obj) -> Obj:
             "replicas": int(obj["spec"].get("replicas", 1)),
             "selector": {"matchLabels": labels(obj)},
             "template": {
-                "metadata": {"labels": labels(obj), "annotations": pod_annotations(spec, variant)},
+                "metadata": {
+                    "labels": labels(obj),
+                    "annotations": {**pod_annotations(spec, variant), **scrape_annotations(run)},
+                },
                 "spec": pod_spec,
             },
         },

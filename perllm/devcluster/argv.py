@@ -89,14 +89,22 @@ def scheduler(binary: Path, config: Path, port: int, cert_dir: Path) -> Argv:
 
 
 def kwok(
-    binary: Path, kubeconfig: Path, stages: Path, selector: str, port: int, lease_seconds: int
+    binary: Path,
+    kubeconfig: Path,
+    stages: Path,
+    selector: str,
+    port: int,
+    lease_seconds: int,
+    cidr: str = KWOK_CIDR,
 ) -> Argv:
+    """`cidr`: where pod IPs come from (a 127.0.0.0/8 range makes pods addressable by
+    processes on this machine: tests/e2e/test_chart_scrape.py)."""
     return [
         binary,
         f"--kubeconfig={kubeconfig}",
         f"--config={stages}",
         f"--manage-nodes-with-annotation-selector={selector}",
-        f"--cidr={KWOK_CIDR}",
+        f"--cidr={cidr}",
         "--node-ip=127.0.0.1",
         f"--node-lease-duration-seconds={lease_seconds}",
         f"--server-address=127.0.0.1:{port}",

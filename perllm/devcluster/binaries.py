@@ -94,3 +94,9 @@ def llama_server_path() -> Path:
     """The pinned llama.cpp server (`tools/build-binaries.sh llamacpp`): built from the
     llama.cpp sources vendored in the llama-cpp-python sdist of version LLAMACPP_VERSION."""
     return cache_dir() / f"llama-server-{versions()['LLAMACPP_VERSION']}" / "llama-server"
+
+
+def prometheus_sd_path() -> Path:
+    """Prometheus with Kubernetes service discovery (`tools/build-binaries.sh promsd`),
+    for tests that discover pods the way an in-cluster Prometheus does."""
+    return cache_dir() / f"prometheus-{versions()['PROMETHEUS_SD_VERSION']}" / "prometheus"

@@ -143,6 +143,41 @@ def scheduler_config(
 KWOK_STAGES = Path(__file__).with_name("kwok-stages.yaml").read_text()
 
 
+def annotation_scrape_job(kubeconfig: Path, job: str = "kubernetes-pods") -> dict[str, Any]:
+    """The annotation-driven pod job of the prometheus-community `prometheus` chart
+    (`kubernetes-pods`: keep pods annotated prometheus.io/scrape=true, their
+    prometheus.io/path and port; namespace, pod and node as labels), discovering through
+    `kubeconfig` instead of in-cluster credentials. Which pods, ports and paths are
+    scraped comes from the pods' own annotations, i.e. from the objects the chart and the
+    operator create."""
+    ann = "__meta_kubernetes_pod_annotation_prometheus_io_"
+    return {
+        "job_name": job,
+        "honor_labels": True,
+        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
+        "relabel_configs": [
+            {"source_labels": [f"{ann}scrape"], "action": "keep", "regex": "true"},
+            {
+                "source_labels": [f"{ann}path"],
+                "action": "replace",
+                "target_label": "__metrics_path__",
+                "regex": "(.+)",
+            },
+            {
+                "source_labels": ["__address__", f"{ann}port"],
+                "action": "replace",
+                "regex": r"([^:]+)(?::\d+)?;(\d+)",
+                "replacement": "$1:$2",
+                "target_label": "__address__",
+            },
+            {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
+        ],
+    }
+
+
 def prometheus_config(scrape_configs: list[dict[str, Any]], self_port: int) -> str:
     """1 s intervals; Prometheus scrapes itself so `up == 1` proves it works."""
     jobs = [

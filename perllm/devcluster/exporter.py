@@ -13,7 +13,7 @@ from typing import Any
 
 
 class TextExporter(ABC):
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -28,7 +28,7 @@ class TextExporter(ABC):
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

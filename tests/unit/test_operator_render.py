@@ -125,6 +125,21 @@ def test_deployment_backend() -> None:
     assert svc["spec"]["type"] == "ClusterIP"
 
 
+def test_model_server_pods_carry_scrape_annotations_for_their_metrics_port() -> None:
+    """Both backends: an annotation-driven Prometheus scrapes the model server's own
+    /metrics on the port its container serves (no extra scrape job)."""
+    dep = render.children(_load("batch-summariser"))[0]
+    tpl = dep["spec"]["template"]
+    (c,) = tpl["spec"]["containers"]
+    ann = tpl["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/path"] == "/metrics"
+    assert int(ann["prometheus.io/port"]) == c["ports"][0]["containerPort"]
+    isvc = render.children(_load("chat-assistant"))[0]
+    pred = isvc["spec"]["predictor"]
+    assert pred["annotations"]["prometheus.io/scrape"] == "true"
+    assert pred["annotations"]["prometheus.io/port"] == str(runtimes.LLAMACPP.metrics_port)
+
+
 def test_a_variant_names_its_own_image_runtime_format_and_weights() -> None:
     obj = copy.deepcopy(_load("batch-summariser"))
     v = obj["spec"]["model"]["variants"][0]

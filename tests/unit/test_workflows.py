@@ -56,10 +56,19 @@ def test_e2e_kind_workflow_builds_everything_and_installs_each_profile() -> None
     job = wf["jobs"]["e2e-kind"]
     text = runs(job)
     # Every binary the e2e tier uses: the local control plane (k8s, etcd), KWOK's nodes,
-    # Helm (test_chart), Prometheus (telemetry tests) and llama-server (test_llamacpp).
+    # Helm (test_chart), Prometheus (telemetry tests), llama-server (test_llamacpp) and
+    # Prometheus with Kubernetes discovery (test_chart_scrape).
     m = re.search(r'kind-e2e\.sh --components "([^"]+)" binaries', text)
     assert m, text
-    assert set(m.group(1).split()) == {"k8s", "etcd", "kwok", "helm", "prometheus", "llamacpp"}
+    assert set(m.group(1).split()) == {
+        "k8s",
+        "etcd",
+        "kwok",
+        "helm",
+        "prometheus",
+        "llamacpp",
+        "promsd",
+    }
     build = uses(job, "docker/build-push-action")
     assert build and build[0]["with"]["file"] == "images/Containerfile"
     assert build[0]["with"]["load"] is True and build[0]["with"]["push"] is False
