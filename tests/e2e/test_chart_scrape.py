@@ -4,7 +4,8 @@ annotations (the chart's on the agent DaemonSet, the operator's on model-server 
 discovered by the annotation-driven job an annotation-driven Prometheus runs (the
 prometheus-community chart's `kubernetes-pods`: `perllm.devcluster.config.
 annotation_scrape_job`), with nothing target-specific written by hand; and the extender's
-queries read them by namespace and pod. That Prometheus is built from source
+queries read them by namespace and pod, and its learner makes a CS-UCB update from
+them. That Prometheus is built from source
 (`tools/build-binaries.sh promsd`): Debian's has no Kubernetes discovery.
 
 Pods need addresses that something answers on: a second KWOK manages two nodes of this
@@ -143,6 +144,37 @@ def loopback_nodes(kube: Kube, tmp_path: Path) -> Iterator[dict[str, str]]:
         proc.stop()
 
 
+def _extender_learns(
+    kube: Kube, prom: str, svc: dict[str, Any], pod: dict[str, Any], nodes: dict[str, str]
+) -> Any:
+    """The extender (in process, reading this Prometheus) decides the model-server pod
+    and learns from the series scraped for it: one CS-UCB update, from the observed
+    0.5 s mean latency."""
+    from fastapi.testclient import TestClient
+    from perllm_extender import ExtenderConfig, create_app
+
+    from perllm.telemetry.prom import Prometheus
+
+    client = TestClient(create_app(ExtenderConfig(prometheus=Prometheus(prom, timeout_s=5))))
+    live = client.app.state.live  # type: ignore[attr-defined]
+    for n in nodes.values():
+        live.scheduler.nodes.upsert(kube.get("node", n))
+    live.scheduler.services.add_llmservice(svc)
+    pending = json.loads(json.dumps(pod))
+    pending["metadata"] |= {"namespace": TEAM, "uid": "uid-chat-model"}
+    pending["spec"].pop("nodeName")
+    pending["status"] = {"phase": "Pending"}
+    r = client.post(
+        "/scheduler/filter",
+        json={"Pod": pending, "Nodes": None, "NodeNames": sorted(nodes.values())},
+    )
+    assert r.status_code == 200 and r.json()["NodeNames"], r.text
+    obs = live.learner.observe()
+    assert len(obs) == 1, obs
+    assert client.post("/learn").json()["updated"] == 1
+    return obs[0]
+
+
 def test_agent_and_model_server_series_are_scraped_through_the_charts_objects(
     kube: Kube, loopback_nodes: dict[str, str], prometheus: str, tmp_path: Path
 ) -> None:
@@ -238,6 +270,8 @@ def test_agent_and_model_server_series_are_scraped_through_the_charts_objects(
 
         lat = wait_for(latency, "a latency over the scraped histogram", timeout=60)
         assert float(lat[0]["value"][1]) == pytest.approx(0.5, rel=0.05)
+        learned = _extender_learns(kube, prom, svc, pod, loopback_nodes)
+        assert learned.time_s == pytest.approx(0.5, rel=0.05)
     finally:
         for p in procs:
             p.terminate()
