@@ -180,6 +180,79 @@ def _unknown_paths(obj: Any, schema: dict[str, Any], path: str) -> list[str]:
     return out
 
 
+@cache
+def _kserve_sdk() -> Any | None:
+    """The generated models of KServe's Python SDK of the pinned release (extracted by
+    tools/kserve-crd.sh from the same module as the CRD), if fetched. Loaded as the
+    `kserve` namespace's `models` only: the package's own __init__ starts by importing
+    its model server (fastapi, cloudevents, ...), which the operator does not need."""
+    import importlib
+    import os
+    import sys
+    import types
+
+    cache = os.environ.get("PERLLM_BIN_CACHE") or str(Path.home() / ".cache/perllm/bin")
+    found = sorted(Path(cache).glob("kserve-*/sdk/kserve/models/__init__.py"))
+    if not found:
+        return None
+    if "kserve" not in sys.modules:
+        pkg = types.ModuleType("kserve")
+        pkg.__path__ = [str(found[-1].parents[1])]
+        sys.modules["kserve"] = pkg
+    return importlib.import_module("kserve.models")
+
+
+def _sdk_unknown_paths(obj: Any, type_name: str, sdk: Any, path: str) -> list[str]:
+    """Keys of `obj` that the SDK's model `type_name` (KServe's, else the Kubernetes
+    client's) has no attribute for, recursively. The SDK's own deserializer drops unknown
+    keys silently, so this walks its `attribute_map`s and `openapi_types` instead."""
+    import re
+
+    import kubernetes.client.models as k8s
+
+    if obj is None:
+        return []
+    if m := re.fullmatch(r"list\[(.+)\]", type_name):
+        return [
+            p for i, x in enumerate(obj) for p in _sdk_unknown_paths(x, m[1], sdk, f"{path}[{i}]")
+        ]
+    if m := re.fullmatch(r"dict\(str, (.+)\)", type_name):
+        return [p for k, x in obj.items() for p in _sdk_unknown_paths(x, m[1], sdk, f"{path}.{k}")]
+    klass = getattr(sdk, type_name, None) or getattr(k8s, type_name, None)
+    if klass is None:
+        return []  # str, int, bool, object, datetime
+    by_key = {v: k for k, v in klass.attribute_map.items()}
+    out = []
+    for key, value in obj.items():
+        attr = by_key.get(key)
+        if attr is None:
+            out.append(f"{path}.{key}")
+        else:
+            out += _sdk_unknown_paths(value, klass.openapi_types[attr], sdk, f"{path}.{key}")
+    return out
+
+
+@pytest.mark.parametrize(("name", "tier", "backend"), [c for c in _cases() if c[2] == "kserve"])
+def test_rendered_inference_services_fit_kserves_sdk_models(
+    name: str, tier: str, backend: str
+) -> None:
+    """Every rendered field is an attribute of KServe's SDK models of the pinned release
+    (V1beta1InferenceService down to the Kubernetes client's V1 types); a typo is not."""
+    sdk = _kserve_sdk()
+    if sdk is None:
+        pytest.skip("KServe's SDK models are not cached: run tools/kserve-crd.sh")
+    obj, _ = _pinned(name, tier, backend)
+    obj["spec"]["model"]["tokenSecretRef"] = {"name": "hf"}
+    isvc = render.inference_service(obj)
+    assert _sdk_unknown_paths(isvc, "V1beta1InferenceService", sdk, "") == []
+    isvc["spec"]["predictor"]["model"]["storageURI"] = "hf://typo"
+    isvc["spec"]["predictor"]["tolerations"] = [{"key": "k", "efect": "NoSchedule"}]
+    assert sorted(_sdk_unknown_paths(isvc, "V1beta1InferenceService", sdk, "")) == [
+        ".spec.predictor.model.storageURI",
+        ".spec.predictor.tolerations[0].efect",
+    ]
+
+
 @pytest.mark.parametrize(("name", "tier", "backend"), [c for c in _cases() if c[2] == "kserve"])
 def test_rendered_inference_services_fit_kserves_schema(name: str, tier: str, backend: str) -> None:
     """Every rendered field exists in KServe's real schema (tools/kserve-crd.sh; the e2e
