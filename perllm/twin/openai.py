@@ -95,6 +95,9 @@ class TwinOpenAI:
         self._tables: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.served = 0
+        # Marginal energy of the requests served (J): the world model's attributed
+        # inference energy plus both ways' transmission energy (idle power is not here).
+        self.energy_j = 0.0
 
     @classmethod
     def standalone(cls, sc: Scenario, speed: float = 1.0, seed: int = 0) -> TwinOpenAI:
@@ -141,11 +144,12 @@ class TwinOpenAI:
             bps = link.bandwidth_mbps * 1e6
             a = self.now()
             bits = (float(upload_bits(l_in_t, attach)), float(download_bits(l_out)))
-            d, out, _ = execute(
+            d, out, e_tran = execute(
                 self.states[j], c, a, l_in_t, l_out, bits,
                 (bps, link.rtt_ms / 1000, link.energy_uj_per_bit * 1e-6), noise * perf,
             )  # fmt: skip
             self.served += 1
+            self.energy_j += out.e_infer + e_tran
         half = link.rtt_ms / 2000
         first = out.start + out.prefill - a + half
         last = out.end - a + half
