@@ -21,8 +21,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,19 +39,12 @@ from perllm.devcluster.process import Proc, free_port, http_ok, start, wait_unti
 from perllm.scenario import load_scenario
 from perllm.telemetry import names, queries
 
+from .promql import prom_query
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 ROOT = Path(__file__).parents[2]
 LOOPBACK = "perllm.io/e2e-loopback"
 RELEASE, NS, TEAM = "scrape", "perllm-scrape", "scrape-team"
-
-
-def query(url: str, promql: str) -> list[dict[str, Any]]:
-    q = urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=5) as r:
-        doc = json.loads(r.read())
-    assert doc["status"] == "success", doc
-    out: list[dict[str, Any]] = doc["data"]["result"]
-    return out
 
 
 class VllmServer(TextExporter):
@@ -246,7 +237,7 @@ def test_agent_and_model_server_series_are_scraped_through_the_charts_objects(
             )  # fmt: skip
 
         def scraped() -> bool:
-            up = query(prom, 'up{job="kubernetes-pods"}')
+            up = prom_query(prom, 'up{job="kubernetes-pods"}')
             mine = {
                 r["metric"]["pod"]: r["value"][1]
                 for r in up
@@ -256,17 +247,17 @@ def test_agent_and_model_server_series_are_scraped_through_the_charts_objects(
 
         assert wait_for(scraped, "the three loopback pods scraped", timeout=90)
         # The agent's own series, with the node it names and the pod it came from.
-        src = query(prom, f'perllm_agent_source_up{{namespace="{NS}"}}')
+        src = prom_query(prom, f'perllm_agent_source_up{{namespace="{NS}"}}')
         assert {r["metric"]["node"] for r in src} == set(loopback_nodes.values()), src
         # The extender's queries see the model server by namespace and pod.
         key = {"namespace": TEAM, "pod": "chat-model"}
-        running = query(prom, queries.pod_running())
+        running = prom_query(prom, queries.pod_running())
         assert any(r["metric"] == key and float(r["value"][1]) == 3.0 for r in running), running
-        waiting = query(prom, queries.pod_waiting())
+        waiting = prom_query(prom, queries.pod_waiting())
         assert any(r["metric"] == key and float(r["value"][1]) == 1.0 for r in waiting), waiting
 
         def latency() -> list[dict[str, Any]]:
-            return [r for r in query(prom, names.pod_latency("30s")) if r["metric"] == key]
+            return [r for r in prom_query(prom, names.pod_latency("30s")) if r["metric"] == key]
 
         lat = wait_for(latency, "a latency over the scraped histogram", timeout=60)
         assert float(lat[0]["value"][1]) == pytest.approx(0.5, rel=0.05)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -23,6 +21,8 @@ from perllm.devcluster.config import PERLLM_SCHEDULER, VIEWER_USER
 from perllm.devcluster.kube import Kube
 from perllm.devcluster.nodes import ANN_LINK_BANDWIDTH, GPU_RESOURCE, LABEL_TIER
 from perllm.scenario import load_scenario
+
+from .promql import prom_query
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -271,10 +271,7 @@ def test_prometheus_scrapes_and_reloads(kube: Kube) -> None:
         pytest.skip("cluster started without Prometheus")
 
     def query(q: str) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(
-            f"{url}/api/v1/query?query={urllib.parse.quote(q)}", timeout=5
-        ) as r:
-            return list(json.load(r)["data"]["result"])
+        return prom_query(url, q)
 
     eventually(
         lambda: [s for s in query('up{job="prometheus"}') if s["value"][1] == "1"],

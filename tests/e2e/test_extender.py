@@ -57,6 +57,7 @@ from perllm.telemetry.names import PATH_BANDWIDTH_BPS
 
 from . import manifests
 from .processes import LoggedProcess
+from .promql import prom_query
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -98,15 +99,6 @@ class Exporter(TextExporter):
                 for n, v in sorted(self.bps.items())
             ]
         return "\n".join(lines) + "\n"
-
-
-def prom_query(url: str, promql: str) -> list[Obj]:
-    q = urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=5) as r:
-        doc = json.loads(r.read())
-    assert doc["status"] == "success", doc
-    out: list[Obj] = doc["data"]["result"]
-    return out
 
 
 # ---- the extender process -------------------------------------------------------------------

@@ -4,12 +4,8 @@ where the agent publishes none, and a CPU pod's package energy per request."""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -17,6 +13,8 @@ from perllm.devcluster.cluster import Cluster
 from perllm.devcluster.exporter import TextExporter
 from perllm.devcluster.kube import Kube, wait_for
 from perllm.telemetry import names, queries
+
+from .promql import prom_query
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 JOB = "e2e-kepler"
@@ -64,15 +62,6 @@ class Kepler(TextExporter):
         )
 
 
-def query(url: str, promql: str) -> list[dict[str, Any]]:
-    q = urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=5) as r:
-        doc = json.loads(r.read())
-    assert doc["status"] == "success", doc
-    out: list[dict[str, Any]] = doc["data"]["result"]
-    return out
-
-
 @pytest.fixture
 def prometheus(kube: Kube) -> Iterator[str]:
     cluster: Cluster | None = kube.local
@@ -89,7 +78,7 @@ def prometheus(kube: Kube) -> Iterator[str]:
 
 def test_kepler_fills_in_cpu_power_and_a_cpu_pods_energy_per_request(prometheus: str) -> None:
     def power() -> dict[str, float]:
-        res = query(prometheus, queries.cpu_power_by_node())
+        res = prom_query(prometheus, queries.cpu_power_by_node())
         return {r["metric"][names.NODE]: float(r["value"][1]) for r in res}
 
     # the agent's reading wins where both exist; Kepler's package zone, summed over
@@ -97,7 +86,7 @@ def test_kepler_fills_in_cpu_power_and_a_cpu_pods_energy_per_request(prometheus:
     assert wait_for(lambda: power() == {"kepler-only": 30.0, "both": 40.0}, "power", timeout=60)
 
     def per_request() -> dict[str, float]:
-        res = query(prometheus, queries.pod_cpu_energy_per_request("20s"))
+        res = prom_query(prometheus, queries.pod_cpu_energy_per_request("20s"))
         return {
             f"{r['metric']['namespace']}/{r['metric']['pod']}": float(r["value"][1]) for r in res
         }
