@@ -11,7 +11,6 @@ KV cache, slots, continuous batching, SSE streaming, `usage`, `timings` and the
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -131,8 +130,12 @@ class LlamaServer:
         """The server's Prometheus exposition (`--metrics`)."""
         return self.get("/metrics")[1].decode()
 
-    def props(self) -> dict[str, object]:
-        return dict(json.loads(self.get("/props")[1]))
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Until /health is 200 (503 while the model loads); `StartError` with the log
+        tail when the process exits or the timeout passes."""
+        wait_until(
+            self.proc, lambda: self.get("/health", 2.0)[0] == 200, timeout, "healthy /health"
+        )
 
     def stop(self) -> None:
         self.proc.stop()
@@ -168,8 +171,7 @@ def start_llama_server(
     proc = start(name, argv, log_dir / f"{name}.log", die_with_parent=True)
     srv = LlamaServer(proc=proc, url=f"http://127.0.0.1:{port}", model=model)
     try:
-        # /health answers 503 while the model loads, 200 once slots are ready.
-        wait_until(proc, lambda: srv.get("/health", 2.0)[0] == 200, timeout, "healthy /health")
+        srv.wait_healthy(timeout)
     except StartError:
         proc.stop()
         raise

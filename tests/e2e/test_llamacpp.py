@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from perllm.csucb import realised_prediction
 from perllm.devcluster.binaries import Binaries, BinariesMissing, llama_server_path
 from perllm.devcluster.llamacpp import LlamaServer, start_llama_server, write_tiny_gguf
-from perllm.devcluster.process import free_port, start, wait_until
+from perllm.devcluster.process import free_port, start
 from perllm.router.app import Router
 from perllm.router.config import parse_config
 from perllm.router.serving import serving
@@ -342,7 +342,7 @@ def test_the_charts_llamacpp_runtime_serves_a_gguf_where_kserve_puts_it(
     proc = start("llama-runtime", argv, tmp_path / "runtime.log", die_with_parent=True)
     srv = LlamaServer(proc=proc, url=f"http://127.0.0.1:{local}", model=models)
     try:
-        wait_until(proc, lambda: srv.get("/health", 2.0)[0] == 200, 60, "healthy /health")
+        srv.wait_healthy(60)
         ids = [m["id"] for m in json.loads(srv.get("/v1/models")[1])["data"]]
         assert "chat" in ids, ids
         body = {**chat(n_out=4), "model": "chat"}
