@@ -14,6 +14,7 @@ import yaml
 from perllm_operator import render, runtimes
 
 from perllm.crd import InvalidService
+from perllm.devcluster.binaries import cache_dir
 
 ROOT = Path(__file__).parents[2]
 MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
@@ -150,10 +151,7 @@ def test_chart_serving_runtimes_use_the_pinned_images() -> None:
 @cache
 def _kserve_schema() -> dict[str, Any] | None:
     """KServe's v1beta1 schema from tools/kserve-crd.sh's cache, if it was fetched."""
-    import os
-
-    cache = os.environ.get("PERLLM_BIN_CACHE") or str(Path.home() / ".cache/perllm/bin")
-    files = sorted(Path(cache).glob("kserve-*/serving.kserve.io_inferenceservices.yaml"))
+    files = sorted(cache_dir().glob("kserve-*/serving.kserve.io_inferenceservices.yaml"))
     if not files:
         return None
     crd = yaml.safe_load(files[-1].read_text())
@@ -187,12 +185,10 @@ def _kserve_sdk() -> Any | None:
     `kserve` namespace's `models` only: the package's own __init__ starts by importing
     its model server (fastapi, cloudevents, ...), which the operator does not need."""
     import importlib
-    import os
     import sys
     import types
 
-    cache = os.environ.get("PERLLM_BIN_CACHE") or str(Path.home() / ".cache/perllm/bin")
-    found = sorted(Path(cache).glob("kserve-*/sdk/kserve/models/__init__.py"))
+    found = sorted(cache_dir().glob("kserve-*/sdk/kserve/models/__init__.py"))
     if not found:
         return None
     if "kserve" not in sys.modules:
@@ -232,7 +228,17 @@ def _sdk_unknown_paths(obj: Any, type_name: str, sdk: Any, path: str) -> list[st
     return out
 
 
-@pytest.mark.parametrize(("name", "tier", "backend"), [c for c in _cases() if c[2] == "kserve"])
+KSERVE_CASES = [c for c in _cases() if c[2] == "kserve"]
+
+
+def _rendered_isvc(name: str, tier: str, backend: str) -> dict[str, Any]:
+    """The example's InferenceService pinned to `tier`, with a token Secret (every field)."""
+    obj, _ = _pinned(name, tier, backend)
+    obj["spec"]["model"]["tokenSecretRef"] = {"name": "hf"}
+    return render.inference_service(obj)
+
+
+@pytest.mark.parametrize(("name", "tier", "backend"), KSERVE_CASES)
 def test_rendered_inference_services_fit_kserves_sdk_models(
     name: str, tier: str, backend: str
 ) -> None:
@@ -241,9 +247,7 @@ def test_rendered_inference_services_fit_kserves_sdk_models(
     sdk = _kserve_sdk()
     if sdk is None:
         pytest.skip("KServe's SDK models are not cached: run tools/kserve-crd.sh")
-    obj, _ = _pinned(name, tier, backend)
-    obj["spec"]["model"]["tokenSecretRef"] = {"name": "hf"}
-    isvc = render.inference_service(obj)
+    isvc = _rendered_isvc(name, tier, backend)
     assert _sdk_unknown_paths(isvc, "V1beta1InferenceService", sdk, "") == []
     isvc["spec"]["predictor"]["model"]["storageURI"] = "hf://typo"
     isvc["spec"]["predictor"]["tolerations"] = [{"key": "k", "efect": "NoSchedule"}]
@@ -253,16 +257,14 @@ def test_rendered_inference_services_fit_kserves_sdk_models(
     ]
 
 
-@pytest.mark.parametrize(("name", "tier", "backend"), [c for c in _cases() if c[2] == "kserve"])
+@pytest.mark.parametrize(("name", "tier", "backend"), KSERVE_CASES)
 def test_rendered_inference_services_fit_kserves_schema(name: str, tier: str, backend: str) -> None:
     """Every rendered field exists in KServe's real schema (tools/kserve-crd.sh; the e2e
     tests check the same against the API server with a strict dry run)."""
     schema = _kserve_schema()
     if schema is None:
         pytest.skip("KServe's CRD is not cached: run tools/kserve-crd.sh")
-    obj, _ = _pinned(name, tier, backend)
-    obj["spec"]["model"]["tokenSecretRef"] = {"name": "hf"}
-    isvc = render.inference_service(obj)
+    isvc = _rendered_isvc(name, tier, backend)
     assert _unknown_paths(isvc, schema, "") == []
     isvc["spec"]["predictor"]["model"]["storageURI"] = "hf://typo"
     assert _unknown_paths(isvc, schema, "") == [".spec.predictor.model.storageURI"]
