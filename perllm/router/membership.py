@@ -1,0 +1,188 @@
+"""The router's backends: a membership snapshot (`Members`) that can be replaced while
+requests are in flight (`set_backends`, fed by `perllm.router.discovery`): a request keeps
+the snapshot it was decided in, and CS-UCB's learned statistics are shared by all
+snapshots. Backends that refuse connections are left out of decisions for a while
+(`perllm.router.health`): decisions then run on the snapshot without them (`_live`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from perllm.contract import ServiceSpec
+from perllm.profiles import Catalogue, default_catalogue
+from perllm.router.asgi import Refused
+from perllm.router.config import Backend, RouterConfig
+from perllm.router.decision import Decider
+from perllm.router.health import Ejections
+from perllm.router.members import Members, decider_key
+from perllm.router.metrics import RouterMetrics
+from perllm.router.secrets import SecretError, SecretFile
+from perllm.router.upstream import Pool
+
+log = logging.getLogger("perllm.router")
+
+
+class Membership:
+    def __init__(self, config: RouterConfig, metrics: RouterMetrics) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.metrics = metrics
+        # The service the deciders are for (`Router.set_spec`); None until it is known.
+        self.spec: ServiceSpec | None = None
+        self.catalogue: Catalogue = default_catalogue()
+        self._inflight: dict[str, int] = {}
+        self._bw_override: dict[str, float] = {}
+        self._pools: dict[tuple[str, str], Pool] = {}
+        self._members: Members | None = None
+        self._stats: Any = None  # CS-UCB's ArmStats, shared across memberships
+        self._eject = Ejections(self.limits.eject_s, self.limits.eject_max_s)
+        self._secrets: dict[str, SecretFile] = {}
+        # Static backends (remote tiers) stay members beside the discovered pods.
+        self.static = list(config.backends) if config.discovery is not None else []
+        # The membership without its ejected backends, per ejected set (same statistics).
+        self._without: dict[frozenset[str], tuple[Members, list[int]]] = {}
+
+    @property
+    def backends(self) -> list[Backend]:
+        return self._members.backends if self._members else []
+
+    @property
+    def decider(self) -> Decider:
+        if self._members is None:
+            raise RuntimeError("no backends yet")
+        return self._members.decider
+
+    @property
+    def inflight(self) -> list[int]:
+        """Requests in flight per current backend (in `backends` order)."""
+        return [self._inflight.get(n, 0) for n in (self._members.names if self._members else [])]
+
+    def set_backends(self, backends: Sequence[Backend]) -> bool:
+        """Replace the membership (discovery). Same backends with other bandwidths: only
+        the bandwidths change; otherwise a new decider over the new set, learning into the
+        same CS-UCB statistics. Returns whether the membership changed."""
+        backends = sorted(backends, key=lambda b: b.name)
+        names = [b.name for b in backends]
+        if len(set(names)) != len(names):
+            raise ValueError(f"backend names must be unique: {names}")
+        m = self._members
+        if m is not None and [decider_key(b) for b in m.backends] == [
+            decider_key(b) for b in backends
+        ]:
+            m.backends = backends
+            for j, b in enumerate(backends):
+                m.bw[j] = self._bw_override.get(b.name, b.measured_mbps)
+            return False
+        self._without.clear()
+        self._eject.forget(names)
+        for b in m.backends if m is not None else []:
+            self.metrics.ejected.labels(b.name).set(0)
+        if not backends:
+            self._members = None
+            log.warning("no backends: requests are answered 503 until some are ready")
+            return m is not None
+        self.catalogue_check(backends)
+        decider = self._decider_for(backends)
+        pools = []
+        for b in backends:
+            key = (b.name, b.url)
+            if key not in self._pools:
+                self._pools[key] = Pool(
+                    b.url, self.limits.connect_timeout_s, self.limits.read_timeout_s,
+                    self.limits.max_concurrency,
+                )  # fmt: skip
+            pools.append(self._pools[key])
+        live = {(b.name, b.url) for b in backends}
+        for key in [k for k in self._pools if k not in live]:
+            self._pools.pop(key).close()  # idle connections only; in-flight ones finish
+        self._members = Members(
+            backends,
+            names,
+            decider,
+            pools,
+            np.array([self._bw_override.get(b.name, b.measured_mbps) for b in backends], float),
+            [self.metrics.backend(b.name, b.tier.value) for b in backends],
+            [self._secret(b.token_file) if b.token_file else None for b in backends],
+        )
+        for n in names:
+            self._inflight.setdefault(n, 0)
+        log.info("backends: %s", ", ".join(f"{b.name}={b.url}" for b in backends))
+        return True
+
+    def _secret(self, path: str) -> SecretFile:
+        from perllm.router.config import RouterConfigError
+
+        if path not in self._secrets:
+            try:
+                self._secrets[path] = SecretFile(path)
+            except SecretError as e:
+                raise RouterConfigError(f"token_file: {e}") from None
+        return self._secrets[path]
+
+    def _decider_for(self, backends: Sequence[Backend]) -> Decider:
+        """A decider over `backends`, learning into the router's one set of statistics."""
+        assert self.spec is not None, "no service spec yet"
+        decider = Decider.for_servers(
+            [self.spec],
+            [b.server() for b in backends],
+            self.catalogue,
+            self.config.weights,
+            None if self._stats is not None else self.config.csucb_config(),
+            self._stats,
+        )
+        self._stats = decider.bandit.stats
+        return decider
+
+    def _live(self, m: Members) -> Members | None:
+        """`m` without its ejected backends (None: all are); the subset shares the pools,
+        metrics and statistics, and reads the current bandwidths."""
+        out = self._eject.out(m.names)
+        if not out:
+            return m
+        if len(out) == len(m.names):
+            return None
+        if out not in self._without:
+            keep = [j for j, n in enumerate(m.names) if n not in out]
+            sub = Members(
+                [m.backends[j] for j in keep],
+                [m.names[j] for j in keep],
+                self._decider_for([m.backends[j] for j in keep]),
+                [m.pools[j] for j in keep],
+                m.bw[keep],
+                [m.metrics[j] for j in keep],
+                [m.tokens[j] for j in keep],
+            )
+            self._without[out] = (sub, keep)
+        sub, keep = self._without[out]
+        sub.bw[:] = m.bw[keep]
+        return sub
+
+    def _refused(self, e: Refused) -> None:
+        cooldown = self._eject.refused(e.backend)
+        self.metrics.ejected.labels(e.backend).set(1)
+        log.warning("%s; left out of decisions for %.3gs", e.message, cooldown)
+
+    def down(self) -> list[str]:
+        """Backends left out of decisions now (refused connections)."""
+        return sorted(self._eject.out(self._members.names)) if self._members else []
+
+    def catalogue_check(self, backends: Sequence[Backend]) -> None:
+        from perllm.router.config import RouterConfigError
+
+        for b in backends:
+            if b.hardware not in self.catalogue.hardware:
+                raise RouterConfigError(
+                    f"backends[{b.name}].hardware: unknown hardware {b.hardware!r}; "
+                    f"known: {sorted(self.catalogue.hardware)}"
+                )
+
+    def set_bandwidth(self, backend: str, mbps: float) -> None:
+        """A backend's measured link bandwidth (Prometheus); kept across memberships."""
+        self._bw_override[backend] = mbps
+        m = self._members
+        if m is not None and backend in m.names:
+            m.bw[m.names.index(backend)] = mbps
