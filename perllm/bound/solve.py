@@ -2,9 +2,10 @@
 
 1. max Σ y  (met requests) subject to the demand-bound rows: an upper bound on the
    number of requests any policy can serve within deadline and quality floor.
-2. min energy subject to Σ y ≥ a target, every request placed (Σ_j x_ij = 1), y ≤ x,
-   and per-server busy time bounded below by its work: a lower bound on the energy of
-   any run that meets at least `target` requests.
+2. min energy subject to Σ y ≥ a target, each request placed at most once
+   (Σ_j x_ij ≤ 1: a policy may shed it and admission control may reject it, and neither
+   runs it), y ≤ x, and per-server busy time bounded below by its work: a lower bound on
+   the energy of any run that meets at least `target` requests.
 """
 
 from __future__ import annotations
@@ -147,10 +148,12 @@ class HindsightBound:
         oe: int,
     ) -> EnergySolution:
         """min transmission + per-server energy subject to `blocks` and every request
-        placed once; the optimum lowered by `SAFETY`."""
+        placed at most once; the optimum lowered by `SAFETY`. A request left unplaced
+        costs nothing: shed, it costs nothing in the world either, and rejected by
+        admission control only its upload (≥ 0), so leaving it out keeps the bound valid."""
         p, nx = self.p, len(self.ai)
-        eq = sp.csr_matrix((np.ones(nx), (self.ai, ox + np.arange(nx))), shape=(p.n, nv))
-        a_ub = sp.vstack(blocks, format="csr")
+        once = sp.csr_matrix((np.ones(nx), (self.ai, ox + np.arange(nx))), shape=(p.n, nv))
+        a_ub = sp.vstack([*blocks, once], format="csr")
         c = np.zeros(nv)
         c[ox : ox + nx] = p.e_tran[self.ai, self.aj]
         c[oe:] = 1.0
@@ -165,9 +168,7 @@ class HindsightBound:
         res = linprog(
             c,
             A_ub=a_ub,
-            b_ub=np.concatenate(rhs),
-            A_eq=eq,
-            b_eq=np.ones(p.n),
+            b_ub=np.concatenate([*rhs, np.ones(p.n)]),
             bounds=bounds,
             method=self.method,
         )

@@ -11,6 +11,7 @@ import pytest
 from perllm import policies
 from perllm.bound import HindsightBound, Pairs, build_pairs, compute_bound, demand_rows
 from perllm.scenario import Scenario, load_scenario
+from perllm.sweep.transforms import set_load
 from perllm.world.sim import World, simulate
 
 
@@ -43,13 +44,15 @@ def _gpu_pairs(n: int, arrival: list[float], deadline: list[float], prefill: flo
 
 def test_exact_on_serialised_prefills() -> None:
     # Three requests at t=0 with 1 s deadlines, each needing 0.5 s of serialised prefill:
-    # exactly two can be met. Energy: 3 × 2 J transmission, prefill 1.5 s at 400 W and
-    # idle 8.5 s at 100 W: 606 J, what the world charges for the three run back to back.
+    # exactly two can be met. Meeting two needs only those two to run (the third may be
+    # shed): 2 × 2 J transmission, prefill 1 s at 400 W and idle 9 s at 100 W, 1,304 J,
+    # what the world charges for the two run back to back. Meeting none needs nothing
+    # run: the idle 10 s at 100 W.
     p = _gpu_pairs(3, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], 0.5)
     hb = HindsightBound(p, demand_rows(p, 1.0))
     assert hb.max_met() == pytest.approx(2.0, abs=1e-5)
-    assert hb.min_energy(2.0).energy_j == pytest.approx(6.0 + 400 * 1.5 + 100 * 8.5, rel=1e-5)
-    assert hb.min_energy(0.0).energy_j == pytest.approx(6.0 + 400 * 1.5 + 100 * 8.5, rel=1e-5)
+    assert hb.min_energy(2.0).energy_j == pytest.approx(4.0 + 400 * 1.0 + 100 * 9.0, rel=1e-5)
+    assert hb.min_energy(0.0).energy_j == pytest.approx(100 * 10.0, rel=1e-5)
 
 
 def test_exact_when_windows_do_not_overlap() -> None:
@@ -87,6 +90,11 @@ SCENARIOS = {
         update={"duration_s": 240.0}
     ),
     "overload": lambda: _overloaded(150.0),
+    # Deep overload (24 req/s): admission control rejects most of cloud-only's requests,
+    # which then cost no inference; a bound that made every request run charged them.
+    "overload-24": lambda: set_load(load_scenario("paper-llama2-7b"), 24.0).model_copy(
+        update={"duration_s": 90.0}
+    ),
 }
 POLICIES = ["perllm", "clairvoyant-greedy", "cloud-only", "greedy-deadline", "least-loaded"]
 
