@@ -16,9 +16,12 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 from perllm_operator import conditions, kube, observe, reconcile, render, replacement, tiers
+from perllm_operator.config import Config
 from perllm_operator.policy import Point, ReplacementPolicy
+from perllm_operator.state import State
 
 from perllm.crd import InvalidService, service_spec
+from tests.unit.test_operator_status import FakeCluster, FakeProm
 
 ROOT = Path(__file__).parents[2]
 GPU = "nvidia.com/gpu"
@@ -206,6 +209,24 @@ def test_replacement_evicts_within_a_tier_and_never_switches(
     rep = replacement.replacement(t, pol)
     assert rep["state"] == "Evicted" and "tier" not in rep
     assert evicted == [f"{EXAMPLE}-cloud-x"]
+
+
+def test_the_timer_reports_placed_per_tier(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = _load(edge=1, cloud=1)
+    obj["status"] = {
+        "children": tiers.children_status(render.children(obj)),
+        "placement": {"tier": "edge", "nodes": ["edge-1"], "feasible": True},
+    }
+    fc = FakeCluster(obj, [_pod("edge", "edge-1"), _pod("cloud", None)])
+    fc.install(monkeypatch)
+    fc.tick(State(Config(), FakeProm({})))
+    placed = fc.cond("Placed")
+    assert (placed["status"], placed["reason"]) == ("Unknown", "WaitingForScheduler")
+    assert "cloud on no node yet" in placed["message"]
+    fc.pods[1]["spec"]["nodeName"] = "cloud"
+    fc.tick(State(Config(), FakeProm({})))
+    assert fc.cond("Placed")["status"] == "True"
+    assert fc.cond("Placed")["message"].startswith("edge on edge-1; cloud on cloud;")
 
 
 # ---- a tier dropped from tierReplicas, or a mode switch: its child is deleted ----------------
