@@ -236,14 +236,9 @@ class _ChildInputs:
         return {ANN_VARIANT_TIER: str(self.variant["tier"]), ANN_PINNED_TIER: self.tier or OPEN}
 
 
-def single(obj: Obj) -> Part:
-    """The one child of a service without `spec.tierReplicas`."""
-    return Part(None, obj["metadata"]["name"], int(obj["spec"].get("replicas", 1)))
-
-
 def _child_inputs(obj: Obj, part: Part | None) -> _ChildInputs:
     spec = service_spec(obj)
-    part = part or single(obj)
+    part = part or tiers.single(obj)
     tier = part.tier if part.tier is not None else target_tier(obj)
     variant = _variant(obj, tier)
     res = _resources(variant)

@@ -39,14 +39,18 @@ def tiered(obj: Obj) -> bool:
     return (obj.get("spec") or {}).get("tierReplicas") is not None
 
 
+def single(obj: Obj) -> Part:
+    """The one child of a service without `spec.tierReplicas`."""
+    return Part(None, obj["metadata"]["name"], int((obj.get("spec") or {}).get("replicas", 1)))
+
+
 def parts(obj: Obj) -> list[Part]:
     """The children to render, in tier order (edge, cloud); a tier with 0 replicas has none.
     Raises `InvalidService` naming the field for a spec the contract refuses."""
-    spec = obj.get("spec") or {}
-    name = obj["metadata"]["name"]
     tr = service_spec(obj).tier_replicas
     if tr is None:
-        return [Part(None, name, int(spec.get("replicas", 1)))]
+        return [single(obj)]
+    name = obj["metadata"]["name"]
     return [Part(t.value, f"{name}-{t.value}", tr[t]) for t in Tier if tr.get(t, 0) > 0]
 
 
