@@ -45,6 +45,7 @@ MAX_PROMPT_TOKENS = 2**20  # the longest context windows served today
 MAX_OUTPUT_TOKENS = 2**17
 MAX_PAYLOAD_BYTES = 2**30  # 1 GiB of attachments per request
 MAX_MODEL_NAME = 253
+MAX_REPLICAS = 1_000  # model-server replicas of a service (in all, or in one tier)
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0)]
@@ -110,6 +111,13 @@ class ServiceSpec(_Strict):
     requirements: Requirements
     traffic: Traffic = Traffic()
     allowed_tiers: list[Tier] = Field(default_factory=lambda: [Tier.EDGE, Tier.CLOUD])
+    tier_replicas: dict[Tier, Annotated[int, Field(strict=True, ge=0, le=MAX_REPLICAS)]] | None = (
+        Field(
+            default=None,
+            description="Replicas per tier (each an allowed tier): one set of model servers "
+            "per tier, each on its own variant. None: one set whose tier PerLLM decides.",
+        )
+    )
 
     @model_validator(mode="after")
     def _one_variant_per_allowed_tier(self) -> ServiceSpec:
@@ -121,6 +129,12 @@ class ServiceSpec(_Strict):
             raise ValueError(f"variants: no variant for allowed tier(s) {missing}")
         if not self.allowed_tiers:
             raise ValueError("allowed_tiers: must name at least one tier")
+        if self.tier_replicas is not None:
+            outside = [t.value for t in self.tier_replicas if t not in self.allowed_tiers]
+            if outside:
+                raise ValueError(f"tier_replicas: tier(s) {outside} not in allowed_tiers")
+            if not any(self.tier_replicas.values()):
+                raise ValueError("tier_replicas: at least one tier needs a replica")
         return self
 
     def variant_for(self, tier: Tier) -> ModelVariant | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from perllm.contract import MAX_REPLICAS as MAX_REPLICAS  # re-exported with the CRD's limits
 from perllm.contract import (
     Deadline,
     ModelVariant,
@@ -39,13 +40,14 @@ class InvalidService(ValueError):
 # that they agree); the contract's own numbers are bounded in perllm.contract.
 CHILD_SUFFIX = "-predictor"  # the Service of both backends, the Deployment of KServe's
 MAX_NAME = 63 - len(CHILD_SUFFIX)  # a Service name is a DNS-1035 label of <= 63 characters
+# With spec.tierReplicas the children are <name>-<tier> (KServe: Service <name>-<tier>-predictor)
+MAX_TIER_NAME = 63 - max(len(f"-{t.value}{CHILD_SUFFIX}") for t in Tier)
 MAX_FORMAT = 63
 MAX_RUNTIME = 253
 MAX_STORAGE_URI = 2048
 MAX_IMAGE = 512
 MAX_SECRET_NAME = 253
 MAX_SECRET_KEY = 253
-MAX_REPLICAS = 1000
 MAX_RESOURCES = 16  # keys per requests/limits map
 MAX_QUANTITY = 64  # characters of a quantity string
 
@@ -162,6 +164,27 @@ def _check_weights(field: str, node: dict[str, Any]) -> None:
             _check_string(f"{field}.{key}", node[key], max_len, pattern)
 
 
+def _check_tier_replicas(name: str, tr: Any) -> None:
+    """spec.tierReplicas' shape and the name room its children need (which tiers it may
+    name is the contract's `tier_replicas` check)."""
+    if tr is None:
+        return
+    if not isinstance(tr, dict):
+        raise InvalidService("spec.tierReplicas: must be an object such as {edge: 1, cloud: 1}")
+    for tier, n in tr.items():
+        if tier not in {t.value for t in Tier}:
+            raise InvalidService(f"spec.tierReplicas.{tier}: not a tier (edge or cloud)")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_REPLICAS:
+            raise InvalidService(
+                f"spec.tierReplicas.{tier}: must be an integer in 0..{MAX_REPLICAS}, not {n!r}"
+            )
+    if len(name) > MAX_TIER_NAME:
+        raise InvalidService(
+            f"metadata.name: at most {MAX_TIER_NAME} characters with spec.tierReplicas (the "
+            f"child Service <name>-cloud{CHILD_SUFFIX} must be a DNS-1035 label of at most 63)"
+        )
+
+
 def check_kubernetes_fields(obj: dict[str, Any]) -> None:
     """The CRD's checks of the fields that only Kubernetes reads (the name of the children,
     model format/runtime/storageUri, replicas, resources), for an object that may not have
@@ -192,6 +215,7 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
         raise InvalidService("spec.replicas: must be an integer")
     if not 0 <= replicas <= MAX_REPLICAS:
         raise InvalidService(f"spec.replicas: must be in 0..{MAX_REPLICAS}, not {replicas}")
+    _check_tier_replicas(name, spec.get("tierReplicas"))
     variants = model.get("variants", [])
     if isinstance(variants, list):
         for i, v in enumerate(variants):
@@ -240,6 +264,11 @@ def service_spec(obj: dict[str, Any]) -> ServiceSpec:
                 payload_bytes=tr.get("payloadBytes", 0.0),
             ),
             allowed_tiers=[Tier(t) for t in spec.get("allowedTiers", ["edge", "cloud"])],
+            tier_replicas=(
+                {Tier(t): n for t, n in spec["tierReplicas"].items()}
+                if spec.get("tierReplicas") is not None
+                else None
+            ),
         )
     except (ValidationError, ValueError, KeyError) as e:
         raise InvalidService(f"LLMService {meta.get('name', '?')}: {e}") from None

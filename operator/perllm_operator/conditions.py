@@ -63,16 +63,25 @@ def ready_of(child: Obj) -> observe.Cond:
     )
 
 
+def _ready(ns: str, ref: Obj) -> observe.Cond:
+    live = kube.read_child(ns, ref)
+    if live is None:
+        return False, "ChildMissing", f"{ref['kind']} {ref['name']} not found"
+    return ready_of(live)
+
+
 def _merged(
     ns: str,
     name: str,
     st: Obj,
-    ref: Obj | None,
+    refs: list[Obj],
+    tiered: bool,
     reconciled: tuple[str, str] | None,
     conditions: dict[str, observe.Cond],
 ) -> list[Obj]:
     """The new condition list: the given ones, `Placed` from `status.placement` unless
-    given, `Ready` from the live child, the rest kept."""
+    given (of a tiered service: and from each tier's pods), `Ready` from the live children
+    (all of them), the rest kept: conditions of other types, other writers' included."""
     old = list(st.get("conditions") or [])
     conds = {c.get("type"): c for c in old}
     if reconciled is not None:
@@ -80,17 +89,14 @@ def _merged(
     for type_, (ok, reason, msg) in conditions.items():
         conds[type_] = condition(type_, ok, reason, msg, old)
     if "Placed" not in conditions:
-        pods = kube.pods(ns, name) if not st.get("placement") else []
+        pods = kube.pods(ns, name) if tiered or not st.get("placement") else []
         known = (conds.get("ModelKnown") or {}).get("status") != "False"
-        placed = observe.placed(st.get("placement"), pods, known)
+        tiers = [str(r["tier"]) for r in refs] if tiered else None
+        placed = observe.placed(st.get("placement"), pods, known, tiers)
         conds["Placed"] = condition("Placed", *placed, old)
-    if ref:
-        live = kube.read_child(ns, ref)
-        if live is None:
-            missing = f"{ref['kind']} {ref['name']} not found"
-            conds["Ready"] = condition("Ready", False, "ChildMissing", missing, old)
-        else:
-            conds["Ready"] = condition("Ready", *ready_of(live), old)
+    if refs:
+        ready = observe.all_of([_ready(ns, r) for r in refs])
+        conds["Ready"] = condition("Ready", *ready, old)
     return [conds[t] for t in CONDITION_ORDER if t in conds] + [
         c for t, c in conds.items() if t not in CONDITION_ORDER
     ]
@@ -105,13 +111,17 @@ def sync_status(
     generation: int | None = None,
     conditions: dict[str, observe.Cond] | None = None,
     fields: Obj | None = None,
+    children: list[Obj] | None = None,
 ) -> bool:
-    """Write the LLMService's status from a fresh read of its child: read-modify-write with
-    the resourceVersion, retried on conflict, so the reconcile handler, the Deployment
+    """Write the LLMService's status from a fresh read of its children: read-modify-write
+    with the resourceVersion, retried on conflict, so the reconcile handler, the Deployment
     event handler and the status timer never overwrite each other with stale data.
-    `conditions`/`fields` are extra conditions and status fields to set. `Placed` is
-    recomputed from `status.placement` (the extender's) on every write. False: no such
-    owner."""
+    `conditions`/`fields` are extra conditions and status fields to set. `child` (one
+    child) or `children` (a tiered service's, `status.children`) records the children,
+    removing the other key. `Placed` is recomputed from `status.placement` (the extender's)
+    on every write. A merge patch of the keys written only: keys of other writers
+    (`status.placement`, `status.routing`, ...) and their conditions are never touched.
+    False: no such owner."""
     co = kube.kubernetes.client.CustomObjectsApi()
     for _attempt in range(8):
         try:
@@ -123,11 +133,15 @@ def sync_status(
         if llms["metadata"].get("uid") != uid:
             return False
         st = llms.get("status") or {}
-        ref = child or st.get("child")
-        new: Obj = {"conditions": _merged(ns, name, st, ref, reconciled, conditions or {})}
+        given = child is not None or children is not None
+        # the children to read: the given ones, else the recorded ones
+        one, many = (child, children) if given else (st.get("child"), st.get("children"))
+        refs, tiered = ([one], False) if one else (list(many or []), many is not None)
+        conds = _merged(ns, name, st, refs, tiered, reconciled, conditions or {})
+        new: Obj = {"conditions": conds}
         new.update(fields or {})
-        if child is not None:
-            new["child"] = child
+        if given:  # one record per mode: a mode switch removes the other mode's key
+            new["child"], new["children"] = child, children
         if generation is not None:
             new["observedGeneration"] = generation
         if all(st.get(k) == v for k, v in new.items()):

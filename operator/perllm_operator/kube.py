@@ -118,10 +118,16 @@ def _drop_update_ownership(child: Obj, live: Obj) -> None:
 def read_child(ns: str, child: Obj) -> Obj | None:
     """The live child named by a `status.child` reference; None when it is gone."""
     try:
-        if child["kind"] == "Deployment":
-            dep = kubernetes.client.AppsV1Api().read_namespaced_deployment(child["name"], ns)
-            out: Obj = kubernetes.client.ApiClient().sanitize_for_serialization(dep)
-            out["kind"] = "Deployment"
+        if child["kind"] in ("Deployment", "Service"):
+            read = (
+                kubernetes.client.AppsV1Api().read_namespaced_deployment
+                if child["kind"] == "Deployment"
+                else kubernetes.client.CoreV1Api().read_namespaced_service
+            )
+            out: Obj = kubernetes.client.ApiClient().sanitize_for_serialization(
+                read(child["name"], ns)
+            )
+            out["kind"] = child["kind"]
             return out
         out = kubernetes.client.CustomObjectsApi().get_namespaced_custom_object(
             render.KSERVE_GROUP, render.KSERVE_VERSION, ns, render.KSERVE_PLURAL, child["name"]
@@ -131,6 +137,25 @@ def read_child(ns: str, child: Obj) -> Obj | None:
         if e.status == 404:
             return None
         raise
+
+
+def delete_child(ns: str, child: Obj, uid: str) -> None:
+    """Delete the child named by a reference, only if it is still the object `uid` (not one
+    made again under the same name since); its pods go with it (background propagation).
+    Gone already: nothing to do."""
+    opts = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+    name = child["name"]
+    try:
+        if child["kind"] == "Deployment":
+            kubernetes.client.AppsV1Api().delete_namespaced_deployment(name, ns, body=opts)
+        elif child["kind"] == "Service":
+            kubernetes.client.CoreV1Api().delete_namespaced_service(name, ns, body=opts)
+        else:
+            args = (render.KSERVE_GROUP, render.KSERVE_VERSION, ns, render.KSERVE_PLURAL, name)
+            kubernetes.client.CustomObjectsApi().delete_namespaced_custom_object(*args, body=opts)
+    except ApiException as e:
+        if e.status != 404:
+            raise
 
 
 def pods(ns: str, name: str) -> list[Obj]:

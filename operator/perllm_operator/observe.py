@@ -18,6 +18,7 @@ from perllm.telemetry import names
 from perllm.telemetry import status_queries as q
 from perllm.telemetry.prom import Answer, Prometheus
 from perllm.timefmt import rfc3339
+from perllm_operator.tiers import LABEL_CHILD_TIER
 
 Obj = dict[str, Any]
 
@@ -174,9 +175,30 @@ def telemetry_stale(obs: ServiceReading | None, url: str | None, stale_since: st
     return False, "Fresh", f"Prometheus {url} answered at {rfc3339(obs.at)}"
 
 
-def placed(placement: Obj | None, pods: Sequence[Obj], model_known: bool = True) -> Cond:
+def all_of(conds: Sequence[Cond]) -> Cond:
+    """One condition over several children's: False if any is, else Unknown if any is,
+    else True; the reason of the first that decides, every message."""
+    if len(conds) == 1:
+        return conds[0]
+    msg = "; ".join(c[2] for c in conds)
+    for want in (False, None):
+        worst = next((c for c in conds if c[0] is want), None)
+        if worst is not None:
+            return worst[0], worst[1], msg
+    return True, conds[0][1], msg
+
+
+def placed(
+    placement: Obj | None,
+    pods: Sequence[Obj],
+    model_known: bool = True,
+    tiers: Sequence[str] | None = None,
+) -> Cond:
     """`Placed` from the extender's decision record (`status.placement`), else Unknown (or
-    False when the model is outside the catalogue: the extender refuses its pods)."""
+    False when the model is outside the catalogue: the extender refuses its pods). With
+    `tiers` (a tiered service's), True only once each tier has a bound pod."""
+    if tiers is not None and model_known:
+        return _placed_tiers(placement, pods, tiers)
     if placement and placement.get("tier"):
         nodes = ", ".join(placement.get("nodes") or []) or "?"
         feasible = placement.get("feasible", True)
@@ -205,3 +227,21 @@ def placed(placement: Obj | None, pods: Sequence[Obj], model_known: bool = True)
             ),
         )
     return None, "WaitingForScheduler", "waiting for the scheduler"
+
+
+def _placed_tiers(placement: Obj | None, pods: Sequence[Obj], tiers: Sequence[str]) -> Cond:
+    """Each tier's nodes (its pods labelled `perllm.io/child-tier`), then the extender's
+    latest decision, which is for one pod of one tier."""
+    nodes = {t: set[str]() for t in tiers}
+    for p in pods:
+        tier = ((p.get("metadata") or {}).get("labels") or {}).get(LABEL_CHILD_TIER)
+        node = (p.get("spec") or {}).get("nodeName")
+        if node and tier in nodes:
+            nodes[tier].add(node)
+    where = "; ".join(f"{t} on {', '.join(sorted(n)) or 'no node yet'}" for t, n in nodes.items())
+    if not all(nodes.values()):
+        return None, "WaitingForScheduler", f"waiting for the scheduler: {where}"
+    if not (placement and placement.get("tier")):
+        return None, "NoDecisionPublished", f"{where}; no PerLLM decision published"
+    _, reason, latest = placed(placement, pods)
+    return True, reason, f"{where}; latest decision: {latest}"

@@ -1,8 +1,9 @@
 """Reconcile an `LLMService` into its children: render them, create or patch each in
-place (never delete-and-recreate), write `status.child`, `status.observedGeneration` and
-the conditions `Reconciled`, `Placed`, `Ready`; re-render them when their tier pin is no
-longer the target. Deletion is left to the garbage collector through the children's
-controller ownerReferences."""
+place (never delete-and-recreate), delete those the spec no longer renders (a tier dropped
+from `spec.tierReplicas`, a switch between modes or backends), write `status.child` (or
+`status.children`), `status.observedGeneration` and the conditions `Reconciled`, `Placed`,
+`Ready`; re-render them when their tier pin is no longer the target. Deleting the service
+is left to the garbage collector through the children's controller ownerReferences."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService
-from perllm_operator import failures, kube, render
+from perllm_operator import failures, kube, render, tiers
 from perllm_operator.conditions import condition, sync_status
 from perllm_operator.state import state_of
 
@@ -29,10 +30,12 @@ Obj = dict[str, Any]
 def _refuse(
     body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, old: list[Obj], reason: str, msg: str
 ) -> None:
-    """Nothing can be applied: every condition the reconcile owns says why, as an Event too."""
+    """Nothing can be applied: every condition the reconcile owns says why, as an Event too;
+    the other conditions (the timer's, other writers') are kept."""
+    owned = ("Ready", "Placed", "Reconciled")
     patch.status["observedGeneration"] = meta.get("generation")
-    patch.status["conditions"] = [
-        condition(t, False, reason, msg, old) for t in ("Ready", "Placed", "Reconciled")
+    patch.status["conditions"] = [condition(t, False, reason, msg, old) for t in owned] + [
+        c for c in old if c.get("type") not in owned
     ]
     kopf.warn(body, reason=reason, message=msg)
 
@@ -68,7 +71,8 @@ def reconcile(
             _refuse(body, meta, patch, old, "KServeMissing", KSERVE_MISSING)
             raise kopf.TemporaryError(KSERVE_MISSING, delay=KSERVE_RETRY_DELAY_S)
         apply_children(kids)
-        _applied(body, meta, obj, kids, logger)
+        gone = prune(obj, kids)
+        _applied(body, meta, obj, kids, gone, logger)
     except (kopf.TemporaryError, kopf.PermanentError):
         raise
     except Failed as f:
@@ -102,6 +106,35 @@ def apply_children(kids: list[Obj]) -> None:
             raise Failed(*failures.api_failure(e, f"{k['kind']} {k['metadata']['name']}")) from e
 
 
+def prune(obj: Obj, kids: list[Obj]) -> list[str]:
+    """Delete this service's children that `kids` (the rendered ones) no longer holds: a
+    tier dropped from `spec.tierReplicas`, the other mode's or backend's children. Only a
+    child whose controller is this LLMService (uid) is deleted, with that uid as a
+    precondition. Returns "Kind name" of each deleted child."""
+    ns, uid = obj["metadata"]["namespace"], obj["metadata"]["uid"]
+    keep = {(k["kind"], k["metadata"]["name"]) for k in kids}
+    gone = []
+    isvc = f"{render.KSERVE_GROUP}/{render.KSERVE_VERSION}"
+    for ref in tiers.possible(obj, isvc):
+        if (ref["kind"], ref["name"]) in keep:
+            continue
+        what = f"{ref['kind']} {ref['name']}"
+        try:
+            live = kube.read_child(ns, ref)
+            if live is None or not _controlled_by(live, uid):
+                continue
+            kube.delete_child(ns, ref, live["metadata"]["uid"])
+        except ApiException as e:
+            raise Failed(*failures.api_failure(e, f"deleting {what}")) from e
+        gone.append(what)
+    return gone
+
+
+def _controlled_by(live: Obj, uid: str) -> bool:
+    refs = (live.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("controller") and r.get("uid") == uid for r in refs)
+
+
 def _not_reconciled(
     body: kopf.Body, patch: kopf.Patch, old: list[Obj], reason: str, msg: str
 ) -> None:
@@ -112,15 +145,23 @@ def _not_reconciled(
 
 
 def _applied(
-    body: kopf.Body, meta: kopf.Meta, obj: Obj, kids: list[Obj], logger: kopf.Logger
+    body: kopf.Body,
+    meta: kopf.Meta,
+    obj: Obj,
+    kids: list[Obj],
+    gone: list[str],
+    logger: kopf.Logger,
 ) -> None:
-    """The children are applied: record which one is the service's, and say so."""
-    child = {
-        "apiVersion": kids[0]["apiVersion"],
-        "kind": kids[0]["kind"],
-        "name": kids[0]["metadata"]["name"],
-    }
+    """The children are applied: record which ones are the service's, and say so."""
     names = ", ".join(f"{k['kind']} {k['metadata']['name']}" for k in kids)
+    if tiers.tiered(obj):
+        children = tiers.children_status(kids)
+        child = None
+        how = "tiers " + ", ".join(f"{c['tier']}={c['replicas']}" for c in children)
+    else:
+        children, child, how = None, tiers.ref(kids[0]), f"tier {render.pin(obj)}"
+    if gone:
+        names += "; deleted " + ", ".join(gone)
     known = failures.model_known(str(obj["spec"]["model"]["name"]))
     try:
         sync_status(
@@ -128,9 +169,10 @@ def _applied(
             meta["name"],
             str(meta["uid"]),
             child,
-            reconciled=("ChildApplied", f"applied {names} (tier {render.pin(obj)})"),
+            reconciled=("ChildApplied", f"applied {names} ({how})"),
             generation=meta.get("generation"),
             conditions={"ModelKnown": known},
+            children=children,
         )
     except ApiException as e:
         raise Failed(*failures.api_failure(e, f"status of LLMService {meta['name']}")) from e
@@ -146,7 +188,10 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     """Re-render the children when their pin is no longer the target: the extender's
     first decision pins an open template, re-placement switches tier, or allowedTiers
     was edited. A refusal is the `Reconciled` condition and an Event; the next tick
-    tries again."""
+    tries again. A tiered service's children are pinned from the start: nothing follows
+    (the extender's decision for one tier's pod must not re-pin the other's child)."""
+    if tiers.tiered(obj):
+        return
     ns, name, uid = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["uid"]
     co = kube.kubernetes.client.CustomObjectsApi()
     try:
@@ -154,6 +199,8 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     except ApiException:
         return
     if fresh["metadata"].get("uid") != uid or not (fresh.get("status") or {}).get("child"):
+        return
+    if tiers.tiered(fresh):
         return
     st = dict(fresh.get("status") or {})
     try:

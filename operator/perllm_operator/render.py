@@ -17,6 +17,9 @@ is *open*: affinity to every allowed tier, the variant every tier can host (one 
 GPU request when there is one), and the GPU toleration when any allowed variant needs it,
 so that the extender chooses among the nodes of all tiers; the status timer then pins the
 template to the tier it chose (a rollout onto that tier's variant).
+
+With `spec.tierReplicas` (tiers.py) there is one child per tier, `<name>-<tier>`, each
+pinned to its tier from the start; the extender's decisions never re-pin them.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from perllm.labels import (
     LABEL_TIER,
     SCHEDULER_NAME,
 )
-from perllm_operator import runtimes
+from perllm_operator import runtimes, tiers
+from perllm_operator.tiers import LABEL_CHILD_TIER, Part
 
 CONTAINER = "model-server"
 PORT = runtimes.PORT
@@ -103,8 +107,11 @@ def pin(obj: Obj) -> str:
 def chosen_variant(obj: Obj) -> Obj:
     """The variant whose resources the pod template carries: the pinned tier's; while
     open, one every allowed tier can host (no GPU request if possible, else the cloud's)."""
+    return _variant(obj, target_tier(obj))
+
+
+def _variant(obj: Obj, tier: str | None) -> Obj:
     variants = _allowed_variants(obj)
-    tier = target_tier(obj)
     if tier is not None:
         return dict(next(v for v in variants if v["tier"] == tier))
     no_gpu = [v for v in variants if not _needs_gpu(_resources(v))]
@@ -117,12 +124,6 @@ def resolved(obj: Obj, variant: Obj) -> runtimes.Resolved:
     model = obj["spec"]["model"]
     index = next(i for i, v in enumerate(model["variants"]) if v["tier"] == variant["tier"])
     return runtimes.resolve(model, variant, index)
-
-
-def tiers_of(obj: Obj) -> list[str]:
-    """The tiers the node affinity admits: the pinned one, else every allowed tier."""
-    tier = target_tier(obj)
-    return [tier] if tier is not None else [str(v["tier"]) for v in _allowed_variants(obj)]
 
 
 def _any_gpu(obj: Obj) -> bool:
@@ -138,8 +139,12 @@ def _needs_gpu(resources: Obj) -> bool:
     return any(GPU_RESOURCE in resources.get(k, {}) for k in ("requests", "limits"))
 
 
-def labels(obj: Obj) -> dict[str, str]:
-    return {LABEL_SERVICE: obj["metadata"]["name"]}
+def labels(obj: Obj, tier: str | None = None) -> dict[str, str]:
+    """The service's label; a tiered service's child (and its pods) also names its tier."""
+    out = {LABEL_SERVICE: obj["metadata"]["name"]}
+    if tier is not None:
+        out[LABEL_CHILD_TIER] = tier
+    return out
 
 
 def pod_annotations(spec: ServiceSpec, variant: Obj | None = None) -> dict[str, str]:
@@ -192,54 +197,75 @@ def tolerations(resources: Obj, open_gpu: bool = False) -> list[Obj]:
     return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def _metadata(obj: Obj, name: str) -> Obj:
+def _metadata(obj: Obj, name: str, tier: str | None = None) -> Obj:
     return {
         "name": name,
         "namespace": obj["metadata"].get("namespace"),
-        "labels": labels(obj),
+        "labels": labels(obj, tier),
         "ownerReferences": [owner_reference(obj)],
     }
 
 
 @dataclass(frozen=True)
 class _ChildInputs:
-    """What every child kind renders from: the service, the variant its pods run, that
-    variant's resources and runtime, and the tolerations the pod template needs."""
+    """What every child kind renders from: the service, the child's name and replicas, the
+    tier it is pinned to (None: open) and the one it labels (tiered services only), the
+    variant its pods run, that variant's resources and runtime, and the tolerations the pod
+    template needs."""
 
     spec: ServiceSpec
     name: str
+    replicas: int
+    tier: str | None
+    child_tier: str | None
     model: Obj
     variant: Obj
     res: Obj
     run: runtimes.Resolved
     tolerations: list[Obj]
+    open_tiers: list[str]  # every allowed tier: the affinity while open
+
+    @property
+    def affinity(self) -> Obj:
+        """Required node affinity to the pinned tier, or to every allowed tier while open."""
+        return affinity([self.tier] if self.tier is not None else self.open_tiers)
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        """The child's own: its variant's tier and its pin."""
+        return {ANN_VARIANT_TIER: str(self.variant["tier"]), ANN_PINNED_TIER: self.tier or OPEN}
 
 
-def _child_inputs(obj: Obj) -> _ChildInputs:
+def _child_inputs(obj: Obj, part: Part | None) -> _ChildInputs:
     spec = service_spec(obj)
-    variant = chosen_variant(obj)
+    part = part or tiers.single(obj)
+    tier = part.tier if part.tier is not None else target_tier(obj)
+    variant = _variant(obj, tier)
     res = _resources(variant)
     return _ChildInputs(
         spec=spec,
-        name=obj["metadata"]["name"],
+        name=part.name,
+        replicas=part.replicas,
+        tier=tier,
+        child_tier=part.tier,
         model=obj["spec"]["model"],
         variant=variant,
         res=res,
         run=resolved(obj, variant),
-        tolerations=tolerations(res, open_gpu=target_tier(obj) is None and _any_gpu(obj)),
+        tolerations=tolerations(res, open_gpu=tier is None and _any_gpu(obj)),
+        open_tiers=[str(v["tier"]) for v in _allowed_variants(obj)],
     )
 
 
-def inference_service(obj: Obj) -> Obj:
-    """The KServe InferenceService of an LLMService."""
-    c = _child_inputs(obj)
+def inference_service(obj: Obj, part: Part | None = None) -> Obj:
+    """The KServe InferenceService of an LLMService (of one tier's `part` when tiered)."""
+    c = _child_inputs(obj, part)
     spec, name, model, variant, res, run = c.spec, c.name, c.model, c.variant, c.res, c.run
-    meta = _metadata(obj, name)
+    meta = _metadata(obj, name, c.child_tier)
     meta["annotations"] = {
         "serving.kserve.io/deploymentMode": "RawDeployment",
         "serving.kserve.io/autoscalerClass": "external",
-        ANN_VARIANT_TIER: str(variant["tier"]),
-        ANN_PINNED_TIER: pin(obj),
+        **c.annotations,
     }
     m: Obj = {"modelFormat": {"name": run.format}, "runtime": run.runtime, "resources": res}
     if run.storage_uri:
@@ -248,10 +274,10 @@ def inference_service(obj: Obj) -> Obj:
         m["env"] = env
     predictor: Obj = {
         "schedulerName": SCHEDULER_NAME,
-        "minReplicas": int(obj["spec"].get("replicas", 1)),
-        "labels": labels(obj),
+        "minReplicas": c.replicas,
+        "labels": labels(obj, c.child_tier),
         "annotations": {**pod_annotations(spec, variant), **scrape_annotations(run)},
-        "affinity": affinity(tiers_of(obj)),
+        "affinity": c.affinity,
         "model": m,
     }
     if c.tolerations:
@@ -268,10 +294,11 @@ def service_name(obj: Obj) -> str:
     return f"{obj['metadata']['name']}-predictor"
 
 
-def deployment(obj: Obj) -> Obj:
+def deployment(obj: Obj, part: Part | None = None) -> Obj:
     """The Deployment of `backend: deployment` (same scheduling fields as the ISVC), running
-    the variant's own server image and weights."""
-    c = _child_inputs(obj)
+    the variant's own server image and weights (one tier's `part` when tiered: its selector
+    names the tier too, so that the two Deployments never select each other's pods)."""
+    c = _child_inputs(obj, part)
     spec, name, model, variant, res, run = c.spec, c.name, c.model, c.variant, c.res, c.run
     container: Obj = {
         "name": CONTAINER,
@@ -284,23 +311,23 @@ def deployment(obj: Obj) -> Obj:
         container["env"] = env
     pod_spec: Obj = {
         "schedulerName": SCHEDULER_NAME,
-        "affinity": affinity(tiers_of(obj)),
+        "affinity": c.affinity,
         "containers": [container],
     }
     if c.tolerations:
         pod_spec["tolerations"] = c.tolerations
-    meta = _metadata(obj, name)
-    meta["annotations"] = {ANN_VARIANT_TIER: str(variant["tier"]), ANN_PINNED_TIER: pin(obj)}
+    meta = _metadata(obj, name, c.child_tier)
+    meta["annotations"] = c.annotations
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": meta,
         "spec": {
-            "replicas": int(obj["spec"].get("replicas", 1)),
-            "selector": {"matchLabels": labels(obj)},
+            "replicas": c.replicas,
+            "selector": {"matchLabels": labels(obj, c.child_tier)},
             "template": {
                 "metadata": {
-                    "labels": labels(obj),
+                    "labels": labels(obj, c.child_tier),
                     "annotations": {**pod_annotations(spec, variant), **scrape_annotations(run)},
                 },
                 "spec": pod_spec,
@@ -310,7 +337,8 @@ def deployment(obj: Obj) -> Obj:
 
 
 def service(obj: Obj) -> Obj:
-    """The ClusterIP Service in front of the Deployment (`<name>-predictor`)."""
+    """The ClusterIP Service in front of the Deployment (`<name>-predictor`; of a tiered
+    service, in front of both tiers' Deployments)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -324,10 +352,11 @@ def service(obj: Obj) -> Obj:
 
 
 def children(obj: Obj) -> list[Obj]:
-    """Every child of the LLMService, per its backend."""
+    """Every child of the LLMService, per its backend (and its tiers, when tiered)."""
+    parts = tiers.parts(obj)
     if obj.get("spec", {}).get("backend", "kserve") == "deployment":
-        return [deployment(obj), service(obj)]
-    return [inference_service(obj)]
+        return [deployment(obj, p) for p in parts] + [service(obj)]
+    return [inference_service(obj, p) for p in parts]
 
 
 def rendered_tier(child: Obj) -> str | None:

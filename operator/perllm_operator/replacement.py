@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from perllm.contract import ServiceSpec
 from perllm.timefmt import rfc3339
-from perllm_operator import failures, kube, observe, policy, render
+from perllm_operator import failures, kube, observe, policy, render, tiers
 
 Obj = dict[str, Any]
 
@@ -73,9 +73,9 @@ def replacement(t: Tick, pol: policy.ReplacementPolicy) -> Obj:
         return rep
     window = f"{pol.window_s:g} s / {pol.min_ticks} ticks"
     due = _Due(verdict, tgt, window, int(rep.get("evictionsSinceRecovery") or 0))
-    tier_now = render.target_tier(
-        {"metadata": {"name": t.name}, "spec": t.body.get("spec", {}), "status": t.status}
-    )
+    obj = {"metadata": {"name": t.name}, "spec": t.body.get("spec", {}), "status": t.status}
+    # A tiered service's children are pinned per tier: evict within a tier, never switch.
+    tier_now = None if tiers.tiered(obj) else render.target_tier(obj)
     # open template (no tier decided yet): nothing to escalate from
     allowed = [x.value for x in t.sspec.allowed_tiers]
     to = policy.other_tier(tier_now, allowed) if tier_now else None

@@ -86,7 +86,12 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
     conds: dict[str, observe.Cond] = {
         "DeadlineMet": observe.deadline_met(obs, sspec, stale_since),
         "TelemetryStale": observe.telemetry_stale(obs, cfg.prometheus_url, stale_since),
-        "Placed": observe.placed(st.get("placement"), live, failures.model_known(sspec.model)[0]),
+        "Placed": observe.placed(
+            st.get("placement"),
+            live,
+            failures.model_known(sspec.model)[0],
+            [str(c["tier"]) for c in st["children"]] if st.get("children") else None,
+        ),
         "Degraded": (False, "NoErrors", "the status timer ran without errors"),
     }
     hist = state.history[uid]

@@ -126,6 +126,16 @@ BAD = [
     ("unknown allowed tier", "spec['allowedTiers'] = ['edge', 'moon']", "spec.allowedTiers[1]"),
     ("no allowed tier", *_set("allowedTiers", "[]")),
     ("allowed tier twice", "spec['allowedTiers'] = ['edge', 'edge']", "spec.allowedTiers[1]"),
+    # replicas per tier
+    ("no tier in tierReplicas", *_set("tierReplicas", "{}")),
+    ("no replica in tierReplicas", *_set("tierReplicas", "{'edge': 0, 'cloud': 0}")),
+    ("too many edge replicas", "spec['tierReplicas'] = {'edge': 1001}", "spec.tierReplicas.edge"),
+    ("negative cloud replicas", "spec['tierReplicas'] = {'cloud': -1}", "spec.tierReplicas.cloud"),
+    (
+        "tierReplicas outside allowedTiers",
+        "spec['allowedTiers'] = ['cloud']; spec['tierReplicas'] = {'edge': 1, 'cloud': 1}",
+        "spec.tierReplicas",
+    ),
     # model
     ("no model", "del spec['model']", "spec.model"),
     ("empty model name", *_set("model.name", "''")),
@@ -228,6 +238,11 @@ BAD = [
     # name: the children are <name> and <name>-predictor (a Service name: DNS-1035, <= 63)
     ("name of 54 characters", "obj['metadata']['name'] = 'n' * 54", "metadata.name"),
     ("name starting with a digit", "obj['metadata']['name'] = '7b-chat'", "metadata.name"),
+    (
+        "name of 48 characters with tierReplicas",
+        "obj['metadata']['name'] = 'n' * 48; spec['tierReplicas'] = {'edge': 1}",
+        "metadata.name",
+    ),
 ]
 
 
@@ -252,6 +267,7 @@ AT_THE_LIMITS = [
     "spec['traffic'] = {'rateRps': 1000, 'promptTokens': 2**20, 'outputTokens': 2**17, "
     "'payloadBytes': 2**30}",
     "spec['replicas'] = 1000; spec['backend'] = 'deployment'",
+    "obj['metadata']['name'] = 'n' * 47; spec['tierReplicas'] = {'edge': 1000, 'cloud': 0}",
     "spec['requirements']['deadline'] = {'seconds': 86400, 'perOutputTokenSeconds': 60, "
     "'percentile': 100}",
     "spec['model'].update(name='m' * 253, format='f' * 63, runtime='kserve-vllm.v1', "

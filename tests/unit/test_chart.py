@@ -201,7 +201,10 @@ def test_operator_watching_named_namespaces_gets_roles_there_only() -> None:
 
 def test_operator_rules_grant_no_verb_it_never_uses() -> None:
     grants = _grants(find(render(), "ClusterRole", "perllm-operator")["rules"])
-    assert not {g for g in grants if g[3] in ("delete", "deletecollection")}
+    # delete: only the children a spec no longer renders (never pods: those are evicted)
+    deletes = {g[1] for g in grants if g[3] in ("delete", "deletecollection")}
+    assert deletes == {"inferenceservices", "deployments", "services"}
+    assert not {g for g in grants if g[3] == "deletecollection"}
     assert not {g for g in grants if g[3] == "update" and g[1] != "llmservices/finalizers"}
 
 

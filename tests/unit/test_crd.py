@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -35,6 +36,7 @@ from perllm.crd import (
     MAX_SECRET_KEY,
     MAX_SECRET_NAME,
     MAX_STORAGE_URI,
+    MAX_TIER_NAME,
     PLURAL,
     VERSION,
     InvalidService,
@@ -53,7 +55,16 @@ def test_crd_names_match_the_code() -> None:
     assert crd["spec"]["names"]["plural"] == PLURAL
     assert [v["name"] for v in crd["spec"]["versions"]] == [VERSION]
     cols = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert cols == ["Model", "Deadline", "Tier", "Attainment", "J/req", "Ready", "Age"]
+    assert cols == [
+        "Model",
+        "Deadline",
+        "Tier",
+        "Attainment",
+        "J/req",
+        "Ready",
+        "Age",
+        "TierReplicas",  # priority 1: `kubectl get -o wide` only
+    ]
 
 
 def _schema_enum(*path: str) -> list[str]:
@@ -196,6 +207,40 @@ def test_the_name_rule_leaves_room_for_the_children() -> None:
     rules = [r["rule"] for r in _spec_schema()["x-kubernetes-validations"]]
     assert f"self.metadata.name.size() <= {MAX_NAME}" in rules
     assert MAX_NAME + len("-predictor") == 63
+    # spec.tierReplicas: KServe's Service of the child <name>-cloud is <name>-cloud-predictor
+    assert f"!has(self.spec.tierReplicas) || self.metadata.name.size() <= {MAX_TIER_NAME}" in rules
+    assert MAX_TIER_NAME + len("-cloud-predictor") == 63
+
+
+def _tiered(**tier_replicas: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = yaml.safe_load((MANIFESTS[0].parent / "chat-assistant.yaml").read_text())
+    obj["spec"]["tierReplicas"] = tier_replicas
+    return obj
+
+
+def test_tier_replicas_map_onto_the_contract() -> None:
+    spec = service_spec(_tiered(edge=2, cloud=0))
+    assert spec.tier_replicas == {Tier.EDGE: 2, Tier.CLOUD: 0}
+    assert service_spec(yaml.safe_load(MANIFESTS[0].read_text())).tier_replicas is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda o: o["spec"].update(allowedTiers=["edge"]), "tier_replicas: tier(s) ['cloud']"),
+        (lambda o: o["spec"]["tierReplicas"].update(edge=0, cloud=0), "at least one tier"),
+        (lambda o: o["spec"]["tierReplicas"].update(cloud=1001), "spec.tierReplicas.cloud"),
+        (lambda o: o["spec"]["tierReplicas"].update(cloud=True), "spec.tierReplicas.cloud"),
+        (lambda o: o["spec"]["tierReplicas"].update(fog=1), "spec.tierReplicas.fog"),
+        (lambda o: o["spec"].update(tierReplicas=[1, 1]), "spec.tierReplicas: must be an object"),
+        (lambda o: o["metadata"].update(name="n" * 48), "metadata.name: at most 47"),
+    ],
+)
+def test_bad_tier_replicas_name_the_field(edit: Any, message: str) -> None:
+    obj = _tiered(edge=1, cloud=1)
+    edit(obj)
+    with pytest.raises(InvalidService, match=re.escape(message)):
+        service_spec(obj)
 
 
 def _at(*path: str) -> dict[str, Any]:
@@ -215,6 +260,8 @@ def test_crd_maxima_are_the_contract_and_crd_module_maxima() -> None:
         MAX_PER_OUTPUT_TOKEN_S
     )
     assert _at("replicas")["maximum"] == MAX_REPLICAS
+    for tier in Tier:
+        assert _at("tierReplicas", tier.value)["maximum"] == MAX_REPLICAS
     assert _at("model", "name")["maxLength"] == MAX_MODEL_NAME
     assert _at("model", "format")["maxLength"] == MAX_FORMAT
     assert _at("model", "runtime")["maxLength"] == MAX_RUNTIME

@@ -42,12 +42,21 @@ def _pinned(name: str, tier: str, backend: str) -> tuple[dict[str, Any], dict[st
     return obj, variant
 
 
+def _child_of(obj: dict[str, Any], tier: str) -> dict[str, Any]:
+    """The child whose pods run `tier`'s variant (the only one, or a tiered service's)."""
+    return next(
+        c
+        for c in render.children(obj)
+        if (c["metadata"].get("annotations") or {}).get("perllm.io/variant-tier") == tier
+    )
+
+
 @pytest.mark.parametrize(("name", "tier", "backend"), _cases())
 def test_every_example_runs_the_weights_and_server_of_its_variant(
     name: str, tier: str, backend: str
 ) -> None:
     obj, variant = _pinned(name, tier, backend)
-    child = render.children(obj)[0]
+    child = _child_of(obj, tier)
     gpu = GPU in json.dumps(variant["resources"])
     want = runtimes.VLLM if gpu else runtimes.LLAMACPP
     want_name = want.gpu_name if gpu else want.name
@@ -235,7 +244,7 @@ def _rendered_isvc(name: str, tier: str, backend: str) -> dict[str, Any]:
     """The example's InferenceService pinned to `tier`, with a token Secret (every field)."""
     obj, _ = _pinned(name, tier, backend)
     obj["spec"]["model"]["tokenSecretRef"] = {"name": "hf"}
-    return render.inference_service(obj)
+    return _child_of(obj, tier)
 
 
 @pytest.mark.parametrize(("name", "tier", "backend"), KSERVE_CASES)

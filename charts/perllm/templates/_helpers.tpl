@@ -148,17 +148,19 @@ imagePullSecrets:
     resources: [llmservices/finalizers]
     verbs: [update]
   # Children, applied server-side (patch; create when missing) and read back; Deployments
-  # are watched for readiness. Nothing is updated with PUT or deleted: the garbage
-  # collector deletes children through their owner reference.
+  # are watched for readiness. Nothing is updated with PUT. A child the spec no longer
+  # renders (a tier dropped from spec.tierReplicas, a mode or backend switch) is read by
+  # name and deleted when this LLMService controls it; the garbage collector deletes the
+  # others with their owner.
   - apiGroups: [serving.kserve.io]
     resources: [inferenceservices]
-    verbs: [get, create, patch]
+    verbs: [get, create, patch, delete]
   - apiGroups: [apps]
     resources: [deployments]
-    verbs: [get, list, watch, create, patch]
+    verbs: [get, list, watch, create, patch, delete]
   - apiGroups: [""]
     resources: [services]
-    verbs: [create, patch]
+    verbs: [get, create, patch, delete]
   # The status timer reads a service's pods (label perllm.io/service) and re-places one
   # through the Eviction API, which honours PodDisruptionBudgets (never a plain delete).
   - apiGroups: [""]

@@ -1,0 +1,412 @@
+"""Replicas on both tiers (`spec.tierReplicas`): one child per tier, pinned from the start;
+no tier following or tier switch; a dropped tier's child deleted; status over all children;
+status writes that keep other writers' keys and conditions (operator/perllm_operator/
+tiers.py, render.py, reconcile.py, conditions.py; no cluster: the API calls are fakes)."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+from perllm_operator import conditions, kube, observe, reconcile, render, replacement, tiers
+from perllm_operator.config import Config
+from perllm_operator.policy import Point, ReplacementPolicy
+from perllm_operator.state import State
+
+from perllm.crd import InvalidService, service_spec
+from tests.unit.test_operator_status import FakeCluster, FakeProm
+
+ROOT = Path(__file__).parents[2]
+GPU = "nvidia.com/gpu"
+EXAMPLE = "help-desk-both-tiers"
+
+
+def _load(backend: str = "kserve", **tier_replicas: int) -> dict[str, Any]:
+    obj: dict[str, Any] = yaml.safe_load((ROOT / "manifests" / f"{EXAMPLE}.yaml").read_text())
+    obj["metadata"].update(namespace="llm", uid="uid-1", generation=1)
+    obj["spec"]["backend"] = backend
+    if tier_replicas:
+        obj["spec"]["tierReplicas"] = tier_replicas
+    return obj
+
+
+def _affinity(pod_spec: dict[str, Any]) -> list[str]:
+    terms = pod_spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    values: list[str] = terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+    return values
+
+
+# ---- rendering ------------------------------------------------------------------------------
+def test_one_inference_service_per_tier_each_pinned_to_its_variant() -> None:
+    obj = _load(edge=2, cloud=1)
+    obj["status"] = {"placement": {"tier": "cloud"}}  # a decision never re-pins a child
+    edge, cloud = render.children(obj)
+    assert [edge["metadata"]["name"], cloud["metadata"]["name"]] == [
+        f"{EXAMPLE}-edge",
+        f"{EXAMPLE}-cloud",
+    ]
+    for child, tier in ((edge, "edge"), (cloud, "cloud")):
+        meta, p = child["metadata"], child["spec"]["predictor"]
+        want = {"perllm.io/service": EXAMPLE, "perllm.io/child-tier": tier}
+        assert meta["labels"] == want and p["labels"] == want
+        assert meta["annotations"]["perllm.io/pinned-tier"] == tier
+        assert meta["annotations"]["perllm.io/variant-tier"] == tier
+        assert p["annotations"]["perllm.io/variant-tier"] == tier
+        assert _affinity(p) == [tier]
+        assert meta["ownerReferences"][0]["uid"] == "uid-1"
+    pe, pc = edge["spec"]["predictor"], cloud["spec"]["predictor"]
+    assert (pe["minReplicas"], pc["minReplicas"]) == (2, 1)
+    assert pe["annotations"]["perllm.io/precision"] == "q4_k_m"
+    assert pe["model"]["runtime"] == "perllm-llamacpp" and GPU not in json.dumps(pe)
+    assert "tolerations" not in pe  # the edge child never tolerates the GPU taint
+    assert pc["annotations"]["perllm.io/precision"] == "fp16"
+    assert pc["model"]["runtime"] == "perllm-vllm"
+    assert pc["model"]["resources"]["limits"][GPU] == "1"
+    assert pc["tolerations"][0]["key"] == GPU
+
+
+def test_deployment_backend_one_deployment_per_tier_behind_one_service() -> None:
+    kids = render.children(_load("deployment", edge=1, cloud=3))
+    assert [(k["kind"], k["metadata"]["name"]) for k in kids] == [
+        ("Deployment", f"{EXAMPLE}-edge"),
+        ("Deployment", f"{EXAMPLE}-cloud"),
+        ("Service", f"{EXAMPLE}-predictor"),
+    ]
+    edge, cloud, svc = kids
+    for dep, tier, n in ((edge, "edge", 1), (cloud, "cloud", 3)):
+        labels = {"perllm.io/service": EXAMPLE, "perllm.io/child-tier": tier}
+        # the two Deployments never select each other's pods
+        assert dep["spec"]["selector"]["matchLabels"] == labels
+        assert dep["spec"]["template"]["metadata"]["labels"] == labels
+        assert dep["spec"]["replicas"] == n
+        assert _affinity(dep["spec"]["template"]["spec"]) == [tier]
+    assert edge["spec"]["template"]["spec"]["containers"][0]["image"].endswith("server-b8840")
+    assert "tolerations" not in edge["spec"]["template"]["spec"]
+    assert cloud["spec"]["template"]["spec"]["containers"][0]["image"].startswith("vllm/")
+    # one endpoint in front of both tiers; the router's discovery selects the same label
+    assert svc["spec"]["selector"] == {"perllm.io/service": EXAMPLE}
+
+
+def test_a_tier_with_no_replicas_has_no_child_and_replicas_is_not_used() -> None:
+    obj = _load(edge=0, cloud=2)
+    obj["spec"]["replicas"] = 7
+    (cloud,) = render.children(obj)
+    assert cloud["metadata"]["name"] == f"{EXAMPLE}-cloud"
+    assert cloud["spec"]["predictor"]["minReplicas"] == 2
+
+
+def test_without_tier_replicas_one_open_child_as_before() -> None:
+    obj = _load()
+    del obj["spec"]["tierReplicas"]
+    (isvc,) = render.children(obj)
+    assert isvc["metadata"]["name"] == EXAMPLE
+    assert isvc["metadata"]["labels"] == {"perllm.io/service": EXAMPLE}
+    assert isvc["metadata"]["annotations"]["perllm.io/pinned-tier"] == "open"
+    assert _affinity(isvc["spec"]["predictor"]) == ["edge", "cloud"]
+    assert tiers.parts(obj) == [tiers.Part(None, EXAMPLE, 1)]
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda s: s.update(allowedTiers=["cloud"]), "tier_replicas: tier(s) ['edge']"),
+        (lambda s: s.update(tierReplicas={"edge": 0}), "at least one tier needs a replica"),
+        (lambda s: s.update(tierReplicas={"cloud": -1}), "spec.tierReplicas.cloud"),
+        (lambda s: s.update(tierReplicas={"moon": 1}), "spec.tierReplicas.moon"),
+        (lambda s: s.update(tierReplicas="both"), "spec.tierReplicas: must be an object"),
+    ],
+)
+def test_a_bad_tier_replicas_is_refused_naming_the_field(edit: Any, field: str) -> None:
+    obj = _load()
+    edit(obj["spec"])
+    with pytest.raises(InvalidService) as info:
+        render.children(obj)
+    assert field in str(info.value)
+
+
+def test_children_status_records_tier_child_and_replicas() -> None:
+    kids = render.children(_load("deployment", edge=1, cloud=2))
+    assert tiers.children_status(kids) == [
+        {
+            "tier": "edge",
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": f"{EXAMPLE}-edge",
+            "replicas": 1,
+        },
+        {
+            "tier": "cloud",
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": f"{EXAMPLE}-cloud",
+            "replicas": 2,
+        },
+    ]
+    (edge,) = tiers.children_status(render.children(_load(edge=1, cloud=0)))
+    assert edge["kind"] == "InferenceService" and edge["replicas"] == 1
+
+
+# ---- the extender's decision for one tier never re-pins the other ----------------------------
+class _Logger:
+    def info(self, *a: Any) -> None: ...
+    def warning(self, *a: Any) -> None: ...
+
+
+def test_follow_tier_never_re_renders_a_tiered_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = _load(edge=1, cloud=1)
+    obj["status"] = {
+        "children": tiers.children_status(render.children(obj)),
+        "placement": {"tier": "cloud", "nodes": ["cloud-0", "edge-0"]},
+        "replacement": {"tier": {"target": "edge"}},
+    }
+    calls: list[str] = []
+
+    class CO:
+        def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
+            calls.append("get")
+            return copy.deepcopy(obj)
+
+    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
+    monkeypatch.setattr(kube, "apply", lambda child: calls.append("apply"))
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    assert calls == []
+    # The timer's view may be older than the switch to tiers: the fresh read decides.
+    old = copy.deepcopy(obj)
+    del old["spec"]["tierReplicas"]
+    obj["status"]["child"] = {"apiVersion": "x", "kind": "InferenceService", "name": EXAMPLE}
+    reconcile.follow_tier(kopf.Body(old), old, _Logger())
+    assert calls == ["get"]
+
+
+def test_replacement_evicts_within_a_tier_and_never_switches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    obj = _load(edge=1, cloud=1)
+    st = {"replacement": {"evictionsSinceRecovery": 5}, "placement": {"tier": "cloud"}}
+    pod = {
+        "metadata": {"name": f"{EXAMPLE}-cloud-x", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"nodeName": "cloud-0"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    evicted: list[str] = []
+    monkeypatch.setattr(kube, "evict", lambda ns, name: evicted.append(name))
+    monkeypatch.setattr(kopf, "warn", lambda *a, **k: None)
+    monkeypatch.setattr(kopf, "info", lambda *a, **k: None)
+    pol = ReplacementPolicy(window_s=0, min_ticks=1, cooldown_s=0, escalate_after=2)
+    reading = observe.ServiceReading(at=10, reachable=True, attainment=0.1)
+    hist = collections.deque([Point(10, 0.1)])
+    t = replacement.Tick(
+        kopf.Body(obj), "llm", EXAMPLE, service_spec(obj), st, [pod], reading, hist, 10.0,
+        _Logger(),  # type: ignore[arg-type]
+    )  # fmt: skip
+    rep = replacement.replacement(t, pol)
+    assert rep["state"] == "Evicted" and "tier" not in rep
+    assert evicted == [f"{EXAMPLE}-cloud-x"]
+
+
+def test_the_timer_reports_placed_per_tier(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = _load(edge=1, cloud=1)
+    obj["status"] = {
+        "children": tiers.children_status(render.children(obj)),
+        "placement": {"tier": "edge", "nodes": ["edge-1"], "feasible": True},
+    }
+    fc = FakeCluster(obj, [_pod("edge", "edge-1"), _pod("cloud", None)])
+    fc.install(monkeypatch)
+    fc.tick(State(Config(), FakeProm({})))
+    placed = fc.cond("Placed")
+    assert (placed["status"], placed["reason"]) == ("Unknown", "WaitingForScheduler")
+    assert "cloud on no node yet" in placed["message"]
+    fc.pods[1]["spec"]["nodeName"] = "cloud"
+    fc.tick(State(Config(), FakeProm({})))
+    assert fc.cond("Placed")["status"] == "True"
+    assert fc.cond("Placed")["message"].startswith("edge on edge-1; cloud on cloud;")
+
+
+# ---- a tier dropped from tierReplicas, or a mode switch: its child is deleted ----------------
+class FakeChildren:
+    """Live children by (kind, name), read and deleted as kube.read_child/delete_child do."""
+
+    def __init__(self, kids: list[dict[str, Any]]) -> None:
+        self.live = {(k["kind"], k["metadata"]["name"]): copy.deepcopy(k) for k in kids}
+        for i, k in enumerate(self.live.values()):
+            k["metadata"]["uid"] = f"child-{i}"
+        self.deleted: list[tuple[str, str, str]] = []
+
+    def install(self, mp: pytest.MonkeyPatch) -> None:
+        mp.setattr(kube, "read_child", lambda ns, ref: self.live.get((ref["kind"], ref["name"])))
+
+        def delete(ns: str, ref: dict[str, Any], uid: str) -> None:
+            self.deleted.append((ref["kind"], ref["name"], uid))
+            del self.live[(ref["kind"], ref["name"])]
+
+        mp.setattr(kube, "delete_child", delete)
+
+
+def test_a_dropped_tier_or_mode_switch_deletes_only_this_services_stale_children(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    both = _load("deployment", edge=1, cloud=1)
+    fake = FakeChildren(render.children(both))
+    stranger = render.deployment(_load("deployment"))
+    stranger["metadata"]["name"] = EXAMPLE  # same name, another owner: never deleted
+    stranger["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    fake.live[("Deployment", EXAMPLE)] = stranger
+    fake.install(monkeypatch)
+    cloud_only = _load("deployment", edge=0, cloud=1)
+    assert reconcile.prune(cloud_only, render.children(cloud_only)) == [
+        f"Deployment {EXAMPLE}-edge"
+    ]
+    assert fake.deleted == [("Deployment", f"{EXAMPLE}-edge", "child-0")]
+    # Back to one child: the tiered children go; the Service is kept (both modes render it).
+    single = _load("deployment")
+    del single["spec"]["tierReplicas"]
+    fake.live.pop(("Deployment", EXAMPLE))
+    assert reconcile.prune(single, render.children(single)) == [f"Deployment {EXAMPLE}-cloud"]
+    assert ("Service", f"{EXAMPLE}-predictor") in fake.live
+
+
+def test_a_refused_delete_is_a_failure_naming_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeChildren(render.children(_load(edge=1, cloud=1)))
+    fake.install(monkeypatch)
+
+    def refuse(ns: str, ref: dict[str, Any], uid: str) -> None:
+        raise ApiException(status=403, reason="Forbidden")
+
+    monkeypatch.setattr(kube, "delete_child", refuse)
+    obj = _load(edge=1, cloud=0)
+    with pytest.raises(reconcile.Failed) as info:
+        reconcile.prune(obj, render.children(obj))
+    assert info.value.reason == "ApplyForbidden"
+    assert f"deleting InferenceService {EXAMPLE}-cloud" in info.value.message
+
+
+# ---- status over all children, and other writers' keys kept ----------------------------------
+def _pod(tier: str, node: str | None) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": {"perllm.io/service": EXAMPLE, "perllm.io/child-tier": tier}},
+        "spec": {"nodeName": node} if node else {},
+    }
+
+
+def test_placed_waits_for_every_tier_then_quotes_the_latest_decision() -> None:
+    tiers_ = ["edge", "cloud"]
+    dec = {"tier": "cloud", "nodes": ["cloud-0", "edge-1"], "feasible": True}
+    ok, reason, msg = observe.placed(
+        dec, [_pod("edge", "edge-1"), _pod("cloud", None)], True, tiers_
+    )
+    assert (ok, reason) == (None, "WaitingForScheduler")
+    assert "edge on edge-1; cloud on no node yet" in msg
+    pods = [_pod("edge", "edge-1"), _pod("cloud", "cloud-0")]
+    ok, reason, msg = observe.placed(None, pods, True, tiers_)
+    assert (ok, reason) == (None, "NoDecisionPublished")
+    ok, reason, msg = observe.placed(dec, pods, True, tiers_)
+    assert (ok, reason) == (True, "Placed")
+    assert msg.startswith("edge on edge-1; cloud on cloud-0; latest decision: tier cloud")
+    # the extender refuses a model outside its catalogue, whichever the tier
+    assert observe.placed(None, pods, False, tiers_)[1] == "ModelNotInCatalogue"
+
+
+def test_ready_only_when_every_child_is() -> None:
+    up = (True, "ReplicasReady", "Deployment a: 1/1 replicas ready")
+    down = (False, "ReplicasNotReady", "Deployment b: 0/1 replicas ready")
+    pending = (None, "Pending", "InferenceService c: no Ready condition yet")
+    assert observe.all_of([up]) == up
+    assert observe.all_of([up, up])[0] is True
+    assert observe.all_of([up, pending])[:2] == (None, "Pending")
+    ok, reason, msg = observe.all_of([pending, down, up])
+    assert (ok, reason) == (False, "ReplicasNotReady") and "Deployment a" in msg
+
+
+class FakeStatusApi:
+    """get + merge-patch of the status subresource, with the resourceVersion check."""
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.obj = copy.deepcopy(obj)
+        self.obj["metadata"]["resourceVersion"] = "1"
+        self.patches: list[dict[str, Any]] = []
+
+    def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
+        return copy.deepcopy(self.obj)
+
+    def patch_namespaced_custom_object_status(self, *a: Any) -> None:
+        body = a[-1]
+        assert body["metadata"]["resourceVersion"] == self.obj["metadata"]["resourceVersion"]
+        self.patches.append(body)
+        st = self.obj.setdefault("status", {})
+        for k, v in body["status"].items():  # JSON merge patch, one level: null removes
+            if v is None:
+                st.pop(k, None)
+            else:
+                st[k] = v
+        self.obj["metadata"]["resourceVersion"] = str(
+            int(self.obj["metadata"]["resourceVersion"]) + 1
+        )
+
+
+def _status_api(mp: pytest.MonkeyPatch, obj: dict[str, Any], live: dict[str, Any]) -> FakeStatusApi:
+    api = FakeStatusApi(obj)
+    mp.setattr(kube.kubernetes.client, "CustomObjectsApi", lambda: api)
+    mp.setattr(kube, "read_child", lambda ns, ref: live.get(ref["name"]))
+    mp.setattr(kube, "pods", lambda ns, name: [_pod("edge", "edge-1"), _pod("cloud", "cloud-0")])
+    return api
+
+
+def _dep(name: str, ready: int) -> dict[str, Any]:
+    return {
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": 1},
+        "status": {"readyReplicas": ready},
+    }
+
+
+def test_status_writes_keep_routing_and_foreign_conditions(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = _load("deployment", edge=1, cloud=1)
+    routing = {"tiers": {"edge": {"requests": 3, "share": 0.75}}, "at": "2026-01-01T00:00:00Z"}
+    foreign = {"type": "Routed", "status": "True", "reason": "Router", "message": "x"}
+    obj["status"] = {
+        "child": {"apiVersion": "apps/v1", "kind": "Deployment", "name": EXAMPLE},
+        "routing": routing,
+        "placement": {"tier": "edge", "nodes": ["cloud-0", "edge-1"]},
+        "conditions": [foreign],
+    }
+    live = {f"{EXAMPLE}-edge": _dep(f"{EXAMPLE}-edge", 1), f"{EXAMPLE}-cloud": _dep("c", 0)}
+    api = _status_api(monkeypatch, obj, live)
+    kids = tiers.children_status(render.children(obj))
+    assert conditions.sync_status("llm", EXAMPLE, "uid-1", children=kids, generation=1)
+    st = api.obj["status"]
+    assert "child" not in st and st["children"] == kids  # the single child's record goes
+    assert st["routing"] == routing and st["placement"]["tier"] == "edge"
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Routed"] == foreign
+    assert conds["Ready"]["status"] == "False" and "0/1" in conds["Ready"]["message"]
+    assert conds["Placed"]["status"] == "True"
+    # A write without children (the Deployment event, the timer) reads all of them again.
+    live[f"{EXAMPLE}-cloud"] = _dep("c", 1)
+    assert conditions.sync_status(
+        "llm", EXAMPLE, "uid-1", conditions={"Degraded": (False, "NoErrors", "ok")}
+    )
+    st = api.obj["status"]
+    assert {c["type"]: c for c in st["conditions"]}["Ready"]["status"] == "True"
+    assert st["routing"] == routing and {c["type"] for c in st["conditions"]} >= {"Routed"}
+    assert all(
+        set(p["status"]) <= {"conditions", "child", "children", "observedGeneration"}
+        for p in api.patches
+    )
+
+
+def test_a_refused_spec_keeps_the_other_conditions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kopf, "warn", lambda *a, **k: None)
+    foreign = {"type": "Routed", "status": "True", "reason": "Router", "message": "x"}
+    body = kopf.Body({"metadata": {"name": "x", "generation": 2}, "status": {}})
+    patch = kopf.Patch()
+    reconcile._refuse(body, kopf.Meta(body), patch, [foreign], "InvalidSpec", "spec.x: bad")
+    types = [c["type"] for c in patch.status["conditions"]]
+    assert types == ["Ready", "Placed", "Reconciled", "Routed"]
