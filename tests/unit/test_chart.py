@@ -713,7 +713,7 @@ def test_container_args_parse_with_the_perllm_cli() -> None:
 def test_router_per_service_config_secrets_and_least_privilege() -> None:
     """The edge profile's router: its config is one `perllm router` accepts, every token
     file it names is a mounted Secret key, and it may read only its service's pods and
-    spec (in that namespace) and nodes."""
+    spec (in that namespace) and nodes, and patch only that service's status."""
     from perllm.router.config import parse_config
 
     docs = render(profile="edge-k3s-values.yaml")
@@ -744,6 +744,12 @@ def test_router_per_service_config_secrets_and_least_privilege() -> None:
             "resources": ["llmservices"],
             "resourceNames": ["chat"],
             "verbs": ["get"],
+        },
+        {
+            "apiGroups": ["perllm.io"],
+            "resources": ["llmservices/status"],
+            "resourceNames": ["chat"],
+            "verbs": ["patch"],
         },
     ]
     assert find(docs, "ClusterRole", "perllm-router")["rules"] == [
