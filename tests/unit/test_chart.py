@@ -765,3 +765,8 @@ def test_router_per_service_config_secrets_and_least_privilege() -> None:
     cloud = render(profile="cloud-values.yaml")
     ccfg = parse_config(yaml.safe_load(find(cloud, "ConfigMap", name)["data"]["router.yaml"]))
     assert ccfg.auth is not None and ccfg.backends == []
+    # A remote tier named after an edge node takes that node's measured bandwidth.
+    probed = render("--set", "router.services[0].remote[0].node=edge-1",
+                    profile="edge-k3s-values.yaml")  # fmt: skip
+    pcfg = parse_config(yaml.safe_load(find(probed, "ConfigMap", name)["data"]["router.yaml"]))
+    assert pcfg.backends[0].node == "edge-1" and remote.node is None
