@@ -1,22 +1,25 @@
 """Two clusters, each with PerLLM (docs/router.md, "Two clusters"): two local control
-planes, an edge one (the session's) and a cloud one (started here, its own run directory
-and ports). Each has the demo's `chat` LLMService, one model-server pod (an edge node's on
-the edge side, the cloud node's on the cloud side) served by its own twin, and a router
-that discovers it from its own API server. The cloud side's router asks for a token; the
-edge side's has the cloud side's router as a remote tier with that token.
+planes started here (each its own run directory and ports), an edge one with the demo's
+edge nodes only and a cloud one with its cloud node only. Each has PerLLM's operator (with
+its ServiceAccount's rights only), the same `chat` LLMService of the demo (its
+model-server pod rendered by the operator, bound by perllm-scheduler to that cluster's
+nodes, made Ready by KWOK, served by that side's twin), and a router that discovers it
+from its own API server. The cloud side's router asks for
+a token; the edge side's has the cloud side's router as a remote tier with that token.
 
 A burst the edge replica cannot finish in time alone: part goes to the cloud side (its
 router's records and its LLMService's status in the cloud API server say so), deadlines
 are kept. Then the path is cut (the cloud router stops): the edge keeps serving with no
 error, and the edge LLMService's status in the edge API server says which tier is
 unreachable and why, with the per-tier shares; when the cloud router is back, the
-condition is True again. The pods are created by hand (no operator: the LLMService's
-children are not what is tested here), as in test_router.py. This replaces the earlier
+condition is True again. The operator writes the same status meanwhile (every 2 s): its
+conditions and the router's, and `status.routing`, all stay. This replaces the earlier
 test of both sides as namespaces of one API server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -31,16 +34,18 @@ import httpx
 import pytest
 import yaml
 
-from perllm.crd import CRD_PATH, PLURAL
+from perllm.crd import PLURAL
 from perllm.demo.services import default_sources, load_services
 from perllm.devcluster.binaries import Binaries, BinariesMissing
 from perllm.devcluster.cluster import Cluster, ClusterConfig, temporary_run_dir
 from perllm.devcluster.kube import Kube, wait_for
 from perllm.devcluster.nodes import node_manifests
+from perllm.labels import LABEL_TIER
 from perllm.router.status import CONDITION
 from perllm.scenario import load_scenario
 
-from .test_router import PERLLM, _metric, _pod, _port
+from .operator_harness import bound_pods, start_operator
+from .test_router import PERLLM, _metric, _port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 # Short answers with long prompts: the deadline (1 s + 0.15 s a token) is within what the
@@ -50,42 +55,52 @@ NS = f"two-{uuid.uuid4().hex[:6]}"  # the same namespace and service on both sid
 
 
 @pytest.fixture(scope="module")
-def cloud_side() -> Iterator[Kube]:
-    """A second control plane: the cloud side's (the demo's nodes, no Prometheus)."""
+def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Kube]]:
+    """Two control planes, each with the demo's nodes of its tier and the operator."""
     try:
         Binaries.locate().require(prometheus=False)
     except BinariesMissing as e:
         pytest.fail(str(e), pytrace=False)
-    config = ClusterConfig(
-        run_dir=temporary_run_dir(), scenario="demo", prometheus=False, die_with_parent=True
-    )
-    cluster = Cluster(config)
-    try:
-        cluster.up()
-        yield Kube(cluster.kubeconfig, str(cluster.bin.kubectl), cluster)
-    finally:
-        cluster.down()
-        shutil.rmtree(cluster.run_dir, ignore_errors=True)
+    clusters = {
+        tier: Cluster(ClusterConfig(run_dir=temporary_run_dir(), scenario=None,
+                                    prometheus=False, die_with_parent=True))
+        for tier in ("edge", "cloud")
+    }  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        for c in clusters.values():
+            stack.callback(shutil.rmtree, c.run_dir, ignore_errors=True)
+            stack.callback(c.down)
+        for c in clusters.values():  # one after the other: ports are picked free, then bound
+            c.up()
+        out = {t: Kube(c.kubeconfig, str(c.bin.kubectl), c) for t, c in clusters.items()}
+        nodes = node_manifests(load_scenario("demo"))
+        for tier, k in out.items():
+            mine = [n for n in nodes if n["metadata"]["labels"][LABEL_TIER] == tier]
+            k.kubectl("create", "-f", "-", input=yaml.safe_dump_all(mine))
+            names = [f"node/{n['metadata']['name']}" for n in mine]
+            k.kubectl("wait", "--for=condition=Ready", *names, "--timeout=60s")
+            operator = contextlib.contextmanager(start_operator)(k, tmp_path_factory)
+            stack.enter_context(operator)
+        yield out
 
 
-def _side(kube: Kube, pod: dict[str, Any]) -> None:
-    """The CRD, the demo's nodes, the chat LLMService and its model-server pod, Ready."""
-    kube.kubectl("apply", "-f", str(CRD_PATH))
-    nodes = node_manifests(load_scenario("demo"))
-    r = kube.kubectl("create", "-f", "-", input=yaml.safe_dump_all(nodes), check=False)
-    assert r.returncode == 0 or "AlreadyExists" in r.stderr, r.stderr
-    r = kube.kubectl("create", "namespace", NS, check=False)
-    assert r.returncode == 0 or "AlreadyExists" in r.stderr, r.stderr
+def _apply(kube: Kube) -> None:
+    """The chat LLMService (both tiers allowed, the same on both sides)."""
+    kube.kubectl("create", "namespace", NS)
     kube.kubectl("create", "serviceaccount", "default", "-n", NS, check=False)
-    kube.kubectl(
-        "wait", "--for=condition=Established", "crd/llmservices.perllm.io", "--timeout=60s"
-    )
     chat = [s for s in load_services(default_sources("demo")) if s["metadata"]["name"] == "chat"]
     kube.apply(chat, NS)
-    node = pod["spec"]["nodeName"]
-    kube.kubectl("wait", "--for=condition=Ready", f"node/{node}", "--timeout=60s")
-    kube.apply([pod], NS)
-    kube.kubectl("wait", "--for=condition=Ready", "pod", "--all", "-n", NS, "--timeout=60s")
+
+
+def _pod(kube: Kube, tier: str) -> str:
+    """The name of the service's model-server pod once the operator's Deployment has it
+    bound (to a node of `tier`: the only ones there) and Ready."""
+    (pod,) = wait_for(lambda: bound_pods(kube, NS, "chat"), f"the {tier} pod bound", timeout=60)
+    node = kube.get("node", pod["spec"]["nodeName"])
+    assert node["metadata"]["labels"][LABEL_TIER] == tier
+    name = str(pod["metadata"]["name"])
+    kube.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "-n", NS, "--timeout=60s")
+    return name
 
 
 def _status(kube: Kube) -> dict[str, Any]:
@@ -111,12 +126,11 @@ def _burst(url: str, n: int, concurrency: int) -> list[httpx.Response]:
 
 
 def test_the_edge_cluster_offloads_to_the_cloud_cluster_and_says_when_it_cannot(
-    kube: Kube, cloud_side: Kube, tmp_path: Path
+    sides: dict[str, Kube], tmp_path: Path
 ) -> None:
-    edge_k, cloud_k = kube, cloud_side
-    assert edge_k.kubeconfig != cloud_k.kubeconfig
-    _side(edge_k, _pod("chat-edge", "edge-gpu-1"))
-    _side(cloud_k, _pod("chat-cloud", "cloud"))
+    edge_k, cloud_k = sides["edge"], sides["cloud"]
+    _apply(edge_k)
+    _apply(cloud_k)
 
     token = tmp_path / "cloud-token"
     token.write_text("edge-to-cloud\n")
@@ -174,15 +188,17 @@ def test_the_edge_cluster_offloads_to_the_cloud_cluster_and_says_when_it_cannot(
     spawn("edge", edge_k, *router_args["edge"])
     t0 = time.monotonic()
     try:
+        # The twins and routers start meanwhile (discovery waits for the pods).
+        pod = {"edge": _pod(edge_k, "edge"), "cloud": _pod(cloud_k, "cloud")}
 
         def up() -> bool:  # both twins serve their pod, the edge router has both tiers
             try:
-                for side, pod in (("edge", "chat-edge"), ("cloud", "chat-cloud")):
-                    u = f"http://127.0.0.1:{ports[side + '-openai']}/pods/{NS}/{pod}/v1/models"
+                for side, name in pod.items():
+                    u = f"http://127.0.0.1:{ports[side + '-openai']}/pods/{NS}/{name}/v1/models"
                     if httpx.get(u, timeout=5).status_code != 200:
                         return False
                 m = httpx.get(f"{edge}/metrics").text
-                return 'backend="chat-edge"' in m and 'backend="cloud-cluster"' in m
+                return f'backend="{pod["edge"]}"' in m and 'backend="cloud-cluster"' in m
             except httpx.HTTPError:
                 return False
 
@@ -193,10 +209,10 @@ def test_the_edge_cluster_offloads_to_the_cloud_cluster_and_says_when_it_cannot(
         # A burst: more than the edge replica finishes in time, part goes to the cloud.
         burst = _burst(edge, 40, 16)
         assert {r.status_code for r in burst} == {200}, (burst[0].text, tails())
-        used = {b: sum(_backend(r) == b for r in burst) for b in ("chat-edge", "cloud-cluster")}
-        assert used["cloud-cluster"] >= 1 and used["chat-edge"] >= 1, used
+        used = {b: sum(_backend(r) == b for r in burst) for b in (pod["edge"], "cloud-cluster")}
+        assert used["cloud-cluster"] >= 1 and used[pod["edge"]] >= 1, used
         cm = httpx.get(f"{cloud}/metrics").text  # the cloud side's own records
-        judged = 'perllm_router_requests_judged_total{backend="chat-cloud"'
+        judged = f'perllm_router_requests_judged_total{{backend="{pod["cloud"]}"'
         assert _metric(cm, judged) >= used["cloud-cluster"], cm
         em = httpx.get(f"{edge}/metrics").text
         assert _metric(em, "perllm_router_attainment_ratio") >= 0.9, em
@@ -207,7 +223,7 @@ def test_the_edge_cluster_offloads_to_the_cloud_cluster_and_says_when_it_cannot(
             return rt if rt.get("requests", 0) >= n else None
 
         edge_rt = wait_for(lambda: routed(edge_k, len(burst)), "the edge status", timeout=15)
-        assert _tiers(edge_rt) == {"edge": used["chat-edge"], "cloud": used["cloud-cluster"]}
+        assert _tiers(edge_rt) == {"edge": used[pod["edge"]], "cloud": used["cloud-cluster"]}
         assert sum(t["share"] for t in edge_rt["tiers"]) == pytest.approx(1, abs=1e-3)
         assert edge_rt["attainment"] >= 0.9, edge_rt
         remote = next(b for b in edge_rt["backends"] if b["name"] == "cloud-cluster")
@@ -223,7 +239,7 @@ def test_the_edge_cluster_offloads_to_the_cloud_cluster_and_says_when_it_cannot(
         procs["cloud"].wait(15)
         after = _burst(edge, 30, 16)
         assert [r.status_code for r in after] == [200] * 30, (after[0].text, tails())
-        assert {_backend(r) for r in after} == {"chat-edge"}
+        assert {_backend(r) for r in after} == {pod["edge"]}
 
         def unreachable() -> dict[str, Any] | None:
             c = _cond(edge_k)
@@ -232,9 +248,9 @@ def test_the_edge_cluster_offloads_to_the_cloud_cluster_and_says_when_it_cannot(
         cond = wait_for(unreachable, "the edge status to say the cloud is cut off", timeout=15)
         assert cond["reason"] == "RemoteUnreachable", cond
         assert cond["message"].startswith(f"remote tier cloud-cluster (cloud, {cloud})"), cond
-        assert "refuses connections" in cond["message"] and "chat-edge" in cond["message"]
+        assert "refuses connections" in cond["message"] and pod["edge"] in cond["message"]
         rt = wait_for(lambda: routed(edge_k, len(burst) + len(after)), "the edge status")
-        assert _tiers(rt)["edge"] == used["chat-edge"] + len(after), rt
+        assert _tiers(rt)["edge"] == used[pod["edge"]] + len(after), rt
         ready = httpx.get(f"{edge}/readyz").json()
         assert ready in ({"status": "degraded", "down": ["cloud-cluster"]}, {"status": "ok"})
 
@@ -248,6 +264,13 @@ def test_the_edge_cluster_offloads_to_the_cloud_cluster_and_says_when_it_cannot(
         wait_for(reachable, "the edge status to say the cloud is back", timeout=30, every=1)
         cond = _cond(edge_k)
         assert cond["reason"] == "AllReachable" and "remote tier cloud-cluster" in cond["message"]
+        # The operator's writes and the router's kept each other's: both sides' status has
+        # the operator's conditions and child, the router's condition and routing.
+        for k in (edge_k, cloud_k):
+            st = _status(k)
+            types = {c["type"] for c in st["conditions"]}
+            assert {"Reconciled", "Placed", "Ready", CONDITION} <= types, st
+            assert st["child"]["kind"] == "Deployment" and st["routing"]["requests"] > 0, st
         print(f"two clusters: {time.monotonic() - t0:.1f} s after the processes started")
     finally:
         for p in procs.values():
@@ -257,5 +280,3 @@ def test_the_edge_cluster_offloads_to_the_cloud_cluster_and_says_when_it_cannot(
             p.wait(15)
         for f in logs.values():
             f.close()
-        for k in (edge_k, cloud_k):
-            k.kubectl("delete", "namespace", NS, "--wait=false", check=False)
