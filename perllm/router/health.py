@@ -34,7 +34,8 @@ class Ejections:
         """Eject `name`; returns for how long (s)."""
         n = self._streak.get(name, 0)
         self._streak[name] = n + 1
-        self._why[name] = ((self._why.get(name) or (time.time(), ""))[0], why)
+        since = self._why[name][0] if name in self._why else time.time()
+        self._why[name] = (since, why)
         cooldown = min(self.base_s * 2.0**n, self.max_s)
         self._until[name] = self._clock() + cooldown
         return cooldown

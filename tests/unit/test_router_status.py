@@ -19,7 +19,7 @@ from test_router_remote import backend
 from perllm.contract import Tier
 from perllm.router.app import Router
 from perllm.router.config import Backend, Link, parse_config
-from perllm.router.health import Refusing
+from perllm.router.health import Ejections, Refusing
 from perllm.router.serving import serving
 from perllm.router.status import (
     CONDITION,
@@ -83,6 +83,16 @@ def test_reachable_names_the_refusing_backends_and_why() -> None:
     ok, reason, msg = reachable(members, [], {"e1": no, "cloud-cluster": no})
     assert (ok, reason) == (False, "NoBackendReachable") and "backends_down" in msg
     assert reachable([], [], {})[:2] == (False, "NoBackends")
+
+
+def test_a_refusal_streak_keeps_its_start_and_the_last_reason() -> None:
+    ej = Ejections(1.0, 5.0)
+    ej.refused("a", "first")
+    since = ej.refusing()["a"].since
+    ej.refused("a", "second")
+    assert ej.refusing() == {"a": Refusing(2, since, "second")}
+    assert ej.answered("a") and ej.refusing() == {}
+    ej.forget([])
 
 
 def test_merge_condition_replaces_only_its_own_type() -> None:
