@@ -227,7 +227,7 @@ class StatusWriter:
         if self._failing:
             log.info("status of %s written again", what)
             self._failing = ""
-        if self._last is None or self._last[1] != cond:
+        if self._last is None or self._last[1][:2] != cond[:2]:  # a flip, not a count
             log.info("%s: %s=%s %s: %s", what, CONDITION, cond[0], cond[1], cond[2])
         self._last = key
         return True
