@@ -272,3 +272,28 @@ def service_spec(obj: dict[str, Any]) -> ServiceSpec:
         )
     except (ValidationError, ValueError, KeyError) as e:
         raise InvalidService(f"LLMService {meta.get('name', '?')}: {e}") from None
+
+
+def condition(
+    type_: str,
+    ok: bool | None,
+    reason: str,
+    message: str,
+    old: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A status condition of an LLMService (the operator's and the router's);
+    `lastTransitionTime` moves only when the status changes (from `old`, the list now)."""
+    import time
+
+    from perllm.timefmt import rfc3339
+
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    prev = next((c for c in old or [] if c.get("type") == type_), None)
+    since = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or rfc3339(time.time()),
+    }

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION
-from perllm.timefmt import rfc3339
+from perllm.crd import condition as condition  # re-exported (reconcile, tests)
 from perllm_operator import kube, observe
 
 CONDITION_ORDER = (
@@ -23,22 +22,6 @@ CONDITION_ORDER = (
 )
 
 Obj = dict[str, Any]
-
-
-def condition(
-    type_: str, ok: bool | None, reason: str, message: str, old: list[Obj] | None = None
-) -> Obj:
-    """A status condition; `lastTransitionTime` moves only when the status changes."""
-    status = "Unknown" if ok is None else ("True" if ok else "False")
-    prev = next((c for c in old or [] if c.get("type") == type_), None)
-    since = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
-    return {
-        "type": type_,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since or rfc3339(time.time()),
-    }
 
 
 def ready_of(child: Obj) -> observe.Cond:

@@ -53,8 +53,10 @@ class Router(Membership):
         if initial and self.spec is not None:
             self.set_backends(initial)
         self.discovery = None
+        self.status_writer = None  # writes status.routing into the LLMService (discovery only)
         if config.discovery is not None:
             from perllm.router.discovery import Discovery
+            from perllm.router.status import StatusWriter
 
             d = config.discovery
             ns, name = d.service.split("/", 1)
@@ -62,6 +64,10 @@ class Router(Membership):
                 self, ns, name, d.url_template, d.port, d.interval_s, d.timeout_s,
                 d.kubeconfig, d.prometheus, follow_spec=self.spec is None,
             )  # fmt: skip
+            if d.status_interval_s > 0:
+                self.status_writer = StatusWriter(
+                    self, ns, name, d.status_interval_s, d.timeout_s, d.kubeconfig
+                )
 
     def set_spec(self, spec: ServiceSpec, catalogue: Catalogue) -> bool:
         """The service this router fronts (its LLMService changed: a new decider over the
@@ -96,10 +102,14 @@ class Router(Membership):
         if self.discovery is not None:
             await self.discovery.refresh()  # the first membership before serving
             self.discovery.start()
+        if self.status_writer is not None:
+            self.status_writer.start()
 
     async def aclose(self) -> None:
         if self.discovery is not None:
             await self.discovery.stop()
+        if self.status_writer is not None:
+            await self.status_writer.stop()
         for p in self._pools.values():
             p.close()
 
@@ -211,8 +221,7 @@ class Router(Membership):
                     raise
                 self.metrics.retries.inc()
                 continue
-            if self._eject.answered(name):
-                self.metrics.ejected.labels(name).set(0)
+            self._answered(name)
             return
 
     def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:

@@ -100,6 +100,11 @@ class Discovery(_Strict):
     prometheus: str | None = Field(
         default=None, description="Prometheus URL: measured bandwidth per node."
     )
+    status_interval_s: Annotated[float, Field(ge=0)] = Field(
+        default=5.0,
+        description="Seconds between writes of the LLMService's status.routing and "
+        "BackendsReachable condition (when changed); 0: never written.",
+    )
 
 
 class Auth(_Strict):

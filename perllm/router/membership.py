@@ -17,7 +17,7 @@ from perllm.profiles import Catalogue, default_catalogue
 from perllm.router.asgi import Refused
 from perllm.router.config import Backend, RouterConfig
 from perllm.router.decision import Decider
-from perllm.router.health import Ejections
+from perllm.router.health import Ejections, Refusing
 from perllm.router.members import Members, decider_key
 from perllm.router.metrics import RouterMetrics
 from perllm.router.secrets import SecretError, SecretFile
@@ -162,9 +162,19 @@ class Membership:
         return sub
 
     def _refused(self, e: Refused) -> None:
-        cooldown = self._eject.refused(e.backend)
+        cooldown = self._eject.refused(e.backend, e.message)
         self.metrics.ejected.labels(e.backend).set(1)
         log.warning("%s; left out of decisions for %.3gs", e.message, cooldown)
+
+    def _answered(self, name: str) -> None:
+        if self._eject.answered(name):
+            self.metrics.ejected.labels(name).set(0)
+
+    def refusing(self) -> dict[str, Refusing]:
+        """Members refused and not answered since (the `perllm_router_backend_ejected`
+        ones), with why: what the LLMService's status reports."""
+        names = set(self._members.names) if self._members else set()
+        return {n: r for n, r in self._eject.refusing().items() if n in names}
 
     def down(self) -> list[str]:
         """Backends left out of decisions now (refused connections)."""

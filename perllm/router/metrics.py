@@ -95,6 +95,12 @@ class RouterMetrics:
             buckets=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
             registry=r,
         )
+        self.status_writes = Counter(
+            "perllm_router_status_writes_total",
+            "Writes of the LLMService's status.routing, per result (ok, error).",
+            ["result"],
+            registry=r,
+        )
         self._met = self._total = 0
         self._backends: dict[tuple[str, str], BackendMetrics] = {}
 
@@ -114,6 +120,10 @@ class RouterMetrics:
             self._backends[key] = BackendMetrics(self, name, tier)
         return self._backends[key]
 
+    def served(self) -> list[BackendMetrics]:
+        """Every backend judged at least once since start (members or not any more)."""
+        return [b for b in self._backends.values() if b.requests]
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -122,7 +132,8 @@ class BackendMetrics:
     """One backend's children of the router's metrics, looked up once."""
 
     def __init__(self, m: RouterMetrics, name: str, tier: str) -> None:
-        self._m, self._name = m, name
+        self._m, self.name, self.tier = m, name, tier
+        self.requests = self.met_requests = 0  # judged, and within the deadline (status)
         self.feasible = m.decisions.labels(name, tier, "true")
         self.infeasible = m.decisions.labels(name, tier, "false")
         self.explored = m.explored.labels(name, tier)
@@ -136,9 +147,11 @@ class BackendMetrics:
 
     def judge(self, met: bool) -> None:
         (self.met if met else self.missed).inc()
+        self.requests += 1
+        self.met_requests += met
         self._m.count(met)
 
     def error(self, kind: str) -> Any:
         if kind not in self._errors:
-            self._errors[kind] = self._m.errors.labels(self._name, kind)
+            self._errors[kind] = self._m.errors.labels(self.name, kind)
         return self._errors[kind]

@@ -365,12 +365,15 @@ def test_router_process_runs_under_the_charts_service_account(
 ) -> None:
     """The real `perllm router` with the chart's config and its service account's token:
     it reads the LLMService's spec, lists its pods and their nodes, and goes ready when a
-    model-server pod is; no call is denied, and it can read nothing else."""
+    model-server pod is, and writes its view into the LLMService's status; no call is
+    denied, and it can read nothing else nor write anything but that status."""
     ns = release.namespace
     k = _token_kubeconfig(kube, release, "router-chat", tmp_path / "router.kubeconfig")
     assert _can(k, "list", "pods", "-n", ns) and _can(k, "get", "nodes")
     assert _can(k, "get", "llmservices.perllm.io/chat", "-n", ns)
     assert not _can(k, "get", "llmservices.perllm.io/other", "-n", ns)
+    assert _can(k, "patch", "llmservices.perllm.io/chat", "--subresource=status", "-n", ns)
+    assert not _can(k, "patch", "llmservices.perllm.io/chat", "-n", ns)
     assert not _can(k, "list", "pods", "-n", "default")
     assert not _can(k, "get", "secrets", "-n", ns)
     chat = _llmservice("chat-assistant")
@@ -378,7 +381,7 @@ def test_router_process_runs_under_the_charts_service_account(
     kube.apply([chat], ns)
     cm = kube.get_or_none("configmap", f"{release.name}-router-chat", "-n", ns)
     cfg = yaml.safe_load(cm["data"]["router.yaml"])
-    cfg["discovery"]["interval_s"] = 1
+    cfg["discovery"]["interval_s"] = cfg["discovery"]["status_interval_s"] = 1
     (tmp_path / "router.yaml").write_text(yaml.safe_dump(cfg))
     port = free_port()
     log = tmp_path / "router.log"
@@ -420,6 +423,13 @@ def test_router_process_runs_under_the_charts_service_account(
         assert wait_for(lambda: readyz() == 503, "the router to answer", timeout=60)
         kube.apply([pod], ns)
         assert wait_for(lambda: readyz() == 200, "the router to discover the pod", timeout=60)
+
+        def reachable() -> bool:
+            obj = kube.get_or_none(PLURAL, "chat", "-n", ns) or {}
+            conds = (obj.get("status") or {}).get("conditions") or []
+            return any(c["type"] == "BackendsReachable" and c["status"] == "True" for c in conds)
+
+        assert wait_for(reachable, "the router's condition in the status", timeout=30)
         text = log.read_text(errors="replace")
         assert not re.search(r"\b403\b|[Ff]orbidden", text), text[-4000:]
     finally:

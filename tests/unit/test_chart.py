@@ -716,7 +716,7 @@ def test_container_args_parse_with_the_perllm_cli() -> None:
 def test_router_per_service_config_secrets_and_least_privilege() -> None:
     """The edge profile's router: its config is one `perllm router` accepts, every token
     file it names is a mounted Secret key, and it may read only its service's pods and
-    spec (in that namespace) and nodes."""
+    spec (in that namespace) and nodes, and patch only that service's status."""
     from perllm.router.config import parse_config
 
     docs = render(profile="edge-k3s-values.yaml")
@@ -748,6 +748,12 @@ def test_router_per_service_config_secrets_and_least_privilege() -> None:
             "resourceNames": ["chat"],
             "verbs": ["get"],
         },
+        {
+            "apiGroups": ["perllm.io"],
+            "resources": ["llmservices/status"],
+            "resourceNames": ["chat"],
+            "verbs": ["patch"],
+        },
     ]
     assert find(docs, "ClusterRole", "perllm-router")["rules"] == [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}
@@ -762,3 +768,8 @@ def test_router_per_service_config_secrets_and_least_privilege() -> None:
     cloud = render(profile="cloud-values.yaml")
     ccfg = parse_config(yaml.safe_load(find(cloud, "ConfigMap", name)["data"]["router.yaml"]))
     assert ccfg.auth is not None and ccfg.backends == []
+    # A remote tier named after an edge node takes that node's measured bandwidth.
+    probed = render("--set", "router.services[0].remote[0].node=edge-1",
+                    profile="edge-k3s-values.yaml")  # fmt: skip
+    pcfg = parse_config(yaml.safe_load(find(probed, "ConfigMap", name)["data"]["router.yaml"]))
+    assert pcfg.backends[0].node == "edge-1" and remote.node is None

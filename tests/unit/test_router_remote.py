@@ -124,3 +124,29 @@ def test_a_rotated_secret_is_picked_up_and_a_vanished_one_keeps_its_value(
     assert s.value() == b"two"
     os.remove(path)
     assert s.value() == b"two"  # the last good value while the file is briefly gone
+
+
+def test_a_remote_tier_named_after_an_edge_node_takes_its_measured_bandwidth() -> None:
+    """`node` on a remote tier: the path bandwidth that node's agent measures to the other
+    side's agent (agent.peers, from Prometheus) replaces the link's nominal one."""
+    from test_router_discovery import FakeApi
+
+    async def go() -> None:
+        cfg = {
+            "scenario": "demo",
+            "service_class": "chat",
+            "discovery": {"service": "ns/chat", "prometheus": "http://prom:9090"},
+            "backends": [backend("cloud-cluster", "http://cloud:8080", "cloud", node="edge-1")],
+        }
+        r = Router(parse_config(cfg))
+        assert r.discovery is not None
+        r.discovery._api = FakeApi()
+        r.discovery.bandwidth_once = lambda: {"edge-1": 42.0}  # type: ignore[method-assign]
+        await r.discovery.refresh()
+        m = r._members
+        assert m is not None
+        bw = dict(zip(m.names, m.bw.tolist(), strict=True))
+        assert bw == {"a": 42.0, "cloud-cluster": 42.0}  # pod "a" runs on edge-1 too
+        await r.aclose()
+
+    asyncio.run(go())

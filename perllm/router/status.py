@@ -1,0 +1,249 @@
+"""The router's view in its LLMService's status: `status.routing` (requests per tier and per
+backend, over the router's life and the last `RECENT_S` seconds, and deadline attainment)
+and the condition `BackendsReachable` (False while a backend refuses connections, naming
+it and why: a remote tier cut off says `RemoteUnreachable`).
+
+Written every `interval_s` when it changed, never per request, off the event loop: a read
+of the LLMService and a merge patch of its status subresource with that resourceVersion
+(retried on conflict). The condition list is shared with the operator and a merge patch
+replaces a list whole, so only this condition type is replaced and the others are sent
+back as read; the operator's writes do the same with the router's (and a resourceVersion
+conflict makes whichever wrote second read again). A failed write (RBAC, API down) is a
+log line per distinct error and `perllm_router_status_writes_total{result="error"}`;
+routing never depends on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from perllm.router.config import Backend
+from perllm.router.health import Refusing
+from perllm.timefmt import rfc3339
+
+if TYPE_CHECKING:
+    from perllm.router.app import Router
+
+log = logging.getLogger("perllm.router.status")
+
+CONDITION = "BackendsReachable"
+RECENT_S = 60.0  # the `recent` window
+CONFLICT_RETRIES = 4
+
+Obj = dict[str, Any]
+Counts = dict[str, tuple[str, int, int]]  # backend -> (tier, requests, met)
+Cond = tuple[bool, str, str]  # (status, reason, message)
+
+
+def _ratio(a: int, b: int) -> float:
+    return round(a / b, 4)
+
+
+def _split(counts: Counts) -> Obj:
+    """Requests, attainment and the per-tier shares of `counts`."""
+    total = sum(r for _, r, _ in counts.values())
+    met = sum(m for _, _, m in counts.values())
+    tiers: dict[str, list[int]] = {}
+    for tier, r, m in counts.values():
+        t = tiers.setdefault(tier, [0, 0])
+        t[0], t[1] = t[0] + r, t[1] + m
+    out: Obj = {"requests": total}
+    if total:
+        out["attainment"] = _ratio(met, total)
+    out["tiers"] = [
+        {"tier": t, "requests": r, "share": _ratio(r, total), "attainment": _ratio(m, r)}
+        for t, (r, m) in sorted(tiers.items())
+        if r
+    ]
+    return out
+
+
+def routing(
+    counts: Counts, recent: Counts, window_s: float, remote: Iterable[str], since: float
+) -> Obj:
+    """`status.routing` (without `updatedAt`) from the judged requests per backend since
+    start (`counts`) and within the last `window_s` seconds (`recent`)."""
+    life = _split(counts)
+    remote = set(remote)
+    backends = []
+    for name, (tier, r, m) in sorted(counts.items()):
+        if r:
+            b: Obj = {"name": name, "tier": tier, "requests": r}
+            b.update(share=_ratio(r, life["requests"]), attainment=_ratio(m, r))
+            if name in remote:
+                b["remote"] = True
+            backends.append(b)
+    return {
+        "router": socket.gethostname(),
+        "since": rfc3339(since),
+        **life,
+        "backends": backends,
+        "recent": {"windowSeconds": round(window_s), **_split(recent)},
+    }
+
+
+def reachable(
+    backends: Sequence[Backend], remote: Iterable[str], refusing: dict[str, Refusing]
+) -> Cond:
+    """Condition `BackendsReachable` from the members and those refusing connections."""
+    if not backends:
+        return False, "NoBackends", "no ready backend: requests are answered 503 no_backends"
+    remote = set(remote)
+
+    def what(b: Backend) -> str:
+        return f"{'remote tier ' if b.name in remote else ''}{b.name} ({b.tier.value}, {b.url})"
+
+    if not refusing:
+        names = ", ".join(what(b) for b in backends)
+        return True, "AllReachable", f"{len(backends)} backend(s) answer: {names}"
+    down = [b for b in backends if b.name in refusing]
+    up = [b.name for b in backends if b.name not in refusing]
+    why = "; ".join(
+        f"{what(b)} refuses connections since {rfc3339(refusing[b.name].since)} "
+        f"({refusing[b.name].refusals} refusal(s), last: {refusing[b.name].why})"
+        for b in down
+    )
+    if not up:
+        return False, "NoBackendReachable", f"{why}: requests are answered 503 backends_down"
+    rest = f"{why}: requests go to {', '.join(up)}"
+    if any(b.name in remote for b in down):
+        return False, "RemoteUnreachable", rest
+    return False, "BackendsEjected", rest
+
+
+def merge_condition(old: list[Obj], type_: str, cond: Cond) -> list[Obj]:
+    """`old` with condition `type_` set (in place, or appended); the others as they were."""
+    from perllm.crd import condition
+
+    new = condition(type_, *cond, old)
+    if not any(c.get("type") == type_ for c in old):
+        return [*old, new]
+    return [new if c.get("type") == type_ else c for c in old]
+
+
+def _why(e: Exception) -> str:
+    status = getattr(e, "status", None)
+    if status is not None:
+        return f"HTTP {status} {getattr(e, 'reason', '') or ''}".strip()
+    return f"{type(e).__name__}: {e}"
+
+
+@dataclass
+class StatusWriter:
+    """Writes the router's `status.routing` and condition into LLMService `namespace/name`."""
+
+    router: Router
+    namespace: str
+    name: str
+    interval_s: float = 5.0
+    timeout_s: float = 5.0
+    kubeconfig: str | None = None
+    writes: int = 0
+    errors: int = 0
+    _since: float = field(default_factory=time.time)
+    _history: deque[tuple[float, Counts]] = field(default_factory=deque, repr=False)
+    _last: tuple[Obj, Cond] | None = field(default=None, repr=False)
+    _failing: str = field(default="", repr=False)
+    _custom: Any = field(default=None, repr=False)
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._history.append((self._since, {}))
+
+    def snapshot(self, now: float) -> tuple[Obj, Cond]:
+        """The routing status and the condition now (pure but for the recent window)."""
+        r = self.router
+        counts = {b.name: (b.tier, b.requests, b.met_requests) for b in r.metrics.served()}
+        h = self._history
+        h.append((now, counts))
+        while len(h) > 2 and h[1][0] <= now - RECENT_S:
+            h.popleft()
+        t0, base = h[0]
+        recent = {
+            n: (tier, req - base.get(n, (tier, 0, 0))[1], met - base.get(n, (tier, 0, 0))[2])
+            for n, (tier, req, met) in counts.items()
+        }
+        remote = [b.name for b in r.static]
+        out = routing(counts, recent, now - t0, remote, self._since)
+        return out, reachable(r.backends, remote, r.refusing())
+
+    def write_once(self, status: Obj, cond: Cond) -> None:
+        """Read the LLMService, set the condition in its list, patch (blocking)."""
+        from perllm.crd import GROUP, PLURAL, VERSION
+
+        if self._custom is None:
+            from kubernetes import client
+
+            from perllm.router.discovery import api_client
+
+            self._custom = client.CustomObjectsApi(api_client(self.kubeconfig))
+        co, args = self._custom, (GROUP, VERSION, self.namespace, PLURAL, self.name)
+        for attempt in range(CONFLICT_RETRIES):
+            obj: Obj = co.get_namespaced_custom_object(*args, _request_timeout=self.timeout_s)
+            old = list((obj.get("status") or {}).get("conditions") or [])
+            body = {
+                "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                "status": {"routing": status, "conditions": merge_condition(old, CONDITION, cond)},
+            }
+            try:
+                co.patch_namespaced_custom_object_status(
+                    *args, body, _content_type="application/merge-patch+json",
+                    _request_timeout=self.timeout_s,
+                )  # fmt: skip
+                return
+            except Exception as e:
+                if getattr(e, "status", None) != 409 or attempt == CONFLICT_RETRIES - 1:
+                    raise
+
+    async def tick(self) -> bool:
+        """One round: write when the status or the condition changed. Never raises."""
+        now = time.time()
+        status, cond = self.snapshot(now)
+        # The window's length alone moving is no change worth a write.
+        key = ({**status, "recent": {**status["recent"], "windowSeconds": 0}}, cond)
+        if self._last == key:
+            return False
+        what = f"LLMService {self.namespace}/{self.name}"
+        try:
+            await asyncio.to_thread(self.write_once, {**status, "updatedAt": rfc3339(now)}, cond)
+        except Exception as e:  # RBAC, not found, API down: routing goes on
+            self.errors += 1
+            self.router.metrics.status_writes.labels("error").inc()
+            why = _why(e)
+            if why != self._failing:
+                self._failing = why
+                log.warning("cannot write the status of %s (routing goes on): %s", what, why)
+            return False
+        self.writes += 1
+        self.router.metrics.status_writes.labels("ok").inc()
+        if self._failing:
+            log.info("status of %s written again", what)
+            self._failing = ""
+        if self._last is None or self._last[1][:2] != cond[:2]:  # a flip, not a count
+            log.info("%s: %s=%s %s: %s", what, CONDITION, cond[0], cond[1], cond[2])
+        self._last = key
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await self.tick()
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

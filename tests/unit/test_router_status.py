@@ -1,0 +1,259 @@
+"""The router's `status.routing` and `BackendsReachable` condition in its LLMService: the
+shape (pure functions), and the writer against a fake API server with merge-patch
+semantics: other writers' conditions kept, conflicts retried, failures visible but
+harmless to routing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from test_router_discovery import FakeApi
+from test_router_remote import backend
+
+from perllm.contract import Tier
+from perllm.router.app import Router
+from perllm.router.config import Backend, Link, parse_config
+from perllm.router.health import Ejections, Refusing
+from perllm.router.serving import serving
+from perllm.router.status import (
+    CONDITION,
+    merge_condition,
+    reachable,
+    routing,
+)
+from perllm.router.stub import StubBackend
+
+Obj = dict[str, Any]
+# Short answers: the deadline (1 s + 0.15 s a token) is near what the edge takes loaded.
+CHAT = {"model": "chat", "max_tokens": 8, "messages": [{"role": "user", "content": "hi " * 400}]}
+
+
+def test_routing_counts_shares_per_tier_and_backend() -> None:
+    counts = {"e1": ("edge", 6, 6), "e2": ("edge", 2, 1), "cloud-cluster": ("cloud", 4, 4)}
+    recent = {"e1": ("edge", 1, 1), "e2": ("edge", 0, 0), "cloud-cluster": ("cloud", 3, 3)}
+    r = routing(counts, recent, 59.6, ["cloud-cluster"], since=0.0)
+    assert r["since"] == "1970-01-01T00:00:00Z" and r["router"]
+    assert r["requests"] == 12 and r["attainment"] == round(11 / 12, 4)
+    assert r["tiers"] == [
+        {"tier": "cloud", "requests": 4, "share": round(4 / 12, 4), "attainment": 1.0},
+        {"tier": "edge", "requests": 8, "share": round(8 / 12, 4), "attainment": 0.875},
+    ]
+    assert r["backends"][0] == {
+        "name": "cloud-cluster", "tier": "cloud", "requests": 4, "share": round(4 / 12, 4),
+        "attainment": 1.0, "remote": True,
+    }  # fmt: skip
+    assert [b["name"] for b in r["backends"]] == ["cloud-cluster", "e1", "e2"]
+    assert r["recent"] == {
+        "windowSeconds": 60,
+        "requests": 4,
+        "attainment": 1.0,
+        "tiers": [
+            {"tier": "cloud", "requests": 3, "share": 0.75, "attainment": 1.0},
+            {"tier": "edge", "requests": 1, "share": 0.25, "attainment": 1.0},
+        ],
+    }
+    empty = routing({}, {}, 0, [], since=0.0)
+    assert empty["requests"] == 0 and "attainment" not in empty and empty["tiers"] == []
+
+
+def _b(name: str, tier: str) -> Backend:
+    hw = "nvidia-l4" if tier == "edge" else "a100-80gb-sxm"
+    link = Link(bandwidth_mbps=100, rtt_ms=5)
+    return Backend(name=name, url=f"http://{name}:8000", tier=Tier(tier), hardware=hw, link=link)
+
+
+def test_reachable_names_the_refusing_backends_and_why() -> None:
+    members = [_b("e1", "edge"), _b("cloud-cluster", "cloud")]
+    no = Refusing(3, 0.0, "backend cloud-cluster: connection refused")
+    ok, reason, msg = reachable(members, ["cloud-cluster"], {})
+    assert ok and reason == "AllReachable" and "remote tier cloud-cluster" in msg
+    ok, reason, msg = reachable(members, ["cloud-cluster"], {"cloud-cluster": no})
+    assert not ok and reason == "RemoteUnreachable"
+    assert msg.startswith("remote tier cloud-cluster (cloud, http://cloud-cluster:8000) refuses")
+    assert "since 1970-01-01T00:00:00Z (3 refusal(s), last: backend cloud-cluster: conn" in msg
+    assert msg.endswith("requests go to e1")
+    ok, reason, msg = reachable(members, [], {"e1": no})
+    assert (ok, reason) == (False, "BackendsEjected") and msg.startswith("e1 (edge")
+    ok, reason, msg = reachable(members, [], {"e1": no, "cloud-cluster": no})
+    assert (ok, reason) == (False, "NoBackendReachable") and "backends_down" in msg
+    assert reachable([], [], {})[:2] == (False, "NoBackends")
+
+
+def test_a_refusal_streak_keeps_its_start_and_the_last_reason() -> None:
+    ej = Ejections(1.0, 5.0)
+    ej.refused("a", "first")
+    since = ej.refusing()["a"].since
+    ej.refused("a", "second")
+    assert ej.refusing() == {"a": Refusing(2, since, "second")}
+    assert ej.answered("a") and ej.refusing() == {}
+    ej.forget([])
+
+
+def test_merge_condition_replaces_only_its_own_type() -> None:
+    ready = {"type": "Ready", "status": "True", "reason": "R", "message": "m",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+    first = merge_condition([ready], CONDITION, (True, "AllReachable", "a"))
+    assert first[0] is ready and first[1]["type"] == CONDITION and len(first) == 2
+    since = first[1]["lastTransitionTime"]
+    first[1]["lastTransitionTime"] = "2026-01-02T00:00:00Z"
+    same = merge_condition(first, CONDITION, (True, "AllReachable", "b"))
+    assert same[1]["lastTransitionTime"] == "2026-01-02T00:00:00Z"  # no transition
+    flipped = merge_condition(first, CONDITION, (False, "RemoteUnreachable", "c"))
+    assert flipped[0] is ready and flipped[1]["status"] == "False" and since
+
+
+class FakeStatusApi:
+    """An LLMService behind its status subresource: JSON merge patch (lists replaced
+    whole), resourceVersion checked (409), or every call failing with `fail`."""
+
+    def __init__(self, conflicts: int = 0) -> None:
+        self.obj: Obj = {
+            "metadata": {"name": "chat", "namespace": "ns", "resourceVersion": "1"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}], "child": {"k": 1}},
+        }
+        self.conflicts, self.patches = conflicts, 0
+        self.fail: Exception | None = None
+
+    def get_namespaced_custom_object(self, *args: Any, **kw: Any) -> Obj:
+        assert args == ("perllm.io", "v1alpha1", "ns", "llmservices", "chat")
+        assert kw["_request_timeout"] > 0
+        if self.fail is not None:
+            raise self.fail
+        return copy.deepcopy(self.obj)
+
+    def patch_namespaced_custom_object_status(self, *args: Any, **kw: Any) -> None:
+        body = args[5]
+        assert kw["_content_type"] == "application/merge-patch+json"
+        if self.conflicts:  # another writer got there first
+            self.conflicts -= 1
+            self.obj["metadata"]["resourceVersion"] += "0"
+        if body["metadata"]["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict")
+        self.obj["status"].update(body["status"])
+        self.obj["metadata"]["resourceVersion"] += "1"
+        self.patches += 1
+
+    def cond(self) -> Obj:
+        conds = self.obj["status"]["conditions"]
+        return next(c for c in conds if c["type"] == CONDITION)  # type: ignore[no-any-return]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"({status}) {reason}")
+        self.status, self.reason = status, reason
+
+
+def test_the_status_follows_the_remote_tier_and_keeps_other_conditions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An edge pod (discovered) and a remote tier (static): requests are counted per tier;
+    the remote refusing flips the condition to RemoteUnreachable naming it, its answer
+    again flips it back; the operator's `Ready` and other status fields stay."""
+
+    async def go() -> None:
+        async with contextlib.AsyncExitStack() as st:
+            edge = await st.enter_async_context(serving(StubBackend("edge")))
+            remote = contextlib.AsyncExitStack()
+            cloud = await remote.enter_async_context(serving(StubBackend("remote")))
+            port = int(cloud.rsplit(":", 1)[1])
+            cfg = {
+                "scenario": "demo",
+                "service_class": "chat",
+                "discovery": {"service": "ns/chat", "url_template": edge},
+                "backends": [backend("cloud-cluster", cloud, "cloud")],
+                "limits": {"eject_s": 0.05, "eject_max_s": 0.05},
+            }
+            r = Router(parse_config(cfg))
+            assert r.discovery is not None and r.status_writer is not None
+            w, api = r.status_writer, FakeStatusApi(conflicts=1)
+            r.discovery._api, w._custom = FakeApi(), api
+            await r.discovery.refresh()
+            assert [b.name for b in r.backends] == ["a", "cloud-cluster"]
+            c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://r")
+            used = set()
+            for _ in range(30):
+                resp = await c.post("/v1/chat/completions", json=CHAT)
+                assert resp.status_code == 200
+                used.add(resp.headers["x-perllm-decision"].split(";")[0])
+            assert used == {"backend=a", "backend=cloud-cluster"}, used
+            assert await w.tick() and api.patches == 1  # after one conflict, read again
+            s = api.obj["status"]
+            assert s["child"] == {"k": 1} and s["conditions"][0] == {
+                "type": "Ready",
+                "status": "True",
+            }
+            assert api.cond()["status"] == "True" and api.cond()["reason"] == "AllReachable"
+            rt = s["routing"]
+            assert rt["requests"] == 30 and {t["tier"] for t in rt["tiers"]} == {"edge", "cloud"}
+            assert sum(t["share"] for t in rt["tiers"]) == pytest.approx(1, abs=1e-3)
+            assert rt["recent"]["requests"] == 30 and rt["updatedAt"]
+            assert not await w.tick() and api.patches == 1  # nothing changed: no write
+
+            await remote.aclose()  # cut the path
+            burst = [c.post("/v1/chat/completions", json=CHAT) for _ in range(20)]
+            assert {x.status_code for x in await asyncio.gather(*burst)} == {200}
+            assert list(r.refusing()) == ["cloud-cluster"]
+            assert await w.tick()
+            cond = api.cond()
+            assert (cond["status"], cond["reason"]) == ("False", "RemoteUnreachable")
+            assert cond["message"].startswith("remote tier cloud-cluster (cloud, http://")
+            assert "requests go to a" in cond["message"]
+            edge_n = next(t for t in api.obj["status"]["routing"]["tiers"] if t["tier"] == "edge")
+            assert edge_n["requests"] >= 10
+
+            back = await remote.enter_async_context(serving(StubBackend("remote"), port=port))
+            assert back == cloud
+            for _ in range(20):  # the ejection ends; CS-UCB's next choice of it is the probe
+                await asyncio.sleep(0.06)
+                burst = [c.post("/v1/chat/completions", json=CHAT) for _ in range(10)]
+                await asyncio.gather(*burst)
+                if not r.refusing():
+                    break
+            assert not r.refusing()
+            assert await w.tick() and api.cond()["status"] == "True"
+            assert api.obj["status"]["conditions"][0]["type"] == "Ready"
+
+            # The API refusing the write (RBAC): one log line, a metric, routing goes on.
+            api.fail = ApiError(403, "Forbidden")
+            caplog.set_level(logging.WARNING, "perllm.router.status")
+            await c.post("/v1/chat/completions", json=CHAT)
+            assert not await w.tick()
+            await c.post("/v1/chat/completions", json=CHAT)
+            assert not await w.tick()
+            said = [m for m in caplog.messages if "cannot write the status" in m]
+            assert len(said) == 1 and "HTTP 403 Forbidden" in said[0], caplog.messages
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 200
+            m = (await c.get("/metrics")).text
+            assert 'perllm_router_status_writes_total{result="error"} 2.0' in m
+            assert 'perllm_router_status_writes_total{result="ok"} 3.0' in m
+            await remote.aclose()
+            await r.aclose()
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_status_writes_can_be_turned_off() -> None:
+    cfg = {"scenario": "demo", "service_class": "chat"}
+    off = Router(parse_config({**cfg, "discovery": {"service": "ns/chat", "status_interval_s": 0}}))
+    assert off.status_writer is None
+    assert Router(parse_config({**cfg, "discovery": {"service": "ns/chat"}})).status_writer
+
+
+def test_the_operators_status_write_keeps_the_routers_condition() -> None:
+    """The operator's condition list (`conditions._merged`) carries the router's condition
+    over (its patch, `sync_status`, sends only the conditions and its own fields, so
+    `status.routing` is never touched)."""
+    from perllm_operator.conditions import _merged
+
+    mine = {"type": CONDITION, "status": "False", "reason": "RemoteUnreachable", "message": "m"}
+    st = {"conditions": [{"type": "Ready", "status": "True"}, mine], "routing": {"requests": 3}}
+    got = _merged("ns", "chat", st, None, ("Applied", "ok"), {"Placed": (True, "Placed", "p")})
+    assert mine in got and {c["type"] for c in got} == {"Ready", "Placed", "Reconciled", CONDITION}
