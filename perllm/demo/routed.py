@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import signal
+import threading
 import time
 from typing import Any
 
@@ -60,6 +62,16 @@ def routed_summary(
     }
 
 
+def _cancel_on_sigterm() -> None:
+    """SIGTERM cancels the phase as asyncio.run does on Ctrl-C: the arms' servers stop
+    from the outside in, instead of an exception raised wherever the loop happens to be
+    (which leaves uvicorn logging each request it was serving)."""
+    if threading.current_thread() is threading.main_thread():
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+
 def run_routed(config: DemoConfig, console: Console, edge: str | None = None) -> dict[str, Any]:
     """Run the routed phase for `config.router_duration_s` of arrivals (plus the answers
     still running then); its summary (`routed_summary`)."""
@@ -81,6 +93,7 @@ def run_routed(config: DemoConfig, console: Console, edge: str | None = None) ->
     async def main() -> None:
         horizon = burst.seconds + DRAIN_S
         t0 = time.monotonic()
+        _cancel_on_sigterm()
         tasks = [
             asyncio.create_task(
                 run_arm(a, sc, planned, nodes, config.router_seed, horizon, config.scenario)
@@ -113,5 +126,11 @@ def run_routed(config: DemoConfig, console: Console, edge: str | None = None) ->
             if live is not None:
                 live.stop()
 
-    asyncio.run(main())
+    prev = signal.getsignal(signal.SIGTERM)
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None  # SIGTERM: the demo's one path with Ctrl-C
+    finally:
+        signal.signal(signal.SIGTERM, prev)
     return routed_summary(arms, burst, nodes, len(planned), config.share_window_s)
