@@ -68,6 +68,7 @@ def main() -> int:
             out=a.out,
             live=False,
             warmup_s=a.warmup,
+            router=False,  # the placement loop only: the routed phase is router_burst.py's
         ),
         console,
     )

@@ -16,6 +16,7 @@ import base64
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -51,6 +52,7 @@ class Outcome:
     backend: str = ""
     tier: str = ""
     error: str = ""
+    at: float = 0.0  # when it was planned to be sent (s after the start): windows by arrival
 
 
 @dataclass
@@ -121,20 +123,29 @@ def _decision(h: str | None) -> dict[str, str]:
     return dict(p.strip().split("=", 1) for p in h.split(";") if "=" in p)
 
 
-async def _one(client: httpx.AsyncClient, url: str, p: Planned) -> Outcome:
+# Called with a planned request and the router's decision ({} without a router) once its
+# 200 response has started: where a request went is known long before its end.
+OnStart = Callable[[Planned, dict[str, str]], None]
+
+
+async def _one(
+    client: httpx.AsyncClient, url: str, p: Planned, on_start: OnStart | None = None
+) -> Outcome:
     t0 = time.perf_counter()
     first: float | None = None
     events = 0
     usage: float | None = None
     try:
         async with client.stream("POST", url, json=p.body) as resp:
+            dec = _decision(resp.headers.get("x-perllm-decision"))
+            if on_start is not None and resp.status_code == 200:
+                on_start(p, dec)
             buf = bytearray()
             async for chunk in resp.aiter_raw():
                 if first is None:
                     first = time.perf_counter() - t0
                 buf += chunk
             d = time.perf_counter() - t0
-            dec = _decision(resp.headers.get("x-perllm-decision"))
             text = bytes(buf)
             if p.body.get("stream"):
                 events = text.count(b"data:") - text.count(b"data: [DONE]")
@@ -145,12 +156,12 @@ async def _one(client: httpx.AsyncClient, url: str, p: Planned) -> Outcome:
             elif resp.status_code == 200:
                 usage = (json.loads(text).get("usage") or {}).get("completion_tokens")
     except (httpx.HTTPError, ValueError) as e:
-        return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=repr(e))
+        return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=repr(e), at=p.at)
     tokens = float(usage if usage is not None else max(events, 1))
     ok = resp.status_code == 200
     met = ok and d <= p.deadline_s + p.per_token_s * tokens
     return Outcome(p.cls, resp.status_code, d, first, tokens, met,
-                   dec.get("backend", ""), dec.get("tier", ""))  # fmt: skip
+                   dec.get("backend", ""), dec.get("tier", ""), at=p.at)  # fmt: skip
 
 
 def _pct(xs: list[float]) -> dict[str, float]:
@@ -168,6 +179,7 @@ async def replay(
     timeout_s: float = 120.0,
     path: str = "/v1/chat/completions",
     on_done: Any = None,
+    on_start: OnStart | None = None,
 ) -> Report:
     """Send `planned` at their times (bounded: `concurrency` in flight, `max_duration_s`
     of sending; requests still running at the end get `timeout_s`)."""
@@ -180,7 +192,7 @@ async def replay(
 
         async def fire(p: Planned) -> None:
             async with sem:
-                o = await _one(client, url, p)
+                o = await _one(client, url, p, on_start)
             results.append(o)
             if on_done is not None:
                 on_done(o)

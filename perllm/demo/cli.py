@@ -27,9 +27,22 @@ def register(app: typer.Typer) -> None:
             "--services",
             help="LLMService manifests (files/folders) instead of the defaults (repeatable).",
         ),
+        router: bool = typer.Option(
+            True,
+            "--router/--no-router",
+            help="Then the routed phase: chat through perllm router over an edge and a cloud "
+            "replica under a burst, against each replica alone.",
+        ),
+        router_duration: float = typer.Option(
+            60.0, min=15, help="Routed phase: seconds of arrivals (answers then finish)."
+        ),
+        burst: float = typer.Option(
+            5.0, min=1, help="Routed phase: the rate factor over the middle third."
+        ),
     ) -> None:
         """Run the closed loop locally: control plane, Prometheus, twin, extender, operator,
-        the example LLMServices; a live view; a summary table and PNG at the end."""
+        the example LLMServices; a live view; then per-request routing under a burst; a
+        summary table and PNG at the end."""
         from perllm.demo.config import DemoConfig
         from perllm.demo.run import run_demo
         from perllm.devcluster.binaries import BinariesMissing
@@ -44,6 +57,9 @@ def register(app: typer.Typer) -> None:
             live=live,
             warmup_s=warmup,
             services=services,
+            router=router,
+            router_duration_s=router_duration,
+            burst=burst,
         )
         try:
             res = run_demo(cfg)

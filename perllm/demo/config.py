@@ -31,6 +31,13 @@ class DemoConfig:
     # Manifests to apply instead of the default ones (files or folders of YAML).
     services: list[Path] = field(default_factory=list)
     sample_every_s: float = 1.0
+    # The routed phase after the placement phase (perllm/demo/routed.py): arrivals over
+    # this long, the rate × `burst` over their middle third, edge share per window.
+    router: bool = True
+    router_duration_s: float = 60.0
+    burst: float = 5.0
+    share_window_s: float = 5.0
+    router_seed: int = 1
     settle_timeout_s: float = 20.0  # at the end: wait this long for placements to settle
     ready_timeout_s: float = 120.0
 

@@ -1,5 +1,6 @@
 """The end of a run: numbers (JSON), a summary table and a PNG of attainment and joules
-per request over time, PerLLM against the counterfactual baselines."""
+per request over time, PerLLM against the counterfactual baselines, and the routed
+phase's edge share over time (perllm/demo/routed.py)."""
 
 from __future__ import annotations
 
@@ -92,11 +93,21 @@ def timeline(samples: list[Sample]) -> dict[str, dict[str, list[float | None]]]:
     return out
 
 
-def plot(samples: list[Sample], warmup: float, path: Path, title: str) -> Path | None:
+def plot(
+    samples: list[Sample],
+    warmup: float,
+    path: Path,
+    title: str,
+    routed: dict[str, Any] | None = None,
+) -> Path | None:
     series = timeline(samples)
     if not series:
         return None
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    fig = plt.figure(figsize=(9, 10.5 if routed else 7))
+    grid = fig.add_gridspec(3 if routed else 2, 1)
+    # Any: the series hold None (no requests in a window), which matplotlib leaves as gaps
+    ax1: Any = fig.add_subplot(grid[0])
+    ax2: Any = fig.add_subplot(grid[1], sharex=ax1)
     for p, s in series.items():
         label = "PerLLM (actual)" if p == OURS else p
         kw: dict[str, Any] = (
@@ -119,10 +130,39 @@ def plot(samples: list[Sample], warmup: float, path: Path, title: str) -> Path |
     ax2.set_xlabel("wall-clock time since the services were applied (s)")
     ax1.set_title(title)
     ax1.legend(loc="lower right", fontsize=8)
+    if routed:
+        _routed_panel(fig.add_subplot(grid[2]), routed)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _routed_panel(ax: Any, routed: dict[str, Any]) -> None:
+    """The routed phase: the router's edge share per window of arrivals, the requests per
+    window behind it, the burst shaded; each arm's totals in the title."""
+    wins = routed["windows"].get("router") or []
+    mid = [(w["t"][0] + w["t"][1]) / 2 for w in wins]
+    width = routed["window_s"] * 0.9
+    b = routed["burst"]
+    ax.axvspan(b["at_s"], b["until_s"], color="red", alpha=0.1, label=f"x{b['factor']:g} burst")
+    ax.plot(mid, [None if w["edge"] is None else 100 * w["edge"] for w in wins], "o-",
+            color="green", linewidth=2.2, label="router: edge share")  # fmt: skip
+    ax.set_ylim(0, 105)
+    ax.set_ylabel(f"share served at the edge (%)\n(requests sent per {routed['window_s']:g} s)")
+    ax.set_xlabel("seconds into the routed phase (arrival time)")
+    n = ax.twinx()
+    n.bar(mid, [w["n"] for w in wins], width=width, color="grey", alpha=0.25)
+    n.set_ylabel("requests per window")
+    ax.set_zorder(n.get_zorder() + 1)  # the share line above the bars
+    ax.patch.set_visible(False)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    arms = "; ".join(
+        f"{name} {pct(r['attainment'])}, {joules(r['j_per_request'])} J/req"
+        for name, r in routed["arms"].items()
+    )
+    ax.set_title(f"routed phase, chat, same requests: {arms}", fontsize=9)
 
 
 def write_json(summary: dict[str, Any], samples: list[Sample], path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""One demo run: start the stack, watch it for --duration, report, stop everything."""
+"""One demo run: start the stack, watch it for --duration, stop everything, then the
+routed phase (perllm/demo/routed.py) unless --no-router; report."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from perllm.demo.config import DemoConfig
 from perllm.demo.observe import OURS, Observer, Sample
 from perllm.demo.rbac import CHART
 from perllm.demo.report import plot, summarise, summary_table, write_json
+from perllm.demo.routed import chat_edge, run_routed
+from perllm.demo.routed_view import routed_table
 from perllm.demo.stack import Stack
 from perllm.demo.view import pct, render, totals
 
@@ -60,11 +63,25 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
         except DemoError as e:
             error = str(e)
             console.print(f"[red]error:[/red] {e}", highlight=False)
-        return _finish(config, stack, samples, final, console, interrupted, error)
+        finally:
+            # The routed phase needs no cluster: its CPU goes to the timed replay instead.
+            stack.stop()
+            console.print(f"stopped; logs in {config.run_dir}")
+        summary = _placement_summary(config, stack, samples, final, interrupted, error)
+        if samples:
+            console.print(summary_table(summary))
+        if config.router and samples and not interrupted and error is None:
+            try:
+                summary["routed"] = run_routed(config, console, chat_edge(summary["placements"]))
+                console.print(routed_table(summary["routed"]))
+            except KeyboardInterrupt:
+                summary["interrupted"] = interrupted = True
+                console.print("[yellow]interrupted: the routed phase is left out[/yellow]")
+            except ValueError as e:  # a scenario without an edge and a cloud node for chat
+                console.print(f"[yellow]routed phase skipped:[/yellow] {e}", highlight=False)
+        return _write(config, summary, samples, console, interrupted, error)
     finally:
-        stack.stop()
         signal.signal(signal.SIGTERM, old)
-        console.print(f"stopped; logs in {config.run_dir}")
 
 
 def _header(config: DemoConfig, t: float) -> str:
@@ -134,15 +151,14 @@ def _progress_line(samples: list[Sample], config: DemoConfig) -> str:
     return " | ".join(parts)
 
 
-def _finish(
+def _placement_summary(
     config: DemoConfig,
     stack: Stack,
     samples: list[Sample],
     final: Final | None,
-    console: Console,
     interrupted: bool,
     error: str | None,
-) -> DemoResult:
+) -> dict[str, Any]:
     meta = {
         "scenario": config.scenario,
         "duration_s": config.duration_s,
@@ -156,16 +172,26 @@ def _finish(
     }
     if final is not None:
         meta["placements_settled"] = final[1]
-    summary = summarise(samples, config.warmup, meta, final=None if final is None else final[0])
+    return summarise(samples, config.warmup, meta, final=None if final is None else final[0])
+
+
+def _write(
+    config: DemoConfig,
+    summary: dict[str, Any],
+    samples: list[Sample],
+    console: Console,
+    interrupted: bool,
+    error: str | None,
+) -> DemoResult:
     res = DemoResult(summary, samples, interrupted=interrupted, error=error)
     if samples:
-        console.print(summary_table(summary))
         res.json_path = write_json(summary, samples, config.out / "demo.json")
         res.plot_path = plot(
             samples,
             config.warmup,
             config.out / "demo.png",
             f"PerLLM demo: {config.scenario} (twin speed x{config.speed:g})",
+            routed=summary.get("routed"),
         )
         console.print(f"wrote {res.json_path}" + (f" and {res.plot_path}" if res.plot_path else ""))
     return res

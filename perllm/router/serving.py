@@ -6,10 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import uvicorn
+
+
+class _Embedded(uvicorn.Server):
+    """Leaves SIGINT and SIGTERM to the program it runs in: uvicorn's own handlers would
+    stop the server on Ctrl-C, failing its requests mid-way while the program carries on
+    (the demo's routed phase would report those as missed deadlines)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @contextlib.asynccontextmanager
@@ -23,7 +33,7 @@ async def serving(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIter
         lifespan="off",
         timeout_graceful_shutdown=2,
     )
-    server = uvicorn.Server(cfg)
+    server = _Embedded(cfg)
     task = asyncio.create_task(server.serve())
     for _ in range(500):  # bounded: 5 s
         if server.started:

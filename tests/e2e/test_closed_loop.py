@@ -13,6 +13,10 @@ Over the rest, from the twin's counters read through Prometheus (`demo.json`):
 - every LLMService carries the extender's decision in status.placement (with its
   explanation), and its pods run on the nodes that decision names (read once settled
   after the run: an eviction for re-placement in its last second leaves a pod pending).
+Then the routed phase, 30 s of chat arrivals with a ×5 burst: `demo.json` holds the
+router, the edge pod alone (on the node the extender chose for chat) and the cloud pod
+alone on the same requests, all answered, with the edge share per window
+(tests/unit/test_demo_routed.py asserts on the phase's behaviour), and `demo.png` exists.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import pytest
 
 from perllm.devcluster.binaries import Binaries, BinariesMissing
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(330)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 DURATION_S = 100
 SPEED = 20
 WARMUP_S = 20
+ROUTED_S = 30  # the routed phase: ~40 s with its answers
 MIN_REQUESTS = 1000  # after warm-up; ~1.3 req/s x 20 x 80 s ≈ 2,080 expected
 BASELINES = ("cloud-only", "edge-only", "round-robin")
 PERLLM = [
@@ -62,12 +67,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             str(SPEED),
             "--warmup",
             str(WARMUP_S),
+            "--router-duration",
+            str(ROUTED_S),
             "--out",
             str(out),
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=390,
         env=env,
         check=False,
     )
@@ -79,6 +86,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f"perllm demo failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}{logs}"
     )
     doc: dict[str, Any] = json.loads((out / "demo.json").read_text())
+    doc["png"] = (out / "demo.png").stat().st_size if (out / "demo.png").exists() else 0
     print(r.stdout[-3000:])  # the summary table, shown when a test fails
     return doc
 
@@ -119,3 +127,18 @@ def test_fewer_joules_per_request_than_baseline(run: dict[str, Any], baseline: s
     ours = run["policies"]["perllm"]["j_per_request"]
     theirs = run["policies"][baseline]["j_per_request"]
     assert ours < theirs, (f"PerLLM {ours:.1f} J/request, {baseline} {theirs:.1f}", run["policies"])
+
+
+def test_routed_phase_compares_three_arms_on_the_same_requests(run: dict[str, Any]) -> None:
+    routed = run["routed"]
+    arms = routed["arms"]
+    assert list(arms) == ["router", "edge pod alone", "cloud pod alone"]
+    n = routed["requests"]
+    assert n > 30 and all(r["requests"] == n == r["ok"] for r in arms.values()), arms
+    chat = run["placements"]["chat"]
+    if chat["tier"] == "edge":  # the per-pod arm's replica is where the extender put chat
+        assert routed["nodes"]["edge"] == chat["chosen"], (routed["nodes"], chat)
+    assert set(arms["router"]["tiers"]) == {"edge", "cloud"}, arms["router"]
+    wins = routed["windows"]["router"]
+    assert len(wins) == ROUTED_S // 5 and sum(w["n"] for w in wins) == n, wins
+    assert run["png"] > 10_000

@@ -18,20 +18,28 @@ machine (the client, router and twin share its two cores): the router within 3 p
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from perllm.burst import (
+    CLOUD_ALONE,
+    EDGE_ALONE,
+    ROUTER,
+    Arm,
+    Burst,
+    burst_scenario,
+    measure,
+    planned_requests,
+    table,
+)
 from perllm.crd import CRD_PATH
 from perllm.demo.services import default_sources, load_services
 from perllm.devcluster.kube import Kube
 from perllm.devcluster.nodes import node_manifests
-from perllm.load import plan
 from perllm.router.app import Router
 from perllm.router.config import parse_config
 from perllm.router.serving import serving
@@ -41,16 +49,7 @@ from perllm.twin.openai import TwinOpenAI
 from .test_router import _pod
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
-ROOT = Path(__file__).parents[2]
 SECONDS = 45.0
-
-
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("router_burst", ROOT / "bench/router_burst.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture
@@ -77,10 +76,10 @@ def chat_pods(kube: Kube) -> Iterator[str]:
 def test_router_keeps_deadlines_through_a_burst_where_per_pod_placement_does_not(
     kube: Kube, chat_pods: str
 ) -> None:
-    bench = _bench()
     ns = chat_pods
-    sc = bench.burst_scenario(5.0, SECONDS / 3, 2 * SECONDS / 3)
-    planned = [p for p in plan(sc, 1, 1.0, 100_000, ["chat"]) if p.at < SECONDS]
+    burst = Burst(SECONDS, 5.0)
+    sc = burst_scenario(burst)
+    planned = planned_requests(sc, burst, 1)
     spec = next(s for s in sc.services() if s.name == "chat")
     pods = {"chat-edge": "edge-gpu-1", "chat-cloud": "cloud"}
 
@@ -95,7 +94,7 @@ def test_router_keeps_deadlines_through_a_burst_where_per_pod_placement_does_not
     async def arm(name: str) -> dict[str, Any]:
         tw = twin()
         async with serving(tw) as url:
-            if name == "router":
+            if name == ROUTER:
                 router = Router(
                     parse_config(
                         {
@@ -111,17 +110,16 @@ def test_router_keeps_deadlines_through_a_burst_where_per_pod_placement_does_not
                 await router.start()
                 assert sorted(b.name for b in router.backends) == ["chat-cloud", "chat-edge"]
                 async with serving(router) as rurl:
-                    row: dict[str, Any] = await bench.measure(name, rurl, planned, SECONDS + 5)
+                    row = await measure(Arm(name), rurl, planned, SECONDS + 5)
                 await router.aclose()
             else:
-                pod = "chat-edge" if name == "edge pod alone" else "chat-cloud"
-                target = f"{url}/pods/{ns}/{pod}"
-                row = await bench.measure(name, target, planned, SECONDS + 5)
+                pod = "chat-edge" if name == EDGE_ALONE else "chat-cloud"
+                row = await measure(Arm(name), f"{url}/pods/{ns}/{pod}", planned, SECONDS + 5)
         return row | {"j_per_request": tw.energy_j / max(tw.served, 1)}
 
-    rows = {n: asyncio.run(arm(n)) for n in ("router", "edge pod alone", "cloud pod alone")}
-    print(bench.table(list(rows.values())))
-    router, edge, cloud = rows["router"], rows["edge pod alone"], rows["cloud pod alone"]
+    rows = {n: asyncio.run(arm(n)) for n in (ROUTER, EDGE_ALONE, CLOUD_ALONE)}
+    print(table(list(rows.values())))
+    router, edge, cloud = rows[ROUTER], rows[EDGE_ALONE], rows[CLOUD_ALONE]
     assert all(r["requests"] == len(planned) and r["ok"] == len(planned) for r in rows.values())
     assert set(router["tiers"]) == {"edge", "cloud"}, router  # both tiers served requests
     assert router["attainment"] >= 0.92, rows

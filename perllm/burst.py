@@ -1,0 +1,231 @@
+"""Per-request routing against per-pod placement under a burst, on the same requests
+(issue #13): what `bench/router_burst.py` and the demo's routed phase share.
+
+A scenario's `chat` class with a ×N rate window, sent in real time to three arms, each
+against fresh replicas served by the twin (`perllm.twin.openai`, timed by the world model
+at speed 1):
+
+- `router`: `perllm router` over one edge replica and one cloud replica (per request);
+- `edge pod alone`: per-pod placement, every request goes where its pod is (the extender
+  puts `chat` on an edge L4 in the demo);
+- `cloud pod alone`: cloud-only.
+
+Per arm: deadline attainment (the client's clock against `seconds + per_output_token_s ×
+tokens`), latency percentiles, the share of requests per tier, and the marginal energy per
+request the world model attributes (inference + transmission; idle power is the same
+whichever way requests go and is left out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from perllm.load import Outcome, Planned, Report, plan, replay
+from perllm.router.app import Router
+from perllm.router.config import parse_config
+from perllm.router.serving import serving
+from perllm.scenario import Scenario, load_scenario
+from perllm.scenario.workload import Window
+from perllm.twin.openai import TwinOpenAI, static_pods
+
+SERVICE = "chat"
+NAMESPACE = "default"  # where TwinOpenAI.standalone serves its pods
+ROUTER, EDGE_ALONE, CLOUD_ALONE = "router", "edge pod alone", "cloud pod alone"
+ARMS = (ROUTER, EDGE_ALONE, CLOUD_ALONE)
+
+
+@dataclass(frozen=True)
+class Burst:
+    """`seconds` of arrivals, the rate × `factor` over the middle third."""
+
+    seconds: float
+    factor: float = 5.0
+
+    @property
+    def at_s(self) -> float:
+        return self.seconds / 3
+
+    @property
+    def until_s(self) -> float:
+        return 2 * self.seconds / 3
+
+
+def burst_scenario(burst: Burst, scenario: str = "demo") -> Scenario:
+    sc = load_scenario(scenario)
+    win = Window(at_s=burst.at_s, until_s=burst.until_s, factor=burst.factor)
+    wl = sc.workload.model_copy(update={"rate_windows": [win]})
+    return sc.model_copy(update={"workload": wl})
+
+
+def planned_requests(sc: Scenario, burst: Burst, seed: int) -> list[Planned]:
+    return [p for p in plan(sc, seed, 1.0, 100_000, [SERVICE]) if p.at < burst.seconds]
+
+
+def replica_nodes(sc: Scenario, edge: str | None = None) -> tuple[str, str]:
+    """(edge node, cloud node) for the two replicas: `edge` if it can run chat (where the
+    extender put it), else the first edge node that can; the first cloud node that can."""
+    tiers = {n: s.tier.value for n, s in sc.expanded_servers()}
+    can = [n for (_, pod), (cls, n) in static_pods(sc, NAMESPACE).items() if cls == SERVICE]
+    edges = [n for n in can if tiers[n] == "edge"]
+    clouds = [n for n in can if tiers[n] == "cloud"]
+    if not edges or not clouds:
+        raise ValueError(f"{sc.name}: {SERVICE} needs an edge and a cloud node that can run it")
+    return (edge if edge in edges else edges[0]), clouds[0]
+
+
+def backends(sc: Scenario, url: str, nodes: tuple[str, str]) -> list[dict[str, Any]]:
+    servers = dict(sc.expanded_servers())
+    return [
+        {
+            "name": f"{SERVICE}-{n}",
+            "url": f"{url}/pods/{NAMESPACE}/{SERVICE}-{n}",
+            "tier": servers[n].tier.value,
+            "hardware": servers[n].hardware,
+            "link": servers[n].link.model_dump(),
+        }
+        for n in nodes
+    ]
+
+
+@dataclass
+class Arm:
+    """One arm's requests so far (a live view reads them while it runs) and its result."""
+
+    name: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    # (planned arrival, tier) of each request once its answer has started: where it went
+    decided: list[tuple[float, str]] = field(default_factory=list)
+    router: Router | None = None
+    twin: TwinOpenAI | None = None
+    row: dict[str, Any] | None = None
+
+    @property
+    def own_tier(self) -> str:
+        """A lone pod's tier ("-" for the router: its decision header says, per request)."""
+        return {EDGE_ALONE: "edge", CLOUD_ALONE: "cloud"}.get(self.name, "-")
+
+    def started(self, p: Planned, decision: dict[str, str]) -> None:
+        self.decided.append((p.at, decision.get("tier") or self.own_tier))
+
+    def inflight(self, sent: int) -> dict[str, int]:
+        """Requests in flight per tier (the router's own count; a lone pod's: sent − done)."""
+        if self.router is not None:
+            out = {"edge": 0, "cloud": 0}
+            for b, n in zip(self.router.backends, self.router.inflight, strict=True):
+                out[b.tier.value] = out.get(b.tier.value, 0) + n
+            return out
+        return {self.own_tier: max(sent - len(self.outcomes), 0)}
+
+    @property
+    def j_per_request(self) -> float | None:
+        tw = self.twin
+        return None if tw is None or not tw.served else tw.energy_j / tw.served
+
+
+async def measure(arm: Arm, target: str, planned: list[Planned], horizon: float) -> dict[str, Any]:
+    """Replay `planned` against `target` (a router, or one replica's endpoint)."""
+    rep: Report = await replay(
+        target,
+        planned,
+        max_duration_s=horizon,
+        timeout_s=60,
+        on_done=arm.outcomes.append,
+        on_start=arm.started,
+    )
+    return {
+        "arm": arm.name,
+        "requests": rep.sent,
+        "ok": rep.ok,
+        "attainment": rep.attainment,
+        "latency_s": rep.latency_s,
+        "tiers": rep.tiers,
+        "backends": rep.backends,
+    }
+
+
+async def run_arm(
+    arm: Arm,
+    sc: Scenario,
+    planned: list[Planned],
+    nodes: tuple[str, str],
+    seed: int,
+    horizon: float,
+    scenario: str = "demo",
+) -> dict[str, Any]:
+    """One arm against fresh twin replicas; `arm.row` (also returned) holds its figures.
+    `scenario`: the router's (a built-in name or a file, as `load_scenario` takes it)."""
+    arm.twin = TwinOpenAI.standalone(sc, speed=1.0, seed=seed)
+    async with serving(arm.twin) as url:
+        if arm.name == ROUTER:
+            cfg = parse_config(
+                {
+                    "scenario": scenario,
+                    "service_class": SERVICE,
+                    "backends": backends(sc, url, nodes),
+                }
+            )
+            arm.router = Router(cfg)
+            try:
+                async with serving(arm.router) as rurl:
+                    row = await measure(arm, rurl, planned, horizon)
+            finally:
+                await arm.router.aclose()
+        else:
+            node = nodes[0] if arm.name == EDGE_ALONE else nodes[1]
+            row = await measure(arm, f"{url}/pods/{NAMESPACE}/{SERVICE}-{node}", planned, horizon)
+    arm.row = row | {"j_per_request": arm.j_per_request}
+    return arm.row
+
+
+def shares(arm: Arm, window_s: float, until_s: float) -> list[dict[str, Any]]:
+    """Per window of arrival times [k·w, (k+1)·w) up to `until_s`: the requests placed so
+    far (`n`) and the share of them at the edge and in the cloud; the requests answered so
+    far and the attainment among them."""
+    out = []
+    k = 0
+    while k * window_s < until_s:
+        lo, hi = k * window_s, min((k + 1) * window_s, until_s)
+        tiers = [tier for at, tier in arm.decided if lo <= at < hi]
+        n, edge = len(tiers), tiers.count("edge")
+        done = [o.met for o in arm.outcomes if lo <= o.at < hi]
+        out.append(
+            {
+                "t": [lo, hi],
+                "n": n,
+                "edge": edge / n if n else None,
+                "cloud": (n - edge) / n if n else None,
+                "answered": len(done),
+                "attainment": sum(done) / len(done) if done else None,
+            }
+        )
+        k += 1
+    return out
+
+
+def cloud_share(arm: Arm, lo: float, hi: float) -> float | None:
+    """The cloud's share of the requests sent in [lo, hi) placed so far."""
+    tiers = [tier for at, tier in arm.decided if lo <= at < hi]
+    return tiers.count("cloud") / len(tiers) if tiers else None
+
+
+def phases(arm: Arm, burst: Burst) -> dict[str, float | None]:
+    """The cloud's share before, during and after the burst (by arrival time)."""
+    return {
+        "before": cloud_share(arm, 0.0, burst.at_s),
+        "burst": cloud_share(arm, burst.at_s, burst.until_s),
+        "after": cloud_share(arm, burst.until_s, burst.seconds),
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    out = [f"{'arm':<16} {'n':>4} {'attain':>7} {'p50 s':>6} {'p99 s':>6} {'J/req':>7}  tiers"]
+    for r in rows:
+        lat = r["latency_s"]
+        tiers = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["tiers"].items() if k != "-")
+        out.append(
+            f"{r['arm']:<16} {r['requests']:>4} {100 * r['attainment']:>6.1f}% "
+            f"{lat.get('p50', 0):>6.2f} {lat.get('p99', 0):>6.2f} "
+            f"{r['j_per_request'] or 0:>7.1f}  {tiers}"
+        )
+    return "\n".join(out)
