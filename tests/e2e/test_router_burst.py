@@ -80,6 +80,8 @@ def chat_replicas(
         lambda: pods_by_tier(kube, namespace, SERVICE), "one bound chat pod per tier", 120
     )
     out = {t: (p["metadata"]["name"], p["spec"]["nodeName"]) for t, (p,) in by_tier.items()}
+    for pod, node in out.values():  # bound where the extender decided
+        assert deciding_extender.decision(f"{namespace}/{pod}")["chosen"] == node, pod
     pods = [f"pod/{pod}" for pod, _ in out.values()]
     kube.kubectl("wait", "--for=condition=Ready", *pods, "-n", namespace, "--timeout=60s")
     return out
@@ -143,6 +145,7 @@ def test_router_keeps_deadlines_through_a_burst_where_per_pod_placement_does_not
         return row | {"j_per_request": tw.energy_j / max(tw.served, 1)}
 
     rows = {n: asyncio.run(run(a)) for n, a in arms.items()}
+    print(f"replicas (pod, node) per tier: {chat_replicas}")
     print(table(list(rows.values())))
     router, edge, cloud = rows[ROUTER], rows[EDGE_ALONE], rows[CLOUD_ALONE]
     assert all(r["requests"] == len(planned) and r["ok"] == len(planned) for r in rows.values())
