@@ -102,6 +102,20 @@ def bound_pods(kube: Kube, ns: str, name: str) -> list[dict[str, Any]] | None:
     return None
 
 
+def pods_by_tier(kube: Kube, ns: str, name: str) -> dict[str, list[dict[str, Any]]] | None:
+    """Bound, non-terminating pods of a tiered service (`spec.tierReplicas`) by their
+    child's tier, once each of edge and cloud has exactly one."""
+    items = kube.get_or_none("pods", "-n", ns, "-l", f"perllm.io/service={name}")["items"]
+    live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+    by: dict[str, list[dict[str, Any]]] = {}
+    for p in live:
+        by.setdefault(p["metadata"]["labels"]["perllm.io/child-tier"], []).append(p)
+    ok = sorted(by) == ["cloud", "edge"] and all(
+        len(v) == 1 and v[0]["spec"].get("nodeName") for v in by.values()
+    )
+    return by if ok else None
+
+
 def events(kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
     items = kube.get_or_none("events", "-n", ns)["items"]
     return [

@@ -10,21 +10,25 @@ rights (tests/e2e/operator_harness.py), so those suffice for deleting children t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
 from perllm.crd import PLURAL
-from perllm.devcluster import config as dcfg
 from perllm.devcluster.kube import Kube, wait_for
 from perllm.profiles import default_catalogue
 from perllm.router.discovery import backends_from
 
-from .operator_harness import Operator, events, example, merge_patch, reconciled, wait_condition
-from .test_extender import RBAC as EXTENDER_RBAC
-from .test_extender import Extender, _sa_kubeconfig
+from .operator_harness import (
+    Operator,
+    events,
+    example,
+    merge_patch,
+    pods_by_tier,
+    reconciled,
+    wait_condition,
+)
+from .test_extender import Extender
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600), pytest.mark.usefixtures("operator_log")]
 
@@ -32,51 +36,13 @@ NAME = "help-desk-both-tiers"
 Obj = dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def extender(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Extender]:
-    """The extender (priors only: no Prometheus needed), made perllm-scheduler's extender
-    with `ignorable: false`, so that every pod here is placed by its decision."""
-    if kube.local is None:
-        pytest.skip("needs the local control plane (restarts perllm-scheduler)")
-    tmp = tmp_path_factory.mktemp("extender")
-    kubeconfig = _sa_kubeconfig(kube, tmp / "extender.kubeconfig")
-    state_ns = next(
-        d["metadata"].get("namespace", "perllm-system")
-        for d in yaml.safe_load_all(EXTENDER_RBAC.read_text())
-        if d and d.get("kind") == "ServiceAccount"
-    )
-    args = ["--state-namespace", state_ns, "--learn-interval", "3600"]
-    ext = Extender(kubeconfig, tmp / "extender.log", [*args, "--insecure-http", "--debug-routes"])
-    ext.start()
-    try:
-        kube.local.restart_perllm_scheduler(dcfg.Extender(url=ext.url, ignorable=False))
-        yield ext
-    finally:
-        kube.local.restart_perllm_scheduler(kube.local.config.extender)
-        ext.stop()
-
-
 def _deployment(kube: Kube, ns: str, name: str) -> Obj | None:
     out: Obj | None = kube.get_or_none("deployment", name, "-n", ns)
     return out
 
 
-def _pods_by_tier(kube: Kube, ns: str) -> dict[str, list[Obj]] | None:
-    """Bound, non-terminating pods of the service by their child's tier, once each tier has
-    exactly one."""
-    items = kube.get_or_none("pods", "-n", ns, "-l", f"perllm.io/service={NAME}")["items"]
-    live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
-    by: dict[str, list[Obj]] = {}
-    for p in live:
-        by.setdefault(p["metadata"]["labels"]["perllm.io/child-tier"], []).append(p)
-    ok = sorted(by) == ["cloud", "edge"] and all(
-        len(v) == 1 and v[0]["spec"].get("nodeName") for v in by.values()
-    )
-    return by if ok else None
-
-
 def test_one_child_per_tier_placed_in_its_tier_never_re_pinned(
-    kube: Kube, operator: Operator, extender: Extender, namespace: str
+    kube: Kube, operator: Operator, deciding_extender: Extender, namespace: str
 ) -> None:
     kube.apply(example(NAME, backend="deployment"), namespace)
     deps = {
@@ -96,7 +62,7 @@ def test_one_child_per_tier_placed_in_its_tier_never_re_pinned(
         assert dep["spec"]["selector"]["matchLabels"]["perllm.io/child-tier"] == tier
 
     # Each pod is decided by the extender and bound to a node of its own tier.
-    by_tier = wait_for(lambda: _pods_by_tier(kube, namespace), "one bound pod per tier", 120)
+    by_tier = wait_for(lambda: pods_by_tier(kube, namespace, NAME), "one bound pod per tier", 120)
     tier_of_node = {
         n["metadata"]["name"]: n["metadata"]["labels"]["perllm.io/tier"]
         for n in kube.get("nodes", "-l", "perllm.io/tier")["items"]
@@ -105,7 +71,7 @@ def test_one_child_per_tier_placed_in_its_tier_never_re_pinned(
         node = pod["spec"]["nodeName"]
         assert tier_of_node[node] == tier, (pod["metadata"]["name"], node)
         assert pod["metadata"]["annotations"]["perllm.io/variant-tier"] == tier
-        decision = extender.decision(f"{namespace}/{pod['metadata']['name']}")
+        decision = deciding_extender.decision(f"{namespace}/{pod['metadata']['name']}")
         assert decision["chosen"] == node, decision
 
     # Status: the children per tier, no single child; Ready over both (KWOK runs the pods).
@@ -139,7 +105,7 @@ def test_one_child_per_tier_placed_in_its_tier_never_re_pinned(
         assert now["metadata"]["generation"] == dep["metadata"]["generation"], tier
         assert now["metadata"]["annotations"]["perllm.io/pinned-tier"] == tier
     assert not [e for e in events(kube, namespace, NAME) if e["reason"] == "TierChanged"]
-    assert _pods_by_tier(kube, namespace) is not None  # no rollout either
+    assert pods_by_tier(kube, namespace, NAME) is not None  # no rollout either
 
     # Drop the edge: its Deployment (and pod) go; the cloud one stays as it was.
     merge_patch(kube, namespace, NAME, {"spec": {"tierReplicas": {"edge": None}}})
