@@ -76,19 +76,35 @@ class Grid:
 # the time (shedding those cost 0.4 points on paper-llama2-7b), while under overload the
 # queue puts hopeless requests far past it.
 SHED_SLACK = 0.5
+# The margin on a backlogged server (`CSUCBConfig.backlog_waiting`): there a request
+# admitted late in expectation is not only likely to fail, it holds a slot (and KV) that
+# every request queued behind it waits for, so it costs others' deadlines too.
+BACKLOG_SLACK = 0.0
 
 
-def hopeless(pess: float, expect: float, deadline: float) -> bool:
-    """Late even in expectation, by more than `SHED_SLACK` of ΔD: the pessimistic time
-    scaled back to the arm's mean ratio (`expect` = μ_ρ / (μ_ρ + z·σ_ρ))."""
-    return pess * expect > deadline * (1.0 + SHED_SLACK)
+def hopeless(pess: float, expect: float, deadline: float, backlogged: bool = False) -> bool:
+    """Late even in expectation, by more than `SHED_SLACK` of ΔD (`BACKLOG_SLACK` on a
+    backlogged server): the pessimistic time scaled back to the arm's mean ratio
+    (`expect` = μ_ρ / (μ_ρ + z·σ_ρ))."""
+    return pess * expect > deadline * (1.0 + (BACKLOG_SLACK if backlogged else SHED_SLACK))
 
 
-def fallback(pess: list[float], deadline: float, hard_ok: list[bool], expect: F | None) -> int:
+def fallback(
+    pess: list[float],
+    deadline: float,
+    hard_ok: list[bool],
+    expect: F | None,
+    backlogged: list[bool],
+) -> int:
     """With nothing feasible: `least_late`, or `SHED` where no server meets the hard
-    constraints or (`expect` [M] given: the shed rule) the request is hopeless there."""
+    constraints or (`expect` [M] given: the shed rule) the request is hopeless there
+    (`backlogged` [M]: per server, the backlog margin applies)."""
     j = least_late(pess, deadline, hard_ok)
-    if j != SHED and expect is not None and hopeless(pess[j], float(expect[j]), deadline):
+    if (
+        j != SHED
+        and expect is not None
+        and hopeless(pess[j], float(expect[j]), deadline, backlogged[j])
+    ):
         return SHED
     return j
 
@@ -100,12 +116,13 @@ def assign_lists(
     order: I,
     ok: NDArray[np.bool_],
     expect: F | None,
+    backlogged: list[bool],
 ) -> tuple[I, I, NDArray[np.bool_], int]:
     """`assign_arrays` on Python lists, for a round's few requests: the same choices
     without numpy's per-call cost. Scores must hold no NaN (comparisons would differ from
     numpy's argmax). `expect` [N, M] (μ/(μ + zσ) per pair) when hopeless requests are
-    shed. Returns each request's server (`SHED`: none) and load level, the shed mask and
-    the requests with nothing feasible."""
+    shed, with `backlogged` [M] per server (`hopeless`). Returns each request's server
+    (`SHED`: none) and load level, the shed mask and the requests with nothing feasible."""
     n, m = g.feasible_score.shape[:2]
     fs, tm, bw = g.feasible_score.tolist(), g.time.tolist(), g.bw
     added = [0] * m
@@ -129,7 +146,7 @@ def assign_lists(
             p_row = g.pess[k]
             pess = [float(p_row[jj, a]) for jj, a in enumerate(added)]
             ex = None if expect is None else expect[k]
-            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex)
+            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex, backlogged)
             if j == SHED:
                 choice[k], shed[k] = SHED, True
                 continue
@@ -145,6 +162,7 @@ def assign_arrays(
     order: I,
     ok: NDArray[np.bool_],
     expect: F | None,
+    backlogged: list[bool],
 ) -> tuple[I, I, I, NDArray[np.bool_], int]:
     """The assignment in numpy, recording what explanations need: every server's load
     level as each request saw it when it was placed."""
@@ -175,7 +193,7 @@ def assign_arrays(
             infeasible += 1
             pess = g.pess[k, ar, added].tolist()
             ex = None if expect is None else expect[k]
-            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex)
+            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex, backlogged)
             if j == SHED:
                 choice[k], shed[k] = SHED, True
                 continue

@@ -182,7 +182,7 @@ class CSUCB:
             args,
             rep_weights(self._kind_list, args[5].tolist(), args[6].tolist(), args[7].tolist()),
         )
-        out = r.run(self.cfg.on_infeasible == "shed")
+        out = r.run(self.cfg.on_infeasible == "shed", self.cfg.backlog_waiting)
         if out is None:
             return None
         choice, lvl_of, ok, shed, infeasible = out
@@ -257,7 +257,8 @@ class CSUCB:
         g = Grid(pess, np.where(feas, score, -np.inf), view.time, bw_mbps.tolist(), grow)
         ok = np.empty(n, bool)
         lists = not explain and not np.isnan(score).any()  # else arrays (NaN-safe, `seen`)
-        out = self._assign(g, static, deadline, order, ok, arm, lists)
+        backlogged = (waiting >= self.cfg.backlog_waiting).tolist()
+        out = self._assign(g, static, deadline, order, ok, arm, lists, backlogged)
         choice, lvl_of, seen, shed, infeasible = out
         view, placed = lv.view, ~shed
         unplayed = (st.plays.ravel() == 0)[arm]  # before this round's plays
@@ -296,6 +297,7 @@ class CSUCB:
         ok: NDArray[np.bool_],
         arm: I,
         lists: bool,
+        backlogged: list[bool],
     ) -> tuple[I, I, I | None, NDArray[np.bool_], int]:
         """`assign_lists` or `assign_arrays` (which also returns what each request saw, for
         explanations), with the expectations that shedding reads."""
@@ -305,9 +307,11 @@ class CSUCB:
             expect = (mu_arm / f_arm)[arm]
         # Python lists beat numpy's per-call cost only while the round's array is small.
         if lists and g.feasible_score.size <= 4096:
-            choice, lvl_of, shed, infeasible = assign_lists(g, static, deadline, order, ok, expect)
+            choice, lvl_of, shed, infeasible = assign_lists(
+                g, static, deadline, order, ok, expect, backlogged
+            )
             return choice, lvl_of, None, shed, infeasible
-        return assign_arrays(g, static, deadline, order, ok, expect)
+        return assign_arrays(g, static, deadline, order, ok, expect, backlogged)
 
     def _servers(
         self, args: tuple[I, F, F, F, F, F, F, F], cols: I | None
