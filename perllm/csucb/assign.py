@@ -54,8 +54,9 @@ class Grid:
     pess: F
     feasible_score: F
     time: F  # predicted time: the tie-break after the score
+    decode: F  # its decode part: how long the request holds its slot (`hopeless`)
     bw: list[float]  # per server: the tie-break after the time
-    grow: Callable[[], tuple[F, F, F]]  # the arrays with twice the levels
+    grow: Callable[[], tuple[F, F, F, F]]  # the arrays with twice the levels
 
     @property
     def levels(self) -> int:
@@ -65,7 +66,7 @@ class Grid:
         """Grow until `level` is computed; True if the arrays changed."""
         grew = False
         while level >= self.levels:
-            self.pess, self.feasible_score, self.time = self.grow()
+            self.pess, self.feasible_score, self.time, self.decode = self.grow()
             grew = True
         return grew
 
@@ -76,17 +77,22 @@ class Grid:
 # the time (shedding those cost 0.4 points on paper-llama2-7b), while under overload the
 # queue puts hopeless requests far past it.
 SHED_SLACK = 0.5
-# The margin on a backlogged server (`CSUCBConfig.backlog_waiting`): there a request
-# admitted late in expectation is not only likely to fail, it holds a slot (and KV) that
-# every request queued behind it waits for, so it costs others' deadlines too.
+# The margin on a backlogged server (`CSUCBConfig.backlog_waiting`) for a request that
+# would hold its slot (its decode) longer than the margin itself, `SHED_SLACK`·ΔD: the
+# requests queued behind it wait that long for the slot, more than the lateness the
+# margin tolerates for it. A short hold (a 40-token code completion) keeps the margin.
 BACKLOG_SLACK = 0.0
 
 
-def hopeless(pess: float, expect: float, deadline: float, backlogged: bool = False) -> bool:
+def hopeless(
+    pess: float, expect: float, deadline: float, backlogged: bool = False, hold: float = 0.0
+) -> bool:
     """Late even in expectation, by more than `SHED_SLACK` of ΔD (`BACKLOG_SLACK` on a
-    backlogged server): the pessimistic time scaled back to the arm's mean ratio
-    (`expect` = μ_ρ / (μ_ρ + z·σ_ρ))."""
-    return pess * expect > deadline * (1.0 + (BACKLOG_SLACK if backlogged else SHED_SLACK))
+    backlogged server when its `hold`, the decode time, exceeds `SHED_SLACK`·ΔD): the
+    pessimistic time scaled back to the arm's mean ratio (`expect` = μ_ρ/(μ_ρ + z·σ_ρ))."""
+    margin = SHED_SLACK * deadline
+    slack = BACKLOG_SLACK if backlogged and hold > margin else SHED_SLACK
+    return pess * expect > deadline * (1.0 + slack)
 
 
 def fallback(
@@ -95,15 +101,16 @@ def fallback(
     hard_ok: list[bool],
     expect: F | None,
     backlogged: list[bool],
+    hold: list[float],
 ) -> int:
     """With nothing feasible: `least_late`, or `SHED` where no server meets the hard
     constraints or (`expect` [M] given: the shed rule) the request is hopeless there
-    (`backlogged` [M]: per server, the backlog margin applies)."""
+    (`backlogged` and `hold` [M]: per server, see `hopeless`)."""
     j = least_late(pess, deadline, hard_ok)
     if (
         j != SHED
         and expect is not None
-        and hopeless(pess[j], float(expect[j]), deadline, backlogged[j])
+        and hopeless(pess[j], float(expect[j]), deadline, backlogged[j], hold[j])
     ):
         return SHED
     return j
@@ -143,10 +150,11 @@ def assign_lists(
         ok[k] = j >= 0
         if j < 0:
             infeasible += 1
-            p_row = g.pess[k]
+            p_row, d_row = g.pess[k], g.decode[k]
             pess = [float(p_row[jj, a]) for jj, a in enumerate(added)]
+            hold = [float(d_row[jj, a]) for jj, a in enumerate(added)]
             ex = None if expect is None else expect[k]
-            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex, backlogged)
+            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex, backlogged, hold)
             if j == SHED:
                 choice[k], shed[k] = SHED, True
                 continue
@@ -191,9 +199,9 @@ def assign_arrays(
         else:
             ok[k] = False
             infeasible += 1
-            pess = g.pess[k, ar, added].tolist()
+            pess, hold = g.pess[k, ar, added].tolist(), g.decode[k, ar, added].tolist()
             ex = None if expect is None else expect[k]
-            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex, backlogged)
+            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex, backlogged, hold)
             if j == SHED:
                 choice[k], shed[k] = SHED, True
                 continue

@@ -245,16 +245,17 @@ class CSUCB:
         order = np.lexsort((deadline, feas[:, :, 0] @ weight))
         lv = _Levels(view, pess, feas, mean, score)
 
-        def grow() -> tuple[F, F, F]:
+        def grow() -> tuple[F, F, F, F]:
             # A server took as many requests as the levels computed: the next ones, at
             # their real load (no cap), for every server (levels double).
             k = lv.view.levels
             v = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps, k, k)
             p2, _, f2, _, mean2, s2, _ = self._judge(t, arm, v, args)
             lv.extend(v, p2, f2, mean2, s2)
-            return lv.pess, np.where(lv.feas, lv.score, -np.inf), lv.view.time
+            return lv.pess, np.where(lv.feas, lv.score, -np.inf), lv.view.time, lv.view.decode
 
-        g = Grid(pess, np.where(feas, score, -np.inf), view.time, bw_mbps.tolist(), grow)
+        fs = np.where(feas, score, -np.inf)
+        g = Grid(pess, fs, view.time, view.decode, bw_mbps.tolist(), grow)
         ok = np.empty(n, bool)
         lists = not explain and not np.isnan(score).any()  # else arrays (NaN-safe, `seen`)
         backlogged = (waiting >= self.cfg.backlog_waiting).tolist()

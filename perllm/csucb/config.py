@@ -39,9 +39,10 @@ class CSUCBConfig:
     # tiers and quality floor are never traded: a request no server may run is shed.
     on_infeasible: OnInfeasible = "least-late"
     # Under "shed": a server reporting at least this many requests waiting to start is
-    # backlogged, and there a request late in expectation at all is shed (margin
-    # `assign.BACKLOG_SLACK`): it would hold capacity the requests queued behind it need.
-    # 8 ≈ what an A100 prefills in a second; inf: the `SHED_SLACK` margin everywhere.
+    # backlogged; there a request late in expectation whose decode would hold its slot
+    # longer than the margin is shed with no margin (`assign.BACKLOG_SLACK`): the queue
+    # behind it waits for that slot. 8 ≈ what an A100 prefills in a second (measured:
+    # 5-20 give the same results); inf: the `SHED_SLACK` margin everywhere.
     backlog_waiting: float = 8.0
 
     def __post_init__(self) -> None:

@@ -258,8 +258,8 @@ class FastRound:
         j = least_late(pess, self.req[k].deadline, hard_ok)
         if shed and j != SHED:
             arm = tab.arm[c][j]
-            backlogged = self.wait[j] >= backlog
-            if hopeless(pess[j], self.mu[arm] / self.f[arm], self.req[k].deadline, backlogged):
+            expect, hold = self.mu[arm] / self.f[arm], self.entry(k, j, added[j]).decode
+            if hopeless(pess[j], expect, self.req[k].deadline, self.wait[j] >= backlog, hold):
                 return SHED
         return j
 
