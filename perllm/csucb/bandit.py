@@ -307,12 +307,11 @@ class CSUCB:
             mu_arm, _, f_arm = self.stats.arm_posterior()
             expect = (mu_arm / f_arm)[arm]
         # Python lists beat numpy's per-call cost only while the round's array is small.
+        a = (g, static, deadline, order, ok, expect, backlogged)
         if lists and g.feasible_score.size <= 4096:
-            choice, lvl_of, shed, infeasible = assign_lists(
-                g, static, deadline, order, ok, expect, backlogged
-            )
+            choice, lvl_of, shed, infeasible = assign_lists(*a)
             return choice, lvl_of, None, shed, infeasible
-        return assign_arrays(g, static, deadline, order, ok, expect, backlogged)
+        return assign_arrays(*a)
 
     def _servers(
         self, args: tuple[I, F, F, F, F, F, F, F], cols: I | None

@@ -41,8 +41,8 @@ class CSUCBConfig:
     # Under "shed": a server reporting at least this many requests waiting to start is
     # backlogged; there a request late in expectation whose decode would hold its slot
     # longer than the margin is shed with no margin (`assign.BACKLOG_SLACK`): the queue
-    # behind it waits for that slot. 8 ≈ what an A100 prefills in a second (measured:
-    # 5-20 give the same results); inf: the `SHED_SLACK` margin everywhere.
+    # behind it waits for that slot. 8 ≈ what an A100 prefills in a second; fewer changed
+    # decisions at the reference load (docs/algorithm.md); inf: `SHED_SLACK` everywhere.
     backlog_waiting: float = 8.0
 
     def __post_init__(self) -> None:
