@@ -54,8 +54,9 @@ class Grid:
     pess: F
     feasible_score: F
     time: F  # predicted time: the tie-break after the score
+    decode: F  # its decode part: how long the request holds its slot (`hopeless`)
     bw: list[float]  # per server: the tie-break after the time
-    grow: Callable[[], tuple[F, F, F]]  # the arrays with twice the levels
+    grow: Callable[[], tuple[F, F, F, F]]  # the arrays with twice the levels
 
     @property
     def levels(self) -> int:
@@ -65,7 +66,7 @@ class Grid:
         """Grow until `level` is computed; True if the arrays changed."""
         grew = False
         while level >= self.levels:
-            self.pess, self.feasible_score, self.time = self.grow()
+            self.pess, self.feasible_score, self.time, self.decode = self.grow()
             grew = True
         return grew
 
@@ -76,19 +77,41 @@ class Grid:
 # the time (shedding those cost 0.4 points on paper-llama2-7b), while under overload the
 # queue puts hopeless requests far past it.
 SHED_SLACK = 0.5
+# The margin on a backlogged server (`CSUCBConfig.backlog_waiting`) for a request that
+# would hold its slot (its decode) longer than the margin itself, `SHED_SLACK`·ΔD: the
+# requests queued behind it wait that long for the slot, more than the lateness the
+# margin tolerates for it. A short hold (a 40-token code completion) keeps the margin.
+BACKLOG_SLACK = 0.0
 
 
-def hopeless(pess: float, expect: float, deadline: float) -> bool:
-    """Late even in expectation, by more than `SHED_SLACK` of ΔD: the pessimistic time
-    scaled back to the arm's mean ratio (`expect` = μ_ρ / (μ_ρ + z·σ_ρ))."""
-    return pess * expect > deadline * (1.0 + SHED_SLACK)
+def hopeless(
+    pess: float, expect: float, deadline: float, backlogged: bool = False, hold: float = 0.0
+) -> bool:
+    """Late even in expectation, by more than `SHED_SLACK` of ΔD (`BACKLOG_SLACK` on a
+    backlogged server when its `hold`, the decode time, exceeds `SHED_SLACK`·ΔD): the
+    pessimistic time scaled back to the arm's mean ratio (`expect` = μ_ρ/(μ_ρ + z·σ_ρ))."""
+    margin = SHED_SLACK * deadline
+    slack = BACKLOG_SLACK if backlogged and hold > margin else SHED_SLACK
+    return pess * expect > deadline * (1.0 + slack)
 
 
-def fallback(pess: list[float], deadline: float, hard_ok: list[bool], expect: F | None) -> int:
+def fallback(
+    pess: list[float],
+    deadline: float,
+    hard_ok: list[bool],
+    expect: F | None,
+    backlogged: list[bool],
+    hold: list[float],
+) -> int:
     """With nothing feasible: `least_late`, or `SHED` where no server meets the hard
-    constraints or (`expect` [M] given: the shed rule) the request is hopeless there."""
+    constraints or (`expect` [M] given: the shed rule) the request is hopeless there
+    (`backlogged` and `hold` [M]: per server, see `hopeless`)."""
     j = least_late(pess, deadline, hard_ok)
-    if j != SHED and expect is not None and hopeless(pess[j], float(expect[j]), deadline):
+    if (
+        j != SHED
+        and expect is not None
+        and hopeless(pess[j], float(expect[j]), deadline, backlogged[j], hold[j])
+    ):
         return SHED
     return j
 
@@ -100,12 +123,13 @@ def assign_lists(
     order: I,
     ok: NDArray[np.bool_],
     expect: F | None,
+    backlogged: list[bool],
 ) -> tuple[I, I, NDArray[np.bool_], int]:
     """`assign_arrays` on Python lists, for a round's few requests: the same choices
     without numpy's per-call cost. Scores must hold no NaN (comparisons would differ from
     numpy's argmax). `expect` [N, M] (μ/(μ + zσ) per pair) when hopeless requests are
-    shed. Returns each request's server (`SHED`: none) and load level, the shed mask and
-    the requests with nothing feasible."""
+    shed, with `backlogged` [M] per server (`hopeless`). Returns each request's server
+    (`SHED`: none) and load level, the shed mask and the requests with nothing feasible."""
     n, m = g.feasible_score.shape[:2]
     fs, tm, bw = g.feasible_score.tolist(), g.time.tolist(), g.bw
     added = [0] * m
@@ -126,10 +150,11 @@ def assign_lists(
         ok[k] = j >= 0
         if j < 0:
             infeasible += 1
-            p_row = g.pess[k]
+            p_row, d_row = g.pess[k], g.decode[k]
             pess = [float(p_row[jj, a]) for jj, a in enumerate(added)]
+            hold = [float(d_row[jj, a]) for jj, a in enumerate(added)]
             ex = None if expect is None else expect[k]
-            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex)
+            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex, backlogged, hold)
             if j == SHED:
                 choice[k], shed[k] = SHED, True
                 continue
@@ -145,6 +170,7 @@ def assign_arrays(
     order: I,
     ok: NDArray[np.bool_],
     expect: F | None,
+    backlogged: list[bool],
 ) -> tuple[I, I, I, NDArray[np.bool_], int]:
     """The assignment in numpy, recording what explanations need: every server's load
     level as each request saw it when it was placed."""
@@ -173,9 +199,9 @@ def assign_arrays(
         else:
             ok[k] = False
             infeasible += 1
-            pess = g.pess[k, ar, added].tolist()
+            pess, hold = g.pess[k, ar, added].tolist(), g.decode[k, ar, added].tolist()
             ex = None if expect is None else expect[k]
-            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex)
+            j = fallback(pess, float(deadline[k]), static[k].tolist(), ex, backlogged, hold)
             if j == SHED:
                 choice[k], shed[k] = SHED, True
                 continue

@@ -182,7 +182,7 @@ class CSUCB:
             args,
             rep_weights(self._kind_list, args[5].tolist(), args[6].tolist(), args[7].tolist()),
         )
-        out = r.run(self.cfg.on_infeasible == "shed")
+        out = r.run(self.cfg.on_infeasible == "shed", self.cfg.backlog_waiting)
         if out is None:
             return None
         choice, lvl_of, ok, shed, infeasible = out
@@ -245,19 +245,21 @@ class CSUCB:
         order = np.lexsort((deadline, feas[:, :, 0] @ weight))
         lv = _Levels(view, pess, feas, mean, score)
 
-        def grow() -> tuple[F, F, F]:
+        def grow() -> tuple[F, F, F, F]:
             # A server took as many requests as the levels computed: the next ones, at
             # their real load (no cap), for every server (levels double).
             k = lv.view.levels
             v = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps, k, k)
             p2, _, f2, _, mean2, s2, _ = self._judge(t, arm, v, args)
             lv.extend(v, p2, f2, mean2, s2)
-            return lv.pess, np.where(lv.feas, lv.score, -np.inf), lv.view.time
+            return lv.pess, np.where(lv.feas, lv.score, -np.inf), lv.view.time, lv.view.decode
 
-        g = Grid(pess, np.where(feas, score, -np.inf), view.time, bw_mbps.tolist(), grow)
+        fs = np.where(feas, score, -np.inf)
+        g = Grid(pess, fs, view.time, view.decode, bw_mbps.tolist(), grow)
         ok = np.empty(n, bool)
         lists = not explain and not np.isnan(score).any()  # else arrays (NaN-safe, `seen`)
-        out = self._assign(g, static, deadline, order, ok, arm, lists)
+        backlogged = (waiting >= self.cfg.backlog_waiting).tolist()
+        out = self._assign(g, static, deadline, order, ok, arm, lists, backlogged)
         choice, lvl_of, seen, shed, infeasible = out
         view, placed = lv.view, ~shed
         unplayed = (st.plays.ravel() == 0)[arm]  # before this round's plays
@@ -296,6 +298,7 @@ class CSUCB:
         ok: NDArray[np.bool_],
         arm: I,
         lists: bool,
+        backlogged: list[bool],
     ) -> tuple[I, I, I | None, NDArray[np.bool_], int]:
         """`assign_lists` or `assign_arrays` (which also returns what each request saw, for
         explanations), with the expectations that shedding reads."""
@@ -304,10 +307,11 @@ class CSUCB:
             mu_arm, _, f_arm = self.stats.arm_posterior()
             expect = (mu_arm / f_arm)[arm]
         # Python lists beat numpy's per-call cost only while the round's array is small.
+        a = (g, static, deadline, order, ok, expect, backlogged)
         if lists and g.feasible_score.size <= 4096:
-            choice, lvl_of, shed, infeasible = assign_lists(g, static, deadline, order, ok, expect)
+            choice, lvl_of, shed, infeasible = assign_lists(*a)
             return choice, lvl_of, None, shed, infeasible
-        return assign_arrays(g, static, deadline, order, ok, expect)
+        return assign_arrays(*a)
 
     def _servers(
         self, args: tuple[I, F, F, F, F, F, F, F], cols: I | None

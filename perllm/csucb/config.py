@@ -38,6 +38,12 @@ class CSUCBConfig:
     # expectation, by more than `assign.SHED_SLACK` of ΔD, and then rejects it. Either way
     # tiers and quality floor are never traded: a request no server may run is shed.
     on_infeasible: OnInfeasible = "least-late"
+    # Under "shed": a server reporting at least this many requests waiting to start is
+    # backlogged; there a request late in expectation whose decode would hold its slot
+    # longer than the margin is shed with no margin (`assign.BACKLOG_SLACK`): the queue
+    # behind it waits for that slot. 8 ≈ what an A100 prefills in a second; fewer changed
+    # decisions at the reference load (docs/algorithm.md); inf: `SHED_SLACK` everywhere.
+    backlog_waiting: float = 8.0
 
     def __post_init__(self) -> None:
         for k in ("delta", "theta", "z", "prior_sd"):
@@ -49,5 +55,7 @@ class CSUCBConfig:
             raise ValueError("memory: must be >= 1")
         if not 0.0 < self.output_quantile < 0.5:
             raise ValueError("output_quantile: must be in (0, 0.5)")
+        if not self.backlog_waiting >= 0:
+            raise ValueError("backlog_waiting: must be >= 0")
         if self.on_infeasible not in ("least-late", "shed"):
             raise ValueError("on_infeasible: must be 'least-late' or 'shed'")

@@ -246,9 +246,10 @@ class FastRound:
                 best, bt, bb, j = v, e.time, bw[jj], jj
         return j
 
-    def least(self, k: int, added: list[int], shed: bool) -> int | None:
+    def least(self, k: int, added: list[int], shed: bool, backlog: float) -> int | None:
         """`assign.least_late` for request k (`SHED`: no server meets its hard
-        constraints, or with `shed` it is hopeless there); None on a NaN."""
+        constraints, or with `shed` it is hopeless there, a server with `backlog` requests
+        waiting being backlogged); None on a NaN."""
         if not self.make([(k, j, a) for j, a in enumerate(added) if self.row(k, a)[j] is _UNMADE]):
             return None
         c, tab = self.cls[k], self.tab
@@ -257,12 +258,13 @@ class FastRound:
         j = least_late(pess, self.req[k].deadline, hard_ok)
         if shed and j != SHED:
             arm = tab.arm[c][j]
-            if hopeless(pess[j], self.mu[arm] / self.f[arm], self.req[k].deadline):
+            expect, hold = self.mu[arm] / self.f[arm], self.entry(k, j, added[j]).decode
+            if hopeless(pess[j], expect, self.req[k].deadline, self.wait[j] >= backlog, hold):
                 return SHED
         return j
 
     def run(
-        self, shed_hopeless: bool = False
+        self, shed_hopeless: bool = False, backlog: float = math.inf
     ) -> tuple[list[int], list[int], list[bool], list[bool], int] | None:
         """Each request's server (`SHED`: none) and load level, whether it was feasible,
         whether it was shed, the requests with nothing feasible; None on a NaN. A round
@@ -281,7 +283,7 @@ class FastRound:
         for k in order:
             j = self.pick(k, added)
             if j is not None and j < 0:
-                j = self.least(k, added, shed_hopeless)
+                j = self.least(k, added, shed_hopeless, backlog)
                 infeasible += 1
                 if j == SHED:
                     choice[k], shed[k] = SHED, True

@@ -218,8 +218,11 @@ class _Round:
             if bs < 0 or v < least or (v == least and s < bs):
                 least, lp, b_time, bs, bo = v, pess, tt, s, o
         if bs >= 0 and self.shed_rule:
-            arm = self.arm_l[p][opts[bo][0]]
-            if hopeless(lp, self.mu_arm[arm] / self.f_arm[arm], dl):
+            g, c = opts[bo][0], opts[bo][3]
+            arm = self.arm_l[p][g]
+            backlogged = bool(self.sc.wait[g] >= self.b.cfg.backlog_waiting)
+            hold = float(self.sc.data[DEC, p, c])  # the decode: not the link's, exact
+            if hopeless(lp, self.mu_arm[arm] / self.f_arm[arm], dl, backlogged, hold):
                 return -1, -1, b_time
         return bs, bo, b_time
 

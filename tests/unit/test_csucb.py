@@ -345,12 +345,14 @@ def test_candidate_pruning_on_a_large_fleet_keeps_the_decision() -> None:
         assert a.feasible.tolist() == b.feasible.tolist()
 
 
-def _twin_bandits(seed: int) -> tuple[CSUCB, CSUCB, np.random.Generator]:
+def _twin_bandits(
+    seed: int, config: CSUCBConfig | None = None
+) -> tuple[CSUCB, CSUCB, np.random.Generator]:
     """Two identical bandits with some learned state (played and unplayed arms). On odd
     seeds `qa` is lenient and edge-only, so equally loaded edge servers tie on score."""
     rng = np.random.default_rng(seed)
     kw: dict = {"qa_deadline": 600.0, "allowed": (Tier.EDGE,)} if seed % 2 else {}
-    a, b = CSUCB(table(edge_count=3, **kw)), CSUCB(table(edge_count=3, **kw))
+    a, b = (CSUCB(table(edge_count=3, **kw), config=config) for _ in range(2))
     for bandit in (a, b):
         r = np.random.default_rng(seed)
         n = 40
@@ -366,12 +368,16 @@ def _twin_bandits(seed: int) -> tuple[CSUCB, CSUCB, np.random.Generator]:
     return a, b, rng
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(seed: int) -> None:
+@pytest.mark.parametrize("seed, shed", [(s, False) for s in range(6)] + [(0, True), (1, True)])
+def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(
+    seed: int, shed: bool
+) -> None:
     # `decide` takes a Python-float path for rounds of a few requests; with explain=True it
     # always runs the vectorised one. Decisions, predictions and learned state must agree
-    # bit for bit, ties in the speed rank (equal links) and violations included.
-    fast, ref, rng = _twin_bandits(seed)
+    # bit for bit, ties in the speed rank (equal links) and violations included; with
+    # `shed`, shedding too (test_backlog.py pins the backlog rule across the paths).
+    cfg = CSUCBConfig(on_infeasible="shed", backlog_waiting=2.0) if shed else None
+    fast, ref, rng = _twin_bandits(seed, cfg)
     m = fast.t.n_servers
     for _ in range(80):
         n = int(rng.integers(1, 19))  # up to past SMALL_ROUND: both paths on both sides
@@ -391,7 +397,7 @@ def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(seed: int)
             fast.t.link_mbps if rng.random() < 0.3 else fast.t.link_mbps * rng.uniform(0.05, 1, m),
         )
         d1, d2 = fast.decide(*args), ref.decide(*args, explain=True)
-        for f in ("choice", "feasible", "predicted_time", "predicted_energy"):
+        for f in ("choice", "feasible", "shed", "predicted_time", "predicted_energy"):
             np.testing.assert_array_equal(getattr(d1, f), getattr(d2, f), err_msg=f)
         for f in ("predicted_fixed", "predicted_per_token"):
             np.testing.assert_array_equal(getattr(d1, f), getattr(d2, f), err_msg=f)

@@ -44,6 +44,8 @@ def test_pooled_path_decides_exactly_as_per_server(seed: int) -> None:
         running = rng.integers(0, 3, m).astype(float) * busy
         running[-1] = rng.integers(0, 300)
         waiting = rng.integers(0, 2, m).astype(float) * busy
+        if i % 3 == 0:  # backlogged servers (`backlog_waiting`: 8), for the shed rule
+            waiting *= 9.0
         # equal links (ties within a group) half the time, noisy links otherwise
         if rng.random() < 0.5:
             bw = pooled.t.link_mbps * rng.choice([0.5, 1.0], m)
