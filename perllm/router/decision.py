@@ -6,13 +6,16 @@ prediction `D ≈ fixed + per_token·L_out`, and `learn` is one `CSUCB.update` w
 observed time divided by `realised_prediction(fixed, per_token, l_out)`. Fed the same
 requests and outcomes from the same state, both make the same decisions
 (tests/unit/test_router_shared.py). The only router-specific parts are how live load is
-read (in-flight requests per backend, split into running and waiting at the backend's
-slots) and the energy of an outcome, which the router cannot meter: the decision's
-predicted energy scaled by observed/predicted time (the extender's `predicted` source).
+read (`Backlog`: the router's requests in flight per backend, split into running and
+waiting as the backend's metrics would count them) and the energy of an outcome, which
+the router cannot meter: the decision's predicted energy scaled by observed/predicted time
+(the extender's `predicted` source).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perllm.contract import EnergyWeights, Server, ServiceSpec
-from perllm.costmodel import build_cost_table
+from perllm.costmodel import build_cost_table, gpu_prefill, upload_bits
 from perllm.csucb import CSUCB, ArmStats, CSUCBConfig, realised_prediction
 from perllm.profiles import Catalogue
 
@@ -39,6 +42,48 @@ class Ticket:
     fixed: float  # D ≈ fixed + per_token·L_out
     per_token: float
     explored: bool  # the (class, pool) arm had never been played
+    lead_s: float  # from sending it until it is at the server: upload and half the RTT
+    prefill_s: float  # its prefill there on a GPU, which prefills one at a time; 0 on a CPU
+
+
+class Backlog:
+    """The router's requests in flight at one backend, in the order sent, each with when
+    its prefill is predicted to start. A GPU prefills one request at a time in arrival
+    order (the cost model's queue, the world model's `ServerState`), so in a burst requests
+    wait for the prefills ahead of them although slots are free; the backend's metrics
+    count them as waiting (vLLM's semantics, `ServerState.observe`) and so does this.
+    Without it a GPU's hundreds of slots hid that queue from the decision (issue #13)."""
+
+    def __init__(self) -> None:
+        self._start: dict[int, float] = {}  # insertion (= sending) order; non-decreasing
+        self._free = -math.inf  # when the predicted prefills in flight end
+        self._keys = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._start)
+
+    def add(self, now: float, ticket: Ticket) -> int:
+        """A request sent at `now` (s, any monotonic clock); its key for `done`."""
+        ready = now + ticket.lead_s
+        start = ready if ready > self._free else self._free
+        self._free = start + ticket.prefill_s
+        key = next(self._keys)
+        self._start[key] = start
+        return key
+
+    def done(self, key: int) -> None:
+        del self._start[key]
+        if not self._start:  # nothing in flight: no prefill queue, however long predicted
+            self._free = -math.inf
+
+    def waiting(self, now: float) -> int:
+        """Requests in flight whose prefill is predicted not to have started by `now`."""
+        n = 0
+        for s in reversed(self._start.values()):  # starts only grow along the order sent
+            if s <= now:
+                break
+            n += 1
+        return n
 
 
 class Decider:
@@ -66,12 +111,25 @@ class Decider:
         table = build_cost_table(services, [(s.name, s) for s in servers], catalogue)
         return cls(CSUCB(table, weights, config, stats))
 
-    def load(self, cls: int, inflight: Sequence[float]) -> tuple[F, F]:
-        """(running, waiting) per server from the requests in flight there: up to the
-        server's slots for this class run, the rest wait (what its metrics would show)."""
+    def load(self, cls: int, inflight: Sequence[float], unstarted: Sequence[float]) -> tuple[F, F]:
+        """(running, waiting) per server from the requests in flight there and how many
+        of them have not started their prefill (`Backlog.waiting`): the others run, up to
+        the server's slots for this class, and the rest wait (what its metrics would show)."""
         n = np.asarray(inflight, float)
-        running = np.minimum(n, self._slots[cls])
+        running = np.minimum(n - np.asarray(unstarted, float), self._slots[cls])
         return running, n - running
+
+    def arrival(
+        self, cls: NDArray[np.intp], server: NDArray[np.intp], l_in: F, attach: F, bw_mbps: F
+    ) -> tuple[F, F]:
+        """(lead, prefill) of requests sent to `server`: from sending one until it is at
+        the server (upload, half the RTT), and its prefill there on a GPU (0 on a CPU): the
+        world model's, less its speed noise (`Backlog`)."""
+        t = self.table
+        lead = upload_bits(l_in, attach) / (bw_mbps[server] * 1e6) + t.rtt_s[server] / 2
+        gpu = t.is_gpu[cls, server]
+        pre = np.where(gpu, gpu_prefill(l_in, t.r_pf[cls, server], t.ttft0[cls, server]), 0.0)
+        return lead, pre
 
     def decide(
         self,
@@ -88,28 +146,32 @@ class Decider:
         st = self.bandit.stats
         before = st.plays.copy()
         c = np.asarray(cls, np.intp)
+        li, att = np.asarray(l_in, float), np.asarray(attach, float)
         d = self.bandit.decide(
             c,
-            np.asarray(l_in, float),
+            li,
             np.asarray(l_out, float),
-            np.asarray(attach, float),
+            att,
             np.asarray(min_quality, float),
             running,
             waiting,
             bw_mbps,
         )
+        lead, pre = self.arrival(c, np.maximum(d.choice, 0), li, att, bw_mbps)  # -1: shed
         return [
             Ticket(
                 k,
                 j,
                 bool(ok),
-                t,
+                pt,
                 e,
                 a,
                 b,
                 bool(before[self._cls_row[k], self._pool_col[j]] == 0),
+                ld,
+                p,
             )
-            for k, j, ok, t, e, a, b in zip(
+            for k, j, ok, pt, e, a, b, ld, p in zip(
                 c.tolist(),
                 d.choice.tolist(),
                 d.feasible.tolist(),
@@ -117,6 +179,8 @@ class Decider:
                 d.predicted_energy.tolist(),
                 d.predicted_fixed.tolist(),
                 d.predicted_per_token.tolist(),
+                lead.tolist(),
+                pre.tolist(),
                 strict=True,
             )
         ]
