@@ -95,6 +95,9 @@ class Decider:
         self._cls_row = [st.class_index(s.name) for s in table.services]
         self._pool_col = [st.pool_index(p) for p in table.pools]
         self._slots = np.maximum(table.max_conc, 1.0)  # [C, M]
+        self._rtt = table.rtt_s.tolist()
+        self._gpu = table.is_gpu.tolist()
+        self._r_pf, self._ttft0 = table.r_pf.tolist(), table.ttft0.tolist()
 
     @classmethod
     def for_servers(
@@ -120,16 +123,15 @@ class Decider:
         return running, n - running
 
     def arrival(
-        self, cls: NDArray[np.intp], server: NDArray[np.intp], l_in: F, attach: F, bw_mbps: F
-    ) -> tuple[F, F]:
-        """(lead, prefill) of requests sent to `server`: from sending one until it is at
+        self, cls: int, server: int, l_in: float, attach: float, bw_mbps: float
+    ) -> tuple[float, float]:
+        """(lead, prefill) of a request sent to `server`: from sending it until it is at
         the server (upload, half the RTT), and its prefill there on a GPU (0 on a CPU): the
-        world model's, less its speed noise (`Backlog`)."""
-        t = self.table
-        lead = upload_bits(l_in, attach) / (bw_mbps[server] * 1e6) + t.rtt_s[server] / 2
-        gpu = t.is_gpu[cls, server]
-        pre = np.where(gpu, gpu_prefill(l_in, t.r_pf[cls, server], t.ttft0[cls, server]), 0.0)
-        return lead, pre
+        world model's, less its speed noise (`Backlog`). Python floats: one per decision."""
+        lead = upload_bits(l_in, attach) / (bw_mbps * 1e6) + self._rtt[server] / 2
+        if not self._gpu[cls][server]:
+            return lead, 0.0
+        return lead, gpu_prefill(l_in, self._r_pf[cls][server], self._ttft0[cls][server])
 
     def decide(
         self,
@@ -146,18 +148,17 @@ class Decider:
         st = self.bandit.stats
         before = st.plays.copy()
         c = np.asarray(cls, np.intp)
-        li, att = np.asarray(l_in, float), np.asarray(attach, float)
         d = self.bandit.decide(
             c,
-            li,
+            np.asarray(l_in, float),
             np.asarray(l_out, float),
-            att,
+            np.asarray(attach, float),
             np.asarray(min_quality, float),
             running,
             waiting,
             bw_mbps,
         )
-        lead, pre = self.arrival(c, np.maximum(d.choice, 0), li, att, bw_mbps)  # -1: shed
+        bw = bw_mbps.tolist()
         return [
             Ticket(
                 k,
@@ -168,10 +169,9 @@ class Decider:
                 a,
                 b,
                 bool(before[self._cls_row[k], self._pool_col[j]] == 0),
-                ld,
-                p,
+                *self.arrival(k, max(j, 0), li, at, bw[max(j, 0)]),  # j -1: shed, never sent
             )
-            for k, j, ok, pt, e, a, b, ld, p in zip(
+            for k, j, ok, pt, e, a, b, li, at in zip(
                 c.tolist(),
                 d.choice.tolist(),
                 d.feasible.tolist(),
@@ -179,8 +179,8 @@ class Decider:
                 d.predicted_energy.tolist(),
                 d.predicted_fixed.tolist(),
                 d.predicted_per_token.tolist(),
-                lead.tolist(),
-                pre.tolist(),
+                [float(x) for x in l_in],
+                [float(x) for x in attach],
                 strict=True,
             )
         ]

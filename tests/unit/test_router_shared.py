@@ -108,8 +108,8 @@ def test_backlog_counts_waiting_as_the_world_model_queues() -> None:
             bits = (float(upload_bits(l_in, 0.0)), float(download_bits(200.0)))
             link = (bw[j] * 1e6, s.link.rtt_ms / 1000, 0.0)
             execute(states[j], coeffs[j], at, l_in, 200.0, bits, link, 1.0)
-            lead, pre = d.arrival(np.array([0]), np.array([j]), np.array([l_in]), np.zeros(1), bw)
-            backlogs[j].add(at, Ticket(0, j, True, 0, 0, 0, 0, False, lead[0], pre[0]))
+            lead, pre = d.arrival(0, j, l_in, 0.0, float(bw[j]))
+            backlogs[j].add(at, Ticket(0, j, True, 0, 0, 0, 0, False, lead, pre))
             now = at + 0.08  # between arrivals: some prefills have started
             seen.append((j, states[j].observe(now)[1], backlogs[j].waiting(now)))
     assert [w for _, w, _ in seen] == [b for _, _, b in seen]
