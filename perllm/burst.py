@@ -199,9 +199,10 @@ def simulate_arm(
     scenario: str = "demo",
 ) -> dict[str, Any]:
     """`run_arm` in simulated time: every request decided when it arrives (the router arm:
-    `Router.ticket` with the router's in-flight backlogs, learning at each completion in
-    order, as `perllm router` does), timed on fresh twin replicas by the world model (the
-    twin's `timeline`, with its draws in the same order), nothing sent over HTTP."""
+    `Router.ticket` with the router's in-flight backlogs, told of each first token and
+    learning at each completion, in order, as `perllm router` is), timed on fresh twin
+    replicas by the world model (the twin's `timeline`, with its draws in the same order),
+    nothing sent over HTTP."""
     clock = [0.0]
     arm.twin = tw = TwinOpenAI.standalone(sc, speed=1.0, seed=seed, clock=lambda: clock[0])
     spec = {s.name: s for s in sc.services()}[SERVICE]
@@ -211,12 +212,16 @@ def simulate_arm(
     feedback = Feedback(dl.seconds, dl.per_output_token_s)
     alone = nodes[0] if arm.name == EDGE_ALONE else nodes[1]
     tier = {b.name.removeprefix(f"{SERVICE}-"): b.tier.value for b in router.backends}
-    ends: list[tuple[float, int, Any, str, int, float, float]] = []
+    # (when, order, an end (else a first token), ticket, backend, key, D, output tokens)
+    events: list[tuple[float, int, bool, Any, str, int, float, float]] = []
     for i, p in enumerate(planned):
         clock[0] = p.at
-        while ends and ends[0][0] <= p.at:  # completions up to now, in order, learned
-            _, _, ticket, name, key, d, tokens = heapq.heappop(ends)
-            router.backlog(name).done(key)
+        while events and events[0][0] <= p.at:
+            t, _, ended, ticket, name, key, d, tokens = heapq.heappop(events)
+            if not ended:
+                router.backlog(name).prefilled(key, t)
+                continue
+            router.backlog(name).done(key, t)
             assert members is not None
             feedback.learn(members, ticket, d, tokens)
         req = parse(json.dumps(p.body).encode(), True)
@@ -232,7 +237,9 @@ def simulate_arm(
                                     at=p.at))  # fmt: skip
         if ticket is not None:
             key = router.backlog(name).add(p.at, ticket)
-            heapq.heappush(ends, (p.at + tl.done, i, ticket, name, key, tl.done, tl.tokens))
+            ev = (ticket, name, key, tl.done, tl.tokens)
+            heapq.heappush(events, (p.at + tl.first, 2 * i, False, *ev))
+            heapq.heappush(events, (p.at + tl.done, 2 * i + 1, True, *ev))
     end = max((p.at + o.latency_s for p, o in zip(planned, arm.outcomes, strict=True)), default=0)
     arm.row = _row(arm, summarise("simulated", arm.outcomes, end)) | {
         "j_per_request": arm.j_per_request

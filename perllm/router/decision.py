@@ -52,15 +52,19 @@ class Backlog:
     order (the cost model's queue, the world model's `ServerState`), so in a burst requests
     wait for the prefills ahead of them although slots are free; the backend's metrics
     count them as waiting (vLLM's semantics, `ServerState.observe`) and so does this.
-    Without it a GPU's hundreds of slots hid that queue from the decision (issue #13)."""
+    Without it a GPU's hundreds of slots hid that queue from the decision (issue #13).
+    What is observed corrects the prediction (`prefilled`), so a backend faster than the
+    cost model does not pile up a queue that exists only here."""
 
     def __init__(self) -> None:
-        self._start: dict[int, float] = {}  # insertion (= sending) order; non-decreasing
+        # key -> [ready, prefill, start], in insertion (= sending) order; starts never
+        # decrease along it
+        self._flights: dict[int, list[float]] = {}
         self._free = -math.inf  # when the predicted prefills in flight end
         self._keys = itertools.count()
 
     def __len__(self) -> int:
-        return len(self._start)
+        return len(self._flights)
 
     def add(self, now: float, ticket: Ticket) -> int:
         """A request sent at `now` (s, any monotonic clock); its key for `done`."""
@@ -68,19 +72,42 @@ class Backlog:
         start = ready if ready > self._free else self._free
         self._free = start + ticket.prefill_s
         key = next(self._keys)
-        self._start[key] = start
+        self._flights[key] = [ready, ticket.prefill_s, start]
         return key
 
-    def done(self, key: int) -> None:
-        del self._start[key]
-        if not self._start:  # nothing in flight: no prefill queue, however long predicted
+    def prefilled(self, key: int, now: float) -> None:
+        """Request `key`'s prefill had ended by `now` (its first token arrived, or its
+        answer ended). Where it was predicted to end later, it and those sent before it
+        started by then, and those after it are predicted again from there."""
+        f = self._flights.get(key)
+        if f is None or f[2] + f[1] <= now:
+            return
+        start = now - f[1]
+        free = -math.inf
+        after = False
+        for k, g in self._flights.items():
+            if k == key:
+                after = True
+                g[2] = start
+            elif not after:
+                g[2] = min(g[2], start)  # prefilled before it
+            else:
+                g[2] = g[0] if g[0] > free else free
+            free = g[2] + g[1]
+        self._free = free
+
+    def done(self, key: int, now: float) -> None:
+        """Request `key` ended at `now` (answered, failed or cancelled)."""
+        self.prefilled(key, now)
+        del self._flights[key]
+        if not self._flights:  # nothing in flight: no prefill queue, however long predicted
             self._free = -math.inf
 
     def waiting(self, now: float) -> int:
         """Requests in flight whose prefill is predicted not to have started by `now`."""
         n = 0
-        for s in reversed(self._start.values()):  # starts only grow along the order sent
-            if s <= now:
+        for _, _, start in reversed(self._flights.values()):  # the latest starts last
+            if start <= now:
                 break
             n += 1
         return n

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from perllm.router.decision import Ticket
+from perllm.router.decision import Backlog, Ticket
 from perllm.router.members import Members
 from perllm.router.proxy import TokenCounter
 
@@ -22,6 +22,8 @@ class Flight:
     deadline_s: float | None  # the header's tightening, if any
     counter: TokenCounter
     first: float | None = None
+    backlog: Backlog | None = None  # its backend's requests in flight, where it is `key`
+    key: int = -1
 
 
 class Feedback:

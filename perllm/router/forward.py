@@ -41,9 +41,9 @@ class Forwarder:
     ) -> None:
         j = ticket.server
         b, bm = members.backends[j], members.metrics[j]
-        flight = Flight(members, ticket, t0, tight, TokenCounter(req.stream))
         backlog = self._inflight[b.name]
         key = backlog.add(time.perf_counter(), ticket)
+        flight = Flight(members, ticket, t0, tight, TokenCounter(req.stream), None, backlog, key)
         bm.inflight.inc()
         watch = _Disconnect(receive)
         resp = None
@@ -57,7 +57,7 @@ class Forwarder:
             bm.error("client_disconnect").inc()
         finally:
             watch.close()
-            backlog.done(key)
+            backlog.done(key, time.perf_counter())
             bm.inflight.dec()
             if resp is not None:
                 resp.release()
@@ -100,6 +100,8 @@ class Forwarder:
                     break
                 if flight.first is None:
                     flight.first = time.perf_counter()
+                    if flight.backlog is not None:  # the first token: its prefill is over
+                        flight.backlog.prefilled(flight.key, flight.first)
                 counter.feed(chunk)
                 last = resp.complete  # the end with the last bytes: one write less
                 await send({"type": "http.response.body", "body": chunk, "more_body": not last})

@@ -186,7 +186,7 @@ def test_in_simulated_time_the_router_keeps_the_demo_burst_deadlines() -> None:
     slots alone (before issue #13) the L4's prefill queue was invisible: the router kept
     requests there in the burst and met 93.8 % (113.7 J/request). Counting the requests
     whose prefill has not started as waiting (what the replica's metrics show), it meets
-    every deadline at 100.5 J/request and overflows to the cloud during the burst."""
+    every deadline at 101.3 J/request and overflows to the cloud during the burst."""
     b = Burst(60.0)
     sc = burst_scenario(b)
     planned = planned_requests(sc, b, 1)

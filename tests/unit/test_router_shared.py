@@ -118,14 +118,21 @@ def test_backlog_counts_waiting_as_the_world_model_queues() -> None:
     assert waiting[0] > 0 and running[0] < t.max_conc[0, 0]
 
 
-def test_backlog_forgets_its_queue_once_nothing_is_in_flight() -> None:
+def test_backlog_follows_what_it_observes() -> None:
+    """Prefills predicted at 2 s each: a first token or an end sooner than predicted moves
+    the queue behind it forward, and an empty backlog has no queue left."""
     t = Ticket(0, 0, True, 1.0, 1.0, 0.5, 0.01, False, 0.1, 2.0)
     b = Backlog()
-    keys = [b.add(0.0, t) for _ in range(3)]  # prefills start at 0.1, 2.1, 4.1
-    assert len(b) == 3 and b.waiting(0.05) == 3 and b.waiting(1.0) == 2 and b.waiting(5.0) == 0
-    b.done(keys[1])
-    assert len(b) == 2 and b.waiting(3.0) == 1
-    b.done(keys[0])
-    b.done(keys[2])  # ended sooner than predicted: no queue left behind them
-    b.add(1.0, t)
-    assert b.waiting(1.05) == 1 and b.waiting(1.2) == 0
+    keys = [b.add(0.0, t) for _ in range(4)]  # prefills predicted from 0.1, 2.1, 4.1, 6.1
+    assert len(b) == 4 and b.waiting(0.05) == 4 and b.waiting(1.0) == 3 and b.waiting(7) == 0
+    b.prefilled(keys[1], 2.5)  # its first token at 2.5, not 4.1: it started by 0.5
+    assert b.waiting(2.6) == 1 and b.waiting(4.4) == 1 and b.waiting(4.6) == 0  # 3rd at 2.5
+    b.prefilled(keys[0], 3.0)  # later than predicted: nothing to learn
+    b.done(keys[1], 3.0)
+    assert len(b) == 3 and b.waiting(4.4) == 1 and b.waiting(4.6) == 0
+    b.done(keys[3], 3.0)  # ended before its predicted start: the one before it had started
+    assert b.waiting(1.5) == 0
+    b.done(keys[0], 3.0)
+    b.done(keys[2], 3.0)
+    b.add(3.0, t)  # ended sooner than predicted: no queue left behind them
+    assert b.waiting(3.05) == 1 and b.waiting(3.2) == 0
