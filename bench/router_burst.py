@@ -11,7 +11,9 @@ one arm after the other, each against fresh replicas: the twin's OpenAI endpoint
 (`perllm.twin.openai`), timed by the world model at speed 1. Reported per arm: deadline
 attainment, latency percentiles, and the marginal energy per request the world model
 attributes (`perllm.burst`, which `perllm demo`'s routed phase shares; the demo runs the
-three arms at once).
+three arms at once). `--simulated`: the same arms in simulated time (`simulate_arm`: the
+router's decisions and learning, the world model's timings, no HTTP and no wall clock; a
+second), which separates what CS-UCB does from the harness's timing.
 
     .venv/bin/python bench/router_burst.py --json out/router_burst.json
 """
@@ -32,6 +34,7 @@ from perllm.burst import (
     planned_requests,
     replica_nodes,
     run_arm,
+    simulate_arm,
     table,
 )
 
@@ -42,6 +45,7 @@ def main() -> None:
     ap.add_argument("--burst", type=float, default=5.0, help="rate factor of the burst")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--simulated", action="store_true", help="in simulated time, not real")
     a = ap.parse_args()
     burst = Burst(a.seconds, a.burst)
     sc = burst_scenario(burst)
@@ -53,12 +57,18 @@ def main() -> None:
     rows = []
     for name in ARMS:
         print(f"-- {name}", file=sys.stderr)
-        rows.append(asyncio.run(run_arm(Arm(name), sc, planned, nodes, a.seed, a.seconds + 5)))
+        if a.simulated:
+            rows.append(simulate_arm(Arm(name), sc, planned, nodes, a.seed))
+        else:
+            rows.append(asyncio.run(run_arm(Arm(name), sc, planned, nodes, a.seed, a.seconds + 5)))
     print(table(rows))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(
-            json.dumps({"burst": a.burst, "seconds": a.seconds, "rows": rows}, indent=2)
+            json.dumps(
+                {"burst": a.burst, "seconds": a.seconds, "simulated": a.simulated, "rows": rows},
+                indent=2,
+            )
         )
 
 

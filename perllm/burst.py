@@ -14,16 +14,25 @@ Per arm: deadline attainment (the client's clock against `seconds + per_output_t
 tokens`), latency percentiles, the share of requests per tier, and the marginal energy per
 request the world model attributes (inference + transmission; idle power is the same
 whichever way requests go and is left out).
+
+`simulate_arm` replays an arm in simulated time instead (no HTTP, no wall clock): the
+router's own decisions and learning over the same twin replicas, each request timed by the
+world model as the twin times it. What it measures is CS-UCB's behaviour alone; the
+real-time runs add only the harness's timing (issue #13: they agree to ~10 ms a request).
 """
 
 from __future__ import annotations
 
+import heapq
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from perllm.load import Outcome, Planned, Report, plan, replay
+from perllm.load import Outcome, Planned, Report, plan, replay, summarise
 from perllm.router.app import Router
 from perllm.router.config import parse_config
+from perllm.router.feedback import Feedback
+from perllm.router.request import parse
 from perllm.router.serving import serving
 from perllm.scenario import Scenario, load_scenario
 from perllm.scenario.workload import Window
@@ -133,6 +142,10 @@ async def measure(arm: Arm, target: str, planned: list[Planned], horizon: float)
         on_done=arm.outcomes.append,
         on_start=arm.started,
     )
+    return _row(arm, rep)
+
+
+def _row(arm: Arm, rep: Report) -> dict[str, Any]:
     return {
         "arm": arm.name,
         "requests": rep.sent,
@@ -158,14 +171,7 @@ async def run_arm(
     arm.twin = TwinOpenAI.standalone(sc, speed=1.0, seed=seed)
     async with serving(arm.twin) as url:
         if arm.name == ROUTER:
-            cfg = parse_config(
-                {
-                    "scenario": scenario,
-                    "service_class": SERVICE,
-                    "backends": backends(sc, url, nodes),
-                }
-            )
-            arm.router = Router(cfg)
+            arm.router = Router(router_config(sc, url, nodes, scenario))
             try:
                 async with serving(arm.router) as rurl:
                     row = await measure(arm, rurl, planned, horizon)
@@ -175,6 +181,69 @@ async def run_arm(
             node = nodes[0] if arm.name == EDGE_ALONE else nodes[1]
             row = await measure(arm, f"{url}/pods/{NAMESPACE}/{SERVICE}-{node}", planned, horizon)
     arm.row = row | {"j_per_request": arm.j_per_request}
+    return arm.row
+
+
+def router_config(sc: Scenario, url: str, nodes: tuple[str, str], scenario: str = "demo") -> Any:
+    return parse_config(
+        {"scenario": scenario, "service_class": SERVICE, "backends": backends(sc, url, nodes)}
+    )
+
+
+def simulate_arm(
+    arm: Arm,
+    sc: Scenario,
+    planned: list[Planned],
+    nodes: tuple[str, str],
+    seed: int,
+    scenario: str = "demo",
+) -> dict[str, Any]:
+    """`run_arm` in simulated time: every request decided when it arrives (the router arm:
+    `Router.ticket` with the router's in-flight backlogs, told of each first token and
+    learning at each completion, in order, as `perllm router` is), timed on fresh twin
+    replicas by the world model (the twin's `timeline`, with its draws in the same order),
+    nothing sent over HTTP."""
+    clock = [0.0]
+    arm.twin = tw = TwinOpenAI.standalone(sc, speed=1.0, seed=seed, clock=lambda: clock[0])
+    spec = {s.name: s for s in sc.services()}[SERVICE]
+    dl = spec.requirements.deadline
+    router = Router(router_config(sc, "http://simulated", nodes, scenario))
+    members = router.members if arm.name == ROUTER else None
+    feedback = Feedback(dl.seconds, dl.per_output_token_s)
+    alone = nodes[0] if arm.name == EDGE_ALONE else nodes[1]
+    tier = {b.name.removeprefix(f"{SERVICE}-"): b.tier.value for b in router.backends}
+    # (when, order, an end (else a first token), ticket, backend, key, D, output tokens)
+    events: list[tuple[float, int, bool, Any, str, int, float, float]] = []
+    for i, p in enumerate(planned):
+        clock[0] = p.at
+        while events and events[0][0] <= p.at:
+            t, _, ended, ticket, name, key, d, tokens = heapq.heappop(events)
+            if not ended:
+                router.backlog(name).prefilled(key, t)
+                continue
+            router.backlog(name).done(key, t)
+            assert members is not None
+            feedback.learn(members, ticket, d, tokens)
+        req = parse(json.dumps(p.body).encode(), True)
+        node, ticket = alone, None
+        if members is not None:
+            ticket = router.ticket(members, req, p.at)
+            node = members.names[ticket.server].removeprefix(f"{SERVICE}-")
+        tl = tw.timeline(spec, node, req.prompt_tokens, req.attach_bytes, req.max_tokens)
+        met = tl.done <= p.deadline_s + p.per_token_s * tl.tokens
+        name, where = (f"{SERVICE}-{node}", tier[node]) if ticket is not None else ("", "")
+        arm.started(p, {"tier": where} if where else {})  # a lone pod: no decision header
+        arm.outcomes.append(Outcome(p.cls, 200, tl.done, tl.first, tl.tokens, met, name, where,
+                                    at=p.at))  # fmt: skip
+        if ticket is not None:
+            key = router.backlog(name).add(p.at, ticket)
+            ev = (ticket, name, key, tl.done, tl.tokens)
+            heapq.heappush(events, (p.at + tl.first, 2 * i, False, *ev))
+            heapq.heappush(events, (p.at + tl.done, 2 * i + 1, True, *ev))
+    end = max((p.at + o.latency_s for p, o in zip(planned, arm.outcomes, strict=True)), default=0)
+    arm.row = _row(arm, summarise("simulated", arm.outcomes, end)) | {
+        "j_per_request": arm.j_per_request
+    }
     return arm.row
 
 

@@ -250,19 +250,29 @@ class Router(Membership):
         else:
             await self._slots.acquire()
 
+    def expected_out(self, req: Parsed) -> float:
+        """The output length decided on: the service's declared mean, capped by max_tokens."""
+        l_out = self._expected_out
+        return l_out if req.max_tokens is None else min(l_out, float(req.max_tokens))
+
+    def ticket(self, members: Members, req: Parsed, now: float) -> Ticket:
+        """CS-UCB's placement of `req` among `members` with their load at `now`
+        (`time.perf_counter()`, or a replay's clock: `perllm.burst.simulate_arm`)."""
+        flights = [self.backlog(n) for n in members.names]
+        running, waiting = members.decider.load(
+            0, [len(f) for f in flights], [f.waiting(now) for f in flights]
+        )
+        return members.decider.decide(
+            [0], [req.prompt_tokens], [self.expected_out(req)], [req.attach_bytes],
+            [self._min_quality], running, waiting, members.bw,
+        )[0]  # fmt: skip
+
     def _decide(self, members: Members, req: Parsed, tight: float | None) -> Ticket:
         t = time.perf_counter()
-        l_out = self._expected_out
-        if req.max_tokens is not None:
-            l_out = min(l_out, float(req.max_tokens))
-        inflight = self._inflight
-        running, waiting = members.decider.load(0, [inflight[n] for n in members.names])
-        ticket = members.decider.decide(
-            [0], [req.prompt_tokens], [l_out], [req.attach_bytes], [self._min_quality],
-            running, waiting, members.bw,
-        )[0]  # fmt: skip
+        ticket = self.ticket(members, req, t)
         self.metrics.decide_s.observe(time.perf_counter() - t)
         b = members.backends[ticket.server]
+        l_out = self.expected_out(req)
         budget = self._feedback.budget(l_out)
         if self.config.shed:
             if not ticket.feasible:

@@ -6,13 +6,16 @@ prediction `D ≈ fixed + per_token·L_out`, and `learn` is one `CSUCB.update` w
 observed time divided by `realised_prediction(fixed, per_token, l_out)`. Fed the same
 requests and outcomes from the same state, both make the same decisions
 (tests/unit/test_router_shared.py). The only router-specific parts are how live load is
-read (in-flight requests per backend, split into running and waiting at the backend's
-slots) and the energy of an outcome, which the router cannot meter: the decision's
-predicted energy scaled by observed/predicted time (the extender's `predicted` source).
+read (`Backlog`: the router's requests in flight per backend, split into running and
+waiting as the backend's metrics would count them) and the energy of an outcome, which
+the router cannot meter: the decision's predicted energy scaled by observed/predicted time
+(the extender's `predicted` source).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perllm.contract import EnergyWeights, Server, ServiceSpec
-from perllm.costmodel import build_cost_table
+from perllm.costmodel import build_cost_table, gpu_prefill, upload_bits
 from perllm.csucb import CSUCB, ArmStats, CSUCBConfig, realised_prediction
 from perllm.profiles import Catalogue
 
@@ -39,6 +42,75 @@ class Ticket:
     fixed: float  # D ≈ fixed + per_token·L_out
     per_token: float
     explored: bool  # the (class, pool) arm had never been played
+    lead_s: float  # from sending it until it is at the server: upload and half the RTT
+    prefill_s: float  # its prefill there on a GPU, which prefills one at a time; 0 on a CPU
+
+
+class Backlog:
+    """The router's requests in flight at one backend, in the order sent, each with when
+    its prefill is predicted to start. A GPU prefills one request at a time in arrival
+    order (the cost model's queue, the world model's `ServerState`), so in a burst requests
+    wait for the prefills ahead of them although slots are free; the backend's metrics
+    count them as waiting (vLLM's semantics, `ServerState.observe`) and so does this.
+    Without it a GPU's hundreds of slots hid that queue from the decision (issue #13).
+    What is observed corrects the prediction (`prefilled`), so a backend faster than the
+    cost model does not pile up a queue that exists only here."""
+
+    def __init__(self) -> None:
+        # key -> [ready, prefill, start], in insertion (= sending) order; starts never
+        # decrease along it
+        self._flights: dict[int, list[float]] = {}
+        self._free = -math.inf  # when the predicted prefills in flight end
+        self._keys = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def add(self, now: float, ticket: Ticket) -> int:
+        """A request sent at `now` (s, any monotonic clock); its key for `done`."""
+        ready = now + ticket.lead_s
+        start = ready if ready > self._free else self._free
+        self._free = start + ticket.prefill_s
+        key = next(self._keys)
+        self._flights[key] = [ready, ticket.prefill_s, start]
+        return key
+
+    def prefilled(self, key: int, now: float) -> None:
+        """Request `key`'s prefill had ended by `now` (its first token arrived, or its
+        answer ended). Where it was predicted to end later, it and those sent before it
+        started by then, and those after it are predicted again from there."""
+        f = self._flights.get(key)
+        if f is None or f[2] + f[1] <= now:
+            return
+        start = now - f[1]
+        free = -math.inf
+        after = False
+        for k, g in self._flights.items():
+            if k == key:
+                after = True
+                g[2] = start
+            elif not after:
+                g[2] = min(g[2], start)  # prefilled before it
+            else:
+                g[2] = g[0] if g[0] > free else free
+            free = g[2] + g[1]
+        self._free = free
+
+    def done(self, key: int, now: float) -> None:
+        """Request `key` ended at `now` (answered, failed or cancelled)."""
+        self.prefilled(key, now)
+        del self._flights[key]
+        if not self._flights:  # nothing in flight: no prefill queue, however long predicted
+            self._free = -math.inf
+
+    def waiting(self, now: float) -> int:
+        """Requests in flight whose prefill is predicted not to have started by `now`."""
+        n = 0
+        for _, _, start in reversed(self._flights.values()):  # the latest starts last
+            if start <= now:
+                break
+            n += 1
+        return n
 
 
 class Decider:
@@ -50,6 +122,9 @@ class Decider:
         self._cls_row = [st.class_index(s.name) for s in table.services]
         self._pool_col = [st.pool_index(p) for p in table.pools]
         self._slots = np.maximum(table.max_conc, 1.0)  # [C, M]
+        self._rtt = table.rtt_s.tolist()
+        self._gpu = table.is_gpu.tolist()
+        self._r_pf, self._ttft0 = table.r_pf.tolist(), table.ttft0.tolist()
 
     @classmethod
     def for_servers(
@@ -66,12 +141,24 @@ class Decider:
         table = build_cost_table(services, [(s.name, s) for s in servers], catalogue)
         return cls(CSUCB(table, weights, config, stats))
 
-    def load(self, cls: int, inflight: Sequence[float]) -> tuple[F, F]:
-        """(running, waiting) per server from the requests in flight there: up to the
-        server's slots for this class run, the rest wait (what its metrics would show)."""
+    def load(self, cls: int, inflight: Sequence[float], unstarted: Sequence[float]) -> tuple[F, F]:
+        """(running, waiting) per server from the requests in flight there and how many
+        of them have not started their prefill (`Backlog.waiting`): the others run, up to
+        the server's slots for this class, and the rest wait (what its metrics would show)."""
         n = np.asarray(inflight, float)
-        running = np.minimum(n, self._slots[cls])
+        running = np.minimum(n - np.asarray(unstarted, float), self._slots[cls])
         return running, n - running
+
+    def arrival(
+        self, cls: int, server: int, l_in: float, attach: float, bw_mbps: float
+    ) -> tuple[float, float]:
+        """(lead, prefill) of a request sent to `server`: from sending it until it is at
+        the server (upload, half the RTT), and its prefill there on a GPU (0 on a CPU): the
+        world model's, less its speed noise (`Backlog`). Python floats: one per decision."""
+        lead = upload_bits(l_in, attach) / (bw_mbps * 1e6) + self._rtt[server] / 2
+        if not self._gpu[cls][server]:
+            return lead, 0.0
+        return lead, gpu_prefill(l_in, self._r_pf[cls][server], self._ttft0[cls][server])
 
     def decide(
         self,
@@ -98,18 +185,20 @@ class Decider:
             waiting,
             bw_mbps,
         )
+        bw = bw_mbps.tolist()
         return [
             Ticket(
                 k,
                 j,
                 bool(ok),
-                t,
+                pt,
                 e,
                 a,
                 b,
                 bool(before[self._cls_row[k], self._pool_col[j]] == 0),
+                *self.arrival(k, max(j, 0), li, at, bw[max(j, 0)]),  # j -1: shed, never sent
             )
-            for k, j, ok, t, e, a, b in zip(
+            for k, j, ok, pt, e, a, b, li, at in zip(
                 c.tolist(),
                 d.choice.tolist(),
                 d.feasible.tolist(),
@@ -117,6 +206,8 @@ class Decider:
                 d.predicted_energy.tolist(),
                 d.predicted_fixed.tolist(),
                 d.predicted_per_token.tolist(),
+                [float(x) for x in l_in],
+                [float(x) for x in attach],
                 strict=True,
             )
         ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from perllm.router.decision import Ticket
+from perllm.router.decision import Backlog, Ticket
 from perllm.router.members import Members
 from perllm.router.proxy import TokenCounter
 
@@ -22,6 +22,8 @@ class Flight:
     deadline_s: float | None  # the header's tightening, if any
     counter: TokenCounter
     first: float | None = None
+    backlog: Backlog | None = None  # its backend's requests in flight, where it is `key`
+    key: int = -1
 
 
 class Feedback:
@@ -51,8 +53,16 @@ class Feedback:
         self._learn(f, time.perf_counter() - f.start, f.counter.tokens())
 
     def _learn(self, f: Flight, d: float, l_out: float) -> None:
+        met = self.learn(f.members, f.ticket, d, l_out, f.deadline_s)
+        f.members.metrics[f.ticket.server].judge(met)
+
+    def learn(
+        self, members: Members, ticket: Ticket, d: float, l_out: float, tight: float | None = None
+    ) -> bool:
+        """CS-UCB's update with one outcome (`tight`: the header's deadline); whether the
+        request met its deadline."""
         deadline = self.budget(l_out)
-        if f.deadline_s is not None:
-            deadline = min(deadline, f.deadline_s)
-        f.members.decider.learn([f.ticket], [d], [l_out], [deadline])
-        f.members.metrics[f.ticket.server].judge(d <= deadline)
+        if tight is not None:
+            deadline = min(deadline, tight)
+        members.decider.learn([ticket], [d], [l_out], [deadline])
+        return d <= deadline

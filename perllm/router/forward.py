@@ -10,7 +10,7 @@ import time
 
 from perllm.router.asgi import Message, Receive, Refused, Scope, Send, Shed
 from perllm.router.config import Backend
-from perllm.router.decision import Ticket
+from perllm.router.decision import Backlog, Ticket
 from perllm.router.feedback import Feedback, Flight
 from perllm.router.members import Members
 from perllm.router.metrics import BackendMetrics
@@ -23,7 +23,7 @@ _CTYPE_JSON = (b"content-type", b"application/json")
 
 
 class Forwarder:
-    def __init__(self, inflight: dict[str, int], feedback: Feedback) -> None:
+    def __init__(self, inflight: dict[str, Backlog], feedback: Feedback) -> None:
         self._inflight = inflight  # the router's requests in flight per backend name
         self._feedback = feedback
 
@@ -41,8 +41,9 @@ class Forwarder:
     ) -> None:
         j = ticket.server
         b, bm = members.backends[j], members.metrics[j]
-        flight = Flight(members, ticket, t0, tight, TokenCounter(req.stream))
-        self._inflight[b.name] += 1
+        backlog = self._inflight[b.name]
+        key = backlog.add(time.perf_counter(), ticket)
+        flight = Flight(members, ticket, t0, tight, TokenCounter(req.stream), None, backlog, key)
         bm.inflight.inc()
         watch = _Disconnect(receive)
         resp = None
@@ -56,7 +57,7 @@ class Forwarder:
             bm.error("client_disconnect").inc()
         finally:
             watch.close()
-            self._inflight[b.name] -= 1
+            backlog.done(key, time.perf_counter())
             bm.inflight.dec()
             if resp is not None:
                 resp.release()
@@ -99,6 +100,8 @@ class Forwarder:
                     break
                 if flight.first is None:
                     flight.first = time.perf_counter()
+                    if flight.backlog is not None:  # the first token: its prefill is over
+                        flight.backlog.prefilled(flight.key, flight.first)
                 counter.feed(chunk)
                 last = resp.complete  # the end with the last bytes: one write less
                 await send({"type": "http.response.body", "body": chunk, "more_body": not last})

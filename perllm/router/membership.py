@@ -16,7 +16,7 @@ from perllm.contract import ServiceSpec
 from perllm.profiles import Catalogue, default_catalogue
 from perllm.router.asgi import Refused
 from perllm.router.config import Backend, RouterConfig
-from perllm.router.decision import Decider
+from perllm.router.decision import Backlog, Decider
 from perllm.router.health import Ejections, Refusing
 from perllm.router.members import Members, decider_key
 from perllm.router.metrics import RouterMetrics
@@ -34,7 +34,7 @@ class Membership:
         # The service the deciders are for (`Router.set_spec`); None until it is known.
         self.spec: ServiceSpec | None = None
         self.catalogue: Catalogue = default_catalogue()
-        self._inflight: dict[str, int] = {}
+        self._inflight: dict[str, Backlog] = {}  # per backend name, across memberships
         self._bw_override: dict[str, float] = {}
         self._pools: dict[tuple[str, str], Pool] = {}
         self._members: Members | None = None
@@ -51,6 +51,11 @@ class Membership:
         return self._members.backends if self._members else []
 
     @property
+    def members(self) -> Members | None:
+        """The current membership (None: no backends yet)."""
+        return self._members
+
+    @property
     def decider(self) -> Decider:
         if self._members is None:
             raise RuntimeError("no backends yet")
@@ -59,7 +64,12 @@ class Membership:
     @property
     def inflight(self) -> list[int]:
         """Requests in flight per current backend (in `backends` order)."""
-        return [self._inflight.get(n, 0) for n in (self._members.names if self._members else [])]
+        names = self._members.names if self._members else []
+        return [len(self._inflight[n]) if n in self._inflight else 0 for n in names]
+
+    def backlog(self, name: str) -> Backlog:
+        """The requests in flight at backend `name` (any membership it was in)."""
+        return self._inflight.setdefault(name, Backlog())
 
     def set_backends(self, backends: Sequence[Backend]) -> bool:
         """Replace the membership (discovery). Same backends with other bandwidths: only
@@ -109,7 +119,7 @@ class Membership:
             [self._secret(b.token_file) if b.token_file else None for b in backends],
         )
         for n in names:
-            self._inflight.setdefault(n, 0)
+            self._inflight.setdefault(n, Backlog())
         log.info("backends: %s", ", ".join(f"{b.name}={b.url}" for b in backends))
         return True
 

@@ -100,7 +100,13 @@ class TwinOpenAI:
         self.energy_j = 0.0
 
     @classmethod
-    def standalone(cls, sc: Scenario, speed: float = 1.0, seed: int = 0) -> TwinOpenAI:
+    def standalone(
+        cls,
+        sc: Scenario,
+        speed: float = 1.0,
+        seed: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> TwinOpenAI:
         pods = static_pods(sc)
         specs = {s.name: s for s in sc.services()}
 
@@ -108,7 +114,7 @@ class TwinOpenAI:
             hit = pods.get((ns, pod))
             return None if hit is None else (specs[hit[0]], hit[1])
 
-        return cls(sc, resolve, speed, seed)
+        return cls(sc, resolve, speed, seed, clock)
 
     def now(self) -> float:
         """Simulated seconds since start."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from perllm.costmodel import download_bits, upload_bits
 from perllm.csucb import CSUCB
 from perllm.policies.base import Batch, Env, Feedback, I, Observation
 from perllm.policies.perllm_policy import PerLLM
-from perllm.router.decision import Decider, Ticket
+from perllm.router.decision import Backlog, Decider, Ticket
 from perllm.scenario import load_scenario, parse_scenario
-from perllm.world.sim import World, simulate
+from perllm.world.server import ServerState, execute
+from perllm.world.sim import World, coeff_grid, simulate
 
 
 class Twinned(PerLLM):
@@ -72,5 +74,65 @@ def test_load_splits_inflight_at_the_backend_slots() -> None:
     sc = load_scenario("demo")
     d = Decider(CSUCB(World(sc, 0).table))
     slots = d.table.max_conc[0]
-    running, waiting = d.load(0, (slots + 3).tolist())
-    assert np.array_equal(running, slots) and np.array_equal(waiting, np.full(len(slots), 3.0))
+    m = len(slots)
+    running, waiting = d.load(0, (slots + 3).tolist(), [0] * m)
+    assert np.array_equal(running, slots) and np.array_equal(waiting, np.full(m, 3.0))
+    # requests whose prefill has not started wait although slots are free
+    running, waiting = d.load(0, [5] * m, [2] * m)
+    assert np.array_equal(running, np.full(m, 3.0)) and np.array_equal(waiting, np.full(m, 2.0))
+    running, waiting = d.load(0, (slots + 3).tolist(), [5] * m)
+    assert np.array_equal(running, slots - 2) and np.array_equal(waiting, np.full(m, 5.0))
+
+
+def test_backlog_counts_waiting_as_the_world_model_queues() -> None:
+    """A burst at an L4: its slots are far from full, but it prefills one request at a
+    time, so requests queue for the prefill. The router's count of those (from when it sent
+    each and the cost model's prefill) is what the replica's metrics show (`observe`), which
+    is what the simulator's CS-UCB decides on; counted at the slots alone (as before issue
+    #13) nothing ever waited there."""
+    sc = load_scenario("demo")
+    chat = next(s for s in sc.services() if s.name == "chat")
+    servers = [(n, s) for n, s in sc.expanded_servers() if n in ("edge-gpu-1", "cloud")]
+    d = Decider.for_servers([chat], [s for _, s in servers], sc.catalogue)
+    t = d.table
+    coeffs = coeff_grid(t)[0]
+    bw = t.link_mbps.copy()
+    states = [ServerState(c.p_idle, c.p_busy, c.p_prefill, c.is_gpu) for c in coeffs]
+    backlogs = [Backlog() for _ in servers]
+    rng = np.random.default_rng(5)
+    seen = []
+    for k in range(40):  # ~6 a second for 6.5 s, to both servers: beyond the L4's prefill
+        at = k * 0.16
+        l_in = float(rng.integers(300, 2500))
+        for j, (_, s) in enumerate(servers):
+            bits = (float(upload_bits(l_in, 0.0)), float(download_bits(200.0)))
+            link = (bw[j] * 1e6, s.link.rtt_ms / 1000, 0.0)
+            execute(states[j], coeffs[j], at, l_in, 200.0, bits, link, 1.0)
+            lead, pre = d.arrival(0, j, l_in, 0.0, float(bw[j]))
+            backlogs[j].add(at, Ticket(0, j, True, 0, 0, 0, 0, False, lead, pre))
+            now = at + 0.08  # between arrivals: some prefills have started
+            seen.append((j, states[j].observe(now)[1], backlogs[j].waiting(now)))
+    assert [w for _, w, _ in seen] == [b for _, _, b in seen]
+    assert max(w for j, w, _ in seen if j == 0) >= 10  # the L4's prefill queue
+    running, waiting = d.load(0, [len(b) for b in backlogs], [b.waiting(7.0) for b in backlogs])
+    assert waiting[0] > 0 and running[0] < t.max_conc[0, 0]
+
+
+def test_backlog_follows_what_it_observes() -> None:
+    """Prefills predicted at 2 s each: a first token or an end sooner than predicted moves
+    the queue behind it forward, and an empty backlog has no queue left."""
+    t = Ticket(0, 0, True, 1.0, 1.0, 0.5, 0.01, False, 0.1, 2.0)
+    b = Backlog()
+    keys = [b.add(0.0, t) for _ in range(4)]  # prefills predicted from 0.1, 2.1, 4.1, 6.1
+    assert len(b) == 4 and b.waiting(0.05) == 4 and b.waiting(1.0) == 3 and b.waiting(7) == 0
+    b.prefilled(keys[1], 2.5)  # its first token at 2.5, not 4.1: it started by 0.5
+    assert b.waiting(2.6) == 1 and b.waiting(4.4) == 1 and b.waiting(4.6) == 0  # 3rd at 2.5
+    b.prefilled(keys[0], 3.0)  # later than predicted: nothing to learn
+    b.done(keys[1], 3.0)
+    assert len(b) == 3 and b.waiting(4.4) == 1 and b.waiting(4.6) == 0
+    b.done(keys[3], 3.0)  # ended before its predicted start: the one before it had started
+    assert b.waiting(1.5) == 0
+    b.done(keys[0], 3.0)
+    b.done(keys[2], 3.0)
+    b.add(3.0, t)  # ended sooner than predicted: no queue left behind them
+    assert b.waiting(3.05) == 1 and b.waiting(3.2) == 0
