@@ -110,6 +110,14 @@ def sweep_curves(data: dict[str, Any], path: Path) -> Path:
     bpts = sorted(data.get("bound_points", []), key=lambda b: b["value"])
     for k, m in enumerate(metrics):
         ax = axes[k // ncol][k % ncol]
+        if all(r.get(m["key"]) is None for r in rows):
+            # a bound metric of a --no-bound sweep: nothing to draw (and with no data a log
+            # axis has no positive limits, which matplotlib refuses)
+            ax.set_title(m["label"], fontsize=9)
+            ax.text(0.5, 0.5, "not computed", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         for p in data["policies"]:
             mine = sorted((r for r in rows if r["policy"] == p), key=lambda r: r["value"])
             xs = [r["value"] for r in mine]

@@ -25,7 +25,7 @@ from perllm.sweep import (
     set_cloud_bandwidth,
     set_load,
 )
-from perllm.sweep.run import csv_columns
+from perllm.sweep.run import csv_columns, write_outputs
 from perllm.sweep.transforms import set_duration
 from perllm.world.sim import World, simulate
 
@@ -152,6 +152,9 @@ def test_no_bound_keeps_the_columns_empty_and_processes_match(tmp_path: Path) ->
         assert r["energy_ratio"] is None and r["bound_success_rate"] is None
     strip = [{k: v for k, v in r.items() if not k.startswith("wall_s")} for r in rows]
     assert strip == [{k: v for k, v in r.items() if not k.startswith("wall_s")} for r in two.rows()]
+    # The bound's panels are empty, and on a bandwidth sweep's log axis that must not fail.
+    png = next(p for p in write_outputs(one, tmp_path) if p.suffix == ".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(
