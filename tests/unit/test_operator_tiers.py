@@ -21,6 +21,7 @@ from perllm_operator.policy import Point, ReplacementPolicy
 from perllm_operator.state import State
 
 from perllm.crd import InvalidService, service_spec
+from tests.unit.fake_kube import FakeStatusApi
 from tests.unit.test_operator_status import FakeCluster, FakeProm
 
 ROOT = Path(__file__).parents[2]
@@ -322,32 +323,6 @@ def test_ready_only_when_every_child_is() -> None:
     assert observe.all_of([up, pending])[:2] == (None, "Pending")
     ok, reason, msg = observe.all_of([pending, down, up])
     assert (ok, reason) == (False, "ReplicasNotReady") and "Deployment a" in msg
-
-
-class FakeStatusApi:
-    """get + merge-patch of the status subresource, with the resourceVersion check."""
-
-    def __init__(self, obj: dict[str, Any]) -> None:
-        self.obj = copy.deepcopy(obj)
-        self.obj["metadata"]["resourceVersion"] = "1"
-        self.patches: list[dict[str, Any]] = []
-
-    def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
-        return copy.deepcopy(self.obj)
-
-    def patch_namespaced_custom_object_status(self, *a: Any) -> None:
-        body = a[-1]
-        assert body["metadata"]["resourceVersion"] == self.obj["metadata"]["resourceVersion"]
-        self.patches.append(body)
-        st = self.obj.setdefault("status", {})
-        for k, v in body["status"].items():  # JSON merge patch, one level: null removes
-            if v is None:
-                st.pop(k, None)
-            else:
-                st[k] = v
-        self.obj["metadata"]["resourceVersion"] = str(
-            int(self.obj["metadata"]["resourceVersion"]) + 1
-        )
 
 
 def _status_api(mp: pytest.MonkeyPatch, obj: dict[str, Any], live: dict[str, Any]) -> FakeStatusApi:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 from typing import Any
 
 import httpx
 import pytest
+from fake_kube import ApiError, FakeStatusApi
 from test_router_discovery import FakeApi
 from test_router_remote import backend
 
@@ -32,6 +32,7 @@ from perllm.router.stub import StubBackend
 Obj = dict[str, Any]
 # Short answers: the deadline (1 s + 0.15 s a token) is near what the edge takes loaded.
 CHAT = {"model": "chat", "max_tokens": 8, "messages": [{"role": "user", "content": "hi " * 400}]}
+LLMS = ("perllm.io", "v1alpha1", "ns", "llmservices", "chat")
 
 
 def test_routing_counts_shares_per_tier_and_backend() -> None:
@@ -108,46 +109,9 @@ def test_merge_condition_replaces_only_its_own_type() -> None:
     assert flipped[0] is ready and flipped[1]["status"] == "False" and since
 
 
-class FakeStatusApi:
-    """An LLMService behind its status subresource: JSON merge patch (lists replaced
-    whole), resourceVersion checked (409), or every call failing with `fail`."""
-
-    def __init__(self, conflicts: int = 0) -> None:
-        self.obj: Obj = {
-            "metadata": {"name": "chat", "namespace": "ns", "resourceVersion": "1"},
-            "status": {"conditions": [{"type": "Ready", "status": "True"}], "child": {"k": 1}},
-        }
-        self.conflicts, self.patches = conflicts, 0
-        self.fail: Exception | None = None
-
-    def get_namespaced_custom_object(self, *args: Any, **kw: Any) -> Obj:
-        assert args == ("perllm.io", "v1alpha1", "ns", "llmservices", "chat")
-        assert kw["_request_timeout"] > 0
-        if self.fail is not None:
-            raise self.fail
-        return copy.deepcopy(self.obj)
-
-    def patch_namespaced_custom_object_status(self, *args: Any, **kw: Any) -> None:
-        body = args[5]
-        assert kw["_content_type"] == "application/merge-patch+json"
-        if self.conflicts:  # another writer got there first
-            self.conflicts -= 1
-            self.obj["metadata"]["resourceVersion"] += "0"
-        if body["metadata"]["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
-            raise ApiError(409, "Conflict")
-        self.obj["status"].update(body["status"])
-        self.obj["metadata"]["resourceVersion"] += "1"
-        self.patches += 1
-
-    def cond(self) -> Obj:
-        conds = self.obj["status"]["conditions"]
-        return next(c for c in conds if c["type"] == CONDITION)  # type: ignore[no-any-return]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"({status}) {reason}")
-        self.status, self.reason = status, reason
+def cond_of(api: FakeStatusApi) -> Obj:
+    conds = api.obj["status"]["conditions"]
+    return next(c for c in conds if c["type"] == CONDITION)  # type: ignore[no-any-return]
 
 
 def test_the_status_follows_the_remote_tier_and_keeps_other_conditions(
@@ -172,7 +136,7 @@ def test_the_status_follows_the_remote_tier_and_keeps_other_conditions(
             }
             r = Router(parse_config(cfg))
             assert r.discovery is not None and r.status_writer is not None
-            w, api = r.status_writer, FakeStatusApi(conflicts=1)
+            w, api = r.status_writer, FakeStatusApi(conflicts=1, expect=LLMS)
             r.discovery._api, w._custom = FakeApi(), api
             await r.discovery.refresh()
             assert [b.name for b in r.backends] == ["a", "cloud-cluster"]
@@ -183,25 +147,25 @@ def test_the_status_follows_the_remote_tier_and_keeps_other_conditions(
                 assert resp.status_code == 200
                 used.add(resp.headers["x-perllm-decision"].split(";")[0])
             assert used == {"backend=a", "backend=cloud-cluster"}, used
-            assert await w.tick() and api.patches == 1  # after one conflict, read again
+            assert await w.tick() and len(api.patches) == 1  # after one conflict, read again
             s = api.obj["status"]
             assert s["child"] == {"k": 1} and s["conditions"][0] == {
                 "type": "Ready",
                 "status": "True",
             }
-            assert api.cond()["status"] == "True" and api.cond()["reason"] == "AllReachable"
+            assert cond_of(api)["status"] == "True" and cond_of(api)["reason"] == "AllReachable"
             rt = s["routing"]
             assert rt["requests"] == 30 and {t["tier"] for t in rt["tiers"]} == {"edge", "cloud"}
             assert sum(t["share"] for t in rt["tiers"]) == pytest.approx(1, abs=1e-3)
             assert rt["recent"]["requests"] == 30 and rt["updatedAt"]
-            assert not await w.tick() and api.patches == 1  # nothing changed: no write
+            assert not await w.tick() and len(api.patches) == 1  # nothing changed: no write
 
             await remote.aclose()  # cut the path
             burst = [c.post("/v1/chat/completions", json=CHAT) for _ in range(20)]
             assert {x.status_code for x in await asyncio.gather(*burst)} == {200}
             assert list(r.refusing()) == ["cloud-cluster"]
             assert await w.tick()
-            cond = api.cond()
+            cond = cond_of(api)
             assert (cond["status"], cond["reason"]) == ("False", "RemoteUnreachable")
             assert cond["message"].startswith("remote tier cloud-cluster (cloud, http://")
             assert "requests go to a" in cond["message"]
@@ -217,7 +181,7 @@ def test_the_status_follows_the_remote_tier_and_keeps_other_conditions(
                 if not r.refusing():
                     break
             assert not r.refusing()
-            assert await w.tick() and api.cond()["status"] == "True"
+            assert await w.tick() and cond_of(api)["status"] == "True"
             assert api.obj["status"]["conditions"][0]["type"] == "Ready"
 
             # The API refusing the write (RBAC): one log line, a metric, routing goes on.
