@@ -55,9 +55,9 @@ def _split(counts: Counts) -> Obj:
     for tier, r, m in counts.values():
         t = tiers.setdefault(tier, [0, 0])
         t[0], t[1] = t[0] + r, t[1] + m
-    out: Obj = {"requests": total}
-    if total:
-        out["attainment"] = _ratio(met, total)
+    # Unknown without requests: null, which a merge patch (RFC 7386) deletes; left out,
+    # a previous write's attainment would survive next to `requests: 0`.
+    out: Obj = {"requests": total, "attainment": _ratio(met, total) if total else None}
     out["tiers"] = [
         {"tier": t, "requests": r, "share": _ratio(r, total), "attainment": _ratio(m, r)}
         for t, (r, m) in sorted(tiers.items())

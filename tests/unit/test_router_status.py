@@ -60,7 +60,28 @@ def test_routing_counts_shares_per_tier_and_backend() -> None:
         ],
     }
     empty = routing({}, {}, 0, [], since=0.0)
-    assert empty["requests"] == 0 and "attainment" not in empty and empty["tiers"] == []
+    assert empty["requests"] == 0 and empty["attainment"] is None and empty["tiers"] == []
+
+
+def _patch(api: FakeStatusApi, routing_: Obj) -> Obj:
+    rv = api.obj["metadata"]["resourceVersion"]
+    body = {"metadata": {"resourceVersion": rv}, "status": {"routing": routing_}}
+    api.patch_namespaced_custom_object_status(*LLMS, body)
+    return api.obj["status"]["routing"]  # type: ignore[no-any-return]
+
+
+def test_an_unknown_attainment_is_deleted_not_left_from_a_previous_write() -> None:
+    """A merge patch merges nested objects: an attainment left out would survive from the
+    previous write next to `requests: 0`; it is sent as null, which deletes it."""
+    api = FakeStatusApi()
+    busy = _patch(api, routing({"e1": ("edge", 2, 1)}, {"e1": ("edge", 2, 1)}, 60, [], 0.0))
+    assert busy["recent"]["attainment"] == 0.5 and busy["attainment"] == 0.5
+    idle = _patch(api, routing({"e1": ("edge", 2, 1)}, {"e1": ("edge", 0, 0)}, 60, [], 0.0))
+    assert idle["recent"]["requests"] == 0 and "attainment" not in idle["recent"]
+    assert idle["attainment"] == 0.5 and idle["recent"]["tiers"] == []
+    fresh = _patch(api, routing({}, {}, 0, [], since=1.0))  # a new router: nothing yet
+    assert fresh["requests"] == 0 and "attainment" not in fresh
+    assert "attainment" not in fresh["recent"] and fresh["backends"] == []
 
 
 def _b(name: str, tier: str) -> Backend:
