@@ -221,7 +221,7 @@ def simulate_arm(
             if not ended:
                 router.backlog(name).prefilled(key, t)
                 continue
-            router.backlog(name).done(key, t)
+            router.backlog(name).done(key, t, prefilled=True)
             assert members is not None
             feedback.learn(members, ticket, d, tokens)
         req = parse(json.dumps(p.body).encode(), True)

@@ -96,9 +96,14 @@ class Backlog:
             free = g[2] + g[1]
         self._free = free
 
-    def done(self, key: int, now: float) -> None:
-        """Request `key` ended at `now` (answered, failed or cancelled)."""
-        self.prefilled(key, now)
+    def done(self, key: int, now: float, *, prefilled: bool) -> None:
+        """Request `key` ended at `now`. `prefilled`: it was answered, so its prefill had
+        ended by then (and the queue ahead of it had started). A failure (refused, an
+        error status, a timeout, the client gone) says nothing of the queue: it is only
+        removed, else a fast 429 from an overloaded backend would mark every request
+        ahead of it as started and draw more to it."""
+        if prefilled:
+            self.prefilled(key, now)
         del self._flights[key]
         if not self._flights:  # nothing in flight: no prefill queue, however long predicted
             self._free = -math.inf

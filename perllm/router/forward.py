@@ -57,7 +57,9 @@ class Forwarder:
             bm.error("client_disconnect").inc()
         finally:
             watch.close()
-            backlog.done(key, time.perf_counter())
+            # An answer's prefill was observed at its first chunk (`_relay`); an ending
+            # before one, or an error status, pulls no queue forward.
+            backlog.done(key, time.perf_counter(), prefilled=False)
             bm.inflight.dec()
             if resp is not None:
                 resp.release()
@@ -100,7 +102,9 @@ class Forwarder:
                     break
                 if flight.first is None:
                     flight.first = time.perf_counter()
-                    if flight.backlog is not None:  # the first token: its prefill is over
+                    # The first token of an answer: its prefill is over. An error body
+                    # (429, 503 from an overloaded backend) says nothing of a prefill.
+                    if flight.backlog is not None and resp.status < 400:
                         flight.backlog.prefilled(flight.key, flight.first)
                 counter.feed(chunk)
                 last = resp.complete  # the end with the last bytes: one write less

@@ -128,11 +128,27 @@ def test_backlog_follows_what_it_observes() -> None:
     b.prefilled(keys[1], 2.5)  # its first token at 2.5, not 4.1: it started by 0.5
     assert b.waiting(2.6) == 1 and b.waiting(4.4) == 1 and b.waiting(4.6) == 0  # 3rd at 2.5
     b.prefilled(keys[0], 3.0)  # later than predicted: nothing to learn
-    b.done(keys[1], 3.0)
+    b.done(keys[1], 3.0, prefilled=True)
     assert len(b) == 3 and b.waiting(4.4) == 1 and b.waiting(4.6) == 0
-    b.done(keys[3], 3.0)  # ended before its predicted start: the one before it had started
+    b.done(keys[3], 3.0, prefilled=True)  # ended before its predicted start: the one ahead had
     assert b.waiting(1.5) == 0
-    b.done(keys[0], 3.0)
-    b.done(keys[2], 3.0)
+    b.done(keys[0], 3.0, prefilled=True)
+    b.done(keys[2], 3.0, prefilled=True)
     b.add(3.0, t)  # ended sooner than predicted: no queue left behind them
     assert b.waiting(3.05) == 1 and b.waiting(3.2) == 0
+
+
+def test_a_failed_request_pulls_no_queue_forward() -> None:
+    """A fast error (429/503 from an overloaded backend, a refusal, a timeout, the client
+    gone) is no sign that the prefills ahead of it started: it is only removed."""
+    t = Ticket(0, 0, True, 1.0, 1.0, 0.5, 0.01, False, 0.1, 2.0)
+    b = Backlog()
+    keys = [b.add(0.0, t) for _ in range(4)]  # prefills predicted from 0.1, 2.1, 4.1, 6.1
+    b.done(keys[3], 0.2, prefilled=False)  # answered 429 at once
+    assert len(b) == 3 and b.waiting(0.2) == 2 and b.waiting(2.0) == 2 and b.waiting(4.2) == 0
+    b.done(keys[1], 0.3, prefilled=False)
+    assert len(b) == 2 and b.waiting(0.3) == 1 and b.waiting(4.0) == 1
+    answered = Backlog()  # the same ending as an answer: those ahead had started
+    keys = [answered.add(0.0, t) for _ in range(4)]
+    answered.done(keys[3], 0.2, prefilled=True)
+    assert answered.waiting(0.2) == 0
