@@ -3,12 +3,14 @@ backend, over the router's life and the last `RECENT_S` seconds, and deadline at
 and the condition `BackendsReachable` (False while a backend refuses connections, naming
 it and why: a remote tier cut off says `RemoteUnreachable`).
 
-Written every `interval_s` when it changed, never per request, off the event loop: a read
-of the LLMService and a merge patch of its status subresource with that resourceVersion
-(retried on conflict). The condition list is shared with the operator and a merge patch
-replaces a list whole, so only this condition type is replaced and the others are sent
-back as read; the operator's writes do the same with the router's (and a resourceVersion
-conflict makes whichever wrote second read again). A failed write (RBAC, API down) is a
+Written every `interval_s` when it changed (and every `REFRESH_TICKS` intervals anyway,
+in case another writer dropped or reverted the condition), never per request, off the
+event loop: a read of the LLMService and a merge patch of its status subresource with
+that resourceVersion (retried on conflict). The condition list is shared with the
+operator and a merge patch replaces a list whole, so only this condition type is
+replaced and the others are sent back as read; the operator's writes do the same with
+the router's (and a resourceVersion conflict makes whichever wrote second read again).
+A failed write (RBAC, API down) is a
 log line per distinct error and `perllm_router_status_writes_total{result="error"}`;
 routing never depends on it.
 """
@@ -37,6 +39,9 @@ log = logging.getLogger("perllm.router.status")
 CONDITION = "BackendsReachable"
 RECENT_S = 60.0  # the `recent` window
 CONFLICT_RETRIES = 4
+# Unchanged, the status is still written every this many intervals: another writer (the
+# operator) may have dropped or reverted this condition meanwhile.
+REFRESH_TICKS = 12
 
 Obj = dict[str, Any]
 Counts = dict[str, tuple[str, int, int]]  # backend -> (tier, requests, met)
@@ -153,6 +158,8 @@ class StatusWriter:
     _last: tuple[Obj, Cond] | None = field(default=None, repr=False)
     _failing: str = field(default="", repr=False)
     _custom: Any = field(default=None, repr=False)
+    _client: Any = field(default=None, repr=False)  # the ApiClient under `_custom`
+    _unchanged: int = field(default=0, repr=False)  # ticks skipped since the last write
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -184,7 +191,8 @@ class StatusWriter:
 
             from perllm.router.discovery import api_client
 
-            self._custom = client.CustomObjectsApi(api_client(self.kubeconfig))
+            self._client = api_client(self.kubeconfig)
+            self._custom = client.CustomObjectsApi(self._client)
         co, args = self._custom, (GROUP, VERSION, self.namespace, PLURAL, self.name)
         for attempt in range(CONFLICT_RETRIES):
             obj: Obj = co.get_namespaced_custom_object(*args, _request_timeout=self.timeout_s)
@@ -204,12 +212,15 @@ class StatusWriter:
                     raise
 
     async def tick(self) -> bool:
-        """One round: write when the status or the condition changed. Never raises."""
+        """One round: write when the status or the condition changed, else every
+        `REFRESH_TICKS` rounds (another writer may have dropped or reverted the
+        condition). Never raises."""
         now = time.time()
         status, cond = self.snapshot(now)
         # The window's length alone moving is no change worth a write.
         key = ({**status, "recent": {**status["recent"], "windowSeconds": 0}}, cond)
-        if self._last == key:
+        if self._last == key and self._unchanged < REFRESH_TICKS - 1:
+            self._unchanged += 1
             return False
         what = f"LLMService {self.namespace}/{self.name}"
         try:
@@ -229,7 +240,7 @@ class StatusWriter:
             self._failing = ""
         if self._last is None or self._last[1][:2] != cond[:2]:  # a flip, not a count
             log.info("%s: %s=%s %s: %s", what, CONDITION, cond[0], cond[1], cond[2])
-        self._last = key
+        self._last, self._unchanged = key, 0
         return True
 
     async def run(self) -> None:
@@ -247,3 +258,6 @@ class StatusWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._client is not None:  # its connection pool and threads
+            self._client.close()
+        self._client = self._custom = None

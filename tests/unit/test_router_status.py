@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from perllm.router.health import Ejections, Refusing
 from perllm.router.serving import serving
 from perllm.router.status import (
     CONDITION,
+    REFRESH_TICKS,
     merge_condition,
     reachable,
     routing,
@@ -242,3 +244,34 @@ def test_the_operators_status_write_keeps_the_routers_condition() -> None:
     st = {"conditions": [{"type": "Ready", "status": "True"}, mine], "routing": {"requests": 3}}
     got = _merged("ns", "chat", st, [], False, ("Applied", "ok"), {"Placed": (True, "Placed", "p")})
     assert mine in got and {c["type"] for c in got} == {"Ready", "Placed", "Reconciled", CONDITION}
+
+
+def test_a_condition_another_writer_dropped_is_written_again() -> None:
+    """Nothing changed on the router's side: no write, but every `REFRESH_TICKS` rounds
+    one anyway, which restores a condition the operator's write dropped; closing the
+    router closes the writer's API client."""
+
+    async def go() -> None:
+        async with serving(StubBackend("edge")) as edge:
+            cfg = {
+                "scenario": "demo",
+                "service_class": "chat",
+                "discovery": {"service": "ns/chat", "url_template": edge},
+            }
+            r = Router(parse_config(cfg))
+            assert r.discovery is not None and r.status_writer is not None
+            w, api = r.status_writer, FakeStatusApi(expect=LLMS)
+            r.discovery._api, w._custom = FakeApi(), api
+            await r.discovery.refresh()
+            assert await w.tick() and cond_of(api)["reason"] == "AllReachable"
+            api.obj["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+            ticks = [await w.tick() for _ in range(REFRESH_TICKS)]
+            assert ticks == [False] * (REFRESH_TICKS - 1) + [True]
+            assert cond_of(api)["reason"] == "AllReachable" and len(api.patches) == 2
+            assert api.obj["status"]["conditions"][0] == {"type": "Ready", "status": "True"}
+            closed: list[int] = []
+            w._client = SimpleNamespace(close=lambda: closed.append(1))
+            await r.aclose()
+            assert closed == [1] and w._custom is None
+
+    asyncio.run(asyncio.wait_for(go(), 30))
