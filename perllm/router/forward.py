@@ -41,7 +41,9 @@ class Forwarder:
     ) -> None:
         j = ticket.server
         b, bm = members.backends[j], members.metrics[j]
-        backlog = self._inflight[b.name]
+        # (set anew if its backend left the membership since the decision: it is dropped
+        # again, empty, at a later change)
+        backlog = self._inflight.setdefault(b.name, Backlog())
         key = backlog.add(time.perf_counter(), ticket)
         flight = Flight(members, ticket, t0, tight, TokenCounter(req.stream), None, backlog, key)
         bm.inflight.inc()

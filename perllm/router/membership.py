@@ -79,6 +79,11 @@ class Membership:
         names = [b.name for b in backends]
         if len(set(names)) != len(names):
             raise ValueError(f"backend names must be unique: {names}")
+        # Backends that left with nothing in flight: forgotten (pod names change at each
+        # rollout); one still busy stays until a later change finds it empty.
+        gone = set(names)
+        for n in [n for n, q in self._inflight.items() if n not in gone and not len(q)]:
+            del self._inflight[n]
         m = self._members
         if m is not None and [decider_key(b) for b in m.backends] == [
             decider_key(b) for b in backends

@@ -72,14 +72,24 @@ def _split(counts: Counts) -> Obj:
 
 
 def routing(
-    counts: Counts, recent: Counts, window_s: float, remote: Iterable[str], since: float
+    counts: Counts,
+    recent: Counts,
+    window_s: float,
+    remote: Iterable[str],
+    since: float,
+    members: Iterable[str] | None = None,
 ) -> Obj:
     """`status.routing` (without `updatedAt`) from the judged requests per backend since
-    start (`counts`) and within the last `window_s` seconds (`recent`)."""
+    start (`counts`) and within the last `window_s` seconds (`recent`). `backends` lists
+    the current `members` (all of `counts` if None) and any with requests in the window;
+    the others (pods gone at a rollout) count only in the totals and their tiers'."""
     life = _split(counts)
     remote = set(remote)
+    listed = None if members is None else set(members)
     backends = []
     for name, (tier, r, m) in sorted(counts.items()):
+        if listed is not None and name not in listed and not recent.get(name, ("", 0, 0))[1]:
+            continue
         if r:
             b: Obj = {"name": name, "tier": tier, "requests": r}
             b.update(share=_ratio(r, life["requests"]), attainment=_ratio(m, r))
@@ -179,7 +189,8 @@ class StatusWriter:
             for n, (tier, req, met) in counts.items()
         }
         remote = [b.name for b in r.static]
-        out = routing(counts, recent, now - t0, remote, self._since)
+        members = [b.name for b in r.backends]
+        out = routing(counts, recent, now - t0, remote, self._since, members)
         return out, reachable(r.backends, remote, r.refusing())
 
     def write_once(self, status: Obj, cond: Cond) -> None:

@@ -20,6 +20,7 @@ from test_router_remote import backend
 from perllm.contract import Tier
 from perllm.router.app import Router
 from perllm.router.config import Backend, Link, parse_config
+from perllm.router.decision import Ticket
 from perllm.router.health import Ejections, Refusing
 from perllm.router.serving import serving
 from perllm.router.status import (
@@ -275,3 +276,32 @@ def test_a_condition_another_writer_dropped_is_written_again() -> None:
             assert closed == [1] and w._custom is None
 
     asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_backends_gone_without_recent_requests_count_only_in_their_tier() -> None:
+    """Discovered pods are renamed at each rollout: the status lists the members and any
+    backend with requests in the window; the others only add to the totals."""
+    counts = {"old": ("edge", 5, 5), "gone": ("edge", 3, 0), "new": ("edge", 2, 1)}
+    recent = {"old": ("edge", 0, 0), "gone": ("edge", 1, 0), "new": ("edge", 2, 1)}
+    r = routing(counts, recent, 60, [], since=0.0, members=["new"])
+    assert [b["name"] for b in r["backends"]] == ["gone", "new"]
+    assert r["requests"] == 10 and r["tiers"][0]["requests"] == 10
+    assert r["tiers"][0]["attainment"] == 0.6 and r["backends"][1]["share"] == 0.2
+    later = routing(counts, {n: (t, 0, 0) for n, (t, _, _) in counts.items()}, 60, [], 0.0, [])
+    assert later["backends"] == [] and later["tiers"] == r["tiers"]
+    assert [b["name"] for b in routing(counts, recent, 60, [], 0.0)["backends"]] == [
+        "gone", "new", "old",
+    ]  # fmt: skip
+
+
+def test_the_load_of_backends_that_left_is_forgotten_once_idle() -> None:
+    t = Ticket(0, 0, True, 1.0, 1.0, 0.5, 0.01, False, 0.1, 2.0)
+    r = Router(parse_config({"scenario": "demo", "service_class": "chat",
+                             "backends": [backend("e1", "http://e1:8000", "edge")]}))  # fmt: skip
+    r.set_backends([_b("e1", "edge"), _b("e2", "edge")])
+    key = r.backlog("e1").add(0.0, t)
+    r.set_backends([_b("e3", "edge")])  # a rollout: e1 busy, e2 idle
+    assert sorted(r._inflight) == ["e1", "e3"]
+    r.backlog("e1").done(key, 1.0, prefilled=False)
+    r.set_backends([_b("e3", "edge"), _b("e4", "edge")])
+    assert sorted(r._inflight) == ["e3", "e4"] and r.inflight == [0, 0]
