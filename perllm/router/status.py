@@ -10,9 +10,8 @@ that resourceVersion (retried on conflict). The condition list is shared with th
 operator and a merge patch replaces a list whole, so only this condition type is
 replaced and the others are sent back as read; the operator's writes do the same with
 the router's (and a resourceVersion conflict makes whichever wrote second read again).
-A failed write (RBAC, API down) is a
-log line per distinct error and `perllm_router_status_writes_total{result="error"}`;
-routing never depends on it.
+A failed write (RBAC, API down) is a log line per distinct error and
+`perllm_router_status_writes_total{result="error"}`; routing never depends on it.
 """
 
 from __future__ import annotations
