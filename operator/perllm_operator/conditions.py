@@ -64,7 +64,8 @@ def _merged(
 ) -> list[Obj]:
     """The new condition list: the given ones, `Placed` from `status.placement` unless
     given (of a tiered service: and from each tier's pods), `Ready` from the live children
-    (all of them), the rest kept: conditions of other types, other writers' included."""
+    (all of them) unless given, the rest kept: conditions of other types, other writers'
+    included."""
     old = list(st.get("conditions") or [])
     conds = {c.get("type"): c for c in old}
     if reconciled is not None:
@@ -77,7 +78,7 @@ def _merged(
         tiers = [str(r["tier"]) for r in refs] if tiered else None
         placed = observe.placed(st.get("placement"), pods, known, tiers)
         conds["Placed"] = condition("Placed", *placed, old)
-    if refs:
+    if refs and "Ready" not in conditions:
         ready = observe.all_of([_ready(ns, r) for r in refs])
         conds["Ready"] = condition("Ready", *ready, old)
     return [conds[t] for t in CONDITION_ORDER if t in conds] + [

@@ -7,13 +7,14 @@ is left to the garbage collector through the children's controller ownerReferenc
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService
-from perllm_operator import failures, kube, render, tiers
+from perllm_operator import failures, kube, observe, render, tiers
 from perllm_operator.conditions import condition, sync_status
 from perllm_operator.state import state_of
 
@@ -25,19 +26,54 @@ KSERVE_MISSING = (
 )
 
 Obj = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 def _refuse(
     body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, old: list[Obj], reason: str, msg: str
 ) -> None:
     """Nothing can be applied: every condition the reconcile owns says why, as an Event too;
-    the other conditions (the timer's, other writers') are kept."""
-    owned = ("Ready", "Placed", "Reconciled")
-    patch.status["observedGeneration"] = meta.get("generation")
-    patch.status["conditions"] = [condition(t, False, reason, msg, old) for t in owned] + [
+    the other conditions (the timer's, the router's, ...) are kept."""
+    owned: dict[str, observe.Cond] = {
+        t: (False, reason, msg) for t in ("Ready", "Placed", "Reconciled")
+    }
+    _write_own(body, patch, old, owned, meta.get("generation"))
+    kopf.warn(body, reason=reason, message=msg)
+
+
+def _write_own(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    old: list[Obj],
+    owned: dict[str, observe.Cond],
+    generation: int | None = None,
+) -> None:
+    """Set the conditions `owned` (and `observedGeneration`) on a failure path, keeping the
+    others. Through `sync_status`: a fresh read and a resourceVersion-guarded patch, so a
+    condition another writer (the router's `BackendsReachable`) set after kopf's copy
+    `old` of the object was taken is kept, not reverted or dropped. Only when that write
+    fails (the API server unreachable, RBAC, conflicts all along) does the list built from
+    the handler's copy `old` go into kopf's patch instead: a merge patch replaces a list
+    whole, so that fallback may revert a condition written since `old` was read, until
+    its writer writes again (the router: when its counts or its condition change)."""
+    m = body.get("metadata") or {}
+    ns, name = str(m.get("namespace")), str(m.get("name"))
+    try:
+        sync_status(
+            ns,
+            name,
+            str(m.get("uid")),
+            generation=generation,
+            conditions=owned,
+        )
+        return
+    except Exception as e:  # the fresh write failed: the stale copy is better than nothing
+        log.warning("LLMService %s/%s: fresh status write failed (%r): kopf's patch", ns, name, e)
+    if generation is not None:
+        patch.status["observedGeneration"] = generation
+    patch.status["conditions"] = [condition(t, *c, old) for t, c in owned.items()] + [
         c for c in old if c.get("type") not in owned
     ]
-    kopf.warn(body, reason=reason, message=msg)
 
 
 def reconcile(
@@ -138,9 +174,7 @@ def _controlled_by(live: Obj, uid: str) -> bool:
 def _not_reconciled(
     body: kopf.Body, patch: kopf.Patch, old: list[Obj], reason: str, msg: str
 ) -> None:
-    patch.status["conditions"] = [condition("Reconciled", False, reason, msg, old)] + [
-        c for c in old if c.get("type") != "Reconciled"
-    ]
+    _write_own(body, patch, old, {"Reconciled": (False, reason, msg)})
     kopf.warn(body, reason=reason, message=msg)
 
 

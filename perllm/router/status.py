@@ -9,7 +9,8 @@ event loop: a read of the LLMService and a merge patch of its status subresource
 that resourceVersion (retried on conflict). The condition list is shared with the
 operator and a merge patch replaces a list whole, so only this condition type is
 replaced and the others are sent back as read; the operator's writes do the same with
-the router's (and a resourceVersion conflict makes whichever wrote second read again).
+the router's (and a resourceVersion conflict makes whichever wrote second read again;
+the exception, a failed reconcile whose own guarded write failed too: docs/operator.md).
 A failed write (RBAC, API down) is a log line per distinct error and
 `perllm_router_status_writes_total{result="error"}`; routing never depends on it.
 """

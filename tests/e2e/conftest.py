@@ -15,16 +15,13 @@ from pathlib import Path
 
 import pluggy
 import pytest
-import yaml
 
-from perllm.devcluster import config as dcfg
 from perllm.devcluster.binaries import Binaries, BinariesMissing
 from perllm.devcluster.cluster import Cluster, ClusterConfig, temporary_run_dir
 from perllm.devcluster.kube import Kube
 
 from .operator_harness import Operator, start_operator
-from .test_extender import RBAC as EXTENDER_RBAC
-from .test_extender import Extender, _sa_kubeconfig
+from .test_extender import Extender, scheduling_extender
 
 _CLUSTER: Cluster | None = None  # local cluster whose logs a failing test prints
 _FAILED = False
@@ -116,22 +113,10 @@ def deciding_extender(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> I
     (the operator's children: test_operator_tiers.py, test_router_burst.py)."""
     if kube.local is None:
         pytest.skip("needs the local control plane (restarts perllm-scheduler)")
+    args = ["--learn-interval", "3600", "--insecure-http", "--debug-routes"]
     tmp = tmp_path_factory.mktemp("extender")
-    kubeconfig = _sa_kubeconfig(kube, tmp / "extender.kubeconfig")
-    state_ns = next(
-        d["metadata"].get("namespace", "perllm-system")
-        for d in yaml.safe_load_all(EXTENDER_RBAC.read_text())
-        if d and d.get("kind") == "ServiceAccount"
-    )
-    args = ["--state-namespace", state_ns, "--learn-interval", "3600"]
-    ext = Extender(kubeconfig, tmp / "extender.log", [*args, "--insecure-http", "--debug-routes"])
-    ext.start()
-    try:
-        kube.local.restart_perllm_scheduler(dcfg.Extender(url=ext.url, ignorable=False))
+    with scheduling_extender(kube, kube.local, tmp, args) as ext:
         yield ext
-    finally:
-        kube.local.restart_perllm_scheduler(kube.local.config.extender)
-        ext.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

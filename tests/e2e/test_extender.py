@@ -31,6 +31,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,6 +182,37 @@ def _sa_kubeconfig(kube: Kube, path: Path) -> Path:
         r = restricted.kubectl("auth", "can-i", *args, "-A", check=False)
         assert r.stdout.strip() == want, f"{name} can-i {args}: {r.stdout}{r.stderr}"
     return path
+
+
+@contextmanager
+def scheduling_extender(
+    kube: Kube, cluster: Cluster, tmp: Path, args: list[str]
+) -> Iterator[Extender]:
+    """An extender (`args` and its `--state-namespace`) as the ServiceAccount of
+    extender/rbac.yaml (the admin's kubeconfig when none is shipped), made the local
+    perllm-scheduler's extender with `ignorable: false` for the block; then the harness
+    default extender is restored and the extender stopped (this module's `extender`,
+    conftest's `deciding_extender`)."""
+    if RBAC.exists():
+        kubeconfig = _sa_kubeconfig(kube, tmp / "extender.kubeconfig")
+        state_ns = next(
+            d["metadata"].get("namespace", "perllm-system")
+            for d in yaml.safe_load_all(RBAC.read_text())
+            if d and d.get("kind") == "ServiceAccount"
+        )
+    else:  # no least-privilege identity shipped: the admin's
+        kubeconfig = Path(kube.kubeconfig)
+        state_ns = "perllm-system"
+        r = kube.kubectl("create", "namespace", state_ns, check=False)
+        assert r.returncode == 0 or "AlreadyExists" in r.stderr, r.stderr
+    ext = Extender(kubeconfig, tmp / "extender.log", [*args, "--state-namespace", state_ns])
+    ext.start()
+    try:
+        cluster.restart_perllm_scheduler(dcfg.Extender(url=ext.url, ignorable=False))
+        yield ext
+    finally:
+        cluster.restart_perllm_scheduler(cluster.config.extender)  # the harness default
+        ext.stop()
 
 
 # ---- services, pods and predictions ---------------------------------------------------------
@@ -384,48 +416,24 @@ def extender(
     svc_ns: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Extender]:
-    tmp = tmp_path_factory.mktemp("extender")
-    if RBAC.exists():
-        kubeconfig = _sa_kubeconfig(kube, tmp / "extender.kubeconfig")
-        state_ns = next(
-            d["metadata"].get("namespace", "perllm-system")
-            for d in yaml.safe_load_all(RBAC.read_text())
-            if d and d.get("kind") == "ServiceAccount"
-        )
-    else:  # no least-privilege identity shipped: the admin's
-        kubeconfig = Path(kube.kubeconfig)
-        state_ns = "perllm-system"
-        r = kube.kubectl("create", "namespace", state_ns, check=False)
-        assert r.returncode == 0 or "AlreadyExists" in r.stderr, r.stderr
     prom = cluster.prometheus_url
     assert prom is not None
-    ext = Extender(
-        kubeconfig,
-        tmp / "extender.log",
-        [
-            "--prometheus",
-            prom,
-            "--telemetry-interval",
-            "0.5",
-            "--learn-interval",
-            "3600",
-            "--state-namespace",
-            state_ns,
-            "--log-level",
-            "info",
-            # plain HTTP and the debug routes this module reads (/decisions, /telemetry);
-            # TLS and the attacks: tests/e2e/test_attacks.py
-            "--insecure-http",
-            "--debug-routes",
-        ],
-    )
-    ext.start()
-    try:
-        cluster.restart_perllm_scheduler(dcfg.Extender(url=ext.url, ignorable=False))
+    args = [
+        "--prometheus",
+        prom,
+        "--telemetry-interval",
+        "0.5",
+        "--learn-interval",
+        "3600",
+        "--log-level",
+        "info",
+        # plain HTTP and the debug routes this module reads (/decisions, /telemetry);
+        # TLS and the attacks: tests/e2e/test_attacks.py
+        "--insecure-http",
+        "--debug-routes",
+    ]
+    with scheduling_extender(kube, cluster, tmp_path_factory.mktemp("extender"), args) as ext:
         yield ext
-    finally:
-        cluster.restart_perllm_scheduler(cluster.config.extender)  # the harness default
-        ext.stop()
 
 
 @pytest.fixture(autouse=True)

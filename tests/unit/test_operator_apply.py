@@ -13,6 +13,8 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from perllm_operator import failures, kube, reconcile, render, storage
 
+from tests.unit.test_operator_refusal import RacingStatusApi, install
+
 ROOT = Path(__file__).parents[2]
 GPU = "nvidia.com/gpu"
 
@@ -157,8 +159,15 @@ def _api_error(status: int, body: dict[str, Any]) -> ApiException:
     return e
 
 
+def _cond(api: RacingStatusApi, type_: str) -> dict[str, Any]:
+    cond = api.cond(type_)
+    assert cond is not None, api.obj.get("status")
+    return cond
+
+
 def test_a_refused_child_names_the_field_and_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[tuple[str, str]] = []
+    install(monkeypatch, _load("chat-assistant", "kserve"))
     monkeypatch.setattr(kube, "kserve_installed", lambda: True)
     monkeypatch.setattr(
         kopf, "warn", lambda body, *, reason, message: events.append((reason, message))
@@ -186,11 +195,13 @@ def test_the_refusal_is_the_reconciled_condition(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(kube, "kserve_installed", lambda: True)
     monkeypatch.setattr(kopf, "warn", lambda body, *, reason, message: None)
     monkeypatch.setattr(kube, "apply", lambda c: (_ for _ in ()).throw(_api_error(422, STATUS_422)))
+    api = install(monkeypatch, _load("chat-assistant", "kserve"))
     patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError):
         _reconcile(_load("chat-assistant", "kserve"), patch=patch)
-    (cond,) = patch.status["conditions"]
-    assert cond["type"] == "Reconciled" and cond["status"] == "False"
+    assert "status" not in patch  # written fresh, guarded by the resourceVersion
+    cond = _cond(api, "Reconciled")
+    assert cond["status"] == "False"
     assert cond["reason"] == "ApplyInvalid"
     assert "spec.predictor.model.resources.limits" in cond["message"]
 
@@ -202,11 +213,12 @@ def test_an_unexpected_exception_is_a_condition_not_a_crash(
     monkeypatch.setattr(kube, "kserve_installed", lambda: True)
     monkeypatch.setattr(kopf, "warn", lambda body, *, reason, message: events.append(reason))
     monkeypatch.setattr(kube, "apply", lambda c: {}["boom"])
+    api = install(monkeypatch, _load("chat-assistant", "kserve"))
     patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError) as info:
         _reconcile(_load("chat-assistant", "kserve"), retry=1, patch=patch)
     assert info.value.delay == 30.0
-    (cond,) = patch.status["conditions"]
+    cond = _cond(api, "Reconciled")
     assert cond["reason"] == "InternalError" and "KeyError" in cond["message"]
     assert events == ["InternalError"]
 

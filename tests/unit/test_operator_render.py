@@ -175,10 +175,13 @@ def test_kserve_missing_sets_condition_without_crashing(monkeypatch: Any) -> Non
     import pytest
     from perllm_operator import kube, reconcile
 
+    from tests.unit.test_operator_refusal import install
+
     warned: list[str] = []
     monkeypatch.setattr(kube, "kserve_installed", lambda: False)
     monkeypatch.setattr(kopf, "warn", lambda body, *, reason, message: warned.append(reason))
     obj = _load("chat-assistant")
+    api = install(monkeypatch, obj)
     patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError, match="backend: deployment"):
         reconcile.reconcile(
@@ -189,7 +192,8 @@ def test_kserve_missing_sets_condition_without_crashing(monkeypatch: Any) -> Non
             patch=patch,
             logger=None,
         )
-    conds = {c["type"]: c for c in patch["status"]["conditions"]}
+    assert "status" not in patch  # written fresh, guarded by the resourceVersion
+    conds = {c["type"]: c for c in api.obj["status"]["conditions"]}
     assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "KServeMissing"
     assert conds["Placed"]["reason"] == "KServeMissing"
     assert "spec.backend: deployment" in conds["Ready"]["message"]

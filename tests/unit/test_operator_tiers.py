@@ -375,13 +375,3 @@ def test_status_writes_keep_routing_and_foreign_conditions(monkeypatch: pytest.M
         set(p["status"]) <= {"conditions", "child", "children", "observedGeneration"}
         for p in api.patches
     )
-
-
-def test_a_refused_spec_keeps_the_other_conditions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kopf, "warn", lambda *a, **k: None)
-    foreign = {"type": "Routed", "status": "True", "reason": "Router", "message": "x"}
-    body = kopf.Body({"metadata": {"name": "x", "generation": 2}, "status": {}})
-    patch = kopf.Patch()
-    reconcile._refuse(body, kopf.Meta(body), patch, [foreign], "InvalidSpec", "spec.x: bad")
-    types = [c["type"] for c in patch.status["conditions"]]
-    assert types == ["Ready", "Placed", "Reconciled", "Routed"]

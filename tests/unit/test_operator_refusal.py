@@ -1,0 +1,189 @@
+"""The reconcile's failure paths (`_refuse`, `_not_reconciled` in operator/perllm_operator/
+reconcile.py) write their conditions through `conditions.sync_status`: a fresh read and a
+resourceVersion-guarded patch, so a condition another writer (the router's
+`BackendsReachable`) set after kopf's copy of the object was taken survives. Only when
+that write fails does kopf's patch get the list built from the handler's copy."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+import pytest
+from kubernetes.client.exceptions import ApiException
+from perllm_operator import kube, reconcile
+
+Obj = dict[str, Any]
+ROUTER = {
+    "type": "BackendsReachable",
+    "status": "False",
+    "reason": "RemoteUnreachable",
+    "message": "remote tier cloud-cluster refuses connections",
+    "lastTransitionTime": "2026-12-03T14:04:58Z",
+}
+
+
+class RacingStatusApi:
+    """get + JSON merge patch of the status subresource, refusing (409) a stale
+    resourceVersion; `before_patch` runs once, between a read and the patch (another
+    writer's write in that gap)."""
+
+    def __init__(self, obj: Obj) -> None:
+        self.obj = copy.deepcopy(obj)
+        self.obj["metadata"]["resourceVersion"] = "1"
+        self.patches: list[Obj] = []
+        self.conflicts = 0
+        self.before_patch: Callable[[], None] | None = None
+
+    def get_namespaced_custom_object(self, *a: Any) -> Obj:
+        return copy.deepcopy(self.obj)
+
+    def patch_namespaced_custom_object_status(self, *a: Any) -> None:
+        if self.before_patch is not None:
+            hook, self.before_patch = self.before_patch, None
+            hook()
+        body = a[-1]
+        if body["metadata"]["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
+            self.conflicts += 1
+            raise ApiException(status=409, reason="Conflict")
+        self.patches.append(copy.deepcopy(body))
+        self.write(body["status"])
+
+    def write(self, status: Obj) -> None:
+        st = self.obj.setdefault("status", {})
+        for k, v in status.items():  # one level: a list is replaced whole, null removes
+            if v is None:
+                st.pop(k, None)
+            else:
+                st[k] = copy.deepcopy(v)
+        rv = self.obj["metadata"]["resourceVersion"]
+        self.obj["metadata"]["resourceVersion"] = str(int(rv) + 1)
+
+    def router_writes(self, cond: Obj = ROUTER) -> None:
+        """The router's write: its condition set, the others sent back as read."""
+        old = (self.obj.get("status") or {}).get("conditions") or []
+        self.write({"conditions": [c for c in old if c["type"] != cond["type"]] + [cond]})
+
+    def cond(self, type_: str) -> Obj | None:
+        conds = (self.obj.get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == type_), None)
+
+
+def install(mp: pytest.MonkeyPatch, obj: Obj) -> RacingStatusApi:
+    """The LLMService `obj` behind a fake status API; no pods, no live children."""
+    api = RacingStatusApi(obj)
+    mp.setattr(kube.kubernetes.client, "CustomObjectsApi", lambda: api)
+    mp.setattr(kube, "pods", lambda ns, name: [])
+    mp.setattr(kube, "read_child", lambda ns, ref: None)
+    return api
+
+
+def _svc() -> Obj:
+    ready = {"type": "Ready", "status": "True", "reason": "ReplicasReady", "message": "1/1"}
+    return {
+        "apiVersion": "perllm.io/v1alpha1",
+        "kind": "LLMService",
+        "metadata": {"name": "chat", "namespace": "llm", "uid": "uid-1", "generation": 3},
+        "spec": {},
+        "status": {"conditions": [ready]},
+    }
+
+
+def _refuse(body: kopf.Body, patch: kopf.Patch, old: list[Obj]) -> None:
+    reconcile._refuse(body, kopf.Meta(body), patch, old, "InvalidSpec", "spec.x: bad")
+
+
+def _not_reconciled(body: kopf.Body, patch: kopf.Patch, old: list[Obj]) -> None:
+    reconcile._not_reconciled(body, patch, old, "ApplyInvalid", "Deployment chat: bad")
+
+
+@pytest.fixture(autouse=True)
+def _no_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kopf, "warn", lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("fail", [_refuse, _not_reconciled], ids=["refuse", "not_reconciled"])
+def test_a_condition_written_after_the_handlers_copy_survives(
+    monkeypatch: pytest.MonkeyPatch, fail: Callable[[kopf.Body, kopf.Patch, list[Obj]], None]
+) -> None:
+    svc = _svc()
+    api = install(monkeypatch, svc)
+    body = kopf.Body(copy.deepcopy(svc))  # kopf's copy, taken before the router's write
+    old = list(body["status"]["conditions"])
+    api.router_writes()
+    patch = kopf.Patch()
+    fail(body, patch, old)
+    assert api.cond("BackendsReachable") == ROUTER
+    rec = api.cond("Reconciled")
+    assert rec is not None and rec["status"] == "False"
+    assert "status" not in patch  # nothing of the stale copy goes into kopf's patch
+    assert all("routing" not in p["status"] for p in api.patches)
+
+
+@pytest.mark.parametrize("fail", [_refuse, _not_reconciled], ids=["refuse", "not_reconciled"])
+def test_a_write_between_the_read_and_the_patch_is_read_again(
+    monkeypatch: pytest.MonkeyPatch, fail: Callable[[kopf.Body, kopf.Patch, list[Obj]], None]
+) -> None:
+    svc = _svc()
+    api = install(monkeypatch, svc)
+    api.before_patch = api.router_writes
+    body = kopf.Body(copy.deepcopy(svc))
+    fail(body, kopf.Patch(), list(body["status"]["conditions"]))
+    assert api.conflicts == 1
+    assert api.cond("BackendsReachable") == ROUTER
+
+
+def test_a_refused_spec_sets_the_owned_conditions_and_keeps_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    svc = _svc()
+    routed = {"type": "Routed", "status": "True", "reason": "Router", "message": "x"}
+    svc["status"]["conditions"].append(routed)
+    api = install(monkeypatch, svc)
+    body = kopf.Body(copy.deepcopy(svc))
+    _refuse(body, kopf.Patch(), list(body["status"]["conditions"]))
+    st = api.obj["status"]
+    assert [c["type"] for c in st["conditions"]] == ["Ready", "Placed", "Reconciled", "Routed"]
+    for t in ("Ready", "Placed", "Reconciled"):
+        c = api.cond(t)
+        assert c is not None and (c["status"], c["reason"]) == ("False", "InvalidSpec")
+        assert c["message"] == "spec.x: bad"
+    assert api.cond("Routed") == routed
+    assert st["observedGeneration"] == 3
+
+
+def test_not_reconciled_sets_reconciled_and_keeps_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    svc = _svc()
+    api = install(monkeypatch, svc)
+    body = kopf.Body(copy.deepcopy(svc))
+    _not_reconciled(body, kopf.Patch(), list(body["status"]["conditions"]))
+    rec = api.cond("Reconciled")
+    assert rec is not None and (rec["status"], rec["reason"]) == ("False", "ApplyInvalid")
+    assert api.cond("Ready") == svc["status"]["conditions"][0]  # no child recorded: kept
+    assert "observedGeneration" not in api.obj["status"]
+
+
+@pytest.mark.parametrize("fail", [_refuse, _not_reconciled], ids=["refuse", "not_reconciled"])
+def test_when_the_fresh_write_fails_kopfs_patch_carries_the_handlers_copy(
+    monkeypatch: pytest.MonkeyPatch, fail: Callable[[kopf.Body, kopf.Patch, list[Obj]], None]
+) -> None:
+    class Down:
+        def get_namespaced_custom_object(self, *a: Any) -> Obj:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", Down)
+    svc = _svc()
+    svc["status"]["conditions"].append(ROUTER)
+    body = kopf.Body(copy.deepcopy(svc))
+    patch = kopf.Patch()
+    fail(body, patch, list(body["status"]["conditions"]))
+    conds = {c["type"]: c for c in patch.status["conditions"]}
+    assert conds["Reconciled"]["status"] == "False"
+    assert conds["BackendsReachable"] == ROUTER  # as the handler read it
+    if fail is _refuse:
+        assert conds["Ready"]["reason"] == "InvalidSpec"
+        assert patch.status["observedGeneration"] == 3
+    else:
+        assert conds["Ready"]["status"] == "True"
