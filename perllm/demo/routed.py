@@ -113,7 +113,10 @@ def run_routed(config: DemoConfig, console: Console, edge: str | None = None) ->
                                               config.share_window_s))  # fmt: skip
                 elif t >= next_line:
                     next_line = t + 10
-                    console.print(progress_line(arms, t, sent, burst), highlight=False)
+                    console.print(
+                        progress_line(arms, t, sent, burst, config.share_window_s),
+                        highlight=False,
+                    )
                 done, _ = await asyncio.wait(tasks, timeout=0.5)
                 if len(done) == len(tasks):
                     break

@@ -134,8 +134,16 @@ def test_live_view_and_progress_line() -> None:
     assert "IN THE BURST" in text and "7/9 sent" in text
     assert "x5 burst" in text  # the windows of the burst are marked
     assert "66.7 %" in text  # the first window's edge share
-    line = progress_line(arms, 7.0, 7, b)
+    line = progress_line(arms, 7.0, 7, b, 5.0)
     assert "edge pod alone 100.0 % met, in flight edge 6" in line
+    assert "router edge share of 5-7 s 100.0 %" in line
+
+
+def test_progress_line_uses_the_configured_share_window() -> None:
+    """Not a fixed 5 s: the config's `share_window_s`, as the live view and demo.json."""
+    arms = [_router(), Arm(EDGE_ALONE), Arm(CLOUD_ALONE)]
+    line = progress_line(arms, 9.5, 7, Burst(15.0), 10.0)
+    assert "router edge share of 0-10 s 50.0 %" in line  # 3 edge of the 6 placed in 0-10 s
 
 
 def test_the_edge_replica_is_where_the_extender_put_chat() -> None:
