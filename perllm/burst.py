@@ -36,7 +36,7 @@ from perllm.router.request import parse
 from perllm.router.serving import serving
 from perllm.scenario import Scenario, load_scenario
 from perllm.scenario.workload import Window
-from perllm.twin.openai import TwinOpenAI, static_pods
+from perllm.twin.openai import TwinOpenAI, pod_url, static_pods
 
 SERVICE = "chat"
 NAMESPACE = "default"  # where TwinOpenAI.standalone serves its pods
@@ -88,7 +88,7 @@ def backends(sc: Scenario, url: str, nodes: tuple[str, str]) -> list[dict[str, A
     return [
         {
             "name": f"{SERVICE}-{n}",
-            "url": f"{url}/pods/{NAMESPACE}/{SERVICE}-{n}",
+            "url": pod_url(url, NAMESPACE, f"{SERVICE}-{n}"),
             "tier": servers[n].tier.value,
             "hardware": servers[n].hardware,
             "link": servers[n].link.model_dump(),
@@ -247,35 +247,36 @@ def simulate_arm(
     return arm.row
 
 
+def window(arm: Arm, lo: float, hi: float) -> dict[str, Any]:
+    """The requests sent in [lo, hi): how many are placed so far (`n`), the share of them
+    at the edge and in the cloud; how many are answered so far, the attainment among them."""
+    tiers = [tier for at, tier in arm.decided if lo <= at < hi]
+    n = len(tiers)
+    done = [o.met for o in arm.outcomes if lo <= o.at < hi]
+    return {
+        "t": [lo, hi],
+        "n": n,
+        "edge": tiers.count("edge") / n if n else None,
+        "cloud": tiers.count("cloud") / n if n else None,
+        "answered": len(done),
+        "attainment": sum(done) / len(done) if done else None,
+    }
+
+
 def shares(arm: Arm, window_s: float, until_s: float) -> list[dict[str, Any]]:
-    """Per window of arrival times [k·w, (k+1)·w) up to `until_s`: the requests placed so
-    far (`n`) and the share of them at the edge and in the cloud; the requests answered so
-    far and the attainment among them."""
+    """`window` per window of arrival times [k·w, (k+1)·w) up to `until_s`."""
     out = []
     k = 0
     while k * window_s < until_s:
-        lo, hi = k * window_s, min((k + 1) * window_s, until_s)
-        tiers = [tier for at, tier in arm.decided if lo <= at < hi]
-        n, edge = len(tiers), tiers.count("edge")
-        done = [o.met for o in arm.outcomes if lo <= o.at < hi]
-        out.append(
-            {
-                "t": [lo, hi],
-                "n": n,
-                "edge": edge / n if n else None,
-                "cloud": (n - edge) / n if n else None,
-                "answered": len(done),
-                "attainment": sum(done) / len(done) if done else None,
-            }
-        )
+        out.append(window(arm, k * window_s, min((k + 1) * window_s, until_s)))
         k += 1
     return out
 
 
 def cloud_share(arm: Arm, lo: float, hi: float) -> float | None:
     """The cloud's share of the requests sent in [lo, hi) placed so far."""
-    tiers = [tier for at, tier in arm.decided if lo <= at < hi]
-    return tiers.count("cloud") / len(tiers) if tiers else None
+    share: float | None = window(arm, lo, hi)["cloud"]
+    return share
 
 
 def phases(arm: Arm, burst: Burst) -> dict[str, float | None]:
