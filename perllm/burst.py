@@ -71,6 +71,10 @@ def planned_requests(sc: Scenario, burst: Burst, seed: int) -> list[Planned]:
     return [p for p in plan(sc, seed, 1.0, 100_000, [SERVICE]) if p.at < burst.seconds]
 
 
+class NoReplicaNodes(ValueError):
+    """The scenario has no edge node or no cloud node that can run `SERVICE`."""
+
+
 def replica_nodes(sc: Scenario, edge: str | None = None) -> tuple[str, str]:
     """(edge node, cloud node) for the two replicas: `edge` if it can run chat (where the
     extender put it), else the first edge node that can; the first cloud node that can."""
@@ -79,7 +83,7 @@ def replica_nodes(sc: Scenario, edge: str | None = None) -> tuple[str, str]:
     edges = [n for n in can if tiers[n] == "edge"]
     clouds = [n for n in can if tiers[n] == "cloud"]
     if not edges or not clouds:
-        raise ValueError(f"{sc.name}: {SERVICE} needs an edge and a cloud node that can run it")
+        raise NoReplicaNodes(f"{sc.name}: {SERVICE} needs an edge and a cloud node that can run it")
     return (edge if edge in edges else edges[0]), clouds[0]
 
 
