@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from perllm.load import Outcome, Planned, Report, plan, replay, summarise
@@ -161,6 +164,10 @@ def _row(arm: Arm, rep: Report) -> dict[str, Any]:
     }
 
 
+# the twin's URL -> the router arm's router, closed when the context ends
+RouterSession = Callable[[str], AbstractAsyncContextManager[Router]]
+
+
 async def run_arm(
     arm: Arm,
     sc: Scenario,
@@ -169,23 +176,43 @@ async def run_arm(
     seed: int,
     horizon: float,
     scenario: str = "demo",
+    *,
+    twin: TwinOpenAI | None = None,
+    pods: tuple[str, str] | None = None,
+    namespace: str = NAMESPACE,
+    router: RouterSession | None = None,
 ) -> dict[str, Any]:
     """One arm against fresh twin replicas; `arm.row` (also returned) holds its figures.
-    `scenario`: the router's (a built-in name or a file, as `load_scenario` takes it)."""
-    arm.twin = TwinOpenAI.standalone(sc, speed=1.0, seed=seed)
+    `scenario`: the router's (a built-in name or a file, as `load_scenario` takes it).
+
+    By default the replicas are `chat-<node>` in `NAMESPACE` of a fresh standalone twin
+    (`seed`) and the router arm's router is over those two (`static_router`). Else `twin`
+    (fresh, serving the pods), `pods` (edge, cloud) in `namespace`, and `router`: given the
+    twin's URL, the router arm's router as an async context (it closes the router)."""
+    arm.twin = twin if twin is not None else TwinOpenAI.standalone(sc, speed=1.0, seed=seed)
+    edge_pod, cloud_pod = pods or (f"{SERVICE}-{nodes[0]}", f"{SERVICE}-{nodes[1]}")
     async with serving(arm.twin) as url:
         if arm.name == ROUTER:
-            arm.router = Router(router_config(sc, url, nodes, scenario))
-            try:
-                async with serving(arm.router) as rurl:
-                    row = await measure(arm, rurl, planned, horizon)
-            finally:
-                await arm.router.aclose()
+            session = (router or partial(static_router, sc, nodes=nodes, scenario=scenario))(url)
+            async with session as arm.router, serving(arm.router) as rurl:
+                row = await measure(arm, rurl, planned, horizon)
         else:
-            node = nodes[0] if arm.name == EDGE_ALONE else nodes[1]
-            row = await measure(arm, f"{url}/pods/{NAMESPACE}/{SERVICE}-{node}", planned, horizon)
+            pod = edge_pod if arm.name == EDGE_ALONE else cloud_pod
+            row = await measure(arm, pod_url(url, namespace, pod), planned, horizon)
     arm.row = row | {"j_per_request": arm.j_per_request}
     return arm.row
+
+
+@asynccontextmanager
+async def static_router(
+    sc: Scenario, url: str, *, nodes: tuple[str, str], scenario: str = "demo"
+) -> AsyncIterator[Router]:
+    """`perllm router` over the replicas on `nodes` of the twin at `url` (`backends`)."""
+    r = Router(router_config(sc, url, nodes, scenario))
+    try:
+        yield r
+    finally:
+        await r.aclose()
 
 
 def router_config(sc: Scenario, url: str, nodes: tuple[str, str], scenario: str = "demo") -> Any:
