@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from perllm.load import Outcome, Planned, Report, plan, replay, summarise
@@ -36,7 +39,7 @@ from perllm.router.request import parse
 from perllm.router.serving import serving
 from perllm.scenario import Scenario, load_scenario
 from perllm.scenario.workload import Window
-from perllm.twin.openai import TwinOpenAI, static_pods
+from perllm.twin.openai import TwinOpenAI, pod_url, static_pods
 
 SERVICE = "chat"
 NAMESPACE = "default"  # where TwinOpenAI.standalone serves its pods
@@ -71,6 +74,10 @@ def planned_requests(sc: Scenario, burst: Burst, seed: int) -> list[Planned]:
     return [p for p in plan(sc, seed, 1.0, 100_000, [SERVICE]) if p.at < burst.seconds]
 
 
+class NoReplicaNodes(ValueError):
+    """The scenario has no edge node or no cloud node that can run `SERVICE`."""
+
+
 def replica_nodes(sc: Scenario, edge: str | None = None) -> tuple[str, str]:
     """(edge node, cloud node) for the two replicas: `edge` if it can run chat (where the
     extender put it), else the first edge node that can; the first cloud node that can."""
@@ -79,7 +86,7 @@ def replica_nodes(sc: Scenario, edge: str | None = None) -> tuple[str, str]:
     edges = [n for n in can if tiers[n] == "edge"]
     clouds = [n for n in can if tiers[n] == "cloud"]
     if not edges or not clouds:
-        raise ValueError(f"{sc.name}: {SERVICE} needs an edge and a cloud node that can run it")
+        raise NoReplicaNodes(f"{sc.name}: {SERVICE} needs an edge and a cloud node that can run it")
     return (edge if edge in edges else edges[0]), clouds[0]
 
 
@@ -88,7 +95,7 @@ def backends(sc: Scenario, url: str, nodes: tuple[str, str]) -> list[dict[str, A
     return [
         {
             "name": f"{SERVICE}-{n}",
-            "url": f"{url}/pods/{NAMESPACE}/{SERVICE}-{n}",
+            "url": pod_url(url, NAMESPACE, f"{SERVICE}-{n}"),
             "tier": servers[n].tier.value,
             "hardware": servers[n].hardware,
             "link": servers[n].link.model_dump(),
@@ -157,6 +164,10 @@ def _row(arm: Arm, rep: Report) -> dict[str, Any]:
     }
 
 
+# the twin's URL -> the router arm's router, closed when the context ends
+RouterSession = Callable[[str], AbstractAsyncContextManager[Router]]
+
+
 async def run_arm(
     arm: Arm,
     sc: Scenario,
@@ -165,23 +176,43 @@ async def run_arm(
     seed: int,
     horizon: float,
     scenario: str = "demo",
+    *,
+    twin: TwinOpenAI | None = None,
+    pods: tuple[str, str] | None = None,
+    namespace: str = NAMESPACE,
+    router: RouterSession | None = None,
 ) -> dict[str, Any]:
     """One arm against fresh twin replicas; `arm.row` (also returned) holds its figures.
-    `scenario`: the router's (a built-in name or a file, as `load_scenario` takes it)."""
-    arm.twin = TwinOpenAI.standalone(sc, speed=1.0, seed=seed)
+    `scenario`: the router's (a built-in name or a file, as `load_scenario` takes it).
+
+    By default the replicas are `chat-<node>` in `NAMESPACE` of a fresh standalone twin
+    (`seed`) and the router arm's router is over those two (`static_router`). Else `twin`
+    (fresh, serving the pods), `pods` (edge, cloud) in `namespace`, and `router`: given the
+    twin's URL, the router arm's router as an async context (it closes the router)."""
+    arm.twin = twin if twin is not None else TwinOpenAI.standalone(sc, speed=1.0, seed=seed)
+    edge_pod, cloud_pod = pods or (f"{SERVICE}-{nodes[0]}", f"{SERVICE}-{nodes[1]}")
     async with serving(arm.twin) as url:
         if arm.name == ROUTER:
-            arm.router = Router(router_config(sc, url, nodes, scenario))
-            try:
-                async with serving(arm.router) as rurl:
-                    row = await measure(arm, rurl, planned, horizon)
-            finally:
-                await arm.router.aclose()
+            session = (router or partial(static_router, sc, nodes=nodes, scenario=scenario))(url)
+            async with session as arm.router, serving(arm.router) as rurl:
+                row = await measure(arm, rurl, planned, horizon)
         else:
-            node = nodes[0] if arm.name == EDGE_ALONE else nodes[1]
-            row = await measure(arm, f"{url}/pods/{NAMESPACE}/{SERVICE}-{node}", planned, horizon)
+            pod = edge_pod if arm.name == EDGE_ALONE else cloud_pod
+            row = await measure(arm, pod_url(url, namespace, pod), planned, horizon)
     arm.row = row | {"j_per_request": arm.j_per_request}
     return arm.row
+
+
+@asynccontextmanager
+async def static_router(
+    sc: Scenario, url: str, *, nodes: tuple[str, str], scenario: str = "demo"
+) -> AsyncIterator[Router]:
+    """`perllm router` over the replicas on `nodes` of the twin at `url` (`backends`)."""
+    r = Router(router_config(sc, url, nodes, scenario))
+    try:
+        yield r
+    finally:
+        await r.aclose()
 
 
 def router_config(sc: Scenario, url: str, nodes: tuple[str, str], scenario: str = "demo") -> Any:
@@ -247,35 +278,36 @@ def simulate_arm(
     return arm.row
 
 
+def window(arm: Arm, lo: float, hi: float) -> dict[str, Any]:
+    """The requests sent in [lo, hi): how many are placed so far (`n`), the share of them
+    at the edge and in the cloud; how many are answered so far, the attainment among them."""
+    tiers = [tier for at, tier in arm.decided if lo <= at < hi]
+    n = len(tiers)
+    done = [o.met for o in arm.outcomes if lo <= o.at < hi]
+    return {
+        "t": [lo, hi],
+        "n": n,
+        "edge": tiers.count("edge") / n if n else None,
+        "cloud": tiers.count("cloud") / n if n else None,
+        "answered": len(done),
+        "attainment": sum(done) / len(done) if done else None,
+    }
+
+
 def shares(arm: Arm, window_s: float, until_s: float) -> list[dict[str, Any]]:
-    """Per window of arrival times [k·w, (k+1)·w) up to `until_s`: the requests placed so
-    far (`n`) and the share of them at the edge and in the cloud; the requests answered so
-    far and the attainment among them."""
+    """`window` per window of arrival times [k·w, (k+1)·w) up to `until_s`."""
     out = []
     k = 0
     while k * window_s < until_s:
-        lo, hi = k * window_s, min((k + 1) * window_s, until_s)
-        tiers = [tier for at, tier in arm.decided if lo <= at < hi]
-        n, edge = len(tiers), tiers.count("edge")
-        done = [o.met for o in arm.outcomes if lo <= o.at < hi]
-        out.append(
-            {
-                "t": [lo, hi],
-                "n": n,
-                "edge": edge / n if n else None,
-                "cloud": (n - edge) / n if n else None,
-                "answered": len(done),
-                "attainment": sum(done) / len(done) if done else None,
-            }
-        )
+        out.append(window(arm, k * window_s, min((k + 1) * window_s, until_s)))
         k += 1
     return out
 
 
 def cloud_share(arm: Arm, lo: float, hi: float) -> float | None:
     """The cloud's share of the requests sent in [lo, hi) placed so far."""
-    tiers = [tier for at, tier in arm.decided if lo <= at < hi]
-    return tiers.count("cloud") / len(tiers) if tiers else None
+    share: float | None = window(arm, lo, hi)["cloud"]
+    return share
 
 
 def phases(arm: Arm, burst: Burst) -> dict[str, float | None]:

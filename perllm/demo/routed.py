@@ -72,13 +72,21 @@ def _cancel_on_sigterm() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
 
-def run_routed(config: DemoConfig, console: Console, edge: str | None = None) -> dict[str, Any]:
-    """Run the routed phase for `config.router_duration_s` of arrivals (plus the answers
-    still running then); its summary (`routed_summary`)."""
+def routed_nodes(config: DemoConfig, edge: str | None = None) -> tuple[str, str]:
+    """(edge node, cloud node) of the routed phase's replicas (`replica_nodes`: `edge`,
+    where the extender put chat, if it can run it); `NoReplicaNodes` where the scenario
+    has no edge or no cloud node for chat (the phase is then skipped)."""
+    sc = burst_scenario(Burst(config.router_duration_s, config.burst), config.scenario)
+    return replica_nodes(sc, edge)
+
+
+def run_routed(config: DemoConfig, console: Console, nodes: tuple[str, str]) -> dict[str, Any]:
+    """Run the routed phase over replicas on `nodes` (`routed_nodes`) for
+    `config.router_duration_s` of arrivals (plus the answers still running then); its
+    summary (`routed_summary`)."""
     burst = Burst(config.router_duration_s, config.burst)
     sc = burst_scenario(burst, config.scenario)
     planned = planned_requests(sc, burst, config.router_seed)
-    nodes = replica_nodes(sc, edge)
     hw = {n: s.hardware for n, s in sc.expanded_servers()}
     console.print(
         f"[cyan]demo[/cyan] routed phase: {len(planned)} {SERVICE} requests over "
@@ -113,7 +121,10 @@ def run_routed(config: DemoConfig, console: Console, edge: str | None = None) ->
                                               config.share_window_s))  # fmt: skip
                 elif t >= next_line:
                     next_line = t + 10
-                    console.print(progress_line(arms, t, sent, burst), highlight=False)
+                    console.print(
+                        progress_line(arms, t, sent, burst, config.share_window_s),
+                        highlight=False,
+                    )
                 done, _ = await asyncio.wait(tasks, timeout=0.5)
                 if len(done) == len(tasks):
                     break

@@ -105,8 +105,9 @@ def render_routed(
     )
 
 
-def progress_line(arms: list[Arm], t: float, sent: int, burst: Burst) -> str:
-    """One line every 10 s without the live view."""
+def progress_line(arms: list[Arm], t: float, sent: int, burst: Burst, window_s: float) -> str:
+    """One line every 10 s without the live view; the router's edge share over the last
+    window of `window_s` (the config's `share_window_s`, as the live view and demo.json)."""
     parts = [f"routed t={t:3.0f}s sent {sent}"]
     for a in arms:
         fl = a.inflight(sent)
@@ -115,7 +116,7 @@ def progress_line(arms: list[Arm], t: float, sent: int, burst: Burst) -> str:
             + " ".join(f"{k} {v}" for k, v in sorted(fl.items()))
         )
     router = next(a for a in arms if a.name == ROUTER)
-    w = [x for x in shares(router, 5.0, min(t, burst.seconds)) if x["edge"] is not None]
+    w = [x for x in shares(router, window_s, min(t, burst.seconds)) if x["edge"] is not None]
     if w:
         lo, hi = w[-1]["t"]
         parts.append(f"router edge share of {lo:.0f}-{hi:.0f} s {pct(w[-1]['edge'])}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -14,12 +15,13 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
+from perllm.burst import NoReplicaNodes
 from perllm.demo.binaries import ensure_binaries
 from perllm.demo.config import DemoConfig
 from perllm.demo.observe import OURS, Observer, Sample
 from perllm.demo.rbac import CHART
 from perllm.demo.report import plot, summarise, summary_table, write_json
-from perllm.demo.routed import chat_edge, run_routed
+from perllm.demo.routed import chat_edge, routed_nodes, run_routed
 from perllm.demo.routed_view import routed_table
 from perllm.demo.stack import Stack
 from perllm.demo.view import pct, render, totals
@@ -71,17 +73,41 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
         if samples:
             console.print(summary_table(summary))
         if config.router and samples and not interrupted and error is None:
-            try:
-                summary["routed"] = run_routed(config, console, chat_edge(summary["placements"]))
-                console.print(routed_table(summary["routed"]))
-            except KeyboardInterrupt:
-                summary["interrupted"] = interrupted = True
-                console.print("[yellow]interrupted: the routed phase is left out[/yellow]")
-            except ValueError as e:  # a scenario without an edge and a cloud node for chat
-                console.print(f"[yellow]routed phase skipped:[/yellow] {e}", highlight=False)
+            interrupted, error = _routed_phase(config, console, summary)
         return _write(config, summary, samples, console, interrupted, error)
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _routed_phase(
+    config: DemoConfig, console: Console, summary: dict[str, Any]
+) -> tuple[bool, str | None]:
+    """The routed phase after the placement phase, into `summary["routed"]`: (interrupted,
+    error). Skipped with a note only where the scenario has no edge and cloud node for
+    chat; any other failure is the demo's error, naming the phase and a log of its
+    traceback (summary["error"] too), not a skip."""
+    try:
+        nodes = routed_nodes(config, chat_edge(summary["placements"]))
+    except NoReplicaNodes as e:
+        console.print(f"[yellow]routed phase skipped:[/yellow] {e}", highlight=False)
+        return False, None
+    try:
+        summary["routed"] = run_routed(config, console, nodes)
+        console.print(routed_table(summary["routed"]))
+    except KeyboardInterrupt:
+        summary["interrupted"] = True
+        summary.pop("routed", None)
+        console.print("[yellow]interrupted: the routed phase is left out[/yellow]")
+        return True, None
+    except Exception as e:
+        log = config.run_dir / "routed.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        error = f"routed phase (perllm.demo.routed) failed: {type(e).__name__}: {e}; log {log}"
+        summary["error"] = error
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        return False, error
+    return False, None
 
 
 def _header(config: DemoConfig, t: float) -> str:

@@ -96,7 +96,7 @@ def register_openai(app: typer.Typer) -> None:
         import uvicorn
 
         from perllm.scenario import ScenarioError, load_scenario
-        from perllm.twin.openai import TwinOpenAI, static_pods
+        from perllm.twin.openai import TwinOpenAI, pod_url, static_pods
 
         try:
             sc = load_scenario(scenario)
@@ -104,6 +104,6 @@ def register_openai(app: typer.Typer) -> None:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
         for ns, pod in static_pods(sc):
-            typer.echo(f"http://{host}:{port}/pods/{ns}/{pod}/v1")
+            typer.echo(pod_url(f"http://{host}:{port}", ns, pod) + "/v1")
         uvicorn.run(TwinOpenAI.standalone(sc, speed, seed), host=host, port=port,
                     access_log=False, log_level="warning")  # fmt: skip

@@ -47,6 +47,13 @@ Resolver = Callable[[str, str], "tuple[ServiceSpec, str] | None"]
 MAX_WAIT_S = 600.0  # one answer never sleeps longer than this (wall)
 
 
+def pod_url(base: str, namespace: str, pod: str) -> str:
+    """A pod's OpenAI base URL on a twin served at `base` (the `/pods/<namespace>/<pod>`
+    route `TwinOpenAI` answers; `/v1/...` follows). With `"{namespace}"` and `"{pod}"`
+    it is a router discovery `url_template`."""
+    return f"{base}/pods/{namespace}/{pod}"
+
+
 @dataclass(frozen=True)
 class Timeline:
     """Simulated seconds from arrival: first token, last token, answer complete."""

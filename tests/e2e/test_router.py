@@ -28,6 +28,7 @@ from perllm.crd import CRD_PATH
 from perllm.demo.services import default_sources, load_services
 from perllm.devcluster.kube import Kube
 from perllm.labels import LABEL_SERVICE, LABEL_TIER
+from perllm.twin.openai import pod_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 PERLLM = [
@@ -96,7 +97,7 @@ def test_router_discovers_twin_pods_spreads_and_learns(
         "scenario": "demo", "service_class": "chat",
         "discovery": {
             "service": f"{namespace}/chat", "interval_s": 1, "kubeconfig": str(kube.kubeconfig),
-            "url_template": f"http://127.0.0.1:{openai_port}/pods/{{namespace}}/{{pod}}",
+            "url_template": pod_url(f"http://127.0.0.1:{openai_port}", "{namespace}", "{pod}"),
         },
     }))  # fmt: skip
     logs = {n: (tmp_path / f"{n}.log").open("w") for n in ("twin", "router")}

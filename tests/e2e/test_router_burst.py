@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -39,8 +41,8 @@ from perllm.burst import (
     Arm,
     Burst,
     burst_scenario,
-    measure,
     planned_requests,
+    run_arm,
     table,
 )
 from perllm.crd import PLURAL
@@ -50,10 +52,9 @@ from perllm.devcluster.nodes import node_manifests
 from perllm.labels import LABEL_HARDWARE
 from perllm.router.app import Router
 from perllm.router.config import parse_config
-from perllm.router.serving import serving
 from perllm.router.status import CONDITION
 from perllm.scenario import load_scenario
-from perllm.twin.openai import TwinOpenAI
+from perllm.twin.openai import TwinOpenAI, pod_url
 
 from .operator_harness import Operator, condition, pods_by_tier
 from .test_extender import Extender
@@ -116,37 +117,39 @@ def test_router_keeps_deadlines_through_a_burst_where_per_pod_placement_does_not
             seed=1,
         )
 
-    async def run(arm: Arm) -> dict[str, Any]:
-        tw = twin()
-        async with serving(tw) as url:
-            if arm.name == ROUTER:
-                router = Router(
-                    parse_config(
-                        {
-                            "discovery": {
-                                "service": f"{ns}/{SERVICE}",
-                                "kubeconfig": str(kube.kubeconfig),
-                                "url_template": f"{url}/pods/{{namespace}}/{{pod}}",
-                                "interval_s": 2,
-                            }
-                        }
-                    )
-                )
-                await router.start()
-                assert sorted(b.name for b in router.backends) == sorted(pods)
-                async with serving(router) as rurl:
-                    row = await measure(arm, rurl, planned, SECONDS + 5)
-                # The last counts written now, not a status interval later.
-                assert router.status_writer is not None
-                await router.status_writer.tick()
-                served.update((b.name, b.requests) for b in router.metrics.served())
-                await router.aclose()
-            else:
-                pod = edge_pod if arm.name == EDGE_ALONE else cloud_pod
-                row = await measure(arm, f"{url}/pods/{ns}/{pod}", planned, SECONDS + 5)
-        return row | {"j_per_request": tw.energy_j / max(tw.served, 1)}
+    @asynccontextmanager
+    async def discovered(url: str) -> AsyncIterator[Router]:
+        """The router arm's router: discovery of the two pods, served by the twin at `url`."""
+        router = Router(
+            parse_config(
+                {
+                    "discovery": {
+                        "service": f"{ns}/{SERVICE}",
+                        "kubeconfig": str(kube.kubeconfig),
+                        "url_template": pod_url(url, "{namespace}", "{pod}"),
+                        "interval_s": 2,
+                    }
+                }
+            )
+        )
+        try:
+            await router.start()
+            assert sorted(b.name for b in router.backends) == sorted(pods)
+            yield router
+            # The last counts written now, not a status interval later.
+            assert router.status_writer is not None
+            await router.status_writer.tick()
+            served.update((b.name, b.requests) for b in router.metrics.served())
+        finally:
+            await router.aclose()
 
-    rows = {n: asyncio.run(run(a)) for n, a in arms.items()}
+    def run(arm: Arm) -> dict[str, Any]:
+        """`run_arm` on fresh replicas of these two pods (a fresh twin per arm)."""
+        return asyncio.run(run_arm(arm, sc, planned, (edge_node, cloud_node), 1, SECONDS + 5,
+                                   twin=twin(), pods=(edge_pod, cloud_pod), namespace=ns,
+                                   router=discovered))  # fmt: skip
+
+    rows = {n: run(a) for n, a in arms.items()}
     print(f"replicas (pod, node) per tier: {chat_replicas}")
     print(table(list(rows.values())))
     router, edge, cloud = rows[ROUTER], rows[EDGE_ALONE], rows[CLOUD_ALONE]

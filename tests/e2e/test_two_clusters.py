@@ -43,6 +43,7 @@ from perllm.devcluster.nodes import node_manifests
 from perllm.labels import LABEL_TIER
 from perllm.router.status import CONDITION
 from perllm.scenario import load_scenario
+from perllm.twin.openai import pod_url
 
 from .operator_harness import bound_pods, start_operator
 from .test_router import PERLLM, _metric, _port
@@ -139,7 +140,7 @@ def test_the_edge_cluster_offloads_to_the_cloud_cluster_and_says_when_it_cannot(
     edge, cloud = f"http://127.0.0.1:{ports['edge']}", f"http://127.0.0.1:{ports['cloud']}"
 
     def discovery(side: str, k: Kube) -> dict[str, Any]:
-        pods = f"http://127.0.0.1:{ports[side + '-openai']}/pods/{{namespace}}/{{pod}}"
+        pods = pod_url(f"http://127.0.0.1:{ports[side + '-openai']}", "{namespace}", "{pod}")
         return {"service": f"{NS}/chat", "kubeconfig": str(k.kubeconfig), "url_template": pods,
                 "interval_s": 1, "status_interval_s": 1}  # fmt: skip
 
@@ -194,7 +195,10 @@ def test_the_edge_cluster_offloads_to_the_cloud_cluster_and_says_when_it_cannot(
         def up() -> bool:  # both twins serve their pod, the edge router has both tiers
             try:
                 for side, name in pod.items():
-                    u = f"http://127.0.0.1:{ports[side + '-openai']}/pods/{NS}/{name}/v1/models"
+                    u = (
+                        pod_url(f"http://127.0.0.1:{ports[side + '-openai']}", NS, name)
+                        + "/v1/models"
+                    )
                     if httpx.get(u, timeout=5).status_code != 200:
                         return False
                 m = httpx.get(f"{edge}/metrics").text

@@ -5,16 +5,19 @@ itself: the router over twin replicas against each replica alone, the same reque
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
+import perllm.demo.run as run_mod
 from perllm.burst import (
     CLOUD_ALONE,
     EDGE_ALONE,
     ROUTER,
     Arm,
     Burst,
+    NoReplicaNodes,
     burst_scenario,
     cloud_share,
     phases,
@@ -26,7 +29,7 @@ from perllm.burst import (
 from perllm.demo.config import DemoConfig
 from perllm.demo.observe import OURS, Counters, Sample
 from perllm.demo.report import plot
-from perllm.demo.routed import chat_edge, routed_summary, run_routed
+from perllm.demo.routed import chat_edge, routed_nodes, routed_summary, run_routed
 from perllm.demo.routed_view import progress_line, render_routed, routed_table
 from perllm.load import Outcome, Planned
 
@@ -134,8 +137,16 @@ def test_live_view_and_progress_line() -> None:
     assert "IN THE BURST" in text and "7/9 sent" in text
     assert "x5 burst" in text  # the windows of the burst are marked
     assert "66.7 %" in text  # the first window's edge share
-    line = progress_line(arms, 7.0, 7, b)
+    line = progress_line(arms, 7.0, 7, b, 5.0)
     assert "edge pod alone 100.0 % met, in flight edge 6" in line
+    assert "router edge share of 5-7 s 100.0 %" in line
+
+
+def test_progress_line_uses_the_configured_share_window() -> None:
+    """Not a fixed 5 s: the config's `share_window_s`, as the live view and demo.json."""
+    arms = [_router(), Arm(EDGE_ALONE), Arm(CLOUD_ALONE)]
+    line = progress_line(arms, 9.5, 7, Burst(15.0), 10.0)
+    assert "router edge share of 0-10 s 50.0 %" in line  # 3 edge of the 6 placed in 0-10 s
 
 
 def test_the_edge_replica_is_where_the_extender_put_chat() -> None:
@@ -169,7 +180,8 @@ def test_routed_phase_overflows_the_burst_to_the_cloud() -> None:
     the requests before the burst to the cloud, 24.4 % of those during it (29.3 % since
     issue #13's fix, in simulated time: `simulate_arm`)."""
     cfg = DemoConfig(router_duration_s=30.0, live=False)
-    s = run_routed(cfg, Console(file=open("/dev/null", "w")), "edge-gpu-2")  # noqa: SIM115
+    nodes = routed_nodes(cfg, "edge-gpu-2")
+    s = run_routed(cfg, Console(file=open("/dev/null", "w")), nodes)  # noqa: SIM115
     arms = s["arms"]
     assert list(arms) == [ROUTER, EDGE_ALONE, CLOUD_ALONE]
     assert all(r["requests"] == s["requests"] == r["ok"] for r in arms.values()), arms
@@ -201,3 +213,70 @@ def test_in_simulated_time_the_router_keeps_the_demo_burst_deadlines() -> None:
     ph = phases(arms[0], b)
     assert ph["burst"] is not None and ph["before"] is not None
     assert ph["burst"] > ph["before"] + 0.2, ph
+
+
+def _phase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: Any) -> tuple[Any, dict, str]:
+    """The demo's routed phase (`perllm.demo.run._routed_phase`) with `run` in place of
+    `run_routed`: (its result, the summary, what it printed)."""
+    monkeypatch.setattr(run_mod, "run_routed", run)
+    monkeypatch.setattr(run_mod, "routed_table", lambda r: f"table {r}")
+    console = Console(width=300, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    summary: dict[str, Any] = {"placements": {"chat": {"tier": "edge", "chosen": "edge-gpu-2"}}}
+    cfg = DemoConfig(out=tmp_path)
+    return run_mod._routed_phase(cfg, console, summary), summary, console.export_text()
+
+
+def test_the_routed_phase_runs_on_the_nodes_chosen_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got: list[tuple[str, str]] = []
+
+    def run(_cfg: DemoConfig, _c: Console, nodes: tuple[str, str]) -> dict[str, Any]:
+        got.append(nodes)
+        return {"ok": 1}
+
+    res, summary, _ = _phase(tmp_path, monkeypatch, run)
+    assert res == (False, None) and summary["routed"] == {"ok": 1}
+    assert got == [("edge-gpu-2", "cloud")]  # where the extender put chat
+
+
+def test_a_scenario_without_replica_nodes_skips_the_routed_phase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def nodes(_cfg: DemoConfig, _edge: str | None) -> tuple[str, str]:
+        raise NoReplicaNodes("demo: chat needs an edge and a cloud node that can run it")
+
+    def run(*_a: Any) -> dict[str, Any]:
+        raise AssertionError("not run")
+
+    monkeypatch.setattr(run_mod, "routed_nodes", nodes)
+    res, summary, out = _phase(tmp_path, monkeypatch, run)
+    assert res == (False, None) and "routed" not in summary and "error" not in summary
+    assert "routed phase skipped: demo: chat needs an edge and a cloud node" in out
+
+
+def test_another_value_error_in_the_routed_phase_is_a_demo_error_not_a_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the node choice's failure skips the phase: a ValueError from inside it (numpy,
+    JSON, a bug) is the demo's error, naming the phase, with its traceback in a log."""
+
+    def run(*_a: Any) -> dict[str, Any]:
+        raise ValueError("operands could not be broadcast together")
+
+    (interrupted, error), summary, out = _phase(tmp_path, monkeypatch, run)
+    assert not interrupted and error is not None and "routed" not in summary
+    assert error.startswith("routed phase (perllm.demo.routed) failed: ValueError: operands")
+    assert summary["error"] == error and "skipped" not in out and "error:" in out
+    log = tmp_path / "run" / "routed.log"
+    assert str(log) in error and "operands could not be broadcast" in log.read_text()
+    assert "Traceback" in log.read_text()
+
+
+def test_replica_nodes_fails_with_its_own_error() -> None:
+    sc = burst_scenario(Burst(30.0))
+    cloudless = sc.model_copy(
+        update={"servers": [s for s in sc.servers if s.tier.value != "cloud"]}
+    )
+    with pytest.raises(NoReplicaNodes, match="needs an edge and a cloud node"):
+        replica_nodes(cloudless)

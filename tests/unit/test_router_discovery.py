@@ -21,6 +21,7 @@ from perllm.router.app import Router
 from perllm.router.config import RouterConfigError, parse_config
 from perllm.router.discovery import backends_from
 from perllm.scenario import load_scenario
+from perllm.twin.openai import pod_url
 
 
 def node(name: str, tier: str, hw: str, bw: float = 100) -> dict[str, Any]:
@@ -75,7 +76,9 @@ def test_ready_pods_on_modelled_nodes_are_backends() -> None:
     ]
     assert got[1].link.bandwidth_mbps == 300
     assert skipped["c"] == "not ready" and "hardware" in skipped["d"] and "gone" in skipped["e"]
-    twin = backends_from(pods[:1], NODES, r.catalogue, "http://127.0.0.1:9/pods/{namespace}/{pod}")
+    twin = backends_from(
+        pods[:1], NODES, r.catalogue, pod_url("http://127.0.0.1:9", "{namespace}", "{pod}")
+    )
     assert twin[0].url == "http://127.0.0.1:9/pods/ns/a"
 
 

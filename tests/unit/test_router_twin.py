@@ -16,7 +16,7 @@ from perllm.router.config import parse_config
 from perllm.router.serving import serving
 from perllm.scenario import load_scenario, parse_scenario
 from perllm.twin.fleet import server_powers
-from perllm.twin.openai import TwinOpenAI, static_pods
+from perllm.twin.openai import TwinOpenAI, pod_url, static_pods
 from perllm.world.server import ServerState, execute
 from perllm.world.sim import coeff_grid
 
@@ -68,25 +68,23 @@ def test_pods_answer_openai_requests_streamed_at_the_decode_rate() -> None:
         pods = static_pods(sc)
         assert ("default", "chat-cloud") in pods and ("default", "assistant-edge-cpu") not in pods
         c = httpx.AsyncClient(transport=httpx.ASGITransport(app=tw), base_url="http://twin")
-        r = await c.post(
-            "/pods/default/chat-edge-gpu-1/v1/chat/completions", json={**CHAT, "max_tokens": 12}
-        )
+        edge, cloud = (pod_url("", "default", p) for p in ("chat-edge-gpu-1", "chat-cloud"))
+        assert cloud == "/pods/default/chat-cloud"  # the route the twin answers
+        r = await c.post(f"{edge}/v1/chat/completions", json={**CHAT, "max_tokens": 12})
         assert r.status_code == 200 and r.headers["x-perllm-twin-node"] == "edge-gpu-1"
         assert r.json()["usage"]["completion_tokens"] <= 12
         t0 = time.perf_counter()
         r = await c.post(
-            "/pods/default/chat-cloud/v1/chat/completions",
+            f"{cloud}/v1/chat/completions",
             json={**CHAT, "max_tokens": 30, "stream": True},
         )
         wall = time.perf_counter() - t0
         events = r.content.count(b"data:") - 1
         assert events >= 2 and r.content.endswith(b"data: [DONE]\n\n")
         assert wall < 5.0
-        assert (await c.get("/pods/default/nope/v1/models")).status_code == 404
-        assert (await c.get("/pods/default/chat-cloud/v1/models")).json()["data"][0][
-            "id"
-        ] == "llama3-8b"
-        bad = await c.post("/pods/default/chat-cloud/v1/chat/completions", content=b"{")
+        assert (await c.get(pod_url("", "default", "nope") + "/v1/models")).status_code == 404
+        assert (await c.get(f"{cloud}/v1/models")).json()["data"][0]["id"] == "llama3-8b"
+        bad = await c.post(f"{cloud}/v1/chat/completions", content=b"{")
         assert bad.status_code == 400
 
     asyncio.run(asyncio.wait_for(go(), 30))
@@ -100,7 +98,7 @@ def test_router_over_the_twin_on_loopback_learns_and_streams() -> None:
             backends = [
                 {
                     "name": n,
-                    "url": f"{url}/pods/default/chat-{n}",
+                    "url": pod_url(url, "default", f"chat-{n}"),
                     "tier": s.tier.value,
                     "hardware": s.hardware,
                     "link": s.link.model_dump(),
