@@ -20,7 +20,6 @@ backends on that node (`Router.set_bandwidth`). A failed list keeps the last mem
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from perllm.contract import ServiceSpec
 from perllm.labels import LABEL_SERVICE
 from perllm.profiles import Catalogue
 from perllm.router.config import Backend
+from perllm.router.periodic import Periodic
 
 if TYPE_CHECKING:
     from perllm.router.app import Router
@@ -121,7 +121,7 @@ def api_client(kubeconfig: str | None) -> Any:
 
 
 @dataclass
-class Discovery:
+class Discovery(Periodic):
     """Keeps a router's backends to the ready pods of `namespace/service`."""
 
     router: Router
@@ -252,18 +252,5 @@ class Discovery:
             if b.node in bw:
                 self.router.set_bandwidth(b.name, bw[b.node])
 
-    async def run(self) -> None:
-        while True:
-            await self.refresh()
-            await asyncio.sleep(self.interval_s)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self.run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def step(self) -> None:
+        await self.refresh()

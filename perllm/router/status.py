@@ -18,7 +18,6 @@ A failed write (RBAC, API down) is a log line per distinct error and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from perllm.router.config import Backend
 from perllm.router.health import Refusing
+from perllm.router.periodic import Periodic
 from perllm.timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ def _why(e: Exception) -> str:
 
 
 @dataclass
-class StatusWriter:
+class StatusWriter(Periodic):
     """Writes the router's `status.routing` and condition into LLMService `namespace/name`."""
 
     router: Router
@@ -254,21 +254,11 @@ class StatusWriter:
         self._last, self._unchanged = key, 0
         return True
 
-    async def run(self) -> None:
-        while True:
-            await self.tick()
-            await asyncio.sleep(self.interval_s)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self.run())
+    async def step(self) -> None:
+        await self.tick()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await super().stop()
         if self._client is not None:  # its connection pool and threads
             self._client.close()
         self._client = self._custom = None
