@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
+
+from kubernetes.client.exceptions import ApiException
 
 Obj = dict[str, Any]
 
@@ -40,9 +43,10 @@ def _default() -> Obj:
 class FakeStatusApi:
     """An LLMService behind its status subresource (`CustomObjectsApi`'s get and
     merge-patch of the status): a real JSON merge patch, the resourceVersion checked
-    (409 on a stale one; `conflicts` other writes land first), or every call failing with
-    `fail`. `patches`: the bodies applied. `expect`: the (group, version, namespace,
-    plural, name) every call must name, if given."""
+    (409 on a stale one, counted in `refused`; `conflicts` other writes land first;
+    `before_patch` runs once, between a read and the patch: another writer's write in that
+    gap), or every call failing with `fail`. `patches`: the bodies applied. `expect`: the
+    (group, version, namespace, plural, name) every call must name, if given."""
 
     def __init__(
         self, obj: Obj | None = None, conflicts: int = 0, expect: tuple[str, ...] | None = None
@@ -52,6 +56,8 @@ class FakeStatusApi:
         self.conflicts, self.expect = conflicts, expect
         self.patches: list[Obj] = []
         self.fail: Exception | None = None
+        self.refused = 0
+        self.before_patch: Callable[[], None] | None = None
 
     def _bump(self) -> None:
         md = self.obj["metadata"]
@@ -71,6 +77,9 @@ class FakeStatusApi:
 
     def patch_namespaced_custom_object_status(self, *args: Any, **kw: Any) -> None:
         self._check(args, kw)
+        if self.before_patch is not None:
+            hook, self.before_patch = self.before_patch, None
+            hook()
         body = args[5] if len(args) > 5 else kw["body"]
         if "_content_type" in kw:
             assert kw["_content_type"] == "application/merge-patch+json"
@@ -79,9 +88,18 @@ class FakeStatusApi:
             self._bump()
         rv = (body.get("metadata") or {}).get("resourceVersion")
         if rv is not None and rv != self.obj["metadata"]["resourceVersion"]:
-            raise ApiError(409, "Conflict")
+            self.refused += 1
+            raise ApiException(status=409, reason="Conflict")  # what the client raises
         self.patches.append(copy.deepcopy(body))
+        self.write({k: v for k, v in body.items() if k != "metadata"})
+
+    def write(self, patch: Obj) -> None:
+        """Another writer's merge patch (or the one just checked): applied, version bumped."""
         md = self.obj["metadata"]
-        self.obj = merge_patch(self.obj, {k: v for k, v in body.items() if k != "metadata"})
+        self.obj = merge_patch(self.obj, patch)
         self.obj["metadata"] = md
         self._bump()
+
+    def cond(self, type_: str) -> Obj | None:
+        conds = (self.obj.get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == type_), None)

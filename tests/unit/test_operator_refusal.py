@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 import pytest
-from kubernetes.client.exceptions import ApiException
+from fake_kube import FakeStatusApi
 from perllm_operator import kube, reconcile
 
 Obj = dict[str, Any]
@@ -25,50 +25,14 @@ ROUTER = {
 }
 
 
-class RacingStatusApi:
-    """get + JSON merge patch of the status subresource, refusing (409) a stale
-    resourceVersion; `before_patch` runs once, between a read and the patch (another
-    writer's write in that gap)."""
-
-    def __init__(self, obj: Obj) -> None:
-        self.obj = copy.deepcopy(obj)
-        self.obj["metadata"]["resourceVersion"] = "1"
-        self.patches: list[Obj] = []
-        self.conflicts = 0
-        self.before_patch: Callable[[], None] | None = None
-
-    def get_namespaced_custom_object(self, *a: Any) -> Obj:
-        return copy.deepcopy(self.obj)
-
-    def patch_namespaced_custom_object_status(self, *a: Any) -> None:
-        if self.before_patch is not None:
-            hook, self.before_patch = self.before_patch, None
-            hook()
-        body = a[-1]
-        if body["metadata"]["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
-            self.conflicts += 1
-            raise ApiException(status=409, reason="Conflict")
-        self.patches.append(copy.deepcopy(body))
-        self.write(body["status"])
-
-    def write(self, status: Obj) -> None:
-        st = self.obj.setdefault("status", {})
-        for k, v in status.items():  # one level: a list is replaced whole, null removes
-            if v is None:
-                st.pop(k, None)
-            else:
-                st[k] = copy.deepcopy(v)
-        rv = self.obj["metadata"]["resourceVersion"]
-        self.obj["metadata"]["resourceVersion"] = str(int(rv) + 1)
+class RacingStatusApi(FakeStatusApi):
+    """The shared fake status API, plus the router's write of its condition."""
 
     def router_writes(self, cond: Obj = ROUTER) -> None:
         """The router's write: its condition set, the others sent back as read."""
         old = (self.obj.get("status") or {}).get("conditions") or []
-        self.write({"conditions": [c for c in old if c["type"] != cond["type"]] + [cond]})
-
-    def cond(self, type_: str) -> Obj | None:
-        conds = (self.obj.get("status") or {}).get("conditions") or []
-        return next((c for c in conds if c["type"] == type_), None)
+        others = [c for c in old if c["type"] != cond["type"]]
+        self.write({"status": {"conditions": [*others, cond]}})
 
 
 def install(mp: pytest.MonkeyPatch, obj: Obj) -> RacingStatusApi:
@@ -131,7 +95,7 @@ def test_a_write_between_the_read_and_the_patch_is_read_again(
     api.before_patch = api.router_writes
     body = kopf.Body(copy.deepcopy(svc))
     fail(body, kopf.Patch(), list(body["status"]["conditions"]))
-    assert api.conflicts == 1
+    assert api.refused == 1
     assert api.cond("BackendsReachable") == ROUTER
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 import pytest
 import yaml
+from fake_kube import FakeStatusApi
 from kubernetes.client.exceptions import ApiException
 from perllm_operator import conditions, kube, observe, reconcile, render, replacement, tiers
 from perllm_operator.config import Config
@@ -21,7 +22,6 @@ from perllm_operator.policy import Point, ReplacementPolicy
 from perllm_operator.state import State
 
 from perllm.crd import InvalidService, service_spec
-from tests.unit.fake_kube import FakeStatusApi
 from tests.unit.test_operator_status import FakeCluster, FakeProm
 
 ROOT = Path(__file__).parents[2]

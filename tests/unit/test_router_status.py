@@ -134,8 +134,9 @@ def test_merge_condition_replaces_only_its_own_type() -> None:
 
 
 def cond_of(api: FakeStatusApi) -> Obj:
-    conds = api.obj["status"]["conditions"]
-    return next(c for c in conds if c["type"] == CONDITION)  # type: ignore[no-any-return]
+    cond = api.cond(CONDITION)
+    assert cond is not None, api.obj.get("status")
+    return cond
 
 
 def test_the_status_follows_the_remote_tier_and_keeps_other_conditions(
