@@ -52,6 +52,20 @@ class RoundView:
     # server's bandwidth (time = transmission + core, in that order)
     core: F
 
+    def then(self, more: RoundView) -> RoundView:
+        """This view followed by `more`'s levels (the next ones, computed later)."""
+
+        def cat(a: F, b: F) -> F:
+            return np.concatenate([a, b], axis=2)
+
+        return RoundView(
+            time=cat(self.time, more.time),
+            decode=cat(self.decode, more.decode),
+            energy=cat(self.energy, more.energy),
+            levels=self.levels + more.levels,
+            core=cat(self.core, more.core),
+        )
+
 
 def round_view(
     t: CostTable,

@@ -385,14 +385,7 @@ class _Levels:
         self.view, self.pess, self.feas, self.mean, self.score = view, pess, feas, mean, score
 
     def extend(self, v: RoundView, pess: F, feas: NDArray[np.bool_], mean: F, score: F) -> None:
-        w = self.view
-        self.view = RoundView(
-            time=np.concatenate([w.time, v.time], axis=2),
-            decode=np.concatenate([w.decode, v.decode], axis=2),
-            energy=np.concatenate([w.energy, v.energy], axis=2),
-            levels=w.levels + v.levels,
-            core=np.concatenate([w.core, v.core], axis=2),
-        )
+        self.view = self.view.then(v)
         self.pess = np.concatenate([self.pess, pess], axis=2)
         self.feas = np.concatenate([self.feas, feas], axis=2)
         self.mean = np.concatenate([self.mean, mean], axis=2)
