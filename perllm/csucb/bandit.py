@@ -18,8 +18,8 @@ from perllm.csucb.config import SMALL_ROUND, CSUCBConfig
 from perllm.csucb.decision import Decision
 from perllm.csucb.explain import ExplainContext
 from perllm.csucb.explain import explain as explain_request
-from perllm.csucb.fast import FastRound
-from perllm.csucb.groups import group_round, rep_weights, server_kinds
+from perllm.csucb.fast import One, one, play
+from perllm.csucb.groups import group_round, server_kinds
 from perllm.csucb.index import exploration, log_t
 from perllm.csucb.pooled import decide_pooled
 from perllm.csucb.stats import ArmStats
@@ -164,35 +164,37 @@ class CSUCB:
         return self._decide_arrays(args, cols, explain)
 
     def _decide_fast(self, args: tuple[I, F, F, F, F, F, F, F]) -> Decision | None:
-        st = self.stats
-        if self._fast is None:
-            self._fast = FastTables.of(
-                self.t, self._arm_cj, self.deadline_s, self.deadline_per_token, self.energy_scale
-            )
-        posterior = st.arm_posterior_lists()
-        lq = st.quantile_pair_lists()
-        _, lift = exploration(st.plays.ravel().tolist(), log_t(st.total), self.cfg.delta)
-        r = FastRound(
-            self._fast,
-            self.w,
-            posterior,
-            [lq[c] for c in self._class_list],
-            lift,
-            self.cfg.theta,
-            args,
-            rep_weights(self._kind_list, args[5].tolist(), args[6].tolist(), args[7].tolist()),
-        )
-        out = r.run(self.cfg.on_infeasible == "shed", self.cfg.backlog_waiting)
-        if out is None:
-            return None
-        choice, lvl_of, ok, shed, infeasible = out
-        arm = self._fast.arm
-        st.record_round(
-            [arm[c][j] for c, j, s in zip(r.cls, choice, shed, strict=True) if not s],
-            len(choice),
-            infeasible,
-        )
-        return r.decision(choice, lvl_of, ok, shed)
+        got = play(self, tuple(a.tolist() for a in args))
+        return None if got is None else got[0].decision(*got[1][:4])
+
+    def decide_one(
+        self,
+        cls: int,
+        l_in: float,
+        l_out: float,
+        attach: float,
+        min_quality: float,
+        running: list[float],
+        waiting: list[float],
+        bw_mbps: list[float],
+    ) -> One:
+        """`decide` for one request, on Python floats where `decide` would use them: the
+        same decision and learning state, without numpy's arrays of one."""
+        lists = ([cls], [l_in], [l_out], [attach], [min_quality], running, waiting, bw_mbps)
+        small = self.t.n_servers <= self.cfg.max_candidates  # `decide`'s small-round path
+        if small:
+            self._current().rounds += 1
+            got = play(self, lists)
+            if got is not None:
+                return one(*got)
+        f = [np.array(x, float) for x in lists[1:]]
+        arrays = (np.array(lists[0], np.intp), f[0], f[1], f[2], f[3], f[4], f[5], f[6])
+        d = self._decide_arrays(arrays, None, False) if small else self.decide(*arrays)
+        return One(
+            int(d.choice[0]), bool(d.feasible[0]), float(d.predicted_time[0]),
+            float(d.predicted_energy[0]), float(d.predicted_fixed[0]),
+            float(d.predicted_per_token[0]), bool(d.shed[0]),
+        )  # fmt: skip
 
     def _judge(
         self, t: CostTable, arm: I, view: RoundView, args: tuple[I, F, F, F, F, F, F, F]
@@ -335,8 +337,9 @@ class CSUCB:
         """Observe completed requests: O(1) per observation (running sums, a histogram bin)."""
         st = self._current()
         if len(cls) <= _config.SMALL_UPDATE and self._update_small(
-            cls, server, time, predicted_time, energy, deadline, l_out
-        ):
+            cls.tolist(), server.tolist(), time.tolist(), predicted_time.tolist(),
+            energy.tolist(), deadline.tolist(), l_out.tolist(),
+        ):  # fmt: skip
             return
         ratio = time / np.maximum(predicted_time, 1e-9)
         reward = -np.minimum(energy / self.energy_scale[cls], 2.0) - self.cfg.theta * (
@@ -344,26 +347,44 @@ class CSUCB:
         )
         st.observe(self._arm_cj[cls, server], self.class_of[cls], ratio, reward, l_out)
 
+    def update_one(
+        self,
+        cls: int,
+        server: int,
+        time: float,
+        predicted_time: float,
+        energy: float,
+        deadline: float,
+        l_out: float,
+    ) -> None:
+        """`update` for one observation, without numpy's arrays of one."""
+        self._current()
+        one = ([cls], [server], [time], [predicted_time], [energy], [deadline], [l_out])
+        if not self._update_small(*one):
+            a = [np.array(x, float) for x in one[2:]]
+            self.update(np.array(one[0], np.intp), np.array(one[1], np.intp), *a)
+
     def _update_small(
-        self, cls: I, server: I, time: F, predicted_time: F, energy: F, deadline: F, l_out: F
+        self,
+        cls: list[int],
+        server: list[int],
+        time: list[float],
+        predicted_time: list[float],
+        energy: list[float],
+        deadline: list[float],
+        l_out: list[float],
     ) -> bool:
         """`update` on Python floats (`ArmStats.observe_small`); False: nothing changed."""
         scale, theta, arm, cl = self._scale_list, self.cfg.theta, self._arm_list, self._class_list
         arms, classes, ratios, rewards = [], [], [], []
         for c, j, d, p, e, dl in zip(
-            cls.tolist(),
-            server.tolist(),
-            time.tolist(),
-            predicted_time.tolist(),
-            energy.tolist(),
-            deadline.tolist(),
-            strict=True,
+            cls, server, time, predicted_time, energy, deadline, strict=True
         ):
             arms.append(arm[c][j])
             classes.append(cl[c])
             ratios.append(d / max(p, 1e-9))
             rewards.append(-min(e / scale[c], 2.0) - theta * (d > dl))
-        return self.stats.observe_small(arms, classes, ratios, rewards, l_out.tolist())
+        return self.stats.observe_small(arms, classes, ratios, rewards, l_out)
 
     # -- persistence (the shared statistics) ----------------------------------------------
     def export_state(self) -> dict[str, Any]:

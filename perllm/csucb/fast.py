@@ -7,12 +7,17 @@ order (so the same floats), and only where the assignment looks: each request's 
 at the load levels present when it is placed. The normal CDF goes through the same scipy
 ufunc as the vectorised path. `FastRound.run` returns
 None, having changed nothing, where that equivalence is not guaranteed (a NaN).
+
+`play` runs a round given as Python lists and records it; `One` is one request's outcome
+in plain floats, for callers that decide one request at a time (the router) and would
+otherwise pay more for numpy's arrays of one than for the decision.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,10 +34,22 @@ from perllm.costmodel import (
 )
 from perllm.csucb.assign import SHED, hopeless, least_late
 from perllm.csucb.decision import Decision
+from perllm.csucb.groups import rep_weights
+from perllm.csucb.index import exploration, log_t
 from perllm.csucb.tables import Coef, FastTables
+
+if TYPE_CHECKING:
+    from perllm.csucb.bandit import CSUCB
 
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
+# A round as Python lists: class, prompt, output, attachment, quality floor per request;
+# running, waiting, bandwidth per server (`CSUCB.decide`'s arguments).
+Lists = tuple[
+    list[int], list[float], list[float], list[float], list[float], list[float], list[float],
+    list[float],
+]  # fmt: skip
+Outcome = tuple[list[int], list[int], list[bool], list[bool], int]
 
 
 @dataclass(slots=True)
@@ -93,22 +110,20 @@ class FastRound:
         lq: list[list[float]],
         lift: list[float],
         theta: float,
-        args: tuple[I, F, F, F, F, F, F, F],
+        args: Lists,
         weights: list[int],
     ) -> None:
         cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps = args
         self.tab, self.w, self.theta, self.lift = tab, w, theta, lift
         self.mu, self.sd, self.f = posterior
         self.m = len(tab.rtt)
-        self.occ = [r + q for r, q in zip(running.tolist(), waiting.tolist(), strict=True)]
-        self.wait = waiting.tolist()
-        self.bw, self.weights = bw_mbps.tolist(), weights
-        self.cls, self.min_quality = cls.tolist(), min_quality.tolist()
+        self.occ = [r + q for r, q in zip(running, waiting, strict=True)]
+        self.wait = waiting
+        self.bw, self.weights = bw_mbps, weights
+        self.cls, self.min_quality = cls, min_quality
         bwbps = [b * 1e6 for b in self.bw]
         self.req: list[Request] = []
-        for c, li, lo, att, mq in zip(
-            self.cls, l_in.tolist(), l_out.tolist(), attach.tolist(), self.min_quality, strict=True
-        ):
+        for c, li, lo, att, mq in zip(self.cls, l_in, l_out, attach, self.min_quality, strict=True):
             ctx = li + 0.5 * lo
             bits = upload_bits(li, att) + download_bits(lo)
             pairs = []
@@ -263,9 +278,7 @@ class FastRound:
                 return SHED
         return j
 
-    def run(
-        self, shed_hopeless: bool = False, backlog: float = math.inf
-    ) -> tuple[list[int], list[int], list[bool], list[bool], int] | None:
+    def run(self, shed_hopeless: bool = False, backlog: float = math.inf) -> Outcome | None:
         """Each request's server (`SHED`: none) and load level, whether it was feasible,
         whether it was shed, the requests with nothing feasible; None on a NaN. A round
         holds at most `SMALL_ROUND` requests, so every level is computed exactly."""
@@ -296,23 +309,28 @@ class FastRound:
             added[j] += 1
         return choice, lvl_of, ok, shed, infeasible
 
+    def picked(self, k: int, j: int, a: int, shed: bool) -> Entry:
+        """Request k's chosen entry (server j at level a), its energy completed where it
+        was chosen without being feasible; `_SHED_ENTRY` where shed."""
+        if shed:
+            return _SHED_ENTRY
+        e = self.entry(k, j, a)
+        if e.energy is None:
+            e.fixed, e.per_token = e.time - e.decode, e.decode / self.req[k].l_out1
+            e.energy = self.energy(self.req[k].pairs[j], e)
+        return e
+
     def decision(
         self, choice: list[int], lvl_of: list[int], ok: list[bool], shed: list[bool]
     ) -> Decision:
         picked = [
-            _SHED_ENTRY if s else self.entry(k, j, a)
+            self.picked(k, j, a, s)
             for k, (j, a, s) in enumerate(zip(choice, lvl_of, shed, strict=True))
         ]
-        energy = []
-        for k, e in enumerate(picked):
-            if e.energy is None and not shed[k]:  # complete a server chosen without being feasible
-                e.fixed, e.per_token = e.time - e.decode, e.decode / self.req[k].l_out1
-                e.energy = self.energy(self.req[k].pairs[choice[k]], e)
-            energy.append(e.energy)
         time, en, fixed, per_tok = np.array(
             [
                 [e.time for e in picked],
-                energy,
+                [e.energy for e in picked],
                 [e.fixed for e in picked],
                 [e.per_token for e in picked],
             ]
@@ -326,3 +344,55 @@ class FastRound:
             predicted_per_token=per_tok,
             shed=np.array(shed, bool),
         )
+
+
+class One(NamedTuple):
+    """One request's decision (`Decision`'s fields for a round of one, as floats)."""
+
+    choice: int  # `SHED` where shed
+    feasible: bool
+    predicted_time: float
+    predicted_energy: float
+    predicted_fixed: float
+    predicted_per_token: float
+    shed: bool
+
+
+def play(b: CSUCB, args: Lists) -> tuple[FastRound, Outcome] | None:
+    """A small round on Python floats, its plays recorded in `b`'s statistics; None on a
+    NaN (nothing recorded: the vectorised path decides it)."""
+    st = b.stats
+    if b._fast is None:
+        b._fast = FastTables.of(b.t, b._arm_cj, b.deadline_s, b.deadline_per_token, b.energy_scale)
+    posterior = st.arm_posterior_lists()
+    lq = st.quantile_pair_lists()
+    _, lift = exploration(st.plays.ravel().tolist(), log_t(st.total), b.cfg.delta)
+    r = FastRound(
+        b._fast,
+        b.w,
+        posterior,
+        [lq[c] for c in b._class_list],
+        lift,
+        b.cfg.theta,
+        args,
+        rep_weights(b._kind_list, args[5], args[6], args[7]),
+    )
+    out = r.run(b.cfg.on_infeasible == "shed", b.cfg.backlog_waiting)
+    if out is None:
+        return None
+    choice, _, _, shed, infeasible = out
+    arm = b._fast.arm
+    st.record_round(
+        [arm[c][j] for c, j, s in zip(r.cls, choice, shed, strict=True) if not s],
+        len(choice),
+        infeasible,
+    )
+    return r, out
+
+
+def one(r: FastRound, out: Outcome) -> One:
+    """The decision of a round of one request."""
+    choice, lvl_of, ok, shed, _ = out
+    e = r.picked(0, choice[0], lvl_of[0], shed[0])
+    assert e.energy is not None
+    return One(choice[0], ok[0], e.time, e.energy, e.fixed, e.per_token, shed[0])

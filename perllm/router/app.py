@@ -262,10 +262,10 @@ class Router(Membership):
         running, waiting = members.decider.load(
             0, [len(f) for f in flights], [f.waiting(now) for f in flights]
         )
-        return members.decider.decide(
-            [0], [req.prompt_tokens], [self.expected_out(req)], [req.attach_bytes],
-            [self._min_quality], running, waiting, members.bw,
-        )[0]  # fmt: skip
+        return members.decider.decide_one(
+            0, req.prompt_tokens, self.expected_out(req), req.attach_bytes, self._min_quality,
+            running, waiting, members.bw.tolist(),
+        )  # fmt: skip
 
     def _decide(self, members: Members, req: Parsed, tight: float | None) -> Ticket:
         t = time.perf_counter()

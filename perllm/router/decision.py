@@ -126,7 +126,7 @@ class Decider:
         st = bandit.stats
         self._cls_row = [st.class_index(s.name) for s in table.services]
         self._pool_col = [st.pool_index(p) for p in table.pools]
-        self._slots = np.maximum(table.max_conc, 1.0)  # [C, M]
+        self._slots: list[list[float]] = np.maximum(table.max_conc, 1.0).tolist()  # [C][M]
         self._rtt = table.rtt_s.tolist()
         self._gpu = table.is_gpu.tolist()
         self._r_pf, self._ttft0 = table.r_pf.tolist(), table.ttft0.tolist()
@@ -146,13 +146,19 @@ class Decider:
         table = build_cost_table(services, [(s.name, s) for s in servers], catalogue)
         return cls(CSUCB(table, weights, config, stats))
 
-    def load(self, cls: int, inflight: Sequence[float], unstarted: Sequence[float]) -> tuple[F, F]:
+    def load(
+        self, cls: int, inflight: Sequence[float], unstarted: Sequence[float]
+    ) -> tuple[list[float], list[float]]:
         """(running, waiting) per server from the requests in flight there and how many
         of them have not started their prefill (`Backlog.waiting`): the others run, up to
         the server's slots for this class, and the rest wait (what its metrics would show)."""
-        n = np.asarray(inflight, float)
-        running = np.minimum(n - np.asarray(unstarted, float), self._slots[cls])
-        return running, n - running
+        running, waiting = [], []
+        for n, u, cap in zip(inflight, unstarted, self._slots[cls], strict=True):
+            r = float(n) - float(u)
+            r = cap if cap < r else r  # np.minimum's value (no NaN here)
+            running.append(r)
+            waiting.append(float(n) - r)
+        return running, waiting
 
     def arrival(
         self, cls: int, server: int, l_in: float, attach: float, bw_mbps: float
@@ -164,6 +170,30 @@ class Decider:
         if not self._gpu[cls][server]:
             return lead, 0.0
         return lead, gpu_prefill(l_in, self._r_pf[cls][server], self._ttft0[cls][server])
+
+    def decide_one(
+        self,
+        cls: int,
+        l_in: float,
+        l_out: float,
+        attach: float,
+        min_quality: float,
+        running: list[float],
+        waiting: list[float],
+        bw_mbps: list[float],
+    ) -> Ticket:
+        """`decide` for one request (what the router does), without arrays of one."""
+        st = self.bandit.stats
+        plays = st.plays
+        row = self._cls_row[cls]
+        before = plays[row].tolist()
+        d = self.bandit.decide_one(cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps)
+        j = max(d.choice, 0)  # -1: shed, never sent
+        return Ticket(
+            cls, d.choice, d.feasible, d.predicted_time, d.predicted_energy, d.predicted_fixed,
+            d.predicted_per_token, before[self._pool_col[d.choice]] == 0,
+            *self.arrival(cls, j, l_in, attach, bw_mbps[j]),
+        )  # fmt: skip
 
     def decide(
         self,
@@ -216,6 +246,21 @@ class Decider:
                 strict=True,
             )
         ]
+
+    def learn_one(
+        self,
+        ticket: Ticket,
+        time: float,
+        l_out: float,
+        deadline: float,
+        energy: float | None = None,
+    ) -> None:
+        """`learn` for one completed request, without arrays of one."""
+        predicted = realised_prediction(ticket.fixed, ticket.per_token, l_out)
+        if energy is None:
+            p = predicted if predicted > 1e-9 else 1e-9  # np.maximum's value
+            energy = ticket.predicted_energy * time / p
+        self.bandit.update_one(ticket.cls, ticket.server, time, predicted, energy, deadline, l_out)
 
     def learn(
         self,

@@ -64,5 +64,5 @@ class Feedback:
         deadline = self.budget(l_out)
         if tight is not None:
             deadline = min(deadline, tight)
-        members.decider.learn([ticket], [d], [l_out], [deadline])
+        members.decider.learn_one(ticket, d, l_out, deadline)
         return d <= deadline

@@ -147,16 +147,15 @@ def test_router_routes_to_real_servers_and_learns_their_latency(
         parse_config({"scenario": "demo", "service_class": "chat", "backends": backends})
     )
     learned: list[tuple[float, float, float, str]] = []  # time, tokens, predicted, pool
-    real_learn = router.decider.learn
+    real_learn = router.decider.learn_one
     pool_of = router.decider.table.pools  # per server
 
-    def spy(tickets: Any, t: Any, l_out: Any, deadline: Any, energy: Any = None) -> None:
-        for k, d, n in zip(tickets, t, l_out, strict=True):
-            pred = float(realised_prediction(k.fixed, k.per_token, np.float64(n)))
-            learned.append((d, n, pred, pool_of[k.server]))
-        real_learn(tickets, t, l_out, deadline, energy)
+    def spy(k: Any, d: Any, n: Any, deadline: Any, energy: Any = None) -> None:
+        pred = float(realised_prediction(k.fixed, k.per_token, np.float64(n)))
+        learned.append((d, n, pred, pool_of[k.server]))
+        real_learn(k, d, n, deadline, energy)
 
-    router.decider.learn = spy  # type: ignore[method-assign]
+    router.decider.learn_one = spy  # type: ignore[method-assign]
 
     async def one(c: httpx.AsyncClient, stream: bool) -> tuple[str, float, float, int]:
         t0 = time.perf_counter()

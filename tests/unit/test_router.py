@@ -111,13 +111,13 @@ def test_streaming_passes_chunks_and_counts_tokens() -> None:
         }
         r, _, c = await router(stubs)
         seen: list[float] = []
-        orig = r.decider.learn
+        orig = r.decider.learn_one
 
-        def spy(tickets: Any, time: Any, l_out: Any, deadline: Any, energy: Any = None) -> None:
-            seen.extend(l_out)
-            orig(tickets, time, l_out, deadline, energy)
+        def spy(ticket: Any, time: Any, l_out: Any, deadline: Any, energy: Any = None) -> None:
+            seen.append(l_out)
+            orig(ticket, time, l_out, deadline, energy)
 
-        r.decider.learn = spy  # type: ignore[method-assign]
+        r.decider.learn_one = spy  # type: ignore[method-assign]
         async with c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
             assert resp.headers["content-type"] == "text/event-stream"
             body = b"".join([x async for x in resp.aiter_raw()])
@@ -137,8 +137,8 @@ def test_usage_of_a_json_answer_is_the_output_length() -> None:
         stubs = {"edge-gpu": StubBackend("e", tokens=5), "cloud": StubBackend("c", tokens=5)}
         r, _, c = await router(stubs)
         seen: list[float] = []
-        orig = r.decider.learn
-        r.decider.learn = lambda t, d, lo, dl, e=None: (seen.extend(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
+        orig = r.decider.learn_one
+        r.decider.learn_one = lambda t, d, lo, dl, e=None: (seen.append(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
         for _ in range(2):
             assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
         assert seen == [5.0, 5.0]

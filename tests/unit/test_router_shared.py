@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from perllm.costmodel import download_bits, upload_bits
-from perllm.csucb import CSUCB
+from perllm.csucb import CSUCB, CSUCBConfig
 from perllm.policies.base import Batch, Env, Feedback, I, Observation
 from perllm.policies.perllm_policy import PerLLM
 from perllm.router.decision import Backlog, Decider, Ticket
@@ -152,3 +152,42 @@ def test_a_failed_request_pulls_no_queue_forward() -> None:
     keys = [answered.add(0.0, t) for _ in range(4)]
     answered.done(keys[3], 0.2, prefilled=True)
     assert answered.waiting(0.2) == 0
+
+
+def test_one_request_path_decides_and_learns_like_the_batch_path() -> None:
+    """`Decider.decide_one` / `learn_one` (the router's per-request path, plain floats) and
+    `decide` / `learn` (numpy arrays) from the same state, fed the same requests, loads and
+    outcomes: the same tickets, the same learned state. Loads up to far beyond the slots,
+    quality floors only some servers meet and narrow links make infeasible and shed rounds."""
+    sc = load_scenario("demo")
+    servers = [s for n, s in sc.expanded_servers()]
+    for on_infeasible in ("shed", "least-late"):
+        cfg = CSUCBConfig(on_infeasible=on_infeasible)
+        a = Decider.for_servers(sc.services(), servers, sc.catalogue, config=cfg)
+        b = Decider.for_servers(sc.services(), servers, sc.catalogue, config=cfg)
+        m, c = len(servers), len(sc.services())
+        rng = np.random.default_rng(11)
+        shed = 0
+        for _ in range(600):
+            k = int(rng.integers(c))
+            l_in, l_out = float(rng.integers(1, 4000)), float(rng.integers(1, 800))
+            attach = float(rng.choice([0.0, 2e5, 5e6]))
+            floor = float(rng.choice([0.0, 0.0, 0.6, 0.8]))
+            inflight = rng.integers(0, 300, m) * (rng.random(m) < 0.5)
+            running, waiting = a.load(k, inflight.tolist(), (inflight // 3).tolist())
+            bw = (rng.choice([0.5, 20.0, 300.0], m)).tolist()
+            one = a.decide_one(k, l_in, l_out, attach, floor, running, waiting, bw)
+            (batch,) = b.decide([k], [l_in], [l_out], [attach], [floor],
+                                np.array(running), np.array(waiting), np.array(bw))  # fmt: skip
+            assert repr(one) == repr(batch)
+            if one.server < 0:
+                shed += 1
+                continue
+            d = float(one.predicted_time * rng.uniform(0.5, 2.0))
+            got = float(rng.integers(1, 900))
+            deadline = float(rng.uniform(0.5, 30.0))
+            energy = None if rng.random() < 0.7 else float(rng.uniform(0, 500))
+            a.learn_one(one, d, got, deadline, energy)
+            b.learn([batch], [d], [got], [deadline], None if energy is None else [energy])
+        assert a.bandit.dumps() == b.bandit.dumps()
+        assert shed > 0 or on_infeasible == "least-late"
