@@ -67,4 +67,5 @@ def run(app: Any, host: str, port: int, log_level: str = "warning") -> None:
         log_level=log_level,
         loop="uvloop",
         http="httptools",
+        server_header=False,  # (no `server: uvicorn` on every answer)
     )

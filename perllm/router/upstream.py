@@ -65,6 +65,12 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as e:
             self._fail(UpstreamError("disconnect", f"bad HTTP response: {e}"))
             self.close()
+            return
+        if self.chunks:  # (body chunks: one wake and one flow-control check per read)
+            if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+                self.paused = True
+                self.transport.pause_reading()
+            self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -93,10 +99,6 @@ class _Conn(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-        self._wake()
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()  # (false once the message is done)
