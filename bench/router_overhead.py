@@ -1,25 +1,36 @@
 """The router's added latency and its throughput, against a direct connection.
 
 A trivial OpenAI-compatible stub backend (`perllm.router.stub`, 16 streamed tokens, no
-delay) runs in one process, `perllm router` (both tiers' backends pointing at the stub)
-in another, and a lean HTTP/1.1 keep-alive client here. Per concurrency (1, 16, 64
-streams) it measures the full-response latency of the same requests direct and through
-the router, interleaved in rounds; the added latency is the router's percentile minus the
-direct one. Throughput: closed loop at 64 streams for a few seconds each way, the ratio
-in the same run. Targets (issue): p99 added ≤ 2 ms, throughput ratio ≥ 0.8 on 2 cores.
-`--baseline DIR` runs a second router from another checkout (e.g. the previous commit's
-worktree) beside this one, interleaved in the same rounds: before/after in one run.
+delay unless `--token-delay-ms`) runs in one process, `perllm router` (both tiers'
+backends pointing at the stub) in another, and an HTTP/1.1 keep-alive load generator in a
+third. Per concurrency (1, 16, 64 streams) it measures the full-response latency of the
+same requests direct and through the router, interleaved in rounds; the added latency is
+the router's percentile minus the direct one. Throughput: closed loop at 64 streams for a
+few seconds each way, the ratio in the same run. Targets (issue): p99 added ≤ 2 ms,
+throughput ratio ≥ 0.8 on 2 cores. `--baseline DIR` runs a second router from another
+checkout (e.g. the previous commit's worktree) beside this one, interleaved in the same
+rounds: before/after in one run.
+
+The load generator (`--client`): `python` (default) is an asyncio client in this process:
+it takes most of a core itself, which the router path (three processes on two cores) pays
+for and the direct path (two) does not. `go` is `bench/loadgen`, built once with the Go
+toolchain into ~/.cache/perllm/bin keyed by its source: less CPU of its own, as wrk or
+hey, but its connections write independently, so the stub batches fewer requests per
+wake-up and the direct side is slower with it too (bench/README.md has both).
 
     .venv/bin/python bench/router_overhead.py --out out/router_overhead.json
     .venv/bin/python bench/router_overhead.py --baseline /path/to/old/checkout
+    .venv/bin/python bench/router_overhead.py --token-delay-ms 5   # paced streams
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,8 +59,8 @@ def spawn(code: str, root: Path = ROOT) -> subprocess.Popen[bytes]:
 STUB = """
 import uvicorn
 from perllm.router.stub import StubBackend
-uvicorn.run(StubBackend(tokens=16), host="127.0.0.1", port={port}, log_level="warning",
-            access_log=False, lifespan="off")
+uvicorn.run(StubBackend(tokens=16, token_delay_s={delay}), host="127.0.0.1", port={port},
+            log_level="warning", access_log=False, lifespan="off")
 """
 ROUTER = """
 from perllm.router.app import Router
@@ -110,6 +121,64 @@ async def wait_port(port: int, limit_s: float = 20.0) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
+LOADGEN = ROOT / "bench" / "loadgen"
+
+
+def loadgen() -> Path:
+    """The Go load generator, built on first use (cached by a hash of its source)."""
+    src = [*sorted(LOADGEN.glob("*.go")), LOADGEN / "go.mod"]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in src)).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perllm" / "bin"
+    exe = cache / f"loadgen-{key}"
+    if not exe.exists():
+        go = shutil.which("go")
+        if go is None:
+            raise SystemExit("router_overhead: `go` not found; install Go or use --client python")
+        cache.mkdir(parents=True, exist_ok=True)
+        print(f"building {exe} ...", file=sys.stderr)
+        subprocess.run([go, "build", "-o", str(exe), "."], cwd=LOADGEN, check=True)
+    return exe
+
+
+class Client:
+    """Latency and throughput runs against a port, by the Go load generator or in process."""
+
+    def __init__(self, kind: str, body: Path) -> None:
+        self.exe = loadgen() if kind == "go" else None
+        self.body = body
+        self.cpu_s = 0.0  # the Go client's CPU (children's rusage), for the report
+
+    async def _go(self, *args: str) -> object:
+        assert self.exe is not None
+        before = os.times()
+        proc = await asyncio.create_subprocess_exec(
+            str(self.exe), "-body", str(self.body), *args,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        after = os.times()
+        self.cpu_s += (after.children_user - before.children_user) + (
+            after.children_system - before.children_system
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(err.decode(errors="replace"))
+        return json.loads(out)
+
+    async def latencies(self, port: int, conc: int, n: int) -> list[float]:
+        if self.exe is None:
+            return await latencies(port, conc, n)
+        got = await self._go("-port", str(port), "-conns", str(conc), "-requests", str(n))
+        assert isinstance(got, list)
+        return [float(x) for x in got]
+
+    async def throughput(self, port: int, conc: int, seconds: float) -> float:
+        if self.exe is None:
+            return await throughput(port, conc, seconds)
+        got = await self._go("-port", str(port), "-conns", str(conc), "-seconds", str(seconds))
+        assert isinstance(got, float | int)
+        return float(got)
+
+
 async def latencies(port: int, conc: int, n: int) -> list[float]:
     conns = [Conn(port) for _ in range(conc)]
     out: list[float] = []
@@ -152,6 +221,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         routers["baseline"] = (args.port + 2, args.baseline.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "router.yaml"
+        body = Path(tmp) / "body.json"
+        body.write_bytes(BODY)
+        client = Client(args.client, body)
         url = f"http://127.0.0.1:{stub_port}"
         cfg.write_text(json.dumps({
             "scenario": "demo", "service_class": "chat", "limits": {"max_concurrency": 512},
@@ -161,7 +233,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 {"name": "cloud", "url": url, "tier": "cloud", "hardware": "a100-80gb-sxm",
                  "link": {"bandwidth_mbps": 300, "rtt_ms": 40}},
             ]}))  # fmt: skip
-        procs = [spawn(STUB.format(port=stub_port))] + [
+        procs = [spawn(STUB.format(port=stub_port, delay=args.token_delay_ms / 1e3))] + [
             spawn(ROUTER.format(cfg=str(cfg), port=port), root) for port, root in routers.values()
         ]
         ports = {"direct": stub_port} | {k: p for k, (p, _) in routers.items()}
@@ -170,13 +242,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             for p in ports.values():
                 await wait_port(p)
             for p in ports.values():  # warm-up (and CS-UCB's exploration)
-                await latencies(p, 16, 320)
+                await client.latencies(p, 16, 320)
             rows = []
             for conc in (1, 16, 64):
                 lat: dict[str, list[float]] = {k: [] for k in ports}
                 for _ in range(args.rounds):  # interleaved: all see the same machine
                     for k, p in ports.items():
-                        lat[k] += await latencies(p, conc, args.requests)
+                        lat[k] += await client.latencies(p, conc, args.requests)
                 d = np.array(lat["direct"]) * 1e3
                 row: dict[str, float] = {"streams": conc, "n": len(d)}
                 row["direct_p50_ms"] = float(np.percentile(d, 50))
@@ -195,7 +267,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             for _ in range(args.rounds):
                 for k, p in ports.items():
                     c0, s0 = cpu_s(pids[k]), cpu_s(procs[0].pid)
-                    rps = await throughput(p, 64, args.seconds)
+                    rps = await client.throughput(p, 64, args.seconds)
                     tput[k].append(rps)
                     n = rps * args.seconds
                     if k != "direct":  # the process's own CPU, not the stub's
@@ -215,6 +287,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     direct = float(np.median(tput["direct"]))
     out: dict[str, object] = {
         "cpus": os.cpu_count(),
+        "client": args.client,
+        "token_delay_ms": args.token_delay_ms,
         "load_avg_1m": os.getloadavg()[0],
         "latency": rows,
         "throughput_direct_rps": direct,
@@ -238,12 +312,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="throughput run per side")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--baseline", type=Path, help="another checkout: its router side by side")
+    ap.add_argument("--client", choices=("python", "go"), default="python", help="load generator")
+    ap.add_argument("--token-delay-ms", type=float, default=0.0, help="the stub's pace")
     args = ap.parse_args()
     res = asyncio.run(run(args))
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="perllm router overhead (16 streamed tokens, stub backend, loopback)")
+    t = Table(
+        title=f"perllm router overhead (16 streamed tokens {args.token_delay_ms:g} ms apart, "
+        f"stub backend, loopback, {args.client} client)"
+    )
     for col in ("streams", "direct p50", "router p50", "added p50", "direct p99", "router p99",
                 "added p99"):  # fmt: skip
         t.add_column(col, justify="right")

@@ -1,0 +1,3 @@
+module perllm.dev/bench/loadgen
+
+go 1.22
