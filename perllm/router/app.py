@@ -42,7 +42,7 @@ class Router(Membership):
         self._slots = asyncio.Semaphore(self.limits.max_concurrency)
         self._queued = 0
         self._feedback = Feedback(0.0, 0.0)
-        self._proxy = Forwarder(self._inflight, self._feedback)
+        self._proxy = Forwarder(self, self._feedback)
         # The service: from the config, or (discovery alone) read from its LLMService by
         # discovery before anything is served (`set_spec`); until then requests get 503.
         self.models: set[str] = set()

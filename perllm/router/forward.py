@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import TYPE_CHECKING
 
 from perllm.router.asgi import Message, Receive, Refused, Scope, Send, Shed
 from perllm.router.config import Backend
@@ -18,13 +19,17 @@ from perllm.router.proxy import FORWARDED, TokenCounter
 from perllm.router.request import Parsed
 from perllm.router.upstream import Pool, Response, UpstreamError
 
+if TYPE_CHECKING:
+    from perllm.router.membership import Membership
+
 DECISION_HEADER = b"x-perllm-decision"
 _CTYPE_JSON = (b"content-type", b"application/json")
 
 
 class Forwarder:
-    def __init__(self, inflight: dict[str, Backlog], feedback: Feedback) -> None:
-        self._inflight = inflight  # the router's requests in flight per backend name
+    def __init__(self, membership: Membership, feedback: Feedback) -> None:
+        self._inflight = membership._inflight  # the requests in flight per backend name
+        self._membership = membership  # told when a backend has none in flight any more
         self._feedback = feedback
 
     async def __call__(
@@ -41,8 +46,8 @@ class Forwarder:
     ) -> None:
         j = ticket.server
         b, bm = members.backends[j], members.metrics[j]
-        # (set anew if its backend left the membership since the decision: it is dropped
-        # again, empty, at a later change)
+        # (set anew if its backend was retired since the decision: it is dropped again,
+        # empty, at a later change)
         backlog = self._inflight.setdefault(b.name, Backlog())
         key = backlog.add(time.perf_counter(), ticket)
         flight = Flight(members, ticket, t0, tight, TokenCounter(req.stream), None, backlog, key)
@@ -65,6 +70,8 @@ class Forwarder:
             bm.inflight.dec()
             if resp is not None:
                 resp.release()
+            if not len(backlog):
+                self._membership.drained(b.name)
 
     async def _open(
         self, pool: Pool, scope: Scope, req: Parsed, raw: bytes, b: Backend, flight: Flight

@@ -35,6 +35,7 @@ class Membership:
         self.spec: ServiceSpec | None = None
         self.catalogue: Catalogue = default_catalogue()
         self._inflight: dict[str, Backlog] = {}  # per backend name, across memberships
+        self._leaving: set[str] = set()  # not members any more, requests still in flight
         self._bw_override: dict[str, float] = {}
         self._pools: dict[tuple[str, str], Pool] = {}
         self._members: Members | None = None
@@ -79,11 +80,15 @@ class Membership:
         names = [b.name for b in backends]
         if len(set(names)) != len(names):
             raise ValueError(f"backend names must be unique: {names}")
-        # Backends that left with nothing in flight: forgotten (pod names change at each
-        # rollout); one still busy stays until a later change finds it empty.
-        gone = set(names)
-        for n in [n for n, q in self._inflight.items() if n not in gone and not len(q)]:
-            del self._inflight[n]
+        # Backends that left: forgotten once nothing is in flight there (pod names change
+        # at each rollout), now or when their last request ends (`drained`).
+        keep = set(names)
+        self._leaving -= keep
+        for n in [n for n in self._inflight if n not in keep]:
+            if len(self._inflight[n]):
+                self._leaving.add(n)
+            else:
+                self._retire(n)
         m = self._members
         if m is not None and [decider_key(b) for b in m.backends] == [
             decider_key(b) for b in backends
@@ -94,8 +99,6 @@ class Membership:
             return False
         self._without.clear()
         self._eject.forget(names)
-        for b in m.backends if m is not None else []:
-            self.metrics.ejected.labels(b.name).set(0)
         if not backends:
             self._members = None
             log.warning("no backends: requests are answered 503 until some are ready")
@@ -113,7 +116,7 @@ class Membership:
             pools.append(self._pools[key])
         live = {(b.name, b.url) for b in backends}
         for key in [k for k in self._pools if k not in live]:
-            self._pools.pop(key).close()  # idle connections only; in-flight ones finish
+            self._pools.pop(key).close()  # in-flight ones finish, then are closed too
         self._members = Members(
             backends,
             names,
@@ -127,6 +130,18 @@ class Membership:
             self._inflight.setdefault(n, Backlog())
         log.info("backends: %s", ", ".join(f"{b.name}={b.url}" for b in backends))
         return True
+
+    def _retire(self, name: str) -> None:
+        """Forget a backend that left and has nothing in flight: its load and its
+        metrics' series (its pool was closed, its ejection forgotten, when it left)."""
+        self._inflight.pop(name, None)
+        self._leaving.discard(name)
+        self.metrics.retire(name)
+
+    def drained(self, name: str) -> None:
+        """The last request in flight at `name` ended: retired if it left meanwhile."""
+        if name in self._leaving:
+            self._retire(name)
 
     def _secret(self, path: str) -> SecretFile:
         from perllm.router.config import RouterConfigError
@@ -177,6 +192,8 @@ class Membership:
         return sub
 
     def _refused(self, e: Refused) -> None:
+        if self._members is None or e.backend not in self._members.names:
+            return  # it left since the decision: nothing to leave out
         cooldown = self._eject.refused(e.backend, e.message)
         self.metrics.ejected.labels(e.backend).set(1)
         log.warning("%s; left out of decisions for %.3gs", e.message, cooldown)

@@ -212,10 +212,11 @@ class Pool:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.max_idle = max_idle
         self.idle: deque[_Conn] = deque()
+        self.closed = False  # its backend left: connections are closed, not kept
 
     def put(self, c: _Conn) -> None:
         c._reset()
-        if len(self.idle) < self.max_idle:
+        if not self.closed and len(self.idle) < self.max_idle:
             self.idle.append(c)
         else:
             c.close()
@@ -284,5 +285,7 @@ class Pool:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """Close the idle connections; those in use are closed when released."""
+        self.closed = True
         while self.idle:
             self.idle.pop().close()

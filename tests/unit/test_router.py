@@ -422,3 +422,54 @@ def test_upstream_pool_keeps_connections_alive_and_reconnects() -> None:
         assert e.value.kind == "connect"
 
     run(go())
+
+
+def test_a_backend_that_left_is_forgotten_once_its_requests_end() -> None:
+    """A rollout replaces backend X (pod names change): while its request is in flight its
+    series, load and connection stay; when it ends (answered in full) X's labelled series,
+    its metrics and its load are gone, its connection is closed rather than pooled, and
+    its requests still count in the status' totals (its tier's)."""
+    from perllm.router.asgi import Refused
+    from perllm.router.status import GONE, StatusWriter
+
+    async def go() -> None:
+        stubs = {n: StubBackend(n, tokens=4, token_delay_s=0.05) for n in ("edge-gpu", "cloud")}
+        r, _, c = await router(stubs)
+        w = StatusWriter(r, "ns", "chat")
+        for _ in range(2):  # unplayed arms go first: one each
+            assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        assert r.metrics.served() and len(r.metrics.served()) == 2
+        t1 = 1000.0
+        w.snapshot(t1)
+        slow = asyncio.ensure_future(c.post("/v1/chat/completions", json=CHAT))
+        while not any(s.active for s in stubs.values()):
+            await asyncio.sleep(0.005)
+        x = next(n for n, s in stubs.items() if s.active)
+        y = next(n for n in stubs if n != x)
+        pool = r.members.pools[r.members.names.index(x)] if r.members else None
+        new = await _STACK.get().enter_async_context(serving(StubBackend("new")))
+        stay = next(b for b in r.backends if b.name == y)
+        r.set_backends([stay, stay.model_copy(update={"name": "new", "url": new})])
+        assert r._leaving == {x} and len(r.backlog(x)) == 1
+        busy = f'perllm_router_inflight_requests{{backend="{x}"}} 1.0'
+        assert busy in (await c.get("/metrics")).text
+        resp = await slow
+        assert resp.status_code == 200 and resp.json()["backend"] == x
+        text = (await c.get("/metrics")).text
+        assert f'backend="{x}"' not in text and f'backend="{y}"' in text
+        assert all(k[0] != x for k in r.metrics._backends) and x not in r._inflight
+        assert not r._leaving and pool is not None and pool.closed and not pool.idle
+        r._refused(Refused(x, "late"))  # a refusal from before it left: nothing recreated
+        assert f'backend="{x}"' not in r.metrics.exposition().decode() and not r.refusing()
+        for _ in range(4):
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 200 and resp.json()["backend"] in (y, "new")
+        status, _ = w.snapshot(t1 + 61)  # the window starts at t1: X had 1 of 3 then
+        assert status["requests"] == 7 and sum(t["requests"] for t in status["tiers"]) == 7
+        assert status["recent"]["requests"] == 5
+        assert sum(t["requests"] for t in status["recent"]["tiers"]) == 5
+        names = [b["name"] for b in status["backends"]]
+        assert x not in names and not any(n.startswith(GONE) for n in names)
+        await r.aclose()
+
+    run(go())
