@@ -1,8 +1,9 @@
 """The router's backends: a membership snapshot (`Members`) that can be replaced while
 requests are in flight (`set_backends`, fed by `perllm.router.discovery`): a request keeps
 the snapshot it was decided in, and CS-UCB's learned statistics are shared by all
-snapshots. Backends that refuse connections are left out of decisions for a while
-(`perllm.router.health`): decisions then run on the snapshot without them (`_live`)."""
+snapshots. Backends that refuse connections or do not answer in time are left out of
+decisions for a while (`perllm.router.health`): decisions then run on the snapshot
+without them (`_live`)."""
 
 from __future__ import annotations
 
@@ -192,24 +193,35 @@ class Membership:
         return sub
 
     def _refused(self, e: Refused) -> None:
-        if self._members is None or e.backend not in self._members.names:
-            return  # it left since the decision: nothing to leave out
-        cooldown = self._eject.refused(e.backend, e.message)
-        self.metrics.ejected.labels(e.backend).set(1)
-        log.warning("%s; left out of decisions for %.3gs", e.message, cooldown)
+        self._failed(e.backend, e.message, e.timeout)
 
-    def _answered(self, name: str) -> None:
+    def timed_out(self, name: str, why: str) -> None:
+        """A request sent to `name` got no answer in time (no response head, or the
+        answer stalled): the next ones go elsewhere for a while (not this one: it may
+        have reached the backend)."""
+        self._failed(name, why, timeout=True)
+
+    def _failed(self, name: str, why: str, timeout: bool) -> None:
+        if self._members is None or name not in self._members.names:
+            return  # it left since the decision: nothing to leave out
+        cooldown = self._eject.refused(name, why, timeout)
+        self.metrics.ejected.labels(name).set(1)
+        log.warning("%s; left out of decisions for %.3gs", why, cooldown)
+
+    def answered(self, name: str) -> None:
+        """`name` answered a request (in time): not ejected any more."""
         if self._eject.answered(name):
             self.metrics.ejected.labels(name).set(0)
 
     def refusing(self) -> dict[str, Refusing]:
-        """Members refused and not answered since (the `perllm_router_backend_ejected`
-        ones), with why: what the LLMService's status reports."""
+        """Members refusing connections or not answering in time, and not answered since
+        (the `perllm_router_backend_ejected` ones), with why: what the LLMService's
+        status reports."""
         names = set(self._members.names) if self._members else set()
         return {n: r for n, r in self._eject.refusing().items() if n in names}
 
     def down(self) -> list[str]:
-        """Backends left out of decisions now (refused connections)."""
+        """Backends left out of decisions now (refused connections, or timed out)."""
         return sorted(self._eject.out(self._members.names)) if self._members else []
 
     def catalogue_check(self, backends: Sequence[Backend]) -> None:

@@ -54,13 +54,13 @@ class RouterMetrics:
         )
         self.ejected = Gauge(
             "perllm_router_backend_ejected",
-            "1 from a refused connection until the backend answers a request again.",
+            "1 from a refused connection or a timeout until the backend answers again.",
             ["backend"],
             registry=r,
         )
         self.retries = Counter(
             "perllm_router_retries_total",
-            "Requests decided again after their backend refused the connection.",
+            "Requests decided again after their backend refused (or timed out) the connection.",
             registry=r,
         )
         self.rejected = Counter(

@@ -1,7 +1,7 @@
 """The router's view in its LLMService's status: `status.routing` (requests per tier and per
 backend, over the router's life and the last `RECENT_S` seconds, and deadline attainment)
-and the condition `BackendsReachable` (False while a backend refuses connections, naming
-it and why: a remote tier cut off says `RemoteUnreachable`).
+and the condition `BackendsReachable` (False while a backend refuses connections or does
+not answer in time, naming it and why: a remote tier cut off says `RemoteUnreachable`).
 
 Written every `interval_s` when it changed (and every `REFRESH_TICKS` intervals anyway,
 in case another writer dropped or reverted the condition), never per request, off the
@@ -115,7 +115,8 @@ def routing(
 def reachable(
     backends: Sequence[Backend], remote: Iterable[str], refusing: dict[str, Refusing]
 ) -> Cond:
-    """Condition `BackendsReachable` from the members and those refusing connections."""
+    """Condition `BackendsReachable` from the members and those refusing connections or
+    not answering in time."""
     if not backends:
         return False, "NoBackends", "no ready backend: requests are answered 503 no_backends"
     remote = set(remote)
@@ -126,13 +127,18 @@ def reachable(
     if not refusing:
         names = ", ".join(what(b) for b in backends)
         return True, "AllReachable", f"{len(backends)} backend(s) answer: {names}"
+
+    def failing(b: Backend) -> str:
+        f = refusing[b.name]
+        kinds = [(f.refusals, "refuses connections", "refusal"),
+                 (f.timeouts, "does not answer in time", "timeout")]  # fmt: skip
+        says = " and ".join(s for k, s, _ in kinds if k)
+        n = ", ".join(f"{k} {w}(s)" for k, _, w in kinds if k)
+        return f"{what(b)} {says} since {rfc3339(f.since)} ({n}, last: {f.why})"
+
     down = [b for b in backends if b.name in refusing]
     up = [b.name for b in backends if b.name not in refusing]
-    why = "; ".join(
-        f"{what(b)} refuses connections since {rfc3339(refusing[b.name].since)} "
-        f"({refusing[b.name].refusals} refusal(s), last: {refusing[b.name].why})"
-        for b in down
-    )
+    why = "; ".join(failing(b) for b in down)
     if not up:
         return False, "NoBackendReachable", f"{why}: requests are answered 503 backends_down"
     rest = f"{why}: requests go to {', '.join(up)}"

@@ -23,7 +23,8 @@ _HIGH_WATER = 1 << 18  # buffered body bytes before the socket is paused
 
 
 class UpstreamError(Exception):
-    """`kind`: connect (nothing sent or answered), timeout, or disconnect (cut mid-way).
+    """`kind`: connect (nothing sent or answered), timeout (connect, response head or
+    between two chunks), or disconnect (cut mid-way).
     `sent`: whether any of the request may have reached the backend (False: the connection
     itself failed, so the request can go elsewhere)."""
 
@@ -234,7 +235,7 @@ class Pool:
                 )
         except TimeoutError:
             raise UpstreamError(
-                "connect", f"connect timed out ({self.connect_timeout:g}s)", sent=False
+                "timeout", f"connect timed out ({self.connect_timeout:g}s)", sent=False
             ) from None
         except OSError as e:
             raise UpstreamError("connect", f"cannot connect: {e}", sent=False) from None
