@@ -6,8 +6,9 @@ read timeout) is not sent again (it may have reached the backend), but the next 
 elsewhere. The ejection lasts `base_s`, doubling on each consecutive failure up to
 `max_s`; a request the backend answers clears it. When the ejection ends the backend is
 decided on again like any other, so the first request that lands there is the probe
-(failing again: ejected again, for twice as long). A slow backend that answers within the
-timeouts is never ejected (CS-UCB learns its times instead)."""
+(failing again: ejected again, for twice as long); while it is in flight no other request
+goes there. A slow backend that answers within the timeouts is never ejected (CS-UCB
+learns its times instead)."""
 
 from __future__ import annotations
 
@@ -60,12 +61,21 @@ class Ejections:
         probe request), with why."""
         return dict(self._failing)
 
-    def out(self, names: Iterable[str]) -> frozenset[str]:
-        """The ones of `names` ejected now."""
+    def out(
+        self, names: Iterable[str], busy: Callable[[str], bool] | None = None
+    ) -> frozenset[str]:
+        """The ones of `names` ejected now, and (with `busy`: whether a backend has requests
+        in flight) those failing whose ejection ended but that are `busy`: the request
+        there is the probe, the others wait for its outcome (a hanging backend's probe
+        takes the read timeout to fail)."""
         if not self._until:
             return frozenset()
         now = self._clock()
-        return frozenset(n for n in names if self._until.get(n, 0.0) > now)
+        return frozenset(
+            n
+            for n in names
+            if self._until.get(n, 0.0) > now or (busy and n in self._until and busy(n))
+        )
 
     def forget(self, keep: Iterable[str]) -> None:
         """Drop the state of backends no longer members."""

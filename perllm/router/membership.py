@@ -171,7 +171,7 @@ class Membership:
     def _live(self, m: Members) -> Members | None:
         """`m` without its ejected backends (None: all are); the subset shares the pools,
         metrics and statistics, and reads the current bandwidths."""
-        out = self._eject.out(m.names)
+        out = self._eject.out(m.names, self._busy)
         if not out:
             return m
         if len(out) == len(m.names):
@@ -222,7 +222,11 @@ class Membership:
 
     def down(self) -> list[str]:
         """Backends left out of decisions now (refused connections, or timed out)."""
-        return sorted(self._eject.out(self._members.names)) if self._members else []
+        return sorted(self._eject.out(self._members.names, self._busy)) if self._members else []
+
+    def _busy(self, name: str) -> bool:
+        """Whether requests are in flight at `name` (for a failing one: its probe)."""
+        return bool(self._inflight.get(name))
 
     def catalogue_check(self, backends: Sequence[Backend]) -> None:
         from perllm.router.config import RouterConfigError

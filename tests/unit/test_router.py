@@ -529,6 +529,12 @@ def test_a_hanging_backend_is_ejected_and_its_request_not_retried() -> None:
         assert 'perllm_router_upstream_errors_total{backend="edge-gpu",kind="timeout"} 1.0' in m
         assert "perllm_router_retries_total 0.0" in m
 
+        await asyncio.sleep(0.5)  # the ejection is over: one probe, the others elsewhere
+        burst = [c.post("/v1/chat/completions", json=CHAT) for _ in range(8)]
+        codes = sorted(x.status_code for x in await asyncio.gather(*burst))
+        assert codes in ([200] * 8, [200] * 7 + [504]), codes
+        assert r.refusing()["edge-gpu"].timeouts == codes.count(504) + 1
+
         stubs["edge-gpu"].hang = False  # it answers again
         await _until_answered(r, c, "edge-gpu")
         assert _reachable(r)[:2] == (True, "AllReachable") and not r.down()

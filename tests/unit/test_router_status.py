@@ -140,6 +140,8 @@ def test_timeouts_are_a_streak_like_refusals_and_the_condition_says_which() -> N
     msg = reachable(members, [], {"a": f})[2]
     assert "a (edge, http://a:8000) refuses connections and does not answer in time" in msg
     assert "(1 refusal(s), 1 timeout(s), last: backend a: cannot connect: refused)" in msg
+    now[0] = 100.0  # the ejection is over: decided on again, but one probe at a time
+    assert ej.out(["a", "b"]) == set() and ej.out(["a", "b"], lambda n: True) == {"a"}
     assert ej.answered("a") and ej.refusing() == {} and ej.out(["a"]) == set()
     assert ej.refused("a", "again", timeout=True) == 1.0  # a fresh streak
 
