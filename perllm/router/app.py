@@ -33,6 +33,7 @@ from perllm.router.request import BadRequest, Parsed
 log = logging.getLogger("perllm.router")
 
 ROUTES = {"/v1/chat/completions": True, "/v1/completions": False}
+EVERY = "every backend refuses connections or does not answer in time"
 
 
 class Router(Membership):
@@ -42,7 +43,7 @@ class Router(Membership):
         self._slots = asyncio.Semaphore(self.limits.max_concurrency)
         self._queued = 0
         self._feedback = Feedback(0.0, 0.0)
-        self._proxy = Forwarder(self._inflight, self._feedback)
+        self._proxy = Forwarder(self, self._feedback)
         # The service: from the config, or (discovery alone) read from its LLMService by
         # discovery before anything is served (`set_spec`); until then requests get 503.
         self.models: set[str] = set()
@@ -140,7 +141,7 @@ class Router(Membership):
             elif self._members is None:
                 await error(send, 503, "not_ready", "no backends")
             elif len(down) == len(self._members.names):
-                await error(send, 503, "not_ready", f"every backend refuses connections: {down}")
+                await error(send, 503, "not_ready", f"{EVERY}: {down}")
             elif down:
                 await reply(send, 200, json.dumps({"status": "degraded", "down": down}).encode())
             else:
@@ -198,21 +199,18 @@ class Router(Membership):
         tight: float | None,
         t0: float,
     ) -> None:
-        """Decide and proxy; a backend that refuses the connection is ejected and the
-        request decided again among the others (nothing was sent), up to `retries` times."""
+        """Decide and proxy; a backend that refuses the connection (or does not accept
+        it in time) is ejected and the request decided again among the others (nothing
+        was sent), up to `retries` times. (The proxy reports the other outcomes to the
+        membership's health: answered, or timed out after the request was sent.)"""
         for attempt in range(self.limits.retries + 1):
             members = self._members
             if members is None:
                 raise Shed(503, "no_backends", "no ready backend for this service")
             live = self._live(members)
             if live is None:
-                raise Shed(
-                    503,
-                    "backends_down",
-                    f"every backend refuses connections: {', '.join(members.names)}",
-                )
+                raise Shed(503, "backends_down", f"{EVERY}: {', '.join(members.names)}")
             ticket = self._decide(live, req, tight)
-            name = live.names[ticket.server]
             try:
                 await self._proxy(scope, receive, send, req, raw, live, ticket, tight, t0)
             except Refused as e:
@@ -221,7 +219,6 @@ class Router(Membership):
                     raise
                 self.metrics.retries.inc()
                 continue
-            self._answered(name)
             return
 
     def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:

@@ -25,11 +25,12 @@ class Shed(Exception):
 
 
 class Refused(Shed):
-    """The backend could not be connected to: nothing was sent, the request may go elsewhere."""
+    """The backend could not be connected to (`timeout`: not within the connect timeout):
+    nothing was sent, the request may go elsewhere."""
 
-    def __init__(self, backend: str, message: str) -> None:
+    def __init__(self, backend: str, message: str, timeout: bool = False) -> None:
         super().__init__(502, "upstream_unavailable", message)
-        self.backend = backend
+        self.backend, self.timeout = backend, timeout
 
 
 async def reply(send: Send, status: int, body: bytes, ctype: bytes = JSON) -> None:

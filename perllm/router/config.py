@@ -75,9 +75,10 @@ class Limits(_Strict):
     queue_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 2.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 60.0  # between two upstream chunks
-    # A backend refusing connections is left out of decisions (perllm.router.health) for
-    # eject_s, doubling per consecutive refusal up to eject_max_s; the refused request is
-    # decided again among the others up to `retries` times.
+    # A backend refusing connections or not answering in time (the timeouts above) is
+    # left out of decisions (perllm.router.health) for eject_s, doubling per consecutive
+    # failure up to eject_max_s; a request not sent (connection refused or not accepted
+    # in time) is decided again among the others up to `retries` times.
     eject_s: Annotated[float, Field(gt=0)] = 1.0
     eject_max_s: Annotated[float, Field(gt=0)] = 30.0
     retries: Annotated[int, Field(ge=0, le=8)] = 2

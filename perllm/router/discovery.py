@@ -15,6 +15,7 @@ The router's membership is replaced only when it changed (`Router.set_backends`;
 learned statistics carry over). With a Prometheus URL, the measured bandwidth per node
 (the extender's snapshot query, `perllm.telemetry.queries.snapshot`) is applied to the
 backends on that node (`Router.set_bandwidth`). A failed list keeps the last membership.
+One Kubernetes API client serves every call; stopping discovery closes it.
 """
 
 from __future__ import annotations
@@ -136,17 +137,24 @@ class Discovery(Periodic):
     follow_spec: bool = False  # read the service's spec from its LLMService every round
     rounds: int = 0
     errors: int = 0
+    _client: Any = field(default=None, repr=False)  # the ApiClient under `_api`, `_custom`
     _api: Any = field(default=None, repr=False)
     _custom: Any = field(default=None, repr=False)
     _prom: Any = field(default=None, repr=False)
     _said: set[str] = field(default_factory=set, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
+    def _kube(self) -> Any:
+        """The one ApiClient both APIs use (its connection pool closed by `stop`)."""
+        if self._client is None:
+            self._client = api_client(self.kubeconfig)
+        return self._client
+
     def _core(self) -> Any:
         if self._api is None:
             from kubernetes import client
 
-            self._api = client.CoreV1Api(api_client(self.kubeconfig))
+            self._api = client.CoreV1Api(self._kube())
         return self._api
 
     def spec_once(self) -> ServiceSpec:
@@ -156,7 +164,7 @@ class Discovery(Periodic):
         if self._custom is None:
             from kubernetes import client
 
-            self._custom = client.CustomObjectsApi(api_client(self.kubeconfig))
+            self._custom = client.CustomObjectsApi(self._kube())
         obj: Any = self._custom.get_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, self.service, _request_timeout=self.timeout_s
         )
@@ -254,3 +262,11 @@ class Discovery(Periodic):
 
     async def step(self) -> None:
         await self.refresh()
+
+    async def stop(self) -> None:
+        """Stop the loop and close the API client (again: nothing more); a later round
+        opens a new one."""
+        await super().stop()
+        if self._client is not None:  # its connection pool and threads
+            self._client.close()
+        self._client = self._api = self._custom = None

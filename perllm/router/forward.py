@@ -1,12 +1,15 @@
 """The proxy path: a placed request forwarded to its backend and the response streamed
 back as it arrives (bytes untouched, one send per read), counting output tokens on the
-way; its outcome goes to `Feedback`. A client that disconnects cancels the request."""
+way; its outcome goes to `Feedback`, and whether the backend answered in time to the
+membership's health (`Membership.answered`, `timed_out`). A client that disconnects
+cancels the request."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from typing import TYPE_CHECKING
 
 from perllm.router.asgi import Message, Receive, Refused, Scope, Send, Shed
 from perllm.router.config import Backend
@@ -18,13 +21,17 @@ from perllm.router.proxy import FORWARDED, TokenCounter
 from perllm.router.request import Parsed
 from perllm.router.upstream import Pool, Response, UpstreamError
 
+if TYPE_CHECKING:
+    from perllm.router.membership import Membership
+
 DECISION_HEADER = b"x-perllm-decision"
 _CTYPE_JSON = (b"content-type", b"application/json")
 
 
 class Forwarder:
-    def __init__(self, inflight: dict[str, Backlog], feedback: Feedback) -> None:
-        self._inflight = inflight  # the router's requests in flight per backend name
+    def __init__(self, membership: Membership, feedback: Feedback) -> None:
+        self._inflight = membership._inflight  # the requests in flight per backend name
+        self._membership = membership  # told how backends answer, and when one is idle
         self._feedback = feedback
 
     async def __call__(
@@ -41,8 +48,8 @@ class Forwarder:
     ) -> None:
         j = ticket.server
         b, bm = members.backends[j], members.metrics[j]
-        # (set anew if its backend left the membership since the decision: it is dropped
-        # again, empty, at a later change)
+        # (set anew if its backend was retired since the decision: it is dropped again,
+        # empty, at a later change)
         backlog = self._inflight.setdefault(b.name, Backlog())
         key = backlog.add(time.perf_counter(), ticket)
         flight = Flight(members, ticket, t0, tight, TokenCounter(req.stream), None, backlog, key)
@@ -52,7 +59,7 @@ class Forwarder:
         try:
             resp = await self._open(members.pools[j], scope, req, raw, b, flight)
             await send(_response_start(resp, b, ticket))
-            await self._relay(send, resp, flight, bm)
+            await self._relay(send, resp, flight, bm, b.name)
         except asyncio.CancelledError:
             if not watch.client_gone():
                 raise
@@ -65,6 +72,8 @@ class Forwarder:
             bm.inflight.dec()
             if resp is not None:
                 resp.release()
+            if not len(backlog):
+                self._membership.drained(b.name)
 
     async def _open(
         self, pool: Pool, scope: Scope, req: Parsed, raw: bytes, b: Backend, flight: Flight
@@ -82,15 +91,20 @@ class Forwarder:
         try:
             return await pool.post(scope["path"], raw, fwd)
         except UpstreamError as e:
-            if e.kind == "timeout":
+            if not e.sent:  # refused, or not accepted in time: it may go elsewhere
+                flight.members.metrics[flight.ticket.server].error(e.kind).inc()
+                raise Refused(b.name, f"backend {b.name}: {e}", e.kind == "timeout") from None
+            if e.kind == "timeout":  # sent, so not sent again; the next ones go elsewhere
                 self._feedback.failed(flight, "timeout")
-                raise Shed(504, "upstream_timeout", f"backend {b.name} timed out") from None
+                why = f"backend {b.name}: no response within {pool.read_timeout:g}s"
+                self._membership.timed_out(b.name, why)
+                raise Shed(504, "upstream_timeout", why) from None
             flight.members.metrics[flight.ticket.server].error("connect").inc()
-            if not e.sent:
-                raise Refused(b.name, f"backend {b.name}: {e}") from None
             raise Shed(502, "upstream_unavailable", f"backend {b.name}: {e}") from None
 
-    async def _relay(self, send: Send, resp: Response, flight: Flight, bm: BackendMetrics) -> None:
+    async def _relay(
+        self, send: Send, resp: Response, flight: Flight, bm: BackendMetrics, name: str
+    ) -> None:
         """The body, streamed as it arrives; then what the outcome teaches."""
         counter = flight.counter
         last = False
@@ -115,8 +129,13 @@ class Forwarder:
                     break
         except UpstreamError as e:
             self._feedback.failed(flight, e.kind)
+            if e.kind == "timeout":  # the answer stalled: not answering in time
+                self._membership.timed_out(name, f"backend {name}: answer stalled, {e}")
+            else:  # cut off mid-way, but it answers
+                self._membership.answered(name)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
+        self._membership.answered(name)
         if not last:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         if resp.status < 400:

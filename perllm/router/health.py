@@ -1,9 +1,14 @@
-"""Backends that refuse connections are left out of decisions for a while (outlier
-ejection, as Envoy does it). A refused or timed-out connect means nothing was sent, so the
-router decides the request again among the other backends. The ejection lasts `base_s`,
-doubling on each consecutive refusal up to `max_s`; a request the backend answers clears
-it. When the ejection ends the backend is decided on again like any other, so the first
-request that lands there is the probe (refused again: ejected again, for twice as long)."""
+"""Backends that refuse connections or do not answer in time are left out of decisions for
+a while (outlier ejection, as Envoy does it). A refused or timed-out connect means nothing
+was sent, so the router decides the request again among the other backends; a request
+sent and then not answered in time (no response head, or a stream stalled, within the
+read timeout) is not sent again (it may have reached the backend), but the next ones go
+elsewhere. The ejection lasts `base_s`, doubling on each consecutive failure up to
+`max_s`; a request the backend answers clears it. When the ejection ends the backend is
+decided on again like any other, so the first request that lands there is the probe
+(failing again: ejected again, for twice as long); while it is in flight no other request
+goes there. A slow backend that answers within the timeouts is never ejected (CS-UCB
+learns its times instead)."""
 
 from __future__ import annotations
 
@@ -14,11 +19,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Refusing:
-    """A backend refusing since its first refusal of the streak (what the status says)."""
+    """A backend failing since the first failure of its streak (what the status says):
+    `refusals` refused connections and `timeouts` times not answering in time."""
 
     refusals: int
-    since: float  # wall clock (time.time) of the streak's first refusal
-    why: str  # the last refusal's message
+    since: float  # wall clock (time.time) of the streak's first failure
+    why: str  # the last failure's message
+    timeouts: int = 0
 
 
 class Ejections:
@@ -27,43 +34,52 @@ class Ejections:
     ) -> None:
         self.base_s, self.max_s, self._clock = base_s, max_s, clock
         self._until: dict[str, float] = {}
-        self._streak: dict[str, int] = {}
-        self._why: dict[str, tuple[float, str]] = {}
+        self._failing: dict[str, Refusing] = {}
 
-    def refused(self, name: str, why: str = "") -> float:
-        """Eject `name`; returns for how long (s)."""
-        n = self._streak.get(name, 0)
-        self._streak[name] = n + 1
-        since = self._why[name][0] if name in self._why else time.time()
-        self._why[name] = (since, why)
+    def refused(self, name: str, why: str = "", timeout: bool = False) -> float:
+        """Eject `name` (it refused the connection, or with `timeout` did not answer in
+        time); returns for how long (s)."""
+        f = self._failing.get(name) or Refusing(0, time.time(), "")
+        n = f.refusals + f.timeouts
+        self._failing[name] = Refusing(
+            f.refusals + (not timeout), f.since, why, f.timeouts + timeout
+        )
         cooldown = min(self.base_s * 2.0**n, self.max_s)
         self._until[name] = self._clock() + cooldown
         return cooldown
 
     def answered(self, name: str) -> bool:
         """`name` answered a request: not ejected any more. Returns whether it had been."""
-        if not self._streak or name not in self._streak:
+        if not self._failing or name not in self._failing:
             return False
-        del self._streak[name]
+        del self._failing[name]
         self._until.pop(name, None)
-        self._why.pop(name, None)
         return True
 
     def refusing(self) -> dict[str, Refusing]:
-        """Backends refused and not answered since (ejected now or waiting for their
+        """Backends failing and not answered since (ejected now or waiting for their
         probe request), with why."""
-        return {n: Refusing(k, *self._why[n]) for n, k in self._streak.items()}
+        return dict(self._failing)
 
-    def out(self, names: Iterable[str]) -> frozenset[str]:
-        """The ones of `names` ejected now."""
+    def out(
+        self, names: Iterable[str], busy: Callable[[str], bool] | None = None
+    ) -> frozenset[str]:
+        """The ones of `names` ejected now, and (with `busy`: whether a backend has requests
+        in flight) those failing whose ejection ended but that are `busy`: the request
+        there is the probe, the others wait for its outcome (a hanging backend's probe
+        takes the read timeout to fail)."""
         if not self._until:
             return frozenset()
         now = self._clock()
-        return frozenset(n for n in names if self._until.get(n, 0.0) > now)
+        return frozenset(
+            n
+            for n in names
+            if self._until.get(n, 0.0) > now or (busy and n in self._until and busy(n))
+        )
 
     def forget(self, keep: Iterable[str]) -> None:
         """Drop the state of backends no longer members."""
         k = set(keep)
-        for d in (self._until, self._streak, self._why):
+        for d in (self._until, self._failing):
             for n in [n for n in d if n not in k]:
                 del d[n]

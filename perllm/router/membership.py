@@ -1,8 +1,9 @@
 """The router's backends: a membership snapshot (`Members`) that can be replaced while
 requests are in flight (`set_backends`, fed by `perllm.router.discovery`): a request keeps
 the snapshot it was decided in, and CS-UCB's learned statistics are shared by all
-snapshots. Backends that refuse connections are left out of decisions for a while
-(`perllm.router.health`): decisions then run on the snapshot without them (`_live`)."""
+snapshots. Backends that refuse connections or do not answer in time are left out of
+decisions for a while (`perllm.router.health`): decisions then run on the snapshot
+without them (`_live`)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Membership:
         self.spec: ServiceSpec | None = None
         self.catalogue: Catalogue = default_catalogue()
         self._inflight: dict[str, Backlog] = {}  # per backend name, across memberships
+        self._leaving: set[str] = set()  # not members any more, requests still in flight
         self._bw_override: dict[str, float] = {}
         self._pools: dict[tuple[str, str], Pool] = {}
         self._members: Members | None = None
@@ -79,11 +81,15 @@ class Membership:
         names = [b.name for b in backends]
         if len(set(names)) != len(names):
             raise ValueError(f"backend names must be unique: {names}")
-        # Backends that left with nothing in flight: forgotten (pod names change at each
-        # rollout); one still busy stays until a later change finds it empty.
-        gone = set(names)
-        for n in [n for n, q in self._inflight.items() if n not in gone and not len(q)]:
-            del self._inflight[n]
+        # Backends that left: forgotten once nothing is in flight there (pod names change
+        # at each rollout), now or when their last request ends (`drained`).
+        keep = set(names)
+        self._leaving -= keep
+        for n in [n for n in self._inflight if n not in keep]:
+            if len(self._inflight[n]):
+                self._leaving.add(n)
+            else:
+                self._retire(n)
         m = self._members
         if m is not None and [decider_key(b) for b in m.backends] == [
             decider_key(b) for b in backends
@@ -94,8 +100,6 @@ class Membership:
             return False
         self._without.clear()
         self._eject.forget(names)
-        for b in m.backends if m is not None else []:
-            self.metrics.ejected.labels(b.name).set(0)
         if not backends:
             self._members = None
             log.warning("no backends: requests are answered 503 until some are ready")
@@ -113,7 +117,7 @@ class Membership:
             pools.append(self._pools[key])
         live = {(b.name, b.url) for b in backends}
         for key in [k for k in self._pools if k not in live]:
-            self._pools.pop(key).close()  # idle connections only; in-flight ones finish
+            self._pools.pop(key).close()  # in-flight ones finish, then are closed too
         self._members = Members(
             backends,
             names,
@@ -127,6 +131,18 @@ class Membership:
             self._inflight.setdefault(n, Backlog())
         log.info("backends: %s", ", ".join(f"{b.name}={b.url}" for b in backends))
         return True
+
+    def _retire(self, name: str) -> None:
+        """Forget a backend that left and has nothing in flight: its load and its
+        metrics' series (its pool was closed, its ejection forgotten, when it left)."""
+        self._inflight.pop(name, None)
+        self._leaving.discard(name)
+        self.metrics.retire(name)
+
+    def drained(self, name: str) -> None:
+        """The last request in flight at `name` ended: retired if it left meanwhile."""
+        if name in self._leaving:
+            self._retire(name)
 
     def _secret(self, path: str) -> SecretFile:
         from perllm.router.config import RouterConfigError
@@ -155,7 +171,7 @@ class Membership:
     def _live(self, m: Members) -> Members | None:
         """`m` without its ejected backends (None: all are); the subset shares the pools,
         metrics and statistics, and reads the current bandwidths."""
-        out = self._eject.out(m.names)
+        out = self._eject.out(m.names, self._busy)
         if not out:
             return m
         if len(out) == len(m.names):
@@ -177,23 +193,40 @@ class Membership:
         return sub
 
     def _refused(self, e: Refused) -> None:
-        cooldown = self._eject.refused(e.backend, e.message)
-        self.metrics.ejected.labels(e.backend).set(1)
-        log.warning("%s; left out of decisions for %.3gs", e.message, cooldown)
+        self._failed(e.backend, e.message, e.timeout)
 
-    def _answered(self, name: str) -> None:
+    def timed_out(self, name: str, why: str) -> None:
+        """A request sent to `name` got no answer in time (no response head, or the
+        answer stalled): the next ones go elsewhere for a while (not this one: it may
+        have reached the backend)."""
+        self._failed(name, why, timeout=True)
+
+    def _failed(self, name: str, why: str, timeout: bool) -> None:
+        if self._members is None or name not in self._members.names:
+            return  # it left since the decision: nothing to leave out
+        cooldown = self._eject.refused(name, why, timeout)
+        self.metrics.ejected.labels(name).set(1)
+        log.warning("%s; left out of decisions for %.3gs", why, cooldown)
+
+    def answered(self, name: str) -> None:
+        """`name` answered a request (in time): not ejected any more."""
         if self._eject.answered(name):
             self.metrics.ejected.labels(name).set(0)
 
     def refusing(self) -> dict[str, Refusing]:
-        """Members refused and not answered since (the `perllm_router_backend_ejected`
-        ones), with why: what the LLMService's status reports."""
+        """Members refusing connections or not answering in time, and not answered since
+        (the `perllm_router_backend_ejected` ones), with why: what the LLMService's
+        status reports."""
         names = set(self._members.names) if self._members else set()
         return {n: r for n, r in self._eject.refusing().items() if n in names}
 
     def down(self) -> list[str]:
-        """Backends left out of decisions now (refused connections)."""
-        return sorted(self._eject.out(self._members.names)) if self._members else []
+        """Backends left out of decisions now (refused connections, or timed out)."""
+        return sorted(self._eject.out(self._members.names, self._busy)) if self._members else []
+
+    def _busy(self, name: str) -> bool:
+        """Whether requests are in flight at `name` (for a failing one: its probe)."""
+        return bool(self._inflight.get(name))
 
     def catalogue_check(self, backends: Sequence[Backend]) -> None:
         from perllm.router.config import RouterConfigError

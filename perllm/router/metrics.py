@@ -54,13 +54,13 @@ class RouterMetrics:
         )
         self.ejected = Gauge(
             "perllm_router_backend_ejected",
-            "1 from a refused connection until the backend answers a request again.",
+            "1 from a refused connection or a timeout until the backend answers again.",
             ["backend"],
             registry=r,
         )
         self.retries = Counter(
             "perllm_router_retries_total",
-            "Requests decided again after their backend refused the connection.",
+            "Requests decided again after their backend refused (or timed out) the connection.",
             registry=r,
         )
         self.rejected = Counter(
@@ -103,6 +103,8 @@ class RouterMetrics:
         )
         self._met = self._total = 0
         self._backends: dict[tuple[str, str], BackendMetrics] = {}
+        # Per tier, [requests, met] judged at backends retired since start (status).
+        self.gone: dict[str, list[int]] = {}
 
     def judge(self, backend: str, tier: str, met: bool) -> None:
         self.judged.labels(backend, tier, "true" if met else "false").inc()
@@ -121,8 +123,28 @@ class RouterMetrics:
         return self._backends[key]
 
     def served(self) -> list[BackendMetrics]:
-        """Every backend judged at least once since start (members or not any more)."""
+        """Every backend judged at least once since start and not retired (members, or
+        not any more with requests still in flight); the retired ones are in `gone`."""
         return [b for b in self._backends.values() if b.requests]
+
+    def retire(self, name: str) -> None:
+        """Backend `name` left the membership and has nothing in flight: its labelled
+        series are removed (pod names change at each rollout, so they would pile up) and
+        its judged requests move to its tier's `gone`. A request still holding its
+        `BackendMetrics` would only update children no longer exported."""
+        for key in [k for k in self._backends if k[0] == name]:
+            b = self._backends.pop(key)
+            if b.requests:
+                g = self.gone.setdefault(b.tier, [0, 0])
+                g[0], g[1] = g[0] + b.requests, g[1] + b.met_requests
+            for v in ("true", "false"):
+                self.decisions.remove(name, b.tier, v)
+                self.judged.remove(name, b.tier, v)
+            self.explored.remove(name, b.tier)
+            for kind in b._errors:
+                self.errors.remove(name, kind)
+        for m in (self.inflight, self.latency, self.ttft, self.ejected):
+            m.remove(name)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,7 +1,7 @@
 """The router's view in its LLMService's status: `status.routing` (requests per tier and per
 backend, over the router's life and the last `RECENT_S` seconds, and deadline attainment)
-and the condition `BackendsReachable` (False while a backend refuses connections, naming
-it and why: a remote tier cut off says `RemoteUnreachable`).
+and the condition `BackendsReachable` (False while a backend refuses connections or does
+not answer in time, naming it and why: a remote tier cut off says `RemoteUnreachable`).
 
 Written every `interval_s` when it changed (and every `REFRESH_TICKS` intervals anyway,
 in case another writer dropped or reverted the condition), never per request, off the
@@ -43,6 +43,10 @@ CONFLICT_RETRIES = 4
 # operator) may have dropped or reverted this condition meanwhile.
 REFRESH_TICKS = 12
 
+# A key of `Counts` for the requests of a tier's retired backends (`RouterMetrics.gone`),
+# `GONE + tier`: no backend's name has a space. Counted in the totals, never listed.
+GONE = "gone "
+
 Obj = dict[str, Any]
 Counts = dict[str, tuple[str, int, int]]  # backend -> (tier, requests, met)
 Cond = tuple[bool, str, str]  # (status, reason, message)
@@ -82,12 +86,15 @@ def routing(
     """`status.routing` (without `updatedAt`) from the judged requests per backend since
     start (`counts`) and within the last `window_s` seconds (`recent`). `backends` lists
     the current `members` (all of `counts` if None) and any with requests in the window;
-    the others (pods gone at a rollout) count only in the totals and their tiers'."""
+    the others (pods gone at a rollout) and the `GONE` keys (those retired since, per
+    tier) count only in the totals and their tiers'."""
     life = _split(counts)
     remote = set(remote)
     listed = None if members is None else set(members)
     backends = []
     for name, (tier, r, m) in sorted(counts.items()):
+        if name.startswith(GONE):
+            continue
         if listed is not None and name not in listed and not recent.get(name, ("", 0, 0))[1]:
             continue
         if r:
@@ -108,7 +115,8 @@ def routing(
 def reachable(
     backends: Sequence[Backend], remote: Iterable[str], refusing: dict[str, Refusing]
 ) -> Cond:
-    """Condition `BackendsReachable` from the members and those refusing connections."""
+    """Condition `BackendsReachable` from the members and those refusing connections or
+    not answering in time."""
     if not backends:
         return False, "NoBackends", "no ready backend: requests are answered 503 no_backends"
     remote = set(remote)
@@ -119,13 +127,18 @@ def reachable(
     if not refusing:
         names = ", ".join(what(b) for b in backends)
         return True, "AllReachable", f"{len(backends)} backend(s) answer: {names}"
+
+    def failing(b: Backend) -> str:
+        f = refusing[b.name]
+        kinds = [(f.refusals, "refuses connections", "refusal"),
+                 (f.timeouts, "does not answer in time", "timeout")]  # fmt: skip
+        says = " and ".join(s for k, s, _ in kinds if k)
+        n = ", ".join(f"{k} {w}(s)" for k, _, w in kinds if k)
+        return f"{what(b)} {says} since {rfc3339(f.since)} ({n}, last: {f.why})"
+
     down = [b for b in backends if b.name in refusing]
     up = [b.name for b in backends if b.name not in refusing]
-    why = "; ".join(
-        f"{what(b)} refuses connections since {rfc3339(refusing[b.name].since)} "
-        f"({refusing[b.name].refusals} refusal(s), last: {refusing[b.name].why})"
-        for b in down
-    )
+    why = "; ".join(failing(b) for b in down)
     if not up:
         return False, "NoBackendReachable", f"{why}: requests are answered 503 backends_down"
     rest = f"{why}: requests go to {', '.join(up)}"
@@ -179,6 +192,7 @@ class StatusWriter(Periodic):
         """The routing status and the condition now (pure but for the recent window)."""
         r = self.router
         counts = {b.name: (b.tier, b.requests, b.met_requests) for b in r.metrics.served()}
+        counts |= {GONE + t: (t, n, m) for t, (n, m) in r.metrics.gone.items()}
         h = self._history
         h.append((now, counts))
         while len(h) > 2 and h[1][0] <= now - RECENT_S:
@@ -188,6 +202,10 @@ class StatusWriter(Periodic):
             n: (tier, req - base.get(n, (tier, 0, 0))[1], met - base.get(n, (tier, 0, 0))[2])
             for n, (tier, req, met) in counts.items()
         }
+        for n, (tier, req, met) in base.items():
+            if n not in counts:  # retired since: its counts moved into its tier's GONE
+                _, r_req, r_met = recent.get(GONE + tier, (tier, 0, 0))
+                recent[GONE + tier] = (tier, r_req - req, r_met - met)
         remote = [b.name for b in r.static]
         members = [b.name for b in r.backends]
         out = routing(counts, recent, now - t0, remote, self._since, members)

@@ -23,7 +23,8 @@ _HIGH_WATER = 1 << 18  # buffered body bytes before the socket is paused
 
 
 class UpstreamError(Exception):
-    """`kind`: connect (nothing sent or answered), timeout, or disconnect (cut mid-way).
+    """`kind`: connect (nothing sent or answered), timeout (connect, response head or
+    between two chunks), or disconnect (cut mid-way).
     `sent`: whether any of the request may have reached the backend (False: the connection
     itself failed, so the request can go elsewhere)."""
 
@@ -214,10 +215,11 @@ class Pool:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.max_idle = max_idle
         self.idle: deque[_Conn] = deque()
+        self.closed = False  # its backend left: connections are closed, not kept
 
     def put(self, c: _Conn) -> None:
         c._reset()
-        if len(self.idle) < self.max_idle:
+        if not self.closed and len(self.idle) < self.max_idle:
             self.idle.append(c)
         else:
             c.close()
@@ -235,7 +237,7 @@ class Pool:
                 )
         except TimeoutError:
             raise UpstreamError(
-                "connect", f"connect timed out ({self.connect_timeout:g}s)", sent=False
+                "timeout", f"connect timed out ({self.connect_timeout:g}s)", sent=False
             ) from None
         except OSError as e:
             raise UpstreamError("connect", f"cannot connect: {e}", sent=False) from None
@@ -286,5 +288,7 @@ class Pool:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """Close the idle connections; those in use are closed when released."""
+        self.closed = True
         while self.idle:
             self.idle.pop().close()

@@ -422,3 +422,190 @@ def test_upstream_pool_keeps_connections_alive_and_reconnects() -> None:
         assert e.value.kind == "connect"
 
     run(go())
+
+
+def test_a_backend_that_left_is_forgotten_once_its_requests_end() -> None:
+    """A rollout replaces backend X (pod names change): while its request is in flight its
+    series, load and connection stay; when it ends (answered in full) X's labelled series,
+    its metrics and its load are gone, its connection is closed rather than pooled, and
+    its requests still count in the status' totals (its tier's)."""
+    from perllm.router.asgi import Refused
+    from perllm.router.status import GONE, StatusWriter
+
+    async def go() -> None:
+        stubs = {n: StubBackend(n, tokens=4, token_delay_s=0.05) for n in ("edge-gpu", "cloud")}
+        r, _, c = await router(stubs)
+        w = StatusWriter(r, "ns", "chat")
+        for _ in range(2):  # unplayed arms go first: one each
+            assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        assert r.metrics.served() and len(r.metrics.served()) == 2
+        t1 = 1000.0
+        w.snapshot(t1)
+        slow = asyncio.ensure_future(c.post("/v1/chat/completions", json=CHAT))
+        while not any(s.active for s in stubs.values()):
+            await asyncio.sleep(0.005)
+        x = next(n for n, s in stubs.items() if s.active)
+        y = next(n for n in stubs if n != x)
+        pool = r.members.pools[r.members.names.index(x)] if r.members else None
+        new = await _STACK.get().enter_async_context(serving(StubBackend("new")))
+        stay = next(b for b in r.backends if b.name == y)
+        r.set_backends([stay, stay.model_copy(update={"name": "new", "url": new})])
+        assert r._leaving == {x} and len(r.backlog(x)) == 1
+        busy = f'perllm_router_inflight_requests{{backend="{x}"}} 1.0'
+        assert busy in (await c.get("/metrics")).text
+        resp = await slow
+        assert resp.status_code == 200 and resp.json()["backend"] == x
+        text = (await c.get("/metrics")).text
+        assert f'backend="{x}"' not in text and f'backend="{y}"' in text
+        assert all(k[0] != x for k in r.metrics._backends) and x not in r._inflight
+        assert not r._leaving and pool is not None and pool.closed and not pool.idle
+        r._refused(Refused(x, "late"))  # a refusal from before it left: nothing recreated
+        assert f'backend="{x}"' not in r.metrics.exposition().decode() and not r.refusing()
+        for _ in range(4):
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 200 and resp.json()["backend"] in (y, "new")
+        status, _ = w.snapshot(t1 + 61)  # the window starts at t1: X had 1 of 3 then
+        assert status["requests"] == 7 and sum(t["requests"] for t in status["tiers"]) == 7
+        assert status["recent"]["requests"] == 5
+        assert sum(t["requests"] for t in status["recent"]["tiers"]) == 5
+        names = [b["name"] for b in status["backends"]]
+        assert x not in names and not any(n.startswith(GONE) for n in names)
+        await r.aclose()
+
+    run(go())
+
+
+def _reachable(r: Router) -> tuple[bool, str, str]:
+    """The `BackendsReachable` condition the status writer would write now."""
+    from perllm.router.status import StatusWriter
+
+    return StatusWriter(r, "ns", "chat").snapshot(1e9)[1]
+
+
+async def _until_answered(r: Router, c: httpx.AsyncClient, name: str) -> None:
+    """Bursts until `name` is no longer failing (its ejection ends; a request lands there)."""
+    for _ in range(40):
+        await asyncio.sleep(0.1)
+        burst = [c.post("/v1/chat/completions", json=CHAT) for _ in range(8)]
+        assert {x.status_code for x in await asyncio.gather(*burst)} == {200}
+        if name not in r.refusing():
+            return
+    raise AssertionError(f"{name} still failing: {r.refusing()}")
+
+
+def test_a_hanging_backend_is_ejected_and_its_request_not_retried() -> None:
+    """A backend that accepts the connection but sends no response head: the client gets
+    504 upstream_timeout naming it (the request is not sent elsewhere: it may have reached
+    the backend), the condition says it does not answer in time, the next requests go to
+    the other backend; once it answers again the condition clears."""
+
+    async def go() -> None:
+        stubs = {"edge-gpu": StubBackend("edge-gpu", hang=True), "cloud": StubBackend("cloud")}
+        limits = {"read_timeout_s": 0.2, "eject_s": 0.5, "eject_max_s": 0.5}
+        r, _, c = await router(stubs, limits=limits)
+        for _ in range(2):  # unplayed arms go first: one of these reaches the edge
+            before = stubs["cloud"].requests
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            if resp.status_code != 200:
+                break
+        assert resp.status_code == 504, resp.text
+        err = resp.json()["error"]
+        assert err["type"] == "upstream_timeout"
+        assert err["message"] == "backend edge-gpu: no response within 0.2s"
+        assert stubs["cloud"].requests == before  # not retried elsewhere
+        assert r.down() == ["edge-gpu"] and r.refusing()["edge-gpu"].timeouts == 1
+        ok, reason, msg = _reachable(r)
+        assert (ok, reason) == (False, "BackendsEjected"), msg
+        assert msg.startswith("edge-gpu (edge, http://127.0.0.1:")
+        assert " does not answer in time since " in msg and "refuses" not in msg
+        assert "(1 timeout(s), last: backend edge-gpu: no response within 0.2s)" in msg
+        assert msg.endswith("requests go to cloud")
+        for _ in range(4):
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 200 and resp.json()["backend"] == "cloud"
+        assert (await c.get("/readyz")).json() == {"status": "degraded", "down": ["edge-gpu"]}
+        m = (await c.get("/metrics")).text
+        assert 'perllm_router_backend_ejected{backend="edge-gpu"} 1.0' in m
+        assert 'perllm_router_upstream_errors_total{backend="edge-gpu",kind="timeout"} 1.0' in m
+        assert "perllm_router_retries_total 0.0" in m
+
+        await asyncio.sleep(0.5)  # the ejection is over: one probe, the others elsewhere
+        burst = [c.post("/v1/chat/completions", json=CHAT) for _ in range(8)]
+        codes = sorted(x.status_code for x in await asyncio.gather(*burst))
+        assert codes in ([200] * 8, [200] * 7 + [504]), codes
+        assert r.refusing()["edge-gpu"].timeouts == codes.count(504) + 1
+
+        stubs["edge-gpu"].hang = False  # it answers again
+        await _until_answered(r, c, "edge-gpu")
+        assert _reachable(r)[:2] == (True, "AllReachable") and not r.down()
+        m = (await c.get("/metrics")).text
+        assert 'perllm_router_backend_ejected{backend="edge-gpu"} 0.0' in m
+        await r.aclose()
+
+    run(go())
+
+
+def test_a_backend_not_accepting_connections_in_time_is_ejected_and_skipped() -> None:
+    """A connect that times out sent nothing: the request goes to the other backend, and
+    the one that did not accept is ejected, said not to answer in time."""
+    import socket
+
+    async def go() -> None:
+        # A listener whose accept queue is full: the kernel drops further SYNs.
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}"
+        fill = [socket.socket() for _ in range(4)]
+        for s in fill:
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(srv.getsockname())
+        try:
+            cloud = await _STACK.get().enter_async_context(serving(StubBackend("cloud")))
+            limits = {"connect_timeout_s": 0.2, "eject_s": 5}
+            r, _, c = await router(urls={"edge-gpu": url, "cloud": cloud}, limits=limits)
+            for _ in range(3):
+                resp = await c.post("/v1/chat/completions", json=CHAT)
+                assert resp.status_code == 200 and resp.json()["backend"] == "cloud"
+            assert r.down() == ["edge-gpu"]
+            f = r.refusing()["edge-gpu"]
+            assert (f.refusals, f.timeouts) == (0, 1), f
+            assert f.why == "backend edge-gpu: connect timed out (0.2s)"
+            ok, reason, msg = _reachable(r)
+            assert not ok and reason == "BackendsEjected" and "does not answer in time" in msg
+            assert "perllm_router_retries_total 1.0" in (await c.get("/metrics")).text
+            await r.aclose()
+        finally:
+            for s in [*fill, srv]:
+                s.close()
+
+    run(go())
+
+
+def test_a_slow_backend_answering_within_the_timeouts_is_never_ejected() -> None:
+    """Slow is not hanging: answers whose head, and each chunk, come within the read
+    timeout (a stream as a whole much longer) eject nothing; a stream that stalls longer
+    than it is cut, and its backend ejected (said not to answer in time)."""
+
+    async def go() -> None:
+        stubs = {n: StubBackend(n, tokens=8, token_delay_s=0.05) for n in ("edge-gpu", "cloud")}
+        r, _, c = await router(stubs, limits={"read_timeout_s": 0.25, "eject_s": 5})
+        streamed = {**CHAT, "stream": True}  # 0.4 s in all, a chunk every 0.05 s
+        short = {**CHAT, "max_tokens": 2}  # the head after 0.1 s
+        for body in (streamed, short, streamed, short, streamed, short):
+            resp = await c.post("/v1/chat/completions", json=body)
+            assert resp.status_code == 200
+        assert not r.refusing() and not r.down() and _reachable(r)[0]
+        assert "perllm_router_upstream_errors_total{" not in (await c.get("/metrics")).text
+
+        for s in stubs.values():
+            s.token_delay_s = 1.0  # the head at once, then nothing for 1 s
+        resp = await c.post("/v1/chat/completions", json=streamed)
+        assert resp.status_code == 200 and b"[DONE]" not in resp.content  # cut short
+        (name, f), *_ = r.refusing().items()
+        assert f.timeouts == 1 and f.why == f"backend {name}: answer stalled, no data within 0.25s"
+        assert r.down() == [name] and "does not answer in time" in _reachable(r)[2]
+        await r.aclose()
+
+    run(go())

@@ -221,3 +221,44 @@ def test_discovery_alone_waits_for_the_llmservice_and_follows_its_edits() -> Non
         await r.aclose()
 
     asyncio.run(go())
+
+
+class FakeClient:
+    """What `api_client` returns: counts its closes; any call through it fails."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def __getattr__(self, name: str) -> Any:
+        raise OSError(f"no API server here ({name})")
+
+
+def test_stopping_discovery_closes_its_one_api_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both APIs discovery uses (pods and nodes, the LLMService) share one ApiClient, which
+    the router's stop closes, once however often it is stopped; a later round opens anew."""
+    from perllm.router import discovery
+
+    made: list[FakeClient] = []
+    monkeypatch.setattr(discovery, "api_client", lambda kc: made.append(FakeClient()) or made[-1])
+
+    async def go() -> None:
+        r = router()
+        d = r.discovery
+        assert d is not None
+        await r.aclose()  # never started, nothing opened: nothing to close
+        core = d._core()
+        assert core.api_client is made[0] and d._core() is core
+        with pytest.raises(OSError, match="no API server"):
+            d.spec_once()
+        assert d._custom.api_client is made[0] and len(made) == 1
+        await r.aclose()
+        await r.aclose()
+        assert made[0].closed == 1 and d._api is None and d._custom is None
+        assert d._core().api_client is made[1]
+        await r.aclose()
+        assert [c.closed for c in made] == [1, 1]
+
+    asyncio.run(go())

@@ -120,6 +120,32 @@ def test_a_refusal_streak_keeps_its_start_and_the_last_reason() -> None:
     ej.forget([])
 
 
+def test_timeouts_are_a_streak_like_refusals_and_the_condition_says_which() -> None:
+    """Not answering in time backs off like refusing (one streak, one doubling); the
+    message tells them apart (and says both when a streak had both)."""
+    now = [0.0]
+    ej = Ejections(1.0, 8.0, clock=lambda: now[0])
+    assert ej.refused("a", "backend a: no response within 30s", timeout=True) == 1.0
+    assert ej.refused("a", "backend a: cannot connect: refused") == 2.0
+    f = ej.refusing()["a"]
+    assert (f.refusals, f.timeouts, f.why) == (1, 1, "backend a: cannot connect: refused")
+    members = [_b("a", "edge"), _b("b", "edge")]
+    hangs = Refusing(0, 0.0, "backend a: no response within 30s", timeouts=2)
+    assert reachable(members, [], {"a": hangs}) == (
+        False,
+        "BackendsEjected",
+        "a (edge, http://a:8000) does not answer in time since 1970-01-01T00:00:00Z "
+        "(2 timeout(s), last: backend a: no response within 30s): requests go to b",
+    )
+    msg = reachable(members, [], {"a": f})[2]
+    assert "a (edge, http://a:8000) refuses connections and does not answer in time" in msg
+    assert "(1 refusal(s), 1 timeout(s), last: backend a: cannot connect: refused)" in msg
+    now[0] = 100.0  # the ejection is over: decided on again, but one probe at a time
+    assert ej.out(["a", "b"]) == set() and ej.out(["a", "b"], lambda n: True) == {"a"}
+    assert ej.answered("a") and ej.refusing() == {} and ej.out(["a"]) == set()
+    assert ej.refused("a", "again", timeout=True) == 1.0  # a fresh streak
+
+
 def test_merge_condition_replaces_only_its_own_type() -> None:
     ready = {"type": "Ready", "status": "True", "reason": "R", "message": "m",
              "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
