@@ -256,7 +256,7 @@ class Router(Membership):
         """CS-UCB's placement of `req` among `members` with their load at `now`
         (`time.perf_counter()`, or a replay's clock: `perllm.burst.simulate_arm`)."""
         flights = [self.backlog(n) for n in members.names]
-        running, waiting = members.decider.load(
+        running, waiting = members.decider.load_lists(
             0, [len(f) for f in flights], [f.waiting(now) for f in flights]
         )
         return members.decider.decide_one(

@@ -146,12 +146,17 @@ class Decider:
         table = build_cost_table(services, [(s.name, s) for s in servers], catalogue)
         return cls(CSUCB(table, weights, config, stats))
 
-    def load(
-        self, cls: int, inflight: Sequence[float], unstarted: Sequence[float]
-    ) -> tuple[list[float], list[float]]:
+    def load(self, cls: int, inflight: Sequence[float], unstarted: Sequence[float]) -> tuple[F, F]:
         """(running, waiting) per server from the requests in flight there and how many
         of them have not started their prefill (`Backlog.waiting`): the others run, up to
         the server's slots for this class, and the rest wait (what its metrics would show)."""
+        running, waiting = self.load_lists(cls, inflight, unstarted)
+        return np.array(running), np.array(waiting)
+
+    def load_lists(
+        self, cls: int, inflight: Sequence[float], unstarted: Sequence[float]
+    ) -> tuple[list[float], list[float]]:
+        """`load` as Python lists (`decide_one`'s arguments)."""
         running, waiting = [], []
         for n, u, cap in zip(inflight, unstarted, self._slots[cls], strict=True):
             r = float(n) - float(u)

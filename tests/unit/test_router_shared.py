@@ -174,7 +174,7 @@ def test_one_request_path_decides_and_learns_like_the_batch_path() -> None:
             attach = float(rng.choice([0.0, 2e5, 5e6]))
             floor = float(rng.choice([0.0, 0.0, 0.6, 0.8]))
             inflight = rng.integers(0, 300, m) * (rng.random(m) < 0.5)
-            running, waiting = a.load(k, inflight.tolist(), (inflight // 3).tolist())
+            running, waiting = a.load_lists(k, inflight.tolist(), (inflight // 3).tolist())
             bw = (rng.choice([0.5, 20.0, 300.0], m)).tolist()
             one = a.decide_one(k, l_in, l_out, attach, floor, running, waiting, bw)
             (batch,) = b.decide([k], [l_in], [l_out], [attach], [floor],
