@@ -482,17 +482,6 @@ def _reachable(r: Router) -> tuple[bool, str, str]:
     return StatusWriter(r, "ns", "chat").snapshot(1e9)[1]
 
 
-async def _until_answered(r: Router, c: httpx.AsyncClient, name: str) -> None:
-    """Bursts until `name` is no longer failing (its ejection ends; a request lands there)."""
-    for _ in range(40):
-        await asyncio.sleep(0.1)
-        burst = [c.post("/v1/chat/completions", json=CHAT) for _ in range(8)]
-        assert {x.status_code for x in await asyncio.gather(*burst)} == {200}
-        if name not in r.refusing():
-            return
-    raise AssertionError(f"{name} still failing: {r.refusing()}")
-
-
 def test_a_hanging_backend_is_ejected_and_its_request_not_retried() -> None:
     """A backend that accepts the connection but sends no response head: the client gets
     504 upstream_timeout naming it (the request is not sent elsewhere: it may have reached
@@ -501,7 +490,8 @@ def test_a_hanging_backend_is_ejected_and_its_request_not_retried() -> None:
 
     async def go() -> None:
         stubs = {"edge-gpu": StubBackend("edge-gpu", hang=True), "cloud": StubBackend("cloud")}
-        limits = {"read_timeout_s": 0.2, "eject_s": 0.5, "eject_max_s": 0.5}
+        # (timeouts with room: on a loaded CI machine a healthy stub can take 0.2 s)
+        limits = {"read_timeout_s": 1.0, "eject_s": 2.0, "eject_max_s": 2.0}
         r, _, c = await router(stubs, limits=limits)
         for _ in range(2):  # unplayed arms go first: one of these reaches the edge
             before = stubs["cloud"].requests
@@ -511,14 +501,14 @@ def test_a_hanging_backend_is_ejected_and_its_request_not_retried() -> None:
         assert resp.status_code == 504, resp.text
         err = resp.json()["error"]
         assert err["type"] == "upstream_timeout"
-        assert err["message"] == "backend edge-gpu: no response within 0.2s"
+        assert err["message"] == "backend edge-gpu: no response within 1s"
         assert stubs["cloud"].requests == before  # not retried elsewhere
         assert r.down() == ["edge-gpu"] and r.refusing()["edge-gpu"].timeouts == 1
         ok, reason, msg = _reachable(r)
         assert (ok, reason) == (False, "BackendsEjected"), msg
         assert msg.startswith("edge-gpu (edge, http://127.0.0.1:")
         assert " does not answer in time since " in msg and "refuses" not in msg
-        assert "(1 timeout(s), last: backend edge-gpu: no response within 0.2s)" in msg
+        assert "(1 timeout(s), last: backend edge-gpu: no response within 1s)" in msg
         assert msg.endswith("requests go to cloud")
         for _ in range(4):
             resp = await c.post("/v1/chat/completions", json=CHAT)
@@ -529,14 +519,22 @@ def test_a_hanging_backend_is_ejected_and_its_request_not_retried() -> None:
         assert 'perllm_router_upstream_errors_total{backend="edge-gpu",kind="timeout"} 1.0' in m
         assert "perllm_router_retries_total 0.0" in m
 
-        await asyncio.sleep(0.5)  # the ejection is over: one probe, the others elsewhere
+        await asyncio.sleep(2.0)  # the ejection is over: one probe, the others elsewhere
         burst = [c.post("/v1/chat/completions", json=CHAT) for _ in range(8)]
         codes = sorted(x.status_code for x in await asyncio.gather(*burst))
         assert codes in ([200] * 8, [200] * 7 + [504]), codes
         assert r.refusing()["edge-gpu"].timeouts == codes.count(504) + 1
 
         stubs["edge-gpu"].hang = False  # it answers again
-        await _until_answered(r, c, "edge-gpu")
+        # CS-UCB learned its timed-out requests (a second each) and sends little there for
+        # a while; with the edge alone the next request after its ejection is its probe.
+        both = r.backends
+        r.set_backends([b for b in both if b.name == "edge-gpu"])
+        await asyncio.sleep(2.0)  # (the probe's ejection, if it timed out, is over)
+        resp = await c.post("/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 200 and resp.json()["backend"] == "edge-gpu"
+        assert "edge-gpu" not in r.refusing()
+        r.set_backends(both)
         assert _reachable(r)[:2] == (True, "AllReachable") and not r.down()
         m = (await c.get("/metrics")).text
         assert 'perllm_router_backend_ejected{backend="edge-gpu"} 0.0' in m
@@ -589,10 +587,11 @@ def test_a_slow_backend_answering_within_the_timeouts_is_never_ejected() -> None
     than it is cut, and its backend ejected (said not to answer in time)."""
 
     async def go() -> None:
-        stubs = {n: StubBackend(n, tokens=8, token_delay_s=0.05) for n in ("edge-gpu", "cloud")}
-        r, _, c = await router(stubs, limits={"read_timeout_s": 0.25, "eject_s": 5})
-        streamed = {**CHAT, "stream": True}  # 0.4 s in all, a chunk every 0.05 s
-        short = {**CHAT, "max_tokens": 2}  # the head after 0.1 s
+        # (with room: a loaded CI machine delays a stub's answer by a good part of 0.2 s)
+        stubs = {n: StubBackend(n, tokens=4, token_delay_s=0.2) for n in ("edge-gpu", "cloud")}
+        r, _, c = await router(stubs, limits={"read_timeout_s": 1.0, "eject_s": 5})
+        streamed = {**CHAT, "stream": True}  # 0.8 s in all, a chunk every 0.2 s
+        short = {**CHAT, "max_tokens": 2}  # the head after 0.4 s
         for body in (streamed, short, streamed, short, streamed, short):
             resp = await c.post("/v1/chat/completions", json=body)
             assert resp.status_code == 200
@@ -600,11 +599,11 @@ def test_a_slow_backend_answering_within_the_timeouts_is_never_ejected() -> None
         assert "perllm_router_upstream_errors_total{" not in (await c.get("/metrics")).text
 
         for s in stubs.values():
-            s.token_delay_s = 1.0  # the head at once, then nothing for 1 s
+            s.token_delay_s = 3.0  # the head at once, then nothing for 3 s
         resp = await c.post("/v1/chat/completions", json=streamed)
         assert resp.status_code == 200 and b"[DONE]" not in resp.content  # cut short
         (name, f), *_ = r.refusing().items()
-        assert f.timeouts == 1 and f.why == f"backend {name}: answer stalled, no data within 0.25s"
+        assert f.timeouts == 1 and f.why == f"backend {name}: answer stalled, no data within 1s"
         assert r.down() == [name] and "does not answer in time" in _reachable(r)[2]
         await r.aclose()
 
