@@ -21,8 +21,9 @@ Each round (the requests of one slot, a super arm):
 Rewards r = −ê − θ·1[D > ΔD] arrive when requests complete; updates are O(1) running sums.
 
 Modules: config (parameters), stats (what is learned, shareable between bandits), index
-(the UCB bonus), assign (the super arm), fast (small rounds on Python floats), explain
-(why each candidate), decision (a round's result), bandit (`CSUCB`).
+(the UCB bonus), assign (the super arm), fast (small rounds on Python floats), single
+(one request at a time: the router), explain (why each candidate), decision (a round's
+result), bandit (`CSUCB`).
 """
 
 from perllm.csucb.bandit import CSUCB

@@ -18,7 +18,7 @@ from perllm.csucb.config import SMALL_ROUND, CSUCBConfig
 from perllm.csucb.decision import Decision
 from perllm.csucb.explain import ExplainContext
 from perllm.csucb.explain import explain as explain_request
-from perllm.csucb.fast import One, one, play
+from perllm.csucb.fast import play
 from perllm.csucb.groups import group_round, server_kinds
 from perllm.csucb.index import exploration, log_t
 from perllm.csucb.pooled import decide_pooled
@@ -158,43 +158,10 @@ class CSUCB:
                 return pooled
         cols = self.candidates(len(cls), running, waiting, bw_mbps)
         if cols is None and not explain and 0 < len(cls) <= SMALL_ROUND:
-            fast = self._decide_fast(args)
-            if fast is not None:
-                return fast
-        return self._decide_arrays(args, cols, explain)
-
-    def _decide_fast(self, args: tuple[I, F, F, F, F, F, F, F]) -> Decision | None:
-        got = play(self, tuple(a.tolist() for a in args))
-        return None if got is None else got[0].decision(*got[1][:4])
-
-    def decide_one(
-        self,
-        cls: int,
-        l_in: float,
-        l_out: float,
-        attach: float,
-        min_quality: float,
-        running: list[float],
-        waiting: list[float],
-        bw_mbps: list[float],
-    ) -> One:
-        """`decide` for one request, on Python floats where `decide` would use them: the
-        same decision and learning state, without numpy's arrays of one."""
-        lists = ([cls], [l_in], [l_out], [attach], [min_quality], running, waiting, bw_mbps)
-        small = self.t.n_servers <= self.cfg.max_candidates  # `decide`'s small-round path
-        if small:
-            self._current().rounds += 1
-            got = play(self, lists)
+            got = play(self, tuple(a.tolist() for a in args))  # on Python floats
             if got is not None:
-                return one(*got)
-        f = [np.array(x, float) for x in lists[1:]]
-        arrays = (np.array(lists[0], np.intp), f[0], f[1], f[2], f[3], f[4], f[5], f[6])
-        d = self._decide_arrays(arrays, None, False) if small else self.decide(*arrays)
-        return One(
-            int(d.choice[0]), bool(d.feasible[0]), float(d.predicted_time[0]),
-            float(d.predicted_energy[0]), float(d.predicted_fixed[0]),
-            float(d.predicted_per_token[0]), bool(d.shed[0]),
-        )  # fmt: skip
+                return got[0].decision(*got[1][:4])
+        return self._decide_arrays(args, cols, explain)
 
     def _judge(
         self, t: CostTable, arm: I, view: RoundView, args: tuple[I, F, F, F, F, F, F, F]
@@ -346,23 +313,6 @@ class CSUCB:
             time > deadline
         )
         st.observe(self._arm_cj[cls, server], self.class_of[cls], ratio, reward, l_out)
-
-    def update_one(
-        self,
-        cls: int,
-        server: int,
-        time: float,
-        predicted_time: float,
-        energy: float,
-        deadline: float,
-        l_out: float,
-    ) -> None:
-        """`update` for one observation, without numpy's arrays of one."""
-        self._current()
-        one = ([cls], [server], [time], [predicted_time], [energy], [deadline], [l_out])
-        if not self._update_small(*one):
-            a = [np.array(x, float) for x in one[2:]]
-            self.update(np.array(one[0], np.intp), np.array(one[1], np.intp), *a)
 
     def _update_small(
         self,

@@ -8,16 +8,15 @@ at the load levels present when it is placed. The normal CDF goes through the sa
 ufunc as the vectorised path. `FastRound.run` returns
 None, having changed nothing, where that equivalence is not guaranteed (a NaN).
 
-`play` runs a round given as Python lists and records it; `One` is one request's outcome
-in plain floats, for callers that decide one request at a time (the router) and would
-otherwise pay more for numpy's arrays of one than for the decision.
+`play` runs a round given as Python lists and records it (the one-request path,
+`single`, runs it too).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -346,18 +345,6 @@ class FastRound:
         )
 
 
-class One(NamedTuple):
-    """One request's decision (`Decision`'s fields for a round of one, as floats)."""
-
-    choice: int  # `SHED` where shed
-    feasible: bool
-    predicted_time: float
-    predicted_energy: float
-    predicted_fixed: float
-    predicted_per_token: float
-    shed: bool
-
-
 def play(b: CSUCB, args: Lists) -> tuple[FastRound, Outcome] | None:
     """A small round on Python floats, its plays recorded in `b`'s statistics; None on a
     NaN (nothing recorded: the vectorised path decides it)."""
@@ -388,11 +375,3 @@ def play(b: CSUCB, args: Lists) -> tuple[FastRound, Outcome] | None:
         infeasible,
     )
     return r, out
-
-
-def one(r: FastRound, out: Outcome) -> One:
-    """The decision of a round of one request."""
-    choice, lvl_of, ok, shed, _ = out
-    e = r.picked(0, choice[0], lvl_of[0], shed[0])
-    assert e.energy is not None
-    return One(choice[0], ok[0], e.time, e.energy, e.fixed, e.per_token, shed[0])

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from perllm.contract import EnergyWeights, Server, ServiceSpec
 from perllm.costmodel import build_cost_table, gpu_prefill, upload_bits
-from perllm.csucb import CSUCB, ArmStats, CSUCBConfig, realised_prediction
+from perllm.csucb import CSUCB, ArmStats, CSUCBConfig, realised_prediction, single
 from perllm.profiles import Catalogue
 
 F = NDArray[np.float64]
@@ -188,11 +188,9 @@ class Decider:
         bw_mbps: list[float],
     ) -> Ticket:
         """`decide` for one request (what the router does), without arrays of one."""
-        st = self.bandit.stats
-        plays = st.plays
-        row = self._cls_row[cls]
-        before = plays[row].tolist()
-        d = self.bandit.decide_one(cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps)
+        before = self.bandit.stats.plays[self._cls_row[cls]].tolist()
+        req = ([cls], [l_in], [l_out], [attach], [min_quality], running, waiting, bw_mbps)
+        d = single.decide_one(self.bandit, req)
         j = max(d.choice, 0)  # -1: shed, never sent
         return Ticket(
             cls, d.choice, d.feasible, d.predicted_time, d.predicted_energy, d.predicted_fixed,
@@ -265,7 +263,9 @@ class Decider:
         if energy is None:
             p = predicted if predicted > 1e-9 else 1e-9  # np.maximum's value
             energy = ticket.predicted_energy * time / p
-        self.bandit.update_one(ticket.cls, ticket.server, time, predicted, energy, deadline, l_out)
+        single.update_one(
+            self.bandit, ticket.cls, ticket.server, time, predicted, energy, deadline, l_out
+        )
 
     def learn(
         self,
