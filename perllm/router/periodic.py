@@ -3,18 +3,21 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 
 
-class Periodic:
-    """Mixin for a dataclass with fields `interval_s` and `_task` (None until started)."""
+class Periodic(abc.ABC):
+    """Base of a dataclass with fields `interval_s` and `_task` (None until started); a
+    subclass without its `step` cannot be made."""
 
     interval_s: float
     _task: asyncio.Task[None] | None
 
+    @abc.abstractmethod
     async def step(self) -> None:
-        raise NotImplementedError
+        """One round of the loop."""
 
     async def run(self) -> None:
         while True:
