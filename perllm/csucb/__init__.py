@@ -15,9 +15,9 @@ Each round (the requests of one slot, a super arm):
    variant meets the quality floor, and which the server can run at all;
 3. UCB over the feasible pairs: score = R̂ + δ·sqrt(ln t / n(a)), unplayed arms first,
    with R̂ = −normalised energy − θ·P(violation);
-4. assign jointly in order of fewest feasible options, then earliest deadline, adding
+4. assign jointly in arrival order (the order a server's FIFO queue runs them), adding
    each placement's load to its server; with nothing feasible, take the least-violating
-   server and record the violation.
+   server (or shed the request) and record the violation.
 Rewards r = −ê − θ·1[D > ΔD] arrive when requests complete; updates are O(1) running sums.
 
 Modules: config (parameters), stats (what is learned, shareable between bandits), index

@@ -1,7 +1,9 @@
-"""The super-arm assignment: a round's requests in a given order, each to its best
-feasible server at the load that server has by then; with none feasible, the documented
-rule (`CSUCBConfig.on_infeasible`): the least-late server that meets the request's hard
-constraints (tiers, memory, quality floor), or shedding the request."""
+"""The super-arm assignment: a round's requests in their arrival order (the order a
+server's FIFO queue runs them, so a request's load level counts exactly the requests
+placed ahead of it there), each to its best feasible server at the load that server has
+by then; with none feasible, the documented rule (`CSUCBConfig.on_infeasible`): the
+least-late server that meets the request's hard constraints (tiers, memory, quality
+floor), or shedding the request."""
 
 from __future__ import annotations
 
@@ -120,7 +122,6 @@ def assign_lists(
     g: Grid,
     static: NDArray[np.bool_],
     deadline: F,
-    order: I,
     ok: NDArray[np.bool_],
     expect: F | None,
     backlogged: list[bool],
@@ -137,7 +138,7 @@ def assign_lists(
     lvl_of = np.zeros(n, np.intp)
     shed = np.zeros(n, bool)
     infeasible = 0
-    for k in order.tolist():
+    for k in range(n):
         if g.ensure(max(added)):
             fs, tm = g.feasible_score.tolist(), g.time.tolist()
         row, t_row = fs[k], tm[k]
@@ -167,7 +168,6 @@ def assign_arrays(
     g: Grid,
     static: NDArray[np.bool_],
     deadline: F,
-    order: I,
     ok: NDArray[np.bool_],
     expect: F | None,
     backlogged: list[bool],
@@ -182,7 +182,7 @@ def assign_arrays(
     seen = np.empty((n, m), np.intp)
     shed = np.zeros(n, bool)
     infeasible = 0
-    for k in order:
+    for k in range(n):
         g.ensure(int(added.max()))
         seen[k] = added
         row = g.feasible_score[k, ar, added]

@@ -73,7 +73,6 @@ class CSUCB:
         self._arm_list: list[list[int]] = self._arm_cj.tolist()
         self._fast: FastTables | None = None  # built on first use
         self._kind = server_kinds(t, self.pool_of)
-        self._kind_list: list[int] = self._kind.tolist()
 
     def _current(self) -> ArmStats:
         if self._layout != self.stats.layout:
@@ -204,14 +203,11 @@ class CSUCB:
     ) -> Decision:
         cls, l_in, l_out, attach, min_quality = args[:5]
         st = self.stats
-        t, arm_of, running, waiting, bw_mbps, weight = self._servers(args, cols)
+        t, arm_of, running, waiting, bw_mbps = self._servers(args, cols)
         n = len(cls)
         view = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps)
         arm = arm_of[cls]  # [N, M] flat arm index
         pess, static, feas, deadline, mean, score, bonus = self._judge(t, arm, view, args)
-        # Super arm: fewest feasible options, then earliest deadline, go first.
-        # (options: the servers of the groups whose best-connected server is feasible)
-        order = np.lexsort((deadline, feas[:, :, 0] @ weight))
         lv = _Levels(view, pess, feas, mean, score)
 
         def grow() -> tuple[F, F, F, F]:
@@ -228,7 +224,7 @@ class CSUCB:
         ok = np.empty(n, bool)
         lists = not explain and not np.isnan(score).any()  # else arrays (NaN-safe, `seen`)
         backlogged = (waiting >= self.cfg.backlog_waiting).tolist()
-        out = self._assign(g, static, deadline, order, ok, arm, lists, backlogged)
+        out = self._assign(g, static, deadline, ok, arm, lists, backlogged)
         choice, lvl_of, seen, shed, infeasible = out
         view, placed = lv.view, ~shed
         unplayed = (st.plays.ravel() == 0)[arm]  # before this round's plays
@@ -263,7 +259,6 @@ class CSUCB:
         g: Grid,
         static: NDArray[np.bool_],
         deadline: F,
-        order: I,
         ok: NDArray[np.bool_],
         arm: I,
         lists: bool,
@@ -276,7 +271,7 @@ class CSUCB:
             mu_arm, _, f_arm = self.stats.arm_posterior()
             expect = (mu_arm / f_arm)[arm]
         # Python lists beat numpy's per-call cost only while the round's array is small.
-        a = (g, static, deadline, order, ok, expect, backlogged)
+        a = (g, static, deadline, ok, expect, backlogged)
         if lists and g.feasible_score.size <= 4096:
             choice, lvl_of, shed, infeasible = assign_lists(*a)
             return choice, lvl_of, None, shed, infeasible
@@ -284,18 +279,14 @@ class CSUCB:
 
     def _servers(
         self, args: tuple[I, F, F, F, F, F, F, F], cols: I | None
-    ) -> tuple[CostTable, I, F, F, F, F]:
+    ) -> tuple[CostTable, I, F, F, F]:
         """The round's servers (all, or the candidates `cols` on a large fleet): their
-        table, arms [class, server], running, waiting, bandwidth and option weight (a
-        group's size on its representative: the servers of groups with a feasible one)."""
+        table, arms [class, server], running, waiting and bandwidth."""
         running, waiting, bw_mbps = args[5:]
-        gr = group_round(self._kind, running, waiting, bw_mbps)
-        weight = np.zeros(self.t.n_servers)
-        weight[gr.reps] = gr.sizes
         if cols is None:
-            return self.t, self._arm_cj, running, waiting, bw_mbps, weight
+            return self.t, self._arm_cj, running, waiting, bw_mbps
         t, arm_of = self.t.subset(cols), self._arm_cj[:, cols]
-        return t, arm_of, running[cols], waiting[cols], bw_mbps[cols], weight[cols]
+        return t, arm_of, running[cols], waiting[cols], bw_mbps[cols]
 
     # -- learning -------------------------------------------------------------------------
     def update(

@@ -33,7 +33,6 @@ from perllm.costmodel import (
 )
 from perllm.csucb.assign import SHED, hopeless, least_late
 from perllm.csucb.decision import Decision
-from perllm.csucb.groups import rep_weights
 from perllm.csucb.index import exploration, log_t
 from perllm.csucb.tables import Coef, FastTables
 
@@ -110,7 +109,6 @@ class FastRound:
         lift: list[float],
         theta: float,
         args: Lists,
-        weights: list[int],
     ) -> None:
         cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps = args
         self.tab, self.w, self.theta, self.lift = tab, w, theta, lift
@@ -118,7 +116,7 @@ class FastRound:
         self.m = len(tab.rtt)
         self.occ = [r + q for r, q in zip(running, waiting, strict=True)]
         self.wait = waiting
-        self.bw, self.weights = bw_mbps, weights
+        self.bw = bw_mbps
         self.cls, self.min_quality = cls, min_quality
         bwbps = [b * 1e6 for b in self.bw]
         self.req: list[Request] = []
@@ -284,15 +282,10 @@ class FastRound:
         n, m = len(self.req), self.m
         if not self.make([(k, j, 0) for k in range(n) for j in range(m)]):
             return None
-        # Super arm: fewest feasible options, then earliest deadline, go first (lexsort).
-        # (options: the servers of groups whose representative is feasible, `groups`)
-        r0 = [self.rows[k, 0] for k in range(n)]
-        nfeas = [sum(w for e, w in zip(r, self.weights, strict=True) if e.feasible) for r in r0]
-        order = sorted(range(n), key=lambda k: (nfeas[k], self.req[k].deadline))
         added = [0] * m
         choice, lvl_of, ok, shed = [0] * n, [0] * n, [False] * n, [False] * n
         infeasible = 0
-        for k in order:
+        for k in range(n):  # arrival order (`assign`)
             j = self.pick(k, added)
             if j is not None and j < 0:
                 j = self.least(k, added, shed_hopeless, backlog)
@@ -362,7 +355,6 @@ def play(b: CSUCB, args: Lists) -> tuple[FastRound, Outcome] | None:
         lift,
         b.cfg.theta,
         args,
-        rep_weights(b._kind_list, args[5], args[6], args[7]),
     )
     out = r.run(b.cfg.on_infeasible == "shed", b.cfg.backlog_waiting)
     if out is None:

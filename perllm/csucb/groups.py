@@ -75,21 +75,3 @@ def group_round(kind: I, running: F, waiting: F, bw_mbps: F) -> Groups:
     group = np.empty(len(order), np.intp)
     group[order] = np.cumsum(new) - 1
     return Groups(order, start, group)
-
-
-def rep_weights(
-    kind: list[int], running: list[float], waiting: list[float], bw: list[float]
-) -> list[int]:
-    """`group_round` on Python lists for a few servers: each server's weight in the
-    count of feasible options (its group's size on the representative, 0 elsewhere)."""
-    best: dict[tuple[int, float, float], int] = {}
-    size: dict[tuple[int, float, float], int] = {}
-    for j, key in enumerate(zip(kind, running, waiting, strict=True)):
-        r = best.get(key)
-        if r is None or bw[j] > bw[r]:
-            best[key] = j
-        size[key] = size.get(key, 0) + 1
-    w = [0] * len(kind)
-    for key, j in best.items():
-        w[j] = size[key]
-    return w

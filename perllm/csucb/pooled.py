@@ -53,10 +53,9 @@ Option = tuple[int, int, int, int, bool]
 
 
 class _Round:
-    """A pooled round's placements: the options still open (per group, its first server
-    at each level present), scored from the representatives' columns, exactly where a
-    non-representative could win. Rows and per-request inputs are by position in the
-    round's order."""
+    """A pooled round's placements, request by request in arrival order (`assign`): the
+    options still open (per group, its first server at each level present), scored from
+    the representatives' columns, exactly where a non-representative could win."""
 
     def __init__(
         self, b: CSUCB, args: tuple[I, F, F, F, F, F, F, F], sc: Scores, gr: Groups
@@ -65,9 +64,7 @@ class _Round:
         st = b.stats
         self.b, self.sc, self.cls, self.l_out = b, sc, cls, l_out
         n = self.n = len(cls)
-        order = np.lexsort((sc.deadline, sc.feas0 @ gr.sizes))
-        self.order: list[int] = order.tolist()
-        sc.permute(order)
+        sc.prepare()
         # Per request and server: what the exact score of a non-representative needs.
         mu_arm, sd_arm, f_arm = (a.ravel().tolist() for a in st.arm_posterior())
         self.mu_arm, self.f_arm = mu_arm, f_arm
@@ -98,7 +95,6 @@ class _Round:
         self.per_group = [self.group_options(g) for g in range(n_groups)]
         self._flatten()
         self.choice, self.lvl_of, self.col_of = [0] * n, [0] * n, [0] * n
-        self.pos_of = [0] * n
         self.ok, self.shed = [False] * n, [False] * n
         self.times = [math.nan] * n
         self.infeasible = 0
@@ -134,7 +130,7 @@ class _Round:
             self.cols[o + i] = opt[3]
 
     def exact(self, p: int, g: int, s: int, c: int) -> tuple[float, float, float]:
-        """Server s of group g (column c: its level) for the request at position p: time,
+        """Server s of group g (column c: its level) for request p: time,
         score (−inf where infeasible), pessimistic time; the vectorised path's operations."""
         bits, rtt, l_out1, lq, dl_s, dl_tok, scale, sd_arm, theta, lift = self._exact_in
         core, dec, en = self.sc.data[CORE:, p, c].tolist()
@@ -156,25 +152,23 @@ class _Round:
         return time, -e_hat - theta * float(1.0 - ndtr(x)) + lift[arm], time * f
 
     def run(self) -> bool:
-        """Place every request in order; False on a NaN (nothing recorded)."""
-        n, order = self.n, self.order
+        """Place every request in arrival order; False on a NaN (nothing recorded)."""
+        n = self.n
         for p in range(n):
             if p == self.end and not self.window(p):
                 return False
-            k = order[p]
             opts = self.opts
             bs, bo, b_time = self.best(p, opts)
             if bs >= 0:
-                self.ok[k] = True
+                self.ok[p] = True
             else:  # nothing feasible
                 self.infeasible += 1
                 bs, bo, b_time = self.least_late(p, opts)
                 if bs < 0:
-                    self.choice[k], self.shed[k] = SHED, True
+                    self.choice[p], self.shed[p] = SHED, True
                     continue
             bg, ba, _, bc, _ = opts[bo]
-            self.choice[k], self.lvl_of[k], self.col_of[k], self.times[k] = bs, ba, bc, b_time
-            self.pos_of[k] = p
+            self.choice[p], self.lvl_of[p], self.col_of[p], self.times[p] = bs, ba, bc, b_time
             _take(self.at[bg], ba)
             self.placed_in_window[bg] += 1
             if p + 1 < n and not self.reopen(bg, ba, p + 1):
@@ -270,7 +264,7 @@ class _Round:
         b.stats.record_round([arm_cj[cl[k]][choice[k]] for k in placed], n, self.infeasible)
         energy, decode = [math.nan] * n, [math.nan] * n
         for k in placed:
-            decode[k], energy[k] = data[DEC:, self.pos_of[k], self.col_of[k]].tolist()
+            decode[k], energy[k] = data[DEC:, k, self.col_of[k]].tolist()
         time = np.array(self.times)
         dec = np.array(decode)
         return Decision(

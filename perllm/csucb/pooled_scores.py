@@ -27,10 +27,10 @@ if TYPE_CHECKING:
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
 
-# Load levels computed up front per group for every request (the first two: the request
-# order reads level 0, and a group of several servers offers level 1 after one placement).
+# Load levels computed up front per group for every request (the first two: the first
+# request reads level 0, and a group of several servers offers level 1 after one placement).
 FIRST_LEVELS = 2
-# Further levels are computed for a window of the next WINDOW requests (in the round's
+# Further levels are computed for a window of the next WINDOW requests (in arrival
 # order) only: a group at level a is read at that level only by the requests placed
 # while it stays there, so a level computed for every request left is mostly unread.
 WINDOW = 32
@@ -41,8 +41,8 @@ _PBUSY, _PFIRST, _PIDLE = 12, 13, 14
 
 
 class Scores:
-    """The representatives' arrays [quantity, position, column]: a row per request in the
-    round's order (position), a column per (group, level) computed so far (`col[g][a]`),
+    """The representatives' arrays [quantity, request, column]: a row per request (in
+    arrival order), a column per (group, level) computed so far (`col[g][a]`),
     holding the rows before `valid[c]` (levels grow on demand, a window at a time)."""
 
     def __init__(self, b: CSUCB, args: tuple[I, F, F, F, F, F, F, F], reps: I) -> None:
@@ -57,7 +57,7 @@ class Scores:
         g = len(reps)
         v = round_view(t, b.w, cls, l_in, l_out, attach, self.run, self.wait, self.bw, 0, k)
         _, static, feas, deadline, _, score, _ = b._judge(t, self.arm, v, args)
-        self.static, self.deadline, self.feas0 = static, deadline, feas[:, :, 0]
+        self.static, self.deadline = static, deadline
         self.ok = not (np.isnan(score).any() or np.isnan(v.time).any())
         self.data = np.empty((5, self.n, 4 * g * k))
         parts = (np.where(feas, score, -np.inf), v.time, v.core, v.decode, v.energy)
@@ -67,16 +67,12 @@ class Scores:
         self.col: list[list[int]] = [list(range(j * k, (j + 1) * k)) for j in range(g)]
         self.valid: list[int] = [self.n] * (g * k)
 
-    def permute(self, order: I) -> None:
-        """Rows in the round's order from now on; the per-row inputs of `compute`."""
+    def prepare(self) -> None:
+        """The per-row inputs of `compute`."""
         b, st = self.b, self.b.stats
-        self.data = self.data[:, order]
-        a = self.args
-        cls, l_in, l_out, attach = a[0][order], a[1][order], a[2][order], a[3][order]
+        cls, l_in, l_out, attach = self.args[:4]
         self.cls, self.l_in, self.l_out, self.attach = cls, l_in, l_out, attach
-        self.static, self.arm = self.static[order], self.arm[order]
         self.static_t = np.ascontiguousarray(self.static.T)
-        self.deadline = self.deadline[order]
         mu_arm, sd_arm, f_arm = st.arm_posterior()
         self.mu_a, self.sd_a, self.f_a = mu_arm[self.arm], sd_arm[self.arm], f_arm[self.arm]
         self.lift_a = np.array(exploration_lift(b)[1])[self.arm]
@@ -115,7 +111,7 @@ class Scores:
     def _gpu_levels(self, gi: I, first: F, k: int, r: slice) -> tuple[F, F, F, F]:
         """`round_view`'s time, core, decode and energy for groups of GPU servers, laid out
         [level, group, row] (rows innermost: numpy's inner loops run long): its operations
-        in its order, on the per-pair terms computed in `permute`."""
+        in its order, on the per-pair terms computed in `prepare`."""
         assert self.pairs is not None
         cap, svc, pre, a, tran, wt, epre, step0, p_busy, p_idle = self.pairs[:10, gi, r]
         levels = _LEVELS[k] if k < len(_LEVELS) else np.arange(k, dtype=float)

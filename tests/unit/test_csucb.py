@@ -29,6 +29,7 @@ from perllm.csucb import (
     CSUCBConfig,
     realised_prediction,
 )
+from perllm.estimate import round_view
 from perllm.profiles import default_catalogue
 
 W = EnergyWeights()
@@ -480,6 +481,41 @@ def test_no_level_cap_a_round_beyond_the_precomputed_levels() -> None:
     edge = [next(c for c in e.candidates if c.tier == "edge") for e in d.explanations]
     assert Constraint.CAPACITY not in {c.constraint for c in edge}
     assert sorted(c.predicted_time_s for c in edge) == sorted(d.predicted_time.tolist())
+
+
+@pytest.mark.parametrize("path", ["small", "arrays", "pooled"])
+def test_a_request_is_predicted_behind_the_earlier_arrivals_on_its_server(path: str) -> None:
+    # Servers run their queues in arrival order, so the round is assigned in that order:
+    # each request's prediction counts exactly the earlier arrivals placed on its server
+    # (a level-k prediction is the prediction alone with k more waiting there). Tight
+    # deadlines arrive last here: an order by deadline would predict them ahead of
+    # requests that the server runs first.
+    edge_count = 90 if path == "pooled" else 3
+    b = CSUCB(
+        table(edge_count=edge_count, qa_deadline=30.0),
+        config=CSUCBConfig(max_candidates=64),
+    )
+    rng = np.random.default_rng(7)
+    m = b.t.n_servers
+    n = 12 if path != "pooled" else 40
+    cls = np.array([1] * (n // 2) + [0] * (n - n // 2), np.intp)  # batch (600 s), then qa
+    l_in = rng.uniform(50, 2000, n)
+    l_out = np.where(cls == 1, 400.0, rng.uniform(20, 200, n))
+    running = rng.integers(0, 4, m).astype(float)
+    waiting = rng.integers(0, 2, m).astype(float)
+    bw = b.t.link_mbps * rng.uniform(0.5, 1.0, m)
+    args = (cls, l_in, l_out, np.zeros(n), np.zeros(n), running, waiting, bw)
+    d = b.decide(*args, explain=path == "arrays")
+    assert not d.shed.any()
+    ahead = np.zeros(m)
+    for k, j in enumerate(d.choice.tolist()):
+        alone = round_view(
+            b.t, b.w, cls[k : k + 1], l_in[k : k + 1], l_out[k : k + 1], np.zeros(1),
+            running, waiting + ahead, bw,
+        )  # fmt: skip
+        assert d.predicted_time[k] == pytest.approx(alone.time[0, j, 0], rel=1e-12)
+        ahead[j] += 1
+    assert ahead.max() >= 2  # some server took several: the levels were exercised
 
 
 def test_unplayed_flag_and_the_dict_published_in_status() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from perllm.csucb import CSUCB, CSUCBConfig
 from perllm.csucb.config import OnInfeasible
-from perllm.csucb.groups import group_round, rep_weights
+from perllm.csucb.groups import group_round
 from tests.unit.test_csucb import table
 
 
@@ -87,5 +87,3 @@ def test_groups_order_best_connected_first() -> None:
     assert g.reps.tolist() == [1, 3, 2]  # ties in bandwidth: the lower index first
     assert g.sizes.tolist() == [3, 1, 1]
     assert g.group.tolist() == [0, 0, 2, 1, 0]
-    w = rep_weights(kind.tolist(), running.tolist(), waiting.tolist(), bw.tolist())
-    assert w == [0, 3, 1, 1, 0]
