@@ -99,10 +99,13 @@ class Router(Membership):
         return True
 
     async def start(self) -> None:
-        """Start discovery (the ASGI lifespan's startup; tests call it themselves)."""
+        """Start discovery, the health probe and the status writer (the ASGI lifespan's
+        startup; tests call it themselves)."""
         if self.discovery is not None:
             await self.discovery.refresh()  # the first membership before serving
             self.discovery.start()
+        if self.prober is not None:
+            self.prober.start()
         if self.status_writer is not None:
             self.status_writer.start()
 
@@ -111,6 +114,8 @@ class Router(Membership):
             await self.discovery.stop()
         if self.status_writer is not None:
             await self.status_writer.stop()
+        if self.prober is not None:  # (before the pools: its probes' connections first)
+            await self.prober.stop()
         for p in self._pools.values():
             p.close()
 

@@ -82,6 +82,12 @@ class Limits(_Strict):
     eject_s: Annotated[float, Field(gt=0)] = 1.0
     eject_max_s: Annotated[float, Field(gt=0)] = 30.0
     retries: Annotated[int, Field(ge=0, le=8)] = 2
+    # While a backend is ejected the router probes it itself (perllm.router.probe): a GET
+    # of probe_path when its ejection ends, with the timeouts above; any answer re-admits
+    # it, a failure ejects it again for twice as long. false: only the requests CS-UCB
+    # decides there after its ejection find out whether it answers again.
+    probe: bool = True
+    probe_path: Annotated[str, Field(pattern=r"^/[!-~]*$", max_length=1024)] = "/v1/models"
 
 
 class Discovery(_Strict):

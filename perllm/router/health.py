@@ -4,11 +4,15 @@ was sent, so the router decides the request again among the other backends; a re
 sent and then not answered in time (no response head, or a stream stalled, within the
 read timeout) is not sent again (it may have reached the backend), but the next ones go
 elsewhere. The ejection lasts `base_s`, doubling on each consecutive failure up to
-`max_s`; a request the backend answers clears it. When the ejection ends the backend is
-decided on again like any other, so the first request that lands there is the probe
-(failing again: ejected again, for twice as long); while it is in flight no other request
-goes there. A slow backend that answers within the timeouts is never ejected (CS-UCB
-learns its times instead)."""
+`max_s`; a request the backend answers clears it. When the ejection ends, the backend is
+probed: by the router's health probe (`perllm.router.probe`: the backend stays out until
+it answers that), or without one by the first request CS-UCB decides there (the backend is
+decided on again like any other; while that request is in flight no other goes there).
+A failed probe ejects it again for twice as long. An answered health probe re-admits it
+but keeps its backoff until a request is answered there: a backend that answers the
+probe but not requests is not tried more often than it would be without probes. A slow
+backend that answers within the timeouts is never ejected (CS-UCB learns its times
+instead)."""
 
 from __future__ import annotations
 
@@ -35,12 +39,15 @@ class Ejections:
         self.base_s, self.max_s, self._clock = base_s, max_s, clock
         self._until: dict[str, float] = {}
         self._failing: dict[str, Refusing] = {}
+        # Failures of the streaks ended by a health probe's answer, not a request's: where
+        # the next streak's backoff starts.
+        self._kept: dict[str, int] = {}
 
     def refused(self, name: str, why: str = "", timeout: bool = False) -> float:
         """Eject `name` (it refused the connection, or with `timeout` did not answer in
         time); returns for how long (s)."""
         f = self._failing.get(name) or Refusing(0, time.time(), "")
-        n = f.refusals + f.timeouts
+        n = f.refusals + f.timeouts + self._kept.get(name, 0)
         self._failing[name] = Refusing(
             f.refusals + (not timeout), f.since, why, f.timeouts + timeout
         )
@@ -48,26 +55,40 @@ class Ejections:
         self._until[name] = self._clock() + cooldown
         return cooldown
 
-    def answered(self, name: str) -> bool:
-        """`name` answered a request: not ejected any more. Returns whether it had been."""
+    def answered(self, name: str, probe: bool = False) -> bool:
+        """`name` answered a request (with `probe`: its health probe): not ejected any
+        more. Returns whether it had been. A probe's answer keeps the backoff: failing
+        again before a request is answered, it is ejected as the streak's next failure
+        would have been."""
+        if self._kept and not probe:
+            self._kept.pop(name, None)
         if not self._failing or name not in self._failing:
             return False
-        del self._failing[name]
+        f = self._failing.pop(name)
         self._until.pop(name, None)
+        if probe:
+            self._kept[name] = self._kept.get(name, 0) + f.refusals + f.timeouts
         return True
 
     def refusing(self) -> dict[str, Refusing]:
         """Backends failing and not answered since (ejected now or waiting for their
-        probe request), with why."""
+        probe), with why."""
         return dict(self._failing)
+
+    def ended(self, names: Iterable[str]) -> list[str]:
+        """The failing ones of `names` whose ejection is over: due for their probe."""
+        if not self._until:
+            return []
+        now = self._clock()
+        return [n for n in names if n in self._until and self._until[n] <= now]
 
     def out(
         self, names: Iterable[str], busy: Callable[[str], bool] | None = None
     ) -> frozenset[str]:
-        """The ones of `names` ejected now, and (with `busy`: whether a backend has requests
-        in flight) those failing whose ejection ended but that are `busy`: the request
-        there is the probe, the others wait for its outcome (a hanging backend's probe
-        takes the read timeout to fail)."""
+        """The ones of `names` ejected now, and (with `busy`: whether a backend's probe is
+        in flight, a request there or the health probe's, or the health probe runs) those
+        failing whose ejection ended but that are `busy`: the others wait for the probe's
+        outcome (a hanging backend's probe takes the read timeout to fail)."""
         if not self._until:
             return frozenset()
         now = self._clock()
@@ -80,6 +101,6 @@ class Ejections:
     def forget(self, keep: Iterable[str]) -> None:
         """Drop the state of backends no longer members."""
         k = set(keep)
-        for d in (self._until, self._failing):
+        for d in (self._until, self._failing, self._kept):
             for n in [n for n in d if n not in k]:
                 del d[n]

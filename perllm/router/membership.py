@@ -3,7 +3,8 @@ requests are in flight (`set_backends`, fed by `perllm.router.discovery`): a req
 the snapshot it was decided in, and CS-UCB's learned statistics are shared by all
 snapshots. Backends that refuse connections or do not answer in time are left out of
 decisions for a while (`perllm.router.health`): decisions then run on the snapshot
-without them (`_live`)."""
+without them (`_live`), and once their ejection is over the health probe
+(`perllm.router.probe`) asks them whether they answer again (`due`, `probed`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from perllm.router.decision import Backlog, Decider
 from perllm.router.health import Ejections, Refusing
 from perllm.router.members import Members, decider_key
 from perllm.router.metrics import RouterMetrics
+from perllm.router.probe import Prober, tick_s
 from perllm.router.secrets import SecretError, SecretFile
 from perllm.router.upstream import Pool
 
@@ -42,6 +44,13 @@ class Membership:
         self._members: Members | None = None
         self._stats: Any = None  # CS-UCB's ArmStats, shared across memberships
         self._eject = Ejections(self.limits.eject_s, self.limits.eject_max_s)
+        # The health probe (perllm.router.probe; started and stopped with the app): while
+        # it runs, a failing backend stays out until it answers that probe. `probing`:
+        # those with a probe in flight.
+        self.probing: set[str] = set()
+        self.prober: Prober | None = None
+        if self.limits.probe:
+            self.prober = Prober(self, self.limits.probe_path, tick_s(self.limits.eject_s))
         self._secrets: dict[str, SecretFile] = {}
         # Static backends (remote tiers) stay members beside the discovered pods.
         self.static = list(config.backends) if config.discovery is not None else []
@@ -213,6 +222,33 @@ class Membership:
         if self._eject.answered(name):
             self.metrics.ejected.labels(name).set(0)
 
+    def due(self) -> list[tuple[str, Pool, SecretFile | None]]:
+        """Members failing whose ejection is over and with nothing in flight (no request
+        there, no probe): each with its pool and the token sent to it, due for a probe."""
+        m = self._members
+        if m is None:
+            return []
+        out = []
+        for n in self._eject.ended(m.names):
+            if n not in self.probing and not self._inflight.get(n):
+                j = m.names.index(n)
+                out.append((n, m.pools[j], m.tokens[j]))
+        return out
+
+    def probed(self, name: str, failure: str = "", timeout: bool = False) -> None:
+        """The outcome of `name`'s health probe: answered (no `failure`), it is decided
+        on again; else ejected again for longer, as by a refused (`timeout`: a timed-out)
+        request. Nothing for a backend that left meanwhile."""
+        if self._members is None or name not in self._members.names:
+            return
+        result = "timeout" if failure and timeout else "refused" if failure else "answered"
+        self.metrics.probes.labels(name, result).inc()
+        if failure:
+            self._failed(name, failure, timeout)
+        elif self._eject.answered(name, probe=True):
+            self.metrics.ejected.labels(name).set(0)
+            log.info("backend %s answers its probe: decided on again", name)
+
     def refusing(self) -> dict[str, Refusing]:
         """Members refusing connections or not answering in time, and not answered since
         (the `perllm_router_backend_ejected` ones), with why: what the LLMService's
@@ -225,8 +261,11 @@ class Membership:
         return sorted(self._eject.out(self._members.names, self._busy)) if self._members else []
 
     def _busy(self, name: str) -> bool:
-        """Whether requests are in flight at `name` (for a failing one: its probe)."""
-        return bool(self._inflight.get(name))
+        """Whether `name`, failing and its ejection over, stays out of decisions: while
+        the health probe runs, until it answers that; else while requests are in flight
+        there (the first of them is its probe)."""
+        p = self.prober
+        return (p is not None and p.running) or bool(self._inflight.get(name))
 
     def catalogue_check(self, backends: Sequence[Backend]) -> None:
         from perllm.router.config import RouterConfigError

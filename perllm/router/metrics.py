@@ -7,6 +7,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+PROBE_RESULTS = ("answered", "refused", "timeout")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -56,6 +57,13 @@ class RouterMetrics:
             "perllm_router_backend_ejected",
             "1 from a refused connection or a timeout until the backend answers again.",
             ["backend"],
+            registry=r,
+        )
+        self.probes = Counter(
+            "perllm_router_probes_total",
+            "Health probes of ejected backends, per backend and result (answered, refused, "
+            "timeout).",
+            ["backend", "result"],
             registry=r,
         )
         self.retries = Counter(
@@ -143,6 +151,8 @@ class RouterMetrics:
             self.explored.remove(name, b.tier)
             for kind in b._errors:
                 self.errors.remove(name, kind)
+        for result in PROBE_RESULTS:
+            self.probes.remove(name, result)
         for m in (self.inflight, self.latency, self.ttft, self.ejected):
             m.remove(name)
 

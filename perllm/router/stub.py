@@ -1,5 +1,6 @@
 """A trivial OpenAI-compatible backend for tests and benchmarks: answers `tokens` tokens
-(streamed as SSE events or as one JSON body) after an optional delay per token."""
+(streamed as SSE events or as one JSON body) after an optional delay per token, and any
+GET (the router's health probe, `GET /v1/models`) with its model list, counted apart."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ class StubBackend:
         self.name, self.tokens, self.token_delay_s = name, tokens, token_delay_s
         self.hang, self.usage = hang, usage
         self.requests = 0
-        self.last_headers: dict[bytes, bytes] = {}  # of the last request (auth tests)
+        self.probes = 0  # GETs (health probes), not in `requests`
+        self.last_headers: dict[bytes, bytes] = {}  # of the last request or probe (auth)
         self.active = 0  # requests being answered now (a leak shows here)
         self.cancelled = 0
 
@@ -50,7 +52,10 @@ class StubBackend:
             m = await receive()
             body += m.get("body", b"")
             more = bool(m.get("more_body"))
-        self.requests += 1
+        if scope["method"] == "GET":
+            self.probes += 1
+        else:
+            self.requests += 1
         self.last_headers = dict(scope.get("headers") or [])
         self.active += 1
         # Like a model server, stop generating when the client (the router) goes away.
@@ -70,11 +75,22 @@ class StubBackend:
     async def _answer(
         self, scope: Scope, body: bytes, send: Callable[[Message], Awaitable[None]]
     ) -> None:
+        if self.hang:
+            await asyncio.sleep(3600)
+        if scope["method"] == "GET":
+            models = {"object": "list", "data": [{"id": self.name, "object": "model"}]}
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": json.dumps(models).encode()})
+            return
         req = json.loads(body) if body else {}
         n = int(req.get("max_tokens") or self.tokens)
         n = min(n, self.tokens)
-        if self.hang:
-            await asyncio.sleep(3600)
         chat = scope["path"].endswith("chat/completions")
         if not req.get("stream"):
             for _ in range(n):

@@ -261,6 +261,27 @@ class Pool:
                 b"\r\n",
             ]
         )
+        return await self._exchange(head + body)
+
+    async def get(self, path: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
+        """Send a GET (the health probe, `perllm.router.probe`) and wait for the response
+        head (within the read timeout)."""
+        head = b"".join(
+            [
+                b"GET ",
+                self.prefix.encode(),
+                path.encode(),
+                b" HTTP/1.1\r\nhost: ",
+                self.authority,
+                b"\r\n",
+                *(k + b": " + v + b"\r\n" for k, v in headers),
+                b"\r\n",
+            ]
+        )
+        return await self._exchange(head)
+
+    async def _exchange(self, data: bytes) -> Response:
+        """Write a request (a pooled connection, else a new one) and read its head."""
         for attempt in (0, 1):
             reused = False
             conn: _Conn | None = None
@@ -272,7 +293,7 @@ class Pool:
             if conn is None:
                 conn = await self._connect()
             assert conn.transport is not None
-            conn.transport.write(head + body)
+            conn.transport.write(data)
             try:
                 while not conn.head:
                     await conn.wait(self.read_timeout)

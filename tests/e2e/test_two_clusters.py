@@ -12,7 +12,8 @@ router's records and its LLMService's status in the cloud API server say so), de
 are kept. Then the path is cut (the cloud router stops): the edge keeps serving with no
 error, and the edge LLMService's status in the edge API server says which tier is
 unreachable and why, with the per-tier shares; when the cloud router is back, the
-condition is True again. The operator writes the same status meanwhile (every 2 s): its
+condition is True again (the edge router's health probe finds it: no request needed) and
+bursts reach it again. The operator writes the same status meanwhile (every 2 s): its
 conditions and the router's, and `status.routing`, all stay. This replaces the earlier
 test of both sides as namespaces of one API server.
 """
@@ -258,16 +259,22 @@ def test_the_edge_cluster_offloads_to_the_cloud_cluster_and_says_when_it_cannot(
         ready = httpx.get(f"{edge}/readyz").json()
         assert ready in ({"status": "degraded", "down": ["cloud-cluster"]}, {"status": "ok"})
 
-        # The path is back: the next request CS-UCB sends there is answered.
+        # The path is back: the edge router's health probe finds the cloud side answering
+        # (no request needed: the condition is True again), and bursts reach it again.
         spawn("cloud", cloud_k, *router_args["cloud"])
 
         def reachable() -> bool:
-            _burst(edge, 16, 16)
             return _cond(edge_k).get("status") == "True"
 
         wait_for(reachable, "the edge status to say the cloud is back", timeout=30, every=1)
         cond = _cond(edge_k)
         assert cond["reason"] == "AllReachable" and "remote tier cloud-cluster" in cond["message"]
+
+        def served_again() -> bool:
+            _burst(edge, 16, 16)
+            return bool((_status(cloud_k).get("routing") or {}).get("requests"))
+
+        wait_for(served_again, "the cloud side to serve the edge again", timeout=30, every=1)
         # The operator's writes and the router's kept each other's: both sides' status has
         # the operator's conditions and child, the router's condition and routing.
         for k in (edge_k, cloud_k):

@@ -248,7 +248,10 @@ def test_5000_unknown_names_answer_within_the_budget_and_healthz_stays_up() -> N
 
 
 def test_close_cancels_queued_lookups_and_lookups_still_work_after() -> None:
-    src = SlowSource(0.01)
+    # Reads of 0.2 s: none may end before `resolve` has looked (budget 0), which takes a
+    # few ms to queue 400 reads and start the workers, and more on a loaded machine (at
+    # 0.01 s some ended first and came back MISSING, not TIMED_OUT).
+    src = SlowSource(0.2)
     sched = Scheduler(CAT, node_source=src, lookup_budget_s=0.0)
     lk = sched.sets.lookup
     assert lk is not None
