@@ -48,9 +48,15 @@ class Feedback:
             bm.ttft.observe(f.first - f.start)
 
     def failed(self, f: Flight, kind: str) -> None:
-        """A backend that timed out or broke off: its elapsed time is a real outcome."""
-        f.members.metrics[f.ticket.server].error(kind).inc()
-        self._learn(f, time.perf_counter() - f.start, f.counter.tokens())
+        """A backend that timed out or broke off: a missed request, not a speed. Its
+        elapsed time is censored (the answer never came, or came in part), and learned as
+        a time ratio at the tokens seen so far it is hundreds: one such outcome sank the
+        pool's learned reward for good, so a backend that recovered got no request again
+        (it has no plays left to learn from). Availability is the ejection's and the
+        health probe's (`probe`); CS-UCB learns from answers."""
+        bm = f.members.metrics[f.ticket.server]
+        bm.error(kind).inc()
+        bm.judge(False)
 
     def _learn(self, f: Flight, d: float, l_out: float) -> None:
         met = self.learn(f.members, f.ticket, d, l_out, f.deadline_s)

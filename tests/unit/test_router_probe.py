@@ -91,8 +91,8 @@ def test_a_hanging_backend_stays_out_until_its_probe_answers() -> None:
     """The edge, which CS-UCB prefers, stops answering: the request that finds it gets
     504 and the others go to the cloud; its probes time out (counted as timeouts, one in
     flight at a time) and no client request is sent there meanwhile. Once it answers, a
-    probe re-admits it: eligible again, though CS-UCB, having learned its timed-out
-    request, sends it nothing while the cloud is feasible (measured over 100 requests)."""
+    probe re-admits it, and it gets most of the traffic again: its timed-out request was
+    a miss, not a time CS-UCB learned (measured over 100 requests)."""
 
     async def go() -> None:
         stubs = {EDGE: StubBackend(EDGE), "cloud": StubBackend("cloud")}
@@ -131,24 +131,17 @@ def test_a_hanging_backend_stays_out_until_its_probe_answers() -> None:
         await until(lambda: EDGE not in r.refusing(), what="re-admitted by its probe")
         assert stubs[EDGE].requests == sent and sample(r, EDGE, "answered") == 1.0
         assert _reachable(r)[:2] == (True, "AllReachable")
-        # Eligible again, but CS-UCB decides by what it learned: the one timed-out request
-        # (1 s for its fixed part, where the stub answers in ms) is an outlier of the
-        # edge's time ratio and energy, so its pool's reward stays far below the cloud's
-        # and the exploration bonus would take millions of decisions to make it up
-        # (measured: none of 2,000; docs/router.md, Limits). Pinned here so that a
-        # change of the learner that brings a recovered backend back shows in the docs.
+        # Eligible again, and preferred again: the timed-out request was a miss in the
+        # metrics, not a time ratio for CS-UCB (`Feedback.failed`), so what the edge's pool
+        # learned before the hang still holds. (When it was learned as a 1 s outcome for
+        # a fixed part the stub answers in ms, the edge got none of 2,000 requests after.)
         assert not r.down()
-        to_cloud = 0
+        to_edge = 0
         for _ in range(100):
             resp = await c.post("/v1/chat/completions", json=CHAT)
             assert resp.status_code == 200
-            to_cloud += resp.json()["backend"] == "cloud"
-        assert to_cloud == 100, "a recovered backend gets traffic again: update the docs"
-        both = r.backends
-        r.set_backends([b for b in both if b.name == EDGE])  # the edge alone: it is chosen
-        resp = await c.post("/v1/chat/completions", json=CHAT)
-        assert resp.status_code == 200 and resp.json()["backend"] == EDGE
-        r.set_backends(both)
+            to_edge += resp.json()["backend"] == EDGE
+        assert to_edge > 50, f"the recovered edge got {to_edge} of 100"
         await r.aclose()
 
     run(go())
