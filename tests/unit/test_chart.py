@@ -521,6 +521,9 @@ BAD_VALUES = [
     ("extender.logLevel=loud", "at '/extender/logLevel'"),
     ("extender.wieght=3", "additional properties 'wieght' not allowed"),
     ("operator.replicas=2", "at '/operator/replicas': maximum"),
+    ("router.limits.read_timeout=5", "additional properties 'read_timeout' not allowed"),
+    ("router.limits.probe_path=health", "at '/router/limits/probe_path'"),
+    ("router.limits.retries=9", "at '/router/limits/retries': maximum"),
     ("operator.resources.requests.cpu=lots", "at '/operator/resources/requests/cpu'"),
     ("extender.resources.request.cpu=1", "at '/extender/resources': additional properties"),
     (
@@ -773,3 +776,27 @@ def test_router_per_service_config_secrets_and_least_privilege() -> None:
                     profile="edge-k3s-values.yaml")  # fmt: skip
     pcfg = parse_config(yaml.safe_load(find(probed, "ConfigMap", name)["data"]["router.yaml"]))
     assert pcfg.backends[0].node == "edge-1" and remote.node is None
+
+
+def test_router_limits_from_values_chart_wide_and_per_service() -> None:
+    """`router.limits` reaches every service's router config, a service's own `limits`
+    win key by key, and the result is a config `perllm router` accepts; none rendered
+    keeps the router's defaults."""
+    from perllm.router.config import Limits, parse_config
+
+    name = "perllm-router-chat"
+
+    def limits(*extra: str) -> Limits:
+        docs = render(*extra, profile="edge-k3s-values.yaml")
+        raw = yaml.safe_load(find(docs, "ConfigMap", name)["data"]["router.yaml"])
+        return parse_config(raw).limits
+
+    assert limits() == Limits()
+    got = limits(
+        "--set", "router.limits.read_timeout_s=30", "--set", "router.limits.eject_max_s=60",
+        "--set", "router.limits.probe_path=/health",
+        "--set", "router.services[0].limits.read_timeout_s=10",
+    )  # fmt: skip
+    assert (got.read_timeout_s, got.eject_max_s, got.probe_path) == (10.0, 60.0, "/health")
+    assert got.probe and got.eject_s == Limits().eject_s
+    assert limits("--set", "router.limits.probe=false").probe is False
