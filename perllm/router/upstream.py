@@ -247,38 +247,32 @@ class Pool:
         self, path: str, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
     ) -> Response:
         """Send a POST and wait for the response head (within the read timeout)."""
-        head = b"".join(
-            [
-                b"POST ",
-                self.prefix.encode(),
-                path.encode(),
-                b" HTTP/1.1\r\nhost: ",
-                self.authority,
-                b"\r\ncontent-length: ",
-                str(len(body)).encode(),
-                b"\r\n",
-                *(k + b": " + v + b"\r\n" for k, v in headers),
-                b"\r\n",
-            ]
-        )
-        return await self._exchange(head + body)
+        length = b"content-length: " + str(len(body)).encode() + b"\r\n"
+        return await self._exchange(self._head(b"POST ", path, length, headers) + body)
 
     async def get(self, path: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
         """Send a GET (the health probe, `perllm.router.probe`) and wait for the response
         head (within the read timeout)."""
-        head = b"".join(
+        return await self._exchange(self._head(b"GET ", path, b"", headers))
+
+    def _head(
+        self, method: bytes, path: str, first: bytes, headers: Iterable[tuple[bytes, bytes]]
+    ) -> bytes:
+        """A request head: `method` (with its space) `path` to this pool's host, the
+        `first` header lines (the body's length), then `headers`."""
+        return b"".join(
             [
-                b"GET ",
+                method,
                 self.prefix.encode(),
                 path.encode(),
                 b" HTTP/1.1\r\nhost: ",
                 self.authority,
                 b"\r\n",
+                first,
                 *(k + b": " + v + b"\r\n" for k, v in headers),
                 b"\r\n",
             ]
         )
-        return await self._exchange(head)
 
     async def _exchange(self, data: bytes) -> Response:
         """Write a request (a pooled connection, else a new one) and read its head."""
