@@ -64,7 +64,6 @@ class _Round:
         st = b.stats
         self.b, self.sc, self.cls, self.l_out = b, sc, cls, l_out
         n = self.n = len(cls)
-        sc.prepare()
         # Per request and server: what the exact score of a non-representative needs.
         mu_arm, sd_arm, f_arm = (a.ravel().tolist() for a in st.arm_posterior())
         self.mu_arm, self.f_arm = mu_arm, f_arm

@@ -48,6 +48,7 @@ class Scores:
     def __init__(self, b: CSUCB, args: tuple[I, F, F, F, F, F, F, F], reps: I) -> None:
         cls, l_in, l_out, attach, _, running, waiting, bw = args
         self.b, self.args, self.n = b, args, len(cls)
+        self.cls, self.l_in, self.l_out, self.attach = cls, l_in, l_out, attach
         t = b.t.subset(reps)
         self.arm = b._arm_cj[:, reps][cls]
         self.run, self.wait, self.bw = running[reps], waiting[reps], bw[reps]
@@ -66,12 +67,13 @@ class Scores:
         self.used = g * k
         self.col: list[list[int]] = [list(range(j * k, (j + 1) * k)) for j in range(g)]
         self.valid: list[int] = [self.n] * (g * k)
+        if self.ok:  # (else the caller decides per server: nothing more is read)
+            self._inputs()
 
-    def prepare(self) -> None:
+    def _inputs(self) -> None:
         """The per-row inputs of `compute`."""
         b, st = self.b, self.b.stats
-        cls, l_in, l_out, attach = self.args[:4]
-        self.cls, self.l_in, self.l_out, self.attach = cls, l_in, l_out, attach
+        cls, l_in, l_out, attach = self.cls, self.l_in, self.l_out, self.attach
         self.static_t = np.ascontiguousarray(self.static.T)
         mu_arm, sd_arm, f_arm = st.arm_posterior()
         self.mu_a, self.sd_a, self.f_a = mu_arm[self.arm], sd_arm[self.arm], f_arm[self.arm]
@@ -111,7 +113,7 @@ class Scores:
     def _gpu_levels(self, gi: I, first: F, k: int, r: slice) -> tuple[F, F, F, F]:
         """`round_view`'s time, core, decode and energy for groups of GPU servers, laid out
         [level, group, row] (rows innermost: numpy's inner loops run long): its operations
-        in its order, on the per-pair terms computed in `prepare`."""
+        in its order, on the per-pair terms computed in `_inputs`."""
         assert self.pairs is not None
         cap, svc, pre, a, tran, wt, epre, step0, p_busy, p_idle = self.pairs[:10, gi, r]
         levels = _LEVELS[k] if k < len(_LEVELS) else np.arange(k, dtype=float)
