@@ -124,7 +124,18 @@ def view_of(
     # service time of the server's typical request, shared by `cap` slots; and on a GPU
     # each waiting request and each one placed earlier this round is prefilled first
     # (prefills are serialised).
-    queue = np.maximum(occ1 - cap, 0.0) * rc[_SVC] + ((waiting[:, None] + add) * gpu_pre[:, None])
+    slot_w = np.maximum(occ1 - cap, 0.0) * rc[_SVC]
+    pre_w = (waiting[:, None] + add) * gpu_pre[:, None]
+    kv = kv_bound(running, waiting)
+    if kv.any():
+        # A GPU that keeps requests waiting with slots free is bound by its KV cache: it
+        # holds `running` requests, not `cap`. Its waiting requests wait for a slot and
+        # for the prefills ahead at once, so the longer of the two, not their sum.
+        full = (kv[:, None] & (running[:, None] < cap)) & is_gpu  # [N, M, 1]
+        slot_kv = np.maximum(occ1 - running[:, None], 0.0) * rc[_SVC]
+        queue = np.where(full, np.maximum(slot_kv, pre_w), slot_w + pre_w)
+    else:
+        queue = slot_w + pre_w
     prefill, decode = _prefill_decode(rc, is_gpu, l_in, l_out, b)
     bits = (upload_bits(l_in, attach) + download_bits(l_out))[:, None, None]
     tran = bits / (bw_mbps * 1e6)[:, None] + rtt_s[:, None]
@@ -135,6 +146,13 @@ def view_of(
     energy = marginal_energy(w, e_tran, e_inf, e_idle_saved)
     core = queue + (prefill + decode)
     return RoundView(time=tran + core, decode=decode, energy=energy, levels=k, core=core)
+
+
+def kv_bound(running: F, waiting: F) -> NDArray[np.bool_]:
+    """Servers that may be bound by their KV cache: requests waiting beside running ones.
+    On a GPU server with fewer running than its slots (`view_of`), the cost model takes
+    the running count as its capacity (the waiting ones could not be admitted)."""
+    return (waiting > 0) & (running > 0)
 
 
 def _prefill_decode(rc: F, is_gpu: NDArray[np.bool_], l_in: F, l_out: F, b: F) -> tuple[F, F]:

@@ -116,6 +116,10 @@ class FastRound:
         self.m = len(tab.rtt)
         self.occ = [r + q for r, q in zip(running, waiting, strict=True)]
         self.wait = waiting
+        # `estimate.kv_bound`: the running count where it may be the capacity, else inf
+        self.kv_cap = [
+            r if q > 0 and r > 0 else math.inf for r, q in zip(running, waiting, strict=True)
+        ]
         self.bw = bw_mbps
         self.cls, self.min_quality = cls, min_quality
         bwbps = [b * 1e6 for b in self.bw]
@@ -174,10 +178,15 @@ class FastRound:
         cap = co.max_conc
         b = occ1 if occ1 <= cap else cap
         # max(x, 0.0) written out (numpy's and builtin max's value; no call)
-        ahead = occ1 - cap
-        queue = (0.0 if ahead < 0.0 else ahead) * co.svc_per_slot + (
-            self.wait[j] + a
-        ) * self.tab.gpu_pre[j]
+        pre_w = (self.wait[j] + a) * self.tab.gpu_pre[j]
+        run = self.kv_cap[j]
+        if co.is_gpu and run < cap:  # bound by its KV cache (`estimate.view_of`)
+            ahead = occ1 - run
+            slot_w = (0.0 if ahead < 0.0 else ahead) * co.svc_per_slot
+            queue = slot_w if slot_w > pre_w else pre_w
+        else:
+            ahead = occ1 - cap
+            queue = (0.0 if ahead < 0.0 else ahead) * co.svc_per_slot + pre_w
         if co.is_gpu:
             pre, dec = p.part0, req.l_out * (co.step0 + b * p.part1)
         else:

@@ -19,7 +19,7 @@ from perllm.costmodel import (
     upload_bits,
 )
 from perllm.csucb.index import exploration, log_t
-from perllm.estimate import _LEVELS, round_view, view_of
+from perllm.estimate import _LEVELS, kv_bound, round_view, view_of
 
 if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
@@ -120,10 +120,13 @@ class Scores:
         add = first + levels[:, None]  # [K, G']
         occ1 = ((self.occ[gi] + add) + 1)[..., None]
         b = np.minimum(occ1, cap)
-        queue = (
-            np.maximum(occ1 - cap, 0.0) * svc
-            + (((self.wait[gi] + add) * self.gpu_pre[gi])[..., None])
-        )
+        pre_w = ((self.wait[gi] + add) * self.gpu_pre[gi])[..., None]
+        queue = np.maximum(occ1 - cap, 0.0) * svc + pre_w
+        run, kv = self.run[gi], kv_bound(self.run[gi], self.wait[gi])
+        if kv.any():  # `view_of`: bound by its KV cache, the longer of the two waits
+            full = kv[:, None] & (run[:, None] < cap)  # [G', R]
+            slot_kv = np.maximum(occ1 - run[:, None], 0.0) * svc
+            queue = np.where(full, np.maximum(slot_kv, pre_w), queue)
         dec = self.l_out[r] * (step0 + b * a)
         busy_dec = dec / b
         w = self.b.w

@@ -20,7 +20,7 @@ from perllm.contract import (
     Tier,
     Traffic,
 )
-from perllm.costmodel import CostTable, build_cost_table
+from perllm.costmodel import ROUND, CostTable, build_cost_table
 from perllm.csucb import (
     CSUCB,
     UNPLAYED_LIFT,
@@ -487,7 +487,7 @@ def test_no_level_cap_a_round_beyond_the_precomputed_levels() -> None:
 def test_a_request_is_predicted_behind_the_earlier_arrivals_on_its_server(path: str) -> None:
     # Servers run their queues in arrival order, so the round is assigned in that order:
     # each request's prediction counts exactly the earlier arrivals placed on its server
-    # (a level-k prediction is the prediction alone with k more waiting there). Tight
+    # (a level-k prediction is the prediction alone at level k there). Tight
     # deadlines arrive last here: an order by deadline would predict them ahead of
     # requests that the server runs first.
     edge_count = 90 if path == "pooled" else 3
@@ -511,7 +511,7 @@ def test_a_request_is_predicted_behind_the_earlier_arrivals_on_its_server(path: 
     for k, j in enumerate(d.choice.tolist()):
         alone = round_view(
             b.t, b.w, cls[k : k + 1], l_in[k : k + 1], l_out[k : k + 1], np.zeros(1),
-            running, waiting + ahead, bw,
+            running, waiting, bw, first_level=ahead.copy(), n_levels=1,
         )  # fmt: skip
         assert d.predicted_time[k] == pytest.approx(alone.time[0, j, 0], rel=1e-12)
         ahead[j] += 1
@@ -639,3 +639,49 @@ def test_realised_prediction_on_floats_and_arrays() -> None:
         d.predicted_time,
         rtol=1e-12,
     )
+
+
+def test_a_gpu_that_keeps_requests_waiting_with_slots_free_is_full_at_its_running_count() -> None:
+    # vLLM semantics: a GPU server holds requests back once its KV cache is full, so
+    # "waiting beside running, slots free" means it holds `running`, not `max_conc`. The
+    # queue then counts the requests ahead beyond `running`, and the wait for a slot and
+    # for the prefills ahead overlap: the longer of the two. With free capacity (nothing
+    # waiting) or all slots taken, the wait is unchanged: slots beyond `max_conc` plus the
+    # serialised prefills.
+    t = table()
+    m = t.n_servers
+    j = int(np.flatnonzero(t.is_gpu)[0])
+    cap = float(t.max_conc[0, j])
+    svc = float(t.round_coeffs[ROUND.index("svc_per_slot"), 0, j])
+    gpu_pre = float(t.typical_service_s[1][j])
+    assert cap > 8 and svc > 0 and gpu_pre > 0
+
+    def queue(running: float, waiting: float) -> float:
+        run, wait = np.zeros(m), np.zeros(m)
+        run[j], wait[j] = running, waiting
+        one = np.array([1.0])
+        v = round_view(t, W, np.array([0], np.intp), one * 500, one * 150, one * 0, run, wait,
+                       t.link_mbps, n_levels=2)  # fmt: skip
+        idle = round_view(t, W, np.array([0], np.intp), one * 500, one * 150, one * 0,
+                          np.zeros(m), np.zeros(m), t.link_mbps)  # fmt: skip
+        prefill = idle.core[0, j, 0] - idle.decode[0, j, 0]
+        return float(v.core[0, j, 1] - v.decode[0, j, 1] - prefill)  # level 1: one placed before
+
+    # 4 running, 3 waiting, 1 placed before it: with itself, 5 beyond the 4 it holds
+    assert 5 * svc > 4 * gpu_pre  # (the slot wait is the longer: the rule shows)
+    assert queue(4, 3) == pytest.approx(5 * svc, rel=1e-12)
+    assert queue(4, 0) == pytest.approx(1 * gpu_pre, rel=1e-12)  # not bound: slots free
+    assert queue(0, 3) == pytest.approx(4 * gpu_pre, rel=1e-12)  # prefills only
+    # every slot taken: the slots beyond `max_conc` and the prefills add up
+    assert queue(cap, 3) == pytest.approx(5 * svc + 4 * gpu_pre, rel=1e-12)
+    cpu = int(np.flatnonzero(~t.is_gpu)[0])  # a CPU server has no KV-bound rule
+    run, wait = np.zeros(m), np.zeros(m)
+    run[cpu], wait[cpu] = 4.0, 3.0
+    one = np.array([1.0])
+    busy = round_view(t, W, np.array([0], np.intp), one * 500, one * 150, one * 0, run, wait,
+                      t.link_mbps)  # fmt: skip
+    run[cpu] = 7.0
+    wait[cpu] = 0.0
+    same = round_view(t, W, np.array([0], np.intp), one * 500, one * 150, one * 0, run, wait,
+                      t.link_mbps)  # fmt: skip
+    assert busy.time[0, cpu, 0] == same.time[0, cpu, 0]
