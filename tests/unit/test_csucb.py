@@ -674,13 +674,16 @@ def test_a_gpu_that_keeps_requests_waiting_with_slots_free_is_full_at_its_runnin
     assert queue(0, 3) == pytest.approx(4 * gpu_pre, rel=1e-12)  # prefills only
     # every slot taken: the slots beyond `max_conc` and the prefills add up
     assert queue(cap, 3) == pytest.approx(5 * svc + 4 * gpu_pre, rel=1e-12)
-    cpu = int(np.flatnonzero(~t.is_gpu)[0])  # a CPU server has no KV-bound rule
+    # A CPU server has no KV-bound rule: 1 running and 1 waiting with a free slot is
+    # predicted as 2 running (the rule would add a slot wait there).
+    cpu = int(np.flatnonzero(~t.is_gpu)[0])
+    assert t.max_conc[0, cpu] > 2 and t.round_coeffs[ROUND.index("svc_per_slot"), 0, cpu] > 0
     run, wait = np.zeros(m), np.zeros(m)
-    run[cpu], wait[cpu] = 4.0, 3.0
+    run[cpu], wait[cpu] = 1.0, 1.0
     one = np.array([1.0])
     busy = round_view(t, W, np.array([0], np.intp), one * 500, one * 150, one * 0, run, wait,
                       t.link_mbps)  # fmt: skip
-    run[cpu] = 7.0
+    run[cpu] = 2.0
     wait[cpu] = 0.0
     same = round_view(t, W, np.array([0], np.intp), one * 500, one * 150, one * 0, run, wait,
                       t.link_mbps)  # fmt: skip
