@@ -101,6 +101,7 @@ class Scores:
             )  # fmt: skip
             self.pairs = np.ascontiguousarray(np.stack(pairs).transpose(0, 2, 1))  # [Q, G, N]
             self.occ = self.run + self.wait
+            self.kv = kv_bound(self.run, self.wait)  # per group, for `_gpu_levels`
 
     def levels(self, g: int) -> int:
         return len(self.col[g])
@@ -122,8 +123,9 @@ class Scores:
         b = np.minimum(occ1, cap)
         pre_w = ((self.wait[gi] + add) * self.gpu_pre[gi])[..., None]
         queue = np.maximum(occ1 - cap, 0.0) * svc + pre_w
-        run, kv = self.run[gi], kv_bound(self.run[gi], self.wait[gi])
+        kv = self.kv[gi]
         if kv.any():  # `view_of`: bound by its KV cache, the longer of the two waits
+            run = self.run[gi]
             full = kv[:, None] & (run[:, None] < cap)  # [G', R]
             slot_kv = np.maximum(occ1 - run[:, None], 0.0) * svc
             queue = np.where(full, np.maximum(slot_kv, pre_w), queue)
