@@ -800,3 +800,18 @@ def test_router_limits_from_values_chart_wide_and_per_service() -> None:
     assert (got.read_timeout_s, got.eject_max_s, got.probe_path) == (10.0, 60.0, "/health")
     assert got.probe and got.eject_s == Limits().eject_s
     assert limits("--set", "router.limits.probe=false").probe is False
+
+
+def test_router_limits_schema_is_the_routers_own() -> None:
+    """The chart's `routerLimits` is written by hand (Helm reads JSON Schema only): every
+    key, type and bound must be `perllm router`'s (`Limits`), so that the chart rejects
+    what the router would, and nothing it accepts."""
+    from perllm.router.config import Limits
+
+    chart = json.loads((CHART / "values.schema.json").read_text())["definitions"]["routerLimits"]
+    ours = {
+        k: {f: v for f, v in p.items() if f not in ("default", "title")}
+        for k, p in Limits.model_json_schema()["properties"].items()
+    }
+    assert chart["properties"] == ours
+    assert chart["additionalProperties"] is False
