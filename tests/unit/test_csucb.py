@@ -29,7 +29,7 @@ from perllm.csucb import (
     CSUCBConfig,
     realised_prediction,
 )
-from perllm.estimate import round_view
+from perllm.estimate import RoundView, round_view
 from perllm.profiles import default_catalogue
 
 W = EnergyWeights()
@@ -656,15 +656,19 @@ def test_a_gpu_that_keeps_requests_waiting_with_slots_free_is_full_at_its_runnin
     gpu_pre = float(t.typical_service_s[1][j])
     assert cap > 8 and svc > 0 and gpu_pre > 0
 
-    def queue(running: float, waiting: float) -> float:
+    def view(j: int, running: float, waiting: float, n_levels: int = 1) -> RoundView:
+        """One request of 500 / 150 tokens with server j at this load, the others idle."""
         run, wait = np.zeros(m), np.zeros(m)
         run[j], wait[j] = running, waiting
         one = np.array([1.0])
-        v = round_view(t, W, np.array([0], np.intp), one * 500, one * 150, one * 0, run, wait,
-                       t.link_mbps, n_levels=2)  # fmt: skip
-        idle = round_view(t, W, np.array([0], np.intp), one * 500, one * 150, one * 0,
-                          np.zeros(m), np.zeros(m), t.link_mbps)  # fmt: skip
-        prefill = idle.core[0, j, 0] - idle.decode[0, j, 0]
+        return round_view(t, W, np.array([0], np.intp), one * 500, one * 150, one * 0, run,
+                          wait, t.link_mbps, n_levels=n_levels)  # fmt: skip
+
+    idle = view(j, 0, 0)
+    prefill = idle.core[0, j, 0] - idle.decode[0, j, 0]
+
+    def queue(running: float, waiting: float) -> float:
+        v = view(j, running, waiting, n_levels=2)
         return float(v.core[0, j, 1] - v.decode[0, j, 1] - prefill)  # level 1: one placed before
 
     # 4 running, 3 waiting, 1 placed before it: with itself, 5 beyond the 4 it holds
@@ -678,13 +682,5 @@ def test_a_gpu_that_keeps_requests_waiting_with_slots_free_is_full_at_its_runnin
     # predicted as 2 running (the rule would add a slot wait there).
     cpu = int(np.flatnonzero(~t.is_gpu)[0])
     assert t.max_conc[0, cpu] > 2 and t.round_coeffs[ROUND.index("svc_per_slot"), 0, cpu] > 0
-    run, wait = np.zeros(m), np.zeros(m)
-    run[cpu], wait[cpu] = 1.0, 1.0
-    one = np.array([1.0])
-    busy = round_view(t, W, np.array([0], np.intp), one * 500, one * 150, one * 0, run, wait,
-                      t.link_mbps)  # fmt: skip
-    run[cpu] = 2.0
-    wait[cpu] = 0.0
-    same = round_view(t, W, np.array([0], np.intp), one * 500, one * 150, one * 0, run, wait,
-                      t.link_mbps)  # fmt: skip
+    busy, same = view(cpu, 1, 1), view(cpu, 2, 0)
     assert busy.time[0, cpu, 0] == same.time[0, cpu, 0]
