@@ -162,6 +162,16 @@ class CSUCB:
                 return got[0].decision(*got[1][:4])
         return self._decide_arrays(args, cols, explain)
 
+    @staticmethod
+    def static(t: CostTable, cls: I, min_quality: F) -> NDArray[np.bool_]:
+        """[N, M] the hard constraints: the server's tier is allowed for the class and its
+        variant meets the request's quality floor."""
+        return t.allowed[cls] & (t.quality[cls] >= min_quality[:, None] - 1e-9)
+
+    def deadline(self, cls: I, l_out: F) -> F:
+        """[N] each request's deadline at its expected output length."""
+        return self.deadline_s[cls] + self.deadline_per_token[cls] * l_out
+
     def _judge(
         self, t: CostTable, arm: I, view: RoundView, args: tuple[I, F, F, F, F, F, F, F]
     ) -> tuple[F, NDArray[np.bool_], NDArray[np.bool_], F, F, F, F]:
@@ -175,9 +185,9 @@ class CSUCB:
         mu_a, sd_a = mu_arm[arm][:, :, None], sd_arm[arm][:, :, None]
         f_pess = f_arm[arm][:, :, None]  # mu_a + z·sd_a
         pess = view.time * f_pess
-        static = t.allowed[cls] & (t.quality[cls] >= min_quality[:, None] - 1e-9)  # [N, M]
+        static = self.static(t, cls, min_quality)
         dl_s, dl_tok = self.deadline_s[cls], self.deadline_per_token[cls]
-        deadline = dl_s + dl_tok * l_out  # at the expected output length
+        deadline = self.deadline(cls, l_out)
         # D ≈ A + B·L_out: check the pessimistic D against ΔD at both output quantiles.
         per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
         fixed = view.time - view.decode

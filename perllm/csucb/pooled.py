@@ -132,7 +132,7 @@ class _Round:
         """Server s of group g (column c: its level) for request p: time,
         score (−inf where infeasible), pessimistic time; the vectorised path's operations."""
         bits, rtt, l_out1, lq, dl_s, dl_tok, scale, sd_arm, theta, lift = self._exact_in
-        core, dec, en = self.sc.data[CORE:, p, c].tolist()
+        core, dec, en = self.sc.data[CORE:, c, p].tolist()
         time = (bits[p] / (self.bw[s] * 1e6) + rtt[s]) + core
         arm = self.arm_l[p][g]
         f = self.f_arm[arm]
@@ -179,7 +179,7 @@ class _Round:
         -1 where none is feasible. A representative's bound is exact; another server's
         score is computed only where the bound could still win: at least the best
         representative's (the rule is a total order, so the options left out lose)."""
-        u_row, t_row = self.sc.data[:2, p, self.cols].tolist()
+        u_row, t_row = self.sc.data[:2, self.cols, p].tolist()
         bound = max(compress(u_row, self.rep_flags), default=-math.inf)
         bw = self.bw
         best, b_time, b_bw = -math.inf, math.inf, -math.inf
@@ -214,7 +214,7 @@ class _Round:
             g, c = opts[bo][0], opts[bo][3]
             arm = self.arm_l[p][g]
             backlogged = bool(self.sc.wait[g] >= self.b.cfg.backlog_waiting)
-            hold = float(self.sc.data[DEC, p, c])  # the decode: not the link's, exact
+            hold = float(self.sc.data[DEC, c, p])  # the decode: not the link's, exact
             if hopeless(lp, self.mu_arm[arm] / self.f_arm[arm], dl, backlogged, hold):
                 return -1, -1, b_time
         return bs, bo, b_time
@@ -263,7 +263,7 @@ class _Round:
         b.stats.record_round([arm_cj[cl[k]][choice[k]] for k in placed], n, self.infeasible)
         energy, decode = [math.nan] * n, [math.nan] * n
         for k in placed:
-            decode[k], energy[k] = data[DEC:, k, self.col_of[k]].tolist()
+            decode[k], energy[k] = data[DEC:, self.col_of[k], k].tolist()
         time = np.array(self.times)
         dec = np.array(decode)
         return Decision(

@@ -19,7 +19,7 @@ from perllm.costmodel import (
     upload_bits,
 )
 from perllm.csucb.index import exploration, log_t
-from perllm.estimate import _LEVELS, kv_bound, round_view, view_of
+from perllm.estimate import _LEVELS, kv_bound, view_of
 
 if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
@@ -41,12 +41,13 @@ _PBUSY, _PFIRST, _PIDLE = 12, 13, 14
 
 
 class Scores:
-    """The representatives' arrays [quantity, request, column]: a row per request (in
-    arrival order), a column per (group, level) computed so far (`col[g][a]`),
-    holding the rows before `valid[c]` (levels grow on demand, a window at a time)."""
+    """The representatives' arrays `data` [quantity, column, request]: a column per
+    (group, level) computed so far (`col[g][a]`), holding the requests (in arrival
+    order) before `valid[c]` (levels grow on demand, a window at a time). Requests are
+    innermost: `compute` writes a group's levels as whole rows of it."""
 
     def __init__(self, b: CSUCB, args: tuple[I, F, F, F, F, F, F, F], reps: I) -> None:
-        cls, l_in, l_out, attach, _, running, waiting, bw = args
+        cls, l_in, l_out, attach, min_quality, running, waiting, bw = args
         self.b, self.args, self.n = b, args, len(cls)
         self.cls, self.l_in, self.l_out, self.attach = cls, l_in, l_out, attach
         t = b.t.subset(reps)
@@ -54,21 +55,21 @@ class Scores:
         self.run, self.wait, self.bw = running[reps], waiting[reps], bw[reps]
         self.rc, self.gpu_pre = t.round_coeffs, t.typical_service_s[1]
         self.rtt, self.e_bit = t.rtt_s, t.e_bit
-        k = min(self.n, FIRST_LEVELS)
+        self.static = b.static(t, cls, min_quality)
+        self.deadline = b.deadline(cls, l_out)
         g = len(reps)
-        v = round_view(t, b.w, cls, l_in, l_out, attach, self.run, self.wait, self.bw, 0, k)
-        _, static, feas, deadline, _, score, _ = b._judge(t, self.arm, v, args)
-        self.static, self.deadline = static, deadline
-        self.ok = not (np.isnan(score).any() or np.isnan(v.time).any())
-        self.data = np.empty((5, self.n, 4 * g * k))
-        parts = (np.where(feas, score, -np.inf), v.time, v.core, v.decode, v.energy)
-        for q, part in enumerate(parts):
-            self.data[q, :, : g * k] = part.reshape(self.n, g * k)
-        self.used = g * k
-        self.col: list[list[int]] = [list(range(j * k, (j + 1) * k)) for j in range(g)]
-        self.valid: list[int] = [self.n] * (g * k)
-        if self.ok:  # (else the caller decides per server: nothing more is read)
-            self._inputs()
+        # Columns are added as levels are computed; np.empty touches no memory, so room
+        # for a round's usual levels costs nothing and saves growing (copying) the array.
+        self.data = np.empty((5, max(64 * g, 512), self.n))
+        self.used = 0
+        self.col: list[list[int]] = [[] for _ in range(g)]
+        self.valid: list[int] = []
+        self._inputs()
+        # The first levels for every request, GPU groups and the others apart (`compute`).
+        k = min(self.n, FIRST_LEVELS)
+        on_gpu = [j for j in range(g) if self.gpu[j]]
+        other = [j for j in range(g) if not self.gpu[j]]
+        self.ok = all(self.compute(gs, [0] * len(gs), k, 0, self.n) for gs in (on_gpu, other) if gs)
 
     def _inputs(self) -> None:
         """The per-row inputs of `compute`."""
@@ -111,23 +112,23 @@ class Scores:
         cg = self.col[g]
         return self.valid[cg[a]] if a < len(cg) else 0
 
-    def _gpu_levels(self, gi: I, first: F, k: int, r: slice) -> tuple[F, F, F, F]:
+    def _gpu_levels(self, q: F, gi: I, first: F, k: int, r: slice) -> tuple[F, F, F, F]:
         """`round_view`'s time, core, decode and energy for groups of GPU servers, laid out
-        [level, group, row] (rows innermost: numpy's inner loops run long): its operations
-        in its order, on the per-pair terms computed in `_inputs`."""
-        assert self.pairs is not None
-        cap, svc, pre, a, tran, wt, epre, step0, p_busy, p_idle = self.pairs[:10, gi, r]
+        [group, level, row] (rows innermost: numpy's inner loops run long, and a group's
+        levels are whole rows of `data`): its operations in its order, on the per-pair
+        terms computed in `_inputs` (`q`: gathered for gi, r, [Q, G', 1, R])."""
+        cap, svc, pre, a, tran, wt, epre, step0, p_busy, p_idle = q[:10]
         levels = _LEVELS[k] if k < len(_LEVELS) else np.arange(k, dtype=float)
-        add = first + levels[:, None]  # [K, G']
-        occ1 = ((self.occ[gi] + add) + 1)[..., None]
+        add = first[:, None] + levels  # [G', K]
+        occ1 = ((self.occ[gi][:, None] + add) + 1)[..., None]
         b = np.minimum(occ1, cap)
-        pre_w = ((self.wait[gi] + add) * self.gpu_pre[gi])[..., None]
+        pre_w = ((self.wait[gi][:, None] + add) * self.gpu_pre[gi][:, None])[..., None]
         queue = np.maximum(occ1 - cap, 0.0) * svc + pre_w
         kv = self.kv[gi]
         if kv.any():  # `view_of`: bound by its KV cache, the longer of the two waits
-            run = self.run[gi]
-            full = kv[:, None] & (run[:, None] < cap)  # [G', R]
-            slot_kv = np.maximum(occ1 - run[:, None], 0.0) * svc
+            run = self.run[gi][:, None, None]
+            full = kv[:, None, None] & (run < cap)  # [G', 1, R]
+            slot_kv = np.maximum(occ1 - run, 0.0) * svc
             queue = np.where(full, np.maximum(slot_kv, pre_w), queue)
         dec = self.l_out[r] * (step0 + b * a)
         busy_dec = dec / b
@@ -145,8 +146,9 @@ class Scores:
         r = slice(lo, hi)
         first = np.array(firsts, float)
         if self.pairs is not None and all(self.gpu[g] for g in gs):
-            time, core, dec, energy = self._gpu_levels(gi, first, k, r)
-            mu, sd, f, lift = self.pairs[10:, gi, r]
+            q = self.pairs[:, gi, None, r]
+            time, core, dec, energy = self._gpu_levels(q, gi, first, k, r)
+            mu, sd, f, lift = q[10:]
         else:
             rc = self.rc[:, self.cls[r, None], gi][..., None]  # [P, R, G', 1]
             v = view_of(
@@ -154,16 +156,18 @@ class Scores:
                 self.l_out[r], self.attach[r], self.run[gi], self.wait[gi], self.bw[gi], first, k,
             )  # fmt: skip
             time, core, dec, energy = (
-                x.transpose(2, 1, 0) for x in (v.time, v.core, v.decode, v.energy)
+                x.transpose(1, 2, 0) for x in (v.time, v.core, v.decode, v.energy)
             )
-            mu, sd, f, lift = (x[r][:, gi].T for x in (self.mu_a, self.sd_a, self.f_a, self.lift_a))
-        # [K, G', R] from here; `CSUCB._judge`'s operations.
+            mu, sd, f, lift = (
+                x[r][:, gi].T[:, None] for x in (self.mu_a, self.sd_a, self.f_a, self.lift_a)
+            )
+        # [G', K, R] from here; `CSUCB._judge`'s operations.
         per_tok = dec / self.l_out1[r]
         fixed = time - dec
         q_lo, q_hi = self.lq[r, 0], self.lq[r, 1]
         rhs_lo, rhs_hi = self.rhs[r, 0], self.rhs[r, 1]
         feas = (
-            self.static_t[gi, r]
+            self.static_t[gi, None, r]
             & ((f * (fixed + per_tok * q_lo)) <= rhs_lo)
             & ((f * (fixed + per_tok * q_hi)) <= rhs_hi)
         )
@@ -181,14 +185,14 @@ class Scores:
                 self.valid.append(0)
                 self.used += 1
             cols.extend(cg[a : a + k])
-        if self.used > self.data.shape[2]:
-            data = np.empty((5, self.n, 2 * self.used))
-            data[:, :, : self.data.shape[2]] = self.data
+        if self.used > self.data.shape[1]:
+            data = np.empty((5, 2 * self.used, self.n))
+            data[:, : self.data.shape[1]] = self.data
             self.data = data
         at = np.array(cols, np.intp)
         parts = (np.where(feas, score, -np.inf), time, core, dec, energy)
-        for q, part in enumerate(parts):  # columns group by group, each level by level
-            self.data[q][r, at] = part.transpose(2, 1, 0).reshape(hi - lo, -1)
+        for i, part in enumerate(parts):  # columns group by group, each level by level
+            self.data[i][at, r] = part.reshape(-1, hi - lo)
         valid = self.valid
         for c in cols:
             if valid[c] < hi:
