@@ -87,3 +87,80 @@ def test_groups_order_best_connected_first() -> None:
     assert g.reps.tolist() == [1, 3, 2]  # ties in bandwidth: the lower index first
     assert g.sizes.tolist() == [3, 1, 1]
     assert g.group.tolist() == [0, 0, 2, 1, 0]
+
+
+def _round_work(
+    edge_count: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, int], list[str | None]]:
+    """What a pooled round evaluates on a fleet of `edge_count` identical edge CPUs and
+    one A100 (five edge servers busy, the A100 backlogged, the rest idle, links as declared):
+    load-level cells, level evaluations, exact per-server scores, options scanned; and
+    the pool (edge or cloud) each request went to."""
+    from perllm.csucb import pooled, pooled_scores
+
+    work = dict.fromkeys(("cells", "evaluations", "exact", "options"), 0)
+    compute, exact, best = pooled_scores.Scores.compute, pooled._Round.exact, pooled._Round.best
+
+    def counted_compute(
+        self: pooled_scores.Scores, gs: list[int], firsts: list[int], k: int, lo: int, hi: int
+    ) -> bool:
+        work["cells"] += len(gs) * k * (hi - lo)
+        work["evaluations"] += 1
+        return compute(self, gs, firsts, k, lo, hi)
+
+    def counted_exact(
+        self: pooled._Round, p: int, g: int, s: int, c: int
+    ) -> tuple[float, float, float]:
+        work["exact"] += 1
+        return exact(self, p, g, s, c)
+
+    def counted_best(
+        self: pooled._Round, p: int, opts: list[pooled.Option]
+    ) -> tuple[int, int, float]:
+        work["options"] += len(opts)
+        return best(self, p, opts)
+
+    monkeypatch.setattr(pooled_scores.Scores, "compute", counted_compute)
+    monkeypatch.setattr(pooled._Round, "exact", counted_exact)
+    monkeypatch.setattr(pooled._Round, "best", counted_best)
+    t = table(edge_count=edge_count, qa_deadline=5.0)
+    b = CSUCB(t, config=CSUCBConfig(max_candidates=64, on_infeasible="shed"))
+    r = np.random.default_rng(0)
+    b.update(
+        r.integers(0, 2, 60),
+        r.choice([0, edge_count], 60),
+        r.uniform(0.5, 20, 60),
+        r.uniform(0.5, 20, 60),
+        r.uniform(0, 500, 60),
+        r.uniform(1, 30, 60),
+        r.uniform(1, 800, 60),
+    )
+    m = t.n_servers
+    running, waiting = np.zeros(m), np.zeros(m)
+    running[:5], running[-1], waiting[-1] = 1.0, 250.0, 30.0
+    n = 120
+    d = b.decide(
+        r.integers(0, 2, n).astype(np.intp),
+        r.uniform(10, 3000, n),
+        r.uniform(20, 600, n),
+        np.zeros(n),
+        np.zeros(n),
+        running,
+        waiting,
+        t.link_mbps.copy(),
+    )
+    pools = [t.pools[c] if c >= 0 else None for c in d.choice.tolist()]
+    monkeypatch.undo()
+    return work, pools
+
+
+def test_pooled_decision_work_grows_with_groups_not_servers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The issue's 'decision cost per request grows with pools, not servers', counted
+    (not timed): ten times the servers of the same kinds and loads, the same work."""
+    small, pools_small = _round_work(90, monkeypatch)
+    large, pools_large = _round_work(900, monkeypatch)
+    assert small["evaluations"] > 0 and small["options"] > 0
+    assert large == small
+    assert pools_large == pools_small
