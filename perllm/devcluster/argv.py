@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from perllm.devcluster.certs import ApiServerTls
+
 KWOK_CIDR = "10.0.0.0/16"  # disjoint from the service range below; default /24 holds ~254 pods
 SERVICE_CIDR = "10.96.0.0/16"
 # What Deployments, ReplicaSets, DaemonSets (the chart's node agent), PodDisruptionBudgets,
@@ -39,6 +41,7 @@ def etcd(binary: Path, data_dir: Path, client_port: int, peer_port: int) -> Argv
 
 
 def apiserver(binary: Path, etcd_url: str, port: int, run_dir: Path, sa_key: Path) -> Argv:
+    tls = ApiServerTls.under(run_dir / "pki")
     return [
         binary,
         f"--etcd-servers={etcd_url}",
@@ -47,6 +50,9 @@ def apiserver(binary: Path, etcd_url: str, port: int, run_dir: Path, sa_key: Pat
         # Required: with no default route the apiserver finds no address and exits.
         "--advertise-address=127.0.0.1",
         f"--cert-dir={run_dir / 'pki'}",
+        # Signed by the CA the kubeconfigs carry (`certs.apiserver_tls`), not self-signed.
+        f"--tls-cert-file={tls.cert}",
+        f"--tls-private-key-file={tls.key}",
         f"--token-auth-file={run_dir / 'tokens.csv'}",
         "--authorization-mode=RBAC",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",

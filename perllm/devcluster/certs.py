@@ -1,5 +1,9 @@
-"""TLS material for kube-scheduler <-> extender: a CA, the extender's serving certificate and
-kube-scheduler's client certificate, all signed by that CA (docs/development.md).
+"""TLS material of the local control plane (docs/development.md).
+
+kube-scheduler <-> extender: a CA, the extender's serving certificate and kube-scheduler's
+client certificate, all signed by that CA (`generate`). The API server: its serving
+certificate signed by a CA of its own (`apiserver_tls`), which every kubeconfig of the
+control plane carries, so clients verify the server instead of skipping TLS verification.
 
 The extender serves HTTPS and requires a client certificate signed by the CA
 (`perllm extender --tls-cert --tls-key --tls-client-ca`); kube-scheduler's extender entry
@@ -22,6 +26,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SERVER_NAMES = ("localhost", "127.0.0.1")
+# The API server listens on loopback; the in-cluster names are what a real one also serves.
+APISERVER_NAMES = (
+    "localhost",
+    "127.0.0.1",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
 CLIENT_NAME = "perllm-scheduler"  # the CN of kube-scheduler's client certificate
 
 
@@ -59,6 +72,34 @@ class TlsFiles:
             f"--tls-key={self.server_key}",
             f"--tls-client-ca={self.ca}",
         ]
+
+
+@dataclass(frozen=True)
+class ApiServerTls:
+    """The API server's serving pair (`--tls-cert-file`, `--tls-private-key-file`) and the
+    certificate of the CA that signed it (`certificate-authority-data` in kubeconfigs)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def under(cls, folder: Path) -> ApiServerTls:
+        return cls(folder / "apiserver-ca.crt", folder / "apiserver.crt", folder / "apiserver.key")
+
+
+def apiserver_tls(folder: Path, days: int = 30) -> ApiServerTls:
+    """A fresh CA and the API server's serving pair under `folder` (key mode 0600); the
+    CA's key is thrown away, as in `generate`."""
+    ca, ca_key = _ca("perllm-apiserver-ca", days)
+    cert, key = _leaf(
+        "kube-apiserver", ExtendedKeyUsageOID.SERVER_AUTH, ca, ca_key, days, APISERVER_NAMES
+    )
+    files = ApiServerTls.under(folder)
+    _write(files.ca, ca.public_bytes(serialization.Encoding.PEM))
+    _write(files.cert, cert.public_bytes(serialization.Encoding.PEM))
+    _write(files.key, _pem_key(key), private=True)
+    return files
 
 
 def rsa_key(path: Path) -> None:
@@ -139,14 +180,11 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         f.write(data)
 
 
-def generate(
-    folder: Path, server_names: tuple[str, ...] = SERVER_NAMES, days: int = 30
-) -> TlsFiles:
-    """A fresh CA, server and client pair under `folder` (keys mode 0600). The CA's key is
-    thrown away: nothing else can be signed by this CA later."""
-    ca_key = _key()
-    ca = (
-        _builder("perllm-extender-ca", _name("perllm-extender-ca"), ca_key, days)
+def _ca(cn: str, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A CA certificate and its key (the callers keep only the certificate)."""
+    key = _key()
+    cert = (
+        _builder(cn, _name(cn), key, days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -162,8 +200,17 @@ def generate(
             ),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
+    return cert, key
+
+
+def generate(
+    folder: Path, server_names: tuple[str, ...] = SERVER_NAMES, days: int = 30
+) -> TlsFiles:
+    """A fresh CA, server and client pair under `folder` (keys mode 0600). The CA's key is
+    thrown away: nothing else can be signed by this CA later."""
+    ca, ca_key = _ca("perllm-extender-ca", days)
     server, server_key = _leaf(
         server_names[0], ExtendedKeyUsageOID.SERVER_AUTH, ca, ca_key, days, server_names
     )

@@ -161,14 +161,17 @@ class Cluster(Launcher):
         (rd / "tokens.csv").chmod(0o600)
         (rd / "pki").mkdir()
         certs.rsa_key(rd / "pki" / "sa.key")
+        ca = certs.apiserver_tls(rd / "pki").ca.read_bytes()
         server = f"https://127.0.0.1:{ports['apiserver']}"
         kubeconfig = rd / "kubeconfig"
-        write_file(kubeconfig, cfg.kubeconfig(server, tokens.admin))
+        write_file(kubeconfig, cfg.kubeconfig(server, tokens.admin, ca))
         write_file(
             rd / "scheduler.kubeconfig",
-            cfg.kubeconfig(server, tokens.scheduler, cfg.SCHEDULER_USER),
+            cfg.kubeconfig(server, tokens.scheduler, ca, cfg.SCHEDULER_USER),
         )
-        write_file(rd / "viewer.kubeconfig", cfg.kubeconfig(server, tokens.viewer, cfg.VIEWER_USER))
+        write_file(
+            rd / "viewer.kubeconfig", cfg.kubeconfig(server, tokens.viewer, ca, cfg.VIEWER_USER)
+        )
         state = State(
             run_dir=str(rd),
             kubeconfig=str(kubeconfig),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +36,14 @@ class Tokens:
         )
 
 
-def kubeconfig(server: str, token: str, user: str = ADMIN_USER) -> str:
-    # The apiserver self-signs its serving cert on every start: skip verification (loopback only).
+def kubeconfig(server: str, token: str, ca_pem: bytes, user: str = ADMIN_USER) -> str:
+    """A kubeconfig that verifies the API server against `ca_pem` (`certs.apiserver_tls`)."""
+    cluster = {"server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
         "preferences": {},
-        "clusters": [
-            {"name": "perllm-dev", "cluster": {"server": server, "insecure-skip-tls-verify": True}}
-        ],
+        "clusters": [{"name": "perllm-dev", "cluster": cluster}],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "perllm-dev", "context": {"cluster": "perllm-dev", "user": user}}],
         "current-context": "perllm-dev",
