@@ -32,7 +32,6 @@ import threading
 import time
 import urllib.request
 import uuid
-import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -258,7 +257,6 @@ def main() -> None:
     )
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     args = ap.parse_args()
-    warnings.filterwarnings("ignore")  # the loopback apiserver's self-signed certificate
 
     print(load_line(), flush=True)
     run_dir = temporary_run_dir()

@@ -3,7 +3,7 @@
 Servers of a group (`groups`) differ only in their bandwidth, which enters a prediction
 only through the transmission time: time = transmission + core, where the core (queue,
 prefill, decode) and the energy are the group's. So the round is predicted and scored
-on [request, group, level] for each group's representative (its best-connected server),
+per (request, group, level) for each group's representative (its best-connected server),
 which bounds every member from above: a member's score at a level is at most the
 representative's there. The assignment keeps, per group, how many of its servers sit
 at each load level; as placements only ever take a level's first server in the group's

@@ -1,5 +1,5 @@
 """The pooled round's scores (`pooled._Round` reads them): CS-UCB's prediction and score
-for each group's representative server, on [request, group, level], computed level by level
+for each group's representative server, per (group, level, request), computed level by level
 as the round needs them (the first levels for every request, further ones a window of
 requests at a time), with the same operations as the per-server vectorised path."""
 
@@ -58,9 +58,10 @@ class Scores:
         self.static = b.static(t, cls, min_quality)
         self.deadline = b.deadline(cls, l_out)
         g = len(reps)
-        # Columns are added as levels are computed; np.empty touches no memory, so room
-        # for a round's usual levels costs nothing and saves growing (copying) the array.
-        self.data = np.empty((5, max(64 * g, 512), self.n))
+        # Columns are added as levels are computed (a large-fleet round uses ~14 a group,
+        # 27 at most); np.empty touches no memory until written, so room for the usual
+        # count saves growing (copying) the array, which `compute` still does past it.
+        self.data = np.empty((5, 16 * g + 256, self.n))
         self.used = 0
         self.col: list[list[int]] = [[] for _ in range(g)]
         self.valid: list[int] = []

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,12 +106,8 @@ class Observer:
 
     def _custom(self) -> Any:
         if self._api is None:
-            import urllib3
             from kubernetes import client, config
 
-            # the local apiserver's certificate is self-signed (loopback only)
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-            warnings.filterwarnings("ignore", module="urllib3")
             api = config.new_client_from_config(  # type: ignore[no-untyped-call]
                 config_file=str(self._kubeconfig)
             )

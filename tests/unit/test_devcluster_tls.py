@@ -19,7 +19,8 @@ from perllm.devcluster import config as cfg
 
 def _handshake(tls: certs.ApiServerTls, trust: Path) -> str:
     """A TLS server on 127.0.0.1 with the API server's pair; a verifying client that
-    trusts `trust`. Returns the negotiated version (raises on a failed verification)."""
+    trusts `trust`, with strict X.509 checks (Python 3.13's default context and urllib3
+    there turn them on). Returns the negotiated version (raises on a failed verification)."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(tls.cert, tls.key)
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -36,6 +37,7 @@ def _handshake(tls: certs.ApiServerTls, trust: Path) -> str:
         t = threading.Thread(target=serve, daemon=True)
         t.start()
         client_ctx = ssl.create_default_context(cafile=str(trust))  # verifies, hostname too
+        client_ctx.verify_flags |= ssl.VERIFY_X509_STRICT
         try:
             with (
                 socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
