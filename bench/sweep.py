@@ -20,7 +20,7 @@ from perllm.sweep.cli import DEFAULT_CLOUD_MBPS, DEFAULT_LOADS, DEFAULT_SCENARIO
 def argv(args: list[str]) -> list[str]:
     """`perllm sweep` arguments: the issue's defaults unless `args` sets them."""
     out = ["sweep", *args]
-    given = set(args)
+    given = {a.split("=", 1)[0] for a in args if a.startswith("--")}  # --seeds 1, --seeds=1
     if not given & {"--load", "--load-x", "--cloud-mbps"}:
         out += ["--load", DEFAULT_LOADS, "--cloud-mbps", DEFAULT_CLOUD_MBPS]
     if "--seeds" not in given:

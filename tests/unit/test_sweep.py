@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,32 @@ def test_cli_rejects_bad_input(tmp_path: Path, args: list[str], message: str) ->
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split()), res.output
     assert not list(tmp_path.iterdir())
+
+
+def _bench_sweep_argv() -> Callable[[list[str]], list[str]]:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "sweep.py"
+    spec = importlib.util.spec_from_file_location("bench_sweep", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.argv  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        ["--seeds", "1", "--load", "4", "--out", "x", "edge-gpu"],
+        ["--seeds=1", "--load=4", "--out=x", "edge-gpu"],
+    ],
+)
+def test_bench_sweep_fills_in_only_the_options_not_given(given: list[str]) -> None:
+    """bench/sweep.py adds its defaults (3 seeds, the load and bandwidth grids, out/sweep,
+    both testbeds) only where the user set nothing, in either option spelling; an added
+    default after the user's `--seeds=1` would win (the last value counts)."""
+    out = _bench_sweep_argv()(given)
+    assert out == ["sweep", *given]
+    defaults = _bench_sweep_argv()([])
+    assert "--seeds" in defaults and "--load" in defaults and "--out" in defaults
+    assert "paper-llama2-7b" in defaults and "edge-gpu" in defaults
