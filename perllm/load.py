@@ -69,6 +69,7 @@ class Report:
     backends: dict[str, float] = field(default_factory=dict)
     tiers: dict[str, float] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # transport errors (status 0), by kind
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -156,7 +157,8 @@ async def _one(
             elif resp.status_code == 200:
                 usage = (json.loads(text).get("usage") or {}).get("completion_tokens")
     except (httpx.HTTPError, ValueError) as e:
-        return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=repr(e), at=p.at)
+        err = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=err, at=p.at)
     tokens = float(usage if usage is not None else max(events, 1))
     ok = resp.status_code == 200
     met = ok and d <= p.deadline_s + p.per_token_s * tokens
@@ -228,6 +230,7 @@ def summarise(target: str, results: list[Outcome], wall: float) -> Report:
         backends={k: v / n_ok for k, v in sorted(backends.items())},
         tiers={k: v / n_ok for k, v in sorted(tiers.items())},
         classes=dict(sorted(Counter(o.cls for o in results).items())),
+        errors=dict(Counter(o.error for o in results if o.status == 0).most_common()),
     )
 
 
@@ -241,6 +244,8 @@ def print_report(r: Report) -> None:
     t.add_column("value", justify="right")
     t.add_row("requests sent / 200 OK", f"{r.sent} / {r.ok}")
     t.add_row("statuses", ", ".join(f"{k}: {v}" for k, v in r.statuses.items()))
+    for err, n in r.errors.items():  # status 0: no HTTP response at all
+        t.add_row("transport error", f"{n} × {err}")
     t.add_row("deadline attainment", f"{r.attainment:.1%}")
     for name, d in (("latency", r.latency_s), ("time to first token", r.ttft_s)):
         if d:
@@ -281,9 +286,18 @@ def register(app: typer.Typer) -> None:
         except ScenarioError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        known = [c.name for c in sc.workload.classes]
+        unknown = [c for c in service_class if c not in known]
+        if unknown:
+            typer.echo(
+                f"error: --class {', '.join(unknown)}: not a class of {sc.name} "
+                f"(its classes: {', '.join(known)})",
+                err=True,
+            )
+            raise typer.Exit(2)
         planned = plan(sc, seed, speed, max_requests, service_class or None, model, stream)
         if not planned:
-            typer.echo("error: no requests (check --class)", err=True)
+            typer.echo(f"error: {sc.name} generates no requests of these classes", err=True)
             raise typer.Exit(2)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()) as pr:
             task = pr.add_task("requests", total=len(planned))
@@ -301,3 +315,6 @@ def register(app: typer.Typer) -> None:
         if json_out:
             with open(json_out, "w") as f:
                 f.write(report.to_json())
+        if report.sent and not report.ok:
+            typer.echo(f"error: none of {report.sent} requests got a 200 from {target}", err=True)
+            raise typer.Exit(1)

@@ -65,6 +65,23 @@ def test_replay_counts_transport_errors() -> None:
     planned = plan(sc, seed=0, speed=100.0, max_requests=3)
     rep = asyncio.run(replay("http://127.0.0.1:9", planned, max_duration_s=5, timeout_s=2))
     assert rep.sent == 3 and rep.ok == 0 and rep.statuses == {"0": 3}
+    # named, so that a refused connection reads as one (port 9: nothing listens)
+    [(err, n)] = rep.errors.items()
+    assert n == 3 and err.startswith("ConnectError")
+
+
+def test_cli_fails_when_no_request_succeeds_and_names_unknown_classes(tmp_path: Path) -> None:
+    from perllm.cli import app
+
+    out = tmp_path / "r.json"
+    args = ["load", "demo", "--target", "http://127.0.0.1:9", "--speed", "100"]
+    res = CliRunner().invoke(app, [*args, "--max-requests", "2", "--json", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "none of 2 requests got a 200" in res.output and "ConnectError" in res.output
+    assert json.loads(out.read_text())["ok"] == 0  # the report is still written
+    res = CliRunner().invoke(app, [*args, "--class", "chat", "--class", "nosuch"])
+    assert res.exit_code == 2
+    assert "--class nosuch" in res.output and "chat, vision, assistant" in res.output
 
 
 def test_cli_rejects_a_bad_scenario() -> None:

@@ -125,3 +125,29 @@ def test_router_over_the_twin_on_loopback_learns_and_streams() -> None:
         assert np.isfinite(r.decider.bandit.stats.n).all()
 
     asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_the_readmes_router_example_is_the_demo_twins_chat_pods() -> None:
+    """docs/examples/router-twin-demo.yaml (the README's router command) parses, and its
+    backends are exactly the pods `perllm twin-openai --scenario demo --port 9403` serves
+    for `chat`, with the scenario's tier, hardware and link per node."""
+    from pathlib import Path
+
+    from perllm.router.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "router-twin-demo.yaml"
+    cfg = load_config(path)
+    sc = load_scenario("demo")
+    servers = dict(sc.expanded_servers())
+    want = {
+        node: pod_url("http://127.0.0.1:9403", ns, pod)
+        for (ns, pod), (cls, node) in static_pods(sc).items()
+        if cls == cfg.service_class
+    }
+    assert {b.name: b.url for b in cfg.backends} == want
+    for b in cfg.backends:
+        s = servers[b.name]
+        assert (b.tier, b.hardware) == (s.tier, s.hardware)
+        # the link as the scenario declares it (its noise is the simulator's, not a router's)
+        fields = ("bandwidth_mbps", "rtt_ms", "energy_uj_per_bit")
+        assert [getattr(b.link, f) for f in fields] == [getattr(s.link, f) for f in fields]
