@@ -200,11 +200,13 @@ def scenarios_validate(files: Annotated[list[str], typer.Argument(help="Scenario
 @scenarios_app.command("show")
 def scenarios_show(name: str) -> None:
     """Print a built-in scenario's YAML."""
-    from perllm.scenario import builtin_dir
+    from perllm.scenario import builtin_dir, builtin_scenarios
 
     path = Path(name) if Path(name).exists() else builtin_dir() / f"{name}.yaml"
     if not path.is_file():
-        err.print(f"[red]error:[/red] no scenario {name!r}")
+        err.print(
+            f"[red]error:[/red] no scenario {name!r}; built-ins: {', '.join(builtin_scenarios())}"
+        )
         raise typer.Exit(2)
     console.print(path.read_text(), markup=False, highlight=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -159,6 +160,9 @@ def register(app: typer.Typer) -> None:
                 raise SweepError(f"--seeds: must be ≥ 1, got {seeds}")
             if processes < 1:
                 raise SweepError(f"--processes: must be ≥ 1, got {processes}")
+            if duration is not None and not (math.isfinite(duration) and duration >= 1):
+                # as `perllm simulate --duration`: at least one second (one decision slot)
+                raise SweepError(f"--duration: must be a finite number ≥ 1 (s), got {duration}")
             axes = sweep_axes(load, load_x, cloud_mbps)
             pols = policy or DEFAULT_POLICIES
             sweeps = build_sweeps(scenarios or DEFAULT_SCENARIOS, axes, pols, duration)

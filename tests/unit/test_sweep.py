@@ -170,7 +170,8 @@ def test_no_bound_keeps_the_columns_empty_and_processes_match(tmp_path: Path) ->
         (["--load", "4", "-p", "magic"], "unknown policy 'magic'"),
         (["--load", "4", "--seeds", "0"], "--seeds: must be ≥ 1"),
         (["--load", "4", "--processes", "0"], "--processes: must be ≥ 1"),
-        (["--load", "4", "--duration", "-5"], "duration (s): must be a finite number > 0"),
+        (["--load", "4", "--duration", "-5"], "--duration: must be a finite number ≥ 1"),
+        (["--load", "4", "--duration", "0.5"], "--duration: must be a finite number ≥ 1"),
         (["nope-scenario", "--load", "4"], "no such file or built-in scenario"),
     ],
 )
