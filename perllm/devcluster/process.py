@@ -44,7 +44,7 @@ def free_ports(names: Sequence[str]) -> dict[str, int]:
             s.close()
 
 
-def _die_with_parent() -> None:
+def sigterm_with_parent() -> None:
     # Runs in the child between fork and exec: SIGTERM it when the starting process dies, so
     # a killed pytest cannot leave a control plane behind.
     libc = ctypes.CDLL(None, use_errno=True)
@@ -139,7 +139,7 @@ def start(
             start_new_session=True,
             env=env,
             close_fds=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=sigterm_with_parent if die_with_parent else None,
         )
     return Proc(name=name, pid=p.pid, log=log, argv0=str(argv[0]))
 

@@ -6,7 +6,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from perllm.devcluster.process import terminate
+from perllm.devcluster.process import sigterm_with_parent, terminate
 
 ROOT = Path(__file__).parents[2]
 
@@ -20,8 +20,15 @@ class LoggedProcess:
 
     def spawn(self, argv: list[str], env: dict[str, str]) -> None:
         with self.log.open("ab") as out:
+            # SIGTERMed if pytest dies (a CI timeout's kill): no operator or extender is
+            # left running after it, as for the control plane's components.
             self.proc = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=sigterm_with_parent,
             )
 
     def kill(self) -> None:
