@@ -4,10 +4,12 @@
     E = ω_tran·E_tran + ω_infer·E_infer + ω_idle·E_idle
 
 The world model (the truth, scalar per request), the CS-UCB predictor (vectorised over
-requests × servers × load levels) and the twin's meters call these. Each works on Python
-floats and on numpy arrays alike; where a branch or a minimum is needed, the scalar form
-sits next to the numpy form in the same function (builtin operations on floats cost no
-numpy call on the per-request path, and give the same floats).
+requests × servers × load levels, and compiled per cell on large fleets:
+`perllm.csucb.kernels`) and the twin's meters call these. Each works on Python floats and
+on numpy arrays alike; where a branch or a minimum is needed it goes through `where`,
+`minimum` or `maximum`, which take the builtin form on floats (no numpy call on the
+per-request path, the same floats) and which the compiled kernels replace by the same
+scalar operations.
 """
 
 from __future__ import annotations
@@ -24,6 +26,27 @@ Num = Any
 # Wire size of text: ≈4 bytes per token, +20 % JSON/HTTP overhead.
 BYTES_PER_TOKEN = 4.0
 WIRE_OVERHEAD = 1.2
+
+
+def where(cond: Num, a: Num, b: Num) -> Num:
+    """np.where; on a scalar condition, `a if cond else b`."""
+    if isinstance(cond, np.ndarray):
+        return np.where(cond, a, b)
+    return a if cond else b
+
+
+def minimum(a: Num, b: Num) -> Num:
+    """np.minimum; on floats, the builtin min."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.minimum(a, b)
+    return min(a, b)
+
+
+def maximum(a: Num, b: Num) -> Num:
+    """np.maximum; on floats, `b if a < b else a` (a NaN `a` is kept, as numpy keeps it)."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.maximum(a, b)
+    return b if a < b else a
 
 
 def upload_bits(prompt_tokens: Num, attachment_bytes: Num) -> Num:
@@ -52,9 +75,7 @@ def cpu_prefill(l_in: Num, b: Num, pp: Num) -> Num:
 def cpu_decode(l_out: Num, ctx_kv: Num, b: Num, w: Num, bw: Num, kappa_pp: Num) -> Num:
     """CPU decode (s): memory-bound at bw/(W + ctx·kv) per stream until the socket turns
     compute-bound at κ·pp tokens/s in total, shared by the b streams."""
-    mem, compute = bw / (w + ctx_kv), kappa_pp / b
-    scalar = not isinstance(mem, np.ndarray) and not isinstance(compute, np.ndarray)
-    return l_out / (min(mem, compute) if scalar else np.minimum(mem, compute))
+    return l_out / minimum(bw / (w + ctx_kv), kappa_pp / b)
 
 
 def gpu_prefill(l_in: Num, r_pf: Num, ttft0: Num) -> Num:
@@ -86,9 +107,7 @@ def gpu_times(
 def busy_times(prefill: Num, decode: Num, b: Num, is_gpu: Num) -> tuple[Num, Num]:
     """(prefill, decode) busy seconds attributed to one request among `b` concurrent ones:
     a GPU prefill runs alone, a CPU prefill shares the cores; decode is shared."""
-    if not isinstance(is_gpu, np.ndarray):
-        return (prefill if is_gpu else prefill / b), decode / b
-    return np.where(is_gpu, prefill, prefill / b), decode / b
+    return where(is_gpu, prefill, prefill / b), decode / b
 
 
 def inference_energy(busy_pre: Num, busy_dec: Num, p_first: Num, p_busy: Num) -> Num:
@@ -104,10 +123,7 @@ def idle_energy_saved(busy_pre: Num, busy_dec: Num, p_idle: Num) -> Num:
 
 def marginal_energy(w: EnergyWeights, e_tran: Num, e_inf: Num, e_idle_saved: Num) -> Num:
     """Weighted energy (J) a placement adds to the objective, never below 0."""
-    e = w.tran * e_tran + w.infer * e_inf - w.idle * e_idle_saved
-    if isinstance(e, np.ndarray):
-        return np.maximum(e, 0.0)
-    return 0.0 if e < 0.0 else e
+    return maximum(w.tran * e_tran + w.infer * e_inf - w.idle * e_idle_saved, 0.0)
 
 
 def server_energy(

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import ndtr
 
-from perllm.costmodel import download_bits, upload_bits
 from perllm.csucb.assign import SHED, better, hopeless
 from perllm.csucb.decision import Decision
 from perllm.csucb.groups import Groups, group_round
@@ -74,7 +73,7 @@ class _Round:
         self.members: list[int] = gr.order.tolist()
         self.first: list[int] = gr.start[:-1].tolist()
         self._exact_in = (
-            (upload_bits(sc.l_in, sc.attach) + download_bits(sc.l_out)).tolist(),
+            sc.bits.tolist(),
             b.t.rtt_s.tolist(),
             sc.l_out1.tolist(),
             sc.lq.tolist(),

@@ -1,0 +1,94 @@
+"""The compiled large-fleet loop's building blocks give the floats that the cost model
+gives on Python floats and on numpy arrays (`perllm/csucb/kernels.py`); the whole loop
+is pinned to the per-server path by `test_pooled.py`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+import pytest
+from scipy.special import ndtr
+
+from perllm.contract import EnergyWeights
+from perllm.costmodel import formulas
+from perllm.csucb import kernels
+
+
+@numba.njit
+def _ndtr_compiled(x: Any) -> Any:
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = kernels._ndtr(x[i], 0)
+    return out
+
+
+def test_compiled_ndtr_is_scipys() -> None:
+    x = np.concatenate(
+        (np.linspace(-40, 40, 4001), np.random.default_rng(0).normal(0, 3, 2000), [np.inf])
+    )
+    assert np.array_equal(_ndtr_compiled(x), ndtr(x))
+    assert np.isnan(_ndtr_compiled(np.array([np.nan]))[0])
+
+
+def _draw(rng: np.random.Generator, n: int) -> list[float]:
+    return rng.uniform(0.01, 500.0, n).tolist()
+
+
+@pytest.mark.parametrize(
+    ("name", "arity"),
+    [
+        ("context", 2),
+        ("gpu_prefill", 3),
+        ("gpu_decode", 6),
+        ("cpu_prefill", 3),
+        ("cpu_decode", 6),
+        ("transmission_energy", 2),
+        ("inference_energy", 4),
+        ("idle_energy_saved", 3),
+    ],
+)
+def test_compiled_formulas_equal_the_scalar_and_numpy_forms(name: str, arity: int) -> None:
+    python, compiled = getattr(formulas, name), getattr(kernels, f"_{name}")
+    rng = np.random.default_rng(1)
+    args = [_draw(rng, 300) for _ in range(arity)]
+    on_arrays = python(*(np.array(a) for a in args))
+    for i, row in enumerate(zip(*args, strict=True)):
+        expected = python(*row)
+        assert compiled(*row) == expected == on_arrays[i]
+
+
+def test_compiled_branches_equal_the_scalar_and_numpy_forms() -> None:
+    """busy_times (`where`) and marginal_energy (`maximum`, negative sums clipped)."""
+    rng = np.random.default_rng(2)
+    pre, dec, b = (np.array(_draw(rng, 200)) for _ in range(3))
+    gpu = rng.random(200) < 0.5
+    w = EnergyWeights(tran=1.0, infer=0.7, idle=1.3)
+    kw = kernels.Weights(w.tran, w.infer, w.idle)
+    bp, bd = formulas.busy_times(pre, dec, b, gpu)
+    e = formulas.marginal_energy(w, pre, dec, b)
+    assert (e == 0.0).any() and (e > 0.0).any()
+    for i in range(200):
+        args = (float(pre[i]), float(dec[i]), float(b[i]))
+        assert kernels._busy_times(*args, bool(gpu[i])) == (bp[i], bd[i])
+        assert kernels._busy_times(*args, bool(gpu[i])) == formulas.busy_times(*args, gpu[i])
+        assert kernels._marginal_energy(kw, *args) == e[i] == formulas.marginal_energy(w, *args)
+
+
+def test_uncacheable_kernels_are_compiled_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where numba finds nowhere writable to cache (a read-only container without
+    NUMBA_CACHE_DIR), the loop is compiled without a cache instead of failing."""
+    calls: list[dict[str, object]] = []
+    real = numba.njit
+
+    def njit(*args: object, **kw: object) -> object:
+        calls.append(kw)
+        if kw.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x'")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(kernels.numba, "njit", njit)
+    f = kernels._jit(formulas.context)
+    assert f(2.0, 4.0) == 4.0
+    assert calls == [{"cache": True}, {}]
