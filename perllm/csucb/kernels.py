@@ -78,10 +78,12 @@ _ndtr = _scipy_ndtr()
 
 
 def _jit(f: Callable[..., Any]) -> Any:
+    # numpy's error model: a division by zero gives inf or NaN, as in the vectorised path
+    # (a NaN sends the round to it), instead of raising ZeroDivisionError mid-round.
     try:
-        return numba.njit(cache=True)(f)
+        return numba.njit(cache=True, error_model="numpy")(f)
     except RuntimeError:  # numba: "no locator available" (nowhere writable to cache)
-        return numba.njit(f)
+        return numba.njit(error_model="numpy")(f)
 
 
 @overload(formulas.where)
@@ -154,14 +156,14 @@ def _judge(
     x = (rows[DEADLINE, p] / _max(time, 1e-9) - mu) / sd
     if feas:
         score = (-e_hat - theta * (1.0 - _ndtr(x, 0))) + lift
-        data[0, c, p] = score
+        data[p, 0, c] = score
     else:  # -inf; NaN where the score would be (ndtr is finite on a number)
         score = -e_hat + lift if x == x else x
-        data[0, c, p] = -np.inf
-    data[1, c, p] = time
-    data[2, c, p] = core
-    data[3, c, p] = dec
-    data[4, c, p] = energy
+        data[p, 0, c] = -np.inf
+    data[p, 1, c] = time
+    data[p, 2, c] = core
+    data[p, 3, c] = dec
+    data[p, 4, c] = energy
     return score != score or time != time
 
 

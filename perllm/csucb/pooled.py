@@ -66,7 +66,9 @@ class _Round:
         # Per request and server: what the exact score of a non-representative needs.
         mu_arm, sd_arm, f_arm = (a.ravel().tolist() for a in st.arm_posterior())
         self.mu_arm, self.f_arm = mu_arm, f_arm
-        self.arm_l: list[list[int]] = sc.arm.tolist()
+        # Per class and group: the arm (a request's is its class's).
+        self.arm_cg: list[list[int]] = sc.arm_cg.tolist()
+        self.cls_l: list[int] = cls.tolist()
         self.static_l: list[list[bool]] = sc.static.tolist()
         self.deadline: list[float] = sc.deadline.tolist()
         self.bw: list[float] = args[7].tolist()
@@ -131,9 +133,9 @@ class _Round:
         """Server s of group g (column c: its level) for request p: time,
         score (−inf where infeasible), pessimistic time; the vectorised path's operations."""
         bits, rtt, l_out1, lq, dl_s, dl_tok, scale, sd_arm, theta, lift = self._exact_in
-        core, dec, en = self.sc.data[CORE:, c, p].tolist()
+        core, dec, en = self.sc.data[p, CORE:, c].tolist()
         time = (bits[p] / (self.bw[s] * 1e6) + rtt[s]) + core
-        arm = self.arm_l[p][g]
+        arm = self.arm_cg[self.cls_l[p]][g]
         f = self.f_arm[arm]
         if not self.static_l[p][g]:
             return time, -math.inf, time * f
@@ -178,7 +180,7 @@ class _Round:
         -1 where none is feasible. A representative's bound is exact; another server's
         score is computed only where the bound could still win: at least the best
         representative's (the rule is a total order, so the options left out lose)."""
-        u_row, t_row = self.sc.data[:2, self.cols, p].tolist()
+        u_row, t_row = self.sc.data[p, :2].take(self.cols, axis=1).tolist()
         bound = max(compress(u_row, self.rep_flags), default=-math.inf)
         bw = self.bw
         best, b_time, b_bw = -math.inf, math.inf, -math.inf
@@ -211,9 +213,9 @@ class _Round:
                 least, lp, b_time, bs, bo = v, pess, tt, s, o
         if bs >= 0 and self.shed_rule:
             g, c = opts[bo][0], opts[bo][3]
-            arm = self.arm_l[p][g]
+            arm = self.arm_cg[self.cls_l[p]][g]
             backlogged = bool(self.sc.wait[g] >= self.b.cfg.backlog_waiting)
-            hold = float(self.sc.data[DEC, c, p])  # the decode: not the link's, exact
+            hold = float(self.sc.data[p, DEC, c])  # the decode: not the link's, exact
             if hopeless(lp, self.mu_arm[arm] / self.f_arm[arm], dl, backlogged, hold):
                 return -1, -1, b_time
         return bs, bo, b_time
@@ -258,11 +260,11 @@ class _Round:
         """Record the round's plays; its `Decision`."""
         b, n, data = self.b, self.n, self.sc.data
         placed = [k for k in range(n) if not self.shed[k]]
-        arm_cj, cl, choice = b._arm_list, self.cls.tolist(), self.choice
+        arm_cj, cl, choice = b._arm_list, self.cls_l, self.choice
         b.stats.record_round([arm_cj[cl[k]][choice[k]] for k in placed], n, self.infeasible)
         energy, decode = [math.nan] * n, [math.nan] * n
         for k in placed:
-            decode[k], energy[k] = data[DEC:, self.col_of[k], k].tolist()
+            decode[k], energy[k] = data[k, DEC:, self.col_of[k]].tolist()
         time = np.array(self.times)
         dec = np.array(decode)
         return Decision(

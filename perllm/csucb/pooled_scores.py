@@ -34,7 +34,7 @@ _FS, _TIME, CORE, DEC, _EN = range(5)
 
 
 class Scores:
-    """The representatives' arrays `data` [quantity, column, request]: a column per
+    """The representatives' arrays `data` [request, quantity, column]: a column per
     (group, level) computed so far (`col[g][a]`), holding the requests (in arrival
     order) before `valid[c]` (levels grow on demand, a window at a time)."""
 
@@ -43,7 +43,6 @@ class Scores:
         self.b, self.args, self.n = b, args, len(cls)
         self.cls, self.l_in, self.l_out, self.attach = cls, l_in, l_out, attach
         t = b.t.subset(reps)
-        self.arm = b._arm_cj[:, reps][cls]
         self.wait = waiting[reps]
         self.static = b.static(t, cls, min_quality)
         self.deadline = b.deadline(cls, l_out)
@@ -51,7 +50,7 @@ class Scores:
         # Columns are added as levels are computed (a large-fleet round uses ~14 a group,
         # 27 at most); np.empty touches no memory until written, so room for the usual
         # count saves growing (copying) the array, which `compute` still does past it.
-        self.data = np.empty((5, 16 * g + 256, self.n))
+        self.data = np.empty((self.n, 5, 16 * g + 256))
         self.used = 0
         self.col: list[list[int]] = [[] for _ in range(g)]
         self.valid: list[int] = []
@@ -126,9 +125,9 @@ class Scores:
                 self.valid.append(0)
                 self.used += 1
             cols.extend(cg[a : a + k])
-        if self.used > self.data.shape[1]:
-            data = np.empty((5, 2 * self.used, self.n))
-            data[:, : self.data.shape[1]] = self.data
+        if self.used > self.data.shape[2]:
+            data = np.empty((self.n, 5, 2 * self.used))
+            data[:, :, : self.data.shape[2]] = self.data
             self.data = data
         kern = _kernels()
         ok = kern.levels(

@@ -4,6 +4,7 @@ is pinned to the per-server path by `test_pooled.py`."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numba
@@ -82,13 +83,14 @@ def test_uncacheable_kernels_are_compiled_per_process(monkeypatch: pytest.Monkey
     calls: list[dict[str, object]] = []
     real = numba.njit
 
-    def njit(*args: object, **kw: object) -> object:
+    def njit(**kw: object) -> object:
         calls.append(kw)
         if kw.get("cache"):
             raise RuntimeError("cannot cache function 'f': no locator available for file 'x'")
-        return real(*args, **kw)
+        return real(**kw)
 
     monkeypatch.setattr(kernels.numba, "njit", njit)
-    f = kernels._jit(formulas.context)
-    assert f(2.0, 4.0) == 4.0
-    assert calls == [{"cache": True}, {}]
+    f = kernels._jit(formulas.cpu_prefill)
+    assert f(2.0, 4.0, 8.0) == 1.0
+    assert f(2.0, 4.0, 0.0) == math.inf  # numpy's error model, not ZeroDivisionError
+    assert calls == [{"cache": True, "error_model": "numpy"}, {"error_model": "numpy"}]
