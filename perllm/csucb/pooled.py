@@ -26,7 +26,17 @@ from scipy.special import ndtr
 from perllm.csucb.assign import SHED, better, hopeless
 from perllm.csucb.decision import Decision
 from perllm.csucb.groups import Groups, group_round
-from perllm.csucb.pooled_scores import CORE, DEC, HEADROOM, WINDOW, F, I, Scores, exploration_lift
+from perllm.csucb.pooled_scores import (
+    CORE,
+    DEC,
+    HEADROOM,
+    WINDOW,
+    F,
+    I,
+    Scores,
+    exploration_lift,
+    kernels_available,
+)
 
 if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
@@ -34,9 +44,10 @@ if TYPE_CHECKING:
 
 def decide_pooled(b: CSUCB, args: tuple[I, F, F, F, F, F, F, F]) -> Decision | None:
     """The round's decision, or None (nothing changed) where a NaN or an unusable
-    bandwidth would make the per-group bound unsound: the caller decides per server."""
+    bandwidth would make the per-group bound unsound, or where the compiled loop is
+    missing (`kernels_available`): the caller decides per server."""
     running, waiting, bw_mbps = args[5:]
-    if not np.isfinite(bw_mbps).all() or (bw_mbps <= 0).any():
+    if not np.isfinite(bw_mbps).all() or (bw_mbps <= 0).any() or not kernels_available():
         return None
     gr = group_round(b._kind, running, waiting, bw_mbps)
     sc = Scores(b, args, gr.reps)

@@ -6,6 +6,7 @@ per-server vectorised path."""
 
 from __future__ import annotations
 
+import logging
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from perllm.estimate import kv_bound
 if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
 
+log = logging.getLogger("perllm.csucb")
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
 
@@ -145,11 +147,35 @@ class Scores:
 
 
 def _kernels() -> ModuleType:
-    """The compiled loops, imported on a large fleet's first round (numba's import takes
-    ~0.5 s, which a process that never pools need not pay)."""
-    from perllm.csucb import kernels
+    """The compiled loop (`kernels_available` first)."""
+    assert _loaded is not None
+    return _loaded
 
-    return kernels
+
+_loaded: ModuleType | None = None
+_failed = False
+
+
+def kernels_available() -> bool:
+    """Whether the compiled loop is there, imported on a process's first pooled round
+    (numba's import takes ~0.5 s, which a process that never pools need not pay). Where
+    it cannot be imported (a broken install: numba missing, or built for another numpy)
+    this is logged once, and large fleets are decided per server on their candidates:
+    the same decisions, slower."""
+    global _loaded, _failed
+    if _loaded is None and not _failed:
+        try:
+            from perllm.csucb import kernels
+        except ImportError as e:
+            _failed = True
+            log.warning(
+                "large fleets decided per server (slower, same decisions): the compiled "
+                "loop cannot be imported: %s",
+                e,
+            )
+        else:
+            _loaded = kernels
+    return _loaded is not None
 
 
 def exploration_lift(b: CSUCB) -> tuple[list[float], list[float]]:

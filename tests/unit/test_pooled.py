@@ -164,3 +164,41 @@ def test_pooled_decision_work_grows_with_groups_not_servers(
     assert small["evaluations"] > 0 and small["options"] > 0
     assert large == small
     assert pools_large == pools_small
+
+
+def test_without_the_compiled_loop_large_fleets_are_decided_per_server(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """numba missing or broken (an ImportError): the same decisions, per server, and one
+    warning saying so."""
+    import sys
+
+    import perllm.csucb
+    from perllm.csucb import pooled_scores
+
+    monkeypatch.setattr(pooled_scores, "_loaded", None)
+    monkeypatch.setattr(pooled_scores, "_failed", False)
+    monkeypatch.setitem(sys.modules, "perllm.csucb.kernels", None)  # import fails
+    monkeypatch.delattr(perllm.csucb, "kernels", raising=False)
+    pooled, full = _pair(3, shed=True)
+    rng = np.random.default_rng(7)
+    m = pooled.t.n_servers
+    with caplog.at_level("WARNING", logger="perllm.csucb"):
+        for _ in range(3):
+            n = 40
+            args = (
+                rng.integers(0, 2, n).astype(np.intp),
+                rng.uniform(10, 3000, n),
+                rng.uniform(20, 600, n),
+                np.zeros(n),
+                rng.choice([0.0, 0.45], n),
+                rng.integers(0, 3, m).astype(float),
+                np.zeros(m),
+                pooled.t.link_mbps * rng.uniform(0.5, 1.0, m),
+            )
+            a, b = pooled.decide(*args), full.decide(*args)
+            assert a.choice.tolist() == b.choice.tolist()
+            np.testing.assert_array_equal(a.predicted_time, b.predicted_time)
+    warned = [r for r in caplog.records if "decided per server" in r.getMessage()]
+    assert len(warned) == 1 and "cannot be imported" in warned[0].getMessage()
+    assert not pooled_scores.kernels_available()
