@@ -16,9 +16,13 @@ compiled once per process (a few seconds) instead.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import hashlib
+import inspect
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import llvmlite.binding
@@ -222,3 +226,31 @@ def levels(
                     data, cols[j * k + i],
                 )  # fmt: skip
     return not nan
+
+
+def _deps_digest() -> str:
+    """What `levels` holds compiled from outside this file: the formulas and ROUND's order."""
+    return hashlib.sha256((inspect.getsource(formulas) + repr(ROUND)).encode()).hexdigest()
+
+
+def _drop_stale_cache() -> None:
+    """numba invalidates a cached function when its own file changes, not when a function
+    it calls from another file does (a documented limit): `levels` has the cost model's
+    formulas compiled into it, so its cached code is dropped when they change (a marker
+    beside numba's cache holds their digest). Without caching there is nothing to drop."""
+    cache = getattr(levels, "_cache", None)
+    path = getattr(cache, "cache_path", None)
+    if cache is None or path is None:
+        return
+    marker, digest = Path(path) / "kernels.levels.deps", _deps_digest()
+    try:
+        if marker.read_text() == digest:
+            return
+    except OSError:
+        pass
+    cache.flush()
+    with contextlib.suppress(OSError):  # read-only: numba then caches elsewhere or not at all
+        marker.write_text(digest)
+
+
+_drop_stale_cache()

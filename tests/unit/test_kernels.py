@@ -94,3 +94,25 @@ def test_uncacheable_kernels_are_compiled_per_process(monkeypatch: pytest.Monkey
     assert f(2.0, 4.0, 8.0) == 1.0
     assert f(2.0, 4.0, 0.0) == math.inf  # numpy's error model, not ZeroDivisionError
     assert calls == [{"cache": True, "error_model": "numpy"}, {"error_model": "numpy"}]
+
+
+def test_cached_loop_is_dropped_when_the_formulas_change(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """numba checks only `levels`' own file; the formulas compiled into it are checked by
+    a digest beside its cache."""
+    cache = kernels.levels._cache
+    flushed: list[int] = []
+    monkeypatch.setattr(cache, "_cache_path", str(tmp_path))
+    monkeypatch.setattr(cache, "flush", lambda: flushed.append(1))
+    kernels._drop_stale_cache()  # no marker yet: dropped, marker written
+    assert flushed == [1]
+    assert (tmp_path / "kernels.levels.deps").read_text() == kernels._deps_digest()
+    kernels._drop_stale_cache()  # unchanged: kept
+    assert flushed == [1]
+    (tmp_path / "kernels.levels.deps").write_text("formulas of another day")
+    kernels._drop_stale_cache()
+    assert flushed == [1, 1]
+    monkeypatch.setattr(kernels, "ROUND", (*kernels.ROUND, "new_coefficient"))
+    kernels._drop_stale_cache()  # ROUND's order is compiled in too
+    assert flushed == [1, 1, 1]
