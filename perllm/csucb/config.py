@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,8 +48,9 @@ class CSUCBConfig:
 
     def __post_init__(self) -> None:
         for k in ("delta", "theta", "z", "prior_sd"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"{k}: must be >= 0")
+            x = getattr(self, k)
+            if not (x >= 0 and math.isfinite(x)):  # NaN fails both
+                raise ValueError(f"{k}: must be finite and >= 0, got {x}")
         if self.prior_n <= 0:
             raise ValueError("prior_n: must be > 0")
         if self.memory < 1:

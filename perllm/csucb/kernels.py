@@ -4,14 +4,15 @@ A large-fleet round evaluates load levels a few groups at a time, thousands of t
 run: as numpy expressions each evaluation cost ~75 array operations (~130 µs), whatever
 its size. Here one call walks the cells once (~2 µs a call, a few tens of ns a cell),
 calling the cost model's own formulas (`perllm.costmodel.formulas`, compiled as they
-are: their `where`/`minimum`/`maximum` become the scalar operations they take on floats)
+are: their `where`/`minimum`/`maximum` become scalar operations with numpy's NaN rule)
 and `round_view`'s queue and `CSUCB._judge`'s score in numpy's order on float64 (no
 fast-math: no reassociation, no fused multiply-add). `ndtr` is scipy's own compiled
 function. So the scores are the vectorised path's bit for bit (`tests/unit/test_pooled.py`).
 
-Compiled functions are cached on disk (numba's `cache=True`: next to the source, else the
-user's cache directory); where neither is writable (a read-only container) they are
-compiled once per process (a few seconds) instead.
+The loop is cached on disk (numba's `cache=True`: in `NUMBA_CACHE_DIR` where set, as the
+image does, else next to the source, else the user's cache directory), and dropped when
+the formulas compiled into it change (`_drop_stale_cache`); where nothing is writable it is
+compiled once per process (a few seconds). `warm` builds it before a first round uses it.
 """
 
 from __future__ import annotations
@@ -98,10 +99,17 @@ def _where(cond: Any, a: Any, b: Any) -> Any:
     return scalar
 
 
+# The compiled formulas stand in for their numpy form (`view_of`'s), so a NaN wins as in
+# np.minimum / np.maximum (the builtin forms on floats keep their own rule: only the
+# world model calls those, and on finite numbers all agree).
 @overload(formulas.minimum)
 def _minimum(a: Any, b: Any) -> Any:
     def scalar(a: Any, b: Any) -> Any:
-        return b if b < a else a  # the builtin min
+        if a != a:
+            return a
+        if b != b:
+            return b
+        return a if a <= b else b
 
     return scalar
 
@@ -109,37 +117,40 @@ def _minimum(a: Any, b: Any) -> Any:
 @overload(formulas.maximum)
 def _maximum(a: Any, b: Any) -> Any:
     def scalar(a: Any, b: Any) -> Any:
-        return b if a < b else a
+        if a != a:
+            return a
+        if b != b:
+            return b
+        return a if a >= b else b
 
     return scalar
 
 
-_context = _jit(formulas.context)
-_gpu_prefill, _gpu_decode = _jit(formulas.gpu_prefill), _jit(formulas.gpu_decode)
-_cpu_prefill, _cpu_decode = _jit(formulas.cpu_prefill), _jit(formulas.cpu_decode)
-_transmission_energy = _jit(formulas.transmission_energy)
-_busy_times = _jit(formulas.busy_times)
-_inference_energy = _jit(formulas.inference_energy)
-_idle_energy_saved = _jit(formulas.idle_energy_saved)
-_marginal_energy = _jit(formulas.marginal_energy)
+# The formulas, compiled as they are. Not cached on their own: numba would check them
+# against formulas.py only, not against the overloads above; they live compiled inside
+# `levels`, whose cache covers both (`_drop_stale_cache`).
+def _formula(f: Callable[..., Any]) -> Any:
+    return numba.njit(error_model="numpy")(f)
 
 
-@_jit
-def _max(a: float, b: float) -> float:  # np.maximum: NaN wins
-    if a != a:
-        return a
-    if b != b:
-        return b
-    return a if a >= b else b
+_context = _formula(formulas.context)
+_gpu_prefill, _gpu_decode = _formula(formulas.gpu_prefill), _formula(formulas.gpu_decode)
+_cpu_prefill, _cpu_decode = _formula(formulas.cpu_prefill), _formula(formulas.cpu_decode)
+_transmission_energy = _formula(formulas.transmission_energy)
+_busy_times = _formula(formulas.busy_times)
+_inference_energy = _formula(formulas.inference_energy)
+_idle_energy_saved = _formula(formulas.idle_energy_saved)
+_marginal_energy = _formula(formulas.marginal_energy)
 
 
-@_jit
-def _min(a: float, b: float) -> float:  # np.minimum: NaN wins
-    if a != a:
-        return a
-    if b != b:
-        return b
-    return a if a <= b else b
+@_formula
+def _max(a: float, b: float) -> float:  # np.maximum's rule (the overload above)
+    return formulas.maximum(a, b)  # type: ignore[no-any-return]
+
+
+@_formula
+def _min(a: float, b: float) -> float:  # np.minimum's rule
+    return formulas.minimum(a, b)  # type: ignore[no-any-return]
 
 
 @_jit
@@ -226,6 +237,18 @@ def levels(
                     data, cols[j * k + i],
                 )  # fmt: skip
     return not nan
+
+
+def warm() -> None:
+    """`levels` compiled (or loaded from the cache) for the argument types
+    `Scores.compute` passes, on one cell: a failure shows here, where the caller can fall
+    back, not in a round."""
+    levels(
+        np.ones((len(ROUND), 1, 1)), np.zeros(1, np.intp), np.ones((10, 1)), np.ones((8, 1)),
+        np.ones((1, 1), bool), np.zeros((1, 1), np.intp), np.ones((4, 1)),
+        Weights(1.0, 1.0, 1.0), 1.0, np.zeros(1, np.intp), np.zeros(1), 1, 0, 1,
+        np.zeros(1, np.intp), np.empty((1, 5, 1)),
+    )  # fmt: skip
 
 
 def _deps_digest() -> str:

@@ -159,18 +159,21 @@ _failed = False
 def kernels_available() -> bool:
     """Whether the compiled loop is there, imported on a process's first pooled round
     (numba's import takes ~0.5 s, which a process that never pools need not pay). Where
-    it cannot be imported (a broken install: numba missing, or built for another numpy)
-    this is logged once, and large fleets are decided per server on their candidates:
-    the same decisions, slower."""
+    it cannot be imported or compiled (a broken install: numba missing, or built for
+    another numpy; a numba that cannot build it), this is logged once and large fleets
+    are decided per server on their candidates: the same decisions, slower."""
     global _loaded, _failed
     if _loaded is None and not _failed:
         try:
             from perllm.csucb import kernels
-        except ImportError as e:
+
+            kernels.warm()
+        except Exception as e:  # any failure of numba's: fall back, said once
             _failed = True
             log.warning(
                 "large fleets decided per server (slower, same decisions): the compiled "
-                "loop cannot be imported: %s",
+                "loop is unavailable: %s: %s",
+                type(e).__name__,
                 e,
             )
         else:

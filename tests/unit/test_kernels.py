@@ -116,3 +116,32 @@ def test_cached_loop_is_dropped_when_the_formulas_change(
     monkeypatch.setattr(kernels, "ROUND", (*kernels.ROUND, "new_coefficient"))
     kernels._drop_stale_cache()  # ROUND's order is compiled in too
     assert flushed == [1, 1, 1]
+
+
+def test_compiled_minimum_and_maximum_keep_numpys_nan_rule() -> None:
+    """They stand in for the numpy form (`view_of`'s): a NaN wins on either side."""
+    nan = math.nan
+    for a, b in ((1.0, 2.0), (2.0, 1.0), (nan, 1.0), (1.0, nan), (-0.0, 0.0), (math.inf, 3.0)):
+        for compiled, ufunc in ((kernels._min, np.minimum), (kernels._max, np.maximum)):
+            got, want = compiled(a, b), float(ufunc(a, b))
+            assert got == want or (math.isnan(got) and math.isnan(want)), (a, b)
+    # a NaN coefficient: the compiled decode is NaN as the numpy one (the round falls back)
+    args = (100.0, 50.0, 2.0, 1.0, 2.0, nan)
+    assert math.isnan(kernels._cpu_decode(*args))
+    assert np.isnan(formulas.cpu_decode(*(np.array([x]) for x in args)))[0]
+
+
+def test_warm_up_compiles_what_a_pooled_round_calls() -> None:
+    """One specialisation: the warm-up's argument types are the rounds' (else every
+    process would compile the loop twice)."""
+    from tests.unit.test_pooled import _pair
+
+    pooled, _ = _pair(1, shed=False)
+    kernels.warm()
+    m, rng = pooled.t.n_servers, np.random.default_rng(0)
+    pooled.decide(
+        rng.integers(0, 2, 30).astype(np.intp), rng.uniform(10, 3000, 30),
+        rng.uniform(20, 600, 30), np.zeros(30), np.zeros(30), np.zeros(m), np.zeros(m),
+        pooled.t.link_mbps.copy(),
+    )  # fmt: skip
+    assert len(kernels.levels.signatures) == 1

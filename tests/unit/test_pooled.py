@@ -200,5 +200,27 @@ def test_without_the_compiled_loop_large_fleets_are_decided_per_server(
             assert a.choice.tolist() == b.choice.tolist()
             np.testing.assert_array_equal(a.predicted_time, b.predicted_time)
     warned = [r for r in caplog.records if "decided per server" in r.getMessage()]
-    assert len(warned) == 1 and "cannot be imported" in warned[0].getMessage()
+    assert len(warned) == 1 and "ModuleNotFoundError" in warned[0].getMessage()
     assert not pooled_scores.kernels_available()
+
+
+def test_a_loop_that_does_not_compile_is_a_fallback_too(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any failure of numba's when the loop is first built, not only an ImportError."""
+    from perllm.csucb import kernels, pooled_scores
+
+    def broken() -> None:
+        raise RuntimeError("numba: cannot lower this")
+
+    monkeypatch.setattr(pooled_scores, "_loaded", None)
+    monkeypatch.setattr(pooled_scores, "_failed", False)
+    monkeypatch.setattr(kernels, "warm", broken)
+    with caplog.at_level("WARNING", logger="perllm.csucb"):
+        assert not pooled_scores.kernels_available()
+        assert not pooled_scores.kernels_available()
+    warned = [r.getMessage() for r in caplog.records if "decided per server" in r.getMessage()]
+    assert warned == [
+        "large fleets decided per server (slower, same decisions): the compiled loop is "
+        "unavailable: RuntimeError: numba: cannot lower this"
+    ]
