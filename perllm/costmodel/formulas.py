@@ -8,8 +8,8 @@ requests × servers × load levels, and compiled per cell on large fleets:
 `perllm.csucb.kernels`) and the twin's meters call these. Each works on Python floats and
 on numpy arrays alike; where a branch or a minimum is needed it goes through `where`,
 `minimum` or `maximum`, which take the builtin form on floats (no numpy call on the
-per-request path, the same floats) and which the compiled kernels replace by the same
-scalar operations.
+per-request path, the same floats) and which the compiled kernels replace by scalar
+operations with numpy's rule (they stand in for the vectorised predictor; a NaN wins).
 """
 
 from __future__ import annotations
