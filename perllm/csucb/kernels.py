@@ -101,15 +101,12 @@ def _where(cond: Any, a: Any, b: Any) -> Any:
 
 # The compiled formulas stand in for their numpy form (`view_of`'s), so a NaN wins as in
 # np.minimum / np.maximum (the builtin forms on floats keep their own rule: only the
-# world model calls those, and on finite numbers all agree).
+# world model calls those, and on finite numbers all agree). `levels` and `_judge` call
+# them too.
 @overload(formulas.minimum)
 def _minimum(a: Any, b: Any) -> Any:
     def scalar(a: Any, b: Any) -> Any:
-        if a != a:
-            return a
-        if b != b:
-            return b
-        return a if a <= b else b
+        return a if a != a or a <= b else b  # a NaN b fails a <= b
 
     return scalar
 
@@ -117,11 +114,7 @@ def _minimum(a: Any, b: Any) -> Any:
 @overload(formulas.maximum)
 def _maximum(a: Any, b: Any) -> Any:
     def scalar(a: Any, b: Any) -> Any:
-        if a != a:
-            return a
-        if b != b:
-            return b
-        return a if a >= b else b
+        return a if a != a or a >= b else b
 
     return scalar
 
@@ -143,16 +136,6 @@ _idle_energy_saved = _formula(formulas.idle_energy_saved)
 _marginal_energy = _formula(formulas.marginal_energy)
 
 
-@_formula
-def _max(a: float, b: float) -> float:  # np.maximum's rule (the overload above)
-    return formulas.maximum(a, b)  # type: ignore[no-any-return]
-
-
-@_formula
-def _min(a: float, b: float) -> float:  # np.minimum's rule
-    return formulas.minimum(a, b)  # type: ignore[no-any-return]
-
-
 @_jit
 def _judge(
     time: float, core: float, dec: float, energy: float, mu: float, sd: float, f: float,
@@ -168,7 +151,7 @@ def _judge(
         and f * (fixed + per_tok * rows[LQ_HI, p]) <= rows[RHS_HI, p]
     )
     e_hat = energy * mu / rows[SCALE, p]
-    x = (rows[DEADLINE, p] / _max(time, 1e-9) - mu) / sd
+    x = (rows[DEADLINE, p] / formulas.maximum(time, 1e-9) - mu) / sd
     if feas:
         score = (-e_hat - theta * (1.0 - _ndtr(x, 0))) + lift
         data[p, 0, c] = score
@@ -209,12 +192,12 @@ def levels(
             for i in range(k):
                 add = first[j] + float(i)
                 occ1 = (occ + add) + 1.0
-                b = _min(occ1, cap)
+                b = formulas.minimum(occ1, cap)
                 pre_w = (wait + add) * gpu_pre
                 if kv and run < cap and is_gpu:  # bound by its KV cache (`view_of`)
-                    queue = _max(_max(occ1 - run, 0.0) * svc, pre_w)
+                    queue = formulas.maximum(formulas.maximum(occ1 - run, 0.0) * svc, pre_w)
                 else:
-                    queue = _max(occ1 - cap, 0.0) * svc + pre_w
+                    queue = formulas.maximum(occ1 - cap, 0.0) * svc + pre_w
                 if is_gpu:
                     pre = _gpu_prefill(l_in, coef[_RPF, q, g], coef[_TTFT0, q, g])
                     dec = _gpu_decode(

@@ -42,7 +42,7 @@ class Scores:
 
     def __init__(self, b: CSUCB, args: tuple[I, F, F, F, F, F, F, F], reps: I) -> None:
         cls, l_in, l_out, attach, min_quality, running, waiting, bw = args
-        self.b, self.args, self.n = b, args, len(cls)
+        self.b, self.n = b, len(cls)
         self.cls, self.l_in, self.l_out, self.attach = cls, l_in, l_out, attach
         t = b.t.subset(reps)
         self.wait = waiting[reps]
@@ -104,10 +104,7 @@ class Scores:
             )
         )
         w = b.w
-        self.weights = (w.tran, w.infer, w.idle)
-
-    def levels(self, g: int) -> int:
-        return len(self.col[g])
+        self.weights = _kernels().Weights(w.tran, w.infer, w.idle)  # once, not per call
 
     def valid_to(self, g: int, a: int) -> int:
         """Rows before which group g's level a is computed (0: not computed)."""
@@ -134,7 +131,7 @@ class Scores:
         kern = _kernels()
         ok = kern.levels(
             self.coef, self.cls, self.rows, self.grp, self.static_t, self.arm_cg, self.post,
-            kern.Weights(*self.weights), self.b.cfg.theta, np.array(gs, np.intp),
+            self.weights, self.b.cfg.theta, np.array(gs, np.intp),
             np.array(firsts, float), k, lo, hi, np.array(cols, np.intp), self.data,
         )  # fmt: skip
         if not ok:

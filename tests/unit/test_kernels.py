@@ -118,11 +118,21 @@ def test_cached_loop_is_dropped_when_the_formulas_change(
     assert flushed == [1, 1, 1]
 
 
+@numba.njit
+def _min_compiled(a: float, b: float) -> Any:
+    return formulas.minimum(a, b)  # kernels' overload
+
+
+@numba.njit
+def _max_compiled(a: float, b: float) -> Any:
+    return formulas.maximum(a, b)
+
+
 def test_compiled_minimum_and_maximum_keep_numpys_nan_rule() -> None:
     """They stand in for the numpy form (`view_of`'s): a NaN wins on either side."""
     nan = math.nan
     for a, b in ((1.0, 2.0), (2.0, 1.0), (nan, 1.0), (1.0, nan), (-0.0, 0.0), (math.inf, 3.0)):
-        for compiled, ufunc in ((kernels._min, np.minimum), (kernels._max, np.maximum)):
+        for compiled, ufunc in ((_min_compiled, np.minimum), (_max_compiled, np.maximum)):
             got, want = compiled(a, b), float(ufunc(a, b))
             assert got == want or (math.isnan(got) and math.isnan(want)), (a, b)
     # a NaN coefficient: the compiled decode is NaN as the numpy one (the round falls back)
