@@ -150,8 +150,7 @@ class CSUCB:
         """Assign one round of requests (prompt `l_in`, expected output `l_out`)."""
         self._current().rounds += 1
         args = (cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps)
-        large = self.t.n_servers > self.cfg.max_candidates
-        if large and not explain and len(cls) > 0:
+        if self.pooled and not explain and len(cls) > 0:
             pooled = decide_pooled(self, args)  # per group of servers, not per server
             if pooled is not None:
                 return pooled
@@ -161,6 +160,12 @@ class CSUCB:
             if got is not None:
                 return got[0].decision(*got[1][:4])
         return self._decide_arrays(args, cols, explain)
+
+    @property
+    def pooled(self) -> bool:
+        """Whether rounds are decided per group of servers (`decide_pooled`, the compiled
+        loop): fleets larger than `max_candidates`."""
+        return self.t.n_servers > self.cfg.max_candidates
 
     @staticmethod
     def static(t: CostTable, cls: I, min_quality: F) -> NDArray[np.bool_]:

@@ -104,12 +104,15 @@ class Router(Membership):
         if self.discovery is not None:
             await self.discovery.refresh()  # the first membership before serving
             self.discovery.start()
+        await self.warm()  # a large fleet's compiled loop, before the first request
         if self.prober is not None:
             self.prober.start()
         if self.status_writer is not None:
             self.status_writer.start()
 
     async def aclose(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()  # (its thread finishes the load; nothing waits for it)
         if self.discovery is not None:
             await self.discovery.stop()
         if self.status_writer is not None:

@@ -8,6 +8,8 @@ without them (`_live`), and once their ejection is over the health probe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from perllm.contract import ServiceSpec
+from perllm.csucb.pooled_scores import kernels_available
 from perllm.profiles import Catalogue, default_catalogue
 from perllm.router.asgi import Refused
 from perllm.router.config import Backend, RouterConfig
@@ -56,6 +59,7 @@ class Membership:
         self.static = list(config.backends) if config.discovery is not None else []
         # The membership without its ejected backends, per ejected set (same statistics).
         self._without: dict[frozenset[str], tuple[Members, list[int]]] = {}
+        self._warming: asyncio.Task[None] | None = None
 
     @property
     def backends(self) -> list[Backend]:
@@ -139,7 +143,18 @@ class Membership:
         for n in names:
             self._inflight.setdefault(n, Backlog())
         log.info("backends: %s", ", ".join(f"{b.name}={b.url}" for b in backends))
+        if decider.bandit.pooled:
+            with contextlib.suppress(RuntimeError):  # no loop yet: `Router.start` warms
+                self._warming = asyncio.get_running_loop().create_task(self.warm())
         return True
+
+    async def warm(self) -> None:
+        """Load the pooled path's compiled loop (`kernels_available`) off the event loop
+        where the membership is large enough to take it (`CSUCB.pooled`): on first use it
+        takes a few seconds, which would stall the first request and every one behind it."""
+        m = self._members
+        if m is not None and m.decider.bandit.pooled:
+            await asyncio.to_thread(kernels_available)
 
     def _retire(self, name: str) -> None:
         """Forget a backend that left and has nothing in flight: its load and its

@@ -610,3 +610,41 @@ def test_a_slow_backend_answering_within_the_timeouts_is_never_ejected() -> None
         await r.aclose()
 
     run(go())
+
+
+def test_a_large_fleet_loads_the_compiled_loop_before_serving(monkeypatch: Any) -> None:
+    """More backends than CS-UCB scores one by one: the pooled path's compiled loop is
+    loaded at start (off the event loop) and when discovery grows the membership past
+    that size, not in a client's first request; a small fleet never loads it."""
+    import threading
+
+    from perllm.router import membership
+
+    calls: list[str] = []
+
+    def load() -> bool:
+        calls.append(threading.current_thread().name)
+        return True
+
+    monkeypatch.setattr(membership, "kernels_available", load)
+    many = [{**BACKENDS[i % 2], "name": f"b{i:03d}", "url": f"http://b{i}:8000"} for i in range(70)]
+
+    async def main() -> None:
+        small = Router(config())
+        await small.start()
+        assert not small.decider.bandit.pooled and calls == []
+        await small.aclose()
+        large = Router(config(backends=many))
+        assert large.decider.bandit.pooled and calls == []  # no loop yet: at start
+        await large.start()
+        assert len(calls) == 1 and calls[0] != threading.current_thread().name
+        await large.aclose()
+        grown = Router(config())
+        await grown.start()
+        grown.set_backends(config(backends=many).backends)
+        assert grown._warming is not None
+        await grown._warming
+        assert len(calls) == 2
+        await grown.aclose()
+
+    run(main())
