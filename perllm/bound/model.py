@@ -13,7 +13,15 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from perllm.costmodel import download_bits, gpu_decode, gpu_prefill, upload_bits
+from perllm.costmodel import (
+    context,
+    cpu_decode,
+    cpu_prefill,
+    download_bits,
+    gpu_decode,
+    gpu_prefill,
+    upload_bits,
+)
 from perllm.world.sim import World
 
 F = NDArray[np.float64]
@@ -73,14 +81,14 @@ def build_pairs(world: World) -> Pairs:
     g = {k: getattr(t, k)[cls] for k in ("is_gpu", "kv", "bw", "pp", "kappa", "r_pf")}
     g |= {k: getattr(t, k)[cls] for k in ("ttft0", "step0", "flop", "w", "allowed")}
     l_in, l_out = r.l_in[:, None], r.l_out[:, None]
-    ctx_kv = (l_in + 0.5 * l_out) * g["kv"]
+    ctx_kv = context(l_in, l_out) * g["kv"]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         gpu_pre = gpu_prefill(l_in, g["r_pf"], g["ttft0"]) / speed
         gpu_dec = gpu_decode(l_out, ctx_kv, 1.0, g["bw"], g["step0"], g["flop"]) / speed
-        cpu_pre = l_in / g["pp"] / speed
-        mem = g["bw"] / (g["w"] + ctx_kv)
-        cpu_dec = l_out / np.minimum(mem, g["kappa"] * g["pp"]) / speed
-        cpu_comp = cpu_pre + l_out / (g["kappa"] * g["pp"]) / speed
+        cpu_pre = cpu_prefill(l_in, 1.0, g["pp"]) / speed
+        kappa_pp = g["kappa"] * g["pp"]
+        cpu_dec = cpu_decode(l_out, ctx_kv, 1.0, g["w"], g["bw"], kappa_pp) / speed
+        cpu_comp = cpu_pre + l_out / kappa_pp / speed
     gpu = g["is_gpu"].astype(bool)
     allowed = g["allowed"].astype(bool)
     pre = np.where(gpu, gpu_pre, cpu_pre)
