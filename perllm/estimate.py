@@ -28,7 +28,9 @@ from perllm.costmodel import (
     idle_energy_saved,
     inference_energy,
     marginal_energy,
+    queue_wait,
     transmission_energy,
+    transmission_time,
     upload_bits,
 )
 
@@ -120,25 +122,16 @@ def view_of(
     is_gpu = rc[_GPU] > 0.5
     cap = rc[_CAP]  # [N, M, 1]
     b = np.minimum(occ1, cap)  # batch size joined, [N, M, K]
-    # Wait: each request ahead beyond the free slots holds a slot for about one full-batch
-    # service time of the server's typical request, shared by `cap` slots; and on a GPU
-    # each waiting request and each one placed earlier this round is prefilled first
-    # (prefills are serialised).
-    slot_w = np.maximum(occ1 - cap, 0.0) * rc[_SVC]
+    # On a GPU each waiting request and each one placed earlier this round is prefilled
+    # first (prefills are serialised); a GPU that keeps requests waiting with slots free
+    # is bound by its KV cache (`kv_bound`, `queue_wait`).
     pre_w = (waiting[:, None] + add) * gpu_pre[:, None]
     kv = kv_bound(running, waiting)
-    if kv.any():
-        # A GPU that keeps requests waiting with slots free is bound by its KV cache: it
-        # holds `running` requests, not `cap`. Its waiting requests wait for a slot and
-        # for the prefills ahead at once, so the longer of the two, not their sum.
-        full = (kv[:, None] & (running[:, None] < cap)) & is_gpu  # [N, M, 1]
-        slot_kv = np.maximum(occ1 - running[:, None], 0.0) * rc[_SVC]
-        queue = np.where(full, np.maximum(slot_kv, pre_w), slot_w + pre_w)
-    else:
-        queue = slot_w + pre_w
+    full = (kv[:, None] & (running[:, None] < cap)) & is_gpu if kv.any() else False  # [N, M, 1]
+    queue = queue_wait(occ1, cap, rc[_SVC], pre_w, full, running[:, None])
     prefill, decode = _prefill_decode(rc, is_gpu, l_in, l_out, b)
     bits = (upload_bits(l_in, attach) + download_bits(l_out))[:, None, None]
-    tran = bits / (bw_mbps * 1e6)[:, None] + rtt_s[:, None]
+    tran = transmission_time(bits, bw_mbps[:, None], rtt_s[:, None])
     e_tran = transmission_energy(e_bit[:, None], bits)
     busy_pre, busy_dec = busy_times(prefill, decode, b, is_gpu)
     e_inf = inference_energy(busy_pre, busy_dec, rc[_PFIRST], rc[_PBUSY])

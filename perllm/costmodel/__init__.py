@@ -20,8 +20,10 @@ from perllm.costmodel.formulas import (
     idle_energy_saved,
     inference_energy,
     marginal_energy,
+    queue_wait,
     server_energy,
     transmission_energy,
+    transmission_time,
     upload_bits,
 )
 from perllm.costmodel.table import (
@@ -51,7 +53,9 @@ __all__ = [
     "idle_energy_saved",
     "inference_energy",
     "marginal_energy",
+    "queue_wait",
     "server_energy",
     "transmission_energy",
+    "transmission_time",
     "upload_bits",
 ]

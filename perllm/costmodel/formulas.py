@@ -62,6 +62,22 @@ def transmission_energy(e_bit: Num, bits: Num) -> Num:
     return e_bit * bits
 
 
+def transmission_time(bits: Num, bw_mbps: Num, rtt_s: Num) -> Num:
+    """The predictor's D_tran (s): the request's bits over the link, plus its round trip."""
+    return bits / (bw_mbps * 1e6) + rtt_s
+
+
+def queue_wait(occ1: Num, cap: Num, svc: Num, pre_w: Num, kv_full: Num, running: Num) -> Num:
+    """The predictor's D_queue (s) for a request joining a server as its `occ1`-th: each
+    request ahead beyond the free slots holds a slot for `svc` (the typical request's
+    full-batch service time shared by the slots), and on a GPU the prefills ahead,
+    `pre_w`, run first (serialised). A GPU bound by its KV cache (`kv_full`) holds its
+    `running` requests, not `cap`, and its waiting ones wait for a slot and for the
+    prefills at once: the longer of the two, not their sum."""
+    slot = maximum(occ1 - where(kv_full, running, cap), 0.0) * svc
+    return where(kv_full, maximum(slot, pre_w), slot + pre_w)
+
+
 def context(l_in: Num, l_out: Num) -> Num:
     """Mean context length over the decode: the KV cache read per step grows with it."""
     return l_in + 0.5 * l_out

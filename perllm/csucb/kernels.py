@@ -130,6 +130,8 @@ _context = _formula(formulas.context)
 _gpu_prefill, _gpu_decode = _formula(formulas.gpu_prefill), _formula(formulas.gpu_decode)
 _cpu_prefill, _cpu_decode = _formula(formulas.cpu_prefill), _formula(formulas.cpu_decode)
 _transmission_energy = _formula(formulas.transmission_energy)
+_transmission_time = _formula(formulas.transmission_time)
+_queue_wait = _formula(formulas.queue_wait)
 _busy_times = _formula(formulas.busy_times)
 _inference_energy = _formula(formulas.inference_energy)
 _idle_energy_saved = _formula(formulas.idle_energy_saved)
@@ -185,7 +187,7 @@ def levels(
             l_in, l_out, bits = rows[L_IN, p], rows[L_OUT, p], rows[BITS, p]
             is_gpu, cap, svc = coef[_GPU, q, g] > 0.5, coef[_CAP, q, g], coef[_SVC, q, g]
             ctx_kv = _context(l_in, l_out) * coef[_KV, q, g]
-            tran = bits / (bw * 1e6) + rtt
+            tran = _transmission_time(bits, bw, rtt)
             e_tran = _transmission_energy(e_bit, bits)
             a = arm[q, g]
             mu, sd, f, lift = post[0, a], post[1, a], post[2, a], post[3, a]
@@ -194,10 +196,7 @@ def levels(
                 occ1 = (occ + add) + 1.0
                 b = formulas.minimum(occ1, cap)
                 pre_w = (wait + add) * gpu_pre
-                if kv and run < cap and is_gpu:  # bound by its KV cache (`view_of`)
-                    queue = formulas.maximum(formulas.maximum(occ1 - run, 0.0) * svc, pre_w)
-                else:
-                    queue = formulas.maximum(occ1 - cap, 0.0) * svc + pre_w
+                queue = _queue_wait(occ1, cap, svc, pre_w, kv and run < cap and is_gpu, run)
                 if is_gpu:
                     pre = _gpu_prefill(l_in, coef[_RPF, q, g], coef[_TTFT0, q, g])
                     dec = _gpu_decode(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import ndtr
 
+from perllm.costmodel import transmission_time
 from perllm.csucb.assign import SHED, better, hopeless
 from perllm.csucb.decision import Decision
 from perllm.csucb.groups import Groups, group_round
@@ -145,7 +146,7 @@ class _Round:
         score (−inf where infeasible), pessimistic time; the vectorised path's operations."""
         bits, rtt, l_out1, lq, dl_s, dl_tok, scale, sd_arm, theta, lift = self._exact_in
         core, dec, en = self.sc.data[p, CORE:, c].tolist()
-        time = (bits[p] / (self.bw[s] * 1e6) + rtt[s]) + core
+        time = transmission_time(bits[p], self.bw[s], rtt[s]) + core
         arm = self.arm_cg[self.cls_l[p]][g]
         f = self.f_arm[arm]
         if not self.static_l[p][g]:

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perllm.contract import EnergyWeights, Server, ServiceSpec
-from perllm.costmodel import build_cost_table, gpu_prefill, upload_bits
+from perllm.costmodel import build_cost_table, gpu_prefill, transmission_time, upload_bits
 from perllm.csucb import CSUCB, ArmStats, CSUCBConfig, realised_prediction, single
 from perllm.profiles import Catalogue
 
@@ -171,7 +171,7 @@ class Decider:
         """(lead, prefill) of a request sent to `server`: from sending it until it is at
         the server (upload, half the RTT), and its prefill there on a GPU (0 on a CPU): the
         world model's, less its speed noise (`Backlog`). Python floats: one per decision."""
-        lead = upload_bits(l_in, attach) / (bw_mbps * 1e6) + self._rtt[server] / 2
+        lead = transmission_time(upload_bits(l_in, attach), bw_mbps, self._rtt[server] / 2)
         if not self._gpu[cls][server]:
             return lead, 0.0
         return lead, gpu_prefill(l_in, self._r_pf[cls][server], self._ttft0[cls][server])

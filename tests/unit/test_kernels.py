@@ -46,6 +46,7 @@ def _draw(rng: np.random.Generator, n: int) -> list[float]:
         ("cpu_prefill", 3),
         ("cpu_decode", 6),
         ("transmission_energy", 2),
+        ("transmission_time", 3),
         ("inference_energy", 4),
         ("idle_energy_saved", 3),
     ],
@@ -75,6 +76,29 @@ def test_compiled_branches_equal_the_scalar_and_numpy_forms() -> None:
         assert kernels._busy_times(*args, bool(gpu[i])) == (bp[i], bd[i])
         assert kernels._busy_times(*args, bool(gpu[i])) == formulas.busy_times(*args, gpu[i])
         assert kernels._marginal_energy(kw, *args) == e[i] == formulas.marginal_energy(w, *args)
+
+
+def test_compiled_queue_wait_equals_the_scalar_and_numpy_forms() -> None:
+    """Both of queue_wait's branches (free slots or not; KV-bound or not, the slot wait
+    above or below the prefill wait), elementwise on arrays as on floats."""
+    rng = np.random.default_rng(3)
+    n = 400
+    occ1, cap, run = (
+        rng.integers(1, 40, n) * 1.0,
+        rng.integers(1, 30, n) * 1.0,
+        rng.integers(0, 30, n) * 1.0,
+    )
+    svc, pre_w = rng.uniform(0.0, 2.0, n), rng.uniform(0.0, 20.0, n) * (rng.random(n) < 0.8)
+    full = rng.random(n) < 0.5
+    q = formulas.queue_wait(occ1, cap, svc, pre_w, full, run)
+    slot = np.where(full, np.maximum(occ1 - run, 0.0), np.maximum(occ1 - cap, 0.0)) * svc
+    assert (full & (slot > pre_w)).any() and (full & (slot < pre_w)).any()
+    assert ((occ1 < cap) & ~full).any() and ((occ1 > cap) & ~full).any()
+    for i in range(n):
+        args = (float(occ1[i]), float(cap[i]), float(svc[i]), float(pre_w[i]))
+        expected = formulas.queue_wait(*args, bool(full[i]), float(run[i]))
+        assert kernels._queue_wait(*args, bool(full[i]), float(run[i])) == expected == q[i]
+        assert expected == (max(slot[i], pre_w[i]) if full[i] else slot[i] + pre_w[i])
 
 
 def test_uncacheable_kernels_are_compiled_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
