@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from perllm.contract import EnergyWeights, Link, Server, ServiceSpec, Tier
 from perllm.csucb import CSUCBConfig
@@ -59,6 +60,19 @@ class Backend(_Strict):
         description="File with the bearer token sent to this backend (a mounted Secret key, "
         "e.g. another cluster's router); replaces the client's authorization header.",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        """A host and a port in range: what the upstream pool connects to."""
+        try:
+            u = urlsplit(v)
+            u.port  # noqa: B018  (raises on a port out of range or not a number)
+        except ValueError as e:
+            raise ValueError(f"{v!r}: {e}") from None
+        if not u.hostname:
+            raise ValueError(f"{v!r}: no host")
+        return v
 
     def server(self) -> Server:
         return Server(name=self.name, tier=self.tier, hardware=self.hardware, link=self.link)

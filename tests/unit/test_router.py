@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import contextvars
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -384,6 +385,12 @@ def test_config_errors_are_clear(tmp_path: Any) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(json.dumps({"scenario": "demo", "service_class": "chat", "backends": BACKENDS}))
     assert load_config(p).backends[1].name == "cloud"
+    # A URL the upstream pool cannot connect to is the config's error, naming the field
+    # (it was a ValueError traceback from the pool when the router started).
+    for url in ("http://", "http://h:99999", "http://h:abc", "http://[::1"):
+        bad = [{**BACKENDS[0], "url": url}]
+        with pytest.raises(RouterConfigError, match=r"backends\.0\.url: .*" + re.escape(url)):
+            parse_config({"scenario": "demo", "service_class": "chat", "backends": bad})
 
 
 def test_upstream_pool_keeps_connections_alive_and_reconnects() -> None:
