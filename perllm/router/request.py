@@ -5,6 +5,7 @@ assumes, and the bytes of the body beyond the text, e.g. image data URLs)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,10 +69,16 @@ def sizes(body: dict[str, Any]) -> tuple[float, float]:
     return max(1.0, text / BYTES_PER_TOKEN), float(attach)
 
 
+def _not_json(name: str) -> Any:
+    """NaN, Infinity and -Infinity, which Python's json reads but JSON has not (the body
+    is forwarded as it came: a model server may not read them)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse(raw: bytes, chat: bool) -> Parsed:
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        body = json.loads(raw, parse_constant=_not_json)
+    except ValueError as e:  # (JSONDecodeError, UnicodeDecodeError, _not_json)
         raise BadRequest(400, "invalid_request_error", f"body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise BadRequest(400, "invalid_request_error", "body must be a JSON object")
@@ -82,9 +89,14 @@ def parse(raw: bytes, chat: bool) -> Parsed:
         raise BadRequest(400, "invalid_request_error", "messages: required list")
     if not chat and not isinstance(body.get("prompt"), str | list):
         raise BadRequest(400, "invalid_request_error", "prompt: required string or list")
-    mt = body.get("max_completion_tokens", body.get("max_tokens"))
-    if mt is not None and (not isinstance(mt, int | float) or isinstance(mt, bool) or mt < 1):
-        raise BadRequest(400, "invalid_request_error", "max_tokens: must be a positive number")
+    mt = None
+    for key in ("max_tokens", "max_completion_tokens"):  # (null: not given; the second wins)
+        v = body.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 1 <= v < math.inf:
+            raise BadRequest(400, "invalid_request_error", f"{key}: must be a positive number")
+        mt = v
     l_in, attach = sizes(body)
     return Parsed(body, model, bool(body.get("stream")), l_in, attach, mt)
 

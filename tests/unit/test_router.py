@@ -156,6 +156,18 @@ def test_usage_of_a_json_answer_is_the_output_length() -> None:
         (json.dumps({"model": "llama3-8b"}).encode(), {}, 400, "invalid_request_error"),
         (json.dumps({**CHAT, "model": "gpt-9"}).encode(), {}, 404, "model_not_found"),
         (json.dumps({**CHAT, "max_tokens": -1}).encode(), {}, 400, "invalid_request_error"),
+        (
+            json.dumps({**CHAT, "max_tokens": float("nan")}).encode(),
+            {},
+            400,
+            "invalid_request_error",
+        ),
+        (
+            json.dumps({**CHAT, "max_tokens": -5, "max_completion_tokens": None}).encode(),
+            {},
+            400,
+            "invalid_request_error",
+        ),
         (json.dumps(CHAT).encode(), {"x-perllm-deadline-s": "soon"}, 400, "invalid_request_error"),
         (json.dumps({**CHAT, "pad": "x" * 5000}).encode(), {}, 413, "invalid_request_error"),
     ],
@@ -174,6 +186,32 @@ def test_malformed_requests_get_a_clear_4xx(
         await r.aclose()
 
     run(go())
+
+
+def test_bad_max_tokens_and_non_json_numbers_are_named() -> None:
+    from perllm.router.request import BadRequest, parse
+
+    def why(body: str) -> str:
+        with pytest.raises(BadRequest) as e:
+            parse(body.encode(), True)
+        return e.value.message
+
+    b = '{"model": "m", "messages": []'
+    # Not JSON, though Python reads them (the body goes on as it came); 1e400 reads as inf
+    assert why(b + ', "max_tokens": NaN}') == "body is not valid JSON: NaN is not a JSON value"
+    assert why(b + ', "top_p": -Infinity}').endswith("-Infinity is not a JSON value")
+    assert why(b + ', "max_tokens": 1e400}') == "max_tokens: must be a positive number"
+    bad = b + ', "max_completion_tokens": "8", "max_tokens": 8}'
+    assert why(bad) == "max_completion_tokens: must be a positive number"
+    # null is not given: max_tokens is checked (it was skipped) and caps the answer
+    assert why(b + ', "max_completion_tokens": null, "max_tokens": 0}').startswith("max_tokens:")
+    assert (
+        parse((b + ', "max_completion_tokens": null, "max_tokens": 9}').encode(), True).max_tokens
+        == 9
+    )
+    assert (
+        parse((b + ', "max_completion_tokens": 5, "max_tokens": 9}').encode(), True).max_tokens == 5
+    )
 
 
 def test_sheds_with_503_when_no_backend_can_meet_the_deadline() -> None:
