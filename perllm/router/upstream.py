@@ -92,6 +92,10 @@ class _Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        if not 200 <= self.status <= 599:  # (none the client could be answered with)
+            self._fail(UpstreamError("disconnect", f"bad HTTP response: status {self.status}"))
+            self.close()
+            return
         self.head = True
         if self.status in (204, 304):
             self.framed = True

@@ -288,6 +288,28 @@ def test_an_unreachable_backend_is_a_502_without_retries() -> None:
     run(go())
 
 
+def test_a_backend_answering_a_status_out_of_range_is_a_502() -> None:
+    async def go() -> None:
+        async def weird(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 999 Weird\r\ncontent-length: 2\r\n\r\nhi")
+            await writer.drain()
+            writer.close()
+
+        srv = await asyncio.start_server(weird, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        r, _, c = await router(urls={"edge-gpu": url, "cloud": url}, limits={"retries": 0})
+        # (uvicorn has no status line for 999: it was a 500 and a traceback in the log)
+        resp = await c.post("/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 502 and resp.json()["error"]["type"] == "upstream_unavailable"
+        assert "bad HTTP response: status 999" in resp.json()["error"]["message"]
+        assert r.inflight == [0, 0]
+        await r.aclose()
+        srv.close()
+
+    run(go())
+
+
 def test_a_refused_request_is_decided_again_among_the_others() -> None:
     """Nothing was sent to a backend that refused the connection: the request goes to the
     next decision without the ejected one, and the client sees the other's answer."""
