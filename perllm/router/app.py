@@ -154,6 +154,8 @@ class Router(Membership):
                 await reply(send, 200, json.dumps({"status": "degraded", "down": down}).encode())
             else:
                 await reply(send, 200, b'{"status":"ok"}')
+        elif path in ("/v1/models", "/metrics"):
+            await error(send, 405, "invalid_request_error", "use GET")
         else:
             await error(send, 404, "not_found", f"no route {path}")
 

@@ -214,6 +214,23 @@ def test_bad_max_tokens_and_non_json_numbers_are_named() -> None:
     )
 
 
+def test_a_wrong_method_is_405_naming_the_right_one() -> None:
+    async def go() -> None:
+        r, _, c = await router()
+        for path, right in [
+            ("/v1/chat/completions", "POST"), ("/v1/completions", "POST"),
+            ("/v1/models", "GET"), ("/metrics", "GET"),
+        ]:  # fmt: skip
+            for method in {"GET", "POST", "PUT", "DELETE"} - {right}:
+                resp = await c.request(method, path)
+                assert resp.status_code == 405, (method, path)  # (GET-only ones were 404)
+                assert resp.json()["error"]["message"] == f"use {right}"
+        assert (await c.post("/v2/nope")).status_code == 404
+        await r.aclose()
+
+    run(go())
+
+
 def test_sheds_with_503_when_no_backend_can_meet_the_deadline() -> None:
     async def go() -> None:
         r, stubs, c = await router(shed=True)
