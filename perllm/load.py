@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -258,6 +259,19 @@ def print_report(r: Report) -> None:
     c.print(t)
 
 
+def target_error(target: str) -> str | None:
+    """Why `target` is no base URL to send requests to (None: it is one)."""
+    try:
+        u = urlsplit(target)
+        u.port  # noqa: B018  (raises on a port out of range or not a number)
+        httpx.URL(target)
+    except (ValueError, httpx.InvalidURL) as e:
+        return str(e)
+    if u.scheme not in ("http", "https"):
+        return "not an http(s) URL"
+    return None if u.hostname else "no host"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("load")
     def load_cmd(
@@ -281,6 +295,10 @@ def register(app: typer.Typer) -> None:
 
         from perllm.scenario import ScenarioError, load_scenario
 
+        why = target_error(target)
+        if why is not None:
+            typer.echo(f"error: --target {target}: {why} (e.g. http://127.0.0.1:8080)", err=True)
+            raise typer.Exit(2)
         try:
             sc = load_scenario(scenario)
         except ScenarioError as e:

@@ -92,3 +92,17 @@ def test_cli_rejects_a_bad_scenario() -> None:
     res = CliRunner().invoke(app, ["router", "--config", "/nonexistent.yaml"])
     assert res.exit_code == 2 and "error" in res.output
     assert httpx  # the client library is a runtime dependency
+
+
+def test_cli_rejects_a_bad_target_before_sending() -> None:
+    from perllm.cli import app
+
+    # (they were sent, all failing, with exit 1; the last two were tracebacks)
+    for target, why in [
+        ("notaurl", "not an http(s) URL"), ("ftp://x", "not an http(s) URL"),
+        ("http://", "no host"), ("http://127.0.0.1:99999", "Port out of range"),
+        ("http://[::1", "Invalid IPv6 URL"),
+    ]:  # fmt: skip
+        res = CliRunner().invoke(app, ["load", "demo", "--target", target, "--max-requests", "1"])
+        assert res.exit_code == 2, (target, res.output)
+        assert f"error: --target {target}: {why}" in res.output and "Traceback" not in res.output
