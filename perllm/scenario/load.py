@@ -111,6 +111,10 @@ def load_scenario(path: str | Path) -> Scenario:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ScenarioError(f"{p}: not valid YAML: {e}") from None
+    except OSError as e:  # a directory, unreadable
+        raise ScenarioError(f"{p}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{p}: not a text file: {e}") from None
     return parse_scenario(data, str(p), p.parent)
 
 

@@ -101,6 +101,11 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
         load_scenario(f)
     with pytest.raises(ScenarioError, match="no such file or built-in"):
         load_scenario(tmp_path / "missing.yaml")
+    with pytest.raises(ScenarioError, match="cannot read: Is a directory"):
+        load_scenario(tmp_path)  # (an IsADirectoryError traceback in `perllm load DIR`)
+    f.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ScenarioError, match="not a text file"):
+        load_scenario(f)
 
 
 def test_trace_driven_arrivals_and_bandwidth(tmp_path: Path) -> None:
