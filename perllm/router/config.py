@@ -72,6 +72,11 @@ class Backend(_Strict):
             raise ValueError(f"{v!r}: {e}") from None
         if not u.hostname:
             raise ValueError(f"{v!r}: no host")
+        if u.username is not None or u.password is not None:  # (the URL is not echoed)
+            raise ValueError(
+                "user:password@ in the URL: never sent, and the URL is logged and written "
+                "into the LLMService's status; give the credential in token_file"
+            )
         return v
 
     def server(self) -> Server:

@@ -468,6 +468,10 @@ def test_config_errors_are_clear(tmp_path: Any) -> None:
         bad = [{**BACKENDS[0], "url": url}]
         with pytest.raises(RouterConfigError, match=r"backends\.0\.url: .*" + re.escape(url)):
             parse_config({"scenario": "demo", "service_class": "chat", "backends": bad})
+    bad = [{**BACKENDS[0], "url": "https://me:s3cret@llm.example.com"}]
+    with pytest.raises(RouterConfigError, match=r"backends\.0\.url: .*token_file") as e:
+        parse_config({"scenario": "demo", "service_class": "chat", "backends": bad})
+    assert "s3cret" not in str(e.value)
 
 
 def test_upstream_pool_keeps_connections_alive_and_reconnects() -> None:
