@@ -80,6 +80,8 @@ def parse(raw: bytes, chat: bool) -> Parsed:
         body = json.loads(raw, parse_constant=_not_json)
     except ValueError as e:  # (JSONDecodeError, UnicodeDecodeError, _not_json)
         raise BadRequest(400, "invalid_request_error", f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest(400, "invalid_request_error", "body: JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(400, "invalid_request_error", "body must be a JSON object")
     model = body.get("model")

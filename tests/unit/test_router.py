@@ -156,6 +156,7 @@ def test_usage_of_a_json_answer_is_the_output_length() -> None:
         (json.dumps({"model": "llama3-8b"}).encode(), {}, 400, "invalid_request_error"),
         (json.dumps({**CHAT, "model": "gpt-9"}).encode(), {}, 404, "model_not_found"),
         (json.dumps({**CHAT, "max_tokens": -1}).encode(), {}, 400, "invalid_request_error"),
+        (b"[" * 2000 + b"]" * 2000, {}, 400, "invalid_request_error"),  # (a RecursionError)
         (
             json.dumps({**CHAT, "max_tokens": float("nan")}).encode(),
             {},
@@ -201,6 +202,7 @@ def test_bad_max_tokens_and_non_json_numbers_are_named() -> None:
     assert why(b + ', "max_tokens": NaN}') == "body is not valid JSON: NaN is not a JSON value"
     assert why(b + ', "top_p": -Infinity}').endswith("-Infinity is not a JSON value")
     assert why(b + ', "max_tokens": 1e400}') == "max_tokens: must be a positive number"
+    assert why("[" * 2000 + "]" * 2000) == "body: JSON nested too deeply"  # (was a 500)
     bad = b + ', "max_completion_tokens": "8", "max_tokens": 8}'
     assert why(bad) == "max_completion_tokens: must be a positive number"
     # null is not given: max_tokens is checked (it was skipped) and caps the answer
