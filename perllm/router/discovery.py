@@ -26,6 +26,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from perllm.contract import ServiceSpec
 from perllm.labels import LABEL_SERVICE
 from perllm.profiles import Catalogue
@@ -91,12 +93,13 @@ def backends_from(
         if isinstance(server, str):
             why[name] = f"node {node}: {server}"
             continue
+        ip = pod["status"]["podIP"]
         url = url_template.format(
-            ip=pod["status"]["podIP"], port=_port(pod, default_port), namespace=ns, pod=name,
-            node=node,
+            ip=f"[{ip}]" if ":" in ip else ip,  # an IPv6 address is bracketed in a URL
+            port=_port(pod, default_port), namespace=ns, pod=name, node=node,
         )  # fmt: skip
-        out.append(
-            Backend(
+        try:
+            b = Backend(
                 name=name,
                 url=url,
                 tier=server.tier,
@@ -104,7 +107,10 @@ def backends_from(
                 link=server.link,
                 node=node,
             )
-        )
+        except ValidationError as e:  # one pod's URL, not the whole membership
+            why[name] = "; ".join(str(err["msg"]) for err in e.errors())
+            continue
+        out.append(b)
     return out
 
 

@@ -82,6 +82,16 @@ def test_ready_pods_on_modelled_nodes_are_backends() -> None:
     assert twin[0].url == "http://127.0.0.1:9/pods/ns/a"
 
 
+def test_an_ipv6_pod_is_bracketed_and_a_bad_url_skips_only_its_pod() -> None:
+    r = router()
+    pods = [pod("a", "edge-1", "fd00::7"), pod("b", "cloud-1", "10.0.0.2")]
+    got = backends_from(pods, NODES, r.catalogue)
+    assert [b.url for b in got] == ["http://[fd00::7]:8080", "http://10.0.0.2:8080"]
+    skipped: dict[str, str] = {}
+    bad = backends_from(pods, NODES, r.catalogue, "http://{ip}:{port}{pod}", skipped=skipped)
+    assert bad == [] and all("port" in skipped[p].lower() for p in "ab")
+
+
 class FakeApi:
     def __init__(self) -> None:
         self.pods = [pod("a", "edge-1")]
