@@ -43,7 +43,7 @@ class Router(Membership):
         self._slots = asyncio.Semaphore(self.limits.max_concurrency)
         self._queued = 0
         self._feedback = Feedback(0.0, 0.0)
-        self._proxy = Forwarder(self, self._feedback)
+        self._proxy = Forwarder(self, self._feedback, own_auth=self._auth is not None)
         # The service: from the config, or (discovery alone) read from its LLMService by
         # discovery before anything is served (`set_spec`); until then requests get 503.
         self.models: set[str] = set()
@@ -132,11 +132,12 @@ class Router(Membership):
         path, method = scope["path"], scope["method"]
         if path in ROUTES:
             if method != "POST":
-                await error(send, 405, "invalid_request_error", "use POST")
+                await error(send, 405, "invalid_request_error", "use POST", [(b"allow", b"POST")])
                 return
             await self._completion(scope, receive, send, ROUTES[path])
         elif path == "/v1/models" and method == "GET":
-            await reply(send, 200, self._models_body)
+            if not await self._denied(scope, send):
+                await reply(send, 200, self._models_body)
         elif path == "/metrics" and method == "GET":
             ctype = self.metrics.content_type.encode()
             await reply(send, 200, self.metrics.exposition(), ctype)
@@ -155,7 +156,7 @@ class Router(Membership):
             else:
                 await reply(send, 200, b'{"status":"ok"}')
         elif path in ("/v1/models", "/metrics"):
-            await error(send, 405, "invalid_request_error", "use GET")
+            await error(send, 405, "invalid_request_error", "use GET", [(b"allow", b"GET")])
         else:
             await error(send, 404, "not_found", f"no route {path}")
 
@@ -175,14 +176,18 @@ class Router(Membership):
         if self.spec is None:
             await error(send, 503, "not_ready", self.waiting_for or "no service spec yet")
             return
-        if self._auth is not None and not self._authorized(scope["headers"]):
-            self.metrics.rejected.labels("401").inc()
-            await error(send, 401, "authentication_error", "missing or wrong bearer token")
+        if await self._denied(scope, send):
             return
         try:
-            raw, req, tight = await read_request(
-                scope["headers"], receive, chat, self.models, self.limits.max_body_bytes
-            )
+            async with asyncio.timeout(self.limits.body_timeout_s):  # (no slot held yet)
+                raw, req, tight = await read_request(
+                    scope["headers"], receive, chat, self.models, self.limits.max_body_bytes
+                )
+        except TimeoutError:
+            self.metrics.rejected.labels("408").inc()
+            why = f"body not received within {self.limits.body_timeout_s:g}s"
+            await error(send, 408, "invalid_request_error", why, [(b"connection", b"close")])
+            return
         except BadRequest as e:
             self.metrics.rejected.labels(str(e.status)).inc()
             await error(send, e.status, e.kind, e.message)
@@ -230,6 +235,14 @@ class Router(Membership):
                 self.metrics.retries.inc()
                 continue
             return
+
+    async def _denied(self, scope: Scope, send: Send) -> bool:
+        """With `auth`: a request to /v1/* without the token is answered 401 (True)."""
+        if self._auth is None or self._authorized(scope["headers"]):
+            return False
+        self.metrics.rejected.labels("401").inc()
+        await error(send, 401, "authentication_error", "missing or wrong bearer token")
+        return True
 
     def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         assert self._auth is not None

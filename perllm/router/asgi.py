@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -33,14 +33,18 @@ class Refused(Shed):
         self.backend, self.timeout = backend, timeout
 
 
-async def reply(send: Send, status: int, body: bytes, ctype: bytes = JSON) -> None:
-    await send(
-        {"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]}
-    )
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+async def reply(
+    send: Send, status: int, body: bytes, ctype: bytes = JSON, headers: Headers = ()
+) -> None:
+    start = [(b"content-type", ctype), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def error(send: Send, status: int, kind: str, message: str) -> None:
+async def error(send: Send, status: int, kind: str, message: str, headers: Headers = ()) -> None:
     body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
     with contextlib.suppress(OSError, RuntimeError):
-        await reply(send, status, body)
+        await reply(send, status, body, headers=headers)

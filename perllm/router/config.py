@@ -94,6 +94,7 @@ class Limits(_Strict):
     queue_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 2.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 60.0  # between two upstream chunks
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # a client's body, once its head came
     # A backend refusing connections or not answering in time (the timeouts above) is
     # left out of decisions (perllm.router.health) for eject_s, doubling per consecutive
     # failure up to eject_max_s; a request not sent (connection refused or not accepted

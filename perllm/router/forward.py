@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -24,15 +25,20 @@ from perllm.router.upstream import Pool, Response, UpstreamError
 if TYPE_CHECKING:
     from perllm.router.membership import Membership
 
+log = logging.getLogger("perllm.router")
+
 DECISION_HEADER = b"x-perllm-decision"
 _CTYPE_JSON = (b"content-type", b"application/json")
 
 
 class Forwarder:
-    def __init__(self, membership: Membership, feedback: Feedback) -> None:
+    def __init__(self, membership: Membership, feedback: Feedback, own_auth: bool = False) -> None:
         self._inflight = membership._inflight  # the requests in flight per backend name
         self._membership = membership  # told how backends answer, and when one is idle
         self._feedback = feedback
+        # With the router's own `auth`, the client's bearer token is the router's secret:
+        # never forwarded (a backend without a token_file gets no authorization header).
+        self._keep = FORWARDED - {b"authorization"} if own_auth else FORWARDED
 
     async def __call__(
         self,
@@ -83,7 +89,7 @@ class Forwarder:
             raw = json.dumps({**req.body, "model": b.model}).encode()
         token = flight.members.tokens[flight.ticket.server]
         if token is None:
-            fwd = [(k, v) for k, v in scope["headers"] if k in FORWARDED]
+            fwd = [(k, v) for k, v in scope["headers"] if k in self._keep]
         else:  # a remote tier: its own credential, never the client's
             fwd = [(k, v) for k, v in scope["headers"] if k in FORWARDED and k != b"authorization"]
             fwd.append((b"authorization", token.bearer()))
@@ -130,10 +136,15 @@ class Forwarder:
         except UpstreamError as e:
             self._feedback.failed(flight, e.kind)
             if e.kind == "timeout":  # the answer stalled: not answering in time
-                self._membership.timed_out(name, f"backend {name}: answer stalled, {e}")
+                why = f"backend {name}: answer stalled, {e}"
+                self._membership.timed_out(name, why)
             else:  # cut off mid-way, but it answers
+                why = f"backend {name}: answer cut off, {e}"
                 self._membership.answered(name)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # The response is left unfinished, so the server closes the connection without
+            # its end (no last chunk): the client sees a truncated answer, not a complete
+            # 200 without [DONE] or with half a JSON body.
+            log.warning("%s: the client's response is aborted", why)
             return
         self._membership.answered(name)
         if not last:

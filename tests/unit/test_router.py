@@ -227,6 +227,7 @@ def test_a_wrong_method_is_405_naming_the_right_one() -> None:
                 resp = await c.request(method, path)
                 assert resp.status_code == 405, (method, path)  # (GET-only ones were 404)
                 assert resp.json()["error"]["message"] == f"use {right}"
+                assert resp.headers["allow"] == right  # (HTTP requires it on a 405)
         assert (await c.post("/v2/nope")).status_code == 404
         await r.aclose()
 
@@ -692,8 +693,11 @@ def test_a_slow_backend_answering_within_the_timeouts_is_never_ejected() -> None
 
         for s in stubs.values():
             s.token_delay_s = 3.0  # the head at once, then nothing for 3 s
-        resp = await c.post("/v1/chat/completions", json=streamed)
-        assert resp.status_code == 200 and b"[DONE]" not in resp.content  # cut short
+        # Over a real server: the answer is aborted, so the client sees it truncated (not
+        # a complete 200 without [DONE]).
+        async with serving(r) as url, httpx.AsyncClient(base_url=url) as real:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await real.post("/v1/chat/completions", json=streamed)
         (name, f), *_ = r.refusing().items()
         assert f.timeouts == 1 and f.why == f"backend {name}: answer stalled, no data within 1s"
         assert r.down() == [name] and "does not answer in time" in _reachable(r)[2]
@@ -738,3 +742,54 @@ def test_a_large_fleet_loads_the_compiled_loop_before_serving(monkeypatch: Any) 
         await grown.aclose()
 
     run(main())
+
+
+def test_a_body_not_sent_in_time_is_408_before_taking_a_slot() -> None:
+    """A client that sends its head and then nothing (slowloris) is answered 408 after
+    body_timeout_s and holds nothing: no slot, no backend request."""
+
+    async def go() -> None:
+        r, stubs, _ = await router(limits={"body_timeout_s": 0.2, "max_concurrency": 1})
+        sent: list[dict[str, Any]] = []
+
+        async def never() -> dict[str, Any]:
+            await asyncio.Event().wait()
+            return {}
+
+        async def send(m: Any) -> None:
+            sent.append(dict(m))
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                 "headers": [(b"content-length", b"100")]}  # fmt: skip
+        await asyncio.wait_for(r(scope, never, send), 5)
+        assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+        assert b"not received within 0.2s" in sent[1]["body"]
+        assert not r._slots.locked() and sum(s.requests for s in stubs.values()) == 0
+        await r.aclose()
+
+    run(go())
+
+
+def test_an_answer_cut_off_mid_body_reaches_the_client_truncated() -> None:
+    """A backend that closes after part of a JSON body it announced whole: the client's
+    response is aborted (a protocol error for it), not a complete 200 with half a body."""
+
+    async def go() -> None:
+        async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                         b"content-length: 100\r\n\r\n{\"partial\":")  # fmt: skip
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(cut, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        r, _, _ = await router(urls={"edge-gpu": url, "cloud": url})
+        async with serving(r) as base, httpx.AsyncClient(base_url=base) as c:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await c.post("/v1/chat/completions", json=CHAT)
+        await r.aclose()
+        server.close()
+
+    run(go())

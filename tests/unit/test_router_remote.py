@@ -40,7 +40,8 @@ def secret(tmp_path: Path, name: str, value: str) -> str:
 def test_clients_must_present_the_routers_bearer_token(tmp_path: Path) -> None:
     async def go() -> None:
         async with contextlib.AsyncExitStack() as st:
-            edge = await st.enter_async_context(serving(StubBackend("edge")))
+            stub = StubBackend("edge")
+            edge = await st.enter_async_context(serving(stub))
             cfg = {
                 "scenario": "demo",
                 "service_class": "chat",
@@ -58,9 +59,14 @@ def test_clients_must_present_the_routers_bearer_token(tmp_path: Path) -> None:
                 "/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer s3cret"}
             )
             assert ok.status_code == 200, ok.text
+            # the router's token is its own: never sent on to a backend without a token_file
+            assert stub.requests == 1 and b"authorization" not in stub.last_headers
+            assert (await c.get("/v1/models")).status_code == 401  # /v1/*, as documented
+            good = {"authorization": "Bearer s3cret"}
+            assert (await c.get("/v1/models", headers=good)).json()["data"][0]["id"]
             assert (await c.get("/healthz")).status_code == 200  # probes need no token
             assert (
-                'perllm_router_rejected_requests_total{status="401"} 3.0'
+                'perllm_router_rejected_requests_total{status="401"} 4.0'
                 in (await c.get("/metrics")).text
             )
             await r.aclose()
