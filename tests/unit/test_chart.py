@@ -400,6 +400,43 @@ def test_monitors_only_with_the_prometheus_operator_api_or_forced() -> None:
     )
 
 
+def test_service_monitors_scrape_a_plain_http_metrics_port() -> None:
+    """Each ServiceMonitor names a port of its Service; the extender's is the plain
+    metrics port (its main port is HTTPS for kube-scheduler only, with client
+    certificates), the one its NetworkPolicy opens to the monitoring namespace."""
+    docs = render(
+        "--set",
+        "monitoring.serviceMonitor.enabled=true,twin.enabled=true,router.enabled=true,"
+        "router.services[0].name=chat",
+        monitoring=True,
+    )
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert {m["metadata"]["name"] for m in monitors} == {
+        "perllm-extender",
+        "perllm-twin",
+        "perllm-router",
+    }
+    services = [d for d in docs if d["kind"] == "Service"]
+    for m in monitors:
+        sel = m["spec"]["selector"]["matchLabels"]
+        hits = [s for s in services if sel.items() <= s["metadata"]["labels"].items()]
+        assert hits, m["metadata"]["name"]
+        for e in m["spec"]["endpoints"]:
+            for svc in hits:
+                names = {p["name"] for p in svc["spec"]["ports"]}
+                assert e["port"] in names, (m["metadata"]["name"], e["port"], names)
+    ext = find(docs, "ServiceMonitor", "perllm-extender")["spec"]["endpoints"]
+    assert [e["port"] for e in ext] == ["metrics"]
+    np = find(docs, "NetworkPolicy", "perllm-extender")["spec"]["ingress"]
+    svc = find(docs, "Service", "perllm-extender")["spec"]["ports"]
+    metrics_port = next(p["port"] for p in svc if p["name"] == "metrics")
+    assert any(
+        {"port": metrics_port, "protocol": "TCP"} in rule["ports"]
+        and any("namespaceSelector" in peer for peer in rule["from"])
+        for rule in np
+    )
+
+
 def test_model_server_pod_monitor_selects_the_operators_pods() -> None:
     on = ("--set", "monitoring.serviceMonitor.enabled=true")
     pm = find(render(*on, monitoring=True), "PodMonitor", "perllm-model-servers")
