@@ -550,6 +550,12 @@ BAD_VALUES = [
     ("extender.weight=1.5", "at '/extender/weight'"),
     ("extender.ignorable=maybe", "at '/extender/ignorable': got string, want boolean"),
     ("image.repository=", "at '/image/repository': minLength"),
+    # a tag or digest in the repository would render `repo:tag:appVersion`
+    ("image.repository=ghcr.io/perllm/perllm:0.1.0", "at '/image/repository'"),
+    ("image.repository=ghcr.io/PerLLM/perllm", "at '/image/repository'"),
+    ("image.tag=0.1 .0", "at '/image/tag'"),
+    ("scheduler.image.repository=registry.k8s.io/kube scheduler", "at '/scheduler/image/repository'"),
+    ("scheduler.image.tag=v1.31.4@sha256", "at '/scheduler/image/tag'"),
     ("scheduler.image.tagByMinor.1\\.31=latest", "at '/scheduler/image/tagByMinor/1.31'"),
     ("agent.peers[0]=cloud:9401", "at '/agent/peers/0'"),
     ("monitoring.serviceMonitor.force=yes", "at '/monitoring/serviceMonitor/force'"),
@@ -594,6 +600,19 @@ def test_bad_values_are_rejected_naming_the_value(setting: str, fragment: str) -
     assert r.returncode != 0, f"{setting} was accepted"
     assert "values don't meet the specifications of the schema" in r.stderr
     assert fragment in r.stderr, r.stderr
+
+
+GOOD_IMAGES = [
+    "image.repository=localhost:5000/perllm,image.tag=e2e",
+    "image.repository=registry.example.com/team_a/per-llm,image.tag=v0.1.0-rc.1",
+    "image.repository=10.0.0.5:5000/perllm",
+    "scheduler.image.repository=my-mirror:5000/kube-scheduler,scheduler.image.tag=v1.31.4",
+]
+
+
+@pytest.mark.parametrize("setting", GOOD_IMAGES)
+def test_image_references_the_schema_accepts(setting: str) -> None:
+    assert render("--set", setting)
 
 
 def _dashboard() -> Doc:
