@@ -582,6 +582,13 @@ BAD_VALUES = [
     ("operator.statusInterval=0", "at '/operator/statusInterval': minimum"),
     ("agent.probeBytes=100000000", "at '/agent/probeBytes': maximum"),
     ("twin.speed=0", "at '/twin/speed': minimum"),
+    # names the API server would refuse (a Role in namespace Team_A, a priority class "High")
+    ("operator.namespaces[0]=Team_A", "at '/operator/namespaces/0'"),
+    ("monitoring.modelServers.namespaces[0]=a.b", "at '/monitoring/modelServers/namespaces/0'"),
+    ("scheduler.priorityClassName=High", "at '/scheduler/priorityClassName'"),
+    ("agent.runtimeClassName=NVIDIA", "at '/agent/runtimeClassName'"),
+    # its token volume is remote-<name>: a DNS label of at most 63
+    ("router.services[0].remote[0].name=" + "r" * 57, "at '/router/services/0/remote/0/name'"),
 ]
 
 
