@@ -385,6 +385,12 @@ def test_twin_is_optional() -> None:
     ]
     assert args[:2] == ["twin", "--scenario=paper-llama2-7b"] and "--speed=10" in args
     assert find(docs, "Service", "perllm-twin")["spec"]["ports"][0]["port"] == 9402
+    # it lists nodes, pods and LLMServices periodically (perllm/twin/kube.py), nothing else
+    assert _grants(find(docs, "ClusterRole", "perllm-twin")["rules"]) == {
+        ("", "nodes", "*", "list"),
+        ("", "pods", "*", "list"),
+        ("perllm.io", "llmservices", "*", "list"),
+    }
 
 
 def test_monitors_only_with_the_prometheus_operator_api_or_forced() -> None:
@@ -807,7 +813,7 @@ def test_router_per_service_config_secrets_and_least_privilege() -> None:
     role = find(docs, "Role", name)
     assert role["metadata"]["namespace"] == "team-a"
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
         {
             "apiGroups": ["perllm.io"],
             "resources": ["llmservices"],
