@@ -595,6 +595,8 @@ BAD_VALUES = [
     ("agent.runtimeClassName=NVIDIA", "at '/agent/runtimeClassName'"),
     # its token volume is remote-<name>: a DNS label of at most 63
     ("router.services[0].remote[0].name=" + "r" * 57, "at '/router/services/0/remote/0/name'"),
+    ("servingRuntimes.vllmImage=vllm openai", "at '/servingRuntimes/vllmImage'"),
+    ("servingRuntimes.enable=false", "additional properties 'enable' not allowed"),
 ]
 
 
@@ -626,6 +628,21 @@ GOOD_IMAGES = [
 @pytest.mark.parametrize("setting", GOOD_IMAGES)
 def test_image_references_the_schema_accepts(setting: str) -> None:
     assert render("--set", setting)
+
+
+def test_serving_runtime_values_the_template_documents_are_accepted() -> None:
+    """servingruntimes.yaml reads servingRuntimes.enabled and .llamacppImage,
+    .llamacppCudaImage, .vllmImage: the schema must let them through (a mirror for an
+    air-gapped site, or KServe runtimes managed elsewhere)."""
+    kserve = ("--api-versions", "serving.kserve.io/v1alpha1/ClusterServingRuntime")
+    on = [d for d in render(*kserve) if d["kind"] == "ClusterServingRuntime"]
+    assert len(on) == 3
+    off = render(*kserve, "--set", "servingRuntimes.enabled=false")
+    assert not [d for d in off if d["kind"] == "ClusterServingRuntime"]
+    mirror = "registry.example.com:5000/vllm-openai:v0.8.5"
+    docs = render(*kserve, "--set", f"servingRuntimes.vllmImage={mirror}")
+    vllm = find(docs, "ClusterServingRuntime", "perllm-vllm")
+    assert vllm["spec"]["containers"][0]["image"] == mirror
 
 
 def _dashboard() -> Doc:
