@@ -645,6 +645,14 @@ def test_serving_runtime_values_the_template_documents_are_accepted() -> None:
     assert vllm["spec"]["containers"][0]["image"] == mirror
 
 
+def test_extender_ports_must_differ() -> None:
+    """Its decision port and its plain metrics port are two servers: one port for both
+    would crash-loop the pod on bind; the chart refuses it, naming both values."""
+    r = helm("template", "perllm", str(CHART), "--set", "extender.metricsPort=8888", check=False)
+    assert r.returncode != 0
+    assert "extender.port and extender.metricsPort must differ" in r.stderr
+
+
 def _dashboard() -> Doc:
     d: Doc = json.loads((CHART / "dashboards" / "perllm.json").read_text())
     return d
