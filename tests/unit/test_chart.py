@@ -596,6 +596,13 @@ BAD_VALUES = [
     # its token volume is remote-<name>: a DNS label of at most 63
     ("router.services[0].remote[0].name=" + "r" * 57, "at '/router/services/0/remote/0/name'"),
     ("servingRuntimes.vllmImage=vllm openai", "at '/servingRuntimes/vllmImage'"),
+    # a typo in a peer's selector would reach the API server as {} (every namespace)
+    (
+        "extender.networkPolicy.metricsFrom[0].namespaceSelector.matchLabel.a=b",
+        "at '/extender/networkPolicy/metricsFrom/0/namespaceSelector'",
+    ),
+    ("extender.networkPolicy.metricsFrom[0].namespace=monitoring", "metricsFrom/0'"),
+    ("operator.pdb.maxUnavailable=150%", "at '/operator/pdb/maxUnavailable'"),
     ("servingRuntimes.enable=false", "additional properties 'enable' not allowed"),
 ]
 
