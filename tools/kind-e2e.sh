@@ -119,7 +119,9 @@ smoke() {
     sleep 2
   done
   kubectl_ get events -n "$ns" -o wide | grep -i perllm-scheduler || die "perllm-scheduler never handled $pod"
-  kubectl_ get --raw "/api/v1/namespaces/$NAMESPACE/services/$rel-extender:http/proxy/healthz" \
+  # Its plain metrics port: the http port is HTTPS that wants kube-scheduler's client
+  # certificate (extender.tls, on in every profile).
+  kubectl_ get --raw "/api/v1/namespaces/$NAMESPACE/services/$rel-extender:metrics/proxy/healthz" \
     || die "the extender does not answer /healthz"
   kubectl_ delete namespace "$ns" --wait=true --timeout=120s
 }
