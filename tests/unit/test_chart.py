@@ -560,7 +560,10 @@ BAD_VALUES = [
     ("image.repository=ghcr.io/perllm/perllm:0.1.0", "at '/image/repository'"),
     ("image.repository=ghcr.io/PerLLM/perllm", "at '/image/repository'"),
     ("image.tag=0.1 .0", "at '/image/tag'"),
-    ("scheduler.image.repository=registry.k8s.io/kube scheduler", "at '/scheduler/image/repository'"),
+    (
+        "scheduler.image.repository=registry.k8s.io/kube scheduler",
+        "at '/scheduler/image/repository'",
+    ),
     ("scheduler.image.tag=v1.31.4@sha256", "at '/scheduler/image/tag'"),
     ("scheduler.image.tagByMinor.1\\.31=latest", "at '/scheduler/image/tagByMinor/1.31'"),
     ("agent.peers[0]=cloud:9401", "at '/agent/peers/0'"),
