@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -54,13 +55,14 @@ DEFAULT_POLICY_ORDER = [
 def _load(name: str, duration: float | None) -> Scenario:
     try:
         sc = load_scenario(name)
+        if duration is not None:
+            sc = parse_scenario(
+                {**sc.model_dump(mode="json", exclude_defaults=False), "duration_s": duration},
+                name,
+            )
     except ScenarioError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
-    if duration is not None:
-        sc = parse_scenario(
-            {**sc.model_dump(mode="json", exclude_defaults=False), "duration_s": duration}, name
-        )
     return sc
 
 
@@ -96,11 +98,20 @@ def simulate(
     """Run the paper's experiment: policies × scenarios × seeds on the world model."""
     from perllm.experiment import write_plots
 
+    if duration is not None and not math.isfinite(duration):
+        # typer's min=1 lets inf through (nan fails the comparison)
+        err.print(f"[red]error:[/red] --duration: must be a finite number ≥ 1 (s), got {duration}")
+        raise typer.Exit(2)
     scs = [_load(n, duration) for n in scenario or list(REFERENCE_SCENARIOS)]
     wanted = _wanted_policies(policy)
-    exp = _run_with_progress(scs, wanted, seeds)
-    if bound:
-        _add_bounds(exp, scs, seeds)
+    try:
+        # Trace files are read when a run starts: their errors name the field too.
+        exp = _run_with_progress(scs, wanted, seeds)
+        if bound:
+            _add_bounds(exp, scs, seeds)
+    except ScenarioError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
     _print_report(exp.report, wanted, detail)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

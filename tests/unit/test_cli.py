@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from typer.testing import CliRunner
 
 from perllm.cli import app
@@ -89,3 +90,32 @@ def test_scenarios_list_and_validate(tmp_path: Path) -> None:
     res = runner.invoke(app, ["scenarios", "validate", "paper-yi-9b", str(bad)])
     assert res.exit_code == 1
     assert "ok paper-yi-9b" in res.output and "invalid" in res.output
+
+
+def test_simulate_bad_trace_content_is_a_clean_error(tmp_path: Path) -> None:
+    """A trace whose rows are only read when the run starts: an error naming the field,
+    exit 2, no traceback."""
+    (tmp_path / "t.csv").write_text("time_s,class\n1,chat\nabc,chat\n")
+    sc = yaml.safe_load(
+        (Path(__file__).parents[2] / "perllm/scenarios/paper-llama2-7b.yaml").read_text()
+    )
+    sc["workload"]["arrivals"] = {"kind": "trace", "file": "t.csv"}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(sc))
+    res = runner.invoke(
+        app, ["simulate", str(f), "-p", "cloud-only", "--seeds", "1", "--duration", "5"]
+    )
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)
+    out = " ".join(res.output.split())  # rich wraps at 80 columns
+    assert "workload.arrivals.file" in out and "malformed row" in out
+
+
+def test_simulate_rejects_infinite_duration() -> None:
+    res = runner.invoke(
+        app,
+        ["simulate", "paper-llama2-7b", "-p", "cloud-only", "--seeds", "1", "--duration", "inf"],
+    )
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)
+    assert "--duration" in res.output
