@@ -169,7 +169,12 @@ def register(app: typer.Typer) -> None:
         except (SweepError, ScenarioError) as e:
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from None
-        results, total = run_with_progress(sweeps, pols, seeds, processes, bound)
+        try:
+            # Trace files are read when the runs start: their errors name the field too.
+            results, total = run_with_progress(sweeps, pols, seeds, processes, bound)
+        except ScenarioError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
         report(results, out, total, processes)
 
 

@@ -209,3 +209,30 @@ def test_bench_sweep_fills_in_only_the_options_not_given(given: list[str]) -> No
     defaults = _bench_sweep_argv()([])
     assert "--seeds" in defaults and "--load" in defaults and "--out" in defaults
     assert "paper-llama2-7b" in defaults and "edge-gpu" in defaults
+
+
+def test_cli_bad_trace_content_is_a_clean_error(tmp_path: Path) -> None:
+    """A trace read only when the runs start (a bandwidth sweep of a trace-driven
+    scenario): an error naming the field, exit 2, no traceback."""
+    import yaml
+
+    (tmp_path / "t.csv").write_text("time_s\n1\nabc\n")
+    sc = yaml.safe_load(
+        (Path(__file__).parents[2] / "perllm/scenarios/paper-llama2-7b.yaml").read_text()
+    )
+    sc["workload"]["arrivals"] = {"kind": "trace", "file": "t.csv"}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(sc))
+    out = tmp_path / "out"
+    res = runner.invoke(
+        app,
+        [
+            *("sweep", str(f), "--cloud-mbps", "100", "--duration", "5", "--no-bound"),
+            *("-p", "cloud-only", "--out", str(out)),
+        ],
+    )
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)
+    text = " ".join(res.output.split())
+    assert "workload.arrivals.file" in text and "malformed row" in text
+    assert not out.exists()
