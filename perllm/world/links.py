@@ -50,13 +50,28 @@ def _apply_trace(
         raise ScenarioError(f"bandwidth.trace: {path} needs columns time_s,server,mbps")
     index = {n: j for j, n in enumerate(names)}
     out = nominal.copy()
-    for row in sorted(rows, key=lambda x: float(x["time_s"])):
-        matched = [j for n, j in index.items() if fnmatch(n, row["server"])]
+    parsed = [_trace_row(path, line, row) for line, row in enumerate(rows, start=2)]
+    for time_s, server, mbps in sorted(parsed, key=lambda x: x[0]):
+        matched = [j for n, j in index.items() if fnmatch(n, server)]
         if not matched:
-            raise ScenarioError(f"bandwidth.trace: unknown server {row['server']!r}")
-        mbps = float(row["mbps"])
+            raise ScenarioError(f"bandwidth.trace: unknown server {server!r}")
         if mbps <= 0:
-            raise ScenarioError(f"bandwidth.trace: mbps must be > 0 (time {row['time_s']})")
-        first = int(np.ceil(float(row["time_s"]) / slot_s))
+            raise ScenarioError(f"bandwidth.trace: mbps must be > 0 (time {time_s:g})")
+        # A row before 0 holds from the start (a negative index would be the run's end).
+        first = max(0, int(np.ceil(time_s / slot_s)))
         out[first:, matched] = mbps
     return out
+
+
+def _trace_row(path: str, line: int, row: dict[str, str | None]) -> tuple[float, str, float]:
+    """(time_s, server, mbps) of one trace row; a `ScenarioError` naming the line."""
+    try:
+        time_s, server, mbps = float(row["time_s"] or ""), row["server"], float(row["mbps"] or "")
+    except ValueError as e:
+        raise ScenarioError(f"bandwidth.trace: {path}: line {line}: malformed row ({e})") from None
+    if server is None or not (np.isfinite(time_s) and np.isfinite(mbps)):
+        raise ScenarioError(
+            f"bandwidth.trace: {path}: line {line}: needs a finite time_s, a server and a "
+            "finite mbps"
+        )
+    return time_s, server, mbps
