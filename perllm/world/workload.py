@@ -163,9 +163,9 @@ def _columns(path: str, label: str) -> Columns:
         lo = (
             np.array([float(r["output_tokens"]) for r in rows]) if "output_tokens" in cols else None
         )
+        classes = [r["class"].strip() for r in rows] if "class" in cols else None
     except (KeyError, ValueError) as e:
         raise ScenarioError(f"{label}: {path}: malformed row ({e})") from None
-    classes = [r["class"].strip() for r in rows] if "class" in cols else None
     return t, li, lo, classes
 
 

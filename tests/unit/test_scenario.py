@@ -147,3 +147,39 @@ def test_missing_trace_file_names_the_field(tmp_path: Path) -> None:
     d["workload"]["arrivals"] = {"kind": "trace", "file": "nope.csv"}
     with pytest.raises(ScenarioError, match=r"workload\.arrivals\.file"):
         parse_scenario(d, "s.yaml", tmp_path)
+
+
+def _bw_world(tmp_path: Path, rows: str) -> Any:
+    from perllm.world.sim import World
+
+    (tmp_path / "bw.csv").write_text("time_s,server,mbps\n" + rows)
+    d = base()
+    d["duration_s"] = 20
+    d["bandwidth"] = {"trace": "bw.csv"}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(d))
+    return World(load_scenario(f), 1)
+
+
+@pytest.mark.parametrize(
+    "rows", ["0,cloud,abc\n", "x,cloud,5\n", "0,cloud\n", "0,cloud,nan\n", "nan,cloud,5\n"]
+)
+def test_bandwidth_trace_bad_row_names_the_field(tmp_path: Path, rows: str) -> None:
+    with pytest.raises(ScenarioError, match=r"bandwidth\.trace: .*line 2"):
+        _bw_world(tmp_path, rows)
+
+
+def test_bandwidth_trace_row_before_zero_applies_from_the_start(tmp_path: Path) -> None:
+    # A row at t < 0 holds from the start on, not over the run's last slots.
+    w = _bw_world(tmp_path, "-5,cloud,2\n")
+    assert w.bw[0, -1] < 3 and w.bw[-1, -1] < 3
+
+
+def test_arrival_trace_short_row_names_the_field(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("time_s,class\n0,chat\n1\n")
+    d = base()
+    d["workload"]["arrivals"] = {"kind": "trace", "file": "a.csv"}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(d))
+    with pytest.raises(ScenarioError, match=r"workload\.arrivals\.file: .*malformed row"):
+        simulate(load_scenario(f), policies.make("cloud-only"), seed=1)
