@@ -45,7 +45,35 @@ def parse_scenario(
     if base_dir is not None:
         sc = _relative_to(sc, base_dir)
     _check_files(sc, source)
+    check_services(sc, source)
     return sc
+
+
+# Where a field of a class's `ServiceSpec` (its `Requirements`, `Traffic`) comes from in
+# the scenario file.
+_SERVICE_FIELDS = {
+    "min_quality": "min_quality.values",
+    "rate_rps": "arrivals.rate_rps (the class's mean rate)",
+    "prompt_tokens": "input_tokens (its mean)",
+    "output_tokens": "output_tokens (its mean)",
+    "payload_bytes": "attachment_bytes (its mean)",
+}
+
+
+def check_services(sc: Scenario, source: str) -> None:
+    """Every class is a valid `ServiceSpec` (the contract's bounds: at most 1,000 req/s a
+    class, a variant for each allowed tier, …), so that a scenario that loads also runs."""
+    for k in range(len(sc.workload.classes)):
+        try:
+            sc.service(k)
+        except ValidationError as e:
+            lines = []
+            for line in _format_errors(e).split("\n  "):
+                loc, _, msg = line.partition(": ")
+                leaf = loc.removeprefix("requirements.").removeprefix("traffic.")
+                loc = "" if loc == "(top level)" else "." + _SERVICE_FIELDS.get(leaf, loc)
+                lines.append(f"workload.classes[{k}]{loc}: {msg}")
+            raise ScenarioError(f"{source}: invalid scenario:\n  " + "\n  ".join(lines)) from None
 
 
 def _relative_to(sc: Scenario, base_dir: Path) -> Scenario:

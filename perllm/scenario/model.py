@@ -114,26 +114,24 @@ class Scenario(Strict):
 
     def services(self) -> list[ServiceSpec]:
         """Each workload class as the `ServiceSpec` a user would declare for it."""
-        out = []
-        for k, c in enumerate(self.workload.classes):
-            out.append(
-                ServiceSpec(
-                    name=c.name,
-                    model=c.model,
-                    variants=c.variants or _default_variants(),
-                    requirements=Requirements(
-                        deadline=c.deadline, min_quality=min(c.min_quality.values)
-                    ),
-                    traffic=Traffic(
-                        rate_rps=self.declared_rate(k),
-                        prompt_tokens=max(1.0, dist_mean(c.input_tokens)),
-                        output_tokens=max(1.0, dist_mean(c.output_tokens)),
-                        payload_bytes=dist_mean(c.attachment_bytes) if c.attachment_bytes else 0.0,
-                    ),
-                    allowed_tiers=c.allowed_tiers,
-                )
-            )
-        return out
+        return [self.service(k) for k in range(len(self.workload.classes))]
+
+    def service(self, k: int) -> ServiceSpec:
+        """Class k as the `ServiceSpec` a user would declare for it."""
+        c = self.workload.classes[k]
+        return ServiceSpec(
+            name=c.name,
+            model=c.model,
+            variants=c.variants or _default_variants(),
+            requirements=Requirements(deadline=c.deadline, min_quality=min(c.min_quality.values)),
+            traffic=Traffic(
+                rate_rps=self.declared_rate(k),
+                prompt_tokens=max(1.0, dist_mean(c.input_tokens)),
+                output_tokens=max(1.0, dist_mean(c.output_tokens)),
+                payload_bytes=dist_mean(c.attachment_bytes) if c.attachment_bytes else 0.0,
+            ),
+            allowed_tiers=c.allowed_tiers,
+        )
 
 
 def _trace_rate(path: str, cls: str, duration_s: float) -> float:

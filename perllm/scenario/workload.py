@@ -88,6 +88,12 @@ class ServiceClass(Strict):
         description="Own arrival process; None = a share of the scenario-wide process.",
     )
 
+    @model_validator(mode="after")
+    def _floors(self) -> ServiceClass:
+        if not all(0 <= q <= 1 for q in self.min_quality.values):
+            raise ValueError("min_quality.values: each a quality in [0, 1]")
+        return self
+
 
 class Arrivals(Strict):
     """Arrival process: `poisson`, `gamma` (bursty, coefficient of variation `cv`) or `trace`."""

@@ -80,6 +80,21 @@ BAD = [
     ("duration_s", -1, "duration_s"),
     ("slot_s", 0, "slot_s"),
     ("servers.0.link.bandwith_mbps", 100, "servers[0].link.bandwith_mbps"),  # typo is caught
+    # What the class's ServiceSpec would refuse at run time is refused at load.
+    ("workload.classes.0.min_quality.values", [1.5, 0], "workload.classes[0].min_quality.values"),
+    ("workload.classes.0.min_quality.values", [0, 45], "workload.classes[0].min_quality.values"),
+    ("workload.classes.0.allowed_tiers", [], "workload.classes[0].allowed_tiers"),
+    (
+        "workload.classes.0.variants",
+        [{"tier": "edge", "precision": "q4_k_m"}],
+        "workload.classes[0].variants",
+    ),
+    ("workload.arrivals.rate_rps", 1e7, "workload.classes[0].arrivals.rate_rps"),
+    (
+        "workload.classes.0.input_tokens",
+        {"kind": "constant", "value": 1e12},
+        "workload.classes[0].input_tokens",
+    ),
 ]
 
 
