@@ -17,7 +17,8 @@ from typing import Any, Literal
 import numpy as np
 
 from perllm import policies
-from perllm.scenario import Scenario
+from perllm.scenario import Scenario, ScenarioError
+from perllm.scenario.load import check_services
 from perllm.sweep.metrics import BOUND_METRICS, METRICS, run_row
 from perllm.sweep.transforms import SweepError, scale_load, set_cloud_bandwidth, set_load
 
@@ -58,6 +59,11 @@ class Sweep:
             "cloud_mbps": set_cloud_bandwidth,
         }[axis]
         pts = tuple(SweepPoint(float(v), tf(sc, float(v))) for v in values)
+        for pt in pts:  # a transformed point must still be a scenario that runs
+            try:
+                check_services(pt.scenario, sc.name)
+            except ScenarioError as e:
+                raise SweepError(f"{AXIS_SHORT[axis]} sweep at {pt.value:g}: {e}") from None
         return cls(f"{sc.name}-{AXIS_SHORT[axis]}", sc.name, axis, pts)
 
 
