@@ -10,4 +10,5 @@ class ScenarioError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Finite numbers only: an infinite duration, rate or window end cannot be simulated.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -90,6 +90,8 @@ BAD = [
         "workload.classes[0].variants",
     ),
     ("workload.arrivals.rate_rps", 1e7, "workload.classes[0].arrivals.rate_rps"),
+    ("duration_s", float("inf"), "duration_s"),  # finite numbers only
+    ("workload.rate_windows", [{"at_s": 0, "until_s": float("inf"), "factor": 2}], "until_s"),
     (
         "workload.classes.0.input_tokens",
         {"kind": "constant", "value": 1e12},
