@@ -31,6 +31,11 @@ class Window(Strict):
 
 ArrivalKind = Literal["poisson", "gamma", "trace"]
 
+# Largest coefficient of variation of gamma gaps (shape 1/cv² ≥ 0.01). Beyond it most
+# gaps underflow to exactly 0 s (at cv 100, 93 %), so the realised rate is no longer the
+# asked one, and at cv ~1e4 and above drawing the arrivals practically never ends.
+MAX_CV = 10.0
+
 
 class ClassArrivals(Strict):
     """A class's own arrival process; every field left out comes from `workload.arrivals`
@@ -38,7 +43,7 @@ class ClassArrivals(Strict):
 
     kind: ArrivalKind | None = None
     rate_rps: Annotated[float, Field(gt=0)] | None = None
-    cv: Annotated[float, Field(gt=0)] | None = None
+    cv: Annotated[float, Field(gt=0, le=MAX_CV)] | None = None
     file: str | None = Field(default=None, description="CSV of arrival seconds (kind: trace).")
     rate_windows: list[Window] | None = Field(
         default=None, description="Rate multipliers over time; None = workload.rate_windows."
@@ -100,7 +105,7 @@ class Arrivals(Strict):
 
     kind: ArrivalKind = "poisson"
     rate_rps: Annotated[float, Field(gt=0)] | None = None
-    cv: Annotated[float, Field(gt=0)] = 2.0
+    cv: Annotated[float, Field(gt=0, le=MAX_CV)] = 2.0
     file: str | None = Field(default=None, description="CSV trace (kind: trace).")
 
     @model_validator(mode="after")

@@ -91,6 +91,8 @@ BAD = [
     ),
     ("workload.arrivals.rate_rps", 1e7, "workload.classes[0].arrivals.rate_rps"),
     ("duration_s", float("inf"), "duration_s"),  # finite numbers only
+    ("workload.arrivals.cv", 1e6, "workload.arrivals.cv"),  # drawing would never end
+    ("workload.classes.1.arrivals", {"kind": "gamma", "cv": 50}, "classes[1].arrivals.cv"),
     ("workload.rate_windows", [{"at_s": 0, "until_s": float("inf"), "factor": 2}], "until_s"),
     (
         "workload.classes.0.input_tokens",
