@@ -210,7 +210,7 @@ def scenarios_validate(files: Annotated[list[str], typer.Argument(help="Scenario
 
 @scenarios_app.command("show")
 def scenarios_show(name: str) -> None:
-    """Print a built-in scenario's YAML."""
+    """Print a scenario's YAML (a built-in name or a file)."""
     from perllm.scenario import builtin_dir, builtin_scenarios
 
     path = Path(name) if Path(name).exists() else builtin_dir() / f"{name}.yaml"
@@ -219,7 +219,9 @@ def scenarios_show(name: str) -> None:
             f"[red]error:[/red] no scenario {name!r}; built-ins: {', '.join(builtin_scenarios())}"
         )
         raise typer.Exit(2)
-    console.print(path.read_text(), markup=False, highlight=False)
+    # Verbatim (`show NAME > my.yaml` starts a scenario): rich would wrap long lines and
+    # turn `:x:` into an emoji.
+    typer.echo(path.read_text(), nl=False)
 
 
 def _mount_optional() -> None:

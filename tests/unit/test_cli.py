@@ -119,3 +119,23 @@ def test_simulate_rejects_infinite_duration() -> None:
     assert res.exit_code == 2, res.output
     assert isinstance(res.exception, SystemExit)
     assert "--duration" in res.output
+
+
+def test_scenarios_show_prints_the_file_verbatim(tmp_path: Path) -> None:
+    """`show NAME > my.yaml` is the documented way to start a scenario: no wrapping of
+    long lines, no `:x:` emoji codes, no extra newline."""
+    text = (
+        (Path(__file__).parents[2] / "perllm/scenarios/paper-llama2-7b.yaml")
+        .read_text()
+        .replace('description: "', 'description: ":x: ' + "a" * 200 + " ", 1)
+    )
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    res = runner.invoke(app, ["scenarios", "show", str(f)])
+    assert res.exit_code == 0
+    assert res.stdout == text
+    res = runner.invoke(app, ["scenarios", "show", "paper-llama2-7b"])
+    assert (
+        res.stdout
+        == (Path(__file__).parents[2] / "perllm/scenarios/paper-llama2-7b.yaml").read_text()
+    )
