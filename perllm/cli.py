@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -104,6 +105,7 @@ def simulate(
         raise typer.Exit(2)
     scs = [_load(n, duration) for n in scenario or list(REFERENCE_SCENARIOS)]
     wanted = _wanted_policies(policy)
+    _check_outputs(json_out, out)
     try:
         # Trace files are read when a run starts: their errors name the field too.
         exp = _run_with_progress(scs, wanted, seeds)
@@ -120,6 +122,25 @@ def simulate(
     if out:
         for p in write_plots(exp, out):
             console.print(f"plot: {p}")
+
+
+def _check_outputs(json_out: Path | None, out: Path | None) -> None:
+    """Fail before the runs, not after them, when --json or --out cannot be written."""
+    for option, folder in (
+        ("--json", json_out.parent if json_out is not None else None),
+        ("--out", out),
+    ):
+        if folder is None:
+            continue
+        try:
+            if option == "--json" and json_out is not None and json_out.is_dir():
+                raise IsADirectoryError(f"{json_out} is a folder")
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(f"cannot write in {folder}")
+        except OSError as e:
+            err.print(f"[red]error:[/red] {option}: {e}")
+            raise typer.Exit(2) from None
 
 
 def _wanted_policies(policy: list[str] | None) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -168,6 +169,13 @@ def register(app: typer.Typer) -> None:
             sweeps = build_sweeps(scenarios or DEFAULT_SCENARIOS, axes, pols, duration)
         except (SweepError, ScenarioError) as e:
             err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+        try:  # fail before the runs, not after them
+            out.mkdir(parents=True, exist_ok=True)
+            if not os.access(out, os.W_OK):
+                raise PermissionError(f"cannot write in {out}")
+        except OSError as e:
+            err.print(f"[red]error:[/red] --out: {e}")
             raise typer.Exit(2) from None
         try:
             # Trace files are read when the runs start: their errors name the field too.

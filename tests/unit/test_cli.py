@@ -139,3 +139,18 @@ def test_scenarios_show_prints_the_file_verbatim(tmp_path: Path) -> None:
         res.stdout
         == (Path(__file__).parents[2] / "perllm/scenarios/paper-llama2-7b.yaml").read_text()
     )
+
+
+def test_simulate_checks_outputs_before_running(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("a file")
+    for args in (
+        ["--json", str(tmp_path / "f" / "r.json")],
+        ["--json", str(tmp_path)],
+        ["--out", str(tmp_path / "f" / "plots")],
+    ):
+        res = runner.invoke(
+            app, ["simulate", "paper-llama2-7b", "-p", "cloud-only", "--seeds", "1", *args]
+        )
+        assert res.exit_code == 2, res.output
+        assert isinstance(res.exception, SystemExit)
+        assert args[0] in res.output and "simulating" not in res.output

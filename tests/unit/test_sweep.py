@@ -236,4 +236,15 @@ def test_cli_bad_trace_content_is_a_clean_error(tmp_path: Path) -> None:
     assert isinstance(res.exception, SystemExit)
     text = " ".join(res.output.split())
     assert "workload.arrivals.file" in text and "malformed row" in text
-    assert not out.exists()
+    assert not list(out.iterdir())  # created before the runs, nothing written
+
+
+def test_cli_checks_out_before_running(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("a file")
+    res = runner.invoke(
+        app,
+        ["sweep", "--load", "4", "--no-bound", "-p", "cloud-only", "--out", str(tmp_path / "f")],
+    )
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)
+    assert "--out" in res.output
