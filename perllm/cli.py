@@ -37,7 +37,7 @@ scenarios_app = typer.Typer(help="List, show and validate scenario files.", no_a
 app.add_typer(scenarios_app, name="scenarios")
 # Tables are wide: keep them readable when piped (rich falls back to 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line when piped
 
 DEFAULT_POLICY_ORDER = [
     "perllm",

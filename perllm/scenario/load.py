@@ -74,6 +74,24 @@ def check_services(sc: Scenario, source: str) -> None:
                 loc = "" if loc == "(top level)" else "." + _SERVICE_FIELDS.get(leaf, loc)
                 lines.append(f"workload.classes[{k}]{loc}: {msg}")
             raise ScenarioError(f"{source}: invalid scenario:\n  " + "\n  ".join(lines)) from None
+    from perllm.costmodel import build_cost_table  # (the cost model imports no scenario)
+
+    table = build_cost_table(sc.services(), sc.expanded_servers(), sc.catalogue)
+    present = {s.tier for _, s in sc.expanded_servers()}
+    for k, c in enumerate(sc.workload.classes):
+        if table.allowed[k].any():
+            continue
+        tiers = [t.value for t in c.allowed_tiers]
+        why = (
+            f"allowed_tiers {tiers}: no server in them (servers' tiers: "
+            f"{sorted(t.value for t in present)})"
+            if not present & set(c.allowed_tiers)
+            else f"model: {c.model} fits in no server's memory in tiers {tiers}"
+        )
+        raise ScenarioError(
+            f"{source}: invalid scenario:\n  workload.classes[{k}]: no server can run "
+            f"class {c.name!r}: {why}"
+        )
 
 
 def _relative_to(sc: Scenario, base_dir: Path) -> Scenario:

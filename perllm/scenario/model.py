@@ -3,6 +3,7 @@ would declare for it."""
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -75,6 +76,14 @@ class Scenario(Strict):
         names = [n for n, _ in self.expanded_servers()]
         if len(names) != len(set(names)):
             raise ValueError("servers: server names (after count expansion) must be unique")
+        tiers = {t.value for t in Tier}
+        for i, w in enumerate(self.bandwidth.windows):
+            for p in w.servers or []:  # (a typo would silently match nothing)
+                if p not in tiers and not any(fnmatch(n, p) for n in names):
+                    raise ValueError(
+                        f"bandwidth.windows[{i}].servers: {p!r} is no tier and matches no "
+                        f"server name; servers: {names}"
+                    )
         for i, c in enumerate(self.workload.classes):
             if c.model not in cat.models:
                 raise ValueError(

@@ -36,7 +36,7 @@ DEFAULT_POLICIES = [
 DEFAULT_LOADS = "4,5,6,8,12,16,24"
 DEFAULT_CLOUD_MBPS = "300,100,30,10,3"
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line when piped
 
 
 def parse_values(option: str, text: str | None) -> list[float]:

@@ -154,3 +154,17 @@ def test_simulate_checks_outputs_before_running(tmp_path: Path) -> None:
         assert res.exit_code == 2, res.output
         assert isinstance(res.exception, SystemExit)
         assert args[0] in res.output and "simulating" not in res.output
+
+
+def test_python_dash_m_perllm_is_the_command() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "perllm", "scenarios", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+    assert out.returncode == 0 and "paper-llama2-7b" in out.stdout, out.stderr

@@ -110,6 +110,30 @@ def test_malformed_scenario_names_the_field(path: str, value: Any, field: str) -
     assert "bad.yaml" in str(e.value)
 
 
+def test_a_class_no_server_can_run_is_refused_at_load() -> None:
+    """It would make the baselines raise mid-run (a policy placing it anywhere)."""
+    d = _set(base(), "workload.classes.0.allowed_tiers", ["edge"])
+    d["servers"] = [s for s in d["servers"] if s["tier"] == "cloud"]
+    with pytest.raises(ScenarioError, match=r"classes\[0\]: no server can run class .*"
+                       r"allowed_tiers \['edge'\]: no server in them"):  # fmt: skip
+        parse_scenario(d, "bad.yaml")
+    d = _set(base(), "workload.classes.0.model", "yi-34b")
+    d = _set(d, "workload.classes.0.allowed_tiers", ["cloud"])
+    d["servers"] = [{**s, "hardware": "nvidia-l4"} for s in d["servers"] if s["tier"] == "cloud"]
+    with pytest.raises(ScenarioError, match=r"model: yi-34b fits in no server's memory"):
+        parse_scenario(d, "bad.yaml")
+
+
+def test_a_bandwidth_window_naming_no_server_is_refused() -> None:
+    d = base()
+    d["bandwidth"] = {"windows": [{"at_s": 0, "until_s": 5, "factor": 0.5, "servers": ["clod"]}]}
+    with pytest.raises(ScenarioError, match=r"bandwidth.windows\[0\].servers: 'clod' is no tier"):
+        parse_scenario(d, "bad.yaml")
+    for ok in (["cloud"], ["edge-*"], ["edge"]):  # a name, a pattern, a tier
+        d["bandwidth"]["windows"][0]["servers"] = ok
+        parse_scenario(d, "ok.yaml")
+
+
 def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
     f = tmp_path / "x.yaml"
     f.write_text("servers: [unclosed")
