@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from perllm.contract import EnergyWeights, Link, Server, ServiceSpec, Tier
 from perllm.csucb import CSUCBConfig
 from perllm.profiles import Catalogue, default_catalogue
+from perllm.yamlerror import one_line
 
 
 class RouterConfigError(ValueError):
@@ -240,6 +241,8 @@ def load_config(path: str | Path) -> RouterConfig:
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except OSError as e:
         raise RouterConfigError(f"{p}: {e}") from None
+    except yaml.YAMLError as e:
+        raise RouterConfigError(f"{p}: not valid YAML: {one_line(e)}") from None
     return parse_config(data, str(p))

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from perllm.scenario.base import ScenarioError
 from perllm.scenario.model import Scenario
+from perllm.yamlerror import one_line
 
 _SUBFIELD = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
 
@@ -156,7 +157,7 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ScenarioError(f"{p}: not valid YAML: {e}") from None
+        raise ScenarioError(f"{p}: not valid YAML: {one_line(e)}") from None
     except OSError as e:  # a directory, unreadable
         raise ScenarioError(f"{p}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:

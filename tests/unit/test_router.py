@@ -465,6 +465,9 @@ def test_config_errors_are_clear(tmp_path: Any) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(json.dumps({"scenario": "demo", "service_class": "chat", "backends": BACKENDS}))
     assert load_config(p).backends[1].name == "cloud"
+    p.write_text("a: b: c\n")
+    with pytest.raises(RouterConfigError, match=r"not valid YAML: line 1, column 5: mapping"):
+        load_config(p)
     # A URL the upstream pool cannot connect to is the config's error, naming the field
     # (it was a ValueError traceback from the pool when the router started).
     for url in ("http://", "http://h:99999", "http://h:abc", "http://[::1"):
