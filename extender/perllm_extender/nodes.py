@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -49,14 +50,19 @@ def node_name(obj: Obj) -> str | None:
 
 
 def ann_float(ann: dict[str, str], key: str) -> float | None:
-    """A numeric annotation; None when absent, ValueError naming it when not a number."""
+    """A numeric annotation; None when absent, ValueError naming it when not a finite
+    number (`float()` reads "inf" and "nan": an infinite link energy on one node made every
+    candidate's predicted energy NaN)."""
     v = ann.get(key)
     if v is None:
         return None
     try:
-        return float(v)
+        x = float(v)
     except ValueError:
         raise ValueError(f"annotation {key}={v!r} is not a number") from None
+    if not math.isfinite(x):
+        raise ValueError(f"annotation {key}={v!r} is not a finite number")
+    return x
 
 
 def to_server(obj: Obj, catalogue: Catalogue) -> Server | str:

@@ -22,6 +22,7 @@ from test_extender_fakes import args as by_names  # nodeCacheCapable: true
 from perllm.contract import ServiceSpec
 from perllm.devcluster import config as devconfig
 from perllm.devcluster import nodes as devnodes
+from perllm.profiles import default_catalogue
 
 
 def pod(s: ServiceSpec | None, name: str = "svc-predictor-7d9f", uid: str = "uid-1") -> Obj:
@@ -259,6 +260,32 @@ def test_unmodelled_nodes_are_reported_not_fatal(client: TestClient) -> None:
         "/scheduler/filter", json=by_names(pod(LOOSE, uid="u9"), ["cloud", "ghost"])
     ).json()
     assert body["NodeNames"] == ["cloud"] and "node cache" in body["FailedNodes"]["ghost"]
+
+
+@pytest.mark.parametrize(
+    "key", ["link-bandwidth-mbps", "link-rtt-ms", "link-energy-uj-per-bit", "link-noise"]
+)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+def test_non_finite_link_annotations_leave_a_node_unmodelled(key: str, value: str) -> None:
+    """`float()` reads "inf": an infinite link energy made every candidate's energy NaN
+    (the class's energy scale went infinite), so one node's annotation spoilt the decision
+    for all of them."""
+    odd = json.loads(json.dumps(NODES[0]))
+    odd["metadata"]["annotations"][f"perllm.io/{key}"] = value
+    reason = xnodes.to_server(odd, default_catalogue())
+    assert isinstance(reason, str) and f"perllm.io/{key}" in reason and "finite" in reason
+
+
+def test_non_finite_pod_annotations_are_400_naming_them(client: TestClient) -> None:
+    p = {
+        "metadata": {
+            "name": "p",
+            "labels": {"perllm.io/service": "x"},
+            "annotations": {"perllm.io/deadline-s": "inf"},
+        }
+    }
+    r = client.post("/scheduler/filter", json={"Pod": p, "NodeNames": ["cloud"]})
+    assert r.status_code == 400 and "perllm.io/deadline-s" in r.json()["Error"]
 
 
 @pytest.mark.parametrize(
