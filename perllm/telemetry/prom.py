@@ -106,14 +106,14 @@ class Prometheus:
             self._fail("no Prometheus URL configured")
             return None
         try:
-            raw = self._connect().custom_query(promql)
-        except Exception as e:  # connection refused, timeout, non-200, bad JSON
+            samples = _samples(self._connect().custom_query(promql))
+        except Exception as e:  # connection refused, timeout, non-200, bad JSON, no vector
             self._fail(f"{type(e).__name__}: {e}")
             with self._lock:
                 hit = self._cache.get(promql)
             return Answer(hit.samples, False, hit.at) if hit is not None else None
         now = time.time()
-        ans = Answer([_sample(r) for r in raw if isinstance(r, dict)], True, now)
+        ans = Answer(samples, True, now)
         with self._lock:
             self._cache[promql] = ans
             while len(self._cache) > self.cache_size:
@@ -131,9 +131,20 @@ class Prometheus:
             log.warning("Prometheus %s unreachable: %s", self.url, why)
 
 
+def _samples(raw: Any) -> list[Sample]:
+    """The samples of an answer's result; ValueError when it is not a vector (a garbled
+    answer is a failed query, never an exception out of `query`)."""
+    if not isinstance(raw, list):
+        raise ValueError(f"result is a {type(raw).__name__}, not a list")
+    return [_sample(r) for r in raw if isinstance(r, dict)]
+
+
 def _sample(r: dict[str, Any]) -> Sample:
     try:
         v = float(r.get("value", [0, "nan"])[1])
     except (TypeError, ValueError, IndexError):
         v = math.nan
-    return Sample({str(k): str(x) for k, x in (r.get("metric") or {}).items()}, v)
+    metric = r.get("metric") or {}
+    if not isinstance(metric, dict):
+        raise ValueError(f"a sample's metric is a {type(metric).__name__}, not an object")
+    return Sample({str(k): str(x) for k, x in metric.items()}, v)

@@ -87,6 +87,32 @@ def test_failure_serves_last_good_marked_stale(fake: FakePrometheus) -> None:
     assert (back := p.query("q")) is not None and back.fresh and p.health.ok
 
 
+@pytest.mark.parametrize(
+    "result",
+    [
+        5,
+        None,
+        {"a": 1},
+        [{"metric": ["node", "a"], "value": [1.0, "1"]}],
+        [{"metric": "node=a", "value": [1.0, "1"]}],
+    ],
+)
+def test_a_garbled_answer_is_a_failed_query_not_an_exception(
+    fake: FakePrometheus, result: Any
+) -> None:
+    """`query` never raises (the operator's status timer calls it unguarded): an answer
+    whose result is not a vector of {metric: {...}, value: [...]} counts as a failure and
+    the last good answer is served, marked stale."""
+    fake.result = [{"metric": {"pod": "a"}, "value": [1.0, "2.5"]}]
+    p = Prometheus(fake.url, timeout_s=2)
+    assert (first := p.query("q")) is not None
+    fake.result = result
+    again = p.query("q")
+    assert again is not None and not again.fresh and again.at == first.at
+    assert not p.health.ok and p.health.last_error
+    assert p.query("never-asked-before") is None
+
+
 def test_unreachable_or_unconfigured_returns_none_without_raising() -> None:
     p = Prometheus("http://127.0.0.1:9", timeout_s=0.5)  # discard port: refused
     assert p.query("up") is None
