@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("perllm.telemetry")
+MAX_ERROR = 500  # characters of a failure's reason kept (logs, /readyz, conditions)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class Prometheus:
         return ans
 
     def _fail(self, why: str) -> None:
+        if len(why) > MAX_ERROR:  # a non-200's exception carries the whole body
+            why = f"{why[:MAX_ERROR]}... ({len(why)} characters)"
         with self._lock:
             first = self.health.ok or self.health.failures == 0
             self.health.ok, self.health.last_error = False, why

@@ -113,6 +113,17 @@ def test_a_garbled_answer_is_a_failed_query_not_an_exception(
     assert p.query("never-asked-before") is None
 
 
+def test_the_reason_of_a_failure_is_bounded(fake: FakePrometheus) -> None:
+    """A non-200's whole body is in the client's exception: a proxy's 200 kB error page
+    went into every log line, `/readyz` and the LLMService's TelemetryStale condition."""
+    fake.status = 502
+    fake.result = [{"metric": {"pod": "x" * 1000}, "value": [1.0, "1"]}] * 200
+    p = Prometheus(fake.url, timeout_s=2)
+    assert p.query("q") is None
+    why = p.health.last_error or ""
+    assert "502" in why and len(why) <= 600
+
+
 def test_unreachable_or_unconfigured_returns_none_without_raising() -> None:
     p = Prometheus("http://127.0.0.1:9", timeout_s=0.5)  # discard port: refused
     assert p.query("up") is None
