@@ -16,7 +16,7 @@ from typing import Any
 from perllm.contract import ServiceSpec
 from perllm.telemetry import names
 from perllm.telemetry import status_queries as q
-from perllm.telemetry.prom import Answer, Prometheus
+from perllm.telemetry.prom import Answer, Prometheus, redact_url
 from perllm.timefmt import rfc3339
 from perllm_operator.tiers import LABEL_CHILD_TIER
 
@@ -143,6 +143,8 @@ def deadline_met(obs: ServiceReading | None, spec: ServiceSpec, stale_since: str
 
 def telemetry_stale(obs: ServiceReading | None, url: str | None, stale_since: str | None) -> Cond:
     """`TelemetryStale`: True while Prometheus is unconfigured or unreachable."""
+    if url:
+        url = redact_url(url)  # anyone who reads the LLMService reads the message
     if not url:
         return (
             True,

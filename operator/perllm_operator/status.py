@@ -11,6 +11,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import InvalidService, service_spec
+from perllm.telemetry.prom import redact_url
 from perllm.timefmt import rfc3339
 from perllm_operator import failures, kube, observe, policy, reconcile, replacement
 from perllm_operator.conditions import sync_status
@@ -133,7 +134,7 @@ def telemetry_probe(memo: kopf.Memo, **_: Any) -> Obj:
     state = state_of(memo)
     h = state.prom.health
     return {
-        "prometheus": state.config.prometheus_url,
+        "prometheus": redact_url(url) if (url := state.config.prometheus_url) else None,
         "ok": h.ok,
         "lastError": h.last_error,
         "stalenessSeconds": None if h.last_success is None else round(h.staleness_s(), 1),

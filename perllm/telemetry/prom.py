@@ -13,9 +13,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger("perllm.telemetry")
 MAX_ERROR = 500  # characters of a failure's reason kept (logs, /readyz, conditions)
+
+
+def redact_url(url: str) -> str:
+    """`url` fit to show (logs, conditions, probes): a user and password in it (basic auth,
+    which requests reads from the URL) replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,9 @@ class Prometheus:
         return ans
 
     def _fail(self, why: str) -> None:
+        password = urlsplit(self.url).password if self.url else None
+        if password:  # an invalid-URL error quotes the URL
+            why = why.replace(password, "***")
         if len(why) > MAX_ERROR:  # a non-200's exception carries the whole body
             why = f"{why[:MAX_ERROR]}... ({len(why)} characters)"
         with self._lock:
@@ -131,7 +147,7 @@ class Prometheus:
             self.health.ok, self.health.last_error = False, why
             self.health.failures += 1
         if first:  # say it once per outage, not once per query
-            log.warning("Prometheus %s unreachable: %s", self.url, why)
+            log.warning("Prometheus %s unreachable: %s", redact_url(self.url or ""), why)
 
 
 def _samples(raw: Any) -> list[Sample]:

@@ -4,6 +4,7 @@ the timer handler with the Kubernetes and Prometheus calls replaced by fakes).""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,21 @@ def test_unreachable_prometheus_is_stale_not_fatal() -> None:
     assert "stale since 2026-01-01T00:00:00Z; placement continues" in msg and "refused" in msg
     assert observe.deadline_met(obs, spec, None)[:2] == (None, "TelemetryStale")
     assert observe.telemetry_stale(None, None, None)[1] == "NoPrometheus"
+
+
+def test_conditions_and_probe_never_show_the_url_credentials() -> None:
+    """The TelemetryStale message is readable by anyone who can read the LLMService, the
+    liveness probe by anyone who reaches the port: neither may carry a password."""
+    url = "http://user:s3cret@prom:9090"
+    spec = service_spec(_load("chat-assistant"))
+    down = observe.observe(FakeProm({}, down=True), "llm", "s", spec, [], "s", "5m", 5.0)
+    empty = observe.observe(FakeProm({}), "llm", "s", spec, [], "s", "5m", 5.0)
+    fresh = dataclasses.replace(empty, rps=1.0)
+    for obs in (down, empty, fresh):
+        msg = observe.telemetry_stale(obs, url, None)[2]
+        assert "s3cret" not in msg and "http://***@prom:9090" in msg
+    probe = status.telemetry_probe(memo_of(State(Config(prometheus_url=url), FakeProm({}))))
+    assert probe["prometheus"] == "http://***@prom:9090"
 
 
 def test_no_series_and_no_traffic() -> None:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from perllm.telemetry import names, queries
-from perllm.telemetry.prom import Answer, Prometheus, Sample
+from perllm.telemetry.prom import Answer, Prometheus, Sample, redact_url
 
 
 class FakePrometheus:
@@ -122,6 +122,20 @@ def test_the_reason_of_a_failure_is_bounded(fake: FakePrometheus) -> None:
     assert p.query("q") is None
     why = p.health.last_error or ""
     assert "502" in why and len(why) <= 600
+
+
+def test_credentials_in_the_url_stay_out_of_logs_and_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`--prometheus http://user:password@host` (basic auth, which requests reads from the
+    URL): the warning logged the URL as it was, password included."""
+    assert redact_url("https://user:s3cret@prom:9090/x") == "https://***@prom:9090/x"
+    assert redact_url("http://prom:9090") == "http://prom:9090"
+    p = Prometheus("http://user:s3cret@127.0.0.1:9", timeout_s=0.5)  # refused
+    with caplog.at_level("WARNING", logger="perllm.telemetry"):
+        assert p.query("up") is None
+    assert "Prometheus http://***@127.0.0.1:9 unreachable" in caplog.text
+    assert "s3cret" not in caplog.text and "s3cret" not in (p.health.last_error or "")
 
 
 def test_unreachable_or_unconfigured_returns_none_without_raising() -> None:
