@@ -47,6 +47,11 @@ def register(app: typer.Typer) -> None:
         """Run the node agent: GPU (NVML, DCGM names), CPU package (RAPL) power, path bandwidth."""
         from perllm.agent.agent import Agent, AgentConfig
 
+        if log_level.upper() not in logging.getLevelNamesMapping():
+            raise typer.BadParameter(
+                f"{log_level!r}: expected debug, info, warning or error",
+                param_hint="--log-level",
+            )
         logging.basicConfig(
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -168,3 +169,18 @@ def test_python_dash_m_perllm_is_the_command() -> None:
         cwd=Path(__file__).parents[2],
     )
     assert out.returncode == 0 and "paper-llama2-7b" in out.stdout, out.stderr
+
+
+def test_agent_rejects_an_unknown_log_level_as_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--log-level verbose` raised ValueError out of logging.basicConfig: a traceback and
+    exit 1 instead of a usage error naming the flag (the agent never starts)."""
+
+    def no_agent(*_a: object, **_k: object) -> None:
+        raise AssertionError("the agent must not be built with a bad flag")
+
+    monkeypatch.setattr("perllm.agent.agent.Agent.__init__", no_agent)
+    res = runner.invoke(app, ["agent", "--node", "n1", "--no-nvml", "--log-level", "verbose"])
+    assert res.exit_code == 2, res.output
+    assert "--log-level" in res.output and "verbose" in res.output
