@@ -140,6 +140,19 @@ def _check_resources(field: str, res: Any) -> None:
             )
 
 
+def _object(field: str, value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object; outside admission a field can hold anything."""
+    if not isinstance(value, dict):
+        raise InvalidService(f"{field}: must be an object")
+    return value
+
+
+def _list(field: str, value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidService(f"{field}: must be a list")
+    return value
+
+
 def _check_string(field: str, value: Any, max_len: int, pattern: re.Pattern[str]) -> None:
     if not isinstance(value, str):
         raise InvalidService(f"{field}: must be a string")
@@ -189,7 +202,8 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
     """The CRD's checks of the fields that only Kubernetes reads (the name of the children,
     model format/runtime/storageUri, replicas, resources), for an object that may not have
     passed admission; InvalidService names the field."""
-    meta, spec = obj.get("metadata", {}), obj.get("spec", {})
+    meta = _object("metadata", obj.get("metadata", {}))
+    spec = _object("spec", obj.get("spec", {}))
     name = meta.get("name", "")
     if not isinstance(name, str) or len(name) > MAX_NAME:
         raise InvalidService(
@@ -201,7 +215,7 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
             "metadata.name: must be a DNS-1035 label (lower-case letters, digits and '-', "
             f"starting with a letter) as the child Service <name>{CHILD_SUFFIX} needs"
         )
-    model = spec.get("model", {})
+    model = _object("spec.model", spec.get("model", {}))
     _check_weights("spec.model", model)
     ref = model.get("tokenSecretRef")
     if ref is not None:
@@ -228,15 +242,28 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
 def service_spec(obj: dict[str, Any]) -> ServiceSpec:
     """The contract of an `LLMService` object (as the API server returns it, defaults
     applied; missing optional fields take the CRD's defaults)."""
-    meta, spec = obj.get("metadata", {}), obj.get("spec", {})
-    model = spec.get("model", {})
-    req = spec.get("requirements", {})
-    dl = req.get("deadline", {})
-    tr = spec.get("traffic", {})
+    meta = obj.get("metadata")
+    name = meta.get("name", "?") if isinstance(meta, dict) else "?"
     try:
         check_kubernetes_fields(obj)
+        return _contract(obj)
     except InvalidService as e:
-        raise InvalidService(f"LLMService {meta.get('name', '?')}: {e}") from None
+        raise InvalidService(f"LLMService {name}: {e}") from None
+
+
+def _contract(obj: dict[str, Any]) -> ServiceSpec:
+    """`service_spec` of an object whose Kubernetes fields passed; InvalidService names
+    the field."""
+    meta, spec = obj.get("metadata", {}), obj.get("spec", {})
+    model = spec.get("model", {})
+    req = _object("spec.requirements", spec.get("requirements", {}))
+    dl = _object("spec.requirements.deadline", req.get("deadline", {}))
+    tr = _object("spec.traffic", spec.get("traffic", {}))
+    variants = [
+        _object(f"spec.model.variants[{i}]", v)
+        for i, v in enumerate(_list("spec.model.variants", model.get("variants", [])))
+    ]
+    tiers = _list("spec.allowedTiers", spec.get("allowedTiers", ["edge", "cloud"]))
     try:
         return ServiceSpec(
             name=meta.get("name", ""),
@@ -247,7 +274,7 @@ def service_spec(obj: dict[str, Any]) -> ServiceSpec:
                     precision=Precision(v["precision"]),
                     quality=v.get("quality"),
                 )
-                for v in model.get("variants", [])
+                for v in variants
             ],
             requirements=Requirements(
                 deadline=Deadline(
@@ -263,7 +290,7 @@ def service_spec(obj: dict[str, Any]) -> ServiceSpec:
                 output_tokens=tr.get("outputTokens", 128),
                 payload_bytes=tr.get("payloadBytes", 0.0),
             ),
-            allowed_tiers=[Tier(t) for t in spec.get("allowedTiers", ["edge", "cloud"])],
+            allowed_tiers=[Tier(t) for t in tiers],
             tier_replicas=(
                 {Tier(t): n for t, n in spec["tierReplicas"].items()}
                 if spec.get("tierReplicas") is not None
@@ -271,7 +298,7 @@ def service_spec(obj: dict[str, Any]) -> ServiceSpec:
             ),
         )
     except (ValidationError, ValueError, KeyError) as e:
-        raise InvalidService(f"LLMService {meta.get('name', '?')}: {e}") from None
+        raise InvalidService(str(e)) from None
 
 
 def condition(

@@ -350,6 +350,35 @@ def test_an_object_outside_admission_is_checked_too(
         service_spec(obj)
 
 
+SHAPES = [
+    (("metadata",), "chat", "metadata: must be an object"),
+    (("spec",), None, "spec: must be an object"),
+    (("spec",), "x", "spec: must be an object"),
+    (("spec", "model"), None, "spec.model: must be an object"),
+    (("spec", "model"), "llama2-7b", "spec.model: must be an object"),
+    (("spec", "model", "variants"), "edge", "spec.model.variants: must be a list"),
+    (("spec", "model", "variants", 0), "edge", r"spec.model.variants\[0\]: must be an object"),
+    (("spec", "requirements"), "fast", "spec.requirements: must be an object"),
+    (("spec", "requirements", "deadline"), [5], "spec.requirements.deadline: must be an object"),
+    (("spec", "traffic"), 10, "spec.traffic: must be an object"),
+    (("spec", "allowedTiers"), "edge", "spec.allowedTiers: must be a list"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "match"), SHAPES, ids=lambda x: str(x)[:40])
+def test_a_wrongly_shaped_object_is_invalid_not_a_crash(
+    path: tuple[Any, ...], value: Any, match: str
+) -> None:
+    """Outside admission (no schema, an older CRD) any JSON can arrive: a string where an
+    object belongs raised AttributeError/TypeError out of service_spec, and the extender's
+    LLMService informer, which drops only InvalidService, failed its whole list on it (and
+    re-listed into the same error, so no service was ever registered)."""
+    obj = _chat()
+    _set(obj, path, value)
+    with pytest.raises(InvalidService, match=match):
+        service_spec(obj)
+
+
 def test_extended_resources_request_their_limit() -> None:
     obj = _chat()
     obj["spec"]["model"]["variants"][1]["resources"]["limits"]["nvidia.com/gpu"] = 2

@@ -257,6 +257,18 @@ def test_llmservice_informer_events(caplog: pytest.LogCaptureFixture) -> None:
     assert reg.get("chat", "llm") is None
 
 
+def test_a_wrongly_shaped_llmservice_does_not_fail_the_list() -> None:
+    """One object outside admission with a string spec raised AttributeError out of
+    on_list: the informer re-listed into the same error and registered no service."""
+    reg = ServiceRegistry()
+    on_event, on_list = service_handlers(reg)
+    odd = {**LLMSVC, "metadata": {"name": "odd", "namespace": "llm"}, "spec": "x"}
+    on_list([odd, LLMSVC])
+    assert reg.get("chat", "llm") is not None and reg.get("odd", "llm") is None
+    on_event("MODIFIED", {**LLMSVC, "spec": {**LLMSVC["spec"], "requirements": "fast"}})
+    assert reg.get("chat", "llm") is None
+
+
 def test_informer_handles_bookmarks_410_and_resource_versions() -> None:
     seen: list[tuple[str, str]] = []
 
