@@ -16,13 +16,8 @@ from pydantic import ValidationError
 
 from perllm.contract import MAX_REPLICAS as MAX_REPLICAS  # re-exported with the CRD's limits
 from perllm.contract import (
-    Deadline,
-    ModelVariant,
-    Precision,
-    Requirements,
     ServiceSpec,
     Tier,
-    Traffic,
 )
 
 GROUP = "perllm.io"
@@ -251,6 +246,55 @@ def service_spec(obj: dict[str, Any]) -> ServiceSpec:
         raise InvalidService(f"LLMService {name}: {e}") from None
 
 
+# The contract's fields as the CRD spells them: a message names the field the user wrote.
+_CRD_FIELD = {
+    "name": "metadata.name",
+    "model": "spec.model.name",
+    "variants": "spec.model.variants",
+    "requirements": "spec.requirements",
+    "traffic": "spec.traffic",
+    "allowed_tiers": "spec.allowedTiers",
+    "tier_replicas": "spec.tierReplicas",
+}
+_CRD_KEY = {
+    "per_output_token_s": "perOutputTokenSeconds",
+    "min_quality": "minQuality",
+    "rate_rps": "rateRps",
+    "prompt_tokens": "promptTokens",
+    "output_tokens": "outputTokens",
+    "payload_bytes": "payloadBytes",
+}
+
+
+def _present(src: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
+    """The contract's fields (`keys`: contract name -> CRD name) that `src` sets; absent
+    ones take the contract's defaults, which are the CRD's."""
+    return {ours: src[theirs] for ours, theirs in keys.items() if theirs in src}
+
+
+def _crd_path(loc: tuple[int | str, ...]) -> str:
+    path = _CRD_FIELD.get(str(loc[0]), f"spec.{loc[0]}")
+    for p in loc[1:]:
+        path += f"[{p}]" if isinstance(p, int) else f".{_CRD_KEY.get(p, p)}"
+    return path
+
+
+def _crd_error(e: ValidationError) -> InvalidService:
+    """One line per error, each naming the CRD field."""
+    out = []
+    for err in e.errors(include_url=False):
+        if not err["loc"]:  # a check across fields: its message starts with the field
+            head, sep, rest = str(err["msg"]).removeprefix("Value error, ").partition(": ")
+            out.append(f"{_CRD_FIELD.get(head, head)}{sep}{rest}")
+        elif err["type"] == "missing":
+            out.append(f"{_crd_path(err['loc'])}: Field required")
+        else:
+            given = repr(err.get("input"))
+            given = given if len(given) <= 80 else f"{given[:80]}..."
+            out.append(f"{_crd_path(err['loc'])}: {err['msg']}, not {given}")
+    return InvalidService("; ".join(out))
+
+
 def _contract(obj: dict[str, Any]) -> ServiceSpec:
     """`service_spec` of an object whose Kubernetes fields passed; InvalidService names
     the field."""
@@ -264,41 +308,40 @@ def _contract(obj: dict[str, Any]) -> ServiceSpec:
         for i, v in enumerate(_list("spec.model.variants", model.get("variants", [])))
     ]
     tiers = _list("spec.allowedTiers", spec.get("allowedTiers", ["edge", "cloud"]))
+    data: dict[str, Any] = {
+        "name": meta.get("name", ""),
+        "model": model.get("name", ""),
+        "variants": [
+            _present(v, {"tier": "tier", "precision": "precision", "quality": "quality"})
+            for v in variants
+        ],
+        "requirements": {
+            "deadline": _present(
+                dl,
+                {
+                    "seconds": "seconds",
+                    "per_output_token_s": "perOutputTokenSeconds",
+                    "percentile": "percentile",
+                },
+            ),
+            **_present(req, {"min_quality": "minQuality"}),
+        },
+        "traffic": _present(
+            tr,
+            {
+                "rate_rps": "rateRps",
+                "prompt_tokens": "promptTokens",
+                "output_tokens": "outputTokens",
+                "payload_bytes": "payloadBytes",
+            },
+        ),
+        "allowed_tiers": tiers,
+        "tier_replicas": spec.get("tierReplicas"),
+    }
     try:
-        return ServiceSpec(
-            name=meta.get("name", ""),
-            model=model.get("name", ""),
-            variants=[
-                ModelVariant(
-                    tier=Tier(v["tier"]),
-                    precision=Precision(v["precision"]),
-                    quality=v.get("quality"),
-                )
-                for v in variants
-            ],
-            requirements=Requirements(
-                deadline=Deadline(
-                    seconds=dl.get("seconds", 0.0),
-                    per_output_token_s=dl.get("perOutputTokenSeconds", 0.0),
-                    percentile=dl.get("percentile", 95.0),
-                ),
-                min_quality=req.get("minQuality", 0.0),
-            ),
-            traffic=Traffic(
-                rate_rps=tr.get("rateRps", 0.0),
-                prompt_tokens=tr.get("promptTokens", 512),
-                output_tokens=tr.get("outputTokens", 128),
-                payload_bytes=tr.get("payloadBytes", 0.0),
-            ),
-            allowed_tiers=[Tier(t) for t in tiers],
-            tier_replicas=(
-                {Tier(t): n for t, n in spec["tierReplicas"].items()}
-                if spec.get("tierReplicas") is not None
-                else None
-            ),
-        )
-    except (ValidationError, ValueError, KeyError) as e:
-        raise InvalidService(str(e)) from None
+        return ServiceSpec.model_validate(data)
+    except ValidationError as e:
+        raise _crd_error(e) from None
 
 
 def condition(

@@ -227,7 +227,7 @@ def test_tier_replicas_map_onto_the_contract() -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda o: o["spec"].update(allowedTiers=["edge"]), "tier_replicas: tier(s) ['cloud']"),
+        (lambda o: o["spec"].update(allowedTiers=["edge"]), "spec.tierReplicas: tier(s) ['cloud']"),
         (lambda o: o["spec"]["tierReplicas"].update(edge=0, cloud=0), "at least one tier"),
         (lambda o: o["spec"]["tierReplicas"].update(cloud=1001), "spec.tierReplicas.cloud"),
         (lambda o: o["spec"]["tierReplicas"].update(cloud=True), "spec.tierReplicas.cloud"),
@@ -306,13 +306,13 @@ def _set(obj: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
 OUTSIDE = [
     (("metadata", "name"), "n" * 54, "metadata.name: at most 53"),
     (("metadata", "name"), "7b-chat", "metadata.name: must be a DNS-1035 label"),
-    (("spec", "traffic", "rateRps"), 1e6, "rate_rps"),
-    (("spec", "traffic", "promptTokens"), 2**21, "prompt_tokens"),
-    (("spec", "traffic", "outputTokens"), 10**6, "output_tokens"),
-    (("spec", "traffic", "payloadBytes"), 2**31, "payload_bytes"),
-    (("spec", "requirements", "deadline", "seconds"), 86401, "seconds"),
-    (("spec", "requirements", "deadline", "perOutputTokenSeconds"), 61, "per_output_token_s"),
-    (("spec", "model", "name"), "m" * 254, "model"),
+    (("spec", "traffic", "rateRps"), 1e6, "spec.traffic.rateRps: "),
+    (("spec", "traffic", "promptTokens"), 2**21, "spec.traffic.promptTokens: "),
+    (("spec", "traffic", "outputTokens"), 10**6, "spec.traffic.outputTokens: "),
+    (("spec", "traffic", "payloadBytes"), 2**31, "spec.traffic.payloadBytes: "),
+    (("spec", "requirements", "deadline", "seconds"), 86401, "deadline.seconds: "),
+    (("spec", "requirements", "deadline", "perOutputTokenSeconds"), 61, "perOutputTokenSeconds"),
+    (("spec", "model", "name"), "m" * 254, "spec.model.name: "),
     (("spec", "model", "format"), "f" * 64, "spec.model.format: at most 63"),
     (("spec", "model", "runtime"), "r" * 300_000, "spec.model.runtime: at most 253"),
     (("spec", "model", "runtime"), "My Runtime", "spec.model.runtime: must match"),
@@ -347,6 +347,51 @@ def test_an_object_outside_admission_is_checked_too(
     obj = _chat()
     _set(obj, path, value)
     with pytest.raises(InvalidService, match=match):
+        service_spec(obj)
+
+
+CONTRACT = [
+    (("spec", "requirements", "deadline", "seconds"), -1, "spec.requirements.deadline.seconds: "),
+    (("spec", "requirements", "deadline", "seconds"), "5s", "spec.requirements.deadline.seconds"),
+    (("spec", "requirements", "deadline", "percentile"), 0, "deadline.percentile: "),
+    (("spec", "requirements", "deadline", "perOutputTokenSeconds"), -1, "perOutputTokenSeconds"),
+    (("spec", "requirements", "minQuality"), 1.5, "spec.requirements.minQuality: "),
+    (("spec", "requirements", "minQuality"), -0.1, "spec.requirements.minQuality: "),
+    (("spec", "model", "variants", 0, "tier"), "moon", r"spec.model.variants\[0\].tier: "),
+    (("spec", "model", "variants", 1, "precision"), "fp8", r"variants\[1\].precision: "),
+    (("spec", "model", "variants", 0, "quality"), 2, r"spec.model.variants\[0\].quality: "),
+    (("spec", "model", "variants", 1, "tier"), "edge", "spec.model.variants: at most one"),
+    (("spec", "allowedTiers"), ["moon"], r"spec.allowedTiers\[0\]: "),
+    (("spec", "allowedTiers"), [], "spec.allowedTiers: "),
+    (("spec", "traffic", "rateRps"), -1, "spec.traffic.rateRps: "),
+    (("spec", "model", "name"), "", "spec.model.name: "),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "match"), CONTRACT, ids=lambda x: str(x)[:40])
+def test_a_contract_violation_names_the_crd_field(
+    path: tuple[Any, ...], value: Any, match: str
+) -> None:
+    """The message (the operator's InvalidSpec condition and Event) names the field as the
+    CRD spells it, on one line, without pydantic's boilerplate: it used to read '1
+    validation error for Requirements\\nmin_quality\\n  Input should be ... For further
+    information visit https://errors.pydantic.dev/...', and an unknown tier "'moon' is
+    not a valid Tier", naming no field."""
+    obj = _chat()
+    _set(obj, path, value)
+    with pytest.raises(InvalidService, match=match) as e:
+        service_spec(obj)
+    assert "\n" not in str(e.value) and "pydantic" not in str(e.value)
+
+
+def test_a_missing_variant_tier_or_deadline_is_named() -> None:
+    obj = _chat()
+    del obj["spec"]["model"]["variants"][0]["tier"]
+    with pytest.raises(InvalidService, match=r"spec.model.variants\[0\].tier: Field required"):
+        service_spec(obj)
+    obj = _chat()
+    del obj["spec"]["requirements"]["deadline"]["seconds"]
+    with pytest.raises(InvalidService, match=r"spec.requirements.deadline.seconds: Field required"):
         service_spec(obj)
 
 

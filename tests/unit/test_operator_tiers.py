@@ -117,7 +117,7 @@ def test_without_tier_replicas_one_open_child_as_before() -> None:
 @pytest.mark.parametrize(
     ("edit", "field"),
     [
-        (lambda s: s.update(allowedTiers=["cloud"]), "tier_replicas: tier(s) ['edge']"),
+        (lambda s: s.update(allowedTiers=["cloud"]), "spec.tierReplicas: tier(s) ['edge']"),
         (lambda s: s.update(tierReplicas={"edge": 0}), "at least one tier needs a replica"),
         (lambda s: s.update(tierReplicas={"cloud": -1}), "spec.tierReplicas.cloud"),
         (lambda s: s.update(tierReplicas={"moon": 1}), "spec.tierReplicas.moon"),
