@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from perllm.logsetup import configure
+
 if TYPE_CHECKING:
     from perllm_extender.serve import Tls
 
@@ -119,9 +121,7 @@ def register(app: typer.Typer) -> None:
         from perllm_extender.nodes import api_node_source, kube_api_client
         from perllm_extender.serve import serve
 
-        logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure(log_level)
         tls = _tls(tls_cert, tls_key, tls_client_ca, insecure_http)
         if not verify_pods:
             log.warning("--no-verify-pods: acting on any pod a request describes (benchmarks)")

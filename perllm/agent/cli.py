@@ -13,6 +13,7 @@ import typer
 
 from perllm.agent.probe import DEFAULT_BYTES, MAX_BYTES
 from perllm.agent.rapl import DEFAULT_ROOT
+from perllm.logsetup import configure
 
 
 # The command is one typer declaration per flag: long by nature, not by logic.
@@ -47,14 +48,7 @@ def register(app: typer.Typer) -> None:
         """Run the node agent: GPU (NVML, DCGM names), CPU package (RAPL) power, path bandwidth."""
         from perllm.agent.agent import Agent, AgentConfig
 
-        if log_level.upper() not in logging.getLevelNamesMapping():
-            raise typer.BadParameter(
-                f"{log_level!r}: expected debug, info, warning or error",
-                param_hint="--log-level",
-            )
-        logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure(log_level)
         log = logging.getLogger("perllm.agent")
         if not node:
             node = socket.gethostname()

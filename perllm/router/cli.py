@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import typer
+
+from perllm.logsetup import configure
 
 
 def register(app: typer.Typer) -> None:
@@ -22,9 +22,7 @@ def register(app: typer.Typer) -> None:
         from perllm.router.config import RouterConfigError, load_config
         from perllm.router.serving import run
 
-        logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure(log_level)
         try:
             router = Router(load_config(config))
         except RouterConfigError as e:

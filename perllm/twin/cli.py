@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import typer
 
+from perllm.logsetup import configure
 from perllm.twin.records import MAX_REQUESTS_PER_SLOT
 
 
@@ -51,9 +50,7 @@ def register(app: typer.Typer) -> None:
         from perllm.twin.kube import ClusterReader, KubeUnavailable, load_clients
         from perllm.twin.server import serve
 
-        logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure(log_level)
         try:
             sc = load_scenario(scenario)
         except ScenarioError as e:

@@ -184,3 +184,18 @@ def test_agent_rejects_an_unknown_log_level_as_a_usage_error(
     res = runner.invoke(app, ["agent", "--node", "n1", "--no-nvml", "--log-level", "verbose"])
     assert res.exit_code == 2, res.output
     assert "--log-level" in res.output and "verbose" in res.output
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["router", "--config", "never-read.yaml"],
+        ["twin", "--scenario", "never-read"],
+        ["extender"],
+    ],
+)
+def test_every_component_rejects_an_unknown_log_level_before_starting(argv: list[str]) -> None:
+    """The same check as the agent's (`perllm.logsetup`), before anything is read."""
+    res = runner.invoke(app, [*argv, "--log-level", "verbose"])
+    assert res.exit_code == 2, res.output
+    assert "--log-level" in res.output and "verbose" in res.output
