@@ -54,6 +54,11 @@ def parse_peer(spec: str) -> Peer:
     u = urlsplit(url.strip())
     if u.scheme not in ("http", "https") or not u.hostname:
         raise ValueError(f"--peer {spec!r}: expected http(s)://HOST[:PORT] or NAME=URL")
+    if u.username is not None or u.password is not None:  # (the spec is not echoed)
+        raise ValueError(
+            "--peer: user:password@ in the URL: not supported (the peer's name, by default "
+            "its host and port, is a metric label)"
+        )
     try:
         u.port  # noqa: B018 -- raises ValueError on a bad port
     except ValueError as e:

@@ -162,6 +162,10 @@ def test_peer_parsing_and_validation() -> None:
     for bad in ("cloud-1:9401", "ftp://x", "n=", "http://h:99999"):
         with pytest.raises(ValueError, match="--peer"):
             parse_peer(bad)
+    # credentials would become the peer's metric label (its default name): refused, unsaid
+    with pytest.raises(ValueError, match="user:password@") as e:
+        parse_peer("http://u:s3cret@cloud:9401")
+    assert "s3cret" not in str(e.value)
     with pytest.raises(ValueError, match="--probe-bytes"):
         Prober("n", [], nbytes=MAX_BYTES + 1)
     with pytest.raises(ValueError, match="duplicate"):
