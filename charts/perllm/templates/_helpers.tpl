@@ -143,7 +143,7 @@ imagePullSecrets:
     verbs: [get, list, watch, patch]
   - apiGroups: [perllm.io]
     resources: [llmservices/status]
-    verbs: [get, patch]
+    verbs: [patch]
   - apiGroups: [perllm.io]
     resources: [llmservices/finalizers]
     verbs: [update]
@@ -161,11 +161,11 @@ imagePullSecrets:
   - apiGroups: [""]
     resources: [services]
     verbs: [get, create, patch, delete]
-  # The status timer reads a service's pods (label perllm.io/service) and re-places one
+  # The status timer lists a service's pods (label perllm.io/service) and re-places one
   # through the Eviction API, which honours PodDisruptionBudgets (never a plain delete).
   - apiGroups: [""]
     resources: [pods]
-    verbs: [get, list]
+    verbs: [list]
   - apiGroups: [""]
     resources: [pods/eviction]
     verbs: [create]
