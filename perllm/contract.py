@@ -144,12 +144,15 @@ class ServiceSpec(_Strict):
 class Link(_Strict):
     """The path between a server and its users: nominal bandwidth with multiplicative noise."""
 
-    bandwidth_mbps: Positive
+    # Upper bounds far beyond any real path (10 Tbit/s, 1,000 s, 370× the 2015 Internet
+    # average of 27 µJ/bit): they only keep a typo such as 1e308 from overflowing the cost
+    # model into inf/NaN energies that would skew every other server's normalisation.
+    bandwidth_mbps: Annotated[float, Field(gt=0.0, le=1e7)]
     noise: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.2, description="Bandwidth is nominal × U(1-noise, 1+noise), redrawn each slot."
     )
-    rtt_ms: NonNegative = 10.0
-    energy_uj_per_bit: NonNegative = Field(
+    rtt_ms: Annotated[float, Field(ge=0.0, le=1e6)] = 10.0
+    energy_uj_per_bit: Annotated[float, Field(ge=0.0, le=1e4)] = Field(
         default=0.1, description="Transmission energy per bit on this path (µJ)."
     )
 

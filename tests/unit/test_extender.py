@@ -276,6 +276,20 @@ def test_non_finite_link_annotations_leave_a_node_unmodelled(key: str, value: st
     assert isinstance(reason, str) and f"perllm.io/{key}" in reason and "finite" in reason
 
 
+@pytest.mark.parametrize(
+    ("key", "field"),
+    [("link-bandwidth-mbps", "bandwidth_mbps"), ("link-rtt-ms", "rtt_ms"),
+     ("link-energy-uj-per-bit", "energy_uj_per_bit")],
+)  # fmt: skip
+def test_absurd_finite_link_annotations_leave_a_node_unmodelled(key: str, field: str) -> None:
+    """1e308 is finite, but an energy of 1e308 µJ/bit overflowed the class's energy scale
+    and pushed every other node's normalised energy to about 0."""
+    odd = json.loads(json.dumps(NODES[0]))
+    odd["metadata"]["annotations"][f"perllm.io/{key}"] = "1e308"
+    reason = xnodes.to_server(odd, default_catalogue())
+    assert isinstance(reason, str) and f"{field}: Input should be less than" in reason
+
+
 def test_non_finite_pod_annotations_are_400_naming_them(client: TestClient) -> None:
     p = {
         "metadata": {
