@@ -75,9 +75,13 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+# One decoder for every request: json.loads with an argument builds a new one each call.
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+
+
 def parse(raw: bytes, chat: bool) -> Parsed:
-    try:
-        body = json.loads(raw, parse_constant=_not_json)
+    try:  # (json.loads' own reading of bytes: UTF-8, -16 or -32 by their first bytes)
+        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except ValueError as e:  # (JSONDecodeError, UnicodeDecodeError, _not_json)
         raise BadRequest(400, "invalid_request_error", f"body is not valid JSON: {e}") from None
     except RecursionError:
