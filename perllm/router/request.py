@@ -5,7 +5,7 @@ assumes, and the bytes of the body beyond the text, e.g. image data URLs)."""
 from __future__ import annotations
 
 import json
-import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ class Parsed:
 def _text_and_attach(content: Any) -> tuple[int, int]:
     """(text bytes, attachment bytes) of one message's content (string or parts)."""
     if isinstance(content, str):
-        return len(content.encode()), 0
+        return len(content.encode("utf-8", "surrogatepass")), 0
     if not isinstance(content, list):
         return 0, 0
     text = attach = 0
@@ -41,7 +41,7 @@ def _text_and_attach(content: Any) -> tuple[int, int]:
         if not isinstance(part, dict):
             continue
         if part.get("type") == "text" and isinstance(part.get("text"), str):
-            text += len(part["text"].encode())
+            text += len(part["text"].encode("utf-8", "surrogatepass"))
             continue
         for key in ("image_url", "input_audio", "file", "video_url"):
             v = part.get(key)
@@ -63,9 +63,11 @@ def sizes(body: dict[str, Any]) -> tuple[float, float]:
                 text, attach = text + t, attach + a
     prompt = body.get("prompt")
     if isinstance(prompt, str):
-        text += len(prompt.encode())
+        text += len(prompt.encode("utf-8", "surrogatepass"))
     elif isinstance(prompt, list):
-        text += sum(len(p.encode()) if isinstance(p, str) else 4 for p in prompt)
+        text += sum(
+            len(p.encode("utf-8", "surrogatepass")) if isinstance(p, str) else 4 for p in prompt
+        )
     return max(1.0, text / BYTES_PER_TOKEN), float(attach)
 
 
@@ -74,6 +76,8 @@ def _not_json(name: str) -> Any:
     is forwarded as it came: a model server may not read them)."""
     raise ValueError(f"{name} is not a JSON value")
 
+
+_MAX_FLOAT = sys.float_info.max  # (inf, NaN and ints too large for a float fail 1 <= v <= it)
 
 # One decoder for every request: json.loads with an argument builds a new one each call.
 _DECODER = json.JSONDecoder(parse_constant=_not_json)
@@ -100,7 +104,8 @@ def parse(raw: bytes, chat: bool) -> Parsed:
         v = body.get(key)
         if v is None:
             continue
-        if not isinstance(v, int | float) or isinstance(v, bool) or not 1 <= v < math.inf:
+        # (an int beyond a float's range is no float: float(v) would overflow in `Router`)
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 1 <= v <= _MAX_FLOAT:
             raise BadRequest(400, "invalid_request_error", f"{key}: must be a positive number")
         mt = v
     l_in, attach = sizes(body)

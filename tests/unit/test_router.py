@@ -214,6 +214,28 @@ def test_bad_max_tokens_and_non_json_numbers_are_named() -> None:
     assert (
         parse((b + ', "max_completion_tokens": 5, "max_tokens": 9}').encode(), True).max_tokens == 5
     )
+    # an integer beyond a float's range (no inf in JSON, but 400 digits): float() overflowed
+    assert why(b + ', "max_tokens": ' + "9" * 400 + "}") == "max_tokens: must be a positive number"
+    assert parse((b + ', "max_tokens": 1' + "0" * 300 + "}").encode(), True).max_tokens == 10**300
+
+
+def test_a_lone_surrogate_escape_or_a_huge_max_tokens_is_no_500() -> None:
+    """JSON.stringify of a string cut inside an emoji writes `\\ud83d` (valid JSON); the
+    prompt's byte count encoded it strictly (UnicodeEncodeError: a 500). A max_tokens of
+    400 digits passed the check and overflowed float() when the output length was capped."""
+
+    async def go() -> None:
+        r, _, c = await router()
+        cut = {**CHAT, "messages": [{"role": "user", "content": "\ud83d cut"}]}
+        resp = await c.post("/v1/chat/completions", content=json.dumps(cut).encode())
+        assert resp.status_code == 200, resp.text
+        huge = json.dumps(CHAT)[:-1] + ', "max_tokens": ' + "9" * 400 + "}"
+        resp = await c.post("/v1/chat/completions", content=huge.encode())
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["message"] == "max_tokens: must be a positive number"
+        await r.aclose()
+
+    run(go())
 
 
 def test_a_wrong_method_is_405_naming_the_right_one() -> None:
