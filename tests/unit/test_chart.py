@@ -640,6 +640,18 @@ def test_image_references_the_schema_accepts(setting: str) -> None:
     assert render("--set", setting)
 
 
+def test_a_tag_pinned_by_digest_renders_tag_at_digest() -> None:
+    """The chart has no digest value: `tag: 0.1.0@sha256:...` (repository:tag@digest, a
+    valid reference) is how an image is pinned by digest, and what the schema lets through."""
+    digest = "sha256:" + "0123456789abcdef" * 4
+    docs = render(
+        "--set", f"image.tag=0.1.0@{digest},scheduler.image.tag=v1.31.4@{digest}"
+    )  # fmt: skip
+    images = {c["image"] for _, spec in pod_specs(docs) for c in spec["containers"]}
+    assert f"ghcr.io/perllm/perllm:0.1.0@{digest}" in images
+    assert f"registry.k8s.io/kube-scheduler:v1.31.4@{digest}" in images
+
+
 def test_serving_runtime_values_the_template_documents_are_accepted() -> None:
     """servingruntimes.yaml reads servingRuntimes.enabled and .llamacppImage,
     .llamacppCudaImage, .vllmImage: the schema must let them through (a mirror for an
