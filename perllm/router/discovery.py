@@ -79,6 +79,9 @@ def backends_from(
 
     out: list[Backend] = []
     why = skipped if skipped is not None else {}
+    # An IPv6 address is bracketed in a URL, unless the template brackets it already (the
+    # way to write an IPv6 cluster's template before `{ip}` was bracketed here).
+    bracket = "[{ip}]" not in url_template
     for pod in pods:
         meta = pod.get("metadata") or {}
         name, ns = meta.get("name", "?"), meta.get("namespace", "default")
@@ -95,7 +98,7 @@ def backends_from(
             continue
         ip = pod["status"]["podIP"]
         url = url_template.format(
-            ip=f"[{ip}]" if ":" in ip else ip,  # an IPv6 address is bracketed in a URL
+            ip=f"[{ip}]" if bracket and ":" in ip else ip,
             port=_port(pod, default_port), namespace=ns, pod=name, node=node,
         )  # fmt: skip
         try:

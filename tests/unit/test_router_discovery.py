@@ -87,6 +87,9 @@ def test_an_ipv6_pod_is_bracketed_and_a_bad_url_skips_only_its_pod() -> None:
     pods = [pod("a", "edge-1", "fd00::7"), pod("b", "cloud-1", "10.0.0.2")]
     got = backends_from(pods, NODES, r.catalogue)
     assert [b.url for b in got] == ["http://[fd00::7]:8080", "http://10.0.0.2:8080"]
+    # a template that brackets {ip} itself (what an IPv6 cluster had to write) still works
+    own = backends_from(pods[:1], NODES, r.catalogue, "http://[{ip}]:{port}")
+    assert [b.url for b in own] == ["http://[fd00::7]:8080"]  # (not [[fd00::7]]: skipped)
     skipped: dict[str, str] = {}
     bad = backends_from(pods, NODES, r.catalogue, "http://{ip}:{port}{pod}", skipped=skipped)
     assert bad == [] and all("port" in skipped[p].lower() for p in "ab")
