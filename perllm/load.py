@@ -245,7 +245,7 @@ def print_report(r: Report) -> None:
     t.add_column("value", justify="right")
     t.add_row("requests sent / 200 OK", f"{r.sent} / {r.ok}")
     t.add_row("statuses", ", ".join(f"{k}: {v}" for k, v in r.statuses.items()))
-    for err, n in r.errors.items():  # status 0: no HTTP response at all
+    for err, n in r.errors.items():  # status 0: no complete HTTP response (aborted ones too)
         t.add_row("transport error", f"{n} × {err}")
     t.add_row("deadline attainment", f"{r.attainment:.1%}")
     for name, d in (("latency", r.latency_s), ("time to first token", r.ttft_s)):
