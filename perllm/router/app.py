@@ -105,6 +105,7 @@ class Router(Membership):
             await self.discovery.refresh()  # the first membership before serving
             self.discovery.start()
         await self.warm()  # a large fleet's compiled loop, before the first request
+        self.serving = True
         if self.prober is not None:
             self.prober.start()
         if self.status_writer is not None:

@@ -60,6 +60,7 @@ class Membership:
         # The membership without its ejected backends, per ejected set (same statistics).
         self._without: dict[frozenset[str], tuple[Members, list[int]]] = {}
         self._warming: asyncio.Task[None] | None = None
+        self.serving = False  # started (`Router.start`): it warms what it starts with
 
     @property
     def backends(self) -> list[Backend]:
@@ -143,8 +144,8 @@ class Membership:
         for n in names:
             self._inflight.setdefault(n, Backlog())
         log.info("backends: %s", ", ".join(f"{b.name}={b.url}" for b in backends))
-        if decider.bandit.pooled:
-            with contextlib.suppress(RuntimeError):  # no loop yet: `Router.start` warms
+        if decider.bandit.pooled and self.serving:  # (before: `Router.start` warms)
+            with contextlib.suppress(RuntimeError):  # (no loop: the next request loads it)
                 self._warming = asyncio.get_running_loop().create_task(self.warm())
         return True
 

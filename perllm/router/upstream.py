@@ -45,6 +45,7 @@ class _Conn(asyncio.Protocol):
         self.status = 0
         self.ctype = b"application/json"
         self.framed = False  # content-length or chunked: EOF is not the end
+        self.interim = False  # a 1xx head (e.g. 103 Early Hints) before the answer
         self.head = False
         self.complete = False
         self.keep_alive = False
@@ -92,6 +93,10 @@ class _Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        if 100 <= self.status <= 199 and self.status != 101:
+            # An informational head (RFC 9110 §15.2): skipped; the answer follows.
+            self.interim, self.ctype, self.framed = True, b"application/json", False
+            return
         if not 200 <= self.status <= 599:  # (none the client could be answered with)
             self._fail(UpstreamError("disconnect", f"bad HTTP response: status {self.status}"))
             self.close()
@@ -106,6 +111,9 @@ class _Conn(asyncio.Protocol):
         self.buffered += len(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:  # (the 1xx head's end, not the answer's)
+            self.interim = False
+            return
         self.keep_alive = self.parser.should_keep_alive()  # (false once the message is done)
         self.framed = True
         self.complete = True

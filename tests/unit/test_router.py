@@ -352,6 +352,39 @@ def test_a_backend_answering_a_status_out_of_range_is_a_502() -> None:
     run(go())
 
 
+def test_informational_heads_before_the_answer_are_skipped() -> None:
+    """103 Early Hints (or a 100 Continue) before the 200 is allowed HTTP: the answer after
+    it is relayed, on a connection that stays usable (a 502 'status 103' before)."""
+
+    async def go() -> None:
+        async def hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:  # keep-alive: requests until the router closes the connection
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    break
+                n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(n)
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
+                             b"link: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+                             b"content-type: application/json\r\ncontent-length: 12\r\n\r\n"
+                             b'{"ok": true}')  # fmt: skip
+                await writer.drain()
+            writer.close()
+
+        srv = await asyncio.start_server(hints, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        r, _, c = await router(urls={"edge-gpu": url, "cloud": url}, limits={"retries": 0})
+        for _ in range(2):
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 200 and resp.json() == {"ok": True}
+        assert r.inflight == [0, 0] and not r.down()
+        await r.aclose()
+        srv.close()
+
+    run(go())
+
+
 def test_a_refused_request_is_decided_again_among_the_others() -> None:
     """Nothing was sent to a backend that refused the connection: the request goes to the
     next decision without the ejected one, and the client sees the other's answer."""
