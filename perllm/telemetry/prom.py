@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger("perllm.telemetry")
 MAX_ERROR = 500  # characters of a failure's reason kept (logs, /readyz, conditions)
+MAX_ANSWER = 32 * 2**20  # bytes of one answer (a query here returns kilobytes)
 
 
 def redact_url(url: str) -> str:
@@ -102,17 +103,27 @@ class Prometheus:
 
     def _connect(self) -> Any:
         if self._client is None:
+            import requests
             from prometheus_api_client import PrometheusConnect
             from urllib3.util.retry import Retry
 
+            from perllm.telemetry.bounded import BoundedAnswers
+
             # No retries: the caller's loop is the retry, and a scheduler must not wait.
             # (retry=None would mean the library's default: 3 retries with backoff, ~6 s.)
+            retry = Retry(total=0, raise_on_status=False)
+            session = requests.Session()
+            session.verify = False  # (what disable_ssl sets on a session it makes itself)
             self._client = PrometheusConnect(
                 url=self.url,
                 disable_ssl=True,
-                retry=Retry(total=0, raise_on_status=False),
+                retry=retry,
                 timeout=self.timeout_s,
+                session=session,
             )
+            # Mounted after the library's own adapter for the same prefix, so it replaces it.
+            assert self.url is not None
+            session.mount(self.url, BoundedAnswers(self.timeout_s, MAX_ANSWER, retry))
         return self._client
 
     def query(self, promql: str) -> Answer | None:

@@ -138,6 +138,55 @@ def test_credentials_in_the_url_stay_out_of_logs_and_errors(
     assert "s3cret" not in caplog.text and "s3cret" not in (p.health.last_error or "")
 
 
+def test_a_dripping_or_huge_answer_is_cut_off_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """requests' timeout bounds each read: a server sending a byte every 0.3 s (each read
+    within the 1 s timeout) held a query for as long as it liked (8 s measured with 2 s).
+    The whole answer now has `timeout_s` after its head; and at most MAX_ANSWER bytes."""
+    import time
+
+    from perllm.telemetry import prom
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "10000")
+            self.end_headers()
+            for _ in range(100):
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.3)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        p = Prometheus(f"http://127.0.0.1:{srv.server_address[1]}", timeout_s=1.0)
+        t0 = time.monotonic()
+        assert p.query("up") is None
+        assert time.monotonic() - t0 < 4  # 1 s after the head, plus one read at most
+        assert "not complete 1s after its head" in (p.health.last_error or "")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    f = FakePrometheus()
+    try:
+        f.result = [{"metric": {"pod": "x" * 100}, "value": [1.0, "1"]}] * 100
+        monkeypatch.setattr(prom, "MAX_ANSWER", 4096)
+        q = Prometheus(f.url, timeout_s=2)
+        assert q.query("up") is None and "answer over 4096 bytes" in (q.health.last_error or "")
+    finally:
+        f.server.shutdown()
+        f.server.server_close()
+
+
 def test_unreachable_or_unconfigured_returns_none_without_raising() -> None:
     p = Prometheus("http://127.0.0.1:9", timeout_s=0.5)  # discard port: refused
     assert p.query("up") is None
