@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from perllm.costmodel import build_cost_table
 from perllm.scenario.base import ScenarioError
 from perllm.scenario.model import Scenario
 from perllm.yamlerror import one_line
@@ -63,10 +64,12 @@ _SERVICE_FIELDS = {
 
 def check_services(sc: Scenario, source: str) -> None:
     """Every class is a valid `ServiceSpec` (the contract's bounds: at most 1,000 req/s a
-    class, a variant for each allowed tier, …), so that a scenario that loads also runs."""
+    class, a variant for each allowed tier, …) that some server can run, so that a
+    scenario that loads also runs."""
+    specs = []
     for k in range(len(sc.workload.classes)):
         try:
-            sc.service(k)
+            specs.append(sc.service(k))
         except ValidationError as e:
             lines = []
             for line in _format_errors(e).split("\n  "):
@@ -75,10 +78,9 @@ def check_services(sc: Scenario, source: str) -> None:
                 loc = "" if loc == "(top level)" else "." + _SERVICE_FIELDS.get(leaf, loc)
                 lines.append(f"workload.classes[{k}]{loc}: {msg}")
             raise ScenarioError(f"{source}: invalid scenario:\n  " + "\n  ".join(lines)) from None
-    from perllm.costmodel import build_cost_table  # (the cost model imports no scenario)
-
-    table = build_cost_table(sc.services(), sc.expanded_servers(), sc.catalogue)
-    present = {s.tier for _, s in sc.expanded_servers()}
+    # Per server definition, not per expanded node: `count` copies run the same classes.
+    table = build_cost_table(specs, [(s.name, s) for s in sc.servers], sc.catalogue)
+    present = {s.tier for s in sc.servers}
     for k, c in enumerate(sc.workload.classes):
         if table.allowed[k].any():
             continue
