@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perllm import policies
+from perllm.cli_outputs import ensure_writable
 from perllm.cli_report import print_report
 from perllm.scenario import (
     REFERENCE_SCENARIOS,
@@ -126,21 +126,10 @@ def simulate(
 
 def _check_outputs(json_out: Path | None, out: Path | None) -> None:
     """Fail before the runs, not after them, when --json or --out cannot be written."""
-    for option, folder in (
-        ("--json", json_out.parent if json_out is not None else None),
-        ("--out", out),
-    ):
-        if folder is None:
-            continue
-        try:
-            if option == "--json" and json_out is not None and json_out.is_dir():
-                raise IsADirectoryError(f"{json_out} is a folder")
-            folder.mkdir(parents=True, exist_ok=True)
-            if not os.access(folder, os.W_OK):
-                raise PermissionError(f"cannot write in {folder}")
-        except OSError as e:
-            err.print(f"[red]error:[/red] {option}: {e}")
-            raise typer.Exit(2) from None
+    if json_out is not None:
+        ensure_writable("--json", json_out.parent, err, json_out)
+    if out is not None:
+        ensure_writable("--out", out, err)
 
 
 def _wanted_policies(policy: list[str] | None) -> list[str]:

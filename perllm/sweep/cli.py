@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,6 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from perllm.cli_outputs import ensure_writable
 
 if TYPE_CHECKING:
     from perllm.sweep.run import Sweep, SweepResult
@@ -170,13 +171,7 @@ def register(app: typer.Typer) -> None:
         except (SweepError, ScenarioError) as e:
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from None
-        try:  # fail before the runs, not after them
-            out.mkdir(parents=True, exist_ok=True)
-            if not os.access(out, os.W_OK):
-                raise PermissionError(f"cannot write in {out}")
-        except OSError as e:
-            err.print(f"[red]error:[/red] --out: {e}")
-            raise typer.Exit(2) from None
+        ensure_writable("--out", out, err)  # before the runs, not after them
         try:
             # Trace files are read when the runs start: their errors name the field too.
             results, total = run_with_progress(sweeps, pols, seeds, processes, bound)
