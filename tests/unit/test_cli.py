@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
+from trace_scenarios import trace_scenario
 from typer.testing import CliRunner
 
 from perllm.cli import app
@@ -96,13 +96,7 @@ def test_scenarios_list_and_validate(tmp_path: Path) -> None:
 def test_simulate_bad_trace_content_is_a_clean_error(tmp_path: Path) -> None:
     """A trace whose rows are only read when the run starts: an error naming the field,
     exit 2, no traceback."""
-    (tmp_path / "t.csv").write_text("time_s,class\n1,chat\nabc,chat\n")
-    sc = yaml.safe_load(
-        (Path(__file__).parents[2] / "perllm/scenarios/paper-llama2-7b.yaml").read_text()
-    )
-    sc["workload"]["arrivals"] = {"kind": "trace", "file": "t.csv"}
-    f = tmp_path / "s.yaml"
-    f.write_text(yaml.safe_dump(sc))
+    f = trace_scenario(tmp_path, "time_s,class\n1,chat\nabc,chat\n")
     res = runner.invoke(
         app, ["simulate", str(f), "-p", "cloud-only", "--seeds", "1", "--duration", "5"]
     )

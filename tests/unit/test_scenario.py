@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from trace_scenarios import trace_scenario
 
 from perllm import policies
 from perllm.scenario import (
@@ -177,11 +178,7 @@ def test_trace_driven_arrivals_and_bandwidth(tmp_path: Path) -> None:
 
 
 def test_trace_with_unknown_class_is_rejected(tmp_path: Path) -> None:
-    (tmp_path / "a.csv").write_text("time_s,class\n0,nope\n")
-    d = base()
-    d["workload"]["arrivals"] = {"kind": "trace", "file": "a.csv"}
-    f = tmp_path / "s.yaml"
-    f.write_text(yaml.safe_dump(d))
+    f = trace_scenario(tmp_path, "time_s,class\n0,nope\n")
     with pytest.raises(ScenarioError, match="unknown class"):
         simulate(load_scenario(f), policies.make("cloud-only"), seed=1)
 
@@ -220,10 +217,6 @@ def test_bandwidth_trace_row_before_zero_applies_from_the_start(tmp_path: Path) 
 
 
 def test_arrival_trace_short_row_names_the_field(tmp_path: Path) -> None:
-    (tmp_path / "a.csv").write_text("time_s,class\n0,chat\n1\n")
-    d = base()
-    d["workload"]["arrivals"] = {"kind": "trace", "file": "a.csv"}
-    f = tmp_path / "s.yaml"
-    f.write_text(yaml.safe_dump(d))
+    f = trace_scenario(tmp_path, "time_s,class\n0,chat\n1\n")
     with pytest.raises(ScenarioError, match=r"workload\.arrivals\.file: .*malformed row"):
         simulate(load_scenario(f), policies.make("cloud-only"), seed=1)

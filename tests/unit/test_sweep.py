@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trace_scenarios import trace_scenario
 from typer.testing import CliRunner
 
 from perllm import policies
@@ -215,15 +216,7 @@ def test_bench_sweep_fills_in_only_the_options_not_given(given: list[str]) -> No
 def test_cli_bad_trace_content_is_a_clean_error(tmp_path: Path) -> None:
     """A trace read only when the runs start (a bandwidth sweep of a trace-driven
     scenario): an error naming the field, exit 2, no traceback."""
-    import yaml
-
-    (tmp_path / "t.csv").write_text("time_s\n1\nabc\n")
-    sc = yaml.safe_load(
-        (Path(__file__).parents[2] / "perllm/scenarios/paper-llama2-7b.yaml").read_text()
-    )
-    sc["workload"]["arrivals"] = {"kind": "trace", "file": "t.csv"}
-    f = tmp_path / "s.yaml"
-    f.write_text(yaml.safe_dump(sc))
+    f = trace_scenario(tmp_path, "time_s\n1\nabc\n")
     out = tmp_path / "out"
     res = runner.invoke(
         app,
