@@ -29,6 +29,7 @@ log = logging.getLogger("perllm.router")
 
 DECISION_HEADER = b"x-perllm-decision"
 _CTYPE_JSON = (b"content-type", b"application/json")
+_NO_AUTH = FORWARDED - {b"authorization"}  # (the client's credential stays here)
 
 
 class Forwarder:
@@ -38,7 +39,7 @@ class Forwarder:
         self._feedback = feedback
         # With the router's own `auth`, the client's bearer token is the router's secret:
         # never forwarded (a backend without a token_file gets no authorization header).
-        self._keep = FORWARDED - {b"authorization"} if own_auth else FORWARDED
+        self._keep = _NO_AUTH if own_auth else FORWARDED
 
     async def __call__(
         self,
@@ -91,7 +92,7 @@ class Forwarder:
         if token is None:
             fwd = [(k, v) for k, v in scope["headers"] if k in self._keep]
         else:  # a remote tier: its own credential, never the client's
-            fwd = [(k, v) for k, v in scope["headers"] if k in FORWARDED and k != b"authorization"]
+            fwd = [(k, v) for k, v in scope["headers"] if k in _NO_AUTH]
             fwd.append((b"authorization", token.bearer()))
         fwd.append(_CTYPE_JSON)
         try:

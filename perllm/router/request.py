@@ -30,10 +30,16 @@ class Parsed:
     max_tokens: float | None
 
 
+def _utf8_len(text: str) -> int:
+    """Bytes of `text` in UTF-8; a lone surrogate (valid JSON: a string cut inside an
+    emoji, as JSON.stringify writes it) counts its 3 bytes instead of failing."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def _text_and_attach(content: Any) -> tuple[int, int]:
     """(text bytes, attachment bytes) of one message's content (string or parts)."""
     if isinstance(content, str):
-        return len(content.encode("utf-8", "surrogatepass")), 0
+        return _utf8_len(content), 0
     if not isinstance(content, list):
         return 0, 0
     text = attach = 0
@@ -41,7 +47,7 @@ def _text_and_attach(content: Any) -> tuple[int, int]:
         if not isinstance(part, dict):
             continue
         if part.get("type") == "text" and isinstance(part.get("text"), str):
-            text += len(part["text"].encode("utf-8", "surrogatepass"))
+            text += _utf8_len(part["text"])
             continue
         for key in ("image_url", "input_audio", "file", "video_url"):
             v = part.get(key)
@@ -63,11 +69,9 @@ def sizes(body: dict[str, Any]) -> tuple[float, float]:
                 text, attach = text + t, attach + a
     prompt = body.get("prompt")
     if isinstance(prompt, str):
-        text += len(prompt.encode("utf-8", "surrogatepass"))
+        text += _utf8_len(prompt)
     elif isinstance(prompt, list):
-        text += sum(
-            len(p.encode("utf-8", "surrogatepass")) if isinstance(p, str) else 4 for p in prompt
-        )
+        text += sum(_utf8_len(p) if isinstance(p, str) else 4 for p in prompt)
     return max(1.0, text / BYTES_PER_TOKEN), float(attach)
 
 
