@@ -266,9 +266,10 @@ _CRD_KEY = {
 }
 
 
-def _present(src: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
-    """The contract's fields (`keys`: contract name -> CRD name) that `src` sets; absent
-    ones take the contract's defaults, which are the CRD's."""
+def _present(src: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The contract's fields `names` that `src` sets, read under their CRD names
+    (`_CRD_KEY`); absent ones take the contract's defaults, which are the CRD's."""
+    keys = {ours: _CRD_KEY.get(ours, ours) for ours in names}
     return {ours: src[theirs] for ours, theirs in keys.items() if theirs in src}
 
 
@@ -311,30 +312,12 @@ def _contract(obj: dict[str, Any]) -> ServiceSpec:
     data: dict[str, Any] = {
         "name": meta.get("name", ""),
         "model": model.get("name", ""),
-        "variants": [
-            _present(v, {"tier": "tier", "precision": "precision", "quality": "quality"})
-            for v in variants
-        ],
+        "variants": [_present(v, ("tier", "precision", "quality")) for v in variants],
         "requirements": {
-            "deadline": _present(
-                dl,
-                {
-                    "seconds": "seconds",
-                    "per_output_token_s": "perOutputTokenSeconds",
-                    "percentile": "percentile",
-                },
-            ),
-            **_present(req, {"min_quality": "minQuality"}),
+            "deadline": _present(dl, ("seconds", "per_output_token_s", "percentile")),
+            **_present(req, ("min_quality",)),
         },
-        "traffic": _present(
-            tr,
-            {
-                "rate_rps": "rateRps",
-                "prompt_tokens": "promptTokens",
-                "output_tokens": "outputTokens",
-                "payload_bytes": "payloadBytes",
-            },
-        ),
+        "traffic": _present(tr, ("rate_rps", "prompt_tokens", "output_tokens", "payload_bytes")),
         "allowed_tiers": tiers,
         "tier_replicas": spec.get("tierReplicas"),
     }
