@@ -3,7 +3,6 @@ would declare for it."""
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -73,13 +72,14 @@ class Scenario(Strict):
                     f"servers[{i}].hardware: unknown hardware {s.hardware!r}; "
                     f"known: {sorted(cat.hardware)}"
                 )
-        names = [n for n, _ in self.expanded_servers()]
+        servers = self.expanded_servers()
+        names = [n for n, _ in servers]
         if len(names) != len(set(names)):
             raise ValueError("servers: server names (after count expansion) must be unique")
         tiers = {t.value for t in Tier}
         for i, w in enumerate(self.bandwidth.windows):
             for p in w.servers or []:  # (a typo would silently match nothing)
-                if p not in tiers and not any(fnmatch(n, p) for n in names):
+                if p not in tiers and not any(w.selects(p, n, s.tier) for n, s in servers):
                     raise ValueError(
                         f"bandwidth.windows[{i}].servers: {p!r} is no tier and matches no "
                         f"server name; servers: {names}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -27,6 +28,11 @@ class Window(Strict):
         if self.until_s <= self.at_s:
             raise ValueError("until_s: must be after at_s")
         return self
+
+    @staticmethod
+    def selects(entry: str, name: str, tier: str) -> bool:
+        """Whether one `servers` entry (a name pattern or a tier) takes server `name`."""
+        return tier == entry or fnmatch(name, entry)
 
 
 ArrivalKind = Literal["poisson", "gamma", "trace"]

@@ -18,7 +18,7 @@ def _targets(w: Window, names: tuple[str, ...], tiers: tuple[str, ...]) -> NDArr
     if w.servers is None:
         return np.ones(len(names), bool)
     return np.array(
-        [any(fnmatch(n, p) or t == p for p in w.servers) for n, t in zip(names, tiers, strict=True)]
+        [any(w.selects(p, n, t) for p in w.servers) for n, t in zip(names, tiers, strict=True)]
     )
 
 
