@@ -89,10 +89,12 @@ class CandidateSets:
         whatever the order. A names-only request for a set seen before, with no node
         changed since (`NodeCache.gen`), reuses the models: no per-node work on the hot
         path of a large fleet."""
-        gen = self.nodes.gen
         if node_objs is not None:  # full Nodes: cached and modelled in one pass
             got, got_keys = self.nodes.ingest(node_objs, self.catalogue)
-            return list(got), _prepared(gen, got, got_keys)
+            # the generation after these Nodes' changes: a decision over them is told
+            # apart from one over their earlier labels (`Scheduler._reuse`)
+            return list(got), _prepared(self.nodes.gen, got, got_keys)
+        gen = self.nodes.gen
         order = list(dict.fromkeys(names or []))
         canon = tuple(sorted(order))
         hit = self._sets.get(canon)

@@ -45,6 +45,8 @@ Obj = dict[str, Any]
 @dataclass
 class _Decided:
     decision: PodDecision
+    gen: int  # NodeCache.gen the candidates were modelled at
+    spec: ServiceSpec
     at: float = field(default_factory=time.monotonic)
 
 
@@ -145,12 +147,12 @@ class Scheduler:
         skey = service_key(ns, spec)
         order, prep = self.sets.prepare(node_objs, names)
         with self._lock:
-            reused = self._reuse(uid, order, verb)
+            reused = self._reuse(uid, order, verb, prep.gen, spec)
             if reused is not None:
                 return reused
             d = self._decide(key, spec, order, prep, skey)
             d.latency_s = time.perf_counter() - t0
-            self._remember(uid, verb, spec, d)
+            self._remember(uid, verb, spec, d, prep.gen)
         if d.chosen is not None:
             self.pods.assume(key, uid, spec.name, d.chosen)
             ev = DecisionEvent(pod, key, uid, ns, skey, spec, prep.servers, d)
@@ -158,22 +160,32 @@ class Scheduler:
                 listen(ev)  # listeners queue work; they never block a decision
         return d
 
-    def _reuse(self, uid: str, order: list[str], verb: str) -> PodDecision | None:
-        """The pod's recent decision when this request repeats it: the same request again,
-        or prioritize over the nodes that passed filter (kube-scheduler sends only those).
-        One pod, one play."""
+    def _reuse(
+        self, uid: str, order: list[str], verb: str, gen: int, spec: ServiceSpec
+    ) -> PodDecision | None:
+        """The pod's recent decision when this request repeats it: prioritize over the nodes
+        that passed filter (kube-scheduler sends only those), or the same filter again
+        while neither a node's modelled facts (labels, annotations) nor the service's spec
+        changed. A filter after such a change (a retry once a node was relabelled, or the
+        LLMService edited) decides again. One pod, one play."""
         hit = self._recent.get(uid)
         if hit is None or time.monotonic() - hit.at >= self._reuse_s:
             return None
         prev = hit.decision
-        if order == prev.nodes or (verb == "prioritize" and set(order) <= set(prev.nodes)):
+        # prioritize follows its filter in one scheduling cycle: the same decision even if
+        # an unrelated node changed in between (a second play would double-count the pod)
+        if verb == "prioritize" and set(order) <= set(prev.nodes):
+            same = True
+        else:
+            same = order == prev.nodes and gen == hit.gen and spec == hit.spec
+        if same:
             return dataclasses.replace(
                 prev, reused=True, nodes=order, passed=[n for n in prev.passed if n in set(order)]
             )
         return None
 
-    def _remember(self, uid: str, verb: str, spec: ServiceSpec, d: PodDecision) -> None:
-        self._recent[uid] = _Decided(d)
+    def _remember(self, uid: str, verb: str, spec: ServiceSpec, d: PodDecision, gen: int) -> None:
+        self._recent[uid] = _Decided(d, gen, spec)
         self._recent.move_to_end(uid)
         while len(self._recent) > 4096:
             self._recent.popitem(last=False)

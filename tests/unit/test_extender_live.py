@@ -445,6 +445,36 @@ def test_prioritize_over_the_filtered_nodes_reuses_the_filter_decision() -> None
         assert wait_for(lambda: len(api.events) >= 1)
 
 
+def test_a_filter_retry_decides_again_once_a_node_or_the_service_changed() -> None:
+    """The same filter again (a new scheduling cycle for the pod) reuses the decision only
+    while the nodes' labels and annotations and the service's spec are what it was made
+    on; prioritize still reuses its filter's decision."""
+    import copy
+
+    c = TestClient(create_app())
+    live: Live = c.app.state.live  # type: ignore[attr-defined]
+    p = pod(LOOSE, uid="r1")
+    full = {"Pod": p, "Nodes": {"items": copy.deepcopy(NODES)}, "NodeNames": None}
+    assert c.post("/scheduler/filter", json=full).status_code == 200
+    assert c.post("/scheduler/filter", json=full).status_code == 200
+    assert len(live.scheduler.log) == 1  # unchanged: reused, one play
+    moved = copy.deepcopy(NODES)
+    moved[-1]["metadata"]["labels"]["perllm.io/tier"] = "moon"
+    body = c.post("/scheduler/filter", json={**full, "Nodes": {"items": moved}}).json()
+    assert len(live.scheduler.log) == 2  # relabelled: decided again
+    assert "tier" in body["FailedNodes"][moved[-1]["metadata"]["name"]]
+    c.post("/scheduler/prioritize", json={**full, "Nodes": {"items": moved}})
+    assert len(live.scheduler.log) == 2  # prioritize: the filter's decision
+    # names-only requests: a service whose spec changed (pod annotations) decides again
+    assert c.post("/scheduler/filter", json=args(p)).status_code == 200
+    n = len(live.scheduler.log)
+    assert c.post("/scheduler/filter", json=args(p)).status_code == 200
+    assert len(live.scheduler.log) == n
+    tighter = pod(spec("batch", 300.0), uid="r1")
+    assert c.post("/scheduler/filter", json=args(tighter)).status_code == 200
+    assert len(live.scheduler.log) == n + 1
+
+
 def test_node_changes_reach_cached_node_sets() -> None:
     """Models of a node set are reused until a node's labels or annotations change; status
     churn (heartbeats) keeps them."""
