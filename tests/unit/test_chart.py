@@ -254,7 +254,9 @@ def test_extender_rbac_covers_the_contracts() -> None:
     for res in ("nodes", "pods"):
         assert grants(cr, "", res, "list") and grants(cr, "", res, "watch")
     assert grants(cr, "", "nodes", "get")  # a node missing from the scheduler's cache
-    assert grants(cr, "perllm.io", "llmservices", "get")
+    assert grants(cr, "perllm.io", "llmservices", "list")
+    assert grants(cr, "perllm.io", "llmservices", "watch")
+    assert not grants(cr, "perllm.io", "llmservices", "get")  # the informer never gets one
     assert grants(cr, "perllm.io", "llmservices/status", "patch")
     assert not grants(cr, "perllm.io", "llmservices", "patch")  # status only
     assert grants(cr, "", "events", "create")
