@@ -608,6 +608,7 @@ BAD_VALUES = [
     ),
     ("extender.networkPolicy.metricsFrom[0].namespace=monitoring", "metricsFrom/0'"),
     ("operator.pdb.maxUnavailable=150%", "at '/operator/pdb/maxUnavailable'"),
+    ("operator.pdb.maxUnavailable=0150%", "at '/operator/pdb/maxUnavailable'"),
     ("servingRuntimes.enable=false", "additional properties 'enable' not allowed"),
 ]
 
@@ -627,6 +628,13 @@ def test_bad_values_are_rejected_naming_the_value(setting: str, fragment: str) -
     assert r.returncode != 0, f"{setting} was accepted"
     assert "values don't meet the specifications of the schema" in r.stderr
     assert fragment in r.stderr, r.stderr
+
+
+def test_a_zero_padded_pdb_percentage_is_accepted_as_the_api_server_does() -> None:
+    """Kubernetes reads "050%" as 50 % (digits then %, at most 100): so does the schema."""
+    docs = render("--set", "operator.pdb.maxUnavailable=050%")
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert any(d["spec"].get("maxUnavailable") == "050%" for d in pdbs)
 
 
 GOOD_IMAGES = [
