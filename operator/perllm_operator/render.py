@@ -351,10 +351,26 @@ def service(obj: Obj) -> Obj:
     }
 
 
+def check_variants(obj: Obj, deployment_backend: bool) -> None:
+    """Every allowed variant can run, not only the one rendered now: an open template runs
+    one tier's variant, and another tier's would otherwise be refused only once PerLLM
+    pins the service to it (the pods then keep the wrong variant while each re-render
+    fails). InvalidService names the variant's field."""
+    model = obj["spec"]["model"]
+    for v in _allowed_variants(obj):
+        run = resolved(obj, v)
+        if deployment_backend:
+            runtimes.server_args(run, v, model["name"], obj["metadata"]["name"])
+
+
 def children(obj: Obj) -> list[Obj]:
-    """Every child of the LLMService, per its backend (and its tiers, when tiered)."""
+    """Every child of the LLMService, per its backend (and its tiers, when tiered).
+    Raises InvalidService naming the field when the spec, or any allowed variant, cannot
+    be rendered."""
     parts = tiers.parts(obj)
-    if obj.get("spec", {}).get("backend", "kserve") == "deployment":
+    on_deployment = obj.get("spec", {}).get("backend", "kserve") == "deployment"
+    check_variants(obj, on_deployment)
+    if on_deployment:
         return [deployment(obj, p) for p in parts] + [service(obj)]
     return [inference_service(obj, p) for p in parts]
 

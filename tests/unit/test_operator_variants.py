@@ -277,3 +277,31 @@ def test_rendered_inference_services_fit_kserves_schema(name: str, tier: str, ba
     assert _unknown_paths(isvc, schema, "") == []
     isvc["spec"]["predictor"]["model"]["storageURI"] = "hf://typo"
     assert _unknown_paths(isvc, schema, "") == [".spec.predictor.model.storageURI"]
+
+
+@pytest.mark.parametrize(
+    ("backend", "edit", "match"),
+    [
+        (
+            "kserve",
+            {"precision": "int4_awq", "resources": {"requests": {"cpu": "4"}}},
+            r"spec.model.variants\[1\].precision: int4_awq",
+        ),
+        ("deployment", {"storageUri": "s3://bucket/model"}, r"spec.model.variants\[1\].storageUri"),
+    ],
+    ids=["awq-without-gpu", "deployment-s3"],
+)
+def test_a_variant_is_checked_before_its_tier_is_decided(
+    backend: str, edit: dict[str, Any], match: str
+) -> None:
+    """The open template runs the edge variant; a cloud variant that cannot run is refused
+    at once, naming its field, not only when the extender first picks the cloud (then the
+    pod would keep running the edge variant on a cloud node while every re-render fails)."""
+    obj, _ = _pinned("chat-assistant", "edge", backend)
+    obj["status"] = {}  # no decision yet: open
+    obj["spec"]["model"]["variants"][1].update(edit)
+    assert render.pin(obj) == render.OPEN
+    with pytest.raises(InvalidService, match=match):
+        render.children(obj)
+    obj["spec"]["allowedTiers"] = ["edge"]  # a variant of a tier the service may not use
+    assert render.children(obj)
