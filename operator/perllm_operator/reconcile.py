@@ -33,7 +33,9 @@ def _refuse(
     body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, old: list[Obj], reason: str, msg: str
 ) -> None:
     """Nothing can be applied: every condition the reconcile owns says why, as an Event too;
-    the other conditions (the timer's, the router's, ...) are kept."""
+    the other conditions (the timer's, the router's, ...) are kept. The message is bounded
+    (a refusal may quote a field of up to 2 KiB back)."""
+    msg = failures.bounded(msg)
     owned: dict[str, observe.Cond] = {
         t: (False, reason, msg) for t in ("Ready", "Placed", "Reconciled")
     }

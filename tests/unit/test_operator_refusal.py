@@ -151,3 +151,36 @@ def test_when_the_fresh_write_fails_kopfs_patch_carries_the_handlers_copy(
         assert patch.status["observedGeneration"] == 3
     else:
         assert conds["Ready"]["status"] == "True"
+
+
+def test_a_refused_specs_message_is_bounded_in_the_conditions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An admitted spec can make a long refusal (a 2 KiB storageUri quoted back): the
+    conditions carry it cut at failures.MAX_MESSAGE, like every other message."""
+    from pathlib import Path
+
+    import yaml
+    from perllm_operator import failures
+
+    root = Path(__file__).parents[2]
+    svc: Obj = yaml.safe_load((root / "manifests" / "chat-assistant.yaml").read_text())
+    svc["metadata"].update(namespace="llm", uid="uid-1", generation=2)
+    svc["spec"]["backend"] = "deployment"
+    svc["spec"]["model"]["variants"][1]["storageUri"] = "s3://bucket/" + "x" * 2000
+    api = install(monkeypatch, svc)
+    body = kopf.Body(copy.deepcopy(svc))
+    with pytest.raises(kopf.PermanentError):
+        reconcile.reconcile(
+            body=body,
+            spec=kopf.Spec(body),
+            meta=kopf.Meta(body),
+            status=kopf.Status(body),
+            patch=kopf.Patch(),
+            logger=None,
+        )
+    for t in ("Ready", "Placed", "Reconciled"):
+        c = api.cond(t)
+        assert c is not None and c["reason"] == "InvalidSpec"
+        assert len(c["message"]) <= failures.MAX_MESSAGE
+        assert c["message"].startswith("spec.model.variants[1].storageUri: the deployment")
