@@ -21,6 +21,11 @@ CONDITION_ORDER = (
     "Degraded",
 )
 
+# `Reconciled` reasons of a reconcile that could apply nothing of the spec
+# (reconcile._refuse): until a reconcile applies the children, `Ready` and `Placed` say
+# the same, whoever writes the status next (the timer, a Deployment event).
+REFUSALS = ("InvalidSpec", "KServeMissing")
+
 Obj = dict[str, Any]
 
 
@@ -65,20 +70,25 @@ def _merged(
     """The new condition list: the given ones, `Placed` from `status.placement` unless
     given (of a tiered service: and from each tier's pods), `Ready` from the live children
     (all of them) unless given, the rest kept: conditions of other types, other writers'
-    included."""
+    included. While `Reconciled` is a refusal (`REFUSALS`), `Ready` and `Placed` repeat it."""
     old = list(st.get("conditions") or [])
     conds = {c.get("type"): c for c in old}
     if reconciled is not None:
         conds["Reconciled"] = condition("Reconciled", True, *reconciled, old)
     for type_, (ok, reason, msg) in conditions.items():
         conds[type_] = condition(type_, ok, reason, msg, old)
-    if "Placed" not in conditions:
+    rec = conds.get("Reconciled") or {}
+    refused = rec.get("status") == "False" and rec.get("reason") in REFUSALS
+    if refused:
+        for type_ in ("Ready", "Placed"):
+            conds[type_] = condition(type_, False, rec["reason"], rec.get("message", ""), old)
+    elif "Placed" not in conditions:
         pods = kube.pods(ns, name) if tiered or not st.get("placement") else []
         known = (conds.get("ModelKnown") or {}).get("status") != "False"
         tiers = [str(r["tier"]) for r in refs] if tiered else None
         placed = observe.placed(st.get("placement"), pods, known, tiers)
         conds["Placed"] = condition("Placed", *placed, old)
-    if refs and "Ready" not in conditions:
+    if refs and "Ready" not in conditions and not refused:
         ready = observe.all_of([_ready(ns, r) for r in refs])
         conds["Ready"] = condition("Ready", *ready, old)
     return [conds[t] for t in CONDITION_ORDER if t in conds] + [

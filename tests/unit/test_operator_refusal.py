@@ -7,6 +7,7 @@ that write fails does kopf's patch get the list built from the handler's copy.""
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -184,3 +185,125 @@ def test_a_refused_specs_message_is_bounded_in_the_conditions(
         assert c is not None and c["reason"] == "InvalidSpec"
         assert len(c["message"]) <= failures.MAX_MESSAGE
         assert c["message"].startswith("spec.model.variants[1].storageUri: the deployment")
+
+
+def _run_reconcile(obj: Obj) -> None:
+    body = kopf.Body(copy.deepcopy(obj))
+    reconcile.reconcile(
+        body=body,
+        spec=kopf.Spec(body),
+        meta=kopf.Meta(body),
+        status=kopf.Status(body),
+        patch=kopf.Patch(),
+        logger=logging.getLogger("test"),
+    )
+
+
+def _tick(api: RacingStatusApi) -> None:
+    from perllm_operator import status
+    from perllm_operator.config import Config
+    from perllm_operator.state import State, memo_of
+
+    body = kopf.Body(copy.deepcopy(api.obj))
+    status.status_tick(
+        body=body,
+        spec=kopf.Spec(body),
+        meta=kopf.Meta(body),
+        status=kopf.Status(body),
+        logger=logging.getLogger("test"),
+        memo=memo_of(State.from_config(Config())),
+    )
+
+
+def _manifest(backend: str) -> Obj:
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).parents[2]
+    svc: Obj = yaml.safe_load((root / "manifests" / "chat-assistant.yaml").read_text())
+    svc["metadata"].update(namespace="llm", uid="uid-1", generation=1)
+    svc["spec"]["backend"] = backend
+    return svc
+
+
+def test_the_timer_keeps_kserve_missing_in_placed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KServe missing: nothing can run, so `Placed` says KServeMissing (docs, "Degraded
+    modes") until a reconcile applies the children; the status timer must not turn it into
+    "waiting for the scheduler" between two of the reconcile's retries."""
+    monkeypatch.setattr(kube, "kserve_installed", lambda: False)
+    api = install(monkeypatch, _manifest("kserve"))
+    with pytest.raises(kopf.TemporaryError):
+        _run_reconcile(api.obj)
+    before = copy.deepcopy(api.cond("Placed"))
+    assert before is not None and before["reason"] == "KServeMissing"
+    _tick(api)
+    assert api.cond("TelemetryStale") is not None  # the tick did write
+    assert api.cond("Placed") == before
+    assert (api.cond("Ready") or {}).get("reason") == "KServeMissing"
+
+
+def test_a_refused_spec_stands_in_ready_until_a_reconcile_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An edit the reconcile refuses (InvalidSpec, no retry until the next edit) with an
+    earlier generation's Deployment still running: Deployment events and the timer keep
+    Ready/Placed False InvalidSpec; the fixed spec's reconcile recomputes them."""
+    from perllm_operator import status
+
+    svc = _manifest("deployment")
+    svc["status"] = {
+        "child": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat-assistant"},
+        "placement": {"tier": "edge", "nodes": ["edge-1"]},
+    }
+    api = install(monkeypatch, svc)
+    ready_dep = {
+        "kind": "Deployment",
+        "metadata": {"name": "chat-assistant", "ownerReferences": []},
+        "spec": {"replicas": 1},
+        "status": {"readyReplicas": 1},
+    }
+    monkeypatch.setattr(
+        kube,
+        "read_child",
+        lambda ns, ref: (
+            ready_dep if ref["kind"] == "Deployment" and ref["name"] == "chat-assistant" else None
+        ),
+    )
+    monkeypatch.setattr(kube, "apply", lambda child: child)
+    monkeypatch.setattr(kopf, "info", lambda *a, **k: None)
+    bad = copy.deepcopy(api.obj)
+    bad["spec"]["model"]["variants"][1]["storageUri"] = "s3://bucket/model"
+    bad["metadata"]["generation"] = 2
+    api.write({"spec": bad["spec"]})
+    with pytest.raises(kopf.PermanentError):
+        _run_reconcile(bad)
+    dep_body = kopf.Body(
+        {
+            "metadata": {
+                "name": "chat-assistant",
+                "namespace": "llm",
+                "labels": {"perllm.io/service": "chat-assistant"},
+                "ownerReferences": [
+                    {
+                        "kind": "LLMService",
+                        "name": "chat-assistant",
+                        "uid": "uid-1",
+                        "controller": True,
+                    }
+                ],
+            }
+        }
+    )
+    status.deployment_event(body=dep_body, type="MODIFIED", logger=logging.getLogger("test"))
+    _tick(api)
+    for t in ("Ready", "Placed", "Reconciled"):
+        c = api.cond(t)
+        assert c is not None and (c["status"], c["reason"]) == ("False", "InvalidSpec"), c
+    fixed = copy.deepcopy(api.obj)
+    fixed["spec"]["model"]["variants"][1]["storageUri"] = "hf://org/model"
+    api.write({"spec": fixed["spec"]})
+    _run_reconcile(fixed)
+    assert (api.cond("Ready") or {}).get("reason") == "ReplicasReady"
+    assert (api.cond("Placed") or {}).get("reason") == "Placed"
+    assert (api.cond("Reconciled") or {}).get("reason") == "ChildApplied"
