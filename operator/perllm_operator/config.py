@@ -4,6 +4,7 @@ flags, validated before kopf starts. The entry point reads them once and hands t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -31,9 +32,18 @@ def _float(env: Mapping[str, str], key: str, default: float, minimum: float = 0.
         v = float(raw)
     except ValueError:
         raise ConfigError(f"{key}={raw!r}: not a number") from None
+    if not math.isfinite(v):  # NaN compares False to everything: no interval, no cooldown
+        raise ConfigError(f"{key}={raw!r}: not a finite number")
     if v < minimum:
         raise ConfigError(f"{key}={raw!r}: must be >= {minimum:g}")
     return v
+
+
+def _int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
+    v = _float(env, key, float(default), float(minimum))
+    if not v.is_integer():
+        raise ConfigError(f"{key}={env.get(key)!r}: must be a whole number")
+    return int(v)
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ class Config:
     @classmethod
     def from_env(cls, e: Mapping[str, str]) -> Config:
         window = e.get(ENV_TELEMETRY_WINDOW) or "5m"
-        if not window[:-1].isdigit() or window[-1] not in "smh":
+        if not window[:-1].isdigit() or window[-1] not in "smh" or int(window[:-1]) == 0:
             raise ConfigError(f"{ENV_TELEMETRY_WINDOW}={window!r}: use e.g. 30s, 5m, 1h")
         onoff = (e.get(ENV_REPLACE) or "on").lower()
         if onoff not in ("on", "off", "true", "false", "1", "0"):
@@ -58,9 +68,9 @@ class Config:
             policy=ReplacementPolicy(
                 enabled=onoff in ("on", "true", "1"),
                 window_s=_float(e, ENV_REPLACE_WINDOW, 60.0),
-                min_ticks=int(_float(e, ENV_REPLACE_TICKS, 3.0, minimum=1.0)),
+                min_ticks=_int(e, ENV_REPLACE_TICKS, 3, minimum=1),
                 cooldown_s=_float(e, ENV_REPLACE_COOLDOWN, 120.0),
-                escalate_after=int(_float(e, ENV_REPLACE_ESCALATE, 2.0)),
+                escalate_after=_int(e, ENV_REPLACE_ESCALATE, 2),
             ),
         )
 

@@ -262,6 +262,26 @@ def test_config_from_env_names_bad_settings() -> None:
         Config.from_env({"PERLLM_REPLACEMENT_COOLDOWN": "x"})
 
 
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [
+        ("PERLLM_STATUS_INTERVAL", "nan"),  # the timer would sleep NaN seconds
+        ("PERLLM_STATUS_INTERVAL", "inf"),
+        ("PERLLM_REPLACEMENT_COOLDOWN", "nan"),  # every comparison False: no cooldown at all
+        ("PERLLM_REPLACEMENT_WINDOW", "NaN"),  # no minimum span at all
+        ("PERLLM_REPLACEMENT_TICKS", "inf"),  # int(inf): OverflowError, not a ConfigError
+        ("PERLLM_REPLACEMENT_TICKS", "2.5"),  # silently 2
+        ("PERLLM_REPLACEMENT_ESCALATE_AFTER", "1.5"),
+        ("PERLLM_TELEMETRY_WINDOW", "0m"),  # PromQL refuses a zero range: stale forever
+    ],
+)
+def test_config_refuses_values_that_would_misbehave_later(key: str, raw: str) -> None:
+    """A bad setting stops the start with a message naming it, instead of an operator that
+    starts and then never ticks, never cools down or never gets an answer from Prometheus."""
+    with pytest.raises(ConfigError, match=key):
+        Config.from_env({key: raw})
+
+
 # ---- the timer handler with fakes ------------------------------------------------------------
 class FakeCluster:
     """What the timer calls on the API: pods, status writes, evictions, events."""
