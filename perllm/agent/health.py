@@ -24,7 +24,8 @@ class SourceHealth:
         with self._lock:
             was_down = not self.up
             self.up, self.reason = True, None
-            self._said.clear()  # a later failure is news again
+            if was_down:  # a failure after a recovery is news again (not at every good read)
+                self._said.clear()
         if was_down and note:
             log.info("%s: %s", self.source, note)
 

@@ -243,3 +243,18 @@ def test_real_nvml_when_a_driver_is_present() -> None:
             assert r.fb_free_mib is not None and r.fb_free_mib >= 0
     finally:
         src.stop()
+
+
+def test_a_missing_field_is_said_once_not_at_every_scrape(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    src = NvmlSource("n", nvml=fake_nvml([P4]), cache_s=1.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="perllm.agent"):
+        src.start()
+        for _ in range(5):
+            now[0] += 2.0  # past the cache: a fresh NVML read each time
+            assert [r.energy_mj for r in src.readings()] == [None]
+    said = [r.getMessage() for r in caplog.records if "total energy unavailable" in r.getMessage()]
+    assert len(said) == 1, said
+    assert src.health.up
