@@ -36,6 +36,12 @@ class GpuReading:
     fb_used_mib: float | None = None
     fb_free_mib: float | None = None
 
+    @property
+    def has_value(self) -> bool:
+        """Whether any field was read (a lost GPU answers none)."""
+        vals = (self.power_w, self.energy_mj, self.util_pct, self.fb_used_mib, self.fb_free_mib)
+        return any(v is not None for v in vals)
+
 
 @dataclass
 class _Gpu:
@@ -203,7 +209,15 @@ class NvmlSource:
                 return []
             self._pending = None
             self._cache_at = now
-            self.health.ok("NVML reads again")
+            if not any(r.has_value for r in self._cache):  # a GPU lost, or no GPU at all
+                self.health.down(
+                    "NVML returned no value for any GPU (lost, or every query unsupported); "
+                    "GPU metrics absent"
+                    if self._cache
+                    else "NVML found no GPU; GPU metrics absent"
+                )
+            else:
+                self.health.ok("NVML reads again")
             return self._cache
 
     def families(self) -> Iterable[Metric]:

@@ -258,3 +258,23 @@ def test_a_missing_field_is_said_once_not_at_every_scrape(
     said = [r.getMessage() for r in caplog.records if "total energy unavailable" in r.getMessage()]
     assert len(said) == 1, said
     assert src.health.up
+
+
+def test_every_field_failing_takes_the_source_down() -> None:
+    """A GPU lost mid-run (or no GPU at all): no GPU series is left, so source_up says 0."""
+    now = [0.0]
+    gpu = dict(A100)
+    src = NvmlSource("n", nvml=fake_nvml([gpu]), clock=lambda: now[0])
+    src.start()
+    assert src.readings() and src.health.up
+    for k in ("mw", "mj", "util", "mem"):
+        del gpu[k]  # every query now raises (NVML_ERROR_GPU_IS_LOST on a real driver)
+    now[0] += 2.0
+    assert list(src.families()) == []
+    assert not src.health.up and "no value" in (src.health.reason or "")
+    gpu.update(A100)  # the GPU answers again
+    now[0] += 2.0
+    assert list(src.families()) and src.health.up
+    empty = NvmlSource("n", nvml=fake_nvml([]))
+    empty.start()
+    assert list(empty.families()) == [] and not empty.health.up
