@@ -34,6 +34,7 @@ log = logging.getLogger("perllm.agent")
 DEFAULT_BYTES = 2_000_000
 MAX_BYTES = 64 * 1024 * 1024  # what a /probe serves at most, and a prober asks at most
 CHUNK = 64 * 1024
+MAX_WAIT_S = threading.TIMEOUT_MAX  # the longest interval or timeout a wait accepts
 
 
 class ProbeError(Exception):
@@ -135,8 +136,9 @@ class Prober:
     def __post_init__(self) -> None:
         if not 1 <= self.nbytes <= MAX_BYTES:
             raise ValueError(f"--probe-bytes {self.nbytes}: must be in 1..{MAX_BYTES}")
-        if self.interval_s <= 0 or self.timeout_s <= 0:
-            raise ValueError("--probe-interval and --probe-timeout must be positive")
+        for flag, v in (("--probe-interval", self.interval_s), ("--probe-timeout", self.timeout_s)):
+            if not 0 < v <= MAX_WAIT_S:  # (NaN fails too) inf overflows Event.wait / settimeout
+                raise ValueError(f"{flag} {v:g}: must be a positive number of seconds, finite")
         dup = {p.name for p in self.peers if [q.name for q in self.peers].count(p.name) > 1}
         if dup:
             raise ValueError(f"--peer: duplicate peer name(s) {sorted(dup)}; use NAME=URL")

@@ -262,6 +262,23 @@ def test_cli_rejects_a_bad_peer() -> None:
     assert r.returncode == 2 and "--peer" in r.stderr
 
 
+@pytest.mark.parametrize("flag", ["--probe-interval", "--probe-timeout"])
+def test_cli_rejects_an_infinite_interval(flag: str) -> None:
+    """`inf` passes typer's min=; it killed the probe thread (wait(inf) overflows) or failed
+    every probe with a traceback. Refused up front instead, naming the flag."""
+    for v in (math.inf, math.nan, -1.0, 0.0):
+        with pytest.raises(ValueError, match=flag):
+            Prober("n", [], **{flag.removeprefix("--probe-") + "_s": v})
+    r = subprocess.run(
+        [sys.executable, "-c", "from perllm.cli import app; app()", "agent", "--node", "n",
+         "--port", "0", "--no-nvml", "--peer", "http://127.0.0.1:1", flag, "inf"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and flag in r.stderr, r.stderr
+
+
 def test_stop_is_idempotent() -> None:
     a = make_agent("n")
     a.start()
