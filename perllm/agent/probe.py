@@ -95,7 +95,12 @@ def probe_once(url: str, nbytes: int, timeout_s: float) -> ProbeResult:
         head = time.monotonic()
         if resp.status != 200:
             raise ProbeError(f"HTTP {resp.status} {resp.reason}")
-        want = min(nbytes, resp.length if resp.length is not None else nbytes)
+        if resp.length is not None and resp.length < nbytes:  # an agent sends all it is asked
+            raise ProbeError(
+                f"short body: the peer declares {resp.length} of {nbytes} bytes "
+                "(not a PerLLM agent's /probe?)"
+            )
+        want = nbytes
         got = 0
         while got < want:
             chunk = resp.read(min(CHUNK, want - got))

@@ -154,6 +154,32 @@ def test_unresponsive_peer_is_bounded_by_the_timeout() -> None:
         probe_once(f"http://127.0.0.1:{dead_port()}/probe", 1000, timeout_s=2)
 
 
+def test_a_peer_declaring_a_short_body_is_a_failure_not_a_measurement() -> None:
+    """Not an agent (an ingress's catch-all page, a proxy's error page with 200): its few
+    bytes arrive with the head, and their "bandwidth" would steer placements."""
+    import http.server
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>hello</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ProbeError, match="18 of 10000 bytes"):
+            probe_once(f"http://127.0.0.1:{srv.server_address[1]}/probe", 10_000, timeout_s=5)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_peer_parsing_and_validation() -> None:
     assert parse_peer("http://cloud-1:9401") == parse_peer("http://cloud-1:9401/probe")
     p = parse_peer("cloud=https://10.0.0.5:9401/agent/")
