@@ -35,6 +35,7 @@ class Zone:
     last_t: float | None = None
     joules: float = 0.0  # since the agent started
     watts: float | None = None  # over the last sampling interval
+    error: str | None = None  # why its last read failed (None: it read)
 
 
 def energy_delta_uj(prev: int, cur: int, max_uj: int) -> int:
@@ -139,7 +140,10 @@ class RaplSource:
                 try:
                     cur = self._read_int(z.path / "energy_uj")
                 except (OSError, ValueError) as e:
-                    self.health.warn_once(f"reading {z.path / 'energy_uj'} failed: {e}")
+                    # its watts would otherwise stay exported, frozen; the joules keep their
+                    # count and resume from the last good reading
+                    z.watts, z.error = None, f"reading {z.path / 'energy_uj'} failed: {e}"
+                    self.health.warn_once(z.error)
                     continue
                 if z.last_uj is not None and z.last_t is not None:
                     d_j = energy_delta_uj(z.last_uj, cur, z.max_uj) / 1e6
@@ -147,7 +151,12 @@ class RaplSource:
                     dt = now - z.last_t
                     if dt > 0:
                         z.watts = d_j / dt
-                z.last_uj, z.last_t = cur, now
+                z.last_uj, z.last_t, z.error = cur, now, None
+            errors = [z.error for z in self.zones if z.error]
+            if self.zones and len(errors) == len(self.zones):  # nothing left to export
+                self.health.down(f"{errors[0]}; CPU power absent")
+            elif self.zones:
+                self.health.ok("RAPL reads again")
 
     def families(self) -> Iterable[Metric]:
         if not self.zones:

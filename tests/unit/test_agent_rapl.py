@@ -178,3 +178,38 @@ def test_unlistable_root_is_reported_not_raised(
     src = RaplSource("n", root=tree)
     src.start()
     assert not src.health.up and "listing" in (src.health.reason or "")
+
+
+def test_energy_unreadable_mid_run_drops_the_watts_and_says_so(tree: Path) -> None:
+    """A counter that stops reading (hostPath remounted, zone gone) must not leave its last
+    watts exported for ever under source_up 1."""
+    clock = Clock()
+    src = RaplSource("n", root=tree, clock=clock)
+    src.start()
+    clock.t += 2.0
+    set_uj(tree, "intel-rapl:0", 1_000_000 + 90_000_000)
+    set_uj(tree, "intel-rapl:1", 5_000_000 + 20_000_000)
+    src.sample()
+    assert [z.watts for z in src.zones] == [pytest.approx(45.0), pytest.approx(10.0)]
+    (tree / "intel-rapl:0" / "energy_uj").write_text("garbage\n")  # one zone unreadable
+    clock.t += 2.0
+    src.sample()
+    z0, z1 = src.zones
+    assert z0.watts is None and z1.watts == pytest.approx(0.0)
+    assert src.health.up  # the other package still reads
+    clock.t += 0.5  # package 1 not due yet, package 0 retried and failing again: still up
+    src.sample()
+    assert src.health.up and z1.watts == pytest.approx(0.0)
+    (tree / "intel-rapl:1" / "energy_uj").write_text("\n")  # now every zone
+    clock.t += 2.0
+    src.sample()
+    fams = {f.name: f for f in src.families()}
+    assert names.CPU_POWER_W not in fams
+    assert not src.health.up and "energy_uj" in (src.health.reason or "")
+    set_uj(tree, "intel-rapl:0", 1_000_000 + 90_000_000 + 8_000_000)  # readable again
+    set_uj(tree, "intel-rapl:1", 5_000_000 + 20_000_000)
+    clock.t += 2.0
+    src.sample()
+    assert src.health.up
+    assert z0.watts == pytest.approx(8.0 / 6.5)  # 8 J since its last good read, 6.5 s ago
+    assert z0.joules == pytest.approx(98.0)
