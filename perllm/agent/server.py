@@ -33,6 +33,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: AgentHTTPServer
     server_version = "perllm-agent"
     timeout = 60  # seconds a client may stall a socket operation
+    _head_sent = False  # once true, an error can only end the reply, not answer 500
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -48,8 +49,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def end_headers(self) -> None:
+        super().end_headers()
+        self._head_sent = True
+
     def do_GET(self) -> None:
         u = urlsplit(self.path)
+        self._head_sent = False
         try:
             if u.path == "/metrics":
                 self._reply(200, self.server.render(), CONTENT_TYPE_LATEST)
@@ -61,9 +67,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(404, b"not found: try /metrics, /healthz or /probe?bytes=N\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away mid-reply
+        except TimeoutError:  # it stopped reading for `timeout` s (a partitioned peer)
+            log.debug("%s stalled on %s: connection dropped", self.address_string(), self.path)
+            self.close_connection = True
         except Exception:
             log.exception("serving %s failed", self.path)
-            self._reply(500, b"internal error\n")
+            if self._head_sent:  # a 500 now would land inside the body: end the reply
+                self.close_connection = True
+            else:
+                self._reply(500, b"internal error\n")
 
     def _probe(self, query: str) -> None:
         vals = parse_qs(query, keep_blank_values=True).get("bytes", [str(DEFAULT_BYTES)])

@@ -3,6 +3,7 @@ probe failures drop the series, the CLI starts and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import signal
@@ -310,3 +311,34 @@ def test_stop_is_idempotent() -> None:
     a.start()
     a.stop()
     a.stop()  # returns at once, never waits on a server that is gone
+
+
+def test_a_stalled_peer_is_dropped_quietly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: Any
+) -> None:
+    """A peer that stops reading mid-download (a partitioned link) times the write out: the
+    connection is dropped, with no traceback and no `500` written into the body."""
+    from perllm.agent import server
+
+    monkeypatch.setattr(server._Handler, "timeout", 0.3)
+    a = make_agent("cloud-1")
+    a.start()
+    c = socket.socket()
+    try:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = a.url.removeprefix("http://").split(":")
+        c.connect((host, int(port)))
+        with caplog.at_level(logging.DEBUG, logger="perllm.agent"):
+            c.sendall(f"GET /probe?bytes={MAX_BYTES} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(
+                "stalled" in r.getMessage() or r.levelno >= logging.ERROR for r in caplog.records
+            ):
+                time.sleep(0.1)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("stalled" in r.getMessage() for r in caplog.records)
+        assert "Traceback" not in capsys.readouterr().err
+        assert get(a.url + "/healthz")[0] == 200
+    finally:
+        c.close()
+        a.stop()
