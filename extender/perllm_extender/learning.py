@@ -123,8 +123,13 @@ class Learner:
         window: str = "1m",
         forget_after_s: float = 600.0,
         max_tracked: int = 100_000,
+        max_age_s: float = 60.0,
     ) -> None:
+        """`max_age_s`: the oldest node power (and running count) of `snapshot` used to
+        estimate a request's energy; older (Prometheus down for a while) falls back to
+        the decision's prediction, as decisions fall back to priors."""
         self.prom, self.apply, self.pods = prom, apply, pods
+        self.max_age_s = max_age_s
         self.snapshot = snapshot or (lambda: None)
         self.is_gpu = is_gpu or (lambda _s: True)
         self.interval_s, self.window = interval_s, window
@@ -197,17 +202,23 @@ class Learner:
             l_out = tokens.get(p.key) or float(p.spec.traffic.output_tokens)
             pred_t = pred.at(l_out)  # the decision's prediction at the realised length
             e, src = energy.get(f"{p.namespace}/{p.spec.name}"), "service"
-            if e is None and not self.is_gpu(p.servers[idx]):
+            gpu = self.is_gpu(p.servers[idx])
+            if e is None and not gpu:
                 # a CPU server: the package energy Kepler attributes to this pod is its
                 # inference energy (on a GPU server it is only the host's share)
                 e, src = pod_energy.get(p.key), "pod-cpu"
-            if e is None and snap is not None:
-                power = (snap.gpu_power_w if self.is_gpu(p.servers[idx]) else snap.cpu_power_w).get(
-                    node
-                )
+            if (
+                e is None
+                and snap is not None
+                and snap.usable("gpu_power" if gpu else "cpu_power", self.max_age_s, now)
+            ):
+                power = (snap.gpu_power_w if gpu else snap.cpu_power_w).get(node)
                 if power is not None and power > 0:
-                    # node power shared by the requests in flight on it
-                    conc = max(1.0, snap.node_running.get(node, 0.0))
+                    # node power shared by the requests in flight on it (as many as the
+                    # load query last said, while that is fresh; else one)
+                    fresh_load = snap.usable("load", self.max_age_s, now)
+                    running = snap.node_running.get(node, 0.0) if fresh_load else 0.0
+                    conc = max(1.0, running)
                     e, src = power * t_obs / conc, "node-power"
             if e is None:
                 e, src = pred_e, "predicted"

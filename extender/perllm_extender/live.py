@@ -104,6 +104,7 @@ class Live:
             is_gpu=is_gpu,
             interval_s=cfg.learn_interval_s,
             window=cfg.learn_window,
+            max_age_s=self.telemetry.max_age_s,
         )
 
     def _publisher(self, client: Any) -> Publisher | None:

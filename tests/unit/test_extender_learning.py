@@ -102,6 +102,15 @@ def test_energy_falls_back_to_node_power_then_to_the_prediction() -> None:
     live.telemetry.refresh()
     (o,) = live.learner.observe()
     assert o.energy_source == "node-power" and o.energy_j == pytest.approx(200.0)
+    # node power last read an hour ago (Prometheus's power series gone since): not used
+    import dataclasses
+
+    snap = live.telemetry.snapshot
+    live.telemetry.snapshot = dataclasses.replace(
+        snap, at={k: v - 3600.0 for k, v in snap.at.items()}
+    )
+    (o,) = live.learner.observe()
+    assert o.energy_source == "predicted" and o.energy_j == pytest.approx(pred_e)
 
 
 def test_pods_without_requests_or_gone_are_not_learned() -> None:
