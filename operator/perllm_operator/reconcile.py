@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService
 from perllm_operator import failures, kube, observe, render, tiers
-from perllm_operator.conditions import condition, sync_status
+from perllm_operator.conditions import REFUSALS, condition, sync_status
 from perllm_operator.state import state_of
 
 RETRY_DELAY_S = 15
@@ -221,47 +221,78 @@ def _applied(
 
 
 def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
-    """Re-render the children when their pin is no longer the target: the extender's
-    first decision pins an open template, re-placement switches tier, or allowedTiers
-    was edited. A refusal is the `Reconciled` condition and an Event; the next tick
-    tries again. A tiered service's children are pinned from the start: nothing follows
-    (the extender's decision for one tier's pod must not re-pin the other's child)."""
-    if tiers.tiered(obj):
-        return
+    """Keep the children what the spec and the placement say, each status tick:
+
+    - a child deleted outside PerLLM (by hand, a namespace clean-up script) is applied
+      again (not while the reconcile refuses the whole spec): else `Ready` would say
+      `ChildMissing` for good, since kopf reconciles only on an edit;
+    - an untiered service's children are re-rendered when their pin is no longer the
+      target: the extender's first decision pins an open template, re-placement switches
+      tier, or allowedTiers was edited. A tiered service's children are pinned from the
+      start: nothing follows (the extender's decision for one tier's pod must not re-pin
+      the other's child).
+
+    A refusal is the `Reconciled` condition and an Event; the next tick tries again."""
     ns, name, uid = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["uid"]
     co = kube.kubernetes.client.CustomObjectsApi()
     try:
         fresh: Obj = co.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
     except ApiException:
         return
-    if fresh["metadata"].get("uid") != uid or not (fresh.get("status") or {}).get("child"):
+    st = dict(fresh.get("status") or {})
+    refs: list[Obj] = [st["child"]] if st.get("child") else list(st.get("children") or [])
+    if fresh["metadata"].get("uid") != uid or not refs or _refused(st):
+        return
+    try:
+        lives = [kube.read_child(ns, r) for r in refs]
+    except ApiException:
+        return
+    missing = [f"{r['kind']} {r['name']}" for r, live in zip(refs, lives, strict=True) if not live]
+    if missing:
+        what = f"re-created {', '.join(missing)} (deleted outside PerLLM)"
+        if _reapply(body, fresh, ns, name, str(uid), what, logger):
+            kopf.info(body, reason="ChildRecreated", message=what)
         return
     if tiers.tiered(fresh):
         return
-    st = dict(fresh.get("status") or {})
+    live = lives[0]
     try:
         want = render.pin(fresh)
-        live = kube.read_child(ns, st["child"])
-    except (ValueError, ApiException):
+    except ValueError:
         return
     if live is None or render.rendered_tier(live) == want:
         return
+    if _reapply(body, fresh, ns, name, str(uid), f"re-rendered for tier {want}", logger):
+        kopf.info(
+            body,
+            reason="TierChanged",
+            message=f"pod template re-rendered for tier {want} (was {render.rendered_tier(live)})",
+        )
+
+
+def _refused(st: Obj) -> bool:
+    """The reconcile refused the whole spec (an invalid spec, KServe missing): its own
+    retries, or the next edit, apply the children; a failed apply of this timer's is
+    tried again at the next tick."""
+    rec = next((c for c in st.get("conditions") or [] if c.get("type") == "Reconciled"), None)
+    return rec is not None and rec.get("status") == "False" and rec.get("reason") in REFUSALS
+
+
+def _reapply(
+    body: kopf.Body, fresh: Obj, ns: str, name: str, uid: str, what: str, logger: kopf.Logger
+) -> bool:
+    """Apply the children `fresh` renders; `Reconciled` says `what`, or why it was refused."""
     try:
         apply_children(render.children(fresh))
     except (Failed, InvalidService, ValueError) as e:
         reason = e.reason if isinstance(e, Failed) else "InvalidSpec"
-        msg = failures.bounded(f"re-rendering for tier {want}: {e}")
+        msg = failures.bounded(f"{what.split(' (')[0]}: {e}")
         logger.warning("%s", msg)
         kopf.warn(body, reason=reason, message=msg)
-        sync_status(ns, name, str(uid), conditions={"Reconciled": (False, reason, msg)})
-        return
-    applied = f"re-rendered for tier {want}"
-    sync_status(ns, name, str(uid), reconciled=("ChildApplied", applied))
-    kopf.info(
-        body,
-        reason="TierChanged",
-        message=f"pod template re-rendered for tier {want} (was {render.rendered_tier(live)})",
-    )
+        sync_status(ns, name, uid, conditions={"Reconciled": (False, reason, msg)})
+        return False
+    sync_status(ns, name, uid, reconciled=("ChildApplied", what))
+    return True
 
 
 def forget(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:

@@ -205,6 +205,41 @@ def test_delete_garbage_collects_children(kube: Kube, operator: Operator, namesp
     wait_for(gone, "garbage collection of the children", timeout=120)
 
 
+def test_a_child_deleted_by_hand_is_created_again(
+    kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """`kubectl delete deployment` of a service's child: the next status tick applies it
+    again (a new object), with a ChildRecreated Event; kopf alone would wait for an edit."""
+    kube.apply(example("batch-summariser"), namespace)
+    dep = wait_for(
+        lambda: kube.get_or_none("deployment", "batch-summariser", "-n", namespace), "deployment"
+    )
+    wait_for(lambda: reconciled(kube, namespace, "batch-summariser"), "status Reconciled=True")
+    kube.kubectl(
+        "delete", "deployment", "batch-summariser", "-n", namespace, "--wait=true", "--timeout=60s"
+    )
+
+    def again() -> Any:
+        o = kube.get_or_none("deployment", "batch-summariser", "-n", namespace)
+        return o if o and o["metadata"]["uid"] != dep["metadata"]["uid"] else None
+
+    new = wait_for(again, "the Deployment created again", timeout=60)
+    ann = "perllm.io/deadline-s"
+    assert (
+        new["spec"]["template"]["metadata"]["annotations"][ann]
+        == (dep["spec"]["template"]["metadata"]["annotations"][ann])
+    )
+    wait_for(
+        lambda: [
+            e
+            for e in events(kube, namespace, "batch-summariser")
+            if e["reason"] == "ChildRecreated"
+        ],
+        "the ChildRecreated Event",
+        timeout=30,
+    )
+
+
 def test_sigkill_and_restart_converge_without_duplicates(
     kube: Kube, operator: Operator, namespace: str
 ) -> None:

@@ -436,6 +436,7 @@ def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
             "name": "code-assistant",
         },
         "replacement": {"tier": {"target": "edge", "from": "cloud"}},
+        "conditions": [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}],
     }
     live = {"metadata": {"annotations": {"perllm.io/pinned-tier": "cloud"}}}
     applied, events = _fake_tier_follow(monkeypatch, obj, live)
@@ -458,6 +459,7 @@ def test_first_decision_pins_an_open_template(monkeypatch: pytest.MonkeyPatch) -
     obj["status"] = {
         "child": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat-assistant"},
         "placement": {"tier": "edge", "nodes": ["edge-2"]},
+        "conditions": [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}],
     }
     live = {"metadata": {"annotations": {"perllm.io/pinned-tier": "open"}}}
     applied, _events = _fake_tier_follow(monkeypatch, obj, live)

@@ -166,6 +166,7 @@ def test_follow_tier_never_re_renders_a_tiered_service(monkeypatch: pytest.Monke
         "children": tiers.children_status(render.children(obj)),
         "placement": {"tier": "cloud", "nodes": ["cloud-0", "edge-0"]},
         "replacement": {"tier": {"target": "edge"}},
+        "conditions": [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}],
     }
     calls: list[str] = []
 
@@ -174,16 +175,61 @@ def test_follow_tier_never_re_renders_a_tiered_service(monkeypatch: pytest.Monke
             calls.append("get")
             return copy.deepcopy(obj)
 
+    pinned = {"metadata": {"annotations": {"perllm.io/pinned-tier": "cloud"}}}
     monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
+    monkeypatch.setattr(kube, "read_child", lambda ns, ref: pinned)
     monkeypatch.setattr(kube, "apply", lambda child: calls.append("apply"))
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
-    assert calls == []
+    assert calls == ["get"]  # both children there: nothing re-rendered
     # The timer's view may be older than the switch to tiers: the fresh read decides.
     old = copy.deepcopy(obj)
     del old["spec"]["tierReplicas"]
     obj["status"]["child"] = {"apiVersion": "x", "kind": "InferenceService", "name": EXAMPLE}
+    calls.clear()
     reconcile.follow_tier(kopf.Body(old), old, _Logger())
     assert calls == ["get"]
+
+
+def test_a_child_deleted_by_hand_is_created_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tier's child is re-applied once gone (kopf reconciles only on an edit, so
+    `Ready` said ChildMissing for good); not while the reconcile refuses the spec."""
+    obj = _load(edge=1, cloud=1)
+    kids = render.children(obj)
+    obj["status"] = {
+        "children": tiers.children_status(kids),
+        "conditions": [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}],
+    }
+    gone = tiers.children_status(kids)[1]["name"]
+    applied: list[str] = []
+    events: list[tuple[str, str]] = []
+    synced: list[Any] = []
+
+    class CO:
+        def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
+            return copy.deepcopy(obj)
+
+    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
+    monkeypatch.setattr(kube, "read_child", lambda ns, ref: None if ref["name"] == gone else {})
+    monkeypatch.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))
+    monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: synced.append(k))
+    monkeypatch.setattr(
+        kopf, "info", lambda body, *, reason, message: events.append((reason, message))
+    )
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    assert sorted(applied) == sorted(k["metadata"]["name"] for k in kids)
+    ((reason, message),) = events
+    assert reason == "ChildRecreated" and gone in message
+    assert synced[-1]["reconciled"][0] == "ChildApplied"
+    # while the spec is refused, the reconcile's own retries (or the next edit) decide
+    applied.clear()
+    refused = {"type": "Reconciled", "status": "False", "reason": "KServeMissing"}
+    obj["status"]["conditions"] = [refused]
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    assert applied == []
+    # a failed re-creation (an API error) is tried again at the next tick
+    obj["status"]["conditions"] = [{**refused, "reason": "Forbidden"}]
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    assert applied
 
 
 def test_replacement_evicts_within_a_tier_and_never_switches(
