@@ -112,8 +112,11 @@ def parse(raw: bytes, chat: bool) -> Parsed:
         if not isinstance(v, int | float) or isinstance(v, bool) or not 1 <= v <= _MAX_FLOAT:
             raise BadRequest(400, "invalid_request_error", f"{key}: must be a positive number")
         mt = v
+    stream = body.get("stream")  # (null: not given; a string such as "false" is no flag)
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest(400, "invalid_request_error", "stream: must be true or false")
     l_in, attach = sizes(body)
-    return Parsed(body, model, bool(body.get("stream")), l_in, attach, mt)
+    return Parsed(body, model, bool(stream), l_in, attach, mt)
 
 
 def deadline_header(value: str | None) -> float | None:

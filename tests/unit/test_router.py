@@ -851,3 +851,20 @@ def test_an_answer_cut_off_mid_body_reaches_the_client_truncated() -> None:
         server.close()
 
     run(go())
+
+
+def test_a_stream_flag_that_is_no_boolean_is_a_400() -> None:
+    """`bool(body["stream"])` read "false" (a string) as streaming, while the backend the
+    body is forwarded to reads it as a flag or refuses it."""
+    from perllm.router.request import BadRequest, parse
+
+    b = '{"model": "m", "messages": [], "stream": '
+    for v in ('"false"', '"true"', "1", "0", "[]", "{}"):
+        with pytest.raises(BadRequest) as e:
+            parse((b + v + "}").encode(), True)
+        assert e.value.status == 400 and e.value.message == "stream: must be true or false"
+    assert [parse((b + v + "}").encode(), True).stream for v in ("true", "false", "null")] == [
+        True,
+        False,
+        False,
+    ]
