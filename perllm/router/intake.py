@@ -19,16 +19,21 @@ async def read_request(
 ) -> tuple[bytes, Parsed, float | None]:
     """(raw body, parsed body, the deadline header's tightening or None)."""
     raw = await read_body(headers, receive, limit)
-    req = parse(raw, chat)
-    if req.model not in models:
-        raise BadRequest(
-            404, "model_not_found", f"model {req.model!r} not served here: {sorted(models)}"
-        )
+    req = served(parse(raw, chat), models)
     tight = None
     for k, v in headers:
         if k == DEADLINE_HEADER:
             tight = deadline_header(v.decode("latin-1"))
     return raw, req, tight
+
+
+def served(req: Parsed, models: Collection[str]) -> Parsed:
+    """`req`, if its model is one of `models` (else a 404 naming them)."""
+    if req.model not in models:
+        raise BadRequest(
+            404, "model_not_found", f"model {req.model!r} not served here: {sorted(models)}"
+        )
+    return req
 
 
 async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:

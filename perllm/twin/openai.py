@@ -30,7 +30,10 @@ import numpy as np
 
 from perllm.contract import ServiceSpec
 from perllm.costmodel import build_cost_table, download_bits, upload_bits
-from perllm.router.request import BadRequest, parse
+from perllm.router.asgi import error, reply
+from perllm.router.config import Limits
+from perllm.router.intake import read_body, served
+from perllm.router.request import BadRequest, Parsed, parse
 from perllm.scenario import Scenario
 from perllm.twin.arrivals import service_dists
 from perllm.twin.fleet import server_powers
@@ -45,6 +48,7 @@ Send = Callable[[Message], Awaitable[None]]
 # (namespace, pod) -> (the service it serves, its node), or None: unknown pod.
 Resolver = Callable[[str, str], "tuple[ServiceSpec, str] | None"]
 MAX_WAIT_S = 600.0  # one answer never sleeps longer than this (wall)
+MAX_BODY_BYTES = Limits().max_body_bytes  # a request body's size at most (the router's)
 
 
 def pod_url(base: str, namespace: str, pod: str) -> str:
@@ -86,10 +90,12 @@ class TwinOpenAI:
         speed: float = 1.0,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         if not speed > 0:
             raise ValueError("speed: must be > 0")
         self.sc, self.resolve, self.speed, self.clock = sc, resolve, speed, clock
+        self.max_body_bytes = max_body_bytes
         self.t0 = clock()
         self.servers = sc.expanded_servers()
         self.node_index = {n: j for j, (n, _) in enumerate(self.servers)}
@@ -113,6 +119,7 @@ class TwinOpenAI:
         speed: float = 1.0,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> TwinOpenAI:
         pods = static_pods(sc)
         specs = {s.name: s for s in sc.services()}
@@ -121,7 +128,7 @@ class TwinOpenAI:
             hit = pods.get((ns, pod))
             return None if hit is None else (specs[hit[0]], hit[1])
 
-        return cls(sc, resolve, speed, seed, clock)
+        return cls(sc, resolve, speed, seed, clock, max_body_bytes)
 
     def now(self) -> float:
         """Simulated seconds since start."""
@@ -181,35 +188,38 @@ class TwinOpenAI:
             await _reply(send, 200, {"status": "ok"})
             return
         if len(parts) < 5 or parts[0] != "pods" or parts[3] != "v1":
-            await _reply(send, 404, _err("not_found", "use /pods/<namespace>/<pod>/v1/..."))
+            await error(send, 404, "not_found", "use /pods/<namespace>/<pod>/v1/...")
             return
         hit = self.resolve(parts[1], parts[2])
         if hit is None:
-            await _reply(send, 404, _err("not_found", f"no pod {parts[1]}/{parts[2]}"))
+            await error(send, 404, "not_found", f"no pod {parts[1]}/{parts[2]}")
             return
         spec, node = hit
         route = "/".join(parts[4:])
         if route == "models":
+            if scope["method"] != "GET":
+                await error(send, 405, "invalid_request_error", "use GET", [(b"allow", b"GET")])
+                return
             data = [
                 {"id": m, "object": "model", "owned_by": "perllm-twin"}
                 for m in (spec.model, spec.name)
             ]
             await _reply(send, 200, {"object": "list", "data": data})
             return
-        if route not in ("chat/completions", "completions") or scope["method"] != "POST":
-            await _reply(send, 404, _err("not_found", f"no route {route}"))
+        if route not in ("chat/completions", "completions"):
+            await error(send, 404, "not_found", f"no route {route}")
             return
-        body = b""
-        more = True
-        while more:
-            m = await receive()
-            if m["type"] == "http.disconnect":
-                return
-            body += m.get("body", b"")
-            more = bool(m.get("more_body"))
-        answer = asyncio.ensure_future(
-            self._answer(spec, node, body, route == "chat/completions", send)
-        )
+        if scope["method"] != "POST":
+            await error(send, 405, "invalid_request_error", "use POST", [(b"allow", b"POST")])
+            return
+        chat = route == "chat/completions"
+        try:  # (the router's checks: size limit, JSON, fields, a model this pod serves)
+            raw = await read_body(scope["headers"], receive, self.max_body_bytes)
+            req = served(parse(raw, chat), (spec.model, spec.name))
+        except BadRequest as e:
+            await error(send, e.status, e.kind, e.message)
+            return
+        answer = asyncio.ensure_future(self._answer(spec, node, req, chat, send))
         gone = asyncio.ensure_future(_disconnect(receive))
         try:
             await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -220,13 +230,12 @@ class TwinOpenAI:
             gone.cancel()
 
     async def _answer(
-        self, spec: ServiceSpec, node: str, body: bytes, chat: bool, send: Send
+        self, spec: ServiceSpec, node: str, req: Parsed, chat: bool, send: Send
     ) -> None:
         try:
-            req = parse(body, chat)
             tl = self.timeline(spec, node, req.prompt_tokens, req.attach_bytes, req.max_tokens)
         except BadRequest as e:
-            await _reply(send, e.status, _err(e.kind, e.message))
+            await error(send, e.status, e.kind, e.message)
             return
         start = self.clock()
         model = req.model
@@ -269,10 +278,6 @@ def _sse(ev: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(ev).encode() + b"\n\n"
 
 
-def _err(kind: str, message: str) -> dict[str, Any]:
-    return {"error": {"type": kind, "message": message}}
-
-
 async def _disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -281,9 +286,7 @@ async def _disconnect(receive: Receive) -> None:
 async def _reply(
     send: Send, status: int, obj: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    hs = [(b"content-type", b"application/json"), *(headers or [])]
-    await send({"type": "http.response.start", "status": status, "headers": hs})
-    await send({"type": "http.response.body", "body": json.dumps(obj).encode()})
+    await reply(send, status, json.dumps(obj).encode(), headers=headers or ())
 
 
 def twin_resolver(tw: Any) -> Resolver:

@@ -1,0 +1,144 @@
+"""The twin's pods as OpenAI endpoints: what they answer to malformed requests, and what a
+client that goes away leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from perllm.scenario import load_scenario, parse_scenario
+from perllm.twin.openai import TwinOpenAI, pod_url
+
+CHAT = {"model": "llama3-8b", "messages": [{"role": "user", "content": "hello " * 100}]}
+POD = pod_url("", "default", "chat-cloud")
+
+
+def quiet_demo() -> Any:
+    sc = load_scenario("demo")
+    return parse_scenario({**sc.model_dump(mode="json"), "speed_noise": 0.0}, "demo")
+
+
+def _post_all(tw: TwinOpenAI, calls: list[tuple[str, str, bytes]]) -> list[httpx.Response]:
+    async def go() -> list[httpx.Response]:
+        t = httpx.ASGITransport(app=tw)
+        async with httpx.AsyncClient(transport=t, base_url="http://twin") as c:
+            return [await c.request(m, f"{POD}/v1/{route}", content=b) for m, route, b in calls]
+
+    return asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def _chat(**kw: Any) -> bytes:
+    return json.dumps({**CHAT, **kw}).encode()
+
+
+def test_malformed_requests_get_a_4xx_with_a_reason() -> None:
+    tw = TwinOpenAI.standalone(quiet_demo(), speed=1000.0)
+    cases: list[tuple[str, str, bytes, int, str]] = [
+        ("POST", "chat/completions", b"{", 400, "not valid JSON"),
+        ("POST", "chat/completions", b"[1]", 400, "JSON object"),
+        ("POST", "chat/completions", b'{"model": "chat"}', 400, "messages"),
+        ("POST", "completions", b'{"model": "chat"}', 400, "prompt"),
+        ("POST", "chat/completions", _chat(max_tokens=0), 400, "max_tokens"),
+        ("POST", "chat/completions", _chat(max_tokens=-3), 400, "max_tokens"),
+        ("POST", "chat/completions", _chat(max_tokens="8"), 400, "max_tokens"),
+        ("POST", "chat/completions", _chat()[:-1] + b', "max_tokens": NaN}', 400, "NaN"),
+        # (they were answered 200: any model name, a truthy string streamed)
+        ("POST", "chat/completions", _chat(model="gpt-4"), 404, "gpt-4"),
+        ("POST", "chat/completions", _chat(stream="false"), 400, "stream"),
+        ("POST", "chat/completions", _chat(stream=1), 400, "stream"),
+        # (a 404 "no route": the route is there, the method is not)
+        ("GET", "chat/completions", b"", 405, "POST"),
+        ("POST", "models", b"", 405, "GET"),
+    ]
+    resps = _post_all(tw, [(m, r, b) for m, r, b, _, _ in cases])
+    for (_, _, b, status, why), resp in zip(cases, resps, strict=True):
+        assert resp.status_code == status, (b[:80], resp.text)
+        err = resp.json()["error"]
+        assert why in err["message"], (b[:80], err)
+    assert tw.served == 0  # none of them ran through the world model
+    ok = _post_all(tw, [("POST", "chat/completions", _chat(model=m, max_tokens=3, stream=False))
+                        for m in ("chat", "llama3-8b")])  # fmt: skip
+    assert [r.status_code for r in ok] == [200, 200]
+    assert ok[0].json()["model"] == "chat"
+
+
+def test_an_oversized_body_is_a_413_read_no_further() -> None:
+    """It was read whole into memory whatever its size, then answered 200."""
+    tw = TwinOpenAI.standalone(quiet_demo(), speed=1000.0, max_body_bytes=64 * 1024)
+    big = _chat(max_tokens=2)[:-1] + b', "pad": "' + b"x" * 100_000 + b'"}'
+    [resp] = _post_all(tw, [("POST", "chat/completions", big)])
+    assert resp.status_code == 413 and "65536 bytes" in resp.json()["error"]["message"]
+
+    async def chunked() -> list[dict[str, Any]]:  # no content-length: counted as it comes
+        sent: list[dict[str, Any]] = []
+        chunks = [big[i : i + 8192] for i in range(0, len(big), 8192)]
+        received = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal received
+            received += 1
+            more = received < len(chunks)
+            return {"type": "http.request", "body": chunks[received - 1], "more_body": more}
+
+        async def send(m: dict[str, Any]) -> None:
+            sent.append(m)
+
+        scope = {"type": "http", "method": "POST", "headers": [],
+                 "path": f"{POD}/v1/chat/completions"}  # fmt: skip
+        await tw(scope, receive, send)
+        assert received <= 9  # stopped at the limit, not at the end of the body
+        return sent
+
+    sent = asyncio.run(chunked())
+    assert sent[0]["status"] == 413
+    assert tw.served == 0
+
+
+def test_a_client_that_disconnects_mid_stream_leaves_no_task_behind() -> None:
+    async def go() -> None:
+        tw = TwinOpenAI.standalone(quiet_demo(), speed=5.0)
+        body = _chat(max_tokens=200, stream=True)
+        sent: list[dict[str, Any]] = []
+        gone = asyncio.Event()
+        first = True
+
+        async def receive() -> dict[str, Any]:
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(m: dict[str, Any]) -> None:
+            sent.append(m)
+            if sum(1 for x in sent if x["type"] == "http.response.body") == 3:
+                gone.set()  # the client leaves after two tokens
+
+        scope = {"type": "http", "method": "POST", "headers": [],
+                 "path": f"{POD}/v1/chat/completions"}  # fmt: skip
+        before = asyncio.all_tasks()
+        await asyncio.wait_for(tw(scope, receive, send), 20)
+        await asyncio.sleep(0)
+        assert asyncio.all_tasks() == before  # the answer and the watcher are gone
+        bodies = [x for x in sent if x["type"] == "http.response.body"]
+        assert 3 <= len(bodies) < 200 and all(x.get("more_body") for x in bodies)
+        assert tw.served == 1
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("route", ["chat/completions", "completions"])
+def test_a_well_formed_request_still_answers(route: str) -> None:
+    tw = TwinOpenAI.standalone(quiet_demo(), speed=1000.0)
+    body = (
+        _chat(max_tokens=4)
+        if route == "chat/completions"
+        else json.dumps({"model": "chat", "prompt": "hi", "max_tokens": 4}).encode()
+    )
+    [resp] = _post_all(tw, [("POST", route, body)])
+    assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] <= 4
