@@ -163,6 +163,7 @@ class TwinOpenAI:
             link = self.servers[j][1].link
             bps = link.bandwidth_mbps * 1e6
             a = self.now()
+            self.states[j].observe(a)  # (drops the ended requests it keeps: they would pile up)
             bits = (float(upload_bits(l_in_t, attach)), float(download_bits(l_out)))
             d, out, e_tran = execute(
                 self.states[j], c, a, l_in_t, l_out, bits,

@@ -98,6 +98,23 @@ def test_an_oversized_body_is_a_413_read_no_further() -> None:
     assert tw.served == 0
 
 
+def test_the_pods_server_states_do_not_grow_with_every_request_served() -> None:
+    """Every request's (start, end, kv) stayed in its node's `ServerState.inflight`
+    forever (only `observe` prunes it, and nothing called it here): memory grew with every
+    request the twin ever answered."""
+    sc = quiet_demo()
+    clock = [0.0]
+    tw = TwinOpenAI(sc, TwinOpenAI.standalone(sc).resolve, speed=1.0, clock=lambda: clock[0])
+    spec = next(s for s in sc.services() if s.name == "chat")
+    j = tw.node_index["cloud"]
+    for _ in range(200):
+        tl = tw.timeline(spec, "cloud", 100.0, 0.0, 5)
+        clock[0] += tl.done + 1.0  # the next one arrives after this one has ended
+    assert tw.served == 200
+    assert len(tw.states[j].inflight) <= 1
+    assert len(tw.states[j].active) <= 1
+
+
 def test_a_client_that_disconnects_mid_stream_leaves_no_task_behind() -> None:
     async def go() -> None:
         tw = TwinOpenAI.standalone(quiet_demo(), speed=5.0)
