@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -71,6 +73,7 @@ class Report:
     tiers: dict[str, float] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # transport errors (status 0), by kind
+    interrupted: bool = False  # stopped (Ctrl-C): the requests then in flight are not here
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -130,15 +133,37 @@ def _decision(h: str | None) -> dict[str, str]:
 OnStart = Callable[[Planned, dict[str, str]], None]
 
 
+def _completion_tokens(answer: Any) -> float | None:
+    """`usage.completion_tokens` of an answer or stream event (None: not given); a
+    ValueError if it is no OpenAI answer (not an object, usage not one, not a count)."""
+    if not isinstance(answer, dict):
+        raise ValueError(f"answer is not a JSON object: {json.dumps(answer)[:60]}")
+    usage = answer.get("usage")
+    if usage is None:
+        return None
+    n = usage.get("completion_tokens") if isinstance(usage, dict) else "?"
+    if n is None:
+        return None
+    if not isinstance(n, int | float) or isinstance(n, bool) or not 0 <= n < float("inf"):
+        raise ValueError(f"usage.completion_tokens is no count: {json.dumps(usage)[:60]}")
+    return float(n)
+
+
 async def _one(
-    client: httpx.AsyncClient, url: str, p: Planned, on_start: OnStart | None = None
+    client: httpx.AsyncClient,
+    url: str,
+    p: Planned,
+    on_start: OnStart | None = None,
+    timeout_s: float | None = None,
 ) -> Outcome:
+    """One request; `timeout_s` bounds it whole (httpx's timeout is per read: a target
+    that sends a byte now and then would hold it for ever)."""
     t0 = time.perf_counter()
     first: float | None = None
     events = 0
     usage: float | None = None
     try:
-        async with client.stream("POST", url, json=p.body) as resp:
+        async with asyncio.timeout(timeout_s), client.stream("POST", url, json=p.body) as resp:
             dec = _decision(resp.headers.get("x-perllm-decision"))
             if on_start is not None and resp.status_code == 200:
                 on_start(p, dec)
@@ -151,13 +176,16 @@ async def _one(
             text = bytes(buf)
             if p.body.get("stream"):
                 events = text.count(b"data:") - text.count(b"data: [DONE]")
-                for line in text.split(b"\n"):
+                for line in text.split(b"\n") if resp.status_code == 200 else ():
                     if b'"usage"' in line and line.startswith(b"data:"):
-                        u = json.loads(line[5:]).get("usage") or {}
-                        usage = u.get("completion_tokens", usage)
+                        n = _completion_tokens(json.loads(line[5:]))
+                        usage = usage if n is None else n
             elif resp.status_code == 200:
-                usage = (json.loads(text).get("usage") or {}).get("completion_tokens")
-    except (httpx.HTTPError, ValueError) as e:
+                usage = _completion_tokens(json.loads(text))
+    except TimeoutError:
+        err = f"Timeout: no complete answer within {timeout_s:g}s"
+        return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=err, at=p.at)
+    except (httpx.HTTPError, ValueError, RecursionError) as e:  # (ValueError: not an answer)
         err = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=err, at=p.at)
     tokens = float(usage if usage is not None else max(events, 1))
@@ -183,9 +211,11 @@ async def replay(
     path: str = "/v1/chat/completions",
     on_done: Any = None,
     on_start: OnStart | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Report:
     """Send `planned` at their times (bounded: `concurrency` in flight, `max_duration_s`
-    of sending; requests still running at the end get `timeout_s`)."""
+    of sending; each request gets `timeout_s` in all). When `stop` is set (Ctrl-C), the
+    requests in flight are abandoned and the report is of those that ended."""
     url = target.rstrip("/") + path
     sem = asyncio.Semaphore(concurrency)
     results: list[Outcome] = []
@@ -195,22 +225,39 @@ async def replay(
 
         async def fire(p: Planned) -> None:
             async with sem:
-                o = await _one(client, url, p, on_start)
+                o = await _one(client, url, p, on_start, timeout_s)
             results.append(o)
             if on_done is not None:
                 on_done(o)
 
-        tasks = []
-        for p in planned:
-            wait = p.at - (time.perf_counter() - t0)
-            if p.at > max_duration_s:
-                break
-            if wait > 0:
-                await asyncio.sleep(wait)
-            tasks.append(asyncio.create_task(fire(p)))
-        await asyncio.gather(*tasks)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def send_all() -> None:
+            for p in planned:
+                wait = p.at - (time.perf_counter() - t0)
+                if p.at > max_duration_s:
+                    break
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                tasks.append(asyncio.create_task(fire(p)))
+            await asyncio.gather(*tasks)
+
+        sender = asyncio.create_task(send_all())
+        stopped = asyncio.create_task((stop or asyncio.Event()).wait())
+        try:
+            await asyncio.wait({sender, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # (cancelled itself, or stopped: nothing is left running)
+            stopped.cancel()
+            interrupted = not sender.done()
+            for t in (sender, *tasks):
+                t.cancel()
+            await asyncio.gather(sender, *tasks, return_exceptions=True)
+        if not interrupted:
+            sender.result()
     wall = time.perf_counter() - t0
-    return summarise(target, results, wall)
+    report = summarise(target, results, wall)
+    report.interrupted = interrupted
+    return report
 
 
 def summarise(target: str, results: list[Outcome], wall: float) -> Report:
@@ -226,7 +273,7 @@ def summarise(target: str, results: list[Outcome], wall: float) -> Report:
         latency_s=_pct([o.latency_s for o in ok]),
         ttft_s=_pct([o.ttft_s for o in ok if o.ttft_s is not None]),
         wall_s=wall,
-        throughput_rps=len(results) / max(wall, 1e-9),
+        throughput_rps=len(ok) / max(wall, 1e-9),  # answered (200), not merely sent
         statuses={str(k): v for k, v in sorted(Counter(o.status for o in results).items())},
         backends={k: v / n_ok for k, v in sorted(backends.items())},
         tiers={k: v / n_ok for k, v in sorted(tiers.items())},
@@ -251,7 +298,7 @@ def print_report(r: Report) -> None:
     for name, d in (("latency", r.latency_s), ("time to first token", r.ttft_s)):
         if d:
             t.add_row(name, " ".join(f"{k} {v:.3f}s" for k, v in d.items()))
-    t.add_row("throughput", f"{r.throughput_rps:.1f} req/s over {r.wall_s:.1f}s")
+    t.add_row("throughput (200 OK)", f"{r.throughput_rps:.1f} req/s over {r.wall_s:.1f}s")
     for k, v in r.tiers.items():
         t.add_row(f"tier {k}", f"{v:.1%}")
     for k, v in r.backends.items():
@@ -269,6 +316,8 @@ def target_error(target: str) -> str | None:
         return str(e)
     if u.scheme not in ("http", "https"):
         return "not an http(s) URL"
+    if u.query or u.fragment:  # (the request path is appended to it)
+        return "a base URL has no query or fragment"
     return None if u.hostname else "no host"
 
 
@@ -317,22 +366,41 @@ def register(app: typer.Typer) -> None:
         if not planned:
             typer.echo(f"error: {sc.name} generates no requests of these classes", err=True)
             raise typer.Exit(2)
+        first = planned[0].at
+        planned = [p for p in planned if p.at <= max_duration]  # (what will be sent)
+        if not planned:
+            typer.echo(
+                f"error: no request arrives within --max-duration {max_duration:g}s "
+                f"(the first at {first:.1f}s)",
+                err=True,
+            )
+            raise typer.Exit(2)
+
+        async def run() -> Report:
+            stop = asyncio.Event()  # Ctrl-C: stop, and report what ended
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                loop.add_signal_handler(signal.SIGINT, stop.set)  # (main thread only)
+            try:
+                return await replay(target, planned, max_duration, concurrency, timeout,
+                                    on_done=lambda o: pr.advance(task), stop=stop)  # fmt: skip
+            finally:
+                loop.remove_signal_handler(signal.SIGINT)
+
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()) as pr:
             task = pr.add_task("requests", total=len(planned))
-            report = asyncio.run(
-                replay(
-                    target,
-                    planned,
-                    max_duration,
-                    concurrency,
-                    timeout,
-                    on_done=lambda o: pr.advance(task),
-                )
-            )
+            report = asyncio.run(run())
         print_report(report)
         if json_out:
             with open(json_out, "w") as f:
                 f.write(report.to_json())
+        if report.interrupted:
+            typer.echo(
+                f"interrupted: the report is of the {report.sent} of {len(planned)} requests "
+                "that ended",
+                err=True,
+            )
+            raise typer.Exit(130)
         if report.sent and not report.ok:
             typer.echo(f"error: none of {report.sent} requests got a 200 from {target}", err=True)
             raise typer.Exit(1)

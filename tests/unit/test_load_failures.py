@@ -1,0 +1,169 @@
+"""`perllm load` against targets that fail: garbage answers, a target that dribbles,
+one that is down, Ctrl-C, and arguments that send nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from perllm.load import plan, replay
+from perllm.router.serving import serving
+from perllm.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _planned(n: int, stream: bool) -> Any:
+    return plan(load_scenario("demo"), seed=0, speed=1000.0, max_requests=n, stream=stream)
+
+
+class Answers:
+    """An ASGI target that answers every request with one of `bodies` in turn (200)."""
+
+    def __init__(self, bodies: list[bytes], ctype: bytes = b"application/json") -> None:
+        self.bodies, self.ctype, self.n = bodies, ctype, 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        body = self.bodies[self.n % len(self.bodies)]
+        self.n += 1
+        hs = [(b"content-type", self.ctype)]
+        await send({"type": "http.response.start", "status": 200, "headers": hs})
+        await send({"type": "http.response.body", "body": body})
+
+
+def test_a_200_that_is_no_openai_answer_is_a_failed_request_not_a_traceback() -> None:
+    """`json.loads(text).get("usage")` on `[]`, usage a string, or completion_tokens a
+    string raised AttributeError/ValueError out of replay: no report at all."""
+    cases = [
+        (False, [b"[]", b'{"usage": "x"}', b'{"usage": {"completion_tokens": "abc"}}']),
+        (True, [b'data: ["usage"]\n\n', b'data: {"usage": 3}\n\n',
+                b'data: {"usage": {"completion_tokens": []}}\n\ndata: [DONE]\n\n']),
+    ]  # fmt: skip
+
+    async def go(stream: bool, bodies: list[bytes]) -> Any:
+        async with serving(Answers(bodies)) as url:
+            return await replay(url, _planned(3, stream), max_duration_s=5, timeout_s=5)
+
+    for stream, bodies in cases:
+        rep = asyncio.run(asyncio.wait_for(go(stream, bodies), 30))
+        assert rep.sent == 3 and rep.ok == 0 and rep.statuses == {"0": 3}, rep
+        assert all(k.startswith("ValueError") for k in rep.errors), rep.errors
+    good = [b'data: {"choices": []}\n\ndata: {"usage": {"completion_tokens": 7}}\n\n']
+    rep = asyncio.run(asyncio.wait_for(go(True, good), 30))
+    assert rep.ok == 3 and rep.errors == {}
+
+
+class Dribble:
+    """Starts a 200 answer, then sends a byte every `every` seconds, for ever."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            await send({"type": "http.response.body", "body": b":", "more_body": True})
+            await asyncio.sleep(self.every)
+
+
+def test_a_target_that_dribbles_is_timed_out_per_request_in_all() -> None:
+    """httpx's timeout is per read: a target sending a byte now and then held every
+    request (and the whole run) for ever, whatever --timeout said."""
+
+    async def go() -> Any:
+        async with serving(Dribble(0.2)) as url:
+            t0 = time.perf_counter()
+            rep = await replay(url, _planned(2, True), max_duration_s=5, timeout_s=1.0)
+            return rep, time.perf_counter() - t0
+
+    rep, wall = asyncio.run(asyncio.wait_for(go(), 30))
+    assert wall < 5 and rep.sent == 2 and rep.ok == 0
+    assert rep.errors == {"Timeout: no complete answer within 1s": 2}
+
+
+def test_throughput_counts_answered_requests_not_failures() -> None:
+    """A target that refuses every connection was reported at N req/s of 'throughput'."""
+    rep = asyncio.run(replay("http://127.0.0.1:9", _planned(3, True), 5, timeout_s=2))
+    assert rep.sent == 3 and rep.ok == 0 and rep.throughput_rps == 0.0
+    assert rep.attainment == 0.0 and rep.latency_s == {} and rep.backends == {}
+
+
+def test_stop_abandons_the_requests_in_flight_and_reports_those_that_ended() -> None:
+    async def go() -> Any:
+        async with serving(Dribble(0.2)) as url:
+            stop = asyncio.Event()
+            asyncio.get_running_loop().call_later(1.0, stop.set)
+            t0 = time.perf_counter()
+            rep = await replay(url, _planned(3, True), max_duration_s=60, timeout_s=60,
+                               stop=stop)  # fmt: skip
+            return rep, time.perf_counter() - t0
+
+    rep, wall = asyncio.run(asyncio.wait_for(go(), 30))
+    assert wall < 5 and rep.interrupted and rep.sent == 0
+
+
+def test_ctrl_c_prints_the_report_of_what_ended_and_exits_130(tmp_path: Path) -> None:
+    """Ctrl-C was 'Aborted!' (exit 1): the report of a long run was lost."""
+    code = (
+        "import sys; from perllm.cli import app; "
+        "sys.argv = ['perllm', 'load', 'demo', '--target', sys.argv[1], '--speed', '1000', "
+        f"'--max-requests', '3', '--timeout', '60', '--json', {str(tmp_path / 'r.json')!r}]; "
+        "app()"
+    )
+
+    async def go() -> tuple[int, str]:
+        seen = asyncio.Event()
+
+        class Hold(Dribble):
+            async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+                if scope["type"] == "http":
+                    seen.set()
+                await super().__call__(scope, receive, send)
+
+        async with serving(Hold(0.2)) as url:
+            env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'extender'}:{ROOT / 'operator'}"}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", code, url, env=env, cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            await asyncio.wait_for(seen.wait(), 60)
+            await asyncio.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            return proc.returncode or 0, out.decode()
+
+    rc, out = asyncio.run(go())
+    assert rc == 130, out
+    assert "interrupted: the report is of the 0 of 3 requests that ended" in out
+    assert "perllm load" in out and "Traceback" not in out  # the report's table
+    assert (tmp_path / "r.json").exists()
+
+
+def test_cli_rejects_a_target_with_a_query_and_a_duration_that_sends_nothing() -> None:
+    from perllm.cli import app
+
+    for target in ("http://127.0.0.1:9/?key=1", "http://127.0.0.1:9/#x"):
+        res = CliRunner().invoke(app, ["load", "demo", "--target", target])
+        assert res.exit_code == 2, res.output
+        assert "a base URL has no query or fragment" in res.output
+    # (it sent nothing, printed an empty report and exited 0)
+    res = CliRunner().invoke(
+        app, ["load", "demo", "--target", "http://127.0.0.1:9", "--max-duration", "0.1"]
+    )
+    assert res.exit_code == 2, res.output
+    assert "no request arrives within --max-duration 0.1s (the first at" in res.output
