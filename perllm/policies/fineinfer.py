@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from perllm.contract import Tier
 from perllm.policies.base import Batch, Env, F, I, Observation, Policy
 
 if TYPE_CHECKING:
@@ -41,10 +42,11 @@ DELAY_BOUND_S = 1.0  # fi-ht.py `delay_bound`
 
 def resolve_site(names: tuple[str, ...], tiers: tuple[str, ...], site: str) -> I:
     """Server indices of `site`: a server name (that server), else a tier name (every
-    server of that tier, in fleet order)."""
+    server of that tier, in fleet order; none when the fleet has no server of that tier,
+    e.g. the default cloud site on an edge-only fleet: every request then falls back)."""
     if site in names:
         return np.array([names.index(site)], np.intp)
-    if site in tiers:
+    if site in tiers or site in {t.value for t in Tier}:
         return np.array([j for j, t in enumerate(tiers) if t == site], np.intp)
     raise ValueError(
         f"fineinfer site {site!r}: no server or tier of that name (servers: {', '.join(names)})"

@@ -128,6 +128,18 @@ def test_fineinfer_site_and_fallback() -> None:
         simulate(sc, FineInfer(site="mars"), seed=1)
 
 
+def test_fineinfer_without_its_site_tier_falls_back() -> None:
+    """An edge-only fleet has no cloud tier: the default (cloud) site is empty, so every
+    request takes the fallback (least-loaded, no deferral) instead of the run failing."""
+    data = short(30.0).model_dump(mode="json")
+    data["servers"] = [s for s in data["servers"] if s["tier"] == "edge"]
+    sc = parse_scenario(data)
+    r = simulate(sc, FineInfer(), seed=1)
+    assert len(r.server) > 0
+    assert (np.array(r.tiers)[r.server] == "edge").all()
+    assert len(set(r.server.tolist())) > 1  # spread over the edge, not one server
+
+
 def gpus(n: int = 3, rate: float = 12.0, duration: float = 120.0) -> Scenario:
     """The paper testbed with `n` cloud A100s and the load scaled to match."""
     data = load_scenario("paper-llama2-7b").model_dump(mode="json")
