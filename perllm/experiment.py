@@ -99,7 +99,8 @@ def _regret(
                 continue
             diff = reward_series(greedy[r.seed], scale, theta) - reward_series(r, scale, theta)
             cum = np.cumsum(diff)
-            totals.setdefault(sc.name, {}).setdefault(r.policy, []).append(float(cum[-1]))
+            total = float(cum[-1]) if len(cum) else 0.0  # a run without requests: none
+            totals.setdefault(sc.name, {}).setdefault(r.policy, []).append(total)
             if r.seed == first:
                 curves.setdefault(sc.name, {})[r.policy] = cum
     summary = {sc: {p: float(np.mean(v)) for p, v in pols.items()} for sc, pols in totals.items()}

@@ -193,3 +193,19 @@ def test_every_component_rejects_an_unknown_log_level_before_starting(argv: list
     res = runner.invoke(app, [*argv, "--log-level", "verbose"])
     assert res.exit_code == 2, res.output
     assert "--log-level" in res.output and "verbose" in res.output
+
+
+def test_simulate_a_run_without_requests(tmp_path: Path) -> None:
+    """A trace whose rows all fall after the end (or a rate so low that nothing arrives)
+    is a run of zero requests: the report (regret 0), the bound and the plots still come
+    out, as strict JSON."""
+    f = trace_scenario(tmp_path, "time_s\n100\n")  # after the run's end: dropped
+    js = tmp_path / "r.json"
+    opts = ["--seeds", "1", "--duration", "5", "--json", str(js), "--out", str(tmp_path / "p")]
+    pols = ["-p", "perllm", "-p", "clairvoyant-greedy"]
+    res = runner.invoke(app, ["simulate", str(f), *pols, *opts])
+    assert res.exit_code == 0, res.output
+    report = json.loads(js.read_text(), parse_constant=lambda c: pytest.fail(c))
+    entry = report["scenarios"]["paper-llama2-7b"]
+    assert entry["policies"]["perllm"]["services"] == 0
+    assert entry["regret_vs_clairvoyant_greedy"]["perllm"] == 0.0
