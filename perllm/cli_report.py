@@ -71,8 +71,13 @@ def _totals_cells(scs: dict[str, Any], p: str, ms: list[dict[str, Any]]) -> list
 
     rat = [s.get("ratios_vs_perllm", {}).get(p) for s in scs.values()]
     rat = [r for r in rat if r]
-    thr = sum(r["throughput_ratio"] or 0 for r in rat) / len(rat) if rat else None
-    en = sum(r["energy_ratio"] or 0 for r in rat) / len(rat) if rat else None
+
+    def defined(k: str) -> float | None:
+        """Mean of the scenarios where the ratio is defined (None: a zero denominator)."""
+        v = [r[k] for r in rat if r[k] is not None]
+        return sum(v) / len(v) if v else None
+
+    thr, en = defined("throughput_ratio"), defined("energy_ratio")
     reg = [s.get("regret_vs_clairvoyant_greedy", {}).get(p) for s in scs.values()]
     reg = [r for r in reg if r is not None]
     return [

@@ -198,7 +198,7 @@ def test_every_component_rejects_an_unknown_log_level_before_starting(argv: list
 def test_simulate_a_run_without_requests(tmp_path: Path) -> None:
     """A trace whose rows all fall after the end (or a rate so low that nothing arrives)
     is a run of zero requests: the report (regret 0), the bound and the plots still come
-    out, as strict JSON."""
+    out, as strict JSON, with the undefined ratios as "—" (not 0.00×)."""
     f = trace_scenario(tmp_path, "time_s\n100\n")  # after the run's end: dropped
     js = tmp_path / "r.json"
     opts = ["--seeds", "1", "--duration", "5", "--json", str(js), "--out", str(tmp_path / "p")]
@@ -209,3 +209,6 @@ def test_simulate_a_run_without_requests(tmp_path: Path) -> None:
     entry = report["scenarios"]["paper-llama2-7b"]
     assert entry["policies"]["perllm"]["services"] == 0
     assert entry["regret_vs_clairvoyant_greedy"]["perllm"] == 0.0
+    assert entry["ratios_vs_perllm"]["clairvoyant-greedy"]["throughput_ratio"] is None
+    rows = [line for line in res.output.splitlines() if "clairvoyant-greedy" in line]
+    assert rows and not any("0.00×" in line for line in rows)
