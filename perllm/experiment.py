@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perllm import policies
-from perllm.bound import BoundResult, compute_bound
+from perllm.bound import BoundResult, bounds_for
 from perllm.costmodel import build_cost_table
 from perllm.csucb import CSUCBConfig
 from perllm.estimate import energy_scale
@@ -58,15 +58,7 @@ def run_experiment(
                 cb = (lambda d, t, lab=label: progress(lab, d, t)) if progress else None
                 runs.append(simulate(sc, policies.make(name), seed, on_slot=cb))
     regret, regret_summary = _regret(scenarios, runs)
-    bounds = (
-        {
-            (sc.name, s): compute_bound(sc, s, progress=bound_progress)
-            for sc in scenarios
-            for s in seeds
-        }
-        if bound
-        else {}
-    )
+    bounds = bounds_for(scenarios, seeds, progress=bound_progress) if bound else {}
     report = build_report(runs, regret_summary, bounds)
     return Experiment(
         runs=runs,

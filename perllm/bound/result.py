@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from perllm.bound.model import build_pairs, demand_rows
-from perllm.bound.solve import HindsightBound, Progress
+from perllm.bound.solve import BoundError, HindsightBound, Progress
 from perllm.scenario import Scenario
 from perllm.world.sim import World
 
@@ -17,6 +17,32 @@ from perllm.world.sim import World
 # that policies of nearly equal success share a solve; rounding down keeps the energy
 # bound valid (the least energy can only fall when fewer requests must be met).
 TARGET_GRID = 0.0025
+
+# Size limits of the relaxation (docs/bound.md, "Limits"): its arrays are dense
+# [requests, servers] and each server adds demand rows per interval, so a large fleet
+# takes minutes even for a few seconds of traffic (1,000 servers, 198 requests: 3 min).
+# Beyond either limit the bound is skipped (`BoundSkipped`), not solved.
+MAX_SERVERS = 100
+MAX_PAIRS = 1_000_000  # requests × servers
+
+
+class BoundSkipped(BoundError):
+    """The run is too large for the bound: it is skipped (the message says why)."""
+
+
+def check_size(name: str, seed: int, n_requests: int, n_servers: int) -> None:
+    """Raise `BoundSkipped` when a world of this size is beyond the bound's limits."""
+    why = (
+        f"{n_servers:,} servers (more than {MAX_SERVERS:,})"
+        if n_servers > MAX_SERVERS
+        else f"{n_requests:,} requests × {n_servers:,} servers (more than {MAX_PAIRS:,})"
+        if n_requests * n_servers > MAX_PAIRS
+        else ""
+    )
+    if why:
+        raise BoundSkipped(
+            f"{name} seed {seed}: bound skipped: {why} is too large for the LP (docs/bound.md)"
+        )
 
 
 @dataclass
@@ -94,10 +120,12 @@ def compute_bound(
     grid_s: float | None = None,
     progress: Progress | None = None,
 ) -> BoundResult:
-    """The hindsight bound of `sc` with `seed` (the world `simulate` builds for it)."""
+    """The hindsight bound of `sc` with `seed` (the world `simulate` builds for it);
+    `BoundSkipped` when the world is beyond the bound's size limits (`check_size`)."""
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
     world = World(sc, seed)
+    check_size(sc.name, seed, len(world.req), world.table.n_servers)
     pairs = build_pairs(world)
     grid = grid_s if grid_s is not None else max(sc.slot_s, 1.0)
     rows = demand_rows(pairs, grid)
@@ -138,7 +166,15 @@ def compute_bound(
 def bounds_for(
     scenarios: Iterable[Scenario], seeds: Iterable[int], progress: Progress | None = None
 ) -> dict[tuple[str, int], BoundResult]:
+    """The bound of every (scenario, seed) within the size limits; a skipped one is
+    left out (the report then has no bound for it) and `progress` is told why."""
     seeds = list(seeds)
-    return {
-        (sc.name, s): compute_bound(sc, s, progress=progress) for sc in scenarios for s in seeds
-    }
+    out: dict[tuple[str, int], BoundResult] = {}
+    for sc in scenarios:
+        for s in seeds:
+            try:
+                out[(sc.name, s)] = compute_bound(sc, s, progress=progress)
+            except BoundSkipped as e:
+                if progress:
+                    progress(str(e))
+    return out

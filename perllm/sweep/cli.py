@@ -264,5 +264,7 @@ def report(results: list[SweepResult], out: Path, total: int, processes: int) ->
     for res in results:
         paths = write_outputs(res, out)
         print_table(console, res.to_dict())
+        for d in res.bound_skipped:
+            console.print(f"note: {d['reason']}")
         console.print("wrote " + ", ".join(str(p) for p in paths))
     console.print(f"{total} jobs in {results[0].wall_s:.1f} s with {processes} process(es)")

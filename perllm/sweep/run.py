@@ -75,6 +75,8 @@ class SweepResult:
     bound: bool
     per_seed: list[dict[str, Any]] = field(default_factory=list)  # one per run
     bound_per_seed: list[dict[str, Any]] = field(default_factory=list)  # one per point, seed
+    # (point, seed) whose bound was skipped as too large, with the reason
+    bound_skipped: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
 
     def rows(self) -> list[dict[str, Any]]:
@@ -146,6 +148,7 @@ class SweepResult:
                 "bound_points": self.bound_points(),
                 "per_seed": self.per_seed,
                 "bound_per_seed": self.bound_per_seed,
+                "bound_skipped": self.bound_skipped,
                 "wall_s": self.wall_s,
             }
         )
@@ -176,9 +179,12 @@ def _run_job(sc: Scenario, policy: str, seed: int) -> dict[str, float]:
 
 
 def _bound_job(sc: Scenario, seed: int, runs: list[tuple[str, float, float]]) -> dict[str, Any]:
-    from perllm.bound import compute_bound
+    from perllm.bound import BoundSkipped, compute_bound
 
-    b = compute_bound(sc, seed)
+    try:
+        b = compute_bound(sc, seed)
+    except BoundSkipped as e:  # beyond the bound's size limits
+        return {"skipped": str(e)}
     dist = {}
     for p, met, energy_j in runs:
         d = b.distance(int(met), energy_j)
@@ -260,6 +266,7 @@ def run_sweep(
         vals = {p.value: k for k, p in enumerate(res.sweep.points)}
         res.per_seed.sort(key=lambda d: (vals[d["value"]], order[d["policy"]], d["seed"]))
         res.bound_per_seed.sort(key=lambda d: (vals[d["value"]], d["seed"]))
+        res.bound_skipped.sort(key=lambda d: (vals[d["value"]], d["seed"]))
     return results
 
 
@@ -306,7 +313,12 @@ class _Jobs:
                 bf = self.ex.submit(_bound_job, pt.scenario, seed, runs)
                 self.pending[bf] = ("bound", si, pi, seed)
         else:
-            res.bound_per_seed.append({"value": pt.value, "seed": seed, **fut.result()})
+            b = fut.result()
+            if "skipped" in b:
+                res.bound_skipped.append({"value": pt.value, "seed": seed, "reason": b["skipped"]})
+                label += " (skipped: too large)"
+            else:
+                res.bound_per_seed.append({"value": pt.value, "seed": seed, **b})
         return label
 
 

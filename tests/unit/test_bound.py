@@ -120,3 +120,30 @@ def test_no_policy_beats_the_bound(name: str) -> None:
             f"ratio {d['energy_ratio']:.3f}"
         )
     assert b.energy_lb_floor_j <= b.energy_lb_j + 1e-6
+
+
+def _fleet(servers: int, duration: float) -> Scenario:
+    """The large-fleet scenario cut to `servers` servers (all edge but 4 A100s)."""
+    data = load_scenario("large-fleet").model_dump(mode="json")
+    data["duration_s"] = duration
+    data["servers"][0]["count"] = servers - 4
+    data["servers"][1]["count"] = 4
+    return Scenario.model_validate(data)
+
+
+def test_a_fleet_beyond_the_size_limits_is_skipped_not_solved() -> None:
+    """A 1,000-server fleet takes minutes for a few seconds of traffic (docs/bound.md,
+    Limits): the bound says it is skipped, at once, instead of solving."""
+    from perllm.bound import BoundSkipped, bounds_for
+    from perllm.bound.result import MAX_SERVERS
+
+    big = _fleet(1000, 5.0)
+    t0 = time.perf_counter()
+    with pytest.raises(BoundSkipped, match="large-fleet seed 1: bound skipped: 1,000 servers"):
+        compute_bound(big, 1)
+    said: list[str] = []
+    small = _fleet(MAX_SERVERS, 1.0)  # within the limits, and solved
+    got = bounds_for([big, small.model_copy(update={"name": "small"})], [1], said.append)
+    assert time.perf_counter() - t0 < 60
+    assert list(got) == [("small", 1)]
+    assert any("bound skipped" in m for m in said)

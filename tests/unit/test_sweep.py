@@ -241,3 +241,14 @@ def test_cli_checks_out_before_running(tmp_path: Path) -> None:
     assert res.exit_code == 2, res.output
     assert isinstance(res.exception, SystemExit)
     assert "--out" in res.output
+
+
+def test_a_sweep_of_a_fleet_too_large_for_the_bound_notes_the_skip(tmp_path: Path) -> None:
+    args = ["sweep", "large-fleet", "--load-x", "0.5", "-p", "cloud-only", "--duration", "1"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "bound skipped" in res.output
+    data = json.loads((tmp_path / "large-fleet-load.json").read_text())
+    assert data["bound_per_seed"] == [] and data["bound_points"] == []
+    assert [(d["value"], d["seed"]) for d in data["bound_skipped"]] == [(0.5, 1)]
+    assert data["rows"][0]["bound_success_rate"] is None
