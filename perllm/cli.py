@@ -98,6 +98,7 @@ def simulate(
 ) -> None:
     """Run the paper's experiment: policies × scenarios × seeds on the world model."""
     from perllm.experiment import write_plots
+    from perllm.report import finite_json
 
     if duration is not None and not math.isfinite(duration):
         # typer's min=1 lets inf through (nan fails the comparison)
@@ -117,7 +118,9 @@ def simulate(
     _print_report(exp.report, wanted, detail)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(exp.report, indent=2, sort_keys=True))
+        # strict JSON: an undefined number (an infinite energy ratio) is null
+        report = finite_json(exp.report)
+        json_out.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
         console.print(f"JSON report: {json_out}")
     if out:
         for p in write_plots(exp, out):

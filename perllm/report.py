@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -183,6 +184,17 @@ def _add_bound(
     entry["vs_bound"] = {
         p: {k: float(np.mean([d[k] for d in ds])) for k in ds[0]} for p, ds in dist.items()
     }
+
+
+def finite_json(x: Any) -> Any:
+    """`x` for strict JSON: every non-finite float (Infinity, NaN) becomes None (null)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite_json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite_json(v) for v in x]
+    return x
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -95,7 +95,8 @@ class BoundResult:
         return {
             "success_gap_points": 100.0 * (self.met_ub - met) / n,
             "energy_lb_j_per_service": lb / n,
-            "energy_ratio": energy_j / lb if lb > 0 else math.inf,
+            # A bound of 0 J (no power anywhere) is met exactly by a run of 0 J.
+            "energy_ratio": energy_j / lb if lb > 0 else 1.0 if energy_j <= 0 else math.inf,
         }
 
     def to_dict(self) -> dict[str, Any]:

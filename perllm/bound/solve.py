@@ -178,7 +178,7 @@ class HindsightBound:
         v = res.x
         tran = float(c[ox : ox + nx] @ v[ox : ox + nx])
         total = float(res.fun)
-        total = total * (1 - SAFETY) - 1e-6
+        total = max(0.0, total * (1 - SAFETY) - 1e-6)  # energy is never negative
         return EnergySolution(float(target_met), total, tran, v[oe:].copy(), dt)
 
     def _busy_rows(self, nv: int, ox: int, ob: int) -> sp.csr_matrix:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from perllm import policies
+from perllm.report import finite_json
 from perllm.scenario import Scenario, ScenarioError
 from perllm.scenario.load import check_services
 from perllm.sweep.metrics import BOUND_METRICS, METRICS, run_row
@@ -132,7 +133,7 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         sw = self.sweep
-        data: dict[str, Any] = _finite(
+        data: dict[str, Any] = finite_json(
             {
                 "sweep": sw.name,
                 "scenario": sw.base,
@@ -158,17 +159,6 @@ class SweepResult:
 def _mean(xs: Iterable[float | None]) -> float | None:
     v = [x for x in xs if x is not None and math.isfinite(x)]
     return float(np.mean(v)) if v else None
-
-
-def _finite(x: Any) -> Any:
-    """JSON without Infinity / NaN (None instead)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
 
 
 # Jobs run in worker processes: module-level functions with picklable arguments.

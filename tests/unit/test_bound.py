@@ -3,13 +3,21 @@ policy (success at most the bound's, energy at least the bound's at the policy's
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from perllm import policies
 from perllm.bound import HindsightBound, Pairs, build_pairs, compute_bound, demand_rows
+from perllm.cli import app
+from perllm.profiles import default_catalogue
+from perllm.report import finite_json
 from perllm.scenario import Scenario, load_scenario
 from perllm.sweep.transforms import set_load
 from perllm.world.sim import World, simulate
@@ -147,3 +155,29 @@ def test_a_fleet_beyond_the_size_limits_is_skipped_not_solved() -> None:
     assert time.perf_counter() - t0 < 60
     assert list(got) == [("small", 1)]
     assert any("bound skipped" in m for m in said)
+
+
+def test_a_world_without_power_has_a_zero_bound_that_a_run_meets(tmp_path: Path) -> None:
+    """Hardware that draws no power and links that cost nothing: the least energy is 0 J
+    (not −1e-6 J from the solver margin), and a run of 0 J is at ratio 1 to it (not inf);
+    `perllm simulate --json` stays strict JSON (an infinite ratio would be null)."""
+    data = load_scenario("paper-llama2-7b").model_dump(mode="json")
+    hw = default_catalogue().hardware["a100-80gb-sxm"].model_dump(mode="json")
+    hw |= {"power_prefill_w": 0.0, "power_decode_w": 0.0, "power_idle_w": 0.0}
+    data |= {"name": "free", "duration_s": 20.0, "hardware": {"free-gpu": hw}}
+    data["servers"] = [data["servers"][1] | {"hardware": "free-gpu"}]
+    data["servers"][0]["link"]["energy_uj_per_bit"] = 0.0
+    sc = Scenario.model_validate(data)
+    b = compute_bound(sc, 1)
+    assert b.energy_lb_j == 0.0 and b.energy_lb_floor_j == 0.0
+    assert b.distance(0, 0.0)["energy_ratio"] == 1.0
+    assert b.distance(0, 1.0)["energy_ratio"] == math.inf
+    assert finite_json({"r": [math.inf, math.nan, 1.0]}) == {"r": [None, None, 1.0]}
+    f, js = tmp_path / "free.yaml", tmp_path / "r.json"
+    f.write_text(yaml.safe_dump(data))
+    args = ["simulate", str(f), "-p", "cloud-only", "--seeds", "1", "--json", str(js)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "inf×" not in res.output and "-0.0" not in res.output
+    report = json.loads(js.read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert report["scenarios"]["free"]["vs_bound"]["cloud-only"]["energy_ratio"] == 1.0
