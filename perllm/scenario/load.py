@@ -78,6 +78,7 @@ def check_services(sc: Scenario, source: str) -> None:
                 loc = "" if loc == "(top level)" else "." + _SERVICE_FIELDS.get(leaf, loc)
                 lines.append(f"workload.classes[{k}]{loc}: {msg}")
             raise ScenarioError(f"{source}: invalid scenario:\n  " + "\n  ".join(lines)) from None
+    _check_peak_rates(sc, source)
     # Per server definition, not per expanded node: `count` copies run the same classes.
     table = build_cost_table(specs, [(s.name, s) for s in sc.servers], sc.catalogue)
     present = {s.tier for s in sc.servers}
@@ -95,6 +96,31 @@ def check_services(sc: Scenario, source: str) -> None:
             f"{source}: invalid scenario:\n  workload.classes[{k}]: no server can run "
             f"class {c.name!r}: {why}"
         )
+
+
+def _check_peak_rates(sc: Scenario, source: str) -> None:
+    """No class arrives faster than the contract's per-service rate (`MAX_RATE_RPS`) in
+    any of its rate windows: a window factor is otherwise unbounded, and drawing
+    factor × rate × duration arrivals does not end (1e7 × 2 req/s for 5 s: 1e8)."""
+    from perllm.contract import MAX_RATE_RPS
+    from perllm.world.workload import rate_factor
+
+    wl = sc.workload
+    for k, c in enumerate(wl.classes):
+        windows = wl.windows(k)
+        p = wl.process(k)
+        if not windows or (p is not None and p.kind == "trace"):
+            continue
+        edges = {0.0, *(w.at_s for w in windows), *(w.until_s for w in windows)}
+        at = max((e for e in edges if e < sc.duration_s), key=lambda e: rate_factor(windows, e))
+        peak = sc.declared_rate(k) * rate_factor(windows, at)
+        if peak > MAX_RATE_RPS:
+            own = c.arrivals is not None and c.arrivals.rate_windows is not None
+            field = "workload." + (f"classes[{k}].arrivals." if own else "") + "rate_windows"
+            raise ScenarioError(
+                f"{source}: invalid scenario:\n  {field}: class {c.name!r} would arrive at "
+                f"{peak:,.6g} req/s from {at:g} s, more than {MAX_RATE_RPS:,.0f} req/s a class"
+            )
 
 
 def _relative_to(sc: Scenario, base_dir: Path) -> Scenario:

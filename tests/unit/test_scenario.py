@@ -135,6 +135,31 @@ def test_a_bandwidth_window_naming_no_server_is_refused() -> None:
         parse_scenario(d, "ok.yaml")
 
 
+def test_a_rate_window_beyond_the_per_class_rate_is_refused() -> None:
+    """A window's factor is unbounded: 1e7 × 4 req/s would draw 4e7 arrivals a second (the
+    run never starts); the contract's 1,000 req/s a class is the limit, at the peak of
+    overlapping windows, for the scenario-wide windows and a class's own."""
+    d = base()  # 4 req/s, chat 50 %: 2 req/s
+    d["workload"]["rate_windows"] = [{"at_s": 10, "until_s": 20, "factor": 1e7}]
+    with pytest.raises(ScenarioError, match=r"workload.rate_windows: class 'chat' would "
+                       r"arrive at 2e\+07 req/s from 10 s, more than 1,000 req/s"):  # fmt: skip
+        parse_scenario(d, "bad.yaml")
+    d["workload"]["rate_windows"] = [  # 20 × 30 = 600: overlapping windows multiply
+        {"at_s": 10, "until_s": 20, "factor": 20},
+        {"at_s": 15, "until_s": 30, "factor": 30},
+    ]
+    with pytest.raises(ScenarioError, match=r"class 'chat' would arrive at 1,?200 req/s from 15 s"):
+        parse_scenario(d, "bad.yaml")
+    d["workload"]["rate_windows"][1]["at_s"] = 20  # no overlap: 60 req/s at most
+    parse_scenario(d, "ok.yaml")
+    d["workload"]["classes"][1]["arrivals"] = {
+        "rate_rps": 10.0,
+        "rate_windows": [{"at_s": 0, "until_s": 5, "factor": 101}],
+    }
+    with pytest.raises(ScenarioError, match=r"workload.classes\[1\].arrivals.rate_windows: "):
+        parse_scenario(d, "bad.yaml")
+
+
 def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
     f = tmp_path / "x.yaml"
     f.write_text("servers: [unclosed")
