@@ -21,6 +21,7 @@ from perllm.scenario import (
     Scenario,
     ScenarioError,
     builtin_scenarios,
+    check_unique_names,
     load_scenario,
     parse_scenario,
 )
@@ -104,7 +105,13 @@ def simulate(
         # typer's min=1 lets inf through (nan fails the comparison)
         err.print(f"[red]error:[/red] --duration: must be a finite number ≥ 1 (s), got {duration}")
         raise typer.Exit(2)
-    scs = [_load(n, duration) for n in scenario or list(REFERENCE_SCENARIOS)]
+    names = scenario or list(REFERENCE_SCENARIOS)
+    scs = [_load(n, duration) for n in names]
+    try:
+        check_unique_names(list(zip(names, scs, strict=True)))
+    except ScenarioError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
     wanted = _wanted_policies(policy)
     _check_outputs(json_out, out)
     try:

@@ -15,6 +15,7 @@ from perllm.scenario.load import (
     REFERENCE_SCENARIOS,
     builtin_dir,
     builtin_scenarios,
+    check_unique_names,
     load_scenario,
     parse_scenario,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Workload",
     "builtin_dir",
     "builtin_scenarios",
+    "check_unique_names",
     "load_scenario",
     "parse_scenario",
 ]

@@ -4,6 +4,7 @@ trace paths resolved against the scenario file."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -121,6 +122,20 @@ def _check_peak_rates(sc: Scenario, source: str) -> None:
                 f"{source}: invalid scenario:\n  {field}: class {c.name!r} would arrive at "
                 f"{peak:,.6g} req/s from {at:g} s, more than {MAX_RATE_RPS:,.0f} req/s a class"
             )
+
+
+def check_unique_names(named: Sequence[tuple[str, Scenario]]) -> None:
+    """Scenarios run together are told apart by name (report entries, bounds, output
+    files): refuse a name that two of them share (the same file twice, or two files
+    with the same `name`), which would merge their results as if they were seeds."""
+    seen: dict[str, str] = {}
+    for source, sc in named:
+        if sc.name in seen:
+            raise ScenarioError(
+                f"{source}: scenario name {sc.name!r} is also that of {seen[sc.name]}; "
+                "scenarios run together need distinct names"
+            )
+        seen[sc.name] = source
 
 
 def _relative_to(sc: Scenario, base_dir: Path) -> Scenario:

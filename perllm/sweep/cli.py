@@ -211,14 +211,15 @@ def build_sweeps(
     duration: float | None,
 ) -> list[Sweep]:
     """One sweep per (scenario, axis), after checking the policies."""
-    from perllm.scenario import load_scenario
+    from perllm.scenario import check_unique_names, load_scenario
     from perllm.sweep.run import Sweep, check_policies
     from perllm.sweep.transforms import set_duration
 
     check_policies(pols)
+    loaded = [(name, load_scenario(name)) for name in scenarios]
+    check_unique_names(loaded)  # their files are named after them
     sweeps = []
-    for name in scenarios:
-        sc = load_scenario(name)
+    for _, sc in loaded:
         if duration is not None:
             sc = set_duration(sc, duration)
         for axis, values in axes:

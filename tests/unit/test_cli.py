@@ -83,7 +83,15 @@ def test_simulate_rejects_bad_input(tmp_path: Path) -> None:
     assert "servers" in res.output and "workload.arrivals" in res.output
 
 
-def test_scenarios_list_and_validate(tmp_path: Path) -> None:
+def test_simulate_refuses_two_scenarios_of_one_name(tmp_path: Path) -> None:
+    """Results are keyed by scenario name: two worlds of one name would be merged into
+    one entry, as if they were seeds of one scenario."""
+    f = trace_scenario(tmp_path, "time_s\n1\n")  # a file named paper-llama2-7b too
+    for argv in (["paper-yi-6b", "paper-yi-6b"], ["paper-llama2-7b", str(f)]):
+        res = runner.invoke(app, ["simulate", *argv, "-p", "cloud-only", "--seeds", "1"])
+        assert res.exit_code == 2, res.output
+        assert "scenarios run together need distinct names" in " ".join(res.output.split())
+
     res = runner.invoke(app, ["scenarios", "list"])
     assert res.exit_code == 0 and "paper-llama2-7b (reference)" in res.output
     bad = tmp_path / "bad.yaml"

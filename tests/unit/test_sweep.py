@@ -175,6 +175,10 @@ def test_no_bound_keeps_the_columns_empty_and_processes_match(tmp_path: Path) ->
         (["--load", "4", "--duration", "0.5"], "--duration: must be a finite number ≥ 1"),
         (["nope-scenario", "--load", "4"], "no such file or built-in scenario"),
         (["--load", "4,1e9"], "load sweep at 1e+09: paper-llama2-7b: invalid scenario"),
+        (
+            ["edge-gpu", "edge-gpu", "--load", "4"],
+            "edge-gpu: scenario name 'edge-gpu' is also that of edge-gpu",
+        ),
     ],
 )
 def test_cli_rejects_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
