@@ -37,13 +37,20 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import jax
 import numpy as np
 from numpy.typing import NDArray
 
 from perllm.estimate import energy_scale
 from perllm.policies.agod_net import Params, init_actor, init_critic, q_min, sample_logits
-from perllm.policies.agod_sac import AGODConfig, Fns, Replay, TrainState, build, init_state
+from perllm.policies.agod_sac import (
+    AGODConfig,
+    Fns,
+    Replay,
+    TrainState,
+    build,
+    init_state,
+    prng_key,
+)
 from perllm.policies.base import Batch, Env, F, Feedback, I, Observation, Policy
 
 if TYPE_CHECKING:
@@ -126,7 +133,7 @@ class AGOD(Policy):
             self.replay = Replay(self.cfg.buffer, self.s_dim, self.m)
         self.replay.new_run()
         self.fns = build(self.cfg)
-        self.key = jax.random.PRNGKey(env.seed)
+        self.key = prng_key(env.seed)
         self.step = 0
         self.row_of: dict[int, tuple[int, bool]] = {}  # request -> (replay row, quality ok)
         self.cap = np.maximum(t.max_conc, 1.0)  # [C, M]

@@ -162,9 +162,16 @@ def build(cfg: AGODConfig) -> Fns:
     )
 
 
+def prng_key(seed: int) -> jax.Array:
+    """The JAX key of a run's seed. `PRNGKey` takes a 64-bit signed integer, the world any
+    non-negative one (numpy): a seed of 2**63 or more is folded into range (smaller seeds
+    keep their key)."""
+    return jax.random.PRNGKey(seed % 2**63)
+
+
 def init_state(cfg: AGODConfig, s_dim: int, a_dim: int, seed: int) -> TrainState:
     fns = build(cfg)
-    ka, kc = jax.random.split(jax.random.PRNGKey(seed))
+    ka, kc = jax.random.split(prng_key(seed))
     actor = init_actor(ka, s_dim, a_dim, cfg.hidden, cfg.t_dim)
     critic = init_critic(kc, s_dim, a_dim, cfg.hidden)
     return TrainState(

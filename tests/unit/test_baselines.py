@@ -324,6 +324,16 @@ def test_agod_never_chooses_masked_servers() -> None:
     assert (np.array(t.tiers)[r.server[edge_fails]] == "cloud").all()
 
 
+def test_agod_runs_with_a_seed_beyond_64_bits() -> None:
+    """The world takes any non-negative seed; JAX's PRNGKey only a 64-bit one."""
+    pytest.importorskip("jax")
+    from perllm.policies.agod import AGOD
+
+    sc = short(10.0)
+    for seed in (0, 2**63 - 1, 2**64 + 3):
+        check_valid(simulate(sc, AGOD(pretrain_episodes=1), seed=seed), sc)
+
+
 def test_agod_pretraining_uses_other_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("jax")
     from perllm.policies import agod
