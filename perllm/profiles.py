@@ -30,7 +30,8 @@ class ModelInfo(_Entry):
     layers: Annotated[int, Field(gt=0)]
     kv_heads: Annotated[int, Field(gt=0)]
     head_dim: Annotated[int, Field(gt=0)]
-    context: Annotated[int, Field(gt=0)]
+    # at least a prompt token and an output token (`world.workload.whole_tokens`)
+    context: Annotated[int, Field(ge=2)]
     weights_gb: dict[Precision, Annotated[float, Field(gt=0)]]
     mmlu: dict[Precision, Annotated[float, Field(ge=0, le=100)]]
     source: str = ""

@@ -100,6 +100,14 @@ BAD = [
         {"kind": "constant", "value": 1e12},
         "workload.classes[0].input_tokens",
     ),
+    (  # no room for a prompt token and an output token: requests of 0 output tokens
+        "models",
+        {
+            "tiny": {"display": "T", "params_b": 0.1, "layers": 2, "kv_heads": 1, "head_dim": 8}
+            | {"context": 1, "weights_gb": {"fp16": 0.2}, "mmlu": {"fp16": 30}}
+        },
+        "models.tiny.context",
+    ),
 ]
 
 
