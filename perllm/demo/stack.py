@@ -153,7 +153,7 @@ class Stack:
         ext = Extender(url=f"https://127.0.0.1:{ports['extender']}/scheduler", ignorable=False)
         self._say(f"starting the local control plane with the nodes of {scenario.name} ...")
         t0 = time.monotonic()
-        self.cluster = Cluster(
+        cluster = Cluster(
             ClusterConfig(
                 run_dir=run_dir / "cluster",
                 scenario=scenario,
@@ -165,7 +165,11 @@ class Stack:
             ),
             binaries=self.binaries,
         )
-        self.cluster.up()
+        # Ours to stop only once it started: `up` stops what it started when it fails, and
+        # when it refuses a run directory another cluster runs from (a demo on the same
+        # --out), `down` here would stop that other cluster.
+        cluster.up()
+        self.cluster = cluster
         assert self.cluster.prometheus_url is not None
         self.endpoints = Endpoints(
             self.cluster.prometheus_url,
