@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import time
 from collections import deque
@@ -48,16 +51,35 @@ def ensure_binaries(console: Console, *, helm: bool) -> Binaries:
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its go builds are stopped with it, as one group
         )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                tail.append(line)
-                progress.console.print(f"[dim]{escape(line)}[/dim]", highlight=False)
-                progress.update(task, description=f"building: {escape(line[:90])}")
-        rc = proc.wait()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line:
+                    tail.append(line)
+                    progress.console.print(f"[dim]{escape(line)}[/dim]", highlight=False)
+                    progress.update(task, description=f"building: {escape(line[:90])}")
+            rc = proc.wait()
+        except BaseException:
+            # Ctrl-C or SIGTERM (the demo's handler): no build keeps running behind us
+            _stop_group(proc)
+            raise
     if rc != 0:
         raise BinariesMissing(f"{BUILD_SCRIPT} failed (exit {rc}): {''.join(tail)}")
     console.print(f"binaries built in {time.monotonic() - t0:.0f} s")
     return Binaries.locate().require(prometheus=True, helm=helm)
+
+
+def _stop_group(proc: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """SIGTERM the build's process group (the script and its go builds), SIGKILL it after
+    `timeout`; an interrupted build leaves nothing cached (tools/build-binaries.sh)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue

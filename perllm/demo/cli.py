@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
+from rich.console import Console
+
+from perllm.cli_outputs import ensure_writable
+from perllm.twin.cli import MAX_SPEED
 
 
 def register(app: typer.Typer) -> None:
@@ -16,7 +21,9 @@ def register(app: typer.Typer) -> None:
             "KWOK nodes; the twin simulates its world).",
         ),
         duration: float = typer.Option(180.0, min=10, help="Wall-clock seconds to watch."),
-        speed: float = typer.Option(10.0, min=0.1, help="Twin: simulated seconds per second."),
+        speed: float = typer.Option(
+            10.0, min=0.1, max=MAX_SPEED, help="Twin: simulated seconds per second."
+        ),
         out: Path = typer.Option(Path("out/demo"), help="Summary JSON, PNG and logs (run/)."),  # noqa: B008
         live: bool = typer.Option(True, "--live/--no-live", help="Live terminal view."),
         warmup: float | None = typer.Option(
@@ -49,6 +56,26 @@ def register(app: typer.Typer) -> None:
         from perllm.devcluster.process import StartError
         from perllm.scenario import ScenarioError
 
+        err = Console(stderr=True)
+        # typer's min/max let inf through (nan fails the comparison): refused here, before
+        # a cluster starts whose twin or timers would then fail on them
+        for option, value in (
+            ("--duration", duration),
+            ("--speed", speed),
+            ("--warmup", warmup),
+            ("--router-duration", router_duration),
+            ("--burst", burst),
+        ):
+            if value is not None and not math.isfinite(value):
+                err.print(f"[red]error:[/red] {option}: must be a finite number, got {value}")
+                raise typer.Exit(2)
+        if warmup is not None and warmup >= duration:
+            err.print(
+                f"[red]error:[/red] --warmup: {warmup:g} s leaves nothing of --duration "
+                f"{duration:g} s to total; give less"
+            )
+            raise typer.Exit(2)
+        ensure_writable("--out", out, err)
         cfg = DemoConfig(
             scenario=scenario,
             duration_s=duration,
@@ -66,6 +93,9 @@ def register(app: typer.Typer) -> None:
         except (BinariesMissing, StartError, ScenarioError, FileNotFoundError, ValueError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # before the cluster (the build): nothing left running
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
         if res.error:
             raise typer.Exit(1)
         if res.interrupted:

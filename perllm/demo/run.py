@@ -23,7 +23,7 @@ from perllm.demo.rbac import CHART
 from perllm.demo.report import plot, summarise, summary_table, write_json
 from perllm.demo.routed import chat_edge, routed_nodes, run_routed
 from perllm.demo.routed_view import routed_table
-from perllm.demo.stack import Stack
+from perllm.demo.stack import Stack, demo_inputs
 from perllm.demo.view import pct, render, totals
 
 
@@ -48,14 +48,16 @@ def _sigterm(_signum: int, _frame: FrameType | None) -> None:
 def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
     # Tables are wide: keep them readable when piped (rich falls back to 80 columns).
     console = console or Console(width=None if sys.stdout.isatty() else 160)
+    # a typo in --scenario or --services is named before a first run's 10-15 minute build
+    scenario, services = demo_inputs(config)
     old = signal.signal(signal.SIGTERM, _sigterm)
-    config.out.mkdir(parents=True, exist_ok=True)
-    binaries = ensure_binaries(console, helm=CHART.is_dir())
-    stack = Stack(config, console, binaries)
-    samples: list[Sample] = []
-    final: Final | None = None
-    interrupted, error = False, None
     try:
+        config.out.mkdir(parents=True, exist_ok=True)
+        binaries = ensure_binaries(console, helm=CHART.is_dir())
+        stack = Stack(config, console, binaries, scenario, services)
+        samples: list[Sample] = []
+        final: Final | None = None
+        interrupted, error = False, None
         try:
             stack.start()
             samples, final = _watch(stack, config, console)

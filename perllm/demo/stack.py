@@ -58,6 +58,14 @@ def scenario_file(name: str) -> Path:
     raise FileNotFoundError(f"scenario {sc.name}: no file found for {name!r}")
 
 
+def demo_inputs(config: DemoConfig) -> tuple[Path, list[dict[str, Any]]]:
+    """The scenario's file and the LLMServices to apply; a bad --scenario (ScenarioError)
+    or --services (FileNotFoundError, ValueError) raises here, before anything starts."""
+    return scenario_file(config.scenario), load_services(
+        config.services or default_sources(config.scenario)
+    )
+
+
 @dataclass
 class Endpoints:
     prometheus: str
@@ -82,10 +90,11 @@ class Stack:
     config: DemoConfig
     console: Console
     binaries: Binaries
+    scenario: Path  # its file (`demo_inputs`)
+    services: list[dict[str, Any]]  # the LLMServices to apply (`demo_inputs`)
     cluster: Cluster | None = None
     procs: list[Proc] = field(default_factory=list)
     endpoints: Endpoints | None = None
-    services: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # degradations, shown in the view
     twin_running: bool = False
 
@@ -131,9 +140,7 @@ class Stack:
 
     # ---- start -------------------------------------------------------------------------
     def start(self) -> None:
-        c = self.config
-        scenario = scenario_file(c.scenario)
-        self.services = load_services(c.services or default_sources(c.scenario))
+        c, scenario = self.config, self.scenario
         ports = free_ports(("twin", "extender", "extender_metrics", "operator_health"))
         run_dir = c.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,9 @@ import typer
 from perllm.logsetup import configure
 from perllm.twin.records import MAX_REQUESTS_PER_SLOT
 
+# Simulated seconds per wall second the twin takes at most (`perllm demo --speed` too).
+MAX_SPEED = 1000.0
+
 
 # The command is one typer declaration per flag: long by nature, not by logic.
 def register(app: typer.Typer) -> None:
@@ -24,7 +27,7 @@ def register(app: typer.Typer) -> None:
             1.0,
             envvar="PERLLM_TWIN_SPEED",
             min=0.01,
-            max=1000.0,
+            max=MAX_SPEED,
             help="Simulated seconds per wall second.",
         ),
         seed: int = typer.Option(0, help="Seed of arrivals, lengths, noise and bandwidth."),
@@ -85,7 +88,7 @@ def register_openai(app: typer.Typer) -> None:
         scenario: str = typer.Option(..., "--scenario", help="Scenario file or built-in name."),
         host: str = typer.Option("127.0.0.1", help="Listen address."),
         port: int = typer.Option(9403, help="Listen port."),
-        speed: float = typer.Option(1.0, min=0.01, max=1000.0, help="Simulated s per wall s."),
+        speed: float = typer.Option(1.0, min=0.01, max=MAX_SPEED, help="Simulated s per wall s."),
         seed: int = typer.Option(0, help="Seed of output lengths and speed noise."),
     ) -> None:
         """Without a cluster: pod <class>-<node> in namespace default for every (class, node)
