@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
+from perllm.cli_outputs import ensure_writable
 from perllm.devcluster.binaries import Binaries, BinariesMissing
 from perllm.devcluster.cluster import (
     DEFAULT_SCENARIO,
@@ -20,6 +22,7 @@ from perllm.devcluster.cluster import (
 )
 from perllm.devcluster.config import Extender
 from perllm.devcluster.process import StartError
+from perllm.scenario import ScenarioError
 
 app = typer.Typer(help="Development tools.", no_args_is_help=True)
 cluster_app = typer.Typer(
@@ -51,7 +54,9 @@ def up(
         Path | None,
         typer.Option(
             help="Existing cluster's kubeconfig (kind, k3s): start only perllm-scheduler, "
-            "KWOK and the nodes there."
+            "KWOK and the nodes there.",
+            exists=True,
+            dir_okay=False,
         ),
     ] = None,
 ) -> None:
@@ -68,9 +73,13 @@ def up(
         typer.echo(f"cluster already running from {run_dir} (options ignored)")
         _print_env(running.state)
         return
+    ensure_writable("--run-dir", run_dir, Console(stderr=True))
     t0 = time.monotonic()
     try:
         state = Cluster(conf).up()
+    except ScenarioError as e:
+        typer.echo(f"error: --scenario: {e}", err=True)
+        raise typer.Exit(2) from None
     except (BinariesMissing, StartError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

@@ -63,6 +63,10 @@ class Cluster(Launcher):
         c, rd = self.config, self.run_dir
         if Cluster.find(rd) is not None:
             raise StartError(f"a cluster already runs from {rd}: stop it first (cluster down)")
+        if c.scenario is not None:
+            from perllm.scenario import load_scenario
+
+            load_scenario(c.scenario)  # a bad one (ScenarioError) before anything starts
         self.bin.require(prometheus=c.prometheus, etcd=c.external_kubeconfig is None)
         if State.load(rd) is not None:  # a half-dead cluster: stop its survivors first
             Cluster(ClusterConfig(run_dir=rd)).down()
