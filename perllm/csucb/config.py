@@ -47,17 +47,25 @@ class CSUCBConfig:
     backlog_waiting: float = 8.0
 
     def __post_init__(self) -> None:
+        # Each check is written so that NaN fails it (NaN compares False to everything):
+        # a NaN or infinite parameter would otherwise reach the statistics as NaN
+        # posteriors or output-length priors, and every decision with them.
         for k in ("delta", "theta", "z", "prior_sd"):
             x = getattr(self, k)
-            if not (x >= 0 and math.isfinite(x)):  # NaN fails both
+            if not (x >= 0 and math.isfinite(x)):
                 raise ValueError(f"{k}: must be finite and >= 0, got {x}")
-        if self.prior_n <= 0:
-            raise ValueError("prior_n: must be > 0")
-        if self.memory < 1:
-            raise ValueError("memory: must be >= 1")
+        for k in ("prior_n", "output_prior_sigma"):
+            x = getattr(self, k)
+            if not (x > 0 and math.isfinite(x)):
+                raise ValueError(f"{k}: must be finite and > 0, got {x}")
+        if not self.memory >= 1:  # inf: no forgetting
+            raise ValueError(f"memory: must be >= 1 (or inf), got {self.memory}")
         if not 0.0 < self.output_quantile < 0.5:
-            raise ValueError("output_quantile: must be in (0, 0.5)")
-        if not self.backlog_waiting >= 0:
-            raise ValueError("backlog_waiting: must be >= 0")
+            raise ValueError(f"output_quantile: must be in (0, 0.5), got {self.output_quantile}")
+        m = self.max_candidates
+        if not (m >= 0 and math.isfinite(m) and float(m).is_integer()):
+            raise ValueError(f"max_candidates: must be a whole number >= 0, got {m}")
+        if not self.backlog_waiting >= 0:  # inf: off
+            raise ValueError(f"backlog_waiting: must be >= 0 (or inf), got {self.backlog_waiting}")
         if self.on_infeasible not in ("least-late", "shed"):
             raise ValueError("on_infeasible: must be 'least-late' or 'shed'")

@@ -4,6 +4,7 @@ and statistics shared between bandits over different node sets."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -322,6 +323,37 @@ def test_config_is_validated() -> None:
         CSUCBConfig(delta=-1)
     with pytest.raises(ValueError, match="output_quantile"):
         CSUCBConfig(output_quantile=0.7)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("output_prior_sigma", 0.0),  # a NaN output-length prior: quantiles of 1 token
+        ("output_prior_sigma", -0.9),
+        ("output_prior_sigma", math.nan),
+        ("output_prior_sigma", math.inf),
+        ("prior_n", math.nan),  # a NaN ratio posterior on every arm
+        ("prior_n", math.inf),
+        ("prior_n", 0.0),
+        ("memory", math.nan),  # was taken for inf (no forgetting)
+        ("memory", 0.5),
+        ("max_candidates", math.nan),  # every round pooled
+        ("max_candidates", -1),
+        ("max_candidates", 2.5),
+        ("backlog_waiting", math.nan),
+        ("z", math.inf),
+    ],
+)
+def test_config_refuses_bad_numbers_naming_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=rf"^{field}: "):
+        CSUCBConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_config_keeps_the_documented_extremes() -> None:
+    """inf memory (stationary means) and inf backlog_waiting (off) stay allowed, and a
+    whole float count (what a YAML mapping of floats gives) is a count."""
+    CSUCBConfig(memory=math.inf, backlog_waiting=math.inf, max_candidates=64.0)  # type: ignore[arg-type]
+    CSUCBConfig(delta=0, theta=0, z=0, prior_sd=0, max_candidates=0)
 
 
 def test_candidate_pruning_on_a_large_fleet_keeps_the_decision() -> None:

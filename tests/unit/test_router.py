@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import contextvars
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -533,6 +534,11 @@ def test_config_errors_are_clear(tmp_path: Any) -> None:
     with pytest.raises(RouterConfigError, match=r"backends\.0\.url: .*token_file") as e:
         parse_config({"scenario": "demo", "service_class": "chat", "backends": bad})
     assert "s3cret" not in str(e.value)
+    # CSUCBConfig's fields are refused by name, not turned into NaN decisions (an
+    # output_prior_sigma of 0 made every class's output-length quantiles 1 token).
+    for field, v in (("output_prior_sigma", 0.0), ("prior_n", math.nan), ("memory", math.nan)):
+        with pytest.raises(RouterConfigError, match=rf"csucb: {field}: "):
+            Router(config(csucb={field: v}))
 
 
 def test_upstream_pool_keeps_connections_alive_and_reconnects() -> None:
