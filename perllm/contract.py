@@ -31,7 +31,9 @@ class Precision(StrEnum):
 
 class _Strict(BaseModel):
     # Unknown keys are errors: a typo in a scenario or a CR must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Numbers are finite: `gt=0`/`ge=0` let .inf through (an infinite energy weight made
+    # every option's normalised energy NaN).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # Upper bounds of a service's numbers, the same as the LLMService CRD's `maximum`s

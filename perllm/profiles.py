@@ -21,7 +21,9 @@ GB = 1e9
 
 
 class _Entry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Finite numbers only (a scenario's own `models:`/`hardware:` too): `gt=0` lets .inf
+    # through, and an infinite power, bandwidth or TFLOPS makes energies or times inf or 0.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelInfo(_Entry):

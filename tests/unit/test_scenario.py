@@ -111,6 +111,32 @@ BAD = [
 ]
 
 
+def _catalogue_entry(kind: str, key: str, **changes: Any) -> dict[str, Any]:
+    cat = yaml.safe_load((Path(__file__).parents[2] / "perllm/data/catalogue.yaml").read_text())
+    return {f"my-{key}": cat[kind][key] | changes}
+
+
+INF = float("inf")
+# Infinite numbers in the energy objective, a server or a custom profile passed the `> 0`
+# and `>= 0` bounds: a .inf weight made every option's normalised energy NaN (all placed
+# in the cloud), a .inf power made J/service inf, a .inf bandwidth or TFLOPS free compute.
+BAD += [
+    ("weights", {"tran": INF}, "weights.tran"),
+    ("servers.0.perf_scale", INF, "servers[0].perf_scale"),
+    ("hardware", _catalogue_entry("hardware", "nvidia-l4", power_idle_w=INF), "power_idle_w"),
+    ("hardware", _catalogue_entry("hardware", "nvidia-l4", mem_bw_eff_gbps=INF), "mem_bw_eff"),
+    ("hardware", _catalogue_entry("hardware", "nvidia-l4", peak_tflops=INF), "peak_tflops"),
+    ("hardware", _catalogue_entry("hardware", "nvidia-l4", memory_gib=INF), "memory_gib"),
+    ("hardware", _catalogue_entry("hardware", "xeon-silver-4214r", kappa=INF), "kappa"),
+    ("models", _catalogue_entry("models", "llama2-7b", params_b=INF), "models.my-llama2-7b.params"),
+    (
+        "models",
+        _catalogue_entry("models", "llama2-7b", weights_gb={"fp16": INF}),
+        "models.my-llama2-7b.weights_gb.fp16",
+    ),
+]
+
+
 @pytest.mark.parametrize(("path", "value", "field"), BAD)
 def test_malformed_scenario_names_the_field(path: str, value: Any, field: str) -> None:
     with pytest.raises(ScenarioError) as e:
