@@ -4,17 +4,17 @@ instead of a cluster)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 from perllm.profiles import Catalogue
+from perllm.waits import WaitSeconds as Interval
 from perllm_extender.publish import PublishApi
 from perllm_extender.state import StateStore
 from perllm_extender.telemetry import QueryClient
 
 Obj = dict[str, Any]
-Interval = Annotated[float, Field(gt=0)]
 
 
 class ExtenderConfig(BaseModel):

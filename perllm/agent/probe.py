@@ -28,13 +28,13 @@ from prometheus_client.metrics_core import Metric
 from perllm.agent import metrics
 from perllm.agent.health import SourceHealth
 from perllm.telemetry import names
+from perllm.waits import MAX_WAIT_S
 
 log = logging.getLogger("perllm.agent")
 
 DEFAULT_BYTES = 2_000_000
 MAX_BYTES = 64 * 1024 * 1024  # what a /probe serves at most, and a prober asks at most
 CHUNK = 64 * 1024
-MAX_WAIT_S = threading.TIMEOUT_MAX  # the longest interval or timeout a wait accepts
 
 
 class ProbeError(Exception):

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from perllm.contract import EnergyWeights, Link, Server, ServiceSpec, Tier
 from perllm.csucb import CSUCBConfig
 from perllm.profiles import Catalogue, default_catalogue
+from perllm.waits import WaitSeconds
 from perllm.yamlerror import one_line
 
 
@@ -123,7 +124,7 @@ class Discovery(_Strict):
     )
     port: Annotated[int, Field(ge=1, le=65535)] = 8000  # without a containerPort
     interval_s: Annotated[float, Field(gt=0)] = 5.0
-    timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    timeout_s: WaitSeconds = 5.0  # the kubernetes client's and Prometheus' sockets
     kubeconfig: str | None = None  # default: in-cluster, else ~/.kube/config
     prometheus: str | None = Field(
         default=None, description="Prometheus URL: measured bandwidth per node."

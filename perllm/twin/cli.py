@@ -6,6 +6,7 @@ import typer
 
 from perllm.logsetup import configure
 from perllm.twin.records import MAX_REQUESTS_PER_SLOT
+from perllm.waits import MAX_WAIT_S
 
 # Simulated seconds per wall second the twin takes at most (`perllm demo --speed` too).
 MAX_SPEED = 1000.0
@@ -32,7 +33,7 @@ def register(app: typer.Typer) -> None:
         ),
         seed: int = typer.Option(0, help="Seed of arrivals, lengths, noise and bandwidth."),
         poll_interval: float = typer.Option(
-            1.0, min=0.1, help="Seconds between reads of services, pods and nodes."
+            1.0, min=0.1, max=MAX_WAIT_S, help="Seconds between reads of services, pods and nodes."
         ),
         log_interval: float = typer.Option(10.0, min=0.5, help="Seconds between progress lines."),
         max_requests_per_slot: int = typer.Option(

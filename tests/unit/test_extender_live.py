@@ -533,3 +533,35 @@ def test_events_carry_the_llmservice_uid() -> None:
         assert c.post("/scheduler/filter", json=args(p)).status_code == 200
         assert wait_for(lambda: api.events)
     assert api.events[0][1]["involvedObject"]["uid"] == "u-chat"
+
+
+@pytest.mark.parametrize("flag", ["--learn-interval", "--telemetry-interval", "--state-interval"])
+@pytest.mark.parametrize("value", ["inf", "1e300"])
+def test_cli_refuses_an_interval_a_thread_cannot_wait(
+    flag: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`inf` (and any number above threading.TIMEOUT_MAX) passed typer's min= and
+    ExtenderConfig's gt=0; the background loop's first Event.wait then raised
+    OverflowError and its thread died (no more learning, telemetry or saves)."""
+    import gc
+
+    import typer
+    from perllm_extender import serve as serving
+    from perllm_extender.cli import register
+
+    monkeypatch.setattr(serving, "serve", lambda *a: None)  # never listen
+    monkeypatch.setattr(gc, "freeze", lambda: None)
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    register(app)
+
+    @app.command("noop")
+    def noop() -> None:
+        pass
+
+    r = CliRunner().invoke(app, ["extender", "--no-kube", "--insecure-http", flag, value])
+    assert r.exit_code == 2 and flag in r.output, r.output
+    field = flag.removeprefix("--").replace("-", "_") + "_s"
+    with pytest.raises(ValueError, match=field):
+        ExtenderConfig(**{field: float(value)})

@@ -184,6 +184,15 @@ def test_discovery_alone_reads_the_service_from_the_cluster() -> None:
         parse_config({**both, "discovery": {"service": "ns/chat"}})
 
 
+@pytest.mark.parametrize("value", [float("inf"), 1e300])
+def test_a_discovery_timeout_a_socket_cannot_take_is_refused(value: float) -> None:
+    """The timeout reaches the kubernetes client's and Prometheus' sockets: above
+    threading.TIMEOUT_MAX (inf passed gt=0) every read raised OverflowError and the
+    router waited for a spec it could never read."""
+    with pytest.raises(RouterConfigError, match=r"discovery\.timeout_s"):
+        parse_config({"discovery": {"service": "ns/chat", "timeout_s": value}})
+
+
 class FakeCustom:
     """The LLMService as the API returns it (or a 404)."""
 

@@ -549,3 +549,11 @@ def test_an_absurd_rate_is_capped_and_metrics_keep_answering() -> None:
     svc = next(iter(_AbsurdReader().view.services))
     assert tw.arrivals[svc] <= 200 * tw.next_slot  # never more than the cap per slot
     assert "perllm_twin_dropped_requests_total" in bodies[-1]
+
+
+@pytest.mark.parametrize("value", ["inf", "1e300"])
+def test_cli_refuses_a_poll_interval_a_thread_cannot_wait(value: str) -> None:
+    """`inf` passed typer's min=0.1; the cluster-reading thread's stop.wait(inf) then
+    raised OverflowError and the twin served a fleet it never read again."""
+    res = CliRunner().invoke(app, ["twin", "--scenario", "demo", "--poll-interval", value])
+    assert res.exit_code == 2 and "--poll-interval" in res.output, res.output
