@@ -29,6 +29,12 @@ REFUSALS = ("InvalidSpec", "KServeMissing")
 Obj = dict[str, Any]
 
 
+def refused(reconciled: Obj | None) -> bool:
+    """Whether a `Reconciled` condition is a refusal of the whole spec (`REFUSALS`)."""
+    rec = reconciled or {}
+    return rec.get("status") == "False" and rec.get("reason") in REFUSALS
+
+
 def ready_of(child: Obj) -> observe.Cond:
     """(ready, reason, message) of a live child (Deployment or InferenceService)."""
     kind, name = child.get("kind"), child["metadata"]["name"]
@@ -78,8 +84,7 @@ def _merged(
     for type_, (ok, reason, msg) in conditions.items():
         conds[type_] = condition(type_, ok, reason, msg, old)
     rec = conds.get("Reconciled") or {}
-    refused = rec.get("status") == "False" and rec.get("reason") in REFUSALS
-    if refused:
+    if refused(rec):
         for type_ in ("Ready", "Placed"):
             conds[type_] = condition(type_, False, rec["reason"], rec.get("message", ""), old)
     elif "Placed" not in conditions:
@@ -88,7 +93,7 @@ def _merged(
         tiers = [str(r["tier"]) for r in refs] if tiered else None
         placed = observe.placed(st.get("placement"), pods, known, tiers)
         conds["Placed"] = condition("Placed", *placed, old)
-    if refs and "Ready" not in conditions and not refused:
+    if refs and "Ready" not in conditions and not refused(rec):
         ready = observe.all_of([_ready(ns, r) for r in refs])
         conds["Ready"] = condition("Ready", *ready, old)
     return [conds[t] for t in CONDITION_ORDER if t in conds] + [

@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService
 from perllm_operator import failures, kube, observe, render, tiers
-from perllm_operator.conditions import REFUSALS, condition, sync_status
+from perllm_operator.conditions import condition, refused, sync_status
 from perllm_operator.state import state_of
 
 RETRY_DELAY_S = 15
@@ -274,8 +274,9 @@ def _refused(st: Obj) -> bool:
     """The reconcile refused the whole spec (an invalid spec, KServe missing): its own
     retries, or the next edit, apply the children; a failed apply of this timer's is
     tried again at the next tick."""
-    rec = next((c for c in st.get("conditions") or [] if c.get("type") == "Reconciled"), None)
-    return rec is not None and rec.get("status") == "False" and rec.get("reason") in REFUSALS
+    return refused(
+        next((c for c in st.get("conditions") or [] if c.get("type") == "Reconciled"), None)
+    )
 
 
 def _reapply(
