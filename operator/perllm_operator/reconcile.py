@@ -224,8 +224,9 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     """Keep the children what the spec and the placement say, each status tick:
 
     - a child deleted outside PerLLM (by hand, a namespace clean-up script) is applied
-      again (not while the reconcile refuses the whole spec): else `Ready` would say
-      `ChildMissing` for good, since kopf reconciles only on an edit;
+      again (not while the reconcile refuses the whole spec, nor once the service is
+      being deleted): else `Ready` would say `ChildMissing` for good, since kopf
+      reconciles only on an edit;
     - an untiered service's children are re-rendered when their pin is no longer the
       target: the extender's first decision pins an open template, re-placement switches
       tier, or allowedTiers was edited. A tiered service's children are pinned from the
@@ -242,6 +243,8 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     st = dict(fresh.get("status") or {})
     refs: list[Obj] = [st["child"]] if st.get("child") else list(st.get("children") or [])
     if fresh["metadata"].get("uid") != uid or not refs or _refused(st):
+        return
+    if fresh["metadata"].get("deletionTimestamp"):  # its children are going with it (GC)
         return
     try:
         lives = [kube.read_child(ns, r) for r in refs]

@@ -230,6 +230,13 @@ def test_a_child_deleted_by_hand_is_created_again(monkeypatch: pytest.MonkeyPatc
     obj["status"]["conditions"] = [{**refused, "reason": "Forbidden"}]
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     assert applied
+    # a service being deleted: its children go with it (a foreground deletion removes
+    # them first), none is created again by a tick that started before
+    applied.clear()
+    obj["status"]["conditions"] = []
+    obj["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    assert applied == []
 
 
 def test_replacement_evicts_within_a_tier_and_never_switches(
