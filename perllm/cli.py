@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perllm import policies
+from perllm.cli_args import finite
 from perllm.cli_outputs import ensure_writable
 from perllm.cli_report import print_report
 from perllm.scenario import (
@@ -82,7 +82,8 @@ def simulate(
     ] = None,
     seeds: Annotated[int, typer.Option(help="Number of seeds (1..N).", min=1)] = 3,
     duration: Annotated[
-        float | None, typer.Option(help="Override each scenario's duration (s).", min=1)
+        float | None,
+        typer.Option(help="Override each scenario's duration (s).", min=1, callback=finite),
     ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the JSON report here.")
@@ -101,10 +102,6 @@ def simulate(
     from perllm.experiment import write_plots
     from perllm.report import finite_json
 
-    if duration is not None and not math.isfinite(duration):
-        # typer's min=1 lets inf through (nan fails the comparison)
-        err.print(f"[red]error:[/red] --duration: must be a finite number ≥ 1 (s), got {duration}")
-        raise typer.Exit(2)
     names = scenario or list(REFERENCE_SCENARIOS)
     scs = [_load(n, duration) for n in names]
     try:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from perllm.cli_args import finite
 from perllm.logsetup import configure
 from perllm.waits import MAX_WAIT_S
 
@@ -62,16 +63,25 @@ def register(app: typer.Typer) -> None:
             help="Namespace of the ConfigMap perllm-extender-state (learned state).",
         ),
         learn_interval: float = typer.Option(
-            15.0, min=0.1, max=MAX_WAIT_S, help="Seconds between learning passes over placed pods."
+            15.0,
+            min=0.1,
+            max=MAX_WAIT_S,
+            callback=finite,
+            help="Seconds between learning passes over placed pods.",
         ),
         telemetry_interval: float = typer.Option(
             2.0,
             min=0.1,
             max=MAX_WAIT_S,
+            callback=finite,
             help="Seconds between telemetry refreshes from Prometheus.",
         ),
         state_interval: float = typer.Option(
-            60.0, min=1.0, max=MAX_WAIT_S, help="Seconds between saves of the learned state."
+            60.0,
+            min=1.0,
+            max=MAX_WAIT_S,
+            callback=finite,
+            help="Seconds between saves of the learned state.",
         ),
         default_model: str = typer.Option(
             "llama2-7b", help="Model of PerLLM pods whose service is not registered."

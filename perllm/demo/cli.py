@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from perllm.cli_args import finite
 from perllm.cli_outputs import ensure_writable
 from perllm.twin.cli import MAX_SPEED
 
@@ -20,14 +20,23 @@ def register(app: typer.Typer) -> None:
             help="Scenario name or file (its servers become "
             "KWOK nodes; the twin simulates its world).",
         ),
-        duration: float = typer.Option(180.0, min=10, help="Wall-clock seconds to watch."),
+        duration: float = typer.Option(
+            180.0, min=10, callback=finite, help="Wall-clock seconds to watch."
+        ),
         speed: float = typer.Option(
-            10.0, min=0.1, max=MAX_SPEED, help="Twin: simulated seconds per second."
+            10.0,
+            min=0.1,
+            max=MAX_SPEED,
+            callback=finite,
+            help="Twin: simulated seconds per second.",
         ),
         out: Path = typer.Option(Path("out/demo"), help="Summary JSON, PNG and logs (run/)."),  # noqa: B008
         live: bool = typer.Option(True, "--live/--no-live", help="Live terminal view."),
         warmup: float | None = typer.Option(
-            None, min=0, help="Seconds excluded from the totals (default: a quarter of --duration)."
+            None,
+            min=0,
+            callback=finite,
+            help="Seconds excluded from the totals (default: a quarter of --duration).",
         ),
         services: list[Path] = typer.Option(  # noqa: B008
             [],
@@ -41,10 +50,13 @@ def register(app: typer.Typer) -> None:
             "replica under a burst, against each replica alone.",
         ),
         router_duration: float = typer.Option(
-            60.0, min=15, help="Routed phase: seconds of arrivals (answers then finish)."
+            60.0,
+            min=15,
+            callback=finite,
+            help="Routed phase: seconds of arrivals (answers then finish).",
         ),
         burst: float = typer.Option(
-            5.0, min=1, help="Routed phase: the rate factor over the middle third."
+            5.0, min=1, callback=finite, help="Routed phase: the rate factor over the middle third."
         ),
     ) -> None:
         """Run the closed loop locally: control plane, Prometheus, twin, extender, operator,
@@ -57,18 +69,6 @@ def register(app: typer.Typer) -> None:
         from perllm.scenario import ScenarioError
 
         err = Console(stderr=True)
-        # typer's min/max let inf through (nan fails the comparison): refused here, before
-        # a cluster starts whose twin or timers would then fail on them
-        for option, value in (
-            ("--duration", duration),
-            ("--speed", speed),
-            ("--warmup", warmup),
-            ("--router-duration", router_duration),
-            ("--burst", burst),
-        ):
-            if value is not None and not math.isfinite(value):
-                err.print(f"[red]error:[/red] {option}: must be a finite number, got {value}")
-                raise typer.Exit(2)
         if warmup is not None and warmup >= duration:
             err.print(
                 f"[red]error:[/red] --warmup: {warmup:g} s leaves nothing of --duration "

@@ -114,14 +114,42 @@ def test_simulate_bad_trace_content_is_a_clean_error(tmp_path: Path) -> None:
     assert "workload.arrivals.file" in out and "malformed row" in out
 
 
-def test_simulate_rejects_infinite_duration() -> None:
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_simulate_rejects_a_duration_that_is_no_finite_number(value: str) -> None:
     res = runner.invoke(
         app,
-        ["simulate", "paper-llama2-7b", "-p", "cloud-only", "--seeds", "1", "--duration", "inf"],
+        ["simulate", "paper-llama2-7b", "-p", "cloud-only", "--seeds", "1", "--duration", value],
     )
     assert res.exit_code == 2, res.output
     assert isinstance(res.exception, SystemExit)
     assert "--duration" in res.output
+
+
+TARGET = ["--target", "http://127.0.0.1:9"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["load", "demo", *TARGET, "--timeout", "inf"],
+        ["load", "demo", *TARGET, "--speed", "nan"],
+        ["load", "demo", *TARGET, "--max-duration", "nan"],
+        ["twin-openai", "--scenario", "demo", "--speed", "nan"],
+        ["twin", "--scenario", "demo", "--log-interval", "nan"],
+        ["demo", "--duration", "inf"],
+        ["demo", "--speed", "nan"],
+        ["simulate", "paper-llama2-7b", "--duration", "inf"],
+    ],
+)
+def test_float_options_refuse_nan_and_inf_before_anything_runs(argv: list[str]) -> None:
+    """typer's ranges refuse NaN but let inf through an option with only `min=`:
+    `perllm.cli_args.finite` refuses it too, naming the option (exit 2)."""
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert argv[-2] in out, out
+    if argv[-1] == "inf":
+        assert "must be a finite number, got inf" in out, out
 
 
 def test_scenarios_show_prints_the_file_verbatim(tmp_path: Path) -> None:

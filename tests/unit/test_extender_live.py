@@ -536,7 +536,7 @@ def test_events_carry_the_llmservice_uid() -> None:
 
 
 @pytest.mark.parametrize("flag", ["--learn-interval", "--telemetry-interval", "--state-interval"])
-@pytest.mark.parametrize("value", ["inf", "1e300"])
+@pytest.mark.parametrize("value", ["inf", "1e300", "nan"])
 def test_cli_refuses_an_interval_a_thread_cannot_wait(
     flag: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

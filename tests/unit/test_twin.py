@@ -551,7 +551,7 @@ def test_an_absurd_rate_is_capped_and_metrics_keep_answering() -> None:
     assert "perllm_twin_dropped_requests_total" in bodies[-1]
 
 
-@pytest.mark.parametrize("value", ["inf", "1e300"])
+@pytest.mark.parametrize("value", ["inf", "1e300", "nan"])
 def test_cli_refuses_a_poll_interval_a_thread_cannot_wait(value: str) -> None:
     """`inf` passed typer's min=0.1; the cluster-reading thread's stop.wait(inf) then
     raised OverflowError and the twin served a fleet it never read again."""
