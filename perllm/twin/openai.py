@@ -47,7 +47,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 # (namespace, pod) -> (the service it serves, its node), or None: unknown pod.
 Resolver = Callable[[str, str], "tuple[ServiceSpec, str] | None"]
-MAX_WAIT_S = 600.0  # one answer never sleeps longer than this (wall)
+MAX_ANSWER_SLEEP_S = 600.0  # one answer never sleeps longer than this (wall)
 MAX_BODY_BYTES = Limits().max_body_bytes  # a request body's size at most (the router's)
 
 
@@ -242,7 +242,7 @@ class TwinOpenAI:
         model = req.model
 
         async def until(sim_s: float) -> None:
-            wait = start + min(sim_s / self.speed, MAX_WAIT_S) - self.clock()
+            wait = start + min(sim_s / self.speed, MAX_ANSWER_SLEEP_S) - self.clock()
             if wait > 0:
                 await asyncio.sleep(wait)
 
