@@ -46,3 +46,27 @@ def test_a_missing_attach_kubeconfig_is_named(tmp_path: Path) -> None:
     code, out = _up("--run-dir", str(tmp_path / "rd"), "--attach", str(tmp_path / "nope"))
     assert code == 2, out
     assert "--attach" in out
+
+
+def test_a_second_up_while_one_starts_from_the_same_run_dir_is_refused(tmp_path: Path) -> None:
+    """Two `cluster up` at once on one run directory: the second would read the first's
+    half-written state.json as a half-dead cluster and stop its processes; it is refused
+    while the first holds the run directory's start lock, and proceeds once it is free."""
+    import fcntl
+    import os
+
+    from perllm.devcluster.cluster import Cluster, ClusterConfig
+    from perllm.devcluster.process import StartError
+
+    rd = tmp_path / "rd"
+    rd.mkdir()
+    fd = os.open(rd / ".up.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a first `up` is starting
+    try:
+        with pytest.raises(StartError, match="another cluster is starting"):
+            Cluster(ClusterConfig(run_dir=rd, scenario=None)).up()
+    finally:
+        os.close(fd)
+    # the lock free again: this `up` goes on (to the stand-in start, refused by the fixture)
+    with pytest.raises(AssertionError, match="a component started"):
+        Cluster(ClusterConfig(run_dir=rd, scenario=None)).up()
