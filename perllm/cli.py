@@ -190,8 +190,15 @@ def _add_bounds(exp: Experiment, scs: list[Scenario], seeds: int) -> None:
     from perllm.report import build_report
 
     err.print("solving the hindsight bound (docs/bound.md)")
-    exp.bounds = bounds_for(scs, range(1, seeds + 1), progress=lambda m: err.print(f"  {m}"))
+    skipped: dict[tuple[str, int], str] = {}
+    exp.bounds = bounds_for(
+        scs, range(1, seeds + 1), progress=lambda m: err.print(f"  {m}"), skipped=skipped
+    )
     exp.report = build_report(exp.runs, exp.report_regret(), exp.bounds)
+    for (name, seed), why in sorted(skipped.items()):  # (as sweep's JSON records them)
+        entry = exp.report["scenarios"].get(name)
+        if entry is not None:
+            entry.setdefault("bound_skipped", []).append({"seed": seed, "reason": why})
 
 
 def _print_report(report: dict[str, Any], order: list[str], detail: bool) -> None:

@@ -165,10 +165,14 @@ def compute_bound(
 
 
 def bounds_for(
-    scenarios: Iterable[Scenario], seeds: Iterable[int], progress: Progress | None = None
+    scenarios: Iterable[Scenario],
+    seeds: Iterable[int],
+    progress: Progress | None = None,
+    skipped: dict[tuple[str, int], str] | None = None,
 ) -> dict[tuple[str, int], BoundResult]:
     """The bound of every (scenario, seed) within the size limits; a skipped one is
-    left out (the report then has no bound for it) and `progress` is told why."""
+    left out (the report then has no bound for it), `progress` is told why and
+    `skipped` (if given) records it."""
     seeds = list(seeds)
     out: dict[tuple[str, int], BoundResult] = {}
     for sc in scenarios:
@@ -176,6 +180,8 @@ def bounds_for(
             try:
                 out[(sc.name, s)] = compute_bound(sc, s, progress=progress)
             except BoundSkipped as e:
+                if skipped is not None:
+                    skipped[(sc.name, s)] = str(e)
                 if progress:
                     progress(str(e))
     return out

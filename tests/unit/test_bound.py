@@ -146,15 +146,31 @@ def test_a_fleet_beyond_the_size_limits_is_skipped_not_solved() -> None:
     from perllm.bound.result import MAX_SERVERS
 
     big = _fleet(1000, 5.0)
-    t0 = time.perf_counter()
     with pytest.raises(BoundSkipped, match="large-fleet seed 1: bound skipped: 1,000 servers"):
-        compute_bound(big, 1)
+        compute_bound(big, 1)  # (raised before any LP is built: no minutes of solving)
     said: list[str] = []
+    skipped: dict[tuple[str, int], str] = {}
     small = _fleet(MAX_SERVERS, 1.0)  # within the limits, and solved
-    got = bounds_for([big, small.model_copy(update={"name": "small"})], [1], said.append)
-    assert time.perf_counter() - t0 < 60
+    pair = [big, small.model_copy(update={"name": "small"})]
+    got = bounds_for(pair, [1], said.append, skipped=skipped)
     assert list(got) == [("small", 1)]
     assert any("bound skipped" in m for m in said)
+    assert list(skipped) == [("large-fleet", 1)] and "1,000 servers" in skipped[("large-fleet", 1)]
+
+
+def test_simulate_json_records_a_skipped_bound(tmp_path: Path) -> None:
+    """`perllm simulate --json` says which bounds were skipped and why, per scenario, as
+    `perllm sweep`'s JSON does (`bound_skipped`)."""
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(_fleet(1000, 2.0).model_dump(mode="json")))
+    out = tmp_path / "r.json"
+    argv = ["simulate", str(path), "-p", "cloud-only", "--seeds", "1", "--json", str(out)]
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 0, res.output
+    entry = json.loads(out.read_text())["scenarios"]["large-fleet"]
+    assert "bound" not in entry
+    (skip,) = entry["bound_skipped"]
+    assert skip["seed"] == 1 and "1,000 servers" in skip["reason"]
 
 
 def test_a_world_without_power_has_a_zero_bound_that_a_run_meets(tmp_path: Path) -> None:
