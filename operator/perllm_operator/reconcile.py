@@ -252,8 +252,9 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
         return
     missing = [f"{r['kind']} {r['name']}" for r, live in zip(refs, lives, strict=True) if not live]
     if missing:
-        what = f"re-created {', '.join(missing)} (deleted outside PerLLM)"
-        if _reapply(body, fresh, ns, name, str(uid), what, logger):
+        gone = ", ".join(missing)
+        what = f"re-created {gone} (deleted outside PerLLM)"
+        if _reapply(body, fresh, ns, name, str(uid), f"re-creating {gone}", what, logger):
             kopf.info(body, reason="ChildRecreated", message=what)
         return
     if tiers.tiered(fresh):
@@ -265,7 +266,8 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
         return
     if live is None or render.rendered_tier(live) == want:
         return
-    if _reapply(body, fresh, ns, name, str(uid), f"re-rendered for tier {want}", logger):
+    doing, done = f"re-rendering for tier {want}", f"re-rendered for tier {want}"
+    if _reapply(body, fresh, ns, name, str(uid), doing, done, logger):
         kopf.info(
             body,
             reason="TierChanged",
@@ -283,19 +285,27 @@ def _refused(st: Obj) -> bool:
 
 
 def _reapply(
-    body: kopf.Body, fresh: Obj, ns: str, name: str, uid: str, what: str, logger: kopf.Logger
+    body: kopf.Body,
+    fresh: Obj,
+    ns: str,
+    name: str,
+    uid: str,
+    doing: str,
+    done: str,
+    logger: kopf.Logger,
 ) -> bool:
-    """Apply the children `fresh` renders; `Reconciled` says `what`, or why it was refused."""
+    """Apply the children `fresh` renders; `Reconciled` says `done`, or `doing: why` it
+    was refused."""
     try:
         apply_children(render.children(fresh))
     except (Failed, InvalidService, ValueError) as e:
         reason = e.reason if isinstance(e, Failed) else "InvalidSpec"
-        msg = failures.bounded(f"{what.split(' (')[0]}: {e}")
+        msg = failures.bounded(f"{doing}: {e}")
         logger.warning("%s", msg)
         kopf.warn(body, reason=reason, message=msg)
         sync_status(ns, name, uid, conditions={"Reconciled": (False, reason, msg)})
         return False
-    sync_status(ns, name, uid, reconciled=("ChildApplied", what))
+    sync_status(ns, name, uid, reconciled=("ChildApplied", done))
     return True
 
 
