@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perllm import policies
-from perllm.cli_args import finite
+from perllm.cli_args import number
 from perllm.cli_outputs import ensure_writable
 from perllm.cli_report import print_report
 from perllm.scenario import (
@@ -83,7 +83,7 @@ def simulate(
     seeds: Annotated[int, typer.Option(help="Number of seeds (1..N).", min=1)] = 3,
     duration: Annotated[
         float | None,
-        typer.Option(help="Override each scenario's duration (s).", min=1, callback=finite),
+        number(help="Override each scenario's duration (s).", min=1),
     ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the JSON report here.")

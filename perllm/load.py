@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 import typer
 
-from perllm.cli_args import finite
+from perllm.cli_args import number
 from perllm.costmodel import BYTES_PER_TOKEN
 from perllm.scenario import Scenario
 from perllm.world.workload import generate
@@ -328,22 +328,16 @@ def register(app: typer.Typer) -> None:
         scenario: str = typer.Argument(..., help="Scenario file or built-in name."),
         target: str = typer.Option(..., "--target", help="Base URL, e.g. http://127.0.0.1:8080."),
         seed: int = typer.Option(0),
-        speed: float = typer.Option(
-            1.0, min=0.01, max=1000.0, callback=finite, help="Time compression."
-        ),
+        speed: float = number(1.0, min=0.01, max=1000.0, help="Time compression."),
         max_requests: int = typer.Option(200, min=1, max=100_000),
-        max_duration: float = typer.Option(
-            60.0, min=0.1, max=3600.0, callback=finite, help="Seconds of sending."
-        ),
+        max_duration: float = number(60.0, min=0.1, max=3600.0, help="Seconds of sending."),
         concurrency: int = typer.Option(256, min=1, max=10_000),
         service_class: list[str] = typer.Option(  # noqa: B008
             [], "--class", help="Only these classes (repeatable)."
         ),
         model: str | None = typer.Option(None, help="Model name to send (default: class name)."),
         stream: bool = typer.Option(True, "--stream/--no-stream"),
-        timeout: float = typer.Option(
-            120.0, min=0.1, callback=finite, help="Per-request timeout (s)."
-        ),
+        timeout: float = number(120.0, min=0.1, help="Per-request timeout (s)."),
         json_out: str | None = typer.Option(None, "--json", help="Write the report here."),
     ) -> None:
         """Replay a scenario's workload against an OpenAI-compatible endpoint; report."""

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from perllm.cli_args import finite
+from perllm.cli_args import wait_seconds
 from perllm.logsetup import configure
-from perllm.waits import MAX_WAIT_S
 
 if TYPE_CHECKING:
     from perllm_extender.serve import Tls
@@ -62,26 +61,14 @@ def register(app: typer.Typer) -> None:
             envvar="PERLLM_STATE_NAMESPACE",
             help="Namespace of the ConfigMap perllm-extender-state (learned state).",
         ),
-        learn_interval: float = typer.Option(
-            15.0,
-            min=0.1,
-            max=MAX_WAIT_S,
-            callback=finite,
-            help="Seconds between learning passes over placed pods.",
+        learn_interval: float = wait_seconds(
+            15.0, min=0.1, help="Seconds between learning passes over placed pods."
         ),
-        telemetry_interval: float = typer.Option(
-            2.0,
-            min=0.1,
-            max=MAX_WAIT_S,
-            callback=finite,
-            help="Seconds between telemetry refreshes from Prometheus.",
+        telemetry_interval: float = wait_seconds(
+            2.0, min=0.1, help="Seconds between telemetry refreshes from Prometheus."
         ),
-        state_interval: float = typer.Option(
-            60.0,
-            min=1.0,
-            max=MAX_WAIT_S,
-            callback=finite,
-            help="Seconds between saves of the learned state.",
+        state_interval: float = wait_seconds(
+            60.0, min=1.0, help="Seconds between saves of the learned state."
         ),
         default_model: str = typer.Option(
             "llama2-7b", help="Model of PerLLM pods whose service is not registered."

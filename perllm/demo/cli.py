@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from perllm.cli_args import finite
+from perllm.cli_args import number
 from perllm.cli_outputs import ensure_writable
 from perllm.twin.cli import MAX_SPEED
 
@@ -20,23 +20,14 @@ def register(app: typer.Typer) -> None:
             help="Scenario name or file (its servers become "
             "KWOK nodes; the twin simulates its world).",
         ),
-        duration: float = typer.Option(
-            180.0, min=10, callback=finite, help="Wall-clock seconds to watch."
-        ),
-        speed: float = typer.Option(
-            10.0,
-            min=0.1,
-            max=MAX_SPEED,
-            callback=finite,
-            help="Twin: simulated seconds per second.",
+        duration: float = number(180.0, min=10, help="Wall-clock seconds to watch."),
+        speed: float = number(
+            10.0, min=0.1, max=MAX_SPEED, help="Twin: simulated seconds per second."
         ),
         out: Path = typer.Option(Path("out/demo"), help="Summary JSON, PNG and logs (run/)."),  # noqa: B008
         live: bool = typer.Option(True, "--live/--no-live", help="Live terminal view."),
-        warmup: float | None = typer.Option(
-            None,
-            min=0,
-            callback=finite,
-            help="Seconds excluded from the totals (default: a quarter of --duration).",
+        warmup: float | None = number(
+            None, min=0, help="Seconds excluded from the totals (default: a quarter of --duration)."
         ),
         services: list[Path] = typer.Option(  # noqa: B008
             [],
@@ -49,14 +40,11 @@ def register(app: typer.Typer) -> None:
             help="Then the routed phase: chat through perllm router over an edge and a cloud "
             "replica under a burst, against each replica alone.",
         ),
-        router_duration: float = typer.Option(
-            60.0,
-            min=15,
-            callback=finite,
-            help="Routed phase: seconds of arrivals (answers then finish).",
+        router_duration: float = number(
+            60.0, min=15, help="Routed phase: seconds of arrivals (answers then finish)."
         ),
-        burst: float = typer.Option(
-            5.0, min=1, callback=finite, help="Routed phase: the rate factor over the middle third."
+        burst: float = number(
+            5.0, min=1, help="Routed phase: the rate factor over the middle third."
         ),
     ) -> None:
         """Run the closed loop locally: control plane, Prometheus, twin, extender, operator,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from perllm.cli_args import finite
+from perllm.cli_args import number, wait_seconds
 from perllm.logsetup import configure
 from perllm.twin.records import MAX_REQUESTS_PER_SLOT
-from perllm.waits import MAX_WAIT_S
 
 # Simulated seconds per wall second the twin takes at most (`perllm demo --speed` too).
 MAX_SPEED = 1000.0
@@ -25,25 +24,18 @@ def register(app: typer.Typer) -> None:
         ),
         host: str = typer.Option("127.0.0.1", envvar="PERLLM_TWIN_HOST", help="Listen address."),
         port: int = typer.Option(9402, envvar="PERLLM_TWIN_PORT", help="Listen port (/metrics)."),
-        speed: float = typer.Option(
+        speed: float = number(
             1.0,
             envvar="PERLLM_TWIN_SPEED",
             min=0.01,
             max=MAX_SPEED,
-            callback=finite,
             help="Simulated seconds per wall second.",
         ),
         seed: int = typer.Option(0, help="Seed of arrivals, lengths, noise and bandwidth."),
-        poll_interval: float = typer.Option(
-            1.0,
-            min=0.1,
-            max=MAX_WAIT_S,
-            callback=finite,
-            help="Seconds between reads of services, pods and nodes.",
+        poll_interval: float = wait_seconds(
+            1.0, min=0.1, help="Seconds between reads of services, pods and nodes."
         ),
-        log_interval: float = typer.Option(
-            10.0, min=0.5, max=MAX_WAIT_S, callback=finite, help="Seconds between progress lines."
-        ),
+        log_interval: float = wait_seconds(10.0, min=0.5, help="Seconds between progress lines."),
         max_requests_per_slot: int = typer.Option(
             MAX_REQUESTS_PER_SLOT,
             min=1,
@@ -97,9 +89,7 @@ def register_openai(app: typer.Typer) -> None:
         scenario: str = typer.Option(..., "--scenario", help="Scenario file or built-in name."),
         host: str = typer.Option("127.0.0.1", help="Listen address."),
         port: int = typer.Option(9403, help="Listen port."),
-        speed: float = typer.Option(
-            1.0, min=0.01, max=MAX_SPEED, callback=finite, help="Simulated s per wall s."
-        ),
+        speed: float = number(1.0, min=0.01, max=MAX_SPEED, help="Simulated s per wall s."),
         seed: int = typer.Option(0, help="Seed of output lengths and speed noise."),
     ) -> None:
         """Without a cluster: pod <class>-<node> in namespace default for every (class, node)
