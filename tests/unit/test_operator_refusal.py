@@ -170,16 +170,8 @@ def test_a_refused_specs_message_is_bounded_in_the_conditions(
     svc["spec"]["backend"] = "deployment"
     svc["spec"]["model"]["variants"][1]["storageUri"] = "s3://bucket/" + "x" * 2000
     api = install(monkeypatch, svc)
-    body = kopf.Body(copy.deepcopy(svc))
     with pytest.raises(kopf.PermanentError):
-        reconcile.reconcile(
-            body=body,
-            spec=kopf.Spec(body),
-            meta=kopf.Meta(body),
-            status=kopf.Status(body),
-            patch=kopf.Patch(),
-            logger=None,
-        )
+        _run_reconcile(svc)
     for t in ("Ready", "Placed", "Reconciled"):
         c = api.cond(t)
         assert c is not None and c["reason"] == "InvalidSpec"
