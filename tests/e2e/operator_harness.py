@@ -116,13 +116,15 @@ def pods_by_tier(kube: Kube, ns: str, name: str) -> dict[str, list[dict[str, Any
     return by if ok else None
 
 
-def events(kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
+def events(kube: Kube, ns: str, name: str, reason: str | None = None) -> list[dict[str, Any]]:
+    """The Events on LLMService `name` (of `reason` only, if given)."""
     items = kube.get_or_none("events", "-n", ns)["items"]
     return [
         e
         for e in items
         if e["involvedObject"].get("name") == name
         and e["involvedObject"].get("kind") == "LLMService"
+        and reason in (None, e["reason"])
     ]
 
 

@@ -85,9 +85,7 @@ def test_kserve_backend_creates_inference_service(
     ][0]["matchExpressions"][0]
     assert expr2["values"] == ["cloud"]
     wait_for(
-        lambda: [
-            e for e in events(kube, namespace, "chat-assistant") if e["reason"] == "TierChanged"
-        ],
+        lambda: events(kube, namespace, "chat-assistant", "TierChanged"),
         "TierChanged Event",
         timeout=30,
     )
@@ -230,11 +228,7 @@ def test_a_child_deleted_by_hand_is_created_again(
         == (dep["spec"]["template"]["metadata"]["annotations"][ann])
     )
     wait_for(
-        lambda: [
-            e
-            for e in events(kube, namespace, "batch-summariser")
-            if e["reason"] == "ChildRecreated"
-        ],
+        lambda: events(kube, namespace, "batch-summariser", "ChildRecreated"),
         "the ChildRecreated Event",
         timeout=30,
     )

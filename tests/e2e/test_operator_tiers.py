@@ -104,7 +104,7 @@ def test_one_child_per_tier_placed_in_its_tier_never_re_pinned(
         assert now is not None and now["metadata"]["uid"] == dep["metadata"]["uid"]
         assert now["metadata"]["generation"] == dep["metadata"]["generation"], tier
         assert now["metadata"]["annotations"]["perllm.io/pinned-tier"] == tier
-    assert not [e for e in events(kube, namespace, NAME) if e["reason"] == "TierChanged"]
+    assert not events(kube, namespace, NAME, "TierChanged")
     assert pods_by_tier(kube, namespace, NAME) is not None  # no rollout either
 
     # Drop the edge: its Deployment (and pod) go; the cloud one stays as it was.

@@ -130,11 +130,7 @@ def test_a_model_outside_the_catalogue_is_its_own_condition(
     placed = condition(o, "Placed")
     assert placed and placed["reason"] == "ModelNotInCatalogue", placed
     wait_for(
-        lambda: [
-            e
-            for e in events(kube, namespace, "chat-assistant")
-            if e["reason"] == "ModelNotInCatalogue"
-        ],
+        lambda: events(kube, namespace, "chat-assistant", "ModelNotInCatalogue"),
         "ModelNotInCatalogue Event",
         timeout=30,
     )
