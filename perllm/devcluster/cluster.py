@@ -6,13 +6,9 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -28,7 +24,7 @@ from perllm.devcluster.launch import Launcher, write_file
 from perllm.devcluster.launch import default_run_dir as default_run_dir  # re-exported
 from perllm.devcluster.nodes import node_manifests
 from perllm.devcluster.process import StartError, free_ports, http_ok, wait_until
-from perllm.devcluster.state import STATE_FILE
+from perllm.devcluster.state import STATE_FILE, starting
 from perllm.devcluster.state import State as State  # re-exported (cli, tests)
 
 
@@ -64,7 +60,7 @@ class Cluster(Launcher):
 
     # ---- start -----------------------------------------------------------------------------
     def up(self) -> State:
-        with _starting(self.run_dir):
+        with starting(self.run_dir):
             return self._up()
 
     def _up(self) -> State:
@@ -96,7 +92,7 @@ class Cluster(Launcher):
             raise
         return self.state
 
-    def _fresh_run_dir(self) -> None:  # (under `_starting`'s lock)
+    def _fresh_run_dir(self) -> None:  # (under `starting`'s lock)
         rd = self.run_dir
         rd.mkdir(parents=True, exist_ok=True)
         for sub in ("etcd", "pki", "prometheus", "logs"):
@@ -377,26 +373,3 @@ class Cluster(Launcher):
 
 def temporary_run_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="perllm-cluster-"))
-
-
-@contextmanager
-def _starting(rd: Path) -> Iterator[None]:
-    """One `up` at a time per run directory: a second one started meanwhile would take the
-    first's half-written state for a half-dead cluster and stop its processes. The lock
-    (flock on `.up.lock`) goes with the process, so a killed `up` never leaves it held."""
-    try:
-        rd.mkdir(parents=True, exist_ok=True)
-        fd = os.open(rd / ".up.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as e:
-        raise StartError(f"run directory {rd}: {e}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StartError(
-                f"another cluster is starting from {rd}: wait for it (then cluster down), "
-                "or give another --run-dir"
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # (releases the lock)

@@ -1,15 +1,20 @@
 """`State`: what `Cluster.up` records in the run directory (PIDs, ports, kubeconfig), so a
-later `down` from another process finds and stops exactly these processes."""
+later `down` from another process finds and stops exactly these processes; `starting`:
+the run directory's lock while one `up` writes it."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perllm.devcluster.process import Proc
+from perllm.devcluster.process import Proc, StartError
 
 STATE_FILE = "state.json"
 
@@ -44,3 +49,26 @@ class State:
             return cls(**json.loads((run_dir / STATE_FILE).read_text()))
         except (OSError, ValueError, TypeError):
             return None
+
+
+@contextmanager
+def starting(rd: Path) -> Iterator[None]:
+    """One `up` at a time per run directory: a second one started meanwhile would take the
+    first's half-written state for a half-dead cluster and stop its processes. The lock
+    (flock on `.up.lock`) goes with the process, so a killed `up` never leaves it held."""
+    try:
+        rd.mkdir(parents=True, exist_ok=True)
+        fd = os.open(rd / ".up.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StartError(f"run directory {rd}: {e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartError(
+                f"another cluster is starting from {rd}: wait for it (then cluster down), "
+                "or give another --run-dir"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
