@@ -1,0 +1,139 @@
+"""`perllm load SCENARIO --target URL`: the command around `perllm.load.replay`, with
+progress, a report table (and `--json`), Ctrl-C reporting what ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from urllib.parse import urlsplit
+
+import httpx
+import typer
+
+from perllm.cli_args import number
+from perllm.load import Report, plan, replay
+
+
+def print_report(r: Report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    t = Table(title=f"perllm load → {r.target}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("requests sent / 200 OK", f"{r.sent} / {r.ok}")
+    t.add_row("statuses", ", ".join(f"{k}: {v}" for k, v in r.statuses.items()))
+    for err, n in r.errors.items():  # status 0: no complete HTTP response (aborted ones too)
+        t.add_row("transport error", f"{n} × {err}")
+    t.add_row("deadline attainment", f"{r.attainment:.1%}")
+    for name, d in (("latency", r.latency_s), ("time to first token", r.ttft_s)):
+        if d:
+            t.add_row(name, " ".join(f"{k} {v:.3f}s" for k, v in d.items()))
+    t.add_row("throughput (200 OK)", f"{r.throughput_rps:.1f} req/s over {r.wall_s:.1f}s")
+    for k, v in r.tiers.items():
+        t.add_row(f"tier {k}", f"{v:.1%}")
+    for k, v in r.backends.items():
+        t.add_row(f"backend {k}", f"{v:.1%}")
+    c.print(t)
+
+
+def target_error(target: str) -> str | None:
+    """Why `target` is no base URL to send requests to (None: it is one)."""
+    try:
+        u = urlsplit(target)
+        u.port  # noqa: B018  (raises on a port out of range or not a number)
+        httpx.URL(target)
+    except (ValueError, httpx.InvalidURL) as e:
+        return str(e)
+    if u.scheme not in ("http", "https"):
+        return "not an http(s) URL"
+    if u.query or u.fragment:  # (the request path is appended to it)
+        return "a base URL has no query or fragment"
+    return None if u.hostname else "no host"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("load")
+    def load_cmd(
+        scenario: str = typer.Argument(..., help="Scenario file or built-in name."),
+        target: str = typer.Option(..., "--target", help="Base URL, e.g. http://127.0.0.1:8080."),
+        seed: int = typer.Option(0),
+        speed: float = number(1.0, min=0.01, max=1000.0, help="Time compression."),
+        max_requests: int = typer.Option(200, min=1, max=100_000),
+        max_duration: float = number(60.0, min=0.1, max=3600.0, help="Seconds of sending."),
+        concurrency: int = typer.Option(256, min=1, max=10_000),
+        service_class: list[str] = typer.Option(  # noqa: B008
+            [], "--class", help="Only these classes (repeatable)."
+        ),
+        model: str | None = typer.Option(None, help="Model name to send (default: class name)."),
+        stream: bool = typer.Option(True, "--stream/--no-stream"),
+        timeout: float = number(120.0, min=0.1, help="Per-request timeout (s)."),
+        json_out: str | None = typer.Option(None, "--json", help="Write the report here."),
+    ) -> None:
+        """Replay a scenario's workload against an OpenAI-compatible endpoint; report."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        from perllm.scenario import ScenarioError, load_scenario
+
+        why = target_error(target)
+        if why is not None:
+            typer.echo(f"error: --target {target}: {why} (e.g. http://127.0.0.1:8080)", err=True)
+            raise typer.Exit(2)
+        try:
+            sc = load_scenario(scenario)
+        except ScenarioError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        known = [c.name for c in sc.workload.classes]
+        unknown = [c for c in service_class if c not in known]
+        if unknown:
+            typer.echo(
+                f"error: --class {', '.join(unknown)}: not a class of {sc.name} "
+                f"(its classes: {', '.join(known)})",
+                err=True,
+            )
+            raise typer.Exit(2)
+        planned = plan(sc, seed, speed, max_requests, service_class or None, model, stream)
+        if not planned:
+            typer.echo(f"error: {sc.name} generates no requests of these classes", err=True)
+            raise typer.Exit(2)
+        first = planned[0].at
+        planned = [p for p in planned if p.at <= max_duration]  # (what will be sent)
+        if not planned:
+            typer.echo(
+                f"error: no request arrives within --max-duration {max_duration:g}s "
+                f"(the first at {first:.1f}s)",
+                err=True,
+            )
+            raise typer.Exit(2)
+
+        async def run() -> Report:
+            stop = asyncio.Event()  # Ctrl-C: stop, and report what ended
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                loop.add_signal_handler(signal.SIGINT, stop.set)  # (main thread only)
+            try:
+                return await replay(target, planned, max_duration, concurrency, timeout,
+                                    on_done=lambda o: pr.advance(task), stop=stop)  # fmt: skip
+            finally:
+                loop.remove_signal_handler(signal.SIGINT)
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()) as pr:
+            task = pr.add_task("requests", total=len(planned))
+            report = asyncio.run(run())
+        print_report(report)
+        if json_out:
+            with open(json_out, "w") as f:
+                f.write(report.to_json())
+        if report.interrupted:
+            typer.echo(
+                f"interrupted: the report is of the {report.sent} of {len(planned)} requests "
+                "that ended",
+                err=True,
+            )
+            raise typer.Exit(130)
+        if report.sent and not report.ok:
+            typer.echo(f"error: none of {report.sent} requests got a 200 from {target}", err=True)
+            raise typer.Exit(1)
