@@ -31,8 +31,8 @@ from perllm.devcluster.kube import token_kubeconfig
 from perllm.devcluster.process import Proc, StartError, free_ports, http_ok, start, wait_until
 from perllm.scenario import load_scenario
 
-# `python -c` rather than the console script: /proc/<pid>/cmdline then starts with the
-# interpreter we pass, which is how Proc.alive() recognises its process.
+# `python -c` with this interpreter rather than the console script, which may not be on
+# PATH (a venv not activated).
 PERLLM = [
     sys.executable,
     "-c",

@@ -51,22 +51,52 @@ def sigterm_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None if no
+    such process. Unlike the command line it survives exec (`sh -c "exec server"`), and a
+    recycled PID has a later one: together with the PID it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the parenthesised command name (which may hold spaces): state is field 3,
+    # starttime field 22.
+    return int(stat.rsplit(")", 1)[-1].split()[19])
+
+
 @dataclass
 class Proc:
     name: str
     pid: int
     log: Path
-    argv0: str
+    # start_ticks(pid) when started; None only in a state.json written before it was
+    # recorded, which `argv0` (the command line's first word) then stands in for.
+    started: int | None = None
+    argv0: str | None = None
+
+    @classmethod
+    def attach(cls, name: str, pid: int, log: Path) -> Proc:
+        """The process running as `pid` now (not one that later reuses the PID)."""
+        return cls(name=name, pid=pid, log=log, started=start_ticks(pid))
 
     def alive(self) -> bool:
         """True while our process (not a recycled PID) runs and is not a zombie."""
         try:
             stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        fields = stat.rsplit(")", 1)[-1].split()
+        if fields[0] == "Z":
+            return False
+        if self.started is not None:
+            return int(fields[19]) == self.started
+        if self.argv0 is None:
+            return False
+        try:
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
         except OSError:
             return False
-        state = stat.rsplit(")", 1)[-1].split()[0]
-        return state != "Z" and cmdline.split(b"\0", 1)[0].decode(errors="replace") == self.argv0
+        return cmdline.split(b"\0", 1)[0].decode(errors="replace") == self.argv0
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -141,7 +171,8 @@ def start(
             close_fds=True,
             preexec_fn=sigterm_with_parent if die_with_parent else None,
         )
-    return Proc(name=name, pid=p.pid, log=log, argv0=str(argv[0]))
+    # Read while the child is ours and unreaped (a zombie keeps its stat): never a reused PID.
+    return Proc.attach(name, p.pid, log)
 
 
 def http_ok(url: str, *, token: str | None = None, timeout: float = 2.0) -> bool:

@@ -34,7 +34,13 @@ class State:
 
     def procs(self) -> list[Proc]:
         return [
-            Proc(name=p["name"], pid=p["pid"], log=Path(p["log"]), argv0=p["argv0"])
+            Proc(
+                name=p["name"],
+                pid=p["pid"],
+                log=Path(p["log"]),
+                started=p.get("started"),
+                argv0=p.get("argv0"),
+            )
             for p in self.processes
         ]
 

@@ -42,7 +42,12 @@ def test_a_second_demo_on_the_same_out_leaves_the_first_ones_cluster_running(
             api_server="https://127.0.0.1:1",
             external=False,
             processes=[
-                {"name": other.name, "pid": other.pid, "log": str(other.log), "argv0": other.argv0}
+                {
+                    "name": other.name,
+                    "pid": other.pid,
+                    "log": str(other.log),
+                    "started": other.started,
+                }
             ],
             ports={},
         ).save(rd)
@@ -137,7 +142,7 @@ def test_an_interrupted_first_build_leaves_no_build_running(
     monkeypatch.setattr(binaries_mod, "escape", ctrl_c)  # on the build's first line
     with pytest.raises(KeyboardInterrupt):
         binaries_mod.ensure_binaries(Console(quiet=True), helm=False)
-    child = Proc("sleep", int(pidfile.read_text()), tmp_path / "none", "sleep")
+    child = Proc.attach("sleep", int(pidfile.read_text()), tmp_path / "none")
     for _ in range(50):
         if not child.alive():
             break

@@ -48,15 +48,21 @@ def test_a_missing_attach_kubeconfig_is_named(tmp_path: Path) -> None:
     assert "--attach" in out
 
 
-def test_a_second_up_while_one_starts_from_the_same_run_dir_is_refused(tmp_path: Path) -> None:
+def test_a_second_up_while_one_starts_from_the_same_run_dir_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two `cluster up` at once on one run directory: the second would read the first's
     half-written state.json as a half-dead cluster and stop its processes; it is refused
     while the first holds the run directory's start lock, and proceeds once it is free."""
     import fcntl
     import os
 
+    from perllm.devcluster.binaries import Binaries
     from perllm.devcluster.cluster import Cluster, ClusterConfig
     from perllm.devcluster.process import StartError
+
+    # (this test needs no binaries built: the stand-in start refuses before any is run)
+    monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
 
     rd = tmp_path / "rd"
     rd.mkdir()
