@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from perllm.contract import EnergyWeights, Link, Server, ServiceSpec, Tier
 from perllm.csucb import CSUCBConfig
 from perllm.profiles import Catalogue, default_catalogue
-from perllm.waits import WaitSeconds
+from perllm.waits import MAX_WAIT_S, WaitSeconds
 from perllm.yamlerror import one_line
 
 
@@ -37,7 +37,9 @@ class RouterConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # (inf passes a `> 0` check: a timeout of inf would hang a request, an interval of inf
+    # stop a loop; every seconds field is also at most MAX_WAIT_S, through WaitSeconds)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Backend(_Strict):
@@ -93,16 +95,16 @@ class Limits(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 2**20
     max_concurrency: Annotated[int, Field(ge=1)] = 256  # requests proxied at once
     max_queue: Annotated[int, Field(ge=0)] = 1024  # requests waiting for a slot
-    queue_timeout_s: Annotated[float, Field(gt=0)] = 5.0
-    connect_timeout_s: Annotated[float, Field(gt=0)] = 2.0
-    read_timeout_s: Annotated[float, Field(gt=0)] = 60.0  # between two upstream chunks
-    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # a client's body, once its head came
+    queue_timeout_s: WaitSeconds = 5.0
+    connect_timeout_s: WaitSeconds = 2.0
+    read_timeout_s: WaitSeconds = 60.0  # between two upstream chunks
+    body_timeout_s: WaitSeconds = 30.0  # a client's body, once its head came
     # A backend refusing connections or not answering in time (the timeouts above) is
     # left out of decisions (perllm.router.health) for eject_s, doubling per consecutive
     # failure up to eject_max_s; a request not sent (connection refused or not accepted
     # in time) is decided again among the others up to `retries` times.
-    eject_s: Annotated[float, Field(gt=0)] = 1.0
-    eject_max_s: Annotated[float, Field(gt=0)] = 30.0
+    eject_s: WaitSeconds = 1.0
+    eject_max_s: WaitSeconds = 30.0
     retries: Annotated[int, Field(ge=0, le=8)] = 2
     # While a backend is ejected the router probes it itself (perllm.router.probe): a GET
     # of probe_path when its ejection ends, with the timeouts above; any answer re-admits
@@ -123,13 +125,13 @@ class Discovery(_Strict):
         description="A pod's URL: {ip} {port} {namespace} {pod} {node}.",
     )
     port: Annotated[int, Field(ge=1, le=65535)] = 8000  # without a containerPort
-    interval_s: Annotated[float, Field(gt=0)] = 5.0
+    interval_s: WaitSeconds = 5.0
     timeout_s: WaitSeconds = 5.0  # the kubernetes client's and Prometheus' sockets
     kubeconfig: str | None = None  # default: in-cluster, else ~/.kube/config
     prometheus: str | None = Field(
         default=None, description="Prometheus URL: measured bandwidth per node."
     )
-    status_interval_s: Annotated[float, Field(ge=0)] = Field(
+    status_interval_s: Annotated[float, Field(ge=0, le=MAX_WAIT_S)] = Field(
         default=5.0,
         description="Seconds between writes of the LLMService's status.routing and "
         "BackendsReachable condition (when changed); 0: never written.",

@@ -537,11 +537,24 @@ def test_config_errors_are_clear(tmp_path: Any) -> None:
     # CSUCBConfig's fields are refused by name, not turned into NaN decisions (an
     # output_prior_sigma of 0 made every class's output-length quantiles 1 token).
     for field, v in (("output_prior_sigma", 0.0), ("prior_n", math.nan), ("memory", math.nan)):
-        with pytest.raises(RouterConfigError, match=rf"csucb: {field}: "):
+        with pytest.raises(RouterConfigError, match=rf"csucb[.:] ?{field}: "):
             Router(config(csucb={field: v}))
     # An infinite energy weight (was accepted: every option's normalised energy NaN).
     with pytest.raises(RouterConfigError, match=r"weights\.tran: .*finite"):
         config(weights={"tran": math.inf})
+    # Seconds that pass `> 0` but would hang a request or stop a loop (were accepted).
+    base = {"scenario": "demo", "service_class": "chat", "backends": BACKENDS}
+    for section, field in (
+        ("limits", "read_timeout_s"),
+        ("limits", "queue_timeout_s"),
+        ("limits", "eject_max_s"),
+        ("discovery", "interval_s"),
+        ("discovery", "status_interval_s"),
+    ):
+        extra = {"service": "ns/svc"} if section == "discovery" else {}
+        for v in (math.inf, math.nan, 1e300):
+            with pytest.raises(RouterConfigError, match=rf"{section}\.{field}: "):
+                parse_config({**base, section: {**extra, field: v}})
 
 
 def test_upstream_pool_keeps_connections_alive_and_reconnects() -> None:
