@@ -13,7 +13,8 @@ Prompt tokens and attachment bytes are estimated from the body as the router doe
 (~4 bytes a token); the output length is the service's output distribution (its scenario
 class's, else lognormal around the declared mean) capped by `max_tokens`. These requests
 run on their own `ServerState`s: the twin's synthetic traffic and its metrics are not
-changed by them (and they do not see that traffic's load).
+changed by them (and they do not see that traffic's load). A client that disconnects
+frees its request's slot on the node then (`ServerState.abort`), as a model server would.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from perllm.router.request import BadRequest, Parsed, parse
 from perllm.scenario import Scenario
 from perllm.twin.arrivals import service_dists
 from perllm.twin.fleet import server_powers
-from perllm.world.server import ServerState, execute
+from perllm.world.server import Outcome, ServerState, execute
 from perllm.world.sim import coeff_grid
 from perllm.world.workload import draw, whole_tokens
 
@@ -67,6 +68,9 @@ class Timeline:
     done: float
     tokens: int
     prompt_tokens: int
+    # Where it runs: the node's index and its admission (`TwinOpenAI.abort` frees its slot).
+    server: int = -1
+    outcome: Outcome | None = None
 
 
 def static_pods(sc: Scenario, namespace: str = "default") -> dict[tuple[str, str], tuple[str, str]]:
@@ -174,7 +178,14 @@ class TwinOpenAI:
         half = link.rtt_ms / 2000
         first = out.start + out.prefill - a + half
         last = out.end - a + half
-        return Timeline(first, max(first, last), max(d, last), int(l_out), int(l_in_t))
+        return Timeline(first, max(first, last), max(d, last), int(l_out), int(l_in_t), j, out)
+
+    def abort(self, tl: Timeline) -> None:
+        """Its client went away now: free the request's slot and KV cache on its node, as a
+        model server does with a disconnected request (`ServerState.abort`)."""
+        if tl.outcome is not None:
+            with self._lock:
+                self.states[tl.server].abort(tl.outcome, self.now())
 
     # -- ASGI -----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -217,27 +228,23 @@ class TwinOpenAI:
         try:  # (the router's checks: size limit, JSON, fields, a model this pod serves)
             raw = await read_body(scope["headers"], receive, self.max_body_bytes)
             req = served(parse(raw, chat), (spec.model, spec.name))
+            tl = self.timeline(spec, node, req.prompt_tokens, req.attach_bytes, req.max_tokens)
         except BadRequest as e:
             await error(send, e.status, e.kind, e.message)
             return
-        answer = asyncio.ensure_future(self._answer(spec, node, req, chat, send))
+        answer = asyncio.ensure_future(self._answer(tl, node, req, chat, send))
         gone = asyncio.ensure_future(_disconnect(receive))
         try:
             await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
             if answer.done():
                 answer.result()
         finally:
+            if not answer.done():  # the client left (or the server stops) before the end
+                self.abort(tl)
             answer.cancel()
             gone.cancel()
 
-    async def _answer(
-        self, spec: ServiceSpec, node: str, req: Parsed, chat: bool, send: Send
-    ) -> None:
-        try:
-            tl = self.timeline(spec, node, req.prompt_tokens, req.attach_bytes, req.max_tokens)
-        except BadRequest as e:
-            await error(send, e.status, e.kind, e.message)
-            return
+    async def _answer(self, tl: Timeline, node: str, req: Parsed, chat: bool, send: Send) -> None:
         start = self.clock()
         model = req.model
 

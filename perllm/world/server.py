@@ -183,6 +183,27 @@ class ServerState:
         self.busy_until = max(self.busy_until, out.end)
         self.served += 1
 
+    def abort(self, out: Outcome, at: float) -> None:
+        """The client of an admitted request went away at `at`: like a model server (vLLM
+        aborts a disconnected request, llama.cpp cancels its slot) it frees the slot and
+        the KV cache then, so later admissions can start earlier. What it already booked
+        (busy time, serialised prefill, energy) stays: the work done until `at` is not
+        known apart from the rest. Only the twin calls it; the simulator's clients wait."""
+        if out.dropped or at >= out.end:
+            return
+        for i, (end, kv, start) in enumerate(self.active):
+            if end == out.end and start == out.start:
+                freed = end
+                self.active[i] = (at, kv, start)
+                heapq.heapify(self.active)
+                break
+        else:
+            return  # (already left the heap: a later admission found it ended)
+        for i, (run, end, kv) in enumerate(self.inflight):
+            if end == freed:
+                self.inflight[i] = (run, at, kv)
+                break
+
     def observe(self, now: float) -> tuple[int, int, float]:
         """(running, waiting, kv bytes in use) at `now`: what a model server's metrics show."""
         if not self.inflight:  # an idle server (the common case at the edge)

@@ -145,8 +145,32 @@ def test_a_client_that_disconnects_mid_stream_leaves_no_task_behind() -> None:
         bodies = [x for x in sent if x["type"] == "http.response.body"]
         assert 3 <= len(bodies) < 200 and all(x.get("more_body") for x in bodies)
         assert tw.served == 1
+        # and its node no longer runs it (a model server aborts a disconnected request)
+        assert tw.states[tw.node_index["cloud"]].observe(tw.now()) == (0, 0, 0.0)
 
     asyncio.run(go())
+
+
+def test_a_request_whose_client_left_frees_its_slot_for_the_next() -> None:
+    """Its slot and KV cache were held until the world model's end of the answer nobody
+    read: a later request on the node batched with (or queued behind) a ghost."""
+    sc = quiet_demo()
+    spec = next(s for s in sc.services() if s.name == "chat")
+
+    def second(leave: bool | None) -> float:
+        clock = [0.0]
+        tw = TwinOpenAI(sc, TwinOpenAI.standalone(sc).resolve, clock=lambda: clock[0])
+        # the first request, on this node or (None: an idle node) elsewhere: same draws
+        first = tw.timeline(spec, "edge-gpu-1" if leave is not None else "cloud", 150, 0, 400)
+        clock[0] = first.first + 0.5  # mid-answer
+        if leave:
+            tw.abort(first)
+            assert tw.states[tw.node_index["edge-gpu-1"]].observe(tw.now()) == (0, 0, 0.0)
+        return tw.timeline(spec, "edge-gpu-1", 150.0, 0.0, 40).done
+
+    idle, ghost, freed = second(None), second(False), second(True)
+    assert ghost > idle  # batched with the first request
+    assert freed == pytest.approx(idle)
 
 
 @pytest.mark.parametrize("route", ["chat/completions", "completions"])
