@@ -146,20 +146,28 @@ class CSUCB:
         waiting: F,
         bw_mbps: F,
         explain: bool = False,
+        deadline_cap: F | None = None,
     ) -> Decision:
-        """Assign one round of requests (prompt `l_in`, expected output `l_out`)."""
+        """Assign one round of requests (prompt `l_in`, expected output `l_out`).
+
+        `deadline_cap`: per request, seconds its deadline may not exceed (inf: its class's
+        deadline alone), e.g. a client's tighter deadline (`perllm router`'s header); it
+        tightens the constraint, the violation term and the shed rule, never loosens them.
+        """
         self._current().rounds += 1
         args = (cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps)
+        cap = deadline_cap
         if self.pooled and not explain and len(cls) > 0:
-            pooled = decide_pooled(self, args)  # per group of servers, not per server
+            pooled = decide_pooled(self, args, cap)  # per group of servers, not per server
             if pooled is not None:
                 return pooled
         cols = self.candidates(len(cls), running, waiting, bw_mbps)
         if cols is None and not explain and 0 < len(cls) <= SMALL_ROUND:
-            got = play(self, tuple(a.tolist() for a in args))  # on Python floats
+            lists = tuple(a.tolist() for a in args)
+            got = play(self, lists, None if cap is None else cap.tolist())  # on Python floats
             if got is not None:
                 return got[0].decision(*got[1][:4])
-        return self._decide_arrays(args, cols, explain)
+        return self._decide_arrays(args, cols, explain, cap)
 
     @property
     def pooled(self) -> bool:
@@ -173,12 +181,23 @@ class CSUCB:
         variant meets the request's quality floor."""
         return t.allowed[cls] & (t.quality[cls] >= min_quality[:, None] - 1e-9)
 
-    def deadline(self, cls: I, l_out: F) -> F:
-        """[N] each request's deadline at its expected output length."""
-        return self.deadline_s[cls] + self.deadline_per_token[cls] * l_out
+    def deadlines(self, cls: I, l_out: F, lq: F, cap: F | None) -> tuple[F, F]:
+        """Each request's deadline: [N] at its expected output length `l_out`, [N, 2] at
+        both output quantiles `lq`; at most `cap` (per request) where given."""
+        dl_s, dl_tok = self.deadline_s[cls], self.deadline_per_token[cls]
+        deadline = dl_s + dl_tok * l_out
+        rhs = dl_s[:, None] + dl_tok[:, None] * lq
+        if cap is None:
+            return deadline, rhs
+        return np.minimum(deadline, cap), np.minimum(rhs, cap[:, None])
 
     def _judge(
-        self, t: CostTable, arm: I, view: RoundView, args: tuple[I, F, F, F, F, F, F, F]
+        self,
+        t: CostTable,
+        arm: I,
+        view: RoundView,
+        args: tuple[I, F, F, F, F, F, F, F],
+        cap: F | None,
     ) -> tuple[F, NDArray[np.bool_], NDArray[np.bool_], F, F, F, F]:
         """Constraints and UCB scores of every (request, server, level) of a round:
         static, feasible, pessimistic D, ΔD per request, R̂, score, the arms' bonus."""
@@ -191,13 +210,12 @@ class CSUCB:
         f_pess = f_arm[arm][:, :, None]  # mu_a + z·sd_a
         pess = view.time * f_pess
         static = self.static(t, cls, min_quality)
-        dl_s, dl_tok = self.deadline_s[cls], self.deadline_per_token[cls]
-        deadline = self.deadline(cls, l_out)
         # D ≈ A + B·L_out: check the pessimistic D against ΔD at both output quantiles.
         per_tok = view.decode / np.maximum(l_out, 1.0)[:, None, None]
         fixed = view.time - view.decode
         lq = st.quantile_pairs()[self.class_of[cls]]  # [N, 2] both ends
-        rhs = (dl_s[:, None] + dl_tok[:, None] * lq)[:, None, None, :]
+        deadline, rhs2 = self.deadlines(cls, l_out, lq, cap)
+        rhs = rhs2[:, None, None, :]
         lq3 = lq[:, None, None, :]
         # One end at a time: a trailing axis of 2 is slow to broadcast.
         feas = (
@@ -214,7 +232,11 @@ class CSUCB:
         return pess, static, feas, deadline, mean, score, np.array(bonus)
 
     def _decide_arrays(
-        self, args: tuple[I, F, F, F, F, F, F, F], cols: I | None, explain: bool
+        self,
+        args: tuple[I, F, F, F, F, F, F, F],
+        cols: I | None,
+        explain: bool,
+        cap: F | None = None,
     ) -> Decision:
         cls, l_in, l_out, attach, min_quality = args[:5]
         st = self.stats
@@ -222,7 +244,7 @@ class CSUCB:
         n = len(cls)
         view = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps)
         arm = arm_of[cls]  # [N, M] flat arm index
-        pess, static, feas, deadline, mean, score, bonus = self._judge(t, arm, view, args)
+        pess, static, feas, deadline, mean, score, bonus = self._judge(t, arm, view, args, cap)
         lv = _Levels(view, pess, feas, mean, score)
 
         def grow() -> tuple[F, F, F, F]:
@@ -230,7 +252,7 @@ class CSUCB:
             # their real load (no cap), for every server (levels double).
             k = lv.view.levels
             v = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps, k, k)
-            p2, _, f2, _, mean2, s2, _ = self._judge(t, arm, v, args)
+            p2, _, f2, _, mean2, s2, _ = self._judge(t, arm, v, args, cap)
             lv.extend(v, p2, f2, mean2, s2)
             return lv.pess, np.where(lv.feas, lv.score, -np.inf), lv.view.time, lv.view.decode
 

@@ -119,6 +119,7 @@ class FastRound:
         lift: list[float],
         theta: float,
         args: Lists,
+        cap: list[float] | None = None,
     ) -> None:
         cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps = args
         self.tab, self.w, self.theta, self.lift = tab, w, theta, lift
@@ -133,7 +134,10 @@ class FastRound:
         self.bw = bw_mbps
         self.cls, self.min_quality = cls, min_quality
         self.req: list[Request] = []
-        for c, li, lo, att, mq in zip(self.cls, l_in, l_out, attach, self.min_quality, strict=True):
+        caps = cap if cap is not None else [math.inf] * len(cls)
+        for c, li, lo, att, mq, cp in zip(
+            self.cls, l_in, l_out, attach, self.min_quality, caps, strict=True
+        ):
             ctx = context(li, lo)
             bits = upload_bits(li, att) + download_bits(lo)
             pairs = []
@@ -150,16 +154,17 @@ class FastRound:
                 pairs.append(Pair(co, ok_j and q_j >= mq - 1e-9, *part, tran, e_tran, arm))
             q_lo, q_hi = lq[c]
             dl_s, dl_tok = tab.dl_s[c], tab.dl_tok[c]
+            # (`CSUCB.deadlines` on floats; min with inf keeps the class's exactly)
             self.req.append(
                 Request(
                     li,
                     lo,
                     max(lo, 1.0),
-                    dl_s + dl_tok * lo,
+                    min(dl_s + dl_tok * lo, cp),
                     q_lo,
                     q_hi,
-                    dl_s + dl_tok * q_lo,
-                    dl_s + dl_tok * q_hi,
+                    min(dl_s + dl_tok * q_lo, cp),
+                    min(dl_s + dl_tok * q_hi, cp),
                     tab.scale[c],
                     pairs,
                 )
@@ -356,9 +361,10 @@ class FastRound:
         )
 
 
-def play(b: CSUCB, args: Lists) -> tuple[FastRound, Outcome] | None:
+def play(b: CSUCB, args: Lists, cap: list[float] | None = None) -> tuple[FastRound, Outcome] | None:
     """A small round on Python floats, its plays recorded in `b`'s statistics; None on a
-    NaN (nothing recorded: the vectorised path decides it)."""
+    NaN (nothing recorded: the vectorised path decides it). `cap`: `CSUCB.decide`'s
+    deadline_cap as a list."""
     st = b.stats
     if b._fast is None:
         b._fast = FastTables.of(b.t, b._arm_cj, b.deadline_s, b.deadline_per_token, b.energy_scale)
@@ -373,6 +379,7 @@ def play(b: CSUCB, args: Lists) -> tuple[FastRound, Outcome] | None:
         lift,
         b.cfg.theta,
         args,
+        cap,
     )
     out = r.run(b.cfg.on_infeasible == "shed", b.cfg.backlog_waiting)
     if out is None:

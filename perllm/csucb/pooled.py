@@ -43,7 +43,9 @@ if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
 
 
-def decide_pooled(b: CSUCB, args: tuple[I, F, F, F, F, F, F, F]) -> Decision | None:
+def decide_pooled(
+    b: CSUCB, args: tuple[I, F, F, F, F, F, F, F], cap: F | None = None
+) -> Decision | None:
     """The round's decision, or None (nothing changed) where a NaN or an unusable
     bandwidth would make the per-group bound unsound, or where the compiled loop is
     missing (`kernels_available`): the caller decides per server."""
@@ -51,7 +53,7 @@ def decide_pooled(b: CSUCB, args: tuple[I, F, F, F, F, F, F, F]) -> Decision | N
     if not np.isfinite(bw_mbps).all() or (bw_mbps <= 0).any() or not kernels_available():
         return None
     gr = group_round(b._kind, running, waiting, bw_mbps)
-    sc = Scores(b, args, gr.reps)
+    sc = Scores(b, args, gr.reps, cap)
     if not sc.ok:
         return None
     r = _Round(b, args, sc, gr)
@@ -91,8 +93,7 @@ class _Round:
             b.t.rtt_s.tolist(),
             sc.l_out1.tolist(),
             sc.lq.tolist(),
-            b.deadline_s[sc.cls].tolist(),
-            b.deadline_per_token[sc.cls].tolist(),
+            sc.rhs.tolist(),
             sc.scale.tolist(),
             sd_arm,
             b.cfg.theta,
@@ -144,7 +145,7 @@ class _Round:
     def exact(self, p: int, g: int, s: int, c: int) -> tuple[float, float, float]:
         """Server s of group g (column c: its level) for request p: time,
         score (−inf where infeasible), pessimistic time; the vectorised path's operations."""
-        bits, rtt, l_out1, lq, dl_s, dl_tok, scale, sd_arm, theta, lift = self._exact_in
+        bits, rtt, l_out1, lq, rhs, scale, sd_arm, theta, lift = self._exact_in
         core, dec, en = self.sc.data[p, CORE:, c].tolist()
         time = transmission_time(bits[p], self.bw[s], rtt[s]) + core
         arm = self.arm_cg[self.cls_l[p]][g]
@@ -153,10 +154,8 @@ class _Round:
             return time, -math.inf, time * f
         fixed, per_tok = time - dec, dec / l_out1[p]
         q_lo, q_hi = lq[p]
-        if not (
-            f * (fixed + per_tok * q_lo) <= dl_s[p] + dl_tok[p] * q_lo
-            and f * (fixed + per_tok * q_hi) <= dl_s[p] + dl_tok[p] * q_hi
-        ):
+        rhs_lo, rhs_hi = rhs[p]
+        if not (f * (fixed + per_tok * q_lo) <= rhs_lo and f * (fixed + per_tok * q_hi) <= rhs_hi):
             return time, -math.inf, time * f
         mu = self.mu_arm[arm]
         e_hat = en * mu / scale[p]

@@ -40,14 +40,19 @@ class Scores:
     (group, level) computed so far (`col[g][a]`), holding the requests (in arrival
     order) before `valid[c]` (levels grow on demand, a window at a time)."""
 
-    def __init__(self, b: CSUCB, args: tuple[I, F, F, F, F, F, F, F], reps: I) -> None:
+    def __init__(
+        self, b: CSUCB, args: tuple[I, F, F, F, F, F, F, F], reps: I, cap: F | None = None
+    ) -> None:
         cls, l_in, l_out, attach, min_quality, running, waiting, bw = args
         self.b, self.n = b, len(cls)
         self.cls, self.l_in, self.l_out, self.attach = cls, l_in, l_out, attach
         t = b.t.subset(reps)
         self.wait = waiting[reps]
         self.static = b.static(t, cls, min_quality)
-        self.deadline = b.deadline(cls, l_out)
+        # per request: output-length quantiles, the deadline at l_out and at both (`cap`:
+        # `CSUCB.decide`'s deadline_cap)
+        self.lq = b.stats.quantile_pairs()[b.class_of[cls]]
+        self.deadline, self.rhs = b.deadlines(cls, l_out, self.lq, cap)
         g = len(reps)
         # Columns are added as levels are computed (a large-fleet round uses ~14 a group,
         # 27 at most); np.empty touches no memory until written, so room for the usual
@@ -72,9 +77,7 @@ class Scores:
         self.post = np.stack((*st.arm_posterior(), np.array(exploration_lift(b)[1])))
         self.scale = b.energy_scale[cls]
         self.l_out1 = np.maximum(l_out, 1.0)
-        dl_s, dl_tok = b.deadline_s[cls], b.deadline_per_token[cls]
-        lq = st.quantile_pairs()[b.class_of[cls]]
-        self.lq, self.rhs = lq, dl_s[:, None] + dl_tok[:, None] * lq
+        lq = self.lq
         self.bits = upload_bits(l_in, attach) + download_bits(l_out)
         # In the order of `kernels.L_IN` .. (rows) and `kernels.OCC` .. (groups).
         self.rows = np.stack(

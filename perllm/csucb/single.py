@@ -5,6 +5,7 @@ Same decisions and learned state as the batch calls (tests/unit/test_router_shar
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -27,12 +28,14 @@ class One(NamedTuple):
     shed: bool
 
 
-def decide_one(b: CSUCB, req: Lists) -> One:
-    """`b.decide` of a round of one request (`req`: its arguments as lists)."""
+def decide_one(b: CSUCB, req: Lists, cap: float = math.inf) -> One:
+    """`b.decide` of a round of one request (`req`: its arguments as lists; `cap`: its
+    deadline_cap, inf for none)."""
+    caps = None if cap == math.inf else [cap]
     small = b.t.n_servers <= b.cfg.max_candidates  # `decide`'s small-round path
     if small:
         b._current().rounds += 1
-        got = play(b, req)
+        got = play(b, req, caps)
         if got is not None:
             r, (choice, lvl_of, ok, shed, _) = got
             e = r.picked(0, choice[0], lvl_of[0], shed[0])
@@ -40,7 +43,8 @@ def decide_one(b: CSUCB, req: Lists) -> One:
             return One(choice[0], ok[0], e.time, e.energy, e.fixed, e.per_token, shed[0])
     f = [np.array(x, float) for x in req[1:]]
     args = (np.array(req[0], np.intp), f[0], f[1], f[2], f[3], f[4], f[5], f[6])
-    d = b._decide_arrays(args, None, False) if small else b.decide(*args)
+    cap_a = None if caps is None else np.array(caps)
+    d = b._decide_arrays(args, None, False, cap_a) if small else b.decide(*args, deadline_cap=cap_a)
     return One(
         int(d.choice[0]), bool(d.feasible[0]), float(d.predicted_time[0]),
         float(d.predicted_energy[0]), float(d.predicted_fixed[0]),

@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -276,40 +277,42 @@ class Router(Membership):
         l_out = self._expected_out
         return l_out if req.max_tokens is None else min(l_out, float(req.max_tokens))
 
-    def ticket(self, members: Members, req: Parsed, now: float) -> Ticket:
+    def ticket(
+        self, members: Members, req: Parsed, now: float, tight: float | None = None
+    ) -> Ticket:
         """CS-UCB's placement of `req` among `members` with their load at `now`
-        (`time.perf_counter()`, or a replay's clock: `perllm.burst.simulate_arm`)."""
+        (`time.perf_counter()`, or a replay's clock: `perllm.burst.simulate_arm`), to meet
+        the service's deadline or `tight` (a client's `x-perllm-deadline-s`) if shorter."""
         flights = [self.backlog(n) for n in members.names]
         running, waiting = members.decider.load_lists(
             0, [len(f) for f in flights], [f.waiting(now) for f in flights]
         )
         return members.decider.decide_one(
             0, req.prompt_tokens, self.expected_out(req), req.attach_bytes, self._min_quality,
-            running, waiting, members.bw.tolist(),
+            running, waiting, members.bw.tolist(), math.inf if tight is None else tight,
         )  # fmt: skip
 
     def _decide(self, members: Members, req: Parsed, tight: float | None) -> Ticket:
         t = time.perf_counter()
-        ticket = self.ticket(members, req, t)
+        ticket = self.ticket(members, req, t, tight)
         self.metrics.decide_s.observe(time.perf_counter() - t)
+        if ticket.server < 0:  # (CS-UCB's own shed rule: no backend to send it to)
+            raise Shed(503, "deadline_unmeetable", "no backend can meet the deadline")
         b = members.backends[ticket.server]
-        l_out = self.expected_out(req)
-        budget = self._feedback.budget(l_out)
-        if self.config.shed:
-            if not ticket.feasible:
-                raise Shed(
-                    503,
-                    "deadline_unmeetable",
-                    f"no backend can meet the deadline ({budget:.3g}s at {l_out:g} output "
-                    f"tokens); least violating {b.name}: predicted {ticket.predicted_time:.3g}s",
-                )
-            if tight is not None and ticket.predicted_time > tight:
-                raise Shed(
-                    503,
-                    "deadline_unmeetable",
-                    f"x-perllm-deadline-s {tight:g}s: best backend {b.name} predicts "
-                    f"{ticket.predicted_time:.3g}s",
-                )
+        if self.config.shed and not ticket.feasible:
+            l_out = self.expected_out(req)
+            budget = self._feedback.budget(l_out)
+            what = (
+                f"the deadline ({budget:.3g}s at {l_out:g} output tokens)"
+                if tight is None or tight >= budget
+                else f"x-perllm-deadline-s {tight:g}s"
+            )
+            raise Shed(
+                503,
+                "deadline_unmeetable",
+                f"no backend can meet {what}; least violating {b.name}: predicted "
+                f"{ticket.predicted_time:.3g}s",
+            )
         bm = members.metrics[ticket.server]
         (bm.feasible if ticket.feasible else bm.infeasible).inc()
         if ticket.explored:

@@ -186,11 +186,13 @@ class Decider:
         running: list[float],
         waiting: list[float],
         bw_mbps: list[float],
+        deadline_cap: float = math.inf,
     ) -> Ticket:
-        """`decide` for one request (what the router does), without arrays of one."""
+        """`decide` for one request (what the router does), without arrays of one;
+        `deadline_cap`: a deadline (s) tighter than the class's (a client's header)."""
         before = self.bandit.stats.plays[self._cls_row[cls]].tolist()
         req = ([cls], [l_in], [l_out], [attach], [min_quality], running, waiting, bw_mbps)
-        d = single.decide_one(self.bandit, req)
+        d = single.decide_one(self.bandit, req, deadline_cap)
         j = max(d.choice, 0)  # -1: shed, never sent
         return Ticket(
             cls, d.choice, d.feasible, d.predicted_time, d.predicted_energy, d.predicted_fixed,
@@ -208,6 +210,7 @@ class Decider:
         running: F,
         waiting: F,
         bw_mbps: F,
+        deadline_cap: Sequence[float] | None = None,
     ) -> list[Ticket]:
         """One CS-UCB round (the router decides rounds of one request)."""
         st = self.bandit.stats
@@ -222,6 +225,7 @@ class Decider:
             running,
             waiting,
             bw_mbps,
+            deadline_cap=None if deadline_cap is None else np.asarray(deadline_cap, float),
         )
         bw = bw_mbps.tolist()
         return [

@@ -401,6 +401,48 @@ def _twin_bandits(
     return a, b, rng
 
 
+@pytest.mark.parametrize("n", [1, 4, 30])  # the small-round path, and the vectorised one
+@pytest.mark.parametrize("shed", [False, True])
+def test_a_deadline_cap_decides_as_a_class_with_that_deadline(n: int, shed: bool) -> None:
+    """`deadline_cap` (a client's tighter deadline) is the class's deadline where shorter:
+    the same decisions and predictions as a bandit whose class has that deadline."""
+    cfg = CSUCBConfig(on_infeasible="shed" if shed else "least-late")
+    rng = np.random.default_rng(n)
+    for cap in (0.8, 2.5, 6.0):
+        loose = CSUCB(table(qa_deadline=20.0, qa_per_token=0.0), config=cfg)
+        tight = CSUCB(table(qa_deadline=cap, qa_per_token=0.0), config=cfg)
+        m = loose.t.n_servers
+        for b in (loose, tight):  # the same learned state
+            r = np.random.default_rng(3)
+            k = 40
+            b.update(r.integers(0, 2, k), r.integers(0, m, k), r.uniform(0.5, 20, k),
+                     r.uniform(0.5, 20, k), r.uniform(0, 500, k), r.uniform(1, 30, k),
+                     r.uniform(1, 800, k))  # fmt: skip
+        for _ in range(10):
+            args = (
+                np.zeros(n, np.intp),  # qa
+                np.round(rng.uniform(10, 3000, n)),
+                np.full(n, 150.0),
+                rng.choice([0.0, 50_000.0], n),
+                np.zeros(n),
+                rng.integers(0, 6, m).astype(float),
+                rng.integers(0, 2, m).astype(float),
+                loose.t.link_mbps * rng.uniform(0.05, 1, m),
+            )
+            a = loose.decide(*args, deadline_cap=np.full(n, cap))
+            b = tight.decide(*args)
+            for f in ("choice", "feasible", "shed", "predicted_time", "predicted_energy"):
+                np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+            assert not a.feasible.all() or cap > 2  # (the tight caps bind somewhere)
+        # a cap above the class's deadline changes nothing (it never loosens)
+        again = CSUCB(table(qa_deadline=cap, qa_per_token=0.0), config=cfg)
+        ref = CSUCB(table(qa_deadline=cap, qa_per_token=0.0), config=cfg)
+        d1 = again.decide(*args, deadline_cap=np.full(n, cap + 5.0))
+        d2 = ref.decide(*args)
+        np.testing.assert_array_equal(d1.choice, d2.choice)
+        np.testing.assert_array_equal(d1.feasible, d2.feasible)
+
+
 @pytest.mark.parametrize("seed, shed", [(s, False) for s in range(6)] + [(0, True), (1, True)])
 def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(
     seed: int, shed: bool
@@ -412,6 +454,7 @@ def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(
     cfg = CSUCBConfig(on_infeasible="shed", backlog_waiting=2.0) if shed else None
     fast, ref, rng = _twin_bandits(seed, cfg)
     m = fast.t.n_servers
+    crng = np.random.default_rng(1000 + seed)  # (its own stream: the rounds stay as they were)
     for _ in range(80):
         n = int(rng.integers(1, 19))  # up to past SMALL_ROUND: both paths on both sides
         # Half the rounds are lenient batch work on equally loaded servers: equal scores
@@ -429,7 +472,12 @@ def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(
             np.zeros(m) if lenient else rng.integers(0, 3, m).astype(float),
             fast.t.link_mbps if rng.random() < 0.3 else fast.t.link_mbps * rng.uniform(0.05, 1, m),
         )
-        d1, d2 = fast.decide(*args), ref.decide(*args, explain=True)
+        # a third of the rounds: some requests with a tighter deadline (a client's header)
+        cap = None
+        if crng.random() < 0.33:
+            cap = np.where(crng.random(n) < 0.5, np.inf, crng.uniform(0.5, 15, n))
+        d1 = fast.decide(*args, deadline_cap=cap)
+        d2 = ref.decide(*args, explain=True, deadline_cap=cap)
         for f in ("choice", "feasible", "shed", "predicted_time", "predicted_energy"):
             np.testing.assert_array_equal(getattr(d1, f), getattr(d2, f), err_msg=f)
         for f in ("predicted_fixed", "predicted_per_token"):

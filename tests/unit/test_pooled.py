@@ -37,6 +37,7 @@ def test_pooled_path_decides_exactly_as_per_server(seed: int) -> None:
     pooled, full = _pair(seed, shed=seed % 2 == 1)
     rng = np.random.default_rng(100 + seed)
     m = pooled.t.n_servers
+    crng = np.random.default_rng(200 + seed)  # (its own stream: the rounds stay as they were)
     for i in range(16):
         n = int(rng.integers(1, 60))
         # mostly idle fleets half the time: large groups, requests beyond their first server
@@ -62,7 +63,12 @@ def test_pooled_path_decides_exactly_as_per_server(seed: int) -> None:
             bw,
         )
         # odd rounds: explanations (per candidate server) choose as the pooled path does
-        a, b = pooled.decide(*args, explain=i % 2 == 1), full.decide(*args)
+        # every third round: some requests with a tighter deadline (a client's header)
+        cap = None
+        if i % 3 == 1:
+            cap = np.where(crng.random(n) < 0.5, np.inf, crng.uniform(0.5, 15, n))
+        a = pooled.decide(*args, explain=i % 2 == 1, deadline_cap=cap)
+        b = full.decide(*args, deadline_cap=cap)
         assert a.choice.tolist() == b.choice.tolist()
         assert a.shed.tolist() == b.shed.tolist()
         assert a.feasible.tolist() == b.feasible.tolist()

@@ -297,6 +297,32 @@ def test_without_shedding_the_least_violating_backend_serves() -> None:
     run(go())
 
 
+def test_a_header_deadline_tightens_the_decision_itself() -> None:
+    """`x-perllm-deadline-s` is the request's deadline where shorter than the service's,
+    in CS-UCB's decision (not only in shedding): a deadline the edge's prediction cannot
+    meet sends the request to the fastest backend (it was decided on the service's
+    deadline, which the edge meets, and so went to the edge)."""
+
+    async def go() -> None:
+        r, _, c = await router()
+
+        async def decisions(n: int, headers: dict[str, str]) -> list[str]:
+            out = []
+            for _ in range(n):
+                resp = await c.post("/v1/chat/completions", json=CHAT, headers=headers)
+                assert resp.status_code == 200, resp.text
+                out.append(resp.headers["x-perllm-decision"])
+            return out
+
+        plain = await decisions(4, {})
+        assert any(d.startswith("backend=edge-gpu;") and "feasible=true" in d for d in plain)
+        tight = await decisions(6, {"x-perllm-deadline-s": "1e-9"})
+        assert all(d.startswith("backend=cloud;") and "feasible=false" in d for d in tight)
+        await r.aclose()
+
+    run(go())
+
+
 def test_a_hanging_backend_times_out_and_frees_its_slot() -> None:
     async def go() -> None:
         stubs = {"edge-gpu": StubBackend("e", hang=True), "cloud": StubBackend("c", hang=True)}

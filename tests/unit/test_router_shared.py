@@ -3,6 +3,8 @@ requests and outcomes, make the same decisions."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from perllm.costmodel import download_bits, upload_bits
@@ -176,9 +178,12 @@ def test_one_request_path_decides_and_learns_like_the_batch_path() -> None:
             inflight = rng.integers(0, 300, m) * (rng.random(m) < 0.5)
             running, waiting = a.load_lists(k, inflight.tolist(), (inflight // 3).tolist())
             bw = (rng.choice([0.5, 20.0, 300.0], m)).tolist()
-            one = a.decide_one(k, l_in, l_out, attach, floor, running, waiting, bw)
+            # a client's tighter deadline on a third of them (x-perllm-deadline-s)
+            cap = float(rng.uniform(0.3, 20.0)) if rng.random() < 0.33 else math.inf
+            one = a.decide_one(k, l_in, l_out, attach, floor, running, waiting, bw, cap)
             (batch,) = b.decide([k], [l_in], [l_out], [attach], [floor],
-                                np.array(running), np.array(waiting), np.array(bw))  # fmt: skip
+                                np.array(running), np.array(waiting), np.array(bw),
+                                None if cap == math.inf else [cap])  # fmt: skip
             assert repr(one) == repr(batch)
             if one.server < 0:
                 shed += 1
