@@ -3,9 +3,10 @@ would declare for it."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from perllm.contract import (
     EnergyWeights,
@@ -42,6 +43,14 @@ class Admission(Strict):
     timeout_s: Annotated[float, Field(gt=0)] = 30.0
 
 
+# A scenario's name keys the reports and names output files (`perllm sweep` writes
+# <name>-<axis>.json/.csv/.png into --out): a file-safe name, never a path ("../x", "/tmp/x")
+# nor empty. Lower-case only, so that two names never share a file on a case-insensitive
+# file system.
+SCENARIO_NAME = re.compile(r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?")
+MAX_SCENARIO_NAME = 63
+
+
 class Scenario(Strict):
     name: str
     description: str = ""
@@ -62,6 +71,16 @@ class Scenario(Strict):
     @property
     def catalogue(self) -> Catalogue:
         return default_catalogue().merged(self.models, self.hardware)
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe_name(cls, v: str) -> str:
+        if len(v) > MAX_SCENARIO_NAME or not SCENARIO_NAME.fullmatch(v):
+            raise ValueError(
+                f"must be 1 to {MAX_SCENARIO_NAME} lower-case letters, digits, '-', '.' or '_', "
+                f"starting and ending with a letter or digit (it names output files), got {v!r}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 import yaml
 from trace_scenarios import trace_scenario
+from typer.testing import CliRunner
 
 from perllm import policies
+from perllm.cli import app
 from perllm.scenario import (
     REFERENCE_SCENARIOS,
     ScenarioError,
@@ -143,6 +145,26 @@ def test_malformed_scenario_names_the_field(path: str, value: Any, field: str) -
         parse_scenario(_set(base(), path, value), "bad.yaml")
     assert field in str(e.value)
     assert "bad.yaml" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "name", ["../escaped/x", "/tmp/abs", "a/b", "", "   ", "Paper", "-x", "x.", "n" * 64]
+)
+def test_a_scenario_name_is_a_file_safe_name(tmp_path: Path, name: str) -> None:
+    """The name names output files (`perllm sweep` writes <name>-<axis>.json into --out):
+    a path would write outside it, an empty name is none; `scenarios validate` says so."""
+    with pytest.raises(ScenarioError, match=r"bad\.yaml: invalid scenario:\n  name: must be"):
+        parse_scenario(base() | {"name": name}, "bad.yaml")
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(base() | {"name": name}))
+    res = CliRunner().invoke(app, ["scenarios", "validate", str(f)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "name: must be 1 to 63 lower-case letters" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("name", ["x", "my-scenario.v2", "a_b", "0", "n" * 63])
+def test_file_safe_scenario_names_load(name: str) -> None:
+    assert parse_scenario(base() | {"name": name}, "ok.yaml").name == name
 
 
 def test_a_class_no_server_can_run_is_refused_at_load() -> None:

@@ -188,6 +188,20 @@ def test_cli_rejects_bad_input(tmp_path: Path, args: list[str], message: str) ->
     assert not list(tmp_path.iterdir())
 
 
+def test_a_scenario_name_cannot_write_outside_out(tmp_path: Path) -> None:
+    """Its files are named after the scenario: a name that is a path is refused at load,
+    before anything runs or is written (it wrote ../escaped/x-load.json beside --out)."""
+    import yaml
+
+    f = trace_scenario(tmp_path, "time_s\n1\n")
+    for name in ("../escaped/x", str(tmp_path / "abs"), ""):
+        f.write_text(yaml.safe_dump(yaml.safe_load(f.read_text()) | {"name": name}))
+        res = runner.invoke(app, ["sweep", str(f), "--load", "4", "--out", str(tmp_path / "o")])
+        assert res.exit_code == 2, res.output
+        assert "name: must be 1 to 63 lower-case letters" in " ".join(res.output.split())
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml", "t.csv"]
+
+
 def _bench_sweep_argv() -> Callable[[list[str]], list[str]]:
     import importlib.util
 
