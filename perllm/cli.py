@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perllm import policies
-from perllm.cli_args import number
+from perllm.cli_args import number, wait_seconds
 from perllm.cli_outputs import ensure_writable
 from perllm.cli_report import print_report
 from perllm.scenario import (
@@ -276,7 +276,7 @@ def _mount_operator() -> None:
         prometheus: str | None = typer.Option(
             None, envvar="PERLLM_PROMETHEUS_URL", help="Prometheus URL for status telemetry."
         ),
-        status_interval: float = typer.Option(
+        status_interval: float = wait_seconds(
             30.0,
             "--status-interval",
             min=1.0,

@@ -1,33 +1,103 @@
-"""Command-line numbers: float options are declared through `number` (or `wait_seconds`),
-so the checks that typer leaves to us are written once. typer's ranges refuse NaN, but an
-option with only `min=` takes `inf` (`--timeout inf`, `--duration inf`): a thread's
-`Event.wait(inf)` then raises OverflowError, an infinite duration never ends. (The
-operator's `--status-interval`, the agent's probe options and `sweep --duration` are
-checked where they are used: `Config`, `Prober`, the sweep's own argument check.)"""
+"""Command-line numbers, declared once here so that every command checks them alike.
+
+Float options are declared through `number` (or `wait_seconds`): the value must be a finite
+number (`inf` would pass a `min=` alone: a thread's `Event.wait(inf)` raises OverflowError,
+an infinite duration never ends), then within the option's range. Both checks are the
+option's parser, so `--speed nan` says "must be a finite number", not "should be ≤ 1000":
+typer checks its own `min=`/`max=` before any callback, and NaN fails any range. The range
+is still shown in `--help`. (`Config` and `Prober` check the operator's `--status-interval`
+and the agent's probe options again where they are used; `sweep --duration` is checked
+with the sweep's other arguments.)
+
+Ports are declared through `port` (at most 65535), seeds through `seed` (not negative:
+numpy refuses a negative seed with a traceback). The bench scripts' argparse flags take
+`at_least`, the same checks."""
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Callable
 from typing import Any
 
 import typer
 
 from perllm.waits import MAX_WAIT_S
 
+MAX_PORT = 65535
 
-def finite(value: float | None) -> float | None:
-    """A typer callback: `value` if it is a finite number (or not given), else a usage
-    error naming the option (exit 2)."""
-    if value is not None and not math.isfinite(value):
+
+def check_number(value: float, lo: float | None = None, hi: float | None = None) -> float:
+    """`value` if it is finite and within [lo, hi], else `typer.BadParameter` (a usage
+    error naming the option, exit 2): the non-finite case first, whatever the range."""
+    if not math.isfinite(value):
         raise typer.BadParameter(f"must be a finite number, got {value}")
+    if lo is not None and value < lo:
+        raise typer.BadParameter(f"must be ≥ {lo:g}, got {value:g}")
+    if hi is not None and value > hi:
+        raise typer.BadParameter(f"must be ≤ {hi:g}, got {value:g}")
     return value
 
 
-def number(default: Any = ..., *param_decls: str, **kw: Any) -> Any:
-    """`typer.Option` of a float that must be finite (`finite`); the rest as typer takes it."""
-    return typer.Option(default, *param_decls, callback=finite, **kw)
+def _parser(
+    lo: float | None, hi: float | None, kind: type[int] | type[float] = float
+) -> Callable[[Any], Any]:
+    def parse(text: Any) -> Any:
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            what = "an integer" if kind is int else "a number"
+            raise typer.BadParameter(f"{text!r} is not {what}") from None
+        return check_number(value, lo, hi)
+
+    return parse
+
+
+def number(
+    default: Any = ...,
+    *param_decls: str,
+    min: float | None = None,  # (typer's names)
+    max: float | None = None,
+    **kw: Any,
+) -> Any:
+    """`typer.Option` of a float that must be finite and within [min, max] (`check_number`);
+    the rest as typer takes it."""
+    return typer.Option(default, *param_decls, min=min, max=max, parser=_parser(min, max), **kw)
 
 
 def wait_seconds(default: float, *param_decls: str, **kw: Any) -> Any:
     """`number` of seconds a thread or socket waits: at most `perllm.waits.MAX_WAIT_S`."""
     return number(default, *param_decls, max=MAX_WAIT_S, **kw)
+
+
+def port(default: int | None, *param_decls: str, zero: bool = False, **kw: Any) -> Any:
+    """`typer.Option` of a TCP port: 1..65535, or 0..65535 where `zero` (0 meaning any free
+    port, or none, as the option's help says)."""
+    lo = 0 if zero else 1
+    return typer.Option(
+        default, *param_decls, min=lo, max=MAX_PORT, parser=_parser(lo, MAX_PORT, int), **kw
+    )
+
+
+def seed(default: int = 0, *param_decls: str, **kw: Any) -> Any:
+    """`typer.Option` of a random seed: an integer ≥ 0."""
+    return typer.Option(default, *param_decls, min=0, parser=_parser(0, None, int), **kw)
+
+
+def at_least(
+    low: float, kind: type[int] | type[float] = float, high: float | None = None
+) -> Callable[[str], Any]:
+    """An argparse `type` for the bench scripts: a finite number of `kind` in [low, high],
+    else a usage error naming the flag (exit 2), as `number` is for the typer commands."""
+
+    def parse(text: str) -> Any:
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        try:
+            return check_number(x, low, high)
+        except typer.BadParameter as e:
+            raise argparse.ArgumentTypeError(e.message) from None
+
+    return parse

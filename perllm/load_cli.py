@@ -12,6 +12,7 @@ import httpx
 import typer
 
 from perllm.cli_args import number
+from perllm.cli_args import seed as cli_seed
 from perllm.load import Report, plan, replay
 
 
@@ -59,7 +60,7 @@ def register(app: typer.Typer) -> None:
     def load_cmd(
         scenario: str = typer.Argument(..., help="Scenario file or built-in name."),
         target: str = typer.Option(..., "--target", help="Base URL, e.g. http://127.0.0.1:8080."),
-        seed: int = typer.Option(0),
+        seed: int = cli_seed(0, help="Seed of arrivals and lengths."),
         speed: float = number(1.0, min=0.01, max=1000.0, help="Time compression."),
         max_requests: int = typer.Option(200, min=1, max=100_000),
         max_duration: float = number(60.0, min=0.1, max=3600.0, help="Seconds of sending."),

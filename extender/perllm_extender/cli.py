@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from perllm.cli_args import port as cli_port
 from perllm.cli_args import wait_seconds
 from perllm.logsetup import configure
 
@@ -49,7 +50,7 @@ def register(app: typer.Typer) -> None:
     @app.command("extender")
     def extender_cmd(
         host: str = typer.Option("127.0.0.1", help="Listen address (loopback by default)."),
-        port: int = typer.Option(8888, help="Listen port (the devcluster's urlPrefix uses 8888)."),
+        port: int = cli_port(8888, help="Listen port (the devcluster's urlPrefix uses 8888)."),
         prefix: str = typer.Option("/scheduler", help="Path prefix of /filter and /prioritize."),
         prometheus: str | None = typer.Option(
             None,
@@ -107,10 +108,9 @@ def register(app: typer.Typer) -> None:
             help="Act only on pods the API server knows as sent (uid, service label, "
             "schedulerName, unbound); --no-verify-pods: benchmarks with synthetic pods only.",
         ),
-        metrics_port: int = typer.Option(
+        metrics_port: int = cli_port(
             0,
-            min=0,
-            max=65535,
+            zero=True,
             help="Plain-HTTP port for /healthz, /readyz and /metrics only (kubelet probes, "
             "Prometheus); 0: none.",
         ),

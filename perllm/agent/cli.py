@@ -13,6 +13,8 @@ import typer
 
 from perllm.agent.probe import DEFAULT_BYTES, MAX_BYTES
 from perllm.agent.rapl import DEFAULT_ROOT
+from perllm.cli_args import port as cli_port
+from perllm.cli_args import wait_seconds
 from perllm.logsetup import configure
 
 
@@ -26,19 +28,19 @@ def register(app: typer.Typer) -> None:
             help="Kubernetes node name (the `node`/`Hostname` label; default: the hostname).",
         ),
         host: str = typer.Option("0.0.0.0", help="Listen address."),
-        port: int = typer.Option(9401, min=0, max=65535, help="Listen port (0: any free)."),
+        port: int = cli_port(9401, zero=True, help="Listen port (0: any free)."),
         peer: list[str] = typer.Option(  # noqa: B008
             [],
             "--peer",
             help="Peer agent to probe, URL or NAME=URL, e.g. http://cloud-1:9401 (repeatable).",
         ),
-        probe_interval: float = typer.Option(
+        probe_interval: float = wait_seconds(
             300.0, min=0.001, help="Seconds between path probes (each loads the link)."
         ),
         probe_bytes: int = typer.Option(
             DEFAULT_BYTES, min=1, max=MAX_BYTES, help="Bytes downloaded per probe."
         ),
-        probe_timeout: float = typer.Option(30.0, min=0.001, help="Deadline of one probe, s."),
+        probe_timeout: float = wait_seconds(30.0, min=0.001, help="Deadline of one probe, s."),
         rapl_root: Path = typer.Option(  # noqa: B008
             DEFAULT_ROOT, help="powercap directory holding intel-rapl:N zones."
         ),

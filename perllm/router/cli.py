@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from perllm.cli_args import port as cli_port
 from perllm.logsetup import configure
 
 
@@ -14,7 +15,7 @@ def register(app: typer.Typer) -> None:
             ..., "--config", envvar="PERLLM_ROUTER_CONFIG", help="Router YAML (docs/router.md)."
         ),
         host: str = typer.Option("127.0.0.1", envvar="PERLLM_ROUTER_HOST", help="Listen address."),
-        port: int = typer.Option(8080, envvar="PERLLM_ROUTER_PORT", help="Listen port."),
+        port: int = cli_port(8080, envvar="PERLLM_ROUTER_PORT", help="Listen port."),
         log_level: str = typer.Option("info"),
     ) -> None:
         """OpenAI-compatible endpoint that places every request with CS-UCB (edge or cloud)."""

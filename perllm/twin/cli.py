@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from perllm.cli_args import number, wait_seconds
+from perllm.cli_args import port as cli_port
+from perllm.cli_args import seed as cli_seed
 from perllm.logsetup import configure
 from perllm.twin.records import MAX_REQUESTS_PER_SLOT
 
@@ -23,7 +25,7 @@ def register(app: typer.Typer) -> None:
             help="Scenario file or built-in name (its servers must be the cluster's nodes).",
         ),
         host: str = typer.Option("127.0.0.1", envvar="PERLLM_TWIN_HOST", help="Listen address."),
-        port: int = typer.Option(9402, envvar="PERLLM_TWIN_PORT", help="Listen port (/metrics)."),
+        port: int = cli_port(9402, envvar="PERLLM_TWIN_PORT", help="Listen port (/metrics)."),
         speed: float = number(
             1.0,
             envvar="PERLLM_TWIN_SPEED",
@@ -31,7 +33,7 @@ def register(app: typer.Typer) -> None:
             max=MAX_SPEED,
             help="Simulated seconds per wall second.",
         ),
-        seed: int = typer.Option(0, help="Seed of arrivals, lengths, noise and bandwidth."),
+        seed: int = cli_seed(0, help="Seed of arrivals, lengths, noise and bandwidth."),
         poll_interval: float = wait_seconds(
             1.0, min=0.1, help="Seconds between reads of services, pods and nodes."
         ),
@@ -42,7 +44,7 @@ def register(app: typer.Typer) -> None:
             help="Requests simulated per service and slot at most (the rest is counted as "
             "dropped), so an absurd declared rate cannot stall the twin.",
         ),
-        openai_port: int | None = typer.Option(
+        openai_port: int | None = cli_port(
             None,
             envvar="PERLLM_TWIN_OPENAI_PORT",
             help="Also serve each pod as an OpenAI endpoint (/pods/<ns>/<pod>/v1/...) here.",
@@ -88,9 +90,9 @@ def register_openai(app: typer.Typer) -> None:
     def twin_openai_cmd(
         scenario: str = typer.Option(..., "--scenario", help="Scenario file or built-in name."),
         host: str = typer.Option("127.0.0.1", help="Listen address."),
-        port: int = typer.Option(9403, help="Listen port."),
+        port: int = cli_port(9403, help="Listen port."),
         speed: float = number(1.0, min=0.01, max=MAX_SPEED, help="Simulated s per wall s."),
-        seed: int = typer.Option(0, help="Seed of output lengths and speed noise."),
+        seed: int = cli_seed(0, help="Seed of output lengths and speed noise."),
     ) -> None:
         """Without a cluster: pod <class>-<node> in namespace default for every (class, node)
         of the scenario that can run, as OpenAI endpoints timed by the world model."""

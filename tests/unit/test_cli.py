@@ -128,10 +128,16 @@ def test_simulate_rejects_a_duration_that_is_no_finite_number(value: str) -> Non
 TARGET = ["--target", "http://127.0.0.1:9"]
 
 
+def flat(output: str) -> str:
+    """The error's words on one line: rich draws it in a box, wrapped at 80 columns."""
+    return " ".join(output.replace("│", " ").split())
+
+
 @pytest.mark.parametrize(
     "argv",
     [
         ["load", "demo", *TARGET, "--timeout", "inf"],
+        ["load", "demo", *TARGET, "--timeout", "nan"],
         ["load", "demo", *TARGET, "--speed", "nan"],
         ["load", "demo", *TARGET, "--max-duration", "nan"],
         ["twin-openai", "--scenario", "demo", "--speed", "nan"],
@@ -139,17 +145,86 @@ TARGET = ["--target", "http://127.0.0.1:9"]
         ["demo", "--duration", "inf"],
         ["demo", "--speed", "nan"],
         ["simulate", "paper-llama2-7b", "--duration", "inf"],
+        ["simulate", "paper-llama2-7b", "--duration", "nan"],
+        ["agent", "--probe-interval", "nan"],
+        ["operator", "--status-interval", "nan"],
     ],
 )
 def test_float_options_refuse_nan_and_inf_before_anything_runs(argv: list[str]) -> None:
-    """typer's ranges refuse NaN but let inf through an option with only `min=`:
-    `perllm.cli_args.finite` refuses it too, naming the option (exit 2)."""
+    """typer's ranges let inf through an option with only `min=`, and NaN failed them
+    with a range it is not out of ("should be ≤ 1000"): `perllm.cli_args.number` says
+    what is wrong, naming the option (exit 2)."""
     res = runner.invoke(app, argv)
     assert res.exit_code == 2, res.output
-    out = " ".join(res.output.split())
-    assert argv[-2] in out, out
-    if argv[-1] == "inf":
-        assert "must be a finite number, got inf" in out, out
+    assert isinstance(res.exception, SystemExit)
+    out = flat(res.output)
+    assert f"Invalid value for '{argv[-2]}'" in out, out
+    assert f"must be a finite number, got {argv[-1]}" in out, out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["load", "demo", *TARGET, "--speed", "2000"], "must be ≤ 1000, got 2000"),
+        (["load", "demo", *TARGET, "--timeout", "0"], "must be ≥ 0.1, got 0"),
+        (["simulate", "paper-llama2-7b", "--duration", "0.5"], "must be ≥ 1, got 0.5"),
+        (["twin-openai", "--scenario", "demo", "--speed", "x"], "'x' is not a number"),
+    ],
+)
+def test_float_options_out_of_range_say_the_range(argv: list[str], message: str) -> None:
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2, res.output
+    out = flat(res.output)
+    assert f"Invalid value for '{argv[-2]}'" in out and message in out, out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["twin-openai", "--scenario", "demo", "--port", "99999"], "must be ≤ 65535, got 99999"),
+        (["twin-openai", "--scenario", "demo", "--port", "-1"], "must be ≥ 1, got -1"),
+        (["router", "--config", "r.yaml", "--port", "99999"], "must be ≤ 65535, got 99999"),
+        (["router", "--config", "r.yaml", "--port", "-1"], "must be ≥ 1, got -1"),
+        (["twin", "--scenario", "demo", "--port", "65536"], "must be ≤ 65535, got 65536"),
+        (["twin", "--scenario", "demo", "--openai-port", "0"], "must be ≥ 1, got 0"),
+        (["extender", "--no-kube", "--port", "70000"], "must be ≤ 65535, got 70000"),
+        (["extender", "--no-kube", "--metrics-port", "-1"], "must be ≥ 0, got -1"),
+        (["agent", "--port", "65536"], "must be ≤ 65535, got 65536"),
+        (["agent", "--port", "1.5"], "'1.5' is not an integer"),
+    ],
+)
+def test_port_options_are_bounded(argv: list[str], message: str) -> None:
+    """`--port 99999` listened on 34463 (the port modulo 65536), `--port -1` failed with an
+    errno message: every port option is `perllm.cli_args.port` (exit 2, naming it)."""
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)
+    out = flat(res.output)
+    assert f"Invalid value for '{argv[-2]}'" in out and message in out, out
+
+
+def test_a_port_from_the_environment_is_bounded_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERLLM_ROUTER_PORT", "99999")
+    res = runner.invoke(app, ["router", "--config", "r.yaml"])
+    assert res.exit_code == 2 and "must be ≤ 65535, got 99999" in flat(res.output)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["load", "demo", *TARGET, "--seed", "-5"],
+        ["twin-openai", "--scenario", "demo", "--seed", "-1"],
+        ["twin", "--scenario", "demo", "--seed", "-1"],
+    ],
+)
+def test_a_negative_seed_is_refused(argv: list[str]) -> None:
+    """numpy refuses a negative seed with a ValueError traceback (after the scenario was
+    loaded, the twin's endpoints printed): `perllm.cli_args.seed` refuses it first."""
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)
+    out = flat(res.output)
+    assert "Invalid value for '--seed'" in out and f"must be ≥ 0, got {argv[-1]}" in out, out
 
 
 def test_scenarios_show_prints_the_file_verbatim(tmp_path: Path) -> None:
