@@ -37,13 +37,15 @@ from perllm.burst import (
     simulate_arm,
     table,
 )
+from perllm.cli_args import at_least
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=90.0, help="arrivals over this long")
-    ap.add_argument("--burst", type=float, default=5.0, help="rate factor of the burst")
-    ap.add_argument("--seed", type=int, default=1)
+    # as `perllm demo`'s routed phase: a burst multiplies the rate by at least 1
+    ap.add_argument("--seconds", type=at_least(1), default=90.0, help="arrivals over this long")
+    ap.add_argument("--burst", type=at_least(1), default=5.0, help="rate factor of the burst")
+    ap.add_argument("--seed", type=at_least(0, int), default=1)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--simulated", action="store_true", help="in simulated time, not real")
     a = ap.parse_args()

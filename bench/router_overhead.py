@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from perllm.cli_args import MAX_PORT, at_least
+
 ROOT = Path(__file__).resolve().parent.parent
 BODY = json.dumps(
     {
@@ -306,7 +308,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, default=18431)
+    ap.add_argument("--port", type=at_least(1, int, MAX_PORT), default=18431)
     ap.add_argument("--requests", type=int, default=640, help="per concurrency and round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0, help="throughput run per side")

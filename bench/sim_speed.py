@@ -19,14 +19,13 @@ import argparse
 import cProfile
 import io
 import json
-import math
 import pstats
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from perllm import policies
+from perllm.cli_args import at_least
 from perllm.scenario import load_scenario
 from perllm.world.sim import simulate
 
@@ -73,24 +72,9 @@ def rate(
     }
 
 
-def _at_least(low: float, kind: type[int] | type[float]) -> Callable[[str], float]:
-    """An argparse type: a number of `kind` ≥ low (finite), else a usage error."""
-
-    def parse(text: str) -> float:
-        try:
-            x = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(x) or x < low:
-            raise argparse.ArgumentTypeError(f"must be ≥ {low:g}, got {text}")
-        return x
-
-    return parse
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    count = _at_least(1, int)
+    count = at_least(1, int)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--seeds", type=count, default=3)
     ap.add_argument("--fleet-seeds", type=count, default=1)
@@ -98,7 +82,7 @@ def main() -> None:
     ap.add_argument("--scenario", action="append", choices=SCENARIOS, help="default: both")
     ap.add_argument(
         "--duration",
-        type=_at_least(1, float),  # as `perllm simulate --duration`
+        type=at_least(1, float),  # as `perllm simulate --duration`
         help="simulated seconds, at least 1 (default: the scenario's)",
     )
     ap.add_argument("--profile", type=count, metavar="N", help="print the N costliest functions")
