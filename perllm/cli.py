@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perllm import policies
 from perllm.cli_args import number, wait_seconds
-from perllm.cli_outputs import ensure_writable
+from perllm.cli_outputs import ensure_writable, output_path
 from perllm.cli_report import print_report
 from perllm.scenario import (
     REFERENCE_SCENARIOS,
@@ -86,9 +86,9 @@ def simulate(
         number(help="Override each scenario's duration (s).", min=1),
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the JSON report here.")
+        Path | None, output_path(..., "--json", help="Write the JSON report here.")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Write PNG plots to this directory.")] = None,
+    out: Annotated[Path | None, output_path(..., help="Write PNG plots to this directory.")] = None,
     detail: Annotated[bool, typer.Option(help="Also print per-class tables.")] = False,
     bound: Annotated[
         bool,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -13,6 +14,7 @@ import typer
 
 from perllm.cli_args import number
 from perllm.cli_args import seed as cli_seed
+from perllm.cli_outputs import ensure_writable, output_path
 from perllm.load import Report, plan, replay
 
 
@@ -71,9 +73,10 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(None, help="Model name to send (default: class name)."),
         stream: bool = typer.Option(True, "--stream/--no-stream"),
         timeout: float = number(120.0, min=0.1, help="Per-request timeout (s)."),
-        json_out: str | None = typer.Option(None, "--json", help="Write the report here."),
+        json_out: Path | None = output_path(None, "--json", help="Write the report here."),  # noqa: B008
     ) -> None:
         """Replay a scenario's workload against an OpenAI-compatible endpoint; report."""
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         from perllm.scenario import ScenarioError, load_scenario
@@ -109,6 +112,9 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
             raise typer.Exit(2)
+        if json_out is not None:  # before the run, not after it (the results were lost)
+            err = Console(stderr=True, soft_wrap=True)
+            ensure_writable("--json", json_out.parent, err, json_out)
 
         async def run() -> Report:
             stop = asyncio.Event()  # Ctrl-C: stop, and report what ended
@@ -125,9 +131,8 @@ def register(app: typer.Typer) -> None:
             task = pr.add_task("requests", total=len(planned))
             report = asyncio.run(run())
         print_report(report)
-        if json_out:
-            with open(json_out, "w") as f:
-                f.write(report.to_json())
+        if json_out is not None:
+            json_out.write_text(report.to_json())
         if report.interrupted:
             typer.echo(
                 f"interrupted: the report is of the {report.sent} of {len(planned)} requests "

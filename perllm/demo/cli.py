@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from perllm.cli_args import number
-from perllm.cli_outputs import ensure_writable
+from perllm.cli_outputs import ensure_writable, output_path
 from perllm.twin.cli import MAX_SPEED
 
 
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         speed: float = number(
             10.0, min=0.1, max=MAX_SPEED, help="Twin: simulated seconds per second."
         ),
-        out: Path = typer.Option(Path("out/demo"), help="Summary JSON, PNG and logs (run/)."),  # noqa: B008
+        out: Path = output_path(Path("out/demo"), help="Summary JSON, PNG and logs (run/)."),  # noqa: B008
         live: bool = typer.Option(True, "--live/--no-live", help="Live terminal view."),
         warmup: float | None = number(
             None, min=0, help="Seconds excluded from the totals (default: a quarter of --duration)."

@@ -241,6 +241,8 @@ def parse_config(data: Any, source: str = "<config>") -> RouterConfig:
 
 
 def load_config(path: str | Path) -> RouterConfig:
+    if not str(path).strip():  # Path("") is ".": "cannot read: Is a directory"
+        raise RouterConfigError("the config path must not be empty: give a router YAML file")
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text())

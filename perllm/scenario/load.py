@@ -187,6 +187,11 @@ def _check_files(sc: Scenario, source: str) -> None:
 
 def load_scenario(path: str | Path) -> Scenario:
     """Load a scenario file, or a built-in scenario by name (see `builtin_scenarios`)."""
+    if not str(path).strip():  # Path("") is "." (the current folder): say what is wrong
+        raise ScenarioError(
+            "the scenario must not be empty: give a file or a built-in name "
+            f"({', '.join(builtin_scenarios())})"
+        )
     p = Path(path)
     if not p.exists():
         builtin = builtin_dir() / f"{path}.yaml"

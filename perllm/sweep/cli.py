@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from perllm.cli_outputs import ensure_writable
+from perllm.cli_outputs import ensure_writable, output_path
 
 if TYPE_CHECKING:
     from perllm.sweep.run import Sweep, SweepResult
@@ -147,9 +147,9 @@ def register(app: typer.Typer) -> None:
         bound: Annotated[
             bool, typer.Option("--bound/--no-bound", help="Hindsight bound at every point.")
         ] = True,
-        out: Annotated[Path, typer.Option(help="Folder for the JSON, CSV and PNG files.")] = Path(
-            "out/sweep"
-        ),
+        out: Annotated[
+            Path, output_path(..., help="Folder for the JSON, CSV and PNG files.")
+        ] = Path("out/sweep"),
     ) -> None:
         """Success, goodput, energy, edge share, quality violations, late/shed/rejected and the
         distance to the hindsight bound, against load and/or cloud bandwidth, for every

@@ -262,6 +262,47 @@ def test_simulate_checks_outputs_before_running(tmp_path: Path) -> None:
         assert args[0] in res.output and "simulating" not in res.output
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", ""],
+        ["sweep", "", "--load", "4"],
+        ["load", "", *TARGET],
+        ["twin-openai", "--scenario", ""],
+        ["twin", "--scenario", " "],
+        ["scenarios", "validate", ""],
+    ],
+)
+def test_an_empty_scenario_is_a_usage_error(argv: list[str]) -> None:
+    """ "" was the current folder (Path("") is "."): ".: cannot read: Is a directory"."""
+    res = runner.invoke(app, argv)
+    assert res.exit_code == (1 if argv[0] == "scenarios" else 2), res.output
+    assert isinstance(res.exception, SystemExit)
+    assert "the scenario must not be empty: give a file or a built-in name" in flat(res.output)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "paper-llama2-7b", "--json", ""],
+        ["simulate", "paper-llama2-7b", "--out", " "],
+        ["sweep", "paper-llama2-7b", "--load", "4", "--out", ""],  # (wrote into the cwd)
+        ["demo", "--out", ""],
+    ],
+)
+def test_an_empty_output_path_is_a_usage_error(argv: list[str]) -> None:
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2, res.output
+    out = flat(res.output)
+    assert f"Invalid value for '{argv[-2]}': must not be empty" in out, out
+
+
+def test_an_empty_router_config_is_a_usage_error() -> None:
+    res = runner.invoke(app, ["router", "--config", ""])
+    assert res.exit_code == 2, res.output
+    assert "error: the config path must not be empty: give a router YAML file" in res.output
+
+
 def test_python_dash_m_perllm_is_the_command() -> None:
     import subprocess
     import sys

@@ -167,3 +167,23 @@ def test_cli_rejects_a_target_with_a_query_and_a_duration_that_sends_nothing() -
     )
     assert res.exit_code == 2, res.output
     assert "no request arrives within --max-duration 0.1s (the first at" in res.output
+
+
+def test_cli_checks_json_before_sending_anything(tmp_path: Path) -> None:
+    """A --json folder (or a path under a file) raised IsADirectoryError/NotADirectoryError
+    after the whole run, its results lost; `--json ""` exited 0 having written nothing."""
+    from perllm.cli import app
+
+    (tmp_path / "f").write_text("a file")
+    for path, message in (
+        (str(tmp_path), f"--json: {tmp_path} is a folder"),
+        (str(tmp_path / "f" / "r.json"), f"--json: {tmp_path / 'f'} is not a folder"),
+        ("", "Invalid value for '--json': must not be empty"),
+    ):
+        res = CliRunner().invoke(
+            app, ["load", "demo", "--target", "http://127.0.0.1:9", "--json", path]
+        )
+        assert res.exit_code == 2, res.output
+        assert isinstance(res.exception, SystemExit)
+        out = " ".join(res.output.replace("│", " ").split())
+        assert message in out and "requests" not in out, out

@@ -229,6 +229,9 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
         load_scenario(tmp_path / "missing.yaml")
     with pytest.raises(ScenarioError, match="cannot read: Is a directory"):
         load_scenario(tmp_path)  # (an IsADirectoryError traceback in `perllm load DIR`)
+    for empty in ("", "  "):  # not the current folder (Path("") is "."): "is a directory"
+        with pytest.raises(ScenarioError, match=r"^the scenario must not be empty: give a file"):
+            load_scenario(empty)
     f.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(ScenarioError, match="not a text file"):
         load_scenario(f)
