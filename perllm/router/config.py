@@ -237,7 +237,10 @@ def parse_config(data: Any, source: str = "<config>") -> RouterConfig:
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise RouterConfigError(f"{source}: {loc}: {first['msg']}") from None
+        # A check of ours (a ValueError) reads as its message, without pydantic's prefix; a
+        # model-level one has no location and names its field itself ("backends: …").
+        msg = first["msg"].removeprefix("Value error, ")
+        raise RouterConfigError(f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}") from None
 
 
 def load_config(path: str | Path) -> RouterConfig:

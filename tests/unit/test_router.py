@@ -536,6 +536,20 @@ def test_client_disconnect_mid_stream_cancels_the_upstream() -> None:
     run(go())
 
 
+def test_a_model_level_config_error_has_no_empty_location() -> None:
+    """A check of the whole config (no pydantic location) read `r.yaml: : Value error,
+    backends: names must be unique`: the field is in its message."""
+    twice = [BACKENDS[0], {**BACKENDS[1], "name": BACKENDS[0]["name"]}]
+    with pytest.raises(RouterConfigError) as e:
+        parse_config({"scenario": "demo", "service_class": "chat", "backends": twice}, "r.yaml")
+    assert str(e.value) == "r.yaml: backends: names must be unique"
+    with pytest.raises(RouterConfigError) as e:  # a field's own check: no prefix either
+        parse_config({"scenario": "demo", "service_class": "chat",
+                      "backends": [{**BACKENDS[0], "url": "http://"}]}, "r.yaml")  # fmt: skip
+    assert str(e.value).startswith("r.yaml: backends.0.url: 'http://'"), e.value
+    assert "Value error" not in str(e.value)
+
+
 def test_config_errors_are_clear(tmp_path: Any) -> None:
     with pytest.raises(RouterConfigError, match="backends"):
         parse_config({"scenario": "demo", "service_class": "chat", "backends": []})
