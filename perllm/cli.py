@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perllm import policies
@@ -141,14 +142,12 @@ def _check_outputs(json_out: Path | None, out: Path | None) -> None:
 
 def _wanted_policies(policy: list[str] | None) -> list[str]:
     """The policies asked for (default: all available, in the paper's order); exits on an
-    unknown name."""
+    unknown name or one named twice."""
     avail = policies.available()
     wanted = policy or [p for p in DEFAULT_POLICY_ORDER if p in avail]
-    unknown = [p for p in wanted if p not in avail]
-    if unknown:
-        err.print(
-            f"[red]error:[/red] unknown policy {', '.join(unknown)}; available: {', '.join(avail)}"
-        )
+    why = policies.name_error(wanted)  # an unknown name, or one named twice (as sweep)
+    if why is not None:
+        err.print(f"[red]error:[/red] {escape(why)}")
         raise typer.Exit(2)
     if policy is None and "agod" not in avail:
         err.print(

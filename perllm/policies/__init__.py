@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from perllm.policies.base import Policy
 
@@ -11,6 +11,23 @@ _FACTORIES: dict[str, Callable[[], Policy]] = {}
 
 def register(name: str, factory: Callable[[], Policy]) -> None:
     _FACTORIES[name] = factory
+
+
+def name_error(names: Sequence[str], option: str = "--policy") -> str | None:
+    """Why the policies `names` cannot be run together (`perllm simulate`, `perllm sweep`):
+    an unknown name, or one named twice (its runs would be done twice and merged into one
+    entry, as if they were seeds); None if they can."""
+    avail = available()
+    unknown = [n for n in names if n not in avail]
+    if unknown:
+        return (
+            f"{option}: unknown policy {', '.join(map(repr, unknown))}; "
+            f"available: {', '.join(avail)}"
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"{option}: a policy is named twice: {', '.join(map(repr, twice))}"
+    return None
 
 
 def _load() -> None:

@@ -208,14 +208,9 @@ def total_jobs(sweeps: Sequence[Sweep], n_policies: int, n_seeds: int, bound: bo
 
 
 def check_policies(names: Sequence[str]) -> None:
-    known = set(policies.available())
-    bad = [n for n in names if n not in known]
-    if bad:
-        raise SweepError(
-            f"unknown policy {', '.join(map(repr, bad))}; known: {', '.join(sorted(known))}"
-        )
-    if len(set(names)) != len(names):
-        raise SweepError("policies: a policy is named twice")
+    why = policies.name_error(names)
+    if why is not None:
+        raise SweepError(why)
 
 
 def run_sweep(

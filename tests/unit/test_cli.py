@@ -75,12 +75,21 @@ def test_simulate_rejects_bad_input(tmp_path: Path) -> None:
     assert "no such file or built-in scenario" in res.output
     res = runner.invoke(app, ["simulate", "paper-yi-6b", "-p", "magic", "--seeds", "1"])
     assert res.exit_code == 2
-    assert "unknown policy magic" in res.output
+    assert "--policy: unknown policy 'magic'; available: " in res.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nservers: []\nworkload: {arrivals: {kind: poisson}, classes: []}\n")
     res = runner.invoke(app, ["simulate", str(bad), "--seeds", "1"])
     assert res.exit_code == 2
     assert "servers" in res.output and "workload.arrivals" in res.output
+
+
+def test_simulate_refuses_a_policy_named_twice() -> None:
+    """It ran the policy twice and merged both into one entry (as `perllm sweep` refuses)."""
+    argv = ["simulate", "paper-llama2-7b", "-p", "cloud-only", "-p", "cloud-only", "--seeds", "1"]
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2, res.output
+    assert "error: --policy: a policy is named twice: 'cloud-only'" in flat(res.output)
+    assert "simulating" not in res.output
 
 
 def test_simulate_refuses_two_scenarios_of_one_name(tmp_path: Path) -> None:
