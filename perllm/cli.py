@@ -233,7 +233,7 @@ def scenarios_validate(files: Annotated[list[str], typer.Argument(help="Scenario
 
 @scenarios_app.command("show")
 def scenarios_show(name: str) -> None:
-    """Print a scenario's YAML (a built-in name or a file)."""
+    """Print a scenario's YAML (a built-in name or a file), if it is a valid scenario."""
     from perllm.scenario import builtin_dir, builtin_scenarios
 
     path = Path(name) if Path(name).exists() else builtin_dir() / f"{name}.yaml"
@@ -242,6 +242,11 @@ def scenarios_show(name: str) -> None:
             f"[red]error:[/red] no scenario {name!r}; built-ins: {', '.join(builtin_scenarios())}"
         )
         raise typer.Exit(2)
+    try:  # as `scenarios validate`: a malformed file is not printed as if it were one
+        load_scenario(path)
+    except ScenarioError as e:
+        err.print(f"[red]invalid[/red] {e}")
+        raise typer.Exit(1) from None
     # Verbatim (`show NAME > my.yaml` starts a scenario): rich would wrap long lines and
     # turn `:x:` into an emoji.
     typer.echo(path.read_text(), nl=False)

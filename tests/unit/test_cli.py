@@ -256,6 +256,21 @@ def test_scenarios_show_prints_the_file_verbatim(tmp_path: Path) -> None:
     )
 
 
+def test_scenarios_show_refuses_a_malformed_file(tmp_path: Path) -> None:
+    """It printed the file and exited 0: `show FILE > my.yaml` copied a broken scenario.
+    It fails as `scenarios validate` does (exit 1, the field named), printing nothing."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nservers: []\nworkload: {arrivals: {kind: poisson}, classes: []}\n")
+    res = runner.invoke(app, ["scenarios", "show", str(bad)])
+    assert res.exit_code == 1, res.output
+    assert isinstance(res.exception, SystemExit)
+    assert res.stdout == ""
+    assert "invalid" in res.stderr and "servers" in res.stderr
+    bad.write_text("servers: [unclosed")
+    res = runner.invoke(app, ["scenarios", "show", str(bad)])
+    assert res.exit_code == 1 and "not valid YAML" in res.stderr and res.stdout == ""
+
+
 def test_simulate_checks_outputs_before_running(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("a file")
     for args in (
