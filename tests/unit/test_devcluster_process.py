@@ -71,6 +71,9 @@ def test_state_round_trips_the_start_time_and_reads_an_older_state_file(tmp_path
         assert loaded is not None
         assert [p.alive() for p in loaded.procs()] == [True]
         # A state.json from before start times were recorded: the command line decides.
+        # (Right after a spawn it may still be empty: the kernel lets a vfork parent go on
+        # before the new program's arguments are mapped. The start time has no such gap.)
+        _wait_for_exec(proc, b"sleep\0")
         old = {"name": "etcd", "pid": child.pid, "log": "l"}
         loaded.processes = [{**old, "argv0": "sleep"}, {**old, "argv0": "etcd"}, old]
         assert [p.alive() for p in loaded.procs()] == [True, False, False]
