@@ -5,6 +5,7 @@ assumes, and the bytes of the body beyond the text, e.g. image data URLs)."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -109,8 +110,14 @@ def parse(raw: bytes, chat: bool) -> Parsed:
         if v is None:
             continue
         # (an int beyond a float's range is no float: float(v) would overflow in `Router`)
-        if not isinstance(v, int | float) or isinstance(v, bool) or not 1 <= v <= _MAX_FLOAT:
-            raise BadRequest(400, "invalid_request_error", f"{key}: must be a positive number")
+        # (a whole number, as OpenAI and the model servers take it: 8.0 is 8, 2.5 is refused)
+        if (
+            not isinstance(v, int | float)
+            or isinstance(v, bool)
+            or not 1 <= v <= _MAX_FLOAT
+            or (isinstance(v, float) and not v.is_integer())
+        ):
+            raise BadRequest(400, "invalid_request_error", f"{key}: must be a positive integer")
         mt = v
     stream = body.get("stream")  # (null: not given; a string such as "false" is no flag)
     if stream is not None and not isinstance(stream, bool):
@@ -129,6 +136,10 @@ def deadline_header(value: str | None) -> float | None:
         raise BadRequest(
             400, "invalid_request_error", "x-perllm-deadline-s: not a number"
         ) from None
-    if not d > 0 or d != d or d == float("inf"):
+    if not math.isfinite(d):
+        raise BadRequest(
+            400, "invalid_request_error", "x-perllm-deadline-s: must be a finite number"
+        )
+    if not d > 0:
         raise BadRequest(400, "invalid_request_error", "x-perllm-deadline-s: must be > 0")
     return d

@@ -202,10 +202,18 @@ def test_bad_max_tokens_and_non_json_numbers_are_named() -> None:
     # Not JSON, though Python reads them (the body goes on as it came); 1e400 reads as inf
     assert why(b + ', "max_tokens": NaN}') == "body is not valid JSON: NaN is not a JSON value"
     assert why(b + ', "top_p": -Infinity}').endswith("-Infinity is not a JSON value")
-    assert why(b + ', "max_tokens": 1e400}') == "max_tokens: must be a positive number"
+    assert why(b + ', "max_tokens": 1e400}') == "max_tokens: must be a positive integer"
     assert why("[" * 2000 + "]" * 2000) == "body: JSON nested too deeply"  # (was a 500)
     bad = b + ', "max_completion_tokens": "8", "max_tokens": 8}'
-    assert why(bad) == "max_completion_tokens: must be a positive number"
+    assert why(bad) == "max_completion_tokens: must be a positive integer"
+    assert why(b + ', "max_tokens": 2.5}') == "max_tokens: must be a positive integer"
+    from perllm.router.request import deadline_header
+
+    for v, msg in (("inf", "a finite number"), ("nan", "a finite number"), ("-1", "> 0")):
+        with pytest.raises(BadRequest, match=f"x-perllm-deadline-s: must be {msg}"):
+            deadline_header(v)
+    assert deadline_header("2.5") == 2.5
+    assert parse((b + ', "max_tokens": 8.0}').encode(), True).max_tokens == 8
     # null is not given: max_tokens is checked (it was skipped) and caps the answer
     assert why(b + ', "max_completion_tokens": null, "max_tokens": 0}').startswith("max_tokens:")
     assert (
@@ -216,7 +224,7 @@ def test_bad_max_tokens_and_non_json_numbers_are_named() -> None:
         parse((b + ', "max_completion_tokens": 5, "max_tokens": 9}').encode(), True).max_tokens == 5
     )
     # an integer beyond a float's range (no inf in JSON, but 400 digits): float() overflowed
-    assert why(b + ', "max_tokens": ' + "9" * 400 + "}") == "max_tokens: must be a positive number"
+    assert why(b + ', "max_tokens": ' + "9" * 400 + "}") == "max_tokens: must be a positive integer"
     assert parse((b + ', "max_tokens": 1' + "0" * 300 + "}").encode(), True).max_tokens == 10**300
 
 
@@ -233,7 +241,7 @@ def test_a_lone_surrogate_escape_or_a_huge_max_tokens_is_no_500() -> None:
         huge = json.dumps(CHAT)[:-1] + ', "max_tokens": ' + "9" * 400 + "}"
         resp = await c.post("/v1/chat/completions", content=huge.encode())
         assert resp.status_code == 400, resp.text
-        assert resp.json()["error"]["message"] == "max_tokens: must be a positive number"
+        assert resp.json()["error"]["message"] == "max_tokens: must be a positive integer"
         await r.aclose()
 
     run(go())
