@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import multiprocessing
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -194,11 +196,22 @@ def _bound_job(sc: Scenario, seed: int, runs: list[tuple[str, float, float]]) ->
 
 
 class _Inline(Executor):
-    """An executor that runs each job when it is submitted (processes = 1)."""
+    """The jobs in this process (processes = 1), one per `step`, in the order submitted:
+    each is reported (progress) before the next starts. (Run at submission, every job ran
+    while the sweep was being set up, and the progress bar sat at 0 until all were done.)"""
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         f: Future[Any] = Future()
-        f.set_result(fn(*args, **kwargs))  # an error propagates at once
+        self._queue.append((f, functools.partial(fn, **kwargs), args))
+        return f
+
+    def step(self) -> Future[Any]:
+        """Run the next job (an error propagates at once); its future."""
+        f, fn, args = self._queue.popleft()
+        f.set_result(fn(*args))
         return f
 
 
@@ -241,7 +254,10 @@ def run_sweep(
     with ex:
         jobs = _Jobs(ex, sweeps, results, policy_names, seeds, bound)
         while jobs.pending:
-            done, _ = wait(list(jobs.pending), return_when=FIRST_COMPLETED)
+            if isinstance(ex, _Inline):
+                done = {ex.step()}
+            else:
+                done, _ = wait(list(jobs.pending), return_when=FIRST_COMPLETED)
             for fut in done:
                 say(jobs.collect(fut))
     wall = time.perf_counter() - t0

@@ -271,3 +271,26 @@ def test_a_sweep_of_a_fleet_too_large_for_the_bound_notes_the_skip(tmp_path: Pat
     assert data["bound_per_seed"] == [] and data["bound_points"] == []
     assert [(d["value"], d["seed"]) for d in data["bound_skipped"]] == [(0.5, 1)]
     assert data["rows"][0]["bound_success_rate"] is None
+
+
+def test_one_process_reports_each_job_as_it_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With processes = 1 every job ran while the sweep was set up, so the progress bar
+    stayed at 0 until the whole sweep was done; each is now reported before the next runs."""
+    import perllm.sweep.run as run_mod
+
+    events: list[str] = []
+    real = run_mod._run_job
+
+    def job(sc: object, policy: str, seed: int) -> dict[str, float]:
+        events.append(f"run {policy} {seed}")
+        return real(sc, policy, seed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run_mod, "_run_job", job)
+    sc = set_duration(load_scenario("edge-gpu"), 20)
+    sw = [Sweep.build(sc, "cloud_mbps", [100.0])]
+    res = run_sweep(sw, ["cloud-only", "edge-only"], [1, 2], 1, False, lambda x: events.append(x))
+    assert len(res[0].per_seed) == 4
+    runs = [i for i, e in enumerate(events) if e.startswith("run ")]
+    assert len(runs) == 4 and len(events) == 8
+    # run, reported, run, reported, ...
+    assert all(not events[i + 1].startswith("run ") for i in runs)
