@@ -146,7 +146,7 @@ class CSUCB:
         waiting: F,
         bw_mbps: F,
         explain: bool = False,
-        deadline_cap: F | None = None,
+        deadline_cap: F | float | None = None,
     ) -> Decision:
         """Assign one round of requests (prompt `l_in`, expected output `l_out`).
 
@@ -156,7 +156,11 @@ class CSUCB:
         """
         self._current().rounds += 1
         args = (cls, l_in, l_out, attach, min_quality, running, waiting, bw_mbps)
-        cap = deadline_cap
+        cap = None
+        if deadline_cap is not None:  # (a scalar: every request's)
+            cap = np.broadcast_to(np.asarray(deadline_cap, float), np.shape(cls))
+            if not (cap > 0).all():  # (NaN too: the paths would read it differently)
+                raise ValueError("deadline_cap: must be > 0 seconds (inf: the class's)")
         if self.pooled and not explain and len(cls) > 0:
             pooled = decide_pooled(self, args, cap)  # per group of servers, not per server
             if pooled is not None:

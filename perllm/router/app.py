@@ -302,15 +302,12 @@ class Router(Membership):
         if self.config.shed and not ticket.feasible:
             l_out = self.expected_out(req)
             budget = self._feedback.budget(l_out)
-            what = (
-                f"the deadline ({budget:.3g}s at {l_out:g} output tokens)"
-                if tight is None or tight >= budget
-                else f"x-perllm-deadline-s {tight:g}s"
-            )
+            header = "" if tight is None else f"; x-perllm-deadline-s {tight:g}s"
             raise Shed(
                 503,
                 "deadline_unmeetable",
-                f"no backend can meet {what}; least violating {b.name}: predicted "
+                f"no backend can meet the deadline ({budget:.3g}s at {l_out:g} output "
+                f"tokens{header}); least violating {b.name}: predicted "
                 f"{ticket.predicted_time:.3g}s",
             )
         bm = members.metrics[ticket.server]

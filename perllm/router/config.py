@@ -159,7 +159,10 @@ class RouterConfig(_Strict):
         default_factory=list, description="Model names accepted (default: model and name)."
     )
     weights: EnergyWeights = EnergyWeights()
-    csucb: dict[str, float] = Field(default_factory=dict, description="CSUCBConfig fields.")
+    # (inf is meaningful there, e.g. memory: inf, no forgetting; CSUCBConfig checks them)
+    csucb: dict[str, Annotated[float, Field(allow_inf_nan=True)]] = Field(
+        default_factory=dict, description="CSUCBConfig fields."
+    )
     limits: Limits = Limits()
     auth: Auth | None = Field(
         default=None, description="Require a bearer token on /v1/* (else: no client auth)."

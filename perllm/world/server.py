@@ -186,21 +186,21 @@ class ServerState:
     def abort(self, out: Outcome, at: float) -> None:
         """The client of an admitted request went away at `at`: like a model server (vLLM
         aborts a disconnected request, llama.cpp cancels its slot) it frees the slot and
-        the KV cache then, so later admissions can start earlier. What it already booked
+        the KV cache then, so admissions after `at` can start earlier (one already queued
+        behind it keeps its start, fixed at its admission). What it already booked
         (busy time, serialised prefill, energy) stays: the work done until `at` is not
         known apart from the rest. Only the twin calls it; the simulator's clients wait."""
         if out.dropped or at >= out.end:
             return
         for i, (end, kv, start) in enumerate(self.active):
             if end == out.end and start == out.start:
-                freed = end
                 self.active[i] = (at, kv, start)
                 heapq.heapify(self.active)
                 break
-        else:
-            return  # (already left the heap: a later admission found it ended)
+        # (not in the heap: a later admission took its slot from its end, and the requests
+        # admitted since keep their times, fixed at admission; what it still reports goes)
         for i, (run, end, kv) in enumerate(self.inflight):
-            if end == freed:
+            if end == out.end:
                 self.inflight[i] = (run, at, kv)
                 break
 

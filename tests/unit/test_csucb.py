@@ -441,6 +441,12 @@ def test_a_deadline_cap_decides_as_a_class_with_that_deadline(n: int, shed: bool
         d2 = ref.decide(*args)
         np.testing.assert_array_equal(d1.choice, d2.choice)
         np.testing.assert_array_equal(d1.feasible, d2.feasible)
+        # a scalar is every request's cap; NaN or ≤ 0 is refused (the paths differ on NaN)
+        d3 = again.decide(*args, deadline_cap=cap + 5.0)
+        np.testing.assert_array_equal(d3.feasible, d2.feasible)
+        for bad in (math.nan, 0.0, -1.0):
+            with pytest.raises(ValueError, match="deadline_cap"):
+                again.decide(*args, deadline_cap=np.full(n, bad))
 
 
 @pytest.mark.parametrize("seed, shed", [(s, False) for s in range(6)] + [(0, True), (1, True)])

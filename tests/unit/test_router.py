@@ -587,6 +587,8 @@ def test_config_errors_are_clear(tmp_path: Any) -> None:
     for field, v in (("output_prior_sigma", 0.0), ("prior_n", math.nan), ("memory", math.nan)):
         with pytest.raises(RouterConfigError, match=rf"csucb[.:] ?{field}: "):
             Router(config(csucb={field: v}))
+    # inf where CS-UCB gives it a meaning (memory: no forgetting) stays accepted
+    assert config(csucb={"memory": math.inf, "backlog_waiting": math.inf}).csucb_config()
     # An infinite energy weight (was accepted: every option's normalised energy NaN).
     with pytest.raises(RouterConfigError, match=r"weights\.tran: .*finite"):
         config(weights={"tran": math.inf})

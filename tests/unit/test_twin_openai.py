@@ -173,6 +173,19 @@ def test_a_request_whose_client_left_frees_its_slot_for_the_next() -> None:
     assert freed == pytest.approx(idle)
 
 
+def test_an_aborted_request_a_later_one_queued_behind_stops_being_reported() -> None:
+    """On a full server the next admission takes the request's slot from its end (it
+    leaves the heap early); aborted then, it must still leave what the server reports."""
+    from perllm.world.server import Outcome, ServerState
+
+    s = ServerState(p_idle=10, p_busy=100, p_prefill=100, is_gpu=False)
+    a = Outcome(start=0.0, end=10.0, conc=1, prefill=1.0, decode=9.0, e_infer=0, e_idle_saved=0)
+    s.inflight.append((0.0, 10.0, 0.0))  # A running, B queued behind it (taken from A)
+    s.inflight.append((10.0, 20.0, 0.0))
+    s.abort(a, 2.0)
+    assert s.observe(3.0) == (0, 1, 0.0)  # B still waits (its start was fixed); A is gone
+
+
 @pytest.mark.parametrize("route", ["chat/completions", "completions"])
 def test_a_well_formed_request_still_answers(route: str) -> None:
     tw = TwinOpenAI.standalone(quiet_demo(), speed=1000.0)
