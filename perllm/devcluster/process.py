@@ -51,17 +51,24 @@ def sigterm_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def start_ticks(pid: int) -> int | None:
-    """When `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None if no
-    such process. Unlike the command line it survives exec (`sh -c "exec server"`), and a
-    recycled PID has a later one: together with the PID it names one process."""
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time) of `pid` from /proc/PID/stat, or None if no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # Fields after the parenthesised command name (which may hold spaces): state is field 3,
     # starttime field 22.
-    return int(stat.rsplit(")", 1)[-1].split()[19])
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[0], int(fields[19])
+
+
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None if no
+    such process. Unlike the command line it survives exec (`sh -c "exec server"`), and a
+    recycled PID has a later one: together with the PID it names one process."""
+    st = _stat(pid)
+    return None if st is None else st[1]
 
 
 @dataclass
@@ -81,15 +88,11 @@ class Proc:
 
     def alive(self) -> bool:
         """True while our process (not a recycled PID) runs and is not a zombie."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return False
-        fields = stat.rsplit(")", 1)[-1].split()
-        if fields[0] == "Z":
+        st = _stat(self.pid)
+        if st is None or st[0] == "Z":
             return False
         if self.started is not None:
-            return int(fields[19]) == self.started
+            return st[1] == self.started
         if self.argv0 is None:
             return False
         try:
