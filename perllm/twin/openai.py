@@ -69,8 +69,8 @@ class Timeline:
     tokens: int
     prompt_tokens: int
     # Where it runs: the node's index and its admission (`TwinOpenAI.abort` frees its slot).
-    server: int = -1
-    outcome: Outcome | None = None
+    server: int
+    outcome: Outcome
 
 
 def static_pods(sc: Scenario, namespace: str = "default") -> dict[tuple[str, str], tuple[str, str]]:
@@ -183,9 +183,8 @@ class TwinOpenAI:
     def abort(self, tl: Timeline) -> None:
         """Its client went away now: free the request's slot and KV cache on its node, as a
         model server does with a disconnected request (`ServerState.abort`)."""
-        if tl.outcome is not None:
-            with self._lock:
-                self.states[tl.server].abort(tl.outcome, self.now())
+        with self._lock:
+            self.states[tl.server].abort(tl.outcome, self.now())
 
     # -- ASGI -----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
