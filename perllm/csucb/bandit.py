@@ -14,7 +14,7 @@ from perllm.contract import EnergyWeights
 from perllm.costmodel import CostTable
 from perllm.csucb import config as _config
 from perllm.csucb.assign import SHED, Grid, assign_arrays, assign_lists
-from perllm.csucb.config import SMALL_ROUND, CSUCBConfig
+from perllm.csucb.config import DEADLINE_CAP_ERROR, SMALL_ROUND, CSUCBConfig
 from perllm.csucb.decision import Decision
 from perllm.csucb.explain import ExplainContext
 from perllm.csucb.explain import explain as explain_request
@@ -159,8 +159,8 @@ class CSUCB:
         cap = None
         if deadline_cap is not None:  # (a scalar: every request's)
             cap = np.broadcast_to(np.asarray(deadline_cap, float), np.shape(cls))
-            if not (cap > 0).all():  # (NaN too: the paths would read it differently)
-                raise ValueError("deadline_cap: must be > 0 seconds (inf: the class's)")
+            if not (cap > 0).all():
+                raise ValueError(DEADLINE_CAP_ERROR)
         if self.pooled and not explain and len(cls) > 0:
             pooled = decide_pooled(self, args, cap)  # per group of servers, not per server
             if pooled is not None:

@@ -13,6 +13,9 @@ OUT_BINS = 64  # log-spaced output-length bins per class, 1..65,536 tokens
 QUANTILE_REFRESH = 64  # observations between refreshes of the output quantiles
 SMALL_UPDATE = 32  # observations per update handled on Python floats
 SMALL_ROUND = 16  # requests per round decided on Python floats (small fleets; measured)
+# `CSUCB.decide` and `single.decide_one` refuse a cap that is not > 0 (NaN included: the
+# paths would read it differently)
+DEADLINE_CAP_ERROR = "deadline_cap: must be > 0 seconds (inf: the class's)"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from perllm.csucb.config import DEADLINE_CAP_ERROR
 from perllm.csucb.fast import Lists, play
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class One(NamedTuple):
 def decide_one(b: CSUCB, req: Lists, cap: float = math.inf) -> One:
     """`b.decide` of a round of one request (`req`: its arguments as lists; `cap`: its
     deadline_cap, inf for none)."""
+    if not cap > 0:
+        raise ValueError(DEADLINE_CAP_ERROR)
     caps = None if cap == math.inf else [cap]
     small = b.t.n_servers <= b.cfg.max_candidates  # `decide`'s small-round path
     if small:

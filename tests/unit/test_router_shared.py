@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from perllm.costmodel import download_bits, upload_bits
 from perllm.csucb import CSUCB, CSUCBConfig
@@ -196,3 +197,17 @@ def test_one_request_path_decides_and_learns_like_the_batch_path() -> None:
             b.learn([batch], [d], [got], [deadline], None if energy is None else [energy])
         assert a.bandit.dumps() == b.bandit.dumps()
         assert shed > 0 or on_infeasible == "least-late"
+
+
+def test_the_one_request_path_refuses_a_cap_the_batch_path_refuses() -> None:
+    # NaN or ≤ 0 is refused by `CSUCB.decide`; the one-request path must not read it as
+    # "no cap" (NaN == inf is False, and the float path would compare against NaN).
+    sc = load_scenario("demo")
+    servers = [s for n, s in sc.expanded_servers()]
+    d = Decider.for_servers(sc.services(), servers, sc.catalogue)
+    m = len(servers)
+    before = d.bandit.dumps()
+    for bad in (math.nan, 0.0, -1.0):
+        with pytest.raises(ValueError, match="deadline_cap"):
+            d.decide_one(0, 100.0, 50.0, 0.0, 0.0, [0.0] * m, [0.0] * m, [100.0] * m, bad)
+    assert d.bandit.dumps() == before  # nothing counted as a round
