@@ -206,6 +206,9 @@ def test_operator_rules_grant_no_verb_it_never_uses() -> None:
     assert deletes == {"inferenceservices", "deployments", "services"}
     assert not {g for g in grants if g[3] == "deletecollection"}
     assert not {g for g in grants if g[3] == "update" and g[1] != "llmservices/finalizers"}
+    # Events: kopf posts core v1 Events, POST only (kopf/_cogs/clients/events.py): no
+    # events.k8s.io, no patch.
+    assert {g for g in grants if g[1] == "events"} == {("", "events", "*", "create")}
 
 
 def _grants(rules: list[Doc]) -> set[tuple[str, str, str, str]]:

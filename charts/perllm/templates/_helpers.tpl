@@ -169,10 +169,11 @@ imagePullSecrets:
   - apiGroups: [""]
     resources: [pods/eviction]
     verbs: [create]
-  # kopf posts Events about what it did.
-  - apiGroups: ["", events.k8s.io]
+  # kopf posts core v1 Events about what it did (a POST each: never events.k8s.io, never
+  # a patch).
+  - apiGroups: [""]
     resources: [events]
-    verbs: [create, patch]
+    verbs: [create]
 {{- end }}
 
 {{/* The operator's rules on cluster-scoped resources. */}}
