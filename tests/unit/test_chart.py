@@ -633,6 +633,43 @@ def test_bad_values_are_rejected_naming_the_value(setting: str, fragment: str) -
     assert fragment in r.stderr, r.stderr
 
 
+# `--set key=null` (or `key: null` in a values file) deletes a default: each of these
+# rendered a broken object (`containerPort: null`, `--log-level=`, a PDB without a budget,
+# a container without requests) or stopped on a nil pointer; the schema names the key.
+NULL_VALUES = [
+    ("operator.livenessPort", "at '/operator': missing property 'livenessPort'"),
+    ("operator.pdb", "at '/operator': missing property 'pdb'"),
+    ("operator.pdb.maxUnavailable", "at '/operator/pdb': missing property 'maxUnavailable'"),
+    ("operator.resources.requests", "at '/operator/resources': missing property 'requests'"),
+    ("extender.resources.requests.cpu", "at '/extender/resources/requests': missing property"),
+    ("extender.prefix", "at '/extender': missing property 'prefix'"),
+    ("extender.httpTimeout", "at '/extender': missing property 'httpTimeout'"),
+    ("extender.logLevel", "at '/extender': missing property 'logLevel'"),
+    ("scheduler.leaderElection", "at '/scheduler': missing property 'leaderElection'"),
+    ("scheduler.verbosity", "at '/scheduler': missing property 'verbosity'"),
+    ("agent.port", "at '/agent': missing property 'port'"),
+    ("agent.raplHostPath", "at '/agent': missing property 'raplHostPath'"),
+    ("twin.port", "at '/twin': missing property 'port'"),
+    ("twin.scenario", "at '/twin': missing property 'scenario'"),
+    ("router.port", "at '/router': missing property 'port'"),
+    ("router.authSecret", "at '/router': missing property 'authSecret'"),
+    ("router.discoveryInterval", "at '/router': missing property 'discoveryInterval'"),
+    ("monitoring.dashboard", "at '/monitoring': missing property 'dashboard'"),
+    ("monitoring.modelServers.ports", "at '/monitoring/modelServers': missing property 'ports'"),
+    ("rbac", "missing property 'rbac'"),
+    ("prometheus", "missing property 'prometheus'"),
+    ("global", "missing property 'global'"),
+]
+
+
+@pytest.mark.parametrize(("key", "fragment"), NULL_VALUES, ids=[n[0] for n in NULL_VALUES])
+def test_a_needed_value_set_to_null_is_rejected_naming_it(key: str, fragment: str) -> None:
+    r = helm("template", "perllm", str(CHART), "--set", f"{key}=null", check=False)
+    assert r.returncode != 0, f"{key}=null was accepted"
+    assert "values don't meet the specifications of the schema" in r.stderr, r.stderr
+    assert fragment in r.stderr, r.stderr
+
+
 def test_a_zero_padded_pdb_percentage_is_accepted_as_the_api_server_does() -> None:
     """Kubernetes reads "050%" as 50 % (digits then %, at most 100): so does the schema."""
     docs = render("--set", "operator.pdb.maxUnavailable=050%")
