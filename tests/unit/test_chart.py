@@ -613,7 +613,39 @@ BAD_VALUES = [
     ("operator.pdb.maxUnavailable=150%", "at '/operator/pdb/maxUnavailable'"),
     ("operator.pdb.maxUnavailable=0150%", "at '/operator/pdb/maxUnavailable'"),
     ("servingRuntimes.enable=false", "additional properties 'enable' not allowed"),
+    # labels, annotations and names the API server would refuse on every object
+    ("commonLabels.team=a b", "at '/commonLabels/team'"),
+    ("commonLabels.bad key=x", "at '/commonLabels': additional properties 'bad key'"),
+    (
+        "monitoring.serviceMonitor.labels.release=-x",
+        "at '/monitoring/serviceMonitor/labels/release'",
+    ),
+    (
+        "monitoring.dashboard.labels.grafana_dashboard=" + "x" * 64,
+        "dashboard/labels/grafana_dashboard'",
+    ),
+    ("operator.nodeSelector.zone=a b", "at '/operator/nodeSelector/zone'"),
+    ("router.podAnnotations.a b=x", "at '/router/podAnnotations': additional properties 'a b'"),
+    ("nameOverride=per.llm", "at '/nameOverride'"),
+    # a Service name starts with a letter (DNS-1035)
+    ("fullnameOverride=1perllm", "at '/fullnameOverride'"),
+    ("fullnameOverride=Per_LLM", "at '/fullnameOverride'"),
+    ("imagePullSecrets[0].name=Bad_Secret", "at '/imagePullSecrets/0/name'"),
+    # the key is the mounted file's name too
+    ("router.authSecret.name=tok,router.authSecret.key=..", "at '/router/authSecret/key'"),
 ]
+
+GOOD_NAMES_AND_LABELS = [
+    "commonLabels.app\\.example\\.com/team=team-a_1.0",
+    "nameOverride=llm,fullnameOverride=edge-perllm",
+    "operator.podAnnotations.example\\.com/note=any text at all",
+    "monitoring.serviceMonitor.labels.release=kube-prometheus-stack",
+]
+
+
+@pytest.mark.parametrize("setting", GOOD_NAMES_AND_LABELS)
+def test_valid_names_and_labels_are_accepted(setting: str) -> None:
+    assert render("--set", setting)
 
 
 @pytest.mark.parametrize(("setting", "fragment"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
