@@ -571,6 +571,11 @@ BAD_VALUES = [
     ),
     ("scheduler.image.tag=v1.31.4@sha256", "at '/scheduler/image/tag'"),
     ("scheduler.image.tagByMinor.1\\.31=latest", "at '/scheduler/image/tagByMinor/1.31'"),
+    # a key that is no minor: the message names the map (a propertyNames check said "at ''")
+    (
+        "scheduler.image.tagByMinor.v1\\.31=v1.31.4",
+        "at '/scheduler/image/tagByMinor': additional properties 'v1.31'",
+    ),
     ("agent.peers[0]=cloud:9401", "at '/agent/peers/0'"),
     ("monitoring.serviceMonitor.force=yes", "at '/monitoring/serviceMonitor/force'"),
     ("monitoring.modelServers.ports[0]=Http", "at '/monitoring/modelServers/ports/0'"),
