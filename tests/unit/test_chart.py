@@ -762,6 +762,52 @@ def test_extender_ports_must_differ() -> None:
     assert "extender.port and extender.metricsPort must differ" in r.stderr
 
 
+def test_names_over_63_characters_fail_instead_of_colliding() -> None:
+    """Cut to 63, a long release's perllm-llmservices-view and -edit (or two routers) got
+    one name, and the second object replaced the first; the chart refuses, naming it."""
+    long = "a-release-name-of-fifty-characters-for-this-test-x"
+    r = helm("template", long, str(CHART), "--kube-version", KUBE_VERSION, check=False)
+    assert r.returncode != 0
+    assert f'object name "{long}-perllm-scheduler" is 67 characters' in r.stderr, r.stderr
+    assert "shorten the release name or set fullnameOverride" in r.stderr
+    docs = render("--set", "fullnameOverride=edge")
+    names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert len(names) == len(set(names)) and ("ClusterRole", "edge-llmservices-edit") in names
+
+
+def _router_values(tmp_path: Path, services: list[Doc]) -> str:
+    f = tmp_path / "router.yaml"
+    f.write_text(yaml.safe_dump({"router": {"enabled": True, "services": services}}))
+    return str(f)
+
+
+def test_a_router_service_or_remote_tier_listed_twice_fails(tmp_path: Path) -> None:
+    """Routers are <release>-router-<name> in the release namespace: the same name in two
+    namespaces rendered every object twice (the second replaced the first), and a remote
+    tier twice rendered a Deployment with two volumes of one name."""
+    twice = _router_values(tmp_path, [{"name": "chat"}, {"name": "chat", "namespace": "team-b"}])
+    r = helm("template", "perllm", str(CHART), "-n", "team-a", "-f", twice, check=False)
+    assert r.returncode != 0
+    assert 'router.services: "chat" is listed twice (namespaces team-a and team-b)' in r.stderr
+    remote = {
+        "name": "cloud",
+        "url": "https://cloud.example.com",
+        "tier": "cloud",
+        "hardware": "a100-80gb-sxm",
+        "link": {"bandwidth_mbps": 100, "rtt_ms": 40},
+    }
+    two = _router_values(tmp_path, [{"name": "chat", "remote": [remote, remote]}])
+    r = helm("template", "perllm", str(CHART), "-f", two, check=False)
+    assert r.returncode != 0
+    assert 'router.services[chat].remote: "cloud" is listed twice' in r.stderr, r.stderr
+    ok = _router_values(tmp_path, [{"name": "chat"}, {"name": "code", "namespace": "team-b"}])
+    docs = render("-f", ok)
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"} >= {
+        "perllm-router-chat",
+        "perllm-router-code",
+    }
+
+
 def _dashboard() -> Doc:
     d: Doc = json.loads((CHART / "dashboards" / "perllm.json").read_text())
     return d

@@ -13,9 +13,15 @@
 {{- end -}}
 {{- end -}}
 
-{{/* "perllm.component" (dict "root" $ "name" "operator") -> perllm-operator */}}
+{{/* "perllm.component" (dict "root" $ "name" "operator") -> perllm-operator. Over 63
+characters it fails: cut short, names would collide (perllm-llmservices-view and -edit, two
+routers) and a Service name must be a DNS label. */}}
 {{- define "perllm.component" -}}
-{{- printf "%s-%s" (include "perllm.fullname" .root) .name | trunc 63 | trimSuffix "-" -}}
+{{- $n := printf "%s-%s" (include "perllm.fullname" .root) .name -}}
+{{- if gt (len $n) 63 -}}
+{{- fail (printf "object name %q is %d characters, over Kubernetes' 63: shorten the release name or set fullnameOverride (routers: or router.services[].name)" $n (len $n)) -}}
+{{- end -}}
+{{- $n -}}
 {{- end -}}
 
 {{- define "perllm.selectorLabels" -}}
