@@ -636,6 +636,14 @@ BAD_VALUES = [
     ("fullnameOverride=1perllm", "at '/fullnameOverride'"),
     ("fullnameOverride=Per_LLM", "at '/fullnameOverride'"),
     ("imagePullSecrets[0].name=Bad_Secret", "at '/imagePullSecrets/0/name'"),
+    # credentials in a URL would be rendered in clear (router ConfigMap, pod env), and the
+    # router refuses them at start anyway; a URL without a host or with a bad port likewise
+    ("prometheus.url=http://admin:secret@prom:9090", "at '/prometheus/url'"),
+    ("router.services[0].remote[0].url=https://u:p@cloud.example.com", "remote/0/url'"),
+    ("router.services[0].remote[0].url=https://", "at '/router/services/0/remote/0/url'"),
+    ("router.services[0].remote[0].url=https://cloud:70000", "remote/0/url'"),
+    # the router refuses a hardware key its catalogue lacks at start (CrashLoopBackOff)
+    ("router.services[0].remote[0].hardware=h100", "remote/0/hardware': value must be one of"),
     # the key is the mounted file's name too
     ("router.authSecret.name=tok,router.authSecret.key=..", "at '/router/authSecret/key'"),
 ]
@@ -1049,6 +1057,30 @@ def test_router_limits_from_values_chart_wide_and_per_service() -> None:
     assert (got.read_timeout_s, got.eject_max_s, got.probe_path) == (10.0, 60.0, "/health")
     assert got.probe and got.eject_s == Limits().eject_s
     assert limits("--set", "router.limits.probe=false").probe is False
+
+
+def test_router_remote_hardware_is_the_routers_catalogue() -> None:
+    """A remote tier's hardware is checked against the router's catalogue when it starts
+    (discovery mode: the default catalogue); the chart offers exactly those keys."""
+    from perllm.profiles import default_catalogue
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    remote = schema["properties"]["router"]["properties"]["services"]["items"]["properties"]
+    hardware = remote["remote"]["items"]["properties"]["hardware"]
+    assert hardware["enum"] == sorted(default_catalogue().hardware)
+
+
+GOOD_URLS = [
+    "prometheus.url=http://prometheus-operated.monitoring.svc:9090",
+    "prometheus.url=https://prom.example.com/prometheus",
+    "router.services[0].remote[0].url=https://[fd00::1]:8443/v1",
+    "router.services[0].remote[0].url=http://10.0.0.5:8080",
+]
+
+
+@pytest.mark.parametrize("setting", GOOD_URLS)
+def test_urls_the_schema_accepts(setting: str) -> None:
+    assert render("--set", setting, profile="edge-k3s-values.yaml")
 
 
 def test_router_limits_schema_is_the_routers_own() -> None:
