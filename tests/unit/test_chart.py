@@ -595,6 +595,12 @@ BAD_VALUES = [
     ("extender.httpTimeout=soon", "at '/extender/httpTimeout'"),
     ("security.runAsUser=0", "at '/security/runAsUser': minimum"),
     ("agent.raplHostPath=sys/class/powercap", "at '/agent/raplHostPath'"),
+    # a hostPath volume: the host's root (or anything but its RAPL tree under /sys) is
+    # never mounted into the agent
+    ("agent.raplHostPath=/", "at '/agent/raplHostPath'"),
+    ("agent.raplHostPath=/etc", "at '/agent/raplHostPath'"),
+    ("agent.raplHostPath=/sys/../etc", "at '/agent/raplHostPath'"),
+    ("agent.peers[0]=cloud=http://u:p@10.0.0.5:9401", "at '/agent/peers/0'"),
     ("prometheus.url=prom:9090", "at '/prometheus/url'"),
     ("extender.port=70000", "at '/extender/port': maximum"),
     ("global.tolerations[0].operator=Maybe", "at '/global/tolerations/0/operator'"),
@@ -1071,6 +1077,7 @@ def test_router_remote_hardware_is_the_routers_catalogue() -> None:
 
 
 GOOD_URLS = [
+    "agent.raplHostPath=/sys/class/powercap,agent.peers[0]=cloud=http://10.0.0.5:9401",
     "prometheus.url=http://prometheus-operated.monitoring.svc:9090",
     "prometheus.url=https://prom.example.com/prometheus",
     "router.services[0].remote[0].url=https://[fd00::1]:8443/v1",
