@@ -776,6 +776,25 @@ def test_extender_ports_must_differ() -> None:
     assert "extender.port and extender.metricsPort must differ" in r.stderr
 
 
+def test_every_object_carries_the_chart_labels() -> None:
+    """commonLabels and app.kubernetes.io/* reach every object the chart renders (the
+    cert-manager Certificates had none), whatever is enabled."""
+    docs = render(
+        "--set",
+        "agent.enabled=true,twin.enabled=true,router.enabled=true,router.services[0].name=chat,"
+        "extender.tls.certManager.enabled=true,commonLabels.team=llm,"
+        "monitoring.serviceMonitor.enabled=true,monitoring.serviceMonitor.force=true",
+        "--api-versions",
+        "serving.kserve.io/v1alpha1/ClusterServingRuntime",
+    )
+    assert "Certificate" in kinds(docs) and "ClusterServingRuntime" in kinds(docs)
+    for d in docs:
+        labels = d["metadata"].get("labels") or {}
+        what = f"{d['kind']}/{d['metadata']['name']}"
+        assert labels.get("team") == "llm", what
+        assert labels.get("app.kubernetes.io/managed-by") == "Helm", what
+
+
 def test_names_over_63_characters_fail_instead_of_colliding() -> None:
     """Cut to 63, a long release's perllm-llmservices-view and -edit (or two routers) got
     one name, and the second object replaced the first; the chart refuses, naming it."""
