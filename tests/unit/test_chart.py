@@ -604,6 +604,23 @@ BAD_VALUES = [
     ("prometheus.url=prom:9090", "at '/prometheus/url'"),
     ("extender.port=70000", "at '/extender/port': maximum"),
     ("global.tolerations[0].operator=Maybe", "at '/global/tolerations/0/operator'"),
+    # tolerations the API server refuses (core validation)
+    (
+        "global.tolerations[0].key=a,global.tolerations[0].operator=Exists,"
+        "global.tolerations[0].value=b",
+        "at '/global/tolerations/0/value': value must be ''",
+    ),
+    (
+        "operator.tolerations[0].key=a,operator.tolerations[0].value=b,"
+        "operator.tolerations[0].tolerationSeconds=30",
+        "at '/operator/tolerations/0': missing property 'effect'",
+    ),
+    ("agent.tolerations[0].value=b", "at '/agent/tolerations/0': missing property 'operator'"),
+    # two schedulers without the Lease would both place every pod
+    (
+        "scheduler.replicas=2,scheduler.leaderElection.enabled=false",
+        "at '/scheduler/leaderElection/enabled': value must be true",
+    ),
     ("operator.statusInterval=0", "at '/operator/statusInterval': minimum"),
     ("agent.probeBytes=100000000", "at '/agent/probeBytes': maximum"),
     ("twin.speed=0", "at '/twin/speed': minimum"),
@@ -655,6 +672,10 @@ BAD_VALUES = [
 ]
 
 GOOD_NAMES_AND_LABELS = [
+    "global.tolerations[0].operator=Exists",
+    "global.tolerations[0].key=a,global.tolerations[0].operator=Exists,"
+    "global.tolerations[0].effect=NoExecute,global.tolerations[0].tolerationSeconds=30",
+    "scheduler.replicas=1,scheduler.leaderElection.enabled=false",
     "commonLabels.app\\.example\\.com/team=team-a_1.0",
     "nameOverride=llm,fullnameOverride=edge-perllm",
     "operator.podAnnotations.example\\.com/note=any text at all",
