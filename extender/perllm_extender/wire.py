@@ -70,19 +70,10 @@ def _check(args: ExtenderArgs) -> None:
 def parse_args(body: bytes) -> ExtenderArgs:
     """The request body as `ExtenderArgs`, or `RequestValidationError` (422)."""
     try:
-        data = from_json(body)
+        # NaN and Infinity are not JSON (RFC 8259): refused, as Go's decoder does
+        data = from_json(body, allow_inf_nan=False)
     except ValueError as e:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ("body",),
-                    "msg": "JSON decode error",
-                    "input": {},
-                    "ctx": {"error": str(e)},
-                }
-            ]
-        ) from None
+        raise _invalid((), f"JSON decode error: {e}", "json_invalid") from None
     try:
         args = ExtenderArgs.model_validate(data)
     except ValidationError as e:
@@ -94,8 +85,11 @@ def parse_args(body: bytes) -> ExtenderArgs:
 
 
 def reply(content: Any) -> Response:
-    """A JSON reply of plain dicts/lists (what the request decoded to, and the decision)."""
-    return Response(content=to_json(content), media_type="application/json")
+    """A JSON reply of plain dicts/lists (what the request decoded to, and the decision).
+    An echoed Node may hold a number that overflowed to inf (`1e999` is JSON syntax):
+    written as null, since `Infinity` is not JSON and the scheduler could not read the
+    reply."""
+    return Response(content=to_json(content, inf_nan_mode="null"), media_type="application/json")
 
 
 def _inline(schema: Any, defs: Obj) -> Any:

@@ -1,0 +1,77 @@
+"""The extender's HTTP API against a hostile or careless client: every bad request is a 4xx
+with a reason in one shape, replies stay valid JSON, and a good request after a bad one
+still decides correctly (docs/extender.md, "Security", "Errors")."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from perllm_extender import ExtenderConfig, create_app
+from test_extender_fakes import NODES, Obj
+
+from perllm.labels import LABEL_SERVICE, SCHEDULER_NAME
+
+
+def pod(uid: str = "u1", **meta: Any) -> Obj:
+    m: Obj = {
+        "name": "p",
+        "namespace": "llm",
+        "uid": uid,
+        "labels": {LABEL_SERVICE: "chat"},
+        "annotations": {"perllm.io/deadline-s": "30"},
+    }
+    m.update(meta)
+    return {"metadata": m, "spec": {"schedulerName": SCHEDULER_NAME}}
+
+
+def by_objects(p: Obj, nodes: list[Obj]) -> Obj:
+    return {"Pod": p, "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": None}
+
+
+def strict_json(text: str) -> Any:
+    """RFC 8259 JSON only: Python's `json` reads NaN and Infinity unless told not to."""
+
+    def no_constants(c: str) -> Any:
+        raise ValueError(f"not JSON: {c}")
+
+    return json.loads(text, parse_constant=no_constants)
+
+
+def passed(doc: Obj) -> list[str]:
+    if doc["NodeNames"] is not None:
+        return list(doc["NodeNames"])
+    return [o["metadata"]["name"] for o in doc["Nodes"]["items"]]
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(create_app(ExtenderConfig()))
+
+
+def test_a_json_syntax_error_says_where(client: TestClient) -> None:
+    r = client.post("/scheduler/filter", content=b'{"Pod": {', headers={"content-type": "x/y"})
+    assert r.status_code == 422
+    msg = r.json()["detail"][0]["msg"]
+    assert "JSON" in msg and "line 1 column" in msg, msg
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_number_literals_are_422(client: TestClient, literal: str) -> None:
+    body = f'{{"Pod": {{"metadata": {{"name": "p"}}, "x": {literal}}}, "NodeNames": []}}'
+    r = client.post("/scheduler/filter", content=body)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
+
+
+def test_replies_are_json_even_when_a_node_carries_an_overflowing_number(
+    client: TestClient,
+) -> None:
+    """1e999 is valid JSON syntax that decodes to inf; the filter reply echoes the Node and
+    must not write `Infinity` (kube-scheduler's decoder, like any other, refuses it)."""
+    nodes = [{**n, "status": {"capacity": {"x": 1}}} for n in NODES]
+    raw = json.dumps(by_objects(pod(), nodes)).replace('{"x": 1}', '{"x": 1e999}')
+    r = client.post("/scheduler/filter", content=raw)
+    assert r.status_code == 200
+    assert passed(strict_json(r.text)) == ["cloud"]
