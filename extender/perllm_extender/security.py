@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from starlette.concurrency import run_in_threadpool
 
 from perllm.labels import LABEL_SERVICE, SCHEDULER_NAME
+from perllm_extender.names import is_dns_label, is_dns_subdomain
 from perllm_extender.pods import PodIndex
 from perllm_extender.services import service_label
 
@@ -28,8 +28,6 @@ log = logging.getLogger("perllm.extender.security")
 Obj = dict[str, Any]
 PodSource = Callable[[str, str], Obj | None]
 
-# RFC 1123 subdomain (pod names) / label (namespaces): nothing else reaches a field selector
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 REASONS = ("unknown", "uid", "service", "scheduler", "bound")
 
 
@@ -55,7 +53,8 @@ class PodVerifier:
         why = self._check(pod)
         if why is not None and why[0] == "unknown" and self.source is not None:
             ns, name = _ns_name(pod)
-            if _NAME.match(ns) and _NAME.match(name):
+            # only Kubernetes names reach a field selector
+            if is_dns_label(ns) and is_dns_subdomain(name):
                 obj = await run_in_threadpool(self.source, ns, name)
                 if obj is not None:
                     self.pods.upsert(obj)

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json, to_json
 
 from perllm_extender.models import ExtenderArgs
+from perllm_extender.names import is_dns_label, is_dns_subdomain
 
 Obj = dict[str, Any]
 
@@ -43,6 +44,15 @@ def _check_meta(meta: Any, loc: tuple[str | int, ...]) -> None:
     for k in _META_STR:
         if k in meta and meta[k] is not None and not isinstance(meta[k], str):
             raise _invalid((*loc, k), f"metadata.{k} must be a string")
+    # the pod key is `namespace/name` (decisions, learning, publication): a namespace "a/b"
+    # was read as namespace "a" and decided with that namespace's LLMService
+    for k, valid, what in (
+        ("namespace", is_dns_label, "an RFC 1123 label"),
+        ("name", is_dns_subdomain, "an RFC 1123 subdomain"),
+    ):
+        v = meta.get(k)
+        if isinstance(v, str) and not valid(v):
+            raise _invalid((*loc, k), f"metadata.{k} {v[:64]!r} is not {what}")
     for k in ("labels", "annotations"):
         m = meta.get(k)
         if m is not None and not (

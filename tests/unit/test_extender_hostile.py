@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from perllm_extender import ExtenderConfig, create_app
-from test_extender_fakes import NODES, Obj
+from test_extender_fakes import NAMES, NODES, Obj, spec
+from test_extender_fakes import args as by_names
 
 from perllm.labels import LABEL_SERVICE, SCHEDULER_NAME
 
@@ -75,3 +76,38 @@ def test_replies_are_json_even_when_a_node_carries_an_overflowing_number(
     r = client.post("/scheduler/filter", content=raw)
     assert r.status_code == 200
     assert passed(strict_json(r.text)) == ["cloud"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("namespace", "a/b"),
+        ("namespace", "Llm"),
+        ("namespace", ""),
+        ("namespace", "x" * 64),
+        ("name", "p/q"),
+        ("name", "-p"),
+        ("name", "ü"),
+        ("name", "x" * 254),
+    ],
+)
+def test_pod_names_kubernetes_cannot_have_are_422(
+    client: TestClient, field: str, value: str
+) -> None:
+    r = client.post("/scheduler/filter", json=by_names(pod(**{field: value}), NAMES))
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "Pod", "metadata", field]
+
+
+def test_a_slash_in_the_namespace_does_not_borrow_another_namespace_service() -> None:
+    """The pod key is `namespace/name`: a namespace `a/b` read as namespace `a` decided the
+    pod with namespace a's LLMService (and would learn and publish there)."""
+    app = create_app(ExtenderConfig())
+    app.state.scheduler.services.add(spec("chat", 0.5, per_token=0.05), "a")
+    c = TestClient(app)
+    for n in NODES:
+        app.state.scheduler.nodes.upsert(n)
+    p = pod(namespace="a/b", annotations={})  # no deadline: only a's spec could decide it
+    r = c.post("/scheduler/filter", json=by_names(p, NAMES))
+    assert r.status_code == 422
+    assert list(app.state.scheduler.log) == []
