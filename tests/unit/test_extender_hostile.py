@@ -111,3 +111,15 @@ def test_a_slash_in_the_namespace_does_not_borrow_another_namespace_service() ->
     r = c.post("/scheduler/filter", json=by_names(p, NAMES))
     assert r.status_code == 422
     assert list(app.state.scheduler.log) == []
+
+
+def test_a_duplicated_node_is_echoed_once_as_the_copy_decided_on(client: TestClient) -> None:
+    """The first occurrence of a name is the one modelled (`NodeCache.ingest`); a second copy
+    (here unlabelled, so unmodellable) must not pass along with it."""
+    cloud = next(n for n in NODES if n["metadata"]["name"] == "cloud")
+    bare = {"metadata": {"name": "cloud"}, "marker": "second"}
+    r = client.post("/scheduler/filter", json=by_objects(pod(), [*NODES, bare, cloud]))
+    assert r.status_code == 200
+    items = r.json()["Nodes"]["items"]
+    assert [o["metadata"]["name"] for o in items] == ["cloud"]
+    assert "marker" not in items[0]

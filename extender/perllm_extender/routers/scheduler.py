@@ -114,13 +114,13 @@ async def _answer(
 def _filter_reply(args: ExtenderArgs, d: PodDecision) -> Response:
     nodes: dict[str, Any] | None = None
     if args.Nodes is not None:  # nodeCacheCapable false: only Nodes is read
-        keep = set(d.passed)
-        items = [
-            o
-            for o in (args.Nodes.items or [])
-            if isinstance(o.get("metadata"), dict) and o["metadata"].get("name") in keep
-        ]
-        nodes = {"metadata": {}, "items": items}
+        # each passed node once, the first copy of its name: the one modelled and decided
+        # on (`NodeCache.ingest`); kube-scheduler takes every item it gets back as feasible
+        first: dict[str, Any] = {}
+        for o in args.Nodes.items or []:
+            name = o["metadata"]["name"]  # a string: `wire` checked every Node
+            first.setdefault(name, o)
+        nodes = {"metadata": {}, "items": [first[n] for n in d.passed if n in first]}
     # ExtenderFilterResult's fields, in its order
     return reply(
         {
