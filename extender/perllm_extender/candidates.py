@@ -11,10 +11,15 @@ from typing import Any
 from perllm.contract import Server
 from perllm.profiles import Catalogue
 from perllm_extender.lookup import BUSY, MISSING, TIMED_OUT, UNKNOWN, NodeLookup
+from perllm_extender.names import is_dns_subdomain
 from perllm_extender.nodes import NodeCache, node_name
 
 Obj = dict[str, Any]
 _UNRESOLVED = frozenset({UNKNOWN, MISSING, TIMED_OUT, BUSY})  # a set with these is not cached
+# No node has such a name, and an API read of one is another path: `read_node("")` is
+# GET /api/v1/nodes/, the whole list, which (nameless) was never cached, so read again
+# on every request.
+INVALID = "not a valid node name (an RFC 1123 subdomain): not looked up"
 
 
 @dataclass(frozen=True)
@@ -64,9 +69,12 @@ class CandidateSets:
 
     def _objects(self, order: list[str], lookup: bool = True) -> dict[str, Obj | str]:
         """Node object per name, or why there is none (lookups only with `lookup`)."""
-        out: dict[str, Obj | str] = {n: o or UNKNOWN for n, o in self.nodes.get_many(order)}
+        out: dict[str, Obj | str] = {
+            n: (o or UNKNOWN) if is_dns_subdomain(n) else INVALID
+            for n, o in self.nodes.get_many(order)
+        }
         if lookup and self.lookup is not None:
-            miss = [n for n, o in out.items() if isinstance(o, str)]
+            miss = [n for n, o in out.items() if o == UNKNOWN]
             if miss:
                 out.update(self.lookup.resolve(miss))
         return out
@@ -77,7 +85,9 @@ class CandidateSets:
         if self.lookup is None or not names:
             return False
         lk = self.lookup
-        return any(not lk.known_missing(n) for n in self.nodes.missing(names))
+        return any(
+            is_dns_subdomain(n) and not lk.known_missing(n) for n in self.nodes.missing(names)
+        )
 
     def prepare(
         self, node_objs: list[Obj] | None, names: list[str] | None

@@ -20,6 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from typing import Any
 
+from perllm_extender.nodes import node_name
+
 Obj = dict[str, Any]
 
 UNKNOWN = "node unknown to the PerLLM extender (not in its node cache)"
@@ -81,6 +83,8 @@ class NodeLookup:
         try:
             obj = self.source(name)
         except Exception:
+            obj = None
+        if obj is not None and node_name(obj) != name:  # an answer about another node
             obj = None
         with self._lock:
             self.reads += 1

@@ -123,3 +123,32 @@ def test_a_duplicated_node_is_echoed_once_as_the_copy_decided_on(client: TestCli
     items = r.json()["Nodes"]["items"]
     assert [o["metadata"]["name"] for o in items] == ["cloud"]
     assert "marker" not in items[0]
+
+
+def test_names_that_cannot_be_nodes_are_not_read_from_the_api() -> None:
+    """`read_node("")` is GET /api/v1/nodes/ (the whole list) and "..", "a/b" are other
+    paths; what comes back has no name, so nothing was cached and every request read it
+    again. Such names fail with a reason and no read; a read answering with another node
+    is not that node."""
+    calls: list[str] = []
+
+    def source(name: str) -> Obj | None:
+        calls.append(name)
+        if name == "liar":
+            return NODES[0]
+        if name in ("", "..", "a/b"):  # what the API would answer for such paths
+            return {"kind": "NodeList", "metadata": {"resourceVersion": "1"}, "items": NODES}
+        return next((n for n in NODES if n["metadata"]["name"] == name), None)
+
+    c = TestClient(create_app(ExtenderConfig(node_source=source)))
+    odd = ["", "..", "a/b", "UPPER", "x" * 254]
+    for i in range(2):
+        r = c.post("/scheduler/filter", json=by_names(pod(uid=f"u{i}"), [*NAMES, *odd, "liar"]))
+        assert r.status_code == 200
+        doc = r.json()
+        assert doc["NodeNames"] == ["cloud"]
+        for n in odd:
+            assert "not a valid node name" in doc["FailedNodes"][n], doc["FailedNodes"][n]
+        assert "not found" in doc["FailedNodes"]["liar"]
+    assert sorted(calls) == sorted([*NAMES, "liar"])  # each valid name read once
+    assert c.app.state.scheduler.nodes.get("liar") is None  # type: ignore[attr-defined]
