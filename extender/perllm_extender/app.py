@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from perllm.profiles import default_catalogue
 from perllm_extender.config import ExtenderConfig
@@ -57,9 +58,22 @@ def create_app(config: ExtenderConfig | None = None) -> FastAPI:
         ][:20]
         return JSONResponse(status_code=422, content={"Error": "invalid request", "detail": errs})
 
+    _plain_errors(app)
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
     app.add_middleware(Unexpected, on_error=metrics.errors.inc)  # outermost: 500, logged
     return app
+
+
+def _plain_errors(app: FastAPI) -> None:
+    """403 (no client certificate), 404, 405 as `{"Error": reason}`, the shape of every
+    other error here (FastAPI's default is `{"detail": ...}`); headers such as 405's
+    `Allow` are kept."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            status_code=exc.status_code, content={"Error": str(exc.detail)}, headers=exc.headers
+        )
 
 
 def _verifier(cfg: ExtenderConfig, live: Live, metrics: Metrics) -> PodVerifier | None:
@@ -84,4 +98,5 @@ def probe_app(main: FastAPI) -> FastAPI:
     side.state.metrics = main.state.metrics
     side.include_router(health.router)
     side.include_router(observe.router)
+    _plain_errors(side)
     return side

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from perllm_extender import ExtenderConfig, create_app
+from perllm_extender.app import probe_app
 from test_extender_fakes import NAMES, NODES, Obj, spec
 from test_extender_fakes import args as by_names
 
@@ -152,3 +153,55 @@ def test_names_that_cannot_be_nodes_are_not_read_from_the_api() -> None:
         assert "not found" in doc["FailedNodes"]["liar"]
     assert sorted(calls) == sorted([*NAMES, "liar"])  # each valid name read once
     assert c.app.state.scheduler.nodes.get("liar") is None  # type: ignore[attr-defined]
+
+
+def test_every_error_has_the_same_shape_with_a_reason() -> None:
+    """kube-scheduler reads only the status, but people read the bodies: one shape,
+    `{"Error": reason}`, for 403, 404, 405, 413, 422, 400 alike."""
+    app = create_app(ExtenderConfig(client_auth=True, max_body_bytes=10_000))
+    c = TestClient(app)
+    tls = TestClient(app, base_url="https://testserver")
+    answers = [
+        (c.post("/scheduler/filter", json=by_names(pod(), NAMES)), 403, "certificate"),
+        (c.get("/decisions"), 403, "certificate"),
+        (tls.get("/scheduler/filter"), 405, "Method Not Allowed"),
+        (tls.post("/scheduler/bind", json={}), 404, "Not Found"),
+        (tls.post("/scheduler/filter", content=b" " * 20_000), 413, "over 10000 bytes"),
+        (tls.post("/scheduler/filter", content=b"{"), 422, "invalid request"),
+        (tls.get("/decisions?limit=x"), 422, "invalid request"),
+        (tls.post("/scheduler/filter", json=by_names(pod(annotations={}), NAMES)), 400, "BadPod"),
+    ]
+    for r, status, why in answers:
+        assert r.status_code == status, (r.request.url, r.text)
+        assert why in r.json()["Error"], r.text
+    assert tls.get("/scheduler/filter").headers["allow"] == "POST"
+    probes = TestClient(probe_app(app))  # the plain-HTTP probe port: nothing but probes
+    r = probes.post("/scheduler/filter", json=by_names(pod(), NAMES))
+    assert r.status_code == 404 and r.json() == {"Error": "Not Found"}
+
+
+def test_a_good_request_after_every_kind_of_bad_one_decides_as_before(
+    client: TestClient,
+) -> None:
+    first = client.post("/scheduler/filter", json=by_objects(pod(uid="g0"), NODES))
+    assert passed(first.json()) == ["cloud"]
+    bad: list[bytes | Obj] = [
+        b"{",
+        b"null",
+        b'{"Pod": {"x": NaN}}',
+        {"Pod": pod(namespace="a/b")},
+        {"Pod": pod(uid="b1"), "Nodes": {"items": [{"metadata": {"name": 5}}]}},
+        {"Pod": pod(uid="b2", annotations={"perllm.io/deadline-s": "nan"}), "NodeNames": NAMES},
+        by_objects(pod(uid="b3"), [*NODES, {"metadata": {"name": "cloud"}}]),
+        {"Pod": pod(uid="b4"), "NodeNames": ["", "..", *NAMES, *NAMES]},
+    ]
+    for b in bad:
+        for verb in ("filter", "prioritize"):
+            raw = b if isinstance(b, bytes) else json.dumps(b).encode()
+            assert client.post(f"/scheduler/{verb}", content=raw).status_code < 500
+    for i, body in enumerate(
+        [by_objects(pod(uid="g1"), NODES), by_names(pod(uid="g2"), list(reversed(NAMES)))]
+    ):
+        r = client.post("/scheduler/filter", json=body)
+        assert r.status_code == 200 and passed(r.json()) == ["cloud"], (i, r.text)
+        assert r.json()["FailedNodes"] == first.json()["FailedNodes"]
