@@ -139,6 +139,11 @@ class Scheduler:
                 failed={},
                 scores=dict.fromkeys(order, 0),
             )
+        meta = pod.get("metadata")
+        if not (isinstance(meta, dict) and meta.get("name")):
+            # the pod key is what reuse, learning and publication tell pods apart by: every
+            # nameless pod was "ns/?", and one's prioritize answered with another's decision
+            raise BadPod(f"pod {key}: a PerLLM pod needs metadata.name")
         if spec.model not in self.catalogue.models:
             raise BadPod(
                 f"pod {key}: model {spec.model!r} of service {spec.name!r} is not in the catalogue"

@@ -227,3 +227,26 @@ def test_a_list_of_a_million_bad_entries_is_one_error_at_once(
     assert r.status_code == 422
     assert [e["loc"] for e in r.json()["detail"]] == [loc]
     assert took < 3.0, took  # ~9 s before, ~0.1 s now
+
+
+def test_a_perllm_pod_without_a_name_is_400_not_another_pods_decision(
+    client: TestClient,
+) -> None:
+    """Nameless pods all had the key `llm/?`: a prioritize for one reused the filter
+    decision of another (another service, another deadline)."""
+    for n in NODES:
+        client.app.state.scheduler.nodes.upsert(n)  # type: ignore[attr-defined]
+
+    def nameless(svc: str, deadline: str) -> Obj:
+        p = pod(labels={LABEL_SERVICE: svc}, annotations={"perllm.io/deadline-s": deadline})
+        del p["metadata"]["name"], p["metadata"]["uid"]
+        return p
+
+    for verb in ("filter", "prioritize"):
+        for p in (nameless("fast", "0.6"), nameless("slow", "600")):
+            r = client.post(f"/scheduler/{verb}", json=by_names(p, NAMES))
+            assert r.status_code == 400 and "needs metadata.name" in r.json()["Error"]
+    assert list(client.app.state.scheduler.log) == []  # type: ignore[attr-defined]
+    # a pod without the label is not PerLLM's: passed through, name or not
+    r = client.post("/scheduler/filter", json=by_names({"metadata": {}}, NAMES))
+    assert r.status_code == 200 and r.json()["NodeNames"] == NAMES
