@@ -152,7 +152,7 @@ class Scheduler:
         skey = service_key(ns, spec)
         order, prep = self.sets.prepare(node_objs, names)
         with self._lock:
-            reused = self._reuse(uid, order, verb, prep.gen, spec)
+            reused = self._reuse(uid, key, order, verb, prep.gen, spec)
             if reused is not None:
                 return reused
             d = self._decide(key, spec, order, prep, skey)
@@ -166,7 +166,7 @@ class Scheduler:
         return d
 
     def _reuse(
-        self, uid: str, order: list[str], verb: str, gen: int, spec: ServiceSpec
+        self, uid: str, key: str, order: list[str], verb: str, gen: int, spec: ServiceSpec
     ) -> PodDecision | None:
         """The pod's recent decision when this request repeats it: prioritize over the nodes
         that passed filter (kube-scheduler sends only those), or the same filter again
@@ -175,6 +175,8 @@ class Scheduler:
         LLMService edited) decides again. One pod, one play."""
         hit = self._recent.get(uid)
         if hit is None or time.monotonic() - hit.at >= self._reuse_s:
+            return None
+        if hit.decision.pod != key:  # a uid sent for another pod: never its decision
             return None
         prev = hit.decision
         # prioritize follows its filter in one scheduling cycle: the same decision even if

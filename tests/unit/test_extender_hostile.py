@@ -250,3 +250,18 @@ def test_a_perllm_pod_without_a_name_is_400_not_another_pods_decision(
     # a pod without the label is not PerLLM's: passed through, name or not
     r = client.post("/scheduler/filter", json=by_names({"metadata": {}}, NAMES))
     assert r.status_code == 200 and r.json()["NodeNames"] == NAMES
+
+
+def test_a_uid_sent_again_for_another_pod_does_not_get_its_decision(
+    client: TestClient,
+) -> None:
+    """Reuse (filter, then prioritize of the same cycle) is keyed by uid: a request naming
+    another pod with the same uid got the first pod's decision."""
+    for n in NODES:
+        client.app.state.scheduler.nodes.upsert(n)  # type: ignore[attr-defined]
+    a = pod(uid="same", name="a", labels={LABEL_SERVICE: "fast"})
+    b = pod(uid="same", name="b", labels={LABEL_SERVICE: "slow"})
+    assert client.post("/scheduler/filter", json=by_names(a, NAMES)).status_code == 200
+    assert client.post("/scheduler/prioritize", json=by_names(b, NAMES)).status_code == 200
+    log = client.app.state.scheduler.log  # type: ignore[attr-defined]
+    assert [(e["pod"], e["service"]) for e in log] == [("llm/a", "fast"), ("llm/b", "slow")]
