@@ -4,7 +4,9 @@ still decides correctly (docs/extender.md, "Security", "Errors")."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 import time
 from typing import Any
 
@@ -14,6 +16,7 @@ from perllm_extender import ExtenderConfig, create_app
 from perllm_extender.app import probe_app
 from test_extender_fakes import NAMES, NODES, Obj, spec
 from test_extender_fakes import args as by_names
+from test_extender_security import Served
 
 from perllm.labels import LABEL_SERVICE, SCHEDULER_NAME
 
@@ -265,3 +268,42 @@ def test_a_uid_sent_again_for_another_pod_does_not_get_its_decision(
     assert client.post("/scheduler/prioritize", json=by_names(b, NAMES)).status_code == 200
     log = client.app.state.scheduler.log  # type: ignore[attr-defined]
     assert [(e["pod"], e["service"]) for e in log] == [("llm/a", "fast"), ("llm/b", "slow")]
+
+
+def test_concurrent_good_and_bad_requests_over_kept_alive_connections() -> None:
+    """Four clients, each on one keep-alive connection to a real listener, interleave bad
+    bodies with decisions of their own pods: no 5xx, no dropped connection, and every
+    good request decides as a lone one does."""
+    app = create_app(ExtenderConfig())
+    for n in NODES:
+        app.state.scheduler.nodes.upsert(n)
+    bad = [
+        b"{",
+        b'{"Pod": {"metadata": {"name": {"a": 1}}}}',
+        json.dumps({"Pod": pod(uid="b1", namespace="a/b"), "NodeNames": NAMES}).encode(),
+        json.dumps({"Pod": pod(uid="b2", annotations={}), "NodeNames": NAMES}).encode(),
+    ]
+    seen: list[tuple[int, list[str] | None]] = []
+    lock = threading.Lock()
+
+    def client(i: int, port: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for j in range(20):
+            good = j % 2 == 0
+            p = pod(uid=f"u{i}-{j}", name=f"p{i}-{j}")
+            body = json.dumps(by_names(p, NAMES)).encode() if good else bad[j // 2 % len(bad)]
+            conn.request("POST", "/scheduler/filter", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            doc = json.loads(r.read())
+            with lock:
+                seen.append((r.status, doc["NodeNames"] if good else None))
+
+    with Served(app, None) as s:
+        threads = [threading.Thread(target=client, args=(i, s.port)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert len(seen) == 80
+    assert {st for st, _ in seen} <= {200, 400, 422}
+    assert [names for st, names in seen if names is not None] == [["cloud"]] * 40
