@@ -138,7 +138,7 @@ class Router(Membership):
                 return
             await self._completion(scope, receive, send, ROUTES[path])
         elif path == "/v1/models" and method == "GET":
-            if not await self._denied(scope, send):
+            if not await self._not_ready(send) and not await self._denied(scope, send):
                 await reply(send, 200, self._models_body)
         elif path == "/metrics" and method == "GET":
             ctype = self.metrics.content_type.encode()
@@ -148,7 +148,7 @@ class Router(Membership):
         elif path == "/readyz":
             down = self.down()
             if self.spec is None:
-                await error(send, 503, "not_ready", self.waiting_for or "no service spec yet")
+                await self._not_ready(send)
             elif self._members is None:
                 await error(send, 503, "not_ready", "no backends")
             elif len(down) == len(self._members.names):
@@ -175,10 +175,7 @@ class Router(Membership):
 
     async def _completion(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> None:
         t0 = time.perf_counter()
-        if self.spec is None:
-            await error(send, 503, "not_ready", self.waiting_for or "no service spec yet")
-            return
-        if await self._denied(scope, send):
+        if await self._not_ready(send) or await self._denied(scope, send):
             return
         try:
             async with asyncio.timeout(self.limits.body_timeout_s):  # (no slot held yet)
@@ -237,6 +234,14 @@ class Router(Membership):
                 self.metrics.retries.inc()
                 continue
             return
+
+    async def _not_ready(self, send: Send) -> bool:
+        """Without the service's spec yet (discovery alone, `set_spec`): answered 503
+        (True), as nothing that depends on it (its model names, its deadline) is known."""
+        if self.spec is not None:
+            return False
+        await error(send, 503, "not_ready", self.waiting_for or "no service spec yet")
+        return True
 
     async def _denied(self, scope: Scope, send: Send) -> bool:
         """With `auth`: a request to /v1/* without the token is answered 401 (True)."""

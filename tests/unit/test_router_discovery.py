@@ -226,10 +226,18 @@ def test_discovery_alone_waits_for_the_llmservice_and_follows_its_edits() -> Non
         assert ready.status_code == 503 and "LLMService ns/chat" in ready.text
         resp = await c.post("/v1/chat/completions", json={"model": "chat", "messages": []})
         assert resp.status_code == 503 and "Not Found" in resp.text
+        # (the model list is the spec's: it was an AttributeError, a 500 with a traceback)
+        models = await c.get("/v1/models")
+        assert models.status_code == 503 and models.json()["error"]["type"] == "not_ready"
+        assert "Not Found" in models.json()["error"]["message"]
         custom.obj = chat
         await r.discovery.refresh()
         assert r.spec is not None and r.spec.name == "chat"
         assert [b.name for b in r.backends] == ["a"]
+        assert {m["id"] for m in (await c.get("/v1/models")).json()["data"]} == {
+            "chat",
+            "llama3-8b",
+        }
         stats, deadline = r.decider.bandit.stats, r.spec.requirements.deadline.seconds
         edited = json.loads(json.dumps(chat))
         edited["spec"]["requirements"]["deadline"]["seconds"] = deadline * 2
