@@ -42,7 +42,7 @@ class TokenCounter:
     def _usage_of(self, raw: bytes) -> None:
         try:
             u = json.loads(raw).get("usage")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # (nested too deeply to read)
             return
         if isinstance(u, dict) and isinstance(u.get("completion_tokens"), int | float):
             self.usage = float(u["completion_tokens"])

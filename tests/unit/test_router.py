@@ -387,6 +387,38 @@ def test_a_backend_answering_a_status_out_of_range_is_a_502() -> None:
     run(go())
 
 
+def test_an_answer_nested_too_deeply_to_read_is_relayed_without_a_traceback() -> None:
+    """The output tokens are read from a backend's `usage` (the whole JSON body, or an SSE
+    event naming it): a body nested deeper than Python's recursion limit raised a
+    RecursionError there, after the answer: a traceback in the log, the stream cut off."""
+
+    async def go() -> None:
+        deep = b"[" * 100_000 + b"]" * 100_000
+        event = b'data: {"usage": ' + deep + b"}\n\ndata: [DONE]\n\n"
+
+        async def nested(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            stream = json.loads(await reader.readexactly(n)).get("stream")
+            body, ctype = (event, b"text/event-stream") if stream else (deep, b"application/json")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + ctype + b"\r\ncontent-length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+            await writer.drain()
+            writer.close()
+
+        srv = await asyncio.start_server(nested, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        r, _, c = await router(urls={"edge-gpu": url, "cloud": url}, limits={"retries": 0})
+        for stream, body in ((False, deep), (True, event)):
+            resp = await c.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+            assert resp.status_code == 200 and resp.content == body
+        assert r.inflight == [0, 0] and r.metrics.attainment._value.get() == 1.0
+        await r.aclose()
+        srv.close()
+
+    run(go())
+
+
 def test_informational_heads_before_the_answer_are_skipped() -> None:
     """103 Early Hints (or a 100 Continue) before the 200 is allowed HTTP: the answer after
     it is relayed, on a connection that stays usable (a 502 'status 103' before)."""
