@@ -20,10 +20,14 @@ async def read_request(
     """(raw body, parsed body, the deadline header's tightening or None)."""
     raw = await read_body(headers, receive, limit)
     req = served(parse(raw, chat), models)
-    tight = None
-    for k, v in headers:
-        if k == DEADLINE_HEADER:
-            tight = deadline_header(v.decode("latin-1"))
+    values = [v for k, v in headers if k == DEADLINE_HEADER]
+    if len(values) > 1:  # (no list field: which one a proxy or client meant is unknown)
+        raise BadRequest(
+            400,
+            "invalid_request_error",
+            f"x-perllm-deadline-s: given {len(values)} times; give one",
+        )
+    tight = deadline_header(values[0].decode("latin-1")) if values else None
     return raw, req, tight
 
 

@@ -247,6 +247,24 @@ def test_a_lone_surrogate_escape_or_a_huge_max_tokens_is_no_500() -> None:
     run(go())
 
 
+def test_several_deadline_headers_are_a_400() -> None:
+    """Two x-perllm-deadline-s lines (which HTTP allows only for a list field): the last
+    one was taken silently, whichever a proxy or client meant."""
+
+    async def go() -> None:
+        r, stubs, c = await router()
+        twice = [("x-perllm-deadline-s", "10"), ("x-perllm-deadline-s", "0.5")]
+        resp = await c.post("/v1/chat/completions", json=CHAT, headers=twice)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["message"] == "x-perllm-deadline-s: given 2 times; give one"
+        assert sum(s.requests for s in stubs.values()) == 0
+        one = await c.post("/v1/chat/completions", json=CHAT, headers=twice[:1])
+        assert one.status_code == 200
+        await r.aclose()
+
+    run(go())
+
+
 def test_a_wrong_method_is_405_naming_the_right_one() -> None:
     async def go() -> None:
         r, _, c = await router()
