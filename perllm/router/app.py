@@ -24,7 +24,7 @@ from perllm.router.asgi import Receive, Refused, Scope, Send, Shed, error, reply
 from perllm.router.config import Backend, RouterConfig
 from perllm.router.decision import Ticket
 from perllm.router.feedback import Feedback
-from perllm.router.forward import Forwarder
+from perllm.router.forward import ClientWatch, Forwarder
 from perllm.router.intake import read_request
 from perllm.router.members import Members
 from perllm.router.membership import Membership
@@ -191,22 +191,30 @@ class Router(Membership):
             self.metrics.rejected.labels(str(e.status)).inc()
             await error(send, e.status, e.kind, e.message)
             return
+        watch = ClientWatch(receive)  # (the body is read: what comes now is a disconnect)
         try:
-            await self._admit()
-        except Shed as e:
-            await self._shed(send, e)
-            return
-        try:
-            await self._place(scope, receive, send, req, raw, tight, t0)
-        except Shed as e:
-            await self._shed(send, e)
+            try:
+                await self._admit()
+            except Shed as e:
+                await self._shed(send, e)
+                return
+            try:
+                await self._place(scope, watch, send, req, raw, tight, t0)
+            except Shed as e:
+                await self._shed(send, e)
+            finally:
+                self._slots.release()
+        except asyncio.CancelledError:
+            if not watch.client_gone():
+                raise
+            self.metrics.abandoned.inc()  # gone before it was sent: its queue place freed
         finally:
-            self._slots.release()
+            watch.close()
 
     async def _place(
         self,
         scope: Scope,
-        receive: Receive,
+        watch: ClientWatch,
         send: Send,
         req: Parsed,
         raw: bytes,
@@ -226,7 +234,7 @@ class Router(Membership):
                 raise Shed(503, "backends_down", f"{EVERY}: {', '.join(members.names)}")
             ticket = self._decide(live, req, tight)
             try:
-                await self._proxy(scope, receive, send, req, raw, live, ticket, tight, t0)
+                await self._proxy(scope, watch, send, req, raw, live, ticket, tight, t0)
             except Refused as e:
                 self._refused(e)
                 if attempt == self.limits.retries:
@@ -266,8 +274,10 @@ class Router(Membership):
             if self._queued >= self.limits.max_queue:
                 raise Shed(503, "queue_full", "router queue full: try again later")
             self._queued += 1
-            try:
-                await asyncio.wait_for(self._slots.acquire(), self.limits.queue_timeout_s)
+            try:  # (acquire itself cancelled, not a task of it as wait_for's: a slot granted
+                # as a disconnect cancels the wait goes to the next waiter, not lost)
+                async with asyncio.timeout(self.limits.queue_timeout_s):
+                    await self._slots.acquire()
             except TimeoutError:
                 raise Shed(
                     503, "queue_timeout", f"no slot within {self.limits.queue_timeout_s:g}s"

@@ -2,7 +2,7 @@
 back as it arrives (bytes untouched, one send per read), counting output tokens on the
 way; its outcome goes to `Feedback`, and whether the backend answered in time to the
 membership's health (`Membership.answered`, `timed_out`). A client that disconnects
-cancels the request."""
+cancels the request (`ClientWatch`, from its admission on)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class Forwarder:
     async def __call__(
         self,
         scope: Scope,
-        receive: Receive,
+        watch: ClientWatch,
         send: Send,
         req: Parsed,
         raw: bytes,
@@ -61,7 +61,6 @@ class Forwarder:
         key = backlog.add(time.perf_counter(), ticket)
         flight = Flight(members, ticket, t0, tight, TokenCounter(req.stream), None, backlog, key)
         bm.inflight.inc()
-        watch = _Disconnect(receive)
         resp = None
         try:
             resp = await self._open(members.pools[j], scope, req, raw, b, flight)
@@ -72,7 +71,6 @@ class Forwarder:
                 raise
             bm.error("client_disconnect").inc()
         finally:
-            watch.close()
             # An answer's prefill was observed at its first chunk (`_relay`); an ending
             # before one, or an error status, pulls no queue forward.
             backlog.done(key, time.perf_counter(), prefilled=False)
@@ -156,12 +154,14 @@ class Forwarder:
             bm.error("status").inc()
 
 
-class _Disconnect:
-    """Watches the client while its request is proxied: a disconnect cancels the task."""
+class ClientWatch:
+    """Watches the client once its body is read, while its request waits for a slot and
+    is proxied: a disconnect cancels the task (its queue place, or its upstream request).
+    `close` before the end of the task: a complete response reads as a disconnect too."""
 
     def __init__(self, receive: Receive) -> None:
         self._task = asyncio.current_task()
-        self._done = self._gone = False
+        self._done = self._gone = self._undone = False
         self._watcher = asyncio.create_task(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
@@ -174,8 +174,10 @@ class _Disconnect:
                 return
 
     def client_gone(self) -> bool:
-        """Whether the cancellation being handled is the disconnect's (then it is undone)."""
-        if self._gone and self._task is not None:
+        """Whether the cancellation being handled is the disconnect's (then it is undone,
+        once)."""
+        if self._gone and not self._undone and self._task is not None:
+            self._undone = True
             self._task.uncancel()
         return self._gone
 

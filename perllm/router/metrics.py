@@ -77,6 +77,12 @@ class RouterMetrics:
             ["status"],
             registry=r,
         )
+        self.abandoned = Counter(
+            "perllm_router_abandoned_requests_total",
+            "Requests whose client disconnected before they were sent to a backend (while "
+            "waiting for a slot).",
+            registry=r,
+        )
         self.inflight = Gauge(
             "perllm_router_inflight_requests",
             "Requests in flight per backend (the load CS-UCB sees).",

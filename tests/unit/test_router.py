@@ -515,6 +515,52 @@ def test_queue_full_and_queue_timeout_are_503() -> None:
     run(go())
 
 
+def test_clients_gone_while_queued_leave_the_queue_at_once() -> None:
+    """Clients that disconnect while their request waits for a slot: their queue places
+    are freed then (they held them until a slot came, so the queue could be full of
+    requests nobody waits for: 503 queue_full for the next client), and they are never
+    decided nor sent to a backend (CS-UCB counted plays for them)."""
+
+    async def go() -> None:
+        stubs = {n: StubBackend(n, tokens=40, token_delay_s=0.05) for n in ("edge-gpu", "cloud")}
+        async with serving(stubs["edge-gpu"]) as e, serving(stubs["cloud"]) as cl:
+            r, _, _ = await router(
+                stubs,
+                {"edge-gpu": e, "cloud": cl},
+                limits={"max_concurrency": 1, "max_queue": 3, "queue_timeout_s": 10},
+            )
+            async with serving(r) as url, httpx.AsyncClient(base_url=url, timeout=10) as c:
+                first = asyncio.create_task(c.post("/v1/chat/completions", json=CHAT))
+                while not r._slots.locked():
+                    await asyncio.sleep(0.01)
+                body = json.dumps(CHAT).encode()
+                host, port = url.removeprefix("http://").split(":")
+                ghosts = []
+                for _ in range(3):
+                    _, w = await asyncio.open_connection(host, int(port))
+                    w.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: r\r\n"
+                            b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+                    ghosts.append(w)
+                while r._queued < 3:
+                    await asyncio.sleep(0.01)
+                for w in ghosts:
+                    w.close()
+                for _ in range(100):  # (the first request holds its slot for 2 s)
+                    if r._queued == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                assert r._queued == 0 and not first.done()
+                resp = await c.post("/v1/chat/completions", json=CHAT)  # queued, not full
+                assert resp.status_code == 200 and (await first).status_code == 200
+            assert sum(s.requests for s in stubs.values()) == 2
+            assert r.decider.bandit.stats.plays.sum() == 2
+            assert r.metrics.abandoned._value.get() == 3
+            assert r._queued == 0 and not r._slots.locked() and r.inflight == [0, 0]
+            await r.aclose()
+
+    run(go())
+
+
 async def _queue(stubs: dict[str, StubBackend], urls: dict[str, str]) -> None:
     if True:
         r, _, c = await router(
