@@ -191,7 +191,8 @@ class Router(Membership):
             self.metrics.rejected.labels(str(e.status)).inc()
             await error(send, e.status, e.kind, e.message)
             return
-        watch = ClientWatch(receive)  # (the body is read: what comes now is a disconnect)
+        # (the body is read: what receive gives now is a disconnect)
+        watch = ClientWatch(receive, send, self.limits.send_timeout_s)
         try:
             try:
                 await self._admit()
@@ -199,7 +200,7 @@ class Router(Membership):
                 await self._shed(send, e)
                 return
             try:
-                await self._place(scope, watch, send, req, raw, tight, t0)
+                await self._place(scope, watch, req, raw, tight, t0)
             except Shed as e:
                 await self._shed(send, e)
             finally:
@@ -215,7 +216,6 @@ class Router(Membership):
         self,
         scope: Scope,
         watch: ClientWatch,
-        send: Send,
         req: Parsed,
         raw: bytes,
         tight: float | None,
@@ -234,7 +234,7 @@ class Router(Membership):
                 raise Shed(503, "backends_down", f"{EVERY}: {', '.join(members.names)}")
             ticket = self._decide(live, req, tight)
             try:
-                await self._proxy(scope, watch, send, req, raw, live, ticket, tight, t0)
+                await self._proxy(scope, watch, req, raw, live, ticket, tight, t0)
             except Refused as e:
                 self._refused(e)
                 if attempt == self.limits.retries:

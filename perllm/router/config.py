@@ -99,6 +99,7 @@ class Limits(_Strict):
     connect_timeout_s: WaitSeconds = 2.0
     read_timeout_s: WaitSeconds = 60.0  # between two upstream chunks
     body_timeout_s: WaitSeconds = 30.0  # a client's body, once its head came
+    send_timeout_s: WaitSeconds = 60.0  # a client's reading of one chunk of its answer
     # A backend refusing connections or not answering in time (the timeouts above) is
     # left out of decisions (perllm.router.health) for eject_s, doubling per consecutive
     # failure up to eject_max_s; a request not sent (connection refused or not accepted

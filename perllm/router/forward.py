@@ -45,7 +45,6 @@ class Forwarder:
         self,
         scope: Scope,
         watch: ClientWatch,
-        send: Send,
         req: Parsed,
         raw: bytes,
         members: Members,
@@ -64,12 +63,17 @@ class Forwarder:
         resp = None
         try:
             resp = await self._open(members.pools[j], scope, req, raw, b, flight)
-            await send(_response_start(resp, b, ticket))
-            await self._relay(send, resp, flight, bm, b.name)
+            await watch.send(_response_start(resp, b, ticket))
+            await self._relay(watch, resp, flight, bm, b.name)
         except asyncio.CancelledError:
             if not watch.client_gone():
                 raise
-            bm.error("client_disconnect").inc()
+            if watch.stalled:  # (the response is left unfinished: the connection closed)
+                bm.error("client_stalled").inc()
+                log.warning("a client read nothing of its answer from %s for %gs: aborted",
+                            b.name, watch.stall_s)  # fmt: skip
+            else:
+                bm.error("client_disconnect").inc()
         finally:
             # An answer's prefill was observed at its first chunk (`_relay`); an ending
             # before one, or an error status, pulls no queue forward.
@@ -108,10 +112,11 @@ class Forwarder:
             raise Shed(502, "upstream_unavailable", f"backend {b.name}: {e}") from None
 
     async def _relay(
-        self, send: Send, resp: Response, flight: Flight, bm: BackendMetrics, name: str
+        self, watch: ClientWatch, resp: Response, flight: Flight, bm: BackendMetrics, name: str
     ) -> None:
         """The body, streamed as it arrives; then what the outcome teaches."""
         counter = flight.counter
+        send, clock = watch.client_send, watch.clock  # (`watch.send` inlined: per chunk)
         last = False
         try:
             while True:
@@ -129,7 +134,9 @@ class Forwarder:
                         flight.backlog.prefilled(flight.key, flight.first)
                 counter.feed(chunk)
                 last = resp.complete  # the end with the last bytes: one write less
+                watch.sending = clock()
                 await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                watch.sending = 0.0
                 if last:
                     break
         except UpstreamError as e:
@@ -147,7 +154,7 @@ class Forwarder:
             return
         self._membership.answered(name)
         if not last:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await watch.send({"type": "http.response.body", "body": b"", "more_body": False})
         if resp.status < 400:
             self._feedback.completed(flight)
         else:
@@ -156,26 +163,54 @@ class Forwarder:
 
 class ClientWatch:
     """Watches the client once its body is read, while its request waits for a slot and
-    is proxied: a disconnect cancels the task (its queue place, or its upstream request).
-    `close` before the end of the task: a complete response reads as a disconnect too."""
+    is proxied: a disconnect cancels the task (its queue place, or its upstream request),
+    and so does a `send` to it not done within `stall_s` (`stalled`: a client that stops
+    reading its answer, whose socket never closes, held a slot and a backend's request
+    for good). `close` before the end of the task: a complete response reads as a
+    disconnect too."""
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, send: Send, stall_s: float) -> None:
         self._task = asyncio.current_task()
-        self._done = self._gone = self._undone = False
+        self._done = self._gone = self._undone = self.stalled = False
+        self.client_send, self.stall_s = send, stall_s
+        self._loop = asyncio.get_running_loop()
+        self.clock = self._loop.time
+        self.sending = 0.0  # when the send under way began (`clock`); 0.0: none
+        self._timer: asyncio.TimerHandle | None = None
         self._watcher = asyncio.create_task(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
         while True:
             m = await receive()
             if m["type"] == "http.disconnect":
-                if not self._done and self._task is not None:
-                    self._gone = True
-                    self._task.cancel()
+                self._cancel()
                 return
 
+    async def send(self, message: Message) -> None:
+        """`send` to the client, timed: `sending` set while it waits (the relay's loop
+        sets it itself), checked by one timer a request every `stall_s`, armed here."""
+        now = self.sending = self.clock()
+        if self._timer is None:
+            self._timer = self._loop.call_at(now + self.stall_s, self._check)
+        await self.client_send(message)
+        self.sending = 0.0
+
+    def _check(self) -> None:
+        began, now = self.sending, self.clock()
+        if began and now - began >= self.stall_s:
+            self.stalled = True
+            self._cancel()
+        elif not self._done:
+            self._timer = self._loop.call_at((began or now) + self.stall_s, self._check)
+
+    def _cancel(self) -> None:
+        if not self._done and not self._gone and self._task is not None:
+            self._gone = True
+            self._task.cancel()
+
     def client_gone(self) -> bool:
-        """Whether the cancellation being handled is the disconnect's (then it is undone,
-        once)."""
+        """Whether the cancellation being handled is the watch's, the client gone or
+        `stalled` (then it is undone, once)."""
         if self._gone and not self._undone and self._task is not None:
             self._undone = True
             self._task.uncancel()
@@ -184,6 +219,8 @@ class ClientWatch:
     def close(self) -> None:
         self._done = True
         self._watcher.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _response_start(resp: Response, b: Backend, t: Ticket) -> Message:

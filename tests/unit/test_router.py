@@ -561,6 +561,56 @@ def test_clients_gone_while_queued_leave_the_queue_at_once() -> None:
     run(go())
 
 
+def test_a_client_that_stops_reading_its_answer_is_cut_after_send_timeout() -> None:
+    """A client that keeps its connection open but reads nothing of a stream: once the
+    socket buffers fill, the router's send to it waited for good, and with it the slot and
+    the backend's request (read_timeout_s does not apply: the backend is not slow)."""
+
+    async def go() -> None:
+        open_ = 0
+
+        async def blast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal open_
+            open_ += 1
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n")  # fmt: skip
+            event = b"data: " + b"x" * 65536 + b"\n\n"
+            try:
+                while True:  # as fast as it is read, until the router closes
+                    writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                    await writer.drain()
+            except ConnectionError:
+                open_ -= 1
+
+        srv = await asyncio.start_server(blast, "127.0.0.1", 0)
+        up = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        limits = {"max_concurrency": 1, "read_timeout_s": 0.5, "send_timeout_s": 0.5}
+        r, _, _ = await router(urls={"edge-gpu": up, "cloud": up}, limits=limits)
+        async with serving(r) as url:
+            host, port = url.removeprefix("http://").split(":")
+            _, w = await asyncio.open_connection(host, int(port))
+            w.transport.pause_reading()  # (reads nothing; the connection stays open)
+            body = json.dumps({**CHAT, "stream": True}).encode()
+            w.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: r\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            while not r._slots.locked():
+                await asyncio.sleep(0.01)
+            for _ in range(300):
+                if not r._slots.locked():
+                    break
+                await asyncio.sleep(0.01)
+            assert not r._slots.locked() and r.inflight == [0, 0]
+            await asyncio.sleep(0.1)
+            assert open_ == 0  # the backend's request was cancelled
+            assert 'kind="client_stalled"} 1.0' in r.metrics.exposition().decode()
+            w.close()
+        await r.aclose()
+        srv.close()
+
+    run(go())
+
+
 async def _queue(stubs: dict[str, StubBackend], urls: dict[str, str]) -> None:
     if True:
         r, _, c = await router(
