@@ -20,6 +20,9 @@ from urllib.parse import urlsplit
 import httptools
 
 _HIGH_WATER = 1 << 18  # buffered body bytes before the socket is paused
+# A response's head (with any 1xx before it) at most this long: the parser buffers a header
+# line until it ends, so a head that never ends grew until the read timeout.
+MAX_HEAD = 1 << 16
 
 
 class UpstreamError(Exception):
@@ -47,6 +50,7 @@ class _Conn(asyncio.Protocol):
         self.framed = False  # content-length or chunked: EOF is not the end
         self.interim = False  # a 1xx head (e.g. 103 Early Hints) before the answer
         self.head = False
+        self.before_head = 0  # bytes received before the head was complete
         self.complete = False
         self.keep_alive = False
         self.received = False
@@ -68,6 +72,14 @@ class _Conn(asyncio.Protocol):
             self._fail(UpstreamError("disconnect", f"bad HTTP response: {e}"))
             self.close()
             return
+        if not self.head:  # (checked after parsing: a read may hold the head and a body)
+            self.before_head += len(data)
+            if self.before_head > MAX_HEAD:
+                self._fail(
+                    UpstreamError("disconnect", f"bad HTTP response: head over {MAX_HEAD} bytes")
+                )
+                self.close()
+                return
         if self.chunks:  # (body chunks: one wake and one flow-control check per read)
             if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
                 self.paused = True

@@ -437,6 +437,33 @@ def test_an_answer_nested_too_deeply_to_read_is_relayed_without_a_traceback() ->
     run(go())
 
 
+def test_a_backend_answering_an_endless_head_is_a_502_at_its_size_limit() -> None:
+    """A response head that never ends (one header line growing for good): the parser
+    buffered it until read_timeout_s, growing by ~17 MB/s (over 1 GB at the default 60 s)."""
+
+    async def go() -> None:
+        async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nx-a: ")
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    writer.write(b"a" * 65536)
+                    await writer.drain()
+
+        srv = await asyncio.start_server(endless, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        limits = {"retries": 0, "read_timeout_s": 10}
+        r, _, c = await router(urls={"edge-gpu": url, "cloud": url}, limits=limits)
+        resp = await asyncio.wait_for(c.post("/v1/chat/completions", json=CHAT), 5)
+        assert resp.status_code == 502, resp.text
+        assert "bad HTTP response: head over 65536 bytes" in resp.json()["error"]["message"]
+        assert r.inflight == [0, 0]
+        await r.aclose()
+        srv.close()
+
+    run(go())
+
+
 def test_informational_heads_before_the_answer_are_skipped() -> None:
     """103 Early Hints (or a 100 Continue) before the 200 is allowed HTTP: the answer after
     it is relayed, on a connection that stays usable (a 502 'status 103' before)."""
