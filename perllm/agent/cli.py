@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
             DEFAULT_ROOT, help="powercap directory holding intel-rapl:N zones."
         ),
         nvml: bool = typer.Option(True, help="Read GPUs through NVML (--no-nvml: never)."),
-        log_level: str = typer.Option("info", help="debug, info, warning or error."),
+        log_level: str = typer.Option("info", help="critical, error, warning, info or debug."),
     ) -> None:
         """Run the node agent: GPU (NVML, DCGM names), CPU package (RAPL) power, path bandwidth."""
         from perllm.agent.agent import Agent, AgentConfig

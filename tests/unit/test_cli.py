@@ -371,6 +371,28 @@ def test_every_component_rejects_an_unknown_log_level_before_starting(argv: list
     assert "--log-level" in res.output and "verbose" in res.output
 
 
+@pytest.mark.parametrize("level", ["warn", "fatal", "notset", "trace"])
+@pytest.mark.parametrize(
+    "argv", [["router", "--config", "never-read.yaml"], ["extender"], ["twin", "--scenario", "x"]]
+)
+def test_a_log_level_uvicorn_does_not_know_is_a_usage_error(argv: list[str], level: str) -> None:
+    """logging knows `warn`, `fatal` and `notset`, uvicorn does not: they passed the flag's
+    check and the extender and router then died in uvicorn with a KeyError traceback."""
+    res = runner.invoke(app, [*argv, "--log-level", level])
+    assert res.exit_code == 2, res.output
+    assert "--log-level" in res.output and level in res.output
+
+
+def test_the_charts_extender_log_levels_are_the_ones_the_extender_accepts() -> None:
+    """The chart's schema offered `trace`, which the extender refused: a crash-looping pod."""
+    from perllm.logsetup import LEVELS
+
+    schema = json.loads(
+        (Path(__file__).parents[2] / "charts/perllm/values.schema.json").read_text()
+    )
+    assert schema["properties"]["extender"]["properties"]["logLevel"]["enum"] == list(LEVELS)
+
+
 def test_simulate_a_run_without_requests(tmp_path: Path) -> None:
     """A trace whose rows all fall after the end (or a rate so low that nothing arrives)
     is a run of zero requests: the report (regret 0), the bound and the plots still come
