@@ -58,7 +58,9 @@ class Forwarder:
         # empty, at a later change)
         backlog = self._inflight.setdefault(b.name, Backlog())
         key = backlog.add(time.perf_counter(), ticket)
-        flight = Flight(members, ticket, t0, tight, TokenCounter(req.stream), None, backlog, key)
+        flight = Flight(
+            members, ticket, t0, tight, TokenCounter(req.stream, req.max_tokens), None, backlog, key
+        )
         bm.inflight.inc()
         resp = None
         try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from perllm.costmodel import BYTES_PER_TOKEN
 
@@ -16,10 +17,13 @@ FORWARDED = frozenset(
 class TokenCounter:
     """Output tokens of a response as it streams: `usage.completion_tokens` when the
     server reports it, else one per SSE data event (streams) or ~4 bytes a token of the
-    answer's text (whole JSON bodies)."""
+    answer's text (whole JSON bodies). At most `limit` (the request's max_tokens): a
+    backend's count is not trusted beyond what the request allowed (one reporting 1e308
+    would teach CS-UCB a time ratio of ~0 for its arm)."""
 
-    def __init__(self, stream: bool) -> None:
+    def __init__(self, stream: bool, limit: float | None = None) -> None:
         self.stream = stream
+        self.limit = math.inf if limit is None else limit
         self.events = 0
         self.usage: float | None = None
         self._body = bytearray()
@@ -44,10 +48,21 @@ class TokenCounter:
             u = json.loads(raw).get("usage")
         except (ValueError, AttributeError, RecursionError):  # (nested too deeply to read)
             return
-        if isinstance(u, dict) and isinstance(u.get("completion_tokens"), int | float):
-            self.usage = float(u["completion_tokens"])
+        n = u.get("completion_tokens") if isinstance(u, dict) else None
+        # (a bool is an int in Python; an int beyond a float's range, inf, NaN or a
+        # negative count is no count: the other estimates stand)
+        if isinstance(n, int | float) and not isinstance(n, bool):
+            try:
+                f = float(n)
+            except OverflowError:
+                return
+            if math.isfinite(f) and f >= 0:
+                self.usage = f
 
     def tokens(self) -> float:
+        return min(self._tokens(), max(1.0, self.limit))
+
+    def _tokens(self) -> float:
         if self.usage is not None:
             return max(1.0, self.usage)
         if self.stream:

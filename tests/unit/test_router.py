@@ -149,6 +149,57 @@ def test_usage_of_a_json_answer_is_the_output_length() -> None:
     run(go())
 
 
+def test_a_backends_token_count_is_a_finite_count_at_most_max_tokens() -> None:
+    # A backend's usage is not trusted beyond what the request allowed: 1e308 tokens (or
+    # inf, a negative or a boolean count) would be learned as the output length, a time
+    # ratio of ~0 for that arm.
+    from perllm.costmodel import BYTES_PER_TOKEN
+    from perllm.router.proxy import TokenCounter
+
+    def answer(usage: str) -> bytes:
+        return b'{"choices": [{"text": "tok tok tok"}], "usage": {"completion_tokens": %s}}' % (
+            usage.encode()
+        )
+
+    for usage, limit, want in [
+        ("12", None, 12.0),
+        ("12", 5.0, 5.0),
+        ("1e308", 16.0, 16.0),
+        ("1e999", None, None),  # inf: no count, the body's length stands
+        ("-3", None, None),
+        ("true", None, None),
+        ("NaN", None, None),
+        ("1" + "0" * 400, None, None),  # an int beyond a float's range
+    ]:
+        tc = TokenCounter(stream=False, limit=limit)
+        tc.feed(answer(usage))
+        got = tc.tokens()
+        assert got == (len(answer(usage)) / BYTES_PER_TOKEN if want is None else want), usage
+    sse = TokenCounter(stream=True, limit=2.0)
+    sse.feed(b'data: {"choices": []}\n\n' * 9 + b"data: [DONE]\n\n")
+    assert sse.tokens() == 2.0
+
+    async def liar(scope: Any, receive: Any, send: Any) -> None:  # usage far past max_tokens
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": answer("1e308")})
+
+    async def go() -> None:
+        url = await _STACK.get().enter_async_context(serving(liar))
+        r, _, c = await router(urls={"edge-gpu": url, "cloud": url})
+        seen: list[float] = []
+        orig = r.decider.learn_one
+        r.decider.learn_one = lambda t, d, lo, dl, e=None: (seen.append(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
+        resp = await c.post("/v1/chat/completions", json={**CHAT, "max_tokens": 32})
+        assert resp.status_code == 200
+        assert seen == [32.0]
+        await r.aclose()
+
+    run(go())
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "status", "kind"),
     [
