@@ -57,6 +57,11 @@ def register(app: typer.Typer) -> None:
             envvar="PERLLM_PROMETHEUS_URL",
             help="Prometheus base URL for live telemetry and learning; none: profile priors.",
         ),
+        prometheus_token_file: str | None = typer.Option(
+            None,
+            envvar="PERLLM_PROMETHEUS_TOKEN_FILE",
+            help="File with a bearer token for Prometheus (re-read when it changes).",
+        ),
         state_namespace: str = typer.Option(
             "perllm-system",
             envvar="PERLLM_STATE_NAMESPACE",
@@ -139,6 +144,7 @@ def register(app: typer.Typer) -> None:
             default_model=default_model,
             node_source=source,
             prometheus_url=prometheus or None,
+            prometheus_token_file=prometheus_token_file or None,
             telemetry_interval_s=telemetry_interval,
             learn_interval_s=learn_interval,
             state_interval_s=state_interval,

@@ -31,7 +31,7 @@ class Live:
         self.cfg, self.metrics = cfg, metrics
         prom: QueryClient | None = cfg.prometheus
         if prom is None and cfg.prometheus_url:
-            prom = Prometheus(cfg.prometheus_url)
+            prom = Prometheus(cfg.prometheus_url, token_file=cfg.prometheus_token_file)
         self.scheduler = sched = Scheduler(
             catalogue,
             default_model=cfg.default_model,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from perllm_operator.policy import ReplacementPolicy
 
 ENV_PROMETHEUS = "PERLLM_PROMETHEUS_URL"
+ENV_PROMETHEUS_TOKEN = "PERLLM_PROMETHEUS_TOKEN_FILE"  # a bearer token for Prometheus
 ENV_STATUS_INTERVAL = "PERLLM_STATUS_INTERVAL"
 ENV_TELEMETRY_WINDOW = "PERLLM_TELEMETRY_WINDOW"
 ENV_REPLACE = "PERLLM_REPLACEMENT"  # "on" | "off"
@@ -49,6 +50,7 @@ def _int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> in
 @dataclass(frozen=True)
 class Config:
     prometheus_url: str | None = None
+    prometheus_token_file: str | None = None
     status_interval_s: float = 30.0
     telemetry_window: str = "5m"  # PromQL range of the rate() queries
     policy: ReplacementPolicy = field(default_factory=ReplacementPolicy)
@@ -63,6 +65,7 @@ class Config:
             raise ConfigError(f"{ENV_REPLACE}={onoff!r}: use on or off")
         return cls(
             prometheus_url=e.get(ENV_PROMETHEUS) or None,
+            prometheus_token_file=e.get(ENV_PROMETHEUS_TOKEN) or None,
             status_interval_s=_float(e, ENV_STATUS_INTERVAL, 30.0, minimum=1.0),
             telemetry_window=window,
             policy=ReplacementPolicy(

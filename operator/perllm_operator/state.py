@@ -35,7 +35,9 @@ class State:
 
     @classmethod
     def from_config(cls, config: Config) -> State:
-        return cls(config, Prometheus(config.prometheus_url))
+        return cls(
+            config, Prometheus(config.prometheus_url, token_file=config.prometheus_token_file)
+        )
 
 
 def memo_of(state: State) -> kopf.Memo:

@@ -132,6 +132,11 @@ class Discovery(_Strict):
     prometheus: str | None = Field(
         default=None, description="Prometheus URL: measured bandwidth per node."
     )
+    prometheus_token_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="File with a bearer token for Prometheus (a mounted Secret key).",
+    )
     status_interval_s: Annotated[float, Field(ge=0, le=MAX_WAIT_S)] = Field(
         default=5.0,
         description="Seconds between writes of the LLMService's status.routing and "

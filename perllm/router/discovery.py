@@ -143,6 +143,7 @@ class Discovery(Periodic):
     timeout_s: float = 5.0
     kubeconfig: str | None = None
     prometheus: str | None = None
+    prometheus_token_file: str | None = None
     follow_spec: bool = False  # read the service's spec from its LLMService every round
     rounds: int = 0
     errors: int = 0
@@ -236,7 +237,9 @@ class Discovery(Periodic):
         from perllm.telemetry.prom import Prometheus
 
         if self._prom is None:
-            self._prom = Prometheus(self.prometheus, timeout_s=self.timeout_s)
+            self._prom = Prometheus(
+                self.prometheus, timeout_s=self.timeout_s, token_file=self.prometheus_token_file
+            )
         ans = self._prom.query(queries.snapshot("1m")["bandwidth"])
         if ans is None:
             return {}

@@ -12,8 +12,8 @@ import numpy as np
 from perllm.router.config import Backend
 from perllm.router.decision import Decider
 from perllm.router.metrics import BackendMetrics
-from perllm.router.secrets import SecretFile
 from perllm.router.upstream import Pool
+from perllm.secrets import SecretFile
 
 
 @dataclass

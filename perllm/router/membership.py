@@ -26,8 +26,8 @@ from perllm.router.health import Ejections, Refusing
 from perllm.router.members import Members, decider_key
 from perllm.router.metrics import RouterMetrics
 from perllm.router.probe import Prober, tick_s
-from perllm.router.secrets import SecretError, SecretFile
 from perllm.router.upstream import Pool
+from perllm.secrets import SecretError, SecretFile
 
 log = logging.getLogger("perllm.router")
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from perllm.router.periodic import Periodic
-from perllm.router.secrets import SecretFile
 from perllm.router.upstream import Pool, Response, UpstreamError
+from perllm.secrets import SecretFile
 
 if TYPE_CHECKING:
     from perllm.router.membership import Membership

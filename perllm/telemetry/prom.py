@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from perllm.secrets import SecretFile
+
 log = logging.getLogger("perllm.telemetry")
 MAX_ERROR = 500  # characters of a failure's reason kept (logs, /readyz, conditions)
 MAX_ANSWER = 32 * 2**20  # bytes of one answer (a query here returns kilobytes)
@@ -91,10 +93,14 @@ class Health:
 
 @dataclass
 class Prometheus:
-    """`Prometheus(url)`; `url=None` means no Prometheus is configured (every query None)."""
+    """`Prometheus(url)`; `url=None` means no Prometheus is configured (every query None).
+    `token_file`: a file holding a bearer token sent with every query (a mounted Secret key
+    or a projected service-account token, for a Prometheus behind authentication), re-read
+    when it changes; unreadable or empty, every query fails with a reason naming the file."""
 
     url: str | None
     timeout_s: float = 2.0
+    token_file: str | None = None
     cache_size: int = 512
     health: Health = field(default_factory=Health)
     _cache: dict[str, Answer] = field(default_factory=dict, repr=False)
@@ -114,12 +120,15 @@ class Prometheus:
             retry = Retry(total=0, raise_on_status=False)
             session = requests.Session()
             session.verify = False  # (what disable_ssl sets on a session it makes itself)
+            # (SecretError, naming the file, fails this query; the next one tries again)
+            auth = _Bearer(SecretFile(self.token_file)) if self.token_file else None
             self._client = PrometheusConnect(
                 url=self.url,
                 disable_ssl=True,
                 retry=retry,
                 timeout=self.timeout_s,
                 session=session,
+                auth=auth,
             )
             # Mounted after the library's own adapter for the same prefix, so it replaces it.
             assert self.url is not None
@@ -178,3 +187,14 @@ def _sample(r: dict[str, Any]) -> Sample:
     if not isinstance(metric, dict):
         raise ValueError(f"a sample's metric is a {type(metric).__name__}, not an object")
     return Sample({str(k): str(x) for k, x in metric.items()}, v)
+
+
+class _Bearer:
+    """requests' auth hook: the token file's current value on every query (rotation)."""
+
+    def __init__(self, secret: SecretFile) -> None:
+        self.secret = secret
+
+    def __call__(self, r: Any) -> Any:
+        r.headers["Authorization"] = self.secret.bearer().decode("latin-1")
+        return r

@@ -555,8 +555,38 @@ def test_prometheus_url_reaches_operator_and_extender() -> None:
         assert {"name": "PERLLM_PROMETHEUS_URL", "value": "http://prom.monitoring.svc:9090"} in env
 
 
+def test_a_prometheus_token_secret_is_mounted_and_named_to_every_prometheus_reader() -> None:
+    # prometheus.tokenSecret: a Prometheus behind authentication, its token as a file (never
+    # in env values, args or ConfigMaps), for operator, extender and routers alike.
+    docs = render(
+        "--set", "prometheus.url=http://prom:9090",
+        "--set", "prometheus.tokenSecret.name=prom-auth",
+        "--set", "prometheus.tokenSecret.key=bearer",
+        "--set", "router.enabled=true",
+        "--set", "router.services[0].name=chat",
+    )  # fmt: skip
+    path = "/var/run/secrets/perllm/prometheus/bearer"
+    for name in ("perllm-operator", "perllm-extender", "perllm-router-chat"):
+        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        (vol,) = [v for v in pod["volumes"] if v["name"] == "prometheus-token"]
+        assert vol["secret"]["secretName"] == "prom-auth"
+        assert vol["secret"]["items"] == [{"key": "bearer", "path": "bearer"}]
+        mounts = pod["containers"][0]["volumeMounts"]
+        assert {"name": "prometheus-token", "mountPath": path.rsplit("/", 1)[0],
+                "readOnly": True} in mounts  # fmt: skip
+        if name != "perllm-router-chat":
+            env = pod["containers"][0]["env"]
+            assert {"name": "PERLLM_PROMETHEUS_TOKEN_FILE", "value": path} in env
+    cm = find(docs, "ConfigMap", "perllm-router-chat")
+    assert f"prometheus_token_file: {path}" in str(cm["data"])
+    # without a token secret (the default), nothing is mounted
+    for d in render("--set", "prometheus.url=http://prom:9090"):
+        assert "prometheus-token" not in str(d) and "PROMETHEUS_TOKEN" not in str(d)
+
+
 # Bad values -> a fragment of Helm's message, which names the value's path.
 BAD_VALUES = [
+    ("prometheus.tokenSecret.name=Prom_Auth", "at '/prometheus/tokenSecret/name'"),
     ("extender.weight=0", "at '/extender/weight': minimum"),
     ("extender.weight=1.5", "at '/extender/weight'"),
     ("extender.ignorable=maybe", "at '/extender/ignorable': got string, want boolean"),

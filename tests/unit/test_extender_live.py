@@ -377,11 +377,13 @@ def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setattr(gc, "freeze", lambda: got.setdefault("gc_frozen", True))
     monkeypatch.setenv("PERLLM_PROMETHEUS_URL", "http://prom:9090")
     monkeypatch.setenv("PERLLM_STATE_NAMESPACE", "ns-x")
+    monkeypatch.setenv("PERLLM_PROMETHEUS_TOKEN_FILE", "/var/run/secrets/prom/token")
     base = ["extender", "--no-kube", "--learn-interval", "3", "--port", "9999"]
     r = CliRunner().invoke(app, [*base, "--insecure-http"])
     assert r.exit_code == 0, r.output
     cfg = got["cfg"]
     assert cfg.prometheus_url == "http://prom:9090" and cfg.state_namespace == "ns-x"
+    assert cfg.prometheus_token_file == "/var/run/secrets/prom/token"
     assert cfg.learn_interval_s == 3.0 and cfg.kube is False and cfg.api_client is None
     assert got["port"] == 9999 and got["gc_frozen"]
     # plain HTTP only on request; debug routes off unless asked

@@ -250,9 +250,12 @@ def test_config_from_env_names_bad_settings() -> None:
             "PERLLM_STATUS_INTERVAL": "2",
             "PERLLM_REPLACEMENT_WINDOW": "4",
             "PERLLM_REPLACEMENT": "off",
+            "PERLLM_PROMETHEUS_TOKEN_FILE": "/run/prom/token",
         }
     )
     assert c.prometheus_url == "http://p:9090" and c.status_interval_s == 2
+    assert c.prometheus_token_file == "/run/prom/token"
+    assert Config.from_env({}).prometheus_token_file is None
     assert c.policy.window_s == 4 and not c.policy.enabled
     with pytest.raises(ConfigError, match="PERLLM_STATUS_INTERVAL"):
         Config.from_env({"PERLLM_STATUS_INTERVAL": "0.1"})

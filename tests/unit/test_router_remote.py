@@ -15,9 +15,9 @@ import pytest
 
 from perllm.router.app import Router
 from perllm.router.config import RouterConfigError, parse_config
-from perllm.router.secrets import SecretError, SecretFile
 from perllm.router.serving import serving
 from perllm.router.stub import StubBackend
+from perllm.secrets import SecretError, SecretFile
 
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hello " * 50}]}
 LINKS = {
@@ -130,6 +130,31 @@ def test_a_rotated_secret_is_picked_up_and_a_vanished_one_keeps_its_value(
     assert s.value() == b"two"
     os.remove(path)
     assert s.value() == b"two"  # the last good value while the file is briefly gone
+
+
+def test_discovery_sends_prometheus_the_token_file_it_is_given(tmp_path: Path) -> None:
+    # discovery.prometheus_token_file (the chart's prometheus.tokenSecret) reaches the
+    # Prometheus client that reads the measured bandwidth; an empty path is refused.
+    cfg = {
+        "scenario": "demo",
+        "service_class": "chat",
+        "discovery": {
+            "service": "ns/chat",
+            "prometheus": "http://127.0.0.1:9",
+            "prometheus_token_file": str(tmp_path / "token"),
+        },
+        "backends": [backend("cloud-cluster", "http://cloud:8080", "cloud")],
+    }
+    r = Router(parse_config(cfg))
+    assert r.discovery is not None
+    assert r.discovery.bandwidth_once() == {}  # (no token file yet: a failed query)
+    prom = r.discovery._prom
+    assert prom is not None and prom.token_file == str(tmp_path / "token")
+    assert "token" in (prom.health.last_error or "")
+    asyncio.run(r.aclose())
+    bad = {**cfg, "discovery": {**cfg["discovery"], "prometheus_token_file": ""}}  # type: ignore[dict-item]
+    with pytest.raises(RouterConfigError, match="prometheus_token_file"):
+        parse_config(bad)
 
 
 def test_a_remote_tier_named_after_an_edge_node_takes_its_measured_bandwidth() -> None:

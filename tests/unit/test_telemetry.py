@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -24,12 +26,14 @@ class FakePrometheus:
         self.result: list[dict[str, Any]] = []
         self.status = 200
         self.queries: list[str] = []
+        self.auth: list[str | None] = []  # each query's Authorization header
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 q = parse_qs(urlparse(self.path).query).get("query", [""])[0]
                 fake.queries.append(q)
+                fake.auth.append(self.headers.get("Authorization"))
                 body = json.dumps(
                     {
                         "status": "success" if fake.status == 200 else "error",
@@ -136,6 +140,28 @@ def test_credentials_in_the_url_stay_out_of_logs_and_errors(
         assert p.query("up") is None
     assert "Prometheus http://***@127.0.0.1:9 unreachable" in caplog.text
     assert "s3cret" not in caplog.text and "s3cret" not in (p.health.last_error or "")
+
+
+def test_a_token_file_is_sent_as_a_bearer_token_and_reread_when_it_changes(
+    fake: FakePrometheus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Prometheus behind authentication (PERLLM_PROMETHEUS_TOKEN_FILE, the chart's
+    # prometheus.tokenSecret): the token goes in a header, never in a log or an error.
+    token = tmp_path / "token"
+    p = Prometheus(fake.url, token_file=str(token))
+    with caplog.at_level("WARNING", logger="perllm.telemetry"):
+        assert p.query("up") is None  # no file yet: a failed query naming it, no raise
+    assert str(token) in (p.health.last_error or "") and not p.health.ok
+    token.write_text("s3cret-1\n")
+    assert p.query("up") is not None and p.health.ok
+    assert fake.auth[-1] == "Bearer s3cret-1"
+    token.write_text("s3cret-22\n")  # rotated
+    os.utime(token, (1e9, 1e9))
+    p._client.auth.secret._every = 0.0  # (re-read at most every 10 s)
+    assert p.query("up") is not None
+    assert fake.auth[-1] == "Bearer s3cret-22"
+    assert "s3cret" not in caplog.text
+    assert Prometheus(fake.url).query("up") is not None and fake.auth[-1] is None
 
 
 def test_a_dripping_or_huge_answer_is_cut_off_not_waited_for(

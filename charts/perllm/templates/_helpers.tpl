@@ -193,3 +193,27 @@ imagePullSecrets:
     resources: [namespaces]
     verbs: [list, watch]
 {{- end }}
+
+{{- /* prometheus.tokenSecret: a bearer token for Prometheus, mounted as a file (re-read
+when the kubelet updates it) into the operator, extender and routers. */}}
+{{- define "perllm.promTokenFile" -}}
+/var/run/secrets/perllm/prometheus/{{ .Values.prometheus.tokenSecret.key | default "token" }}
+{{- end }}
+
+{{- define "perllm.promTokenMount" -}}
+{{- if and .Values.prometheus.url .Values.prometheus.tokenSecret.name }}
+- name: prometheus-token
+  mountPath: /var/run/secrets/perllm/prometheus
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "perllm.promTokenVolume" -}}
+{{- with .Values.prometheus.tokenSecret }}{{ if and .name $.Values.prometheus.url }}
+- name: prometheus-token
+  secret:
+    secretName: {{ .name }}
+    items: [{key: {{ .key | default "token" }}, path: {{ .key | default "token" }}}]
+    defaultMode: 0440
+{{- end }}{{ end }}
+{{- end }}

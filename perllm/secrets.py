@@ -1,8 +1,9 @@
-"""Credentials the router reads from files (a mounted Secret key): the bearer token its
-clients must present (`auth.token_file`) and the ones it presents to remote backends
-(`backends[].token_file`, e.g. another cluster's router). A file is re-read when it
-changes (the kubelet updates mounted Secrets in place), at most every `every_s`; the
-value is never logged."""
+"""Credentials read from files (a mounted Secret key): the bearer token the router's
+clients must present (`auth.token_file`), the ones it presents to remote backends
+(`backends[].token_file`, e.g. another cluster's router) and the one every component
+presents to Prometheus (`perllm.telemetry.prom`, `PERLLM_PROMETHEUS_TOKEN_FILE`). A file is
+re-read when it changes (the kubelet updates mounted Secrets in place, and projected
+service-account tokens rotate), at most every `every_s`; the value is never logged."""
 
 from __future__ import annotations
 
