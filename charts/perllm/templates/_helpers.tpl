@@ -195,13 +195,17 @@ imagePullSecrets:
 {{- end }}
 
 {{- /* prometheus.tokenSecret: a bearer token for Prometheus, mounted as a file (re-read
-when the kubelet updates it) into the operator, extender and routers. */}}
+when the kubelet updates it) into the operator, extender and routers. "perllm.promTokenFile"
+is its path, empty where none is sent (no secret, or no Prometheus): the one test of the
+mount, the volume, the env and the routers' config. */}}
 {{- define "perllm.promTokenFile" -}}
+{{- if and .Values.prometheus.url .Values.prometheus.tokenSecret.name -}}
 /var/run/secrets/perllm/prometheus/{{ .Values.prometheus.tokenSecret.key | default "token" }}
+{{- end -}}
 {{- end }}
 
 {{- define "perllm.promTokenMount" -}}
-{{- if and .Values.prometheus.url .Values.prometheus.tokenSecret.name }}
+{{- if include "perllm.promTokenFile" . }}
 - name: prometheus-token
   mountPath: /var/run/secrets/perllm/prometheus
   readOnly: true
@@ -209,11 +213,13 @@ when the kubelet updates it) into the operator, extender and routers. */}}
 {{- end }}
 
 {{- define "perllm.promTokenVolume" -}}
-{{- with .Values.prometheus.tokenSecret }}{{ if and .name $.Values.prometheus.url }}
+{{- if include "perllm.promTokenFile" . }}
+{{- with .Values.prometheus.tokenSecret }}
 - name: prometheus-token
   secret:
     secretName: {{ .name }}
     items: [{key: {{ .key | default "token" }}, path: {{ .key | default "token" }}}]
     defaultMode: 0440
-{{- end }}{{ end }}
+{{- end }}
+{{- end }}
 {{- end }}
