@@ -718,21 +718,21 @@ def test_valid_names_and_labels_are_accepted(setting: str) -> None:
     assert render("--set", setting)
 
 
+def schema_refusal(setting: str) -> str:
+    """Helm's error for `--set setting`, which the values schema must refuse."""
+    r = helm(
+        "template", "perllm", str(CHART), "--kube-version", KUBE_VERSION, "--set", setting,
+        check=False,
+    )  # fmt: skip
+    assert r.returncode != 0, f"{setting} was accepted"
+    assert "values don't meet the specifications of the schema" in r.stderr, r.stderr
+    return r.stderr
+
+
 @pytest.mark.parametrize(("setting", "fragment"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
 def test_bad_values_are_rejected_naming_the_value(setting: str, fragment: str) -> None:
-    r = helm(
-        "template",
-        "perllm",
-        str(CHART),
-        "--kube-version",
-        KUBE_VERSION,
-        "--set",
-        setting,
-        check=False,
-    )
-    assert r.returncode != 0, f"{setting} was accepted"
-    assert "values don't meet the specifications of the schema" in r.stderr
-    assert fragment in r.stderr, r.stderr
+    err = schema_refusal(setting)
+    assert fragment in err, err
 
 
 # `--set key=null` (or `key: null` in a values file) deletes a default: each of these
@@ -766,10 +766,8 @@ NULL_VALUES = [
 
 @pytest.mark.parametrize(("key", "fragment"), NULL_VALUES, ids=[n[0] for n in NULL_VALUES])
 def test_a_needed_value_set_to_null_is_rejected_naming_it(key: str, fragment: str) -> None:
-    r = helm("template", "perllm", str(CHART), "--set", f"{key}=null", check=False)
-    assert r.returncode != 0, f"{key}=null was accepted"
-    assert "values don't meet the specifications of the schema" in r.stderr, r.stderr
-    assert fragment in r.stderr, r.stderr
+    err = schema_refusal(f"{key}=null")
+    assert fragment in err, err
 
 
 def test_a_zero_padded_pdb_percentage_is_accepted_as_the_api_server_does() -> None:
