@@ -130,9 +130,13 @@ class Prometheus:
                 session=session,
                 auth=auth,
             )
-            # Mounted after the library's own adapter for the same prefix, so it replaces it.
+            # Mounted after the library's own adapter for the same prefix, so it replaces it;
+            # and for every other URL, so that a redirect (http:// on to https://, another
+            # host) is bounded too, not read by requests' default adapter.
             assert self.url is not None
-            session.mount(self.url, BoundedAnswers(self.timeout_s, MAX_ANSWER, retry))
+            bounded = BoundedAnswers(self.timeout_s, MAX_ANSWER, retry)
+            for prefix in (self.url, "http://", "https://"):
+                session.mount(prefix, bounded)
         return self._client
 
     def query(self, promql: str) -> Answer | None:

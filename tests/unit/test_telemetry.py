@@ -213,6 +213,56 @@ def test_a_dripping_or_huge_answer_is_cut_off_not_waited_for(
         f.server.server_close()
 
 
+def test_a_redirected_answer_is_bounded_too() -> None:
+    """The bounding adapter was mounted on the configured URL only: a redirect elsewhere
+    (an ingress sending http:// on to https://, another host) was read by requests' default
+    adapter, so a dripping target held a 1 s query for 8 s, and its size was unbounded."""
+    import time
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "10000")
+            self.end_headers()
+            for _ in range(40):
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    drip = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    target = f"http://localhost:{drip.server_address[1]}/api/v1/query"
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hop = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for s in (drip, hop):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        p = Prometheus(f"http://127.0.0.1:{hop.server_address[1]}", timeout_s=1.0)
+        t0 = time.monotonic()
+        assert p.query("up") is None
+        assert time.monotonic() - t0 < 4
+        assert "not complete 1s after its head" in (p.health.last_error or "")
+    finally:
+        for s in (drip, hop):
+            s.shutdown()
+            s.server_close()
+
+
 def test_unreachable_or_unconfigured_returns_none_without_raising() -> None:
     p = Prometheus("http://127.0.0.1:9", timeout_s=0.5)  # discard port: refused
     assert p.query("up") is None
