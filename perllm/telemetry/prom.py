@@ -182,11 +182,22 @@ def _samples(raw: Any) -> list[Sample]:
     return [_sample(r) for r in raw if isinstance(r, dict)]
 
 
-def _sample(r: dict[str, Any]) -> Sample:
+def _value(raw: Any) -> float:
+    """A sample's [time, "number"] (Prometheus writes "1.5", "NaN", "+Inf"); any other
+    shape is no number (NaN, dropped by the readers), not whatever float() makes of it."""
+    if not isinstance(raw, list) or len(raw) != 2:
+        return math.nan
+    v = raw[1]
+    if isinstance(v, bool) or not isinstance(v, str | int | float):
+        return math.nan
     try:
-        v = float(r.get("value", [0, "nan"])[1])
-    except (TypeError, ValueError, IndexError):
-        v = math.nan
+        return float(v)
+    except ValueError:
+        return math.nan
+
+
+def _sample(r: dict[str, Any]) -> Sample:
+    v = _value(r.get("value"))
     metric = r.get("metric") or {}
     if not isinstance(metric, dict):
         raise ValueError(f"a sample's metric is a {type(metric).__name__}, not an object")

@@ -76,6 +76,18 @@ def test_answers_parse_values_and_labels(fake: FakePrometheus) -> None:
     assert p.health.ok and p.health.staleness_s() < 5
 
 
+@pytest.mark.parametrize("value", ["15", [1.0, True], [1.0, "7", "8"], {"1": "9"}, [1.0, None]])
+def test_a_value_of_the_wrong_shape_is_no_number(fake: FakePrometheus, value: Any) -> None:
+    """A sample's value is [time, "number"]: a bare "15" read as its second character (5.0),
+    a boolean as 1.0, and a dict raised KeyError (the whole query failed)."""
+    fake.result = [
+        {"metric": {"node": "a"}, "value": value},
+        {"metric": {"node": "b"}, "value": [1.0, "2"]},
+    ]
+    ans = Prometheus(fake.url, timeout_s=2).query("q")
+    assert ans is not None and ans.by("node") == {"b": 2.0}
+
+
 def test_failure_serves_last_good_marked_stale(fake: FakePrometheus) -> None:
     fake.result = [{"metric": {"pod": "a"}, "value": [1.0, "2.5"]}]
     p = Prometheus(fake.url, timeout_s=2)
