@@ -14,8 +14,10 @@ steer placements); perllm_agent_probe_failures_total counts every failure.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -83,6 +85,22 @@ def probe_once(url: str, nbytes: int, timeout_s: float) -> ProbeResult:
     deadline = time.monotonic() + timeout_s
     cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
     conn = cls(u.hostname or "", u.port, timeout=timeout_s)
+    # The socket timeout bounds each recv only, and one read (a header line, a chunk) waits
+    # for all of it: a peer dripping bytes would hold the probe indefinitely. At the
+    # deadline the socket is shut down, which ends whatever read is blocked.
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        sock = conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(timeout_s, cut)
+    watchdog.daemon = True
+    watchdog.start()
+    want, got = nbytes, 0
     try:
         conn.connect()
         sent = time.monotonic()
@@ -100,20 +118,23 @@ def probe_once(url: str, nbytes: int, timeout_s: float) -> ProbeResult:
                 f"short body: the peer declares {resp.length} of {nbytes} bytes "
                 "(not a PerLLM agent's /probe?)"
             )
-        want = nbytes
-        got = 0
         while got < want:
             chunk = resp.read(min(CHUNK, want - got))
             if not chunk:
                 break
             got += len(chunk)
             if time.monotonic() > deadline:
-                raise ProbeError(f"timed out after {timeout_s:g} s ({got} of {want} bytes)")
+                break
         end = time.monotonic()
     except (OSError, http.client.HTTPException) as e:
-        raise ProbeError(f"{type(e).__name__}: {e}") from None
+        if not fired.is_set():
+            raise ProbeError(f"{type(e).__name__}: {e}") from None
+        end = time.monotonic()
     finally:
+        watchdog.cancel()
         conn.close()
+    if got < want and (fired.is_set() or end > deadline):
+        raise ProbeError(f"timed out after {timeout_s:g} s ({got} of {want} bytes)")
     if got < want or got == 0:
         raise ProbeError(f"short body: {got} of {want} bytes")
     return ProbeResult(bandwidth_bps=got * 8 / max(end - head, 1e-9), rtt_s=head - sent, nbytes=got)

@@ -155,6 +155,41 @@ def test_unresponsive_peer_is_bounded_by_the_timeout() -> None:
         probe_once(f"http://127.0.0.1:{dead_port()}/probe", 1000, timeout_s=2)
 
 
+@pytest.mark.parametrize("where", ["head", "body"])
+def test_a_dripping_peer_is_bounded_by_the_timeout(where: str) -> None:
+    """The socket timeout bounds each read, and one read of a 64 KiB chunk (or of a header
+    line) waits for all of it: a peer sending a byte every 0.2 s held a 1 s probe for as
+    long as it liked (8 s measured), keeping the last bandwidth exported meanwhile."""
+    import socketserver
+
+    class Drip(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.recv(4096)
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n"
+            if where == "body":
+                self.request.sendall(head + b"\r\n")
+            else:
+                self.request.sendall(head + b"X-Slow: ")
+            for _ in range(40):
+                try:
+                    self.request.sendall(b"a")
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Drip)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ProbeError, match="timed out after 1 s"):
+            probe_once(f"http://127.0.0.1:{srv.server_address[1]}/probe", 100_000, timeout_s=1)
+        assert time.monotonic() - t0 < 3
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_a_peer_declaring_a_short_body_is_a_failure_not_a_measurement() -> None:
     """Not an agent (an ingress's catch-all page, a proxy's error page with 200): its few
     bytes arrive with the head, and their "bandwidth" would steer placements."""
