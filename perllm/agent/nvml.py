@@ -67,6 +67,8 @@ class NvmlSource:
     health: SourceHealth = field(default_factory=lambda: SourceHealth("nvml"))
     _nv: Any = field(default=None, repr=False)
     _gpus: list[_Gpu] = field(default_factory=list, repr=False)
+    _missing: list[int] = field(default_factory=list, repr=False)  # indices NVML refused
+    _last_open_try: float = 0.0
     _inited: bool = False
     _disabled: bool = False
     _last_init_try: float | None = None
@@ -104,15 +106,35 @@ class NvmlSource:
             )
             return
         try:
-            gpus = [self._describe(nv, i) for i in range(int(nv.nvmlDeviceGetCount()))]
+            count = int(nv.nvmlDeviceGetCount())
         except Exception as e:
             self.health.down(f"enumerating GPUs failed: {type(e).__name__}: {e}")
             self._shutdown_quietly(nv)
             return
+        # One GPU NVML refuses (NoPermission, GpuIsLost) must not take the others down.
+        gpus, why = self._open(nv, range(count))
+        if count and not gpus:
+            self.health.down(f"no GPU could be opened: {'; '.join(why)}; GPU metrics absent")
+            self._shutdown_quietly(nv)
+            return
+        for w in why:
+            self.health.warn_once(f"{w}; its series absent, retried every {self.retry_s:g} s")
+        self._missing = sorted(set(range(count)) - {int(g.labels[0]) for g in gpus})
+        self._last_open_try = self.clock()
         self._nv, self._gpus, self._inited = nv, gpus, True
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
         models = sorted({g.labels[4] for g in gpus})
         self.health.ok(f"{len(gpus)} GPU(s) via NVML: {', '.join(models) or 'none'}")
+
+    def _open(self, nv: Any, indices: Iterable[int]) -> tuple[list[_Gpu], list[str]]:
+        """The GPUs of `indices` that NVML opens, and why each other one failed."""
+        gpus, why = [], []
+        for i in indices:
+            try:
+                gpus.append(self._describe(nv, i))
+            except Exception as e:
+                why.append(f"GPU {i}: {type(e).__name__}: {e}")
+        return gpus, why
 
     def _describe(self, nv: Any, i: int) -> _Gpu:
         h = nv.nvmlDeviceGetHandleByIndex(i)
@@ -163,6 +185,12 @@ class NvmlSource:
     def read(self) -> list[GpuReading]:
         """One NVML pass over all GPUs (on the worker thread)."""
         nv = self._nv
+        if self._missing and self.clock() - self._last_open_try >= self.retry_s:
+            self._last_open_try = self.clock()
+            found, _ = self._open(nv, self._missing)
+            if found:
+                self._gpus = sorted([*self._gpus, *found], key=lambda g: int(g.labels[0]))
+                self._missing = sorted(set(self._missing) - {int(g.labels[0]) for g in found})
         out = []
         for g in self._gpus:
             mw = self._field(g, "power", nv.nvmlDeviceGetPowerUsage)

@@ -278,3 +278,38 @@ def test_every_field_failing_takes_the_source_down() -> None:
     empty = NvmlSource("n", nvml=fake_nvml([]))
     empty.start()
     assert list(empty.families()) == [] and not empty.health.up
+
+
+def test_a_gpu_that_cannot_be_opened_leaves_the_others_and_is_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One GPU whose handle NVML refuses (NoPermission, GpuIsLost) failed the whole
+    enumeration: every GPU's series were absent, and source_up 0, until it came back."""
+    now = [0.0]
+    nv = fake_nvml([A100, P4])
+    broken = {1}
+
+    def handle(i: int) -> int:
+        if i in broken:
+            raise FakeNVMLError("Insufficient Permissions")
+        return i
+
+    nv.nvmlDeviceGetHandleByIndex = handle
+    src = NvmlSource("n", nvml=nv, retry_s=60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="perllm.agent"):
+        src.start()
+        assert src.health.up
+        assert [r.labels[0] for r in src.readings()] == ["0"]
+    assert any(
+        "GPU 1" in r.getMessage() and "Permissions" in r.getMessage() for r in caplog.records
+    )
+    broken.clear()  # it can be opened now: picked up at the next read after retry_s
+    now[0] = 30.0
+    assert [r.labels[0] for r in src.readings()] == ["0"]
+    now[0] = 61.0
+    assert [r.labels[0] for r in src.readings()] == ["0", "1"]
+    broken.update({0, 1})
+    every = NvmlSource("n", nvml=nv)
+    every.start()
+    assert not every.health.up and "GPU" in (every.health.reason or "")
+    assert list(every.families()) == []
