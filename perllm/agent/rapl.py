@@ -74,7 +74,12 @@ class RaplSource:
     def start(self) -> None:
         with self._lock:
             self.zones = []
-            if not self.root.is_dir():
+            try:
+                is_dir = self.root.is_dir()
+            except OSError as e:  # is_dir answers False for ENOENT and kin, raises EACCES
+                self.health.down(f"--rapl-root {self.root}: {e}; CPU power absent")
+                return
+            if not is_dir:
                 self.health.down(
                     f"{self.root} does not exist (no powercap/RAPL on this host, "
                     "or the hostPath is not mounted); CPU power absent"
@@ -113,18 +118,20 @@ class RaplSource:
                     f"under {self.root}; CPU power absent"
                 )
                 return
+            energy = found[0].path / "energy_uj"
             try:
                 for z in found:
-                    self._read_int(z.path / "energy_uj")
+                    energy = z.path / "energy_uj"  # the one named if it fails
+                    self._read_int(energy)
             except PermissionError:
                 self.health.down(
-                    f"{found[0].path / 'energy_uj'} is not readable: root-only since Linux 5.10 "
+                    f"{energy} is not readable: root-only since Linux 5.10 "
                     "(CVE-2020-8694); run the agent as root with the powercap hostPath mounted "
                     "read-only, or make energy_uj readable on the host; CPU power absent"
                 )
                 return
             except (OSError, ValueError) as e:
-                self.health.down(f"reading {found[0].path / 'energy_uj'} failed: {e}")
+                self.health.down(f"reading {energy} failed: {e}")
                 return
             self.zones = found
             self.health.ok(f"{len(found)} RAPL package zone(s) under {self.root}")

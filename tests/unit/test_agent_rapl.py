@@ -213,3 +213,32 @@ def test_energy_unreadable_mid_run_drops_the_watts_and_says_so(tree: Path) -> No
     assert src.health.up
     assert z0.watts == pytest.approx(8.0 / 6.5)  # 8 J since its last good read, 6.5 s ago
     assert z0.joules == pytest.approx(98.0)
+
+
+def test_a_root_that_cannot_be_searched_is_reported_not_raised(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Path.is_dir raises PermissionError (only ENOENT and kin read as False): a --rapl-root
+    below a directory the agent may not search raised out of Agent.start, and the CLI said
+    "cannot listen on 0.0.0.0:9401: Permission denied", naming the wrong thing."""
+    real = Path.stat
+
+    def deny(self: Path, *a: object, **k: object) -> os.stat_result:
+        if self == tree:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "stat", deny)
+    src = RaplSource("n", root=tree)
+    src.start()
+    assert not src.health.up and "--rapl-root" in (src.health.reason or "")
+    assert "Permission denied" in (src.health.reason or "")
+    assert list(src.families()) == []
+
+
+def test_the_unreadable_zone_is_the_one_named(tree: Path) -> None:
+    """The reason named the first package's energy_uj whichever package failed to read."""
+    (tree / "intel-rapl:1" / "energy_uj").write_text("garbage\n")
+    src = RaplSource("n", root=tree)
+    src.start()
+    assert "intel-rapl:1/energy_uj" in (src.health.reason or "")
