@@ -75,6 +75,7 @@ class NvmlSource:
     _cache: list[GpuReading] = field(default_factory=list, repr=False)
     _cache_at: float | None = None
     _pending: cf.Future[list[GpuReading]] | None = field(default=None, repr=False)
+    _wedged: bool = False  # the pending read has overrun read_timeout_s
     _pool: cf.ThreadPoolExecutor | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -223,9 +224,15 @@ class NvmlSource:
             assert self._pool is not None
             if self._pending is None:  # a wedged read stays pending: never stack another
                 self._pending = self._pool.submit(self.read)
+                self._wedged = False
+            # Once a read has overrun, later scrapes only look whether it has returned: each
+            # waiting the full deadline again, one after another under the lock, made
+            # concurrent scrapes time out, and with them source_up, which says why.
+            wait = 0.0 if self._wedged else self.read_timeout_s
             try:
-                self._cache = self._pending.result(timeout=self.read_timeout_s)
+                self._cache = self._pending.result(timeout=wait)
             except cf.TimeoutError:
+                self._wedged = True
                 self.health.down(
                     f"an NVML read took over {self.read_timeout_s:g} s; "
                     "GPU metrics absent until it returns"

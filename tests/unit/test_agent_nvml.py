@@ -197,6 +197,8 @@ def test_import_error_is_absent_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_wedged_read_is_bounded_and_cached_reads_are_reused() -> None:
+    import time
+
     hang = threading.Event()
     nv = fake_nvml([A100])
     src = NvmlSource("n", nvml=nv, read_timeout_s=0.2, cache_s=3600)
@@ -211,8 +213,10 @@ def test_wedged_read_is_bounded_and_cached_reads_are_reused() -> None:
     assert src.readings() == []
     assert not src.health.up
     hang.set()
-    src.read_timeout_s = 10  # the pending read finishes now; no race with a busy machine
-    assert src.readings() and src.health.up
+    deadline = time.monotonic() + 10  # the pending read returns; the next scrape has it
+    while not src.readings() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert src.health.up
     src.stop()
     assert nv.calls["shutdown"] == 1
 
@@ -313,3 +317,34 @@ def test_a_gpu_that_cannot_be_opened_leaves_the_others_and_is_retried(
     every.start()
     assert not every.health.up and "GPU" in (every.health.reason or "")
     assert list(every.families()) == []
+
+
+def test_scrapes_during_a_wedged_read_do_not_wait_again() -> None:
+    """Every scrape waited the full read deadline again while a read stayed wedged, one
+    after another under the lock: 4 concurrent scrapes took 4 deadlines (8 s at the default
+    2 s), enough for Prometheus to time the scrape out, source_up with it."""
+    import time
+
+    hang = threading.Event()
+    nv = fake_nvml([A100])
+    src = NvmlSource("n", nvml=nv, read_timeout_s=1.0, cache_s=0)
+    src.start()
+    assert src.readings()
+    orig = nv.nvmlDeviceGetPowerUsage
+    nv.nvmlDeviceGetPowerUsage = lambda h: (hang.wait(30), orig(h))[1]
+    try:
+        assert src.readings() == [] and not src.health.up  # the one that waits the deadline
+        t0 = time.monotonic()
+        scrapes = [threading.Thread(target=src.readings) for _ in range(4)]
+        for t in scrapes:
+            t.start()
+        for t in scrapes:
+            t.join()
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        hang.set()
+    deadline = time.monotonic() + 10  # the read returns: the next scrape has it
+    while not src.readings() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert src.health.up
+    src.stop()
