@@ -62,6 +62,16 @@ def register(app: typer.Typer) -> None:
             envvar="PERLLM_PROMETHEUS_TOKEN_FILE",
             help="File with a bearer token for Prometheus (re-read when it changes).",
         ),
+        prometheus_ca_file: str | None = typer.Option(
+            None,
+            envvar="PERLLM_PROMETHEUS_CA_FILE",
+            help="PEM file of the CAs that sign an https Prometheus (default: the system's).",
+        ),
+        prometheus_insecure_skip_verify: bool = typer.Option(
+            False,
+            envvar="PERLLM_PROMETHEUS_INSECURE_SKIP_VERIFY",
+            help="Do not verify an https Prometheus' certificate (a token goes to anyone).",
+        ),
         state_namespace: str = typer.Option(
             "perllm-system",
             envvar="PERLLM_STATE_NAMESPACE",
@@ -122,12 +132,15 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info"),
     ) -> None:
         """Run the PerLLM kube-scheduler extender (FastAPI, uvicorn)."""
+        from perllm.telemetry.prom import tls_error
         from perllm_extender.app import create_app
         from perllm_extender.config import ExtenderConfig
         from perllm_extender.nodes import api_node_source, kube_api_client
         from perllm_extender.serve import serve
 
         configure(log_level)
+        if why := tls_error(prometheus_ca_file, prometheus_insecure_skip_verify):
+            raise typer.BadParameter(why, param_hint="--prometheus-ca-file")
         tls = _tls(tls_cert, tls_key, tls_client_ca, insecure_http)
         if not verify_pods:
             log.warning("--no-verify-pods: acting on any pod a request describes (benchmarks)")
@@ -145,6 +158,8 @@ def register(app: typer.Typer) -> None:
             node_source=source,
             prometheus_url=prometheus or None,
             prometheus_token_file=prometheus_token_file or None,
+            prometheus_ca_file=prometheus_ca_file,
+            prometheus_insecure_skip_verify=prometheus_insecure_skip_verify,
             telemetry_interval_s=telemetry_interval,
             learn_interval_s=learn_interval,
             state_interval_s=state_interval,

@@ -31,6 +31,8 @@ class ExtenderConfig(BaseModel):
     # -- live side (started in the app's lifespan) -----------------------------------------
     prometheus_url: str | None = None  # None: no telemetry, decisions on profile priors
     prometheus_token_file: str | None = None  # a bearer token for Prometheus, if it asks
+    prometheus_ca_file: str | None = None  # PEM CAs of an https Prometheus (None: system's)
+    prometheus_insecure_skip_verify: bool = False
     prometheus: SkipValidation[QueryClient | None] = Field(None, repr=False)  # not the URL
     telemetry_interval_s: Interval = 2.0
     max_telemetry_age_s: Interval = 60.0  # older values are ignored (prior used)

@@ -31,7 +31,12 @@ class Live:
         self.cfg, self.metrics = cfg, metrics
         prom: QueryClient | None = cfg.prometheus
         if prom is None and cfg.prometheus_url:
-            prom = Prometheus(cfg.prometheus_url, token_file=cfg.prometheus_token_file)
+            prom = Prometheus(
+                cfg.prometheus_url,
+                token_file=cfg.prometheus_token_file,
+                ca_file=cfg.prometheus_ca_file,
+                insecure_skip_verify=cfg.prometheus_insecure_skip_verify,
+            )
         self.scheduler = sched = Scheduler(
             catalogue,
             default_model=cfg.default_model,

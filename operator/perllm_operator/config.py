@@ -8,10 +8,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from perllm.telemetry.prom import tls_error
 from perllm_operator.policy import ReplacementPolicy
 
 ENV_PROMETHEUS = "PERLLM_PROMETHEUS_URL"
 ENV_PROMETHEUS_TOKEN = "PERLLM_PROMETHEUS_TOKEN_FILE"  # a bearer token for Prometheus
+ENV_PROMETHEUS_CA = "PERLLM_PROMETHEUS_CA_FILE"  # PEM CAs that sign an https Prometheus
+ENV_PROMETHEUS_INSECURE = "PERLLM_PROMETHEUS_INSECURE_SKIP_VERIFY"  # "true": no TLS check
 ENV_STATUS_INTERVAL = "PERLLM_STATUS_INTERVAL"
 ENV_TELEMETRY_WINDOW = "PERLLM_TELEMETRY_WINDOW"
 ENV_REPLACE = "PERLLM_REPLACEMENT"  # "on" | "off"
@@ -51,6 +54,8 @@ def _int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> in
 class Config:
     prometheus_url: str | None = None
     prometheus_token_file: str | None = None
+    prometheus_ca_file: str | None = None
+    prometheus_insecure_skip_verify: bool = False
     status_interval_s: float = 30.0
     telemetry_window: str = "5m"  # PromQL range of the rate() queries
     policy: ReplacementPolicy = field(default_factory=ReplacementPolicy)
@@ -63,9 +68,17 @@ class Config:
         onoff = (e.get(ENV_REPLACE) or "on").lower()
         if onoff not in ("on", "off", "true", "false", "1", "0"):
             raise ConfigError(f"{ENV_REPLACE}={onoff!r}: use on or off")
+        insecure = (e.get(ENV_PROMETHEUS_INSECURE) or "false").lower()
+        if insecure not in ("true", "false", "1", "0"):
+            raise ConfigError(f"{ENV_PROMETHEUS_INSECURE}={insecure!r}: use true or false")
+        ca = e.get(ENV_PROMETHEUS_CA) or None
+        if why := tls_error(ca, insecure in ("true", "1")):
+            raise ConfigError(f"{ENV_PROMETHEUS_CA}, {ENV_PROMETHEUS_INSECURE}: {why}")
         return cls(
             prometheus_url=e.get(ENV_PROMETHEUS) or None,
             prometheus_token_file=e.get(ENV_PROMETHEUS_TOKEN) or None,
+            prometheus_ca_file=ca,
+            prometheus_insecure_skip_verify=insecure in ("true", "1"),
             status_interval_s=_float(e, ENV_STATUS_INTERVAL, 30.0, minimum=1.0),
             telemetry_window=window,
             policy=ReplacementPolicy(

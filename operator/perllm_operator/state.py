@@ -35,9 +35,13 @@ class State:
 
     @classmethod
     def from_config(cls, config: Config) -> State:
-        return cls(
-            config, Prometheus(config.prometheus_url, token_file=config.prometheus_token_file)
+        prom = Prometheus(
+            config.prometheus_url,
+            token_file=config.prometheus_token_file,
+            ca_file=config.prometheus_ca_file,
+            insecure_skip_verify=config.prometheus_insecure_skip_verify,
         )
+        return cls(config, prom)
 
 
 def memo_of(state: State) -> kopf.Memo:

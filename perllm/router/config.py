@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from perllm.contract import EnergyWeights, Link, Server, ServiceSpec, Tier
 from perllm.csucb import CSUCBConfig
 from perllm.profiles import Catalogue, default_catalogue
+from perllm.telemetry.prom import tls_error
 from perllm.waits import MAX_WAIT_S, WaitSeconds
 from perllm.yamlerror import one_line
 
@@ -137,11 +138,26 @@ class Discovery(_Strict):
         min_length=1,
         description="File with a bearer token for Prometheus (a mounted Secret key).",
     )
+    prometheus_ca_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PEM file of the CAs that sign an https Prometheus (default: the system's).",
+    )
+    prometheus_insecure_skip_verify: bool = Field(
+        default=False,
+        description="Do not verify an https Prometheus' certificate (its token goes to anyone).",
+    )
     status_interval_s: Annotated[float, Field(ge=0, le=MAX_WAIT_S)] = Field(
         default=5.0,
         description="Seconds between writes of the LLMService's status.routing and "
         "BackendsReachable condition (when changed); 0: never written.",
     )
+
+    @model_validator(mode="after")
+    def _prometheus_tls(self) -> Discovery:
+        if why := tls_error(self.prometheus_ca_file, self.prometheus_insecure_skip_verify):
+            raise ValueError(f"prometheus_ca_file, prometheus_insecure_skip_verify: {why}")
+        return self
 
 
 class Auth(_Strict):

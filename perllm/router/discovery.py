@@ -144,6 +144,8 @@ class Discovery(Periodic):
     kubeconfig: str | None = None
     prometheus: str | None = None
     prometheus_token_file: str | None = None
+    prometheus_ca_file: str | None = None
+    prometheus_insecure_skip_verify: bool = False
     follow_spec: bool = False  # read the service's spec from its LLMService every round
     rounds: int = 0
     errors: int = 0
@@ -238,7 +240,11 @@ class Discovery(Periodic):
 
         if self._prom is None:
             self._prom = Prometheus(
-                self.prometheus, timeout_s=self.timeout_s, token_file=self.prometheus_token_file
+                self.prometheus,
+                timeout_s=self.timeout_s,
+                token_file=self.prometheus_token_file,
+                ca_file=self.prometheus_ca_file,
+                insecure_skip_verify=self.prometheus_insecure_skip_verify,
             )
         ans = self._prom.query(queries.snapshot("1m")["bandwidth"])
         if ans is None:

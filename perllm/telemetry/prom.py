@@ -22,6 +22,16 @@ MAX_ERROR = 500  # characters of a failure's reason kept (logs, /readyz, conditi
 MAX_ANSWER = 32 * 2**20  # bytes of one answer (a query here returns kilobytes)
 
 
+def tls_error(ca_file: str | None, insecure_skip_verify: bool) -> str | None:
+    """Why these TLS settings for Prometheus cannot both hold (None: they can); every
+    component's configuration refuses them with this reason, under its own names."""
+    if ca_file is not None and not ca_file:
+        return "the CA file is an empty path"
+    if ca_file and insecure_skip_verify:
+        return "a CA file and skipping verification exclude each other: choose one"
+    return None
+
+
 def redact_url(url: str) -> str:
     """`url` fit to show (logs, conditions, probes): a user and password in it (basic auth,
     which requests reads from the URL) replaced by `***`."""
@@ -96,11 +106,16 @@ class Prometheus:
     """`Prometheus(url)`; `url=None` means no Prometheus is configured (every query None).
     `token_file`: a file holding a bearer token sent with every query (a mounted Secret key
     or a projected service-account token, for a Prometheus behind authentication), re-read
-    when it changes; unreadable or empty, every query fails with a reason naming the file."""
+    when it changes; unreadable or empty, every query fails with a reason naming the file.
+    An https Prometheus is verified against the system's CAs, or `ca_file` (a PEM bundle:
+    an in-cluster CA); `insecure_skip_verify` turns verification off (said once in the
+    log: a bearer token then goes to whoever answers)."""
 
     url: str | None
     timeout_s: float = 2.0
     token_file: str | None = None
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
     cache_size: int = 512
     health: Health = field(default_factory=Health)
     _cache: dict[str, Answer] = field(default_factory=dict, repr=False)
@@ -119,12 +134,12 @@ class Prometheus:
             # (retry=None would mean the library's default: 3 retries with backoff, ~6 s.)
             retry = Retry(total=0, raise_on_status=False)
             session = requests.Session()
-            session.verify = False  # (what disable_ssl sets on a session it makes itself)
+            session.verify = self._verify()
             # (SecretError, naming the file, fails this query; the next one tries again)
             auth = _Bearer(SecretFile(self.token_file)) if self.token_file else None
             self._client = PrometheusConnect(
                 url=self.url,
-                disable_ssl=True,
+                disable_ssl=session.verify is False,
                 retry=retry,
                 timeout=self.timeout_s,
                 session=session,
@@ -138,6 +153,17 @@ class Prometheus:
             for prefix in (self.url, "http://", "https://"):
                 session.mount(prefix, bounded)
         return self._client
+
+    def _verify(self) -> bool | str:
+        """requests' `verify`: a CA bundle's path, True (system CAs) or False."""
+        if self.insecure_skip_verify:
+            if (self.url or "").startswith("https:"):
+                log.warning(
+                    "Prometheus %s: TLS certificate not verified (insecure_skip_verify)",
+                    redact_url(self.url or ""),
+                )
+            return False
+        return self.ca_file or True
 
     def query(self, promql: str) -> Answer | None:
         if not self.url:

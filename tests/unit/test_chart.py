@@ -584,8 +584,47 @@ def test_a_prometheus_token_secret_is_mounted_and_named_to_every_prometheus_read
         assert "prometheus-token" not in str(d) and "PROMETHEUS_TOKEN" not in str(d)
 
 
+def test_a_prometheus_ca_secret_or_skipping_verification_reaches_every_prometheus_reader() -> None:
+    common = ("--set", "prometheus.url=https://prom:9090", "--set", "router.enabled=true",
+              "--set", "router.services[0].name=chat")  # fmt: skip
+    docs = render(*common, "--set", "prometheus.caSecret.name=prom-ca")
+    path = "/var/run/secrets/perllm/prometheus-ca/ca.crt"
+    for name in ("perllm-operator", "perllm-extender", "perllm-router-chat"):
+        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        (vol,) = [v for v in pod["volumes"] if v["name"] == "prometheus-ca"]
+        assert vol["secret"]["secretName"] == "prom-ca"
+        assert vol["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+        mounts = pod["containers"][0]["volumeMounts"]
+        assert {"name": "prometheus-ca", "mountPath": path.rsplit("/", 1)[0],
+                "readOnly": True} in mounts  # fmt: skip
+        assert "prometheus-token" not in str(pod)
+        if name != "perllm-router-chat":
+            env = pod["containers"][0]["env"]
+            assert {"name": "PERLLM_PROMETHEUS_CA_FILE", "value": path} in env
+            assert "INSECURE" not in str(env)
+    cm = str(find(docs, "ConfigMap", "perllm-router-chat")["data"])
+    assert f"prometheus_ca_file: {path}" in cm and "insecure" not in cm
+    docs = render(*common, "--set", "prometheus.insecureSkipVerify=true")
+    for name in ("perllm-operator", "perllm-extender"):
+        env = find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "PERLLM_PROMETHEUS_INSECURE_SKIP_VERIFY", "value": "true"} in env
+    cm = str(find(docs, "ConfigMap", "perllm-router-chat")["data"])
+    assert "prometheus_insecure_skip_verify: true" in cm
+    # verification is on by default: nothing said, nothing mounted
+    for d in render(*common):
+        assert "prometheus-ca" not in str(d) and "INSECURE" not in str(d)
+    r = helm(
+        "template", "perllm", str(CHART), "--kube-version", KUBE_VERSION, *common,
+        "--set", "prometheus.caSecret.name=prom-ca", "--set", "prometheus.insecureSkipVerify=true",
+        check=False,
+    )  # fmt: skip
+    assert r.returncode != 0 and "exclude each other" in r.stderr
+
+
 # Bad values -> a fragment of Helm's message, which names the value's path.
 BAD_VALUES = [
+    ("prometheus.insecureSkipVerify=yes", "at '/prometheus/insecureSkipVerify'"),
+    ("prometheus.caSecret.key=../ca", "at '/prometheus/caSecret/key'"),
     ("prometheus.tokenSecret.name=Prom_Auth", "at '/prometheus/tokenSecret/name'"),
     ("extender.weight=0", "at '/extender/weight': minimum"),
     ("extender.weight=1.5", "at '/extender/weight'"),

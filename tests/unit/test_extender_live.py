@@ -390,6 +390,14 @@ def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert got["tls"] is None and cfg.client_auth is False and cfg.debug_routes is False
     refused = CliRunner().invoke(app, base)
     assert refused.exit_code != 0 and "--tls-cert" in refused.output
+    # an https Prometheus: a CA file, or no verification, not both
+    r = CliRunner().invoke(app, [*base, "--insecure-http", "--prometheus-ca-file", "/ca.crt"])
+    assert r.exit_code == 0, r.output
+    assert got["cfg"].prometheus_ca_file == "/ca.crt"
+    assert not got["cfg"].prometheus_insecure_skip_verify
+    both = ["--prometheus-ca-file", "/ca.crt", "--prometheus-insecure-skip-verify"]
+    r = CliRunner().invoke(app, [*base, "--insecure-http", *both])
+    assert r.exit_code != 0 and "choose one" in r.output
     files = generate(tmp_path)
     r = CliRunner().invoke(
         app, [*base, *files.extender_args(), "--debug-routes", "--metrics-port", "9998"]

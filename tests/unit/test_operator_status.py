@@ -256,6 +256,15 @@ def test_config_from_env_names_bad_settings() -> None:
     assert c.prometheus_url == "http://p:9090" and c.status_interval_s == 2
     assert c.prometheus_token_file == "/run/prom/token"
     assert Config.from_env({}).prometheus_token_file is None
+    assert Config.from_env({}).prometheus_ca_file is None
+    assert not Config.from_env({}).prometheus_insecure_skip_verify  # verified by default
+    tls = Config.from_env({"PERLLM_PROMETHEUS_CA_FILE": "/run/prom-ca/ca.crt"})
+    assert tls.prometheus_ca_file == "/run/prom-ca/ca.crt"
+    both = {"PERLLM_PROMETHEUS_CA_FILE": "/ca.crt", "PERLLM_PROMETHEUS_INSECURE_SKIP_VERIFY": "1"}
+    with pytest.raises(ConfigError, match=r"PERLLM_PROMETHEUS_CA_FILE.*choose one"):
+        Config.from_env(both)
+    with pytest.raises(ConfigError, match="PERLLM_PROMETHEUS_INSECURE_SKIP_VERIFY='yes'"):
+        Config.from_env({"PERLLM_PROMETHEUS_INSECURE_SKIP_VERIFY": "yes"})
     assert c.policy.window_s == 4 and not c.policy.enabled
     with pytest.raises(ConfigError, match="PERLLM_STATUS_INTERVAL"):
         Config.from_env({"PERLLM_STATUS_INTERVAL": "0.1"})

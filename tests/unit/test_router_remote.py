@@ -155,6 +155,16 @@ def test_discovery_sends_prometheus_the_token_file_it_is_given(tmp_path: Path) -
     bad = {**cfg, "discovery": {**cfg["discovery"], "prometheus_token_file": ""}}  # type: ignore[dict-item]
     with pytest.raises(RouterConfigError, match="prometheus_token_file"):
         parse_config(bad)
+    # an https Prometheus' CA reaches the same client; skipping verification excludes it
+    ca = {**cfg["discovery"], "prometheus_ca_file": "/ca.crt"}  # type: ignore[dict-item]
+    r = Router(parse_config({**cfg, "discovery": ca}))
+    assert r.discovery is not None and r.discovery.bandwidth_once() == {}
+    assert r.discovery._prom.ca_file == "/ca.crt"
+    assert not r.discovery._prom.insecure_skip_verify
+    asyncio.run(r.aclose())
+    both = {**ca, "prometheus_insecure_skip_verify": True}
+    with pytest.raises(RouterConfigError, match=r"prometheus_ca_file.*choose one"):
+        parse_config({**cfg, "discovery": both})
 
 
 def test_a_remote_tier_named_after_an_edge_node_takes_its_measured_bandwidth() -> None:

@@ -176,6 +176,47 @@ def test_a_token_file_is_sent_as_a_bearer_token_and_reread_when_it_changes(
     assert Prometheus(fake.url).query("up") is not None and fake.auth[-1] is None
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_an_https_prometheus_is_verified_before_a_token_goes_to_it(
+    fake: FakePrometheus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The client skipped TLS verification always: whoever answered for the Prometheus got
+    # the bearer token. Now: the system's CAs, a CA file, or an explicit skip (logged).
+    import ssl
+
+    from perllm.devcluster.certs import generate
+    from perllm.telemetry.prom import tls_error
+
+    tls = generate(tmp_path / "pki")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls.server_cert, tls.server_key)
+    fake.server.socket = ctx.wrap_socket(fake.server.socket, server_side=True)
+    url = fake.url.replace("http:", "https:")
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+
+    untrusted = Prometheus(url, token_file=str(token))  # a CA the system does not know
+    assert untrusted.query("up") is None
+    assert "CERTIFICATE_VERIFY_FAILED" in (untrusted.health.last_error or "")
+    assert fake.auth == []  # the handshake failed: no request, no token sent
+
+    trusted = Prometheus(url, token_file=str(token), ca_file=str(tls.ca))
+    assert trusted.query("up") is not None and trusted.health.ok
+    assert fake.auth == ["Bearer s3cret"]
+
+    with caplog.at_level("WARNING", logger="perllm.telemetry"):
+        skip = Prometheus(url, insecure_skip_verify=True)
+        assert skip.query("up") is not None
+    assert "not verified" in caplog.text
+
+    missing = Prometheus(url, ca_file=str(tmp_path / "nope.pem"))
+    assert missing.query("up") is None and "nope.pem" in (missing.health.last_error or "")
+
+    assert tls_error(None, False) is None and tls_error(str(tls.ca), False) is None
+    assert "choose one" in (tls_error(str(tls.ca), True) or "")
+    assert "empty" in (tls_error("", False) or "")
+
+
 def test_a_dripping_or_huge_answer_is_cut_off_not_waited_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

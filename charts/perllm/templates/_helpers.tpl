@@ -204,15 +204,37 @@ mount, the volume, the env and the routers' config. */}}
 {{- end -}}
 {{- end }}
 
-{{- define "perllm.promTokenMount" -}}
+{{- /* prometheus.caSecret: the CAs (PEM) that sign an https Prometheus' certificate,
+mounted like the token; "perllm.promCaFile" is its path, empty where none is used.
+prometheus.insecureSkipVerify turns verification off instead; not both. */}}
+{{- define "perllm.promCaFile" -}}
+{{- if and .Values.prometheus.url .Values.prometheus.caSecret.name -}}
+{{- if .Values.prometheus.insecureSkipVerify -}}
+{{- fail "prometheus.caSecret and prometheus.insecureSkipVerify exclude each other: choose one" -}}
+{{- end -}}
+/var/run/secrets/perllm/prometheus-ca/{{ .Values.prometheus.caSecret.key | default "ca.crt" }}
+{{- end -}}
+{{- end }}
+
+{{- define "perllm.promInsecure" -}}
+{{- if and .Values.prometheus.url .Values.prometheus.insecureSkipVerify -}}true{{- end -}}
+{{- end }}
+
+{{- /* The token's and the CA's mounts and volumes (each only where it is used). */}}
+{{- define "perllm.promMounts" -}}
 {{- if include "perllm.promTokenFile" . }}
 - name: prometheus-token
   mountPath: /var/run/secrets/perllm/prometheus
   readOnly: true
 {{- end }}
+{{- if include "perllm.promCaFile" . }}
+- name: prometheus-ca
+  mountPath: /var/run/secrets/perllm/prometheus-ca
+  readOnly: true
+{{- end }}
 {{- end }}
 
-{{- define "perllm.promTokenVolume" -}}
+{{- define "perllm.promVolumes" -}}
 {{- if include "perllm.promTokenFile" . }}
 {{- with .Values.prometheus.tokenSecret }}
 - name: prometheus-token
@@ -221,5 +243,31 @@ mount, the volume, the env and the routers' config. */}}
     items: [{key: {{ .key | default "token" }}, path: {{ .key | default "token" }}}]
     defaultMode: 0440
 {{- end }}
+{{- end }}
+{{- if include "perllm.promCaFile" . }}
+{{- with .Values.prometheus.caSecret }}
+- name: prometheus-ca
+  secret:
+    secretName: {{ .name }}
+    items: [{key: {{ .key | default "ca.crt" }}, path: {{ .key | default "ca.crt" }}}]
+    defaultMode: 0444
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- /* The env of the operator and the extender that says how to reach Prometheus
+(after PERLLM_PROMETHEUS_URL). */}}
+{{- define "perllm.promEnv" -}}
+{{- with include "perllm.promTokenFile" . }}
+- name: PERLLM_PROMETHEUS_TOKEN_FILE
+  value: {{ . | quote }}
+{{- end }}
+{{- with include "perllm.promCaFile" . }}
+- name: PERLLM_PROMETHEUS_CA_FILE
+  value: {{ . | quote }}
+{{- end }}
+{{- if include "perllm.promInsecure" . }}
+- name: PERLLM_PROMETHEUS_INSECURE_SKIP_VERIFY
+  value: "true"
 {{- end }}
 {{- end }}
