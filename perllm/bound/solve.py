@@ -34,6 +34,19 @@ class BoundError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class LP:
+    """`min c·v` subject to `a_ub·v <= b_ub` and `bounds` (one [low, high] row per
+    variable); `ox`/`oe`: where the energy LP's x and e variables start."""
+
+    c: F
+    a_ub: sp.csr_matrix
+    b_ub: F
+    bounds: F
+    ox: int = 0
+    oe: int = 0
+
+
+@dataclass(frozen=True)
 class EnergySolution:
     target_met: float
     energy_j: float  # total J over the run (lower bound)
@@ -58,16 +71,26 @@ class HindsightBound:
         self.met_lp = 0.0  # the success LP's optimum as solved (targets stay below it)
 
     # -- 1: the most requests that can be met ------------------------------------------
+    def success_lp(self) -> LP:
+        """max Σ y as `min c·v, a_ub·v <= b_ub`: v = y (feasible pairs, `fi`/`fj` order)."""
+        p, ny = self.p, len(self.fi)
+        one = sp.csr_matrix((np.ones(ny), (self.fi, np.arange(ny))), shape=(p.n, ny))
+        a = sp.vstack([one, self.rows.a], format="csr")
+        b = np.concatenate([np.ones(p.n), self.rows.rhs])
+        bounds = np.zeros((ny, 2))
+        bounds[:, 1] = 1.0
+        return LP(-np.ones(ny), a, b, bounds)
+
     def max_met(self) -> float:
         p, ny = self.p, len(self.fi)
         if ny == 0:
             return 0.0
-        one = sp.csr_matrix((np.ones(ny), (self.fi, np.arange(ny))), shape=(p.n, ny))
-        a = sp.vstack([one, self.rows.a], format="csr")
-        b = np.concatenate([np.ones(p.n), self.rows.rhs])
-        self._say(f"success LP: {ny:,} variables, {a.shape[0]:,} rows, {a.nnz:,} non-zeros")
+        lp = self.success_lp()
+        self._say(
+            f"success LP: {ny:,} variables, {lp.a_ub.shape[0]:,} rows, {lp.a_ub.nnz:,} non-zeros"
+        )
         t0 = time.perf_counter()
-        res = linprog(-np.ones(ny), A_ub=a, b_ub=b, bounds=(0, 1), method="highs")
+        res = linprog(lp.c, A_ub=lp.a_ub, b_ub=lp.b_ub, bounds=lp.bounds, method="highs")
         self.success_solve_s = time.perf_counter() - t0
         if res.status != 0:
             raise BoundError(f"success LP failed: {res.message}")
@@ -80,10 +103,17 @@ class HindsightBound:
         key = round(target_met, 6)
         if key in self._energy:
             return self._energy[key]
+        sol = self._solve_energy(target_met, self.energy_lp(target_met))
+        self._energy[key] = sol
+        return sol
+
+    def energy_lp(self, target_met: float) -> LP:
+        """The energy LP at `target_met` as `min c·v, a_ub·v <= b_ub`; v = y (feasible
+        pairs, `fi`/`fj` order; none without a target) | x (allowed pairs, `ai`/`aj`
+        order) | beta (M) | e (M)."""
         # With no target, y = 0 is optimal: leave out y and the capacity rows.
         fi, fj = (self.fi, self.fj) if target_met > 0 else (self.fi[:0], self.fj[:0])
         ny, nx, m = len(fi), len(self.ai), self.p.m
-        # variables: y (feasible pairs) | x (allowed pairs) | beta (M) | e (M)
         oy, ox, ob, oe = 0, ny, ny + nx, ny + nx + m
         nv = oe + m
         blocks, rhs = self._met_rows(fi, fj, target_met, nv, oy, ox)
@@ -92,9 +122,16 @@ class HindsightBound:
         e_rows, e_rhs = self._energy_rows(nv, ox, ob, oe)
         blocks.append(e_rows)
         rhs.append(e_rhs)
-        sol = self._solve_energy(target_met, blocks, rhs, nv, ox, oe)
-        self._energy[key] = sol
-        return sol
+        # every request placed at most once
+        once = sp.csr_matrix((np.ones(nx), (self.ai, ox + np.arange(nx))), shape=(self.p.n, nv))
+        c = np.zeros(nv)
+        c[ox : ox + nx] = self.p.e_tran[self.ai, self.aj]
+        c[oe:] = 1.0
+        bounds = np.zeros((nv, 2))
+        bounds[:, 1] = np.inf
+        bounds[: ox + nx, 1] = 1.0
+        a_ub = sp.vstack([*blocks, once], format="csr")
+        return LP(c, a_ub, np.concatenate([*rhs, np.ones(self.p.n)]), bounds, ox, oe)
 
     def _met_rows(
         self,
@@ -138,47 +175,22 @@ class HindsightBound:
         rhs.append(np.array([-float(target_met)]))
         return blocks, rhs
 
-    def _solve_energy(
-        self,
-        target_met: float,
-        blocks: list[sp.csr_matrix],
-        rhs: list[F],
-        nv: int,
-        ox: int,
-        oe: int,
-    ) -> EnergySolution:
-        """min transmission + per-server energy subject to `blocks` and every request
-        placed at most once; the optimum lowered by `SAFETY`. A request left unplaced
+    def _solve_energy(self, target_met: float, lp: LP) -> EnergySolution:
+        """Solve the energy LP; its optimum lowered by `SAFETY`. A request left unplaced
         costs nothing: shed, it costs nothing in the world either, and rejected by
         admission control only its upload (≥ 0), so leaving it out keeps the bound valid."""
-        p, nx = self.p, len(self.ai)
-        once = sp.csr_matrix((np.ones(nx), (self.ai, ox + np.arange(nx))), shape=(p.n, nv))
-        a_ub = sp.vstack([*blocks, once], format="csr")
-        c = np.zeros(nv)
-        c[ox : ox + nx] = p.e_tran[self.ai, self.aj]
-        c[oe:] = 1.0
-        bounds = np.zeros((nv, 2))
-        bounds[:, 1] = np.inf
-        bounds[: ox + nx, 1] = 1.0
         self._say(
-            f"energy LP (≥ {target_met:,.0f} met): {nv:,} variables, {a_ub.shape[0]:,} rows, "
-            f"{a_ub.nnz:,} non-zeros"
+            f"energy LP (≥ {target_met:,.0f} met): {len(lp.c):,} variables, "
+            f"{lp.a_ub.shape[0]:,} rows, {lp.a_ub.nnz:,} non-zeros"
         )
         t0 = time.perf_counter()
-        res = linprog(
-            c,
-            A_ub=a_ub,
-            b_ub=np.concatenate([*rhs, np.ones(p.n)]),
-            bounds=bounds,
-            method=self.method,
-        )
+        res = linprog(lp.c, A_ub=lp.a_ub, b_ub=lp.b_ub, bounds=lp.bounds, method=self.method)
         dt = time.perf_counter() - t0
         if res.status != 0:
             raise BoundError(f"energy LP failed: {res.message}")
-        v = res.x
-        tran = float(c[ox : ox + nx] @ v[ox : ox + nx])
-        total = float(res.fun)
-        total = max(0.0, total * (1 - SAFETY) - 1e-6)  # energy is never negative
+        v, ox, oe = res.x, lp.ox, lp.oe
+        tran = float(lp.c[ox:oe] @ v[ox:oe])  # (beta has no cost)
+        total = max(0.0, float(res.fun) * (1 - SAFETY) - 1e-6)  # energy is never negative
         return EnergySolution(float(target_met), total, tran, v[oe:].copy(), dt)
 
     def _busy_rows(self, nv: int, ox: int, ob: int) -> sp.csr_matrix:
