@@ -27,7 +27,8 @@ MAX_PAIRS = 1_000_000  # requests × servers
 
 
 class BoundSkipped(BoundError):
-    """The run is too large for the bound: it is skipped (the message says why)."""
+    """The run has no bound: too large for it, or its LP was not solved (time limit,
+    solver failure); the message says which."""
 
 
 def check_size(name: str, seed: int, n_requests: int, n_servers: int) -> None:
@@ -84,7 +85,10 @@ class BoundResult:
         if target not in self.energy_at:
             assert self._bound is not None
             t0 = time.perf_counter()
-            self.energy_at[target] = self._bound.min_energy(target).energy_j
+            try:
+                self.energy_at[target] = self._bound.min_energy(target).energy_j
+            except BoundError:  # unsolved: the bound at any success is still below it
+                self.energy_at[target] = self.energy_lb_floor_j
             self.solve_s += time.perf_counter() - t0
         return self.energy_at[target]
 
@@ -122,7 +126,8 @@ def compute_bound(
     progress: Progress | None = None,
 ) -> BoundResult:
     """The hindsight bound of `sc` with `seed` (the world `simulate` builds for it);
-    `BoundSkipped` when the world is beyond the bound's size limits (`check_size`)."""
+    `BoundSkipped` when the world is beyond the bound's size limits (`check_size`) or an
+    LP is not solved (`solve.SOLVE_TIME_LIMIT_S`, a solver failure)."""
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
     world = World(sc, seed)
@@ -137,10 +142,13 @@ def compute_bound(
     )
     hb = HindsightBound(pairs, rows, say)
     t1 = time.perf_counter()
-    met = hb.max_met()
-    say(f"success ≤ {100 * met / max(pairs.n, 1):.2f} % ({hb.success_solve_s:.1f} s)")
-    top = hb.min_energy(met)
-    floor = hb.min_energy(0.0)
+    try:
+        met = hb.max_met()
+        say(f"success ≤ {100 * met / max(pairs.n, 1):.2f} % ({hb.success_solve_s:.1f} s)")
+        top = hb.min_energy(met)
+        floor = hb.min_energy(0.0)
+    except BoundError as e:
+        raise BoundSkipped(f"{sc.name} seed {seed}: bound skipped: {e} (docs/bound.md)") from None
     solve_s = time.perf_counter() - t1
     n = max(pairs.n, 1)
     say(

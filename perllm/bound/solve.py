@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,6 +28,11 @@ Progress = Callable[[str], None]
 # LP answers are exact only to the solver's tolerances: the success bound is raised and
 # the energy bound lowered by this relative margin (and 1e-6 absolute) to stay valid.
 SAFETY = 1e-6
+
+# Each LP solve stops after this many seconds (HiGHS `time_limit`): an unfinished LP is
+# no bound at all (`BoundError`), and a run the size limits let through can still take far
+# longer than its simulation (docs/bound.md, "Limits"). Read at each solve.
+SOLVE_TIME_LIMIT_S = 120.0
 
 
 class BoundError(RuntimeError):
@@ -90,10 +96,8 @@ class HindsightBound:
             f"success LP: {ny:,} variables, {lp.a_ub.shape[0]:,} rows, {lp.a_ub.nnz:,} non-zeros"
         )
         t0 = time.perf_counter()
-        res = linprog(lp.c, A_ub=lp.a_ub, b_ub=lp.b_ub, bounds=lp.bounds, method="highs")
+        res = _solve(lp, "highs", "success")
         self.success_solve_s = time.perf_counter() - t0
-        if res.status != 0:
-            raise BoundError(f"success LP failed: {res.message}")
         self.met_lp = float(-res.fun)
         return min(float(p.n), self.met_lp * (1 + SAFETY) + 1e-6)
 
@@ -184,10 +188,8 @@ class HindsightBound:
             f"{lp.a_ub.shape[0]:,} rows, {lp.a_ub.nnz:,} non-zeros"
         )
         t0 = time.perf_counter()
-        res = linprog(lp.c, A_ub=lp.a_ub, b_ub=lp.b_ub, bounds=lp.bounds, method=self.method)
+        res = _solve(lp, self.method, "energy")
         dt = time.perf_counter() - t0
-        if res.status != 0:
-            raise BoundError(f"energy LP failed: {res.message}")
         v, ox, oe = res.x, lp.ox, lp.oe
         tran = float(lp.c[ox:oe] @ v[ox:oe])  # (beta has no cost)
         total = max(0.0, float(res.fun) * (1 - SAFETY) - 1e-6)  # energy is never negative
@@ -254,3 +256,22 @@ class HindsightBound:
             shape=(len(rhs), nv),
         )
         return a, np.array(rhs)
+
+
+def _solve(lp: LP, method: str, what: str) -> Any:
+    """HiGHS on `lp` within `SOLVE_TIME_LIMIT_S`; `BoundError` unless solved to optimality
+    (a stopped solve's point bounds nothing)."""
+    limit = SOLVE_TIME_LIMIT_S
+    res = linprog(
+        lp.c,
+        A_ub=lp.a_ub,
+        b_ub=lp.b_ub,
+        bounds=lp.bounds,
+        method=method,
+        options={"time_limit": limit},
+    )
+    if res.status == 1:
+        raise BoundError(f"the {what} LP hit its time limit ({limit:g} s) unsolved")
+    if res.status != 0:
+        raise BoundError(f"the {what} LP failed: {res.message}")
+    return res

@@ -78,7 +78,7 @@ class SweepResult:
     bound: bool
     per_seed: list[dict[str, Any]] = field(default_factory=list)  # one per run
     bound_per_seed: list[dict[str, Any]] = field(default_factory=list)  # one per point, seed
-    # (point, seed) whose bound was skipped as too large, with the reason
+    # (point, seed) whose bound was skipped (too large, LP unsolved), with the reason
     bound_skipped: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -175,7 +175,7 @@ def _bound_job(sc: Scenario, seed: int, runs: list[tuple[str, float, float]]) ->
 
     try:
         b = compute_bound(sc, seed)
-    except BoundSkipped as e:  # beyond the bound's size limits
+    except BoundSkipped as e:  # beyond the bound's size limits, or its LP unsolved
         return {"skipped": str(e)}
     dist = {}
     for p, met, energy_j in runs:
@@ -317,7 +317,7 @@ class _Jobs:
             b = fut.result()
             if "skipped" in b:
                 res.bound_skipped.append({"value": pt.value, "seed": seed, "reason": b["skipped"]})
-                label += " (skipped: too large)"
+                label += " (bound skipped)"
             else:
                 res.bound_per_seed.append({"value": pt.value, "seed": seed, **b})
         return label

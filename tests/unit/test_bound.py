@@ -197,3 +197,52 @@ def test_a_world_without_power_has_a_zero_bound_that_a_run_meets(tmp_path: Path)
     assert "inf×" not in res.output and "-0.0" not in res.output
     report = json.loads(js.read_text(), parse_constant=lambda c: pytest.fail(c))
     assert report["scenarios"]["free"]["vs_bound"]["cloud-only"]["energy_ratio"] == 1.0
+
+
+def _tiny(name: str = "tiny") -> Scenario:
+    return load_scenario("paper-llama2-7b").model_copy(update={"duration_s": 20.0, "name": name})
+
+
+def test_a_solver_failure_is_no_bound_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An LP that hits its time limit (or fails) gives no bound, with the reason, as a run
+    beyond the size limits does: `perllm simulate` and `perllm sweep` still report the
+    policies (they ended with a BoundError traceback after all the runs)."""
+    import perllm.bound.solve as solve
+    from perllm.bound import BoundSkipped
+
+    monkeypatch.setattr(solve, "SOLVE_TIME_LIMIT_S", 0.0)
+    with pytest.raises(BoundSkipped, match=r"tiny seed 1: bound skipped: .*time limit \(0 s\)"):
+        compute_bound(_tiny(), 1)
+    path, js = tmp_path / "tiny.yaml", tmp_path / "r.json"
+    path.write_text(yaml.safe_dump(_tiny().model_dump(mode="json")))
+    argv = ["simulate", str(path), "-p", "cloud-only", "--seeds", "1", "--json", str(js)]
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 0, res.output
+    assert "bound skipped" in res.output and "time limit" in res.output
+    (skip,) = json.loads(js.read_text())["scenarios"]["tiny"]["bound_skipped"]
+    assert skip["seed"] == 1 and "time limit" in skip["reason"]
+    argv = ["sweep", "paper-llama2-7b", "--load", "2", "-p", "cloud-only", "--duration", "5"]
+    res = CliRunner().invoke(app, [*argv, "--out", str(tmp_path / "sw")])
+    assert res.exit_code == 0, res.output
+    assert "bound skipped" in res.output and "time limit" in res.output
+
+
+def test_a_failed_target_solve_falls_back_to_the_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The energy bound at a policy's success is solved when the report asks for it; if
+    that LP fails, the bound at any success (still a lower bound) stands in, instead of a
+    traceback after every run is done."""
+    from perllm.bound import BoundError
+
+    b = compute_bound(_tiny(), 1)
+    assert b.energy_lb_floor_j < b.energy_lb_j * (1 - 1e-6)  # not flat: a target is solved
+    assert b._bound is not None
+
+    def fail(_target: float) -> None:
+        raise BoundError("energy LP failed: numerical trouble")
+
+    monkeypatch.setattr(b._bound, "min_energy", fail)
+    met = int(b.met_ub) - 1
+    assert b.energy_lb_at(met) == b.energy_lb_floor_j
+    assert b.distance(met, 1.0e6)["energy_lb_j_per_service"] == b.energy_lb_floor_j / b.n_requests
