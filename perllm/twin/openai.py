@@ -14,12 +14,14 @@ Prompt tokens and attachment bytes are estimated from the body as the router doe
 class's, else lognormal around the declared mean) capped by `max_tokens`. These requests
 run on their own `ServerState`s: the twin's synthetic traffic and its metrics are not
 changed by them (and they do not see that traffic's load). A client that disconnects
-frees its request's slot on the node then (`ServerState.abort`), as a model server would.
+frees its request's slot on the node then (`ServerState.abort`), as a model server would,
+and the requests queued behind it on that node are admitted again from that moment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -38,7 +40,7 @@ from perllm.router.request import BadRequest, Parsed, parse
 from perllm.scenario import Scenario
 from perllm.twin.arrivals import service_dists
 from perllm.twin.fleet import server_powers
-from perllm.world.server import Outcome, ServerState, execute
+from perllm.world.server import Coeffs, Outcome, ServerState, execute
 from perllm.world.sim import coeff_grid
 from perllm.world.workload import draw, whole_tokens
 
@@ -71,6 +73,26 @@ class Timeline:
     # Where it runs: the node's index and its admission (`TwinOpenAI.abort` frees its slot).
     server: int
     outcome: Outcome
+
+
+@dataclass(eq=False)
+class Admission:
+    """One request on a node: what `execute` needs to admit it again (the inputs drawn at
+    arrival, `ready` when its upload had arrived) and its current timeline. Until it
+    starts, an abort on its node may re-admit it earlier (`TwinOpenAI.abort`)."""
+
+    tl: Timeline
+    arrival: float
+    c: Coeffs
+    l_in: float
+    l_out: float
+    bits: tuple[float, float]
+    link: tuple[float, float, float]
+    speed: float
+    ready: float
+    # Its answer waits on `wake` (in `loop`), done when `tl` moves.
+    wake: asyncio.Future[None] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 def static_pods(sc: Scenario, namespace: str = "default") -> dict[tuple[str, str], tuple[str, str]]:
@@ -108,6 +130,11 @@ class TwinOpenAI:
         for _, s in self.servers:
             p_idle, p_busy, p_prefill = server_powers(hw[s.hardware])
             self.states.append(ServerState(p_idle, p_busy, p_prefill, hw[s.hardware].kind == "gpu"))
+        # Per node: the admissions not started yet, in admission order, and the node's
+        # state before the first of them (with the aborts since): an abort re-admits them
+        # from there, as a model server's queue moves up when a running request leaves.
+        self.queued: list[list[Admission]] = [[] for _ in self.states]
+        self.base: list[ServerState | None] = [None for _ in self.states]
         self.rng = np.random.default_rng([seed, 0x0A1])
         self._tables: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -151,6 +178,12 @@ class TwinOpenAI:
         self, spec: ServiceSpec, node: str, l_in: float, attach: float, max_tokens: float | None
     ) -> Timeline:
         """Run one request arriving now on `node` through the world model."""
+        return self.admit(spec, node, l_in, attach, max_tokens).tl
+
+    def admit(
+        self, spec: ServiceSpec, node: str, l_in: float, attach: float, max_tokens: float | None
+    ) -> Admission:
+        """`timeline`, with what `abort` needs."""
         j = self.node_index[node]
         c, allowed, perf = self._coeffs(spec, j)
         if not allowed:
@@ -167,24 +200,72 @@ class TwinOpenAI:
             link = self.servers[j][1].link
             bps = link.bandwidth_mbps * 1e6
             a = self.now()
-            self.states[j].observe(a)  # (drops the ended requests it keeps: they would pile up)
+            s = self.states[j]
+            self._started(j, a)
+            s.observe(a)  # (drops the ended requests it keeps: they would pile up)
             bits = (float(upload_bits(l_in_t, attach)), float(download_bits(l_out)))
-            d, out, e_tran = execute(
-                self.states[j], c, a, l_in_t, l_out, bits,
-                (bps, link.rtt_ms / 1000, link.energy_uj_per_bit * 1e-6), noise * perf,
+            hop = (bps, link.rtt_ms / 1000, link.energy_uj_per_bit * 1e-6)
+            ready = s.upload(a, bits[0], bps, commit=False) + hop[1] / 2
+            before = s.snapshot() if not self.queued[j] else None
+            d, out, e_tran = execute(s, c, a, l_in_t, l_out, bits, hop, noise * perf)
+            ad = Admission(
+                _timeline(d, out, a, hop[1] / 2, l_out, l_in_t, j),
+                a, c, l_in_t, l_out, bits, hop, noise * perf, ready,
             )  # fmt: skip
+            if out.start > a:  # it waits for a slot: an abort before its start moves it up
+                if before is not None:
+                    self.base[j] = before
+                self.queued[j].append(ad)
             self.served += 1
             self.energy_j += out.e_infer + e_tran
-        half = link.rtt_ms / 2000
-        first = out.start + out.prefill - a + half
-        last = out.end - a + half
-        return Timeline(first, max(first, last), max(d, last), int(l_out), int(l_in_t), j, out)
+        return ad
 
-    def abort(self, tl: Timeline) -> None:
+    def _started(self, j: int, now: float) -> None:
+        """The admissions on node `j` started by `now` can no longer move: into `base`."""
+        q, base = self.queued[j], self.base[j]
+        while q and q[0].tl.outcome.start <= now:
+            assert base is not None
+            self._run(base, q.pop(0))
+            base.observe(now)
+        if not q:
+            self.base[j] = None
+
+    @staticmethod
+    def _run(s: ServerState, ad: Admission) -> tuple[float, Outcome, float]:
+        """Admit `ad` on `s` again (its upload had arrived at `ready`)."""
+        return execute(s, ad.c, ad.arrival, ad.l_in, ad.l_out, ad.bits, ad.link, ad.speed,
+                       hold=ad.ready)  # fmt: skip
+
+    def abort(self, ad: Admission) -> None:
         """Its client went away now: free the request's slot and KV cache on its node, as a
-        model server does with a disconnected request (`ServerState.abort`)."""
+        model server does with a disconnected request (`ServerState.abort`), and admit the
+        requests queued behind it again from now (their times were fixed when they
+        arrived, with its slot taken until its end)."""
         with self._lock:
-            self.states[tl.server].abort(tl.outcome, self.now())
+            now, j = self.now(), ad.tl.server
+            self._started(j, now)
+            q, base = self.queued[j], self.base[j]
+            if ad in q:  # never started: it leaves the queue (its upload stays done)
+                q.remove(ad)
+                self.energy_j -= ad.tl.outcome.e_infer
+            else:
+                self.states[j].abort(ad.tl.outcome, now)
+                if base is not None:
+                    base.abort(ad.tl.outcome, now)
+            if base is None:
+                return
+            live = self.states[j]
+            s = base.snapshot()
+            for x in q:  # in admission order, from the state before the first of them
+                d, out, _ = self._run(s, x)
+                self.energy_j += out.e_infer - x.tl.outcome.e_infer
+                x.tl = _timeline(d, out, x.arrival, x.link[1] / 2, x.l_out, x.l_in, j)
+                if x.wake is not None and x.loop is not None:
+                    x.loop.call_soon_threadsafe(_wake, x.wake)
+            s.link_free = live.link_free  # (the uploads happened: they stay as they were)
+            live.restore(s)
+            if not q:
+                self.base[j] = None
 
     # -- ASGI -----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -227,11 +308,11 @@ class TwinOpenAI:
         try:  # (the router's checks: size limit, JSON, fields, a model this pod serves)
             raw = await read_body(scope["headers"], receive, self.max_body_bytes)
             req = served(parse(raw, chat), (spec.model, spec.name))
-            tl = self.timeline(spec, node, req.prompt_tokens, req.attach_bytes, req.max_tokens)
+            ad = self.admit(spec, node, req.prompt_tokens, req.attach_bytes, req.max_tokens)
         except BadRequest as e:
             await error(send, e.status, e.kind, e.message)
             return
-        answer = asyncio.ensure_future(self._answer(tl, node, req, chat, send))
+        answer = asyncio.ensure_future(self._answer(ad, node, req, chat, send))
         gone = asyncio.ensure_future(_disconnect(receive))
         try:
             await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -239,24 +320,32 @@ class TwinOpenAI:
                 answer.result()
         finally:
             if not answer.done():  # the client left (or the server stops) before the end
-                self.abort(tl)
+                self.abort(ad)
             answer.cancel()
             gone.cancel()
 
-    async def _answer(self, tl: Timeline, node: str, req: Parsed, chat: bool, send: Send) -> None:
+    async def _answer(self, ad: Admission, node: str, req: Parsed, chat: bool, send: Send) -> None:
         start = self.clock()
         model = req.model
+        loop = ad.loop = asyncio.get_running_loop()
 
-        async def until(sim_s: float) -> None:
-            wait = start + min(sim_s / self.speed, MAX_ANSWER_SLEEP_S) - self.clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        async def until(at: Callable[[Timeline], float]) -> None:
+            """Until `at(timeline)` simulated seconds after arrival; the timeline may move
+            up while the request waits for a slot (an abort ahead of it)."""
+            while True:
+                ad.wake = loop.create_future()  # (before reading the timeline: no lost wake)
+                due = self.t0 + (ad.arrival + at(ad.tl)) / self.speed
+                wait = min(due, start + MAX_ANSWER_SLEEP_S) - self.clock()
+                if wait <= 0:
+                    return
+                await asyncio.wait({ad.wake}, timeout=wait)
 
+        tl = ad.tl  # (its token counts never move)
         usage = {"prompt_tokens": tl.prompt_tokens, "completion_tokens": tl.tokens,
                  "total_tokens": tl.prompt_tokens + tl.tokens}  # fmt: skip
         headers = [(b"x-perllm-twin-node", node.encode())]
         if not req.stream:
-            await until(tl.done)
+            await until(lambda t: t.done)
             text = "tok " * tl.tokens
             choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
             choice |= (
@@ -268,17 +357,35 @@ class TwinOpenAI:
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), *headers]})  # fmt: skip
-        step = (tl.last - tl.first) / max(tl.tokens - 1, 1)
         for k in range(tl.tokens):
-            await until(tl.first + k * step)
+            await until(functools.partial(_token_at, k=k))
             delta = {"delta": {"content": "tok "}} if chat else {"text": "tok "}
             ev = {"id": "twin", "object": "chat.completion.chunk", "model": model,
                   "choices": [{"index": 0, **delta}]}  # fmt: skip
             await send({"type": "http.response.body", "body": _sse(ev), "more_body": True})
-        await until(tl.done)
+        await until(lambda t: t.done)
         final = {"id": "twin", "object": "chat.completion.chunk", "model": model, "choices": [
             {"index": 0, "delta": {}, "finish_reason": "length"}], "usage": usage}  # fmt: skip
         await send({"type": "http.response.body", "body": _sse(final) + b"data: [DONE]\n\n"})
+
+
+def _timeline(
+    d: float, out: Outcome, a: float, half: float, l_out: float, l_in: float, j: int
+) -> Timeline:
+    """The answer's times from `execute`'s result for a request arriving at `a`."""
+    first = out.start + out.prefill - a + half
+    last = out.end - a + half
+    return Timeline(first, max(first, last), max(d, last), int(l_out), int(l_in), j, out)
+
+
+def _token_at(t: Timeline, k: int) -> float:
+    """When token `k` of the answer is sent: the first, then evenly over the decode."""
+    return t.first + k * (t.last - t.first) / max(t.tokens - 1, 1)
+
+
+def _wake(f: asyncio.Future[None]) -> None:
+    if not f.done():
+        f.set_result(None)
 
 
 def _sse(ev: dict[str, Any]) -> bytes:

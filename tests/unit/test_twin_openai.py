@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -161,8 +162,8 @@ def test_a_request_whose_client_left_frees_its_slot_for_the_next() -> None:
         clock = [0.0]
         tw = TwinOpenAI(sc, TwinOpenAI.standalone(sc).resolve, clock=lambda: clock[0])
         # the first request, on this node or (None: an idle node) elsewhere: same draws
-        first = tw.timeline(spec, "edge-gpu-1" if leave is not None else "cloud", 150, 0, 400)
-        clock[0] = first.first + 0.5  # mid-answer
+        first = tw.admit(spec, "edge-gpu-1" if leave is not None else "cloud", 150, 0, 400)
+        clock[0] = first.tl.first + 0.5  # mid-answer
         if leave:
             tw.abort(first)
             assert tw.states[tw.node_index["edge-gpu-1"]].observe(tw.now()) == (0, 0, 0.0)
@@ -184,6 +185,92 @@ def test_an_aborted_request_a_later_one_queued_behind_stops_being_reported() -> 
     s.inflight.append((10.0, 20.0, 0.0))
     s.abort(a, 2.0)
     assert s.observe(3.0) == (0, 1, 0.0)  # B still waits (its start was fixed); A is gone
+
+
+def _full_cpu_node(tw: TwinOpenAI, n: int) -> list[Any]:
+    """`n` requests at t=0 on the Xeon, whose 3 chat slots the first three take."""
+    spec = next(s for s in tw.sc.services() if s.name == "chat")
+    return [tw.admit(spec, "edge-cpu", 150.0, 0.0, 400 if k < 3 else 20) for k in range(n)]
+
+
+def test_a_request_queued_behind_an_aborted_one_starts_when_its_slot_frees() -> None:
+    """Its start was fixed at its admission, with the aborted request's slot taken until
+    that request's end: it waited for a slot that had been free for seconds."""
+    sc = quiet_demo()
+    clock = [0.0]
+    tw = TwinOpenAI(sc, TwinOpenAI.standalone(sc).resolve, clock=lambda: clock[0])
+    ads = _full_cpu_node(tw, 5)
+    fourth, fifth = ads[3].tl, ads[4].tl
+    assert fourth.outcome.start > 10 and fifth.outcome.start > fourth.outcome.start
+    clock[0] = 5.0
+    tw.abort(ads[0])  # the client of a running request leaves: its slot is free now
+    assert ads[3].tl.outcome.start == pytest.approx(5.0)
+    assert ads[3].tl.done < fourth.done - 5
+    assert ads[4].tl.done <= fifth.done  # (it waits for the second's slot)
+    assert tw.states[tw.node_index["edge-cpu"]].observe(5.01) == (3, 1, 0.0)
+
+
+def test_a_queued_request_whose_client_leaves_gives_its_place_to_the_next() -> None:
+    """It never runs: the request behind it gets its place, as if it had never come."""
+    sc = quiet_demo()
+    clock = [0.0]
+    tw = TwinOpenAI(sc, TwinOpenAI.standalone(sc).resolve, clock=lambda: clock[0])
+    ads = _full_cpu_node(tw, 5)
+    energy = tw.energy_j
+    clock[0] = 1.0
+    tw.abort(ads[3])  # queued (its start is 11.7 s)
+    ref = TwinOpenAI(sc, TwinOpenAI.standalone(sc).resolve, clock=lambda: 0.0)
+    alone = _full_cpu_node(ref, 4)[3].tl  # (output lengths: all capped by max_tokens)
+    assert ads[4].tl.outcome.start == pytest.approx(alone.outcome.start)
+    assert ads[4].tl.done == pytest.approx(alone.done)
+    assert tw.energy_j < energy  # its inference never happens
+    assert tw.states[tw.node_index["edge-cpu"]].observe(1.0) == (3, 1, 0.0)
+
+
+def test_a_queued_streams_first_token_comes_when_the_one_ahead_leaves() -> None:
+    """Over the ASGI app: the answer of a queued request wakes when its slot frees."""
+
+    async def go() -> float:
+        tw = TwinOpenAI.standalone(quiet_demo(), speed=2.0)
+        pod = pod_url("", "default", "chat-edge-cpu")
+        gone = asyncio.Event()
+
+        async def call(body: bytes, leave: bool) -> float:
+            done = False
+
+            async def receive() -> dict[str, Any]:
+                nonlocal done
+                if not done:
+                    done = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                await (gone.wait() if leave else asyncio.Event().wait())
+                return {"type": "http.disconnect"}
+
+            async def send(m: dict[str, Any]) -> None:
+                pass
+
+            scope = {"type": "http", "method": "POST", "headers": [],
+                     "path": f"{pod}/v1/chat/completions"}  # fmt: skip
+            t0 = time.perf_counter()
+            await tw(scope, receive, send)
+            return time.perf_counter() - t0
+
+        long = [_chat(max_tokens=400, stream=True) for _ in range(3)]
+        ahead = [asyncio.ensure_future(call(b, k == 0)) for k, b in enumerate(long)]
+        await asyncio.sleep(0.05)
+        short = {**CHAT, "messages": [{"role": "user", "content": "hello " * 10}]}
+        short |= {"max_tokens": 2, "stream": True}
+        queued = asyncio.ensure_future(call(json.dumps(short).encode(), False))
+        await asyncio.sleep(0.3)
+        gone.set()
+        wall = await asyncio.wait_for(queued, 30)
+        for t in ahead:
+            t.cancel()
+        await asyncio.gather(*ahead, return_exceptions=True)
+        return wall
+
+    # It waited for the first answer's end: done at 13.3 simulated s (6.7 s here), now 2.3.
+    assert asyncio.run(go()) < 3.5
 
 
 @pytest.mark.parametrize("route", ["chat/completions", "completions"])
