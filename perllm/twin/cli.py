@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         """Serve the world model's metrics for the cluster's (KWOK) nodes and pods."""
         from perllm.scenario import ScenarioError, load_scenario
         from perllm.twin.kube import ClusterReader, KubeUnavailable, load_clients
-        from perllm.twin.server import serve
+        from perllm.twin.server import ListenError, serve
 
         configure(log_level)
         try:
@@ -80,6 +80,9 @@ def register(app: typer.Typer) -> None:
                 max_requests_per_slot=max_requests_per_slot,
                 openai_port=openai_port,
             )
+        except ListenError as e:  # --openai-port in use, ...
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
         except OSError as e:  # port in use, bad address
             typer.echo(f"error: cannot listen on {host}:{port}: {e}", err=True)
             raise typer.Exit(2) from None
@@ -99,14 +102,21 @@ def register_openai(app: typer.Typer) -> None:
         import uvicorn
 
         from perllm.scenario import ScenarioError, load_scenario
-        from perllm.twin.openai import TwinOpenAI, pod_url, static_pods
+        from perllm.twin.openai import TwinOpenAI, listen, pod_url, static_pods
 
         try:
             sc = load_scenario(scenario)
         except ScenarioError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        try:  # (uvicorn's own bind logs and exits 1)
+            sock = listen(host, port)
+        except OSError as e:
+            typer.echo(f"error: --port {port}: cannot listen on {host}:{port}: "
+                       f"{e.strerror or e}", err=True)  # fmt: skip
+            raise typer.Exit(2) from None
         for ns, pod in static_pods(sc):
             typer.echo(pod_url(f"http://{host}:{port}", ns, pod) + "/v1")
-        uvicorn.run(TwinOpenAI.standalone(sc, speed, seed), host=host, port=port,
-                    access_log=False, log_level="warning")  # fmt: skip
+        cfg = uvicorn.Config(TwinOpenAI.standalone(sc, speed, seed), access_log=False,
+                             log_level="warning")  # fmt: skip
+        uvicorn.Server(cfg).run([sock])

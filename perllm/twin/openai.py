@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -417,13 +418,27 @@ def twin_resolver(tw: Any) -> Resolver:
     return resolve
 
 
-def serve_in_thread(app: Any, host: str, port: int) -> threading.Thread:
-    """uvicorn on a daemon thread (the twin's clock owns the main thread)."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port for uvicorn, bound here: a port in use or a bad address
+    is an OSError in the caller's thread (uvicorn's own bind exits the thread it runs in,
+    and the twin ran on without its endpoints)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve_in_thread(app: Any, sock: socket.socket) -> threading.Thread:
+    """uvicorn on a daemon thread (the twin's clock owns the main thread), on `listen`'s
+    socket."""
     import uvicorn
 
-    cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                         lifespan="off")  # fmt: skip
+    cfg = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(cfg)
-    th = threading.Thread(target=server.run, name="twin-openai", daemon=True)
+    th = threading.Thread(target=server.run, args=([sock],), name="twin-openai", daemon=True)
     th.start()
     return th

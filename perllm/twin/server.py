@@ -79,6 +79,13 @@ def summary(tw: Twin) -> str:
 TICK_BUDGET_S = 0.1
 
 
+class ListenError(OSError):
+    """A port the twin cannot listen on, named by its flag."""
+
+    def __init__(self, flag: str, host: str, port: int, why: OSError) -> None:
+        super().__init__(f"{flag} {port}: cannot listen on {host}:{port}: {why.strerror or why}")
+
+
 def serve(
     scenario: Scenario,
     reader: ClusterReader | None,
@@ -99,6 +106,15 @@ def serve(
     http = make_http_server(
         host, port, registry_for(tw, lock), lambda: reader is None or reader.healthy
     )
+    openai_sock = None
+    if openai_port is not None:  # (bound before anything runs: a busy port is an error)
+        from perllm.twin.openai import listen
+
+        try:
+            openai_sock = listen(host, openai_port)
+        except OSError as e:
+            http.server_close()
+            raise ListenError("--openai-port", host, openai_port, e) from None
     threading.Thread(target=http.serve_forever, name="twin-http", daemon=True).start()
     previous = _on_signals(stop)
     log.info(
@@ -109,10 +125,10 @@ def serve(
         http.server_address[1],
         speed,
     )
-    if openai_port is not None:  # the pods as OpenAI endpoints (perllm/twin/openai.py)
+    if openai_sock is not None:  # the pods as OpenAI endpoints (perllm/twin/openai.py)
         from perllm.twin.openai import TwinOpenAI, serve_in_thread, twin_resolver
 
-        serve_in_thread(TwinOpenAI(scenario, twin_resolver(tw), speed, seed), host, openai_port)
+        serve_in_thread(TwinOpenAI(scenario, twin_resolver(tw), speed, seed), openai_sock)
         log.info("pods' OpenAI endpoints on http://%s:%d/pods/<ns>/<pod>/v1", host, openai_port)
     if reader is not None:
         threading.Thread(

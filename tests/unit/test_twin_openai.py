@@ -283,3 +283,53 @@ def test_a_well_formed_request_still_answers(route: str) -> None:
     )
     [resp] = _post_all(tw, [("POST", route, body)])
     assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] <= 4
+
+
+def test_an_openai_port_in_use_is_an_error_naming_the_flag() -> None:
+    """uvicorn's bind failed in the OpenAI endpoint's thread, which ended it: the twin
+    logged that it served the pods there and ran on without them."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from perllm.cli import app
+    from perllm.twin.server import ListenError, serve
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ListenError, match=f"--openai-port {port}: cannot listen"):
+            serve(load_scenario("demo"), None, "127.0.0.1", 0, 1.0, openai_port=port)
+        # (and without a cluster: it exited 1 with uvicorn's log line)
+        res = CliRunner().invoke(app, ["twin-openai", "--scenario", "demo", "--port", str(port)])
+        assert res.exit_code == 2 and f"--port {port}: cannot listen" in res.output, res.output
+
+
+def test_the_twin_serves_its_pods_on_the_openai_port() -> None:
+    import socket
+    import threading
+
+    from perllm.twin.server import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop = threading.Event()
+    th = threading.Thread(
+        target=serve,
+        args=(load_scenario("demo"), None, "127.0.0.1", 0, 1.0),
+        kwargs={"stop": stop, "openai_port": port},
+    )
+    th.start()
+    try:
+        for _ in range(100):
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert r.status_code == 200
+    finally:
+        stop.set()
+        th.join(10)
