@@ -26,6 +26,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -345,28 +346,36 @@ class TwinOpenAI:
         usage = {"prompt_tokens": tl.prompt_tokens, "completion_tokens": tl.tokens,
                  "total_tokens": tl.prompt_tokens + tl.tokens}  # fmt: skip
         headers = [(b"x-perllm-twin-node", node.encode())]
+        # As OpenAI: "length" only when max_tokens cut the answer; ids and times per answer.
+        capped = req.max_tokens is not None and tl.tokens >= req.max_tokens
+        finish = "length" if capped else "stop"
+        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+                "created": int(time.time()), "model": model}  # fmt: skip
         if not req.stream:
             await until(lambda t: t.done)
             text = "tok " * tl.tokens
-            choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
             choice |= (
                 {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
             )
-            out = {"id": "twin", "object": "chat.completion" if chat else "text_completion",
-                   "model": model, "choices": [choice], "usage": usage}  # fmt: skip
+            out = {**head, "object": "chat.completion" if chat else "text_completion",
+                   "choices": [choice], "usage": usage}  # fmt: skip
             await _reply(send, 200, out, headers)
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), *headers]})  # fmt: skip
+        # (a completions stream's chunks are text_completion objects with a "text")
+        obj = "chat.completion.chunk" if chat else "text_completion"
         for k in range(tl.tokens):
             await until(functools.partial(_token_at, k=k))
-            delta = {"delta": {"content": "tok "}} if chat else {"text": "tok "}
-            ev = {"id": "twin", "object": "chat.completion.chunk", "model": model,
-                  "choices": [{"index": 0, **delta}]}  # fmt: skip
+            part: dict[str, Any] = {"content": "tok "} | ({"role": "assistant"} if k == 0 else {})
+            delta = {"delta": part} if chat else {"text": "tok "}
+            ev = {**head, "object": obj, "choices": [{"index": 0, **delta, "finish_reason": None}]}
             await send({"type": "http.response.body", "body": _sse(ev), "more_body": True})
         await until(lambda t: t.done)
-        final = {"id": "twin", "object": "chat.completion.chunk", "model": model, "choices": [
-            {"index": 0, "delta": {}, "finish_reason": "length"}], "usage": usage}  # fmt: skip
+        end: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
+        final = {**head, "object": obj, "choices": [{"index": 0, **end, "finish_reason": finish}],
+                 "usage": usage}  # fmt: skip
         await send({"type": "http.response.body", "body": _sse(final) + b"data: [DONE]\n\n"})
 
 

@@ -333,3 +333,29 @@ def test_the_twin_serves_its_pods_on_the_openai_port() -> None:
     finally:
         stop.set()
         th.join(10)
+
+
+def test_answers_are_shaped_as_openais() -> None:
+    """A completions stream's chunks were chat.completion.chunk objects and its last one a
+    chat "delta"; finish_reason was "length" even when nothing cut the answer."""
+    tw = TwinOpenAI.standalone(quiet_demo(), speed=1000.0)
+    prompt = {"model": "chat", "prompt": "hi", "max_tokens": 3, "stream": True}
+    long = _chat(max_tokens=100_000)  # (no drawn length reaches it)
+    resps = _post_all(tw, [("POST", "completions", json.dumps(prompt).encode()),
+                           ("POST", "chat/completions", _chat(max_tokens=3, stream=True)),
+                           ("POST", "chat/completions", long)])  # fmt: skip
+    for r in resps:
+        assert r.status_code == 200
+    text = resps[0].text
+    assert text.endswith("data: [DONE]\n\n")
+    events = [json.loads(x[6:]) for x in text.split("\n\n") if x.startswith("data: {")]
+    assert {e["object"] for e in events} == {"text_completion"}
+    assert all("text" in e["choices"][0] and "delta" not in e["choices"][0] for e in events)
+    assert [e["choices"][0]["finish_reason"] for e in events] == [None] * 3 + ["length"]
+    assert events[-1]["usage"]["completion_tokens"] == 3 and len({e["id"] for e in events}) == 1
+    chunks = [json.loads(x[6:]) for x in resps[1].text.split("\n\n") if x.startswith("data: {")]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "tok "}
+    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "length"}
+    whole = resps[2].json()
+    assert whole["choices"][0]["finish_reason"] == "stop"
+    assert whole["id"].startswith("chatcmpl-") and isinstance(whole["created"], int)
