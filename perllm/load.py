@@ -152,10 +152,12 @@ async def _one(
     p: Planned,
     on_start: OnStart | None = None,
     timeout_s: float | None = None,
+    since: float | None = None,
 ) -> Outcome:
     """One request; `timeout_s` bounds it whole (httpx's timeout is per read: a target
-    that sends a byte now and then would hold it for ever)."""
-    t0 = time.perf_counter()
+    that sends a byte now and then would hold it for ever). Its latency counts from
+    `since` (when it arrived, if it waited to be sent), else from now."""
+    t0 = time.perf_counter() if since is None else since
     first: float | None = None
     events = 0
     usage: float | None = None
@@ -221,8 +223,11 @@ async def replay(
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
 
         async def fire(p: Planned) -> None:
+            # (from its arrival: a wait for a free slot of `concurrency` is latency too,
+            # else a slow target would hold the sending back and look fast)
+            arrived = time.perf_counter()
             async with sem:
-                o = await _one(client, url, p, on_start, timeout_s)
+                o = await _one(client, url, p, on_start, timeout_s, arrived)
             results.append(o)
             if on_done is not None:
                 on_done(o)

@@ -187,3 +187,34 @@ def test_cli_checks_json_before_sending_anything(tmp_path: Path) -> None:
         assert isinstance(res.exception, SystemExit)
         out = " ".join(res.output.replace("│", " ").split())
         assert message in out and "requests" not in out, out
+
+
+class Slow:
+    """Answers every request after `delay_s` (a usage block of 5 tokens)."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await asyncio.sleep(self.delay_s)
+        hs = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": hs})
+        await send({"type": "http.response.body", "body": b'{"usage": {"completion_tokens": 5}}'})
+
+
+def test_a_request_waiting_for_a_concurrency_slot_counts_that_wait_as_latency() -> None:
+    """Latency was timed from when the request got a slot: with --concurrency 1, three
+    requests arriving together at a 0.4 s target all reported 0.4 s (coordinated omission)."""
+
+    async def go() -> Any:
+        async with serving(Slow(0.4)) as url:
+            return await replay(url, _planned(3, False), max_duration_s=5, concurrency=1)
+
+    rep = asyncio.run(asyncio.wait_for(go(), 30))
+    assert rep.ok == 3
+    assert rep.latency_s["p99"] > 1.1  # the third waited for the two before it
+    assert rep.latency_s["p50"] > 0.7
