@@ -120,10 +120,18 @@ def _evict_worst(t: Tick, rep: Obj, due: _Due) -> Obj:
             kopf.warn(t.body, reason="EvictionBlocked", message=msg)
             rep["state"], rep["message"] = "EvictionBlocked", msg
             return rep
-        if e.status == 404:
+        if e.status == 404:  # gone meanwhile: its replacement is on the way
+            rep["state"] = "Waiting"
+            rep["message"] = f"{due.verdict.message}; pod {pname} was gone before its eviction"
             return rep
-        msg = failures.api_failure(e, f"evicting pod {pname}")[1]
-        raise kopf.TemporaryError(msg, delay=10) from e
+        # Anything else (RBAC, the API server failing) is said in the status and an Event,
+        # and the tick still writes its telemetry; the next tick tries again. Raising lost
+        # the tick's status write and re-triggered the eviction every 10 s.
+        msg = failures.api_failure(e, f"evicting pod {pname} on node {node}")[1]
+        kopf.warn(t.body, reason="EvictionFailed", message=msg)
+        t.logger.warning("%s", msg)
+        rep["state"], rep["message"] = "EvictionFailed", msg
+        return rep
     below = t.now - (due.verdict.below_since or t.now)
     msg = (
         f"evicted pod {pname} from node {node}: attainment below {due.target:.0%} for "

@@ -98,7 +98,9 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
     hist = state.history[uid]
     hist.append(policy.Point(now, obs.attainment if obs is not None and obs.reachable else None))
     tick = replacement.Tick(body, ns, name, sspec, st, live, obs, hist, now, logger)
-    fields["replacement"] = replacement.replacement(tick, cfg.policy)
+    fields["replacement"] = rep = replacement.replacement(tick, cfg.policy)
+    if rep["state"] == "EvictionFailed":
+        conds["Degraded"] = (True, "EvictionFailed", rep["message"])
     try:
         sync_status(ns, name, uid, conditions=conds, fields=fields)
     except ApiException as e:

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
 from perllm_operator import kube, observe, policy, reconcile, status
 from perllm_operator.conditions import condition
 from perllm_operator.config import Config, ConfigError
@@ -496,3 +497,37 @@ def test_flags_win_over_the_environment_and_fail_before_kopf_starts() -> None:
         Config.load({}, None, 0.5)
     with pytest.raises(ConfigError, match="PERLLM_TELEMETRY_WINDOW"):
         run(env={"PERLLM_TELEMETRY_WINDOW": "five"})
+
+
+@pytest.mark.parametrize(
+    ("code", "state", "degraded"),
+    [(403, "EvictionFailed", "True"), (500, "EvictionFailed", "True"), (404, "Waiting", "False")],
+)
+def test_a_failed_eviction_is_reported_and_the_tick_still_writes_its_status(
+    monkeypatch: pytest.MonkeyPatch, code: int, state: str, degraded: str
+) -> None:
+    """An eviction refused otherwise than by a PodDisruptionBudget (RBAC, the API server
+    failing) raised out of the tick: status.observed and the conditions were never written
+    while it lasted, nothing said why but the log, and each retry 10 s later posted
+    ReplacementTriggered again. A pod gone meanwhile left state 'Replace', no state of
+    the CRD's."""
+    fc = FakeCluster(_load("chat-assistant"), [_pod("chat-assistant-a", "cloud-0")])
+    fc.install(monkeypatch)
+
+    def refuse(ns: str, pod: str) -> None:
+        raise ApiException(status=code, reason="Refused")
+
+    monkeypatch.setattr(kube, "evict", refuse)
+    fc.obj["status"] = {"placement": {"tier": "cloud", "nodes": ["cloud-0"]}}
+    pol = ReplacementPolicy(window_s=0, min_ticks=1, cooldown_s=3600, escalate_after=0)
+    prom = FakeProm({"le=": 0.1, "_count": 1.0})
+    fc.tick(State(Config(prometheus_url="http://p", policy=pol), prom))
+    st = fc.obj["status"]
+    assert st["observed"]["attainment"] == 0.1 and fc.cond("DeadlineMet")["status"] == "False"
+    assert st["replacement"]["state"] == state
+    assert "chat-assistant-a" in st["replacement"]["message"]
+    assert fc.cond("Degraded")["status"] == degraded
+    if degraded == "True":
+        assert fc.cond("Degraded")["reason"] == "EvictionFailed"
+        assert f"({code} Refused)" in fc.cond("Degraded")["message"]
+        assert [r for r, _ in fc.events] == ["ReplacementTriggered", "EvictionFailed"]
