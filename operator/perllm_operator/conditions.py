@@ -124,7 +124,9 @@ def sync_status(
     co = kube.kubernetes.client.CustomObjectsApi()
     for _attempt in range(8):
         try:
-            llms: Obj = co.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            llms: Obj = co.get_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, name, _request_timeout=kube.REQUEST_TIMEOUT_S
+            )
         except ApiException as e:
             if e.status == 404:
                 return False
@@ -147,7 +149,9 @@ def sync_status(
             return True
         body = {"metadata": {"resourceVersion": llms["metadata"]["resourceVersion"]}, "status": new}
         try:
-            co.patch_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, name, body)
+            co.patch_namespaced_custom_object_status(
+                GROUP, VERSION, ns, PLURAL, name, body, _request_timeout=kube.REQUEST_TIMEOUT_S
+            )
             return True
         except ApiException as e:
             if e.status != 409:

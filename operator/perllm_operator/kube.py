@@ -13,6 +13,11 @@ from perllm import labels
 from perllm_operator import render
 
 FIELD_MANAGER = "perllm-operator"
+# Every call's limit. The API server ends any request but a watch after 60 s (its
+# --request-timeout), so a longer wait is a dead connection (a stalled load balancer, a
+# partition): without a limit it held the handler's thread, and with a timer's the
+# LLMService's deletion (kopf's finalizer waits for the tick), for good.
+REQUEST_TIMEOUT_S = 60.0
 
 Obj = dict[str, Any]
 # The client's generated hints want model classes; the operator passes plain dicts.
@@ -29,7 +34,9 @@ def load_config() -> None:
 
 def kserve_installed() -> bool:
     try:
-        kubernetes.client.ApiextensionsV1Api().read_custom_resource_definition(render.KSERVE_CRD)
+        kubernetes.client.ApiextensionsV1Api().read_custom_resource_definition(
+            render.KSERVE_CRD, _request_timeout=REQUEST_TIMEOUT_S
+        )
     except ApiException as e:
         if e.status == 404:
             return False
@@ -83,6 +90,7 @@ def _ssa(child: Obj) -> Obj:
         force=True,
         field_validation="Strict",
         _content_type=APPLY,
+        _request_timeout=REQUEST_TIMEOUT_S,
     )
     out: Obj = serialise(live)
     return out
@@ -112,7 +120,12 @@ def _drop_update_ownership(child: Obj, live: Obj) -> None:
         },
         {"op": "replace", "path": "/metadata/managedFields", "value": keep},
     ]
-    patch(*args, body, _content_type="application/json-patch+json")
+    patch(
+        *args,
+        body,
+        _content_type="application/json-patch+json",
+        _request_timeout=REQUEST_TIMEOUT_S,
+    )
 
 
 def read_child(ns: str, child: Obj) -> Obj | None:
@@ -125,12 +138,17 @@ def read_child(ns: str, child: Obj) -> Obj | None:
                 else kubernetes.client.CoreV1Api().read_namespaced_service
             )
             out: Obj = kubernetes.client.ApiClient().sanitize_for_serialization(
-                read(child["name"], ns)
+                read(child["name"], ns, _request_timeout=REQUEST_TIMEOUT_S)
             )
             out["kind"] = child["kind"]
             return out
         out = kubernetes.client.CustomObjectsApi().get_namespaced_custom_object(
-            render.KSERVE_GROUP, render.KSERVE_VERSION, ns, render.KSERVE_PLURAL, child["name"]
+            render.KSERVE_GROUP,
+            render.KSERVE_VERSION,
+            ns,
+            render.KSERVE_PLURAL,
+            child["name"],
+            _request_timeout=REQUEST_TIMEOUT_S,
         )
         return out
     except ApiException as e:
@@ -144,15 +162,15 @@ def delete_child(ns: str, child: Obj, uid: str) -> None:
     made again under the same name since); its pods go with it (background propagation).
     Gone already: nothing to do."""
     opts = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
-    name = child["name"]
+    name, kw = child["name"], {"body": opts, "_request_timeout": REQUEST_TIMEOUT_S}
     try:
         if child["kind"] == "Deployment":
-            kubernetes.client.AppsV1Api().delete_namespaced_deployment(name, ns, body=opts)
+            kubernetes.client.AppsV1Api().delete_namespaced_deployment(name, ns, **kw)
         elif child["kind"] == "Service":
-            kubernetes.client.CoreV1Api().delete_namespaced_service(name, ns, body=opts)
+            kubernetes.client.CoreV1Api().delete_namespaced_service(name, ns, **kw)
         else:
             args = (render.KSERVE_GROUP, render.KSERVE_VERSION, ns, render.KSERVE_PLURAL, name)
-            kubernetes.client.CustomObjectsApi().delete_namespaced_custom_object(*args, body=opts)
+            kubernetes.client.CustomObjectsApi().delete_namespaced_custom_object(*args, **kw)
     except ApiException as e:
         if e.status != 404:
             raise
@@ -161,7 +179,9 @@ def delete_child(ns: str, child: Obj, uid: str) -> None:
 def pods(ns: str, name: str) -> list[Obj]:
     """The pods of a service (label perllm.io/service), as plain dicts."""
     core = kubernetes.client.CoreV1Api()
-    items = core.list_namespaced_pod(ns, label_selector=f"{labels.LABEL_SERVICE}={name}").items
+    items = core.list_namespaced_pod(
+        ns, label_selector=f"{labels.LABEL_SERVICE}={name}", _request_timeout=REQUEST_TIMEOUT_S
+    ).items
     out: list[Obj] = kubernetes.client.ApiClient().sanitize_for_serialization(items)
     return out
 
@@ -173,4 +193,6 @@ def evict(ns: str, pod: str) -> None:
         "kind": "Eviction",
         "metadata": {"name": pod, "namespace": ns},
     }
-    kubernetes.client.CoreV1Api().create_namespaced_pod_eviction(pod, ns, body)
+    kubernetes.client.CoreV1Api().create_namespaced_pod_eviction(
+        pod, ns, body, _request_timeout=REQUEST_TIMEOUT_S
+    )

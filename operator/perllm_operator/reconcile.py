@@ -237,7 +237,9 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     ns, name, uid = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["uid"]
     co = kube.kubernetes.client.CustomObjectsApi()
     try:
-        fresh: Obj = co.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        fresh: Obj = co.get_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name, _request_timeout=kube.REQUEST_TIMEOUT_S
+        )
     except ApiException:
         return
     st = dict(fresh.get("status") or {})

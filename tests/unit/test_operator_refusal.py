@@ -135,7 +135,7 @@ def test_when_the_fresh_write_fails_kopfs_patch_carries_the_handlers_copy(
     monkeypatch: pytest.MonkeyPatch, fail: Callable[[kopf.Body, kopf.Patch, list[Obj]], None]
 ) -> None:
     class Down:
-        def get_namespaced_custom_object(self, *a: Any) -> Obj:
+        def get_namespaced_custom_object(self, *a: Any, **_: Any) -> Obj:
             raise ConnectionRefusedError(111, "Connection refused")
 
     monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", Down)

@@ -428,7 +428,7 @@ def _fake_tier_follow(
     events: list[str] = []
 
     class CO:
-        def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
+        def get_namespaced_custom_object(self, *a: Any, **_: Any) -> dict[str, Any]:
             return copy.deepcopy(obj)
 
     monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)

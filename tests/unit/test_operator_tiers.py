@@ -171,7 +171,7 @@ def test_follow_tier_never_re_renders_a_tiered_service(monkeypatch: pytest.Monke
     calls: list[str] = []
 
     class CO:
-        def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
+        def get_namespaced_custom_object(self, *a: Any, **_: Any) -> dict[str, Any]:
             calls.append("get")
             return copy.deepcopy(obj)
 
@@ -205,7 +205,7 @@ def test_a_child_deleted_by_hand_is_created_again(monkeypatch: pytest.MonkeyPatc
     synced: list[Any] = []
 
     class CO:
-        def get_namespaced_custom_object(self, *a: Any) -> dict[str, Any]:
+        def get_namespaced_custom_object(self, *a: Any, **_: Any) -> dict[str, Any]:
             return copy.deepcopy(obj)
 
     monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
