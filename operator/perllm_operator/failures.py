@@ -39,9 +39,10 @@ def _status_body(e: ApiException) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def api_failure(e: ApiException, what: str) -> tuple[str, str]:
+def api_failure(e: ApiException, what: str, prefix: str = "Apply") -> tuple[str, str]:
     """(reason, message) of a refused API call on `what` (e.g. "InferenceService x"):
-    reason `Invalid` / `Forbidden` / ... from the Status, the fields from its causes."""
+    reason `<prefix>Invalid` / `<prefix>Forbidden` / ... from the Status, the fields from
+    its causes."""
     body = _status_body(e)
     details = body.get("details") or {}
     causes = [c for c in details.get("causes") or [] if isinstance(c, dict)]
@@ -51,7 +52,7 @@ def api_failure(e: ApiException, what: str) -> tuple[str, str]:
     reason = str(body.get("reason") or e.reason or "ApiError").replace(" ", "")
     detail = "; ".join(fields) or str(body.get("message") or e.reason or "no detail")
     msg = f"{what}: the API server refused it ({e.status} {reason}): {detail}"
-    return (f"Apply{reason}" if reason.isalnum() else "ApplyRefused"), bounded(msg)
+    return (f"{prefix}{reason}" if reason.isalnum() else f"{prefix}Refused"), bounded(msg)
 
 
 def internal_failure(e: BaseException, where: str) -> tuple[str, str]:

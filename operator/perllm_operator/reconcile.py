@@ -128,7 +128,8 @@ def reconcile(
 
 
 class Failed(Exception):
-    """Applying a child was refused; reason and message name the child and the field."""
+    """An API call was refused (applying a child, listing pods); reason and message name
+    the call's object and the field."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)

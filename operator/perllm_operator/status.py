@@ -30,16 +30,21 @@ def status_tick(
     retry: int = 0,
     **_: Any,
 ) -> None:
-    """Refresh status from Prometheus and the extender's record; re-place if needed. An
-    unexpected exception is condition `Degraded` (True, InternalError) and an Event, then
-    a retry with a growing delay, never only a log line."""
+    """Refresh status from Prometheus and the extender's record; re-place if needed. A
+    refused API call (`reconcile.Failed`) or an unexpected exception is condition
+    `Degraded` (True, its reason) and an Event, then a retry with a growing delay, never
+    only a log line."""
     try:
         _tick(body, logger, memo)
     except kopf.TemporaryError:
         raise
     except Exception as e:  # reported as a condition, never a crash loop
-        reason, msg = failures.internal_failure(e, "status timer")
-        logger.exception("status tick failed")
+        if isinstance(e, reconcile.Failed):
+            reason, msg = e.reason, e.message
+            logger.warning("status tick failed: %s", msg)
+        else:
+            reason, msg = failures.internal_failure(e, "status timer")
+            logger.exception("status tick failed")
         kopf.warn(body, reason=reason, message=msg)
         try:
             sync_status(
@@ -69,8 +74,8 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
     now = time.time()
     try:
         pods = kube.pods(ns, name)
-    except ApiException as e:
-        raise kopf.TemporaryError(failures.api_failure(e, "listing pods")[1], delay=10) from e
+    except ApiException as e:  # said in Degraded: nothing else of this tick can be known
+        raise reconcile.Failed(*failures.api_failure(e, "listing pods", prefix="List")) from e
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     obs = None
     if cfg.prometheus_url:

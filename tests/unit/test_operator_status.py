@@ -531,3 +531,30 @@ def test_a_failed_eviction_is_reported_and_the_tick_still_writes_its_status(
         assert fc.cond("Degraded")["reason"] == "EvictionFailed"
         assert f"({code} Refused)" in fc.cond("Degraded")["message"]
         assert [r for r, _ in fc.events] == ["ReplacementTriggered", "EvictionFailed"]
+
+
+def test_a_refused_pod_list_is_degraded_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tick's pod list refused (403: a namespace the chart's Roles do not cover) raised
+    a TemporaryError every 10 s with no condition: the status went stale and Degraded
+    kept saying NoErrors."""
+    fc = FakeCluster(_load("chat-assistant"), [])
+    fc.install(monkeypatch)
+    fc.obj["status"] = {"conditions": [condition("Degraded", False, "NoErrors", "ok")]}
+    body = '{"kind":"Status","reason":"Forbidden","message":"pods is forbidden: no list"}'
+
+    def refuse(ns: str, name: str) -> None:
+        e = ApiException(status=403, reason="Forbidden")
+        e.body = body
+        raise e
+
+    monkeypatch.setattr(kube, "pods", refuse)
+    state = State(Config(prometheus_url="http://p", policy=POLICY), FakeProm({}))
+    with pytest.raises(kopf.TemporaryError) as e:
+        fc.tick(state)
+    assert e.value.delay == 5.0  # growing with kopf's retry count
+    d = fc.cond("Degraded")
+    assert (d["status"], d["reason"]) == ("True", "ListForbidden")
+    assert d["message"] == (
+        "listing pods: the API server refused it (403 Forbidden): pods is forbidden: no list"
+    )
+    assert fc.events == [("ListForbidden", d["message"])]
