@@ -45,6 +45,7 @@ MAX_SECRET_NAME = 253
 MAX_SECRET_KEY = 253
 MAX_RESOURCES = 16  # keys per requests/limits map
 MAX_QUANTITY = 64  # characters of a quantity string
+BACKENDS = ("kserve", "deployment")  # spec.backend, the first the default
 
 _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _RUNTIME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
@@ -195,7 +196,7 @@ def _check_tier_replicas(name: str, tr: Any) -> None:
 
 def check_kubernetes_fields(obj: dict[str, Any]) -> None:
     """The CRD's checks of the fields that only Kubernetes reads (the name of the children,
-    model format/runtime/storageUri, replicas, resources), for an object that may not have
+    model format/runtime/storageUri, replicas, backend, resources), for an object that may not have
     passed admission; InvalidService names the field."""
     meta = _object("metadata", obj.get("metadata", {}))
     spec = _object("spec", obj.get("spec", {}))
@@ -225,6 +226,11 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
     if not 0 <= replicas <= MAX_REPLICAS:
         raise InvalidService(f"spec.replicas: must be in 0..{MAX_REPLICAS}, not {replicas}")
     _check_tier_replicas(name, spec.get("tierReplicas"))
+    # Anything but "deployment" rendered KServe children: a "Deployment" made an
+    # InferenceService (KServeMissing on a cluster without KServe), naming no field.
+    backend = spec.get("backend", BACKENDS[0])
+    if not (isinstance(backend, str) and backend in BACKENDS):
+        raise InvalidService(f"spec.backend: must be one of {', '.join(BACKENDS)}, not {backend!r}")
     variants = model.get("variants", [])
     if isinstance(variants, list):
         for i, v in enumerate(variants):

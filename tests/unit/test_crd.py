@@ -23,6 +23,7 @@ from perllm.contract import (
     Tier,
 )
 from perllm.crd import (
+    BACKENDS,
     CRD_PATH,
     GROUP,
     KIND,
@@ -80,6 +81,8 @@ def test_schema_enums_are_the_contract_enums() -> None:
     assert _schema_enum("spec", "model", "variants", "[]", "precision") == [
         p.value for p in Precision
     ]
+    assert _schema_enum("spec", "backend") == list(BACKENDS)
+    assert _spec_schema()["properties"]["spec"]["properties"]["backend"]["default"] == BACKENDS[0]
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
@@ -328,6 +331,10 @@ OUTSIDE = [
     (("spec", "model", "tokenSecretRef"), {"name": "s", "key": "a/b"}, "tokenSecretRef.key"),
     (("spec", "replicas"), 1001, "spec.replicas: must be in 0..1000"),
     (("spec", "replicas"), 1.5, "spec.replicas: must be an integer"),
+    (("spec", "backend"), "Deployment", "spec.backend: must be one of kserve, deployment, not 'De"),
+    (("spec", "backend"), "deployment ", "spec.backend: must be one of"),
+    (("spec", "backend"), None, "spec.backend: must be one of"),
+    (("spec", "backend"), ["deployment"], "spec.backend: must be one of"),
     ((*R0, "requests", "cpu"), "banana", r"resources.requests\[cpu\]: must be a Kubernetes"),
     ((*R0, "requests", "cpu"), -4, r"resources.requests\[cpu\]: must not be negative"),
     ((*R0, "limits", "memory"), "-16Gi", r"resources.limits\[memory\]: must not be negative"),
