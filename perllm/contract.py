@@ -49,7 +49,10 @@ MAX_PAYLOAD_BYTES = 2**30  # 1 GiB of attachments per request
 MAX_MODEL_NAME = 253
 MAX_REPLICAS = 1_000  # model-server replicas of a service (in all, or in one tier)
 
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# A service's numbers are strict: a YAML `true` or "5" is refused naming the field instead of
+# becoming 1.0 or 5.0 (the CRD's schema refuses both at admission; service_spec checks
+# objects that did not pass it). Integers are numbers.
+Fraction = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 
@@ -71,9 +74,11 @@ class Deadline(_Strict):
     The second term is the TPOT allowance of DistServe-style SLOs; 0 gives a fixed budget.
     """
 
-    seconds: Annotated[float, Field(gt=0.0, le=MAX_DEADLINE_S)]
-    per_output_token_s: Annotated[float, Field(ge=0.0, le=MAX_PER_OUTPUT_TOKEN_S)] = 0.0
-    percentile: Annotated[float, Field(gt=0.0, le=100.0)] = 95.0
+    seconds: Annotated[float, Field(strict=True, gt=0.0, le=MAX_DEADLINE_S)]
+    per_output_token_s: Annotated[float, Field(strict=True, ge=0.0, le=MAX_PER_OUTPUT_TOKEN_S)] = (
+        0.0
+    )
+    percentile: Annotated[float, Field(strict=True, gt=0.0, le=100.0)] = 95.0
 
     def budget(self, output_tokens: float) -> float:
         return self.seconds + self.per_output_token_s * output_tokens
@@ -87,10 +92,10 @@ class Requirements(_Strict):
 class Traffic(_Strict):
     """Expected traffic of a service: used for prediction before telemetry exists."""
 
-    rate_rps: Annotated[float, Field(ge=0.0, le=MAX_RATE_RPS)] = 0.0
-    prompt_tokens: Annotated[float, Field(gt=0.0, le=MAX_PROMPT_TOKENS)] = 512
-    output_tokens: Annotated[float, Field(gt=0.0, le=MAX_OUTPUT_TOKENS)] = 128
-    payload_bytes: Annotated[float, Field(ge=0.0, le=MAX_PAYLOAD_BYTES)] = Field(
+    rate_rps: Annotated[float, Field(strict=True, ge=0.0, le=MAX_RATE_RPS)] = 0.0
+    prompt_tokens: Annotated[float, Field(strict=True, gt=0.0, le=MAX_PROMPT_TOKENS)] = 512
+    output_tokens: Annotated[float, Field(strict=True, gt=0.0, le=MAX_OUTPUT_TOKENS)] = 128
+    payload_bytes: Annotated[float, Field(strict=True, ge=0.0, le=MAX_PAYLOAD_BYTES)] = Field(
         default=0.0, description="Attachment bytes on top of the prompt text."
     )
 

@@ -372,6 +372,17 @@ CONTRACT = [
     (("spec", "allowedTiers"), [], "spec.allowedTiers: "),
     (("spec", "traffic", "rateRps"), -1, "spec.traffic.rateRps: "),
     (("spec", "model", "name"), "", "spec.model.name: "),
+    # A YAML `true` or a quoted number is not a number (it was read as 1.0 or 5.0).
+    (("spec", "requirements", "deadline", "seconds"), True, "deadline.seconds: .*not True"),
+    (("spec", "requirements", "deadline", "seconds"), "5", "deadline.seconds: .*not '5'"),
+    (("spec", "requirements", "deadline", "percentile"), "99", "deadline.percentile: "),
+    (("spec", "requirements", "deadline", "perOutputTokenSeconds"), True, "perOutputTokenSec"),
+    (("spec", "requirements", "minQuality"), True, "spec.requirements.minQuality: "),
+    (("spec", "model", "variants", 0, "quality"), True, r"spec.model.variants\[0\].quality: "),
+    (("spec", "traffic", "rateRps"), "2", "spec.traffic.rateRps: "),
+    (("spec", "traffic", "outputTokens"), True, "spec.traffic.outputTokens: "),
+    (("spec", "traffic", "promptTokens"), "512", "spec.traffic.promptTokens: "),
+    (("spec", "traffic", "payloadBytes"), False, "spec.traffic.payloadBytes: "),
 ]
 
 
