@@ -224,7 +224,8 @@ def _applied(
 def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     """Keep the children what the spec and the placement say, each status tick:
 
-    - a child deleted outside PerLLM (by hand, a namespace clean-up script) is applied
+    - a child deleted outside PerLLM (by hand, a namespace clean-up script; the
+      Deployment backend's Service included) is applied
       again (not while the reconcile refuses the whole spec, nor once the service is
       being deleted): else `Ready` would say `ChildMissing` for good, since kopf
       reconciles only on an edit;
@@ -249,6 +250,11 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
         return
     if fresh["metadata"].get("deletionTimestamp"):  # its children are going with it (GC)
         return
+    if (fresh.get("spec") or {}).get("backend") == "deployment":
+        # The Service in front is a child too, though the status records only the pods'
+        # Deployments: deleted by hand, the service's endpoint was gone for good.
+        svc = {"apiVersion": "v1", "kind": "Service", "name": render.service_name(fresh)}
+        refs = [*refs, svc]
     try:
         lives = [kube.read_child(ns, r) for r in refs]
     except ApiException:

@@ -428,3 +428,39 @@ def test_status_writes_keep_routing_and_foreign_conditions(monkeypatch: pytest.M
         set(p["status"]) <= {"conditions", "child", "children", "observedGeneration"}
         for p in api.patches
     )
+
+
+@pytest.mark.parametrize("tiered", [False, True])
+def test_a_service_deleted_by_hand_is_created_again(
+    monkeypatch: pytest.MonkeyPatch, tiered: bool
+) -> None:
+    """The Deployment backend's `<name>-predictor` Service deleted by hand: the status
+    records only the Deployments, so the tick never noticed it, `Ready` stayed True and
+    the endpoint was gone until the next edit of the spec."""
+    obj = _load(edge=1, cloud=1) if tiered else _load()
+    obj["spec"]["backend"] = "deployment"
+    kids = render.children(obj)
+    rec = [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}]
+    if tiered:
+        obj["status"] = {"children": tiers.children_status(kids), "conditions": rec}
+    else:
+        obj["status"] = {"child": tiers.ref(kids[0]), "conditions": rec}
+    gone = render.service_name(obj)
+    pin = {"metadata": {"annotations": {"perllm.io/pinned-tier": render.pin(obj)}}}
+    applied: list[str] = []
+    events: list[tuple[str, str]] = []
+
+    class CO:
+        def get_namespaced_custom_object(self, *a: Any, **_: Any) -> dict[str, Any]:
+            return copy.deepcopy(obj)
+
+    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
+    monkeypatch.setattr(kube, "read_child", lambda ns, ref: None if ref["name"] == gone else pin)
+    monkeypatch.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))
+    monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: True)
+    monkeypatch.setattr(
+        kopf, "info", lambda body, *, reason, message: events.append((reason, message))
+    )
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    assert gone in applied
+    assert events == [("ChildRecreated", f"re-created Service {gone} (deleted outside PerLLM)")]
