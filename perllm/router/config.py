@@ -101,6 +101,10 @@ class Limits(_Strict):
     read_timeout_s: WaitSeconds = 60.0  # between two upstream chunks
     body_timeout_s: WaitSeconds = 30.0  # a client's body, once its head came
     send_timeout_s: WaitSeconds = 60.0  # a client's reading of one chunk of its answer
+    # The whole upstream exchange, from sending to the answer's last byte: the timeouts
+    # above bound each wait, not their sum, so a backend dripping a byte every minute held
+    # a slot for good. An hour: far above a legitimate generation's length.
+    total_timeout_s: WaitSeconds = 3600.0
     # A backend refusing connections or not answering in time (the timeouts above) is
     # left out of decisions (perllm.router.health) for eject_s, doubling per consecutive
     # failure up to eject_max_s; a request not sent (connection refused or not accepted

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ class Forwarder:
         self._inflight = membership._inflight  # the requests in flight per backend name
         self._membership = membership  # told how backends answer, and when one is idle
         self._feedback = feedback
+        self._total = membership.limits.total_timeout_s
         # With the router's own `auth`, the client's bearer token is the router's secret:
         # never forwarded (a backend without a token_file gets no authorization header).
         self._keep = _NO_AUTH if own_auth else FORWARDED
@@ -63,20 +65,26 @@ class Forwarder:
         )
         bm.inflight.inc()
         resp = None
+        started = False  # the response's head sent to the client
+        watch.limit(self._total)
         try:
             resp = await self._open(members.pools[j], scope, req, raw, b, flight)
             await watch.send(_response_start(resp, b, ticket))
+            started = True
             await self._relay(watch, resp, flight, bm, b.name)
         except asyncio.CancelledError:
             if not watch.client_gone():
                 raise
-            if watch.stalled:  # (the response is left unfinished: the connection closed)
+            if watch.expired:
+                self._expired(watch, flight, b.name, started)
+            elif watch.stalled:  # (the response is left unfinished: the connection closed)
                 bm.error("client_stalled").inc()
                 log.warning("a client read nothing of its answer from %s for %gs: aborted",
                             b.name, watch.stall_s)  # fmt: skip
             else:
                 bm.error("client_disconnect").inc()
         finally:
+            watch.limit(None)  # (a reply of the router's own may follow: not cut by it)
             # An answer's prefill was observed at its first chunk (`_relay`); an ending
             # before one, or an error status, pulls no queue forward.
             backlog.done(key, time.perf_counter(), prefilled=False)
@@ -85,6 +93,22 @@ class Forwarder:
                 resp.release()
             if not len(backlog):
                 self._membership.drained(b.name)
+
+    def _expired(self, watch: ClientWatch, flight: Flight, name: str, started: bool) -> None:
+        """`total_timeout_s` passed: a 504 if the client has no response yet (`Shed`),
+        else its response aborted. The backend is ejected as one not answering in time
+        unless the relay was waiting on the client then (a slow reader slows the backend
+        down too: its answer waits in the socket)."""
+        why = f"backend {name}: no complete answer within total_timeout_s={self._total:g}s"
+        if watch.expired == "client":
+            flight.members.metrics[flight.ticket.server].error("total_timeout").inc()
+            why += " (the client was reading slowly)"
+        else:
+            self._feedback.failed(flight, "total_timeout")
+            self._membership.timed_out(name, why)
+        if not started:
+            raise Shed(504, "upstream_timeout", why)
+        log.warning("%s: the client's response is aborted", why)
 
     async def _open(
         self, pool: Pool, scope: Scope, req: Parsed, raw: bytes, b: Backend, flight: Flight
@@ -168,16 +192,19 @@ class ClientWatch:
     is proxied: a disconnect cancels the task (its queue place, or its upstream request),
     and so does a `send` to it not done within `stall_s` (`stalled`: a client that stops
     reading its answer, whose socket never closes, held a slot and a backend's request
-    for good). `close` before the end of the task: a complete response reads as a
-    disconnect too."""
+    for good), and so does the end of a proxied request's `limit` (`expired`). `close`
+    before the end of the task: a complete response reads as a disconnect too."""
 
     def __init__(self, receive: Receive, send: Send, stall_s: float) -> None:
         self._task = asyncio.current_task()
         self._done = self._gone = self._undone = self.stalled = False
+        # "backend" or "client": `limit`'s time passed, waiting on that side
+        self.expired: str | None = None
         self.client_send, self.stall_s = send, stall_s
         self._loop = asyncio.get_running_loop()
         self.clock = self._loop.time
         self.sending = 0.0  # when the send under way began (`clock`); 0.0: none
+        self.until = math.inf  # `limit`'s end (`clock`)
         self._timer: asyncio.TimerHandle | None = None
         self._watcher = asyncio.create_task(self._watch(receive))
 
@@ -187,6 +214,18 @@ class ClientWatch:
             if m["type"] == "http.disconnect":
                 self._cancel()
                 return
+
+    def limit(self, seconds: float | None) -> None:
+        """Cancel the task `seconds` from now (`expired`), or no more (None): the total
+        time of a proxied request, checked by the same timer (`_check`)."""
+        if seconds is None:
+            self.until = math.inf  # (the timer, if armed, checks the stall alone)
+            return
+        now = self.clock()
+        self.until = now + seconds
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(min(self.until, now + self.stall_s), self._check)
 
     async def send(self, message: Message) -> None:
         """`send` to the client, timed: `sending` set while it waits (the relay's loop
@@ -199,11 +238,15 @@ class ClientWatch:
 
     def _check(self) -> None:
         began, now = self.sending, self.clock()
-        if began and now - began >= self.stall_s:
+        if now >= self.until:
+            self.expired = "client" if began else "backend"
+            self._cancel()
+        elif began and now - began >= self.stall_s:
             self.stalled = True
             self._cancel()
         elif not self._done:
-            self._timer = self._loop.call_at((began or now) + self.stall_s, self._check)
+            at = min((began or now) + self.stall_s, self.until)
+            self._timer = self._loop.call_at(at, self._check)
 
     def _cancel(self) -> None:
         if not self._done and not self._gone and self._task is not None:

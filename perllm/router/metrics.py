@@ -49,7 +49,8 @@ class RouterMetrics:
         )
         self.errors = Counter(
             "perllm_router_upstream_errors_total",
-            "Upstream failures per backend and kind (connect, timeout, status, disconnect).",
+            "Upstream failures per backend and kind (connect, timeout, total_timeout, status, "
+            "disconnect, client_disconnect, client_stalled).",
             ["backend", "kind"],
             registry=r,
         )

@@ -1,0 +1,100 @@
+"""The router's bounds on what a backend or a client can hold: the total time of a proxied
+request (`limits.total_timeout_s`), against backends that answer, but never finish."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+from test_router import CHAT, _reachable, router, run
+
+from perllm.router.serving import serving
+
+
+async def _dripping(head: bytes, drip: bytes) -> tuple[asyncio.Server, str, list[int]]:
+    """A backend that writes `head`, then `drip` every 50 ms, for good (each one well
+    within the read timeout); `open_[0]`: its connections still open."""
+    open_ = [0]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_[0] += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(head)
+            while True:
+                writer.write(drip)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            open_[0] -= 1
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return srv, f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}", open_
+
+
+LIMITS = {"read_timeout_s": 5, "total_timeout_s": 0.5, "probe": False}
+
+
+def test_a_backend_dripping_its_answer_forever_is_cut_at_the_total_limit() -> None:
+    """Each chunk comes within read_timeout_s, the answer never ends: once total_timeout_s
+    has passed the client's response (its head sent) is aborted, the upstream request
+    closed, the slot freed, the backend ejected and the timeout counted."""
+
+    async def go() -> None:
+        head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n")  # fmt: skip
+        event = b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n'
+        srv, up, open_ = await _dripping(head, b"%x\r\n%s\r\n" % (len(event), event))
+        r, _, _ = await router(urls={"edge-gpu": up, "cloud": up}, limits=LIMITS)
+        async with serving(r) as url, httpx.AsyncClient(base_url=url, timeout=10) as c:
+            t = time.perf_counter()
+            body = {**CHAT, "stream": True}
+            async with c.stream("POST", "/v1/chat/completions", json=body) as resp:
+                assert resp.status_code == 200
+                try:
+                    async for _ in resp.aiter_raw():
+                        pass
+                    raise AssertionError("the stream ended as if complete")
+                except httpx.RemoteProtocolError:
+                    pass  # (truncated: no last chunk)
+            assert time.perf_counter() - t < 3
+            await asyncio.sleep(0.1)
+            assert open_[0] == 0 and r.inflight == [0, 0] and not r._slots.locked()
+            text = r.metrics.exposition().decode()
+            assert 'kind="total_timeout"} 1.0' in text
+            _, _, why = _reachable(r)
+            assert "no complete answer within total_timeout_s=0.5s" in why
+        await r.aclose()
+        srv.close()
+
+    run(go())
+
+
+def test_a_backend_dripping_interim_heads_gets_a_504_at_the_total_limit() -> None:
+    """No answer's head yet (1xx heads, each within read_timeout_s): a 504 naming the
+    limit, not a wait of as long as the heads drip."""
+
+    async def go() -> None:
+        srv, up, open_ = await _dripping(b"", b"HTTP/1.1 103 Early Hints\r\n\r\n")
+        r, _, _ = await router(urls={"edge-gpu": up, "cloud": up}, limits=LIMITS)
+        async with serving(r) as url, httpx.AsyncClient(base_url=url, timeout=10) as c:
+            t = time.perf_counter()
+            resp = await c.post("/v1/chat/completions", content=json.dumps(CHAT))
+            assert time.perf_counter() - t < 3
+            assert resp.status_code == 504, resp.text
+            err = resp.json()["error"]
+            assert err["type"] == "upstream_timeout"
+            assert "total_timeout_s=0.5s" in err["message"]
+            await asyncio.sleep(0.1)
+            assert open_[0] == 0 and r.inflight == [0, 0] and not r._slots.locked()
+            text = r.metrics.exposition().decode()
+            assert 'kind="total_timeout"} 1.0' in text
+            assert 'perllm_router_shed_requests_total{reason="upstream_timeout"} 1.0' in text
+        await r.aclose()
+        srv.close()
+
+    run(go())
