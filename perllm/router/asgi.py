@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -48,3 +50,32 @@ async def error(send: Send, status: int, kind: str, message: str, headers: Heade
     body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
     with contextlib.suppress(OSError, RuntimeError):
         await reply(send, status, body, headers=headers)
+
+
+# uvicorn's line for an app that returned mid-response, at ERROR: a bug, unless the router
+# left the response unfinished on purpose (`abort`), which it logs itself with the reason.
+UNFINISHED = "ASGI callable returned without completing response."
+_ABORTED: ContextVar[bool] = ContextVar("perllm_router_aborted", default=False)
+
+
+def abort() -> None:
+    """The response under way is left unfinished on purpose (its backend stalled or broke
+    off, its client stalled, its total time ran out): uvicorn then closes the connection,
+    so the client sees a truncated answer. (uvicorn runs each request in its own task:
+    the mark is this request's.)"""
+    _ABORTED.set(True)
+
+
+class QuietAborts(logging.Filter):
+    """Drops uvicorn's ERROR line for a response the router aborted (`abort`); any other
+    unfinished response stays an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == UNFINISHED and _ABORTED.get())
+
+
+def quiet_aborts() -> None:
+    """`QuietAborts` on uvicorn's error logger (once)."""
+    lg = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, QuietAborts) for f in lg.filters):
+        lg.addFilter(QuietAborts())

@@ -13,7 +13,7 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from perllm.router.asgi import Message, Receive, Refused, Scope, Send, Shed
+from perllm.router.asgi import Message, Receive, Refused, Scope, Send, Shed, abort
 from perllm.router.config import Backend
 from perllm.router.decision import Backlog, Ticket
 from perllm.router.feedback import Feedback, Flight
@@ -78,6 +78,7 @@ class Forwarder:
             if watch.expired:
                 self._expired(watch, flight, b.name, started)
             elif watch.stalled:  # (the response is left unfinished: the connection closed)
+                abort()
                 bm.error("client_stalled").inc()
                 log.warning("a client read nothing of its answer from %s for %gs: aborted",
                             b.name, watch.stall_s)  # fmt: skip
@@ -108,6 +109,7 @@ class Forwarder:
             self._membership.timed_out(name, why)
         if not started:
             raise Shed(504, "upstream_timeout", why)
+        abort()
         log.warning("%s: the client's response is aborted", why)
 
     async def _open(
@@ -176,6 +178,7 @@ class Forwarder:
             # The response is left unfinished, so the server closes the connection without
             # its end (no last chunk): the client sees a truncated answer, not a complete
             # 200 without [DONE] or with half a JSON body.
+            abort()
             log.warning("%s: the client's response is aborted", why)
             return
         self._membership.answered(name)

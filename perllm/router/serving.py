@@ -11,6 +11,8 @@ from typing import Any
 
 import uvicorn
 
+from perllm.router.asgi import quiet_aborts
+
 
 class _Embedded(uvicorn.Server):
     """Leaves SIGINT and SIGTERM to the program it runs in: uvicorn's own handlers would
@@ -33,6 +35,7 @@ async def serving(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIter
         lifespan="off",
         timeout_graceful_shutdown=2,
     )
+    quiet_aborts()
     server = _Embedded(cfg)
     task = asyncio.create_task(server.serve())
     for _ in range(500):  # bounded: 5 s
@@ -59,6 +62,7 @@ def run(app: Any, host: str, port: int, log_level: str = "warning") -> None:
     first, so that the collections the per-request garbage triggers stay short."""
     gc.collect()
     gc.freeze()
+    quiet_aborts()
     uvicorn.run(
         app,
         host=host,

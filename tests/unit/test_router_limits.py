@@ -4,13 +4,33 @@ request (`limits.total_timeout_s`), against backends that answer, but never fini
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 from test_router import CHAT, _reachable, router, run
 
+from perllm.router.asgi import UNFINISHED
 from perllm.router.serving import serving
+
+
+@contextlib.contextmanager
+def uvicorn_errors() -> Iterator[list[logging.LogRecord]]:
+    """What uvicorn's error logger emits (it does not propagate to pytest's handler; and
+    entered once uvicorn is configured, which removes that logger's handlers)."""
+    got: list[logging.LogRecord] = []
+    h = logging.Handler()
+    h.emit = got.append  # type: ignore[method-assign]
+    lg = logging.getLogger("uvicorn.error")
+    lg.addHandler(h)
+    try:
+        yield got
+    finally:
+        lg.removeHandler(h)
 
 
 async def _dripping(head: bytes, drip: bytes) -> tuple[asyncio.Server, str, list[int]]:
@@ -51,6 +71,8 @@ def test_a_backend_dripping_its_answer_forever_is_cut_at_the_total_limit() -> No
         srv, up, open_ = await _dripping(head, b"%x\r\n%s\r\n" % (len(event), event))
         r, _, _ = await router(urls={"edge-gpu": up, "cloud": up}, limits=LIMITS)
         async with serving(r) as url, httpx.AsyncClient(base_url=url, timeout=10) as c:
+            logged = contextlib.ExitStack()
+            errors = logged.enter_context(uvicorn_errors())
             t = time.perf_counter()
             body = {**CHAT, "stream": True}
             async with c.stream("POST", "/v1/chat/completions", json=body) as resp:
@@ -68,6 +90,9 @@ def test_a_backend_dripping_its_answer_forever_is_cut_at_the_total_limit() -> No
             assert 'kind="total_timeout"} 1.0' in text
             _, _, why = _reachable(r)
             assert "no complete answer within total_timeout_s=0.5s" in why
+        # An abort on purpose: the router's warning says why, no ERROR from uvicorn.
+        logged.close()
+        assert [x.getMessage() for x in errors if x.levelno >= logging.ERROR] == []
         await r.aclose()
         srv.close()
 
@@ -96,5 +121,22 @@ def test_a_backend_dripping_interim_heads_gets_a_504_at_the_total_limit() -> Non
             assert 'perllm_router_shed_requests_total{reason="upstream_timeout"} 1.0' in text
         await r.aclose()
         srv.close()
+
+    run(go())
+
+
+def test_an_app_leaving_a_response_unfinished_by_mistake_is_still_an_error() -> None:
+    """The filter of deliberate aborts keeps uvicorn's ERROR for any other unfinished
+    response (served by the same `serving`)."""
+
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def go() -> None:
+        async with serving(broken) as url, httpx.AsyncClient(base_url=url) as c:
+            with uvicorn_errors() as errors, contextlib.suppress(httpx.HTTPError):
+                await c.get("/")
+        assert [x.getMessage() for x in errors if x.levelno >= logging.ERROR] == [UNFINISHED]
 
     run(go())
