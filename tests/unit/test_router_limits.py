@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from test_router import CHAT, _reachable, router, run
 
 from perllm.router.asgi import UNFINISHED
@@ -140,3 +141,50 @@ def test_an_app_leaving_a_response_unfinished_by_mistake_is_still_an_error() -> 
         assert [x.getMessage() for x in errors if x.levelno >= logging.ERROR] == [UNFINISHED]
 
     run(go())
+
+
+def _answer(n_tokens: int) -> bytes:
+    """A JSON answer with logprobs (~200 bytes a token, a top logprob keyed "usage" as a
+    decoy), its usage, then more after it (vLLM's prompt_logprobs)."""
+    lp = [
+        {"token": "usage", "logprob": -0.1, "top_logprobs": {"usage": -0.5, "x": -1.0}}
+    ] * n_tokens
+    return json.dumps(
+        {
+            "choices": [{"message": {"content": "x" * n_tokens}, "logprobs": {"content": lp}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": n_tokens},
+            "prompt_logprobs": [{"1": {"decoded_token": "usage", "logprob": -1.0}}] * 2000,
+        }
+    ).encode()
+
+
+def test_a_large_json_answer_is_counted_without_being_kept_whole() -> None:
+    """A non-streamed answer was kept whole (up to 16 MiB, 256 concurrent ones 4 GiB) to
+    read its usage at the end: now past `WHOLE` only the bytes after each "usage" key
+    are, and its count is the same."""
+    import tracemalloc
+
+    from perllm.router.proxy import WHOLE, TokenCounter
+
+    body = _answer(200_000)  # ~16 MiB
+    assert len(body) > 60 * WHOLE
+    tc = TokenCounter(stream=False)
+    tracemalloc.start()
+    try:
+        for i in range(0, len(body), 65536):
+            tc.feed(body[i : i + 65536])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * WHOLE, peak
+    assert tc.tokens() == 200_000
+    # The same reading as a whole body's, below the size kept whole and at chunk edges.
+    for n, step in ((100, 7), (3000, 4096), (3000, 1)):
+        small, whole = _answer(n), TokenCounter(stream=False)
+        for i in range(0, len(small), step):
+            whole.feed(small[i : i + step])
+        assert whole.tokens() == n, (n, step)
+    # Over WHOLE without a usage that reads as one: ~4 bytes a token of all of it.
+    tc = TokenCounter(stream=False)
+    tc.feed(b'{"usage": {"completion_tokens": "many"}, "x": "' + b"y" * (2 * WHOLE) + b'"}')
+    assert tc.tokens() == pytest.approx((2 * WHOLE + 60) / 4, rel=0.01)
