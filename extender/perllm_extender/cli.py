@@ -129,6 +129,11 @@ def register(app: typer.Typer) -> None:
             help="Plain-HTTP port for /healthz, /readyz and /metrics only (kubelet probes, "
             "Prometheus); 0: none.",
         ),
+        max_nodes: int = typer.Option(
+            10_000,
+            min=1,
+            help="Candidate nodes one filter/prioritize request may carry (beyond: 413).",
+        ),
         log_level: str = typer.Option("info"),
     ) -> None:
         """Run the PerLLM kube-scheduler extender (FastAPI, uvicorn)."""
@@ -169,6 +174,7 @@ def register(app: typer.Typer) -> None:
             debug_routes=debug_routes,
             client_auth=tls is not None,
             verify_pods=None if verify_pods else False,
+            max_nodes=max_nodes,
         )
         app = create_app(cfg)
         # Everything imported and built so far lives as long as the process: keep it out of

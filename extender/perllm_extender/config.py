@@ -23,6 +23,11 @@ class ExtenderConfig(BaseModel):
 
     prefix: str = "/scheduler"  # kube-scheduler's urlPrefix path (perllm/devcluster/config.py)
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    # Candidate nodes in one filter/prioritize request (NodeNames or Nodes.items) at most:
+    # 8 MiB of short names is ~1 M of them, seconds of the event loop. kube-scheduler sends
+    # the nodes that passed its filters, at most the cluster's (5,000 is Kubernetes'
+    # tested scale; by default it samples fewer in large clusters).
+    max_nodes: int = Field(10_000, ge=1)
     default_model: str = "llama2-7b"
     log_size: int = Field(1000, ge=0)
     catalogue: Catalogue | None = Field(None, repr=False)

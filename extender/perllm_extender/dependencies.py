@@ -46,6 +46,11 @@ async def get_body(request: Request) -> bytes:
     return await request.body()
 
 
+async def get_max_nodes(request: Request) -> int:
+    n: int = request.app.state.config.max_nodes
+    return n
+
+
 LiveDep = Annotated[Live, Depends(get_live)]
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
@@ -54,3 +59,4 @@ Authenticated = Depends(authenticated)
 # The body is read raw and decoded in `wire` (one fast parse, no per-Node validation, no
 # reply re-validation); the models still document the endpoints.
 BodyDep = Annotated[bytes, Depends(get_body)]
+MaxNodesDep = Annotated[int, Depends(get_max_nodes)]

@@ -77,13 +77,36 @@ def _check(args: ExtenderArgs) -> None:
             raise _invalid(("Nodes", "items", i, "metadata", "name"), "a Node needs a name")
 
 
-def parse_args(body: bytes) -> ExtenderArgs:
-    """The request body as `ExtenderArgs`, or `RequestValidationError` (422)."""
+class TooManyNodes(ValueError):
+    """More candidate nodes than `max_nodes` (413, `{"Error": reason}`)."""
+
+
+def _count_nodes(data: Any, max_nodes: int) -> None:
+    """Refuses over `max_nodes` candidates before they are validated and decided on (each
+    costs a validation, a lookup, a model; the envelope's own errors come after)."""
+    if not isinstance(data, dict):
+        return
+    nodes = data.get("Nodes")
+    for field, items in (
+        ("NodeNames", data.get("NodeNames")),
+        ("Nodes.items", nodes.get("items") if isinstance(nodes, dict) else None),
+    ):
+        if isinstance(items, list) and len(items) > max_nodes:
+            raise TooManyNodes(
+                f"{field}: {len(items)} candidate nodes, over the limit of {max_nodes} "
+                "(perllm extender --max-nodes)"
+            )
+
+
+def parse_args(body: bytes, max_nodes: int) -> ExtenderArgs:
+    """The request body as `ExtenderArgs`, or `RequestValidationError` (422), or
+    `TooManyNodes` over `max_nodes` candidates."""
     try:
         # NaN and Infinity are not JSON (RFC 8259): refused, as Go's decoder does
         data = from_json(body, allow_inf_nan=False)
     except ValueError as e:
         raise _invalid((), f"JSON decode error: {e}", "json_invalid") from None
+    _count_nodes(data, max_nodes)
     try:
         args = ExtenderArgs.model_validate(data)
     except ValidationError as e:

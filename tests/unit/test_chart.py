@@ -1064,7 +1064,8 @@ def test_container_args_parse_with_the_perllm_cli() -> None:
     docs = render(
         "--set",
         "agent.enabled=true,twin.enabled=true,operator.verbose=true,operator.statusInterval=30,"
-        "operator.namespaces[0]=team-a,extender.learnInterval=15,agent.probeInterval=60,"
+        "operator.namespaces[0]=team-a,extender.learnInterval=15,extender.maxNodes=20000,"
+        "agent.probeInterval=60,"
         "agent.probeBytes=1000000,agent.peers[0]=http://cloud:9401,twin.speed=10,"
         "prometheus.url=http://prom:9090,router.enabled=true,router.services[0].name=chat",
     )

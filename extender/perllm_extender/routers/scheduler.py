@@ -16,6 +16,7 @@ from perllm_extender.decision import NOT_CHOSEN, PodDecision, constraint_of
 from perllm_extender.dependencies import (
     Authenticated,
     BodyDep,
+    MaxNodesDep,
     MetricsDep,
     SchedulerDep,
     VerifierDep,
@@ -24,7 +25,7 @@ from perllm_extender.metrics import Metrics
 from perllm_extender.models import ExtenderArgs, ExtenderFilterResult, HostPriority
 from perllm_extender.security import PodVerifier
 from perllm_extender.services import BadPod
-from perllm_extender.wire import parse_args, reply, request_body_openapi
+from perllm_extender.wire import TooManyNodes, parse_args, reply, request_body_openapi
 
 log = logging.getLogger("perllm.extender")
 router = APIRouter(dependencies=[Authenticated])
@@ -97,12 +98,18 @@ async def _answer(
     metrics: Metrics,
     verifier: PodVerifier | None,
     body: bytes,
+    max_nodes: int,
     verb: str,
     respond: Callable[[ExtenderArgs, PodDecision], Response],
 ) -> Response:
     """Parse, verify the pod, decide; `respond` turns the decision into the verb's reply
     (a refusal or a bad request is answered here)."""
-    args = parse_args(body)
+    try:
+        args = parse_args(body, max_nodes)
+    except TooManyNodes as e:
+        metrics.errors.inc()
+        log.warning("%s: refused: %s", verb, e)
+        return JSONResponse(status_code=413, content={"Error": str(e)})
     if (no := await _refused(verifier, args, verb)) is not None:
         return no
     d = await _decide(sched, metrics, args, verb)
@@ -139,13 +146,21 @@ def _prioritize_reply(_args: ExtenderArgs, d: PodDecision) -> Response:
 
 @router.post("/filter", response_model=ExtenderFilterResult, openapi_extra=_OPENAPI)
 async def filter_nodes(
-    sched: SchedulerDep, metrics: MetricsDep, verifier: VerifierDep, body: BodyDep
+    sched: SchedulerDep,
+    metrics: MetricsDep,
+    verifier: VerifierDep,
+    body: BodyDep,
+    max_nodes: MaxNodesDep,
 ) -> Response:
-    return await _answer(sched, metrics, verifier, body, "filter", _filter_reply)
+    return await _answer(sched, metrics, verifier, body, max_nodes, "filter", _filter_reply)
 
 
 @router.post("/prioritize", response_model=list[HostPriority], openapi_extra=_OPENAPI)
 async def prioritize(
-    sched: SchedulerDep, metrics: MetricsDep, verifier: VerifierDep, body: BodyDep
+    sched: SchedulerDep,
+    metrics: MetricsDep,
+    verifier: VerifierDep,
+    body: BodyDep,
+    max_nodes: MaxNodesDep,
 ) -> Response:
-    return await _answer(sched, metrics, verifier, body, "prioritize", _prioritize_reply)
+    return await _answer(sched, metrics, verifier, body, max_nodes, "prioritize", _prioritize_reply)
