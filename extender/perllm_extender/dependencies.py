@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from perllm.mediatype import refused
 from perllm_extender.decide import Scheduler
 from perllm_extender.live import Live
 from perllm_extender.metrics import Metrics
@@ -43,6 +44,10 @@ async def authenticated(request: Request) -> None:
 
 
 async def get_body(request: Request) -> bytes:
+    """The body of a filter/prioritize call (415 unless JSON: `perllm.mediatype`)."""
+    ctype = request.headers.get("content-type")
+    if (why := refused(None if ctype is None else ctype.encode("latin-1"))) is not None:
+        raise HTTPException(415, why)
     return await request.body()
 
 

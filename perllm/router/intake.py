@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from perllm.mediatype import refused
 from perllm.router.asgi import Receive
 from perllm.router.request import BadRequest, Parsed, deadline_header, parse
 
@@ -44,6 +45,8 @@ async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:
     for k, v in headers:
         if k == b"content-length" and v.isdigit() and int(v) > limit:
             raise BadRequest(413, "invalid_request_error", f"body over {limit} bytes")
+        if k == b"content-type" and (why := refused(v)) is not None:
+            raise BadRequest(415, "invalid_request_error", why)
     m = await receive()
     b = m.get("body", b"")
     if not m.get("more_body") and m["type"] == "http.request":

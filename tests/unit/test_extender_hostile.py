@@ -58,7 +58,9 @@ def client() -> TestClient:
 
 
 def test_a_json_syntax_error_says_where(client: TestClient) -> None:
-    r = client.post("/scheduler/filter", content=b'{"Pod": {', headers={"content-type": "x/y"})
+    r = client.post(
+        "/scheduler/filter", content=b'{"Pod": {', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422
     msg = r.json()["detail"][0]["msg"]
     assert "JSON" in msg and "line 1 column" in msg, msg
@@ -338,3 +340,18 @@ def test_more_candidate_nodes_than_max_nodes_are_a_413_naming_the_limit(objects:
     cmd = typer.main.get_command(app).commands["extender"]  # type: ignore[attr-defined]
     flag = next(p for p in cmd.params if p.name == "max_nodes")
     assert flag.default == ExtenderConfig().max_nodes == 10_000
+
+
+def test_a_body_sent_as_another_type_than_json_is_a_415(client: TestClient) -> None:
+    """kube-scheduler sends application/json; no Content-Type, or JSON with parameters,
+    is read too, anything else is a 415 with the reason, before the body is decided on."""
+    body = json.dumps(by_names(pod(), NAMES))
+    for verb in ("filter", "prioritize"):
+        r = client.post(f"/scheduler/{verb}", content=body, headers={"content-type": "text/plain"})
+        assert r.status_code == 415
+        assert r.json() == {
+            "Error": "content-type 'text/plain': the body must be JSON, sent as application/json"
+        }
+        for headers in ({}, {"content-type": "application/json; charset=utf-8"}):
+            r = client.post(f"/scheduler/{verb}", content=body, headers=headers)
+            assert r.status_code == 200, r.text

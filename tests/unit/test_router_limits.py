@@ -188,3 +188,31 @@ def test_a_large_json_answer_is_counted_without_being_kept_whole() -> None:
     tc = TokenCounter(stream=False)
     tc.feed(b'{"usage": {"completion_tokens": "many"}, "x": "' + b"y" * (2 * WHOLE) + b'"}')
     assert tc.tokens() == pytest.approx((2 * WHOLE + 60) / 4, rel=0.01)
+
+
+def test_a_body_sent_as_another_type_than_json_is_a_415() -> None:
+    """JSON with any parameters, or no Content-Type, is read; text/plain or form data (what
+    a web page may send cross-site without a preflight) is a 415 naming the type, never
+    decided nor sent."""
+
+    async def go() -> None:
+        r, stubs, c = await router()
+        raw = json.dumps(CHAT)
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+            resp = await c.post(
+                "/v1/chat/completions", content=raw, headers={"content-type": ctype}
+            )
+            assert resp.status_code == 415, resp.text
+            assert resp.json()["error"]["message"] == (
+                f"content-type {ctype!r}: the body must be JSON, sent as application/json"
+            )
+        for headers in ({}, {"content-type": "Application/JSON; charset=utf-8"}):
+            resp = await c.post("/v1/chat/completions", content=raw, headers=headers)
+            assert resp.status_code == 200, resp.text
+        assert sum(s.requests for s in stubs.values()) == 2
+        assert 'perllm_router_rejected_requests_total{status="415"} 3.0' in (
+            r.metrics.exposition().decode()
+        )
+        await r.aclose()
+
+    run(go())
