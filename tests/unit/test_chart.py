@@ -864,6 +864,50 @@ def test_extender_ports_must_differ() -> None:
     assert "extender.port and extender.metricsPort must differ" in r.stderr
 
 
+OVER_LIMIT = [
+    ("extender", "cpu", "500m", "200m"),
+    ("operator", "memory", "1Gi", "1000Mi"),
+    ("scheduler", "memory", "1e4", "1k"),
+    ("router", "memory", "2G", "1Gi"),
+    ("agent", "cpu", "2", "1500m"),
+    ("twin", "cpu", "0.6", "500m"),
+]
+ENABLE = "agent.enabled=true,twin.enabled=true,router.enabled=true,router.services[0].name=chat"
+
+
+@pytest.mark.parametrize(("component", "key", "req", "limit"), OVER_LIMIT)
+def test_a_request_over_its_limit_is_refused_naming_the_value(
+    component: str, key: str, req: str, limit: str
+) -> None:
+    """The API server refuses a pod whose request is over its limit: the install
+    succeeded with a Deployment that never made a pod. The chart refuses it, quantities
+    compared by value (1Gi over 1000Mi, 1e4 over 1k)."""
+    at = f"{component}.resources"
+    setting = f"{at}.requests.{key}={req},{at}.limits.{key}={limit}"
+    r = helm("template", "perllm", str(CHART), "--set", f"{ENABLE},{setting}", check=False)
+    assert r.returncode != 0, f"{setting} was accepted"
+    assert f"{at}: requests.{key} {req} is over limits.{key} {limit}" in r.stderr, r.stderr
+
+
+def test_requests_up_to_their_limits_render() -> None:
+    """Equal by value is no refusal (1Gi and 1024Mi, 0.5 and 500m, 1e3 and 1k)."""
+    for component, key, req, limit in (
+        ("operator", "memory", "1Gi", "1024Mi"),
+        ("twin", "cpu", "0.5", "500m"),
+        ("scheduler", "memory", "1e3", "1k"),
+        ("extender", "cpu", "100m", "0.1"),
+    ):
+        at = f"{component}.resources"
+        setting = f"{at}.requests.{key}={req},{at}.limits.{key}={limit}"
+        docs = render("--set", f"{ENABLE},{setting}")
+        res = [
+            spec["containers"][0]["resources"]
+            for name, spec in pod_specs(docs)
+            if name.endswith(component) and name.startswith("perllm-")
+        ]
+        assert res and "limits" in res[0], setting
+
+
 def test_every_object_carries_the_chart_labels() -> None:
     """commonLabels and app.kubernetes.io/* reach every object the chart renders (the
     cert-manager Certificates had none), whatever is enabled."""

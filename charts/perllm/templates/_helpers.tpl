@@ -271,3 +271,34 @@ prometheus.insecureSkipVerify turns verification off instead; not both. */}}
   value: "true"
 {{- end }}
 {{- end }}
+
+{{/* "perllm.quantity" "128Mi" -> 134217728: a Kubernetes quantity as values.schema.json
+admits it (a number, or digits with an exponent or a suffix), as a number to compare. */}}
+{{- define "perllm.quantity" -}}
+{{- if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) }}{{ float64 . }}
+{{- else }}
+{{- $num := regexFind "^([0-9]+(\\.[0-9]+)?|\\.[0-9]+)" . }}
+{{- $suffix := trimPrefix $num . }}
+{{- $v := float64 $num }}
+{{- if regexMatch "^[eE][0-9]+$" $suffix }}
+{{- range until (int (substr 1 (len $suffix) $suffix)) }}{{ $v = mulf $v 10 }}{{ end }}
+{{- else if $suffix }}
+{{- $v = mulf $v (get (dict "m" 0.001 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0) $suffix) }}
+{{- end }}{{ $v }}
+{{- end }}
+{{- end }}
+
+{{/* "perllm.resources" (dict "r" $c.resources "at" "extender.resources"): the container's
+resources, refused where a request is over its limit (the API server would refuse every
+pod of the Deployment: an install that succeeds with nothing running). */}}
+{{- define "perllm.resources" -}}
+{{- $req := .r.requests | default dict }}
+{{- range $k, $lim := .r.limits | default dict }}
+{{- if hasKey $req $k }}
+{{- if gt (float64 (include "perllm.quantity" (get $req $k))) (float64 (include "perllm.quantity" $lim)) }}
+{{- fail (printf "%s: requests.%s %v is over limits.%s %v (the API server refuses such a pod)" $.at $k (get $req $k) $k $lim) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml .r }}
+{{- end }}
