@@ -68,9 +68,9 @@ class HindsightBound:
         self.p, self.rows = pairs, rows
         self._say = progress or (lambda _msg: None)
         self.fi, self.fj = np.nonzero(pairs.feasible)
+        # A request no server may run (a class without an allowed server) has no
+        # variables: unmet and unplaced, as in any run (the world runs it nowhere).
         self.ai, self.aj = np.nonzero(pairs.allowed)
-        if not np.all(np.bincount(self.ai, minlength=pairs.n) > 0):
-            raise BoundError("a request has no server that can run it")
         self._energy: dict[float, EnergySolution] = {}
         self.success_solve_s = 0.0
         self.method = "highs-ipm"  # the energy LP: interior point is ~4x faster here

@@ -246,3 +246,30 @@ def test_a_failed_target_solve_falls_back_to_the_floor(monkeypatch: pytest.Monke
     met = int(b.met_ub) - 1
     assert b.energy_lb_at(met) == b.energy_lb_floor_j
     assert b.distance(met, 1.0e6)["energy_lb_j_per_service"] == b.energy_lb_floor_j / b.n_requests
+
+
+def test_a_class_no_server_may_run_is_unmet_in_the_bound() -> None:
+    """A class with no allowed server (reachable through the Python API only: scenario
+    loading refuses it) cannot be met by any policy (the world runs it nowhere; CS-UCB
+    sheds it), and leaving it unplaced costs nothing: the bound counts its requests as
+    unmet. It raised BoundError ("a request has no server that can run it")."""
+    data = load_scenario("paper-llama2-7b").model_dump(mode="json")
+    data |= {"name": "orphan", "duration_s": 20.0}
+    data["workload"]["classes"][0]["allowed_tiers"] = ["cloud"]
+    data["servers"] = [s for s in data["servers"] if s["tier"] != "cloud"]
+    sc = Scenario.model_validate(data)
+    b = compute_bound(sc, 1)
+    r = simulate(sc, policies.make("perllm"), 1)
+    orphans = int((r.requests.cls == 0).sum())
+    assert orphans > 0 and not r.met[r.requests.cls == 0].any()
+    assert int(r.met.sum()) <= b.met_ub <= b.n_requests - orphans + 1e-3
+    assert sum(r.energy_breakdown_j.values()) >= b.energy_lb_at(int(r.met.sum()))
+    assert b.feasible_requests <= b.n_requests - orphans
+    # Exact by hand: no request may run anywhere, so none is met and the least energy is
+    # the idle server's, 100 W × 10 s.
+    p = _gpu_pairs(2, [0.0, 0.0], [1.0, 1.0], 0.5)
+    none = np.zeros((2, 1), bool)
+    p = Pairs(**{**p.__dict__, "allowed": none, "feasible": none})
+    hb = HindsightBound(p, demand_rows(p, 1.0))
+    assert hb.max_met() == pytest.approx(0.0, abs=1e-5)
+    assert hb.min_energy(0.0).energy_j == pytest.approx(1000.0, rel=1e-5)
