@@ -132,7 +132,7 @@ def build_report(
     CS-UCB (throughput: other/ours inverted as ours/other; energy: ours/other) and, with
     `bounds` (per scenario and seed), the hindsight bound and each policy's distance to it
     (`vs_bound`: success gap in points, energy ratio to the bound's least energy at the
-    policy's own success; means over seeds)."""
+    policy's own success; means over the seeds that have a bound, counted in `seeds`)."""
     grouped: dict[str, dict[str, list[Metrics]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         grouped[r.scenario][r.policy].append(run_metrics(r))
@@ -165,6 +165,9 @@ def _add_bound(
     if not mine:
         return
     per_seed = [b.to_dict() for b in sorted(mine, key=lambda b: b.seed)]
+    # A skipped seed (too large, LP unsolved) has no bound: these means, and the
+    # distances below (each run against its own seed's bound), cover `seeds` seeds,
+    # possibly fewer than the policies' means above.
     entry["bound"] = {
         k: float(np.mean([d[k] for d in per_seed]))
         for k in (
@@ -174,7 +177,7 @@ def _add_bound(
             "build_s",
             "solve_s",
         )
-    } | {"per_seed": per_seed}
+    } | {"seeds": len(per_seed), "per_seed": per_seed}
     dist: dict[str, list[dict[str, float]]] = defaultdict(list)
     for r in runs:
         b = bounds.get((r.scenario, r.seed))
@@ -182,7 +185,8 @@ def _add_bound(
             total = sum(r.energy_breakdown_j.values())
             dist[r.policy].append(b.distance(int(r.met.sum()), total))
     entry["vs_bound"] = {
-        p: {k: float(np.mean([d[k] for d in ds])) for k in ds[0]} for p, ds in dist.items()
+        p: {k: float(np.mean([d[k] for d in ds])) for k in ds[0]} | {"seeds": len(ds)}
+        for p, ds in dist.items()
     }
 
 

@@ -273,3 +273,37 @@ def test_a_class_no_server_may_run_is_unmet_in_the_bound() -> None:
     hb = HindsightBound(p, demand_rows(p, 1.0))
     assert hb.max_met() == pytest.approx(0.0, abs=1e-5)
     assert hb.min_energy(0.0).energy_j == pytest.approx(1000.0, rel=1e-5)
+
+
+def test_a_bound_of_some_seeds_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With seed 2's bound skipped, the bound row was the mean of seed 1 alone under
+    policies' success means over both seeds, with nothing to say so (a bound of 95 % on
+    seed 1 could sit under a policy's 97 % over seeds 1 and 2). The row and the JSON say
+    how many seeds the bound covers; the gaps pair each run with its own seed's bound."""
+    import perllm.bound.result as result
+    from perllm.bound import BoundSkipped
+
+    real = result.compute_bound
+
+    def seed_2_skipped(sc: Scenario, seed: int, **kw: object) -> object:
+        if seed == 2:
+            raise BoundSkipped(f"{sc.name} seed 2: bound skipped: (test)")
+        return real(sc, seed, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(result, "compute_bound", seed_2_skipped)
+    path, js = tmp_path / "tiny.yaml", tmp_path / "r.json"
+    path.write_text(yaml.safe_dump(_tiny().model_dump(mode="json")))
+    argv = ["simulate", str(path), "-p", "cloud-only", "--seeds", "2", "--json", str(js)]
+    res = CliRunner().invoke(app, argv, env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "(1 of 2 seeds)" in text and "over those k seeds only" in text
+    entry = json.loads(js.read_text())["scenarios"]["tiny"]
+    assert entry["policies"]["cloud-only"]["seeds"] == 2
+    assert entry["bound"]["seeds"] == 1 and entry["vs_bound"]["cloud-only"]["seeds"] == 1
+    assert [d["seed"] for d in entry["bound"]["per_seed"]] == [1]
+    # every seed bounded: the row is as before, no note
+    monkeypatch.setattr(result, "compute_bound", real)
+    res = CliRunner().invoke(app, argv[:-2], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "of 2 seeds" not in res.output and "over those k seeds" not in res.output
