@@ -134,13 +134,17 @@ def sweep_curves(data: dict[str, Any], path: Path) -> Path:
             "energy_j_per_service": ("energy_lb_j_per_service", 1.0),
         }.get(m["key"])
         if bkey and bpts:
-            ax.plot(
-                [b["value"] for b in bpts],
-                [np.nan if b[bkey[0]] is None else b[bkey[0]] * bkey[1] for b in bpts],
-                "k--",
-                lw=1.2,
-                label="hindsight bound",
-            )
+            by = [np.nan if b[bkey[0]] is None else b[bkey[0]] * bkey[1] for b in bpts]
+            ax.plot([b["value"] for b in bpts], by, "k--", lw=1.2, label="hindsight bound")
+            for b, y in zip(bpts, by, strict=True):
+                if b["seeds"] < len(data["seeds"]):  # the others' bounds were skipped
+                    ax.annotate(
+                        f"{b['seeds']}/{len(data['seeds'])} seeds",
+                        (b["value"], y),
+                        fontsize=6,
+                        textcoords="offset points",
+                        xytext=(2, 3),
+                    )
         if m["key"] == "energy_ratio":
             ax.axhline(1.0, color="k", ls="--", lw=1.0)
         if m["key"] == "success_gap_points":

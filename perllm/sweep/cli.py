@@ -90,23 +90,34 @@ def print_table(console: Console, data: dict[str, Any]) -> None:
     ]
     for name, j in cols:
         t.add_column(name, justify=j)  # type: ignore[arg-type]
+    partial = False
     for r in data["rows"]:
+        # A bound over fewer seeds than the row's runs (the others skipped) is marked.
+        mark = "†" if 0 < r["bound_seeds"] < r["seeds"] else ""
+        partial = partial or bool(mark)
         t.add_row(
             f"{r['value']:g}",
             r["policy"],
             _fmt(r["success_rate"], 100),
-            _fmt(r["bound_success_rate"], 100),
-            _fmt(r["success_gap_points"]),
+            _fmt(r["bound_success_rate"], 100) + mark,
+            _fmt(r["success_gap_points"]) + mark,
             _fmt(r["goodput_rps"], 1, 2),
             _fmt(r["energy_j_per_service"]),
-            _fmt(r["bound_energy_lb_j_per_service"]),
-            _fmt(r["energy_ratio"], 1, 2),
+            _fmt(r["bound_energy_lb_j_per_service"]) + mark,
+            _fmt(r["energy_ratio"], 1, 2) + mark,
             _fmt(r["edge_share"], 100),
             _fmt(r["quality_violation_rate"], 100),
             _fmt(r["late_rate"], 100),
             _fmt(r["shed_rate"], 100),
             _fmt(r["rejected_rate"], 100),
         )
+    if partial:
+        t.caption = (
+            "†: the bound of only some seeds (bound_seeds of seeds; the others skipped, "
+            "below): bound, gap and E ratio over those seeds, each run against its own "
+            "seed's bound; success over all"
+        )
+        t.caption_justify = "left"
     console.print(t)
 
 

@@ -83,7 +83,9 @@ class SweepResult:
     wall_s: float = 0.0
 
     def rows(self) -> list[dict[str, Any]]:
-        """Per (point, policy): seed means (and `_std`) of every metric and the bound's."""
+        """Per (point, policy): seed means (and `_std`) of every metric and the bound's.
+        The bound's columns are means over the `bound_seeds` seeds that have a bound
+        (each run against its own seed's), possibly fewer than `seeds` (some skipped)."""
         out = []
         for pt in self.sweep.points:
             b = [d for d in self.bound_per_seed if d["value"] == pt.value]
@@ -106,6 +108,7 @@ class SweepResult:
                     vals = [d[k] for d in runs]
                     row[k] = float(np.mean(vals))
                     row[f"{k}_std"] = float(np.std(vals))
+                row["bound_seeds"] = len(b)
                 row["bound_success_rate"] = _mean([d["success_rate_ub"] for d in b])
                 row["bound_energy_j_per_service"] = _mean([d["energy_lb_j_per_service"] for d in b])
                 dist = [d["distances"][p] for d in b if p in d["distances"]]
@@ -331,6 +334,7 @@ def csv_columns() -> list[str]:
         cols += [m.key, f"{m.key}_std"]
     return [
         *cols,
+        "bound_seeds",
         "bound_success_rate",
         "bound_energy_j_per_service",
         *BOUND_METRICS,

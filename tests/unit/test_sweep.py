@@ -294,3 +294,54 @@ def test_one_process_reports_each_job_as_it_ends(monkeypatch: pytest.MonkeyPatch
     assert len(runs) == 4 and len(events) == 8
     # run, reported, run, reported, ...
     assert all(not events[i + 1].startswith("run ") for i in runs)
+
+
+def _skip_seed_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 2's bound skipped (as one too large or unsolved), in this process."""
+    import perllm.bound as bound
+
+    real = bound.compute_bound
+
+    def compute(sc: object, seed: int, **kw: object) -> object:
+        if seed == 2:
+            raise bound.BoundSkipped("seed 2: bound skipped: (test)")
+        return real(sc, seed, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bound, "compute_bound", compute)
+
+
+def test_a_bound_of_some_seeds_is_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 2's bound skipped: the bound columns were the mean of seed 1 next to success
+    means over seeds 1 and 2, unmarked. They now say how many seeds they cover
+    (`bound_seeds` in JSON and CSV, † and a note in the table, "k/n seeds" on the PNG)."""
+    import matplotlib.pyplot as plt
+    from rich.console import Console
+
+    import perllm.plots as plots
+    from perllm.sweep.cli import print_table
+
+    _skip_seed_2(monkeypatch)
+    sc = set_duration(load_scenario("paper-llama2-7b"), 20)
+    sw = [Sweep.build(sc, "load_rps", [4.0])]
+    res = run_sweep(sw, ["cloud-only"], [1, 2], processes=1, bound=True)[0]
+    assert [d["seed"] for d in res.bound_skipped] == [2]
+    (row,) = res.rows()
+    assert row["seeds"] == 2 and row["bound_seeds"] == 1
+    texts: list[str] = []
+
+    def save(fig: object, path: Path) -> Path:
+        texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)  # type: ignore[attr-defined]
+        plt.close(fig)  # type: ignore[arg-type]
+        path.write_bytes(b"")
+        return path
+
+    monkeypatch.setattr(plots, "_save", save)
+    write_outputs(res, tmp_path)
+    assert texts.count("1/2 seeds") == 2  # on the success and energy panels
+    with (tmp_path / f"{sw[0].name}.csv").open() as fh:
+        (csv_row,) = csv.DictReader(fh)
+    assert csv_row["bound_seeds"] == "1" and csv_row["seeds"] == "2"
+    console = Console(width=200, record=True)
+    print_table(console, res.to_dict())
+    text = console.export_text()
+    assert text.count("†") == 5 and "the bound of only some seeds" in text  # 4 cells, note
