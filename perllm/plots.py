@@ -110,7 +110,8 @@ def sweep_curves(data: dict[str, Any], path: Path) -> Path:
     bpts = sorted(data.get("bound_points", []), key=lambda b: b["value"])
     for k, m in enumerate(metrics):
         ax = axes[k // ncol][k % ncol]
-        if all(r.get(m["key"]) is None for r in rows):
+        inf_key = f"{m['key']}_inf_seeds"  # null in the data, infinite in fact
+        if all(r.get(m["key"]) is None and not r.get(inf_key) for r in rows):
             # a bound metric of a --no-bound sweep: nothing to draw (and with no data a log
             # axis has no positive limits, which matplotlib refuses)
             ax.set_title(m["label"], fontsize=9)
@@ -126,9 +127,20 @@ def sweep_curves(data: dict[str, Any], path: Path) -> Path:
             )
             err = np.array([(r.get(f"{m['key']}_std") or 0.0) * m["scale"] for r in mine])
             if len(data["seeds"]) > 1 and err.any():
-                ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, lw=1.2, capsize=2, label=p)
+                line = ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, lw=1.2, capsize=2, label=p)
+                color = line.lines[0].get_color()
             else:
-                ax.plot(xs, ys, marker="o", ms=3, lw=1.2, label=p)
+                color = ax.plot(xs, ys, marker="o", ms=3, lw=1.2, label=p)[0].get_color()
+            for r in mine:
+                if r.get(inf_key):  # off the scale: "∞" at the top, in the policy's colour
+                    ax.annotate(
+                        "∞",
+                        (r["value"], 0.97),
+                        xycoords=("data", "axes fraction"),
+                        ha="center",
+                        va="top",
+                        color=color,
+                    )
         bkey = {
             "success_rate": ("success_rate_ub", 100.0),
             "energy_j_per_service": ("energy_lb_j_per_service", 1.0),

@@ -104,7 +104,8 @@ def print_table(console: Console, data: dict[str, Any]) -> None:
             _fmt(r["goodput_rps"], 1, 2),
             _fmt(r["energy_j_per_service"]),
             _fmt(r["bound_energy_lb_j_per_service"]) + mark,
-            _fmt(r["energy_ratio"], 1, 2) + mark,
+            # (null in the JSON data: infinite where a seed's ratio is, to a 0 J bound)
+            ("inf" if r["energy_ratio_inf_seeds"] else _fmt(r["energy_ratio"], 1, 2)) + mark,
             _fmt(r["edge_share"], 100),
             _fmt(r["quality_violation_rate"], 100),
             _fmt(r["late_rate"], 100),

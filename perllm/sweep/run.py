@@ -114,6 +114,8 @@ class SweepResult:
                 dist = [d["distances"][p] for d in b if p in d["distances"]]
                 for k in BOUND_METRICS:
                     row[k] = _mean([x[k] for x in dist])
+                # JSON has no infinity (null there): the count says the mean is infinite.
+                row["energy_ratio_inf_seeds"] = sum(math.isinf(x["energy_ratio"]) for x in dist)
                 out.append(row)
         return out
 
@@ -162,7 +164,9 @@ class SweepResult:
 
 
 def _mean(xs: Iterable[float | None]) -> float | None:
-    v = [x for x in xs if x is not None and math.isfinite(x)]
+    """Mean of the values (None: none). An infinite one (an energy ratio to a 0 J
+    bound) makes it infinite: dropping it hid that seed's run."""
+    v = [x for x in xs if x is not None]
     return float(np.mean(v)) if v else None
 
 
@@ -338,6 +342,7 @@ def csv_columns() -> list[str]:
         "bound_success_rate",
         "bound_energy_j_per_service",
         *BOUND_METRICS,
+        "energy_ratio_inf_seeds",
     ]
 
 
@@ -353,7 +358,7 @@ def write_outputs(res: SweepResult, out: Path) -> list[Path]:
     with cp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=csv_columns(), extrasaction="ignore")
         w.writeheader()
-        for row in data["rows"]:
+        for row in res.rows():  # not JSON's: an infinite energy ratio is written inf
             w.writerow({k: ("" if v is None else v) for k, v in row.items()})
     pp = plots.sweep_curves(data, out / f"{res.sweep.name}.png")
     return [jp, cp, pp]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 from perllm import policies
 from perllm.cli import app
 from perllm.contract import Tier
-from perllm.scenario import load_scenario
+from perllm.scenario import Scenario, load_scenario
 from perllm.sweep import (
     METRICS,
     Sweep,
@@ -310,23 +311,12 @@ def _skip_seed_2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bound, "compute_bound", compute)
 
 
-def test_a_bound_of_some_seeds_is_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Seed 2's bound skipped: the bound columns were the mean of seed 1 next to success
-    means over seeds 1 and 2, unmarked. They now say how many seeds they cover
-    (`bound_seeds` in JSON and CSV, † and a note in the table, "k/n seeds" on the PNG)."""
+def _plot_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts the sweep's PNG will hold (filled when it is drawn; no file written)."""
     import matplotlib.pyplot as plt
-    from rich.console import Console
 
     import perllm.plots as plots
-    from perllm.sweep.cli import print_table
 
-    _skip_seed_2(monkeypatch)
-    sc = set_duration(load_scenario("paper-llama2-7b"), 20)
-    sw = [Sweep.build(sc, "load_rps", [4.0])]
-    res = run_sweep(sw, ["cloud-only"], [1, 2], processes=1, bound=True)[0]
-    assert [d["seed"] for d in res.bound_skipped] == [2]
-    (row,) = res.rows()
-    assert row["seeds"] == 2 and row["bound_seeds"] == 1
     texts: list[str] = []
 
     def save(fig: object, path: Path) -> Path:
@@ -336,6 +326,25 @@ def test_a_bound_of_some_seeds_is_marked(tmp_path: Path, monkeypatch: pytest.Mon
         return path
 
     monkeypatch.setattr(plots, "_save", save)
+    return texts
+
+
+def test_a_bound_of_some_seeds_is_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 2's bound skipped: the bound columns were the mean of seed 1 next to success
+    means over seeds 1 and 2, unmarked. They now say how many seeds they cover
+    (`bound_seeds` in JSON and CSV, † and a note in the table, "k/n seeds" on the PNG)."""
+    from rich.console import Console
+
+    from perllm.sweep.cli import print_table
+
+    _skip_seed_2(monkeypatch)
+    sc = set_duration(load_scenario("paper-llama2-7b"), 20)
+    sw = [Sweep.build(sc, "load_rps", [4.0])]
+    res = run_sweep(sw, ["cloud-only"], [1, 2], processes=1, bound=True)[0]
+    assert [d["seed"] for d in res.bound_skipped] == [2]
+    (row,) = res.rows()
+    assert row["seeds"] == 2 and row["bound_seeds"] == 1
+    texts = _plot_texts(monkeypatch)
     write_outputs(res, tmp_path)
     assert texts.count("1/2 seeds") == 2  # on the success and energy panels
     with (tmp_path / f"{sw[0].name}.csv").open() as fh:
@@ -345,3 +354,59 @@ def test_a_bound_of_some_seeds_is_marked(tmp_path: Path, monkeypatch: pytest.Mon
     print_table(console, res.to_dict())
     text = console.export_text()
     assert text.count("†") == 5 and "the bound of only some seeds" in text  # 4 cells, note
+
+
+def _free_cloud() -> Scenario:
+    """A cloud GPU that draws no power behind links that cost nothing, and edge CPUs that
+    draw power only when busy: the bound's least energy is 0 J (everything on the cloud),
+    and a run on the edge spends more, an infinite ratio to it."""
+    from perllm.profiles import default_catalogue
+
+    data = load_scenario("paper-llama2-7b").model_dump(mode="json")
+    hw = default_catalogue().hardware
+    gpu = hw["a100-80gb-sxm"].model_dump(mode="json")
+    gpu |= {"power_prefill_w": 0.0, "power_decode_w": 0.0, "power_idle_w": 0.0}
+    cpu = hw["xeon-silver-4214r"].model_dump(mode="json") | {"power_idle_w": 0.0}
+    data |= {"name": "free-cloud", "duration_s": 20.0}
+    data["hardware"] = {"free-gpu": gpu, "cold-cpu": cpu}
+    data["servers"][0]["hardware"], data["servers"][1]["hardware"] = "cold-cpu", "free-gpu"
+    for s in data["servers"]:
+        s["link"]["energy_uj_per_bit"] = 0.0
+    return Scenario.model_validate(data)
+
+
+def test_an_infinite_energy_ratio_is_shown_not_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An energy ratio to a 0 J bound is infinite; the seed mean skipped it, so with one
+    other seed the row showed that seed's ratio alone, and with none it was empty ("—",
+    as if not computed). The mean is now infinite: inf in the table and the CSV, null with
+    `energy_ratio_inf_seeds` in the JSON, "∞" on the PNG."""
+    from rich.console import Console
+
+    from perllm.sweep.cli import print_table
+
+    sw = [Sweep.build(_free_cloud(), "load_rps", [4.0])]
+    res = run_sweep(sw, ["cloud-only", "edge-only"], [1, 2], processes=1, bound=True)[0]
+    cloud, edge = res.rows()
+    assert edge["energy_j_per_service"] > 0 and edge["bound_energy_lb_j_per_service"] == 0
+    assert cloud["energy_ratio"] == 1.0 and edge["energy_ratio"] == math.inf
+    # One seed infinite, the other not: the mean is infinite, not the other seed's.
+    b2 = next(b for b in res.bound_per_seed if b["seed"] == 2)
+    b2["distances"]["edge-only"]["energy_ratio"] = 3.0
+    assert res.rows()[1]["energy_ratio"] == math.inf
+    assert [r["energy_ratio_inf_seeds"] for r in res.rows()] == [0, 1]
+    texts = _plot_texts(monkeypatch)
+    write_outputs(res, tmp_path)
+    assert "∞" in texts and "not computed" not in texts
+    data = json.loads((tmp_path / f"{sw[0].name}.json").read_text())
+    assert data["rows"][1]["energy_ratio"] is None
+    assert data["rows"][1]["energy_ratio_inf_seeds"] == 1
+    with (tmp_path / f"{sw[0].name}.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["energy_ratio"] for r in rows] == ["1.0", "inf"]
+    assert [r["energy_ratio_inf_seeds"] for r in rows] == ["0", "1"]
+    console = Console(width=200, record=True)
+    print_table(console, data)
+    edge_line = next(ln for ln in console.export_text().splitlines() if "edge-only" in ln)
+    assert "inf" in edge_line
