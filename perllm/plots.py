@@ -147,7 +147,9 @@ def sweep_curves(data: dict[str, Any], path: Path) -> Path:
         }.get(m["key"])
         if bkey and bpts:
             by = [np.nan if b[bkey[0]] is None else b[bkey[0]] * bkey[1] for b in bpts]
-            ax.plot([b["value"] for b in bpts], by, "k--", lw=1.2, label="hindsight bound")
+            # (a marker too: a one-point sweep's line has no length)
+            xb = [b["value"] for b in bpts]
+            ax.plot(xb, by, "k--", marker="_", ms=8, lw=1.2, label="hindsight bound")
             for b, y in zip(bpts, by, strict=True):
                 if b["seeds"] < len(data["seeds"]):  # the others' bounds were skipped
                     ax.annotate(

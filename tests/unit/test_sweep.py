@@ -321,6 +321,12 @@ def _plot_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     def save(fig: object, path: Path) -> Path:
         texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)  # type: ignore[attr-defined]
+        texts.extend(
+            f"bound marker {line.get_marker()}"
+            for ax in fig.axes  # type: ignore[attr-defined]
+            for line in ax.lines
+            if line.get_label() == "hindsight bound"
+        )
         plt.close(fig)  # type: ignore[arg-type]
         path.write_bytes(b"")
         return path
@@ -347,6 +353,8 @@ def test_a_bound_of_some_seeds_is_marked(tmp_path: Path, monkeypatch: pytest.Mon
     texts = _plot_texts(monkeypatch)
     write_outputs(res, tmp_path)
     assert texts.count("1/2 seeds") == 2  # on the success and energy panels
+    # a one-point sweep's bound is a marker (its dashed line has no length: it was invisible)
+    assert texts.count("bound marker _") == 2
     with (tmp_path / f"{sw[0].name}.csv").open() as fh:
         (csv_row,) = csv.DictReader(fh)
     assert csv_row["bound_seeds"] == "1" and csv_row["seeds"] == "2"
