@@ -6,8 +6,11 @@ Requests come from `perllm.world.workload.generate` (arrival times, class, promp
 output tokens, attachment bytes): a chat body whose text is the prompt's ~4 bytes a token,
 an image data URL of the attachment's size, `max_tokens` = the drawn output length. The
 report: deadline attainment (D ≤ seconds + per_output_token_s × output tokens, with the
-class's deadline), latency and time-to-first-token percentiles, and the share of
-requests per backend and tier from the router's `x-perllm-decision` header.
+class's deadline), latency and time-to-first-token percentiles (streams only: a whole
+answer has no first token of its own), and the share of requests per backend and tier
+from the router's `x-perllm-decision` header. A streamed 200 counts as answered only if
+it ends with `data: [DONE]` and carries no error event (a server failing mid-stream
+still sent its 200): else it is a stream failure, by kind.
 """
 
 from __future__ import annotations
@@ -46,13 +49,19 @@ class Outcome:
     cls: str
     status: int  # 0: transport error
     latency_s: float
-    ttft_s: float | None
+    ttft_s: float | None  # to the first SSE data event; None without streaming
     tokens: float
     met: bool
     backend: str = ""
     tier: str = ""
     error: str = ""
     at: float = 0.0  # when it was planned to be sent (s after the start): windows by arrival
+    failure: str = ""  # a 200 stream that failed: "stream_error" or "truncated" (`error` says)
+
+    @property
+    def answered(self) -> bool:
+        """A complete 200 answer."""
+        return self.status == 200 and not self.failure
 
 
 @dataclass
@@ -70,7 +79,10 @@ class Report:
     tiers: dict[str, float] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # transport errors (status 0), by kind
+    # 200 streams that failed (an error event, or no `data: [DONE]`), by kind and reason
+    stream_failures: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False  # stopped (Ctrl-C): the requests then in flight are not here
+    streamed: bool = True  # False (--no-stream): no time to first token is measured
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -146,6 +158,65 @@ def _completion_tokens(answer: Any) -> float | None:
     return float(n)
 
 
+class _Events:
+    """An SSE stream read as it arrives, as the SSE format has it: lines (LF, CRLF or
+    CR ends), `data:` fields at a line's start, an event at each blank line (so `data:` in
+    generated text is no event). Counts the data events other than `[DONE]`, reads
+    `usage.completion_tokens` and error events, and when the first event came."""
+
+    def __init__(self) -> None:
+        self.rest = b""
+        self.data: list[bytes] = []
+        self.events = 0
+        self.done = False
+        self.usage: float | None = None
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes, final: bool = False) -> None:
+        buf, hold = self.rest + chunk, b""
+        if buf.endswith(b"\r") and not final:  # (half of a CRLF, maybe: read with the rest)
+            buf, hold = buf[:-1], b"\r"
+        lines = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        self.rest = b"" if final else lines.pop() + hold
+        for line in lines:
+            if not line:
+                self._dispatch()
+            elif line.startswith(b"data:"):
+                v = line[5:]
+                self.data.append(v[1:] if v.startswith(b" ") else v)
+        if final:
+            self._dispatch()  # (lenient: a last event without its blank line counts)
+
+    def _dispatch(self) -> None:
+        if not self.data:
+            return
+        data, self.data = b"\n".join(self.data), []
+        if data.strip() == b"[DONE]":
+            self.done = True
+            return
+        self.events += 1
+        if b'"usage"' in data or b'"error"' in data:  # (only those are parsed)
+            ev = json.loads(data)
+            n = _completion_tokens(ev)
+            self.usage = self.usage if n is None else n
+            why = _stream_error(ev)
+            if why is not None and self.error is None:
+                self.error = why
+
+
+def _stream_error(ev: dict[str, Any]) -> str | None:
+    """The message of an error event: OpenAI's `{"error": {...}}` (vLLM, the router),
+    or vLLM's older `{"object": "error", "message": ...}`; None if it is none."""
+    err = ev.get("error")
+    if err is None and ev.get("object") == "error":
+        err = ev
+    if err is None:
+        return None
+    if not isinstance(err, dict):
+        return str(err)[:120]
+    return str(err.get("message") or err.get("type") or json.dumps(err))[:120]
+
+
 async def _one(
     client: httpx.AsyncClient,
     url: str,
@@ -159,39 +230,45 @@ async def _one(
     `since` (when it arrived, if it waited to be sent), else from now."""
     t0 = time.perf_counter() if since is None else since
     first: float | None = None
-    events = 0
     usage: float | None = None
+    sse = _Events() if p.body.get("stream") else None
     try:
         async with asyncio.timeout(timeout_s), client.stream("POST", url, json=p.body) as resp:
             dec = _decision(resp.headers.get("x-perllm-decision"))
-            if on_start is not None and resp.status_code == 200:
+            ok = resp.status_code == 200
+            if on_start is not None and ok:
                 on_start(p, dec)
             buf = bytearray()
             async for chunk in resp.aiter_raw():
-                if first is None:
-                    first = time.perf_counter() - t0
-                buf += chunk
+                if sse is not None and ok:
+                    sse.feed(chunk)
+                    if first is None and sse.events:
+                        first = time.perf_counter() - t0
+                else:
+                    buf += chunk
             d = time.perf_counter() - t0
-            text = bytes(buf)
-            if p.body.get("stream"):
-                events = text.count(b"data:") - text.count(b"data: [DONE]")
-                for line in text.split(b"\n") if resp.status_code == 200 else ():
-                    if b'"usage"' in line and line.startswith(b"data:"):
-                        n = _completion_tokens(json.loads(line[5:]))
-                        usage = usage if n is None else n
-            elif resp.status_code == 200:
-                usage = _completion_tokens(json.loads(text))
+            if sse is not None and ok:
+                sse.feed(b"", final=True)
+                usage = sse.usage
+            elif ok:
+                usage = _completion_tokens(json.loads(bytes(buf)))
     except TimeoutError:
         err = f"Timeout: no complete answer within {timeout_s:g}s"
         return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=err, at=p.at)
     except (httpx.HTTPError, ValueError, RecursionError) as e:  # (ValueError: not an answer)
         err = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=err, at=p.at)
+    failure = err = ""
+    if sse is not None and ok:
+        if sse.error is not None:  # (vLLM sends [DONE] after it: the error decides)
+            failure, err = "stream_error", sse.error
+        elif not sse.done:
+            failure, err = "truncated", "no data: [DONE]"
+    events = sse.events if sse is not None else 0
     tokens = float(usage if usage is not None else max(events, 1))
-    ok = resp.status_code == 200
-    met = ok and d <= p.deadline_s + p.per_token_s * tokens
+    met = ok and not failure and d <= p.deadline_s + p.per_token_s * tokens
     return Outcome(p.cls, resp.status_code, d, first, tokens, met,
-                   dec.get("backend", ""), dec.get("tier", ""), at=p.at)  # fmt: skip
+                   dec.get("backend", ""), dec.get("tier", ""), err, p.at, failure)  # fmt: skip
 
 
 def _pct(xs: list[float]) -> dict[str, float]:
@@ -259,11 +336,12 @@ async def replay(
     wall = time.perf_counter() - t0
     report = summarise(target, results, wall)
     report.interrupted = interrupted
+    report.streamed = any(p.body.get("stream") for p in planned)
     return report
 
 
 def summarise(target: str, results: list[Outcome], wall: float) -> Report:
-    ok = [o for o in results if o.status == 200]
+    ok = [o for o in results if o.answered]
     n_ok = max(len(ok), 1)
     backends = Counter(o.backend or "-" for o in ok)
     tiers = Counter(o.tier or "-" for o in ok)
@@ -281,4 +359,7 @@ def summarise(target: str, results: list[Outcome], wall: float) -> Report:
         tiers={k: v / n_ok for k, v in sorted(tiers.items())},
         classes=dict(sorted(Counter(o.cls for o in results).items())),
         errors=dict(Counter(o.error for o in results if o.status == 0).most_common()),
+        stream_failures=dict(
+            Counter(f"{o.failure}: {o.error}" for o in results if o.failure).most_common()
+        ),
     )

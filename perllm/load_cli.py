@@ -26,15 +26,19 @@ def print_report(r: Report) -> None:
     t = Table(title=f"perllm load → {r.target}")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    t.add_row("requests sent / 200 OK", f"{r.sent} / {r.ok}")
+    t.add_row("requests sent / answered", f"{r.sent} / {r.ok}")
     t.add_row("statuses", ", ".join(f"{k}: {v}" for k, v in r.statuses.items()))
     for err, n in r.errors.items():  # status 0: no complete HTTP response (aborted ones too)
         t.add_row("transport error", f"{n} × {err}")
+    for err, n in r.stream_failures.items():  # a 200 whose stream failed: not answered
+        t.add_row("failed stream", f"{n} × {err}")
     t.add_row("deadline attainment", f"{r.attainment:.1%}")
     for name, d in (("latency", r.latency_s), ("time to first token", r.ttft_s)):
         if d:
             t.add_row(name, " ".join(f"{k} {v:.3f}s" for k, v in d.items()))
-    t.add_row("throughput (200 OK)", f"{r.throughput_rps:.1f} req/s over {r.wall_s:.1f}s")
+    if not r.streamed:  # (a whole answer's first byte is its last: no TTFT of its own)
+        t.add_row("time to first token", "not measured (--no-stream: an answer comes whole)")
+    t.add_row("throughput (answered)", f"{r.throughput_rps:.1f} req/s over {r.wall_s:.1f}s")
     for k, v in r.tiers.items():
         t.add_row(f"tier {k}", f"{v:.1%}")
     for k, v in r.backends.items():
@@ -141,5 +145,8 @@ def register(app: typer.Typer) -> None:
             )
             raise typer.Exit(130)
         if report.sent and not report.ok:
-            typer.echo(f"error: none of {report.sent} requests got a 200 from {target}", err=True)
+            typer.echo(
+                f"error: none of {report.sent} requests got a complete 200 answer from {target}",
+                err=True,
+            )
             raise typer.Exit(1)

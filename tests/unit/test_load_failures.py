@@ -4,6 +4,7 @@ one that is down, Ctrl-C, and arguments that send nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -59,7 +60,9 @@ def test_a_200_that_is_no_openai_answer_is_a_failed_request_not_a_traceback() ->
         rep = asyncio.run(asyncio.wait_for(go(stream, bodies), 30))
         assert rep.sent == 3 and rep.ok == 0 and rep.statuses == {"0": 3}, rep
         assert all(k.startswith("ValueError") for k in rep.errors), rep.errors
-    good = [b'data: {"choices": []}\n\ndata: {"usage": {"completion_tokens": 7}}\n\n']
+    good = [
+        b'data: {"choices": []}\n\ndata: {"usage": {"completion_tokens": 7}}\n\ndata: [DONE]\n\n'
+    ]
     rep = asyncio.run(asyncio.wait_for(go(True, good), 30))
     assert rep.ok == 3 and rep.errors == {}
 
@@ -218,3 +221,73 @@ def test_a_request_waiting_for_a_concurrency_slot_counts_that_wait_as_latency() 
     assert rep.ok == 3
     assert rep.latency_s["p99"] > 1.1  # the third waited for the two before it
     assert rep.latency_s["p50"] > 0.7
+
+
+def _outcomes(stream: bool, bodies: list[bytes], n: int) -> tuple[Any, list[Any]]:
+    seen: list[Any] = []
+
+    async def go() -> Any:
+        async with serving(
+            Answers(bodies, b"text/event-stream" if stream else b"application/json")
+        ) as url:
+            return await replay(url, _planned(n, stream), max_duration_s=5, timeout_s=5,
+                                on_done=seen.append)  # fmt: skip
+
+    return asyncio.run(asyncio.wait_for(go(), 30)), seen
+
+
+def _ev(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def test_a_stream_that_breaks_off_or_carries_an_error_event_is_a_failure() -> None:
+    """A 200 stream ending without `data: [DONE]`, or with an error event (vLLM's and the
+    router's way to fail mid-stream), counted as an answered request that met its deadline."""
+    tok = _ev({"choices": [{"index": 0, "delta": {"content": "tok "}}]})
+    boom = _ev({"error": {"message": "engine died", "type": "internal_error", "code": 500}})
+    old = _ev({"object": "error", "message": "engine died", "type": "BadRequestError"})
+    bodies = [tok * 3, tok + boom + b"data: [DONE]\n\n", tok + old + b"data: [DONE]\n\n"]
+    rep, seen = _outcomes(True, bodies, 3)
+    assert rep.sent == 3 and rep.ok == 0 and rep.statuses == {"200": 3}, rep
+    assert rep.attainment == 0.0 and rep.throughput_rps == 0.0 and rep.latency_s == {}
+    assert rep.stream_failures == {
+        "truncated: no data: [DONE]": 1,
+        "stream_error: engine died": 2,
+    }, rep.stream_failures
+    assert sorted(o.failure for o in seen) == ["stream_error", "stream_error", "truncated"]
+    assert json.loads(rep.to_json())["stream_failures"] == rep.stream_failures
+    rep, _ = _outcomes(True, [tok * 3 + b"data: [DONE]\n\n"], 2)
+    assert rep.ok == 2 and rep.stream_failures == {}
+
+
+def test_sse_events_are_counted_by_line_not_by_the_text_data_colon() -> None:
+    """`data:` inside generated text was counted as an event (output tokens, and so the
+    deadline, inflated); CRLF line ends and `data:` without its space are SSE too."""
+    said = _ev({"choices": [{"index": 0, "delta": {"content": "data: data: [DONE] x"}}]})
+    crlf = b'data:{"choices": [{"index": 0, "delta": {"content": "y"}}]}\r\n\r\n'
+    rep, seen = _outcomes(True, [said * 3 + crlf + b": keep-alive\n\ndata: [DONE]\r\n\r\n"], 1)
+    assert rep.ok == 1 and [o.tokens for o in seen] == [4.0]
+
+
+def test_no_stream_reports_no_time_to_first_token() -> None:
+    """Without streaming, the 'time to first token' was the first body byte's: the whole
+    answer's latency under another name."""
+    rep, seen = _outcomes(False, [b'{"usage": {"completion_tokens": 5}}'], 2)
+    assert rep.ok == 2 and [o.ttft_s for o in seen] == [None, None]
+    assert rep.ttft_s == {} and rep.streamed is False
+    rep, seen = _outcomes(True, [_ev({"choices": []}) + b"data: [DONE]\n\n"], 1)
+    assert rep.streamed is True and seen[0].ttft_s is not None and "p50" in rep.ttft_s
+
+
+def test_the_report_says_why_ttft_is_missing_and_counts_stream_failures(capsys: Any) -> None:
+    from perllm.load import Report
+    from perllm.load_cli import print_report
+
+    base = dict(target="http://x", sent=3, ok=1, attainment=0.3, latency_s={"p50": 1.0},
+                ttft_s={}, wall_s=1.0, throughput_rps=1.0)  # fmt: skip
+    print_report(Report(**base, streamed=False))  # type: ignore[arg-type]
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "time to first token not measured (--no-stream: an answer comes whole)" in out
+    print_report(Report(**base, stream_failures={"truncated: no data: [DONE]": 2}))  # type: ignore[arg-type]
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "failed stream 2 × truncated: no data: [DONE]" in out

@@ -77,7 +77,10 @@ def test_cli_fails_when_no_request_succeeds_and_names_unknown_classes(tmp_path: 
     args = ["load", "demo", "--target", "http://127.0.0.1:9", "--speed", "100"]
     res = CliRunner().invoke(app, [*args, "--max-requests", "2", "--json", str(out)])
     assert res.exit_code == 1, res.output
-    assert "none of 2 requests got a 200" in res.output and "ConnectError" in res.output
+    assert (
+        "none of 2 requests got a complete 200 answer" in res.output
+        and "ConnectError" in res.output
+    )
     assert json.loads(out.read_text())["ok"] == 0  # the report is still written
     res = CliRunner().invoke(app, [*args, "--class", "chat", "--class", "nosuch"])
     assert res.exit_code == 2
