@@ -29,6 +29,7 @@ class Parsed:
     prompt_tokens: float  # estimate, >= 1
     attach_bytes: float
     max_tokens: float | None
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with `usage`
 
 
 def _utf8_len(text: str) -> int:
@@ -122,8 +123,16 @@ def parse(raw: bytes, chat: bool) -> Parsed:
     stream = body.get("stream")  # (null: not given; a string such as "false" is no flag)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest(400, "invalid_request_error", "stream: must be true or false")
+    opts = body.get("stream_options")  # (the router forwards it; the twin answers it)
+    if opts is not None and not isinstance(opts, dict):
+        raise BadRequest(400, "invalid_request_error", "stream_options: must be an object")
+    usage = None if opts is None else opts.get("include_usage")
+    if usage is not None and not isinstance(usage, bool):
+        raise BadRequest(
+            400, "invalid_request_error", "stream_options.include_usage: must be true or false"
+        )
     l_in, attach = sizes(body)
-    return Parsed(body, model, bool(stream), l_in, attach, mt)
+    return Parsed(body, model, bool(stream), l_in, attach, mt, bool(usage))
 
 
 def deadline_header(value: str | None) -> float | None:

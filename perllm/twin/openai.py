@@ -310,6 +310,7 @@ class TwinOpenAI:
         try:  # (the router's checks: size limit, JSON, fields, a model this pod serves)
             raw = await read_body(scope["headers"], receive, self.max_body_bytes)
             req = served(parse(raw, chat), (spec.model, spec.name))
+            _one_choice(req.body)
             ad = self.admit(spec, node, req.prompt_tokens, req.attach_bytes, req.max_tokens)
         except BadRequest as e:
             await error(send, e.status, e.kind, e.message)
@@ -366,17 +367,21 @@ class TwinOpenAI:
                     "headers": [(b"content-type", b"text/event-stream"), *headers]})  # fmt: skip
         # (a completions stream's chunks are text_completion objects with a "text")
         obj = "chat.completion.chunk" if chat else "text_completion"
+        # As vLLM: the last token's chunk carries finish_reason (so a client counting
+        # events, as the router does without `usage`, counts the tokens exactly), and
+        # `usage` comes only when asked, in a last chunk with no choices (as OpenAI).
         for k in range(tl.tokens):
             await until(functools.partial(_token_at, k=k))
             part: dict[str, Any] = {"content": "tok "} | ({"role": "assistant"} if k == 0 else {})
             delta = {"delta": part} if chat else {"text": "tok "}
-            ev = {**head, "object": obj, "choices": [{"index": 0, **delta, "finish_reason": None}]}
+            why = finish if k == tl.tokens - 1 else None
+            ev = {**head, "object": obj, "choices": [{"index": 0, **delta, "finish_reason": why}]}
             await send({"type": "http.response.body", "body": _sse(ev), "more_body": True})
         await until(lambda t: t.done)
-        end: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
-        final = {**head, "object": obj, "choices": [{"index": 0, **end, "finish_reason": finish}],
-                 "usage": usage}  # fmt: skip
-        await send({"type": "http.response.body", "body": _sse(final) + b"data: [DONE]\n\n"})
+        tail = b"data: [DONE]\n\n"
+        if req.include_usage:
+            tail = _sse({**head, "object": obj, "choices": [], "usage": usage}) + tail
+        await send({"type": "http.response.body", "body": tail})
 
 
 def _timeline(
@@ -386,6 +391,19 @@ def _timeline(
     first = out.start + out.prefill - a + half
     last = out.end - a + half
     return Timeline(first, max(first, last), max(d, last), int(l_out), int(l_in), j, out)
+
+
+def _one_choice(body: dict[str, Any]) -> None:
+    """`n`: the world model runs one sequence a request, so the twin answers n=1 only
+    (as llama.cpp's server; the router forwards n to a backend that may serve more)."""
+    n = body.get("n")
+    if n is None or (n == 1 and not isinstance(n, bool)):
+        return
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise BadRequest(400, "invalid_request_error", "n: must be a positive integer")
+    raise BadRequest(
+        400, "invalid_request_error", f"n: the twin answers one choice per request, not {n}"
+    )
 
 
 def _token_at(t: Timeline, k: int) -> float:

@@ -351,11 +351,57 @@ def test_answers_are_shaped_as_openais() -> None:
     events = [json.loads(x[6:]) for x in text.split("\n\n") if x.startswith("data: {")]
     assert {e["object"] for e in events} == {"text_completion"}
     assert all("text" in e["choices"][0] and "delta" not in e["choices"][0] for e in events)
-    assert [e["choices"][0]["finish_reason"] for e in events] == [None] * 3 + ["length"]
-    assert events[-1]["usage"]["completion_tokens"] == 3 and len({e["id"] for e in events}) == 1
+    # (finish_reason with the last token, as vLLM; usage only when asked: below)
+    assert [e["choices"][0]["finish_reason"] for e in events] == [None] * 2 + ["length"]
+    assert len({e["id"] for e in events}) == 1
     chunks = [json.loads(x[6:]) for x in resps[1].text.split("\n\n") if x.startswith("data: {")]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "tok "}
-    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "length"}
+    last = {"index": 0, "delta": {"content": "tok "}, "finish_reason": "length"}
+    assert chunks[-1]["choices"][0] == last
     whole = resps[2].json()
     assert whole["choices"][0]["finish_reason"] == "stop"
     assert whole["id"].startswith("chatcmpl-") and isinstance(whole["created"], int)
+
+
+def test_n_above_one_is_refused_naming_n() -> None:
+    """n=3 was answered with one choice: a client counting on three got one."""
+    tw = TwinOpenAI.standalone(quiet_demo(), speed=1000.0)
+    cases = [(_chat(n=3, max_tokens=2), 400, "n: the twin answers one choice per request"),
+             (_chat(n=0, max_tokens=2), 400, "n: must be a positive integer"),
+             (_chat(n="2", max_tokens=2), 400, "n: must be a positive integer"),
+             (_chat(stream=True, stream_options=[]), 400, "stream_options: must be an object"),
+             (_chat(stream=True, stream_options={"include_usage": "yes"}), 400,
+              "stream_options.include_usage: must be true or false")]  # fmt: skip
+    resps = _post_all(tw, [("POST", "chat/completions", b) for b, _, _ in cases])
+    for (b, status, why), r in zip(cases, resps, strict=True):
+        assert r.status_code == status and why in r.json()["error"]["message"], (b, r.text)
+    assert tw.served == 0
+    [ok] = _post_all(tw, [("POST", "chat/completions", _chat(n=1, max_tokens=2))])
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 1
+
+
+def test_a_stream_has_usage_only_when_asked_in_a_last_chunk_without_choices() -> None:
+    """`usage` was in every stream's last content chunk: OpenAI (and vLLM, llama.cpp) send
+    it only with stream_options.include_usage, in a chunk of its own with no choices. The
+    router, which does not ask, counts the events then: one per token, exactly."""
+    from perllm.router.proxy import TokenCounter
+
+    tw = TwinOpenAI.standalone(quiet_demo(), speed=1000.0)
+    asked = {"stream_options": {"include_usage": True}}
+    prompt = {"model": "chat", "prompt": "hi", "max_tokens": 3, "stream": True}
+    calls = [("POST", "chat/completions", _chat(max_tokens=3, stream=True)),
+             ("POST", "chat/completions", _chat(max_tokens=3, stream=True, **asked)),
+             ("POST", "completions", json.dumps({**prompt, **asked}).encode())]  # fmt: skip
+    resps = _post_all(tw, calls)
+    plain, with_usage, text = (r.content for r in resps)
+    assert b"usage" not in plain and plain.endswith(b"data: [DONE]\n\n")
+    counter = TokenCounter(stream=True)
+    counter.feed(plain)
+    assert counter.tokens() == 3.0
+    for body, obj in ((with_usage, "chat.completion.chunk"), (text, "text_completion")):
+        evs = [json.loads(x[6:]) for x in body.decode().split("\n\n") if x.startswith("data: {")]
+        assert body.endswith(b"data: [DONE]\n\n") and len(evs) == 4
+        assert evs[-1]["choices"] == [] and evs[-1]["object"] == obj
+        assert evs[-1]["usage"]["completion_tokens"] == 3
+        assert all("usage" not in e for e in evs[:-1])
+        assert evs[-2]["choices"][0]["finish_reason"] == "length"
