@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import socket
 import threading
 import time
@@ -52,7 +53,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 # (namespace, pod) -> (the service it serves, its node), or None: unknown pod.
 Resolver = Callable[[str, str], "tuple[ServiceSpec, str] | None"]
-MAX_ANSWER_SLEEP_S = 600.0  # one answer never sleeps longer than this (wall)
+# One answer is held at most this long (wall): past it (an overloaded node, a low speed)
+# it ends with a 504 or, streamed, an error event and no end (`_Overdue`).
+MAX_ANSWER_SLEEP_S = 600.0
+log = logging.getLogger("perllm.twin")
 MAX_BODY_BYTES = Limits().max_body_bytes  # a request body's size at most (the router's)
 
 
@@ -141,6 +145,7 @@ class TwinOpenAI:
         self._tables: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.served = 0
+        self.overdue = 0  # answers ended at MAX_ANSWER_SLEEP_S
         # Marginal energy of the requests served (J): the world model's attributed
         # inference energy plus both ways' transmission energy (idle power is not here).
         self.energy_j = 0.0
@@ -329,29 +334,61 @@ class TwinOpenAI:
 
     async def _answer(self, ad: Admission, node: str, req: Parsed, chat: bool, send: Send) -> None:
         start = self.clock()
-        model = req.model
         loop = ad.loop = asyncio.get_running_loop()
 
         async def until(at: Callable[[Timeline], float]) -> None:
             """Until `at(timeline)` simulated seconds after arrival; the timeline may move
-            up while the request waits for a slot (an abort ahead of it)."""
+            up while the request waits for a slot (an abort ahead of it). `_Overdue` once
+            the answer has taken MAX_ANSWER_SLEEP_S (sending the rest at once would fake a
+            faster answer than the world model's)."""
             while True:
                 ad.wake = loop.create_future()  # (before reading the timeline: no lost wake)
                 due = self.t0 + (ad.arrival + at(ad.tl)) / self.speed
-                wait = min(due, start + MAX_ANSWER_SLEEP_S) - self.clock()
-                if wait <= 0:
+                now, cap = self.clock(), start + MAX_ANSWER_SLEEP_S
+                if due <= now:
                     return
-                await asyncio.wait({ad.wake}, timeout=wait)
+                if now >= cap:
+                    raise _Overdue(self.t0 + (ad.arrival + ad.tl.done) / self.speed - start)
+                await asyncio.wait({ad.wake}, timeout=min(due, cap) - now)
 
+        headers = [(b"x-perllm-twin-node", node.encode())]
+        started: list[bool] = []  # (the stream's head was sent)
+        try:
+            await self._send_answer(ad, req, chat, send, until, headers, started)
+        except _Overdue as e:
+            self.overdue += 1
+            self.abort(ad)  # (nobody reads the rest: its slot is given back now)
+            why = (f"the twin holds an answer at most {MAX_ANSWER_SLEEP_S:g}s of wall time; "
+                   f"this one would take {e.args[0]:.0f}s (node {node} overloaded, or the "
+                   "twin's speed too low)")  # fmt: skip
+            log.warning("%s: ended with an error", why)
+            if not started:
+                await error(send, 504, "timeout", why, headers)
+                return
+            # An error event, then no end (no [DONE], no last chunk): the client, and the
+            # router, see an answer broken off, not a complete one to learn from.
+            body = json.dumps({"error": {"message": why, "type": "timeout", "code": 504}})
+            await send({"type": "http.response.body", "body": b"data: " + body.encode() + b"\n\n",
+                        "more_body": True})  # fmt: skip
+
+    async def _send_answer(
+        self,
+        ad: Admission,
+        req: Parsed,
+        chat: bool,
+        send: Send,
+        until: Callable[[Callable[[Timeline], float]], Awaitable[None]],
+        headers: list[tuple[bytes, bytes]],
+        started: list[bool],
+    ) -> None:
         tl = ad.tl  # (its token counts never move)
         usage = {"prompt_tokens": tl.prompt_tokens, "completion_tokens": tl.tokens,
                  "total_tokens": tl.prompt_tokens + tl.tokens}  # fmt: skip
-        headers = [(b"x-perllm-twin-node", node.encode())]
         # As OpenAI: "length" only when max_tokens cut the answer; ids and times per answer.
         capped = req.max_tokens is not None and tl.tokens >= req.max_tokens
         finish = "length" if capped else "stop"
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-                "created": int(time.time()), "model": model}  # fmt: skip
+                "created": int(time.time()), "model": req.model}  # fmt: skip
         if not req.stream:
             await until(lambda t: t.done)
             text = "tok " * tl.tokens
@@ -365,6 +402,7 @@ class TwinOpenAI:
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), *headers]})  # fmt: skip
+        started.append(True)
         # (a completions stream's chunks are text_completion objects with a "text")
         obj = "chat.completion.chunk" if chat else "text_completion"
         # As vLLM: the last token's chunk carries finish_reason (so a client counting
@@ -382,6 +420,10 @@ class TwinOpenAI:
         if req.include_usage:
             tail = _sse({**head, "object": obj, "choices": [], "usage": usage}) + tail
         await send({"type": "http.response.body", "body": tail})
+
+
+class _Overdue(Exception):
+    """An answer past MAX_ANSWER_SLEEP_S of wall time (args: the seconds it would take)."""
 
 
 def _timeline(

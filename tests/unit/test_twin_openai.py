@@ -405,3 +405,42 @@ def test_a_stream_has_usage_only_when_asked_in_a_last_chunk_without_choices() ->
         assert evs[-1]["usage"]["completion_tokens"] == 3
         assert all("usage" not in e for e in evs[:-1])
         assert evs[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_an_answer_past_the_wall_limit_is_ended_visibly_not_sped_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past MAX_ANSWER_SLEEP_S of wall time the rest of an answer was sent at once and it
+    ended as a complete, fast one: a client (or the router, learning from it) saw a time
+    the world model never gave. Now: a 504 naming the limit, or in a stream an error event
+    and no end (the router then counts it broken off, not an answer to learn from)."""
+    import perllm.twin.openai as twin_openai
+    from perllm.router.serving import serving
+
+    monkeypatch.setattr(twin_openai, "MAX_ANSWER_SLEEP_S", 0.3)
+    tw = TwinOpenAI.standalone(quiet_demo(), speed=1.0)  # (a 40-token answer: seconds)
+
+    async def go() -> tuple[httpx.Response, list[str], BaseException | None]:
+        async with serving(tw) as url, httpx.AsyncClient(base_url=url, timeout=10) as c:
+            whole = await c.post(f"{POD}/v1/chat/completions", content=_chat(max_tokens=40))
+            lines: list[str] = []
+            try:
+                body = _chat(max_tokens=40, stream=True)
+                async with c.stream("POST", f"{POD}/v1/chat/completions", content=body) as r:
+                    assert r.status_code == 200
+                    async for ln in r.aiter_lines():
+                        lines.append(ln)
+            except httpx.RemoteProtocolError as e:
+                return whole, lines, e
+            return whole, lines, None
+
+    with caplog.at_level("WARNING", logger="perllm.twin"):
+        whole, lines, broke = asyncio.run(asyncio.wait_for(go(), 30))
+    assert whole.status_code == 504, whole.text
+    assert "at most 0.3s of wall time" in whole.json()["error"]["message"]
+    events = [x for x in lines if x.startswith("data: ")]
+    assert broke is not None and "data: [DONE]" not in events and len(events) < 40
+    err = json.loads(events[-1][6:])["error"]
+    assert err["code"] == 504 and "at most 0.3s of wall time" in err["message"]
+    assert tw.overdue == 2 and "at most 0.3s of wall time" in caplog.text
+    assert tw.queued == [[] for _ in tw.states]  # (their slots were given back)
