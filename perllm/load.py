@@ -256,8 +256,12 @@ async def _one(
         err = f"Timeout: no complete answer within {timeout_s:g}s"
         return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=err, at=p.at)
     except (httpx.HTTPError, ValueError, RecursionError) as e:  # (ValueError: not an answer)
+        d = time.perf_counter() - t0
+        if sse is not None and sse.error is not None:  # it said why before it broke off
+            return Outcome(p.cls, 200, d, first, 0, False, dec.get("backend", ""),
+                           dec.get("tier", ""), sse.error, p.at, "stream_error")  # fmt: skip
         err = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=err, at=p.at)
+        return Outcome(p.cls, 0, d, None, 0, False, error=err, at=p.at)
     failure = err = ""
     if sse is not None and ok:
         if sse.error is not None:  # (vLLM sends [DONE] after it: the error decides)

@@ -291,3 +291,31 @@ def test_the_report_says_why_ttft_is_missing_and_counts_stream_failures(capsys: 
     print_report(Report(**base, stream_failures={"truncated: no data: [DONE]": 2}))  # type: ignore[arg-type]
     out = " ".join(capsys.readouterr().out.replace("│", " ").split())
     assert "failed stream 2 × truncated: no data: [DONE]" in out
+
+
+class ErrorThenClose:
+    """A 200 stream: a token, an error event, then the connection closed without an end
+    (as the twin past its wall limit, or a server dying after saying why)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        tok = _ev({"choices": [{"index": 0, "delta": {"content": "tok "}}]})
+        boom = _ev({"error": {"message": "held too long", "type": "timeout", "code": 504}})
+        await send({"type": "http.response.body", "body": tok + boom, "more_body": True})
+
+
+def test_an_error_event_then_a_broken_connection_is_that_stream_error() -> None:
+    """It was a bare transport error (RemoteProtocolError): the reason the server gave
+    in the stream was lost."""
+
+    async def go() -> Any:
+        async with serving(ErrorThenClose()) as url:
+            return await replay(url, _planned(2, True), max_duration_s=5, timeout_s=5)
+
+    rep = asyncio.run(asyncio.wait_for(go(), 30))
+    assert rep.ok == 0 and rep.statuses == {"200": 2} and rep.errors == {}, rep
+    assert rep.stream_failures == {"stream_error: held too long": 2}
