@@ -239,7 +239,7 @@ async def _one(
             if on_start is not None and ok:
                 on_start(p, dec)
             buf = bytearray()
-            async for chunk in resp.aiter_raw():
+            async for chunk in resp.aiter_bytes():  # (decoded: a gzipped answer too)
                 if sse is not None and ok:
                     sse.feed(chunk)
                     if first is None and sse.events:

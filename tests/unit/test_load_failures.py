@@ -319,3 +319,29 @@ def test_an_error_event_then_a_broken_connection_is_that_stream_error() -> None:
     rep = asyncio.run(asyncio.wait_for(go(), 30))
     assert rep.ok == 0 and rep.statuses == {"200": 2} and rep.errors == {}, rep
     assert rep.stream_failures == {"stream_error: held too long": 2}
+
+
+def test_a_compressed_answer_is_read_decoded() -> None:
+    """The body was read raw (`aiter_raw`): a target that gzips its answers (httpx asks
+    for gzip), e.g. behind a proxy, was a 'ValueError: not an answer' every time."""
+    import gzip
+
+    class Gzipped(Answers):
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            while (await receive()).get("more_body"):
+                pass
+            hs = [(b"content-type", self.ctype), (b"content-encoding", b"gzip")]
+            await send({"type": "http.response.start", "status": 200, "headers": hs})
+            await send({"type": "http.response.body", "body": gzip.compress(self.bodies[0])})
+
+    for stream, body in ((False, b'{"usage": {"completion_tokens": 5}}'),
+                         (True, _ev({"choices": []}) * 2 + b"data: [DONE]\n\n")):  # fmt: skip
+
+        async def go(stream: bool = stream, body: bytes = body) -> Any:
+            async with serving(Gzipped([body])) as url:
+                return await replay(url, _planned(1, stream), max_duration_s=5, timeout_s=5)
+
+        rep = asyncio.run(asyncio.wait_for(go(), 30))
+        assert rep.ok == 1 and rep.errors == {}, rep
