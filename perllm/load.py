@@ -29,6 +29,7 @@ import numpy as np
 
 from perllm.costmodel import BYTES_PER_TOKEN
 from perllm.scenario import Scenario
+from perllm.sse import stream_error
 from perllm.world.workload import generate
 
 WORDS = "the quick brown fox jumps over a lazy dog "
@@ -199,22 +200,9 @@ class _Events:
             ev = json.loads(data)
             n = _completion_tokens(ev)
             self.usage = self.usage if n is None else n
-            why = _stream_error(ev)
+            why = stream_error(ev)
             if why is not None and self.error is None:
                 self.error = why
-
-
-def _stream_error(ev: dict[str, Any]) -> str | None:
-    """The message of an error event: OpenAI's `{"error": {...}}` (vLLM, the router),
-    or vLLM's older `{"object": "error", "message": ...}`; None if it is none."""
-    err = ev.get("error")
-    if err is None and ev.get("object") == "error":
-        err = ev
-    if err is None:
-        return None
-    if not isinstance(err, dict):
-        return str(err)[:120]
-    return str(err.get("message") or err.get("type") or json.dumps(err))[:120]
 
 
 async def _one(

@@ -184,10 +184,13 @@ class Forwarder:
         self._membership.answered(name)
         if not last:
             await watch.send({"type": "http.response.body", "body": b"", "more_body": False})
-        if resp.status < 400:
-            self._feedback.completed(flight)
-        else:
+        if resp.status >= 400:
             bm.error("status").inc()
+        elif counter.error is not None:  # failed after its 200 head: no speed to learn
+            self._feedback.failed(flight, "stream_error")
+            log.warning("backend %s: error event in its stream: %s", name, counter.error)
+        else:
+            self._feedback.completed(flight)
 
 
 class ClientWatch:

@@ -50,7 +50,7 @@ class RouterMetrics:
         self.errors = Counter(
             "perllm_router_upstream_errors_total",
             "Upstream failures per backend and kind (connect, timeout, total_timeout, status, "
-            "disconnect, client_disconnect, client_stalled).",
+            "stream_error, disconnect, client_disconnect, client_stalled).",
             ["backend", "kind"],
             registry=r,
         )

@@ -8,6 +8,7 @@ import math
 import re
 
 from perllm.costmodel import BYTES_PER_TOKEN
+from perllm.sse import error_in
 
 # Request headers passed on to the backend (lower case, as ASGI gives them).
 FORWARDED = frozenset(
@@ -41,6 +42,7 @@ class TokenCounter:
         self._size = 0
         self._span: bytes | None = None  # from the last "usage" key on, at most _SPAN
         self._tail = b""
+        self.error: str | None = None  # a stream's error event (`perllm.sse`): no outcome
 
     def feed(self, chunk: bytes) -> None:
         if not self.stream:
@@ -56,6 +58,8 @@ class TokenCounter:
         data = self._tail + chunk
         self.events += data.count(b"data:") - data.count(b"data: [DONE]")
         self.events -= self._tail.count(b"data:") - self._tail.count(b"data: [DONE]")
+        if b'error"' in data and self.error is None:  # (a substring test per chunk)
+            self.error = error_in(data)
         if b'"usage"' in chunk:
             for line in data.split(b"\n"):
                 if line.startswith(b"data:") and b'"usage"' in line:

@@ -134,6 +134,52 @@ def test_streaming_passes_chunks_and_counts_tokens() -> None:
     run(go())
 
 
+def test_a_stream_carrying_an_error_event_is_a_failure_not_an_outcome_to_learn() -> None:
+    # vLLM fails a request after its 200 head with `data: {"error": ...}` (then [DONE]):
+    # the router relayed it and CS-UCB learned a fast, short answer from that backend.
+    from perllm.router.proxy import TokenCounter
+
+    events = (
+        b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'
+        b'data: {"error": {"message": "CUDA out of memory", "code": 500}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    tc = TokenCounter(stream=True)
+    tc.feed(events)
+    assert tc.error == "CUDA out of memory"
+    old = TokenCounter(stream=True)  # vLLM's older shape, split across two reads
+    old.feed(b'data: {"choices": []}\n\ndata: {"object": "err')
+    old.feed(b'or", "message": "bad"}\n\n')
+    assert old.error is None  # (a line cut by a read is not read: said in perllm.sse)
+    old.feed(b'data: {"object": "error", "message": "bad"}\n\n')
+    assert old.error == "bad"
+    text = TokenCounter(stream=True)  # the word in generated text is JSON-escaped: no event
+    text.feed(b'data: {"choices": [{"delta": {"content": "data: {\\"error\\": 1}"}}]}\n\n')
+    assert text.error is None
+
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": events})
+
+    async def go() -> None:
+        url = await _STACK.get().enter_async_context(serving(failing))
+        r, _, c = await router(urls={"edge-gpu": url, "cloud": url})
+        seen: list[float] = []
+        orig = r.decider.learn_one
+        r.decider.learn_one = lambda t, d, lo, dl, e=None: (seen.append(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
+        resp = await c.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        assert resp.status_code == 200 and resp.content == events  # relayed as it came
+        assert seen == []  # not learned
+        m = (await c.get("/metrics")).text
+        assert 'kind="stream_error"} 1.0' in m
+        await r.aclose()
+
+    run(go())
+
+
 def test_usage_of_a_json_answer_is_the_output_length() -> None:
     async def go() -> None:
         stubs = {"edge-gpu": StubBackend("e", tokens=5), "cloud": StubBackend("c", tokens=5)}
