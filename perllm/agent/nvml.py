@@ -1,7 +1,8 @@
 """GPU power, energy, utilisation and memory from NVML under dcgm-exporter's names and units.
 
-Read at scrape time (nvidia-ml-py, `import pynvml`), cached for `cache_s`, on one worker
-thread with a deadline so that a wedged driver cannot hang a scrape. Units follow DCGM:
+Opened and read at scrape time (nvidia-ml-py, `import pynvml`), cached for `cache_s`, every
+NVML call (nvmlInit included) on a worker thread with a deadline so that a wedged driver
+cannot hang a scrape. Units follow DCGM:
 NVML's mW become W, bytes become MiB (floored, as DCGM reports them), energy stays mJ.
 """
 
@@ -74,24 +75,66 @@ class NvmlSource:
     _last_init_try: float | None = None
     _cache: list[GpuReading] = field(default_factory=list, repr=False)
     _cache_at: float | None = None
-    _pending: cf.Future[list[GpuReading]] | None = field(default=None, repr=False)
-    _wedged: bool = False  # the pending read has overrun read_timeout_s
-    _pool: cf.ThreadPoolExecutor | None = field(default=None, repr=False)
+    _pending: cf.Future[Any] | None = field(default=None, repr=False)  # one NVML call at a time
+    _pending_what: str = ""  # what the pending call is (named when it overruns)
+    _wedged: bool = False  # the pending call has overrun read_timeout_s
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def start(self) -> None:
+        """Open NVML within `read_timeout_s`; an init still running then is left to the
+        scrapes, which look whether it has returned (as for a wedged read)."""
         with self._lock:
-            self._try_init()
+            self._step(time.monotonic() + self.read_timeout_s, read=False)
 
     def disable(self, reason: str) -> None:
         """Never touch NVML (metrics absent, source down for `reason`)."""
         self._disabled = True
         self.health.down(reason)
 
+    def _submit(self, what: str, fn: Callable[[], Any]) -> None:
+        """Run `fn` on a worker thread; the lock holder then waits for it, bounded (_settle).
+        A daemon thread, not an executor's: the interpreter joins those at exit, so an NVML
+        call that never returns kept the agent from exiting after SIGTERM."""
+        fut: cf.Future[Any] = cf.Future()
+
+        def run() -> None:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as e:
+                    fut.set_exception(e)
+
+        threading.Thread(target=run, name=f"nvml-{what}", daemon=True).start()
+        self._pending, self._pending_what, self._wedged = fut, what, False
+
+    def _settle(self, deadline: float) -> tuple[bool, Any]:
+        """(True, result) once the pending call has returned; (False, None) while it runs
+        past `deadline` or when it failed (the source is then down saying why)."""
+        assert self._pending is not None
+        what = self._pending_what
+        # Once a call has overrun, later scrapes only look whether it has returned: each
+        # waiting the full deadline again, one after another under the lock, made
+        # concurrent scrapes time out, and with them source_up, which says why.
+        wait = 0.0 if self._wedged else max(0.0, deadline - time.monotonic())
+        try:
+            result = self._pending.result(timeout=wait)
+        except cf.TimeoutError:
+            self._wedged = True
+            self.health.down(
+                f"{what} did not return within {self.read_timeout_s:g} s (a hung driver?); "
+                "GPU metrics absent until it returns"
+            )
+            return False, None
+        except Exception as e:
+            self._pending = None
+            self.health.down(f"{what} failed: {type(e).__name__}: {e}")
+            return False, None
+        self._pending = None
+        return True, result
+
     def _try_init(self) -> None:
-        self._last_init_try = self.clock()
-        if self._disabled:
-            return
+        """Open NVML and the GPUs (on the worker thread: nvmlInit can hang on a broken
+        driver)."""
         try:
             nv = self.nvml if self.nvml is not None else importlib.import_module("pynvml")
         except ImportError as e:
@@ -123,7 +166,6 @@ class NvmlSource:
         self._missing = sorted(set(range(count)) - {int(g.labels[0]) for g in gpus})
         self._last_open_try = self.clock()
         self._nv, self._gpus, self._inited = nv, gpus, True
-        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
         models = sorted({g.labels[4] for g in gpus})
         self.health.ok(f"{len(gpus)} GPU(s) via NVML: {', '.join(models) or 'none'}")
 
@@ -213,47 +255,42 @@ class NvmlSource:
     def readings(self) -> list[GpuReading]:
         """Cached readings no older than `cache_s`; bounded by `read_timeout_s`."""
         with self._lock:
-            now = self.clock()
-            if not self._inited:
-                if self._last_init_try is None or now - self._last_init_try >= self.retry_s:
-                    self._try_init()
-                if not self._inited:
-                    return []
-            if self._cache_at is not None and now - self._cache_at < self.cache_s:
-                return self._cache
-            assert self._pool is not None
-            if self._pending is None:  # a wedged read stays pending: never stack another
-                self._pending = self._pool.submit(self.read)
-                self._wedged = False
-            # Once a read has overrun, later scrapes only look whether it has returned: each
-            # waiting the full deadline again, one after another under the lock, made
-            # concurrent scrapes time out, and with them source_up, which says why.
-            wait = 0.0 if self._wedged else self.read_timeout_s
-            try:
-                self._cache = self._pending.result(timeout=wait)
-            except cf.TimeoutError:
-                self._wedged = True
-                self.health.down(
-                    f"an NVML read took over {self.read_timeout_s:g} s; "
-                    "GPU metrics absent until it returns"
-                )
+            return self._step(time.monotonic() + self.read_timeout_s, read=True)
+
+    def _step(self, deadline: float, read: bool) -> list[GpuReading]:
+        """(Re)open NVML when due, then read unless `read` is False; every NVML call on
+        the worker, waited for until `deadline` (under the lock)."""
+        if self._disabled:
+            return []
+        now = self.clock()
+        if self._pending is None and not self._inited:
+            if self._last_init_try is not None and now - self._last_init_try < self.retry_s:
                 return []
-            except Exception as e:
-                self._pending = None
-                self.health.down(f"NVML read failed: {type(e).__name__}: {e}")
-                return []
-            self._pending = None
-            self._cache_at = now
-            if not any(r.has_value for r in self._cache):  # a GPU lost, or no GPU at all
-                self.health.down(
-                    "NVML returned no value for any GPU (lost, or every query unsupported); "
-                    "GPU metrics absent"
-                    if self._cache
-                    else "NVML found no GPU; GPU metrics absent"
-                )
-            else:
-                self.health.ok("NVML reads again")
+            self._last_init_try = now
+            self._submit("nvmlInit", self._try_init)
+        pending_init = self._pending is not None and self._pending_what == "nvmlInit"
+        if pending_init and not self._settle(deadline)[0]:
+            return []
+        if not self._inited or not read:
+            return []
+        if self._cache_at is not None and now - self._cache_at < self.cache_s:
             return self._cache
+        if self._pending is None:  # a wedged read stays pending: never stack another
+            self._submit("an NVML read", self.read)
+        done, cache = self._settle(deadline)
+        if not done:
+            return []
+        self._cache, self._cache_at = cache, now
+        if not any(r.has_value for r in self._cache):  # a GPU lost, or no GPU at all
+            self.health.down(
+                "NVML returned no value for any GPU (lost, or every query unsupported); "
+                "GPU metrics absent"
+                if self._cache
+                else "NVML found no GPU; GPU metrics absent"
+            )
+        else:
+            self.health.ok("NVML reads again")
+        return self._cache
 
     def families(self) -> Iterable[Metric]:
         rs = self.readings()
@@ -282,10 +319,9 @@ class NvmlSource:
         return [f for f in fams.values() if f.samples]
 
     def stop(self) -> None:
+        """Shut NVML down (bounded; skipped while a call still runs: never beside it)."""
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
-            if self._inited:
-                self._shutdown_quietly(self._nv)
-                self._inited = False
+            if self._inited and self._pending is None:
+                self._submit("nvmlShutdown", lambda: self._shutdown_quietly(self._nv))
+                self._settle(time.monotonic() + self.read_timeout_s)
+            self._inited, self._disabled = False, True

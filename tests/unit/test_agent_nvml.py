@@ -348,3 +348,78 @@ def test_scrapes_during_a_wedged_read_do_not_wait_again() -> None:
         time.sleep(0.05)
     assert src.health.up
     src.stop()
+
+
+def test_a_hanging_nvml_init_is_bounded_like_a_read() -> None:
+    """nvmlInit ran on the scrape thread under the lock: a broken driver whose init never
+    returns hung start() and every /metrics for good. It runs on the worker now: start and
+    each scrape return within the deadline, source_up 0 naming nvmlInit, and the init that
+    returns late is taken up by the next scrape."""
+    import time
+
+    hang = threading.Event()
+    nv = fake_nvml([A100])
+    nv.nvmlInit = lambda: hang.wait(30) and None
+    agent = Agent(AgentConfig(node="n", rapl_root=NO_RAPL), nvml_module=nv)
+    src = agent.nvml
+    src.read_timeout_s = 0.3
+    try:
+        t0 = time.monotonic()
+        src.start()
+        assert time.monotonic() - t0 < 2
+        assert not src.health.up and "nvmlInit" in (src.health.reason or "")
+        t0 = time.monotonic()
+        scrapes = [threading.Thread(target=agent.render) for _ in range(4)]
+        for t in scrapes:
+            t.start()
+        for t in scrapes:
+            t.join(5)
+        assert time.monotonic() - t0 < 2 and not any(t.is_alive() for t in scrapes)
+        up = {
+            s.labels["source"]: s.value
+            for s in families(agent.render())["perllm_agent_source_up"].samples
+        }
+        assert up["nvml"] == 0.0
+    finally:
+        hang.set()
+    deadline = time.monotonic() + 10  # the init returns: the next scrape reads the GPUs
+    while not src.readings() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert src.health.up
+    src.stop()
+    assert nv.calls["shutdown"] == 1
+
+
+def test_a_wedged_nvml_call_does_not_hold_the_process_at_exit(tmp_path: Path) -> None:
+    """The worker was a ThreadPoolExecutor's thread, which the interpreter joins at exit:
+    an NVML call that never returns kept the agent from exiting after SIGTERM."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "wedge.py"
+    script.write_text(
+        "import threading\n"
+        "from tests.unit.test_agent_nvml import A100, fake_nvml\n"
+        "from perllm.agent.nvml import NvmlSource\n"
+        "nv = fake_nvml([A100])\n"
+        "src = NvmlSource('n', nvml=nv, read_timeout_s=0.2)\n"
+        "src.start()\n"
+        "nv.nvmlDeviceGetPowerUsage = lambda h: threading.Event().wait()\n"
+        "assert src.readings() == []\n"
+        "src.stop()\n"
+        "print('stopped', flush=True)\n"
+    )
+    try:
+        r = subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit with an NVML call wedged")
+    assert r.returncode == 0 and "stopped" in r.stdout, r.stderr
