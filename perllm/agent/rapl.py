@@ -9,6 +9,7 @@ Sub-zones (core, uncore, dram) and `psys` are not packages and are skipped: neve
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -44,6 +45,18 @@ def energy_delta_uj(prev: int, cur: int, max_uj: int) -> int:
     if d < 0 and max_uj > 0:
         d += max_uj
     return max(d, 0)  # a reading past the range (a reset) counts nothing, never negative
+
+
+def _target_missing(d: Path) -> bool:
+    """Whether `d` leads nowhere (a dangling symlink). Never raises: Path.exists raises
+    PermissionError on a path the agent may not search, which is not a missing target."""
+    try:
+        os.stat(d)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 @dataclass
@@ -87,6 +100,7 @@ class RaplSource:
                 return
             found: list[Zone] = []
             dangling = 0
+            unreadable: list[str] = []
             try:
                 dirs = self._zone_dirs()
             except OSError as e:
@@ -95,8 +109,12 @@ class RaplSource:
             for d in sorted(dirs, key=lambda p: p.name):
                 try:
                     name = (d / "name").read_text().strip()
-                except OSError:
-                    dangling += not d.exists()  # a symlink whose target is not mounted
+                except OSError as e:
+                    if _target_missing(d):  # a symlink whose target is not mounted
+                        dangling += 1
+                    else:
+                        unreadable.append(f"{d / 'name'}: {e.strerror or e}")
+                        self.health.warn_once(f"{unreadable[-1]}; that zone skipped")
                     continue
                 if not name.startswith("package-"):
                     continue  # psys and friends: not a CPU package
@@ -113,9 +131,10 @@ class RaplSource:
                 )
                 return
             if not found:
+                why = f" ({'; '.join(unreadable)})" if unreadable else ""
                 self.health.down(
                     f"no RAPL package zones (intel-rapl:N/name = package-N) "
-                    f"under {self.root}; CPU power absent"
+                    f"under {self.root}{why}; CPU power absent"
                 )
                 return
             energy = found[0].path / "energy_uj"

@@ -242,3 +242,36 @@ def test_the_unreadable_zone_is_the_one_named(tree: Path) -> None:
     src = RaplSource("n", root=tree)
     src.start()
     assert "intel-rapl:1/energy_uj" in (src.health.reason or "")
+
+
+def test_a_zone_the_agent_cannot_enter_is_skipped_said_not_raised(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A zone whose `name` is unreadable was checked for a dangling symlink with
+    Path.exists, which raises PermissionError where the path cannot be searched: out of
+    RaplSource.start and Agent.start. (os.stat patched: root searches any mode.)"""
+    zone1 = tree / "intel-rapl:1"
+    real_stat, real_read = os.stat, Path.read_text
+
+    def stat(p: object, *a: object, **k: object) -> os.stat_result:
+        if Path(str(p)) == zone1 or zone1 in Path(str(p)).parents:
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_stat(p, *a, **k)  # type: ignore[arg-type]
+
+    def read_text(self: Path, *a: object, **k: object) -> str:
+        if zone1 in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(Path, "read_text", read_text)
+    src = RaplSource("n", root=tree)
+    with caplog.at_level(logging.WARNING, logger="perllm.agent"):
+        src.start()
+    assert src.health.up and [z.package for z in src.zones] == ["0"]
+    assert any("intel-rapl:1/name" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: stat(zone1))
+    alone = RaplSource("n", root=tree)  # no zone readable: down, saying why, not "unmounted"
+    alone.start()
+    assert not alone.health.up and "Permission denied" in (alone.health.reason or "")
+    assert "unmounted" not in (alone.health.reason or "")
