@@ -1,8 +1,12 @@
-"""A `requests` adapter that bounds a whole answer, not each read: the Prometheus client's
+"""A `requests` adapter that bounds a whole exchange, not each read: the Prometheus client's
 (`prom.Prometheus`) queries must end, whatever the server does."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import socket
+import threading
 import time
 from typing import Any
 
@@ -10,15 +14,108 @@ from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
 from requests.exceptions import ContentDecodingError, ReadTimeout
 
+_local = threading.local()  # the watch of the request this thread is sending
+_LOCK = threading.Lock()  # orders a watchdog's cut against a connection changing hands
+
+
+class _Watch:
+    """One request's deadline: the connection it runs on, shut down when it passes."""
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.fired = False
+        self.done = False
+
+    def cut(self) -> None:
+        with _LOCK:
+            if self.done:
+                return
+            self.fired = True
+            conn = self.conn
+            if conn is not None and conn._perllm_watch is self:  # not since taken by another
+                conn._perllm_cut = True
+                _shutdown(conn.sock)
+
+    def finish(self) -> bool:
+        """Stop watching; whether the deadline had passed."""
+        with _LOCK:
+            self.done = True
+            return self.fired
+
+
+def _shutdown(sock: Any) -> None:
+    """Shut the TCP connection down, which ends any read blocked on it. The base class's
+    method on the raw socket: SSLSocket.shutdown also drops its SSL object under the reader."""
+    raw = sock if isinstance(sock, socket.socket) else getattr(sock, "socket", None)
+    if isinstance(raw, socket.socket):
+        with contextlib.suppress(OSError):  # closed already, or never connected
+            socket.socket.shutdown(raw, socket.SHUT_RDWR)
+
+
+class _Watched:
+    """Mixed into urllib3's connection classes: each request claims the connection for the
+    current thread's watch, from connect (TLS handshake included) to its response."""
+
+    _perllm_watch: _Watch | None = None
+    _perllm_cut = False  # shut down at an earlier request's deadline
+
+    def _claim(self) -> None:
+        w: _Watch | None = getattr(_local, "watch", None)
+        with _LOCK:
+            stale, self._perllm_cut = self._perllm_cut, False
+            self._perllm_watch = w
+            if w is not None:
+                w.conn = self
+        if stale:  # never reuse a connection cut mid-answer: the next request reconnects
+            self.close()  # type: ignore[attr-defined]
+        if w is not None and w.fired:
+            w.cut()
+
+    def connect(self) -> None:
+        self._claim()  # the handshake's socket can be cut
+        super().connect()  # type: ignore[misc]
+        self._claim()  # a deadline passed meanwhile cuts it at once
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        self._claim()
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+@functools.cache
+def _watched_pool(pool_cls: Any) -> Any:
+    if issubclass(pool_cls.ConnectionCls, _Watched):
+        return pool_cls
+    conn_cls = type(
+        f"Watched{pool_cls.ConnectionCls.__name__}", (_Watched, pool_cls.ConnectionCls), {}
+    )
+    return type(f"Watched{pool_cls.__name__}", (pool_cls,), {"ConnectionCls": conn_cls})
+
+
+def _watch_pools(manager: Any) -> Any:
+    """A pool manager (direct, HTTP or SOCKS proxy) whose connections can be watched."""
+    manager.pool_classes_by_scheme = {
+        scheme: _watched_pool(cls) for scheme, cls in manager.pool_classes_by_scheme.items()
+    }
+    return manager
+
 
 class BoundedAnswers(HTTPAdapter):
-    """An answer's body is read within `deadline_s` of its head and up to `max_bytes`.
-    requests' timeout bounds each read only, so a server dripping a byte a second held a
-    query (and with it the operator's status timer) for as long as it liked."""
+    """An exchange (connect, head and body) ends within `deadline_s`, with at most
+    `max_bytes` of body. requests' timeout bounds each read only, so a server dripping a
+    byte a second, in the head or the body, held a query (and with it the operator's
+    status timer) for as long as it liked. At the deadline a watchdog shuts the connection
+    down, which ends whatever read is blocked, and the connection is never reused."""
 
     def __init__(self, deadline_s: float, max_bytes: int, retry: Any) -> None:
-        super().__init__(max_retries=retry)
         self.deadline_s, self.max_bytes = deadline_s, max_bytes
+        super().__init__(max_retries=retry)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _watch_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        return _watch_pools(super().proxy_manager_for(proxy, **proxy_kwargs))
 
     def send(
         self,
@@ -29,21 +126,41 @@ class BoundedAnswers(HTTPAdapter):
         cert: Any = None,
         proxies: dict[str, str] | None = None,
     ) -> Response:
-        resp = super().send(request, True, timeout, verify, cert, proxies)
+        watch = _Watch()
+        timer = threading.Timer(self.deadline_s, watch.cut)
+        timer.daemon = True
         end = time.monotonic() + self.deadline_s
         body: list[bytes] = []
-        size = 0
+        timed_out = ReadTimeout(
+            f"timed out: no complete answer within {self.deadline_s:g}s (connect, head and body)"
+        )
+        _local.watch = watch
+        timer.start()
         try:
-            # read1: what has arrived (stream(n) would wait for n bytes before a check)
-            while chunk := resp.raw.read1(65536, decode_content=True):
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise ContentDecodingError(f"answer over {self.max_bytes} bytes")
-                if time.monotonic() > end:
-                    raise ReadTimeout(f"answer not complete {self.deadline_s:g}s after its head")
-                body.append(chunk)
+            try:
+                resp = super().send(request, True, timeout, verify, cert, proxies)
+            finally:
+                _local.watch = None  # (the body is read here, on no new connection)
+            size = 0
+            try:
+                # read1: what has arrived (stream(n) would wait for n bytes before a check)
+                while chunk := resp.raw.read1(65536, decode_content=True):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise ContentDecodingError(f"answer over {self.max_bytes} bytes")
+                    if time.monotonic() > end:
+                        raise timed_out
+                    body.append(chunk)
+            finally:
+                resp.close()  # (after a whole read the connection goes back to the pool)
+        except Exception:
+            if watch.finish():  # whatever the cut made of it, it is the deadline
+                raise timed_out from None
+            raise
         finally:
-            resp.close()  # (after a whole read the connection goes back to the pool)
+            timer.cancel()
+        if watch.finish():  # a cut body can read as complete (no Content-Length)
+            raise timed_out
         # What requests does when it reads a body itself (`Response.content`).
         resp._content, resp._content_consumed = b"".join(body), True
         return resp

@@ -222,7 +222,7 @@ def test_a_dripping_or_huge_answer_is_cut_off_not_waited_for(
 ) -> None:
     """requests' timeout bounds each read: a server sending a byte every 0.3 s (each read
     within the 1 s timeout) held a query for as long as it liked (8 s measured with 2 s).
-    The whole answer now has `timeout_s` after its head; and at most MAX_ANSWER bytes."""
+    The whole exchange now has `timeout_s`; and at most MAX_ANSWER bytes."""
     import time
 
     from perllm.telemetry import prom
@@ -250,8 +250,8 @@ def test_a_dripping_or_huge_answer_is_cut_off_not_waited_for(
         p = Prometheus(f"http://127.0.0.1:{srv.server_address[1]}", timeout_s=1.0)
         t0 = time.monotonic()
         assert p.query("up") is None
-        assert time.monotonic() - t0 < 4  # 1 s after the head, plus one read at most
-        assert "not complete 1s after its head" in (p.health.last_error or "")
+        assert time.monotonic() - t0 < 2.5  # the 1 s deadline, cut by the watchdog
+        assert "timed out: no complete answer within 1s" in (p.health.last_error or "")
     finally:
         srv.shutdown()
         srv.server_close()
@@ -308,8 +308,8 @@ def test_a_redirected_answer_is_bounded_too() -> None:
         p = Prometheus(f"http://127.0.0.1:{hop.server_address[1]}", timeout_s=1.0)
         t0 = time.monotonic()
         assert p.query("up") is None
-        assert time.monotonic() - t0 < 4
-        assert "not complete 1s after its head" in (p.health.last_error or "")
+        assert time.monotonic() - t0 < 4  # (one deadline per hop)
+        assert "timed out: no complete answer within 1s" in (p.health.last_error or "")
     finally:
         for s in (drip, hop):
             s.shutdown()
@@ -378,3 +378,103 @@ def test_load_queries_read_vllm_and_llamacpp_gauges() -> None:
     assert names.LLAMACPP_WAITING in queries.pod_waiting()
     for q in (queries.pod_running(), queries.pod_waiting()):
         assert q.count("sum by (namespace, pod)") == 2 and " or " in q
+
+
+@pytest.mark.parametrize("where", ["status line", "headers", "chunked body"])
+def test_the_whole_exchange_is_bounded_not_only_the_body(where: str) -> None:
+    """The query's limit started once the head was in: a server dripping its status line
+    or headers (each byte within requests' per-read timeout) held a 1 s query for 6.1 s,
+    longer the longer the head. Connect, head and body now share one deadline, the socket is
+    shut down at it, the failure says it timed out, and the connection is not reused."""
+    import time
+
+    conns: list[int] = []
+
+    class Drip(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            conns.append(self.client_address[1])
+            if len(conns) > 1:  # the next query: answered at once
+                body = json.dumps({"status": "success", "data": {"result": []}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if where == "status line":
+                drip = b"HTTP/1.1 200 OK" + b" " * 40
+            elif where == "headers":
+                drip = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 40
+            else:  # no Content-Length: a shut socket would read as the end of the body
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                drip = b"1\r\n \r\n" * 40
+            for i in range(len(drip)):
+                try:
+                    self.wfile.write(drip[i : i + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.15)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        p = Prometheus(f"http://127.0.0.1:{srv.server_address[1]}", timeout_s=1.0)
+        t0 = time.monotonic()
+        assert p.query("up") is None
+        assert time.monotonic() - t0 < 2.5
+        why = p.health.last_error or ""
+        assert "timed out" in why and "1s" in why, why
+        assert p.query("up") is not None  # the next query: a new connection, answered
+        assert len(set(conns)) == 2, conns
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_connection_cut_at_a_deadline_is_never_reused() -> None:
+    """The watchdog can fire as an answer completes and its connection goes back to the
+    pool: the next request to take it reconnects instead of writing into a shut socket, and
+    a cut never reaches a connection another request has claimed since."""
+    import socket
+
+    from perllm.telemetry import bounded
+
+    socks: list[socket.socket] = []
+
+    class Conn(bounded._Watched):
+        def __init__(self) -> None:
+            self.closed = 0
+            self.reconnect()
+
+        def reconnect(self) -> None:
+            self.sock, self.peer = socket.socketpair()
+            socks.extend((self.sock, self.peer))
+
+        def close(self) -> None:
+            self.closed += 1
+
+    c = Conn()
+    mine = bounded._Watch()
+    bounded._local.watch = mine
+    try:
+        c._claim()
+        mine.cut()
+        assert mine.fired and c.peer.recv(1) == b""  # shut down: the peer sees the end
+        assert c.closed == 0
+        theirs = bounded._Watch()
+        bounded._local.watch = theirs
+        c._claim()  # the next request on it
+        assert c.closed == 1 and c._perllm_watch is theirs
+        c.reconnect()
+        mine.cut()  # a late cut of the earlier request's watch: not this request's socket
+        c.peer.send(b"x")
+        assert c.sock.recv(1) == b"x"
+    finally:
+        bounded._local.watch = None
+        for s in socks:
+            s.close()
