@@ -137,6 +137,7 @@ class Prometheus:
             session.verify = self._verify()
             # (SecretError, naming the file, fails this query; the next one tries again)
             auth = _Bearer(SecretFile(self.token_file)) if self.token_file else None
+            session.hooks["response"].append(_check_answer)
             self._client = PrometheusConnect(
                 url=self.url,
                 disable_ssl=session.verify is False,
@@ -198,6 +199,30 @@ class Prometheus:
             self.health.failures += 1
         if first:  # say it once per outage, not once per query
             log.warning("Prometheus %s unreachable: %s", redact_url(self.url or ""), why)
+
+
+def _check_answer(resp: Any, *args: Any, **kwargs: Any) -> Any:
+    """requests' response hook: a 200 that is no successful query result fails naming why,
+    with Prometheus' own errorType and error. The client indexes ["data"]["result"] blindly,
+    so "status": "error" (a proxy, a Prometheus-compatible store) read as KeyError: 'data'."""
+    if resp.status_code != 200:
+        return resp  # the client's own error names the status
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp  # not JSON: the client's JSONDecodeError says so
+    if not isinstance(body, dict):
+        raise ValueError(f"the answer is a JSON {type(body).__name__}, not Prometheus' object")
+    if body.get("status") != "success":
+        detail = ": ".join(str(body[k]) for k in ("errorType", "error") if body.get(k))
+        raise ValueError(
+            f"Prometheus answered 200 with status {body.get('status')!r}: "
+            f"{detail or 'no error given'}"
+        )
+    data = body.get("data")
+    if not isinstance(data, dict) or "result" not in data:
+        raise ValueError("the answer has no data.result (not Prometheus' /api/v1/query?)")
+    return resp
 
 
 def _samples(raw: Any) -> list[Sample]:

@@ -27,6 +27,7 @@ class FakePrometheus:
         self.status = 200
         self.queries: list[str] = []
         self.auth: list[str | None] = []  # each query's Authorization header
+        self.body: Any = None  # when set: the JSON answered instead
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +40,8 @@ class FakePrometheus:
                         "status": "success" if fake.status == 200 else "error",
                         "data": {"resultType": "vector", "result": fake.result},
                     }
+                    if fake.body is None
+                    else fake.body
                 )
                 self.send_response(fake.status)
                 self.send_header("Content-Type", "application/json")
@@ -478,3 +481,27 @@ def test_a_connection_cut_at_a_deadline_is_never_reused() -> None:
         bounded._local.watch = None
         for s in socks:
             s.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (
+            {"status": "error", "errorType": "bad_data", "error": "parse error at char 3"},
+            "status 'error': bad_data: parse error at char 3",
+        ),
+        ({"status": "error"}, "status 'error': no error given"),
+        ({"status": "success"}, "no data.result"),
+        ({"status": "success", "data": {"resultType": "vector"}}, "no data.result"),
+        (["not", "an", "object"], "a JSON list"),
+    ],
+)
+def test_a_200_that_is_no_query_result_says_why(fake: FakePrometheus, body: Any, said: str) -> None:
+    """A 200 whose JSON says "status": "error" (a proxy, a Prometheus-compatible store) or
+    lacks `data` failed as `KeyError: 'data'`: the reason now names Prometheus' own
+    errorType and error, or what is missing."""
+    fake.body = body
+    p = Prometheus(fake.url, timeout_s=2)
+    assert p.query("up") is None
+    why = p.health.last_error or ""
+    assert said in why and "KeyError" not in why, why
