@@ -11,7 +11,7 @@ from types import FrameType
 
 import typer
 
-from perllm.agent.probe import DEFAULT_BYTES, MAX_BYTES
+from perllm.agent.probe import DEFAULT_BYTES, MAX_BYTES, MIN_BYTES
 from perllm.agent.rapl import DEFAULT_ROOT
 from perllm.cli_args import port as cli_port
 from perllm.cli_args import wait_seconds
@@ -38,7 +38,10 @@ def register(app: typer.Typer) -> None:
             300.0, min=0.001, help="Seconds between path probes (each loads the link)."
         ),
         probe_bytes: int = typer.Option(
-            DEFAULT_BYTES, min=1, max=MAX_BYTES, help="Bytes downloaded per probe."
+            DEFAULT_BYTES,
+            min=MIN_BYTES,
+            max=MAX_BYTES,
+            help="Bytes downloaded per probe (at least 64 KiB: less measures no bandwidth).",
         ),
         probe_timeout: float = wait_seconds(30.0, min=0.001, help="Deadline of one probe, s."),
         rapl_root: Path = typer.Option(  # noqa: B008

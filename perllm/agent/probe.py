@@ -35,6 +35,9 @@ from perllm.waits import MAX_WAIT_S
 log = logging.getLogger("perllm.agent")
 
 DEFAULT_BYTES = 2_000_000
+# A probe that small is all round trip and TCP slow start, no bandwidth: 1 byte measured
+# 1.95e5 bit/s over a loopback that 2 MB measures at 1.07e10.
+MIN_BYTES = 64 * 1024
 MAX_BYTES = 64 * 1024 * 1024  # what a /probe serves at most, and a prober asks at most
 CHUNK = 64 * 1024
 
@@ -160,8 +163,11 @@ class Prober:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.nbytes <= MAX_BYTES:
-            raise ValueError(f"--probe-bytes {self.nbytes}: must be in 1..{MAX_BYTES}")
+        if not MIN_BYTES <= self.nbytes <= MAX_BYTES:
+            raise ValueError(
+                f"--probe-bytes {self.nbytes}: must be in {MIN_BYTES}..{MAX_BYTES} "
+                "(a smaller probe measures round trips, not bandwidth)"
+            )
         for flag, v in (("--probe-interval", self.interval_s), ("--probe-timeout", self.timeout_s)):
             if not 0 < v <= MAX_WAIT_S:  # (NaN fails too) inf overflows Event.wait / settimeout
                 raise ValueError(f"{flag} {v:g}: must be a positive number of seconds, finite")

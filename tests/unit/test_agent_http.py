@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from perllm.agent import Agent, AgentConfig
 from perllm.agent.metrics import PROBE_FAILURES, SOURCE_UP
-from perllm.agent.probe import MAX_BYTES, ProbeError, Prober, parse_peer, probe_once
+from perllm.agent.probe import MAX_BYTES, MIN_BYTES, ProbeError, Prober, parse_peer, probe_once
 from perllm.telemetry import names
 
 NO_RAPL = Path("/nonexistent/powercap")
@@ -107,7 +107,7 @@ def test_bandwidth_between_two_agents(cloud: Agent) -> None:
 
 
 def test_background_loop_probes_without_being_asked(cloud: Agent) -> None:
-    edge = make_agent("edge-1", peers=[cloud.url], probe_interval_s=0.2, probe_bytes=10_000)
+    edge = make_agent("edge-1", peers=[cloud.url], probe_interval_s=0.2, probe_bytes=MIN_BYTES)
     edge.start()
     try:
         deadline = time.monotonic() + 10
@@ -126,7 +126,9 @@ def test_background_loop_probes_without_being_asked(cloud: Agent) -> None:
 def test_three_failures_drop_the_series_and_count() -> None:
     cloud = make_agent("cloud-1")
     cloud.start()
-    edge = make_agent("edge-1", peers=[f"c={cloud.url}"], probe_bytes=10_000, probe_timeout_s=2.0)
+    edge = make_agent(
+        "edge-1", peers=[f"c={cloud.url}"], probe_bytes=MIN_BYTES, probe_timeout_s=2.0
+    )
     edge.prober.probe_all()
     assert "c" in series({f.name: f for f in edge.prober.families()}, names.PATH_BANDWIDTH_BPS)
     cloud.stop()  # the peer goes away
@@ -230,6 +232,10 @@ def test_peer_parsing_and_validation() -> None:
     assert "s3cret" not in str(e.value)
     with pytest.raises(ValueError, match="--probe-bytes"):
         Prober("n", [], nbytes=MAX_BYTES + 1)
+    # a byte or a few measured nothing: 1.95e5 bit/s over a loopback that gives 1.07e10
+    with pytest.raises(ValueError, match=f"--probe-bytes 1: must be in {MIN_BYTES}"):
+        Prober("n", [], nbytes=1)
+    Prober("n", [], nbytes=MIN_BYTES)
     with pytest.raises(ValueError, match="duplicate"):
         Prober("n", [parse_peer("a=http://x:1"), parse_peer("a=http://y:1")])
     with pytest.raises(ValueError, match="--node"):

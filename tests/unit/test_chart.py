@@ -692,6 +692,7 @@ BAD_VALUES = [
     ),
     ("operator.statusInterval=0", "at '/operator/statusInterval': minimum"),
     ("agent.probeBytes=100000000", "at '/agent/probeBytes': maximum"),
+    ("agent.probeBytes=1000", "at '/agent/probeBytes': minimum"),  # the agent's --probe-bytes
     ("twin.speed=0", "at '/twin/speed': minimum"),
     # names the API server would refuse (a Role in namespace Team_A, a priority class "High")
     ("operator.namespaces[0]=Team_A", "at '/operator/namespaces/0'"),

@@ -212,6 +212,21 @@ def test_port_options_are_bounded(argv: list[str], message: str) -> None:
     assert f"Invalid value for '{argv[-2]}'" in out and message in out, out
 
 
+def test_agent_refuses_a_probe_too_small_to_measure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--probe-bytes 1` was accepted: a 1-byte probe gave 1.95e5 bit/s over a loopback a
+    2 MB one measures at 1.07e10, a "bandwidth" that would steer placements."""
+
+    def no_agent(*_a: object, **_k: object) -> None:
+        raise AssertionError("the agent must not be built with a bad flag")
+
+    monkeypatch.setattr("perllm.agent.agent.Agent.__init__", no_agent)
+    res = runner.invoke(app, ["agent", "--node", "n", "--no-nvml", "--probe-bytes", "1"])
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)
+    out = flat(res.output)
+    assert "Invalid value for '--probe-bytes'" in out and "65536" in out, out
+
+
 def test_a_port_from_the_environment_is_bounded_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERLLM_ROUTER_PORT", "99999")
     res = runner.invoke(app, ["router", "--config", "r.yaml"])
