@@ -76,9 +76,15 @@ class Router(Membership):
 
     def set_spec(self, spec: ServiceSpec, catalogue: Catalogue) -> bool:
         """The service this router fronts (its LLMService changed: a new decider over the
-        same backends, learning into the same statistics). Returns whether it changed."""
+        same backends, learning into the same statistics). Returns whether it changed;
+        `RouterConfigError`, nothing changed, for a model the catalogue lacks (an edited
+        LLMService: its deciders could not be built, and the router was left without any)."""
         if spec == self.spec and catalogue is self.catalogue:
             return False
+        if spec.model not in catalogue.models:
+            from perllm.router.config import RouterConfigError
+
+            raise RouterConfigError(f"spec.model: {spec.model!r} is not in the catalogue")
         first = self.spec is None
         self.spec, self.catalogue = spec, catalogue
         self.models = self.config.model_names(spec)

@@ -185,16 +185,17 @@ class Discovery(Periodic):
     async def _follow_spec(self) -> bool:
         """Read the spec into the router; False when there is none to route with yet."""
         from perllm.crd import InvalidService
+        from perllm.router.config import RouterConfigError
 
         what = f"LLMService {self.namespace}/{self.service}"
         try:
             spec = await asyncio.to_thread(self.spec_once)
-        except InvalidService as e:
+            self.router.set_spec(spec, self.router.catalogue)
+        except (InvalidService, RouterConfigError) as e:
             why = f"{what} is invalid: {e}"
         except Exception as e:  # not found, RBAC, API down: say which
             why = f"cannot read {what}: {getattr(e, 'reason', None) or e}"
         else:
-            self.router.set_spec(spec, self.router.catalogue)
             self.router.waiting_for = ""
             return True
         self.errors += 1

@@ -1,11 +1,16 @@
 """`Periodic`: a router component's background loop (discovery, the status writer):
-`step` every `interval_s` from `start` until `stop`."""
+`step` every `interval_s` from `start` until `stop`. A step that raises is logged and the
+loop goes on: a dead loop froze the router silently (discovery on its last membership, no
+more probes), and its exception surfaced only at shutdown."""
 
 from __future__ import annotations
 
 import abc
 import asyncio
 import contextlib
+import logging
+
+log = logging.getLogger("perllm.router")
 
 
 class Periodic(abc.ABC):
@@ -20,8 +25,16 @@ class Periodic(abc.ABC):
         """One round of the loop."""
 
     async def run(self) -> None:
+        failing = ""  # the last step's error: a traceback per streak, not per round
         while True:
-            await self.step()
+            try:
+                await self.step()
+            except Exception as e:
+                if repr(e) != failing:
+                    log.exception("%s: a round failed (the loop goes on)", type(self).__name__)
+                failing = repr(e)
+            else:
+                failing = ""
             await asyncio.sleep(self.interval_s)
 
     def start(self) -> None:

@@ -292,3 +292,74 @@ def test_stopping_discovery_closes_its_one_api_client(monkeypatch: pytest.Monkey
         assert [c.closed for c in made] == [1, 1]
 
     asyncio.run(go())
+
+
+def test_an_llmservice_edited_to_an_unknown_model_keeps_the_last_spec_and_the_loop() -> None:
+    """An edit naming a model the router's catalogue lacks is an invalid LLMService: the
+    router keeps routing with the spec it had and says why (its deciders could not be
+    built: the loop died on a KeyError with the router left without backends, for good)."""
+    from perllm.demo.services import default_sources, load_services
+
+    chat = next(
+        s for s in load_services(default_sources("demo")) if s["metadata"]["name"] == "chat"
+    )
+    chat = {**chat, "metadata": {"name": "chat", "namespace": "ns"}}
+
+    async def go() -> None:
+        cfg = {"discovery": {"service": "ns/chat", "interval_s": 0.01, "status_interval_s": 0}}
+        r = Router(parse_config(cfg))
+        api, custom = FakeApi(), FakeCustom()
+        assert r.discovery is not None
+        r.discovery._api, r.discovery._custom = api, custom
+        custom.obj = chat
+        await r.start()
+        assert [b.name for b in r.backends] == ["a"]
+        edited = json.loads(json.dumps(chat))
+        edited["spec"]["model"]["name"] = "no-such-model"
+        custom.obj = edited
+        rounds = r.discovery.rounds
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if r.discovery.rounds > rounds + 2:
+                break
+        assert r.discovery.rounds > rounds + 2  # the loop goes on
+        assert r.spec is not None and r.spec.model == "llama3-8b"
+        assert [b.name for b in r.backends] == ["a"]
+        assert any("no-such-model" in w for w in r.discovery._said)
+        api.pods = [pod("a", "edge-1"), pod("b", "cloud-1", "10.0.0.2")]
+        custom.obj = chat
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if len(r.backends) == 2:
+                break
+        assert [b.name for b in r.backends] == ["a", "b"]
+        await r.aclose()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_a_round_that_raises_does_not_end_a_routers_loop() -> None:
+    from dataclasses import dataclass, field
+
+    from perllm.router.periodic import Periodic
+
+    @dataclass
+    class Flaky(Periodic):
+        interval_s: float = 0.0
+        calls: int = 0
+        _task: asyncio.Task[None] | None = field(default=None)
+
+        async def step(self) -> None:
+            self.calls += 1
+            if self.calls < 3:
+                raise KeyError("boom")
+
+    async def go() -> None:
+        f = Flaky()
+        f.start()
+        for _ in range(100):
+            await asyncio.sleep(0.001)
+        assert f.calls > 3
+        await f.stop()  # (it raised the loop's exception, here at shutdown)
+
+    asyncio.run(asyncio.wait_for(go(), 10))
