@@ -120,6 +120,9 @@ class Limits(_Strict):
     probe_path: Annotated[str, Field(pattern=r"^/[!-~]*$", max_length=1024)] = "/v1/models"
 
 
+URL_FIELDS = ("ip", "port", "namespace", "pod", "node")  # a discovered pod's url_template
+
+
 class Discovery(_Strict):
     """Backends from the cluster: the ready pods of one LLMService (docs/router.md)."""
 
@@ -156,6 +159,26 @@ class Discovery(_Strict):
         description="Seconds between writes of the LLMService's status.routing and "
         "BackendsReachable condition (when changed); 0: never written.",
     )
+
+    @field_validator("url_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        """Only the documented placeholders, plain: an unknown one (or `{ip.attr}`,
+        `{0}`) failed every discovery round with a bare KeyError, the router left with no
+        backends."""
+        import string
+
+        try:
+            parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v)]
+        except ValueError as e:
+            raise ValueError(f"{v!r}: {e}") from None
+        for f, spec, conv in parts:
+            if f is not None and (f not in URL_FIELDS or spec or conv):
+                whole = f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "")
+                raise ValueError(f"{v!r}: unknown placeholder {{{whole}}}; known: {URL_FIELDS}")
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r}: not an http(s) URL")
+        return v
 
     @model_validator(mode="after")
     def _prometheus_tls(self) -> Discovery:

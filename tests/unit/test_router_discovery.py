@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -363,3 +364,24 @@ def test_a_round_that_raises_does_not_end_a_routers_loop() -> None:
         await f.stop()  # (it raised the loop's exception, here at shutdown)
 
     asyncio.run(asyncio.wait_for(go(), 10))
+
+
+@pytest.mark.parametrize(
+    "template, why",
+    [
+        ("http://{ip}:{prot}", "unknown placeholder {prot}"),
+        ("http://{ip.__class__}:{port}", "unknown placeholder {ip.__class__}"),
+        ("http://{0}:{port}", "unknown placeholder {0}"),
+        ("http://{ip!r}:{port}", "unknown placeholder {ip!r}"),
+        ("http://{ip:", "url_template"),
+        ("{ip}:{port}", "not an http(s) URL"),
+    ],
+)
+def test_a_url_template_discovery_cannot_fill_is_a_config_error(template: str, why: str) -> None:
+    """(an unknown placeholder failed every discovery round with a bare KeyError: no
+    backends, ever, and a log line saying `'prot'`)"""
+    d = {"service": "ns/chat", "url_template": template}
+    with pytest.raises(RouterConfigError, match=re.escape(why)):
+        parse_config({"scenario": "demo", "service_class": "chat", "discovery": d})
+    ok = {"service": "ns/chat", "url_template": "https://{{x}}{pod}.{namespace}:{port}/{node}"}
+    parse_config({"scenario": "demo", "service_class": "chat", "discovery": ok})
