@@ -65,6 +65,12 @@ class Backend(_Strict):
         description="File with the bearer token sent to this backend (a mounted Secret key, "
         "e.g. another cluster's router); replaces the client's authorization header.",
     )
+    ca_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PEM file of the CAs that sign this https backend's certificate (a "
+        "mounted Secret key, e.g. a private remote cluster's CA); default: the system's.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -83,6 +89,12 @@ class Backend(_Strict):
                 "into the LLMService's status; give the credential in token_file"
             )
         return v
+
+    @model_validator(mode="after")
+    def _ca_for_https(self) -> Backend:
+        if self.ca_file is not None and not self.url.startswith("https://"):
+            raise ValueError("ca_file: the url is http, nothing is verified (use https)")
+        return self
 
     def server(self) -> Server:
         return Server(name=self.name, tier=self.tier, hardware=self.hardware, link=self.link)

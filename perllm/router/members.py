@@ -31,4 +31,4 @@ class Members:
 
 def decider_key(b: Backend) -> tuple[Any, ...]:
     """What makes a new decider necessary (bandwidth alone does not)."""
-    return (b.name, b.url, b.tier, b.hardware, b.link, b.model, b.token_file)
+    return (b.name, b.url, b.tier, b.hardware, b.link, b.model, b.token_file, b.ca_file)

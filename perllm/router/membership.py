@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ class Membership:
         self._inflight: dict[str, Backlog] = {}  # per backend name, across memberships
         self._leaving: set[str] = set()  # not members any more, requests still in flight
         self._bw_override: dict[str, float] = {}
-        self._pools: dict[tuple[str, str], Pool] = {}
+        self._pools: dict[tuple[str, str, str | None], Pool] = {}
         self._members: Members | None = None
         self._stats: Any = None  # CS-UCB's ArmStats, shared across memberships
         self._eject = Ejections(self.limits.eject_s, self.limits.eject_max_s)
@@ -55,6 +56,7 @@ class Membership:
         if self.limits.probe:
             self.prober = Prober(self, self.limits.probe_path, tick_s(self.limits.eject_s))
         self._secrets: dict[str, SecretFile] = {}
+        self._cas: dict[str, ssl.SSLContext] = {}  # per ca_file: read once, at first use
         # Static backends (remote tiers) stay members beside the discovered pods.
         self.static = list(config.backends) if config.discovery is not None else []
         # The membership without its ejected backends, per ejected set (same statistics).
@@ -122,14 +124,14 @@ class Membership:
         decider = self._decider_for(backends)
         pools = []
         for b in backends:
-            key = (b.name, b.url)
+            key = (b.name, b.url, b.ca_file)
             if key not in self._pools:
                 self._pools[key] = Pool(
                     b.url, self.limits.connect_timeout_s, self.limits.read_timeout_s,
-                    self.limits.max_concurrency,
+                    self.limits.max_concurrency, self._ca(b.name, b.ca_file),
                 )  # fmt: skip
             pools.append(self._pools[key])
-        live = {(b.name, b.url) for b in backends}
+        live = {(b.name, b.url, b.ca_file) for b in backends}
         for key in [k for k in self._pools if k not in live]:
             self._pools.pop(key).close()  # in-flight ones finish, then are closed too
         self._members = Members(
@@ -178,6 +180,19 @@ class Membership:
             except SecretError as e:
                 raise RouterConfigError(f"token_file: {e}") from None
         return self._secrets[path]
+
+    def _ca(self, name: str, path: str | None) -> ssl.SSLContext | None:
+        """The TLS context verifying against `path`'s CAs (None: the pool's default)."""
+        from perllm.router.config import RouterConfigError
+
+        if path is None:
+            return None
+        if path not in self._cas:
+            try:
+                self._cas[path] = ssl.create_default_context(cafile=path)
+            except (OSError, ssl.SSLError) as e:  # missing, unreadable, no PEM in it
+                raise RouterConfigError(f"backends[{name}].ca_file: {path}: {e}") from None
+        return self._cas[path]
 
     def _decider_for(self, backends: Sequence[Backend]) -> Decider:
         """A decider over `backends`, learning into the router's one set of statistics."""

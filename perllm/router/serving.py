@@ -25,7 +25,10 @@ class _Embedded(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def serving(
+    app: Any, host: str = "127.0.0.1", port: int = 0, tls: tuple[str, str] | None = None
+) -> AsyncIterator[str]:
+    """`tls`: (certificate, key) PEM files: served over https."""
     cfg = uvicorn.Config(
         app,
         host=host,
@@ -34,6 +37,8 @@ async def serving(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIter
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=2,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     quiet_aborts()
     server = _Embedded(cfg)
@@ -49,7 +54,7 @@ async def serving(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIter
     sock = server.servers[0].sockets[0]
     bound = sock.getsockname()[1]
     try:
-        yield f"http://{host}:{bound}"
+        yield f"{'https' if tls else 'http'}://{host}:{bound}"
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):

@@ -224,14 +224,16 @@ class Pool:
         connect_timeout: float,
         read_timeout: float,
         max_idle: int = 256,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: how an https backend is verified (default: the system's CAs)."""
         u = urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self.host = u.hostname
         self.port = u.port or (443 if u.scheme == "https" else 80)
         self.ssl: ssl.SSLContext | None = (
-            ssl.create_default_context() if u.scheme == "https" else None
+            (tls or ssl.create_default_context()) if u.scheme == "https" else None
         )
         self.prefix = u.path.rstrip("/")
         default = (u.scheme == "http" and self.port == 80) or self.port == 443

@@ -1256,3 +1256,36 @@ def test_router_limits_schema_is_the_routers_own() -> None:
     }
     assert chart["properties"] == ours
     assert chart["additionalProperties"] is False
+
+
+def test_a_remote_tiers_ca_secret_is_mounted_as_its_ca_file(tmp_path: Path) -> None:
+    """A private remote cluster's CA (a Secret key) becomes its backend's `ca_file`, which
+    the router verifies that side's https certificate against; an http url with one fails."""
+    from perllm.router.config import parse_config
+
+    remote = {
+        "name": "cloud", "url": "https://cloud.example.com", "tier": "cloud",
+        "hardware": "a100-80gb-sxm", "link": {"bandwidth_mbps": 100, "rtt_ms": 40},
+        "tokenSecret": {"name": "cloud-token"}, "caSecret": {"name": "cloud-ca"},
+    }  # fmt: skip
+    values = _router_values(tmp_path, [{"name": "chat", "remote": [remote]}])
+    docs = render("-f", values)
+    name = "perllm-router-chat"
+    cfg = parse_config(yaml.safe_load(find(docs, "ConfigMap", name)["data"]["router.yaml"]))
+    (b,) = cfg.backends
+    assert b.ca_file == "/var/run/secrets/perllm-router/remote-ca/cloud/ca.crt"
+    spec = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for path, secret_name, key in ((b.ca_file, "cloud-ca", "ca.crt"),
+                                   (b.token_file, "cloud-token", "token")):  # fmt: skip
+        assert path is not None
+        mount, file = path.rsplit("/", 1)
+        secret = volumes[mounts[mount]]["secret"]
+        assert secret["secretName"] == secret_name
+        assert secret["items"] == [{"key": key, "path": file}]
+    plain = _router_values(
+        tmp_path, [{"name": "chat", "remote": [{**remote, "url": "http://cloud.example.com"}]}]
+    )
+    r = helm("template", "perllm", str(CHART), "-f", plain, check=False)
+    assert r.returncode != 0 and "remote[cloud].caSecret: its url is not https" in r.stderr

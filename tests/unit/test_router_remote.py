@@ -191,3 +191,54 @@ def test_a_remote_tier_named_after_an_edge_node_takes_its_measured_bandwidth() -
         await r.aclose()
 
     asyncio.run(go())
+
+
+def test_an_https_remote_is_verified_against_its_ca_file(tmp_path: Path) -> None:
+    """A private remote cluster's certificate is verified against the CA its `ca_file`
+    gives (there was no way to trust one: every request to it failed verification);
+    without it, against the system's CAs, which refuse it."""
+    from perllm.devcluster.certs import generate
+
+    tls = generate(tmp_path)
+
+    async def go() -> None:
+        async with contextlib.AsyncExitStack() as st:
+            stub = StubBackend("remote")
+            url = await st.enter_async_context(
+                serving(stub, tls=(str(tls.server_cert), str(tls.server_key)))
+            )
+            assert url.startswith("https://")
+            token = secret(tmp_path, "remote-token", "cloud-side")
+            for ca, want in ((None, 502), (str(tls.ca), 200)):
+                b = backend("remote", url, "cloud", token_file=token, ca_file=ca)
+                cfg = {"scenario": "demo", "service_class": "chat", "backends": [b],
+                       "limits": {"retries": 0}}  # fmt: skip
+                r = Router(parse_config(cfg))
+                c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://r")
+                resp = await c.post("/v1/chat/completions", json=CHAT)
+                assert resp.status_code == want, resp.text
+                if ca is None:
+                    assert "CERTIFICATE_VERIFY_FAILED" in resp.json()["error"]["message"]
+                    assert stub.requests == 0  # nothing (no token) went to it
+                await r.aclose()
+            assert stub.last_headers[b"authorization"] == b"Bearer cloud-side"
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_a_remotes_ca_file_must_exist_and_its_url_be_https(tmp_path: Path) -> None:
+    url = "https://cloud.example.com"
+    nope = backend("remote", url, "cloud", ca_file=str(tmp_path / "nope"))
+    missing = {"scenario": "demo", "service_class": "chat", "backends": [nope]}
+    with pytest.raises(RouterConfigError, match=r"backends\[remote\]\.ca_file: .*nope"):
+        Router(parse_config(missing))
+    (tmp_path / "junk").write_text("not a certificate\n")
+    junk = {
+        **missing,
+        "backends": [backend("remote", url, "cloud", ca_file=str(tmp_path / "junk"))],
+    }
+    with pytest.raises(RouterConfigError, match=r"backends\[remote\]\.ca_file: .*junk"):
+        Router(parse_config(junk))
+    plain = {**missing, "backends": [backend("remote", "http://x", "cloud", ca_file="/ca.crt")]}
+    with pytest.raises(RouterConfigError, match="ca_file: the url is http"):
+        parse_config(plain)
