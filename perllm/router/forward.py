@@ -126,7 +126,7 @@ class Forwarder:
             fwd.append((b"authorization", token.bearer()))
         fwd.append(_CTYPE_JSON)
         try:
-            return await pool.post(scope["path"], raw, fwd)
+            resp = await pool.post(scope["path"], raw, fwd)
         except UpstreamError as e:
             if not e.sent:  # refused, or not accepted in time: it may go elsewhere
                 flight.members.metrics[flight.ticket.server].error(e.kind).inc()
@@ -138,6 +138,16 @@ class Forwarder:
                 raise Shed(504, "upstream_timeout", why) from None
             flight.members.metrics[flight.ticket.server].error("connect").inc()
             raise Shed(502, "upstream_unavailable", f"backend {b.name}: {e}") from None
+        if token is not None and resp.status in (401, 403):
+            # The remote tier refuses the router's own credential (a rotated or revoked
+            # Secret): nothing was served, so like a refused connection the tier is ejected,
+            # the condition says why, and the request goes elsewhere. Passed on, the client
+            # got a 401 for a credential not its own, the tier looking reachable.
+            resp.release()
+            flight.members.metrics[flight.ticket.server].error("auth").inc()
+            why = f"backend {b.name}: HTTP {resp.status}, the router's token_file refused"
+            raise Refused(b.name, why)
+        return resp
 
     async def _relay(
         self, watch: ClientWatch, resp: Response, flight: Flight, bm: BackendMetrics, name: str

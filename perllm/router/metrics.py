@@ -49,8 +49,8 @@ class RouterMetrics:
         )
         self.errors = Counter(
             "perllm_router_upstream_errors_total",
-            "Upstream failures per backend and kind (connect, timeout, total_timeout, status, "
-            "stream_error, disconnect, client_disconnect, client_stalled).",
+            "Upstream failures per backend and kind (connect, timeout, total_timeout, auth, "
+            "status, stream_error, disconnect, client_disconnect, client_stalled).",
             ["backend", "kind"],
             registry=r,
         )

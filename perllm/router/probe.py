@@ -7,14 +7,16 @@ nothing in flight (`Membership.due`), and sends each a `GET path` (default `/v1/
 which vLLM, llama.cpp, the twin's pods and another cluster's router all serve) through
 its connection pool, with the token sent to it (a remote tier) and the requests' connect
 and read timeouts. Any HTTP answer within those timeouts (its body read to the end, or
-`MAX_BODY` bytes of it) re-admits the backend: the check is of reachability, like the
-ejection (its backoff is kept until a request is answered there, `Ejections.answered`).
-A refused or closed connection, or a timeout, ejects it again for twice as
-long, counted as a refusal or a timeout (`Membership.probed`). So a backend is probed
-on its ejection's schedule (`eject_s`, doubling up to `eject_max_s`), once at a time,
-never more often than every `eject_s`. While the loop runs, a failing backend stays out
-of decisions until it answers its probe: no client request is the probe (and pays a
-hanging backend's read timeout). `stop` cancels the loop and the probes in flight.
+`MAX_BODY` bytes of it) re-admits the backend, but a 401 or 403 to a backend sent a
+token (a remote tier refusing the router's credential, a failure as a request's is): the
+check is of reachability, like the ejection (its backoff is kept until a request is
+answered there, `Ejections.answered`). A refused or closed connection, or a timeout,
+ejects it again for twice as long, counted as a refusal or a timeout
+(`Membership.probed`). So a backend is probed on its ejection's schedule (`eject_s`,
+doubling up to `eject_max_s`), once at a time, never more often than every `eject_s`.
+While the loop runs, a failing backend stays out of decisions until it answers its
+probe: no client request is the probe (and pays a hanging backend's read timeout).
+`stop` cancels the loop and the probes in flight.
 """
 
 from __future__ import annotations
@@ -72,7 +74,10 @@ class Prober(Periodic):
         try:
             headers = [] if token is None else [(b"authorization", token.bearer())]
             resp = await pool.get(self.path, headers)
-            await _drain(resp)
+            if token is not None and resp.status in (401, 403):  # (as a request's: forward)
+                failure = f"{what}: HTTP {resp.status}, the router's token_file refused"
+            else:
+                await _drain(resp)
         except UpstreamError as e:
             failure, timeout = f"{what}: {e}", e.kind == "timeout"
         except Exception as e:  # never the loop's end: counted as a failure

@@ -242,3 +242,81 @@ def test_a_remotes_ca_file_must_exist_and_its_url_be_https(tmp_path: Path) -> No
     plain = {**missing, "backends": [backend("remote", "http://x", "cloud", ca_file="/ca.crt")]}
     with pytest.raises(RouterConfigError, match="ca_file: the url is http"):
         parse_config(plain)
+
+
+class Guarded:
+    """A remote router that answers 401 to any token but `want`'s (as `auth` does)."""
+
+    def __init__(self, inner: StubBackend, want: bytes) -> None:
+        self.inner, self.want, self.refused = inner, want, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers") or [])
+        if scope["type"] == "http" and headers.get(b"authorization") != self.want:
+            self.refused += 1
+            body = b'{"error": {"message": "missing or wrong bearer token"}}'
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.inner(scope, receive, send)
+
+
+def test_a_remote_refusing_the_routers_token_is_ejected_and_says_why(tmp_path: Path) -> None:
+    """A remote tier answering 401 to the router's token_file (its Secret rotated on one
+    side only) is failing, not the client's credential: the request goes elsewhere, the
+    tier is ejected and the condition names the 401; its probe gets the 401 too and keeps
+    it out, until the token is the right one again. (It was passed on: clients got 401s
+    for a credential not theirs while BackendsReachable said AllReachable.)"""
+    from perllm.router.status import reachable
+
+    async def go() -> None:
+        async with contextlib.AsyncExitStack() as st:
+            edge, inner = StubBackend("edge"), StubBackend("remote")
+            remote = Guarded(inner, b"Bearer new")
+            urls = {
+                "edge": await st.enter_async_context(serving(edge)),
+                "remote": await st.enter_async_context(serving(remote)),
+            }
+            token = secret(tmp_path, "remote-token", "old")
+            cfg = {
+                "scenario": "demo",
+                "service_class": "chat",
+                "backends": [
+                    backend("edge", urls["edge"], "edge"),
+                    backend("remote", urls["remote"], "cloud", token_file=token),
+                ],
+                "limits": {"eject_s": 0.05, "eject_max_s": 0.1},
+            }
+            r = Router(parse_config(cfg))
+            r._secrets[token]._every = 0.0  # (re-read at once when rotated)
+            await r.start()
+            c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://r")
+            for _ in range(6):
+                resp = await c.post("/v1/chat/completions", json=CHAT)
+                assert resp.status_code == 200, resp.text
+                assert resp.headers["x-perllm-decision"].startswith("backend=edge")
+            assert remote.refused >= 1 and inner.requests == 0
+            ok, reason, message = reachable(r.backends, ["remote"], r.refusing())
+            assert (ok, reason) == (False, "RemoteUnreachable")
+            assert "HTTP 401, the router's token_file refused" in message
+            errors = r.metrics.registry.get_sample_value(
+                "perllm_router_upstream_errors_total", {"backend": "remote", "kind": "auth"}
+            )
+            assert errors and errors >= 1
+            probed = remote.refused
+            for _ in range(200):  # its probes get the 401 too: still out
+                await asyncio.sleep(0.01)
+                if remote.refused >= probed + 2:
+                    break
+            assert remote.refused >= probed + 2 and "remote" in r.refusing()
+            Path(token).write_text("new\n")
+            os.utime(token, (1, 1))
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                if not r.refusing():
+                    break
+            assert not r.refusing() and inner.probes >= 1
+            await r.aclose()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
