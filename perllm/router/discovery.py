@@ -153,7 +153,12 @@ class Discovery(Periodic):
     _api: Any = field(default=None, repr=False)
     _custom: Any = field(default=None, repr=False)
     _prom: Any = field(default=None, repr=False)
-    _said: set[str] = field(default_factory=set, repr=False)
+    # What was last logged, kept for the current pods and the last spec error only (pod
+    # names change at every rollout, and a connection error's text per attempt: a set of
+    # all ever said grew for good).
+    spec_error: str = ""
+    _skipped: dict[str, str] = field(default_factory=dict, repr=False)  # pod -> why
+    _clash: set[str] = field(default_factory=set, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def _kube(self) -> Any:
@@ -196,11 +201,11 @@ class Discovery(Periodic):
         except Exception as e:  # not found, RBAC, API down: say which
             why = f"cannot read {what}: {getattr(e, 'reason', None) or e}"
         else:
-            self.router.waiting_for = ""
+            self.router.waiting_for = self.spec_error = ""
             return True
         self.errors += 1
-        if why not in self._said:
-            self._said.add(why)
+        if why != self.spec_error:
+            self.spec_error = why
             log.warning("%s%s", why, "" if self.router.spec else "; waiting for it")
         if self.router.spec is None:
             self.router.waiting_for = f"waiting for the service's spec: {why}"
@@ -220,16 +225,25 @@ class Discovery(Periodic):
         nodes: dict[str, Obj] = {}
         for n in {p.get("spec", {}).get("nodeName") for p in pods if _ready(p)}:
             if n:
-                r = api.read_node(n, _request_timeout=self.timeout_s, _preload_content=False)
+                try:
+                    r = api.read_node(n, _request_timeout=self.timeout_s, _preload_content=False)
+                except Exception as e:
+                    # A deleted node whose pods are still listed: those pods are left out
+                    # ("node not found"), not the whole round failed, every round, until
+                    # they are collected (the membership frozen meanwhile).
+                    if getattr(e, "status", None) == 404:
+                        continue
+                    raise
                 nodes[n] = json.loads(r.data)
         skipped: dict[str, str] = {}
         out = backends_from(
             pods, nodes, self.router.catalogue, self.url_template, self.default_port, skipped
         )
-        for pod, why in skipped.items():
-            if why != "not ready" and f"{pod}: {why}" not in self._said:
-                self._said.add(f"{pod}: {why}")
+        said = {pod: why for pod, why in skipped.items() if why != "not ready"}
+        for pod, why in said.items():
+            if self._skipped.get(pod) != why:
                 log.warning("pod %s/%s left out: %s", self.namespace, pod, why)
+        self._skipped = said
         return out
 
     def bandwidth_once(self) -> dict[str, float]:
@@ -263,10 +277,10 @@ class Discovery(Periodic):
             return
         self.rounds += 1
         static = {b.name for b in self.router.static}
-        for b in [b for b in backends if b.name in static]:
-            if f"clash {b.name}" not in self._said:
-                self._said.add(f"clash {b.name}")
-                log.warning("pod %s left out: a static backend has its name", b.name)
+        clash = {b.name for b in backends if b.name in static}
+        for name in clash - self._clash:
+            log.warning("pod %s left out: a static backend has its name", name)
+        self._clash = clash
         backends = [b for b in backends if b.name not in static] + self.router.static
         if self.router.set_backends(backends):
             log.info("%s/%s: %d ready backends", self.namespace, self.service, len(backends))

@@ -160,10 +160,12 @@ class Membership:
             await asyncio.to_thread(kernels_available)
 
     def _retire(self, name: str) -> None:
-        """Forget a backend that left and has nothing in flight: its load and its
-        metrics' series (its pool was closed, its ejection forgotten, when it left)."""
+        """Forget a backend that left and has nothing in flight: its load, its measured
+        bandwidth and its metrics' series (its pool was closed, its ejection forgotten,
+        when it left)."""
         self._inflight.pop(name, None)
         self._leaving.discard(name)
+        self._bw_override.pop(name, None)  # (a returning pod has its next measurement)
         self.metrics.retire(name)
 
     def drained(self, name: str) -> None:

@@ -109,6 +109,10 @@ class FakeApi:
         return SimpleNamespace(data=json.dumps({"items": self.pods}).encode())
 
     def read_node(self, name: str, **kw: Any) -> Any:
+        if name not in NODES:
+            from kubernetes.client import ApiException
+
+            raise ApiException(status=404, reason="Not Found")
         return SimpleNamespace(data=json.dumps(NODES[name]).encode())
 
 
@@ -326,7 +330,7 @@ def test_an_llmservice_edited_to_an_unknown_model_keeps_the_last_spec_and_the_lo
         assert r.discovery.rounds > rounds + 2  # the loop goes on
         assert r.spec is not None and r.spec.model == "llama3-8b"
         assert [b.name for b in r.backends] == ["a"]
-        assert any("no-such-model" in w for w in r.discovery._said)
+        assert "no-such-model" in r.discovery.spec_error
         api.pods = [pod("a", "edge-1"), pod("b", "cloud-1", "10.0.0.2")]
         custom.obj = chat
         for _ in range(200):
@@ -385,3 +389,58 @@ def test_a_url_template_discovery_cannot_fill_is_a_config_error(template: str, w
         parse_config({"scenario": "demo", "service_class": "chat", "discovery": d})
     ok = {"service": "ns/chat", "url_template": "https://{{x}}{pod}.{namespace}:{port}/{node}"}
     parse_config({"scenario": "demo", "service_class": "chat", "discovery": ok})
+
+
+def test_rollouts_leave_no_state_behind_for_pods_that_are_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pod names change at every rollout, and a connection error's text at every attempt:
+    what discovery remembers (the measured bandwidth per backend, what it logged) is for
+    the current pods and the last error only (both grew by every pod and error ever seen)."""
+
+    async def go() -> None:
+        r = router()
+        assert r.discovery is not None
+        api = FakeApi()
+        r.discovery._api = api
+        r.discovery.prometheus = "http://prom:9090"
+        monkeypatch.setattr(
+            r.discovery, "bandwidth_once", lambda: {"edge-1": 50.0, "cloud-1": 200.0}
+        )
+        for i in range(50):
+            api.pods = [pod(f"a-{i}", "edge-1"), pod(f"b-{i}", "odd")]
+            await r.discovery.refresh()
+            assert [b.name for b in r.backends] == [f"a-{i}"]
+            assert r.members is not None and list(r.members.bw) == [50.0]
+        assert set(r._bw_override) == {"a-49"}
+        assert set(r.discovery._skipped) == {"b-49"}
+
+        def down() -> list[Any]:
+            raise OSError(f"connection refused ({object()!r})")  # a new text each time
+
+        custom = SimpleNamespace(get_namespaced_custom_object=lambda *a, **k: down())
+        r.discovery._custom, r.discovery.follow_spec = custom, True
+        for _ in range(20):
+            await r.discovery.refresh()
+        assert "connection refused" in r.discovery.spec_error
+        await r.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_pod_on_a_deleted_node_is_left_out_not_the_whole_round() -> None:
+    """A node deleted while its pods are still listed (404 on reading it): those pods are
+    left out; the round failed whole, every round, the membership frozen."""
+
+    async def go() -> None:
+        r = router()
+        assert r.discovery is not None
+        api = FakeApi()
+        r.discovery._api = api
+        api.pods = [pod("a", "edge-1"), pod("gone", "deleted-node")]
+        await r.discovery.refresh()
+        assert [b.name for b in r.backends] == ["a"] and r.discovery.errors == 0
+        assert "deleted-node not found" in r.discovery._skipped["gone"]
+        await r.aclose()
+
+    asyncio.run(go())
