@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -157,6 +158,10 @@ class Discovery(Periodic):
     # names change at every rollout, and a connection error's text per attempt: a set of
     # all ever said grew for good).
     spec_error: str = ""
+    # Why the last pod list failed and since when (time.time()); "" / None after a good one:
+    # the members are then the last good round's (said in the BackendsReachable condition).
+    list_error: str = ""
+    list_error_since: float | None = None
     _skipped: dict[str, str] = field(default_factory=dict, repr=False)  # pod -> why
     _clash: set[str] = field(default_factory=set, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -204,6 +209,7 @@ class Discovery(Periodic):
             self.router.waiting_for = self.spec_error = ""
             return True
         self.errors += 1
+        self.router.metrics.discovery_errors.labels("spec").inc()
         if why != self.spec_error:
             self.spec_error = why
             log.warning("%s%s", why, "" if self.router.spec else "; waiting for it")
@@ -273,8 +279,15 @@ class Discovery(Periodic):
             backends = await asyncio.to_thread(self.list_once)
         except Exception as e:  # API down, timeout, RBAC: keep what we have
             self.errors += 1
-            log.warning("discovery of %s/%s failed: %s", self.namespace, self.service, e)
+            self.router.metrics.discovery_errors.labels("pods").inc()
+            why = str(getattr(e, "reason", None) or e)[:300]
+            if self.list_error_since is None:
+                self.list_error_since = time.time()
+            if why != self.list_error:
+                log.warning("discovery of %s/%s failed: %s", self.namespace, self.service, why)
+            self.list_error = why
             return
+        self.list_error, self.list_error_since = "", None
         self.rounds += 1
         static = {b.name for b in self.router.static}
         clash = {b.name for b in backends if b.name in static}
@@ -287,11 +300,17 @@ class Discovery(Periodic):
         try:
             bw = await asyncio.to_thread(self.bandwidth_once)
         except Exception as e:
+            self.router.metrics.discovery_errors.labels("bandwidth").inc()
             log.warning("bandwidth from Prometheus failed: %s", e)
             return
         for b in backends:
             if b.node in bw:
                 self.router.set_bandwidth(b.name, bw[b.node])
+
+    @property
+    def left_out(self) -> dict[str, str]:
+        """Ready pods of the last good round left out, and why (no tier label, ...)."""
+        return dict(self._skipped)
 
     async def step(self) -> None:
         await self.refresh()

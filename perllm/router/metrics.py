@@ -54,6 +54,13 @@ class RouterMetrics:
             ["backend", "kind"],
             registry=r,
         )
+        self.discovery_errors = Counter(
+            "perllm_router_discovery_errors_total",
+            "Failed discovery rounds, per what failed: spec (the LLMService), pods (the pod "
+            "or node list: the backends of the last good round are kept), bandwidth.",
+            ["what"],
+            registry=r,
+        )
         self.ejected = Gauge(
             "perllm_router_backend_ejected",
             "1 from a refused connection or a timeout until the backend answers again.",

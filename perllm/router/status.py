@@ -33,6 +33,7 @@ from perllm.timefmt import rfc3339
 
 if TYPE_CHECKING:
     from perllm.router.app import Router
+    from perllm.router.discovery import Discovery
 
 log = logging.getLogger("perllm.router.status")
 
@@ -113,12 +114,28 @@ def routing(
 
 
 def reachable(
-    backends: Sequence[Backend], remote: Iterable[str], refusing: dict[str, Refusing]
+    backends: Sequence[Backend],
+    remote: Iterable[str],
+    refusing: dict[str, Refusing],
+    discovery: Discovery | None = None,
 ) -> Cond:
     """Condition `BackendsReachable` from the members and those refusing connections or
-    not answering in time."""
+    not answering in time; with `discovery`, the ready pods it left out and a failing pod
+    list (the members are then the last good round's)."""
+    stale = ""
+    if discovery is not None and discovery.list_error:
+        since = rfc3339(discovery.list_error_since or 0.0)
+        stale = (
+            f"; the backend list is the last good discovery's: listing pods fails since "
+            f"{since} ({discovery.list_error})"
+        )
     if not backends:
-        return False, "NoBackends", "no ready backend: requests are answered 503 no_backends"
+        left = discovery.left_out if discovery is not None else {}
+        why = "; ".join(f"{p}: {w}" for p, w in sorted(left.items())[:5])
+        more = f" (+{len(left) - 5} more)" if len(left) > 5 else ""
+        said = f"; {len(left)} ready pod(s) left out: {why}{more}" if left else ""
+        msg = f"no ready backend: requests are answered 503 no_backends{said}{stale}"
+        return False, "NoBackends", msg
     remote = set(remote)
 
     def what(b: Backend) -> str:
@@ -126,7 +143,7 @@ def reachable(
 
     if not refusing:
         names = ", ".join(what(b) for b in backends)
-        return True, "AllReachable", f"{len(backends)} backend(s) answer: {names}"
+        return True, "AllReachable", f"{len(backends)} backend(s) answer: {names}{stale}"
 
     def failing(b: Backend) -> str:
         f = refusing[b.name]
@@ -140,8 +157,9 @@ def reachable(
     up = [b.name for b in backends if b.name not in refusing]
     why = "; ".join(failing(b) for b in down)
     if not up:
-        return False, "NoBackendReachable", f"{why}: requests are answered 503 backends_down"
-    rest = f"{why}: requests go to {', '.join(up)}"
+        msg = f"{why}: requests are answered 503 backends_down{stale}"
+        return False, "NoBackendReachable", msg
+    rest = f"{why}: requests go to {', '.join(up)}{stale}"
     if any(b.name in remote for b in down):
         return False, "RemoteUnreachable", rest
     return False, "BackendsEjected", rest
@@ -209,7 +227,7 @@ class StatusWriter(Periodic):
         remote = [b.name for b in r.static]
         members = [b.name for b in r.backends]
         out = routing(counts, recent, now - t0, remote, self._since, members)
-        return out, reachable(r.backends, remote, r.refusing())
+        return out, reachable(r.backends, remote, r.refusing(), r.discovery)
 
     def write_once(self, status: Obj, cond: Cond) -> None:
         """Read the LLMService, set the condition in its list, patch (blocking)."""

@@ -444,3 +444,38 @@ def test_a_pod_on_a_deleted_node_is_left_out_not_the_whole_round() -> None:
         await r.aclose()
 
     asyncio.run(go())
+
+
+def test_a_failing_pod_list_and_pods_left_out_are_said_in_the_condition_and_metrics() -> None:
+    """A pod list refused (API down, RBAC) kept the last members with only a log line each
+    round, and BackendsReachable said AllReachable; ready pods all left out (no tier label)
+    read "no ready backend". Both are now in the condition and perllm_router_discovery_
+    errors_total."""
+    from perllm.router.status import reachable
+
+    async def go() -> None:
+        r = router()
+        d = r.discovery
+        assert d is not None
+        api = FakeApi()
+        d._api = api
+        await d.refresh()
+        assert [b.name for b in r.backends] == ["a"]
+        assert reachable(r.backends, [], {}, d)[1] == "AllReachable"
+        api.fail = True
+        await d.refresh()
+        await d.refresh()
+        ok, reason, msg = reachable(r.backends, [], {}, d)
+        assert [b.name for b in r.backends] == ["a"]  # the last good round's, said so
+        assert ok and "listing pods fails since" in msg and "API down" in msg
+        m = r.metrics.exposition().decode()
+        assert 'perllm_router_discovery_errors_total{what="pods"} 2.0' in m
+        api.fail = False
+        api.pods = [pod("x", "odd")]  # ready, on a node without a hardware label
+        await d.refresh()
+        ok, reason, msg = reachable(r.backends, [], {}, d)
+        assert (ok, reason) == (False, "NoBackends")
+        assert "1 ready pod(s) left out: x:" in msg and "listing pods fails" not in msg
+        await r.aclose()
+
+    asyncio.run(go())
