@@ -6,7 +6,9 @@ read on start.
 service's ArmStats.export_state()>}}`, service key `namespace/service@model` (see
 bandits.py): arms inside are keyed `<service>|<tier>/<hardware>/<nominal Mbit/s>`, i.e. per
 node pool, so the state survives nodes coming and going. Absent state starts fresh;
-unreadable state starts fresh with a warning (and is overwritten at the next save).
+unreadable state starts fresh with a warning (and is overwritten at the next save). A
+store that cannot be read (API down, RBAC) is retried before each save, and nothing is
+saved until it has been read: saving then would overwrite the stored state with a fresh one.
 
 Size: a ConfigMap holds at most 1 MiB. Each save first forgets services deleted longer
 than the grace period (`ArmStore.expire`); past `warn_bytes` it warns (log line once per
@@ -184,6 +186,7 @@ class StateKeeper:
         self.on_size = on_size or (lambda _bytes, _dropped: None)  # (bytes, services left out)
         self.restored = 0
         self.last_error: str | None = None
+        self.unread: str | None = None  # why the stored state could not be read (yet)
         self.size_bytes = 0  # of the last document saved
         self.left_out = 0  # services left out of it (budget)
         self.size_warning: str | None = None
@@ -192,13 +195,24 @@ class StateKeeper:
 
     def restore(self) -> int:
         """Load the stored state into the ArmStore; returns how many services. Never
-        raises: absent or bad state means starting fresh."""
+        raises: absent or unreadable state means starting fresh. A store that cannot be
+        read (API down, RBAC) is not a fresh start: saving waits until a later read
+        succeeds (retried before each save), or it would overwrite what is stored."""
         try:
             text = self.store.load()
         except Exception as e:
-            log.warning("cannot read the learned state (%s): starting fresh", _why(e))
-            self.last_error = _why(e)
+            why = _why(e)
+            if why != self.unread:
+                log.warning(
+                    "cannot read the learned state (%s): deciding on what is learned from now, "
+                    "not saving until the stored state is read (retried before each save)",
+                    why,
+                )
+            self.unread = why
+            self.last_error = f"stored state not read yet ({why}): not saving over it"
             return 0
+        late, self.unread = self.unread is not None, None
+        self.last_error = None
         if text is None:
             log.info("no learned state stored yet: starting fresh")
             return 0
@@ -208,9 +222,14 @@ class StateKeeper:
             log.warning("learned state unreadable (%s): starting fresh", e)
             self.last_error = str(e)
             return 0
-        self.arms.load(states)
+        replaced = len(set(states) & set(self.arms.keys())) if late else 0
+        self.arms.load(states)  # the stored history wins over what was learned meanwhile
         self.restored = len(states)
-        log.info("restored the learned state of %d services", len(states))
+        log.info(
+            "restored the learned state of %d services%s",
+            len(states),
+            f" (late: it replaced what {replaced} of them learned since start)" if late else "",
+        )
         return len(states)
 
     def _sized(self) -> str:
@@ -237,6 +256,11 @@ class StateKeeper:
 
     def save(self) -> bool:
         with self._save_lock:
+            if self.unread is not None:
+                self.restore()
+                if self.unread is not None:  # saving now would overwrite the stored state
+                    self.on_save(False)
+                    return False
             try:
                 self.store.save(self._sized())
             except Exception as e:

@@ -156,3 +156,37 @@ def test_configmap_store_creates_then_patches() -> None:
     assert KEY in cm["data"] and json.loads(cm["data"][KEY])["services"] == {}
     store.save('{"version": 1, "services": {}, "x": 1}')
     assert json.loads(store.load() or "")["x"] == 1
+
+
+class Flaky(MemoryStore):
+    """A store whose reads fail until `up` (the API server busy at startup)."""
+
+    up = False
+
+    def load(self) -> str | None:
+        if not self.up:
+            raise ConnectionError("apiserver busy")
+        return super().load()
+
+
+def test_an_unreadable_store_is_not_overwritten_and_is_restored_late() -> None:
+    stored = MemoryStore()
+    with make(stored) as c:
+        for i in range(3):
+            c.post("/scheduler/filter", json=args(pod(LOOSE, name=f"p{i}", uid=f"u{i}")))
+    before = json.loads(stored.text or "")["services"]["llm/batch@llama2-7b"]
+    store = Flaky(stored.text)
+    c = make(store)
+    live: Live = c.app.state.live  # type: ignore[attr-defined]
+    assert live.keeper is not None and live.keeper.restore() == 0
+    c.post("/scheduler/filter", json=args(pod(LOOSE, name="new", uid="unew")))
+    assert live.keeper.save() is False
+    assert store.text == stored.text and store.saves == 0  # the stored state is intact
+    ready = c.get("/readyz").json()
+    assert "stored state not read yet (ConnectionError: apiserver busy)" in ready["reason"]
+    assert 'perllm_extender_state_saves_total{result="error"} 1.0' in c.get("/metrics").text
+    store.up = True
+    assert live.keeper.save() is True  # read first, then saved
+    after = json.loads(store.text or "")["services"]["llm/batch@llama2-7b"]
+    assert after["arms"] == before["arms"] and after["total"] == before["total"]
+    assert "learned state" not in (c.get("/readyz").json()["reason"] or "")
