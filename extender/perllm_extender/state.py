@@ -22,11 +22,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from perllm.csucb import STATE_VERSION
+from perllm.csucb.config import OUT_BINS
 from perllm_extender.bandits import ArmStore
 from perllm_extender.periodic import Periodic
 
@@ -150,15 +152,53 @@ def parse(text: str) -> dict[str, dict[str, Any]]:
         raise ValueError(f"{KEY}: 'services' is not an object")
     out: dict[str, dict[str, Any]] = {}
     for k, st in services.items():
-        if (
-            isinstance(st, dict)
-            and st.get("version") == STATE_VERSION
-            and isinstance(st.get("arms"), dict)
-        ):
+        why = invalid_service(st)
+        if why is None:
             out[str(k)] = st
         else:
-            log.warning("learned state of %s is not a CS-UCB v%d state: dropped", k, STATE_VERSION)
+            log.warning("learned state of %s dropped: %s", k, why)
     return out
+
+
+_ARM_FIELDS = ("n", "sum_ratio", "sumsq_ratio", "sum_reward", "plays")
+_COUNTS = ("n", "sum_ratio", "sumsq_ratio", "plays")  # sums of counts and ratios: >= 0
+
+
+def _finite(x: Any, nonneg: bool = True) -> bool:
+    ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    return ok and (not nonneg or x >= 0)
+
+
+def invalid_service(st: Any) -> str | None:
+    """Why one service's entry cannot be imported (None: it can). `ArmStats.import_state`
+    trusts its input: a string there failed a decision with a 500 (and lost the entry), a
+    NaN or null (Python's JSON reads `NaN`) made the arm infeasible for good, and both
+    were saved back."""
+    if not isinstance(st, dict) or st.get("version") != STATE_VERSION:
+        return f"not a CS-UCB v{STATE_VERSION} state"
+    arms = st.get("arms")
+    if not isinstance(arms, dict):
+        return "'arms' is not an object"
+    for key, a in arms.items():
+        if "|" not in key:
+            return f"arm {key!r} is not <service>|<pool>"
+        if not isinstance(a, dict) or not all(f in a for f in _ARM_FIELDS):
+            return f"arm {key!r} lacks one of {', '.join(_ARM_FIELDS)}"
+        bad = [f for f in _ARM_FIELDS if not _finite(a[f], f in _COUNTS)]
+        if bad:
+            return f"arm {key!r}: {', '.join(bad)} not a finite number (>= 0 for counts)"
+    outputs = st.get("outputs", {})
+    if not isinstance(outputs, dict):
+        return "'outputs' is not an object"
+    for svc, hist in outputs.items():
+        if not isinstance(hist, list) or not all(_finite(x) for x in hist):
+            return f"outputs of {svc!r} are not a list of finite counts >= 0"
+        if len(hist) == OUT_BINS and not sum(hist) > 0:
+            return f"outputs of {svc!r} are all zero"
+    for f in ("total", "rounds", "violations"):
+        if f in st and not _finite(st[f]):
+            return f"{f!r} is not a finite number >= 0"
+    return None
 
 
 BUDGET_BYTES = 900 * 1024  # of the ConfigMap's 1 MiB (metadata and the key take a little)

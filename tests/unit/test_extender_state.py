@@ -190,3 +190,64 @@ def test_an_unreadable_store_is_not_overwritten_and_is_restored_late() -> None:
     after = json.loads(store.text or "")["services"]["llm/batch@llama2-7b"]
     assert after["arms"] == before["arms"] and after["total"] == before["total"]
     assert "learned state" not in (c.get("/readyz").json()["reason"] or "")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("n", '"abc"', "n not a finite number"),
+        ("n", "NaN", "n not a finite number"),
+        ("sum_ratio", "Infinity", "sum_ratio not a finite number"),
+        ("plays", "null", "plays not a finite number"),
+        ("n", "-5", "n not a finite number"),
+        ("n", "[1]", "n not a finite number"),
+        ("sum_reward", "true", "sum_reward not a finite number"),
+        (None, None, "lacks one of"),
+    ],
+)
+def test_a_hand_edited_arm_is_refused_with_the_reason_not_imported(
+    field: str | None, value: str | None, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stored = MemoryStore()
+    with make(stored) as c:
+        c.post("/scheduler/filter", json=args(pod(LOOSE, name="p0", uid="u0")))
+    doc = json.loads(stored.text or "")
+    arms = doc["services"]["llm/batch@llama2-7b"]["arms"]
+    arm = next(iter(arms.values()))
+    if field is None:
+        del arm["sum_ratio"]
+    else:
+        arm[field] = "@@"
+    text = json.dumps(doc).replace('"@@"', value or "")
+    with caplog.at_level(logging.WARNING, "perllm.extender.state"):
+        c = make(MemoryStore(text))
+        with c:
+            r = c.post("/scheduler/filter", json=args(pod(LOOSE, name="q", uid="uq")))
+            assert r.status_code == 200 and r.json()["NodeNames"]
+            learned = bandit(c).export_state()
+    assert "learned state of llm/batch@llama2-7b dropped" in caplog.text and why in caplog.text
+    for a in learned["arms"].values():  # started fresh: one play, nothing poisoned
+        assert a["n"] == 0 and a["plays"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("patch", "why"),
+    [
+        ({"outputs": []}, "'outputs' is not an object"),
+        ({"outputs": {"batch": ["x"] * 64}}, "outputs of 'batch'"),
+        ({"outputs": {"batch": [0] * 64}}, "are all zero"),
+        ({"total": "many"}, "'total' is not"),
+        ({"arms": {"nopipe": {}}}, "is not <service>|<pool>"),
+    ],
+)
+def test_a_wrongly_shaped_service_entry_is_dropped(
+    patch: dict[str, Any], why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stored = MemoryStore()
+    with make(stored) as c:
+        c.post("/scheduler/filter", json=args(pod(LOOSE, name="p0", uid="u0")))
+    doc = json.loads(stored.text or "")
+    doc["services"]["llm/batch@llama2-7b"].update(patch)
+    with caplog.at_level(logging.WARNING, "perllm.extender.state"):
+        assert StateKeeper(MemoryStore(json.dumps(doc)), ArmStore()).restore() == 0
+    assert why in caplog.text
