@@ -161,14 +161,17 @@ class Live:
         if not self.started:
             return
         self.started = False
+        # The learned state first (after the last learning pass): kubelet kills the pod at
+        # the end of its grace period (30 s), and the publisher's last writes or an
+        # informer blocked in a watch read could use that up before the save.
         self.learner.stop()
+        if self.keeper is not None:
+            self.keeper.stop()  # saves once more
         self.telemetry.stop()
         for inf in self.informers:
             inf.stop()
         if self.publisher is not None:
             self.publisher.stop()
-        if self.keeper is not None:
-            self.keeper.stop()  # saves once more
         self.scheduler.close()
 
     def readiness(self) -> dict[str, Any]:

@@ -163,8 +163,9 @@ class Publisher:
                 self._pending[k] = _Pending({"nodes": nodes}, uid, decision=False)
             self._cv.notify()
 
-    def flush(self, force: bool = True) -> int:
-        """Publish what is due (all of it with `force`); returns how many services."""
+    def flush(self, force: bool = True, deadline: float | None = None) -> int:
+        """Publish what is due (all of it with `force`); returns how many services. Past
+        `deadline` (time.monotonic()) the rest is dropped, with a log line."""
         now = time.monotonic()
         with self._cv:
             due = [
@@ -175,7 +176,13 @@ class Publisher:
             items = [(k, self._pending.pop(k)) for k in due]
             for k in due:
                 self._last[k] = now
-        for (ns, svc), pend in items:
+        for i, ((ns, svc), pend) in enumerate(items):
+            if deadline is not None and time.monotonic() >= deadline:
+                log.warning(
+                    "publication of %d services dropped: past the shutdown deadline",
+                    len(items) - i,
+                )
+                return i
             self._publish(ns, svc, pend)
         return len(items)
 
@@ -224,13 +231,17 @@ class Publisher:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker and publish what is left, all within about `timeout` s plus one
+        API call (each 5 s at most): at shutdown, with the API server unreachable, every
+        pending service would otherwise take its own timeouts."""
+        deadline = time.monotonic() + timeout
         with self._cv:
             self._stop = True
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        self.flush()  # what is left, once
+        self.flush(deadline=deadline)  # what is left, once
 
     def _run(self) -> None:
         while True:

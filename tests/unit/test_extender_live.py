@@ -575,3 +575,60 @@ def test_cli_refuses_an_interval_a_thread_cannot_wait(
     field = flag.removeprefix("--").replace("-", "_") + "_s"
     with pytest.raises(ValueError, match=field):
         ExtenderConfig(**{field: float(value)})
+
+
+def test_shutdown_saves_the_learned_state_before_the_last_publications() -> None:
+    from perllm_extender.state import MemoryStore
+
+    order: list[str] = []
+
+    class RecordingApi(FakeApi):
+        def patch_status(self, namespace: str, name: str, body: Obj) -> None:
+            order.append("publish")
+
+    class Store(MemoryStore):
+        def save(self, text: str) -> None:
+            order.append("save")
+            super().save(text)
+
+    app = create_app(
+        ExtenderConfig(publish_api=RecordingApi(), publish_interval_s=3600, state_store=Store())
+    )
+    live: Live = app.state.live
+    for n in NODES:
+        live.scheduler.nodes.upsert(n)
+    live.scheduler.services.add(LOOSE)
+    with TestClient(app) as c:
+        for i in range(2):  # the first is written at once, the second waits its interval
+            assert c.post("/scheduler/filter", json=args(pod(LOOSE, name=f"p{i}"))).status_code
+            assert wait_for(lambda: "publish" in order)
+        order.clear()
+    assert order and order[0] == "save", order  # then what was left to publish
+
+
+def test_publications_left_at_shutdown_are_bounded_in_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from perllm_extender.publish import Publisher
+
+    class Blackhole(FakeApi):  # every call runs into its timeout
+        def patch_status(self, namespace: str, name: str, body: Obj) -> None:
+            time.sleep(0.2)
+            raise TimeoutError("read timed out")
+
+    app = create_app(ExtenderConfig())
+    live: Live = app.state.live
+    for n in NODES:
+        live.scheduler.nodes.upsert(n)
+    pub = Publisher(Blackhole(), min_interval_s=3600)
+    live.scheduler.listeners.append(pub.submit)
+    c = TestClient(app)
+    for i in range(20):
+        s = LOOSE.model_copy(update={"name": f"s{i}"})
+        live.scheduler.services.add(s, "llm")
+        assert c.post("/scheduler/filter", json=args(pod(s, name=f"p{i}"))).status_code == 200
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, "perllm.extender.publish"):
+        pub.stop(timeout=0.5)
+    assert time.monotonic() - t0 < 1.5  # not 20 × 0.2 s
+    assert "dropped: past the shutdown deadline" in caplog.text
