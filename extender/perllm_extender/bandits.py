@@ -73,6 +73,9 @@ class ArmStore:
         self._lock = lock or threading.RLock()
         self.grace_s, self.max_services, self.clock = grace_s, max_services, clock
         self.live: Callable[[str], bool] = live or (lambda _k: False)
+        # whether `live` can be trusted: False while the LLMService informer has not
+        # listed (RBAC, API down at start), when every service would look deleted
+        self.liveness_known: Callable[[], bool] = lambda: True
         self.on_drop: list[Callable[[set[str]], None]] = []
         self.expired = 0  # services forgotten (expiry or the size bound)
 
@@ -125,8 +128,11 @@ class ArmStore:
 
     def expire(self, now: float | None = None) -> set[str]:
         """Forget services without a live LLMService and unused for `grace_s` since they
-        were last used or first seen gone; returns their keys."""
+        were last used or first seen gone; returns their keys. Nothing expires (nor starts
+        its grace period) while `liveness_known()` is False."""
         with self._lock:
+            if not self.liveness_known():
+                return set()
             now = self.clock() if now is None else now
             old: set[str] = set()
             for k in self._stats.keys() | self._pending.keys():

@@ -87,6 +87,9 @@ class Live:
         self.informers: list[Informer] = []
         if client is not None and cfg.informers:
             self.informers = kube_informers(client, sched.nodes, sched.pods, sched.services)
+            svc_inf = next(i for i in self.informers if i.name == "llmservices")
+            # until it has listed, no service is known to exist: none may expire as deleted
+            sched.arms.liveness_known = lambda: svc_inf.synced
         self.started = False
 
     def _learner(self, prom: QueryClient | None, catalogue: Catalogue) -> Learner:

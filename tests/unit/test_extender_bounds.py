@@ -265,3 +265,30 @@ def test_close_cancels_queued_lookups_and_lookups_still_work_after() -> None:
     assert src.calls < 400
     lk.budget_s = 1.0
     assert lk.resolve(["late"]) == {"late": MISSING}
+
+
+def test_nothing_expires_as_deleted_before_the_llmservice_informer_has_listed() -> None:
+    """RBAC refusing the LLMService list, or the API server down at start: the registry is
+    empty, so every service looked deleted, and an idle one's learning was forgotten after
+    the grace period (and left out of the next save) while its LLMService was there."""
+    import kubernetes
+
+    app = create_app(ExtenderConfig(api_client=kubernetes.client.ApiClient(), verify_pods=False))
+    live: Live = app.state.live
+    sched = live.scheduler
+    for n in NODES:
+        sched.nodes.upsert(n)
+    clock = Clock()
+    sched.arms.clock, sched.arms.grace_s = clock, 100.0
+    decide(sched, A, 0)  # from the pod's annotations: no LLMService known
+    ka = service_key("llm", A)
+    svc_inf = next(i for i in live.informers if i.name == "llmservices")
+    assert not svc_inf.synced
+    for _ in range(3):  # the periodic sweeps (saves, decisions) while it cannot list
+        assert sched.arms.expire() == set()
+        clock.t += 5_000.0
+    assert sched.arms.expire() == set() and sched.arms.peek(ka) is not None
+    svc_inf.synced = True  # listed: A has no LLMService, its grace period starts now
+    assert sched.arms.expire() == set()
+    clock.t += 100.0
+    assert sched.arms.expire() == {ka}
