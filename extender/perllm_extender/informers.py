@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from perllm_extender.services import ServiceRegistry
 log = logging.getLogger("perllm.extender.informers")
 
 Obj = dict[str, Any]
+MIN_WATCH_S = 1.0  # a watch (with its list) ending sooner is paced by the backoff
 Handler = Callable[[str, Obj], None]
 Lister = Callable[[list[Obj]], None]
 
@@ -172,11 +174,21 @@ class Informer:
         backoff = 0.5
         relist = True
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 if relist:
                     self.list_once()
                     relist = False
                 relist = not self._watch_once()
+                if self._stop.is_set():
+                    return
+                if time.monotonic() - started < MIN_WATCH_S:
+                    # a watch the server (or a proxy) ends at once, cleanly or with 410
+                    # again and again: back off rather than spin list/watch requests
+                    self._failed(f"watch ended within {MIN_WATCH_S:g} s of its start")
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.backoff_max_s)
+                    continue
                 if self.last_error is not None:
                     log.info("%s informer: watching again", self.name)
                 self.last_error = None
@@ -186,6 +198,10 @@ class Informer:
                     return
                 if e.status == 410:  # too old: list again from now
                     relist = True
+                    if time.monotonic() - started < MIN_WATCH_S:
+                        self._failed(f"410 Gone within {MIN_WATCH_S:g} s of a list")
+                        self._stop.wait(backoff)
+                        backoff = min(backoff * 2, self.backoff_max_s)
                     continue
                 self._failed(f"HTTP {e.status} {e.reason}")
                 relist = True

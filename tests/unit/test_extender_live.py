@@ -632,3 +632,37 @@ def test_publications_left_at_shutdown_are_bounded_in_time(
         pub.stop(timeout=0.5)
     assert time.monotonic() - t0 < 1.5  # not 20 × 0.2 s
     assert "dropped: past the shutdown deadline" in caplog.text
+
+
+@pytest.mark.parametrize("ends", ["cleanly", "410"])
+def test_a_watch_that_ends_at_once_is_paced_not_spun(ends: str) -> None:
+    """A proxy (or an API server going down) ending every watch at once, or a 410 on every
+    watch right after its list: each went straight into the next request, thousands a
+    second, a full list each time for the 410."""
+    from kubernetes.client.exceptions import ApiException
+
+    class Resp:
+        data = b'{"metadata": {"resourceVersion": "1"}, "items": []}'
+
+    lists: list[float] = []
+    watches: list[float] = []
+
+    def list_fn(**_: Any) -> Any:
+        lists.append(time.monotonic())
+        return Resp()
+
+    class Quick(Informer):
+        def _watch_once(self) -> bool:
+            watches.append(time.monotonic())
+            if ends == "410":
+                raise ApiException(status=410, reason="Gone")
+            return True
+
+    inf = Quick("t", list_fn, lambda k, o: None, lambda objs: None, backoff_max_s=0.2)
+    inf.start()
+    time.sleep(0.8)
+    inf.stop()
+    assert inf.synced
+    assert 2 <= len(watches) <= 8, len(watches)  # 0.5 s, then at most 0.2 s apart
+    assert len(lists) <= len(watches)
+    assert "within 1 s" in (inf.last_error or "")  # in /readyz
