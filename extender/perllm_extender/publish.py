@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from perllm.crd import GROUP, KIND, PLURAL, VERSION
 from perllm.timefmt import rfc3339
+from perllm_extender.bandits import MAX_SERVICES
 from perllm_extender.decision import DecisionEvent, trimmed
 
 log = logging.getLogger("perllm.extender.publish")
@@ -105,8 +107,12 @@ class Publisher:
         service_nodes: Callable[[str, str], list[str]] | None = None,
         service_uid: Callable[[str, str], str | None] | None = None,
         on_failure: Callable[[str], None] | None = None,
+        max_services: int = MAX_SERVICES,
     ) -> None:
+        """`max_services`: services whose last write and nodes are remembered (the least
+        recently published forgotten first: deleted services' entries stayed forever)."""
         self.api = api
+        self.max_services = max_services
         self.min_interval_s = min_interval_s
         self.service_nodes = service_nodes or (lambda _ns, _s: [])
         self.service_uid = service_uid or (lambda _ns, _s: None)
@@ -114,8 +120,8 @@ class Publisher:
         self.published = 0
         self.failures = 0
         self._pending: dict[tuple[str, str], _Pending] = {}
-        self._last: dict[tuple[str, str], float] = {}
-        self._nodes: dict[tuple[str, str], list[str]] = {}  # last queued placement.nodes
+        self._last: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._nodes: OrderedDict[tuple[str, str], list[str]] = OrderedDict()  # last queued
         self._logged: set[tuple[str, str, str]] = set()
         self._cv = threading.Condition()
         self._stop = False
@@ -136,8 +142,15 @@ class Publisher:
                 self.service_uid(*k),
                 0 if old is None or not old.decision else old.coalesced + 1,
             )
-            self._nodes[k] = nodes
+            self._remember(self._nodes, k, nodes)
             self._cv.notify()
+
+    def _remember(self, d: OrderedDict[tuple[str, str], Any], k: tuple[str, str], v: Any) -> None:
+        """d[k] = v, most recent last, at most `max_services` entries (call under _cv)."""
+        d[k] = v
+        d.move_to_end(k)
+        while len(d) > self.max_services:
+            d.popitem(last=False)
 
     def nodes_changed(self, namespace: str, service: str) -> None:
         """A pod of the service went, is being deleted or was bound elsewhere: bring
@@ -155,7 +168,7 @@ class Publisher:
         with self._cv:
             if self._nodes.get(k) == nodes:
                 return
-            self._nodes[k] = nodes
+            self._remember(self._nodes, k, nodes)
             pend = self._pending.get(k)
             if pend is not None:  # a decision not yet written: it carries the fresh nodes
                 pend.placement = {**pend.placement, "nodes": nodes}
@@ -175,7 +188,7 @@ class Publisher:
             ]
             items = [(k, self._pending.pop(k)) for k in due]
             for k in due:
-                self._last[k] = now
+                self._remember(self._last, k, now)
         for i, ((ns, svc), pend) in enumerate(items):
             if deadline is not None and time.monotonic() >= deadline:
                 log.warning(
@@ -216,6 +229,8 @@ class Publisher:
         self.failures += 1
         self.on_failure(what)
         why = _why(e)
+        if len(self._logged) >= 4 * self.max_services:  # bounded: may log a failure again
+            self._logged.clear()
         if (ns, svc, f"{what}:{why}") not in self._logged:
             self._logged.add((ns, svc, f"{what}:{why}"))
             log.warning(

@@ -666,3 +666,27 @@ def test_a_watch_that_ends_at_once_is_paced_not_spun(ends: str) -> None:
     assert 2 <= len(watches) <= 8, len(watches)  # 0.5 s, then at most 0.2 s apart
     assert len(lists) <= len(watches)
     assert "within 1 s" in (inf.last_error or "")  # in /readyz
+
+
+def test_the_publisher_remembers_a_bounded_number_of_services() -> None:
+    """Services come and go (a namespace per CI run): each one's last write time, nodes and
+    logged failures stayed in the publisher for good."""
+    from perllm_extender.publish import Publisher
+
+    app = create_app(ExtenderConfig())
+    live: Live = app.state.live
+    for n in NODES:
+        live.scheduler.nodes.upsert(n)
+    api = FakeApi()
+    api.fail = RuntimeError("not found")
+    pub = Publisher(api, min_interval_s=0.0, max_services=3)
+    live.scheduler.listeners.append(pub.submit)
+    c = TestClient(app)
+    for i in range(10):
+        s = LOOSE.model_copy(update={"name": f"s{i}"})
+        live.scheduler.services.add(s, "llm")
+        assert c.post("/scheduler/filter", json=args(pod(s, name=f"p{i}"))).status_code == 200
+        pub.flush()
+    assert len(pub._last) <= 3 and len(pub._nodes) <= 3 and len(pub._logged) <= 12
+    assert ("llm", "s9") in pub._last and ("llm", "s0") not in pub._nodes  # newest kept
+    assert pub.failures == 10
