@@ -382,6 +382,15 @@ def test_agent_daemonset_reads_powercap_and_its_node_name() -> None:
     assert spec["automountServiceAccountToken"] is False  # no API access at all
 
 
+def test_one_extender_at_a_time_across_an_upgrade() -> None:
+    """A rolling update ran the new extender beside the old one: it restored the state
+    ConfigMap, the old one saved its last learning on shutdown, and the new one's next
+    periodic save overwrote that (docs/extender.md, "One writer of the learned state")."""
+    for profile in PROFILE_IDS:
+        dep = find(render(profile=profile), "Deployment", "perllm-extender")
+        assert dep["spec"]["strategy"] == {"type": "Recreate"}, profile
+
+
 def test_twin_is_optional() -> None:
     assert not any(d["metadata"]["name"] == "perllm-twin" for d in render())
     docs = render("--set", "twin.enabled=true,twin.speed=10")
