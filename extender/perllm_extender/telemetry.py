@@ -51,8 +51,10 @@ class Snapshot:
     refreshed: float = 0.0  # time.time() of the refresh (0: never)
 
     def usable(self, what: str, max_age_s: float, now: float | None = None) -> bool:
+        """Read within `max_age_s`; a time ahead of `now` (the clock was set back since)
+        is of unknown age: not usable (a stale value passed as fresh for the jump's size)."""
         t = self.at.get(what)
-        return t is not None and (now or time.time()) - t <= max_age_s
+        return t is not None and 0.0 <= (now or time.time()) - t <= max_age_s
 
     def to_dict(self, max_age_s: float) -> dict[str, Any]:
         nodes: dict[str, dict[str, float | None]] = {}
@@ -109,6 +111,8 @@ class Telemetry:
         self.pod_node = pod_node or (lambda _p: None)
         self.snapshot = Snapshot()
         self.last_success: float | None = None  # time.time() of the last fresh answer
+        # time.monotonic() of it: staleness survives the wall clock being set back
+        self._success_mono: float | None = None
         self.last_error: str | None = None if prom is not None else "no Prometheus configured"
         self.refreshes = 0
         self._loop = Periodic(
@@ -138,7 +142,8 @@ class Telemetry:
                     continue
                 got[what], at[what] = ans, ans.at
                 if ans.fresh:
-                    self.last_success = max(self.last_success or 0.0, ans.at)
+                    self.last_success = ans.at
+                    self._success_mono = time.monotonic()
                 else:
                     errors.append(what)
             snap = self._snapshot(old, got, at)
@@ -206,16 +211,18 @@ class Telemetry:
         return running, waiting, bw
 
     def staleness_s(self, now: float | None = None) -> float:
-        """Seconds since the last good Prometheus answer (inf: never)."""
-        if self.last_success is None:
+        """Seconds since the last good Prometheus answer (inf: never); on the monotonic
+        clock (`now`: a time.monotonic() reading): after the wall clock was set back an
+        hour, an outage read as fresh for that hour."""
+        if self._success_mono is None:
             return math.inf
-        return max(0.0, (now or time.time()) - self.last_success)
+        return max(0.0, (now or time.monotonic()) - self._success_mono)
 
     def degraded(self) -> str | None:
         """Why decisions run (partly) on priors, or None."""
         if self.prom is None:
             return "no Prometheus configured: decisions use profile priors"
-        if self.last_success is None:
+        if self._success_mono is None:
             return f"no telemetry yet: {self.last_error or 'not refreshed'}"
         if self.staleness_s() > self.max_age_s:
             return (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -206,3 +207,31 @@ def test_background_refresher_runs_in_the_lifespan() -> None:
     n = len(prom.calls)
     time.sleep(0.2)
     assert len(prom.calls) == n  # stopped with the app
+
+
+def test_a_wall_clock_set_back_does_not_pass_old_telemetry_as_fresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NTP stepping the clock back an hour while Prometheus is down: staleness read 0 and
+    the last bandwidth stayed 'usable' for that hour (its time was ahead of the clock)."""
+    prom = stub_with_cluster_metrics()
+    s, tel = scheduler(prom)
+    tel.max_age_s = 0.2
+    tel.refresh()
+    assert tel.snapshot.usable("bandwidth", tel.max_age_s)
+    prom.down = True
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 3600.0)
+    time.sleep(0.3)
+    tel.refresh()
+    assert tel.staleness_s() >= 0.3
+    assert "telemetry stale" in (tel.degraded() or "")
+    assert not tel.snapshot.usable("bandwidth", tel.max_age_s)
+    prior = s.decide(pod(TIGHT_VISION, uid="p"), None, NAMES, "filter")
+    cloud = next(c for c in prior.explanation["candidates"] if c["node"] == "cloud")
+    fresh_prom = stub_with_cluster_metrics()  # measured 50 Mbit/s vs the 300 prior
+    s2, tel2 = scheduler(fresh_prom)
+    tel2.refresh()
+    measured = s2.decide(pod(TIGHT_VISION, uid="q"), None, NAMES, "filter")
+    cloud2 = next(c for c in measured.explanation["candidates"] if c["node"] == "cloud")
+    assert cloud["predicted_time_s"] < cloud2["predicted_time_s"]  # on the prior again
