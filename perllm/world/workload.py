@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -114,59 +118,125 @@ Columns = tuple[
 ]
 
 
-def _read_rows(path: str, label: str) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of a CSV; a file whose first row is all numbers has no header and
-    one column of arrival seconds (`time_s`)."""
-    with Path(path).open(newline="") as f:
-        rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
-    if not rows:
-        raise ScenarioError(f"{label}: {path} has no rows")
-    try:
-        [float(c) for c in rows[0]]
-    except ValueError:
-        header = [c.strip() for c in rows[0]]
-        rows = rows[1:]
-    else:
-        if len(rows[0]) != 1:
-            raise ScenarioError(
-                f"{label}: {path}: a file without a header has one column (arrival seconds)"
-            )
-        header = ["time_s"]
-    if not rows:
-        raise ScenarioError(f"{label}: {path} has no rows")
-    return header, rows
+# Rows of one trace file at most: the columns are kept as float arrays (8 bytes a value),
+# so a file of any size is read in bounded memory, or refused.
+MAX_TRACE_ROWS = 10_000_000
 
 
 def _columns(path: str, label: str) -> Columns:
     """A trace CSV: `time_s[,class][,input_tokens,output_tokens]` (or one headerless
     column of seconds), or the Azure format `TIMESTAMP,ContextTokens,GeneratedTokens`
-    (timestamps become seconds from the first)."""
-    header, raw = _read_rows(path, label)
-    rows = [dict(zip(header, r, strict=False)) for r in raw]
-    cols = set(header)
+    (timestamps become seconds from the first). A bad row is a `ScenarioError` naming
+    the file and line."""
     try:
-        if "TIMESTAMP" in cols:
-            from datetime import datetime
+        # utf-8-sig: a spreadsheet's byte-order mark is no part of the first column's name.
+        with Path(path).open(newline="", encoding="utf-8-sig") as f:
+            return _parse(csv.reader(f), path, label)
+    except OSError as e:  # removed or unreadable since the scenario was loaded
+        raise ScenarioError(f"{label}: {path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{label}: {path}: not a UTF-8 text (CSV) file") from None
+    except csv.Error as e:  # a NUL byte, a quote left open
+        raise ScenarioError(f"{label}: {path}: not a CSV file ({e})") from None
 
-            ts = [datetime.fromisoformat(r["TIMESTAMP"].strip()[:26]).timestamp() for r in rows]
-            t = np.asarray(ts) - min(ts)
-            return (
-                t,
-                np.array([float(r["ContextTokens"]) for r in rows]),
-                np.array([float(r["GeneratedTokens"]) for r in rows]),
-                None,
-            )
-        if "time_s" not in cols:
-            raise ScenarioError(f"{label}: {path} needs a time_s or TIMESTAMP column")
-        t = np.array([float(r["time_s"]) for r in rows])
-        li = np.array([float(r["input_tokens"]) for r in rows]) if "input_tokens" in cols else None
-        lo = (
-            np.array([float(r["output_tokens"]) for r in rows]) if "output_tokens" in cols else None
+
+def _numbers(row: list[str]) -> bool:
+    try:
+        [float(c) for c in row]
+    except ValueError:
+        return False
+    return True
+
+
+# The columns a trace row is read from: time, input tokens, output tokens, class.
+_PLAIN = ("time_s", "input_tokens", "output_tokens", "class")
+_AZURE = ("TIMESTAMP", "ContextTokens", "GeneratedTokens", None)
+
+
+def _header(row: list[str], path: str, label: str) -> tuple[bool, list[int | None]]:
+    """(Azure format?, the index of each of `_PLAIN`'s or `_AZURE`'s columns) of a header."""
+    header = [c.strip() for c in row]
+    azure = "TIMESTAMP" in header
+    if not azure and "time_s" not in header:
+        raise ScenarioError(
+            f"{label}: {path} needs a time_s or TIMESTAMP column (its header: "
+            f"{','.join(header)[:120]})"
         )
-        classes = [r["class"].strip() for r in rows] if "class" in cols else None
-    except (KeyError, ValueError) as e:
-        raise ScenarioError(f"{label}: {path}: malformed row ({e})") from None
-    return t, li, lo, classes
+    idx = [header.index(c) if c in header else None for c in (_AZURE if azure else _PLAIN)]
+    if azure and None in idx[:3]:
+        raise ScenarioError(
+            f"{label}: {path}: the Azure format needs columns TIMESTAMP, ContextTokens and "
+            "GeneratedTokens"
+        )
+    return azure, idx
+
+
+def _parse(reader: Any, path: str, label: str) -> Columns:
+    """The columns of `reader`'s rows; a file whose first row is all numbers has no header
+    and one column of arrival seconds (`time_s`)."""
+    idx: list[int | None] | None = None
+    azure = False
+    t, li, lo = array("d"), array("d"), array("d")
+    names: list[str] = []
+    interned: dict[str, str] = {}  # one string a class, not one a row
+    for r in reader:
+        if not any(c.strip() for c in r):
+            continue
+        line = reader.line_num
+        if idx is None:
+            if not _numbers(r):
+                azure, idx = _header(r, path, label)
+                continue
+            if len(r) != 1:
+                raise ScenarioError(
+                    f"{label}: {path}: a file without a header has one column (arrival seconds)"
+                )
+            idx = [0, None, None, None]
+        if len(t) >= MAX_TRACE_ROWS:
+            raise ScenarioError(
+                f"{label}: {path}: more than {MAX_TRACE_ROWS:,} rows (line {line}); "
+                "a run replays at most that many"
+            )
+        try:
+            cell = [r[i].strip() if i is not None else None for i in idx]
+        except IndexError:
+            raise ScenarioError(
+                f"{label}: {path}: line {line}: malformed row (only {len(r)} cells)"
+            ) from None
+        try:
+            if azure:
+                ts = datetime.fromisoformat(str(cell[0])[:26]).timestamp()
+            else:
+                ts = float(str(cell[0]))
+            tokens = [float(c) if c is not None else None for c in cell[1:3]]
+        except ValueError as e:
+            raise ScenarioError(f"{label}: {path}: line {line}: malformed row ({e})") from None
+        if not math.isfinite(ts):
+            raise ScenarioError(f"{label}: {path}: line {line}: the time is not finite ({ts})")
+        for x, col in zip(tokens, (li, lo), strict=True):
+            if x is None:
+                continue
+            if not (math.isfinite(x) and x >= 0):
+                raise ScenarioError(
+                    f"{label}: {path}: line {line}: a token count is a finite number >= 0, "
+                    f"got {x:g}"
+                )
+            col.append(x)
+        t.append(ts)
+        if idx[3] is not None:
+            name = str(cell[3])
+            names.append(interned.setdefault(name, name))
+    if not t or idx is None:
+        raise ScenarioError(f"{label}: {path} has no rows")
+    times = np.frombuffer(t, dtype=np.float64).copy()
+    if azure:
+        times -= times.min()
+    return (
+        times,
+        np.frombuffer(li, dtype=np.float64).copy() if idx[1] is not None else None,
+        np.frombuffer(lo, dtype=np.float64).copy() if idx[2] is not None else None,
+        names if idx[3] is not None else None,
+    )
 
 
 def _trace(sc: Scenario) -> Columns:
@@ -192,6 +262,11 @@ def _class_trace(sc: Scenario, k: int, path: str) -> Columns:
     rows = np.arange(len(t))
     if names is not None:
         rows = np.flatnonzero(np.array([n == name for n in names], bool))
+        if not len(rows):  # (a typo in the file or the class: no arrivals, silently)
+            raise ScenarioError(
+                f"workload.classes[{k}].arrivals.file: {path}: no row of class {name!r} "
+                f"(its classes: {sorted(set(names))[:10]})"
+            )
     rows = rows[np.argsort(t[rows], kind="stable")]
     rows = rows[(t[rows] >= 0) & (t[rows] < sc.duration_s)]
     return (
@@ -216,13 +291,18 @@ def _shared_trace(sc: Scenario, shared: list[int], rng: np.random.Generator) -> 
     classes = sc.workload.classes
     t, tin, tout, names = _trace(sc)
     order = np.argsort(t, kind="stable")
-    keep = t[order] < sc.duration_s
+    # As a class's own trace: a row before 0 is no arrival of the run (it took the last
+    # slot's bandwidth, index -1).
+    keep = (t[order] >= 0) & (t[order] < sc.duration_s)
     rows = order[keep]
     if names is not None:
         index = {c.name: i for i, c in enumerate(classes)}
         unknown = sorted({n for n in names if n not in index})
         if unknown:
-            raise ScenarioError(f"workload.arrivals.file: unknown class(es) {unknown}")
+            raise ScenarioError(
+                f"workload.arrivals.file: {sc.workload.arrivals.file}: unknown class(es) "
+                f"{unknown[:10]}; classes: {sorted(index)}"
+            )
         cls = np.array([index[n] for n in names], np.intp)[rows]
         mine = np.isin(cls, shared)
         rows, cls = rows[mine], cls[mine]

@@ -53,3 +53,111 @@ def test_a_merge_key_may_still_be_overridden(tmp_path: Path) -> None:
     f.write_text(text)
     cloud = load_scenario(f).servers[-1].link
     assert (cloud.bandwidth_mbps, cloud.rtt_ms) == (300, 5)
+
+
+def trace_world(tmp_path: Path, rows: str | bytes, own: bool = False) -> Any:
+    """The paper testbed whose arrivals are the trace `rows` (the scenario-wide process,
+    or chat's own with `own`), loaded and its requests drawn."""
+    from perllm.world.workload import generate
+
+    f = tmp_path / "t.csv"
+    f.write_bytes(rows if isinstance(rows, bytes) else rows.encode())
+    d = base()
+    d["duration_s"] = 30
+    if own:
+        d["workload"]["classes"][0]["arrivals"] = {"kind": "trace", "file": "t.csv"}
+    else:
+        d["workload"]["arrivals"] = {"kind": "trace", "file": "t.csv"}
+    return generate(load_scenario(write(tmp_path, d)), 1)
+
+
+FIELDS = {False: r"workload\.arrivals\.file: ", True: r"workload\.classes\[0\]\.arrivals\.file: "}
+
+
+@pytest.mark.parametrize("own", [False, True])
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        # A NaN or infinite time was dropped without a word (a row lost).
+        ("time_s\n1\nnan\n", r"line 3: the time is not finite \(nan\)"),
+        ("time_s\n1\n-inf\n", r"line 3: the time is not finite"),
+        # A negative or NaN token count became 1 token, or one drawn from the class.
+        ("time_s,input_tokens,output_tokens\n1,5,6\n2,-3,6\n", r"line 3: a token count is"),
+        ("time_s,input_tokens,output_tokens\n1,nan,6\n", r"line 2: a token count is a finite"),
+        ("time_s,input_tokens\n1,inf\n", r"line 2: a token count is a finite number >= 0"),
+        # Errors name the line.
+        ("time_s\n1\n\n2\nabc\n", r"line 5: malformed row \(could not convert"),
+        ("time_s,class\n1,chat\n2\n", r"line 3: malformed row \(only 1 cells\)"),
+        # A missing column was said twice ("malformed row (… needs a time_s …)").
+        (
+            "when,cls\n1,chat\n",
+            r"t\.csv needs a time_s or TIMESTAMP column \(its header: when,cls\)$",
+        ),
+        # Not text: a UnicodeDecodeError traceback.
+        (b"\xff\xfe\x00\x01time_s\n", r"t\.csv: not a UTF-8 text \(CSV\) file$"),
+        ("time_s\n" + "1" * 200_000 + "\n", r"t\.csv: not a CSV file \(field larger than"),
+    ],
+)
+def test_a_bad_trace_row_is_refused_naming_the_file_and_line(
+    tmp_path: Path, rows: str | bytes, why: str, own: bool
+) -> None:
+    with pytest.raises(ScenarioError, match=FIELDS[own] + ".*" + why) as e:
+        trace_world(tmp_path, rows, own)
+    assert str(e.value).count("needs a time_s") <= 1
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_a_spreadsheets_byte_order_mark_is_no_part_of_the_header(tmp_path: Path, own: bool) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM: `\\ufefftime_s` was no `time_s` column."""
+    r = trace_world(tmp_path, "\ufefftime_s\n1\n2\n", own)
+    assert list(r.arrival[r.cls == 0] if own else r.arrival) == [1.0, 2.0]
+
+
+def test_a_scenario_wide_trace_drops_rows_before_zero(tmp_path: Path) -> None:
+    """As a class's own trace: an arrival at -5 s ran, in the run's last slot's bandwidth."""
+    r = trace_world(tmp_path, "time_s\n-5\n1\n2\n40\n")
+    assert list(r.arrival) == [1.0, 2.0]
+
+
+def test_a_class_trace_without_a_row_of_its_class_is_refused(tmp_path: Path) -> None:
+    """A typo in the `class` column (`Chat`) gave the class no arrivals, silently."""
+    with pytest.raises(ScenarioError, match=r"workload\.classes\[0\]\.arrivals\.file: .*t\.csv: "
+                       r"no row of class 'chat' \(its classes: \['Chat', 'qa'\]\)"):  # fmt: skip
+        trace_world(tmp_path, "time_s,class\n1,Chat\n2,qa\n", own=True)
+
+
+def test_a_trace_longer_than_a_run_can_replay_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows were kept as a dict each (~1 kB): a multi-GB trace took all memory."""
+    import perllm.world.workload as wl
+
+    monkeypatch.setattr(wl, "MAX_TRACE_ROWS", 3)
+    assert len(trace_world(tmp_path, "time_s\n1\n2\n3\n")) == 3
+    with pytest.raises(ScenarioError, match=r"t\.csv: more than 3 rows \(line 5\)"):
+        trace_world(tmp_path, "time_s\n1\n2\n3\n4\n")
+
+
+def test_a_trace_gone_since_loading_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("time_s\n1\n")
+    d = base()
+    d["workload"]["arrivals"] = {"kind": "trace", "file": "t.csv"}
+    f = write(tmp_path, d)
+    sc = load_scenario(f)
+    (tmp_path / "t.csv").unlink()
+    (tmp_path / "t.csv").mkdir()
+    from perllm.world.workload import generate
+
+    with pytest.raises(ScenarioError, match=r"workload\.arrivals\.file: .*t\.csv: cannot read"):
+        generate(sc, 1)
+
+
+def test_simulate_says_a_binary_trace_is_one(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_bytes(b"\xff\xfe\x00\x01")
+    d = base()
+    d["workload"]["arrivals"] = {"kind": "trace", "file": "t.csv"}
+    res = CliRunner().invoke(
+        app, ["simulate", str(write(tmp_path, d)), "-p", "cloud-only", "--seeds", "1", "--no-bound"]
+    )
+    assert res.exit_code == 2, res.output
+    assert "not a UTF-8 text (CSV) file" in res.output and "Traceback" not in res.output
