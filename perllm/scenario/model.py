@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from perllm.contract import (
@@ -120,6 +121,12 @@ class Scenario(Strict):
     def declared_rate(self, k: int) -> float:
         """The mean arrival rate a user would declare for class k (rate windows aside)."""
         p = self.workload.process(k)
+        if p is None and self.workload.arrivals.kind == "trace":
+            # (`share_rate` is 0 here: a scenario-wide trace has no rate_rps.)
+            try:
+                return self._shared_trace_rate(k)
+            except (OSError, ValueError):  # a bad file: its error when the run starts
+                return 0.0
         if p is None:
             return self.workload.share_rate(k)
         if p.kind == "trace":
@@ -129,6 +136,22 @@ class Scenario(Strict):
             except (OSError, ValueError):
                 return 0.0
         return p.rate_rps
+
+    def _shared_trace_rate(self, k: int) -> float:
+        """Class k's mean rate in the scenario-wide trace over [0, duration_s): its rows,
+        or (without a `class` column) its share of all rows among the classes that set no
+        arrivals of their own, as `generate` draws them."""
+        from perllm.world.workload import read_classes
+
+        wl = self.workload
+        assert wl.arrivals.file is not None
+        t, names = read_classes(wl.arrivals.file)
+        inside = (t >= 0) & (t < self.duration_s)
+        if names is not None:
+            mine = np.array([n == wl.classes[k].name for n in names], bool)
+            return float((inside & mine).sum()) / self.duration_s
+        shared = sum(c.share for c in wl.classes if c.arrivals is None)
+        return float(inside.sum()) * wl.classes[k].share / shared / self.duration_s
 
     def expanded_servers(self) -> list[tuple[str, Server]]:
         """(node name, server) with `count` expanded: name-1 … name-N."""

@@ -248,10 +248,16 @@ def _trace(sc: Scenario) -> Columns:
 def read_times(path: str, cls: str | None = None) -> NDArray[np.float64]:
     """Arrival seconds of a trace file in file order; only the rows of class `cls` when
     the file has a `class` column."""
-    t, _, _, names = _columns(path, "arrivals.file")
+    t, names = read_classes(path)
     if names is not None and cls is not None:
         t = t[np.array([n == cls for n in names], bool)]
     return t
+
+
+def read_classes(path: str) -> tuple[NDArray[np.float64], list[str] | None]:
+    """Arrival seconds of a trace file in file order, and its `class` column (or None)."""
+    t, _, _, names = _columns(path, "arrivals.file")
+    return t, names
 
 
 def _class_trace(sc: Scenario, k: int, path: str) -> Columns:

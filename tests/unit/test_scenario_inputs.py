@@ -161,3 +161,21 @@ def test_simulate_says_a_binary_trace_is_one(tmp_path: Path) -> None:
     )
     assert res.exit_code == 2, res.output
     assert "not a UTF-8 text (CSV) file" in res.output and "Traceback" not in res.output
+
+
+def test_a_scenario_wide_trace_declares_each_classs_rate(tmp_path: Path) -> None:
+    """Every class of a scenario-wide trace declared 0 req/s (its share of a rate_rps the
+    trace has not): the traffic weights of the cost model, the twin's arrivals and the
+    LLMServices' traffic all took the mix as empty."""
+    d = base()  # chat 0.5, qa 0.2, code 0.15, rag 0.1, mm 0.05
+    d["duration_s"] = 10
+    d["workload"]["arrivals"] = {"kind": "trace", "file": "t.csv"}
+    (tmp_path / "t.csv").write_text(
+        "time_s,class\n" + "".join(f"{i / 4},{'qa' if i % 4 else 'chat'}\n" for i in range(48))
+    )
+    sc = load_scenario(write(tmp_path, d))  # 40 rows in [0, 10 s): 10 chat, 30 qa
+    assert [s.traffic.rate_rps for s in sc.services()] == [1.0, 3.0, 0.0, 0.0, 0.0]
+    (tmp_path / "t.csv").write_text("".join(f"{i / 4}\n" for i in range(48)))
+    sc = load_scenario(write(tmp_path, d))  # no class column: 4 req/s drawn by share
+    rates = [s.traffic.rate_rps for s in sc.services()]
+    assert rates == pytest.approx([2.0, 0.8, 0.6, 0.4, 0.2])
