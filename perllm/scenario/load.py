@@ -3,6 +3,8 @@ trace paths resolved against the scenario file."""
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from collections.abc import Sequence
 from importlib import resources
@@ -81,6 +83,7 @@ def check_services(sc: Scenario, source: str) -> None:
                 lines.append(f"workload.classes[{k}]{loc}: {msg}")
             raise ScenarioError(f"{source}: invalid scenario:\n  " + "\n  ".join(lines)) from None
     _check_peak_rates(sc, source)
+    _check_size(sc, source)
     # Per server definition, not per expanded node: `count` copies run the same classes.
     table = build_cost_table(specs, [(s.name, s) for s in sc.servers], sc.catalogue)
     present = {s.tier for s in sc.servers}
@@ -123,6 +126,47 @@ def _check_peak_rates(sc: Scenario, source: str) -> None:
                 f"{source}: invalid scenario:\n  {field}: class {c.name!r} would arrive at "
                 f"{peak:,.6g} req/s from {at:g} s, more than {MAX_RATE_RPS:,.0f} req/s a class"
             )
+
+
+# What one run holds in memory: its requests (drawn up front, ~0.5 kB each in the world)
+# and its bandwidth matrix (slots × servers, a float each, several copies). A day at
+# 100 req/s is 8.6 M requests; a day of 1 s slots on 231 servers is 20 M cells.
+MAX_REQUESTS = 10_000_000
+MAX_SLOT_CELLS = 20_000_000
+
+
+def _check_size(sc: Scenario, source: str) -> None:
+    """A run's expected arrivals and its slots × servers are bounded: a long `duration_s`
+    (or a short `slot_s`) otherwise ran out of memory drawing them (an ArrayMemoryError
+    traceback for 1e12 s)."""
+    from perllm.world.workload import rate_factor
+
+    wl = sc.workload
+    expected = 0.0
+    for k in range(len(wl.classes)):
+        p = wl.process(k)
+        if (p is None and wl.arrivals.kind == "trace") or (p is not None and p.kind == "trace"):
+            continue  # (a trace's rows are bounded as it is read)
+        w = wl.windows(k)
+        edges = sorted({0.0, sc.duration_s, *(x.at_s for x in w), *(x.until_s for x in w)})
+        edges = [e for e in edges if e <= sc.duration_s]
+        expected += sc.declared_rate(k) * sum(
+            (b - a) * rate_factor(w, a) for a, b in itertools.pairwise(edges)
+        )
+    if expected > MAX_REQUESTS:
+        raise ScenarioError(
+            f"{source}: invalid scenario:\n  duration_s: {sc.duration_s:g} s would draw "
+            f"{expected:,.6g} requests, more than {MAX_REQUESTS:,} a run (shorten the run "
+            "or lower the rate)"
+        )
+    cells = math.ceil(sc.duration_s / sc.slot_s) * len(sc.expanded_servers())
+    if cells > MAX_SLOT_CELLS:
+        raise ScenarioError(
+            f"{source}: invalid scenario:\n  duration_s: {sc.duration_s:g} s in slots of "
+            f"{sc.slot_s:g} s on {len(sc.expanded_servers())} servers is {cells:,} "
+            f"slot-server cells of bandwidth, more than {MAX_SLOT_CELLS:,} (a longer slot_s "
+            "or a shorter run)"
+        )
 
 
 def check_unique_names(named: Sequence[tuple[str, Scenario]]) -> None:

@@ -50,6 +50,9 @@ class Admission(Strict):
 # file system.
 SCENARIO_NAME = re.compile(r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?")
 MAX_SCENARIO_NAME = 63
+# Servers of a scenario after `count` expansion (large-fleet has 1,000): each is a column of
+# every per-round cost array and a node of the test cluster.
+MAX_SERVERS = 10_000
 
 
 class Scenario(Strict):
@@ -92,6 +95,11 @@ class Scenario(Strict):
                     f"servers[{i}].hardware: unknown hardware {s.hardware!r}; "
                     f"known: {sorted(cat.hardware)}"
                 )
+        nodes = sum(s.count for s in self.servers)
+        if nodes > MAX_SERVERS:  # (before expanding them: `count: 10000000` took minutes)
+            raise ValueError(
+                f"servers: {nodes:,} servers after count expansion, more than {MAX_SERVERS:,}"
+            )
         servers = self.expanded_servers()
         names = [n for n, _ in servers]
         if len(names) != len(set(names)):

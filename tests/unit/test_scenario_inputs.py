@@ -179,3 +179,34 @@ def test_a_scenario_wide_trace_declares_each_classs_rate(tmp_path: Path) -> None
     sc = load_scenario(write(tmp_path, d))  # no class column: 4 req/s drawn by share
     rates = [s.traffic.rate_rps for s in sc.services()]
     assert rates == pytest.approx([2.0, 0.8, 0.6, 0.4, 0.2])
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [  # Each ran out of memory drawing its run (an ArrayMemoryError traceback).
+        ({"duration_s": 1e12}, r"duration_s: 1e\+12 s would draw 4e\+12 requests, more than"),
+        ({"slot_s": 1e-6}, r"duration_s: 1800 s in slots of 1e-06 s on 6 servers is "),
+    ],
+)
+def test_a_run_too_large_to_hold_is_refused_at_load(
+    tmp_path: Path, change: dict[str, Any], why: str
+) -> None:
+    with pytest.raises(ScenarioError, match=r"s\.yaml: invalid scenario:\n  " + why):
+        load_scenario(write(tmp_path, base() | change))
+
+
+def test_a_fleet_too_large_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    d = base()
+    d["servers"][0]["count"] = 10**7  # (expanding it took minutes and gigabytes)
+    with pytest.raises(
+        ScenarioError, match=r"servers: 10,000,001 servers after count expansion, more than 10,000"
+    ):
+        load_scenario(write(tmp_path, d))
+
+
+def test_simulate_refuses_a_duration_override_too_long_to_draw() -> None:
+    res = CliRunner().invoke(
+        app, ["simulate", "paper-llama2-7b", "--duration", "1e10", "-p", "cloud-only"]
+    )
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "would draw 4e+10 requests" in res.output
