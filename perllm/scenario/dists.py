@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -111,21 +112,54 @@ class Choice(Strict):
 
 
 def dist_mean(d: Dist) -> float:
-    """Mean of a distribution (what a service would declare as its expected traffic)."""
+    """Mean of a distribution, clipped at `max` as its draws are (what a service would
+    declare as its expected traffic)."""
     import numpy as np
 
+    c = d.max
     if d.kind == "constant":
         assert d.value is not None
-        return d.value
+        return d.value if c is None else min(d.value, c)
     if d.kind == "uniform":
         assert d.low is not None and d.high is not None
-        return (d.low + d.high) / 2
+        return _clipped_linear_mean(np.array([0.0, 1.0]), np.array([d.low, d.high]), c)
     if d.kind == "lognormal":
         assert d.mu is not None and d.sigma is not None
-        m = float(np.exp(d.mu + d.sigma**2 / 2))
-        return min(m, d.max) if d.max else m
+        with np.errstate(over="ignore"):  # inf: the contract refuses it, naming the field
+            m = float(np.exp(d.mu + d.sigma**2 / 2))
+        if c is None:
+            return m
+        if d.sigma == 0:
+            return min(m, c)
+        # E[min(X, c)] = E[X; X < c] + c·P(X >= c), X = exp(N(mu, sigma²))
+        z = (math.log(c) - d.mu) / d.sigma
+        # (in logs: exp(mu + sigma²/2) alone may overflow where its product does not)
+        tail = _phi(z - d.sigma)
+        below = math.exp(d.mu + d.sigma**2 / 2 + math.log(tail)) if tail > 0 else 0.0
+        return below + c * (1 - _phi(z))
     table = d.quantile_table()
     assert table is not None
-    p, v = np.asarray(table[0], float), np.asarray(table[1], float)
-    m = float(np.sum(np.diff(p) * (v[1:] + v[:-1]) / 2))  # piecewise-linear inverse CDF
-    return min(m, d.max) if d.max else m
+    return _clipped_linear_mean(np.asarray(table[0], float), np.asarray(table[1], float), c)
+
+
+def _phi(x: float) -> float:
+    """The standard normal CDF."""
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def _clipped_linear_mean(p: Any, v: Any, c: float | None) -> float:
+    """The mean of min(V, c) for V with a piecewise-linear inverse CDF through (p, v)."""
+    import numpy as np
+
+    if c is None or c >= v[-1]:
+        return float(np.sum(np.diff(p) * (v[1:] + v[:-1]) / 2))
+    total = 0.0
+    for p0, p1, v0, v1 in zip(p[:-1], p[1:], v[:-1], v[1:], strict=True):
+        if v1 <= c:
+            total += (p1 - p0) * (v0 + v1) / 2
+        elif v0 >= c:
+            total += (p1 - p0) * c
+        else:  # the segment crosses c at fraction f of its probability
+            f = (c - v0) / (v1 - v0)
+            total += (p1 - p0) * (f * (v0 + c) / 2 + (1 - f) * c)
+    return float(total)

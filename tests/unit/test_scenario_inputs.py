@@ -210,3 +210,42 @@ def test_simulate_refuses_a_duration_override_too_long_to_draw() -> None:
     )
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "would draw 4e+10 requests" in res.output
+
+
+@pytest.mark.parametrize(
+    "dist",
+    [
+        {"kind": "constant", "value": 5000, "max": 100},  # declared 5,000, drew 100
+        {"kind": "uniform", "low": 0, "high": 1000, "max": 200},  # declared 200, drew ~180
+        {"kind": "uniform", "low": 300, "high": 1000, "max": 200},
+        {"kind": "lognormal", "mu": 6, "sigma": 1.5, "max": 2000},  # 1,244 vs ~770
+        {"kind": "lognormal", "mu": 5, "sigma": 40, "max": 1000},  # declared min(inf, max)
+        {"kind": "quantiles", "probs": [0, 0.5, 0.9, 1], "values": [1, 100, 1000, 8000]}
+        | {"max": 500},
+        {"kind": "preset", "name": "azure-conv-input", "max": 1000},
+        {"kind": "lognormal", "mu": 6, "sigma": 1.5},  # (unclipped: as before)
+    ],
+)
+def test_a_clipped_distribution_declares_the_mean_it_draws(dist: dict[str, Any]) -> None:
+    """The declared mean (a service's traffic, the scheduler's only knowledge of a class's
+    lengths) ignored `max` for constant and uniform, and took min(mean, max) otherwise."""
+    import numpy as np
+
+    from perllm.scenario import Dist
+    from perllm.scenario.dists import dist_mean
+    from perllm.world.workload import draw
+
+    d = Dist.model_validate(dist)
+    drawn = float(draw(d, 400_000, np.random.default_rng(1)).mean())
+    assert dist_mean(d) == pytest.approx(drawn, rel=0.02)
+
+
+def test_an_overflowing_mean_is_refused_without_a_numpy_warning(tmp_path: Path) -> None:
+    import warnings
+
+    d = base()
+    d["workload"]["classes"][0]["input_tokens"] = {"kind": "lognormal", "mu": 5, "sigma": 50}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a RuntimeWarning with its source line on stderr)
+        with pytest.raises(ScenarioError, match=r"input_tokens \(its mean\): Input should be a"):
+            load_scenario(write(tmp_path, d))
