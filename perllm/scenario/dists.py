@@ -62,6 +62,14 @@ class Dist(Strict):
         missing = [k for k in need if getattr(self, k) is None]
         if missing:
             raise ValueError(f"kind {self.kind} needs {', '.join(missing)}")
+        # A parameter of another kind was ignored: `{kind: lognormal, ..., low: 10}` drew
+        # below 10 without a word.
+        for k in ("name", "mu", "sigma", "low", "high", "value", "probs", "values"):
+            if k not in need and getattr(self, k) is not None:
+                takes = ", ".join(need)
+                raise ValueError(f"{k}: not a parameter of kind {self.kind} (it takes {takes})")
+        if self.kind == "quantiles" and any(x < 0 for x in self.values or []):
+            raise ValueError("values: each >= 0 (a length or a size)")
         if self.kind == "preset" and self.name not in AZURE_PRESETS:
             raise ValueError(f"name: unknown preset {self.name!r}; known: {sorted(AZURE_PRESETS)}")
         if (

@@ -249,3 +249,28 @@ def test_an_overflowing_mean_is_refused_without_a_numpy_warning(tmp_path: Path) 
         warnings.simplefilter("error")  # (a RuntimeWarning with its source line on stderr)
         with pytest.raises(ScenarioError, match=r"input_tokens \(its mean\): Input should be a"):
             load_scenario(write(tmp_path, d))
+
+
+@pytest.mark.parametrize(
+    ("dist", "why"),
+    [
+        (
+            {"kind": "constant", "value": 5, "mu": 3},
+            r"input_tokens\.mu: not a parameter of kind "
+            r"constant \(it takes value\)",
+        ),
+        ({"kind": "lognormal", "mu": 5, "sigma": 1, "low": 10}, r"input_tokens\.low: not a"),
+        (
+            {"kind": "quantiles", "probs": [0, 1], "values": [-100, -1]},
+            r"input_tokens\.values: each >= 0",
+        ),
+    ],
+)
+def test_a_distribution_parameter_it_would_ignore_is_refused(
+    tmp_path: Path, dist: dict[str, Any], why: str
+) -> None:
+    """Each loaded: the stray parameter ignored, the negative lengths made 1 token."""
+    d = base()
+    d["workload"]["classes"][0]["input_tokens"] = dist
+    with pytest.raises(ScenarioError, match=r"workload\.classes\[0\]\." + why):
+        load_scenario(write(tmp_path, d))
