@@ -20,7 +20,7 @@ from perllm.devcluster.cluster import (
     State,
     default_run_dir,
 )
-from perllm.devcluster.config import Extender
+from perllm.devcluster.config import Extender, kubeconfig_server
 from perllm.devcluster.process import StartError
 from perllm.scenario import ScenarioError
 
@@ -30,7 +30,19 @@ cluster_app = typer.Typer(
 )
 app.add_typer(cluster_app, name="cluster")
 
-RunDir = Annotated[Path, typer.Option(help="Run directory: state, kubeconfig, logs.")]
+
+def _run_dir(text: str | Path) -> Path:
+    """`--run-dir ""` was the current folder: `up` cleared its etcd/, pki/, logs/ and
+    prometheus/ and ran the cluster there. A relative one is made absolute, so the printed
+    KUBECONFIG still works after a `cd`."""
+    if not str(text).strip():
+        raise typer.BadParameter("must not be empty")
+    return Path(text).absolute()
+
+
+RunDir = Annotated[
+    Path, typer.Option(help="Run directory: state, kubeconfig, logs.", parser=_run_dir)
+]
 
 
 @cluster_app.command()
@@ -68,6 +80,12 @@ def up(
         extender=Extender(url=extender_url, ignorable=extender_ignorable),
         external_kubeconfig=attach,
     )
+    if attach is not None:
+        try:
+            kubeconfig_server(attach)
+        except ValueError as e:
+            typer.echo(f"error: --attach: {attach}: {e}", err=True)
+            raise typer.Exit(2) from None
     running = Cluster.find(run_dir)
     if running is not None and running.state is not None:
         typer.echo(f"cluster already running from {run_dir} (options ignored)")
@@ -82,6 +100,9 @@ def up(
         raise typer.Exit(2) from None
     except (BinariesMissing, StartError) as e:
         typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as e:  # a full disk, an odd file in the run dir (what started is stopped)
+        typer.echo(f"error: --run-dir {run_dir}: {e}; free it or give another", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"cluster ready in {time.monotonic() - t0:.1f}s (run dir {run_dir})")
     _print_env(state)

@@ -52,11 +52,30 @@ def kubeconfig(server: str, token: str, ca_pem: bytes, user: str = ADMIN_USER) -
 
 
 def kubeconfig_server(path: Path) -> str:
-    """The API server URL of a kubeconfig's current context."""
-    doc = yaml.safe_load(path.read_text())
+    """The API server URL of a kubeconfig's current context; ValueError saying what is
+    missing when the file is no such kubeconfig (`up --attach` names it)."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read it: {e}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a kubeconfig (no YAML mapping)")
     current = doc.get("current-context")
-    ctx = next(c["context"] for c in doc["contexts"] if c["name"] == current)
-    return str(next(c["cluster"]["server"] for c in doc["clusters"] if c["name"] == ctx["cluster"]))
+    if not current:
+        raise ValueError("no current-context (select one: kubectl config use-context NAME)")
+
+    def named(section: str, name: object) -> dict[str, Any]:
+        for item in doc.get(section) or []:
+            if isinstance(item, dict) and item.get("name") == name:
+                body = item.get(section[:-1])
+                if isinstance(body, dict):
+                    return body
+        raise ValueError(f"no {section[:-1]} {name!r} (the current context's) in {section}")
+
+    server = named("clusters", named("contexts", current).get("cluster")).get("server")
+    if not isinstance(server, str) or not server:
+        raise ValueError(f"context {current!r}: its cluster has no server URL")
+    return server
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ class Launcher:
 
     def __init__(self, config: ClusterConfig | None = None, binaries: Binaries | None = None):
         self.config = config or ClusterConfig()
-        self.run_dir = self.config.run_dir
+        # absolute: the state, kubeconfigs and configs record paths under it
+        self.run_dir = self.config.run_dir.absolute()
         self._bin = binaries
         self.procs: list[Proc] = []
         self.state: State | None = None

@@ -76,3 +76,82 @@ def test_a_second_up_while_one_starts_from_the_same_run_dir_is_refused(
     # the lock free again: this `up` goes on (to the stand-in start, refused by the fixture)
     with pytest.raises(AssertionError, match="a component started"):
         Cluster(ClusterConfig(run_dir=rd, scenario=None)).up()
+
+
+def test_an_empty_run_dir_is_refused_not_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--run-dir ""` (an unset variable) was Path(""): `up` cleared the current folder's
+    logs/, etcd/, pki/, prometheus/ and ran the cluster there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "mine.txt").write_text("keep")
+    code, out = _up("--run-dir", "", "--scenario", "")
+    assert code == 2, out
+    assert "--run-dir" in out and "must not be empty" in out
+    assert (tmp_path / "logs" / "mine.txt").read_text() == "keep"
+    r = CliRunner().invoke(app, ["cluster", "down", "--run-dir", " "])
+    assert r.exit_code == 2 and "--run-dir" in r.output, r.output
+
+
+def test_a_relative_run_dir_records_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`up --run-dir rd` printed `export KUBECONFIG=rd/kubeconfig`, which stops working
+    after a `cd`."""
+    from perllm.devcluster.cluster import Cluster, ClusterConfig
+
+    monkeypatch.chdir(tmp_path)
+    c = Cluster(ClusterConfig(run_dir=Path("rd"), scenario=None))
+    (tmp_path / "rd").mkdir()
+    state = c._control_plane_state()
+    for p in (state.run_dir, state.kubeconfig, state.viewer_kubeconfig):
+        assert p is not None and Path(p).is_absolute(), p
+    assert Path(state.kubeconfig) == tmp_path / "rd" / "kubeconfig"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{}\n", "no current-context"),
+        ("- a\n", "not a kubeconfig"),
+        ("current-context: x\ncontexts: []\n", "no context 'x'"),
+        (
+            "current-context: x\ncontexts: [{name: x, context: {cluster: c}}]\n"
+            "clusters: [{name: c, cluster: {}}]\n",
+            "has no server URL",
+        ),
+        ("key: [unclosed\n", "cannot read it"),
+    ],
+)
+def test_an_attach_file_that_is_no_kubeconfig_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, reason: str
+) -> None:
+    """`--attach` of a file that is not a kubeconfig ended in a KeyError traceback once
+    the run directory was cleared."""
+    from perllm.devcluster.binaries import Binaries
+
+    monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
+    kc = tmp_path / "kc.yaml"
+    kc.write_text(text)
+    code, out = _up("--run-dir", str(tmp_path / "rd"), "--attach", str(kc))
+    assert code == 2, out
+    assert "--attach" in out and str(kc) in out and reason in out, out
+    assert not (tmp_path / "rd").exists()
+
+
+def test_a_run_dir_that_cannot_be_laid_out_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError while laying out the run directory (here a file where logs/ goes; a
+    full disk alike) was a FileExistsError traceback."""
+    from perllm.devcluster.binaries import Binaries
+
+    monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
+    rd = tmp_path / "rd"
+    rd.mkdir()
+    (rd / "logs").write_text("")
+    r = CliRunner().invoke(app, ["cluster", "up", "--run-dir", str(rd), "--scenario", ""])
+    assert r.exit_code == 1, r.output
+    assert not isinstance(r.exception, (AssertionError, OSError)), r.exception
+    assert f"--run-dir {rd}" in r.output and "File exists" in r.output, r.output
