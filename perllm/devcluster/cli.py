@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -73,6 +74,16 @@ def up(
     ] = None,
 ) -> None:
     """Start the cluster (binaries from the cache: tools/build-binaries.sh builds them)."""
+    url = urlsplit(extender_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        # else it goes unchecked into perllm-scheduler's config: an extender no call reaches
+        typer.echo(
+            f"error: --extender-url (or PERLLM_EXTENDER_URL): {extender_url!r} is no "
+            "http:// or https:// URL "
+            f"(e.g. {Extender.url})",
+            err=True,
+        )
+        raise typer.Exit(2)
     conf = ClusterConfig(
         run_dir=run_dir,
         scenario=scenario or None,
@@ -104,6 +115,9 @@ def up(
     except OSError as e:  # a full disk, an odd file in the run dir (what started is stopped)
         typer.echo(f"error: --run-dir {run_dir}: {e}; free it or give another", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # Cluster.up has stopped what it started
+        typer.echo(f"interrupted: every component started was stopped; logs in {run_dir}", err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"cluster ready in {time.monotonic() - t0:.1f}s (run dir {run_dir})")
     _print_env(state)
 
@@ -115,8 +129,13 @@ def down(run_dir: RunDir = default_run_dir()) -> None:  # noqa: B008
     if state is None:
         typer.echo(f"no cluster recorded in {run_dir}")
         return
+    # counted before: a component that had already exited was reported as stopped
+    dead = [p.name for p in state.procs() if not p.alive()]
     Cluster(ClusterConfig(run_dir=run_dir)).down()
-    typer.echo(f"stopped {len(state.processes)} processes; logs in {run_dir / 'logs'}")
+    gone = f" ({', '.join(dead)} had already exited)" if dead else ""
+    typer.echo(
+        f"stopped {len(state.processes) - len(dead)} processes{gone}; logs in {run_dir / 'logs'}"
+    )
 
 
 @cluster_app.command()
@@ -134,7 +153,8 @@ def status(
         typer.echo(json.dumps({**asdict(state), "alive": alive}, indent=2))
     else:
         for p in state.procs():
-            typer.echo(f"{p.name:24} pid {p.pid:<8} {'running' if alive[p.name] else 'DEAD'}")
+            how = "running" if alive[p.name] else f"DEAD (log {p.log})"
+            typer.echo(f"{p.name:24} pid {p.pid:<8} {how}")
         typer.echo(f"ports: {state.ports}")
         _print_env(state)
     if not all(alive.values()):

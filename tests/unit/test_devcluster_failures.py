@@ -4,13 +4,19 @@ traceback)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+import perllm.devcluster.cluster as cluster_mod
 import perllm.devcluster.launch as launch_mod
 from perllm.devcluster.cli import app
+from perllm.devcluster.process import Proc
 
 
 @pytest.fixture(autouse=True)
@@ -155,3 +161,74 @@ def test_a_run_dir_that_cannot_be_laid_out_is_named(
     assert r.exit_code == 1, r.output
     assert not isinstance(r.exception, (AssertionError, OSError)), r.exception
     assert f"--run-dir {rd}" in r.output and "File exists" in r.output, r.output
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8888/scheduler", "ftp://h/x", "https://", ""])
+def test_an_extender_url_that_is_no_http_url_is_refused(tmp_path: Path, url: str) -> None:
+    """It went unchecked into perllm-scheduler's config as the extender's urlPrefix, so
+    the cluster came up with an extender no call could reach."""
+    code, out = _up("--run-dir", str(tmp_path / "rd"), "--scenario", "", "--extender-url", url)
+    assert code == 2, out
+    assert "--extender-url" in out and "http:// or https://" in out
+
+
+def test_ctrl_c_while_starting_stops_what_started_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during `up` printed nothing at all (exit 130 with no word)."""
+    from perllm.devcluster.binaries import Binaries
+    from perllm.devcluster.process import start
+
+    monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
+    started: list[Proc] = []
+
+    def start_sleep(name: str, argv: list[str], log: Path, **kw: object) -> Proc:
+        started.append(start(name, ["sleep", "60"], log))
+        return started[-1]
+
+    def ctrl_c(*_a: object) -> None:  # while waiting for etcd's /health
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch_mod, "start", start_sleep)
+    monkeypatch.setattr(cluster_mod, "wait_until", ctrl_c)
+    rd = tmp_path / "rd"
+    r = CliRunner().invoke(app, ["cluster", "up", "--run-dir", str(rd), "--scenario", ""])
+    assert r.exit_code == 130, r.output
+    assert "interrupted: every component started was stopped" in r.output
+    assert started and not started[0].alive()
+    assert not (rd / "state.json").exists()
+
+
+def test_status_and_down_say_which_component_had_died(tmp_path: Path) -> None:
+    """`down` counted a component that had already exited as stopped; `status` said DEAD
+    without where to look."""
+    from perllm.devcluster.process import start
+    from perllm.devcluster.state import State
+
+    rd = tmp_path / "rd"
+    live = start("etcd", ["sleep", "60"], rd / "logs" / "etcd.log")
+    dead = start("kwok", ["true"], rd / "logs" / "kwok.log")
+    try:
+        while dead.alive():
+            time.sleep(0.05)
+            with contextlib.suppress(ChildProcessError):  # (subprocess may reap it first)
+                os.waitpid(dead.pid, os.WNOHANG)
+        state = State(
+            run_dir=str(rd),
+            kubeconfig=str(rd / "kubeconfig"),
+            kubectl="kubectl",
+            api_server="https://127.0.0.1:1",
+            external=False,
+            processes=[asdict(live), asdict(dead)],
+            ports={},
+        )
+        state.save(rd)
+        r = CliRunner().invoke(app, ["cluster", "status", "--run-dir", str(rd)])
+        assert r.exit_code == 1
+        assert f"DEAD (log {rd / 'logs' / 'kwok.log'})" in r.output, r.output
+        r = CliRunner().invoke(app, ["cluster", "down", "--run-dir", str(rd)])
+        assert r.exit_code == 0, r.output
+        assert "stopped 1 processes (kwok had already exited)" in r.output, r.output
+        assert not live.alive()
+    finally:
+        live.stop()
