@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VERSIONS_FILE = Path(__file__).with_name("versions.env")
-BUILD_COMMAND = "tools/build-binaries.sh  (or: make binaries)"
+BUILD_SCRIPT = "tools/build-binaries.sh"
 
 
 class BinariesMissing(RuntimeError):
@@ -67,25 +67,30 @@ class Binaries:
 
         `etcd=False`: attaching to an existing cluster needs only the k8s binary and KWOK.
         """
+        # (binary, the build script's component that makes it)
         needed = [
-            self.kube_apiserver,
-            self.kube_controller_manager,
-            self.kube_scheduler,
-            self.kubectl,
-            self.kwok,
+            (self.kube_apiserver, "k8s"),
+            (self.kube_controller_manager, "k8s"),
+            (self.kube_scheduler, "k8s"),
+            (self.kubectl, "k8s"),
+            (self.kwok, "kwok"),
         ]
         if etcd:
-            needed.insert(0, self.etcd)
+            needed.insert(0, (self.etcd, "etcd"))
         if helm:
-            needed.append(self.helm)
-        missing = [str(p) for p in needed if not os.access(p, os.X_OK)]
+            needed.append((self.helm, "helm"))
+        absent = [(str(p), c) for p, c in needed if not os.access(p, os.X_OK)]
         if prometheus and self.prometheus is None:
-            missing.append("prometheus (not on PATH)")
-        if missing:
+            absent.append(("prometheus (not on PATH)", "prometheus"))
+        if absent:
+            # only what is missing: the script with no argument also builds llama.cpp and a
+            # second Prometheus, minutes more that the control plane does not need
+            parts = " ".join(dict.fromkeys(c for _, c in absent))
             raise BinariesMissing(
                 "local control plane binaries missing:\n  "
-                + "\n  ".join(missing)
-                + f"\nbuild them with: {BUILD_COMMAND}"
+                + "\n  ".join(p for p, _ in absent)
+                + f"\nbuild them with: {BUILD_SCRIPT} {parts}  (from the repository root; "
+                "cached, the first build takes 10-15 min on 2 cores)"
             )
         return self
 

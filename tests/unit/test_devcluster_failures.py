@@ -232,3 +232,30 @@ def test_status_and_down_say_which_component_had_died(tmp_path: Path) -> None:
         assert not live.alive()
     finally:
         live.stop()
+
+
+def test_missing_binaries_name_the_build_of_just_those(tmp_path: Path) -> None:
+    """The message said `tools/build-binaries.sh (or: make binaries)`, which also builds
+    Helm, llama.cpp and a second Prometheus, minutes the control plane does not need."""
+    from perllm.devcluster.binaries import Binaries, BinariesMissing
+
+    k8s = tmp_path / "k8s"
+    b = Binaries(
+        etcd=tmp_path / "etcd",
+        kube_apiserver=k8s,
+        kube_controller_manager=k8s,
+        kube_scheduler=k8s,
+        kubectl=k8s,
+        kwok=tmp_path / "kwok",
+        helm=tmp_path / "helm",
+        prometheus=None,
+    )
+    with pytest.raises(BinariesMissing) as e:
+        b.require()
+    assert "tools/build-binaries.sh etcd k8s kwok prometheus " in str(e.value)
+    assert str(tmp_path / "etcd") in str(e.value)
+    for p in (tmp_path / "etcd", tmp_path / "kwok"):
+        p.write_text("")
+        p.chmod(0o755)
+    with pytest.raises(BinariesMissing, match=r"build-binaries\.sh k8s  \("):
+        b.require(prometheus=False)
