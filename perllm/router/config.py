@@ -30,7 +30,7 @@ from perllm.csucb import CSUCBConfig
 from perllm.profiles import Catalogue, default_catalogue
 from perllm.telemetry.prom import tls_error
 from perllm.waits import MAX_WAIT_S, WaitSeconds
-from perllm.yamlerror import one_line
+from perllm.yamlerror import load_strict, one_line
 
 
 class RouterConfigError(ValueError):
@@ -312,9 +312,11 @@ def load_config(path: str | Path) -> RouterConfig:
         raise RouterConfigError("the config path must not be empty: give a router YAML file")
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_strict(p.read_text())
     except OSError as e:
         raise RouterConfigError(f"{p}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise RouterConfigError(f"{p}: not a text file: {e}") from None
     except yaml.YAMLError as e:
         raise RouterConfigError(f"{p}: not valid YAML: {one_line(e)}") from None
     return parse_config(data, str(p))

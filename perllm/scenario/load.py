@@ -9,7 +9,6 @@ import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -17,7 +16,7 @@ from pydantic import ValidationError
 from perllm.costmodel import build_cost_table
 from perllm.scenario.base import ScenarioError
 from perllm.scenario.model import Scenario
-from perllm.yamlerror import one_line
+from perllm.yamlerror import load_strict, one_line
 
 _SUBFIELD = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
 
@@ -248,7 +247,7 @@ def load_scenario(path: str | Path) -> Scenario:
                 f"{', '.join(builtin_scenarios())}"
             )
     try:
-        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
+        data = load_strict(p.read_text())
     except yaml.YAMLError as e:
         raise ScenarioError(f"{p}: not valid YAML: {one_line(e)}") from None
     except OSError as e:  # a directory, unreadable
@@ -256,31 +255,6 @@ def load_scenario(path: str | Path) -> Scenario:
     except UnicodeDecodeError as e:
         raise ScenarioError(f"{p}: not a text file: {e}") from None
     return parse_scenario(data, str(p), p.parent)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys: `duration_s: 60` then `duration_s: 5` ran
-    5 s without a word. The YAML spec makes keys unique; a repeated one is an error."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[object, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-                seen.setdefault(key, key_node.start_mark.line + 1)
-            except TypeError:  # an unhashable key: PyYAML's own error below
-                continue
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {key!r} (first on line {first})",
-                    key_node.start_mark,
-                )
-        return super().construct_mapping(node, deep)
 
 
 def builtin_dir() -> Path:

@@ -842,6 +842,14 @@ def test_config_errors_are_clear(tmp_path: Any) -> None:
     p.write_text("a: b: c\n")
     with pytest.raises(RouterConfigError, match=r"not valid YAML: line 1, column 5: mapping"):
         load_config(p)
+    # a key given twice is refused (PyYAML kept the last: `shed: true` then `shed: false`
+    # shed nothing), as in a scenario; a binary file is no traceback
+    p.write_text("scenario: demo\nservice_class: chat\nshed: true\nshed: false\n")
+    with pytest.raises(RouterConfigError, match=r"line 4, column 1: duplicate key 'shed'"):
+        load_config(p)
+    p.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(RouterConfigError, match="not a text file"):
+        load_config(p)
     # A URL the upstream pool cannot connect to is the config's error, naming the field
     # (it was a ValueError traceback from the pool when the router started).
     for url in ("http://", "http://h:99999", "http://h:abc", "http://[::1"):
