@@ -88,6 +88,19 @@ def check_services(sc: Scenario, source: str) -> None:
     present = {s.tier for s in sc.servers}
     for k, c in enumerate(sc.workload.classes):
         if table.allowed[k].any():
+            # Some floor of the class must be within reach: with every one above every
+            # runnable variant's quality, each of its requests fails under every policy.
+            mq = c.min_quality
+            w = mq.weights or [1.0] * len(mq.values)
+            floor = min(v for v, p in zip(mq.values, w, strict=True) if p > 0)
+            best = float(table.quality[k][table.allowed[k]].max())
+            if floor > best + 1e-12:
+                raise ScenarioError(
+                    f"{source}: invalid scenario:\n  workload.classes[{k}].min_quality."
+                    f"values: class {c.name!r}'s lowest floor {floor:g} is above the best "
+                    f"quality any server can run it at ({best:g}): none of its requests "
+                    "could be served"
+                )
             continue
         tiers = [t.value for t in c.allowed_tiers]
         why = (

@@ -274,3 +274,20 @@ def test_a_distribution_parameter_it_would_ignore_is_refused(
     d["workload"]["classes"][0]["input_tokens"] = dist
     with pytest.raises(ScenarioError, match=r"workload\.classes\[0\]\." + why):
         load_scenario(write(tmp_path, d))
+
+
+def test_a_class_whose_every_floor_is_out_of_reach_is_refused(tmp_path: Path) -> None:
+    """A quality floor above every variant a class may run loaded, and every one of its
+    requests then failed under every policy. A mix with a reachable floor stays valid (a
+    share of requests only some servers, or none, can serve is a scenario to study)."""
+    d = base()
+    (chat,) = [c for c in d["workload"]["classes"] if c["name"] == "chat"]
+    chat["min_quality"] = {"values": [0.999]}
+    with pytest.raises(ScenarioError, match=r"classes\[\d\]\.min_quality\.values: class "
+                       r"'chat''s lowest floor 0.999 is above the best quality"):  # fmt: skip
+        load_scenario(write(tmp_path, d))
+    chat["min_quality"] = {"values": [0.0, 0.999], "weights": [0.0, 1.0]}  # 0 never drawn
+    with pytest.raises(ScenarioError, match=r"lowest floor 0\.999"):
+        load_scenario(write(tmp_path, d))
+    chat["min_quality"] = {"values": [0.0, 0.999], "weights": [0.5, 0.5]}
+    assert load_scenario(write(tmp_path, d)).name == d["name"]
