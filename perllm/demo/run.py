@@ -3,13 +3,11 @@ routed phase (perllm/demo/routed.py) unless --no-router; report."""
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -25,6 +23,7 @@ from perllm.demo.routed import chat_edge, routed_nodes, run_routed
 from perllm.demo.routed_view import routed_table
 from perllm.demo.stack import Stack, demo_inputs
 from perllm.demo.view import pct, render, totals
+from perllm.devcluster.process import sigterm_as_interrupt
 
 
 class DemoError(RuntimeError):
@@ -41,17 +40,12 @@ class DemoResult:
     error: str | None = None
 
 
-def _sigterm(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # one path for Ctrl-C and SIGTERM: stop what we started
-
-
 def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
     # Tables are wide: keep them readable when piped (rich falls back to 80 columns).
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     # a typo in --scenario or --services is named before a first run's 10-15 minute build
     scenario, services = demo_inputs(config)
-    old = signal.signal(signal.SIGTERM, _sigterm)
-    try:
+    with sigterm_as_interrupt():  # one path for Ctrl-C and SIGTERM: stop what we started
         config.out.mkdir(parents=True, exist_ok=True)
         binaries = ensure_binaries(console, helm=CHART.is_dir())
         stack = Stack(config, console, binaries, scenario, services)
@@ -77,8 +71,6 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
         if config.router and samples and not interrupted and error is None:
             interrupted, error = _routed_phase(config, console, summary)
         return _write(config, summary, samples, console, interrupted, error)
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _routed_phase(

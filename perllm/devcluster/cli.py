@@ -22,7 +22,7 @@ from perllm.devcluster.cluster import (
     default_run_dir,
 )
 from perllm.devcluster.config import Extender, kubeconfig_server
-from perllm.devcluster.process import StartError
+from perllm.devcluster.process import StartError, sigterm_as_interrupt
 from perllm.scenario import ScenarioError
 
 app = typer.Typer(help="Development tools.", no_args_is_help=True)
@@ -105,7 +105,8 @@ def up(
     ensure_writable("--run-dir", run_dir, Console(stderr=True))
     t0 = time.monotonic()
     try:
-        state = Cluster(conf).up()
+        with sigterm_as_interrupt():  # a CI cancel or `timeout` stops what was started
+            state = Cluster(conf).up()
     except ScenarioError as e:
         typer.echo(f"error: --scenario: {e}", err=True)
         raise typer.Exit(2) from None

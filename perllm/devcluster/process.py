@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,22 @@ _PR_SET_PDEATHSIG = 1
 
 class StartError(RuntimeError):
     """A component did not become ready; the message carries its log tail."""
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`timeout`, a CI cancel, `kill`) takes Ctrl-C's path while this runs, so
+    what was started is stopped: by default SIGTERM ends Python at once, leaving the
+    children it started running."""
+    old = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def free_port() -> int:

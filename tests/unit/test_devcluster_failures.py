@@ -199,6 +199,47 @@ def test_ctrl_c_while_starting_stops_what_started_and_says_so(
     assert not (rd / "state.json").exists()
 
 
+def test_sigterm_while_starting_stops_what_started_as_ctrl_c_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during `up` (`timeout`, a CI cancel) ended Python at once and left the
+    components it had started running; it now takes Ctrl-C's path."""
+    import signal
+
+    from perllm.devcluster.binaries import Binaries
+    from perllm.devcluster.process import start
+
+    class Killed(Exception):
+        pass
+
+    def killed(*_a: object) -> None:  # what the test sees if SIGTERM is not handled
+        raise Killed
+
+    monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
+    started: list[Proc] = []
+
+    def start_sleep(name: str, argv: list[str], log: Path, **kw: object) -> Proc:
+        started.append(start(name, ["sleep", "60"], log))
+        return started[-1]
+
+    def sigterm(*_a: object) -> None:  # while waiting for etcd's /health
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    monkeypatch.setattr(launch_mod, "start", start_sleep)
+    monkeypatch.setattr(cluster_mod, "wait_until", sigterm)
+    old = signal.signal(signal.SIGTERM, killed)
+    try:
+        rd = tmp_path / "rd"
+        r = CliRunner().invoke(app, ["cluster", "up", "--run-dir", str(rd), "--scenario", ""])
+        assert signal.getsignal(signal.SIGTERM) is killed  # restored after `up`
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert r.exit_code == 130, (r.output, r.exception)
+    assert "interrupted: every component started was stopped" in r.output
+    assert started and not started[0].alive()
+
+
 def test_status_and_down_say_which_component_had_died(tmp_path: Path) -> None:
     """`down` counted a component that had already exited as stopped; `status` said DEAD
     without where to look."""
