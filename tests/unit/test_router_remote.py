@@ -132,6 +132,31 @@ def test_a_rotated_secret_is_picked_up_and_a_vanished_one_keeps_its_value(
     assert s.value() == b"two"  # the last good value while the file is briefly gone
 
 
+def test_a_secret_emptied_mid_rewrite_keeps_its_last_value(tmp_path: Path) -> None:
+    """A file rewritten in place (truncated, then written) reads empty for a moment: the
+    last good value serves meanwhile. It raised SecretError, so the request that read it
+    got a 500 (the router's client auth, a remote tier's token)."""
+    path = secret(tmp_path, "t", "one")
+    s = SecretFile(path, every_s=0.0)
+    Path(path).write_text("")
+    assert s.value() == b"one"
+    Path(path).write_text("two")
+    assert s.value() == b"two"  # (not taken for the empty read's file: read again)
+
+
+def test_a_secret_swapped_for_a_file_of_the_same_mtime_is_read_again(tmp_path: Path) -> None:
+    """The kubelet swaps a new file in (a symlink to a new directory); one with the same
+    mtime (copied with `cp -p`, a coarse clock) was taken for the old: the old token stayed
+    in use for good."""
+    path = secret(tmp_path, "t", "one")
+    s = SecretFile(path, every_s=0.0)
+    mtime = os.stat(path).st_mtime_ns
+    new = secret(tmp_path, "t.new", "two")
+    os.utime(new, ns=(mtime, mtime))
+    os.replace(new, path)
+    assert s.value() == b"two"
+
+
 def test_discovery_sends_prometheus_the_token_file_it_is_given(tmp_path: Path) -> None:
     # discovery.prometheus_token_file (the chart's prometheus.tokenSecret) reaches the
     # Prometheus client that reads the measured bandwidth; an empty path is refused.
