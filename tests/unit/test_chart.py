@@ -1141,6 +1141,38 @@ def test_container_args_parse_with_the_perllm_cli() -> None:
     assert seen == {"operator", "extender", "agent", "twin", "router"}
 
 
+def test_secret_volumes_holding_credentials_are_not_readable_by_others(tmp_path: Path) -> None:
+    """Every Secret volume with a token or a key is mode 0440 (the pod's user and fsGroup);
+    only CA certificates (public) may be world-readable. The router's client-auth and
+    remote-tier tokens were mounted with the API's default 0644."""
+    remote = {"name": "cloud", "url": "https://cloud.example.com", "tier": "cloud",
+              "hardware": "a100-80gb-sxm", "link": {"bandwidth_mbps": 100, "rtt_ms": 40},
+              "tokenSecret": {"name": "cloud-tok", "key": "token"},
+              "caSecret": {"name": "cloud-ca", "key": "ca.crt"}}  # fmt: skip
+    values = _router_values(tmp_path, [{"name": "chat", "remote": [remote]}])
+    docs = render(
+        "-f", values, "--set", "router.authSecret.name=router-tok",
+        "--set", "prometheus.url=https://prom:9090", "--set", "prometheus.tokenSecret.name=pt",
+        "--set", "prometheus.caSecret.name=pca", "--set", "agent.enabled=true",
+        "--set", "twin.enabled=true",
+    )  # fmt: skip
+    seen = set()
+    for name, spec in pod_specs(docs):
+        for v in spec.get("volumes", []):
+            if "secret" not in v:
+                continue
+            sec = v["secret"]
+            mode = sec.get("defaultMode", 0o644)  # (the API server's default)
+            seen.add(v["name"])
+            public = bool(sec.get("items")) and all(
+                i["path"].endswith(".crt") for i in sec["items"]
+            )
+            assert mode & 0o333 == 0, (name, v["name"], oct(mode))  # nobody writes
+            if not public:
+                assert mode & 0o007 == 0, (name, v["name"], oct(mode))
+    assert {"auth", "remote-cloud", "ca-cloud", "prometheus-token", "tls"} <= seen, seen
+
+
 def test_router_per_service_config_secrets_and_least_privilege() -> None:
     """The edge profile's router: its config is one `perllm router` accepts, every token
     file it names is a mounted Secret key, and it may read only its service's pods and
