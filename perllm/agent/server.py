@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -18,6 +19,11 @@ log = logging.getLogger("perllm.agent")
 # measured bandwidth), generated once and repeated.
 _PAYLOAD = os.urandom(1 << 20)
 _VIEW = memoryview(_PAYLOAD)
+# /probe downloads served at once (each up to MAX_BYTES, to whoever reaches the port);
+# another is answered 503 at once. Peers probe one at a time every few minutes, so a
+# collision is rare; unbounded, a few clients asking in parallel held a thread each and
+# filled the node's uplink.
+MAX_PROBES = 8
 
 
 class AgentHTTPServer(ThreadingHTTPServer):
@@ -26,6 +32,8 @@ class AgentHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, addr: tuple[str, int], render: Callable[[], bytes]) -> None:
         self.render = render
+        self.max_probes = MAX_PROBES
+        self.probes = threading.BoundedSemaphore(MAX_PROBES)
         super().__init__(addr, _Handler)
 
 
@@ -87,16 +95,30 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, f"bytes must be an integer in 1..{MAX_BYTES}\n".encode())
             return
         n = min(n, MAX_BYTES)  # capped, and the Content-Length says so
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(n))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if self.command == "HEAD":
+        head = self.command == "HEAD"
+        if not head and not self.server.probes.acquire(blocking=False):
+            self.send_response(503)
+            self.send_header("Retry-After", "1")
+            body = f"busy: {self.server.max_probes} probe downloads in flight\n".encode()
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
-        left, off = n, 0
-        while left:
-            k = min(CHUNK, left, len(_PAYLOAD) - off)
-            self.wfile.write(_VIEW[off : off + k])
-            left -= k
-            off = (off + k) % len(_PAYLOAD)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if head:
+                return
+            left, off = n, 0
+            while left:
+                k = min(CHUNK, left, len(_PAYLOAD) - off)
+                self.wfile.write(_VIEW[off : off + k])
+                left -= k
+                off = (off + k) % len(_PAYLOAD)
+        finally:
+            if not head:
+                self.server.probes.release()

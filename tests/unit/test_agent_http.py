@@ -383,3 +383,41 @@ def test_a_stalled_peer_is_dropped_quietly(
     finally:
         c.close()
         a.stop()
+
+
+def test_probe_downloads_at_once_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/probe serves at most MAX_PROBES downloads at once (each up to 64 MiB, to anyone who
+    reaches the port); another is answered 503 with Retry-After at once. Without the cap a
+    few clients asking in parallel held a thread each and saturated the node's uplink."""
+    from perllm.agent import server
+
+    monkeypatch.setattr(server, "MAX_PROBES", 2, raising=False)
+    a = make_agent("cloud-1")
+    a.start()
+    host, port = a.url.removeprefix("http://").split(":")
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(2):  # two downloads that never finish: their readers read nothing
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.connect((host, int(port)))
+            c.sendall(f"GET /probe?bytes={MAX_BYTES} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            stalled.append(c)
+        deadline = time.monotonic() + 10
+        while (r := get(a.url + f"/probe?bytes={MIN_BYTES}"))[0] == 200:
+            assert time.monotonic() < deadline, "a third download was served"
+            time.sleep(0.05)
+        status, headers, body = r
+        assert status == 503 and headers["Retry-After"] == "1", (status, headers)
+        assert b"2 probe downloads in flight" in body
+        assert get(a.url + "/metrics")[0] == 200  # the rest is served as before
+        assert get(a.url + f"/probe?bytes={MAX_BYTES}", method="HEAD")[0] == 200  # no body
+        stalled.pop().close()  # one ends: the next download is served
+        deadline = time.monotonic() + 10
+        while get(a.url + f"/probe?bytes={MIN_BYTES}")[0] != 200:
+            assert time.monotonic() < deadline, "the freed slot was not taken"
+            time.sleep(0.05)
+    finally:
+        for c in stalled:
+            c.close()
+        a.stop()
