@@ -271,6 +271,10 @@ class Router(Membership):
     def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         assert self._auth is not None
         got = next((v for k, v in headers if k == b"authorization"), b"")
+        # The scheme's name is case-insensitive (RFC 9110 11.1: `bearer` is `Bearer`);
+        # the token itself is compared as sent, in constant time.
+        if got[:7].lower() == b"bearer ":
+            got = b"Bearer " + got[7:]
         return hmac.compare_digest(got, self._auth.bearer())
 
     async def _shed(self, send: Send, e: Shed) -> None:

@@ -56,6 +56,7 @@ class Membership:
         if self.limits.probe:
             self.prober = Prober(self, self.limits.probe_path, tick_s(self.limits.eject_s))
         self._secrets: dict[str, SecretFile] = {}
+        self._clear: set[str] = set()  # backends warned of a token sent over plain http
         self._cas: dict[str, ssl.SSLContext] = {}  # per ca_file: read once, at first use
         # Static backends (remote tiers) stay members beside the discovered pods.
         self.static = list(config.backends) if config.discovery is not None else []
@@ -146,6 +147,15 @@ class Membership:
         for n in names:
             self._inflight.setdefault(n, Backlog())
         log.info("backends: %s", ", ".join(f"{b.name}={b.url}" for b in backends))
+        for b in backends:  # (allowed: a VPN or a mesh may carry it; said once a backend)
+            if b.token_file and b.url.startswith("http:") and b.name not in self._clear:
+                self._clear.add(b.name)
+                log.warning(
+                    "backend %s: its token_file goes in clear over %s (no TLS); use https "
+                    "(ca_file for a private CA) unless the path is encrypted otherwise",
+                    b.name,
+                    b.url,
+                )
         if decider.bandit.pooled and self.serving:  # (before: `Router.start` warms)
             with contextlib.suppress(RuntimeError):  # (no loop: the next request loads it)
                 self._warming = asyncio.get_running_loop().create_task(self.warm())

@@ -50,7 +50,8 @@ def test_clients_must_present_the_routers_bearer_token(tmp_path: Path) -> None:
             }
             r = Router(parse_config(cfg))
             c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://r")
-            for h in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
+            sent = ("", "Bearer wrong", "s3cret", "Basic s3cret", "bearer S3CRET")
+            for h in [{"authorization": a} if a else {} for a in sent]:
                 resp = await c.post("/v1/chat/completions", json=CHAT, headers=h)
                 assert resp.status_code == 401, resp.text
                 assert resp.json()["error"]["type"] == "authentication_error"
@@ -64,9 +65,13 @@ def test_clients_must_present_the_routers_bearer_token(tmp_path: Path) -> None:
             assert (await c.get("/v1/models")).status_code == 401  # /v1/*, as documented
             good = {"authorization": "Bearer s3cret"}
             assert (await c.get("/v1/models", headers=good)).json()["data"][0]["id"]
+            # the scheme's name is case-insensitive (RFC 9110), the token is not
+            for scheme in ("bearer", "BEARER"):
+                h = {"authorization": f"{scheme} s3cret"}
+                assert (await c.get("/v1/models", headers=h)).status_code == 200
             assert (await c.get("/healthz")).status_code == 200  # probes need no token
             assert (
-                'perllm_router_rejected_requests_total{status="401"} 4.0'
+                'perllm_router_rejected_requests_total{status="401"} 6.0'
                 in (await c.get("/metrics")).text
             )
             await r.aclose()
@@ -74,7 +79,9 @@ def test_clients_must_present_the_routers_bearer_token(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(go(), 30))
 
 
-def test_a_remote_backend_gets_its_own_token_never_the_clients(tmp_path: Path) -> None:
+def test_a_remote_backend_gets_its_own_token_never_the_clients(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def go() -> None:
         async with contextlib.AsyncExitStack() as st:
             stubs = {"edge": StubBackend("edge"), "remote": StubBackend("remote")}
@@ -88,7 +95,12 @@ def test_a_remote_backend_gets_its_own_token_never_the_clients(tmp_path: Path) -
                     backend("remote", urls["remote"], "cloud", token_file=token),
                 ],
             }
-            r = Router(parse_config(cfg))
+            with caplog.at_level("WARNING", logger="perllm.router"):
+                r = Router(parse_config(cfg))
+            # its token goes over plain http here: said once, naming the backend, not it
+            said = [m for m in caplog.messages if "in clear" in m]
+            assert len(said) == 1 and "backend remote" in said[0]
+            assert "cloud-side" not in caplog.text
             c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://r")
             mine = {"authorization": "Bearer the-clients-own"}
             for _ in range(12):
