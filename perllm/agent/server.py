@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -24,6 +25,10 @@ _VIEW = memoryview(_PAYLOAD)
 # collision is rare; unbounded, a few clients asking in parallel held a thread each and
 # filled the node's uplink.
 MAX_PROBES = 8
+# Connections served at once, a thread each; another is closed at once. An idle one holds
+# its thread up to `_Handler.timeout` (60 s): unbounded, a flood of idle connections took
+# a thread each. Prometheus and the peers' probes need a handful.
+MAX_CONNECTIONS = 64
 
 
 class AgentHTTPServer(ThreadingHTTPServer):
@@ -34,7 +39,25 @@ class AgentHTTPServer(ThreadingHTTPServer):
         self.render = render
         self.max_probes = MAX_PROBES
         self.probes = threading.BoundedSemaphore(MAX_PROBES)
+        self.max_connections = MAX_CONNECTIONS
+        self.connections = threading.BoundedSemaphore(self.max_connections)
+        self.refused = 0  # connections closed at once, over the cap
         super().__init__(addr, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.connections.acquire(blocking=False):
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("over %d connections at once: closing new ones", self.max_connections)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -421,3 +421,48 @@ def test_probe_downloads_at_once_are_capped(monkeypatch: pytest.MonkeyPatch) -> 
         for c in stalled:
             c.close()
         a.stop()
+
+
+def test_connections_at_once_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection took a thread for as long as it stayed (up to 60 s idle): a flood of
+    idle connections took a thread each, without bound. Over MAX_CONNECTIONS a new one
+    is closed at once; a freed place serves again."""
+    from perllm.agent import server
+
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 3)
+    a = make_agent("cloud-1")
+    a.start()
+    host, port = a.url.removeprefix("http://").split(":")
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(3):  # connected, never a request: each holds its thread
+            idle.append(socket.create_connection((host, int(port))))
+        deadline = time.monotonic() + 10
+        while True:  # (the server thread takes each in turn: the 4th is closed at once)
+            c = socket.create_connection((host, int(port)))
+            c.settimeout(5)
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                got = c.recv(100)
+            except ConnectionResetError:
+                got = b""
+            c.close()
+            if got == b"":
+                break
+            assert time.monotonic() < deadline, "a 4th connection was served"
+            time.sleep(0.05)
+        assert a._server is not None and a._server.refused >= 1
+        idle.pop().close()  # one leaves: the next is served
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if get(a.url + "/healthz")[0] == 200:
+                    break
+            except (OSError, urllib.error.URLError):
+                pass
+            assert time.monotonic() < deadline, "the freed place was not taken"
+            time.sleep(0.05)
+    finally:
+        for c in idle:
+            c.close()
+        a.stop()
