@@ -15,6 +15,7 @@ from perllm_operator import render, runtimes
 
 from perllm.crd import InvalidService
 from perllm.devcluster.binaries import cache_dir
+from tests.schema import kserve_schema, object_errors
 
 ROOT = Path(__file__).parents[2]
 MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
@@ -158,36 +159,6 @@ def test_chart_serving_runtimes_use_the_pinned_images() -> None:
 
 
 @cache
-def _kserve_schema() -> dict[str, Any] | None:
-    """KServe's v1beta1 schema from tools/kserve-crd.sh's cache, if it was fetched."""
-    files = sorted(cache_dir().glob("kserve-*/serving.kserve.io_inferenceservices.yaml"))
-    if not files:
-        return None
-    crd = yaml.safe_load(files[-1].read_text())
-    (v,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
-    schema: dict[str, Any] = v["schema"]["openAPIV3Schema"]
-    return schema
-
-
-def _unknown_paths(obj: Any, schema: dict[str, Any], path: str) -> list[str]:
-    if schema.get("x-kubernetes-preserve-unknown-fields") or not isinstance(obj, dict | list):
-        return []
-    if isinstance(obj, list):
-        items = schema.get("items") or {}
-        return [p for i, x in enumerate(obj) for p in _unknown_paths(x, items, f"{path}[{i}]")]
-    props, extra = schema.get("properties"), schema.get("additionalProperties")
-    out = []
-    for k, v in obj.items():
-        if props and k in props:
-            out += _unknown_paths(v, props[k], f"{path}.{k}")
-        elif isinstance(extra, dict):
-            out += _unknown_paths(v, extra, f"{path}.{k}")
-        elif props is not None or extra is False:
-            out.append(f"{path}.{k}")
-    return out
-
-
-@cache
 def _kserve_sdk() -> Any | None:
     """The generated models of KServe's Python SDK of the pinned release (extracted by
     tools/kserve-crd.sh from the same module as the CRD), if fetched. Loaded as the
@@ -268,15 +239,16 @@ def test_rendered_inference_services_fit_kserves_sdk_models(
 
 @pytest.mark.parametrize(("name", "tier", "backend"), KSERVE_CASES)
 def test_rendered_inference_services_fit_kserves_schema(name: str, tier: str, backend: str) -> None:
-    """Every rendered field exists in KServe's real schema (tools/kserve-crd.sh; the e2e
-    tests check the same against the API server with a strict dry run)."""
-    schema = _kserve_schema()
+    """Every rendered field exists in KServe's real schema and fits it (types, required,
+    enums, patterns: tests/schema.py; tools/kserve-crd.sh; the e2e tests check the same
+    against the API server with a strict dry run)."""
+    schema = kserve_schema()
     if schema is None:
         pytest.skip("KServe's CRD is not cached: run tools/kserve-crd.sh")
     isvc = _rendered_isvc(name, tier, backend)
-    assert _unknown_paths(isvc, schema, "") == []
+    assert object_errors(isvc, schema) == []
     isvc["spec"]["predictor"]["model"]["storageURI"] = "hf://typo"
-    assert _unknown_paths(isvc, schema, "") == [".spec.predictor.model.storageURI"]
+    assert object_errors(isvc, schema) == ["spec.predictor.model.storageURI: unknown field"]
 
 
 @pytest.mark.parametrize(
