@@ -37,6 +37,12 @@ CHILD_SUFFIX = "-predictor"  # the Service of both backends, the Deployment of K
 MAX_NAME = 63 - len(CHILD_SUFFIX)  # a Service name is a DNS-1035 label of <= 63 characters
 # With spec.tierReplicas the children are <name>-<tier> (KServe: Service <name>-<tier>-predictor)
 MAX_TIER_NAME = 63 - max(len(f"-{t.value}{CHILD_SUFFIX}") for t in Tier)
+# KServe v0.15's RawDeployment labels (and selects) the predictor pods of an
+# InferenceService <isvc> with app: isvc.<isvc>-predictor (constants.GetRawServiceLabel), a
+# label value of at most 63 characters: longer, KServe's Deployment is refused, no pod runs.
+KSERVE_APP_LABEL = "isvc.{}" + CHILD_SUFFIX
+MAX_KSERVE_NAME = 63 - len(KSERVE_APP_LABEL.format(""))
+MAX_KSERVE_TIER_NAME = MAX_KSERVE_NAME - max(len(f"-{t.value}") for t in Tier)
 MAX_FORMAT = 63
 MAX_RUNTIME = 253
 MAX_STORAGE_URI = 2048
@@ -194,6 +200,19 @@ def _check_tier_replicas(name: str, tr: Any) -> None:
         )
 
 
+def _check_kserve_name(name: str, tiered: bool) -> None:
+    """The name room KServe's pod label `app: isvc.<child>-predictor` needs (the child is
+    <name>, or <name>-<tier> with spec.tierReplicas)."""
+    most, child = (MAX_KSERVE_TIER_NAME, "<name>-cloud") if tiered else (MAX_KSERVE_NAME, "<name>")
+    if len(name) > most:
+        tier = " and spec.tierReplicas" if tiered else ""
+        raise InvalidService(
+            f"metadata.name: at most {most} characters with backend kserve{tier} (KServe "
+            f"labels the pods app: {KSERVE_APP_LABEL.format(child)}, a label value of at "
+            "most 63; backend deployment allows more)"
+        )
+
+
 def check_kubernetes_fields(obj: dict[str, Any]) -> None:
     """The CRD's checks of the fields that only Kubernetes reads (the name of the children,
     model format/runtime/storageUri, replicas, backend, resources), for an object that may not have
@@ -231,6 +250,8 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
     backend = spec.get("backend", BACKENDS[0])
     if not (isinstance(backend, str) and backend in BACKENDS):
         raise InvalidService(f"spec.backend: must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "kserve":
+        _check_kserve_name(name, spec.get("tierReplicas") is not None)
     variants = model.get("variants", [])
     if isinstance(variants, list):
         for i, v in enumerate(variants):

@@ -243,6 +243,17 @@ BAD = [
         "obj['metadata']['name'] = 'n' * 48; spec['tierReplicas'] = {'edge': 1}",
         "metadata.name",
     ),
+    # backend kserve: KServe labels the pods app: isvc.<name>[-<tier>]-predictor (<= 63)
+    (
+        "name of 49 characters with backend kserve",
+        "obj['metadata']['name'] = 'n' * 49",
+        "metadata.name",
+    ),
+    (
+        "name of 43 characters with backend kserve and tierReplicas",
+        "obj['metadata']['name'] = 'n' * 43; spec['tierReplicas'] = {'edge': 1}",
+        "metadata.name",
+    ),
 ]
 
 
@@ -263,11 +274,14 @@ def test_the_table_covers_enough_fields() -> None:
 
 # At the limits, every bound admits: the table above is rejected for the violation alone.
 AT_THE_LIMITS = [
-    "obj['metadata']['name'] = 'n' * 53",
+    "obj['metadata']['name'] = 'n' * 53; spec['backend'] = 'deployment'",
+    "obj['metadata']['name'] = 'n' * 48",
+    "obj['metadata']['name'] = 'n' * 42; spec['tierReplicas'] = {'edge': 1, 'cloud': 1}",
     "spec['traffic'] = {'rateRps': 1000, 'promptTokens': 2**20, 'outputTokens': 2**17, "
     "'payloadBytes': 2**30}",
     "spec['replicas'] = 1000; spec['backend'] = 'deployment'",
-    "obj['metadata']['name'] = 'n' * 47; spec['tierReplicas'] = {'edge': 1000, 'cloud': 0}",
+    "obj['metadata']['name'] = 'n' * 47; spec['tierReplicas'] = {'edge': 1000, 'cloud': 0}; "
+    "spec['backend'] = 'deployment'",
     "spec['requirements']['deadline'] = {'seconds': 86400, 'perOutputTokenSeconds': 60, "
     "'percentile': 100}",
     "spec['model'].update(name='m' * 253, format='f' * 63, runtime='kserve-vllm.v1', "

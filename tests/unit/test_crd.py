@@ -29,6 +29,8 @@ from perllm.crd import (
     KIND,
     MAX_FORMAT,
     MAX_IMAGE,
+    MAX_KSERVE_NAME,
+    MAX_KSERVE_TIER_NAME,
     MAX_NAME,
     MAX_QUANTITY,
     MAX_REPLICAS,
@@ -213,6 +215,48 @@ def test_the_name_rule_leaves_room_for_the_children() -> None:
     # spec.tierReplicas: KServe's Service of the child <name>-cloud is <name>-cloud-predictor
     assert f"!has(self.spec.tierReplicas) || self.metadata.name.size() <= {MAX_TIER_NAME}" in rules
     assert MAX_TIER_NAME + len("-cloud-predictor") == 63
+
+
+def test_the_kserve_name_rules_leave_room_for_kserves_pod_label() -> None:
+    """KServe v0.15 labels an InferenceService <isvc>'s pods app: isvc.<isvc>-predictor."""
+    rules = [r["rule"] for r in _spec_schema()["x-kubernetes-validations"]]
+    not_kserve = "(has(self.spec.backend) && self.spec.backend == 'deployment') || "
+    assert f"{not_kserve}self.metadata.name.size() <= {MAX_KSERVE_NAME}" in rules
+    tiered = f"{not_kserve}!has(self.spec.tierReplicas) || self.metadata.name.size() <= "
+    assert f"{tiered}{MAX_KSERVE_TIER_NAME}" in rules
+    assert len(f"isvc.{'n' * MAX_KSERVE_NAME}-predictor") == 63
+    assert len(f"isvc.{'n' * MAX_KSERVE_TIER_NAME}-cloud-predictor") == 63
+
+
+@pytest.mark.parametrize(
+    ("length", "tiers", "backend", "error"),
+    [
+        (MAX_KSERVE_NAME + 1, None, None, "at most 48 characters with backend kserve (KServe"),
+        (MAX_KSERVE_NAME + 1, None, "kserve", "at most 48 characters with backend kserve (KSe"),
+        (MAX_KSERVE_TIER_NAME + 1, {"edge": 1}, None, "at most 42 characters with backend "),
+        (MAX_KSERVE_TIER_NAME + 1, {"edge": 1}, "kserve", "app: isvc.<name>-cloud-predictor"),
+        (MAX_KSERVE_NAME, None, None, None),
+        (MAX_NAME, None, "deployment", None),
+        (MAX_KSERVE_TIER_NAME, {"edge": 1, "cloud": 1}, "kserve", None),
+        (MAX_TIER_NAME, {"cloud": 1}, "deployment", None),
+    ],
+)
+def test_a_name_too_long_for_kserves_pod_label_is_refused_under_kserve_only(
+    length: int, tiers: Any, backend: str | None, error: str | None
+) -> None:
+    """Longer, the InferenceService was accepted but KServe's Deployment was refused (the
+    pod label too long): no pod, no condition naming the field."""
+    obj = _chat()
+    obj["metadata"]["name"] = "n" * length
+    if tiers is not None:
+        obj["spec"]["tierReplicas"] = tiers
+    if backend is not None:
+        obj["spec"]["backend"] = backend
+    if error is None:
+        assert service_spec(obj).name == obj["metadata"]["name"]
+    else:
+        with pytest.raises(InvalidService, match=re.escape(error)):
+            service_spec(obj)
 
 
 def _tiered(**tier_replicas: Any) -> dict[str, Any]:
@@ -452,6 +496,7 @@ def test_extended_resources_request_their_limit() -> None:
 def test_a_spec_at_the_limits_maps_onto_the_contract() -> None:
     obj = _chat()
     obj["metadata"]["name"] = "n" * MAX_NAME
+    obj["spec"]["backend"] = "deployment"  # KServe's pod label needs more name room
     obj["spec"]["traffic"] = {
         "rateRps": 1000,
         "promptTokens": 2**20,

@@ -21,7 +21,17 @@ from kubernetes.client import ApiClient
 from perllm_extender.services import ServiceRegistry
 from perllm_operator import render, runtimes
 
-from perllm.crd import GROUP, KIND, MAX_NAME, MAX_TIER_NAME, VERSION, service_spec
+from perllm.crd import (
+    GROUP,
+    KIND,
+    MAX_KSERVE_NAME,
+    MAX_KSERVE_TIER_NAME,
+    MAX_NAME,
+    MAX_TIER_NAME,
+    VERSION,
+    InvalidService,
+    service_spec,
+)
 from perllm.labels import (
     ANN_DEADLINE,
     ANN_DEADLINE_PER_TOKEN,
@@ -105,11 +115,20 @@ def _cases() -> dict[str, Obj]:
     def zero_replicas(o: Obj) -> None:
         o["spec"]["replicas"] = 0
 
-    def longest(o: Obj) -> None:
-        o["metadata"]["name"] = "n" * MAX_NAME
+    def longest(o: Obj) -> None:  # backend kserve: KServe's pod label needs more room
+        o["metadata"]["name"] = "n" * MAX_KSERVE_NAME
 
     def longest_tiered(o: Obj) -> None:
-        o["metadata"]["name"] = "t" * MAX_TIER_NAME
+        o["metadata"]["name"] = "t" * MAX_KSERVE_TIER_NAME
+        tiered(o)
+
+    def longest_deployment(o: Obj) -> None:
+        o["metadata"]["name"] = "d" * MAX_NAME
+        o["spec"]["backend"] = "deployment"
+
+    def longest_tiered_deployment(o: Obj) -> None:
+        o["metadata"]["name"] = "e" * MAX_TIER_NAME
+        o["spec"]["backend"] = "deployment"
         tiered(o)
 
     for fn in (tiered, one_tier_of_two, gguf_on_gpu, awq, overrides, no_uri, token_default_key):
@@ -117,6 +136,8 @@ def _cases() -> dict[str, Obj]:
     out["batch-summariser-zero-replicas"] = _edit("batch-summariser", zero_replicas)
     out["chat-assistant-longest-name"] = _edit("chat-assistant", longest)
     out["help-desk-longest-name"] = _edit("help-desk-both-tiers", longest_tiered)
+    out["chat-assistant-longest-deployment"] = _edit("chat-assistant", longest_deployment)
+    out["help-desk-longest-deployment"] = _edit("help-desk-both-tiers", longest_tiered_deployment)
     return out
 
 
@@ -127,6 +148,7 @@ CASES["chat-assistant-s3"] = _edit(
     lambda o: [v.update(storageUri="s3://bucket/m") for v in o["spec"]["model"]["variants"]],
 )
 KSERVE_ONLY = {"chat-assistant-s3"}
+DEPLOYMENT_ONLY = {"chat-assistant-longest-deployment", "help-desk-longest-deployment"}
 
 
 def _render(case: str, backend: str) -> list[Obj]:
@@ -140,7 +162,7 @@ def _all() -> list[tuple[str, str]]:
         (case, backend)
         for case in CASES
         for backend in ("kserve", "deployment")
-        if backend == "kserve" or case not in KSERVE_ONLY
+        if case not in (KSERVE_ONLY if backend == "deployment" else DEPLOYMENT_ONLY)
     ]
 
 
@@ -392,6 +414,10 @@ def test_children_are_owned_by_the_service_and_validly_named(case: str, backend:
         labels = [child["metadata"].get("labels") or {}]
         if child["kind"] != "Service":
             labels.append(_pod_template(child)[0]["labels"])
+        if child["kind"] == "InferenceService":
+            # KServe v0.15's RawDeployment labels the pods (and selects them by)
+            # app: isvc.<isvc>-predictor (constants.GetRawServiceLabel)
+            labels.append({"app": f"isvc.{meta['name']}-predictor"})
         for m in labels:
             for k, v in m.items():
                 assert len(v) <= 63 and _LABEL_VALUE.fullmatch(v), (k, v)
@@ -406,3 +432,20 @@ def test_the_children_of_two_services_never_share_a_name() -> None:
             key = f"{child['kind']}/{child['metadata']['name']}"
             owner = CASES[case]["metadata"]["name"]
             assert names.setdefault(key, owner) == owner, key
+
+
+@pytest.mark.parametrize(
+    ("case", "length"),
+    [("chat-assistant-open", MAX_KSERVE_NAME + 1), ("help-desk-both-tiers-open", 43)],
+)
+def test_kserve_children_whose_pod_label_would_be_too_long_are_refused(
+    case: str, length: int
+) -> None:
+    """Rendered, KServe's Deployment would carry app: isvc.<child>-predictor of over 63
+    characters and be refused: no pod, and nothing naming the field."""
+    obj = copy.deepcopy(CASES[case])
+    obj["metadata"]["name"] = "n" * length
+    with pytest.raises(InvalidService, match=r"metadata.name: at most \d+ characters with backend"):
+        render.children(obj)
+    obj["spec"]["backend"] = "deployment"
+    assert render.children(obj)
