@@ -172,6 +172,14 @@ def scrape_annotations(run: runtimes.Resolved) -> dict[str, str]:
     }
 
 
+def readiness_probe() -> Obj:
+    """Ready once the model server answers /health with 200 (both servers serve it on
+    PORT): llama.cpp's answers 503 while it loads the weights, vLLM's only once its engine
+    is up. Without it (Deployment) or with KServe's default TCP probe on the port, a pod
+    still fetching or loading its weights was Ready: routed to, and counted by `Ready`."""
+    return {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": 10}
+
+
 def affinity(tiers: list[str]) -> Obj:
     """Required node affinity to `tiers` (the pinned tier: one entry)."""
     return {
@@ -272,6 +280,7 @@ def inference_service(obj: Obj, part: Part | None = None) -> Obj:
         m["storageUri"] = run.storage_uri
     if env := runtimes.token_env(model):
         m["env"] = env
+    m["readinessProbe"] = readiness_probe()  # merged into the runtime's container
     predictor: Obj = {
         "schedulerName": SCHEDULER_NAME,
         "minReplicas": c.replicas,
@@ -306,6 +315,7 @@ def deployment(obj: Obj, part: Part | None = None) -> Obj:
         "args": runtimes.server_args(run, variant, model["name"], name),
         "ports": [{"name": "http", "containerPort": PORT}],
         "resources": res,
+        "readinessProbe": readiness_probe(),
     }
     if env := runtimes.token_env(model):
         container["env"] = env

@@ -270,7 +270,9 @@ def test_inference_services_carry_the_documented_kserve_fields(case: str, backen
         assert ann["serving.kserve.io/autoscalerClass"] == "external"
         p = child["spec"]["predictor"]
         assert isinstance(p["minReplicas"], int)
-        assert set(p["model"]) <= {"modelFormat", "runtime", "storageUri", "resources", "env"}
+        assert set(p["model"]) <= {
+            *("modelFormat", "runtime", "storageUri", "resources", "env", "readinessProbe")
+        }
         assert set(p["model"]["modelFormat"]) == {"name"}
         assert p["model"]["runtime"] in runtimes.RUNTIMES or "runtime" in json.dumps(obj)
         # GPU/CPU requests are the container's (model.resources), not the pod-level ones
@@ -319,6 +321,19 @@ def test_deployment_pods_serve_on_the_documented_port(case: str, backend: str) -
         c = _container(child)
         assert c["ports"] == [{"name": "http", "containerPort": runtimes.PORT}]
         assert _port({"spec": _pod_template(child)[1]}, 8000) == runtimes.PORT
+
+
+@pytest.mark.parametrize(("case", "backend"), ALL)
+def test_pods_are_ready_only_once_the_model_server_answers(case: str, backend: str) -> None:
+    """Pods are Ready (the router's discovery routes to them, the service's Ready condition
+    counts them) once the server's /health answers 200 on its port: llama.cpp's answers 503
+    while it loads the weights, and without a probe (Deployment) or with KServe's default TCP
+    probe a pod still downloading or loading them was Ready."""
+    for child in _workloads(_render(case, backend)):
+        probe = _container(child).get("readinessProbe")
+        assert probe is not None, child["metadata"]["name"]
+        assert probe["httpGet"] == {"path": "/health", "port": runtimes.PORT}
+        assert _roundtrip(probe, "V1Probe") == probe
 
 
 @pytest.mark.parametrize(("case", "backend"), ALL)
