@@ -132,6 +132,13 @@ def _check_resources(field: str, res: Any) -> None:
     if not lists:
         raise InvalidService(f"{field}: a variant needs requests or limits")
     req, lim = lists.get("requests", {}), lists.get("limits", {})
+    for key in req.keys() - lim.keys():
+        # Kubernetes refuses the pod: "Limit must be set for non overcommitable resources"
+        if "/" in key and not key.startswith("kubernetes.io/"):
+            raise InvalidService(
+                f"{field}.requests[{key}]: an extended resource needs a limit equal to its "
+                f"request in {field}.limits (or the limit alone)"
+            )
     for key in req.keys() & lim.keys():
         if req[key] > lim[key]:
             raise InvalidService(f"{field}.requests[{key}]: must not exceed limits[{key}]")

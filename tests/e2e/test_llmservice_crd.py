@@ -226,6 +226,11 @@ BAD = [
         "spec.model.variants[1].resources.limits",
     ),
     (
+        "GPU requested without a limit",
+        R1 + "['limits'].pop('nvidia.com/gpu')",
+        "spec.model.variants[1].resources.requests",
+    ),
+    (
         "resource without a domain",
         R0 + "['limits']['gpu'] = '1'",
         "spec.model.variants[0].resources.limits",

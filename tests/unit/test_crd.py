@@ -493,6 +493,21 @@ def test_extended_resources_request_their_limit() -> None:
         service_spec(obj)
 
 
+def test_an_extended_resource_request_needs_its_limit() -> None:
+    """Kubernetes refuses a pod requesting an extended resource without a limit ("Limit
+    must be set for non overcommitable resources"): admitted, no pod of the service ran."""
+    obj = _chat()
+    del obj["spec"]["model"]["variants"][1]["resources"]["limits"]["nvidia.com/gpu"]
+    with pytest.raises(InvalidService, match=r"requests\[nvidia.com/gpu\]: an extended resource"):
+        service_spec(obj)
+    node = _at("model", "variants", "[]", "resources")
+    rules = [r["rule"] for r in node["x-kubernetes-validations"]]
+    assert any("(has(self.limits) && k in self.limits)" in r for r in rules)
+    del obj["spec"]["model"]["variants"][1]["resources"]["requests"]["nvidia.com/gpu"]
+    obj["spec"]["model"]["variants"][1]["resources"]["limits"]["nvidia.com/gpu"] = "1"
+    assert service_spec(obj)  # a limit alone is the request too (Kubernetes defaults it)
+
+
 def test_a_spec_at_the_limits_maps_onto_the_contract() -> None:
     obj = _chat()
     obj["metadata"]["name"] = "n" * MAX_NAME
@@ -508,7 +523,13 @@ def test_a_spec_at_the_limits_maps_onto_the_contract() -> None:
     obj["spec"]["model"].update(runtime="kserve-vllm.v1", storageUri="s3://" + "u" * 2043)
     obj["spec"]["model"]["variants"][0]["resources"] = {
         "requests": {"cpu": 4, "memory": "15.5Gi", "hugepages-2Mi": "1Gi", "example.com/f": 1},
-        "limits": {"cpu": "4000m", "memory": "16Gi", "example.com/f": "1", "ephemeral-storage": 0},
+        "limits": {
+            "cpu": "4000m",
+            "memory": "16Gi",
+            "example.com/f": "1",
+            "ephemeral-storage": 0,
+            "hugepages-2Mi": "1Gi",
+        },
     }
     spec = service_spec(obj)
     assert spec.traffic.rate_rps == 1000 and spec.requirements.deadline.seconds == 86400
