@@ -49,6 +49,10 @@ MAX_STORAGE_URI = 2048
 MAX_IMAGE = 512
 MAX_SECRET_NAME = 253
 MAX_SECRET_KEY = 253
+# spec.model.tokenSecretRef.key's default (the CRD's): the one key KServe v0.15's storage
+# initializer reads a Hugging Face token from (pkg/credentials/hf HFTokenKey), so that one
+# Secret serves both backends.
+HF_TOKEN_KEY = "HF_TOKEN"
 MAX_RESOURCES = 16  # keys per requests/limits map
 MAX_QUANTITY = 64  # characters of a quantity string
 BACKENDS = ("kserve", "deployment")  # spec.backend, the first the default
@@ -220,6 +224,38 @@ def _check_kserve_name(name: str, tiered: bool) -> None:
         )
 
 
+def hf_weights(spec: dict[str, Any]) -> bool:
+    """Some variant of an allowed tier fetches hf:// weights (its own storageUri, else the
+    model's): under backend kserve, KServe's storage initializer downloads them."""
+    model = spec.get("model")
+    model = model if isinstance(model, dict) else {}
+    variants = model.get("variants")
+    allowed = spec.get("allowedTiers", ["edge", "cloud"])
+    for v in variants if isinstance(variants, list) else []:
+        if not isinstance(v, dict) or (isinstance(allowed, list) and v.get("tier") not in allowed):
+            continue
+        uri = v.get("storageUri") or model.get("storageUri")
+        if isinstance(uri, str) and uri.startswith("hf://"):
+            return True
+    return False
+
+
+def _check_kserve_token(spec: dict[str, Any]) -> None:
+    """KServe v0.15's storage initializer takes a Hugging Face token only from the data key
+    HF_TOKEN of a Secret of the predictor's ServiceAccount: any other key and gated hf://
+    weights would fail to download with nothing naming the field."""
+    ref = (spec.get("model") or {}).get("tokenSecretRef")
+    if not isinstance(ref, dict) or not hf_weights(spec):
+        return
+    key = ref.get("key", HF_TOKEN_KEY)
+    if key != HF_TOKEN_KEY:
+        raise InvalidService(
+            f"spec.model.tokenSecretRef.key: must be {HF_TOKEN_KEY} with backend kserve and "
+            f"hf:// weights, not {key!r} (KServe's storage initializer reads the token only "
+            f"from the Secret key {HF_TOKEN_KEY}; backend deployment takes any key)"
+        )
+
+
 def check_kubernetes_fields(obj: dict[str, Any]) -> None:
     """The CRD's checks of the fields that only Kubernetes reads (the name of the children,
     model format/runtime/storageUri, replicas, backend, resources), for an object that may not have
@@ -259,6 +295,7 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
         raise InvalidService(f"spec.backend: must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == "kserve":
         _check_kserve_name(name, spec.get("tierReplicas") is not None)
+        _check_kserve_token(spec)
     variants = model.get("variants", [])
     if isinstance(variants, list):
         for i, v in enumerate(variants):

@@ -74,6 +74,8 @@ def _api(kind: str) -> tuple[Callable[..., Any], Callable[..., Any], tuple[Any, 
         return kubernetes.client.AppsV1Api().patch_namespaced_deployment, san, ()
     if kind == "Service":
         return kubernetes.client.CoreV1Api().patch_namespaced_service, san, ()
+    if kind == "ServiceAccount":
+        return kubernetes.client.CoreV1Api().patch_namespaced_service_account, san, ()
     raise ValueError(f"unknown child kind {kind}")
 
 
@@ -131,12 +133,13 @@ def _drop_update_ownership(child: Obj, live: Obj) -> None:
 def read_child(ns: str, child: Obj) -> Obj | None:
     """The live child named by a `status.child` reference; None when it is gone."""
     try:
-        if child["kind"] in ("Deployment", "Service"):
-            read = (
-                kubernetes.client.AppsV1Api().read_namespaced_deployment
-                if child["kind"] == "Deployment"
-                else kubernetes.client.CoreV1Api().read_namespaced_service
-            )
+        if child["kind"] in ("Deployment", "Service", "ServiceAccount"):
+            core = kubernetes.client.CoreV1Api()
+            read = {
+                "Deployment": kubernetes.client.AppsV1Api().read_namespaced_deployment,
+                "Service": core.read_namespaced_service,
+                "ServiceAccount": core.read_namespaced_service_account,
+            }[child["kind"]]
             out: Obj = kubernetes.client.ApiClient().sanitize_for_serialization(
                 read(child["name"], ns, _request_timeout=REQUEST_TIMEOUT_S)
             )
@@ -168,6 +171,8 @@ def delete_child(ns: str, child: Obj, uid: str) -> None:
             kubernetes.client.AppsV1Api().delete_namespaced_deployment(name, ns, **kw)
         elif child["kind"] == "Service":
             kubernetes.client.CoreV1Api().delete_namespaced_service(name, ns, **kw)
+        elif child["kind"] == "ServiceAccount":
+            kubernetes.client.CoreV1Api().delete_namespaced_service_account(name, ns, **kw)
         else:
             args = (render.KSERVE_GROUP, render.KSERVE_VERSION, ns, render.KSERVE_PLURAL, name)
             kubernetes.client.CustomObjectsApi().delete_namespaced_custom_object(*args, **kw)

@@ -137,8 +137,11 @@ class Failed(Exception):
 
 
 def apply_children(kids: list[Obj]) -> None:
-    """Server-side apply of each child; a refusal becomes `Failed` naming the field."""
-    for k in kids:
+    """Server-side apply of each child; a refusal becomes `Failed` naming the field. The
+    ServiceAccount of gated weights goes first: a pod naming an account not yet there is
+    refused (ServiceAccount admission), and KServe reads the account's Secrets as it
+    creates the pod."""
+    for k in sorted(kids, key=lambda k: k["kind"] != "ServiceAccount"):
         try:
             kube.apply(k)
         except ApiException as e:
@@ -225,7 +228,7 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     """Keep the children what the spec and the placement say, each status tick:
 
     - a child deleted outside PerLLM (by hand, a namespace clean-up script; the
-      Deployment backend's Service included) is applied
+      Deployment backend's Service and KServe's ServiceAccount included) is applied
       again (not while the reconcile refuses the whole spec, nor once the service is
       being deleted): else `Ready` would say `ChildMissing` for good, since kopf
       reconciles only on an edit;
@@ -255,6 +258,15 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
         # Deployments: deleted by hand, the service's endpoint was gone for good.
         svc = {"apiVersion": "v1", "kind": "Service", "name": render.service_name(fresh)}
         refs = [*refs, svc]
+    elif render.needs_model_account(fresh):
+        # Nor does it record the ServiceAccount of gated weights: deleted by hand, KServe's
+        # pods could not be created (no such account) or fetch the weights.
+        sa = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "name": render.model_account_name(fresh),
+        }
+        refs = [*refs, sa]
     try:
         lives = [kube.read_child(ns, r) for r in refs]
     except ApiException:

@@ -20,6 +20,12 @@ template to the tier it chose (a rollout onto that tier's variant).
 
 With `spec.tierReplicas` (tiers.py) there is one child per tier, `<name>-<tier>`, each
 pinned to its tier from the start; the extender's decisions never re-pin them.
+
+Gated hf:// weights under KServe (`model_account`): KServe v0.15's storage initializer,
+not the model server, downloads `storageUri`, and takes credentials only from the Secrets
+of the predictor pod's ServiceAccount. A service with `spec.model.tokenSecretRef` and hf://
+weights on an allowed tier gets one more child, the ServiceAccount `<name>-model` listing
+that Secret, and each InferenceService fetching hf:// weights runs as it.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from perllm.contract import ServiceSpec, Tier
-from perllm.crd import GROUP, KIND, VERSION, service_spec
+from perllm.crd import GROUP, KIND, VERSION, hf_weights, service_spec
 from perllm.labels import (
     ANN_DEADLINE,
     ANN_DEADLINE_PER_TOKEN,
@@ -291,6 +297,8 @@ def inference_service(obj: Obj, part: Part | None = None) -> Obj:
     }
     if c.tolerations:
         predictor["tolerations"] = c.tolerations
+    if (run.storage_uri or "").startswith("hf://") and model.get("tokenSecretRef"):
+        predictor["serviceAccountName"] = model_account_name(obj)
     return {
         "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
         "kind": "InferenceService",
@@ -301,6 +309,37 @@ def inference_service(obj: Obj, part: Part | None = None) -> Obj:
 
 def service_name(obj: Obj) -> str:
     return f"{obj['metadata']['name']}-predictor"
+
+
+def model_account_name(obj: Obj) -> str:
+    return f"{obj['metadata']['name']}{tiers.ACCOUNT_SUFFIX}"
+
+
+def needs_model_account(obj: Obj) -> bool:
+    """Backend kserve, a token Secret and hf:// weights on some allowed tier. Decided over
+    every allowed variant, not the one rendered now, so that a tier switch (which applies
+    without pruning) neither leaves the account behind nor misses it."""
+    spec = obj.get("spec") or {}
+    return (
+        spec.get("backend", "kserve") == "kserve"
+        and bool((spec.get("model") or {}).get("tokenSecretRef"))
+        and hf_weights(spec)
+    )
+
+
+def model_account(obj: Obj) -> Obj:
+    """The ServiceAccount KServe's storage initializer takes the Hugging Face token from:
+    KServe v0.15 reads the Secrets listed in the predictor pod's account (`secrets`), and
+    from each the data key HF_TOKEN (crd.service_spec refuses another key). The operator
+    never reads the Secret; no API token is mounted in the model-server pods."""
+    ref = obj["spec"]["model"]["tokenSecretRef"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(obj, model_account_name(obj)),
+        "automountServiceAccountToken": False,
+        "secrets": [{"name": ref["name"]}],
+    }
 
 
 def deployment(obj: Obj, part: Part | None = None) -> Obj:
@@ -374,15 +413,17 @@ def check_variants(obj: Obj, deployment_backend: bool) -> None:
 
 
 def children(obj: Obj) -> list[Obj]:
-    """Every child of the LLMService, per its backend (and its tiers, when tiered).
-    Raises InvalidService naming the field when the spec, or any allowed variant, cannot
-    be rendered."""
+    """Every child of the LLMService, per its backend (and its tiers, when tiered), the
+    pods' children first (under KServe, the ServiceAccount of gated weights last). Raises
+    InvalidService naming the field when the spec, or any allowed variant, cannot be
+    rendered."""
     parts = tiers.parts(obj)
     on_deployment = obj.get("spec", {}).get("backend", "kserve") == "deployment"
     check_variants(obj, on_deployment)
     if on_deployment:
         return [deployment(obj, p) for p in parts] + [service(obj)]
-    return [inference_service(obj, p) for p in parts]
+    isvcs = [inference_service(obj, p) for p in parts]
+    return isvcs + ([model_account(obj)] if needs_model_account(obj) else [])
 
 
 def rendered_tier(child: Obj) -> str | None:

@@ -6,7 +6,9 @@ run as GGUF on llama.cpp's server; weights for a GPU (fp16, int4_awq) run as saf
 (KServe format `huggingface`) on vLLM. Each variant may override `storageUri`, `format`,
 `runtime` and `image`; the model-level fields are the fallback for a variant without its
 own. `spec.model.tokenSecretRef` puts a Secret's key into the server's `HF_TOKEN`
-(a `secretKeyRef`: the operator never reads the value).
+(a `secretKeyRef`: the operator never reads the value); under KServe, hf:// weights are
+fetched by KServe's storage initializer instead, through the ServiceAccount that
+render.model_account makes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from perllm.contract import Precision
-from perllm.crd import InvalidService
+from perllm.crd import HF_TOKEN_KEY, InvalidService
 from perllm.labels import GPU_RESOURCE
 
 Obj = dict[str, Any]
@@ -108,7 +110,7 @@ def token_env(model: Obj) -> list[Obj]:
     ref = model.get("tokenSecretRef")
     if not ref:
         return []
-    sel = {"name": ref["name"], "key": ref.get("key", "token")}
+    sel = {"name": ref["name"], "key": ref.get("key", HF_TOKEN_KEY)}
     return [{"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": sel}}]
 
 

@@ -20,6 +20,8 @@ from perllm.labels import DOMAIN
 
 # On a child of a tiered service and on its pods: the tier the child serves.
 LABEL_CHILD_TIER = f"{DOMAIN}/child-tier"
+# The ServiceAccount <name>-model of gated hf:// weights under KServe (render.model_account).
+ACCOUNT_SUFFIX = "-model"
 
 Obj = dict[str, Any]
 
@@ -87,4 +89,5 @@ def possible(obj: Obj, kserve_version: str) -> list[Obj]:
         [{"apiVersion": kserve_version, "kind": "InferenceService", "name": n} for n in names]
         + [{"apiVersion": "apps/v1", "kind": "Deployment", "name": n} for n in names]
         + [{"apiVersion": "v1", "kind": "Service", "name": f"{name}{CHILD_SUFFIX}"}]
+        + [{"apiVersion": "v1", "kind": "ServiceAccount", "name": f"{name}{ACCOUNT_SUFFIX}"}]
     )

@@ -203,7 +203,9 @@ def test_operator_rules_grant_no_verb_it_never_uses() -> None:
     grants = _grants(find(render(), "ClusterRole", "perllm-operator")["rules"])
     # delete: only the children a spec no longer renders (never pods: those are evicted)
     deletes = {g[1] for g in grants if g[3] in ("delete", "deletecollection")}
-    assert deletes == {"inferenceservices", "deployments", "services"}
+    assert deletes == {"inferenceservices", "deployments", "services", "serviceaccounts"}
+    # the ServiceAccount of gated weights lists a Secret by name: no verb on secrets at all
+    assert not {g for g in grants if g[1] == "secrets"}
     assert not {g for g in grants if g[3] == "deletecollection"}
     assert not {g for g in grants if g[3] == "update" and g[1] != "llmservices/finalizers"}
     # Events: kopf posts core v1 Events, POST only (kopf/_cogs/clients/events.py): no

@@ -26,6 +26,7 @@ from perllm.crd import (
     BACKENDS,
     CRD_PATH,
     GROUP,
+    HF_TOKEN_KEY,
     KIND,
     MAX_FORMAT,
     MAX_IMAGE,
@@ -327,6 +328,64 @@ def test_a_variant_has_its_own_weights_and_server() -> None:
     assert {"storageUri", "format", "runtime", "image"} <= set(item)
     # no model-wide default format: it would give a GGUF variant the safetensors format
     assert "default" not in _at("model", "format")
+
+
+def _no_hf(spec: dict[str, Any]) -> None:
+    for v in spec["model"]["variants"]:
+        v.pop("storageUri")
+
+
+def _model_hf(spec: dict[str, Any]) -> None:
+    _no_hf(spec)
+    spec["model"]["storageUri"] = "hf://org/repo"
+
+
+@pytest.mark.parametrize(
+    ("key", "edit", "refused"),
+    [
+        ("token", lambda s: None, True),  # the cloud variant's hf:// weights
+        ("token", _model_hf, True),  # the model's, every variant's fallback
+        ("token", lambda s: s.update(backend="kserve"), True),
+        ("token", lambda s: s.update(backend="deployment"), False),  # its servers fetch
+        ("token", lambda s: s.update(allowedTiers=["edge"]), False),  # https:// GGUF only
+        ("token", _no_hf, False),  # no storageUri: no storage initializer
+        (HF_TOKEN_KEY, lambda s: None, False),
+        (None, lambda s: None, False),  # the default
+    ],
+)
+def test_kserve_refuses_a_token_key_its_storage_initializer_never_reads(
+    key: str | None, edit: Any, refused: bool
+) -> None:
+    """KServe v0.15's storage initializer takes a Hugging Face token only from the Secret
+    key HF_TOKEN: another key and the gated download failed, nothing naming the field."""
+    obj = _chat()
+    ref = obj["spec"]["model"]["tokenSecretRef"]
+    ref.pop("key")
+    if key is not None:
+        ref["key"] = key
+    edit(obj["spec"])
+    if refused:
+        with pytest.raises(InvalidService, match=r"spec.model.tokenSecretRef.key: must be HF_T"):
+            service_spec(obj)
+    else:
+        assert service_spec(obj).name == "chat-assistant"
+
+
+def test_the_token_key_rule_is_the_crds_too() -> None:
+    """The same refusal at admission (CEL, evaluated by tests/e2e/test_llmservice_crd.py),
+    and the CRD's default key is the one KServe reads."""
+    assert _at("model", "tokenSecretRef", "key")["default"] == HF_TOKEN_KEY
+    (rule,) = [
+        r
+        for r in _at()["x-kubernetes-validations"]
+        if r.get("fieldPath") == ".model.tokenSecretRef.key"
+    ]
+    assert rule["message"].startswith("spec.model.tokenSecretRef.key: must be HF_TOKEN")
+    text = " ".join(rule["rule"].split())
+    assert f"self.model.tokenSecretRef.key == '{HF_TOKEN_KEY}'" in text
+    assert "self.backend == 'deployment'" in text and "v.tier in self.allowedTiers" in text
+    assert "v.storageUri.startsWith('hf://')" in text
+    assert "self.model.storageUri.startsWith('hf://')" in text
 
 
 def test_the_chart_ships_the_same_crd() -> None:

@@ -112,6 +112,39 @@ def test_fields_of_an_earlier_update_manager_are_handed_over(
     assert {"manager": "kube-controller-manager", "operation": "Update"} in replace["value"]
 
 
+def test_reconcile_creates_the_account_of_gated_weights_first_and_prunes_it(
+    monkeypatch: pytest.MonkeyPatch, server: FakeApplyServer
+) -> None:
+    """Under KServe, gated hf:// weights: the ServiceAccount <name>-model is applied before
+    the InferenceService (a pod naming a missing account is refused), and deleted once
+    the service no longer needs it (token removed here; a backend switch alike)."""
+    install(monkeypatch, _load("chat-assistant", "kserve"))
+    monkeypatch.setattr(kube, "kserve_installed", lambda: True)
+    monkeypatch.setattr(kopf, "info", lambda *a, **k: None)
+    deleted: list[tuple[str, str, str]] = []
+
+    def read(ns: str, ref: dict[str, Any]) -> dict[str, Any] | None:
+        live = server.live.get((ref["kind"], ref["name"]))
+        return None if live is None else {**live, "metadata": {**live["metadata"], "uid": "u"}}
+
+    def delete(ns: str, ref: dict[str, Any], uid: str) -> None:
+        deleted.append((ref["kind"], ref["name"], uid))
+        del server.live[(ref["kind"], ref["name"])]
+
+    monkeypatch.setattr(kube, "read_child", read)
+    monkeypatch.setattr(kube, "delete_child", delete)
+    _reconcile(_load("chat-assistant", "kserve"))
+    assert [c["args"][0] for c in server.calls] == ["chat-assistant-model", "chat-assistant"]
+    sa = server.live[("ServiceAccount", "chat-assistant-model")]
+    assert sa["secrets"] == [{"name": "hf-token"}]
+    assert deleted == []
+    obj = _load("chat-assistant", "kserve")
+    del obj["spec"]["model"]["tokenSecretRef"]
+    _reconcile(obj)
+    assert deleted == [("ServiceAccount", "chat-assistant-model", "u")]
+    assert ("InferenceService", "chat-assistant") in server.live
+
+
 # ---- what the API server refuses is a condition and an Event naming the field -------------
 
 STATUS_422 = {
@@ -174,6 +207,8 @@ def test_a_refused_child_names_the_field_and_backs_off(monkeypatch: pytest.Monke
     )
 
     def refuse(child: dict[str, Any]) -> dict[str, Any]:
+        if child["kind"] != "InferenceService":  # its ServiceAccount of gated weights
+            return child
         raise _api_error(422, STATUS_422)
 
     monkeypatch.setattr(kube, "apply", refuse)

@@ -1,8 +1,9 @@
 """What the operator creates is what the real APIs accept and what the rest of PerLLM reads:
-every child (InferenceService, Deployment, Service) of a representative set of LLMServices
-(every shipped manifest, open and pinned, replicas per tier, both backends, GPU and CPU
-variants, gated weights, each runtime, the longest names) against KServe v0.15.2's CRD
-schema (tests/schema.py) or the Kubernetes client's models, the KServe fields
+every child (InferenceService, the ServiceAccount of gated hf:// weights under KServe,
+Deployment, Service) of a representative set of LLMServices (every shipped manifest, open
+and pinned, replicas per tier, both backends, GPU and CPU variants, gated weights, each
+runtime, the longest names) against KServe v0.15.2's CRD schema (tests/schema.py) or the
+Kubernetes client's models, the KServe fields
 docs/operator.md and INTERFACES.md name, what the extender and the router read from the
 pods, and ownership (garbage collection) and name/label validity."""
 
@@ -23,6 +24,7 @@ from perllm_operator import render, runtimes
 
 from perllm.crd import (
     GROUP,
+    HF_TOKEN_KEY,
     KIND,
     MAX_KSERVE_NAME,
     MAX_KSERVE_TIER_NAME,
@@ -49,7 +51,11 @@ ROOT = Path(__file__).parents[2]
 MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
 Obj = dict[str, Any]
 API = ApiClient()
-MODELS = {"Deployment": "V1Deployment", "Service": "V1Service"}
+MODELS = {
+    "Deployment": "V1Deployment",
+    "Service": "V1Service",
+    "ServiceAccount": "V1ServiceAccount",
+}
 
 # Kubernetes' own validation (k8s.io/apimachinery/pkg/util/validation)
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -112,6 +118,11 @@ def _cases() -> dict[str, Obj]:
     def token_default_key(o: Obj) -> None:
         o["spec"]["model"]["tokenSecretRef"] = {"name": "hf-token"}
 
+    def model_level_hf(o: Obj) -> None:  # the model's storageUri, the variants' fallback
+        for v in o["spec"]["model"]["variants"]:
+            v.pop("storageUri")
+        o["spec"]["model"]["storageUri"] = "hf://org/model-GGUF"
+
     def zero_replicas(o: Obj) -> None:
         o["spec"]["replicas"] = 0
 
@@ -131,7 +142,8 @@ def _cases() -> dict[str, Obj]:
         o["spec"]["backend"] = "deployment"
         tiered(o)
 
-    for fn in (tiered, one_tier_of_two, gguf_on_gpu, awq, overrides, no_uri, token_default_key):
+    edits = (tiered, one_tier_of_two, gguf_on_gpu, awq, overrides, no_uri, token_default_key)
+    for fn in (*edits, model_level_hf):
         out[f"chat-assistant-{fn.__name__.replace('_', '-')}"] = _edit("chat-assistant", fn)
     out["batch-summariser-zero-replicas"] = _edit("batch-summariser", zero_replicas)
     out["chat-assistant-longest-name"] = _edit("chat-assistant", longest)
@@ -191,7 +203,8 @@ def _pod_template(child: Obj) -> tuple[Obj, Obj]:
 
 
 def _workloads(children: list[Obj]) -> list[Obj]:
-    return [c for c in children if c["kind"] != "Service"]
+    """The children that make pods (not the Service in front, nor the ServiceAccount)."""
+    return [c for c in children if c["kind"] in ("InferenceService", "Deployment")]
 
 
 def _container(child: Obj) -> Obj:
@@ -207,8 +220,15 @@ def test_inference_services_pass_kserves_crd_schema(case: str, backend: str) -> 
     schema = kserve_schema()
     if schema is None:
         pytest.skip("KServe's CRD is not cached: run tools/kserve-crd.sh")
-    for child in _render(case, backend):
-        assert child["kind"] == "InferenceService"
+    children = _render(case, backend)
+    kinds = [c["kind"] for c in children]
+    assert kinds == ["InferenceService"] * len(_workloads(children)) + ["ServiceAccount"] * (
+        len(children) - len(_workloads(children))
+    )
+    for child in children:
+        if child["kind"] == "ServiceAccount":
+            assert _roundtrip(child, MODELS["ServiceAccount"]) == child
+            continue
         assert object_errors(child, schema) == [], child["metadata"]["name"]
         assert _roundtrip(child["metadata"], "V1ObjectMeta") == child["metadata"]
 
@@ -231,7 +251,9 @@ def test_the_checks_catch_a_misspelt_field() -> None:
     schema = kserve_schema()
     if schema is None:
         pytest.skip("KServe's CRD is not cached: run tools/kserve-crd.sh")
-    (isvc,) = _render("chat-assistant-open", "kserve")
+    isvc, sa = _render("chat-assistant-open", "kserve")
+    sa["automountServiceAccountTokn"] = False
+    assert _roundtrip(sa, "V1ServiceAccount") != sa
     m = isvc["spec"]["predictor"]["model"]
     m["env"] = [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]
     isvc["spec"]["predictor"]["minReplicas"] = "1"
@@ -263,7 +285,7 @@ def test_deployment_selectors_match_their_pods(case: str, backend: str) -> None:
 @pytest.mark.parametrize(("case", "backend"), [a for a in ALL if a[1] == "kserve"])
 def test_inference_services_carry_the_documented_kserve_fields(case: str, backend: str) -> None:
     obj = CASES[case]
-    for child in _render(case, backend):
+    for child in _workloads(_render(case, backend)):
         assert child["apiVersion"] == "serving.kserve.io/v1beta1"
         ann = child["metadata"]["annotations"]
         assert ann["serving.kserve.io/deploymentMode"] == "RawDeployment"
@@ -369,8 +391,38 @@ def test_gated_weights_are_passed_by_reference(case: str, backend: str) -> None:
         if ref is None:
             assert env is None
         else:
-            sel = {"name": ref["name"], "key": ref.get("key", "token")}
+            sel = {"name": ref["name"], "key": ref.get("key", HF_TOKEN_KEY)}
             assert env == [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": sel}}]
+
+
+@pytest.mark.parametrize(("case", "backend"), ALL)
+def test_kserve_fetches_gated_hf_weights_as_the_services_account(case: str, backend: str) -> None:
+    """KServe v0.15's storage initializer, which downloads storageUri, takes a token only
+    from the Secrets of the predictor pod's ServiceAccount (data key HF_TOKEN): a gated
+    hf:// InferenceService runs as `<name>-model`, which lists the token's Secret and
+    mounts no API token. The deployment backend's servers fetch with HF_TOKEN themselves."""
+    obj = CASES[case]
+    ref = obj["spec"]["model"].get("tokenSecretRef")
+    children = _render(case, backend)
+    accounts = [c for c in children if c["kind"] == "ServiceAccount"]
+    name = f"{obj['metadata']['name']}-model"
+    hf_uris = [
+        v.get("storageUri") or obj["spec"]["model"].get("storageUri") or ""
+        for v in obj["spec"]["model"]["variants"]
+    ]
+    if backend == "deployment" or ref is None or not any(u.startswith("hf://") for u in hf_uris):
+        assert accounts == []
+        assert "serviceAccountName" not in json.dumps(children)
+        return
+    (sa,) = accounts
+    assert sa["metadata"]["name"] == name
+    assert sa["automountServiceAccountToken"] is False
+    assert sa["secrets"] == [{"name": ref["name"]}]
+    assert ref.get("key", HF_TOKEN_KEY) == HF_TOKEN_KEY
+    for isvc in _workloads(children):
+        p = isvc["spec"]["predictor"]
+        hf = p["model"].get("storageUri", "").startswith("hf://")
+        assert p.get("serviceAccountName") == (name if hf else None), isvc["metadata"]["name"]
 
 
 # 3. Ownership and names -------------------------------------------------------------
@@ -378,7 +430,7 @@ def test_gated_weights_are_passed_by_reference(case: str, backend: str) -> None:
 
 def _labels_and_annotations(child: Obj) -> list[dict[str, str]]:
     out = [child["metadata"].get("labels") or {}, child["metadata"].get("annotations") or {}]
-    if child["kind"] != "Service":
+    if child["kind"] in ("InferenceService", "Deployment"):
         meta, _ = _pod_template(child)
         out += [meta.get("labels") or {}, meta.get("annotations") or {}]
     if child["kind"] == "Deployment":
@@ -427,7 +479,7 @@ def test_children_are_owned_by_the_service_and_validly_named(case: str, backend:
                 assert _key_ok(k), k
                 assert isinstance(v, str), (k, v)
         labels = [child["metadata"].get("labels") or {}]
-        if child["kind"] != "Service":
+        if child["kind"] in ("InferenceService", "Deployment"):
             labels.append(_pod_template(child)[0]["labels"])
         if child["kind"] == "InferenceService":
             # KServe v0.15's RawDeployment labels the pods (and selects them by)

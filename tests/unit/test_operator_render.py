@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from perllm_operator import render, runtimes
 from perllm_operator.main import run_options
 
+from perllm.crd import InvalidService
 from tests.rendered import assert_open_chat_assistant_predictor
 
 ROOT = Path(__file__).parents[2]
@@ -62,8 +64,10 @@ def test_inference_service() -> None:
     assert m["runtime"] == "perllm-llamacpp"
     assert m["storageUri"].endswith("Meta-Llama-3-8B-Instruct-Q4_K_M.gguf")
     assert m["env"] == [
-        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}}}
     ]
+    # The open template's GGUF comes over https: the default account fetches it.
+    assert "serviceAccountName" not in p
     assert "nvidia.com/gpu" not in json.dumps(m["resources"])
     assert p["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -77,6 +81,8 @@ def test_inference_service() -> None:
     assert p["model"]["runtime"] == "perllm-vllm"
     assert p["model"]["storageUri"] == "hf://meta-llama/Meta-Llama-3-8B-Instruct"
     assert p["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # Gated hf:// weights: KServe's storage initializer takes the token from its account.
+    assert p["serviceAccountName"] == "chat-assistant-model"
 
 
 def test_edge_only_uses_edge_variant_without_gpu_toleration() -> None:
@@ -154,8 +160,37 @@ def test_a_variant_names_its_own_image_runtime_format_and_weights() -> None:
     assert m["storageUri"] == "hf://org/repo"
 
 
-def test_kserve_backend_has_one_child() -> None:
-    assert [k["kind"] for k in render.children(_load("code-assistant"))] == ["InferenceService"]
+def test_kserve_backend_has_one_child_and_the_account_of_gated_hf_weights() -> None:
+    obj = _load("code-assistant")
+    isvc, sa = render.children(obj)
+    assert isvc["kind"] == "InferenceService"
+    assert sa == {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": "code-assistant-model",
+            "namespace": "llm",
+            "labels": {"perllm.io/service": "code-assistant"},
+            "ownerReferences": isvc["metadata"]["ownerReferences"],
+        },
+        "automountServiceAccountToken": False,
+        "secrets": [{"name": "hf-token"}],
+    }
+    # No token, or no hf:// weights on an allowed tier: nothing to fetch with a token.
+    del obj["spec"]["model"]["tokenSecretRef"]
+    assert [k["kind"] for k in render.children(obj)] == ["InferenceService"]
+    obj = _load("code-assistant")
+    obj["spec"]["allowedTiers"] = ["edge"]  # its GGUF comes over https
+    assert [k["kind"] for k in render.children(obj)] == ["InferenceService"]
+
+
+def test_kserve_refuses_a_token_key_its_storage_initializer_never_reads() -> None:
+    obj = _load("code-assistant")
+    obj["spec"]["model"]["tokenSecretRef"]["key"] = "token"
+    with pytest.raises(InvalidService, match=r"spec.model.tokenSecretRef.key: must be HF_TOKEN"):
+        render.children(obj)
+    obj["spec"]["backend"] = "deployment"  # its servers fetch with HF_TOKEN from any key
+    assert [k["kind"] for k in render.children(obj)] == ["Deployment", "Service"]
 
 
 def test_run_options() -> None:

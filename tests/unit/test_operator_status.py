@@ -454,7 +454,9 @@ def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     live = {"metadata": {"annotations": {"perllm.io/pinned-tier": "cloud"}}}
     applied, events = _fake_tier_follow(monkeypatch, obj, live)
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
-    (child,) = applied
+    # the ServiceAccount of its gated hf:// weights (kept: another tier may fetch them)
+    sa, child = applied
+    assert sa["kind"] == "ServiceAccount"
     p = child["spec"]["predictor"]
     assert p["annotations"]["perllm.io/variant-tier"] == "edge"
     assert "nvidia.com/gpu" not in str(p["model"]["resources"])

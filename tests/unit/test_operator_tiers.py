@@ -464,3 +464,75 @@ def test_a_service_deleted_by_hand_is_created_again(
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     assert gone in applied
     assert events == [("ChildRecreated", f"re-created Service {gone} (deleted outside PerLLM)")]
+
+
+def _gated(**tier_replicas: int) -> dict[str, Any]:
+    """manifests/chat-assistant.yaml: gated hf:// weights on the cloud tier, under KServe."""
+    obj: dict[str, Any] = yaml.safe_load((ROOT / "manifests" / "chat-assistant.yaml").read_text())
+    obj["metadata"].update(namespace="llm", uid="uid-1", generation=1)
+    if tier_replicas:
+        obj["spec"]["tierReplicas"] = tier_replicas
+    return obj
+
+
+@pytest.mark.parametrize("tiered", [False, True])
+def test_the_account_of_gated_weights_deleted_by_hand_is_created_again(
+    monkeypatch: pytest.MonkeyPatch, tiered: bool
+) -> None:
+    """Not recorded in the status, the ServiceAccount KServe fetches gated weights as was
+    never noticed gone: no new pod could be created (no such account) until an edit."""
+    obj = _gated(edge=1, cloud=1) if tiered else _gated()
+    kids = render.children(obj)
+    rec = [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}]
+    if tiered:
+        obj["status"] = {"children": tiers.children_status(kids), "conditions": rec}
+    else:
+        obj["status"] = {"child": tiers.ref(kids[0]), "conditions": rec}
+    gone = render.model_account_name(obj)
+    pin = {"metadata": {"annotations": {"perllm.io/pinned-tier": render.pin(obj)}}}
+    applied: list[str] = []
+    events: list[tuple[str, str]] = []
+
+    class CO:
+        def get_namespaced_custom_object(self, *a: Any, **_: Any) -> dict[str, Any]:
+            return copy.deepcopy(obj)
+
+    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
+    monkeypatch.setattr(kube, "read_child", lambda ns, ref: None if ref["name"] == gone else pin)
+    monkeypatch.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))
+    monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: True)
+    monkeypatch.setattr(
+        kopf, "info", lambda body, *, reason, message: events.append((reason, message))
+    )
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    assert applied[0] == gone  # before the pods' children
+    assert events == [
+        ("ChildRecreated", f"re-created ServiceAccount {gone} (deleted outside PerLLM)")
+    ]
+
+
+def test_the_account_of_gated_weights_goes_when_no_longer_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Token removed or backend deployment: the ServiceAccount is deleted, if this service
+    controls it; one of the same name that another owner holds is left alone."""
+    obj = _gated()
+    fake = FakeChildren(render.children(obj))
+    fake.install(monkeypatch)
+    sa = ("ServiceAccount", "chat-assistant-model")
+    assert sa in fake.live and reconcile.prune(obj, render.children(obj)) == []
+    to_deployment = copy.deepcopy(obj)
+    to_deployment["spec"]["backend"] = "deployment"
+    kids = render.children(to_deployment)
+    assert reconcile.prune(to_deployment, kids) == [
+        "InferenceService chat-assistant",
+        "ServiceAccount chat-assistant-model",
+    ]
+    assert fake.deleted[-1] == (*sa, "child-1")
+    stranger = copy.deepcopy(render.children(obj)[-1])
+    stranger["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    fake.live[sa] = stranger
+    no_token = copy.deepcopy(obj)
+    del no_token["spec"]["model"]["tokenSecretRef"]
+    assert reconcile.prune(no_token, render.children(no_token)) == []
+    assert sa in fake.live

@@ -60,6 +60,14 @@ def _deployment() -> Obj:
     }
 
 
+def _account() -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "x-model", "namespace": "ns"},
+    }
+
+
 def _svc() -> Obj:
     return {"metadata": {"name": "x", "namespace": "ns", "uid": "uid-1"}}
 
@@ -69,6 +77,7 @@ class _Logger:
 
 
 DEP = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}
+SA = {"apiVersion": "v1", "kind": "ServiceAccount", "name": "x-model"}
 ISVC = {"apiVersion": f"{render.KSERVE_GROUP}/v1beta1", "kind": "InferenceService", "name": "x"}
 CALLS: list[tuple[str, Callable[[], Any]]] = [
     ("kserve_installed", kube.kserve_installed),
@@ -76,6 +85,9 @@ CALLS: list[tuple[str, Callable[[], Any]]] = [
     ("read_child Deployment", lambda: kube.read_child("ns", DEP)),
     ("read_child InferenceService", lambda: kube.read_child("ns", ISVC)),
     ("delete_child", lambda: kube.delete_child("ns", DEP, "uid-1")),
+    ("apply ServiceAccount", lambda: kube.apply(_account())),
+    ("read_child ServiceAccount", lambda: kube.read_child("ns", SA)),
+    ("delete_child ServiceAccount", lambda: kube.delete_child("ns", SA, "uid-1")),
     ("pods", lambda: kube.pods("ns", "x")),
     ("evict", lambda: kube.evict("ns", "x-1")),
     ("sync_status", lambda: conditions.sync_status("ns", "x", "uid-1")),

@@ -103,7 +103,7 @@ def test_gated_weights_get_the_token_by_reference_only() -> None:
     assert text.count("HF_TOKEN") == 1
     obj["spec"]["model"]["tokenSecretRef"] = {"name": "hf"}
     env = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert env[0]["valueFrom"]["secretKeyRef"]["key"] == "token"
+    assert env[0]["valueFrom"]["secretKeyRef"]["key"] == "HF_TOKEN"  # the CRD's default
 
 
 def test_int4_awq_needs_a_gpu_and_runs_vllm_with_awq() -> None:

@@ -167,6 +167,11 @@ imagePullSecrets:
   - apiGroups: [""]
     resources: [services]
     verbs: [get, create, patch, delete]
+  # Under KServe, the ServiceAccount <name>-model that gated hf:// weights are fetched as
+  # (it lists the token's Secret; the operator never reads Secrets). Same verbs as above.
+  - apiGroups: [""]
+    resources: [serviceaccounts]
+    verbs: [get, create, patch, delete]
   # The status timer lists a service's pods (label perllm.io/service) and re-places one
   # through the Eviction API, which honours PodDisruptionBudgets (never a plain delete).
   - apiGroups: [""]
