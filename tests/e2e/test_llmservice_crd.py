@@ -248,6 +248,12 @@ BAD = [
         "obj['metadata']['name'] = 'n' * 48; spec['tierReplicas'] = {'edge': 1}",
         "metadata.name",
     ),
+    # backend kserve: its storage initializer reads a Hugging Face token from key HF_TOKEN only
+    (
+        "token key other than HF_TOKEN with backend kserve and hf:// weights",
+        "spec['model']['tokenSecretRef']['key'] = 'token'",
+        "spec.model.tokenSecretRef.key",
+    ),
     # backend kserve: KServe labels the pods app: isvc.<name>[-<tier>]-predictor (<= 63)
     (
         "name of 49 characters with backend kserve",
@@ -295,6 +301,12 @@ AT_THE_LIMITS = [
     "'hugepages-2Mi': '1Gi', 'example.com/fpga': 1}; " + R0 + "['limits'] = {'cpu': '4000m', "
     "'memory': '16Gi', 'hugepages-2Mi': '1Gi', 'example.com/fpga': '1'}",
     R0 + "['requests'].update({f'example.com/r{i}': '1e3' for i in range(14)})",
+    # another token key: fine where KServe's storage initializer fetches no hf:// weights
+    "spec['model']['tokenSecretRef']['key'] = 'token'; spec['backend'] = 'deployment'",
+    "spec['model']['tokenSecretRef']['key'] = 'token'; spec['allowedTiers'] = ['edge']",
+    "spec['model']['tokenSecretRef']['key'] = 'token'; "
+    "[v.pop('storageUri') for v in spec['model']['variants']]",
+    "del spec['model']['tokenSecretRef']['key']",  # the default: HF_TOKEN
 ]
 
 

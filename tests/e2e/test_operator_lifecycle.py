@@ -61,6 +61,16 @@ def test_kserve_backend_creates_inference_service(
     assert condition(obj, "Ready")["status"] == "Unknown"  # type: ignore[index]
     # No pods, no extender decision: Placed waits for the scheduler.
     assert condition(obj, "Placed")["status"] == "Unknown"  # type: ignore[index]
+    # Gated hf:// weights on the cloud tier: the ServiceAccount KServe's storage initializer
+    # takes the token from (applied with the operator's own RBAC), owned like the others.
+    sa = kube.get_or_none("serviceaccount", "chat-assistant-model", "-n", namespace)
+    assert sa is not None
+    (sa_ref,) = sa["metadata"]["ownerReferences"]
+    assert sa_ref["uid"] == owner["metadata"]["uid"] and sa_ref["controller"] is True
+    assert sa["secrets"] == [{"name": "hf-token"}]
+    assert sa["automountServiceAccountToken"] is False
+    # The open template fetches the edge variant's https:// GGUF: the default account.
+    assert "serviceAccountName" not in isvc["spec"]["predictor"]
     # The extender decides the cloud (status.placement): the child is re-rendered in place,
     # pinned to the cloud with the cloud variant's GPU request.
     merge_patch(
@@ -84,6 +94,7 @@ def test_kserve_backend_creates_inference_service(
         "nodeSelectorTerms"
     ][0]["matchExpressions"][0]
     assert expr2["values"] == ["cloud"]
+    assert p2["serviceAccountName"] == "chat-assistant-model"  # hf:// weights, gated
     wait_for(
         lambda: events(kube, namespace, "chat-assistant", "TierChanged"),
         "TierChanged Event",
@@ -197,6 +208,7 @@ def test_delete_garbage_collects_children(kube: Kube, operator: Operator, namesp
                 ("deployment", "batch-summariser"),
                 ("service", "batch-summariser-predictor"),
                 ("isvc", "chat-assistant"),
+                ("serviceaccount", "chat-assistant-model"),
             )
         )
 
@@ -274,6 +286,10 @@ def test_sigkill_and_restart_converge_without_duplicates(
     assert deps[0]["metadata"]["uid"] == dep["metadata"]["uid"]
     svcs = kube.get_or_none("services", "-n", namespace)["items"]
     assert [s["metadata"]["name"] for s in svcs] == ["batch-summariser-predictor"]
+    # The gated services' ServiceAccounts, once each (the namespace's `default` aside)
+    sas = kube.get_or_none("serviceaccounts", "-n", namespace)["items"]
+    owned = sorted(s["metadata"]["name"] for s in sas if s["metadata"].get("ownerReferences"))
+    assert owned == ["chat-assistant-model", "code-assistant-model"]
     same = kube.get_or_none("isvc", "chat-assistant", "-n", namespace)
     assert same["metadata"]["uid"] == isvc["metadata"]["uid"]
     assert operator.alive()

@@ -73,6 +73,10 @@ def test_a_tier_switch_leaves_no_trace_of_the_other_tier(
         else:
             assert c["runtime"] == ("perllm-llamacpp" if tier == "edge" else "perllm-vllm")
             assert c["modelFormat"]["name"] == ("gguf" if tier == "edge" else "huggingface")
+            # the cloud's gated hf:// weights are fetched as the service's account; the
+            # edge's https:// GGUF as the default one (applied: the field is removed)
+            want_sa = "chat-assistant-model" if tier == "cloud" else None
+            assert ps.get("serviceAccountName") == want_sa, ps
     live = kube.get_or_none(kind, "chat-assistant", "-n", namespace, "--show-managed-fields")
     assert live["metadata"]["uid"] == first["metadata"]["uid"]
     managers = {m["manager"]: m["operation"] for m in live["metadata"]["managedFields"]}
