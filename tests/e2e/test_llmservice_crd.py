@@ -300,7 +300,12 @@ AT_THE_LIMITS = [
     R0 + "['requests'] = {'cpu': 4, 'memory': '15.5Gi', 'ephemeral-storage': '0', "
     "'hugepages-2Mi': '1Gi', 'example.com/fpga': 1}; " + R0 + "['limits'] = {'cpu': '4000m', "
     "'memory': '16Gi', 'hugepages-2Mi': '1Gi', 'example.com/fpga': '1'}",
-    R0 + "['requests'].update({f'example.com/r{i}': '1e3' for i in range(14)})",
+    # 16 resources each (an extended resource's request needs its limit: 3dd74a7)
+    "x = {f'example.com/r{i}': '1e3' for i in range(14)}; "
+    + R0
+    + "['requests'].update(x); "
+    + R0
+    + "['limits'].update(x)",
     # another token key: fine where KServe's storage initializer fetches no hf:// weights
     "spec['model']['tokenSecretRef']['key'] = 'token'; spec['backend'] = 'deployment'",
     "spec['model']['tokenSecretRef']['key'] = 'token'; spec['allowedTiers'] = ['edge']",

@@ -402,6 +402,11 @@ def test_probe_downloads_at_once_are_capped(monkeypatch: pytest.MonkeyPatch) -> 
             c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             c.connect((host, int(port)))
             c.sendall(f"GET /probe?bytes={MAX_BYTES} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            # its head came, so it holds a slot (else a download below could take the
+            # slot first, the stalled one get the 503, and every later download a 200)
+            c.settimeout(10)
+            head = c.recv(12)
+            assert head[:7] == b"HTTP/1." and head[9:12] == b"200", head
             stalled.append(c)
         deadline = time.monotonic() + 10
         while (r := get(a.url + f"/probe?bytes={MIN_BYTES}"))[0] == 200:
