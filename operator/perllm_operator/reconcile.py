@@ -253,6 +253,12 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
         return
     if fresh["metadata"].get("deletionTimestamp"):  # its children are going with it (GC)
         return
+    seen, gen = st.get("observedGeneration"), fresh["metadata"].get("generation")
+    if seen is not None and gen is not None and seen != gen:
+        # An edit's reconcile is under way: it applies and prunes, then records the new
+        # children. Read now, the recorded ones include those it just pruned (a tier
+        # dropped), which this tick took for deleted by hand.
+        return
     if (fresh.get("spec") or {}).get("backend") == "deployment":
         # The Service in front is a child too, though the status records only the pods'
         # Deployments: deleted by hand, the service's endpoint was gone for good.
@@ -271,7 +277,15 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
         lives = [kube.read_child(ns, r) for r in refs]
     except ApiException:
         return
-    missing = [f"{r['kind']} {r['name']}" for r, live in zip(refs, lives, strict=True) if not live]
+    try:  # (only what the spec still renders is re-created, and said)
+        wanted = {(k["kind"], k["metadata"]["name"]) for k in render.children(fresh)}
+    except (InvalidService, ValueError):
+        return
+    missing = [
+        f"{r['kind']} {r['name']}"
+        for r, live in zip(refs, lives, strict=True)
+        if not live and (r["kind"], r["name"]) in wanted
+    ]
     if missing:
         gone = ", ".join(missing)
         what = f"re-created {gone} (deleted outside PerLLM)"

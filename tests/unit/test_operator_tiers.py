@@ -466,6 +466,44 @@ def test_a_service_deleted_by_hand_is_created_again(
     assert events == [("ChildRecreated", f"re-created Service {gone} (deleted outside PerLLM)")]
 
 
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_tier_dropped_by_an_edit_is_not_taken_for_a_child_deleted_by_hand(
+    monkeypatch: pytest.MonkeyPatch, recorded: bool
+) -> None:
+    """`tierReplicas.edge` removed: the reconcile prunes `<name>-edge`, then records the
+    cloud child alone. A status tick in between read the old record, found the edge
+    Deployment gone and said "re-created Deployment <name>-edge (deleted outside PerLLM)"
+    (an Event and the Reconciled message; fresh-clone CI failed on it). Now the tick
+    waits while the record is of an older generation, and names only what the spec
+    still renders."""
+    old = _load("deployment", edge=1, cloud=1)
+    record = tiers.children_status(render.children(old))
+    obj = _load("deployment", cloud=1)
+    obj["metadata"]["generation"] = 2
+    rec = [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}]
+    obj["status"] = {"children": record, "conditions": rec}
+    if recorded:  # the record is generation 1's: the edit's reconcile is under way
+        obj["status"]["observedGeneration"] = 1
+    edge = f"{obj['metadata']['name']}-edge"
+    applied: list[str] = []
+    events: list[tuple[str, str]] = []
+
+    class CO:
+        def get_namespaced_custom_object(self, *a: Any, **_: Any) -> dict[str, Any]:
+            return copy.deepcopy(obj)
+
+    pin = {"metadata": {"annotations": {"perllm.io/pinned-tier": "cloud"}}}
+    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
+    monkeypatch.setattr(kube, "read_child", lambda ns, ref: None if ref["name"] == edge else pin)
+    monkeypatch.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))
+    monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: True)
+    monkeypatch.setattr(
+        kopf, "info", lambda body, *, reason, message: events.append((reason, message))
+    )
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    assert edge not in applied and not any(edge in m for _, m in events), events
+
+
 def _gated(**tier_replicas: int) -> dict[str, Any]:
     """manifests/chat-assistant.yaml: gated hf:// weights on the cloud tier, under KServe."""
     obj: dict[str, Any] = yaml.safe_load((ROOT / "manifests" / "chat-assistant.yaml").read_text())
