@@ -430,6 +430,38 @@ def test_status_writes_keep_routing_and_foreign_conditions(monkeypatch: pytest.M
     )
 
 
+def _record(obj: dict[str, Any], tiered: bool) -> None:
+    """`obj`'s status as the reconcile leaves it: its children recorded, Reconciled."""
+    kids = render.children(obj)
+    rec = [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}]
+    if tiered:
+        obj["status"] = {"children": tiers.children_status(kids), "conditions": rec}
+    else:
+        obj["status"] = {"child": tiers.ref(kids[0]), "conditions": rec}
+
+
+def _tick(
+    mp: pytest.MonkeyPatch, obj: dict[str, Any], gone: str, tier: str
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """One status tick (`follow_tier`) of `obj`, its child `gone` deleted and every other
+    one live and pinned to `tier`: the names of the children applied, the Events said."""
+    applied: list[str] = []
+    events: list[tuple[str, str]] = []
+
+    class CO:
+        def get_namespaced_custom_object(self, *a: Any, **_: Any) -> dict[str, Any]:
+            return copy.deepcopy(obj)
+
+    pin = {"metadata": {"annotations": {"perllm.io/pinned-tier": tier}}}
+    mp.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
+    mp.setattr(kube, "read_child", lambda ns, ref: None if ref["name"] == gone else pin)
+    mp.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))
+    mp.setattr(reconcile, "sync_status", lambda *a, **k: True)
+    mp.setattr(kopf, "info", lambda body, *, reason, message: events.append((reason, message)))
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    return applied, events
+
+
 @pytest.mark.parametrize("tiered", [False, True])
 def test_a_service_deleted_by_hand_is_created_again(
     monkeypatch: pytest.MonkeyPatch, tiered: bool
@@ -439,29 +471,9 @@ def test_a_service_deleted_by_hand_is_created_again(
     the endpoint was gone until the next edit of the spec."""
     obj = _load(edge=1, cloud=1) if tiered else _load()
     obj["spec"]["backend"] = "deployment"
-    kids = render.children(obj)
-    rec = [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}]
-    if tiered:
-        obj["status"] = {"children": tiers.children_status(kids), "conditions": rec}
-    else:
-        obj["status"] = {"child": tiers.ref(kids[0]), "conditions": rec}
+    _record(obj, tiered)
     gone = render.service_name(obj)
-    pin = {"metadata": {"annotations": {"perllm.io/pinned-tier": render.pin(obj)}}}
-    applied: list[str] = []
-    events: list[tuple[str, str]] = []
-
-    class CO:
-        def get_namespaced_custom_object(self, *a: Any, **_: Any) -> dict[str, Any]:
-            return copy.deepcopy(obj)
-
-    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
-    monkeypatch.setattr(kube, "read_child", lambda ns, ref: None if ref["name"] == gone else pin)
-    monkeypatch.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))
-    monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: True)
-    monkeypatch.setattr(
-        kopf, "info", lambda body, *, reason, message: events.append((reason, message))
-    )
-    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    applied, events = _tick(monkeypatch, obj, gone, render.pin(obj))
     assert gone in applied
     assert events == [("ChildRecreated", f"re-created Service {gone} (deleted outside PerLLM)")]
 
@@ -485,22 +497,7 @@ def test_a_tier_dropped_by_an_edit_is_not_taken_for_a_child_deleted_by_hand(
     if recorded:  # the record is generation 1's: the edit's reconcile is under way
         obj["status"]["observedGeneration"] = 1
     edge = f"{obj['metadata']['name']}-edge"
-    applied: list[str] = []
-    events: list[tuple[str, str]] = []
-
-    class CO:
-        def get_namespaced_custom_object(self, *a: Any, **_: Any) -> dict[str, Any]:
-            return copy.deepcopy(obj)
-
-    pin = {"metadata": {"annotations": {"perllm.io/pinned-tier": "cloud"}}}
-    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
-    monkeypatch.setattr(kube, "read_child", lambda ns, ref: None if ref["name"] == edge else pin)
-    monkeypatch.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))
-    monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: True)
-    monkeypatch.setattr(
-        kopf, "info", lambda body, *, reason, message: events.append((reason, message))
-    )
-    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    applied, events = _tick(monkeypatch, obj, edge, "cloud")
     assert edge not in applied and not any(edge in m for _, m in events), events
 
 
@@ -520,29 +517,9 @@ def test_the_account_of_gated_weights_deleted_by_hand_is_created_again(
     """Not recorded in the status, the ServiceAccount KServe fetches gated weights as was
     never noticed gone: no new pod could be created (no such account) until an edit."""
     obj = _gated(edge=1, cloud=1) if tiered else _gated()
-    kids = render.children(obj)
-    rec = [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}]
-    if tiered:
-        obj["status"] = {"children": tiers.children_status(kids), "conditions": rec}
-    else:
-        obj["status"] = {"child": tiers.ref(kids[0]), "conditions": rec}
+    _record(obj, tiered)
     gone = render.model_account_name(obj)
-    pin = {"metadata": {"annotations": {"perllm.io/pinned-tier": render.pin(obj)}}}
-    applied: list[str] = []
-    events: list[tuple[str, str]] = []
-
-    class CO:
-        def get_namespaced_custom_object(self, *a: Any, **_: Any) -> dict[str, Any]:
-            return copy.deepcopy(obj)
-
-    monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
-    monkeypatch.setattr(kube, "read_child", lambda ns, ref: None if ref["name"] == gone else pin)
-    monkeypatch.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))
-    monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: True)
-    monkeypatch.setattr(
-        kopf, "info", lambda body, *, reason, message: events.append((reason, message))
-    )
-    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    applied, events = _tick(monkeypatch, obj, gone, render.pin(obj))
     assert applied[0] == gone  # before the pods' children
     assert events == [
         ("ChildRecreated", f"re-created ServiceAccount {gone} (deleted outside PerLLM)")
