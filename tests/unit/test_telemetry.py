@@ -3,6 +3,7 @@ answers like Prometheus' /api/v1/query, and the PromQL helpers of the metric con
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -62,6 +63,18 @@ def fake() -> Iterator[FakePrometheus]:
     yield f
     f.server.shutdown()
     f.server.server_close()
+
+
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` served on a loopback port for the block: its http://127.0.0.1:PORT."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_answers_parse_values_and_labels(fake: FakePrometheus) -> None:
@@ -247,17 +260,12 @@ def test_a_dripping_or_huge_answer_is_cut_off_not_waited_for(
         def log_message(self, *args: Any) -> None:
             pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        p = Prometheus(f"http://127.0.0.1:{srv.server_address[1]}", timeout_s=1.0)
+    with _serving(Drip) as url:
+        p = Prometheus(url, timeout_s=1.0)
         t0 = time.monotonic()
         assert p.query("up") is None
         assert time.monotonic() - t0 < 2.5  # the 1 s deadline, cut by the watchdog
         assert "timed out: no complete answer within 1s" in (p.health.last_error or "")
-    finally:
-        srv.shutdown()
-        srv.server_close()
     f = FakePrometheus()
     try:
         f.result = [{"metric": {"pod": "x" * 100}, "value": [1.0, "1"]}] * 100
@@ -291,32 +299,25 @@ def test_a_redirected_answer_is_bounded_too() -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    drip = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
-    target = f"http://localhost:{drip.server_address[1]}/api/v1/query"
+    with _serving(Drip) as drip:
+        target = drip.replace("127.0.0.1", "localhost") + "/api/v1/query"
 
-    class Redirect(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(302)
-            self.send_header("Location", target)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+        class Redirect(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
-        def log_message(self, *args: Any) -> None:
-            pass
+            def log_message(self, *args: Any) -> None:
+                pass
 
-    hop = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    for s in (drip, hop):
-        threading.Thread(target=s.serve_forever, daemon=True).start()
-    try:
-        p = Prometheus(f"http://127.0.0.1:{hop.server_address[1]}", timeout_s=1.0)
-        t0 = time.monotonic()
-        assert p.query("up") is None
-        assert time.monotonic() - t0 < 4  # (one deadline per hop)
-        assert "timed out: no complete answer within 1s" in (p.health.last_error or "")
-    finally:
-        for s in (drip, hop):
-            s.shutdown()
-            s.server_close()
+        with _serving(Redirect) as hop:
+            p = Prometheus(hop, timeout_s=1.0)
+            t0 = time.monotonic()
+            assert p.query("up") is None
+            assert time.monotonic() - t0 < 4  # (one deadline per hop)
+            assert "timed out: no complete answer within 1s" in (p.health.last_error or "")
 
 
 def test_unreachable_or_unconfigured_returns_none_without_raising() -> None:
@@ -423,10 +424,8 @@ def test_the_whole_exchange_is_bounded_not_only_the_body(where: str) -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        p = Prometheus(f"http://127.0.0.1:{srv.server_address[1]}", timeout_s=1.0)
+    with _serving(Drip) as url:
+        p = Prometheus(url, timeout_s=1.0)
         t0 = time.monotonic()
         assert p.query("up") is None
         assert time.monotonic() - t0 < 2.5
@@ -434,9 +433,6 @@ def test_the_whole_exchange_is_bounded_not_only_the_body(where: str) -> None:
         assert "timed out" in why and "1s" in why, why
         assert p.query("up") is not None  # the next query: a new connection, answered
         assert len(set(conns)) == 2, conns
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_a_connection_cut_at_a_deadline_is_never_reused() -> None:
