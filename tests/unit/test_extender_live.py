@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -606,6 +607,23 @@ def test_shutdown_saves_the_learned_state_before_the_last_publications() -> None
     assert order and order[0] == "save", order  # then what was left to publish
 
 
+def _place_services(pub: Any, n: int, each: Callable[[], object] | None = None) -> None:
+    """Services s0 … s{n-1}, each placed once by an extender whose decisions `pub`
+    publishes (`each` after every placement)."""
+    app = create_app(ExtenderConfig())
+    live: Live = app.state.live
+    for node in NODES:
+        live.scheduler.nodes.upsert(node)
+    live.scheduler.listeners.append(pub.submit)
+    c = TestClient(app)
+    for i in range(n):
+        s = LOOSE.model_copy(update={"name": f"s{i}"})
+        live.scheduler.services.add(s, "llm")
+        assert c.post("/scheduler/filter", json=args(pod(s, name=f"p{i}"))).status_code == 200
+        if each is not None:
+            each()
+
+
 def test_publications_left_at_shutdown_are_bounded_in_time(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -616,17 +634,8 @@ def test_publications_left_at_shutdown_are_bounded_in_time(
             time.sleep(0.2)
             raise TimeoutError("read timed out")
 
-    app = create_app(ExtenderConfig())
-    live: Live = app.state.live
-    for n in NODES:
-        live.scheduler.nodes.upsert(n)
     pub = Publisher(Blackhole(), min_interval_s=3600)
-    live.scheduler.listeners.append(pub.submit)
-    c = TestClient(app)
-    for i in range(20):
-        s = LOOSE.model_copy(update={"name": f"s{i}"})
-        live.scheduler.services.add(s, "llm")
-        assert c.post("/scheduler/filter", json=args(pod(s, name=f"p{i}"))).status_code == 200
+    _place_services(pub, 20)
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING, "perllm.extender.publish"):
         pub.stop(timeout=0.5)
@@ -673,20 +682,10 @@ def test_the_publisher_remembers_a_bounded_number_of_services() -> None:
     logged failures stayed in the publisher for good."""
     from perllm_extender.publish import Publisher
 
-    app = create_app(ExtenderConfig())
-    live: Live = app.state.live
-    for n in NODES:
-        live.scheduler.nodes.upsert(n)
     api = FakeApi()
     api.fail = RuntimeError("not found")
     pub = Publisher(api, min_interval_s=0.0, max_services=3)
-    live.scheduler.listeners.append(pub.submit)
-    c = TestClient(app)
-    for i in range(10):
-        s = LOOSE.model_copy(update={"name": f"s{i}"})
-        live.scheduler.services.add(s, "llm")
-        assert c.post("/scheduler/filter", json=args(pod(s, name=f"p{i}"))).status_code == 200
-        pub.flush()
+    _place_services(pub, 10, each=pub.flush)
     assert len(pub._last) <= 3 and len(pub._nodes) <= 3 and len(pub._logged) <= 12
     assert ("llm", "s9") in pub._last and ("llm", "s0") not in pub._nodes  # newest kept
     assert pub.failures == 10
