@@ -278,9 +278,10 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     except ApiException:
         return
     try:  # (only what the spec still renders is re-created, and said)
-        wanted = {(k["kind"], k["metadata"]["name"]) for k in render.children(fresh)}
-    except (InvalidService, ValueError):
+        kids = render.children(fresh)
+    except (InvalidService, ValueError):  # (the reconcile refuses it, and says why)
         return
+    wanted = {(k["kind"], k["metadata"]["name"]) for k in kids}
     missing = [
         f"{r['kind']} {r['name']}"
         for r, live in zip(refs, lives, strict=True)
@@ -289,7 +290,7 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     if missing:
         gone = ", ".join(missing)
         what = f"re-created {gone} (deleted outside PerLLM)"
-        if _reapply(body, fresh, ns, name, str(uid), f"re-creating {gone}", what, logger):
+        if _reapply(body, kids, ns, name, str(uid), f"re-creating {gone}", what, logger):
             kopf.info(body, reason="ChildRecreated", message=what)
         return
     if tiers.tiered(fresh):
@@ -302,7 +303,7 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     if live is None or render.rendered_tier(live) == want:
         return
     doing, done = f"re-rendering for tier {want}", f"re-rendered for tier {want}"
-    if _reapply(body, fresh, ns, name, str(uid), doing, done, logger):
+    if _reapply(body, kids, ns, name, str(uid), doing, done, logger):
         kopf.info(
             body,
             reason="TierChanged",
@@ -321,7 +322,7 @@ def _refused(st: Obj) -> bool:
 
 def _reapply(
     body: kopf.Body,
-    fresh: Obj,
+    kids: list[Obj],
     ns: str,
     name: str,
     uid: str,
@@ -329,10 +330,10 @@ def _reapply(
     done: str,
     logger: kopf.Logger,
 ) -> bool:
-    """Apply the children `fresh` renders; `Reconciled` says `done`, or `doing: why` it
-    was refused."""
+    """Apply the children `kids` (what the fresh spec renders); `Reconciled` says `done`,
+    or `doing: why` it was refused."""
     try:
-        apply_children(render.children(fresh))
+        apply_children(kids)
     except (Failed, InvalidService, ValueError) as e:
         reason = e.reason if isinstance(e, Failed) else "InvalidSpec"
         msg = failures.bounded(f"{doing}: {e}")
