@@ -1,10 +1,11 @@
 """A `requests` adapter that bounds a whole exchange, not each read: the Prometheus client's
-(`prom.Prometheus`) queries must end, whatever the server does."""
+(`prom.Prometheus`) queries must end, whatever the server (or the resolver) does."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import socket
 import threading
 import time
@@ -13,15 +14,22 @@ from typing import Any
 from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
 from requests.exceptions import ContentDecodingError, ReadTimeout
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 _local = threading.local()  # the watch of the request this thread is sending
 _LOCK = threading.Lock()  # orders a watchdog's cut against a connection changing hands
+_CONNECTS = threading.Lock()  # guards _Attempt results and _blocked
+# Connection attempts left running past their deadline, per host: a thread blocked in the
+# resolver (getaddrinfo) cannot be cancelled, it ends when the resolver gives up.
+_blocked: dict[str, int] = {}
+MAX_BLOCKED = 4  # per host; beyond, a new connection there fails at once (no new thread)
 
 
 class _Watch:
     """One request's deadline: the connection it runs on, shut down when it passes."""
 
-    def __init__(self) -> None:
+    def __init__(self, end: float = math.inf) -> None:
+        self.end = end  # time.monotonic() of the deadline
         self.conn: Any = None
         self.fired = False
         self.done = False
@@ -80,6 +88,76 @@ class _Watched:
         self._claim()
         super().request(*args, **kwargs)  # type: ignore[misc]
 
+    def _new_conn(self) -> Any:
+        """Name resolution and the TCP connect, bounded by the deadline too: they come
+        before there is a socket for the watchdog to shut down, and a hanging getaddrinfo
+        ignores every socket timeout. So they run on a daemon thread, waited for until the
+        deadline only."""
+        w, host = self._perllm_watch, str(self.host)  # type: ignore[attr-defined]
+        if w is None or w.end == math.inf:
+            return super()._new_conn()  # type: ignore[misc]
+        with _CONNECTS:
+            if _blocked.get(host, 0) >= MAX_BLOCKED:
+                raise NewConnectionError(
+                    self,  # type: ignore[arg-type]
+                    f"{_blocked[host]} earlier connections to {host} still hang (name "
+                    "resolution?): not trying another until one ends",
+                )
+        attempt = _Attempt(host)
+        threading.Thread(
+            target=attempt.run,
+            args=(super()._new_conn,),  # type: ignore[misc]
+            name=f"perllm-connect-{host}",
+            daemon=True,  # never holds the process at exit
+        ).start()
+        if attempt.wait(w.end - time.monotonic()):
+            return attempt.result()
+        w.cut()  # the deadline passed: the adapter says so
+        raise ConnectTimeoutError(self, f"resolving and connecting to {host}: deadline passed")
+
+
+class _Attempt:
+    """One `_new_conn` on its own thread. Given up at the deadline, it is left to finish
+    (counted in `_blocked` meanwhile) and the socket it may still make is closed."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.done = threading.Event()
+        self.abandoned = False
+        self.sock: Any = None
+        self.error: Exception | None = None
+
+    def run(self, new_conn: Any) -> None:
+        sock, error = None, None
+        try:
+            sock = new_conn()
+        except Exception as e:
+            error = e
+        with _CONNECTS:
+            self.sock, self.error, abandoned = sock, error, self.abandoned
+            self.done.set()
+            if abandoned:
+                _blocked[self.host] -= 1
+                if not _blocked[self.host]:
+                    del _blocked[self.host]
+        if abandoned and sock is not None:
+            sock.close()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Whether it finished within `timeout_s`; if not, it is abandoned."""
+        self.done.wait(max(0.0, timeout_s))
+        with _CONNECTS:
+            if not self.done.is_set():
+                self.abandoned = True
+                _blocked[self.host] = _blocked.get(self.host, 0) + 1
+                return False
+        return True
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.sock
+
 
 @functools.cache
 def _watched_pool(pool_cls: Any) -> Any:
@@ -100,11 +178,12 @@ def _watch_pools(manager: Any) -> Any:
 
 
 class BoundedAnswers(HTTPAdapter):
-    """An exchange (connect, head and body) ends within `deadline_s`, with at most
-    `max_bytes` of body. requests' timeout bounds each read only, so a server dripping a
-    byte a second, in the head or the body, held a query (and with it the operator's
-    status timer) for as long as it liked. At the deadline a watchdog shuts the connection
-    down, which ends whatever read is blocked, and the connection is never reused."""
+    """An exchange (name resolution, connect, head and body) ends within `deadline_s`, with
+    at most `max_bytes` of body. requests' timeout bounds each read only, so a server
+    dripping a byte a second, in the head or the body, held a query (and with it the
+    operator's status timer) for as long as it liked. At the deadline a watchdog shuts the
+    connection down, which ends whatever read is blocked, and the connection is never
+    reused."""
 
     def __init__(self, deadline_s: float, max_bytes: int, retry: Any) -> None:
         self.deadline_s, self.max_bytes = deadline_s, max_bytes
@@ -126,13 +205,14 @@ class BoundedAnswers(HTTPAdapter):
         cert: Any = None,
         proxies: dict[str, str] | None = None,
     ) -> Response:
-        watch = _Watch()
+        end = time.monotonic() + self.deadline_s
+        watch = _Watch(end)
         timer = threading.Timer(self.deadline_s, watch.cut)
         timer.daemon = True
-        end = time.monotonic() + self.deadline_s
         body: list[bytes] = []
         timed_out = ReadTimeout(
-            f"timed out: no complete answer within {self.deadline_s:g}s (connect, head and body)"
+            f"timed out: no complete answer within {self.deadline_s:g}s (name resolution, "
+            "connect, head and body)"
         )
         _local.watch = watch
         timer.start()

@@ -320,6 +320,50 @@ def test_a_redirected_answer_is_bounded_too() -> None:
             assert "timed out: no complete answer within 1s" in (p.health.last_error or "")
 
 
+def test_a_hanging_name_lookup_is_bounded_by_the_query_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Name resolution comes before there is a socket for the watchdog to shut down, and a
+    hanging getaddrinfo (a DNS server that drops packets, a stuck NSS module) ignores every
+    socket timeout: it held a 0.3 s query for as long as the resolver liked. Now the query
+    fails at its deadline; the lookup's thread, which nothing can cancel, is left to end
+    (at most MAX_BLOCKED of them per host: beyond, a query fails at once, saying why)."""
+    import socket
+    import time
+
+    from perllm.telemetry import bounded
+
+    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    host, release, real = "prom.hangs.example", threading.Event(), socket.getaddrinfo
+
+    def hanging(name: Any, *args: Any, **kwargs: Any) -> Any:
+        if name == host:
+            release.wait(10)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    try:
+        p = Prometheus(f"http://{host}:9090", timeout_s=0.3)
+        t0 = time.monotonic()
+        assert p.query("up") is None
+        assert time.monotonic() - t0 < 1.0  # the 0.3 s deadline, not the resolver's 10 s
+        assert "timed out: no complete answer within 0.3s" in (p.health.last_error or "")
+        assert not p.health.ok  # what /readyz and TelemetryStale report
+        for _ in range(bounded.MAX_BLOCKED + 1):
+            assert p.query("up") is None
+        stuck = [t for t in threading.enumerate() if t.name == f"perllm-connect-{host}"]
+        assert len(stuck) == bounded.MAX_BLOCKED
+        assert "still hang (name resolution?)" in (p.health.last_error or "")
+    finally:
+        release.set()
+    for t in stuck:
+        t.join(5)
+        assert not t.is_alive()
+    assert host not in bounded._blocked  # the lookups ended: connections are tried again
+
+
 def test_unreachable_or_unconfigured_returns_none_without_raising() -> None:
     p = Prometheus("http://127.0.0.1:9", timeout_s=0.5)  # discard port: refused
     assert p.query("up") is None
