@@ -1,5 +1,7 @@
-"""A `requests` adapter that bounds a whole exchange, not each read: the Prometheus client's
-(`prom.Prometheus`) queries must end, whatever the server (or the resolver) does."""
+"""A `requests` session and adapter that bound a whole exchange, not each read: the
+Prometheus client's (`prom.Prometheus`) queries must end, whatever the server (or the
+resolver) does. One deadline covers a request and its redirects: name resolution,
+connect, head and body of every hop."""
 
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ import threading
 import time
 from typing import Any
 
-from requests import PreparedRequest, Response
+from requests import PreparedRequest, Response, Session
 from requests.adapters import HTTPAdapter
 from requests.exceptions import ContentDecodingError, ReadTimeout
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-_local = threading.local()  # the watch of the request this thread is sending
+# Per thread: the watch of the request being sent, and `end`, the deadline
+# (time.monotonic()) of the exchange it is part of (`BoundedSession.request`).
+_local = threading.local()
 _LOCK = threading.Lock()  # orders a watchdog's cut against a connection changing hands
 _CONNECTS = threading.Lock()  # guards _Attempt results and _blocked
 # Connection attempts left running past their deadline, per host: a thread blocked in the
@@ -205,15 +209,18 @@ class BoundedAnswers(HTTPAdapter):
         cert: Any = None,
         proxies: dict[str, str] | None = None,
     ) -> Response:
-        end = time.monotonic() + self.deadline_s
-        watch = _Watch(end)
-        timer = threading.Timer(self.deadline_s, watch.cut)
-        timer.daemon = True
-        body: list[bytes] = []
         timed_out = ReadTimeout(
             f"timed out: no complete answer within {self.deadline_s:g}s (name resolution, "
-            "connect, head and body)"
+            "connect, head and body, redirects included)"
         )
+        # A redirect is sent through here again: it has what is left of the exchange's time.
+        end = getattr(_local, "end", None) or time.monotonic() + self.deadline_s
+        if (left := end - time.monotonic()) <= 0:
+            raise timed_out
+        watch = _Watch(end)
+        timer = threading.Timer(left, watch.cut)
+        timer.daemon = True
+        body: list[bytes] = []
         _local.watch = watch
         timer.start()
         try:
@@ -244,3 +251,21 @@ class BoundedAnswers(HTTPAdapter):
         # What requests does when it reads a body itself (`Response.content`).
         resp._content, resp._content_consumed = b"".join(body), True
         return resp
+
+
+class BoundedSession(Session):
+    """A session whose every request, its redirects included, ends within `deadline_s`
+    (with `BoundedAnswers` mounted): requests sends each hop through the adapter again,
+    and each had a deadline of its own, so N hops took up to N × `deadline_s`."""
+
+    def __init__(self, deadline_s: float) -> None:
+        super().__init__()
+        self.deadline_s = deadline_s
+
+    def request(self, *args: Any, **kwargs: Any) -> Response:
+        outer = getattr(_local, "end", None)  # (a request made by a hook: the outer's time)
+        _local.end = outer or time.monotonic() + self.deadline_s
+        try:
+            return super().request(*args, **kwargs)
+        finally:
+            _local.end = outer

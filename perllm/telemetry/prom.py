@@ -124,16 +124,15 @@ class Prometheus:
 
     def _connect(self) -> Any:
         if self._client is None:
-            import requests
             from prometheus_api_client import PrometheusConnect
             from urllib3.util.retry import Retry
 
-            from perllm.telemetry.bounded import BoundedAnswers
+            from perllm.telemetry.bounded import BoundedAnswers, BoundedSession
 
             # No retries: the caller's loop is the retry, and a scheduler must not wait.
             # (retry=None would mean the library's default: 3 retries with backoff, ~6 s.)
             retry = Retry(total=0, raise_on_status=False)
-            session = requests.Session()
+            session = BoundedSession(self.timeout_s)  # one deadline for a query's redirects
             session.verify = self._verify()
             # (SecretError, naming the file, fails this query; the next one tries again)
             auth = _Bearer(SecretFile(self.token_file)) if self.token_file else None

@@ -316,8 +316,37 @@ def test_a_redirected_answer_is_bounded_too() -> None:
             p = Prometheus(hop, timeout_s=1.0)
             t0 = time.monotonic()
             assert p.query("up") is None
-            assert time.monotonic() - t0 < 4  # (one deadline per hop)
+            assert time.monotonic() - t0 < 2.5  # one deadline for both hops
             assert "timed out: no complete answer within 1s" in (p.health.last_error or "")
+
+
+def test_one_deadline_covers_a_query_and_all_its_redirects(fake: FakePrometheus) -> None:
+    """Each redirect hop had a deadline of its own: three hops each answering their 302 in
+    0.4 s held a 1 s query for 1.2 s, and it succeeded past its timeout (N hops: N × the
+    timeout). The whole exchange, redirects included, now ends at the query's deadline."""
+    import time
+
+    class Hops(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # /<n>/api/v1/query: 0.4 s, then on to /<n - 1>/...
+            n, rest = self.path[1:].split("/", 1)
+            time.sleep(0.4)
+            self.send_response(302)
+            where = f"/{int(n) - 1}/{rest}" if int(n) > 1 else f"{fake.url}/{rest}"
+            self.send_header("Location", where)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with _serving(Hops) as url:
+        p = Prometheus(f"{url}/3", timeout_s=1.0)
+        t0 = time.monotonic()
+        assert p.query("up") is None
+        assert time.monotonic() - t0 < 1.3
+        assert "timed out: no complete answer within 1s" in (p.health.last_error or "")
+        assert fake.queries == []  # never reached
+        assert Prometheus(f"{url}/1", timeout_s=1.0).query("up") is not None  # one hop: in time
 
 
 def test_a_hanging_name_lookup_is_bounded_by_the_query_timeout(
