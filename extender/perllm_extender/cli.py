@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from perllm_extender.serve import Tls
 
 log = logging.getLogger("perllm.extender")
+PROM_FLAGS = {  # PromAccess' fields as flags (in its errors)
+    "url": "--prometheus",
+    "token_file": "--prometheus-token-file",
+    "ca_file": "--prometheus-ca-file",
+    "insecure_skip_verify": "--prometheus-insecure-skip-verify",
+}
 
 
 def _tls(cert: str | None, key: str | None, ca: str | None, insecure: bool) -> Tls | None:
@@ -137,15 +143,22 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info"),
     ) -> None:
         """Run the PerLLM kube-scheduler extender (FastAPI, uvicorn)."""
-        from perllm.telemetry.prom import tls_error
+        from perllm.telemetry.prom import PromAccess, PromAccessError
         from perllm_extender.app import create_app
         from perllm_extender.config import ExtenderConfig
         from perllm_extender.nodes import api_node_source, kube_api_client
         from perllm_extender.serve import serve
 
         configure(log_level)
-        if why := tls_error(prometheus_ca_file, prometheus_insecure_skip_verify):
-            raise typer.BadParameter(why, param_hint="--prometheus-ca-file")
+        try:
+            access = PromAccess(
+                prometheus or None,
+                prometheus_token_file or None,
+                prometheus_ca_file,
+                prometheus_insecure_skip_verify,
+            )
+        except PromAccessError as e:
+            raise typer.BadParameter(e.why, param_hint=[PROM_FLAGS[f] for f in e.fields]) from None
         tls = _tls(tls_cert, tls_key, tls_client_ca, insecure_http)
         if not verify_pods:
             log.warning("--no-verify-pods: acting on any pod a request describes (benchmarks)")
@@ -161,10 +174,7 @@ def register(app: typer.Typer) -> None:
             prefix=prefix,
             default_model=default_model,
             node_source=source,
-            prometheus_url=prometheus or None,
-            prometheus_token_file=prometheus_token_file or None,
-            prometheus_ca_file=prometheus_ca_file,
-            prometheus_insecure_skip_verify=prometheus_insecure_skip_verify,
+            prometheus_access=access,
             telemetry_interval_s=telemetry_interval,
             learn_interval_s=learn_interval,
             state_interval_s=state_interval,

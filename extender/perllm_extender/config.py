@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 from perllm.profiles import Catalogue
+from perllm.telemetry.prom import PromAccess
 from perllm.waits import WaitSeconds as Interval
 from perllm_extender.publish import PublishApi
 from perllm_extender.state import StateStore
@@ -34,10 +35,7 @@ class ExtenderConfig(BaseModel):
     # Node objects on a node-cache miss, e.g. `nodes.api_node_source()`; None: cache only
     node_source: SkipValidation[Callable[[str], Obj | None] | None] = Field(None, repr=False)
     # -- live side (started in the app's lifespan) -----------------------------------------
-    prometheus_url: str | None = None  # None: no telemetry, decisions on profile priors
-    prometheus_token_file: str | None = None  # a bearer token for Prometheus, if it asks
-    prometheus_ca_file: str | None = None  # PEM CAs of an https Prometheus (None: system's)
-    prometheus_insecure_skip_verify: bool = False
+    prometheus_access: PromAccess = PromAccess()  # url None: no telemetry, profile priors
     prometheus: SkipValidation[QueryClient | None] = Field(None, repr=False)  # not the URL
     telemetry_interval_s: Interval = 2.0
     max_telemetry_age_s: Interval = 60.0  # older values are ignored (prior used)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from perllm.contract import Server
 from perllm.profiles import Catalogue
-from perllm.telemetry.prom import Prometheus
 from perllm_extender.decide import Scheduler
 from perllm_extender.decision import DecisionEvent
 from perllm_extender.informers import Informer, kube_informers
@@ -30,13 +29,8 @@ class Live:
     def __init__(self, cfg: ExtenderConfig, catalogue: Catalogue, metrics: Metrics) -> None:
         self.cfg, self.metrics = cfg, metrics
         prom: QueryClient | None = cfg.prometheus
-        if prom is None and cfg.prometheus_url:
-            prom = Prometheus(
-                cfg.prometheus_url,
-                token_file=cfg.prometheus_token_file,
-                ca_file=cfg.prometheus_ca_file,
-                insecure_skip_verify=cfg.prometheus_insecure_skip_verify,
-            )
+        if prom is None and cfg.prometheus_access.url:
+            prom = cfg.prometheus_access.client()
         self.scheduler = sched = Scheduler(
             catalogue,
             default_model=cfg.default_model,

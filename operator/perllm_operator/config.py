@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from perllm.telemetry.prom import tls_error
+from perllm.telemetry.prom import PromAccess, PromAccessError
 from perllm_operator.policy import ReplacementPolicy
 
 ENV_PROMETHEUS = "PERLLM_PROMETHEUS_URL"
@@ -22,6 +22,12 @@ ENV_REPLACE_WINDOW = "PERLLM_REPLACEMENT_WINDOW"
 ENV_REPLACE_TICKS = "PERLLM_REPLACEMENT_TICKS"
 ENV_REPLACE_COOLDOWN = "PERLLM_REPLACEMENT_COOLDOWN"
 ENV_REPLACE_ESCALATE = "PERLLM_REPLACEMENT_ESCALATE_AFTER"
+PROM_NAMES = {  # PromAccess' fields as the environment spells them (in its errors)
+    "url": ENV_PROMETHEUS,
+    "token_file": ENV_PROMETHEUS_TOKEN,
+    "ca_file": ENV_PROMETHEUS_CA,
+    "insecure_skip_verify": ENV_PROMETHEUS_INSECURE,
+}
 
 
 class ConfigError(ValueError):
@@ -52,10 +58,7 @@ def _int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> in
 
 @dataclass(frozen=True)
 class Config:
-    prometheus_url: str | None = None
-    prometheus_token_file: str | None = None
-    prometheus_ca_file: str | None = None
-    prometheus_insecure_skip_verify: bool = False
+    prometheus: PromAccess = field(default_factory=PromAccess)
     status_interval_s: float = 30.0
     telemetry_window: str = "5m"  # PromQL range of the rate() queries
     policy: ReplacementPolicy = field(default_factory=ReplacementPolicy)
@@ -71,14 +74,17 @@ class Config:
         insecure = (e.get(ENV_PROMETHEUS_INSECURE) or "false").lower()
         if insecure not in ("true", "false", "1", "0"):
             raise ConfigError(f"{ENV_PROMETHEUS_INSECURE}={insecure!r}: use true or false")
-        ca = e.get(ENV_PROMETHEUS_CA) or None
-        if why := tls_error(ca, insecure in ("true", "1")):
-            raise ConfigError(f"{ENV_PROMETHEUS_CA}, {ENV_PROMETHEUS_INSECURE}: {why}")
+        try:
+            prometheus = PromAccess(
+                e.get(ENV_PROMETHEUS) or None,
+                e.get(ENV_PROMETHEUS_TOKEN) or None,
+                e.get(ENV_PROMETHEUS_CA) or None,
+                insecure in ("true", "1"),
+            )
+        except PromAccessError as err:
+            raise ConfigError(err.named(PROM_NAMES)) from None
         return cls(
-            prometheus_url=e.get(ENV_PROMETHEUS) or None,
-            prometheus_token_file=e.get(ENV_PROMETHEUS_TOKEN) or None,
-            prometheus_ca_file=ca,
-            prometheus_insecure_skip_verify=insecure in ("true", "1"),
+            prometheus=prometheus,
             status_interval_s=_float(e, ENV_STATUS_INTERVAL, 30.0, minimum=1.0),
             telemetry_window=window,
             policy=ReplacementPolicy(

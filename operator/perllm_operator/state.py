@@ -35,13 +35,7 @@ class State:
 
     @classmethod
     def from_config(cls, config: Config) -> State:
-        prom = Prometheus(
-            config.prometheus_url,
-            token_file=config.prometheus_token_file,
-            ca_file=config.prometheus_ca_file,
-            insecure_skip_verify=config.prometheus_insecure_skip_verify,
-        )
-        return cls(config, prom)
+        return cls(config, config.prometheus.client())
 
 
 def memo_of(state: State) -> kopf.Memo:

@@ -78,7 +78,7 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
         raise reconcile.Failed(*failures.api_failure(e, "listing pods", prefix="List")) from e
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     obs = None
-    if cfg.prometheus_url:
+    if cfg.prometheus.url:
         names = [p["metadata"]["name"] for p in live]
         obs = observe.observe(prom, ns, name, sspec, names, name, cfg.telemetry_window, now)
     fields: Obj = {}
@@ -91,7 +91,7 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
         stale_since = old_at or (rfc3339(last_ok) if last_ok else None)
     conds: dict[str, observe.Cond] = {
         "DeadlineMet": observe.deadline_met(obs, sspec, stale_since),
-        "TelemetryStale": observe.telemetry_stale(obs, cfg.prometheus_url, stale_since),
+        "TelemetryStale": observe.telemetry_stale(obs, cfg.prometheus.url, stale_since),
         "Placed": observe.placed(
             st.get("placement"),
             live,
@@ -141,7 +141,7 @@ def telemetry_probe(memo: kopf.Memo, **_: Any) -> Obj:
     state = state_of(memo)
     h = state.prom.health
     return {
-        "prometheus": redact_url(url) if (url := state.config.prometheus_url) else None,
+        "prometheus": redact_url(url) if (url := state.config.prometheus.url) else None,
         "ok": h.ok,
         "lastError": h.last_error,
         "stalenessSeconds": None if h.last_success is None else round(h.staleness_s(), 1),

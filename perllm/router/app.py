@@ -64,10 +64,7 @@ class Router(Membership):
             ns, name = d.service.split("/", 1)
             self.discovery = Discovery(
                 self, ns, name, d.url_template, d.port, d.interval_s, d.timeout_s,
-                d.kubeconfig, d.prometheus, prometheus_token_file=d.prometheus_token_file,
-                prometheus_ca_file=d.prometheus_ca_file,
-                prometheus_insecure_skip_verify=d.prometheus_insecure_skip_verify,
-                follow_spec=self.spec is None,
+                d.kubeconfig, d.prometheus_access(), follow_spec=self.spec is None,
             )  # fmt: skip
             if d.status_interval_s > 0:
                 self.status_writer = StatusWriter(

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from perllm.contract import EnergyWeights, Link, Server, ServiceSpec, Tier
 from perllm.csucb import CSUCBConfig
 from perllm.profiles import Catalogue, default_catalogue
-from perllm.telemetry.prom import tls_error
+from perllm.telemetry.prom import PromAccess, PromAccessError
 from perllm.waits import MAX_WAIT_S, WaitSeconds
 from perllm.yamlerror import load_strict, one_line
 
@@ -133,6 +133,12 @@ class Limits(_Strict):
 
 
 URL_FIELDS = ("ip", "port", "namespace", "pod", "node")  # a discovered pod's url_template
+PROM_KEYS = {  # PromAccess' fields as discovery's keys (in its errors)
+    "url": "prometheus",
+    "token_file": "prometheus_token_file",
+    "ca_file": "prometheus_ca_file",
+    "insecure_skip_verify": "prometheus_insecure_skip_verify",
+}
 
 
 class Discovery(_Strict):
@@ -192,10 +198,22 @@ class Discovery(_Strict):
             raise ValueError(f"{v!r}: not an http(s) URL")
         return v
 
+    def prometheus_access(self) -> PromAccess:
+        """The prometheus* keys, as the client takes them (checked with the file)."""
+        return PromAccess(
+            self.prometheus,
+            self.prometheus_token_file,
+            self.prometheus_ca_file,
+            self.prometheus_insecure_skip_verify,
+            self.timeout_s,
+        )
+
     @model_validator(mode="after")
-    def _prometheus_tls(self) -> Discovery:
-        if why := tls_error(self.prometheus_ca_file, self.prometheus_insecure_skip_verify):
-            raise ValueError(f"prometheus_ca_file, prometheus_insecure_skip_verify: {why}")
+    def _prometheus_access(self) -> Discovery:
+        try:
+            self.prometheus_access()
+        except PromAccessError as e:
+            raise ValueError(e.named(PROM_KEYS)) from None
         return self
 
 

@@ -34,6 +34,7 @@ from perllm.labels import LABEL_SERVICE
 from perllm.profiles import Catalogue
 from perllm.router.config import Backend
 from perllm.router.periodic import Periodic
+from perllm.telemetry.prom import PromAccess
 
 if TYPE_CHECKING:
     from perllm.router.app import Router
@@ -143,10 +144,7 @@ class Discovery(Periodic):
     interval_s: float = 5.0
     timeout_s: float = 5.0
     kubeconfig: str | None = None
-    prometheus: str | None = None
-    prometheus_token_file: str | None = None
-    prometheus_ca_file: str | None = None
-    prometheus_insecure_skip_verify: bool = False
+    prometheus: PromAccess = field(default_factory=PromAccess)  # url None: no bandwidth
     follow_spec: bool = False  # read the service's spec from its LLMService every round
     rounds: int = 0
     errors: int = 0
@@ -254,19 +252,12 @@ class Discovery(Periodic):
 
     def bandwidth_once(self) -> dict[str, float]:
         """Measured Mbit/s per node from Prometheus (blocking), {} without it."""
-        if not self.prometheus:
+        if not self.prometheus.url:
             return {}
         from perllm.telemetry import names, queries
-        from perllm.telemetry.prom import Prometheus
 
         if self._prom is None:
-            self._prom = Prometheus(
-                self.prometheus,
-                timeout_s=self.timeout_s,
-                token_file=self.prometheus_token_file,
-                ca_file=self.prometheus_ca_file,
-                insecure_skip_verify=self.prometheus_insecure_skip_verify,
-            )
+            self._prom = self.prometheus.client()
         ans = self._prom.query(queries.snapshot("1m")["bandwidth"])
         if ans is None:
             return {}

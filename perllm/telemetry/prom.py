@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,14 +23,43 @@ MAX_ERROR = 500  # characters of a failure's reason kept (logs, /readyz, conditi
 MAX_ANSWER = 32 * 2**20  # bytes of one answer (a query here returns kilobytes)
 
 
-def tls_error(ca_file: str | None, insecure_skip_verify: bool) -> str | None:
-    """Why these TLS settings for Prometheus cannot both hold (None: they can); every
-    component's configuration refuses them with this reason, under its own names."""
-    if ca_file is not None and not ca_file:
-        return "the CA file is an empty path"
-    if ca_file and insecure_skip_verify:
-        return "a CA file and skipping verification exclude each other: choose one"
-    return None
+class PromAccessError(ValueError):
+    """Settings of a `PromAccess` that cannot hold: `fields`, its attributes, for each
+    component to name as its users spell them (`named`)."""
+
+    def __init__(self, fields: tuple[str, ...], why: str) -> None:
+        self.fields, self.why = fields, why
+        super().__init__(f"{', '.join(fields)}: {why}")
+
+    def named(self, names: Mapping[str, str]) -> str:
+        """The reason under the component's names of the fields (env, flag, YAML key)."""
+        return f"{', '.join(names.get(f, f) for f in self.fields)}: {self.why}"
+
+
+@dataclass(frozen=True)
+class PromAccess:
+    """How a component reaches Prometheus (see `Prometheus`), checked once, whichever way
+    it was given (environment, flags, YAML): what the components keep and pass on."""
+
+    url: str | None = None  # None: no Prometheus configured
+    token_file: str | None = None
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+    timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.ca_file is not None and not self.ca_file:
+            raise PromAccessError(("ca_file",), "the CA file is an empty path")
+        if self.ca_file and self.insecure_skip_verify:
+            raise PromAccessError(
+                ("ca_file", "insecure_skip_verify"),
+                "a CA file and skipping verification exclude each other: choose one",
+            )
+
+    def client(self) -> Prometheus:
+        return Prometheus(
+            self.url, self.timeout_s, self.token_file, self.ca_file, self.insecure_skip_verify
+        )
 
 
 def redact_url(url: str) -> str:

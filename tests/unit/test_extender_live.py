@@ -383,8 +383,8 @@ def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     r = CliRunner().invoke(app, [*base, "--insecure-http"])
     assert r.exit_code == 0, r.output
     cfg = got["cfg"]
-    assert cfg.prometheus_url == "http://prom:9090" and cfg.state_namespace == "ns-x"
-    assert cfg.prometheus_token_file == "/var/run/secrets/prom/token"
+    assert cfg.prometheus_access.url == "http://prom:9090" and cfg.state_namespace == "ns-x"
+    assert cfg.prometheus_access.token_file == "/var/run/secrets/prom/token"
     assert cfg.learn_interval_s == 3.0 and cfg.kube is False and cfg.api_client is None
     assert got["port"] == 9999 and got["gc_frozen"]
     # plain HTTP only on request; debug routes off unless asked
@@ -394,8 +394,8 @@ def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     # an https Prometheus: a CA file, or no verification, not both
     r = CliRunner().invoke(app, [*base, "--insecure-http", "--prometheus-ca-file", "/ca.crt"])
     assert r.exit_code == 0, r.output
-    assert got["cfg"].prometheus_ca_file == "/ca.crt"
-    assert not got["cfg"].prometheus_insecure_skip_verify
+    assert got["cfg"].prometheus_access.ca_file == "/ca.crt"
+    assert not got["cfg"].prometheus_access.insecure_skip_verify
     both = ["--prometheus-ca-file", "/ca.crt", "--prometheus-insecure-skip-verify"]
     r = CliRunner().invoke(app, [*base, "--insecure-http", *both])
     assert r.exit_code != 0 and "choose one" in r.output

@@ -25,6 +25,7 @@ from test_extender_fakes import (
 
 from perllm.profiles import default_catalogue
 from perllm.telemetry import names
+from perllm.telemetry.prom import PromAccess
 
 CAT = default_catalogue()
 TIGHT_VISION = spec("vision", 3.0, payload=2e6, output=32, prompt=128)
@@ -165,7 +166,7 @@ def test_real_client_against_a_local_prometheus() -> None:
         return []
 
     with fake_prometheus(results) as (url, seen):
-        c = TestClient(create_app(ExtenderConfig(prometheus_url=url)))
+        c = TestClient(create_app(ExtenderConfig(prometheus_access=PromAccess(url))))
         sched: Scheduler = c.app.state.scheduler  # type: ignore[attr-defined]
         for n in NODES:
             sched.nodes.upsert(n)

@@ -16,6 +16,8 @@ from perllm_operator.config import Config
 from perllm_operator.policy import Point, ReplacementPolicy
 from perllm_operator.state import state_of
 
+from perllm.telemetry.prom import PromAccess
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -43,15 +45,15 @@ def test_registry_holds_every_handler_under_its_id() -> None:
 
 
 def test_two_operators_share_no_state() -> None:
-    a = registry.build(Config(prometheus_url="http://a:9090", status_interval_s=2))
+    a = registry.build(Config(PromAccess("http://a:9090"), status_interval_s=2))
     b = registry.build(
-        Config(prometheus_url=None, status_interval_s=45, policy=ReplacementPolicy(False))
+        Config(PromAccess(None), status_interval_s=45, policy=ReplacementPolicy(False))
     )
     assert a.registry is not b.registry
     assert _handlers(a.registry)["status_tick"].interval == 2
     assert _handlers(b.registry)["status_tick"].interval == 45
     sa, sb = state_of(a.memo), state_of(b.memo)
-    assert sa.config.prometheus_url == "http://a:9090" and sb.config.policy.enabled is False
+    assert sa.config.prometheus.url == "http://a:9090" and sb.config.policy.enabled is False
     assert sa.prom is not sb.prom and sa.prom.url == "http://a:9090" and sb.prom.url is None
     sa.history["uid-1"].append(Point(0.0, 0.5))
     sa.prom.health.last_error = "refused"

@@ -21,7 +21,7 @@ from perllm_operator.state import State, memo_of
 
 from perllm.crd import service_spec
 from perllm.telemetry import status_queries
-from perllm.telemetry.prom import Answer, Prometheus, Sample
+from perllm.telemetry.prom import Answer, PromAccess, Prometheus, Sample
 
 ROOT = Path(__file__).parents[2]
 POLICY = ReplacementPolicy(window_s=60, min_ticks=3, cooldown_s=120, escalate_after=2)
@@ -206,7 +206,7 @@ def test_conditions_and_probe_never_show_the_url_credentials() -> None:
     for obs in (down, empty, fresh):
         msg = observe.telemetry_stale(obs, url, None)[2]
         assert "s3cret" not in msg and "http://***@prom:9090" in msg
-    probe = status.telemetry_probe(memo_of(State(Config(prometheus_url=url), FakeProm({}))))
+    probe = status.telemetry_probe(memo_of(State(Config(PromAccess(url)), FakeProm({}))))
     assert probe["prometheus"] == "http://***@prom:9090"
 
 
@@ -243,7 +243,7 @@ def test_placed_condition_from_extender_record() -> None:
 def test_config_from_env_names_bad_settings() -> None:
     c = Config.from_env({})
     assert (
-        c.prometheus_url is None and c.status_interval_s == 30 and c.policy == ReplacementPolicy()
+        c.prometheus.url is None and c.status_interval_s == 30 and c.policy == ReplacementPolicy()
     )
     c = Config.from_env(
         {
@@ -254,13 +254,13 @@ def test_config_from_env_names_bad_settings() -> None:
             "PERLLM_PROMETHEUS_TOKEN_FILE": "/run/prom/token",
         }
     )
-    assert c.prometheus_url == "http://p:9090" and c.status_interval_s == 2
-    assert c.prometheus_token_file == "/run/prom/token"
-    assert Config.from_env({}).prometheus_token_file is None
-    assert Config.from_env({}).prometheus_ca_file is None
-    assert not Config.from_env({}).prometheus_insecure_skip_verify  # verified by default
+    assert c.prometheus.url == "http://p:9090" and c.status_interval_s == 2
+    assert c.prometheus.token_file == "/run/prom/token"
+    assert Config.from_env({}).prometheus.token_file is None
+    assert Config.from_env({}).prometheus.ca_file is None
+    assert not Config.from_env({}).prometheus.insecure_skip_verify  # verified by default
     tls = Config.from_env({"PERLLM_PROMETHEUS_CA_FILE": "/run/prom-ca/ca.crt"})
-    assert tls.prometheus_ca_file == "/run/prom-ca/ca.crt"
+    assert tls.prometheus.ca_file == "/run/prom-ca/ca.crt"
     both = {"PERLLM_PROMETHEUS_CA_FILE": "/ca.crt", "PERLLM_PROMETHEUS_INSECURE_SKIP_VERIFY": "1"}
     with pytest.raises(ConfigError, match=r"PERLLM_PROMETHEUS_CA_FILE.*choose one"):
         Config.from_env(both)
@@ -354,7 +354,7 @@ def test_timer_marks_stale_and_keeps_going_when_prometheus_is_down(
 ) -> None:
     fc = FakeCluster(_load("chat-assistant"), [_pod("chat-assistant-1", "cloud-0")])
     fc.install(monkeypatch)
-    state = State(Config(prometheus_url="http://prom.invalid"), FakeProm({}, down=True))
+    state = State(Config(PromAccess("http://prom.invalid")), FakeProm({}, down=True))
     fc.tick(state)
     assert fc.cond("TelemetryStale")["status"] == "True"
     assert "placement continues" in fc.cond("TelemetryStale")["message"]
@@ -382,7 +382,7 @@ def test_timer_evicts_one_pod_after_the_window_then_cools_down(
             "_count": 1.0,
         }
     )
-    state = State(Config(prometheus_url="http://p", policy=pol), prom)
+    state = State(Config(PromAccess("http://p"), policy=pol), prom)
     for _ in range(2):
         fc.tick(state)
     assert fc.evicted == [] and fc.obj["status"]["replacement"]["state"] == "BelowTarget"
@@ -412,7 +412,7 @@ def test_timer_escalates_to_the_other_tier(monkeypatch: pytest.MonkeyPatch) -> N
     }
     pol = ReplacementPolicy(window_s=0, min_ticks=1, cooldown_s=0, escalate_after=2)
     prom = FakeProm({"le=": 0.1, "_count": 1.0})
-    fc.tick(State(Config(prometheus_url="http://p", policy=pol), prom))
+    fc.tick(State(Config(PromAccess("http://p"), policy=pol), prom))
     assert fc.evicted == []
     rep = fc.obj["status"]["replacement"]
     assert rep["state"] == "TierSwitched" and rep["tier"]["target"] == "edge"
@@ -493,7 +493,7 @@ def test_flags_win_over_the_environment_and_fail_before_kopf_starts() -> None:
 
     env = {"PERLLM_PROMETHEUS_URL": "http://env:9090", "PERLLM_STATUS_INTERVAL": "9"}
     c = Config.load(env, "http://flag:9090", 3)
-    assert c.prometheus_url == "http://flag:9090" and c.status_interval_s == 3
+    assert c.prometheus.url == "http://flag:9090" and c.status_interval_s == 3
     assert Config.load(env) == Config.from_env(env)
     with pytest.raises(ConfigError, match="PERLLM_STATUS_INTERVAL"):
         Config.load({}, None, 0.5)
@@ -523,7 +523,7 @@ def test_a_failed_eviction_is_reported_and_the_tick_still_writes_its_status(
     fc.obj["status"] = {"placement": {"tier": "cloud", "nodes": ["cloud-0"]}}
     pol = ReplacementPolicy(window_s=0, min_ticks=1, cooldown_s=3600, escalate_after=0)
     prom = FakeProm({"le=": 0.1, "_count": 1.0})
-    fc.tick(State(Config(prometheus_url="http://p", policy=pol), prom))
+    fc.tick(State(Config(PromAccess("http://p"), policy=pol), prom))
     st = fc.obj["status"]
     assert st["observed"]["attainment"] == 0.1 and fc.cond("DeadlineMet")["status"] == "False"
     assert st["replacement"]["state"] == state
@@ -550,7 +550,7 @@ def test_a_refused_pod_list_is_degraded_naming_it(monkeypatch: pytest.MonkeyPatc
         raise e
 
     monkeypatch.setattr(kube, "pods", refuse)
-    state = State(Config(prometheus_url="http://p", policy=POLICY), FakeProm({}))
+    state = State(Config(PromAccess("http://p"), policy=POLICY), FakeProm({}))
     with pytest.raises(kopf.TemporaryError) as e:
         fc.tick(state)
     assert e.value.delay == 5.0  # growing with kopf's retry count

@@ -201,7 +201,7 @@ def test_an_https_prometheus_is_verified_before_a_token_goes_to_it(
     import ssl
 
     from perllm.devcluster.certs import generate
-    from perllm.telemetry.prom import tls_error
+    from perllm.telemetry.prom import PromAccess, PromAccessError
 
     tls = generate(tmp_path / "pki")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -216,7 +216,7 @@ def test_an_https_prometheus_is_verified_before_a_token_goes_to_it(
     assert "CERTIFICATE_VERIFY_FAILED" in (untrusted.health.last_error or "")
     assert fake.auth == []  # the handshake failed: no request, no token sent
 
-    trusted = Prometheus(url, token_file=str(token), ca_file=str(tls.ca))
+    trusted = PromAccess(url, str(token), str(tls.ca)).client()
     assert trusted.query("up") is not None and trusted.health.ok
     assert fake.auth == ["Bearer s3cret"]
 
@@ -228,9 +228,14 @@ def test_an_https_prometheus_is_verified_before_a_token_goes_to_it(
     missing = Prometheus(url, ca_file=str(tmp_path / "nope.pem"))
     assert missing.query("up") is None and "nope.pem" in (missing.health.last_error or "")
 
-    assert tls_error(None, False) is None and tls_error(str(tls.ca), False) is None
-    assert "choose one" in (tls_error(str(tls.ca), True) or "")
-    assert "empty" in (tls_error("", False) or "")
+    # PromAccess, what the components build, refuses what cannot hold, naming the fields
+    # (each component names them as its users spell them)
+    with pytest.raises(PromAccessError, match="choose one") as both:
+        PromAccess(url, ca_file=str(tls.ca), insecure_skip_verify=True)
+    assert both.value.fields == ("ca_file", "insecure_skip_verify")
+    assert both.value.named({"ca_file": "--ca"}).startswith("--ca, insecure_skip_verify: a CA")
+    with pytest.raises(PromAccessError, match=r"^ca_file: the CA file is an empty path$"):
+        PromAccess(url, ca_file="")
 
 
 def test_a_dripping_or_huge_answer_is_cut_off_not_waited_for(
