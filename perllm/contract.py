@@ -49,11 +49,19 @@ MAX_PAYLOAD_BYTES = 2**30  # 1 GiB of attachments per request
 MAX_MODEL_NAME = 253
 MAX_REPLICAS = 1_000  # model-server replicas of a service (in all, or in one tier)
 
+# Lower bounds of a link's bandwidth and of a server's true speed. Below 1 kbit/s (slower
+# than dial-up) no path carries LLM requests; a server a thousand times slower than its
+# profile is other hardware (describe it under `hardware:`). Any positive number passed
+# before: 1e-300 Mbps made every upload over that link take inf seconds, and perf_scale
+# 1e-300 reported over 1e16 J per service.
+MIN_LINK_MBPS = 1e-3
+MAX_LINK_MBPS = 1e7  # (Link's upper bound, below)
+MIN_PERF_SCALE = 1e-3
+
 # A service's numbers are strict: a YAML `true` or "5" is refused naming the field instead of
 # becoming 1.0 or 5.0 (the CRD's schema refuses both at admission; service_spec checks
 # objects that did not pass it). Integers are numbers.
 Fraction = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
-Positive = Annotated[float, Field(gt=0.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 
 
@@ -153,8 +161,9 @@ class Link(_Strict):
 
     # Upper bounds far beyond any real path (10 Tbit/s, 1,000 s, 370× the 2015 Internet
     # average of 27 µJ/bit): they only keep a typo such as 1e308 from overflowing the cost
-    # model into inf/NaN energies that would skew every other server's normalisation.
-    bandwidth_mbps: Annotated[float, Field(gt=0.0, le=1e7)]
+    # model into inf/NaN energies that would skew every other server's normalisation. The
+    # lower bound of the bandwidth is MIN_LINK_MBPS.
+    bandwidth_mbps: Annotated[float, Field(ge=MIN_LINK_MBPS, le=MAX_LINK_MBPS)]
     noise: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.2, description="Bandwidth is nominal × U(1-noise, 1+noise), redrawn each slot."
     )
@@ -172,7 +181,7 @@ class Server(_Strict):
     hardware: str = Field(description="Hardware key in the catalogue, e.g. xeon-silver-4214r.")
     link: Link
     count: Annotated[int, Field(ge=1)] = 1
-    perf_scale: Positive = Field(
+    perf_scale: Annotated[float, Field(ge=MIN_PERF_SCALE)] = Field(
         default=1.0,
         description="True speed relative to the catalogue profile (world model only; the "
         "scheduler does not see it and must learn it).",

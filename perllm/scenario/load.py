@@ -83,6 +83,7 @@ def check_services(sc: Scenario, source: str) -> None:
             raise ScenarioError(f"{source}: invalid scenario:\n  " + "\n  ".join(lines)) from None
     _check_peak_rates(sc, source)
     _check_size(sc, source)
+    _check_links(sc, source)
     # Per server definition, not per expanded node: `count` copies run the same classes.
     table = build_cost_table(specs, [(s.name, s) for s in sc.servers], sc.catalogue)
     present = {s.tier for s in sc.servers}
@@ -137,6 +138,55 @@ def _check_peak_rates(sc: Scenario, source: str) -> None:
             raise ScenarioError(
                 f"{source}: invalid scenario:\n  {field}: class {c.name!r} would arrive at "
                 f"{peak:,.6g} req/s from {at:g} s, more than {MAX_RATE_RPS:,.0f} req/s a class"
+            )
+
+
+def _check_links(sc: Scenario, source: str) -> None:
+    """Every link's nominal bandwidth, with the bandwidth windows over it, is at least the
+    contract's `MIN_LINK_MBPS` in every slot: each window's factor is only > 0, and a
+    factor of 1e-300 made every upload over the link take inf seconds. (A sweep's links,
+    set with `model_copy`, were never validated: checked here too.) With a
+    `bandwidth.trace` the nominal bandwidths are the file's, checked as a run reads it."""
+    from perllm.contract import MIN_LINK_MBPS
+    from perllm.world.workload import rate_factor
+
+    floor = f"below the {MIN_LINK_MBPS:g} Mbps (1 kbit/s) a link has at least"
+    for i, s in enumerate(sc.servers):
+        if s.link.bandwidth_mbps < MIN_LINK_MBPS:
+            raise ScenarioError(
+                f"{source}: invalid scenario:\n  servers[{i}].link.bandwidth_mbps: "
+                f"{s.link.bandwidth_mbps:g} Mbps is {floor}"
+            )
+    windows = sc.bandwidth.windows
+    if sc.bandwidth.trace or not windows:
+        return
+    # The world applies a window to the slots that start in it: the factors a link sees
+    # are those of the first slot from each window edge on (and, for rounding, the one
+    # before it; any slot's factor is one the link sees).
+    n_slots = math.ceil(sc.duration_s / sc.slot_s)
+    edges = {0.0, *(w.at_s for w in windows), *(w.until_s for w in windows)}
+    slots = sorted(
+        {k for e in edges for d in (0, 1) if 0 <= (k := math.ceil(e / sc.slot_s) - d) < n_slots}
+    )
+    lowest: dict[tuple[int, ...], tuple[float, float]] = {}  # windows taken -> (factor, at)
+    for name, s in sc.expanded_servers():
+        mine = tuple(
+            j
+            for j, w in enumerate(windows)
+            if w.servers is None or any(w.selects(p, name, s.tier) for p in w.servers)
+        )
+        if not mine:
+            continue
+        if mine not in lowest:
+            ws = [windows[j] for j in mine]
+            lowest[mine] = min((rate_factor(ws, k * sc.slot_s), k * sc.slot_s) for k in slots)
+        factor, at = lowest[mine]
+        mbps = s.link.bandwidth_mbps * factor
+        if mbps < MIN_LINK_MBPS:
+            raise ScenarioError(
+                f"{source}: invalid scenario:\n  bandwidth.windows: server {name!r}'s link "
+                f"would be {mbps:.3g} Mbps from {at:g} s ({s.link.bandwidth_mbps:g} Mbps × "
+                f"the windows' factor {factor:.3g}), {floor}"
             )
 
 

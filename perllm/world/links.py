@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from perllm.contract import MAX_LINK_MBPS, MIN_LINK_MBPS
 from perllm.costmodel import CostTable
 from perllm.scenario import Scenario, ScenarioError, Window
 
@@ -31,6 +32,14 @@ def nominal_matrix(sc: Scenario, t: CostTable, n_slots: int) -> NDArray[np.float
     for w in sc.bandwidth.windows:
         rows = (slot_t >= w.at_s) & (slot_t < w.until_s)
         nominal[np.ix_(rows, _targets(w, t.server_names, t.tiers))] *= w.factor
+    if sc.bandwidth.windows and nominal.size and nominal.min() < MIN_LINK_MBPS:
+        # (Loading checks the links' windows; a trace's values are only known here.)
+        k, j = np.unravel_index(int(np.argmin(nominal)), nominal.shape)
+        raise ScenarioError(
+            f"bandwidth.windows: server {t.server_names[j]!r}'s link would be "
+            f"{nominal[k, j]:.3g} Mbps from {k * sc.slot_s:g} s, below the {MIN_LINK_MBPS:g} "
+            "Mbps (1 kbit/s) a link has at least"
+        )
     return nominal
 
 
@@ -55,8 +64,6 @@ def _apply_trace(
         matched = [j for n, j in index.items() if fnmatch(n, server)]
         if not matched:
             raise ScenarioError(f"bandwidth.trace: unknown server {server!r}")
-        if mbps <= 0:
-            raise ScenarioError(f"bandwidth.trace: mbps must be > 0 (time {time_s:g})")
         # A row before 0 holds from the start (a negative index would be the run's end).
         first = max(0, int(np.ceil(time_s / slot_s)))
         out[first:, matched] = mbps
@@ -73,5 +80,10 @@ def _trace_row(path: str, line: int, row: dict[str, str | None]) -> tuple[float,
         raise ScenarioError(
             f"bandwidth.trace: {path}: line {line}: needs a finite time_s, a server and a "
             "finite mbps"
+        )
+    if not MIN_LINK_MBPS <= mbps <= MAX_LINK_MBPS:
+        raise ScenarioError(
+            f"bandwidth.trace: {path}: line {line}: mbps {mbps:g} is outside "
+            f"[{MIN_LINK_MBPS:g}, {MAX_LINK_MBPS:g}] (1 kbit/s to 10 Tbit/s, as a link's)"
         )
     return time_s, server, mbps

@@ -1272,6 +1272,19 @@ def test_router_remote_hardware_is_the_routers_catalogue() -> None:
     assert hardware["enum"] == sorted(default_catalogue().hardware)
 
 
+def test_router_remote_link_schema_is_the_contracts() -> None:
+    """A remote tier's `link` becomes a contract `Link` when the router starts: the chart
+    refuses the bandwidths and RTTs it would (below 1 kbit/s, above 10 Tbit/s, …)."""
+    from perllm.contract import Link
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    remote = schema["properties"]["router"]["properties"]["services"]["items"]["properties"]
+    link = remote["remote"]["items"]["properties"]["link"]["properties"]
+    ours = Link.model_json_schema()["properties"]
+    for k in link:
+        assert link[k] == {f: v for f, v in ours[k].items() if f not in ("default", "title")}
+
+
 GOOD_URLS = [
     "agent.raplHostPath=/sys/class/powercap,agent.peers[0]=cloud=http://10.0.0.5:9401",
     "prometheus.url=http://prometheus-operated.monitoring.svc:9090",

@@ -290,6 +290,15 @@ def test_absurd_finite_link_annotations_leave_a_node_unmodelled(key: str, field:
     assert isinstance(reason, str) and f"{field}: Input should be less than" in reason
 
 
+def test_a_link_annotation_below_1_kbit_s_leaves_a_node_unmodelled() -> None:
+    """1e-300 Mbps is > 0, but every upload over it took inf seconds in the cost model."""
+    odd = json.loads(json.dumps(NODES[0]))
+    odd["metadata"]["annotations"]["perllm.io/link-bandwidth-mbps"] = "1e-300"
+    reason = xnodes.to_server(odd, default_catalogue())
+    assert isinstance(reason, str)
+    assert "bandwidth_mbps: Input should be greater than or equal to 0.001" in reason
+
+
 def test_non_finite_pod_annotations_are_400_naming_them(client: TestClient) -> None:
     p = {
         "metadata": {

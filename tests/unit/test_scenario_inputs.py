@@ -291,3 +291,102 @@ def test_a_class_whose_every_floor_is_out_of_reach_is_refused(tmp_path: Path) ->
         load_scenario(write(tmp_path, d))
     chat["min_quality"] = {"values": [0.0, 0.999], "weights": [0.5, 0.5]}
     assert load_scenario(write(tmp_path, d)).name == d["name"]
+
+
+def _window(at_s: float, until_s: float, factor: float, **kw: Any) -> dict[str, Any]:
+    return {"at_s": at_s, "until_s": until_s, "factor": factor, **kw}
+
+
+FLOOR = r"below the 0\.001 Mbps \(1 kbit/s\) a link has at least"
+CLOUD = ["cloud"]
+
+
+@pytest.mark.parametrize(
+    ("server", "bandwidth", "why"),
+    [
+        (  # every upload over the link took inf seconds: cloud-only served nothing
+            {"link": {"bandwidth_mbps": 1e-300}},
+            {},
+            r"servers\[1\]\.link\.bandwidth_mbps: Input should be greater than or equal to "
+            r"0\.001$",
+        ),
+        (  # J/service over 1e16
+            {"perf_scale": 1e-300},
+            {},
+            r"servers\[1\]\.perf_scale: Input should be greater than or equal to 0\.001$",
+        ),
+        (  # each factor > 0, their product 1e-300 from 7 s to 9 s
+            {},
+            {
+                "windows": [
+                    _window(5, 10, 1e-150, servers=CLOUD),
+                    _window(7, 9, 1e-150, servers=CLOUD),
+                ]
+            },
+            r"bandwidth\.windows: server 'cloud''s link would be 3e-298 Mbps from 7 s \(300 Mbps "
+            r"× the windows' factor 1e-300\), " + FLOOR,
+        ),
+    ],
+)
+def test_a_link_or_server_below_its_physical_floor_is_refused(
+    tmp_path: Path, server: dict[str, Any], bandwidth: dict[str, Any], why: str
+) -> None:
+    d = base()
+    cloud = d["servers"][1]
+    cloud.update({k: v for k, v in server.items() if k != "link"})
+    cloud["link"].update(server.get("link", {}))
+    d["bandwidth"] = bandwidth
+    with pytest.raises(ScenarioError, match=r"s\.yaml: invalid scenario:\n  " + why):
+        load_scenario(write(tmp_path, d))
+
+
+def test_a_link_at_its_floor_runs_to_finite_numbers(tmp_path: Path) -> None:
+    """The floors keep every time and energy finite: 1 kbit/s links, servers 1,000×
+    slower than their profile, a window taking a link to exactly 1 kbit/s."""
+    import numpy as np
+
+    from perllm import policies
+    from perllm.world.sim import simulate
+
+    d = base() | {"duration_s": 10}
+    for s in d["servers"]:
+        s["link"]["bandwidth_mbps"] = 1e-3 if s["tier"] == "edge" else 1.0
+        s["perf_scale"] = 1e-3
+    d["bandwidth"] = {"windows": [_window(2, 6, 1e-3, servers=["cloud"])]}
+    sc = load_scenario(write(tmp_path, d))
+    for policy in ("edge-only", "cloud-only"):
+        r = simulate(sc, policies.make(policy), seed=1)
+        ran = ~(r.shed | r.rejected)
+        assert ran.any() and np.isfinite(r.time).all() and np.isfinite(r.finish[ran]).all()
+        assert np.isfinite(list(r.energy_breakdown_j.values())).all() and r.horizon_s < 1e12
+
+
+def test_a_bandwidth_trace_below_the_floor_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """A trace's mbps was only > 0; a window over a trace's value is checked as it is
+    read (the load cannot know the file's values)."""
+    from perllm.world.sim import World
+
+    d = base() | {"duration_s": 10}
+    d["bandwidth"] = {"trace": "bw.csv"}
+    (tmp_path / "bw.csv").write_text("time_s,server,mbps\n0,edge-*,50\n3,cloud,1e-300\n")
+    sc = load_scenario(write(tmp_path, d))
+    with pytest.raises(ScenarioError, match=r"bandwidth\.trace: .*bw\.csv: line 3: mbps 1e-300 "
+                       r"is outside \[0\.001, 1e\+07\]"):  # fmt: skip
+        World(sc, 1)
+    (tmp_path / "bw.csv").write_text("time_s,server,mbps\n3,cloud,0.01\n")
+    d["bandwidth"]["windows"] = [_window(4, 6, 0.01, servers=["cloud"])]
+    sc = load_scenario(write(tmp_path, d))  # (300 Mbps × 0.01 is fine at load)
+    with pytest.raises(ScenarioError, match=r"bandwidth\.windows: server 'cloud''s link would "
+                       r"be 0\.0001 Mbps from 4 s, " + FLOOR):  # fmt: skip
+        World(sc, 1)
+
+
+def test_a_sweep_below_the_link_floor_is_refused() -> None:
+    """The sweep sets links with `model_copy`, which validates nothing."""
+    from perllm.scenario.load import check_services
+    from perllm.sweep.transforms import set_cloud_bandwidth
+
+    sc = set_cloud_bandwidth(load_scenario(PAPER), 1e-300)
+    with pytest.raises(ScenarioError, match=r"servers\[1\]\.link\.bandwidth_mbps: 1e-300 Mbps is "
+                       + FLOOR):  # fmt: skip
+        check_services(sc, "sweep")
