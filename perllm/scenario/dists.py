@@ -150,6 +150,24 @@ def dist_mean(d: Dist) -> float:
     return _clipped_linear_mean(np.asarray(table[0], float), np.asarray(table[1], float), c)
 
 
+def dist_min(d: Dist) -> float:
+    """The smallest value a distribution draws (clipped at `max` as its draws are)."""
+    if d.kind == "constant":
+        assert d.value is not None
+        low = d.value
+    elif d.kind == "uniform":
+        assert d.low is not None
+        low = d.low
+    elif d.kind == "lognormal":
+        assert d.mu is not None and d.sigma is not None
+        low = math.exp(d.mu) if d.sigma == 0 else 0.0  # (rng.lognormal(mu, 0) is e^mu)
+    else:
+        table = d.quantile_table()
+        assert table is not None
+        low = table[1][0]
+    return low if d.max is None else min(low, d.max)
+
+
 def _phi(x: float) -> float:
     """The standard normal CDF."""
     return 0.5 * math.erfc(-x / math.sqrt(2))

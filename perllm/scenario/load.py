@@ -84,6 +84,7 @@ def check_services(sc: Scenario, source: str) -> None:
     _check_peak_rates(sc, source)
     _check_size(sc, source)
     _check_links(sc, source)
+    _check_context(sc, source)
     # Per server definition, not per expanded node: `count` copies run the same classes.
     table = build_cost_table(specs, [(s.name, s) for s in sc.servers], sc.catalogue)
     present = {s.tier for s in sc.servers}
@@ -138,6 +139,41 @@ def _check_peak_rates(sc: Scenario, source: str) -> None:
             raise ScenarioError(
                 f"{source}: invalid scenario:\n  {field}: class {c.name!r} would arrive at "
                 f"{peak:,.6g} req/s from {at:g} s, more than {MAX_RATE_RPS:,.0f} req/s a class"
+            )
+
+
+def _check_context(sc: Scenario, source: str) -> None:
+    """A class whose every request would be clipped to its model's context is refused:
+    the world clips each drawn prompt so that prompt + output fit the context (and the
+    output to half of it), which for a long tail is the documented cut, but when even the
+    shortest prompt (or output) is cut the class runs other lengths than it declares, in
+    silence (a constant 10,000-token prompt ran as 4,095 tokens on a 4,096 context)."""
+    import numpy as np
+
+    from perllm.scenario.dists import dist_min
+    from perllm.world.workload import whole_tokens
+
+    cat = sc.catalogue
+    for k, c in enumerate(sc.workload.classes):
+        context = cat.models[c.model].context
+        lin, lout = (np.array([dist_min(d)]) for d in (c.input_tokens, c.output_tokens))
+        # (Clipping is monotone: if the shortest pair is cut, so is every pair.)
+        cin, cout = whole_tokens(lin, lout, context)
+        want_in, want_out = (int(np.maximum(np.round(x[0]), 1)) for x in (lin, lout))
+        field = f"workload.classes[{k}]"
+        if cout[0] < want_out:
+            raise ScenarioError(
+                f"{source}: invalid scenario:\n  {field}.output_tokens: class {c.name!r}'s "
+                f"shortest output ({want_out:,} tokens) is more than half of {c.model}'s "
+                f"context of {context:,} tokens: every output would be clipped to "
+                f"{int(cout[0]):,} tokens"
+            )
+        if cin[0] < want_in:
+            raise ScenarioError(
+                f"{source}: invalid scenario:\n  {field}.input_tokens: class {c.name!r}'s "
+                f"shortest prompt ({want_in:,} tokens) and shortest output ({int(cout[0]):,}) "
+                f"do not fit {c.model}'s context of {context:,} tokens: every prompt would be "
+                f"clipped to at most {int(cin[0]):,} tokens"
             )
 
 

@@ -390,3 +390,53 @@ def test_a_sweep_below_the_link_floor_is_refused() -> None:
     with pytest.raises(ScenarioError, match=r"servers\[1\]\.link\.bandwidth_mbps: 1e-300 Mbps is "
                        + FLOOR):  # fmt: skip
         check_services(sc, "sweep")
+
+
+@pytest.mark.parametrize(
+    ("field", "dist", "why"),
+    [
+        (  # ran as 4,095-token prompts, declaring 10,000
+            "input_tokens",
+            {"kind": "constant", "value": 10_000},
+            r"class 'chat''s shortest prompt \(10,000 tokens\) and shortest output "
+            r"\(1\) do not fit llama2-7b's context of 4,096 tokens: every prompt would be "
+            r"clipped to at most 4,095 tokens",
+        ),
+        ("input_tokens", {"kind": "uniform", "low": 4096, "high": 9000}, r"\(4,096 tokens\)"),
+        ("input_tokens", {"kind": "quantiles", "probs": [0, 1], "values": [5000, 6000]}, "5,000"),
+        ("input_tokens", {"kind": "lognormal", "mu": 9, "sigma": 0}, r"\(8,103 tokens\)"),
+        (  # outputs get at most half the context
+            "output_tokens",
+            {"kind": "constant", "value": 3000},
+            r"class 'chat''s shortest output \(3,000 tokens\) is more than half "
+            r"of llama2-7b's context of 4,096 tokens: every output would be clipped to 2,048",
+        ),
+    ],
+)
+def test_a_class_whose_every_request_would_be_clipped_to_the_context_is_refused(
+    tmp_path: Path, field: str, dist: dict[str, Any], why: str
+) -> None:
+    """The world clips each request to its model's context: a class whose shortest prompt
+    cannot fit ran other lengths than it declared, without a word."""
+    d = base()
+    d["workload"]["classes"][0][field] = dist
+    if field == "input_tokens":
+        d["workload"]["classes"][0]["output_tokens"] = {"kind": "constant", "value": 0}
+    with pytest.raises(ScenarioError, match=rf"workload\.classes\[0\]\.{field}: .*" + why):
+        load_scenario(write(tmp_path, d))
+
+
+@pytest.mark.parametrize(
+    "dist",
+    [
+        {"kind": "constant", "value": 10_000, "max": 4000},  # its `max` keeps it inside
+        {"kind": "uniform", "low": 3000, "high": 9000},  # a tail beyond: the documented cut
+        {"kind": "lognormal", "mu": 9, "sigma": 0.5},
+    ],
+)
+def test_a_class_whose_tail_is_clipped_to_the_context_loads(
+    tmp_path: Path, dist: dict[str, Any]
+) -> None:
+    d = base()
+    d["workload"]["classes"][0]["input_tokens"] = dist
+    assert load_scenario(write(tmp_path, d)).workload.classes[0].input_tokens.kind == dist["kind"]
