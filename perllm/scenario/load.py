@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from perllm.costmodel import build_cost_table
 from perllm.scenario.base import ScenarioError
-from perllm.scenario.model import Scenario
+from perllm.scenario.model import Scenario, trace_reads
 from perllm.yamlerror import load_strict, one_line
 
 _SUBFIELD = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
@@ -68,7 +68,12 @@ _SERVICE_FIELDS = {
 def check_services(sc: Scenario, source: str) -> None:
     """Every class is a valid `ServiceSpec` (the contract's bounds: at most 1,000 req/s a
     class, a variant for each allowed tier, …) that some server can run, so that a
-    scenario that loads also runs."""
+    scenario that loads also runs. Each trace file is read once for all its checks."""
+    with trace_reads():
+        _check_services(sc, source)
+
+
+def _check_services(sc: Scenario, source: str) -> None:
     specs = []
     for k in range(len(sc.workload.classes)):
         try:

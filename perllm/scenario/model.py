@@ -4,9 +4,13 @@ would declare for it."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Annotated, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import Field, field_validator, model_validator
 
 from perllm.contract import (
@@ -149,11 +153,9 @@ class Scenario(Strict):
         """Class k's mean rate in the scenario-wide trace over [0, duration_s): its rows,
         or (without a `class` column) its share of all rows among the classes that set no
         arrivals of their own, as `generate` draws them."""
-        from perllm.world.workload import read_classes
-
         wl = self.workload
         assert wl.arrivals.file is not None
-        t, names = read_classes(wl.arrivals.file)
+        t, names = _read_classes(wl.arrivals.file)
         inside = (t >= 0) & (t < self.duration_s)
         if names is not None:
             mine = np.array([n == wl.classes[k].name for n in names], bool)
@@ -173,7 +175,8 @@ class Scenario(Strict):
 
     def services(self) -> list[ServiceSpec]:
         """Each workload class as the `ServiceSpec` a user would declare for it."""
-        return [self.service(k) for k in range(len(self.workload.classes))]
+        with trace_reads():
+            return [self.service(k) for k in range(len(self.workload.classes))]
 
     def service(self, k: int) -> ServiceSpec:
         """Class k as the `ServiceSpec` a user would declare for it."""
@@ -195,10 +198,48 @@ class Scenario(Strict):
 
 def _trace_rate(path: str, cls: str, duration_s: float) -> float:
     """Mean rate of a class's trace over [0, duration_s) (declared traffic only)."""
-    from perllm.world.workload import read_times
-
-    t = read_times(path, cls)
+    t, names = _read_classes(path)
+    if names is not None:
+        t = t[np.array([n == cls for n in names], bool)]
     return float(((t >= 0) & (t < duration_s)).sum()) / duration_s
+
+
+# The trace files read in a `trace_reads` block, by path: (times, class column) or the
+# error reading it. Each class's declared rate reads its trace, so a scenario-wide trace
+# (up to 10M rows) was parsed once per class, and again by each check of a load.
+_TRACES: ContextVar[dict[str, tuple[NDArray[np.float64], list[str] | None] | Exception] | None] = (
+    ContextVar("_TRACES", default=None)
+)
+
+
+@contextmanager
+def trace_reads() -> Iterator[None]:
+    """Read each trace file once within the block (a load's checks, `services()`)."""
+    if _TRACES.get() is not None:  # (nested: the outer block's reads)
+        yield
+        return
+    token = _TRACES.set({})
+    try:
+        yield
+    finally:
+        _TRACES.reset(token)
+
+
+def _read_classes(path: str) -> tuple[NDArray[np.float64], list[str] | None]:
+    from perllm.world.workload import read_classes
+
+    cache = _TRACES.get()
+    if cache is None:
+        return read_classes(path)
+    if path not in cache:
+        try:
+            cache[path] = read_classes(path)
+        except (OSError, ValueError) as e:  # (a bad file: not parsed again for each class)
+            cache[path] = e
+    got = cache[path]
+    if isinstance(got, Exception):
+        raise got
+    return got
 
 
 def _default_variants() -> list[ModelVariant]:

@@ -245,15 +245,6 @@ def _trace(sc: Scenario) -> Columns:
     return _columns(path, "workload.arrivals.file")
 
 
-def read_times(path: str, cls: str | None = None) -> NDArray[np.float64]:
-    """Arrival seconds of a trace file in file order; only the rows of class `cls` when
-    the file has a `class` column."""
-    t, names = read_classes(path)
-    if names is not None and cls is not None:
-        t = t[np.array([n == cls for n in names], bool)]
-    return t
-
-
 def read_classes(path: str) -> tuple[NDArray[np.float64], list[str] | None]:
     """Arrival seconds of a trace file in file order, and its `class` column (or None)."""
     t, _, _, names = _columns(path, "arrivals.file")

@@ -440,3 +440,33 @@ def test_a_class_whose_tail_is_clipped_to_the_context_loads(
     d = base()
     d["workload"]["classes"][0]["input_tokens"] = dist
     assert load_scenario(write(tmp_path, d)).workload.classes[0].input_tokens.kind == dist["kind"]
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_a_trace_is_read_once_per_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own: bool
+) -> None:
+    """Each class's declared rate read the trace: a scenario-wide trace (up to 10M rows)
+    was parsed once per class and again by the rate-window check (10 times for the paper
+    mix of 5 classes); a file that several classes replay, once per class."""
+    import perllm.world.workload as wl
+
+    reads: list[str] = []
+    columns = wl._columns
+    monkeypatch.setattr(
+        wl, "_columns", lambda path, label: reads.append(path) or columns(path, label)
+    )
+    (tmp_path / "t.csv").write_text(
+        "time_s,class\n" + "".join(f"{i / 4},{['chat', 'qa'][i % 2]}\n" for i in range(40))
+    )
+    d = base() | {"duration_s": 10}
+    d["workload"]["rate_windows"] = [_window(2, 4, 2.0)]
+    if own:
+        for c in d["workload"]["classes"][:2]:
+            c["arrivals"] = {"kind": "trace", "file": "t.csv"}
+    else:
+        d["workload"]["arrivals"] = {"kind": "trace", "file": "t.csv"}
+    sc = load_scenario(write(tmp_path, d))
+    assert len(reads) == 1
+    assert [s.traffic.rate_rps for s in sc.services()][:2] == [2.0, 2.0]
+    assert len(reads) == 2  # (services() reads it once too)
