@@ -54,12 +54,29 @@ def _apply_trace(
 ) -> NDArray[np.float64]:
     """CSV `time_s,server,mbps`: step function per server from each row's time on."""
     with Path(path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"time_s", "server", "mbps"} <= set(rows[0]):
+        reader = csv.DictReader(f)
+        rows = [(reader.line_num, row) for row in reader]
+        header = reader.fieldnames or []
+    if not rows or not {"time_s", "server", "mbps"} <= set(header):
         raise ScenarioError(f"bandwidth.trace: {path} needs columns time_s,server,mbps")
+    # A column or a cell the format has not was ignored unsaid (a spreadsheet's column
+    # without a name may stay, empty).
+    unknown = [c for c in header if c.strip() and c not in ("time_s", "server", "mbps")]
+    if unknown:
+        raise ScenarioError(
+            f"bandwidth.trace: {path}: line 1: unknown column(s) {unknown[:10]}; the "
+            "format's columns: time_s,server,mbps"
+        )
+    for line, row in rows:
+        stray = [v for k, v in row.items() if k is None or not k.strip()]
+        if any((v or "").strip() for v in _flat(stray)):
+            raise ScenarioError(
+                f"bandwidth.trace: {path}: line {line}: a value beyond the header's columns "
+                "time_s,server,mbps"
+            )
     index = {n: j for j, n in enumerate(names)}
     out = nominal.copy()
-    parsed = [_trace_row(path, line, row) for line, row in enumerate(rows, start=2)]
+    parsed = [_trace_row(path, line, row) for line, row in rows]
     for time_s, server, mbps in sorted(parsed, key=lambda x: x[0]):
         matched = [j for n, j in index.items() if fnmatch(n, server)]
         if not matched:
@@ -68,6 +85,11 @@ def _apply_trace(
         first = max(0, int(np.ceil(time_s / slot_s)))
         out[first:, matched] = mbps
     return out
+
+
+def _flat(values: list[str | list[str] | None]) -> list[str | None]:
+    """The cells of a DictReader row's stray values (its extra cells are one list)."""
+    return [x for v in values for x in (v if isinstance(v, list) else [v])]
 
 
 def _trace_row(path: str, line: int, row: dict[str, str | None]) -> tuple[float, str, float]:

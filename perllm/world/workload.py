@@ -153,7 +153,7 @@ _PLAIN = ("time_s", "input_tokens", "output_tokens", "class")
 _AZURE = ("TIMESTAMP", "ContextTokens", "GeneratedTokens", None)
 
 
-def _header(row: list[str], path: str, label: str) -> tuple[bool, list[int | None]]:
+def _header(row: list[str], path: str, label: str, line: int) -> tuple[bool, list[int | None]]:
     """(Azure format?, the index of each of `_PLAIN`'s or `_AZURE`'s columns) of a header."""
     header = [c.strip() for c in row]
     azure = "TIMESTAMP" in header
@@ -162,6 +162,20 @@ def _header(row: list[str], path: str, label: str) -> tuple[bool, list[int | Non
             f"{label}: {path} needs a time_s or TIMESTAMP column (its header: "
             f"{','.join(header)[:120]})"
         )
+    # A column the format has not was ignored, its values with it (`input_token`, a typo,
+    # drew every prompt from the class's distribution instead); a repeated one, all but
+    # its first. (A column without a name may stay, empty: a spreadsheet's trailing comma.)
+    known = _AZURE if azure else _PLAIN
+    unknown = [c for c in header if c and c not in known]
+    twice = sorted({c for c in header if c and header.count(c) > 1})
+    if unknown or twice:
+        cols = (
+            "TIMESTAMP,ContextTokens,GeneratedTokens"
+            if azure
+            else ("time_s[,class][,input_tokens,output_tokens]")
+        )
+        what = f"unknown column(s) {unknown[:10]}" if unknown else f"column(s) {twice} twice"
+        raise ScenarioError(f"{label}: {path}: line {line}: {what}; the format's columns: {cols}")
     idx = [header.index(c) if c in header else None for c in (_AZURE if azure else _PLAIN)]
     if azure and None in idx[:3]:
         raise ScenarioError(
@@ -176,6 +190,8 @@ def _parse(reader: Any, path: str, label: str) -> Columns:
     and one column of arrival seconds (`time_s`)."""
     idx: list[int | None] | None = None
     azure = False
+    # The header's columns and those without a name (a file without one: 1 and none).
+    header, width, unnamed = False, 1, frozenset[int]()
     t, li, lo = array("d"), array("d"), array("d")
     names: list[str] = []
     interned: dict[str, str] = {}  # one string a class, not one a row
@@ -185,18 +201,31 @@ def _parse(reader: Any, path: str, label: str) -> Columns:
         line = reader.line_num
         if idx is None:
             if not _numbers(r):
-                azure, idx = _header(r, path, label)
+                azure, idx = _header(r, path, label, line)
+                header, width = True, len(r)
+                unnamed = frozenset(i for i, c in enumerate(r) if not c.strip())
                 continue
-            if len(r) != 1:
-                raise ScenarioError(
-                    f"{label}: {path}: a file without a header has one column (arrival seconds)"
-                )
             idx = [0, None, None, None]
         if len(t) >= MAX_TRACE_ROWS:
             raise ScenarioError(
                 f"{label}: {path}: more than {MAX_TRACE_ROWS:,} rows (line {line}); "
                 "a run replays at most that many"
             )
+        if len(r) > width or unnamed:  # (a value no column reads was dropped unsaid)
+            stray = [i for i, c in enumerate(r) if (i >= width or i in unnamed) and c.strip()]
+            if stray:
+                j = stray[0]
+                where = (
+                    "under a header column without a name"
+                    if j < width
+                    else f"beyond the header's {width} column(s)"
+                    if header
+                    else "beyond the one column (arrival seconds) of a file without a header"
+                )
+                raise ScenarioError(
+                    f"{label}: {path}: line {line}: a value in cell {j + 1} "
+                    f"({r[j].strip()[:40]!r}), {where}"
+                )
         try:
             cell = [r[i].strip() if i is not None else None for i in idx]
         except IndexError:

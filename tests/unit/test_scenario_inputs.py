@@ -93,6 +93,20 @@ FIELDS = {False: r"workload\.arrivals\.file: ", True: r"workload\.classes\[0\]\.
             "when,cls\n1,chat\n",
             r"t\.csv needs a time_s or TIMESTAMP column \(its header: when,cls\)$",
         ),
+        # A value no column reads was dropped without a word: a cell beyond the header, a
+        # second number in a file without one, a value under a column without a name, a
+        # column the format has not (`input_token`: prompts drawn from the class instead)
+        # or one given twice (all but the first ignored).
+        ("time_s,class\n1,chat,9\n", r"line 2: a value in cell 3 \('9'\), beyond the header's 2"),
+        ("1\n2,5\n", r"line 2: a value in cell 2 \('5'\), beyond the one column \(arrival"),
+        ("time_s,,class\n1,x,chat\n", r"line 2: a value in cell 2 \('x'\), under a header column"),
+        (
+            "time_s,input_token\n1,5\n",
+            r"line 1: unknown column\(s\) \['input_token'\]; the format's columns: "
+            r"time_s\[,class\]\[,input_tokens,output_tokens\]$",
+        ),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens,time_s\n", r"unknown column\(s\) \['time_s'\]"),
+        ("time_s,time_s\n1,2\n", r"line 1: column\(s\) \['time_s'\] twice"),
         # Not text: a UnicodeDecodeError traceback.
         (b"\xff\xfe\x00\x01time_s\n", r"t\.csv: not a UTF-8 text \(CSV\) file$"),
         ("time_s\n" + "1" * 200_000 + "\n", r"t\.csv: not a CSV file \(field larger than"),
@@ -111,6 +125,33 @@ def test_a_spreadsheets_byte_order_mark_is_no_part_of_the_header(tmp_path: Path,
     """Excel's "CSV UTF-8" starts with a BOM: `\\ufefftime_s` was no `time_s` column."""
     r = trace_world(tmp_path, "\ufefftime_s\n1\n2\n", own)
     assert list(r.arrival[r.cls == 0] if own else r.arrival) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_a_spreadsheets_empty_trailing_cells_are_no_values(tmp_path: Path, own: bool) -> None:
+    r = trace_world(tmp_path, "time_s,class,\n1,chat,\n2,chat\n3,chat,,\n", own)
+    assert list(r.arrival[r.cls == 0]) == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        ("time_s,server,mbps,note\n0,cloud,50,x\n", r"line 1: unknown column\(s\) \['note'\]"),
+        ("time_s,server,mbps\n0,edge-*,50\n\n0,cloud,50,60\n", r"line 4: a value beyond the"),
+    ],
+)
+def test_a_bandwidth_trace_refuses_cells_beyond_its_columns(
+    tmp_path: Path, rows: str, why: str
+) -> None:
+    """`0,cloud,50,60` (a second bandwidth?) ran with 50 Mbps, the 60 ignored unsaid."""
+    from perllm.world.sim import World
+
+    d = base() | {"duration_s": 10, "bandwidth": {"trace": "bw.csv"}}
+    (tmp_path / "bw.csv").write_text(rows)
+    with pytest.raises(ScenarioError, match=r"bandwidth\.trace: .*bw\.csv: " + why):
+        World(load_scenario(write(tmp_path, d)), 1)
+    (tmp_path / "bw.csv").write_text("time_s,server,mbps,\n0,cloud,50,\n")
+    World(load_scenario(write(tmp_path, d)), 1)
 
 
 def test_a_scenario_wide_trace_drops_rows_before_zero(tmp_path: Path) -> None:
