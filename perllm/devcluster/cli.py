@@ -22,7 +22,7 @@ from perllm.devcluster.cluster import (
     default_run_dir,
 )
 from perllm.devcluster.config import Extender, kubeconfig_server
-from perllm.devcluster.process import StartError, sigterm_as_interrupt
+from perllm.devcluster.process import Proc, StartError, sigterm_as_interrupt
 from perllm.scenario import ScenarioError
 
 app = typer.Typer(help="Development tools.", no_args_is_help=True)
@@ -104,9 +104,10 @@ def up(
         return
     ensure_writable("--run-dir", run_dir, Console(stderr=True))
     t0 = time.monotonic()
+    cluster = Cluster(conf)
     try:
         with sigterm_as_interrupt():  # a CI cancel or `timeout` stops what was started
-            state = Cluster(conf).up()
+            state = cluster.up()
     except ScenarioError as e:
         typer.echo(f"error: --scenario: {e}", err=True)
         raise typer.Exit(2) from None
@@ -116,8 +117,14 @@ def up(
     except OSError as e:  # a full disk, an odd file in the run dir (what started is stopped)
         typer.echo(f"error: --run-dir {run_dir}: {e}; free it or give another", err=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:  # Cluster.up has stopped what it started
-        typer.echo(f"interrupted: every component started was stopped; logs in {run_dir}", err=True)
+    except KeyboardInterrupt:  # Cluster.up has stopped what it started, unless interrupted
+        left = _still_running(cluster.procs)
+        if left:  # (a second Ctrl-C or SIGTERM cut its cleanup short)
+            typer.echo(f"interrupted while stopping: {left}; {_finish(run_dir)}", err=True)
+        else:
+            typer.echo(
+                f"interrupted: every component started was stopped; logs in {run_dir}", err=True
+            )
         raise typer.Exit(130) from None
     typer.echo(f"cluster ready in {time.monotonic() - t0:.1f}s (run dir {run_dir})")
     _print_env(state)
@@ -132,7 +139,14 @@ def down(run_dir: RunDir = default_run_dir()) -> None:  # noqa: B008
         return
     # counted before: a component that had already exited was reported as stopped
     dead = [p.name for p in state.procs() if not p.alive()]
-    Cluster(ClusterConfig(run_dir=run_dir)).down()
+    try:
+        with sigterm_as_interrupt():  # (SIGTERM ended Python mid-way, without a word)
+            Cluster(ClusterConfig(run_dir=run_dir)).down()
+    except KeyboardInterrupt:  # the state stays recorded until every process is stopped
+        left = _still_running(state.procs())
+        what = left or "every process had stopped, its state is still recorded"
+        typer.echo(f"interrupted while stopping: {what}; {_finish(run_dir)}", err=True)
+        raise typer.Exit(130) from None
     gone = f" ({', '.join(dead)} had already exited)" if dead else ""
     typer.echo(
         f"stopped {len(state.processes) - len(dead)} processes{gone}; logs in {run_dir / 'logs'}"
@@ -164,10 +178,20 @@ def status(
 
 @cluster_app.command()
 def env(run_dir: RunDir = default_run_dir()) -> None:  # noqa: B008
-    """Print shell exports for the running cluster: eval "$(perllm dev cluster env)"."""
+    """Print shell exports for the running cluster: eval "$(perllm dev cluster env)";
+    exit 1, printing none, if no complete cluster runs (as `status`)."""
     state = State.load(run_dir)
     if state is None:
         typer.echo(f"no cluster recorded in {run_dir}", err=True)
+        raise typer.Exit(1)
+    dead = [p for p in state.procs() if not p.alive()]
+    if dead:  # (the exports of a dead API server: `kubectl` then failed, far from here)
+        logs = ", ".join(f"{p.name} (log {p.log})" for p in dead)
+        typer.echo(
+            f"error: the cluster in {run_dir} is not complete: not running: {logs}; "
+            f"restart it: perllm dev cluster down --run-dir {run_dir}, then up",
+            err=True,
+        )
         raise typer.Exit(1)
     typer.echo(f"export KUBECONFIG={state.kubeconfig}")
     typer.echo(f"export PATH={Path(state.kubectl).parent}:$PATH")
@@ -180,6 +204,16 @@ def binaries() -> None:
     for name, path in asdict(b).items():
         ok = path is not None and Path(path).exists()
         typer.echo(f"{name:24} {'ok     ' if ok else 'MISSING'} {path}")
+
+
+def _still_running(procs: list[Proc]) -> str:
+    """The components of `procs` still running, as "a, b still run" ("" if none)."""
+    left = [p.name for p in procs if p.alive()]
+    return f"{', '.join(left)} still run{'s' if len(left) == 1 else ''}" if left else ""
+
+
+def _finish(run_dir: Path) -> str:
+    return f"finish with: perllm dev cluster down --run-dir {run_dir}"
 
 
 def _print_env(state: State) -> None:

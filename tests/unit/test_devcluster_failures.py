@@ -300,3 +300,132 @@ def test_missing_binaries_name_the_build_of_just_those(tmp_path: Path) -> None:
         p.chmod(0o755)
     with pytest.raises(BinariesMissing, match=r"build-binaries\.sh k8s  \("):
         b.require(prometheus=False)
+
+
+def _recorded(rd: Path, *procs: Proc) -> None:
+    from perllm.devcluster.state import State
+
+    State(
+        run_dir=str(rd),
+        kubeconfig=str(rd / "kubeconfig"),
+        kubectl="/bin/kubectl",
+        api_server="https://127.0.0.1:1",
+        external=False,
+        processes=[asdict(p) for p in procs],
+        ports={},
+    ).save(rd)
+
+
+def _exited(name: str, rd: Path) -> Proc:
+    from perllm.devcluster.process import start
+
+    p = start(name, ["true"], rd / "logs" / f"{name}.log")
+    while p.alive():
+        time.sleep(0.05)
+        with contextlib.suppress(ChildProcessError):  # (subprocess may reap it first)
+            os.waitpid(p.pid, os.WNOHANG)
+    return p
+
+
+def test_env_refuses_a_cluster_with_a_dead_component(tmp_path: Path) -> None:
+    """`eval "$(cluster env)"` exported a dead API server's kubeconfig with exit 0."""
+    from perllm.devcluster.process import start
+
+    rd = tmp_path / "rd"
+    live = start("etcd", ["sleep", "60"], rd / "logs" / "etcd.log")
+    try:
+        _recorded(rd, live)
+        r = CliRunner().invoke(app, ["cluster", "env", "--run-dir", str(rd)])
+        assert r.exit_code == 0 and f"export KUBECONFIG={rd / 'kubeconfig'}" in r.output
+        _recorded(rd, live, _exited("kube-apiserver", rd))
+        r = CliRunner().invoke(app, ["cluster", "env", "--run-dir", str(rd)])
+        assert r.exit_code == 1, r.output
+        assert "export" not in r.stdout
+        assert (
+            f"error: the cluster in {rd} is not complete: not running: kube-apiserver (log "
+            f"{rd / 'logs' / 'kube-apiserver.log'}); restart it: perllm dev cluster down"
+        ) in r.output
+    finally:
+        live.stop()
+
+
+_STOP = Proc.stop
+
+
+def _interrupt_stop(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """Ctrl-C arrives while `Proc.stop` stops the process after the first `after`."""
+    calls = []
+
+    def interrupted(self: Proc, timeout: float = 10.0) -> None:
+        calls.append(self.name)
+        if len(calls) > after:
+            raise KeyboardInterrupt
+        _STOP(self, timeout)
+
+    monkeypatch.setattr(Proc, "stop", interrupted)
+
+
+def test_ctrl_c_during_down_names_what_still_runs_and_how_to_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C during `down` was a bare 'Aborted!' with processes left running."""
+    from perllm.devcluster.process import start
+
+    rd = tmp_path / "rd"
+    etcd = start("etcd", ["sleep", "60"], rd / "logs" / "etcd.log")
+    kwok = start("kwok", ["sleep", "60"], rd / "logs" / "kwok.log")
+    try:
+        _recorded(rd, etcd, kwok)
+        _interrupt_stop(monkeypatch, after=1)  # (newest first: kwok stopped, then etcd)
+        r = CliRunner().invoke(app, ["cluster", "down", "--run-dir", str(rd)])
+        assert r.exit_code == 130, r.output
+        assert (
+            f"interrupted while stopping: etcd still runs; finish with: perllm dev cluster "
+            f"down --run-dir {rd}"
+        ) in r.output
+        assert etcd.alive() and not kwok.alive()
+        monkeypatch.undo()
+        r = CliRunner().invoke(app, ["cluster", "down", "--run-dir", str(rd)])
+        assert r.exit_code == 0 and not etcd.alive(), r.output
+    finally:
+        etcd.stop()
+        kwok.stop()
+
+
+def test_a_second_ctrl_c_while_up_cleans_up_says_what_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during `up`, then again while it stopped what had started: it said 'every
+    component started was stopped' with etcd still running."""
+    from perllm.devcluster.binaries import Binaries
+    from perllm.devcluster.process import start
+
+    monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
+    started: list[Proc] = []
+
+    def start_sleep(name: str, argv: list[str], log: Path, **kw: object) -> Proc:
+        started.append(start(name, ["sleep", "60"], log))
+        return started[-1]
+
+    def ctrl_c(*_a: object) -> None:  # while waiting for etcd's /health
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch_mod, "start", start_sleep)
+    monkeypatch.setattr(cluster_mod, "wait_until", ctrl_c)
+    _interrupt_stop(monkeypatch, after=0)
+    rd = tmp_path / "rd"
+    try:
+        r = CliRunner().invoke(app, ["cluster", "up", "--run-dir", str(rd), "--scenario", ""])
+        assert r.exit_code == 130, r.output
+        assert (
+            f"interrupted while stopping: etcd still runs; finish with: perllm dev cluster "
+            f"down --run-dir {rd}"
+        ) in r.output
+        assert "every component started was stopped" not in r.output
+        assert started and started[0].alive()
+        monkeypatch.setattr(Proc, "stop", _STOP)  # (no more Ctrl-C)
+        r = CliRunner().invoke(app, ["cluster", "down", "--run-dir", str(rd)])
+        assert r.exit_code == 0 and not started[0].alive(), r.output
+    finally:
+        for p in started:
+            _STOP(p)
