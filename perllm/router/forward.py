@@ -17,6 +17,7 @@ from perllm.router.asgi import Message, Receive, Refused, Scope, Send, Shed, abo
 from perllm.router.config import Backend
 from perllm.router.decision import Backlog, Ticket
 from perllm.router.feedback import Feedback, Flight
+from perllm.router.health import refusal
 from perllm.router.members import Members
 from perllm.router.metrics import BackendMetrics
 from perllm.router.proxy import FORWARDED, TokenCounter
@@ -138,15 +139,15 @@ class Forwarder:
                 raise Shed(504, "upstream_timeout", why) from None
             flight.members.metrics[flight.ticket.server].error("connect").inc()
             raise Shed(502, "upstream_unavailable", f"backend {b.name}: {e}") from None
-        if token is not None and resp.status in (401, 403):
-            # The remote tier refuses the router's own credential (a rotated or revoked
-            # Secret): nothing was served, so like a refused connection the tier is ejected,
-            # the condition says why, and the request goes elsewhere. Passed on, the client
-            # got a 401 for a credential not its own, the tier looking reachable.
+        refused = refusal(resp.status, token is not None)
+        if refused is not None:
+            # Nothing was served (`refusal`): like a refused connection the backend is
+            # ejected, the condition says why, and the request goes elsewhere. Passed on,
+            # a client got a 401 for a credential not its own, or a redirect without its
+            # Location, and a redirect was learned as a fast answer.
             resp.release()
-            flight.members.metrics[flight.ticket.server].error("auth").inc()
-            why = f"backend {b.name}: HTTP {resp.status}, the router's token_file refused"
-            raise Refused(b.name, why)
+            flight.members.metrics[flight.ticket.server].error(refused[0]).inc()
+            raise Refused(b.name, f"backend {b.name}: {refused[1]}")
         return resp
 
     async def _relay(

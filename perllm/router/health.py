@@ -21,6 +21,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
+def refusal(status: int, token: bool) -> tuple[str, str] | None:
+    """A response head that refuses the request rather than answering it, as (the upstream
+    error kind, why), or None; `token`: the router sent the backend a `token_file`'s
+    token. Nothing was served, so the backend is failing as one refusing the connection
+    (for a request and for its health probe alike):
+    - 401/403 to the router's token: the remote tier refuses the router's credential (a
+      Secret rotated on one side only), not the client's;
+    - a 3xx: a model server answers a completion itself, so its url is wrong (http
+      redirected to https, a moved path). The router follows no redirect (it may point
+      anywhere, and a remote tier's token would go along) and relays none (the client
+      could do nothing with it: its Location is the backend's business)."""
+    if token and status in (401, 403):
+        return "auth", f"HTTP {status}, the router's token_file refused"
+    if 300 <= status <= 399:
+        return "redirect", f"HTTP {status}, a redirect (not followed: check the backend's url)"
+    return None
+
+
 @dataclass(frozen=True)
 class Refusing:
     """A backend failing since the first failure of its streak (what the status says):

@@ -7,8 +7,8 @@ nothing in flight (`Membership.due`), and sends each a `GET path` (default `/v1/
 which vLLM, llama.cpp, the twin's pods and another cluster's router all serve) through
 its connection pool, with the token sent to it (a remote tier) and the requests' connect
 and read timeouts. Any HTTP answer within those timeouts (its body read to the end, or
-`MAX_BODY` bytes of it) re-admits the backend, but a 401 or 403 to a backend sent a
-token (a remote tier refusing the router's credential, a failure as a request's is): the
+`MAX_BODY` bytes of it) re-admits the backend, but a refusal (`health.refusal`: a 401
+or 403 to a backend sent a token, a redirect), a failure as a request's is: the
 check is of reachability, like the ejection (its backoff is kept until a request is
 answered there, `Ejections.answered`). A refused or closed connection, or a timeout,
 ejects it again for twice as long, counted as a refusal or a timeout
@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from perllm.router.health import refusal
 from perllm.router.periodic import Periodic
 from perllm.router.upstream import Pool, Response, UpstreamError
 from perllm.secrets import SecretFile
@@ -74,8 +75,9 @@ class Prober(Periodic):
         try:
             headers = [] if token is None else [(b"authorization", token.bearer())]
             resp = await pool.get(self.path, headers)
-            if token is not None and resp.status in (401, 403):  # (as a request's: forward)
-                failure = f"{what}: HTTP {resp.status}, the router's token_file refused"
+            refused = refusal(resp.status, token is not None)  # (as a request's: forward)
+            if refused is not None:
+                failure = f"{what}: {refused[1]}"
             else:
                 await _drain(resp)
         except UpstreamError as e:

@@ -1218,3 +1218,51 @@ def test_a_stream_flag_that_is_no_boolean_is_a_400() -> None:
         False,
         False,
     ]
+
+
+def test_a_backend_answering_a_redirect_is_failing_not_relayed_nor_learned() -> None:
+    """A 3xx from a model server (its url wrong: http redirected to https, a moved path)
+    was relayed without its Location (a redirect the client could do nothing with) and
+    learned as a fast answer. The router follows no redirect (it may point anywhere, and
+    a remote tier's token would go along): the backend is failing like one refusing the
+    connection (ejected, the request decided again, the condition says why), and with
+    none left the client gets a 502 naming the redirect."""
+    from perllm.router.status import reachable
+
+    async def redirecting(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        where = [(b"location", b"https://10.1.2.3/v1/chat/completions")]
+        await send({"type": "http.response.start", "status": 308, "headers": where})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def go() -> None:
+        st = _STACK.get()
+        moved = await st.enter_async_context(serving(redirecting))
+        edge = await st.enter_async_context(serving(StubBackend("edge-gpu")))
+        r, _, c = await router(urls={"edge-gpu": edge, "cloud": moved})
+        for _ in range(3):
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["backend"] == "edge-gpu"
+        # (learned: the edge's three answers only; the statistics are shared by deciders)
+        assert r.down() == ["cloud"] and r.decider.bandit.stats.n.sum() == pytest.approx(3, 0.01)
+        ok, _, message = reachable(r.backends, [], r.refusing())
+        assert not ok and "backend cloud: HTTP 308, a redirect (not followed" in message
+        assert (
+            r.metrics.registry.get_sample_value(
+                "perllm_router_upstream_errors_total", {"backend": "cloud", "kind": "redirect"}
+            )
+            == 1.0
+        )
+        await r.aclose()
+
+        r, _, c = await router(urls={"edge-gpu": moved, "cloud": moved}, limits={"retries": 0})
+        resp = await c.post("/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 502 and resp.json()["error"]["type"] == "upstream_unavailable"
+        assert "HTTP 308, a redirect (not followed" in resp.json()["error"]["message"]
+        assert "10.1.2.3" not in resp.text and "location" not in resp.headers
+        assert r.inflight == [0, 0] and r.decider.bandit.stats.n.sum() == 0  # none learned
+        await r.aclose()
+
+    run(go())

@@ -245,6 +245,37 @@ def test_a_probes_answer_keeps_the_backoff_until_a_request_is_answered() -> None
     assert ej.refused("a") == 1.0  # a fresh streak
 
 
+def test_a_redirecting_backend_is_kept_out_by_its_probe() -> None:
+    """A backend answering requests with a redirect is failing (`health.refusal`), and
+    its probe's redirect fails the probe too: it stays out (it was re-admitted by any
+    answer to the probe, then failed the next request)."""
+
+    async def moved(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 301,
+                    "headers": [(b"location", b"https://elsewhere/")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b""})
+
+    async def go() -> None:
+        st = _STACK.get()
+        urls = {EDGE: await st.enter_async_context(serving(moved)),
+                "cloud": await st.enter_async_context(serving(StubBackend("cloud")))}  # fmt: skip
+        r, _, c = await router(urls=urls, limits={"eject_s": 0.05, "eject_max_s": 0.1})
+        await r.start()
+        for _ in range(3):
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 200 and resp.json()["backend"] == "cloud"
+            if EDGE in r.refusing():
+                break
+        await until(lambda: sample(r, EDGE, "refused") >= 2, what="two failed probes")
+        assert sample(r, EDGE, "answered") == 0 and EDGE in r.refusing()
+        assert "probe GET /v1/models: HTTP 301, a redirect" in r.refusing()[EDGE].why
+        await r.aclose()
+
+    run(go())
+
+
 def test_probe_config() -> None:
     """`limits.probe` (default on) and `limits.probe_path` (an absolute path)."""
     base = {"scenario": "demo", "service_class": "chat"}
