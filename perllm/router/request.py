@@ -131,6 +131,10 @@ def parse(raw: bytes, chat: bool) -> Parsed:
         raise BadRequest(
             400, "invalid_request_error", "stream_options.include_usage: must be true or false"
         )
+    if opts is not None and not stream:  # (as OpenAI and vLLM: the options of a stream)
+        raise BadRequest(
+            400, "invalid_request_error", "stream_options: only allowed when stream is true"
+        )
     l_in, attach = sizes(body)
     return Parsed(body, model, bool(stream), l_in, attach, mt, bool(usage))
 

@@ -1266,3 +1266,30 @@ def test_a_backend_answering_a_redirect_is_failing_not_relayed_nor_learned() -> 
         await r.aclose()
 
     run(go())
+
+
+def test_stream_options_without_streaming_is_a_400_naming_it() -> None:
+    """`stream_options` on a request that does not stream was forwarded (OpenAI and vLLM
+    answer it 400: the options are of a stream), and the twin, reading requests as the
+    router does, answered it as if it were not there."""
+    from perllm.router.request import BadRequest, parse
+
+    b = '{"model": "m", "messages": [], "stream_options": {"include_usage": true}'
+    for rest in ("}", ', "stream": false}', ', "stream": null}'):
+        with pytest.raises(BadRequest) as e:
+            parse((b + rest).encode(), True)
+        assert e.value.status == 400
+        assert e.value.message == "stream_options: only allowed when stream is true"
+    assert parse((b + ', "stream": true}').encode(), True).include_usage
+    off = '{"model": "m", "messages": [], "stream_options": null}'  # null: not given
+    assert not parse(off.encode(), True).stream
+
+    async def go() -> None:
+        r, stubs, c = await router()
+        body = {**CHAT, "stream_options": {"include_usage": True}}
+        resp = await c.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 400 and "stream_options" in resp.json()["error"]["message"]
+        assert sum(s.requests for s in stubs.values()) == 0
+        await r.aclose()
+
+    run(go())

@@ -371,7 +371,9 @@ def test_n_above_one_is_refused_naming_n() -> None:
              (_chat(n="2", max_tokens=2), 400, "n: must be a positive integer"),
              (_chat(stream=True, stream_options=[]), 400, "stream_options: must be an object"),
              (_chat(stream=True, stream_options={"include_usage": "yes"}), 400,
-              "stream_options.include_usage: must be true or false")]  # fmt: skip
+              "stream_options.include_usage: must be true or false"),
+             (_chat(stream_options={"include_usage": True}), 400,
+              "stream_options: only allowed when stream is true")]  # fmt: skip
     resps = _post_all(tw, [("POST", "chat/completions", b) for b, _, _ in cases])
     for (b, status, why), r in zip(cases, resps, strict=True):
         assert r.status_code == status and why in r.json()["error"]["message"], (b, r.text)
