@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from perllm.router.members import Members, decider_key
 from perllm.router.metrics import RouterMetrics
 from perllm.router.probe import Prober, tick_s
 from perllm.router.upstream import Pool
-from perllm.secrets import SecretError, SecretFile
+from perllm.secrets import CaFile, SecretError, SecretFile
 
 log = logging.getLogger("perllm.router")
 
@@ -57,7 +58,7 @@ class Membership:
             self.prober = Prober(self, self.limits.probe_path, tick_s(self.limits.eject_s))
         self._secrets: dict[str, SecretFile] = {}
         self._clear: set[str] = set()  # backends warned of a token sent over plain http
-        self._cas: dict[str, ssl.SSLContext] = {}  # per ca_file: read once, at first use
+        self._cas: dict[str, CaFile] = {}  # per ca_file: read again when it changes
         # Static backends (remote tiers) stay members beside the discovered pods.
         self.static = list(config.backends) if config.discovery is not None else []
         # The membership without its ejected backends, per ejected set (same statistics).
@@ -193,18 +194,44 @@ class Membership:
                 raise RouterConfigError(f"token_file: {e}") from None
         return self._secrets[path]
 
-    def _ca(self, name: str, path: str | None) -> ssl.SSLContext | None:
-        """The TLS context verifying against `path`'s CAs (None: the pool's default)."""
+    def _ca(self, name: str, path: str | None) -> Callable[[], ssl.SSLContext] | None:
+        """What gives the TLS context verifying against `path`'s CAs, as they are now
+        (None: the pool's default). Missing, unreadable or without a certificate at
+        first use: a config error; later, the last good CAs stay in use (`ca_errors`)."""
         from perllm.router.config import RouterConfigError
 
         if path is None:
             return None
         if path not in self._cas:
             try:
-                self._cas[path] = ssl.create_default_context(cafile=path)
-            except (OSError, ssl.SSLError) as e:  # missing, unreadable, no PEM in it
-                raise RouterConfigError(f"backends[{name}].ca_file: {path}: {e}") from None
-        return self._cas[path]
+                self._cas[path] = CaFile(path)
+            except SecretError as e:
+                raise RouterConfigError(f"backends[{name}].ca_file: {e}") from None
+        return functools.partial(self._ca_context, self._cas[path])
+
+    def _ca_context(self, ca: CaFile) -> ssl.SSLContext:
+        """`ca`'s context, said once in the log when it cannot be read again (and when it
+        can again: `ca_errors` says it meanwhile)."""
+        was, ctx = ca.error, ca.current()
+        if ca.error != was:
+            if ca.error:
+                log.warning("ca_file not read again, the last good CAs are in use: %s", ca.error)
+            else:
+                log.info("ca_file %s: read again", ca.path)
+        return ctx
+
+    def ca_errors(self) -> dict[str, str]:
+        """Members whose `ca_file` cannot be read again now (unreadable, or no certificate
+        in it), with why: the last good CAs verify them meanwhile."""
+        m = self._members
+        out = {}
+        for b in m.backends if m is not None else []:
+            ca = self._cas.get(b.ca_file) if b.ca_file else None
+            if ca is not None:
+                self._ca_context(ca)  # (checks the file, at most every `every_s`)
+                if ca.error:
+                    out[b.name] = ca.error
+        return out
 
     def _decider_for(self, backends: Sequence[Backend]) -> Decider:
         """A decider over `backends`, learning into the router's one set of statistics."""

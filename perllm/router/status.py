@@ -118,10 +118,12 @@ def reachable(
     remote: Iterable[str],
     refusing: dict[str, Refusing],
     discovery: Discovery | None = None,
+    cas: dict[str, str] | None = None,
 ) -> Cond:
     """Condition `BackendsReachable` from the members and those refusing connections or
     not answering in time; with `discovery`, the ready pods it left out and a failing pod
-    list (the members are then the last good round's)."""
+    list (the members are then the last good round's); `cas`: members whose `ca_file`
+    cannot be read again, with why (`Membership.ca_errors`)."""
     stale = ""
     if discovery is not None and discovery.list_error:
         since = rfc3339(discovery.list_error_since or 0.0)
@@ -129,6 +131,8 @@ def reachable(
             f"; the backend list is the last good discovery's: listing pods fails since "
             f"{since} ({discovery.list_error})"
         )
+    for name, why in sorted((cas or {}).items()):  # (its why names the file)
+        stale += f"; ca_file of {name} not read again, the last good CAs are in use: {why}"
     if not backends:
         left = discovery.left_out if discovery is not None else {}
         why = "; ".join(f"{p}: {w}" for p, w in sorted(left.items())[:5])
@@ -227,7 +231,7 @@ class StatusWriter(Periodic):
         remote = [b.name for b in r.static]
         members = [b.name for b in r.backends]
         out = routing(counts, recent, now - t0, remote, self._since, members)
-        return out, reachable(r.backends, remote, r.refusing(), r.discovery)
+        return out, reachable(r.backends, remote, r.refusing(), r.discovery, r.ca_errors())
 
     def write_once(self, status: Obj, cond: Cond) -> None:
         """Read the LLMService, set the condition in its list, patch (blocking)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import httptools
@@ -224,15 +224,17 @@ class Pool:
         connect_timeout: float,
         read_timeout: float,
         max_idle: int = 256,
-        tls: ssl.SSLContext | None = None,
+        tls: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
-        """`tls`: how an https backend is verified (default: the system's CAs)."""
+        """`tls`: how an https backend is verified (default: the system's CAs), or what
+        gives that context for each new connection (a `perllm.secrets.CaFile`'s rotated
+        CAs: the connections kept alive stay as they are)."""
         u = urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self.host = u.hostname
         self.port = u.port or (443 if u.scheme == "https" else 80)
-        self.ssl: ssl.SSLContext | None = (
+        self.ssl: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = (
             (tls or ssl.create_default_context()) if u.scheme == "https" else None
         )
         self.prefix = u.path.rstrip("/")
@@ -252,14 +254,15 @@ class Pool:
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
+        tls = self.ssl() if callable(self.ssl) else self.ssl
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, proto = await loop.create_connection(
                     lambda: _Conn(loop),
                     self.host,
                     self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.host if self.ssl else None,
+                    ssl=tls,
+                    server_hostname=self.host if tls else None,
                 )
         except TimeoutError:
             raise UpstreamError(

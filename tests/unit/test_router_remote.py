@@ -263,6 +263,67 @@ def test_an_https_remote_is_verified_against_its_ca_file(tmp_path: Path) -> None
     asyncio.run(asyncio.wait_for(go(), 30))
 
 
+def test_a_rotated_ca_file_is_read_again_and_a_broken_one_keeps_the_last_good(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A remote's `ca_file` was read once, at first use: after the remote's certificate
+    and the mounted CA were rotated together, every request to it failed verification
+    until the router restarted. Now it is read again when it changes (as token files
+    are); a CA file that became unreadable or holds no certificate keeps the last good
+    CAs in use (as a token file keeps its last value), said in the log and in the
+    condition's message."""
+    import shutil
+
+    from perllm.devcluster.certs import generate
+    from perllm.router.status import reachable
+
+    old, new = generate(tmp_path / "old"), generate(tmp_path / "new")
+    ca = tmp_path / "ca.crt"
+    shutil.copy(old.ca, ca)
+
+    async def go() -> None:
+        stub = StubBackend("remote")
+        async with contextlib.AsyncExitStack() as st:
+            url = await st.enter_async_context(
+                serving(stub, tls=(str(old.server_cert), str(old.server_key)))
+            )
+            port = int(url.rsplit(":", 1)[1])
+            b = backend("remote", url, "cloud", ca_file=str(ca))
+            cfg = {"scenario": "demo", "service_class": "chat", "backends": [b],
+                   "limits": {"retries": 0, "eject_s": 0.01, "eject_max_s": 0.01}}  # fmt: skip
+            r = Router(parse_config(cfg))
+            r._cas[str(ca)]._every = 0.0  # (re-read at once when rotated)
+            c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://r")
+            assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        # The remote's certificate rotated to a new CA, and the mounted CA file with it.
+        tls = (str(new.server_cert), str(new.server_key))
+        async with serving(stub, port=port, tls=tls):
+            shutil.copy(new.ca, ca)
+            os.utime(ca, (1, 1))  # (a new mtime, whatever the clock's resolution)
+            resp = await c.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 200, resp.text
+            assert reachable(r.backends, ["remote"], r.refusing(), cas=r.ca_errors())[0]
+            for broken in ("junk", "gone"):
+                if broken == "junk":
+                    ca.write_text("not a certificate\n")
+                else:
+                    ca.unlink()
+                for p in r._pools.values():  # (a new connection: the CAs are read for it)
+                    p.close()
+                resp = await c.post("/v1/chat/completions", json=CHAT)
+                assert resp.status_code == 200, resp.text  # the last good CAs verify it
+                ok, _, message = reachable(r.backends, ["remote"], r.refusing(), cas=r.ca_errors())
+                said = f"ca_file of remote not read again, the last good CAs are in use: {ca}: "
+                assert ok and said in message
+            assert any(f"{ca}" in m and "last good" in m for m in caplog.messages)
+            shutil.copy(new.ca, ca)
+            assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
+            assert not r.ca_errors()
+            await r.aclose()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
 def test_a_remotes_ca_file_must_exist_and_its_url_be_https(tmp_path: Path) -> None:
     url = "https://cloud.example.com"
     nope = backend("remote", url, "cloud", ca_file=str(tmp_path / "nope"))
