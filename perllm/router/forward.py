@@ -62,7 +62,14 @@ class Forwarder:
         backlog = self._inflight.setdefault(b.name, Backlog())
         key = backlog.add(time.perf_counter(), ticket)
         flight = Flight(
-            members, ticket, t0, tight, TokenCounter(req.stream, req.max_tokens), None, backlog, key
+            members,
+            ticket,
+            t0,
+            tight,
+            TokenCounter(req.stream, req.max_tokens, req.n),
+            None,
+            backlog,
+            key,
         )
         bm.inflight.inc()
         resp = None

@@ -26,15 +26,18 @@ _DECODER = json.JSONDecoder()
 
 
 class TokenCounter:
-    """Output tokens of a response as it streams: `usage.completion_tokens` when the
-    server reports it, else one per SSE data event (streams) or ~4 bytes a token of the
-    answer's text (whole JSON bodies). At most `limit` (the request's max_tokens): a
-    backend's count is not trusted beyond what the request allowed (one reporting 1e308
-    would teach CS-UCB a time ratio of ~0 for its arm). A JSON answer over `WHOLE` bytes
-    is not kept: its count is the last "usage" object in it that reads as one."""
+    """Output tokens of one sequence of a response as it streams: `usage.completion_tokens`
+    when the server reports it, else one per SSE data event (streams) or ~4 bytes a token
+    of the answer's text (whole JSON bodies), over `n` (the request's choices: servers
+    count the tokens of all of them, and a stream has an event per choice's token; the
+    cost model sizes one sequence). At most `limit` (the request's max_tokens, a bound per
+    choice): a backend's count is not trusted beyond what the request allowed (one
+    reporting 1e308 would teach CS-UCB a time ratio of ~0 for its arm). A JSON answer over
+    `WHOLE` bytes is not kept: its count is the last "usage" object in it that reads as
+    one."""
 
-    def __init__(self, stream: bool, limit: float | None = None) -> None:
-        self.stream = stream
+    def __init__(self, stream: bool, limit: float | None = None, n: int = 1) -> None:
+        self.stream, self.n = stream, n
         self.limit = math.inf if limit is None else limit
         self.events = 0
         self.usage: float | None = None
@@ -111,7 +114,7 @@ class TokenCounter:
                 self.usage = f
 
     def tokens(self) -> float:
-        return min(self._tokens(), max(1.0, self.limit))
+        return min(max(1.0, self._tokens() / self.n), max(1.0, self.limit))
 
     def _tokens(self) -> float:
         if self.usage is not None:

@@ -30,6 +30,7 @@ class Parsed:
     attach_bytes: float
     max_tokens: float | None
     include_usage: bool = False  # stream_options.include_usage: a last chunk with `usage`
+    n: int = 1  # choices asked for: a backend's output tokens are theirs together
 
 
 def _utf8_len(text: str) -> int:
@@ -108,18 +109,10 @@ def parse(raw: bytes, chat: bool) -> Parsed:
     mt = None
     for key in ("max_tokens", "max_completion_tokens"):  # (null: not given; the second wins)
         v = body.get(key)
-        if v is None:
-            continue
-        # (an int beyond a float's range is no float: float(v) would overflow in `Router`)
-        # (a whole number, as OpenAI and the model servers take it: 8.0 is 8, 2.5 is refused)
-        if (
-            not isinstance(v, int | float)
-            or isinstance(v, bool)
-            or not 1 <= v <= _MAX_FLOAT
-            or (isinstance(v, float) and not v.is_integer())
-        ):
-            raise BadRequest(400, "invalid_request_error", f"{key}: must be a positive integer")
-        mt = v
+        if v is not None:
+            mt = _positive(key, v)
+    n = body.get("n")  # (forwarded as it came; the output length learned is per choice)
+    n = 1 if n is None else int(_positive("n", n))
     stream = body.get("stream")  # (null: not given; a string such as "false" is no flag)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest(400, "invalid_request_error", "stream: must be true or false")
@@ -136,7 +129,21 @@ def parse(raw: bytes, chat: bool) -> Parsed:
             400, "invalid_request_error", "stream_options: only allowed when stream is true"
         )
     l_in, attach = sizes(body)
-    return Parsed(body, model, bool(stream), l_in, attach, mt, bool(usage))
+    return Parsed(body, model, bool(stream), l_in, attach, mt, bool(usage), n)
+
+
+def _positive(key: str, v: Any) -> int | float:
+    """`v`, a whole number >= 1 as OpenAI and the model servers take it (8.0 is 8, 2.5 is
+    refused), or a 400 naming `key`. (An int beyond a float's range is no float: float(v)
+    would overflow in `Router`.)"""
+    if (
+        not isinstance(v, int | float)
+        or isinstance(v, bool)
+        or not 1 <= v <= _MAX_FLOAT
+        or (isinstance(v, float) and not v.is_integer())
+    ):
+        raise BadRequest(400, "invalid_request_error", f"{key}: must be a positive integer")
+    return v
 
 
 def deadline_header(value: str | None) -> float | None:

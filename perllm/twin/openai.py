@@ -315,7 +315,7 @@ class TwinOpenAI:
         try:  # (the router's checks: size limit, JSON, fields, a model this pod serves)
             raw = await read_body(scope["headers"], receive, self.max_body_bytes)
             req = served(parse(raw, chat), (spec.model, spec.name))
-            _one_choice(req.body)
+            _one_choice(req.n)
             ad = self.admit(spec, node, req.prompt_tokens, req.attach_bytes, req.max_tokens)
         except BadRequest as e:
             await error(send, e.status, e.kind, e.message)
@@ -435,17 +435,14 @@ def _timeline(
     return Timeline(first, max(first, last), max(d, last), int(l_out), int(l_in), j, out)
 
 
-def _one_choice(body: dict[str, Any]) -> None:
-    """`n`: the world model runs one sequence a request, so the twin answers n=1 only
-    (as llama.cpp's server; the router forwards n to a backend that may serve more)."""
-    n = body.get("n")
-    if n is None or (n == 1 and not isinstance(n, bool)):
-        return
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise BadRequest(400, "invalid_request_error", "n: must be a positive integer")
-    raise BadRequest(
-        400, "invalid_request_error", f"n: the twin answers one choice per request, not {n}"
-    )
+def _one_choice(n: int) -> None:
+    """`n` (read as the router reads it: `parse`): the world model runs one sequence a
+    request, so the twin answers n=1 only (as llama.cpp's server; the router forwards n
+    to a backend that may serve more)."""
+    if n != 1:
+        raise BadRequest(
+            400, "invalid_request_error", f"n: the twin answers one choice per request, not {n}"
+        )
 
 
 def _token_at(t: Timeline, k: int) -> float:

@@ -1293,3 +1293,54 @@ def test_stream_options_without_streaming_is_a_400_naming_it() -> None:
         await r.aclose()
 
     run(go())
+
+
+def test_with_n_choices_the_length_learned_is_one_sequences() -> None:
+    """With `n` > 1 a backend (vLLM, OpenAI) reports the output tokens of all its choices
+    in `usage.completion_tokens`, and a stream has one event per choice's token: the n
+    sequences' sum was learned as one sequence's output length (the cost model sizes, and
+    CS-UCB decides on, one), and capped by max_tokens, which bounds each choice."""
+    from perllm.router.proxy import TokenCounter
+    from perllm.router.request import BadRequest, parse
+
+    tc = TokenCounter(stream=False, limit=10, n=3)
+    tc.feed(b'{"choices": [], "usage": {"completion_tokens": 24}}')
+    assert tc.tokens() == 8.0  # (was 10: the 24 of three choices, capped at max_tokens)
+    sse = TokenCounter(stream=True, n=2)
+    for i in range(6):
+        sse.feed(b'data: {"choices": [{"index": %d, "delta": {"content": "x"}}]}\n\n' % (i % 2))
+    assert sse.tokens() == 3.0
+    b = '{"model": "m", "messages": [], "n": '
+    assert [parse((b + v + "}").encode(), True).n for v in ("3", "3.0", "1", "null")] == [
+        3, 3, 1, 1,
+    ]  # fmt: skip
+    for v in ("0", "-1", '"2"', "true", "2.5", "1e400"):
+        with pytest.raises(BadRequest, match=r"^n: must be a positive integer$"):
+            parse((b + v + "}").encode(), True)
+
+    async def three(scope: Any, receive: Any, send: Any) -> None:  # n choices of 5 tokens
+        body = b""
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        n = json.loads(body)["n"]
+        choices = [{"index": i, "message": {"content": "tok " * 5}} for i in range(n)]
+        out = {"choices": choices, "usage": {"completion_tokens": 5 * n}}
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": json.dumps(out).encode()})
+
+    async def go() -> None:
+        url = await _STACK.get().enter_async_context(serving(three))
+        r, _, c = await router(urls={"edge-gpu": url, "cloud": url})
+        seen: list[float] = []
+        orig = r.decider.learn_one
+        r.decider.learn_one = lambda t, d, lo, dl, e=None: (seen.append(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
+        resp = await c.post("/v1/chat/completions", json={**CHAT, "n": 3})
+        assert resp.status_code == 200 and len(resp.json()["choices"]) == 3
+        assert seen == [5.0]
+        await r.aclose()
+
+    run(go())
