@@ -23,18 +23,27 @@ WHOLE = 1 << 18
 _SPAN = 1 << 12
 _USAGE_KEY = re.compile(rb'"usage"\s*:')
 _DECODER = json.JSONDecoder()
+# A stream event that carries generated text: a non-empty string under one of these keys
+# (a key cannot be faked by generated text: its quotes there are escaped). A role-only
+# first event or a last one with only finish_reason carries none.
+_TEXT = re.compile(
+    rb'"(?:content|text|reasoning_content|reasoning|refusal|arguments)"\s*:\s*"(?!")'
+)
+# A stream's line is kept whole up to this (an event is well under; past it, logprobs of
+# a long answer, only its start is kept, where the text is).
+_LINE_MAX = 1 << 16
 
 
 class TokenCounter:
     """Output tokens of one sequence of a response as it streams: `usage.completion_tokens`
-    when the server reports it, else one per SSE data event (streams) or ~4 bytes a token
-    of the answer's text (whole JSON bodies), over `n` (the request's choices: servers
-    count the tokens of all of them, and a stream has an event per choice's token; the
-    cost model sizes one sequence). At most `limit` (the request's max_tokens, a bound per
-    choice): a backend's count is not trusted beyond what the request allowed (one
-    reporting 1e308 would teach CS-UCB a time ratio of ~0 for its arm). A JSON answer over
-    `WHOLE` bytes is not kept: its count is the last "usage" object in it that reads as
-    one."""
+    when the server reports it, else one per SSE data event carrying text (streams, read
+    by lines) or ~4 bytes a token of the answer's text (whole JSON bodies), over `n` (the
+    request's choices: servers count the tokens of all of them, and a stream has an event
+    per choice's token; the cost model sizes one sequence). At most `limit` (the request's
+    max_tokens, a bound per choice): a backend's count is not trusted beyond what the
+    request allowed (one reporting 1e308 would teach CS-UCB a time ratio of ~0 for its
+    arm). A JSON answer over `WHOLE` bytes is not kept: its count is the last "usage"
+    object in it that reads as one."""
 
     def __init__(self, stream: bool, limit: float | None = None, n: int = 1) -> None:
         self.stream, self.n = stream, n
@@ -45,6 +54,7 @@ class TokenCounter:
         self._size = 0
         self._span: bytes | None = None  # from the last "usage" key on, at most _SPAN
         self._tail = b""
+        self._line = b""  # a stream's line not ended yet (its start, up to _LINE_MAX)
         self.error: str | None = None  # a stream's error event (`perllm.sse`): no outcome
 
     def feed(self, chunk: bytes) -> None:
@@ -58,16 +68,32 @@ class TokenCounter:
                 data, self._body = bytes(self._body + chunk), None
                 self._scan(data, 0, chunk)
             return
-        data = self._tail + chunk
-        self.events += data.count(b"data:") - data.count(b"data: [DONE]")
-        self.events -= self._tail.count(b"data:") - self._tail.count(b"data: [DONE]")
+        if b"\r" in chunk:  # (SSE's other line ends; a CRLF cut by a read: a blank line)
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        line = self._line
+        if len(line) >= _LINE_MAX:  # a line too long to keep: the rest of it skipped
+            end = chunk.find(b"\n")
+            if end < 0:
+                return
+            self._event(line)
+            line, chunk = b"", chunk[end + 1 :]
+        data = line + chunk if line else chunk
         if b'error"' in data and self.error is None:  # (a substring test per chunk)
             self.error = error_in(data)
-        if b'"usage"' in chunk:
-            for line in data.split(b"\n"):
-                if line.startswith(b"data:") and b'"usage"' in line:
-                    self._usage_of(line[5:])
-        self._tail = data[-16:]
+        *lines, rest = data.split(b"\n")
+        usage = b'"usage"' in data  # (once a read: the lines are looked at for it only then)
+        for ln in lines:
+            self._event(ln, usage)
+        self._line = rest[:_LINE_MAX]
+
+    def _event(self, line: bytes, usage: bool = True) -> None:
+        """One whole line of a stream: a data event with text is a token; its usage read."""
+        if line.startswith(b"data:"):
+            at = line.find(b'"choices"', 5)  # (the text is in a choice: the head skipped)
+            if _TEXT.search(line, at if at > 0 else 5):
+                self.events += 1
+            if usage and b'"usage"' in line:
+                self._usage_of(line[5:])
 
     def _scan(self, data: bytes, new: int, chunk: bytes) -> None:
         """`data` (its bytes from `new` on not seen before) of an answer over WHOLE: the
@@ -120,8 +146,12 @@ class TokenCounter:
         if self.usage is not None:
             return max(1.0, self.usage)
         if self.stream:
-            # The last content event often carries finish_reason only; an empty stream is 1.
-            return float(max(1, self.events))
+            if self._line:  # (a last line without its end)
+                self._event(self._line)
+                self._line = b""
+            if self.usage is not None:
+                return self.usage
+            return float(self.events)  # (an empty stream: 1, `tokens`)
         if self._body is not None:
             self._usage_of(bytes(self._body))
         else:

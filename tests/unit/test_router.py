@@ -149,10 +149,9 @@ def test_a_stream_carrying_an_error_event_is_a_failure_not_an_outcome_to_learn()
     assert tc.error == "CUDA out of memory"
     old = TokenCounter(stream=True)  # vLLM's older shape, split across two reads
     old.feed(b'data: {"choices": []}\n\ndata: {"object": "err')
+    assert old.error is None
     old.feed(b'or", "message": "bad"}\n\n')
-    assert old.error is None  # (a line cut by a read is not read: said in perllm.sse)
-    old.feed(b'data: {"object": "error", "message": "bad"}\n\n')
-    assert old.error == "bad"
+    assert old.error == "bad"  # (the stream is read by lines: a line cut by a read, whole)
     text = TokenCounter(stream=True)  # the word in generated text is JSON-escaped: no event
     text.feed(b'data: {"choices": [{"delta": {"content": "data: {\\"error\\": 1}"}}]}\n\n')
     assert text.error is None
@@ -222,7 +221,7 @@ def test_a_backends_token_count_is_a_finite_count_at_most_max_tokens() -> None:
         got = tc.tokens()
         assert got == (len(answer(usage)) / BYTES_PER_TOKEN if want is None else want), usage
     sse = TokenCounter(stream=True, limit=2.0)
-    sse.feed(b'data: {"choices": []}\n\n' * 9 + b"data: [DONE]\n\n")
+    sse.feed(b'data: {"choices": [{"text": "t"}]}\n\n' * 9 + b"data: [DONE]\n\n")
     assert sse.tokens() == 2.0
 
     async def liar(scope: Any, receive: Any, send: Any) -> None:  # usage far past max_tokens
@@ -1344,3 +1343,44 @@ def test_with_n_choices_the_length_learned_is_one_sequences() -> None:
         await r.aclose()
 
     run(go())
+
+
+def test_a_stream_counts_the_events_that_carry_text() -> None:
+    """Without `usage`, a stream's tokens were its data events: a last chunk of its own
+    with only finish_reason (OpenAI's `"delta": {}`, a completion's `"text": ""`), or a
+    first one with only the role, counted one token each that was never generated. Now
+    an event counts where it carries text (content, text, reasoning, a tool call's
+    arguments), read by lines, so an event cut across two reads counts once."""
+    from perllm.router.proxy import TokenCounter
+
+    def ev(choice: str) -> bytes:
+        return b'data: {"id":"x","object":"chat.completion.chunk","choices":[%s]}\n\n' % (
+            choice.encode()
+        )
+
+    chat = (
+        ev('{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}')
+        + b"".join(ev('{"index":0,"delta":{"content":"tok"}}') for _ in range(3))
+        + ev('{"index":0,"delta":{},"finish_reason":"stop"}')
+        + b"data: [DONE]\n\n"
+    )
+    text = (
+        b"".join(b'data: {"choices": [{"index": 0, "text": "tok"}]}\r\n\r\n' for _ in range(3))
+        + b'data: {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}\r\n\r\n'
+        + b"data: [DONE]\r\n\r\n"
+    )
+    tools = ev('{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}')
+    said = ev('{"index":0,"delta":{"content":"data: data: [DONE]"}}')  # (no event in text)
+    for body, want in ((chat, 3.0), (text, 3.0), (tools * 2 + said, 3.0)):
+        whole = TokenCounter(stream=True)
+        whole.feed(body)
+        assert whole.tokens() == want, body
+        cut = TokenCounter(stream=True)  # every read cut at 7 bytes: events across reads
+        for i in range(0, len(body), 7):
+            cut.feed(body[i : i + 7])
+        assert cut.tokens() == want, body
+    usage = TokenCounter(stream=True)  # a usage event cut by a read is read whole
+    late = b'data: {"choices": [], "usage": {"completion_tokens": 9}}\n\n'
+    usage.feed(chat[:-14] + late[:30])
+    usage.feed(late[30:] + b"data: [DONE]\n\n")
+    assert usage.tokens() == 9.0
