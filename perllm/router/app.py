@@ -34,7 +34,6 @@ from perllm.router.request import BadRequest, Parsed
 log = logging.getLogger("perllm.router")
 
 ROUTES = {"/v1/chat/completions": True, "/v1/completions": False}
-EVERY = "every backend refuses connections or does not answer in time"
 
 
 class Router(Membership):
@@ -158,7 +157,7 @@ class Router(Membership):
             elif self._members is None:
                 await error(send, 503, "not_ready", "no backends")
             elif len(down) == len(self._members.names):
-                await error(send, 503, "not_ready", f"{EVERY}: {down}")
+                await error(send, 503, "not_ready", self.why_down())
             elif down:
                 await reply(send, 200, json.dumps({"status": "degraded", "down": down}).encode())
             else:
@@ -237,7 +236,7 @@ class Router(Membership):
                 raise Shed(503, "no_backends", "no ready backend for this service")
             live = self._live(members)
             if live is None:
-                raise Shed(503, "backends_down", f"{EVERY}: {', '.join(members.names)}")
+                raise Shed(503, "backends_down", self.why_down())
             ticket = self._decide(live, req, tight)
             try:
                 await self._proxy(scope, watch, req, raw, live, ticket, tight, t0)

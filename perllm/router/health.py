@@ -49,6 +49,13 @@ class Refusing:
     why: str  # the last failure's message
     timeouts: int = 0
 
+    @property
+    def ways(self) -> str:
+        """Which way it fails: refusing connections (a refusal, `refusal`'s answers
+        included), not answering in time, or both in its streak."""
+        both = [(self.refusals, "refusing connections"), (self.timeouts, "not answering in time")]
+        return " and ".join(w for k, w in both if k)
+
 
 class Ejections:
     def __init__(

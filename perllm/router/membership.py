@@ -326,6 +326,19 @@ class Membership:
         names = set(self._members.names) if self._members else set()
         return {n: r for n, r in self._eject.refusing().items() if n in names}
 
+    def why_down(self) -> str:
+        """Why every member is out of decisions (503 `backends_down`, /readyz): how many
+        fail which way, by name; never the failures' messages, which name addresses (the
+        log and the LLMService's condition have them)."""
+        names = self._members.names if self._members else []
+        failing = self.refusing()
+        ways: dict[str, list[str]] = {}
+        for n in names:
+            f = failing.get(n)
+            ways.setdefault(f.ways if f is not None else "left out", []).append(n)
+        said = ", ".join(f"{len(v)} {w} ({', '.join(v)})" for w, v in ways.items())
+        return f"every backend is left out of decisions: {said}"
+
     def down(self) -> list[str]:
         """Backends left out of decisions now (refused connections, or timed out)."""
         return sorted(self._eject.out(self._members.names, self._busy)) if self._members else []

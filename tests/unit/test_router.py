@@ -1384,3 +1384,30 @@ def test_a_stream_counts_the_events_that_carry_text() -> None:
     usage.feed(chat[:-14] + late[:30])
     usage.feed(late[30:] + b"data: [DONE]\n\n")
     assert usage.tokens() == 9.0
+
+
+def test_backends_down_says_why_each_is_out_without_their_addresses() -> None:
+    """503 `backends_down` said "every backend refuses connections or does not answer in
+    time" whichever it was: now how many are out, and which way each fails (as the
+    status condition counts them), by name, never by address."""
+
+    async def go() -> None:
+        hang = StubBackend("edge-gpu", hang=True)
+        edge = await _STACK.get().enter_async_context(serving(hang))
+        urls = {"edge-gpu": edge, "cloud": "http://127.0.0.1:9"}  # (nothing listens there)
+        limits = {"read_timeout_s": 0.2, "eject_s": 30, "eject_max_s": 30, "probe": False}
+        r, _, c = await router(urls=urls, limits=limits)
+        while len(r.down()) < 2:  # the hanging one times out (504), the other is refused
+            assert (await c.post("/v1/chat/completions", json=CHAT)).status_code in (503, 504)
+        resp = await c.post("/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 503 and resp.json()["error"]["type"] == "backends_down"
+        said = resp.json()["error"]["message"]
+        assert said == (
+            "every backend is left out of decisions: 1 refusing connections (cloud), "
+            "1 not answering in time (edge-gpu)"
+        )
+        ready = await c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["error"]["message"] == said
+        await r.aclose()
+
+    run(go())
