@@ -29,7 +29,7 @@ import numpy as np
 
 from perllm.costmodel import BYTES_PER_TOKEN
 from perllm.scenario import Scenario
-from perllm.sse import stream_error
+from perllm.sse import carries_text, stream_error
 from perllm.world.workload import generate
 
 WORDS = "the quick brown fox jumps over a lazy dog "
@@ -162,8 +162,9 @@ def _completion_tokens(answer: Any) -> float | None:
 class _Events:
     """An SSE stream read as it arrives, as the SSE format has it: lines (LF, CRLF or
     CR ends), `data:` fields at a line's start, an event at each blank line (so `data:` in
-    generated text is no event). Counts the data events other than `[DONE]`, reads
-    `usage.completion_tokens` and error events, and when the first event came."""
+    generated text is no event). Counts the data events that carry generated text (a
+    role-only first event or a finish_reason-only last one is no token: `perllm.sse`, as
+    the router counts), reads `usage.completion_tokens` and error events."""
 
     def __init__(self) -> None:
         self.rest = b""
@@ -195,7 +196,8 @@ class _Events:
         if data.strip() == b"[DONE]":
             self.done = True
             return
-        self.events += 1
+        if carries_text(data):
+            self.events += 1
         if b'"usage"' in data or b'"error"' in data:  # (only those are parsed)
             ev = json.loads(data)
             n = _completion_tokens(ev)

@@ -1,6 +1,7 @@
-"""What an OpenAI-compatible server's stream events say beyond tokens: the error event a
-server sends when it fails mid-stream (after its 200 head), read alike by `perllm load`
-(a failed stream, not an answer) and the router (a failure, not an outcome to learn)."""
+"""What an OpenAI-compatible server's stream events say, read alike by `perllm load` and
+the router: which events carry generated text (a token each, where the server reports no
+usage), and the error event a server sends when it fails mid-stream (after its 200 head:
+a failed stream for `perllm load`, a failure and no outcome to learn for the router)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,20 @@ import json
 import re
 from typing import Any
 
+# A stream event that carries generated text: a non-empty string under one of these keys
+# (a key cannot be faked by generated text: its quotes there are escaped). A role-only
+# first event or a last one with only finish_reason carries none.
+_TEXT = re.compile(
+    rb'"(?:content|text|reasoning_content|reasoning|refusal|arguments)"\s*:\s*"(?!")'
+)
 # A data line that may hold an error event (cheap to test: the rest is parsed only then).
 _ERROR_LINE = re.compile(rb'^data:[ \t]*(\{.*"(?:error|object)".*)$', re.MULTILINE)
+
+
+def carries_text(event: bytes, start: int = 0) -> bool:
+    """Whether an event's data (`event[start:]`) carries generated text: a token."""
+    at = event.find(b'"choices"', start)  # (the text is in a choice: the head skipped)
+    return _TEXT.search(event, at if at > 0 else start) is not None
 
 
 def stream_error(ev: Any) -> str | None:

@@ -8,7 +8,7 @@ import math
 import re
 
 from perllm.costmodel import BYTES_PER_TOKEN
-from perllm.sse import error_in
+from perllm.sse import carries_text, error_in
 
 # Request headers passed on to the backend (lower case, as ASGI gives them).
 FORWARDED = frozenset(
@@ -23,12 +23,6 @@ WHOLE = 1 << 18
 _SPAN = 1 << 12
 _USAGE_KEY = re.compile(rb'"usage"\s*:')
 _DECODER = json.JSONDecoder()
-# A stream event that carries generated text: a non-empty string under one of these keys
-# (a key cannot be faked by generated text: its quotes there are escaped). A role-only
-# first event or a last one with only finish_reason carries none.
-_TEXT = re.compile(
-    rb'"(?:content|text|reasoning_content|reasoning|refusal|arguments)"\s*:\s*"(?!")'
-)
 # A stream's line is kept whole up to this (an event is well under; past it, logprobs of
 # a long answer, only its start is kept, where the text is).
 _LINE_MAX = 1 << 16
@@ -89,8 +83,7 @@ class TokenCounter:
     def _event(self, line: bytes, usage: bool = True) -> None:
         """One whole line of a stream: a data event with text is a token; its usage read."""
         if line.startswith(b"data:"):
-            at = line.find(b'"choices"', 5)  # (the text is in a choice: the head skipped)
-            if _TEXT.search(line, at if at > 0 else 5):
+            if carries_text(line, 5):
                 self.events += 1
             if usage and b'"usage"' in line:
                 self._usage_of(line[5:])

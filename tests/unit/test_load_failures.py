@@ -275,8 +275,22 @@ def test_no_stream_reports_no_time_to_first_token() -> None:
     rep, seen = _outcomes(False, [b'{"usage": {"completion_tokens": 5}}'], 2)
     assert rep.ok == 2 and [o.ttft_s for o in seen] == [None, None]
     assert rep.ttft_s == {} and rep.streamed is False
-    rep, seen = _outcomes(True, [_ev({"choices": []}) + b"data: [DONE]\n\n"], 1)
+    tok = _ev({"choices": [{"index": 0, "delta": {"content": "x"}}]})
+    rep, seen = _outcomes(True, [tok + b"data: [DONE]\n\n"], 1)
     assert rep.streamed is True and seen[0].ttft_s is not None and "p50" in rep.ttft_s
+
+
+def test_only_events_with_text_are_tokens_and_the_first_of_them_is_ttft() -> None:
+    """Every data event counted as a token: OpenAI's and vLLM's role-only first event and
+    a last one with only finish_reason added two tokens never generated (the deadline,
+    which grows with the output, was loosened), and TTFT was the role event's."""
+    role = _ev({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+    tok = _ev({"choices": [{"index": 0, "delta": {"content": "tok "}}]})
+    end = _ev({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    rep, seen = _outcomes(True, [role + tok * 3 + end + b"data: [DONE]\n\n"], 1)
+    assert rep.ok == 1 and [o.tokens for o in seen] == [3.0]
+    rep, seen = _outcomes(True, [role + end + b"data: [DONE]\n\n"], 1)
+    assert seen[0].ttft_s is None and rep.ttft_s == {}  # no token came: no first one
 
 
 def test_the_report_says_why_ttft_is_missing_and_counts_stream_failures(capsys: Any) -> None:
