@@ -127,7 +127,7 @@ def _check_peak_rates(sc: Scenario, source: str) -> None:
     any of its rate windows: a window factor is otherwise unbounded, and drawing
     factor × rate × duration arrivals does not end (1e7 × 2 req/s for 5 s: 1e8)."""
     from perllm.contract import MAX_RATE_RPS
-    from perllm.world.workload import rate_factor
+    from perllm.world.arrivals import rate_factor
 
     wl = sc.workload
     for k, c in enumerate(wl.classes):
@@ -189,7 +189,7 @@ def _check_links(sc: Scenario, source: str) -> None:
     set with `model_copy`, were never validated: checked here too.) With a
     `bandwidth.trace` the nominal bandwidths are the file's, checked as a run reads it."""
     from perllm.contract import MIN_LINK_MBPS
-    from perllm.world.workload import rate_factor
+    from perllm.world.arrivals import rate_factor
 
     floor = f"below the {MIN_LINK_MBPS:g} Mbps (1 kbit/s) a link has at least"
     for i, s in enumerate(sc.servers):
@@ -242,7 +242,7 @@ def _check_size(sc: Scenario, source: str) -> None:
     """A run's expected arrivals and its slots × servers are bounded: a long `duration_s`
     (or a short `slot_s`) otherwise ran out of memory drawing them (an ArrayMemoryError
     traceback for 1e12 s)."""
-    from perllm.world.workload import rate_factor
+    from perllm.world.arrivals import rate_factor
 
     wl = sc.workload
     expected = 0.0

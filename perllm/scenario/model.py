@@ -226,7 +226,7 @@ def trace_reads() -> Iterator[None]:
 
 
 def _read_classes(path: str) -> tuple[NDArray[np.float64], list[str] | None]:
-    from perllm.world.workload import read_classes
+    from perllm.world.trace import read_classes
 
     cache = _TRACES.get()
     if cache is None:

@@ -18,7 +18,8 @@ import numpy as np
 from perllm.contract import ServiceSpec
 from perllm.scenario import Dist, Scenario
 from perllm.twin.records import Request, SvcKey
-from perllm.world.workload import draw, rate_factor, whole_tokens
+from perllm.world.arrivals import rate_factor
+from perllm.world.workload import draw, whole_tokens
 
 # Spread of token counts for a service that no scenario class describes (σ of ln).
 FALLBACK_SIGMA = 0.5

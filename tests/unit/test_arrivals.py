@@ -12,7 +12,8 @@ import yaml
 
 from perllm.contract import Precision
 from perllm.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
-from perllm.world.workload import arrival_times, generate
+from perllm.world.arrivals import arrival_times
+from perllm.world.workload import generate
 
 
 def base(duration: float = 20_000.0, rate: float = 4.0) -> dict[str, Any]:

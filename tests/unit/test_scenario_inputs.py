@@ -171,7 +171,7 @@ def test_a_trace_longer_than_a_run_can_replay_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows were kept as a dict each (~1 kB): a multi-GB trace took all memory."""
-    import perllm.world.workload as wl
+    import perllm.world.trace as wl
 
     monkeypatch.setattr(wl, "MAX_TRACE_ROWS", 3)
     assert len(trace_world(tmp_path, "time_s\n1\n2\n3\n")) == 3
@@ -490,12 +490,12 @@ def test_a_trace_is_read_once_per_load(
     """Each class's declared rate read the trace: a scenario-wide trace (up to 10M rows)
     was parsed once per class and again by the rate-window check (10 times for the paper
     mix of 5 classes); a file that several classes replay, once per class."""
-    import perllm.world.workload as wl
+    import perllm.world.trace as tr
 
     reads: list[str] = []
-    columns = wl._columns
+    columns = tr.read_columns
     monkeypatch.setattr(
-        wl, "_columns", lambda path, label: reads.append(path) or columns(path, label)
+        tr, "read_columns", lambda path, label: reads.append(path) or columns(path, label)
     )
     (tmp_path / "t.csv").write_text(
         "time_s,class\n" + "".join(f"{i / 4},{['chat', 'qa'][i % 2]}\n" for i in range(40))
