@@ -7,302 +7,23 @@ same thing in a cluster as in the simulator.
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from perllm.contract import MAX_REPLICAS as MAX_REPLICAS  # re-exported with the CRD's limits
-from perllm.contract import (
-    ServiceSpec,
-    Tier,
-)
+from perllm.contract import ServiceSpec
+
+# Re-exported: the operator, the extender, the router and the twin catch it as
+# perllm.crd.InvalidService.
+from perllm.crd_fields import InvalidService as InvalidService
+from perllm.crd_fields import check_kubernetes_fields, field_list, field_object
 
 GROUP = "perllm.io"
 VERSION = "v1alpha1"
 PLURAL = "llmservices"
 KIND = "LLMService"
 CRD_PATH = Path(__file__).resolve().parents[1] / "crds" / f"{PLURAL}.{GROUP}.yaml"
-
-
-class InvalidService(ValueError):
-    """An LLMService that does not map onto the contract; the message names the field."""
-
-
-# Limits of the Kubernetes-only fields, the same as the CRD's (tests/unit/test_crd.py checks
-# that they agree); the contract's own numbers are bounded in perllm.contract.
-CHILD_SUFFIX = "-predictor"  # the Service of both backends, the Deployment of KServe's
-MAX_NAME = 63 - len(CHILD_SUFFIX)  # a Service name is a DNS-1035 label of <= 63 characters
-# With spec.tierReplicas the children are <name>-<tier> (KServe: Service <name>-<tier>-predictor)
-MAX_TIER_NAME = 63 - max(len(f"-{t.value}{CHILD_SUFFIX}") for t in Tier)
-# KServe v0.15's RawDeployment labels (and selects) the predictor pods of an
-# InferenceService <isvc> with app: isvc.<isvc>-predictor (constants.GetRawServiceLabel), a
-# label value of at most 63 characters: longer, KServe's Deployment is refused, no pod runs.
-KSERVE_APP_LABEL = "isvc.{}" + CHILD_SUFFIX
-MAX_KSERVE_NAME = 63 - len(KSERVE_APP_LABEL.format(""))
-MAX_KSERVE_TIER_NAME = MAX_KSERVE_NAME - max(len(f"-{t.value}") for t in Tier)
-MAX_FORMAT = 63
-MAX_RUNTIME = 253
-MAX_STORAGE_URI = 2048
-MAX_IMAGE = 512
-MAX_SECRET_NAME = 253
-MAX_SECRET_KEY = 253
-# spec.model.tokenSecretRef.key's default (the CRD's): the one key KServe v0.15's storage
-# initializer reads a Hugging Face token from (pkg/credentials/hf HFTokenKey), so that one
-# Secret serves both backends.
-HF_TOKEN_KEY = "HF_TOKEN"
-MAX_RESOURCES = 16  # keys per requests/limits map
-MAX_QUANTITY = 64  # characters of a quantity string
-BACKENDS = ("kserve", "deployment")  # spec.backend, the first the default
-
-_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_RUNTIME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
-_STORAGE_URI = re.compile(r"(hf|s3|gs|pvc|https?)://.+", re.DOTALL)
-_IMAGE = re.compile(r"[a-zA-Z0-9][-a-zA-Z0-9._/:@]*")
-_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
-_ANY = re.compile(r".+", re.DOTALL)
-_RESOURCE_NAME = re.compile(
-    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-)
-_STANDARD_RESOURCES = ("cpu", "memory", "ephemeral-storage")
-# Kubernetes' quantity grammar (k8s.io/apimachinery/pkg/api/resource): a signed decimal
-# number and a binary-SI, decimal-SI or exponent suffix.
-_QUANTITY = re.compile(
-    r"(?P<num>[+-]?(\d+(\.\d*)?|\.\d+))"
-    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+|)"
-)
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-
-
-def parse_quantity(value: object) -> Decimal:
-    """The value of a Kubernetes quantity (an int, or a string such as 500m, 16Gi, 1e3);
-    ValueError if it is none."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"must be an integer or a quantity string, not {value!r}")
-    if isinstance(value, int):
-        return Decimal(value)
-    if len(value) > MAX_QUANTITY:
-        raise ValueError(f"at most {MAX_QUANTITY} characters")
-    m = _QUANTITY.fullmatch(value)
-    if m is None:
-        raise ValueError(f"must be a Kubernetes quantity such as 500m, 4 or 16Gi, not {value!r}")
-    try:
-        num, suffix = Decimal(m["num"]), m["suffix"]
-        if suffix in _BINARY:
-            return num * _BINARY[suffix]
-        exp = _DECIMAL[suffix] if suffix in _DECIMAL else int(suffix[1:])
-        return num.scaleb(exp)
-    except (InvalidOperation, ValueError, OverflowError):
-        raise ValueError(f"not a representable quantity: {value!r}") from None
-
-
-def _check_resources(field: str, res: Any) -> None:
-    if not isinstance(res, dict):
-        raise InvalidService(f"{field}: must be an object")
-    lists: dict[str, dict[str, Decimal]] = {}
-    for kind in ("requests", "limits"):
-        if kind not in res:
-            continue
-        items = res[kind]
-        if not isinstance(items, dict):
-            raise InvalidService(f"{field}.{kind}: must be an object")
-        if len(items) > MAX_RESOURCES:
-            raise InvalidService(f"{field}.{kind}: at most {MAX_RESOURCES} resources")
-        values: dict[str, Decimal] = {}
-        for key, val in items.items():
-            if not (
-                isinstance(key, str)
-                and len(key) <= 253
-                and _RESOURCE_NAME.fullmatch(key)
-                and ("/" in key or key in _STANDARD_RESOURCES or key.startswith("hugepages-"))
-            ):
-                raise InvalidService(
-                    f"{field}.{kind}: {key!r} is not a resource name (cpu, memory, "
-                    "ephemeral-storage, hugepages-<size> or a qualified name such as "
-                    "nvidia.com/gpu)"
-                )
-            try:
-                q = parse_quantity(val)
-            except ValueError as e:
-                raise InvalidService(f"{field}.{kind}[{key}]: {e}") from None
-            if q < 0:
-                raise InvalidService(f"{field}.{kind}[{key}]: must not be negative, not {val}")
-            values[key] = q
-        lists[kind] = values
-    if not lists:
-        raise InvalidService(f"{field}: a variant needs requests or limits")
-    req, lim = lists.get("requests", {}), lists.get("limits", {})
-    for key in req.keys() - lim.keys():
-        # Kubernetes refuses the pod: "Limit must be set for non overcommitable resources"
-        if "/" in key and not key.startswith("kubernetes.io/"):
-            raise InvalidService(
-                f"{field}.requests[{key}]: an extended resource needs a limit equal to its "
-                f"request in {field}.limits (or the limit alone)"
-            )
-    for key in req.keys() & lim.keys():
-        if req[key] > lim[key]:
-            raise InvalidService(f"{field}.requests[{key}]: must not exceed limits[{key}]")
-        extended = "/" in key and not key.startswith("kubernetes.io/")
-        if extended and req[key] != lim[key]:
-            raise InvalidService(
-                f"{field}.requests[{key}]: an extended resource must request exactly its limit"
-            )
-
-
-def _object(field: str, value: Any) -> dict[str, Any]:
-    """`value` if it is a JSON object; outside admission a field can hold anything."""
-    if not isinstance(value, dict):
-        raise InvalidService(f"{field}: must be an object")
-    return value
-
-
-def _list(field: str, value: Any) -> list[Any]:
-    if not isinstance(value, list):
-        raise InvalidService(f"{field}: must be a list")
-    return value
-
-
-def _check_string(field: str, value: Any, max_len: int, pattern: re.Pattern[str]) -> None:
-    if not isinstance(value, str):
-        raise InvalidService(f"{field}: must be a string")
-    if len(value) > max_len:
-        raise InvalidService(f"{field}: at most {max_len} characters, not {len(value)}")
-    if not pattern.fullmatch(value):
-        raise InvalidService(f"{field}: must match {pattern.pattern}")
-
-
-_WEIGHTS = (
-    ("format", MAX_FORMAT, _ANY),
-    ("runtime", MAX_RUNTIME, _RUNTIME),
-    ("storageUri", MAX_STORAGE_URI, _STORAGE_URI),
-    ("image", MAX_IMAGE, _IMAGE),
-)
-
-
-def _check_weights(field: str, node: dict[str, Any]) -> None:
-    """format, runtime, storageUri (and a variant's image) of the model or a variant."""
-    for key, max_len, pattern in _WEIGHTS:
-        if key in node and (key != "image" or field != "spec.model"):
-            _check_string(f"{field}.{key}", node[key], max_len, pattern)
-
-
-def _check_tier_replicas(name: str, tr: Any) -> None:
-    """spec.tierReplicas' shape and the name room its children need (which tiers it may
-    name is the contract's `tier_replicas` check)."""
-    if tr is None:
-        return
-    if not isinstance(tr, dict):
-        raise InvalidService("spec.tierReplicas: must be an object such as {edge: 1, cloud: 1}")
-    for tier, n in tr.items():
-        if tier not in {t.value for t in Tier}:
-            raise InvalidService(f"spec.tierReplicas.{tier}: not a tier (edge or cloud)")
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_REPLICAS:
-            raise InvalidService(
-                f"spec.tierReplicas.{tier}: must be an integer in 0..{MAX_REPLICAS}, not {n!r}"
-            )
-    if len(name) > MAX_TIER_NAME:
-        raise InvalidService(
-            f"metadata.name: at most {MAX_TIER_NAME} characters with spec.tierReplicas (the "
-            f"child Service <name>-cloud{CHILD_SUFFIX} must be a DNS-1035 label of at most 63)"
-        )
-
-
-def _check_kserve_name(name: str, tiered: bool) -> None:
-    """The name room KServe's pod label `app: isvc.<child>-predictor` needs (the child is
-    <name>, or <name>-<tier> with spec.tierReplicas)."""
-    most, child = (MAX_KSERVE_TIER_NAME, "<name>-cloud") if tiered else (MAX_KSERVE_NAME, "<name>")
-    if len(name) > most:
-        tier = " and spec.tierReplicas" if tiered else ""
-        raise InvalidService(
-            f"metadata.name: at most {most} characters with backend kserve{tier} (KServe "
-            f"labels the pods app: {KSERVE_APP_LABEL.format(child)}, a label value of at "
-            "most 63; backend deployment allows more)"
-        )
-
-
-def hf_weights(spec: dict[str, Any]) -> bool:
-    """Some variant of an allowed tier fetches hf:// weights (its own storageUri, else the
-    model's): under backend kserve, KServe's storage initializer downloads them."""
-    model = spec.get("model")
-    model = model if isinstance(model, dict) else {}
-    variants = model.get("variants")
-    allowed = spec.get("allowedTiers", ["edge", "cloud"])
-    for v in variants if isinstance(variants, list) else []:
-        if not isinstance(v, dict) or (isinstance(allowed, list) and v.get("tier") not in allowed):
-            continue
-        uri = v.get("storageUri") or model.get("storageUri")
-        if isinstance(uri, str) and uri.startswith("hf://"):
-            return True
-    return False
-
-
-def _check_kserve_token(spec: dict[str, Any]) -> None:
-    """KServe v0.15's storage initializer takes a Hugging Face token only from the data key
-    HF_TOKEN of a Secret of the predictor's ServiceAccount: any other key and gated hf://
-    weights would fail to download with nothing naming the field."""
-    ref = (spec.get("model") or {}).get("tokenSecretRef")
-    if not isinstance(ref, dict) or not hf_weights(spec):
-        return
-    key = ref.get("key", HF_TOKEN_KEY)
-    if key != HF_TOKEN_KEY:
-        raise InvalidService(
-            f"spec.model.tokenSecretRef.key: must be {HF_TOKEN_KEY} with backend kserve and "
-            f"hf:// weights, not {key!r} (KServe's storage initializer reads the token only "
-            f"from the Secret key {HF_TOKEN_KEY}; backend deployment takes any key)"
-        )
-
-
-def check_kubernetes_fields(obj: dict[str, Any]) -> None:
-    """The CRD's checks of the fields that only Kubernetes reads (the name of the children,
-    model format/runtime/storageUri, replicas, backend, resources), for an object that may not have
-    passed admission; InvalidService names the field."""
-    meta = _object("metadata", obj.get("metadata", {}))
-    spec = _object("spec", obj.get("spec", {}))
-    name = meta.get("name", "")
-    if not isinstance(name, str) or len(name) > MAX_NAME:
-        raise InvalidService(
-            f"metadata.name: at most {MAX_NAME} characters (the child Service "
-            f"<name>{CHILD_SUFFIX} must be a DNS-1035 label of at most 63)"
-        )
-    if not _DNS1035.fullmatch(name):
-        raise InvalidService(
-            "metadata.name: must be a DNS-1035 label (lower-case letters, digits and '-', "
-            f"starting with a letter) as the child Service <name>{CHILD_SUFFIX} needs"
-        )
-    model = _object("spec.model", spec.get("model", {}))
-    _check_weights("spec.model", model)
-    ref = model.get("tokenSecretRef")
-    if ref is not None:
-        if not isinstance(ref, dict) or "name" not in ref:
-            raise InvalidService("spec.model.tokenSecretRef: needs a name")
-        _check_string("spec.model.tokenSecretRef.name", ref["name"], MAX_SECRET_NAME, _RUNTIME)
-        if "key" in ref:
-            _check_string("spec.model.tokenSecretRef.key", ref["key"], MAX_SECRET_KEY, _SECRET_KEY)
-    replicas = spec.get("replicas", 1)
-    if isinstance(replicas, bool) or not isinstance(replicas, int):
-        raise InvalidService("spec.replicas: must be an integer")
-    if not 0 <= replicas <= MAX_REPLICAS:
-        raise InvalidService(f"spec.replicas: must be in 0..{MAX_REPLICAS}, not {replicas}")
-    _check_tier_replicas(name, spec.get("tierReplicas"))
-    # Anything but "deployment" rendered KServe children: a "Deployment" made an
-    # InferenceService (KServeMissing on a cluster without KServe), naming no field.
-    backend = spec.get("backend", BACKENDS[0])
-    if not (isinstance(backend, str) and backend in BACKENDS):
-        raise InvalidService(f"spec.backend: must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    if backend == "kserve":
-        _check_kserve_name(name, spec.get("tierReplicas") is not None)
-        _check_kserve_token(spec)
-    variants = model.get("variants", [])
-    if isinstance(variants, list):
-        for i, v in enumerate(variants):
-            if isinstance(v, dict):
-                _check_weights(f"spec.model.variants[{i}]", v)
-            if isinstance(v, dict) and "resources" in v:
-                _check_resources(f"spec.model.variants[{i}].resources", v["resources"])
 
 
 def service_spec(obj: dict[str, Any]) -> ServiceSpec:
@@ -372,14 +93,14 @@ def _contract(obj: dict[str, Any]) -> ServiceSpec:
     the field."""
     meta, spec = obj.get("metadata", {}), obj.get("spec", {})
     model = spec.get("model", {})
-    req = _object("spec.requirements", spec.get("requirements", {}))
-    dl = _object("spec.requirements.deadline", req.get("deadline", {}))
-    tr = _object("spec.traffic", spec.get("traffic", {}))
+    req = field_object("spec.requirements", spec.get("requirements", {}))
+    dl = field_object("spec.requirements.deadline", req.get("deadline", {}))
+    tr = field_object("spec.traffic", spec.get("traffic", {}))
     variants = [
-        _object(f"spec.model.variants[{i}]", v)
-        for i, v in enumerate(_list("spec.model.variants", model.get("variants", [])))
+        field_object(f"spec.model.variants[{i}]", v)
+        for i, v in enumerate(field_list("spec.model.variants", model.get("variants", [])))
     ]
-    tiers = _list("spec.allowedTiers", spec.get("allowedTiers", ["edge", "cloud"]))
+    tiers = field_list("spec.allowedTiers", spec.get("allowedTiers", ["edge", "cloud"]))
     data: dict[str, Any] = {
         "name": meta.get("name", ""),
         "model": model.get("name", ""),

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from perllm.contract import ServiceSpec, Tier
-from perllm.crd import GROUP, KIND, VERSION, hf_weights, service_spec
+from perllm.crd import GROUP, KIND, VERSION, service_spec
+from perllm.crd_fields import hf_weights
 from perllm.labels import (
     ANN_DEADLINE,
     ANN_DEADLINE_PER_TOKEN,

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from perllm.contract import Precision
-from perllm.crd import HF_TOKEN_KEY, InvalidService
+from perllm.crd import InvalidService
+from perllm.crd_fields import HF_TOKEN_KEY
 from perllm.labels import GPU_RESOURCE
 
 Obj = dict[str, Any]

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from perllm.contract import Tier
-from perllm.crd import CHILD_SUFFIX, service_spec
+from perllm.crd import service_spec
+from perllm.crd_fields import CHILD_SUFFIX
 from perllm.labels import DOMAIN
 
 # On a child of a tiered service and on its pods: the tier the child serves.

@@ -19,33 +19,35 @@ from perllm.contract import (
     MAX_PER_OUTPUT_TOKEN_S,
     MAX_PROMPT_TOKENS,
     MAX_RATE_RPS,
+    MAX_REPLICAS,
     Precision,
     Tier,
 )
 from perllm.crd import (
-    BACKENDS,
     CRD_PATH,
     GROUP,
-    HF_TOKEN_KEY,
     KIND,
+    PLURAL,
+    VERSION,
+    InvalidService,
+    service_spec,
+)
+from perllm.crd_fields import (
+    BACKENDS,
+    HF_TOKEN_KEY,
     MAX_FORMAT,
     MAX_IMAGE,
     MAX_KSERVE_NAME,
     MAX_KSERVE_TIER_NAME,
     MAX_NAME,
     MAX_QUANTITY,
-    MAX_REPLICAS,
     MAX_RESOURCES,
     MAX_RUNTIME,
     MAX_SECRET_KEY,
     MAX_SECRET_NAME,
     MAX_STORAGE_URI,
     MAX_TIER_NAME,
-    PLURAL,
-    VERSION,
-    InvalidService,
     parse_quantity,
-    service_spec,
 )
 from perllm.profiles import default_catalogue
 

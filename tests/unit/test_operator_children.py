@@ -22,17 +22,13 @@ from kubernetes.client import ApiClient
 from perllm_extender.services import ServiceRegistry
 from perllm_operator import render, runtimes
 
-from perllm.crd import (
-    GROUP,
+from perllm.crd import GROUP, KIND, VERSION, InvalidService, service_spec
+from perllm.crd_fields import (
     HF_TOKEN_KEY,
-    KIND,
     MAX_KSERVE_NAME,
     MAX_KSERVE_TIER_NAME,
     MAX_NAME,
     MAX_TIER_NAME,
-    VERSION,
-    InvalidService,
-    service_spec,
 )
 from perllm.labels import (
     ANN_DEADLINE,
