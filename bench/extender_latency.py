@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 from perllm_extender import create_app
 from perllm_extender.decide import Scheduler
-from perllm_operator import render
+from perllm_operator import podspec
 
 from perllm.contract import Deadline, Requirements, ServiceSpec
 from perllm.devcluster.nodes import node_manifests
@@ -102,8 +102,8 @@ def pod(uid: str, spec: ServiceSpec = SERVICE) -> Obj:
             "name": f"{spec.name}-predictor-{uid[:8]}",
             "namespace": "bench",
             "uid": uid,
-            "labels": render.labels({"metadata": {"name": spec.name}}),
-            "annotations": render.pod_annotations(spec),
+            "labels": podspec.labels({"metadata": {"name": spec.name}}),
+            "annotations": podspec.pod_annotations(spec),
         },
         "spec": {
             "schedulerName": "perllm-scheduler",

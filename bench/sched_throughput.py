@@ -40,7 +40,7 @@ from typing import Any
 
 import kubernetes
 import yaml
-from perllm_operator import render
+from perllm_operator import podspec
 
 from perllm.contract import ServiceSpec
 from perllm.devcluster import config as dcfg
@@ -92,13 +92,13 @@ def pod_manifest(spec: ServiceSpec, i: int) -> Obj:
         "kind": "Pod",
         "metadata": {
             "name": f"{spec.name}-{i:05d}",
-            "labels": render.labels({"metadata": {"name": spec.name}}),
-            "annotations": render.pod_annotations(spec),
+            "labels": podspec.labels({"metadata": {"name": spec.name}}),
+            "annotations": podspec.pod_annotations(spec),
         },
         "spec": {
             "schedulerName": SCHEDULER_NAME,
             "affinity": tier_affinity(spec),
-            "containers": [{"name": render.CONTAINER, "image": "vllm/vllm-openai"}],
+            "containers": [{"name": podspec.CONTAINER, "image": "vllm/vllm-openai"}],
         },
     }
 

@@ -14,7 +14,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService
-from perllm_operator import failures, kube, observe, render, tiers
+from perllm_operator import failures, kube, observe, pinning, render, tiers
 from perllm_operator.conditions import condition, refused, sync_status
 from perllm_operator.state import state_of
 
@@ -199,7 +199,7 @@ def _applied(
         child = None
         how = "tiers " + ", ".join(f"{c['tier']}={c['replicas']}" for c in children)
     else:
-        children, child, how = None, tiers.ref(kids[0]), f"tier {render.pin(obj)}"
+        children, child, how = None, tiers.ref(kids[0]), f"tier {pinning.pin(obj)}"
     if gone:
         names += "; deleted " + ", ".join(gone)
     known = failures.model_known(str(obj["spec"]["model"]["name"]))
@@ -297,7 +297,7 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
         return
     live = lives[0]
     try:
-        want = render.pin(fresh)
+        want = pinning.pin(fresh)
     except ValueError:
         return
     if live is None or render.rendered_tier(live) == want:

@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from perllm.contract import ServiceSpec
 from perllm.timefmt import rfc3339
-from perllm_operator import failures, kube, observe, policy, render, tiers
+from perllm_operator import failures, kube, observe, pinning, policy, tiers
 
 Obj = dict[str, Any]
 
@@ -75,7 +75,7 @@ def replacement(t: Tick, pol: policy.ReplacementPolicy) -> Obj:
     due = _Due(verdict, tgt, window, int(rep.get("evictionsSinceRecovery") or 0))
     obj = {"metadata": {"name": t.name}, "spec": t.body.get("spec", {}), "status": t.status}
     # A tiered service's children are pinned per tier: evict within a tier, never switch.
-    tier_now = None if tiers.tiered(obj) else render.target_tier(obj)
+    tier_now = None if tiers.tiered(obj) else pinning.target_tier(obj)
     # open template (no tier decided yet): nothing to escalate from
     allowed = [x.value for x in t.sspec.allowed_tiers]
     to = policy.other_tier(tier_now, allowed) if tier_now else None

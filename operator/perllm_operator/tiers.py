@@ -30,7 +30,7 @@ Obj = dict[str, Any]
 @dataclass(frozen=True)
 class Part:
     """One child: the tier its pods are pinned to (None: the service's single child,
-    pinned per `render.target_tier`), its name and its replicas."""
+    pinned per `pinning.target_tier`), its name and its replicas."""
 
     tier: str | None
     name: str

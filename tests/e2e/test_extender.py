@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 import yaml
 from perllm_extender.nodes import to_server
-from perllm_operator import render
+from perllm_operator import podspec
 
 from perllm.contract import Server, ServiceSpec
 from perllm.costmodel import build_cost_table
@@ -262,8 +262,8 @@ def pod_manifest(svc: Obj, name: str) -> Obj:
         "kind": "Pod",
         "metadata": {
             "name": name,
-            "labels": render.labels(svc),
-            "annotations": render.pod_annotations(spec),
+            "labels": podspec.labels(svc),
+            "annotations": podspec.pod_annotations(spec),
         },
         "spec": {
             "schedulerName": SCHEDULER_NAME,

@@ -14,7 +14,7 @@ from perllm_extender import ExtenderConfig, create_app
 from perllm_extender import nodes as xnodes
 from perllm_extender import services as xservices
 from perllm_extender.decide import Scheduler
-from perllm_operator import render
+from perllm_operator import podspec
 from pydantic import ValidationError
 from test_extender_fakes import EDGES, NAMES, NODES, Obj, StubProm, llmservice, spec
 from test_extender_fakes import args as by_names  # nodeCacheCapable: true
@@ -28,8 +28,8 @@ from perllm.profiles import default_catalogue
 def pod(s: ServiceSpec | None, name: str = "svc-predictor-7d9f", uid: str = "uid-1") -> Obj:
     meta: Obj = {"name": name, "namespace": "llm", "uid": uid}
     if s is not None:
-        meta["labels"] = render.labels({"metadata": {"name": s.name}})
-        meta["annotations"] = render.pod_annotations(s)
+        meta["labels"] = podspec.labels({"metadata": {"name": s.name}})
+        meta["annotations"] = podspec.pod_annotations(s)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -69,7 +69,7 @@ PICKY = spec("picky", 600.0, min_quality=0.45)
 # and the dev cluster's node manifests write: each must match its source.
 _SHARED_NAMES = [
     *(
-        (xservices, render, name)
+        (xservices, podspec, name)
         for name in (
             "LABEL_SERVICE",
             "ANN_DEADLINE",

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from perllm_operator import render
+from perllm_operator import podspec
 
 from perllm.contract import Deadline, Requirements, ServiceSpec, Traffic
 from perllm.devcluster import nodes as devnodes
@@ -73,8 +73,8 @@ def pod(
         "name": name,
         "namespace": ns,
         "uid": uid,
-        "labels": render.labels({"metadata": {"name": s.name}}),
-        "annotations": render.pod_annotations(s),
+        "labels": podspec.labels({"metadata": {"name": s.name}}),
+        "annotations": podspec.pod_annotations(s),
     }
     out: Obj = {
         "apiVersion": "v1",

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from kubernetes.client import ApiClient
 from perllm_extender.services import ServiceRegistry
-from perllm_operator import render, runtimes
+from perllm_operator import pinning, podspec, render, runtimes
 
 from perllm.crd import GROUP, KIND, VERSION, InvalidService, service_spec
 from perllm.crd_fields import (
@@ -295,7 +295,7 @@ def test_inference_services_carry_the_documented_kserve_fields(case: str, backen
         assert p["model"]["runtime"] in runtimes.RUNTIMES or "runtime" in json.dumps(obj)
         # GPU/CPU requests are the container's (model.resources), not the pod-level ones
         assert "resources" not in p
-        tier = ann[render.ANN_VARIANT_TIER]
+        tier = ann[podspec.ANN_VARIANT_TIER]
         assert p["model"]["resources"] == _variant(obj, tier)["resources"]
 
 
@@ -312,14 +312,14 @@ def test_pods_are_placed_as_documented(case: str, backend: str) -> None:
         assert "nodeSelector" not in spec
         terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         (expr,) = terms["nodeSelectorTerms"][0]["matchExpressions"]
-        pin = child["metadata"]["annotations"][render.ANN_PINNED_TIER]
+        pin = child["metadata"]["annotations"][podspec.ANN_PINNED_TIER]
         assert expr["key"] == LABEL_TIER and expr["operator"] == "In"
-        assert expr["values"] == ([pin] if pin != render.OPEN else ["edge", "cloud"])
+        assert expr["values"] == ([pin] if pin != pinning.OPEN else ["edge", "cloud"])
         res = _container(child)["resources"]
         gpu = GPU_RESOURCE in json.dumps(res)
         any_gpu = GPU_RESOURCE in json.dumps(obj["spec"]["model"]["variants"])
         tolerations = spec.get("tolerations", [])
-        assert bool(tolerations) == (gpu or (pin == render.OPEN and any_gpu))
+        assert bool(tolerations) == (gpu or (pin == pinning.OPEN and any_gpu))
         for t in tolerations:
             assert t == {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
         if gpu:

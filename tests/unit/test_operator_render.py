@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from perllm_operator import render, runtimes
+from perllm_operator import pinning, render, runtimes
 from perllm_operator.main import run_options
 
 from perllm.crd import InvalidService
@@ -275,7 +275,7 @@ def test_pod_requests_the_variant_of_the_tier_it_is_pinned_to() -> None:
         child = render.children(obj)[0]
         tiers, res = _tier_of(child)
         assert tiers == ["edge", "cloud"] and res == variants["edge"]
-        assert render.rendered_tier(child) == render.OPEN
+        assert render.rendered_tier(child) == pinning.OPEN
         # The extender placed it on the edge: edge resources, edge-only affinity, no GPU.
         obj["status"] = {"placement": {"tier": "edge", "nodes": ["edge-0"]}}
         child = render.children(obj)[0]
@@ -293,7 +293,7 @@ def test_placement_outside_allowed_tiers_is_ignored() -> None:
     obj = _load("chat-assistant")
     obj["spec"]["allowedTiers"] = ["edge"]
     obj["status"] = {"placement": {"tier": "cloud"}, "replacement": {"tier": {"target": "x"}}}
-    assert render.target_tier(obj) == "edge"
+    assert pinning.target_tier(obj) == "edge"
     assert _tier_of(render.inference_service(obj))[0] == ["edge"]
 
 
@@ -303,15 +303,15 @@ def test_no_variant_for_allowed_tier_names_the_fields() -> None:
     obj = _load("batch-summariser")
     obj["spec"]["allowedTiers"] = ["edge"]
     with pytest.raises(ValueError, match=r"spec\.allowedTiers"):
-        render.target_tier(obj)
+        pinning.target_tier(obj)
 
 
 def test_open_template_without_a_cpu_variant_uses_the_cloud_one() -> None:
     obj = _load("code-assistant")
     for v in obj["spec"]["model"]["variants"]:
         v["resources"]["requests"]["nvidia.com/gpu"] = "1"
-    assert render.target_tier(obj) is None
-    assert render.chosen_variant(obj)["tier"] == "cloud"
+    assert pinning.target_tier(obj) is None
+    assert pinning.chosen_variant(obj)["tier"] == "cloud"
     # a single allowed tier is pinned from the start
     obj["spec"]["allowedTiers"] = ["edge"]
-    assert render.target_tier(obj) == "edge" and render.pin(obj) == "edge"
+    assert pinning.target_tier(obj) == "edge" and pinning.pin(obj) == "edge"

@@ -16,7 +16,16 @@ import pytest
 import yaml
 from fake_kube import FakeStatusApi
 from kubernetes.client.exceptions import ApiException
-from perllm_operator import conditions, kube, observe, reconcile, render, replacement, tiers
+from perllm_operator import (
+    conditions,
+    kube,
+    observe,
+    pinning,
+    reconcile,
+    render,
+    replacement,
+    tiers,
+)
 from perllm_operator.config import Config
 from perllm_operator.policy import Point, ReplacementPolicy
 from perllm_operator.state import State
@@ -473,7 +482,7 @@ def test_a_service_deleted_by_hand_is_created_again(
     obj["spec"]["backend"] = "deployment"
     _record(obj, tiered)
     gone = render.service_name(obj)
-    applied, events = _tick(monkeypatch, obj, gone, render.pin(obj))
+    applied, events = _tick(monkeypatch, obj, gone, pinning.pin(obj))
     assert gone in applied
     assert events == [("ChildRecreated", f"re-created Service {gone} (deleted outside PerLLM)")]
 
@@ -519,7 +528,7 @@ def test_the_account_of_gated_weights_deleted_by_hand_is_created_again(
     obj = _gated(edge=1, cloud=1) if tiered else _gated()
     _record(obj, tiered)
     gone = render.model_account_name(obj)
-    applied, events = _tick(monkeypatch, obj, gone, render.pin(obj))
+    applied, events = _tick(monkeypatch, obj, gone, pinning.pin(obj))
     assert applied[0] == gone  # before the pods' children
     assert events == [
         ("ChildRecreated", f"re-created ServiceAccount {gone} (deleted outside PerLLM)")

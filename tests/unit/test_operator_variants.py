@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from perllm_operator import render, runtimes
+from perllm_operator import pinning, render, runtimes
 
 from perllm.crd import InvalidService
 from perllm.devcluster.binaries import cache_dir
@@ -272,7 +272,7 @@ def test_a_variant_is_checked_before_its_tier_is_decided(
     obj, _ = _pinned("chat-assistant", "edge", backend)
     obj["status"] = {}  # no decision yet: open
     obj["spec"]["model"]["variants"][1].update(edit)
-    assert render.pin(obj) == render.OPEN
+    assert pinning.pin(obj) == pinning.OPEN
     with pytest.raises(InvalidService, match=match):
         render.children(obj)
     obj["spec"]["allowedTiers"] = ["edge"]  # a variant of a tier the service may not use
