@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_router import CHAT, _reachable, router, run
+from router_harness import CHAT, _reachable, router, run
 
 from perllm.router.asgi import UNFINISHED
 from perllm.router.serving import serving

@@ -1,7 +1,7 @@
 """The router's active health check (`perllm.router.probe`): an ejected backend is asked
 by the router itself (`GET /v1/models`) whether it answers again, on its ejection's
 backoff, once at a time; while the probe runs no client request goes there. Stub backends
-on loopback, driven like tests/unit/test_router.py (timeouts of 1 s and polled deadlines:
+on loopback, driven through tests/unit/router_harness.py (timeouts of 1 s and polled deadlines:
 room for a loaded 2-core CI machine)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_router import _STACK, CHAT, _reachable, router, run
+from router_harness import _STACK, CHAT, _reachable, router, run
 
 from perllm.router.app import Router
 from perllm.router.asgi import Message

@@ -1,0 +1,85 @@
+"""`perllm router`'s config: every error names its field (and its file)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import pytest
+from router_harness import BACKENDS, config
+
+from perllm.router.app import Router
+from perllm.router.config import RouterConfigError, load_config, parse_config
+
+
+def test_a_model_level_config_error_has_no_empty_location() -> None:
+    """A check of the whole config (no pydantic location) read `r.yaml: : Value error,
+    backends: names must be unique`: the field is in its message."""
+    twice = [BACKENDS[0], {**BACKENDS[1], "name": BACKENDS[0]["name"]}]
+    with pytest.raises(RouterConfigError) as e:
+        parse_config({"scenario": "demo", "service_class": "chat", "backends": twice}, "r.yaml")
+    assert str(e.value) == "r.yaml: backends: names must be unique"
+    with pytest.raises(RouterConfigError) as e:  # a field's own check: no prefix either
+        parse_config({"scenario": "demo", "service_class": "chat",
+                      "backends": [{**BACKENDS[0], "url": "http://"}]}, "r.yaml")  # fmt: skip
+    assert str(e.value).startswith("r.yaml: backends.0.url: 'http://'"), e.value
+    assert "Value error" not in str(e.value)
+
+
+def test_config_errors_are_clear(tmp_path: Any) -> None:
+    with pytest.raises(RouterConfigError, match="backends"):
+        parse_config({"scenario": "demo", "service_class": "chat", "backends": []})
+    with pytest.raises(RouterConfigError, match="service_class"):
+        Router(parse_config({"scenario": "demo", "service_class": "nope", "backends": BACKENDS}))
+    bad = [{**BACKENDS[0], "hardware": "abacus"}]
+    with pytest.raises(RouterConfigError, match="abacus"):
+        Router(parse_config({"scenario": "demo", "service_class": "chat", "backends": bad}))
+    p = tmp_path / "r.yaml"
+    p.write_text(json.dumps({"scenario": "demo", "service_class": "chat", "backends": BACKENDS}))
+    assert load_config(p).backends[1].name == "cloud"
+    p.write_text("a: b: c\n")
+    with pytest.raises(RouterConfigError, match=r"not valid YAML: line 1, column 5: mapping"):
+        load_config(p)
+    # a key given twice is refused (PyYAML kept the last: `shed: true` then `shed: false`
+    # shed nothing), as in a scenario; a binary file is no traceback
+    p.write_text("scenario: demo\nservice_class: chat\nshed: true\nshed: false\n")
+    with pytest.raises(RouterConfigError, match=r"line 4, column 1: duplicate key 'shed'"):
+        load_config(p)
+    p.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(RouterConfigError, match="not a text file"):
+        load_config(p)
+    # A URL the upstream pool cannot connect to is the config's error, naming the field
+    # (it was a ValueError traceback from the pool when the router started).
+    for url in ("http://", "http://h:99999", "http://h:abc", "http://[::1"):
+        bad = [{**BACKENDS[0], "url": url}]
+        with pytest.raises(RouterConfigError, match=r"backends\.0\.url: .*" + re.escape(url)):
+            parse_config({"scenario": "demo", "service_class": "chat", "backends": bad})
+    bad = [{**BACKENDS[0], "url": "https://me:s3cret@llm.example.com"}]
+    with pytest.raises(RouterConfigError, match=r"backends\.0\.url: .*token_file") as e:
+        parse_config({"scenario": "demo", "service_class": "chat", "backends": bad})
+    assert "s3cret" not in str(e.value)
+    # CSUCBConfig's fields are refused by name, not turned into NaN decisions (an
+    # output_prior_sigma of 0 made every class's output-length quantiles 1 token).
+    for field, v in (("output_prior_sigma", 0.0), ("prior_n", math.nan), ("memory", math.nan)):
+        with pytest.raises(RouterConfigError, match=rf"csucb[.:] ?{field}: "):
+            Router(config(csucb={field: v}))
+    # inf where CS-UCB gives it a meaning (memory: no forgetting) stays accepted
+    assert config(csucb={"memory": math.inf, "backlog_waiting": math.inf}).csucb_config()
+    # An infinite energy weight (was accepted: every option's normalised energy NaN).
+    with pytest.raises(RouterConfigError, match=r"weights\.tran: .*finite"):
+        config(weights={"tran": math.inf})
+    # Seconds that pass `> 0` but would hang a request or stop a loop (were accepted).
+    base = {"scenario": "demo", "service_class": "chat", "backends": BACKENDS}
+    for section, field in (
+        ("limits", "read_timeout_s"),
+        ("limits", "queue_timeout_s"),
+        ("limits", "eject_max_s"),
+        ("discovery", "interval_s"),
+        ("discovery", "status_interval_s"),
+    ):
+        extra = {"service": "ns/svc"} if section == "discovery" else {}
+        for v in (math.inf, math.nan, 1e300):
+            with pytest.raises(RouterConfigError, match=rf"{section}\.{field}: "):
+                parse_config({**base, section: {**extra, field: v}})
