@@ -33,8 +33,6 @@ BACKENDS: list[dict[str, Any]] = [
         "link": {"bandwidth_mbps": 300, "rtt_ms": 40},
     },
 ]
-
-
 CHAT = {"model": "llama3-8b", "messages": [{"role": "user", "content": "hello " * 50}]}
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+from chart_render import CHART, KUBE_VERSION, PROFILE_IDS, find, helm, render
 from kubernetes.client import ApiClient
-from test_chart import CHART, KUBE_VERSION, PROFILE_IDS, find, helm, render
 
 Doc = dict[str, Any]
 API = ApiClient()

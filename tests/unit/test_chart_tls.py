@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from chart_render import find, render, scheduler_config
 from cryptography import x509
-from test_chart import find, render, scheduler_config
 
 Doc = dict[str, Any]
 
