@@ -115,7 +115,14 @@ class _Watched:
             daemon=True,  # never holds the process at exit
         ).start()
         if attempt.wait(w.end - time.monotonic()):
-            return attempt.result()
+            sock = attempt.result()
+            # The watchdog may have fired while there was no socket to shut down: from here
+            # on its cut finds this one (the TLS handshake comes next); before, it is seen.
+            with _LOCK:
+                self.sock, fired = sock, w.fired
+            if not fired:
+                return sock
+            sock.close()
         w.cut()  # the deadline passed: the adapter says so
         raise ConnectTimeoutError(self, f"resolving and connecting to {host}: deadline passed")
 

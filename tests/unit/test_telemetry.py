@@ -398,6 +398,46 @@ def test_a_hanging_name_lookup_is_bounded_by_the_query_timeout(
     assert host not in bounded._blocked  # the lookups ended: connections are tried again
 
 
+def test_a_deadline_passing_as_the_connect_thread_ends_still_cuts_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The watchdog can fire while the connect thread runs: there is no socket yet to shut
+    down, so its cut was lost when the connect then returned before the waiter gave up, and
+    the TLS handshake (a server that accepts and never speaks) held the query for the
+    socket timeout past its deadline. Now the socket changes hands under the watchdog's
+    lock: the connection fails at once."""
+    import socket
+    import time
+
+    import urllib3
+    from urllib3.util import connection as util_connection
+
+    from perllm.telemetry import bounded
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    conn = bounded._watched_pool(urllib3.HTTPSConnectionPool).ConnectionCls(
+        "127.0.0.1", silent.getsockname()[1], timeout=3.0
+    )
+    watch, real = bounded._Watch(time.monotonic() + 2.0), util_connection.create_connection
+
+    def connected_then_cut(*args: Any, **kwargs: Any) -> socket.socket:
+        sock = real(*args, **kwargs)
+        watch.cut()  # the watchdog fires as the connect ends, before urllib3 has its socket
+        return sock
+
+    monkeypatch.setattr(util_connection, "create_connection", connected_then_cut)
+    bounded._local.watch = watch
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(urllib3.exceptions.ConnectTimeoutError, match="deadline passed"):
+            conn.connect()
+        assert time.monotonic() - t0 < 1.0  # not the handshake's 3 s socket timeout
+    finally:
+        bounded._local.watch = None
+        conn.close()
+        silent.close()
+
+
 def test_unreachable_or_unconfigured_returns_none_without_raising() -> None:
     p = Prometheus("http://127.0.0.1:9", timeout_s=0.5)  # discard port: refused
     assert p.query("up") is None
