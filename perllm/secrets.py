@@ -50,8 +50,13 @@ class WatchedFile(Generic[T]):
             seen = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
             if seen != self._seen:
                 self._value, self._seen, self.error = self._read(), seen, None
-        except (OSError, SecretError) as e:  # (ssl.SSLError is an OSError)
-            why = str(e) if isinstance(e, SecretError) else f"{self.path}: {e.strerror or e}"
+        except (OSError, SecretError, ValueError) as e:  # (ssl.SSLError is an OSError)
+            if isinstance(e, SecretError):
+                why = str(e)
+            elif isinstance(e, OSError):
+                why = f"{self.path}: {e.strerror or e}"
+            else:  # a NUL in the path (YAML can spell one): shown escaped
+                why = f"{self.path!r}: {e}"
             if self._value is None:
                 raise SecretError(why) from None
             self.error = why

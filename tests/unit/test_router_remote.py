@@ -204,6 +204,15 @@ def test_discovery_sends_prometheus_the_token_file_it_is_given(tmp_path: Path) -
         parse_config({**cfg, "discovery": both})
 
 
+@pytest.mark.parametrize("key", ["ca_file", "token_file"])
+def test_a_credential_path_with_a_nul_byte_is_a_config_error(key: str) -> None:
+    """YAML can spell a NUL ("\\0") in a path, which os.stat refuses with a ValueError:
+    the router's start was that traceback, naming no field. Now the file's error."""
+    bad = backend("cloud", "https://cloud.example:8443", "cloud", **{key: "/run/a\0b"})
+    with pytest.raises(RouterConfigError, match=rf"{key}: '/run/a\\x00b': .*null byte"):
+        Router(parse_config({"scenario": "demo", "service_class": "chat", "backends": [bad]}))
+
+
 def test_a_remote_tier_named_after_an_edge_node_takes_its_measured_bandwidth() -> None:
     """`node` on a remote tier: the path bandwidth that node's agent measures to the other
     side's agent (agent.peers, from Prometheus) replaces the link's nominal one."""
