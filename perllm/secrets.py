@@ -50,6 +50,8 @@ class WatchedFile(Generic[T]):
             seen = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
             if seen != self._seen:
                 self._value, self._seen, self.error = self._read(), seen, None
+            else:  # the file read last (back after being briefly gone): no error now
+                self.error = None
         except (OSError, SecretError, ValueError) as e:  # (ssl.SSLError is an OSError)
             if isinstance(e, SecretError):
                 why = str(e)

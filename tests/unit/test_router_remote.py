@@ -169,6 +169,33 @@ def test_a_secret_swapped_for_a_file_of_the_same_mtime_is_read_again(tmp_path: P
     assert s.value() == b"two"
 
 
+def test_a_ca_file_back_as_it_was_clears_its_error(tmp_path: Path) -> None:
+    """A Secret volume's swap (`..data` to a new directory) is read again; a file that was
+    briefly gone and came back as it was read as the last good one still failing: `error`
+    (the condition's "not read again", a warning) stayed until the file changed, if ever."""
+    import shutil
+
+    from perllm.devcluster.certs import generate
+    from perllm.secrets import CaFile
+
+    old, new = generate(tmp_path / "old"), generate(tmp_path / "new")
+    for version, pem in (("..v1", old.ca), ("..v2", new.ca)):
+        (tmp_path / version).mkdir()
+        shutil.copy(pem, tmp_path / version / "ca.crt")
+    (tmp_path / "..data").symlink_to("..v1")
+    (tmp_path / "ca.crt").symlink_to("..data/ca.crt")  # (as the kubelet lays it out)
+    ca = CaFile(str(tmp_path / "ca.crt"), every_s=0.0)
+    first = ca.current()
+    (tmp_path / "..tmp").symlink_to("..v2")
+    os.replace(tmp_path / "..tmp", tmp_path / "..data")  # the kubelet's atomic swap
+    assert ca.current() is not first and ca.error is None
+    os.rename(tmp_path / "..v2", tmp_path / "..gone")
+    second = ca.current()
+    assert ca.error is not None and "ca.crt" in ca.error  # the last good CAs serve
+    os.rename(tmp_path / "..gone", tmp_path / "..v2")  # back, the same file
+    assert ca.current() is second and ca.error is None
+
+
 def test_discovery_sends_prometheus_the_token_file_it_is_given(tmp_path: Path) -> None:
     # discovery.prometheus_token_file (the chart's prometheus.tokenSecret) reaches the
     # Prometheus client that reads the measured bandwidth; an empty path is refused.
