@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 from fnmatch import fnmatch
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -13,6 +12,7 @@ from numpy.typing import NDArray
 from perllm.contract import MAX_LINK_MBPS, MIN_LINK_MBPS
 from perllm.costmodel import CostTable
 from perllm.scenario import Scenario, ScenarioError, Window
+from perllm.world.trace import open_csv
 
 
 def _targets(w: Window, names: tuple[str, ...], tiers: tuple[str, ...]) -> NDArray[np.bool_]:
@@ -53,10 +53,12 @@ def _apply_trace(
     path: str, nominal: NDArray[np.float64], names: tuple[str, ...], slot_s: float
 ) -> NDArray[np.float64]:
     """CSV `time_s,server,mbps`: step function per server from each row's time on."""
-    with Path(path).open(newline="") as f:
+    with open_csv(path, "bandwidth.trace") as f:
         reader = csv.DictReader(f)
+        # Spaces around a name are no part of it, as in an arrival trace's header.
+        header = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = header
         rows = [(reader.line_num, row) for row in reader]
-        header = reader.fieldnames or []
     if not rows or not {"time_s", "server", "mbps"} <= set(header):
         raise ScenarioError(f"bandwidth.trace: {path} needs columns time_s,server,mbps")
     # A column or a cell the format has not was ignored unsaid (a spreadsheet's column
@@ -95,7 +97,8 @@ def _flat(values: list[str | list[str] | None]) -> list[str | None]:
 def _trace_row(path: str, line: int, row: dict[str, str | None]) -> tuple[float, str, float]:
     """(time_s, server, mbps) of one trace row; a `ScenarioError` naming the line."""
     try:
-        time_s, server, mbps = float(row["time_s"] or ""), row["server"], float(row["mbps"] or "")
+        time_s, mbps = float(row["time_s"] or ""), float(row["mbps"] or "")
+        server = row["server"].strip() if row["server"] is not None else None
     except ValueError as e:
         raise ScenarioError(f"bandwidth.trace: {path}: line {line}: malformed row ({e})") from None
     if server is None or not (np.isfinite(time_s) and np.isfinite(mbps)):

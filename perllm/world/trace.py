@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import math
 from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,10 +32,18 @@ def read_columns(path: str, label: str) -> Columns:
     column of seconds), or the Azure format `TIMESTAMP,ContextTokens,GeneratedTokens`
     (timestamps become seconds from the first). A bad row is a `ScenarioError` naming
     the file and line."""
+    with open_csv(path, label) as f:
+        return _parse(csv.reader(f), path, label)
+
+
+@contextmanager
+def open_csv(path: str, label: str) -> Iterator[TextIO]:
+    """A trace file opened for a `csv` reader (arrival and bandwidth traces alike); what
+    fails reading it, a `ScenarioError` naming `label` and the file."""
     try:
         # utf-8-sig: a spreadsheet's byte-order mark is no part of the first column's name.
         with Path(path).open(newline="", encoding="utf-8-sig") as f:
-            return _parse(csv.reader(f), path, label)
+            yield f
     except OSError as e:  # removed or unreadable since the scenario was loaded
         raise ScenarioError(f"{label}: {path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:

@@ -154,6 +154,55 @@ def test_a_bandwidth_trace_refuses_cells_beyond_its_columns(
     World(load_scenario(write(tmp_path, d)), 1)
 
 
+def bw_world(tmp_path: Path, rows: str | bytes) -> Any:
+    """The paper testbed under the bandwidth trace `rows`, loaded and its world built."""
+    from perllm.world.sim import World
+
+    f = tmp_path / "bw.csv"
+    f.write_bytes(rows if isinstance(rows, bytes) else rows.encode())
+    d = base() | {"duration_s": 10, "bandwidth": {"trace": "bw.csv"}}
+    return World(load_scenario(write(tmp_path, d)), 1)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        # Excel's "CSV UTF-8" BOM: `\ufefftime_s` was no time_s column ("needs columns").
+        "\ufefftime_s,server,mbps\n0,cloud,50\n",
+        # Spaces after the commas, as the arrival traces allow: " server" was no column.
+        "time_s, server, mbps\n0, cloud, 50\n",
+    ],
+)
+def test_a_bandwidth_trace_reads_as_an_arrival_trace_does(tmp_path: Path, rows: str) -> None:
+    w = bw_world(tmp_path, rows)
+    assert 40 <= w.bw[0, -1] <= 60  # (cloud: 50 Mbps ± 20 % noise, not its 300)
+
+
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        (b"\xff\xfe\x00\x01time_s\n", r"not a UTF-8 text \(CSV\) file$"),  # (a traceback)
+        ("time_s,server,mbps\n0,cloud," + "5" * 200_000 + "\n", r"not a CSV file \(field larger"),
+    ],
+)
+def test_a_bandwidth_trace_that_is_no_csv_is_an_error_not_a_traceback(
+    tmp_path: Path, rows: str | bytes, why: str
+) -> None:
+    with pytest.raises(ScenarioError, match=r"^bandwidth\.trace: .*bw\.csv: " + why):
+        bw_world(tmp_path, rows)
+
+
+def test_a_bandwidth_trace_gone_since_loading_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    from perllm.world.sim import World
+
+    (tmp_path / "bw.csv").write_text("time_s,server,mbps\n0,cloud,50\n")
+    sc = load_scenario(write(tmp_path, base() | {"bandwidth": {"trace": "bw.csv"}}))
+    (tmp_path / "bw.csv").unlink()
+    (tmp_path / "bw.csv").mkdir()
+    with pytest.raises(ScenarioError, match=r"^bandwidth\.trace: .*bw\.csv: cannot read"):
+        World(sc, 1)
+
+
 def test_a_scenario_wide_trace_drops_rows_before_zero(tmp_path: Path) -> None:
     """As a class's own trace: an arrival at -5 s ran, in the run's last slot's bandwidth."""
     r = trace_world(tmp_path, "time_s\n-5\n1\n2\n40\n")
