@@ -53,8 +53,9 @@ def open_csv(path: str, label: str) -> Iterator[TextIO]:
 
 
 def _numbers(row: list[str]) -> bool:
+    """A row of numbers (its empty cells aside: a spreadsheet's trailing comma), no header."""
     try:
-        [float(c) for c in row]
+        [float(c) for c in row if c.strip()]
     except ValueError:
         return False
     return True

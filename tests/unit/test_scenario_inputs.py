@@ -133,6 +133,14 @@ def test_a_spreadsheets_empty_trailing_cells_are_no_values(tmp_path: Path, own: 
     assert list(r.arrival[r.cls == 0]) == [1.0, 2.0, 3.0]
 
 
+@pytest.mark.parametrize("own", [False, True])
+def test_a_file_without_a_header_may_have_empty_trailing_cells(tmp_path: Path, own: bool) -> None:
+    """`1,` (a spreadsheet's column of seconds beside an empty one) was read as a header
+    and refused: "needs a time_s or TIMESTAMP column (its header: 1,)"."""
+    r = trace_world(tmp_path, "1,\n2,\n3\n", own)
+    assert list(r.arrival[r.cls == 0] if own else r.arrival) == [1.0, 2.0, 3.0]
+
+
 @pytest.mark.parametrize(
     ("rows", "why"),
     [
