@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 from fnmatch import fnmatch
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,6 +50,12 @@ def bandwidth_matrix(sc: Scenario, t: CostTable, n_slots: int, seed: int) -> NDA
     return nominal_matrix(sc, t, n_slots) * noise
 
 
+# Rows of a bandwidth trace at most. Each is kept as a dict (~0.5 KB) until the file is
+# read whole, so an unbounded file ran out of memory instead of being refused; a million
+# rows is a step every 0.1 s for a day on one link, or one a slot on 100 servers for 3 h.
+MAX_BANDWIDTH_ROWS = 1_000_000
+
+
 def _apply_trace(
     path: str, nominal: NDArray[np.float64], names: tuple[str, ...], slot_s: float
 ) -> NDArray[np.float64]:
@@ -58,7 +65,14 @@ def _apply_trace(
         # Spaces around a name are no part of it, as in an arrival trace's header.
         header = [c.strip() for c in reader.fieldnames or []]
         reader.fieldnames = header
-        rows = [(reader.line_num, row) for row in reader]
+        rows: list[tuple[int, dict[Any, Any]]] = []
+        for row in reader:  # (a cap, not a list of any size: each row is a dict)
+            if len(rows) >= MAX_BANDWIDTH_ROWS:
+                raise ScenarioError(
+                    f"bandwidth.trace: {path}: more than {MAX_BANDWIDTH_ROWS:,} rows (line "
+                    f"{reader.line_num}); a bandwidth step per slot and server is all a run reads"
+                )
+            rows.append((reader.line_num, row))
     if not rows or not {"time_s", "server", "mbps"} <= set(header):
         raise ScenarioError(f"bandwidth.trace: {path} needs columns time_s,server,mbps")
     # A column or a cell the format has not was ignored unsaid (a spreadsheet's column

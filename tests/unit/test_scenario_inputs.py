@@ -211,6 +211,20 @@ def test_a_bandwidth_trace_gone_since_loading_is_an_error_not_a_traceback(tmp_pa
         World(sc, 1)
 
 
+def test_a_bandwidth_trace_has_at_most_max_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every row was kept as a dict before any was read: a file of any size was held
+    whole (arrival traces stop at MAX_TRACE_ROWS)."""
+    import perllm.world.links as links
+
+    monkeypatch.setattr(links, "MAX_BANDWIDTH_ROWS", 3)
+    rows = "time_s,server,mbps\n" + "".join(f"{i},cloud,50\n" for i in range(3))
+    bw_world(tmp_path, rows)
+    with pytest.raises(ScenarioError, match=r"bw\.csv: more than 3 rows \(line 5\)"):
+        bw_world(tmp_path, rows + "3,cloud,60\n")
+
+
 def test_a_scenario_wide_trace_drops_rows_before_zero(tmp_path: Path) -> None:
     """As a class's own trace: an arrival at -5 s ran, in the run's last slot's bandwidth."""
     r = trace_world(tmp_path, "time_s\n-5\n1\n2\n40\n")
