@@ -27,12 +27,15 @@ class Shed(Exception):
 
 
 class Refused(Shed):
-    """The backend could not be connected to (`timeout`: not within the connect timeout):
-    nothing was sent, the request may go elsewhere."""
+    """The backend could not be connected to (`timeout`: not within the connect timeout),
+    or `answered` with a refusal (`health.refusal`): nothing was served, the request may go
+    elsewhere."""
 
-    def __init__(self, backend: str, message: str, timeout: bool = False) -> None:
+    def __init__(
+        self, backend: str, message: str, timeout: bool = False, answered: bool = False
+    ) -> None:
         super().__init__(502, "upstream_unavailable", message)
-        self.backend, self.timeout = backend, timeout
+        self.backend, self.timeout, self.answered = backend, timeout, answered
 
 
 Headers = Sequence[tuple[bytes, bytes]]

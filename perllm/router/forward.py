@@ -154,7 +154,7 @@ class Forwarder:
             # Location, and a redirect was learned as a fast answer.
             resp.release()
             flight.members.metrics[flight.ticket.server].error(refused[0]).inc()
-            raise Refused(b.name, f"backend {b.name}: {refused[1]}")
+            raise Refused(b.name, f"backend {b.name}: {refused[1]}", answered=True)
         return resp
 
     async def _relay(

@@ -42,19 +42,30 @@ def refusal(status: int, token: bool) -> tuple[str, str] | None:
 @dataclass(frozen=True)
 class Refusing:
     """A backend failing since the first failure of its streak (what the status says):
-    `refusals` refused connections and `timeouts` times not answering in time."""
+    `refusals` refused connections, `timeouts` times not answering in time and `answers`
+    answers that refused the request (`refusal`: a redirect, the router's token refused)."""
 
     refusals: int
     since: float  # wall clock (time.time) of the streak's first failure
     why: str  # the last failure's message
     timeouts: int = 0
+    answers: int = 0
 
     @property
     def ways(self) -> str:
-        """Which way it fails: refusing connections (a refusal, `refusal`'s answers
-        included), not answering in time, or both in its streak."""
-        both = [(self.refusals, "refusing connections"), (self.timeouts, "not answering in time")]
-        return " and ".join(w for k, w in both if k)
+        """Which ways it fails in its streak: refusing connections, not answering in time,
+        refusing requests (a redirect or the router's token refused: it is reachable, and
+        its url or the token is what to check)."""
+        kinds = [
+            (self.refusals, "refusing connections"),
+            (self.timeouts, "not answering in time"),
+            (self.answers, "refusing requests"),
+        ]
+        return " and ".join(w for k, w in kinds if k)
+
+    @property
+    def failures(self) -> int:
+        return self.refusals + self.timeouts + self.answers
 
 
 class Ejections:
@@ -68,13 +79,16 @@ class Ejections:
         # the next streak's backoff starts.
         self._kept: dict[str, int] = {}
 
-    def refused(self, name: str, why: str = "", timeout: bool = False) -> float:
-        """Eject `name` (it refused the connection, or with `timeout` did not answer in
-        time); returns for how long (s)."""
+    def refused(
+        self, name: str, why: str = "", timeout: bool = False, answered: bool = False
+    ) -> float:
+        """Eject `name` (it refused the connection, with `timeout` did not answer in time,
+        with `answered` answered with a refusal: `refusal`); returns for how long (s)."""
         f = self._failing.get(name) or Refusing(0, time.time(), "")
-        n = f.refusals + f.timeouts + self._kept.get(name, 0)
+        n = f.failures + self._kept.get(name, 0)
+        conn = not (timeout or answered)
         self._failing[name] = Refusing(
-            f.refusals + (not timeout), f.since, why, f.timeouts + timeout
+            f.refusals + conn, f.since, why, f.timeouts + timeout, f.answers + answered
         )
         cooldown = min(self.base_s * 2.0**n, self.max_s)
         self._until[name] = self._clock() + cooldown
@@ -92,7 +106,7 @@ class Ejections:
         f = self._failing.pop(name)
         self._until.pop(name, None)
         if probe:
-            self._kept[name] = self._kept.get(name, 0) + f.refusals + f.timeouts
+            self._kept[name] = self._kept.get(name, 0) + f.failures
         return True
 
     def refusing(self) -> dict[str, Refusing]:

@@ -272,7 +272,7 @@ class Membership:
         return sub
 
     def _refused(self, e: Refused) -> None:
-        self._failed(e.backend, e.message, e.timeout)
+        self._failed(e.backend, e.message, e.timeout, e.answered)
 
     def timed_out(self, name: str, why: str) -> None:
         """A request sent to `name` got no answer in time (no response head, or the
@@ -280,10 +280,10 @@ class Membership:
         have reached the backend)."""
         self._failed(name, why, timeout=True)
 
-    def _failed(self, name: str, why: str, timeout: bool) -> None:
+    def _failed(self, name: str, why: str, timeout: bool, answered: bool = False) -> None:
         if self._members is None or name not in self._members.names:
             return  # it left since the decision: nothing to leave out
-        cooldown = self._eject.refused(name, why, timeout)
+        cooldown = self._eject.refused(name, why, timeout, answered)
         self.metrics.ejected.labels(name).set(1)
         log.warning("%s; left out of decisions for %.3gs", why, cooldown)
 
@@ -305,16 +305,19 @@ class Membership:
                 out.append((n, m.pools[j], m.tokens[j]))
         return out
 
-    def probed(self, name: str, failure: str = "", timeout: bool = False) -> None:
+    def probed(
+        self, name: str, failure: str = "", timeout: bool = False, answered: bool = False
+    ) -> None:
         """The outcome of `name`'s health probe: answered (no `failure`), it is decided
-        on again; else ejected again for longer, as by a refused (`timeout`: a timed-out)
-        request. Nothing for a backend that left meanwhile."""
+        on again; else ejected again for longer, as by a refused (`timeout`: a timed-out;
+        `answered`: one answered with a refusal) request. Nothing for a backend that left
+        meanwhile."""
         if self._members is None or name not in self._members.names:
             return
         result = "timeout" if failure and timeout else "refused" if failure else "answered"
         self.metrics.probes.labels(name, result).inc()
         if failure:
-            self._failed(name, failure, timeout)
+            self._failed(name, failure, timeout, answered)
         elif self._eject.answered(name, probe=True):
             self.metrics.ejected.labels(name).set(0)
             log.info("backend %s answers its probe: decided on again", name)

@@ -69,7 +69,7 @@ class Prober(Periodic):
 
     async def probe(self, name: str, pool: Pool, token: SecretFile | None) -> None:
         """One probe of backend `name`; its outcome goes to the membership."""
-        failure, timeout = "", False
+        failure, timeout, answered = "", False, False
         what = f"backend {name}: probe GET {self.path}"
         resp = None
         try:
@@ -77,7 +77,7 @@ class Prober(Periodic):
             resp = await pool.get(self.path, headers)
             refused = refusal(resp.status, token is not None)  # (as a request's: forward)
             if refused is not None:
-                failure = f"{what}: {refused[1]}"
+                failure, answered = f"{what}: {refused[1]}", True
             else:
                 await _drain(resp)
         except UpstreamError as e:
@@ -89,7 +89,7 @@ class Prober(Periodic):
             if resp is not None:
                 resp.release()
             self.membership.probing.discard(name)
-        self.membership.probed(name, failure, timeout)
+        self.membership.probed(name, failure, timeout, answered)
 
     async def stop(self) -> None:
         """The loop, then the probes in flight (their connections closed), cancelled."""

@@ -152,7 +152,8 @@ def reachable(
     def failing(b: Backend) -> str:
         f = refusing[b.name]
         kinds = [(f.refusals, "refuses connections", "refusal"),
-                 (f.timeouts, "does not answer in time", "timeout")]  # fmt: skip
+                 (f.timeouts, "does not answer in time", "timeout"),
+                 (f.answers, "refuses requests", "refused request")]  # fmt: skip
         says = " and ".join(s for k, s, _ in kinds if k)
         n = ", ".join(f"{k} {w}(s)" for k, _, w in kinds if k)
         return f"{what(b)} {says} since {rfc3339(f.since)} ({n}, last: {f.why})"

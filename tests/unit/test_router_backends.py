@@ -264,6 +264,8 @@ def test_a_backend_answering_a_redirect_is_failing_not_relayed_nor_learned() -> 
         assert r.down() == ["cloud"] and r.decider.bandit.stats.n.sum() == pytest.approx(3, 0.01)
         ok, _, message = reachable(r.backends, [], r.refusing())
         assert not ok and "backend cloud: HTTP 308, a redirect (not followed" in message
+        # (it answers: not "refuses connections", which sends one to the network)
+        assert "refuses requests since" in message and "1 refused request(s)" in message
         assert (
             r.metrics.registry.get_sample_value(
                 "perllm_router_upstream_errors_total", {"backend": "cloud", "kind": "redirect"}
@@ -278,6 +280,12 @@ def test_a_backend_answering_a_redirect_is_failing_not_relayed_nor_learned() -> 
         assert "HTTP 308, a redirect (not followed" in resp.json()["error"]["message"]
         assert "10.1.2.3" not in resp.text and "location" not in resp.headers
         assert r.inflight == [0, 0] and r.decider.bandit.stats.n.sum() == 0  # none learned
+        while len(r.down()) < 2:
+            assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 502
+        resp = await c.post("/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 503 and resp.json()["error"]["message"] == (
+            "every backend is left out of decisions: 2 refusing requests (cloud, edge-gpu)"
+        )
         await r.aclose()
 
     run(go())
