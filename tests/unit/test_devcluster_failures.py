@@ -172,10 +172,9 @@ def test_an_extender_url_that_is_no_http_url_is_refused(tmp_path: Path, url: str
     assert "--extender-url" in out and "http:// or https://" in out
 
 
-def test_ctrl_c_while_starting_stops_what_started_and_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Ctrl-C during `up` printed nothing at all (exit 130 with no word)."""
+def _ctrl_c_at_etcd(monkeypatch: pytest.MonkeyPatch) -> list[Proc]:
+    """`cluster up` starting `sleep 60` for each component and interrupted (Ctrl-C) while
+    waiting for etcd's /health; returns the processes it started."""
     from perllm.devcluster.binaries import Binaries
     from perllm.devcluster.process import start
 
@@ -186,11 +185,19 @@ def test_ctrl_c_while_starting_stops_what_started_and_says_so(
         started.append(start(name, ["sleep", "60"], log))
         return started[-1]
 
-    def ctrl_c(*_a: object) -> None:  # while waiting for etcd's /health
+    def ctrl_c(*_a: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(launch_mod, "start", start_sleep)
     monkeypatch.setattr(cluster_mod, "wait_until", ctrl_c)
+    return started
+
+
+def test_ctrl_c_while_starting_stops_what_started_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during `up` printed nothing at all (exit 130 with no word)."""
+    started = _ctrl_c_at_etcd(monkeypatch)
     rd = tmp_path / "rd"
     r = CliRunner().invoke(app, ["cluster", "up", "--run-dir", str(rd), "--scenario", ""])
     assert r.exit_code == 130, r.output
@@ -397,21 +404,7 @@ def test_a_second_ctrl_c_while_up_cleans_up_says_what_still_runs(
 ) -> None:
     """Ctrl-C during `up`, then again while it stopped what had started: it said 'every
     component started was stopped' with etcd still running."""
-    from perllm.devcluster.binaries import Binaries
-    from perllm.devcluster.process import start
-
-    monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
-    started: list[Proc] = []
-
-    def start_sleep(name: str, argv: list[str], log: Path, **kw: object) -> Proc:
-        started.append(start(name, ["sleep", "60"], log))
-        return started[-1]
-
-    def ctrl_c(*_a: object) -> None:  # while waiting for etcd's /health
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(launch_mod, "start", start_sleep)
-    monkeypatch.setattr(cluster_mod, "wait_until", ctrl_c)
+    started = _ctrl_c_at_etcd(monkeypatch)
     _interrupt_stop(monkeypatch, after=0)
     rd = tmp_path / "rd"
     try:
