@@ -76,3 +76,17 @@ def _reachable(r: Router) -> tuple[bool, str, str]:
     from perllm.router.status import StatusWriter
 
     return StatusWriter(r, "ns", "chat").snapshot(1e9)[1]
+
+
+def learned_lengths(r: Router) -> list[float]:
+    """The output lengths `r` learns from, in order (its decider's `learn_one`, spied on:
+    it still learns)."""
+    seen: list[float] = []
+    orig = r.decider.learn_one
+
+    def spy(ticket: Any, time: Any, l_out: Any, deadline: Any, energy: Any = None) -> None:
+        seen.append(l_out)
+        orig(ticket, time, l_out, deadline, energy)
+
+    r.decider.learn_one = spy  # type: ignore[method-assign]
+    return seen

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from router_harness import _STACK, BACKENDS, CHAT, config, decision, router, run
+from router_harness import _STACK, BACKENDS, CHAT, config, decision, learned_lengths, router, run
 
 from perllm.router.app import Router
 from perllm.router.serving import serving
@@ -54,14 +54,7 @@ def test_streaming_passes_chunks_and_counts_tokens() -> None:
             "cloud": StubBackend("c", tokens=7),
         }
         r, _, c = await router(stubs)
-        seen: list[float] = []
-        orig = r.decider.learn_one
-
-        def spy(ticket: Any, time: Any, l_out: Any, deadline: Any, energy: Any = None) -> None:
-            seen.append(l_out)
-            orig(ticket, time, l_out, deadline, energy)
-
-        r.decider.learn_one = spy  # type: ignore[method-assign]
+        seen = learned_lengths(r)
         async with c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
             assert resp.headers["content-type"] == "text/event-stream"
             body = b"".join([x async for x in resp.aiter_raw()])
@@ -108,9 +101,7 @@ def test_a_stream_carrying_an_error_event_is_a_failure_not_an_outcome_to_learn()
     async def go() -> None:
         url = await _STACK.get().enter_async_context(serving(failing))
         r, _, c = await router(urls={"edge-gpu": url, "cloud": url})
-        seen: list[float] = []
-        orig = r.decider.learn_one
-        r.decider.learn_one = lambda t, d, lo, dl, e=None: (seen.append(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
+        seen = learned_lengths(r)
         resp = await c.post("/v1/chat/completions", json={**CHAT, "stream": True})
         assert resp.status_code == 200 and resp.content == events  # relayed as it came
         assert seen == []  # not learned
@@ -125,9 +116,7 @@ def test_usage_of_a_json_answer_is_the_output_length() -> None:
     async def go() -> None:
         stubs = {"edge-gpu": StubBackend("e", tokens=5), "cloud": StubBackend("c", tokens=5)}
         r, _, c = await router(stubs)
-        seen: list[float] = []
-        orig = r.decider.learn_one
-        r.decider.learn_one = lambda t, d, lo, dl, e=None: (seen.append(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
+        seen = learned_lengths(r)
         for _ in range(2):
             assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
         assert seen == [5.0, 5.0]
@@ -176,9 +165,7 @@ def test_a_backends_token_count_is_a_finite_count_at_most_max_tokens() -> None:
     async def go() -> None:
         url = await _STACK.get().enter_async_context(serving(liar))
         r, _, c = await router(urls={"edge-gpu": url, "cloud": url})
-        seen: list[float] = []
-        orig = r.decider.learn_one
-        r.decider.learn_one = lambda t, d, lo, dl, e=None: (seen.append(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
+        seen = learned_lengths(r)
         resp = await c.post("/v1/chat/completions", json={**CHAT, "max_tokens": 32})
         assert resp.status_code == 200
         assert seen == [32.0]
@@ -331,9 +318,7 @@ def test_with_n_choices_the_length_learned_is_one_sequences() -> None:
     async def go() -> None:
         url = await _STACK.get().enter_async_context(serving(three))
         r, _, c = await router(urls={"edge-gpu": url, "cloud": url})
-        seen: list[float] = []
-        orig = r.decider.learn_one
-        r.decider.learn_one = lambda t, d, lo, dl, e=None: (seen.append(lo), orig(t, d, lo, dl, e))  # type: ignore[method-assign,func-returns-value,assignment]
+        seen = learned_lengths(r)
         resp = await c.post("/v1/chat/completions", json={**CHAT, "n": 3})
         assert resp.status_code == 200 and len(resp.json()["choices"]) == 3
         assert seen == [5.0]
