@@ -104,3 +104,15 @@ def _router_values(tmp_path: Path, services: list[Doc]) -> str:
     f = tmp_path / "router.yaml"
     f.write_text(yaml.safe_dump({"router": {"enabled": True, "services": services}}))
     return str(f)
+
+
+def schema_refusal(setting: str, flag: str = "--set") -> str:
+    """Helm's error for `flag setting` (`--set`, `--set-json`), which the values schema
+    must refuse."""
+    r = helm(
+        "template", "perllm", str(CHART), "--kube-version", KUBE_VERSION, flag, setting,
+        check=False,
+    )  # fmt: skip
+    assert r.returncode != 0, f"{setting} was accepted"
+    assert "values don't meet the specifications of the schema" in r.stderr, r.stderr
+    return r.stderr

@@ -9,7 +9,7 @@ so (chart_render.py).
 from __future__ import annotations
 
 import pytest
-from chart_render import CHART, KUBE_VERSION, find, helm, pod_specs, render
+from chart_render import CHART, find, helm, pod_specs, render, schema_refusal
 
 # Bad values -> a fragment of Helm's message, which names the value's path.
 BAD_VALUES = [
@@ -146,17 +146,6 @@ GOOD_NAMES_AND_LABELS = [
 @pytest.mark.parametrize("setting", GOOD_NAMES_AND_LABELS)
 def test_valid_names_and_labels_are_accepted(setting: str) -> None:
     assert render("--set", setting)
-
-
-def schema_refusal(setting: str) -> str:
-    """Helm's error for `--set setting`, which the values schema must refuse."""
-    r = helm(
-        "template", "perllm", str(CHART), "--kube-version", KUBE_VERSION, "--set", setting,
-        check=False,
-    )  # fmt: skip
-    assert r.returncode != 0, f"{setting} was accepted"
-    assert "values don't meet the specifications of the schema" in r.stderr, r.stderr
-    return r.stderr
 
 
 @pytest.mark.parametrize(("setting", "fragment"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
