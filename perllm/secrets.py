@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 import time
+from abc import ABC, abstractmethod
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -20,7 +21,7 @@ class SecretError(RuntimeError):
     """The file cannot be read or is empty (the message names the file, not the value)."""
 
 
-class WatchedFile(Generic[T]):
+class WatchedFile(ABC, Generic[T]):
     """A value read from a file (`_read`), read again when the file changes, at most every
     `every_s`. While the file is unreadable or its content invalid (rewritten in place:
     truncated, then written; or a bad file swapped in) the last good value serves and
@@ -36,9 +37,9 @@ class WatchedFile(Generic[T]):
         self._checked = 0.0
         self.current()  # fail at start, not on the first request
 
+    @abstractmethod
     def _read(self) -> T:
         """The value in the file (OSError or SecretError: none)."""
-        raise NotImplementedError
 
     def current(self) -> T:
         now = time.monotonic()
