@@ -125,8 +125,12 @@ class Informer:
         self.synced = True
         self.relists += 1
 
-    def handle(self, event: Obj) -> bool:
+    def handle(self, event: object) -> bool:
         """Apply one watch event; False when the watch must re-list (410 Gone)."""
+        if not isinstance(event, dict):
+            # the client yields None for a blank (keep-alive) or unparsable line: skipped,
+            # as raising here re-listed the whole resource
+            return True
         kind, obj = event.get("type"), event.get("raw_object") or event.get("object")
         if not isinstance(obj, dict) or not isinstance(kind, str):
             return True

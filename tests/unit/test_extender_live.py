@@ -689,3 +689,33 @@ def test_the_publisher_remembers_a_bounded_number_of_services() -> None:
     assert len(pub._last) <= 3 and len(pub._nodes) <= 3 and len(pub._logged) <= 12
     assert ("llm", "s9") in pub._last and ("llm", "s0") not in pub._nodes  # newest kept
     assert pub.failures == 10
+
+
+def test_a_blank_line_in_the_watch_stream_is_skipped_not_a_relist() -> None:
+    """The kubernetes client yields None for a blank (keep-alive) line of a watch: it reached
+    `handle` as an event, raised, and the informer re-listed everything after a backoff."""
+
+    class Resp:  # what the client's watch reads: a urllib3 response, streamed by lines
+        status = 200
+
+        def stream(self, **_: Any) -> Any:
+            yield (
+                b'{"type": "ADDED", "object": {"metadata": '
+                + b'{"name": "a", "resourceVersion": "2"}}}\n'
+            )
+            yield b"\n  \n"
+            yield (
+                b'{"type": "ADDED", "object": {"metadata": '
+                + b'{"name": "b", "resourceVersion": "3"}}}\n'
+            )
+
+        def close(self) -> None: ...
+        def release_conn(self) -> None: ...
+
+    def list_node(**_: Any) -> Any:
+        return Resp()
+
+    seen: list[str] = []
+    inf = Informer("t", list_node, lambda k, o: seen.append(o["metadata"]["name"]), lambda _: None)
+    assert inf._watch_once() is True  # the watch ended cleanly: watch again, no list
+    assert seen == ["a", "b"] and inf.resource_version == "3"
