@@ -4,18 +4,28 @@ instead of a cluster)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SkipValidation
 
 from perllm.profiles import Catalogue
 from perllm.telemetry.prom import PromAccess
+from perllm.telemetry.queries import window_seconds
 from perllm.waits import WaitSeconds as Interval
 from perllm_extender.publish import PublishApi
 from perllm_extender.state import StateStore
 from perllm_extender.telemetry import QueryClient
 
 Obj = dict[str, Any]
+
+
+def _window(v: str) -> str:
+    window_seconds(v)  # ValueError (the field named by pydantic) unless a duration
+    return v
+
+
+# A PromQL range window ("1m"); the learner also needs its length in seconds
+Window = Annotated[str, AfterValidator(_window)]
 
 
 class ExtenderConfig(BaseModel):
@@ -39,9 +49,9 @@ class ExtenderConfig(BaseModel):
     prometheus: SkipValidation[QueryClient | None] = Field(None, repr=False)  # not the URL
     telemetry_interval_s: Interval = 2.0
     max_telemetry_age_s: Interval = 60.0  # older values are ignored (prior used)
-    latency_window: str = "1m"
+    latency_window: Window = "1m"
     learn_interval_s: Interval = 15.0
-    learn_window: str = "1m"
+    learn_window: Window = "1m"
     state_interval_s: Interval = 60.0
     state_namespace: str = "perllm-system"
     state_store: SkipValidation[StateStore | None] = Field(None, repr=False)  # None: ConfigMap

@@ -6,8 +6,11 @@ length and energy per request into `LatencyObservation`s for `apply` (the schedu
 `CSUCB.update()`). The observed time is compared with the decision-time prediction
 re-evaluated at the observed output length (`realised_prediction`), as the simulator's
 policy does. One observation per pod per pass, only when the pod served requests in the
-window; pods that are gone are forgotten. At most `max_tracked` pods are tracked (each
-with at most `decision.EXPLAIN_LIMIT` candidate predictions), the oldest dropped first.
+window; pods that are gone are forgotten. A pod replaced under its name (a StatefulSet's:
+a new uid) is learned from only once a whole window has passed since its decision, since
+the series are per (namespace, pod) and the window held its predecessor's. At most
+`max_tracked` pods are tracked (each with at most `decision.EXPLAIN_LIMIT` candidate
+predictions), the oldest dropped first.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ class Placement:
     node: str  # chosen (the informer's binding wins when it differs)
     predicted: dict[str, Predicted]  # per candidate node, at decision
     decided_at: float = field(default_factory=time.time)
+    # another pod had this name within a window of the decision: learned from only once a
+    # whole window has passed since
+    replaced: bool = False
     last_seen: float = field(default_factory=time.time)
     observations: int = 0
 
@@ -134,7 +140,11 @@ class Learner:
         self.is_gpu = is_gpu or (lambda _s: True)
         self.interval_s, self.window = interval_s, window
         self.forget_after_s, self.max_tracked = forget_after_s, max_tracked
+        self.window_s = queries.window_seconds(window)
         self.tracked: dict[str, Placement] = {}
+        # namespace/pod -> when a placed pod of that name was last tracked, kept one window:
+        # a new pod under the name within it shares (namespace, pod) series with that one
+        self._ended: dict[str, float] = {}
         self.updates = 0
         self.passes = 0
         self._lock = threading.Lock()
@@ -142,6 +152,13 @@ class Learner:
 
     def record(self, p: Placement) -> None:
         with self._lock:
+            old = self.tracked.get(p.key)
+            if old is not None and old.uid != p.uid:
+                self._end(p.key, p.decided_at)
+            ended = self._ended.get(p.key)
+            if ended is not None and p.decided_at - ended < self.window_s:
+                # the window still holds the predecessor's requests (its node, its load)
+                p.replaced = True
             self.tracked[p.key] = p
             while len(self.tracked) > self.max_tracked:
                 self.tracked.pop(next(iter(self.tracked)))
@@ -156,8 +173,20 @@ class Learner:
                     gone = now - p.last_seen > self.forget_after_s
                 if gone:
                     del self.tracked[key]
+                    self._end(key, now)
                     if self.pods is not None and not self.pods.informed:
                         self.pods.remove(key)  # the index holds only our guesses: bound it
+
+    def _end(self, key: str, at: float) -> None:
+        """Under the lock: a placed pod of this name ended (bounded: one window, at most
+        `max_tracked` names)."""
+        self._ended.pop(key, None)
+        self._ended[key] = at
+        while self._ended and (
+            len(self._ended) > self.max_tracked
+            or at - next(iter(self._ended.values())) >= self.window_s
+        ):
+            self._ended.pop(next(iter(self._ended)))
 
     def observe(self) -> list[LatencyObservation]:
         """Query once and build the observations of this pass (no update)."""
@@ -187,6 +216,8 @@ class Learner:
             if p.key in lat or p.key in rate:
                 p.last_seen = now
             t_obs = lat.get(p.key)
+            if p.replaced and now - p.decided_at < self.window_s:
+                continue  # the window still reaches back to the predecessor of the name
             if t_obs is None or t_obs <= 0 or rate.get(p.key, 1.0) <= 0:
                 continue  # no requests in the window: nothing to learn
             node = p.node

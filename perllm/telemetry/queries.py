@@ -5,10 +5,29 @@ in `names`."""
 
 from __future__ import annotations
 
+import re
+
 from perllm.telemetry import names
 
 _BY_POD = f"sum by ({names.NAMESPACE}, {names.POD})"
 _BY_SERVICE = f"sum by ({names.NAMESPACE}, {names.SERVICE})"
+
+
+# A Prometheus duration: units from the largest down, each at most once ("1h30m", "90s")
+_UNITS = (("y", 365 * 86400.0), ("w", 7 * 86400.0), ("d", 86400.0), ("h", 3600.0),
+           ("m", 60.0), ("s", 1.0), ("ms", 0.001))  # fmt: skip
+_DURATION = re.compile("".join(rf"(?:(\d+){u})?" for u, _ in _UNITS))
+
+
+def window_seconds(window: str) -> float:
+    """The seconds of a range-vector window such as "1m"; ValueError unless it is a
+    positive Prometheus duration."""
+    m = _DURATION.fullmatch(window)
+    groups = m.groups() if m else ()
+    seconds = sum(int(v) * s for v, (_, s) in zip(groups, _UNITS, strict=False) if v)
+    if seconds <= 0:
+        raise ValueError(f"{window!r} is no positive Prometheus duration (e.g. 1m, 90s, 1h30m)")
+    return seconds
 
 
 def _relabel(expr: str, to: str, frm: str) -> str:

@@ -208,3 +208,43 @@ def test_a_cpu_pods_energy_comes_from_kepler_before_node_power() -> None:
     assert got["llm/a"].energy_source == "pod-cpu"
     assert got["llm/a"].energy_j == pytest.approx(37.0)
     assert got["llm/b"].energy_source == "predicted"  # a GPU's energy is not its host CPU's
+
+
+@pytest.mark.parametrize("old", ["tracked", "forgotten"])
+def test_a_pod_replaced_under_its_name_is_learned_from_its_own_window_only(old: str) -> None:
+    """A StatefulSet pod replaced under its name (new uid) has the same (namespace, pod)
+    series: for one window after its decision the mean blends the old pod's requests, on
+    its old node, and was learned against the new placement's prediction."""
+    prom = StubProm()
+    c, live = app_with(prom)
+    c.post("/scheduler/filter", json=args(pod(LOOSE, name="a", uid="old")))
+    observed(prom, {"a": 1.0})
+    assert len(live.learner.observe()) == 1
+    if old == "forgotten":  # the informer saw the old pod go before the new one came
+        live.scheduler.pods.replace([pod(LOOSE, name="a", uid="old")])
+        live.scheduler.pods.replace([])
+        assert live.learner.observe() == [] and live.learner.tracked == {}
+    c.post("/scheduler/filter", json=args(pod(LOOSE, name="a", uid="new")))
+    live.scheduler.pods.replace([pod(LOOSE, name="a", uid="new")])
+    new = live.learner.tracked["llm/a"]
+    assert new.uid == "new"
+    assert live.learner.observe() == []  # the 1 m window still holds the old pod's series
+    new.decided_at -= 61.0  # a whole window since the decision: the new pod's own
+    (o,) = live.learner.observe()
+    assert o.placement is new
+    # a pod whose name was never used before is learned from at once (as above)
+    c.post("/scheduler/filter", json=args(pod(LOOSE, name="b", uid="ub")))
+    observed(prom, {"a": 1.0, "b": 1.0})
+    live.scheduler.pods.replace([pod(LOOSE, name="a", uid="new"), pod(LOOSE, name="b", uid="ub")])
+    assert {o.placement.key for o in live.learner.observe()} == {"llm/a", "llm/b"}
+
+
+def test_a_window_that_is_no_prometheus_duration_is_refused_naming_the_field() -> None:
+    from pydantic import ValidationError
+
+    from perllm.telemetry.queries import window_seconds
+
+    assert window_seconds("1m") == 60 and window_seconds("1h30m") == 5400
+    for field in ("learn_window", "latency_window"):
+        with pytest.raises(ValidationError, match=f"{field}\\n.*no positive Prometheus duration"):
+            ExtenderConfig(**{field: "1.5m"})
