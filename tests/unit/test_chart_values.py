@@ -302,3 +302,19 @@ GOOD_URLS = [
 @pytest.mark.parametrize("setting", GOOD_URLS)
 def test_urls_the_schema_accepts(setting: str) -> None:
     assert render("--set", setting, profile="edge-k3s-values.yaml")
+
+
+def test_an_extender_weight_past_the_overflow_bound_is_refused_naming_it() -> None:
+    """kube-scheduler adds score (<= 10) × weight × 10 into an int64 total and checks only
+    weight > 0: a weight of 1e20 in a values file (float64) rendered as
+    -9223372036854775808, which kube-scheduler refuses at start (a crashloop), and a large
+    int64 one overflows the scores. At most 2^53: exact in a values file, ×100 in int64."""
+    for flag, setting in (
+        ("--set-json", "extender.weight=1e20"),
+        ("--set", "extender.weight=9223372036854775807"),
+        ("--set", "extender.weight=9007199254740993"),
+    ):
+        assert "at '/extender/weight': maximum" in schema_refusal(setting, flag)
+    docs = render("--set-json", "extender.weight=9007199254740992")
+    (cfg,) = [d for d in docs if d.get("kind") == "ConfigMap" and "config.yaml" in d["data"]]
+    assert "weight: 9007199254740992\n" in cfg["data"]["config.yaml"]
