@@ -5,7 +5,6 @@ not help. Returns the new `status.replacement`; Events say what was done and why
 from __future__ import annotations
 
 import collections
-import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +12,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from perllm.contract import ServiceSpec
-from perllm.timefmt import rfc3339
+from perllm.timefmt import parse_rfc3339, rfc3339
 from perllm_operator import failures, kube, observe, pinning, policy, tiers
 
 Obj = dict[str, Any]
@@ -45,20 +44,11 @@ class _Due:
     done: int  # evictions since the attainment last recovered
 
 
-def _parse_ts(ts: str | None) -> float | None:
-    if not ts:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def replacement(t: Tick, pol: policy.ReplacementPolicy) -> Obj:
     """Decide and, if due, evict one pod (or escalate to another tier)."""
     rep: Obj = dict(t.status.get("replacement") or {})
     tgt = observe.target(t.sspec)
-    last = _parse_ts(rep.get("lastEvictionAt"))
+    last = parse_rfc3339(rep.get("lastEvictionAt"))
     verdict = policy.decide(list(t.history), tgt, pol, t.now, last)
     rep["state"], rep["message"] = verdict.reason, verdict.message
     since = verdict.below_since
