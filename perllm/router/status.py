@@ -3,6 +3,12 @@ backend, over the router's life and the last `RECENT_S` seconds, and deadline at
 and the condition `BackendsReachable` (False while a backend refuses connections or does
 not answer in time, naming it and why: a remote tier cut off says `RemoteUnreachable`).
 
+Several replicas of one router share the LLMService: each keeps its own raw counts and
+condition view in `status.routing.routers.<its pod name>`, and the totals, tiers,
+backends and the condition are the sum (the combination) over the entries written within
+`stale_s` (an older one, a replica gone, is deleted), recomputed by every writer from what
+it read plus its own entry under the read's resourceVersion, so no writer loses another's.
+
 Written every `interval_s` when it changed (and every `REFRESH_TICKS` intervals anyway,
 in case another writer dropped or reverted the condition), never per request, off the
 event loop: a read of the LLMService and a merge patch of its status subresource with
@@ -29,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from perllm.router.config import Backend
 from perllm.router.health import Refusing
 from perllm.router.periodic import Periodic
-from perllm.timefmt import rfc3339
+from perllm.timefmt import parse_rfc3339, rfc3339
 
 if TYPE_CHECKING:
     from perllm.router.app import Router
@@ -43,6 +49,9 @@ CONFLICT_RETRIES = 4
 # Unchanged, the status is still written every this many intervals: another writer (the
 # operator) may have dropped or reverted this condition meanwhile.
 REFRESH_TICKS = 12
+# A replica's entry not written for this many refresh periods (`stale_s`) is dropped: a
+# live one writes at least once a period, so this leaves two failed writes' slack.
+STALE_REFRESHES = 3
 
 # A key of `Counts` for the requests of a tier's retired backends (`RouterMetrics.gone`),
 # `GONE + tier`: no backend's name has a space. Counted in the totals, never listed.
@@ -51,6 +60,14 @@ GONE = "gone "
 Obj = dict[str, Any]
 Counts = dict[str, tuple[str, int, int]]  # backend -> (tier, requests, met)
 Cond = tuple[bool, str, str]  # (status, reason, message)
+# The reasons of a False `BackendsReachable`, worst first: several replicas' views
+# combined take the worst.
+SEVERITY = ("NoBackends", "NoBackendReachable", "RemoteUnreachable", "BackendsEjected")
+
+
+def stale_s(interval_s: float) -> float:
+    """How old a replica's entry may be before the others drop it."""
+    return STALE_REFRESHES * REFRESH_TICKS * interval_s
 
 
 def _ratio(a: int, b: int) -> float:
@@ -83,12 +100,13 @@ def routing(
     remote: Iterable[str],
     since: float,
     members: Iterable[str] | None = None,
+    router: str = "",
 ) -> Obj:
     """`status.routing` (without `updatedAt`) from the judged requests per backend since
     start (`counts`) and within the last `window_s` seconds (`recent`). `backends` lists
     the current `members` (all of `counts` if None) and any with requests in the window;
     the others (pods gone at a rollout) and the `GONE` keys (those retired since, per
-    tier) count only in the totals and their tiers'."""
+    tier) count only in the totals and their tiers'. `router`: the writer (this host)."""
     life = _split(counts)
     remote = set(remote)
     listed = None if members is None else set(members)
@@ -105,12 +123,126 @@ def routing(
                 b["remote"] = True
             backends.append(b)
     return {
-        "router": socket.gethostname(),
+        "router": router or socket.gethostname(),
         "since": rfc3339(since),
         **life,
         "backends": backends,
         "recent": {"windowSeconds": round(window_s), **_split(recent)},
     }
+
+
+def entry(
+    counts: Counts, recent: Counts, window_s: float, remote: Iterable[str],
+    since: float, members: Iterable[str], cond: Cond,
+) -> Obj:  # fmt: skip
+    """One replica's `status.routing.routers.<pod>` (without `updatedAt`): its raw counts
+    per backend (a tier's retired backends without `name`), what `routing` needs to sum
+    them with the other replicas', and its view of the condition."""
+    remote, members = set(remote), set(members)
+    rows = []
+    for name in sorted(counts.keys() | recent.keys()):
+        tier, req, met = counts.get(name) or (recent[name][0], 0, 0)
+        _, rreq, rmet = recent.get(name, (tier, 0, 0))
+        if not req and not rreq:  # nothing to add
+            continue
+        row: Obj = {} if name.startswith(GONE) else {"name": name}
+        row.update(tier=tier, requests=req, met=met, recentRequests=rreq, recentMet=rmet)
+        if name in members:
+            row["member"] = True
+        if name in remote:
+            row["remote"] = True
+        rows.append(row)
+    return {
+        "since": rfc3339(since),
+        "windowSeconds": round(window_s),
+        "backends": rows,
+        "condition": {"status": str(cond[0]), "reason": cond[1], "message": cond[2]},
+    }
+
+
+def _count(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ValueError(f"not a count: {v!r}")
+    return v
+
+
+def _read(e: Any) -> tuple[list[tuple[str, str, int, int, int, int, Obj]], float, float, Cond]:
+    """An entry's rows (key, tier, requests, met, recent requests, recent met, row), since,
+    window and condition; ValueError, KeyError or TypeError for one this code did not
+    write (another version's, a hand edit's)."""
+    rows = []
+    for row in e["backends"]:
+        tier = row["tier"]
+        name = row.get("name")
+        if not isinstance(tier, str) or not isinstance(name, str | None):
+            raise ValueError("a backend's name or tier is not a string")
+        counted = [_count(row[k]) for k in ("requests", "met", "recentRequests", "recentMet")]
+        rows.append((name if name else GONE + tier, tier, *counted, row))
+    since = parse_rfc3339(e["since"])
+    c = e["condition"]
+    ok, reason, msg = c["status"], c["reason"], c["message"]
+    if (
+        since is None
+        or ok not in ("True", "False")
+        or not (isinstance(reason, str) and isinstance(msg, str))
+    ):
+        raise ValueError("since or the condition unreadable")
+    return rows, since, _count(e["windowSeconds"]), (ok == "True", reason, msg)
+
+
+def combine(entries: dict[str, Any], writer: str) -> tuple[Obj, Cond, list[str]]:
+    """`status.routing` (without `routers` and `updatedAt`) summed over the replicas'
+    `entries`, the condition combining their views, and the names of the entries that
+    could not be read (left out, left in place)."""
+    counts: dict[str, tuple[str, int, int]] = {}
+    recent: dict[str, tuple[str, int, int]] = {}
+    members: set[str] = set()
+    remote: set[str] = set()
+    starts, windows, views, bad = [], [0.0], {}, []
+    for pod, e in sorted(entries.items()):
+        try:
+            rows, since, window, view = _read(e)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            bad.append(pod)
+            continue
+        for key, tier, req, met, rreq, rmet, row in rows:
+            t, n, m = counts.get(key, (tier, 0, 0))
+            counts[key] = (t, n + req, m + met)
+            t, n, m = recent.get(key, (tier, 0, 0))
+            recent[key] = (t, n + rreq, m + rmet)
+            if row.get("member") is True:
+                members.add(key)
+            if row.get("remote") is True:
+                remote.add(key)
+        starts.append(since)
+        windows.append(window)
+        views[pod] = view
+    out = routing(counts, recent, max(windows), remote, min(starts, default=0.0), members, writer)
+    return out, combined(views, writer), bad
+
+
+def combined(views: dict[str, Cond], writer: str) -> Cond:
+    """`BackendsReachable` over the replicas' `views`: one replica's as it is; of several,
+    False (the worst reason) when any sees a backend fail, naming who sees what."""
+    if len(views) <= 1:
+        return next(iter(views.values()), (False, "NoBackends", "no router has written"))
+    down = {p: c for p, c in views.items() if not c[0]}
+    if not down:
+        mine = views.get(writer, next(iter(views.values())))[2]
+        return (
+            True,
+            "AllReachable",
+            f"all {len(views)} routers reach every backend; {writer}: {mine}",
+        )
+    rank = {r: i for i, r in enumerate(SEVERITY)}
+    reason = min((c[1] for c in down.values()), key=lambda r: rank.get(r, len(SEVERITY)))
+    seen: dict[str, list[str]] = {}  # message -> the routers that see it
+    for p, c in sorted(down.items()):
+        seen.setdefault(f"{c[1]}: {c[2]}", []).append(p)
+    parts = [f"router {', '.join(ps)}: {m}" for m, ps in seen.items()]
+    if fine := sorted(p for p in views if p not in down):
+        parts.append(f"router {', '.join(fine)}: all backends answer")
+    return False, reason, " | ".join(parts)
 
 
 def reachable(
@@ -197,6 +329,7 @@ class StatusWriter(Periodic):
     interval_s: float = 5.0
     timeout_s: float = 5.0
     kubeconfig: str | None = None
+    pod: str = field(default_factory=socket.gethostname)  # its entry's key: the pod's name
     writes: int = 0
     errors: int = 0
     _since: float = field(default_factory=time.time)
@@ -206,13 +339,20 @@ class StatusWriter(Periodic):
     _custom: Any = field(default=None, repr=False)
     _client: Any = field(default=None, repr=False)  # the ApiClient under `_custom`
     _unchanged: int = field(default=0, repr=False)  # ticks skipped since the last write
+    _unread: list[str] = field(default_factory=list, repr=False)  # entries last left out
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._history.append((self._since, {}))
 
     def snapshot(self, now: float) -> tuple[Obj, Cond]:
-        """The routing status and the condition now (pure but for the recent window)."""
+        """The routing status and the condition this replica alone would write now."""
+        mine, cond = self.mine(now)
+        return combine({self.pod: mine}, self.pod)[0], cond
+
+    def mine(self, now: float) -> tuple[Obj, Cond]:
+        """This replica's entry (without `updatedAt`) and its view of the condition now
+        (pure but for the recent window)."""
         r = self.router
         counts = {b.name: (b.tier, b.requests, b.met_requests) for b in r.metrics.served()}
         counts |= {GONE + t: (t, n, m) for t, (n, m) in r.metrics.gone.items()}
@@ -231,11 +371,35 @@ class StatusWriter(Periodic):
                 recent[GONE + tier] = (tier, r_req - req, r_met - met)
         remote = [b.name for b in r.static]
         members = [b.name for b in r.backends]
-        out = routing(counts, recent, now - t0, remote, self._since, members)
-        return out, reachable(r.backends, remote, r.refusing(), r.discovery, r.ca_errors())
+        cond = reachable(r.backends, remote, r.refusing(), r.discovery, r.ca_errors())
+        return entry(counts, recent, now - t0, remote, self._since, members, cond), cond
 
-    def write_once(self, status: Obj, cond: Cond) -> None:
-        """Read the LLMService, set the condition in its list, patch (blocking)."""
+    def merged(self, routing_: Any, mine: Obj, now: float) -> tuple[Obj, Cond]:
+        """The patch of `status.routing` (its aggregate, this replica's entry `mine`, the
+        stale entries set to null: the merge patch deletes them) from the `routing_` read,
+        and the combined condition."""
+        theirs = routing_.get("routers") if isinstance(routing_, dict) else None
+        fresh, gone = {}, []
+        oldest = now - stale_s(self.interval_s)
+        for pod, e in (theirs if isinstance(theirs, dict) else {}).items():
+            if pod == self.pod:
+                continue
+            at = parse_rfc3339(e.get("updatedAt")) if isinstance(e, dict) else None
+            if at is None or at < oldest:  # gone (scaled down, died) or never readable
+                gone.append(pod)
+            else:
+                fresh[pod] = e
+        status, cond, unread = combine({**fresh, self.pod: mine}, self.pod)
+        if unread != self._unread:
+            self._unread = unread
+            if unread:
+                log.warning("routing entries of %s left out of the totals (unreadable)", unread)
+        routers = {**dict.fromkeys(gone), self.pod: mine}
+        return {**status, "updatedAt": mine["updatedAt"], "routers": routers}, cond
+
+    def write_once(self, mine: Obj, now: float) -> None:
+        """Read the LLMService, sum its replicas' entries with `mine`, set the combined
+        condition in its list, patch (blocking)."""
         from perllm.crd import GROUP, PLURAL, VERSION
 
         if self._custom is None:
@@ -248,7 +412,9 @@ class StatusWriter(Periodic):
         co, args = self._custom, (GROUP, VERSION, self.namespace, PLURAL, self.name)
         for attempt in range(CONFLICT_RETRIES):
             obj: Obj = co.get_namespaced_custom_object(*args, _request_timeout=self.timeout_s)
-            old = list((obj.get("status") or {}).get("conditions") or [])
+            st = obj.get("status") or {}
+            old = list(st.get("conditions") or [])
+            status, cond = self.merged(st.get("routing"), mine, now)
             body = {
                 "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
                 "status": {"routing": status, "conditions": merge_condition(old, CONDITION, cond)},
@@ -268,15 +434,15 @@ class StatusWriter(Periodic):
         `REFRESH_TICKS` rounds (another writer may have dropped or reverted the
         condition). Never raises."""
         now = time.time()
-        status, cond = self.snapshot(now)
+        mine, cond = self.mine(now)
         # The window's length alone moving is no change worth a write.
-        key = ({**status, "recent": {**status["recent"], "windowSeconds": 0}}, cond)
+        key = ({**mine, "windowSeconds": 0}, cond)
         if self._last == key and self._unchanged < REFRESH_TICKS - 1:
             self._unchanged += 1
             return False
         what = f"LLMService {self.namespace}/{self.name}"
         try:
-            await asyncio.to_thread(self.write_once, {**status, "updatedAt": rfc3339(now)}, cond)
+            await asyncio.to_thread(self.write_once, {**mine, "updatedAt": rfc3339(now)}, now)
         except Exception as e:  # RBAC, not found, API down: routing goes on
             self.errors += 1
             self.router.metrics.status_writes.labels("error").inc()

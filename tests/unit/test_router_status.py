@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,11 +27,15 @@ from perllm.router.serving import serving
 from perllm.router.status import (
     CONDITION,
     REFRESH_TICKS,
+    StatusWriter,
+    combined,
     merge_condition,
     reachable,
     routing,
+    stale_s,
 )
 from perllm.router.stub import StubBackend
+from perllm.timefmt import rfc3339
 
 Obj = dict[str, Any]
 # Short answers: the deadline (1 s + 0.15 s a token) is near what the edge takes loaded.
@@ -332,3 +337,191 @@ def test_the_load_of_backends_that_left_is_forgotten_once_idle() -> None:
     r.backlog("e1").done(key, 1.0, prefilled=False)
     r.set_backends([_b("e3", "edge"), _b("e4", "edge")])
     assert sorted(r._inflight) == ["e3", "e4"] and r.inflight == [0, 0]
+
+
+class Replica:
+    """What a `StatusWriter` reads of its router: per backend the judged requests and
+    those met (`count`), the remote tiers, the refusing backends."""
+
+    def __init__(self, remote: tuple[str, ...] = ("cloud-cluster",)) -> None:
+        self.backends = [_b("e1", "edge"), _b("cloud-cluster", "cloud")]
+        self.static = [b for b in self.backends if b.name in remote]
+        self.counts: dict[str, tuple[int, int]] = {}
+        self.down: dict[str, Refusing] = {}
+        self.discovery = None
+        ok = SimpleNamespace(inc=lambda: None)
+        self.metrics = SimpleNamespace(
+            served=self.served, gone={}, status_writes=SimpleNamespace(labels=lambda _: ok)
+        )
+
+    def served(self) -> list[SimpleNamespace]:
+        tiers = {b.name: b.tier.value for b in self.backends}
+        return [SimpleNamespace(name=n, tier=tiers[n], requests=r, met_requests=m)
+                for n, (r, m) in self.counts.items()]  # fmt: skip
+
+    def count(self, name: str, requests: int, met: int) -> None:
+        r, m = self.counts.get(name, (0, 0))
+        self.counts[name] = (r + requests, m + met)
+
+    def refusing(self) -> dict[str, Refusing]:
+        return dict(self.down)
+
+    def ca_errors(self) -> dict[str, str]:
+        return {}
+
+
+def _writer(api: FakeStatusApi, pod: str) -> tuple[Replica, StatusWriter]:
+    rep = Replica()
+    w = StatusWriter(rep, "ns", "chat")  # type: ignore[arg-type]
+    w.pod, w._custom = pod, api
+    return rep, w
+
+
+def _tiers(rt: Obj) -> dict[str, int]:
+    return {t["tier"]: t["requests"] for t in rt["tiers"]}
+
+
+def test_replicas_of_one_router_sum_their_counts_and_lose_none() -> None:
+    """Two replicas write interleaved, one between the other's read and its patch (a
+    409: read again): the totals, tiers and backends are the sum of both, each keeps its
+    own entry, and the condition stays theirs combined (no flip with the last writer)."""
+
+    async def go() -> None:
+        api = FakeStatusApi(expect=LLMS)
+        a, wa = _writer(api, "router-a")
+        b, wb = _writer(api, "router-b")
+        a.count("e1", 6, 6)
+        a.count("cloud-cluster", 2, 2)
+        assert await wa.tick()
+        b.count("e1", 3, 2)
+        b.count("cloud-cluster", 1, 1)
+        a.count("e1", 4, 3)  # a writes again in the gap of b's write
+        api.before_patch = lambda: asyncio.run(wa.tick())
+        assert await wb.tick() and api.refused == 1
+        rt = api.obj["status"]["routing"]
+        assert rt["requests"] == 16 and rt["attainment"] == round(14 / 16, 4)
+        assert _tiers(rt) == {"edge": 13, "cloud": 3} and rt["router"] == "router-b"
+        by_name = {x["name"]: x["requests"] for x in rt["backends"]}
+        assert by_name == {"e1": 13, "cloud-cluster": 3}
+        assert rt["recent"]["requests"] == 16 and sorted(rt["routers"]) == ["router-a", "router-b"]
+        assert {r: e["backends"][1]["requests"] for r, e in rt["routers"].items()} == {
+            "router-a": 10,
+            "router-b": 3,
+        }  # rows sorted by name: cloud-cluster, e1
+        a.count("cloud-cluster", 5, 5)
+        assert await wa.tick()
+        rt = api.obj["status"]["routing"]
+        assert rt["requests"] == 21 and _tiers(rt) == {"edge": 13, "cloud": 8}
+        assert rt["router"] == "router-a" and cond_of(api)["reason"] == "AllReachable"
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_a_replica_not_heard_from_is_dropped_with_its_requests() -> None:
+    """An entry older than `stale_s` (a replica scaled down or dead) is deleted by the next
+    writer (null in the merge patch) and leaves the totals and the condition; one younger
+    stays counted."""
+
+    async def go() -> None:
+        api = FakeStatusApi(expect=LLMS)
+        a, wa = _writer(api, "router-a")
+        b, wb = _writer(api, "router-b")
+        c, wc = _writer(api, "router-c")
+        a.count("e1", 5, 5)
+        a.down = {"e1": Refusing(1, 0.0, "refused")}
+        b.count("e1", 2, 2)
+        c.count("cloud-cluster", 1, 1)
+        for w in (wa, wb):
+            assert await w.tick()
+        assert api.obj["status"]["routing"]["requests"] == 7 and cond_of(api)["status"] == "False"
+        routers = api.obj["status"]["routing"]["routers"]
+        limit = stale_s(wc.interval_s)
+        routers["router-a"]["updatedAt"] = rfc3339(time.time() - limit - 5)
+        routers["router-b"]["updatedAt"] = rfc3339(time.time() - limit + 30)
+        assert await wc.tick()
+        assert api.patches[-1]["status"]["routing"]["routers"]["router-a"] is None
+        rt = api.obj["status"]["routing"]
+        assert sorted(rt["routers"]) == ["router-b", "router-c"]
+        assert rt["requests"] == 3 and _tiers(rt) == {"edge": 2, "cloud": 1}
+        assert cond_of(api)["status"] == "True"
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_the_condition_combines_the_replicas_views() -> None:
+    """False while any replica sees a backend fail (the worst reason, naming who sees
+    what), whichever wrote last; True again only when all see every backend answer."""
+
+    async def go() -> None:
+        api = FakeStatusApi(expect=LLMS)
+        a, wa = _writer(api, "router-a")
+        _, wb = _writer(api, "router-b")
+        a.down = {"cloud-cluster": Refusing(2, 0.0, "backend cloud-cluster: refused")}
+        assert await wa.tick() and await wb.tick()  # b, fine, writes last
+        cond = cond_of(api)
+        assert (cond["status"], cond["reason"]) == ("False", "RemoteUnreachable")
+        assert cond["message"].startswith("router router-a: RemoteUnreachable: remote tier ")
+        assert cond["message"].endswith(" | router router-b: all backends answer")
+        a.down = {}
+        assert await wa.tick()
+        cond = cond_of(api)
+        assert (cond["status"], cond["reason"]) == ("True", "AllReachable")
+        assert cond["message"].startswith("all 2 routers reach every backend; router-a: 2 ")
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+    ok = (True, "AllReachable", "fine")
+    ej = (False, "BackendsEjected", "e1 refuses")
+    assert combined({"a": ej}, "a") == ej  # one replica: its view as it is
+    assert combined({"a": ej, "b": ej, "c": (False, "NoBackendReachable", "x"), "d": ok}, "d") == (
+        False,
+        "NoBackendReachable",
+        "router a, b: BackendsEjected: e1 refuses | router c: NoBackendReachable: x"
+        " | router d: all backends answer",
+    )
+
+
+def test_one_replica_writes_what_it_wrote_alone_before() -> None:
+    """A single replica: the aggregate fields are `routing` of its counts and the condition
+    its own view, exactly; `routers` holds its one entry."""
+
+    async def go() -> None:
+        api = FakeStatusApi(expect=LLMS)
+        a, wa = _writer(api, "router-a")
+        a.count("e1", 6, 5)
+        a.count("cloud-cluster", 3, 3)
+        a.down = {"cloud-cluster": Refusing(1, 0.0, "refused")}
+        assert await wa.tick()
+        rt = dict(api.obj["status"]["routing"])
+        assert set(rt.pop("routers")) == {"router-a"} and rt.pop("updatedAt")
+        counts = {"e1": ("edge", 6, 5), "cloud-cluster": ("cloud", 3, 3)}
+        window = rt["recent"]["windowSeconds"]
+        alone = routing(counts, counts, window, ["cloud-cluster"], wa._since, ["e1"], "router-a")
+        assert rt == alone
+        mine = reachable(a.backends, ["cloud-cluster"], a.down)  # type: ignore[arg-type]
+        assert (cond_of(api)["status"] == "True", cond_of(api)["reason"]) == mine[:2]
+        assert cond_of(api)["message"] == mine[2]
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_an_entry_it_cannot_read_is_left_out_not_a_crash(caplog: pytest.LogCaptureFixture) -> None:
+    """Another version's or a hand edit's entry: left out of the totals, left in place
+    while fresh, one log line; `routers` not an object is replaced."""
+
+    async def go() -> None:
+        api = FakeStatusApi(expect=LLMS)
+        a, wa = _writer(api, "router-a")
+        a.count("e1", 2, 2)
+        api.obj["status"]["routing"] = {"routers": ["junk"]}
+        assert await wa.tick() and api.obj["status"]["routing"]["requests"] == 2
+        now = rfc3339(time.time())
+        odd = {"updatedAt": now, "backends": [{"tier": "edge", "requests": "many"}]}
+        api.obj["status"]["routing"]["routers"]["router-x"] = odd
+        a.count("e1", 1, 1)
+        caplog.set_level(logging.WARNING, "perllm.router.status")
+        assert await wa.tick()
+        rt = api.obj["status"]["routing"]
+        assert rt["requests"] == 3 and rt["routers"]["router-x"] == odd
+        assert any("router-x" in m and "unreadable" in m for m in caplog.messages)
+
+    asyncio.run(asyncio.wait_for(go(), 30))
