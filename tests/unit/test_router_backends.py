@@ -59,7 +59,8 @@ def test_a_backend_that_left_is_forgotten_once_its_requests_end() -> None:
     its metrics and its load are gone, its connection is closed rather than pooled, and
     its requests still count in the status' totals (its tier's)."""
     from perllm.router.asgi import Refused
-    from perllm.router.status import GONE, StatusWriter
+    from perllm.router.status import StatusWriter
+    from perllm.router.tally import GONE
 
     async def go() -> None:
         stubs = {n: StubBackend(n, tokens=4, token_delay_s=0.05) for n in ("edge-gpu", "cloud")}

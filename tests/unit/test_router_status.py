@@ -28,13 +28,12 @@ from perllm.router.status import (
     CONDITION,
     REFRESH_TICKS,
     StatusWriter,
-    combined,
     merge_condition,
     reachable,
-    routing,
     stale_s,
 )
 from perllm.router.stub import StubBackend
+from perllm.router.tally import combined, routing
 from perllm.timefmt import rfc3339
 
 Obj = dict[str, Any]
