@@ -8,7 +8,7 @@ from pathlib import Path
 
 from perllm import policies
 from perllm.cli import DEFAULT_POLICY_ORDER, _print_report
-from perllm.cli_args import at_least
+from perllm.cli_args import MAX_SEEDS, at_least
 from perllm.experiment import run_experiment, write_plots
 from perllm.scenario import REFERENCE_SCENARIOS, load_scenario
 
@@ -16,7 +16,7 @@ from perllm.scenario import REFERENCE_SCENARIOS, load_scenario
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("out/paper"))
-    ap.add_argument("--seeds", type=at_least(1, int), default=3, help="seeds 1..N")
+    ap.add_argument("--seeds", type=at_least(1, int, MAX_SEEDS), default=3, help="seeds 1..N")
     args = ap.parse_args()
     names = [p for p in DEFAULT_POLICY_ORDER if p in policies.available()]
     exp = run_experiment(

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perllm import policies
-from perllm.cli_args import number, wait_seconds
+from perllm.cli_args import number, seed_count, wait_seconds
 from perllm.cli_outputs import ensure_writable, output_path
 from perllm.cli_report import print_report
 from perllm.scenario import (
@@ -81,7 +81,7 @@ def simulate(
         list[str] | None,
         typer.Option("--policy", "-p", help="Policies to run (repeat; default: all available)."),
     ] = None,
-    seeds: Annotated[int, typer.Option(help="Number of seeds (1..N).", min=1)] = 3,
+    seeds: Annotated[int, seed_count(..., help="Number of seeds (runs seeds 1..N).")] = 3,
     duration: Annotated[
         float | None,
         number(help="Override each scenario's duration (s).", min=1),

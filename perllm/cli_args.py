@@ -10,8 +10,11 @@ and the agent's probe options again where they are used; `sweep --duration` is c
 with the sweep's other arguments.)
 
 Ports are declared through `port` (at most 65535), seeds through `seed` (not negative:
-numpy refuses a negative seed with a traceback). The bench scripts' argparse flags take
-`at_least`, the same checks."""
+numpy refuses a negative seed with a traceback), a number of seeds through `seed_count`
+(1..`MAX_SEEDS`: `perllm sweep` sets up every job before the first runs, and a million
+seeds held the machine's memory before any progress was shown; `perllm simulate --seeds
+1e21` was an OverflowError traceback). The bench scripts' argparse flags take `at_least`,
+the same checks."""
 
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ import typer
 from perllm.waits import MAX_WAIT_S
 
 MAX_PORT = 65535
+# Seeds 1..N of `perllm simulate` and `perllm sweep`: a thousand is a precise mean (the
+# README's results use 3) and already hours of runs.
+MAX_SEEDS = 1000
 
 
 def check_number(value: float, lo: float | None = None, hi: float | None = None) -> float:
@@ -32,10 +38,11 @@ def check_number(value: float, lo: float | None = None, hi: float | None = None)
     error naming the option, exit 2): the non-finite case first, whatever the range."""
     if not math.isfinite(value):
         raise typer.BadParameter(f"must be a finite number, got {value}")
+    got = value if isinstance(value, int) else f"{value:g}"  # (an integer as typed)
     if lo is not None and value < lo:
-        raise typer.BadParameter(f"must be ≥ {lo:g}, got {value:g}")
+        raise typer.BadParameter(f"must be ≥ {lo:g}, got {got}")
     if hi is not None and value > hi:
-        raise typer.BadParameter(f"must be ≤ {hi:g}, got {value:g}")
+        raise typer.BadParameter(f"must be ≤ {hi:g}, got {got}")
     return value
 
 
@@ -73,15 +80,24 @@ def wait_seconds(default: float, *param_decls: str, **kw: Any) -> Any:
 def port(default: int | None, *param_decls: str, zero: bool = False, **kw: Any) -> Any:
     """`typer.Option` of a TCP port: 1..65535, or 0..65535 where `zero` (0 meaning any free
     port, or none, as the option's help says)."""
-    lo = 0 if zero else 1
-    return typer.Option(
-        default, *param_decls, min=lo, max=MAX_PORT, parser=_parser(lo, MAX_PORT, int), **kw
-    )
+    return integer(default, *param_decls, min=0 if zero else 1, max=MAX_PORT, **kw)
 
 
 def seed(default: int = 0, *param_decls: str, **kw: Any) -> Any:
     """`typer.Option` of a random seed: an integer ≥ 0."""
-    return typer.Option(default, *param_decls, min=0, parser=_parser(0, None, int), **kw)
+    return integer(default, *param_decls, min=0, **kw)
+
+
+def integer(default: Any, *param_decls: str, min: int, max: int | None = None, **kw: Any) -> Any:
+    """`typer.Option` of an integer within [min, max] (`check_number`'s messages)."""
+    return typer.Option(
+        default, *param_decls, min=min, max=max, parser=_parser(min, max, int), **kw
+    )
+
+
+def seed_count(default: int, *param_decls: str, **kw: Any) -> Any:
+    """`typer.Option` of a number of seeds (seeds 1..N): 1 to `MAX_SEEDS`."""
+    return integer(default, *param_decls, min=1, max=MAX_SEEDS, **kw)
 
 
 def at_least(

@@ -19,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from perllm.cli_args import seed_count
 from perllm.cli_outputs import ensure_writable, output_path
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--policy", "-p", help="Policies (repeat; default: a set of six)."),
         ] = None,
-        seeds: Annotated[int, typer.Option(help="Number of seeds (1..N).")] = 1,
+        seeds: Annotated[int, seed_count(..., help="Number of seeds (runs seeds 1..N).")] = 1,
         duration: Annotated[
             float | None, typer.Option(help="Override each scenario's duration (s).")
         ] = None,
@@ -170,8 +171,6 @@ def register(app: typer.Typer) -> None:
         from perllm.sweep.transforms import SweepError
 
         try:
-            if seeds < 1:
-                raise SweepError(f"--seeds: must be ≥ 1, got {seeds}")
             if processes < 1:
                 raise SweepError(f"--processes: must be ≥ 1, got {processes}")
             if duration is not None and not (math.isfinite(duration) and duration >= 1):

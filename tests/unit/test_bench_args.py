@@ -27,6 +27,8 @@ def bench(name: str) -> ModuleType:
         # --seeds 0 ran no seed and exited 0 with an empty report
         ("paper", ["--seeds", "0"], "argument --seeds: must be ≥ 1, got 0"),
         ("paper", ["--seeds", "-3"], "argument --seeds: must be ≥ 1, got -3"),
+        # an OverflowError traceback at range(1, N + 1), as `perllm simulate --seeds`
+        ("paper", ["--seeds", str(10**21)], f"argument --seeds: must be ≤ 1000, got {10**21}"),
         ("sim_speed", ["--seeds", "0"], "argument --seeds: must be ≥ 1, got 0"),
         # pydantic tracebacks naming the burst window's until_s / factor
         ("router_burst", ["--seconds", "0"], "argument --seconds: must be ≥ 1, got 0"),

@@ -251,6 +251,37 @@ def test_a_negative_seed_is_refused(argv: list[str]) -> None:
     assert "Invalid value for '--seed'" in out and f"must be ≥ 0, got {argv[-1]}" in out, out
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["simulate", "paper-llama2-7b", "--seeds", "1001"], "must be ≤ 1000, got 1001"),
+        (["simulate", "paper-llama2-7b", "--seeds", str(10**21)], f"got {10**21}"),
+        (["sweep", "--load", "4", "--seeds", "1000000"], "must be ≤ 1000, got 1000000"),
+        (["sweep", "--load", "4", "--seeds", "0"], "must be ≥ 1, got 0"),
+    ],
+)
+def test_the_number_of_seeds_is_bounded(
+    argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`sweep --seeds 1000000` set up every job before the first ran (the machine's
+    memory, no progress shown); `simulate --seeds 1e21` was an OverflowError traceback.
+    `perllm.cli_args.seed_count` refuses more than `MAX_SEEDS` first: nothing runs."""
+    import perllm.experiment
+    import perllm.sweep.run
+
+    def ran(*a: object, **kw: object) -> None:
+        raise AssertionError("ran")
+
+    monkeypatch.setattr(perllm.experiment, "run_experiment", ran)
+    monkeypatch.setattr(perllm.sweep.run, "run_sweep", ran)
+    res = runner.invoke(app, [*argv, "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)
+    out = flat(res.output)
+    assert "Invalid value for '--seeds'" in out and message in out, out
+    assert not (tmp_path / "o").exists()
+
+
 def test_scenarios_show_prints_the_file_verbatim(tmp_path: Path) -> None:
     """`show NAME > my.yaml` is the documented way to start a scenario: no wrapping of
     long lines, no `:x:` emoji codes, no extra newline."""
