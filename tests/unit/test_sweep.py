@@ -172,7 +172,9 @@ def test_no_bound_keeps_the_columns_empty_and_processes_match(tmp_path: Path) ->
         (["--load", "4", "-p", "magic"], "--policy: unknown policy 'magic'"),
         (["--load", "4", "-p", "perllm", "-p", "perllm"], "--policy: a policy is named twice"),
         (["--load", "4", "--seeds", "0"], "Invalid value for '--seeds': must be ≥ 1"),
-        (["--load", "4", "--processes", "0"], "--processes: must be ≥ 1"),
+        (["--load", "4", "--processes", "0"], "Invalid value for '--processes': must be ≥ 1"),
+        # (100,000 were accepted: a process spawned per job handed out)
+        (["--load", "4", "--processes", "65"], "Invalid value for '--processes': must be ≤ 64"),
         (["--load", "4", "--duration", "-5"], "--duration: must be a finite number ≥ 1"),
         (["--load", "4", "--duration", "0.5"], "--duration: must be a finite number ≥ 1"),
         (["nope-scenario", "--load", "4"], "no such file or built-in scenario"),
