@@ -186,17 +186,20 @@ def _check_links(sc: Scenario, source: str) -> None:
     """Every link's nominal bandwidth, with the bandwidth windows over it, is at least the
     contract's `MIN_LINK_MBPS` in every slot: each window's factor is only > 0, and a
     factor of 1e-300 made every upload over the link take inf seconds. (A sweep's links,
-    set with `model_copy`, were never validated: checked here too.) With a
+    set with `model_copy`, were never validated: checked here too, at most
+    `MAX_LINK_MBPS` as well: `--cloud-mbps 1e12` ran.) With a
     `bandwidth.trace` the nominal bandwidths are the file's, checked as a run reads it."""
-    from perllm.contract import MIN_LINK_MBPS
+    from perllm.contract import MAX_LINK_MBPS, MIN_LINK_MBPS
     from perllm.world.arrivals import rate_factor
 
     floor = f"below the {MIN_LINK_MBPS:g} Mbps (1 kbit/s) a link has at least"
+    ceiling = f"above the {MAX_LINK_MBPS:,.0f} Mbps (10 Tbit/s) a link has at most"
     for i, s in enumerate(sc.servers):
-        if s.link.bandwidth_mbps < MIN_LINK_MBPS:
+        mbps = s.link.bandwidth_mbps
+        if not MIN_LINK_MBPS <= mbps <= MAX_LINK_MBPS:
             raise ScenarioError(
                 f"{source}: invalid scenario:\n  servers[{i}].link.bandwidth_mbps: "
-                f"{s.link.bandwidth_mbps:g} Mbps is {floor}"
+                f"{mbps:g} Mbps is {floor if mbps < MIN_LINK_MBPS else ceiling}"
             )
     windows = sc.bandwidth.windows
     if sc.bandwidth.trace or not windows:

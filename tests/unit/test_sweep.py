@@ -179,6 +179,12 @@ def test_no_bound_keeps_the_columns_empty_and_processes_match(tmp_path: Path) ->
         (["--load", "4", "--duration", "0.5"], "--duration: must be a finite number ≥ 1"),
         (["nope-scenario", "--load", "4"], "no such file or built-in scenario"),
         (["--load", "4,1e9"], "load sweep at 1e+09: paper-llama2-7b: invalid scenario"),
+        # (ran, at a nominal link beyond link.bandwidth_mbps's 10,000,000 Mbps)
+        (
+            ["--cloud-mbps", "300,1e12"],
+            "cloud-bw sweep at 1e+12: paper-llama2-7b: invalid scenario: "
+            "servers[1].link.bandwidth_mbps: 1e+12 Mbps is above the 10,000,000 Mbps",
+        ),
         (
             ["edge-gpu", "edge-gpu", "--load", "4"],
             "edge-gpu: scenario name 'edge-gpu' is also that of edge-gpu",
