@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perllm import policies
 from perllm.cli_args import number, seed_count, wait_seconds
-from perllm.cli_outputs import ensure_writable, output_path
+from perllm.cli_outputs import ensure_writable, output_path, writing
 from perllm.cli_report import print_report
 from perllm.scenario import (
     REFERENCE_SCENARIOS,
@@ -122,14 +122,16 @@ def simulate(
         raise typer.Exit(2) from None
     _print_report(exp.report, wanted, detail)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         # strict JSON: an undefined number (an infinite energy ratio) is null
         report = finite_json(exp.report)
-        json_out.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
+        with writing("--json", err):
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
         console.print(f"JSON report: {json_out}")
     if out:
-        for p in write_plots(exp, out):
-            console.print(f"plot: {p}")
+        with writing("--out", err):
+            for p in write_plots(exp, out):
+                console.print(f"plot: {p}")
 
 
 def _check_outputs(json_out: Path | None, out: Path | None) -> None:

@@ -5,7 +5,9 @@ written) once the runs are done."""
 
 from __future__ import annotations
 
-import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,29 @@ def ensure_writable(option: str, folder: Path, err: Console, file: Path | None =
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(f"{folder} is not a folder")
         folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK):
-            raise PermissionError(f"cannot write in {folder}")
+        # A file made and removed: `os.access` says yes to root on any folder, and to a
+        # folder whose filesystem refuses new files (/proc), so the write failed after the
+        # runs, with a traceback.
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise OSError(f"cannot write in {folder}: {e.strerror or e}") from None
     except OSError as e:
         err.print(f"[red]error:[/red] {option}: {e}")
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def writing(option: str, err: Console) -> Iterator[None]:
+    """Around the writes after the runs: what the check before them could not foresee (a
+    full disk, a folder made read-only meanwhile) is a one-line error naming the option,
+    exit 1, not a traceback; the results were printed before."""
+    try:
+        yield
+    except OSError as e:
+        err.print(f"[red]error:[/red] {option}: cannot write the results: {e}")
+        raise typer.Exit(1) from None
 
 
 def _nonempty_path(text: Any) -> Path:

@@ -14,7 +14,7 @@ import typer
 
 from perllm.cli_args import number
 from perllm.cli_args import seed as cli_seed
-from perllm.cli_outputs import ensure_writable, output_path
+from perllm.cli_outputs import ensure_writable, output_path, writing
 from perllm.load import Report, plan, replay
 
 
@@ -136,7 +136,8 @@ def register(app: typer.Typer) -> None:
             report = asyncio.run(run())
         print_report(report)
         if json_out is not None:
-            json_out.write_text(report.to_json())
+            with writing("--json", Console(stderr=True, soft_wrap=True)):
+                json_out.write_text(report.to_json())
         if report.interrupted:
             typer.echo(
                 f"interrupted: the report is of the {report.sent} of {len(planned)} requests "

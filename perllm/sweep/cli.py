@@ -20,7 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from perllm.cli_args import integer, seed_count
-from perllm.cli_outputs import ensure_writable, output_path
+from perllm.cli_outputs import ensure_writable, output_path, writing
 
 if TYPE_CHECKING:
     from perllm.sweep.run import Sweep, SweepResult
@@ -279,9 +279,10 @@ def report(results: list[SweepResult], out: Path, total: int, processes: int) ->
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     for res in results:
-        paths = write_outputs(res, out)
-        print_table(console, res.to_dict())
+        print_table(console, res.to_dict())  # (before the files: printed if they fail)
         for d in res.bound_skipped:
             console.print(f"note: {d['reason']}")
+        with writing("--out", err):
+            paths = write_outputs(res, out)
         console.print("wrote " + ", ".join(str(p) for p in paths))
     console.print(f"{total} jobs in {results[0].wall_s:.1f} s with {processes} process(es)")

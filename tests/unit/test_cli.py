@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from trace_scenarios import trace_scenario
@@ -280,6 +281,77 @@ def test_the_number_of_seeds_is_bounded(
     out = flat(res.output)
     assert "Invalid value for '--seeds'" in out and message in out, out
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "paper-llama2-7b", "--json", "/proc/perllm-test.json"],
+        ["simulate", "paper-llama2-7b", "--out", "/proc"],
+        ["sweep", "--load", "4", "--out", "/proc"],
+    ],
+)
+def test_an_output_folder_that_refuses_files_is_refused_before_the_runs(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`os.access` says /proc is writable to root (and to anyone on a filesystem that
+    refuses new files for another reason): the JSON write failed after every run, with a
+    FileNotFoundError traceback. A file made and removed there says it first."""
+    import perllm.experiment
+    import perllm.sweep.run
+
+    def ran(*a: object, **kw: object) -> None:
+        raise AssertionError("ran")
+
+    monkeypatch.setattr(perllm.experiment, "run_experiment", ran)
+    monkeypatch.setattr(perllm.sweep.run, "run_sweep", ran)
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)
+    assert f"error: {argv[-2]}: cannot write in /proc" in flat(res.output), res.output
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Writing a file called `name` fails as on a full disk."""
+    import errno
+
+    real = Path.write_text
+
+    def write_text(self: Path, *a: Any, **kw: Any) -> int:
+        if self.name == name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+@pytest.mark.parametrize(
+    ("argv", "name", "option", "printed"),
+    [
+        (["simulate", "paper-llama2-7b", "--json"], "r.json", "--json", "J/service"),
+        (["sweep", "paper-llama2-7b", "--load", "4", "--out"], "", "--out", "success %"),
+    ],
+)
+def test_a_write_that_fails_after_the_runs_is_one_line_not_a_traceback(
+    argv: list[str],
+    name: str,
+    option: str,
+    printed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk (or a folder made read-only during the runs) was an OSError traceback
+    at the end; it is an error naming the option (exit 1), after the results' table."""
+    target = tmp_path / name
+    _full_disk(monkeypatch, name or "paper-llama2-7b-load.json")
+    opts = ["-p", "cloud-only", "--seeds", "1", "--duration", "5", "--no-bound"]
+    res = runner.invoke(app, [*argv, str(target), *opts])
+    assert res.exit_code == 1, res.output
+    assert isinstance(res.exception, SystemExit)
+    out = flat(res.output)
+    assert f"error: {option}: cannot write the results: [Errno 28] No space left" in out, out
+    assert printed in res.output
 
 
 def test_scenarios_show_prints_the_file_verbatim(tmp_path: Path) -> None:
