@@ -11,7 +11,7 @@ with the sweep's other arguments.)
 
 Ports are declared through `port` (at most 65535), seeds through `seed` (not negative:
 numpy refuses a negative seed with a traceback), a number of seeds through `seed_count`
-(1..`MAX_SEEDS`: `perllm sweep` sets up every job before the first runs, and a million
+(1..`MAX_SEEDS`: `perllm sweep` set up every job before the first ran, and a million
 seeds held the machine's memory before any progress was shown; `perllm simulate --seeds
 1e21` was an OverflowError traceback). The bench scripts' argparse flags take `at_least`,
 the same checks."""

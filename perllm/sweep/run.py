@@ -259,7 +259,8 @@ def run_sweep(
         else ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
     )
     with ex:
-        jobs = _Jobs(ex, sweeps, results, policy_names, seeds, bound)
+        # Two runs a worker: each has the next at hand when it ends.
+        jobs = _Jobs(ex, sweeps, results, policy_names, seeds, bound, 2 * processes)
         while jobs.pending:
             if isinstance(ex, _Inline):
                 done = {ex.step()}
@@ -279,8 +280,9 @@ def run_sweep(
 
 
 class _Jobs:
-    """The jobs of `run_sweep` in flight: every run submitted at once, and the bound of a
-    (point, seed) submitted when its last run is in."""
+    """The jobs of `run_sweep` in flight: the runs submitted as workers free up (`ahead`
+    at a time: submitted all at once, a sweep of many seeds and points held every job in
+    memory before the first ran), and the bound of a (point, seed) when its last run is in."""
 
     def __init__(
         self,
@@ -290,25 +292,51 @@ class _Jobs:
         policy_names: Sequence[str],
         seeds: Sequence[int],
         bound: bool,
+        ahead: int,
     ) -> None:
         self.ex, self.sweeps, self.results, self.bound = ex, sweeps, results, bound
+        self.ahead = ahead
         self.pending: dict[Future[Any], tuple[Any, ...]] = {}
         self.waiting: dict[tuple[int, int, int], int] = {}  # (sweep, point, seed) -> runs left
+        self.runs_pending = 0
+        self.todo = (
+            (si, pi, seed, p)
+            for si, sw in enumerate(sweeps)
+            for pi in range(len(sw.points))
+            for seed in seeds
+            for p in policy_names
+        )
         for si, sw in enumerate(sweeps):
-            for pi, pt in enumerate(sw.points):
+            for pi in range(len(sw.points)):
                 for seed in seeds:
                     self.waiting[(si, pi, seed)] = len(policy_names)
-                    for p in policy_names:
-                        fut = ex.submit(_run_job, pt.scenario, p, seed)
-                        self.pending[fut] = ("run", si, pi, seed, p)
+        self._fill()
+
+    def _fill(self) -> None:
+        """Submit runs until `ahead` are pending (or none is left)."""
+        while self.runs_pending < self.ahead:
+            job = next(self.todo, None)
+            if job is None:
+                return
+            si, pi, seed, p = job
+            fut = self.ex.submit(_run_job, self.sweeps[si].points[pi].scenario, p, seed)
+            self.pending[fut] = ("run", si, pi, seed, p)
+            self.runs_pending += 1
 
     def collect(self, fut: Future[Any]) -> str:
-        """Record a finished job (submitting a bound it completes); returns its label."""
+        """Record a finished job (submitting a bound it completes, and the next runs);
+        returns its label."""
+        label = self._record(fut)
+        self._fill()
+        return label
+
+    def _record(self, fut: Future[Any]) -> str:
         kind, si, pi, seed, *rest = self.pending.pop(fut)
         sw, res = self.sweeps[si], self.results[si]
         pt = sw.points[pi]
         label = f"{sw.name} {pt.value:g} · {rest[0] if rest else 'bound'} · seed {seed}"
         if kind == "run":
+            self.runs_pending -= 1
             row = fut.result()
             res.per_seed.append({"value": pt.value, "policy": rest[0], "seed": seed, **row})
             self.waiting[(si, pi, seed)] -= 1

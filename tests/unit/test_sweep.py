@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -303,6 +304,40 @@ def test_one_process_reports_each_job_as_it_ends(monkeypatch: pytest.MonkeyPatch
     assert len(runs) == 4 and len(events) == 8
     # run, reported, run, reported, ...
     assert all(not events[i + 1].startswith("run ") for i in runs)
+
+
+def test_runs_are_handed_out_as_they_are_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run was submitted before the first ran: a sweep of 1,000 seeds (and many
+    points) held each job, its future and arguments in memory with no progress shown.
+    A few at a time now, whatever the sweep's size; the results are the same."""
+    import perllm.sweep.run as run_mod
+
+    submitted: list[int] = []  # jobs submitted when each run starts
+    count = 0
+    real_submit, real_job = run_mod._Inline.submit, run_mod._run_job
+
+    def submit(self: Any, fn: Any, /, *a: Any, **kw: Any) -> Any:
+        nonlocal count
+        count += 1
+        return real_submit(self, fn, *a, **kw)
+
+    def job(sc: Any, policy: str, seed: int) -> dict[str, float]:
+        submitted.append(count)
+        return real_job(sc, policy, seed)
+
+    monkeypatch.setattr(run_mod._Inline, "submit", submit)
+    monkeypatch.setattr(run_mod, "_run_job", job)
+    sc = set_duration(load_scenario("edge-gpu"), 2)
+    sw = [Sweep.build(sc, "cloud_mbps", [100.0, 10.0])]
+    res = run_sweep(sw, ["cloud-only", "edge-only"], list(range(1, 11)), 1, False)[0]
+    assert len(res.per_seed) == 40 and count == 40
+    assert max(k - i for i, k in enumerate(submitted)) <= 2  # at most 2 runs ahead
+    assert [(d["value"], d["policy"], d["seed"]) for d in res.per_seed] == [
+        (v, p, seed)
+        for v in (100.0, 10.0)
+        for p in ("cloud-only", "edge-only")
+        for seed in range(1, 11)
+    ]
 
 
 def _skip_seed_2(monkeypatch: pytest.MonkeyPatch) -> None:
