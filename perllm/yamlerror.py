@@ -23,6 +23,11 @@ def load_strict(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
+def load_all_strict(text: str) -> list[Any]:
+    """`yaml.safe_load_all` with `load_strict`'s unique keys, every document read."""
+    return list(yaml.load_all(text, Loader=_UniqueKeyLoader))
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML keeps the last of two equal keys: `duration_s: 60` then `duration_s: 5` ran
     5 s without a word. The YAML spec makes keys unique; a repeated one is an error."""

@@ -50,8 +50,11 @@ def register(app: typer.Typer) -> None:
         """Run the closed loop locally: control plane, Prometheus, twin, extender, operator,
         the example LLMServices; a live view; then per-request routing under a burst; a
         summary table and PNG at the end."""
+        from rich.markup import escape
+
         from perllm.demo.config import DemoConfig
         from perllm.demo.run import run_demo
+        from perllm.demo.stack import demo_inputs
         from perllm.devcluster.binaries import BinariesMissing
         from perllm.devcluster.process import StartError
         from perllm.scenario import ScenarioError
@@ -76,8 +79,13 @@ def register(app: typer.Typer) -> None:
             router_duration_s=router_duration,
             burst=burst,
         )
+        try:  # a bad --scenario or --services is a usage error, as in simulate and sweep
+            inputs = demo_inputs(cfg)
+        except (ScenarioError, FileNotFoundError, ValueError) as e:
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+            raise typer.Exit(2) from None
         try:
-            res = run_demo(cfg)
+            res = run_demo(cfg, inputs=inputs)
         except (BinariesMissing, StartError, ScenarioError, FileNotFoundError, ValueError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None

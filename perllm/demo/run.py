@@ -40,11 +40,16 @@ class DemoResult:
     error: str | None = None
 
 
-def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
+def run_demo(
+    config: DemoConfig,
+    console: Console | None = None,
+    inputs: tuple[Path, list[dict[str, Any]]] | None = None,
+) -> DemoResult:
+    """The demo; `inputs`: `demo_inputs(config)` if the caller checked them already."""
     # Tables are wide: keep them readable when piped (rich falls back to 80 columns).
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     # a typo in --scenario or --services is named before a first run's 10-15 minute build
-    scenario, services = demo_inputs(config)
+    scenario, services = inputs or demo_inputs(config)
     with sigterm_as_interrupt():  # one path for Ctrl-C and SIGTERM: stop what we started
         config.out.mkdir(parents=True, exist_ok=True)
         binaries = ensure_binaries(console, helm=CHART.is_dir())

@@ -12,6 +12,7 @@ import yaml
 
 from perllm.crd import KIND
 from perllm.demo.config import REPO_ROOT
+from perllm.yamlerror import load_all_strict, one_line
 
 SERVICES_DIR = Path(__file__).with_name("services")
 EXAMPLES_DIR = REPO_ROOT / "manifests"
@@ -30,7 +31,7 @@ def _files(paths: list[Path]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise FileNotFoundError(f"services: no file or folder {p}")
+            raise FileNotFoundError(f"--services: no file or folder {p}")
     return out
 
 
@@ -39,12 +40,24 @@ def load_services(paths: list[Path]) -> list[dict[str, Any]]:
     (the demo applies them into its own namespace)."""
     out: list[dict[str, Any]] = []
     for f in _files(paths):
-        for doc in yaml.safe_load_all(f.read_text()):
+        for doc in _documents(f):
             if not isinstance(doc, dict) or doc.get("kind") != KIND:
                 continue
             doc.setdefault("spec", {})["backend"] = "deployment"
             doc.get("metadata", {}).pop("namespace", None)
             out.append(doc)
     if not out:
-        raise ValueError(f"services: no {KIND} in {', '.join(map(str, paths))}")
+        raise ValueError(f"--services: no {KIND} in {', '.join(map(str, paths))}")
     return out
+
+
+def _documents(f: Path) -> list[Any]:
+    """The YAML documents of one file; ValueError naming it and why (unreadable, not
+    UTF-8, not YAML: one line, not PyYAML's caret drawing)."""
+    try:
+        return load_all_strict(f.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"--services: {f}: {one_line(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError(f"--services: {f}: cannot read it ({why})") from None

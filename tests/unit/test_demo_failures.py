@@ -100,6 +100,36 @@ def test_demo_refuses_an_unwritable_out_in_one_line(tmp_path: Path, never_run: N
 
 
 @pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (None, "no file or folder"),
+        (b"kind: LLMService\n  bad: [\n", "line 2, column 6: mapping values are not allowed"),
+        (b"kind: LLMService\nkind: LLMService\n", "duplicate key 'kind'"),
+        (b"kind: LLMService\nmetadata: {name: caf\xe9}\n", "cannot read it"),
+        (b"kind: ConfigMap\n", "no LLMService in"),
+    ],
+)
+def test_bad_services_are_a_usage_error_naming_the_file(
+    content: bytes | None, said: str, tmp_path: Path, never_run: None
+) -> None:
+    """Exit 2 with one line naming --services and the file, as a bad --scenario: a YAML
+    error was a traceback (PyYAML's, exit 1), a missing file exit 1."""
+    f = tmp_path / "svc.yaml"
+    if content is not None:
+        f.write_bytes(content)
+    r = CliRunner().invoke(app, ["demo", "--services", str(f), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert "--services" in r.output and said in " ".join(r.output.split())
+    assert "Traceback" not in r.output
+
+
+def test_an_unknown_scenario_is_a_usage_error(tmp_path: Path, never_run: None) -> None:
+    r = CliRunner().invoke(app, ["demo", "--scenario", "no-such", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert "no-such" in r.output and "built-ins" in r.output
+
+
+@pytest.mark.parametrize(
     ("config", "error"),
     [
         (DemoConfig(scenario="no-such-scenario"), ScenarioError),
