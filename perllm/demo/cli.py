@@ -47,9 +47,11 @@ def register(app: typer.Typer) -> None:
             5.0, min=1, help="Routed phase: the rate factor over the middle third."
         ),
     ) -> None:
-        """Run the closed loop locally: control plane, Prometheus, twin, extender, operator,
-        the example LLMServices; a live view; then per-request routing under a burst; a
-        summary table and PNG at the end."""
+        """Run the closed loop locally, then per-request routing under a burst.
+
+        Control plane, Prometheus, twin, extender, operator, the example LLMServices; a
+        live view; then per-request routing under a burst; a summary table and PNG at
+        the end."""
         from rich.markup import escape
 
         from perllm.demo.config import DemoConfig

@@ -178,8 +178,9 @@ def status(
 
 @cluster_app.command()
 def env(run_dir: RunDir = default_run_dir()) -> None:  # noqa: B008
-    """Print shell exports for the running cluster: eval "$(perllm dev cluster env)";
-    exit 1, printing none, if no complete cluster runs (as `status`)."""
+    """Print shell exports for the running cluster: eval "$(perllm dev cluster env)".
+
+    Exit 1, printing none, if no complete cluster runs (as `status`)."""
     state = State.load(run_dir)
     if state is None:
         typer.echo(f"no cluster recorded in {run_dir}", err=True)

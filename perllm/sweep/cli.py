@@ -171,9 +171,11 @@ def register(app: typer.Typer) -> None:
             Path, output_path(..., help="Folder for the JSON, CSV and PNG files.")
         ] = Path("out/sweep"),
     ) -> None:
-        """Success, goodput, energy, edge share, quality violations, late/shed/rejected and the
-        distance to the hindsight bound, against load and/or cloud bandwidth, for every
-        policy; one JSON, CSV and PNG per (scenario, axis) (docs/sweep.md)."""
+        """Every policy against load and/or cloud bandwidth, with the hindsight bound.
+
+        Success, goodput, energy, edge share, quality violations, late/shed/rejected and
+        the distance to the bound; one JSON, CSV and PNG per (scenario, axis)
+        (docs/sweep.md)."""
         from perllm.scenario import ScenarioError
         from perllm.sweep.transforms import SweepError
 

@@ -97,8 +97,10 @@ def register_openai(app: typer.Typer) -> None:
         speed: float = number(1.0, min=0.01, max=MAX_SPEED, help="Simulated s per wall s."),
         seed: int = cli_seed(0, help="Seed of output lengths and speed noise."),
     ) -> None:
-        """Without a cluster: pod <class>-<node> in namespace default for every (class, node)
-        of the scenario that can run, as OpenAI endpoints timed by the world model."""
+        """Without a cluster: the scenario's model servers as OpenAI endpoints.
+
+        Pod <class>-<node> in namespace default for every (class, node) of the scenario
+        that can run, timed by the world model."""
         import uvicorn
 
         from perllm.scenario import ScenarioError, load_scenario

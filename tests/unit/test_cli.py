@@ -528,3 +528,18 @@ def test_simulate_a_run_without_requests(tmp_path: Path) -> None:
     assert entry["ratios_vs_perllm"]["clairvoyant-greedy"]["throughput_ratio"] is None
     rows = [line for line in res.output.splitlines() if "clairvoyant-greedy" in line]
     assert rows and not any("0.00×" in line for line in rows)
+
+
+def test_every_commands_summary_is_one_line() -> None:
+    """`perllm --help` lists each command with its help's first paragraph, line breaks
+    kept: a summary wrapped in the source broke mid-sentence in the listing."""
+    import typer
+
+    def walk(cmd: Any, path: str) -> list[str]:
+        first = (cmd.help or "").strip().split("\n\n")[0]
+        bad = [path] if "\n" in first else []
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            bad += walk(sub, f"{path} {name}")
+        return bad
+
+    assert walk(typer.main.get_command(app), "perllm") == []
