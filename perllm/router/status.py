@@ -176,18 +176,29 @@ class StatusWriter(Periodic):
         while len(h) > 2 and h[1][0] <= now - RECENT_S:
             h.popleft()
         t0, base = h[0]
-        recent = {
-            n: (tier, req - base.get(n, (tier, 0, 0))[1], met - base.get(n, (tier, 0, 0))[2])
-            for n, (tier, req, met) in counts.items()
+        # Retired since (its counts moved into its tier's GONE): gone, or back under its
+        # name counting from 0 (a pod unready a moment), where a difference with the base
+        # would be negative and the entry one `combine` cannot read.
+        retired = {
+            n: c
+            for n, c in base.items()
+            if (now_ := counts.get(n)) is None
+            or now_[0] != c[0]
+            or now_[1] < c[1]
+            or now_[2] < c[2]
         }
-        for n, (tier, req, met) in base.items():
-            if n not in counts:  # retired since: its counts moved into its tier's GONE
-                _, r_req, r_met = recent.get(GONE + tier, (tier, 0, 0))
-                recent[GONE + tier] = (tier, r_req - req, r_met - met)
+        recent = {}
+        for n, (tier, req, met) in counts.items():
+            _, b_req, b_met = base[n] if n in base and n not in retired else (tier, 0, 0)
+            recent[n] = (tier, req - b_req, met - b_met)
+        for tier, req, met in retired.values():
+            _, r_req, r_met = recent.get(GONE + tier, (tier, 0, 0))
+            recent[GONE + tier] = (tier, r_req - req, r_met - met)
         remote = [b.name for b in r.static]
         members = [b.name for b in r.backends]
         cond = reachable(r.backends, remote, r.refusing(), r.discovery, r.ca_errors())
-        return entry(counts, recent, now - t0, remote, self._since, members, cond), cond
+        window = max(0.0, now - t0)  # a clock stepped back: no negative window
+        return entry(counts, recent, window, remote, self._since, members, cond), cond
 
     def merged(self, routing_: Any, mine: Obj, now: float) -> tuple[Obj, Cond]:
         """The patch of `status.routing` (its aggregate, this replica's entry `mine`, the

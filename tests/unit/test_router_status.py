@@ -33,7 +33,7 @@ from perllm.router.status import (
     stale_s,
 )
 from perllm.router.stub import StubBackend
-from perllm.router.tally import combined, routing
+from perllm.router.tally import combine, combined, routing
 from perllm.timefmt import rfc3339
 
 Obj = dict[str, Any]
@@ -524,3 +524,32 @@ def test_an_entry_it_cannot_read_is_left_out_not_a_crash(caplog: pytest.LogCaptu
         assert any("router-x" in m and "unreadable" in m for m in caplog.messages)
 
     asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_a_replicas_own_entry_stays_readable_when_a_backend_comes_back_or_the_clock_steps() -> None:
+    """A pod unready for a moment is retired (its counts move into its tier's `gone`) and
+    comes back under its name counting from 0; the window's base still held its old
+    counts, so its recent requests were negative and the replica's own entry unreadable:
+    its requests left the totals and the condition said "no router has written". Same
+    with a clock stepped back past the window's start (a negative window)."""
+    r = Router(parse_config({"scenario": "demo", "service_class": "chat",
+                             "backends": [backend("e1", "http://e1:8000", "edge")]}))  # fmt: skip
+    r.set_backends([_b("e1", "edge"), _b("e2", "edge")])
+    w = StatusWriter(r, "ns", "chat", pod="router-a")
+    t = w._since
+    mine, _ = w.mine(t - 5)  # the clock stepped back 5 s since start
+    assert mine["windowSeconds"] == 0 and combine({"a": mine}, "a")[2] == []
+    for _ in range(5):
+        r.metrics.backend("e1", "edge").judge(True)
+    w.mine(t + 10)
+    w.mine(t + 75)  # the window starts at t + 10: e1 at 5
+    r.set_backends([_b("e2", "edge")])  # e1 unready: retired
+    r.set_backends([_b("e1", "edge"), _b("e2", "edge")])  # ready again
+    r.metrics.backend("e1", "edge").judge(True)
+    mine, _ = w.mine(t + 80)
+    rows = {row.get("name"): row for row in mine["backends"]}
+    assert (rows["e1"]["recentRequests"], rows["e1"]["requests"]) == (1, 1)
+    assert (rows[None]["recentRequests"], rows[None]["requests"]) == (0, 5)  # e1's old
+    status, cond, unread = combine({"router-a": mine}, "router-a")
+    assert unread == [] and status["requests"] == 6 and status["recent"]["requests"] == 1
+    assert cond[:2] == (True, "AllReachable")
