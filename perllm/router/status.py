@@ -6,8 +6,9 @@ not answer in time, naming it and why: a remote tier cut off says `RemoteUnreach
 Several replicas of one router share the LLMService: each keeps its own raw counts and
 condition view in `status.routing.routers.<its pod name>`, and the totals, tiers,
 backends and the condition are the sum (the combination) over the entries written within
-`stale_s` (an older one, a replica gone, is deleted), recomputed by every writer from what
-it read plus its own entry under the read's resourceVersion, so no writer loses another's.
+`stale_s` (an older one, a replica gone, is deleted, as is one dated that far ahead),
+recomputed by every writer from what it read plus its own entry under the read's
+resourceVersion, so no writer loses another's.
 
 Written every `interval_s` when it changed (and every `REFRESH_TICKS` intervals anyway,
 in case another writer dropped or reverted the condition), never per request, off the
@@ -53,11 +54,14 @@ REFRESH_TICKS = 12
 # A replica's entry not written for this many refresh periods (`stale_s`) is dropped: a
 # live one writes at least once a period, so this leaves two failed writes' slack.
 STALE_REFRESHES = 3
+# ... and never sooner: `updatedAt` is in whole seconds and a write (read, patch, conflicts
+# read again) can take several `timeout_s`, which sub-second periods would not outlast.
+STALE_MIN_S = 60.0
 
 
 def stale_s(interval_s: float) -> float:
     """How old a replica's entry may be before the others drop it."""
-    return STALE_REFRESHES * REFRESH_TICKS * interval_s
+    return max(STALE_REFRESHES * REFRESH_TICKS * interval_s, STALE_MIN_S)
 
 
 def reachable(
@@ -206,12 +210,14 @@ class StatusWriter(Periodic):
         and the combined condition."""
         theirs = routing_.get("routers") if isinstance(routing_, dict) else None
         fresh, gone = {}, []
-        oldest = now - stale_s(self.interval_s)
+        limit = stale_s(self.interval_s)
         for pod, e in (theirs if isinstance(theirs, dict) else {}).items():
             if pod == self.pod:
                 continue
             at = parse_rfc3339(e.get("updatedAt")) if isinstance(e, dict) else None
-            if at is None or at < oldest:  # gone (scaled down, died) or never readable
+            # Gone (scaled down, died), never readable, or dated further ahead than clocks
+            # may differ (a hand edit: it would count for ever).
+            if at is None or not now - limit <= at <= now + limit:
                 gone.append(pod)
             else:
                 fresh[pod] = e

@@ -553,3 +553,35 @@ def test_a_replicas_own_entry_stays_readable_when_a_backend_comes_back_or_the_cl
     status, cond, unread = combine({"router-a": mine}, "router-a")
     assert unread == [] and status["requests"] == 6 and status["recent"]["requests"] == 1
     assert cond[:2] == (True, "AllReachable")
+
+
+def test_staleness_outlasts_whole_second_stamps_and_a_date_ahead_does_not_count_for_ever() -> None:
+    """With a short `status_interval_s` (0.02 s: 3 periods were 0.72 s), a live replica's
+    entry, stamped in whole seconds and written a moment ago, read as stale: every writer
+    deleted the others' and the totals were the last writer's again. An entry dated far
+    ahead (a hand edit) was never stale and counted for ever; one a few seconds ahead (a
+    clock a little fast) still counts."""
+
+    async def go() -> None:
+        api = FakeStatusApi(expect=LLMS)
+        a, wa = _writer(api, "router-a")
+        wa.interval_s = 0.02
+        assert stale_s(wa.interval_s) >= 60 and stale_s(5.0) == 180
+        a.count("e1", 1, 1)
+        _, wb = _writer(api, "router-b")
+        _, wc = _writer(api, "router-c")
+        for w, n in ((wb, 2), (wc, 4)):
+            w.router.count("e1", n, n)  # type: ignore[attr-defined]
+            assert await w.tick()
+        routers = api.obj["status"]["routing"]["routers"]
+        routers["router-b"]["updatedAt"] = rfc3339(time.time() - 2)
+        routers["router-c"]["updatedAt"] = rfc3339(time.time() + 365 * 86400)
+        assert await wa.tick()
+        rt = api.obj["status"]["routing"]
+        assert sorted(rt["routers"]) == ["router-a", "router-b"] and rt["requests"] == 3
+        routers = api.obj["status"]["routing"]["routers"]
+        routers["router-b"]["updatedAt"] = rfc3339(time.time() + 10)
+        a.count("e1", 1, 1)
+        assert await wa.tick() and api.obj["status"]["routing"]["requests"] == 4
+
+    asyncio.run(asyncio.wait_for(go(), 30))
