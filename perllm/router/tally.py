@@ -22,6 +22,9 @@ Cond = tuple[bool, str, str]  # (status, reason, message)
 # The reasons of a False `BackendsReachable`, worst first: several replicas' views
 # combined take the worst.
 SEVERITY = ("NoBackends", "NoBackendReachable", "RemoteUnreachable", "BackendsEjected")
+# Views (and routers per view) the combined message names, the worst first; the others are
+# counted: each replica's view has its own message, and hundreds would fill the condition.
+SHOWN = 5
 
 
 def _ratio(a: int, b: int) -> float:
@@ -189,11 +192,18 @@ def combined(views: dict[str, Cond], writer: str) -> Cond:
             f"all {len(views)} routers reach every backend; {writer}: {mine}",
         )
     rank = {r: i for i, r in enumerate(SEVERITY)}
-    reason = min((c[1] for c in down.values()), key=lambda r: rank.get(r, len(SEVERITY)))
-    seen: dict[str, list[str]] = {}  # message -> the routers that see it
-    for p, c in sorted(down.items()):
+
+    def routers(ps: list[str]) -> str:
+        more = f" (+{len(ps) - SHOWN} more)" if len(ps) > SHOWN else ""
+        return f"router {', '.join(ps[:SHOWN])}{more}"
+
+    seen: dict[str, list[str]] = {}  # message -> the routers that see it, worst first
+    for p, c in sorted(down.items(), key=lambda pc: (rank.get(pc[1][1], len(SEVERITY)), pc[0])):
         seen.setdefault(f"{c[1]}: {c[2]}", []).append(p)
-    parts = [f"router {', '.join(ps)}: {m}" for m, ps in seen.items()]
+    reason = down[next(iter(seen.values()))[0]][1]
+    parts = [f"{routers(ps)}: {m}" for m, ps in list(seen.items())[:SHOWN]]
+    if rest := sum(len(ps) for ps in list(seen.values())[SHOWN:]):
+        parts.append(f"{rest} more router(s) see a backend fail")
     if fine := sorted(p for p in views if p not in down):
-        parts.append(f"router {', '.join(fine)}: all backends answer")
+        parts.append(f"{routers(fine)}: all backends answer")
     return False, reason, " | ".join(parts)

@@ -474,9 +474,9 @@ def test_the_condition_combines_the_replicas_views() -> None:
     assert combined({"a": ej, "b": ej, "c": (False, "NoBackendReachable", "x"), "d": ok}, "d") == (
         False,
         "NoBackendReachable",
-        "router a, b: BackendsEjected: e1 refuses | router c: NoBackendReachable: x"
+        "router c: NoBackendReachable: x | router a, b: BackendsEjected: e1 refuses"
         " | router d: all backends answer",
-    )
+    )  # the worst view first
 
 
 def test_one_replica_writes_what_it_wrote_alone_before() -> None:
@@ -585,3 +585,19 @@ def test_staleness_outlasts_whole_second_stamps_and_a_date_ahead_does_not_count_
         assert await wa.tick() and api.obj["status"]["routing"]["requests"] == 4
 
     asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_the_combined_condition_names_a_few_views_not_every_replica() -> None:
+    """Every replica seeing a remote tier down has its own message (its `since`, its
+    count): the combined message listed all of them, 300 replicas' in one condition
+    (tens of KB), rewritten at every write. It names the worst views first, up to 5, and
+    counts the rest."""
+    down = (False, "RemoteUnreachable")
+    views = {f"r{i:03}": (*down, f"cloud refuses since {i}") for i in range(300)}
+    views["r999"] = (False, "NoBackendReachable", "all refuse")
+    views |= {f"ok{i}": (True, "AllReachable", "fine") for i in range(20)}
+    ok, reason, msg = combined(views, "r000")
+    assert (ok, reason) == (False, "NoBackendReachable") and len(msg) < 1000
+    assert msg.startswith("router r999: NoBackendReachable: all refuse | router r000: ")
+    assert "296 more router(s) see a backend fail" in msg
+    assert msg.endswith("router ok0, ok1, ok10, ok11, ok12 (+15 more): all backends answer")
