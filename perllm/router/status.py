@@ -59,9 +59,24 @@ STALE_REFRESHES = 3
 STALE_MIN_S = 60.0
 
 
+# A replica's entry says how long it may go unwritten (`staleSeconds`, its own `stale_s`):
+# replicas with different `status_interval_s` (a rollout changing it) would otherwise
+# delete each other's live entries. A declared value beyond this is not believed.
+STALE_MAX_S = 7 * 86400.0
+
+
 def stale_s(interval_s: float) -> float:
     """How old a replica's entry may be before the others drop it."""
     return max(STALE_REFRESHES * REFRESH_TICKS * interval_s, STALE_MIN_S)
+
+
+def declared_stale_s(e: Obj, default: float) -> float:
+    """The `staleSeconds` entry `e` declares, within [STALE_MIN_S, STALE_MAX_S]; `default`
+    (the reader's own) when it declares none (a router from before) or no number."""
+    v = e.get("staleSeconds")
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != v:
+        return default
+    return min(max(float(v), STALE_MIN_S), STALE_MAX_S)
 
 
 def reachable(
@@ -202,7 +217,8 @@ class StatusWriter(Periodic):
         members = [b.name for b in r.backends]
         cond = reachable(r.backends, remote, r.refusing(), r.discovery, r.ca_errors())
         window = max(0.0, now - t0)  # a clock stepped back: no negative window
-        return entry(counts, recent, window, remote, self._since, members, cond), cond
+        mine = entry(counts, recent, window, remote, self._since, members, cond)
+        return {**mine, "staleSeconds": round(stale_s(self.interval_s))}, cond
 
     def merged(self, routing_: Any, mine: Obj, now: float) -> tuple[Obj, Cond]:
         """The patch of `status.routing` (its aggregate, this replica's entry `mine`, the
@@ -210,11 +226,12 @@ class StatusWriter(Periodic):
         and the combined condition."""
         theirs = routing_.get("routers") if isinstance(routing_, dict) else None
         fresh, gone = {}, []
-        limit = stale_s(self.interval_s)
+        own = stale_s(self.interval_s)
         for pod, e in (theirs if isinstance(theirs, dict) else {}).items():
             if pod == self.pod:
                 continue
             at = parse_rfc3339(e.get("updatedAt")) if isinstance(e, dict) else None
+            limit = declared_stale_s(e, own) if at is not None else own
             # Gone (scaled down, died), never readable, or dated further ahead than clocks
             # may differ (a hand edit: it would count for ever).
             if at is None or not now - limit <= at <= now + limit:

@@ -601,3 +601,32 @@ def test_the_combined_condition_names_a_few_views_not_every_replica() -> None:
     assert msg.startswith("router r999: NoBackendReachable: all refuse | router r000: ")
     assert "296 more router(s) see a backend fail" in msg
     assert msg.endswith("router ok0, ok1, ok10, ok11, ok12 (+15 more): all backends answer")
+
+
+def test_a_replica_is_judged_stale_by_its_own_period() -> None:
+    """During a rollout that changes `status_interval_s`, a replica writing every 5 s (stale
+    after 180 s) deleted the live entry of one writing every 20 s (which may go 240 s
+    unwritten): each entry declares its `staleSeconds`, and the others go by it (within
+    bounds: a hand-written year is not believed)."""
+
+    async def go() -> None:
+        api = FakeStatusApi(expect=LLMS)
+        a, wa = _writer(api, "router-a")
+        _, wslow = _writer(api, "router-slow")
+        wslow.interval_s = 20.0
+        _, wyear = _writer(api, "router-year")
+        for w, n in ((wslow, 2), (wyear, 4)):
+            w.router.count("e1", n, n)  # type: ignore[attr-defined]
+            assert await w.tick()
+        routers = api.obj["status"]["routing"]["routers"]
+        assert routers["router-slow"]["staleSeconds"] == 720
+        routers["router-slow"]["updatedAt"] = rfc3339(time.time() - 200)
+        routers["router-year"]["staleSeconds"] = 365 * 86400
+        routers["router-year"]["updatedAt"] = rfc3339(time.time() - 30 * 86400)
+        a.count("e1", 1, 1)
+        assert await wa.tick()
+        rt = api.obj["status"]["routing"]
+        assert sorted(rt["routers"]) == ["router-a", "router-slow"] and rt["requests"] == 3
+        assert rt["routers"]["router-a"]["staleSeconds"] == round(stale_s(wa.interval_s))
+
+    asyncio.run(asyncio.wait_for(go(), 30))
