@@ -10,14 +10,19 @@ class's deadline), latency and time-to-first-token percentiles (streams only: a 
 answer has no first token of its own), and the share of requests per backend and tier
 from the router's `x-perllm-decision` header. A streamed 200 counts as answered only if
 it ends with `data: [DONE]` and carries no error event (a server failing mid-stream
-still sent its 200): else it is a stream failure, by kind.
+still sent its 200): else it is a stream failure, by kind. Real servers' ways are read as
+such: a stream request answered whole (JSON) is an answer without TTFT, the stream ends
+at `[DONE]` (the connection may stay open), another status is counted with the reason its
+body gives; nothing is retried or followed, and what is held in memory is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +38,13 @@ from perllm.sse import carries_text, stream_error
 from perllm.world.workload import generate
 
 WORDS = "the quick brown fox jumps over a lazy dog "
+# A whole answer, or one stream event, is held in memory to be read: past this it is no
+# answer (a target sending without end would take the memory of every request in flight).
+MAX_ANSWER_BYTES = 16 << 20
+ERROR_BODY_BYTES = 64 << 10  # read of a refusal's body: its message is at the start
+_EOL = re.compile(rb"[\r\n]")
+_TAG = re.compile(r"<[^>]*>")
+_SCRIPT = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,10 @@ class Outcome:
     tier: str = ""
     error: str = ""
     at: float = 0.0  # when it was planned to be sent (s after the start): windows by arrival
-    failure: str = ""  # a 200 stream that failed: "stream_error" or "truncated" (`error` says)
+    # a 200 that failed: "stream_error", "truncated", or "error_answer" (a whole answer
+    # that is an error object) (`error` says)
+    failure: str = ""
+    whole: bool = False  # a stream was asked, the answer came whole (JSON): no TTFT of its own
 
     @property
     def answered(self) -> bool:
@@ -82,6 +97,9 @@ class Report:
     errors: dict[str, int] = field(default_factory=dict)  # transport errors (status 0), by kind
     # 200 streams that failed (an error event, or no `data: [DONE]`), by kind and reason
     stream_failures: dict[str, int] = field(default_factory=dict)
+    # answers other than 200, by status and the reason the body or Location gives
+    http_errors: dict[str, int] = field(default_factory=dict)
+    whole: int = 0  # answered whole (JSON) though a stream was asked: no TTFT of theirs
     interrupted: bool = False  # stopped (Ctrl-C): the requests then in flight are not here
     streamed: bool = True  # False (--no-stream): no time to first token is measured
 
@@ -167,32 +185,42 @@ class _Events:
     the router counts), reads `usage.completion_tokens` and error events."""
 
     def __init__(self) -> None:
-        self.rest = b""
+        self.rest = bytearray()  # the line not ended yet
         self.data: list[bytes] = []
+        self.held = 0  # bytes of self.data
         self.events = 0
         self.done = False
         self.usage: float | None = None
         self.error: str | None = None
 
     def feed(self, chunk: bytes, final: bool = False) -> None:
-        buf, hold = self.rest + chunk, b""
+        if not final and not self.rest.endswith(b"\r") and not _EOL.search(chunk):
+            self.rest += chunk  # (a long line's parts: not split again at every one)
+            if len(self.rest) + self.held > MAX_ANSWER_BYTES:
+                raise ValueError(f"a stream event over {MAX_ANSWER_BYTES >> 20} MiB")
+            return
+        buf, hold = bytes(self.rest) + chunk, b""
         if buf.endswith(b"\r") and not final:  # (half of a CRLF, maybe: read with the rest)
             buf, hold = buf[:-1], b"\r"
         lines = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        self.rest = b"" if final else lines.pop() + hold
+        self.rest = bytearray() if final else bytearray(lines.pop() + hold)
         for line in lines:
             if not line:
                 self._dispatch()
             elif line.startswith(b"data:"):
                 v = line[5:]
                 self.data.append(v[1:] if v.startswith(b" ") else v)
+                self.held += len(v)
+        if len(self.rest) + self.held > MAX_ANSWER_BYTES:  # (a line or event without end)
+            raise ValueError(f"a stream event over {MAX_ANSWER_BYTES >> 20} MiB")
         if final:
             self._dispatch()  # (lenient: a last event without its blank line counts)
 
     def _dispatch(self) -> None:
-        if not self.data:
+        if not self.data or self.done:  # (after the end: nothing counts)
+            self.data, self.held = [], 0
             return
-        data, self.data = b"\n".join(self.data), []
+        data, self.data, self.held = b"\n".join(self.data), [], 0
         if data.strip() == b"[DONE]":
             self.done = True
             return
@@ -222,26 +250,43 @@ async def _one(
     first: float | None = None
     usage: float | None = None
     sse = _Events() if p.body.get("stream") else None
+    sniffed = sse is None
     try:
         async with asyncio.timeout(timeout_s), client.stream("POST", url, json=p.body) as resp:
             dec = _decision(resp.headers.get("x-perllm-decision"))
-            ok = resp.status_code == 200
-            if on_start is not None and ok:
+            if resp.status_code != 200:
+                why = await _refusal(resp)
+                d = time.perf_counter() - t0
+                return Outcome(p.cls, resp.status_code, d, None, 0, False,
+                               dec.get("backend", ""), dec.get("tier", ""), why, p.at)  # fmt: skip
+            if on_start is not None:
                 on_start(p, dec)
             buf = bytearray()
             async for chunk in resp.aiter_bytes():  # (decoded: a gzipped answer too)
-                if sse is not None and ok:
-                    sse.feed(chunk)
-                    if first is None and sse.events:
-                        first = time.perf_counter() - t0
-                else:
+                if not sniffed and chunk.strip():
+                    # A stream asked for may come whole: a server or gateway that does not
+                    # stream answers with one JSON object (else it was "truncated").
+                    sniffed = True
+                    if chunk.lstrip()[:1] == b"{":
+                        sse = None
+                if sse is None:
                     buf += chunk
+                    if len(buf) > MAX_ANSWER_BYTES:
+                        raise ValueError(f"answer over {MAX_ANSWER_BYTES >> 20} MiB")
+                    continue
+                sse.feed(chunk)
+                if first is None and sse.events:
+                    first = time.perf_counter() - t0
+                if sse.done:  # the end: a server holding the connection open is not waited for
+                    break
             d = time.perf_counter() - t0
-            if sse is not None and ok:
+            said: str | None = None  # an error the 200 carries
+            if sse is not None:
                 sse.feed(b"", final=True)
-                usage = sse.usage
-            elif ok:
-                usage = _completion_tokens(json.loads(bytes(buf)))
+                usage, said = sse.usage, sse.error
+            else:
+                answer = json.loads(bytes(buf))
+                usage, said = _completion_tokens(answer), stream_error(answer)
     except TimeoutError:
         err = f"Timeout: no complete answer within {timeout_s:g}s"
         return Outcome(p.cls, 0, time.perf_counter() - t0, None, 0, False, error=err, at=p.at)
@@ -253,16 +298,43 @@ async def _one(
         err = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         return Outcome(p.cls, 0, d, None, 0, False, error=err, at=p.at)
     failure = err = ""
-    if sse is not None and ok:
-        if sse.error is not None:  # (vLLM sends [DONE] after it: the error decides)
-            failure, err = "stream_error", sse.error
-        elif not sse.done:
-            failure, err = "truncated", "no data: [DONE]"
+    if said is not None:  # (vLLM sends [DONE] after it: the error decides)
+        failure, err = ("stream_error" if sse is not None else "error_answer"), said
+    elif sse is not None and not sse.done:
+        failure, err = "truncated", "no data: [DONE]"
     events = sse.events if sse is not None else 0
     tokens = float(usage if usage is not None else max(events, 1))
-    met = ok and not failure and d <= p.deadline_s + p.per_token_s * tokens
-    return Outcome(p.cls, resp.status_code, d, first, tokens, met,
-                   dec.get("backend", ""), dec.get("tier", ""), err, p.at, failure)  # fmt: skip
+    met = not failure and d <= p.deadline_s + p.per_token_s * tokens
+    whole = sse is None and bool(p.body.get("stream"))
+    return Outcome(p.cls, 200, d, first, tokens, met, dec.get("backend", ""),
+                   dec.get("tier", ""), err, p.at, failure, whole)  # fmt: skip
+
+
+async def _refusal(resp: httpx.Response) -> str:
+    """Why a target answered other than 200, from the first `ERROR_BODY_BYTES` of its body
+    (a 5xx page may be huge or endless): the message of an OpenAI-style error (vLLM's
+    404 for an unknown model, a gateway's 429), else its text (an HTML page's, tags off);
+    a redirect's Location (not followed: a POST is not resent, a token not sent on); the
+    Retry-After it asks for (no request is retried: the replay's load stays as planned)."""
+    if resp.is_redirect:
+        why = f"redirected to {resp.headers.get('location', '?')[:120]} (not followed)"
+    else:
+        body = bytearray()
+        with contextlib.suppress(httpx.HTTPError):  # (a body broken off: what came says it)
+            async for chunk in resp.aiter_bytes():
+                body += chunk
+                if len(body) >= ERROR_BODY_BYTES:
+                    break
+        text = bytes(body[:ERROR_BODY_BYTES]).decode("utf-8", "replace")
+        try:
+            why = stream_error(json.loads(text)) or ""
+        except (ValueError, RecursionError):
+            why = ""
+        if not why:
+            text = _SCRIPT.sub(" ", text) if "<" in text else text
+            why = " ".join(_TAG.sub(" ", text).split())[:120]
+    retry = resp.headers.get("retry-after")
+    return why + (f" (Retry-After: {retry[:40]})" if retry else "")
 
 
 def _pct(xs: list[float]) -> dict[str, float]:
@@ -356,4 +428,12 @@ def summarise(target: str, results: list[Outcome], wall: float) -> Report:
         stream_failures=dict(
             Counter(f"{o.failure}: {o.error}" for o in results if o.failure).most_common()
         ),
+        http_errors=dict(
+            Counter(
+                f"{o.status}: {o.error}" if o.error else str(o.status)
+                for o in results
+                if o.status not in (0, 200)
+            ).most_common()
+        ),
+        whole=sum(o.whole for o in ok),
     )

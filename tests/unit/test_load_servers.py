@@ -1,0 +1,198 @@
+"""`perllm load` against real servers' ways (vLLM, llama.cpp, a gateway, a proxy): one
+that does not stream when asked to, holds the connection after `data: [DONE]`, refuses
+with a 429, an HTML 5xx page or a redirect, sends without end, breaks the connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import time
+from typing import Any
+
+from test_load_failures import _ev, _planned
+
+from perllm.load import MAX_ANSWER_BYTES, replay
+from perllm.router.serving import serving
+
+TOK = _ev({"choices": [{"index": 0, "delta": {"content": "tok "}}]})
+
+
+class Parts:
+    """Answers every request with `status`, `headers` and the body `parts` (a part None:
+    hold the connection open until the client leaves), or endless `repeat` parts."""
+
+    def __init__(
+        self,
+        status: int = 200,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        parts: list[bytes | None] | None = None,
+        repeat: bytes = b"",
+    ) -> None:
+        self.status, self.headers, self.parts, self.repeat = status, headers or [], parts, repeat
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        for part in self.parts or []:
+            if part is None:
+                await receive()  # (http.disconnect: the client left)
+                return
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+            await asyncio.sleep(0.02)  # (each part its own chunk)
+        gone = asyncio.ensure_future(receive())  # (http.disconnect: the client left)
+        while self.repeat and not gone.done():
+            await send({"type": "http.response.body", "body": self.repeat, "more_body": True})
+            await asyncio.sleep(0)
+        gone.cancel()
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _replay(app: Any, n: int = 2, stream: bool = True, timeout_s: float = 5) -> Any:
+    seen: list[Any] = []
+
+    async def go() -> Any:
+        async with serving(app) as url:
+            t0 = time.perf_counter()
+            rep = await replay(url, _planned(n, stream), max_duration_s=5, timeout_s=timeout_s,
+                               on_done=seen.append)  # fmt: skip
+            return rep, time.perf_counter() - t0
+
+    rep, wall = asyncio.run(asyncio.wait_for(go(), 60))
+    return rep, seen, wall
+
+
+JSON = [(b"content-type", b"application/json")]
+SSE = [(b"content-type", b"text/event-stream")]
+
+
+def test_a_stream_asked_for_and_answered_whole_is_an_answer_without_ttft() -> None:
+    """A server or gateway that does not stream answers a stream request with one JSON
+    object: it was a 'truncated: no data: [DONE]' failure every time."""
+    whole = b'  {"choices": [{"message": {"content": "hi"}}], "usage": {"completion_tokens": 7}}'
+    rep, seen, _ = _replay(Parts(headers=JSON, parts=[whole]))
+    assert rep.ok == 2 and rep.stream_failures == {} and rep.attainment == 1.0, rep
+    assert [(o.tokens, o.ttft_s, o.whole) for o in seen] == [(7.0, None, True)] * 2
+    assert rep.whole == 2 and rep.ttft_s == {}
+
+
+def test_a_whole_200_answer_that_is_an_error_object_is_a_failure() -> None:
+    """A 200 whose JSON is `{"error": {...}}` (a gateway's quota) counted as answered."""
+    body = b'{"error": {"message": "quota exceeded", "type": "insufficient_quota"}}'
+    for stream in (False, True):
+        rep, _, _ = _replay(Parts(headers=JSON, parts=[body]), stream=stream)
+        assert rep.ok == 0 and rep.attainment == 0.0, rep
+        assert rep.stream_failures == {"error_answer: quota exceeded": 2}
+
+
+def test_a_stream_ends_at_done_though_the_server_holds_the_connection() -> None:
+    """A server (or proxy) keeping the connection open after `data: [DONE]` held every
+    request to its --timeout: a 'Timeout' transport error, each answered one lost. What
+    follows [DONE] is no part of the answer."""
+    rep, seen, wall = _replay(Parts(headers=SSE, parts=[TOK * 3 + b"data: [DONE]\n\n" + TOK, None]))
+    assert wall < 4 and rep.ok == 2 and rep.errors == {}, rep
+    assert [o.tokens for o in seen] == [3.0, 3.0]
+
+
+def test_refusals_are_counted_by_status_and_the_reason_their_body_gives() -> None:
+    """A 429, a 5xx HTML page, vLLM's 404 for a model it does not serve, a redirect: each
+    was a bare status count (why not said); a huge or endless error body was read whole
+    (to --timeout, in memory)."""
+    vllm = b'{"object": "error", "message": "The model `chat` does not exist.", "code": 404}'
+    page = (b"<html><head><title>502 Bad Gateway</title><style>h1 {x: y}</style></head>"
+            b"<body><h1>502 Bad Gateway</h1><hr><center>nginx</center></body></html>")  # fmt: skip
+    cases = [
+        (Parts(429, [(b"retry-after", b"5"), *JSON],
+               [b'{"error": {"message": "Rate limit reached", "type": "rate_limit"}}']),
+         "429: Rate limit reached (Retry-After: 5)"),
+        (Parts(502, [(b"content-type", b"text/html")], [page]),
+         "502: 502 Bad Gateway 502 Bad Gateway nginx"),
+        (Parts(404, JSON, [vllm]), "404: The model `chat` does not exist."),
+        (Parts(307, [(b"location", b"https://llm.example/v1/chat/completions")]),
+         "307: redirected to https://llm.example/v1/chat/completions (not followed)"),
+        (Parts(503), "503"),
+        (Parts(500, repeat=b"x" * 65536), "500: " + "x" * 120),
+    ]  # fmt: skip
+    for app, want in cases:
+        rep, seen, wall = _replay(app)
+        assert wall < 4 and rep.ok == 0 and rep.attainment == 0.0, rep
+        assert rep.http_errors == {want: 2} and rep.errors == {}, rep.http_errors
+        assert all(o.tokens == 0 and o.ttft_s is None for o in seen)
+
+
+def test_an_answer_or_a_stream_event_past_the_limit_fails_fast() -> None:
+    """An answer without end was held in memory to --timeout (an endless line of a
+    stream, or a JSON answer): every request in flight took as much."""
+    big = b'{"usage": {"completion_tokens": 1}, "pad": "' + b"a" * MAX_ANSWER_BYTES + b'"}'
+    rep, _, wall = _replay(Parts(headers=JSON, parts=[big]), n=1, stream=False)
+    assert rep.ok == 0 and rep.errors == {"ValueError: answer over 16 MiB": 1}, rep
+    rep, _, wall = _replay(Parts(headers=SSE, repeat=b"data: " + b"a" * 65536), n=1, timeout_s=30)
+    assert wall < 20 and rep.errors == {"ValueError: a stream event over 16 MiB": 1}, rep
+
+
+def test_what_held_crlf_comments_a_split_character_no_usage_and_a_hang() -> None:
+    """Already right, kept so: CRLF line ends and `: ping` comments; a UTF-8 character
+    split across chunks; no usage chunk (a token per event with text); a server that
+    hangs after its head is a Timeout, bounded by --timeout."""
+    crlf = (b": ping\r\n\r\n" + TOK.replace(b"\n", b"\r\n") * 2 + b": ping\r\n\r\n"
+            b"data: [DONE]\r\n\r\n")  # fmt: skip
+    rep, seen, _ = _replay(Parts(headers=SSE, parts=[crlf]))
+    assert rep.ok == 2 and [o.tokens for o in seen] == [2.0, 2.0]
+    e = 'data: {"choices": [{"delta": {"content": "é"}}]}\n\n'.encode()
+    cut = e.index(b"\xa9")
+    rep, seen, _ = _replay(Parts(headers=SSE, parts=[e[:cut], e[cut:] + b"data: [DONE]\n\n"]))
+    assert rep.ok == 2 and [o.tokens for o in seen] == [1.0, 1.0]
+    assert all(o.ttft_s is not None for o in seen)
+    rep, _, wall = _replay(Parts(headers=SSE, parts=[None]), timeout_s=1)
+    assert 1 <= wall < 4 and rep.errors == {"Timeout: no complete answer within 1s": 2}
+
+
+async def _resetting_server(tok: bytes) -> tuple[asyncio.Server, str]:
+    """A raw server: a 200 stream head and one token, then the connection reset (RST)."""
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head = await r.readuntil(b"\r\n\r\n")
+        n = next(int(ln.split(b":")[1]) for ln in head.lower().split(b"\r\n")
+                 if ln.startswith(b"content-length:"))  # fmt: skip
+        await r.readexactly(n)
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        w.write(head + b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(tok), tok))
+        await w.drain()
+        await asyncio.sleep(0.05)
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return srv, f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+
+
+def test_a_connection_reset_mid_stream_is_a_named_transport_error() -> None:
+    async def go() -> Any:
+        srv, url = await _resetting_server(TOK)
+        async with srv:
+            return await replay(url, _planned(2, True), max_duration_s=5, timeout_s=5)
+
+    rep = asyncio.run(asyncio.wait_for(go(), 30))
+    assert rep.ok == 0 and rep.statuses == {"0": 2} and rep.attainment == 0.0, rep
+    [(err, n)] = rep.errors.items()
+    assert n == 2 and err.split(":")[0] in ("ReadError", "RemoteProtocolError"), err
+
+
+def test_the_report_names_refusals_and_whole_answers(capsys: Any) -> None:
+    from perllm.load import Report
+    from perllm.load_cli import print_report
+
+    print_report(Report(target="http://x", sent=3, ok=1, attainment=0.3, latency_s={},
+                        ttft_s={}, wall_s=1.0, throughput_rps=1.0, whole=1,
+                        http_errors={"429: Rate limit reached (Retry-After: 5)": 2}))  # fmt: skip
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "HTTP error 2 × 429: Rate limit reached (Retry-After: 5)" in out
+    assert "answered whole, not streamed 1 (no time to first token)" in out
+    empty = Report(target="", sent=0, ok=0, attainment=0, latency_s={}, ttft_s={}, wall_s=0,
+                   throughput_rps=0)  # fmt: skip
+    assert json.loads(empty.to_json())["http_errors"] == {}
