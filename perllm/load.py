@@ -23,6 +23,7 @@ import base64
 import contextlib
 import json
 import re
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -43,6 +44,7 @@ WORDS = "the quick brown fox jumps over a lazy dog "
 MAX_ANSWER_BYTES = 16 << 20
 ERROR_BODY_BYTES = 64 << 10  # read of a refusal's body: its message is at the start
 _EOL = re.compile(rb"[\r\n]")
+_USERINFO = re.compile(r"//[^/?#@]*@")
 _TAG = re.compile(r"<[^>]*>")
 _SCRIPT = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 
@@ -337,6 +339,12 @@ async def _refusal(resp: httpx.Response) -> str:
     return why + (f" (Retry-After: {retry[:40]})" if retry else "")
 
 
+def shown(target: str) -> str:
+    """`target` as printed and reported: without the credentials a URL may carry
+    (`https://user:key@host`, which httpx sends as basic auth)."""
+    return _USERINFO.sub("//***@", target, count=1)
+
+
 def _pct(xs: list[float]) -> dict[str, float]:
     if not xs:
         return {}
@@ -354,16 +362,23 @@ async def replay(
     on_done: Any = None,
     on_start: OnStart | None = None,
     stop: asyncio.Event | None = None,
+    token: bytes | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> Report:
     """Send `planned` at their times (bounded: `concurrency` in flight, `max_duration_s`
     of sending; each request gets `timeout_s` in all). When `stop` is set (Ctrl-C), the
-    requests in flight are abandoned and the report is of those that ended."""
+    requests in flight are abandoned and the report is of those that ended. `token`: sent
+    as a bearer token (an API key); `verify`: an https target's certificate is checked
+    against this context's CAs (False: not checked; True: the system's)."""
     url = target.rstrip("/") + path
     sem = asyncio.Semaphore(concurrency)
     results: list[Outcome] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {} if token is None else {b"authorization": b"Bearer " + token}
     t0 = time.perf_counter()
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+    async with httpx.AsyncClient(
+        timeout=timeout_s, limits=limits, headers=headers, verify=verify
+    ) as client:
 
         async def fire(p: Planned) -> None:
             # (from its arrival: a wait for a free slot of `concurrency` is latency too,
@@ -400,7 +415,7 @@ async def replay(
         if not interrupted:
             sender.result()
     wall = time.perf_counter() - t0
-    report = summarise(target, results, wall)
+    report = summarise(shown(target), results, wall)
     report.interrupted = interrupted
     report.streamed = any(p.body.get("stream") for p in planned)
     return report

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,7 +16,7 @@ import typer
 from perllm.cli_args import number
 from perllm.cli_args import seed as cli_seed
 from perllm.cli_outputs import ensure_writable, output_path, writing
-from perllm.load import Report, plan, replay
+from perllm.load import Report, plan, replay, shown
 
 
 def print_report(r: Report) -> None:
@@ -82,17 +83,52 @@ def register(app: typer.Typer) -> None:
         stream: bool = typer.Option(True, "--stream/--no-stream"),
         timeout: float = number(120.0, min=0.1, help="Per-request timeout (s)."),
         json_out: Path | None = output_path(None, "--json", help="Write the report here."),  # noqa: B008
+        token_file: str | None = typer.Option(
+            None,
+            "--token-file",
+            help="File with a bearer token (API key) to send; never printed.",
+        ),
+        ca_file: str | None = typer.Option(
+            None, "--ca-file", help="PEM CAs to verify an https target against (a private CA)."
+        ),
+        insecure: bool = typer.Option(
+            False, "--insecure", help="Do not verify an https target's certificate."
+        ),
     ) -> None:
         """Replay a scenario's workload against an OpenAI-compatible endpoint; report."""
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         from perllm.scenario import ScenarioError, load_scenario
+        from perllm.secrets import CaFile, SecretError, SecretFile
 
         why = target_error(target)
         if why is not None:
-            typer.echo(f"error: --target {target}: {why} (e.g. http://127.0.0.1:8080)", err=True)
+            typer.echo(
+                f"error: --target {shown(target)}: {why} (e.g. http://127.0.0.1:8080)", err=True
+            )
             raise typer.Exit(2)
+        if token_file is not None and shown(target) != target:  # (httpx: basic auth wins)
+            typer.echo(
+                "error: --token-file and credentials in --target (basic auth): one or the other",
+                err=True,
+            )
+            raise typer.Exit(2)
+        if ca_file is not None and insecure:
+            typer.echo("error: --ca-file and --insecure: verify against it, or not", err=True)
+            raise typer.Exit(2)
+        # (read once, before anything is sent; an error names the file, never its content)
+        token: bytes | None = None
+        verify: ssl.SSLContext | bool = not insecure
+        for flag, path in (("--token-file", token_file), ("--ca-file", ca_file)):
+            try:
+                if path is not None and flag == "--token-file":
+                    token = SecretFile(path).value()
+                elif path is not None:
+                    verify = CaFile(path).current()
+            except SecretError as e:
+                typer.echo(f"error: {flag}: {e}", err=True)
+                raise typer.Exit(2) from None
         try:
             sc = load_scenario(scenario)
         except ScenarioError as e:
@@ -131,7 +167,8 @@ def register(app: typer.Typer) -> None:
                 loop.add_signal_handler(signal.SIGINT, stop.set)  # (main thread only)
             try:
                 return await replay(target, planned, max_duration, concurrency, timeout,
-                                    on_done=lambda o: pr.advance(task), stop=stop)  # fmt: skip
+                                    on_done=lambda o: pr.advance(task), stop=stop,
+                                    token=token, verify=verify)  # fmt: skip
             finally:
                 loop.remove_signal_handler(signal.SIGINT)
 
@@ -151,7 +188,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(130)
         if report.sent and not report.ok:
             typer.echo(
-                f"error: none of {report.sent} requests got a complete 200 answer from {target}",
+                f"error: none of {report.sent} requests got a complete 200 answer from "
+                f"{report.target}",
                 err=True,
             )
             raise typer.Exit(1)

@@ -5,13 +5,18 @@ with a 429, an HTML 5xx page or a redirect, sends without end, breaks the connec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from test_load_failures import _ev, _planned
+from typer.testing import CliRunner
 
 from perllm.load import MAX_ANSWER_BYTES, replay
 from perllm.router.serving import serving
@@ -196,3 +201,97 @@ def test_the_report_names_refusals_and_whole_answers(capsys: Any) -> None:
     empty = Report(target="", sent=0, ok=0, attainment=0, latency_s={}, ttft_s={}, wall_s=0,
                    throughput_rps=0)  # fmt: skip
     assert json.loads(empty.to_json())["http_errors"] == {}
+
+
+@contextlib.contextmanager
+def _in_thread(app: Any, tls: tuple[str, str] | None = None) -> Iterator[str]:
+    """`serving(app)` on a loop of its own (the CLI runs its own: `asyncio.run`)."""
+    loop, started, urls = asyncio.new_event_loop(), threading.Event(), []
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        async with serving(app, tls=tls) as url:
+            urls.append(url)
+            started.set()
+            await stop.wait()
+
+    t = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    t.start()
+    assert started.wait(10)
+    try:
+        yield urls[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        t.join(10)
+        loop.close()
+
+
+class NeedsToken(Parts):
+    """A gateway wanting `Bearer s3cret-key` (else a 401), answering a stream."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if dict(scope["headers"]).get(b"authorization") == b"Bearer s3cret-key":
+            await super().__call__(scope, receive, send)
+            return
+        body = b'{"error": {"message": "missing or wrong bearer token", "type": "auth"}}'
+        await Parts(401, JSON, [body])(scope, receive, send)
+
+
+def _load(url: str, tmp_path: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
+    from perllm.cli import app
+
+    out = tmp_path / "r.json"
+    out.unlink(missing_ok=True)
+    res = CliRunner().invoke(app, ["load", "demo", "--target", url, "--speed", "1000",
+                                   "--max-requests", "2", "--json", str(out), *args])  # fmt: skip
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
+    report = json.loads(out.read_text()) if out.exists() else {}
+    return res.exit_code, " ".join(res.output.replace("│", " ").split()), report
+
+
+def test_a_target_wanting_an_api_key_gets_it_from_a_file_never_shown(tmp_path: Path) -> None:
+    """There was no way to send a bearer token (a router with `auth`, vLLM's --api-key,
+    a gateway): every request was a 401."""
+    key = tmp_path / "key"
+    key.write_text("s3cret-key\n")
+    with _in_thread(NeedsToken(headers=SSE, parts=[TOK + b"data: [DONE]\n\n"])) as url:
+        rc, out, rep = _load(url, tmp_path)
+        assert rc == 1 and rep["http_errors"] == {"401: missing or wrong bearer token": 2}, out
+        rc, out, rep = _load(url, tmp_path, "--token-file", str(key))
+        assert rc == 0 and rep["ok"] == 2, out
+        assert "s3cret" not in out and "s3cret" not in json.dumps(rep)
+        # credentials in the URL (sent as basic auth) are not shown either
+        creds = url.replace("http://", "http://me:pw-s3cret@")
+        rc, out, rep = _load(creds, tmp_path)
+        assert rc == 1 and rep["target"] == url.replace("http://", "http://***@"), out
+        assert "s3cret" not in out and "s3cret" not in json.dumps(rep)
+        rc, out, _ = _load(creds, tmp_path, "--token-file", str(key))  # (basic auth would win)
+        assert rc == 2 and "--token-file and credentials in --target" in out, out
+    rc, out, _ = _load(url, tmp_path, "--token-file", str(tmp_path / "none"))
+    assert rc == 2 and f"error: --token-file: {tmp_path / 'none'}: No such file" in out, out
+    rc, out, _ = _load("http://me:pw-s3cret@127.0.0.1:99999", tmp_path)
+    assert rc == 2 and "--target http://***@127.0.0.1:99999: Port" in out and "s3cret" not in out
+
+
+def test_an_https_target_of_a_private_ca_with_ca_file_or_insecure(tmp_path: Path) -> None:
+    """A self-signed or private-CA target (a KServe ingress, a lab gateway) failed every
+    request verification with no way to trust it."""
+    from perllm.devcluster.certs import generate
+
+    tls = generate(tmp_path / "tls")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    app = Parts(headers=SSE, parts=[TOK + b"data: [DONE]\n\n"])
+    with _in_thread(app, (str(tls.server_cert), str(tls.server_key))) as url:
+        assert url.startswith("https://")
+        rc, out, rep = _load(url, tmp_path)
+        assert rc == 1 and rep["statuses"] == {"0": 2}, out
+        assert all("CERTIFICATE_VERIFY_FAILED" in k for k in rep["errors"]), rep["errors"]
+        rc, out, rep = _load(url, tmp_path, "--ca-file", str(tls.ca))
+        assert rc == 0 and rep["ok"] == 2, out
+        rc, out, rep = _load(url, tmp_path, "--insecure")
+        assert rc == 0 and rep["ok"] == 2, out
+    rc, out, _ = _load(url, tmp_path, "--ca-file", str(tls.ca), "--insecure")
+    assert rc == 2 and "error: --ca-file and --insecure" in out
+    rc, out, _ = _load(url, tmp_path, "--ca-file", str(junk))
+    assert rc == 2 and f"error: --ca-file: {junk}:" in out, out
