@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from perllm.load import Outcome, Planned, Report, plan, replay, summarise
+from perllm.load import Planned, plan, replay
+from perllm.load_report import Outcome, Report, summarise
 from perllm.router.app import Router
 from perllm.router.config import parse_config
 from perllm.router.feedback import Feedback

@@ -25,15 +25,14 @@ import json
 import re
 import ssl
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import numpy as np
 
 from perllm.costmodel import BYTES_PER_TOKEN
+from perllm.load_report import Outcome, Report, summarise
 from perllm.scenario import Scenario
 from perllm.sse import carries_text, stream_error
 from perllm.world.workload import generate
@@ -57,56 +56,6 @@ class Planned:
     body: dict[str, Any]
     deadline_s: float  # fixed part of the class's deadline
     per_token_s: float
-
-
-@dataclass
-class Outcome:
-    cls: str
-    status: int  # 0: transport error
-    latency_s: float
-    ttft_s: float | None  # to the first SSE data event; None without streaming
-    tokens: float
-    met: bool
-    backend: str = ""
-    tier: str = ""
-    error: str = ""
-    at: float = 0.0  # when it was planned to be sent (s after the start): windows by arrival
-    # a 200 that failed: "stream_error", "truncated", or "error_answer" (a whole answer
-    # that is an error object) (`error` says)
-    failure: str = ""
-    whole: bool = False  # a stream was asked, the answer came whole (JSON): no TTFT of its own
-
-    @property
-    def answered(self) -> bool:
-        """A complete 200 answer."""
-        return self.status == 200 and not self.failure
-
-
-@dataclass
-class Report:
-    target: str
-    sent: int
-    ok: int
-    attainment: float
-    latency_s: dict[str, float]
-    ttft_s: dict[str, float]
-    wall_s: float
-    throughput_rps: float
-    statuses: dict[str, int] = field(default_factory=dict)
-    backends: dict[str, float] = field(default_factory=dict)
-    tiers: dict[str, float] = field(default_factory=dict)
-    classes: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)  # transport errors (status 0), by kind
-    # 200 streams that failed (an error event, or no `data: [DONE]`), by kind and reason
-    stream_failures: dict[str, int] = field(default_factory=dict)
-    # answers other than 200, by status and the reason the body or Location gives
-    http_errors: dict[str, int] = field(default_factory=dict)
-    whole: int = 0  # answered whole (JSON) though a stream was asked: no TTFT of theirs
-    interrupted: bool = False  # stopped (Ctrl-C): the requests then in flight are not here
-    streamed: bool = True  # False (--no-stream): no time to first token is measured
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
 def body_for(model: str, l_in: float, attach: float, l_out: float, stream: bool) -> dict[str, Any]:
@@ -345,13 +294,6 @@ def shown(target: str) -> str:
     return _USERINFO.sub("//***@", target, count=1)
 
 
-def _pct(xs: list[float]) -> dict[str, float]:
-    if not xs:
-        return {}
-    a = np.asarray(xs)
-    return {f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 99)} | {"mean": float(a.mean())}
-
-
 async def replay(
     target: str,
     planned: list[Planned],
@@ -419,36 +361,3 @@ async def replay(
     report.interrupted = interrupted
     report.streamed = any(p.body.get("stream") for p in planned)
     return report
-
-
-def summarise(target: str, results: list[Outcome], wall: float) -> Report:
-    ok = [o for o in results if o.answered]
-    n_ok = max(len(ok), 1)
-    backends = Counter(o.backend or "-" for o in ok)
-    tiers = Counter(o.tier or "-" for o in ok)
-    return Report(
-        target=target,
-        sent=len(results),
-        ok=len(ok),
-        attainment=sum(o.met for o in results) / max(len(results), 1),
-        latency_s=_pct([o.latency_s for o in ok]),
-        ttft_s=_pct([o.ttft_s for o in ok if o.ttft_s is not None]),
-        wall_s=wall,
-        throughput_rps=len(ok) / max(wall, 1e-9),  # answered (200), not merely sent
-        statuses={str(k): v for k, v in sorted(Counter(o.status for o in results).items())},
-        backends={k: v / n_ok for k, v in sorted(backends.items())},
-        tiers={k: v / n_ok for k, v in sorted(tiers.items())},
-        classes=dict(sorted(Counter(o.cls for o in results).items())),
-        errors=dict(Counter(o.error for o in results if o.status == 0).most_common()),
-        stream_failures=dict(
-            Counter(f"{o.failure}: {o.error}" for o in results if o.failure).most_common()
-        ),
-        http_errors=dict(
-            Counter(
-                f"{o.status}: {o.error}" if o.error else str(o.status)
-                for o in results
-                if o.status not in (0, 200)
-            ).most_common()
-        ),
-        whole=sum(o.whole for o in ok),
-    )

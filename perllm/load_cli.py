@@ -16,39 +16,8 @@ import typer
 from perllm.cli_args import number
 from perllm.cli_args import seed as cli_seed
 from perllm.cli_outputs import ensure_writable, output_path, writing
-from perllm.load import Report, plan, replay, shown
-
-
-def print_report(r: Report) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    c = Console()
-    t = Table(title=f"perllm load → {r.target}")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_row("requests sent / answered", f"{r.sent} / {r.ok}")
-    t.add_row("statuses", ", ".join(f"{k}: {v}" for k, v in r.statuses.items()))
-    for err, n in r.errors.items():  # status 0: no complete HTTP response (aborted ones too)
-        t.add_row("transport error", f"{n} × {err}")
-    for err, n in r.http_errors.items():  # status and the reason its body gives
-        t.add_row("HTTP error", f"{n} × {err}")
-    for err, n in r.stream_failures.items():  # a 200 whose stream failed: not answered
-        t.add_row("failed stream", f"{n} × {err}")
-    t.add_row("deadline attainment", f"{r.attainment:.1%}")
-    for name, d in (("latency", r.latency_s), ("time to first token", r.ttft_s)):
-        if d:
-            t.add_row(name, " ".join(f"{k} {v:.3f}s" for k, v in d.items()))
-    if not r.streamed:  # (a whole answer's first byte is its last: no TTFT of its own)
-        t.add_row("time to first token", "not measured (--no-stream: an answer comes whole)")
-    elif r.whole:  # (the target does not stream: the TTFT above is not of these)
-        t.add_row("answered whole, not streamed", f"{r.whole} (no time to first token)")
-    t.add_row("throughput (answered)", f"{r.throughput_rps:.1f} req/s over {r.wall_s:.1f}s")
-    for k, v in r.tiers.items():
-        t.add_row(f"tier {k}", f"{v:.1%}")
-    for k, v in r.backends.items():
-        t.add_row(f"backend {k}", f"{v:.1%}")
-    c.print(t)
+from perllm.load import plan, replay, shown
+from perllm.load_report import Report, print_report
 
 
 def target_error(target: str) -> str | None:

@@ -31,7 +31,8 @@ from perllm.demo.observe import OURS, Counters, Sample
 from perllm.demo.report import plot
 from perllm.demo.routed import chat_edge, routed_nodes, routed_summary, run_routed
 from perllm.demo.routed_view import progress_line, render_routed, routed_table
-from perllm.load import Outcome, Planned
+from perllm.load import Planned
+from perllm.load_report import Outcome
 
 
 def _o(at: float, tier: str = "", met: bool = True, status: int = 200) -> Outcome:

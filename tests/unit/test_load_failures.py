@@ -300,8 +300,7 @@ def test_only_events_with_text_are_tokens_and_the_first_of_them_is_ttft() -> Non
 
 
 def test_the_report_says_why_ttft_is_missing_and_counts_stream_failures(capsys: Any) -> None:
-    from perllm.load import Report
-    from perllm.load_cli import print_report
+    from perllm.load_report import Report, print_report
 
     base = dict(target="http://x", sent=3, ok=1, attainment=0.3, latency_s={"p50": 1.0},
                 ttft_s={}, wall_s=1.0, throughput_rps=1.0)  # fmt: skip
@@ -365,3 +364,28 @@ def test_a_compressed_answer_is_read_decoded() -> None:
 
         rep = asyncio.run(asyncio.wait_for(go(), 30))
         assert rep.ok == 1 and rep.errors == {}, rep
+
+
+def test_the_report_has_each_class_on_its_own(capsys: Any) -> None:
+    """A class that misses every deadline was hidden in the overall attainment beside one
+    that meets all: the report (and its JSON) says each class's own numbers."""
+    from perllm.load_report import Outcome, print_report, summarise
+
+    def o(cls: str, lat: float, met: bool, status: int = 200, tokens: float = 10.0) -> Outcome:
+        return Outcome(cls=cls, status=status, latency_s=lat, ttft_s=lat / 4, tokens=tokens,
+                       met=met)  # fmt: skip
+
+    rs = [o("chat", 0.5, True), o("chat", 0.7, True, tokens=30.0), o("code", 4.0, False),
+          o("code", 5.0, False), o("code", 0.0, False, status=503, tokens=0.0)]  # fmt: skip
+    rep = summarise("http://x", rs, 2.0)
+    assert rep.attainment == 0.4 and rep.tokens == 60.0
+    chat, code = rep.per_class["chat"], rep.per_class["code"]
+    assert (chat["sent"], chat["answered"], chat["attainment"]) == (2, 2, 1.0)
+    assert chat["tokens_per_answer"] == 20.0 and chat["latency_s"]["p50"] == 0.6
+    assert (code["sent"], code["answered"], code["attainment"]) == (3, 2, 0.0)
+    assert code["ttft_s"]["p50"] == 1.125 and code["tokens"] == 20.0
+    assert json.loads(rep.to_json())["per_class"]["code"]["answered"] == 2
+    print_report(rep)
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "per class" in out and "output tokens (answered) 60" in out
+    assert "code 3 2 0.0%" in out and "chat 2 2 100.0%" in out

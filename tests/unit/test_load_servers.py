@@ -189,8 +189,7 @@ def test_a_connection_reset_mid_stream_is_a_named_transport_error() -> None:
 
 
 def test_the_report_names_refusals_and_whole_answers(capsys: Any) -> None:
-    from perllm.load import Report
-    from perllm.load_cli import print_report
+    from perllm.load_report import Report, print_report
 
     print_report(Report(target="http://x", sent=3, ok=1, attainment=0.3, latency_s={},
                         ttft_s={}, wall_s=1.0, throughput_rps=1.0, whole=1,
