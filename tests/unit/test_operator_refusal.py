@@ -251,7 +251,10 @@ def test_a_refused_spec_stands_in_ready_until_a_reconcile_applies(
     api = install(monkeypatch, svc)
     ready_dep = {
         "kind": "Deployment",
-        "metadata": {"name": "chat-assistant", "ownerReferences": []},
+        "metadata": {
+            "name": "chat-assistant",
+            "ownerReferences": [{"controller": True, "uid": "uid-1"}],
+        },
         "spec": {"replicas": 1},
         "status": {"readyReplicas": 1},
     }

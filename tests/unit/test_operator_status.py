@@ -451,7 +451,12 @@ def test_children_follow_a_tier_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         "replacement": {"tier": {"target": "edge", "from": "cloud"}},
         "conditions": [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}],
     }
-    live = {"metadata": {"annotations": {"perllm.io/pinned-tier": "cloud"}}}
+    live = {
+        "metadata": {
+            "annotations": {"perllm.io/pinned-tier": "cloud"},
+            "ownerReferences": [{"controller": True, "uid": "uid-1"}],
+        }
+    }
     applied, events = _fake_tier_follow(monkeypatch, obj, live)
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     # the ServiceAccount of its gated hf:// weights (kept: another tier may fetch them)
@@ -476,7 +481,12 @@ def test_first_decision_pins_an_open_template(monkeypatch: pytest.MonkeyPatch) -
         "placement": {"tier": "edge", "nodes": ["edge-2"]},
         "conditions": [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}],
     }
-    live = {"metadata": {"annotations": {"perllm.io/pinned-tier": "open"}}}
+    live = {
+        "metadata": {
+            "annotations": {"perllm.io/pinned-tier": "open"},
+            "ownerReferences": [{"controller": True, "uid": "uid-1"}],
+        }
+    }
     applied, _events = _fake_tier_follow(monkeypatch, obj, live)
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     dep, _svc = applied

@@ -36,6 +36,8 @@ from tests.unit.test_operator_status import FakeCluster, FakeProm
 ROOT = Path(__file__).parents[2]
 GPU = "nvidia.com/gpu"
 EXAMPLE = "help-desk-both-tiers"
+# A live child's: controlled by the LLMService of `_load` (else the apply refuses it).
+OWNED: dict[str, Any] = {"ownerReferences": [{"controller": True, "uid": "uid-1"}]}
 
 
 def _load(backend: str = "kserve", **tier_replicas: int) -> dict[str, Any]:
@@ -184,7 +186,7 @@ def test_follow_tier_never_re_renders_a_tiered_service(monkeypatch: pytest.Monke
             calls.append("get")
             return copy.deepcopy(obj)
 
-    pinned = {"metadata": {"annotations": {"perllm.io/pinned-tier": "cloud"}}}
+    pinned = {"metadata": {"annotations": {"perllm.io/pinned-tier": "cloud"}, **OWNED}}
     monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
     monkeypatch.setattr(kube, "read_child", lambda ns, ref: pinned)
     monkeypatch.setattr(kube, "apply", lambda child: calls.append("apply"))
@@ -218,7 +220,9 @@ def test_a_child_deleted_by_hand_is_created_again(monkeypatch: pytest.MonkeyPatc
             return copy.deepcopy(obj)
 
     monkeypatch.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
-    monkeypatch.setattr(kube, "read_child", lambda ns, ref: None if ref["name"] == gone else {})
+    monkeypatch.setattr(
+        kube, "read_child", lambda ns, ref: None if ref["name"] == gone else {"metadata": OWNED}
+    )
     monkeypatch.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))
     monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: synced.append(k))
     monkeypatch.setattr(
@@ -461,7 +465,7 @@ def _tick(
         def get_namespaced_custom_object(self, *a: Any, **_: Any) -> dict[str, Any]:
             return copy.deepcopy(obj)
 
-    pin = {"metadata": {"annotations": {"perllm.io/pinned-tier": tier}}}
+    pin = {"metadata": {"annotations": {"perllm.io/pinned-tier": tier}, **OWNED}}
     mp.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
     mp.setattr(kube, "read_child", lambda ns, ref: None if ref["name"] == gone else pin)
     mp.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))

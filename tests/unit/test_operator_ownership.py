@@ -1,0 +1,255 @@
+"""Whose object a child's name holds (operator/perllm_operator/reconcile.py): a name held
+by another owner (another LLMService's child, an object made by hand) is refused with a
+condition naming the holder, never taken over; this service's own objects (an earlier
+LLMService of the same name, children orphaned by a delete with --cascade=orphan) are; a
+switch to backend deployment waits for KServe's Service `<name>-predictor` to go with the
+InferenceService. No cluster: the API is a fake server-side apply."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+from perllm_operator import kube, reconcile, render, tiers
+
+from tests.unit.test_operator_apply import _reconcile
+from tests.unit.test_operator_refusal import RacingStatusApi, install
+
+ROOT = Path(__file__).parents[2]
+NAME = "help-desk-both-tiers"
+Obj = dict[str, Any]
+
+
+def _load(backend: str = "kserve", **tier_replicas: int) -> Obj:
+    obj: Obj = yaml.safe_load((ROOT / "manifests" / f"{NAME}.yaml").read_text())
+    obj["metadata"].update(namespace="llm", uid="uid-1", generation=1)
+    obj["spec"]["backend"] = backend
+    obj["spec"].pop("tierReplicas", None)
+    if tier_replicas:
+        obj["spec"]["tierReplicas"] = tier_replicas
+    return obj
+
+
+def _controller(kind: str, name: str, uid: str) -> Obj:
+    api = "perllm.io/v1alpha1" if kind == "LLMService" else "serving.kserve.io/v1beta1"
+    return {"apiVersion": api, "kind": kind, "name": name, "uid": uid, "controller": True}
+
+
+class Cluster:
+    """Server-side apply as the API server does it for the objects in `live`: the applying
+    manager's fields replace its earlier ones (so its ownerReference of another LLMService
+    is silently replaced), another manager's ownerReferences are kept (a list keyed by uid),
+    and an object with two controllers is refused (422, as metadata validation does).
+    Deleting an object deletes what it controls (the garbage collector, at `collect`)."""
+
+    def __init__(self) -> None:
+        self.live: dict[tuple[str, str], Obj] = {}
+        self.applied: list[str] = []
+
+    def put(self, obj: Obj, manager: str) -> None:
+        obj = copy.deepcopy(obj)
+        md = obj["metadata"]
+        md.setdefault("uid", f"{obj['kind']}/{md['name']}")
+        md["managedFields"] = [{"manager": manager, "operation": "Update"}]
+        self.live[(obj["kind"], md["name"])] = obj
+
+    def patch(self, *args: Any, **kw: Any) -> Obj:
+        body = json.loads(json.dumps(args[-1]))
+        key = (body["kind"], body["metadata"]["name"])
+        old = self.live.get(key)
+        refs = {r["uid"]: r for r in body["metadata"].get("ownerReferences") or []}
+        if old is not None:
+            managers = {m["manager"] for m in old["metadata"].get("managedFields") or []}
+            if kube.FIELD_MANAGER not in managers:  # another manager's entries stay
+                for r in old["metadata"].get("ownerReferences") or []:
+                    refs.setdefault(r["uid"], r)
+            body["metadata"]["uid"] = old["metadata"]["uid"]
+        if sum(1 for r in refs.values() if r.get("controller")) > 1:
+            e = ApiException(status=422, reason="Unprocessable Entity")
+            cause = {
+                "field": "metadata.ownerReferences",
+                "message": "Only one reference can have Controller set to true",
+            }
+            e.body = json.dumps({"reason": "Invalid", "details": {"causes": [cause]}})
+            raise e
+        body["metadata"]["ownerReferences"] = list(refs.values())
+        self.put(body, kube.FIELD_MANAGER)
+        self.live[key]["metadata"]["managedFields"] = [
+            {"manager": kube.FIELD_MANAGER, "operation": "Apply"}
+        ]
+        self.applied.append(f"{key[0]} {key[1]}")
+        return copy.deepcopy(self.live[key])
+
+    def read(self, ns: str, ref: Obj) -> Obj | None:
+        return copy.deepcopy(self.live.get((ref["kind"], ref["name"])))
+
+    def delete(self, ns: str, ref: Obj, uid: str) -> None:
+        live = self.live.get((ref["kind"], ref["name"]))
+        if live is not None and live["metadata"]["uid"] == uid:
+            del self.live[(ref["kind"], ref["name"])]
+
+    def collect(self) -> None:
+        """The garbage collector: objects whose controller is gone go."""
+        uids = {o["metadata"]["uid"] for o in self.live.values()}
+        for key, o in list(self.live.items()):
+            ctrl = [r for r in o["metadata"].get("ownerReferences") or [] if r.get("controller")]
+            if ctrl and ctrl[0]["uid"] not in uids and ctrl[0]["kind"] != "LLMService":
+                del self.live[key]
+
+    def owner(self, kind: str, name: str) -> str:
+        refs = self.live[(kind, name)]["metadata"].get("ownerReferences") or []
+        return next(r["uid"] for r in refs if r.get("controller"))
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Cluster:
+    c = Cluster()
+    monkeypatch.setattr(kube, "_api", lambda kind: (c.patch, lambda o: o, ()))
+    monkeypatch.setattr(kube, "kserve_installed", lambda: True)
+    monkeypatch.setattr(kopf, "info", lambda *a, **k: None)
+    monkeypatch.setattr(kopf, "warn", lambda *a, **k: None)
+    return c
+
+
+def _install(mp: pytest.MonkeyPatch, c: Cluster, obj: Obj) -> RacingStatusApi:
+    api = install(mp, obj)
+    mp.setattr(kube, "read_child", c.read)
+    mp.setattr(kube, "delete_child", c.delete)
+    return api
+
+
+def _cond(api: RacingStatusApi, type_: str) -> Obj:
+    cond = api.cond(type_)
+    assert cond is not None, api.obj.get("status")
+    return cond
+
+
+def _stranger(kind: str) -> tuple[Obj, str, str]:
+    """An object named like the tiered service's edge child: (object, manager, holder)."""
+    if kind == "service":  # LLMService <name>-edge, untiered: its child is <name>-edge too
+        other = _load()
+        other["metadata"].update(name=f"{NAME}-edge", uid="uid-9")
+        return render.children(other)[0], kube.FIELD_MANAGER, f"LLMService {NAME}-edge"
+    made = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": f"{NAME}-edge", "namespace": "llm"},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}}}},
+    }
+    return made, "kubectl-client-side-apply", "made outside PerLLM"
+
+
+@pytest.mark.parametrize("kind", ["service", "by-hand"])
+def test_a_name_held_by_another_owner_is_refused_not_taken_over(
+    monkeypatch: pytest.MonkeyPatch, cluster: Cluster, kind: str
+) -> None:
+    """LLMService x with tierReplicas has a child x-edge; so has an LLMService x-edge without.
+    The operator's apply (one field manager for every service) replaced the other
+    service's ownerReference: the child silently changed hands, and each service's
+    reconcile took it back from the other. An object made by hand was overwritten."""
+    stranger, manager, holder = _stranger(kind)
+    cluster.put(stranger, manager)
+    before = copy.deepcopy(cluster.live[("InferenceService", f"{NAME}-edge")])
+    obj = _load(edge=1, cloud=1)
+    api = _install(monkeypatch, cluster, obj)
+    with pytest.raises(kopf.TemporaryError):
+        _reconcile(obj)
+    assert cluster.live[("InferenceService", f"{NAME}-edge")] == before
+    cond = _cond(api, "Reconciled")
+    assert (cond["status"], cond["reason"]) == ("False", "ChildConflict")
+    assert f"InferenceService {NAME}-edge exists" in cond["message"]
+    assert holder in cond["message"]
+
+
+@pytest.mark.parametrize("how", ["orphaned", "earlier-service"])
+def test_this_services_own_objects_are_taken_over(
+    monkeypatch: pytest.MonkeyPatch, cluster: Cluster, how: str
+) -> None:
+    """Orphaned children (`kubectl delete --cascade=orphan`: no ownerReference, the
+    service's label) and those of an earlier LLMService of the same name (deleted, its
+    garbage not yet collected) are this service's: applied over, not refused."""
+    obj = _load()
+    child = render.children(obj)[0]
+    if how == "orphaned":
+        del child["metadata"]["ownerReferences"]
+    else:
+        child["metadata"]["ownerReferences"] = [_controller("LLMService", NAME, "uid-0")]
+    cluster.put(child, kube.FIELD_MANAGER if how != "orphaned" else "kubectl")
+    api = _install(monkeypatch, cluster, obj)
+    _reconcile(obj)
+    assert cluster.owner("InferenceService", NAME) == "uid-1"
+    assert _cond(api, "Reconciled")["status"] == "True"
+
+
+def test_a_switch_to_backend_deployment_waits_for_kserves_service(
+    monkeypatch: pytest.MonkeyPatch, cluster: Cluster
+) -> None:
+    """KServe's RawDeployment names its Service <isvc>-predictor, as the Deployment
+    backend's own: the apply of the switch was refused (two controllers) before the
+    InferenceService was deleted, so every retry was refused again, for good."""
+    kserve = _load()
+    (isvc,) = render.children(kserve)
+    cluster.put(isvc, kube.FIELD_MANAGER)
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": f"{NAME}-predictor",
+            "namespace": "llm",
+            "ownerReferences": [_controller("InferenceService", NAME, f"InferenceService/{NAME}")],
+        },
+        "spec": {"selector": {"app": f"isvc.{NAME}-predictor"}},
+    }
+    cluster.put(svc, "manager")  # KServe's controller
+    obj = _load("deployment")
+    api = _install(monkeypatch, cluster, obj)
+    with pytest.raises(kopf.TemporaryError):
+        _reconcile(obj)
+    assert ("InferenceService", NAME) not in cluster.live
+    cond = _cond(api, "Reconciled")
+    assert cond["reason"] == "ChildConflict", cond
+    assert f"Service {NAME}-predictor exists" in cond["message"]
+    assert f"deleted InferenceService {NAME}" in cond["message"]
+    cluster.collect()  # KServe's Service goes with its InferenceService
+    _reconcile(obj, retry=1)
+    assert cluster.owner("Service", f"{NAME}-predictor") == "uid-1"
+    assert cluster.owner("Deployment", NAME) == "uid-1"
+    assert _cond(api, "Reconciled")["status"] == "True"
+
+
+class _Logger:
+    def info(self, *a: Any) -> None: ...
+    def warning(self, *a: Any) -> None: ...
+
+
+def test_a_recorded_childs_name_taken_by_another_object_is_a_condition(
+    monkeypatch: pytest.MonkeyPatch, cluster: Cluster
+) -> None:
+    """The child deleted by hand and an object of the same name made since: the status
+    tick found it present, and `Ready` quoted that object's readiness as the service's,
+    with nothing saying the service had no child of its own."""
+    obj = _load("deployment")
+    kids = render.children(obj)
+    for k in kids:
+        cluster.put(k, kube.FIELD_MANAGER)
+    rec = [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}]
+    obj["status"] = {"child": tiers.ref(kids[0]), "observedGeneration": 1, "conditions": rec}
+    made = copy.deepcopy(kids[0])
+    del made["metadata"]["ownerReferences"], made["metadata"]["labels"]
+    cluster.put(made, "kubectl-create")  # ... by hand, after the child was deleted
+    before = copy.deepcopy(cluster.live[("Deployment", NAME)])
+    api = _install(monkeypatch, cluster, obj)
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    assert cluster.live[("Deployment", NAME)] == before
+    cond = _cond(api, "Reconciled")
+    assert (cond["status"], cond["reason"]) == ("False", "ChildConflict")
+    assert (
+        f"re-applying Deployment {NAME}: Deployment {NAME} exists, made outside"
+        in (cond["message"])
+    )
