@@ -195,7 +195,17 @@ def apply_children(kids: list[Obj]) -> None:
                 raise Conflict(what, holder, k["metadata"]["ownerReferences"][0]["name"])
             kube.apply(k)
         except ApiException as e:
+            if k["kind"] == "InferenceService" and e.status == 404 and _kserve_gone():
+                # KServe removed under a running service: the 404 alone names nothing
+                raise Failed("ApplyNotFound", f"{what}: {KSERVE_MISSING}") from e
             raise Failed(*failures.api_failure(e, what)) from e
+
+
+def _kserve_gone() -> bool:
+    try:
+        return not kube.kserve_installed()
+    except ApiException:  # unknown: the apply's own refusal is reported
+        return False
 
 
 def _apply_and_prune(obj: Obj, kids: list[Obj]) -> list[str]:

@@ -253,3 +253,30 @@ def test_a_recorded_childs_name_taken_by_another_object_is_a_condition(
         f"re-applying Deployment {NAME}: Deployment {NAME} exists, made outside"
         in (cond["message"])
     )
+
+
+def test_kserve_removed_at_runtime_is_named_and_tried_again(
+    monkeypatch: pytest.MonkeyPatch, cluster: Cluster
+) -> None:
+    """KServe's CRD deleted under a running service: its InferenceService goes with it and
+    each tick's re-creation is refused 404. `Reconciled` said only "the server could not
+    find the requested resource"; it names KServe now, and the next tick tries again (not
+    a refusal of the spec, which would stop the ticks for good: no edit comes)."""
+    obj = _load()
+    kids = render.children(obj)
+    rec = [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}]
+    obj["status"] = {"child": tiers.ref(kids[0]), "observedGeneration": 1, "conditions": rec}
+    api = _install(monkeypatch, cluster, obj)
+
+    def gone(*a: Any, **k: Any) -> Obj:
+        e = ApiException(status=404, reason="Not Found")
+        e.body = json.dumps({"reason": "NotFound", "message": "the server could not find it"})
+        raise e
+
+    monkeypatch.setattr(kube, "_api", lambda kind: (gone, lambda o: o, ()))
+    monkeypatch.setattr(kube, "kserve_installed", lambda: False)
+    reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
+    cond = _cond(api, "Reconciled")
+    assert cond["status"] == "False" and cond["reason"] == "ApplyNotFound"
+    assert f"InferenceService {NAME}: {reconcile.KSERVE_MISSING}" in cond["message"]
+    assert not reconcile._refused(api.obj["status"])
