@@ -137,9 +137,9 @@ class Failed(Exception):
 
 
 class Conflict(Failed):
-    """A child's name is held by an object this service does not control: `holder` is
-    (kind, name) of its controller (`holder`, `{}` when it has none), None when it has
-    none."""
+    """A child's name is held by an object this service does not control (`holder`: its
+    controller ownerReference, `{}` when it has none). `self.holder`: (kind, name) of
+    that controller, None without one."""
 
     def __init__(self, what: str, holder: Obj, name: str) -> None:
         if not holder:
@@ -383,7 +383,7 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
         return
     if taken:
         # Deleted and its name taken by another object since: the apply refuses it
-        # (`ChildConflict`), where `Ready` quoted that object's readiness as the service's.
+        # (`ChildConflict`), where nothing said the service had no child of its own.
         held = ", ".join(taken)
         _reapply(
             body, kids, ns, name, str(uid), f"re-applying {held}", f"re-applied {held}", logger
