@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from perllm.crd import InvalidService, service_spec
 from perllm.telemetry.prom import redact_url
 from perllm.timefmt import rfc3339
-from perllm_operator import failures, kube, observe, policy, reconcile, replacement
+from perllm_operator import children, failures, kube, observe, policy, reconcile, replacement
 from perllm_operator.conditions import sync_status
 from perllm_operator.state import state_of
 
@@ -31,7 +31,7 @@ def status_tick(
     **_: Any,
 ) -> None:
     """Refresh status from Prometheus and the extender's record; re-place if needed. A
-    refused API call (`reconcile.Failed`) or an unexpected exception is condition
+    refused API call (`children.Failed`) or an unexpected exception is condition
     `Degraded` (True, its reason) and an Event, then a retry with a growing delay, never
     only a log line."""
     try:
@@ -39,7 +39,7 @@ def status_tick(
     except kopf.TemporaryError:
         raise
     except Exception as e:  # reported as a condition, never a crash loop
-        if isinstance(e, reconcile.Failed):
+        if isinstance(e, children.Failed):
             reason, msg = e.reason, e.message
             logger.warning("status tick failed: %s", msg)
         else:
@@ -75,7 +75,7 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
     try:
         pods = kube.pods(ns, name)
     except ApiException as e:  # said in Degraded: nothing else of this tick can be known
-        raise reconcile.Failed(*failures.api_failure(e, "listing pods", prefix="List")) from e
+        raise children.Failed(*failures.api_failure(e, "listing pods", prefix="List")) from e
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     obs = None
     if cfg.prometheus.url:

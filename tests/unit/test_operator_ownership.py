@@ -16,7 +16,7 @@ import kopf
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
-from perllm_operator import kube, reconcile, render, tiers
+from perllm_operator import children, kube, reconcile, render, tiers
 
 from tests.unit.test_operator_apply import _reconcile
 from tests.unit.test_operator_refusal import RacingStatusApi, install
@@ -278,5 +278,5 @@ def test_kserve_removed_at_runtime_is_named_and_tried_again(
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     cond = _cond(api, "Reconciled")
     assert cond["status"] == "False" and cond["reason"] == "ApplyNotFound"
-    assert f"InferenceService {NAME}: {reconcile.KSERVE_MISSING}" in cond["message"]
+    assert f"InferenceService {NAME}: {children.KSERVE_MISSING}" in cond["message"]
     assert not reconcile._refused(api.obj["status"])

@@ -17,6 +17,7 @@ import yaml
 from fake_kube import FakeStatusApi
 from kubernetes.client.exceptions import ApiException
 from perllm_operator import (
+    children,
     conditions,
     kube,
     observe,
@@ -327,15 +328,13 @@ def test_a_dropped_tier_or_mode_switch_deletes_only_this_services_stale_children
     fake.live[("Deployment", EXAMPLE)] = stranger
     fake.install(monkeypatch)
     cloud_only = _load("deployment", edge=0, cloud=1)
-    assert reconcile.prune(cloud_only, render.children(cloud_only)) == [
-        f"Deployment {EXAMPLE}-edge"
-    ]
+    assert children.prune(cloud_only, render.children(cloud_only)) == [f"Deployment {EXAMPLE}-edge"]
     assert fake.deleted == [("Deployment", f"{EXAMPLE}-edge", "child-0")]
     # Back to one child: the tiered children go; the Service is kept (both modes render it).
     single = _load("deployment")
     del single["spec"]["tierReplicas"]
     fake.live.pop(("Deployment", EXAMPLE))
-    assert reconcile.prune(single, render.children(single)) == [f"Deployment {EXAMPLE}-cloud"]
+    assert children.prune(single, render.children(single)) == [f"Deployment {EXAMPLE}-cloud"]
     assert ("Service", f"{EXAMPLE}-predictor") in fake.live
 
 
@@ -348,8 +347,8 @@ def test_a_refused_delete_is_a_failure_naming_the_child(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(kube, "delete_child", refuse)
     obj = _load(edge=1, cloud=0)
-    with pytest.raises(reconcile.Failed) as info:
-        reconcile.prune(obj, render.children(obj))
+    with pytest.raises(children.Failed) as info:
+        children.prune(obj, render.children(obj))
     assert info.value.reason == "ApplyForbidden"
     assert f"deleting InferenceService {EXAMPLE}-cloud" in info.value.message
 
@@ -548,11 +547,11 @@ def test_the_account_of_gated_weights_goes_when_no_longer_needed(
     fake = FakeChildren(render.children(obj))
     fake.install(monkeypatch)
     sa = ("ServiceAccount", "chat-assistant-model")
-    assert sa in fake.live and reconcile.prune(obj, render.children(obj)) == []
+    assert sa in fake.live and children.prune(obj, render.children(obj)) == []
     to_deployment = copy.deepcopy(obj)
     to_deployment["spec"]["backend"] = "deployment"
     kids = render.children(to_deployment)
-    assert reconcile.prune(to_deployment, kids) == [
+    assert children.prune(to_deployment, kids) == [
         "InferenceService chat-assistant",
         "ServiceAccount chat-assistant-model",
     ]
@@ -562,5 +561,5 @@ def test_the_account_of_gated_weights_goes_when_no_longer_needed(
     fake.live[sa] = stranger
     no_token = copy.deepcopy(obj)
     del no_token["spec"]["model"]["tokenSecretRef"]
-    assert reconcile.prune(no_token, render.children(no_token)) == []
+    assert children.prune(no_token, render.children(no_token)) == []
     assert sa in fake.live
