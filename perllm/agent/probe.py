@@ -187,6 +187,11 @@ class Prober:
                 err = None
             except ProbeError as e:
                 r, err = None, str(e)
+            except Exception as e:
+                # e.g. UnicodeError for a host the IDNA codec refuses (`bad..host`),
+                # InvalidURL: raised out of the round, it skipped the later peers, counted
+                # nothing and logged a traceback every round
+                r, err = None, f"{type(e).__name__}: {e}"
             with self._lock:
                 st = self._state[p.name]
                 if r is not None:

@@ -23,7 +23,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from perllm.agent import Agent, AgentConfig
 from perllm.agent.metrics import PROBE_FAILURES, SOURCE_UP
-from perllm.agent.probe import MAX_BYTES, MIN_BYTES, ProbeError, Prober, parse_peer, probe_once
+from perllm.agent.probe import (
+    MAX_BYTES,
+    MIN_BYTES,
+    Peer,
+    ProbeError,
+    Prober,
+    parse_peer,
+    probe_once,
+)
 from perllm.telemetry import names
 
 NO_RAPL = Path("/nonexistent/powercap")
@@ -471,3 +479,19 @@ def test_connections_at_once_are_capped(monkeypatch: pytest.MonkeyPatch) -> None
         for c in idle:
             c.close()
         a.stop()
+
+
+def test_an_unexpected_error_on_one_peer_is_its_failure_not_the_rounds(cloud: Agent) -> None:
+    """A peer whose host the IDNA codec refuses (a typo, `bad..host`) raised UnicodeError out
+    of the round: the peers after it were never probed and nothing was counted."""
+    edge = Prober(
+        "edge-1",
+        [Peer("typo", "http://bad..host:9401/probe"), parse_peer(f"c={cloud.url}")],
+        nbytes=MIN_BYTES,
+        timeout_s=5.0,
+    )
+    edge.probe_all()
+    fams = {f.name: f for f in edge.families()}
+    assert series(fams, PROBE_FAILURES) == {"typo": 1.0, "c": 0.0}
+    assert set(series(fams, names.PATH_BANDWIDTH_BPS)) == {"c"}
+    assert edge.health.up
