@@ -3,7 +3,8 @@
 Each top-level zone `intel-rapl:N` whose `name` is `package-…` (AMD exposes the same tree)
 counts energy in µJ in `energy_uj`, wrapping at `max_energy_range_uj`. The agent samples it
 often enough to see every wrap (the range lasts minutes even at kW), accumulates joules
-since the agent started (a Prometheus counter), and derives watts from the last two samples.
+since the agent started (a Prometheus counter), and derives watts from the last two samples;
+an interval no package could spend (MAX_PACKAGE_W) is a counter reset and counts nothing.
 Sub-zones (core, uncore, dram) and `psys` are not packages and are skipped: never sum zones.
 """
 
@@ -25,6 +26,10 @@ from perllm.telemetry import names
 
 DEFAULT_ROOT = Path("/sys/class/powercap")
 _TOP_ZONE = re.compile(r"intel-rapl:(\d+)$")  # not intel-rapl:N:M (sub-zones), not -mmio
+# No CPU package averages this over a sampling interval (the largest draw ~500 W): a delta
+# implying more is a counter that was reset or jumped (driver reload, VM migration), which
+# the wrap arithmetic would otherwise read as up to the whole range (~262 kJ) at once.
+MAX_PACKAGE_W = 2000.0
 
 
 @dataclass
@@ -173,10 +178,21 @@ class RaplSource:
                     continue
                 if z.last_uj is not None and z.last_t is not None:
                     d_j = energy_delta_uj(z.last_uj, cur, z.max_uj) / 1e6
-                    z.joules += d_j
                     dt = now - z.last_t
-                    if dt > 0:
-                        z.watts = d_j / dt
+                    # (over a second at least: the counter moves in ~1 ms steps, and a
+                    # forced sample may follow another closely)
+                    if d_j > MAX_PACKAGE_W * max(dt, 1.0):
+                        # counted nothing: one interval lost, re-based on `cur`
+                        z.watts = None
+                        self.health.warn_once(  # (no numbers: said once, not per reset)
+                            f"package {z.package}: energy_uj moved more than {MAX_PACKAGE_W:g} W "
+                            "could spend (a counter reset or jump, not energy); such an "
+                            "interval is not counted"
+                        )
+                    else:
+                        z.joules += d_j
+                        if dt > 0:
+                            z.watts = d_j / dt
                 z.last_uj, z.last_t, z.error = cur, now, None
             errors = [z.error for z in self.zones if z.error]
             if self.zones and len(errors) == len(self.zones):  # nothing left to export

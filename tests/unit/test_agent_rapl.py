@@ -275,3 +275,28 @@ def test_a_zone_the_agent_cannot_enter_is_skipped_said_not_raised(
     alone.start()
     assert not alone.health.up and "Permission denied" in (alone.health.reason or "")
     assert "unmounted" not in (alone.health.reason or "")
+
+
+def test_a_counter_reset_is_not_counted_as_a_wrap(
+    tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """energy_uj going back mid-range (a reset) was read as a wrap: the rest of the range
+    (~157 kJ here) added at once, 31 kW for one package over 5 s."""
+    clock = Clock()
+    root = tree.parent / "reset"
+    zone(root, "intel-rapl:0", "package-0", int(MAX * 0.4))
+    src = RaplSource("n", root=root, clock=clock)
+    src.start()
+    z = src.zones[0]
+    clock.t += 5.0
+    set_uj(root, "intel-rapl:0", 1_000_000)  # reset: back to ~0
+    with caplog.at_level(logging.WARNING, logger="perllm.agent"):
+        src.sample()
+    assert z.joules == 0.0 and z.watts is None  # one interval lost, never a spike
+    assert "counter reset" in caplog.text
+    clock.t += 5.0
+    set_uj(root, "intel-rapl:0", 1_000_000 + 500_000_000)  # 500 J in 5 s, from the new base
+    src.sample()
+    assert z.joules == pytest.approx(500.0) and z.watts == pytest.approx(100.0)
+    assert src.health.up
+    # a real wrap at a plausible power still counts (test_wraparound: 5 J in 1 s)
