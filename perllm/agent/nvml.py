@@ -24,8 +24,9 @@ from perllm.agent.health import SourceHealth
 from perllm.telemetry import names
 
 MIB = 1 << 20
-# dcgm-exporter's GPU label set (rendermetrics gpuMetricsFormat), host label as released
-LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname")
+# dcgm-exporter's GPU label set (rendermetrics gpuMetricsFormat), host label as released,
+# and the driver version that its default-counters.csv attaches as a `label` row
+LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class NvmlSource:
     _nv: Any = field(default=None, repr=False)
     _gpus: list[_Gpu] = field(default_factory=list, repr=False)
     _missing: list[int] = field(default_factory=list, repr=False)  # indices NVML refused
+    _driver: str = ""  # nvmlSystemGetDriverVersion, "" (label absent) when it fails
     _last_open_try: float = 0.0
     _inited: bool = False
     _disabled: bool = False
@@ -155,6 +157,10 @@ class NvmlSource:
             self.health.down(f"enumerating GPUs failed: {type(e).__name__}: {e}")
             self._shutdown_quietly(nv)
             return
+        try:
+            self._driver = _text(nv.nvmlSystemGetDriverVersion())
+        except Exception:
+            self._driver = ""
         # One GPU NVML refuses (NoPermission, GpuIsLost) must not take the others down.
         gpus, why = self._open(nv, range(count))
         if count and not gpus:
@@ -196,6 +202,7 @@ class NvmlSource:
             f"nvidia{minor}",
             _text(nv.nvmlDeviceGetName(h)),
             self.node,
+            self._driver,
         )
         return _Gpu(h, labels)
 

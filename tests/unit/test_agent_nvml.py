@@ -63,6 +63,7 @@ def fake_nvml(
         nvmlInit=init,
         nvmlShutdown=shutdown,
         nvmlDeviceGetCount=lambda: len(gpus),
+        nvmlSystemGetDriverVersion=lambda: "550.54.15",
         nvmlDeviceGetHandleByIndex=lambda i: i,
         nvmlDeviceGetName=get("name"),
         nvmlDeviceGetUUID=get("uuid"),
@@ -122,6 +123,7 @@ def test_units_and_labels_match_dcgm() -> None:
         "device": "nvidia3",
         "modelName": "NVIDIA A100-SXM4-40GB",
         "Hostname": "node-a",
+        "DCGM_FI_DRIVER_VERSION": "550.54.15",
     }
     assert r1.energy_mj is None and r1.power_w == 25.0  # NotSupported omits only that field
 
@@ -135,6 +137,8 @@ def test_exposition_names_types_and_absent_fields() -> None:
     assert power.type == "gauge"
     assert {s.labels["gpu"]: s.value for s in power.samples} == {"0": 61.482, "1": 25.0}
     assert all(s.labels["Hostname"] == "node-a" for s in power.samples)
+    # INTERFACES.md 3.1: dcgm-exporter's default `DCGM_FI_DRIVER_VERSION, label` row
+    assert all(s.labels["DCGM_FI_DRIVER_VERSION"] == "550.54.15" for s in power.samples)
     # dcgm-exporter: `# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter`, bare name
     assert f"# TYPE {names.DCGM_ENERGY_MJ} counter\n".encode() in text
     assert f"\n{names.DCGM_ENERGY_MJ}{{".encode() in text
