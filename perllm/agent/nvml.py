@@ -24,6 +24,8 @@ from perllm.agent.health import SourceHealth
 from perllm.telemetry import names
 
 MIB = 1 << 20
+# NVML_VALUE_NOT_AVAILABLE_{uint,ulonglong}: "no value" spelled as a number (as power, 4.29 MW)
+NOT_AVAILABLE = (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
 # dcgm-exporter's GPU label set (rendermetrics gpuMetricsFormat), host label as released,
 # and the driver version that its default-counters.csv attaches as a `label` row
 LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION")
@@ -222,6 +224,19 @@ class NvmlSource:
             )
             return None
 
+    def _number(self, gpu: _Gpu, what: str, v: Any, zero_ok: bool = True) -> float | None:
+        """A field's value, or None where NVML's number is no measurement: its
+        'not available' sentinel, or 0 W from a powered GPU (unmetered boards answer 0)."""
+        if v is None:
+            return None
+        if v in NOT_AVAILABLE or v < 0 or (v == 0 and not zero_ok):
+            self.health.warn_once(
+                f"GPU {gpu.labels[0]} ({gpu.labels[4]}): {what} reads {v}, not a measurement; "
+                "that series is absent"
+            )
+            return None
+        return float(v)
+
     def _memory(self, h: Any) -> Any:
         nv = self._nv
         v2 = getattr(nv, "nvmlMemory_v2", None)
@@ -243,16 +258,23 @@ class NvmlSource:
                 self._missing = sorted(set(self._missing) - {int(g.labels[0]) for g in found})
         out = []
         for g in self._gpus:
-            mw = self._field(g, "power", nv.nvmlDeviceGetPowerUsage)
-            mj = self._field(g, "total energy", nv.nvmlDeviceGetTotalEnergyConsumption)
+            mw = self._number(
+                g, "power", self._field(g, "power", nv.nvmlDeviceGetPowerUsage), zero_ok=False
+            )
+            mj = self._number(
+                g,
+                "total energy",
+                self._field(g, "total energy", nv.nvmlDeviceGetTotalEnergyConsumption),
+            )
             util = self._field(g, "utilisation", nv.nvmlDeviceGetUtilizationRates)
+            pct = None if util is None else self._number(g, "utilisation", util.gpu)
             mem = self._field(g, "memory info", self._memory)
             out.append(
                 GpuReading(
                     labels=g.labels,
-                    power_w=None if mw is None else float(mw) / 1000.0,
-                    energy_mj=None if mj is None else float(mj),
-                    util_pct=None if util is None else float(util.gpu),
+                    power_w=None if mw is None else mw / 1000.0,
+                    energy_mj=mj,
+                    util_pct=pct,
                     fb_used_mib=None if mem is None else float(int(mem.used) // MIB),
                     fb_free_mib=None if mem is None else float(int(mem.free) // MIB),
                 )

@@ -427,3 +427,44 @@ def test_a_wedged_nvml_call_does_not_hold_the_process_at_exit(tmp_path: Path) ->
     except subprocess.TimeoutExpired:
         pytest.fail("the process did not exit with an NVML call wedged")
     assert r.returncode == 0 and "stopped" in r.stdout, r.stderr
+
+
+def test_one_gpu_lost_of_two_drops_its_series_the_other_continues() -> None:
+    now = [0.0]
+    lost = dict(P4, mj=1)
+    src = NvmlSource("n", nvml=fake_nvml([A100, lost]), clock=lambda: now[0])
+    src.start()
+    assert len(families_of(src)[names.DCGM_POWER_W]) == 2
+    for k in ("mw", "mj", "util", "mem"):
+        del lost[k]  # GPU 1 off the bus: every query raises
+    now[0] += 2.0
+    fams = families_of(src)
+    for name in (names.DCGM_POWER_W, names.DCGM_ENERGY_MJ, names.DCGM_FB_USED_MIB):
+        assert set(fams[name]) == {"0"}, name  # dropped, not frozen at its last value
+    assert fams[names.DCGM_POWER_W]["0"] == A100["mw"] / 1000
+    assert src.health.up  # the other GPU still measured
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("mw", 0xFFFFFFFF), ("mw", 0), ("mj", 0xFFFFFFFFFFFFFFFF), ("util", 0xFFFFFFFF)],
+)
+def test_nvml_not_available_numbers_are_absent_not_exported(
+    field: str, value: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NVML's NOT_AVAILABLE sentinel (and 0 mW from a powered GPU) were exported as
+    measurements: 4294967.295 W, or a GPU drawing nothing."""
+    gpu = dict(A100, **{field: value})
+    src = NvmlSource("n", nvml=fake_nvml([gpu, A100]))
+    with caplog.at_level(logging.WARNING, logger="perllm.agent"):
+        src.start()
+        fams = families_of(src)
+    name = {"mw": names.DCGM_POWER_W, "mj": names.DCGM_ENERGY_MJ, "util": names.DCGM_GPU_UTIL}
+    assert set(fams[name[field]]) == {"1"}  # absent for that GPU only
+    assert set(fams[names.DCGM_FB_USED_MIB]) == {"0", "1"}
+    assert "not a measurement" in caplog.text and src.health.up
+
+
+def families_of(src: NvmlSource) -> dict[str, dict[str, float]]:
+    """{family: {gpu: value}} of one scrape of `src`."""
+    return {f.name: {s.labels["gpu"]: s.value for s in f.samples} for f in src.families()}
