@@ -35,6 +35,7 @@ from perllm.costmodel import BYTES_PER_TOKEN
 from perllm.load_report import Outcome, Report, summarise
 from perllm.scenario import Scenario
 from perllm.sse import carries_text, stream_error
+from perllm.urls import redact
 from perllm.world.workload import generate
 
 WORDS = "the quick brown fox jumps over a lazy dog "
@@ -43,7 +44,6 @@ WORDS = "the quick brown fox jumps over a lazy dog "
 MAX_ANSWER_BYTES = 16 << 20
 ERROR_BODY_BYTES = 64 << 10  # read of a refusal's body: its message is at the start
 _EOL = re.compile(rb"[\r\n]")
-_USERINFO = re.compile(r"//[^/?#@]*@")
 _TAG = re.compile(r"<[^>]*>")
 _SCRIPT = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 
@@ -288,12 +288,6 @@ async def _refusal(resp: httpx.Response) -> str:
     return why + (f" (Retry-After: {retry[:40]})" if retry else "")
 
 
-def shown(target: str) -> str:
-    """`target` as printed and reported: without the credentials a URL may carry
-    (`https://user:key@host`, which httpx sends as basic auth)."""
-    return _USERINFO.sub("//***@", target, count=1)
-
-
 async def replay(
     target: str,
     planned: list[Planned],
@@ -357,7 +351,7 @@ async def replay(
         if not interrupted:
             sender.result()
     wall = time.perf_counter() - t0
-    report = summarise(shown(target), results, wall)
+    report = summarise(redact(target), results, wall)
     report.interrupted = interrupted
     report.streamed = any(p.body.get("stream") for p in planned)
     return report

@@ -16,23 +16,23 @@ import typer
 from perllm.cli_args import number
 from perllm.cli_args import seed as cli_seed
 from perllm.cli_outputs import ensure_writable, output_path, writing
-from perllm.load import plan, replay, shown
+from perllm.load import plan, replay
 from perllm.load_report import Report, print_report
+from perllm.urls import http_url_error, redact
 
 
 def target_error(target: str) -> str | None:
     """Why `target` is no base URL to send requests to (None: it is one)."""
+    if why := http_url_error(target):
+        return why
     try:
-        u = urlsplit(target)
-        u.port  # noqa: B018  (raises on a port out of range or not a number)
         httpx.URL(target)
-    except (ValueError, httpx.InvalidURL) as e:
+    except httpx.InvalidURL as e:
         return str(e)
-    if u.scheme not in ("http", "https"):
-        return "not an http(s) URL"
+    u = urlsplit(target)
     if u.query or u.fragment:  # (the request path is appended to it)
         return "a base URL has no query or fragment"
-    return None if u.hostname else "no host"
+    return None
 
 
 def register(app: typer.Typer) -> None:
@@ -74,10 +74,10 @@ def register(app: typer.Typer) -> None:
         why = target_error(target)
         if why is not None:
             typer.echo(
-                f"error: --target {shown(target)}: {why} (e.g. http://127.0.0.1:8080)", err=True
+                f"error: --target {redact(target)}: {why} (e.g. http://127.0.0.1:8080)", err=True
             )
             raise typer.Exit(2)
-        if token_file is not None and shown(target) != target:  # (httpx: basic auth wins)
+        if token_file is not None and redact(target) != target:  # (httpx: basic auth wins)
             typer.echo(
                 "error: --token-file and credentials in --target (basic auth): one or the other",
                 err=True,

@@ -16,8 +16,9 @@ from typing import Any
 from perllm.contract import ServiceSpec
 from perllm.telemetry import names
 from perllm.telemetry import status_queries as q
-from perllm.telemetry.prom import Answer, Prometheus, redact_url
+from perllm.telemetry.prom import Answer, Prometheus
 from perllm.timefmt import rfc3339
+from perllm.urls import redact
 from perllm_operator.tiers import LABEL_CHILD_TIER
 
 Obj = dict[str, Any]
@@ -144,7 +145,7 @@ def deadline_met(obs: ServiceReading | None, spec: ServiceSpec, stale_since: str
 def telemetry_stale(obs: ServiceReading | None, url: str | None, stale_since: str | None) -> Cond:
     """`TelemetryStale`: True while Prometheus is unconfigured or unreachable."""
     if url:
-        url = redact_url(url)  # anyone who reads the LLMService reads the message
+        url = redact(url)  # anyone who reads the LLMService reads the message
     if not url:
         return (
             True,

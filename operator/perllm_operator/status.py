@@ -11,8 +11,8 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import InvalidService, service_spec
-from perllm.telemetry.prom import redact_url
 from perllm.timefmt import rfc3339
+from perllm.urls import redact
 from perllm_operator import children, failures, kube, observe, policy, reconcile, replacement
 from perllm_operator.conditions import sync_status
 from perllm_operator.state import state_of
@@ -141,7 +141,7 @@ def telemetry_probe(memo: kopf.Memo, **_: Any) -> Obj:
     state = state_of(memo)
     h = state.prom.health
     return {
-        "prometheus": redact_url(url) if (url := state.config.prometheus.url) else None,
+        "prometheus": redact(url) if (url := state.config.prometheus.url) else None,
         "ok": h.ok,
         "lastError": h.last_error,
         "stalenessSeconds": None if h.last_success is None else round(h.staleness_s(), 1),

@@ -30,6 +30,7 @@ from prometheus_client.metrics_core import Metric
 from perllm.agent import metrics
 from perllm.agent.health import SourceHealth
 from perllm.telemetry import names
+from perllm.urls import http_url_error
 from perllm.waits import MAX_WAIT_S
 
 log = logging.getLogger("perllm.agent")
@@ -65,10 +66,8 @@ def parse_peer(spec: str) -> Peer:
             "--peer: user:password@ in the URL: not supported (the peer's name, by default "
             "its host and port, is a metric label)"
         )
-    try:
-        u.port  # noqa: B018 -- raises ValueError on a bad port
-    except ValueError as e:
-        raise ValueError(f"--peer {spec!r}: {e}") from None
+    if why := http_url_error(url.strip()):  # a bad port, a host no resolver answers
+        raise ValueError(f"--peer {spec!r}: {why}")
     path = u.path.rstrip("/")
     if not path.endswith("/probe"):
         path += "/probe"

@@ -7,7 +7,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -24,6 +23,7 @@ from perllm.devcluster.cluster import (
 from perllm.devcluster.config import Extender, kubeconfig_server
 from perllm.devcluster.process import Proc, StartError, sigterm_as_interrupt
 from perllm.scenario import ScenarioError
+from perllm.urls import http_url_error, redact
 
 app = typer.Typer(help="Development tools.", no_args_is_help=True)
 cluster_app = typer.Typer(
@@ -74,13 +74,11 @@ def up(
     ] = None,
 ) -> None:
     """Start the cluster (binaries from the cache: tools/build-binaries.sh builds them)."""
-    url = urlsplit(extender_url)
-    if url.scheme not in ("http", "https") or not url.hostname:
+    if why := http_url_error(extender_url):
         # else it goes unchecked into perllm-scheduler's config: an extender no call reaches
         typer.echo(
-            f"error: --extender-url (or PERLLM_EXTENDER_URL): {extender_url!r} is no "
-            "http:// or https:// URL "
-            f"(e.g. {Extender.url})",
+            f"error: --extender-url (or PERLLM_EXTENDER_URL): {redact(extender_url)!r}: {why}; "
+            f"give an http:// or https:// URL (e.g. {Extender.url})",
             err=True,
         )
         raise typer.Exit(2)

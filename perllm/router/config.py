@@ -29,6 +29,7 @@ from perllm.contract import EnergyWeights, Link, Server, ServiceSpec, Tier
 from perllm.csucb import CSUCBConfig
 from perllm.profiles import Catalogue, default_catalogue
 from perllm.telemetry.prom import PromAccess, PromAccessError
+from perllm.urls import http_url_error, redact
 from perllm.waits import MAX_WAIT_S, WaitSeconds
 from perllm.yamlerror import load_strict, one_line
 
@@ -76,13 +77,9 @@ class Backend(_Strict):
     @classmethod
     def _url(cls, v: str) -> str:
         """A host and a port in range: what the upstream pool connects to."""
-        try:
-            u = urlsplit(v)
-            u.port  # noqa: B018  (raises on a port out of range or not a number)
-        except ValueError as e:
-            raise ValueError(f"{v!r}: {e}") from None
-        if not u.hostname:
-            raise ValueError(f"{v!r}: no host")
+        if why := http_url_error(v):  # a port out of range, a host no resolver answers
+            raise ValueError(f"{redact(v)!r}: {why}")
+        u = urlsplit(v)
         if u.username is not None or u.password is not None:  # (the URL is not echoed)
             raise ValueError(
                 "user:password@ in the URL: never sent, and the URL is logged and written "

@@ -14,9 +14,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from perllm.secrets import SecretFile
+from perllm.urls import http_url_error, redact
 
 log = logging.getLogger("perllm.telemetry")
 MAX_ERROR = 500  # characters of a failure's reason kept (logs, /readyz, conditions)
@@ -48,6 +49,9 @@ class PromAccess:
     timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.url is not None and (why := http_url_error(self.url)):
+            # (else every query failed, each time, as a connection error naming no setting)
+            raise PromAccessError(("url",), f"{redact(self.url)!r}: {why}")
         if self.ca_file is not None and not self.ca_file:
             raise PromAccessError(("ca_file",), "the CA file is an empty path")
         if self.ca_file and self.insecure_skip_verify:
@@ -60,18 +64,6 @@ class PromAccess:
         return Prometheus(
             self.url, self.timeout_s, self.token_file, self.ca_file, self.insecure_skip_verify
         )
-
-
-def redact_url(url: str) -> str:
-    """`url` fit to show (logs, conditions, probes): a user and password in it (basic auth,
-    which requests reads from the URL) replaced by `***`."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 @dataclass(frozen=True)
@@ -190,7 +182,7 @@ class Prometheus:
             if (self.url or "").startswith("https:"):
                 log.warning(
                     "Prometheus %s: TLS certificate not verified (insecure_skip_verify)",
-                    redact_url(self.url or ""),
+                    redact(self.url or ""),
                 )
             return False
         return self.ca_file or True
@@ -227,7 +219,7 @@ class Prometheus:
             self.health.ok, self.health.last_error = False, why
             self.health.failures += 1
         if first:  # say it once per outage, not once per query
-            log.warning("Prometheus %s unreachable: %s", redact_url(self.url or ""), why)
+            log.warning("Prometheus %s unreachable: %s", redact(self.url or ""), why)
 
 
 def _check_answer(resp: Any, *args: Any, **kwargs: Any) -> Any:

@@ -231,7 +231,8 @@ def test_peer_parsing_and_validation() -> None:
     p = parse_peer("cloud=https://10.0.0.5:9401/agent/")
     assert p.name == "cloud" and p.url == "https://10.0.0.5:9401/agent/probe"
     assert parse_peer("http://c:1").name == "c:1"
-    for bad in ("cloud-1:9401", "ftp://x", "n=", "http://h:99999"):
+    # a host no resolver answers: refused at the start (it failed every probe round)
+    for bad in ("cloud-1:9401", "ftp://x", "n=", "http://h:99999", "http://bad..host:9401"):
         with pytest.raises(ValueError, match="--peer"):
             parse_peer(bad)
     # credentials would become the peer's metric label (its default name): refused, unsaid

@@ -163,7 +163,9 @@ def test_a_run_dir_that_cannot_be_laid_out_is_named(
     assert f"--run-dir {rd}" in r.output and "File exists" in r.output, r.output
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:8888/scheduler", "ftp://h/x", "https://", ""])
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:8888/scheduler", "ftp://h/x", "https://", "", "https://bad..host:8888/x"]
+)
 def test_an_extender_url_that_is_no_http_url_is_refused(tmp_path: Path, url: str) -> None:
     """It went unchecked into perllm-scheduler's config as the extender's urlPrefix, so
     the cluster came up with an extender no call could reach."""

@@ -164,6 +164,8 @@ def test_cli_rejects_a_target_with_a_query_and_a_duration_that_sends_nothing() -
         res = CliRunner().invoke(app, ["load", "demo", "--target", target])
         assert res.exit_code == 2, res.output
         assert "a base URL has no query or fragment" in res.output
+    res = CliRunner().invoke(app, ["load", "demo", "--target", "http://bad..host:8080"])
+    assert res.exit_code == 2 and "empty label" in res.output, res.output
     # (it sent nothing, printed an empty report and exited 0)
     res = CliRunner().invoke(
         app, ["load", "demo", "--target", "http://127.0.0.1:9", "--max-duration", "0.1"]

@@ -52,12 +52,16 @@ def test_config_errors_are_clear(tmp_path: Any) -> None:
         load_config(p)
     # A URL the upstream pool cannot connect to is the config's error, naming the field
     # (it was a ValueError traceback from the pool when the router started).
-    for url in ("http://", "http://h:99999", "http://h:abc", "http://[::1"):
+    for url in ("http://", "http://h:99999", "http://h:abc", "http://[::1", "http://bad..host:80"):
         bad = [{**BACKENDS[0], "url": url}]
         with pytest.raises(RouterConfigError, match=r"backends\.0\.url: .*" + re.escape(url)):
             parse_config({"scenario": "demo", "service_class": "chat", "backends": bad})
     bad = [{**BACKENDS[0], "url": "https://me:s3cret@llm.example.com"}]
     with pytest.raises(RouterConfigError, match=r"backends\.0\.url: .*token_file") as e:
+        parse_config({"scenario": "demo", "service_class": "chat", "backends": bad})
+    assert "s3cret" not in str(e.value)
+    bad = [{**BACKENDS[0], "url": "https://me:s3cret@bad..host"}]  # refused for its host
+    with pytest.raises(RouterConfigError, match=r"backends\.0\.url: .*empty label") as e:
         parse_config({"scenario": "demo", "service_class": "chat", "backends": bad})
     assert "s3cret" not in str(e.value)
     # CSUCBConfig's fields are refused by name, not turned into NaN decisions (an

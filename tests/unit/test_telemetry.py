@@ -17,7 +17,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from perllm.telemetry import names, queries
-from perllm.telemetry.prom import Answer, Prometheus, Sample, redact_url
+from perllm.telemetry.prom import Answer, Prometheus, Sample
+from perllm.urls import redact
 
 
 class FakePrometheus:
@@ -161,8 +162,8 @@ def test_credentials_in_the_url_stay_out_of_logs_and_errors(
 ) -> None:
     """`--prometheus http://user:password@host` (basic auth, which requests reads from the
     URL): the warning logged the URL as it was, password included."""
-    assert redact_url("https://user:s3cret@prom:9090/x") == "https://***@prom:9090/x"
-    assert redact_url("http://prom:9090") == "http://prom:9090"
+    assert redact("https://user:s3cret@prom:9090/x") == "https://***@prom:9090/x"
+    assert redact("http://prom:9090") == "http://prom:9090"
     p = Prometheus("http://user:s3cret@127.0.0.1:9", timeout_s=0.5)  # refused
     with caplog.at_level("WARNING", logger="perllm.telemetry"):
         assert p.query("up") is None
@@ -236,6 +237,14 @@ def test_an_https_prometheus_is_verified_before_a_token_goes_to_it(
     assert both.value.named({"ca_file": "--ca"}).startswith("--ca, insecure_skip_verify: a CA")
     with pytest.raises(PromAccessError, match=r"^ca_file: the CA file is an empty path$"):
         PromAccess(url, ca_file="")
+    # a URL no query could reach failed each one as a connection error naming no setting
+    for bad, said in (("prometheus:9090", r"not an http\(s\) URL"), ("http://p..x", "empty label")):
+        with pytest.raises(PromAccessError, match=f"^url: .*{said}") as e:
+            PromAccess(bad)
+        assert e.value.fields == ("url",)
+    with pytest.raises(PromAccessError) as e:
+        PromAccess("http://u:s3cret@p..x:9090")
+    assert "s3cret" not in str(e.value)
 
 
 def test_a_dripping_or_huge_answer_is_cut_off_not_waited_for(
