@@ -3,11 +3,12 @@ would declare for it."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,6 +39,9 @@ class Bandwidth(Strict):
     )
 
 
+_T = TypeVar("_T", float, NDArray[np.float64])
+
+
 class Admission(Strict):
     """What a server's gateway does with a request that can no longer start in time
     (docs/scenarios.md, `admission`): `none` queues it however late; `reject-late`
@@ -46,6 +50,15 @@ class Admission(Strict):
 
     mode: Literal["none", "reject-late", "timeout"] = "reject-late"
     timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+    def latest_start(self, arrival: _T, deadline: _T) -> _T:
+        """When a request arriving at `arrival` with budget `deadline` (s) must start at
+        the latest, or be dropped (inf: never dropped); the simulator's and the twin's."""
+        if self.mode == "reject-late":
+            return arrival + deadline
+        if self.mode == "timeout":
+            return arrival + self.timeout_s
+        return arrival + math.inf
 
 
 # A scenario's name keys the reports and names output files (`perllm sweep` writes

@@ -291,9 +291,10 @@ class Twin:
             req.speed,
             self.coeffs[c][j],
             float(self.bw_mbps[j]) * 1e6,
+            self.sc.admission.latest_start(req.arrival, req.deadline),
         )
         q_ok = self.table.quality[c, j] >= spec.requirements.min_quality - 1e-9
-        return ex, bool(ex.time <= req.deadline and q_ok)
+        return ex, bool(ex.time <= req.deadline and q_ok and not ex.out.dropped)
 
     def _push(
         self, f: str, req: Request, j: int, ex: Executed, met: bool, pod: PodKey | None
@@ -318,7 +319,7 @@ class Twin:
                 met,
                 ex.e_tran,
                 ex.out.e_infer,
-                pod,
+                None if ex.out.dropped else pod,  # (a dropped one never completes there)
                 ex.time,
                 req.l_in,
                 req.l_out,

@@ -8,6 +8,7 @@ energy once, at the end).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -116,20 +117,32 @@ class Fleet:
         speed: float,
         coeffs: Coeffs,
         bps: float,
+        latest_start: float = math.inf,
     ) -> Executed:
-        """Run one request on server j as the simulator does (`perllm.world.server.execute`),
-        plus the meters."""
+        """Run one request on server j as the simulator does (`perllm.world.server.execute`,
+        dropped if it cannot start by `latest_start`: the scenario's admission), plus the
+        meters."""
         s, srv = self.states[j], self.servers[j]
         bits = float(upload_bits(l_in, attach)), float(download_bits(l_out))
         link = (bps, srv.link.rtt_ms / 1000, srv.link.energy_uj_per_bit * 1e-6)
         pre0 = s.prefill_total
         d, out, e_tran = execute(
-            s, coeffs, arrival, l_in, l_out, bits, link, speed * srv.perf_scale
+            s,
+            coeffs,
+            arrival,
+            l_in,
+            l_out,
+            bits,
+            link,
+            speed * srv.perf_scale,
+            latest_start=latest_start,
         )
+        run_start = out.start
+        if out.dropped:  # it never ran: it waited until `out.start`, then left
+            return Executed(d, arrival + d, out, e_tran, run_start)
         meter = self.meters[j]
         meter.busy.add(out.start, out.end)
         pre = s.prefill_total - pre0
-        run_start = out.start
         if coeffs.is_gpu:
             # Serialised prefill: it ended at prefill_free and lasted `pre`.
             meter.prefill.add(s.prefill_free - pre, s.prefill_free)

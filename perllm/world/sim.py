@@ -23,7 +23,6 @@ runs, frees its place in the queue and fails. Both are reported apart from late 
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from collections.abc import Callable
 
@@ -110,14 +109,9 @@ class World:
         self._bw: list[list[float]] = self.bw.tolist()
         self._e_bit: list[float] = t.e_bit.tolist()
         # Admission control: the latest start of each request (inf: none).
-        adm, r = sc.admission, self.req
-        self.latest: list[float] = (
-            (r.arrival + r.deadline).tolist()
-            if adm.mode == "reject-late"
-            else (r.arrival + adm.timeout_s).tolist()
-            if adm.mode == "timeout"
-            else [math.inf] * len(r)
-        )
+        self.latest: list[float] = sc.admission.latest_start(
+            self.req.arrival, self.req.deadline
+        ).tolist()
 
     def execute(
         self, i: int, j: int, slot: int, commit: bool = True, hold: float = 0.0

@@ -45,17 +45,19 @@ def families(tw: Twin) -> dict[str, Any]:
 
 
 # -- the same physics as perllm/world ---------------------------------------------------
-@pytest.mark.parametrize("scenario", ["demo", "paper-llama3-8b"])
-def test_fleet_matches_world_execute_request_by_request(scenario: str) -> None:
+@pytest.mark.parametrize(
+    ("scenario", "admission"),
+    [("demo", "none"), ("demo", "reject-late"), ("paper-llama3-8b", "timeout")],
+)
+def test_fleet_matches_world_execute_request_by_request(scenario: str, admission: str) -> None:
     sc = load_scenario(scenario)
-    # The twin has no admission control: compare with a world that admits everything.
-    sc = parse_scenario(
-        {**sc.model_dump(mode="json"), "duration_s": 120.0, "admission": {"mode": "none"}}
-    )
+    adm = {"mode": admission, "timeout_s": 5.0}
+    sc = parse_scenario({**sc.model_dump(mode="json"), "duration_s": 120.0, "admission": adm})
     world = World(sc, seed=5)
     fleet = Fleet(sc.expanded_servers(), sc.catalogue.hardware)
     r, m = world.req, world.table.n_servers
     assert len(r) > 50
+    dropped = 0
     for i in range(len(r)):
         c = int(r.cls[i])
         allowed = np.flatnonzero(world.table.allowed[c])
@@ -71,10 +73,14 @@ def test_fleet_matches_world_execute_request_by_request(scenario: str) -> None:
             float(world.speed[i]),
             world.coeffs[c][j],
             float(world.bw[slot, j]) * 1e6,
+            sc.admission.latest_start(float(r.arrival[i]), float(r.deadline[i])),
         )
+        assert ex.out.dropped == out.dropped
+        dropped += out.dropped
         assert ex.time == pytest.approx(d, rel=1e-12)
         assert ex.out.e_infer == pytest.approx(out.e_infer, rel=1e-12)
         assert ex.e_tran == pytest.approx(e_tran, rel=1e-12)
+    assert (dropped > 0) == (admission != "none")  # (the Xeon's or A100's queue overflows)
     # Exact energy: the meters give what ServerState.energy gives over the same horizon.
     horizon = max(max(s.busy_until for s in world.servers), sc.duration_s)
     for j in range(m):
@@ -469,6 +475,23 @@ def test_a_late_request_counts_as_missed_when_its_deadline_passes() -> None:
     assert pod.success < 0.2 * c.requests  # few have completed ...
     assert c.requests > 0.8 * tw.arrivals[(NS, "chat")]  # ... but nearly all are judged
     assert c.met < 0.2 * c.requests
+
+
+def test_a_request_that_cannot_start_by_its_deadline_is_dropped_as_in_the_world() -> None:
+    """The scenario's admission (`reject-late`, the default) held in the simulator only:
+    the twin queued every request, so the Xeon's backlog grew without bound (its queue
+    ran hours ahead of the clock) and the twin's numbers were not the world model's."""
+    tw = demo_twin({"chat-0": ("chat", "edge-cpu")})
+    tw.advance(600.0)
+    xeon = tw.fleets[ACTUAL].states[tw.node_index["edge-cpu"]]
+    spec = tw.services[(NS, "chat")]
+    longest = spec.requirements.deadline.budget(tw.sc.catalogue.models[spec.model].context)
+    assert xeon.last_start <= tw.now + longest  # nothing admitted to start past its deadline
+    arrived = tw.arrivals[(NS, "chat")]
+    assert 0 < xeon.served < arrived  # the rest were dropped ...
+    c = tw.stats[ACTUAL][(NS, "chat")]
+    assert c.met < 0.2 * c.requests  # ... as misses, not completions of the model server
+    assert tw.pods[(NS, "chat-0")].success <= xeon.served
 
 
 def test_serve_runs_the_scaled_clock_and_stops_cleanly() -> None:
