@@ -230,7 +230,7 @@ class Twin:
         self.tran_j[d.fleet] += d.e_tran
         if d.server >= 0:
             self._tick[d.fleet].append(d)
-        if d.pod is not None and (pod := self.pods.get(d.pod)) is not None:
+        if (pod := d.pod) is not None:  # (a pod since deleted or replaced is no longer shown)
             pod.observe(d.latency)
             pod.success += 1
             pod.prompt_tokens += d.l_in
@@ -297,7 +297,7 @@ class Twin:
         return ex, bool(ex.time <= req.deadline and q_ok and not ex.out.dropped)
 
     def _push(
-        self, f: str, req: Request, j: int, ex: Executed, met: bool, pod: PodKey | None
+        self, f: str, req: Request, j: int, ex: Executed, met: bool, pod: PodStats | None
     ) -> None:
         self._busy[f] += 1
         late = ex.finish > req.arrival + req.deadline
@@ -343,8 +343,9 @@ class Twin:
                 )
                 continue
             ex, met = res
-            self.pods[pod].inflight.append((req.arrival, ex.run_start, ex.out.end))
-            self._push(ACTUAL, req, j, ex, met, pod)
+            stats = self.pods[pod]
+            stats.inflight.append((req.arrival, ex.run_start, ex.out.end))
+            self._push(ACTUAL, req, j, ex, met, stats)
 
     def _place_counterfactual(self, name: str, reqs: list[Request], t0: float, k: int) -> None:
         assert self.table is not None

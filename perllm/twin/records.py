@@ -74,7 +74,9 @@ class Done:
     met: bool = field(compare=False)
     e_tran: float = field(compare=False)
     e_infer: float = field(compare=False)  # attributed inference energy (J), for sharing
-    pod: PodKey | None = field(compare=False, default=None)
+    # The pod instance that served it (not its name: a pod re-created under the same name
+    # on another node starts from zero, as a new model server does)
+    pod: PodStats | None = field(compare=False, default=None)
     latency: float = field(compare=False, default=0.0)
     l_in: float = field(compare=False, default=0.0)
     l_out: float = field(compare=False, default=0.0)

@@ -265,6 +265,29 @@ def test_pod_add_and_remove_move_load() -> None:
     assert energy == {f: tw.stats[f][(NS, "chat")].energy_j for f in idle}
 
 
+def test_a_pod_rescheduled_under_its_name_starts_afresh_without_its_old_requests() -> None:
+    """The requests a pod had in flight on its old node completed into the new pod of the
+    same name (completions were looked up by name): the new pod's counters, from zero,
+    counted requests it never served, on another node."""
+    tw = demo_twin({"chat-0": ("chat", "edge-gpu-1")})
+    key = (NS, "chat-0")
+    for k in range(20, 200):  # a slot whose second sees old requests complete
+        tw.advance(k + 1e-6)  # (this slot's requests are placed: none more until k + 1)
+        old = tw.pods[key]
+        if any(d.finish < k + 0.999 and d.server >= 0 for d in tw.pending if d.fleet == ACTUAL):
+            break
+    before = old.success
+    tw.set_pods({key: ((NS, "chat"), "cloud")})  # deleted and re-created on the cloud node
+    new = tw.pods[key]
+    assert new is not old and new.success == 0
+    tw.advance(k + 0.999)
+    assert old.success > before  # its requests completed (on edge-gpu-1) ...
+    assert new.success == new.count == 0 and new.prompt_tokens == 0  # ... not into the new pod
+    fams, _ = families(tw)
+    ok = {s.labels["pod"]: s.value for s in fams[names.VLLM_SUCCESS.removesuffix("_total")].samples}
+    assert ok == {"chat-0": 0.0}
+
+
 def test_pod_on_a_node_that_cannot_run_the_service_fails_its_requests() -> None:
     tw = demo_twin({"assistant-0": ("assistant", "edge-gpu-1")})  # Yi-34B: cloud only
     tw.advance(300.0)
