@@ -171,15 +171,21 @@ class Twin:
             return True
         slot_s = self.sc.slot_s
         deadline = None if budget_s is None else time.monotonic() + budget_s
-        while self.next_slot * slot_s <= to:
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            k = self.next_slot
-            self._settle(k * slot_s)
-            self._enter_slot(k)
-            self.next_slot += 1
-        self._settle(to)
-        return True
+        t0, e0 = self.now, list(self.node_energy_j)
+        try:
+            while self.next_slot * slot_s <= to:
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+                k = self.next_slot
+                self._settle(k * slot_s)
+                self._enter_slot(k)
+                self.next_slot += 1
+            self._settle(to)
+            return True
+        finally:  # the nodes' power: their average over this tick (DCGM's is over 1 s)
+            if self.now > t0:
+                dt = self.now - t0
+                self.node_power_w = [(e - e0[j]) / dt for j, e in enumerate(self.node_energy_j)]
 
     def _settle(self, t: float) -> None:
         """Apply completions up to t and meter energy over (now, t]."""
@@ -187,7 +193,6 @@ class Twin:
             return
         while self.pending and self.pending[0].finish <= t:
             self._complete(heapq.heappop(self.pending))
-        dt = t - self.now
         # With no live service and nothing in flight, the fleet only idles for nobody: that
         # energy is set aside (`unattributed_j`) instead of landing on the first requests.
         nobody = not any(p.service in self.services for p in self.pods.values())
@@ -201,12 +206,7 @@ class Twin:
                 self._carry[f] = [0.0] * len(self._carry[f])
                 self._pool[f] = 0.0
             self._attribute(f, t)
-        for j, m in enumerate(self.fleets[ACTUAL].meters):
-            infer, idle = m.energy(t)
-            e = infer + idle
-            if dt > 0:
-                self.node_power_w[j] = (e - self.node_energy_j[j]) / dt
-            self.node_energy_j[j] = e
+        self.node_energy_j = [sum(m.energy(t)) for m in self.fleets[ACTUAL].meters]
         self.now = t
 
     def _attribute(self, f: str, t: float) -> None:

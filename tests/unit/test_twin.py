@@ -90,6 +90,22 @@ def test_fleet_matches_world_execute_request_by_request(scenario: str, admission
         assert md == pytest.approx(idle, rel=1e-9)
 
 
+def test_node_power_is_the_average_over_the_last_clock_tick() -> None:
+    """It was the average since the last slot boundary in the tick: a tick ending just
+    past one reported a near-instantaneous power, not the tick's (as DCGM's 1 s) average."""
+    tw = demo_twin({"chat-0": ("chat", "edge-gpu-1"), "vision-0": ("vision", "edge-gpu-2")})
+    meters = tw.fleets[ACTUAL].meters
+    t0 = 30.0
+    tw.advance(t0)
+    for t1 in np.arange(31.001, 90.0, 1.7):  # ticks across slot boundaries (slot 1 s)
+        e0 = [sum(m.energy(t0)) for m in meters]
+        tw.advance(float(t1))
+        for j, m in enumerate(meters):
+            expected = (sum(m.energy(float(t1))) - e0[j]) / (t1 - t0)
+            assert tw.node_power_w[j] == pytest.approx(expected, rel=1e-9), (j, t1)
+        t0 = float(t1)
+
+
 def test_interval_sum_is_union_length_at_any_time() -> None:
     s = IntervalSum()
     s.add(0.0, 2.0)
