@@ -129,6 +129,13 @@ class ClusterReader:
                 continue
             if node not in self.nodes:
                 continue
+            if node not in view.nodes:  # deleted: its pods are bound until the pod GC runs
+                self._once(
+                    f"gone:{node}",
+                    "node %s is not in the cluster: its pods are not simulated",
+                    node,
+                )
+                continue
             ns = p.metadata.namespace
             svc = (ns, (p.metadata.labels or {}).get(LABEL_SERVICE, ""))
             if svc not in view.services:

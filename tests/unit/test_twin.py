@@ -493,6 +493,21 @@ def test_cluster_reader_keeps_bound_live_pods_of_known_services() -> None:
     assert reader.read() is None and not reader.healthy
 
 
+def test_a_pod_on_a_node_deleted_from_the_cluster_gets_no_requests() -> None:
+    """Its node gone (until the pod GC deletes the pod, or for ever without one), the pod
+    stayed bound and Running in the API: the twin kept sending its service's requests to a
+    model server that no longer runs."""
+    sc = load_scenario("demo")
+    pods = [_pod("chat-1", "chat", "edge-gpu-1"), _pod("chat-2", "chat", "edge-gpu-2")]
+    api = FakeApi([_llmservice("chat")], pods, ["edge-gpu-1", "edge-gpu-2", "cloud"])
+    reader = ClusterReader(sc, api, api)
+    view = reader.read()
+    assert view is not None and set(view.pods) == {(NS, "chat-1"), (NS, "chat-2")}
+    api.nodes = [n for n in api.nodes if n.metadata.name != "edge-gpu-2"]
+    view = reader.read()
+    assert view is not None and set(view.pods) == {(NS, "chat-1")}
+
+
 def test_cli_rejects_a_bad_scenario_with_the_loaders_message(tmp_path: Any) -> None:
     runner = CliRunner()
     res = runner.invoke(app, ["twin", "--scenario", "no-such-scenario"])
