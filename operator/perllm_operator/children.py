@@ -53,18 +53,19 @@ class Conflict(Failed):
         self.holder = (holder.get("kind"), holder.get("name")) if holder else None
 
 
-def holder_of(live: Obj | None, kid: Obj) -> Obj | None:
-    """Why the live object named like the rendered child `kid` is not this service's to
-    apply: its controller ownerReference, `{}` when it has none; None when it is this
-    service's: absent, controlled by this LLMService, by an earlier LLMService of the same
-    name (deleted, as names are unique: its garbage not yet collected), or without a
-    controller but labelled with the service's name (orphaned by `--cascade=orphan`).
-    Without this check the apply took any object over: one field manager applies every
-    service's children, so another service's ownerReference was silently replaced."""
+def holder_of(live: Obj | None, mine: Obj) -> Obj | None:
+    """Why the live object named like a child is not this service's (`mine`: the
+    service's controller ownerReference, `podspec.owner_reference`): its controller
+    ownerReference, `{}` when it has none; None when it is this service's: absent,
+    controlled by this LLMService, by an earlier LLMService of the same name (deleted, as
+    names are unique: its garbage not yet collected), or without a controller but labelled
+    with the service's name (orphaned by `--cascade=orphan`). The apply never applies over
+    an object that is not (one field manager applies every service's children, so another
+    service's ownerReference was silently replaced), and the status reads only those that
+    are (`conditions`)."""
     if live is None:
         return None
     meta = live.get("metadata") or {}
-    mine = kid["metadata"]["ownerReferences"][0]
     ctrl = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
     if ctrl is None:
         ours = (meta.get("labels") or {}).get(LABEL_SERVICE) == mine["name"]
@@ -82,11 +83,11 @@ def apply_children(kids: list[Obj]) -> None:
     (ServiceAccount admission), and KServe reads the account's Secrets as it creates the
     pod."""
     for k in sorted(kids, key=lambda k: k["kind"] != "ServiceAccount"):
-        what = f"{k['kind']} {k['metadata']['name']}"
+        what, mine = f"{k['kind']} {k['metadata']['name']}", k["metadata"]["ownerReferences"][0]
         try:
-            holder = holder_of(kube.read_child(k["metadata"]["namespace"], tiers.ref(k)), k)
+            holder = holder_of(kube.read_child(k["metadata"]["namespace"], tiers.ref(k)), mine)
             if holder is not None:
-                raise Conflict(what, holder, k["metadata"]["ownerReferences"][0]["name"])
+                raise Conflict(what, holder, mine["name"])
             kube.apply(k)
         except ApiException as e:
             if k["kind"] == "InferenceService" and e.status == 404 and _kserve_gone():

@@ -9,7 +9,7 @@ from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION
 from perllm.crd import condition as condition  # re-exported (reconcile, tests)
-from perllm_operator import kube, observe
+from perllm_operator import children, kube, observe, podspec
 
 CONDITION_ORDER = (
     "Ready",
@@ -57,17 +57,23 @@ def ready_of(child: Obj) -> observe.Cond:
     )
 
 
-def _ready(ns: str, ref: Obj) -> observe.Cond:
+def _ready(ns: str, ref: Obj, mine: Obj) -> observe.Cond:
+    """`Ready` of the recorded child `ref` of the service whose ownerReference is `mine`:
+    an object another owner holds under its name is not the service's child (read as
+    ready, someone else's Deployment made the service Ready)."""
     live = kube.read_child(ns, ref)
+    what = f"{ref['kind']} {ref['name']}"
     if live is None:
-        return False, "ChildMissing", f"{ref['kind']} {ref['name']} not found"
+        return False, "ChildMissing", f"{what} not found"
+    holder = children.holder_of(live, mine)
+    if holder is not None:
+        return False, "ChildConflict", children.Conflict(what, holder, mine["name"]).message
     return ready_of(live)
 
 
 def _merged(
     ns: str,
-    name: str,
-    st: Obj,
+    llms: Obj,
     refs: list[Obj],
     tiered: bool,
     reconciled: tuple[str, str] | None,
@@ -75,8 +81,10 @@ def _merged(
 ) -> list[Obj]:
     """The new condition list: the given ones, `Placed` from `status.placement` unless
     given (of a tiered service: and from each tier's pods), `Ready` from the live children
-    (all of them) unless given, the rest kept: conditions of other types, other writers'
-    included. While `Reconciled` is a refusal (`REFUSALS`), `Ready` and `Placed` repeat it."""
+    (all of them; one held by another owner is not ready) unless given, the rest kept:
+    conditions of other types, other writers' included. While `Reconciled` is a refusal
+    (`REFUSALS`), `Ready` and `Placed` repeat it."""
+    name, st = llms["metadata"]["name"], llms.get("status") or {}
     old = list(st.get("conditions") or [])
     conds = {c.get("type"): c for c in old}
     if reconciled is not None:
@@ -94,7 +102,8 @@ def _merged(
         placed = observe.placed(st.get("placement"), pods, known, tiers)
         conds["Placed"] = condition("Placed", *placed, old)
     if refs and "Ready" not in conditions and not refused(rec):
-        ready = observe.all_of([_ready(ns, r) for r in refs])
+        mine = podspec.owner_reference(llms)
+        ready = observe.all_of([_ready(ns, r, mine) for r in refs])
         conds["Ready"] = condition("Ready", *ready, old)
     return [conds[t] for t in CONDITION_ORDER if t in conds] + [
         c for t, c in conds.items() if t not in CONDITION_ORDER
@@ -138,7 +147,7 @@ def sync_status(
         # the children to read: the given ones, else the recorded ones
         one, many = (child, children) if given else (st.get("child"), st.get("children"))
         refs, tiered = ([one], False) if one else (list(many or []), many is not None)
-        conds = _merged(ns, name, st, refs, tiered, reconciled, conditions or {})
+        conds = _merged(ns, llms, refs, tiered, reconciled, conditions or {})
         new: Obj = {"conditions": conds}
         new.update(fields or {})
         if given:  # one record per mode: a mode switch removes the other mode's key

@@ -14,7 +14,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService
-from perllm_operator import failures, kube, observe, pinning, render, tiers
+from perllm_operator import failures, kube, observe, pinning, podspec, render, tiers
 from perllm_operator.children import (
     KSERVE_MISSING,
     Failed,
@@ -234,12 +234,12 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     except (InvalidService, ValueError):  # (the reconcile refuses it, and says why)
         return
     wanted = {(k["kind"], k["metadata"]["name"]): k for k in kids}
-    missing, taken = [], []
+    missing, taken, mine = [], [], podspec.owner_reference(fresh)
     for r, live in zip(refs, lives, strict=True):
         kid = wanted.get((r["kind"], r["name"]))
         if kid is not None and not live:
             missing.append(f"{r['kind']} {r['name']}")
-        elif kid is not None and holder_of(live, kid) is not None:
+        elif kid is not None and holder_of(live, mine) is not None:
             taken.append(f"{r['kind']} {r['name']}")
     if missing:
         gone = ", ".join(missing)

@@ -16,7 +16,7 @@ import kopf
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
-from perllm_operator import children, kube, reconcile, render, tiers
+from perllm_operator import children, conditions, kube, reconcile, render, tiers
 
 from tests.unit.test_operator_apply import _reconcile
 from tests.unit.test_operator_refusal import RacingStatusApi, install
@@ -242,6 +242,7 @@ def test_a_recorded_childs_name_taken_by_another_object_is_a_condition(
     obj["status"] = {"child": tiers.ref(kids[0]), "observedGeneration": 1, "conditions": rec}
     made = copy.deepcopy(kids[0])
     del made["metadata"]["ownerReferences"], made["metadata"]["labels"]
+    made["status"] = {"readyReplicas": made["spec"]["replicas"]}
     cluster.put(made, "kubectl-create")  # ... by hand, after the child was deleted
     before = copy.deepcopy(cluster.live[("Deployment", NAME)])
     api = _install(monkeypatch, cluster, obj)
@@ -253,6 +254,38 @@ def test_a_recorded_childs_name_taken_by_another_object_is_a_condition(
         f"re-applying Deployment {NAME}: Deployment {NAME} exists, made outside"
         in (cond["message"])
     )
+    ready = _cond(api, "Ready")  # the object's replicas are ready, but it is not the child
+    assert (ready["status"], ready["reason"]) == ("False", "ChildConflict"), ready
+
+
+def _ready_isvc(obj: Obj) -> Obj:
+    ready = {"type": "Ready", "status": "True", "message": "serving"}
+    return {**obj, "status": {"conditions": [ready]}}
+
+
+@pytest.mark.parametrize("kind", ["service", "by-hand"])
+def test_ready_reads_only_the_services_own_children(
+    monkeypatch: pytest.MonkeyPatch, cluster: Cluster, kind: str
+) -> None:
+    """A recorded child's name held by another owner: `Reconciled` said ChildConflict, but
+    every status write (the timer's, a Deployment event's) read that object as the
+    service's child, so the service was Ready from another service's (or a hand-made)
+    InferenceService. It counts as not ready, `Ready` naming the conflict."""
+    obj = _load(edge=1, cloud=1)
+    kids = render.children(obj)
+    for k in kids:
+        cluster.put(_ready_isvc(k), kube.FIELD_MANAGER)
+    stranger, manager, holder = _stranger(kind)
+    cluster.put(_ready_isvc(stranger), manager)  # ... after the service's edge child went
+    rec = [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}]
+    obj["status"] = {"children": tiers.children_status(kids), "conditions": rec}
+    api = _install(monkeypatch, cluster, obj)
+    assert conditions.sync_status("llm", NAME, "uid-1")
+    cond = _cond(api, "Ready")
+    assert (cond["status"], cond["reason"]) == ("False", "ChildConflict"), cond
+    assert f"InferenceService {NAME}-edge exists" in cond["message"]
+    assert holder in cond["message"]
+    assert f"InferenceService {NAME}-cloud: serving" in cond["message"]  # its own: read
 
 
 def test_kserve_removed_at_runtime_is_named_and_tried_again(

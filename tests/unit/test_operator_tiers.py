@@ -401,7 +401,7 @@ def _status_api(mp: pytest.MonkeyPatch, obj: dict[str, Any], live: dict[str, Any
 def _dep(name: str, ready: int) -> dict[str, Any]:
     return {
         "kind": "Deployment",
-        "metadata": {"name": name},
+        "metadata": {"name": name, **OWNED},
         "spec": {"replicas": 1},
         "status": {"readyReplicas": ready},
     }

@@ -274,7 +274,8 @@ def test_the_operators_status_write_keeps_the_routers_condition() -> None:
 
     mine = {"type": CONDITION, "status": "False", "reason": "RemoteUnreachable", "message": "m"}
     st = {"conditions": [{"type": "Ready", "status": "True"}, mine], "routing": {"requests": 3}}
-    got = _merged("ns", "chat", st, [], False, ("Applied", "ok"), {"Placed": (True, "Placed", "p")})
+    llms = {"metadata": {"name": "chat", "uid": "u"}, "status": st}
+    got = _merged("ns", llms, [], False, ("Applied", "ok"), {"Placed": (True, "Placed", "p")})
     assert mine in got and {c["type"] for c in got} == {"Ready", "Placed", "Reconciled", CONDITION}
 
 
