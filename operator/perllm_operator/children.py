@@ -77,8 +77,9 @@ def holder_of(live: Obj | None, mine: Obj) -> Obj | None:
 
 
 def apply_children(kids: list[Obj]) -> None:
-    """Server-side apply of each child; a refusal becomes `Failed` naming the field, a
-    name held by another owner `Conflict` (nothing applied over it). The ServiceAccount
+    """Server-side apply of each child; a refusal becomes `Failed` naming the field (reason
+    `NamespaceTerminating`: a create in a namespace being deleted), a name held by another
+    owner `Conflict` (nothing applied over it). The ServiceAccount
     of gated weights goes first: a pod naming an account not yet there is refused
     (ServiceAccount admission), and KServe reads the account's Secrets as it creates the
     pod."""
@@ -93,6 +94,9 @@ def apply_children(kids: list[Obj]) -> None:
             if k["kind"] == "InferenceService" and e.status == 404 and _kserve_gone():
                 # KServe removed under a running service: the 404 alone names nothing
                 raise Failed("ApplyNotFound", f"{what}: {KSERVE_MISSING}") from e
+            if failures.namespace_terminating(e):  # callers stop quietly: no retry helps
+                msg = failures.api_failure(e, what)[1]
+                raise Failed(failures.NAMESPACE_TERMINATING, msg) from e
             raise Failed(*failures.api_failure(e, what)) from e
 
 

@@ -55,6 +55,24 @@ def api_failure(e: ApiException, what: str, prefix: str = "Apply") -> tuple[str,
     return (f"{prefix}{reason}" if reason.isalnum() else f"{prefix}Refused"), bounded(msg)
 
 
+# The cause the API server's NamespaceLifecycle admission gives a create refused in a
+# namespace being deleted (corev1.NamespaceTerminatingCause): 403 Forbidden, "unable to
+# create new content in namespace X because it is being terminated".
+NAMESPACE_TERMINATING = "NamespaceTerminating"
+
+
+def namespace_terminating(e: ApiException) -> bool:
+    """Whether `e` refuses a create because the namespace is being deleted (a StatusCause's
+    type is `reason` in its JSON; the message alone where a server gives no cause)."""
+    if e.status != 403:
+        return False
+    body = _status_body(e)
+    causes = (body.get("details") or {}).get("causes") or []
+    if any(isinstance(c, dict) and c.get("reason") == NAMESPACE_TERMINATING for c in causes):
+        return True
+    return "because it is being terminated" in str(body.get("message") or "")
+
+
 def internal_failure(e: BaseException, where: str) -> tuple[str, str]:
     return "InternalError", bounded(f"{where}: {type(e).__name__}: {e}")
 

@@ -93,7 +93,8 @@ def reconcile(
 ) -> None:
     """create / resume / update: apply the children, then write the status. Every failure
     is a condition and an Event naming the field, then a retry with a growing delay (a spec
-    the renderer refuses waits for the next edit)."""
+    the renderer refuses waits for the next edit; a create refused in a namespace being
+    deleted is the condition only, not retried)."""
     obj: Obj = {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
@@ -116,6 +117,10 @@ def reconcile(
     except (kopf.TemporaryError, kopf.PermanentError):
         raise
     except Failed as f:
+        if f.reason == failures.NAMESPACE_TERMINATING:  # no retry can create anything there
+            _write_own(body, patch, old, {"Reconciled": (False, f.reason, f.message)})
+            logger.info("%s: the namespace is being deleted; not retrying", f.message)
+            return
         _not_reconciled(body, patch, old, f.reason, f.message)
         raise kopf.TemporaryError(f.message, delay=failures.backoff(retry)) from None
     except ApiException as e:  # reading the KServe CRD
@@ -182,8 +187,9 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     - a child deleted outside PerLLM (by hand, a namespace clean-up script; the
       Deployment backend's Service and KServe's ServiceAccount included) is applied
       again (not while the reconcile refuses the whole spec, nor once the service is
-      being deleted): else `Ready` would say `ChildMissing` for good, since kopf
-      reconciles only on an edit;
+      being deleted, nor after a create was refused as the namespace is being deleted:
+      `Reconciled` False `NamespaceTerminating`, said once, no Event): else `Ready` would
+      say `ChildMissing` for good, since kopf reconciles only on an edit;
     - an untiered service's children are re-rendered when their pin is no longer the
       target: the extender's first decision pins an open template, re-placement switches
       tier, or allowedTiers was edited. A tiered service's children are pinned from the
@@ -205,6 +211,8 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
         return
     if fresh["metadata"].get("deletionTimestamp"):  # its children are going with it (GC)
         return
+    if _reconciled(st).get("reason") == failures.NAMESPACE_TERMINATING:
+        return  # the namespace is being deleted, the service with it: nothing is created
     seen, gen = st.get("observedGeneration"), fresh["metadata"].get("generation")
     if seen is not None and gen is not None and seen != gen:
         # An edit's reconcile is under way: it applies and prunes, then records the new
@@ -277,9 +285,11 @@ def _refused(st: Obj) -> bool:
     """The reconcile refused the whole spec (an invalid spec, KServe missing): its own
     retries, or the next edit, apply the children; a failed apply of this timer's is
     tried again at the next tick."""
-    return refused(
-        next((c for c in st.get("conditions") or [] if c.get("type") == "Reconciled"), None)
-    )
+    return refused(_reconciled(st))
+
+
+def _reconciled(st: Obj) -> Obj:
+    return next((c for c in st.get("conditions") or [] if c.get("type") == "Reconciled"), {})
 
 
 def _reapply(
@@ -299,8 +309,14 @@ def _reapply(
     except (Failed, InvalidService, ValueError) as e:
         reason = e.reason if isinstance(e, Failed) else "InvalidSpec"
         msg = failures.bounded(f"{doing}: {e}")
-        logger.warning("%s", msg)
-        kopf.warn(body, reason=reason, message=msg)
+        if reason == failures.NAMESPACE_TERMINATING:
+            # Said once: the next ticks see the condition and stop (`follow_tier`), where
+            # each one's create was refused with a warning and an Event until the service
+            # went with its namespace.
+            logger.info("%s: the namespace is being deleted; not re-creating", msg)
+        else:
+            logger.warning("%s", msg)
+            kopf.warn(body, reason=reason, message=msg)
         sync_status(ns, name, uid, conditions={"Reconciled": (False, reason, msg)})
         return False
     sync_status(ns, name, uid, reconciled=("ChildApplied", done))

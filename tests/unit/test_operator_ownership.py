@@ -313,3 +313,82 @@ def test_kserve_removed_at_runtime_is_named_and_tried_again(
     assert cond["status"] == "False" and cond["reason"] == "ApplyNotFound"
     assert f"InferenceService {NAME}: {children.KSERVE_MISSING}" in cond["message"]
     assert not reconcile._refused(api.obj["status"])
+
+
+def _refused_create(how: str) -> ApiException:
+    """A create refused as the API server's NamespaceLifecycle admission refuses it (the
+    cause's type is `reason` in the JSON), or by RBAC."""
+    e = ApiException(status=403, reason="Forbidden")
+    msg = f'deployments.apps "{NAME}" is forbidden: '
+    body: Obj = {"kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403}
+    if how == "rbac":
+        body["message"] = msg + 'User "x" cannot create resource "deployments"'
+    else:
+        body["message"] = (
+            msg + "unable to create new content in namespace llm because it is being terminated"
+        )
+        cause = {
+            "reason": "NamespaceTerminating",
+            "message": "namespace llm is being terminated",
+            "field": "metadata.namespace",
+        }
+        if how == "cause":
+            body["details"] = {
+                "name": NAME,
+                "group": "apps",
+                "kind": "deployments",
+                "causes": [cause],
+            }
+    e.body = json.dumps(body)
+    return e
+
+
+class _Said:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, msg: str, *a: Any) -> None:
+        self.lines.append(("info", msg % a))
+
+    def warning(self, msg: str, *a: Any) -> None:
+        self.lines.append(("warning", msg % a))
+
+
+@pytest.mark.parametrize("how", ["cause", "message", "rbac"])
+def test_a_namespace_being_deleted_stops_the_re_creation_quietly(
+    monkeypatch: pytest.MonkeyPatch, cluster: Cluster, how: str
+) -> None:
+    """The namespace deleted, its children gone before the LLMService: each status tick
+    tried to create them again, refused 403 ("unable to create new content in namespace
+    llm because it is being terminated"), a warning and an Event every tick until the
+    service went too. Now one info line and `Reconciled` False `NamespaceTerminating`,
+    then no more tries; any other 403 is still a warning, an Event and a retry."""
+    obj = _load("deployment")
+    kids = render.children(obj)
+    rec = [{"type": "Reconciled", "status": "True", "reason": "ChildApplied"}]
+    obj["status"] = {"child": tiers.ref(kids[0]), "observedGeneration": 1, "conditions": rec}
+    api = _install(monkeypatch, cluster, obj)
+    tries, events, said = [], [], _Said()
+
+    def refuse(*a: Any, **k: Any) -> Obj:
+        tries.append(a[-1]["metadata"]["name"])
+        raise _refused_create(how)
+
+    monkeypatch.setattr(kube, "_api", lambda kind: (refuse, lambda o: o, ()))
+    monkeypatch.setattr(kopf, "warn", lambda *a, **k: events.append(k["reason"]))
+    for _tick in range(3):
+        reconcile.follow_tier(kopf.Body(obj), obj, said)
+    cond = _cond(api, "Reconciled")
+    if how == "rbac":
+        assert cond["reason"] == "ApplyForbidden" and len(tries) == 3 and len(events) == 3
+        assert [lvl for lvl, _ in said.lines] == ["warning"] * 3
+        return
+    assert (cond["status"], cond["reason"]) == ("False", "NamespaceTerminating"), cond
+    assert "namespace llm" in cond["message"] and "being terminated" in cond["message"]
+    assert len(tries) == 1 and not events  # the first tick's create, then none
+    assert [lvl for lvl, _ in said.lines] == ["info"]
+    assert _cond(api, "Ready")["reason"] == "ChildMissing"
+    # An edit's reconcile meanwhile: the same condition, no Event, no retry (kopf's
+    # TemporaryError would have come back with an Event every 15 s, 30 s, ...).
+    _reconcile(obj)
+    assert _cond(api, "Reconciled")["reason"] == "NamespaceTerminating" and not events
