@@ -288,6 +288,27 @@ async def _refusal(resp: httpx.Response) -> str:
     return why + (f" (Retry-After: {retry[:40]})" if retry else "")
 
 
+# Headers a request's framing or body owns (httpx sets them), or that --token-file sends
+_OWN_HEADERS = {"content-length", "transfer-encoding", "connection", "content-type", "te"}
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
+
+
+def parse_header(spec: str, token: bool = False) -> tuple[str, str]:
+    """`Name: value` of `perllm load --header` (a KServe ingress' `Host`, a gateway's
+    tenant header); ValueError naming the header, never its value (it may be a key).
+    `token`: a bearer token is sent already, so `Authorization` is refused."""
+    name, sep, value = spec.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not _TOKEN.fullmatch(name):
+        raise ValueError("expected `Name: value` with a header name of letters, digits, '-'")
+    if name.lower() in _OWN_HEADERS or (token and name.lower() == "authorization"):
+        why = "--token-file sends it" if name.lower() == "authorization" else "httpx sets it"
+        raise ValueError(f"{name}: not settable ({why})")
+    if not all(c == "\t" or " " <= c <= "~" for c in value):
+        raise ValueError(f"{name}: a value of visible ASCII only (no line break, NUL, ...)")
+    return name, value
+
+
 async def replay(
     target: str,
     planned: list[Planned],
@@ -300,20 +321,24 @@ async def replay(
     stop: asyncio.Event | None = None,
     token: bytes | None = None,
     verify: ssl.SSLContext | bool = True,
+    headers: dict[str, str] | None = None,
 ) -> Report:
     """Send `planned` at their times (bounded: `concurrency` in flight, `max_duration_s`
     of sending; each request gets `timeout_s` in all). When `stop` is set (Ctrl-C), the
     requests in flight are abandoned and the report is of those that ended. `token`: sent
     as a bearer token (an API key); `verify`: an https target's certificate is checked
-    against this context's CAs (False: not checked; True: the system's)."""
+    against this context's CAs (False: not checked; True: the system's); `headers`: sent
+    with every request (`parse_header`'s)."""
     url = target.rstrip("/") + path
     sem = asyncio.Semaphore(concurrency)
     results: list[Outcome] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {} if token is None else {b"authorization": b"Bearer " + token}
+    sent = [(k.encode("ascii"), v.encode("ascii")) for k, v in (headers or {}).items()]
+    if token is not None:
+        sent.append((b"authorization", b"Bearer " + token))
     t0 = time.perf_counter()
     async with httpx.AsyncClient(
-        timeout=timeout_s, limits=limits, headers=headers, verify=verify
+        timeout=timeout_s, limits=limits, headers=sent, verify=verify
     ) as client:
 
         async def fire(p: Planned) -> None:

@@ -16,7 +16,7 @@ import typer
 from perllm.cli_args import number
 from perllm.cli_args import seed as cli_seed
 from perllm.cli_outputs import ensure_writable, output_path, writing
-from perllm.load import plan, replay
+from perllm.load import parse_header, plan, replay
 from perllm.load_report import Report, print_report
 from perllm.urls import http_url_error, redact
 
@@ -63,6 +63,12 @@ def register(app: typer.Typer) -> None:
         insecure: bool = typer.Option(
             False, "--insecure", help="Do not verify an https target's certificate."
         ),
+        header: list[str] = typer.Option(  # noqa: B008
+            [],
+            "--header",
+            help="'Name: value' sent with every request (repeatable), e.g. a KServe "
+            "ingress' Host; values never printed.",
+        ),
     ) -> None:
         """Replay a scenario's workload against an OpenAI-compatible endpoint; report."""
         from rich.console import Console
@@ -83,6 +89,17 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
             raise typer.Exit(2)
+        headers: dict[str, str] = {}
+        for spec in header:
+            try:
+                name, value = parse_header(spec, token=token_file is not None)
+            except ValueError as e:
+                typer.echo(f"error: --header: {e}", err=True)
+                raise typer.Exit(2) from None
+            if name.lower() in {n.lower() for n in headers}:
+                typer.echo(f"error: --header: {name} given twice", err=True)
+                raise typer.Exit(2)
+            headers[name] = value
         if ca_file is not None and insecure:
             typer.echo("error: --ca-file and --insecure: verify against it, or not", err=True)
             raise typer.Exit(2)
@@ -137,7 +154,7 @@ def register(app: typer.Typer) -> None:
             try:
                 return await replay(target, planned, max_duration, concurrency, timeout,
                                     on_done=lambda o: pr.advance(task), stop=stop,
-                                    token=token, verify=verify)  # fmt: skip
+                                    token=token, verify=verify, headers=headers)  # fmt: skip
             finally:
                 loop.remove_signal_handler(signal.SIGINT)
 

@@ -294,3 +294,40 @@ def test_an_https_target_of_a_private_ca_with_ca_file_or_insecure(tmp_path: Path
     assert rc == 2 and "error: --ca-file and --insecure" in out
     rc, out, _ = _load(url, tmp_path, "--ca-file", str(junk))
     assert rc == 2 and f"error: --ca-file: {junk}:" in out, out
+
+
+class NeedsHost(Parts):
+    """An ingress routing by Host (KServe's): another Host is a 404, as ingresses answer."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        h = dict(scope["headers"])
+        if h.get(b"host") == b"chat.models.example.com" and h.get(b"x-tenant") == b"t-s3cret":
+            await super().__call__(scope, receive, send)
+            return
+        await Parts(404, JSON, [b'{"error": {"message": "no route"}}'])(scope, receive, send)
+
+
+def test_headers_an_ingress_routes_by_are_sent_and_never_shown(tmp_path: Path) -> None:
+    """There was no way to send a Host (a KServe ingress routes by it) or a gateway's own
+    header: every request was that ingress' 404. `--header` sends them; a value is never
+    printed; what httpx or --token-file own, a bad name or a line break is refused."""
+    key = tmp_path / "key"
+    key.write_text("k\n")
+    with _in_thread(NeedsHost(headers=SSE, parts=[TOK + b"data: [DONE]\n\n"])) as url:
+        rc, out, rep = _load(url, tmp_path)
+        assert rc == 1 and list(rep["http_errors"]) == ["404: no route"], out
+        args = ("--header", "Host: chat.models.example.com", "--header", "X-Tenant:t-s3cret")
+        rc, out, rep = _load(url, tmp_path, *args)
+        assert rc == 0 and rep["ok"] == 2, out
+        assert "s3cret" not in out and "s3cret" not in json.dumps(rep)
+    for bad, said in (
+        ("Content-Length: 3", "Content-Length: not settable (httpx sets it)"),
+        ("Authorization: Bearer x", "Authorization: not settable (--token-file sends it)"),
+        ("no colon", "expected `Name: value`"),
+        ("Bad Name: v", "expected `Name: value`"),
+        ("X-A: s3cret\u00e9", "X-A: a value of visible ASCII only"),
+    ):
+        rc, out, _ = _load(url, tmp_path, "--header", bad, "--token-file", str(key))
+        assert rc == 2 and f"error: --header: {said}" in out and "s3cret" not in out, out
+    rc, out, _ = _load(url, tmp_path, "--header", "X-A: 1", "--header", "x-a: 2")
+    assert rc == 2 and "X-A given twice" in out.replace("x-a", "X-A"), out
