@@ -309,6 +309,37 @@ def parse_header(spec: str, token: bool = False) -> tuple[str, str]:
     return name, value
 
 
+def _sent_headers(headers: dict[str, str] | None, token: bytes | None) -> list[tuple[bytes, bytes]]:
+    sent = [(k.encode("ascii"), v.encode("ascii")) for k, v in (headers or {}).items()]
+    if token is not None:
+        sent.append((b"authorization", b"Bearer " + token))
+    return sent
+
+
+async def models_listed(
+    target: str,
+    timeout_s: float,
+    token: bytes | None = None,
+    verify: ssl.SSLContext | bool = True,
+    headers: dict[str, str] | None = None,
+) -> list[str] | None:
+    """The model ids the target's `GET /v1/models` lists, or None when it lists none in
+    OpenAI's shape (not answered, not a 200, another body): a hint before a run, where a
+    model name the target does not serve would make every request its 404."""
+    try:
+        async with httpx.AsyncClient(
+            timeout=timeout_s, headers=_sent_headers(headers, token), verify=verify
+        ) as client:
+            resp = await client.get(target.rstrip("/") + "/v1/models")
+            if resp.status_code != 200 or len(resp.content) > ERROR_BODY_BYTES:
+                return None
+            data = resp.json().get("data")
+            ids = [m.get("id") for m in data] if isinstance(data, list) else []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return [i for i in ids if isinstance(i, str)] or None
+
+
 async def replay(
     target: str,
     planned: list[Planned],
@@ -333,9 +364,7 @@ async def replay(
     sem = asyncio.Semaphore(concurrency)
     results: list[Outcome] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    sent = [(k.encode("ascii"), v.encode("ascii")) for k, v in (headers or {}).items()]
-    if token is not None:
-        sent.append((b"authorization", b"Bearer " + token))
+    sent = _sent_headers(headers, token)
     t0 = time.perf_counter()
     async with httpx.AsyncClient(
         timeout=timeout_s, limits=limits, headers=sent, verify=verify

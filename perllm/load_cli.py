@@ -16,7 +16,7 @@ import typer
 from perllm.cli_args import number
 from perllm.cli_args import seed as cli_seed
 from perllm.cli_outputs import ensure_writable, output_path, writing
-from perllm.load import parse_header, plan, replay
+from perllm.load import models_listed, parse_header, plan, replay
 from perllm.load_report import Report, print_report
 from perllm.urls import http_url_error, redact
 
@@ -151,6 +151,22 @@ def register(app: typer.Typer) -> None:
             loop = asyncio.get_running_loop()
             with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
                 loop.add_signal_handler(signal.SIGINT, stop.set)  # (main thread only)
+            names = sorted({p.model for p in planned})
+            check = asyncio.create_task(
+                models_listed(target, min(timeout, 10.0), token, verify, headers)
+            )
+            stopped = asyncio.create_task(stop.wait())  # (Ctrl-C does not wait for it)
+            await asyncio.wait({check, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            check.cancel()
+            listed = check.result() if check.done() and not check.cancelled() else None
+            if listed is not None and (missing := [n for n in names if n not in listed]):
+                shown = ", ".join(listed[:8]) + (", ..." if len(listed) > 8 else "")
+                typer.echo(
+                    f"warning: {redact(target)} lists the models {shown}; these requests name "
+                    f"{', '.join(missing)}, which it may refuse (--model NAME sends another)",
+                    err=True,
+                )
             try:
                 return await replay(target, planned, max_duration, concurrency, timeout,
                                     on_done=lambda o: pr.advance(task), stop=stop,

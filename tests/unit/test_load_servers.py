@@ -331,3 +331,30 @@ def test_headers_an_ingress_routes_by_are_sent_and_never_shown(tmp_path: Path) -
         assert rc == 2 and f"error: --header: {said}" in out and "s3cret" not in out, out
     rc, out, _ = _load(url, tmp_path, "--header", "X-A: 1", "--header", "x-a: 2")
     assert rc == 2 and "X-A given twice" in out.replace("x-a", "X-A"), out
+
+
+class ListsModels(Parts):
+    """A server listing `llama-3-8b` at /v1/models and streaming every completion."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("path") == "/v1/models":
+            body = b'{"object": "list", "data": [{"id": "llama-3-8b", "object": "model"}]}'
+            await Parts(200, JSON, [body])(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def test_a_model_the_target_does_not_list_is_warned_of_before_the_run(tmp_path: Path) -> None:
+    """A target serving another model name than the class's answered every request 404,
+    said only in the report after the run; its /v1/models says so before (a warning: the
+    run goes on, a router or gateway may serve names it does not list)."""
+    app = ListsModels(headers=SSE, parts=[TOK + b"data: [DONE]\n\n"])
+    with _in_thread(app) as url:
+        rc, out, rep = _load(url, tmp_path)
+        assert rc == 0 and rep["ok"] == 2, out
+        assert "warning:" in out and "lists the models llama-3-8b; these requests name" in out
+        rc, out, rep = _load(url, tmp_path, "--model", "llama-3-8b")
+        assert rc == 0 and "warning:" not in out, out
+    with _in_thread(Parts(headers=SSE, parts=[TOK + b"data: [DONE]\n\n"])) as url:
+        rc, out, _ = _load(url, tmp_path)  # (no list in OpenAI's shape: nothing said)
+        assert rc == 0 and "warning:" not in out, out
