@@ -16,8 +16,9 @@ import typer
 from perllm.cli_args import number
 from perllm.cli_args import seed as cli_seed
 from perllm.cli_outputs import ensure_writable, output_path, writing
-from perllm.load import models_listed, parse_header, plan, replay
+from perllm.load import plan, replay
 from perllm.load_report import Report, print_report
+from perllm.load_target import models_listed, parse_header
 from perllm.urls import http_url_error, redact
 
 

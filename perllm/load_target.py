@@ -1,0 +1,65 @@
+"""How `perllm load` reaches a real target beyond the request itself: the headers it
+sends (`--header`, checked by `parse_header`; the bearer token of `--token-file`) and the
+model names the target lists (`models_listed`, read before a run)."""
+
+from __future__ import annotations
+
+import re
+import ssl
+
+import httpx
+
+# A refusal's or a list's body is read to this size at most: its content is at the start
+ERROR_BODY_BYTES = 64 << 10
+
+
+# Headers a request's framing or body owns (httpx sets them), or that --token-file sends
+_OWN_HEADERS = {"content-length", "transfer-encoding", "connection", "content-type", "te"}
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
+
+
+def parse_header(spec: str, token: bool = False) -> tuple[str, str]:
+    """`Name: value` of `perllm load --header` (a KServe ingress' `Host`, a gateway's
+    tenant header); ValueError naming the header, never its value (it may be a key).
+    `token`: a bearer token is sent already, so `Authorization` is refused."""
+    name, sep, value = spec.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not _TOKEN.fullmatch(name):
+        raise ValueError("expected `Name: value` with a header name of letters, digits, '-'")
+    if name.lower() in _OWN_HEADERS or (token and name.lower() == "authorization"):
+        why = "--token-file sends it" if name.lower() == "authorization" else "httpx sets it"
+        raise ValueError(f"{name}: not settable ({why})")
+    if not all(c == "\t" or " " <= c <= "~" for c in value):
+        raise ValueError(f"{name}: a value of visible ASCII only (no line break, NUL, ...)")
+    return name, value
+
+
+def sent_headers(headers: dict[str, str] | None, token: bytes | None) -> list[tuple[bytes, bytes]]:
+    sent = [(k.encode("ascii"), v.encode("ascii")) for k, v in (headers or {}).items()]
+    if token is not None:
+        sent.append((b"authorization", b"Bearer " + token))
+    return sent
+
+
+async def models_listed(
+    target: str,
+    timeout_s: float,
+    token: bytes | None = None,
+    verify: ssl.SSLContext | bool = True,
+    headers: dict[str, str] | None = None,
+) -> list[str] | None:
+    """The model ids the target's `GET /v1/models` lists, or None when it lists none in
+    OpenAI's shape (not answered, not a 200, another body): a hint before a run, where a
+    model name the target does not serve would make every request its 404."""
+    try:
+        async with httpx.AsyncClient(
+            timeout=timeout_s, headers=sent_headers(headers, token), verify=verify
+        ) as client:
+            resp = await client.get(target.rstrip("/") + "/v1/models")
+            if resp.status_code != 200 or len(resp.content) > ERROR_BODY_BYTES:
+                return None
+            data = resp.json().get("data")
+            ids = [m.get("id") for m in data] if isinstance(data, list) else []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return [i for i in ids if isinstance(i, str)] or None
