@@ -4,6 +4,8 @@ model names the target lists (`models_listed`, read before a run)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import ssl
 
@@ -51,15 +53,37 @@ async def models_listed(
     """The model ids the target's `GET /v1/models` lists, or None when it lists none in
     OpenAI's shape (not answered, not a 200, another body): a hint before a run, where a
     model name the target does not serve would make every request its 404."""
-    try:
-        async with httpx.AsyncClient(
-            timeout=timeout_s, headers=sent_headers(headers, token), verify=verify
-        ) as client:
-            resp = await client.get(target.rstrip("/") + "/v1/models")
-            if resp.status_code != 200 or len(resp.content) > ERROR_BODY_BYTES:
-                return None
-            data = resp.json().get("data")
-            ids = [m.get("id") for m in data] if isinstance(data, list) else []
-    except (httpx.HTTPError, ValueError, AttributeError):
+    try:  # (`timeout_s` in all: httpx's bounds each read, and a server may drip)
+        body = await asyncio.wait_for(
+            _get_list(target, timeout_s, token, verify, headers), timeout_s
+        )
+        data = json.loads(body).get("data") if body is not None else None
+        ids = [m.get("id") for m in data] if isinstance(data, list) else []
+    except (httpx.HTTPError, ValueError, AttributeError, TimeoutError):
         return None
     return [i for i in ids if isinstance(i, str)] or None
+
+
+async def _get_list(
+    target: str,
+    timeout_s: float,
+    token: bytes | None,
+    verify: ssl.SSLContext | bool,
+    headers: dict[str, str] | None,
+) -> bytes | None:
+    """The body of a 200 to `GET /v1/models`, None past `ERROR_BODY_BYTES` (not read on:
+    a list is kilobytes) or for another status."""
+    async with (
+        httpx.AsyncClient(
+            timeout=timeout_s, headers=sent_headers(headers, token), verify=verify
+        ) as client,
+        client.stream("GET", target.rstrip("/") + "/v1/models") as resp,
+    ):
+        if resp.status_code != 200:
+            return None
+        body = bytearray()
+        async for chunk in resp.aiter_bytes():
+            body += chunk
+            if len(body) > ERROR_BODY_BYTES:
+                return None
+        return bytes(body)

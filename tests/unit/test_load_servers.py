@@ -358,3 +358,27 @@ def test_a_model_the_target_does_not_list_is_warned_of_before_the_run(tmp_path: 
     with _in_thread(Parts(headers=SSE, parts=[TOK + b"data: [DONE]\n\n"])) as url:
         rc, out, _ = _load(url, tmp_path)  # (no list in OpenAI's shape: nothing said)
         assert rc == 0 and "warning:" not in out, out
+
+
+class EndlessModels(Parts):
+    """/v1/models an endless body (a broken gateway), completions streamed."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("path") == "/v1/models":
+            await Parts(200, JSON, [b'{"data": ['], repeat=b'{"id": "x"},')(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def test_an_endless_model_list_is_read_no_further_than_its_bound() -> None:
+    """The list was read whole before its size was checked: an endless one held the run
+    back for --timeout and the memory it grew."""
+    from perllm.load_target import models_listed
+
+    async def go() -> None:
+        with _in_thread(EndlessModels(headers=SSE, parts=[TOK + b"data: [DONE]\n\n"])) as url:
+            t0 = time.perf_counter()
+            assert await models_listed(url, 30.0) is None
+            assert time.perf_counter() - t0 < 10
+
+    asyncio.run(go())
