@@ -92,6 +92,10 @@ POD = "pod"
 SERVICE = "service"
 POLICY = "policy"
 MODEL_NAME = "model_name"
+# vLLM V1 labels every series with its engine index and `request_success` with why the
+# request ended (stop, length, abort).
+ENGINE = "engine"
+FINISHED_REASON = "finished_reason"
 
 
 def host_selector(node: str) -> str:

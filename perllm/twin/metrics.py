@@ -108,7 +108,8 @@ class TwinCollector(Collector):
 
     def _pods(self) -> list[Metric]:
         """What each model-server pod's vLLM would export."""
-        pod_labels = [names.NAMESPACE, names.POD, names.MODEL_NAME]
+        # One engine a pod (vLLM V1's index 0).
+        pod_labels = [names.NAMESPACE, names.POD, names.MODEL_NAME, names.ENGINE]
         running = GaugeMetricFamily(names.VLLM_RUNNING, "Requests running.", labels=pod_labels)
         waiting = GaugeMetricFamily(names.VLLM_WAITING, "Requests waiting.", labels=pod_labels)
         hist = HistogramMetricFamily(
@@ -116,24 +117,29 @@ class TwinCollector(Collector):
             "End-to-end request latency (s): the processing time D of the world model.",
             labels=pod_labels,
         )
-        success, prompt, gen = (
+        prompt, gen = (
             CounterMetricFamily(name.removesuffix("_total"), doc, labels=pod_labels)
             for name, doc in (
-                (names.VLLM_SUCCESS, "Finished requests."),
                 (names.VLLM_PROMPT_TOKENS, "Prompt tokens processed."),
                 (names.VLLM_GENERATION_TOKENS, "Tokens generated."),
             )
         )
+        success = CounterMetricFamily(
+            names.VLLM_SUCCESS.removesuffix("_total"),
+            "Finished requests.",
+            labels=[*pod_labels, names.FINISHED_REASON],
+        )
         bounds = [names.fmt_le(b) for b in names.VLLM_LATENCY_BUCKETS]
         for (ns, pod), st in sorted(self.twin.pods.items()):
-            lv = [ns, pod, st.model]
+            lv = [ns, pod, st.model, "0"]
             r, w = st.load(self.twin.now)
             running.add_metric(lv, r)
             waiting.add_metric(lv, w)
             buckets = list(zip(bounds, [float(x) for x in st.buckets], strict=True))
             buckets.append(("+Inf", float(st.count)))
             hist.add_metric(lv, buckets, st.latency_sum)
-            success.add_metric(lv, st.success)
+            # The world model's requests end at their drawn length: an end-of-sequence.
+            success.add_metric([*lv, "stop"], st.success)
             prompt.add_metric(lv, st.prompt_tokens)
             gen.add_metric(lv, st.generation_tokens)
         return [running, waiting, hist, success, prompt, gen]

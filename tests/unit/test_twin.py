@@ -352,10 +352,12 @@ def test_exposition_names_labels_and_units_parse() -> None:
     les = sorted({float(s.labels["le"]) for s in hist.samples if s.name.endswith("_bucket")})
     assert les == sorted([*names.VLLM_LATENCY_BUCKETS, float("inf")])
     for s in hist.samples:
-        assert {"namespace", "pod", "model_name"} <= set(s.labels)
+        assert {"namespace", "pod", "model_name", "engine"} <= set(s.labels)
     models = {s.labels["pod"]: s.labels["model_name"] for s in hist.samples}
     assert models == {"chat-0": "llama3-8b", "vision-0": "llama3-8b", "assistant-0": "yi-34b"}
-    assert f'{names.VLLM_SUCCESS}{{model_name="llama3-8b",namespace="demo",pod="chat-0"}}' in text
+    # vLLM V1's labels (INTERFACES §3.4): the engine on every series, why it ended on success.
+    ok = 'engine="0",finished_reason="stop",model_name="llama3-8b",namespace="demo",pod="chat-0"'
+    assert f"{names.VLLM_SUCCESS}{{{ok}}}" in text
     for g in (names.VLLM_RUNNING, names.VLLM_WAITING):
         assert {s.labels["pod"] for s in fams[g].samples} == set(models)
     # Service and counterfactual counters, and their consistency with the histogram.
