@@ -25,7 +25,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,11 +80,12 @@ def plan(
     speed: float = 1.0,
     max_requests: int = 200,
     classes: list[str] | None = None,
-    model: str | None = None,
+    model: str | Mapping[str, str] | None = None,
     stream: bool = True,
 ) -> list[Planned]:
     """The first `max_requests` requests of the scenario's workload (of `classes`), arrival
-    times divided by `speed`. The model sent is `model`, else the class's name."""
+    times divided by `speed`. The model sent is `model` (a mapping: the class's entry in
+    it, `load_target.parse_models`'s), else the class's name."""
     req = generate(sc, seed)
     specs = sc.workload.classes
     out: list[Planned] = []
@@ -92,7 +93,7 @@ def plan(
         c = specs[int(req.cls[i])]
         if classes and c.name not in classes:
             continue
-        m = model or c.name
+        m = model.get(c.name, c.name) if isinstance(model, Mapping) else model or c.name
         body = body_for(m, float(req.l_in[i]), float(req.attach[i]), float(req.l_out[i]), stream)
         out.append(Planned(float(req.arrival[i]) / speed, c.name, m, body,
                            c.deadline.seconds, c.deadline.per_output_token_s))  # fmt: skip

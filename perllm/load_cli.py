@@ -18,7 +18,7 @@ from perllm.cli_args import seed as cli_seed
 from perllm.cli_outputs import ensure_writable, output_path, writing
 from perllm.load import plan, replay
 from perllm.load_report import Report, print_report
-from perllm.load_target import models_listed, parse_header
+from perllm.load_target import models_listed, parse_header, parse_models
 from perllm.urls import http_url_error, redact
 
 
@@ -49,7 +49,12 @@ def register(app: typer.Typer) -> None:
         service_class: list[str] = typer.Option(  # noqa: B008
             [], "--class", help="Only these classes (repeatable)."
         ),
-        model: str | None = typer.Option(None, help="Model name to send (default: class name)."),
+        model: list[str] = typer.Option(  # noqa: B008
+            [],
+            "--model",
+            help="Model name to send: NAME (every class), CLASS=NAME (that class's; "
+            "repeatable, NAME then the rest's); default: the class's name.",
+        ),
         stream: bool = typer.Option(True, "--stream/--no-stream"),
         timeout: float = number(120.0, min=0.1, help="Per-request timeout (s)."),
         json_out: Path | None = output_path(None, "--json", help="Write the report here."),  # noqa: B008
@@ -130,7 +135,12 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
             raise typer.Exit(2)
-        planned = plan(sc, seed, speed, max_requests, service_class or None, model, stream)
+        try:
+            models = parse_models(model, known, sc.name)
+        except ValueError as e:
+            typer.echo(f"error: --model: {e}", err=True)
+            raise typer.Exit(2) from None
+        planned = plan(sc, seed, speed, max_requests, service_class or None, models, stream)
         if not planned:
             typer.echo(f"error: {sc.name} generates no requests of these classes", err=True)
             raise typer.Exit(2)
@@ -152,7 +162,9 @@ def register(app: typer.Typer) -> None:
             loop = asyncio.get_running_loop()
             with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
                 loop.add_signal_handler(signal.SIGINT, stop.set)  # (main thread only)
-            names = sorted({p.model for p in planned})
+            names: dict[str, set[str]] = {}  # model name: the classes sending it
+            for p in planned:
+                names.setdefault(p.model, set()).add(p.cls)
             check = asyncio.create_task(
                 models_listed(target, min(timeout, 10.0), token, verify, headers)
             )
@@ -161,11 +173,13 @@ def register(app: typer.Typer) -> None:
             stopped.cancel()
             check.cancel()
             listed = check.result() if check.done() and not check.cancelled() else None
-            if listed is not None and (missing := [n for n in names if n not in listed]):
+            if listed is not None and (missing := sorted(set(names) - set(listed))):
                 shown = ", ".join(listed[:8]) + (", ..." if len(listed) > 8 else "")
+                named = ", ".join(f"{n} (class {', '.join(sorted(names[n]))})" for n in missing)
                 typer.echo(
                     f"warning: {redact(target)} lists the models {shown}; these requests name "
-                    f"{', '.join(missing)}, which it may refuse (--model NAME sends another)",
+                    f"{named}, which it may refuse (--model NAME, or CLASS=NAME for one "
+                    "class, sends another)",
                     err=True,
                 )
             try:

@@ -1,6 +1,7 @@
 """How `perllm load` reaches a real target beyond the request itself: the headers it
-sends (`--header`, checked by `parse_header`; the bearer token of `--token-file`) and the
-model names the target lists (`models_listed`, read before a run)."""
+sends (`--header`, checked by `parse_header`; the bearer token of `--token-file`), the
+model name each class's requests carry (`--model`, read by `parse_models`) and the model
+names the target lists (`models_listed`, read before a run)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,36 @@ def parse_header(spec: str, token: bool = False) -> tuple[str, str]:
     if not all(c == "\t" or " " <= c <= "~" for c in value):
         raise ValueError(f"{name}: a value of visible ASCII only (no line break, NUL, ...)")
     return name, value
+
+
+def parse_models(specs: list[str], classes: list[str], scenario: str) -> dict[str, str]:
+    """The model name each of `classes` sends, from `perllm load --model` entries: `NAME`
+    (every class, or every class no `CLASS=NAME` names), `CLASS=NAME` (that class; a server
+    serving another model per class); a class without either sends its own name.
+    ValueError saying which entry is wrong: a CLASS not of `scenario`'s `classes` (a class
+    `--class` leaves out is one: the entry sends nothing), a class given twice, two plain
+    names, an empty class or name. Class names have no `=` (DNS labels): the first splits."""
+    rest: str | None = None
+    per: dict[str, str] = {}
+    for spec in specs:
+        cls, sep, name = (s.strip() for s in spec.partition("="))
+        if not sep:  # (`cls` is the NAME)
+            if not cls:
+                raise ValueError("an empty model name")
+            if rest is not None:
+                raise ValueError(f"two names for every class, {rest} and {cls} (CLASS=NAME: one's)")
+            rest = cls
+        elif not cls or not name:
+            raise ValueError(f"{spec!r}: expected CLASS=NAME, neither empty")
+        elif cls not in classes:
+            raise ValueError(
+                f"{cls}: not a class of {scenario} (its classes: {', '.join(classes)})"
+            )
+        elif cls in per:
+            raise ValueError(f"class {cls} given twice")
+        else:
+            per[cls] = name
+    return {c: per.get(c, rest or c) for c in classes}
 
 
 def sent_headers(headers: dict[str, str] | None, token: bytes | None) -> list[tuple[bytes, bytes]]:
