@@ -16,6 +16,7 @@ import typer
 from perllm.cli_args import number
 from perllm.cli_args import seed as cli_seed
 from perllm.cli_outputs import ensure_writable, output_path, writing
+from perllm.contract import MAX_DEADLINE_S
 from perllm.load import plan, replay
 from perllm.load_report import Report, print_report
 from perllm.load_target import models_listed, parse_header, parse_models
@@ -56,7 +57,9 @@ def register(app: typer.Typer) -> None:
             "repeatable, NAME then the rest's); default: the class's name.",
         ),
         stream: bool = typer.Option(True, "--stream/--no-stream"),
-        timeout: float = number(120.0, min=0.1, help="Per-request timeout (s)."),
+        timeout: float = number(  # (a day: past any class's deadline, MAX_DEADLINE_S)
+            120.0, min=0.1, max=MAX_DEADLINE_S, help="Per-request timeout (s), in all."
+        ),
         json_out: Path | None = output_path(None, "--json", help="Write the report here."),  # noqa: B008
         token_file: str | None = typer.Option(
             None,
