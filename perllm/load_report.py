@@ -135,7 +135,9 @@ def print_report(r: Report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    c = Console()
+    # (no markup: a target's error text, e.g. `[/x]`, was read as rich markup, a
+    # MarkupError traceback after the run and no --json written)
+    c = Console(markup=False)
     t = Table(title=f"perllm load → {r.target}")
     t.add_column("metric")
     t.add_column("value", justify="right")
