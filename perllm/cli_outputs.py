@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 
 def ensure_writable(option: str, folder: Path, err: Console, file: Path | None = None) -> None:
@@ -32,7 +33,8 @@ def ensure_writable(option: str, folder: Path, err: Console, file: Path | None =
         except OSError as e:
             raise OSError(f"cannot write in {folder}: {e.strerror or e}") from None
     except OSError as e:
-        err.print(f"[red]error:[/red] {option}: {e}")
+        # (escaped: a path with `[/x]` in it was rich markup, a MarkupError traceback)
+        err.print(f"[red]error:[/red] {option}: {escape(str(e))}")
         raise typer.Exit(2) from None
 
 
@@ -44,7 +46,7 @@ def writing(option: str, err: Console) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        err.print(f"[red]error:[/red] {option}: cannot write the results: {e}")
+        err.print(f"[red]error:[/red] {option}: cannot write the results: {escape(str(e))}")
         raise typer.Exit(1) from None
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from test_load_servers import _load
+from typer.testing import CliRunner
 
 
 def test_the_timeout_is_at_most_a_day(tmp_path: Path) -> None:
@@ -34,3 +35,17 @@ def test_a_number_out_of_range_or_not_finite_is_refused(
 ) -> None:
     rc, out, rep = _load("http://127.0.0.1:9", tmp_path, flag, value)
     assert rc == 2 and rep == {} and f"Invalid value for '{flag}'" in out, out
+
+
+def test_a_json_path_that_looks_like_markup_is_named_as_it_is(tmp_path: Path) -> None:
+    """`--json DIR` of a folder named `x[/y]` was a rich MarkupError traceback, not the
+    error naming --json."""
+    folder = tmp_path / "x[/y]"
+    folder.mkdir(parents=True)
+    from perllm.cli import app
+
+    res = CliRunner().invoke(
+        app, ["load", "demo", "--target", "http://127.0.0.1:9", "--json", str(folder)]
+    )
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert f"--json: {folder} is a folder" in " ".join(res.output.split()), res.output
