@@ -18,7 +18,7 @@ from perllm.cli_args import seed as cli_seed
 from perllm.cli_outputs import ensure_writable, output_path, writing
 from perllm.contract import MAX_DEADLINE_S
 from perllm.load import plan, replay
-from perllm.load_report import Report, print_report
+from perllm.load_report import Report, print_report, printable
 from perllm.load_target import models_listed, parse_header, parse_models
 from perllm.urls import http_url_error, redact
 
@@ -177,8 +177,10 @@ def register(app: typer.Typer) -> None:
             check.cancel()
             listed = check.result() if check.done() and not check.cancelled() else None
             if listed is not None and (missing := sorted(set(names) - set(listed))):
-                shown = ", ".join(listed[:8]) + (", ..." if len(listed) > 8 else "")
-                named = ", ".join(f"{n} (class {', '.join(sorted(names[n]))})" for n in missing)
+                shown = ", ".join(map(printable, listed[:8])) + (", ..." if len(listed) > 8 else "")
+                named = ", ".join(
+                    f"{printable(n)} (class {', '.join(sorted(names[n]))})" for n in missing
+                )
                 typer.echo(
                     f"warning: {redact(target)} lists the models {shown}; these requests name "
                     f"{named}, which it may refuse (--model NAME, or CLASS=NAME for one "

@@ -131,6 +131,13 @@ def _class(rs: list[Outcome]) -> dict[str, Any]:
     }
 
 
+def printable(text: str) -> str:
+    """`text` with each control character as its escape (`\\x1b`): what a target says (a
+    refusal's reason, a listed model name) would else reach the terminal as its escape
+    sequences (rich passes ESC through: a cleared screen, a title set, colours)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def print_report(r: Report) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -144,11 +151,11 @@ def print_report(r: Report) -> None:
     t.add_row("requests sent / answered", f"{r.sent} / {r.ok}")
     t.add_row("statuses", ", ".join(f"{k}: {v}" for k, v in r.statuses.items()))
     for err, n in r.errors.items():  # status 0: no complete HTTP response (aborted ones too)
-        t.add_row("transport error", f"{n} × {err}")
+        t.add_row("transport error", f"{n} × {printable(err)}")
     for err, n in r.http_errors.items():  # status and the reason its body gives
-        t.add_row("HTTP error", f"{n} × {err}")
+        t.add_row("HTTP error", f"{n} × {printable(err)}")
     for err, n in r.stream_failures.items():  # a 200 whose stream failed: not answered
-        t.add_row("failed stream", f"{n} × {err}")
+        t.add_row("failed stream", f"{n} × {printable(err)}")
     t.add_row("deadline attainment", f"{r.attainment:.1%}")
     for name, d in (("latency", r.latency_s), ("time to first token", r.ttft_s)):
         if d:
@@ -159,10 +166,10 @@ def print_report(r: Report) -> None:
         t.add_row("answered whole, not streamed", f"{r.whole} (no time to first token)")
     t.add_row("throughput (answered)", f"{r.throughput_rps:.1f} req/s over {r.wall_s:.1f}s")
     t.add_row("output tokens (answered)", f"{r.tokens:.0f}")
-    for k, v in r.tiers.items():
-        t.add_row(f"tier {k}", f"{v:.1%}")
+    for k, v in r.tiers.items():  # (the target's x-perllm-decision header)
+        t.add_row(f"tier {printable(k)}", f"{v:.1%}")
     for k, v in r.backends.items():
-        t.add_row(f"backend {k}", f"{v:.1%}")
+        t.add_row(f"backend {printable(k)}", f"{v:.1%}")
     c.print(t)
     if len(r.per_class) > 1:
         c.print(class_table(r))
