@@ -78,12 +78,14 @@ def test_a_request_counts_where_it_went_before_it_is_answered() -> None:
     """The router's decision arrives with the response's start: the share does not wait
     for the (long) answers, so a window's share is not biased to the faster tier."""
     a = Arm(ROUTER)
-    a.started(Planned(1.0, "chat", "chat", {}, 1.0, 0.1), {"tier": "edge", "backend": "x"})
-    a.started(Planned(2.0, "chat", "chat", {}, 1.0, 0.1), {"tier": "cloud", "backend": "y"})
+    a.started(Planned(1.0, "chat", "chat", (10, 0, 10), 1.0, 0.1), {"tier": "edge", "backend": "x"})
+    a.started(
+        Planned(2.0, "chat", "chat", (10, 0, 10), 1.0, 0.1), {"tier": "cloud", "backend": "y"}
+    )
     w = shares(a, 5.0, 5.0)[0]
     assert (w["n"], w["edge"], w["answered"], w["attainment"]) == (2, 0.5, 0, None)
     lone = Arm(EDGE_ALONE)
-    lone.started(Planned(1.0, "chat", "chat", {}, 1.0, 0.1), {})  # no router: its own tier
+    lone.started(Planned(1.0, "chat", "chat", (10, 0, 10), 1.0, 0.1), {})  # no router: its own tier
     assert lone.decided == [(1.0, "edge")]
 
 

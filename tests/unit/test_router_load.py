@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from perllm.load import body_for, plan, replay
@@ -31,6 +32,23 @@ def test_plan_is_bounded_and_filtered() -> None:
     p = plan(sc, seed=1, speed=10.0, max_requests=25, classes=["chat"])
     assert len(p) == 25 and {x.cls for x in p} == {"chat"}
     assert all(b.at <= a.at for a, b in zip(p[1:], p, strict=False))
+
+
+def test_a_plan_holds_no_bodies_before_they_are_sent() -> None:
+    """Every body (a vision request's image up to MBs) was built in `plan`: 600 of the
+    demo's requests held ~180 MB, 100,000 (--max-requests' bound) GBs, before any was sent."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        p = plan(load_scenario("demo"), seed=0, speed=1.0, max_requests=600)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(p) == 600 and peak < 20e6, peak
+    v = next(x for x in p if x.cls == "vision")
+    assert v.body == body_for("vision", *v.sizes, True) and v.sizes[1] > 100_000
+    assert sizes(v.body)[1] == pytest.approx(v.sizes[1], abs=64)
 
 
 def test_replay_reports_attainment_percentiles_and_backend_share(tmp_path: Path) -> None:
