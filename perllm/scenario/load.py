@@ -184,8 +184,9 @@ def _check_context(sc: Scenario, source: str) -> None:
 
 def _check_links(sc: Scenario, source: str) -> None:
     """Every link's nominal bandwidth, with the bandwidth windows over it, is at least the
-    contract's `MIN_LINK_MBPS` in every slot: each window's factor is only > 0, and a
-    factor of 1e-300 made every upload over the link take inf seconds. (A sweep's links,
+    contract's `MIN_LINK_MBPS` and at most its `MAX_LINK_MBPS` in every slot: each window's
+    factor is only > 0, and a factor of 1e-300 made every upload over the link take inf
+    seconds (one of 1e300, the bound's bits per second overflow). (A sweep's links,
     set with `model_copy`, were never validated: checked here too, at most
     `MAX_LINK_MBPS` as well: `--cloud-mbps 1e12` ran.) With a
     `bandwidth.trace` the nominal bandwidths are the file's, checked as a run reads it."""
@@ -212,7 +213,8 @@ def _check_links(sc: Scenario, source: str) -> None:
     slots = sorted(
         {k for e in edges for d in (0, 1) if 0 <= (k := math.ceil(e / sc.slot_s) - d) < n_slots}
     )
-    lowest: dict[tuple[int, ...], tuple[float, float]] = {}  # windows taken -> (factor, at)
+    # windows taken -> ((lowest factor, at), (highest factor, at))
+    extremes: dict[tuple[int, ...], tuple[tuple[float, float], tuple[float, float]]] = {}
     for name, s in sc.expanded_servers():
         mine = tuple(
             j
@@ -221,17 +223,20 @@ def _check_links(sc: Scenario, source: str) -> None:
         )
         if not mine:
             continue
-        if mine not in lowest:
+        if mine not in extremes:
             ws = [windows[j] for j in mine]
-            lowest[mine] = min((rate_factor(ws, k * sc.slot_s), k * sc.slot_s) for k in slots)
-        factor, at = lowest[mine]
-        mbps = s.link.bandwidth_mbps * factor
-        if mbps < MIN_LINK_MBPS:
-            raise ScenarioError(
-                f"{source}: invalid scenario:\n  bandwidth.windows: server {name!r}'s link "
-                f"would be {mbps:.3g} Mbps from {at:g} s ({s.link.bandwidth_mbps:g} Mbps × "
-                f"the windows' factor {factor:.3g}), {floor}"
-            )
+            seen = [(rate_factor(ws, k * sc.slot_s), k * sc.slot_s) for k in slots]
+            extremes[mine] = (min(seen), max(seen, key=lambda f: (f[0], -f[1])))
+        for factor, at in extremes[mine]:
+            mbps = s.link.bandwidth_mbps * factor
+            # (A boost is bounded too: a factor of 1e300 overflowed the upload times.)
+            if not MIN_LINK_MBPS <= mbps <= MAX_LINK_MBPS:
+                raise ScenarioError(
+                    f"{source}: invalid scenario:\n  bandwidth.windows: server {name!r}'s link "
+                    f"would be {mbps:.3g} Mbps from {at:g} s ({s.link.bandwidth_mbps:g} Mbps × "
+                    f"the windows' factor {factor:.3g}), "
+                    f"{floor if mbps < MIN_LINK_MBPS else ceiling}"
+                )
 
 
 # What one run holds in memory: its requests (drawn up front, ~0.5 kB each in the world)

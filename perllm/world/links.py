@@ -33,14 +33,22 @@ def nominal_matrix(sc: Scenario, t: CostTable, n_slots: int) -> NDArray[np.float
     for w in sc.bandwidth.windows:
         rows = (slot_t >= w.at_s) & (slot_t < w.until_s)
         nominal[np.ix_(rows, _targets(w, t.server_names, t.tiers))] *= w.factor
-    if sc.bandwidth.windows and nominal.size and nominal.min() < MIN_LINK_MBPS:
+    if sc.bandwidth.windows and nominal.size:
         # (Loading checks the links' windows; a trace's values are only known here.)
-        k, j = np.unravel_index(int(np.argmin(nominal)), nominal.shape)
-        raise ScenarioError(
-            f"bandwidth.windows: server {t.server_names[j]!r}'s link would be "
-            f"{nominal[k, j]:.3g} Mbps from {k * sc.slot_s:g} s, below the {MIN_LINK_MBPS:g} "
-            "Mbps (1 kbit/s) a link has at least"
-        )
+        for k, j in (
+            np.unravel_index(int(f(nominal)), nominal.shape) for f in (np.argmin, np.argmax)
+        ):
+            mbps = nominal[k, j]
+            if not MIN_LINK_MBPS <= mbps <= MAX_LINK_MBPS:
+                limit = (
+                    f"below the {MIN_LINK_MBPS:g} Mbps (1 kbit/s) a link has at least"
+                    if mbps < MIN_LINK_MBPS
+                    else f"above the {MAX_LINK_MBPS:,.0f} Mbps (10 Tbit/s) a link has at most"
+                )
+                raise ScenarioError(
+                    f"bandwidth.windows: server {t.server_names[j]!r}'s link would be "
+                    f"{mbps:.3g} Mbps from {k * sc.slot_s:g} s, {limit}"
+                )
     return nominal
 
 

@@ -493,6 +493,34 @@ def test_a_bandwidth_trace_below_the_floor_is_refused_naming_its_line(tmp_path: 
         World(sc, 1)
 
 
+CEILING = r"above the 10,000,000 Mbps \(10 Tbit/s\) a link has at most"
+
+
+def test_a_bandwidth_window_above_the_link_ceiling_is_refused(tmp_path: Path) -> None:
+    """Only a window's floor was checked: a boost of 1e300 loaded, and the bound's bits per
+    second overflowed to inf (a RuntimeWarning, then inf upload energies and times)."""
+    from perllm.world.sim import World
+
+    d = base() | {"duration_s": 10}
+    d["bandwidth"] = {"windows": [_window(2, 4, 1e5), _window(3, 6, 1e300, servers=CLOUD)]}
+    with pytest.raises(ScenarioError, match=r"bandwidth\.windows: server 'cloud''s link would "
+                       r"be 3e\+307 Mbps from 3 s \(300 Mbps × the windows' factor 1e\+305\), "
+                       + CEILING):  # fmt: skip
+        load_scenario(write(tmp_path, d))
+    d["bandwidth"] = {"windows": [_window(2, 4, 1e5, servers=CLOUD)]}  # 3e7 Mbps
+    with pytest.raises(ScenarioError, match=r"would be 3e\+07 Mbps from 2 s .*" + CEILING):
+        load_scenario(write(tmp_path, d))
+    d["bandwidth"] = {"windows": [_window(2, 4, 1e4, servers=CLOUD)]}  # 3e6 Mbps: fine
+    assert load_scenario(write(tmp_path, d)).bandwidth.windows[0].factor == 1e4
+    # Over a trace's value, as the run reads it.
+    (tmp_path / "bw.csv").write_text("time_s,server,mbps\n3,cloud,1e6\n")
+    d["bandwidth"] = {"trace": "bw.csv", "windows": [_window(4, 6, 100, servers=CLOUD)]}
+    sc = load_scenario(write(tmp_path, d))
+    with pytest.raises(ScenarioError, match=r"bandwidth\.windows: server 'cloud''s link would "
+                       r"be 1e\+08 Mbps from 4 s, " + CEILING):  # fmt: skip
+        World(sc, 1)
+
+
 def test_a_sweep_below_the_link_floor_is_refused() -> None:
     """The sweep sets links with `model_copy`, which validates nothing."""
     from perllm.scenario.load import check_services
