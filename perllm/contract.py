@@ -62,7 +62,6 @@ MIN_PERF_SCALE = 1e-3
 # becoming 1.0 or 5.0 (the CRD's schema refuses both at admission; service_spec checks
 # objects that did not pass it). Integers are numbers.
 Fraction = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
-NonNegative = Annotated[float, Field(ge=0.0)]
 
 
 class ModelVariant(_Strict):
@@ -188,9 +187,16 @@ class Server(_Strict):
     )
 
 
+# Largest energy weight: the weights are relative, so a million to one is beyond any use;
+# near 1e308 a weight times an energy overflowed to inf, and inf − inf made the cost model's
+# energies NaN (CS-UCB and greedy-deadline then placed requests differently, in silence).
+MAX_ENERGY_WEIGHT = 1e6
+Weight = Annotated[float, Field(ge=0.0, le=MAX_ENERGY_WEIGHT)]
+
+
 class EnergyWeights(_Strict):
     """ω_tran, ω_infer, ω_idle of the objective."""
 
-    tran: NonNegative = 1.0
-    infer: NonNegative = 1.0
-    idle: NonNegative = 1.0
+    tran: Weight = 1.0
+    infer: Weight = 1.0
+    idle: Weight = 1.0
