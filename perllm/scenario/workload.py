@@ -81,11 +81,16 @@ class Process:
     windows: tuple[Window, ...]
 
 
+# Largest share: shares are relative, and two of 1e308 summed to inf, so that every class's
+# rate was NaN, refused as a non-finite `arrivals.rate_rps` the file did not set.
+MAX_SHARE = 1e9
+
+
 class ServiceClass(Strict):
     """A kind of service in the workload mix; becomes one `ServiceSpec` (one LLMService)."""
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
-    share: Annotated[float, Field(gt=0)] = 1.0
+    share: Annotated[float, Field(gt=0, le=MAX_SHARE)] = 1.0
     model: str
     variants: list[ModelVariant] | None = None
     allowed_tiers: list[Tier] = Field(default_factory=lambda: [Tier.EDGE, Tier.CLOUD])

@@ -631,3 +631,20 @@ def test_an_energy_weight_that_would_overflow_is_refused(tmp_path: Path) -> None
         warnings.simplefilter("error", RuntimeWarning)
         for policy in ("perllm", "greedy-deadline"):
             simulate(sc, policies.make(policy), seed=1)
+
+
+def test_shares_that_would_overflow_their_sum_are_refused_naming_the_share(
+    tmp_path: Path,
+) -> None:
+    """Shares of 1e308 summed to inf: each class's rate was NaN, refused as
+    `workload.classes[0].arrivals.rate_rps (the class's mean rate)`, a field not in the file."""
+    d = base()
+    for c in d["workload"]["classes"]:
+        c["share"] = 1e308
+    with pytest.raises(ScenarioError, match=r"invalid scenario:\n  workload\.classes\[0\]\.share: "
+                       r"Input should be less than or equal to 1000000000\n"):  # fmt: skip
+        load_scenario(write(tmp_path, d))
+    for c in d["workload"]["classes"]:
+        c["share"] = 1e9  # the largest: a class's rate is its share of the 4 req/s
+    sc = load_scenario(write(tmp_path, d))
+    assert sc.services()[0].traffic.rate_rps == pytest.approx(4.0 / len(d["workload"]["classes"]))
