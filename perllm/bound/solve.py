@@ -26,8 +26,9 @@ F = NDArray[np.float64]
 Progress = Callable[[str], None]
 
 # LP answers are exact only to the solver's tolerances: the success bound is raised and
-# the energy bound lowered by this relative margin (and 1e-6 absolute) to stay valid.
+# the energy bound lowered by this relative margin (and `ABS_MARGIN` absolute) to stay valid.
 SAFETY = 1e-6
+ABS_MARGIN = 1e-6  # met requests, joules
 
 # Each LP solve stops after this many seconds (HiGHS `time_limit`): an unfinished LP is
 # no bound at all (`BoundError`), and a run the size limits let through can still take far
@@ -99,7 +100,7 @@ class HindsightBound:
         res = _solve(lp, "highs", "success")
         self.success_solve_s = time.perf_counter() - t0
         self.met_lp = float(-res.fun)
-        return min(float(p.n), self.met_lp * (1 + SAFETY) + 1e-6)
+        return min(float(p.n), self.met_lp * (1 + SAFETY) + ABS_MARGIN)
 
     # -- 2: the least energy at a given number of met requests ---------------------------
     def min_energy(self, target_met: float) -> EnergySolution:
@@ -192,7 +193,7 @@ class HindsightBound:
         dt = time.perf_counter() - t0
         v, ox, oe = res.x, lp.ox, lp.oe
         tran = float(lp.c[ox:oe] @ v[ox:oe])  # (beta has no cost)
-        total = max(0.0, float(res.fun) * (1 - SAFETY) - 1e-6)  # energy is never negative
+        total = max(0.0, float(res.fun) * (1 - SAFETY) - ABS_MARGIN)  # energy is never negative
         return EnergySolution(float(target_met), total, tran, v[oe:].copy(), dt)
 
     def _busy_rows(self, nv: int, ox: int, ob: int) -> sp.csr_matrix:
