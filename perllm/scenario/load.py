@@ -90,6 +90,7 @@ def _check_services(sc: Scenario, source: str) -> None:
     _check_size(sc, source)
     _check_links(sc, source)
     _check_context(sc, source)
+    _check_profiles(sc, source)
     # Per server definition, not per expanded node: `count` copies run the same classes.
     table = build_cost_table(specs, [(s.name, s) for s in sc.servers], sc.catalogue)
     present = {s.tier for s in sc.servers}
@@ -120,6 +121,47 @@ def _check_services(sc: Scenario, source: str) -> None:
             f"{source}: invalid scenario:\n  workload.classes[{k}]: no server can run "
             f"class {c.name!r}: {why}"
         )
+
+
+# Requests one server runs at once (a GPU's `max_seqs`; a CPU's derived B* = pp / tg(1),
+# calibration study §3.3): 256 on the paper's A100, 3 to 9 on its Xeon. The bound and the
+# cost model hold arrays of this length: a scenario's own `hardware:` or `models:` entry with
+# max_seqs 1e12, or a CPU of 1e-300 GB/s, ran out of memory in a traceback.
+MAX_CONCURRENCY = 65_536
+
+
+def _check_profiles(sc: Scenario, source: str) -> None:
+    """Each (class, server) a class may run on has a finite profile of at most
+    `MAX_CONCURRENCY` concurrent requests (the catalogue's own entries are far within)."""
+    from perllm.profiles import perf_profile
+
+    cat = sc.catalogue
+    for k, c in enumerate(sc.workload.classes):
+        variants = c.variants or sc.service(k).variants
+        for i, s in enumerate(sc.servers):
+            v = next((v for v in variants if v.tier == s.tier), None)
+            if v is None or s.tier not in c.allowed_tiers:
+                continue
+            hw, model = cat.hardware[s.hardware], cat.models[c.model]
+            where = (
+                f"servers[{i}].hardware: {s.hardware} running workload.classes[{k}].model "
+                f"{c.model} ({v.precision.value})"
+            )
+            try:
+                conc: float = perf_profile(model, v.precision, hw).max_conc
+            except (OverflowError, ZeroDivisionError):  # weights or speeds beyond a float
+                conc = math.inf
+            if conc > MAX_CONCURRENCY:
+                why = (
+                    "its max_seqs"
+                    if hw.kind == "gpu"
+                    else "prefill_coeff / params_b × weights / mem_bw_eff_gbps"
+                )
+                raise ScenarioError(
+                    f"{source}: invalid scenario:\n  {where} would run {conc:,.6g} requests at "
+                    f"once ({why}), more than {MAX_CONCURRENCY:,}: check the `hardware:` and "
+                    "`models:` entries"
+                )
 
 
 def _check_peak_rates(sc: Scenario, source: str) -> None:

@@ -648,3 +648,46 @@ def test_shares_that_would_overflow_their_sum_are_refused_naming_the_share(
         c["share"] = 1e9  # the largest: a class's rate is its share of the 4 req/s
     sc = load_scenario(write(tmp_path, d))
     assert sc.services()[0].traffic.rate_rps == pytest.approx(4.0 / len(d["workload"]["classes"]))
+
+
+@pytest.mark.parametrize(
+    ("kind", "entry", "why"),
+    [
+        (
+            "gpu",
+            {"max_seqs": 10**12},
+            r"servers\[1\]\.hardware: mine running .* would run 1e\+12 "
+            r"requests at once \(its max_seqs\), more than 65,536",
+        ),
+        (
+            "cpu",
+            {"mem_bw_eff_gbps": 1e-300},
+            r"servers\[0\]\.hardware: mine running .* would run "
+            r"[0-9.]+e\+30\d requests at once",
+        ),
+        ("model", {"params_b": 1e-300}, r".* would run [0-9.]+e\+30\d requests at once"),
+        ("model", {"weights_gb": {"fp16": 1e300, "q4_k_m": 1e300}}, r".* would run inf requests"),
+    ],
+)
+def test_a_catalogue_entry_with_an_absurd_concurrency_is_refused(
+    tmp_path: Path, kind: str, entry: dict[str, Any], why: str
+) -> None:
+    """A scenario's own `hardware:`/`models:` entry was bounded only by > 0: the bound's
+    arrays of one slot per concurrent request ran out of memory (7 TiB for max_seqs 1e12),
+    or a CPU's derived concurrency divided by zero, each a traceback."""
+    from perllm.profiles import default_catalogue
+
+    cat = default_catalogue()
+    d = base()
+    if kind == "model":
+        d["models"] = {"mine": cat.models["llama2-7b"].model_dump(mode="json") | entry}
+        for c in d["workload"]["classes"]:
+            c["model"] = "mine"
+    else:
+        key = "a100-80gb-sxm" if kind == "gpu" else "xeon-silver-4214r"
+        d["hardware"] = {"mine": cat.hardware[key].model_dump(mode="json") | entry}
+        d["servers"][1 if kind == "gpu" else 0]["hardware"] = "mine"
+    with pytest.raises(ScenarioError, match=r"s\.yaml: invalid scenario:\n  " + why):
+        load_scenario(write(tmp_path, d))
+    res = CliRunner().invoke(app, ["scenarios", "validate", str(tmp_path / "s.yaml")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
