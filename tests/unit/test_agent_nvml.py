@@ -169,16 +169,16 @@ def test_init_error_gives_absent_metrics_source_down_one_log_line(
     assert len(said) == 1 and "Driver Not Loaded" in said[0]
 
 
-def test_init_retried_after_interval_and_recovers() -> None:
+def test_init_retried_after_backoff_and_recovers() -> None:
     now = [0.0]
     nv = fake_nvml([A100], init_error=FakeNVMLError("Driver Not Loaded"))
-    src = NvmlSource("n", nvml=nv, retry_s=60.0, clock=lambda: now[0])
+    src = NvmlSource("n", nvml=nv, clock=lambda: now[0])
     src.start()
     assert src.readings() == [] and nv.calls["init"] == 1
-    now[0] = 30.0
-    assert src.readings() == [] and nv.calls["init"] == 1  # not before retry_s
+    now[0] = 4.0
+    assert src.readings() == [] and nv.calls["init"] == 1  # not before the first 5 s
     nv.nvmlInit = lambda: None  # the driver came up
-    now[0] = 61.0
+    now[0] = 5.0
     assert [r.power_w for r in src.readings()] == [61.482]
     assert src.health.up
 
@@ -408,7 +408,7 @@ def test_a_wedged_nvml_call_does_not_hold_the_process_at_exit(tmp_path: Path) ->
         "from tests.unit.test_agent_nvml import A100, fake_nvml\n"
         "from perllm.agent.nvml import NvmlSource\n"
         "nv = fake_nvml([A100])\n"
-        "src = NvmlSource('n', nvml=nv, read_timeout_s=0.2)\n"
+        "src = NvmlSource('n', nvml=nv, read_timeout_s=0.2, cache_s=0)\n"
         "src.start()\n"
         "nv.nvmlDeviceGetPowerUsage = lambda h: threading.Event().wait()\n"
         "assert src.readings() == []\n"
