@@ -4,7 +4,8 @@ Opened and read at scrape time (nvidia-ml-py, `import pynvml`), cached for `cach
 NVML call (nvmlInit included) on a worker thread with a deadline so that a wedged driver
 cannot hang a scrape. When nvmlInit fails, or no GPU answers (driver reload, GPU reset),
 NVML is shut down and opened again with a backoff (`backoff_s`). Units follow DCGM:
-NVML's mW become W, bytes become MiB (floored, as DCGM reports them), energy stays mJ.
+NVML's mW become W, bytes become MiB (floored, as DCGM reports them), energy stays mJ
+(perllm/agent/dcgm.py names and exports them).
 """
 
 from __future__ import annotations
@@ -18,46 +19,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from perllm.agent import dcgm
+from perllm.agent.dcgm import MIB, NOT_AVAILABLE, GpuReading, text
 from perllm.agent.health import SourceHealth
-from perllm.telemetry import names
 
-MIB = 1 << 20
-# NVML_VALUE_NOT_AVAILABLE_{uint,ulonglong}: "no value" spelled as a number (as power, 4.29 MW)
-NOT_AVAILABLE = (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
-# dcgm-exporter's GPU label set (rendermetrics gpuMetricsFormat), host label as released,
-# and the driver version that its default-counters.csv attaches as a `label` row
-LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION")
 NVML_ERROR_LIBRARY_NOT_FOUND = 12  # pynvml's NVMLError.value without libnvidia-ml.so.1
-
-
-@dataclass(frozen=True)
-class GpuReading:
-    labels: tuple[str, ...]  # values for LABELS
-    power_w: float | None = None
-    energy_mj: float | None = None
-    util_pct: float | None = None
-    fb_used_mib: float | None = None
-    fb_free_mib: float | None = None
-
-    @property
-    def has_value(self) -> bool:
-        """Whether any field was read (a lost GPU answers none)."""
-        vals = (self.power_w, self.energy_mj, self.util_pct, self.fb_used_mib, self.fb_free_mib)
-        return any(v is not None for v in vals)
 
 
 @dataclass
 class _Gpu:
     handle: Any
     labels: tuple[str, ...]
-
-
-def _text(v: Any) -> str:
-    """NVML strings are bytes in old bindings, str in current ones."""
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 @dataclass
@@ -181,7 +155,7 @@ class NvmlSource:
             self._shutdown_quietly(nv)
             return
         try:
-            self._driver = _text(nv.nvmlSystemGetDriverVersion())
+            self._driver = text(nv.nvmlSystemGetDriverVersion())
         except Exception:
             self._driver = ""
         # One GPU NVML refuses (NoPermission, GpuIsLost) must not take the others down.
@@ -242,15 +216,15 @@ class NvmlSource:
         except Exception:
             minor = i
         try:
-            bus = _text(nv.nvmlDeviceGetPciInfo(h).busId)
+            bus = text(nv.nvmlDeviceGetPciInfo(h).busId)
         except Exception:
             bus = ""
         labels = (
             str(i),
-            _text(nv.nvmlDeviceGetUUID(h)),
+            text(nv.nvmlDeviceGetUUID(h)),
             bus,
             f"nvidia{minor}",
-            _text(nv.nvmlDeviceGetName(h)),
+            text(nv.nvmlDeviceGetName(h)),
             self.node,
             self._driver,
         )
@@ -378,30 +352,7 @@ class NvmlSource:
         return self._cache
 
     def families(self) -> Iterable[Metric]:
-        rs = self.readings()
-        if not rs:
-            return []
-        fams = {
-            "power_w": GaugeMetricFamily(names.DCGM_POWER_W, "Power draw (in W).", labels=LABELS),
-            "energy_mj": GaugeMetricFamily(
-                names.DCGM_ENERGY_MJ, "Total energy consumption since boot (in mJ).", labels=LABELS
-            ),
-            "util_pct": GaugeMetricFamily(
-                names.DCGM_GPU_UTIL, "GPU utilization (in %).", labels=LABELS
-            ),
-            "fb_used_mib": GaugeMetricFamily(
-                names.DCGM_FB_USED_MIB, "Framebuffer memory used (in MiB).", labels=LABELS
-            ),
-            "fb_free_mib": GaugeMetricFamily(
-                names.DCGM_FB_FREE_MIB, "Framebuffer memory free (in MiB).", labels=LABELS
-            ),
-        }
-        for r in rs:
-            for attr, fam in fams.items():
-                v = getattr(r, attr)
-                if v is not None:
-                    fam.add_metric(list(r.labels), v)
-        return [f for f in fams.values() if f.samples]
+        return dcgm.families(self.readings())
 
     def stop(self) -> None:
         """Shut NVML down (bounded; skipped while a call still runs: never beside it)."""

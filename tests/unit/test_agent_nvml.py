@@ -13,7 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from perllm.agent import Agent, AgentConfig
-from perllm.agent.nvml import LABELS, NvmlSource
+from perllm.agent.dcgm import LABELS
+from perllm.agent.nvml import NvmlSource
 from perllm.telemetry import names
 
 MIB = 1 << 20
