@@ -171,8 +171,8 @@ class RaplSource:
                 try:
                     cur = self._read_int(z.path / "energy_uj")
                 except (OSError, ValueError) as e:
-                    # its watts would otherwise stay exported, frozen; the joules keep their
-                    # count and resume from the last good reading
+                    # its watts and joules absent (families): exported, they stay frozen;
+                    # the joules keep their count and resume from the last good reading
                     z.watts, z.error = None, f"reading {z.path / 'energy_uj'} failed: {e}"
                     self.health.warn_once(z.error)
                     continue
@@ -217,6 +217,10 @@ class RaplSource:
         )
         with self._lock:
             for z in self.zones:
+                if z.error is not None:
+                    # frozen, its rate() would read 0 W; absent, the gap is unknown, and the
+                    # energy spent meanwhile is counted at the next good read
+                    continue
                 joules.add_metric([self.node, z.package], z.joules)
                 if z.watts is not None:
                     watts.add_metric([self.node, z.package], z.watts)

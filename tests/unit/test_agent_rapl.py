@@ -300,3 +300,35 @@ def test_a_counter_reset_is_not_counted_as_a_wrap(
     assert z.joules == pytest.approx(500.0) and z.watts == pytest.approx(100.0)
     assert src.health.up
     # a real wrap at a plausible power still counts (test_wraparound: 5 J in 1 s)
+
+
+def test_an_unreadable_package_has_no_joules_either(tree: Path) -> None:
+    """Its joules counter stayed exported, frozen, while energy_uj did not read (also under
+    source_up 0): rate() over it read 0 W for a package that was drawing power. It is absent
+    until the counter reads again, then resumes with the energy spent meanwhile."""
+    clock = Clock()
+    src = RaplSource("n", root=tree, clock=clock)
+    src.start()
+    clock.t += 2.0
+    set_uj(tree, "intel-rapl:0", 1_000_000 + 4_000_000)
+    src.sample()
+
+    def joules() -> dict[str, float]:
+        return {
+            s.labels["package"]: s.value
+            for f in src.families()
+            if f.name == names.CPU_ENERGY_J.removesuffix("_total")
+            for s in f.samples
+            if s.name == names.CPU_ENERGY_J
+        }
+
+    assert joules() == {"0": pytest.approx(4.0), "1": 0.0}
+    (tree / "intel-rapl:0" / "energy_uj").write_text("garbage\n")
+    clock.t += 2.0
+    assert joules() == {"1": 0.0}  # not 4.0 for ever
+    (tree / "intel-rapl:1" / "energy_uj").write_text("\n")
+    clock.t += 2.0
+    assert joules() == {} and not src.health.up
+    set_uj(tree, "intel-rapl:0", 1_000_000 + 10_000_000)
+    clock.t += 2.0
+    assert joules() == {"0": pytest.approx(10.0)}  # 6 J spent while it did not read
