@@ -51,7 +51,14 @@ class AgentHTTPServer(ThreadingHTTPServer):
                 log.warning("over %d connections at once: closing new ones", self.max_connections)
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            # no thread (RuntimeError "can't start new thread" at a thread or memory limit):
+            # the place is given back, else MAX_CONNECTIONS such failures refuse every later
+            # connection for good; the caller closes the socket and reports the error
+            self.connections.release()
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
