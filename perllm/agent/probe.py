@@ -105,6 +105,8 @@ def probe_once(url: str, nbytes: int, timeout_s: float) -> ProbeResult:
     want, got = nbytes, 0
     try:
         conn.connect()
+        if fired.is_set():  # it fired while connecting (a slow resolver): no socket to cut
+            raise TimeoutError("connected past the deadline")
         sent = time.monotonic()
         conn.request(
             "GET",
