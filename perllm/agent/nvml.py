@@ -67,8 +67,9 @@ class NvmlSource:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def start(self) -> None:
-        """Open NVML within `read_timeout_s`; an init still running then is left to the
-        scrapes, which look whether it has returned (as for a wedged read)."""
+        """Open NVML and read it once (the line saying which GPUs read), within
+        `read_timeout_s`; a call still running then is left to the scrapes, which look
+        whether it has returned (as for a wedged read)."""
         with self._lock:
             self._step(time.monotonic() + self.read_timeout_s)
 
