@@ -49,6 +49,10 @@ _STORAGE_URI = re.compile(r"(hf|s3|gs|pvc|https?)://.+", re.DOTALL)
 _IMAGE = re.compile(r"[a-zA-Z0-9][-a-zA-Z0-9._/:@]*")
 _SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 _ANY = re.compile(r".+", re.DOTALL)
+# What KServe v0.15's storage initializer accepts of an hf:// storageUri (exactly one '/', a
+# repository name before an optional :revision); the CRD's CEL rules use the same pattern.
+KSERVE_HF_URI = r"hf://[^/]+/[^/:][^/]*"
+_KSERVE_HF_URI = re.compile(KSERVE_HF_URI)
 _RESOURCE_NAME = re.compile(
     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -210,20 +214,43 @@ def _check_kserve_name(name: str, tiered: bool) -> None:
         )
 
 
-def hf_weights(spec: dict[str, Any]) -> bool:
-    """Some variant of an allowed tier fetches hf:// weights (its own storageUri, else the
-    model's): under backend kserve, KServe's storage initializer downloads them."""
+def allowed_weights(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, storageUri) of each variant of an allowed tier that has weights: its own
+    storageUri, else the model's (the fallback)."""
     model = spec.get("model")
     model = model if isinstance(model, dict) else {}
     variants = model.get("variants")
     allowed = spec.get("allowedTiers", ["edge", "cloud"])
-    for v in variants if isinstance(variants, list) else []:
+    out = []
+    for i, v in enumerate(variants if isinstance(variants, list) else []):
         if not isinstance(v, dict) or (isinstance(allowed, list) and v.get("tier") not in allowed):
             continue
-        uri = v.get("storageUri") or model.get("storageUri")
-        if isinstance(uri, str) and uri.startswith("hf://"):
-            return True
-    return False
+        field, uri = f"spec.model.variants[{i}].storageUri", v.get("storageUri")
+        if not uri:
+            field, uri = "spec.model.storageUri", model.get("storageUri")
+        if isinstance(uri, str) and uri:
+            out.append((field, uri))
+    return out
+
+
+def hf_weights(spec: dict[str, Any]) -> bool:
+    """Some variant of an allowed tier fetches hf:// weights (its own storageUri, else the
+    model's): under backend kserve, KServe's storage initializer downloads them."""
+    return any(uri.startswith("hf://") for _, uri in allowed_weights(spec))
+
+
+def _check_kserve_hf_uris(spec: dict[str, Any]) -> None:
+    """KServe v0.15's storage initializer (Storage._download_hf) takes exactly
+    hf://<org>/<repo>[:<revision>]: another shape (hf://org/repo/file.gguf, the deployment
+    backend's llama.cpp form) failed in the predictor's init container, nothing naming the
+    field."""
+    for field, uri in allowed_weights(spec):
+        if uri.startswith("hf://") and not _KSERVE_HF_URI.fullmatch(uri):
+            raise InvalidService(
+                f"{field}: with backend kserve an hf:// URI must be hf://<org>/<repo>[:<revision>] "
+                f"(KServe's storage initializer downloads the whole repository; no file path), "
+                f"not {uri[:200]!r}; backend deployment's llama.cpp takes hf://<org>/<repo>/<file>"
+            )
 
 
 def _check_kserve_token(spec: dict[str, Any]) -> None:
@@ -282,6 +309,7 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
     if backend == "kserve":
         _check_kserve_name(name, spec.get("tierReplicas") is not None)
         _check_kserve_token(spec)
+        _check_kserve_hf_uris(spec)
     variants = model.get("variants", [])
     if isinstance(variants, list):
         for i, v in enumerate(variants):

@@ -254,6 +254,18 @@ BAD = [
         "spec['model']['tokenSecretRef']['key'] = 'token'",
         "spec.model.tokenSecretRef.key",
     ),
+    # backend kserve: its storage initializer takes hf://<org>/<repo>[:<revision>] only
+    (
+        "hf:// file path with backend kserve",
+        V1 + "['storageUri'] = 'hf://org/repo-GGUF/model.gguf'",
+        "spec.model.variants",
+    ),
+    (
+        "model-level hf:// without a repository with backend kserve",
+        "[v.pop('storageUri') for v in spec['model']['variants']]; "
+        "spec['model']['storageUri'] = 'hf://org'",
+        "spec.model.storageUri",
+    ),
     # backend kserve: KServe labels the pods app: isvc.<name>[-<tier>]-predictor (<= 63)
     (
         "name of 49 characters with backend kserve",
@@ -312,6 +324,10 @@ AT_THE_LIMITS = [
     "spec['model']['tokenSecretRef']['key'] = 'token'; "
     "[v.pop('storageUri') for v in spec['model']['variants']]",
     "del spec['model']['tokenSecretRef']['key']",  # the default: HF_TOKEN
+    # an hf:// revision under KServe; a file path where KServe's storage initializer is not used
+    V1 + "['storageUri'] = 'hf://org/repo:main'",
+    V1 + "['storageUri'] = 'hf://org/repo/model.gguf'; spec['backend'] = 'deployment'",
+    V1 + "['storageUri'] = 'hf://org/repo/model.gguf'; spec['allowedTiers'] = ['edge']",
 ]
 
 

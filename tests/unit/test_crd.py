@@ -35,6 +35,7 @@ from perllm.crd import (
 from perllm.crd_fields import (
     BACKENDS,
     HF_TOKEN_KEY,
+    KSERVE_HF_URI,
     MAX_FORMAT,
     MAX_IMAGE,
     MAX_KSERVE_NAME,
@@ -619,3 +620,69 @@ def test_parse_quantity(text: str | int, value: str) -> None:
 def test_parse_quantity_rejects(text: object) -> None:
     with pytest.raises(ValueError):
         parse_quantity(text)
+
+
+def _model_uri(uri: str) -> Any:
+    def edit(spec: dict[str, Any]) -> None:
+        _no_hf(spec)
+        spec["model"]["storageUri"] = uri
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "error"),
+    [
+        (lambda s: None, None),  # hf://meta-llama/Meta-Llama-3-8B-Instruct
+        (lambda s: s["model"]["variants"][1].update(storageUri="hf://o/r:main"), None),
+        (lambda s: s["model"]["variants"][1].update(storageUri="hf://o/r/m.gguf"), "variants[1]"),
+        (lambda s: s["model"]["variants"][1].update(storageUri="hf://meta-llama"), "variants[1]"),
+        (lambda s: s["model"]["variants"][1].update(storageUri="hf://o/"), "variants[1]"),
+        (lambda s: s["model"]["variants"][1].update(storageUri="hf:///r"), "variants[1]"),
+        (lambda s: s["model"]["variants"][1].update(storageUri="hf://o/:rev"), "variants[1]"),
+        (_model_uri("hf://o/r/m.gguf"), "spec.model.storageUri"),
+        (_model_uri("hf://o/r"), None),
+        # not fetched by KServe: another backend, a tier not allowed, another scheme
+        (
+            lambda s: (
+                s["model"]["variants"][1].update(storageUri="hf://o/r/m.gguf"),
+                s.update(backend="deployment"),
+            ),
+            None,
+        ),
+        (
+            lambda s: (
+                s["model"]["variants"][1].update(storageUri="hf://o/r/m.gguf"),
+                s.update(allowedTiers=["edge"]),
+            ),
+            None,
+        ),
+        (lambda s: s["model"]["variants"][0].update(storageUri="https://h/o/r/m.gguf"), None),
+    ],
+)
+def test_kserve_refuses_an_hf_uri_its_storage_initializer_cannot_fetch(
+    edit: Any, error: str | None
+) -> None:
+    """KServe v0.15's storage initializer takes hf://<org>/<repo>[:<revision>] only (exactly
+    one '/'): hf://org/repo/file.gguf (the deployment backend's llama.cpp form) or hf://org
+    were admitted and rendered, and the predictor's init container failed, nothing naming
+    the field."""
+    obj = _chat()
+    edit(obj["spec"])
+    if error is None:
+        assert service_spec(obj).name == "chat-assistant"
+    else:
+        with pytest.raises(InvalidService, match=re.escape(error) + r".*hf://<org>/<repo>"):
+            service_spec(obj)
+
+
+def test_the_kserve_hf_uri_rules_are_the_crds_too() -> None:
+    """The same refusal at admission (CEL; evaluated by tests/e2e/test_llmservice_crd.py),
+    with the pattern of perllm.crd_fields."""
+    pattern = f".matches('^{KSERVE_HF_URI}$')"
+    rules = [r for r in _at()["x-kubernetes-validations"] if pattern in r["rule"]]
+    assert sorted(r["fieldPath"] for r in rules) == [".model.storageUri", ".model.variants"]
+    for r in rules:
+        text = " ".join(r["rule"].split())
+        assert "self.backend == 'deployment'" in text and "self.allowedTiers" in text
+        assert r["message"].startswith(f"spec{r['fieldPath']}")

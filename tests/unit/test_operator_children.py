@@ -95,7 +95,9 @@ def _cases() -> dict[str, Obj]:
 
     def gguf_on_gpu(o: Obj) -> None:  # GGUF with a GPU request: llama.cpp's CUDA runtime
         cloud = _variant(o, "cloud")
-        cloud.update(precision="q8_0", storageUri="hf://org/repo-GGUF/model-Q8_0.gguf")
+        # one file over https: KServe's storage initializer takes no hf://org/repo/file
+        uri = "https://huggingface.co/org/repo-GGUF/resolve/main/model-Q8_0.gguf"
+        cloud.update(precision="q8_0", storageUri=uri)
         o["status"] = {"placement": {"tier": "cloud"}}
 
     def awq(o: Obj) -> None:
