@@ -90,6 +90,12 @@ def parse_quantity(value: object) -> Decimal:
         raise ValueError(f"not a representable quantity: {value!r}") from None
 
 
+def _extended(key: str) -> bool:
+    """An extended resource (a name with a domain other than kubernetes.io, e.g.
+    nvidia.com/gpu): never overcommitted, counted in whole units."""
+    return "/" in key and not key.startswith("kubernetes.io/")
+
+
 def _check_resources(field: str, res: Any) -> None:
     if not isinstance(res, dict):
         raise InvalidService(f"{field}: must be an object")
@@ -121,6 +127,11 @@ def _check_resources(field: str, res: Any) -> None:
                 raise InvalidService(f"{field}.{kind}[{key}]: {e}") from None
             if q < 0:
                 raise InvalidService(f"{field}.{kind}[{key}]: must not be negative, not {val}")
+            if _extended(key) and q != q.to_integral_value():
+                # Kubernetes refuses the pod ("must be an integer"); under KServe nothing said so
+                raise InvalidService(
+                    f"{field}.{kind}[{key}]: an extended resource is a whole number, not {val}"
+                )
             values[key] = q
         lists[kind] = values
     if not lists:
@@ -128,7 +139,7 @@ def _check_resources(field: str, res: Any) -> None:
     req, lim = lists.get("requests", {}), lists.get("limits", {})
     for key in req.keys() - lim.keys():
         # Kubernetes refuses the pod: "Limit must be set for non overcommitable resources"
-        if "/" in key and not key.startswith("kubernetes.io/"):
+        if _extended(key):
             raise InvalidService(
                 f"{field}.requests[{key}]: an extended resource needs a limit equal to its "
                 f"request in {field}.limits (or the limit alone)"
@@ -136,8 +147,7 @@ def _check_resources(field: str, res: Any) -> None:
     for key in req.keys() & lim.keys():
         if req[key] > lim[key]:
             raise InvalidService(f"{field}.requests[{key}]: must not exceed limits[{key}]")
-        extended = "/" in key and not key.startswith("kubernetes.io/")
-        if extended and req[key] != lim[key]:
+        if _extended(key) and req[key] != lim[key]:
             raise InvalidService(
                 f"{field}.requests[{key}]: an extended resource must request exactly its limit"
             )

@@ -214,6 +214,11 @@ BAD = [
         R1 + "['requests']['nvidia.com/gpu'] = '1500m'",
         "spec.model.variants[1].resources.requests",
     ),
+    (
+        "half a GPU (request = limit)",
+        R1 + "['requests']['nvidia.com/gpu'] = " + R1 + "['limits']['nvidia.com/gpu'] = '500m'",
+        "spec.model.variants[1].resources.requests",
+    ),
     # resources: names
     (
         "resource ../../etc",

@@ -548,6 +548,37 @@ def test_a_wrongly_shaped_object_is_invalid_not_a_crash(
         service_spec(obj)
 
 
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [("500m", True), ("1.5", True), ("0.5", True), ("1", False), ("1e3", False), (2, False)],
+)
+def test_an_extended_resource_is_a_whole_number(value: str | int, refused: bool) -> None:
+    """Kubernetes refuses a pod asking for a fraction of an extended resource ("must be an
+    integer"): nvidia.com/gpu 500m was admitted and rendered; under KServe its Deployment
+    was refused inside KServe's controller (no pod, nothing naming the field), under backend
+    deployment the apply failed naming the Deployment's field, not the LLMService's."""
+    obj = _chat()
+    res = obj["spec"]["model"]["variants"][1]["resources"]
+    res["requests"]["nvidia.com/gpu"] = res["limits"]["nvidia.com/gpu"] = value
+    if refused:
+        match = r"variants\[1\].resources.requests\[nvidia.com/gpu\]: an extended resource is a"
+        with pytest.raises(InvalidService, match=match):
+            service_spec(obj)
+    else:
+        assert service_spec(obj).name == "chat-assistant"
+    # a native resource may be fractional
+    res["requests"]["cpu"] = "500m"
+    res["requests"]["nvidia.com/gpu"] = res["limits"]["nvidia.com/gpu"] = 1
+    assert service_spec(obj).name == "chat-assistant"
+
+
+def test_the_whole_number_rule_is_the_crds_too() -> None:
+    for kind in ("requests", "limits"):
+        node = _at("model", "variants", "[]", "resources", kind)
+        rules = " ".join(" ".join(r["rule"].split()) for r in node["x-kubernetes-validations"])
+        assert "quantity(string(self[k])).isInteger()" in rules, kind
+
+
 def test_extended_resources_request_their_limit() -> None:
     obj = _chat()
     obj["spec"]["model"]["variants"][1]["resources"]["limits"]["nvidia.com/gpu"] = 2
