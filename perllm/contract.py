@@ -149,6 +149,17 @@ class ServiceSpec(_Strict):
                 raise ValueError(f"tier_replicas: tier(s) {outside} not in allowed_tiers")
             if not any(self.tier_replicas.values()):
                 raise ValueError("tier_replicas: at least one tier needs a replica")
+        # The floor is hard: above every allowed variant's quality no server qualifies (the
+        # extender passes no node, the pods stay Pending). A variant without a quality takes
+        # the catalogue's, which is not known here.
+        floor = self.requirements.min_quality
+        allowed = [v.quality for v in self.variants if v.tier in self.allowed_tiers]
+        if allowed and all(q is not None and q < floor for q in allowed):
+            raise ValueError(
+                f"min_quality: above the quality of every variant of an allowed tier "
+                f"({', '.join(f'{q:g}' for q in allowed if q is not None)} < {floor:g}): no "
+                "server could serve the service"
+            )
         return self
 
     def variant_for(self, tier: Tier) -> ModelVariant | None:

@@ -47,6 +47,7 @@ _CRD_FIELD = {
     "traffic": "spec.traffic",
     "allowed_tiers": "spec.allowedTiers",
     "tier_replicas": "spec.tierReplicas",
+    "min_quality": "spec.requirements.minQuality",  # (a check across fields names it)
 }
 _CRD_KEY = {
     "per_output_token_s": "perOutputTokenSeconds",

@@ -108,6 +108,12 @@ BAD = [
     ("percentile above 100", *_set("requirements.deadline.percentile", "101")),
     ("quality floor above 1", *_set("requirements.minQuality", "1.5")),
     ("quality floor below 0", *_set("requirements.minQuality", "-0.1")),
+    (
+        "quality floor above every variant's quality",
+        "spec['requirements']['minQuality'] = 0.7; "
+        "[v.update(quality=0.6) for v in spec['model']['variants']]",
+        "spec.requirements.minQuality",
+    ),
     # traffic
     ("rate of a million rps", *_set("traffic.rateRps", "1000000")),
     ("negative rate", *_set("traffic.rateRps", "-1")),
@@ -329,6 +335,13 @@ AT_THE_LIMITS = [
     "spec['model']['tokenSecretRef']['key'] = 'token'; "
     "[v.pop('storageUri') for v in spec['model']['variants']]",
     "del spec['model']['tokenSecretRef']['key']",  # the default: HF_TOKEN
+    # a floor one allowed variant meets, or one of the catalogue's quality (not known here)
+    "spec['requirements']['minQuality'] = 0.7; "
+    + V0
+    + "['quality'] = 0.6; "
+    + V1
+    + "['quality'] = 0.7",
+    "spec['requirements']['minQuality'] = 0.99; " + V0 + "['quality'] = 0.6",
     # an hf:// revision under KServe; a file path where KServe's storage initializer is not used
     V1 + "['storageUri'] = 'hf://org/repo:main'",
     V1 + "['storageUri'] = 'hf://org/repo/model.gguf'; spec['backend'] = 'deployment'",

@@ -717,3 +717,51 @@ def test_the_kserve_hf_uri_rules_are_the_crds_too() -> None:
         text = " ".join(r["rule"].split())
         assert "self.backend == 'deployment'" in text and "self.allowedTiers" in text
         assert r["message"].startswith(f"spec{r['fieldPath']}")
+
+
+def _qualities(edge: float | None, cloud: float | None, floor: float) -> dict[str, Any]:
+    obj = _chat()
+    for v, q in zip(obj["spec"]["model"]["variants"], (edge, cloud), strict=True):
+        if q is not None:
+            v["quality"] = q
+    obj["spec"]["requirements"]["minQuality"] = floor
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("edge", "cloud", "floor", "allowed", "refused"),
+    [
+        (0.5, 0.6, 0.7, None, True),  # every variant below the floor
+        (0.5, 0.6, 0.6, None, False),  # the cloud's meets it
+        (0.5, None, 0.9, None, False),  # the cloud's is the catalogue's: not known here
+        (0.5, 0.8, 0.7, ["edge"], True),  # the only allowed variant is below it
+        (0.5, 0.8, 0.7, ["cloud"], False),
+        (0.0, 0.0, 0.0, None, False),
+    ],
+)
+def test_a_quality_floor_above_every_variant_is_refused(
+    edge: float | None, cloud: float | None, floor: float, allowed: Any, refused: bool
+) -> None:
+    """The floor is hard: above every allowed variant's quality, no node passed the
+    extender's filter and the pods stayed Pending, nothing naming spec.requirements.minQuality."""
+    obj = _qualities(edge, cloud, floor)
+    if allowed is not None:
+        obj["spec"]["allowedTiers"] = allowed
+    if refused:
+        with pytest.raises(
+            InvalidService, match=r"^LLMService chat-assistant: spec.requirements.minQuality: above"
+        ):
+            service_spec(obj)
+    else:
+        assert service_spec(obj).requirements.min_quality == floor
+
+
+def test_the_quality_floor_rule_is_the_crds_too() -> None:
+    (rule,) = [
+        r
+        for r in _at()["x-kubernetes-validations"]
+        if r.get("fieldPath") == ".requirements.minQuality"
+    ]
+    text = " ".join(rule["rule"].split())
+    assert "v.quality >= self.requirements.minQuality" in text and "self.allowedTiers" in text
+    assert rule["message"].startswith("spec.requirements.minQuality: above")
