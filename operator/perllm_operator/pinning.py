@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 from perllm.contract import Tier
-from perllm.labels import GPU_RESOURCE
 from perllm_operator import runtimes
 
 OPEN = "open"  # the pin of a template not pinned to a tier yet
@@ -88,7 +87,7 @@ def variant_resources(variant: Obj) -> Obj:
 
 
 def needs_gpu(resources: Obj) -> bool:
-    return any(GPU_RESOURCE in resources.get(k, {}) for k in ("requests", "limits"))
+    return runtimes.requests_gpu(resources)
 
 
 def check_variants(obj: Obj, deployment_backend: bool) -> None:

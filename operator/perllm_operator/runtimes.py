@@ -18,7 +18,7 @@ from typing import Any
 
 from perllm.contract import Precision
 from perllm.crd import InvalidService
-from perllm.crd_fields import HF_TOKEN_KEY
+from perllm.crd_fields import HF_TOKEN_KEY, parse_quantity
 from perllm.labels import GPU_RESOURCE
 
 Obj = dict[str, Any]
@@ -57,9 +57,23 @@ GGUF_PRECISIONS = (Precision.Q4_K_M.value, Precision.Q8_0.value)
 TOKEN_ENV = "HF_TOKEN"
 
 
+def requests_gpu(resources: Obj) -> bool:
+    """A GPU asked for: nvidia.com/gpu above 0 (a request or a limit). `nvidia.com/gpu: 0`
+    gets no GPU from Kubernetes, so it is a CPU variant (it got vLLM's CUDA image)."""
+    for kind in ("requests", "limits"):
+        value = (resources.get(kind) or {}).get(GPU_RESOURCE)
+        if value is None:
+            continue
+        try:
+            if parse_quantity(value) > 0:
+                return True
+        except ValueError:  # (service_spec refuses it, naming the field)
+            return True
+    return False
+
+
 def needs_gpu(variant: Obj) -> bool:
-    res = variant.get("resources") or {}
-    return any(GPU_RESOURCE in (res.get(k) or {}) for k in ("requests", "limits"))
+    return requests_gpu(variant.get("resources") or {})
 
 
 @dataclass(frozen=True)

@@ -315,3 +315,26 @@ def test_open_template_without_a_cpu_variant_uses_the_cloud_one() -> None:
     # a single allowed tier is pinned from the start
     obj["spec"]["allowedTiers"] = ["edge"]
     assert pinning.target_tier(obj) == "edge" and pinning.pin(obj) == "edge"
+
+
+@pytest.mark.parametrize("backend", ["kserve", "deployment"])
+def test_a_variant_asking_for_zero_gpus_is_a_cpu_variant(backend: str) -> None:
+    """nvidia.com/gpu: 0 asks for no GPU (Kubernetes allocates none): the mere key made the
+    variant a GPU one, vLLM's CUDA image (or llama.cpp's) on a pod with no GPU, with the GPU
+    toleration."""
+    obj = _load("chat-assistant")
+    obj["spec"]["backend"] = backend
+    cloud = obj["spec"]["model"]["variants"][1]
+    cloud["storageUri"] = "https://h/org/repo/resolve/main/m-f16.gguf"
+    for kind in ("requests", "limits"):
+        cloud["resources"][kind]["nvidia.com/gpu"] = "0"
+    obj["status"] = {"placement": {"tier": "cloud"}}
+    kid = render.children(obj)[0]
+    if backend == "kserve":
+        p = kid["spec"]["predictor"]
+        assert p["model"]["runtime"] == runtimes.LLAMACPP.name
+    else:
+        p = kid["spec"]["template"]["spec"]
+        assert p["containers"][0]["image"] == runtimes.LLAMACPP.image
+    assert "tolerations" not in p
+    assert not pinning.any_gpu(obj)
