@@ -126,6 +126,26 @@ def test_agent_daemonset_reads_powercap_and_its_node_name() -> None:
     assert spec["automountServiceAccountToken"] is False  # no API access at all
 
 
+def test_agent_liveness_is_http_and_outlasts_a_connection_flood() -> None:
+    """A TCP probe passed while the agent no longer served HTTP (the kernel completes the
+    handshake for a stuck accept loop); the probe asks /healthz on the metrics port, and
+    its failures span more than the idle timeout that frees the 64 connection places, so
+    a brief flood (which closes the probe's connection too) restarts nothing."""
+    from perllm.agent.server import MAX_CONNECTIONS, _Handler
+
+    docs = render("--set", "agent.enabled=true")
+    c = find(docs, "DaemonSet", "perllm-agent")["spec"]["template"]["spec"]["containers"][0]
+    probe = c["livenessProbe"]
+    assert "tcpSocket" not in probe
+    assert probe["httpGet"]["path"] == "/healthz"
+    (port,) = [p for p in c["ports"] if p["name"] == probe["httpGet"]["port"]]
+    assert f"--port={port['containerPort']}" in c["args"]
+    assert MAX_CONNECTIONS == 64  # the flood the probe rides out
+    window = probe["periodSeconds"] * probe["failureThreshold"]
+    assert window >= 2 * _Handler.timeout, window
+    assert probe["timeoutSeconds"] < probe["periodSeconds"]
+
+
 def test_one_extender_at_a_time_across_an_upgrade() -> None:
     """A rolling update ran the new extender beside the old one: it restored the state
     ConfigMap, the old one saved its last learning on shutdown, and the new one's next
