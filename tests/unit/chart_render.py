@@ -47,10 +47,11 @@ def render(
     profile: str = "default",
     namespace: str = "perllm-system",
     monitoring: bool = False,
+    release: str = "perllm",
 ) -> list[Doc]:
     args = [
         "template",
-        "perllm",
+        release,
         str(CHART),
         "-n",
         namespace,

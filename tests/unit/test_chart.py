@@ -200,6 +200,71 @@ def test_every_object_carries_the_chart_labels() -> None:
         assert labels.get("app.kubernetes.io/managed-by") == "Helm", what
 
 
+def _strings_that_must_stay_strings(d: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(where, value) of the fields the API server decodes as strings: names, namespaces,
+    labels, annotations, resourceNames, images, args, env values, Secret volumes' names and
+    keys, class names, monitors' namespaces and port names."""
+    out: list[tuple[str, Any]] = []
+    m = d["metadata"]
+    out += [("name", m["name"]), ("namespace", m.get("namespace", ""))]
+    out += [(f"label {k}", v) for k, v in (m.get("labels") or {}).items()]
+    out += [(f"annotation {k}", v) for k, v in (m.get("annotations") or {}).items()]
+    for r in d.get("rules") or []:
+        out += [("resourceName", n) for n in r.get("resourceNames") or []]
+    out += [("subject namespace", s.get("namespace", "")) for s in d.get("subjects") or []]
+    spec = d.get("spec") or {}
+    out += [("matchNames", n) for n in (spec.get("namespaceSelector") or {}).get("matchNames", [])]
+    for e in spec.get("endpoints", []) + spec.get("podMetricsEndpoints", []):
+        out.append(("monitor port", e["port"]))
+    selector = (spec.get("selector") or {}).get("matchLabels", {})
+    out += [(f"selector {k}", v) for k, v in selector.items()]
+    if d["kind"] in ("Deployment", "DaemonSet"):
+        tm, ps = spec["template"]["metadata"], spec["template"]["spec"]
+        out += [(f"pod label {k}", v) for k, v in (tm.get("labels") or {}).items()]
+        out += [(f"pod annotation {k}", v) for k, v in (tm.get("annotations") or {}).items()]
+        for f in ("runtimeClassName", "priorityClassName", "serviceAccountName"):
+            if f in ps:
+                out.append((f, ps[f]))
+        for c in ps.get("initContainers", []) + ps["containers"]:
+            out.append(("image", c["image"]))
+            out += [("arg", a) for a in c.get("args", []) + c.get("command", [])]
+            out += [(f"env {e['name']}", e["value"]) for e in c.get("env", []) if "value" in e]
+        for v in ps.get("volumes", []):
+            if "secret" in v:
+                out.append(("secretName", v["secret"]["secretName"]))
+                for i in v["secret"].get("items", []):
+                    out += [("secret key", i["key"]), ("secret path", i["path"])]
+    return out
+
+
+def test_names_and_values_that_read_as_numbers_or_booleans_stay_strings() -> None:
+    """Interpolated unquoted, a namespace `456`, a release `yes`, an LLMService `on` or a
+    Secret key `true` rendered as a YAML number or boolean, which the API server refuses
+    (`cannot unmarshal number into ... of type string`), and a twin scenario `a #b` lost
+    everything after the ` #` (a YAML comment). Every such field renders as a string."""
+    docs = render(
+        "--set", "agent.enabled=true,twin.enabled=true,router.enabled=true,"
+        "monitoring.serviceMonitor.enabled=true,monitoring.serviceMonitor.force=true,"
+        "networkPolicy.enabled=true,prometheus.url=http://prom:9090",
+        "--set-json", 'router.services=[{"name": "on", "namespace": "789"}]',
+        "--set-json", 'monitoring.modelServers.ports=["on", "http"]',
+        "--set-string", "operator.namespaces[0]=789,nameOverride=off,router.authSecret.name=123,"
+        "router.authSecret.key=true,prometheus.tokenSecret.name=1,prometheus.tokenSecret.key=1,"
+        "agent.runtimeClassName=123,operator.priorityClassName=yes,twin.scenario=a #b",
+        namespace="456", release="yes",
+    )  # fmt: skip
+    odd = [
+        (f"{d['kind']}/{d['metadata']['name']}", where, v)
+        for d in docs
+        for where, v in _strings_that_must_stay_strings(d)
+        if not isinstance(v, str)
+    ]
+    assert not odd, odd
+    twin = find(docs, "Deployment", "yes-off-twin")["spec"]["template"]["spec"]["containers"][0]
+    assert "--scenario=a #b" in twin["args"]
+    assert find(docs, "Role", "yes-off-router-on")["metadata"]["namespace"] == "789"
+
+
 def test_names_over_63_characters_fail_instead_of_colliding() -> None:
     """Cut to 63, a long release's perllm-llmservices-view and -edit (or two routers) got
     one name, and the second object replaced the first; the chart refuses, naming it."""

@@ -25,9 +25,9 @@ routers) and a Service name must be a DNS label. */}}
 {{- end -}}
 
 {{- define "perllm.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "perllm.name" .root }}
-app.kubernetes.io/instance: {{ .root.Release.Name }}
-app.kubernetes.io/component: {{ .name }}
+app.kubernetes.io/name: {{ include "perllm.name" .root | quote }}
+app.kubernetes.io/instance: {{ .root.Release.Name | quote }}
+app.kubernetes.io/component: {{ .name | quote }}
 {{- end -}}
 
 {{- define "perllm.labels" -}}
@@ -131,7 +131,7 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- with .c.priorityClassName }}
-priorityClassName: {{ . }}
+priorityClassName: {{ . | quote }}
 {{- end }}
 {{- with .root.Values.imagePullSecrets }}
 imagePullSecrets:
@@ -244,8 +244,8 @@ prometheus.insecureSkipVerify turns verification off instead; not both. */}}
 {{- with .Values.prometheus.tokenSecret }}
 - name: prometheus-token
   secret:
-    secretName: {{ .name }}
-    items: [{key: {{ .key | default "token" }}, path: {{ .key | default "token" }}}]
+    secretName: {{ .name | quote }}
+    items: [{key: {{ .key | default "token" | quote }}, path: {{ .key | default "token" | quote }}}]
     defaultMode: 0440
 {{- end }}
 {{- end }}
@@ -253,8 +253,8 @@ prometheus.insecureSkipVerify turns verification off instead; not both. */}}
 {{- with .Values.prometheus.caSecret }}
 - name: prometheus-ca
   secret:
-    secretName: {{ .name }}
-    items: [{key: {{ .key | default "ca.crt" }}, path: {{ .key | default "ca.crt" }}}]
+    secretName: {{ .name | quote }}
+    items: [{key: {{ .key | default "ca.crt" | quote }}, path: {{ .key | default "ca.crt" | quote }}}]
     defaultMode: 0444
 {{- end }}
 {{- end }}
