@@ -278,6 +278,18 @@ def test_names_over_63_characters_fail_instead_of_colliding() -> None:
     assert len(names) == len(set(names)) and ("ClusterRole", "edge-llmservices-edit") in names
 
 
+@pytest.mark.parametrize("release", ["1edge", "perllm.v2"])
+def test_a_release_name_no_service_may_carry_fails_naming_it(release: str) -> None:
+    """Helm admits release names with a leading digit or a dot; the Services named after
+    them (`1edge-perllm-extender`, `perllm.v2-extender`) were refused by the API server
+    mid-install. The render fails instead, naming the object and the way out."""
+    r = helm("template", release, str(CHART), "--kube-version", KUBE_VERSION, check=False)
+    assert r.returncode != 0
+    assert "is not a DNS-1035 label" in r.stderr and "set fullnameOverride" in r.stderr, r.stderr
+    docs = render("--set", "fullnameOverride=edge", release=release)
+    assert find(docs, "Service", "edge-extender")
+
+
 def test_container_args_parse_with_the_perllm_cli() -> None:
     """Every flag and env var the chart passes is one the `perllm` sub-command declares, with
     a valid value (click parses without running the command)."""

@@ -15,11 +15,15 @@
 
 {{/* "perllm.component" (dict "root" $ "name" "operator") -> perllm-operator. Over 63
 characters it fails: cut short, names would collide (perllm-llmservices-view and -edit, two
-routers) and a Service name must be a DNS label. */}}
+routers) and a Service name must be a DNS label; so does a name that is no DNS-1035 label. */}}
 {{- define "perllm.component" -}}
 {{- $n := printf "%s-%s" (include "perllm.fullname" .root) .name -}}
 {{- if gt (len $n) 63 -}}
 {{- fail (printf "object name %q is %d characters, over Kubernetes' 63: shorten the release name or set fullnameOverride (routers: or router.services[].name)" $n (len $n)) -}}
+{{- end -}}
+{{- /* Helm admits release names such as 1edge or perllm.v2, which no Service may carry */ -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $n) -}}
+{{- fail (printf "object name %q is not a DNS-1035 label (lower-case letters, digits and '-', starting with a letter), which a Service name must be: rename the release or set fullnameOverride" $n) -}}
 {{- end -}}
 {{- $n -}}
 {{- end -}}
