@@ -37,6 +37,10 @@ BAD_VALUES = [
     ),
     ("agent.peers[0]=cloud:9401", "at '/agent/peers/0'"),
     ("monitoring.serviceMonitor.force=yes", "at '/monitoring/serviceMonitor/force'"),
+    # Go durations the Prometheus Operator's CRDs refuse (the monitors failed to apply)
+    ("monitoring.serviceMonitor.interval=1.5s", "at '/monitoring/serviceMonitor/interval'"),
+    ("monitoring.serviceMonitor.interval=90us", "at '/monitoring/serviceMonitor/interval'"),
+    ("monitoring.serviceMonitor.interval=30s1m", "at '/monitoring/serviceMonitor/interval'"),
     ("monitoring.modelServers.ports[0]=Http", "at '/monitoring/modelServers/ports/0'"),
     ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
     ("extender.logLevel=loud", "at '/extender/logLevel'"),
@@ -140,6 +144,8 @@ GOOD_NAMES_AND_LABELS = [
     "nameOverride=llm,fullnameOverride=edge-perllm",
     "operator.podAnnotations.example\\.com/note=any text at all",
     "monitoring.serviceMonitor.labels.release=kube-prometheus-stack",
+    "monitoring.serviceMonitor.interval=1m30s",
+    "monitoring.serviceMonitor.interval=500ms",
 ]
 
 
