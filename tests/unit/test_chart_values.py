@@ -88,6 +88,11 @@ BAD_VALUES = [
     ("agent.probeBytes=100000000", "at '/agent/probeBytes': maximum"),
     ("agent.probeBytes=1000", "at '/agent/probeBytes': minimum"),  # the agent's --probe-bytes
     ("twin.speed=0", "at '/twin/speed': minimum"),
+    # an env value read as a number (CUDA_VISIBLE_DEVICES=0) reached the API server, which
+    # refuses it; NODE_NAME is the chart's (the agent's node label); a typo was dropped
+    ("agent.env[0].name=CUDA_VISIBLE_DEVICES,agent.env[0].value=0", "at '/agent/env/0/value'"),
+    ("agent.env[0].name=NODE_NAME,agent.env[0].value=edge-1", "at '/agent/env/0/name'"),
+    ("agent.env[0].name=A,agent.env[0].valu=b", "additional properties 'valu' not allowed"),
     # names the API server would refuse (a Role in namespace Team_A, a priority class "High")
     ("operator.namespaces[0]=Team_A", "at '/operator/namespaces/0'"),
     ("monitoring.modelServers.namespaces[0]=a.b", "at '/monitoring/modelServers/namespaces/0'"),
@@ -145,6 +150,7 @@ GOOD_NAMES_AND_LABELS = [
     "operator.podAnnotations.example\\.com/note=any text at all",
     "monitoring.serviceMonitor.labels.release=kube-prometheus-stack",
     "monitoring.serviceMonitor.interval=1m30s",
+    "agent.env[0].name=NVIDIA_VISIBLE_DEVICES,agent.env[0].value=all",
     "monitoring.serviceMonitor.interval=500ms",
 ]
 
