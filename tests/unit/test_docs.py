@@ -245,3 +245,19 @@ def test_every_relative_link_in_the_docs_resolves() -> None:
             elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
                 problems.append(f"{doc.relative_to(ROOT)}: {target}: no such heading")
     assert links > 20 and problems == []
+
+
+def test_the_router_configuration_in_docs_router_md_parses_with_the_defaults() -> None:
+    """docs/router.md's "Configuration" block is a config the router accepts, and its
+    `limits` and `discovery` settings are the defaults (what a reader takes them for)."""
+    import yaml
+
+    from perllm.router.config import Discovery, Limits, parse_config
+
+    text = (ROOT / "docs/router.md").read_text()
+    block = re.search(r"## Configuration\n.*?```yaml\n(.*?)```", text, re.S)
+    assert block is not None
+    config = parse_config(yaml.safe_load(block.group(1)), "docs/router.md")
+    assert config.limits == Limits()
+    assert config.discovery is not None
+    assert config.discovery == Discovery(service=config.discovery.service)
