@@ -134,8 +134,12 @@ def _check_resources(field: str, res: Any) -> None:
                 )
             values[key] = q
         lists[kind] = values
-    if not lists:
-        raise InvalidService(f"{field}: a variant needs requests or limits")
+    if not any(lists.values()):
+        # empty maps passed too, and the pod ran with no resources at all
+        raise InvalidService(
+            f"{field}: a variant needs at least one request or limit (an entry such as cpu "
+            "or memory in resources.requests or resources.limits)"
+        )
     req, lim = lists.get("requests", {}), lists.get("limits", {})
     for key in req.keys() - lim.keys():
         # Kubernetes refuses the pod: "Limit must be set for non overcommitable resources"

@@ -168,6 +168,11 @@ BAD = [
     ("variant quality above 1", V1 + "['quality'] = 2", "spec.model.variants[1].quality"),
     ("variant quality below 0", V1 + "['quality'] = -0.5", "spec.model.variants[1].quality"),
     ("variant without resources", V0 + "['resources'] = {}", "spec.model.variants[0].resources"),
+    (
+        "variant with empty resource maps",
+        V0 + "['resources'] = {'requests': {}, 'limits': {}}",
+        "spec.model.variants[0].resources",
+    ),
     # resources: quantities
     (
         "cpu: banana",
@@ -335,6 +340,8 @@ AT_THE_LIMITS = [
     "spec['model']['tokenSecretRef']['key'] = 'token'; "
     "[v.pop('storageUri') for v in spec['model']['variants']]",
     "del spec['model']['tokenSecretRef']['key']",  # the default: HF_TOKEN
+    # one entry in either map is enough (an empty map beside it is fine)
+    R0 + "['requests'] = {}",
     # a floor one allowed variant meets, or one of the catalogue's quality (not known here)
     "spec['requirements']['minQuality'] = 0.7; "
     + V0

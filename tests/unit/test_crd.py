@@ -765,3 +765,35 @@ def test_the_quality_floor_rule_is_the_crds_too() -> None:
     text = " ".join(rule["rule"].split())
     assert "v.quality >= self.requirements.minQuality" in text and "self.allowedTiers" in text
     assert rule["message"].startswith("spec.requirements.minQuality: above")
+
+
+@pytest.mark.parametrize(
+    ("resources", "refused"),
+    [
+        ({"requests": {}, "limits": {}}, True),
+        ({"requests": {}}, True),
+        ({"limits": {}}, True),
+        ({}, True),
+        ({"requests": {}, "limits": {"cpu": "1"}}, False),
+        ({"requests": {"memory": "1Gi"}, "limits": {}}, False),
+    ],
+)
+def test_a_variant_needs_a_resource_entry(resources: dict[str, Any], refused: bool) -> None:
+    """`resources: {requests: {}, limits: {}}` passed "a variant needs requests or limits"
+    (the keys were there) and the pod ran with no resources at all."""
+    obj = _chat()
+    obj["spec"]["model"]["variants"][0]["resources"] = resources
+    if refused:
+        match = r"spec.model.variants\[0\].resources: a variant needs at least one request"
+        with pytest.raises(InvalidService, match=match):
+            service_spec(obj)
+    else:
+        assert service_spec(obj).name == "chat-assistant"
+
+
+def test_the_resource_entry_rule_is_the_crds_too() -> None:
+    rules = _at("model", "variants", "[]")["x-kubernetes-validations"]
+    (rule,) = [r for r in rules if r["message"].startswith("resources: a variant needs")]
+    text = " ".join(rule["rule"].split())
+    assert "self.resources.requests.size() > 0" in text
+    assert "self.resources.limits.size() > 0" in text
