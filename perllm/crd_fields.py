@@ -96,6 +96,32 @@ def _extended(key: str) -> bool:
     return "/" in key and not key.startswith("kubernetes.io/")
 
 
+HUGEPAGES = "hugepages-"  # hugepages-<page size>: never overcommitted, in whole pages
+_INT64 = 2**63  # what the apiserver's CEL quantity().asInteger() takes
+
+
+def _hugepages(key: str) -> bool:
+    return key.startswith(HUGEPAGES)
+
+
+def _check_hugepages_amount(field: str, key: str, q: Decimal, val: Any) -> None:
+    """Kubernetes refuses huge pages that are not a whole number of pages of the size their
+    name gives (`<q> is not positive integer multiple of hugepages-<size>`)."""
+    try:
+        size = parse_quantity(key.removeprefix(HUGEPAGES))
+    except ValueError:
+        size = Decimal(0)
+    if not (0 < size < _INT64 and size == size.to_integral_value()):
+        raise InvalidService(
+            f"{field}: not a page size in {key!r} (hugepages-<size> with a size such as 2Mi or 1Gi)"
+        )
+    if not (q < _INT64 and q == q.to_integral_value() and q % size == 0):
+        raise InvalidService(
+            f"{field}: must be a whole number of {key.removeprefix(HUGEPAGES)} pages (such as "
+            f"1Gi), not {val}"
+        )
+
+
 def _check_resources(field: str, res: Any) -> None:
     if not isinstance(res, dict):
         raise InvalidService(f"{field}: must be an object")
@@ -132,6 +158,8 @@ def _check_resources(field: str, res: Any) -> None:
                 raise InvalidService(
                     f"{field}.{kind}[{key}]: an extended resource is a whole number, not {val}"
                 )
+            if _hugepages(key):
+                _check_hugepages_amount(f"{field}.{kind}[{key}]", key, q, val)
             values[key] = q
         lists[kind] = values
     if not any(lists.values()):
@@ -141,20 +169,37 @@ def _check_resources(field: str, res: Any) -> None:
             "or memory in resources.requests or resources.limits)"
         )
     req, lim = lists.get("requests", {}), lists.get("limits", {})
-    for key in req.keys() - lim.keys():
+    for key in sorted(req.keys() - lim.keys()):
         # Kubernetes refuses the pod: "Limit must be set for non overcommitable resources"
         if _extended(key):
             raise InvalidService(
                 f"{field}.requests[{key}]: an extended resource needs a limit equal to its "
                 f"request in {field}.limits (or the limit alone)"
             )
-    for key in req.keys() & lim.keys():
+        if _hugepages(key):
+            raise InvalidService(
+                f"{field}.requests[{key}]: huge pages need a limit equal to their request in "
+                f"{field}.limits (or the limit alone): Kubernetes does not overcommit them"
+            )
+    for key in sorted(req.keys() & lim.keys()):
         if req[key] > lim[key]:
             raise InvalidService(f"{field}.requests[{key}]: must not exceed limits[{key}]")
         if _extended(key) and req[key] != lim[key]:
             raise InvalidService(
                 f"{field}.requests[{key}]: an extended resource must request exactly its limit"
             )
+        if _hugepages(key) and req[key] != lim[key]:
+            raise InvalidService(
+                f"{field}.requests[{key}]: huge pages must request exactly their limit "
+                "(Kubernetes does not overcommit them)"
+            )
+    keys = req.keys() | lim.keys()
+    if any(_hugepages(k) for k in keys) and not keys & {"cpu", "memory"}:
+        # Kubernetes refuses the pod: "HugePages require cpu or memory"
+        raise InvalidService(
+            f"{field}: huge pages (hugepages-<size>) need a cpu or memory request or limit "
+            "beside them"
+        )
 
 
 def field_object(field: str, value: Any) -> dict[str, Any]:

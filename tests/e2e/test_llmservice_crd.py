@@ -230,6 +230,30 @@ BAD = [
         R1 + "['requests']['nvidia.com/gpu'] = " + R1 + "['limits']['nvidia.com/gpu'] = '500m'",
         "spec.model.variants[1].resources.requests",
     ),
+    # resources: huge pages (never overcommitted, beside cpu or memory, in whole pages)
+    (
+        "huge pages request below their limit",
+        R0
+        + "['requests']['hugepages-2Mi'] = '512Mi'; "
+        + R0
+        + "['limits']['hugepages-2Mi'] = '1Gi'",
+        "spec.model.variants[0].resources.requests",
+    ),
+    (
+        "huge pages requested without a limit",
+        R0 + "['requests']['hugepages-2Mi'] = '1Gi'",
+        "spec.model.variants[0].resources.requests",
+    ),
+    (
+        "huge pages without cpu or memory",
+        R0 + " = {'limits': {'hugepages-2Mi': '1Gi'}}",
+        "spec.model.variants[0].resources",
+    ),
+    (
+        "huge pages not a whole number of pages",
+        R0 + "['limits']['hugepages-2Mi'] = '3Mi'",
+        "spec.model.variants[0].resources.limits",
+    ),
     # resources: names
     (
         "resource ../../etc",
@@ -328,6 +352,8 @@ AT_THE_LIMITS = [
     R0 + "['requests'] = {'cpu': 4, 'memory': '15.5Gi', 'ephemeral-storage': '0', "
     "'hugepages-2Mi': '1Gi', 'example.com/fpga': 1}; " + R0 + "['limits'] = {'cpu': '4000m', "
     "'memory': '16Gi', 'hugepages-2Mi': '1Gi', 'example.com/fpga': '1'}",
+    # huge pages: the limit alone (the request defaults to it), beside cpu
+    R0 + "['limits']['hugepages-1Gi'] = '2Gi'",
     # 16 resources each (an extended resource's request needs its limit: 3dd74a7)
     "x = {f'example.com/r{i}': '1e3' for i in range(14)}; "
     + R0
