@@ -142,7 +142,9 @@ def server_args(res: Resolved, variant: Obj, model_name: str, served: str) -> li
     """The Deployment backend's container arguments (it has no storage initializer, so it
     fetches hf:// (and, for llama.cpp, http(s)://) weights itself)."""
     # Without a storageUri the model name is the Hugging Face repository (as for vLLM).
-    uri, field = res.storage_uri or f"hf://{model_name}", f"{res.field}.storageUri"
+    uri = res.storage_uri or f"hf://{model_name}"
+    # the field the URI came from: the variant's own, else the model's (the fallback)
+    field = f"{res.field}.storageUri" if variant.get("storageUri") else "spec.model.storageUri"
     if res.server is LLAMACPP:
         args = ["--host", "0.0.0.0", "--port", str(PORT), "--metrics", "--alias", served]
         if res.storage_uri is None:

@@ -128,6 +128,16 @@ def test_the_deployment_backend_refuses_weights_it_cannot_fetch() -> None:
     assert render.children(obj)[0]["spec"]["predictor"]["model"]["storageUri"].startswith("s3")
 
 
+def test_the_deployment_backend_names_the_model_level_uri_it_cannot_fetch() -> None:
+    """A variant without its own storageUri runs the model's: the refusal named the
+    variant's storageUri, a field the user never wrote."""
+    obj, variant = _pinned("chat-assistant", "edge", "deployment")
+    del variant["storageUri"]
+    obj["spec"]["model"]["storageUri"] = "s3://bucket/model.gguf"
+    with pytest.raises(InvalidService, match=r"spec.model.storageUri: the deployment backend"):
+        render.children(obj)
+
+
 def test_without_a_storage_uri_the_model_name_is_the_repository() -> None:
     obj, variant = _pinned("chat-assistant", "edge", "deployment")
     del variant["storageUri"]
