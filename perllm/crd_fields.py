@@ -10,7 +10,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from perllm.contract import MAX_REPLICAS, Tier
+from perllm.contract import MAX_REPLICAS, Precision, Tier
+from perllm.labels import GPU_RESOURCE
 
 
 class InvalidService(ValueError):
@@ -53,6 +54,19 @@ _ANY = re.compile(r".+", re.DOTALL)
 # repository name before an optional :revision); the CRD's CEL rules use the same pattern.
 KSERVE_HF_URI = r"hf://[^/]+/[^/:][^/]*"
 _KSERVE_HF_URI = re.compile(KSERVE_HF_URI)
+# What backend deployment's servers fetch of one (hf://<org>/<repo>[:<revision>][/<file>]),
+# and a revision of a whole repository, which its llama.cpp cannot fetch (--hf-repo reads
+# org/repo:<tag> as a quantisation of main); the CRD's CEL rules use the same patterns.
+DEPLOYMENT_HF_URI = r"hf://[^/:]+/[^/:]+(:[^/:]+)?(/.+)?"
+HF_REVISION_NO_FILE = r"hf://[^/]+/[^/]+:[^/]+"
+_DEPLOYMENT_HF_URI = re.compile(DEPLOYMENT_HF_URI)
+_HF_REVISION_NO_FILE = re.compile(HF_REVISION_NO_FILE)
+# Which server runs a variant (perllm_operator.runtimes.resolve; a test checks they agree):
+# the ServingRuntime it (else the model) names, if one of these, else llama.cpp for a GGUF
+# precision or a variant without a GPU request, vLLM otherwise.
+LLAMACPP_RUNTIMES = ("perllm-llamacpp", "perllm-llamacpp-cuda")
+VLLM_RUNTIMES = ("perllm-vllm",)
+GGUF_PRECISIONS = (Precision.Q4_K_M.value, Precision.Q8_0.value)
 _RESOURCE_NAME = re.compile(
     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -88,6 +102,44 @@ def parse_quantity(value: object) -> Decimal:
         return num.scaleb(exp)
     except (InvalidOperation, ValueError, OverflowError):
         raise ValueError(f"not a representable quantity: {value!r}") from None
+
+
+def requests_gpu(resources: dict[str, Any]) -> bool:
+    """A GPU asked for: nvidia.com/gpu above 0 (a request or a limit). `nvidia.com/gpu: 0`
+    gets no GPU from Kubernetes, so it is a CPU variant (it got vLLM's CUDA image)."""
+    for kind in ("requests", "limits"):
+        value = (resources.get(kind) or {}).get(GPU_RESOURCE)
+        if value is None:
+            continue
+        try:
+            if parse_quantity(value) > 0:
+                return True
+        except ValueError:  # (service_spec refuses it, naming the field)
+            return True
+    return False
+
+
+def llamacpp_serves(model: dict[str, Any], variant: dict[str, Any]) -> bool:
+    """The variant runs on llama.cpp's server (else vLLM's)."""
+    runtime = variant.get("runtime") or model.get("runtime")
+    if runtime in LLAMACPP_RUNTIMES:
+        return True
+    if runtime in VLLM_RUNTIMES:
+        return False
+    resources = variant.get("resources")
+    gpu = requests_gpu(resources) if isinstance(resources, dict) else False
+    return variant.get("precision") in GGUF_PRECISIONS or not gpu
+
+
+def hf_parts(uri: str) -> tuple[str, str | None, str | None] | None:
+    """hf://<org>/<repo>[:<revision>][/<file>] -> (org/repo, revision, file); None for
+    another shape."""
+    if not _DEPLOYMENT_HF_URI.fullmatch(uri):
+        return None
+    org, _, rest = uri.removeprefix("hf://").partition("/")
+    repo_rev, _, file = rest.partition("/")
+    repo, _, rev = repo_rev.partition(":")
+    return f"{org}/{repo}", rev or None, file or None
 
 
 def _extended(key: str) -> bool:
@@ -273,9 +325,9 @@ def _check_kserve_name(name: str, tiered: bool) -> None:
         )
 
 
-def allowed_weights(spec: dict[str, Any]) -> list[tuple[str, str]]:
-    """(field, storageUri) of each variant of an allowed tier that has weights: its own
-    storageUri, else the model's (the fallback)."""
+def _allowed_weights(spec: dict[str, Any]) -> list[tuple[int, dict[str, Any], str, str]]:
+    """(index, variant, field, storageUri) of each variant of an allowed tier that has
+    weights: its own storageUri, else the model's (the fallback)."""
     model = spec.get("model")
     model = model if isinstance(model, dict) else {}
     variants = model.get("variants")
@@ -288,8 +340,14 @@ def allowed_weights(spec: dict[str, Any]) -> list[tuple[str, str]]:
         if not uri:
             field, uri = "spec.model.storageUri", model.get("storageUri")
         if isinstance(uri, str) and uri:
-            out.append((field, uri))
+            out.append((i, v, field, uri))
     return out
+
+
+def allowed_weights(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, storageUri) of each variant of an allowed tier that has weights: its own
+    storageUri, else the model's (the fallback)."""
+    return [(field, uri) for _, _, field, uri in _allowed_weights(spec)]
 
 
 def hf_weights(spec: dict[str, Any]) -> bool:
@@ -309,6 +367,31 @@ def _check_kserve_hf_uris(spec: dict[str, Any]) -> None:
                 f"{field}: with backend kserve an hf:// URI must be hf://<org>/<repo>[:<revision>] "
                 f"(KServe's storage initializer downloads the whole repository; no file path), "
                 f"not {uri[:200]!r}; backend deployment's llama.cpp takes hf://<org>/<repo>/<file>"
+            )
+
+
+def _check_deployment_hf_uris(spec: dict[str, Any]) -> None:
+    """Under backend deployment the server fetches hf:// weights itself: llama.cpp
+    (--hf-repo, --hf-file; a revision only as the file's URL) and vLLM (--model,
+    --revision) take hf://<org>/<repo>[:<revision>][/<file>]. llama.cpp's --hf-repo reads
+    org/repo:<tag> as a quantisation of main, so a revision of a whole repository ran
+    another file of another revision (or none), nothing naming the field."""
+    model = spec.get("model")
+    model = model if isinstance(model, dict) else {}
+    for i, v, field, uri in _allowed_weights(spec):
+        if not uri.startswith("hf://"):
+            continue
+        if not _DEPLOYMENT_HF_URI.fullmatch(uri):
+            raise InvalidService(
+                f"{field}: with backend deployment an hf:// URI must be "
+                f"hf://<org>/<repo>[:<revision>][/<file>], not {uri[:200]!r}"
+            )
+        if _HF_REVISION_NO_FILE.fullmatch(uri) and llamacpp_serves(model, v):
+            raise InvalidService(
+                f"{field}: spec.model.variants[{i}] runs on llama.cpp (backend deployment), "
+                "which fetches a revision only with its file, "
+                f"hf://<org>/<repo>:<revision>/<file>.gguf, not {uri[:200]!r} (its --hf-repo "
+                "reads ':<tag>' as a quantisation of the main branch)"
             )
 
 
@@ -376,3 +459,5 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
                 _check_weights(f"spec.model.variants[{i}]", v)
             if isinstance(v, dict) and "resources" in v:
                 _check_resources(f"spec.model.variants[{i}].resources", v["resources"])
+    if backend == "deployment":  # (after the variants' fields, which it reads)
+        _check_deployment_hf_uris(spec)

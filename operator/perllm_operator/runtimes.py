@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from perllm.contract import Precision
 from perllm.crd import InvalidService
-from perllm.crd_fields import HF_TOKEN_KEY, parse_quantity
+from perllm.crd_fields import GGUF_PRECISIONS, HF_TOKEN_KEY, LLAMACPP_RUNTIMES, VLLM_RUNTIMES
+from perllm.crd_fields import hf_parts as _parse_hf
+from perllm.crd_fields import requests_gpu as requests_gpu
 from perllm.labels import GPU_RESOURCE
 
 Obj = dict[str, Any]
@@ -37,39 +40,24 @@ class Runtime:
 
 
 LLAMACPP = Runtime(
-    name="perllm-llamacpp",
-    gpu_name="perllm-llamacpp-cuda",
+    name=LLAMACPP_RUNTIMES[0],
+    gpu_name=LLAMACPP_RUNTIMES[1],
     format="gguf",
     image="ghcr.io/ggml-org/llama.cpp:server-b8840",
     gpu_image="ghcr.io/ggml-org/llama.cpp:server-cuda-b8840",
     metrics_port=PORT,
 )
 VLLM = Runtime(
-    name="perllm-vllm",
-    gpu_name="perllm-vllm",
+    name=VLLM_RUNTIMES[0],
+    gpu_name=VLLM_RUNTIMES[0],
     format="huggingface",
     image="vllm/vllm-openai:v0.8.5",  # CUDA: only for variants with a GPU request
     gpu_image="vllm/vllm-openai:v0.8.5",
     metrics_port=PORT,
 )
 RUNTIMES = {n: r for r in (LLAMACPP, VLLM) for n in (r.name, r.gpu_name)}
-GGUF_PRECISIONS = (Precision.Q4_K_M.value, Precision.Q8_0.value)
 TOKEN_ENV = "HF_TOKEN"
-
-
-def requests_gpu(resources: Obj) -> bool:
-    """A GPU asked for: nvidia.com/gpu above 0 (a request or a limit). `nvidia.com/gpu: 0`
-    gets no GPU from Kubernetes, so it is a CPU variant (it got vLLM's CUDA image)."""
-    for kind in ("requests", "limits"):
-        value = (resources.get(kind) or {}).get(GPU_RESOURCE)
-        if value is None:
-            continue
-        try:
-            if parse_quantity(value) > 0:
-                return True
-        except ValueError:  # (service_spec refuses it, naming the field)
-            return True
-    return False
+HF_URL = "https://huggingface.co"  # where llama.cpp's --model-url fetches a file at a revision
 
 
 def needs_gpu(variant: Obj) -> bool:
@@ -129,13 +117,15 @@ def token_env(model: Obj) -> list[Obj]:
     return [{"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": sel}}]
 
 
-def _hf_parts(uri: str, field: str) -> tuple[str, str | None]:
-    """hf://org/repo[/file.gguf] -> (org/repo, file)."""
-    parts = uri.removeprefix("hf://").split("/")
-    if len(parts) < 2 or not all(parts[:2]):
-        raise InvalidService(f"{field}: hf:// needs an org and a repository, not {uri!r}")
-    rest = "/".join(parts[2:])
-    return "/".join(parts[:2]), rest or None
+def _hf_parts(uri: str, field: str) -> tuple[str, str | None, str | None]:
+    """hf://org/repo[:revision][/file.gguf] -> (org/repo, revision, file)."""
+    parts = _parse_hf(uri)
+    if parts is None:  # (service_spec refuses it first, naming the field)
+        raise InvalidService(
+            f"{field}: with backend deployment an hf:// URI must be "
+            f"hf://<org>/<repo>[:<revision>][/<file>], not {uri!r}"
+        )
+    return parts
 
 
 def server_args(res: Resolved, variant: Obj, model_name: str, served: str) -> list[str]:
@@ -150,8 +140,17 @@ def server_args(res: Resolved, variant: Obj, model_name: str, served: str) -> li
         if res.storage_uri is None:
             return [*args, "--hf-repo", model_name]
         if uri.startswith("hf://"):
-            repo, file = _hf_parts(uri, field)
-            return args + ["--hf-repo", repo] + (["--hf-file", file] if file else [])
+            repo, rev, file = _hf_parts(uri, field)
+            if rev is None:
+                return args + ["--hf-repo", repo] + (["--hf-file", file] if file else [])
+            if file is None:  # (service_spec refuses it first)
+                raise InvalidService(
+                    f"{field}: llama.cpp fetches a revision only with its file, "
+                    f"hf://<org>/<repo>:<revision>/<file>.gguf, not {uri!r}"
+                )
+            # --hf-repo reads org/repo:<tag> as a quantisation and fetches from main
+            url = f"{HF_URL}/{repo}/resolve/{quote(rev, safe='')}/{quote(file)}"
+            return [*args, "--model-url", url]
         if uri.startswith(("http://", "https://")):
             return [*args, "--model-url", uri]
         raise InvalidService(
@@ -163,8 +162,14 @@ def server_args(res: Resolved, variant: Obj, model_name: str, served: str) -> li
             f"{field}: the deployment backend's vLLM fetches hf:// weights, not {uri}; "
             "use backend kserve (storage initializer) for s3/gs/pvc/http"
         )
-    repo = uri.removeprefix("hf://") if res.storage_uri is None else _hf_parts(uri, field)[0]
-    args = ["--model", repo, "--served-model-name", served, "--port", str(PORT)]
+    if res.storage_uri is None:
+        repo, rev = uri.removeprefix("hf://"), None
+    else:
+        repo, rev, _ = _hf_parts(uri, field)
+    args = ["--model", repo]
+    if rev is not None:  # (the tokenizer's too, so that both come from that revision)
+        args += ["--revision", rev, "--tokenizer-revision", rev]
+    args += ["--served-model-name", served, "--port", str(PORT)]
     if variant.get("precision") == Precision.INT4_AWQ.value:
         args += ["--quantization", "awq"]
     return args

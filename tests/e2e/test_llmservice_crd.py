@@ -306,6 +306,24 @@ BAD = [
         "spec['model']['storageUri'] = 'hf://org'",
         "spec.model.storageUri",
     ),
+    # backend deployment: the server fetches hf:// weights itself; llama.cpp (the edge
+    # variant's) takes a revision only with its file
+    (
+        "hf:// revision without a file for llama.cpp with backend deployment",
+        "spec['backend'] = 'deployment'; " + V0 + "['storageUri'] = 'hf://org/repo-GGUF:main'",
+        "spec.model.variants",
+    ),
+    (
+        "model-level hf:// revision without a file for llama.cpp with backend deployment",
+        "spec['backend'] = 'deployment'; " + V0 + ".pop('storageUri'); "
+        "spec['model']['storageUri'] = 'hf://org/repo-GGUF:main'",
+        "spec.model.storageUri",
+    ),
+    (
+        "hf:// without a repository with backend deployment",
+        "spec['backend'] = 'deployment'; " + V1 + "['storageUri'] = 'hf://org'",
+        "spec.model.variants",
+    ),
     # backend kserve: KServe labels the pods app: isvc.<name>[-<tier>]-predictor (<= 63)
     (
         "name of 49 characters with backend kserve",
@@ -379,6 +397,14 @@ AT_THE_LIMITS = [
     V1 + "['storageUri'] = 'hf://org/repo:main'",
     V1 + "['storageUri'] = 'hf://org/repo/model.gguf'; spec['backend'] = 'deployment'",
     V1 + "['storageUri'] = 'hf://org/repo/model.gguf'; spec['allowedTiers'] = ['edge']",
+    # backend deployment: vLLM's --revision; llama.cpp's file at a revision (or on vLLM)
+    "spec['backend'] = 'deployment'; " + V1 + "['storageUri'] = 'hf://org/repo:main'",
+    "spec['backend'] = 'deployment'; " + V0 + "['storageUri'] = 'hf://org/r-GGUF:v2/m.gguf'",
+    "spec['backend'] = 'deployment'; "
+    + V0
+    + "['storageUri'] = 'hf://org/r:v2'; "
+    + V0
+    + "['runtime'] = 'perllm-vllm'",
 ]
 
 

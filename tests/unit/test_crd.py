@@ -34,8 +34,12 @@ from perllm.crd import (
 )
 from perllm.crd_fields import (
     BACKENDS,
+    DEPLOYMENT_HF_URI,
+    GGUF_PRECISIONS,
+    HF_REVISION_NO_FILE,
     HF_TOKEN_KEY,
     KSERVE_HF_URI,
+    LLAMACPP_RUNTIMES,
     MAX_FORMAT,
     MAX_IMAGE,
     MAX_KSERVE_NAME,
@@ -48,6 +52,7 @@ from perllm.crd_fields import (
     MAX_SECRET_NAME,
     MAX_STORAGE_URI,
     MAX_TIER_NAME,
+    VLLM_RUNTIMES,
     parse_quantity,
 )
 from perllm.profiles import default_catalogue
@@ -855,3 +860,86 @@ def test_the_huge_pages_rules_are_the_crds_too() -> None:
         node = _at("model", "variants", "[]", "resources", kind)
         rules = " ".join(" ".join(r["rule"].split()) for r in node["x-kubernetes-validations"])
         assert "k.substring(10)" in rules and "asInteger() %" in rules, kind
+
+
+def _deployment_uri(index: int, uri: str, **variant: Any) -> Any:
+    def edit(spec: dict[str, Any]) -> None:
+        spec["backend"] = "deployment"
+        spec["model"]["variants"][index].update(storageUri=uri, **variant)
+
+    return edit
+
+
+def _no_gpu(spec: dict[str, Any]) -> None:
+    res = spec["model"]["variants"][1]["resources"]
+    res["requests"]["nvidia.com/gpu"] = res["limits"]["nvidia.com/gpu"] = 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "error"),
+    [
+        # the edge variant runs llama.cpp, the cloud one vLLM
+        (_deployment_uri(0, "hf://o/r-GGUF:main"), "variants[0].storageUri: spec.model.var"),
+        (_deployment_uri(0, "hf://o/r-GGUF:main/m.gguf"), None),
+        (_deployment_uri(0, "hf://o/r-GGUF/m.gguf"), None),
+        (_deployment_uri(0, "hf://o/r-GGUF"), None),  # llama.cpp picks a file of main
+        (_deployment_uri(1, "hf://o/r:main"), None),  # vLLM's --revision
+        (_deployment_uri(0, "hf://o/r:main", runtime="perllm-vllm"), None),
+        (_deployment_uri(1, "hf://o/r:main", runtime="perllm-llamacpp-cuda"), "variants[1]"),
+        (lambda s: (_deployment_uri(1, "hf://o/r:main")(s), _no_gpu(s)), "variants[1]"),
+        (
+            lambda s: (
+                _deployment_uri(1, "hf://o/r:main")(s),
+                s["model"].update(runtime="perllm-llamacpp"),
+            ),
+            "variants[1]",
+        ),
+        (
+            lambda s: (
+                _deployment_uri(0, "hf://o/r:main")(s),
+                s["model"]["variants"][0].pop("storageUri"),
+                s["model"].update(storageUri="hf://o/r:main"),
+            ),
+            "spec.model.storageUri: spec.model.variants[0] runs on llama.cpp",
+        ),
+        (
+            lambda s: (_deployment_uri(0, "hf://o/r:main")(s), s.update(allowedTiers=["cloud"])),
+            None,
+        ),
+        (lambda s: s["model"]["variants"][0].update(storageUri="hf://o/r:main"), None),  # kserve
+        # the shape backend deployment's servers read
+        (_deployment_uri(1, "hf://o/r:"), "variants[1].storageUri: with backend deployment"),
+        (_deployment_uri(1, "hf://o"), "variants[1].storageUri: with backend deployment"),
+        (_deployment_uri(1, "hf://o/"), "variants[1].storageUri: with backend deployment"),
+        (_deployment_uri(1, "hf:///r"), "variants[1].storageUri: with backend deployment"),
+        (_deployment_uri(1, "hf://o:x/r"), "variants[1].storageUri: with backend deployment"),
+    ],
+)
+def test_backend_deployment_refuses_an_hf_uri_its_server_cannot_fetch(
+    edit: Any, error: str | None
+) -> None:
+    """Under backend deployment the model server fetches hf:// weights itself. llama.cpp's
+    --hf-repo reads org/repo:<tag> as a quantisation of main, so hf://org/repo:<revision>
+    was admitted and ran another file of another revision (or none); it takes a revision
+    only with the file (hf://org/repo:<revision>/<file>). A malformed hf:// URI was refused
+    only by the operator."""
+    obj = _chat()
+    edit(obj["spec"])
+    if error is None:
+        assert service_spec(obj).name == "chat-assistant"
+    else:
+        with pytest.raises(InvalidService, match=re.escape(error)):
+            service_spec(obj)
+
+
+def test_the_deployment_hf_uri_rules_are_the_crds_too() -> None:
+    pattern = f".matches('^{DEPLOYMENT_HF_URI}$')"
+    rules = [r for r in _at()["x-kubernetes-validations"] if pattern in r["rule"]]
+    assert sorted(r["fieldPath"] for r in rules) == [".model.storageUri", ".model.variants"]
+    for r in rules:
+        text = " ".join(r["rule"].split())
+        assert "self.backend != 'deployment'" in text and "self.allowedTiers" in text
+        assert f".matches('^{HF_REVISION_NO_FILE}$')" in text
+        for name in (*LLAMACPP_RUNTIMES, *VLLM_RUNTIMES, *GGUF_PRECISIONS, "nvidia.com/gpu"):
+            assert f"'{name}'" in text, name
+        assert r["message"].startswith(f"spec{r['fieldPath']}: with backend deployment")

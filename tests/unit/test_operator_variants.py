@@ -4,6 +4,7 @@ example manifest, tier and backend (operator/perllm_operator/runtimes.py, render
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from functools import cache
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 import yaml
 from perllm_operator import pinning, render, runtimes
 
-from perllm.crd import InvalidService
+from perllm.contract import Precision
+from perllm.crd import InvalidService, service_spec
+from perllm.crd_fields import llamacpp_serves
 from perllm.devcluster.binaries import cache_dir
 from tests.schema import kserve_schema, object_errors
 
@@ -157,6 +160,89 @@ def test_hf_gguf_file_for_llama_cpp() -> None:
     i = c["args"].index("--hf-repo")
     assert c["args"][i : i + 4] == ["--hf-repo", "org/repo-GGUF", "--hf-file", "model-Q4_K_M.gguf"]
     assert "--metrics" in c["args"] and c["image"] == runtimes.LLAMACPP.image
+
+
+def _args(obj: dict[str, Any]) -> list[str]:
+    args: list[str] = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_an_hf_revision_reaches_vllm_as_its_revision() -> None:
+    """hf://org/repo:rev under backend deployment gave vLLM --model org/repo:rev, no such
+    repository: the revision is vLLM's --revision (and its tokenizer's)."""
+    obj, variant = _pinned("batch-summariser", "cloud", "deployment")
+    variant["storageUri"] = "hf://01-ai/Yi-6B:0a1b2c3"
+    args = _args(obj)
+    assert args[:2] == ["--model", "01-ai/Yi-6B"]
+    i = args.index("--revision")
+    assert args[i : i + 4] == ["--revision", "0a1b2c3", "--tokenizer-revision", "0a1b2c3"]
+    variant["storageUri"] = "hf://01-ai/Yi-6B"  # none: the repository's main
+    assert "--revision" not in _args(obj) and _args(obj)[:2] == ["--model", "01-ai/Yi-6B"]
+
+
+def test_an_hf_revision_reaches_llama_cpp_as_the_files_url() -> None:
+    """llama.cpp read hf://org/repo:rev/file's repository 'org/repo:rev' verbatim (and
+    fetched .../resolve/main/...): with a revision it fetches the file's URL at it."""
+    obj, variant = _pinned("chat-assistant", "edge", "deployment")
+    variant["storageUri"] = "hf://org/repo-GGUF:v2/sub/model-Q4_K_M.gguf"
+    args = _args(obj)
+    i = args.index("--model-url")
+    url = "https://huggingface.co/org/repo-GGUF/resolve/v2/sub/model-Q4_K_M.gguf"
+    assert args[i : i + 2] == ["--model-url", url]
+    assert "--hf-repo" not in args and "--alias" in args
+
+
+@pytest.mark.parametrize(
+    ("where", "uri", "match"),
+    [
+        ("variant", "hf://org/repo-GGUF:v2", r"spec.model.variants\[0\].storageUri: .*llama.cpp"),
+        ("model", "hf://org/repo-GGUF:v2", r"spec.model.storageUri: .*llama.cpp"),
+        ("variant", "hf://org/repo:", r"spec.model.variants\[0\].storageUri: with backend dep"),
+        ("variant", "hf://org", r"spec.model.variants\[0\].storageUri: with backend deployment"),
+        ("model", "hf://org/", r"spec.model.storageUri: with backend deployment"),
+    ],
+)
+def test_llama_cpp_refuses_a_revision_it_cannot_fetch(where: str, uri: str, match: str) -> None:
+    """llama.cpp's --hf-repo reads org/repo:<tag> as a quantisation of main, so a revision
+    of a whole repository was silently another file of another revision (or none)."""
+    obj, variant = _pinned("chat-assistant", "edge", "deployment")
+    if where == "model":
+        del variant["storageUri"]
+        obj["spec"]["model"]["storageUri"] = uri
+    else:
+        variant["storageUri"] = uri
+    with pytest.raises(InvalidService, match=match):
+        render.children(obj)
+    with pytest.raises(
+        InvalidService, match=match.replace("spec.", "LLMService chat-assistant: spec.", 1)
+    ):
+        service_spec(obj)
+
+
+def test_the_crds_checks_know_which_server_runs_a_variant() -> None:
+    """crd_fields.llamacpp_serves (service_spec's and, as CEL, admission's view of which
+    server fetches a variant's weights) is runtimes.resolve's choice."""
+    seen = set()
+    for precision, gpu, runtime, fallback in itertools.product(
+        [p.value for p in Precision],
+        [None, 0, 1, "1", "0"],
+        [None, "perllm-llamacpp", "perllm-llamacpp-cuda", "perllm-vllm", "my-runtime"],
+        [None, "perllm-llamacpp", "perllm-vllm"],
+    ):
+        res = {"requests": {"cpu": "1"}} if gpu is None else {"limits": {GPU: gpu}}
+        variant: dict[str, Any] = {"tier": "cloud", "precision": precision, "resources": res}
+        if runtime:
+            variant["runtime"] = runtime
+        model: dict[str, Any] = {"name": "m", "variants": [variant]}
+        if fallback:
+            model["runtime"] = fallback
+        try:
+            server = runtimes.resolve(model, variant, 0).server
+        except InvalidService:  # int4_awq without a GPU
+            continue
+        assert (server is runtimes.LLAMACPP) == llamacpp_serves(model, variant), variant
+        seen.add(server.name)
+    assert seen == {runtimes.LLAMACPP.name, runtimes.VLLM.name}
 
 
 def test_chart_serving_runtimes_use_the_pinned_images() -> None:
