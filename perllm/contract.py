@@ -47,6 +47,10 @@ MAX_PROMPT_TOKENS = 2**20  # the longest context windows served today
 MAX_OUTPUT_TOKENS = 2**17
 MAX_PAYLOAD_BYTES = 2**30  # 1 GiB of attachments per request
 MAX_MODEL_NAME = 253
+# A model name is a catalogue key or a Hugging Face id (org/repo[:tag]): it becomes a server's
+# CLI argument (--hf-repo, --model) and the OpenAI `model` the router accepts, so printable
+# ASCII without spaces or control characters, starting with a letter or digit (not '-').
+MODEL_NAME = r"[A-Za-z0-9][!-~]*"
 MAX_REPLICAS = 1_000  # model-server replicas of a service (in all, or in one tier)
 
 # Lower bounds of a link's bandwidth and of a server's true speed. Below 1 kbit/s (slower
@@ -114,6 +118,7 @@ class ServiceSpec(_Strict):
     model: str = Field(
         min_length=1,
         max_length=MAX_MODEL_NAME,
+        pattern=f"^{MODEL_NAME}$",
         description="Model key in the catalogue, e.g. llama2-7b.",
     )
     variants: list[ModelVariant] = Field(

@@ -46,10 +46,15 @@ BACKENDS = ("kserve", "deployment")  # spec.backend, the first the default
 
 _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _RUNTIME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
-_STORAGE_URI = re.compile(r"(hf|s3|gs|pvc|https?)://.+", re.DOTALL)
+# A URI and a model format are printable ASCII without spaces or control characters (a
+# URI's other characters percent-encoded): a newline or a space in them was admitted and
+# failed in the storage initializer or the server, or matched no ServingRuntime's format.
+STORAGE_URI = r"(hf|s3|gs|pvc|https?)://[!-~]+"
+MODEL_FORMAT = r"[A-Za-z0-9][-A-Za-z0-9._]*"
+_STORAGE_URI = re.compile(STORAGE_URI)
+_FORMAT = re.compile(MODEL_FORMAT)
 _IMAGE = re.compile(r"[a-zA-Z0-9][-a-zA-Z0-9._/:@]*")
 _SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
-_ANY = re.compile(r".+", re.DOTALL)
 # What KServe v0.15's storage initializer accepts of an hf:// storageUri (exactly one '/', a
 # repository name before an optional :revision); the CRD's CEL rules use the same pattern.
 KSERVE_HF_URI = r"hf://[^/]+/[^/:][^/]*"
@@ -277,7 +282,7 @@ def _check_string(field: str, value: Any, max_len: int, pattern: re.Pattern[str]
 
 
 _WEIGHTS = (
-    ("format", MAX_FORMAT, _ANY),
+    ("format", MAX_FORMAT, _FORMAT),
     ("runtime", MAX_RUNTIME, _RUNTIME),
     ("storageUri", MAX_STORAGE_URI, _STORAGE_URI),
     ("image", MAX_IMAGE, _IMAGE),

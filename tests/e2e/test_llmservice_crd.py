@@ -153,6 +153,22 @@ BAD = [
     ("bad storage URI", *_set("model.storageUri", "'ftp://x'")),
     ("300 KB storage URI", *_set("model.storageUri", "'hf://' + 'u' * 300_000")),
     ("storage URI above 2048 characters", *_set("model.storageUri", "'hf://' + 'u' * 2044")),
+    # free-form strings: no whitespace or control characters (a model name is a CLI argument)
+    ("storage URI with a newline", *_set("model.storageUri", "'hf://org/repo\\nx'")),
+    (
+        "variant storage URI with a space",
+        V0 + "['storageUri'] = 'https://h/a b.gguf'",
+        "spec.model.variants[0].storageUri",
+    ),
+    ("format with a space", *_set("model.format", "'hugging face'")),
+    (
+        "variant format with a newline",
+        V1 + "['format'] = 'gguf\\n'",
+        "spec.model.variants[1].format",
+    ),
+    ("model name with a space", *_set("model.name", "'llama 3'")),
+    ("model name with a newline", *_set("model.name", "'llama3\\nx'")),
+    ("model name read as an option", *_set("model.name", "'--model=x'")),
     # variants
     ("no variants", *_set("model.variants", "[]")),
     (
@@ -367,6 +383,8 @@ AT_THE_LIMITS = [
     "'percentile': 100}",
     "spec['model'].update(name='m' * 253, format='f' * 63, runtime='kserve-vllm.v1', "
     "storageUri='https://' + 'u' * 2040)",
+    "spec['model'].update(name='org/model-GGUF:Q4_K_M', format='PyTorch_2.1', "
+    "storageUri='https://h/o/mod%C3%A8le.gguf?download=true')",
     R0 + "['requests'] = {'cpu': 4, 'memory': '15.5Gi', 'ephemeral-storage': '0', "
     "'hugepages-2Mi': '1Gi', 'example.com/fpga': 1}; " + R0 + "['limits'] = {'cpu': '4000m', "
     "'memory': '16Gi', 'hugepages-2Mi': '1Gi', 'example.com/fpga': '1'}",

@@ -20,6 +20,7 @@ from perllm.contract import (
     MAX_PROMPT_TOKENS,
     MAX_RATE_RPS,
     MAX_REPLICAS,
+    MODEL_NAME,
     Precision,
     Tier,
 )
@@ -52,6 +53,8 @@ from perllm.crd_fields import (
     MAX_SECRET_NAME,
     MAX_STORAGE_URI,
     MAX_TIER_NAME,
+    MODEL_FORMAT,
+    STORAGE_URI,
     VLLM_RUNTIMES,
     parse_quantity,
 )
@@ -943,3 +946,68 @@ def test_the_deployment_hf_uri_rules_are_the_crds_too() -> None:
         for name in (*LLAMACPP_RUNTIMES, *VLLM_RUNTIMES, *GGUF_PRECISIONS, "nvidia.com/gpu"):
             assert f"'{name}'" in text, name
         assert r["message"].startswith(f"spec{r['fieldPath']}: with backend deployment")
+
+
+V0 = ("spec", "model", "variants", 0)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        (("spec", "model", "storageUri"), "hf://org/repo\nrm -rf", "spec.model.storageUri: must"),
+        (("spec", "model", "storageUri"), "s3://bucket/a b", "spec.model.storageUri: must"),
+        (("spec", "model", "storageUri"), "gs://b/\tx", "spec.model.storageUri: must"),
+        (("spec", "model", "storageUri"), "https://h/mod\u00e8le", "spec.model.storageUri: must"),
+        ((*V0, "storageUri"), "https://h/m.gguf\n", r"variants\[0\].storageUri: must match"),
+        ((*V0, "storageUri"), "https://h/m.gguf ", r"variants\[0\].storageUri: must match"),
+        (("spec", "model", "format"), "hugging face", "spec.model.format: must match"),
+        (("spec", "model", "format"), "gguf\n", "spec.model.format: must match"),
+        ((*V0, "format"), "g\u00e9uf", r"variants\[0\].format: must match"),
+        ((*V0, "format"), "-gguf", r"variants\[0\].format: must match"),
+        (("spec", "model", "name"), "llama 3", "spec.model.name: String should match pattern"),
+        (("spec", "model", "name"), "llama3\n", "spec.model.name: String should match"),
+        (("spec", "model", "name"), "llama3\x00", "spec.model.name: String should match"),
+        (("spec", "model", "name"), "ll\u00e4ma", "spec.model.name: String should match"),
+        (("spec", "model", "name"), "--model=x", "spec.model.name: String should match"),
+    ],
+    ids=lambda x: repr(x)[:40],
+)
+def test_free_form_strings_refuse_whitespace_and_control_characters(
+    path: tuple[Any, ...], value: str, match: str
+) -> None:
+    """storageUri (pattern `.+`), model.format and model.name took spaces, newlines and
+    control characters: a URI a storage initializer or server could not fetch, a model
+    format no ServingRuntime names, a model name passed on as a CLI argument (a leading
+    '-' read as an option) and served as the OpenAI model name."""
+    obj = _chat()
+    _set(obj, path, value)
+    with pytest.raises(InvalidService, match=match):
+        service_spec(obj)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("spec", "model", "name"), "meta-llama/Meta-Llama-3-8B-Instruct"),
+        (("spec", "model", "name"), "org/model-GGUF:Q4_K_M"),
+        (("spec", "model", "name"), "Qwen2.5-7B_instruct@v1"),
+        (("spec", "model", "format"), "huggingface"),
+        (("spec", "model", "format"), "PyTorch_2.1"),
+        (("spec", "model", "storageUri"), "https://h/o/r/resolve/main/m.gguf?download=true"),
+        (("spec", "model", "storageUri"), "https://h/o/mod%C3%A8le.gguf"),
+        (("spec", "model", "storageUri"), "pvc://claim/path/to/model"),
+    ],
+)
+def test_the_names_and_uris_in_use_are_admitted(path: tuple[Any, ...], value: str) -> None:
+    obj = _chat()
+    _set(obj, path, value)
+    assert service_spec(obj).name == "chat-assistant"
+
+
+def test_the_free_form_string_patterns_are_the_crds() -> None:
+    v = ("model", "variants", "[]")
+    for node in (_at("model", "storageUri"), _at(*v, "storageUri")):
+        assert node["pattern"] == f"^{STORAGE_URI}$"
+    for node in (_at("model", "format"), _at(*v, "format")):
+        assert node["pattern"] == f"^{MODEL_FORMAT}$"
+    assert _at("model", "name")["pattern"] == f"^{MODEL_NAME}$"
