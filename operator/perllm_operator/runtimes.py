@@ -21,7 +21,7 @@ from perllm.contract import Precision
 from perllm.crd import InvalidService
 from perllm.crd_fields import GGUF_PRECISIONS, HF_TOKEN_KEY, LLAMACPP_RUNTIMES, VLLM_RUNTIMES
 from perllm.crd_fields import hf_parts as _parse_hf
-from perllm.crd_fields import requests_gpu as requests_gpu
+from perllm.crd_resources import requests_gpu as requests_gpu
 from perllm.labels import GPU_RESOURCE
 
 Obj = dict[str, Any]

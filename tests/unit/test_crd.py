@@ -46,8 +46,6 @@ from perllm.crd_fields import (
     MAX_KSERVE_NAME,
     MAX_KSERVE_TIER_NAME,
     MAX_NAME,
-    MAX_QUANTITY,
-    MAX_RESOURCES,
     MAX_RUNTIME,
     MAX_SECRET_KEY,
     MAX_SECRET_NAME,
@@ -56,8 +54,8 @@ from perllm.crd_fields import (
     MODEL_FORMAT,
     STORAGE_URI,
     VLLM_RUNTIMES,
-    parse_quantity,
 )
+from perllm.crd_resources import MAX_QUANTITY, MAX_RESOURCES, parse_quantity
 from perllm.profiles import default_catalogue
 
 MANIFESTS = sorted((Path(__file__).parents[2] / "manifests").glob("*.yaml"))
