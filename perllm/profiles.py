@@ -19,6 +19,32 @@ from perllm.contract import Precision
 
 GB = 1e9
 
+# Upper bounds of a catalogue entry's numbers, 50× or more beyond any model or machine of
+# today (docs/scenarios.md lists them). They keep a typo in a scenario's own `models:` or
+# `hardware:` entry from overflowing the cost model: params_b 1e300 made every GPU time
+# NaN (a RuntimeWarning, then a linprog traceback in the bound), a CPU's mem_bw_eff_gbps of
+# 1e300 NaN decode times, a power of 1e300 W a report of 1e301×.
+MAX_PARAMS_B = 1e5  # 100 T parameters (the largest models: ~2 T)
+MAX_SIZE_GB = 1e6  # weights, (GPU) memory, runtime overhead: 1 PB
+MAX_BW_GBPS = 1e6  # effective memory bandwidth: 1 PB/s (an H200: 4.8 TB/s)
+MAX_TFLOPS = 1e6  # an exaflop a server
+MAX_POWER_W = 1e6  # a megawatt a server
+MAX_OVERHEAD_S = 3600.0  # a decode step's or a first token's fixed overhead
+MAX_PREFILL_COEFF = 1e9  # a CPU's prefill tokens/s × B parameters (the Xeon: 257)
+MAX_KAPPA = 1e3  # a CPU's aggregate decode over its prefill rate (the Xeon: 0.8)
+MAX_SHAPE = 65_536  # layers, KV heads, head dimension, CPU cores, GPUs
+MAX_CONTEXT = 2**30  # tokens
+# Requests one server runs at once (a GPU's `max_seqs`; a CPU's derived B* = pp / tg(1),
+# calibration study §3.3): 256 on the paper's A100, 3 to 9 on its Xeon. The bound and the
+# cost model hold arrays of this length: max_seqs 1e12, or a CPU of 1e-300 GB/s, ran out
+# of memory in a traceback (scenario.load checks the derived one).
+MAX_CONCURRENCY = 65_536
+
+Size = Annotated[float, Field(gt=0, le=MAX_SIZE_GB)]
+Power = Annotated[float, Field(ge=0, le=MAX_POWER_W)]
+Overhead = Annotated[float, Field(ge=0, le=MAX_OVERHEAD_S)]
+Shape = Annotated[int, Field(gt=0, le=MAX_SHAPE)]
+
 
 class _Entry(BaseModel):
     # Finite numbers only (a scenario's own `models:`/`hardware:` too): `gt=0` lets .inf
@@ -28,13 +54,13 @@ class _Entry(BaseModel):
 
 class ModelInfo(_Entry):
     display: str
-    params_b: Annotated[float, Field(gt=0)]
-    layers: Annotated[int, Field(gt=0)]
-    kv_heads: Annotated[int, Field(gt=0)]
-    head_dim: Annotated[int, Field(gt=0)]
+    params_b: Annotated[float, Field(gt=0, le=MAX_PARAMS_B)]
+    layers: Shape
+    kv_heads: Shape
+    head_dim: Shape
     # at least a prompt token and an output token (`world.workload.whole_tokens`)
-    context: Annotated[int, Field(ge=2)]
-    weights_gb: dict[Precision, Annotated[float, Field(gt=0)]]
+    context: Annotated[int, Field(ge=2, le=MAX_CONTEXT)]
+    weights_gb: dict[Precision, Size]
     mmlu: dict[Precision, Annotated[float, Field(ge=0, le=100)]]
     source: str = ""
 
@@ -50,28 +76,28 @@ class ModelInfo(_Entry):
 class HardwareInfo(_Entry):
     display: str
     kind: Literal["cpu", "gpu"]
-    cpu_cores: Annotated[int, Field(gt=0)]
-    memory_gib: Annotated[float, Field(gt=0)]
-    gpus: Annotated[int, Field(ge=0)] = 0
+    cpu_cores: Shape
+    memory_gib: Size
+    gpus: Annotated[int, Field(ge=0, le=MAX_SHAPE)] = 0
     gpu_model: str | None = None
-    gpu_memory_gb: Annotated[float, Field(gt=0)] | None = None
-    mem_bw_eff_gbps: Annotated[float, Field(gt=0)]
+    gpu_memory_gb: Size | None = None
+    mem_bw_eff_gbps: Annotated[float, Field(gt=0, le=MAX_BW_GBPS)]
     # CPU (llama.cpp)
-    prefill_coeff: Annotated[float, Field(gt=0)] | None = None
-    kappa: Annotated[float, Field(gt=0)] | None = None
-    power_busy_w: Annotated[float, Field(ge=0)] | None = None
+    prefill_coeff: Annotated[float, Field(gt=0, le=MAX_PREFILL_COEFF)] | None = None
+    kappa: Annotated[float, Field(gt=0, le=MAX_KAPPA)] | None = None
+    power_busy_w: Power | None = None
     # GPU (vLLM)
-    peak_tflops: Annotated[float, Field(gt=0)] | None = None
+    peak_tflops: Annotated[float, Field(gt=0, le=MAX_TFLOPS)] | None = None
     prefill_mfu: Annotated[float, Field(gt=0, le=1)] | None = None
     decode_flops_eff: Annotated[float, Field(gt=0, le=1)] | None = None
-    step_overhead_s: Annotated[float, Field(ge=0)] = 0.001
-    ttft_overhead_s: Annotated[float, Field(ge=0)] = 0.015
-    max_seqs: Annotated[int, Field(gt=0)] = 256
+    step_overhead_s: Overhead = 0.001
+    ttft_overhead_s: Overhead = 0.015
+    max_seqs: Annotated[int, Field(gt=0, le=MAX_CONCURRENCY)] = 256
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
-    runtime_overhead_gb: Annotated[float, Field(ge=0)] = 3.0
-    power_prefill_w: Annotated[float, Field(ge=0)] | None = None
-    power_decode_w: Annotated[float, Field(ge=0)] | None = None
-    power_idle_w: Annotated[float, Field(ge=0)]
+    runtime_overhead_gb: Annotated[float, Field(ge=0, le=MAX_SIZE_GB)] = 3.0
+    power_prefill_w: Power | None = None
+    power_decode_w: Power | None = None
+    power_idle_w: Power
     source: str = ""
 
     def model_post_init(self, __context: object) -> None:

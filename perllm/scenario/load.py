@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from perllm.contract import ServiceSpec
 from perllm.costmodel import build_cost_table
 from perllm.scenario.base import ScenarioError
 from perllm.scenario.model import Scenario, trace_reads
@@ -90,7 +91,7 @@ def _check_services(sc: Scenario, source: str) -> None:
     _check_size(sc, source)
     _check_links(sc, source)
     _check_context(sc, source)
-    _check_profiles(sc, source)
+    _check_profiles(sc, specs, source)
     # Per server definition, not per expanded node: `count` copies run the same classes.
     table = build_cost_table(specs, [(s.name, s) for s in sc.servers], sc.catalogue)
     present = {s.tier for s in sc.servers}
@@ -123,21 +124,27 @@ def _check_services(sc: Scenario, source: str) -> None:
         )
 
 
-# Requests one server runs at once (a GPU's `max_seqs`; a CPU's derived B* = pp / tg(1),
-# calibration study §3.3): 256 on the paper's A100, 3 to 9 on its Xeon. The bound and the
-# cost model hold arrays of this length: a scenario's own `hardware:` or `models:` entry with
-# max_seqs 1e12, or a CPU of 1e-300 GB/s, ran out of memory in a traceback.
-MAX_CONCURRENCY = 65_536
+# A class's typical request (its mean lengths) alone on an idle server takes at most this
+# long: above the longest deadline the contract allows (86,400 s + 60 s × 131,072 output
+# tokens, 7.9e6 s). A `hardware:` or `models:` entry of 1e-300 TFLOPS or κ made each
+# request take 1e300 s and its energy overflow.
+MAX_REQUEST_S = 1e7
 
 
-def _check_profiles(sc: Scenario, source: str) -> None:
+def _check_profiles(sc: Scenario, specs: Sequence[ServiceSpec], source: str) -> None:
     """Each (class, server) a class may run on has a finite profile of at most
-    `MAX_CONCURRENCY` concurrent requests (the catalogue's own entries are far within)."""
-    from perllm.profiles import perf_profile
+    `MAX_CONCURRENCY` concurrent requests, finite positive rates, and a typical request of
+    at most `MAX_REQUEST_S` (the catalogue's own entries are far within): each field of an
+    entry is bounded, but a combination of them (a tiny params_b under a large TFLOPS)
+    could still reach inf, 0 or NaN in the cost model."""
+    import numpy as np
+
+    from perllm.costmodel import cpu_times, gpu_times
+    from perllm.profiles import MAX_CONCURRENCY, perf_profile
 
     cat = sc.catalogue
     for k, c in enumerate(sc.workload.classes):
-        variants = c.variants or sc.service(k).variants
+        variants = specs[k].variants
         for i, s in enumerate(sc.servers):
             v = next((v for v in variants if v.tier == s.tier), None)
             if v is None or s.tier not in c.allowed_tiers:
@@ -147,8 +154,12 @@ def _check_profiles(sc: Scenario, source: str) -> None:
                 f"servers[{i}].hardware: {s.hardware} running workload.classes[{k}].model "
                 f"{c.model} ({v.precision.value})"
             )
+            entries = (
+                f"check {_entry(sc, 'hardware', s.hardware)} and {_entry(sc, 'models', c.model)}"
+            )
             try:
-                conc: float = perf_profile(model, v.precision, hw).max_conc
+                prof = perf_profile(model, v.precision, hw)
+                conc: float = prof.max_conc
             except (OverflowError, ZeroDivisionError):  # weights or speeds beyond a float
                 conc = math.inf
             if conc > MAX_CONCURRENCY:
@@ -159,9 +170,64 @@ def _check_profiles(sc: Scenario, source: str) -> None:
                 )
                 raise ScenarioError(
                     f"{source}: invalid scenario:\n  {where} would run {conc:,.6g} requests at "
-                    f"once ({why}), more than {MAX_CONCURRENCY:,}: check the `hardware:` and "
-                    "`models:` entries"
+                    f"once ({why}), more than {MAX_CONCURRENCY:,}: {entries}"
                 )
+            gpu = hw.kind == "gpu"
+            rates = (
+                [
+                    ("prefill rate", "prefill_mfu × peak_tflops / params_b", prof.r_pf, "tokens/s"),
+                    ("decode step", "step_overhead_s + weights / mem_bw_eff_gbps", prof.step0, "s"),
+                    (
+                        "decode compute per sequence",
+                        "params_b / (decode_flops_eff × peak_tflops)",
+                        prof.per_seq_flop_s,
+                        "s a token",
+                    ),
+                ]
+                if gpu
+                else [("prefill rate", "prefill_coeff / params_b", prof.pp, "tokens/s")]
+            )
+            for label, formula, value, unit in rates:
+                # (A rate divides: 0 is as wrong as inf; a decode time may be 0.)
+                if not math.isfinite(value) or (unit == "tokens/s" and value <= 0):
+                    raise ScenarioError(
+                        f"{source}: invalid scenario:\n  {where}: its {label} ({formula}) is "
+                        f"{value:g} {unit}: {entries}"
+                    )
+            l_in, l_out = specs[k].traffic.prompt_tokens, specs[k].traffic.output_tokens
+            lengths = (np.float64(l_in), np.float64(l_out), 1.0)
+            with np.errstate(all="ignore"):  # (an overflow is the inf refused below)
+                if gpu:
+                    pre, dec = gpu_times(
+                        *lengths, prof.kv_bytes, prof.bw, prof.r_pf, prof.ttft0, prof.step0,
+                        prof.per_seq_flop_s,
+                    )  # fmt: skip
+                else:
+                    pre, dec = cpu_times(
+                        *lengths, prof.weights_bytes, prof.kv_bytes, prof.bw, prof.pp, prof.kappa
+                    )
+            alone = float(pre + dec)
+            if not alone <= MAX_REQUEST_S:  # (NaN too)
+                fields = (
+                    "ttft_overhead_s, prefill_mfu × peak_tflops / params_b, step_overhead_s, "
+                    "mem_bw_eff_gbps, decode_flops_eff × peak_tflops / params_b"
+                    if gpu
+                    else "prefill_coeff / params_b, kappa, mem_bw_eff_gbps / weights"
+                )
+                raise ScenarioError(
+                    f"{source}: invalid scenario:\n  {where}: its typical request "
+                    f"({l_in:,.0f} prompt and {l_out:,.0f} output tokens) would take "
+                    f"{alone:,.6g} s alone on an idle server (prefill {float(pre):.3g} s, "
+                    f"decode {float(dec):.3g} s; from {fields}), more than "
+                    f"{MAX_REQUEST_S:,.0f} s: {entries}"
+                )
+
+
+def _entry(sc: Scenario, kind: str, name: str) -> str:
+    """Where a catalogue entry comes from: the scenario's own (its YAML path) or the
+    built-in catalogue (perllm/data/catalogue.yaml)."""
+    own = sc.hardware if kind == "hardware" else sc.models
+    return f"{kind}.{name}" if name in own else f"the catalogue's {kind} {name!r}"
 
 
 def _check_peak_rates(sc: Scenario, source: str) -> None:

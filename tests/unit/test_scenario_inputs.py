@@ -653,12 +653,7 @@ def test_shares_that_would_overflow_their_sum_are_refused_naming_the_share(
 @pytest.mark.parametrize(
     ("kind", "entry", "why"),
     [
-        (
-            "gpu",
-            {"max_seqs": 10**12},
-            r"servers\[1\]\.hardware: mine running .* would run 1e\+12 "
-            r"requests at once \(its max_seqs\), more than 65,536",
-        ),
+        ("gpu", {"max_seqs": 10**12}, r"hardware\.mine\.max_seqs: .* less than or equal to 65536"),
         (
             "cpu",
             {"mem_bw_eff_gbps": 1e-300},
@@ -666,7 +661,12 @@ def test_shares_that_would_overflow_their_sum_are_refused_naming_the_share(
             r"[0-9.]+e\+30\d requests at once",
         ),
         ("model", {"params_b": 1e-300}, r".* would run [0-9.]+e\+30\d requests at once"),
-        ("model", {"weights_gb": {"fp16": 1e300, "q4_k_m": 1e300}}, r".* would run inf requests"),
+        (
+            "model",
+            {"weights_gb": {"fp16": 1e5, "q4_k_m": 1e5}},
+            r"servers\[0\]\.hardware: .* would run 69,328 requests at once .*: check the "
+            r"catalogue's hardware 'xeon-silver-4214r' and models\.mine",
+        ),
     ],
 )
 def test_a_catalogue_entry_with_an_absurd_concurrency_is_refused(
@@ -691,3 +691,103 @@ def test_a_catalogue_entry_with_an_absurd_concurrency_is_refused(
         load_scenario(write(tmp_path, d))
     res = CliRunner().invoke(app, ["scenarios", "validate", str(tmp_path / "s.yaml")])
     assert res.exit_code == 1 and "Traceback" not in res.output
+
+
+def own_entry(kind: str, entry: dict[str, Any], cloud_only: bool = False) -> dict[str, Any]:
+    """The paper testbed with its model (kind "model"), its CPU ("cpu") or its GPU ("gpu")
+    replaced by a scenario's own entry `mine`: the catalogue's, with `entry`'s fields."""
+    from perllm.profiles import default_catalogue
+
+    cat = default_catalogue()
+    d = base()
+    d["duration_s"] = 20
+    if kind == "model":
+        d["models"] = {"mine": cat.models["llama2-7b"].model_dump(mode="json") | entry}
+        for c in d["workload"]["classes"]:
+            c["model"] = "mine"
+    else:
+        key = "a100-80gb-sxm" if kind == "gpu" else "xeon-silver-4214r"
+        d["hardware"] = {"mine": cat.hardware[key].model_dump(mode="json") | entry}
+        d["servers"][1 if kind == "gpu" else 0]["hardware"] = "mine"
+    if cloud_only:
+        for c in d["workload"]["classes"]:
+            c["allowed_tiers"] = ["cloud"]
+    return d
+
+
+@pytest.mark.parametrize(
+    ("kind", "entry", "field"),
+    [
+        ("model", {"params_b": 1e300}, "models.mine.params_b: .* 100000"),
+        ("cpu", {"mem_bw_eff_gbps": 1e300}, "hardware.mine.mem_bw_eff_gbps: .* 1000000"),
+        ("gpu", {"mem_bw_eff_gbps": 1e300}, "hardware.mine.mem_bw_eff_gbps: .* 1000000"),
+        ("gpu", {"peak_tflops": 1e300}, "hardware.mine.peak_tflops: .* 1000000"),
+        ("gpu", {"power_prefill_w": 1e300}, "hardware.mine.power_prefill_w: .* 1000000"),
+        ("cpu", {"power_idle_w": 1e300}, "hardware.mine.power_idle_w: .* 1000000"),
+        ("cpu", {"kappa": 1e300}, "hardware.mine.kappa: .* 1000"),
+        ("gpu", {"ttft_overhead_s": 1e300}, "hardware.mine.ttft_overhead_s: .* 3600"),
+        ("model", {"weights_gb": {"fp16": 1e300}}, r"models.mine.weights_gb.fp16: .* 1000000"),
+    ],
+)
+def test_a_catalogue_field_beyond_any_machine_is_refused_naming_it(
+    tmp_path: Path, kind: str, entry: dict[str, Any], field: str
+) -> None:
+    """A `models:`/`hardware:` entry's numbers were bounded only by > 0: params_b 1e300 made
+    every GPU time NaN (a RuntimeWarning, then a linprog traceback in the bound), a CPU's
+    mem_bw_eff_gbps 1e300 NaN decode times, a power of 1e300 W a report of 1e301×."""
+    f = write(tmp_path, own_entry(kind, entry))
+    with pytest.raises(ScenarioError, match=r"s\.yaml: invalid scenario:\n  " + field):
+        load_scenario(f)
+
+
+@pytest.mark.parametrize(
+    ("kind", "entry", "why"),
+    [
+        (
+            "gpu",
+            {"peak_tflops": 1e-300},
+            r"servers\[1\]\.hardware: mine running workload\.classes\[0\]\.model llama2-7b "
+            r"\(fp16\): its typical request \(1,203 prompt and 221 output tokens\) would take "
+            r"3\.9\d+e\+301 s alone on an idle server .* more than 10,000,000 s: check "
+            r"hardware\.mine and the catalogue's models 'llama2-7b'",
+        ),
+        ("cpu", {"kappa": 1e-300}, r"servers\[0\]\.hardware: mine .* would take 5\.\d+e\+30"),
+        ("cpu", {"prefill_coeff": 1e-9}, r"servers\[0\]\.hardware: mine .* would take"),
+        ("gpu", {"mem_bw_eff_gbps": 1e-12}, r"servers\[1\]\.hardware: mine .* would take"),
+    ],
+)
+def test_a_catalogue_entry_too_slow_to_serve_a_request_is_refused(
+    tmp_path: Path, kind: str, entry: dict[str, Any], why: str
+) -> None:
+    """Tiny speeds passed `> 0`: 1e-300 TFLOPS made each request take 4e301 s (its energy
+    overflowed in the report). A class's typical request takes at most 1e7 s alone."""
+    f = write(tmp_path, own_entry(kind, entry))
+    with pytest.raises(ScenarioError, match=r"s\.yaml: invalid scenario:\n  " + why):
+        load_scenario(f)
+
+
+def test_a_combination_of_fields_beyond_a_float_is_refused_naming_both(tmp_path: Path) -> None:
+    """Each field within its bound, a model of 1e-305 B parameters on an A100 prefilled at
+    inf tokens/s, every prompt in 0 s: a derived rate is finite and > 0 or refused."""
+    f = write(tmp_path, own_entry("model", {"params_b": 1e-305}, cloud_only=True))
+    with pytest.raises(
+        ScenarioError,
+        match=r"servers\[1\]\.hardware: a100-80gb-sxm running .*: its prefill rate "
+        r"\(prefill_mfu × peak_tflops / params_b\) is inf tokens/s: check the catalogue's "
+        r"hardware 'a100-80gb-sxm' and models\.mine",
+    ):
+        load_scenario(f)
+    res = CliRunner().invoke(app, ["scenarios", "validate", str(f)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+
+
+def test_a_slow_but_finite_catalogue_entry_still_loads_and_runs(tmp_path: Path) -> None:
+    """The bounds are far from real entries: a GPU of 1e-3 TFLOPS (seconds a token) runs."""
+    import numpy as np
+
+    from perllm import policies
+    from perllm.world.sim import simulate
+
+    sc = load_scenario(write(tmp_path, own_entry("gpu", {"peak_tflops": 1e-3})))
+    res = simulate(sc, policies.make("greedy-deadline"), 1)
+    assert len(res.time) > 0 and np.isfinite(res.energy_infer_j).all()
