@@ -62,9 +62,13 @@ MIN_LINK_MBPS = 1e-3
 MAX_LINK_MBPS = 1e7  # (Link's upper bound, below)
 MIN_PERF_SCALE = 1e-3
 
-# A service's numbers are strict: a YAML `true` or "5" is refused naming the field instead of
-# becoming 1.0 or 5.0 (the CRD's schema refuses both at admission; service_spec checks
-# objects that did not pass it). Integers are numbers.
+# Every number of a service, a server, a scenario or a catalogue entry is strict: a YAML
+# `true` or "5" is refused naming the field instead of becoming 1.0 or 5.0 (`count: true`
+# ran one server, `duration_s: "20"` 20 s; the CRD's schema refuses both at admission;
+# service_spec checks objects that did not pass it). Integers are numbers; a whole-number
+# field takes integers only. (Strict mode on a whole model would also refuse an enum
+# written as its string, `tier: edge`: numbers are made strict one field at a time.)
+Number = Annotated[float, Field(strict=True)]
 Fraction = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
 
 
@@ -178,12 +182,12 @@ class Link(_Strict):
     # average of 27 µJ/bit): they only keep a typo such as 1e308 from overflowing the cost
     # model into inf/NaN energies that would skew every other server's normalisation. The
     # lower bound of the bandwidth is MIN_LINK_MBPS.
-    bandwidth_mbps: Annotated[float, Field(ge=MIN_LINK_MBPS, le=MAX_LINK_MBPS)]
-    noise: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+    bandwidth_mbps: Annotated[float, Field(strict=True, ge=MIN_LINK_MBPS, le=MAX_LINK_MBPS)]
+    noise: Annotated[float, Field(strict=True, ge=0.0, lt=1.0)] = Field(
         default=0.2, description="Bandwidth is nominal × U(1-noise, 1+noise), redrawn each slot."
     )
-    rtt_ms: Annotated[float, Field(ge=0.0, le=1e6)] = 10.0
-    energy_uj_per_bit: Annotated[float, Field(ge=0.0, le=1e4)] = Field(
+    rtt_ms: Annotated[float, Field(strict=True, ge=0.0, le=1e6)] = 10.0
+    energy_uj_per_bit: Annotated[float, Field(strict=True, ge=0.0, le=1e4)] = Field(
         default=0.1, description="Transmission energy per bit on this path (µJ)."
     )
 
@@ -195,8 +199,8 @@ class Server(_Strict):
     tier: Tier
     hardware: str = Field(description="Hardware key in the catalogue, e.g. xeon-silver-4214r.")
     link: Link
-    count: Annotated[int, Field(ge=1)] = 1
-    perf_scale: Annotated[float, Field(ge=MIN_PERF_SCALE)] = Field(
+    count: Annotated[int, Field(strict=True, ge=1)] = 1
+    perf_scale: Annotated[float, Field(strict=True, ge=MIN_PERF_SCALE)] = Field(
         default=1.0,
         description="True speed relative to the catalogue profile (world model only; the "
         "scheduler does not see it and must learn it).",
@@ -207,7 +211,7 @@ class Server(_Strict):
 # near 1e308 a weight times an energy overflowed to inf, and inf − inf made the cost model's
 # energies NaN (CS-UCB and greedy-deadline then placed requests differently, in silence).
 MAX_ENERGY_WEIGHT = 1e6
-Weight = Annotated[float, Field(ge=0.0, le=MAX_ENERGY_WEIGHT)]
+Weight = Annotated[float, Field(strict=True, ge=0.0, le=MAX_ENERGY_WEIGHT)]
 
 
 class EnergyWeights(_Strict):

@@ -40,10 +40,10 @@ MAX_CONTEXT = 2**30  # tokens
 # of memory in a traceback (scenario.load checks the derived one).
 MAX_CONCURRENCY = 65_536
 
-Size = Annotated[float, Field(gt=0, le=MAX_SIZE_GB)]
-Power = Annotated[float, Field(ge=0, le=MAX_POWER_W)]
-Overhead = Annotated[float, Field(ge=0, le=MAX_OVERHEAD_S)]
-Shape = Annotated[int, Field(gt=0, le=MAX_SHAPE)]
+Size = Annotated[float, Field(strict=True, gt=0, le=MAX_SIZE_GB)]
+Power = Annotated[float, Field(strict=True, ge=0, le=MAX_POWER_W)]
+Overhead = Annotated[float, Field(strict=True, ge=0, le=MAX_OVERHEAD_S)]
+Shape = Annotated[int, Field(strict=True, gt=0, le=MAX_SHAPE)]
 
 
 class _Entry(BaseModel):
@@ -54,14 +54,14 @@ class _Entry(BaseModel):
 
 class ModelInfo(_Entry):
     display: str
-    params_b: Annotated[float, Field(gt=0, le=MAX_PARAMS_B)]
+    params_b: Annotated[float, Field(strict=True, gt=0, le=MAX_PARAMS_B)]
     layers: Shape
     kv_heads: Shape
     head_dim: Shape
     # at least a prompt token and an output token (`world.workload.whole_tokens`)
-    context: Annotated[int, Field(ge=2, le=MAX_CONTEXT)]
+    context: Annotated[int, Field(strict=True, ge=2, le=MAX_CONTEXT)]
     weights_gb: dict[Precision, Size]
-    mmlu: dict[Precision, Annotated[float, Field(ge=0, le=100)]]
+    mmlu: dict[Precision, Annotated[float, Field(strict=True, ge=0, le=100)]]
     source: str = ""
 
     @property
@@ -78,23 +78,23 @@ class HardwareInfo(_Entry):
     kind: Literal["cpu", "gpu"]
     cpu_cores: Shape
     memory_gib: Size
-    gpus: Annotated[int, Field(ge=0, le=MAX_SHAPE)] = 0
+    gpus: Annotated[int, Field(strict=True, ge=0, le=MAX_SHAPE)] = 0
     gpu_model: str | None = None
     gpu_memory_gb: Size | None = None
-    mem_bw_eff_gbps: Annotated[float, Field(gt=0, le=MAX_BW_GBPS)]
+    mem_bw_eff_gbps: Annotated[float, Field(strict=True, gt=0, le=MAX_BW_GBPS)]
     # CPU (llama.cpp)
-    prefill_coeff: Annotated[float, Field(gt=0, le=MAX_PREFILL_COEFF)] | None = None
-    kappa: Annotated[float, Field(gt=0, le=MAX_KAPPA)] | None = None
+    prefill_coeff: Annotated[float, Field(strict=True, gt=0, le=MAX_PREFILL_COEFF)] | None = None
+    kappa: Annotated[float, Field(strict=True, gt=0, le=MAX_KAPPA)] | None = None
     power_busy_w: Power | None = None
     # GPU (vLLM)
-    peak_tflops: Annotated[float, Field(gt=0, le=MAX_TFLOPS)] | None = None
-    prefill_mfu: Annotated[float, Field(gt=0, le=1)] | None = None
-    decode_flops_eff: Annotated[float, Field(gt=0, le=1)] | None = None
+    peak_tflops: Annotated[float, Field(strict=True, gt=0, le=MAX_TFLOPS)] | None = None
+    prefill_mfu: Annotated[float, Field(strict=True, gt=0, le=1)] | None = None
+    decode_flops_eff: Annotated[float, Field(strict=True, gt=0, le=1)] | None = None
     step_overhead_s: Overhead = 0.001
     ttft_overhead_s: Overhead = 0.015
-    max_seqs: Annotated[int, Field(gt=0, le=MAX_CONCURRENCY)] = 256
-    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
-    runtime_overhead_gb: Annotated[float, Field(ge=0, le=MAX_SIZE_GB)] = 3.0
+    max_seqs: Annotated[int, Field(strict=True, gt=0, le=MAX_CONCURRENCY)] = 256
+    gpu_memory_utilization: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.9
+    runtime_overhead_gb: Annotated[float, Field(strict=True, ge=0, le=MAX_SIZE_GB)] = 3.0
     power_prefill_w: Power | None = None
     power_decode_w: Power | None = None
     power_idle_w: Power

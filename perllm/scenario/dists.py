@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from perllm.contract import Number
 from perllm.scenario.base import Strict
 
 # Token-length distributions. Presets are quantile tables computed from the public Azure
@@ -41,14 +42,16 @@ class Dist(Strict):
 
     kind: Literal["preset", "lognormal", "uniform", "constant", "quantiles"]
     name: str | None = Field(default=None, description="Preset name (kind: preset).")
-    mu: float | None = None
-    sigma: Annotated[float, Field(ge=0)] | None = None
-    low: Annotated[float, Field(ge=0)] | None = None
-    high: Annotated[float, Field(ge=0)] | None = None
-    value: Annotated[float, Field(ge=0)] | None = None
-    probs: list[float] | None = None
-    values: list[float] | None = None
-    max: Annotated[float, Field(gt=0)] | None = Field(default=None, description="Clip draws here.")
+    mu: Number | None = None
+    sigma: Annotated[float, Field(strict=True, ge=0)] | None = None
+    low: Annotated[float, Field(strict=True, ge=0)] | None = None
+    high: Annotated[float, Field(strict=True, ge=0)] | None = None
+    value: Annotated[float, Field(strict=True, ge=0)] | None = None
+    probs: list[Number] | None = None
+    values: list[Number] | None = None
+    max: Annotated[float, Field(strict=True, gt=0)] | None = Field(
+        default=None, description="Clip draws here."
+    )
 
     @model_validator(mode="after")
     def _params(self) -> Dist:
@@ -107,8 +110,8 @@ class Dist(Strict):
 class Choice(Strict):
     """A discrete distribution over values (e.g. quality floors)."""
 
-    values: list[float] = Field(min_length=1)
-    weights: list[Annotated[float, Field(ge=0)]] | None = None
+    values: list[Number] = Field(min_length=1)
+    weights: list[Annotated[float, Field(strict=True, ge=0)]] | None = None
 
     @model_validator(mode="after")
     def _weights(self) -> Choice:

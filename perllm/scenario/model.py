@@ -49,7 +49,7 @@ class Admission(Strict):
     `timeout` drops it after `timeout_s` in the queue, whatever its deadline."""
 
     mode: Literal["none", "reject-late", "timeout"] = "reject-late"
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    timeout_s: Annotated[float, Field(strict=True, gt=0)] = 30.0
 
     def latest_start(self, arrival: _T, deadline: _T) -> _T:
         """When a request arriving at `arrival` with budget `deadline` (s) must start at
@@ -75,10 +75,10 @@ MAX_SERVERS = 10_000
 class Scenario(Strict):
     name: str
     description: str = ""
-    duration_s: Annotated[float, Field(gt=0)] = 1800.0
-    slot_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    duration_s: Annotated[float, Field(strict=True, gt=0)] = 1800.0
+    slot_s: Annotated[float, Field(strict=True, gt=0, le=60)] = 1.0
     weights: EnergyWeights = EnergyWeights()
-    speed_noise: Annotated[float, Field(ge=0, le=1)] = Field(
+    speed_noise: Annotated[float, Field(strict=True, ge=0, le=1)] = Field(
         default=0.08, description="σ of the lognormal per-request speed noise of the world."
     )
     models: dict[str, ModelInfo] = Field(default_factory=dict)

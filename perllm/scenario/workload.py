@@ -16,9 +16,9 @@ from perllm.scenario.dists import Choice, Dist
 class Window(Strict):
     """A time window [at_s, until_s) that scales something by `factor`."""
 
-    at_s: Annotated[float, Field(ge=0)]
-    until_s: Annotated[float, Field(gt=0)]
-    factor: Annotated[float, Field(gt=0)]
+    at_s: Annotated[float, Field(strict=True, ge=0)]
+    until_s: Annotated[float, Field(strict=True, gt=0)]
+    factor: Annotated[float, Field(strict=True, gt=0)]
     servers: list[str] | None = Field(
         default=None, description="Server names or tier names (edge/cloud); None = all."
     )
@@ -48,8 +48,8 @@ class ClassArrivals(Strict):
     (kind, cv), the class's share of `workload.arrivals.rate_rps`, or `workload.rate_windows`."""
 
     kind: ArrivalKind | None = None
-    rate_rps: Annotated[float, Field(gt=0)] | None = None
-    cv: Annotated[float, Field(gt=0, le=MAX_CV)] | None = None
+    rate_rps: Annotated[float, Field(strict=True, gt=0)] | None = None
+    cv: Annotated[float, Field(strict=True, gt=0, le=MAX_CV)] | None = None
     file: str | None = Field(default=None, description="CSV of arrival seconds (kind: trace).")
     rate_windows: list[Window] | None = Field(
         default=None, description="Rate multipliers over time; None = workload.rate_windows."
@@ -90,7 +90,7 @@ class ServiceClass(Strict):
     """A kind of service in the workload mix; becomes one `ServiceSpec` (one LLMService)."""
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
-    share: Annotated[float, Field(gt=0, le=MAX_SHARE)] = 1.0
+    share: Annotated[float, Field(strict=True, gt=0, le=MAX_SHARE)] = 1.0
     model: str
     variants: list[ModelVariant] | None = None
     allowed_tiers: list[Tier] = Field(default_factory=lambda: [Tier.EDGE, Tier.CLOUD])
@@ -115,8 +115,8 @@ class Arrivals(Strict):
     """Arrival process: `poisson`, `gamma` (bursty, coefficient of variation `cv`) or `trace`."""
 
     kind: ArrivalKind = "poisson"
-    rate_rps: Annotated[float, Field(gt=0)] | None = None
-    cv: Annotated[float, Field(gt=0, le=MAX_CV)] = 2.0
+    rate_rps: Annotated[float, Field(strict=True, gt=0)] | None = None
+    cv: Annotated[float, Field(strict=True, gt=0, le=MAX_CV)] = 2.0
     file: str | None = Field(default=None, description="CSV trace (kind: trace).")
 
     @model_validator(mode="after")

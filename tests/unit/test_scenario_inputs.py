@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -791,3 +792,71 @@ def test_a_slow_but_finite_catalogue_entry_still_loads_and_runs(tmp_path: Path) 
     sc = load_scenario(write(tmp_path, own_entry("gpu", {"peak_tflops": 1e-3})))
     res = simulate(sc, policies.make("greedy-deadline"), 1)
     assert len(res.time) > 0 and np.isfinite(res.energy_infer_j).all()
+
+
+def _set(d: Any, path: str, value: object) -> None:
+    """Set `value` at a dotted YAML path with [i] indices (`servers[0].count`)."""
+    keys: list[str | int] = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+    for k in keys[:-1]:
+        d = d[k]
+    d[keys[-1]] = value
+
+
+LOOSE_NUMBERS = [
+    "duration_s",
+    "slot_s",
+    "speed_noise",
+    "weights.idle",
+    "servers[0].count",
+    "servers[0].perf_scale",
+    "servers[0].link.bandwidth_mbps",
+    "servers[0].link.rtt_ms",
+    "admission.timeout_s",
+    "workload.arrivals.rate_rps",
+    "workload.classes[0].share",
+    "workload.classes[1].input_tokens.sigma",
+    "workload.classes[0].min_quality.values[0]",
+    "bandwidth.windows[0].factor",
+    "hardware.mine.cpu_cores",
+    "hardware.mine.power_idle_w",
+    "models.mine.layers",
+    "models.mine.params_b",
+    "models.mine.weights_gb.q4_k_m",
+]
+
+
+@pytest.mark.parametrize("value", [True, "2"])
+@pytest.mark.parametrize("path", LOOSE_NUMBERS)
+def test_a_boolean_or_a_string_is_no_number(tmp_path: Path, path: str, value: object) -> None:
+    """Outside the service fields numbers were lax: `count: true` ran one server,
+    `duration_s: "20"` 20 s. Each is refused naming its field."""
+    from perllm.profiles import default_catalogue
+
+    cat = default_catalogue()
+    d = base()
+    d["models"] = {"mine": cat.models["llama2-7b"].model_dump(mode="json")}
+    d["hardware"] = {"mine": cat.hardware["xeon-silver-4214r"].model_dump(mode="json")}
+    d["admission"] = {"mode": "timeout", "timeout_s": 30}
+    d["weights"] = {"tran": 1, "infer": 1, "idle": 1}
+    d["bandwidth"] = {"windows": [{"at_s": 10, "until_s": 20, "factor": 0.5}]}
+    assert d["workload"]["classes"][1]["input_tokens"]["kind"] == "lognormal"
+    load_scenario(write(tmp_path, d))  # (valid as it is)
+    _set(d, path, value)
+    want = re.escape(path) + r": Input should be a valid (number|integer)"
+    with pytest.raises(ScenarioError, match=want):
+        load_scenario(write(tmp_path, d))
+
+
+def test_integers_are_still_numbers_and_enums_still_strings(tmp_path: Path) -> None:
+    """Strict numbers take an int where a float is meant (`duration_s: 20`); an enum is
+    still its string (`tier: edge`), which strict mode on a whole model would refuse."""
+    d = base()
+    d["duration_s"] = 20
+    d["servers"][0]["link"]["bandwidth_mbps"] = 100
+    d["workload"]["classes"][0]["variants"] = [
+        {"tier": "edge", "precision": "q4_k_m"},
+        {"tier": "cloud", "precision": "fp16", "quality": 1},
+    ]
+    sc = load_scenario(write(tmp_path, d))
+    assert sc.duration_s == 20.0 and isinstance(sc.duration_s, float)
+    assert sc.servers[0].tier.value == "edge"
