@@ -7,6 +7,10 @@ both), so the three cannot drift apart.
 
 DOMAIN = "perllm.io"
 
+# A label value (and a DNS-1123 label) has at most 63 characters: a node's
+# kubernetes.io/hostname label is its name, so a scenario's server names are held to it.
+MAX_LABEL_VALUE = 63
+
 # Nodes
 LABEL_TIER = f"{DOMAIN}/tier"  # edge | cloud
 LABEL_HARDWARE = f"{DOMAIN}/hardware"

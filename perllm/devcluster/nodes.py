@@ -17,6 +17,7 @@ from perllm.labels import (  # noqa: F401 - re-exported names
     GPU_RESOURCE,
     LABEL_HARDWARE,
     LABEL_TIER,
+    MAX_LABEL_VALUE,
 )
 from perllm.scenario import Scenario
 
@@ -91,4 +92,4 @@ def node_manifests(scenario: Scenario) -> list[dict[str, Any]]:
 def _label_value(s: str) -> str:
     """A valid label value: alphanumerics, '-', '_', '.', at most 63 characters."""
     v = "".join(c if c.isalnum() or c in "-_." else "-" for c in s).strip("-_.")
-    return v[:63].rstrip("-_.")
+    return v[:MAX_LABEL_VALUE].rstrip("-_.")

@@ -24,6 +24,7 @@ from perllm.contract import (
     Tier,
     Traffic,
 )
+from perllm.labels import MAX_LABEL_VALUE
 from perllm.profiles import Catalogue, HardwareInfo, ModelInfo, default_catalogue
 from perllm.scenario.base import Strict
 from perllm.scenario.dists import dist_mean
@@ -119,6 +120,16 @@ class Scenario(Strict):
             )
         servers = self.expanded_servers()
         names = [n for n, _ in servers]
+        for i, s in enumerate(self.servers):
+            # (`count` appends -1 … -N: the longest is the last.)
+            node = s.name if s.count == 1 else f"{s.name}-{s.count}"
+            if len(node) > MAX_LABEL_VALUE:
+                raise ValueError(
+                    f"servers[{i}].name: node name {node[:20]!r}… is {len(node)} characters"
+                    f"{' after count expansion' if s.count > 1 else ''}, more than "
+                    f"{MAX_LABEL_VALUE}: the dev cluster's node for it carries its name as the "
+                    "kubernetes.io/hostname label, a value of at most 63 characters"
+                )
         if len(names) != len(set(names)):
             raise ValueError("servers: server names (after count expansion) must be unique")
         tiers = {t.value for t in Tier}

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from perllm.contract import Deadline, ModelVariant, Tier
+from perllm.crd_fields import CHILD_SUFFIX, MAX_NAME
 from perllm.scenario.base import Strict
 from perllm.scenario.dists import Choice, Dist
 
@@ -103,6 +104,19 @@ class ServiceClass(Strict):
         default=None,
         description="Own arrival process; None = a share of the scenario-wide process.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _service_name(cls, v: str) -> str:
+        # A class is an LLMService of that name in a dev cluster (the twin matches them
+        # by name), whose name the operator holds to MAX_NAME.
+        if len(v) > MAX_NAME:
+            raise ValueError(
+                f"{v[:20]!r}… is {len(v)} characters, more than {MAX_NAME}: a class is the "
+                f"LLMService of its name, whose child Service <name>{CHILD_SUFFIX} is a "
+                "DNS-1035 label of at most 63 characters"
+            )
+        return v
 
     @model_validator(mode="after")
     def _floors(self) -> ServiceClass:

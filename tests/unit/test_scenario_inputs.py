@@ -860,3 +860,39 @@ def test_integers_are_still_numbers_and_enums_still_strings(tmp_path: Path) -> N
     sc = load_scenario(write(tmp_path, d))
     assert sc.duration_s == 20.0 and isinstance(sc.duration_s, float)
     assert sc.servers[0].tier.value == "edge"
+
+
+@pytest.mark.parametrize(
+    ("name", "count", "why"),
+    [
+        ("e" * 300, 1, r"servers\[0\]\.name: node name 'e+'… is 300 characters, more than 63"),
+        ("e" * 61, 10, r"is 64 characters after count expansion, more than 63: .*hostname"),
+    ],
+)
+def test_a_server_name_too_long_for_a_node_is_refused(
+    tmp_path: Path, name: str, count: int, why: str
+) -> None:
+    """300 characters were accepted; `perllm cluster up` then made a KWOK node whose
+    kubernetes.io/hostname label (its name) is over Kubernetes' 63 characters."""
+    d = base()
+    d["servers"][0].update(name=name, count=count)
+    with pytest.raises(ScenarioError, match=why):
+        load_scenario(write(tmp_path, d))
+    d["servers"][0].update(name=name[: 63 - len(f"-{count}")] if count > 1 else name[:63])
+    nodes = [n for n, _ in load_scenario(write(tmp_path, d)).expanded_servers()]
+    assert max(len(n) for n in nodes) == 63
+
+
+def test_a_class_name_too_long_for_an_llmservice_is_refused(tmp_path: Path) -> None:
+    """A class is the LLMService of its name in a dev cluster; the operator refuses one of
+    more than 53 characters (its child Service <name>-predictor is at most 63)."""
+    d = base()
+    d["workload"]["classes"][0]["name"] = "c" * 300
+    with pytest.raises(
+        ScenarioError,
+        match=r"workload\.classes\[0\]\.name: 'c+'… is 300 characters, more than 53: a class "
+        r"is the LLMService of its name, whose child Service <name>-predictor",
+    ):
+        load_scenario(write(tmp_path, d))
+    d["workload"]["classes"][0]["name"] = "c" * 53
+    assert load_scenario(write(tmp_path, d)).workload.classes[0].name == "c" * 53
