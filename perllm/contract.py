@@ -152,6 +152,10 @@ class ServiceSpec(_Strict):
             raise ValueError(f"variants: no variant for allowed tier(s) {missing}")
         if not self.allowed_tiers:
             raise ValueError("allowed_tiers: must name at least one tier")
+        if len(self.allowed_tiers) != len(set(self.allowed_tiers)):
+            # (the CRD's allowedTiers is a set: [edge, edge] is refused at admission)
+            got = [t.value for t in self.allowed_tiers]
+            raise ValueError(f"allowed_tiers: each tier at most once, got {got}")
         if self.tier_replicas is not None:
             outside = [t.value for t in self.tier_replicas if t not in self.allowed_tiers]
             if outside:

@@ -482,6 +482,8 @@ CONTRACT = [
     (("spec", "model", "variants", 1, "tier"), "edge", "spec.model.variants: at most one"),
     (("spec", "allowedTiers"), ["moon"], r"spec.allowedTiers\[0\]: "),
     (("spec", "allowedTiers"), [], "spec.allowedTiers: "),
+    # (a set in the CRD: outside admission [edge, edge] was accepted)
+    (("spec", "allowedTiers"), ["edge", "edge"], "spec.allowedTiers: each tier at most once"),
     (("spec", "traffic", "rateRps"), -1, "spec.traffic.rateRps: "),
     (("spec", "model", "name"), "", "spec.model.name: "),
     # A YAML `true` or a quoted number is not a number (it was read as 1.0 or 5.0).

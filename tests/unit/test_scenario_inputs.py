@@ -896,3 +896,16 @@ def test_a_class_name_too_long_for_an_llmservice_is_refused(tmp_path: Path) -> N
         load_scenario(write(tmp_path, d))
     d["workload"]["classes"][0]["name"] = "c" * 53
     assert load_scenario(write(tmp_path, d)).workload.classes[0].name == "c" * 53
+
+
+def test_a_tier_twice_in_allowed_tiers_is_refused(tmp_path: Path) -> None:
+    """`allowed_tiers: [edge, edge]` loaded (the LLMService CRD's allowedTiers is a set:
+    admission refuses it); the contract now refuses a repeated tier, naming the field."""
+    d = base()
+    d["workload"]["classes"][0]["allowed_tiers"] = ["edge", "edge"]
+    with pytest.raises(
+        ScenarioError,
+        match=r"workload\.classes\[0\]\.allowed_tiers: each tier at most once, got "
+        r"\['edge', 'edge'\]",
+    ):
+        load_scenario(write(tmp_path, d))
