@@ -47,6 +47,7 @@ err = Console(stderr=True, soft_wrap=True)  # an error stays one line when piped
 
 def parse_values(option: str, text: str | None) -> list[float]:
     """`"4,5,6"` -> [4.0, 5.0, 6.0]; a clear error for anything else."""
+    from perllm.contract import MAX_LINK_MBPS, MIN_LINK_MBPS
     from perllm.sweep.transforms import SweepError
 
     if text is None:
@@ -62,6 +63,12 @@ def parse_values(option: str, text: str | None) -> list[float]:
             raise SweepError(f"{option}: {p!r} is not a number") from None
         if not (v > 0 and v != float("inf")):
             raise SweepError(f"{option}: every value must be a finite number > 0, got {p}")
+        if option == "--cloud-mbps" and not MIN_LINK_MBPS <= v <= MAX_LINK_MBPS:
+            # (the link's own bounds, as a scenario's servers[i].link.bandwidth_mbps)
+            raise SweepError(
+                f"{option}: {p} Mbps is outside the {MIN_LINK_MBPS:g} to {MAX_LINK_MBPS:,.0f} "
+                "Mbps (1 kbit/s to 10 Tbit/s) a link has"
+            )
         out.append(v)
     if len(set(out)) != len(out):
         raise SweepError(f"{option}: a value is repeated in {text!r}")

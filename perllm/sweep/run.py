@@ -32,6 +32,12 @@ AXIS_LABEL: dict[str, str] = {
     "cloud_mbps": "cloud link (Mbps, nominal)",
 }
 AXIS_SHORT: dict[str, str] = {"load_rps": "load", "load_x": "load", "cloud_mbps": "cloud-bw"}
+# The `perllm sweep` option that sets each axis: a point the scenario refuses is its error.
+AXIS_FLAG: dict[str, str] = {
+    "load_rps": "--load",
+    "load_x": "--load-x",
+    "cloud_mbps": "--cloud-mbps",
+}
 OnDone = Callable[[str], None]
 
 
@@ -62,12 +68,33 @@ class Sweep:
             "cloud_mbps": set_cloud_bandwidth,
         }[axis]
         pts = tuple(SweepPoint(float(v), tf(sc, float(v))) for v in values)
+        flag = AXIS_FLAG[axis]
         for pt in pts:  # a transformed point must still be a scenario that runs
+            if axis != "cloud_mbps":
+                _check_rates(sc, pt, flag)
             try:
                 check_services(pt.scenario, sc.name)
             except ScenarioError as e:
-                raise SweepError(f"{AXIS_SHORT[axis]} sweep at {pt.value:g}: {e}") from None
+                # (named by the option: the field the message names is one the sweep set)
+                raise SweepError(f"{flag} {pt.value:g}: at it, {e}") from None
         return cls(f"{sc.name}-{AXIS_SHORT[axis]}", sc.name, axis, pts)
+
+
+def _check_rates(sc: Scenario, pt: SweepPoint, flag: str) -> None:
+    """A load point takes no class above the contract's `MAX_RATE_RPS`: refused naming the
+    option and its largest value for this scenario (the contract's error named
+    `workload.classes[k].arrivals.rate_rps`, a field the sweep set, not the user)."""
+    from perllm.contract import MAX_RATE_RPS
+
+    rates = [pt.scenario.declared_rate(k) for k in range(len(sc.workload.classes))]
+    k = max(range(len(rates)), key=rates.__getitem__)
+    if rates[k] > MAX_RATE_RPS:
+        most = pt.value * MAX_RATE_RPS / rates[k]
+        raise SweepError(
+            f"{flag}: {pt.value:g} is too high for {sc.name}: its class "
+            f"{sc.workload.classes[k].name!r} would arrive at {rates[k]:,.6g} req/s, more than "
+            f"the {MAX_RATE_RPS:,.0f} req/s a class (at most {most:.4g} here)"
+        )
 
 
 @dataclass

@@ -179,12 +179,25 @@ def test_no_bound_keeps_the_columns_empty_and_processes_match(tmp_path: Path) ->
         (["--load", "4", "--duration", "-5"], "--duration: must be a finite number ≥ 1"),
         (["--load", "4", "--duration", "0.5"], "--duration: must be a finite number ≥ 1"),
         (["nope-scenario", "--load", "4"], "no such file or built-in scenario"),
-        (["--load", "4,1e9"], "load sweep at 1e+09: paper-llama2-7b: invalid scenario"),
-        # (ran, at a nominal link beyond link.bandwidth_mbps's 10,000,000 Mbps)
+        # (named the class's arrivals.rate_rps after "load sweep at 1e+300", not the option)
+        (
+            ["--load", "4,1e300"],
+            "--load: 1e+300 is too high for paper-llama2-7b: its class 'chat' would arrive at "
+            "5e+299 req/s, more than the 1,000 req/s a class (at most 2000 here)",
+        ),
+        (["--load-x", "1e9"], "--load-x: 1e+09 is too high for paper-llama2-7b: its class"),
+        # (ran, at a nominal link beyond link.bandwidth_mbps's 10,000,000 Mbps; then named
+        # servers[1].link.bandwidth_mbps after "cloud-bw sweep at 1e+12")
         (
             ["--cloud-mbps", "300,1e12"],
-            "cloud-bw sweep at 1e+12: paper-llama2-7b: invalid scenario: "
-            "servers[1].link.bandwidth_mbps: 1e+12 Mbps is above the 10,000,000 Mbps",
+            "--cloud-mbps: 1e12 Mbps is outside the 0.001 to 10,000,000 Mbps",
+        ),
+        (["--cloud-mbps", "1e-300"], "--cloud-mbps: 1e-300 Mbps is outside the 0.001 to"),
+        # (a point the scenario refuses otherwise: its error, after the option and value)
+        (
+            ["bandwidth-collapse", "--cloud-mbps", "0.01"],
+            "--cloud-mbps 0.01: at it, bandwidth-collapse: invalid scenario: bandwidth.windows: "
+            "server 'cloud''s link would be 0.0001 Mbps from 600 s",
         ),
         (
             ["edge-gpu", "edge-gpu", "--load", "4"],
