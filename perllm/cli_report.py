@@ -26,11 +26,26 @@ def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
+# A value a policy's runs leave undefined: none of its seeds had a request (the
+# scenario's `note` says so); "—" is a value that is not there (a policy not run).
+NA = "n/a"
+
+
+def metric(m: dict[str, Any] | None, key: str) -> str:
+    """A success-like share of policy entry `m` in %: "—" without `m`, n/a if undefined."""
+    if m is None:
+        return "—"
+    return NA if m[key] is None else pct(m[key])
+
+
 def print_report(console: Console, report: dict[str, Any], order: list[str], detail: bool) -> None:
     """Success rates per scenario, the totals, the distance to the hindsight bound (when
     solved) and, with `detail`, per-class success rates."""
     scs = report["scenarios"]
     console.print(success_table(scs, order))
+    for s, e in scs.items():  # why a value is n/a, said once
+        if "note" in e:
+            console.print(f"n/a: {s}: {e['note']}")
     console.print(totals_table(scs, order))
     if any("bound" in s for s in scs.values()):
         console.print(bound_table(scs, order))
@@ -45,7 +60,7 @@ def success_table(scs: dict[str, Any], order: list[str]) -> Table:
     for s in scs:
         t.add_column(s, justify="right")
     for p in order:
-        t.add_row(p, *[pct(scs[s]["policies"].get(p, {}).get("success_rate")) for s in scs])
+        t.add_row(p, *[metric(scs[s]["policies"].get(p), "success_rate") for s in scs])
     return t
 
 
@@ -63,11 +78,19 @@ def totals_table(scs: dict[str, Any], order: list[str]) -> Table:
 def _totals_cells(scs: dict[str, Any], p: str, ms: list[dict[str, Any]]) -> list[str]:
     """Policy p's totals row (after its name): means over the scenarios it ran in."""
 
-    def mean(k: str) -> float:
-        return float(sum(m[k] for m in ms) / len(ms))
+    def over(vals: list[float | None]) -> float | None:
+        """Mean over the scenarios where defined (None: in none, no request arrived)."""
+        v = [x for x in vals if x is not None]
+        return sum(v) / len(v) if v else None
 
-    def br(k: str) -> float:
-        return float(sum(m["energy_breakdown_j"][k] for m in ms) / len(ms))
+    def mean(k: str) -> float | None:
+        return over([m[k] for m in ms])
+
+    def br(k: str) -> float | None:
+        return over([m["energy_breakdown_j"][k] for m in ms])
+
+    def num(x: float | None, digits: int) -> str:
+        return NA if x is None else f"{x:.{digits}f}"
 
     rat = [s.get("ratios_vs_perllm", {}).get(p) for s in scs.values()]
     rat = [r for r in rat if r]
@@ -81,13 +104,13 @@ def _totals_cells(scs: dict[str, Any], p: str, ms: list[dict[str, Any]]) -> list
     reg = [s.get("regret_vs_clairvoyant_greedy", {}).get(p) for s in scs.values()]
     reg = [r for r in reg if r is not None]
     return [
-        f"{mean('throughput_rps'):.2f}",
-        f"{mean('goodput_rps'):.2f}",
-        f"{mean('energy_j_per_service'):.1f}",
-        f"{br('tran'):.2f}",
-        f"{br('infer'):.1f}",
-        f"{br('idle'):.1f}",
-        pct(mean("edge_share")),
+        num(mean("throughput_rps"), 2),
+        num(mean("goodput_rps"), 2),
+        num(mean("energy_j_per_service"), 1),
+        num(br("tran"), 2),
+        num(br("infer"), 1),
+        num(br("idle"), 1),
+        metric({"e": mean("edge_share")}, "e"),
         "—" if thr is None else f"{thr:.2f}×",
         "—" if en is None else f"{en:.2f}×",
         "—" if not reg else f"{sum(reg) / len(reg):.1f}",
@@ -142,5 +165,7 @@ def class_table(s: str, entry: dict[str, Any], order: list[str]) -> Table:
     for p in order:
         if p in entry["policies"]:
             pc = entry["policies"][p]["per_class"]
-            t.add_row(p, *[pct(pc[c]["success_rate"]) for c in classes])
+            t.add_row(p, *[metric(pc[c], "success_rate") for c in classes])
+            if any(pc[c]["success_rate"] is None for c in classes):
+                t.caption = "n/a: no request of the class arrived"
     return t

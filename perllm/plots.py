@@ -22,6 +22,11 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _pct(x: float | None) -> float:
+    """A share in %, NaN (no bar) where undefined or absent."""
+    return np.nan if x is None else 100 * x
+
+
 def success_per_model(report: dict[str, Any], out: Path) -> Path:
     """Grouped bars: deadline success rate per scenario (model) and policy."""
     scs = list(report["scenarios"])
@@ -31,8 +36,7 @@ def success_per_model(report: dict[str, Any], out: Path) -> Path:
     x = np.arange(len(scs))
     for k, p in enumerate(pols):
         vals = [
-            report["scenarios"][s]["policies"].get(p, {}).get("success_rate", np.nan) * 100
-            for s in scs
+            _pct(report["scenarios"][s]["policies"].get(p, {}).get("success_rate")) for s in scs
         ]
         ax.bar(x + k * width - 0.4 + width / 2, vals, width, label=p)
     ax.set_xticks(x, scs, rotation=15, ha="right")
@@ -51,15 +55,22 @@ def energy_breakdown(report: dict[str, Any], out: Path) -> Path:
     for s in report["scenarios"].values():
         for p, m in s["policies"].items():
             pols.setdefault(p, []).append(m["energy_breakdown_j"])
-    names = sorted(pols, key=lambda p: sum(np.mean([b[k] for b in pols[p]]) for k in pols[p][0]))
+
+    def mean(p: str, part: str) -> float:
+        """Over the scenarios where defined (none: no request arrived, no bar)."""
+        v = [b[part] for b in pols[p] if b[part] is not None]
+        return float(np.mean(v)) if v else 0.0
+
+    names = sorted(pols, key=lambda p: sum(mean(p, k) for k in pols[p][0]))
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(names) + 2), 4))
     bottom = np.zeros(len(names))
     for part in ("tran", "infer", "idle"):
-        vals = np.array([np.mean([b[part] for b in pols[p]]) for p in names])
+        vals = np.array([mean(p, part) for p in names])
         ax.bar(names, vals, bottom=bottom, label=part)
         bottom += vals
     ax.set_ylabel("energy per service (J)")
-    ax.set_yscale("log")
+    if bottom.max(initial=0.0) > 0:  # (no bar at all: runs without requests)
+        ax.set_yscale("log")
     ax.tick_params(axis="x", rotation=30)
     ax.legend()
     ax.set_title("Energy per service: transmission + inference + idle")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from perllm.world.result import RunResult
+from perllm.world.result import NO_REQUESTS, RunResult
 
 if TYPE_CHECKING:
     from perllm.bound import BoundResult
@@ -20,23 +20,26 @@ REFERENCE_POLICY = "perllm"
 
 @dataclass(frozen=True)
 class Metrics:
-    success_rate: float
+    # None: undefined, the run had no request (`world.result.NO_REQUESTS`): not 0 %, nor
+    # its idle energy "per service" (null in JSON, empty in CSV, n/a in tables)
+    success_rate: float | None
     throughput_rps: float
     goodput_rps: float
-    energy_j_per_service: float
-    energy_breakdown_j: dict[str, float]  # per service
+    energy_j_per_service: float | None
+    energy_breakdown_j: dict[str, float | None]  # per service
     services: int
-    per_model: dict[str, dict[str, float]]
-    per_class: dict[str, dict[str, float]]
-    edge_share: float  # of the requests that ran (shed and rejected ones never did)
+    per_model: dict[str, dict[str, float | None]]
+    per_class: dict[str, dict[str, float | None]]
+    # of the requests that ran (shed and rejected ones never did); None: none ran
+    edge_share: float | None
     wall_s: float
     # Failures by kind, as shares of all requests: shed by the policy, rejected by the
     # world's admission control, run but finished after the deadline, run on a variant
     # below the request's quality floor (a request can be both late and below its floor).
-    shed_rate: float = 0.0
-    rejected_rate: float = 0.0
-    late_rate: float = 0.0
-    quality_violation_rate: float = 0.0
+    shed_rate: float | None = 0.0
+    rejected_rate: float | None = 0.0
+    late_rate: float | None = 0.0
+    quality_violation_rate: float | None = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,69 +60,82 @@ class Metrics:
         }
 
 
+def _share(mask: NDArray[np.bool_]) -> float | None:
+    """The share of True in `mask`; None for no element (0 of 0 is no 0 %)."""
+    return float(mask.mean()) if mask.size else None
+
+
 def run_metrics(r: RunResult) -> Metrics:
     n = len(r.time)
     in_time = r.finish <= r.duration_s
-    eb = {k: v / max(n, 1) for k, v in r.energy_breakdown_j.items()}
-    per_model: dict[str, dict[str, float]] = {}
-    per_class: dict[str, dict[str, float]] = {}
+    per_service = {k: v / max(n, 1) for k, v in r.energy_breakdown_j.items()}
+    eb: dict[str, float | None] = {k: v if n else None for k, v in per_service.items()}
+    per_model: dict[str, dict[str, float | None]] = {}
+    per_class: dict[str, dict[str, float | None]] = {}
     cls = r.requests.cls
     shed, rejected = r.shed, r.rejected
     ran = ~(shed | rejected)
     for model in sorted(set(r.models)):
         mask = np.isin(cls, [c for c, mm in enumerate(r.models) if mm == model])
-        per_model[model] = {
-            "success_rate": float(r.met[mask].mean()) if mask.any() else 0.0,
-            "services": int(mask.sum()),
-        }
+        per_model[model] = {"success_rate": _share(r.met[mask]), "services": int(mask.sum())}
     for c, name in enumerate(r.class_names):
         mask = cls == c
         timed = mask & ran  # shed and rejected requests have no processing time
         per_class[name] = {
-            "success_rate": float(r.met[mask].mean()) if mask.any() else 0.0,
+            "success_rate": _share(r.met[mask]),
             "services": int(mask.sum()),
-            "p95_time_s": float(np.percentile(r.time[timed], 95)) if timed.any() else 0.0,
+            "p95_time_s": float(np.percentile(r.time[timed], 95)) if timed.any() else None,
         }
     edge = np.array([t == "edge" for t in r.tiers], bool)[r.server[ran]]
     return Metrics(
-        success_rate=float(r.met.mean()) if n else 0.0,
+        success_rate=_share(r.met),
         # Served requests only: a rejected request has a finish time (when the client
         # heard of the rejection) but was never processed.
         throughput_rps=float((in_time & ran).sum() / r.duration_s),
         goodput_rps=float((in_time & r.met).sum() / r.duration_s),
-        energy_j_per_service=float(sum(eb.values())),
+        energy_j_per_service=float(sum(per_service.values())) if n else None,
         energy_breakdown_j=eb,
         services=n,
         per_model=per_model,
         per_class=per_class,
-        edge_share=float(edge.mean()) if edge.size else 0.0,
+        edge_share=_share(edge),
         wall_s=r.wall_s,
-        shed_rate=float(shed.mean()) if n else 0.0,
-        rejected_rate=float(rejected.mean()) if n else 0.0,
-        late_rate=float((ran & (r.time > r.requests.deadline)).mean()) if n else 0.0,
-        quality_violation_rate=float((ran & ~r.quality_ok).mean()) if n else 0.0,
+        shed_rate=_share(shed),
+        rejected_rate=_share(rejected),
+        late_rate=_share(ran & (r.time > r.requests.deadline)),
+        quality_violation_rate=_share(ran & ~r.quality_ok),
     )
 
 
+def _mean(vals: list[float | None]) -> float | None:
+    """Mean over the seeds where the value is defined (None: in none)."""
+    v = [x for x in vals if x is not None]
+    return float(np.mean(v)) if v else None
+
+
 def _mean_metrics(ms: list[Metrics]) -> dict[str, Any]:
-    """Mean over seeds, with the per-seed values kept."""
+    """Mean over seeds, with the per-seed values kept; an undefined value (a seed without
+    requests) is left out of its mean."""
     d0 = ms[0].to_dict()
+    ds = [m.to_dict() for m in ms]
     out: dict[str, Any] = {}
     for k, v in d0.items():
-        if isinstance(v, int | float):
-            vals = [float(m.to_dict()[k]) for m in ms]
-            out[k] = float(np.mean(vals))
-            if k in ("success_rate", "energy_j_per_service", "throughput_rps"):
-                out[f"{k}_std"] = float(np.std(vals))
-        elif k == "energy_breakdown_j":
-            out[k] = {p: float(np.mean([m.energy_breakdown_j[p] for m in ms])) for p in v}
-        else:  # per_model / per_class: average each inner number
+        if k == "energy_breakdown_j":
+            out[k] = {p: _mean([m.energy_breakdown_j[p] for m in ms]) for p in v}
+        elif k in ("per_model", "per_class"):  # average each inner number
             out[k] = {
-                name: {f: float(np.mean([getattr(m, k)[name][f] for m in ms])) for f in inner}
+                name: {f: _mean([getattr(m, k)[name][f] for m in ms]) for f in inner}
                 for name, inner in v.items()
             }
+        else:
+            vals = [d[k] for d in ds]
+            out[k] = _mean(vals)
+            if k in ("success_rate", "energy_j_per_service", "throughput_rps"):
+                defined = [x for x in vals if x is not None]
+                out[f"{k}_std"] = float(np.std(defined)) if defined else None
     out["services"] = int(sum(m.services for m in ms))
     out["seeds"] = len(ms)
+    out["seeds_without_requests"] = sum(m.services == 0 for m in ms)
     return out
 
 
@@ -139,6 +155,16 @@ def build_report(
     scenarios: dict[str, Any] = {}
     for sc, pols in grouped.items():
         entry: dict[str, Any] = {"policies": {p: _mean_metrics(ms) for p, ms in pols.items()}}
+        empty = max(m["seeds_without_requests"] for m in entry["policies"].values())
+        if empty:  # (the same arrivals for every policy of a seed)
+            seeds = max(m["seeds"] for m in entry["policies"].values())
+            what = "success, J/service, edge share and the failure rates are undefined"
+            entry["note"] = (
+                f"{NO_REQUESTS} in any of its {seeds} seed(s): {what} (null)"
+                if empty == seeds
+                else f"{NO_REQUESTS} in {empty} of {seeds} seeds: {what} there (null), and "
+                "each mean is over the other seeds"
+            )
         ours = entry["policies"].get(REFERENCE_POLICY)
         if ours:
             entry["ratios_vs_perllm"] = {
@@ -201,8 +227,8 @@ def finite_json(x: Any) -> Any:
     return x
 
 
-def _ratio(a: float, b: float) -> float | None:
-    return a / b if b > 0 else None
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b is not None and b > 0 else None
 
 
 def reward_series(

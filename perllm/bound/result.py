@@ -11,6 +11,7 @@ from typing import Any
 from perllm.bound.model import build_pairs, demand_rows
 from perllm.bound.solve import ABS_MARGIN, BoundError, HindsightBound, Progress
 from perllm.scenario import Scenario
+from perllm.world.result import NO_REQUESTS
 from perllm.world.sim import World
 
 # Success targets of the energy LP are rounded down to this fraction of the requests, so
@@ -135,6 +136,8 @@ def compute_bound(
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
     world = World(sc, seed)
+    if not len(world.req):  # (success and energy per service are undefined)
+        raise BoundSkipped(f"{sc.name} seed {seed}: bound skipped: {NO_REQUESTS}")
     check_size(sc.name, seed, len(world.req), world.table.n_servers)
     pairs = build_pairs(world)
     grid = grid_s if grid_s is not None else max(sc.slot_s, 1.0)

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from perllm.cli_args import integer, seed_count
 from perllm.cli_outputs import ensure_writable, output_path, writing
+from perllm.world.result import NO_REQUESTS
 
 if TYPE_CHECKING:
     from perllm.sweep.run import Sweep, SweepResult
@@ -79,6 +80,11 @@ def _fmt(x: Any, scale: float = 1.0, digits: int = 1) -> str:
     return "—" if x is None else f"{x * scale:.{digits}f}"
 
 
+def _run_fmt(x: Any, scale: float = 1.0, digits: int = 1) -> str:
+    """A run metric: None is undefined (no request arrived in any seed), n/a."""
+    return "n/a" if x is None else _fmt(x, scale, digits)
+
+
 def print_table(console: Console, data: dict[str, Any]) -> None:
     t = Table(
         title=f"{data['sweep']} ({data['duration_s']:g} s, {len(data['seeds'])} seed(s))",
@@ -110,26 +116,35 @@ def print_table(console: Console, data: dict[str, Any]) -> None:
         t.add_row(
             f"{r['value']:g}",
             r["policy"],
-            _fmt(r["success_rate"], 100),
+            _run_fmt(r["success_rate"], 100),
             _fmt(r["bound_success_rate"], 100) + mark,
             _fmt(r["success_gap_points"]) + mark,
-            _fmt(r["goodput_rps"], 1, 2),
-            _fmt(r["energy_j_per_service"]),
+            _run_fmt(r["goodput_rps"], 1, 2),
+            _run_fmt(r["energy_j_per_service"]),
             _fmt(r["bound_energy_lb_j_per_service"]) + mark,
             # (null in the JSON data: infinite where a seed's ratio is, to a 0 J bound)
             ("inf" if r["energy_ratio_inf_seeds"] else _fmt(r["energy_ratio"], 1, 2)) + mark,
-            _fmt(r["edge_share"], 100),
-            _fmt(r["quality_violation_rate"], 100),
-            _fmt(r["late_rate"], 100),
-            _fmt(r["shed_rate"], 100),
-            _fmt(r["rejected_rate"], 100),
+            _run_fmt(r["edge_share"], 100),
+            _run_fmt(r["quality_violation_rate"], 100),
+            _run_fmt(r["late_rate"], 100),
+            _run_fmt(r["shed_rate"], 100),
+            _run_fmt(r["rejected_rate"], 100),
         )
+    captions = []
     if partial:
-        t.caption = (
+        captions.append(
             "†: the bound of only some seeds (bound_seeds of seeds; the others skipped, "
             "below): bound, gap and E ratio over those seeds, each run against its own "
             "seed's bound; success over all"
         )
+    if any(r["seeds_without_requests"] for r in data["rows"]):
+        captions.append(
+            f"n/a: {NO_REQUESTS} in any seed of the point (undefined, null in the JSON); "
+            "where only some seeds had none (seeds_without_requests), the means are over "
+            "the others"
+        )
+    if captions:
+        t.caption = "\n".join(captions)
         t.caption_justify = "left"
     console.print(t)
 

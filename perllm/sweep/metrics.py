@@ -31,10 +31,11 @@ METRICS: tuple[Metric, ...] = (
 BOUND_METRICS = ("success_gap_points", "energy_ratio", "bound_energy_lb_j_per_service")
 
 
-def run_row(r: RunResult) -> dict[str, float]:
+def run_row(r: RunResult) -> dict[str, float | None]:
     """The sweep's metrics of one run: `report.run_metrics` (fractions of all requests
-    unless named otherwise; edge share of the requests that ran), plus the counts and the
-    total energy the sweep's aggregation needs."""
+    unless named otherwise; edge share of the requests that ran; None where undefined: a
+    run without requests), plus the counts and the total energy the sweep's aggregation
+    needs."""
     m = run_metrics(r)
     return {
         "requests": float(m.services),

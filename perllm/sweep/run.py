@@ -131,10 +131,11 @@ class SweepResult:
                     "requests": float(np.mean([d["requests"] for d in runs])),
                 }
                 keys = [m.key for m in METRICS if m.key not in BOUND_METRICS]
-                for k in keys:
-                    vals = [d[k] for d in runs]
-                    row[k] = float(np.mean(vals))
-                    row[f"{k}_std"] = float(np.std(vals))
+                for k in keys:  # (None: undefined in that seed, a run without requests)
+                    vals = [d[k] for d in runs if d[k] is not None]
+                    row[k] = float(np.mean(vals)) if vals else None
+                    row[f"{k}_std"] = float(np.std(vals)) if vals else None
+                row["seeds_without_requests"] = sum(d["requests"] == 0 for d in runs)
                 row["bound_seeds"] = len(b)
                 row["bound_success_rate"] = _mean([d["success_rate_ub"] for d in b])
                 row["bound_energy_j_per_service"] = _mean([d["energy_lb_j_per_service"] for d in b])
@@ -198,7 +199,7 @@ def _mean(xs: Iterable[float | None]) -> float | None:
 
 
 # Jobs run in worker processes: module-level functions with picklable arguments.
-def _run_job(sc: Scenario, policy: str, seed: int) -> dict[str, float]:
+def _run_job(sc: Scenario, policy: str, seed: int) -> dict[str, float | None]:
     from perllm.world.sim import simulate
 
     return run_row(simulate(sc, policies.make(policy), seed))
@@ -387,6 +388,7 @@ class _Jobs:
 
 def csv_columns() -> list[str]:
     cols = ["sweep", "scenario", "axis", "value", "policy", "seeds", "duration_s", "requests"]
+    cols.append("seeds_without_requests")
     for m in METRICS:
         if m.key in BOUND_METRICS:
             continue

@@ -12,6 +12,11 @@ from perllm.world.workload import Requests
 F = NDArray[np.float64]
 
 
+# Why a run's success, energy per service and failure shares are undefined (None): a run
+# shorter than one arrival, or a trace whose rows all lie past its end, has no request.
+NO_REQUESTS = "no request arrived"
+
+
 @dataclass
 class RunResult:
     """Per-request outcomes and per-server energy of one run."""

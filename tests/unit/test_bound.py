@@ -14,7 +14,14 @@ import yaml
 from typer.testing import CliRunner
 
 from perllm import policies
-from perllm.bound import HindsightBound, Pairs, build_pairs, compute_bound, demand_rows
+from perllm.bound import (
+    BoundSkipped,
+    HindsightBound,
+    Pairs,
+    build_pairs,
+    compute_bound,
+    demand_rows,
+)
 from perllm.cli import app
 from perllm.profiles import default_catalogue
 from perllm.report import finite_json
@@ -200,22 +207,27 @@ def test_a_world_without_power_has_a_zero_bound_that_a_run_meets(tmp_path: Path)
 
 
 def test_a_run_within_the_bounds_margin_is_at_it_not_inf(tmp_path: Path) -> None:
-    """A scenario of 1e-9 s draws no request; its idle energy (2e-7 J) is below the energy
-    LP's absolute margin of 1e-6 J, so the bound is 0 J, and every policy was `inf×` it."""
+    """A bound of 0 J (below the energy LP's absolute margin of 1e-6 J): a run within the
+    margin is at it, not `inf×` it. (A scenario of 1e-9 s, whose idle energy of 2e-7 J
+    showed it, draws no request: its bound is now skipped, success being undefined.)"""
+    from perllm.bound import BoundResult
+
+    b = BoundResult("zero", 1, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0)
+    assert b.distance(1, 2e-7)["energy_ratio"] == 1.0
+    assert b.distance(1, 1.0)["energy_ratio"] == math.inf  # beyond the margin: below no bound
     data = load_scenario("paper-llama2-7b").model_dump(mode="json")
     data |= {"name": "blink", "duration_s": 1e-9}
     f, js = tmp_path / "blink.yaml", tmp_path / "r.json"
     f.write_text(yaml.safe_dump(data))
-    b = compute_bound(load_scenario(f), 1)
-    assert b.n_requests == 0 and b.energy_lb_j == 0.0
-    assert b.distance(0, 2e-7)["energy_ratio"] == 1.0
-    assert b.distance(0, 1.0)["energy_ratio"] == math.inf  # beyond the margin: below no bound
+    with pytest.raises(BoundSkipped, match="blink seed 1: bound skipped: no request arrived"):
+        compute_bound(load_scenario(f), 1)
     args = ["simulate", str(f), "-p", "perllm", "-p", "round-robin", "--seeds", "1"]
     res = CliRunner().invoke(app, [*args, "--json", str(js)])
     assert res.exit_code == 0, res.output
     assert "inf×" not in res.output
     report = json.loads(js.read_text(), parse_constant=lambda c: pytest.fail(c))
-    assert report["scenarios"]["blink"]["vs_bound"]["perllm"]["energy_ratio"] == 1.0
+    assert "vs_bound" not in report["scenarios"]["blink"]
+    assert report["scenarios"]["blink"]["bound_skipped"][0]["reason"].endswith("no request arrived")
 
 
 def _tiny(name: str = "tiny") -> Scenario:

@@ -474,3 +474,29 @@ def test_an_infinite_energy_ratio_is_shown_not_dropped(
     print_table(console, data)
     edge_line = next(ln for ln in console.export_text().splitlines() if "edge-only" in ln)
     assert "inf" in edge_line
+
+
+def test_a_point_without_requests_is_undefined_not_zero(tmp_path: Path) -> None:
+    """A load too low for one arrival in the run reported 0 % success and the idle energy
+    as J/service; its run metrics are null in the JSON, empty in the CSV, n/a in the table
+    (said once), and its bound is skipped saying why."""
+    res = runner.invoke(
+        app,
+        [
+            *("sweep", "paper-llama2-7b", "--load", "1e-300,4", "--duration", "5"),
+            *("-p", "greedy-deadline", "--out", str(tmp_path)),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "n/a: no request arrived in any seed of the point" in text
+    assert "bound skipped: no request arrived" in text
+    data = json.loads((tmp_path / "paper-llama2-7b-load.json").read_text())
+    empty, four = data["rows"]
+    assert empty["requests"] == 0 and empty["seeds_without_requests"] == 1
+    for k in ("success_rate", "energy_j_per_service", "edge_share", "late_rate", "shed_rate"):
+        assert empty[k] is None and four[k] is not None
+    assert four["success_rate"] > 0
+    with (tmp_path / "paper-llama2-7b-load.csv").open() as fh:
+        row = next(csv.DictReader(fh))
+    assert row["success_rate"] == "" and row["energy_j_per_service"] == ""
