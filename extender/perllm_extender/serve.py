@@ -15,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from perllm_extender.app import probe_app
+from perllm_extender.transport import GuardedHttp
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ def main_config(
     app: FastAPI, host: str, port: int, tls: Tls | None, log_level: str
 ) -> uvicorn.Config:
     """The main listener. `proxy_headers=False`: the request scheme is the transport's, so an
-    `X-Forwarded-Proto: https` header cannot pass for a verified client certificate."""
+    `X-Forwarded-Proto: https` header cannot pass for a verified client certificate. Both
+    listeners bound how long a request may take to arrive and its head (`transport`)."""
     kw: dict[str, object] = {}
     if tls is not None:
         kw = {
@@ -54,7 +56,23 @@ def main_config(
         port=port,
         log_level=log_level,
         proxy_headers=False,
+        http=GuardedHttp,  # a read deadline and a head limit (`transport`)
+        ws="none",  # no WebSocket routes: no upgrades
         **kw,  # type: ignore[arg-type]
+    )
+
+
+def probe_config(app: FastAPI, host: str, port: int, log_level: str) -> uvicorn.Config:
+    """The plain-HTTP probe port (`app.probe_app`); its lifespan is the main app's."""
+    return uvicorn.Config(
+        probe_app(app),
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="off",
+        proxy_headers=False,
+        http=GuardedHttp,
+        ws="none",
     )
 
 
@@ -65,16 +83,7 @@ def serve(
     if not metrics_port:
         main.run()
         return
-    side = _SideServer(
-        uvicorn.Config(
-            probe_app(app),
-            host=host,
-            port=metrics_port,
-            log_level=log_level,
-            lifespan="off",
-            proxy_headers=False,
-        )
-    )
+    side = _SideServer(probe_config(app, host, metrics_port, log_level))
 
     async def both() -> None:
         task = asyncio.create_task(side.serve())
