@@ -49,6 +49,13 @@ def node_name(obj: Obj) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
+def shown(v: str, n: int = 40) -> str:
+    """`v` quoted for a reason or a log line, its first `n` characters at most: a value
+    from a request (an annotation, a label) is as long as its author made it (a 1 MB
+    annotation came back whole in the 400 and in its log line)."""
+    return repr(v) if len(v) <= n else f"{v[:n]!r}... ({len(v)} characters)"
+
+
 def ann_float(ann: dict[str, str], key: str) -> float | None:
     """A numeric annotation; None when absent, ValueError naming it when not a finite
     number (`float()` reads "inf" and "nan": an infinite link energy on one node made every
@@ -59,9 +66,9 @@ def ann_float(ann: dict[str, str], key: str) -> float | None:
     try:
         x = float(v)
     except ValueError:
-        raise ValueError(f"annotation {key}={v!r} is not a number") from None
+        raise ValueError(f"annotation {key}={shown(v)} is not a number") from None
     if not math.isfinite(x):
-        raise ValueError(f"annotation {key}={v!r} is not a finite number")
+        raise ValueError(f"annotation {key}={shown(v)} is not a finite number")
     return x
 
 
@@ -73,12 +80,12 @@ def to_server(obj: Obj, catalogue: Catalogue) -> Server | str:
     labels, ann = meta_map(obj, "labels"), meta_map(obj, "annotations")
     tier = labels.get(LABEL_TIER)
     if tier not in {t.value for t in Tier}:
-        return f"no valid {LABEL_TIER} label (got {tier!r})"
+        return f"no valid {LABEL_TIER} label (got {tier if tier is None else shown(tier)})"
     hardware = labels.get(LABEL_HARDWARE) or ann.get(ANN_HARDWARE)
     if not hardware:
         return f"no {LABEL_HARDWARE} label or annotation"
     if hardware not in catalogue.hardware:
-        return f"unknown hardware {hardware!r} (not in the catalogue)"
+        return f"unknown hardware {shown(hardware)} (not in the catalogue)"
     try:
         bw = ann_float(ann, ANN_LINK_BANDWIDTH)
         if bw is None:

@@ -25,7 +25,8 @@ from perllm.labels import (
     DOMAIN,
     LABEL_SERVICE,
 )
-from perllm_extender.nodes import ann_float, meta_map
+from perllm_extender.names import is_dns_label
+from perllm_extender.nodes import ann_float, meta_map, shown
 
 ANN_MODEL = f"{DOMAIN}/model"  # optional: the catalogue model key when no LLMService is known
 
@@ -118,6 +119,11 @@ class ServiceRegistry:
         name = service_label(pod)
         if name is None:
             return None
+        if not is_dns_label(name):  # Kubernetes has no longer label value, nor LLMService name
+            raise BadPod(
+                f"pod {pod_key(pod)}: label {LABEL_SERVICE}={shown(name)} is not an "
+                "LLMService name (an RFC 1123 label)"
+            )
         ann = meta_map(pod, "annotations")
 
         def num(key: str) -> float | None:

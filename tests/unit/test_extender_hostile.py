@@ -355,3 +355,47 @@ def test_a_body_sent_as_another_type_than_json_is_a_415(client: TestClient) -> N
         for headers in ({}, {"content-type": "application/json; charset=utf-8"}):
             r = client.post(f"/scheduler/{verb}", content=body, headers=headers)
             assert r.status_code == 200, r.text
+
+
+def test_a_huge_annotation_or_service_label_is_not_echoed_in_full(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 1 MB deadline annotation came back whole in the 400 and in its log line (on every
+    retry of the pod: log volume at a pod author's will); the value is shown shortened."""
+    huge = "9" * 1_000_000
+    cases = [
+        (pod(annotations={"perllm.io/deadline-s": huge}), "perllm.io/deadline-s='99999"),
+        (pod(annotations={"perllm.io/deadline-s": "x" + huge}), "is not a number"),
+        (pod(annotations={"perllm.io/deadline-s": "30", "perllm.io/min-quality": "n" + huge}), ""),
+    ]
+    for p, why in cases:
+        with caplog.at_level("WARNING", "perllm.extender"):
+            r = client.post("/scheduler/filter", json=by_names(p, NAMES))
+        assert r.status_code == 400 and why in r.json()["Error"], r.text[:300]
+        assert len(r.content) < 500 and "..." in r.json()["Error"]
+        assert max(len(rec.getMessage()) for rec in caplog.records) < 500
+        caplog.clear()
+    # a Node's reasons (FailedNodes, once per node, and the decision log) likewise
+    for key in ("perllm.io/tier", "perllm.io/hardware", "perllm.io/link-bandwidth-mbps"):
+        node = json.loads(json.dumps(NODES[0]))
+        where = "annotations" if key.startswith("perllm.io/link") else "labels"
+        node["metadata"][where][key] = "x" + huge
+        r = client.post("/scheduler/filter", json=by_objects(pod(uid=key), [node]))
+        assert r.status_code == 200 and len(r.content) < 500, r.text[:300]
+
+
+@pytest.mark.parametrize("svc", ["a" * 64, "a" * 100_000, "Chat", "chat."])
+def test_a_service_label_no_llmservice_can_have_is_400_naming_it(
+    client: TestClient, svc: str
+) -> None:
+    """A label value of 100,000 characters was decided on (200): a bandit, a log entry and
+    a pod record under that name. An LLMService name is an RFC 1123 label (Kubernetes
+    refuses longer label values), so the pod is refused, naming the label."""
+    body = by_names(pod(labels={LABEL_SERVICE: svc}), NAMES)
+    for verb in ("filter", "prioritize"):
+        r = client.post(f"/scheduler/{verb}", json=body)
+        assert r.status_code == 400, r.text[:300]
+        why = r.json()["Error"]
+        assert f"label {LABEL_SERVICE}=" in why and "RFC 1123 label" in why, why
+        assert len(r.content) < 500
+    assert list(client.app.state.scheduler.log) == []  # type: ignore[attr-defined]
