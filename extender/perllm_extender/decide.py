@@ -192,9 +192,14 @@ class Scheduler:
         return None
 
     def _remember(self, uid: str, verb: str, spec: ServiceSpec, d: PodDecision, gen: int) -> None:
-        self._recent[uid] = _Decided(d, gen, spec)
-        self._recent.move_to_end(uid)
-        while len(self._recent) > 4096:
+        now = time.monotonic()
+        self._recent[uid] = _Decided(d, gen, spec, now)
+        self._recent.move_to_end(uid)  # oldest first: what is past the window goes
+        # each holds a reason per candidate (~150 KB at 5,000 nodes): kept only while it may
+        # be reused, 4,096 at most within the window
+        while self._recent and (
+            len(self._recent) > 4096 or now - next(iter(self._recent.values())).at >= self._reuse_s
+        ):
             self._recent.popitem(last=False)
         self.log.append(
             {

@@ -292,3 +292,21 @@ def test_nothing_expires_as_deleted_before_the_llmservice_informer_has_listed() 
     assert sched.arms.expire() == set()
     clock.t += 100.0
     assert sched.arms.expire() == {ka}
+
+
+def test_decisions_kept_for_reuse_expire_with_the_reuse_window() -> None:
+    """A filter's decision is kept for its prioritize (30 s) but was dropped only past 4,096
+    pods: each holds a reason per candidate (~150 KB at 5,000 nodes), ~600 MB for the
+    extender under its chart's 512 Mi limit. Past the window it can never be reused."""
+    sched = Scheduler(CAT, reuse_s=0.5)
+    for n in NODES:
+        sched.nodes.upsert(n)
+    sched.services.add(A, "llm")
+    for i in range(3):
+        decide(sched, A, i)
+    time.sleep(0.6)
+    decide(sched, A, 3)
+    assert list(sched._recent) == ["u3"]
+    # a decision still in the window is reused as before
+    again = sched.decide(pod(A, name="p3", uid="u3"), None, NAMES, "prioritize")
+    assert again.reused
