@@ -41,7 +41,7 @@ MAX_SECRET_KEY = 253
 HF_TOKEN_KEY = "HF_TOKEN"
 BACKENDS = ("kserve", "deployment")  # spec.backend, the first the default
 
-_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _RUNTIME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 # A URI and a model format are printable ASCII without spaces or control characters (a
 # URI's other characters percent-encoded): a newline or a space in them was admitted and
@@ -263,7 +263,7 @@ def check_kubernetes_fields(obj: dict[str, Any]) -> None:
             f"metadata.name: at most {MAX_NAME} characters (the child Service "
             f"<name>{CHILD_SUFFIX} must be a DNS-1035 label of at most 63)"
         )
-    if not _DNS1035.fullmatch(name):
+    if not DNS1035.fullmatch(name):
         raise InvalidService(
             "metadata.name: must be a DNS-1035 label (lower-case letters, digits and '-', "
             f"starting with a letter) as the child Service <name>{CHILD_SUFFIX} needs"

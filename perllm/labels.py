@@ -5,11 +5,20 @@ operator (which labels and annotates model-server pods) and the extender (which 
 both), so the three cannot drift apart.
 """
 
+import re
+
 DOMAIN = "perllm.io"
 
 # A label value (and a DNS-1123 label) has at most 63 characters: a node's
 # kubernetes.io/hostname label is its name, so a scenario's server names are held to it.
 MAX_LABEL_VALUE = 63
+# What the apiserver takes as a label value (apimachinery's validation.IsValidLabelValue).
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+
+
+def is_label_value(v: str) -> bool:
+    return len(v) <= MAX_LABEL_VALUE and LABEL_VALUE.fullmatch(v) is not None
+
 
 # Nodes
 LABEL_TIER = f"{DOMAIN}/tier"  # edge | cloud

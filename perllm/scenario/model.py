@@ -24,7 +24,7 @@ from perllm.contract import (
     Tier,
     Traffic,
 )
-from perllm.labels import MAX_LABEL_VALUE
+from perllm.labels import LABEL_HARDWARE, MAX_LABEL_VALUE, is_label_value
 from perllm.profiles import Catalogue, HardwareInfo, ModelInfo, default_catalogue
 from perllm.scenario.base import Strict
 from perllm.scenario.dists import dist_mean
@@ -102,6 +102,18 @@ class Scenario(Strict):
                 f"must be 1 to {MAX_SCENARIO_NAME} lower-case letters, digits, '-', '.' or '_', "
                 f"starting and ending with a letter or digit (it names output files), got {v!r}"
             )
+        return v
+
+    @field_validator("hardware")
+    @classmethod
+    def _label_safe_keys(cls, v: dict[str, HardwareInfo]) -> dict[str, HardwareInfo]:
+        for key in v:
+            if not key or not is_label_value(key):
+                raise ValueError(
+                    f"{key[:40]!r}: a hardware key is the value of the dev cluster's node label "
+                    f"{LABEL_HARDWARE}: 1 to {MAX_LABEL_VALUE} letters, digits, '-', '_' or "
+                    "'.', starting and ending with a letter or digit"
+                )
         return v
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from perllm.contract import Deadline, ModelVariant, Tier
-from perllm.crd_fields import CHILD_SUFFIX, MAX_NAME
+from perllm.crd_fields import CHILD_SUFFIX, DNS1035, MAX_NAME
 from perllm.scenario.base import Strict
 from perllm.scenario.dists import Choice, Dist
 
@@ -115,6 +115,11 @@ class ServiceClass(Strict):
                 f"{v[:20]!r}… is {len(v)} characters, more than {MAX_NAME}: a class is the "
                 f"LLMService of its name, whose child Service <name>{CHILD_SUFFIX} is a "
                 "DNS-1035 label of at most 63 characters"
+            )
+        if not DNS1035.fullmatch(v):  # (the pattern lets a digit lead; the operator does not)
+            raise ValueError(
+                f"{v!r} must start with a letter: a class is the LLMService of its name, a "
+                "DNS-1035 label"
             )
         return v
 

@@ -898,6 +898,30 @@ def test_a_class_name_too_long_for_an_llmservice_is_refused(tmp_path: Path) -> N
     assert load_scenario(write(tmp_path, d)).workload.classes[0].name == "c" * 53
 
 
+def test_a_class_name_starting_with_a_digit_is_refused(tmp_path: Path) -> None:
+    """'1chat' loaded (the contract's pattern lets a digit lead), but the operator refuses
+    an LLMService of that name (a DNS-1035 label), so `perllm cluster up` could not run it."""
+    d = base()
+    d["workload"]["classes"][0]["name"] = "1chat"
+    with pytest.raises(
+        ScenarioError, match=r"workload\.classes\[0\]\.name: '1chat' must start with a letter"
+    ):
+        load_scenario(write(tmp_path, d))
+
+
+@pytest.mark.parametrize("key", ["my gpu", "g" * 64, "-gpu", "gpu/1"])
+def test_a_hardware_key_that_is_no_label_value_is_refused(tmp_path: Path, key: str) -> None:
+    """A `hardware:` key is the dev cluster's perllm.io/hardware node label: 'my gpu' or 64
+    characters loaded and `perllm cluster up` made a Node the apiserver refuses."""
+    cat = yaml.safe_load((Path(__file__).parents[2] / "perllm/data/catalogue.yaml").read_text())
+    d = base()
+    d["hardware"] = {key: next(iter(cat["hardware"].values()))}
+    with pytest.raises(ScenarioError, match=r"hardware: '.*': a hardware key is the value of"):
+        load_scenario(write(tmp_path, d))
+    d["hardware"] = {"my-gpu_1.x": d["hardware"][key]}
+    assert "my-gpu_1.x" in load_scenario(write(tmp_path, d)).hardware
+
+
 def test_a_tier_twice_in_allowed_tiers_is_refused(tmp_path: Path) -> None:
     """`allowed_tiers: [edge, edge]` loaded (the LLMService CRD's allowedTiers is a set:
     admission refuses it); the contract now refuses a repeated tier, naming the field."""
