@@ -29,6 +29,7 @@ from perllm_extender.decision import (
     PodDecision,
     constraint_of,
     explanation_dict,
+    log_entry,
     priorities,
 )
 from perllm_extender.nodes import NodeCache
@@ -201,21 +202,7 @@ class Scheduler:
             len(self._recent) > 4096 or now - next(iter(self._recent.values())).at >= self._reuse_s
         ):
             self._recent.popitem(last=False)
-        self.log.append(
-            {
-                "time": time.time(),
-                "verb": verb,
-                "pod": d.pod,
-                "service": spec.name,
-                "chosen": d.chosen,
-                "feasible": d.feasible,
-                "passed": d.passed,
-                "failed": d.failed,
-                "scores": d.scores,
-                "latency_s": d.latency_s,
-                "explanation": d.explanation,
-            }
-        )
+        self.log.append(log_entry(verb, spec.name, d))
 
     def _decide(
         self, key: str, spec: ServiceSpec, order: list[str], prep: Prepared, skey: str

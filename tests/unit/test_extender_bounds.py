@@ -310,3 +310,21 @@ def test_decisions_kept_for_reuse_expire_with_the_reuse_window() -> None:
     # a decision still in the window is reused as before
     again = sched.decide(pod(A, name="p3", uid="u3"), None, NAMES, "prioritize")
     assert again.reused
+
+
+def test_the_decision_log_keeps_at_most_32_nodes_of_each_map() -> None:
+    """`/decisions` kept a reason and a score per candidate: ~150 KB a decision at 5,000
+    nodes, 150 MB for its 1,000 entries. It keeps 32 of each (the explanation's nodes
+    first, the best scores) and says how many there were."""
+    sched, _ = scheduler()
+    ghosts = [f"ghost-{i:04d}" for i in range(500)]
+    d = sched.decide(pod(A, name="p", uid="u"), None, [*NAMES, *ghosts], "filter")
+    assert d.chosen is not None and len(d.failed) >= 500
+    e = sched.log[-1]
+    assert e["nodes_total"] == len(NAMES) + 500 and e["failed_total"] == len(d.failed)
+    assert len(e["failed"]) == 32 and len(e["scores"]) <= 32
+    assert all(e["failed"][n] == d.failed[n] for n in e["failed"])
+    assert next(iter(e["scores"])) == d.chosen == e["chosen"]  # the best score first
+    shown = [c["node"] for c in e["explanation"]["candidates"]]
+    assert [n for n in e["failed"] if n in shown] == [n for n in shown if n in d.failed][:32]
+    assert len(json.dumps(e)) < 20_000
