@@ -77,13 +77,12 @@ def observe(
     service: str,
     spec: ServiceSpec,
     pods: Sequence[str],
-    child_name: str,
     window: str,
     now: float,
 ) -> ServiceReading:
     """Query Prometheus for one service. Never raises: an unreachable Prometheus gives an
     ServiceReading with `reachable=False` and the client's last error."""
-    regex = q.pod_regex(pods, child_name)
+    regex = q.pod_regex(pods)
     q_att = q.service_attainment(namespace, regex, deadline_s(spec), window)
     results: dict[str, float | None] = {}
     reachable = True

@@ -80,7 +80,7 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
     obs = None
     if cfg.prometheus.url:
         names = [p["metadata"]["name"] for p in live]
-        obs = observe.observe(prom, ns, name, sspec, names, name, cfg.telemetry_window, now)
+        obs = observe.observe(prom, ns, name, sspec, names, cfg.telemetry_window, now)
     fields: Obj = {}
     stale_since = None
     if obs is not None and obs.reachable:

@@ -12,12 +12,18 @@ from collections.abc import Sequence
 
 from perllm.telemetry import names
 
+# Matches no pod: an object name starts and ends with [a-z0-9]. (An empty regex would match
+# the series without a `pod` label, which are no pod's.)
+NO_POD = "-"
 
-def pod_regex(pods: Sequence[str], child_name: str) -> str:
-    """Exactly the live pods; before any pod exists, the child's pod-name prefix."""
+
+def pod_regex(pods: Sequence[str]) -> str:
+    """Exactly the live pods; without any, none. (A service with no pod has no series of
+    its own: the name prefix `<service>-.*` that stood in matched another service's pods,
+    `chat-b-...` for `chat`, and a hand-made copy's, and reported their attainment.)"""
     if pods:
         return "|".join(_escape(p) for p in sorted(pods))
-    return f"{_escape(child_name)}-.*"
+    return NO_POD
 
 
 def _escape(name: str) -> str:

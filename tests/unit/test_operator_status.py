@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,31 @@ def test_deadline_and_pod_regex() -> None:
     spec = service_spec(_load("chat-assistant"))
     assert observe.deadline_s(spec) == pytest.approx(1.0 + 0.15 * 211)
     assert observe.target(spec) == 0.95
-    assert status_queries.pod_regex(["b-1", "a.x"], "svc") == r"a\\.x|b-1"
-    assert status_queries.pod_regex([], "svc") == "svc-.*"
+    assert status_queries.pod_regex(["b-1", "a.x"]) == r"a\\.x|b-1"
+
+
+def _matches(promql: str, pod: str) -> bool:
+    """Whether the query's `pod=~"..."` selector (a PromQL string: its `\\\\` is one
+    backslash; RE2 matches it whole) selects a series of `pod`."""
+    m = re.search(r'pod=~"([^"]*)"', promql)
+    assert m is not None, promql
+    return re.fullmatch(m.group(1).replace("\\\\", "\\"), pod) is not None
+
+
+def test_a_service_without_pods_reads_no_other_pods_series() -> None:
+    """With no live pod, the queries stood in with the prefix `<service>-.*`, which matched
+    the pods of LLMService `chat-assistant-b` and of a hand-made copy `chat-assistant-copy`
+    (and `DeadlineMet` quoted their attainment); they now select no pod."""
+    spec = service_spec(_load("chat-assistant"))
+    prom = FakeProm({})
+    observe.observe(prom, "llm", "chat-assistant", spec, [], "5m", 5.0)
+    pod_queries = [q for q in prom.queries if "pod=~" in q]
+    assert pod_queries
+    for pod in ("chat-assistant-b-7c9d8f-x2x4z", "chat-assistant-copy-5f6b-abcde"):
+        assert not any(_matches(q, pod) for q in pod_queries), pod
+    observe.observe(prom, "llm", "chat-assistant", spec, ["p-1.x"], "5m", 5.0)
+    last = [q for q in prom.queries if "pod=~" in q][-1]
+    assert _matches(last, "p-1.x") and not _matches(last, "p-1yx")
 
 
 def test_service_attainment_counts_under_the_deadline_bucket() -> None:
@@ -166,9 +190,7 @@ def test_observe_reads_the_contract_queries() -> None:
             ],
         }
     )
-    obs = observe.observe(
-        prom, "llm", "chat-assistant", spec, ["p-1"], "chat-assistant", "1m", now=1000.0
-    )
+    obs = observe.observe(prom, "llm", "chat-assistant", spec, ["p-1"], "1m", now=1000.0)
     assert obs.reachable and obs.attainment == 0.5 and obs.p95_s == 40.0
     assert obs.energy_per_request_j == 310.0 and obs.rps == 4.0
     assert obs.pod_latency_s == {"p-1": 3.0}  # only live pods of the service
@@ -185,7 +207,7 @@ def test_observe_reads_the_contract_queries() -> None:
 def test_unreachable_prometheus_is_stale_not_fatal() -> None:
     spec = service_spec(_load("chat-assistant"))
     prom = FakeProm({}, down=True)
-    obs = observe.observe(prom, "llm", "chat-assistant", spec, [], "chat-assistant", "5m", 5.0)
+    obs = observe.observe(prom, "llm", "chat-assistant", spec, [], "5m", 5.0)
     assert not obs.reachable and obs.attainment is None
     assert len(prom.queries) == 1  # gives up after the first failure
     ok, reason, msg = observe.telemetry_stale(obs, prom.url, "2026-01-01T00:00:00Z")
@@ -200,8 +222,8 @@ def test_conditions_and_probe_never_show_the_url_credentials() -> None:
     liveness probe by anyone who reaches the port: neither may carry a password."""
     url = "http://user:s3cret@prom:9090"
     spec = service_spec(_load("chat-assistant"))
-    down = observe.observe(FakeProm({}, down=True), "llm", "s", spec, [], "s", "5m", 5.0)
-    empty = observe.observe(FakeProm({}), "llm", "s", spec, [], "s", "5m", 5.0)
+    down = observe.observe(FakeProm({}, down=True), "llm", "s", spec, [], "5m", 5.0)
+    empty = observe.observe(FakeProm({}), "llm", "s", spec, [], "5m", 5.0)
     fresh = dataclasses.replace(empty, rps=1.0)
     for obs in (down, empty, fresh):
         msg = observe.telemetry_stale(obs, url, None)[2]
@@ -212,7 +234,7 @@ def test_conditions_and_probe_never_show_the_url_credentials() -> None:
 
 def test_no_series_and_no_traffic() -> None:
     spec = service_spec(_load("chat-assistant"))
-    obs = observe.observe(FakeProm({}), "llm", "s", spec, [], "s", "5m", 5.0)
+    obs = observe.observe(FakeProm({}), "llm", "s", spec, [], "5m", 5.0)
     assert obs.reachable and obs.rps is None
     assert observe.telemetry_stale(obs, "http://p", None)[1] == "NoData"
     assert observe.deadline_met(obs, spec, None)[:2] == (None, "NoTraffic")
