@@ -9,7 +9,7 @@ from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION
 from perllm.crd import condition as condition  # re-exported (reconcile, tests)
-from perllm_operator import children, kube, observe, podspec
+from perllm_operator import children, kube, observe, podspec, tiers
 
 CONDITION_ORDER = (
     "Ready",
@@ -97,9 +97,10 @@ def _merged(
             conds[type_] = condition(type_, False, rec["reason"], rec.get("message", ""), old)
     elif "Placed" not in conditions:
         pods = kube.pods(ns, name) if tiered or not st.get("placement") else []
+        pods = tiers.own_pods(llms, pods)  # not a hand-made copy's, which has the label
         known = (conds.get("ModelKnown") or {}).get("status") != "False"
-        tiers = [str(r["tier"]) for r in refs] if tiered else None
-        placed = observe.placed(st.get("placement"), pods, known, tiers)
+        names = [str(r["tier"]) for r in refs] if tiered else None
+        placed = observe.placed(st.get("placement"), pods, known, names)
         conds["Placed"] = condition("Placed", *placed, old)
     if refs and "Ready" not in conditions and not refused(rec):
         mine = podspec.owner_reference(llms)

@@ -182,7 +182,8 @@ def delete_child(ns: str, child: Obj, uid: str) -> None:
 
 
 def pods(ns: str, name: str) -> list[Obj]:
-    """The pods of a service (label perllm.io/service), as plain dicts."""
+    """Every pod labelled perllm.io/service=<name>, as plain dicts (a hand-made copy of a
+    child has the label too: `tiers.own_pods` keeps the children's)."""
     core = kubernetes.client.CoreV1Api()
     items = core.list_namespaced_pod(
         ns, label_selector=f"{labels.LABEL_SERVICE}={name}", _request_timeout=REQUEST_TIMEOUT_S

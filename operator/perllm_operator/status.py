@@ -13,7 +13,16 @@ from kubernetes.client.exceptions import ApiException
 from perllm.crd import InvalidService, service_spec
 from perllm.timefmt import rfc3339
 from perllm.urls import redact
-from perllm_operator import children, failures, kube, observe, policy, reconcile, replacement
+from perllm_operator import (
+    children,
+    failures,
+    kube,
+    observe,
+    policy,
+    reconcile,
+    replacement,
+    tiers,
+)
 from perllm_operator.conditions import sync_status
 from perllm_operator.state import state_of
 
@@ -72,8 +81,8 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
     except InvalidService:
         return  # reconcile reports InvalidSpec
     now = time.time()
-    try:
-        pods = kube.pods(ns, name)
+    try:  # only its children's: a hand-made copy's pods carry the label too
+        pods = tiers.own_pods(obj, kube.pods(ns, name))
     except ApiException as e:  # said in Degraded: nothing else of this tick can be known
         raise children.Failed(*failures.api_failure(e, "listing pods", prefix="List")) from e
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from perllm.contract import Tier
-from perllm.crd import service_spec
+from perllm.crd import InvalidService, service_spec
 from perllm.crd_fields import CHILD_SUFFIX
 from perllm.labels import DOMAIN
 
@@ -23,6 +23,9 @@ from perllm.labels import DOMAIN
 LABEL_CHILD_TIER = f"{DOMAIN}/child-tier"
 # The ServiceAccount <name>-model of gated hf:// weights under KServe (render.model_account).
 ACCOUNT_SUFFIX = "-model"
+# Set by the Deployment controller on each pod of a Deployment, whose ReplicaSet (the pod's
+# controller) it names `<deployment>-<pod-template-hash>`.
+POD_TEMPLATE_HASH = "pod-template-hash"
 
 Obj = dict[str, Any]
 
@@ -92,3 +95,44 @@ def possible(obj: Obj, kserve_version: str) -> list[Obj]:
         + [{"apiVersion": "v1", "kind": "Service", "name": f"{name}{CHILD_SUFFIX}"}]
         + [{"apiVersion": "v1", "kind": "ServiceAccount", "name": f"{name}{ACCOUNT_SUFFIX}"}]
     )
+
+
+def pod_deployments(obj: Obj) -> set[str]:
+    """The Deployments whose pods are the service's: with `backend: deployment` its
+    children (`<name>`, or `<name>-<tier>` per tier); with `backend: kserve` those KServe
+    v0.15's RawDeployment makes of its InferenceServices, `<isvc>-predictor`
+    (`<isvc>-predictor-default` where a Service of that pre-v0.9 name exists). A spec the
+    contract refuses: every child name of either form."""
+    name = obj["metadata"]["name"]
+    try:
+        names = [p.name for p in parts(obj)]
+    except (InvalidService, ValueError):
+        names = [name] + [f"{name}-{t.value}" for t in Tier]
+    if (obj.get("spec") or {}).get("backend", "kserve") == "deployment":
+        return set(names)
+    return {f"{n}{CHILD_SUFFIX}{s}" for n in names for s in ("", "-default")}
+
+
+def deployment_of(pod: Obj) -> str | None:
+    """The Deployment a pod belongs to, by name, read from the pod alone (no API call): its
+    controller ownerReference is a ReplicaSet `<deployment>-<hash>` and the pod carries
+    the label `pod-template-hash: <hash>`. None for any other pod (a bare pod, a
+    StatefulSet's, a hand-made ReplicaSet's without that label)."""
+    meta = pod.get("metadata") or {}
+    h = (meta.get("labels") or {}).get(POD_TEMPLATE_HASH)
+    ctrl = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if not h or ctrl is None or ctrl.get("kind") != "ReplicaSet":
+        return None
+    if ctrl.get("apiVersion") != "apps/v1":
+        return None
+    rs = str(ctrl.get("name") or "")
+    return rs[: -len(h) - 1] if rs.endswith(f"-{h}") and len(rs) > len(h) + 1 else None
+
+
+def own_pods(obj: Obj, pods: list[Obj]) -> list[Obj]:
+    """The pods of `pods` (those labelled `perllm.io/service: <name>`) that the service's
+    children made (`pod_deployments`, `deployment_of`): a copy of a child made by hand
+    under another name keeps the pods' labels, and its pods were counted in the status
+    (`Placed`, the tiers' nodes), read in its telemetry and could be evicted."""
+    mine = pod_deployments(obj)
+    return [p for p in pods if deployment_of(p) in mine]

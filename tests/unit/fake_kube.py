@@ -103,3 +103,23 @@ class FakeStatusApi:
     def cond(self, type_: str) -> Obj | None:
         conds = (self.obj.get("status") or {}).get("conditions") or []
         return next((c for c in conds if c["type"] == type_), None)
+
+
+def pod_of(deployment: str, pod_hash: str = "5d8f7c9b6") -> Obj:
+    """The metadata the Deployment controller gives a pod of `deployment`: label
+    `pod-template-hash` and the controller ownerReference to its ReplicaSet
+    `<deployment>-<hash>` (merged into a test pod's `metadata`)."""
+    rs = f"{deployment}-{pod_hash}"
+    return {
+        "labels": {"pod-template-hash": pod_hash},
+        "ownerReferences": [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": rs,
+                "uid": f"uid-{rs}",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }

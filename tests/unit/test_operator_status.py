@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 import pytest
 import yaml
+from fake_kube import pod_of
 from kubernetes.client.exceptions import ApiException
 from perllm_operator import kube, observe, policy, reconcile, status
 from perllm_operator.conditions import condition
@@ -83,8 +84,10 @@ def _pod(
     created: str = "2026-01-01T00:00:00Z",
     ready: bool = True,
     deleting: bool = False,
+    deployment: str = "chat-assistant-predictor",  # KServe's, of chat-assistant's ISVC
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "creationTimestamp": created}
+    meta: dict[str, Any] = {"name": name, "creationTimestamp": created, **pod_of(deployment)}
+    meta["labels"]["perllm.io/service"] = "chat-assistant"
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:10:00Z"
     return {

@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 import pytest
 import yaml
-from fake_kube import FakeStatusApi
+from fake_kube import FakeStatusApi, pod_of
 from kubernetes.client.exceptions import ApiException
 from perllm_operator import (
     children,
@@ -354,11 +354,11 @@ def test_a_refused_delete_is_a_failure_naming_the_child(monkeypatch: pytest.Monk
 
 
 # ---- status over all children, and other writers' keys kept ----------------------------------
-def _pod(tier: str, node: str | None) -> dict[str, Any]:
-    return {
-        "metadata": {"labels": {"perllm.io/service": EXAMPLE, "perllm.io/child-tier": tier}},
-        "spec": {"nodeName": node} if node else {},
-    }
+def _pod(tier: str, node: str | None, backend: str = "kserve") -> dict[str, Any]:
+    """A pod of the tier's child (KServe's Deployment `<child>-predictor`, or the child)."""
+    meta = pod_of(f"{EXAMPLE}-{tier}" + ("-predictor" if backend == "kserve" else ""))
+    meta["labels"].update({"perllm.io/service": EXAMPLE, "perllm.io/child-tier": tier})
+    return {"metadata": meta, "spec": {"nodeName": node} if node else {}}
 
 
 def test_placed_waits_for_every_tier_then_quotes_the_latest_decision() -> None:
@@ -394,7 +394,8 @@ def _status_api(mp: pytest.MonkeyPatch, obj: dict[str, Any], live: dict[str, Any
     api = FakeStatusApi(obj)
     mp.setattr(kube.kubernetes.client, "CustomObjectsApi", lambda: api)
     mp.setattr(kube, "read_child", lambda ns, ref: live.get(ref["name"]))
-    mp.setattr(kube, "pods", lambda ns, name: [_pod("edge", "edge-1"), _pod("cloud", "cloud-0")])
+    pods = [_pod(t, n, "deployment") for t, n in (("edge", "edge-1"), ("cloud", "cloud-0"))]
+    mp.setattr(kube, "pods", lambda ns, name: pods)
     return api
 
 
