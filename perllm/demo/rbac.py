@@ -9,6 +9,7 @@ same permissions a real install grants.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,16 @@ def _yaml_docs(text: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d.get("kind")]
 
 
-def load_rbac(helm: Path | None, namespace: str) -> Rbac:
-    """The RBAC objects, from the chart if it and Helm are there, else from the files."""
+def load_rbac(helm: Path | None, namespace: str, watched: Sequence[str] = ()) -> Rbac:
+    """The RBAC objects, from the chart if it and Helm are there, else from the files.
+    `watched`: the namespaces the operator runs with (`--namespace`), rendered as the
+    chart's `operator.namespaces` (Roles there, and the namespaces list/watch kopf needs
+    in that mode); none: cluster-wide. The files hold the cluster-wide role only: under
+    it an operator with `--namespace` logs kopf's warning that it cannot list namespaces,
+    and watches the named ones all the same."""
     warning = None
     if CHART.is_dir() and helm is not None and helm.exists():
+        sets = ["--set", f"operator.namespaces={{{','.join(watched)}}}"] if watched else []
         r = subprocess.run(
             # the pinned Kubernetes version: helm's offline default (v1.20) fails kubeVersion
             [
@@ -67,6 +74,7 @@ def load_rbac(helm: Path | None, namespace: str) -> Rbac:
                 namespace,
                 "--kube-version",
                 versions()["K8S_VERSION"],
+                *sets,
             ],
             capture_output=True,
             text=True,

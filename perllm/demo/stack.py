@@ -214,8 +214,10 @@ class Stack:
                 raise StartError(f"namespace {ns}: {r.stderr.strip()}")
             # No ServiceAccount controller runs locally: create the `default` SA pods name.
             self.kubectl("create", "serviceaccount", "default", "-n", ns, check=False)
-        self.rbac: Rbac = load_rbac(
-            self.binaries.helm if self.binaries.helm.exists() else None, c.system_namespace
+        self.rbac: Rbac = load_rbac(  # the operator runs with --namespace c.namespace
+            self.binaries.helm if self.binaries.helm.exists() else None,
+            c.system_namespace,
+            [c.namespace],
         )
         if self.rbac.warning:
             self._note(f"{self.rbac.warning}; using {self.rbac.source} instead")

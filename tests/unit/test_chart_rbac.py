@@ -8,8 +8,12 @@ so (chart_render.py).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
-from chart_render import ROOT, Doc, _grants, find, render
+from chart_render import ROOT, Doc, _grants, _helm, find, render
+
+from perllm.demo.rbac import load_rbac
 
 
 def test_operator_rbac_equals_operator_rbac_yaml() -> None:
@@ -38,9 +42,27 @@ def test_operator_watching_named_namespaces_gets_roles_there_only() -> None:
     assert all(b["roleRef"]["kind"] == "Role" for b in bindings)
     narrow = find(docs, "ClusterRole", "perllm-operator")["rules"]
     # Together the Roles and the narrowed ClusterRole grant what the cluster-wide one does,
-    # and the ClusterRole keeps only cluster-scoped resources.
-    assert _grants(roles[0]["rules"]) | _grants(narrow) == _grants(cluster_wide)
+    # and namespaces list/watch (NAMESPACES, below); the ClusterRole keeps only
+    # cluster-scoped resources.
+    assert _grants(roles[0]["rules"]) | _grants(narrow) == _grants(cluster_wide) | NAMESPACES
     assert {res for _, res, _, _ in _grants(narrow)} == {"customresourcedefinitions", "namespaces"}
+
+
+# kopf (observation.namespace_observer) lists and watches every namespace when run with
+# --namespace, to learn which of the named ones exist, and never cluster-wide.
+NAMESPACES = {("", "namespaces", "*", "list"), ("", "namespaces", "*", "watch")}
+
+
+def test_operator_gets_namespaces_only_when_kopf_watches_them() -> None:
+    """The cluster-wide role granted namespaces list/watch ("namespace patterns"), which
+    kopf never uses cluster-wide: the rule is the named-namespace mode's alone."""
+    cluster_wide = _grants(find(render(), "ClusterRole", "perllm-operator")["rules"])
+    assert not {g for g in cluster_wide if g[1] == "namespaces"}
+    docs = render("--set", "operator.namespaces={team-a}")
+    named = _grants(find(docs, "ClusterRole", "perllm-operator")["rules"])
+    assert {g for g in named if g[1] == "namespaces"} == NAMESPACES
+    args = find(docs, "Deployment", "perllm-operator")["spec"]["template"]["spec"]
+    assert "--namespace=team-a" in args["containers"][0]["args"]
 
 
 def test_operator_rules_grant_no_verb_it_never_uses() -> None:
@@ -124,3 +146,17 @@ def test_users_get_llmservices_through_the_default_roles() -> None:
     assert not any(res == "llmservices/status" for _, res, _, _ in eg)  # status: controllers'
     off = render("--set", "rbac.aggregateToDefaultRoles=false")
     assert not any("llmservices-" in d["metadata"]["name"] for d in off)
+
+
+def test_the_demo_renders_the_mode_it_runs_the_operator_in() -> None:
+    """The demo runs `perllm operator --namespace perllm-demo` (perllm/demo/stack.py): its
+    RBAC is the chart's for that namespace, namespaces list/watch included, not the
+    cluster-wide role (which no longer has it)."""
+    rbac = load_rbac(Path(_helm()), "perllm-system", ["perllm-demo"])
+    assert rbac.source.startswith("chart") and rbac.warning is None
+    role = find(rbac.docs, "Role", "perllm-operator")
+    assert role["metadata"]["namespace"] == "perllm-demo"
+    cluster = _grants(find(rbac.docs, "ClusterRole", "perllm-operator")["rules"])
+    assert {g for g in cluster if g[1] == "namespaces"} == NAMESPACES
+    assert not {g for g in cluster if g[1] in ("pods", "deployments", "llmservices")}
+    assert rbac.account("operator") == ("perllm-system", "perllm-operator")

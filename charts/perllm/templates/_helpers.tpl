@@ -197,10 +197,14 @@ imagePullSecrets:
   - apiGroups: [apiextensions.k8s.io]
     resources: [customresourcedefinitions]
     verbs: [get, list, watch]
-  # kopf watches namespaces when run with namespace patterns.
+{{- if .Values.operator.namespaces }}
+  # Run with --namespace (operator.namespaces), kopf lists and watches every namespace to
+  # learn which of the named ones exist (kopf's namespace_observer); cluster-wide it never
+  # does, so only this mode has the rule (without it kopf warns and assumes they exist).
   - apiGroups: [""]
     resources: [namespaces]
     verbs: [list, watch]
+{{- end }}
 {{- end }}
 
 {{- /* prometheus.tokenSecret: a bearer token for Prometheus, mounted as a file (re-read
