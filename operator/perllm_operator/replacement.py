@@ -27,7 +27,7 @@ class Tick:
     name: str
     sspec: ServiceSpec
     status: Obj  # as read at the start of the tick
-    pods: list[Obj]  # live ones: not terminating
+    pods: list[Obj]  # the service's, terminating ones included (`policy.in_flight`)
     obs: observe.ServiceReading | None
     history: collections.deque[policy.Point]
     now: float

@@ -111,7 +111,8 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
     }
     hist = state.history[uid]
     hist.append(policy.Point(now, obs.attainment if obs is not None and obs.reachable else None))
-    tick = replacement.Tick(body, ns, name, sspec, st, live, obs, hist, now, logger)
+    # all of them: a terminating pod (the last one evicted) holds re-placement back
+    tick = replacement.Tick(body, ns, name, sspec, st, pods, obs, hist, now, logger)
     fields["replacement"] = rep = replacement.replacement(tick, cfg.policy)
     if rep["state"] == "EvictionFailed":
         conds["Degraded"] = (True, "EvictionFailed", rep["message"])

@@ -595,3 +595,28 @@ def test_a_refused_pod_list_is_degraded_naming_it(monkeypatch: pytest.MonkeyPatc
         "listing pods: the API server refused it (403 Forbidden): pods is forbidden: no list"
     )
     assert fc.events == [("ListForbidden", d["message"])]
+
+
+def test_re_placement_waits_while_the_last_evicted_pod_terminates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timer passed only the live pods to re-placement, so `in_flight`'s "terminating"
+    never held it: once the cooldown was over and the replacement ready, a second pod was
+    evicted while the first still shut down (two of the service's pods out at once)."""
+    pods = [
+        _pod("chat-assistant-a", "cloud-0", deleting=True),  # evicted, still terminating
+        _pod("chat-assistant-b", "cloud-1"),
+        _pod("chat-assistant-c", "cloud-0"),  # its replacement, ready
+    ]
+    fc = FakeCluster(_load("chat-assistant"), pods)
+    fc.install(monkeypatch)
+    fc.obj["status"] = {"placement": {"tier": "cloud", "nodes": ["cloud-0", "cloud-1"]}}
+    pol = ReplacementPolicy(window_s=0, min_ticks=1, cooldown_s=0, escalate_after=0)
+    state = State(Config(PromAccess("http://p"), policy=pol), FakeProm({"le=": 0.1, "_count": 1.0}))
+    fc.tick(state)
+    rep = fc.obj["status"]["replacement"]
+    assert fc.evicted == [] and rep["state"] == "Waiting"
+    assert "pod chat-assistant-a is terminating" in rep["message"]
+    fc.pods = fc.pods[1:]  # gone: the next tick re-places, never the terminating one
+    fc.tick(state)
+    assert fc.evicted == ["chat-assistant-b"]  # the oldest live pod on a placed node
