@@ -97,7 +97,8 @@ def _merged(
             conds[type_] = condition(type_, False, rec["reason"], rec.get("message", ""), old)
     elif "Placed" not in conditions:
         pods = kube.pods(ns, name) if tiered or not st.get("placement") else []
-        pods = tiers.own_pods(llms, pods)  # not a hand-made copy's, which has the label
+        # not a hand-made copy's, which has the label; nor a terminating one (as the timer)
+        pods = [p for p in tiers.own_pods(llms, pods) if not p["metadata"].get("deletionTimestamp")]
         known = (conds.get("ModelKnown") or {}).get("status") != "False"
         names = [str(r["tier"]) for r in refs] if tiered else None
         placed = observe.placed(st.get("placement"), pods, known, names)

@@ -171,3 +171,13 @@ def test_a_copys_pod_does_not_place_a_tier(monkeypatch: pytest.MonkeyPatch, back
     pods[1]["spec"]["nodeName"] = "cloud-1"  # the real one bound: placed
     placed = _placed_with(monkeypatch, backend, pods)
     assert placed["status"] == "True" and "cloud on cloud-1;" in placed["message"]
+
+
+def test_a_terminating_pod_does_not_place_a_tier(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status write from a Deployment event counted the node of a terminating pod (the
+    cloud tier's, evicted) as the tier's, where the timer's did not: `Placed` went True
+    and back to WaitingForScheduler until the replacement was bound."""
+    pods = [_tier_pod("edge", "edge-1"), _tier_pod("cloud", "cloud-0")]
+    pods[1]["metadata"]["deletionTimestamp"] = "2026-01-01T00:10:00Z"
+    placed = _placed_with(monkeypatch, "kserve", pods)
+    assert (placed["status"], placed["reason"]) == ("Unknown", "WaitingForScheduler")
