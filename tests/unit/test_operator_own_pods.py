@@ -16,6 +16,7 @@ from perllm_operator.config import Config
 from perllm_operator.policy import ReplacementPolicy
 from perllm_operator.state import State
 
+from perllm import service_pods
 from perllm.telemetry.prom import PromAccess, Sample
 from tests.unit.test_operator_status import FakeCluster, FakeProm, _load, _pod
 from tests.unit.test_operator_tiers import EXAMPLE, OWNED
@@ -45,11 +46,11 @@ def test_the_deployments_whose_pods_are_the_services(
     obj["spec"]["backend"] = backend
     if replicas:
         obj["spec"]["tierReplicas"] = replicas
-    assert tiers.pod_deployments(obj) == want
+    assert service_pods.pod_deployments(obj) == want
     obj["spec"]["replicas"] = -1  # refused by the contract: every child name of the form
     obj["spec"].pop("tierReplicas", None)
     names = {"x", "x-edge", "x-cloud"}
-    assert tiers.pod_deployments(obj) == (
+    assert service_pods.pod_deployments(obj) == (
         names
         if backend == "deployment"
         else {f"{n}-predictor{s}" for n in names for s in ("", "-default")}
@@ -60,21 +61,21 @@ def test_a_pod_is_its_replica_sets_deployments_by_name_and_hash() -> None:
     def pod(meta: dict[str, Any]) -> dict[str, Any]:
         return {"metadata": meta}
 
-    assert tiers.deployment_of(pod(pod_of("x-predictor", "abc12"))) == "x-predictor"
-    assert tiers.deployment_of(pod(pod_of("x", "abc12"))) == "x"
-    assert tiers.deployment_of(pod({"labels": {"perllm.io/service": "x"}})) is None  # bare
+    assert service_pods.deployment_of(pod(pod_of("x-predictor", "abc12"))) == "x-predictor"
+    assert service_pods.deployment_of(pod(pod_of("x", "abc12"))) == "x"
+    assert service_pods.deployment_of(pod({"labels": {"perllm.io/service": "x"}})) is None  # bare
     wrong_hash = pod_of("x", "abc12")
     wrong_hash["labels"]["pod-template-hash"] = "zzz99"  # a ReplicaSet made by hand
-    assert tiers.deployment_of(pod(wrong_hash)) is None
+    assert service_pods.deployment_of(pod(wrong_hash)) is None
     not_rs = pod_of("x", "abc12")
     not_rs["ownerReferences"][0]["kind"] = "StatefulSet"
-    assert tiers.deployment_of(pod(not_rs)) is None
+    assert service_pods.deployment_of(pod(not_rs)) is None
     not_ctrl = pod_of("x", "abc12")
     not_ctrl["ownerReferences"][0]["controller"] = False
-    assert tiers.deployment_of(pod(not_ctrl)) is None
+    assert service_pods.deployment_of(pod(not_ctrl)) is None
     only_hash = pod_of("x", "abc12")
     only_hash["ownerReferences"][0]["name"] = "-abc12"
-    assert tiers.deployment_of(pod(only_hash)) is None
+    assert service_pods.deployment_of(pod(only_hash)) is None
 
 
 def test_the_timer_never_evicts_nor_reads_a_hand_made_copys_pod(
