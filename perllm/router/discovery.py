@@ -1,10 +1,16 @@
 """Backends from the cluster: the ready pods of one `LLMService` and their nodes.
 
-Every `interval_s` (a periodic list, not a watch: one request for the service's pods, one
-per node they run on, each with a timeout, in a worker thread off the event loop):
+Every `interval_s` (a periodic list, not a watch: one request for the LLMService, one for
+its pods, one per node they run on, each with a timeout, in a worker thread off the event
+loop):
 
-- pods labelled `perllm.io/service=<name>` in the namespace that are Running and Ready,
-  not terminating, bound to a node and with an IP;
+- pods labelled `perllm.io/service=<name>` in the namespace that are the service's own,
+  by the operator's rule (`perllm.service_pods`, its `own_pods`: made by a ReplicaSet of one of
+  the LLMService's child Deployments, read from the pod alone; a hand-made copy of a child,
+  a bare pod with the label, are left out), Running and Ready, not terminating, bound to
+  a node and with an IP; the LLMService is read every round for its children (the spec's
+  read where discovery follows it), the last one read standing in while it cannot be
+  (before the first, the round fails as a failed pod list does);
 - each pod's node modelled as a contract `Server` by the extender's own
   `perllm_extender.nodes.to_server` (tier and hardware labels, link annotations); a node
   that cannot be modelled leaves its pods out (logged once per reason);
@@ -34,6 +40,7 @@ from perllm.labels import LABEL_SERVICE
 from perllm.profiles import Catalogue
 from perllm.router.config import Backend
 from perllm.router.periodic import Periodic
+from perllm.service_pods import deployment_of, pod_deployments
 from perllm.telemetry.prom import PromAccess
 
 if TYPE_CHECKING:
@@ -161,6 +168,11 @@ class Discovery(Periodic):
     list_error: str = ""
     list_error_since: float | None = None
     _skipped: dict[str, str] = field(default_factory=dict, repr=False)  # pod -> why
+    # The LLMService as last read (whose children's pods are the backends), whether this
+    # round tried to read it already, and why the last read failed ("" after a good one).
+    owner: Obj | None = field(default=None, repr=False)
+    owner_error: str = ""
+    _owner_tried: bool = field(default=False, repr=False)
     _clash: set[str] = field(default_factory=set, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -177,18 +189,53 @@ class Discovery(Periodic):
             self._api = client.CoreV1Api(self._kube())
         return self._api
 
-    def spec_once(self) -> ServiceSpec:
-        """The LLMService's spec (blocking: run it in a thread)."""
-        from perllm.crd import GROUP, PLURAL, VERSION, service_spec
+    def _read_owner(self) -> Obj:
+        """The LLMService, read now and kept as `owner` (blocking)."""
+        from perllm.crd import GROUP, PLURAL, VERSION
 
         if self._custom is None:
             from kubernetes import client
 
             self._custom = client.CustomObjectsApi(self._kube())
-        obj: Any = self._custom.get_namespaced_custom_object(
+        self._owner_tried = True
+        obj: Obj = self._custom.get_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, self.service, _request_timeout=self.timeout_s
         )
-        return service_spec(obj)
+        self.owner, self.owner_error = obj, ""
+        return obj
+
+    def spec_once(self) -> ServiceSpec:
+        """The LLMService's spec (blocking: run it in a thread)."""
+        from perllm.crd import service_spec
+
+        return service_spec(self._read_owner())
+
+    def owner_once(self) -> Obj:
+        """The LLMService whose own pods are the backends (blocking): read this round
+        (by `spec_once` when following the spec), else the last one read, said once; none
+        read yet, raises (the round fails: the last membership is kept)."""
+        if not self._owner_tried:
+            try:
+                return self._read_owner()
+            except Exception as e:
+                why = str(getattr(e, "reason", None) or e)[:300]
+                if self.owner is None:
+                    raise RuntimeError(
+                        f"cannot read LLMService {self.namespace}/{self.service} (whose "
+                        f"own pods are the backends): {why}"
+                    ) from e
+                if why != self.owner_error:
+                    log.warning(
+                        "cannot read LLMService %s/%s: its pods are told by the last one "
+                        "read: %s", self.namespace, self.service, why,
+                    )  # fmt: skip
+                self.owner_error = why
+        if self.owner is None:
+            raise RuntimeError(
+                f"cannot read LLMService {self.namespace}/{self.service} (whose own pods "
+                f"are the backends): {self.spec_error or 'not read yet'}"
+            )
+        return self.owner
 
     async def _follow_spec(self) -> bool:
         """Read the spec into the router; False when there is none to route with yet."""
@@ -217,15 +264,28 @@ class Discovery(Periodic):
         return True  # keep routing with the last spec read
 
     def list_once(self) -> list[Backend]:
-        """One list of the pods and their nodes (blocking: run it in a thread)."""
+        """One list of the service's own pods and their nodes (blocking: run it in a
+        thread)."""
         api = self._core()
+        mine = pod_deployments(self.owner_once())
         raw = api.list_namespaced_pod(
             self.namespace,
             label_selector=f"{LABEL_SERVICE}={self.service}",
             _request_timeout=self.timeout_s,
             _preload_content=False,
         )
-        pods = json.loads(raw.data)["items"]
+        pods: list[Obj] = []
+        skipped: dict[str, str] = {}
+        for p in json.loads(raw.data)["items"]:
+            dep = deployment_of(p)
+            if dep in mine:
+                pods.append(p)
+            elif _ready(p):  # (as `backends_from` does, only a ready one is said)
+                made = f"made by Deployment {dep}" if dep else "made by no Deployment"
+                skipped[(p.get("metadata") or {}).get("name", "?")] = (
+                    f"not {self.namespace}/{self.service}'s own: {made}, not one of its "
+                    f"children ({', '.join(sorted(mine))})"
+                )
         nodes: dict[str, Obj] = {}
         for n in {p.get("spec", {}).get("nodeName") for p in pods if _ready(p)}:
             if n:
@@ -239,7 +299,6 @@ class Discovery(Periodic):
                         continue
                     raise
                 nodes[n] = json.loads(r.data)
-        skipped: dict[str, str] = {}
         out = backends_from(
             pods, nodes, self.router.catalogue, self.url_template, self.default_port, skipped
         )
@@ -264,6 +323,7 @@ class Discovery(Periodic):
         return {n: v / 1e6 for n, v in ans.by(names.NODE).items() if v > 0}
 
     async def refresh(self) -> None:
+        self._owner_tried = False  # the LLMService is read once a round
         if self.follow_spec and not await self._follow_spec():
             return
         try:

@@ -397,17 +397,25 @@ def test_router_process_runs_under_the_charts_service_account(
         for n in kube.get("nodes")["items"]
         if n["metadata"].get("labels", {}).get("perllm.io/tier") == "edge"
     )
+    # chat's model server as its KServe child's would be (the router keeps only the pods of
+    # the LLMService's own Deployments, <isvc>-predictor: perllm.service_pods); the operator
+    # is not running here
+    labels = {"perllm.io/service": "chat", "app": "chat-predictor"}
     pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "chat-model", "labels": {"perllm.io/service": "chat"}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "chat-predictor"},
         "spec": {
-            "nodeName": node,
-            "tolerations": [{"operator": "Exists"}],
-            "containers": [
-                {"name": "server", "image": "llama",
-                 "ports": [{"name": "http", "containerPort": 8080}]}
-            ],
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "chat-predictor"}},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "nodeName": node,
+                "tolerations": [{"operator": "Exists"}],
+                "containers": [
+                    {"name": "server", "image": "llama",
+                     "ports": [{"name": "http", "containerPort": 8080}]}
+                ],
+            }},
         },
     }  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -440,7 +448,9 @@ def test_router_process_runs_under_the_charts_service_account(
         assert not re.search(r"\b403\b|[Ff]orbidden", text), text[-4000:]
     finally:
         terminate(proc)
-        kube.kubectl("delete", "pod", "chat-model", "-n", ns, "--wait=false", check=False)
+        kube.kubectl(
+            "delete", "deployment", "chat-predictor", "-n", ns, "--wait=false", check=False
+        )
         kube.kubectl("delete", PLURAL, "chat", "-n", ns, "--wait=false", check=False)
         print(f"--- router log ---\n{log.read_text(errors='replace')[-4000:]}")
 

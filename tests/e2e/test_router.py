@@ -1,9 +1,13 @@
 """`perllm router` end to end on the local control plane: discovery of an LLMService's
 ready pods, the twin's OpenAI endpoints serving them, `perllm load` replaying a burst.
 
-The chat LLMService of the demo is applied (for the twin: its spec); two model-server
-pods labelled with it are bound to an edge GPU node and a cloud node (nodeName: the
-operator and extender are not part of this test) and made Ready by KWOK. `perllm twin
+The chat LLMService of the demo is applied (for the twin: its spec), with a replica per
+tier (`spec.tierReplicas`: its children are the Deployments chat-edge and chat-cloud);
+those two Deployments are made here as the operator would, their pods bound to an edge
+GPU node and a cloud node (nodeName: the operator and extender are not part of this
+test), ReplicaSet-owned by the local control plane's controller manager and made Ready by
+KWOK. A hand-made copy, a third Deployment chat-copy with the same pod labels, is never
+routed to: discovery keeps the service's own pods only (perllm.service_pods). `perllm twin
 --openai-port` serves them, timed by the world model at x10; `perllm router` discovers
 them (url_template onto the twin's /pods/<ns>/<pod> paths) and `perllm load` sends a
 short burst through it.
@@ -45,23 +49,38 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pod(name: str, node: str) -> dict[str, Any]:
+def _deployment(name: str, node: str) -> dict[str, Any]:
+    """A Deployment of one model-server pod of chat on `node` (its pods labelled with the
+    service, as every child's and every copy's are)."""
+    labels = {LABEL_SERVICE: "chat", "app": name}
     return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {LABEL_SERVICE: "chat"}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
         "spec": {
-            "nodeName": node,
-            "tolerations": [{"operator": "Exists"}],
-            "containers": [
-                {
-                    "name": "server",
-                    "image": "vllm",
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                }
-            ],
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeName": node,
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": "vllm",
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                        }
+                    ],
+                },
+            },
         },
     }
+
+
+def _pod_of(kube: Kube, namespace: str, deployment: str) -> str:
+    (p,) = kube.get("pods", "-n", namespace, "-l", f"app={deployment}")["items"]
+    return str(p["metadata"]["name"])
 
 
 def _nodes(kube: Kube) -> tuple[str, str]:
@@ -85,10 +104,16 @@ def test_router_discovers_twin_pods_spreads_and_learns(
         "wait", "--for=condition=Established", "crd/llmservices.perllm.io", "--timeout=60s"
     )
     chat = [s for s in load_services(default_sources("demo")) if s["metadata"]["name"] == "chat"]
+    chat[0]["spec"]["tierReplicas"] = {"edge": 1, "cloud": 1}
     kube.apply(chat, namespace)
     edge, cloud = _nodes(kube)
-    kube.apply([_pod("chat-edge", edge), _pod("chat-cloud", cloud)], namespace)
+    deps = {"chat-edge": edge, "chat-cloud": cloud, "chat-copy": edge}
+    kube.apply([_deployment(d, n) for d, n in deps.items()], namespace)
+    for d in deps:
+        kube.kubectl("rollout", "status", f"deployment/{d}", "-n", namespace, "--timeout=60s")
     kube.kubectl("wait", "--for=condition=Ready", "pod", "--all", "-n", namespace, "--timeout=60s")
+    pods = {d: _pod_of(kube, namespace, d) for d in deps}
+    own = {pods["chat-edge"], pods["chat-cloud"]}
 
     env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig)}
     twin_port, openai_port, router_port = _port(), _port(), _port()
@@ -162,13 +187,14 @@ def test_router_discovers_twin_pods_spreads_and_learns(
     router_log = (tmp_path / "router.log").read_text()
     assert rep["sent"] == REQUESTS and rep["ok"] == REQUESTS, (rep, router_log[-3000:])
     # spread by its decisions: each discovered pod was tried (unplayed arms first), then
-    # CS-UCB kept to what met deadlines; the header names only discovered pods
-    assert set(rep["backends"]) <= {"chat-edge", "chat-cloud"}, rep["backends"]
-    per = {
-        b: _metric(metrics, f'perllm_router_decisions_total{{backend="{b}"')
-        for b in ("chat-edge", "chat-cloud")
-    }
+    # CS-UCB kept to what met deadlines; the header names only discovered pods, the
+    # service's own: never the hand-made copy's (it was a backend like them)
+    assert set(rep["backends"]) <= own, rep["backends"]
+    per = {b: _metric(metrics, f'perllm_router_decisions_total{{backend="{b}"') for b in own}
     assert min(per.values()) >= 1, per
+    copy = pods["chat-copy"]
+    assert f'backend="{copy}"' not in metrics, metrics
+    assert f"pod {namespace}/{copy} left out: not {namespace}/chat's own" in router_log
     # learned: every completion judged and fed back; exploration was only the first plays
     judged = _metric(metrics, "perllm_router_requests_judged_total") - _metric(
         before, "perllm_router_requests_judged_total"

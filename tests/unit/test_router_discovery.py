@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fake_kube import pod_of
 
 from perllm.labels import (
     ANN_LINK_BANDWIDTH,
@@ -35,9 +36,15 @@ def node(name: str, tier: str, hw: str, bw: float = 100) -> dict[str, Any]:
     }
 
 
-def pod(name: str, node: str, ip: str = "10.0.0.1", ready: bool = True) -> dict[str, Any]:
+def pod(
+    name: str, node: str, ip: str = "10.0.0.1", ready: bool = True, deployment: str | None = "chat"
+) -> dict[str, Any]:
+    """A pod labelled for the service `chat`, made by the Deployment `deployment` (the demo's
+    chat, `backend: deployment`, has one, `chat`), or a bare pod (None)."""
+    meta = pod_of(deployment) if deployment else {"labels": {}}
+    meta["labels"][LABEL_SERVICE] = "chat"
     return {
-        "metadata": {"name": name, "namespace": "ns", "labels": {LABEL_SERVICE: "chat"}},
+        "metadata": {"name": name, "namespace": "ns", **meta},
         "spec": {
             "nodeName": node,
             "containers": [{"ports": [{"name": "http", "containerPort": 8080}]}],
@@ -96,6 +103,18 @@ def test_an_ipv6_pod_is_bracketed_and_a_bad_url_skips_only_its_pod() -> None:
     assert bad == [] and all("port" in skipped[p].lower() for p in "ab")
 
 
+def _chat(**spec: Any) -> dict[str, Any]:
+    """The demo's chat LLMService (`backend: deployment`) in namespace ns, `spec` merged."""
+    from perllm.demo.services import default_sources, load_services
+
+    chat = next(
+        s for s in load_services(default_sources("demo")) if s["metadata"]["name"] == "chat"
+    )
+    chat = json.loads(json.dumps({**chat, "metadata": {"name": "chat", "namespace": "ns"}}))
+    chat["spec"].update(spec)
+    return chat
+
+
 class FakeApi:
     def __init__(self) -> None:
         self.pods = [pod("a", "edge-1")]
@@ -121,7 +140,7 @@ def test_membership_follows_the_cluster_and_keeps_what_was_learned() -> None:
         r = router()
         assert r.backends == [] and r.discovery is not None
         api = FakeApi()
-        r.discovery._api = api
+        r.discovery._api, r.discovery._custom = api, FakeCustom(_chat())
         await r.discovery.refresh()
         assert [b.name for b in r.backends] == ["a"]
         stats = r.decider.bandit.stats
@@ -165,7 +184,7 @@ def test_static_remote_backends_stay_beside_the_discovered_pods() -> None:
         )
         assert r.discovery is not None
         api = FakeApi()
-        r.discovery._api = api
+        r.discovery._api, r.discovery._custom = api, FakeCustom(_chat())
         await r.discovery.refresh()
         assert [b.name for b in r.backends] == ["a", "cloud-cluster"]
         api.pods = [pod("cloud-cluster", "edge-1")]  # a clash: the static one wins
@@ -201,8 +220,8 @@ def test_a_discovery_timeout_a_socket_cannot_take_is_refused(value: float) -> No
 class FakeCustom:
     """The LLMService as the API returns it (or a 404)."""
 
-    def __init__(self) -> None:
-        self.obj: dict[str, Any] | None = None
+    def __init__(self, obj: dict[str, Any] | None = None) -> None:
+        self.obj = obj
 
     def get_namespaced_custom_object(self, *args: Any, **kw: Any) -> Any:
         assert args == ("perllm.io", "v1alpha1", "ns", "llmservices", "chat"), args
@@ -402,7 +421,7 @@ def test_rollouts_leave_no_state_behind_for_pods_that_are_gone(
         r = router()
         assert r.discovery is not None
         api = FakeApi()
-        r.discovery._api = api
+        r.discovery._api, r.discovery._custom = api, FakeCustom(_chat())
         r.discovery.prometheus = "http://prom:9090"
         monkeypatch.setattr(
             r.discovery, "bandwidth_once", lambda: {"edge-1": 50.0, "cloud-1": 200.0}
@@ -436,7 +455,7 @@ def test_a_pod_on_a_deleted_node_is_left_out_not_the_whole_round() -> None:
         r = router()
         assert r.discovery is not None
         api = FakeApi()
-        r.discovery._api = api
+        r.discovery._api, r.discovery._custom = api, FakeCustom(_chat())
         api.pods = [pod("a", "edge-1"), pod("gone", "deleted-node")]
         await r.discovery.refresh()
         assert [b.name for b in r.backends] == ["a"] and r.discovery.errors == 0
@@ -458,7 +477,7 @@ def test_a_failing_pod_list_and_pods_left_out_are_said_in_the_condition_and_metr
         d = r.discovery
         assert d is not None
         api = FakeApi()
-        d._api = api
+        d._api, d._custom = api, FakeCustom(_chat())
         await d.refresh()
         assert [b.name for b in r.backends] == ["a"]
         assert reachable(r.backends, [], {}, d)[1] == "AllReachable"
@@ -476,6 +495,86 @@ def test_a_failing_pod_list_and_pods_left_out_are_said_in_the_condition_and_metr
         ok, reason, msg = reachable(r.backends, [], {}, d)
         assert (ok, reason) == (False, "NoBackends")
         assert "1 ready pod(s) left out: x:" in msg and "listing pods fails" not in msg
+        await r.aclose()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("follow_spec", [False, True])
+def test_only_the_services_own_pods_are_backends(follow_spec: bool) -> None:
+    """A copy of a child made by hand (another Deployment keeping the pod labels), a bare
+    pod with the label: their pods were routed to (and counted in status.routing) as the
+    service's. Now discovery keeps the pods of the LLMService's own Deployments, by the
+    operator's rule (perllm.service_pods), read from the LLMService every round."""
+    from perllm.router.status import reachable
+
+    async def go() -> None:
+        cfg: dict[str, Any] = {"discovery": {"service": "ns/chat"}}
+        if not follow_spec:
+            cfg.update(scenario="demo", service_class="chat")
+        r = Router(parse_config(cfg))
+        d = r.discovery
+        assert d is not None and d.follow_spec is follow_spec
+        api, custom = FakeApi(), FakeCustom()
+        d._api, d._custom = api, custom
+        custom.obj = _chat()
+        api.pods = [
+            pod("chat-5d8f7c9b6-a", "edge-1"),
+            pod("chat-copy-5d8f7c9b6-b", "cloud-1", "10.0.0.2", deployment="chat-copy"),
+            pod("bare", "cloud-1", "10.0.0.3", deployment=None),
+        ]
+        await d.refresh()
+        assert [b.name for b in r.backends] == ["chat-5d8f7c9b6-a"]
+        assert set(d.left_out) == {"chat-copy-5d8f7c9b6-b", "bare"}
+        assert "Deployment chat-copy" in d.left_out["chat-copy-5d8f7c9b6-b"]
+        assert "not ns/chat's own" in d.left_out["bare"]
+        # The same rule as the operator's: tiers per spec.tierReplicas, KServe's predictors.
+        custom.obj = _chat(tierReplicas={"edge": 1, "cloud": 1})
+        api.pods = [
+            pod("e", "edge-1", deployment="chat-edge"),
+            pod("c", "cloud-1", "10.0.0.2", deployment="chat-cloud"),
+            pod("old", "cloud-1", "10.0.0.3", deployment="chat"),  # not a child now
+        ]
+        await d.refresh()
+        assert [b.name for b in r.backends] == ["c", "e"]
+        custom.obj = _chat(backend="kserve")
+        api.pods = [pod("k", "edge-1", deployment="chat-predictor"), pod("x", "cloud-1")]
+        await d.refresh()
+        assert [b.name for b in r.backends] == ["k"]
+        # none of its own: no backend, and the condition says which were left out and why
+        api.pods = [pod("copy", "edge-1", deployment="chat-copy")]
+        await d.refresh()
+        ok, reason, msg = reachable(r.backends, [], {}, d)
+        assert (ok, reason) == (False, "NoBackends") and "copy: not ns/chat's own" in msg
+        await r.aclose()
+
+    asyncio.run(go())
+
+
+def test_without_the_llmservice_the_last_one_read_decides_whose_pods_are_kept() -> None:
+    """A static spec (no spec to follow): discovery still reads the LLMService every round
+    for its children. Unreadable, it keeps the last one read; never read, the round fails
+    as a failed pod list does (the last membership kept, the condition says why)."""
+    from perllm.router.status import reachable
+
+    async def go() -> None:
+        r = router()
+        d = r.discovery
+        assert d is not None and not d.follow_spec
+        api, custom = FakeApi(), FakeCustom()
+        d._api, d._custom = api, custom
+        await d.refresh()
+        assert r.backends == [] and d.errors == 1
+        msg = reachable(r.backends, [], {}, d)[2]
+        assert "cannot read LLMService ns/chat" in msg and "Not Found" in msg
+        custom.obj = _chat()
+        await d.refresh()
+        assert [b.name for b in r.backends] == ["a"] and not d.list_error
+        custom.obj = None
+        api.pods = [pod("a", "edge-1"), pod("copy", "edge-1", deployment="chat-copy")]
+        await d.refresh()
+        assert [b.name for b in r.backends] == ["a"] and not d.list_error
+        assert "Not Found" in d.owner_error
         await r.aclose()
 
     asyncio.run(go())

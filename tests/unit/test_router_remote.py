@@ -243,7 +243,7 @@ def test_a_credential_path_with_a_nul_byte_is_a_config_error(key: str) -> None:
 def test_a_remote_tier_named_after_an_edge_node_takes_its_measured_bandwidth() -> None:
     """`node` on a remote tier: the path bandwidth that node's agent measures to the other
     side's agent (agent.peers, from Prometheus) replaces the link's nominal one."""
-    from test_router_discovery import FakeApi
+    from test_router_discovery import FakeApi, FakeCustom, _chat
 
     async def go() -> None:
         cfg = {
@@ -254,7 +254,7 @@ def test_a_remote_tier_named_after_an_edge_node_takes_its_measured_bandwidth() -
         }
         r = Router(parse_config(cfg))
         assert r.discovery is not None
-        r.discovery._api = FakeApi()
+        r.discovery._api, r.discovery._custom = FakeApi(), FakeCustom(_chat())
         r.discovery.bandwidth_once = lambda: {"edge-1": 42.0}  # type: ignore[method-assign]
         await r.discovery.refresh()
         m = r._members

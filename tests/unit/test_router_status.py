@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from fake_kube import ApiError, FakeStatusApi
-from test_router_discovery import FakeApi
+from test_router_discovery import FakeApi, FakeCustom, _chat
 from test_router_remote import backend
 
 from perllm.contract import Tier
@@ -193,6 +193,7 @@ def test_the_status_follows_the_remote_tier_and_keeps_other_conditions(
             assert r.discovery is not None and r.status_writer is not None
             w, api = r.status_writer, FakeStatusApi(conflicts=1, expect=LLMS)
             r.discovery._api, w._custom = FakeApi(), api
+            r.discovery._custom = FakeCustom(_chat())  # (its children: the pods' owner)
             await r.discovery.refresh()
             assert [b.name for b in r.backends] == ["a", "cloud-cluster"]
             c = httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://r")
@@ -295,6 +296,7 @@ def test_a_condition_another_writer_dropped_is_written_again() -> None:
             assert r.discovery is not None and r.status_writer is not None
             w, api = r.status_writer, FakeStatusApi(expect=LLMS)
             r.discovery._api, w._custom = FakeApi(), api
+            r.discovery._custom = FakeCustom(_chat())  # (its children: the pods' owner)
             await r.discovery.refresh()
             assert await w.tick() and cond_of(api)["reason"] == "AllReachable"
             api.obj["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
