@@ -49,8 +49,13 @@ async def reply(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def error_body(status: int, kind: str, message: str) -> bytes:
+    """An OpenAI-style error."""
+    return json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+
+
 async def error(send: Send, status: int, kind: str, message: str, headers: Headers = ()) -> None:
-    body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+    body = error_body(status, kind, message)
     with contextlib.suppress(OSError, RuntimeError):
         await reply(send, status, body, headers=headers)
 

@@ -109,6 +109,13 @@ class Limits(_Strict):
     connect_timeout_s: WaitSeconds = 2.0
     read_timeout_s: WaitSeconds = 60.0  # between two upstream chunks
     body_timeout_s: WaitSeconds = 30.0  # a client's body, once its head came
+    # The listener's bound on reading any request (perllm.httpguard): head and body within
+    # request_timeout_s of its first byte (or of the connection, before its first request),
+    # plus 1 s per min_body_bytes_per_s bytes of body received (0: no allowance), else 408
+    # and closed; heads over 64 KiB are 431. 60 s and 32 KiB/s (256 kbit/s): an upload at
+    # that rate or faster is never cut, whatever its size (8 MiB: 316 s).
+    request_timeout_s: WaitSeconds = 60.0
+    min_body_bytes_per_s: Annotated[int, Field(ge=0)] = 32 * 1024
     send_timeout_s: WaitSeconds = 60.0  # a client's reading of one chunk of its answer
     # The whole upstream exchange, from sending to the answer's last byte: the timeouts
     # above bound each wait, not their sum, so a backend dripping a byte every minute held

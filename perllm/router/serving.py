@@ -7,11 +7,16 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from perllm.router.asgi import quiet_aborts
+from perllm.httpguard import Bounds, guarded
+from perllm.router.asgi import error_body, quiet_aborts
+
+if TYPE_CHECKING:
+    from perllm.router.app import Router
+    from perllm.router.config import Limits
 
 
 class _Embedded(uvicorn.Server):
@@ -61,20 +66,43 @@ async def serving(
             await asyncio.wait_for(task, 5)
 
 
-def run(app: Any, host: str, port: int, log_level: str = "warning") -> None:
-    """Serve the router (blocking): uvicorn with uvloop and httptools, no access log. The
-    startup heap (catalogue, cost tables, pydantic models) is moved out of the cyclic GC
-    first, so that the collections the per-request garbage triggers stay short."""
-    gc.collect()
-    gc.freeze()
-    quiet_aborts()
-    uvicorn.run(
+def bounds(limits: Limits) -> Bounds:
+    """The router listener's bounds on reading a request (`perllm.httpguard`): the
+    deadline is `limits.request_timeout_s` plus `min_body_bytes_per_s`' allowance; the
+    refusals are OpenAI-style errors."""
+    return Bounds(
+        limits.request_timeout_s,
+        limits.min_body_bytes_per_s,
+        body=_refusal,
+        logger="perllm.router",
+    )
+
+
+def _refusal(status: int, why: str) -> bytes:
+    return error_body(status, "invalid_request_error", why)
+
+
+def config(app: Router, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
+    """uvicorn with uvloop and httptools guarded by `bounds` (no WebSocket upgrades: the
+    router has no WebSocket route), no access log."""
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
         access_log=False,
         log_level=log_level,
         loop="uvloop",
-        http="httptools",
+        http=guarded(bounds(app.limits)),
+        ws="none",
         server_header=False,  # (no `server: uvicorn` on every answer)
     )
+
+
+def run(app: Router, host: str, port: int, log_level: str = "warning") -> None:
+    """Serve the router (blocking; `config`). The startup heap (catalogue, cost tables,
+    pydantic models) is moved out of the cyclic GC first, so that the collections the
+    per-request garbage triggers stay short."""
+    gc.collect()
+    gc.freeze()
+    quiet_aborts()
+    uvicorn.Server(config(app, host, port, log_level)).run()

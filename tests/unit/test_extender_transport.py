@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ TIMEOUT = 0.6
 
 @pytest.fixture(autouse=True)
 def short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(GuardedHttp, "read_timeout_s", TIMEOUT)
+    monkeypatch.setattr(GuardedHttp, "bounds", replace(GuardedHttp.bounds, timeout_s=TIMEOUT))
 
 
 @pytest.fixture(params=["main", "probe"])
@@ -121,7 +122,7 @@ def test_an_oversized_head_is_431_and_closed(port: int) -> None:
     got = answer(s, 5)
     assert got.startswith(b"HTTP/1.1 431 "), got[:200]
     assert json.loads(got.split(b"\r\n\r\n", 1)[1]) == {
-        "Error": f"request head over {GuardedHttp.max_head_bytes} bytes"
+        "Error": f"request head over {GuardedHttp.bounds.max_head_bytes} bytes"
     }
 
 
