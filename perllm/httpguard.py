@@ -57,8 +57,13 @@ class Bounds:
     logger: str = "perllm"
 
     def allowance(self, body_bytes: int) -> float:
-        """Seconds `body_bytes` of body add to the deadline."""
-        return body_bytes / self.min_rate if self.min_rate > 0 else 0.0
+        return allowance(body_bytes, self.min_rate)
+
+
+def allowance(body_bytes: int, min_rate: float) -> float:
+    """Seconds `body_bytes` of body add to a deadline at `min_rate` bytes/s (0: none); the
+    router's body deadline (`limits.body_timeout_s`) grows by the same rule."""
+    return body_bytes / min_rate if min_rate > 0 else 0.0
 
 
 def guarded(bounds: Bounds) -> type[GuardedHttp]:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 
 from perllm.contract import ServiceSpec
+from perllm.httpguard import allowance
 from perllm.profiles import Catalogue
 from perllm.router.asgi import Receive, Refused, Scope, Send, Shed, error, reply
 from perllm.router.config import Backend, RouterConfig
@@ -182,14 +183,25 @@ class Router(Membership):
         t0 = time.perf_counter()
         if await self._not_ready(send) or await self._denied(scope, send):
             return
+        lim = self.limits
         try:
-            async with asyncio.timeout(self.limits.body_timeout_s):  # (no slot held yet)
+            # (no slot held yet) body_timeout_s, plus the listener's allowance for a body
+            # that keeps coming (`perllm.httpguard`): a large upload over a slow link
+            async with asyncio.timeout(lim.body_timeout_s) as tm:
+                due = tm.when()
+
+                def got(size: int) -> None:
+                    if due is not None:
+                        tm.reschedule(due + allowance(size, lim.min_body_bytes_per_s))
+
                 raw, req, tight = await read_request(
-                    scope["headers"], receive, chat, self.models, self.limits.max_body_bytes
+                    scope["headers"], receive, chat, self.models, lim.max_body_bytes, got
                 )
         except TimeoutError:
             self.metrics.rejected.labels("408").inc()
-            why = f"body not received within {self.limits.body_timeout_s:g}s"
+            why = f"body not received within {lim.body_timeout_s:g}s"
+            if lim.min_body_bytes_per_s:
+                why += f" (+1 s per {lim.min_body_bytes_per_s} bytes)"
             await error(send, 408, "invalid_request_error", why, [(b"connection", b"close")])
             return
         except BadRequest as e:

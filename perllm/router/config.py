@@ -108,7 +108,7 @@ class Limits(_Strict):
     queue_timeout_s: WaitSeconds = 5.0
     connect_timeout_s: WaitSeconds = 2.0
     read_timeout_s: WaitSeconds = 60.0  # between two upstream chunks
-    body_timeout_s: WaitSeconds = 30.0  # a client's body, once its head came
+    body_timeout_s: WaitSeconds = 30.0  # a client's body, once its head came (+ allowance)
     # The listener's bound on reading any request (perllm.httpguard): head and body within
     # request_timeout_s of its first byte (or of the connection, before its first request),
     # plus 1 s per min_body_bytes_per_s bytes of body received (0: no allowance), else 408

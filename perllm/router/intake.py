@@ -4,7 +4,7 @@ serves, and the `x-perllm-deadline-s` header. Anything wrong is a `BadRequest` (
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from perllm.mediatype import refused
 from perllm.router.asgi import Receive
@@ -16,10 +16,16 @@ Headers = list[tuple[bytes, bytes]]
 
 
 async def read_request(
-    headers: Headers, receive: Receive, chat: bool, models: Collection[str], limit: int
+    headers: Headers,
+    receive: Receive,
+    chat: bool,
+    models: Collection[str],
+    limit: int,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[bytes, Parsed, float | None]:
-    """(raw body, parsed body, the deadline header's tightening or None)."""
-    raw = await read_body(headers, receive, limit)
+    """(raw body, parsed body, the deadline header's tightening or None). `progress`: told
+    the bytes read so far after each piece of a body that comes in several."""
+    raw = await read_body(headers, receive, limit, progress)
     req = served(parse(raw, chat), models)
     values = [v for k, v in headers if k == DEADLINE_HEADER]
     if len(values) > 1:  # (no list field: which one a proxy or client meant is unknown)
@@ -41,7 +47,9 @@ def served(req: Parsed, models: Collection[str]) -> Parsed:
     return req
 
 
-async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:
+async def read_body(
+    headers: Headers, receive: Receive, limit: int, progress: Callable[[int], None] | None = None
+) -> bytes:
     for k, v in headers:
         if k == b"content-length" and v.isdigit() and int(v) > limit:
             raise BadRequest(413, "invalid_request_error", f"body over {limit} bytes")
@@ -63,6 +71,8 @@ async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:
         if size > limit:
             raise BadRequest(413, "invalid_request_error", f"body over {limit} bytes")
         chunks.append(b)
+        if progress is not None:
+            progress(size)
         if not m.get("more_body"):
             return b"".join(chunks)
         m = await receive()
