@@ -104,7 +104,7 @@ def register_openai(app: typer.Typer) -> None:
         import uvicorn
 
         from perllm.scenario import ScenarioError, load_scenario
-        from perllm.twin.openai import TwinOpenAI, listen, pod_url, static_pods
+        from perllm.twin.openai import TwinOpenAI, listen, pod_url, static_pods, uvicorn_config
 
         try:
             sc = load_scenario(scenario)
@@ -119,6 +119,4 @@ def register_openai(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         for ns, pod in static_pods(sc):
             typer.echo(pod_url(f"http://{host}:{port}", ns, pod) + "/v1")
-        cfg = uvicorn.Config(TwinOpenAI.standalone(sc, speed, seed), access_log=False,
-                             log_level="warning")  # fmt: skip
-        uvicorn.Server(cfg).run([sock])
+        uvicorn.Server(uvicorn_config(TwinOpenAI.standalone(sc, speed, seed))).run([sock])

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 from perllm.contract import ServiceSpec
 from perllm.costmodel import build_cost_table
@@ -239,13 +239,25 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_config(app: Any, lifespan: Literal["auto", "on", "off"] = "auto") -> Any:
+    """uvicorn for the twin's endpoints, reading requests under the router's bounds (a
+    read deadline growing with the body, a head limit: `perllm.httpguard`); a plain
+    listener kept a silent or trickling connection open for ever."""
+    import uvicorn
+
+    from perllm.httpguard import guarded
+    from perllm.router.serving import bounds
+
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan=lifespan,
+                          http=guarded(bounds(Limits())), ws="none")  # fmt: skip
+
+
 def serve_in_thread(app: Any, sock: socket.socket) -> threading.Thread:
     """uvicorn on a daemon thread (the twin's clock owns the main thread), on `listen`'s
     socket."""
     import uvicorn
 
-    cfg = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(cfg)
+    server = uvicorn.Server(uvicorn_config(app, lifespan="off"))
     th = threading.Thread(target=server.run, args=([sock],), name="twin-openai", daemon=True)
     th.start()
     return th

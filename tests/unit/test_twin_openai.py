@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from perllm.router.config import Limits
 from perllm.scenario import load_scenario, parse_scenario
-from perllm.twin.openai import TwinOpenAI, pod_url
+from perllm.twin.openai import TwinOpenAI, pod_url, uvicorn_config
 
 CHAT = {"model": "llama3-8b", "messages": [{"role": "user", "content": "hello " * 100}]}
 POD = pod_url("", "default", "chat-cloud")
@@ -446,3 +447,13 @@ def test_an_answer_past_the_wall_limit_is_ended_visibly_not_sped_up(
     assert err["code"] == 504 and "at most 0.3s of wall time" in err["message"]
     assert tw.overdue == 2 and "at most 0.3s of wall time" in caplog.text
     assert tw.queued == [[] for _ in tw.states]  # (their slots were given back)
+
+
+def test_the_twins_listener_reads_requests_under_the_routers_bounds() -> None:
+    """`twin-openai` and the twin's endpoints ran plain uvicorn: a connection that sent
+    nothing, or a head a byte at a time, stayed open for ever (perllm.httpguard)."""
+    cfg = uvicorn_config(TwinOpenAI.standalone(load_scenario("demo"), 10.0, 0), lifespan="off")
+    cfg.load()
+    b = cfg.http_protocol_class.bounds  # type: ignore[attr-defined]
+    assert (b.timeout_s, b.min_rate) == (Limits().request_timeout_s, Limits().min_body_bytes_per_s)
+    assert cfg.ws_protocol_class is None
