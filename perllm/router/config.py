@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from perllm.contract import EnergyWeights, Link, Server, ServiceSpec, Tier
+from perllm.contract import EnergyWeights, Link, Number, Server, ServiceSpec, Tier
 from perllm.csucb import CSUCBConfig
 from perllm.profiles import Catalogue, default_catalogue
 from perllm.telemetry.prom import PromAccess, PromAccessError
@@ -44,6 +44,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# Every number and flag of the config is strict, as a scenario's (perllm.contract.Number): a
+# YAML "100" or `true` is refused naming its key instead of becoming 100 or 1 (`retries:
+# true` retried once, `probe: "false"` turned probing off, `shed: 1` shed). A float field
+# takes integers; a whole-number field takes integers only. Field by field: strict mode on a
+# whole model would also refuse `tier: edge`, an enum written as its string.
+Whole = Annotated[int, Field(strict=True)]
+Flag = Annotated[bool, Field(strict=True)]
+Seconds = Annotated[WaitSeconds, Field(strict=True)]
+
+
 class Backend(_Strict):
     """One replica of the service: an OpenAI-compatible model server."""
 
@@ -52,7 +62,7 @@ class Backend(_Strict):
     tier: Tier
     hardware: str = Field(description="Hardware key in the catalogue, e.g. nvidia-l4.")
     link: Link
-    bandwidth_mbps: Annotated[float, Field(gt=0)] | None = Field(
+    bandwidth_mbps: Annotated[Number, Field(gt=0)] | None = Field(
         default=None, description="Measured link bandwidth (default: the link's nominal)."
     )
     model: str | None = Field(
@@ -102,37 +112,37 @@ class Backend(_Strict):
 
 
 class Limits(_Strict):
-    max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 2**20
-    max_concurrency: Annotated[int, Field(ge=1)] = 256  # requests proxied at once
-    max_queue: Annotated[int, Field(ge=0)] = 1024  # requests waiting for a slot
-    queue_timeout_s: WaitSeconds = 5.0
-    connect_timeout_s: WaitSeconds = 2.0
-    read_timeout_s: WaitSeconds = 60.0  # between two upstream chunks
-    body_timeout_s: WaitSeconds = 30.0  # a client's body, once its head came (+ allowance)
+    max_body_bytes: Annotated[Whole, Field(ge=1024)] = 8 * 2**20
+    max_concurrency: Annotated[Whole, Field(ge=1)] = 256  # requests proxied at once
+    max_queue: Annotated[Whole, Field(ge=0)] = 1024  # requests waiting for a slot
+    queue_timeout_s: Seconds = 5.0
+    connect_timeout_s: Seconds = 2.0
+    read_timeout_s: Seconds = 60.0  # between two upstream chunks
+    body_timeout_s: Seconds = 30.0  # a client's body, once its head came (+ allowance)
     # The listener's bound on reading any request (perllm.httpguard): head and body within
     # request_timeout_s of its first byte (or of the connection, before its first request),
     # plus 1 s per min_body_bytes_per_s bytes of body received (0: no allowance), else 408
     # and closed; heads over 64 KiB are 431. 60 s and 32 KiB/s (256 kbit/s): an upload at
     # that rate or faster is never cut, whatever its size (8 MiB: 316 s).
-    request_timeout_s: WaitSeconds = 60.0
-    min_body_bytes_per_s: Annotated[int, Field(ge=0)] = 32 * 1024
-    send_timeout_s: WaitSeconds = 60.0  # a client's reading of one chunk of its answer
+    request_timeout_s: Seconds = 60.0
+    min_body_bytes_per_s: Annotated[Whole, Field(ge=0)] = 32 * 1024
+    send_timeout_s: Seconds = 60.0  # a client's reading of one chunk of its answer
     # The whole upstream exchange, from sending to the answer's last byte: the timeouts
     # above bound each wait, not their sum, so a backend dripping a byte every minute held
     # a slot for good. An hour: far above a legitimate generation's length.
-    total_timeout_s: WaitSeconds = 3600.0
+    total_timeout_s: Seconds = 3600.0
     # A backend refusing connections or not answering in time (the timeouts above) is
     # left out of decisions (perllm.router.health) for eject_s, doubling per consecutive
     # failure up to eject_max_s; a request not sent (connection refused or not accepted
     # in time) is decided again among the others up to `retries` times.
-    eject_s: WaitSeconds = 1.0
-    eject_max_s: WaitSeconds = 30.0
-    retries: Annotated[int, Field(ge=0, le=8)] = 2
+    eject_s: Seconds = 1.0
+    eject_max_s: Seconds = 30.0
+    retries: Annotated[Whole, Field(ge=0, le=8)] = 2
     # While a backend is ejected the router probes it itself (perllm.router.probe): a GET
     # of probe_path when its ejection ends, with the timeouts above; any answer re-admits
     # it, a failure ejects it again for twice as long. false: only the requests CS-UCB
     # decides there after its ejection find out whether it answers again.
-    probe: bool = True
+    probe: Flag = True
     probe_path: Annotated[str, Field(pattern=r"^/[!-~]*$", max_length=1024)] = "/v1/models"
 
 
@@ -155,9 +165,9 @@ class Discovery(_Strict):
         default="http://{ip}:{port}",
         description="A pod's URL: {ip} {port} {namespace} {pod} {node}.",
     )
-    port: Annotated[int, Field(ge=1, le=65535)] = 8000  # without a containerPort
-    interval_s: WaitSeconds = 5.0
-    timeout_s: WaitSeconds = 5.0  # the kubernetes client's and Prometheus' sockets
+    port: Annotated[Whole, Field(ge=1, le=65535)] = 8000  # without a containerPort
+    interval_s: Seconds = 5.0
+    timeout_s: Seconds = 5.0  # the kubernetes client's and Prometheus' sockets
     kubeconfig: str | None = None  # default: in-cluster, else ~/.kube/config
     prometheus: str | None = Field(
         default=None, description="Prometheus URL: measured bandwidth per node."
@@ -172,11 +182,11 @@ class Discovery(_Strict):
         min_length=1,
         description="PEM file of the CAs that sign an https Prometheus (default: the system's).",
     )
-    prometheus_insecure_skip_verify: bool = Field(
+    prometheus_insecure_skip_verify: Flag = Field(
         default=False,
         description="Do not verify an https Prometheus' certificate (its token goes to anyone).",
     )
-    status_interval_s: Annotated[float, Field(ge=0, le=MAX_WAIT_S)] = Field(
+    status_interval_s: Annotated[Number, Field(ge=0, le=MAX_WAIT_S)] = Field(
         default=5.0,
         description="Seconds between writes of the LLMService's status.routing and "
         "BackendsReachable condition (when changed); 0: never written.",
@@ -234,7 +244,7 @@ class RouterConfig(_Strict):
     service_class: str | None = None
     backends: list[Backend] = Field(default_factory=list)
     discovery: Discovery | None = None
-    shed: bool = Field(
+    shed: Flag = Field(
         default=False,
         description="Answer 503 when no backend can meet the deadline (else: least violating).",
     )
@@ -243,7 +253,7 @@ class RouterConfig(_Strict):
     )
     weights: EnergyWeights = EnergyWeights()
     # (inf is meaningful there, e.g. memory: inf, no forgetting; CSUCBConfig checks them)
-    csucb: dict[str, Annotated[float, Field(allow_inf_nan=True)]] = Field(
+    csucb: dict[str, Annotated[Number, Field(allow_inf_nan=True)]] = Field(
         default_factory=dict, description="CSUCBConfig fields."
     )
     limits: Limits = Limits()

@@ -87,3 +87,77 @@ def test_config_errors_are_clear(tmp_path: Any) -> None:
         for v in (math.inf, math.nan, 1e300):
             with pytest.raises(RouterConfigError, match=rf"{section}\.{field}: "):
                 parse_config({**base, section: {**extra, field: v}})
+
+
+LOOSE = [  # (a key path of the config, the kind of value it takes)
+    ("backends.0.bandwidth_mbps", "number"),
+    ("limits.max_body_bytes", "integer"),
+    ("limits.max_concurrency", "integer"),
+    ("limits.max_queue", "integer"),
+    ("limits.queue_timeout_s", "number"),
+    ("limits.connect_timeout_s", "number"),
+    ("limits.read_timeout_s", "number"),
+    ("limits.body_timeout_s", "number"),
+    ("limits.send_timeout_s", "number"),
+    ("limits.total_timeout_s", "number"),
+    ("limits.eject_s", "number"),
+    ("limits.eject_max_s", "number"),
+    ("limits.retries", "integer"),
+    ("limits.probe", "boolean"),
+    ("discovery.port", "integer"),
+    ("discovery.interval_s", "number"),
+    ("discovery.timeout_s", "number"),
+    ("discovery.status_interval_s", "number"),
+    ("discovery.prometheus_insecure_skip_verify", "boolean"),
+    ("shed", "boolean"),
+    ("csucb.delta", "number"),
+]
+
+
+def _strict_base() -> dict[str, Any]:
+    return {
+        "scenario": "demo",
+        "service_class": "chat",
+        "backends": [{**BACKENDS[0], "bandwidth_mbps": 50}, BACKENDS[1]],
+        "discovery": {"service": "team-a/chat", "port": 8000, "interval_s": 5,
+                      "status_interval_s": 0, "prometheus_insecure_skip_verify": False},
+        "shed": True,
+        "csucb": {"delta": 1},
+        "limits": {"max_body_bytes": 2**20, "max_concurrency": 8, "max_queue": 0,
+                   "queue_timeout_s": 1, "read_timeout_s": 30, "total_timeout_s": 60.5,
+                   "retries": 1, "probe": False},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("value", [True, "2", "true"])
+@pytest.mark.parametrize(("path", "kind"), LOOSE)
+def test_a_string_or_a_boolean_is_no_number_and_a_number_no_boolean(
+    path: str, kind: str, value: object
+) -> None:
+    """The config's own numbers and flags were lax (the scenario's are strict): a YAML
+    `true` or "2" became 1 or 2 (`retries: true` retried once, `read_timeout_s: "30"` 30 s)
+    and "true" or 1 a boolean (`probe: "false"` turned probing off). Each is refused at
+    startup naming its key path."""
+    d = _strict_base()
+    parse_config(d, "r.yaml")  # (valid as it is: ints where floats are meant)
+    if kind == "boolean":
+        value = 1 if value is True else value  # (a boolean is a boolean)
+    node: Any = d
+    keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    with pytest.raises(RouterConfigError) as e:
+        parse_config(d, "r.yaml")
+    assert str(e.value) == f"r.yaml: {path}: Input should be a valid {kind}", e.value
+
+
+def test_a_whole_number_key_takes_integers_only() -> None:
+    """`max_concurrency: 8.0` was read as 8 (a float field still takes an int: `30`)."""
+    d = _strict_base()
+    d["limits"]["max_concurrency"] = 8.0
+    with pytest.raises(RouterConfigError, match=r"limits\.max_concurrency: .*valid integer"):
+        parse_config(d, "r.yaml")
+    cfg = parse_config(_strict_base(), "r.yaml")
+    assert cfg.limits.read_timeout_s == 30.0 and isinstance(cfg.limits.read_timeout_s, float)
+    assert cfg.backends[0].measured_mbps == 50.0 and cfg.csucb == {"delta": 1.0}
