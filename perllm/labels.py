@@ -5,7 +5,9 @@ operator (which labels and annotates model-server pods) and the extender (which 
 both), so the three cannot drift apart.
 """
 
+import math
 import re
+from collections.abc import Mapping
 
 DOMAIN = "perllm.io"
 
@@ -39,3 +41,50 @@ ANN_MIN_QUALITY = f"{DOMAIN}/min-quality"
 
 SCHEDULER_NAME = "perllm-scheduler"
 GPU_RESOURCE = "nvidia.com/gpu"
+
+
+# A number in a label or an annotation (the link-* annotations of a node, the deadline-*
+# and min-quality annotations of a pod): a plain decimal, `30`, `2.5`, `1e-05`, `-1`, as the
+# operator and the local control plane write them (`f"{x:g}"`): ASCII digits, an optional
+# sign, '.' and exponent (YAML 1.2's float without .inf/.nan), nothing around it. `float()`
+# reads more, every bit of it silently: "1_0" as 10, " 10 " as 10, Arabic-Indic "١٠" as 10,
+# "inf" and "nan". One parser for every reader (the extender, the router's discovery).
+DECIMAL = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+DECIMAL_HINT = "digits with an optional sign, '.' and exponent, e.g. 30, 2.5 or 1e-05"
+
+
+def shown(v: str, n: int = 40) -> str:
+    """`v` quoted for a reason or a log line, its first `n` characters at most: a value
+    from a request (an annotation, a label) is as long as its author made it (a 1 MB
+    annotation came back whole in the 400 and in its log line)."""
+    return repr(v) if len(v) <= n else f"{v[:n]!r}... ({len(v)} characters)"
+
+
+def decimal(text: str) -> float:
+    """`text` as a finite number in the `DECIMAL` format, else a ValueError saying why
+    ("not a number", "not a finite number", "not a plain decimal number (...)")."""
+    if DECIMAL.fullmatch(text):
+        x = float(text)
+        if not math.isfinite(x):  # beyond a float's range (1e999)
+            raise ValueError("not a finite number")
+        return x
+    try:
+        x = float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not math.isfinite(x):  # "inf", "nan", "Infinity"
+        raise ValueError("not a finite number")
+    raise ValueError(f"not a plain decimal number ({DECIMAL_HINT})")
+
+
+def ann_number(ann: Mapping[str, str], key: str) -> float | None:
+    """The number in annotation (or label) `key` of `ann`; None when absent, a ValueError
+    naming it and its value when not a finite `DECIMAL` (`float()` reads "inf" and "nan": an
+    infinite link energy on one node made every candidate's predicted energy NaN)."""
+    v = ann.get(key)
+    if v is None:
+        return None
+    try:
+        return decimal(v)
+    except ValueError as e:
+        raise ValueError(f"annotation {key}={shown(v)} is {e}") from None

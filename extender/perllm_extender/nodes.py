@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,8 @@ from perllm.labels import (  # noqa: F401 - re-exported names
     DOMAIN,
     LABEL_HARDWARE,
     LABEL_TIER,
+    ann_number,
+    shown,
 )
 from perllm.profiles import Catalogue
 
@@ -49,29 +50,6 @@ def node_name(obj: Obj) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
-def shown(v: str, n: int = 40) -> str:
-    """`v` quoted for a reason or a log line, its first `n` characters at most: a value
-    from a request (an annotation, a label) is as long as its author made it (a 1 MB
-    annotation came back whole in the 400 and in its log line)."""
-    return repr(v) if len(v) <= n else f"{v[:n]!r}... ({len(v)} characters)"
-
-
-def ann_float(ann: dict[str, str], key: str) -> float | None:
-    """A numeric annotation; None when absent, ValueError naming it when not a finite
-    number (`float()` reads "inf" and "nan": an infinite link energy on one node made every
-    candidate's predicted energy NaN)."""
-    v = ann.get(key)
-    if v is None:
-        return None
-    try:
-        x = float(v)
-    except ValueError:
-        raise ValueError(f"annotation {key}={shown(v)} is not a number") from None
-    if not math.isfinite(x):
-        raise ValueError(f"annotation {key}={shown(v)} is not a finite number")
-    return x
-
-
 def to_server(obj: Obj, catalogue: Catalogue) -> Server | str:
     """The node as a Server, or the reason it cannot be one."""
     name = node_name(obj)
@@ -87,7 +65,7 @@ def to_server(obj: Obj, catalogue: Catalogue) -> Server | str:
     if hardware not in catalogue.hardware:
         return f"unknown hardware {shown(hardware)} (not in the catalogue)"
     try:
-        bw = ann_float(ann, ANN_LINK_BANDWIDTH)
+        bw = ann_number(ann, ANN_LINK_BANDWIDTH)
         if bw is None:
             return f"no {ANN_LINK_BANDWIDTH} annotation"
         extra = {
@@ -97,7 +75,7 @@ def to_server(obj: Obj, catalogue: Catalogue) -> Server | str:
                 ("rtt_ms", ANN_LINK_RTT),
                 ("energy_uj_per_bit", ANN_LINK_ENERGY),
             )
-            if (v := ann_float(ann, key)) is not None
+            if (v := ann_number(ann, key)) is not None
         }
         return Server(
             name=name,

@@ -24,9 +24,11 @@ from perllm.labels import (
     ANN_PERCENTILE,
     DOMAIN,
     LABEL_SERVICE,
+    ann_number,
+    shown,
 )
 from perllm_extender.names import is_dns_label
-from perllm_extender.nodes import ann_float, meta_map, shown
+from perllm_extender.nodes import meta_map
 
 ANN_MODEL = f"{DOMAIN}/model"  # optional: the catalogue model key when no LLMService is known
 
@@ -128,7 +130,7 @@ class ServiceRegistry:
 
         def num(key: str) -> float | None:
             try:
-                return ann_float(ann, key)
+                return ann_number(ann, key)
             except ValueError as e:
                 raise BadPod(f"pod {pod_key(pod)}: {e}") from None
 
