@@ -53,6 +53,18 @@ DECIMAL = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 DECIMAL_HINT = "digits with an optional sign, '.' and exponent, e.g. 30, 2.5 or 1e-05"
 
 
+def number_text(x: float) -> str:
+    """`x` as a `DECIMAL` for an annotation, read back exactly: a whole number as digits
+    (`30`), else `f"{x:g}"` (`2.5`, `1e-05`) where its 6 significant digits hold all of `x`,
+    else the shortest exact form (`1.2345678`). `f"{x:g}"` alone wrote a deadline of
+    1.2345678 s as 1.23457, and a pod's annotations override its service's requirements."""
+    x = float(x)
+    if x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    s = f"{x:g}"
+    return s if float(s) == x else repr(x)
+
+
 def shown(v: str, n: int = 40) -> str:
     """`v` quoted for a reason or a log line, its first `n` characters at most: a value
     from a request (an annotation, a label) is as long as its author made it (a 1 MB

@@ -19,6 +19,7 @@ from perllm.labels import (
     GPU_RESOURCE,
     LABEL_SERVICE,
     LABEL_TIER,
+    number_text,
 )
 from perllm_operator import pinning, runtimes, tiers
 from perllm_operator.tiers import LABEL_CHILD_TIER, Part
@@ -35,7 +36,7 @@ Obj = dict[str, Any]
 
 
 def _num(x: float) -> str:
-    return f"{x:g}"
+    return number_text(x)  # (what the extender reads back exactly: perllm.labels)
 
 
 def owner_reference(obj: Obj) -> Obj:

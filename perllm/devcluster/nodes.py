@@ -18,6 +18,7 @@ from perllm.labels import (  # noqa: F401 - re-exported names
     LABEL_HARDWARE,
     LABEL_TIER,
     MAX_LABEL_VALUE,
+    number_text,
 )
 from perllm.scenario import Scenario
 
@@ -28,7 +29,7 @@ PODS_PER_NODE = 110  # without `pods` in allocatable nothing schedules ("Too man
 
 
 def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+    return number_text(x)  # (what the extender reads back exactly: perllm.labels)
 
 
 def node_manifests(scenario: Scenario) -> list[dict[str, Any]]:

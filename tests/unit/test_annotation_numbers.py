@@ -13,9 +13,9 @@ from perllm_extender import nodes as xnodes
 from perllm_operator import podspec
 from test_extender_fakes import NODES, Obj
 
-from perllm.contract import Deadline, Requirements, ServiceSpec
+from perllm.contract import Deadline, Link, Requirements, ServiceSpec
 from perllm.devcluster import nodes as devnodes
-from perllm.labels import ANN_LINK_BANDWIDTH, ann_number, decimal
+from perllm.labels import ANN_LINK_BANDWIDTH, ann_number, decimal, number_text
 from perllm.profiles import default_catalogue
 from perllm.router.discovery import backends_from
 from perllm.scenario import load_scenario
@@ -116,9 +116,10 @@ def test_discovery_leaves_out_a_pod_on_a_node_with_a_loose_number() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "per_token", "percentile", "quality"),
-    [(30, 0, 95, 0), (0.001, 1e-05, 99.9, 0.625), (86_400, 60, 100, 1), (1.2345, 0.0125, 50, 0.5)],
-)
-def test_what_the_operator_writes_is_read_back(
+    [(30, 0, 95, 0), (0.001, 1e-05, 99.9, 0.625), (86_400, 60, 100, 1), (1.2345, 0.0125, 50, 0.5),
+     (1.2345678, 0.0123456789, 99.95, 0.123456789), (1 / 3, 1e-07 / 3, 200 / 3, 2 / 3)],
+)  # fmt: skip
+def test_what_the_operator_writes_is_read_back_exactly(
     seconds: float, per_token: float, percentile: float, quality: float
 ) -> None:
     spec = ServiceSpec(
@@ -137,9 +138,28 @@ def test_what_the_operator_writes_is_read_back(
     assert read == [seconds, per_token, percentile, quality], ann
 
 
-def test_what_the_local_control_plane_writes_is_read_back() -> None:
+def test_what_the_local_control_plane_writes_is_read_back_exactly() -> None:
+    """`f"{x:g}"` kept 6 significant digits: a link of 123.4567891 Mbit/s was modelled as
+    123.457 (and a pod's deadline of 1.2345678 s, above, decided as 1.23457 s)."""
     sc = load_scenario("demo")
-    nodes = devnodes.node_manifests(sc)
-    assert nodes
-    for n in nodes:
-        assert not isinstance(xnodes.to_server(n, sc.catalogue), str), n["metadata"]
+    odd = Link(bandwidth_mbps=123.4567891, noise=0.123456789, rtt_ms=7.000001,
+               energy_uj_per_bit=1 / 3)  # fmt: skip
+    servers = [s.model_copy(update={"link": odd}) for s in sc.servers]
+    for scenario in (sc, sc.model_copy(update={"servers": servers})):
+        nodes = devnodes.node_manifests(scenario)
+        assert nodes
+        for n, (_, s) in zip(nodes, scenario.expanded_servers(), strict=True):
+            server = xnodes.to_server(n, scenario.catalogue)
+            assert not isinstance(server, str), server
+            assert server.link == s.link, n["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    ("x", "text"),
+    [(30, "30"), (30.0, "30"), (2.5, "2.5"), (1e-05, "1e-05"), (86_400, "86400"),
+     (1e7, "10000000"), (0.1, "0.1"), (1.2345678, "1.2345678"), (1 / 3, "0.3333333333333333")],
+)  # fmt: skip
+def test_numbers_are_written_as_before_where_that_was_exact(x: float, text: str) -> None:
+    """(A pod template's annotations changed only where they were inexact: no rollout of
+    every service on an operator upgrade.)"""
+    assert number_text(x) == text and decimal(text) == x
