@@ -5,12 +5,12 @@ assumes, and the bytes of the body beyond the text, e.g. image data URLs)."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from perllm.costmodel import BYTES_PER_TOKEN
+from perllm.labels import decimal
 
 
 class BadRequest(ValueError):
@@ -147,19 +147,15 @@ def _positive(key: str, v: Any) -> int | float:
 
 
 def deadline_header(value: str | None) -> float | None:
-    """`x-perllm-deadline-s`: a positive number of seconds, or None."""
+    """`x-perllm-deadline-s`: a positive number of seconds, or None. A plain decimal, as a
+    number in an annotation (`perllm.labels.decimal`, the one parser of that format):
+    `float()` also read "1_0" as 10 and "inf" and "nan"."""
     if value is None:
         return None
     try:
-        d = float(value)
-    except ValueError:
-        raise BadRequest(
-            400, "invalid_request_error", "x-perllm-deadline-s: not a number"
-        ) from None
-    if not math.isfinite(d):
-        raise BadRequest(
-            400, "invalid_request_error", "x-perllm-deadline-s: must be a finite number"
-        )
+        d = decimal(value)
+    except ValueError as e:
+        raise BadRequest(400, "invalid_request_error", f"x-perllm-deadline-s: {e}") from None
     if not d > 0:
         raise BadRequest(400, "invalid_request_error", "x-perllm-deadline-s: must be > 0")
     return d

@@ -71,10 +71,14 @@ def test_bad_max_tokens_and_non_json_numbers_are_named() -> None:
     assert why(b + ', "max_tokens": 2.5}') == "max_tokens: must be a positive integer"
     from perllm.router.request import deadline_header
 
-    for v, msg in (("inf", "a finite number"), ("nan", "a finite number"), ("-1", "> 0")):
-        with pytest.raises(BadRequest, match=f"x-perllm-deadline-s: must be {msg}"):
+    for v, msg in (("inf", "not a finite number"), ("nan", "not a finite number"),
+                   ("-1", "must be > 0"), ("soon", "not a number"),
+                   ("1_0", "not a plain decimal number"), ("\u0661\u0660", "not a plain decimal"),
+                   ("1e999", "not a finite number")):  # fmt: skip
+        # ("1_0", read by float() as 10 s, was a deadline of 10 s)
+        with pytest.raises(BadRequest, match=f"x-perllm-deadline-s: {msg}"):
             deadline_header(v)
-    assert deadline_header("2.5") == 2.5
+    assert deadline_header("2.5") == 2.5 and deadline_header("1e-1") == 0.1
     assert parse((b + ', "max_tokens": 8.0}').encode(), True).max_tokens == 8
     # null is not given: max_tokens is checked (it was skipped) and caps the answer
     assert why(b + ', "max_completion_tokens": null, "max_tokens": 0}').startswith("max_tokens:")
