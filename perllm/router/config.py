@@ -25,7 +25,16 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from perllm.contract import EnergyWeights, Link, Number, Server, ServiceSpec, Tier
+from perllm.contract import (
+    MAX_LINK_MBPS,
+    MIN_LINK_MBPS,
+    EnergyWeights,
+    Link,
+    Number,
+    Server,
+    ServiceSpec,
+    Tier,
+)
 from perllm.csucb import CSUCBConfig
 from perllm.profiles import Catalogue, default_catalogue
 from perllm.telemetry.prom import PromAccess, PromAccessError
@@ -62,7 +71,8 @@ class Backend(_Strict):
     tier: Tier
     hardware: str = Field(description="Hardware key in the catalogue, e.g. nvidia-l4.")
     link: Link
-    bandwidth_mbps: Annotated[Number, Field(gt=0)] | None = Field(
+    # Within a link's own bounds: 1e-300 made every upload take for ever in the estimate.
+    bandwidth_mbps: Annotated[Number, Field(ge=MIN_LINK_MBPS, le=MAX_LINK_MBPS)] | None = Field(
         default=None, description="Measured link bandwidth (default: the link's nominal)."
     )
     model: str | None = Field(

@@ -161,3 +161,15 @@ def test_a_whole_number_key_takes_integers_only() -> None:
     cfg = parse_config(_strict_base(), "r.yaml")
     assert cfg.limits.read_timeout_s == 30.0 and isinstance(cfg.limits.read_timeout_s, float)
     assert cfg.backends[0].measured_mbps == 50.0 and cfg.csucb == {"delta": 1.0}
+
+
+@pytest.mark.parametrize("mbps", [1e-300, 0.0009, 1.1e7])
+def test_a_backends_bandwidth_is_within_a_links_bounds(mbps: float) -> None:
+    """`bandwidth_mbps` was only > 0: 1e-300 loaded, and every upload to the backend took
+    for ever in CS-UCB's estimate. A link's own bounds (0.001 to 1e7 Mbit/s) hold."""
+    d = _strict_base()
+    d["backends"][0]["bandwidth_mbps"] = mbps
+    with pytest.raises(RouterConfigError, match=r"backends\.0\.bandwidth_mbps: Input should be"):
+        parse_config(d, "r.yaml")
+    d["backends"][0]["bandwidth_mbps"] = 0.001
+    assert parse_config(d, "r.yaml").backends[0].bandwidth_mbps == 0.001
