@@ -4,10 +4,10 @@ flags, validated before kopf starts. The entry point reads them once and hands t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from perllm.labels import decimal
 from perllm.telemetry.prom import PromAccess, PromAccessError
 from perllm_operator.policy import ReplacementPolicy
 
@@ -38,12 +38,10 @@ def _float(env: Mapping[str, str], key: str, default: float, minimum: float = 0.
     raw = env.get(key)
     if raw in (None, ""):
         return default
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ConfigError(f"{key}={raw!r}: not a number") from None
-    if not math.isfinite(v):  # NaN compares False to everything: no interval, no cooldown
-        raise ConfigError(f"{key}={raw!r}: not a finite number")
+    try:  # a plain decimal, as in annotations ("1_0" or " 5 " were read by float())
+        v = decimal(raw)
+    except ValueError as e:  # (NaN compared False to everything: no interval, no cooldown)
+        raise ConfigError(f"{key}={raw!r}: {e}") from None
     if v < minimum:
         raise ConfigError(f"{key}={raw!r}: must be >= {minimum:g}")
     return v

@@ -311,6 +311,9 @@ def test_config_from_env_names_bad_settings() -> None:
         ("PERLLM_REPLACEMENT_TICKS", "2.5"),  # silently 2
         ("PERLLM_REPLACEMENT_ESCALATE_AFTER", "1.5"),
         ("PERLLM_TELEMETRY_WINDOW", "0m"),  # PromQL refuses a zero range: stale forever
+        ("PERLLM_STATUS_INTERVAL", "1_0"),  # float() read 10 (annotations' DECIMAL now)
+        ("PERLLM_REPLACEMENT_COOLDOWN", " 5 "),
+        ("PERLLM_REPLACEMENT_TICKS", "\u0663"),  # an Arabic-Indic 3
     ],
 )
 def test_config_refuses_values_that_would_misbehave_later(key: str, raw: str) -> None:
