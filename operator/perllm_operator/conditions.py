@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION
 from perllm.crd import condition as condition  # re-exported (reconcile, tests)
-from perllm_operator import children, kube, observe, podspec, tiers
+from perllm_operator import children, kube, observe, podspec, reads, tiers
 
 CONDITION_ORDER = (
     "Ready",
@@ -57,11 +57,18 @@ def ready_of(child: Obj) -> observe.Cond:
     )
 
 
-def _ready(ns: str, ref: Obj, mine: Obj) -> observe.Cond:
-    """`Ready` of the recorded child `ref` of the service whose ownerReference is `mine`:
-    an object another owner holds under its name is not the service's child (read as
-    ready, someone else's Deployment made the service Ready)."""
-    live = kube.read_child(ns, ref)
+def _ready(ns: str, ref: Obj, llms: Obj) -> observe.Cond:
+    """`Ready` of the recorded child `ref` of the service `llms`: an object another owner
+    holds under its name is not the service's child (read as ready, someone else's
+    Deployment made the service Ready). A read refused or unanswered is Unknown naming it
+    (`reads`), where it failed the whole status write with a log line only."""
+    uid = str(llms["metadata"].get("uid", ""))
+    try:
+        live = kube.read_child(ns, ref)
+    except reads.ERRORS as e:
+        return reads.failed(uid, ref, e, kopf.Body(cast(kopf.RawBody, llms)))
+    reads.succeeded(uid, ref)
+    mine = podspec.owner_reference(llms)
     what = f"{ref['kind']} {ref['name']}"
     if live is None:
         return False, "ChildMissing", f"{what} not found"
@@ -81,9 +88,10 @@ def _merged(
 ) -> list[Obj]:
     """The new condition list: the given ones, `Placed` from `status.placement` unless
     given (of a tiered service: and from each tier's pods), `Ready` from the live children
-    (all of them; one held by another owner is not ready) unless given, the rest kept:
-    conditions of other types, other writers' included. While `Reconciled` is a refusal
-    (`REFUSALS`), `Ready` and `Placed` repeat it."""
+    (all of them; one held by another owner is not ready; one unreadable is Unknown)
+    unless given, the rest kept: conditions of other types, other writers' included.
+    While `Reconciled` is a refusal (`REFUSALS`), `Ready` and `Placed` repeat it. A given
+    `Degraded` False (the timer's) is True while a read of a child fails (`reads`)."""
     name, st = llms["metadata"]["name"], llms.get("status") or {}
     old = list(st.get("conditions") or [])
     conds = {c.get("type"): c for c in old}
@@ -104,9 +112,13 @@ def _merged(
         placed = observe.placed(st.get("placement"), pods, known, names)
         conds["Placed"] = condition("Placed", *placed, old)
     if refs and "Ready" not in conditions and not refused(rec):
-        mine = podspec.owner_reference(llms)
-        ready = observe.all_of([_ready(ns, r, mine) for r in refs])
+        ready = observe.all_of([_ready(ns, r, llms) for r in refs])
         conds["Ready"] = condition("Ready", *ready, old)
+    unread = reads.pending(str(llms["metadata"].get("uid", "")))
+    given = conditions.get("Degraded")
+    if unread is not None and given is not None and given[0] is False:
+        # the timer's "ran without errors": not while a read of a child fails
+        conds["Degraded"] = condition("Degraded", True, *unread, old)
     return [conds[t] for t in CONDITION_ORDER if t in conds] + [
         c for t, c in conds.items() if t not in CONDITION_ORDER
     ]

@@ -14,7 +14,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService
-from perllm_operator import failures, kube, observe, pinning, podspec, render, tiers
+from perllm_operator import failures, kube, observe, pinning, podspec, reads, render, tiers
 from perllm_operator.children import (
     KSERVE_MISSING,
     Failed,
@@ -196,15 +196,21 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
       start: nothing follows (the extender's decision for one tier's pod must not re-pin
       the other's child).
 
-    A refusal is the `Reconciled` condition and an Event; the next tick tries again."""
+    A refusal is the `Reconciled` condition and an Event; the next tick tries again. A
+    read refused or unanswered (the service's, a child's) is logged and an Event once per
+    distinct error (`reads`), said by the next tick's `Degraded`; nothing is applied."""
     ns, name, uid = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["uid"]
     co = kube.kubernetes.client.CustomObjectsApi()
+    me = {"kind": "LLMService", "name": name}
     try:
         fresh: Obj = co.get_namespaced_custom_object(
             GROUP, VERSION, ns, PLURAL, name, _request_timeout=kube.REQUEST_TIMEOUT_S
         )
-    except ApiException:
+    except reads.ERRORS as e:
+        if not (isinstance(e, ApiException) and e.status == 404):  # 404: deleted since
+            reads.failed(str(uid), me, e, body)
         return
+    reads.succeeded(str(uid), me)
     st = dict(fresh.get("status") or {})
     refs: list[Obj] = [st["child"]] if st.get("child") else list(st.get("children") or [])
     if fresh["metadata"].get("uid") != uid or not refs or _refused(st):
@@ -233,10 +239,15 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
             "name": render.model_account_name(fresh),
         }
         refs = [*refs, sa]
-    try:
-        lives = [kube.read_child(ns, r) for r in refs]
-    except ApiException:
-        return
+    reads.keep(str(uid), [me, *refs])  # a child no longer recorded is not read again
+    lives: list[Obj | None] = []
+    for r in refs:
+        try:
+            lives.append(kube.read_child(ns, r))
+        except reads.ERRORS as e:
+            reads.failed(str(uid), r, e, body)
+            return
+        reads.succeeded(str(uid), r)
     try:  # (only what the spec still renders is re-created, and said)
         kids = render.children(fresh)
     except (InvalidService, ValueError):  # (the reconcile refuses it, and says why)
@@ -324,5 +335,7 @@ def _reapply(
 
 
 def forget(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
-    """Drop the service's observation history (optional: adds no finalizer of its own)."""
+    """Drop the service's observation history and failed reads (optional: adds no
+    finalizer of its own)."""
     state_of(memo).history.pop(str(meta.get("uid")), None)
+    reads.forget(str(meta.get("uid")))

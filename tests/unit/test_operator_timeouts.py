@@ -9,11 +9,12 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import kopf
 import kubernetes
 import pytest
-from perllm_operator import conditions, kube, reconcile, render
+from perllm_operator import conditions, kube, reads, reconcile, render
 
 Obj = dict[str, Any]
 
@@ -76,6 +77,18 @@ class _Logger:
     def warning(self, *a: Any) -> None: ...
 
 
+def _follow() -> None:
+    """follow_tier says a read left unanswered (`reads`: a log line and an Event) and
+    returns, the next tick trying again: the failure it recorded is raised here."""
+    reads.forget("uid-1")
+    with mock.patch.object(kopf, "warn", lambda *a, **k: None):
+        reconcile.follow_tier(kopf.Body(_svc()), _svc(), _Logger())
+    failed = reads.pending("uid-1")
+    reads.forget("uid-1")
+    if failed is not None:
+        raise RuntimeError(failed[1])
+
+
 DEP = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}
 SA = {"apiVersion": "v1", "kind": "ServiceAccount", "name": "x-model"}
 ISVC = {"apiVersion": f"{render.KSERVE_GROUP}/v1beta1", "kind": "InferenceService", "name": "x"}
@@ -91,7 +104,7 @@ CALLS: list[tuple[str, Callable[[], Any]]] = [
     ("pods", lambda: kube.pods("ns", "x")),
     ("evict", lambda: kube.evict("ns", "x-1")),
     ("sync_status", lambda: conditions.sync_status("ns", "x", "uid-1")),
-    ("follow_tier", lambda: reconcile.follow_tier(kopf.Body(_svc()), _svc(), _Logger())),
+    ("follow_tier", _follow),
 ]
 
 

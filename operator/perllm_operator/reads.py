@@ -1,0 +1,91 @@
+"""A read of one of an LLMService's children refused (RBAC, 5xx) or unanswered (the API
+server timing out): the condition it gives, said once per distinct error.
+
+Every status write reads the recorded children to compute `Ready`, and the status timer's
+`follow_tier` reads them (and the Service or ServiceAccount beside them) again. A failed
+read there no longer fails the whole write: `Ready` is Unknown naming the read (reason
+`Read<StatusReason>`, e.g. `ReadForbidden`, or `ReadFailed` without an answer), the
+timer's `Degraded` says it, and a warning and a Warning Event are given the first time
+each error is seen (not every write); a read that succeeds again is logged once.
+
+The memory is per operator process, by (LLMService uid, kind, name) of the child.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import kopf
+import urllib3.exceptions
+from kubernetes.client.exceptions import ApiException
+
+from perllm_operator import failures
+
+Obj = dict[str, Any]
+Cond = tuple[bool | None, str, str]
+
+# What a read of the API raises when refused (ApiException) or left unanswered (urllib3:
+# read timeout, connection refused or reset, retries exhausted).
+ERRORS: tuple[type[Exception], ...] = (ApiException, urllib3.exceptions.HTTPError)
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_failed: dict[tuple[str, str, str], tuple[str, str]] = {}
+
+
+def failure(ref: Obj, e: Exception) -> tuple[str, str]:
+    """(reason, message) of the failed read of `ref` (kind, name), naming the HTTP status
+    and the API server's reason, or why no answer came."""
+    what = f"reading {ref['kind']} {ref['name']}"
+    if isinstance(e, ApiException):
+        return failures.api_failure(e, what, prefix="Read")
+    return "ReadFailed", failures.bounded(
+        f"{what}: no answer from the API server ({type(e).__name__}: {e})"
+    )
+
+
+def failed(uid: str, ref: Obj, e: Exception, obj: kopf.Body) -> Cond:
+    """Remember that reading `ref` of the service `uid` failed with `e`; the first time
+    this error is seen, log it and post a Warning Event on `obj` (the LLMService). Returns
+    the `Ready` of that child: Unknown, naming the read."""
+    reason, msg = failure(ref, e)
+    key = (uid, str(ref["kind"]), str(ref["name"]))
+    with _lock:
+        new = _failed.get(key) != (reason, msg)
+        _failed[key] = (reason, msg)
+    if new:
+        log.warning("%s", msg)
+        kopf.warn(obj, reason=reason, message=msg)
+    return None, reason, msg
+
+
+def succeeded(uid: str, ref: Obj) -> None:
+    """Reading `ref` of the service `uid` worked: forget a failure of it, said once."""
+    with _lock:
+        was = _failed.pop((uid, str(ref["kind"]), str(ref["name"])), None)
+    if was is not None:
+        log.info("%s %s is readable again (was: %s)", ref["kind"], ref["name"], was[1])
+
+
+def pending(uid: str) -> tuple[str, str] | None:
+    """(reason, message) of a read of the service `uid` that failed last time, if any."""
+    with _lock:
+        return next((v for (u, _, _), v in sorted(_failed.items()) if u == uid), None)
+
+
+def keep(uid: str, refs: list[Obj]) -> None:
+    """Forget the failed reads of the service `uid` but those of `refs` (what it still
+    reads): a child dropped while unreadable would say `Degraded` for good."""
+    wanted = {(str(r["kind"]), str(r["name"])) for r in refs}
+    with _lock:
+        for key in [k for k in _failed if k[0] == uid and k[1:] not in wanted]:
+            del _failed[key]
+
+
+def forget(uid: str) -> None:
+    """The service is gone: drop what was remembered of its reads."""
+    with _lock:
+        for key in [k for k in _failed if k[0] == uid]:
+            del _failed[key]
