@@ -61,8 +61,12 @@ _KSERVE_HF_URI = re.compile(KSERVE_HF_URI)
 # org/repo:<tag> as a quantisation of main); the CRD's CEL rules use the same patterns.
 DEPLOYMENT_HF_URI = r"hf://[^/:]+/[^/:]+(:[^/:]+)?(/.+)?"
 HF_REVISION_NO_FILE = r"hf://[^/]+/[^/]+:[^/]+"
+# An hf:// URI with a file part, which vLLM cannot serve: its --model is a repository (its
+# pinned v0.8.5 takes one GGUF file only as a local path, with --tokenizer).
+HF_FILE = r"hf://[^/]+/[^/]+/.+"
 _DEPLOYMENT_HF_URI = re.compile(DEPLOYMENT_HF_URI)
 _HF_REVISION_NO_FILE = re.compile(HF_REVISION_NO_FILE)
+_HF_FILE = re.compile(HF_FILE)
 # Which server runs a variant (perllm_operator.runtimes.resolve; a test checks they agree):
 # the ServingRuntime it (else the model) names, if one of these, else llama.cpp for a GGUF
 # precision or a variant without a GPU request, vLLM otherwise.
@@ -215,7 +219,9 @@ def _check_deployment_hf_uris(spec: dict[str, Any]) -> None:
     (--hf-repo, --hf-file; a revision only as the file's URL) and vLLM (--model,
     --revision) take hf://<org>/<repo>[:<revision>][/<file>]. llama.cpp's --hf-repo reads
     org/repo:<tag> as a quantisation of main, so a revision of a whole repository ran
-    another file of another revision (or none), nothing naming the field."""
+    another file of another revision (or none), nothing naming the field. vLLM's --model
+    is a repository: the file part of hf://<org>/<repo>/<file> was dropped and vLLM served
+    the whole repository (other weights than the file named, or none it can load)."""
     model = spec.get("model")
     model = model if isinstance(model, dict) else {}
     for i, v, field, uri in _allowed_weights(spec):
@@ -232,6 +238,14 @@ def _check_deployment_hf_uris(spec: dict[str, Any]) -> None:
                 "which fetches a revision only with its file, "
                 f"hf://<org>/<repo>:<revision>/<file>.gguf, not {uri[:200]!r} (its --hf-repo "
                 "reads ':<tag>' as a quantisation of the main branch)"
+            )
+        if _HF_FILE.fullmatch(uri) and not llamacpp_serves(model, v):
+            raise InvalidService(
+                f"{field}: spec.model.variants[{i}] runs on vLLM (backend deployment), which "
+                "serves a whole repository (--model <org>/<repo>; a GGUF file only from a "
+                f"local path): give the repository, hf://<org>/<repo>[:<revision>], not "
+                f"{uri[:200]!r}, or run a GGUF file on a llama.cpp runtime (perllm-llamacpp, "
+                "perllm-llamacpp-cuda)"
             )
 
 

@@ -165,7 +165,12 @@ def server_args(res: Resolved, variant: Obj, model_name: str, served: str) -> li
     if res.storage_uri is None:
         repo, rev = uri.removeprefix("hf://"), None
     else:
-        repo, rev, _ = _hf_parts(uri, field)
+        repo, rev, file = _hf_parts(uri, field)
+        if file is not None:  # (service_spec refuses it first)
+            raise InvalidService(
+                f"{field}: vLLM serves a whole repository, hf://<org>/<repo>[:<revision>], "
+                f"not the file of {uri!r}; run a GGUF file on a llama.cpp runtime"
+            )
     args = ["--model", repo]
     if rev is not None:  # (the tokenizer's too, so that both come from that revision)
         args += ["--revision", rev, "--tokenizer-revision", rev]

@@ -335,6 +335,27 @@ BAD = [
         "spec['model']['storageUri'] = 'hf://org/repo-GGUF:main'",
         "spec.model.storageUri",
     ),
+    # backend deployment: vLLM (the cloud variant's) serves a whole repository, no file
+    (
+        "hf:// file for vLLM with backend deployment",
+        "spec['backend'] = 'deployment'; " + V1 + "['storageUri'] = 'hf://org/repo/model.gguf'",
+        "spec.model.variants",
+    ),
+    (
+        "hf:// file for runtime perllm-vllm with backend deployment",
+        "spec['backend'] = 'deployment'; "
+        + V0
+        + "['storageUri'] = 'hf://org/r-GGUF:v2/m.gguf'; "
+        + V0
+        + "['runtime'] = 'perllm-vllm'",
+        "spec.model.variants",
+    ),
+    (
+        "model-level hf:// file for vLLM with backend deployment",
+        "spec['backend'] = 'deployment'; " + V1 + ".pop('storageUri'); "
+        "spec['model']['storageUri'] = 'hf://org/repo/model.gguf'",
+        "spec.model.storageUri",
+    ),
     (
         "hf:// without a repository with backend deployment",
         "spec['backend'] = 'deployment'; " + V1 + "['storageUri'] = 'hf://org'",
@@ -413,11 +434,17 @@ AT_THE_LIMITS = [
     "spec['requirements']['minQuality'] = 0.99; " + V0 + "['quality'] = 0.6",
     # an hf:// revision under KServe; a file path where KServe's storage initializer is not used
     V1 + "['storageUri'] = 'hf://org/repo:main'",
-    V1 + "['storageUri'] = 'hf://org/repo/model.gguf'; spec['backend'] = 'deployment'",
+    V1
+    + "['storageUri'] = 'hf://org/repo/model.gguf'; spec['backend'] = 'deployment'; "
+    + V1
+    + "['runtime'] = 'perllm-llamacpp-cuda'",
     V1 + "['storageUri'] = 'hf://org/repo/model.gguf'; spec['allowedTiers'] = ['edge']",
     # backend deployment: vLLM's --revision; llama.cpp's file at a revision (or on vLLM)
     "spec['backend'] = 'deployment'; " + V1 + "['storageUri'] = 'hf://org/repo:main'",
     "spec['backend'] = 'deployment'; " + V0 + "['storageUri'] = 'hf://org/r-GGUF:v2/m.gguf'",
+    # a model-level file for the llama.cpp variant, the vLLM one with its own repository
+    "spec['backend'] = 'deployment'; " + V0 + ".pop('storageUri'); "
+    "spec['model']['storageUri'] = 'hf://org/r-GGUF/m.gguf'",
     "spec['backend'] = 'deployment'; "
     + V0
     + "['storageUri'] = 'hf://org/r:v2'; "

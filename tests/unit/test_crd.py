@@ -37,6 +37,7 @@ from perllm.crd_fields import (
     BACKENDS,
     DEPLOYMENT_HF_URI,
     GGUF_PRECISIONS,
+    HF_FILE,
     HF_REVISION_NO_FILE,
     HF_TOKEN_KEY,
     KSERVE_HF_URI,
@@ -682,9 +683,11 @@ def _model_uri(uri: str) -> Any:
         (_model_uri("hf://o/r/m.gguf"), "spec.model.storageUri"),
         (_model_uri("hf://o/r"), None),
         # not fetched by KServe: another backend, a tier not allowed, another scheme
-        (
+        (  # (a file for llama.cpp: vLLM serves a whole repository)
             lambda s: (
-                s["model"]["variants"][1].update(storageUri="hf://o/r/m.gguf"),
+                s["model"]["variants"][1].update(
+                    storageUri="hf://o/r/m.gguf", runtime="perllm-llamacpp-cuda"
+                ),
                 s.update(backend="deployment"),
             ),
             None,
@@ -887,6 +890,29 @@ def _no_gpu(spec: dict[str, Any]) -> None:
         (_deployment_uri(0, "hf://o/r-GGUF/m.gguf"), None),
         (_deployment_uri(0, "hf://o/r-GGUF"), None),  # llama.cpp picks a file of main
         (_deployment_uri(1, "hf://o/r:main"), None),  # vLLM's --revision
+        # vLLM serves a whole repository: a file part was dropped (the repository served)
+        (
+            _deployment_uri(1, "hf://o/r/m.gguf"),
+            "variants[1].storageUri: spec.model.variants[1] runs on vLLM",
+        ),
+        (_deployment_uri(1, "hf://o/r:v2/sub/m.safetensors"), "variants[1] runs on vLLM"),
+        (
+            _deployment_uri(0, "hf://o/r-GGUF/m.gguf", runtime="perllm-vllm"),
+            "variants[0] runs on vLLM",
+        ),
+        (_deployment_uri(1, "hf://o/r-GGUF/m.gguf", runtime="perllm-llamacpp-cuda"), None),
+        (
+            lambda s: (
+                _deployment_uri(1, "hf://o/r:main")(s),
+                s["model"]["variants"][1].pop("storageUri"),
+                s["model"].update(storageUri="hf://o/r/m.gguf"),
+            ),
+            "spec.model.storageUri: spec.model.variants[1] runs on vLLM",
+        ),
+        (
+            lambda s: (_deployment_uri(1, "hf://o/r/m.gguf")(s), s.update(allowedTiers=["edge"])),
+            None,
+        ),
         (_deployment_uri(0, "hf://o/r:main", runtime="perllm-vllm"), None),
         (_deployment_uri(1, "hf://o/r:main", runtime="perllm-llamacpp-cuda"), "variants[1]"),
         (lambda s: (_deployment_uri(1, "hf://o/r:main")(s), _no_gpu(s)), "variants[1]"),
@@ -933,6 +959,19 @@ def test_backend_deployment_refuses_an_hf_uri_its_server_cannot_fetch(
     else:
         with pytest.raises(InvalidService, match=re.escape(error)):
             service_spec(obj)
+
+
+def test_the_vllm_hf_file_rules_are_the_crds_too() -> None:
+    pattern = f".matches('^{HF_FILE}$')"
+    rules = [r for r in _at()["x-kubernetes-validations"] if pattern in r["rule"]]
+    assert sorted(r["fieldPath"] for r in rules) == [".model.storageUri", ".model.variants"]
+    for r in rules:
+        text = " ".join(r["rule"].split())
+        assert "self.backend != 'deployment'" in text and "self.allowedTiers" in text
+        for name in (*LLAMACPP_RUNTIMES, *VLLM_RUNTIMES, *GGUF_PRECISIONS, "nvidia.com/gpu"):
+            assert f"'{name}'" in text, name
+        assert r["message"].startswith(f"spec{r['fieldPath']}: with backend deployment")
+        assert "hf://<org>/<repo>[:<revision>], without a file part" in r["message"]
 
 
 def test_the_deployment_hf_uri_rules_are_the_crds_too() -> None:

@@ -162,6 +162,25 @@ def test_hf_gguf_file_for_llama_cpp() -> None:
     assert "--metrics" in c["args"] and c["image"] == runtimes.LLAMACPP.image
 
 
+@pytest.mark.parametrize("uri", ["hf://org/repo/model.gguf", "hf://org/repo:v2/sub/x.safetensors"])
+def test_vllm_refuses_an_hf_file_it_would_drop(uri: str) -> None:
+    """vLLM's --model is a repository: the file part of hf://org/repo/<file> was dropped
+    and vLLM served the whole repository (other weights than those named, or none it can
+    load; v0.8.5 takes a GGUF file only from a local path)."""
+    obj, variant = _pinned("chat-assistant", "cloud", "deployment")
+    variant["storageUri"] = uri
+    match = r"spec.model.variants\[1\].storageUri: spec.model.variants\[1\] runs on vLLM"
+    with pytest.raises(InvalidService, match=match):
+        service_spec(obj)
+    with pytest.raises(InvalidService, match=r"variants\[1\].storageUri: .*whole repository"):
+        render.children(obj)
+    res = runtimes.resolve(obj["spec"]["model"], variant, 1)  # (past the checks, too)
+    with pytest.raises(InvalidService, match="vLLM serves a whole repository"):
+        runtimes.server_args(res, variant, "m", "chat-assistant")
+    variant["runtime"] = "perllm-llamacpp-cuda"  # a GGUF file on llama.cpp: fine
+    assert "--hf-file" in _args(obj) or "--model-url" in _args(obj)
+
+
 def _args(obj: dict[str, Any]) -> list[str]:
     args: list[str] = render.deployment(obj)["spec"]["template"]["spec"]["containers"][0]["args"]
     return args
