@@ -78,6 +78,28 @@ def _ready(ns: str, ref: Obj, llms: Obj) -> observe.Cond:
     return ready_of(live)
 
 
+def _placed(
+    ns: str, llms: Obj, refs: list[Obj], tiered: bool, conds: dict[str, Obj]
+) -> observe.Cond:
+    """`Placed` from `status.placement` and, where needed (a tiered service, no decision
+    yet), the service's pods. The list refused or unanswered is Unknown naming it
+    (`reads`), where it failed the whole status write with a log line only."""
+    name, st = llms["metadata"]["name"], llms.get("status") or {}
+    pods: list[Obj] = []
+    if tiered or not st.get("placement"):
+        uid, ref = str(llms["metadata"].get("uid", "")), reads.pods_ref(name)
+        try:
+            pods = kube.pods(ns, name)
+        except reads.ERRORS as e:
+            return reads.failed(uid, ref, e, kopf.Body(cast(kopf.RawBody, llms)))
+        reads.succeeded(uid, ref)
+    # not a hand-made copy's, which has the label; nor a terminating one (as the timer)
+    pods = [p for p in tiers.own_pods(llms, pods) if not p["metadata"].get("deletionTimestamp")]
+    known = (conds.get("ModelKnown") or {}).get("status") != "False"
+    names = [str(r["tier"]) for r in refs] if tiered else None
+    return observe.placed(st.get("placement"), pods, known, names)
+
+
 def _merged(
     ns: str,
     llms: Obj,
@@ -87,12 +109,12 @@ def _merged(
     conditions: dict[str, observe.Cond],
 ) -> list[Obj]:
     """The new condition list: the given ones, `Placed` from `status.placement` unless
-    given (of a tiered service: and from each tier's pods), `Ready` from the live children
-    (all of them; one held by another owner is not ready; one unreadable is Unknown)
-    unless given, the rest kept: conditions of other types, other writers' included.
+    given (of a tiered service: and from each tier's pods; `_placed`), `Ready` from the
+    live children (all of them; one held by another owner is not ready; one unreadable is
+    Unknown) unless given, the rest kept: conditions of other types, other writers' included.
     While `Reconciled` is a refusal (`REFUSALS`), `Ready` and `Placed` repeat it. A given
     `Degraded` False (the timer's) is True while a read of a child fails (`reads`)."""
-    name, st = llms["metadata"]["name"], llms.get("status") or {}
+    st = llms.get("status") or {}
     old = list(st.get("conditions") or [])
     conds = {c.get("type"): c for c in old}
     if reconciled is not None:
@@ -104,13 +126,7 @@ def _merged(
         for type_ in ("Ready", "Placed"):
             conds[type_] = condition(type_, False, rec["reason"], rec.get("message", ""), old)
     elif "Placed" not in conditions:
-        pods = kube.pods(ns, name) if tiered or not st.get("placement") else []
-        # not a hand-made copy's, which has the label; nor a terminating one (as the timer)
-        pods = [p for p in tiers.own_pods(llms, pods) if not p["metadata"].get("deletionTimestamp")]
-        known = (conds.get("ModelKnown") or {}).get("status") != "False"
-        names = [str(r["tier"]) for r in refs] if tiered else None
-        placed = observe.placed(st.get("placement"), pods, known, names)
-        conds["Placed"] = condition("Placed", *placed, old)
+        conds["Placed"] = condition("Placed", *_placed(ns, llms, refs, tiered, conds), old)
     if refs and "Ready" not in conditions and not refused(rec):
         ready = observe.all_of([_ready(ns, r, llms) for r in refs])
         conds["Ready"] = condition("Ready", *ready, old)

@@ -1,12 +1,15 @@
-"""A read of one of an LLMService's children refused (RBAC, 5xx) or unanswered (the API
-server timing out): the condition it gives, said once per distinct error.
+"""A read of one of an LLMService's children, or the list of its pods, refused (RBAC,
+5xx) or unanswered (the API server timing out): the condition it gives, said once per
+distinct error.
 
 Every status write reads the recorded children to compute `Ready`, and the status timer's
 `follow_tier` reads them (and the Service or ServiceAccount beside them) again. A failed
 read there no longer fails the whole write: `Ready` is Unknown naming the read (reason
 `Read<StatusReason>`, e.g. `ReadForbidden`, or `ReadFailed` without an answer), the
 timer's `Degraded` says it, and a warning and a Warning Event are given the first time
-each error is seen (not every write); a read that succeeds again is logged once.
+each error is seen (not every write); a read that succeeds again is logged once. The
+service's pods, listed for `Placed` (`pods_ref`), the same: `Placed` Unknown naming the
+list (`List<StatusReason>` / `ListFailed`).
 
 The memory is per operator process, by (LLMService uid, kind, name) of the child.
 """
@@ -21,6 +24,7 @@ import kopf
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from perllm.labels import LABEL_SERVICE
 from perllm_operator import failures
 
 Obj = dict[str, Any]
@@ -35,13 +39,23 @@ _lock = threading.Lock()
 _failed: dict[tuple[str, str, str], tuple[str, str]] = {}
 
 
+def pods_ref(name: str) -> Obj:
+    """The list of the service `name`'s pods, as `failed` and `succeeded` take it."""
+    return {"kind": "Pod", "name": f"{LABEL_SERVICE}={name}", "list": True}
+
+
 def failure(ref: Obj, e: Exception) -> tuple[str, str]:
-    """(reason, message) of the failed read of `ref` (kind, name), naming the HTTP status
-    and the API server's reason, or why no answer came."""
-    what = f"reading {ref['kind']} {ref['name']}"
+    """(reason, message) of the failed read of `ref` (kind, name; or the list `pods_ref`),
+    naming the HTTP status and the API server's reason, or why no answer came."""
+    verb = "List" if ref.get("list") else "Read"
+    what = (
+        f"listing pods labelled {ref['name']}"
+        if ref.get("list")
+        else f"reading {ref['kind']} {ref['name']}"
+    )
     if isinstance(e, ApiException):
-        return failures.api_failure(e, what, prefix="Read")
-    return "ReadFailed", failures.bounded(
+        return failures.api_failure(e, what, prefix=verb)
+    return f"{verb}Failed", failures.bounded(
         f"{what}: no answer from the API server ({type(e).__name__}: {e})"
     )
 

@@ -239,7 +239,8 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
             "name": render.model_account_name(fresh),
         }
         refs = [*refs, sa]
-    reads.keep(str(uid), [me, *refs])  # a child no longer recorded is not read again
+    # a child no longer recorded is not read again (the pods are listed by the writes)
+    reads.keep(str(uid), [me, reads.pods_ref(name), *refs])
     lives: list[Obj | None] = []
     for r in refs:
         try:

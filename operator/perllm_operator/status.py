@@ -19,6 +19,7 @@ from perllm_operator import (
     kube,
     observe,
     policy,
+    reads,
     reconcile,
     replacement,
     tiers,
@@ -48,23 +49,34 @@ def status_tick(
     except kopf.TemporaryError:
         raise
     except Exception as e:  # reported as a condition, never a crash loop
-        if isinstance(e, children.Failed):
+        conds: dict[str, observe.Cond] = {}
+        if isinstance(e, Unlisted):  # said once per distinct error (`reads`), not each retry
+            reason, msg = e.reason, e.message
+            conds["Placed"] = (None, reason, msg)  # (the write would list the pods again)
+        elif isinstance(e, children.Failed):
             reason, msg = e.reason, e.message
             logger.warning("status tick failed: %s", msg)
         else:
             reason, msg = failures.internal_failure(e, "status timer")
             logger.exception("status tick failed")
-        kopf.warn(body, reason=reason, message=msg)
+        if not isinstance(e, Unlisted):
+            kopf.warn(body, reason=reason, message=msg)
+        conds["Degraded"] = (True, reason, msg)
         try:
             sync_status(
                 str(meta["namespace"]),
                 str(meta["name"]),
                 str(meta["uid"]),
-                conditions={"Degraded": (True, reason, msg)},
+                conditions=conds,
             )
         except Exception:  # the Event above already says it
             logger.exception("could not write the Degraded condition")
         raise kopf.TemporaryError(msg, delay=failures.backoff(retry, base=5.0)) from None
+
+
+class Unlisted(children.Failed):
+    """The timer's list of the service's pods refused or unanswered: `Degraded` True and
+    `Placed` Unknown naming it, logged and an Event once per distinct error (`reads`)."""
 
 
 def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
@@ -83,8 +95,9 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
     now = time.time()
     try:  # only its children's: a hand-made copy's pods carry the label too
         pods = tiers.own_pods(obj, kube.pods(ns, name))
-    except ApiException as e:  # said in Degraded: nothing else of this tick can be known
-        raise children.Failed(*failures.api_failure(e, "listing pods", prefix="List")) from e
+    except reads.ERRORS as e:  # said in Degraded: nothing else of this tick can be known
+        raise Unlisted(*reads.failed(uid, reads.pods_ref(name), e, body)[1:]) from e
+    reads.succeeded(uid, reads.pods_ref(name))
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     obs = None
     if cfg.prometheus.url:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from fake_kube import pod_of
 from kubernetes.client.exceptions import ApiException
-from perllm_operator import kube, observe, policy, reconcile, status
+from perllm_operator import kube, observe, policy, reads, reconcile, status
 from perllm_operator.conditions import condition
 from perllm_operator.config import Config, ConfigError
 from perllm_operator.policy import Point, ReplacementPolicy
@@ -579,6 +579,7 @@ def test_a_refused_pod_list_is_degraded_naming_it(monkeypatch: pytest.MonkeyPatc
     kept saying NoErrors."""
     fc = FakeCluster(_load("chat-assistant"), [])
     fc.install(monkeypatch)
+    monkeypatch.setattr(reads, "_failed", {})  # (what it records stays this test's)
     fc.obj["status"] = {"conditions": [condition("Degraded", False, "NoErrors", "ok")]}
     body = '{"kind":"Status","reason":"Forbidden","message":"pods is forbidden: no list"}'
 
@@ -595,9 +596,14 @@ def test_a_refused_pod_list_is_degraded_naming_it(monkeypatch: pytest.MonkeyPatc
     d = fc.cond("Degraded")
     assert (d["status"], d["reason"]) == ("True", "ListForbidden")
     assert d["message"] == (
-        "listing pods: the API server refused it (403 Forbidden): pods is forbidden: no list"
+        "listing pods labelled perllm.io/service=chat-assistant: the API server refused it "
+        "(403 Forbidden): pods is forbidden: no list"
     )
     assert fc.events == [("ListForbidden", d["message"])]
+    assert fc.cond("Placed")["status"] == "Unknown"
+    with pytest.raises(kopf.TemporaryError):  # the next retry: said once
+        fc.tick(state)
+    assert len(fc.events) == 1
 
 
 def test_re_placement_waits_while_the_last_evicted_pod_terminates(

@@ -1,0 +1,128 @@
+"""More of reads.py: the service's pod list refused or unanswered in a status write
+(`Placed`) and in the status timer."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import kopf
+import pytest
+import urllib3.exceptions
+from perllm_operator import conditions, kube, reads, reconcile, status
+from perllm_operator.config import Config
+from perllm_operator.state import State, memo_of
+from test_operator_reads import DEP, NAME, _cond, _forbidden, _install, _load
+
+from perllm.telemetry.prom import Prometheus
+
+Obj = dict[str, Any]
+LIST_MSG = (
+    f"listing pods labelled perllm.io/service={NAME}: the API server refused it "
+    f'(403 Forbidden): deployments.apps "{NAME}" is forbidden: User "op" cannot get '
+    'resource "deployments"'
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> Iterator[None]:
+    reads.forget("uid-1")
+    yield
+    reads.forget("uid-1")
+
+
+def _refuse_pods(mp: pytest.MonkeyPatch, e: Exception | None) -> list[int]:
+    calls: list[int] = []
+
+    def pods(ns: str, name: str) -> list[Obj]:
+        calls.append(1)
+        if e is not None:
+            raise e
+        return []
+
+    mp.setattr(kube, "pods", pods)
+    return calls
+
+
+def test_a_refused_pod_list_is_placed_unknown_and_the_rest_is_written(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Deployment event's write (no `Placed` given, no placement yet) lists the pods: a
+    403 there failed the whole write (a TemporaryError with a log line only), `Ready`
+    left stale."""
+    api, _fake, events = _install(monkeypatch, _load(DEP))
+    calls = _refuse_pods(monkeypatch, _forbidden())
+    caplog.set_level(logging.INFO, logger=reads.__name__)
+    for _ in range(3):
+        assert conditions.sync_status("llm", NAME, "uid-1")
+    assert calls and _cond(api, "Ready")[:2] == ("True", "ReplicasReady")
+    assert _cond(api, "Placed") == ("Unknown", "ListForbidden", LIST_MSG)
+    assert events == [("ListForbidden", LIST_MSG)]
+    assert [r.getMessage() for r in caplog.records] == [LIST_MSG]
+    _refuse_pods(monkeypatch, None)  # listed again: Placed recomputed, said once
+    assert conditions.sync_status("llm", NAME, "uid-1")
+    assert _cond(api, "Placed")[:2] == ("Unknown", "WaitingForScheduler")
+    assert "readable again" in caplog.records[-1].getMessage() and len(caplog.records) == 2
+    assert reads.pending("uid-1") is None
+
+
+def test_an_unanswered_pod_list_is_placed_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    api, _fake, events = _install(monkeypatch, _load(DEP))
+    _refuse_pods(monkeypatch, urllib3.exceptions.MaxRetryError(None, "/api/v1/pods"))  # type: ignore[arg-type]
+    assert conditions.sync_status("llm", NAME, "uid-1")
+    st, reason, msg = _cond(api, "Placed")
+    assert (st, reason) == ("Unknown", "ListFailed")
+    assert msg.startswith(
+        f"listing pods labelled perllm.io/service={NAME}: no answer from the API server "
+        "(MaxRetryError:"
+    )
+    assert [r for r, _ in events] == ["ListFailed"]
+
+
+def _tick(obj: Obj) -> None:
+    b = kopf.Body(copy.deepcopy(obj))
+    state = State(Config(), Prometheus("http://prom.invalid"))
+    status.status_tick(
+        body=b,
+        spec=kopf.Spec(b),
+        meta=kopf.Meta(b),
+        status=kopf.Status(b),
+        logger=logging.getLogger("t"),
+        memo=memo_of(state),
+    )
+
+
+def test_the_timers_refused_pod_list_is_written_as_degraded_and_said_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timer's list refused: its failure write (`Degraded` only) listed the pods
+    again, was refused the same way, and was never written (only the Event said it); each
+    retry posted the Event again."""
+    api, _fake, events = _install(monkeypatch, _load(DEP))
+    monkeypatch.setattr(reconcile, "follow_tier", lambda body, obj, logger: None)
+    _refuse_pods(monkeypatch, _forbidden())
+    for _ in range(2):
+        with pytest.raises(kopf.TemporaryError):
+            _tick(api.obj)
+    assert _cond(api, "Degraded") == ("True", "ListForbidden", LIST_MSG)
+    assert _cond(api, "Placed") == ("Unknown", "ListForbidden", LIST_MSG)
+    assert events == [("ListForbidden", LIST_MSG)]
+    _refuse_pods(monkeypatch, None)
+    _tick(api.obj)
+    assert _cond(api, "Degraded")[:2] == ("False", "NoErrors")
+    assert _cond(api, "Placed")[:2] == ("Unknown", "WaitingForScheduler")
+
+
+def test_follow_tier_keeps_a_failed_pod_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """follow_tier forgets the failed reads of what it no longer reads: not the pod list,
+    which it never reads (forgotten, it was said again at the next write)."""
+    obj = _load(DEP)
+    _api, _fake, events = _install(monkeypatch, obj)
+    _refuse_pods(monkeypatch, _forbidden())
+    assert conditions.sync_status("llm", NAME, "uid-1")
+    reconcile.follow_tier(kopf.Body(copy.deepcopy(obj)), obj, logging.getLogger("t"))
+    assert conditions.sync_status("llm", NAME, "uid-1")
+    assert [r for r, _ in events] == ["ListForbidden"]
+
