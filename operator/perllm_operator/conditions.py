@@ -122,7 +122,11 @@ def _merged(
     for type_, (ok, reason, msg) in conditions.items():
         conds[type_] = condition(type_, ok, reason, msg, old)
     rec = conds.get("Reconciled") or {}
+    uid, name = str(llms["metadata"].get("uid", "")), str(llms["metadata"]["name"])
     if refused(rec):
+        # No child is read while the spec is refused (here, `follow_tier`): a failed read
+        # recorded before held the timer's `Degraded` True, naming a read nobody makes.
+        reads.keep(uid, [{"kind": "LLMService", "name": name}, reads.pods_ref(name)])
         for type_ in ("Ready", "Placed"):
             conds[type_] = condition(type_, False, rec["reason"], rec.get("message", ""), old)
     elif "Placed" not in conditions:
@@ -130,7 +134,7 @@ def _merged(
     if refs and "Ready" not in conditions and not refused(rec):
         ready = observe.all_of([_ready(ns, r, llms) for r in refs])
         conds["Ready"] = condition("Ready", *ready, old)
-    unread = reads.pending(str(llms["metadata"].get("uid", "")))
+    unread = reads.pending(uid)
     given = conditions.get("Degraded")
     if unread is not None and given is not None and given[0] is False:
         # the timer's "ran without errors": not while a read of a child fails

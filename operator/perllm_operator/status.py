@@ -28,6 +28,7 @@ from perllm_operator.conditions import sync_status
 from perllm_operator.state import state_of
 
 Obj = dict[str, Any]
+NO_ERRORS: observe.Cond = (False, "NoErrors", "the status timer ran without errors")
 
 
 def status_tick(
@@ -91,7 +92,11 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
     try:
         sspec = service_spec(obj)
     except InvalidService:
-        return  # reconcile reports InvalidSpec
+        # The reconcile reports InvalidSpec (`Ready`, `Placed`, `Reconciled`); nothing is
+        # read, observed or re-placed here, so what `Degraded` said last (a failed read,
+        # an eviction) no longer holds: it stood for as long as the spec was invalid.
+        _write(ns, name, uid, {"Degraded": NO_ERRORS})
+        return
     now = time.time()
     try:  # only its children's: a hand-made copy's pods carry the label too
         pods = tiers.own_pods(obj, kube.pods(ns, name))
@@ -120,7 +125,7 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
             failures.model_known(sspec.model)[0],
             [str(c["tier"]) for c in st["children"]] if st.get("children") else None,
         ),
-        "Degraded": (False, "NoErrors", "the status timer ran without errors"),
+        "Degraded": NO_ERRORS,
     }
     hist = state.history[uid]
     hist.append(policy.Point(now, obs.attainment if obs is not None and obs.reachable else None))
@@ -129,11 +134,17 @@ def _tick(body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo) -> None:
     fields["replacement"] = rep = replacement.replacement(tick, cfg.policy)
     if rep["state"] == "EvictionFailed":
         conds["Degraded"] = (True, "EvictionFailed", rep["message"])
+    _write(ns, name, uid, conds, fields)
+    reconcile.follow_tier(body, obj, logger)
+
+
+def _write(
+    ns: str, name: str, uid: str, conds: dict[str, observe.Cond], fields: Obj | None = None
+) -> None:
     try:
         sync_status(ns, name, uid, conditions=conds, fields=fields)
     except ApiException as e:
         raise kopf.TemporaryError(failures.api_failure(e, "writing status")[1], delay=10) from e
-    reconcile.follow_tier(body, obj, logger)
 
 
 def deployment_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:

@@ -1,5 +1,6 @@
 """More of reads.py: the service's pod list refused or unanswered in a status write
-(`Placed`) and in the status timer."""
+(`Placed`) and in the status timer, and failed reads forgotten while the spec is
+refused."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import urllib3.exceptions
 from perllm_operator import conditions, kube, reads, reconcile, status
 from perllm_operator.config import Config
 from perllm_operator.state import State, memo_of
-from test_operator_reads import DEP, NAME, _cond, _forbidden, _install, _load
+from test_operator_reads import DEP, NAME, TIMER, _cond, _forbidden, _install, _load
 
 from perllm.telemetry.prom import Prometheus
 
@@ -126,3 +127,38 @@ def test_follow_tier_keeps_a_failed_pod_list(monkeypatch: pytest.MonkeyPatch) ->
     assert conditions.sync_status("llm", NAME, "uid-1")
     assert [r for r, _ in events] == ["ListForbidden"]
 
+
+def test_a_refused_spec_forgets_the_failed_reads_of_its_children(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the reconcile refuses the spec no child is read, so a read failure recorded
+    before kept the timer's `Degraded` True, naming a read nobody makes, until it
+    succeeded again."""
+    api, fake, _events = _install(monkeypatch, _load(DEP))
+    fake.refuse["Deployment"] = _forbidden()
+    assert conditions.sync_status("llm", NAME, "uid-1", conditions=TIMER)
+    assert _cond(api, "Degraded")[:2] == ("True", "ReadForbidden")
+    refusal = ("KServeMissing", "KServe is not installed")
+    conditions.sync_status("llm", NAME, "uid-1", conditions={"Reconciled": (False, *refusal)})
+    assert conditions.sync_status("llm", NAME, "uid-1", conditions=TIMER)
+    assert _cond(api, "Ready") == ("False", *refusal)
+    assert _cond(api, "Degraded")[:2] == ("False", "NoErrors")
+    assert reads.pending("uid-1") is None
+
+
+def test_the_timer_clears_its_degraded_while_the_spec_is_invalid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An invalid spec: the timer returned before writing anything, so the `Degraded` it
+    wrote last (a failed read, an eviction) stood for as long as the spec was invalid."""
+    obj = _load(DEP)
+    api, fake, _events = _install(monkeypatch, obj)
+    fake.refuse["Deployment"] = _forbidden()
+    assert conditions.sync_status("llm", NAME, "uid-1", conditions=TIMER)
+    assert _cond(api, "Degraded")[:2] == ("True", "ReadForbidden")
+    api.obj["spec"]["allowedTiers"] = ["moon"]  # the contract refuses it
+    refusal = ("InvalidSpec", "spec.allowedTiers[0]: not a tier")
+    conditions.sync_status("llm", NAME, "uid-1", conditions={"Reconciled": (False, *refusal)})
+    _tick(api.obj)
+    assert _cond(api, "Degraded")[:2] == ("False", "NoErrors")
+    assert _cond(api, "Ready") == ("False", *refusal)
