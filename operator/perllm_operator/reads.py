@@ -11,7 +11,9 @@ each error is seen (not every write); a read that succeeds again is logged once.
 service's pods, listed for `Placed` (`pods_ref`), the same: `Placed` Unknown naming the
 list (`List<StatusReason>` / `ListFailed`).
 
-The memory is per operator process, by (LLMService uid, kind, name) of the child.
+The memory is per operator process, by (LLMService uid, kind, name) of the child. After
+a restart the status's conditions stand in for it: a failure they already say is logged
+once by the new process, but not posted as an Event again.
 """
 
 from __future__ import annotations
@@ -67,12 +69,28 @@ def failed(uid: str, ref: Obj, e: Exception, obj: kopf.Body) -> Cond:
     reason, msg = failure(ref, e)
     key = (uid, str(ref["kind"]), str(ref["name"]))
     with _lock:
-        new = _failed.get(key) != (reason, msg)
+        was = _failed.get(key)
         _failed[key] = (reason, msg)
-    if new:
+    if was != (reason, msg):
         log.warning("%s", msg)
-        kopf.warn(obj, reason=reason, message=msg)
+        # Not remembered (an operator restart): the status may say it already, and then
+        # the Event was posted before; it was posted once more on every restart.
+        if was is not None or not _said(obj, reason, msg):
+            kopf.warn(obj, reason=reason, message=msg)
     return None, reason, msg
+
+
+def _said(obj: kopf.Body, reason: str, msg: str) -> bool:
+    """Whether a condition of `obj` this module gives (`Ready`, `Placed`, `Degraded`)
+    already says the failure (`Ready` may join several children's messages)."""
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return any(
+        isinstance(c, dict)
+        and c.get("type") in ("Ready", "Placed", "Degraded")
+        and c.get("reason") == reason
+        and msg in str(c.get("message") or "")
+        for c in conds
+    )
 
 
 def succeeded(uid: str, ref: Obj) -> None:

@@ -1,6 +1,7 @@
 """More of reads.py: the service's pod list refused or unanswered in a status write
 (`Placed`) and in the status timer, and failed reads forgotten while the spec is
-refused."""
+refused, and a failure the status already says not posted again after an operator
+restart."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import kopf
 import pytest
 import urllib3.exceptions
+from kubernetes.client.exceptions import ApiException
 from perllm_operator import conditions, kube, reads, reconcile, status
 from perllm_operator.config import Config
 from perllm_operator.state import State, memo_of
@@ -162,3 +164,36 @@ def test_the_timer_clears_its_degraded_while_the_spec_is_invalid(
     _tick(api.obj)
     assert _cond(api, "Degraded")[:2] == ("False", "NoErrors")
     assert _cond(api, "Ready") == ("False", *refusal)
+
+
+def test_after_a_restart_a_failure_the_status_says_is_not_posted_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The memory of failed reads is the process's: after an operator restart a read
+    still refused was posted as a Warning Event once more, though `Ready` and `Degraded`
+    already said it word for word."""
+    _api, fake, events = _install(monkeypatch, _load(DEP))
+    fake.refuse["Deployment"] = _forbidden()
+    assert conditions.sync_status("llm", NAME, "uid-1", conditions=TIMER)
+    assert len(events) == 1
+    reads.forget("uid-1")  # what a restart forgets
+    caplog.clear()
+    assert conditions.sync_status("llm", NAME, "uid-1", conditions=TIMER)
+    assert len(events) == 1  # the status says it already
+    assert len(caplog.records) == 1  # the new process's log says it once
+    assert reads.pending("uid-1") is not None
+    # a different error is said
+    fake.refuse["Deployment"] = ApiException(status=500, reason="Internal Server Error")
+    assert conditions.sync_status("llm", NAME, "uid-1", conditions=TIMER)
+    assert [r for r, _ in events] == ["ReadForbidden", "ReadInternalServerError"]
+
+
+def test_after_a_restart_a_pod_list_the_status_says_is_not_posted_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _api, _fake, events = _install(monkeypatch, _load(DEP))
+    _refuse_pods(monkeypatch, _forbidden())
+    assert conditions.sync_status("llm", NAME, "uid-1")
+    reads.forget("uid-1")
+    assert conditions.sync_status("llm", NAME, "uid-1")
+    assert events == [("ListForbidden", LIST_MSG)]
