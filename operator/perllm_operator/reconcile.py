@@ -264,16 +264,15 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     if missing:
         gone = ", ".join(missing)
         what = f"re-created {gone} (deleted outside PerLLM)"
-        if _reapply(body, kids, ns, name, str(uid), f"re-creating {gone}", what, logger):
+        if _reapply(body, kids, ns, name, str(uid), f"re-creating {gone}", what, logger, st):
             kopf.info(body, reason="ChildRecreated", message=what)
         return
     if taken:
         # Deleted and its name taken by another object since: the apply refuses it
         # (`ChildConflict`), where nothing said the service had no child of its own.
         held = ", ".join(taken)
-        _reapply(
-            body, kids, ns, name, str(uid), f"re-applying {held}", f"re-applied {held}", logger
-        )
+        doing, done = f"re-applying {held}", f"re-applied {held}"
+        _reapply(body, kids, ns, name, str(uid), doing, done, logger, st)
         return
     if tiers.tiered(fresh):
         return
@@ -285,7 +284,7 @@ def follow_tier(body: kopf.Body, obj: Obj, logger: kopf.Logger) -> None:
     if live is None or render.rendered_tier(live) == want:
         return
     doing, done = f"re-rendering for tier {want}", f"re-rendered for tier {want}"
-    if _reapply(body, kids, ns, name, str(uid), doing, done, logger):
+    if _reapply(body, kids, ns, name, str(uid), doing, done, logger, st):
         kopf.info(
             body,
             reason="TierChanged",
@@ -313,20 +312,25 @@ def _reapply(
     doing: str,
     done: str,
     logger: kopf.Logger,
+    st: Obj,
 ) -> bool:
     """Apply the children `kids` (what the fresh spec renders); `Reconciled` says `done`,
-    or `doing: why` it was refused."""
+    or `doing: why` it was refused: a warning and an Event unless `Reconciled` in the
+    fresh status `st` says it already (the next tick tries again; each one's refusal was
+    a warning and a Warning Event every 30 s for as long as it lasted)."""
     try:
         apply_children(kids)
     except (Failed, InvalidService, ValueError) as e:
         reason = e.reason if isinstance(e, Failed) else "InvalidSpec"
         msg = failures.bounded(f"{doing}: {e}")
+        was = _reconciled(st)
+        said = (was.get("status"), was.get("reason"), was.get("message")) == ("False", reason, msg)
         if reason == failures.NAMESPACE_TERMINATING:
             # Said once: the next ticks see the condition and stop (`follow_tier`), where
             # each one's create was refused with a warning and an Event until the service
             # went with its namespace.
             logger.info("%s: the namespace is being deleted; not re-creating", msg)
-        else:
+        elif not said:
             logger.warning("%s", msg)
             kopf.warn(body, reason=reason, message=msg)
         sync_status(ns, name, uid, conditions={"Reconciled": (False, reason, msg)})
