@@ -200,3 +200,18 @@ def sync_status(
             if e.status != 409:
                 raise
     raise kopf.TemporaryError(f"LLMService {ns}/{name}: status kept conflicting", delay=2)
+
+
+def try_sync_status(llms: kopf.Body, ns: str, name: str, uid: str, **kw: Any) -> bool:
+    """`sync_status` where nothing else can say a failed write (a Deployment event's):
+    refused or unanswered, it is a warning and an Event on `llms` once per distinct error
+    (`reads.unwritten`), where it escaped the handler (logged on every try, a traceback
+    where no answer came); the next event or tick writes again. False: not written."""
+    try:
+        done = sync_status(ns, name, uid, **kw)
+    except reads.ERRORS as e:
+        reads.unwritten(uid, name, e, llms)
+        return False
+    if done:
+        reads.written(uid, name)
+    return done

@@ -14,6 +14,12 @@ list (`List<StatusReason>` / `ListFailed`).
 The memory is per operator process, by (LLMService uid, kind, name) of the child. After
 a restart the status's conditions stand in for it: a failure they already say is logged
 once by the new process, but not posted as an Event again.
+
+A status write itself refused or unanswered (`unwritten`: a Deployment event's) can say
+it in no condition: a warning and a Warning Event on the LLMService, once per distinct
+error (reason `Status<StatusReason>`, or `StatusFailed` without an answer); written
+again, logged once. It is remembered apart from the reads: the timer's `Degraded` does
+not name it (its own write went through).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ ERRORS: tuple[type[Exception], ...] = (ApiException, urllib3.exceptions.HTTPErro
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _failed: dict[tuple[str, str, str], tuple[str, str]] = {}
+_unwritten: dict[str, tuple[str, str]] = {}  # by LLMService uid
 
 
 def pods_ref(name: str) -> Obj:
@@ -49,12 +56,12 @@ def pods_ref(name: str) -> Obj:
 def failure(ref: Obj, e: Exception) -> tuple[str, str]:
     """(reason, message) of the failed read of `ref` (kind, name; or the list `pods_ref`),
     naming the HTTP status and the API server's reason, or why no answer came."""
-    verb = "List" if ref.get("list") else "Read"
-    what = (
-        f"listing pods labelled {ref['name']}"
-        if ref.get("list")
-        else f"reading {ref['kind']} {ref['name']}"
-    )
+    if ref.get("list"):
+        verb, what = "List", f"listing pods labelled {ref['name']}"
+    elif ref.get("status"):
+        verb, what = "Status", f"updating the status of {ref['kind']} {ref['name']}"
+    else:
+        verb, what = "Read", f"reading {ref['kind']} {ref['name']}"
     if isinstance(e, ApiException):
         return failures.api_failure(e, what, prefix=verb)
     return f"{verb}Failed", failures.bounded(
@@ -78,6 +85,34 @@ def failed(uid: str, ref: Obj, e: Exception, obj: kopf.Body) -> Cond:
         if was is not None or not _said(obj, reason, msg):
             kopf.warn(obj, reason=reason, message=msg)
     return None, reason, msg
+
+
+def status_ref(name: str) -> Obj:
+    """The status write of the LLMService `name`, as `failure` takes it."""
+    return {"kind": "LLMService", "name": name, "status": True}
+
+
+def unwritten(uid: str, name: str, e: Exception, obj: kopf.Body) -> tuple[str, str]:
+    """The status write of the service `uid` (`name`) failed with `e` (refused, or no
+    answer): no condition can say it; the first time this error is seen, a warning and a
+    Warning Event on `obj` (the LLMService; the API server may refuse that too, kopf logs
+    it). Returns (reason, message)."""
+    reason, msg = failure(status_ref(name), e)
+    with _lock:
+        was = _unwritten.get(uid)
+        _unwritten[uid] = (reason, msg)
+    if was != (reason, msg):
+        log.warning("%s", msg)
+        kopf.warn(obj, reason=reason, message=msg)
+    return reason, msg
+
+
+def written(uid: str, name: str) -> None:
+    """The status of the service `uid` (`name`) was written: forget a failure, said once."""
+    with _lock:
+        was = _unwritten.pop(uid, None)
+    if was is not None:
+        log.info("the status of LLMService %s is written again (was: %s)", name, was[1])
 
 
 def _said(obj: kopf.Body, reason: str, msg: str) -> bool:
@@ -117,7 +152,8 @@ def keep(uid: str, refs: list[Obj]) -> None:
 
 
 def forget(uid: str) -> None:
-    """The service is gone: drop what was remembered of its reads."""
+    """The service is gone: drop what was remembered of its reads and status writes."""
     with _lock:
+        _unwritten.pop(uid, None)
         for key in [k for k in _failed if k[0] == uid]:
             del _failed[key]

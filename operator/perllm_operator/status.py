@@ -5,7 +5,7 @@ child Deployment events (readiness), and the liveness probe's telemetry report."
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -24,7 +24,7 @@ from perllm_operator import (
     replacement,
     tiers,
 )
-from perllm_operator.conditions import sync_status
+from perllm_operator.conditions import sync_status, try_sync_status
 from perllm_operator.state import state_of
 
 Obj = dict[str, Any]
@@ -148,7 +148,8 @@ def _write(
 
 
 def deployment_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:
-    """Mirror a child Deployment's readiness into its LLMService's Ready condition."""
+    """Mirror a child Deployment's readiness into its LLMService's Ready condition; a
+    failed write is a warning and an Event once per distinct error (`try_sync_status`)."""
     if type == "DELETED":
         return
     owner = next(
@@ -161,13 +162,18 @@ def deployment_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_
     )
     if owner is None:
         return
-    ns = str(body.metadata.namespace)
-    try:
-        sync_status(ns, owner["name"], owner.get("uid", ""))
-    except ApiException as e:
-        msg = failures.api_failure(e, "updating status")[1]
-        raise kopf.TemporaryError(msg, delay=5) from e
-    logger.debug("LLMService %s/%s: status synced", ns, owner["name"])
+    ns, name, uid = str(body.metadata.namespace), str(owner["name"]), str(owner.get("uid", ""))
+    # The LLMService, for an Event: a refused or unanswered write (the read before it
+    # included) is said once per distinct error, then left to the next event or tick
+    # (kopf does not retry an event handler: it logged each one's error, with a traceback
+    # where no answer came).
+    llms = {
+        "apiVersion": owner.get("apiVersion"),
+        "kind": "LLMService",
+        "metadata": {"name": name, "namespace": ns, "uid": uid},
+    }
+    if try_sync_status(kopf.Body(cast(kopf.RawBody, llms)), ns, name, uid):
+        logger.debug("LLMService %s/%s: status synced", ns, name)
 
 
 def telemetry_probe(memo: kopf.Memo, **_: Any) -> Obj:
