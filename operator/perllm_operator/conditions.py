@@ -203,10 +203,11 @@ def sync_status(
 
 
 def try_sync_status(llms: kopf.Body, ns: str, name: str, uid: str, **kw: Any) -> bool:
-    """`sync_status` where nothing else can say a failed write (a Deployment event's):
-    refused or unanswered, it is a warning and an Event on `llms` once per distinct error
-    (`reads.unwritten`), where it escaped the handler (logged on every try, a traceback
-    where no answer came); the next event or tick writes again. False: not written."""
+    """`sync_status` where nothing else can say a failed write (a Deployment event's,
+    `follow_tier`'s after a re-apply): refused or unanswered, it is a warning and an Event
+    on `llms` once per distinct error (`reads.unwritten`), where it escaped the handler
+    (logged on every try, or the timer's `InternalError` with an Event each retry); the
+    next event or tick writes again. False: not written."""
     try:
         done = sync_status(ns, name, uid, **kw)
     except reads.ERRORS as e:

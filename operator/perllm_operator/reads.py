@@ -15,11 +15,11 @@ The memory is per operator process, by (LLMService uid, kind, name) of the child
 a restart the status's conditions stand in for it: a failure they already say is logged
 once by the new process, but not posted as an Event again.
 
-A status write itself refused or unanswered (`unwritten`: a Deployment event's) can say
-it in no condition: a warning and a Warning Event on the LLMService, once per distinct
-error (reason `Status<StatusReason>`, or `StatusFailed` without an answer); written
-again, logged once. It is remembered apart from the reads: the timer's `Degraded` does
-not name it (its own write went through).
+A status write itself refused or unanswered (`unwritten`: a Deployment event's, or
+`follow_tier`'s after a re-apply) can say it in no condition: a warning and a Warning
+Event on the LLMService, once per distinct error (reason `Status<StatusReason>`, or
+`StatusFailed` without an answer); written again, logged once. It is remembered apart
+from the reads: the timer's `Degraded` does not name it (its own write went through).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from perllm_operator.children import (
     apply_children,
     holder_of,
 )
-from perllm_operator.conditions import condition, refused, sync_status
+from perllm_operator.conditions import condition, refused, sync_status, try_sync_status
 from perllm_operator.state import state_of
 
 RETRY_DELAY_S = 15
@@ -317,7 +317,10 @@ def _reapply(
     """Apply the children `kids` (what the fresh spec renders); `Reconciled` says `done`,
     or `doing: why` it was refused: a warning and an Event unless `Reconciled` in the
     fresh status `st` says it already (the next tick tries again; each one's refusal was
-    a warning and a Warning Event every 30 s for as long as it lasted)."""
+    a warning and a Warning Event every 30 s for as long as it lasted). The status write
+    refused or unanswered is said once per distinct error (`try_sync_status`), where it
+    escaped to the timer as `InternalError`, an Event on each retry: True still means
+    applied."""
     try:
         apply_children(kids)
     except (Failed, InvalidService, ValueError) as e:
@@ -333,9 +336,9 @@ def _reapply(
         elif not said:
             logger.warning("%s", msg)
             kopf.warn(body, reason=reason, message=msg)
-        sync_status(ns, name, uid, conditions={"Reconciled": (False, reason, msg)})
+        try_sync_status(body, ns, name, uid, conditions={"Reconciled": (False, reason, msg)})
         return False
-    sync_status(ns, name, uid, reconciled=("ChildApplied", done))
+    try_sync_status(body, ns, name, uid, reconciled=("ChildApplied", done))
     return True
 
 

@@ -463,6 +463,7 @@ def _fake_tier_follow(
     monkeypatch.setattr(kube, "read_child", lambda ns, ref: live)
     monkeypatch.setattr(kube, "apply", lambda child: applied.append(child) or child)
     monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: True)
+    monkeypatch.setattr(reconcile, "try_sync_status", lambda *a, **k: True)
     monkeypatch.setattr(kopf, "info", lambda body, *, reason, message: events.append(message))
     return applied, events
 

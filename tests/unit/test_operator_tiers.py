@@ -225,7 +225,7 @@ def test_a_child_deleted_by_hand_is_created_again(monkeypatch: pytest.MonkeyPatc
         kube, "read_child", lambda ns, ref: None if ref["name"] == gone else {"metadata": OWNED}
     )
     monkeypatch.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))
-    monkeypatch.setattr(reconcile, "sync_status", lambda *a, **k: synced.append(k))
+    monkeypatch.setattr(reconcile, "try_sync_status", lambda *a, **k: synced.append(k))
     monkeypatch.setattr(
         kopf, "info", lambda body, *, reason, message: events.append((reason, message))
     )
@@ -469,7 +469,7 @@ def _tick(
     mp.setattr(kube.kubernetes.client, "CustomObjectsApi", CO)
     mp.setattr(kube, "read_child", lambda ns, ref: None if ref["name"] == gone else pin)
     mp.setattr(kube, "apply", lambda child: applied.append(child["metadata"]["name"]))
-    mp.setattr(reconcile, "sync_status", lambda *a, **k: True)
+    mp.setattr(reconcile, "try_sync_status", lambda *a, **k: True)
     mp.setattr(kopf, "info", lambda body, *, reason, message: events.append((reason, message)))
     reconcile.follow_tier(kopf.Body(obj), obj, _Logger())
     return applied, events

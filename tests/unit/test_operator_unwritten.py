@@ -1,10 +1,11 @@
 """An LLMService's status write refused or unanswered where no condition can say it
-(reads.unwritten, conditions.try_sync_status): a Deployment event's. Said once per
-distinct error, as a warning and an Event on the LLMService; the handler returns (the
-next event or tick writes again)."""
+(reads.unwritten, conditions.try_sync_status): a Deployment event's, and follow_tier's
+after a re-apply. Said once per distinct error, as a warning and an Event on the
+LLMService; the handler returns (the next event or tick writes again)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -13,8 +14,8 @@ import kopf
 import pytest
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
-from perllm_operator import reads, status
-from test_operator_reads import DEP, NAME, _cond, _forbidden, _install, _load
+from perllm_operator import kube, reads, reconcile, status
+from test_operator_reads import DEP, NAME, _cond, _forbidden, _install, _load, _ready
 
 Obj = dict[str, Any]
 OWNER = {
@@ -100,3 +101,32 @@ def test_a_refused_patch_is_said_once_too(monkeypatch: pytest.MonkeyPatch) -> No
     for _ in range(3):
         _event()
     assert [r for r, _ in events] == ["StatusInternalServerError"]
+
+
+def test_follow_tier_goes_on_when_the_status_write_after_a_re_creation_is_refused(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Deployment deleted by hand, re-created, then the status write refused: it
+    escaped follow_tier, so the timer said `Degraded` InternalError and posted an Event
+    on each retry."""
+    obj = _load(DEP)
+    api, _fake, events = _install(monkeypatch, obj)
+    applied: list[str] = []
+    monkeypatch.setattr(kube, "apply", lambda child: applied.append(child["kind"]) or child)
+    monkeypatch.setattr(
+        kube, "read_child", lambda ns, ref: None if ref["kind"] == "Deployment" else _ready(ref)
+    )
+    infos: list[str] = []
+    monkeypatch.setattr(kopf, "info", lambda body, *, reason, message: infos.append(reason))
+
+    def refuse(*a: Any, **k: Any) -> None:
+        raise _forbidden()
+
+    monkeypatch.setattr(api, "patch_namespaced_custom_object_status", refuse)
+    caplog.set_level(logging.INFO, logger=reads.__name__)
+    for _ in range(3):  # three ticks: each re-creates (nothing recorded it), said once
+        reconcile.follow_tier(kopf.Body(copy.deepcopy(obj)), obj, logging.getLogger("t"))
+    assert applied.count("Deployment") == 3 and infos == ["ChildRecreated"] * 3
+    assert [r for r, _ in events] == ["StatusForbidden"]
+    assert events[0][1].startswith(f"updating the status of LLMService {NAME}: the API server")
+    assert [r.getMessage() for r in caplog.records] == [events[0][1]]
