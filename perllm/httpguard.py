@@ -22,7 +22,9 @@ protocol class to give uvicorn (`http=`):
 Only reading the request is timed: once the request is in, the deadline stops, so the
 app's processing and its (streamed) response are not bounded here. A pipelined request's
 wait for the one before it counts against its deadline. The refusal's body is
-`Bounds.body(status, why)` (JSON), and a line at INFO on `Bounds.logger`.
+`Bounds.body(status, why)` (JSON), and a line at INFO on `Bounds.logger`; `Bounds.refused`,
+if set, is told each refusal's status and reason (`READ_TIMEOUT`, `HEAD_TOO_LARGE`), e.g.
+to count it in a metric of the program's own.
 
 Cost per request: one timer handle (`loop.call_later`, cancelled when the request is in)
 and a few integer operations per read; the allowance moves no timer (the timer, when it
@@ -41,6 +43,9 @@ from typing import ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024
+# The reasons `Bounds.refused` is told: the deadline passed (408; also a connection that
+# sent nothing in time), the head too large (431).
+READ_TIMEOUT, HEAD_TOO_LARGE = "read_timeout", "head_too_large"
 
 
 def error_body(status: int, why: str) -> bytes:
@@ -55,6 +60,8 @@ class Bounds:
     max_head_bytes: int = MAX_HEAD_BYTES
     body: Callable[[int, str], bytes] = error_body  # the refusal's JSON body
     logger: str = "perllm"
+    # told (status, reason) of each refusal, once its connection is closing (a metric)
+    refused: Callable[[int, str], None] | None = None
 
     def allowance(self, body_bytes: int) -> float:
         return allowance(body_bytes, self.min_rate)
@@ -103,7 +110,8 @@ class GuardedHttp(HttpToolsProtocol):
             if self._in_head and not self._completed and not self.transport.is_closing():
                 self._head_bytes += len(data)
                 if self._head_bytes > self.bounds.max_head_bytes:
-                    self._refuse(431, f"request head over {self.bounds.max_head_bytes} bytes")
+                    why = f"request head over {self.bounds.max_head_bytes} bytes"
+                    self._refuse(431, HEAD_TOO_LARGE, why)
         else:
             self._body_bytes += len(data)  # (with chunk framing: near enough)
             super().data_received(data)
@@ -140,16 +148,16 @@ class GuardedHttp(HttpToolsProtocol):
         if due > self.loop.time():  # the body received meanwhile earned more time
             self._deadline = self.loop.call_at(due, self._expired)
             return
-        self._refuse(408, f"request not received within {self._limit()}")
+        self._refuse(408, READ_TIMEOUT, f"request not received within {self._limit()}")
 
     def _limit(self) -> str:
         b = self.bounds
         extra = f" (+1 s per {b.min_rate:g} body bytes)" if b.min_rate > 0 else ""
         return f"{b.timeout_s:g} s{extra}"
 
-    def _refuse(self, status: int, why: str) -> None:
+    def _refuse(self, status: int, reason: str, why: str) -> None:
         """`bounds.body(status, why)` with `status` unless a response is under way, then
-        close."""
+        close; `bounds.refused` told."""
         self._disarm()
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
         logging.getLogger(self.bounds.logger).info(
@@ -167,3 +175,5 @@ class GuardedHttp(HttpToolsProtocol):
             ]
             self.transport.write(b"".join(head) + body)
         self.transport.close()
+        if self.bounds.refused is not None:  # (after the close: a failing hook leaks nothing)
+            self.bounds.refused(status, reason)

@@ -198,14 +198,14 @@ class Router(Membership):
                     scope["headers"], receive, chat, self.models, lim.max_body_bytes, got
                 )
         except TimeoutError:
-            self.metrics.rejected.labels("408").inc()
+            self.metrics.reject(408)
             why = f"body not received within {lim.body_timeout_s:g}s"
             if lim.min_body_bytes_per_s:
                 why += f" (+1 s per {lim.min_body_bytes_per_s} bytes)"
             await error(send, 408, "invalid_request_error", why, [(b"connection", b"close")])
             return
         except BadRequest as e:
-            self.metrics.rejected.labels(str(e.status)).inc()
+            self.metrics.reject(e.status)
             await error(send, e.status, e.kind, e.message)
             return
         # (the body is read: what receive gives now is a disconnect)
@@ -272,7 +272,7 @@ class Router(Membership):
         """With `auth`: a request to /v1/* without the token is answered 401 (True)."""
         if self._auth is None or self._authorized(scope["headers"]):
             return False
-        self.metrics.rejected.labels("401").inc()
+        self.metrics.reject(401)
         await error(send, 401, "authentication_error", "missing or wrong bearer token")
         return True
 

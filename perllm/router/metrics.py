@@ -8,6 +8,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 PROBE_RESULTS = ("answered", "refused", "timeout")
+# `perllm_router_rejected_requests_total`'s reason of the router's own 4xx, per status (the
+# listener's are `perllm.httpguard`'s: read_timeout 408, head_too_large 431)
+REJECT_REASONS = {
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "model_not_found",
+    408: "body_timeout",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -81,8 +91,10 @@ class RouterMetrics:
         )
         self.rejected = Counter(
             "perllm_router_rejected_requests_total",
-            "Requests answered 4xx, per status.",
-            ["status"],
+            "Requests refused with a 4xx, per status and reason: the router's (invalid_request, "
+            "unauthorized, model_not_found, body_timeout, body_too_large, "
+            "unsupported_media_type) and its listener's (read_timeout, head_too_large).",
+            ["status", "reason"],
             registry=r,
         )
         self.abandoned = Counter(
@@ -127,6 +139,11 @@ class RouterMetrics:
         self._backends: dict[tuple[str, str], BackendMetrics] = {}
         # Per tier, [requests, met] judged at backends retired since start (status).
         self.gone: dict[str, list[int]] = {}
+
+    def reject(self, status: int, reason: str | None = None) -> None:
+        """A request refused with `status` (4xx), for `reason` (default: the status's)."""
+        reason = reason or REJECT_REASONS.get(status, "invalid_request")
+        self.rejected.labels(str(status), reason).inc()
 
     def judge(self, backend: str, tier: str, met: bool) -> None:
         self.judged.labels(backend, tier, "true" if met else "false").inc()

@@ -17,6 +17,7 @@ from perllm.router.asgi import error_body, quiet_aborts
 if TYPE_CHECKING:
     from perllm.router.app import Router
     from perllm.router.config import Limits
+    from perllm.router.metrics import RouterMetrics
 
 
 class _Embedded(uvicorn.Server):
@@ -66,15 +67,17 @@ async def serving(
             await asyncio.wait_for(task, 5)
 
 
-def bounds(limits: Limits) -> Bounds:
+def bounds(limits: Limits, metrics: RouterMetrics | None = None) -> Bounds:
     """The router listener's bounds on reading a request (`perllm.httpguard`): the
     deadline is `limits.request_timeout_s` plus `min_body_bytes_per_s`' allowance; the
-    refusals are OpenAI-style errors."""
+    refusals are OpenAI-style errors, counted in `metrics`' rejected requests (reason
+    read_timeout, head_too_large) if given."""
     return Bounds(
         limits.request_timeout_s,
         limits.min_body_bytes_per_s,
         body=_refusal,
         logger="perllm.router",
+        refused=None if metrics is None else metrics.reject,
     )
 
 
@@ -92,7 +95,7 @@ def config(app: Router, host: str, port: int, log_level: str = "warning") -> uvi
         access_log=False,
         log_level=log_level,
         loop="uvloop",
-        http=guarded(bounds(app.limits)),
+        http=guarded(bounds(app.limits, app.metrics)),
         ws="none",
         server_header=False,  # (no `server: uvicorn` on every answer)
     )

@@ -210,9 +210,8 @@ def test_a_body_sent_as_another_type_than_json_is_a_415() -> None:
             resp = await c.post("/v1/chat/completions", content=raw, headers=headers)
             assert resp.status_code == 200, resp.text
         assert sum(s.requests for s in stubs.values()) == 2
-        assert 'perllm_router_rejected_requests_total{status="415"} 3.0' in (
-            r.metrics.exposition().decode()
-        )
+        series = '{reason="unsupported_media_type",status="415"} 3.0'
+        assert f"perllm_router_rejected_requests_total{series}" in r.metrics.exposition().decode()
         await r.aclose()
 
     run(go())

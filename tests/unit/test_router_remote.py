@@ -71,7 +71,7 @@ def test_clients_must_present_the_routers_bearer_token(tmp_path: Path) -> None:
                 assert (await c.get("/v1/models", headers=h)).status_code == 200
             assert (await c.get("/healthz")).status_code == 200  # probes need no token
             assert (
-                'perllm_router_rejected_requests_total{status="401"} 6.0'
+                'perllm_router_rejected_requests_total{reason="unauthorized",status="401"} 6.0'
                 in (await c.get("/metrics")).text
             )
             await r.aclose()

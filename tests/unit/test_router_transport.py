@@ -189,3 +189,25 @@ def test_the_router_listener_is_guarded_with_its_limits() -> None:
     assert cfg.http_protocol_class.bounds.timeout_s == 90  # type: ignore[attr-defined]
     assert cfg.http_protocol_class.bounds.min_rate == 1  # type: ignore[attr-defined]
     assert cfg.ws_protocol_class is None
+
+
+def test_the_listeners_refusals_are_counted_in_the_rejected_requests() -> None:
+    """The 408 and 431 of the listener were logged at INFO only: a router under a
+    slowloris or an oversized-head attack showed nothing in its metrics."""
+    r = router()
+    with Served(r) as s:
+        got = answer(connect(s.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"), TIMEOUT + 5)
+        assert got.startswith(b"HTTP/1.1 408 "), got
+        big = connect(s.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for i in range(100):
+                big.sendall(b"X-A%d: %s\r\n" % (i, b"a" * 1000))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert answer(big, 5).startswith(b"HTTP/1.1 431 ")
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    rejected = "perllm_router_rejected_requests_total"
+    assert f'{rejected}{{reason="read_timeout",status="408"}} 1.0' in text, text
+    assert f'{rejected}{{reason="head_too_large",status="431"}} 1.0' in text, text
