@@ -15,7 +15,11 @@ protocol class to give uvicorn (`http=`):
   the connection closed. The allowance is the anti-slowloris rule for large uploads over
   slow links: a body arriving at `min_rate` bytes/s or faster never runs out of time,
   one trickled slower does (at the latest `timeout_s / (1 - rate / min_rate)` after its
-  first byte), whatever its size;
+  first byte), whatever its size. Body bytes that arrive after the request's answer
+  (an app that answered without reading it all: a 413, a 401, a 404) earn none: uvicorn
+  reads and drops them until the request ends, and with the allowance a client sending
+  at `min_rate` or faster kept such a connection, and the bandwidth, for good (past any
+  body size limit of the app's); now it is closed at the deadline;
 - **head**: a request line and headers over `max_head_bytes` are **431** and the
   connection closed.
 
@@ -23,8 +27,9 @@ Only reading the request is timed: once the request is in, the deadline stops, s
 app's processing and its (streamed) response are not bounded here. A pipelined request's
 wait for the one before it counts against its deadline. The refusal's body is
 `Bounds.body(status, why)` (JSON), and a line at INFO on `Bounds.logger`; `Bounds.refused`,
-if set, is told each refusal's status and reason (`READ_TIMEOUT`, `HEAD_TOO_LARGE`), e.g.
-to count it in a metric of the program's own.
+if set, is told each refusal answered (status, reason: `READ_TIMEOUT`, `HEAD_TOO_LARGE`),
+e.g. to count it in a metric of the program's own (a connection closed after the request
+had its answer is not counted again).
 
 Cost per request: one timer handle (`loop.call_later`, cancelled when the request is in)
 and a few integer operations per read; the allowance moves no timer (the timer, when it
@@ -113,7 +118,8 @@ class GuardedHttp(HttpToolsProtocol):
                     why = f"request head over {self.bounds.max_head_bytes} bytes"
                     self._refuse(431, HEAD_TOO_LARGE, why)
         else:
-            self._body_bytes += len(data)  # (with chunk framing: near enough)
+            if self.cycle is None or not self.cycle.response_complete:  # (answered: none)
+                self._body_bytes += len(data)  # (with chunk framing: near enough)
             super().data_received(data)
 
     def on_message_begin(self) -> None:
@@ -157,13 +163,14 @@ class GuardedHttp(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: str, why: str) -> None:
         """`bounds.body(status, why)` with `status` unless a response is under way, then
-        close; `bounds.refused` told."""
+        close; `bounds.refused` told of an answered one."""
         self._disarm()
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
         logging.getLogger(self.bounds.logger).info(
             "%s: %s (%d, connection closed)", peer, why, status
         )
-        if self.cycle is None or not self.cycle.response_started:
+        answer = self.cycle is None or not self.cycle.response_started
+        if answer:
             body = self.bounds.body(status, why)
             head = [STATUS_LINE[status]]
             for name, value in self.server_state.default_headers:
@@ -175,5 +182,5 @@ class GuardedHttp(HttpToolsProtocol):
             ]
             self.transport.write(b"".join(head) + body)
         self.transport.close()
-        if self.bounds.refused is not None:  # (after the close: a failing hook leaks nothing)
+        if answer and self.bounds.refused is not None:  # (after the close: leaks nothing)
             self.bounds.refused(status, reason)

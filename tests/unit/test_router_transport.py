@@ -211,3 +211,60 @@ def test_the_listeners_refusals_are_counted_in_the_rejected_requests() -> None:
     rejected = "perllm_router_rejected_requests_total"
     assert f'{rejected}{{reason="read_timeout",status="408"}} 1.0' in text, text
     assert f'{rejected}{{reason="head_too_large",status="431"}} 1.0' in text, text
+
+
+def fast_upload(port: int, head: bytes, piece: bytes, within: float) -> tuple[bytes, float]:
+    """`head`, then `piece` every 10 ms (far above the minimum rate) until the server
+    closes or `within` passes: what it answered, and when it closed (inf: still open)."""
+    s = connect(port, head)
+    s.settimeout(0.01)
+    got, t0 = b"", time.monotonic()
+    try:
+        while time.monotonic() - t0 < within:
+            s.sendall(piece)
+            try:
+                data = s.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return got, time.monotonic() - t0
+            got += data
+    except (BrokenPipeError, ConnectionResetError):
+        return got, time.monotonic() - t0
+    return got, float("inf")
+
+
+@pytest.mark.parametrize(
+    ("head", "piece", "status"),
+    [
+        (  # over max_body_bytes, chunked: 413 once 4 KiB are in
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"1000\r\n" + b"a" * 4096 + b"\r\n",
+            b"413",
+        ),
+        (  # answered before its body is read: 413 from the length, 404 without a route
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+            b"a" * 4096,
+            b"413",
+        ),
+        (
+            b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+            b"a" * 4096,
+            b"404",
+        ),
+    ],
+)
+def test_a_body_sent_on_after_its_answer_earns_no_time(
+    head: bytes, piece: bytes, status: bytes
+) -> None:
+    """After an answer given without reading the body, uvicorn reads and drops the rest:
+    at the minimum rate or faster every byte earned more time, so the connection (and
+    the bandwidth) was kept for good, past max_body_bytes."""
+    with Served(router(min_body_bytes_per_s=100_000, max_body_bytes=4096)) as r:
+        got, closed = fast_upload(r.port, head, piece, TIMEOUT + 5)
+        assert got.startswith(b"HTTP/1.1 " + status), got[:200]
+        assert closed < TIMEOUT + 2, "still open"
+        conn = http.client.HTTPConnection("127.0.0.1", r.port, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    assert 'reason="read_timeout"' not in text  # (answered: not counted again when closed)
