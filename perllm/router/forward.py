@@ -144,8 +144,16 @@ class Forwarder:
                 why = f"backend {b.name}: no response within {pool.read_timeout:g}s"
                 self._membership.timed_out(b.name, why)
                 raise Shed(504, "upstream_timeout", why) from None
-            flight.members.metrics[flight.ticket.server].error("connect").inc()
-            raise Shed(502, "upstream_unavailable", f"backend {b.name}: {e}") from None
+            # Sent and not answered: the connection closed before an answer (connect) or
+            # what came was no HTTP answer (disconnect: a wrong port, TLS spoken to an
+            # http:// url). A missed request, and the backend fails as one refusing
+            # connections: the next ones go elsewhere (not this one: it may have reached
+            # the backend). Counted as `connect` alone, it was neither judged nor ejected:
+            # a backend dropping every request kept getting them, at 100 % attainment.
+            why = f"backend {b.name}: {e}"
+            self._feedback.failed(flight, e.kind)
+            self._membership.unanswered(b.name, why)
+            raise Shed(502, "upstream_unavailable", why) from None
         refused = refusal(resp.status, token is not None)
         if refused is not None:
             # Nothing was served (`refusal`): like a refused connection the backend is

@@ -280,6 +280,12 @@ class Membership:
         have reached the backend)."""
         self._failed(name, why, timeout=True)
 
+    def unanswered(self, name: str, why: str) -> None:
+        """A request sent to `name` got no answer: the connection closed before one, or
+        what came was no HTTP response. Ejected as refusing connections (the next ones go
+        elsewhere; not this one: it may have reached the backend)."""
+        self._failed(name, why, timeout=False)
+
     def _failed(self, name: str, why: str, timeout: bool, answered: bool = False) -> None:
         if self._members is None or name not in self._members.names:
             return  # it left since the decision: nothing to leave out

@@ -229,3 +229,43 @@ def test_an_answer_cut_off_mid_body_reaches_the_client_truncated() -> None:
         server.close()
 
     run(go())
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "why"),
+    [
+        (b"", "connect", "connection closed: EOF"),  # closed, nothing answered
+        (b"\x15\x03\x03\x00\x02\x02\x46", "disconnect", "bad HTTP response"),  # a TLS alert
+    ],
+)
+def test_a_backend_that_drops_a_sent_request_is_a_missed_request_and_ejected(
+    answer: bytes, kind: str, why: str
+) -> None:
+    """Sent, then the connection closed without an answer or answered with no HTTP: the
+    502 was counted as an upstream `connect` error alone, neither judged (attainment
+    stayed 100 %) nor ejected, so a backend dropping every request kept getting them."""
+
+    async def go() -> None:
+        async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+            writer.close()
+
+        srv = await asyncio.start_server(drop, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        limits = {"retries": 0, "eject_s": 30}
+        r, _, c = await router(urls={"edge-gpu": url, "cloud": url}, limits=limits)
+        resp = await c.post("/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 502 and resp.json()["error"]["type"] == "upstream_unavailable"
+        assert why in resp.json()["error"]["message"]
+        assert r.inflight == [0, 0]
+        (tried,) = r.down()  # the next ones go elsewhere
+        text = r.metrics.exposition().decode()
+        assert f'upstream_errors_total{{backend="{tried}",kind="{kind}"}} 1.0' in text, text
+        assert f'requests_judged_total{{backend="{tried}",met="false"' in text
+        assert r.metrics.attainment._value.get() == 0.0
+        await r.aclose()
+        srv.close()
+
+    run(go())
