@@ -26,7 +26,7 @@ from perllm.router.config import Backend, RouterConfig
 from perllm.router.decision import Ticket
 from perllm.router.feedback import Feedback
 from perllm.router.forward import ClientWatch, Forwarder
-from perllm.router.intake import read_request
+from perllm.router.intake import ClientGone, read_request
 from perllm.router.members import Members
 from perllm.router.membership import Membership
 from perllm.router.metrics import RouterMetrics
@@ -207,6 +207,9 @@ class Router(Membership):
         except BadRequest as e:
             self.metrics.reject(e.status)
             await error(send, e.status, e.kind, e.message)
+            return
+        except ClientGone:  # (mid-upload: no answer to give; was a 400 counted as invalid)
+            self.metrics.abandoned.inc()
             return
         # (the body is read: what receive gives now is a disconnect)
         watch = ClientWatch(receive, send, self.limits.send_timeout_s)

@@ -15,6 +15,10 @@ DEADLINE_HEADER = b"x-perllm-deadline-s"
 Headers = list[tuple[bytes, bytes]]
 
 
+class ClientGone(Exception):
+    """The client disconnected before its body was in: nobody to answer."""
+
+
 async def read_request(
     headers: Headers,
     receive: Receive,
@@ -65,7 +69,7 @@ async def read_body(
     size = 0
     while True:
         if m["type"] == "http.disconnect":
-            raise BadRequest(400, "invalid_request_error", "client disconnected")
+            raise ClientGone
         b = m.get("body", b"")
         size += len(b)
         if size > limit:

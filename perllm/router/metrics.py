@@ -100,7 +100,7 @@ class RouterMetrics:
         self.abandoned = Counter(
             "perllm_router_abandoned_requests_total",
             "Requests whose client disconnected before they were sent to a backend (while "
-            "waiting for a slot).",
+            "sending its body or waiting for a slot).",
             registry=r,
         )
         self.inflight = Gauge(

@@ -198,3 +198,33 @@ def test_client_disconnect_mid_stream_cancels_the_upstream() -> None:
             await r.aclose()
 
     run(go())
+
+
+def test_a_client_gone_mid_upload_is_abandoned_not_a_rejected_request() -> None:
+    """A client that disconnects while sending its body (a cancelled upload) was counted
+    as a rejected 400, an invalid request, with an answer nobody could read."""
+
+    async def go() -> None:
+        r, _, _ = await router(urls={"edge-gpu": "http://e", "cloud": "http://c"})
+        pieces = [
+            {"type": "http.request", "body": b'{"model": ', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return pieces.pop(0)
+
+        async def send(m: Any) -> None:
+            sent.append(m)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                 "headers": [(b"content-type", b"application/json")]}  # fmt: skip
+        await r(scope, receive, send)
+        assert sent == []  # nobody to answer
+        assert r.metrics.abandoned._value.get() == 1
+        assert "rejected_requests_total{" not in r.metrics.exposition().decode()
+        assert r.inflight == [0, 0] and r._slots._value == r.limits.max_concurrency
+        await r.aclose()
+
+    run(go())
