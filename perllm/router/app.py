@@ -43,6 +43,7 @@ class Router(Membership):
         self._auth = self._secret(config.auth.token_file) if config.auth else None
         self._slots = asyncio.Semaphore(self.limits.max_concurrency)
         self._queued = 0
+        self.metrics.queued.set_function(lambda: self._queued)
         self._feedback = Feedback(0.0, 0.0)
         self._proxy = Forwarder(self, self._feedback, own_auth=self._auth is not None)
         # The service: from the config, or (discovery alone) read from its LLMService by

@@ -103,6 +103,12 @@ class RouterMetrics:
             "sending its body or waiting for a slot).",
             registry=r,
         )
+        # Read at scrape time (`set_function` by the router): no work per request.
+        self.queued = Gauge(
+            "perllm_router_queued_requests",
+            "Requests waiting for a slot of limits.max_concurrency (at most limits.max_queue).",
+            registry=r,
+        )
         self.inflight = Gauge(
             "perllm_router_inflight_requests",
             "Requests in flight per backend (the load CS-UCB sees).",

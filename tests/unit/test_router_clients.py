@@ -53,6 +53,7 @@ def test_clients_gone_while_queued_leave_the_queue_at_once() -> None:
                     ghosts.append(w)
                 while r._queued < 3:
                     await asyncio.sleep(0.01)
+                assert b"\nperllm_router_queued_requests 3.0\n" in r.metrics.exposition()
                 for w in ghosts:
                     w.close()
                 for _ in range(100):  # (the first request holds its slot for 2 s)
@@ -66,6 +67,7 @@ def test_clients_gone_while_queued_leave_the_queue_at_once() -> None:
             assert r.decider.bandit.stats.plays.sum() == 2
             assert r.metrics.abandoned._value.get() == 3
             assert r._queued == 0 and not r._slots.locked() and r.inflight == [0, 0]
+            assert b"\nperllm_router_queued_requests 0.0\n" in r.metrics.exposition()
             await r.aclose()
 
     run(go())
