@@ -22,6 +22,7 @@ from perllm.devcluster.cluster import (
 )
 from perllm.devcluster.config import Extender, kubeconfig_server
 from perllm.devcluster.process import Proc, StartError, sigterm_as_interrupt
+from perllm.devcluster.state import start_in_progress
 from perllm.scenario import ScenarioError
 from perllm.urls import http_url_error, redact
 
@@ -162,6 +163,7 @@ def status(
         typer.echo(f"no cluster recorded in {run_dir}", err=True)
         raise typer.Exit(1)
     alive = {p.name: p.alive() for p in state.procs()}
+    unfinished = _unfinished(state, run_dir)
     if as_json:
         typer.echo(json.dumps({**asdict(state), "alive": alive}, indent=2))
     else:
@@ -169,7 +171,11 @@ def status(
             how = "running" if alive[p.name] else f"DEAD (log {p.log})"
             typer.echo(f"{p.name:24} pid {p.pid:<8} {how}")
         typer.echo(f"ports: {state.ports}")
-        _print_env(state)
+        if not unfinished:  # (no `export` of a cluster not there yet)
+            _print_env(state)
+    if unfinished:
+        typer.echo(f"the cluster in {run_dir} is not complete: {unfinished}", err=True)
+        raise typer.Exit(1)
     if not all(alive.values()):
         raise typer.Exit(1)
 
@@ -182,6 +188,9 @@ def env(run_dir: RunDir = default_run_dir()) -> None:  # noqa: B008
     state = State.load(run_dir)
     if state is None:
         typer.echo(f"no cluster recorded in {run_dir}", err=True)
+        raise typer.Exit(1)
+    if why := _unfinished(state, run_dir):  # (no nodes yet, or never any)
+        typer.echo(f"error: the cluster in {run_dir} is not complete: {why}", err=True)
         raise typer.Exit(1)
     dead = [p for p in state.procs() if not p.alive()]
     if dead:  # (the exports of a dead API server: `kubectl` then failed, far from here)
@@ -209,6 +218,18 @@ def _still_running(procs: list[Proc]) -> str:
     """The components of `procs` still running, as "a, b still run" ("" if none)."""
     left = [p.name for p in procs if p.alive()]
     return f"{', '.join(left)} still run{'s' if len(left) == 1 else ''}" if left else ""
+
+
+def _unfinished(state: State, run_dir: Path) -> str | None:
+    """Why the recorded cluster is not one yet (its `up` has not finished), or None."""
+    if state.ready:
+        return None
+    if start_in_progress(run_dir):
+        return "a `cluster up` is still starting it; wait for it to print `cluster ready`"
+    return (
+        "its `cluster up` stopped before it finished (killed?); restart it: "
+        f"perllm dev cluster down --run-dir {run_dir}, then up"
+    )
 
 
 def _finish(run_dir: Path) -> str:

@@ -41,10 +41,13 @@ class Cluster(Launcher):
     # ---- discovery -------------------------------------------------------------------------
     @classmethod
     def find(cls, run_dir: Path | None = None) -> Cluster | None:
-        """The cluster recorded in `run_dir` if all its processes still run, else None."""
+        """The cluster recorded in `run_dir` if its `up` finished and all its processes
+        still run, else None (one still starting is not found yet)."""
         rd = run_dir or default_run_dir()
         state = State.load(rd)
-        if state is None or not state.processes or not all(p.alive() for p in state.procs()):
+        if state is None or not state.ready or not state.processes:
+            return None
+        if not all(p.alive() for p in state.procs()):
             return None
         c = cls(ClusterConfig(run_dir=rd))
         c.state, c.procs = state, state.procs()
@@ -93,6 +96,7 @@ class Cluster(Launcher):
                 self.apply_nodes(c.scenario)
             if c.prometheus:
                 self._start_prometheus()
+            self.state.ready = True
             self.state.save(rd)
         except BaseException:
             self.down()
@@ -197,6 +201,7 @@ class Cluster(Launcher):
             ports=ports,
             viewer_kubeconfig=str(rd / "viewer.kubeconfig"),
             extender=asdict(self.config.extender),
+            ready=False,
         )
         state.save(rd)
         return state
@@ -216,6 +221,7 @@ class Cluster(Launcher):
             processes=[],
             ports=ports,
             extender=asdict(self.config.extender),
+            ready=False,
         )
         self.state.save(rd)
         t = self.config.ready_timeout_s

@@ -31,6 +31,10 @@ class State:
     viewer_kubeconfig: str | None = None
     extender: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    # False from the first save until `up` has started everything (nodes, Prometheus): a
+    # state with every recorded process alive is not yet a cluster while this is False
+    # (an `up` still starting, or one killed half-way). True where absent (older files).
+    ready: bool = True
 
     def procs(self) -> list[Proc]:
         return [
@@ -55,6 +59,21 @@ class State:
             return cls(**json.loads((run_dir / STATE_FILE).read_text()))
         except (OSError, ValueError, TypeError):
             return None
+
+
+def start_in_progress(rd: Path) -> bool:
+    """Whether an `up` holds `rd`'s start lock now (`starting`)."""
+    try:
+        fd = os.open(rd / ".up.lock", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (releases the lock if this took it)
+    return False
 
 
 @contextmanager

@@ -311,7 +311,7 @@ def test_missing_binaries_name_the_build_of_just_those(tmp_path: Path) -> None:
         b.require(prometheus=False)
 
 
-def _recorded(rd: Path, *procs: Proc) -> None:
+def _recorded(rd: Path, *procs: Proc, ready: bool = True) -> None:
     from perllm.devcluster.state import State
 
     State(
@@ -322,6 +322,7 @@ def _recorded(rd: Path, *procs: Proc) -> None:
         external=False,
         processes=[asdict(p) for p in procs],
         ports={},
+        ready=ready,
     ).save(rd)
 
 
@@ -424,3 +425,65 @@ def test_a_second_ctrl_c_while_up_cleans_up_says_what_still_runs(
     finally:
         for p in started:
             _STOP(p)
+
+
+def test_a_cluster_still_starting_is_not_reported_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second `up` while the first was starting (etcd and the API server up, no nodes
+    yet) said "cluster already running" with exit 0 and printed its KUBECONFIG, and
+    `status` and `env` took it for a complete cluster: a script's `up && kubectl ...`
+    went on before the nodes existed."""
+    import fcntl
+
+    from perllm.devcluster.binaries import Binaries
+    from perllm.devcluster.process import start
+
+    monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
+    rd = tmp_path / "rd"
+    etcd = start("etcd", ["sleep", "60"], rd / "logs" / "etcd.log")
+    fd = os.open(rd / ".up.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        _recorded(rd, etcd, ready=False)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first `up`, still starting
+        code, out = _up("--run-dir", str(rd), "--scenario", "")
+        assert code == 1, out
+        assert "already running" not in out and "KUBECONFIG" not in out, out
+        assert f"another cluster is starting from {rd}" in out, out
+        for cmd in ("status", "env"):
+            r = CliRunner().invoke(app, ["cluster", cmd, "--run-dir", str(rd)])
+            assert r.exit_code == 1, (cmd, r.output)
+            assert "export" not in r.stdout, r.output
+            assert f"the cluster in {rd} is not complete: a `cluster up` is still starting it" in (
+                r.output
+            ), (cmd, r.output)
+        assert etcd.alive()  # the first `up`'s processes are left alone
+    finally:
+        os.close(fd)
+        etcd.stop()
+
+
+def test_the_survivors_of_a_killed_up_are_no_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An `up` killed half-way (kill -9, a closed terminal) left its processes running:
+    the next `up` said "cluster already running" (exit 0) for a cluster with no nodes,
+    and `status` said every component runs."""
+    from perllm.devcluster.binaries import Binaries
+    from perllm.devcluster.process import start
+
+    monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
+    rd = tmp_path / "rd"
+    etcd = start("etcd", ["sleep", "60"], rd / "logs" / "etcd.log")
+    try:
+        _recorded(rd, etcd, ready=False)
+        r = CliRunner().invoke(app, ["cluster", "status", "--run-dir", str(rd)])
+        assert r.exit_code == 1, r.output
+        assert "its `cluster up` stopped before it finished (killed?); restart it" in r.output
+        # `up` stops the survivors and starts afresh (here: the stand-in start refuses)
+        r = CliRunner().invoke(app, ["cluster", "up", "--run-dir", str(rd), "--scenario", ""])
+        assert "already running" not in r.output, r.output
+        assert isinstance(r.exception, AssertionError), r.output
+        assert not etcd.alive()
+    finally:
+        etcd.stop()
