@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -184,3 +185,35 @@ class GuardedHttp(HttpToolsProtocol):
         self.transport.close()
         if answer and self.bounds.refused is not None:  # (after the close: leaks nothing)
             self.bounds.refused(status, reason)
+
+
+class ListenError(OSError):
+    """A port a server cannot listen on, named by its flag."""
+
+    def __init__(self, flag: str, host: str, port: int, why: OSError) -> None:
+        super().__init__(f"{flag} {port}: cannot listen on {host}:{port}: {why.strerror or why}")
+
+
+def listen(host: str, port: int, flag: str | None = None) -> socket.socket:
+    """A socket bound to host:port to hand uvicorn (`Server.run(sockets=[...])`), bound
+    here: a port in use or a bad address is an OSError in the caller (a `ListenError`
+    naming `flag` when given). uvicorn's own bind logged it and exited 3 after the app
+    had started (the extender had started its informers), or ended the thread it ran in."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if flag is None:
+            raise
+        raise ListenError(flag, host, port, e) from None
+    return sock
+
+
+def log_listening(sock: socket.socket, scheme: str = "http") -> None:
+    """uvicorn's "running on" line, which it leaves out for a socket it is handed."""
+    host, port = sock.getsockname()[:2]
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on %s://%s:%d (Press CTRL+C to quit)", scheme, host, port
+    )

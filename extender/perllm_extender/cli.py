@@ -143,6 +143,7 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info"),
     ) -> None:
         """Run the PerLLM kube-scheduler extender (FastAPI, uvicorn)."""
+        from perllm.httpguard import ListenError
         from perllm.telemetry.prom import PromAccess, PromAccessError
         from perllm_extender.app import create_app
         from perllm_extender.config import ExtenderConfig
@@ -193,4 +194,8 @@ def register(app: typer.Typer) -> None:
         # took ~60 ms each (the objects-mode p99 at 1,000 nodes), over what is left ~4 ms.
         gc.collect()
         gc.freeze()
-        serve(app, host, port, tls, metrics_port, log_level)
+        try:
+            serve(app, host, port, tls, metrics_port, log_level)
+        except ListenError as e:  # a port in use, a bad address
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None

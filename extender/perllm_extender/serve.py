@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from perllm.httpguard import listen, log_listening
 from perllm_extender.app import probe_app
 from perllm_extender.transport import GuardedHttp
 
@@ -79,16 +81,32 @@ def probe_config(app: FastAPI, host: str, port: int, log_level: str) -> uvicorn.
 def serve(
     app: FastAPI, host: str, port: int, tls: Tls | None, metrics_port: int, log_level: str
 ) -> None:
+    """Serve until stopped; a port in use (or a bad address) is a `ListenError` naming its
+    flag, raised before the app starts."""
+    socks = [listen(host, port, "--port")]
+    try:
+        if metrics_port:
+            socks.append(listen(host, metrics_port, "--metrics-port"))
+        _serve(app, socks, tls, log_level)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _serve(app: FastAPI, socks: list[socket.socket], tls: Tls | None, log_level: str) -> None:
+    host, port = socks[0].getsockname()[:2]
     main = uvicorn.Server(main_config(app, host, port, tls, log_level))
-    if not metrics_port:
-        main.run()
+    log_listening(socks[0], "https" if tls is not None else "http")
+    if len(socks) == 1:
+        main.run(sockets=socks[:1])
         return
-    side = _SideServer(probe_config(app, host, metrics_port, log_level))
+    side = _SideServer(probe_config(app, host, socks[1].getsockname()[1], log_level))
+    log_listening(socks[1])
 
     async def both() -> None:
-        task = asyncio.create_task(side.serve())
+        task = asyncio.create_task(side.serve(sockets=socks[1:]))
         try:
-            await main.serve()
+            await main.serve(sockets=socks[:1])
         finally:
             side.should_exit = True
             await task

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info"),
     ) -> None:
         """OpenAI-compatible endpoint that places every request with CS-UCB (edge or cloud)."""
+        from perllm.httpguard import ListenError
         from perllm.router.app import Router
         from perllm.router.config import RouterConfigError, load_config
         from perllm.router.serving import run
@@ -31,6 +32,6 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         try:
             run(router, host, port, log_level.lower())
-        except OSError as e:
-            typer.echo(f"error: cannot listen on {host}:{port}: {e}", err=True)
+        except ListenError as e:  # a port in use, a bad address
+            typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from perllm.httpguard import Bounds, guarded
+from perllm.httpguard import Bounds, guarded, listen, log_listening
 from perllm.router.asgi import error_body, quiet_aborts
 
 if TYPE_CHECKING:
@@ -105,7 +105,12 @@ def run(app: Router, host: str, port: int, log_level: str = "warning") -> None:
     """Serve the router (blocking; `config`). The startup heap (catalogue, cost tables,
     pydantic models) is moved out of the cyclic GC first, so that the collections the
     per-request garbage triggers stay short."""
-    gc.collect()
-    gc.freeze()
-    quiet_aborts()
-    uvicorn.Server(config(app, host, port, log_level)).run()
+    sock = listen(host, port, "--port")  # (a port in use: a ListenError for the CLI)
+    try:
+        gc.collect()
+        gc.freeze()
+        quiet_aborts()
+        log_listening(sock)
+        uvicorn.Server(config(app, host, port, log_level)).run(sockets=[sock])
+    finally:
+        sock.close()

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from perllm.contract import ServiceSpec
 from perllm.costmodel import build_cost_table
+from perllm.httpguard import listen as listen  # (the twin's --openai-port)
 from perllm.router.asgi import error
 from perllm.router.config import Limits
 from perllm.router.intake import read_body, served
@@ -223,20 +224,6 @@ def twin_resolver(tw: Any) -> Resolver:
         return None if spec is None else (spec, tw.node_names[ps.node])
 
     return resolve
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port for uvicorn, bound here: a port in use or a bad address
-    is an OSError in the caller's thread (uvicorn's own bind exits the thread it runs in,
-    and the twin ran on without its endpoints)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def uvicorn_config(app: Any, lifespan: Literal["auto", "on", "off"] = "auto") -> Any:

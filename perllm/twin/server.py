@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from perllm.httpguard import ListenError as ListenError  # (re-exported: the twin CLI)
 from perllm.scenario import Scenario
 from perllm.telemetry import names
 from perllm.twin.engine import ACTUAL, Twin
@@ -77,13 +78,6 @@ def summary(tw: Twin) -> str:
 # Wall seconds of simulation per clock tick at most: the lock is released between ticks,
 # so /metrics and signals are served even when the work is heavy and the twin falls behind.
 TICK_BUDGET_S = 0.1
-
-
-class ListenError(OSError):
-    """A port the twin cannot listen on, named by its flag."""
-
-    def __init__(self, flag: str, host: str, port: int, why: OSError) -> None:
-        super().__init__(f"{flag} {port}: cannot listen on {host}:{port}: {why.strerror or why}")
 
 
 def serve(
