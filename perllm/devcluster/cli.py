@@ -22,7 +22,7 @@ from perllm.devcluster.cluster import (
 )
 from perllm.devcluster.config import Extender, kubeconfig_server
 from perllm.devcluster.process import Proc, StartError, sigterm_as_interrupt
-from perllm.devcluster.state import start_in_progress
+from perllm.devcluster.state import foreign_folder, start_in_progress
 from perllm.scenario import ScenarioError
 from perllm.urls import http_url_error, redact
 
@@ -101,6 +101,14 @@ def up(
         typer.echo(f"cluster already running from {run_dir} (options ignored)")
         _print_env(running.state)
         return
+    if foreign_folder(run_dir):
+        typer.echo(
+            f"error: --run-dir {run_dir}: a folder with other files and no cluster run in it "
+            "(up clears etcd/, pki/, prometheus/ and logs/ in its run directory): give an "
+            "empty or new folder",
+            err=True,
+        )
+        raise typer.Exit(2)
     ensure_writable("--run-dir", run_dir, Console(stderr=True))
     t0 = time.monotonic()
     cluster = Cluster(conf)

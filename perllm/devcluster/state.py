@@ -61,6 +61,21 @@ class State:
             return None
 
 
+# Files only an `up` leaves in its run directory (its start lock stays after `down`); `up`
+# clears etcd/, pki/, prometheus/ and logs/ there.
+RUN_DIR_MARKS = (STATE_FILE, "kubeconfig", ".up.lock")
+
+
+def foreign_folder(rd: Path) -> bool:
+    """`rd` is a folder with files in it and nothing an `up` leaves: not a run directory
+    (a project folder given as --run-dir, whose etcd/, pki/ or logs/ `up` would delete)."""
+    try:
+        names = {p.name for p in rd.iterdir()}
+    except OSError:  # (absent, or no folder: said elsewhere)
+        return False
+    return bool(names) and not names & set(RUN_DIR_MARKS)
+
+
 def start_in_progress(rd: Path) -> bool:
     """Whether an `up` holds `rd`'s start lock now (`starting`)."""
     try:

@@ -156,11 +156,31 @@ def test_a_run_dir_that_cannot_be_laid_out_is_named(
     monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
     rd = tmp_path / "rd"
     rd.mkdir()
+    (rd / ".up.lock").write_text("")  # (a run directory an `up` used before)
     (rd / "logs").write_text("")
     r = CliRunner().invoke(app, ["cluster", "up", "--run-dir", str(rd), "--scenario", ""])
     assert r.exit_code == 1, r.output
     assert not isinstance(r.exception, (AssertionError, OSError)), r.exception
     assert f"--run-dir {rd}" in r.output and "File exists" in r.output, r.output
+
+
+def test_a_folder_that_is_no_run_dir_is_refused_before_anything_is_cleared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--run-dir` naming a project folder: `up` deleted its etcd/, pki/, prometheus/ and
+    logs/ in silence. A folder with files and nothing an `up` leaves is refused (exit 2);
+    an empty one, or one an `up` used, is taken."""
+    from perllm.devcluster.binaries import Binaries
+
+    monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
+    rd = tmp_path / "project"
+    (rd / "logs").mkdir(parents=True)
+    (rd / "logs" / "keep.txt").write_text("mine")
+    (rd / "README.md").write_text("mine")
+    r = CliRunner().invoke(app, ["cluster", "up", "--run-dir", str(rd), "--scenario", ""])
+    assert r.exit_code == 2, r.output
+    assert f"--run-dir {rd}: a folder with other files and no cluster run in it" in r.output
+    assert (rd / "logs" / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize(
