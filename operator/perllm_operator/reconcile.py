@@ -127,6 +127,17 @@ def reconcile(
         reason, msg = failures.api_failure(e, f"CRD {render.KSERVE_CRD}")
         _not_reconciled(body, patch, old, reason, msg)
         raise kopf.TemporaryError(msg, delay=failures.backoff(retry)) from None
+    except reads.ERRORS as e:  # no answer from the API server (urllib3): no bug of ours,
+        # so no traceback (it was an InternalError with one, on every retry)
+        reason, msg = (
+            "ApplyFailed",
+            failures.bounded(
+                f"applying the children of {meta['name']} or writing its status: no answer from "
+                f"the API server ({type(e).__name__}: {e})"
+            ),
+        )
+        _not_reconciled(body, patch, old, reason, msg)
+        raise kopf.TemporaryError(msg, delay=failures.backoff(retry)) from None
     except Exception as e:  # reported as a condition, never a crash loop
         reason, msg = failures.internal_failure(e, "reconcile")
         logger.exception("reconcile failed")

@@ -145,6 +145,8 @@ def _write(
         sync_status(ns, name, uid, conditions=conds, fields=fields)
     except ApiException as e:
         raise kopf.TemporaryError(failures.api_failure(e, "writing status")[1], delay=10) from e
+    except reads.ERRORS as e:  # no answer (urllib3): a traceback per retry before, uncounted
+        raise kopf.TemporaryError(reads.failure(reads.status_ref(name), e)[1], delay=10) from e
 
 
 def deployment_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:

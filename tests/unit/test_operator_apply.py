@@ -4,6 +4,7 @@ bounded diffbase storage (operator/perllm_operator/kube.py, failures.py, storage
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,29 @@ def test_an_unexpected_exception_is_a_condition_not_a_crash(
     cond = _cond(api, "Reconciled")
     assert cond["reason"] == "InternalError" and "KeyError" in cond["message"]
     assert events == ["InternalError"]
+
+
+def test_an_unanswered_apply_is_a_condition_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An API server that did not answer the apply (urllib3's timeout) was an
+    InternalError, logged with a traceback on every retry: it is no bug of the operator."""
+    import urllib3.exceptions
+
+    def no_answer(c: object) -> None:
+        raise urllib3.exceptions.ReadTimeoutError(None, "/apis", "Read timed out.")  # type: ignore[arg-type]
+
+    events: list[str] = []
+    monkeypatch.setattr(kube, "kserve_installed", lambda: True)
+    monkeypatch.setattr(kopf, "warn", lambda body, *, reason, message: events.append(reason))
+    monkeypatch.setattr(kube, "apply", no_answer)
+    api = install(monkeypatch, _load("chat-assistant", "kserve"))
+    with caplog.at_level(logging.DEBUG), pytest.raises(kopf.TemporaryError):
+        _reconcile(_load("chat-assistant", "kserve"), retry=1, patch=kopf.Patch())
+    cond = _cond(api, "Reconciled")
+    assert cond["reason"] == "ApplyFailed" and events == ["ApplyFailed"]
+    assert "no answer from the API server (ReadTimeoutError" in cond["message"]
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 def test_a_status_without_causes_still_says_what_and_is_bounded() -> None:

@@ -630,3 +630,23 @@ def test_re_placement_waits_while_the_last_evicted_pod_terminates(
     fc.pods = fc.pods[1:]  # gone: the next tick re-places, never the terminating one
     fc.tick(state)
     assert fc.evicted == ["chat-assistant-b"]  # the oldest live pod on a placed node
+
+
+def test_an_unanswered_status_write_of_the_timer_is_a_temporary_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timer's status write caught only ApiException: an API server that did not
+    answer (urllib3's timeout) escaped as an unexpected error, a traceback on every retry."""
+    import urllib3.exceptions
+    from perllm_operator import status as status_mod
+
+    def no_answer(*_a: object, **_k: object) -> None:
+        raise urllib3.exceptions.ReadTimeoutError(None, "/apis", "Read timed out.")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(status_mod, "sync_status", no_answer)
+    with pytest.raises(kopf.TemporaryError) as e:
+        status_mod._write("team", "chat", "u1", {})
+    assert e.value.delay == 10
+    assert str(e.value).startswith(
+        "updating the status of LLMService chat: no answer from the API server (ReadTimeoutError"
+    )
