@@ -9,9 +9,9 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import uvicorn
@@ -181,13 +181,15 @@ def test_events_only_after_the_status_patch_proved_the_service() -> None:
 
 
 # ---- a real listener ---------------------------------------------------------------------
-class Served:
-    def __init__(self, app: Any, tls: Tls | None) -> None:
+class Listener:
+    """A uvicorn `cfg(port)` on a free port, on a thread (the router's tests use it too)."""
+
+    def __init__(self, cfg: Callable[[int], uvicorn.Config]) -> None:
         self.port = free_port()
-        self.server = uvicorn.Server(main_config(app, "127.0.0.1", self.port, tls, "warning"))
+        self.server = uvicorn.Server(cfg(self.port))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> Served:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
@@ -198,6 +200,13 @@ class Served:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+class Served(Listener):
+    """The extender's main listener (`main_config`)."""
+
+    def __init__(self, app: Any, tls: Tls | None) -> None:
+        super().__init__(lambda port: main_config(app, "127.0.0.1", port, tls, "warning"))
 
 
 def _post(conn: http.client.HTTPConnection, path: str, payload: bytes) -> tuple[int, Obj]:

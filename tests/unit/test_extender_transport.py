@@ -97,21 +97,22 @@ def test_a_request_that_does_not_arrive_in_time_is_408_and_closed(
         assert doc == {"Error": f"request not received within {TIMEOUT:g} s"}
 
 
-def test_a_trickled_head_is_cut_at_the_deadline_not_at_each_byte(port: int) -> None:
-    """A byte every third of the deadline: uvicorn restarted nothing and kept it forever."""
+def trickle_head(port: int, timeout: float) -> None:
+    """A head sent a byte every third of `timeout`: the connection is cut at the deadline
+    (not at each byte, nor never). The router's tests use it too."""
     s = connect(port)
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
     t0 = time.monotonic()
     with pytest.raises((BrokenPipeError, ConnectionResetError)):
         for b in head:
             s.sendall(bytes([b]))
-            time.sleep(TIMEOUT / 3)
-            assert time.monotonic() - t0 < TIMEOUT + 3, "still open"
-    assert time.monotonic() - t0 >= TIMEOUT * 0.9
+            time.sleep(timeout / 3)
+            assert time.monotonic() - t0 < timeout + 3, "still open"
+    assert time.monotonic() - t0 >= timeout * 0.9
 
 
-def test_an_oversized_head_is_431_and_closed(port: int) -> None:
-    """2 MB of headers were read and answered 200: nothing bounded a head."""
+def oversized_head(port: int) -> bytes:
+    """The answer to 2 MB of headers."""
     s = connect(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
     try:
         for i in range(2000):
@@ -119,7 +120,17 @@ def test_an_oversized_head_is_431_and_closed(port: int) -> None:
         s.sendall(b"\r\n")
     except (BrokenPipeError, ConnectionResetError):
         pass
-    got = answer(s, 5)
+    return answer(s, 5)
+
+
+def test_a_trickled_head_is_cut_at_the_deadline_not_at_each_byte(port: int) -> None:
+    """A byte every third of the deadline: uvicorn restarted nothing and kept it forever."""
+    trickle_head(port, TIMEOUT)
+
+
+def test_an_oversized_head_is_431_and_closed(port: int) -> None:
+    """2 MB of headers were read and answered 200: nothing bounded a head."""
+    got = oversized_head(port)
     assert got.startswith(b"HTTP/1.1 431 "), got[:200]
     assert json.loads(got.split(b"\r\n\r\n", 1)[1]) == {
         "Error": f"request head over {GuardedHttp.bounds.max_head_bytes} bytes"

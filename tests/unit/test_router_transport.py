@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,8 +15,8 @@ import pytest
 import uvicorn
 from router_harness import BACKENDS, CHAT
 from router_harness import config as router_config
-from test_extender_security import free_port
-from test_extender_transport import answer, connect
+from test_extender_security import Listener
+from test_extender_transport import answer, connect, oversized_head, trickle_head
 
 from perllm.router.app import Router
 from perllm.router.serving import config
@@ -26,29 +25,16 @@ from perllm.router.stub import StubBackend
 TIMEOUT = 0.6
 
 
-class Served:
+class Served(Listener):
     """uvicorn with `serving.config` (what `perllm router` runs) on a thread."""
 
     def __init__(self, app: Any, plain: bool = False) -> None:
-        self.port = free_port()
         if plain:  # (a stub backend)
-            cfg = uvicorn.Config(app, port=self.port, log_level="warning", lifespan="off")
+            super().__init__(
+                lambda port: uvicorn.Config(app, port=port, log_level="warning", lifespan="off")
+            )
         else:
-            cfg = config(app, "127.0.0.1", self.port, "warning")
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+            super().__init__(lambda port: config(app, "127.0.0.1", port, "warning"))
 
 
 def router(url: str = "http://edge:8000", **limits: Any) -> Router:
@@ -85,27 +71,12 @@ def test_a_request_that_does_not_arrive_in_time_is_408_and_closed(port: int, sen
 
 
 def test_a_trickled_head_is_cut_at_the_deadline_not_at_each_byte(port: int) -> None:
-    s = connect(port)
-    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
-    t0 = time.monotonic()
-    with pytest.raises((BrokenPipeError, ConnectionResetError)):
-        for b in head:
-            s.sendall(bytes([b]))
-            time.sleep(TIMEOUT / 3)
-            assert time.monotonic() - t0 < TIMEOUT + 3, "still open"
-    assert time.monotonic() - t0 >= TIMEOUT * 0.9
+    trickle_head(port, TIMEOUT)
 
 
 def test_an_oversized_head_is_431_and_closed(port: int) -> None:
     """2 MB of headers were read and answered: nothing bounded a head."""
-    s = connect(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-    try:
-        for i in range(2000):
-            s.sendall(b"X-A%d: %s\r\n" % (i, b"a" * 1000))
-        s.sendall(b"\r\n")
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    got = answer(s, 5)
+    got = oversized_head(port)
     assert got.startswith(b"HTTP/1.1 431 "), got[:200]
     doc = json.loads(got.split(b"\r\n\r\n", 1)[1])
     assert doc["error"]["message"] == "request head over 65536 bytes"
