@@ -676,18 +676,7 @@ def test_a_catalogue_entry_with_an_absurd_concurrency_is_refused(
     """A scenario's own `hardware:`/`models:` entry was bounded only by > 0: the bound's
     arrays of one slot per concurrent request ran out of memory (7 TiB for max_seqs 1e12),
     or a CPU's derived concurrency divided by zero, each a traceback."""
-    from perllm.profiles import default_catalogue
-
-    cat = default_catalogue()
-    d = base()
-    if kind == "model":
-        d["models"] = {"mine": cat.models["llama2-7b"].model_dump(mode="json") | entry}
-        for c in d["workload"]["classes"]:
-            c["model"] = "mine"
-    else:
-        key = "a100-80gb-sxm" if kind == "gpu" else "xeon-silver-4214r"
-        d["hardware"] = {"mine": cat.hardware[key].model_dump(mode="json") | entry}
-        d["servers"][1 if kind == "gpu" else 0]["hardware"] = "mine"
+    d = own_entry(kind, entry)
     with pytest.raises(ScenarioError, match=r"s\.yaml: invalid scenario:\n  " + why):
         load_scenario(write(tmp_path, d))
     res = CliRunner().invoke(app, ["scenarios", "validate", str(tmp_path / "s.yaml")])
