@@ -41,6 +41,12 @@ F = NDArray[np.float64]
 # computed on demand (`first_level`), so every placement is predicted at its real load.
 MAX_LEVELS = 16
 
+# What a placement whose upload holds its server's link too long (`link_holds`) loses from
+# its score: more than any reward (−Ê/E_c − θ·P̂ and the exploration bonus are O(1)), less
+# than an unplayed arm's lift (10⁶), so it ranks after every placement that holds no link
+# and an unplayed arm is still explored first.
+LINK_HOLD_RANK = 1e4
+
 
 @dataclass
 class RoundView:
@@ -139,6 +145,24 @@ def view_of(
     energy = marginal_energy(w, e_tran, e_inf, e_idle_saved)
     core = queue + (prefill + decode)
     return RoundView(time=tran + core, decode=decode, energy=energy, levels=k, core=core)
+
+
+def link_hold_limit(t: CostTable, factor: float) -> F:
+    """[M] per server: the longest upload its link may carry without ranking after others,
+    `factor` × the shortest fixed deadline (`deadline.seconds`) among the classes the
+    server may run (inf where it may run none, or `factor` is inf: off). A link is a FIFO
+    queue, so an upload longer than that makes such a request sent behind it miss."""
+    if t.n_servers == 0 or factor == np.inf:
+        return np.full(t.n_servers, np.inf)
+    dl = np.array([s.requirements.deadline.seconds for s in t.services], float)
+    tightest = np.where(t.allowed, dl[:, None], np.inf).min(axis=0, initial=np.inf)
+    return np.asarray(factor * tightest, dtype=float)
+
+
+def link_holds(up_bits: F, bw_mbps: F, limit: F) -> NDArray[np.bool_]:
+    """[N, M] whether each request's upload alone would hold each server's link longer
+    than its `limit` (`link_hold_limit`): the transmission formula without the RTT."""
+    return np.asarray(transmission_time(up_bits[:, None], bw_mbps, 0.0) > limit)
 
 
 def kv_bound(running: F, waiting: F) -> NDArray[np.bool_]:

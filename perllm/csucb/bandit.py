@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from scipy.special import ndtr
 
 from perllm.contract import EnergyWeights
-from perllm.costmodel import CostTable
+from perllm.costmodel import CostTable, upload_bits
 from perllm.csucb import config as _config
 from perllm.csucb.assign import SHED, Grid, assign_arrays, assign_lists
 from perllm.csucb.config import DEADLINE_CAP_ERROR, SMALL_ROUND, CSUCBConfig
@@ -24,7 +24,14 @@ from perllm.csucb.index import exploration, log_t
 from perllm.csucb.pooled import decide_pooled
 from perllm.csucb.stats import ArmStats
 from perllm.csucb.tables import FastTables
-from perllm.estimate import RoundView, energy_scale, round_view
+from perllm.estimate import (
+    LINK_HOLD_RANK,
+    RoundView,
+    energy_scale,
+    link_hold_limit,
+    link_holds,
+    round_view,
+)
 
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
@@ -56,6 +63,7 @@ class CSUCB:
         self.deadline_s = np.array([d.seconds for d in dls])
         self.deadline_per_token = np.array([d.per_output_token_s for d in dls])
         self._scale_list: list[float] = self.energy_scale.tolist()
+        self.hold_limit = link_hold_limit(table, self.cfg.link_hold)  # [M] s
         self._layout = -1
         self._remap()
 
@@ -202,9 +210,11 @@ class CSUCB:
         view: RoundView,
         args: tuple[I, F, F, F, F, F, F, F],
         cap: F | None,
+        hold: F | None = None,
     ) -> tuple[F, NDArray[np.bool_], NDArray[np.bool_], F, F, F, F]:
         """Constraints and UCB scores of every (request, server, level) of a round:
-        static, feasible, pessimistic D, ΔD per request, R̂, score, the arms' bonus."""
+        static, feasible, pessimistic D, ΔD per request, R̂, score, the arms' bonus.
+        `hold` [N, M]: what the score loses where an upload holds a link (`hold_rank`)."""
         cls, _, l_out, _, min_quality = args[:5]
         st, cfg = self.stats, self.cfg
         # Rounds are small (a few requests): numpy's per-call cost, not the arithmetic,
@@ -233,7 +243,19 @@ class CSUCB:
         bonus, lift = exploration(st.plays.ravel().tolist(), log_t(st.total), cfg.delta)
         # Ties (equal scores) are broken in the assignment (`assign.better`).
         score = mean + np.array(lift)[arm][:, :, None]
+        if hold is not None:
+            score = score - hold[:, :, None]
         return pess, static, feas, deadline, mean, score, np.array(bonus)
+
+    def hold_rank(self, l_in: F, attach: F, bw_mbps: F, cols: I | None = None) -> F | None:
+        """[N, M] what each placement's score loses because its upload would hold the
+        server's link too long (`estimate.link_holds`: `LINK_HOLD_RANK`, else 0); None
+        where no placement of the round does (the scores stay as they are)."""
+        limit = self.hold_limit if cols is None else self.hold_limit[cols]
+        if not np.isfinite(limit).any():
+            return None
+        held = link_holds(upload_bits(l_in, attach), bw_mbps, limit)
+        return np.where(held, LINK_HOLD_RANK, 0.0) if held.any() else None
 
     def _decide_arrays(
         self,
@@ -248,7 +270,10 @@ class CSUCB:
         n = len(cls)
         view = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps)
         arm = arm_of[cls]  # [N, M] flat arm index
-        pess, static, feas, deadline, mean, score, bonus = self._judge(t, arm, view, args, cap)
+        hold = self.hold_rank(l_in, attach, bw_mbps, cols)
+        pess, static, feas, deadline, mean, score, bonus = self._judge(
+            t, arm, view, args, cap, hold
+        )
         lv = _Levels(view, pess, feas, mean, score)
 
         def grow() -> tuple[F, F, F, F]:
@@ -256,7 +281,7 @@ class CSUCB:
             # their real load (no cap), for every server (levels double).
             k = lv.view.levels
             v = round_view(t, self.w, cls, l_in, l_out, attach, running, waiting, bw_mbps, k, k)
-            p2, _, f2, _, mean2, s2, _ = self._judge(t, arm, v, args, cap)
+            p2, _, f2, _, mean2, s2, _ = self._judge(t, arm, v, args, cap, hold)
             lv.extend(v, p2, f2, mean2, s2)
             return lv.pess, np.where(lv.feas, lv.score, -np.inf), lv.view.time, lv.view.decode
 
@@ -279,7 +304,7 @@ class CSUCB:
             x = ExplainContext(
                 t, cls, min_quality, deadline, static, lv.feas, view, lv.pess, lv.mean,
                 bonus[arm], unplayed, lv.score, choice, ok, seen, shed, q_lo, q_hi, fixed,
-                per_tok,
+                per_tok, hold is not None and hold > 0,
             )  # fmt: skip
             expl = [explain_request(k, x, st.rounds) for k in range(n)]
         at = np.where(placed, choice, 0)

@@ -48,6 +48,12 @@ class CSUCBConfig:
     # behind it waits for that slot. 8 ≈ what an A100 prefills in a second; fewer changed
     # decisions at the reference load (docs/algorithm.md); inf: `SHED_SLACK` everywhere.
     backlog_waiting: float = 8.0
+    # A link is a FIFO queue: an upload that holds a server's link longer than this
+    # factor × the shortest fixed deadline (`deadline.seconds`) of the classes that server
+    # may run makes any such request sent behind it miss. Such a placement ranks after
+    # every feasible placement that holds no link (`estimate.LINK_HOLD_RANK`); it stays
+    # feasible, and the fallback rules do not read it. inf: off.
+    link_hold: float = 1.0
 
     def __post_init__(self) -> None:
         # Each check is written so that NaN fails it (NaN compares False to everything):
@@ -70,5 +76,7 @@ class CSUCBConfig:
             raise ValueError(f"max_candidates: must be a whole number >= 0, got {m}")
         if not self.backlog_waiting >= 0:  # inf: off
             raise ValueError(f"backlog_waiting: must be >= 0 (or inf), got {self.backlog_waiting}")
+        if not self.link_hold > 0:  # inf: off
+            raise ValueError(f"link_hold: must be > 0 (or inf), got {self.link_hold}")
         if self.on_infeasible not in ("least-late", "shed"):
             raise ValueError("on_infeasible: must be 'least-late' or 'shed'")

@@ -46,6 +46,9 @@ class Candidate:
     # `predicted_per_token`): feedback re-evaluates it at the realised output length
     predicted_fixed_s: float = 0.0
     predicted_per_token_s: float = 0.0
+    # its upload would hold the server's link longer than `CSUCBConfig.link_hold` allows:
+    # its score is `estimate.LINK_HOLD_RANK` lower (ranked after every candidate that does not)
+    link_hold: bool = False
 
 
 @dataclass
@@ -99,6 +102,7 @@ class ExplainContext:
     q_hi: F
     fixed: F  # [N, M, levels] the prediction's part independent of the output length
     per_tok: F  # [N, M, levels] its part per output token
+    held: NDArray[np.bool_] | bool = False  # [N, M] the upload holds the link (`link_hold`)
 
 
 def _exclusion(k: int, j: int, lv: int, x: ExplainContext) -> tuple[Constraint | None, str]:
@@ -141,6 +145,7 @@ def explain(k: int, x: ExplainContext, round_no: int) -> Explanation:
                 unplayed=bool(x.unplayed[k, j]),
                 predicted_fixed_s=float(x.fixed[k, j, lv]),
                 predicted_per_token_s=float(x.per_tok[k, j, lv]),
+                link_hold=bool(x.held if isinstance(x.held, bool) else x.held[k, j]),
             )
         )
     shed, j = bool(x.shed[k]), int(x.choice[k])

@@ -45,6 +45,7 @@ from perllm.csucb.assign import SHED, hopeless, least_late
 from perllm.csucb.decision import Decision
 from perllm.csucb.index import exploration, log_t
 from perllm.csucb.tables import Coef, FastTables
+from perllm.estimate import LINK_HOLD_RANK
 
 if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
@@ -71,6 +72,7 @@ class Pair:
     tran: float  # transmission time
     e_tran: float  # transmission energy
     arm: int
+    hold: float  # what the score loses: the upload holds the link (`CSUCB.hold_rank`)
 
 
 @dataclass(slots=True)
@@ -139,7 +141,8 @@ class FastRound:
             self.cls, l_in, l_out, attach, self.min_quality, caps, strict=True
         ):
             ctx = context(li, lo)
-            bits = upload_bits(li, att) + download_bits(lo)
+            up = upload_bits(li, att)
+            bits = up + download_bits(lo)
             pairs = []
             for j, (co, ok_j, q_j, arm) in enumerate(
                 zip(tab.coef[c], tab.allowed[c], tab.quality[c], tab.arm[c], strict=True)
@@ -151,7 +154,10 @@ class FastRound:
                     part = co.bw / (co.w + ctx_kv), 0.0
                 tran = transmission_time(bits, self.bw[j], tab.rtt[j])
                 e_tran = transmission_energy(tab.e_bit[j], bits)
-                pairs.append(Pair(co, ok_j and q_j >= mq - 1e-9, *part, tran, e_tran, arm))
+                # (`estimate.link_holds` on floats)
+                held = transmission_time(up, self.bw[j], 0.0) > tab.hold_limit[j]
+                hold = LINK_HOLD_RANK if held else 0.0
+                pairs.append(Pair(co, ok_j and q_j >= mq - 1e-9, *part, tran, e_tran, arm, hold))
             q_lo, q_hi = lq[c]
             dl_s, dl_tok = tab.dl_s[c], tab.dl_tok[c]
             # (`CSUCB.deadlines` on floats; min with inf keeps the class's exactly)
@@ -220,7 +226,7 @@ class FastRound:
     def make(self, keys: list[tuple[int, int, int]]) -> bool:
         """Fill the entries `keys` (request, server, level); one normal-CDF call for all.
         False on a NaN. Energy waits for `complete` on servers that are not feasible."""
-        feasible: list[tuple[Entry, int, float]] = []
+        feasible: list[tuple[Entry, int, float, float]] = []
         args = []
         rk: list[Entry] = []
         ka: tuple[int, int] | None = None
@@ -243,7 +249,7 @@ class FastRound:
             ):
                 e.feasible = True
                 energy = e.energy = self.energy(p, e)
-                feasible.append((e, p.arm, energy * mu_l[p.arm] / req.scale))
+                feasible.append((e, p.arm, energy * mu_l[p.arm] / req.scale, p.hold))
                 args.append(
                     (req.deadline / (1e-9 if time < 1e-9 else time) - mu_l[p.arm]) / sd_l[p.arm]
                 )
@@ -255,8 +261,8 @@ class FastRound:
                 else (1.0 - ndtr(np.array(args))).tolist()
             )
             theta, lift = self.theta, self.lift
-            for (e, arm, e_hat), pv in zip(feasible, p_viol, strict=True):
-                raw = -e_hat - theta * pv + lift[arm]
+            for (e, arm, e_hat, hold), pv in zip(feasible, p_viol, strict=True):
+                raw = -e_hat - theta * pv + lift[arm] - hold
                 if raw != raw:
                     return False
                 e.score = raw
@@ -367,7 +373,9 @@ def play(b: CSUCB, args: Lists, cap: list[float] | None = None) -> tuple[FastRou
     deadline_cap as a list."""
     st = b.stats
     if b._fast is None:
-        b._fast = FastTables.of(b.t, b._arm_cj, b.deadline_s, b.deadline_per_token, b.energy_scale)
+        b._fast = FastTables.of(
+            b.t, b._arm_cj, b.deadline_s, b.deadline_per_token, b.energy_scale, b.hold_limit
+        )
     posterior = st.arm_posterior_lists()
     lq = st.quantile_pair_lists()
     _, lift = exploration(st.plays.ravel().tolist(), log_t(st.total), b.cfg.delta)

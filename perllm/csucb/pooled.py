@@ -38,6 +38,7 @@ from perllm.csucb.pooled_scores import (
     exploration_lift,
     kernels_available,
 )
+from perllm.estimate import LINK_HOLD_RANK
 
 if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
@@ -98,6 +99,8 @@ class _Round:
             sd_arm,
             b.cfg.theta,
             exploration_lift(b)[1],
+            sc.up.tolist(),
+            b.hold_limit.tolist(),
         )
         self.shed_rule = b.cfg.on_infeasible == "shed"
         # Per group: [level, servers at it], levels descending (non-increasing along the order).
@@ -145,7 +148,7 @@ class _Round:
     def exact(self, p: int, g: int, s: int, c: int) -> tuple[float, float, float]:
         """Server s of group g (column c: its level) for request p: time,
         score (−inf where infeasible), pessimistic time; the vectorised path's operations."""
-        bits, rtt, l_out1, lq, rhs, scale, sd_arm, theta, lift = self._exact_in
+        bits, rtt, l_out1, lq, rhs, scale, sd_arm, theta, lift, up, limit = self._exact_in
         core, dec, en = self.sc.data[p, CORE:, c].tolist()
         time = transmission_time(bits[p], self.bw[s], rtt[s]) + core
         arm = self.arm_cg[self.cls_l[p]][g]
@@ -160,7 +163,9 @@ class _Round:
         mu = self.mu_arm[arm]
         e_hat = en * mu / scale[p]
         x = (self.deadline[p] / (time if time > 1e-9 else 1e-9) - mu) / sd_arm[arm]
-        return time, -e_hat - theta * float(1.0 - ndtr(x)) + lift[arm], time * f
+        # (`CSUCB.hold_rank` on floats)
+        hold = LINK_HOLD_RANK if transmission_time(up[p], self.bw[s], 0.0) > limit[s] else 0.0
+        return time, -e_hat - theta * float(1.0 - ndtr(x)) + lift[arm] - hold, time * f
 
     def run(self) -> bool:
         """Place every request in arrival order; False on a NaN (nothing recorded)."""

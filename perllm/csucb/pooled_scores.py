@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from perllm.costmodel import CostTable, download_bits, upload_bits
 from perllm.csucb.index import exploration, log_t
-from perllm.estimate import kv_bound
+from perllm.estimate import LINK_HOLD_RANK, kv_bound, link_holds
 
 if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
@@ -78,7 +78,13 @@ class Scores:
         self.scale = b.energy_scale[cls]
         self.l_out1 = np.maximum(l_out, 1.0)
         lq = self.lq
-        self.bits = upload_bits(l_in, attach) + download_bits(l_out)
+        self.up = upload_bits(l_in, attach)
+        self.bits = self.up + download_bits(l_out)
+        # [request, group] what a representative's score loses: its upload holds its link
+        # (`CSUCB.hold_rank`; a member, less well connected, holds it at least as long)
+        limit = b.hold_limit[reps]
+        held = link_holds(self.up, bw, limit) if np.isfinite(limit).any() else None
+        self.hold = np.where(held, LINK_HOLD_RANK, 0.0) if held is not None and held.any() else None
         # In the order of `kernels.L_IN` .. (rows) and `kernels.OCC` .. (groups).
         self.rows = np.stack(
             (
@@ -139,6 +145,9 @@ class Scores:
         )  # fmt: skip
         if not ok:
             return False
+        if self.hold is not None:  # (`CSUCB._judge`: the score, then less the hold)
+            per_col = np.repeat(np.array(gs, np.intp), k)
+            self.data[lo:hi, _FS, cols] -= self.hold[lo:hi][:, per_col]
         valid = self.valid
         for c in cols:
             if valid[c] < hi:

@@ -48,9 +48,10 @@ class FastTables:
     dl_s: list[float]
     dl_tok: list[float]
     scale: list[float]  # energy scale per class
+    hold_limit: list[float]  # per server: `estimate.link_hold_limit`
 
     @classmethod
-    def of(cls, t: CostTable, arm: I, dl_s: F, dl_tok: F, scale: F) -> FastTables:
+    def of(cls, t: CostTable, arm: I, dl_s: F, dl_tok: F, scale: F, hold: F) -> FastTables:
         rc = t.round_coeffs
         assert ROUND[0] == "is_gpu"
         coef = [
@@ -68,4 +69,5 @@ class FastTables:
             dl_s=dl_s.tolist(),
             dl_tok=dl_tok.tolist(),
             scale=scale.tolist(),
+            hold_limit=hold.tolist(),
         )

@@ -341,6 +341,8 @@ def test_config_is_validated() -> None:
         ("max_candidates", -1),
         ("max_candidates", 2.5),
         ("backlog_waiting", math.nan),
+        ("link_hold", math.nan),
+        ("link_hold", 0.0),
         ("z", math.inf),
     ],
 )
@@ -353,6 +355,7 @@ def test_config_keeps_the_documented_extremes() -> None:
     """inf memory (stationary means) and inf backlog_waiting (off) stay allowed, and a
     whole float count (what a YAML mapping of floats gives) is a count."""
     CSUCBConfig(memory=math.inf, backlog_waiting=math.inf, max_candidates=64.0)  # type: ignore[arg-type]
+    CSUCBConfig(link_hold=math.inf)  # off
     CSUCBConfig(delta=0, theta=0, z=0, prior_sd=0, max_candidates=0)
 
 
@@ -461,6 +464,7 @@ def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(
     fast, ref, rng = _twin_bandits(seed, cfg)
     m = fast.t.n_servers
     crng = np.random.default_rng(1000 + seed)  # (its own stream: the rounds stay as they were)
+    held = 0
     for _ in range(80):
         n = int(rng.integers(1, 19))  # up to past SMALL_ROUND: both paths on both sides
         # Half the rounds are lenient batch work on equally loaded servers: equal scores
@@ -472,7 +476,7 @@ def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(
             cls,
             np.round(rng.uniform(10, 3000, n)),
             np.full(n, 150.0),
-            rng.choice([0.0, 50_000.0], n),
+            np.where(crng.random() < 0.3, crng.choice([0.0, 2e6], n), rng.choice([0.0, 50e3], n)),
             np.zeros(n) if lenient else rng.choice([0.0, 0.45, 0.9], n),
             load.astype(float),
             np.zeros(m) if lenient else rng.integers(0, 3, m).astype(float),
@@ -482,6 +486,8 @@ def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(
         cap = None
         if crng.random() < 0.33:
             cap = np.where(crng.random(n) < 0.5, np.inf, crng.uniform(0.5, 15, n))
+        # (2 MB uploads on links cut to 5-100 %: placements ranked after by the link hold)
+        held += ref.hold_rank(args[1], args[3], args[7]) is not None
         d1 = fast.decide(*args, deadline_cap=cap)
         d2 = ref.decide(*args, explain=True, deadline_cap=cap)
         for f in ("choice", "feasible", "shed", "predicted_time", "predicted_energy"):
@@ -504,6 +510,7 @@ def test_small_round_fast_path_decides_exactly_as_the_vectorised_path(
     assert fast.dumps() == ref.dumps()
     assert (fast.violations, fast.total) == (ref.violations, ref.total)
     assert fast.violations > 0  # the least-violating branch was exercised
+    assert held > 0 or seed % 2  # and the link-hold rank (odd seeds: 600 s limits, none)
     np.testing.assert_array_equal(fast.stats.out_hist, ref.stats.out_hist)
 
 
@@ -621,7 +628,7 @@ def test_unplayed_flag_and_the_dict_published_in_status() -> None:
     keys = {
         "node", "tier", "feasible", "reason", "predicted_time_s", "pessimistic_time_s",
         "predicted_energy_j", "mean", "bonus", "score", "constraint", "unplayed",
-        "predicted_fixed_s", "predicted_per_token_s",
+        "predicted_fixed_s", "predicted_per_token_s", "link_hold",
     }  # fmt: skip
     assert all(set(c) == keys for c in got["candidates"])
     # the prediction's parts: fixed + per_token · L_out at the expected length is the time

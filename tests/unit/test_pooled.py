@@ -38,6 +38,7 @@ def test_pooled_path_decides_exactly_as_per_server(seed: int) -> None:
     rng = np.random.default_rng(100 + seed)
     m = pooled.t.n_servers
     crng = np.random.default_rng(200 + seed)  # (its own stream: the rounds stay as they were)
+    held = 0
     for i in range(16):
         n = int(rng.integers(1, 60))
         # mostly idle fleets half the time: large groups, requests beyond their first server
@@ -67,6 +68,7 @@ def test_pooled_path_decides_exactly_as_per_server(seed: int) -> None:
         cap = None
         if i % 3 == 1:
             cap = np.where(crng.random(n) < 0.5, np.inf, crng.uniform(0.5, 15, n))
+        held += full.hold_rank(args[1], args[3], args[7]) is not None  # (2 MB, ≥ 5 Mbps)
         a = pooled.decide(*args, explain=i % 2 == 1, deadline_cap=cap)
         b = full.decide(*args, deadline_cap=cap)
         assert a.choice.tolist() == b.choice.tolist()
@@ -79,6 +81,7 @@ def test_pooled_path_decides_exactly_as_per_server(seed: int) -> None:
             (a.predicted_per_token, b.predicted_per_token),
         ):
             np.testing.assert_array_equal(x, y)
+    assert held > 0 or seed % 3  # the link-hold rank (1 s deadlines: seeds 0, 3, 6)
     sa, sb = pooled.export_state(), full.export_state()
     sa.pop("config"), sb.pop("config")  # max_candidates differs
     assert sa == sb
