@@ -165,6 +165,15 @@ def link_holds(up_bits: F, bw_mbps: F, limit: F) -> NDArray[np.bool_]:
     return np.asarray(transmission_time(up_bits[:, None], bw_mbps, 0.0) > limit)
 
 
+def hold_rank(up_bits: F, bw_mbps: F, limit: F) -> F | None:
+    """[N, M] what each placement's score loses because its upload would hold the server's
+    link too long (`LINK_HOLD_RANK`, else 0); None where none of the round's does."""
+    if not np.isfinite(limit).any():
+        return None
+    held = link_holds(up_bits, bw_mbps, limit)
+    return np.where(held, LINK_HOLD_RANK, 0.0) if held.any() else None
+
+
 def kv_bound(running: F, waiting: F) -> NDArray[np.bool_]:
     """Servers that may be bound by their KV cache: requests waiting beside running ones.
     On a GPU server with fewer running than its slots (`view_of`), the cost model takes

@@ -21,17 +21,11 @@ from perllm.csucb.explain import explain as explain_request
 from perllm.csucb.fast import play
 from perllm.csucb.groups import group_round, server_kinds
 from perllm.csucb.index import exploration, log_t
+from perllm.csucb.levels import Levels, picked
 from perllm.csucb.pooled import decide_pooled
 from perllm.csucb.stats import ArmStats
 from perllm.csucb.tables import FastTables
-from perllm.estimate import (
-    LINK_HOLD_RANK,
-    RoundView,
-    energy_scale,
-    link_hold_limit,
-    link_holds,
-    round_view,
-)
+from perllm.estimate import RoundView, energy_scale, hold_rank, link_hold_limit, round_view
 
 F = NDArray[np.float64]
 I = NDArray[np.intp]  # noqa: E741
@@ -248,14 +242,9 @@ class CSUCB:
         return pess, static, feas, deadline, mean, score, np.array(bonus)
 
     def hold_rank(self, l_in: F, attach: F, bw_mbps: F, cols: I | None = None) -> F | None:
-        """[N, M] what each placement's score loses because its upload would hold the
-        server's link too long (`estimate.link_holds`: `LINK_HOLD_RANK`, else 0); None
-        where no placement of the round does (the scores stay as they are)."""
+        """`estimate.hold_rank` of a round (on the candidates `cols` and their `bw_mbps`)."""
         limit = self.hold_limit if cols is None else self.hold_limit[cols]
-        if not np.isfinite(limit).any():
-            return None
-        held = link_holds(upload_bits(l_in, attach), bw_mbps, limit)
-        return np.where(held, LINK_HOLD_RANK, 0.0) if held.any() else None
+        return hold_rank(upload_bits(l_in, attach), bw_mbps, limit)
 
     def _decide_arrays(
         self,
@@ -274,7 +263,7 @@ class CSUCB:
         pess, static, feas, deadline, mean, score, bonus = self._judge(
             t, arm, view, args, cap, hold
         )
-        lv = _Levels(view, pess, feas, mean, score)
+        lv = Levels(view, pess, feas, mean, score)
 
         def grow() -> tuple[F, F, F, F]:
             # A server took as many requests as the levels computed: the next ones, at
@@ -312,10 +301,10 @@ class CSUCB:
         return Decision(
             choice=choice if cols is None else np.where(placed, cols[at], SHED),
             feasible=ok,
-            predicted_time=_picked(view.time, flat, placed),
-            predicted_energy=_picked(view.energy, flat, placed),
-            predicted_fixed=_picked(fixed, flat, placed),
-            predicted_per_token=_picked(per_tok, flat, placed),
+            predicted_time=picked(view.time, flat, placed),
+            predicted_energy=picked(view.energy, flat, placed),
+            predicted_fixed=picked(fixed, flat, placed),
+            predicted_per_token=picked(per_tok, flat, placed),
             shed=shed,
             explanations=expl,
         )
@@ -404,22 +393,3 @@ class CSUCB:
 
     def dumps(self) -> str:
         return json.dumps(self.export_state(), sort_keys=True)
-
-
-class _Levels:
-    """A round's arrays over the load levels computed so far (grown on demand)."""
-
-    def __init__(self, view: RoundView, pess: F, feas: NDArray[np.bool_], mean: F, score: F):
-        self.view, self.pess, self.feas, self.mean, self.score = view, pess, feas, mean, score
-
-    def extend(self, v: RoundView, pess: F, feas: NDArray[np.bool_], mean: F, score: F) -> None:
-        self.view = self.view.then(v)
-        self.pess = np.concatenate([self.pess, pess], axis=2)
-        self.feas = np.concatenate([self.feas, feas], axis=2)
-        self.mean = np.concatenate([self.mean, mean], axis=2)
-        self.score = np.concatenate([self.score, score], axis=2)
-
-
-def _picked(a: F, flat: I, placed: NDArray[np.bool_]) -> F:
-    """[N, M, K] `a` at each placed request's (server, level) `flat`; NaN where shed."""
-    return np.where(placed, a.ravel()[flat], np.nan)

@@ -10,9 +10,9 @@ the decode step's batch term, the CPU's compute share) is written out with the o
 of `queue_wait`, `gpu_decode` and `cpu_decode`, the part that does not depend on the level
 computed once per pair: a call costs ~0.1 µs and `predict` runs ~7 times a request
 (`test_small_round_fast_path_decides_exactly_as_the_vectorised_path` pins both paths
-to the same floats). The normal CDF goes through the same scipy
-ufunc as the vectorised path. `FastRound.run` returns
-None, having changed nothing, where that equivalence is not guaranteed (a NaN).
+to the same floats). The normal CDF goes through the same scipy ufunc as the vectorised
+path. `FastRound.run` returns None, having changed nothing, where that equivalence is not
+guaranteed (a NaN).
 
 `play` runs a round given as Python lists and records it (the one-request path,
 `single`, runs it too).
@@ -72,7 +72,7 @@ class Pair:
     tran: float  # transmission time
     e_tran: float  # transmission energy
     arm: int
-    hold: float  # what the score loses: the upload holds the link (`CSUCB.hold_rank`)
+    hold: float  # what the score loses: the upload holds the link (`estimate.hold_rank`)
 
 
 @dataclass(slots=True)
@@ -154,7 +154,6 @@ class FastRound:
                     part = co.bw / (co.w + ctx_kv), 0.0
                 tran = transmission_time(bits, self.bw[j], tab.rtt[j])
                 e_tran = transmission_energy(tab.e_bit[j], bits)
-                # (`estimate.link_holds` on floats)
                 held = transmission_time(up, self.bw[j], 0.0) > tab.hold_limit[j]
                 hold = LINK_HOLD_RANK if held else 0.0
                 pairs.append(Pair(co, ok_j and q_j >= mq - 1e-9, *part, tran, e_tran, arm, hold))
@@ -378,17 +377,9 @@ def play(b: CSUCB, args: Lists, cap: list[float] | None = None) -> tuple[FastRou
         )
     posterior = st.arm_posterior_lists()
     lq = st.quantile_pair_lists()
+    lq_of = [lq[c] for c in b._class_list]  # per class of the table
     _, lift = exploration(st.plays.ravel().tolist(), log_t(st.total), b.cfg.delta)
-    r = FastRound(
-        b._fast,
-        b.w,
-        posterior,
-        [lq[c] for c in b._class_list],
-        lift,
-        b.cfg.theta,
-        args,
-        cap,
-    )
+    r = FastRound(b._fast, b.w, posterior, lq_of, lift, b.cfg.theta, args, cap)
     out = r.run(b.cfg.on_infeasible == "shed", b.cfg.backlog_waiting)
     if out is None:
         return None

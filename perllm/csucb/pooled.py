@@ -163,7 +163,7 @@ class _Round:
         mu = self.mu_arm[arm]
         e_hat = en * mu / scale[p]
         x = (self.deadline[p] / (time if time > 1e-9 else 1e-9) - mu) / sd_arm[arm]
-        # (`CSUCB.hold_rank` on floats)
+        # (`estimate.hold_rank` on floats)
         hold = LINK_HOLD_RANK if transmission_time(up[p], self.bw[s], 0.0) > limit[s] else 0.0
         return time, -e_hat - theta * float(1.0 - ndtr(x)) + lift[arm] - hold, time * f
 

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from perllm.costmodel import CostTable, download_bits, upload_bits
 from perllm.csucb.index import exploration, log_t
-from perllm.estimate import LINK_HOLD_RANK, kv_bound, link_holds
+from perllm.estimate import hold_rank, kv_bound
 
 if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
@@ -81,10 +81,8 @@ class Scores:
         self.up = upload_bits(l_in, attach)
         self.bits = self.up + download_bits(l_out)
         # [request, group] what a representative's score loses: its upload holds its link
-        # (`CSUCB.hold_rank`; a member, less well connected, holds it at least as long)
-        limit = b.hold_limit[reps]
-        held = link_holds(self.up, bw, limit) if np.isfinite(limit).any() else None
-        self.hold = np.where(held, LINK_HOLD_RANK, 0.0) if held is not None and held.any() else None
+        # (`estimate.hold_rank`; a member, less well connected, holds it at least as long)
+        self.hold = hold_rank(self.up, bw, b.hold_limit[reps])
         # In the order of `kernels.L_IN` .. (rows) and `kernels.OCC` .. (groups).
         self.rows = np.stack(
             (
