@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -23,16 +22,10 @@ from perllm.devcluster.launch import DEFAULT_SCENARIO as DEFAULT_SCENARIO  # re-
 from perllm.devcluster.launch import ClusterConfig as ClusterConfig  # re-exported
 from perllm.devcluster.launch import Launcher, write_file
 from perllm.devcluster.launch import default_run_dir as default_run_dir  # re-exported
-from perllm.devcluster.nodes import node_manifests
+from perllm.devcluster.nodes import node_manifests, wait_ready
 from perllm.devcluster.process import StartError, free_ports, http_ok, wait_until
 from perllm.devcluster.state import STATE_FILE, starting
 from perllm.devcluster.state import State as State  # re-exported (cli, tests)
-
-# Each node's name and Ready status, one a line (`Cluster._wait_nodes_ready`).
-_READY = (
-    '{range .items[*]}{.metadata.name}{"\\t"}'
-    '{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}'
-)
 
 
 class Cluster(Launcher):
@@ -336,44 +329,14 @@ class Cluster(Launcher):
             r = self.kubectl("create", "-f", "-", input=docs, check=False, timeout=t)
             if r.returncode != 0 and "AlreadyExists" not in r.stderr:
                 raise StartError(f"creating nodes failed: {r.stderr}")
-            self._wait_nodes_ready(names, t)
+            kwok = next((p for p in self.procs if p.name == "kwok"), None)
+            wait_ready(self.kubectl, names, t, kwok)
         except subprocess.TimeoutExpired as e:
             raise StartError(
                 f"creating the {len(names)} nodes: kubectl {e.cmd[2]} did not return "
                 f"in {e.timeout:.0f}s"
             ) from None
         return names
-
-    def _wait_nodes_ready(self, names: list[str], timeout: float) -> None:
-        """Poll one node list until every one of `names` is Ready. (`kubectl wait` on the
-        nodes waits for one after another, ~0.2 s each: with the 1,000 of large-fleet it
-        ran out of time with every node long Ready.)"""
-        deadline = time.monotonic() + timeout
-        not_ready = set(names)
-        while True:
-            left = deadline - time.monotonic()
-            r = self.kubectl(
-                "get", "nodes", "-o", f"jsonpath={_READY}", check=False, timeout=max(left, 5)
-            )
-            if r.returncode == 0:
-                ready = {
-                    name
-                    for name, _, status in (ln.partition("\t") for ln in r.stdout.splitlines())
-                    if status == "True"
-                }
-                not_ready -= ready
-                if not not_ready:
-                    return
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.5)
-        kwok = next((p for p in self.procs if p.name == "kwok"), None)
-        first = ", ".join(sorted(not_ready)[:5]) + (", ..." if len(not_ready) > 5 else "")
-        why = f" ({r.stderr.strip()})" if r.returncode != 0 else ""
-        raise StartError(
-            f"{len(not_ready)} of {len(names)} nodes not Ready after {timeout:.0f}s: "
-            f"{first}{why}" + (f"\nkwok log {kwok.log}:\n{kwok.tail()}" if kwok else "")
-        )
 
     # ---- stop ------------------------------------------------------------------------------
     def down(self) -> None:

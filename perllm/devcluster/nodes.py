@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import time
+from collections.abc import Callable
 from typing import Any
 
+from perllm.devcluster.process import Proc, StartError
 from perllm.labels import (  # noqa: F401 - re-exported names
     ANN_HARDWARE,
     ANN_HARDWARE_SPEC,
@@ -94,3 +98,45 @@ def _label_value(s: str) -> str:
     """A valid label value: alphanumerics, '-', '_', '.', at most 63 characters."""
     v = "".join(c if c.isalnum() or c in "-_." else "-" for c in s).strip("-_.")
     return v[:MAX_LABEL_VALUE].rstrip("-_.")
+
+
+# Each node's name and Ready status, one a line (`wait_ready`).
+_READY = (
+    '{range .items[*]}{.metadata.name}{"\\t"}'
+    '{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}'
+)
+
+
+def wait_ready(
+    kubectl: Callable[..., subprocess.CompletedProcess[str]],
+    names: list[str],
+    timeout: float,
+    kwok: Proc | None = None,
+) -> None:
+    """Poll one node list (`kubectl`: a cluster's) until every one of `names` is Ready, or
+    raise `StartError` naming the first nodes that are not, with `kwok`'s log tail.
+    (`kubectl wait` on the nodes waits for one after another, ~0.2 s each: with the
+    1,000 of large-fleet it ran out of time with every node long Ready.)"""
+    deadline = time.monotonic() + timeout
+    not_ready = set(names)
+    while True:
+        left = deadline - time.monotonic()
+        r = kubectl("get", "nodes", "-o", f"jsonpath={_READY}", check=False, timeout=max(left, 5))
+        if r.returncode == 0:
+            ready = {
+                name
+                for name, _, status in (ln.partition("\t") for ln in r.stdout.splitlines())
+                if status == "True"
+            }
+            not_ready -= ready
+            if not not_ready:
+                return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    first = ", ".join(sorted(not_ready)[:5]) + (", ..." if len(not_ready) > 5 else "")
+    why = f" ({r.stderr.strip()})" if r.returncode != 0 else ""
+    raise StartError(
+        f"{len(not_ready)} of {len(names)} nodes not Ready after {timeout:.0f}s: "
+        f"{first}{why}" + (f"\nkwok log {kwok.log}:\n{kwok.tail()}" if kwok else "")
+    )

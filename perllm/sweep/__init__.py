@@ -2,7 +2,8 @@
 bound at every point (docs/sweep.md)."""
 
 from perllm.sweep.metrics import METRICS, run_row
-from perllm.sweep.run import Sweep, SweepPoint, SweepResult, run_sweep, write_outputs
+from perllm.sweep.outputs import write_outputs
+from perllm.sweep.run import Sweep, SweepPoint, SweepResult, run_sweep
 from perllm.sweep.transforms import (
     SweepError,
     base_rate,

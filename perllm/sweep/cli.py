@@ -299,7 +299,7 @@ def run_with_progress(
 
 def report(results: list[SweepResult], out: Path, total: int, processes: int) -> None:
     """Write each sweep's files and print its table."""
-    from perllm.sweep.run import write_outputs
+    from perllm.sweep.outputs import write_outputs
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     for res in results:

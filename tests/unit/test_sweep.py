@@ -29,7 +29,7 @@ from perllm.sweep import (
     set_cloud_bandwidth,
     set_load,
 )
-from perllm.sweep.run import csv_columns, write_outputs
+from perllm.sweep.outputs import csv_columns, write_outputs
 from perllm.sweep.transforms import set_duration
 from perllm.world.sim import World, simulate
 
