@@ -271,8 +271,13 @@ def _placed(
     scores.update(priorities(expl))
     chosen = next(c for c in expl.candidates if c.node == expl.chosen)
     pool = [c for c in expl.candidates if c.feasible] or expl.candidates
-    best = max(c.mean for c in pool)
-    explored = expl.feasible and (chosen.unplayed or any(c.mean > chosen.mean + 1e-9 for c in pool))
+    # A better mean the link-hold rank put after the chosen node lost to that rule, not to
+    # a bonus: neither exploration nor regret (the fallback rules do not read the rank).
+    rivals = [c for c in pool if c.link_hold <= chosen.link_hold] if expl.feasible else pool
+    best = max(c.mean for c in rivals)
+    explored = expl.feasible and (
+        chosen.unplayed or any(c.mean > chosen.mean + 1e-9 for c in rivals)
+    )
     return PodDecision(
         pod=key,
         service=spec.name,

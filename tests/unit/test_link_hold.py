@@ -104,3 +104,23 @@ def test_wide_links_never_hold() -> None:
 def test_link_hold_must_be_positive(value: float) -> None:
     with pytest.raises(ValueError, match=r"^link_hold: "):
         CSUCBConfig(link_hold=value)
+
+
+def test_the_extender_counts_a_held_link_avoided_as_neither_exploration_nor_regret() -> None:
+    """The extender's exploration flag ("won by its UCB bonus over a feasible node with a
+    better mean") and estimated regret compare means: the cloud, held, has the better mean
+    but lost to the rank, not to a bonus (every arm played alike); both read 0 there."""
+    from perllm_extender.decide import _placed
+
+    t = table(cloud_mbps=3.0)
+    b = _played(CSUCB(t))
+    e = _decide(b, 1, explain=True).explanations[0]
+    cloud = next(c for c in e.candidates if c.link_hold)
+    chosen = next(c for c in e.candidates if c.node == e.chosen)
+    assert e.feasible and cloud.feasible and cloud.mean > chosen.mean  # the rank decided
+    names = [c.node for c in e.candidates]
+    d = _placed("llm/p", t.services[BATCH], names, {}, dict.fromkeys(names, 0), e)
+    assert not d.exploration and d.regret == 0.0
+    # with the rule off the cloud wins on its mean: nothing to count either
+    off = _decide(_played(CSUCB(t, config=CSUCBConfig(link_hold=math.inf))), 1, explain=True)
+    assert off.explanations[0].chosen == cloud.node
