@@ -4,7 +4,8 @@ Two servers of one *kind* (same pool, so the same arm, coefficients, tiers, qual
 typical service times, RTT and energy per bit) with the same running and waiting
 requests differ only in their measured bandwidth, which enters a prediction through the
 transmission time alone. Energy does not depend on it, and the time, the violation
-probability and the infeasibility only get worse as it drops; so within such a *group*
+probability, the infeasibility and the link-hold rank (`estimate.link_hold_limit`: it
+follows the classes a server may run) only get worse as it drops; so within such a *group*
 the best-connected server is at least as good as every other at the same load level,
 and with the tie-break (score, then time, then bandwidth, then server index) it wins.
 
