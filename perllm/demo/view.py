@@ -170,7 +170,10 @@ def explanation_panel(s: Sample) -> Panel:
         t.add_row(
             str(c.get("node")),
             str(c.get("tier")),
-            "yes" if c.get("feasible") else str(c.get("reason") or "no"),
+            # A held link's score carries the rank that puts it last (`link_hold`): say so.
+            ("yes (link hold)" if c.get("link_hold") else "yes")
+            if c.get("feasible")
+            else str(c.get("reason") or "no"),
             _num(c.get("predicted_time_s")),
             _num(c.get("predicted_energy_j")),
             _num(c.get("mean")),
