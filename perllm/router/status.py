@@ -9,6 +9,8 @@ backends and the condition are the sum (the combination) over the entries writte
 `stale_s` (an older one, a replica gone, is deleted, as is one dated that far ahead),
 recomputed by every writer from what it read plus its own entry under the read's
 resourceVersion, so no writer loses another's.
+At most `MAX_ROUTERS` entries: a replica that finds that many fresh ones, its own not
+among them, writes only the `uncounted` mark (its counts and view left out).
 
 Written every `interval_s` when it changed (and every `REFRESH_TICKS` intervals anyway,
 in case another writer dropped or reverted the condition), never per request, off the
@@ -57,6 +59,13 @@ STALE_REFRESHES = 3
 # ... and never sooner: `updatedAt` is in whole seconds and a write (read, patch, conflicts
 # read again) can take several `timeout_s`, which sub-second periods would not outlast.
 STALE_MIN_S = 60.0
+
+
+# Replicas' entries `routers` holds at most (the chart allows 20 replicas): the status grows
+# with each, and an object the API server stores is capped (~1.5 MiB). A replica that finds
+# it full of fresh entries, its own not among them, adds none: it marks the status
+# `uncounted` instead (`merged`), so the totals stay those of the same replicas.
+MAX_ROUTERS = 32
 
 
 # A replica's entry says how long it may go unwritten (`staleSeconds`, its own `stale_s`):
@@ -174,6 +183,7 @@ class StatusWriter(Periodic):
     _client: Any = field(default=None, repr=False)  # the ApiClient under `_custom`
     _unchanged: int = field(default=0, repr=False)  # ticks skipped since the last write
     _unread: list[str] = field(default_factory=list, repr=False)  # entries last left out
+    _fits: bool = field(default=True, repr=False)  # its entry fits in `routers` (MAX_ROUTERS)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -220,14 +230,16 @@ class StatusWriter(Periodic):
         mine = entry(counts, recent, window, remote, self._since, members, cond)
         return {**mine, "staleSeconds": round(stale_s(self.interval_s))}, cond
 
-    def merged(self, routing_: Any, mine: Obj, now: float) -> tuple[Obj, Cond]:
+    def merged(self, routing_: Any, mine: Obj, now: float) -> tuple[Obj, Cond | None]:
         """The patch of `status.routing` (its aggregate, this replica's entry `mine`, the
         stale entries set to null: the merge patch deletes them) from the `routing_` read,
-        and the combined condition."""
+        and the combined condition; with `routers` full (`MAX_ROUTERS` fresh entries, this
+        replica's not among them), only the `uncounted` mark and no condition."""
         theirs = routing_.get("routers") if isinstance(routing_, dict) else None
+        theirs = theirs if isinstance(theirs, dict) else {}
         fresh, gone = {}, []
         own = stale_s(self.interval_s)
-        for pod, e in (theirs if isinstance(theirs, dict) else {}).items():
+        for pod, e in theirs.items():
             if pod == self.pod:
                 continue
             at = parse_rfc3339(e.get("updatedAt")) if isinstance(e, dict) else None
@@ -238,13 +250,47 @@ class StatusWriter(Periodic):
                 gone.append(pod)
             else:
                 fresh[pod] = e
+        if self.pod not in theirs and len(fresh) >= MAX_ROUTERS:
+            self._counted(False)
+            left = {"router": self.pod, "at": mine["updatedAt"], "limit": MAX_ROUTERS}
+            return {"uncounted": left}, None
+        self._counted(True)
+        # Over the cap still (replicas of a version without it): the same entries kept by
+        # every writer, the first by name; the others find it full and mark it.
+        gone += sorted(fresh)[MAX_ROUTERS - 1 :]
+        fresh = {p: fresh[p] for p in sorted(fresh)[: MAX_ROUTERS - 1]}
         status, cond, unread = combine({**fresh, self.pod: mine}, self.pod)
         if unread != self._unread:
             self._unread = unread
             if unread:
                 log.warning("routing entries of %s left out of the totals (unreadable)", unread)
         routers = {**dict.fromkeys(gone), self.pod: mine}
-        return {**status, "updatedAt": mine["updatedAt"], "routers": routers}, cond
+        out = {**status, "updatedAt": mine["updatedAt"], "routers": routers}
+        mark = routing_.get("uncounted") if isinstance(routing_, dict) else None
+        at = parse_rfc3339(mark.get("at")) if isinstance(mark, dict) else None
+        # Deleted when it marked this replica (counted now) or none was left out within a
+        # period (each one left out marks it at least once a period).
+        ours = isinstance(mark, dict) and mark.get("router") == self.pod
+        if mark is not None and (ours or at is None or not now - own <= at <= now + own):
+            out["uncounted"] = None
+        return out, cond
+
+    def _counted(self, counted: bool) -> None:
+        """Says once when this replica's entry no longer fits in `routers`, and when it does
+        again."""
+        if counted == self._fits:
+            return
+        self._fits = counted
+        what = f"LLMService {self.namespace}/{self.name}"
+        if counted:
+            log.info("status.routing of %s counts this replica again", what)
+        else:
+            log.warning(
+                "status.routing of %s holds %d other routers' entries (the most kept): this "
+                "replica's counts and view are left out of it (marked `uncounted`; its own "
+                "metrics still count them)",
+                what, MAX_ROUTERS,
+            )  # fmt: skip
 
     def write_once(self, mine: Obj, now: float) -> None:
         """Read the LLMService, sum its replicas' entries with `mine`, set the combined
@@ -264,10 +310,12 @@ class StatusWriter(Periodic):
             st = obj.get("status") or {}
             old = list(st.get("conditions") or [])
             status, cond = self.merged(st.get("routing"), mine, now)
-            body = {
+            body: Obj = {
                 "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
-                "status": {"routing": status, "conditions": merge_condition(old, CONDITION, cond)},
+                "status": {"routing": status},
             }
+            if cond is not None:  # (None: not counted, the condition left to those that are)
+                body["status"]["conditions"] = merge_condition(old, CONDITION, cond)
             try:
                 co.patch_namespaced_custom_object_status(
                     *args, body, _content_type="application/merge-patch+json",

@@ -19,6 +19,7 @@ from test_router_discovery import FakeApi, FakeCustom, _chat
 from test_router_remote import backend
 
 from perllm.contract import Tier
+from perllm.router import status as status_mod
 from perllm.router.app import Router
 from perllm.router.config import Backend, Link, parse_config
 from perllm.router.decision import Ticket
@@ -631,5 +632,55 @@ def test_a_replica_is_judged_stale_by_its_own_period() -> None:
         rt = api.obj["status"]["routing"]
         assert sorted(rt["routers"]) == ["router-a", "router-slow"] and rt["requests"] == 3
         assert rt["routers"]["router-a"]["staleSeconds"] == round(stale_s(wa.interval_s))
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_routers_holds_a_bounded_number_of_entries(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`routers` took an entry from every replica that wrote, so scaling the router's
+    Deployment up grew the status without bound. Past `MAX_ROUTERS` fresh entries a
+    replica adds none: the totals and the condition stay those of the replicas counted,
+    and it marks `uncounted` (naming itself, said once in its log) until a slot frees (a
+    stale entry, deleted first), when it takes it. Entries over the cap (replicas without
+    it) are cut to it, the same ones by every writer."""
+    monkeypatch.setattr(status_mod, "MAX_ROUTERS", 3)
+    caplog.set_level(logging.INFO, "perllm.router.status")
+
+    async def go() -> None:
+        api = FakeStatusApi(expect=LLMS)
+        ws = {p: _writer(api, p) for p in ("router-a", "router-b", "router-c", "router-d")}
+        for i, (rep, w) in enumerate(ws.values()):
+            rep.count("e1", i + 1, i + 1)
+            assert await w.tick()
+        rt = api.obj["status"]["routing"]
+        assert sorted(rt["routers"]) == ["router-a", "router-b", "router-c"]
+        assert rt["requests"] == 6 and rt["router"] == "router-c"
+        assert rt["uncounted"]["router"] == "router-d" and rt["uncounted"]["limit"] == 3
+        assert "conditions" not in api.patches[-1]["status"]  # d's view left to the others
+        assert cond_of(api)["message"].startswith("all 3 routers reach every backend")
+        ws["router-d"][0].count("e1", 1, 1)
+        assert await ws["router-d"][1].tick()
+        warned = [m for m in caplog.messages if "router-d" not in m and "left out" in m]
+        assert len(warned) == 1 and "chat holds 3 other routers' entries" in warned[0]
+        # b stops writing: stale, deleted, and d takes its place (its mark deleted)
+        routers = api.obj["status"]["routing"]["routers"]
+        routers["router-b"]["updatedAt"] = rfc3339(time.time() - stale_s(5.0) - 5)
+        ws["router-d"][0].count("e1", 1, 1)
+        assert await ws["router-d"][1].tick()
+        rt = api.obj["status"]["routing"]
+        assert sorted(rt["routers"]) == ["router-a", "router-c", "router-d"]
+        assert rt["requests"] == 1 + 3 + 6 and "uncounted" not in rt
+        assert any("counts this replica again" in m for m in caplog.messages)
+        # entries of 40 replicas (a version without the cap): cut to 3, the first by name
+        now = rfc3339(time.time())
+        entry = dict(rt["routers"]["router-a"], updatedAt=now)
+        old = {f"old-{i:02}": entry for i in range(40)}
+        api.obj["status"]["routing"]["routers"] = {**old, "router-a": entry}
+        ws["router-a"][0].count("e1", 1, 1)
+        assert await ws["router-a"][1].tick()
+        rt = api.obj["status"]["routing"]
+        assert sorted(rt["routers"]) == ["old-00", "old-01", "router-a"]
 
     asyncio.run(asyncio.wait_for(go(), 30))
