@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from perllm.contract import ServiceSpec
 from perllm.httpguard import allowance
@@ -26,7 +26,7 @@ from perllm.router.config import Backend, RouterConfig
 from perllm.router.decision import Ticket
 from perllm.router.feedback import Feedback
 from perllm.router.forward import ClientWatch, Forwarder
-from perllm.router.intake import ClientGone, read_request
+from perllm.router.intake import BodyBudget, ClientGone, OverBudget, read_request
 from perllm.router.members import Members
 from perllm.router.membership import Membership
 from perllm.router.metrics import RouterMetrics
@@ -44,6 +44,8 @@ class Router(Membership):
         self._slots = asyncio.Semaphore(self.limits.max_concurrency)
         self._queued = 0
         self.metrics.queued.set_function(lambda: self._queued)
+        self._bodies = BodyBudget(self.limits.body_budget_bytes)
+        self.metrics.body_bytes.set_function(lambda: self._bodies.held)
         self._feedback = Feedback(0.0, 0.0)
         self._proxy = Forwarder(self, self._feedback, own_auth=self._auth is not None)
         # The service: from the config, or (discovery alone) read from its LLMService by
@@ -184,6 +186,18 @@ class Router(Membership):
         t0 = time.perf_counter()
         if await self._not_ready(send) or await self._denied(scope, send):
             return
+        with self._bodies.hold() as hold:  # its body's bytes, until it is answered
+            await self._held(scope, receive, send, chat, t0, hold)
+
+    async def _held(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        chat: bool,
+        t0: float,
+        hold: Callable[[int], None],
+    ) -> None:
         lim = self.limits
         try:
             # (no slot held yet) body_timeout_s, plus the listener's allowance for a body
@@ -196,7 +210,7 @@ class Router(Membership):
                         tm.reschedule(due + allowance(size, lim.min_body_bytes_per_s))
 
                 raw, req, tight = await read_request(
-                    scope["headers"], receive, chat, self.models, lim.max_body_bytes, got
+                    scope["headers"], receive, chat, self.models, lim.max_body_bytes, got, hold
                 )
         except TimeoutError:
             self.metrics.reject(408)
@@ -208,6 +222,10 @@ class Router(Membership):
         except BadRequest as e:
             self.metrics.reject(e.status)
             await error(send, e.status, e.kind, e.message)
+            return
+        except OverBudget as e:  # (the rest of its body uvicorn reads and drops, as a 413's)
+            self.metrics.shed.labels("body_budget").inc()
+            await error(send, 503, "body_budget", str(e), [(b"retry-after", b"1")])
             return
         except ClientGone:  # (mid-upload: no answer to give; was a 400 counted as invalid)
             self.metrics.abandoned.inc()

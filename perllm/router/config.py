@@ -123,6 +123,11 @@ class Backend(_Strict):
 
 class Limits(_Strict):
     max_body_bytes: Annotated[Whole, Field(ge=1024)] = 8 * 2**20
+    # Bytes of request bodies held at once, all requests together, from a body's first
+    # byte until its request is answered (beyond: 503 body_budget; 0: none). Bodies are read
+    # before a slot is taken: without it, each connection could hold max_body_bytes, and
+    # the queue and the slots 1,280 of them (10 GiB by default).
+    body_budget_bytes: Annotated[Whole, Field(ge=0)] = 128 * 2**20
     max_concurrency: Annotated[Whole, Field(ge=1)] = 256  # requests proxied at once
     max_queue: Annotated[Whole, Field(ge=0)] = 1024  # requests waiting for a slot
     queue_timeout_s: Seconds = 5.0
@@ -154,6 +159,16 @@ class Limits(_Strict):
     # decides there after its ejection find out whether it answers again.
     probe: Flag = True
     probe_path: Annotated[str, Field(pattern=r"^/[!-~]*$", max_length=1024)] = "/v1/models"
+
+    @model_validator(mode="after")
+    def _budget_fits_a_body(self) -> Limits:
+        if 0 < self.body_budget_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"body_budget_bytes ({self.body_budget_bytes}) below max_body_bytes "
+                f"({self.max_body_bytes}): a body of that size would always be refused "
+                "(0: no budget)"
+            )
+        return self
 
 
 URL_FIELDS = ("ip", "port", "namespace", "pod", "node")  # a discovered pod's url_template

@@ -1,10 +1,12 @@
 """A completion request read off ASGI and validated before it waits for a slot: the body
 within its size limit, the JSON (`perllm.router.request.parse`), a model this router
-serves, and the `x-perllm-deadline-s` header. Anything wrong is a `BadRequest` (4xx)."""
+serves, and the `x-perllm-deadline-s` header. Anything wrong is a `BadRequest` (4xx); a
+body the bodies held at once have no room for (`BodyBudget`) is `OverBudget` (503)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import contextlib
+from collections.abc import Callable, Collection, Iterator
 
 from perllm.mediatype import refused
 from perllm.router.asgi import Receive
@@ -19,6 +21,43 @@ class ClientGone(Exception):
     """The client disconnected before its body was in: nobody to answer."""
 
 
+class OverBudget(Exception):
+    """Holding this body would take the bodies held at once past `limits.body_budget_bytes`."""
+
+
+class BodyBudget:
+    """The bytes of request bodies held at once (`limits.body_budget_bytes`; 0: no limit):
+    each request's `hold` grows as its body comes (at once to a declared Content-Length)
+    and gives its bytes back when the request is answered."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Callable[[int], None]]:
+        """`grow(size)`: hold `size` bytes in all for this request (OverBudget if that
+        would take the total past the limit); all given back on exit."""
+        mine = 0
+
+        def grow(size: int) -> None:
+            nonlocal mine
+            more = size - mine
+            if more <= 0:
+                return
+            if self.limit and self.held + more > self.limit:
+                raise OverBudget(
+                    f"router busy: the request bodies it holds would exceed "
+                    f"limits.body_budget_bytes ({self.limit}); retry later"
+                )
+            self.held += more
+            mine = size
+
+        try:
+            yield grow
+        finally:
+            self.held -= mine
+
+
 async def read_request(
     headers: Headers,
     receive: Receive,
@@ -26,10 +65,13 @@ async def read_request(
     models: Collection[str],
     limit: int,
     progress: Callable[[int], None] | None = None,
+    hold: Callable[[int], None] | None = None,
 ) -> tuple[bytes, Parsed, float | None]:
     """(raw body, parsed body, the deadline header's tightening or None). `progress`: told
-    the bytes read so far after each piece of a body that comes in several."""
-    raw = await read_body(headers, receive, limit, progress)
+    the bytes read so far after each piece of a body that comes in several; `hold`: told
+    the bytes to hold (a `BodyBudget.hold`) before they are read, where declared, else as
+    they come."""
+    raw = await read_body(headers, receive, limit, progress, hold)
     req = served(parse(raw, chat), models)
     values = [v for k, v in headers if k == DEADLINE_HEADER]
     if len(values) > 1:  # (no list field: which one a proxy or client meant is unknown)
@@ -52,18 +94,26 @@ def served(req: Parsed, models: Collection[str]) -> Parsed:
 
 
 async def read_body(
-    headers: Headers, receive: Receive, limit: int, progress: Callable[[int], None] | None = None
+    headers: Headers,
+    receive: Receive,
+    limit: int,
+    progress: Callable[[int], None] | None = None,
+    hold: Callable[[int], None] | None = None,
 ) -> bytes:
+    hold = hold or (lambda _: None)
+    declared = 0
     for k, v in headers:
-        if k == b"content-length" and v.isdigit() and int(v) > limit:
+        if k == b"content-length" and v.isdigit() and (declared := int(v)) > limit:
             raise BadRequest(413, "invalid_request_error", f"body over {limit} bytes")
         if k == b"content-type" and (why := refused(v)) is not None:
             raise BadRequest(415, "invalid_request_error", why)
+    hold(declared)  # (refused before a byte of it is read)
     m = await receive()
     b = m.get("body", b"")
     if not m.get("more_body") and m["type"] == "http.request":
         if len(b) > limit:
             raise BadRequest(413, "invalid_request_error", f"body over {limit} bytes")
+        hold(len(b))
         return b  # type: ignore[no-any-return]
     chunks: list[bytes] = []
     size = 0
@@ -74,6 +124,7 @@ async def read_body(
         size += len(b)
         if size > limit:
             raise BadRequest(413, "invalid_request_error", f"body over {limit} bytes")
+        hold(size)
         chunks.append(b)
         if progress is not None:
             progress(size)

@@ -109,6 +109,12 @@ class RouterMetrics:
             "Requests waiting for a slot of limits.max_concurrency (at most limits.max_queue).",
             registry=r,
         )
+        self.body_bytes = Gauge(
+            "perllm_router_body_bytes",
+            "Bytes of request bodies held, from their first byte until their request is "
+            "answered (at most limits.body_budget_bytes).",
+            registry=r,
+        )
         self.inflight = Gauge(
             "perllm_router_inflight_requests",
             "Requests in flight per backend (the load CS-UCB sees).",

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from router_harness import CHAT, _reachable, router, run
+from router_harness import CHAT, _reachable, config, router, run
 
 from perllm.router.asgi import UNFINISHED
 from perllm.router.serving import serving
@@ -215,3 +215,58 @@ def test_a_body_sent_as_another_type_than_json_is_a_415() -> None:
         await r.aclose()
 
     run(go())
+
+
+def test_bodies_held_at_once_are_bounded_by_the_body_budget() -> None:
+    """Bodies are read before a slot is taken, so each connection could hold up to
+    max_body_bytes (and the queue and the slots 1,280 of them): with one body being
+    uploaded, another that would take the bodies held past `body_budget_bytes` is a 503
+    `body_budget` with Retry-After before it is read (declared) or as it comes (chunked),
+    counted; once the first is answered its bytes are given back and the second is served."""
+
+    async def go() -> None:
+        limits = {"max_body_bytes": 4096, "body_budget_bytes": 6000}
+        r, stubs, c = await router(limits=limits)
+        body = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 3400}]})
+        raw = body.encode()
+        first_in = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow() -> Any:  # a chunked upload that stops half-way for a while
+            yield raw[:3000]
+            first_in.set()
+            await release.wait()
+            yield raw[3000:]
+
+        first = asyncio.create_task(c.post("/v1/chat/completions", content=slow()))
+        await first_in.wait()
+        await asyncio.sleep(0.05)
+        assert r._bodies.held == 3000 and len(raw) > 3000
+        second = await c.post("/v1/chat/completions", content=raw)  # declared: ~3,470 bytes
+        assert second.status_code == 503 and second.headers["retry-after"] == "1"
+        assert second.json()["error"]["type"] == "body_budget"
+        assert "limits.body_budget_bytes (6000)" in second.json()["error"]["message"]
+
+        async def chunked() -> Any:
+            yield raw[:2000]
+            yield raw[2000:]
+
+        third = await c.post("/v1/chat/completions", content=chunked())  # as it comes
+        assert third.status_code == 503 and third.json()["error"]["type"] == "body_budget"
+        release.set()
+        assert (await first).status_code == 200
+        assert r._bodies.held == 0
+        assert (await c.post("/v1/chat/completions", content=raw)).status_code == 200
+        assert sum(s.requests for s in stubs.values()) == 2
+        text = r.metrics.exposition().decode()
+        assert 'perllm_router_shed_requests_total{reason="body_budget"} 2.0' in text
+        assert "perllm_router_body_bytes 0.0" in text
+        await r.aclose()
+
+    run(go())
+
+
+def test_a_body_budget_below_one_body_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match=r"body_budget_bytes \(2048\) below max_body_bytes"):
+        config(limits={"max_body_bytes": 4096, "body_budget_bytes": 2048})
+    assert config(limits={"body_budget_bytes": 0}).limits.body_budget_bytes == 0
