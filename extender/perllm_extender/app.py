@@ -37,7 +37,15 @@ def create_app(config: ExtenderConfig | None = None) -> FastAPI:
         finally:
             components.stop()
 
-    app = FastAPI(title="PerLLM scheduler extender", version="0.2.0", lifespan=lifespan)
+    on = cfg.api_docs  # (off: no /openapi.json, /docs, /redoc; `app.openapi()` still works)
+    app = FastAPI(
+        title="PerLLM scheduler extender",
+        version="0.2.0",
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if on else None,
+        docs_url="/docs" if on else None,
+        redoc_url="/redoc" if on else None,
+    )
     # read by `dependencies` (and by tests reaching into a running app)
     app.state.config = cfg
     app.state.live = components

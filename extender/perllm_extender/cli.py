@@ -124,6 +124,11 @@ def register(app: typer.Typer) -> None:
             help="Serve /telemetry, /telemetry/refresh, /learn, /state/save, /decisions "
             "(to authenticated clients).",
         ),
+        api_docs: bool = typer.Option(
+            False,
+            "--api-docs",
+            help="Serve /openapi.json, /docs and /redoc (development; to authenticated clients).",
+        ),
         verify_pods: bool = typer.Option(
             True,
             help="Act only on pods the API server knows as sent (uid, service label, "
@@ -183,6 +188,7 @@ def register(app: typer.Typer) -> None:
             kube=client is not None,
             api_client=client,
             debug_routes=debug_routes,
+            api_docs=api_docs,
             client_auth=tls is not None,
             verify_pods=None if verify_pods else False,
             max_nodes=max_nodes,

@@ -66,6 +66,10 @@ class ExtenderConfig(BaseModel):
     # /telemetry, /telemetry/refresh, /learn, /state/save, /decisions. `perllm extender`
     # serves them only with --debug-routes; in process (TestClient) they are on.
     debug_routes: bool = True
+    # FastAPI's /openapi.json, /docs and /redoc (`perllm extender --api-docs`). Off: nothing
+    # kube-scheduler calls, /docs and /redoc load their scripts from a CDN, and the first
+    # schema request builds it on the event loop. The schema offline: `create_app().openapi()`.
+    api_docs: bool = False
     # True: the listener is TLS with a client CA (`perllm extender --tls-*`), so an https
     # request carries a verified client certificate; filter, prioritize and the debug routes
     # then refuse anything that did not come over it (a plain-HTTP side port, a proxy).

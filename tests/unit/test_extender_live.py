@@ -389,6 +389,7 @@ def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert got["port"] == 9999 and got["gc_frozen"]
     # plain HTTP only on request; debug routes off unless asked
     assert got["tls"] is None and cfg.client_auth is False and cfg.debug_routes is False
+    assert cfg.api_docs is False  # /openapi.json, /docs, /redoc: only with --api-docs
     refused = CliRunner().invoke(app, base)
     assert refused.exit_code != 0 and "--tls-cert" in refused.output
     # an https Prometheus: a CA file, or no verification, not both
@@ -401,11 +402,13 @@ def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert r.exit_code != 0 and "choose one" in r.output
     files = generate(tmp_path)
     r = CliRunner().invoke(
-        app, [*base, *files.extender_args(), "--debug-routes", "--metrics-port", "9998"]
+        app,
+        [*base, *files.extender_args(), "--debug-routes", "--api-docs", "--metrics-port", "9998"],
     )
     assert r.exit_code == 0, r.output
     assert got["tls"].client_ca == files.ca and got["cfg"].client_auth is True
     assert got["cfg"].debug_routes is True and got["metrics_port"] == 9998
+    assert got["cfg"].api_docs is True
     both = CliRunner().invoke(app, [*base, *files.extender_args(), "--insecure-http"])
     assert both.exit_code != 0
     missing = CliRunner().invoke(

@@ -135,6 +135,21 @@ def test_unlabelled_pods_pass_through_unverified(
     assert asked == [] and c.get("/decisions").json() == []
 
 
+def test_the_api_docs_are_served_only_when_asked() -> None:
+    """FastAPI's /openapi.json, /docs and /redoc were served on the port kube-scheduler
+    calls (its TLS one; to anyone with --insecure-http), though nothing calls them: off
+    unless `api_docs` (`--api-docs`); the schema stays at hand offline (`openapi()`)."""
+    off = TestClient(create_app(ExtenderConfig()))
+    for path in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
+        r = off.get(path)
+        assert r.status_code == 404 and r.json() == {"Error": "Not Found"}, path
+    schema = off.app.openapi()  # type: ignore[attr-defined]
+    assert "/scheduler/filter" in schema["paths"]
+    on = TestClient(create_app(ExtenderConfig(api_docs=True)))
+    assert on.get("/openapi.json").json()["paths"].keys() == schema["paths"].keys()
+    assert on.get("/docs").status_code == 200 and on.get("/redoc").status_code == 200
+
+
 def test_debug_routes_off_or_refused_without_a_client_certificate() -> None:
     off = TestClient(create_app(ExtenderConfig(debug_routes=False)))
     for method, path in (
