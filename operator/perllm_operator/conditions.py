@@ -189,12 +189,14 @@ def sync_status(
         if generation is not None:
             new["observedGeneration"] = generation
         if all(st.get(k) == v for k, v in new.items()):
+            reads.written(uid, name)  # a failed write said before: said recovered, once
             return True
         body = {"metadata": {"resourceVersion": llms["metadata"]["resourceVersion"]}, "status": new}
         try:
             co.patch_namespaced_custom_object_status(
                 GROUP, VERSION, ns, PLURAL, name, body, _request_timeout=kube.REQUEST_TIMEOUT_S
             )
+            reads.written(uid, name)
             return True
         except ApiException as e:
             if e.status != 409:
@@ -209,10 +211,7 @@ def try_sync_status(llms: kopf.Body, ns: str, name: str, uid: str, **kw: Any) ->
     (logged on every try, or the timer's `InternalError` with an Event each retry); the
     next event or tick writes again. False: not written."""
     try:
-        done = sync_status(ns, name, uid, **kw)
+        return sync_status(ns, name, uid, **kw)
     except reads.ERRORS as e:
         reads.unwritten(uid, name, e, llms)
         return False
-    if done:
-        reads.written(uid, name)
-    return done

@@ -15,11 +15,12 @@ The memory is per operator process, by (LLMService uid, kind, name) of the child
 a restart the status's conditions stand in for it: a failure they already say is logged
 once by the new process, but not posted as an Event again.
 
-A status write itself refused or unanswered (`unwritten`: a Deployment event's, or
-`follow_tier`'s after a re-apply) can say it in no condition: a warning and a Warning
-Event on the LLMService, once per distinct error (reason `Status<StatusReason>`, or
-`StatusFailed` without an answer); written again, logged once. It is remembered apart
-from the reads: the timer's `Degraded` does not name it (its own write went through).
+A status write itself refused or unanswered (`unwritten`: a Deployment event's,
+`follow_tier`'s after a re-apply, the reconcile's on a failure path) can say it in no
+condition: a warning and a Warning Event on the LLMService, once per distinct error
+(reason `Status<StatusReason>`, or `StatusFailed` without an answer); written again (any
+`sync_status`), logged once. It is remembered apart from the reads: the timer's
+`Degraded` does not name it (its own write went through).
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ def failure(ref: Obj, e: Exception) -> tuple[str, str]:
         verb, what = "Read", f"reading {ref['kind']} {ref['name']}"
     if isinstance(e, ApiException):
         return failures.api_failure(e, what, prefix=verb)
-    return f"{verb}Failed", failures.bounded(
-        f"{what}: no answer from the API server ({type(e).__name__}: {e})"
-    )
+    if isinstance(e, (*ERRORS, OSError)):
+        return f"{verb}Failed", failures.bounded(
+            f"{what}: no answer from the API server ({type(e).__name__}: {e})"
+        )
+    # neither refused nor unanswered (a status write that kept conflicting)
+    return f"{verb}Failed", failures.bounded(f"{what}: {type(e).__name__}: {e}")
 
 
 def failed(uid: str, ref: Obj, e: Exception, obj: kopf.Body) -> Cond:

@@ -7,7 +7,6 @@ is left to the garbage collector through the children's controller ownerReferenc
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
@@ -29,7 +28,6 @@ RETRY_DELAY_S = 15
 KSERVE_RETRY_DELAY_S = 60
 
 Obj = dict[str, Any]
-log = logging.getLogger(__name__)
 
 
 def _refuse(
@@ -57,23 +55,19 @@ def _write_own(
     others. Through `sync_status`: a fresh read and a resourceVersion-guarded patch, so a
     condition another writer (the router's `BackendsReachable`) set after kopf's copy
     `old` of the object was taken is kept, not reverted or dropped. Only when that write
-    fails (the API server unreachable, RBAC, conflicts all along) does the list built from
-    the handler's copy `old` go into kopf's patch instead: a merge patch replaces a list
+    fails (the API server unreachable, RBAC, conflicts all along; a warning and an Event
+    once per distinct error, `reads.unwritten`) does the list built from the handler's copy
+    `old` go into kopf's patch instead: a merge patch replaces a list
     whole, so that fallback may revert a condition written since `old` was read, until
     its writer writes again (the router: when its counts or its condition change)."""
     m = body.get("metadata") or {}
-    ns, name = str(m.get("namespace")), str(m.get("name"))
+    ns, name, uid = str(m.get("namespace")), str(m.get("name")), str(m.get("uid"))
     try:
-        sync_status(
-            ns,
-            name,
-            str(m.get("uid")),
-            generation=generation,
-            conditions=owned,
-        )
+        sync_status(ns, name, uid, generation=generation, conditions=owned)
         return
-    except Exception as e:  # the fresh write failed: the stale copy is better than nothing
-        log.warning("LLMService %s/%s: fresh status write failed (%r): kopf's patch", ns, name, e)
+    except Exception as e:  # the fresh write failed: the stale copy is better than nothing;
+        # said once per distinct error (it was a warning on every retry), recovery once
+        reads.unwritten(uid, name, e, body)
     if generation is not None:
         patch.status["observedGeneration"] = generation
     patch.status["conditions"] = [condition(t, *c, old) for t, c in owned.items()] + [

@@ -130,3 +130,41 @@ def test_follow_tier_goes_on_when_the_status_write_after_a_re_creation_is_refuse
     assert [r for r, _ in events] == ["StatusForbidden"]
     assert events[0][1].startswith(f"updating the status of LLMService {NAME}: the API server")
     assert [r.getMessage() for r in caplog.records] == [events[0][1]]
+
+
+def test_a_failed_reconciles_status_write_is_said_once_per_distinct_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reconcile's failure path (`_write_own`) falls back to kopf's patch when its
+    fresh write fails: it logged a warning on every retry, where every other status
+    write says a failure once per distinct error (`reads.unwritten`)."""
+    obj = _load(DEP)
+    api, _fake, events = _install(monkeypatch, obj)
+    caplog.set_level(logging.INFO)
+
+    def fail() -> kopf.Patch:
+        body = kopf.Body(copy.deepcopy(obj))
+        patch = kopf.Patch()
+        reconcile._not_reconciled(body, patch, [], "ApplyInvalid", "Deployment x: bad")
+        return patch
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+
+    api.fail = _timeout()
+    patches = [fail() for _ in range(3)]
+    assert all(p.status["conditions"][0]["reason"] == "ApplyInvalid" for p in patches)
+    status_events = [r for r, _ in events if r.startswith("Status")]
+    assert status_events == ["StatusFailed"]
+    assert len(said()) == 1 and said()[0].startswith(
+        f"updating the status of LLMService {NAME}: no answer from the API server"
+    )
+    api.fail = _forbidden()  # another error: said again, once
+    fail(), fail()
+    assert [r for r, _ in events if r.startswith("Status")] == ["StatusFailed", "StatusForbidden"]
+    assert len(said()) == 2
+    api.fail = None  # written again: said once
+    for _ in range(2):
+        assert "status" not in fail()
+    assert len(said()) == 3 and "written again" in said()[2]
+    assert _cond(api, "Reconciled")[:2] == ("False", "ApplyInvalid")
