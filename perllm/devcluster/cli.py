@@ -22,7 +22,12 @@ from perllm.devcluster.cluster import (
 )
 from perllm.devcluster.config import Extender, kubeconfig_server
 from perllm.devcluster.process import Proc, StartError, sigterm_as_interrupt
-from perllm.devcluster.state import foreign_folder, start_in_progress
+from perllm.devcluster.state import (
+    foreign_folder,
+    missing_dirs,
+    remove_empty,
+    start_in_progress,
+)
 from perllm.scenario import ScenarioError
 from perllm.urls import http_url_error, redact
 
@@ -109,8 +114,21 @@ def up(
             err=True,
         )
         raise typer.Exit(2)
-    ensure_writable("--run-dir", run_dir, Console(stderr=True))
+    made = missing_dirs(run_dir)
     t0 = time.monotonic()
+    try:
+        state = _start(conf)
+    except BaseException:  # a refused `up` leaves no empty run directory behind
+        remove_empty(made)
+        raise
+    typer.echo(f"cluster ready in {time.monotonic() - t0:.1f}s (run dir {run_dir})")
+    _print_env(state)
+
+
+def _start(conf: ClusterConfig) -> State:
+    """`Cluster.up`, its failures said in one line (exit 1 or 2, 130 if interrupted)."""
+    run_dir = conf.run_dir
+    ensure_writable("--run-dir", run_dir, Console(stderr=True))
     cluster = Cluster(conf)
     try:
         with sigterm_as_interrupt():  # a CI cancel or `timeout` stops what was started
@@ -133,8 +151,7 @@ def up(
                 f"interrupted: every component started was stopped; logs in {run_dir}", err=True
             )
         raise typer.Exit(130) from None
-    typer.echo(f"cluster ready in {time.monotonic() - t0:.1f}s (run dir {run_dir})")
-    _print_env(state)
+    return state
 
 
 @cluster_app.command()

@@ -9,7 +9,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,8 @@ class State:
 
 # Files only an `up` leaves in its run directory (its start lock stays after `down`); `up`
 # clears etcd/, pki/, prometheus/ and logs/ there.
-RUN_DIR_MARKS = (STATE_FILE, "kubeconfig", ".up.lock")
+LOCK_FILE = ".up.lock"
+RUN_DIR_MARKS = (STATE_FILE, "kubeconfig", LOCK_FILE)
 
 
 def foreign_folder(rd: Path) -> bool:
@@ -79,7 +80,7 @@ def foreign_folder(rd: Path) -> bool:
 def start_in_progress(rd: Path) -> bool:
     """Whether an `up` holds `rd`'s start lock now (`starting`)."""
     try:
-        fd = os.open(rd / ".up.lock", os.O_RDWR)
+        fd = os.open(rd / LOCK_FILE, os.O_RDWR)
     except OSError:
         return False
     try:
@@ -91,24 +92,85 @@ def start_in_progress(rd: Path) -> bool:
     return False
 
 
+def missing_dirs(path: Path) -> list[Path]:
+    """The folders of `path` (itself, then its parents) that do not exist yet: what making
+    it creates, and what a refused `up` removes again (`remove_empty`)."""
+    out: list[Path] = []
+    while path != path.parent and not os.path.lexists(path):
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def remove_empty(dirs: list[Path]) -> None:
+    """Remove the folders `dirs` (deepest first, as `missing_dirs` lists them) while they
+    are empty: one with anything in it (an `up`'s logs) is kept, and its parents."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 @contextmanager
 def starting(rd: Path) -> Iterator[None]:
     """One `up` at a time per run directory: a second one started meanwhile would take the
     first's half-written state for a half-dead cluster and stop its processes. The lock
-    (flock on `.up.lock`) goes with the process, so a killed `up` never leaves it held."""
+    (flock on `.up.lock`) goes with the process, so a killed `up` never leaves it held.
+
+    An `up` refused before it wrote anything (binaries missing, a bad scenario) leaves the
+    run directory as it found it: the lock and the folders are removed if this made them
+    (an empty folder holding only `.up.lock` was left behind)."""
+    made_dirs = missing_dirs(rd)
+    fd, made_lock = _lock(rd)
+    before = _names(rd) if made_lock else None
     try:
-        rd.mkdir(parents=True, exist_ok=True)
-        fd = os.open(rd / ".up.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as e:
-        raise StartError(f"run directory {rd}: {e}") from None
+        yield
+    except BaseException:
+        if before is not None and _names(rd) == before:  # (still holding it: see `_lock`)
+            with suppress(OSError):
+                (rd / LOCK_FILE).unlink()
+            remove_empty(made_dirs)
+        raise
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def _names(rd: Path) -> set[str] | None:
     try:
+        return set(os.listdir(rd))
+    except OSError:  # (unreadable: nothing is removed)
+        return None
+
+
+def _lock(rd: Path) -> tuple[int, bool]:
+    """The start lock of `rd`, taken: its descriptor, and whether this made the file. A
+    refused `up` removes the lock it made while it holds it, so one taken on a file
+    removed since it was opened is no lock: opened again."""
+    lock = rd / LOCK_FILE
+    for _ in range(5):
+        try:
+            rd.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, made = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), True
+            except FileExistsError:
+                fd, made = os.open(lock, os.O_RDWR), False
+        except FileNotFoundError:  # removed meanwhile by a refused `up`
+            continue
+        except OSError as e:
+            raise StartError(f"run directory {rd}: {e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise StartError(
                 f"another cluster is starting from {rd}: wait for it (then cluster down), "
                 "or give another --run-dir"
             ) from None
-        yield
-    finally:
-        os.close(fd)  # (releases the lock)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                return fd, made
+        except OSError:
+            pass
+        os.close(fd)
+    raise StartError(f"run directory {rd}: its start lock {lock} kept being removed; try again")

@@ -507,3 +507,89 @@ def test_the_survivors_of_a_killed_up_are_no_cluster(
         assert not etcd.alive()
     finally:
         etcd.stop()
+
+
+def _missing(self: object, **_k: object) -> object:
+    from perllm.devcluster.binaries import BinariesMissing
+
+    raise BinariesMissing("kwok missing: build it with tools/build-binaries.sh kwok")
+
+
+def test_a_refused_up_leaves_the_run_dir_as_it_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused before anything started (binaries missing, a bad scenario), `up` left an
+    empty run directory holding only its start lock `.up.lock`: it removes what it made,
+    and only that."""
+    from perllm.devcluster.binaries import Binaries
+
+    monkeypatch.setattr(Binaries, "require", _missing)
+    new = tmp_path / "a" / "b" / "rd"  # made by this `up`, parents included
+    code, out = _up("--run-dir", str(new), "--scenario", "")
+    assert code == 1 and "kwok missing" in out, out
+    assert not (tmp_path / "a").exists()
+    code, out = _up("--run-dir", str(new), "--scenario", "no-such-scenario")
+    assert code == 2 and "no-such-scenario" in out, out
+    assert not (tmp_path / "a").exists()
+
+    empty = tmp_path / "empty"  # there before: kept, as empty as it was
+    empty.mkdir()
+    code, out = _up("--run-dir", str(empty), "--scenario", "")
+    assert code == 1, out
+    assert list(empty.iterdir()) == []
+
+    used = tmp_path / "used"  # the lock of an earlier `up` is its, not this one's: kept
+    used.mkdir()
+    (used / ".up.lock").write_text("")
+    code, out = _up("--run-dir", str(used), "--scenario", "")
+    assert code == 1, out
+    assert [p.name for p in used.iterdir()] == [".up.lock"]
+
+    # Cluster.up alone (no CLI) the same
+    from perllm.devcluster.binaries import BinariesMissing
+    from perllm.devcluster.cluster import Cluster, ClusterConfig
+
+    with pytest.raises(BinariesMissing):
+        Cluster(ClusterConfig(run_dir=new, scenario=None)).up()
+    assert not (tmp_path / "a").exists()
+
+
+def test_an_up_that_started_keeps_its_run_dir_and_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused after it laid out its run directory (here: the stand-in start): its logs
+    and lock stay, for `down` and for reading."""
+    from perllm.devcluster.binaries import Binaries
+
+    monkeypatch.setattr(Binaries, "require", lambda self, **_k: self)
+    rd = tmp_path / "rd"
+    r = CliRunner().invoke(app, ["cluster", "up", "--run-dir", str(rd), "--scenario", ""])
+    assert isinstance(r.exception, AssertionError)  # (the fixture's stand-in start)
+    assert (rd / ".up.lock").exists() and (rd / "logs").is_dir()
+
+
+def test_a_lock_removed_between_its_open_and_its_flock_is_opened_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused `up` removes the lock it made while holding it: another `up` that had
+    opened that file before and locks it after would hold a lock nobody else sees."""
+    import fcntl
+
+    from perllm.devcluster import state as state_mod
+
+    rd = tmp_path / "rd"
+    rd.mkdir()
+    (rd / ".up.lock").write_text("")
+    real = fcntl.flock
+    calls: list[int] = []
+
+    def flock(fd: int, op: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:  # the other `up` removes its lock just now
+            (rd / ".up.lock").unlink()
+        real(fd, op)
+
+    monkeypatch.setattr(state_mod.fcntl, "flock", flock)
+    with state_mod.starting(rd):
+        assert len(calls) == 2  # the first one, on the removed file, was given up
+        assert state_mod.start_in_progress(rd)  # the lock taken is the one others see
