@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perllm import policies
 from perllm.cli_args import number, seed_count, wait_seconds
-from perllm.cli_outputs import ensure_writable, output_path, writing
+from perllm.cli_outputs import OneLineInterrupt, ensure_writable, output_path, writing
 from perllm.cli_report import print_report
 from perllm.scenario import (
     REFERENCE_SCENARIOS,
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from perllm.experiment import Experiment
 
 app = typer.Typer(
+    cls=OneLineInterrupt,
     help="PerLLM: personalized edge-cloud inference scheduling (CS-UCB).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -1,7 +1,7 @@
 """Where a command writes its results, checked before it runs (`perllm simulate`,
 `perllm sweep`, `perllm load`, `perllm demo`): an empty path, or a folder that cannot be
 made or written, is a one-line error naming the option, not a traceback (or nothing
-written) once the runs are done."""
+written) once the runs are done. An interrupted command is one line too (`OneLineInterrupt`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 
 def ensure_writable(option: str, folder: Path, err: Console, file: Path | None = None) -> None:
@@ -62,3 +63,16 @@ def output_path(default: Any, *param_decls: str, **kw: Any) -> Any:
     """`typer.Option` of a path a command writes to: refused if empty (exit 2, naming the
     option); check it with `ensure_writable` before the run."""
     return typer.Option(default, *param_decls, parser=_nonempty_path, **kw)
+
+
+class OneLineInterrupt(TyperGroup):
+    """The command groups' class: a command interrupted (Ctrl-C; SIGTERM where it maps it)
+    and not saying so itself exits 130 with one line; typer's own exit 130 said nothing.
+    (Interrupted while the modules load: `perllm.__main__.run`.)"""
+
+    def invoke(self, ctx: Any) -> Any:  # (typer's vendored click Context)
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None

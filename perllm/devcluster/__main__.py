@@ -1,3 +1,3 @@
-from perllm.devcluster.cli import app
+from perllm.__main__ import run
 
-app(prog_name="python -m perllm.devcluster")
+run("perllm.devcluster.cli", "python -m perllm.devcluster")

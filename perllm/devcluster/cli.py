@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from perllm.cli_outputs import ensure_writable
+from perllm.cli_outputs import OneLineInterrupt, ensure_writable
 from perllm.devcluster.binaries import Binaries, BinariesMissing
 from perllm.devcluster.cluster import (
     DEFAULT_SCENARIO,
@@ -31,7 +31,7 @@ from perllm.devcluster.state import (
 from perllm.scenario import ScenarioError
 from perllm.urls import http_url_error, redact
 
-app = typer.Typer(help="Development tools.", no_args_is_help=True)
+app = typer.Typer(cls=OneLineInterrupt, help="Development tools.", no_args_is_help=True)
 cluster_app = typer.Typer(
     help="A local Kubernetes control plane with KWOK nodes.", no_args_is_help=True
 )

@@ -459,6 +459,33 @@ def test_python_dash_m_perllm_is_the_command() -> None:
     assert out.returncode == 0 and "paper-llama2-7b" in out.stdout, out.stderr
 
 
+def test_ctrl_c_while_the_cli_loads_is_one_line_and_exit_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C in the second `perllm` spends importing its modules was a KeyboardInterrupt
+    traceback (the console script imported `perllm.cli` before any handler)."""
+    from perllm.__main__ import run
+
+    (tmp_path / "slow_cli.py").write_text("raise KeyboardInterrupt  # (Ctrl-C mid-import)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        run("slow_cli", "perllm")
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    """typer turned a KeyboardInterrupt in a command into exit 130 with nothing said."""
+    import perllm.cli
+
+    def interrupted(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(perllm.cli, "load_scenario", interrupted)
+    res = runner.invoke(app, ["scenarios", "show", "paper-llama2-7b"])
+    assert res.exit_code == 130 and res.output == "interrupted\n", res.output
+
+
 def test_agent_rejects_an_unknown_log_level_as_a_usage_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -593,3 +593,19 @@ def test_a_lock_removed_between_its_open_and_its_flock_is_opened_again(
     with state_mod.starting(rd):
         assert len(calls) == 2  # the first one, on the removed file, was given up
         assert state_mod.start_in_progress(rd)  # the lock taken is the one others see
+
+
+@pytest.mark.parametrize("cmd", ["status", "env", "down"])
+def test_ctrl_c_in_a_cluster_command_is_one_line_and_exit_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cmd: str
+) -> None:
+    """typer turned the interrupt into exit 130 with nothing said; `up` and `down` say
+    their own (what was stopped), the others said nothing."""
+    from perllm.devcluster.cluster import State
+
+    def interrupted(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(State, "load", interrupted)
+    r = CliRunner().invoke(app, ["cluster", cmd, "--run-dir", str(tmp_path)])
+    assert r.exit_code == 130 and r.output == "interrupted\n", r.output
