@@ -7,6 +7,7 @@ line and the last-known state (the world keeps running).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,11 @@ from perllm.costmodel import build_cost_table
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService, service_spec
 from perllm.labels import LABEL_SERVICE
 from perllm.scenario import Scenario
+from perllm.service_pods import own_pods
 from perllm.twin.records import PodKey, SvcKey
 
 log = logging.getLogger("perllm.twin")
+Obj = dict[str, Any]
 
 
 class KubeUnavailable(RuntimeError):
@@ -92,9 +95,12 @@ class ClusterReader:
             objs = self.custom.list_cluster_custom_object(
                 GROUP, VERSION, PLURAL, _request_timeout=self.timeout
             )
-            pods = self.core.list_pod_for_all_namespaces(
-                label_selector=LABEL_SERVICE, _request_timeout=self.timeout
+            raw = self.core.list_pod_for_all_namespaces(
+                label_selector=LABEL_SERVICE,
+                _request_timeout=self.timeout,
+                _preload_content=False,  # JSON, as `service_pods` reads a pod
             )
+            pods: list[Obj] = json.loads(raw.data)["items"]
             nodes = self.core.list_node(_request_timeout=self.timeout)
         except Exception as e:
             if self.healthy or "read" not in self._said:
@@ -113,6 +119,7 @@ class ClusterReader:
             self._once(
                 f"node:{name}", "node %s is not in the scenario: pods there are not simulated", name
             )
+        owners: dict[SvcKey, Obj] = {}
         for obj in objs.get("items", []):
             meta = obj.get("metadata", {})
             try:
@@ -121,11 +128,12 @@ class ClusterReader:
                 self._once(f"bad:{meta.get('namespace')}/{meta.get('name')}", "%s", e)
                 continue
             if self._usable(spec):
-                view.services[(meta.get("namespace", "default"), spec.name)] = spec
-        for p in pods.items:
-            node = p.spec.node_name
-            phase = p.status.phase if p.status else None
-            if not node or p.metadata.deletion_timestamp or phase in ("Succeeded", "Failed"):
+                key = (meta.get("namespace", "default"), spec.name)
+                view.services[key], owners[key] = spec, obj
+        for svc, p in self._own(pods, owners):
+            meta, node = p["metadata"], (p.get("spec") or {}).get("nodeName")
+            phase = (p.get("status") or {}).get("phase")
+            if not node or meta.get("deletionTimestamp") or phase in ("Succeeded", "Failed"):
                 continue
             if node not in self.nodes:
                 continue
@@ -136,9 +144,32 @@ class ClusterReader:
                     node,
                 )
                 continue
-            ns = p.metadata.namespace
-            svc = (ns, (p.metadata.labels or {}).get(LABEL_SERVICE, ""))
-            if svc not in view.services:
-                continue
-            view.pods[(ns, p.metadata.name)] = (svc, node)
+            view.pods[(svc[0], meta["name"])] = (svc, node)
         return view
+
+    def _own(self, pods: list[Obj], owners: dict[SvcKey, Obj]) -> list[tuple[SvcKey, Obj]]:
+        """The pods the services' children made (`service_pods.own_pods`), as the operator
+        and the router count them: a hand-made pod (or a copy of a child) carrying a
+        service's label was simulated as one of its replicas. Such a pod is logged once."""
+        labelled: dict[SvcKey, list[Obj]] = {}
+        for p in pods:
+            meta = p.get("metadata") or {}
+            svc = (meta.get("namespace", ""), (meta.get("labels") or {}).get(LABEL_SERVICE, ""))
+            labelled.setdefault(svc, []).append(p)
+        out: list[tuple[SvcKey, Obj]] = []
+        for svc, obj in owners.items():
+            mine = own_pods(obj, labelled.get(svc, []))
+            ids = {id(p) for p in mine}
+            for p in labelled.get(svc, []):
+                if id(p) not in ids:
+                    pod = f"{svc[0]}/{p['metadata'].get('name')}"
+                    self._once(
+                        f"foreign:{pod}",
+                        "pod %s is labelled %s=%s but no child of that LLMService made it: "
+                        "not simulated",
+                        pod,
+                        LABEL_SERVICE,
+                        svc[1],
+                    )
+            out += [(svc, p) for p in mine]
+        return out

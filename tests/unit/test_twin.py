@@ -3,6 +3,7 @@ counterfactuals on the same requests, and pods moving load."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -430,25 +431,34 @@ def _llmservice(name: str, model: str = "llama3-8b", **spec: Any) -> dict[str, A
 
 
 def _pod(
-    name: str, svc: str, node: str | None, deleting: bool = False, phase: str = "Running"
-) -> SimpleNamespace:
-    return SimpleNamespace(
-        metadata=SimpleNamespace(
-            name=name,
-            namespace=NS,
-            labels={"perllm.io/service": svc},
-            deletion_timestamp="now" if deleting else None,
-        ),
-        spec=SimpleNamespace(node_name=node),
-        status=SimpleNamespace(phase=phase),
-    )
+    name: str,
+    svc: str,
+    node: str | None,
+    deleting: bool = False,
+    phase: str = "Running",
+    deployment: str | None = None,
+) -> dict[str, Any]:
+    """A pod of `svc` as the API lists it: made by the ReplicaSet of its child Deployment
+    (KServe's `<svc>-predictor` by default), or of `deployment` ("": a bare pod)."""
+    dep = f"{svc}-predictor" if deployment is None else deployment
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": NS,
+        "labels": {"perllm.io/service": svc, "pod-template-hash": "5d8f7"},
+    }
+    if dep:
+        rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{dep}-5d8f7"}
+        meta["ownerReferences"] = [{**rs, "controller": True}]
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "spec": {"nodeName": node}, "status": {"phase": phase}}
 
 
 class FakeApi:
     def __init__(
         self,
         objs: list[dict[str, Any]],
-        pods: list[SimpleNamespace],
+        pods: list[dict[str, Any]],
         nodes: list[str],
         fail: bool = False,
     ) -> None:
@@ -461,7 +471,8 @@ class FakeApi:
         return {"items": self.objs}
 
     def list_pod_for_all_namespaces(self, **k: Any) -> SimpleNamespace:
-        return SimpleNamespace(items=self.pods)
+        assert k.get("_preload_content") is False  # (JSON, as the pods are read)
+        return SimpleNamespace(data=json.dumps({"items": self.pods}).encode())
 
     def list_node(self, **k: Any) -> SimpleNamespace:
         return SimpleNamespace(items=self.nodes)
@@ -506,6 +517,36 @@ def test_a_pod_on_a_node_deleted_from_the_cluster_gets_no_requests() -> None:
     view = reader.read()
     assert view is not None and set(view.pods) == {(NS, "chat-1"), (NS, "chat-2")}
     api.nodes = [n for n in api.nodes if n.metadata.name != "edge-gpu-2"]
+    view = reader.read()
+    assert view is not None and set(view.pods) == {(NS, "chat-1")}
+
+
+def test_a_pod_only_labelled_as_a_services_is_not_simulated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The twin took a service's pods by label: a hand-made pod (or a copy of a child
+    under another name) carrying `perllm.io/service: chat` was simulated as one of its
+    replicas, where the operator and the router count only the pods its children made
+    (`service_pods`)."""
+    sc = load_scenario("demo")
+    pods = [
+        _pod("chat-1", "chat", "edge-gpu-1"),
+        _pod("copy-1", "chat", "edge-gpu-2", deployment="chat-copy-predictor"),
+        _pod("bare", "chat", "cloud", deployment=""),
+    ]
+    api = FakeApi([_llmservice("chat")], pods, ["edge-gpu-1", "edge-gpu-2", "cloud"])
+    reader = ClusterReader(sc, api, api)
+    for _ in range(2):  # (said once)
+        view = reader.read()
+        assert view is not None and view.pods == {(NS, "chat-1"): ((NS, "chat"), "edge-gpu-1")}
+    said = [r.getMessage() for r in caplog.records if "no child" in r.getMessage()]
+    assert sorted(said) == [
+        f"pod {NS}/{p} is labelled perllm.io/service=chat but no child of that LLMService "
+        "made it: not simulated"
+        for p in ("bare", "copy-1")
+    ]
+    backend = _llmservice("chat", backend="deployment")  # its pods: Deployment `chat`'s
+    api.objs, api.pods = [backend], [_pod("chat-1", "chat", "edge-gpu-1", deployment="chat")]
     view = reader.read()
     assert view is not None and set(view.pods) == {(NS, "chat-1")}
 
