@@ -5,6 +5,7 @@ two samples, so a window (warm-up excluded, or the last N seconds) is exact."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -13,10 +14,12 @@ from typing import Any
 
 from perllm.crd import GROUP, PLURAL, VERSION
 from perllm.labels import LABEL_SERVICE, LABEL_TIER
+from perllm.service_pods import own_pods
 from perllm.telemetry import names
 from perllm.telemetry.prom import Prometheus
 
 OURS = "perllm"  # the policy name of our own (actual) counters in samples and reports
+Obj = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -115,13 +118,19 @@ class Observer:
             self._core = client.CoreV1Api(api)
         return self._api
 
-    def _pods(self) -> dict[str, list[str]]:
-        """service -> nodes of its pods ("" while pending); learns node tiers once."""
+    def _pods(self, services: list[Obj]) -> dict[str, list[str]]:
+        """service -> nodes of its own pods ("" while pending); learns node tiers once.
+        Its own: those its children made (`service_pods.own_pods`, as the operator and the
+        router count them), not a hand-made pod or a copy of a child carrying its label."""
         self._custom()
         try:
-            pods = self._core.list_namespaced_pod(
-                self.namespace, label_selector=LABEL_SERVICE, _request_timeout=5
+            raw = self._core.list_namespaced_pod(
+                self.namespace,
+                label_selector=LABEL_SERVICE,
+                _request_timeout=5,
+                _preload_content=False,  # JSON, as `service_pods` reads a pod
             )
+            pods: list[Obj] = json.loads(raw.data)["items"]
             if not self.tiers:
                 nodes = self._core.list_node(_request_timeout=5)
                 self.tiers = {
@@ -132,11 +141,12 @@ class Observer:
             self.status_error = f"{type(e).__name__}: {e}"[:200]
             return {}
         out: dict[str, list[str]] = {}
-        for p in pods.items:
-            if p.metadata.deletion_timestamp is not None:
-                continue
-            svc = (p.metadata.labels or {}).get(LABEL_SERVICE, "?")
-            out.setdefault(svc, []).append(p.spec.node_name or "")
+        for obj in services:
+            name = obj["metadata"]["name"]
+            labelled = [p for p in pods if _labels(p).get(LABEL_SERVICE) == name]
+            for p in own_pods(obj, labelled):
+                if not p["metadata"].get("deletionTimestamp"):
+                    out.setdefault(name, []).append((p.get("spec") or {}).get("nodeName") or "")
         return {k: sorted(v) for k, v in out.items()}
 
     def _counters(self) -> dict[str, dict[str, Counters]]:
@@ -165,16 +175,18 @@ class Observer:
                     out.setdefault(pol, {}).setdefault(s.labels["service"], {})[key] = s.value
         return {p: {svc: Counters(**v) for svc, v in per.items()} for p, per in out.items()}
 
-    def _statuses(self) -> dict[str, dict[str, Any]]:
+    def _services(self) -> list[Obj]:
+        """The namespace's LLMServices ([] if the API server did not answer: said in
+        `status_error`)."""
         try:
             lst = self._custom().list_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, _request_timeout=5
             )
         except Exception as e:  # API server busy or gone: keep the view running
             self.status_error = f"{type(e).__name__}: {e}"[:200]
-            return {}
+            return []
         self.status_error = None
-        return {o["metadata"]["name"]: dict(o.get("status") or {}) for o in lst.get("items", [])}
+        return list(lst.get("items", []))
 
     def settle(self, timeout_s: float, every_s: float = 0.5) -> tuple[Sample, bool]:
         """The services' status and pods once `placements_hold` (a re-placement started
@@ -190,12 +202,17 @@ class Observer:
     def sample(self, counters: bool = True) -> Sample:
         """One read of everything watched; without `counters`, the API server's part only."""
         got = self._counters() if counters else {}
+        services = self._services()
         return Sample(
             t=time.monotonic() - self.t0,
             counters=got,
-            status=self._statuses(),
-            pods=self._pods(),
+            status={o["metadata"]["name"]: dict(o.get("status") or {}) for o in services},
+            pods=self._pods(services),
             tiers=dict(self.tiers),
             prometheus_ok=self.prom.health.ok,
             api_error=self.status_error,
         )
+
+
+def _labels(obj: Obj) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})

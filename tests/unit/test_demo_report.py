@@ -62,3 +62,47 @@ def test_summary_counts_the_window_and_reports_the_settled_placements() -> None:
     assert out["pods"]["chat"] == ["c1"]
     # without a settled read, the last sample's
     assert summarise(samples, warmup=10, meta={})["pods"]["chat"] == [""]
+
+
+def test_the_observer_counts_only_a_services_own_pods(tmp_path: Any) -> None:
+    """The observer took a service's pods by label: a hand-made pod (or a copy of a child)
+    carrying `perllm.io/service: chat` was counted as bound, so `placements_hold` judged
+    the placement by a pod the operator and the router do not count (`service_pods`)."""
+    import json
+    from types import SimpleNamespace
+
+    from perllm.demo.observe import Observer
+
+    def pod(name: str, node: str, rs: str | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "name": name,
+            "labels": {"perllm.io/service": "chat", "pod-template-hash": "5d8f7"},
+        }
+        if rs is not None:
+            ref = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{rs}-5d8f7"}
+            meta["ownerReferences"] = [{**ref, "controller": True}]
+        return {"metadata": meta, "spec": {"nodeName": node}}
+
+    svc = {
+        "metadata": {"name": "chat", "namespace": "demo"},
+        "spec": {"backend": "deployment"},
+        "status": _status(["e1"]),
+    }
+    pods = [pod("chat-1", "e1", "chat"), pod("copy-1", "c1", "chat-copy"), pod("bare", "c1", None)]
+
+    class Api:
+        def list_namespaced_custom_object(self, *a: Any, **k: Any) -> dict[str, Any]:
+            return {"items": [svc]}
+
+        def list_namespaced_pod(self, *a: Any, **k: Any) -> SimpleNamespace:
+            assert k.get("_preload_content") is False
+            return SimpleNamespace(data=json.dumps({"items": pods}).encode())
+
+        def list_node(self, **k: Any) -> SimpleNamespace:
+            return SimpleNamespace(items=[])
+
+    obs = Observer("http://127.0.0.1:9", tmp_path / "kubeconfig", "demo")
+    obs._api = obs._core = Api()
+    s = obs.sample(counters=False)
+    assert s.pods == {"chat": ["e1"]} and s.status == {"chat": _status(["e1"])}
+    assert placements_hold(s)
