@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from perllm.contract import ServiceSpec
 from perllm.httpguard import allowance
@@ -26,7 +26,7 @@ from perllm.router.config import Backend, RouterConfig
 from perllm.router.decision import Ticket
 from perllm.router.feedback import Feedback
 from perllm.router.forward import ClientWatch, Forwarder
-from perllm.router.intake import BodyBudget, ClientGone, OverBudget, read_request
+from perllm.router.intake import BodyBudget, ClientGone, Hold, OverBudget, read_request
 from perllm.router.members import Members
 from perllm.router.membership import Membership
 from perllm.router.metrics import RouterMetrics
@@ -186,17 +186,14 @@ class Router(Membership):
         t0 = time.perf_counter()
         if await self._not_ready(send) or await self._denied(scope, send):
             return
-        with self._bodies.hold() as hold:  # its body's bytes, until it is answered
+        hold = self._bodies.hold()  # its body's bytes, until it is answered
+        try:
             await self._held(scope, receive, send, chat, t0, hold)
+        finally:
+            hold.release()
 
     async def _held(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        chat: bool,
-        t0: float,
-        hold: Callable[[int], None],
+        self, scope: Scope, receive: Receive, send: Send, chat: bool, t0: float, hold: Hold
     ) -> None:
         lim = self.limits
         try:
