@@ -268,8 +268,8 @@ class StatusWriter(Periodic):
         out = {**status, "updatedAt": mine["updatedAt"], "routers": routers}
         mark = routing_.get("uncounted") if isinstance(routing_, dict) else None
         at = parse_rfc3339(mark.get("at")) if isinstance(mark, dict) else None
-        # Deleted when it marked this replica (counted now) or none was left out within a
-        # period (each one left out marks it at least once a period).
+        # Deleted when it marked this replica (counted now) or none marked it within
+        # `stale_s` (3 refresh periods, as an entry: each one left out marks it once a period).
         ours = isinstance(mark, dict) and mark.get("router") == self.pod
         if mark is not None and (ours or at is None or not now - own <= at <= now + own):
             out["uncounted"] = None

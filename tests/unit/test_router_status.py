@@ -684,3 +684,22 @@ def test_routers_holds_a_bounded_number_of_entries(
         assert sorted(rt["routers"]) == ["old-00", "old-01", "router-a"]
 
     asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_the_uncounted_mark_of_a_replica_gone_outlives_a_period_not_stale_s() -> None:
+    """The mark of a replica left out, then gone, is kept while it could still be marking
+    (it marks at least once a refresh period; kept for `stale_s`, 3 periods, as an entry)
+    and deleted by a counted writer after that."""
+    _, w = _writer(FakeStatusApi(expect=LLMS), "router-a")
+    now = time.time()
+    mine = {**w.mine(now)[0], "updatedAt": rfc3339(now)}
+    period = status_mod.REFRESH_TICKS * w.interval_s
+
+    def mark(age: float) -> Obj:
+        return {"uncounted": {"router": "router-z", "at": rfc3339(now - age), "limit": 32}}
+
+    assert "uncounted" not in w.merged(mark(period + 5), mine, now)[0]  # kept
+    assert w.merged(mark(stale_s(w.interval_s) + 5), mine, now)[0]["uncounted"] is None
+    # its own mark, now that it is counted, at once
+    own = {"uncounted": {"router": "router-a", "at": rfc3339(now), "limit": 32}}
+    assert w.merged(own, mine, now)[0]["uncounted"] is None
