@@ -161,7 +161,9 @@ class ClusterReader:
             mine = own_pods(obj, labelled.get(svc, []))
             ids = {id(p) for p in mine}
             for p in labelled.get(svc, []):
-                if id(p) not in ids:
+                # (a terminating pod of a child since deleted, e.g. a tier scaled to 0, was
+                # one: not a foreign pod to report)
+                if id(p) not in ids and not p["metadata"].get("deletionTimestamp"):
                     pod = f"{svc[0]}/{p['metadata'].get('name')}"
                     self._once(
                         f"foreign:{pod}",

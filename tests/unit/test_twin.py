@@ -533,6 +533,8 @@ def test_a_pod_only_labelled_as_a_services_is_not_simulated(
         _pod("chat-1", "chat", "edge-gpu-1"),
         _pod("copy-1", "chat", "edge-gpu-2", deployment="chat-copy-predictor"),
         _pod("bare", "chat", "cloud", deployment=""),
+        # a pod of a child since deleted (a tier scaled to 0), terminating: not reported
+        _pod("old-1", "chat", "cloud", deleting=True, deployment="chat-cloud-predictor"),
     ]
     api = FakeApi([_llmservice("chat")], pods, ["edge-gpu-1", "edge-gpu-2", "cloud"])
     reader = ClusterReader(sc, api, api)
