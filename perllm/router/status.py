@@ -184,6 +184,7 @@ class StatusWriter(Periodic):
     _unchanged: int = field(default=0, repr=False)  # ticks skipped since the last write
     _unread: list[str] = field(default_factory=list, repr=False)  # entries last left out
     _fits: bool = field(default=True, repr=False)  # its entry fits in `routers` (MAX_ROUTERS)
+    _said: tuple[Any, ...] | None = field(default=None, repr=False)  # the condition logged
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -353,8 +354,10 @@ class StatusWriter(Periodic):
         if self._failing:
             log.info("status of %s written again", what)
             self._failing = ""
-        if self._last is None or self._last[1][:2] != cond[:2]:  # a flip, not a count
+        # A flip, not a count; said by a replica whose condition was written (counted)
+        if self._fits and self._said != cond[:2]:
             log.info("%s: %s=%s %s: %s", what, CONDITION, cond[0], cond[1], cond[2])
+            self._said = cond[:2]
         self._last, self._unchanged = key, 0
         return True
 

@@ -659,6 +659,8 @@ def test_routers_holds_a_bounded_number_of_entries(
         assert rt["requests"] == 6 and rt["router"] == "router-c"
         assert rt["uncounted"]["router"] == "router-d" and rt["uncounted"]["limit"] == 3
         assert "conditions" not in api.patches[-1]["status"]  # d's view left to the others
+        flips = [m for m in caplog.messages if "BackendsReachable=" in m]
+        assert len(flips) == 3  # a, b and c wrote the condition; d, left out, says none
         assert cond_of(api)["message"].startswith("all 3 routers reach every backend")
         ws["router-d"][0].count("e1", 1, 1)
         assert await ws["router-d"][1].tick()
@@ -673,6 +675,7 @@ def test_routers_holds_a_bounded_number_of_entries(
         assert sorted(rt["routers"]) == ["router-a", "router-c", "router-d"]
         assert rt["requests"] == 1 + 3 + 6 and "uncounted" not in rt
         assert any("counts this replica again" in m for m in caplog.messages)
+        assert len([m for m in caplog.messages if "BackendsReachable=" in m]) == 4  # d's now
         # entries of 40 replicas (a version without the cap): cut to 3, the first by name
         now = rfc3339(time.time())
         entry = dict(rt["routers"]["router-a"], updatedAt=now)
