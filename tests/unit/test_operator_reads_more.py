@@ -84,7 +84,8 @@ def test_an_unanswered_pod_list_is_placed_unknown(monkeypatch: pytest.MonkeyPatc
     assert [r for r, _ in events] == ["ListFailed"]
 
 
-def _tick(obj: Obj) -> None:
+def tick_status(obj: Obj) -> None:
+    """The status timer's handler, once, on a copy of `obj` (also test_operator_refusal's)."""
     b = kopf.Body(copy.deepcopy(obj))
     state = State(Config(), Prometheus("http://prom.invalid"))
     status.status_tick(
@@ -108,12 +109,12 @@ def test_the_timers_refused_pod_list_is_written_as_degraded_and_said_once(
     _refuse_pods(monkeypatch, _forbidden())
     for _ in range(2):
         with pytest.raises(kopf.TemporaryError):
-            _tick(api.obj)
+            tick_status(api.obj)
     assert _cond(api, "Degraded") == ("True", "ListForbidden", LIST_MSG)
     assert _cond(api, "Placed") == ("Unknown", "ListForbidden", LIST_MSG)
     assert events == [("ListForbidden", LIST_MSG)]
     _refuse_pods(monkeypatch, None)
-    _tick(api.obj)
+    tick_status(api.obj)
     assert _cond(api, "Degraded")[:2] == ("False", "NoErrors")
     assert _cond(api, "Placed")[:2] == ("Unknown", "WaitingForScheduler")
 
@@ -161,7 +162,7 @@ def test_the_timer_clears_its_degraded_while_the_spec_is_invalid(
     api.obj["spec"]["allowedTiers"] = ["moon"]  # the contract refuses it
     refusal = ("InvalidSpec", "spec.allowedTiers[0]: not a tier")
     conditions.sync_status("llm", NAME, "uid-1", conditions={"Reconciled": (False, *refusal)})
-    _tick(api.obj)
+    tick_status(api.obj)
     assert _cond(api, "Degraded")[:2] == ("False", "NoErrors")
     assert _cond(api, "Ready") == ("False", *refusal)
 

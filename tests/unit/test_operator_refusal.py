@@ -15,6 +15,7 @@ import kopf
 import pytest
 from fake_kube import FakeStatusApi
 from perllm_operator import kube, reconcile
+from test_operator_reads_more import tick_status
 
 Obj = dict[str, Any]
 ROUTER = {
@@ -191,22 +192,6 @@ def _run_reconcile(obj: Obj) -> None:
     )
 
 
-def _tick(api: RacingStatusApi) -> None:
-    from perllm_operator import status
-    from perllm_operator.config import Config
-    from perllm_operator.state import State, memo_of
-
-    body = kopf.Body(copy.deepcopy(api.obj))
-    status.status_tick(
-        body=body,
-        spec=kopf.Spec(body),
-        meta=kopf.Meta(body),
-        status=kopf.Status(body),
-        logger=logging.getLogger("test"),
-        memo=memo_of(State.from_config(Config())),
-    )
-
-
 def _manifest(backend: str) -> Obj:
     from pathlib import Path
 
@@ -229,7 +214,7 @@ def test_the_timer_keeps_kserve_missing_in_placed(monkeypatch: pytest.MonkeyPatc
         _run_reconcile(api.obj)
     before = copy.deepcopy(api.cond("Placed"))
     assert before is not None and before["reason"] == "KServeMissing"
-    _tick(api)
+    tick_status(api.obj)
     assert api.cond("TelemetryStale") is not None  # the tick did write
     assert api.cond("Placed") == before
     assert (api.cond("Ready") or {}).get("reason") == "KServeMissing"
@@ -291,7 +276,7 @@ def test_a_refused_spec_stands_in_ready_until_a_reconcile_applies(
         }
     )
     status.deployment_event(body=dep_body, type="MODIFIED", logger=logging.getLogger("test"))
-    _tick(api)
+    tick_status(api.obj)
     for t in ("Ready", "Placed", "Reconciled"):
         c = api.cond(t)
         assert c is not None and (c["status"], c["reason"]) == ("False", "InvalidSpec"), c
