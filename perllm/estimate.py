@@ -41,7 +41,7 @@ F = NDArray[np.float64]
 # computed on demand (`first_level`), so every placement is predicted at its real load.
 MAX_LEVELS = 16
 
-# What a placement whose upload holds its server's link too long (`link_holds`) loses from
+# What a placement whose upload holds its server's link too long (`hold_rank`) loses from
 # its score: more than any reward (−Ê/E_c − θ·P̂ and the exploration bonus are O(1)), less
 # than an unplayed arm's lift (10⁶), so it ranks after every placement that holds no link
 # and an unplayed arm is still explored first.
@@ -159,19 +159,19 @@ def link_hold_limit(t: CostTable, factor: float) -> F:
     return np.asarray(factor * tightest, dtype=float)
 
 
-def link_holds(up_bits: F, bw_mbps: F, limit: F) -> NDArray[np.bool_]:
-    """[N, M] whether each request's upload alone would hold each server's link longer
-    than its `limit` (`link_hold_limit`): the transmission formula without the RTT."""
-    return np.asarray(transmission_time(up_bits[:, None], bw_mbps, 0.0) > limit)
-
-
 def hold_rank(up_bits: F, bw_mbps: F, limit: F) -> F | None:
-    """[N, M] what each placement's score loses because its upload would hold the server's
-    link too long (`LINK_HOLD_RANK`, else 0); None where none of the round's does."""
+    """[N, M] what each placement's score loses because its upload alone would hold the
+    server's link longer than its `limit` (`link_hold_limit`; the transmission formula
+    without the RTT): `LINK_HOLD_RANK`, else 0; None where none of the round's does."""
     if not np.isfinite(limit).any():
         return None
-    held = link_holds(up_bits, bw_mbps, limit)
+    held = transmission_time(up_bits[:, None], bw_mbps, 0.0) > limit
     return np.where(held, LINK_HOLD_RANK, 0.0) if held.any() else None
+
+
+def hold_rank_one(up_bits: float, bw_mbps: float, limit: float) -> float:
+    """`hold_rank` of one placement on Python floats (the fast and pooled paths)."""
+    return LINK_HOLD_RANK if transmission_time(up_bits, bw_mbps, 0.0) > limit else 0.0
 
 
 def kv_bound(running: F, waiting: F) -> NDArray[np.bool_]:

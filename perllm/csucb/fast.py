@@ -45,7 +45,7 @@ from perllm.csucb.assign import SHED, hopeless, least_late
 from perllm.csucb.decision import Decision
 from perllm.csucb.index import exploration, log_t
 from perllm.csucb.tables import Coef, FastTables
-from perllm.estimate import LINK_HOLD_RANK
+from perllm.estimate import hold_rank_one
 
 if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
@@ -154,8 +154,7 @@ class FastRound:
                     part = co.bw / (co.w + ctx_kv), 0.0
                 tran = transmission_time(bits, self.bw[j], tab.rtt[j])
                 e_tran = transmission_energy(tab.e_bit[j], bits)
-                held = transmission_time(up, self.bw[j], 0.0) > tab.hold_limit[j]
-                hold = LINK_HOLD_RANK if held else 0.0
+                hold = hold_rank_one(up, self.bw[j], tab.hold_limit[j])
                 pairs.append(Pair(co, ok_j and q_j >= mq - 1e-9, *part, tran, e_tran, arm, hold))
             q_lo, q_hi = lq[c]
             dl_s, dl_tok = tab.dl_s[c], tab.dl_tok[c]

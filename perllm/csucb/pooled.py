@@ -38,7 +38,7 @@ from perllm.csucb.pooled_scores import (
     exploration_lift,
     kernels_available,
 )
-from perllm.estimate import LINK_HOLD_RANK
+from perllm.estimate import hold_rank_one
 
 if TYPE_CHECKING:
     from perllm.csucb.bandit import CSUCB
@@ -163,8 +163,7 @@ class _Round:
         mu = self.mu_arm[arm]
         e_hat = en * mu / scale[p]
         x = (self.deadline[p] / (time if time > 1e-9 else 1e-9) - mu) / sd_arm[arm]
-        # (`estimate.hold_rank` on floats)
-        hold = LINK_HOLD_RANK if transmission_time(up[p], self.bw[s], 0.0) > limit[s] else 0.0
+        hold = hold_rank_one(up[p], self.bw[s], limit[s])
         return time, -e_hat - theta * float(1.0 - ndtr(x)) + lift[arm] - hold, time * f
 
     def run(self) -> bool:
