@@ -17,6 +17,7 @@ from typing import Any
 from perllm.contract import Tier
 from perllm.crd import InvalidService, service_spec
 from perllm.crd_fields import CHILD_SUFFIX
+from perllm.labels import LABEL_SERVICE
 
 # Set by the Deployment controller on each pod of a Deployment, whose ReplicaSet (the pod's
 # controller) it names `<deployment>-<pod-template-hash>`.
@@ -95,3 +96,17 @@ def own_pods(obj: Obj, pods: list[Obj]) -> list[Obj]:
     were routed to by the router."""
     mine = pod_deployments(obj)
     return [p for p in pods if deployment_of(p) in mine]
+
+
+def by_service(pods: list[Obj]) -> dict[tuple[str, str], list[Obj]]:
+    """`pods` by (namespace, `perllm.io/service` label): each service's candidates for
+    `own_pods`, from one list of the labelled pods of many services."""
+    out: dict[tuple[str, str], list[Obj]] = {}
+    for p in pods:
+        meta = p.get("metadata") or {}
+        key = (
+            str(meta.get("namespace", "")),
+            str((meta.get("labels") or {}).get(LABEL_SERVICE, "")),
+        )
+        out.setdefault(key, []).append(p)
+    return out

@@ -14,7 +14,7 @@ from typing import Any
 
 from perllm.crd import GROUP, PLURAL, VERSION
 from perllm.labels import LABEL_SERVICE, LABEL_TIER
-from perllm.service_pods import own_pods
+from perllm.service_pods import by_service, own_pods
 from perllm.telemetry import names
 from perllm.telemetry.prom import Prometheus
 
@@ -141,10 +141,10 @@ class Observer:
             self.status_error = f"{type(e).__name__}: {e}"[:200]
             return {}
         out: dict[str, list[str]] = {}
+        labelled = by_service(pods)
         for obj in services:
             name = obj["metadata"]["name"]
-            labelled = [p for p in pods if _labels(p).get(LABEL_SERVICE) == name]
-            for p in own_pods(obj, labelled):
+            for p in own_pods(obj, labelled.get((self.namespace, name), [])):
                 if not p["metadata"].get("deletionTimestamp"):
                     out.setdefault(name, []).append((p.get("spec") or {}).get("nodeName") or "")
         return {k: sorted(v) for k, v in out.items()}
@@ -212,7 +212,3 @@ class Observer:
             prometheus_ok=self.prom.health.ok,
             api_error=self.status_error,
         )
-
-
-def _labels(obj: Obj) -> dict[str, str]:
-    return dict((obj.get("metadata") or {}).get("labels") or {})

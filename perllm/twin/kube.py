@@ -17,7 +17,7 @@ from perllm.costmodel import build_cost_table
 from perllm.crd import GROUP, PLURAL, VERSION, InvalidService, service_spec
 from perllm.labels import LABEL_SERVICE
 from perllm.scenario import Scenario
-from perllm.service_pods import own_pods
+from perllm.service_pods import by_service, own_pods
 from perllm.twin.records import PodKey, SvcKey
 
 log = logging.getLogger("perllm.twin")
@@ -151,11 +151,7 @@ class ClusterReader:
         """The pods the services' children made (`service_pods.own_pods`), as the operator
         and the router count them: a hand-made pod (or a copy of a child) carrying a
         service's label was simulated as one of its replicas. Such a pod is logged once."""
-        labelled: dict[SvcKey, list[Obj]] = {}
-        for p in pods:
-            meta = p.get("metadata") or {}
-            svc = (meta.get("namespace", ""), (meta.get("labels") or {}).get(LABEL_SERVICE, ""))
-            labelled.setdefault(svc, []).append(p)
+        labelled = by_service(pods)
         out: list[tuple[SvcKey, Obj]] = []
         for svc, obj in owners.items():
             mine = own_pods(obj, labelled.get(svc, []))

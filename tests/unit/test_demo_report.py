@@ -76,6 +76,7 @@ def test_the_observer_counts_only_a_services_own_pods(tmp_path: Any) -> None:
     def pod(name: str, node: str, rs: str | None) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "name": name,
+            "namespace": "demo",  # (as the API lists a pod)
             "labels": {"perllm.io/service": "chat", "pod-template-hash": "5d8f7"},
         }
         if rs is not None:
